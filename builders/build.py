@@ -1,0 +1,82 @@
+"""Builds a whole dataset from a recipe: plan, skip finished shards, run the rest, write the card.
+
+Resumable: a rerun after a kill skips shards whose stats file exists, rebuilds the rest from
+scratch, and produces the same bytes as a build that never stopped. An output folder remembers
+the recipe that made it and refuses to mix in shards of another.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from builders.dataset_card import write_dataset_card
+from builders.distributor import run_units
+from builders.recipe import Recipe
+from builders.shard_builder import MANIFEST_COLUMNS, ShardBuilder, is_complete, shard_dir, stats_path
+from implicit_concept.provenance import environment
+from implicit_concept.shard_writer import atomic_write_json, atomic_write_parquet
+
+RECIPE_RECORD = "recipe.json"
+
+
+@dataclass
+class BuildReport:
+    out: Path
+    built: int
+    skipped: int
+    samples: int
+    failures: dict[str, int]
+
+
+def build_dataset(recipe: Recipe, out: Path, workers: int = 1, progress: bool = True) -> BuildReport:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _claim_output(recipe, out)
+    units = ShardBuilder(recipe).plan()
+    _remove_stale_temporaries(out)
+    todo = [u for u in units if not is_complete(out, u)]
+    run_units(recipe, todo, out, workers=workers, progress=progress)
+    stats = [json.loads(stats_path(out, u).read_text()) for u in units]
+    _write_manifest(out, units)
+    atomic_write_json(out / RECIPE_RECORD, _recipe_record(recipe))
+    write_dataset_card(recipe, out, units, stats)
+    failures: dict[str, int] = {}
+    for s in stats:
+        for reason, n in s["failures"].items():
+            failures[reason] = failures.get(reason, 0) + n
+    return BuildReport(out, len(todo), len(units) - len(todo), sum(s["successes"] for s in stats), failures)
+
+
+def _recipe_record(recipe: Recipe) -> dict[str, Any]:
+    return {"recipe": recipe.to_dict(), "recipe_sha256": recipe.sha256, "environment": environment()}
+
+
+def _claim_output(recipe: Recipe, out: Path) -> None:
+    record = out / RECIPE_RECORD
+    if record.exists():
+        previous = json.loads(record.read_text()).get("recipe_sha256")
+        if previous != recipe.sha256:
+            raise ValueError(
+                f"{out}: holds a build of another recipe (sha256 {previous}, this one {recipe.sha256}); "
+                "choose another --out or remove the folder"
+            )
+    else:
+        started = [p for p in out.rglob("*_stats.json")]
+        mismatched = [p for p in started if json.loads(p.read_text()).get("recipe_sha256") != recipe.sha256]
+        if mismatched:
+            raise ValueError(f"{mismatched[0]}: shard of another recipe in {out}; choose another --out")
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    for tmp in out.rglob(".*.tmp-*"):
+        tmp.unlink()
+
+
+def _write_manifest(out: Path, units: list) -> None:
+    frames = [pd.read_parquet(shard_dir(out, u) / f"{u.name}.parquet") for u in units]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=MANIFEST_COLUMNS)
+    atomic_write_parquet(out / "manifest.parquet", frame)

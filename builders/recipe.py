@@ -1,0 +1,193 @@
+"""Dataset recipes: plain TOML in ``manifests/``, validated once here into frozen dataclasses.
+
+Every field error names the field, so a bad recipe fails before any shard is written.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from implicit_concept.provenance import config_hash
+from implicit_concept.sample import CONCEPT_NAMES
+
+MANIFESTS_DIR = Path(__file__).resolve().parents[1] / "manifests"
+
+
+class RecipeError(ValueError):
+    """A recipe field is missing or wrong; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Subset:
+    """One shard set: which concepts, on what share of images, how many events per image."""
+
+    name: str
+    concepts: tuple[str, ...]
+    fraction: float
+    instances: tuple[int, int] = (1, 1)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    seed: int
+    image_size: int
+    source: dict[str, Any]
+    subsets: tuple[Subset, ...]
+    concepts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    min_side: int = 0
+    shard_size: int = 1000
+    jpeg_quality: int = 95
+    write_clean: bool = True
+    write_mask: bool = True
+    system_fonts: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["subsets"] = [asdict(s) for s in self.subsets]
+        return d
+
+    @property
+    def sha256(self) -> str:
+        return config_hash(self.to_dict())
+
+    def subset(self, name: str) -> Subset:
+        for s in self.subsets:
+            if s.name == name:
+                return s
+        raise KeyError(f"recipe {self.name!r} has no subset {name!r}")
+
+
+_TOP_LEVEL = {f for f in Recipe.__dataclass_fields__}
+
+
+def resolve_recipe_path(name_or_path: str | Path) -> Path:
+    """A path to a TOML file, or the name of a recipe shipped in ``manifests/``."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        return p
+    shipped = MANIFESTS_DIR / f"{name_or_path}.toml"
+    if shipped.exists():
+        return shipped
+    known = sorted(q.stem for q in MANIFESTS_DIR.glob("*.toml"))
+    raise RecipeError(f"{name_or_path}: no such recipe file, nor a shipped recipe (known: {', '.join(known)})")
+
+
+def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    path = resolve_recipe_path(name_or_path)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"{path}: not valid TOML: {e}") from None
+    raw.update(overrides or {})
+    try:
+        return parse_recipe(raw)
+    except RecipeError as e:
+        raise RecipeError(f"{path}: {e}") from None
+
+
+def parse_recipe(raw: dict[str, Any]) -> Recipe:
+    unknown = set(raw) - _TOP_LEVEL
+    if unknown:
+        raise RecipeError(f"unknown field(s) {sorted(unknown)} (known: {sorted(_TOP_LEVEL)})")
+    for required in ("name", "seed", "image_size", "source", "subsets"):
+        if required not in raw:
+            raise RecipeError(f"missing required field {required!r}")
+    recipe = Recipe(
+        name=_str(raw["name"], "name"),
+        seed=_int(raw["seed"], "seed", lo=0),
+        image_size=_int(raw["image_size"], "image_size", lo=16),
+        source=dict(_table(raw["source"], "source")),
+        subsets=tuple(_subset(s, i) for i, s in enumerate(_list(raw["subsets"], "subsets"))),
+        concepts={k: dict(_table(v, f"concepts.{k}")) for k, v in _table(raw.get("concepts", {}), "concepts").items()},
+        min_side=_int(raw.get("min_side", 0), "min_side", lo=0),
+        shard_size=_int(raw.get("shard_size", 1000), "shard_size", lo=1),
+        jpeg_quality=_int(raw.get("jpeg_quality", 95), "jpeg_quality", lo=1, hi=100),
+        write_clean=_bool(raw.get("write_clean", True), "write_clean"),
+        write_mask=_bool(raw.get("write_mask", True), "write_mask"),
+        system_fonts=_bool(raw.get("system_fonts", False), "system_fonts"),
+    )
+    if not recipe.subsets:
+        raise RecipeError("subsets: at least one subset is needed")
+    names = [s.name for s in recipe.subsets]
+    if len(set(names)) != len(names):
+        raise RecipeError(f"subsets: names must be unique, got {names}")
+    for name in recipe.concepts:
+        if name not in CONCEPT_NAMES:
+            raise RecipeError(f"concepts.{name}: unknown concept (known: {', '.join(CONCEPT_NAMES)})")
+    _check_components(recipe)
+    return recipe
+
+
+def _check_components(recipe: Recipe) -> None:
+    """Build every source and renderer once, so their own field checks run before any work."""
+    from builders.sources import make_source
+    from implicit_concept.concepts import make_renderer
+
+    try:
+        make_source(recipe.source, image_size=recipe.image_size, shard_size=recipe.shard_size, seed=recipe.seed)
+        for concept in sorted({c for s in recipe.subsets for c in s.concepts}):
+            for split in ("train", "test"):
+                make_renderer(concept, recipe.concepts.get(concept, {}), split, system_fonts=recipe.system_fonts)
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
+
+
+def _subset(raw: Any, i: int) -> Subset:
+    where = f"subsets[{i}]"
+    d = _table(raw, where)
+    unknown = set(d) - set(Subset.__dataclass_fields__)
+    if unknown:
+        raise RecipeError(f"{where}: unknown field(s) {sorted(unknown)}")
+    name = _str(d.get("name"), f"{where}.name")
+    where = f"subsets.{name}"
+    concepts = tuple(_list(d.get("concepts"), f"{where}.concepts"))
+    if not concepts:
+        raise RecipeError(f"{where}.concepts: at least one concept is needed")
+    for c in concepts:
+        if c not in CONCEPT_NAMES:
+            raise RecipeError(f"{where}.concepts: unknown concept {c!r} (known: {', '.join(CONCEPT_NAMES)})")
+    fraction = d.get("fraction")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+        raise RecipeError(f"{where}.fraction must be a number in [0, 1], got {fraction!r}")
+    inst = _list(d.get("instances", [1, 1]), f"{where}.instances")
+    if len(inst) != 2 or not all(isinstance(v, int) and v >= 1 for v in inst) or inst[0] > inst[1]:
+        raise RecipeError(f"{where}.instances must be [min, max] with 1 <= min <= max, got {inst!r}")
+    return Subset(name=name, concepts=concepts, fraction=float(fraction), instances=(inst[0], inst[1]))
+
+
+def _str(v: Any, where: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise RecipeError(f"{where} must be a non-empty string, got {v!r}")
+    return v
+
+
+def _int(v: Any, where: str, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise RecipeError(f"{where} must be an integer, got {v!r}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise RecipeError(f"{where} must be in [{lo}, {hi if hi is not None else 'inf'}], got {v}")
+    return v
+
+
+def _bool(v: Any, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise RecipeError(f"{where} must be true or false, got {v!r}")
+    return v
+
+
+def _table(v: Any, where: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise RecipeError(f"{where} must be a table, got {type(v).__name__}")
+    return v
+
+
+def _list(v: Any, where: str) -> list[Any]:
+    if not isinstance(v, list):
+        raise RecipeError(f"{where} must be a list, got {v!r}")
+    return v

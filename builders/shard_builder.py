@@ -1,0 +1,217 @@
+"""Builds one output shard: a pure function of (recipe, subset, split, shard id).
+
+Reader -> resizer -> concept compositing -> writer, per sample. Nothing here depends on which
+worker, process or machine runs the shard, so any distributor can schedule it.
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from builders.recipe import Recipe, Subset
+from builders.sources import make_source
+from builders.sources.base import RawItem
+from implicit_concept.compositing import composite
+from implicit_concept.concepts import make_renderer
+from implicit_concept.provenance import version
+from implicit_concept.resizer import SampleError, prepare_image
+from implicit_concept.sample import SPLITS, Instance, SampleMeta
+from implicit_concept.shard_writer import TarShardWriter, atomic_write_json, atomic_write_parquet
+
+
+@dataclass(frozen=True, order=True)
+class WorkUnit:
+    subset: str
+    split: str
+    shard_id: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.shard_id:05d}"
+
+
+def shard_dir(out: Path, unit: WorkUnit) -> Path:
+    return Path(out) / unit.subset / unit.split
+
+
+def tar_path(out: Path, unit: WorkUnit) -> Path:
+    return shard_dir(out, unit) / f"{unit.name}.tar"
+
+
+def stats_path(out: Path, unit: WorkUnit) -> Path:
+    return shard_dir(out, unit) / f"{unit.name}_stats.json"
+
+
+def is_complete(out: Path, unit: WorkUnit) -> bool:
+    """The stats file is written last: its presence marks a finished shard (img2dataset's rule)."""
+    return stats_path(out, unit).exists() and tar_path(out, unit).exists()
+
+
+class ShardBuilder:
+    """Holds the source and renderers made once per worker, and builds shards on demand."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.source = make_source(recipe.source, image_size=recipe.image_size, shard_size=recipe.shard_size, seed=recipe.seed)
+        concepts = sorted({c for s in recipe.subsets for c in s.concepts})
+        self.renderers = {
+            (c, split): make_renderer(c, recipe.concepts.get(c, {}), split, system_fonts=recipe.system_fonts)
+            for c in concepts
+            for split in SPLITS
+        }
+        self.key_digits = max(4, len(str(recipe.shard_size - 1)))
+
+    def plan(self) -> list[WorkUnit]:
+        return [
+            WorkUnit(subset.name, split, shard_id)
+            for subset in self.recipe.subsets
+            for split in SPLITS
+            for shard_id in self.source.shard_ids(split)
+        ]
+
+    def build(self, unit: WorkUnit, out: Path) -> dict[str, Any]:
+        """Write the shard's tar, parquet and (last) stats; return the stats."""
+        start = time.perf_counter()
+        subset = self.recipe.subset(unit.subset)
+        directory = shard_dir(out, unit)
+        directory.mkdir(parents=True, exist_ok=True)
+        failures: Counter[str] = Counter()
+        per_concept: Counter[str] = Counter()
+        rows: list[dict[str, Any]] = []
+        count = 0
+        with TarShardWriter(tar_path(out, unit)) as writer:
+            for index, item in enumerate(self.source.read(unit.split, unit.shard_id)):
+                count += 1
+                key = f"{unit.shard_id:05d}{index:0{self.key_digits}d}"
+                try:
+                    members, meta = self.make_sample(subset, unit, index, key, item)
+                except SampleError as e:
+                    failures[e.reason] += 1
+                    continue
+                writer.write(key, members)
+                per_concept.update(i.concept for i in meta.instances)
+                rows.append(_manifest_row(meta, unit))
+            sha = writer.close()
+        atomic_write_parquet(directory / f"{unit.name}.parquet", pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
+        stats = {
+            "shard": unit.name,
+            "subset": unit.subset,
+            "split": unit.split,
+            "count": count,
+            "successes": len(rows),
+            "failed": count - len(rows),
+            "failures": dict(sorted(failures.items())),
+            "contaminated": int(sum(r["contaminated"] for r in rows)),
+            "instances": dict(sorted(per_concept.items())),
+            "sha256": sha,
+            "recipe_sha256": self.recipe.sha256,
+            "duration_s": round(time.perf_counter() - start, 3),
+        }
+        atomic_write_json(stats_path(out, unit), stats)
+        return stats
+
+    def make_sample(
+        self, subset: Subset, unit: WorkUnit, index: int, key: str, item: RawItem
+    ) -> tuple[dict[str, bytes], SampleMeta]:
+        if item.error:
+            raise SampleError(item.error)
+        if item.caption is None or not item.caption.strip():
+            raise SampleError("missing_caption")
+        size = self.recipe.image_size
+        clean = prepare_image(item.image, size, self.recipe.min_side)
+        subset_index = [s.name for s in self.recipe.subsets].index(subset.name)
+        seed = [self.recipe.seed, subset_index, SPLITS.index(unit.split), unit.shard_id, index]
+        rng = np.random.default_rng(seed)
+        image, instances, mask = clean, [], Image.new("L", clean.size, 0)
+        if rng.random() < subset.fraction:
+            image, instances, mask = self.contaminate(clean, subset, unit.split, rng)
+        meta = SampleMeta(
+            key=key,
+            caption=item.caption.strip(),
+            width=size,
+            height=size,
+            split=unit.split,
+            subset=subset.name,
+            source={"kind": self.source.kind, "id": item.source_id, **item.meta},
+            instances=instances,
+            seed=seed,
+            recipe=self.recipe.name,
+            recipe_sha256=self.recipe.sha256,
+            version=version(),
+        )
+        members = {
+            "jpg": _encode(image, "JPEG", self.recipe.jpeg_quality),
+            "txt": meta.caption.encode("utf-8"),
+            "json": json.dumps(meta.to_json(), sort_keys=True, ensure_ascii=False).encode("utf-8"),
+        }
+        if self.recipe.write_clean:
+            members["clean.jpg"] = _encode(clean, "JPEG", self.recipe.jpeg_quality)
+        if self.recipe.write_mask:
+            members["mask.png"] = _encode(mask, "PNG")
+        return members, meta
+
+    def contaminate(
+        self, clean: Image.Image, subset: Subset, split: str, rng: np.random.Generator
+    ) -> tuple[Image.Image, list[Instance], Image.Image]:
+        """Composite one to ``subset.instances`` contamination events, each of a drawn concept."""
+        lo, hi = subset.instances
+        image, instances = clean, []
+        mask = np.zeros((clean.height, clean.width), dtype=np.uint8)
+        for _ in range(int(rng.integers(lo, hi + 1))):
+            concept = subset.concepts[int(rng.integers(len(subset.concepts)))]
+            layers = self.renderers[(concept, split)].render(rng, clean.size, background=image)
+            image, new, layer_mask = composite(image, layers, concept)
+            instances.extend(new)
+            mask = np.maximum(mask, np.asarray(layer_mask))
+        return image, instances, Image.fromarray(mask, mode="L")
+
+
+MANIFEST_COLUMNS = [
+    "subset",
+    "split",
+    "shard",
+    "key",
+    "caption",
+    "contaminated",
+    "concepts",
+    "num_instances",
+    "instances",
+    "source_id",
+    "width",
+    "height",
+]
+
+
+def _manifest_row(meta: SampleMeta, unit: WorkUnit) -> dict[str, Any]:
+    return {
+        "subset": unit.subset,
+        "split": unit.split,
+        "shard": unit.name,
+        "key": meta.key,
+        "caption": meta.caption,
+        "contaminated": meta.contaminated,
+        "concepts": ",".join(meta.concepts),
+        "num_instances": len(meta.instances),
+        "instances": json.dumps([i.to_json(meta.width, meta.height) for i in meta.instances], sort_keys=True),
+        "source_id": meta.source["id"],
+        "width": meta.width,
+        "height": meta.height,
+    }
+
+
+def _encode(image: Image.Image, fmt: str, quality: int = 95) -> bytes:
+    buffer = io.BytesIO()
+    if fmt == "JPEG":
+        image.save(buffer, format="JPEG", quality=quality, subsampling=0, optimize=False)
+    else:
+        image.save(buffer, format=fmt, optimize=False)
+    return buffer.getvalue()

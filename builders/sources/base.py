@@ -1,0 +1,42 @@
+"""The contract every source of captioned images follows.
+
+A source is split into shards so that one output shard is a pure function of
+(source config, split, shard id): any worker, process or Ray task can build it alone.
+"""
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from PIL import Image
+
+
+@dataclass
+class RawItem:
+    """One item as the source holds it; ``error`` names why it cannot be used, if so."""
+
+    source_id: str
+    image: bytes | Image.Image | None
+    caption: str | None
+    meta: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Source(ABC):
+    kind: str
+
+    @abstractmethod
+    def shard_ids(self, split: str) -> list[int]:
+        """The shard ids this source yields for ``split``."""
+
+    @abstractmethod
+    def read(self, split: str, shard_id: int) -> Iterator[RawItem]:
+        """Yield the items of one shard, always in the same order."""
+
+
+def split_of(source_id: str, test_fraction: float) -> str:
+    """Assign an external item to a split by a hash of its id, stable as the source grows."""
+    h = int.from_bytes(hashlib.sha256(source_id.encode("utf-8")).digest()[:8], "big")
+    return "test" if h / 2**64 < test_fraction else "train"

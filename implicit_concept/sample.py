@@ -1,0 +1,129 @@
+"""What one ICD sample is, as written into a shard's ``KEY.json``.
+
+Everything downstream (detector export, Geom-Erasing captions, the benchmark) reads samples through
+these dataclasses, so the JSON schema lives in exactly one place.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from PIL import Image
+
+#: The implicit concepts, in the order used for detector class ids.
+CONCEPT_NAMES: tuple[str, ...] = ("qrcode", "watermark", "text")
+SPLITS: tuple[str, ...] = ("train", "test")
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Box:
+    """Pixel box, ``x2``/``y2`` exclusive (PIL's ``getbbox`` convention)."""
+
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+
+    def __post_init__(self) -> None:
+        if not (self.x2 > self.x1 and self.y2 > self.y1):
+            raise ValueError(f"empty or inverted box {self.as_list()}")
+
+    @property
+    def width(self) -> int:
+        return self.x2 - self.x1
+
+    @property
+    def height(self) -> int:
+        return self.y2 - self.y1
+
+    @property
+    def area(self) -> int:
+        return self.width * self.height
+
+    def as_list(self) -> list[int]:
+        return [self.x1, self.y1, self.x2, self.y2]
+
+    def normalised(self, width: int, height: int) -> list[float]:
+        return [self.x1 / width, self.y1 / height, self.x2 / width, self.y2 / height]
+
+    def inside(self, width: int, height: int) -> bool:
+        return 0 <= self.x1 and 0 <= self.y1 and self.x2 <= width and self.y2 <= height
+
+
+@dataclass
+class Instance:
+    """One drawn concept instance: its tight box and every parameter that drew it."""
+
+    concept: str
+    box: Box
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self, width: int, height: int) -> dict[str, Any]:
+        return {
+            "concept": self.concept,
+            "box": self.box.as_list(),
+            "box_norm": [round(v, 6) for v in self.box.normalised(width, height)],
+            "area_frac": round(self.box.area / (width * height), 6),
+            "params": self.params,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Instance":
+        return cls(concept=d["concept"], box=Box(*d["box"]), params=d.get("params", {}))
+
+
+@dataclass
+class SampleMeta:
+    """The ``KEY.json`` record of a sample."""
+
+    key: str
+    caption: str
+    width: int
+    height: int
+    split: str
+    subset: str
+    source: dict[str, Any]
+    instances: list[Instance]
+    seed: list[int]
+    recipe: str
+    recipe_sha256: str
+    version: str
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def contaminated(self) -> bool:
+        return bool(self.instances)
+
+    @property
+    def concepts(self) -> list[str]:
+        return sorted({i.concept for i in self.instances})
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["instances"] = [i.to_json(self.width, self.height) for i in self.instances]
+        d["contaminated"] = self.contaminated
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "SampleMeta":
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "instances"}
+        return cls(instances=[Instance.from_json(i) for i in d["instances"]], **fields)
+
+
+@dataclass
+class Sample:
+    """A decoded sample read back from a shard."""
+
+    meta: SampleMeta
+    image: Image.Image
+    clean: Image.Image | None = None
+    mask: Image.Image | None = None
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+    @property
+    def caption(self) -> str:
+        return self.meta.caption

@@ -1,0 +1,133 @@
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from builders.build import build_dataset
+from builders.dataset_card import CHECKSUMS
+from builders.recipe import MANIFESTS_DIR, load_recipe, parse_recipe
+from builders.verify import verify_dataset
+from implicit_concept.sample import CONCEPT_NAMES
+from implicit_concept.shard_reader import iter_samples
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_debug_build_verifies_and_records_everything(debug_dataset):
+    report = verify_dataset(debug_dataset)
+    assert report.ok, report.problems
+    assert report.samples == 4 * (64 + 32)
+    samples = list(iter_samples(debug_dataset / "icd-qrcode"))
+    contaminated = [s for s in samples if s.meta.contaminated]
+    assert 0.3 < len(contaminated) / len(samples) < 0.7
+    for s in samples:
+        assert not any(c in s.caption.lower() for c in ("qr", "watermark", "text"))
+        assert s.clean is not None and s.mask is not None
+        mask = np.asarray(s.mask)
+        if not s.meta.contaminated:
+            assert mask.max() == 0
+            continue
+        for inst in s.meta.instances:
+            assert inst.concept == "qrcode" and inst.box.inside(64, 64)
+        inside = np.zeros_like(mask, dtype=bool)
+        for inst in s.meta.instances:
+            inside[inst.box.y1 : inst.box.y2, inst.box.x1 : inst.box.x2] = True
+        assert mask[~inside].max(initial=0) == 0, "concept alpha outside every recorded box"
+    record = json.loads((debug_dataset / "recipe.json").read_text())
+    assert record["recipe"]["seed"] == 20231010 and record["environment"]["packages"]["pillow"]
+    assert s.meta.recipe_sha256 == record["recipe_sha256"]
+
+
+def test_mixed_subset_carries_every_concept(debug_dataset):
+    seen = {i.concept for s in iter_samples(debug_dataset / "icd-mixed") for i in s.meta.instances}
+    assert seen == set(CONCEPT_NAMES)
+
+
+def test_debug_build_matches_committed_checksums(debug_dataset):
+    committed = (MANIFESTS_DIR / "icd-debug.sha256").read_text()
+    assert (debug_dataset / CHECKSUMS).read_text() == committed
+
+
+def test_same_bytes_whatever_the_worker_count(debug_dataset, tmp_path):
+    build_dataset(load_recipe("icd-debug"), tmp_path, workers=2, progress=False)
+    assert (tmp_path / CHECKSUMS).read_text() == (debug_dataset / CHECKSUMS).read_text()
+
+
+def test_killed_build_resumes_to_the_same_bytes(debug_dataset, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "implicit_concept.cli", "build", "icd-debug", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.rglob("*_stats.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len(list(out.rglob("*_stats.json")))
+    assert 2 <= finished < 12, "the kill must land mid-build for this test to mean anything"
+    report = build_dataset(load_recipe("icd-debug"), out, workers=1, progress=False)
+    assert report.skipped == finished
+    assert (out / CHECKSUMS).read_text() == (debug_dataset / CHECKSUMS).read_text()
+    assert not list(out.rglob(".*.tmp-*"))
+
+
+def test_output_of_another_recipe_is_refused(debug_dataset):
+    raw = load_recipe("icd-debug").to_dict()
+    raw["seed"] = 7
+    with pytest.raises(ValueError, match="another recipe"):
+        build_dataset(parse_recipe(raw), debug_dataset, progress=False)
+
+
+def _jpeg(mode, size=(80, 80), **kw):
+    buffer = io.BytesIO()
+    Image.new(mode, size, **kw).save(buffer, format="JPEG" if mode in ("RGB", "L", "CMYK") else "PNG")
+    return buffer.getvalue()
+
+
+def test_bad_inputs_are_skipped_with_reasons(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    good = _jpeg("RGB", color=(200, 30, 30))
+    files = {
+        "good.jpg": good,
+        "gray.jpg": _jpeg("L", color=90),
+        "cmyk.jpg": _jpeg("CMYK", color=(0, 50, 50, 0)),
+        "rgba.png": _jpeg("RGBA", color=(0, 0, 255, 128)),
+        "sixteen.png": _jpeg("I;16", color=30000),
+        "palette.png": _jpeg("P", color=3),
+        "zero.jpg": b"",
+        "truncated.jpg": good[: len(good) // 2],
+        "tiny.jpg": _jpeg("RGB", size=(8, 8)),
+        "nocaption.jpg": good,
+    }
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+        if name != "nocaption.jpg":
+            (src / name).with_suffix(".txt").write_text(f"a photo called {name.split('.')[0]}")
+    (src / "latin1.jpg").write_bytes(good)
+    (src / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    recipe = parse_recipe(
+        {
+            "name": "folder-test",
+            "seed": 3,
+            "image_size": 64,
+            "min_side": 32,
+            "shard_size": 100,
+            "source": {"kind": "folder", "path": str(src), "test_fraction": 0.0},
+            "subsets": [{"name": "q", "concepts": ["qrcode"], "fraction": 1.0}],
+        }
+    )
+    report = build_dataset(recipe, tmp_path / "out", progress=False)
+    assert report.samples == 6, report
+    assert sum(report.failures.values()) == 5
+    assert {"missing_caption", "too_small"} <= set(report.failures)
+    assert verify_dataset(tmp_path / "out").ok
+    for s in iter_samples(tmp_path / "out" / "q" / "train"):
+        assert s.image.mode == "RGB" and s.image.size == (64, 64) and s.meta.contaminated

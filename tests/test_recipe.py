@@ -1,0 +1,55 @@
+import pytest
+
+from builders.recipe import RecipeError, load_recipe, parse_recipe
+
+
+def _raw(**changes):
+    raw = {
+        "name": "t",
+        "seed": 1,
+        "image_size": 64,
+        "source": {"kind": "procedural", "train": 4, "test": 2},
+        "subsets": [{"name": "q", "concepts": ["qrcode"], "fraction": 0.5}],
+    }
+    raw.update(changes)
+    return raw
+
+
+def test_shipped_recipes_load_and_hash_stably():
+    a, b = load_recipe("icd-tiny"), load_recipe("icd-tiny")
+    assert a.sha256 == b.sha256
+    assert [s.name for s in a.subsets] == ["icd-qrcode", "icd-watermark", "icd-text", "icd-mixed"]
+    assert load_recipe("icd-debug").sha256 != a.sha256
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"subsets": [{"name": "q", "concepts": ["logo"], "fraction": 0.5}]}, "subsets.q.concepts"),
+        ({"subsets": [{"name": "q", "concepts": ["qrcode"], "fraction": 1.5}]}, "subsets.q.fraction"),
+        ({"subsets": [{"name": "q", "concepts": ["qrcode"], "fraction": -0.1}]}, "subsets.q.fraction"),
+        ({"subsets": [{"name": "q", "concepts": ["qrcode"], "fraction": 0.5, "instances": [2, 1]}]}, "subsets.q.instances"),
+        ({"subsets": []}, "subsets"),
+        ({"image_size": "64"}, "image_size"),
+        ({"colour": 1}, "colour"),
+        ({"source": {"kind": "nope"}}, "source.kind"),
+        ({"concepts": {"logo": {}}}, "concepts.logo"),
+    ],
+)
+def test_bad_recipes_fail_naming_the_field(changes, field):
+    with pytest.raises(RecipeError, match=field.replace(".", r"\.")):
+        parse_recipe(_raw(**changes))
+
+
+def test_empty_folder_source_fails_at_once(tmp_path):
+    with pytest.raises(RecipeError, match=str(tmp_path)):
+        parse_recipe(_raw(source={"kind": "folder", "path": str(tmp_path)}))
+
+
+def test_bad_file_is_named(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n")
+    with pytest.raises(RecipeError, match="bad.toml"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="no such recipe"):
+        load_recipe("no-such-recipe")
