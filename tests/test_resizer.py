@@ -1,0 +1,139 @@
+"""The resizer turns any common image encoding into the same square RGB, or names why not."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from implicit_concept.resizer import SampleError, prepare_image
+
+RED, GREEN, BLUE = (220, 30, 30), (30, 200, 30), (30, 30, 220)
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def noise_jpeg(width: int = 160, height: int = 120) -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    return encode(Image.fromarray(pixels), "JPEG", quality=90)
+
+
+def mean_rgb(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.float64).reshape(-1, 3).mean(axis=0)
+
+
+def reason(raw: bytes | Image.Image, size: int = 32, min_side: int = 16) -> str:
+    with pytest.raises(SampleError) as info:
+        prepare_image(raw, size, min_side)
+    return info.value.reason
+
+
+def test_output_is_square_rgb_and_deterministic():
+    raw = noise_jpeg()
+    first = prepare_image(raw, 64, 32)
+    assert first.mode == "RGB" and first.size == (64, 64)
+    assert prepare_image(raw, 64, 32).tobytes() == first.tobytes()
+
+
+def test_upscales_small_images_that_pass_min_side():
+    image = Image.new("RGB", (40, 50), GREEN)
+    out = prepare_image(encode(image, "PNG"), 64, 32)
+    assert out.size == (64, 64)
+    assert np.abs(mean_rgb(out) - GREEN).max() < 2
+
+
+def test_centre_crop_keeps_the_middle():
+    image = Image.new("RGB", (200, 100), GREEN)
+    image.paste(RED, (0, 0, 50, 100))
+    image.paste(BLUE, (150, 0, 200, 100))
+    out = np.asarray(prepare_image(encode(image, "PNG"), 32, 16), dtype=np.int16)
+    assert np.abs(out[:, 2:-2] - GREEN).max() <= 2
+
+
+def test_already_prepared_image_is_unchanged():
+    pixels = np.random.default_rng(1).integers(0, 256, size=(48, 48, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    assert prepare_image(image, 48, 16).tobytes() == image.tobytes()
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (60, 30), RED)
+    image.paste(BLUE, (30, 0, 60, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    oriented = prepare_image(encode(image, "PNG", exif=exif), 32, 16)
+    expected = prepare_image(image.transpose(Image.Transpose.ROTATE_270), 32, 16)
+    assert oriented.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"", "unreadable_image"),
+        (b"not an image at all", "unreadable_image"),
+        (noise_jpeg()[:2000], "truncated_image"),
+        (encode(Image.new("RGB", (100, 100), RED), "PNG")[:-200], "truncated_image"),
+        (encode(Image.new("RGB", (12, 40), RED), "PNG"), "too_small"),
+        (encode(Image.new("F", (40, 40), 0.5), "TIFF"), "unsupported_mode"),
+    ],
+    ids=["zero_bytes", "garbage", "truncated_jpeg", "truncated_png", "too_small", "float_tiff"],
+)
+def test_bad_inputs_name_their_reason(raw, expected):
+    assert reason(raw) == expected
+
+
+def test_sample_error_carries_reason():
+    error = SampleError("too_small", "10x10 < 32")
+    assert error.reason == "too_small" and "10x10" in str(error)
+
+
+def test_cmyk_becomes_rgb():
+    cmyk = Image.new("CMYK", (40, 40), (0, 255, 255, 0))
+    out = prepare_image(encode(cmyk, "JPEG", quality=95), 32, 16)
+    r, g, b = mean_rgb(out)
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_transparency_is_flattened_onto_white():
+    rgba = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    rgba.paste((*BLUE, 255), (0, 0, 40, 20))
+    out = np.asarray(prepare_image(encode(rgba, "PNG"), 40, 16), dtype=np.int16)
+    assert np.abs(out[:16] - BLUE).max() <= 2
+    assert np.abs(out[24:] - 255).max() <= 2
+
+    la = Image.new("LA", (40, 40), (0, 0))
+    assert mean_rgb(prepare_image(encode(la, "PNG"), 32, 16)).min() > 253
+
+
+def test_palette_with_transparency():
+    palette = Image.new("P", (40, 40), 1)
+    palette.putpalette([0, 0, 0, *RED] + [0] * 762)
+    palette.paste(0, (0, 20, 40, 40))
+    out = np.asarray(prepare_image(encode(palette, "PNG", transparency=0), 40, 16), dtype=np.int16)
+    assert np.abs(out[:16] - RED).max() <= 2
+    assert np.abs(out[24:] - 255).max() <= 2
+
+
+def test_sixteen_bit_grey_is_scaled_to_eight_bits():
+    deep = np.zeros((40, 40), dtype=np.uint16)
+    deep[:, 20:] = 65535
+    deep[:20, :20] = 32896
+    image = Image.open(io.BytesIO(encode(Image.fromarray(deep), "PNG")))
+    assert image.mode.startswith("I")
+    out = np.asarray(prepare_image(image, 40, 16), dtype=np.int16)
+    assert np.abs(out[:, 24:] - 255).max() <= 1
+    assert np.abs(out[:16, :16] - 128).max() <= 1
+    assert np.abs(out[24:, :16]).max() <= 1
+
+
+@pytest.mark.parametrize("mode", ["L", "1"])
+def test_grey_and_bilevel_become_rgb(mode):
+    image = Image.new(mode, (40, 40), 0)
+    image.paste(255, (0, 0, 20, 40))
+    out = np.asarray(prepare_image(encode(image, "PNG"), 40, 16), dtype=np.int16)
+    assert (out[:, :16] >= 253).all() and (out[:, 24:] <= 2).all()

@@ -1,0 +1,312 @@
+"""Sources yield the same items on every run, split them disjointly, and never crash on bad input."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from builders.sources import (
+    FolderConfig, FolderSource, ProceduralConfig, ProceduralSource, WebDatasetConfig,
+    WebDatasetSource, make_source, split_of,
+)
+from builders.sources.procedural import (
+    BACKGROUNDS, PALETTE, SHAPES, Background, Scene, SceneObject, caption, render_scene, sample_scene,
+)
+from implicit_concept.resizer import SampleError, prepare_image
+
+EVERYTHING = ProceduralConfig(
+    train=24, test=8, backgrounds=tuple(BACKGROUNDS), shapes=SHAPES, colors=tuple(PALETTE), max_objects=3
+)
+
+
+def procedural(config: ProceduralConfig = EVERYTHING, size: int = 64, shard_size: int = 8, seed: int = 7):
+    return ProceduralSource(config, image_size=size, shard_size=shard_size, seed=seed)
+
+
+def read_all(source, split: str) -> list:
+    return [item for shard in source.shard_ids(split) for item in source.read(split, shard)]
+
+
+# --- procedural -------------------------------------------------------------------------------
+
+
+def test_procedural_is_deterministic_per_seed_and_split():
+    first = read_all(procedural(), "train")
+    again = read_all(procedural(), "train")
+    assert [i.image.tobytes() for i in first] == [i.image.tobytes() for i in again]
+    assert [i.caption for i in first] == [i.caption for i in again]
+    test = read_all(procedural(), "test")
+    other_seed = read_all(procedural(seed=8), "train")
+    assert first[0].image.tobytes() != test[0].image.tobytes()
+    assert [i.caption for i in first[:8]] != [i.caption for i in test]
+    assert [i.caption for i in first] != [i.caption for i in other_seed]
+
+
+def test_procedural_shards_and_ids():
+    source = procedural(ProceduralConfig(train=10, test=3), size=32, shard_size=4)
+    assert source.shard_ids("train") == [0, 1, 2] and source.shard_ids("test") == [0]
+    items = list(source.read("train", 2))
+    assert [i.source_id for i in items] == ["procedural/train/000008", "procedural/train/000009"]
+    assert items[0].caption == caption(source.scene("train", 8))
+    assert source.prompts("test", 3) == [i.caption for i in source.read("test", 0)]
+    json.dumps([i.meta for i in items])
+    with pytest.raises(ValueError, match="no shard 3"):
+        list(source.read("train", 3))
+
+
+@pytest.mark.parametrize("size", [32, 64, 512])
+def test_procedural_renders_at_requested_size(size):
+    item = next(procedural(size=size).read("train", 0))
+    assert item.image.mode == "RGB" and item.image.size == (size, size)
+    assert item.error is None and prepare_image(item.image, size, size).size == (size, size)
+
+
+@pytest.mark.parametrize("size", [64, 512])
+def test_caption_matches_drawn_pixels(size):
+    source = procedural(size=size, shard_size=24 if size == 64 else 3)
+    names, colours = list(PALETTE), np.array(list(PALETTE.values()), dtype=np.float64)
+    for item in source.read("train", 0):
+        scene = Scene.from_json(item.meta["scene"])
+        pixels = np.asarray(item.image, dtype=np.int16)
+        assert f"{scene.background.color} {BACKGROUNDS[scene.background.kind]}background" in item.caption
+        for obj in scene.objects:
+            assert f"{obj.size} {obj.color} {obj.shape}" in item.caption
+            x, y = obj.anchor
+            pixel = pixels[int(y * size), int(x * size)]
+            assert np.abs(pixel - obj.rgb).max() <= 2, (item.caption, obj)
+            assert names[int(np.argmin(((colours - pixel) ** 2).sum(axis=1)))] == obj.color
+
+
+def test_objects_never_touch_and_relations_hold():
+    for index in range(300):
+        scene = sample_scene(np.random.default_rng([3, 0, index]), EVERYTHING)
+        objs = scene.objects
+        for o in objs:
+            assert 0 <= o.x - o.radius and o.x + o.radius <= 1 and 0 <= o.y - o.radius and o.y + o.radius <= 1
+        for i, a in enumerate(objs):
+            for b in objs[i + 1 :]:
+                gap = a.radius + b.radius
+                assert abs(a.x - b.x) >= gap or abs(a.y - b.y) >= gap
+        if len(objs) == 2:
+            a, b = objs
+            assert {"top": a.y < b.y, "bottom": a.y > b.y, "left": a.x < b.x, "right": a.x > b.x}[a.position]
+        assert scene.background.color not in {o.color for o in objs}
+        assert Scene.from_json(json.loads(json.dumps(scene.to_json()))) == scene
+
+
+def test_caption_template():
+    def obj(shape, color, size, position, x, y):
+        return SceneObject(shape, color, PALETTE[color], size, position, x, y, 0.12)
+
+    bg = Background("gradient", "orange", PALETTE["orange"], {"orientation": "vertical", "flip": False})
+    pair = Scene(bg, (obj("circle", "red", "small", "top", 0.5, 0.25),
+                      obj("square", "blue", "large", "bottom", 0.5, 0.75)), "pair_vertical")
+    assert caption(pair) == "a small red circle above a large blue square on an orange gradient background"
+    flat = Background("flat", "green", PALETTE["green"], {})
+    single = Scene(flat, (obj("star", "white", "large", "left", 0.25, 0.5),), "single")
+    assert caption(single) == "a large white star on the left on a green background"
+    slots = [("ring", "left", 0.18), ("cross", "centre", 0.5), ("diamond", "right", 0.82)]
+    row = Scene(flat, tuple(obj(s, "black", "small", p, x, 0.5) for s, p, x in slots), "row")
+    assert caption(row) == (
+        "a small black ring on the left, a small black cross in the centre and "
+        "a small black diamond on the right on a green background"
+    )
+    assert render_scene(single, 32).size == (32, 32) and pair.caption == caption(pair)
+
+
+# --- folder -----------------------------------------------------------------------------------
+
+
+def save(path: Path, image: Image.Image, fmt: str, caption: bytes | None = b"a picture", **kw) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, fmt, **kw)
+    if caption is not None:
+        path.with_suffix(".txt").write_bytes(caption)
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    rgb = Image.new("RGB", (64, 48), (200, 40, 40))
+    save(tmp_path / "good.jpg", rgb, "JPEG")
+    save(tmp_path / "sub" / "dir" / "nested.webp", rgb, "WEBP")
+    save(tmp_path / "upper.JPG", rgb, "JPEG")
+    save(tmp_path / "cmyk.jpg", Image.new("CMYK", (64, 64), (0, 255, 255, 0)), "JPEG")
+    save(tmp_path / "rgba.png", Image.new("RGBA", (64, 64), (0, 0, 255, 128)), "PNG")
+    save(tmp_path / "deep.png", Image.fromarray(np.full((64, 64), 40000, dtype=np.uint16)), "PNG")
+    save(tmp_path / "palette.png", Image.new("P", (64, 64), 3), "PNG", transparency=3)
+    save(tmp_path / "grey.bmp", Image.new("L", (64, 64), 90), "BMP")
+    save(tmp_path / "small.png", Image.new("RGB", (20, 64)), "PNG")
+    save(tmp_path / "nocap.jpg", rgb, "JPEG", caption=None)
+    save(tmp_path / "latin.jpg", rgb, "JPEG", caption="caf\u00e9".encode("latin-1"))
+    save(tmp_path / "blank.jpg", rgb, "JPEG", caption=b" \n\t")
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    (tmp_path / "zero.txt").write_text("nothing")
+    noise = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "JPEG")
+    (tmp_path / "trunc.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    (tmp_path / "trunc.txt").write_text("cut short")
+    (tmp_path / "notes.md").write_text("not an image")
+    return tmp_path
+
+
+def outcome(item) -> str:
+    if item.error:
+        return item.error
+    try:
+        prepare_image(item.image, 32, 32)
+    except SampleError as exc:
+        return exc.reason
+    return "ok"
+
+
+def test_folder_reads_good_and_bad_files(folder: Path):
+    source = FolderSource(FolderConfig(str(folder), test_fraction=0.0), shard_size=5)
+    assert read_all(source, "test") == []
+    items = read_all(source, "train")
+    assert [i.source_id for i in items] == sorted(i.source_id for i in items)
+    assert source.shard_ids("train") == [0, 1, 2]
+    assert {i.source_id: outcome(i) for i in items} == {
+        "good.jpg": "ok", "sub/dir/nested.webp": "ok", "upper.JPG": "ok", "cmyk.jpg": "ok",
+        "rgba.png": "ok", "deep.png": "ok", "palette.png": "ok", "grey.bmp": "ok",
+        "small.png": "too_small", "nocap.jpg": "missing_caption", "latin.jpg": "caption_not_utf8",
+        "blank.jpg": "empty_caption", "zero.jpg": "unreadable_image", "trunc.jpg": "truncated_image",
+    }
+    good = next(i for i in items if i.source_id == "good.jpg")
+    assert isinstance(good.image, bytes) and good.caption == "a picture" and good.meta == {"path": "good.jpg"}
+
+
+def test_folder_split_is_stable_and_disjoint(folder: Path):
+    source = FolderSource(FolderConfig(folder, test_fraction=0.5), shard_size=4)
+    train, test = source.files("train"), source.files("test")
+    assert train and test and not set(train) & set(test)
+    everything = FolderSource(FolderConfig(folder, 0.0), shard_size=4).files("train")
+    assert sorted(train + test) == sorted(everything)
+    assert all(split_of(f, 0.5) == "test" for f in test)
+    save(folder / "late" / "new.png", Image.new("RGB", (64, 64)), "PNG")
+    grown = FolderSource(FolderConfig(folder, test_fraction=0.5), shard_size=4)
+    assert set(grown.files("test")) - set(test) <= {"late/new.png"}
+    assert set(grown.files("train")) - set(train) <= {"late/new.png"}
+
+
+def test_folder_missing_or_empty_directory(tmp_path: Path):
+    with pytest.raises(ValueError, match="nowhere"):
+        FolderSource(FolderConfig(str(tmp_path / "nowhere")), shard_size=4)
+    (tmp_path / "readme.txt").write_text("no images here")
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        FolderSource(FolderConfig(str(tmp_path)), shard_size=4)
+
+
+# --- webdataset -------------------------------------------------------------------------------
+
+
+def jpeg(colour=(10, 120, 200)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), colour).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            tf.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture()
+def shards(tmp_path: Path) -> Path:
+    write_tar(tmp_path / "00000.tar", [
+        ("000000000.jpg", jpeg()), ("000000000.txt", b"a blue square"),
+        ("000000000.json", json.dumps({"url": "http://x/0.jpg"}).encode()),
+        ("000000001.txt", b"caption without image"), ("000000001.json", b"{}"),
+        ("000000002.png", jpeg()), ("000000002.pyd", b"\x80\x04evil"),
+        ("000000003.clean.jpg", jpeg()), ("000000003.txt", b"only a derived image"),
+        ("sub/000000004.jpg", jpeg()), ("sub/000000004.txt", b"in a directory"),
+    ])
+    whole = [(f"0000100{k}.{e}", d) for k in range(3) for e, d in (("jpg", jpeg()), ("txt", b"fine"))]
+    write_tar(tmp_path / "00001.tar", whole)
+    data = (tmp_path / "00001.tar").read_bytes()
+    cut_in_data = data.find(b"00001002.jpg") + 512 + 100
+    (tmp_path / "00001.tar").write_bytes(data[:cut_in_data])
+    write_tar(tmp_path / "00002.tar", whole)
+    boundary = (tmp_path / "00002.tar").read_bytes()
+    (tmp_path / "00002.tar").write_bytes(boundary[: boundary.find(b"00001002.txt")])
+    return tmp_path
+
+
+def test_webdataset_groups_members_and_names_errors(shards: Path):
+    source = WebDatasetSource(WebDatasetConfig(f"{shards}/{{00000..00002}}.tar", test_fraction=0.0))
+    assert source.shard_ids("train") == [0, 1, 2]
+    items = list(source.read("train", 0))
+    assert {i.source_id: i.error for i in items} == {
+        "00000.tar/000000000": None, "00000.tar/000000001": "no_image",
+        "00000.tar/000000002": "missing_caption", "00000.tar/000000003": "no_image",
+        "00000.tar/sub/000000004": None,
+    }
+    first = items[0]
+    assert first.caption == "a blue square" and first.meta["json"] == {"url": "http://x/0.jpg"}
+    assert prepare_image(first.image, 32, 32).size == (32, 32)
+    assert not any(b"evil" in (i.image or b"") for i in items)
+
+
+@pytest.mark.parametrize("shard", [1, 2], ids=["cut_in_data", "cut_at_boundary"])
+def test_webdataset_truncated_tar_yields_what_was_read(shards: Path, shard: int):
+    source = WebDatasetSource(WebDatasetConfig(f"{shards}/{{00000..00002}}.tar", test_fraction=0.0))
+    items = list(source.read("train", shard))
+    assert [i.error for i in items] == [None, None, "corrupt_tar"]
+    assert [i.source_id for i in items[:2]] == ["0000%d.tar/00001000" % shard, "0000%d.tar/00001001" % shard]
+
+
+def test_webdataset_split_is_disjoint(shards: Path):
+    config = WebDatasetConfig([str(shards / "00000.tar")], test_fraction=0.5)
+    source = WebDatasetSource(config)
+    train = {i.source_id for i in source.read("train", 0)}
+    test = {i.source_id for i in source.read("test", 0)}
+    assert not train & test and len(train | test) == 5
+    assert all(split_of(s, 0.5) == "test" for s in test)
+
+
+def test_webdataset_missing_tars(tmp_path: Path):
+    with pytest.raises(ValueError, match="2 of 2 tar files do not exist"):
+        WebDatasetSource(WebDatasetConfig(f"{tmp_path}/{{0..1}}.tar"))
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+def test_make_source_builds_every_kind(folder: Path, shards: Path):
+    kw = dict(image_size=32, shard_size=4, seed=1)
+    made = make_source({"kind": "procedural", "train": 5, "test": 2, "shapes": ["circle", "star"]}, **kw)
+    assert isinstance(made, ProceduralSource) and made.config.shapes == ("circle", "star")
+    assert isinstance(make_source({"kind": "folder", "path": str(folder)}, **kw), FolderSource)
+    wds = make_source({"kind": "webdataset", "urls": f"{shards}/00000.tar"}, **kw)
+    assert isinstance(wds, WebDatasetSource)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"kind": "foo"}, "source.kind: unknown source 'foo' (known: folder, procedural, webdataset)"),
+        ({}, "source.kind: missing"),
+        ({"kind": "procedural", "colours": ["red"]}, "source.colours: unknown field"),
+        ({"kind": "folder", "path": ".", "test_fraction": 1.5},
+         "source.test_fraction must be in [0, 1], got 1.5"),
+        ({"kind": "folder"}, "source.path: required"),
+        ({"kind": "folder", "path": "/no/such/dir"}, "source.path: '/no/such/dir' does not exist"),
+        ({"kind": "procedural", "shapes": ["hexagon"]}, "source.shapes: unknown 'hexagon'"),
+        ({"kind": "procedural", "max_objects": 4}, "source.max_objects must be an integer in [1, 3]"),
+        ({"kind": "procedural", "train": -1}, "source.train must be an integer >= 0"),
+        ({"kind": "procedural", "colors": ["red"]}, "source.colors needs at least 2"),
+        ({"kind": "webdataset", "urls": "http://host/{0..1}.tar"}, "source.urls: only local files"),
+    ],
+)
+def test_make_source_errors_name_the_field(options, message):
+    with pytest.raises(ValueError) as info:
+        make_source(options, image_size=32, shard_size=4, seed=0)
+    assert message in str(info.value)
