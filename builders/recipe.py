@@ -188,6 +188,6 @@ def _table(v: Any, where: str) -> dict[str, Any]:
 
 
 def _list(v: Any, where: str) -> list[Any]:
-    if not isinstance(v, list):
+    if not isinstance(v, (list, tuple)):
         raise RecipeError(f"{where} must be a list, got {v!r}")
-    return v
+    return list(v)

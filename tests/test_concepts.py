@@ -1,0 +1,235 @@
+"""Concept renderers, asset pools and compositing: boxes are tight, sizes honour the config,
+output is deterministic, train and test assets never meet, QR codes really decode."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from implicit_concept.assets import AssetPool, _font_family
+from implicit_concept.compositing import composite
+from implicit_concept.concepts import RENDERERS, Layer, make_config, make_renderer
+from implicit_concept.sample import CONCEPT_NAMES
+
+SIZES = (32, 64, 256, 512)
+SEEDS = {32: 40, 64: 40, 256: 12, 512: 6}
+
+
+def _background(size: int, seed: int) -> Image.Image:
+    """A smooth random gradient, so contrast logic and 'unchanged where mask is 0' are exercised."""
+    rng = np.random.default_rng(10_000 + seed)
+    a, b = rng.integers(0, 256, size=(2, 3))
+    t = np.linspace(0, 1, size)[:, None, None]
+    return Image.fromarray((a * (1 - t) + b * t).repeat(size, axis=1).astype(np.uint8), "RGB")
+
+
+def _renders(concept: str, size: int, split: str = "train", options: dict | None = None):
+    """(layers, composited image, instances, mask, background) over this size's seeds."""
+    renderer = make_renderer(concept, options or {}, split)
+    for seed in range(SEEDS[size]):
+        background = _background(size, seed)
+        layers = renderer.render(np.random.default_rng(seed), (size, size), background=background)
+        yield (layers, *composite(background, layers, concept), background)
+
+
+def _visible(layers: list[Layer]) -> list[Layer]:
+    return [layer for layer in layers if layer.rgba.getchannel("A").getbbox()]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("concept", CONCEPT_NAMES)
+def test_boxes_hold_every_visible_pixel(concept: str, size: int) -> None:
+    for layers, _, instances, _, _ in _renders(concept, size):
+        visible = _visible(layers)
+        assert instances and len(instances) == len(visible)
+        for inst, layer in zip(instances, visible):
+            alpha = np.asarray(layer.rgba.getchannel("A"))
+            ys, xs = np.nonzero(alpha)
+            box = inst.box
+            assert box.inside(size, size)
+            assert (box.x1, box.y1, box.x2, box.y2) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            json.dumps(inst.to_json(size, size))
+
+
+def _floats(value):
+    if isinstance(value, float):
+        yield value
+    elif isinstance(value, list):
+        for v in value:
+            yield from _floats(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _floats(v)
+
+
+@pytest.mark.parametrize("concept", CONCEPT_NAMES)
+def test_params_are_plain_json_rounded(concept: str) -> None:
+    for _, _, instances, _, _ in _renders(concept, 64):
+        for inst in instances:
+            assert json.loads(json.dumps(inst.params)) == inst.params
+            assert all(round(f, 4) == f for f in _floats(inst.params))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_qrcode_size_within_scale(size: int) -> None:
+    """Tolerance: the box of a code of side s rotated by r and with corners shifted by up to p*s
+    spans at most s*(|cos r|+|sin r|)*(1+2p) + 2 px (resampling fringe) and at least s*(1-2p) - 2."""
+    cfg = make_config("qrcode", {})
+    lo, hi = cfg.scale
+    for _, _, instances, _, _ in _renders("qrcode", size):
+        (inst,) = instances
+        p = inst.params
+        side = p["side_px"]
+        assert max(1, math.floor(lo * size)) <= side <= math.ceil(hi * size)
+        r = math.radians(p["rotation"])
+        grow = (abs(math.cos(r)) + abs(math.sin(r))) * (1 + 2 * p["perspective"])
+        for extent in (inst.box.width, inst.box.height):
+            assert side * (1 - 2 * p["perspective"]) - 2 <= extent <= side * grow + 2
+        frac = inst.box.area / size**2
+        assert frac <= (hi * grow + 2 / size) ** 2
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_watermark_size_within_scale(size: int) -> None:
+    """Tolerance: a mark of unrotated width w rotated by r has a box side of at most
+    1.6*w*(|cos r|+|sin r|) + its stroke/shadow margins + 4 px (a logo with the word under its icon
+    is up to ~1.5x taller than wide; rendered text deviates from the aimed width by hinting);
+    untiled marks, never clipped, have a side of at least w/2."""
+    cfg = make_config("watermark", {})
+    scales = {"center": cfg.scale, "corner": cfg.corner_scale, "tiled": cfg.tile_scale}
+    for _, _, instances, _, _ in _renders("watermark", size):
+        for inst in instances:
+            p = inst.params
+            w = p["width_px"]
+            assert w <= max(scales[p["layout"]][1] * size, cfg.min_px) + 1
+            r = math.radians(p["rotation"])
+            margin = 2 * (p["stroke_px"] + p["shadow_px"]) + 4
+            longest = max(inst.box.width, inst.box.height)
+            assert longest <= 1.6 * w * (abs(math.cos(r)) + abs(math.sin(r))) + margin
+            if p["layout"] != "tiled":
+                assert longest >= w / 2
+            assert cfg.opacity[0] - 1e-4 <= p["opacity"] <= cfg.opacity[1] + 1e-4
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_text_never_below_min_size(size: int) -> None:
+    """A raised minimum is honoured too, where one line at that size fits the canvas (from 64 px)."""
+    raised = {"min_font_px": 12, "font_scale": [0.02, 0.05]}
+    for options in ({}, raised) if size >= 64 else ({},):
+        cfg = make_config("text", options)
+        for _, _, instances, _, _ in _renders("text", size, options=options):
+            for inst in instances:
+                px = inst.params["font_px"]
+                assert cfg.min_font_px <= px <= max(cfg.min_font_px, round(cfg.font_scale[1] * size))
+                assert inst.box.height >= px // 2
+
+
+@pytest.mark.parametrize("concept", CONCEPT_NAMES)
+def test_same_seed_same_pixels(concept: str) -> None:
+    a, b = make_renderer(concept, {}, "train"), make_renderer(concept, {}, "train")
+    for size in (64, 256):
+        for seed in range(8):
+            la = a.render(np.random.default_rng(seed), (size, size))
+            lb = b.render(np.random.default_rng(seed), (size, size))
+            assert [x.rgba.tobytes() for x in la] == [y.rgba.tobytes() for y in lb]
+            assert [x.params for x in la] == [y.params for y in lb]
+
+
+def test_asset_pools_are_disjoint() -> None:
+    train, test = AssetPool.for_split("train"), AssetPool.for_split("test")
+    for name in ("brand_words", "logo_seeds", "qr_payload_families", "text_words", "text_phrases"):
+        a, b = getattr(train, name), getattr(test, name)
+        assert a and b and not set(a) & set(b), name
+    assert len(train.fonts) >= 2 and len(test.fonts) >= 2
+    assert not {os.path.basename(f) for f in train.fonts} & {os.path.basename(f) for f in test.fonts}
+    assert not {_font_family(f) for f in train.fonts} & {_font_family(f) for f in test.fonts}
+    assert list(train.fonts) == sorted(train.fonts, key=os.path.basename)
+
+
+def test_renderers_draw_only_their_splits_assets() -> None:
+    for split in ("train", "test"):
+        pool = AssetPool.for_split(split)
+        fonts = {os.path.basename(f) for f in pool.fonts}
+        for concept in CONCEPT_NAMES:
+            for _, _, instances, _, _ in _renders(concept, 64, split=split):
+                for inst in instances:
+                    p = inst.params
+                    assert p.get("font", next(iter(fonts))) in fonts
+                    assert p.get("logo_seed", pool.logo_seeds[0]) in pool.logo_seeds
+                    assert p.get("payload_family", pool.qr_payload_families[0]) in pool.qr_payload_families
+
+
+def test_qrcodes_decode_at_512() -> None:
+    cv2 = pytest.importorskip("cv2")
+    detectors = [cv2.QRCodeDetector()]
+    if hasattr(cv2, "QRCodeDetectorAruco"):
+        detectors.append(cv2.QRCodeDetectorAruco())
+    grey = Image.new("RGB", (512, 512), (128, 128, 128))
+    checked = 0
+    for split in ("train", "test"):
+        renderer = make_renderer("qrcode", {}, split)
+        for seed in range(12):
+            layers = renderer.render(np.random.default_rng(seed), (512, 512))
+            image, (inst,), _ = composite(grey, layers, "qrcode")
+            if inst.params["perspective"] > 0.05:
+                continue
+            pixels = np.asarray(image.convert("L"))
+            if inst.params["style"] == "inverted":
+                pixels = 255 - pixels
+            decoded = next((t for d in detectors if (t := d.detectAndDecode(pixels)[0])), "")
+            assert decoded == inst.params["payload"], inst.params
+            checked += 1
+    assert checked >= 12
+
+
+@pytest.mark.parametrize("concept", CONCEPT_NAMES)
+def test_mask_is_max_alpha_and_image_untouched_outside(concept: str) -> None:
+    for layers, image, _, mask, background in _renders(concept, 64):
+        alphas = np.stack([np.asarray(layer.rgba.getchannel("A")) for layer in layers])
+        m = np.asarray(mask)
+        assert mask.mode == "L" and np.array_equal(m, alphas.max(axis=0))
+        untouched = m == 0
+        assert np.array_equal(np.asarray(image)[untouched], np.asarray(background)[untouched])
+
+
+def test_composite_drops_invisible_layers_and_rounds_params() -> None:
+    image = Image.new("RGB", (16, 16), (50, 60, 70))
+    blank = Layer(Image.new("RGBA", (16, 16), (0, 0, 0, 0)), {"a": 1})
+    dot = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    dot.putpixel((3, 5), (255, 0, 0, 255))
+    out, instances, mask = composite(image, [blank, Layer(dot, {"x": np.float32(0.123456), "t": (1, 2)})], "text")
+    assert len(instances) == 1 and instances[0].box.as_list() == [3, 5, 4, 6]
+    assert instances[0].params == {"x": 0.1235, "t": [1, 2]}
+    assert out.getpixel((3, 5)) == (255, 0, 0) and mask.getpixel((3, 5)) == 255
+
+
+@pytest.mark.parametrize(
+    "concept, options, field",
+    [
+        ("qrcode", {"scalee": [0.3, 0.4]}, "concepts.qrcode.scalee"),
+        ("qrcode", {"scale": [0.5, 0.2]}, "concepts.qrcode.scale"),
+        ("qrcode", {"error_levels": ["X"]}, "concepts.qrcode.error_levels"),
+        ("watermark", {"layouts": {"diagonal": 1.0}}, "concepts.watermark.layouts"),
+        ("watermark", {"opacity": [0.0, 0.5]}, "concepts.watermark.opacity"),
+        ("text", {"min_font_px": 0}, "concepts.text.min_font_px"),
+        ("text", {"styles": {"meme": -1}}, "concepts.text.styles"),
+        ("text", {"font_scale": "big"}, "concepts.text.font_scale"),
+    ],
+)
+def test_bad_options_name_the_field(concept: str, options: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        make_renderer(concept, options, "train")
+
+
+def test_registry_and_good_options() -> None:
+    assert tuple(RENDERERS) == CONCEPT_NAMES
+    with pytest.raises(ValueError, match="unknown concept"):
+        make_renderer("logo", {}, "train")
+    with pytest.raises(ValueError, match="split"):
+        make_renderer("text", {}, "validation")
+    renderer = make_renderer("qrcode", {"scale": [0.2, 0.25], "error_levels": ["H"]}, "test")
+    assert renderer.config.scale == (0.2, 0.25) and renderer.config.error_levels == ("H",)
