@@ -48,7 +48,7 @@ def run_units(
         results.append(stats)
         samples += stats["successes"]
         bar.update(1)
-        bar.set_postfix(samples=samples, samples_per_s=f"{samples / max(time.perf_counter() - start, 1e-9):.0f}")
+        bar.set_postfix(samples=str(samples), samples_per_s=f"{samples / max(time.perf_counter() - start, 1e-9):.0f}")
 
     if workers <= 1 or len(units) <= 1:
         builder = ShardBuilder(recipe)
