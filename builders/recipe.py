@@ -91,6 +91,13 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
         raise RecipeError(f"{path}: {e}") from None
 
 
+def source_from_spec(spec: str, test_fraction: float = 0.1) -> dict[str, Any]:
+    """``--source``: a folder of images with caption sidecars, or tar shards (a brace pattern)."""
+    if Path(spec).is_dir():
+        return {"kind": "folder", "path": spec, "test_fraction": test_fraction}
+    return {"kind": "webdataset", "urls": spec, "test_fraction": test_fraction}
+
+
 def parse_recipe(raw: dict[str, Any]) -> Recipe:
     unknown = set(raw) - _TOP_LEVEL
     if unknown:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 def _build(args: argparse.Namespace) -> int:
     from builders.build import build_dataset
-    from builders.recipe import load_recipe
+    from builders.recipe import load_recipe, source_from_spec
 
-    recipe = load_recipe(args.recipe)
+    overrides = {"source": source_from_spec(args.source)} if args.source else None
+    recipe = load_recipe(args.recipe, overrides)
     out = Path(args.out or Path("data") / recipe.name)
     report = build_dataset(recipe, out, workers=args.workers, progress=not args.quiet)
     print(
@@ -40,6 +41,27 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detector_train(args: argparse.Namespace) -> int:
+    from implicit_concept.detector_training import load_scale, train_detector
+
+    trained = train_detector(Path(args.shards), Path(args.out), load_scale(args.scale))
+    test = trained.summary["test_split"]
+    per_class = ", ".join(f"{c} {m['map50']:.3f}/{m['map50_95']:.3f}" for c, m in test["per_class"].items())
+    print(f"{trained.weights}: mAP50/mAP50-95 on the test split: {per_class}; metrics in {trained.metrics}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from implicit_concept.detector import Detector
+    from implicit_concept.scoring import ScoreConfig, score_images
+
+    report = score_images(args.dir, Detector.load(args.detector), ScoreConfig(conf=args.conf), clean=args.clean)
+    print(report.table())
+    if args.json:
+        print(report.write_json(args.json))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="implicit-concept", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="synthesize an ICD dataset from a recipe into WebDataset shards")
     p.add_argument("recipe", help="a recipe TOML file, or the name of one in manifests/ (icd-tiny, icd-v1, ...)")
     p.add_argument("--out", help="output folder (default: data/<recipe name>)")
+    p.add_argument("--source", help="replace the recipe's source: a folder of name.jpg + name.txt, or tars ('dir/{00000..00009}.tar')")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_build)
@@ -61,6 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=24)
     p.add_argument("--contaminated", action="store_true", help="only samples that carry a concept")
     p.set_defaults(func=_show)
+
+    p = sub.add_parser("detector", help="the concept detector (YOLO) that scores every method")
+    detector_sub = p.add_subparsers(dest="detector_command", required=True)
+    p = detector_sub.add_parser("train", help="train on SHARDS/train, report per-class mAP on SHARDS/test (unseen assets)")
+    p.add_argument("shards", help="an ICD subset folder with train/ and test/ shard sets, e.g. data/icd-tiny/icd-mixed")
+    p.add_argument("--out", required=True, help="output folder: detector.pt, metrics.json, pr_curve.png, ...")
+    p.add_argument("--scale", default="cpu", help="a scale in implicit_concept/detector_scales.toml: debug, cpu, gpu (default: cpu)")
+    p.set_defaults(func=_detector_train)
+
+    p = sub.add_parser("score", help="ICR per concept of a set of images, beside the detector's false-positive rate")
+    p.add_argument("dir", help="a folder of images, or a shard set (folder of .tar, one tar, or a brace pattern)")
+    p.add_argument("--detector", required=True, help="detector.pt, or the folder `detector train` wrote")
+    p.add_argument("--conf", type=float, default=0.25, help="confidence threshold at which a concept counts (default: 0.25)")
+    p.add_argument("--clean", help="clean images to measure false positives on (default: the reference saved with the detector)")
+    p.add_argument("--json", help="write the full result, per-image detections included, to this file")
+    p.set_defaults(func=_score)
     return parser
 
 
