@@ -2,7 +2,8 @@
 
 Measures, on the same source images (a folder of JPEGs with captions) and output size, the
 samples/s of the full build path and of a plain decode-resize-encode-write pass, with 1 and 2
-workers, and prints the ratios. Run: ``python -m benchmark.build_speed [--images 400]``.
+workers, and prints the ratios. Run: ``python -m benchmark.build_speed [--images 1000]``.
+Start-up (spawning workers, indexing fonts) is included, as a user pays it.
 """
 from __future__ import annotations
 
@@ -76,10 +77,10 @@ def full_build(folder: Path, out: Path, size: int, shard_size: int, workers: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--source-side", type=int, default=512)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 512])
-    parser.add_argument("--shard-size", type=int, default=50)
+    parser.add_argument("--shard-size", type=int, default=100)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -69,6 +69,7 @@ class ShardBuilder:
             for split in SPLITS
         }
         self.key_digits = max(4, len(str(recipe.shard_size - 1)))
+        self.version = version()
 
     def plan(self) -> list[WorkUnit]:
         return [
@@ -146,7 +147,7 @@ class ShardBuilder:
             seed=seed,
             recipe=self.recipe.name,
             recipe_sha256=self.recipe.sha256,
-            version=version(),
+            version=self.version,
         )
         members = {
             "jpg": _encode(image, "JPEG", self.recipe.jpeg_quality),

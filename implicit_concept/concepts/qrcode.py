@@ -121,7 +121,11 @@ class QRCodeRenderer(Renderer):
     def render(
         self, rng: np.random.Generator, size: tuple[int, int], background: Image.Image | None = None
     ) -> list[Layer]:
-        """``background`` is unused: the code brings its own quiet zone, which is its contrast."""
+        """``background`` is unused: the code brings its own quiet zone, which is its contrast.
+
+        The mask pattern is drawn, not searched: any of the eight is a valid code, and the search
+        (qrcode's default) costs ten times the rest of the render.
+        """
         cfg = self.config
         family, payload = self.assets.qr_payload(rng)
         level = cfg.error_levels[int(rng.integers(len(cfg.error_levels)))]
@@ -129,6 +133,7 @@ class QRCodeRenderer(Renderer):
             version=int(rng.integers(cfg.versions[0], cfg.versions[1] + 1)),
             error_correction=_EC_LEVELS[level],
             border=int(rng.integers(cfg.border[0], cfg.border[1] + 1)),
+            mask_pattern=int(rng.integers(8)),
         )
         qr.add_data(payload)
         qr.make(fit=True)
@@ -157,7 +162,7 @@ class QRCodeRenderer(Renderer):
         xy = (int(rng.integers(0, max(size[0] - w, 0) + 1)), int(rng.integers(0, max(size[1] - h, 0) + 1)))
         params = {
             "payload_family": family, "payload": payload, "version": qr.version, "error_level": level,
-            "border": qr.border, "modules": n, "side_px": side, "style": style,
+            "border": qr.border, "mask_pattern": qr.mask_pattern, "modules": n, "side_px": side, "style": style,
             "ink": list(ink), "paper": list(paper), "rotation": angle, "perspective": perspective,
         }
         return [Layer(full_canvas(patch, size, xy), params)]
