@@ -1,0 +1,84 @@
+"""Evaluation prompts: a CSV in the ESD/I2P style (case_number, prompt, evaluation_seed).
+
+Prompts are clean captions (they never name a concept). For the embedded default they are the
+captions of icd-tiny's test split, with the drawn scene kept beside them so prompt-following can be
+scored; for a dataset of your own, the captions of its test split.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+COLUMNS = ("case_number", "prompt", "evaluation_seed", "scene")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    case_number: int
+    prompt: str
+    evaluation_seed: int
+    scene: dict[str, Any] | None = None
+
+
+def read_prompts(path: str | Path, limit: int | None = None) -> list[Prompt]:
+    path = resolve_prompts(path)
+    rows: list[Prompt] = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"case_number", "prompt", "evaluation_seed"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+        for line, row in enumerate(islice(reader, limit), start=2):
+            try:
+                scene = json.loads(row["scene"]) if row.get("scene") else None
+                rows.append(Prompt(int(row["case_number"]), row["prompt"], int(row["evaluation_seed"]), scene))
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{path}:{line}: bad row ({e})") from None
+    numbers = [r.case_number for r in rows]
+    if len(set(numbers)) != len(numbers):
+        raise ValueError(f"{path}: case_number values must be unique")
+    return rows
+
+
+def write_prompts(path: Path, prompts: list[Prompt]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for p in prompts:
+            writer.writerow([p.case_number, p.prompt, p.evaluation_seed, json.dumps(p.scene, sort_keys=True) if p.scene else ""])
+
+
+def resolve_prompts(path: str | Path) -> Path:
+    """A CSV path, or the name of one shipped in ``benchmark/prompts/``."""
+    p = Path(path)
+    if p.exists():
+        return p
+    shipped = PROMPTS_DIR / f"{path}.csv"
+    if shipped.exists():
+        return shipped
+    raise FileNotFoundError(f"{path}: no such prompts file (shipped: {', '.join(q.stem for q in PROMPTS_DIR.glob('*.csv'))})")
+
+
+def procedural_prompts(recipe: str, count: int, seed_base: int = 1000) -> list[Prompt]:
+    """Captions and scenes of the recipe's procedural test split, as evaluation prompts."""
+    from builders.recipe import load_recipe
+    from builders.sources import make_source
+
+    r = load_recipe(recipe)
+    source = make_source(r.source, image_size=r.image_size, shard_size=r.shard_size, seed=r.seed)
+    return [
+        Prompt(i, source.scene("test", i).caption, seed_base + i, source.scene("test", i).to_json())
+        for i in range(count)
+    ]
+
+
+def shard_prompts(path: str | Path, count: int, seed_base: int = 1000) -> list[Prompt]:
+    """Captions of a test split of your own (e.g. data/icd-v1/icd-qrcode/test)."""
+    from implicit_concept.shard_reader import iter_samples
+
+    return [Prompt(i, s.caption, seed_base + i) for i, s in enumerate(islice(iter_samples(path, with_extras=False), count))]

@@ -1,0 +1,104 @@
+"""Turns a benchmark's results.json into the table and plots people read.
+
+results.md puts our ICR beside the paper's (the paper's numbers are anchors from a digest, and the
+table says so); plots show ICR with its 95% interval per method and concept, with the detector's
+false-positive rate drawn as the floor no method can go under.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.toml"
+
+
+def paper_icr() -> dict[str, dict[str, float]]:
+    with open(PAPER_NUMBERS, "rb") as f:
+        return tomllib.load(f)["icr"]
+
+
+def _pct(ratio: dict[str, Any] | None) -> str:
+    if not ratio:
+        return "–"
+    return f"{100 * ratio['value']:.1f} [{100 * ratio['low']:.1f}, {100 * ratio['high']:.1f}]"
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    paper = paper_icr()
+    rows = results["rows"]
+    concepts = list(dict.fromkeys(r["concept"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by_key = {(r["concept"], r["method"]): r for r in rows}
+    lines = [
+        f"# Implicit concept removal: {results['name']} (track `{results['track']}`)",
+        "",
+        results.get("note", ""),
+        "",
+        "## Implicit concept ratio (ICR %, 95% bootstrap interval; paper's number in parentheses)",
+        "",
+        "| concept | detector FP % | " + " | ".join(methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
+    for c in concepts:
+        cells = []
+        for m in methods:
+            r = by_key.get((c, m))
+            cell = _pct(r.get("icr")) if r and r.get("status") == "ok" else (r or {}).get("status", "–")
+            if m in paper.get(c, {}):
+                cell += f" ({paper[c][m]:.1f})"
+            cells.append(cell)
+        lines.append(f"| {c} | {_pct(results['fp_rate'].get(c))} | " + " | ".join(cells) + " |")
+    lines += ["", "## Quality", "", "| concept | method | " + " | ".join(_quality_columns(rows)) + " | FID x ICR |"]
+    lines.append("|---|---|" + "---|" * (len(_quality_columns(rows)) + 1))
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        q = r.get("quality", {})
+        values = [_num(q.get(k)) for k in _quality_columns(rows)]
+        lines.append(f"| {r['concept']} | {r['method']} | " + " | ".join(values) + f" | {_num(r.get('fid_x_icr'))} |")
+    lines += ["", "Quality measures: " + "; ".join(sorted({q for r in rows for q in r.get("quality_kinds", [])})), ""]
+    missing = [r for r in rows if r.get("status") != "ok"]
+    if missing:
+        lines += ["## Not run", ""] + [f"- `{r['method']}` on {r['concept']}: {r.get('status')}" for r in missing] + [""]
+    lines += ["## Timings (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in results.get("timings", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def _quality_columns(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted({k for r in rows for k in r.get("quality", {})})
+
+
+def _num(v: Any) -> str:
+    return "–" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def plot_icr(results: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["rows"] if r.get("status") == "ok"]
+    concepts = list(dict.fromkeys(r["concept"] for r in rows))
+    fig, axes = plt.subplots(1, len(concepts), figsize=(4.5 * len(concepts), 4), squeeze=False)
+    for ax, c in zip(axes[0], concepts):
+        rs = [r for r in rows if r["concept"] == c]
+        values = [100 * r["icr"]["value"] for r in rs]
+        err = [[100 * (r["icr"]["value"] - r["icr"]["low"]) for r in rs], [100 * (r["icr"]["high"] - r["icr"]["value"]) for r in rs]]
+        ax.bar(range(len(rs)), values, yerr=err, capsize=3, color="#4c72b0")
+        fp = results["fp_rate"].get(c)
+        if fp:
+            ax.axhline(100 * fp["value"], color="#c44e52", linestyle="--", label="detector FP rate")
+            ax.legend(loc="upper right", fontsize=8)
+        ax.set_xticks(range(len(rs)), [r["method"] for r in rs], rotation=45, ha="right")
+        ax.set_title(c)
+        ax.set_ylabel("ICR % (95% CI)")
+        ax.set_ylim(0, 100)
+    fig.suptitle(f"{results['name']} ({results['track']} track)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

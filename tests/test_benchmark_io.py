@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmark.generation import GenerationSettings, generate_images, image_seed
+from benchmark.prompts import Prompt, read_prompts, write_prompts
+from benchmark.report import plot_icr, results_markdown
+
+
+def test_shipped_prompts_are_clean_and_seeded():
+    prompts = read_prompts("icd-tiny-eval")
+    assert len(prompts) >= 256
+    assert len({p.evaluation_seed for p in prompts}) == len(prompts)
+    for p in prompts:
+        assert not any(w in p.prompt.lower() for w in ("qr", "watermark", "text"))
+        assert p.scene and p.scene["objects"]
+
+
+def test_prompt_errors_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "p.csv"
+    bad.write_text("case_number,prompt,evaluation_seed\n0,a,1\nx,b,2\n")
+    with pytest.raises(ValueError, match=r"p\.csv:3"):
+        read_prompts(bad)
+    bad.write_text("case,prompt\n")
+    with pytest.raises(ValueError, match="missing column"):
+        read_prompts(bad)
+    with pytest.raises(FileNotFoundError, match="no such prompts file"):
+        read_prompts(tmp_path / "nope.csv")
+
+
+def _fake_generate(calls):
+    def generate(prompts, negatives, seeds):
+        calls.append(list(seeds))
+        return [Image.fromarray(np.random.default_rng(s).integers(0, 255, (8, 8, 3), dtype=np.uint8)) for s in seeds]
+
+    return generate
+
+
+def test_generation_resumes_to_the_same_images(tmp_path):
+    prompts = [Prompt(i, f"p{i}", 10 + i) for i in range(5)]
+    settings = GenerationSettings(images_per_prompt=2, chunk_size=3)
+    calls: list = []
+    full = generate_images(_fake_generate(calls), prompts, tmp_path / "a", settings=settings, progress=False)
+    assert [p.name for p in full[:3]] == ["0_0.png", "0_1.png", "1_0.png"]
+    assert sum(len(c) for c in calls) == 10
+    generate_images(_fake_generate([]), prompts[:2], tmp_path / "b", settings=settings, progress=False)
+    calls.clear()
+    resumed = generate_images(_fake_generate(calls), prompts, tmp_path / "b", settings=settings, progress=False)
+    assert sum(len(c) for c in calls) == 6, "finished images are not generated again"
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(full, resumed))
+    assert image_seed(prompts[1], 1) != image_seed(prompts[2], 0)
+
+
+def _ratio(v):
+    return {"value": v, "low": max(0, v - 0.05), "high": min(1, v + 0.05), "n": 100}
+
+
+def test_report_puts_our_numbers_beside_the_papers(tmp_path):
+    results = {
+        "name": "t",
+        "track": "debug",
+        "fp_rate": {"qrcode": _ratio(0.01)},
+        "rows": [
+            {"concept": "qrcode", "method": "sd", "status": "ok", "icr": _ratio(0.6), "quality": {"scene_fid": 3.0}, "fid_x_icr": 180.0},
+            {"concept": "qrcode", "method": "geom-erasing", "status": "ok", "icr": _ratio(0.1), "quality": {"scene_fid": 2.5}},
+            {"concept": "qrcode", "method": "fmn", "status": "missing: not implemented"},
+        ],
+        "timings": {"finetune": 12.0},
+    }
+    md = results_markdown(results)
+    assert "60.0 [55.0, 65.0] (74.6)" in md and "10.0 [5.0, 15.0] (5.4)" in md
+    assert "`fmn` on qrcode: missing: not implemented" in md
+    assert plot_icr(results, tmp_path / "icr.png").stat().st_size > 1000
