@@ -1,0 +1,320 @@
+"""Image quality beside ICR: a Fréchet distance to clean test images, and prompt following.
+
+Two families, never mixed in one column:
+- `tiny` track: scene-FID and prompt following from ``SceneFeatures``, a small CNN we train on the
+  procedural scenes. They are NOT Inception FID or CLIP score, and every result's ``kind`` says so.
+- `paper` track: torchmetrics' FID and CLIP score, with weights read from a local path (nothing is
+  downloaded). torchmetrics is an optional dependency, imported only when these are called.
+
+FID is biased upwards for small samples, so compare only scores computed with the same numbers of
+images (and, for scene-FID, the same extractor id).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from builders.sources.procedural import Scene
+from implicit_concept.scene_features import SceneFeatures, SceneFeaturesError, caption_attributes, scene_attributes
+
+SCENE_FID_KIND = "scene-FID (features of a CNN trained on procedural scenes; not Inception FID)"
+PROMPT_FOLLOWING_KIND = (
+    "prompt following (share of prompt attributes a CNN trained on procedural scenes reads back "
+    "from the image; not CLIP score)"
+)
+
+ImageLike = Image.Image | np.ndarray
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its percentile-bootstrap interval at ``level``."""
+
+    value: float
+    low: float
+    high: float
+    level: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": round(self.value, 5), "ci": [round(self.low, 5), round(self.high, 5)], "level": self.level}
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def bootstrap_mean(values: Sequence[float], resamples: int = 1000, seed: int = 0, level: float = 0.95) -> Interval:
+    """Mean of ``values`` with a seeded percentile-bootstrap interval (items resampled with replacement)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"bootstrap_mean needs a non-empty 1-D sequence, got shape {x.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"bootstrap_mean: level = {level}, want (0, 1)")
+    if resamples < 100:
+        raise ValueError(f"bootstrap_mean: resamples = {resamples}, want >= 100")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return Interval(float(x.mean()), float(low), float(high), level)
+
+
+# ---- Fréchet distance ----
+
+def _feature_matrix(feats: Any, name: str) -> np.ndarray:
+    x = np.asarray(feats, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"{name}: want an (n, d) feature matrix, got shape {x.shape}")
+    if x.shape[0] < 2:
+        raise ValueError(f"{name}: need at least 2 feature vectors for a covariance, got {x.shape[0]}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name}: features contain NaN or infinity")
+    return x
+
+
+def _sqrt_psd(m: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric positive semi-definite matrix; round-off negative eigenvalues become 0."""
+    w, v = np.linalg.eigh((m + m.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(feats_a: Any, feats_b: Any) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians fitted to two feature sets.
+
+    tr (S_a S_b)^(1/2) is computed as tr (S_a^(1/2) S_b S_a^(1/2))^(1/2): the inner matrix is
+    symmetric PSD, so symmetric eigen-decompositions suffice (no complex round-off, no scipy), and
+    singular covariances (fewer images than dimensions) need no epsilon.
+    """
+    a, b = _feature_matrix(feats_a, "feats_a"), _feature_matrix(feats_b, "feats_b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}")
+    cov_a = np.atleast_2d(np.cov(a, rowvar=False))
+    cov_b = np.atleast_2d(np.cov(b, rowvar=False))
+    root_a = _sqrt_psd(cov_a)
+    inner = root_a @ cov_b @ root_a
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
+    diff = a.mean(axis=0) - b.mean(axis=0)
+    value = float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
+    return max(value, 0.0)
+
+
+@dataclass(frozen=True)
+class FrechetScore:
+    """A Fréchet distance and what it was computed from; ``kind`` names the feature extractor."""
+
+    value: float
+    n_generated: int
+    n_reference: int
+    kind: str
+    #: What identifies the features: the scene extractor's config hash, or the weights path.
+    extractor: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "value": round(self.value, 4), "n_generated": self.n_generated, "n_reference": self.n_reference,
+            "kind": self.kind, "extractor": self.extractor,
+        }
+
+
+def scene_fid(generated_images: Sequence[ImageLike], reference_images: Sequence[ImageLike], extractor: SceneFeatures) -> FrechetScore:
+    """scene-FID between generated images and clean reference images (e.g. the ICD test split)."""
+    generated, reference = list(generated_images), list(reference_images)
+    value = frechet_distance(extractor.features(generated), extractor.features(reference))
+    return FrechetScore(value, len(generated), len(reference), SCENE_FID_KIND, _extractor_name(extractor))
+
+
+def _extractor_name(extractor: SceneFeatures) -> str:
+    return f"scene-features/{extractor.id} ({extractor.image_size} px)"
+
+
+# ---- prompt following ----
+
+@dataclass(frozen=True)
+class PromptFollowing:
+    """How much of each prompt the extractor reads back from its image.
+
+    ``mean``: per image, the share of its prompt's attributes read back, averaged over images (with
+    a bootstrap interval over images); ``exact``: share of images with every attribute right;
+    ``per_attribute``: share right per attribute, over the prompts that ask for it. ``ceiling`` is
+    ``mean`` for clean renders of held-out scenes: what flawless images would get from this extractor.
+    """
+
+    mean: Interval
+    exact: float
+    per_attribute: dict[str, float]
+    per_attribute_n: dict[str, int]
+    n: int
+    ceiling: float | None
+    kind: str
+    extractor: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mean": self.mean.to_json(), "exact": round(self.exact, 5),
+            "per_attribute": {k: round(v, 5) for k, v in self.per_attribute.items()},
+            "per_attribute_n": self.per_attribute_n, "n": self.n, "ceiling": self.ceiling,
+            "kind": self.kind, "extractor": self.extractor,
+        }
+
+
+def prompt_attributes(prompt: Scene | str) -> dict[str, str]:
+    """What a prompt asks for: from a ``Scene``, or parsed from its templated caption."""
+    if isinstance(prompt, Scene):
+        return scene_attributes(prompt)
+    if isinstance(prompt, str):
+        return caption_attributes(prompt)
+    raise SceneFeaturesError(f"want a Scene or a caption, got {type(prompt).__name__}")
+
+
+def prompt_following(
+    images: Sequence[ImageLike],
+    scenes_or_captions: Sequence[Scene | str],
+    extractor: SceneFeatures,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> PromptFollowing:
+    """Compare the extractor's reading of each image with what its prompt asked for."""
+    images, prompts = list(images), list(scenes_or_captions)
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+    expected = [prompt_attributes(p) for p in prompts]
+    for i, wanted in enumerate(expected):
+        for name, value in wanted.items():
+            if value not in extractor.vocab.get(name, ()):
+                raise SceneFeaturesError(
+                    f"prompt {i}: {name} = {value!r} is outside the extractor's vocabulary "
+                    f"({extractor.vocab.get(name, 'no such attribute')}); train it on this prompt's scene config"
+                )
+    predicted = extractor.predict(images)
+    hits = [{name: got.get(name) == value for name, value in wanted.items()} for got, wanted in zip(predicted, expected)]
+    names = [name for name in extractor.vocab if any(name in h for h in hits)]
+    per_attribute_n = {name: sum(name in h for h in hits) for name in names}
+    per_attribute = {name: sum(h[name] for h in hits if name in h) / per_attribute_n[name] for name in names}
+    per_image = [float(np.mean(list(h.values()))) for h in hits]
+    ceiling = extractor.info.get("heldout", {}).get("clean", {}).get("mean_per_image")
+    return PromptFollowing(
+        mean=bootstrap_mean(per_image, resamples, seed, level),
+        exact=float(np.mean([all(h.values()) for h in hits])),
+        per_attribute=per_attribute,
+        per_attribute_n=per_attribute_n,
+        n=len(images),
+        ceiling=ceiling,
+        kind=PROMPT_FOLLOWING_KIND,
+        extractor=_extractor_name(extractor),
+    )
+
+
+# ---- paper track: torchmetrics, weights from a local path ----
+
+class MissingDependencyError(ImportError):
+    """An optional package is not installed; the message says how to install it."""
+
+
+def _torchmetrics(module: str, name: str, extra: str) -> Any:
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"the paper track's {name} needs torchmetrics, which is optional and not installed ({e}). "
+            f"Install it with: pip install 'torchmetrics[{extra}]>=1.7'"
+        ) from None
+
+
+def _local_path(path: str | Path, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{what}: {p} does not exist (weights are read locally, never downloaded)")
+    return p
+
+
+def _uint8_chw(images: Sequence[ImageLike]) -> list[Any]:
+    import torch
+
+    out = []
+    for i, image in enumerate(images):
+        if isinstance(image, Image.Image):
+            a = np.asarray(image.convert("RGB"))
+        elif isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+            a = image
+        else:
+            raise ValueError(f"image {i}: want a PIL image or an HxWx3 uint8 array")
+        out.append(torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1))
+    return out
+
+
+def _batches(tensors: list[Any], batch: int) -> Any:
+    """Stacked batches; a batch of mixed sizes is fed one image at a time (the metrics resize each)."""
+    import torch
+
+    for i in range(0, len(tensors), batch):
+        chunk = tensors[i:i + batch]
+        if len({t.shape for t in chunk}) == 1:
+            yield torch.stack(chunk)
+        else:
+            yield from (t[None] for t in chunk)
+
+
+def paper_fid(
+    generated_images: Sequence[ImageLike],
+    reference_images: Sequence[ImageLike],
+    inception_weights: str | Path,
+    device: str = "cpu",
+    batch: int = 32,
+) -> FrechetScore:
+    """Inception FID (torchmetrics, 2048-d pool features), the FID-Inception weights read from a local file
+    (torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``)."""
+    FrechetInceptionDistance = _torchmetrics("torchmetrics.image.fid", "FrechetInceptionDistance", "image")
+    weights = _local_path(inception_weights, "inception_weights")
+    try:
+        metric = FrechetInceptionDistance(feature=2048, normalize=False, feature_extractor_weights_path=str(weights))
+    except TypeError as e:
+        raise MissingDependencyError(
+            f"this torchmetrics cannot load Inception weights from a path ({e}); "
+            "pip install 'torchmetrics[image]>=1.7'"
+        ) from None
+    metric = metric.to(device)
+    generated, reference = _uint8_chw(list(generated_images)), _uint8_chw(list(reference_images))
+    for tensors, real in ((reference, True), (generated, False)):
+        for x in _batches(tensors, batch):
+            metric.update(x.to(device), real=real)
+    kind = f"FID (torchmetrics FrechetInceptionDistance, 2048-d Inception pool features, weights {weights.name})"
+    return FrechetScore(float(metric.compute()), len(generated), len(reference), kind, str(weights))
+
+
+@dataclass(frozen=True)
+class ClipScore:
+    """torchmetrics CLIP score: mean of max(100 cos(image, caption), 0) over images."""
+
+    value: float
+    n: int
+    kind: str
+    model: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": round(self.value, 4), "n": self.n, "kind": self.kind, "model": self.model}
+
+
+def paper_clip_score(
+    images: Sequence[ImageLike],
+    captions: Sequence[str],
+    clip_model: str | Path,
+    device: str = "cpu",
+    batch: int = 32,
+) -> ClipScore:
+    """CLIP score with a CLIP model read from a local directory (a transformers ``CLIPModel`` save)."""
+    CLIPScore = _torchmetrics("torchmetrics.multimodal.clip_score", "CLIPScore", "multimodal")
+    model = _local_path(clip_model, "clip_model")
+    images, captions = list(images), list(captions)
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    metric = CLIPScore(model_name_or_path=str(model)).to(device)
+    tensors = _uint8_chw(images)
+    for i in range(0, len(tensors), batch):
+        metric.update([t.to(device) for t in tensors[i:i + batch]], captions[i:i + batch])
+    kind = f"CLIP score (torchmetrics CLIPScore, model {model.name})"
+    return ClipScore(float(metric.compute()), len(images), kind, str(model))

@@ -1,0 +1,183 @@
+"""Quality scores: the Fréchet distance, the scene-feature extractor, prompt following, optional torchmetrics."""
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from builders.sources.procedural import BACKGROUNDS, PALETTE, SHAPES, ProceduralConfig, render_scene, sample_scene
+from implicit_concept.quality import (
+    MissingDependencyError,
+    bootstrap_mean,
+    frechet_distance,
+    paper_clip_score,
+    paper_fid,
+    prompt_following,
+    scene_fid,
+)
+from implicit_concept.scene_features import (
+    CACHE_SUBDIR,
+    SceneFeatures,
+    SceneFeaturesConfig,
+    SceneFeaturesError,
+    caption_attributes,
+    heads,
+    scene_attributes,
+)
+
+#: A few seconds of training on one thread: enough to beat chance, far from the default's accuracy.
+MICRO = dict(steps=80, batch=32, heldout=200, threads=1)
+
+
+@pytest.fixture(scope="module")
+def extractor(tmp_path_factory):
+    return SceneFeatures.load_or_train(tmp_path_factory.mktemp("cache"), 32, **MICRO)
+
+
+def _scenes(n, seed=123, config=ProceduralConfig()):
+    return [sample_scene(np.random.default_rng([seed, i]), config) for i in range(n)]
+
+
+# ---- Fréchet distance ----
+
+def _reference_frechet(a, b):
+    """The textbook formula, with tr sqrtm(S_a S_b) from the (real, non-negative) eigenvalues of S_a S_b."""
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    cross = np.sqrt(np.clip(np.linalg.eigvals(ca @ cb).real, 0, None)).sum()
+    d = a.mean(0) - b.mean(0)
+    return d @ d + np.trace(ca) + np.trace(cb) - 2 * cross
+
+
+def test_frechet_distance_properties():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 8)) @ rng.normal(size=(8, 8))
+    b = rng.normal(size=(300, 8)) * 2 + 0.5
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-8)
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-9)
+    assert frechet_distance(a, b) == pytest.approx(_reference_frechet(a, b), rel=1e-6)
+    shifts = [frechet_distance(a, a + s) for s in (0.5, 1.0, 2.0)]
+    assert shifts == pytest.approx([8 * s**2 for s in (0.5, 1.0, 2.0)])
+    assert 0 < shifts[0] < shifts[1] < shifts[2]
+
+
+def test_frechet_distance_singular_and_bad_input():
+    rng = np.random.default_rng(1)
+    few = rng.normal(size=(5, 20))  # fewer samples than dimensions: singular covariances
+    assert np.isfinite(frechet_distance(few, rng.normal(size=(6, 20))))
+    assert frechet_distance(few[:, :1], few[:, :1] + 3) == pytest.approx(9)
+    with pytest.raises(ValueError, match="dimensions differ"):
+        frechet_distance(few, few[:, :3])
+    with pytest.raises(ValueError, match="at least 2"):
+        frechet_distance(few[:1], few)
+    with pytest.raises(ValueError, match="NaN"):
+        frechet_distance(np.full((3, 2), np.nan), few[:, :2])
+
+
+def test_bootstrap_mean_is_seeded_and_brackets_the_mean():
+    values = np.random.default_rng(2).random(200)
+    first, again = bootstrap_mean(values, seed=3), bootstrap_mean(values, seed=3)
+    assert first == again
+    assert first.low < first.value < first.high
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_mean(values, level=1.5)
+
+
+# ---- attributes ----
+
+def test_caption_attributes_invert_captions():
+    wide = ProceduralConfig(backgrounds=tuple(BACKGROUNDS), shapes=SHAPES, colors=tuple(PALETTE), max_objects=3)
+    for config in (ProceduralConfig(), wide):
+        vocab = heads(config)
+        for scene in _scenes(400, config=config):
+            attrs = scene_attributes(scene)
+            assert caption_attributes(scene.caption) == attrs
+            assert all(value in vocab[name] for name, value in attrs.items())
+    with pytest.raises(SceneFeaturesError, match="not a procedural scene caption"):
+        caption_attributes("a photo of a cat")
+
+
+def test_objects_are_numbered_in_reading_order():
+    """"A above B" and "B below A" are the same picture, so they ask for the same attributes."""
+    a = caption_attributes("a small red circle above a large blue square on a green gradient background")
+    b = caption_attributes("a large blue square below a small red circle on a green gradient background")
+    assert a == b and a["object1_shape"] == "circle" and a["arrangement"] == "pair_vertical"
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(SceneFeaturesError, match="image_size"):
+        SceneFeaturesConfig(image_size=48)
+    with pytest.raises(SceneFeaturesError, match="steps"):
+        SceneFeaturesConfig(steps=0)
+    with pytest.raises(SceneFeaturesError, match="unknown field"):
+        SceneFeatures.load_or_train(tmp_path, 32, step=3)
+
+
+# ---- the trained extractor ----
+
+def test_extractor_beats_chance_and_is_cached(extractor):
+    heldout = extractor.info["heldout"]["clean"]["per_attribute"]
+    assert heldout["background_color"] > 3 / len(extractor.vocab["background_color"])
+    assert (extractor.path / "info.json").is_file() and extractor.path.parent.name == CACHE_SUBDIR
+    again = SceneFeatures.load_or_train(extractor.path.parent.parent, 32, **MICRO)
+    images = [render_scene(s, 32) for s in _scenes(8)]
+    np.testing.assert_array_equal(again.features(images), extractor.features(images))
+    assert extractor.features(images).shape == (8, extractor.config.feature_dim)
+
+
+@pytest.mark.slow
+def test_training_is_deterministic(extractor):
+    retrained = SceneFeatures.train(SceneFeaturesConfig(image_size=32, **MICRO))
+    images = [render_scene(s, 32) for s in _scenes(16)]
+    np.testing.assert_array_equal(retrained.features(images), extractor.features(images))
+    assert retrained.info["heldout"] == extractor.info["heldout"]
+
+
+def test_predict_resizes_and_omits_absent_objects(extractor):
+    scenes = _scenes(20)
+    predictions = extractor.predict([render_scene(s, 64) for s in scenes])
+    for p in predictions:
+        count = 1 if p["arrangement"].startswith("single") else 2
+        assert ("object2_shape" in p) == (count == 2)
+
+
+def test_prompt_following_of_real_renders_beats_shuffled_pairs(extractor):
+    scenes = _scenes(150)
+    images = [render_scene(s, 32) for s in scenes]
+    real = prompt_following(images, scenes, extractor)
+    shuffled = prompt_following(images, [s.caption for s in scenes[1:] + scenes[:1]], extractor)
+    assert real.mean.value > shuffled.mean.value + 0.2
+    assert real.mean.low > shuffled.mean.high
+    assert real.per_attribute["background_color"] > shuffled.per_attribute["background_color"]
+    assert "not CLIP" in real.kind and real.n == 150
+
+
+def test_scene_fid_grows_with_heavy_noise(extractor):
+    clean_a = [render_scene(s, 32) for s in _scenes(150, seed=1)]
+    clean_b = [render_scene(s, 32) for s in _scenes(150, seed=2)]
+    rng = np.random.default_rng(0)
+    noisy = [
+        Image.fromarray(np.clip(np.asarray(im, np.float32) + rng.normal(0, 60, (32, 32, 3)), 0, 255).astype(np.uint8))
+        for im in clean_b
+    ]
+    blurred = [im.filter(ImageFilter.GaussianBlur(2)) for im in clean_b]
+    base = scene_fid(clean_a, clean_b, extractor)
+    assert scene_fid(clean_a, noisy, extractor).value > 2 * base.value
+    assert scene_fid(clean_a, blurred, extractor).value > base.value
+    assert "not Inception" in base.kind and base.n_generated == 150
+
+
+def test_prompt_outside_the_vocabulary_is_refused(extractor):
+    image = render_scene(_scenes(1)[0], 32)
+    with pytest.raises(SceneFeaturesError, match="object1_color"):
+        prompt_following([image], ["a small pink circle on the left on a red background"], extractor)
+
+
+# ---- paper track ----
+
+def test_paper_metrics_without_torchmetrics_say_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torchmetrics", None)
+    image = Image.new("RGB", (8, 8))
+    with pytest.raises(MissingDependencyError, match=r"pip install 'torchmetrics\[image\]"):
+        paper_fid([image, image], [image, image], tmp_path / "inception.pth")
+    with pytest.raises(MissingDependencyError, match=r"pip install 'torchmetrics\[multimodal\]"):
+        paper_clip_score([image], ["a cat"], tmp_path / "clip")
