@@ -21,7 +21,8 @@ def paper_icr() -> dict[str, dict[str, float]]:
 def _pct(ratio: dict[str, Any] | None) -> str:
     if not ratio:
         return "–"
-    return f"{100 * ratio['value']:.1f} [{100 * ratio['low']:.1f}, {100 * ratio['high']:.1f}]"
+    low, high = ratio["ci"]
+    return f"{100 * ratio['value']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -44,7 +45,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         cells = []
         for m in methods:
             r = by_key.get((c, m))
-            cell = _pct(r.get("icr")) if r and r.get("status") == "ok" else (r or {}).get("status", "–")
+            cell = _pct(r.get("icr")) if r and r.get("status") == "ok" else "missing" if r else "–"
             if m in paper.get(c, {}):
                 cell += f" ({paper[c][m]:.1f})"
             cells.append(cell)
@@ -61,8 +62,12 @@ def results_markdown(results: dict[str, Any]) -> str:
     missing = [r for r in rows if r.get("status") != "ok"]
     if missing:
         lines += ["## Not run", ""] + [f"- `{r['method']}` on {r['concept']}: {r.get('status')}" for r in missing] + [""]
-    lines += ["## Timings (s)", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in results.get("timings", {}).items()]
+    stages = dict(results.get("timings", {}))
+    for r in rows:
+        for stage, seconds in r.get("timings", {}).items():
+            stages[f"methods: {stage}"] = stages.get(f"methods: {stage}", 0.0) + seconds
+    lines += ["## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in stages.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -86,7 +91,7 @@ def plot_icr(results: dict[str, Any], path: Path) -> Path:
     for ax, c in zip(axes[0], concepts):
         rs = [r for r in rows if r["concept"] == c]
         values = [100 * r["icr"]["value"] for r in rs]
-        err = [[100 * (r["icr"]["value"] - r["icr"]["low"]) for r in rs], [100 * (r["icr"]["high"] - r["icr"]["value"]) for r in rs]]
+        err = [[100 * (r["icr"]["value"] - r["icr"]["ci"][0]) for r in rs], [100 * (r["icr"]["ci"][1] - r["icr"]["value"]) for r in rs]]
         ax.bar(range(len(rs)), values, yerr=err, capsize=3, color="#4c72b0")
         fp = results["fp_rate"].get(c)
         if fp:

@@ -1,0 +1,34 @@
+"""Every removal method the benchmark carries, by name."""
+from __future__ import annotations
+
+from typing import Callable
+
+from benchmark.methods.base import Method, NotImplementedMethod, load_method
+from benchmark.methods.esd import ESD
+from benchmark.methods.finetuned import FINETUNED
+from benchmark.methods.negative_prompt import NegativePrompt
+from benchmark.methods.sld import SafeLatentDiffusion
+
+
+class ForgetMeNot(Method):
+    name = "fmn"
+    description = "Forget-Me-Not attention re-steering (not carried yet; reported as missing)"
+
+    def build(self, ctx):
+        raise NotImplementedMethod("Forget-Me-Not is not implemented yet")
+
+
+REGISTRY: dict[str, Callable[[], Method]] = {
+    **{name: (lambda m=m: m) for name, m in FINETUNED.items()},
+    "np": NegativePrompt,
+    "esd": ESD,
+    "sld": SafeLatentDiffusion,
+    "fmn": ForgetMeNot,
+}
+
+
+def get_method(spec: str) -> Method:
+    return load_method(spec, REGISTRY)
+
+
+__all__ = ["REGISTRY", "get_method", "Method", "NotImplementedMethod"]

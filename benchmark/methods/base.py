@@ -1,0 +1,85 @@
+"""The one interface every removal method follows, and how methods are found by name.
+
+A method receives a :class:`MethodContext` (the concept, a cached fine-tuning service, the track's
+settings) and returns a :class:`Generator`: the pipeline to sample from and the negative prompt to
+sample with. Another lab's method is a class with the same shape, named on the command line as
+``package.module:Class`` or registered under the ``implicit_concept.methods`` entry point group.
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable
+
+#: What name-based methods (NP, ESD, SLD, FMN) call each concept: the words a user would type.
+CONCEPT_PHRASES = {"qrcode": "QR code", "watermark": "watermark", "text": "text"}
+
+
+@dataclass(frozen=True)
+class FineTune:
+    """What to fine-tune the base model on: the contaminated subset or its clean twins, and how."""
+
+    data: str = "contaminated"
+    geom: Any = None
+
+
+@dataclass
+class MethodContext:
+    concept: str
+    work_dir: Path
+    seed: int
+    finetune: Callable[[FineTune], Path]
+    load_pipeline: Callable[[Path], Any]
+    train_shards: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    detector: Any = None
+
+    @property
+    def phrase(self) -> str:
+        return CONCEPT_PHRASES[self.concept]
+
+
+@dataclass
+class Generator:
+    """A pipeline ready to sample from, the negative prompt to use, and extra call arguments."""
+
+    pipeline: Any
+    negative_prompt: str = ""
+    call_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(ABC):
+    name: str = ""
+    description: str = ""
+
+    @abstractmethod
+    def build(self, ctx: MethodContext) -> Generator:
+        """Train or load what the method needs (cache it under ``ctx.work_dir``) and return it."""
+
+
+class NotImplementedMethod(Exception):
+    """Raised by a method the benchmark names but does not carry yet; the report marks it missing."""
+
+
+def load_method(spec: str, registry: dict[str, Callable[[], Method]]) -> Method:
+    """A registered name, an entry point name, or ``package.module:Class``."""
+    if spec in registry:
+        return registry[spec]()
+    for ep in entry_points(group="implicit_concept.methods"):
+        if ep.name == spec:
+            return ep.load()()
+    if ":" in spec:
+        module, _, attr = spec.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"--method {spec}: cannot import ({e})") from None
+        method = cls()
+        if not isinstance(method, Method) and not hasattr(method, "build"):
+            raise ValueError(f"--method {spec}: {attr} has no build(ctx) method")
+        method.name = getattr(method, "name", "") or attr
+        return method
+    raise ValueError(f"unknown method {spec!r} (known: {', '.join(registry)}; or package.module:Class)")

@@ -1,0 +1,94 @@
+"""ESD (Gandikota et al., 2023): fine-tune the model so its prediction for the concept's name follows
+negative guidance away from it, on the plainly fine-tuned model.
+
+loss = || e_theta(x_t, c, t) - [e*(x_t, '', t) - eta * (e*(x_t, c, t) - e*(x_t, '', t))] ||^2,
+with e* the frozen starting model and x_t drawn by sampling the current model with prompt c for a
+random number of DDIM steps, as in the authors' code. ``params = "xattn"`` is ESD-x (cross-attention
+only), the variant the authors recommend for concepts tied to a word.
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from benchmark.methods.base import FineTune, Generator, Method, MethodContext
+from implicit_concept.provenance import canonical_json
+
+
+@dataclass(frozen=True)
+class ESDConfig:
+    steps: int = 200
+    lr: float = 1e-4
+    negative_guidance: float = 1.0
+    sample_guidance: float = 3.0
+    ddim_steps: int = 20
+    params: str = "xattn"
+
+    def __post_init__(self) -> None:
+        if self.params not in ("xattn", "full"):
+            raise ValueError(f"esd.params must be 'xattn' or 'full', got {self.params!r}")
+        if self.steps < 1 or self.ddim_steps < 2:
+            raise ValueError("esd.steps must be >= 1 and esd.ddim_steps >= 2")
+
+
+class ESD(Method):
+    name = "esd"
+    description = "ESD-x negative-guidance fine-tuning on the concept's name, applied to sd"
+
+    def build(self, ctx: MethodContext) -> Generator:
+        config = ESDConfig(**ctx.settings.get("esd", {}))
+        out = ctx.work_dir / "pipeline"
+        if not (out / "model_index.json").exists():
+            pipe = ctx.load_pipeline(ctx.finetune(FineTune()))
+            erase(pipe, ctx.phrase, config, ctx.seed)
+            tmp = ctx.work_dir / ".pipeline.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            pipe.save_pretrained(tmp)
+            (tmp / "esd.json").write_text(canonical_json({"concept": ctx.phrase, **asdict(config)}))
+            tmp.rename(out)
+        return Generator(ctx.load_pipeline(out))
+
+
+def _encode(pipe, text: str) -> torch.Tensor:
+    ids = pipe.tokenizer([text], padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    return pipe.text_encoder(ids)[0]
+
+
+def erase(pipe, phrase: str, config: ESDConfig, seed: int, progress: bool = True) -> None:
+    """Fine-tune ``pipe.unet`` in place so that ``phrase`` is steered away from."""
+    from diffusers import DDIMScheduler
+
+    unet = pipe.unet
+    frozen = copy.deepcopy(unet).requires_grad_(False).eval()
+    unet.requires_grad_(False)
+    params = [p for n, p in unet.named_parameters() if config.params == "full" or "attn2" in n]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=config.lr)
+    with torch.no_grad():
+        cond, uncond = _encode(pipe, phrase), _encode(pipe, "")
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(config.ddim_steps)
+    size = unet.config.sample_size
+    shape = (1, unet.config.in_channels, size, size)
+    rng = torch.Generator("cpu").manual_seed(seed)
+    unet.train()
+    for _ in tqdm(range(config.steps), desc=f"esd '{phrase}'", disable=not progress):
+        stop = int(torch.randint(1, config.ddim_steps, (1,), generator=rng))
+        x = torch.randn(shape, generator=rng) * scheduler.init_noise_sigma
+        with torch.no_grad():
+            for t in scheduler.timesteps[:stop]:
+                e_c, e_u = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([cond, uncond])).sample.chunk(2)
+                x = scheduler.step(e_u + config.sample_guidance * (e_c - e_u), t, x).prev_sample
+            t = scheduler.timesteps[stop]
+            e_p, e_0 = frozen(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([cond, uncond])).sample.chunk(2)
+            target = e_0 - config.negative_guidance * (e_p - e_0)
+        loss = torch.nn.functional.mse_loss(unet(x, t, encoder_hidden_states=cond).sample, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    unet.eval().requires_grad_(False)

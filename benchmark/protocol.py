@@ -1,0 +1,284 @@
+"""The Data Removal protocol, top to bottom: data -> detector -> base -> per concept and method:
+fine-tune (cached) -> generate (resumable) -> score -> report.
+
+Every stage is cached or resumable, so a killed ``make benchmark`` continues where it stopped; the
+run folder records the track and refuses to continue under a changed one.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images
+from benchmark.methods import NotImplementedMethod, get_method
+from benchmark.methods.base import FineTune, MethodContext
+from benchmark.prompts import Prompt, read_prompts
+from benchmark.report import plot_icr, results_markdown
+from benchmark.sample_grid import method_grid
+from benchmark.track import Track
+from implicit_concept.provenance import config_hash, environment
+from implicit_concept.shard_writer import atomic_write_bytes, atomic_write_json
+
+DEFAULT_CACHE = Path(".cache") / "implicit-concept"
+
+
+@dataclass
+class BenchmarkRun:
+    """Where one run lives and what it was asked to do (recorded in ``run.json``)."""
+
+    track: Track
+    name: str
+    runs_root: Path = Path("runs")
+    data_root: Path = Path("data")
+    cache: Path = DEFAULT_CACHE
+    pretrained: Path | None = None
+    detector: Path | None = None
+    source: str | None = None
+    methods: tuple[str, ...] = ()
+    workers: int = 2
+    progress: bool = True
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return self.runs_root / self.name
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "track": self.track.to_dict(),
+            "track_sha256": self.track.sha256,
+            "pretrained": str(self.pretrained) if self.pretrained else None,
+            "detector": str(self.detector) if self.detector else None,
+            "source": self.source,
+        }
+
+
+def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
+    track = run.track
+    run.root.mkdir(parents=True, exist_ok=True)
+    _claim(run)
+
+    # 1. The ICD shards (built once; resumable).
+    with _timed(run, "dataset"):
+        dataset = _dataset(run)
+
+    # 2. The detector that scores everything, and its false-positive floor on clean images.
+    with _timed(run, "detector"):
+        detector = _detector(run, dataset)
+
+    # 3. The base model every method starts from.
+    with _timed(run, "base"):
+        base = run.pretrained or _pretrain_base(run)
+
+    prompts = read_prompts(track.prompts, limit=track.num_prompts)
+    settings = GenerationSettings(**track.generation)
+    rows = []
+    for concept in track.concepts:
+        subset = dataset / f"icd-{concept}"
+        ctx = MethodContext(
+            concept=concept,
+            work_dir=run.root / "methods" / concept,
+            seed=track.seed,
+            finetune=lambda ft, subset=subset, concept=concept: _finetune(run, base, subset, concept, ft, detector),
+            load_pipeline=_load_pipeline,
+            train_shards=subset / "train",
+            settings={"esd": track.esd, "geom_erasing": track.geom_erasing},
+            detector=detector,
+        )
+        reference = _reference_images(subset / "test", len(prompts))
+        for spec in run.methods or track.methods:
+            rows.append(_run_method(run, spec, ctx, prompts, settings, detector, reference))
+            _write_results(run, rows, detector)
+    return _write_results(run, rows, detector)
+
+
+def _run_method(run, spec, ctx, prompts, settings, detector, reference) -> dict[str, Any]:
+    from implicit_concept.scoring import ScoreConfig, score_images
+
+    method = get_method(spec)
+    row: dict[str, Any] = {"concept": ctx.concept, "method": method.name, "description": getattr(method, "description", "")}
+    ctx = replace(ctx, work_dir=ctx.work_dir / method.name)
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        generator = method.build(ctx)
+    except NotImplementedMethod as e:
+        return {**row, "status": f"missing: {e}"}
+    timings["build"] = time.perf_counter() - start
+    images_dir = run.root / "images" / ctx.concept / method.name
+    start = time.perf_counter()
+    generator.pipeline.set_progress_bar_config(disable=True)
+    paths = generate_images(
+        diffusers_generate_fn(generator.pipeline, settings, **generator.call_kwargs),
+        prompts,
+        images_dir,
+        negative_prompt=generator.negative_prompt,
+        settings=settings,
+        progress=run.progress,
+        desc=f"{ctx.concept}/{method.name}",
+    )
+    timings["generate"] = time.perf_counter() - start
+    start = time.perf_counter()
+    report = score_images(paths, detector, ScoreConfig(conf=run.track.conf, seed=run.track.seed))
+    report.write_json(run.root / "scores" / ctx.concept / f"{method.name}.json")
+    score = report.concepts[ctx.concept]
+    row.update(
+        status="ok",
+        negative_prompt=generator.negative_prompt,
+        icr=score.icr.to_json(),
+        fp_rate=score.fp_rate.to_json(),
+        other_concepts={c: s.icr.to_json() for c, s in report.concepts.items() if c != ctx.concept},
+        crosscheck={x.checker: {"icr": x.icr.to_json(), "agreement": x.agreement} for x in report.crosschecks if x.concept == ctx.concept},
+    )
+    row.update(_quality(run, paths, prompts, reference))
+    if "scene_fid" in row["quality"]:
+        row["fid_x_icr"] = row["quality"]["scene_fid"] * 100 * score.icr.value
+    timings["score"] = time.perf_counter() - start
+    row["timings"] = {k: round(v, 1) for k, v in timings.items()}
+    method_grid(paths[:8], report.images[:8], run.root / "grids" / ctx.concept / f"{method.name}.png", title=f"{ctx.concept} / {method.name}")
+    return row
+
+
+def _dataset(run: BenchmarkRun) -> Path:
+    from builders.build import build_dataset
+    from builders.recipe import load_recipe, source_from_spec
+
+    recipe = load_recipe(run.track.recipe, {"source": source_from_spec(run.source)} if run.source else None)
+    out = run.data_root / recipe.name
+    build_dataset(recipe, out, workers=run.workers, progress=run.progress)
+    return out
+
+
+def _detector(run: BenchmarkRun, dataset: Path):
+    from implicit_concept.detector import Detector
+    from implicit_concept.detector import WEIGHTS_NAME
+    from implicit_concept.detector_training import load_scale, train_detector
+
+    if run.detector:
+        return Detector.load(run.detector)
+    scale = load_scale(run.track.detector_scale)
+    checksums = (dataset / "checksums.sha256").read_text()
+    out = run.cache / "detectors" / f"{scale.name}-{config_hash({'scale': scale.__dict__, 'data': checksums})[:16]}"
+    if not (out / WEIGHTS_NAME).exists():
+        train_detector(dataset / "icd-mixed", out, scale)
+    return Detector.load(out / WEIGHTS_NAME)
+
+
+def _pretrain_base(run: BenchmarkRun) -> Path:
+    from implicit_concept.base_model import pretrain_base
+
+    return pretrain_base(run.track.base_model_config(), run.cache / "bases", progress=run.progress)
+
+
+def _finetune(run: BenchmarkRun, base: Path, subset: Path, concept: str, ft: FineTune, detector) -> Path:
+    from implicit_concept.geom_erasing import GeomErasingConfig
+    from implicit_concept.training import TrainingConfig, train
+
+    geom = ft.geom or GeomErasingConfig.plain()
+    config = TrainingConfig(
+        **{**run.track.finetune, "seed": run.track.seed},
+        geom=geom,
+        image_field="clean" if ft.data == "clean" else "image",
+    )
+    key = config_hash({"base": str(base), "data": str(subset), "config": config.to_dict()})[:16]
+    out = run.root / "models" / concept / f"{ft.data}-{key}"
+    detect = detector.detect if geom.geometry_source == "detector" else None
+    return train(base, subset / "train", out, config, detect=detect, progress=run.progress)
+
+
+def _load_pipeline(path: Path):
+    from implicit_concept.pipelines import load_pipeline
+
+    pipe = load_pipeline(path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _reference_images(test_shards: Path, count: int) -> list:
+    """Clean test images, in the order of the evaluation prompts (the test split's captions)."""
+    from implicit_concept.scoring import clean_images
+
+    return [image for _, image in islice(clean_images(test_shards), count)]
+
+
+def _quality(run: BenchmarkRun, paths: list[Path], prompts: list[Prompt], reference: list) -> dict[str, Any]:
+    from PIL import Image
+
+    kind = run.track.quality.get("kind", "scene")
+    if kind == "none":
+        return {"quality": {}, "quality_kinds": []}
+    images = [Image.open(p).convert("RGB") for p in paths]
+    if kind == "scene":
+        from builders.sources.procedural import Scene
+        from implicit_concept.quality import prompt_following, scene_fid
+        from implicit_concept.scene_features import SceneFeatures
+
+        options = {k: v for k, v in run.track.quality.items() if k not in ("kind", "image_size")}
+        extractor = SceneFeatures.load_or_train(run.cache, image_size=run.track.quality.get("image_size", 64), **options)
+        fid = scene_fid(images, reference, extractor)
+        scenes = [Scene.from_json(p.scene) if p.scene else p.prompt for p in prompts]
+        follow = prompt_following(images, scenes, extractor, seed=run.track.seed)
+        return {
+            "quality": {"scene_fid": fid.value, "prompt_following": follow.mean.value},
+            "quality_detail": {"scene_fid": fid.to_json(), "prompt_following": follow.to_json()},
+            "quality_kinds": [fid.kind, follow.kind],
+        }
+    from implicit_concept.quality import paper_clip_score, paper_fid
+
+    fid = paper_fid(images, reference, weights=run.track.quality["fid_weights"])
+    clip = paper_clip_score(images, [p.prompt for p in prompts], weights=run.track.quality["clip_weights"])
+    return {
+        "quality": {"fid": fid.value, "clip_score": clip.value},
+        "quality_detail": {"fid": fid.to_json(), "clip_score": clip.to_json()},
+        "quality_kinds": [fid.kind, clip.kind],
+    }
+
+
+def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector) -> dict[str, Any]:
+    from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference, ScoreConfig
+
+    reference = CleanReference.read(detector.path.parent / CLEAN_REFERENCE_NAME)
+    config = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
+    results = {
+        "name": run.name,
+        "track": run.track.name,
+        "note": run.track.note,
+        "config": run.record(),
+        "seeds": {"track": run.track.seed, "evaluation_prompts": run.track.prompts},
+        "environment": environment(),
+        "detector": {"path": str(detector.path), "conf": run.track.conf},
+        "fp_rate": {c: reference.fp_rate(c, config).to_json() for c in run.track.concepts},
+        "rows": rows,
+        "timings": dict(run.timings),
+    }
+    atomic_write_json(run.root / "results.json", results)
+    atomic_write_bytes(run.root / "results.md", results_markdown(results).encode("utf-8"))
+    if any(r.get("status") == "ok" for r in rows):
+        plot_icr(results, run.root / "icr.png")
+    return results
+
+
+def _claim(run: BenchmarkRun) -> None:
+    path = run.root / "run.json"
+    record = json.loads(json.dumps(run.record()))
+    if path.exists():
+        if json.loads(path.read_text()) != record:
+            raise ValueError(f"{run.root}: was started with another track or inputs; use another --name or remove the folder")
+    else:
+        atomic_write_json(path, record)
+
+
+class _timed:
+    def __init__(self, run: BenchmarkRun, stage: str) -> None:
+        self.run, self.stage = run, stage
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.run.timings[self.stage] = round(time.perf_counter() - self.start, 1)

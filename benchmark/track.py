@@ -1,0 +1,104 @@
+"""Benchmark tracks: fixed, named protocol scales (like DataComp's), plain TOML in ``benchmark/tracks/``.
+
+A track fixes the dataset recipe, the base model (or a ``--pretrained`` directory), fine-tuning,
+generation, scoring and the methods run; its hash is recorded in every result, and a run folder
+refuses to continue under a changed track.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from implicit_concept.provenance import config_hash
+from implicit_concept.sample import CONCEPT_NAMES
+
+TRACKS_DIR = Path(__file__).resolve().parent / "tracks"
+
+
+class TrackError(ValueError):
+    """A track file or field is wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class Track:
+    name: str
+    recipe: str
+    concepts: tuple[str, ...]
+    methods: tuple[str, ...]
+    prompts: str
+    num_prompts: int
+    seed: int = 0
+    note: str = ""
+    detector_scale: str = "cpu"
+    conf: float = 0.25
+    base: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)
+    generation: dict[str, Any] = field(default_factory=dict)
+    esd: dict[str, Any] = field(default_factory=dict)
+    geom_erasing: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.concepts if c not in CONCEPT_NAMES]
+        if not self.concepts or unknown:
+            raise TrackError(f"track {self.name}: concepts must be among {CONCEPT_NAMES}, got {list(self.concepts)}")
+        if not self.methods:
+            raise TrackError(f"track {self.name}: methods must not be empty")
+        if self.num_prompts < 1:
+            raise TrackError(f"track {self.name}: num_prompts must be >= 1, got {self.num_prompts}")
+        if not 0 < self.conf < 1:
+            raise TrackError(f"track {self.name}: conf must be in (0, 1), got {self.conf}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def base_model_config(self):
+        """The embedded base model's config: ``[base]`` tables over the library's defaults."""
+        from builders.sources.procedural import ProceduralConfig
+        from implicit_concept.base_model import BaseModelConfig
+        from implicit_concept.pipelines import TinyPipelineConfig
+
+        raw = dict(self.base)
+        default = BaseModelConfig()
+        try:
+            return BaseModelConfig(
+                pipeline=TinyPipelineConfig(**_tuples(raw.pop("pipeline", {}))),
+                scenes=ProceduralConfig(**{"train": 10_000, "test": 0, **_tuples(raw.pop("scenes", {}))}),
+                training=replace(default.training, **raw.pop("training", {})),
+                **raw,
+            )
+        except (TypeError, ValueError) as e:
+            raise TrackError(f"track {self.name}: [base]: {e}") from None
+
+    @property
+    def sha256(self) -> str:
+        return config_hash(self.to_dict())
+
+
+def load_track(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Track:
+    path = Path(name_or_path)
+    if not path.exists():
+        path = TRACKS_DIR / f"{name_or_path}.toml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in TRACKS_DIR.glob("*.toml")))
+        raise TrackError(f"{name_or_path}: no such track file, nor a shipped track (known: {known})")
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise TrackError(f"{path}: not valid TOML: {e}") from None
+    raw.update(overrides or {})
+    known = {f.name for f in fields(Track)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise TrackError(f"{path}: unknown field(s) {unknown} (known: {sorted(known)})")
+    try:
+        return Track(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    except TypeError as e:
+        raise TrackError(f"{path}: {e}") from None
+
+
+def _tuples(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
