@@ -52,7 +52,7 @@ def test_generation_resumes_to_the_same_images(tmp_path):
 
 
 def _ratio(v):
-    return {"value": v, "low": max(0, v - 0.05), "high": min(1, v + 0.05), "n": 100}
+    return {"value": v, "ci": [max(0, v - 0.05), min(1, v + 0.05)], "n": 100}
 
 
 def test_report_puts_our_numbers_beside_the_papers(tmp_path):
@@ -69,5 +69,5 @@ def test_report_puts_our_numbers_beside_the_papers(tmp_path):
     }
     md = results_markdown(results)
     assert "60.0 [55.0, 65.0] (74.6)" in md and "10.0 [5.0, 15.0] (5.4)" in md
-    assert "`fmn` on qrcode: missing: not implemented" in md
+    assert "`fmn` on qrcode: missing: not implemented" in md and "| missing (80.4) |" in md
     assert plot_icr(results, tmp_path / "icr.png").stat().st_size > 1000
