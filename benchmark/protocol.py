@@ -1,4 +1,4 @@
-"""The Data Removal protocol, top to bottom: data -> detector -> base -> per concept and method:
+"""The Data Removal protocol, top to bottom: data -> detector -> base -> per subset and method:
 fine-tune (cached) -> generate (resumable) -> score -> report.
 
 Every stage is cached or resumable, so a killed ``make benchmark`` continues where it stopped; the
@@ -77,13 +77,13 @@ def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
     prompts = read_prompts(track.prompts, limit=track.num_prompts)
     settings = GenerationSettings(**track.generation)
     rows = []
-    for concept in track.concepts:
-        subset = dataset / f"icd-{concept}"
+    for subset_name, concepts in track.groups():
+        subset = dataset / subset_name
         ctx = MethodContext(
-            concept=concept,
-            work_dir=run.root / "methods" / concept,
+            concepts=concepts,
+            work_dir=run.root / "methods" / subset_name,
             seed=track.seed,
-            finetune=lambda ft, subset=subset, concept=concept: _finetune(run, base, subset, concept, ft, detector),
+            finetune=lambda ft, subset=subset: _finetune(run, base, subset, ft, detector),
             load_pipeline=_load_pipeline,
             train_shards=subset / "train",
             settings={"esd": track.esd, "geom_erasing": track.geom_erasing},
@@ -91,16 +91,17 @@ def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
         )
         reference = _reference_images(subset / "test", len(prompts))
         for spec in run.methods or track.methods:
-            rows.append(_run_method(run, spec, ctx, prompts, settings, detector, reference))
+            rows.extend(_run_method(run, spec, ctx, subset_name, prompts, settings, detector, reference))
             _write_results(run, rows, detector)
     return _write_results(run, rows, detector)
 
 
-def _run_method(run, spec, ctx, prompts, settings, detector, reference) -> dict[str, Any]:
+def _run_method(run, spec, ctx, subset_name, prompts, settings, detector, reference) -> list[dict[str, Any]]:
+    """Build, generate and score one method on one training subset: a row per concept scored."""
     from implicit_concept.scoring import ScoreConfig, score_images
 
     method = get_method(spec)
-    row: dict[str, Any] = {"concept": ctx.concept, "method": method.name, "description": getattr(method, "description", "")}
+    rows = [{"concept": c, "method": method.name, "subset": subset_name, "description": getattr(method, "description", "")} for c in ctx.concepts]
     ctx = replace(ctx, work_dir=ctx.work_dir / method.name)
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -108,9 +109,9 @@ def _run_method(run, spec, ctx, prompts, settings, detector, reference) -> dict[
     try:
         generator = method.build(ctx)
     except NotImplementedMethod as e:
-        return {**row, "status": f"missing: {e}"}
+        return [{**row, "status": f"missing: {e}"} for row in rows]
     timings["build"] = time.perf_counter() - start
-    images_dir = run.root / "images" / ctx.concept / method.name
+    images_dir = run.root / "images" / subset_name / method.name
     start = time.perf_counter()
     generator.pipeline.set_progress_bar_config(disable=True)
     paths = generate_images(
@@ -120,28 +121,29 @@ def _run_method(run, spec, ctx, prompts, settings, detector, reference) -> dict[
         negative_prompt=generator.negative_prompt,
         settings=settings,
         progress=run.progress,
-        desc=f"{ctx.concept}/{method.name}",
+        desc=f"{subset_name}/{method.name}",
     )
     timings["generate"] = time.perf_counter() - start
     start = time.perf_counter()
     report = score_images(paths, detector, ScoreConfig(conf=run.track.conf, seed=run.track.seed))
-    report.write_json(run.root / "scores" / ctx.concept / f"{method.name}.json")
-    score = report.concepts[ctx.concept]
-    row.update(
-        status="ok",
-        negative_prompt=generator.negative_prompt,
-        icr=score.icr.to_json(),
-        fp_rate=score.fp_rate.to_json(),
-        other_concepts={c: s.icr.to_json() for c, s in report.concepts.items() if c != ctx.concept},
-        crosscheck={x.checker: {"icr": x.icr.to_json(), "agreement": x.agreement} for x in report.crosschecks if x.concept == ctx.concept},
-    )
-    row.update(_quality(run, paths, prompts, reference))
-    if "scene_fid" in row["quality"]:
-        row["fid_x_icr"] = row["quality"]["scene_fid"] * 100 * score.icr.value
+    report.write_json(run.root / "scores" / subset_name / f"{method.name}.json")
+    quality = _quality(run, paths, prompts, reference)
     timings["score"] = time.perf_counter() - start
-    row["timings"] = {k: round(v, 1) for k, v in timings.items()}
-    method_grid(paths[:8], report.images[:8], run.root / "grids" / ctx.concept / f"{method.name}.png", title=f"{ctx.concept} / {method.name}")
-    return row
+    for row in rows:
+        score = report.concepts[row["concept"]]
+        row.update(
+            status="ok",
+            negative_prompt=generator.negative_prompt,
+            icr=score.icr.to_json(),
+            fp_rate=score.fp_rate.to_json(),
+            crosscheck={x.checker: {"icr": x.icr.to_json(), "agreement": x.agreement} for x in report.crosschecks if x.concept == row["concept"]},
+            timings={k: round(v / len(rows), 1) for k, v in timings.items()},
+            **quality,
+        )
+        if "scene_fid" in quality["quality"]:
+            row["fid_x_icr"] = quality["quality"]["scene_fid"] * 100 * score.icr.value
+    method_grid(paths[:8], report.images[:8], run.root / "grids" / subset_name / f"{method.name}.png", title=f"{subset_name} / {method.name}")
+    return rows
 
 
 def _dataset(run: BenchmarkRun) -> Path:
@@ -155,8 +157,7 @@ def _dataset(run: BenchmarkRun) -> Path:
 
 
 def _detector(run: BenchmarkRun, dataset: Path):
-    from implicit_concept.detector import Detector
-    from implicit_concept.detector import WEIGHTS_NAME
+    from implicit_concept.detector import WEIGHTS_NAME, Detector
     from implicit_concept.detector_training import load_scale, train_detector
 
     if run.detector:
@@ -175,7 +176,7 @@ def _pretrain_base(run: BenchmarkRun) -> Path:
     return pretrain_base(run.track.base_model_config(), run.cache / "bases", progress=run.progress)
 
 
-def _finetune(run: BenchmarkRun, base: Path, subset: Path, concept: str, ft: FineTune, detector) -> Path:
+def _finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector) -> Path:
     from implicit_concept.geom_erasing import GeomErasingConfig
     from implicit_concept.training import TrainingConfig, train
 
@@ -186,7 +187,7 @@ def _finetune(run: BenchmarkRun, base: Path, subset: Path, concept: str, ft: Fin
         image_field="clean" if ft.data == "clean" else "image",
     )
     key = config_hash({"base": str(base), "data": str(subset), "config": config.to_dict()})[:16]
-    out = run.root / "models" / concept / f"{ft.data}-{key}"
+    out = run.root / "models" / subset.name / f"{ft.data}-{key}"
     detect = detector.detect if geom.geometry_source == "detector" else None
     return train(base, subset / "train", out, config, detect=detect, progress=run.progress)
 

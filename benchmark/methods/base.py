@@ -1,6 +1,6 @@
 """The one interface every removal method follows, and how methods are found by name.
 
-A method receives a :class:`MethodContext` (the concept, a cached fine-tuning service, the track's
+A method receives a :class:`MethodContext` (the concepts, a cached fine-tuning service, the track's
 settings) and returns a :class:`Generator`: the pipeline to sample from and the negative prompt to
 sample with. Another lab's method is a class with the same shape, named on the command line as
 ``package.module:Class`` or registered under the ``implicit_concept.methods`` entry point group.
@@ -28,7 +28,9 @@ class FineTune:
 
 @dataclass
 class MethodContext:
-    concept: str
+    """What a method is given: the concepts its training subset carries, and shared services."""
+
+    concepts: tuple[str, ...]
     work_dir: Path
     seed: int
     finetune: Callable[[FineTune], Path]
@@ -39,7 +41,8 @@ class MethodContext:
 
     @property
     def phrase(self) -> str:
-        return CONCEPT_PHRASES[self.concept]
+        """The concepts' names as one prompt ("QR code, watermark, text" on a mixed subset)."""
+        return ", ".join(CONCEPT_PHRASES[c] for c in self.concepts)
 
 
 @dataclass

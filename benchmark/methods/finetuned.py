@@ -24,7 +24,7 @@ class FineTuned(Method):
         if not self.switches:
             return GeomErasingConfig.plain()
         overrides = ctx.settings.get("geom_erasing", {})
-        return GeomErasingConfig(**{**overrides, **self.switches, "concepts": (ctx.concept,)})
+        return GeomErasingConfig(**{**overrides, **self.switches, "concepts": ctx.concepts})
 
     def build(self, ctx: MethodContext) -> Generator:
         pipeline_dir = ctx.finetune(FineTune(data=self.data, geom=self.geom(ctx)))
