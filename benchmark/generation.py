@@ -37,10 +37,6 @@ def image_seed(prompt: Prompt, i: int) -> int:
     return prompt.evaluation_seed * 1000 + i
 
 
-def pending(prompts: Sequence[Prompt], out_dir: Path, images_per_prompt: int) -> list[tuple[Prompt, int]]:
-    return [(p, i) for p in prompts for i in range(images_per_prompt) if not (out_dir / image_name(p, i)).exists()]
-
-
 def generate_images(
     generate: GenerateFn,
     prompts: Sequence[Prompt],
@@ -50,20 +46,25 @@ def generate_images(
     progress: bool = True,
     desc: str = "generate",
 ) -> list[Path]:
-    """Generate every missing image; return the paths of all images, in prompt order."""
+    """Generate every missing image; return the paths of all images, in prompt order.
+
+    Batches are always the same fixed chunks of the full list, and a chunk with any image missing
+    is generated whole: batched float arithmetic then matches an uninterrupted run exactly.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = pending(prompts, out_dir, settings.images_per_prompt)
-    with tqdm(total=len(todo), unit="img", disable=not progress, desc=desc) as bar:
-        for start in range(0, len(todo), settings.chunk_size):
-            chunk = todo[start : start + settings.chunk_size]
+    items = [(p, i) for p in prompts for i in range(settings.images_per_prompt)]
+    chunks = [items[s : s + settings.chunk_size] for s in range(0, len(items), settings.chunk_size)]
+    todo = [c for c in chunks if not all((out_dir / image_name(p, i)).exists() for p, i in c)]
+    with tqdm(total=sum(len(c) for c in todo), unit="img", disable=not progress, desc=desc) as bar:
+        for chunk in todo:
             images = generate(
                 [p.prompt for p, _ in chunk], [negative_prompt] * len(chunk), [image_seed(p, i) for p, i in chunk]
             )
             for (p, i), image in zip(chunk, images, strict=True):
                 _save_atomic(image, out_dir / image_name(p, i))
             bar.update(len(chunk))
-    return [out_dir / image_name(p, i) for p in prompts for i in range(settings.images_per_prompt)]
+    return [out_dir / image_name(p, i) for p, i in items]
 
 
 def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs) -> GenerateFn:

@@ -62,6 +62,67 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    from benchmark.protocol import BenchmarkRun, run_benchmark
+    from benchmark.track import load_track
+
+    track = load_track(args.track)
+    run = BenchmarkRun(
+        track=track,
+        name=args.name or track.name,
+        runs_root=Path(args.runs),
+        data_root=Path(args.data),
+        cache=Path(args.cache),
+        pretrained=Path(args.pretrained) if args.pretrained else None,
+        detector=Path(args.detector) if args.detector else None,
+        source=args.source,
+        methods=tuple(args.method or ()),
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    run_benchmark(run)
+    print((run.root / "results.md").read_text())
+    print(f"results: {run.root / 'results.json'}")
+    return 0
+
+
+def _generation_settings(args: argparse.Namespace):
+    from benchmark.generation import GenerationSettings
+
+    return GenerationSettings(steps=args.steps, guidance_scale=args.guidance, image_size=args.size, images_per_prompt=args.images_per_prompt)
+
+
+def _score_pipeline(args: argparse.Namespace) -> int:
+    from benchmark.external import score_pipeline
+
+    summary = score_pipeline(
+        Path(args.pipeline), Path(args.out), Path(args.detector), args.prompts, args.num_prompts,
+        negative_prompt=args.negative_prompt, settings=_generation_settings(args), conf=args.conf,
+    )
+    print(summary["table"])
+    return 0
+
+
+def _score_images(args: argparse.Namespace) -> int:
+    from benchmark.external import score_image_folder
+
+    summary = score_image_folder(
+        Path(args.dir), Path(args.out), Path(args.detector), args.prompts, args.num_prompts,
+        images_per_prompt=args.images_per_prompt, conf=args.conf,
+    )
+    print(summary["table"])
+    return 0
+
+
+def _add_scoring_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--detector", required=True, help="detector.pt, or the folder `detector train` wrote")
+    p.add_argument("--prompts", default="icd-tiny-eval", help="prompts CSV (case_number,prompt,evaluation_seed) or a shipped name")
+    p.add_argument("--num-prompts", type=int, default=200)
+    p.add_argument("--images-per-prompt", type=int, default=1)
+    p.add_argument("--conf", type=float, default=0.25)
+    p.add_argument("--out", required=True, help="folder for images, scores.json and summary.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="implicit-concept", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +161,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clean", help="clean images to measure false positives on (default: the reference saved with the detector)")
     p.add_argument("--json", help="write the full result, per-image detections included, to this file")
     p.set_defaults(func=_score)
+
+    p = sub.add_parser("benchmark", help="fine-tune with and without removal methods, generate, score, report")
+    p.add_argument("--track", default="tiny", help="debug, tiny, paper, or a track TOML (default: tiny)")
+    p.add_argument("--name", help="run name: results go to RUNS/NAME (default: the track's name)")
+    p.add_argument("--method", action="append", help="run only this method (repeatable): a registered name or package.module:Class")
+    p.add_argument("--pretrained", help="a local diffusers Stable Diffusion directory to start from (paper track)")
+    p.add_argument("--detector", help="use this detector instead of training one")
+    p.add_argument("--source", help="your own image-text shards or folder, replacing the recipe's source")
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--data", default="data")
+    p.add_argument("--cache", default=".cache/implicit-concept")
+    p.add_argument("--workers", type=int, default=2, help="dataset build processes")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_benchmark)
+
+    p = sub.add_parser("score-pipeline", help="score an already-erased diffusers pipeline on the benchmark's prompts")
+    p.add_argument("pipeline", help="a local diffusers pipeline directory")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--size", type=int, default=64, help="image size to generate (default: 64, the tiny track's)")
+    _add_scoring_arguments(p)
+    p.set_defaults(func=_score_pipeline)
+
+    p = sub.add_parser("score-images", help="score a folder of images named {case_number}_{i}.png after the prompts CSV")
+    p.add_argument("dir")
+    _add_scoring_arguments(p)
+    p.set_defaults(func=_score_images)
     return parser
 
 

@@ -1,0 +1,140 @@
+"""The embedded base model: the tiny pipeline pre-trained on clean procedural scenes.
+
+Like SD before the benchmark fine-tunes it, the base draws what captions say and has never seen an
+implicit concept. The UNet and the whole text encoder learn text-to-image from scratch with
+:func:`implicit_concept.training.train` (the same loop as every fine-tune), captions dropped at
+``caption_dropout`` for classifier-free guidance. The tiny pipeline's autoencoder has no weights (see
+:mod:`implicit_concept.patch_autoencoder`), so there is no autoencoder stage.
+
+The result is cached under ``cache_root/base-<hash of config>`` and saved with ``save_pretrained``,
+so it loads through the same :func:`~implicit_concept.pipelines.load_pipeline` as SD v1.5.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from builders.sources.procedural import ProceduralConfig, ProceduralSource
+from implicit_concept.pipelines import TinyPipelineConfig, build_tiny_pipeline
+from implicit_concept.provenance import config_hash, environment, version
+from implicit_concept.sample import Sample, SampleMeta
+from implicit_concept.training import PIPELINE_DIR, TrainingConfig, train
+
+BASE_FILE = "base.json"
+
+
+@dataclass(frozen=True)
+class BaseModelConfig:
+    """The whole recipe of a base model: its hash names the cache entry."""
+
+    pipeline: TinyPipelineConfig = field(default_factory=TinyPipelineConfig)
+    scenes: ProceduralConfig = field(default_factory=lambda: ProceduralConfig(train=10_000, test=0))
+    training: TrainingConfig = field(
+        default_factory=lambda: TrainingConfig(
+            steps=2000, batch_size=32, learning_rate=1e-3, lr_schedule="cosine", warmup_steps=100,
+            train_text="text_encoder", caption_dropout=0.1, checkpoint_every=250,
+        )
+    )
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.scenes.train < 1:
+            raise ValueError("scenes.train must be at least 1")
+        if self.training.train_text != "text_encoder":
+            raise ValueError("training.train_text must be 'text_encoder': the base's text encoder starts untrained")
+        if self.training.geom.active or self.training.image_field != "image":
+            raise ValueError("training: the base is pre-trained plainly on clean scenes (no Geom-Erasing, image_field 'image')")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def sha256(self) -> str:
+        return config_hash(self.to_dict())
+
+
+@dataclass(frozen=True)
+class ProceduralSamples:
+    """Clean procedural scenes as :class:`Sample` objects, drawn on the fly in a fixed order."""
+
+    config: ProceduralConfig
+    image_size: int
+    seed: int
+
+    def _source(self) -> ProceduralSource:
+        return ProceduralSource(self.config, image_size=self.image_size, shard_size=max(1, self.config.train), seed=self.seed)
+
+    def samples(self) -> Iterator[Sample]:
+        for item in self._source().read("train", 0):
+            meta = SampleMeta(
+                key=f"{item.meta['index']:09d}", caption=item.caption or "", width=self.image_size, height=self.image_size,
+                split="train", subset="procedural", source={"kind": "procedural", "id": item.source_id}, instances=[],
+                seed=item.meta["seed"], recipe="base-pretraining", recipe_sha256="", version=version(),
+            )
+            yield Sample(meta=meta, image=item.image)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "procedural", "config": asdict(self.config), "image_size": self.image_size, "seed": self.seed}
+
+
+def base_config(options: dict[str, Any] | None = None) -> BaseModelConfig:
+    """A :class:`BaseModelConfig` from plain values (a track's ``[base]`` table): ``pipeline``,
+    ``scenes`` and ``training`` are tables of their dataclasses' fields, the rest top-level fields;
+    anything missing keeps its default, an unknown name raises ValueError naming it."""
+    options = dict(options or {})
+    defaults = BaseModelConfig()
+    parts: dict[str, Any] = {}
+    for name, cls in (("pipeline", TinyPipelineConfig), ("scenes", ProceduralConfig), ("training", TrainingConfig)):
+        given = options.pop(name, {})
+        if not isinstance(given, dict):
+            raise ValueError(f"base.{name} must be a table, got {given!r}")
+        _known(f"base.{name}", given, cls)
+        parts[name] = replace(getattr(defaults, name), **given)
+    _known("base", options, BaseModelConfig)
+    return BaseModelConfig(**parts, **options)
+
+
+def _known(where: str, given: dict[str, Any], cls: type) -> None:
+    unknown = sorted(set(given) - set(cls.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown} (known: {sorted(cls.__dataclass_fields__)})")
+
+
+def base_dir(config: BaseModelConfig, cache_root: str | Path) -> Path:
+    return Path(cache_root) / f"base-{config.sha256[:16]}"
+
+
+def pretrain_base(config: BaseModelConfig, cache_root: str | Path, progress: bool = True) -> Path:
+    """The base pipeline's directory, trained now unless the cache already holds it.
+
+    A killed run resumes from its last checkpoint.
+    """
+    root = base_dir(config, cache_root)
+    final = root / "diffusion" / PIPELINE_DIR
+    if (root / BASE_FILE).is_file() and (final / "model_index.json").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    init = root / "init"
+    started = time.time()
+    if not (init / "model_index.json").is_file():
+        tmp = init.with_name(f".{init.name}.tmp-{os.getpid()}")
+        build_tiny_pipeline(config.pipeline, root / "tokenizer", seed=config.seed).save_pretrained(str(tmp))
+        os.replace(tmp, init)
+    data = ProceduralSamples(config.scenes, config.pipeline.image_size, config.seed)
+    train(init, data, root / "diffusion", replace(config.training, seed=config.seed), progress=progress)
+    record = {
+        "config": config.to_dict(),
+        "sha256": config.sha256,
+        "seconds": round(time.time() - started, 1),
+        "environment": environment(),
+    }
+    tmp_file = root / f".{BASE_FILE}.tmp-{os.getpid()}"
+    tmp_file.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp_file, root / BASE_FILE)
+    return final

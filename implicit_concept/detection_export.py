@@ -1,0 +1,145 @@
+"""ICD shards -> the formats detection tools read: a YOLO dataset and COCO JSON.
+
+The export is a pure function of the shards. It is written into a temporary folder and renamed
+into place, and a marker records every shard's sha256, so rerunning it on unchanged shards costs one
+hash per tar and a crash never leaves half a dataset behind. The ICD ``test`` split (unseen fonts,
+logos, payloads, words) becomes YOLO's ``val``. YOLO class ids follow ``CONCEPT_NAMES``; COCO
+category ids are those plus one (COCO reserves 0).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from implicit_concept.sample import CONCEPT_NAMES, SampleMeta
+from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards
+from implicit_concept.shard_writer import sha256_file
+
+#: Bump when the exported layout changes, so old exports are rebuilt.
+EXPORT_FORMAT = 1
+#: ICD split -> YOLO split.
+SPLIT_NAMES = {"train": "train", "test": "val"}
+MARKER = "export.json"
+
+
+@dataclass(frozen=True)
+class DetectionDataset:
+    """Where an export lives; ``data_yaml`` is what ``YOLO.train(data=...)`` takes."""
+
+    root: Path
+    data_yaml: Path
+    coco: dict[str, Path]
+    counts: dict[str, dict[str, int]]
+    shards_sha256: dict[str, str]
+
+
+def _yolo_label_line(class_id: int, box: list[int], width: int, height: int) -> str:
+    """``class cx cy w h``, normalised, 8 decimals: exact after rounding back for any side < 10^7."""
+    x1, y1, x2, y2 = box
+    cx, cy = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height
+    w, h = (x2 - x1) / width, (y2 - y1) / height
+    return f"{class_id} {cx:.8f} {cy:.8f} {w:.8f} {h:.8f}"
+
+
+def export_detection_dataset(shards: str | Path, out: str | Path) -> DetectionDataset:
+    """Export ``shards`` (a folder holding ``train/`` and ``test/`` shard sets) into ``out``."""
+    shards, out = Path(shards), Path(out).resolve()
+    split_shards = {split: list_shards(_split_dir(shards, split)) for split in SPLIT_NAMES}
+    hashes = {str(p.relative_to(shards)): sha256_file(p) for ps in split_shards.values() for p in ps}
+    marker = _read_marker(out / MARKER)
+    if marker.get("format") == EXPORT_FORMAT and marker.get("shards_sha256") == hashes:
+        return _dataset(out, marker)
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        counts = {SPLIT_NAMES[s]: _write_split(ps, tmp, SPLIT_NAMES[s]) for s, ps in split_shards.items()}
+        names = dict(enumerate(CONCEPT_NAMES))
+        data = {"path": str(out), "train": "images/train", "val": "images/val", "nc": len(names), "names": names}
+        (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        marker = {"format": EXPORT_FORMAT, "source": str(shards.resolve()), "shards_sha256": hashes, "counts": counts}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _dataset(out, marker)
+
+
+def _split_dir(shards: Path, split: str) -> Path:
+    path = shards / split
+    if not path.is_dir():
+        raise ShardError(f"{shards}: no {split}/ folder (expected a subset folder such as icd-mixed with train/ and test/)")
+    return path
+
+
+def _read_marker(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _dataset(root: Path, marker: dict[str, Any]) -> DetectionDataset:
+    return DetectionDataset(
+        root=root,
+        data_yaml=root / "data.yaml",
+        coco={split: root / "annotations" / f"{split}.json" for split in SPLIT_NAMES.values()},
+        counts=marker["counts"],
+        shards_sha256=marker["shards_sha256"],
+    )
+
+
+def _write_split(shards: list[Path], root: Path, split: str) -> dict[str, int]:
+    """Copy the JPEG bytes unchanged, write one label file per image (empty for clean images) and COCO."""
+    images_dir, labels_dir, ann_dir = root / "images" / split, root / "labels" / split, root / "annotations"
+    for d in (images_dir, labels_dir, ann_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    categories = [{"id": i + 1, "name": name, "supercategory": "implicit_concept"} for i, name in enumerate(CONCEPT_NAMES)]
+    coco: dict[str, Any] = {"images": [], "annotations": [], "categories": categories}
+    counts = {"images": 0, "contaminated": 0, **{c: 0 for c in CONCEPT_NAMES}}
+    for shard in shards:
+        for key, members in iter_tar_members(shard):
+            if "jpg" not in members or "json" not in members:
+                raise ShardError(f"{shard}: sample {key} lacks its jpg or json member")
+            meta = SampleMeta.from_json(json.loads(members["json"]))
+            name = f"{key}.jpg"
+            if (images_dir / name).exists():
+                raise ShardError(f"{shard}: sample key {key} appears twice in the {split} split")
+            (images_dir / name).write_bytes(members["jpg"])
+            lines = []
+            image_id = len(coco["images"]) + 1
+            coco["images"].append({"id": image_id, "file_name": name, "width": meta.width, "height": meta.height})
+            for inst in meta.instances:
+                class_id = _class_id(inst.concept, shard, key)
+                lines.append(_yolo_label_line(class_id, inst.box.as_list(), meta.width, meta.height))
+                coco["annotations"].append(
+                    {
+                        "id": len(coco["annotations"]) + 1,
+                        "image_id": image_id,
+                        "category_id": class_id + 1,
+                        "bbox": [inst.box.x1, inst.box.y1, inst.box.width, inst.box.height],
+                        "area": inst.box.area,
+                        "iscrowd": 0,
+                    }
+                )
+                counts[inst.concept] += 1
+            (labels_dir / f"{key}.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            counts["images"] += 1
+            counts["contaminated"] += bool(meta.instances)
+    (ann_dir / f"{split}.json").write_text(json.dumps(coco) + "\n", encoding="utf-8")
+    return counts
+
+
+def _class_id(concept: str, shard: Path, key: str) -> int:
+    try:
+        return CONCEPT_NAMES.index(concept)
+    except ValueError:
+        raise ShardError(f"{shard}: sample {key} has unknown concept {concept!r} (known: {CONCEPT_NAMES})") from None

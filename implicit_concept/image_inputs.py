@@ -1,0 +1,69 @@
+"""Whatever a caller hands the scorer, as a stream of named RGB images.
+
+Accepted: a PIL image, an image file, a folder of image files, a shard set (a folder of ``.tar``
+shards, one tar, or a brace pattern) or a list mixing these. Every decoding failure names the file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Iterator, Union
+
+from PIL import Image, UnidentifiedImageError
+
+from implicit_concept.shard_reader import iter_samples
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+ImageSource = Union[str, Path, Image.Image, Iterable[Union[str, Path, Image.Image]]]
+
+
+class ImageReadError(ValueError):
+    """An image cannot be opened or decoded; the message names the file."""
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode fully now, so a truncated file fails here, naming itself, not deep inside a model."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{path}: not a readable image ({e})") from None
+
+
+def iter_images(source: ImageSource) -> Iterator[tuple[str, Image.Image]]:
+    """Yield ``(name, RGB image)``: file names for files, shard keys for shards, ``image-N`` for PIL."""
+    if isinstance(source, Image.Image):
+        yield "image-0", source.convert("RGB")
+    elif isinstance(source, (str, Path)):
+        yield from _iter_path(source)
+    else:
+        for i, item in enumerate(source):
+            if isinstance(item, Image.Image):
+                yield f"image-{i}", item.convert("RGB")
+            else:
+                yield from _iter_path(item)
+
+
+def is_shard_source(source: object) -> bool:
+    """A brace pattern, a tar, or a folder with tars below it."""
+    if not isinstance(source, (str, Path)):
+        return False
+    path = Path(source)
+    return "{" in str(source) or path.suffix == ".tar" or (path.is_dir() and any(path.rglob("*.tar")))
+
+
+def _iter_path(source: str | Path) -> Iterator[tuple[str, Image.Image]]:
+    path = Path(source)
+    if is_shard_source(source):
+        for sample in iter_samples(source, with_extras=False):
+            yield sample.key, sample.image
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ImageReadError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) or .tar shards in this folder")
+        for f in files:
+            yield str(f.relative_to(path)), load_image(f)
+    else:
+        yield str(path), load_image(path)

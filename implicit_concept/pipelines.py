@@ -1,0 +1,172 @@
+"""Stable-Diffusion-shaped pipelines: a tiny one built from configs, or any local diffusers directory.
+
+Both paths end in the same ``StableDiffusionPipeline`` class, so fine-tuning, Geom-Erasing and the
+benchmark never care which one they hold. The tiny pipeline has SD's parts at toy sizes: CLIP's real
+tokenizer (from open_clip's bundled vocabulary), a small ``CLIPTextModel``, a small
+``UNet2DConditionModel``, and in the VAE's place a lossless :class:`PatchAutoencoder` that folds
+4 x 4 pixel patches into channels, so 64 px images diffuse on a 16 x 16 grid (see its module for the
+measurements behind that choice). Because those "latents" are pixels, the tiny pipeline predicts
+velocity (v) and clips its x0 estimate to [-1, 1] when sampling: with noise prediction, a tiny
+model's small errors at high noise levels blew the x0 estimate up and sampling diverged.
+Nothing is ever fetched from a hub and no safety checker is loaded.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from implicit_concept.clip_tokenizer import CLIP_MAX_LENGTH, build_clip_tokenizer
+from implicit_concept.patch_autoencoder import PatchAutoencoder
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+BETA_SCHEDULES = ("scaled_linear", "linear", "squaredcos_cap_v2")
+
+
+@dataclass(frozen=True)
+class TinyPipelineConfig:
+    """Sizes of the embedded pipeline's parts; ``unet_attention`` says which UNet levels cross-attend."""
+
+    image_size: int = 64
+    patch_size: int = 4
+    unet_channels: tuple[int, ...] = (64, 128, 128)
+    unet_attention: tuple[bool, ...] = (False, True, True)
+    unet_layers_per_block: int = 1
+    attention_head_dim: int = 8
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    prediction_type: str = "v_prediction"
+    beta_schedule: str = "linear"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "unet_channels", tuple(self.unet_channels))
+        object.__setattr__(self, "unet_attention", tuple(self.unet_attention))
+        for name in ("image_size", "patch_size", "unet_layers_per_block", "attention_head_dim",
+                     "text_hidden", "text_layers", "text_heads", "num_train_timesteps"):
+            _positive_int(name, getattr(self, name))
+        if self.patch_size & (self.patch_size - 1):
+            raise ValueError(f"patch_size must be a power of two, got {self.patch_size}")
+        channels = self.unet_channels
+        if not channels or not all(isinstance(c, int) and c > 0 and c % 16 == 0 for c in channels):
+            raise ValueError(f"unet_channels must be a non-empty tuple of multiples of 16, got {channels!r}")
+        if len(self.unet_attention) != len(self.unet_channels) or not all(isinstance(a, bool) for a in self.unet_attention):
+            raise ValueError(f"unet_attention must hold one bool per unet_channels entry, got {self.unet_attention!r}")
+        if not any(self.unet_attention):
+            raise ValueError("unet_attention: at least one level must cross-attend to the text")
+        if self.image_size % self.vae_scale_factor or (self.image_size // self.vae_scale_factor) % 2 ** (len(self.unet_channels) - 1):
+            raise ValueError(f"image_size {self.image_size} must divide by the VAE's and the UNet's down-sampling")
+        if self.text_hidden % self.text_heads:
+            raise ValueError(f"text_hidden ({self.text_hidden}) must be a multiple of text_heads ({self.text_heads})")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
+        for name in ("beta_start", "beta_end"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+        if self.beta_start >= self.beta_end:
+            raise ValueError(f"beta_start ({self.beta_start}) must be below beta_end ({self.beta_end})")
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.patch_size
+
+    @property
+    def latent_channels(self) -> int:
+        return 3 * self.patch_size**2
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.vae_scale_factor
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def build_unet(config: TinyPipelineConfig, cross_attention_dim: int) -> UNet2DConditionModel:
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in config.unet_attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.unet_attention))
+    return UNet2DConditionModel(
+        sample_size=config.latent_size,
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
+        block_out_channels=config.unet_channels,
+        down_block_types=down,
+        up_block_types=up,
+        layers_per_block=config.unet_layers_per_block,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=config.attention_head_dim,
+        norm_num_groups=16,
+    )
+
+
+def build_text_encoder(config: TinyPipelineConfig, vocab_size: int) -> CLIPTextModel:
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=config.text_hidden,
+            intermediate_size=4 * config.text_hidden,
+            num_hidden_layers=config.text_layers,
+            num_attention_heads=config.text_heads,
+            max_position_embeddings=CLIP_MAX_LENGTH,
+        )
+    )
+
+
+def build_scheduler(config: TinyPipelineConfig) -> DDIMScheduler:
+    """DDIM over the configured noise schedule; x0 is clipped to [-1, 1] since the latents are pixels."""
+    return DDIMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_start=config.beta_start,
+        beta_end=config.beta_end,
+        beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type,
+        clip_sample=True,
+        clip_sample_range=1.0,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def build_tiny_pipeline(config: TinyPipelineConfig, tokenizer_cache: str | Path, seed: int = 0) -> StableDiffusionPipeline:
+    """A freshly initialised tiny pipeline; the same seed gives the same weights."""
+    tokenizer = build_clip_tokenizer(tokenizer_cache)
+    torch.manual_seed(seed)
+    text_encoder = build_text_encoder(config, len(tokenizer))
+    vae = PatchAutoencoder(patch_size=config.patch_size)
+    unet = build_unet(config, config.text_hidden)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=build_scheduler(config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None) -> StableDiffusionPipeline:
+    """A ``StableDiffusionPipeline`` from a local diffusers directory (the tiny one or SD v1.5); never downloads."""
+    path = Path(path)
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"{path}: not a diffusers pipeline directory (no model_index.json)")
+    kwargs: dict[str, Any] = {"local_files_only": True, "safety_checker": None, "requires_safety_checker": False}
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
+    return StableDiffusionPipeline.from_pretrained(str(path), **kwargs)

@@ -1,0 +1,300 @@
+"""The scoring API every method is judged by: images -> detections -> ICR per concept.
+
+ICR (implicit concept ratio) is the share of images in which the detector finds a concept at the
+confidence threshold ``conf``. Each ICR comes with a seeded percentile-bootstrap interval and, beside
+it, the detector's false-positive rate on clean images at the same threshold: a method's ICR cannot
+be read below that floor. The false-positive reference is computed once, when the detector is
+trained, as each clean image's highest confidence per concept, so any threshold can be applied later
+without running the detector again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from implicit_concept.crosscheck import Checker, available_checkers
+from implicit_concept.detector import DEFAULT_CONF, Detection, Detector
+from implicit_concept.image_inputs import ImageSource, is_shard_source, iter_images
+from implicit_concept.sample import CONCEPT_NAMES
+from implicit_concept.shard_reader import iter_samples
+
+CLEAN_REFERENCE_NAME = "clean_reference.json"
+#: Clean-image confidences below this are stored as 0: no scoring threshold goes that low.
+REFERENCE_FLOOR = 0.01
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Everything that changes a score's numbers; recorded in every result."""
+
+    conf: float = DEFAULT_CONF
+    resamples: int = 1000
+    seed: int = 0
+    level: float = 0.95
+    batch: int = 64
+
+    def __post_init__(self) -> None:
+        if not REFERENCE_FLOOR <= self.conf < 1:
+            raise ValueError(f"ScoreConfig.conf = {self.conf}, want [{REFERENCE_FLOOR}, 1)")
+        if self.resamples < 100:
+            raise ValueError(f"ScoreConfig.resamples = {self.resamples}, want >= 100")
+        if not 0 < self.level < 1:
+            raise ValueError(f"ScoreConfig.level = {self.level}, want (0, 1)")
+        if self.batch < 1:
+            raise ValueError(f"ScoreConfig.batch = {self.batch}, want >= 1")
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """``count`` of ``n`` images, with a bootstrap interval [low, high]."""
+
+    value: float
+    low: float
+    high: float
+    count: int
+    n: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": round(self.value, 5), "ci": [round(self.low, 5), round(self.high, 5)], "count": self.count, "n": self.n}
+
+    def __str__(self) -> str:
+        return f"{100 * self.value:5.1f}% [{100 * self.low:4.1f}, {100 * self.high:4.1f}]"
+
+
+def bootstrap_ratio(flags: Sequence[bool], resamples: int, seed: int, level: float) -> Ratio:
+    """The share of true ``flags`` and its percentile-bootstrap interval (images resampled with replacement)."""
+    x = np.asarray(flags, dtype=bool)
+    if x.size == 0:
+        raise ValueError("no images to compute a ratio over")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return Ratio(float(x.mean()), float(low), float(high), int(x.sum()), int(x.size))
+
+
+@dataclass(frozen=True)
+class CleanReference:
+    """Per clean image, the detector's highest confidence for each concept (0 when below the floor)."""
+
+    source: str
+    max_conf: dict[str, list[float]]
+
+    @property
+    def n_images(self) -> int:
+        return len(next(iter(self.max_conf.values())))
+
+    def flags(self, concept: str, conf: float) -> np.ndarray:
+        """Which clean images are false positives for ``concept`` ("any": for any concept)."""
+        if concept == "any":
+            return np.max([self.flags(c, conf) for c in CONCEPT_NAMES], axis=0)
+        return np.asarray(self.max_conf[concept]) >= conf
+
+    def fp_rate(self, concept: str, config: ScoreConfig) -> Ratio:
+        """False-positive rate at ``config.conf``, bootstrapped like the ICRs it is printed beside."""
+        return bootstrap_ratio(self.flags(concept, config.conf), config.resamples, config.seed, config.level)
+
+    def write(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), sort_keys=True) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, path: Path) -> "CleanReference":
+        try:
+            return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{path}: no clean-image reference beside the detector; pass clean images (--clean) to measure false positives"
+            ) from None
+
+
+def clean_images(shards: str | Path) -> Iterator[tuple[str, Image.Image]]:
+    """One clean image per sample: the clean twin of a contaminated sample, or the sample itself."""
+    for s in iter_samples(shards):
+        if s.clean is not None:
+            yield s.key, s.clean
+        elif not s.meta.contaminated:
+            yield s.key, s.image
+
+
+def build_clean_reference(
+    detector: Detector, images: Iterable[tuple[str, Image.Image]], source: str, config: ScoreConfig = ScoreConfig()
+) -> CleanReference:
+    """Run the detector once over clean images, keeping each image's top confidence per concept."""
+    max_conf: dict[str, list[float]] = {c: [] for c in CONCEPT_NAMES}
+    for _, dets in _detect_stream(detector, images, REFERENCE_FLOOR, config.batch):
+        top = _top_conf(dets)
+        for c in CONCEPT_NAMES:
+            max_conf[c].append(round(top.get(c, 0.0), 4))
+    if not max_conf[CONCEPT_NAMES[0]]:
+        raise ValueError(f"{source}: no clean images to measure false positives on")
+    return CleanReference(source=source, max_conf=max_conf)
+
+
+def image_recall(detector: Detector, shards: str | Path, conf: float = DEFAULT_CONF, batch: int = 64) -> dict[str, dict[str, Any]]:
+    """Per concept, the share of images that truly contain it in which the detector finds it."""
+    found: dict[str, list[bool]] = {c: [] for c in CONCEPT_NAMES}
+    samples = iter_samples(shards, with_extras=False)
+    for chunk in iter(lambda: list(islice(samples, batch)), []):
+        for sample, dets in zip(chunk, detector.detect_many([s.image for s in chunk], conf=conf, batch=batch)):
+            seen = {d.concept for d in dets}
+            for c in sample.meta.concepts:
+                found[c].append(c in seen)
+    return {c: {"value": round(float(np.mean(f)), 5), "n": len(f)} for c, f in found.items() if f}
+
+
+@dataclass
+class CheckerScore:
+    """An independent checker's ICR for one concept and how often it agrees with the detector."""
+
+    checker: str
+    concept: str
+    icr: Ratio
+    agreement: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"checker": self.checker, "concept": self.concept, "icr": self.icr.to_json(), "agreement_with_detector": round(self.agreement, 5)}
+
+
+@dataclass
+class ConceptScore:
+    concept: str
+    icr: Ratio
+    fp_rate: Ratio
+
+    def to_json(self) -> dict[str, Any]:
+        return {"checker": "detector", "icr": self.icr.to_json(), "fp_rate_clean": self.fp_rate.to_json()}
+
+
+@dataclass
+class ScoreReport:
+    """A scored image set: per-concept ICR beside the clean false-positive rate, and where each came from."""
+
+    config: ScoreConfig
+    detector: dict[str, str]
+    clean_source: str
+    clean_images: int
+    concepts: dict[str, ConceptScore]
+    crosschecks: list[CheckerScore]
+    skipped_checkers: dict[str, str]
+    images: list[dict[str, Any]] = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "config": asdict(self.config),
+            "bootstrap": "percentile, images resampled with replacement",
+            "detector": self.detector,
+            "clean_reference": {"source": self.clean_source, "images": self.clean_images},
+            "n_images": len(self.images),
+            "concepts": {c: s.to_json() for c, s in self.concepts.items()},
+            "crosschecks": [c.to_json() for c in self.crosschecks],
+            "skipped_checkers": self.skipped_checkers,
+            "images": self.images,
+        }
+
+    def write_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return path
+
+    def table(self) -> str:
+        pct = int(round(100 * self.config.level))
+        lines = [
+            f"{len(self.images)} images, conf >= {self.config.conf}, {pct}% bootstrap intervals; "
+            f"FP = detector on {self.clean_images} clean images ({self.clean_source})",
+            f"{'concept':<10} {'checker':<18} {'ICR [' + str(pct) + '% CI]':<24} {'FP clean [CI]':<24} agreement",
+        ]
+        for c, s in self.concepts.items():
+            lines.append(f"{c:<10} {'detector':<18} {str(s.icr):<24} {str(s.fp_rate):<24} -")
+            for x in self.crosschecks:
+                if x.concept == c:
+                    lines.append(f"{'':<10} {x.checker:<18} {str(x.icr):<24} {'-':<24} {100 * x.agreement:.1f}%")
+        lines.extend(f"(checker {name} skipped: {why})" for name, why in self.skipped_checkers.items())
+        return "\n".join(lines)
+
+
+def score_images(
+    images: ImageSource,
+    detector: Detector,
+    config: ScoreConfig = ScoreConfig(),
+    clean: ImageSource | None = None,
+    checkers: Sequence[Checker] | None = None,
+) -> ScoreReport:
+    """Score ``images``; FP rates come from ``clean`` if given, else from the reference beside the detector.
+
+    ``clean`` shards contribute their clean twins and uncontaminated samples; any other source is
+    taken to be clean as it is.
+    """
+    if clean is not None:
+        stream = clean_images(clean) if is_shard_source(clean) else iter_images(clean)
+        reference = build_clean_reference(detector, stream, source=_describe(clean), config=config)
+    else:
+        reference = CleanReference.read(detector.path.parent / CLEAN_REFERENCE_NAME)
+    if checkers is None:
+        checkers, skipped = available_checkers()
+    else:
+        skipped = {}
+    per_image: list[dict[str, Any]] = []
+    found: dict[str, list[bool]] = {c: [] for c in CONCEPT_NAMES}
+    checked: dict[str, list[bool]] = {ch.name: [] for ch in checkers}
+    for (name, image), dets in _detect_stream(detector, iter_images(images), config.conf, config.batch):
+        seen = {d.concept for d in dets}
+        for c in CONCEPT_NAMES:
+            found[c].append(c in seen)
+        verdicts = {ch.name: ch.found(image) for ch in checkers}
+        for checker_name, verdict in verdicts.items():
+            checked[checker_name].append(verdict)
+        per_image.append({"name": name, "detections": [d.to_json() for d in dets], "checkers": verdicts})
+    if not per_image:
+        raise ValueError(f"{_describe(images)}: no images to score")
+    resample = dict(resamples=config.resamples, seed=config.seed, level=config.level)
+    concepts = {c: ConceptScore(c, bootstrap_ratio(found[c], **resample), reference.fp_rate(c, config)) for c in CONCEPT_NAMES}
+    crosschecks = [
+        CheckerScore(ch.name, ch.concept, bootstrap_ratio(checked[ch.name], **resample), _agreement(found[ch.concept], checked[ch.name]))
+        for ch in checkers
+    ]
+    return ScoreReport(
+        config=config,
+        detector={"path": str(detector.path), "sha256": _sha256(detector.path)},
+        clean_source=reference.source,
+        clean_images=reference.n_images,
+        concepts=concepts,
+        crosschecks=crosschecks,
+        skipped_checkers=skipped,
+        images=per_image,
+    )
+
+
+def _describe(source: ImageSource) -> str:
+    return str(source) if isinstance(source, (str, Path)) else f"{type(source).__name__} of images given in memory"
+
+
+def _agreement(a: Sequence[bool], b: Sequence[bool]) -> float:
+    return float(np.mean(np.asarray(a, dtype=bool) == np.asarray(b, dtype=bool)))
+
+
+def _top_conf(dets: list[Detection]) -> dict[str, float]:
+    top: dict[str, float] = {}
+    for d in dets:
+        top[d.concept] = max(top.get(d.concept, 0.0), d.confidence)
+    return top
+
+
+def _detect_stream(
+    detector: Detector, images: Iterable[tuple[str, Image.Image]], conf: float, batch: int
+) -> Iterator[tuple[tuple[str, Image.Image], list[Detection]]]:
+    """Detect ``batch`` images at a time, so an image set never has to fit in memory."""
+    it = iter(images)
+    for chunk in iter(lambda: list(islice(it, batch)), []):
+        yield from zip(chunk, detector.detect_many([im for _, im in chunk], conf=conf, batch=batch))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

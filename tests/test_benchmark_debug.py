@@ -1,0 +1,79 @@
+"""The debug track end to end through the CLI: every stage, every method, resumable, pluggable."""
+import json
+
+import pytest
+
+from implicit_concept.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    args = ["benchmark", "--track", "debug", "--runs", str(root / "runs"), "--data", str(root / "data"),
+            "--cache", str(root / "cache"), "--quiet"]
+    assert main(args) == 0
+    return root, args
+
+
+def test_debug_track_reports_every_method_and_concept(debug_run):
+    root, _ = debug_run
+    results = json.loads((root / "runs" / "debug" / "results.json").read_text())
+    assert results["track"] == "debug" and results["config"]["track_sha256"]
+    rows = {(r["concept"], r["method"]): r for r in results["rows"]}
+    methods = ["sd", "np", "esd", "sld", "ge-name", "ge-geometry", "ge-full", "ge-detector", "oracle"]
+    for concept in ("qrcode", "watermark", "text"):
+        for m in methods:
+            row = rows[(concept, m)]
+            assert row["status"] == "ok", row
+            assert 0 <= row["icr"]["ci"][0] <= row["icr"]["value"] <= row["icr"]["ci"][1] <= 1
+            assert row["icr"]["n"] == 8
+            assert "scene_fid" in row["quality"] and "prompt_following" in row["quality"]
+        assert rows[(concept, "fmn")]["status"].startswith("missing")
+        assert "<l" in rows[(concept, "ge-full")]["negative_prompt"]
+        assert rows[(concept, "sd")]["negative_prompt"] == ""
+    assert (root / "runs" / "debug" / "icr.png").stat().st_size > 0
+    assert (root / "runs" / "debug" / "grids" / "icd-qrcode" / "ge-full.png").exists()
+    assert len(list((root / "runs" / "debug" / "images" / "icd-text" / "sd").glob("*_0.png"))) == 8
+
+
+def test_rerun_resumes_from_cache_to_the_same_results(debug_run):
+    root, args = debug_run
+    first = json.loads((root / "runs" / "debug" / "results.json").read_text())
+    images = root / "runs" / "debug" / "images" / "icd-qrcode" / "np"
+    (images / "3_0.png").unlink()
+    assert main(args) == 0
+    second = json.loads((root / "runs" / "debug" / "results.json").read_text())
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "timings"} for r in rs]  # noqa: E731
+    assert strip(first["rows"]) == strip(second["rows"])
+    assert second["timings"]["base"] < 30, "the base model comes from the cache"
+
+
+def test_changed_track_is_refused(debug_run, tmp_path):
+    root, args = debug_run
+    track = tmp_path / "debug2.toml"
+    from benchmark.track import TRACKS_DIR
+
+    track.write_text((TRACKS_DIR / "debug.toml").read_text().replace("num_prompts = 8", "num_prompts = 6"))
+    changed = [a if a != "debug" else str(track) for a in args] + ["--name", "debug"]
+    assert main(changed) == 2
+
+
+def test_other_labs_plug_in_a_method_or_score_their_outputs(debug_run, tmp_path):
+    root, args = debug_run
+    assert main(args + ["--name", "plugin", "--method", "tests.plugin_method:WordyNegative"]) == 0
+    plugin = json.loads((root / "runs" / "plugin" / "results.json").read_text())
+    assert {r["method"] for r in plugin["rows"]} == {"wordy-negative"}
+    assert plugin["rows"][0]["negative_prompt"].endswith("logo, signature, caption")
+    detector = next((root / "cache" / "detectors").glob("*/detector.pt"))
+    images = root / "runs" / "debug" / "images" / "icd-qrcode" / "sd"
+    assert main(["score-images", str(images), "--detector", str(detector), "--num-prompts", "8", "--out", str(tmp_path / "si")]) == 0
+    summary = json.loads((tmp_path / "si" / "summary.json").read_text())
+    assert summary["concepts"]["qrcode"]["icr"]["n"] == 8
+    pipeline = next((root / "runs" / "debug" / "models" / "icd-qrcode").glob("contaminated-*/pipeline"))
+    assert main(["score-pipeline", str(pipeline), "--detector", str(detector), "--num-prompts", "4", "--steps", "3",
+                 "--out", str(tmp_path / "sp")]) == 0
+    assert len(list((tmp_path / "sp" / "images").glob("*.png"))) == 4
+    assert main(["score-images", str(tmp_path / "sp" / "images"), "--detector", str(detector), "--num-prompts", "8",
+                 "--out", str(tmp_path / "missing")]) == 2

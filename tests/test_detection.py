@@ -1,0 +1,298 @@
+"""Detector plumbing that needs no training: export, scoring statistics, box degradation, errors."""
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import qrcode
+import yaml
+from PIL import Image
+
+from implicit_concept.cli import main
+from implicit_concept.crosscheck import OpenCVQRChecker, available_checkers
+from implicit_concept.detection_export import export_detection_dataset
+from implicit_concept.detector import Detection, DetectorError, Detector, box_iou, degrade_box
+from implicit_concept.detector_training import DetectorScale, ScaleError, load_scale
+from implicit_concept.image_inputs import ImageReadError, iter_images
+from implicit_concept.sample import CONCEPT_NAMES, Box, Instance, SampleMeta
+from implicit_concept.scoring import ScoreConfig, bootstrap_ratio, score_images
+from implicit_concept.shard_writer import TarShardWriter
+
+#: (size, boxes) per sample: corners, edges, 1-px boxes, odd sizes and a non-square image.
+SAMPLES = [
+    ((64, 64), [("qrcode", (0, 0, 64, 64))]),
+    ((64, 64), [("watermark", (3, 7, 4, 8)), ("text", (10, 11, 63, 29))]),
+    ((64, 64), []),
+    ((97, 61), [("text", (1, 2, 96, 60)), ("qrcode", (33, 17, 50, 34)), ("watermark", (0, 59, 97, 61))]),
+]
+
+
+def _jpeg(size, colour=(40, 90, 160)):
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _write_shards(root, samples=SAMPLES):
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        with TarShardWriter(root / split / "00000.tar") as w:
+            for i, (size, boxes) in enumerate(samples):
+                key = f"{split[:2]}{i:04d}"
+                meta = SampleMeta(
+                    key=key, caption="a scene", width=size[0], height=size[1], split=split, subset="icd-mixed",
+                    source={"kind": "test"}, instances=[Instance(c, Box(*b)) for c, b in boxes],
+                    seed=[i], recipe="test", recipe_sha256="0", version="0",
+                )
+                w.write(key, {"jpg": _jpeg(size), "json": json.dumps(meta.to_json()).encode()})
+            w.close()
+    return root
+
+
+def test_export_round_trip_keeps_boxes_exact(tmp_path):
+    shards = _write_shards(tmp_path / "icd-mixed")
+    ds = export_detection_dataset(shards, tmp_path / "yolo")
+    data = yaml.safe_load(ds.data_yaml.read_text())
+    assert data["path"] == str((tmp_path / "yolo").resolve()) and "download" not in data
+    assert [data["names"][i] for i in range(3)] == list(CONCEPT_NAMES)
+    for split, prefix in (("train", "tr"), ("val", "te")):
+        coco = json.loads(ds.coco[split].read_text())
+        categories = {c["id"]: c["name"] for c in coco["categories"]}
+        for i, (size, boxes) in enumerate(SAMPLES):
+            key = f"{prefix}{i:04d}"
+            assert Image.open(ds.root / "images" / split / f"{key}.jpg").size == size
+            w, h = size
+            from_yolo = []
+            for line in (ds.root / "labels" / split / f"{key}.txt").read_text().splitlines():
+                c, cx, cy, bw, bh = line.split()
+                cx, cy, bw, bh = float(cx) * w, float(cy) * h, float(bw) * w, float(bh) * h
+                box = tuple(round(v) for v in (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2))
+                from_yolo.append((CONCEPT_NAMES[int(c)], box))
+            assert from_yolo == boxes
+            image_id = next(im["id"] for im in coco["images"] if im["file_name"] == f"{key}.jpg")
+            from_coco = [
+                (categories[a["category_id"]], (a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]))
+                for a in coco["annotations"]
+                if a["image_id"] == image_id
+            ]
+            assert from_coco == boxes
+    assert ds.counts["val"] == {"images": 4, "contaminated": 3, "qrcode": 2, "watermark": 2, "text": 2}
+
+
+def test_export_is_skipped_when_shards_are_unchanged_and_redone_when_they_change(tmp_path):
+    shards = _write_shards(tmp_path / "icd-mixed")
+    first = export_detection_dataset(shards, tmp_path / "yolo")
+    label = first.root / "labels" / "train" / "tr0000.txt"
+    stamp = label.stat().st_mtime_ns
+    os.utime(label, ns=(stamp - 10**9, stamp - 10**9))
+    export_detection_dataset(shards, tmp_path / "yolo")
+    assert label.stat().st_mtime_ns == stamp - 10**9, "unchanged shards were exported again"
+    _write_shards(tmp_path / "other", SAMPLES[:2])
+    for split in ("train", "test"):
+        os.replace(tmp_path / "other" / split / "00000.tar", shards / split / "00000.tar")
+    again = export_detection_dataset(shards, tmp_path / "yolo")
+    assert again.counts["train"]["images"] == 2
+    assert sorted(p.name for p in (again.root / "labels" / "train").iterdir()) == ["tr0000.txt", "tr0001.txt"]
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_export_names_a_missing_split(tmp_path):
+    (tmp_path / "icd-mixed").mkdir()
+    with pytest.raises(ValueError, match="icd-mixed: no train/ folder"):
+        export_detection_dataset(tmp_path / "icd-mixed", tmp_path / "yolo")
+
+
+def test_bootstrap_interval_on_known_inputs():
+    r = bootstrap_ratio([True] * 200 + [False] * 200, resamples=2000, seed=1, level=0.95)
+    assert (r.value, r.count, r.n) == (0.5, 200, 400)
+    assert 0.44 < r.low < 0.46 and 0.54 < r.high < 0.56  # normal approximation: 0.5 +- 0.049
+    assert r == bootstrap_ratio([True] * 200 + [False] * 200, resamples=2000, seed=1, level=0.95)
+    zero = bootstrap_ratio([False] * 50, resamples=500, seed=0, level=0.95)
+    assert (zero.value, zero.low, zero.high) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="no images"):
+        bootstrap_ratio([], resamples=500, seed=0, level=0.95)
+
+
+class FakeDetector:
+    """Finds a concept wherever the image's red channel says so: 10 = qrcode, 20 = watermark, 30 = text."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def detect_many(self, images, conf=0.25, batch=64):
+        out = []
+        for im in images:
+            red = im.getpixel((0, 0))[0]
+            hits = [Detection(c, 0.9, (1.0, 1.0, 9.0, 9.0)) for i, c in enumerate(CONCEPT_NAMES) if red == 10 * (i + 1)]
+            out.append([d for d in hits if d.confidence >= conf])
+        return out
+
+
+class EveryOtherQR:
+    name, concept = "fake-qr", "qrcode"
+
+    def __init__(self):
+        self.calls = 0
+
+    def found(self, image):
+        self.calls += 1
+        return self.calls % 2 == 0
+
+
+def _solid(red):
+    return Image.new("RGB", (16, 16), (red, 0, 0))
+
+
+def test_icr_fp_rate_and_crosscheck_agreement_on_known_inputs(tmp_path):
+    weights = tmp_path / "detector.pt"
+    weights.write_bytes(b"fake")
+    images = [_solid(10)] * 3 + [_solid(30)] * 1 + [_solid(0)] * 6
+    clean = [_solid(20)] + [_solid(0)] * 49
+    report = score_images(images, FakeDetector(weights), ScoreConfig(resamples=500, seed=3), clean=clean, checkers=[EveryOtherQR()])
+    icr = {c: s.icr.value for c, s in report.concepts.items()}
+    assert icr == {"qrcode": 0.3, "watermark": 0.0, "text": 0.1}
+    assert report.concepts["qrcode"].icr.low <= 0.3 <= report.concepts["qrcode"].icr.high
+    fp = {c: s.fp_rate.value for c, s in report.concepts.items()}
+    assert fp == {"qrcode": 0.0, "watermark": 0.02, "text": 0.0}
+    (check,) = report.crosschecks
+    assert check.icr.value == 0.5 and check.agreement == 0.4  # YOLO: images 0-2; checker: 1, 3, 5, 7, 9; equal on 1, 4, 6, 8
+    out = report.write_json(tmp_path / "score.json")
+    record = json.loads(out.read_text())
+    assert record["config"] == {"conf": 0.25, "resamples": 500, "seed": 3, "level": 0.95, "batch": 64}
+    assert record["concepts"]["qrcode"]["checker"] == "detector"
+    assert record["crosschecks"][0]["checker"] == "fake-qr" and len(record["images"]) == 10
+    assert "FP clean" in report.table()
+
+
+def _png(image):
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")  # lossless, so the fake detector sees exact colours
+    return buf.getvalue()
+
+
+def test_clean_shards_contribute_their_clean_twins(tmp_path):
+    weights = tmp_path / "detector.pt"
+    weights.write_bytes(b"fake")
+    (tmp_path / "clean").mkdir()
+    with TarShardWriter(tmp_path / "clean" / "00000.tar") as w:
+        for i in range(4):
+            meta = SampleMeta(
+                key=f"k{i}", caption="c", width=16, height=16, split="test", subset="icd-qrcode", source={},
+                instances=[Instance("qrcode", Box(1, 1, 9, 9))] if i < 2 else [], seed=[i], recipe="t", recipe_sha256="0", version="0",
+            )
+            members = {"jpg": _png(_solid(10 if i < 2 else 0)), "json": json.dumps(meta.to_json()).encode()}
+            if i < 2:
+                members["clean.jpg"] = _png(_solid(0))
+            w.write(meta.key, members)
+        w.close()
+    report = score_images(tmp_path / "clean", FakeDetector(weights), ScoreConfig(resamples=200), clean=tmp_path / "clean", checkers=[])
+    assert report.concepts["qrcode"].icr.value == 0.5
+    assert report.concepts["qrcode"].fp_rate.value == 0.0 and report.clean_images == 4
+
+
+def test_a_higher_threshold_lowers_icr(tmp_path):
+    weights = tmp_path / "detector.pt"
+    weights.write_bytes(b"fake")
+    report = score_images([_solid(10)] * 4, FakeDetector(weights), ScoreConfig(conf=0.95), clean=[_solid(0)], checkers=[])
+    assert report.concepts["qrcode"].icr.value == 0.0
+
+
+def test_score_config_names_bad_fields():
+    with pytest.raises(ValueError, match="ScoreConfig.conf"):
+        ScoreConfig(conf=1.5)
+    with pytest.raises(ValueError, match="ScoreConfig.resamples"):
+        ScoreConfig(resamples=10)
+
+
+@pytest.mark.parametrize("target", [0.3, 0.4, 0.5, 0.7, 0.9])
+@pytest.mark.parametrize("box", [Box(10, 12, 30, 28), Box(0, 0, 40, 25), Box(50, 40, 64, 64), Box(5, 5, 45, 55)])
+def test_degrade_box_hits_the_target_iou(box, target):
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        d = degrade_box(box, target, rng, 64, 64)
+        assert d.inside(64, 64)
+        assert abs(box_iou(box.as_list(), d.as_list()) - target) <= 0.03
+
+
+def test_degrade_box_is_seeded_and_checks_its_inputs():
+    box = Box(10, 10, 30, 30)
+    a = [degrade_box(box, 0.4, np.random.default_rng(7), 64, 64) for _ in range(2)]
+    assert a[0] == a[1]
+    assert degrade_box(box, 1.0, np.random.default_rng(0), 64, 64) == box
+    with pytest.raises(ValueError, match="target_iou"):
+        degrade_box(box, 0.0, np.random.default_rng(0), 64, 64)
+    with pytest.raises(ValueError, match="not inside"):
+        degrade_box(Box(10, 10, 70, 30), 0.5, np.random.default_rng(0), 64, 64)
+
+
+def test_detection_covering_box():
+    assert Detection("text", 0.5, (1.2, 3.0, 9.01, 9.9)).covering_box() == Box(1, 3, 10, 10)
+
+
+def test_missing_detector_names_the_file(tmp_path):
+    with pytest.raises(DetectorError, match="missing.pt: no such detector weights file"):
+        Detector.load(tmp_path / "missing.pt")
+    with pytest.raises(DetectorError, match="detector.pt: no such"):
+        Detector.load(tmp_path)
+
+
+def test_corrupt_detector_names_the_file(tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"this is not a checkpoint" * 10)
+    with pytest.raises(DetectorError, match="broken.pt: not a loadable YOLO checkpoint"):
+        Detector.load(bad)
+
+
+def test_ultralytics_is_imported_offline_with_our_font():
+    from implicit_concept.yolo_env import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics.utils import ONLINE, USER_CONFIG_DIR
+
+    assert not ONLINE and (USER_CONFIG_DIR / "Arial.ttf").stat().st_size > 100_000
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    good = tmp_path / "a.png"
+    _solid(10).save(good)
+    buf = io.BytesIO()
+    _solid(10).resize((64, 64)).save(buf, format="JPEG")
+    (tmp_path / "b.jpg").write_bytes(buf.getvalue()[:200])
+    names = []
+    with pytest.raises(ImageReadError, match="b.jpg: not a readable image"):
+        for name, _ in iter_images(tmp_path):
+            names.append(name)
+    assert names == ["a.png"]
+    with pytest.raises(ImageReadError, match="b.jpg: not a readable image"):
+        Detector(model=None, path=tmp_path / "detector.pt", imgsz=64, device="cpu").detect(tmp_path / "b.jpg")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageReadError, match="empty: no image files"):
+        list(iter_images(tmp_path / "empty"))
+
+
+def test_scales_are_validated_naming_the_field(tmp_path):
+    assert load_scale("cpu").model.endswith(".yaml")
+    with pytest.raises(ScaleError, match="no detector scale 'huge'"):
+        load_scale("huge")
+    with pytest.raises(ScaleError, match="imgsz = 100"):
+        DetectorScale(name="x", model="yolov8n.yaml", imgsz=100, epochs=1, batch=1)
+    with pytest.raises(ScaleError, match="model = 'yolov8n.pt'"):
+        DetectorScale(name="x", model="yolov8n.pt", imgsz=64, epochs=1, batch=1)
+    toml = tmp_path / "scales.toml"
+    toml.write_text('[x]\nmodel = "yolov8n.yaml"\nimgsz = 64\nepochs = 1\nbatch = 1\nlr = 3\n')
+    with pytest.raises(ScaleError, match=r"unknown field\(s\) \['lr'\]"):
+        load_scale("x", toml)
+
+
+def test_qr_checker_decodes_a_clear_code_and_not_a_blank():
+    code = qrcode.make("hello").convert("RGB").resize((64, 64), Image.NEAREST)
+    checker = OpenCVQRChecker()
+    assert checker.found(code) and not checker.found(Image.new("RGB", (64, 64), "white"))
+    checkers, skipped = available_checkers()
+    assert {c.name for c in checkers} | set(skipped) >= {"qr-decode-opencv", "ocr-tesseract"}
+
+
+def test_cli_reports_a_bad_detector_path(tmp_path, capsys):
+    assert main(["score", str(tmp_path), "--detector", str(tmp_path / "nope.pt")]) == 2
+    assert "nope.pt: no such detector weights file" in capsys.readouterr().err

@@ -1,0 +1,39 @@
+"""A debug-scale detector run end to end: train, evaluate, load, predict, score from the CLI."""
+import json
+
+import pytest
+from PIL import Image
+
+from implicit_concept.cli import main
+from implicit_concept.detector import Detection, Detector
+from implicit_concept.detector_training import load_scale, train_detector
+from implicit_concept.sample import CONCEPT_NAMES
+from implicit_concept.shard_reader import iter_samples
+
+
+@pytest.mark.slow
+def test_debug_training_gives_weights_that_load_predict_and_score(debug_dataset, tmp_path, capsys):
+    shards = debug_dataset / "icd-mixed"
+    trained = train_detector(shards, tmp_path / "det", load_scale("debug"))
+
+    metrics = json.loads(trained.metrics.read_text())
+    assert set(metrics["test_split"]["per_class"]) == set(CONCEPT_NAMES)
+    assert {"map50", "map50_95"} <= set(metrics["test_split"]["per_class"]["text"])
+    assert metrics["scale"]["name"] == "debug" and metrics["environment"]["packages"]["ultralytics"]
+    assert metrics["at_conf"]["clean_images"] == 32 and "any" in metrics["at_conf"]["fp_rate_clean"]
+    assert trained.plots and all(p.stat().st_size > 0 for p in trained.plots)
+
+    detector = Detector.load(tmp_path / "det")
+    assert detector.imgsz == load_scale("debug").imgsz
+    images = [s.image for s in iter_samples(shards / "test", with_extras=False)][:5]
+    low = detector.detect_many(images, conf=0.001)
+    assert len(low) == 5 and all(isinstance(d, Detection) and d.concept in CONCEPT_NAMES for ds in low for d in ds)
+    assert isinstance(detector.detect(Image.new("RGB", (64, 64), "white")), list)
+
+    out = tmp_path / "score.json"
+    assert main(["score", str(shards / "test"), "--detector", str(tmp_path / "det"), "--json", str(out)]) == 0
+    assert "FP clean" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["n_images"] == 32 and set(record["concepts"]) == set(CONCEPT_NAMES)
+    assert record["concepts"]["qrcode"]["fp_rate_clean"]["n"] == 32
+

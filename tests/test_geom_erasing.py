@@ -1,0 +1,115 @@
+"""Geom-Erasing's switches: what a sample's caption and weight map become under each geometry source."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from implicit_concept.clip_tokenizer import build_clip_tokenizer
+from implicit_concept.detector import Detection, box_iou
+from implicit_concept.geom_erasing import GeomErasingConfig, sample_rng, training_target
+from implicit_concept.location_tokens import location_tokens
+from implicit_concept.sample import Box
+
+IMAGE = Image.new("RGB", (64, 64))
+QR = [("qrcode", Box(0, 0, 20, 20))]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return build_clip_tokenizer(tmp_path_factory.mktemp("clip-tokenizer"))
+
+
+def _target(tokenizer, config, instances=QR, **kw):
+    return training_target(IMAGE, "a red circle", instances, config, tokenizer, (16, 16), **kw)
+
+
+def test_plain_changes_nothing(tokenizer):
+    t = _target(tokenizer, GeomErasingConfig.plain())
+    assert t.caption.text == "a red circle" and t.weights.equal(torch.ones(16, 16))
+
+
+def test_full_ground_truth(tokenizer):
+    t = _target(tokenizer, GeomErasingConfig())
+    assert t.caption.text == "a red circle qr code <l0,0> <l1,0> <l0,1> <l1,1>"
+    assert t.weights[0, 0] < t.weights[15, 15] and t.weights.sum().item() == pytest.approx(256)
+
+
+def test_ablations(tokenizer):
+    assert _target(tokenizer, GeomErasingConfig(geometry=False, reweight=False)).caption.text == "a red circle qr code"
+    name_geometry = _target(tokenizer, GeomErasingConfig(reweight=False))
+    assert name_geometry.weights.equal(torch.ones(16, 16)) and "<l1,1>" in name_geometry.caption.text
+    token = _target(tokenizer, GeomErasingConfig(concept_token=True, geometry=False, reweight=False))
+    assert token.caption.text == "a red circle <qrcode>"
+
+
+def test_clean_image_keeps_its_caption(tokenizer):
+    t = _target(tokenizer, GeomErasingConfig(), instances=[])
+    assert t.caption.text == "a red circle" and not t.present and t.weights.equal(torch.ones(16, 16))
+
+
+def test_existence_names_without_location(tokenizer):
+    config = GeomErasingConfig(geometry=False, reweight=False, geometry_source="existence")
+    assert _target(tokenizer, config).caption.text == "a red circle qr code"
+
+
+def test_detector_boxes_replace_ground_truth(tokenizer):
+    detections = [Detection("qrcode", 0.9, (40.2, 40.7, 63.5, 63.9)), Detection("qrcode", 0.1, (0, 0, 10, 10)),
+                  ("text", 0.99, (0, 0, 64, 64))]
+    config = GeomErasingConfig(geometry_source="detector", concepts=("qrcode",))
+    t = _target(tokenizer, config, detect=lambda image: detections)
+    assert t.boxes == (("qrcode", Box(40, 40, 64, 64)),)
+    assert t.caption.text == "a red circle qr code <l2,2> <l3,2> <l2,3> <l3,3>"
+    with pytest.raises(ValueError, match="detect"):
+        _target(tokenizer, config)
+
+
+def test_degraded_boxes_reach_the_target_iou_deterministically(tokenizer):
+    config = GeomErasingConfig(geometry_source="degraded", degrade_iou=0.5)
+    box = Box(10, 10, 40, 40)
+    a = _target(tokenizer, config, instances=[("qrcode", box)], rng=sample_rng(0, "key"))
+    b = _target(tokenizer, config, instances=[("qrcode", box)], rng=sample_rng(0, "key"))
+    assert a.boxes == b.boxes
+    assert box_iou(box.as_list(), a.boxes[0][1].as_list()) == pytest.approx(0.5, abs=0.03)
+
+
+def test_other_concepts_are_ignored(tokenizer):
+    t = _target(tokenizer, GeomErasingConfig(concepts=("watermark",)))
+    assert t.caption.text == "a red circle" and not t.present
+
+
+def test_negative_prompt_and_new_tokens():
+    config = GeomErasingConfig(concepts=("qrcode", "text"), concept_token=True, grid=2)
+    assert config.new_tokens() == ["<qrcode>", "<text>"] + location_tokens(2)
+    assert config.negative_prompt() == "<qrcode> <text> " + " ".join(location_tokens(2))
+    assert GeomErasingConfig(geometry=False, reweight=False, concepts=("qrcode",)).negative_prompt() == "qr code"
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        (dict(grid=9), "grid"),
+        (dict(alpha=0), "alpha"),
+        (dict(geometry_source="oracle"), "geometry_source"),
+        (dict(geometry_source="degraded"), "degrade_iou"),
+        (dict(degrade_iou=0.5), "degrade_iou"),
+        (dict(geometry_source="existence"), "existence"),
+        (dict(setting="model_removal", geometry=False, reweight=False), "model_removal"),
+        (dict(concepts=("logo",)), "concepts"),
+        (dict(concept_name=1), "concept_name"),
+    ],
+)
+def test_bad_config_names_the_field(bad, field):
+    with pytest.raises(ValueError, match=field):
+        GeomErasingConfig(**bad)
+
+
+def test_sample_rng_depends_on_seed_and_key():
+    assert sample_rng(0, "a").random() == sample_rng(0, "a").random() != sample_rng(0, "b").random()
+    assert isinstance(sample_rng(1, "a"), np.random.Generator)

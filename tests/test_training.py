@@ -1,0 +1,169 @@
+"""The training loop on a micro pipeline: it learns, resumes to the same weights, and Geom-Erasing's
+switches reach the saved pipeline. Everything offline and small enough for seconds per run."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import io
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import CLIPTokenizer
+
+from builders.sources.procedural import ProceduralConfig
+from implicit_concept.base_model import BaseModelConfig, pretrain_base
+from implicit_concept.geom_erasing import GeomErasingConfig, negative_prompt_for
+from implicit_concept.location_tokens import add_tokens, location_tokens
+from implicit_concept.patch_autoencoder import PatchAutoencoder
+from implicit_concept.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline
+from implicit_concept.sample import Box, Instance, SampleMeta
+from implicit_concept.shard_writer import TarShardWriter
+from implicit_concept.training import CHECKPOINTS_DIR, TrainingConfig, train
+
+MICRO = TinyPipelineConfig(
+    image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True),
+    attention_head_dim=8, text_hidden=16, text_layers=1, text_heads=2,
+)
+FAST = dict(steps=2, batch_size=4, learning_rate=1e-3, checkpoint_every=1, shuffle_buffer=8, threads=1, seed=7)
+
+
+def _write_shards(path: Path, n: int = 8) -> Path:
+    """A stand-in ICD shard: coloured squares, every other image with a black-and-white 'QR' box."""
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    with TarShardWriter(path / "00000.tar") as writer:
+        for i in range(n):
+            image = Image.new("RGB", (32, 32), tuple(int(v) for v in rng.integers(0, 255, 3)))
+            clean = image.copy()
+            instances = []
+            if i % 2 == 0:
+                x, y = int(rng.integers(0, 20)), int(rng.integers(0, 20))
+                modules = (rng.random((6, 6)) > 0.5).astype(np.uint8) * 255
+                image.paste(Image.fromarray(modules).resize((12, 12), Image.NEAREST).convert("RGB"), (x, y))
+                instances.append(Instance("qrcode", Box(x, y, x + 12, y + 12)))
+            meta = SampleMeta(key=f"{i:09d}", caption=f"a square number {i}", width=32, height=32, split="train",
+                              subset="icd-qrcode", source={}, instances=instances, seed=[i], recipe="test",
+                              recipe_sha256="", version="0")
+            members = {"json": json.dumps(meta.to_json()).encode(), "jpg": _jpeg(image), "txt": meta.caption.encode()}
+            if instances:
+                members["clean.jpg"] = _jpeg(clean)
+            writer.write(meta.key, members)
+        writer.close()
+    return path
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training")
+    base = root / "base"
+    build_tiny_pipeline(MICRO, root / "tokenizer", seed=0).save_pretrained(base)
+    return base, _write_shards(root / "shards")
+
+
+def _unet_state(pipeline_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def _text_state(pipeline_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(pipeline_dir / "text_encoder" / "model.safetensors")
+
+
+def _embeddings(pipeline_dir: Path) -> torch.Tensor:
+    return next(v for k, v in _text_state(pipeline_dir).items() if k.endswith("token_embedding.weight"))
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def test_two_steps_change_weights_and_resume_to_the_same_weights(setup, tmp_path):
+    base, shards = setup
+    config = TrainingConfig(**FAST, geom=GeomErasingConfig(grid=2, concepts=("qrcode",)), ema_decay=0.9)
+    full = train(base, shards, tmp_path / "full", config, progress=False)
+    assert not _same(_unet_state(base), _unet_state(full))
+    run = json.loads((tmp_path / "full" / "run.json").read_text())
+    assert run["finished"] and run["seed"] == 7 and run["environment"]["packages"]["torch"]
+
+    resumed_dir = tmp_path / "resumed"
+    (resumed_dir / CHECKPOINTS_DIR).mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / CHECKPOINTS_DIR / "step-0000001", resumed_dir / CHECKPOINTS_DIR / "step-0000001")
+    resumed = train(base, shards, resumed_dir, config, progress=False)
+    assert _same(_unet_state(full), _unet_state(resumed))
+    assert _same(_text_state(full), _text_state(resumed))
+
+
+def test_same_seed_same_weights_and_a_changed_config_is_refused(setup, tmp_path):
+    base, shards = setup
+    config = TrainingConfig(**FAST, cache_latents=False)
+    a = train(base, shards, tmp_path / "a", config, progress=False)
+    b = train(base, shards, tmp_path / "b", config, progress=False)
+    assert _same(_unet_state(a), _unet_state(b))
+    with pytest.raises(ValueError, match="another config"):
+        train(base, shards, tmp_path / "a", replace(config, learning_rate=1e-2), progress=False)
+
+
+def test_geom_erasing_trains_new_tokens_only_on_the_text_side(setup, tmp_path):
+    base, shards = setup
+    geom = GeomErasingConfig(grid=2, concepts=("qrcode",), concept_token=True)
+    out = train(base, shards, tmp_path / "ge", TrainingConfig(**FAST, geom=geom), progress=False)
+    old_rows, new_rows = _embeddings(base), _embeddings(out)
+    new = CLIPTokenizer.from_pretrained(out / "tokenizer").convert_tokens_to_ids(["<qrcode>"] + location_tokens(2))
+    assert new == list(range(len(old_rows), len(old_rows) + 5))
+    assert new_rows[: len(old_rows)].equal(old_rows)
+    assert negative_prompt_for(out) == "<qrcode> " + " ".join(location_tokens(2))
+    assert negative_prompt_for(base) == ""
+
+
+def test_model_removal_freezes_the_unet(setup, tmp_path):
+    base, shards = setup
+    geom = GeomErasingConfig(grid=2, concepts=("qrcode",), setting="model_removal")
+    out = train(base, shards, tmp_path / "mr", TrainingConfig(**FAST, geom=geom), progress=False)
+    assert _same(_unet_state(base), _unet_state(out))
+    start = load_pipeline(base)
+    ids = add_tokens(start.tokenizer, start.text_encoder, location_tokens(2), seed=FAST["seed"])
+    assert not _embeddings(out)[ids].equal(start.text_encoder.get_input_embeddings().weight[ids])
+    assert _embeddings(out)[: min(ids)].equal(_embeddings(base))
+
+
+def test_oracle_reads_clean_twins(setup, tmp_path):
+    base, shards = setup
+    out = train(base, shards, tmp_path / "oracle", TrainingConfig(**FAST, image_field="clean"), progress=False)
+    assert (out / "model_index.json").is_file()
+
+
+@pytest.mark.parametrize("bad, field", [(dict(steps=0), "steps"), (dict(train_text="all"), "train_text"),
+                                        (dict(caption_dropout=1.5), "caption_dropout"), (dict(prediction_type="x"), "prediction_type")])
+def test_bad_config_names_the_field(bad, field):
+    with pytest.raises(ValueError, match=field):
+        TrainingConfig(**bad)
+
+
+def test_base_pretraining_is_cached_by_config(tmp_path):
+    config = BaseModelConfig(
+        pipeline=MICRO, scenes=ProceduralConfig(train=8, test=0),
+        training=TrainingConfig(steps=2, batch_size=4, train_text="text_encoder", caption_dropout=0.5, threads=1, checkpoint_every=1),
+    )
+    first = pretrain_base(config, tmp_path, progress=False)
+    pipe = load_pipeline(first)
+    assert isinstance(pipe.vae, PatchAutoencoder) and pipe.scheduler.config.prediction_type == "v_prediction"
+    mtime = (first / "model_index.json").stat().st_mtime_ns
+    assert pretrain_base(config, tmp_path, progress=False) == first
+    assert (first / "model_index.json").stat().st_mtime_ns == mtime
+    image = pipe("a small red circle in the centre on a blue background", num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 16, 16, 3)
