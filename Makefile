@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed-stamp
 RECIPE ?= icd-tiny
 WORKERS ?= 2
 DATA ?= data
+TRACK ?= tiny
 
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: install dataset verify show test test-fast clean
+.PHONY: install dataset benchmark test test-fast clean
 
 install: $(STAMP)
 
@@ -25,6 +26,9 @@ dataset: install
 	$(CLI) build $(RECIPE) --out $(DATA)/$(RECIPE) --workers $(WORKERS)
 	$(CLI) verify $(DATA)/$(RECIPE)
 	$(CLI) show $(DATA)/$(RECIPE)/icd-mixed/test --contaminated --out $(DATA)/$(RECIPE)/preview.png
+
+benchmark: install
+	$(CLI) benchmark --track $(TRACK) --data $(DATA) --workers $(WORKERS)
 
 test: install
 	$(PY) -m pytest -q -ra

@@ -16,7 +16,7 @@ from typing import Any
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images
 from benchmark.methods import NotImplementedMethod, get_method
 from benchmark.methods.base import FineTune, MethodContext
-from benchmark.prompts import Prompt, read_prompts
+from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
 from benchmark.report import plot_icr, results_markdown
 from benchmark.sample_grid import method_grid
 from benchmark.track import Track
@@ -74,11 +74,11 @@ def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
     with _timed(run, "base"):
         base = run.pretrained or _pretrain_base(run)
 
-    prompts = read_prompts(track.prompts, limit=track.num_prompts)
     settings = GenerationSettings(**track.generation)
     rows = []
     for subset_name, concepts in track.groups():
         subset = dataset / subset_name
+        prompts = _prompts(run, subset)
         ctx = MethodContext(
             concepts=concepts,
             work_dir=run.root / "methods" / subset_name,
@@ -144,6 +144,16 @@ def _run_method(run, spec, ctx, subset_name, prompts, settings, detector, refere
             row["fid_x_icr"] = quality["quality"]["scene_fid"] * 100 * score.icr.value
     method_grid(paths[:8], report.images[:8], run.root / "grids" / subset_name / f"{method.name}.png", title=f"{subset_name} / {method.name}")
     return rows
+
+
+def _prompts(run: BenchmarkRun, subset: Path) -> list[Prompt]:
+    """The track's prompts CSV, or (``prompts = "test-split"``) the captions of the subset's test split."""
+    if run.track.prompts != "test-split":
+        return read_prompts(run.track.prompts, limit=run.track.num_prompts)
+    path = run.root / f"prompts-{subset.name}.csv"
+    if not path.exists():
+        write_prompts(path, shard_prompts(subset / "test", run.track.num_prompts))
+    return read_prompts(path)
 
 
 def _dataset(run: BenchmarkRun) -> Path:
@@ -231,8 +241,11 @@ def _quality(run: BenchmarkRun, paths: list[Path], prompts: list[Prompt], refere
         }
     from implicit_concept.quality import paper_clip_score, paper_fid
 
-    fid = paper_fid(images, reference, weights=run.track.quality["fid_weights"])
-    clip = paper_clip_score(images, [p.prompt for p in prompts], weights=run.track.quality["clip_weights"])
+    weights = {k: run.track.quality.get(k) for k in ("fid_weights", "clip_weights")}
+    if not all(weights.values()):
+        raise ValueError(f"track {run.track.name}: [quality] needs fid_weights and clip_weights (local paths) for kind 'paper'")
+    fid = paper_fid(images, reference, weights["fid_weights"])
+    clip = paper_clip_score(images, [p.prompt for p in prompts], weights["clip_weights"])
     return {
         "quality": {"fid": fid.value, "clip_score": clip.value},
         "quality_detail": {"fid": fid.to_json(), "clip_score": clip.to_json()},
