@@ -16,8 +16,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-#: Images are upscaled until their shorter side reaches this, so small QR modules span >= 3 px.
+#: Images with a shorter side below this are also tried upscaled (cubic), so QR modules span >= 3 px.
 UPSCALE_TO = 256
+#: Upscale factors tried for small images; OpenCV's decoder succeeds at some factors and not others.
+QR_FACTORS = (2, 3, 4)
 #: Tesseract word confidence (0-100) above which a word counts as read.
 OCR_MIN_CONF = 60
 
@@ -29,14 +31,16 @@ class Checker(Protocol):
     def found(self, image: Image.Image) -> bool: ...
 
 
-def _upscaled(image: Image.Image, interpolation: int) -> np.ndarray:
-    gray = np.asarray(image.convert("L"))
-    factor = max(1, -(-UPSCALE_TO // min(gray.shape)))
-    return cv2.resize(gray, None, fx=factor, fy=factor, interpolation=interpolation) if factor > 1 else gray
+def _upscaled(gray: np.ndarray, factor: int) -> np.ndarray:
+    return cv2.resize(gray, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
+
+
+def _small_image_factor(gray: np.ndarray) -> int:
+    return max(1, -(-UPSCALE_TO // min(gray.shape)))
 
 
 class OpenCVQRChecker:
-    """Found when OpenCV decodes a QR payload, at native size or upscaled (cubic, then nearest)."""
+    """Found when OpenCV decodes a QR payload, at native size or, for small images, upscaled."""
 
     name = "qr-decode-opencv"
     concept = "qrcode"
@@ -45,11 +49,15 @@ class OpenCVQRChecker:
         self._detector = cv2.QRCodeDetector()
 
     def found(self, image: Image.Image) -> bool:
-        for candidate in (np.asarray(image.convert("L")), _upscaled(image, cv2.INTER_CUBIC), _upscaled(image, cv2.INTER_NEAREST)):
-            text, _, _ = self._detector.detectAndDecode(candidate)
-            if text:
-                return True
-        return False
+        gray = np.asarray(image.convert("L"))
+        factors = (1,) if min(gray.shape) >= UPSCALE_TO else (1, *QR_FACTORS)
+        return any(self._decodes(gray if f == 1 else _upscaled(gray, f)) for f in factors)
+
+    def _decodes(self, gray: np.ndarray) -> bool:
+        try:
+            return bool(self._detector.detectAndDecode(gray)[0])
+        except cv2.error:  # degenerate finder-pattern geometry (zero-area quad) raises instead of failing
+            return False
 
 
 class ZbarQRChecker:
@@ -64,7 +72,8 @@ class ZbarQRChecker:
         self._decode = pyzbar.decode
 
     def found(self, image: Image.Image) -> bool:
-        return any(s.type == "QRCODE" for s in self._decode(Image.fromarray(_upscaled(image, cv2.INTER_CUBIC))))
+        gray = np.asarray(image.convert("L"))
+        return any(s.type == "QRCODE" for s in self._decode(Image.fromarray(_upscaled(gray, _small_image_factor(gray)))))
 
 
 class TesseractTextChecker:
@@ -79,8 +88,9 @@ class TesseractTextChecker:
         self._tess = pytesseract
 
     def found(self, image: Image.Image) -> bool:
+        gray = np.asarray(image.convert("L"))
         data = self._tess.image_to_data(
-            Image.fromarray(_upscaled(image, cv2.INTER_CUBIC)), config="--psm 11", output_type=self._tess.Output.DICT
+            Image.fromarray(_upscaled(gray, _small_image_factor(gray))), config="--psm 11", output_type=self._tess.Output.DICT
         )
         return any(float(c) >= OCR_MIN_CONF and sum(ch.isalnum() for ch in w) >= 2 for w, c in zip(data["text"], data["conf"]))
 

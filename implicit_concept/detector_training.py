@@ -98,7 +98,13 @@ class TrainedDetector:
 
 
 def train_detector(shards: str | Path, out_dir: str | Path, scale: DetectorScale) -> TrainedDetector:
-    """Train on ``shards``/train, evaluate on ``shards``/test; write weights, metrics.json and plots."""
+    """Train on ``shards``/train, evaluate on ``shards``/test; write weights, metrics.json and plots.
+
+    metrics.json: ``test_split`` (ultralytics' box mAP50 / mAP50-95, precision, recall per class),
+    ``at_conf`` (at the scoring threshold: false-positive rate on the test split's clean images and
+    image-level recall, the share of images holding a concept in which it is found), ``timing_s``,
+    ``scale``, ``dataset`` (shard hashes) and ``environment`` (package versions).
+    """
     shards, out_dir = Path(shards), Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset = export_detection_dataset(shards, out_dir / "dataset")

@@ -23,7 +23,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from implicit_concept.clip_tokenizer import CLIP_MAX_LENGTH, build_clip_tokenizer
 from implicit_concept.patch_autoencoder import PatchAutoencoder
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("scaled_linear", "linear", "squaredcos_cap_v2")
 
 
@@ -128,15 +128,19 @@ def build_text_encoder(config: TinyPipelineConfig, vocab_size: int) -> CLIPTextM
 
 
 def build_scheduler(config: TinyPipelineConfig) -> DDIMScheduler:
-    """DDIM over the configured noise schedule; x0 is clipped to [-1, 1] since the latents are pixels."""
+    """DDIM over the configured noise schedule, its x0 estimate clipped to [-1, 1] since the latents are
+    pixels. ``StableDiffusionPipeline`` resets ``clip_sample``, so the clip is written as thresholding
+    with ``sample_max_value`` 1 (which clips at exactly 1)."""
     return DDIMScheduler(
         num_train_timesteps=config.num_train_timesteps,
         beta_start=config.beta_start,
         beta_end=config.beta_end,
         beta_schedule=config.beta_schedule,
         prediction_type=config.prediction_type,
-        clip_sample=True,
-        clip_sample_range=1.0,
+        clip_sample=False,
+        thresholding=True,
+        dynamic_thresholding_ratio=0.995,
+        sample_max_value=1.0,
         set_alpha_to_one=False,
         steps_offset=1,
     )

@@ -32,7 +32,7 @@ REFERENCE_FLOOR = 0.01
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """Everything that changes a score's numbers; recorded in every result."""
+    """How a score was computed (batch only changes speed); recorded in every result."""
 
     conf: float = DEFAULT_CONF
     resamples: int = 1000

@@ -300,7 +300,9 @@ def train(
         with accelerator.autocast():
             hidden = text_encoder(input_ids)[0]
             pred = unet(noisy, timesteps, hidden).sample
-        target = noise if noise_scheduler.config.prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
+        target = {"epsilon": noise, "sample": latents}.get(noise_scheduler.config.prediction_type)
+        if target is None:
+            target = noise_scheduler.get_velocity(latents, noise, timesteps)
         per_sample = weighted_mse(pred, target, weights)
         if config.snr_gamma is not None:
             per_sample = per_sample * _min_snr_weights(noise_scheduler, timesteps, config.snr_gamma)
@@ -539,7 +541,7 @@ def _latents(examples: list[Example], vae: Any, scaling: float, device: torch.de
 
 
 def _min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023), for epsilon or v targets."""
+    """Min-SNR-gamma loss weights (Hang et al. 2023): min(SNR, gamma) on the x0 error, written for each target."""
     snr = compute_snr(scheduler, timesteps)
     clipped = torch.minimum(snr, torch.full_like(snr, gamma))
-    return clipped / (snr + 1) if scheduler.config.prediction_type == "v_prediction" else clipped / snr
+    return {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[scheduler.config.prediction_type]
