@@ -53,6 +53,9 @@ class WatermarkConfig:
     stroke_prob: float = 0.25
     shadow_prob: float = 0.2
     min_px: int = 12
+    #: Text marks never use a smaller font: on small images a long mark would otherwise shrink to a
+    #: 1-2 px smear no detector (or viewer) reads as a watermark. Long texts fall back to the brand.
+    min_font_px: int = 5
 
     def __post_init__(self) -> None:
         check_weights("layouts", self.layouts, _LAYOUTS)
@@ -68,6 +71,7 @@ class WatermarkConfig:
         check_number("stroke_prob", self.stroke_prob, 0, 1)
         check_number("shadow_prob", self.shadow_prob, 0, 1)
         check_int("min_px", self.min_px, 1, 4096)
+        check_int("min_font_px", self.min_font_px, 1, 4096)
 
 
 def _text_mask(text: str, font_path: str, px: int) -> Image.Image:
@@ -127,6 +131,9 @@ class WatermarkRenderer(Renderer):
         text = template.format(B=brand, b=brand.lower(), U=brand.upper(), year=int(rng.integers(2005, 2025)))
         font = pool.fonts[int(rng.integers(len(pool.fonts)))]
         px = _px_for_width(text, font, width)
+        if px < self.config.min_font_px:
+            text = brand
+            px = max(_px_for_width(text, font, width), self.config.min_font_px)
         return _text_mask(text, font, px), {
             "kind": "text", "text": text, "font": os.path.basename(font), "font_px": px,
         }
