@@ -86,7 +86,7 @@ def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
             finetune=lambda ft, subset=subset: _finetune(run, base, subset, ft, detector),
             load_pipeline=_load_pipeline,
             train_shards=subset / "train",
-            settings={"esd": track.esd, "geom_erasing": track.geom_erasing},
+            settings={"esd": track.esd, "fmn": track.fmn, "geom_erasing": track.geom_erasing},
             detector=detector,
         )
         reference = _reference_images(subset / "test", len(prompts))

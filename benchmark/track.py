@@ -44,6 +44,7 @@ class Track:
     finetune: dict[str, Any] = field(default_factory=dict)
     generation: dict[str, Any] = field(default_factory=dict)
     esd: dict[str, Any] = field(default_factory=dict)
+    fmn: dict[str, Any] = field(default_factory=dict)
     geom_erasing: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, Any] = field(default_factory=dict)
 

@@ -22,7 +22,7 @@ def test_debug_track_reports_every_method_and_concept(debug_run):
     results = json.loads((root / "runs" / "debug" / "results.json").read_text())
     assert results["track"] == "debug" and results["config"]["track_sha256"]
     rows = {(r["concept"], r["method"]): r for r in results["rows"]}
-    methods = ["sd", "np", "esd", "sld", "ge-name", "ge-geometry", "ge-full", "ge-detector", "oracle"]
+    methods = ["sd", "np", "esd", "sld", "fmn", "ge-name", "ge-geometry", "ge-full", "ge-detector", "oracle"]
     for concept in ("qrcode", "watermark", "text"):
         for m in methods:
             row = rows[(concept, m)]
@@ -30,7 +30,6 @@ def test_debug_track_reports_every_method_and_concept(debug_run):
             assert 0 <= row["icr"]["ci"][0] <= row["icr"]["value"] <= row["icr"]["ci"][1] <= 1
             assert row["icr"]["n"] == 8
             assert "scene_fid" in row["quality"] and "prompt_following" in row["quality"]
-        assert rows[(concept, "fmn")]["status"].startswith("missing")
         assert "<l" in rows[(concept, "ge-full")]["negative_prompt"]
         assert rows[(concept, "sd")]["negative_prompt"] == ""
     assert (root / "runs" / "debug" / "icr.png").stat().st_size > 0

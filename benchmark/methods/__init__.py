@@ -6,16 +6,9 @@ from typing import Callable
 from benchmark.methods.base import Method, NotImplementedMethod, load_method
 from benchmark.methods.esd import ESD
 from benchmark.methods.finetuned import FINETUNED
+from benchmark.methods.forget_me_not import ForgetMeNot
 from benchmark.methods.negative_prompt import NegativePrompt
 from benchmark.methods.sld import SafeLatentDiffusion
-
-
-class ForgetMeNot(Method):
-    name = "fmn"
-    description = "Forget-Me-Not attention re-steering (not carried yet; reported as missing)"
-
-    def build(self, ctx):
-        raise NotImplementedMethod("Forget-Me-Not is not implemented yet")
 
 
 REGISTRY: dict[str, Callable[[], Method]] = {

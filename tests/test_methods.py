@@ -1,0 +1,56 @@
+"""The baselines change what they claim to change, on a micro pipeline."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmark.methods import REGISTRY, get_method
+from benchmark.methods.esd import ESDConfig, erase
+from benchmark.methods.forget_me_not import FMNConfig, _AttentionRecorder, _name_token_mask, resteer
+from implicit_concept.pipelines import TinyPipelineConfig, build_tiny_pipeline
+
+MICRO = TinyPipelineConfig(image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True),
+                           text_hidden=16, text_layers=1, text_heads=2)
+
+
+@pytest.fixture()
+def pipe(tmp_path):
+    return build_tiny_pipeline(MICRO, tmp_path / "tokenizer", seed=3)
+
+
+def _name_attention(pipe, phrase, latents, t):
+    ids, mask = _name_token_mask(pipe.tokenizer, [phrase] * len(latents), phrase)
+    recorder = _AttentionRecorder(mask)
+    original = dict(pipe.unet.attn_processors)
+    pipe.unet.set_attn_processor(recorder)
+    with torch.no_grad():
+        pipe.unet(latents, t, encoder_hidden_states=pipe.text_encoder(ids)[0])
+    pipe.unet.set_attn_processor(original)
+    return float(torch.stack(recorder.mass).mean())
+
+
+def test_forget_me_not_moves_attention_off_the_name(pipe):
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(4)]
+    latents = torch.randn(4, pipe.unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([500] * 4)
+    before = _name_attention(pipe, "QR code", latents, t)
+    resteer(pipe, images, "QR code", FMNConfig(steps=25, lr=1e-2, batch_size=4), seed=0, progress=False)
+    after = _name_attention(pipe, "QR code", latents, t)
+    assert after < 0.5 * before
+
+
+def test_esd_x_only_touches_cross_attention(pipe):
+    before = {n: p.clone() for n, p in pipe.unet.named_parameters()}
+    erase(pipe, "watermark", ESDConfig(steps=3, ddim_steps=3, lr=1e-2), seed=0, progress=False)
+    changed = {n for n, p in pipe.unet.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("attn2" in n for n in changed)
+
+
+def test_methods_are_found_by_name_or_import_path():
+    assert set(REGISTRY) >= {"sd", "np", "esd", "sld", "fmn", "ge-name", "ge-geometry", "ge-full", "geom-erasing", "ge-detector", "oracle"}
+    assert get_method("tests.plugin_method:WordyNegative").name == "wordy-negative"
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        get_method("nope")
+    with pytest.raises(ValueError, match="cannot import"):
+        get_method("no.such.module:Thing")
