@@ -222,6 +222,7 @@ def train(
     tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type=config.prediction_type or pipe.scheduler.config.prediction_type)
     new_ids = add_tokens(tokenizer, text_encoder, config.geom.new_tokens(), seed=config.seed)
+    latent_hw, latent_channels = (unet.config.sample_size, unet.config.sample_size), unet.config.in_channels
     vae.requires_grad_(False)
     unet.requires_grad_(not config.model_removal)
     text_encoder.requires_grad_(config.train_text == "text_encoder")
@@ -231,7 +232,8 @@ def train(
         only_new = torch.zeros(embeddings.shape[0], 1)
         only_new[new_ids] = 1.0
         embeddings.register_hook(lambda grad: grad * only_new.to(grad.device, grad.dtype))
-    vae.to(accelerator.device)
+    for model in (vae, unet, text_encoder):
+        model.to(accelerator.device)
     if not any(p.requires_grad for p in [*unet.parameters(), *text_encoder.parameters()]):
         raise ValueError("nothing to train: the UNet is frozen and the text side has no trainable parameters")
 
@@ -244,10 +246,17 @@ def train(
     elif embeddings.requires_grad:
         groups.append({"params": [embeddings], "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
-    lr_scheduler = get_scheduler(LR_SCHEDULES[config.lr_schedule], optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps)
+    # accelerate steps a prepared LR schedule once per process, hence the scaled lengths (as in diffusers' scripts).
+    n = accelerator.num_processes
+    lr_scheduler = get_scheduler(LR_SCHEDULES[config.lr_schedule], optimizer, num_warmup_steps=config.warmup_steps * n, num_training_steps=config.steps * n)
     ema = EMAModel(unet.parameters(), decay=config.ema_decay, model_cls=type(unet), model_config=unet.config) if config.ema_decay else None
 
-    unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
+    # Only models with trainable weights are wrapped (DDP refuses others) and saved in checkpoints.
+    if not config.model_removal:
+        unet = accelerator.prepare(unet)
+    if any(p.requires_grad for p in text_encoder.parameters()):
+        text_encoder = accelerator.prepare(text_encoder)
+    optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
     state = TrainState(config.seed)
     accelerator.register_for_checkpointing(state)
     if ema is not None:
@@ -259,7 +268,6 @@ def train(
         log.info("resumed from %s at step %d", checkpoint, state.step)
 
     # The data: examples in a seeded shuffle, each with its Geom-Erasing caption and weight map.
-    latent_hw = (unet.config.sample_size, unet.config.sample_size)
     resolution = config.resolution or latent_hw[0] * pipe.vae_scale_factor
     prepare = _Preparer(config, tokenizer, latent_hw, resolution, detect)
     scaling = vae.config.scaling_factor
@@ -285,7 +293,7 @@ def train(
         counters["truncated"] += sum(e.truncated for e in examples)
         gen = state.generator
         drop = torch.rand(len(examples), generator=gen) < config.caption_dropout
-        noise = torch.randn((len(examples), unet.config.in_channels, *latent_hw), generator=gen)
+        noise = torch.randn((len(examples), latent_channels, *latent_hw), generator=gen)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(examples),), generator=gen)
         mine = slice(accelerator.process_index * config.batch_size, (accelerator.process_index + 1) * config.batch_size)
         examples, drop, noise, timesteps = examples[mine], drop[mine], noise[mine], timesteps[mine]

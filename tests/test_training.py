@@ -161,7 +161,7 @@ def test_base_pretraining_is_cached_by_config(tmp_path):
     )
     first = pretrain_base(config, tmp_path, progress=False)
     pipe = load_pipeline(first)
-    assert isinstance(pipe.vae, PatchAutoencoder) and pipe.scheduler.config.prediction_type == "v_prediction"
+    assert isinstance(pipe.vae, PatchAutoencoder) and pipe.scheduler.config.prediction_type == "sample"
     mtime = (first / "model_index.json").stat().st_mtime_ns
     assert pretrain_base(config, tmp_path, progress=False) == first
     assert (first / "model_index.json").stat().st_mtime_ns == mtime
