@@ -8,11 +8,14 @@ sample with. Another lab's method is a class with the same shape, named on the c
 from __future__ import annotations
 
 import importlib
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
+
+from implicit_concept.provenance import canonical_json
 
 #: What name-based methods (NP, ESD, SLD, FMN) call each concept: the words a user would type.
 CONCEPT_PHRASES = {"qrcode": "QR code", "watermark": "watermark", "text": "text"}
@@ -38,6 +41,22 @@ class MethodContext:
     train_shards: Path
     settings: dict[str, Any] = field(default_factory=dict)
     detector: Any = None
+
+    def edited_sd(self, tag: str, record: dict[str, Any], edit: Callable[[Any], None]) -> Path:
+        """The plainly fine-tuned model with ``edit`` applied in place, saved once under ``work_dir``.
+
+        Post-hoc methods (ESD, FMN) start from ``sd``; a rerun loads what an earlier run saved.
+        """
+        out = self.work_dir / "pipeline"
+        if not (out / "model_index.json").exists():
+            pipe = self.load_pipeline(self.finetune(FineTune()))
+            edit(pipe)
+            tmp = self.work_dir / ".pipeline.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            pipe.save_pretrained(tmp)
+            (tmp / f"{tag}.json").write_text(canonical_json(record))
+            tmp.rename(out)
+        return out
 
     @property
     def phrase(self) -> str:

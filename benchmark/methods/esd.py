@@ -9,14 +9,12 @@ only), the variant the authors recommend for concepts tied to a word.
 from __future__ import annotations
 
 import copy
-import shutil
 from dataclasses import asdict, dataclass
 
 import torch
 from tqdm import tqdm
 
-from benchmark.methods.base import FineTune, Generator, Method, MethodContext
-from implicit_concept.provenance import canonical_json
+from benchmark.methods.base import Generator, Method, MethodContext
 
 
 @dataclass(frozen=True)
@@ -41,15 +39,8 @@ class ESD(Method):
 
     def build(self, ctx: MethodContext) -> Generator:
         config = ESDConfig(**ctx.settings.get("esd", {}))
-        out = ctx.work_dir / "pipeline"
-        if not (out / "model_index.json").exists():
-            pipe = ctx.load_pipeline(ctx.finetune(FineTune()))
-            erase(pipe, ctx.phrase, config, ctx.seed)
-            tmp = ctx.work_dir / ".pipeline.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            pipe.save_pretrained(tmp)
-            (tmp / "esd.json").write_text(canonical_json({"concept": ctx.phrase, **asdict(config)}))
-            tmp.rename(out)
+        record = {"concept": ctx.phrase, **asdict(config)}
+        out = ctx.edited_sd("esd", record, lambda pipe: erase(pipe, ctx.phrase, config, ctx.seed))
         return Generator(ctx.load_pipeline(out))
 
 

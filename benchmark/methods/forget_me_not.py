@@ -6,7 +6,6 @@ the cross-attention projections are tuned to drive it to zero, so the name stops
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass
 from itertools import islice
 
@@ -14,8 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmark.methods.base import FineTune, Generator, Method, MethodContext
-from implicit_concept.provenance import canonical_json
+from benchmark.methods.base import Generator, Method, MethodContext
 from implicit_concept.shard_reader import iter_samples
 
 
@@ -58,18 +56,15 @@ class ForgetMeNot(Method):
 
     def build(self, ctx: MethodContext) -> Generator:
         config = FMNConfig(**ctx.settings.get("fmn", {}))
-        out = ctx.work_dir / "pipeline"
-        if not (out / "model_index.json").exists():
-            pipe = ctx.load_pipeline(ctx.finetune(FineTune()))
-            images = [s.image for s in islice((s for s in iter_samples(ctx.train_shards) if s.meta.contaminated), config.max_images)]
+
+        def edit(pipe) -> None:
+            carriers = (s for s in iter_samples(ctx.train_shards) if s.meta.contaminated)
+            images = [s.image for s in islice(carriers, config.max_images)]
             if not images:
                 raise ValueError(f"{ctx.train_shards}: no contaminated images to re-steer attention on")
             resteer(pipe, images, ctx.phrase, config, ctx.seed)
-            tmp = ctx.work_dir / ".pipeline.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            pipe.save_pretrained(tmp)
-            (tmp / "fmn.json").write_text(canonical_json({"concept": ctx.phrase, **asdict(config)}))
-            tmp.rename(out)
+
+        out = ctx.edited_sd("fmn", {"concept": ctx.phrase, **asdict(config)}, edit)
         return Generator(ctx.load_pipeline(out))
 
 
