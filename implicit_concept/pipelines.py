@@ -31,7 +31,11 @@ BETA_SCHEDULES = ("scaled_linear", "linear", "squaredcos_cap_v2")
 
 @dataclass(frozen=True)
 class TinyPipelineConfig:
-    """Sizes of the embedded pipeline's parts; ``unet_attention`` says which UNet levels cross-attend."""
+    """Sizes of the embedded pipeline's parts; ``unet_attention`` says which UNet levels cross-attend.
+
+    The noise schedule is improved-DDPM's cosine one, made for 64 px pixel images (``beta_start`` and
+    ``beta_end`` only apply to the "linear" and "scaled_linear" schedules).
+    """
 
     image_size: int = 64
     patch_size: int = 4
@@ -43,7 +47,7 @@ class TinyPipelineConfig:
     text_layers: int = 2
     text_heads: int = 4
     prediction_type: str = "sample"
-    beta_schedule: str = "linear"
+    beta_schedule: str = "squaredcos_cap_v2"
     beta_start: float = 0.0001
     beta_end: float = 0.02
     num_train_timesteps: int = 1000

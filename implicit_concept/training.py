@@ -47,6 +47,7 @@ TEXT_TRAINING = ("none", "new_tokens", "text_encoder")
 LR_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine"}
 IMAGE_FIELDS = ("image", "clean")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+TIMESTEP_SAMPLING = ("uniform", "stratified")
 PIPELINE_DIR = "pipeline"
 CHECKPOINTS_DIR = "checkpoints"
 RUN_FILE = "run.json"
@@ -71,6 +72,7 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     prediction_type: str | None = None
     snr_gamma: float | None = None
+    timestep_sampling: str = "stratified"
     caption_dropout: float = 0.0
     ema_decay: float | None = None
     train_text: str = "new_tokens"
@@ -104,6 +106,7 @@ class TrainingConfig:
         _choice("train_text", self.train_text, TEXT_TRAINING)
         _choice("image_field", self.image_field, IMAGE_FIELDS)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        _choice("timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLING)
         if self.prediction_type is not None:
             _choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
         if not isinstance(self.cache_latents, bool):
@@ -294,7 +297,7 @@ def train(
         gen = state.generator
         drop = torch.rand(len(examples), generator=gen) < config.caption_dropout
         noise = torch.randn((len(examples), latent_channels, *latent_hw), generator=gen)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(examples),), generator=gen)
+        timesteps = _timesteps(len(examples), noise_scheduler.config.num_train_timesteps, config.timestep_sampling, gen)
         mine = slice(accelerator.process_index * config.batch_size, (accelerator.process_index + 1) * config.batch_size)
         examples, drop, noise, timesteps = examples[mine], drop[mine], noise[mine], timesteps[mine]
 
@@ -546,6 +549,17 @@ def _latents(examples: list[Example], vae: Any, scaling: float, device: torch.de
     if all(e.latents is not None for e in examples):
         return torch.stack([e.latents for e in examples]).to(device)
     return _encode(vae, torch.stack([e.pixels for e in examples]), scaling, device)
+
+
+def _timesteps(n: int, total: int, sampling: str, gen: torch.Generator) -> torch.Tensor:
+    """Training timesteps; "stratified" puts one in each of n equal slices of [0, total) (shuffled, so each
+    process's share of a global batch still spans all noise levels): less loss variance from timestep
+    draws at the small batches a CPU affords. The tiny track's best run used it, together with the
+    cosine schedule; their effects were not measured apart."""
+    if sampling == "uniform":
+        return torch.randint(0, total, (n,), generator=gen)
+    slices = (torch.arange(n) + torch.rand(n, generator=gen)) * (total / n)
+    return slices.long().clamp(max=total - 1)[torch.randperm(n, generator=gen)]
 
 
 def _min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
