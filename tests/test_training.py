@@ -167,3 +167,11 @@ def test_base_pretraining_is_cached_by_config(tmp_path):
     assert (first / "model_index.json").stat().st_mtime_ns == mtime
     image = pipe("a small red circle in the centre on a blue background", num_inference_steps=2, output_type="np").images
     assert image.shape == (1, 16, 16, 3)
+
+
+def test_stratified_timesteps_put_one_in_each_slice():
+    from implicit_concept.training import _timesteps
+
+    t = _timesteps(8, 1000, "stratified", torch.Generator().manual_seed(0))
+    assert sorted((t // 125).tolist()) == list(range(8))
+    assert not torch.equal(t, t.sort().values), "shuffled, so each process's share spans all noise levels"
