@@ -1,9 +1,10 @@
 """CLIP's tokenizer with no download: built from the BPE vocabulary that open_clip ships in its wheel.
 
 open_clip's ``bpe_simple_vocab_16e6.txt.gz`` holds the merges of OpenAI's CLIP tokenizer. Converted
-to ``vocab.json`` + ``merges.txt`` it gives a ``transformers.CLIPTokenizer`` whose ids equal CLIP's.
-The slow ``CLIPTokenizer`` is used on purpose: a ``CLIPTokenizerFast`` built from the same files
-returns wrong ids, and without ``model_max_length=77`` the pipeline's text encoder overflows.
+to ``vocab.json`` + ``merges.txt`` it gives a ``transformers.CLIPTokenizer`` whose ids equal
+open_clip's ``SimpleTokenizer`` (checked on ASCII, punctuation and accented text; in transformers 5
+``CLIPTokenizer`` is the ``tokenizers``-backed class and ``CLIPTokenizerFast`` an alias of it).
+``model_max_length=77`` is set explicitly: without it the pipeline's text encoder overflows.
 """
 from __future__ import annotations
 

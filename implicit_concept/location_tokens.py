@@ -100,7 +100,7 @@ def geometric_caption(
 ) -> GeometricCaption:
     """Caption + concept term(s) + their bins' location tokens, cut to fit ``max_length`` tokens.
 
-    Only the original caption is shortened, one word at a time from its end; a warning is logged and
+    Only the original caption is shortened, by whole words from its end; a warning is logged and
     the dropped words are returned. If the suffix alone does not fit, that is a configuration error.
     """
     suffix = concept_suffix(terms)

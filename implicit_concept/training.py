@@ -178,6 +178,39 @@ class Example:
     latents: torch.Tensor | None = None
 
 
+class NewTokenRows(torch.nn.Module):
+    """The trainable embeddings of new tokens, spliced into a frozen embedding layer's output.
+
+    Training the whole ``vocabulary x hidden`` matrix with a gradient mask (textual inversion's way)
+    made every step pay a dense gradient and AdamW update over 49k rows: +8% per step on the tiny
+    pipeline. Here only ``len(ids) x hidden`` values train; ``write_back`` copies them into the matrix.
+    """
+
+    def __init__(self, embedding: torch.nn.Embedding, ids: Sequence[int]) -> None:
+        super().__init__()
+        self.embedding = [embedding]  # a list: not a submodule, so state_dict holds only the new rows
+        self.ids = list(ids)
+        self.rows = torch.nn.Parameter(embedding.weight[self.ids].detach().clone().float())
+        slot = torch.full((embedding.num_embeddings,), -1, dtype=torch.long)
+        slot[self.ids] = torch.arange(len(self.ids))
+        self.register_buffer("slot", slot, persistent=False)
+        self._hook = embedding.register_forward_hook(self._splice)
+
+    def _splice(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        slot = self.slot[inputs[0]]
+        is_new = slot >= 0
+        if not bool(is_new.any()):
+            return output
+        return torch.where(is_new[..., None], self.rows[slot.clamp(min=0)].to(output.dtype), output)
+
+    def write_back(self) -> None:
+        """Copy the trained rows into the embedding matrix and stop splicing."""
+        embedding = self.embedding[0]
+        with torch.no_grad():
+            embedding.weight[self.ids] = self.rows.to(embedding.weight.dtype)
+        self._hook.remove()
+
+
 class TrainState:
     """What besides weights a resume needs: progress, data position and the training generator."""
 
@@ -229,25 +262,22 @@ def train(
     vae.requires_grad_(False)
     unet.requires_grad_(not config.model_removal)
     text_encoder.requires_grad_(config.train_text == "text_encoder")
-    embeddings = text_encoder.get_input_embeddings().weight
-    if config.train_text == "new_tokens" and new_ids:
-        embeddings.requires_grad_(True)
-        only_new = torch.zeros(embeddings.shape[0], 1)
-        only_new[new_ids] = 1.0
-        embeddings.register_hook(lambda grad: grad * only_new.to(grad.device, grad.dtype))
-    for model in (vae, unet, text_encoder):
-        model.to(accelerator.device)
-    if not any(p.requires_grad for p in [*unet.parameters(), *text_encoder.parameters()]):
-        raise ValueError("nothing to train: the UNet is frozen and the text side has no trainable parameters")
+    embedding = text_encoder.get_input_embeddings()
+    new_rows = NewTokenRows(embedding, new_ids) if config.train_text == "new_tokens" and new_ids else None
+    for model in (vae, unet, text_encoder, new_rows):
+        if model is not None:
+            model.to(accelerator.device)
+    if config.model_removal and new_rows is None:
+        raise ValueError("nothing to train: Model Removal freezes the model and no new token was added")
 
-    # The optimizer. Frozen-text-encoder embeddings get no weight decay: AdamW would shrink old rows too.
+    # The optimizer: the UNet (unless Model Removal), then the text side (all of it, or the new rows).
     groups = []
     if not config.model_removal:
-        groups.append({"params": [p for p in unet.parameters() if p.requires_grad], "weight_decay": config.weight_decay})
+        groups.append({"params": list(unet.parameters()), "weight_decay": config.weight_decay})
     if config.train_text == "text_encoder":
         groups.append({"params": list(text_encoder.parameters()), "weight_decay": config.weight_decay})
-    elif embeddings.requires_grad:
-        groups.append({"params": [embeddings], "weight_decay": 0.0})
+    elif new_rows is not None:
+        groups.append({"params": [new_rows.rows], "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
     # accelerate steps a prepared LR schedule once per process, hence the scaled lengths (as in diffusers' scripts).
     n = accelerator.num_processes
@@ -257,11 +287,13 @@ def train(
     # Only models with trainable weights are wrapped (DDP refuses others) and saved in checkpoints.
     if not config.model_removal:
         unet = accelerator.prepare(unet)
-    if any(p.requires_grad for p in text_encoder.parameters()):
+    if config.train_text == "text_encoder":
         text_encoder = accelerator.prepare(text_encoder)
     optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
     state = TrainState(config.seed)
     accelerator.register_for_checkpointing(state)
+    if new_rows is not None:
+        accelerator.register_for_checkpointing(new_rows)
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
@@ -320,6 +352,8 @@ def train(
         loss = per_sample.mean()
 
         accelerator.backward(loss)
+        if new_rows is not None and accelerator.num_processes > 1:
+            new_rows.rows.grad = accelerator.reduce(new_rows.rows.grad, reduction="mean")
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], config.max_grad_norm)
         optimizer.step()
@@ -344,6 +378,8 @@ def train(
         unet = accelerator.unwrap_model(unet)
         if ema is not None:
             ema.copy_to(unet.parameters())
+        if new_rows is not None:
+            new_rows.write_back()
         scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=noise_scheduler.config.prediction_type)
         trained = StableDiffusionPipeline(
             vae=vae, text_encoder=accelerator.unwrap_model(text_encoder), tokenizer=tokenizer, unet=unet,

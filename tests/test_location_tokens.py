@@ -29,6 +29,14 @@ def tokenizer(tmp_path_factory):
     return build_clip_tokenizer(tmp_path_factory.mktemp("clip-tokenizer"))
 
 
+def test_tokenizer_gives_clips_ids(tokenizer):
+    # ids from open_clip's SimpleTokenizer for the same text, start and end tokens added
+    assert tokenizer("a red circle above a blue square on a green background").input_ids == [
+        49406, 320, 736, 7117, 4348, 320, 1746, 3999, 525, 320, 1901, 5994, 49407]
+    assert tokenizer("Hello, World! qrcode").input_ids == [49406, 3306, 267, 1002, 256, 80, 81, 3217, 49407]
+    assert tokenizer.model_max_length == CLIP_MAX_LENGTH
+
+
 def test_token_names_are_column_then_row():
     assert location_token(3, 0) == "<l3,0>"
     assert location_tokens(2) == ["<l0,0>", "<l1,0>", "<l0,1>", "<l1,1>"]
