@@ -19,6 +19,7 @@ from benchmark.methods.base import FineTune, MethodContext
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
 from benchmark.report import plot_icr, results_markdown
 from benchmark.sample_grid import method_grid
+from benchmark.targets import Targets, check_targets
 from benchmark.track import Track
 from implicit_concept.provenance import config_hash, environment
 from implicit_concept.shard_writer import atomic_write_bytes, atomic_write_json
@@ -88,6 +89,7 @@ def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
             train_shards=subset / "train",
             settings={"esd": track.esd, "fmn": track.fmn, "geom_erasing": track.geom_erasing},
             detector=detector,
+            base=Path(base),
         )
         reference = _reference_images(subset / "test", len(prompts))
         for spec in run.methods or track.methods:
@@ -270,6 +272,9 @@ def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector) -> d
         "rows": rows,
         "timings": dict(run.timings),
     }
+    if run.track.targets:
+        targets = Targets.from_dict(run.track.targets)
+        results["targets"] = {"config": targets.to_dict(), "checks": check_targets(rows, results["fp_rate"], targets)}
     atomic_write_json(run.root / "results.json", results)
     atomic_write_bytes(run.root / "results.md", results_markdown(results).encode("utf-8"))
     if any(r.get("status") == "ok" for r in rows):

@@ -59,6 +59,11 @@ def results_markdown(results: dict[str, Any]) -> str:
         values = [_num(q.get(k)) for k in _quality_columns(rows)]
         lines.append(f"| {r['concept']} | {r['method']} | " + " | ".join(values) + f" | {_num(r.get('fid_x_icr'))} |")
     lines += ["", "Quality measures: " + "; ".join(sorted({q for r in rows for q in r.get("quality_kinds", [])})), ""]
+    checks = results.get("targets", {}).get("checks", [])
+    if checks:
+        lines += ["## Targets", "", "| concept | target | measured | met |", "|---|---|---|---|"]
+        mark = {True: "yes", False: "**no**", None: "not run"}
+        lines += [f"| {t['concept']} | {t['target']} | {t['measured']} | {mark[t['met']]} |" for t in checks] + [""]
     missing = [r for r in rows if r.get("status") != "ok"]
     if missing:
         lines += ["## Not run", ""] + [f"- `{r['method']}` on {r['concept']}: {r.get('status')}" for r in missing] + [""]

@@ -47,6 +47,8 @@ class Track:
     fmn: dict[str, Any] = field(default_factory=dict)
     geom_erasing: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, Any] = field(default_factory=dict)
+    #: Claims the results are checked against (benchmark.targets.Targets); empty: no check.
+    targets: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.concepts if c not in CONCEPT_NAMES]
@@ -60,6 +62,13 @@ class Track:
             raise TrackError(f"track {self.name}: num_prompts must be >= 1, got {self.num_prompts}")
         if not 0 < self.conf < 1:
             raise TrackError(f"track {self.name}: conf must be in (0, 1), got {self.conf}")
+        if self.targets:
+            from benchmark.targets import Targets
+
+            try:
+                Targets.from_dict(self.targets)
+            except (TypeError, ValueError) as e:
+                raise TrackError(f"track {self.name}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,7 +22,7 @@ def test_debug_track_reports_every_method_and_concept(debug_run):
     results = json.loads((root / "runs" / "debug" / "results.json").read_text())
     assert results["track"] == "debug" and results["config"]["track_sha256"]
     rows = {(r["concept"], r["method"]): r for r in results["rows"]}
-    methods = ["sd", "np", "esd", "sld", "fmn", "ge-name", "ge-geometry", "ge-full", "ge-detector", "oracle"]
+    methods = ["base", "sd", "np", "esd", "sld", "fmn", "ge-name", "ge-geometry", "ge-full", "ge-detector", "oracle"]
     for concept in ("qrcode", "watermark", "text"):
         for m in methods:
             row = rows[(concept, m)]
@@ -32,6 +32,9 @@ def test_debug_track_reports_every_method_and_concept(debug_run):
             assert "scene_fid" in row["quality"] and "prompt_following" in row["quality"]
         assert "<l" in rows[(concept, "ge-full")]["negative_prompt"]
         assert rows[(concept, "sd")]["negative_prompt"] == ""
+    checks = results["targets"]["checks"]
+    assert len(checks) == 5 * 3 and all(c["met"] in (True, False) for c in checks)
+    assert "## Targets" in (root / "runs" / "debug" / "results.md").read_text()
     assert (root / "runs" / "debug" / "icr.png").stat().st_size > 0
     assert (root / "runs" / "debug" / "grids" / "icd-qrcode" / "ge-full.png").exists()
     assert len(list((root / "runs" / "debug" / "images" / "icd-text" / "sd").glob("*_0.png"))) == 8

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 from benchmark.methods.base import Method, NotImplementedMethod, load_method
+from benchmark.methods.base_model import BaseModel
 from benchmark.methods.esd import ESD
 from benchmark.methods.finetuned import FINETUNED
 from benchmark.methods.forget_me_not import ForgetMeNot
@@ -13,6 +14,7 @@ from benchmark.methods.sld import SafeLatentDiffusion
 
 REGISTRY: dict[str, Callable[[], Method]] = {
     **{name: (lambda m=m: m) for name, m in FINETUNED.items()},
+    "base": BaseModel,
     "np": NegativePrompt,
     "esd": ESD,
     "sld": SafeLatentDiffusion,

@@ -41,6 +41,7 @@ class MethodContext:
     train_shards: Path
     settings: dict[str, Any] = field(default_factory=dict)
     detector: Any = None
+    base: Path | None = None
 
     def edited_sd(self, tag: str, record: dict[str, Any], edit: Callable[[Any], None]) -> Path:
         """The plainly fine-tuned model with ``edit`` applied in place, saved once under ``work_dir``.

@@ -1,0 +1,93 @@
+"""The claims a track's results are checked against (the tiny track's targets), as plain data.
+
+Each check reads only the finished rows, so it never changes what is measured: a target that is not
+met is reported as such, with the numbers, and a check whose methods did not run says so.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Targets:
+    #: The method whose removal is judged (the paper's full Geom-Erasing).
+    removal_method: str = "ge-full"
+    #: `sd` must show the concept in at least this share of images: it was learned.
+    sd_min_icr: float = 0.25
+    #: The removal method's ICR must be at most this share of `sd`'s, with disjoint 95% intervals.
+    removal_max_ratio: float = 1 / 3
+    #: `np` (the name as a negative prompt) lands within this many ICR points of `sd`.
+    np_max_gap: float = 0.05
+    #: `oracle` (trained on clean twins) lands within this many points of the detector's FP rate.
+    oracle_max_above_fp: float = 0.05
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "removal_method" and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise ValueError(f"targets.{f.name} must be a number in [0, 1], got {value!r}")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Targets":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown targets field(s) {unknown} (known: {sorted(known)})")
+        return cls(**raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_targets(rows: list[dict[str, Any]], fp_rate: dict[str, Any], targets: Targets) -> list[dict[str, Any]]:
+    """One entry per concept and claim: what was wanted, what was measured, and whether it holds
+    (``met`` is None when a method it needs did not run)."""
+    ok = {(r["concept"], r["method"]): r for r in rows if r.get("status") == "ok"}
+    concepts = list(dict.fromkeys(r["concept"] for r in rows))
+    removal = targets.removal_method
+    checks = []
+    for c in concepts:
+        sd, ge, np_, oracle = (ok.get((c, m)) for m in ("sd", removal, "np", "oracle"))
+        icr = lambda r: r["icr"]["value"]  # noqa: E731
+        checks.append(_check(c, f"sd ICR >= {_pct(targets.sd_min_icr)}", sd and f"sd {_pct(icr(sd))}",
+                             sd and icr(sd) >= targets.sd_min_icr))
+        checks.append(_check(
+            c, f"{removal} ICR <= {targets.removal_max_ratio:.2f} x sd, intervals disjoint",
+            sd and ge and f"{removal} {_pct(icr(ge))} {_ci(ge)} vs sd {_pct(icr(sd))} {_ci(sd)}",
+            sd and ge and icr(ge) <= targets.removal_max_ratio * icr(sd) and ge["icr"]["ci"][1] < sd["icr"]["ci"][0],
+        ))
+        checks.append(_check(c, f"np within {_points(targets.np_max_gap)} of sd",
+                             sd and np_ and f"np {_pct(icr(np_))} vs sd {_pct(icr(sd))}",
+                             sd and np_ and abs(icr(np_) - icr(sd)) <= targets.np_max_gap))
+        fp = fp_rate.get(c, {}).get("value")
+        checks.append(_check(c, f"oracle within {_points(targets.oracle_max_above_fp)} of the detector FP rate",
+                             oracle and fp is not None and f"oracle {_pct(icr(oracle))} vs FP {_pct(fp)}",
+                             oracle and fp is not None and icr(oracle) <= fp + targets.oracle_max_above_fp))
+        checks.append(_check(
+            c, f"{removal} prompt following no worse than sd's interval",
+            sd and ge and _following(sd) and _following(ge) and f"{removal} {_following(ge)['value']:.3f} vs sd {_following(sd)['value']:.3f} [{_following(sd)['ci'][0]:.3f}, {_following(sd)['ci'][1]:.3f}]",
+            sd and ge and _following(sd) and _following(ge) and _following(ge)["value"] >= _following(sd)["ci"][0],
+        ))
+    return checks
+
+
+def _check(concept: str, target: str, measured: Any, met: Any) -> dict[str, Any]:
+    return {"concept": concept, "target": target, "measured": measured or "not run", "met": bool(met) if measured else None}
+
+
+def _following(row: dict[str, Any]) -> dict[str, Any] | None:
+    return row.get("quality_detail", {}).get("prompt_following", {}).get("mean")
+
+
+def _pct(x: float, digits: int = 1) -> str:
+    return f"{100 * x:.{digits}f}%"
+
+
+def _points(x: float) -> str:
+    return f"{100 * x:g} points"
+
+
+def _ci(row: dict[str, Any]) -> str:
+    low, high = row["icr"]["ci"]
+    return f"[{100 * low:.1f}, {100 * high:.1f}]"

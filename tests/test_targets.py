@@ -1,0 +1,47 @@
+"""The tiny track's claims are checked from finished rows, and say when they cannot be."""
+import pytest
+
+from benchmark.targets import Targets, check_targets
+from benchmark.track import TrackError, load_track
+
+
+def _row(method, value, ci, concept="qrcode", following=(0.5, (0.45, 0.55))):
+    return {"concept": concept, "method": method, "status": "ok", "icr": {"value": value, "ci": list(ci)},
+            "quality_detail": {"prompt_following": {"mean": {"value": following[0], "ci": list(following[1])}}}}
+
+
+FP = {"qrcode": {"value": 0.01}}
+
+
+def _met(checks):
+    return [c["met"] for c in checks]
+
+
+def test_every_claim_met():
+    rows = [_row("sd", 0.40, (0.33, 0.47)), _row("ge-full", 0.05, (0.02, 0.08)), _row("np", 0.37, (0.3, 0.44)),
+            _row("oracle", 0.03, (0.01, 0.05))]
+    assert _met(check_targets(rows, FP, Targets())) == [True] * 5
+
+
+def test_each_claim_can_fail():
+    rows = [_row("sd", 0.20, (0.14, 0.26)), _row("ge-full", 0.10, (0.06, 0.15), following=(0.3, (0.25, 0.35))),
+            _row("np", 0.10, (0.06, 0.15)), _row("oracle", 0.2, (0.15, 0.25))]
+    assert _met(check_targets(rows, FP, Targets())) == [False] * 5
+
+
+def test_a_third_of_sd_but_overlapping_intervals_is_not_met():
+    rows = [_row("sd", 0.30, (0.10, 0.50)), _row("ge-full", 0.09, (0.02, 0.20))]
+    assert check_targets(rows, FP, Targets())[1]["met"] is False
+
+
+def test_missing_methods_are_not_run_not_failed():
+    checks = check_targets([_row("sd", 0.4, (0.3, 0.5))], FP, Targets())
+    assert _met(checks) == [True, None, None, None, None]
+    assert checks[2]["measured"] == "not run"
+
+
+def test_bad_targets_are_named():
+    with pytest.raises(ValueError, match="sd_min_icr"):
+        Targets(sd_min_icr=25)
+    with pytest.raises(TrackError, match="unknown targets field"):
+        load_track("tiny", {"targets": {"sd_icr": 0.25}})
