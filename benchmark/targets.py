@@ -49,21 +49,20 @@ def check_targets(rows: list[dict[str, Any]], fp_rate: dict[str, Any], targets: 
     checks = []
     for c in concepts:
         sd, ge, np_, oracle = (ok.get((c, m)) for m in ("sd", removal, "np", "oracle"))
-        icr = lambda r: r["icr"]["value"]  # noqa: E731
-        checks.append(_check(c, f"sd ICR >= {_pct(targets.sd_min_icr)}", sd and f"sd {_pct(icr(sd))}",
-                             sd and icr(sd) >= targets.sd_min_icr))
+        checks.append(_check(c, f"sd ICR >= {_pct(targets.sd_min_icr)}", sd and f"sd {_pct(_icr(sd))}",
+                             sd and _icr(sd) >= targets.sd_min_icr))
         checks.append(_check(
             c, f"{removal} ICR <= {targets.removal_max_ratio:.2f} x sd, intervals disjoint",
-            sd and ge and f"{removal} {_pct(icr(ge))} {_ci(ge)} vs sd {_pct(icr(sd))} {_ci(sd)}",
-            sd and ge and icr(ge) <= targets.removal_max_ratio * icr(sd) and ge["icr"]["ci"][1] < sd["icr"]["ci"][0],
+            sd and ge and f"{removal} {_pct(_icr(ge))} {_ci(ge)} vs sd {_pct(_icr(sd))} {_ci(sd)}",
+            sd and ge and _icr(ge) <= targets.removal_max_ratio * _icr(sd) and ge["icr"]["ci"][1] < sd["icr"]["ci"][0],
         ))
         checks.append(_check(c, f"np within {_points(targets.np_max_gap)} of sd",
-                             sd and np_ and f"np {_pct(icr(np_))} vs sd {_pct(icr(sd))}",
-                             sd and np_ and abs(icr(np_) - icr(sd)) <= targets.np_max_gap))
+                             sd and np_ and f"np {_pct(_icr(np_))} vs sd {_pct(_icr(sd))}",
+                             sd and np_ and abs(_icr(np_) - _icr(sd)) <= targets.np_max_gap))
         fp = fp_rate.get(c, {}).get("value")
         checks.append(_check(c, f"oracle within {_points(targets.oracle_max_above_fp)} of the detector FP rate",
-                             oracle and fp is not None and f"oracle {_pct(icr(oracle))} vs FP {_pct(fp)}",
-                             oracle and fp is not None and icr(oracle) <= fp + targets.oracle_max_above_fp))
+                             oracle and fp is not None and f"oracle {_pct(_icr(oracle))} vs FP {_pct(fp)}",
+                             oracle and fp is not None and _icr(oracle) <= fp + targets.oracle_max_above_fp))
         checks.append(_check(
             c, f"{removal} prompt following no worse than sd's interval",
             sd and ge and _following(sd) and _following(ge) and f"{removal} {_following(ge)['value']:.3f} vs sd {_following(sd)['value']:.3f} [{_following(sd)['ci'][0]:.3f}, {_following(sd)['ci'][1]:.3f}]",
@@ -74,6 +73,10 @@ def check_targets(rows: list[dict[str, Any]], fp_rate: dict[str, Any], targets: 
 
 def _check(concept: str, target: str, measured: Any, met: Any) -> dict[str, Any]:
     return {"concept": concept, "target": target, "measured": measured or "not run", "met": bool(met) if measured else None}
+
+
+def _icr(row: dict[str, Any]) -> float:
+    return row["icr"]["value"]
 
 
 def _following(row: dict[str, Any]) -> dict[str, Any] | None:
