@@ -22,7 +22,7 @@ from benchmark.sample_grid import method_grid
 from benchmark.targets import Targets, check_targets
 from benchmark.track import Track
 from implicit_concept.provenance import config_hash, environment
-from implicit_concept.shard_writer import atomic_write_bytes, atomic_write_json
+from implicit_concept.shard_writer import atomic_write_bytes, atomic_write_json, sha256_file
 
 DEFAULT_CACHE = Path(".cache") / "implicit-concept"
 
@@ -198,10 +198,17 @@ def _finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detecto
         geom=geom,
         image_field="clean" if ft.data == "clean" else "image",
     )
-    key = config_hash({"base": str(base), "data": str(subset), "config": config.to_dict()})[:16]
-    out = run.root / "models" / subset.name / f"{ft.data}-{key}"
+    out = run.root / "models" / subset.name / f"{ft.data}-{finetune_key(base, subset, config, detector)}"
     detect = detector.detect if geom.geometry_source == "detector" else None
     return train(base, subset / "train", out, config, detect=detect, progress=run.progress)
+
+
+def finetune_key(base: Path, subset: Path, config: Any, detector: Any) -> str:
+    """What names a cached fine-tune: its inputs, and the detector's weights when its boxes are the geometry."""
+    inputs = {"base": str(base), "data": str(subset), "config": config.to_dict()}
+    if config.geom.geometry_source == "detector":
+        inputs["detector"] = sha256_file(detector.path)
+    return config_hash(inputs)[:16]
 
 
 def _load_pipeline(path: Path):

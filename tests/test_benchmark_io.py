@@ -71,3 +71,23 @@ def test_report_puts_our_numbers_beside_the_papers(tmp_path):
     assert "60.0 [55.0, 65.0] (74.6)" in md and "10.0 [5.0, 15.0] (5.4)" in md
     assert "`fmn` on qrcode: missing: not implemented" in md and "| missing (80.4) |" in md
     assert plot_icr(results, tmp_path / "icr.png").stat().st_size > 1000
+
+
+def test_a_detector_trained_fine_tune_is_keyed_by_the_detectors_weights(tmp_path):
+    from types import SimpleNamespace
+
+    from benchmark.protocol import finetune_key
+    from implicit_concept.geom_erasing import GeomErasingConfig
+    from implicit_concept.training import TrainingConfig
+
+    weights = tmp_path / "detector.pt"
+    detector = SimpleNamespace(path=weights)
+    by_detector = TrainingConfig(geom=GeomErasingConfig(geometry_source="detector"))
+    by_truth = TrainingConfig(geom=GeomErasingConfig())
+    keys = []
+    for content in (b"weights one", b"weights two"):
+        weights.write_bytes(content)
+        keys.append((finetune_key(tmp_path / "base", tmp_path / "icd", by_detector, detector),
+                     finetune_key(tmp_path / "base", tmp_path / "icd", by_truth, detector)))
+    assert keys[0][0] != keys[1][0], "new detector weights, new model"
+    assert keys[0][1] == keys[1][1], "ground-truth boxes do not depend on the detector"
