@@ -56,7 +56,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         if r.get("status") != "ok":
             continue
         q = r.get("quality", {})
-        values = [_num(q.get(k)) for k in _quality_columns(rows)]
+        values = [_num(q.get(k)) + _interval(r.get("quality_detail", {}).get(k, {}).get("mean")) for k in _quality_columns(rows)]
         lines.append(f"| {r['concept']} | {r['method']} | " + " | ".join(values) + f" | {_num(r.get('fid_x_icr'))} |")
     lines += ["", "Quality measures: " + "; ".join(sorted({q for r in rows for q in r.get("quality_kinds", [])})), ""]
     checks = results.get("targets", {}).get("checks", [])
@@ -78,6 +78,10 @@ def results_markdown(results: dict[str, Any]) -> str:
 
 def _quality_columns(rows: list[dict[str, Any]]) -> list[str]:
     return sorted({k for r in rows for k in r.get("quality", {})})
+
+
+def _interval(estimate: dict[str, Any] | None) -> str:
+    return f" [{estimate['ci'][0]:.3g}, {estimate['ci'][1]:.3g}]" if estimate else ""
 
 
 def _num(v: Any) -> str:

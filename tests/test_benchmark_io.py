@@ -62,7 +62,8 @@ def test_report_puts_our_numbers_beside_the_papers(tmp_path):
         "fp_rate": {"qrcode": _ratio(0.01)},
         "rows": [
             {"concept": "qrcode", "method": "sd", "status": "ok", "icr": _ratio(0.6), "quality": {"scene_fid": 3.0}, "fid_x_icr": 180.0},
-            {"concept": "qrcode", "method": "geom-erasing", "status": "ok", "icr": _ratio(0.1), "quality": {"scene_fid": 2.5}},
+            {"concept": "qrcode", "method": "geom-erasing", "status": "ok", "icr": _ratio(0.1), "quality": {"scene_fid": 2.5, "prompt_following": 0.5},
+             "quality_detail": {"prompt_following": {"mean": {"value": 0.5, "ci": [0.42, 0.58]}}}},
             {"concept": "qrcode", "method": "fmn", "status": "missing: not implemented"},
         ],
         "timings": {"finetune": 12.0},
@@ -70,6 +71,7 @@ def test_report_puts_our_numbers_beside_the_papers(tmp_path):
     md = results_markdown(results)
     assert "60.0 [55.0, 65.0] (74.6)" in md and "10.0 [5.0, 15.0] (5.4)" in md
     assert "`fmn` on qrcode: missing: not implemented" in md and "| missing (80.4) |" in md
+    assert "| qrcode | geom-erasing | 0.5 [0.42, 0.58] | 2.5 |" in md, "quality with its interval"
     assert plot_icr(results, tmp_path / "icr.png").stat().st_size > 1000
 
 
