@@ -6,7 +6,7 @@ met is reported as such, with the numbers, and a check whose methods did not run
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -49,37 +49,40 @@ def check_targets(rows: list[dict[str, Any]], fp_rate: dict[str, Any], targets: 
     checks = []
     for c in concepts:
         sd, ge, np_, oracle = (ok.get((c, m)) for m in ("sd", removal, "np", "oracle"))
-        checks.append(_check(c, f"sd ICR >= {_pct(targets.sd_min_icr)}", sd and f"sd {_pct(_icr(sd))}",
-                             sd and _icr(sd) >= targets.sd_min_icr))
-        checks.append(_check(
-            c, f"{removal} ICR <= {targets.removal_max_ratio:.2f} x sd, intervals disjoint",
-            sd and ge and f"{removal} {_pct(_icr(ge))} {_ci(ge)} vs sd {_pct(_icr(sd))} {_ci(sd)}",
-            sd and ge and _icr(ge) <= targets.removal_max_ratio * _icr(sd) and ge["icr"]["ci"][1] < sd["icr"]["ci"][0],
-        ))
-        checks.append(_check(c, f"np within {_points(targets.np_max_gap)} of sd",
-                             sd and np_ and f"np {_pct(_icr(np_))} vs sd {_pct(_icr(sd))}",
-                             sd and np_ and abs(_icr(np_) - _icr(sd)) <= targets.np_max_gap))
         fp = fp_rate.get(c, {}).get("value")
-        checks.append(_check(c, f"oracle within {_points(targets.oracle_max_above_fp)} of the detector FP rate",
-                             oracle and fp is not None and f"oracle {_pct(_icr(oracle))} vs FP {_pct(fp)}",
-                             oracle and fp is not None and _icr(oracle) <= fp + targets.oracle_max_above_fp))
-        checks.append(_check(
-            c, f"{removal} prompt following no worse than sd's interval",
-            sd and ge and _following(sd) and _following(ge) and f"{removal} {_following(ge)['value']:.3f} vs sd {_following(sd)['value']:.3f} [{_following(sd)['ci'][0]:.3f}, {_following(sd)['ci'][1]:.3f}]",
-            sd and ge and _following(sd) and _following(ge) and _following(ge)["value"] >= _following(sd)["ci"][0],
-        ))
+        follow_sd, follow_ge = _following(sd), _following(ge)
+        checks += [
+            _claim(c, f"sd ICR >= {_pct(targets.sd_min_icr)}", [sd], lambda: (
+                f"sd {_pct(_icr(sd))}", _icr(sd) >= targets.sd_min_icr)),
+            _claim(c, f"{removal} ICR <= {targets.removal_max_ratio:.2f} x sd, intervals disjoint", [sd, ge], lambda: (
+                f"{removal} {_pct(_icr(ge))} {_ci(ge)} vs sd {_pct(_icr(sd))} {_ci(sd)}",
+                _icr(ge) <= targets.removal_max_ratio * _icr(sd) and ge["icr"]["ci"][1] < sd["icr"]["ci"][0])),
+            _claim(c, f"np within {_points(targets.np_max_gap)} of sd", [sd, np_], lambda: (
+                f"np {_pct(_icr(np_))} vs sd {_pct(_icr(sd))}", abs(_icr(np_) - _icr(sd)) <= targets.np_max_gap)),
+            _claim(c, f"oracle within {_points(targets.oracle_max_above_fp)} of the detector FP rate", [oracle, fp], lambda: (
+                f"oracle {_pct(_icr(oracle))} vs FP {_pct(fp)}", _icr(oracle) <= fp + targets.oracle_max_above_fp)),
+            _claim(c, f"{removal} prompt following no worse than sd's interval", [follow_sd, follow_ge], lambda: (
+                f"{removal} {follow_ge['value']:.3f} vs sd {follow_sd['value']:.3f} "
+                f"[{follow_sd['ci'][0]:.3f}, {follow_sd['ci'][1]:.3f}]", follow_ge["value"] >= follow_sd["ci"][0])),
+        ]
     return checks
 
 
-def _check(concept: str, target: str, measured: Any, met: Any) -> dict[str, Any]:
-    return {"concept": concept, "target": target, "measured": measured or "not run", "met": bool(met) if measured else None}
+def _claim(concept: str, target: str, needed: list[Any], measure: Callable[[], tuple[str, bool]]) -> dict[str, Any]:
+    """A claim is checked only when everything it needs was measured; otherwise it is "not run"."""
+    if any(x is None for x in needed):
+        return {"concept": concept, "target": target, "measured": "not run", "met": None}
+    measured, met = measure()
+    return {"concept": concept, "target": target, "measured": measured, "met": bool(met)}
 
 
 def _icr(row: dict[str, Any]) -> float:
     return row["icr"]["value"]
 
 
-def _following(row: dict[str, Any]) -> dict[str, Any] | None:
+def _following(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
     return row.get("quality_detail", {}).get("prompt_following", {}).get("mean")
 
 
