@@ -21,6 +21,7 @@ from benchmark.report import plot_icr, results_markdown
 from benchmark.sample_grid import method_grid
 from benchmark.targets import Targets, check_targets
 from benchmark.track import Track
+from builders.dataset_card import CHECKSUMS
 from implicit_concept.provenance import config_hash, environment
 from implicit_concept.shard_writer import atomic_write_bytes, atomic_write_json, sha256_file
 
@@ -175,7 +176,7 @@ def _detector(run: BenchmarkRun, dataset: Path):
     if run.detector:
         return Detector.load(run.detector)
     scale = load_scale(run.track.detector_scale)
-    checksums = (dataset / "checksums.sha256").read_text()
+    checksums = (dataset / CHECKSUMS).read_text()
     out = run.cache / "detectors" / f"{scale.name}-{config_hash({'scale': scale.__dict__, 'data': checksums})[:16]}"
     if not (out / WEIGHTS_NAME).exists():
         train_detector(dataset / "icd-mixed", out, scale)
@@ -204,8 +205,13 @@ def _finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detecto
 
 
 def finetune_key(base: Path, subset: Path, config: Any, detector: Any) -> str:
-    """What names a cached fine-tune: its inputs, and the detector's weights when its boxes are the geometry."""
-    inputs = {"base": str(base), "data": str(subset), "config": config.to_dict()}
+    """What names a cached fine-tune: its inputs (the training shards by content, so a rebuilt
+    dataset at the same path trains anew), and the detector's weights when its boxes are the geometry."""
+    listing = subset.parent / CHECKSUMS
+    if not listing.is_file():
+        raise FileNotFoundError(f"{listing}: missing; the dataset's checksums name the data a fine-tune is cached under")
+    train = sorted(line for line in listing.read_text().splitlines() if line.split("  ")[-1].startswith(f"{subset.name}/train/"))
+    inputs = {"base": str(base), "data": str(subset), "train_shards": train, "config": config.to_dict()}
     if config.geom.geometry_source == "detector":
         inputs["detector"] = sha256_file(detector.path)
     return config_hash(inputs)[:16]

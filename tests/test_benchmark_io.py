@@ -82,6 +82,7 @@ def test_a_detector_trained_fine_tune_is_keyed_by_the_detectors_weights(tmp_path
     from implicit_concept.geom_erasing import GeomErasingConfig
     from implicit_concept.training import TrainingConfig
 
+    (tmp_path / "checksums.sha256").write_text(f"{'0' * 64}  icd/train/00000.tar\n")
     weights = tmp_path / "detector.pt"
     detector = SimpleNamespace(path=weights)
     by_detector = TrainingConfig(geom=GeomErasingConfig(geometry_source="detector"))
@@ -93,3 +94,21 @@ def test_a_detector_trained_fine_tune_is_keyed_by_the_detectors_weights(tmp_path
                      finetune_key(tmp_path / "base", tmp_path / "icd", by_truth, detector)))
     assert keys[0][0] != keys[1][0], "new detector weights, new model"
     assert keys[0][1] == keys[1][1], "ground-truth boxes do not depend on the detector"
+
+
+def test_a_fine_tune_is_keyed_by_its_training_shards_content(tmp_path):
+    """A dataset rebuilt in place with other bytes must not reuse the models trained on the old one."""
+    from benchmark.protocol import finetune_key
+    from implicit_concept.training import TrainingConfig
+
+    listing = tmp_path / "checksums.sha256"
+    config = TrainingConfig()
+    keys = []
+    for train, test in (("a", "a"), ("a", "b"), ("b", "b")):
+        listing.write_text(f"{train * 64}  icd/train/00000.tar\n{test * 64}  icd/test/00000.tar\n")
+        keys.append(finetune_key(tmp_path / "base", tmp_path / "icd", config, None))
+    assert keys[0] == keys[1], "the test split does not train the model"
+    assert keys[1] != keys[2]
+    listing.unlink()
+    with pytest.raises(FileNotFoundError, match="checksums.sha256"):
+        finetune_key(tmp_path / "base", tmp_path / "icd", config, None)

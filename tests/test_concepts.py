@@ -132,6 +132,45 @@ def test_text_never_below_min_size(size: int) -> None:
                 assert inst.box.height >= px // 2
 
 
+@pytest.mark.parametrize("style", ["subtitle", "meme"])
+def test_free_text_is_one_box_per_line(style: str) -> None:
+    """Unbacked lines are separate instances: one line of text per box, never a block's box
+    (a line is at most ~1.13 font sizes tall plus its stroke; two lines are over 2)."""
+    options = {"styles": {style: 1.0}, "band_prob": 0.0}
+    for size in (64, 256):
+        for layers, _, instances, _, _ in _renders("text", size, options=options):
+            assert len(instances) == len(_visible(layers))
+            for inst in instances:
+                p = inst.params
+                assert "\n" not in p["text"]
+                assert inst.box.height - 2 * p["stroke_px"] <= 1.5 * p["font_px"]
+
+
+def test_backed_text_is_one_box_with_all_its_lines() -> None:
+    """A band or a sign plate is one object: one instance, whatever the number of lines on it."""
+    lines = 0
+    for style in ("subtitle", "sign"):
+        options = {"styles": {style: 1.0}, "band_prob": 1.0}
+        for _, _, instances, _, _ in _renders("text", 256, options=options):
+            (inst,) = instances
+            lines += inst.params["text"].count("\n")
+    assert lines > 0
+
+
+def test_scattered_words_never_touch() -> None:
+    """Two words a few pixels apart read as one line; a later word keeps 0.3 of its font size away."""
+    options = {"styles": {"words": 1.0}, "max_words": 6}
+    pairs = 0
+    for size in (64, 256, 512):
+        for _, _, instances, _, _ in _renders("text", size, options=options):
+            for i, a in enumerate(instances):
+                for b in instances[i + 1:]:
+                    pairs += 1
+                    apart = max(a.box.x1 - b.box.x2, b.box.x1 - a.box.x2, a.box.y1 - b.box.y2, b.box.y1 - a.box.y2)
+                    assert apart >= max(2, round(0.3 * b.params["font_px"]))
+    assert pairs > 50
+
+
 @pytest.mark.parametrize("concept", CONCEPT_NAMES)
 def test_same_seed_same_pixels(concept: str) -> None:
     a, b = make_renderer(concept, {}, "train"), make_renderer(concept, {}, "train")

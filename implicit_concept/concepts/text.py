@@ -4,6 +4,11 @@ Every style keeps its text legible: a stroke, a backing band or box, or (scatter
 known background) a colour from the far side of the background's luminance. Text is never smaller
 than ``min_font_px`` and always fits the canvas: a long phrase is wrapped, then shrunk, then
 replaced by a shorter one.
+
+What counts as one instance (one box) is fixed so a detector is never asked to guess: a line of free
+text (stroked subtitle or meme lines, a scattered word) is one instance; a backing band or sign plate
+is one instance with all the lines on it. Scattered words never touch each other, so two words are
+never one line.
 """
 from __future__ import annotations
 
@@ -31,6 +36,8 @@ _SIGN: tuple[RGB, ...] = (
 _MEASURE = ImageDraw.Draw(Image.new("L", (1, 1)))
 _SHRINK = 0.85
 _MIN_LUMA_GAP = 0.4
+# A scattered word that finds no free spot in this many draws is left out (the first always fits).
+_PLACEMENT_TRIES = 20
 
 
 @dataclass(frozen=True)
@@ -83,27 +90,47 @@ def _stroke_px(px: int, ratio: float) -> int:
     return max(1, round(px * ratio)) if ratio else 0
 
 
+def _layout(lines: list[str], font: ImageFont.FreeTypeFont, stroke: int) -> list[tuple[str, float, int]]:
+    """(line, x, y) of each line of a centred block, as Pillow's multiline text lays them out."""
+    pitch = font.getbbox("A", stroke_width=stroke)[3] + stroke + round(0.2 * font.size)
+    widths = [font.getlength(line) for line in lines]
+    return [(line, (max(widths) - w) / 2, i * pitch) for i, (line, w) in enumerate(zip(lines, widths))]
+
+
 def _block_box(lines: list[str], font: ImageFont.FreeTypeFont, stroke: int) -> tuple[int, int, int, int]:
-    left, top, right, bottom = _MEASURE.multiline_textbbox(
-        (0, 0), "\n".join(lines), font=font, spacing=round(0.2 * font.size), align="center", stroke_width=stroke
+    boxes = [_MEASURE.textbbox((x, y), line, font=font, stroke_width=stroke) for line, x, y in _layout(lines, font, stroke)]
+    return (
+        math.floor(min(b[0] for b in boxes)), math.floor(min(b[1] for b in boxes)),
+        math.ceil(max(b[2] for b in boxes)), math.ceil(max(b[3] for b in boxes)),
     )
-    return math.floor(left), math.floor(top), math.ceil(right), math.ceil(bottom)
 
 
-def _block_masks(lines: list[str], font_path: str, px: int, stroke: int, pad: int = 0) -> list[Image.Image]:
-    """Coverage masks of a centred text block: [stroke (fill included), fill], or [fill]."""
+def _block_masks(
+    lines: list[str], font_path: str, px: int, stroke: int, pad: int = 0, per_line: bool = False
+) -> list[list[Image.Image]]:
+    """Coverage masks of a centred text block, [stroke (fill included), fill] or [fill], all the
+    block's size: one such list for the whole block, or (``per_line``) one per line."""
     font = load_font(font_path, px)
     left, top, right, bottom = _block_box(lines, font, stroke)
     size = (right - left + 2 * pad, bottom - top + 2 * pad)
-    kwargs = {"font": font, "spacing": round(0.2 * px), "align": "center", "fill": 255}
-    masks = []
-    for width in ([stroke, 0] if stroke else [0]):
-        mask = Image.new("L", size, 0)
-        ImageDraw.Draw(mask).multiline_text(
-            (pad - left, pad - top), "\n".join(lines), stroke_width=width, stroke_fill=255, **kwargs
-        )
-        masks.append(mask)
-    return masks
+    groups = [[line] for line in _layout(lines, font, stroke)] if per_line else [_layout(lines, font, stroke)]
+    out = []
+    for group in groups:
+        masks = []
+        for width in ([stroke, 0] if stroke else [0]):
+            mask = Image.new("L", size, 0)
+            draw = ImageDraw.Draw(mask)
+            for line, x, y in group:
+                draw.text((pad - left + x, pad - top + y), line, font=font, fill=255, stroke_width=width, stroke_fill=255)
+            masks.append(mask)
+        out.append(masks)
+    return out
+
+
+def _overlaps(box: tuple[int, int, int, int], others: list[tuple[int, int, int, int]], gap: int) -> bool:
+    return any(
+        box[0] < o[2] + gap and o[0] < box[2] + gap and box[1] < o[3] + gap and o[1] < box[3] + gap for o in others
+    )
 
 
 class TextRenderer(Renderer):
@@ -208,19 +235,22 @@ class TextRenderer(Renderer):
             lambda: self._phrase(rng), font, self._font_px(rng, H), (0.92 * W, 0.4 * H), size, 2, ratio
         )
         stroke = 0 if band else _stroke_px(px, ratio)
-        masks = _block_masks(lines, font, px, stroke, _stroke_px(px, ratio) if band else 0)
+        groups = _block_masks(lines, font, px, stroke, _stroke_px(px, ratio) if band else 0, per_line=not band)
         fill = _LIGHT[int(rng.integers(3))]
         if band:
             alpha = round(255 * uniform(rng, (0.45, 0.75)))
-            masks = [Image.new("L", masks[0].size, alpha), masks[0]]
-        colours = [(0, 0, 0), fill]
-        w, h = masks[0].size
+            groups = [[Image.new("L", groups[0][0].size, alpha), groups[0][0]]]
+        w, h = groups[0][0].size
         y = H - h - round(uniform(rng, (0.02, 0.08)) * H)
         xy = ((W - w) // 2, min(max(y, 0), H - h))
-        return [Layer(full_canvas(paint(list(zip(masks, colours))), size, xy), {
-            "text": "\n".join(lines), "font": os.path.basename(font), "font_px": px, "fill": list(fill),
-            "stroke_px": stroke, "band": band, "rotation": 0.0,
-        })]
+        texts = ["\n".join(lines)] if band else lines
+        return [
+            Layer(full_canvas(paint(list(zip(masks, [(0, 0, 0), fill]))), size, xy), {
+                "text": text, "font": os.path.basename(font), "font_px": px, "fill": list(fill),
+                "stroke_px": stroke, "band": band, "rotation": 0.0,
+            })
+            for text, masks in zip(texts, groups)
+        ]
 
     def _meme(
         self, rng: np.random.Generator, size: tuple[int, int], background: Image.Image | None
@@ -237,14 +267,17 @@ class TextRenderer(Renderer):
                 (W, H / len(spots)), 3 if len(spots) == 1 else 2, 0.1,
             )
             stroke = _stroke_px(px, 0.1)
-            masks = _block_masks(lines, font, px, stroke)
-            w, h = masks[0].size
+            groups = _block_masks(lines, font, px, stroke, per_line=True)
+            w, h = groups[0][0].size
             margin = round(uniform(rng, (0.01, 0.04)) * H)
             xy = ((W - w) // 2, margin if spot == "top" else max(H - h - margin, 0))
-            layers.append(Layer(full_canvas(paint(list(zip(masks, [(0, 0, 0), (255, 255, 255)]))), size, xy), {
-                "text": "\n".join(lines), "font": os.path.basename(font), "font_px": px, "fill": [255, 255, 255],
-                "stroke_px": stroke, "position": spot, "rotation": 0.0,
-            }))
+            layers += [
+                Layer(full_canvas(paint(list(zip(masks, [(0, 0, 0), (255, 255, 255)]))), size, xy), {
+                    "text": line, "font": os.path.basename(font), "font_px": px, "fill": [255, 255, 255],
+                    "stroke_px": stroke, "position": spot, "rotation": 0.0,
+                })
+                for line, masks in zip(lines, groups)
+            ]
         return layers
 
     def _sign(
@@ -263,7 +296,7 @@ class TextRenderer(Renderer):
         # The plate's padding is budgeted in the fit exactly like a stroke of the same width.
         _, px, lines = self._fitted(draw_text, font, px0, (0.85 * W, 0.6 * H), size, 2, pad_ratio)
         pad = max(1, round(pad_ratio * px))
-        text_mask = _block_masks(lines, font, px, 0, pad)[0]
+        (text_mask,) = _block_masks(lines, font, px, 0, pad)[0]
         plate = Image.new("L", text_mask.size, 0)
         radius = round(uniform(rng, (0, 0.5)) * pad)
         ImageDraw.Draw(plate).rounded_rectangle((0, 0, plate.width - 1, plate.height - 1), radius=radius, fill=255)
@@ -283,7 +316,8 @@ class TextRenderer(Renderer):
         self, rng: np.random.Generator, size: tuple[int, int], background: Image.Image | None
     ) -> list[Layer]:
         W, H = size
-        layers = []
+        layers: list[Layer] = []
+        placed: list[tuple[int, int, int, int]] = []
         for _ in range(int(rng.integers(1, self.config.max_words + 1))):
             font = self._font(rng, self.assets.fonts)
             stroke_wanted = background is None or rng.random() < self.config.stroke_prob
@@ -292,9 +326,16 @@ class TextRenderer(Renderer):
                 lambda: self._word(rng), font, self._font_px(rng, H), (0.9 * W, 0.5 * H), size, 1, ratio
             )
             stroke = _stroke_px(px, ratio)
-            masks, angle = self._rotate(rng, _block_masks(lines, font, px, stroke), size)
+            masks, angle = self._rotate(rng, _block_masks(lines, font, px, stroke)[0], size)
             w, h = masks[0].size
-            xy = (int(rng.integers(0, max(W - w, 0) + 1)), int(rng.integers(0, max(H - h, 0) + 1)))
+            gap = max(2, round(0.3 * px))
+            for _ in range(_PLACEMENT_TRIES):
+                xy = (int(rng.integers(0, max(W - w, 0) + 1)), int(rng.integers(0, max(H - h, 0) + 1)))
+                if not _overlaps((*xy, xy[0] + w, xy[1] + h), placed, gap):
+                    break
+            else:
+                continue
+            placed.append((*xy, xy[0] + w, xy[1] + h))
             lum = luminance(background, (*xy, xy[0] + w, xy[1] + h))
             if lum is None:
                 inks = _LIGHT if rng.random() < 0.5 else _DARK
