@@ -32,14 +32,22 @@ class BuildReport:
     failures: dict[str, int]
 
 
-def build_dataset(recipe: Recipe, out: Path, workers: int = 1, progress: bool = True) -> BuildReport:
+def build_dataset(
+    recipe: Recipe,
+    out: Path,
+    workers: int = 1,
+    progress: bool = True,
+    distributor: str = "multiprocessing",
+    ray_address: str | None = None,
+) -> BuildReport:
+    """Build (or finish building) ``recipe`` into ``out``; see ``run_units`` for the distributors."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _claim_output(recipe, out)
     units = ShardBuilder(recipe).plan()
     _remove_stale_temporaries(out)
     todo = [u for u in units if not is_complete(out, u)]
-    run_units(recipe, todo, out, workers=workers, progress=progress)
+    run_units(recipe, todo, out, workers=workers, progress=progress, distributor=distributor, ray_address=ray_address)
     stats = [json.loads(stats_path(out, u).read_text()) for u in units]
     _write_manifest(out, units)
     atomic_write_json(out / RECIPE_RECORD, _recipe_record(recipe))

@@ -1,11 +1,15 @@
-"""Runs shard work units in worker processes (spawn, one builder per worker) with a progress bar.
+"""Runs shard work units on local worker processes or on a Ray cluster, with a progress bar.
 
-Scheduling never changes bytes: every unit is a pure function of the recipe and its id.
+Scheduling never changes bytes: every unit is a pure function of the recipe and its id, so the
+``multiprocessing`` distributor (spawn, one builder per process) and the ``ray`` one (one builder
+per actor, for builds at LAION scale across machines) write the same shards. As in img2dataset,
+Ray workers write straight to ``out``, which must be a filesystem every node sees.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,8 @@ from tqdm import tqdm
 
 from builders.recipe import Recipe
 from builders.shard_builder import ShardBuilder, WorkUnit
+
+DISTRIBUTORS = ("multiprocessing", "ray")
 
 _worker: ShardBuilder | None = None
 
@@ -36,29 +42,66 @@ def run_units(
     out: Path,
     workers: int = 1,
     progress: bool = True,
+    distributor: str = "multiprocessing",
+    ray_address: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Build ``units`` with ``workers`` processes; returns each unit's stats in completion order."""
+    """Build ``units``; returns each unit's stats in completion order.
+
+    ``workers``: processes for ``multiprocessing``; for ``ray``, builder actors (0: one per CPU
+    of the cluster). ``ray_address``: an existing cluster ("auto", "ray://head:10001"), or None
+    for the one ``ray.init`` finds or starts.
+    """
+    if distributor not in DISTRIBUTORS:
+        raise ValueError(f"distributor {distributor!r}: choose one of {', '.join(DISTRIBUTORS)}")
     start = time.perf_counter()
     bar = tqdm(total=len(units), unit="shard", disable=not progress, desc=recipe.name)
     results: list[dict[str, Any]] = []
-    samples = 0
-
-    def record(stats: dict[str, Any]) -> None:
-        nonlocal samples
-        results.append(stats)
-        samples += stats["successes"]
-        bar.update(1)
-        bar.set_postfix(samples=str(samples), samples_per_s=f"{samples / max(time.perf_counter() - start, 1e-9):.0f}")
-
-    if workers <= 1 or len(units) <= 1:
-        builder = ShardBuilder(recipe)
-        for unit in units:
-            record(builder.build(unit, out))
-    else:
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(processes=min(workers, len(units)), initializer=_init_worker, initargs=(recipe,)) as pool:
-            for stats in pool.imap_unordered(_run, [(u, out) for u in units]):
-                record(stats)
+    if units:
+        run = _ray if distributor == "ray" else _multiprocessing
+        for stats in run(recipe, units, out, workers, ray_address):
+            results.append(stats)
+            samples = sum(s["successes"] for s in results)
+            bar.update(1)
+            bar.set_postfix(samples=str(samples), samples_per_s=f"{samples / max(time.perf_counter() - start, 1e-9):.0f}")
     bar.close()
     return results
 
+
+def _multiprocessing(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, _: Any) -> Iterator[dict[str, Any]]:
+    if workers <= 1 or len(units) <= 1:
+        builder = ShardBuilder(recipe)
+        for unit in units:
+            yield builder.build(unit, out)
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(processes=min(workers, len(units)), initializer=_init_worker, initargs=(recipe,)) as pool:
+        yield from pool.imap_unordered(_run, [(u, out) for u in units])
+
+
+class _RayBuilder:
+    """One ShardBuilder per actor: its assets load once, not once per shard."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        _init_worker(recipe)
+
+    def build(self, unit: WorkUnit, out: Path) -> dict[str, Any]:
+        return _run((unit, out))
+
+
+def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address: str | None) -> Iterator[dict[str, Any]]:
+    try:
+        import ray
+        from ray.util import ActorPool
+    except ImportError as e:
+        raise RuntimeError("the ray distributor needs Ray: pip install 'implicit-concept[ray]'") from e
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
+    try:
+        actors = workers if workers > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
+        builder: Callable[..., Any] = ray.remote(num_cpus=1)(_RayBuilder)
+        pool = ActorPool([builder.remote(recipe) for _ in range(min(actors, len(units)))])
+        yield from pool.map_unordered(lambda actor, unit: actor.build.remote(unit, Path(out).resolve()), units)
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -14,7 +14,10 @@ def _build(args: argparse.Namespace) -> int:
     overrides = {"source": source_from_spec(args.source)} if args.source else None
     recipe = load_recipe(args.recipe, overrides)
     out = Path(args.out or Path("data") / recipe.name)
-    report = build_dataset(recipe, out, workers=args.workers, progress=not args.quiet)
+    report = build_dataset(
+        recipe, out, workers=args.workers, progress=not args.quiet,
+        distributor=args.distributor, ray_address=args.ray_address,
+    )
     print(
         f"{out}: {report.samples} samples; {report.built} shards built, {report.skipped} already complete; "
         f"failures: {json.dumps(report.failures, sort_keys=True) or '{}'}"
@@ -131,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="a recipe TOML file, or the name of one in manifests/ (icd-tiny, icd-v1, ...)")
     p.add_argument("--out", help="output folder (default: data/<recipe name>)")
     p.add_argument("--source", help="replace the recipe's source: a folder of name.jpg + name.txt, or tars ('dir/{00000..00009}.tar')")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, or Ray actors (0: one per cluster CPU) (default: 1)")
+    p.add_argument("--distributor", choices=("multiprocessing", "ray"), default="multiprocessing",
+                   help="local processes, or a Ray cluster for builds across machines (default: multiprocessing)")
+    p.add_argument("--ray-address", help="the Ray cluster to join ('auto', 'ray://head:10001'); default: ray.init's own choice")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_build)
 

@@ -61,6 +61,28 @@ def test_same_bytes_whatever_the_worker_count(debug_dataset, tmp_path):
     assert (tmp_path / CHECKSUMS).read_text() == (debug_dataset / CHECKSUMS).read_text()
 
 
+@pytest.mark.slow
+def test_a_ray_build_writes_the_same_bytes(debug_dataset, tmp_path):
+    """Two Ray actors on a local cluster, half the shards already built: same bytes as one process."""
+    half = tmp_path / "half"
+    build_dataset(load_recipe("icd-debug"), half, workers=1, progress=False)
+    stats = sorted(half.rglob("*_stats.json"))
+    for path in stats[::2]:
+        path.unlink()
+    report = build_dataset(load_recipe("icd-debug"), half, workers=2, progress=False, distributor="ray")
+    assert (report.built, report.skipped) == (len(stats[::2]), len(stats[1::2]))
+    assert (half / CHECKSUMS).read_text() == (debug_dataset / CHECKSUMS).read_text()
+
+
+def test_a_distributor_is_named_and_ray_is_asked_for(tmp_path, monkeypatch):
+    recipe = load_recipe("icd-debug")
+    with pytest.raises(ValueError, match="distributor 'spark'"):
+        build_dataset(recipe, tmp_path / "a", progress=False, distributor="spark")
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(RuntimeError, match=r"implicit-concept\[ray\]"):
+        build_dataset(recipe, tmp_path / "b", progress=False, distributor="ray")
+
+
 def test_killed_build_resumes_to_the_same_bytes(debug_dataset, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "implicit_concept.cli", "build", "icd-debug", "--out", str(out), "--quiet"]
