@@ -175,3 +175,59 @@ def test_stratified_timesteps_put_one_in_each_slice():
     t = _timesteps(8, 1000, "stratified", torch.Generator().manual_seed(0))
     assert sorted((t // 125).tolist()) == list(range(8))
     assert not torch.equal(t, t.sort().values), "shuffled, so each process's share spans all noise levels"
+
+
+def _sd_shaped_pipeline(root: Path) -> Path:
+    """Stable Diffusion v1.5's own classes and folder layout at micro size (what ``--pretrained`` loads):
+    an AutoencoderKL with 4 latent channels and its 0.18215 scaling, a cross-attention UNet, a CLIP
+    text encoder and tokenizer, a PNDM scheduler predicting the noise."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from implicit_concept.clip_tokenizer import build_clip_tokenizer
+
+    tokenizer = build_clip_tokenizer(root / "tokenizer")
+    torch.manual_seed(0)
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=16,
+        ),
+        text_encoder=CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+        )),
+        tokenizer=tokenizer,
+        unet=UNet2DConditionModel(
+            sample_size=8, block_out_channels=(16, 32), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
+            norm_num_groups=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        ),
+        scheduler=PNDMScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1,
+        ),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(root / "sd")
+    return root / "sd"
+
+
+def test_an_sd_shaped_pipeline_fine_tunes_with_geom_erasing_and_generates(setup, tmp_path):
+    """The paper track's path without the 4 GB download: SD's classes, epsilon prediction, a VAE
+    that halves the image, new tokens in a CLIP tokenizer, then generation with the negative prompt."""
+    from benchmark.generation import GenerationSettings, diffusers_generate_fn
+
+    _, shards = setup
+    sd = _sd_shaped_pipeline(tmp_path)
+    geom = GeomErasingConfig(grid=2, concepts=("qrcode",), concept_token=True)
+    out = train(sd, shards, tmp_path / "ge", TrainingConfig(**FAST, geom=geom), progress=False)
+    assert not _same(_unet_state(sd), _unet_state(out))
+    pipe = load_pipeline(out)
+    assert type(pipe.vae).__name__ == "AutoencoderKL" and pipe.vae.config.scaling_factor == 0.18215
+    negative = negative_prompt_for(out)
+    assert negative == "<qrcode> " + " ".join(location_tokens(2))
+    assert len(pipe.tokenizer(negative).input_ids) == 2 + 5, "each new token is one id"
+    pipe.set_progress_bar_config(disable=True)
+    generate = diffusers_generate_fn(pipe, GenerationSettings(steps=2, guidance_scale=3.0, image_size=16))
+    images = generate(["a red square", "a blue square"], [negative, negative], [0, 1])
+    assert [im.size for im in images] == [(16, 16), (16, 16)]
+    assert generate(["a red square"], [negative], [0])[0].tobytes() == images[0].tobytes()
