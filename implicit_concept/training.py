@@ -60,7 +60,9 @@ class TrainingConfig:
     ``train_text``: "new_tokens" trains only the embeddings of tokens Geom-Erasing adds (the paper's
     Data Removal), "text_encoder" trains all of it (base pretraining from scratch), "none" freezes it.
     Model Removal (``geom.setting``) freezes the UNet and needs "new_tokens".
-    ``image_field`` "clean" trains on the clean twins (the benchmark's oracle).
+    ``image_field`` "clean" trains on the clean twins (the benchmark's oracle). ``batch_size`` is the
+    global batch, split evenly across processes, so 8 GPUs train the same model as 1 (up to float
+    summation order) and a cached result does not depend on how many trained it.
     """
 
     steps: int = 500
@@ -312,8 +314,10 @@ def train(
         _encode_all(source, prepare, vae, scaling, config.batch_size, accelerator.device)
     prepare_seconds = time.time() - prepare_started
     empty_ids = _tokenize(tokenizer, [""])[0]
-    global_batch = config.batch_size * accelerator.num_processes
-    batches = _batches(source, prepare, state, config, global_batch)
+    if config.batch_size % accelerator.num_processes:
+        raise ValueError(f"batch_size {config.batch_size} does not split evenly over {accelerator.num_processes} processes")
+    per_process = config.batch_size // accelerator.num_processes
+    batches = _batches(source, prepare, state, config, config.batch_size)
     counters = {"truncated": 0, "examples": 0}
 
     unet.train(not config.model_removal)
@@ -331,7 +335,7 @@ def train(
         drop = torch.rand(len(examples), generator=gen) < config.caption_dropout
         noise = torch.randn((len(examples), latent_channels, *latent_hw), generator=gen)
         timesteps = _timesteps(len(examples), noise_scheduler.config.num_train_timesteps, config.timestep_sampling, gen)
-        mine = slice(accelerator.process_index * config.batch_size, (accelerator.process_index + 1) * config.batch_size)
+        mine = slice(accelerator.process_index * per_process, (accelerator.process_index + 1) * per_process)
         examples, drop, noise, timesteps = examples[mine], drop[mine], noise[mine], timesteps[mine]
 
         with torch.no_grad():
