@@ -3,6 +3,11 @@ fine-tune (cached) -> generate (resumable) -> score -> report.
 
 Every stage is cached or resumable, so a killed ``make benchmark`` continues where it stopped; the
 run folder records the track and refuses to continue under a changed one.
+
+Under ``accelerate launch`` (several GPUs), the processes train together (the base, then every
+fine-tune the methods declare) and the main process alone builds the data, trains the detector,
+generates and scores; the others wait. The track's batch size is the global batch, so the models
+are the ones a single process trains.
 """
 from __future__ import annotations
 
@@ -60,19 +65,25 @@ class BenchmarkRun:
 
 
 def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
+    """The results (``results.json``'s content) on the main process; ``{}`` on the others."""
+    from implicit_concept.training import processes as process_state
+
     track = run.track
-    run.root.mkdir(parents=True, exist_ok=True)
-    _claim(run)
+    processes = process_state()
+    main = processes.is_main_process
+    if main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        _claim(run)
 
     # 1. The ICD shards (built once; resumable).
-    with _timed(run, "dataset"):
-        dataset = _dataset(run)
+    with _timed(run, "dataset"), processes.main_process_first():
+        dataset = _dataset(run, build=main)
 
     # 2. The detector that scores everything, and its false-positive floor on clean images.
-    with _timed(run, "detector"):
+    with _timed(run, "detector"), processes.main_process_first():
         detector = _detector(run, dataset)
 
-    # 3. The base model every method starts from.
+    # 3. The base model every method starts from (every process trains).
     with _timed(run, "base"):
         base = run.pretrained or _pretrain_base(run)
 
@@ -80,7 +91,6 @@ def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
     rows = []
     for subset_name, concepts in track.groups():
         subset = dataset / subset_name
-        prompts = _prompts(run, subset)
         ctx = MethodContext(
             concepts=concepts,
             work_dir=run.root / "methods" / subset_name,
@@ -92,11 +102,22 @@ def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
             detector=detector,
             base=Path(base),
         )
+        specs = run.methods or track.methods
+        if processes.num_processes > 1:
+            # 4a. Every declared fine-tune, by all processes together; then the main process goes on alone.
+            for spec in specs:
+                for ft in getattr(get_method(spec), "finetunes", lambda ctx: [])(ctx):
+                    ctx.finetune(ft)
+            if not main:
+                continue
+            ctx = replace(ctx, finetune=lambda ft, subset=subset: _finetune(run, base, subset, ft, detector, may_train=False))
+        prompts = _prompts(run, subset)
         reference = _reference_images(subset / "test", len(prompts))
-        for spec in run.methods or track.methods:
+        for spec in specs:
             rows.extend(_run_method(run, spec, ctx, subset_name, prompts, settings, detector, reference))
             _write_results(run, rows, detector)
-    return _write_results(run, rows, detector)
+    processes.wait_for_everyone()
+    return _write_results(run, rows, detector) if main else {}
 
 
 def _run_method(run, spec, ctx, subset_name, prompts, settings, detector, reference) -> list[dict[str, Any]]:
@@ -159,13 +180,14 @@ def _prompts(run: BenchmarkRun, subset: Path) -> list[Prompt]:
     return read_prompts(path)
 
 
-def _dataset(run: BenchmarkRun) -> Path:
+def _dataset(run: BenchmarkRun, build: bool = True) -> Path:
     from builders.build import build_dataset
     from builders.recipe import load_recipe, source_from_spec
 
     recipe = load_recipe(run.track.recipe, {"source": source_from_spec(run.source)} if run.source else None)
     out = run.data_root / recipe.name
-    build_dataset(recipe, out, workers=run.workers, progress=run.progress)
+    if build:
+        build_dataset(recipe, out, workers=run.workers, progress=run.progress)
     return out
 
 
@@ -189,9 +211,9 @@ def _pretrain_base(run: BenchmarkRun) -> Path:
     return pretrain_base(run.track.base_model_config(), run.cache / "bases", progress=run.progress)
 
 
-def _finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector) -> Path:
+def _finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector, may_train: bool = True) -> Path:
     from implicit_concept.geom_erasing import GeomErasingConfig
-    from implicit_concept.training import TrainingConfig, train
+    from implicit_concept.training import PIPELINE_DIR, TrainingConfig, train
 
     geom = ft.geom or GeomErasingConfig.plain()
     config = TrainingConfig(
@@ -200,6 +222,11 @@ def _finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detecto
         image_field="clean" if ft.data == "clean" else "image",
     )
     out = run.root / "models" / subset.name / f"{ft.data}-{finetune_key(base, subset, config, detector)}"
+    if not may_train and not (out / PIPELINE_DIR / "model_index.json").is_file():
+        raise RuntimeError(
+            f"a method asked for a fine-tune it does not declare in finetunes() ({ft}): over several "
+            "processes only declared fine-tunes are trained, by all processes together"
+        )
     detect = detector.detect if geom.geometry_source == "detector" else None
     return train(base, subset / "train", out, config, detect=detect, progress=run.progress)
 

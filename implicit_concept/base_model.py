@@ -22,7 +22,7 @@ from builders.sources.procedural import ProceduralConfig, ProceduralSource
 from implicit_concept.pipelines import TinyPipelineConfig, build_tiny_pipeline
 from implicit_concept.provenance import config_hash, environment, version
 from implicit_concept.sample import Sample, SampleMeta
-from implicit_concept.training import PIPELINE_DIR, TrainingConfig, train
+from implicit_concept.training import PIPELINE_DIR, TrainingConfig, processes, train
 
 BASE_FILE = "base.json"
 
@@ -128,10 +128,12 @@ def pretrain_base(config: BaseModelConfig, cache_root: str | Path, progress: boo
     root.mkdir(parents=True, exist_ok=True)
     init = root / "init"
     started = time.time()
-    if not (init / "model_index.json").is_file():
-        tmp = init.with_name(f".{init.name}.tmp-{os.getpid()}")
-        build_tiny_pipeline(config.pipeline, root / "tokenizer", seed=config.seed).save_pretrained(str(tmp))
-        os.replace(tmp, init)
+    # Under accelerate launch the main process writes the initial weights, then all processes train.
+    with processes().main_process_first():
+        if not (init / "model_index.json").is_file():
+            tmp = init.with_name(f".{init.name}.tmp-{os.getpid()}")
+            build_tiny_pipeline(config.pipeline, root / "tokenizer", seed=config.seed).save_pretrained(str(tmp))
+            os.replace(tmp, init)
     data = ProceduralSamples(config.scenes, config.pipeline.image_size, config.seed)
     train(init, data, root / "diffusion", replace(config.training, seed=config.seed), progress=progress)
     record = {

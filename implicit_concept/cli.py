@@ -83,9 +83,9 @@ def _benchmark(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.quiet,
     )
-    run_benchmark(run)
-    print((run.root / "results.md").read_text())
-    print(f"results: {run.root / 'results.json'}")
+    if run_benchmark(run):  # empty on the helper processes of a multi-process run
+        print((run.root / "results.md").read_text())
+        print(f"results: {run.root / 'results.json'}")
     return 0
 
 

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
@@ -231,6 +231,12 @@ class TrainState:
         self.generator.set_state(state["generator"])
 
 
+def processes() -> PartialState:
+    """This process's place in an ``accelerate launch`` / torchrun run (a run of one otherwise): on
+    CPUs, accelerate joins the processes only when told ``cpu``, as ``train`` does."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def train(
     base: str | Path,
     data: SampleSource | str | Path,
@@ -358,7 +364,7 @@ def train(
 
         accelerator.backward(loss)
         if new_rows is not None and accelerator.num_processes > 1:
-            new_rows.rows.grad = accelerator.reduce(new_rows.rows.grad, reduction="mean")
+            _average_across_processes(accelerator, new_rows.rows)
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], config.max_grad_norm)
         optimizer.step()
@@ -409,6 +415,15 @@ def train(
         _write_json(output_dir / RUN_FILE, record)
     accelerator.wait_for_everyone()
     return final_dir
+
+
+def _average_across_processes(accelerator: Accelerator, param: torch.nn.Parameter) -> None:
+    """DDP's gradient averaging, by hand, for a parameter it does not wrap. A process whose captions
+    held none of the new tokens has no gradient (counted as zero); when none had one, the step
+    skips the parameter, as a single process would."""
+    grad = param.grad if param.grad is not None else torch.zeros_like(param)
+    present = accelerator.reduce(torch.tensor([float(param.grad is not None)], device=param.device), reduction="sum")
+    param.grad = accelerator.reduce(grad, reduction="mean") if present.item() else None
 
 
 def _start_or_resume(output_dir: Path, record: dict[str, Any]) -> str:

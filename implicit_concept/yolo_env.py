@@ -2,7 +2,8 @@
 
 ultralytics reads its environment once, at import: ``YOLO_OFFLINE`` stops its online checks, and a
 config dir of our own holding a TTF font named ``Arial.ttf`` stops the font download that dataset
-checks trigger even with plots off. Nothing else about ultralytics' global settings is changed.
+checks trigger even with plots off. A multi-process launch's ``WORLD_SIZE`` is hidden from it (it
+would act as its own DDP worker). Nothing else about ultralytics' global settings is changed.
 """
 from __future__ import annotations
 
@@ -51,8 +52,15 @@ def import_ultralytics() -> ModuleType:
     _install_font(config_dir)
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
-    import ultralytics as module
-
+    # Our detector always runs in one process. Under torchrun or accelerate launch, ultralytics
+    # would read WORLD_SIZE and RANK at import and act as a worker of a DDP run of its own.
+    world_size = os.environ.pop("WORLD_SIZE", None)
+    try:
+        import ultralytics as module
+        import ultralytics.utils  # noqa: F401  (where the import-time reading happens)
+    finally:
+        if world_size is not None:
+            os.environ["WORLD_SIZE"] = world_size
     return module
 
 

@@ -79,3 +79,33 @@ def test_other_labs_plug_in_a_method_or_score_their_outputs(debug_run, tmp_path)
     assert len(list((tmp_path / "sp" / "images").glob("*.png"))) == 4
     assert main(["score-images", str(tmp_path / "sp" / "images"), "--detector", str(detector), "--num-prompts", "8",
                  "--out", str(tmp_path / "missing")]) == 2
+
+
+def test_two_processes_run_the_benchmark_and_train_what_one_trains(debug_run):
+    """``accelerate launch`` on several GPUs, here 2 CPU processes under torchrun: both train the base
+    and the declared fine-tunes together, the main process alone generates and scores."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    root, _ = debug_run
+    detector = next((root / "cache" / "detectors").glob("*/detector.pt"))
+    methods = ["sd", "esd", "ge-full"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29527",
+           "-m", "implicit_concept.cli", "benchmark", "--track", "debug", "--runs", str(root / "runs2"),
+           "--data", str(root / "data"), "--cache", str(root / "cache2"), "--detector", str(detector), "--quiet",
+           *[a for m in methods for a in ("--method", m)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("## Targets") == 1, "one process reports"
+    results = json.loads((root / "runs2" / "debug" / "results.json").read_text())
+    assert {(r["method"], r["status"]) for r in results["rows"]} == {(m, "ok") for m in methods}
+    one, two = (next((root / c / "bases").glob("*/diffusion/pipeline/unet")) for c in ("cache", "cache2"))
+    a, b = (load_file(d / "diffusion_pytorch_model.safetensors") for d in (one, two))
+    init = load_file(next((root / "cache" / "bases").glob("*/init/unet")) / "diffusion_pytorch_model.safetensors")
+    apart = sum((a[k] - b[k]).abs().sum() for k in a)
+    assert apart < 0.01 * sum((a[k] - init[k]).abs().sum() for k in a), "the base trained by 2 processes"

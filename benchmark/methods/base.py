@@ -82,6 +82,12 @@ class Method(ABC):
     def build(self, ctx: MethodContext) -> Generator:
         """Train or load what the method needs (cache it under ``ctx.work_dir``) and return it."""
 
+    def finetunes(self, ctx: MethodContext) -> list[FineTune]:
+        """The fine-tunes ``build`` will ask ``ctx.finetune`` for. A benchmark run over several
+        processes (``accelerate launch``) trains these with all of them first, then builds, generates
+        and scores on the main process alone. None by default: a method that trains no fine-tune."""
+        return []
+
 
 class NotImplementedMethod(Exception):
     """Raised by a method the benchmark names but does not carry yet; the report marks it missing."""

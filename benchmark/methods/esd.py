@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from benchmark.methods.base import Generator, Method, MethodContext
+from benchmark.methods.base import FineTune, Generator, Method, MethodContext
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class ESDConfig:
 class ESD(Method):
     name = "esd"
     description = "ESD-x negative-guidance fine-tuning on the concept's name, applied to sd"
+
+    def finetunes(self, ctx: MethodContext) -> list[FineTune]:
+        return [FineTune()]
 
     def build(self, ctx: MethodContext) -> Generator:
         config = ESDConfig(**ctx.settings.get("esd", {}))

@@ -26,8 +26,12 @@ class FineTuned(Method):
         overrides = ctx.settings.get("geom_erasing", {})
         return GeomErasingConfig(**{**overrides, **self.switches, "concepts": ctx.concepts})
 
+    def finetunes(self, ctx: MethodContext) -> list[FineTune]:
+        return [FineTune(data=self.data, geom=self.geom(ctx))]
+
     def build(self, ctx: MethodContext) -> Generator:
-        pipeline_dir = ctx.finetune(FineTune(data=self.data, geom=self.geom(ctx)))
+        (finetune,) = self.finetunes(ctx)
+        pipeline_dir = ctx.finetune(finetune)
         return Generator(ctx.load_pipeline(pipeline_dir), negative_prompt=negative_prompt_for(pipeline_dir))
 
 

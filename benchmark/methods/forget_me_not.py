@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmark.methods.base import Generator, Method, MethodContext
+from benchmark.methods.base import FineTune, Generator, Method, MethodContext
 from implicit_concept.shard_reader import iter_samples
 
 
@@ -53,6 +53,9 @@ class _AttentionRecorder:
 class ForgetMeNot(Method):
     name = "fmn"
     description = "Forget-Me-Not attention re-steering on the concept's name, applied to sd"
+
+    def finetunes(self, ctx: MethodContext) -> list[FineTune]:
+        return [FineTune()]
 
     def build(self, ctx: MethodContext) -> Generator:
         config = FMNConfig(**ctx.settings.get("fmn", {}))

@@ -19,6 +19,9 @@ class SafeLatentDiffusion(Method):
     name = "sld"
     description = "sd sampled with SLD-Strong guidance away from the concept's name"
 
+    def finetunes(self, ctx: MethodContext) -> list[FineTune]:
+        return [FineTune()]
+
     def build(self, ctx: MethodContext) -> Generator:
         from diffusers import StableDiffusionPipelineSafe
 
