@@ -83,7 +83,8 @@ def test_other_labs_plug_in_a_method_or_score_their_outputs(debug_run, tmp_path)
 
 def test_two_processes_run_the_benchmark_and_train_what_one_trains(debug_run):
     """``accelerate launch`` on several GPUs, here 2 CPU processes under torchrun: both train the base
-    and the declared fine-tunes together, the main process alone generates and scores."""
+    and the declared fine-tunes together; the main process alone trains the detector (ultralytics
+    must not take the launch for its own DDP run), generates and scores."""
     import os
     import subprocess
     import sys
@@ -92,11 +93,10 @@ def test_two_processes_run_the_benchmark_and_train_what_one_trains(debug_run):
     from safetensors.torch import load_file
 
     root, _ = debug_run
-    detector = next((root / "cache" / "detectors").glob("*/detector.pt"))
     methods = ["sd", "esd", "ge-full"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29527",
            "-m", "implicit_concept.cli", "benchmark", "--track", "debug", "--runs", str(root / "runs2"),
-           "--data", str(root / "data"), "--cache", str(root / "cache2"), "--detector", str(detector), "--quiet",
+           "--data", str(root / "data"), "--cache", str(root / "cache2"), "--quiet",
            *[a for m in methods for a in ("--method", m)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -104,6 +104,7 @@ def test_two_processes_run_the_benchmark_and_train_what_one_trains(debug_run):
     assert done.stdout.count("## Targets") == 1, "one process reports"
     results = json.loads((root / "runs2" / "debug" / "results.json").read_text())
     assert {(r["method"], r["status"]) for r in results["rows"]} == {(m, "ok") for m in methods}
+    assert len(list((root / "cache2" / "detectors").glob("*/detector.pt"))) == 1
     one, two = (next((root / c / "bases").glob("*/diffusion/pipeline/unet")) for c in ("cache", "cache2"))
     a, b = (load_file(d / "diffusion_pytorch_model.safetensors") for d in (one, two))
     init = load_file(next((root / "cache" / "bases").glob("*/init/unet")) / "diffusion_pytorch_model.safetensors")
