@@ -133,17 +133,24 @@ def test_text_never_below_min_size(size: int) -> None:
 
 
 @pytest.mark.parametrize("style", ["subtitle", "meme"])
-def test_free_text_is_one_box_per_line(style: str) -> None:
-    """Unbacked lines are separate instances: one line of text per box, never a block's box
-    (a line is at most ~1.13 font sizes tall plus its stroke; two lines are over 2)."""
+def test_free_text_is_one_box_per_word(style: str) -> None:
+    """Unbacked lines are split into word instances, as scattered words are: one word per box, every
+    word of the phrase once, in reading order, each box one line high (a line is at most ~1.13 font
+    sizes tall plus its stroke; two lines are over 2)."""
     options = {"styles": {style: 1.0}, "band_prob": 0.0}
+    multiword = 0
     for size in (64, 256):
         for layers, _, instances, _, _ in _renders("text", size, options=options):
             assert len(instances) == len(_visible(layers))
+            multiword += len(instances) > 1
             for inst in instances:
                 p = inst.params
-                assert "\n" not in p["text"]
+                assert " " not in p["text"] and "\n" not in p["text"]
                 assert inst.box.height - 2 * p["stroke_px"] <= 1.5 * p["font_px"]
+            same_line = [(a, b) for a, b in zip(instances, instances[1:]) if abs(a.box.y1 - b.box.y1) <= 2]
+            # Left to right; at the 8 px minimum an italic word's stroke may reach into the space.
+            assert all(a.box.x2 <= b.box.x1 + 2 * a.params["stroke_px"] + 1 for a, b in same_line)
+    assert multiword > 10
 
 
 def test_backed_text_is_one_box_with_all_its_lines() -> None:
