@@ -2,19 +2,25 @@
 
 Images are saved as ``{case_number}_{i}.png`` (ESD's naming). A killed run continues where it
 stopped: finished images are skipped, and each image's seed depends only on its prompt row and
-index, so a resumed run gives the same images as an uninterrupted one.
+index, so a resumed run gives the same images as an uninterrupted one. Images record what made
+them (``source.json``); made by another model, prompt or setting, they are stale and made anew.
 """
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from PIL import Image
 from tqdm import tqdm
 
 from benchmark.prompts import Prompt
+from implicit_concept.provenance import canonical_json
+from implicit_concept.shard_writer import atomic_write_json
+
+SOURCE_FILE = "source.json"
 
 #: (prompts, negative prompts, seeds) -> images; any pipeline or method can be wrapped as one.
 GenerateFn = Callable[[Sequence[str], Sequence[str], Sequence[int]], list[Image.Image]]
@@ -45,14 +51,19 @@ def generate_images(
     settings: GenerationSettings = GenerationSettings(),
     progress: bool = True,
     desc: str = "generate",
+    source: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Generate every missing image; return the paths of all images, in prompt order.
 
     Batches are always the same fixed chunks of the full list, and a chunk with any image missing
     is generated whole: batched float arithmetic then matches an uninterrupted run exactly.
+    ``source`` names the model (e.g. where its weights were loaded from); images in ``out_dir``
+    made by another source, negative prompt or settings are removed first.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if source is not None:
+        _claim(out_dir, {"model": source, "negative_prompt": negative_prompt, "settings": asdict(settings)})
     items = [(p, i) for p in prompts for i in range(settings.images_per_prompt)]
     chunks = [items[s : s + settings.chunk_size] for s in range(0, len(items), settings.chunk_size)]
     todo = [c for c in chunks if not all((out_dir / image_name(p, i)).exists() for p, i in c)]
@@ -65,6 +76,27 @@ def generate_images(
                 _save_atomic(image, out_dir / image_name(p, i))
             bar.update(len(chunk))
     return [out_dir / image_name(p, i) for p, i in items]
+
+
+def _claim(out_dir: Path, record: dict[str, Any]) -> None:
+    record = json.loads(canonical_json(record))
+    path = out_dir / SOURCE_FILE
+    if path.is_file() and json.loads(path.read_text(encoding="utf-8")) == record:
+        return
+    for stale in out_dir.glob("*.png"):
+        stale.unlink()
+    atomic_write_json(path, record)
+
+
+def _loaded_from(part: Any) -> str | None:
+    config = getattr(part, "config", None)
+    return config.get("_name_or_path") if isinstance(config, dict) else getattr(config, "_name_or_path", None)
+
+
+def pipeline_source(pipeline: Any) -> dict[str, str | None]:
+    """Where a diffusers pipeline's weighted parts were loaded from (content-keyed folders in the
+    benchmark), and its class; None for parts built in memory."""
+    return {"class": type(pipeline).__name__, **{name: _loaded_from(getattr(pipeline, name, None)) for name in ("unet", "text_encoder", "vae")}}
 
 
 def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs) -> GenerateFn:

@@ -18,7 +18,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images
+from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_source
 from benchmark.methods import NotImplementedMethod, get_method
 from benchmark.methods.base import FineTune, MethodContext
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
@@ -146,6 +146,7 @@ def _run_method(run, spec, ctx, subset_name, prompts, settings, detector, refere
         settings=settings,
         progress=run.progress,
         desc=f"{subset_name}/{method.name}",
+        source={**pipeline_source(generator.pipeline), "call_kwargs": generator.call_kwargs},
     )
     timings["generate"] = time.perf_counter() - start
     start = time.perf_counter()

@@ -51,6 +51,31 @@ def test_generation_resumes_to_the_same_images(tmp_path):
     assert image_seed(prompts[1], 1) != image_seed(prompts[2], 0)
 
 
+def test_images_of_another_model_are_made_anew(tmp_path):
+    """A resumed run keeps images only when the same model, negative prompt and settings made them."""
+    prompts = [Prompt(i, f"p{i}", 10 + i) for i in range(4)]
+    settings = GenerationSettings(chunk_size=2)
+    runs = [({"unet": "models/a"}, ""), ({"unet": "models/a"}, ""), ({"unet": "models/b"}, ""), ({"unet": "models/b"}, "logo")]
+    made = []
+    for source, negative in runs:
+        calls: list = []
+        generate_images(_fake_generate(calls), prompts, tmp_path / "img", negative_prompt=negative,
+                        settings=settings, progress=False, source=source)
+        made.append(sum(len(c) for c in calls))
+    assert made == [4, 0, 4, 4]
+    assert len(list((tmp_path / "img").glob("*.png"))) == 4
+
+
+def test_a_pipeline_names_where_its_weights_came_from():
+    from types import SimpleNamespace
+
+    from benchmark.generation import pipeline_source
+
+    pipe = SimpleNamespace(unet=SimpleNamespace(config={"_name_or_path": "m/unet"}),
+                           text_encoder=SimpleNamespace(config=SimpleNamespace(_name_or_path="m/te")), vae=None)
+    assert pipeline_source(pipe) == {"class": "SimpleNamespace", "unet": "m/unet", "text_encoder": "m/te", "vae": None}
+
+
 def _ratio(v):
     return {"value": v, "ci": [max(0, v - 0.05), min(1, v + 0.05)], "n": 100}
 

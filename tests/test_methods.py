@@ -54,3 +54,27 @@ def test_methods_are_found_by_name_or_import_path():
         get_method("nope")
     with pytest.raises(ValueError, match="cannot import"):
         get_method("no.such.module:Thing")
+
+
+def test_an_edit_of_sd_is_made_once_per_sd_model_and_edit_settings(tmp_path):
+    """ESD and FMN edits are cached; a new ``sd`` (rebuilt data, other settings) or a changed edit is made anew."""
+    from pathlib import Path
+
+    from benchmark.methods.base import MethodContext
+
+    class Pipe:
+        def save_pretrained(self, path):
+            Path(path).mkdir(parents=True)
+            (Path(path) / "model_index.json").write_text("{}")
+
+    sd = {"path": tmp_path / "sd-a"}
+    ctx = MethodContext(concepts=("qrcode",), work_dir=tmp_path / "w", seed=0, finetune=lambda ft: sd["path"],
+                        load_pipeline=lambda path: Pipe(), train_shards=tmp_path)
+    edits = []
+    first = ctx.edited_sd("esd", {"lr": 1}, edits.append)
+    assert ctx.edited_sd("esd", {"lr": 1}, edits.append) == first and len(edits) == 1
+    sd["path"] = tmp_path / "sd-b"
+    second = ctx.edited_sd("esd", {"lr": 1}, edits.append)
+    third = ctx.edited_sd("esd", {"lr": 2}, edits.append)
+    assert len({first, second, third}) == 3 and len(edits) == 3
+    assert (third / "esd.json").is_file()

@@ -15,7 +15,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
 
-from implicit_concept.provenance import canonical_json
+from implicit_concept.provenance import canonical_json, config_hash
 
 #: What name-based methods (NP, ESD, SLD, FMN) call each concept: the words a user would type.
 CONCEPT_PHRASES = {"qrcode": "QR code", "watermark": "watermark", "text": "text"}
@@ -44,15 +44,18 @@ class MethodContext:
     base: Path | None = None
 
     def edited_sd(self, tag: str, record: dict[str, Any], edit: Callable[[Any], None]) -> Path:
-        """The plainly fine-tuned model with ``edit`` applied in place, saved once under ``work_dir``.
+        """The plainly fine-tuned model with ``edit`` applied in place, saved once under ``work_dir``
+        in a folder named by the ``sd`` model and the edit's ``record``.
 
-        Post-hoc methods (ESD, FMN) start from ``sd``; a rerun loads what an earlier run saved.
+        Post-hoc methods (ESD, FMN) start from ``sd``; a rerun loads what an earlier run saved, and
+        a new ``sd`` (other data, other settings) is edited anew.
         """
-        out = self.work_dir / "pipeline"
+        sd = self.finetune(FineTune())
+        out = self.work_dir / f"pipeline-{config_hash({'sd': str(sd), 'tag': tag, 'record': record})[:16]}"
         if not (out / "model_index.json").exists():
-            pipe = self.load_pipeline(self.finetune(FineTune()))
+            pipe = self.load_pipeline(sd)
             edit(pipe)
-            tmp = self.work_dir / ".pipeline.tmp"
+            tmp = self.work_dir / f".{out.name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             pipe.save_pretrained(tmp)
             (tmp / f"{tag}.json").write_text(canonical_json(record))
