@@ -56,11 +56,12 @@ def run_units(
     start = time.perf_counter()
     bar = tqdm(total=len(units), unit="shard", disable=not progress, desc=recipe.name)
     results: list[dict[str, Any]] = []
+    samples = 0
     if units:
         run = _ray if distributor == "ray" else _multiprocessing
         for stats in run(recipe, units, out, workers, ray_address):
             results.append(stats)
-            samples = sum(s["successes"] for s in results)
+            samples += stats["successes"]
             bar.update(1)
             bar.set_postfix(samples=str(samples), samples_per_s=f"{samples / max(time.perf_counter() - start, 1e-9):.0f}")
     bar.close()
