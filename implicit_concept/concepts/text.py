@@ -106,10 +106,6 @@ def _block_box(lines: list[str], font: ImageFont.FreeTypeFont, stroke: int) -> t
     )
 
 
-def _split_words(lines: list[str]) -> list[str]:
-    return [word for line in lines for word in line.split(" ") if word]
-
-
 def _words_of(layout: list[tuple[str, float, int]], font: ImageFont.FreeTypeFont) -> list[tuple[str, float, int]]:
     """(word, x, y) of each word of a laid-out block, where the whole line would draw it."""
     words = []
@@ -124,9 +120,9 @@ def _words_of(layout: list[tuple[str, float, int]], font: ImageFont.FreeTypeFont
 
 def _block_masks(
     lines: list[str], font_path: str, px: int, stroke: int, pad: int = 0, per_word: bool = False
-) -> list[list[Image.Image]]:
+) -> list[tuple[str, list[Image.Image]]]:
     """Coverage masks of a centred text block, [stroke (fill included), fill] or [fill], all the
-    block's size: one such list for the whole block, or (``per_word``) one per word."""
+    block's size, with the text they draw: the whole block, or (``per_word``) one entry per word."""
     font = load_font(font_path, px)
     left, top, right, bottom = _block_box(lines, font, stroke)
     size = (right - left + 2 * pad, bottom - top + 2 * pad)
@@ -138,10 +134,10 @@ def _block_masks(
         for width in ([stroke, 0] if stroke else [0]):
             mask = Image.new("L", size, 0)
             draw = ImageDraw.Draw(mask)
-            for line, x, y in group:
-                draw.text((pad - left + x, pad - top + y), line, font=font, fill=255, stroke_width=width, stroke_fill=255)
+            for text, x, y in group:
+                draw.text((pad - left + x, pad - top + y), text, font=font, fill=255, stroke_width=width, stroke_fill=255)
             masks.append(mask)
-        out.append(masks)
+        out.append(("\n".join(text for text, _, _ in group), masks))
     return out
 
 
@@ -257,17 +253,17 @@ class TextRenderer(Renderer):
         fill = _LIGHT[int(rng.integers(3))]
         if band:
             alpha = round(255 * uniform(rng, (0.45, 0.75)))
-            groups = [[Image.new("L", groups[0][0].size, alpha), groups[0][0]]]
-        w, h = groups[0][0].size
+            ((text, (glyphs,)),) = groups
+            groups = [(text, [Image.new("L", glyphs.size, alpha), glyphs])]
+        w, h = groups[0][1][0].size
         y = H - h - round(uniform(rng, (0.02, 0.08)) * H)
         xy = ((W - w) // 2, min(max(y, 0), H - h))
-        texts = ["\n".join(lines)] if band else _split_words(lines)
         return [
             Layer(full_canvas(paint(list(zip(masks, [(0, 0, 0), fill]))), size, xy), {
                 "text": text, "font": os.path.basename(font), "font_px": px, "fill": list(fill),
                 "stroke_px": stroke, "band": band, "rotation": 0.0,
             })
-            for text, masks in zip(texts, groups)
+            for text, masks in groups
         ]
 
     def _meme(
@@ -286,7 +282,7 @@ class TextRenderer(Renderer):
             )
             stroke = _stroke_px(px, 0.1)
             groups = _block_masks(lines, font, px, stroke, per_word=True)
-            w, h = groups[0][0].size
+            w, h = groups[0][1][0].size
             margin = round(uniform(rng, (0.01, 0.04)) * H)
             xy = ((W - w) // 2, margin if spot == "top" else max(H - h - margin, 0))
             layers += [
@@ -294,7 +290,7 @@ class TextRenderer(Renderer):
                     "text": word, "font": os.path.basename(font), "font_px": px, "fill": [255, 255, 255],
                     "stroke_px": stroke, "position": spot, "rotation": 0.0,
                 })
-                for word, masks in zip(_split_words(lines), groups)
+                for word, masks in groups
             ]
         return layers
 
@@ -314,7 +310,7 @@ class TextRenderer(Renderer):
         # The plate's padding is budgeted in the fit exactly like a stroke of the same width.
         _, px, lines = self._fitted(draw_text, font, px0, (0.85 * W, 0.6 * H), size, 2, pad_ratio)
         pad = max(1, round(pad_ratio * px))
-        (text_mask,) = _block_masks(lines, font, px, 0, pad)[0]
+        ((_, (text_mask,)),) = _block_masks(lines, font, px, 0, pad)
         plate = Image.new("L", text_mask.size, 0)
         radius = round(uniform(rng, (0, 0.5)) * pad)
         ImageDraw.Draw(plate).rounded_rectangle((0, 0, plate.width - 1, plate.height - 1), radius=radius, fill=255)
@@ -344,7 +340,8 @@ class TextRenderer(Renderer):
                 lambda: self._word(rng), font, self._font_px(rng, H), (0.9 * W, 0.5 * H), size, 1, ratio
             )
             stroke = _stroke_px(px, ratio)
-            masks, angle = self._rotate(rng, _block_masks(lines, font, px, stroke)[0], size)
+            ((_, masks),) = _block_masks(lines, font, px, stroke)
+            masks, angle = self._rotate(rng, masks, size)
             w, h = masks[0].size
             gap = max(2, round(0.3 * px))
             for _ in range(_PLACEMENT_TRIES):
