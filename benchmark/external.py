@@ -27,7 +27,7 @@ def score_pipeline(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate from the evaluation prompts with ``pipeline_dir`` (resumable), then score."""
-    from implicit_concept.pipelines import load_pipeline
+    from benchmark.models.pipelines import load_pipeline
 
     pipe = load_pipeline(pipeline_dir)
     pipe.set_progress_bar_config(disable=True)
@@ -49,7 +49,7 @@ def score_image_folder(
 
 
 def _score(paths: list[Path], out: Path, detector_path: Path, conf: float, seed: int, inputs: dict[str, Any]) -> dict[str, Any]:
-    from implicit_concept.detector import Detector
+    from implicit_concept.detector.inference import Detector
     from implicit_concept.scoring import ScoreConfig, score_images
 
     detector = Detector.load(detector_path)

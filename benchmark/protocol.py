@@ -20,7 +20,7 @@ from typing import Any
 
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_source
 from benchmark.methods import NotImplementedMethod, get_method
-from benchmark.methods.base import FineTune, MethodContext
+from benchmark.methods.interface import FineTune, MethodContext
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
 from benchmark.report import plot_icr, results_markdown
 from benchmark.sample_grid import method_grid
@@ -66,7 +66,7 @@ class BenchmarkRun:
 
 def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
     """The results (``results.json``'s content) on the main process; ``{}`` on the others."""
-    from implicit_concept.training import processes as process_state
+    from benchmark.training.loop import processes as process_state
 
     track = run.track
     processes = process_state()
@@ -193,8 +193,8 @@ def _dataset(run: BenchmarkRun, build: bool = True) -> Path:
 
 
 def _detector(run: BenchmarkRun, dataset: Path):
-    from implicit_concept.detector import WEIGHTS_NAME, Detector
-    from implicit_concept.detector_training import load_scale, train_detector
+    from implicit_concept.detector.inference import WEIGHTS_NAME, Detector
+    from implicit_concept.detector.training import load_scale, train_detector
 
     if run.detector:
         return Detector.load(run.detector)
@@ -207,14 +207,14 @@ def _detector(run: BenchmarkRun, dataset: Path):
 
 
 def _pretrain_base(run: BenchmarkRun) -> Path:
-    from implicit_concept.base_model import pretrain_base
+    from benchmark.models.base_model import pretrain_base
 
     return pretrain_base(run.track.base_model_config(), run.cache / "bases", progress=run.progress)
 
 
 def _finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector, may_train: bool = True) -> Path:
-    from implicit_concept.geom_erasing import GeomErasingConfig
-    from implicit_concept.training import PIPELINE_DIR, TrainingConfig, train
+    from implicit_concept.geom_erasing.training_target import GeomErasingConfig
+    from benchmark.training.loop import PIPELINE_DIR, TrainingConfig, train
 
     geom = ft.geom or GeomErasingConfig.plain()
     config = TrainingConfig(
@@ -246,7 +246,7 @@ def finetune_key(base: Path, subset: Path, config: Any, detector: Any) -> str:
 
 
 def _load_pipeline(path: Path):
-    from implicit_concept.pipelines import load_pipeline
+    from benchmark.models.pipelines import load_pipeline
 
     pipe = load_pipeline(path)
     pipe.set_progress_bar_config(disable=True)
@@ -268,9 +268,9 @@ def _quality(run: BenchmarkRun, paths: list[Path], prompts: list[Prompt], refere
         return {"quality": {}, "quality_kinds": []}
     images = [Image.open(p).convert("RGB") for p in paths]
     if kind == "scene":
-        from builders.sources.procedural import Scene
-        from implicit_concept.quality import prompt_following, scene_fid
-        from implicit_concept.scene_features import SceneFeatures
+        from implicit_concept.scene.grammar import Scene
+        from benchmark.evaluation.quality import prompt_following, scene_fid
+        from benchmark.evaluation.scene_features import SceneFeatures
 
         options = {k: v for k, v in run.track.quality.items() if k not in ("kind", "image_size")}
         extractor = SceneFeatures.load_or_train(run.cache, image_size=run.track.quality.get("image_size", 64), **options)
@@ -282,7 +282,7 @@ def _quality(run: BenchmarkRun, paths: list[Path], prompts: list[Prompt], refere
             "quality_detail": {"scene_fid": fid.to_json(), "prompt_following": follow.to_json()},
             "quality_kinds": [fid.kind, follow.kind],
         }
-    from implicit_concept.quality import paper_clip_score, paper_fid
+    from benchmark.evaluation.quality import paper_clip_score, paper_fid
 
     weights = {k: run.track.quality.get(k) for k in ("fid_weights", "clip_weights")}
     if not all(weights.values()):

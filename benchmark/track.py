@@ -81,9 +81,9 @@ class Track:
 
     def base_model_config(self):
         """The embedded base model's config: ``[base]`` tables over the library's defaults."""
-        from builders.sources.procedural import ProceduralConfig
-        from implicit_concept.base_model import BaseModelConfig
-        from implicit_concept.pipelines import TinyPipelineConfig
+        from implicit_concept.scene.grammar import ProceduralConfig
+        from benchmark.models.base_model import BaseModelConfig
+        from benchmark.models.pipelines import TinyPipelineConfig
 
         raw = dict(self.base)
         default = BaseModelConfig()

@@ -23,7 +23,7 @@ from builders.sources.base import RawItem
 from implicit_concept.compositing import composite
 from implicit_concept.concepts import make_renderer
 from implicit_concept.provenance import version
-from implicit_concept.resizer import SampleError, prepare_image
+from builders.resizer import SampleError, prepare_image
 from implicit_concept.sample import SPLITS, Instance, SampleMeta
 from implicit_concept.shard_writer import TarShardWriter, atomic_write_json, atomic_write_parquet
 

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops
 
-from .concepts.base import Layer
-from .sample import Box, Instance
+from implicit_concept.concepts.renderer import Layer
+from implicit_concept.sample import Box, Instance
 
 
 def jsonable(value: Any, where: str = "params") -> Any:

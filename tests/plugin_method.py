@@ -1,5 +1,5 @@
 """The README's example of another lab's method, plugged in as ``tests.plugin_method:WordyNegative``."""
-from benchmark.methods.base import FineTune, Generator, Method, MethodContext
+from benchmark.methods.interface import FineTune, Generator, Method, MethodContext
 
 
 class WordyNegative(Method):

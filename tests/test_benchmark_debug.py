@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from implicit_concept.cli import main
+from benchmark.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +95,7 @@ def test_two_processes_run_the_benchmark_and_train_what_one_trains(debug_run):
     root, _ = debug_run
     methods = ["sd", "esd", "ge-full"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29527",
-           "-m", "implicit_concept.cli", "benchmark", "--track", "debug", "--runs", str(root / "runs2"),
+           "-m", "benchmark.cli", "benchmark", "--track", "debug", "--runs", str(root / "runs2"),
            "--data", str(root / "data"), "--cache", str(root / "cache2"), "--quiet",
            *[a for m in methods for a in ("--method", m)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}

@@ -85,7 +85,7 @@ def test_a_distributor_is_named_and_ray_is_asked_for(tmp_path, monkeypatch):
 
 def test_killed_build_resumes_to_the_same_bytes(debug_dataset, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "implicit_concept.cli", "build", "icd-debug", "--out", str(out), "--quiet"]
+    cmd = [sys.executable, "-m", "benchmark.cli", "build", "icd-debug", "--out", str(out), "--quiet"]
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.rglob("*_stats.json"))) < 2:
@@ -158,7 +158,8 @@ def test_bad_inputs_are_skipped_with_reasons(tmp_path):
 def _tar_source(folder, count):
     import tarfile
 
-    from builders.sources.procedural import ProceduralConfig, render_scene, sample_scene
+    from implicit_concept.scene.grammar import ProceduralConfig, sample_scene
+    from implicit_concept.scene.render import render_scene
 
     folder.mkdir()
     with tarfile.open(folder / "00000.tar", "w") as tar:
@@ -173,7 +174,7 @@ def _tar_source(folder, count):
 
 
 def test_cli_builds_a_recipe_from_your_own_shards_and_verify_catches_corruption(tmp_path, capsys):
-    from implicit_concept.cli import main
+    from benchmark.cli import main
 
     _tar_source(tmp_path / "src", 12)
     recipe = tmp_path / "mine.toml"

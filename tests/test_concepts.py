@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from implicit_concept.assets import AssetPool, _font_family
+from implicit_concept.concepts.assets import AssetPool, _font_family
 from implicit_concept.compositing import composite
 from implicit_concept.concepts import RENDERERS, Layer, make_config, make_renderer
 from implicit_concept.sample import CONCEPT_NAMES

@@ -9,12 +9,12 @@ import qrcode
 import yaml
 from PIL import Image
 
-from implicit_concept.cli import main
-from implicit_concept.crosscheck import OpenCVQRChecker, available_checkers
-from implicit_concept.detection_export import export_detection_dataset
-from implicit_concept.detector import Detection, DetectorError, Detector, box_iou, degrade_box
-from implicit_concept.detector_training import DetectorScale, ScaleError, load_scale
-from implicit_concept.image_inputs import ImageReadError, iter_images
+from benchmark.cli import main
+from implicit_concept.checkers import OpenCVQRChecker, available_checkers
+from implicit_concept.detector.export import export_detection_dataset
+from implicit_concept.detector.inference import Detection, DetectorError, Detector, box_iou, degrade_box
+from implicit_concept.detector.training import DetectorScale, ScaleError, load_scale
+from implicit_concept.image_stream import ImageReadError, iter_images
 from implicit_concept.sample import CONCEPT_NAMES, Box, Instance, SampleMeta
 from implicit_concept.scoring import ScoreConfig, bootstrap_ratio, score_images
 from implicit_concept.shard_writer import TarShardWriter
@@ -245,7 +245,7 @@ def test_corrupt_detector_names_the_file(tmp_path):
 
 
 def test_ultralytics_is_imported_offline_with_our_font():
-    from implicit_concept.yolo_env import import_ultralytics
+    from implicit_concept.detector.yolo_env import import_ultralytics
 
     import_ultralytics()
     from ultralytics.utils import ONLINE, USER_CONFIG_DIR

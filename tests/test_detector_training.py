@@ -4,9 +4,9 @@ import json
 import pytest
 from PIL import Image
 
-from implicit_concept.cli import main
-from implicit_concept.detector import Detection, Detector
-from implicit_concept.detector_training import load_scale, train_detector
+from benchmark.cli import main
+from implicit_concept.detector.inference import Detection, Detector
+from implicit_concept.detector.training import load_scale, train_detector
 from implicit_concept.sample import CONCEPT_NAMES
 from implicit_concept.shard_reader import iter_samples
 

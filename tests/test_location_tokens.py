@@ -11,8 +11,8 @@ import logging
 import pytest
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from implicit_concept.clip_tokenizer import CLIP_MAX_LENGTH, build_clip_tokenizer
-from implicit_concept.location_tokens import (
+from benchmark.models.clip_tokenizer import CLIP_MAX_LENGTH, build_clip_tokenizer
+from implicit_concept.geom_erasing.location_tokens import (
     add_tokens,
     bins_for_box,
     count_tokens,
@@ -86,7 +86,7 @@ def test_long_caption_is_cut_never_the_tokens(tokenizer, caplog):
     add_tokens(tokenizer, text_encoder, location_tokens(8))
     all_bins = [(m, n) for n in range(8) for m in range(8)]
     caption = " ".join(f"word{i}" for i in range(60))
-    with caplog.at_level(logging.WARNING, logger="implicit_concept.location_tokens"):
+    with caplog.at_level(logging.WARNING, logger="implicit_concept.geom_erasing.location_tokens"):
         cap = geometric_caption(caption, [("qr code", all_bins)], tokenizer)
     assert cap.truncated and cap.dropped_words[-1] == "word59"
     assert cap.text.endswith(" ".join(location_tokens(8)))

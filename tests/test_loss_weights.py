@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from implicit_concept.loss_weights import latent_cells, region_mask, reweight_map, weight_map, weighted_mse
+from implicit_concept.geom_erasing.loss_weights import latent_cells, region_mask, reweight_map, weight_map, weighted_mse
 from implicit_concept.sample import Box
 
 

@@ -7,7 +7,7 @@ from PIL import Image
 from benchmark.methods import REGISTRY, get_method
 from benchmark.methods.esd import ESDConfig, erase
 from benchmark.methods.forget_me_not import FMNConfig, _AttentionRecorder, _name_token_mask, resteer
-from implicit_concept.pipelines import TinyPipelineConfig, build_tiny_pipeline
+from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline
 
 MICRO = TinyPipelineConfig(image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True),
                            text_hidden=16, text_layers=1, text_heads=2)
@@ -60,7 +60,7 @@ def test_an_edit_of_sd_is_made_once_per_sd_model_and_edit_settings(tmp_path):
     """ESD and FMN edits are cached; a new ``sd`` (rebuilt data, other settings) or a changed edit is made anew."""
     from pathlib import Path
 
-    from benchmark.methods.base import MethodContext
+    from benchmark.methods.interface import MethodContext
 
     class Pipe:
         def save_pretrained(self, path):

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from builders.sources.procedural import BACKGROUNDS, PALETTE, SHAPES, ProceduralConfig, render_scene, sample_scene
-from implicit_concept.quality import (
+from implicit_concept.scene.grammar import BACKGROUNDS, PALETTE, SHAPES, ProceduralConfig, sample_scene
+from implicit_concept.scene.render import render_scene
+from benchmark.evaluation.quality import (
     MissingDependencyError,
     bootstrap_mean,
     frechet_distance,
@@ -15,7 +16,7 @@ from implicit_concept.quality import (
     prompt_following,
     scene_fid,
 )
-from implicit_concept.scene_features import (
+from benchmark.evaluation.scene_features import (
     CACHE_SUBDIR,
     SceneFeatures,
     SceneFeaturesConfig,

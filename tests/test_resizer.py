@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from implicit_concept.resizer import SampleError, prepare_image
+from builders.resizer import SampleError, prepare_image
 
 RED, GREEN, BLUE = (220, 30, 30), (30, 200, 30), (30, 30, 220)
 

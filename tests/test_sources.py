@@ -14,10 +14,9 @@ from builders.sources import (
     FolderConfig, FolderSource, ProceduralConfig, ProceduralSource, WebDatasetConfig,
     WebDatasetSource, make_source, split_of,
 )
-from builders.sources.procedural import (
-    BACKGROUNDS, PALETTE, SHAPES, Background, Scene, SceneObject, caption, render_scene, sample_scene,
-)
-from implicit_concept.resizer import SampleError, prepare_image
+from implicit_concept.scene.grammar import BACKGROUNDS, PALETTE, SHAPES, Background, Scene, SceneObject, caption, sample_scene
+from implicit_concept.scene.render import render_scene
+from builders.resizer import SampleError, prepare_image
 
 EVERYTHING = ProceduralConfig(
     train=24, test=8, backgrounds=tuple(BACKGROUNDS), shapes=SHAPES, colors=tuple(PALETTE), max_objects=3

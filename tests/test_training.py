@@ -20,15 +20,15 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
-from builders.sources.procedural import ProceduralConfig
-from implicit_concept.base_model import BaseModelConfig, pretrain_base
-from implicit_concept.geom_erasing import GeomErasingConfig, negative_prompt_for
-from implicit_concept.location_tokens import add_tokens, location_tokens
-from implicit_concept.patch_autoencoder import PatchAutoencoder
-from implicit_concept.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline
+from implicit_concept.scene.grammar import ProceduralConfig
+from benchmark.models.base_model import BaseModelConfig, pretrain_base
+from implicit_concept.geom_erasing.training_target import GeomErasingConfig, negative_prompt_for
+from implicit_concept.geom_erasing.location_tokens import add_tokens, location_tokens
+from benchmark.models.patch_autoencoder import PatchAutoencoder
+from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline
 from implicit_concept.sample import Box, Instance, SampleMeta
 from implicit_concept.shard_writer import TarShardWriter
-from implicit_concept.training import CHECKPOINTS_DIR, TrainingConfig, train
+from benchmark.training.loop import CHECKPOINTS_DIR, TrainingConfig, train
 
 MICRO = TinyPipelineConfig(
     image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True),
@@ -170,7 +170,7 @@ def test_base_pretraining_is_cached_by_config(tmp_path):
 
 
 def test_stratified_timesteps_put_one_in_each_slice():
-    from implicit_concept.training import _timesteps
+    from benchmark.training.loop import _timesteps
 
     t = _timesteps(8, 1000, "stratified", torch.Generator().manual_seed(0))
     assert sorted((t // 125).tolist()) == list(range(8))
@@ -184,7 +184,7 @@ def _sd_shaped_pipeline(root: Path) -> Path:
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from implicit_concept.clip_tokenizer import build_clip_tokenizer
+    from benchmark.models.clip_tokenizer import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer(root / "tokenizer")
     torch.manual_seed(0)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from benchmark.methods.base import Method, NotImplementedMethod, load_method
-from benchmark.methods.base_model import BaseModel
+from benchmark.methods.interface import Method, NotImplementedMethod, load_method
+from benchmark.methods.control import BaseModel
 from benchmark.methods.esd import ESD
 from benchmark.methods.finetuned import FINETUNED
 from benchmark.methods.forget_me_not import ForgetMeNot

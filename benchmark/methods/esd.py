@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from benchmark.methods.base import FineTune, Generator, Method, MethodContext
+from benchmark.methods.interface import FineTune, Generator, Method, MethodContext
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmark.methods.base import FineTune, Generator, Method, MethodContext
-from implicit_concept.geom_erasing import GeomErasingConfig, negative_prompt_for
+from benchmark.methods.interface import FineTune, Generator, Method, MethodContext
+from implicit_concept.geom_erasing.training_target import GeomErasingConfig, negative_prompt_for
 
 
 @dataclass

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmark.methods.base import FineTune, Generator, Method, MethodContext
+from benchmark.methods.interface import FineTune, Generator, Method, MethodContext
 from implicit_concept.shard_reader import iter_samples
 
 

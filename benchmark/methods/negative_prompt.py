@@ -1,7 +1,7 @@
 """NP: the plainly fine-tuned model, sampled with the concept's name as negative prompt."""
 from __future__ import annotations
 
-from benchmark.methods.base import FineTune, Generator, Method, MethodContext
+from benchmark.methods.interface import FineTune, Generator, Method, MethodContext
 
 
 class NegativePrompt(Method):

@@ -9,12 +9,12 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
-from ..assets import AssetPool
-from ..sample import CONCEPT_NAMES
-from .base import Layer, Renderer
-from .qrcode import QRCodeConfig, QRCodeRenderer
-from .text import TextConfig, TextRenderer
-from .watermark import WatermarkConfig, WatermarkRenderer
+from implicit_concept.concepts.assets import AssetPool
+from implicit_concept.sample import CONCEPT_NAMES
+from implicit_concept.concepts.renderer import Layer, Renderer
+from implicit_concept.concepts.qrcode import QRCodeConfig, QRCodeRenderer
+from implicit_concept.concepts.text import TextConfig, TextRenderer
+from implicit_concept.concepts.watermark import WatermarkConfig, WatermarkRenderer
 
 RENDERERS: dict[str, type[Renderer]] = {
     "qrcode": QRCodeRenderer,

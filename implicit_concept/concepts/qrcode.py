@@ -13,8 +13,8 @@ import numpy as np
 import qrcode
 from PIL import Image
 
-from ..assets import AssetPool
-from .base import (
+from implicit_concept.concepts.assets import AssetPool
+from implicit_concept.concepts.renderer import (
     RGB, Layer, Renderer, check_int_range, check_number, check_range, full_canvas, paint, uniform,
 )
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..assets import AssetPool, load_font
-from .base import (
+from implicit_concept.concepts.assets import AssetPool, load_font
+from implicit_concept.concepts.renderer import (
     RGB, Layer, Renderer, check_int, check_number, check_range, check_weights, choose, full_canvas,
     luminance, paint, uniform,
 )

@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from builders.sources.procedural import Scene
-from implicit_concept.scene_features import SceneFeatures, SceneFeaturesError, caption_attributes, scene_attributes
+from implicit_concept.scene.grammar import Scene
+from benchmark.evaluation.scene_features import SceneFeatures, SceneFeaturesError, caption_attributes, scene_attributes
 
 SCENE_FID_KIND = "scene-FID (features of a CNN trained on procedural scenes; not Inception FID)"
 PROMPT_FOLLOWING_KIND = (

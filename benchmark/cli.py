@@ -45,7 +45,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _detector_train(args: argparse.Namespace) -> int:
-    from implicit_concept.detector_training import load_scale, train_detector
+    from implicit_concept.detector.training import load_scale, train_detector
 
     trained = train_detector(Path(args.shards), Path(args.out), load_scale(args.scale))
     test = trained.summary["test_split"]
@@ -55,7 +55,7 @@ def _detector_train(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from implicit_concept.detector import Detector
+    from implicit_concept.detector.inference import Detector
     from implicit_concept.scoring import ScoreConfig, score_images
 
     report = score_images(args.dir, Detector.load(args.detector), ScoreConfig(conf=args.conf), clean=args.clean)
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = detector_sub.add_parser("train", help="train on SHARDS/train, report per-class mAP on SHARDS/test (unseen assets)")
     p.add_argument("shards", help="an ICD subset folder with train/ and test/ shard sets, e.g. data/icd-tiny/icd-mixed")
     p.add_argument("--out", required=True, help="output folder: detector.pt, metrics.json, pr_curve.png, ...")
-    p.add_argument("--scale", default="cpu", help="a scale in implicit_concept/detector_scales.toml: debug, cpu, gpu (default: cpu)")
+    p.add_argument("--scale", default="cpu", help="a scale in implicit_concept/detector/scales.toml: debug, cpu, gpu (default: cpu)")
     p.set_defaults(func=_detector_train)
 
     p = sub.add_parser("score", help="ICR per concept of a set of images, beside the detector's false-positive rate")

@@ -1,6 +1,6 @@
 """The trained concept detector at inference time, and the boxes it hands Geom-Erasing.
 
-``Detector`` wraps a YOLO checkpoint trained by :mod:`implicit_concept.detector_training`: it checks
+``Detector`` wraps a YOLO checkpoint trained by :mod:`implicit_concept.detector.training`: it checks
 that the checkpoint's classes are the ICD concepts, predicts at the image size it was trained at
 (ultralytics would otherwise default to 640) and batches images. ``degrade_box`` makes ground-truth
 boxes worse by a chosen amount, to test the paper's claim that Geom-Erasing tolerates boxes down to
@@ -17,9 +17,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from implicit_concept.image_inputs import load_image
+from implicit_concept.image_stream import load_image
 from implicit_concept.sample import CONCEPT_NAMES, Box
-from implicit_concept.yolo_env import import_ultralytics
+from implicit_concept.detector.yolo_env import import_ultralytics
 
 #: The confidence threshold at which a detection counts, unless a caller says otherwise.
 DEFAULT_CONF = 0.25

@@ -19,7 +19,7 @@ from fontTools.agl import toUnicode
 from fontTools.ttLib import TTFont
 from PIL import ImageFont
 
-from .sample import SPLITS
+from implicit_concept.sample import SPLITS
 
 #: Glyphs a font must really have (not a placeholder or a symbol remapped onto the code point).
 REQUIRED_CHARS = "".join(chr(c) for c in range(0x20, 0x7F)) + "\u00a9"

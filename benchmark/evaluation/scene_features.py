@@ -33,18 +33,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torch import nn
 
-from builders.sources.procedural import (
-    BACKGROUNDS,
-    PALETTE,
-    POSITION_PHRASES,
-    RELATIONS,
-    SHAPES,
-    SIZES,
-    ProceduralConfig,
-    Scene,
-    render_scene,
-    sample_scene,
-)
+from implicit_concept.scene.grammar import BACKGROUNDS, PALETTE, POSITION_PHRASES, RELATIONS, SHAPES, SIZES, ProceduralConfig, Scene, sample_scene
+from implicit_concept.scene.render import render_scene
 from implicit_concept.provenance import config_hash, environment
 
 #: Bump when a code change alters the trained weights for an unchanged config: old caches are then ignored.

@@ -22,8 +22,8 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from implicit_concept.clip_tokenizer import CLIP_MAX_LENGTH, build_clip_tokenizer
-from implicit_concept.patch_autoencoder import PatchAutoencoder
+from benchmark.models.clip_tokenizer import CLIP_MAX_LENGTH, build_clip_tokenizer
+from benchmark.models.patch_autoencoder import PatchAutoencoder
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("scaled_linear", "linear", "squaredcos_cap_v2")

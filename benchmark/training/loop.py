@@ -33,10 +33,10 @@ from diffusers.training_utils import EMAModel, compute_snr
 from PIL import Image
 from tqdm.auto import tqdm
 
-from implicit_concept.geom_erasing import GeomErasingConfig, sample_rng, training_target, write_metadata
-from implicit_concept.location_tokens import add_tokens
-from implicit_concept.loss_weights import weighted_mse
-from implicit_concept.pipelines import PREDICTION_TYPES, load_pipeline
+from implicit_concept.geom_erasing.training_target import GeomErasingConfig, sample_rng, training_target, write_metadata
+from implicit_concept.geom_erasing.location_tokens import add_tokens
+from implicit_concept.geom_erasing.loss_weights import weighted_mse
+from benchmark.models.pipelines import PREDICTION_TYPES, load_pipeline
 from implicit_concept.provenance import config_hash, environment
 from implicit_concept.sample import Box, Sample
 from implicit_concept.shard_reader import iter_samples

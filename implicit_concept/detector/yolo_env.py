@@ -69,8 +69,8 @@ def _check_already_imported(module: ModuleType) -> ModuleType:
 
     if ONLINE or not (USER_CONFIG_DIR / "Arial.ttf").is_file():
         raise YoloEnvError(
-            "ultralytics was imported before implicit_concept.yolo_env.import_ultralytics() prepared it "
+            "ultralytics was imported before implicit_concept.detector.yolo_env.import_ultralytics() prepared it "
             f"(online checks {'on' if ONLINE else 'off'}, no font in {USER_CONFIG_DIR}); "
-            "import it through implicit_concept.yolo_env instead"
+            "import it through implicit_concept.detector.yolo_env instead"
         )
     return module

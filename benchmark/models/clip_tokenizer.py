@@ -16,8 +16,8 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
-#: CLIP's text context, in tokens, including the start and end tokens.
-CLIP_MAX_LENGTH = 77
+from implicit_concept.geom_erasing.location_tokens import CLIP_MAX_LENGTH
+
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 _N_MERGES = 49152 - 256 - 2
 

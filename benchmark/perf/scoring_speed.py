@@ -3,7 +3,7 @@
 Both run the same weights on the same decoded images at the detector's training image size and the
 same threshold; the script also checks that they find the same concepts in every image.
 
-    python benchmark/scoring_speed.py --detector runs/detector-cpu data/icd-tiny/icd-mixed/test
+    python benchmark/perf/scoring_speed.py --detector runs/detector-cpu data/icd-tiny/icd-mixed/test
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import argparse
 import time
 from itertools import islice
 
-from implicit_concept.detector import DEFAULT_IOU, Detector
-from implicit_concept.image_inputs import iter_images
+from implicit_concept.detector.inference import DEFAULT_IOU, Detector
+from implicit_concept.image_stream import iter_images
 from implicit_concept.sample import CONCEPT_NAMES
 from implicit_concept.scoring import ScoreConfig, score_images
 

@@ -2,12 +2,12 @@
 
 Like SD before the benchmark fine-tunes it, the base draws what captions say and has never seen an
 implicit concept. The UNet and the whole text encoder learn text-to-image from scratch with
-:func:`implicit_concept.training.train` (the same loop as every fine-tune), captions dropped at
+:func:`benchmark.training.loop.train` (the same loop as every fine-tune), captions dropped at
 ``caption_dropout`` for classifier-free guidance. The tiny pipeline's autoencoder has no weights (see
-:mod:`implicit_concept.patch_autoencoder`), so there is no autoencoder stage.
+:mod:`benchmark.models.patch_autoencoder`), so there is no autoencoder stage.
 
 The result is cached under ``cache_root/base-<hash of config>`` and saved with ``save_pretrained``,
-so it loads through the same :func:`~implicit_concept.pipelines.load_pipeline` as SD v1.5.
+so it loads through the same :func:`~benchmark.models.pipelines.load_pipeline` as SD v1.5.
 """
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from builders.sources.procedural import ProceduralConfig, ProceduralSource
-from implicit_concept.pipelines import TinyPipelineConfig, build_tiny_pipeline
+from builders.sources.procedural import ProceduralSource
+from implicit_concept.scene.grammar import ProceduralConfig
+from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline
 from implicit_concept.provenance import config_hash, environment, version
 from implicit_concept.sample import Sample, SampleMeta
-from implicit_concept.training import PIPELINE_DIR, TrainingConfig, processes, train
+from benchmark.training.loop import PIPELINE_DIR, TrainingConfig, processes, train
 
 BASE_FILE = "base.json"
 

@@ -7,7 +7,7 @@ and ``ge-full`` are the same code with different configs:
   ("<qrcode>") to the caption of an image where the concept is present;
 - ``geometry``: append the location tokens of every grid bin the concept's box touches;
 - ``reweight``: weight the loss on the latent grid by ``a`` outside the concept's region (see
-  :mod:`implicit_concept.loss_weights`).
+  :mod:`implicit_concept.geom_erasing.loss_weights`).
 
 Where the boxes come from is ``geometry_source``: the shard's ground truth, a detector, ground truth
 moved to a chosen IoU ("degraded"), or "existence" (a classifier's view: the concept's name, no box).
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from implicit_concept.detector import degrade_box
-from implicit_concept.location_tokens import (
+from implicit_concept.detector.inference import degrade_box
+from implicit_concept.geom_erasing.location_tokens import (
     DEFAULT_GRID,
     GeometricCaption,
     bins_for_box,
@@ -36,7 +36,7 @@ from implicit_concept.location_tokens import (
     location_tokens,
     negative_prompt,
 )
-from implicit_concept.loss_weights import DEFAULT_ALPHA, check_alpha, weight_map
+from implicit_concept.geom_erasing.loss_weights import DEFAULT_ALPHA, check_alpha, weight_map
 from implicit_concept.sample import CONCEPT_NAMES, Box
 
 GEOMETRY_SOURCES = ("ground_truth", "detector", "existence", "degraded")

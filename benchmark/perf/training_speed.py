@@ -1,6 +1,6 @@
 """What a Geom-Erasing training step costs over a plain one, and how fast the tiny pipeline trains and samples.
 
-    python -m benchmark.training_speed --data data/icd-tiny/icd-qrcode/train
+    python -m benchmark.perf.training_speed --data data/icd-tiny/icd-qrcode/train
 
 All fine-tunes run the same loop on the same data with the same seed, so their batches, timesteps
 and noise are identical. "geom-erasing" differs from "plain" by its captions (concept and location
@@ -26,9 +26,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
 
-from implicit_concept.geom_erasing import GeomErasingConfig
-from implicit_concept.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline
-from implicit_concept.training import RUN_FILE, TrainingConfig, train
+from implicit_concept.geom_erasing.training_target import GeomErasingConfig
+from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline
+from benchmark.training.loop import RUN_FILE, TrainingConfig, train
 
 
 def main(argv: list[str] | None = None) -> int:

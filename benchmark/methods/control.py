@@ -6,7 +6,7 @@ generated images are off the detector's training distribution; the report shows 
 """
 from __future__ import annotations
 
-from benchmark.methods.base import Generator, Method, MethodContext
+from benchmark.methods.interface import Generator, Method, MethodContext
 
 
 class BaseModel(Method):

@@ -1,9 +1,8 @@
-"""Turn whatever a source holds into a square RGB image of a fixed size, or say why not.
+"""Decode whatever bytes a source holds into an 8-bit RGB image, or say why not.
 
-This is img2dataset's "resizer" stage: decode, apply EXIF orientation, normalise the pixel mode,
-resize the shorter side to ``size`` and centre-crop. Pillow decoders fail with a zoo of exception
-types; every failure becomes one ``SampleError`` whose ``reason`` feeds the failure histogram.
-The filter is fixed and ``reducing_gap`` is off, so the same bytes always give the same pixels.
+Pillow's decoders fail with a zoo of exception types; every failure becomes one ``SampleError``
+whose ``reason`` feeds a build's failure histogram. Opening and loading are separate steps so a
+caller can ask a JPEG decoder for a smaller draft in between (see ``builders.resizer``).
 """
 from __future__ import annotations
 
@@ -12,33 +11,21 @@ import io
 import numpy as np
 from PIL import Image, ImageOps
 
-from implicit_concept.errors import SampleError
-
-__all__ = ["SampleError", "prepare_image"]
-
-RESAMPLE = Image.Resampling.LANCZOS
 _WHITE = (255, 255, 255, 255)
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def prepare_image(raw: bytes | Image.Image, size: int, min_side: int) -> Image.Image:
-    """Decode ``raw`` and return an RGB ``size`` x ``size`` centre crop.
+class SampleError(Exception):
+    """A sample cannot be used; ``reason`` is the snake_case key counted in failure histograms."""
 
-    Raises ``SampleError`` with reason ``unreadable_image``, ``truncated_image``, ``too_large``,
-    ``unsupported_mode`` or ``too_small`` (shorter side below ``min_side``).
-    """
-    image = _open(raw)
-    if min(image.size) < min_side:
-        raise SampleError("too_small", f"{image.size[0]}x{image.size[1]} < {min_side}")
-    if image is not raw and image.format == "JPEG":
-        # DCT-domain downscaling: several times faster on photos, and still deterministic.
-        image.draft(None, (size, size))
-    _load(image)
-    image = _to_rgb(_orient(image))
-    return _square(image, size)
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
 
 
-def _open(raw: bytes | Image.Image) -> Image.Image:
+def open_image(raw: bytes | Image.Image) -> Image.Image:
+    """Read the header of ``raw`` (pixels are decoded later, by :func:`decode_rgb`)."""
     if isinstance(raw, Image.Image):
         return raw
     if not raw:
@@ -51,11 +38,13 @@ def _open(raw: bytes | Image.Image) -> Image.Image:
         raise SampleError(_decode_reason(exc), str(exc)) from exc
 
 
-def _load(image: Image.Image) -> None:
+def decode_rgb(image: Image.Image) -> Image.Image:
+    """Decode the pixels, apply the EXIF orientation and normalise the mode to 8-bit RGB."""
     try:
         image.load()
     except Exception as exc:
         raise SampleError(_decode_reason(exc), str(exc)) from exc
+    return _to_rgb(_orient(image))
 
 
 def _decode_reason(exc: Exception) -> str:
@@ -86,12 +75,3 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("RGB", "L", "CMYK", "YCbCr"):
         return image.convert("RGB")
     raise SampleError("unsupported_mode", image.mode)
-
-
-def _square(image: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` and centre-crop, in one resampling pass."""
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) / 2, (height - side) / 2
-    box = (left, top, left + side, top + side)
-    return image.resize((size, size), RESAMPLE, box=box, reducing_gap=None)

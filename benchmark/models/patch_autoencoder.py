@@ -9,8 +9,8 @@ reconstruction and no training: 64 px RGB images become 16 x 16 x 48 "latents".
 It stands where ``StableDiffusionPipeline`` expects its VAE: ``encode`` returns a (deterministic)
 ``latent_dist``, ``decode`` returns ``.sample``, and ``config.block_out_channels`` has
 ``log2(p) + 1`` entries only because the pipeline derives its ``vae_scale_factor`` from that length.
-A pipeline saved with it records the class as ``implicit_concept.patch_autoencoder.PatchAutoencoder``;
-diffusers loads it once this module is imported (``implicit_concept.pipelines.load_pipeline`` does).
+A pipeline saved with it records the class as ``benchmark.models.patch_autoencoder.PatchAutoencoder``;
+diffusers loads it once this module is imported (``benchmark.models.pipelines.load_pipeline`` does).
 """
 from __future__ import annotations
 

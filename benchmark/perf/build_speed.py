@@ -2,7 +2,7 @@
 
 Measures, on the same source images (a folder of JPEGs with captions) and output size, the
 samples/s of the full build path and of a plain decode-resize-encode-write pass, with 1 and 2
-workers, and prints the ratios. Run: ``python -m benchmark.build_speed [--images 1000]``.
+workers, and prints the ratios. Run: ``python -m benchmark.perf.build_speed [--images 1000]``.
 Start-up (spawning workers, indexing fonts) is included, as a user pays it.
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ import numpy as np
 
 from builders.build import build_dataset
 from builders.recipe import parse_recipe
-from builders.sources.procedural import ProceduralConfig, render_scene, sample_scene
-from implicit_concept.resizer import prepare_image
+from implicit_concept.scene.grammar import ProceduralConfig, sample_scene
+from implicit_concept.scene.render import render_scene
+from builders.resizer import prepare_image
 from implicit_concept.shard_writer import TarShardWriter
 
 

@@ -17,12 +17,13 @@ from typing import Sequence
 
 import torch
 
-from implicit_concept.clip_tokenizer import CLIP_MAX_LENGTH
 from implicit_concept.sample import Box
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GRID = 4
+#: CLIP's text context, in tokens, including the start and end tokens: what a caption must fit in.
+CLIP_MAX_LENGTH = 77
 MAX_GRID = 8
 
 Bin = tuple[int, int]
