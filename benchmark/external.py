@@ -11,7 +11,7 @@ from typing import Any
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_name
 from benchmark.prompts import read_prompts
 from implicit_concept.provenance import environment
-from implicit_concept.shard_writer import atomic_write_json
+from implicit_concept.files import atomic_write_json
 
 
 def score_pipeline(

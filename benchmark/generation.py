@@ -8,7 +8,7 @@ them (``source.json``); made by another model, prompt or setting, they are stale
 from __future__ import annotations
 
 import json
-import os
+import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from benchmark.prompts import Prompt
 from implicit_concept.provenance import canonical_json
-from implicit_concept.shard_writer import atomic_write_json
+from implicit_concept.files import atomic_write_bytes, atomic_write_json
 
 SOURCE_FILE = "source.json"
 
@@ -123,6 +123,6 @@ def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs)
 
 
 def _save_atomic(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())

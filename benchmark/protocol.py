@@ -28,7 +28,7 @@ from benchmark.targets import Targets, check_targets
 from benchmark.track import Track
 from builders.dataset_card import CHECKSUMS
 from implicit_concept.provenance import config_hash, environment
-from implicit_concept.shard_writer import atomic_write_bytes, atomic_write_json, sha256_file
+from implicit_concept.files import atomic_write_bytes, atomic_write_json, sha256_file
 
 DEFAULT_CACHE = Path(".cache") / "implicit-concept"
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from implicit_concept.provenance import config_hash
 from implicit_concept.sample import CONCEPT_NAMES
+from implicit_concept.validate import check_fields
 
 TRACKS_DIR = Path(__file__).resolve().parent / "tracks"
 
@@ -115,10 +116,7 @@ def load_track(name_or_path: str | Path, overrides: dict[str, Any] | None = None
     except tomllib.TOMLDecodeError as e:
         raise TrackError(f"{path}: not valid TOML: {e}") from None
     raw.update(overrides or {})
-    known = {f.name for f in fields(Track)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise TrackError(f"{path}: unknown field(s) {unknown} (known: {sorted(known)})")
+    check_fields(raw, [f.name for f in fields(Track)], str(path), TrackError)
     try:
         return Track(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     except TypeError as e:

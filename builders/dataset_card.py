@@ -9,7 +9,7 @@ from typing import Any
 
 from builders.recipe import Recipe
 from implicit_concept.provenance import canonical_json, environment
-from implicit_concept.shard_writer import atomic_write_bytes
+from implicit_concept.files import atomic_write_bytes
 
 CHECKSUMS = "checksums.sha256"
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from implicit_concept.provenance import config_hash
 from implicit_concept.sample import CONCEPT_NAMES
+from implicit_concept.validate import check_fields
 
 MANIFESTS_DIR = Path(__file__).resolve().parents[1] / "manifests"
 
@@ -99,9 +100,7 @@ def source_from_spec(spec: str, test_fraction: float = 0.1) -> dict[str, Any]:
 
 
 def parse_recipe(raw: dict[str, Any]) -> Recipe:
-    unknown = set(raw) - _TOP_LEVEL
-    if unknown:
-        raise RecipeError(f"unknown field(s) {sorted(unknown)} (known: {sorted(_TOP_LEVEL)})")
+    check_fields(raw, _TOP_LEVEL, "", RecipeError)
     for required in ("name", "seed", "image_size", "source", "subsets"):
         if required not in raw:
             raise RecipeError(f"missing required field {required!r}")
@@ -148,9 +147,7 @@ def _check_components(recipe: Recipe) -> None:
 def _subset(raw: Any, i: int) -> Subset:
     where = f"subsets[{i}]"
     d = _table(raw, where)
-    unknown = set(d) - set(Subset.__dataclass_fields__)
-    if unknown:
-        raise RecipeError(f"{where}: unknown field(s) {sorted(unknown)}")
+    check_fields(d, Subset.__dataclass_fields__, where, RecipeError)
     name = _str(d.get("name"), f"{where}.name")
     where = f"subsets.{name}"
     concepts = tuple(_list(d.get("concepts"), f"{where}.concepts"))

@@ -25,7 +25,8 @@ from implicit_concept.concepts import make_renderer
 from implicit_concept.provenance import version
 from builders.resizer import SampleError, prepare_image
 from implicit_concept.sample import SPLITS, Instance, SampleMeta
-from implicit_concept.shard_writer import TarShardWriter, atomic_write_json, atomic_write_parquet
+from implicit_concept.files import atomic_write_json, atomic_write_parquet
+from implicit_concept.shard_writer import TarShardWriter
 
 
 @dataclass(frozen=True, order=True)

@@ -15,7 +15,7 @@ from PIL import Image
 from builders.dataset_card import CHECKSUMS
 from implicit_concept.sample import CONCEPT_NAMES, SampleMeta
 from implicit_concept.shard_reader import ShardError, iter_tar_members
-from implicit_concept.shard_writer import sha256_file
+from implicit_concept.files import sha256_file
 
 REQUIRED_MEMBERS = ("jpg", "txt", "json")
 

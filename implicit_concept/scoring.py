@@ -23,6 +23,7 @@ from implicit_concept.checkers import Checker, available_checkers
 from implicit_concept.detector.inference import DEFAULT_CONF, Detection, Detector
 from implicit_concept.image_stream import ImageSource, is_shard_source, iter_images
 from implicit_concept.sample import CONCEPT_NAMES
+from implicit_concept.stats import bootstrap_mean
 from implicit_concept.shard_reader import iter_samples
 
 CLEAN_REFERENCE_NAME = "clean_reference.json"
@@ -73,11 +74,8 @@ def bootstrap_ratio(flags: Sequence[bool], resamples: int, seed: int, level: flo
     x = np.asarray(flags, dtype=bool)
     if x.size == 0:
         raise ValueError("no images to compute a ratio over")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
-    alpha = (1 - level) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return Ratio(float(x.mean()), float(low), float(high), int(x.sum()), int(x.size))
+    share = bootstrap_mean(x, resamples=resamples, seed=seed, level=level)
+    return Ratio(share.value, share.low, share.high, int(x.sum()), int(x.size))
 
 
 @dataclass(frozen=True)

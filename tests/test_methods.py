@@ -64,7 +64,7 @@ def test_an_edit_of_sd_is_made_once_per_sd_model_and_edit_settings(tmp_path):
 
     class Pipe:
         def save_pretrained(self, path):
-            Path(path).mkdir(parents=True)
+            Path(path).mkdir(parents=True, exist_ok=True)
             (Path(path) / "model_index.json").write_text("{}")
 
     sd = {"path": tmp_path / "sd-a"}

@@ -7,9 +7,9 @@ from PIL import Image, ImageFilter
 
 from implicit_concept.scene.grammar import BACKGROUNDS, PALETTE, SHAPES, ProceduralConfig, sample_scene
 from implicit_concept.scene.render import render_scene
+from implicit_concept.stats import bootstrap_mean
 from benchmark.evaluation.quality import (
     MissingDependencyError,
-    bootstrap_mean,
     frechet_distance,
     paper_clip_score,
     paper_fid,

@@ -36,6 +36,7 @@ from torch import nn
 from implicit_concept.scene.grammar import BACKGROUNDS, PALETTE, POSITION_PHRASES, RELATIONS, SHAPES, SIZES, ProceduralConfig, Scene, sample_scene
 from implicit_concept.scene.render import render_scene
 from implicit_concept.provenance import config_hash, environment
+from implicit_concept.validate import check_fields
 
 #: Bump when a code change alters the trained weights for an unchanged config: old caches are then ignored.
 FORMAT_VERSION = 1
@@ -412,10 +413,7 @@ class SceneFeatures:
 
         ``overrides`` are ``SceneFeaturesConfig`` fields (``steps=...``, ``seed=...``).
         """
-        known = {f.name for f in fields(SceneFeaturesConfig)} - {"image_size"}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise SceneFeaturesError(f"scene features config: unknown field(s) {unknown} (known: {sorted(known)})")
+        check_fields(overrides, {f.name for f in fields(SceneFeaturesConfig)} - {"image_size"}, "scene features config", SceneFeaturesError)
         config = SceneFeaturesConfig(image_size=image_size, **overrides)
         root = Path(cache_dir) / CACHE_SUBDIR
         final = root / config.hash[:16]

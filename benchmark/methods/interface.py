@@ -8,13 +8,13 @@ sample with. Another lab's method is a class with the same shape, named on the c
 from __future__ import annotations
 
 import importlib
-import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
 
+from implicit_concept.files import atomic_dir
 from implicit_concept.provenance import canonical_json, config_hash
 
 #: What name-based methods (NP, ESD, SLD, FMN) call each concept: the words a user would type.
@@ -55,11 +55,9 @@ class MethodContext:
         if not (out / "model_index.json").exists():
             pipe = self.load_pipeline(sd)
             edit(pipe)
-            tmp = self.work_dir / f".{out.name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            pipe.save_pretrained(tmp)
-            (tmp / f"{tag}.json").write_text(canonical_json(record))
-            tmp.rename(out)
+            with atomic_dir(out) as tmp:
+                pipe.save_pretrained(tmp)
+                (tmp / f"{tag}.json").write_text(canonical_json(record))
         return out
 
     @property

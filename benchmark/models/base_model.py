@@ -11,13 +11,12 @@ so it loads through the same :func:`~benchmark.models.pipelines.load_pipeline` a
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
+from implicit_concept.files import atomic_dir, atomic_write_json
 from builders.sources.procedural import ProceduralSource
 from implicit_concept.scene.grammar import ProceduralConfig
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline
@@ -90,29 +89,6 @@ class ProceduralSamples:
         return {"kind": "procedural", "config": asdict(self.config), "image_size": self.image_size, "seed": self.seed}
 
 
-def base_config(options: dict[str, Any] | None = None) -> BaseModelConfig:
-    """A :class:`BaseModelConfig` from plain values (a track's ``[base]`` table): ``pipeline``,
-    ``scenes`` and ``training`` are tables of their dataclasses' fields, the rest top-level fields;
-    anything missing keeps its default, an unknown name raises ValueError naming it."""
-    options = dict(options or {})
-    defaults = BaseModelConfig()
-    parts: dict[str, Any] = {}
-    for name, cls in (("pipeline", TinyPipelineConfig), ("scenes", ProceduralConfig), ("training", TrainingConfig)):
-        given = options.pop(name, {})
-        if not isinstance(given, dict):
-            raise ValueError(f"base.{name} must be a table, got {given!r}")
-        _known(f"base.{name}", given, cls)
-        parts[name] = replace(getattr(defaults, name), **given)
-    _known("base", options, BaseModelConfig)
-    return BaseModelConfig(**parts, **options)
-
-
-def _known(where: str, given: dict[str, Any], cls: type) -> None:
-    unknown = sorted(set(given) - set(cls.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown} (known: {sorted(cls.__dataclass_fields__)})")
-
-
 def base_dir(config: BaseModelConfig, cache_root: str | Path) -> Path:
     return Path(cache_root) / f"base-{config.sha256[:16]}"
 
@@ -132,9 +108,8 @@ def pretrain_base(config: BaseModelConfig, cache_root: str | Path, progress: boo
     # Under accelerate launch the main process writes the initial weights, then all processes train.
     with processes().main_process_first():
         if not (init / "model_index.json").is_file():
-            tmp = init.with_name(f".{init.name}.tmp-{os.getpid()}")
-            build_tiny_pipeline(config.pipeline, root / "tokenizer", seed=config.seed).save_pretrained(str(tmp))
-            os.replace(tmp, init)
+            with atomic_dir(init) as tmp:
+                build_tiny_pipeline(config.pipeline, root / "tokenizer", seed=config.seed).save_pretrained(str(tmp))
     data = ProceduralSamples(config.scenes, config.pipeline.image_size, config.seed)
     train(init, data, root / "diffusion", replace(config.training, seed=config.seed), progress=progress)
     record = {
@@ -143,7 +118,5 @@ def pretrain_base(config: BaseModelConfig, cache_root: str | Path, progress: boo
         "seconds": round(time.time() - started, 1),
         "environment": environment(),
     }
-    tmp_file = root / f".{BASE_FILE}.tmp-{os.getpid()}"
-    tmp_file.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp_file, root / BASE_FILE)
+    atomic_write_json(root / BASE_FILE, record)
     return final

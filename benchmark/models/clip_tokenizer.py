@@ -11,11 +11,11 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 from transformers import CLIPTokenizer
 
+from implicit_concept.files import atomic_write_text
 from implicit_concept.geom_erasing.location_tokens import CLIP_MAX_LENGTH
 
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
@@ -58,15 +58,9 @@ def write_vocab_files(directory: str | Path, bpe_path: str | Path | None = None)
     symbols = list(_bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
-    _atomic_write(vocab_file, json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
-    _atomic_write(merges_file, "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    atomic_write_text(vocab_file, json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
+    atomic_write_text(merges_file, "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
     return vocab_file, merges_file
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def build_clip_tokenizer(cache_dir: str | Path) -> CLIPTokenizer:

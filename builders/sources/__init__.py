@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
+from implicit_concept.validate import check_fields
 
 from .base import RawItem, Source, split_of
 from .folder import FolderConfig, FolderSource
@@ -67,11 +68,7 @@ def make_source(options: dict[str, Any], *, image_size: int, shard_size: int, se
     entry = SOURCES[kind]
     fields = {f.name: f for f in dataclasses.fields(entry.config)}
     given = {k: v for k, v in options.items() if k != "kind"}
-    for name in given:
-        if name not in fields:
-            raise ValueError(
-                f"source.{name}: unknown field for source {kind!r} (known: {', '.join(fields)})"
-            )
+    check_fields(given, fields, "source")
     for name, f in fields.items():
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if required and name not in given:

@@ -15,6 +15,7 @@ from implicit_concept.concepts.renderer import Layer, Renderer
 from implicit_concept.concepts.qrcode import QRCodeConfig, QRCodeRenderer
 from implicit_concept.concepts.text import TextConfig, TextRenderer
 from implicit_concept.concepts.watermark import WatermarkConfig, WatermarkRenderer
+from implicit_concept.validate import check_fields
 
 RENDERERS: dict[str, type[Renderer]] = {
     "qrcode": QRCodeRenderer,
@@ -40,10 +41,7 @@ def make_config(name: str, options: Mapping[str, Any] | None) -> Any:
         raise ValueError(f"concepts: unknown concept {name!r}, expected one of {list(RENDERERS)}")
     config_type = RENDERERS[name].config_type
     options = dict(options or {})
-    known = [f.name for f in fields(config_type)]
-    for key in options:
-        if key not in known:
-            raise ValueError(f"concepts.{name}.{key}: unknown option, expected one of {known}")
+    check_fields(options, [f.name for f in fields(config_type)], f"concepts.{name}")
     try:
         return config_type(**{k: _freeze(v) for k, v in options.items()})
     except ValueError as err:

@@ -23,9 +23,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from implicit_concept.concepts.assets import AssetPool, load_font
 from implicit_concept.concepts.renderer import (
-    RGB, Layer, Renderer, check_int, check_number, check_range, check_weights, choose, full_canvas,
-    luminance, paint, uniform,
+    RGB, Layer, Renderer, choose, full_canvas, luminance, paint, uniform,
 )
+from implicit_concept.validate import check_int, check_number, check_range, check_weights
 
 _STYLES = ("subtitle", "meme", "sign", "words")
 _LIGHT: tuple[RGB, ...] = ((255, 255, 255), (255, 255, 255), (255, 230, 40), (190, 240, 255), (255, 200, 225))

@@ -16,9 +16,9 @@ from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from implicit_concept.concepts.assets import AssetPool, load_font
 from implicit_concept.concepts.renderer import (
-    Layer, Renderer, check_int, check_number, check_range, check_weights, choose, full_canvas,
-    luminance, paint, uniform,
+    Layer, Renderer, choose, full_canvas, luminance, paint, uniform,
 )
+from implicit_concept.validate import check_int, check_number, check_range, check_weights
 
 _LAYOUTS = ("center", "corner", "tiled")
 _CORNERS = {"bottom_right": 0.4, "bottom_left": 0.2, "top_right": 0.2, "top_left": 0.2}

@@ -9,8 +9,6 @@ category ids are those plus one (COCO reserves 0).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import yaml
 
 from implicit_concept.sample import CONCEPT_NAMES, SampleMeta
 from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards
-from implicit_concept.shard_writer import sha256_file
+from implicit_concept.files import atomic_dir, json_text, sha256_file
 
 #: Bump when the exported layout changes, so old exports are rebuilt.
 EXPORT_FORMAT = 1
@@ -56,20 +54,13 @@ def export_detection_dataset(shards: str | Path, out: str | Path) -> DetectionDa
     if marker.get("format") == EXPORT_FORMAT and marker.get("shards_sha256") == hashes:
         return _dataset(out, marker)
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out, replace_existing=True) as tmp:
         counts = {SPLIT_NAMES[s]: _write_split(ps, tmp, SPLIT_NAMES[s]) for s, ps in split_shards.items()}
         names = dict(enumerate(CONCEPT_NAMES))
         data = {"path": str(out), "train": "images/train", "val": "images/val", "nc": len(names), "names": names}
         (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         marker = {"format": EXPORT_FORMAT, "source": str(shards.resolve()), "shards_sha256": hashes, "counts": counts}
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / MARKER).write_text(json_text(marker), encoding="utf-8")
     return _dataset(out, marker)
 
 

@@ -21,6 +21,7 @@ from implicit_concept.provenance import environment
 from implicit_concept.sample import CONCEPT_NAMES
 from implicit_concept.scoring import CLEAN_REFERENCE_NAME, ScoreConfig, build_clean_reference, clean_images, image_recall
 from implicit_concept.detector.yolo_env import import_ultralytics
+from implicit_concept.validate import check_fields
 
 SCALES_FILE = Path(__file__).with_name("scales.toml")
 METRICS_NAME = "metrics.json"
@@ -77,10 +78,7 @@ def load_scale(name: str, path: Path = SCALES_FILE) -> DetectorScale:
     if name not in table:
         raise ScaleError(f"{path}: no detector scale {name!r} (known: {', '.join(table)})")
     entry = table[name]
-    known = {f.name for f in fields(DetectorScale)} - {"name"}
-    unknown = sorted(set(entry) - known)
-    if unknown:
-        raise ScaleError(f"{path}: scale {name!r} has unknown field(s) {unknown} (known: {sorted(known)})")
+    check_fields(entry, {f.name for f in fields(DetectorScale)} - {"name"}, f"{path}: scale {name!r}", ScaleError)
     try:
         return DetectorScale(name=name, **entry)
     except TypeError as e:

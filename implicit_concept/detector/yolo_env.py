@@ -8,10 +8,10 @@ would act as its own DDP worker). Nothing else about ultralytics' global setting
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
+from implicit_concept.files import atomic_write_bytes
 
 CACHE_ENV = "IMPLICIT_CONCEPT_CACHE"
 
@@ -39,9 +39,7 @@ def _install_font(config_dir: Path) -> None:
     if target.is_file():
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".Arial.ttf.tmp-{os.getpid()}")
-    shutil.copyfile(_font_source(), tmp)
-    os.replace(tmp, target)
+    atomic_write_bytes(target, Path(_font_source()).read_bytes())
 
 
 def import_ultralytics() -> ModuleType:

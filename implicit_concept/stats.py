@@ -1,0 +1,39 @@
+"""The percentile bootstrap every interval in a report comes from, seeded so reports are reproducible."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its percentile-bootstrap interval at ``level``."""
+
+    value: float
+    low: float
+    high: float
+    level: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": round(self.value, 5), "ci": [round(self.low, 5), round(self.high, 5)], "level": self.level}
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def bootstrap_mean(values: Sequence[float], resamples: int = 1000, seed: int = 0, level: float = 0.95) -> Interval:
+    """Mean of ``values`` with a seeded percentile-bootstrap interval (items resampled with replacement)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"bootstrap_mean needs a non-empty 1-D sequence, got shape {x.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"bootstrap_mean: level = {level}, want (0, 1)")
+    if resamples < 100:
+        raise ValueError(f"bootstrap_mean: resamples = {resamples}, want >= 100")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return Interval(float(x.mean()), float(low), float(high), level)

@@ -1,0 +1,81 @@
+"""Field checks for configs read from TOML, YAML and JSON, each naming the field it refuses.
+
+Configuration is plain data validated once, at the edge: every loader (recipes, tracks, concept
+options, detector scales, training configs) refuses unknown fields and out-of-range values here,
+with a message that names the field, so a typo fails in the first second rather than an hour in.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Sequence
+
+
+def check_fields(given: Iterable[str], known: Iterable[str], where: str, error: type[Exception] = ValueError) -> None:
+    """Refuse any of ``given`` (a mapping's keys) that is not in ``known``."""
+    known = sorted(known)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        named = ", ".join(f"{where}.{u}" if where else u for u in unknown)
+        raise error(f"{named}: unknown field{'s' if len(unknown) > 1 else ''} (known: {', '.join(known)})")
+
+
+def check_choice(name: str, value: Any, options: Sequence[Any]) -> None:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_range(name: str, value: Any, lo: float = 0.0, hi: float = 1.0, open_lo: bool = True) -> None:
+    """Require two numbers ``lo < a <= b <= hi`` (``lo <= a`` when ``open_lo`` is False)."""
+    ok = (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(is_number(v) for v in value)
+        and (value[0] > lo if open_lo else value[0] >= lo)
+        and value[0] <= value[1] <= hi
+    )
+    if not ok:
+        op = "<" if open_lo else "<="
+        raise ValueError(f"{name}: expected two numbers {lo:g} {op} lo <= hi <= {hi:g}, got {value!r}")
+
+
+def check_int_range(name: str, value: Any, lo: int, hi: int) -> None:
+    """Require two integers ``lo <= a <= b <= hi``."""
+    ok = (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and lo <= value[0] <= value[1] <= hi
+    )
+    if not ok:
+        raise ValueError(f"{name}: expected two integers {lo} <= lo <= hi <= {hi}, got {value!r}")
+
+
+def check_number(name: str, value: Any, lo: float, hi: float, open_lo: bool = False) -> None:
+    """Require one number in ``[lo, hi]`` (``(lo, hi]`` when ``open_lo``)."""
+    if not (is_number(value) and (lo < value if open_lo else lo <= value) and value <= hi):
+        raise ValueError(f"{name}: expected a number in {'(' if open_lo else '['}{lo:g}, {hi:g}], got {value!r}")
+
+
+def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
+    """Require one integer in ``[lo, hi]`` (``>= lo`` without ``hi``)."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and lo <= value and (hi is None or value <= hi)):
+        bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name}: expected an integer {bound}, got {value!r}")
+
+
+def check_weights(name: str, value: Any, allowed: Sequence[str]) -> None:
+    """Require a mapping from some of ``allowed`` to non-negative numbers, not all zero."""
+    ok = (
+        isinstance(value, Mapping)
+        and set(value) <= set(allowed)
+        and all(is_number(v) and v >= 0 for v in value.values())
+        and sum(value.values()) > 0
+    )
+    if not ok:
+        raise ValueError(
+            f"{name}: expected a mapping from {sorted(allowed)} to weights >= 0 (not all 0), got {value!r}"
+        )
