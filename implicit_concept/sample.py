@@ -5,8 +5,9 @@ these dataclasses, so the JSON schema lives in exactly one place.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from PIL import Image
 
@@ -49,6 +50,22 @@ class Box:
 
     def inside(self, width: int, height: int) -> bool:
         return 0 <= self.x1 and 0 <= self.y1 and self.x2 <= width and self.y2 <= height
+
+
+def covering_box(coords: Sequence[float], width: int | None = None, height: int | None = None) -> Box | None:
+    """The smallest integer :class:`Box` containing the float box ``coords`` (x1, y1, x2, y2).
+
+    The one rule by which float boxes (a detector's, a scaled one, a text layout's) become pixel
+    boxes: outwards to whole pixels, at least one pixel wide, then clipped to ``width`` x ``height``
+    when given. None when clipping leaves nothing.
+    """
+    x1, y1 = math.floor(coords[0]), math.floor(coords[1])
+    x2, y2 = max(math.ceil(coords[2]), x1 + 1), max(math.ceil(coords[3]), y1 + 1)
+    if width is not None:
+        x1, x2 = max(0, x1), min(width, x2)
+    if height is not None:
+        y1, y2 = max(0, y1), min(height, y2)
+    return Box(x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
 
 
 @dataclass

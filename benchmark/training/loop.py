@@ -38,7 +38,7 @@ from implicit_concept.geom_erasing.location_tokens import add_tokens
 from implicit_concept.geom_erasing.loss_weights import weighted_mse
 from benchmark.models.pipelines import PREDICTION_TYPES, load_pipeline
 from implicit_concept.provenance import config_hash, environment
-from implicit_concept.sample import Box, Sample
+from implicit_concept.sample import Box, Sample, covering_box
 from implicit_concept.shard_reader import iter_samples
 
 log = logging.getLogger(__name__)
@@ -525,10 +525,9 @@ def square_view(image: Image.Image, instances: Sequence[tuple[str, Box]], resolu
     scale = resolution / side
     moved = []
     for concept, box in instances:
-        x1, y1 = max(0, math.floor((box.x1 - left) * scale)), max(0, math.floor((box.y1 - top) * scale))
-        x2, y2 = min(resolution, math.ceil((box.x2 - left) * scale)), min(resolution, math.ceil((box.y2 - top) * scale))
-        if x2 > x1 and y2 > y1:
-            moved.append((concept, Box(x1, y1, x2, y2)))
+        coords = ((box.x1 - left) * scale, (box.y1 - top) * scale, (box.x2 - left) * scale, (box.y2 - top) * scale)
+        if (inside := covering_box(coords, resolution, resolution)) is not None:
+            moved.append((concept, inside))
     return image.convert("RGB"), moved
 
 

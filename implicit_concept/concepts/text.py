@@ -13,7 +13,6 @@ were tried: the detector then split lines into words, since scattered words taug
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from implicit_concept.sample import covering_box
 from implicit_concept.concepts.assets import AssetPool, load_font
 from implicit_concept.concepts.renderer import (
     RGB, Layer, Renderer, choose, full_canvas, luminance, paint, uniform,
@@ -100,10 +100,8 @@ def _layout(lines: list[str], font: ImageFont.FreeTypeFont, stroke: int) -> list
 
 def _block_box(lines: list[str], font: ImageFont.FreeTypeFont, stroke: int) -> tuple[int, int, int, int]:
     boxes = [_MEASURE.textbbox((x, y), line, font=font, stroke_width=stroke) for line, x, y in _layout(lines, font, stroke)]
-    return (
-        math.floor(min(b[0] for b in boxes)), math.floor(min(b[1] for b in boxes)),
-        math.ceil(max(b[2] for b in boxes)), math.ceil(max(b[3] for b in boxes)),
-    )
+    union = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+    return tuple(covering_box(union).as_list())
 
 
 def _words_of(layout: list[tuple[str, float, int]], font: ImageFont.FreeTypeFont) -> list[tuple[str, float, int]]:

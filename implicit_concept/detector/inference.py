@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from implicit_concept.image_stream import load_image
-from implicit_concept.sample import CONCEPT_NAMES, Box
+from implicit_concept.sample import Box, CONCEPT_NAMES, covering_box
 from implicit_concept.detector.yolo_env import import_ultralytics
 
 #: The confidence threshold at which a detection counts, unless a caller says otherwise.
@@ -42,9 +42,7 @@ class Detection:
 
     def covering_box(self) -> Box:
         """The smallest integer :class:`Box` (x2/y2 exclusive) that contains ``box``."""
-        x1, y1, x2, y2 = self.box
-        ix1, iy1 = math.floor(x1), math.floor(y1)
-        return Box(ix1, iy1, max(math.ceil(x2), ix1 + 1), max(math.ceil(y2), iy1 + 1))
+        return covering_box(self.box)
 
     def to_json(self) -> dict[str, Any]:
         return {"concept": self.concept, "confidence": round(self.confidence, 5), "box": [round(v, 2) for v in self.box]}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -37,7 +36,7 @@ from implicit_concept.geom_erasing.location_tokens import (
     negative_prompt,
 )
 from implicit_concept.geom_erasing.loss_weights import DEFAULT_ALPHA, check_alpha, weight_map
-from implicit_concept.sample import CONCEPT_NAMES, Box
+from implicit_concept.sample import Box, CONCEPT_NAMES, covering_box
 
 GEOMETRY_SOURCES = ("ground_truth", "detector", "existence", "degraded")
 SETTINGS = ("data_removal", "model_removal")
@@ -159,7 +158,7 @@ def concept_boxes(
         found = []
         for det in detect(image):
             concept, confidence, box = _detection_fields(det)
-            clipped = _covering_box(box, width, height)
+            clipped = covering_box(box, width, height)
             if concept in config.concepts and confidence >= config.detector_confidence and clipped is not None:
                 found.append((concept, clipped))
         return found
@@ -176,13 +175,6 @@ def _detection_fields(det: Any) -> tuple[str, float, Sequence[float]]:
         return det.concept, float(det.confidence), det.box
     concept, confidence, box = det
     return concept, float(confidence), box
-
-
-def _covering_box(box: Sequence[float], width: int, height: int) -> Box | None:
-    """The integer box (x2/y2 exclusive) covering float ``box``, clipped to the image; None if empty."""
-    x1, y1 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
-    x2, y2 = min(width, math.ceil(box[2])), min(height, math.ceil(box[3]))
-    return Box(x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
 
 
 def training_target(
