@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from implicit_concept.provenance import config_hash
-from implicit_concept.sample import CONCEPT_NAMES
+from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.validate import check_fields
 
 MANIFESTS_DIR = Path(__file__).resolve().parents[1] / "manifests"

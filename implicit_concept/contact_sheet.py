@@ -8,9 +8,9 @@ from typing import Iterable, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-#: One colour per concept, matching sample.CONCEPT_NAMES.
-CONCEPT_COLOURS = {"qrcode": (255, 0, 255), "watermark": (0, 220, 255), "text": (255, 200, 0)}
+from implicit_concept.concepts import CONCEPT_NAMES, concept
 
+_UNKNOWN_COLOUR = (255, 0, 0)
 
 def annotate(image: Image.Image, boxes: Iterable[tuple[str, Sequence[float]]], scale: int) -> Image.Image:
     """Upscale ``image`` by ``scale`` (nearest) and draw each (label, box-in-pixels) on it."""
@@ -18,8 +18,8 @@ def annotate(image: Image.Image, boxes: Iterable[tuple[str, Sequence[float]]], s
     draw = ImageDraw.Draw(big)
     font = ImageFont.load_default()
     for label, (x1, y1, x2, y2) in boxes:
-        concept = label.split()[0]
-        colour = CONCEPT_COLOURS.get(concept, (255, 0, 0))
+        name = label.split()[0]
+        colour = concept(name).colour if name in CONCEPT_NAMES else _UNKNOWN_COLOUR
         draw.rectangle([x1 * scale, y1 * scale, x2 * scale - 1, y2 * scale - 1], outline=colour, width=2)
         draw.text((x1 * scale + 2, y1 * scale + 1), label, fill=colour, font=font)
     return big

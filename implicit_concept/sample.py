@@ -11,8 +11,6 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-#: The implicit concepts, in the order used for detector class ids.
-CONCEPT_NAMES: tuple[str, ...] = ("qrcode", "watermark", "text")
 SPLITS: tuple[str, ...] = ("train", "test")
 SCHEMA_VERSION = 1
 

@@ -15,7 +15,7 @@ from builders.build import build_dataset
 from builders.dataset_card import CHECKSUMS
 from builders.recipe import MANIFESTS_DIR, load_recipe, parse_recipe
 from builders.verify import verify_dataset
-from implicit_concept.sample import CONCEPT_NAMES
+from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.shard_reader import iter_samples
 
 REPO = Path(__file__).resolve().parents[1]

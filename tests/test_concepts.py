@@ -12,8 +12,8 @@ from PIL import Image
 
 from implicit_concept.concepts.assets import AssetPool, _font_family
 from implicit_concept.compositing import composite
-from implicit_concept.concepts import RENDERERS, Layer, make_config, make_renderer
-from implicit_concept.sample import CONCEPT_NAMES
+from implicit_concept.concepts import CONCEPTS, Layer, make_config, make_renderer
+from implicit_concept.concepts import CONCEPT_NAMES
 
 SIZES = (32, 64, 256, 512)
 SEEDS = {32: 40, 64: 40, 256: 12, 512: 6}
@@ -276,7 +276,8 @@ def test_bad_options_name_the_field(concept: str, options: dict, field: str) -> 
 
 
 def test_registry_and_good_options() -> None:
-    assert tuple(RENDERERS) == CONCEPT_NAMES
+    assert len({c.colour for c in CONCEPTS}) == len({c.word for c in CONCEPTS}) == len(CONCEPTS)
+    assert all(isinstance(make_renderer(c.name, {}, "train"), c.renderer) for c in CONCEPTS)
     with pytest.raises(ValueError, match="unknown concept"):
         make_renderer("logo", {}, "train")
     with pytest.raises(ValueError, match="split"):

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from implicit_concept.files import atomic_dir
+from implicit_concept.concepts import concept
 from implicit_concept.provenance import canonical_json, config_hash
 
 #: What name-based methods (NP, ESD, SLD, FMN) call each concept: the words a user would type.
-CONCEPT_PHRASES = {"qrcode": "QR code", "watermark": "watermark", "text": "text"}
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class MethodContext:
     @property
     def phrase(self) -> str:
         """The concepts' names as one prompt ("QR code, watermark, text" on a mixed subset)."""
-        return ", ".join(CONCEPT_PHRASES[c] for c in self.concepts)
+        return ", ".join(concept(c).phrase for c in self.concepts)
 
 
 @dataclass

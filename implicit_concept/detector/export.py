@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from implicit_concept.sample import CONCEPT_NAMES, SampleMeta
+from implicit_concept.concepts import CONCEPT_NAMES
+from implicit_concept.sample import SampleMeta
 from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards
 from implicit_concept.files import atomic_dir, json_text, sha256_file
 

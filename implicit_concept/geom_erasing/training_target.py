@@ -36,12 +36,12 @@ from implicit_concept.geom_erasing.location_tokens import (
     negative_prompt,
 )
 from implicit_concept.geom_erasing.loss_weights import DEFAULT_ALPHA, check_alpha, weight_map
-from implicit_concept.sample import Box, CONCEPT_NAMES, covering_box
+from implicit_concept.concepts import CONCEPT_NAMES
+from implicit_concept.concepts import concept as concept_by_name
+from implicit_concept.sample import Box, covering_box
 
 GEOMETRY_SOURCES = ("ground_truth", "detector", "existence", "degraded")
 SETTINGS = ("data_removal", "model_removal")
-#: The words a caption uses for each concept when ``concept_token`` is off.
-CONCEPT_WORDS: dict[str, str] = {"qrcode": "qr code", "watermark": "watermark", "text": "text"}
 #: Written into a trained pipeline's directory, so its negative prompt can be rebuilt from it alone.
 METADATA_FILE = "geom_erasing.json"
 
@@ -104,7 +104,7 @@ class GeomErasingConfig:
 
     def term(self, concept: str) -> str:
         """How captions name ``concept``: its word, or its new token."""
-        return f"<{concept}>" if self.concept_token else CONCEPT_WORDS[concept]
+        return f"<{concept}>" if self.concept_token else concept_by_name(concept).word
 
     def new_tokens(self) -> list[str]:
         """Tokens the tokenizer must learn: concept tokens, then the G*G location tokens."""
