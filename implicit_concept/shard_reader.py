@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 import tarfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Collection, Iterator
 
 from braceexpand import braceexpand
 from PIL import Image
@@ -38,27 +39,48 @@ def list_shards(path: str | Path) -> list[Path]:
     return shards
 
 
+def split_member_name(name: str) -> tuple[str, str] | None:
+    """webdataset's rule: key = directory + basename up to its first dot; extension = the rest."""
+    directory, base = posixpath.split(name)
+    if "." not in base:
+        return None
+    stem, ext = base.split(".", 1)
+    return posixpath.join(directory, stem), ext.lower()
+
+
+def group_members(
+    tar: tarfile.TarFile, wanted: Callable[[str], bool] = lambda key: True, keep: Collection[str] | None = None
+) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """The one grouping rule of tar members into samples, for our shards and for source shards alike:
+    consecutive regular members with the same key (:func:`split_member_name`) form one sample.
+
+    Only samples whose key is ``wanted`` are read, and of those only the extensions in ``keep``
+    (all when None). Read errors propagate; the caller names the file.
+    """
+    key: str | None = None
+    members: dict[str, bytes] = {}
+    take = False
+    for info in tar:
+        parts = split_member_name(info.name) if info.isreg() else None
+        if parts is None:
+            continue
+        if parts[0] != key:
+            if key is not None and take:
+                yield key, members
+            key, members, take = parts[0], {}, wanted(parts[0])
+        if take and (keep is None or parts[1] in keep):
+            members[parts[1]] = tar.extractfile(info).read()
+    if key is not None and take:
+        yield key, members
+
+
 def iter_tar_members(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Group a tar's members by key (everything before the first dot of the basename)."""
-    current: str | None = None
-    group: dict[str, bytes] = {}
+    """``(key, {extension: bytes})`` for each sample of one shard."""
     try:
         with tarfile.open(shard, "r") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                base = info.name.rsplit("/", 1)[-1]
-                key, _, ext = base.partition(".")
-                if key != current and current is not None:
-                    yield current, group
-                    group = {}
-                current = key
-                f = tar.extractfile(info)
-                group[ext] = f.read() if f is not None else b""
+            yield from group_members(tar)
     except (tarfile.TarError, OSError, EOFError) as e:
         raise ShardError(f"{shard}: unreadable or truncated tar ({e})") from None
-    if current is not None:
-        yield current, group
 
 
 def decode_sample(shard: Path, key: str, members: dict[str, bytes], with_extras: bool = True) -> Sample:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import posixpath
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any, Callable, Iterator
 from braceexpand import braceexpand
 
 from implicit_concept.sample import SPLITS
+from implicit_concept.shard_reader import group_members
 
 from .base import RawItem, Source, split_of
 from .folder import check_fraction, decode_caption
@@ -117,44 +117,32 @@ class WebDatasetSource(Source):
         return RawItem(source_id, members[image_ext], caption, meta)
 
 
-def _split_name(name: str) -> tuple[str, str] | None:
-    """webdataset's rule: key = directory + basename up to its first dot; extension = the rest."""
-    directory, base = posixpath.split(name)
-    if "." not in base:
-        return None
-    stem, ext = base.split(".", 1)
-    return posixpath.join(directory, stem), ext.lower()
-
-
 def _samples(
     path: str, wanted: Callable[[str], bool], keep: set[str]
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield ``(key, {extension: bytes})`` for each wanted sample whose tar records are all there.
 
-    On a read error or a missing end-of-archive block, the sample being read is dropped (it may
-    lack members) and ``_CorruptTar`` is raised after the complete ones were yielded.
+    A sample is known complete once the next one begins, or the tar ends with its end-of-archive
+    block. On a read error or a missing end block, the sample being read is dropped (it may lack
+    members) and ``_CorruptTar`` is raised after the complete ones were yielded.
     """
+    complete: tuple[str, dict[str, bytes]] | None = None
     key: str | None = None
-    members: dict[str, bytes] = {}
-    take = False
     try:
         with tarfile.open(path, "r:*") as tf:
-            for info in tf:
-                parts = _split_name(info.name) if info.isreg() else None
-                if parts is None:
-                    continue
-                if parts[0] != key:
-                    if key is not None and take:
-                        yield key, members
-                    key, members, take = parts[0], {}, wanted(parts[0])
-                if take and parts[1] in keep:
-                    members[parts[1]] = tf.extractfile(info).read()
-            if not _ended_cleanly(tf):
-                raise _CorruptTar(f"no end-of-archive block after {key!r}")
+            for sample in group_members(tf, wanted, keep):
+                if complete is not None:
+                    yield complete
+                complete, key = sample, sample[0]
+            ended = _ended_cleanly(tf)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        if complete is not None:
+            yield complete
         raise _CorruptTar(f"{type(exc).__name__}: {exc} (after {key!r})") from exc
-    if key is not None and take:
-        yield key, members
+    if not ended:
+        raise _CorruptTar(f"no end-of-archive block after {key!r}")
+    if complete is not None:
+        yield complete
 
 
 def _ended_cleanly(tf: tarfile.TarFile) -> bool:
