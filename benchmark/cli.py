@@ -66,7 +66,8 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from benchmark.protocol import BenchmarkRun, run_benchmark
+    from benchmark.benchmark_run import BenchmarkRun
+    from benchmark.protocol import run_benchmark
     from benchmark.track import load_track
 
     track = load_track(args.track)

@@ -11,81 +11,63 @@ are the ones a single process trains.
 """
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field, replace
-from itertools import islice
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from benchmark import stages
+from benchmark.benchmark_run import BenchmarkRun
+from benchmark.evaluation.quality import paper_clip_score, paper_fid, prompt_following, scene_fid
+from benchmark.evaluation.scene_features import SceneFeatures
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_source
 from benchmark.methods import NotImplementedMethod, get_method
-from benchmark.methods.interface import FineTune, MethodContext
+from benchmark.methods.interface import MethodContext
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
 from benchmark.report import plot_icr, results_markdown
 from benchmark.sample_grid import method_grid
 from benchmark.targets import Targets, check_targets
-from benchmark.track import Track
-from builders.dataset_card import CHECKSUMS
-from implicit_concept.provenance import config_hash, environment
-from implicit_concept.files import atomic_write_bytes, atomic_write_json, sha256_file
+from benchmark.training.loop import processes as process_state
+from implicit_concept.detector.inference import Detector
+from implicit_concept.files import atomic_write_bytes, atomic_write_json, claim
+from implicit_concept.provenance import environment
+from implicit_concept.scene.grammar import Scene
+from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference, ScoreConfig, score_images
 
-DEFAULT_CACHE = Path(".cache") / "implicit-concept"
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What every method on one training subset is judged with: the same prompts, sampler settings,
+    detector and clean reference images."""
 
-@dataclass
-class BenchmarkRun:
-    """Where one run lives and what it was asked to do (recorded in ``run.json``)."""
-
-    track: Track
-    name: str
-    runs_root: Path = Path("runs")
-    data_root: Path = Path("data")
-    cache: Path = DEFAULT_CACHE
-    pretrained: Path | None = None
-    detector: Path | None = None
-    source: str | None = None
-    methods: tuple[str, ...] = ()
-    workers: int = 2
-    progress: bool = True
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def root(self) -> Path:
-        return self.runs_root / self.name
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "track": self.track.to_dict(),
-            "track_sha256": self.track.sha256,
-            "pretrained": str(self.pretrained) if self.pretrained else None,
-            "detector": str(self.detector) if self.detector else None,
-            "source": self.source,
-        }
-
+    subset: str
+    prompts: list[Prompt]
+    settings: GenerationSettings
+    detector: Detector
+    reference: list[Image.Image]
 
 def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
     """The results (``results.json``'s content) on the main process; ``{}`` on the others."""
-    from benchmark.training.loop import processes as process_state
-
     track = run.track
     processes = process_state()
     main = processes.is_main_process
     if main:
         run.root.mkdir(parents=True, exist_ok=True)
-        _claim(run)
+        claim(run.root / "run.json", run.record(), "use another --name or remove the folder")
 
     # 1. The ICD shards (built once; resumable).
     with _timed(run, "dataset"), processes.main_process_first():
-        dataset = _dataset(run, build=main)
+        dataset = stages.dataset(run, build=main)
 
     # 2. The detector that scores everything, and its false-positive floor on clean images.
     with _timed(run, "detector"), processes.main_process_first():
-        detector = _detector(run, dataset)
+        detector = stages.detector(run, dataset)
 
     # 3. The base model every method starts from (every process trains).
     with _timed(run, "base"):
-        base = run.pretrained or _pretrain_base(run)
+        base = run.pretrained or stages.pretrain_base_model(run)
 
     settings = GenerationSettings(**track.generation)
     rows = []
@@ -95,8 +77,8 @@ def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
             concepts=concepts,
             work_dir=run.root / "methods" / subset_name,
             seed=track.seed,
-            finetune=lambda ft, subset=subset: _finetune(run, base, subset, ft, detector),
-            load_pipeline=_load_pipeline,
+            finetune=lambda ft, subset=subset: stages.finetune(run, base, subset, ft, detector),
+            load_pipeline=stages.load_pipeline,
             train_shards=subset / "train",
             settings={"esd": track.esd, "fmn": track.fmn, "geom_erasing": track.geom_erasing},
             detector=detector,
@@ -110,20 +92,19 @@ def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
                     ctx.finetune(ft)
             if not main:
                 continue
-            ctx = replace(ctx, finetune=lambda ft, subset=subset: _finetune(run, base, subset, ft, detector, may_train=False))
+            ctx = replace(ctx, finetune=lambda ft, subset=subset: stages.finetune(run, base, subset, ft, detector, may_train=False))
         prompts = _prompts(run, subset)
-        reference = _reference_images(subset / "test", len(prompts))
+        evaluation = Evaluation(subset_name, prompts, settings, detector, stages.reference_images(subset / "test", len(prompts)))
         for spec in specs:
-            rows.extend(_run_method(run, spec, ctx, subset_name, prompts, settings, detector, reference))
+            rows.extend(_run_method(run, spec, ctx, evaluation))
             _write_results(run, rows, detector)
     processes.wait_for_everyone()
     return _write_results(run, rows, detector) if main else {}
 
 
-def _run_method(run, spec, ctx, subset_name, prompts, settings, detector, reference) -> list[dict[str, Any]]:
+def _run_method(run: BenchmarkRun, spec: str, ctx: MethodContext, evaluation: Evaluation) -> list[dict[str, Any]]:
     """Build, generate and score one method on one training subset: a row per concept scored."""
-    from implicit_concept.scoring import ScoreConfig, score_images
-
+    subset_name, prompts, settings = evaluation.subset, evaluation.prompts, evaluation.settings
     method = get_method(spec)
     rows = [{"concept": c, "method": method.name, "subset": subset_name, "description": getattr(method, "description", "")} for c in ctx.concepts]
     ctx = replace(ctx, work_dir=ctx.work_dir / method.name)
@@ -150,9 +131,9 @@ def _run_method(run, spec, ctx, subset_name, prompts, settings, detector, refere
     )
     timings["generate"] = time.perf_counter() - start
     start = time.perf_counter()
-    report = score_images(paths, detector, ScoreConfig(conf=run.track.conf, seed=run.track.seed))
+    report = score_images(paths, evaluation.detector, ScoreConfig(conf=run.track.conf, seed=run.track.seed))
     report.write_json(run.root / "scores" / subset_name / f"{method.name}.json")
-    quality = _quality(run, paths, prompts, reference)
+    quality = _quality(run, paths, prompts, evaluation.reference)
     timings["score"] = time.perf_counter() - start
     for row in rows:
         score = report.concepts[row["concept"]]
@@ -181,97 +162,12 @@ def _prompts(run: BenchmarkRun, subset: Path) -> list[Prompt]:
     return read_prompts(path)
 
 
-def _dataset(run: BenchmarkRun, build: bool = True) -> Path:
-    from builders.build import build_dataset
-    from builders.recipe import load_recipe, source_from_spec
-
-    recipe = load_recipe(run.track.recipe, {"source": source_from_spec(run.source)} if run.source else None)
-    out = run.data_root / recipe.name
-    if build:
-        build_dataset(recipe, out, workers=run.workers, progress=run.progress)
-    return out
-
-
-def _detector(run: BenchmarkRun, dataset: Path):
-    from implicit_concept.detector.inference import WEIGHTS_NAME, Detector
-    from implicit_concept.detector.training import load_scale, train_detector
-
-    if run.detector:
-        return Detector.load(run.detector)
-    scale = load_scale(run.track.detector_scale)
-    checksums = (dataset / CHECKSUMS).read_text()
-    out = run.cache / "detectors" / f"{scale.name}-{config_hash({'scale': scale.__dict__, 'data': checksums})[:16]}"
-    if not (out / WEIGHTS_NAME).exists():
-        train_detector(dataset / "icd-mixed", out, scale)
-    return Detector.load(out / WEIGHTS_NAME)
-
-
-def _pretrain_base(run: BenchmarkRun) -> Path:
-    from benchmark.models.base_model import pretrain_base
-
-    return pretrain_base(run.track.base_model_config(), run.cache / "bases", progress=run.progress)
-
-
-def _finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector, may_train: bool = True) -> Path:
-    from implicit_concept.geom_erasing.training_target import GeomErasingConfig
-    from benchmark.training.loop import PIPELINE_DIR, TrainingConfig, train
-
-    geom = ft.geom or GeomErasingConfig.plain()
-    config = TrainingConfig(
-        **{**run.track.finetune, "seed": run.track.seed},
-        geom=geom,
-        image_field="clean" if ft.data == "clean" else "image",
-    )
-    out = run.root / "models" / subset.name / f"{ft.data}-{finetune_key(base, subset, config, detector)}"
-    if not may_train and not (out / PIPELINE_DIR / "model_index.json").is_file():
-        raise RuntimeError(
-            f"a method asked for a fine-tune it does not declare in finetunes() ({ft}): over several "
-            "processes only declared fine-tunes are trained, by all processes together"
-        )
-    detect = detector.detect if geom.geometry_source == "detector" else None
-    return train(base, subset / "train", out, config, detect=detect, progress=run.progress)
-
-
-def finetune_key(base: Path, subset: Path, config: Any, detector: Any) -> str:
-    """What names a cached fine-tune: its inputs (the training shards by content, so a rebuilt
-    dataset at the same path trains anew), and the detector's weights when its boxes are the geometry."""
-    listing = subset.parent / CHECKSUMS
-    if not listing.is_file():
-        raise FileNotFoundError(f"{listing}: missing; the dataset's checksums name the data a fine-tune is cached under")
-    train = sorted(line for line in listing.read_text().splitlines() if line.split("  ")[-1].startswith(f"{subset.name}/train/"))
-    inputs = {"base": str(base), "data": str(subset), "train_shards": train, "config": config.to_dict()}
-    if config.geom.geometry_source == "detector":
-        inputs["detector"] = sha256_file(detector.path)
-    return config_hash(inputs)[:16]
-
-
-def _load_pipeline(path: Path):
-    from benchmark.models.pipelines import load_pipeline
-
-    pipe = load_pipeline(path)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _reference_images(test_shards: Path, count: int) -> list:
-    """Clean test images, in the order of the evaluation prompts (the test split's captions)."""
-    from implicit_concept.scoring import clean_images
-
-    return [image for _, image in islice(clean_images(test_shards), count)]
-
-
 def _quality(run: BenchmarkRun, paths: list[Path], prompts: list[Prompt], reference: list) -> dict[str, Any]:
-    from PIL import Image
-
     kind = run.track.quality.get("kind", "scene")
     if kind == "none":
         return {"quality": {}, "quality_kinds": []}
     images = [Image.open(p).convert("RGB") for p in paths]
     if kind == "scene":
-        from implicit_concept.scene.grammar import Scene
-        from benchmark.evaluation.quality import prompt_following, scene_fid
-        from benchmark.evaluation.scene_features import SceneFeatures
-
         options = {k: v for k, v in run.track.quality.items() if k not in ("kind", "image_size")}
         extractor = SceneFeatures.load_or_train(run.cache, image_size=run.track.quality.get("image_size", 64), **options)
         fid = scene_fid(images, reference, extractor)
@@ -282,8 +178,6 @@ def _quality(run: BenchmarkRun, paths: list[Path], prompts: list[Prompt], refere
             "quality_detail": {"scene_fid": fid.to_json(), "prompt_following": follow.to_json()},
             "quality_kinds": [fid.kind, follow.kind],
         }
-    from benchmark.evaluation.quality import paper_clip_score, paper_fid
-
     weights = {k: run.track.quality.get(k) for k in ("fid_weights", "clip_weights")}
     if not all(weights.values()):
         raise ValueError(f"track {run.track.name}: [quality] needs fid_weights and clip_weights (local paths) for kind 'paper'")
@@ -296,9 +190,7 @@ def _quality(run: BenchmarkRun, paths: list[Path], prompts: list[Prompt], refere
     }
 
 
-def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector) -> dict[str, Any]:
-    from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference, ScoreConfig
-
+def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Detector) -> dict[str, Any]:
     reference = CleanReference.read(detector.path.parent / CLEAN_REFERENCE_NAME)
     config = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
     results = {
@@ -321,16 +213,6 @@ def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector) -> d
     if any(r.get("status") == "ok" for r in rows):
         plot_icr(results, run.root / "icr.png")
     return results
-
-
-def _claim(run: BenchmarkRun) -> None:
-    path = run.root / "run.json"
-    record = json.loads(json.dumps(run.record()))
-    if path.exists():
-        if json.loads(path.read_text()) != record:
-            raise ValueError(f"{run.root}: was started with another track or inputs; use another --name or remove the folder")
-    else:
-        atomic_write_json(path, record)
 
 
 class _timed:

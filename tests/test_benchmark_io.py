@@ -103,7 +103,7 @@ def test_report_puts_our_numbers_beside_the_papers(tmp_path):
 def test_a_detector_trained_fine_tune_is_keyed_by_the_detectors_weights(tmp_path):
     from types import SimpleNamespace
 
-    from benchmark.protocol import finetune_key
+    from benchmark.stages import finetune_key
     from implicit_concept.geom_erasing.training_target import GeomErasingConfig
     from benchmark.training.loop import TrainingConfig
 
@@ -123,7 +123,7 @@ def test_a_detector_trained_fine_tune_is_keyed_by_the_detectors_weights(tmp_path
 
 def test_a_fine_tune_is_keyed_by_its_training_shards_content(tmp_path):
     """A dataset rebuilt in place with other bytes must not reuse the models trained on the old one."""
-    from benchmark.protocol import finetune_key
+    from benchmark.stages import finetune_key
     from benchmark.training.loop import TrainingConfig
 
     listing = tmp_path / "checksums.sha256"

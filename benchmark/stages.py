@@ -1,0 +1,95 @@
+"""The benchmark's cached stages: each returns what a later stage needs, building it only when
+its inputs (named by content) have not built it before.
+
+dataset -> detector -> base model -> fine-tunes; the protocol (:mod:`benchmark.protocol`) only
+sequences them. A killed run resumes because every stage's output is renamed into place whole.
+"""
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from benchmark.benchmark_run import BenchmarkRun
+from benchmark.methods.interface import FineTune
+from benchmark.models.base_model import pretrain_base
+from benchmark.models.pipelines import load_pipeline as _load
+from benchmark.training.loop import PIPELINE_DIR, TrainingConfig, train
+from builders.build import build_dataset
+from builders.dataset_card import CHECKSUMS
+from builders.recipe import load_recipe, source_from_spec
+from implicit_concept.detector.inference import WEIGHTS_NAME, Detector
+from implicit_concept.detector.training import load_scale, train_detector
+from implicit_concept.files import sha256_file
+from implicit_concept.geom_erasing.training_target import GeomErasingConfig
+from implicit_concept.provenance import config_hash
+from implicit_concept.scoring import clean_images
+
+
+def dataset(run: BenchmarkRun, build: bool = True) -> Path:
+    """The track's ICD shards under ``data_root`` (built, or resumed, on the main process)."""
+    recipe = load_recipe(run.track.recipe, {"source": source_from_spec(run.source)} if run.source else None)
+    out = run.data_root / recipe.name
+    if build:
+        build_dataset(recipe, out, workers=run.workers, progress=run.progress)
+    return out
+
+
+def detector(run: BenchmarkRun, dataset: Path) -> Detector:
+    """``--detector``, or the track's scale trained on icd-mixed, cached by scale and shard checksums."""
+    if run.detector:
+        return Detector.load(run.detector)
+    scale = load_scale(run.track.detector_scale)
+    checksums = (dataset / CHECKSUMS).read_text()
+    out = run.cache / "detectors" / f"{scale.name}-{config_hash({'scale': scale.__dict__, 'data': checksums})[:16]}"
+    if not (out / WEIGHTS_NAME).exists():
+        train_detector(dataset / "icd-mixed", out, scale)
+    return Detector.load(out / WEIGHTS_NAME)
+
+
+def pretrain_base_model(run: BenchmarkRun) -> Path:
+    """The embedded base model (a tiny pipeline pre-trained on clean scenes), cached by its config."""
+    return pretrain_base(run.track.base_model_config(), run.cache / "bases", progress=run.progress)
+
+
+def finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector: Detector, may_train: bool = True) -> Path:
+    """The fine-tune ``ft`` of ``base`` on ``subset``'s train split, cached under :func:`finetune_key`."""
+    geom = ft.geom or GeomErasingConfig.plain()
+    config = TrainingConfig(
+        **{**run.track.finetune, "seed": run.track.seed},
+        geom=geom,
+        image_field="clean" if ft.data == "clean" else "image",
+    )
+    out = run.root / "models" / subset.name / f"{ft.data}-{finetune_key(base, subset, config, detector)}"
+    if not may_train and not (out / PIPELINE_DIR / "model_index.json").is_file():
+        raise RuntimeError(
+            f"a method asked for a fine-tune it does not declare in finetunes() ({ft}): over several "
+            "processes only declared fine-tunes are trained, by all processes together"
+        )
+    detect = detector.detect if geom.geometry_source == "detector" else None
+    return train(base, subset / "train", out, config, detect=detect, progress=run.progress)
+
+
+def finetune_key(base: Path, subset: Path, config: Any, detector: Any) -> str:
+    """What names a cached fine-tune: its inputs (the training shards by content, so a rebuilt
+    dataset at the same path trains anew), and the detector's weights when its boxes are the geometry."""
+    listing = subset.parent / CHECKSUMS
+    if not listing.is_file():
+        raise FileNotFoundError(f"{listing}: missing; the dataset's checksums name the data a fine-tune is cached under")
+    train = sorted(line for line in listing.read_text().splitlines() if line.split("  ")[-1].startswith(f"{subset.name}/train/"))
+    inputs = {"base": str(base), "data": str(subset), "train_shards": train, "config": config.to_dict()}
+    if config.geom.geometry_source == "detector":
+        inputs["detector"] = sha256_file(detector.path)
+    return config_hash(inputs)[:16]
+
+
+def load_pipeline(path: Path) -> Any:
+    """A saved pipeline, quiet (no per-step progress bars)."""
+    pipe = _load(path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def reference_images(test_shards: Path, count: int) -> list:
+    """Clean test images, in the order of the evaluation prompts (the test split's captions)."""
+    return [image for _, image in islice(clean_images(test_shards), count)]
