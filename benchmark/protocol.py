@@ -29,6 +29,7 @@ from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
 from benchmark.report import plot_icr, results_markdown
 from benchmark.sample_grid import method_grid
 from benchmark.targets import Targets, check_targets
+from benchmark.track_check import check_track
 from benchmark.training.loop import processes as process_state
 from implicit_concept.detector.inference import Detector
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, claim
@@ -50,6 +51,7 @@ class Evaluation:
 
 def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
     """The results (``results.json``'s content) on the main process; ``{}`` on the others."""
+    check_track(run.track, run.methods, run.source)
     track = run.track
     processes = process_state()
     main = processes.is_main_process

@@ -105,7 +105,7 @@ class Track:
 
 def load_track(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Track:
     path = Path(name_or_path)
-    if not path.exists():
+    if path.suffix != ".toml":
         path = TRACKS_DIR / f"{name_or_path}.toml"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in TRACKS_DIR.glob("*.toml")))

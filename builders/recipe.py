@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from implicit_concept.provenance import config_hash
+from manifests import RECIPES_DIR
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.validate import check_fields
 
-MANIFESTS_DIR = Path(__file__).resolve().parents[1] / "manifests"
 
 
 class RecipeError(ValueError):
@@ -65,14 +65,14 @@ _TOP_LEVEL = {f for f in Recipe.__dataclass_fields__}
 
 
 def resolve_recipe_path(name_or_path: str | Path) -> Path:
-    """A path to a TOML file, or the name of a recipe shipped in ``manifests/``."""
+    """A path to a TOML file (a name ending in ``.toml``), or the name of a recipe shipped in ``manifests/``."""
     p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
+    if p.suffix == ".toml":
         return p
-    shipped = MANIFESTS_DIR / f"{name_or_path}.toml"
+    shipped = RECIPES_DIR / f"{name_or_path}.toml"
     if shipped.exists():
         return shipped
-    known = sorted(q.stem for q in MANIFESTS_DIR.glob("*.toml"))
+    known = sorted(q.stem for q in RECIPES_DIR.glob("*.toml"))
     raise RecipeError(f"{name_or_path}: no such recipe file, nor a shipped recipe (known: {', '.join(known)})")
 
 

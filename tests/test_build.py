@@ -13,7 +13,8 @@ from PIL import Image
 
 from builders.build import build_dataset
 from builders.dataset_card import CHECKSUMS
-from builders.recipe import MANIFESTS_DIR, load_recipe, parse_recipe
+from manifests import RECIPES_DIR
+from builders.recipe import load_recipe, parse_recipe
 from builders.verify import verify_dataset
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.shard_reader import iter_samples
@@ -52,7 +53,7 @@ def test_mixed_subset_carries_every_concept(debug_dataset):
 
 
 def test_debug_build_matches_committed_checksums(debug_dataset):
-    committed = (MANIFESTS_DIR / "icd-debug.sha256").read_text()
+    committed = (RECIPES_DIR / "icd-debug.sha256").read_text()
     assert (debug_dataset / CHECKSUMS).read_text() == committed
 
 
@@ -178,7 +179,7 @@ def test_cli_builds_a_recipe_from_your_own_shards_and_verify_catches_corruption(
 
     _tar_source(tmp_path / "src", 12)
     recipe = tmp_path / "mine.toml"
-    text = (MANIFESTS_DIR / "icd-v1.toml").read_text()
+    text = (RECIPES_DIR / "icd-v1.toml").read_text()
     recipe.write_text(text.replace("image_size = 512", "image_size = 64").replace("min_side = 384", "min_side = 64"))
     out = tmp_path / "out"
     assert main(["build", str(recipe), "--source", str(tmp_path / "src" / "{00000..00000}.tar"), "--out", str(out), "--quiet"]) == 0
