@@ -16,15 +16,10 @@ from benchmark.evaluation.quality import (
     prompt_following,
     scene_fid,
 )
-from benchmark.evaluation.scene_features import (
-    CACHE_SUBDIR,
-    SceneFeatures,
-    SceneFeaturesConfig,
-    SceneFeaturesError,
-    caption_attributes,
-    heads,
-    scene_attributes,
-)
+from benchmark.evaluation.degradations import Degradation
+from benchmark.evaluation.scene_attributes import caption_attributes, heads, scene_attributes
+from benchmark.evaluation.scene_features import CACHE_SUBDIR, SceneFeatures, SceneFeaturesConfig
+from benchmark.evaluation.scene_features_errors import SceneFeaturesError
 
 #: A few seconds of training on one thread: enough to beat chance, far from the default's accuracy.
 MICRO = dict(steps=80, batch=32, heldout=200, threads=1)
@@ -109,6 +104,10 @@ def test_config_errors_name_the_field(tmp_path):
         SceneFeaturesConfig(image_size=48)
     with pytest.raises(SceneFeaturesError, match="steps"):
         SceneFeaturesConfig(steps=0)
+    with pytest.raises(SceneFeaturesError, match=r"^scene features config: lr: .*\(0, 1\), got 1$"):
+        SceneFeaturesConfig(lr=1)
+    with pytest.raises(SceneFeaturesError, match=r"^scene features config: jpeg_quality: "):
+        Degradation(jpeg_quality=(90, 50))
     with pytest.raises(SceneFeaturesError, match="unknown field"):
         SceneFeatures.load_or_train(tmp_path, 32, step=3)
 

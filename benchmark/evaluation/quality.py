@@ -21,7 +21,9 @@ from PIL import Image
 
 from implicit_concept.scene.grammar import Scene
 from implicit_concept.stats import Interval, bootstrap_mean
-from benchmark.evaluation.scene_features import SceneFeatures, SceneFeaturesError, caption_attributes, scene_attributes
+from benchmark.evaluation.scene_attributes import caption_attributes, scene_attributes
+from benchmark.evaluation.scene_features import SceneFeatures
+from benchmark.evaluation.scene_features_errors import SceneFeaturesError
 
 SCENE_FID_KIND = "scene-FID (features of a CNN trained on procedural scenes; not Inception FID)"
 PROMPT_FOLLOWING_KIND = (
