@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from implicit_concept.provenance import version
+
 
 def _build(args: argparse.Namespace) -> int:
     from builders.build import build_dataset
@@ -118,6 +120,14 @@ def _score_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prompts(args: argparse.Namespace) -> int:
+    from benchmark.prompts import procedural_prompts, write_prompts
+
+    write_prompts(Path(args.out), procedural_prompts(args.recipe, args.count, seed_base=args.seed_base))
+    print(f"{args.out}: {args.count} prompts from {args.recipe}'s procedural test split")
+    return 0
+
+
 def _add_scoring_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector", required=True, help="detector.pt, or the folder `detector train` wrote")
     p.add_argument("--prompts", default="icd-tiny-eval", help="prompts CSV (case_number,prompt,evaluation_seed) or a shipped name")
@@ -129,6 +139,7 @@ def _add_scoring_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="implicit-concept", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build", help="synthesize an ICD dataset from a recipe into WebDataset shards")
@@ -182,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="dataset build processes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_benchmark)
+
+    p = sub.add_parser("prompts", help="write evaluation prompts (ESD/I2P CSV) from a procedural recipe's test split")
+    p.add_argument("recipe", help="a recipe with a procedural source, e.g. icd-tiny (which made benchmark/prompts/icd-tiny-eval.csv)")
+    p.add_argument("--count", type=int, default=512)
+    p.add_argument("--seed-base", type=int, default=1000, help="evaluation_seed of prompt i is SEED_BASE + i (default: 1000)")
+    p.add_argument("--out", required=True, help="CSV to write")
+    p.set_defaults(func=_prompts)
 
     p = sub.add_parser("score-pipeline", help="score an already-erased diffusers pipeline on the benchmark's prompts")
     p.add_argument("pipeline", help="a local diffusers pipeline directory")

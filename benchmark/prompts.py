@@ -13,6 +13,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from builders.recipe import load_recipe
+from builders.sources import make_source
+from implicit_concept.shard_reader import iter_samples
+
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 COLUMNS = ("case_number", "prompt", "evaluation_seed", "scene")
 
@@ -54,9 +58,9 @@ def write_prompts(path: Path, prompts: list[Prompt]) -> None:
 
 
 def resolve_prompts(path: str | Path) -> Path:
-    """A CSV path, or the name of one shipped in ``benchmark/prompts/``."""
+    """A CSV path (a name ending in ``.csv``), or the name of one shipped in ``benchmark/prompts/``."""
     p = Path(path)
-    if p.exists():
+    if p.suffix == ".csv":
         return p
     shipped = PROMPTS_DIR / f"{path}.csv"
     if shipped.exists():
@@ -65,10 +69,8 @@ def resolve_prompts(path: str | Path) -> Path:
 
 
 def procedural_prompts(recipe: str, count: int, seed_base: int = 1000) -> list[Prompt]:
-    """Captions and scenes of the recipe's procedural test split, as evaluation prompts."""
-    from builders.recipe import load_recipe
-    from builders.sources import make_source
-
+    """Captions and scenes of the recipe's procedural test split, as evaluation prompts (what made
+    the shipped ``icd-tiny-eval.csv``: ``implicit-concept prompts icd-tiny --count 512``)."""
     r = load_recipe(recipe)
     source = make_source(r.source, image_size=r.image_size, shard_size=r.shard_size, seed=r.seed)
     return [
@@ -79,6 +81,4 @@ def procedural_prompts(recipe: str, count: int, seed_base: int = 1000) -> list[P
 
 def shard_prompts(path: str | Path, count: int, seed_base: int = 1000) -> list[Prompt]:
     """Captions of a test split of your own (e.g. data/icd-v1/icd-qrcode/test)."""
-    from implicit_concept.shard_reader import iter_samples
-
     return [Prompt(i, s.caption, seed_base + i) for i, s in enumerate(islice(iter_samples(path, with_extras=False), count))]
