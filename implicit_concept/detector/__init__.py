@@ -1,0 +1,2 @@
+"""The concept detector: inference (the boxes that score every method and feed ge-detector),
+training on ICD shards, export to YOLO and COCO formats, and the one place ultralytics is imported."""

@@ -1,0 +1,2 @@
+"""Geom-Erasing's pieces: location tokens (where a concept is, in words), re-weighted loss (learn
+less where it is) and the switches that turn a training sample into its caption and weight map."""
