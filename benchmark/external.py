@@ -12,6 +12,9 @@ from benchmark.generation import GenerationSettings, diffusers_generate_fn, gene
 from benchmark.prompts import read_prompts
 from implicit_concept.provenance import environment
 from implicit_concept.files import atomic_write_json
+from benchmark.models.pipelines import load_pipeline
+from implicit_concept.detector.inference import Detector
+from implicit_concept.scoring import ScoreConfig, score_images
 
 
 def score_pipeline(
@@ -27,8 +30,6 @@ def score_pipeline(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate from the evaluation prompts with ``pipeline_dir`` (resumable), then score."""
-    from benchmark.models.pipelines import load_pipeline
-
     pipe = load_pipeline(pipeline_dir)
     pipe.set_progress_bar_config(disable=True)
     rows = read_prompts(prompts, limit=num_prompts)
@@ -49,9 +50,6 @@ def score_image_folder(
 
 
 def _score(paths: list[Path], out: Path, detector_path: Path, conf: float, seed: int, inputs: dict[str, Any]) -> dict[str, Any]:
-    from implicit_concept.detector.inference import Detector
-    from implicit_concept.scoring import ScoreConfig, score_images
-
     detector = Detector.load(detector_path)
     report = score_images(paths, detector, ScoreConfig(conf=conf, seed=seed))
     out.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from benchmark.prompts import Prompt
 from implicit_concept.provenance import canonical_json
 from implicit_concept.files import atomic_write_bytes, atomic_write_json
+import torch
 
 SOURCE_FILE = "source.json"
 
@@ -101,8 +102,6 @@ def pipeline_source(pipeline: Any) -> dict[str, str | None]:
 
 def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs) -> GenerateFn:
     """Wrap a diffusers text-to-image pipeline; each image gets its own seeded CPU generator."""
-    import torch
-
     def generate(prompts: Sequence[str], negatives: Sequence[str], seeds: Sequence[int]) -> list[Image.Image]:
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         with torch.no_grad():

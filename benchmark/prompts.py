@@ -61,6 +61,8 @@ def resolve_prompts(path: str | Path) -> Path:
     """A CSV path (a name ending in ``.csv``), or the name of one shipped in ``benchmark/prompts/``."""
     p = Path(path)
     if p.suffix == ".csv":
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such prompts file")
         return p
     shipped = PROMPTS_DIR / f"{path}.csv"
     if shipped.exists():

@@ -14,6 +14,10 @@ from typing import Any
 from implicit_concept.provenance import config_hash
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.validate import check_fields
+from benchmark.targets import Targets
+from implicit_concept.scene.grammar import ProceduralConfig
+from benchmark.models.base_model import BaseModelConfig
+from benchmark.models.pipelines import TinyPipelineConfig
 
 TRACKS_DIR = Path(__file__).resolve().parent / "tracks"
 
@@ -64,8 +68,6 @@ class Track:
         if not 0 < self.conf < 1:
             raise TrackError(f"track {self.name}: conf must be in (0, 1), got {self.conf}")
         if self.targets:
-            from benchmark.targets import Targets
-
             try:
                 Targets.from_dict(self.targets)
             except (TypeError, ValueError) as e:
@@ -82,10 +84,6 @@ class Track:
 
     def base_model_config(self):
         """The embedded base model's config: ``[base]`` tables over the library's defaults."""
-        from implicit_concept.scene.grammar import ProceduralConfig
-        from benchmark.models.base_model import BaseModelConfig
-        from benchmark.models.pipelines import TinyPipelineConfig
-
         raw = dict(self.base)
         default = BaseModelConfig()
         try:

@@ -13,6 +13,8 @@ from implicit_concept.provenance import config_hash
 from manifests import RECIPES_DIR
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.validate import check_fields
+from builders.sources import make_source
+from implicit_concept.concepts import make_renderer
 
 
 
@@ -132,9 +134,6 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
 
 def _check_components(recipe: Recipe) -> None:
     """Build every source and renderer once, so their own field checks run before any work."""
-    from builders.sources import make_source
-    from implicit_concept.concepts import make_renderer
-
     try:
         make_source(recipe.source, image_size=recipe.image_size, shard_size=recipe.shard_size, seed=recipe.seed)
         for concept in sorted({c for s in recipe.subsets for c in s.concepts}):

@@ -24,6 +24,7 @@ from implicit_concept.stats import Interval, bootstrap_mean
 from benchmark.evaluation.scene_attributes import caption_attributes, scene_attributes
 from benchmark.evaluation.scene_features import SceneFeatures
 from benchmark.evaluation.scene_features_errors import SceneFeaturesError
+import torch
 
 SCENE_FID_KIND = "scene-FID (features of a CNN trained on procedural scenes; not Inception FID)"
 PROMPT_FOLLOWING_KIND = (
@@ -204,8 +205,6 @@ def _local_path(path: str | Path, what: str) -> Path:
 
 
 def _uint8_chw(images: Sequence[ImageLike]) -> list[Any]:
-    import torch
-
     out = []
     for i, image in enumerate(images):
         if isinstance(image, Image.Image):
@@ -220,8 +219,6 @@ def _uint8_chw(images: Sequence[ImageLike]) -> list[Any]:
 
 def _batches(tensors: list[Any], batch: int) -> Any:
     """Stacked batches; a batch of mixed sizes is fed one image at a time (the metrics resize each)."""
-    import torch
-
     for i in range(0, len(tensors), batch):
         chunk = tensors[i:i + batch]
         if len({t.shape for t in chunk}) == 1:

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from benchmark.methods.interface import FineTune, Generator, Method, MethodContext
+from diffusers import DDIMScheduler
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,6 @@ def _encode(pipe, text: str) -> torch.Tensor:
 
 def erase(pipe, phrase: str, config: ESDConfig, seed: int, progress: bool = True) -> None:
     """Fine-tune ``pipe.unet`` in place so that ``phrase`` is steered away from."""
-    from diffusers import DDIMScheduler
-
     unet = pipe.unet
     frozen = copy.deepcopy(unet).requires_grad_(False).eval()
     unet.requires_grad_(False)

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from benchmark.methods.interface import FineTune, Generator, Method, MethodContext
 from implicit_concept.shard_reader import iter_samples
+from diffusers import DDPMScheduler
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,6 @@ def _name_token_mask(tokenizer, prompts: list[str], phrase: str) -> tuple[torch.
 
 def resteer(pipe, images: list, phrase: str, config: FMNConfig, seed: int, progress: bool = True) -> None:
     """Tune ``pipe.unet``'s cross-attention in place so the name's tokens receive no attention."""
-    from diffusers import DDPMScheduler
-
     unet, vae = pipe.unet, pipe.vae
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     size = unet.config.sample_size * pipe.vae_scale_factor

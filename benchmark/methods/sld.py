@@ -5,6 +5,7 @@ Uses diffusers' StableDiffusionPipelineSafe with the "strong" preset of Schramow
 from __future__ import annotations
 
 from benchmark.methods.interface import FineTune, Generator, Method, MethodContext
+from diffusers import StableDiffusionPipelineSafe
 
 SLD_STRONG = {
     "sld_guidance_scale": 2000,
@@ -23,8 +24,6 @@ class SafeLatentDiffusion(Method):
         return [FineTune()]
 
     def build(self, ctx: MethodContext) -> Generator:
-        from diffusers import StableDiffusionPipelineSafe
-
         base = ctx.load_pipeline(ctx.finetune(FineTune()))
         pipe = StableDiffusionPipelineSafe(
             vae=base.vae,

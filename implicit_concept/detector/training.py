@@ -22,6 +22,7 @@ from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.scoring import CLEAN_REFERENCE_NAME, ScoreConfig, build_clean_reference, clean_images, image_recall
 from implicit_concept.detector.yolo_env import import_ultralytics
 from implicit_concept.validate import check_fields
+import torch
 
 SCALES_FILE = Path(__file__).with_name("scales.toml")
 METRICS_NAME = "metrics.json"
@@ -164,8 +165,6 @@ def train_detector(shards: str | Path, out_dir: str | Path, scale: DetectorScale
 
 def _set_threads(threads: int) -> None:
     """ultralytics pins CPU training to cores - 1 threads; we pin what the scale says."""
-    import torch
-
     torch.set_num_threads(threads)
 
 
