@@ -66,7 +66,7 @@ class BenchmarkRun:
 
 def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
     """The results (``results.json``'s content) on the main process; ``{}`` on the others."""
-    from benchmark.training.loop import processes as process_state
+    from benchmark.training import processes as process_state
 
     track = run.track
     processes = process_state()
@@ -214,7 +214,7 @@ def _pretrain_base(run: BenchmarkRun) -> Path:
 
 def _finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector, may_train: bool = True) -> Path:
     from implicit_concept.geom_erasing.training_target import GeomErasingConfig
-    from benchmark.training.loop import PIPELINE_DIR, TrainingConfig, train
+    from benchmark.training import PIPELINE_DIR, TrainingConfig, train
 
     geom = ft.geom or GeomErasingConfig.plain()
     config = TrainingConfig(

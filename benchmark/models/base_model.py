@@ -22,7 +22,7 @@ from implicit_concept.scene.grammar import ProceduralConfig
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline
 from implicit_concept.provenance import config_hash, environment, version
 from implicit_concept.sample import Sample, SampleMeta
-from benchmark.training.loop import PIPELINE_DIR, TrainingConfig, processes, train
+from benchmark.training import PIPELINE_DIR, TrainingConfig, processes, train
 
 BASE_FILE = "base.json"
 
