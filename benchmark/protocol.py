@@ -30,7 +30,7 @@ from benchmark.report import plot_icr, results_markdown
 from benchmark.sample_grid import method_grid
 from benchmark.targets import Targets, check_targets
 from benchmark.track_check import check_track
-from benchmark.training.loop import processes as process_state
+from benchmark.training import processes as process_state
 from implicit_concept.detector.inference import Detector
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, claim
 from implicit_concept.provenance import environment

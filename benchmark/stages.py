@@ -14,7 +14,7 @@ from benchmark.benchmark_run import BenchmarkRun
 from benchmark.methods.interface import FineTune
 from benchmark.models.base_model import pretrain_base
 from benchmark.models.pipelines import load_pipeline as _load
-from benchmark.training.loop import PIPELINE_DIR, TrainingConfig, train
+from benchmark.training import PIPELINE_DIR, TrainingConfig, train
 from builders.build import build_dataset
 from builders.dataset_card import CHECKSUMS
 from builders.recipe import load_recipe, source_from_spec

@@ -16,7 +16,7 @@ from benchmark.methods import REGISTRY, get_method
 from benchmark.methods.esd import ESDConfig
 from benchmark.methods.forget_me_not import FMNConfig
 from benchmark.track import Track, TrackError
-from benchmark.training.loop import TrainingConfig
+from benchmark.training import TrainingConfig
 from builders.recipe import load_recipe, source_from_spec
 from implicit_concept.detector.training import load_scale
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig

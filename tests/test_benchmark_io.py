@@ -105,7 +105,7 @@ def test_a_detector_trained_fine_tune_is_keyed_by_the_detectors_weights(tmp_path
 
     from benchmark.stages import finetune_key
     from implicit_concept.geom_erasing.training_target import GeomErasingConfig
-    from benchmark.training.loop import TrainingConfig
+    from benchmark.training import TrainingConfig
 
     (tmp_path / "checksums.sha256").write_text(f"{'0' * 64}  icd/train/00000.tar\n")
     weights = tmp_path / "detector.pt"
@@ -124,7 +124,7 @@ def test_a_detector_trained_fine_tune_is_keyed_by_the_detectors_weights(tmp_path
 def test_a_fine_tune_is_keyed_by_its_training_shards_content(tmp_path):
     """A dataset rebuilt in place with other bytes must not reuse the models trained on the old one."""
     from benchmark.stages import finetune_key
-    from benchmark.training.loop import TrainingConfig
+    from benchmark.training import TrainingConfig
 
     listing = tmp_path / "checksums.sha256"
     config = TrainingConfig()

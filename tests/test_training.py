@@ -28,7 +28,7 @@ from benchmark.models.patch_autoencoder import PatchAutoencoder
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline
 from implicit_concept.sample import Box, Instance, SampleMeta
 from implicit_concept.shard_writer import TarShardWriter
-from benchmark.training.loop import CHECKPOINTS_DIR, TrainingConfig, train
+from benchmark.training import CHECKPOINTS_DIR, TrainingConfig, train
 
 MICRO = TinyPipelineConfig(
     image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True),
@@ -170,9 +170,9 @@ def test_base_pretraining_is_cached_by_config(tmp_path):
 
 
 def test_stratified_timesteps_put_one_in_each_slice():
-    from benchmark.training.loop import _timesteps
+    from benchmark.training.data import draw_timesteps
 
-    t = _timesteps(8, 1000, "stratified", torch.Generator().manual_seed(0))
+    t = draw_timesteps(8, 1000, "stratified", torch.Generator().manual_seed(0))
     assert sorted((t // 125).tolist()) == list(range(8))
     assert not torch.equal(t, t.sort().values), "shuffled, so each process's share spans all noise levels"
 

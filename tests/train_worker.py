@@ -5,7 +5,7 @@ import sys
 import torch
 
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig
-from benchmark.training.loop import TrainingConfig, train
+from benchmark.training import TrainingConfig, train
 
 if __name__ == "__main__":
     base, shards, out = sys.argv[1:4]

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from benchmark.methods.interface import FineTune, Generator, Method, MethodContext
+from benchmark.models.clip_tokenizer import token_ids
 from diffusers import DDIMScheduler
 
 
@@ -49,7 +50,7 @@ class ESD(Method):
 
 
 def _encode(pipe, text: str) -> torch.Tensor:
-    ids = pipe.tokenizer([text], padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    ids = token_ids(pipe.tokenizer, [text])
     return pipe.text_encoder(ids)[0]
 
 

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from benchmark.methods.interface import FineTune, Generator, Method, MethodContext
+from benchmark.models.clip_tokenizer import token_ids
 from implicit_concept.shard_reader import iter_samples
 from diffusers import DDPMScheduler
 
@@ -73,7 +74,7 @@ class ForgetMeNot(Method):
 
 
 def _name_token_mask(tokenizer, prompts: list[str], phrase: str) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    ids = token_ids(tokenizer, prompts)
     name = tokenizer(phrase, add_special_tokens=False).input_ids
     mask = torch.zeros_like(ids, dtype=torch.bool)
     for row in range(ids.shape[0]):

@@ -2,7 +2,7 @@
 
 Like SD before the benchmark fine-tunes it, the base draws what captions say and has never seen an
 implicit concept. The UNet and the whole text encoder learn text-to-image from scratch with
-:func:`benchmark.training.loop.train` (the same loop as every fine-tune), captions dropped at
+:func:`benchmark.training.train` (the same loop as every fine-tune), captions dropped at
 ``caption_dropout`` for classifier-free guidance. The tiny pipeline's autoencoder has no weights (see
 :mod:`benchmark.models.patch_autoencoder`), so there is no autoencoder stage.
 
@@ -22,7 +22,7 @@ from implicit_concept.scene.grammar import ProceduralConfig
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline
 from implicit_concept.provenance import config_hash, environment, version
 from implicit_concept.sample import Sample, SampleMeta
-from benchmark.training.loop import PIPELINE_DIR, TrainingConfig, processes, train
+from benchmark.training import PIPELINE_DIR, TrainingConfig, processes, train
 
 BASE_FILE = "base.json"
 

@@ -12,11 +12,15 @@ import gzip
 import importlib.util
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from transformers import CLIPTokenizer
 
 from implicit_concept.files import atomic_write_text
 from implicit_concept.geom_erasing.location_tokens import CLIP_MAX_LENGTH
+
+if TYPE_CHECKING:
+    import torch
 
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 _N_MERGES = 49152 - 256 - 2
@@ -75,3 +79,8 @@ def build_clip_tokenizer(cache_dir: str | Path) -> CLIPTokenizer:
         unk_token="<|endoftext|>",
         pad_token="<|endoftext|>",
     )
+
+
+def token_ids(tokenizer: Any, texts: list[str]) -> torch.Tensor:
+    """``texts`` as a batch of token ids, each padded or truncated to the tokenizer's ``model_max_length``."""
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids

@@ -28,7 +28,7 @@ import torch
 
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline
-from benchmark.training.loop import RUN_FILE, TrainingConfig, train
+from benchmark.training import RUN_FILE, TrainingConfig, train
 
 
 def main(argv: list[str] | None = None) -> int:

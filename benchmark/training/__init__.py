@@ -1,0 +1,12 @@
+"""Training diffusion pipelines: base pretraining and every fine-tune run the one loop, :func:`train`.
+
+:mod:`.config` holds what decides a run, :mod:`.data` the way from samples to a step's tensors,
+:mod:`.new_tokens` the trainable embeddings of Geom-Erasing's tokens, :mod:`.checkpoints` the run's
+folder (``run.json``, checkpoints, the final pipeline) and :mod:`.loop` the loop itself.
+"""
+from benchmark.training.checkpoints import CHECKPOINTS_DIR, PIPELINE_DIR, RUN_FILE
+from benchmark.training.config import TrainingConfig
+from benchmark.training.data import SampleSource, ShardSource
+from benchmark.training.loop import processes, train
+
+__all__ = ["CHECKPOINTS_DIR", "PIPELINE_DIR", "RUN_FILE", "SampleSource", "ShardSource", "TrainingConfig", "processes", "train"]
