@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_name
-from benchmark.prompts import read_prompts
-from implicit_concept.provenance import environment
-from implicit_concept.files import atomic_write_json
 from benchmark.models.pipelines import load_pipeline
+from benchmark.prompts import read_prompts
 from implicit_concept.detector.inference import Detector
+from implicit_concept.files import atomic_write_json
+from implicit_concept.provenance import environment
 from implicit_concept.scoring import ScoreConfig, score_images
 
 

@@ -7,19 +7,19 @@ them (``source.json``); made by another model, prompt or setting, they are stale
 """
 from __future__ import annotations
 
-import json
 import io
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
 from PIL import Image
 from tqdm import tqdm
 
 from benchmark.prompts import Prompt
-from implicit_concept.provenance import canonical_json
 from implicit_concept.files import atomic_write_bytes, atomic_write_json
-import torch
+from implicit_concept.provenance import canonical_json
 
 SOURCE_FILE = "source.json"
 

@@ -11,13 +11,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from implicit_concept.provenance import config_hash
-from implicit_concept.concepts import CONCEPT_NAMES
-from implicit_concept.validate import check_fields
-from benchmark.targets import Targets
-from implicit_concept.scene.grammar import ProceduralConfig
 from benchmark.models.base_model import BaseModelConfig
 from benchmark.models.pipelines import TinyPipelineConfig
+from benchmark.targets import Targets
+from implicit_concept.concepts import CONCEPT_NAMES
+from implicit_concept.provenance import config_hash
+from implicit_concept.scene.grammar import ProceduralConfig
+from implicit_concept.validate import check_fields
 
 TRACKS_DIR = Path(__file__).resolve().parent / "tracks"
 

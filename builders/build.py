@@ -17,8 +17,8 @@ from builders.dataset_card import write_dataset_card
 from builders.distributor import run_units
 from builders.recipe import Recipe
 from builders.shard_builder import MANIFEST_COLUMNS, ShardBuilder, is_complete, shard_dir, stats_path
-from implicit_concept.provenance import environment
 from implicit_concept.files import atomic_write_json, atomic_write_parquet
+from implicit_concept.provenance import environment
 
 RECIPE_RECORD = "recipe.json"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from builders.recipe import Recipe
-from implicit_concept.provenance import canonical_json, environment
 from implicit_concept.files import atomic_write_bytes
+from implicit_concept.provenance import canonical_json, environment
 
 CHECKSUMS = "checksums.sha256"
 

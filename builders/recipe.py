@@ -9,13 +9,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from implicit_concept.provenance import config_hash
-from manifests import RECIPES_DIR
-from implicit_concept.concepts import CONCEPT_NAMES
-from implicit_concept.validate import check_fields
 from builders.sources import make_source
-from implicit_concept.concepts import make_renderer
-
+from implicit_concept.concepts import CONCEPT_NAMES, make_renderer
+from implicit_concept.provenance import config_hash
+from implicit_concept.validate import check_fields
+from manifests import RECIPES_DIR
 
 
 class RecipeError(ValueError):

@@ -18,14 +18,14 @@ import pandas as pd
 from PIL import Image
 
 from builders.recipe import Recipe, Subset
+from builders.resizer import SampleError, prepare_image
 from builders.sources import make_source
 from builders.sources.base import RawItem
 from implicit_concept.compositing import composite
 from implicit_concept.concepts import make_renderer
-from implicit_concept.provenance import version
-from builders.resizer import SampleError, prepare_image
-from implicit_concept.sample import SPLITS, Instance, SampleMeta
 from implicit_concept.files import atomic_write_json, atomic_write_parquet
+from implicit_concept.provenance import version
+from implicit_concept.sample import SPLITS, Instance, SampleMeta
 from implicit_concept.shard_writer import TarShardWriter
 
 

@@ -14,9 +14,9 @@ from PIL import Image
 
 from builders.dataset_card import CHECKSUMS
 from implicit_concept.concepts import CONCEPT_NAMES
+from implicit_concept.files import sha256_file
 from implicit_concept.sample import SampleMeta
 from implicit_concept.shard_reader import ShardError, iter_tar_members
-from implicit_concept.files import sha256_file
 
 REQUIRED_MEMBERS = ("jpg", "txt", "json")
 

@@ -20,11 +20,11 @@ import numpy as np
 from PIL import Image
 
 from implicit_concept.checkers import Checker, available_checkers
+from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.inference import DEFAULT_CONF, Detection, Detector
 from implicit_concept.image_stream import ImageSource, is_shard_source, iter_images
-from implicit_concept.concepts import CONCEPT_NAMES
-from implicit_concept.stats import bootstrap_mean
 from implicit_concept.shard_reader import iter_samples
+from implicit_concept.stats import bootstrap_mean
 
 CLEAN_REFERENCE_NAME = "clean_reference.json"
 #: Clean-image confidences below this are stored as 0: no scoring threshold goes that low.

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from benchmark.generation import GenerationSettings, generate_images, image_seed
-from benchmark.prompts import Prompt, read_prompts, write_prompts
+from benchmark.prompts import Prompt, read_prompts
 from benchmark.report import plot_icr, results_markdown
 
 
@@ -104,8 +104,8 @@ def test_a_detector_trained_fine_tune_is_keyed_by_the_detectors_weights(tmp_path
     from types import SimpleNamespace
 
     from benchmark.stages import finetune_key
-    from implicit_concept.geom_erasing.training_target import GeomErasingConfig
     from benchmark.training import TrainingConfig
+    from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 
     (tmp_path / "checksums.sha256").write_text(f"{'0' * 64}  icd/train/00000.tar\n")
     weights = tmp_path / "detector.pt"

@@ -13,11 +13,11 @@ from PIL import Image
 
 from builders.build import build_dataset
 from builders.dataset_card import CHECKSUMS
-from manifests import RECIPES_DIR
 from builders.recipe import load_recipe, parse_recipe
 from builders.verify import verify_dataset
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.shard_reader import iter_samples
+from manifests import RECIPES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 

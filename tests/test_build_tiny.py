@@ -2,9 +2,9 @@ import pytest
 
 from builders.build import build_dataset
 from builders.dataset_card import CHECKSUMS
-from manifests import RECIPES_DIR
 from builders.recipe import load_recipe
 from builders.verify import verify_dataset
+from manifests import RECIPES_DIR
 
 
 @pytest.mark.slow

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from implicit_concept.concepts.assets import AssetPool, _font_family
 from implicit_concept.compositing import composite
-from implicit_concept.concepts import CONCEPTS, Layer, make_config, make_renderer
-from implicit_concept.concepts import CONCEPT_NAMES
+from implicit_concept.concepts import CONCEPT_NAMES, CONCEPTS, Layer, make_config, make_renderer
+from implicit_concept.concepts.assets import AssetPool, _font_family
 
 SIZES = (32, 64, 256, 512)
 SEEDS = {32: 40, 64: 40, 256: 12, 512: 6}

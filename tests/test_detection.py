@@ -11,11 +11,11 @@ from PIL import Image
 
 from benchmark.cli import main
 from implicit_concept.checkers import OpenCVQRChecker, available_checkers
+from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.export import export_detection_dataset
-from implicit_concept.detector.inference import Detection, DetectorError, Detector, box_iou, degrade_box
+from implicit_concept.detector.inference import Detection, Detector, DetectorError, box_iou, degrade_box
 from implicit_concept.detector.training import DetectorScale, ScaleError, load_scale
 from implicit_concept.image_stream import ImageReadError, iter_images
-from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.sample import Box, Instance, SampleMeta
 from implicit_concept.scoring import ScoreConfig, bootstrap_ratio, score_images
 from implicit_concept.shard_writer import TarShardWriter

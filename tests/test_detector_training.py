@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 
 from benchmark.cli import main
+from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.inference import Detection, Detector
 from implicit_concept.detector.training import load_scale, train_detector
-from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.shard_reader import iter_samples
 
 

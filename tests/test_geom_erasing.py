@@ -13,8 +13,8 @@ from PIL import Image
 
 from benchmark.models.clip_tokenizer import build_clip_tokenizer
 from implicit_concept.detector.inference import Detection, box_iou
-from implicit_concept.geom_erasing.training_target import GeomErasingConfig, sample_rng, training_target
 from implicit_concept.geom_erasing.location_tokens import location_tokens
+from implicit_concept.geom_erasing.training_target import GeomErasingConfig, sample_rng, training_target
 from implicit_concept.sample import Box
 
 IMAGE = Image.new("RGB", (64, 64))

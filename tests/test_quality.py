@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from implicit_concept.scene.grammar import BACKGROUNDS, PALETTE, SHAPES, ProceduralConfig, sample_scene
-from implicit_concept.scene.render import render_scene
-from implicit_concept.stats import bootstrap_mean
+from benchmark.evaluation.degradations import Degradation
 from benchmark.evaluation.quality import (
     MissingDependencyError,
     frechet_distance,
@@ -16,10 +14,12 @@ from benchmark.evaluation.quality import (
     prompt_following,
     scene_fid,
 )
-from benchmark.evaluation.degradations import Degradation
 from benchmark.evaluation.scene_attributes import caption_attributes, heads, scene_attributes
 from benchmark.evaluation.scene_features import CACHE_SUBDIR, SceneFeatures, SceneFeaturesConfig
 from benchmark.evaluation.scene_features_errors import SceneFeaturesError
+from implicit_concept.scene.grammar import BACKGROUNDS, PALETTE, SHAPES, ProceduralConfig, sample_scene
+from implicit_concept.scene.render import render_scene
+from implicit_concept.stats import bootstrap_mean
 
 #: A few seconds of training on one thread: enough to beat chance, far from the default's accuracy.
 MICRO = dict(steps=80, batch=32, heldout=200, threads=1)

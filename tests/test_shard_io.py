@@ -3,8 +3,8 @@ import tarfile
 
 import pytest
 
-from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards
 from implicit_concept.files import sha256_file
+from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards
 from implicit_concept.shard_writer import TarShardWriter
 
 

@@ -10,13 +10,28 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builders.sources import (
-    FolderConfig, FolderSource, ProceduralConfig, ProceduralSource, WebDatasetConfig,
-    WebDatasetSource, make_source, split_of,
-)
-from implicit_concept.scene.grammar import BACKGROUNDS, PALETTE, SHAPES, Background, Scene, SceneObject, caption, sample_scene
-from implicit_concept.scene.render import render_scene
 from builders.resizer import SampleError, prepare_image
+from builders.sources import (
+    FolderConfig,
+    FolderSource,
+    ProceduralConfig,
+    ProceduralSource,
+    WebDatasetConfig,
+    WebDatasetSource,
+    make_source,
+    split_of,
+)
+from implicit_concept.scene.grammar import (
+    BACKGROUNDS,
+    PALETTE,
+    SHAPES,
+    Background,
+    Scene,
+    SceneObject,
+    caption,
+    sample_scene,
+)
+from implicit_concept.scene.render import render_scene
 
 EVERYTHING = ProceduralConfig(
     train=24, test=8, backgrounds=tuple(BACKGROUNDS), shapes=SHAPES, colors=tuple(PALETTE), max_objects=3

@@ -20,15 +20,15 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
-from implicit_concept.scene.grammar import ProceduralConfig
 from benchmark.models.base_model import BaseModelConfig, pretrain_base
-from implicit_concept.geom_erasing.training_target import GeomErasingConfig, negative_prompt_for
-from implicit_concept.geom_erasing.location_tokens import add_tokens, location_tokens
 from benchmark.models.patch_autoencoder import PatchAutoencoder
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline
-from implicit_concept.sample import Box, Instance, SampleMeta
-from implicit_concept.shard_writer import TarShardWriter
 from benchmark.training import CHECKPOINTS_DIR, TrainingConfig, train
+from implicit_concept.geom_erasing.location_tokens import add_tokens, location_tokens
+from implicit_concept.geom_erasing.training_target import GeomErasingConfig, negative_prompt_for
+from implicit_concept.sample import Box, Instance, SampleMeta
+from implicit_concept.scene.grammar import ProceduralConfig
+from implicit_concept.shard_writer import TarShardWriter
 
 MICRO = TinyPipelineConfig(
     image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True),

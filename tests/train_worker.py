@@ -4,8 +4,8 @@ import sys
 
 import torch
 
-from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 from benchmark.training import TrainingConfig, train
+from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 
 if __name__ == "__main__":
     base, shards, out = sys.argv[1:4]

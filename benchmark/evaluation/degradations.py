@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from implicit_concept.validate import check_int_range, check_number
 from benchmark.evaluation.scene_features_errors import config_fields
+from implicit_concept.validate import check_int_range, check_number
 
 
 @dataclass(frozen=True)

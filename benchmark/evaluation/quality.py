@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
-from implicit_concept.scene.grammar import Scene
-from implicit_concept.stats import Interval, bootstrap_mean
 from benchmark.evaluation.scene_attributes import caption_attributes, scene_attributes
 from benchmark.evaluation.scene_features import SceneFeatures
 from benchmark.evaluation.scene_features_errors import SceneFeaturesError
-import torch
+from implicit_concept.scene.grammar import Scene
+from implicit_concept.stats import Interval, bootstrap_mean
 
 SCENE_FID_KIND = "scene-FID (features of a CNN trained on procedural scenes; not Inception FID)"
 PROMPT_FOLLOWING_KIND = (

@@ -13,8 +13,17 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from implicit_concept.scene.grammar import BACKGROUNDS, PALETTE, POSITION_PHRASES, RELATIONS, SHAPES, SIZES, ProceduralConfig, Scene
 from benchmark.evaluation.scene_features_errors import SceneFeaturesError
+from implicit_concept.scene.grammar import (
+    BACKGROUNDS,
+    PALETTE,
+    POSITION_PHRASES,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    ProceduralConfig,
+    Scene,
+)
 
 #: Reading order of slots; sorting objects by it numbers them as a viewer would.
 _READING_ORDER = ("top", "left", "centre", "right", "bottom")

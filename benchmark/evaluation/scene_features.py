@@ -23,15 +23,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from implicit_concept.files import atomic_dir
-from implicit_concept.scene.grammar import ProceduralConfig
-from implicit_concept.provenance import config_hash, environment
-from implicit_concept.validate import check_choice, check_fields, check_int, is_number
 from benchmark.evaluation.degradations import Degradation
 from benchmark.evaluation.scene_attributes import heads, object_count, object_index
 from benchmark.evaluation.scene_features_errors import CONFIG_NAME, SceneFeaturesError, config_fields
 from benchmark.evaluation.scene_features_net import SceneNet, to_batch
 from benchmark.evaluation.scene_features_training import HELDOUT_STREAM, STREAM_TAG, accuracy, draw_scenes, train_net
+from implicit_concept.files import atomic_dir
+from implicit_concept.provenance import config_hash, environment
+from implicit_concept.scene.grammar import ProceduralConfig
+from implicit_concept.validate import check_choice, check_fields, check_int, is_number
 
 #: Bump when a code change alters the trained weights for an unchanged config: old caches are then ignored.
 FORMAT_VERSION = 1

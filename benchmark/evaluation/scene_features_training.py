@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from implicit_concept.scene.grammar import sample_scene
-from implicit_concept.scene.render import render_scene
 from benchmark.evaluation.scene_attributes import scene_attributes
 from benchmark.evaluation.scene_features_net import SceneNet, to_batch
+from implicit_concept.scene.grammar import sample_scene
+from implicit_concept.scene.render import render_scene
 
 if TYPE_CHECKING:
     from benchmark.evaluation.scene_features import SceneFeaturesConfig

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from benchmark.methods.interface import Method, NotImplementedMethod, load_method
 from benchmark.methods.control import BaseModel
 from benchmark.methods.esd import ESD
 from benchmark.methods.finetuned import FINETUNED
 from benchmark.methods.forget_me_not import ForgetMeNot
+from benchmark.methods.interface import Method, NotImplementedMethod, load_method
 from benchmark.methods.negative_prompt import NegativePrompt
 from benchmark.methods.sld import SafeLatentDiffusion
-
 
 REGISTRY: dict[str, Callable[[], Method]] = {
     **{name: (lambda m=m: m) for name, m in FINETUNED.items()},

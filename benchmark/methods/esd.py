@@ -12,11 +12,11 @@ import copy
 from dataclasses import asdict, dataclass
 
 import torch
+from diffusers import DDIMScheduler
 from tqdm import tqdm
 
 from benchmark.methods.interface import FineTune, Generator, Method, MethodContext
 from benchmark.models.clip_tokenizer import token_ids
-from diffusers import DDIMScheduler
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,12 @@ from itertools import islice
 
 import numpy as np
 import torch
+from diffusers import DDPMScheduler
 from tqdm import tqdm
 
 from benchmark.methods.interface import FineTune, Generator, Method, MethodContext
 from benchmark.models.clip_tokenizer import token_ids
 from implicit_concept.shard_reader import iter_samples
-from diffusers import DDPMScheduler
 
 
 @dataclass(frozen=True)

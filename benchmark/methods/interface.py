@@ -14,8 +14,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
 
-from implicit_concept.files import atomic_dir
 from implicit_concept.concepts import concept
+from implicit_concept.files import atomic_dir
 from implicit_concept.provenance import canonical_json, config_hash
 
 #: What name-based methods (NP, ESD, SLD, FMN) call each concept: the words a user would type.

@@ -4,8 +4,9 @@ Uses diffusers' StableDiffusionPipelineSafe with the "strong" preset of Schramow
 """
 from __future__ import annotations
 
-from benchmark.methods.interface import FineTune, Generator, Method, MethodContext
 from diffusers import StableDiffusionPipelineSafe
+
+from benchmark.methods.interface import FineTune, Generator, Method, MethodContext
 
 SLD_STRONG = {
     "sld_guidance_scale": 2000,

@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from implicit_concept.files import atomic_dir, atomic_write_json
-from builders.sources.procedural import ProceduralSource
-from implicit_concept.scene.grammar import ProceduralConfig
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline
+from benchmark.training import PIPELINE_DIR, TrainingConfig, processes, train
+from builders.sources.procedural import ProceduralSource
+from implicit_concept.files import atomic_dir, atomic_write_json
 from implicit_concept.provenance import config_hash, environment, version
 from implicit_concept.sample import Sample, SampleMeta
-from benchmark.training import PIPELINE_DIR, TrainingConfig, processes, train
+from implicit_concept.scene.grammar import ProceduralConfig
 
 BASE_FILE = "base.json"
 

@@ -18,9 +18,9 @@ import numpy as np
 
 from builders.build import build_dataset
 from builders.recipe import parse_recipe
+from builders.resizer import prepare_image
 from implicit_concept.scene.grammar import ProceduralConfig, sample_scene
 from implicit_concept.scene.render import render_scene
-from builders.resizer import prepare_image
 from implicit_concept.shard_writer import TarShardWriter
 
 

@@ -11,9 +11,9 @@ import argparse
 import time
 from itertools import islice
 
+from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.inference import DEFAULT_IOU, Detector
 from implicit_concept.image_stream import iter_images
-from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.scoring import ScoreConfig, score_images
 
 

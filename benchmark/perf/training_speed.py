@@ -26,9 +26,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
 
-from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline
 from benchmark.training import RUN_FILE, TrainingConfig, train
+from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 
 
 def main(argv: list[str] | None = None) -> int:

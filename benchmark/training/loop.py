@@ -28,11 +28,25 @@ from tqdm.auto import tqdm
 from benchmark.models.clip_tokenizer import token_ids
 from benchmark.models.pipelines import load_pipeline
 from benchmark.training.checkpoints import (
-    PIPELINE_DIR, Session, resume_state, save_checkpoint, save_pipeline, start_or_resume, write_finished_run,
+    PIPELINE_DIR,
+    Session,
+    resume_state,
+    save_checkpoint,
+    save_pipeline,
+    start_or_resume,
+    write_finished_run,
 )
 from benchmark.training.config import LR_SCHEDULES, TrainingConfig
 from benchmark.training.data import (
-    Preparer, SampleSource, ShardSource, diffusion_loss, encode_all, global_batches, model_inputs, process_share, step_randomness,
+    Preparer,
+    SampleSource,
+    ShardSource,
+    diffusion_loss,
+    encode_all,
+    global_batches,
+    model_inputs,
+    process_share,
+    step_randomness,
 )
 from benchmark.training.new_tokens import NewTokenRows, average_across_processes
 from implicit_concept.geom_erasing.location_tokens import add_tokens

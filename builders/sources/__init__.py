@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
+
 from implicit_concept.validate import check_fields
 
 from .base import RawItem, Source, split_of

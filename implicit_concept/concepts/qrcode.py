@@ -15,7 +15,12 @@ from PIL import Image
 
 from implicit_concept.concepts.assets import AssetPool
 from implicit_concept.concepts.renderer import (
-    RGB, Layer, Renderer, full_canvas, paint, uniform,
+    RGB,
+    Layer,
+    Renderer,
+    full_canvas,
+    paint,
+    uniform,
 )
 from implicit_concept.validate import check_int_range, check_number, check_range
 

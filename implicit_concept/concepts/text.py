@@ -20,11 +20,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from implicit_concept.sample import covering_box
 from implicit_concept.concepts.assets import AssetPool, load_font
 from implicit_concept.concepts.renderer import (
-    RGB, Layer, Renderer, choose, full_canvas, luminance, paint, uniform,
+    RGB,
+    Layer,
+    Renderer,
+    choose,
+    full_canvas,
+    luminance,
+    paint,
+    uniform,
 )
+from implicit_concept.sample import covering_box
 from implicit_concept.validate import check_int, check_number, check_range, check_weights
 
 _STYLES = ("subtitle", "meme", "sign", "words")

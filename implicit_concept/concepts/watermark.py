@@ -16,7 +16,13 @@ from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from implicit_concept.concepts.assets import AssetPool, load_font
 from implicit_concept.concepts.renderer import (
-    Layer, Renderer, choose, full_canvas, luminance, paint, uniform,
+    Layer,
+    Renderer,
+    choose,
+    full_canvas,
+    luminance,
+    paint,
+    uniform,
 )
 from implicit_concept.validate import check_int, check_number, check_range, check_weights
 

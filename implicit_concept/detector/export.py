@@ -16,9 +16,9 @@ from typing import Any
 import yaml
 
 from implicit_concept.concepts import CONCEPT_NAMES
+from implicit_concept.files import atomic_dir, json_text, sha256_file
 from implicit_concept.sample import SampleMeta
 from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards
-from implicit_concept.files import atomic_dir, json_text, sha256_file
 
 #: Bump when the exported layout changes, so old exports are rebuilt.
 EXPORT_FORMAT = 1

@@ -17,10 +17,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from implicit_concept.image_stream import load_image
 from implicit_concept.concepts import CONCEPT_NAMES
-from implicit_concept.sample import Box, covering_box
 from implicit_concept.detector.yolo_env import import_ultralytics
+from implicit_concept.image_stream import load_image
+from implicit_concept.sample import Box, covering_box
 
 #: The confidence threshold at which a detection counts, unless a caller says otherwise.
 DEFAULT_CONF = 0.25

@@ -15,14 +15,21 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.export import export_detection_dataset
 from implicit_concept.detector.inference import DEFAULT_CONF, WEIGHTS_NAME, Detector
-from implicit_concept.provenance import environment
-from implicit_concept.concepts import CONCEPT_NAMES
-from implicit_concept.scoring import CLEAN_REFERENCE_NAME, ScoreConfig, build_clean_reference, clean_images, image_recall
 from implicit_concept.detector.yolo_env import import_ultralytics
+from implicit_concept.provenance import environment
+from implicit_concept.scoring import (
+    CLEAN_REFERENCE_NAME,
+    ScoreConfig,
+    build_clean_reference,
+    clean_images,
+    image_recall,
+)
 from implicit_concept.validate import check_fields
-import torch
 
 SCALES_FILE = Path(__file__).with_name("scales.toml")
 METRICS_NAME = "metrics.json"

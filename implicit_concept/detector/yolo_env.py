@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
+
 from implicit_concept.files import atomic_write_bytes
 
 CACHE_ENV = "IMPLICIT_CONCEPT_CACHE"

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from implicit_concept.concepts import CONCEPT_NAMES
+from implicit_concept.concepts import concept as concept_by_name
 from implicit_concept.detector.inference import degrade_box
 from implicit_concept.geom_erasing.location_tokens import (
     DEFAULT_GRID,
@@ -36,8 +38,6 @@ from implicit_concept.geom_erasing.location_tokens import (
     negative_prompt,
 )
 from implicit_concept.geom_erasing.loss_weights import DEFAULT_ALPHA, check_alpha, weight_map
-from implicit_concept.concepts import CONCEPT_NAMES
-from implicit_concept.concepts import concept as concept_by_name
 from implicit_concept.sample import Box, covering_box
 
 GEOMETRY_SOURCES = ("ground_truth", "detector", "existence", "degraded")
