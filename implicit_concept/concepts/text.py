@@ -10,6 +10,10 @@ text (in a stroked subtitle or meme line, or scattered) is one instance, as in S
 ICDAR's word boxes; a backing band or sign plate is one instance with all the words on it.
 Scattered words never touch each other, so two of them never read as one line. (Line-level boxes
 were tried: the detector then split lines into words, since scattered words taught it words.)
+
+At about 370 lines this module is over the house's 350: its four styles share the layout, masking
+and placement helpers, and splitting them would spread one definition of a text instance over
+several files.
 """
 from __future__ import annotations
 
