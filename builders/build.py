@@ -17,7 +17,7 @@ from builders.dataset_card import write_dataset_card
 from builders.distributor import run_units
 from builders.recipe import Recipe
 from builders.shard_builder import MANIFEST_COLUMNS, ShardBuilder, is_complete, shard_dir, stats_path
-from implicit_concept.files import atomic_write_json, atomic_write_parquet
+from implicit_concept.files import FolderClaimError, atomic_write_json, atomic_write_parquet, claim
 from implicit_concept.provenance import environment
 
 RECIPE_RECORD = "recipe.json"
@@ -64,19 +64,11 @@ def _recipe_record(recipe: Recipe) -> dict[str, Any]:
 
 
 def _claim_output(recipe: Recipe, out: Path) -> None:
-    record = out / RECIPE_RECORD
-    if record.exists():
-        previous = json.loads(record.read_text()).get("recipe_sha256")
-        if previous != recipe.sha256:
-            raise ValueError(
-                f"{out}: holds a build of another recipe (sha256 {previous}, this one {recipe.sha256}); "
-                "choose another --out or remove the folder"
-            )
-    else:
-        started = [p for p in out.rglob("*_stats.json")]
-        mismatched = [p for p in started if json.loads(p.read_text()).get("recipe_sha256") != recipe.sha256]
-        if mismatched:
-            raise ValueError(f"{mismatched[0]}: shard of another recipe in {out}; choose another --out")
+    """Refuse a folder that holds another recipe's build, by its record or by any shard's stats."""
+    mismatched = [p for p in out.rglob("*_stats.json") if json.loads(p.read_text()).get("recipe_sha256") != recipe.sha256]
+    if mismatched:
+        raise FolderClaimError(f"{mismatched[0]}: shard of another recipe in {out}; choose another --out or remove the folder")
+    claim(out / RECIPE_RECORD, _recipe_record(recipe), "choose another --out or remove the folder", keys=("recipe_sha256",))
 
 
 def _remove_stale_temporaries(out: Path) -> None:

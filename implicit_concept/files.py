@@ -14,7 +14,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -89,14 +89,18 @@ def atomic_dir(final: Path, replace_existing: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def claim(record_file: Path, record: dict[str, Any], refusal: str) -> None:
-    """Write ``record`` to ``record_file``, or check that the record already there is the same.
+def claim(record_file: Path, record: dict[str, Any], refusal: str, keys: Sequence[str] | None = None) -> None:
+    """Write ``record`` to ``record_file``, or check that the record already there is the same
+    (in ``keys`` only, when given: a record may also hold what does not decide the outputs).
 
     ``refusal`` ends the error message ("use another --name or remove the folder").
     """
     record = json.loads(json.dumps(record))
     if record_file.is_file():
-        if json.loads(record_file.read_text(encoding="utf-8")) != record:
+        previous = json.loads(record_file.read_text(encoding="utf-8"))
+        if keys is not None:
+            previous, record = ({k: r.get(k) for k in keys} for r in (previous, record))
+        if previous != record:
             raise FolderClaimError(f"{record_file.parent}: was made with another config ({record_file.name} differs); {refusal}")
     else:
         record_file.parent.mkdir(parents=True, exist_ok=True)

@@ -137,3 +137,13 @@ def test_a_fine_tune_is_keyed_by_its_training_shards_content(tmp_path):
     listing.unlink()
     with pytest.raises(FileNotFoundError, match="checksums.sha256"):
         finetune_key(tmp_path / "base", tmp_path / "icd", config, None)
+
+
+def test_the_shipped_evaluation_prompts_are_what_the_prompts_command_writes(tmp_path):
+    """``benchmark/prompts/icd-tiny-eval.csv`` is icd-tiny's procedural test split, reproducible by command."""
+    from benchmark.cli import main
+    from benchmark.prompts import PROMPTS_DIR
+
+    out = tmp_path / "eval.csv"
+    assert main(["prompts", "icd-tiny", "--count", "512", "--out", str(out)]) == 0
+    assert out.read_bytes() == (PROMPTS_DIR / "icd-tiny-eval.csv").read_bytes()
