@@ -22,7 +22,7 @@ from implicit_concept.detector.inference import WEIGHTS_NAME, Detector
 from implicit_concept.detector.training import load_scale, train_detector
 from implicit_concept.files import sha256_file
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig
-from implicit_concept.provenance import config_hash
+from implicit_concept.provenance import cache_key
 from implicit_concept.scoring import clean_images
 
 
@@ -41,7 +41,7 @@ def detector(run: BenchmarkRun, dataset: Path) -> Detector:
         return Detector.load(run.detector)
     scale = load_scale(run.track.detector_scale)
     checksums = (dataset / CHECKSUMS).read_text()
-    out = run.cache / "detectors" / f"{scale.name}-{config_hash({'scale': scale.__dict__, 'data': checksums})[:16]}"
+    out = run.cache / "detectors" / f"{scale.name}-{cache_key({'scale': scale.__dict__, 'data': checksums})}"
     if not (out / WEIGHTS_NAME).exists():
         train_detector(dataset / "icd-mixed", out, scale)
     return Detector.load(out / WEIGHTS_NAME)
@@ -80,7 +80,7 @@ def finetune_key(base: Path, subset: Path, config: Any, detector: Any) -> str:
     inputs = {"base": str(base), "data": str(subset), "train_shards": train, "config": config.to_dict()}
     if config.geom.geometry_source == "detector":
         inputs["detector"] = sha256_file(detector.path)
-    return config_hash(inputs)[:16]
+    return cache_key(inputs)
 
 
 def load_pipeline(path: Path) -> Any:

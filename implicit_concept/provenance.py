@@ -54,5 +54,10 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
 
 
+def cache_key(obj: Any) -> str:
+    """The 16 hex digits that name a cached folder: it changes whenever its inputs do."""
+    return config_hash(obj)[:16]
+
+
 def version() -> str:
     return package_versions(("implicit-concept",))["implicit-concept"] or "0+unknown"

@@ -29,7 +29,7 @@ from benchmark.evaluation.scene_features_errors import CONFIG_NAME, SceneFeature
 from benchmark.evaluation.scene_features_net import SceneNet, to_batch
 from benchmark.evaluation.scene_features_training import HELDOUT_STREAM, STREAM_TAG, accuracy, draw_scenes, train_net
 from implicit_concept.files import atomic_dir
-from implicit_concept.provenance import config_hash, environment
+from implicit_concept.provenance import cache_key, config_hash, environment
 from implicit_concept.scene.grammar import ProceduralConfig
 from implicit_concept.validate import check_choice, check_fields, check_int, is_number
 
@@ -82,7 +82,15 @@ class SceneFeaturesConfig:
 
     @property
     def hash(self) -> str:
-        return config_hash({"format": FORMAT_VERSION, "config": self.to_json()})
+        return config_hash(self._record())
+
+    @property
+    def key(self) -> str:
+        """The name of this config's cache folder."""
+        return cache_key(self._record())
+
+    def _record(self) -> dict[str, Any]:
+        return {"format": FORMAT_VERSION, "config": self.to_json()}
 
 
 class SceneFeatures:
@@ -98,7 +106,7 @@ class SceneFeatures:
     @property
     def id(self) -> str:
         """Short config hash: two scores are comparable only if their extractors share it."""
-        return self.config.hash[:16]
+        return self.config.key
 
     @property
     def image_size(self) -> int:
@@ -138,7 +146,7 @@ class SceneFeatures:
         """
         check_fields(overrides, {f.name for f in fields(SceneFeaturesConfig)} - {"image_size"}, CONFIG_NAME, SceneFeaturesError)
         config = SceneFeaturesConfig(image_size=image_size, **overrides)
-        final = Path(cache_dir) / CACHE_SUBDIR / config.hash[:16]
+        final = Path(cache_dir) / CACHE_SUBDIR / config.key
         if (final / WEIGHTS_NAME).is_file() and (final / INFO_NAME).is_file():
             return cls.load(final, config)
         extractor = cls.train(config)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from implicit_concept.concepts import concept
 from implicit_concept.files import atomic_dir
-from implicit_concept.provenance import canonical_json, config_hash
+from implicit_concept.provenance import cache_key, canonical_json
 
 #: What name-based methods (NP, ESD, SLD, FMN) call each concept: the words a user would type.
 
@@ -51,7 +51,7 @@ class MethodContext:
         a new ``sd`` (other data, other settings) is edited anew.
         """
         sd = self.finetune(FineTune())
-        out = self.work_dir / f"pipeline-{config_hash({'sd': str(sd), 'tag': tag, 'record': record})[:16]}"
+        out = self.work_dir / f"pipeline-{cache_key({'sd': str(sd), 'tag': tag, 'record': record})}"
         if not (out / "model_index.json").exists():
             pipe = self.load_pipeline(sd)
             edit(pipe)

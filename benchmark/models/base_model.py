@@ -20,7 +20,7 @@ from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline
 from benchmark.training import PIPELINE_DIR, TrainingConfig, processes, train
 from builders.sources.procedural import ProceduralSource
 from implicit_concept.files import atomic_dir, atomic_write_json
-from implicit_concept.provenance import config_hash, environment, version
+from implicit_concept.provenance import cache_key, config_hash, environment, version
 from implicit_concept.sample import Sample, SampleMeta
 from implicit_concept.scene.grammar import ProceduralConfig
 
@@ -90,7 +90,7 @@ class ProceduralSamples:
 
 
 def base_dir(config: BaseModelConfig, cache_root: str | Path) -> Path:
-    return Path(cache_root) / f"base-{config.sha256[:16]}"
+    return Path(cache_root) / f"base-{cache_key(config.to_dict())}"
 
 
 def pretrain_base(config: BaseModelConfig, cache_root: str | Path, progress: bool = True) -> Path:
