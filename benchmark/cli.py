@@ -128,6 +128,23 @@ def _prompts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _leaderboard(args: argparse.Namespace) -> int:
+    from benchmark.leaderboard import write_leaderboard
+
+    board = write_leaderboard([Path(d) for d in args.runs], Path(args.out))
+    print(board.markdown)
+    print(f"{args.out}/leaderboard.md, {args.out}/leaderboard.html")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from benchmark.leaderboard import read_results
+    from benchmark.results_page import write_results_page
+
+    print(write_results_page(read_results(Path(args.run)), Path(args.run)))
+    return 0
+
+
 def _add_scoring_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector", required=True, help="detector.pt, or the folder `detector train` wrote")
     p.add_argument("--prompts", default="icd-tiny-eval", help="prompts CSV (case_number,prompt,evaluation_seed) or a shipped name")
@@ -193,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="dataset build processes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_benchmark)
+
+    p = sub.add_parser("leaderboard", help="merge runs' results.json into one table (Markdown and HTML), checking they compare")
+    p.add_argument("runs", nargs="+", help="run folders (runs/NAME) holding results.json")
+    p.add_argument("--out", required=True, help="folder for leaderboard.md and leaderboard.html")
+    p.set_defaults(func=_leaderboard)
+
+    p = sub.add_parser("report", help="write a run's self-contained results.html from its results.json")
+    p.add_argument("run", help="a run folder (runs/NAME)")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("prompts", help="write evaluation prompts (ESD/I2P CSV) from a procedural recipe's test split")
     p.add_argument("recipe", help="a recipe with a procedural source, e.g. icd-tiny (which made benchmark/prompts/icd-tiny-eval.csv)")

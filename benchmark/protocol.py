@@ -11,6 +11,7 @@ are the ones a single process trains.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,12 +28,13 @@ from benchmark.methods import NotImplementedMethod, get_method
 from benchmark.methods.interface import MethodContext
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
 from benchmark.report import plot_icr, results_markdown
+from benchmark.results_page import write_results_page
 from benchmark.sample_grid import method_grid
 from benchmark.targets import Targets, check_targets
 from benchmark.track_check import check_track
 from benchmark.training import processes as process_state
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import atomic_write_bytes, atomic_write_json, claim
+from implicit_concept.files import atomic_write_bytes, atomic_write_json, claim, sha256_file
 from implicit_concept.provenance import environment
 from implicit_concept.scene.grammar import Scene
 from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference, ScoreConfig, score_images
@@ -141,6 +143,7 @@ def _run_method(run: BenchmarkRun, spec: str, ctx: MethodContext, evaluation: Ev
         score = report.concepts[row["concept"]]
         row.update(
             status="ok",
+            model=pipeline_source(generator.pipeline),
             negative_prompt=generator.negative_prompt,
             icr=score.icr.to_json(),
             fp_rate=score.fp_rate.to_json(),
@@ -193,6 +196,9 @@ def _quality(run: BenchmarkRun, paths: list[Path], prompts: list[Prompt], refere
 
 
 def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Detector) -> dict[str, Any]:
+    """Write results.json, .md, .html and the ICR plot. A run's results are the union of what it has
+    scored: rows of methods not rerun this time are kept, a rerun method's rows replace its old ones."""
+    rows = _union(run.root / "results.json", rows)
     reference = CleanReference.read(detector.path.parent / CLEAN_REFERENCE_NAME)
     config = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
     results = {
@@ -202,7 +208,7 @@ def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Dete
         "config": run.record(),
         "seeds": {"track": run.track.seed, "evaluation_prompts": run.track.prompts},
         "environment": environment(),
-        "detector": {"path": str(detector.path), "conf": run.track.conf},
+        "detector": {"path": str(detector.path), "sha256": sha256_file(detector.path), "conf": run.track.conf},
         "fp_rate": {c: reference.fp_rate(c, config).to_json() for c in run.track.concepts},
         "rows": rows,
         "timings": dict(run.timings),
@@ -214,7 +220,16 @@ def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Dete
     atomic_write_bytes(run.root / "results.md", results_markdown(results).encode("utf-8"))
     if any(r.get("status") == "ok" for r in rows):
         plot_icr(results, run.root / "icr.png")
+    write_results_page(results, run.root)
     return results
+
+
+def _union(previous_file: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not previous_file.is_file():
+        return rows
+    fresh = {(r["subset"], r["method"]) for r in rows}
+    kept = [r for r in json.loads(previous_file.read_text(encoding="utf-8"))["rows"] if (r["subset"], r["method"]) not in fresh]
+    return kept + rows
 
 
 class _timed:

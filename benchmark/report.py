@@ -18,7 +18,7 @@ def paper_icr() -> dict[str, dict[str, float]]:
         return tomllib.load(f)["icr"]
 
 
-def _pct(ratio: dict[str, Any] | None) -> str:
+def pct(ratio: dict[str, Any] | None) -> str:
     if not ratio:
         return "–"
     low, high = ratio["ci"]
@@ -45,11 +45,11 @@ def results_markdown(results: dict[str, Any]) -> str:
         cells = []
         for m in methods:
             r = by_key.get((c, m))
-            cell = _pct(r.get("icr")) if r and r.get("status") == "ok" else "missing" if r else "–"
+            cell = pct(r.get("icr")) if r and r.get("status") == "ok" else "missing" if r else "–"
             if m in paper.get(c, {}):
                 cell += f" ({paper[c][m]:.1f})"
             cells.append(cell)
-        lines.append(f"| {c} | {_pct(results['fp_rate'].get(c))} | " + " | ".join(cells) + " |")
+        lines.append(f"| {c} | {pct(results['fp_rate'].get(c))} | " + " | ".join(cells) + " |")
     lines += ["", "## Quality", "", "| concept | method | " + " | ".join(_quality_columns(rows)) + " | FID x ICR |"]
     lines.append("|---|---|" + "---|" * (len(_quality_columns(rows)) + 1))
     for r in rows:

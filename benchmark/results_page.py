@@ -1,0 +1,109 @@
+"""One self-contained ``results.html`` per run: the report's tables, the ICR plot and every sample grid.
+
+The page is what a person opens: offline, with no script and nothing fetched (images are inlined as
+data URIs), so it can be mailed or archived next to ``results.json``. Its tables are the
+``results.md`` tables (one source of truth, :func:`benchmark.report.results_markdown`), turned into
+HTML by a converter for the small Markdown subset that report writes.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from benchmark.report import results_markdown
+from implicit_concept.files import atomic_write_text
+
+PAGE_NAME = "results.html"
+
+STYLE = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }
+th { background: #f3f3f3; }
+img { max-width: 100%; border: 1px solid #ddd; }
+figure { margin: 1em 0; }
+figcaption { font-size: 0.85em; color: #555; }
+pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.8em; }
+"""
+
+
+def markdown_html(markdown: str) -> str:
+    """HTML for the Markdown that :mod:`benchmark.report` writes: headings, paragraphs, pipe tables,
+    bullet lists, ``code`` and **bold**. Anything else is shown as text, escaped."""
+    out: list[str] = []
+    lines = markdown.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append(lines[i])
+                i += 1
+            out.append(_table(block))
+            continue
+        elif line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(f"<li>{_inline(lines[i][2:])}</li>")
+                i += 1
+            out.append("<ul>" + "".join(items) + "</ul>")
+            continue
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+        i += 1
+    return "\n".join(out)
+
+
+def _cells(row: str) -> list[str]:
+    return [c.strip() for c in row.strip().strip("|").split("|")]
+
+
+def _table(rows: list[str]) -> str:
+    head, body = _cells(rows[0]), [r for r in rows[1:] if not re.fullmatch(r"\|?[\s|:-]*", r)]
+    parts = ["<table><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead><tbody>"]
+    parts += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in _cells(r)) + "</tr>" for r in body]
+    return "".join(parts) + "</tbody></table>"
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+
+
+def _image(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    alt = html.escape(caption)
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
+
+
+def results_page(results: dict[str, Any], run_root: Path) -> str:
+    """The whole page for ``results`` (a ``results.json``), with the images found in ``run_root``."""
+    run_root = Path(run_root)
+    title = f"Implicit concept removal: {results['name']} (track {results['track']})"
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style></head><body>", markdown_html(results_markdown(results))]
+    plot = run_root / "icr.png"
+    if plot.is_file():
+        parts += ["<h2>ICR per method</h2>", _image(plot, "ICR % per method and concept, 95% interval; dashed: detector FP rate")]
+    grids = sorted((run_root / "grids").glob("*/*.png"))
+    if grids:
+        parts.append("<h2>Samples (first generated images, detector boxes drawn)</h2>")
+        parts += [_image(g, f"{g.parent.name} / {g.stem}") for g in grids]
+    provenance = {k: results.get(k) for k in ("config", "seeds", "detector", "environment")}
+    parts += ["<h2>Configuration and environment</h2>", f"<pre>{html.escape(json.dumps(provenance, indent=2, sort_keys=True))}</pre>"]
+    return "\n".join(parts) + "\n</body></html>\n"
+
+
+def write_results_page(results: dict[str, Any], run_root: Path) -> Path:
+    path = Path(run_root) / PAGE_NAME
+    atomic_write_text(path, results_page(results, run_root))
+    return path

@@ -1,0 +1,102 @@
+"""What a lab sees: a self-contained results.html per run, and a leaderboard that says when runs compare."""
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from benchmark.cli import main
+from benchmark.leaderboard import leaderboard
+from benchmark.report import plot_icr
+from benchmark.results_page import markdown_html, write_results_page
+from benchmark.sample_grid import method_grid
+
+BROWSER = shutil.which("chromium-headless-shell") or shutil.which("chromium")
+
+
+def _ratio(value: float) -> dict:
+    return {"value": value, "ci": [max(0.0, value - 0.1), min(1.0, value + 0.1)], "count": int(value * 10), "n": 10}
+
+
+def fake_run(root: Path, track_sha: str = "t" * 8, evaluator: str = "e" * 8, icr: float = 0.4) -> Path:
+    """A run folder as the benchmark leaves it: results.json, icr.png and one grid per method."""
+    rows = [
+        {"concept": c, "method": m, "subset": "icd-mixed", "status": "ok", "icr": _ratio(icr if m == "sd" else icr / 4),
+         "fp_rate": _ratio(0.0), "quality": {"scene_fid": 50.0}, "quality_kinds": ["scene-FID"]}
+        for c in ("qrcode", "text") for m in ("sd", "ge-full")
+    ]
+    results = {
+        "name": root.name, "track": "tiny", "note": "a <fake> run", "rows": rows,
+        "fp_rate": {"qrcode": _ratio(0.0), "text": _ratio(0.0)}, "timings": {"dataset": 1.0},
+        "config": {"track_sha256": track_sha, "track": {"num_prompts": 10}}, "seeds": {"evaluation_prompts": "icd-tiny-eval"},
+        "detector": {"path": "d", "sha256": evaluator}, "environment": {"python": "3"},
+    }
+    root.mkdir(parents=True)
+    (root / "results.json").write_text(json.dumps(results))
+    plot_icr(results, root / "icr.png")
+    image = root / "sample.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(image)
+    record = {"detections": [{"concept": "qrcode", "confidence": 0.9, "box": [4, 4, 30, 30]}]}
+    for m in ("sd", "ge-full"):
+        method_grid([image, image], [record, record], root / "grids" / "icd-mixed" / f"{m}.png", title=m)
+    return root
+
+
+def test_markdown_tables_become_html_tables_with_text_escaped():
+    page = markdown_html("# T\n\n| a | b |\n|---|---|\n| <x> | **no** |\n\n- `c`\n")
+    assert "<h1>T</h1>" in page and "<th>a</th>" in page and "<td>&lt;x&gt;</td>" in page
+    assert "<strong>no</strong>" in page and "<li><code>c</code></li>" in page and "|---|" not in page
+
+
+def test_the_page_inlines_every_image_and_fetches_nothing(tmp_path):
+    run = fake_run(tmp_path / "run")
+    page = write_results_page(json.loads((run / "results.json").read_text()), run).read_text()
+    inlined = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(inlined) == 3  # the ICR plot and two grids, each a whole PNG
+    for data in inlined:
+        Image.open(io.BytesIO(base64.b64decode(data))).load()
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "a &lt;fake&gt; run" in page and "ge-full" in page
+
+
+@pytest.mark.skipif(BROWSER is None and not os.environ.get("CI"), reason="no headless Chromium here (CI installs it)")
+def test_the_page_renders_in_a_real_browser_with_every_image_loaded_and_no_console_message(tmp_path):
+    run = fake_run(tmp_path / "run")
+    assert main(["report", str(run)]) == 0
+    harness = run / "harness.html"
+    harness.write_text(
+        '<!DOCTYPE html><html><body><iframe id="f" src="results.html"></iframe><script>'
+        'document.getElementById("f").onload = () => { const imgs = [...document.getElementById("f").contentDocument.images];'
+        'document.body.dataset.images = imgs.length; document.body.dataset.loaded = imgs.filter(i => i.complete && i.naturalWidth > 0).length; };'
+        "</script></body></html>"
+    )
+    flags = [BROWSER, "--no-sandbox", "--allow-file-access-from-files", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000"]
+    done = subprocess.run(flags + ["--dump-dom", harness.as_uri()], capture_output=True, text=True, timeout=120)
+    assert 'data-images="3" data-loaded="3"' in done.stdout, done.stdout[-2000:]
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, console
+    shot = tmp_path / "results-page.png"
+    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1280,1600", (run / "results.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert Image.open(shot).size == (1280, 1600)
+    print(f"screenshot: {shot}")
+
+
+def test_the_leaderboard_ranks_comparable_runs_and_says_when_runs_do_not_compare(tmp_path):
+    a, b = fake_run(tmp_path / "a", icr=0.4), fake_run(tmp_path / "b", icr=0.2)
+    board = leaderboard([a, b])
+    assert board.differences == []
+    lines = [line for line in board.markdown.splitlines() if line.startswith(f"| {tmp_path}")]
+    assert [float(line.rsplit("|", 2)[1]) for line in lines] == sorted(float(line.rsplit("|", 2)[1]) for line in lines)
+    other = fake_run(tmp_path / "c", evaluator="f" * 8)
+    board = leaderboard([a, other])
+    assert len(board.differences) == 1 and board.differences[0].startswith("evaluator differs")
+    assert "not comparable" in board.markdown
+    assert main(["leaderboard", str(a), str(other), "--out", str(tmp_path / "lb")]) == 0
+    assert "not comparable" in (tmp_path / "lb" / "leaderboard.html").read_text()
