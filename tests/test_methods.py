@@ -1,4 +1,6 @@
 """The baselines change what they claim to change, on a micro pipeline."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -78,3 +80,21 @@ def test_an_edit_of_sd_is_made_once_per_sd_model_and_edit_settings(tmp_path):
     third = ctx.edited_sd("esd", {"lr": 2}, edits.append)
     assert len({first, second, third}) == 3 and len(edits) == 3
     assert (third / "esd.json").is_file()
+
+
+def test_a_plug_in_in_the_working_folder_is_found_as_the_console_script_runs(tmp_path):
+    """The README's ``--method mylab.methods:WordyNegative`` from a lab's own folder, without PYTHONPATH."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "mylab").mkdir()
+    (tmp_path / "mylab" / "__init__.py").write_text("")
+    (tmp_path / "mylab" / "methods.py").write_text((Path(__file__).with_name("plugin_method.py")).read_text())
+    code = (
+        "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "  # as a console script starts
+        "from benchmark.methods import get_method; print(get_method('mylab.methods:WordyNegative').name)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "wordy-negative", done.stderr[-1500:]

@@ -8,10 +8,13 @@ sample with. Another lab's method is a class with the same shape, named on the c
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 from implicit_concept.concepts import concept
@@ -94,6 +97,19 @@ class NotImplementedMethod(Exception):
     """Raised by a method the benchmark names but does not carry yet; the report marks it missing."""
 
 
+def _import_plugin(module: str) -> ModuleType:
+    """Import a plug-in's module as ``python -m`` would find it: installed, or in the working folder
+    (the console script, unlike ``python -m``, does not put it on ``sys.path``). The working folder is
+    searched last, so it never shadows an installed package."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module.split(".")[0] or os.getcwd() in sys.path:
+            raise
+    sys.path.append(os.getcwd())
+    return importlib.import_module(module)
+
+
 def load_method(spec: str, registry: dict[str, Callable[[], Method]]) -> Method:
     """A registered name, an entry point name, or ``package.module:Class``."""
     if spec in registry:
@@ -104,7 +120,7 @@ def load_method(spec: str, registry: dict[str, Callable[[], Method]]) -> Method:
     if ":" in spec:
         module, _, attr = spec.partition(":")
         try:
-            cls = getattr(importlib.import_module(module), attr)
+            cls = getattr(_import_plugin(module), attr)
         except (ImportError, AttributeError) as e:
             raise ValueError(f"--method {spec}: cannot import ({e})") from None
         method = cls()
