@@ -128,6 +128,19 @@ def _prompts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from implicit_concept.detector.export import export_detection_dataset
+
+    exported = export_detection_dataset(Path(args.shards), Path(args.out), formats=tuple(args.format or ("yolo", "coco")))
+    for split, counts in exported.counts.items():
+        print(f"{split}: {counts['images']} images, {counts['contaminated']} with a concept")
+    if exported.data_yaml:
+        print(f"YOLO: {exported.data_yaml}")
+    for split, path in exported.coco.items():
+        print(f"COCO {split}: {path}")
+    return 0
+
+
 def _leaderboard(args: argparse.Namespace) -> int:
     from benchmark.leaderboard import write_leaderboard
 
@@ -210,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="dataset build processes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_benchmark)
+
+    p = sub.add_parser("export", help="export a subset's shards for detection tools: YOLO (data.yaml, labels) and/or COCO JSON")
+    p.add_argument("shards", help="an ICD subset folder with train/ and test/ shard sets, e.g. data/icd-tiny/icd-mixed")
+    p.add_argument("--out", required=True, help="export folder (ICD test becomes YOLO/COCO 'val')")
+    p.add_argument("--format", action="append", choices=("yolo", "coco"), help="repeatable (default: both)")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("leaderboard", help="merge runs' results.json into one table (Markdown and HTML), checking they compare")
     p.add_argument("runs", nargs="+", help="run folders (runs/NAME) holding results.json")

@@ -297,3 +297,32 @@ def test_qr_checker_decodes_a_clear_code_and_not_a_blank():
 def test_cli_reports_a_bad_detector_path(tmp_path, capsys):
     assert main(["score", str(tmp_path), "--detector", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt: no such detector weights file" in capsys.readouterr().err
+
+
+def test_coco_export_loads_and_evaluates_in_pycocotools(tmp_path):
+    """A lab's COCO tooling reads the export as is: COCO, loadRes and COCOeval on detections equal to
+    the ground truth give AP 1.0 (loadRes needs the ``info`` key pycocotools copies)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from benchmark.cli import main
+
+    shards = _write_shards(tmp_path / "icd-mixed")
+    assert main(["export", str(shards), "--out", str(tmp_path / "coco"), "--format", "coco"]) == 0
+    assert not (tmp_path / "coco" / "labels").exists() and not (tmp_path / "coco" / "data.yaml").exists()
+    truth = COCO(str(tmp_path / "coco" / "annotations" / "val.json"))
+    found = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9} for a in truth.dataset["annotations"]]
+    evaluation = COCOeval(truth, truth.loadRes(found), "bbox")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    assert evaluation.stats[1] == pytest.approx(1.0)  # AP at IoU 0.5
+
+
+def test_export_command_writes_yolo_alone_when_asked(tmp_path):
+    from benchmark.cli import main
+
+    shards = _write_shards(tmp_path / "icd-mixed")
+    assert main(["export", str(shards), "--out", str(tmp_path / "y"), "--format", "yolo"]) == 0
+    assert (tmp_path / "y" / "data.yaml").is_file() and not (tmp_path / "y" / "annotations").exists()
+    assert sorted(p.name for p in (tmp_path / "y" / "labels" / "val").iterdir())[:1] == ["te0000.txt"]

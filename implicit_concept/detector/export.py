@@ -21,7 +21,9 @@ from implicit_concept.sample import SampleMeta
 from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards
 
 #: Bump when the exported layout changes, so old exports are rebuilt.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
+#: YOLO: ``data.yaml`` + ``labels/<split>/KEY.txt``; COCO: ``annotations/<split>.json``. Images are shared.
+FORMATS = ("yolo", "coco")
 #: ICD split -> YOLO split.
 SPLIT_NAMES = {"train": "train", "test": "val"}
 MARKER = "export.json"
@@ -32,7 +34,7 @@ class DetectionDataset:
     """Where an export lives; ``data_yaml`` is what ``YOLO.train(data=...)`` takes."""
 
     root: Path
-    data_yaml: Path
+    data_yaml: Path | None
     coco: dict[str, Path]
     counts: dict[str, dict[str, int]]
     shards_sha256: dict[str, str]
@@ -46,21 +48,26 @@ def _yolo_label_line(class_id: int, box: list[int], width: int, height: int) -> 
     return f"{class_id} {cx:.8f} {cy:.8f} {w:.8f} {h:.8f}"
 
 
-def export_detection_dataset(shards: str | Path, out: str | Path) -> DetectionDataset:
-    """Export ``shards`` (a folder holding ``train/`` and ``test/`` shard sets) into ``out``."""
+def export_detection_dataset(shards: str | Path, out: str | Path, formats: tuple[str, ...] = FORMATS) -> DetectionDataset:
+    """Export ``shards`` (a folder holding ``train/`` and ``test/`` shard sets) into ``out``, in ``formats``."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"export formats must be some of {FORMATS}, got {list(formats)}")
+    formats = tuple(f for f in FORMATS if f in formats)
     shards, out = Path(shards), Path(out).resolve()
     split_shards = {split: list_shards(_split_dir(shards, split)) for split in SPLIT_NAMES}
     hashes = {str(p.relative_to(shards)): sha256_file(p) for ps in split_shards.values() for p in ps}
     marker = _read_marker(out / MARKER)
-    if marker.get("format") == EXPORT_FORMAT and marker.get("shards_sha256") == hashes:
+    if marker.get("format") == EXPORT_FORMAT and marker.get("shards_sha256") == hashes and tuple(marker.get("formats", ())) == formats:
         return _dataset(out, marker)
 
     with atomic_dir(out, replace_existing=True) as tmp:
-        counts = {SPLIT_NAMES[s]: _write_split(ps, tmp, SPLIT_NAMES[s]) for s, ps in split_shards.items()}
-        names = dict(enumerate(CONCEPT_NAMES))
-        data = {"path": str(out), "train": "images/train", "val": "images/val", "nc": len(names), "names": names}
-        (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        marker = {"format": EXPORT_FORMAT, "source": str(shards.resolve()), "shards_sha256": hashes, "counts": counts}
+        counts = {SPLIT_NAMES[s]: _write_split(ps, tmp, SPLIT_NAMES[s], formats) for s, ps in split_shards.items()}
+        if "yolo" in formats:
+            names = dict(enumerate(CONCEPT_NAMES))
+            data = {"path": str(out), "train": "images/train", "val": "images/val", "nc": len(names), "names": names}
+            (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        marker = {"format": EXPORT_FORMAT, "formats": list(formats), "source": str(shards.resolve()), "shards_sha256": hashes, "counts": counts}
         (tmp / MARKER).write_text(json_text(marker), encoding="utf-8")
     return _dataset(out, marker)
 
@@ -82,20 +89,24 @@ def _read_marker(path: Path) -> dict[str, Any]:
 def _dataset(root: Path, marker: dict[str, Any]) -> DetectionDataset:
     return DetectionDataset(
         root=root,
-        data_yaml=root / "data.yaml",
-        coco={split: root / "annotations" / f"{split}.json" for split in SPLIT_NAMES.values()},
+        data_yaml=root / "data.yaml" if "yolo" in marker["formats"] else None,
+        coco={split: root / "annotations" / f"{split}.json" for split in SPLIT_NAMES.values()} if "coco" in marker["formats"] else {},
         counts=marker["counts"],
         shards_sha256=marker["shards_sha256"],
     )
 
 
-def _write_split(shards: list[Path], root: Path, split: str) -> dict[str, int]:
-    """Copy the JPEG bytes unchanged, write one label file per image (empty for clean images) and COCO."""
+def _write_split(shards: list[Path], root: Path, split: str, formats: tuple[str, ...]) -> dict[str, int]:
+    """Copy the JPEG bytes unchanged; for YOLO one label file per image (empty for clean images), for
+    COCO one annotation file per split."""
     images_dir, labels_dir, ann_dir = root / "images" / split, root / "labels" / split, root / "annotations"
-    for d in (images_dir, labels_dir, ann_dir):
-        d.mkdir(parents=True, exist_ok=True)
+    for d in (images_dir, labels_dir if "yolo" in formats else None, ann_dir if "coco" in formats else None):
+        if d is not None:
+            d.mkdir(parents=True, exist_ok=True)
     categories = [{"id": i + 1, "name": name, "supercategory": "implicit_concept"} for i, name in enumerate(CONCEPT_NAMES)]
-    coco: dict[str, Any] = {"images": [], "annotations": [], "categories": categories}
+    # pycocotools 2.0.9 and 2.0.10 (the test extra pins 2.0.10) copy ``info`` in loadRes, and tools read ``licenses``: both present, both fixed.
+    info = {"description": f"Implicit Concept Dataset, {split} split", "version": str(EXPORT_FORMAT), "url": "", "contributor": "", "year": 0, "date_created": ""}
+    coco: dict[str, Any] = {"info": info, "licenses": [], "images": [], "annotations": [], "categories": categories}
     counts = {"images": 0, "contaminated": 0, **{c: 0 for c in CONCEPT_NAMES}}
     for shard in shards:
         for key, members in iter_tar_members(shard):
@@ -123,10 +134,12 @@ def _write_split(shards: list[Path], root: Path, split: str) -> dict[str, int]:
                     }
                 )
                 counts[inst.concept] += 1
-            (labels_dir / f"{key}.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            if "yolo" in formats:
+                (labels_dir / f"{key}.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
             counts["images"] += 1
             counts["contaminated"] += bool(meta.instances)
-    (ann_dir / f"{split}.json").write_text(json.dumps(coco) + "\n", encoding="utf-8")
+    if "coco" in formats:
+        (ann_dir / f"{split}.json").write_text(json.dumps(coco) + "\n", encoding="utf-8")
     return counts
 
 
