@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
+from benchmark.models.pipelines import save_portable_pipeline
 from implicit_concept.concepts import concept
 from implicit_concept.files import atomic_dir
 from implicit_concept.provenance import cache_key, canonical_json
@@ -59,7 +60,7 @@ class MethodContext:
             pipe = self.load_pipeline(sd)
             edit(pipe)
             with atomic_dir(out) as tmp:
-                pipe.save_pretrained(tmp)
+                save_portable_pipeline(pipe, tmp)
                 (tmp / f"{tag}.json").write_text(canonical_json(record))
         return out
 

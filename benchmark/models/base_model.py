@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline
+from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, save_portable_pipeline
 from benchmark.training import PIPELINE_DIR, TrainingConfig, processes, train
 from builders.sources.procedural import ProceduralSource
 from implicit_concept.files import atomic_dir, atomic_write_json
@@ -109,7 +109,7 @@ def pretrain_base(config: BaseModelConfig, cache_root: str | Path, progress: boo
     with processes().main_process_first():
         if not (init / "model_index.json").is_file():
             with atomic_dir(init) as tmp:
-                build_tiny_pipeline(config.pipeline, root / "tokenizer", seed=config.seed).save_pretrained(str(tmp))
+                save_portable_pipeline(build_tiny_pipeline(config.pipeline, root / "tokenizer", seed=config.seed), tmp)
     data = ProceduralSamples(config.scenes, config.pipeline.image_size, config.seed)
     train(init, data, root / "diffusion", replace(config.training, seed=config.seed), progress=progress)
     record = {

@@ -14,18 +14,38 @@ Nothing is ever fetched from a hub and no safety checker is loaded.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderTiny,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from benchmark.models.clip_tokenizer import CLIP_MAX_LENGTH, build_clip_tokenizer
+from benchmark.models import patch_autoencoder
+from benchmark.models.clip_tokenizer import CLIP_MAX_LENGTH, build_clip_tokenizer, write_vocab_files
 from benchmark.models.patch_autoencoder import PatchAutoencoder
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+#: The schedulers a loaded pipeline may name (SD v1.5 ships PNDM; the tiny pipeline uses DDIM).
+SCHEDULERS = (DDIMScheduler, PNDMScheduler, DDPMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
+              LMSDiscreteScheduler, DPMSolverMultistepScheduler)
+#: The tiny pipeline's VAE as a diffusers custom component, and the negative prompt beside a saved pipeline.
+CUSTOM_VAE_FILE = "patch_autoencoder.py"
+NEGATIVE_PROMPT_FILE = "negative_prompt.txt"
 BETA_SCHEDULES = ("scaled_linear", "linear", "squaredcos_cap_v2")
 
 
@@ -171,12 +191,60 @@ def build_tiny_pipeline(config: TinyPipelineConfig, tokenizer_cache: str | Path,
     )
 
 
+def save_portable_pipeline(pipe: StableDiffusionPipeline, directory: str | Path, negative_prompt: str = "") -> Path:
+    """``save_pretrained``, plus what plain diffusers and transformers need to open the folder without
+    this package: the slow tokenizer's ``vocab.json`` and ``merges.txt`` beside ``tokenizer.json``,
+    and for the tiny pipeline its :class:`PatchAutoencoder` as a custom component (``vae/patch_autoencoder.py``,
+    loaded by ``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)``). The negative prompt
+    a method samples with goes to ``negative_prompt.txt``."""
+    directory = Path(directory)
+    pipe.save_pretrained(str(directory))
+    if (directory / "tokenizer").is_dir():
+        write_vocab_files(directory / "tokenizer")
+    if isinstance(getattr(pipe, "vae", None), PatchAutoencoder):
+        (directory / "vae" / CUSTOM_VAE_FILE).write_bytes(Path(patch_autoencoder.__file__).read_bytes())
+        index = json.loads((directory / "model_index.json").read_text(encoding="utf-8"))
+        index["vae"] = [Path(CUSTOM_VAE_FILE).stem, PatchAutoencoder.__name__]
+        (directory / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (directory / NEGATIVE_PROMPT_FILE).write_text(negative_prompt + "\n", encoding="utf-8")
+    return directory
+
+
 def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None) -> StableDiffusionPipeline:
-    """A ``StableDiffusionPipeline`` from a local diffusers directory (the tiny one or SD v1.5); never downloads."""
+    """A ``StableDiffusionPipeline`` from a local diffusers directory (the tiny one or SD v1.5).
+
+    Each part is loaded by a class named here, as diffusers' training scripts do, never by a class
+    the folder names: nothing is downloaded and no code in the folder runs (the tiny pipeline's
+    custom VAE is this package's :class:`PatchAutoencoder`). Safety checker and feature extractor
+    are not loaded.
+    """
     path = Path(path)
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{path}: not a diffusers pipeline directory (no model_index.json)")
-    kwargs: dict[str, Any] = {"local_files_only": True, "safety_checker": None, "requires_safety_checker": False}
-    if torch_dtype is not None:
-        kwargs["torch_dtype"] = torch_dtype
-    return StableDiffusionPipeline.from_pretrained(str(path), **kwargs)
+    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    dtype = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+
+    def part(name: str, cls: Any, **kwargs: Any) -> Any:
+        if not (path / name).is_dir():
+            raise FileNotFoundError(f"{path}: no {name}/ folder")
+        return cls.from_pretrained(str(path / name), local_files_only=True, **kwargs)
+
+    return StableDiffusionPipeline(
+        vae=part("vae", _component_class(index, "vae", (PatchAutoencoder, AutoencoderKL, AutoencoderTiny), path), **dtype),
+        text_encoder=part("text_encoder", CLIPTextModel, **dtype),
+        tokenizer=part("tokenizer", CLIPTokenizer),
+        unet=part("unet", UNet2DConditionModel, **dtype),
+        scheduler=part("scheduler", _component_class(index, "scheduler", SCHEDULERS, path)),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _component_class(index: dict[str, Any], name: str, allowed: tuple[type, ...], path: Path) -> type:
+    """The class ``model_index.json`` names for ``name``, if it is one of ``allowed``; else an error."""
+    class_name = (index.get(name) or [None, None])[1]
+    for cls in allowed:
+        if cls.__name__ == class_name:
+            return cls
+    raise ValueError(f"{path}/model_index.json: {name} is {class_name!r}; supported: {', '.join(c.__name__ for c in allowed)}")

@@ -26,7 +26,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
 
-from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline
+from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
 from benchmark.training import RUN_FILE, TrainingConfig, train
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="training-speed-") as tmp:
         root = Path(tmp)
         base = root / "base"
-        build_tiny_pipeline(TinyPipelineConfig(), root / "tokenizer", seed=0).save_pretrained(base)
+        save_portable_pipeline(build_tiny_pipeline(TinyPipelineConfig(), root / "tokenizer", seed=0), base)
         geom = GeomErasingConfig(concepts=("qrcode", "watermark", "text"))
         configs = {
             "plain": (GeomErasingConfig.plain(), "new_tokens"),

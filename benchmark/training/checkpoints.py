@@ -21,6 +21,7 @@ from accelerate import Accelerator
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
 
+from benchmark.models.pipelines import save_portable_pipeline
 from benchmark.training.config import TrainingConfig
 from benchmark.training.new_tokens import NewTokenRows
 from implicit_concept.files import atomic_dir, atomic_write_json
@@ -126,7 +127,7 @@ def save_pipeline(
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     with atomic_dir(final_dir, replace_existing=True) as tmp:
-        trained.save_pretrained(str(tmp))
+        save_portable_pipeline(trained, tmp, negative_prompt=geom.negative_prompt())
         write_metadata(tmp, geom)
 
 
