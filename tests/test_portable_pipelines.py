@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmark.generation import GenerationSettings, diffusers_generate_fn
-from benchmark.models.pipelines import NEGATIVE_PROMPT_FILE, TinyPipelineConfig, build_tiny_pipeline, load_pipeline
+from benchmark.models.pipelines import NEGATIVE_PROMPT_FILE, build_tiny_pipeline, load_pipeline
 from benchmark.training import TrainingConfig, train
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig, negative_prompt_for
 
