@@ -108,6 +108,99 @@ def test_two_steps_change_weights_and_resume_to_the_same_weights(setup, tmp_path
     assert _same(_text_state(full), _text_state(resumed))
 
 
+class _Planted:
+    """A pickle that creates ``marker`` when unpickled: what an attacker leaves in a checkpoint folder."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup, tmp_path_factory):
+    """A finished run with Geom-Erasing's new rows and an EMA, every step checkpointed."""
+    base, shards = setup
+    config = TrainingConfig(**FAST, geom=GeomErasingConfig(grid=2, concepts=("qrcode",)), ema_decay=0.9)
+    return config, train(base, shards, tmp_path_factory.mktemp("uninterrupted") / "run", config, progress=False)
+
+
+PICKLE_NAMES = ["custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "custom_checkpoint_2.pkl", "optimizer.bin",
+                "scheduler.bin", "random_states_0.pkl", "scaler.pt", "pytorch_model.bin"]
+
+
+@pytest.mark.parametrize("name", PICKLE_NAMES)
+def test_a_pickle_planted_in_a_checkpoint_runs_no_code_on_resume(setup, uninterrupted, tmp_path, name):
+    """Every name accelerate's ``load_state`` would unpickle: the planted file is never read, and the
+    resumed run still ends with the uninterrupted run's weights."""
+    base, shards = setup
+    config, full = uninterrupted
+    marker = tmp_path / "code-ran"
+    resumed_dir = tmp_path / "resumed"
+    checkpoint = resumed_dir / CHECKPOINTS_DIR / "step-0000001"
+    shutil.copytree(full.parent / CHECKPOINTS_DIR / "step-0000001", checkpoint)
+    torch.save({"state": _Planted(marker)}, checkpoint / name)
+    try:
+        resumed = train(base, shards, resumed_dir, config, progress=False)
+    finally:
+        assert not marker.exists(), f"unpickling {name} ran code"
+    assert _same(_unet_state(full), _unet_state(resumed)) and _same(_text_state(full), _text_state(resumed))
+
+
+def test_a_checkpoint_holds_only_json_and_safetensors(uninterrupted):
+    """Nothing a resume reads can be a pickle: every file parses as JSON or as safetensors."""
+    from safetensors import safe_open
+
+    _, full = uninterrupted
+    checkpoint = full.parent / CHECKPOINTS_DIR / "step-0000002"
+    names = sorted(p.name for p in checkpoint.iterdir())
+    assert names == sorted(f"{stem}.{ext}" for stem in ("ema", "lr_scheduler", "new_token_rows", "optimizer", "rng_0", "train_state")
+                           for ext in ("json", "safetensors")) + ["unet.safetensors"]
+    for path in checkpoint.iterdir():
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        else:
+            safe_open(str(path), "pt").keys()
+
+
+def test_a_pickled_checkpoint_folder_is_refused_and_never_unpickled(setup, uninterrupted, tmp_path):
+    """A newest checkpoint in accelerate's pickled layout (an older version's, or planted) is refused by name."""
+    base, shards = setup
+    config, full = uninterrupted
+    marker = tmp_path / "code-ran"
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(full.parent / CHECKPOINTS_DIR / "step-0000001", resumed_dir / CHECKPOINTS_DIR / "step-0000001")
+    planted = resumed_dir / CHECKPOINTS_DIR / "step-0000002"
+    planted.mkdir()
+    for name in PICKLE_NAMES:
+        torch.save({"state": _Planted(marker)}, planted / name)
+    with pytest.raises(ValueError, match="step-0000002: holds no train_state.json"):
+        train(base, shards, resumed_dir, config, progress=False)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name, content, why", [
+    ("train_state.json", "{", "train_state.json: not a JSON state index"),
+    ("train_state.json", '{"dict": [["step", -1], ["epoch", 0], ["consumed", 0], ["generator", {"tensor": "t0"}]]}',
+     "train_state.json: does not fit this run"),
+    ("optimizer.safetensors", "garbage", "optimizer.safetensors: not a safetensors file"),
+    ("ema.json", None, "ema.json: missing"),
+    ("unet.safetensors", None, "unet.safetensors: not this run's unet weights"),
+])
+def test_a_damaged_checkpoint_names_the_file(setup, uninterrupted, tmp_path, name, content, why):
+    base, shards = setup
+    config, full = uninterrupted
+    checkpoint = tmp_path / "resumed" / CHECKPOINTS_DIR / "step-0000001"
+    shutil.copytree(full.parent / CHECKPOINTS_DIR / "step-0000001", checkpoint)
+    if content is None:
+        (checkpoint / name).unlink()
+    else:
+        (checkpoint / name).write_text(content)
+    with pytest.raises(ValueError, match=why):
+        train(base, shards, tmp_path / "resumed", config, progress=False)
+
+
 def test_same_seed_same_weights_and_a_changed_config_is_refused(setup, tmp_path):
     base, shards = setup
     config = TrainingConfig(**FAST, cache_latents=False)
@@ -235,7 +328,8 @@ def test_an_sd_shaped_pipeline_fine_tunes_with_geom_erasing_and_generates(setup,
 
 @pytest.mark.slow
 def test_two_processes_train_the_same_weights_as_one(setup, tmp_path):
-    """2 CPU processes (gloo) train the same weights as 1 with the same global batch: each process
+    """2 CPU processes (gloo) train the same weights as 1 with the same global batch, and resume to the
+    same weights as a 2-process run that never stopped: each process
     trains its half of it, DDP averages the UNet's gradients and the new
     token rows' gradients are averaged by hand. Equal up to float summation order (measured: 1e-5 of the distance trained)."""
     import subprocess
@@ -250,6 +344,13 @@ def test_two_processes_train_the_same_weights_as_one(setup, tmp_path):
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     subprocess.run([*launch, str(worker), str(base), str(shards), str(two)], check=True, env=env, timeout=300)
+    step_one = two / CHECKPOINTS_DIR / "step-0000001"
+    assert {"rng_0.json", "rng_1.json"} <= {p.name for p in step_one.iterdir()}, "each process keeps its own RNG states"
+    resumed = tmp_path / "resumed"
+    shutil.copytree(step_one, resumed / CHECKPOINTS_DIR / "step-0000001")
+    subprocess.run([*launch, str(worker), str(base), str(shards), str(resumed)], check=True, env=env, timeout=300)
+    assert _same(_unet_state(two / "pipeline"), _unet_state(resumed / "pipeline"))
+    assert _same(_text_state(two / "pipeline"), _text_state(resumed / "pipeline"))
     start, a, b = _unet_state(base), _unet_state(one / "pipeline"), _unet_state(two / "pipeline")
     moved = sum((a[k] - start[k]).abs().sum() for k in a)
     apart = sum((a[k] - b[k]).abs().sum() for k in a)

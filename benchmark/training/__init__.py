@@ -2,7 +2,8 @@
 
 :mod:`.config` holds what decides a run, :mod:`.data` the way from samples to a step's tensors,
 :mod:`.new_tokens` the trainable embeddings of Geom-Erasing's tokens, :mod:`.checkpoints` the run's
-folder (``run.json``, checkpoints, the final pipeline) and :mod:`.loop` the loop itself.
+folder (``run.json``, checkpoints, the final pipeline), :mod:`.state_files` the plain-data format a
+checkpoint's state is written in, and :mod:`.loop` the loop itself.
 """
 from benchmark.training.checkpoints import CHECKPOINTS_DIR, PIPELINE_DIR, RUN_FILE
 from benchmark.training.config import TrainingConfig

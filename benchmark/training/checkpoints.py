@@ -3,12 +3,18 @@
 A run can be killed at any point and started again with the same call: ``run.json`` is written first
 and checked on every start (a changed config is refused), checkpoints and the final pipeline are
 written under temporary names and renamed into place, so whatever is found complete is whole.
+
+A checkpoint holds no pickle: a resume reads only JSON and safetensors (:mod:`.state_files`), so a
+file planted in a run folder on a shared filesystem cannot run code. accelerate's ``save_state``
+pickles registered objects, the optimizer, the LR schedule and the RNG states, hence this module
+writes and reads each part itself.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,10 +26,13 @@ import torch
 from accelerate import Accelerator
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
 
 from benchmark.models.pipelines import save_portable_pipeline
 from benchmark.training.config import TrainingConfig
 from benchmark.training.new_tokens import NewTokenRows
+from benchmark.training.state_files import JSON_SUFFIX, TENSORS_SUFFIX, load_state, save_state
 from implicit_concept.files import atomic_dir, atomic_write_json
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig, write_metadata
 from implicit_concept.provenance import config_hash, environment
@@ -48,8 +57,101 @@ class TrainState:
         return {"step": self.step, "epoch": self.epoch, "consumed": self.consumed, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step, self.epoch, self.consumed = state["step"], state["epoch"], state["consumed"]
+        counts = [state["step"], state["epoch"], state["consumed"]]
+        if not all(type(n) is int and n >= 0 for n in counts):
+            raise ValueError(f"step, epoch and consumed must be counts, not {counts}")
         self.generator.set_state(state["generator"])
+        self.step, self.epoch, self.consumed = counts
+
+
+@dataclass
+class Resumable:
+    """What a checkpoint saves and a resume restores: the training state, the models that train (as
+    accelerate prepared them), the optimizer and LR schedule, and the new-token rows and EMA if any."""
+
+    state: TrainState
+    models: dict[str, torch.nn.Module]
+    optimizer: Any
+    lr_scheduler: Any
+    new_rows: NewTokenRows | None = None
+    ema: EMAModel | None = None
+
+    def shared(self, accelerator: Accelerator) -> dict[str, Any]:
+        """The parts every process holds alike (the main process writes them), by file name."""
+        parts = {"train_state": self.state, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler,
+                 "new_token_rows": self.new_rows, "ema": self.ema, "grad_scaler": accelerator.scaler}
+        return {name: part for name, part in parts.items() if part is not None}
+
+
+def _rng_stem(folder: Path, process: int) -> Path:
+    return folder / f"rng_{process}"
+
+
+def _rng_states() -> dict[str, Any]:
+    """This process's global generators (accelerate saves the same ones per process)."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _restore(stem: Path, restore: Any) -> None:
+    """Call ``restore`` on the state at ``stem``; a state it refuses raises naming the file."""
+    state = load_state(stem)
+    try:
+        restore(state)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise ValueError(f"{stem.with_suffix(JSON_SUFFIX)}: does not fit this run ({type(e).__name__}: {e})") from None
+
+
+def write_checkpoint(accelerator: Accelerator, folder: Path, parts: Resumable) -> None:
+    """Write ``parts`` into ``folder``: the main process the models and the shared state, every
+    process its own RNG states."""
+    if accelerator.is_main_process:
+        for name, model in parts.models.items():
+            save_model(accelerator.unwrap_model(model), str(folder / f"{name}{TENSORS_SUFFIX}"))
+        for name, part in parts.shared(accelerator).items():
+            save_state(folder / name, part.state_dict())
+    save_state(_rng_stem(folder, accelerator.process_index), _rng_states())
+
+
+def read_checkpoint(accelerator: Accelerator, folder: Path, parts: Resumable) -> None:
+    """Restore ``parts`` from ``folder`` (every process reads the shared files and its own RNG states)."""
+    if not (folder / f"train_state{JSON_SUFFIX}").is_file():
+        raise ValueError(f"{folder}: holds no train_state{JSON_SUFFIX}, so it is no checkpoint of this version "
+                         "(older ones were pickled and are never loaded); remove it to start the run over")
+    for name, model in parts.models.items():
+        path = folder / f"{name}{TENSORS_SUFFIX}"
+        try:
+            load_model(accelerator.unwrap_model(model), str(path))
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise ValueError(f"{path}: not this run's {name} weights ({type(e).__name__}: {e})") from None
+    for name, part in parts.shared(accelerator).items():
+        _restore(folder / name, part.load_state_dict)
+    if parts.ema is not None:
+        parts.ema.to(accelerator.device)
+    rng = _rng_stem(folder, accelerator.process_index)
+    if rng.with_suffix(JSON_SUFFIX).is_file():
+        _restore(rng, _set_rng_states)
+    else:
+        log.warning("%s: no RNG states for process %d (written by fewer processes); kept the seeded ones",
+                    folder, accelerator.process_index)
+
+
+def resume_latest(accelerator: Accelerator, output_dir: Path, parts: Resumable) -> None:
+    """Restore ``parts`` from the newest checkpoint in ``output_dir``, if any."""
+    checkpoint = latest_checkpoint(output_dir)
+    if checkpoint is not None:
+        read_checkpoint(accelerator, checkpoint, parts)
+        log.info("resumed from %s at step %d", checkpoint, parts.state.step)
 
 
 def start_or_resume(output_dir: Path, record: dict[str, Any]) -> str:
@@ -66,40 +168,28 @@ def start_or_resume(output_dir: Path, record: dict[str, Any]) -> str:
     return "new"
 
 
-def resume_state(accelerator: Accelerator, output_dir: Path, seed: int, new_rows: NewTokenRows | None, ema: EMAModel | None) -> TrainState:
-    """A fresh :class:`TrainState`, registered for checkpoints with the new-token rows and the EMA
-    (beside what ``accelerator.prepare`` wrapped), then loaded from the newest checkpoint if any."""
-    state = TrainState(seed)
-    accelerator.register_for_checkpointing(state)
-    if new_rows is not None:
-        accelerator.register_for_checkpointing(new_rows)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    checkpoint = latest_checkpoint(output_dir)
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        log.info("resumed from %s at step %d", checkpoint, state.step)
-    return state
-
-
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest complete checkpoint (directories are renamed into place only when written)."""
     found = sorted(Path(output_dir, CHECKPOINTS_DIR).glob("step-*"))
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, kept: int) -> Path:
-    """Write a checkpoint to a temporary name, rename it into place, then drop the oldest beyond ``kept``.
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, parts: Resumable, kept: int) -> Path:
+    """Write a checkpoint of ``parts`` to a temporary name, rename it into place once every process
+    has written, then drop the oldest beyond ``kept``.
 
-    Every process writes into the folder (its own RNG state), so its temporary name is one for all
+    Every process writes into the folder (its own RNG states), so its temporary name is one for all
     processes, not :func:`~implicit_concept.files.temporary_name`'s per-process one.
     """
     root = output_dir / CHECKPOINTS_DIR
-    final = root / f"step-{step:07d}"
+    final = root / f"step-{parts.state.step:07d}"
+    tmp = root / f".tmp-step-{parts.state.step:07d}"
     if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-step-{step:07d}"
-    accelerator.save_state(str(tmp))
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    write_checkpoint(accelerator, tmp, parts)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
             shutil.rmtree(final)

@@ -29,8 +29,10 @@ from benchmark.models.clip_tokenizer import token_ids
 from benchmark.models.pipelines import load_pipeline
 from benchmark.training.checkpoints import (
     PIPELINE_DIR,
+    Resumable,
     Session,
-    resume_state,
+    TrainState,
+    resume_latest,
     save_checkpoint,
     save_pipeline,
     start_or_resume,
@@ -115,14 +117,17 @@ def train(
     ema = EMAModel(unet.parameters(), decay=config.ema_decay, model_cls=type(unet), model_config=unet.config) if config.ema_decay else None
 
     # Only models with trainable weights are wrapped (DDP refuses others) and saved in checkpoints.
+    trained = {}
     if not config.model_removal:
-        unet = accelerator.prepare(unet)
+        unet = trained["unet"] = accelerator.prepare(unet)
     if config.train_text == "text_encoder":
-        text_encoder = accelerator.prepare(text_encoder)
+        text_encoder = trained["text_encoder"] = accelerator.prepare(text_encoder)
     optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
     if ema is not None:
         ema.to(accelerator.device)
-    state = resume_state(accelerator, output_dir, config.seed, new_rows, ema)
+    resumable = Resumable(TrainState(config.seed), trained, optimizer, lr_scheduler, new_rows, ema)
+    resume_latest(accelerator, output_dir, resumable)
+    state = resumable.state
 
     # The data: examples in a seeded shuffle, each with its Geom-Erasing caption and weight map.
     prepare = Preparer(config, tokenizer, latent_hw, config.resolution or latent_hw[0] * pipe.vae_scale_factor, detect)
@@ -171,7 +176,7 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{session.loss:.4f}")
         if state.step % config.checkpoint_every == 0 or state.step == config.steps:
-            save_checkpoint(accelerator, output_dir, state.step, config.checkpoints_kept)
+            save_checkpoint(accelerator, output_dir, resumable, config.checkpoints_kept)
     bar.close()
     session.seconds = time.time() - session.started
 
