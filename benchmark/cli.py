@@ -262,8 +262,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """``--quiet``: the libraries' own loading bars, warnings and summaries off too, not only ours.
+    Set here, in the composition root, never by the library modules."""
+    import logging
+    import os
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+    os.environ["YOLO_VERBOSE"] = "False"  # read when ultralytics is imported (it resets its logger's level then)
+    logging.getLogger("ultralytics").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        _quiet_libraries()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:

@@ -1,0 +1,36 @@
+"""The command line: --version, and --quiet silencing the libraries' own bars and warnings too."""
+import subprocess
+import sys
+
+from benchmark.cli import main
+
+LOAD_A_PIPELINE = """
+import sys
+from benchmark.cli import main, _quiet_libraries
+if sys.argv[1] == "quiet":
+    _quiet_libraries()
+from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
+config = TinyPipelineConfig(image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True), attention_head_dim=8, text_hidden=16, text_layers=1, text_heads=2)
+save_portable_pipeline(build_tiny_pipeline(config, sys.argv[2] + "/tok", seed=0), sys.argv[2] + "/p")
+pipe = load_pipeline(sys.argv[2] + "/p")
+"""
+
+
+def test_version(capsys):
+    try:
+        main(["--version"])
+    except SystemExit as e:
+        assert e.code == 0
+    assert capsys.readouterr().out.startswith("implicit-concept ")
+
+
+def test_quiet_silences_the_libraries_bars_and_warnings(tmp_path):
+    def run(mode: str) -> str:
+        (tmp_path / mode).mkdir()
+        done = subprocess.run([sys.executable, "-c", LOAD_A_PIPELINE, mode, str(tmp_path / mode)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout + done.stderr
+
+    noisy, quiet = run("loud"), run("quiet")
+    assert "it/s]" in noisy or "Expected types" in noisy  # the noise this test is about exists
+    assert "it/s]" not in quiet and "Expected types" not in quiet and "Loading" not in quiet, quiet[-2000:]
