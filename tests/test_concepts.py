@@ -82,13 +82,13 @@ def test_qrcode_size_within_scale(size: int) -> None:
         (inst,) = instances
         p = inst.params
         side = p["side_px"]
-        assert max(1, math.floor(lo * size)) <= side <= math.ceil(hi * size)
+        assert max(cfg.min_px, math.floor(lo * size)) <= side <= max(cfg.min_px, math.ceil(hi * size))
         r = math.radians(p["rotation"])
         grow = (abs(math.cos(r)) + abs(math.sin(r))) * (1 + 2 * p["perspective"])
         for extent in (inst.box.width, inst.box.height):
             assert side * (1 - 2 * p["perspective"]) - 2 <= extent <= side * grow + 2
         frac = inst.box.area / size**2
-        assert frac <= (hi * grow + 2 / size) ** 2
+        assert frac <= (max(hi, cfg.min_px / size) * grow + 2 / size) ** 2
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -212,26 +212,60 @@ def test_renderers_draw_only_their_splits_assets() -> None:
 
 
 def test_qrcodes_decode_at_512() -> None:
+    """OpenCV reads >= 95% of the non-inverted codes drawn with at least 3 px per module (a decoder
+    does not read inverted codes, nor a 1 px module grid), rotated and in perspective included."""
     cv2 = pytest.importorskip("cv2")
     detectors = [cv2.QRCodeDetector()]
     if hasattr(cv2, "QRCodeDetectorAruco"):
         detectors.append(cv2.QRCodeDetectorAruco())
     grey = Image.new("RGB", (512, 512), (128, 128, 128))
-    checked = 0
+    checked = decoded = 0
     for split in ("train", "test"):
         renderer = make_renderer("qrcode", {}, split)
-        for seed in range(12):
+        for seed in range(60):
             layers = renderer.render(np.random.default_rng(seed), (512, 512))
-            image, (inst,), _ = composite(grey, layers, "qrcode")
-            if inst.params["perspective"] > 0.05:
+            p = layers[0].params
+            if p["style"] == "inverted" or p["side_px"] < 3 * p["modules"]:
                 continue
+            image, _, _ = composite(grey, layers, "qrcode")
             pixels = np.asarray(image.convert("L"))
-            if inst.params["style"] == "inverted":
-                pixels = 255 - pixels
-            decoded = next((t for d in detectors if (t := d.detectAndDecode(pixels)[0])), "")
-            assert decoded == inst.params["payload"], inst.params
+            decoded += next((t for d in detectors if (t := d.detectAndDecode(pixels)[0])), "") == p["payload"]
             checked += 1
-    assert checked >= 12
+    assert checked >= 40 and decoded >= 0.95 * checked, (decoded, checked)
+
+
+def test_qrcodes_are_what_an_encoder_makes() -> None:
+    """Version: the smallest from the drawn minimum that holds the payload; mask: the encoder's own
+    choice for that code; the minimum varies within the recipe's ``versions``."""
+    import qrcode
+
+    cfg = make_config("qrcode", {})
+    minimums, grown = set(), 0
+    for split in ("train", "test"):
+        renderer = make_renderer("qrcode", {}, split)
+        for seed in range(40):
+            (layer,) = renderer.render(np.random.default_rng(seed), (64, 64))
+            p = layer.params
+            level = getattr(qrcode.constants, f"ERROR_CORRECT_{p['error_level']}")
+            fit = qrcode.QRCode(error_correction=level)
+            fit.add_data(p["payload"])
+            fit.make(fit=True)
+            assert p["version"] == max(p["min_version"], fit.version), p
+            encoder = qrcode.QRCode(version=p["version"], error_correction=level, border=p["border"])
+            encoder.add_data(p["payload"])
+            assert p["mask_pattern"] == encoder.best_mask_pattern(), p
+            assert p["modules"] == 4 * p["version"] + 17 + 2 * p["border"]
+            minimums.add(p["min_version"])
+            grown += p["version"] > p["min_version"]
+    assert minimums == set(range(cfg.versions[0], cfg.versions[1] + 1)) and grown > 10
+
+
+def test_qrcodes_come_small_and_large() -> None:
+    """From a corner-of-a-poster code (about 5% of the image) to almost half of it, at 512 px."""
+    renderer = make_renderer("qrcode", {}, "train")
+    sides = [renderer.render(np.random.default_rng(seed), (512, 512))[0].params["side_px"] / 512 for seed in range(200)]
+    assert min(sides) < 0.07 and max(sides) > 0.42
+    assert 0.15 < np.mean(np.array(sides) < 0.15) < 0.4
 
 
 @pytest.mark.parametrize("concept", CONCEPT_NAMES)
