@@ -44,6 +44,10 @@ class Recipe:
     write_clean: bool = True
     write_mask: bool = True
     system_fonts: bool = False
+    #: An instance showing less than this share of its alpha in the final image (covered by a
+    #: later, opaque one) is not labelled: below a third, a word is a few strokes and a QR code
+    #: loses its finder patterns, so no detector should be asked to find it.
+    min_visible: float = 0.3
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -117,6 +121,7 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
         write_clean=_bool(raw.get("write_clean", True), "write_clean"),
         write_mask=_bool(raw.get("write_mask", True), "write_mask"),
         system_fonts=_bool(raw.get("system_fonts", False), "system_fonts"),
+        min_visible=_fraction(raw.get("min_visible", 0.3), "min_visible"),
     )
     if not recipe.subsets:
         raise RecipeError("subsets: at least one subset is needed")
@@ -174,6 +179,12 @@ def _int(v: Any, where: str, lo: int | None = None, hi: int | None = None) -> in
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise RecipeError(f"{where} must be in [{lo}, {hi if hi is not None else 'inf'}], got {v}")
     return v
+
+
+def _fraction(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+        raise RecipeError(f"{where} must be a number in [0, 1], got {v!r}")
+    return float(v)
 
 
 def _bool(v: Any, where: str) -> bool:

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -21,8 +21,8 @@ from builders.recipe import Recipe, Subset
 from builders.resizer import SampleError, prepare_image
 from builders.sources import make_source
 from builders.sources.base import RawItem
-from implicit_concept.compositing import composite
-from implicit_concept.concepts import make_renderer
+from implicit_concept.compositing import Composition
+from implicit_concept.concepts import Layer, make_renderer
 from implicit_concept.files import atomic_write_json, atomic_write_parquet
 from implicit_concept.provenance import version
 from implicit_concept.sample import SPLITS, Instance, SampleMeta
@@ -130,12 +130,8 @@ class ShardBuilder:
             raise SampleError("missing_caption")
         size = self.recipe.image_size
         clean = prepare_image(item.image, size, self.recipe.min_side)
-        subset_index = [s.name for s in self.recipe.subsets].index(subset.name)
-        seed = [self.recipe.seed, subset_index, SPLITS.index(unit.split), unit.shard_id, index]
-        rng = np.random.default_rng(seed)
-        image, instances, mask = clean, [], Image.new("L", clean.size, 0)
-        if rng.random() < subset.fraction:
-            image, instances, mask = self.contaminate(clean, subset, unit.split, rng)
+        seed = self.sample_seed(unit, index)
+        image, instances, mask = self.contaminate(clean, subset, unit.split, np.random.default_rng(seed))
         meta = SampleMeta(
             key=key,
             caption=item.caption.strip(),
@@ -161,20 +157,43 @@ class ShardBuilder:
             members["mask.png"] = _encode(mask, "PNG")
         return members, meta
 
+    def sample_seed(self, unit: WorkUnit, index: int) -> list[int]:
+        """The seed of item ``index`` of ``unit``'s source shard: everything drawn for it starts here."""
+        subset_index = [s.name for s in self.recipe.subsets].index(unit.subset)
+        return [self.recipe.seed, subset_index, SPLITS.index(unit.split), unit.shard_id, index]
+
     def contaminate(
         self, clean: Image.Image, subset: Subset, split: str, rng: np.random.Generator
     ) -> tuple[Image.Image, list[Instance], Image.Image]:
-        """Composite one to ``subset.instances`` contamination events, each of a drawn concept."""
-        lo, hi = subset.instances
-        image, instances = clean, []
-        mask = np.zeros((clean.height, clean.width), dtype=np.uint8)
-        for _ in range(int(rng.integers(lo, hi + 1))):
-            concept = subset.concepts[int(rng.integers(len(subset.concepts)))]
-            layers = self.renderers[(concept, split)].render(rng, clean.size, background=image)
-            image, new, layer_mask = composite(image, layers, concept)
-            instances.extend(new)
-            mask = np.maximum(mask, np.asarray(layer_mask))
-        return image, instances, Image.fromarray(mask, mode="L")
+        """The image, its labels (what stays visible, see ``compositing``) and the concepts' mask."""
+        composition = self.draw(clean, subset, split, rng)
+        return composition.image, composition.instances(self.recipe.min_visible), composition.mask()
+
+    def draw(self, clean: Image.Image, subset: Subset, split: str, rng: np.random.Generator) -> Composition:
+        """With probability ``subset.fraction``, composite one to ``subset.instances`` events, each
+        of a drawn concept; each renderer sees the image composited so far."""
+        composition = Composition(clean)
+        if rng.random() < subset.fraction:
+            lo, hi = subset.instances
+            for _ in range(int(rng.integers(lo, hi + 1))):
+                concept = subset.concepts[int(rng.integers(len(subset.concepts)))]
+                renderer = self.renderers[(concept, split)]
+                composition.add(renderer.render(rng, clean.size, background=composition.image), concept)
+        return composition
+
+    def layers(self, unit: WorkUnit) -> Iterator[tuple[int, list[tuple[str, Layer]]]]:
+        """(item index, ordered (concept, layer) list) of every usable item of ``unit``, as ``build``
+        composites them: a shard is a pure function of the recipe, so its labels can be re-derived."""
+        subset = self.recipe.subset(unit.subset)
+        for index, item in enumerate(self.source.read(unit.split, unit.shard_id)):
+            if item.error:
+                continue
+            try:
+                clean = prepare_image(item.image, self.recipe.image_size, self.recipe.min_side)
+            except SampleError:
+                continue
+            rng = np.random.default_rng(self.sample_seed(unit, index))
+            yield index, self.draw(clean, subset, unit.split, rng).layers
 
 
 MANIFEST_COLUMNS = [

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 SPLITS: tuple[str, ...] = ("train", "test")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: boxes are visible-pixel boxes; instances record ``visible``
 
 
 @dataclass(frozen=True)
@@ -68,11 +68,15 @@ def covering_box(coords: Sequence[float], width: int | None = None, height: int 
 
 @dataclass
 class Instance:
-    """One drawn concept instance: its tight box and every parameter that drew it."""
+    """One drawn concept instance: the box of its pixels still visible in the final image, the
+    share of its alpha they hold (``visible``, 1.0 when nothing covers it; an instance showing less
+    than the recipe's ``min_visible`` is not recorded) and every parameter that drew it. What
+    "visible" means exactly is :mod:`implicit_concept.compositing`'s rule."""
 
     concept: str
     box: Box
     params: dict[str, Any] = field(default_factory=dict)
+    visible: float = 1.0
 
     def to_json(self, width: int, height: int) -> dict[str, Any]:
         return {
@@ -80,12 +84,13 @@ class Instance:
             "box": self.box.as_list(),
             "box_norm": [round(v, 6) for v in self.box.normalised(width, height)],
             "area_frac": round(self.box.area / (width * height), 6),
+            "visible": self.visible,
             "params": self.params,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Instance":
-        return cls(concept=d["concept"], box=Box(*d["box"]), params=d.get("params", {}))
+        return cls(concept=d["concept"], box=Box(*d["box"]), params=d.get("params", {}), visible=d.get("visible", 1.0))
 
 
 @dataclass

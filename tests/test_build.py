@@ -193,3 +193,22 @@ def test_cli_builds_a_recipe_from_your_own_shards_and_verify_catches_corruption(
     capsys.readouterr()
     assert main(["verify", str(out)]) == 1
     assert "icd-qrcode/train/00000.tar: sha256" in capsys.readouterr().err
+
+
+def test_every_label_is_the_box_of_its_visible_pixels(debug_dataset):
+    """Each sample's layers, re-drawn from the recipe, give back its labels: a box is what stays
+    visible of an instance, and an instance a later layer hides is not labelled."""
+    from tests.visible_pixels import check_labels
+
+    counts = check_labels(debug_dataset, "icd-debug")
+    assert counts["samples"] == 4 * (64 + 32) and counts["covered"] > 0, counts
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "0.3", True])
+def test_min_visible_is_a_share(bad):
+    from builders.recipe import RecipeError
+
+    raw = load_recipe("icd-debug").to_dict()
+    assert raw["min_visible"] == 0.3
+    with pytest.raises(RecipeError, match="min_visible"):
+        parse_recipe({**raw, "min_visible": bad})
