@@ -92,18 +92,26 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generation_settings(args: argparse.Namespace):
-    from benchmark.generation import GenerationSettings
+def _judging(args: argparse.Namespace):
+    from benchmark.external import Judging, default_reference
+    from benchmark.track import load_track
 
-    return GenerationSettings(steps=args.steps, guidance_scale=args.guidance, image_size=args.size, images_per_prompt=args.images_per_prompt)
+    track = load_track(args.track)
+    reference = None if args.no_quality else Path(args.reference) if args.reference else default_reference(track, Path(args.data))
+    if reference is None and not args.no_quality:
+        raise FileNotFoundError(
+            f"no clean reference images for quality scores under {args.data}: build the track's dataset "
+            f"(make dataset), pass --reference SHARDS, or --no-quality"
+        )
+    return Judging(track=track, detector=Path(args.detector), reference=reference, cache=Path(args.cache), num_prompts=args.num_prompts)
 
 
 def _score_pipeline(args: argparse.Namespace) -> int:
     from benchmark.external import score_pipeline
 
     summary = score_pipeline(
-        Path(args.pipeline), Path(args.out), Path(args.detector), args.prompts, args.num_prompts,
-        negative_prompt=args.negative_prompt, settings=_generation_settings(args), conf=args.conf,
+        Path(args.pipeline), Path(args.out), _judging(args), negative_prompt=args.negative_prompt, progress=not args.quiet,
+        steps=args.steps, guidance_scale=args.guidance, image_size=args.size, images_per_prompt=args.images_per_prompt,
     )
     print(summary["table"])
     return 0
@@ -112,10 +120,7 @@ def _score_pipeline(args: argparse.Namespace) -> int:
 def _score_images(args: argparse.Namespace) -> int:
     from benchmark.external import score_image_folder
 
-    summary = score_image_folder(
-        Path(args.dir), Path(args.out), Path(args.detector), args.prompts, args.num_prompts,
-        images_per_prompt=args.images_per_prompt, conf=args.conf,
-    )
+    summary = score_image_folder(Path(args.dir), Path(args.out), _judging(args), images_per_prompt=args.images_per_prompt or 1)
     print(summary["table"])
     return 0
 
@@ -159,11 +164,15 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _add_scoring_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--detector", required=True, help="detector.pt, or the folder `detector train` wrote")
-    p.add_argument("--prompts", default="icd-tiny-eval", help="prompts CSV (case_number,prompt,evaluation_seed) or a shipped name")
-    p.add_argument("--num-prompts", type=int, default=200)
-    p.add_argument("--images-per-prompt", type=int, default=1)
-    p.add_argument("--conf", type=float, default=0.25)
+    p.add_argument("--detector", required=True, help="the detector folder `detector train` wrote, or its weights file")
+    p.add_argument("--track", default="tiny", help="the track whose prompts, seeds, sampler, threshold and quality measures judge (default: tiny)")
+    p.add_argument("--num-prompts", type=int, help="score only the first N of the track's prompts (default: the track's count)")
+    p.add_argument("--images-per-prompt", type=int, help="images per prompt (default: the track's)")
+    p.add_argument("--data", default="data", help="where the track's dataset is built: its clean test split is the quality reference")
+    p.add_argument("--reference", help="clean test shards to compare with, instead of the track's dataset under --data")
+    p.add_argument("--no-quality", action="store_true", help="ICR only, no quality scores")
+    p.add_argument("--cache", default=".cache/implicit-concept", help="where the quality extractor is cached")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="folder for images, scores.json and summary.json")
 
 
@@ -248,10 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score-pipeline", help="score an already-erased diffusers pipeline on the benchmark's prompts")
     p.add_argument("pipeline", help="a local diffusers pipeline directory")
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--size", type=int, default=64, help="image size to generate (default: 64, the tiny track's)")
+    p.add_argument("--negative-prompt", help="default: the one the pipeline records (negative_prompt.txt or Geom-Erasing's metadata)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the track's)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the track's)")
+    p.add_argument("--size", type=int, help="image size (default: the track's)")
     _add_scoring_arguments(p)
     p.set_defaults(func=_score_pipeline)
 

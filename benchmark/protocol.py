@@ -21,8 +21,7 @@ from PIL import Image
 
 from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
-from benchmark.evaluation.quality import paper_clip_score, paper_fid, prompt_following, scene_fid
-from benchmark.evaluation.scene_features import SceneFeatures
+from benchmark.evaluation.scorecard import score_generated
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_source
 from benchmark.methods import NotImplementedMethod, get_method
 from benchmark.methods.interface import MethodContext
@@ -36,8 +35,7 @@ from benchmark.training import processes as process_state
 from implicit_concept.detector.inference import Detector
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, claim, sha256_file
 from implicit_concept.provenance import environment
-from implicit_concept.scene.grammar import Scene
-from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference, ScoreConfig, score_images
+from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference, ScoreConfig
 
 
 @dataclass(frozen=True)
@@ -135,24 +133,18 @@ def _run_method(run: BenchmarkRun, spec: str, ctx: MethodContext, evaluation: Ev
     )
     timings["generate"] = time.perf_counter() - start
     start = time.perf_counter()
-    report = score_images(paths, evaluation.detector, ScoreConfig(conf=run.track.conf, seed=run.track.seed))
+    score = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
+    report, scores = score_generated(paths, prompts, evaluation.detector, score, run.track.quality, evaluation.reference, run.cache)
     report.write_json(run.root / "scores" / subset_name / f"{method.name}.json")
-    quality = _quality(run, paths, prompts, evaluation.reference)
     timings["score"] = time.perf_counter() - start
     for row in rows:
-        score = report.concepts[row["concept"]]
         row.update(
             status="ok",
             model=pipeline_source(generator.pipeline),
             negative_prompt=generator.negative_prompt,
-            icr=score.icr.to_json(),
-            fp_rate=score.fp_rate.to_json(),
-            crosscheck={x.checker: {"icr": x.icr.to_json(), "agreement": x.agreement} for x in report.crosschecks if x.concept == row["concept"]},
             timings={k: round(v / len(rows), 1) for k, v in timings.items()},
-            **quality,
+            **scores[row["concept"]],
         )
-        if "scene_fid" in quality["quality"]:
-            row["fid_x_icr"] = quality["quality"]["scene_fid"] * 100 * score.icr.value
     method_grid(paths[:8], report.images[:8], run.root / "grids" / subset_name / f"{method.name}.png", title=f"{subset_name} / {method.name}")
     return rows
 
@@ -165,34 +157,6 @@ def _prompts(run: BenchmarkRun, subset: Path) -> list[Prompt]:
     if not path.exists():
         write_prompts(path, shard_prompts(subset / "test", run.track.num_prompts))
     return read_prompts(path)
-
-
-def _quality(run: BenchmarkRun, paths: list[Path], prompts: list[Prompt], reference: list) -> dict[str, Any]:
-    kind = run.track.quality.get("kind", "scene")
-    if kind == "none":
-        return {"quality": {}, "quality_kinds": []}
-    images = [Image.open(p).convert("RGB") for p in paths]
-    if kind == "scene":
-        options = {k: v for k, v in run.track.quality.items() if k not in ("kind", "image_size")}
-        extractor = SceneFeatures.load_or_train(run.cache, image_size=run.track.quality.get("image_size", 64), **options)
-        fid = scene_fid(images, reference, extractor)
-        scenes = [Scene.from_json(p.scene) if p.scene else p.prompt for p in prompts]
-        follow = prompt_following(images, scenes, extractor, seed=run.track.seed)
-        return {
-            "quality": {"scene_fid": fid.value, "prompt_following": follow.mean.value},
-            "quality_detail": {"scene_fid": fid.to_json(), "prompt_following": follow.to_json()},
-            "quality_kinds": [fid.kind, follow.kind],
-        }
-    weights = {k: run.track.quality.get(k) for k in ("fid_weights", "clip_weights")}
-    if not all(weights.values()):
-        raise ValueError(f"track {run.track.name}: [quality] needs fid_weights and clip_weights (local paths) for kind 'paper'")
-    fid = paper_fid(images, reference, weights["fid_weights"])
-    clip = paper_clip_score(images, [p.prompt for p in prompts], weights["clip_weights"])
-    return {
-        "quality": {"fid": fid.value, "clip_score": clip.value},
-        "quality_detail": {"fid": fid.to_json(), "clip_score": clip.to_json()},
-        "quality_kinds": [fid.kind, clip.kind],
-    }
 
 
 def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Detector) -> dict[str, Any]:

@@ -72,3 +72,6 @@ def _quality(options: dict[str, Any]) -> None:
         SceneFeaturesConfig(**scene_options)
     elif kind == "paper":
         check_fields(options, ("kind", "fid_weights", "clip_weights"), "quality")
+        missing = [k for k in ("fid_weights", "clip_weights") if not options.get(k)]
+        if missing:
+            raise ValueError(f"kind 'paper' needs local weight paths for {missing}")

@@ -1,5 +1,6 @@
 """The debug track end to end through the CLI: every stage, every method, resumable, pluggable."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -69,16 +70,26 @@ def test_other_labs_plug_in_a_method_or_score_their_outputs(debug_run, tmp_path)
     assert {r["method"] for r in plugin["rows"]} == {"wordy-negative"}
     assert plugin["rows"][0]["negative_prompt"].endswith("logo, signature, caption")
     detector = next((root / "cache" / "detectors").glob("*/detector.pt"))
+    judged = ["--detector", str(detector), "--track", "debug", "--data", str(root / "data"), "--cache", str(root / "cache")]
     images = root / "runs" / "debug" / "images" / "icd-qrcode" / "sd"
-    assert main(["score-images", str(images), "--detector", str(detector), "--num-prompts", "8", "--out", str(tmp_path / "si")]) == 0
+    assert main(["score-images", str(images), *judged, "--out", str(tmp_path / "si")]) == 0
     summary = json.loads((tmp_path / "si" / "summary.json").read_text())
-    assert summary["concepts"]["qrcode"]["icr"]["n"] == 8
-    pipeline = next((root / "runs" / "debug" / "models" / "icd-qrcode").glob("contaminated-*/pipeline"))
-    assert main(["score-pipeline", str(pipeline), "--detector", str(detector), "--num-prompts", "4", "--steps", "3",
-                 "--out", str(tmp_path / "sp")]) == 0
+    ours = next(r for r in json.loads((root / "runs" / "debug" / "results.json").read_text())["rows"] if (r["concept"], r["method"]) == ("qrcode", "sd"))
+    theirs = next(r for r in summary["rows"] if r["concept"] == "qrcode")
+    for field in ("icr", "fp_rate", "quality", "quality_detail", "fid_x_icr"):
+        assert theirs[field] == ours[field], field  # the same fields, computed the same way
+    pipeline = next(Path(p).parent for p in ours_model(root, "ge-full"))
+    assert main(["score-pipeline", str(pipeline), *judged, "--num-prompts", "4", "--steps", "3", "--out", str(tmp_path / "sp")]) == 0
     assert len(list((tmp_path / "sp" / "images").glob("*.png"))) == 4
-    assert main(["score-images", str(tmp_path / "sp" / "images"), "--detector", str(detector), "--num-prompts", "8",
-                 "--out", str(tmp_path / "missing")]) == 2
+    summary = json.loads((tmp_path / "sp" / "summary.json").read_text())
+    assert "<l" in summary["inputs"]["negative_prompt"] and summary["seed_rule"].startswith("image i of prompt p")
+    assert main(["score-images", str(tmp_path / "sp" / "images"), *judged, "--num-prompts", "8", "--out", str(tmp_path / "missing")]) == 2
+
+
+def ours_model(root, method):
+    """The unet folder the debug run's ``method`` sampled with on icd-qrcode, as results.json names it."""
+    rows = json.loads((root / "runs" / "debug" / "results.json").read_text())["rows"]
+    return [next(r for r in rows if (r["concept"], r["method"]) == ("qrcode", method))["model"]["unet"]]
 
 
 def test_two_processes_run_the_benchmark_and_train_what_one_trains(debug_run):
