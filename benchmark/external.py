@@ -30,11 +30,12 @@ def score_pipeline(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate from the evaluation prompts with ``pipeline_dir`` (resumable), then score."""
+    detector = Detector.load(detector_path)  # a detector that cannot be used fails before generation, not after
     pipe = load_pipeline(pipeline_dir)
     pipe.set_progress_bar_config(disable=True)
     rows = read_prompts(prompts, limit=num_prompts)
     paths = generate_images(diffusers_generate_fn(pipe, settings), rows, Path(out) / "images", negative_prompt, settings, progress)
-    return _score(paths, Path(out), detector_path, conf, seed, {"pipeline": str(pipeline_dir), "negative_prompt": negative_prompt, "prompts": prompts, "num_prompts": num_prompts, "generation": settings.__dict__})
+    return _score(paths, Path(out), detector, conf, seed, {"pipeline": str(pipeline_dir), "negative_prompt": negative_prompt, "prompts": prompts, "num_prompts": num_prompts, "generation": settings.__dict__})
 
 
 def score_image_folder(
@@ -46,11 +47,10 @@ def score_image_folder(
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(f"{folder}: {len(missing)} of {len(paths)} images named by {prompts} are missing, first {missing[0].name}")
-    return _score(paths, Path(out), detector_path, conf, seed, {"images": str(folder), "prompts": prompts, "num_prompts": num_prompts})
+    return _score(paths, Path(out), Detector.load(detector_path), conf, seed, {"images": str(folder), "prompts": prompts, "num_prompts": num_prompts})
 
 
-def _score(paths: list[Path], out: Path, detector_path: Path, conf: float, seed: int, inputs: dict[str, Any]) -> dict[str, Any]:
-    detector = Detector.load(detector_path)
+def _score(paths: list[Path], out: Path, detector: Detector, conf: float, seed: int, inputs: dict[str, Any]) -> dict[str, Any]:
     report = score_images(paths, detector, ScoreConfig(conf=conf, seed=seed))
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "scores.json")
