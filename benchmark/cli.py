@@ -171,9 +171,14 @@ def _add_scoring_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="data", help="where the track's dataset is built: its clean test split is the quality reference")
     p.add_argument("--reference", help="clean test shards to compare with, instead of the track's dataset under --data")
     p.add_argument("--no-quality", action="store_true", help="ICR only, no quality scores")
-    p.add_argument("--cache", default=".cache/implicit-concept", help="where the quality extractor is cached")
+    _add_cache_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="folder for images, scores.json and summary.json")
+
+
+def _add_cache_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", default=".cache/implicit-concept",
+                   help="folder for ultralytics' settings and font and matplotlib's caches (default: .cache/implicit-concept)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,13 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     detector_sub = p.add_subparsers(dest="detector_command", required=True)
     p = detector_sub.add_parser("train", help="train on SHARDS/train, report per-class mAP on SHARDS/test (unseen assets)")
     p.add_argument("shards", help="an ICD subset folder with train/ and test/ shard sets, e.g. data/icd-tiny/icd-mixed")
-    p.add_argument("--out", required=True, help="output folder: detector.pt, metrics.json, pr_curve.png, ...")
+    p.add_argument("--out", required=True, help="output folder: detector.safetensors and detector.json, metrics.json, pr_curve.png, ...")
     p.add_argument("--scale", default="cpu", help="a scale in implicit_concept/detector/scales.toml: debug, cpu, gpu (default: cpu)")
+    _add_cache_argument(p)
     p.set_defaults(func=_detector_train)
 
     p = sub.add_parser("score", help="ICR per concept of a set of images, beside the detector's false-positive rate")
     p.add_argument("dir", help="a folder of images, or a shard set (folder of .tar, one tar, or a brace pattern)")
-    p.add_argument("--detector", required=True, help="detector.pt, or the folder `detector train` wrote")
+    p.add_argument("--detector", required=True, help="the folder `detector train` wrote, or its detector.safetensors")
+    _add_cache_argument(p)
     p.add_argument("--conf", type=float, default=0.25, help="confidence threshold at which a concept counts (default: 0.25)")
     p.add_argument("--clean", help="clean images to measure false positives on (default: the reference saved with the detector)")
     p.add_argument("--json", help="write the full result, per-image detections included, to this file")
@@ -224,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name: results go to RUNS/NAME (default: the track's name)")
     p.add_argument("--method", action="append", help="run only this method (repeatable): a registered name or package.module:Class")
     p.add_argument("--pretrained", help="a local diffusers Stable Diffusion directory to start from (paper track)")
-    p.add_argument("--detector", help="use this detector instead of training one")
+    p.add_argument("--detector", help="use this detector (a folder `detector train` wrote) instead of training one")
     p.add_argument("--source", help="your own image-text shards or folder, replacing the recipe's source")
     p.add_argument("--runs", default="runs")
     p.add_argument("--data", default="data")
@@ -288,7 +295,11 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from implicit_concept.detector.yolo_env import use_cache
+
     args = build_parser().parse_args(argv)
+    if getattr(args, "cache", None):
+        use_cache(args.cache)  # before anything imports matplotlib or ultralytics
     if getattr(args, "quiet", False):
         _quiet_libraries()
     try:

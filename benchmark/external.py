@@ -70,6 +70,7 @@ def score_pipeline(
 ) -> dict[str, Any]:
     """Generate from the track's prompts with ``pipeline_dir`` (resumable), then score. ``negative_prompt``
     None: the one the pipeline records; ``settings`` override the track's sampler settings."""
+    detector = Detector.load(judging.detector)  # a detector that cannot be used fails before generation, not after
     pipe = load_pipeline(pipeline_dir)
     pipe.set_progress_bar_config(disable=True)
     negative = pipeline_negative_prompt(pipeline_dir) if negative_prompt is None else negative_prompt
@@ -80,7 +81,7 @@ def score_pipeline(
         source={**pipeline_source(pipe), "negative_prompt": negative},
     )
     inputs = {"pipeline": str(pipeline_dir), "model": pipeline_source(pipe), "negative_prompt": negative, "generation": generation.__dict__}
-    return _score(paths, [p for p in prompts for _ in range(generation.images_per_prompt)], Path(out), judging, inputs)
+    return _score(paths, [p for p in prompts for _ in range(generation.images_per_prompt)], Path(out), judging, detector, inputs)
 
 
 def score_image_folder(folder: Path, out: Path, judging: Judging, images_per_prompt: int = 1) -> dict[str, Any]:
@@ -90,11 +91,10 @@ def score_image_folder(folder: Path, out: Path, judging: Judging, images_per_pro
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(f"{folder}: {len(missing)} of {len(paths)} images named by {judging.track.prompts} are missing, first {missing[0].name}")
-    return _score(paths, [p for p in prompts for _ in range(images_per_prompt)], Path(out), judging, {"images": str(folder)})
+    return _score(paths, [p for p in prompts for _ in range(images_per_prompt)], Path(out), judging, Detector.load(judging.detector), {"images": str(folder)})
 
 
-def _score(paths: list[Path], prompts: list[Prompt], out: Path, judging: Judging, inputs: dict[str, Any]) -> dict[str, Any]:
-    detector = Detector.load(judging.detector)
+def _score(paths: list[Path], prompts: list[Prompt], out: Path, judging: Judging, detector: Detector, inputs: dict[str, Any]) -> dict[str, Any]:
     track = judging.track
     quality = track.quality if judging.reference is not None else {"kind": "none"}
     reference = reference_images(judging.reference, len(paths)) if judging.reference is not None else []

@@ -18,8 +18,11 @@ from benchmark.training import PIPELINE_DIR, TrainingConfig, train
 from builders.build import build_dataset
 from builders.dataset_card import CHECKSUMS
 from builders.recipe import load_recipe, source_from_spec
-from implicit_concept.detector.inference import WEIGHTS_NAME, Detector
+from implicit_concept.detector.inference import Detector
 from implicit_concept.detector.training import load_scale, train_detector
+from implicit_concept.detector.weights import FORMAT as DETECTOR_FORMAT
+from implicit_concept.detector.weights import RECORD_NAME
+from implicit_concept.detector.yolo_env import use_cache
 from implicit_concept.files import sha256_file
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 from implicit_concept.provenance import cache_key
@@ -36,15 +39,26 @@ def dataset(run: BenchmarkRun, build: bool = True) -> Path:
 
 
 def detector(run: BenchmarkRun, dataset: Path) -> Detector:
-    """``--detector``, or the track's scale trained on icd-mixed, cached by scale and shard checksums."""
+    """``--detector``, or the track's scale trained on icd-mixed, cached by scale and shard checksums.
+
+    A cached detector is loaded only once its weights match the sha256 its record holds
+    (:meth:`Detector.load` checks it); ultralytics' own files go under the run's cache folder.
+    """
+    use_cache(run.cache)
     if run.detector:
         return Detector.load(run.detector)
+    out = detector_dir(run, dataset)
+    if not (out / RECORD_NAME).is_file():
+        train_detector(dataset / "icd-mixed", out, load_scale(run.track.detector_scale))
+    return Detector.load(out)
+
+
+def detector_dir(run: BenchmarkRun, dataset: Path) -> Path:
+    """Where the track's detector is cached: named by its scale, the data and the detector's file format."""
     scale = load_scale(run.track.detector_scale)
     checksums = (dataset / CHECKSUMS).read_text()
-    out = run.cache / "detectors" / f"{scale.name}-{cache_key({'scale': scale.__dict__, 'data': checksums})}"
-    if not (out / WEIGHTS_NAME).exists():
-        train_detector(dataset / "icd-mixed", out, scale)
-    return Detector.load(out / WEIGHTS_NAME)
+    key = cache_key({"scale": scale.__dict__, "data": checksums, "format": DETECTOR_FORMAT})
+    return run.cache / "detectors" / f"{scale.name}-{key}"
 
 
 def pretrain_base_model(run: BenchmarkRun) -> Path:

@@ -69,7 +69,7 @@ def test_other_labs_plug_in_a_method_or_score_their_outputs(debug_run, tmp_path)
     plugin = json.loads((root / "runs" / "plugin" / "results.json").read_text())
     assert {r["method"] for r in plugin["rows"]} == {"wordy-negative"}
     assert plugin["rows"][0]["negative_prompt"].endswith("logo, signature, caption")
-    detector = next((root / "cache" / "detectors").glob("*/detector.pt"))
+    detector = next((root / "cache" / "detectors").glob("*/detector.safetensors"))
     judged = ["--detector", str(detector), "--track", "debug", "--data", str(root / "data"), "--cache", str(root / "cache")]
     images = root / "runs" / "debug" / "images" / "icd-qrcode" / "sd"
     assert main(["score-images", str(images), *judged, "--out", str(tmp_path / "si")]) == 0
@@ -115,7 +115,7 @@ def test_two_processes_run_the_benchmark_and_train_what_one_trains(debug_run):
     assert done.stdout.count("## Targets") == 1, "one process reports"
     results = json.loads((root / "runs2" / "debug" / "results.json").read_text())
     assert {(r["method"], r["status"]) for r in results["rows"]} == {(m, "ok") for m in methods}
-    assert len(list((root / "cache2" / "detectors").glob("*/detector.pt"))) == 1
+    assert len(list((root / "cache2" / "detectors").glob("*/detector.safetensors"))) == 1
     one, two = (next((root / c / "bases").glob("*/diffusion/pipeline/unet")) for c in ("cache", "cache2"))
     a, b = (load_file(d / "diffusion_pytorch_model.safetensors") for d in (one, two))
     init = load_file(next((root / "cache" / "bases").glob("*/init/unet")) / "diffusion_pytorch_model.safetensors")

@@ -108,7 +108,7 @@ def test_a_detector_trained_fine_tune_is_keyed_by_the_detectors_weights(tmp_path
     from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 
     (tmp_path / "checksums.sha256").write_text(f"{'0' * 64}  icd/train/00000.tar\n")
-    weights = tmp_path / "detector.pt"
+    weights = tmp_path / "detector.safetensors"
     detector = SimpleNamespace(path=weights)
     by_detector = TrainingConfig(geom=GeomErasingConfig(geometry_source="detector"))
     by_truth = TrainingConfig(geom=GeomErasingConfig())

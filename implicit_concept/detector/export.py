@@ -2,7 +2,9 @@
 
 The export is a pure function of the shards. It is written into a temporary folder and renamed
 into place, and a marker records every shard's sha256, so rerunning it on unchanged shards costs one
-hash per tar and a crash never leaves half a dataset behind. The ICD ``test`` split (unseen fonts,
+hash per tar and a crash never leaves half a dataset behind. A reused export is cleared of the
+``labels/*.cache`` files ultralytics may have left in it (pickles; ours never reads or writes one,
+see :mod:`implicit_concept.detector.yolo_env`). The ICD ``test`` split (unseen fonts,
 logos, payloads, words) becomes YOLO's ``val``. YOLO class ids follow ``CONCEPT_NAMES``; COCO
 category ids are those plus one (COCO reserves 0).
 """
@@ -59,6 +61,8 @@ def export_detection_dataset(shards: str | Path, out: str | Path, formats: tuple
     hashes = {str(p.relative_to(shards)): sha256_file(p) for ps in split_shards.values() for p in ps}
     marker = _read_marker(out / MARKER)
     if marker.get("format") == EXPORT_FORMAT and marker.get("shards_sha256") == hashes and tuple(marker.get("formats", ())) == formats:
+        for label_cache in (out / "labels").glob("*.cache"):
+            label_cache.unlink()
         return _dataset(out, marker)
 
     with atomic_dir(out, replace_existing=True) as tmp:
