@@ -67,10 +67,13 @@ def pretrain_base_model(run: BenchmarkRun) -> Path:
 
 
 def finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector: Detector, may_train: bool = True) -> Path:
-    """The fine-tune ``ft`` of ``base`` on ``subset``'s train split, cached under :func:`finetune_key`."""
+    """The fine-tune ``ft`` on ``subset``'s train split, from ``base`` or from the plain fine-tune
+    (``ft.start``), cached under :func:`finetune_key`."""
+    if ft.start == "sd":
+        base = finetune(run, base, subset, FineTune(), detector, may_train)
     geom = ft.geom or GeomErasingConfig.plain()
     config = TrainingConfig(
-        **{**run.track.finetune, "seed": run.track.seed},
+        **{**run.track.finetune, "seed": run.track.seed, **ft.training},
         geom=geom,
         image_field="clean" if ft.data == "clean" else "image",
     )

@@ -23,7 +23,8 @@ def test_debug_track_reports_every_method_and_concept(debug_run):
     results = json.loads((root / "runs" / "debug" / "results.json").read_text())
     assert results["track"] == "debug" and results["config"]["track_sha256"]
     rows = {(r["concept"], r["method"]): r for r in results["rows"]}
-    methods = ["base", "sd", "np", "esd", "sld", "fmn", "ge-name", "ge-geometry", "ge-full", "ge-detector", "oracle"]
+    methods = ["base", "sd", "np", "esd", "sld", "fmn", "ge-name", "ge-geometry", "ge-full", "ge-detector",
+               "ge-classifier", "ge-noisy-0.5", "ge-model-removal", "oracle"]
     for concept in ("qrcode", "watermark", "text"):
         for m in methods:
             row = rows[(concept, m)]
@@ -32,6 +33,10 @@ def test_debug_track_reports_every_method_and_concept(debug_run):
             assert row["icr"]["n"] == 8
             assert "scene_fid" in row["quality"] and "prompt_following" in row["quality"]
         assert "<l" in rows[(concept, "ge-full")]["negative_prompt"]
+        # Model Removal starts from sd and learns only token embeddings: its UNet is sd's, bit for bit.
+        unets = [Path(rows[(concept, m)]["model"]["unet"]) / "diffusion_pytorch_model.safetensors" for m in ("sd", "ge-model-removal")]
+        assert unets[0] != unets[1] and unets[0].read_bytes() == unets[1].read_bytes()
+        assert f"<{concept}>" in rows[(concept, "ge-model-removal")]["negative_prompt"]
         assert rows[(concept, "sd")]["negative_prompt"] == ""
     checks = results["targets"]["checks"]
     assert len(checks) == 5 * 3 and all(c["met"] in (True, False) for c in checks)

@@ -27,10 +27,18 @@ from implicit_concept.provenance import cache_key, canonical_json
 
 @dataclass(frozen=True)
 class FineTune:
-    """What to fine-tune the base model on: the contaminated subset or its clean twins, and how."""
+    """What to fine-tune on (the contaminated subset or its clean twins), from what ("base", or "sd":
+    the plain fine-tune, as Model Removal starts from the model that learned the concept), and how:
+    Geom-Erasing's config and overrides of the track's ``[finetune]`` table."""
 
     data: str = "contaminated"
     geom: Any = None
+    start: str = "base"
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.start not in ("base", "sd"):
+            raise ValueError(f"FineTune.start must be 'base' or 'sd', got {self.start!r}")
 
 
 @dataclass
