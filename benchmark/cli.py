@@ -95,7 +95,9 @@ def _benchmark(args: argparse.Namespace) -> int:
 def _judging(args: argparse.Namespace):
     from benchmark.external import Judging, default_reference
     from benchmark.track import load_track
+    from implicit_concept.detector.inference import Detector
 
+    detector = Detector.load(Path(args.detector))  # an unusable detector fails first, before any generation
     track = load_track(args.track)
     reference = None if args.no_quality else Path(args.reference) if args.reference else default_reference(track, Path(args.data))
     if reference is None and not args.no_quality:
@@ -103,7 +105,7 @@ def _judging(args: argparse.Namespace):
             f"no clean reference images for quality scores under {args.data}: build the track's dataset "
             f"(make dataset), pass --reference SHARDS, or --no-quality"
         )
-    return Judging(track=track, detector=Path(args.detector), reference=reference, cache=Path(args.cache), num_prompts=args.num_prompts)
+    return Judging(track=track, detector=detector, reference=reference, cache=Path(args.cache), num_prompts=args.num_prompts)
 
 
 def _score_pipeline(args: argparse.Namespace) -> int:

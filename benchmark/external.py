@@ -35,7 +35,7 @@ class Judging:
     """What a track fixes for every scored image set, and where the clean reference images are."""
 
     track: Track
-    detector: Path
+    detector: Detector
     #: The clean test split FID compares with (a shard set); None: no quality scores.
     reference: Path | None
     cache: Path
@@ -70,7 +70,6 @@ def score_pipeline(
 ) -> dict[str, Any]:
     """Generate from the track's prompts with ``pipeline_dir`` (resumable), then score. ``negative_prompt``
     None: the one the pipeline records; ``settings`` override the track's sampler settings."""
-    detector = Detector.load(judging.detector)  # a detector that cannot be used fails before generation, not after
     pipe = load_pipeline(pipeline_dir)
     pipe.set_progress_bar_config(disable=True)
     negative = pipeline_negative_prompt(pipeline_dir) if negative_prompt is None else negative_prompt
@@ -81,7 +80,7 @@ def score_pipeline(
         source={**pipeline_source(pipe), "negative_prompt": negative},
     )
     inputs = {"pipeline": str(pipeline_dir), "model": pipeline_source(pipe), "negative_prompt": negative, "generation": generation.__dict__}
-    return _score(paths, [p for p in prompts for _ in range(generation.images_per_prompt)], Path(out), judging, detector, inputs)
+    return _score(paths, [p for p in prompts for _ in range(generation.images_per_prompt)], Path(out), judging, inputs)
 
 
 def score_image_folder(folder: Path, out: Path, judging: Judging, images_per_prompt: int = 1) -> dict[str, Any]:
@@ -91,10 +90,11 @@ def score_image_folder(folder: Path, out: Path, judging: Judging, images_per_pro
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(f"{folder}: {len(missing)} of {len(paths)} images named by {judging.track.prompts} are missing, first {missing[0].name}")
-    return _score(paths, [p for p in prompts for _ in range(images_per_prompt)], Path(out), judging, Detector.load(judging.detector), {"images": str(folder)})
+    return _score(paths, [p for p in prompts for _ in range(images_per_prompt)], Path(out), judging, {"images": str(folder)})
 
 
-def _score(paths: list[Path], prompts: list[Prompt], out: Path, judging: Judging, detector: Detector, inputs: dict[str, Any]) -> dict[str, Any]:
+def _score(paths: list[Path], prompts: list[Prompt], out: Path, judging: Judging, inputs: dict[str, Any]) -> dict[str, Any]:
+    detector = judging.detector
     track = judging.track
     quality = track.quality if judging.reference is not None else {"kind": "none"}
     reference = reference_images(judging.reference, len(paths)) if judging.reference is not None else []
@@ -107,7 +107,7 @@ def _score(paths: list[Path], prompts: list[Prompt], out: Path, judging: Judging
         "track_sha256": track.sha256,
         "prompts": {"file": track.prompts, "count": len(paths)},
         "seed_rule": SEED_RULE,
-        "detector": {"path": str(judging.detector), "conf": track.conf},
+        "detector": {"path": str(detector.path), "conf": track.conf},
         "reference": str(judging.reference) if judging.reference is not None else None,
         "environment": environment(),
         "rows": [{"concept": concept, **row} for concept, row in rows.items()],

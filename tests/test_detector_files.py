@@ -4,7 +4,6 @@ ULTRALYTICS_API_KEY set, and nothing is written outside the folders the user nam
 
 Each attack is a file whose unpickling creates a marker folder: the marker must never appear.
 """
-import csv
 import importlib
 import json
 import os
@@ -89,12 +88,8 @@ def test_every_command_taking_a_detector_refuses_a_pt(tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
     _solid(10).save(images / "1_0.png")
-    prompts = tmp_path / "prompts.csv"
-    with open(prompts, "w", newline="") as f:
-        csv.writer(f).writerows([["case_number", "prompt", "evaluation_seed"], [1, "a scene", 1000]])
     assert main(["score", str(images), "--detector", str(evil)]) == 2
-    assert main(["score-images", str(images), "--detector", str(evil), "--prompts", str(prompts), "--num-prompts", "1",
-                 "--out", str(tmp_path / "si")]) == 2
+    assert main(["score-images", str(images), "--detector", str(evil), "--num-prompts", "1", "--out", str(tmp_path / "si")]) == 2
     assert main(["score-pipeline", str(tmp_path / "pipeline"), "--detector", str(evil), "--out", str(tmp_path / "sp")]) == 2
     assert capsys.readouterr().err.count("evil.pt: a .pt file is a pickle") == 3
     with pytest.raises(DetectorError, match=r"evil\.pt: .*pickle"):
