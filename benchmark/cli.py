@@ -33,6 +33,8 @@ def _verify(args: argparse.Namespace) -> int:
     report = verify_dataset(Path(args.dir))
     for problem in report.problems:
         print(problem, file=sys.stderr)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
     status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
     print(f"{args.dir}: {report.shards} shards, {report.samples} samples, {report.instances} instances: {status}")
     return 0 if report.ok else 1

@@ -18,6 +18,7 @@ from benchmark.training import PIPELINE_DIR, TrainingConfig, train
 from builders.build import build_dataset
 from builders.dataset_card import CHECKSUMS
 from builders.recipe import load_recipe, source_from_spec
+from builders.verify import require_verified
 from implicit_concept.detector.inference import Detector
 from implicit_concept.detector.training import load_scale, train_detector
 from implicit_concept.detector.weights import FORMAT as DETECTOR_FORMAT
@@ -30,11 +31,13 @@ from implicit_concept.scoring import clean_images
 
 
 def dataset(run: BenchmarkRun, build: bool = True) -> Path:
-    """The track's ICD shards under ``data_root`` (built, or resumed, on the main process)."""
+    """The track's ICD shards under ``data_root`` (built, or resumed, and verified on the main
+    process): data that does not verify is refused, naming its first problems."""
     recipe = load_recipe(run.track.recipe, {"source": source_from_spec(run.source)} if run.source else None)
     out = run.data_root / recipe.name
     if build:
         build_dataset(recipe, out, workers=run.workers, progress=run.progress)
+        require_verified(out)
     return out
 
 

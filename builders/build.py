@@ -1,8 +1,9 @@
 """Builds a whole dataset from a recipe: plan, skip finished shards, run the rest, write the card.
 
-Resumable: a rerun after a kill skips shards whose stats file exists, rebuilds the rest from
-scratch, and produces the same bytes as a build that never stopped. An output folder remembers
-the recipe that made it and refuses to mix in shards of another.
+Resumable: a rerun after a kill skips shards whose stats file exists and whose tar still has the
+sha256 it records, rebuilds the rest from scratch, and produces the same bytes as a build that
+never stopped. An output folder remembers the recipe that made it and refuses to mix in shards of
+another.
 """
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ import pandas as pd
 from builders.dataset_card import write_dataset_card
 from builders.distributor import run_units
 from builders.recipe import Recipe
-from builders.shard_builder import MANIFEST_COLUMNS, ShardBuilder, is_complete, shard_dir, stats_path
+from builders.shard_builder import MANIFEST_COLUMNS, ShardBuilder, is_complete, read_stats, shard_dir, stats_path
 from implicit_concept.files import FolderClaimError, atomic_write_json, atomic_write_parquet, claim
 from implicit_concept.provenance import environment
 
 RECIPE_RECORD = "recipe.json"
+MANIFEST = "manifest.parquet"
 
 
 @dataclass
@@ -64,11 +66,16 @@ def _recipe_record(recipe: Recipe) -> dict[str, Any]:
 
 
 def _claim_output(recipe: Recipe, out: Path) -> None:
-    """Refuse a folder that holds another recipe's build, by its record or by any shard's stats."""
-    mismatched = [p for p in out.rglob("*_stats.json") if json.loads(p.read_text()).get("recipe_sha256") != recipe.sha256]
+    """Refuse a folder that holds another recipe's build, by its record or by any shard's stats
+    (an unreadable stats file marks an unfinished shard, rebuilt)."""
+    mismatched = [p for p in out.rglob("*_stats.json") if _of_another_recipe(read_stats(p), recipe)]
     if mismatched:
         raise FolderClaimError(f"{mismatched[0]}: shard of another recipe in {out}; choose another --out or remove the folder")
     claim(out / RECIPE_RECORD, _recipe_record(recipe), "choose another --out or remove the folder", keys=("recipe_sha256",))
+
+
+def _of_another_recipe(stats: dict[str, Any] | None, recipe: Recipe) -> bool:
+    return stats is not None and stats.get("recipe_sha256") != recipe.sha256
 
 
 def _remove_stale_temporaries(out: Path) -> None:
@@ -79,4 +86,4 @@ def _remove_stale_temporaries(out: Path) -> None:
 def _write_manifest(out: Path, units: list) -> None:
     frames = [pd.read_parquet(shard_dir(out, u) / f"{u.name}.parquet") for u in units]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=MANIFEST_COLUMNS)
-    atomic_write_parquet(out / "manifest.parquet", frame)
+    atomic_write_parquet(out / MANIFEST, frame)

@@ -12,6 +12,7 @@ from implicit_concept.files import atomic_write_bytes
 from implicit_concept.provenance import canonical_json, environment
 
 CHECKSUMS = "checksums.sha256"
+CARD = "README.md"
 
 
 def checksum_lines(units: list, stats: list[dict[str, Any]]) -> list[str]:
@@ -63,4 +64,4 @@ def write_dataset_card(recipe: Recipe, out: Path, units: list, stats: list[dict[
         "```",
         "",
     ]
-    atomic_write_bytes(out / "README.md", "\n".join(card).encode("utf-8"))
+    atomic_write_bytes(out / CARD, "\n".join(card).encode("utf-8"))

@@ -1,9 +1,12 @@
 """Dataset recipes: plain TOML in ``manifests/``, validated once here into frozen dataclasses.
 
-Every field error names the field, so a bad recipe fails before any shard is written.
+Every field error names the field, so a bad recipe fails before any shard is written. The recipe's
+name and its subsets' names become folders (``data/<recipe>/<subset>/``), so they are plain names
+that cannot reach outside ``--out``.
 """
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +21,12 @@ from manifests import RECIPES_DIR
 
 class RecipeError(ValueError):
     """A recipe field is missing or wrong; the message names the file and the field."""
+
+
+#: A recipe name: a folder under ``data/``. A subset name: a folder beside the dataset's files
+#: (``recipe.json``, ``manifest.parquet`` ...), so without a dot.
+RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+SUBSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -103,13 +112,17 @@ def source_from_spec(spec: str, test_fraction: float = 0.1) -> dict[str, Any]:
     return {"kind": "webdataset", "urls": spec, "test_fraction": test_fraction}
 
 
-def parse_recipe(raw: dict[str, Any]) -> Recipe:
+def parse_recipe(raw: dict[str, Any], check_components: bool = True) -> Recipe:
+    """Validate ``raw`` into a Recipe; without ``check_components``, its fields only (the source and
+    the renderers are not built: ``verify`` reads a dataset whose source is elsewhere)."""
+    if not isinstance(raw, dict):
+        raise RecipeError(f"a recipe is a table of fields, got {type(raw).__name__}")
     check_fields(raw, _TOP_LEVEL, "", RecipeError)
     for required in ("name", "seed", "image_size", "source", "subsets"):
         if required not in raw:
             raise RecipeError(f"missing required field {required!r}")
     recipe = Recipe(
-        name=_str(raw["name"], "name"),
+        name=_name(raw["name"], "name", RECIPE_NAME, "letters, digits, '_', '-' and '.'"),
         seed=_int(raw["seed"], "seed", lo=0),
         image_size=_int(raw["image_size"], "image_size", lo=16),
         source=dict(_table(raw["source"], "source")),
@@ -131,7 +144,8 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
     for name in recipe.concepts:
         if name not in CONCEPT_NAMES:
             raise RecipeError(f"concepts.{name}: unknown concept (known: {', '.join(CONCEPT_NAMES)})")
-    _check_components(recipe)
+    if check_components:
+        _check_components(recipe)
     return recipe
 
 
@@ -150,7 +164,7 @@ def _subset(raw: Any, i: int) -> Subset:
     where = f"subsets[{i}]"
     d = _table(raw, where)
     check_fields(d, Subset.__dataclass_fields__, where, RecipeError)
-    name = _str(d.get("name"), f"{where}.name")
+    name = _name(d.get("name"), f"{where}.name", SUBSET_NAME, "letters, digits, '_' and '-'")
     where = f"subsets.{name}"
     concepts = tuple(_list(d.get("concepts"), f"{where}.concepts"))
     if not concepts:
@@ -167,9 +181,12 @@ def _subset(raw: Any, i: int) -> Subset:
     return Subset(name=name, concepts=concepts, fraction=float(fraction), instances=(inst[0], inst[1]))
 
 
-def _str(v: Any, where: str) -> str:
-    if not isinstance(v, str) or not v:
-        raise RecipeError(f"{where} must be a non-empty string, got {v!r}")
+def _name(v: Any, where: str, pattern: re.Pattern[str], allowed: str) -> str:
+    """A name that becomes a folder: no path separators, no leading dot, no ``..``."""
+    if not isinstance(v, str) or not pattern.fullmatch(v):
+        raise RecipeError(
+            f"{where} must be 1 to 64 of {allowed}, starting with a letter or digit (it names a folder), got {v!r}"
+        )
     return v
 
 

@@ -23,7 +23,7 @@ from builders.sources import make_source
 from builders.sources.base import RawItem
 from implicit_concept.compositing import Composition
 from implicit_concept.concepts import Layer, make_renderer
-from implicit_concept.files import atomic_write_json, atomic_write_parquet
+from implicit_concept.files import atomic_write_json, atomic_write_parquet, sha256_file
 from implicit_concept.provenance import version
 from implicit_concept.sample import SPLITS, Instance, SampleMeta
 from implicit_concept.shard_writer import TarShardWriter
@@ -52,9 +52,37 @@ def stats_path(out: Path, unit: WorkUnit) -> Path:
     return shard_dir(out, unit) / f"{unit.name}_stats.json"
 
 
+def parquet_path(out: Path, unit: WorkUnit) -> Path:
+    return shard_dir(out, unit) / f"{unit.name}.parquet"
+
+
+def read_stats(path: Path) -> dict[str, Any] | None:
+    """A shard's stats, or None when the file is missing or is not a JSON object."""
+    try:
+        stats = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return stats if isinstance(stats, dict) else None
+
+
 def is_complete(out: Path, unit: WorkUnit) -> bool:
-    """The stats file is written last: its presence marks a finished shard (img2dataset's rule)."""
-    return stats_path(out, unit).exists() and tar_path(out, unit).exists()
+    """The stats file is written last: its presence marks a finished shard (img2dataset's rule),
+    if the tar is still the one it describes (its sha256) and the parquet is there."""
+    stats = read_stats(stats_path(out, unit))
+    tar = tar_path(out, unit)
+    if stats is None or not tar.is_file() or not parquet_path(out, unit).is_file():
+        return False
+    return stats.get("sha256") == sha256_file(tar)
+
+
+def sample_key(recipe: Recipe, unit: WorkUnit, index: int) -> str:
+    """Item ``index`` of the source shard: the shard id, then the index in at least 4 digits."""
+    return f"{unit.shard_id:05d}{index:0{max(4, len(str(recipe.shard_size - 1)))}d}"
+
+
+def plan_units(recipe: Recipe, shard_ids: dict[str, list[int]]) -> list[WorkUnit]:
+    """Every shard of a build, in the order of the checksum listing: subsets, splits, shard ids."""
+    return [WorkUnit(subset.name, split, shard_id) for subset in recipe.subsets for split in SPLITS for shard_id in shard_ids[split]]
 
 
 class ShardBuilder:
@@ -69,16 +97,10 @@ class ShardBuilder:
             for c in concepts
             for split in SPLITS
         }
-        self.key_digits = max(4, len(str(recipe.shard_size - 1)))
         self.version = version()
 
     def plan(self) -> list[WorkUnit]:
-        return [
-            WorkUnit(subset.name, split, shard_id)
-            for subset in self.recipe.subsets
-            for split in SPLITS
-            for shard_id in self.source.shard_ids(split)
-        ]
+        return plan_units(self.recipe, {split: self.source.shard_ids(split) for split in SPLITS})
 
     def build(self, unit: WorkUnit, out: Path) -> dict[str, Any]:
         """Write the shard's tar, parquet and (last) stats; return the stats."""
@@ -93,7 +115,7 @@ class ShardBuilder:
         with TarShardWriter(tar_path(out, unit)) as writer:
             for index, item in enumerate(self.source.read(unit.split, unit.shard_id)):
                 count += 1
-                key = f"{unit.shard_id:05d}{index:0{self.key_digits}d}"
+                key = sample_key(self.recipe, unit, index)
                 try:
                     members, meta = self.make_sample(subset, unit, index, key, item)
                 except SampleError as e:
@@ -101,9 +123,9 @@ class ShardBuilder:
                     continue
                 writer.write(key, members)
                 per_concept.update(i.concept for i in meta.instances)
-                rows.append(_manifest_row(meta, unit))
+                rows.append(manifest_row(meta, unit))
             sha = writer.close()
-        atomic_write_parquet(directory / f"{unit.name}.parquet", pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
+        atomic_write_parquet(parquet_path(out, unit), pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
         stats = {
             "shard": unit.name,
             "subset": unit.subset,
@@ -129,7 +151,7 @@ class ShardBuilder:
         if item.caption is None or not item.caption.strip():
             raise SampleError("missing_caption")
         size = self.recipe.image_size
-        clean = prepare_image(item.image, size, self.recipe.min_side)
+        clean = prepare_image(item.image, size, self.recipe.min_side, self.source.max_pixels)
         seed = self.sample_seed(unit, index)
         image, instances, mask = self.contaminate(clean, subset, unit.split, np.random.default_rng(seed))
         meta = SampleMeta(
@@ -212,7 +234,7 @@ MANIFEST_COLUMNS = [
 ]
 
 
-def _manifest_row(meta: SampleMeta, unit: WorkUnit) -> dict[str, Any]:
+def manifest_row(meta: SampleMeta, unit: WorkUnit) -> dict[str, Any]:
     return {
         "subset": unit.subset,
         "split": unit.split,

@@ -12,6 +12,8 @@ from typing import Any, Iterator
 
 from PIL import Image
 
+from implicit_concept.image_decode import DEFAULT_MAX_PIXELS
+
 
 @dataclass
 class RawItem:
@@ -26,6 +28,9 @@ class RawItem:
 
 class Source(ABC):
     kind: str
+    #: Pixels the resizer may decode from one of this source's encoded images (a source of files
+    #: sets its own from its config; images already in memory are not capped).
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     @abstractmethod
     def shard_ids(self, split: str) -> list[int]:
@@ -38,5 +43,5 @@ class Source(ABC):
 
 def split_of(source_id: str, test_fraction: float) -> str:
     """Assign an external item to a split by a hash of its id, stable as the source grows."""
-    h = int.from_bytes(hashlib.sha256(source_id.encode("utf-8")).digest()[:8], "big")
+    h = int.from_bytes(hashlib.sha256(source_id.encode("utf-8", "surrogateescape")).digest()[:8], "big")
     return "test" if h / 2**64 < test_fraction else "train"
