@@ -30,7 +30,7 @@ def _build(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from builders.verify import verify_dataset
 
-    report = verify_dataset(Path(args.dir))
+    report = verify_dataset(Path(args.dir), progress=not args.quiet)
     for problem in report.problems:
         print(problem, file=sys.stderr)
     for note in report.notes:
@@ -62,7 +62,7 @@ def _score(args: argparse.Namespace) -> int:
     from implicit_concept.detector.inference import Detector
     from implicit_concept.scoring import ScoreConfig, score_images
 
-    report = score_images(args.dir, Detector.load(args.detector), ScoreConfig(conf=args.conf), clean=args.clean)
+    report = score_images(args.dir, Detector.load(args.detector), ScoreConfig(conf=args.conf), clean=args.clean, progress=not args.quiet)
     print(report.table())
     if args.json:
         print(report.write_json(args.json))
@@ -140,7 +140,7 @@ def _prompts(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from implicit_concept.detector.export import export_detection_dataset
 
-    exported = export_detection_dataset(Path(args.shards), Path(args.out), formats=tuple(args.format or ("yolo", "coco")))
+    exported = export_detection_dataset(Path(args.shards), Path(args.out), formats=tuple(args.format or ("yolo", "coco")), progress=not args.quiet)
     for split, counts in exported.counts.items():
         print(f"{split}: {counts['images']} images, {counts['contaminated']} with a concept")
     if exported.data_yaml:
@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check a built dataset: checksums, schema, boxes, counts")
     p.add_argument("dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("show", help="write a contact sheet of samples with their boxes")
@@ -228,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=0.25, help="confidence threshold at which a concept counts (default: 0.25)")
     p.add_argument("--clean", help="clean images to measure false positives on (default: the reference saved with the detector)")
     p.add_argument("--json", help="write the full result, per-image detections included, to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_score)
 
     p = sub.add_parser("benchmark", help="fine-tune with and without removal methods, generate, score, report")
@@ -248,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("shards", help="an ICD subset folder with train/ and test/ shard sets, e.g. data/icd-tiny/icd-mixed")
     p.add_argument("--out", required=True, help="export folder (ICD test becomes YOLO/COCO 'val')")
     p.add_argument("--format", action="append", choices=("yolo", "coco"), help="repeatable (default: both)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("leaderboard", help="merge runs' results.json into one table (Markdown and HTML), checking they compare")

@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tqdm.auto import tqdm
+
 from builders.build import MANIFEST, RECIPE_RECORD
 from builders.dataset_card import CARD, CHECKSUMS
 from builders.recipe import Recipe, parse_recipe
@@ -86,7 +88,7 @@ def require_verified(out: Path, listed: int = 10) -> VerifyReport:
     return report
 
 
-def verify_dataset(out: Path) -> VerifyReport:
+def verify_dataset(out: Path, progress: bool = False) -> VerifyReport:
     out = Path(out)
     report = VerifyReport()
     problems = _Problems(report)
@@ -99,7 +101,7 @@ def verify_dataset(out: Path) -> VerifyReport:
     _guarded(problems, out / CHECKSUMS, None, _check_listing, out, units, listing, problems)
     if not (out / CARD).is_file():
         problems.add(out / CARD, "missing (the dataset card)")
-    for unit in units:
+    for unit in tqdm(units, desc=f"verify {out.name}", unit="shard", disable=not progress):
         report.shards += 1
         _guarded(problems, out / _rel(unit), None, _verify_shard, out, unit, recipe, listing, problems, report)
     _guarded(problems, out / MANIFEST, None, _check_manifest, out, units, problems)
