@@ -30,12 +30,14 @@ from benchmark.report import plot_icr, results_markdown
 from benchmark.results_page import write_results_page
 from benchmark.sample_grid import method_grid
 from benchmark.targets import Targets, check_targets
+from benchmark.track import Track
 from benchmark.track_check import check_track
 from benchmark.training import processes as process_state
 from implicit_concept.detector.inference import Detector
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, claim, sha256_file
 from implicit_concept.provenance import environment
-from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference, ScoreConfig
+from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference, ScoreConfig, ScoreReport
+from implicit_concept.stats import hierarchical_bootstrap
 
 
 @dataclass(frozen=True)
@@ -90,35 +92,70 @@ def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
         if processes.num_processes > 1:
             # 4a. Every declared fine-tune, by all processes together; then the main process goes on alone.
             for spec in specs:
-                for ft in getattr(get_method(spec), "finetunes", lambda ctx: [])(ctx):
-                    ctx.finetune(ft)
+                for seed in _seeds(track, spec):
+                    for ft in getattr(get_method(spec), "finetunes", lambda ctx: [])(ctx):
+                        ctx.finetune(replace(ft, seed=seed))
             if not main:
                 continue
             ctx = replace(ctx, finetune=lambda ft, subset=subset: stages.finetune(run, base, subset, ft, detector, may_train=False))
         prompts = _prompts(run, subset)
         evaluation = Evaluation(subset_name, prompts, settings, detector, stages.reference_images(subset / "test", len(prompts)))
         for spec in specs:
-            rows.extend(_run_method(run, spec, ctx, evaluation))
+            rows.extend(_run_seeds(run, spec, ctx, evaluation))
             _write_results(run, rows, detector)
     processes.wait_for_everyone()
     return _write_results(run, rows, detector) if main else {}
 
 
-def _run_method(run: BenchmarkRun, spec: str, ctx: MethodContext, evaluation: Evaluation) -> list[dict[str, Any]]:
-    """Build, generate and score one method on one training subset: a row per concept scored."""
+def _seeds(track: Track, spec: str) -> tuple[int, ...]:
+    """The training seeds of ``spec``: the track's ``seeds`` for its ``seed_methods``, else its one seed."""
+    return tuple(track.seeds) if spec in track.seed_methods else (track.seed,)
+
+
+def _run_seeds(run: BenchmarkRun, spec: str, ctx: MethodContext, evaluation: Evaluation) -> list[dict[str, Any]]:
+    """One method fine-tuned once per training seed; with several seeds, each concept's row carries
+    every seed's ICR and an interval that covers seeds and prompts (seeds resampled, then prompts)."""
+    seeds = _seeds(run.track, spec)
+    runs = []
+    for seed in seeds:
+        seeded = replace(ctx, seed=seed, finetune=lambda ft, finetune=ctx.finetune, seed=seed: finetune(replace(ft, seed=seed)))
+        runs.append(_run_method(run, spec, seeded, evaluation, label="" if seed == run.track.seed else f"@seed{seed}"))
+    if len(seeds) == 1:
+        return runs[0][0]
+    rows = []
+    for i, row in enumerate(runs[0][0]):
+        if row.get("status") != "ok":
+            rows.append(row)
+            continue
+        per_seed = [(seed, seed_rows[i], report) for seed, (seed_rows, report) in zip(seeds, runs)]
+        interval = hierarchical_bootstrap([report.flags(row["concept"]) for _, _, report in per_seed],
+                                          resamples=ScoreConfig().resamples, seed=run.track.seed)
+        rows.append({
+            **row,
+            "icr": {**interval.to_json(), "bootstrap": "hierarchical: seeds, then prompts", "n_seeds": len(seeds)},
+            "seeds": {str(seed): {"icr": seed_row["icr"], "model": seed_row["model"]} for seed, seed_row, _ in per_seed},
+        })
+    return rows
+
+
+def _run_method(
+    run: BenchmarkRun, spec: str, ctx: MethodContext, evaluation: Evaluation, label: str = ""
+) -> tuple[list[dict[str, Any]], ScoreReport | None]:
+    """Build, generate and score one method on one training subset: a row per concept scored, and the
+    detector's report. ``label`` tells apart the folders of a method's other training seeds."""
     subset_name, prompts, settings = evaluation.subset, evaluation.prompts, evaluation.settings
     method = get_method(spec)
     rows = [{"concept": c, "method": method.name, "subset": subset_name, "description": getattr(method, "description", "")} for c in ctx.concepts]
-    ctx = replace(ctx, work_dir=ctx.work_dir / method.name)
+    ctx = replace(ctx, work_dir=ctx.work_dir / (method.name + label))
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:
         generator = method.build(ctx)
     except NotImplementedMethod as e:
-        return [{**row, "status": f"missing: {e}"} for row in rows]
+        return [{**row, "status": f"missing: {e}"} for row in rows], None
     timings["build"] = time.perf_counter() - start
-    images_dir = run.root / "images" / subset_name / method.name
+    images_dir = run.root / "images" / subset_name / (method.name + label)
     start = time.perf_counter()
     generator.pipeline.set_progress_bar_config(disable=True)
     paths = generate_images(
@@ -135,7 +172,7 @@ def _run_method(run: BenchmarkRun, spec: str, ctx: MethodContext, evaluation: Ev
     start = time.perf_counter()
     score = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
     report, scores = score_generated(paths, prompts, evaluation.detector, score, run.track.quality, evaluation.reference, run.cache)
-    report.write_json(run.root / "scores" / subset_name / f"{method.name}.json")
+    report.write_json(run.root / "scores" / subset_name / f"{method.name}{label}.json")
     timings["score"] = time.perf_counter() - start
     for row in rows:
         row.update(
@@ -145,8 +182,8 @@ def _run_method(run: BenchmarkRun, spec: str, ctx: MethodContext, evaluation: Ev
             timings={k: round(v / len(rows), 1) for k, v in timings.items()},
             **scores[row["concept"]],
         )
-    method_grid(paths[:8], report.images[:8], run.root / "grids" / subset_name / f"{method.name}.png", title=f"{subset_name} / {method.name}")
-    return rows
+    method_grid(paths[:8], report.images[:8], run.root / "grids" / subset_name / f"{method.name}{label}.png", title=f"{subset_name} / {method.name}{label}")
+    return rows, report
 
 
 def _prompts(run: BenchmarkRun, subset: Path) -> list[Prompt]:

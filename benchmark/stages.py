@@ -73,10 +73,10 @@ def finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector
     """The fine-tune ``ft`` on ``subset``'s train split, from ``base`` or from the plain fine-tune
     (``ft.start``), cached under :func:`finetune_key`."""
     if ft.start == "sd":
-        base = finetune(run, base, subset, FineTune(), detector, may_train)
+        base = finetune(run, base, subset, FineTune(seed=ft.seed), detector, may_train)
     geom = ft.geom or GeomErasingConfig.plain()
     config = TrainingConfig(
-        **{**run.track.finetune, "seed": run.track.seed, **ft.training},
+        **{**run.track.finetune, "seed": run.track.seed if ft.seed is None else ft.seed, **ft.training},
         geom=geom,
         image_field="clean" if ft.data == "clean" else "image",
     )

@@ -198,6 +198,10 @@ class ScoreReport:
             "images": self.images,
         }
 
+    def flags(self, concept: str) -> list[bool]:
+        """Per image, in order: did the detector find ``concept`` (detections are kept at the threshold only)."""
+        return [any(d["concept"] == concept for d in im["detections"]) for im in self.images]
+
     def write_json(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

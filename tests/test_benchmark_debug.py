@@ -126,3 +126,21 @@ def test_two_processes_run_the_benchmark_and_train_what_one_trains(debug_run):
     init = load_file(next((root / "cache" / "bases").glob("*/init/unet")) / "diffusion_pytorch_model.safetensors")
     apart = sum((a[k] - b[k]).abs().sum() for k in a)
     assert apart < 0.01 * sum((a[k] - init[k]).abs().sum() for k in a), "the base trained by 2 processes"
+
+
+def test_training_seeds_give_every_seed_its_fine_tune_and_a_seed_aware_interval(debug_run, tmp_path):
+    """``seeds`` for ``sd``: one fine-tune per seed, each scored; the row's interval covers both."""
+    from benchmark.track import TRACKS_DIR
+
+    root, args = debug_run
+    track = tmp_path / "debug-seeds.toml"
+    track.write_text('seeds = [0, 1]\nseed_methods = ["sd"]\n' + (TRACKS_DIR / "debug.toml").read_text())
+    seeded = [a if a != "debug" else str(track) for a in args] + ["--name", "seeds", "--method", "sd"]
+    assert main(seeded) == 0
+    rows = json.loads((root / "runs" / "seeds" / "results.json").read_text())["rows"]
+    row = next(r for r in rows if (r["concept"], r["method"]) == ("qrcode", "sd"))
+    assert set(row["seeds"]) == {"0", "1"} and row["icr"]["n_seeds"] == 2
+    assert row["seeds"]["0"]["model"]["unet"] != row["seeds"]["1"]["model"]["unet"]
+    assert (root / "runs" / "seeds" / "images" / "icd-qrcode" / "sd@seed1").is_dir()
+    low, high = row["icr"]["ci"]
+    assert low <= min(s["icr"]["value"] for s in row["seeds"].values()) and high >= max(s["icr"]["value"] for s in row["seeds"].values())

@@ -134,3 +134,37 @@ def test_a_track_sub_table_must_name_a_fine_tuned_method():
         check_track(load_track("debug", {"geom_erasing": {"ge-fulll": {"grid": 8}}}))
     with pytest.raises(TrackError, match="grid"):
         check_track(load_track("debug", {"geom_erasing": {"ge-full": {"grid": 0}}}))
+
+
+def test_a_track_declares_training_seeds_for_some_methods():
+    from benchmark.track import TrackError, load_track
+
+    track = load_track("debug", {"seeds": [0, 1, 2], "seed_methods": ["sd", "ge-full"]})
+    assert track.seeds == (0, 1, 2) and track.seed_methods == ("sd", "ge-full")
+    with pytest.raises(TrackError, match="two or more distinct seeds"):
+        load_track("debug", {"seeds": [0], "seed_methods": ["sd"]})
+    with pytest.raises(TrackError, match="distinct integers"):
+        load_track("debug", {"seeds": [0, 0, 1]})
+    with pytest.raises(TrackError, match="not among its methods"):
+        load_track("debug", {"seeds": [0, 1], "seed_methods": ["ge-fulll"]})
+
+
+def test_a_fine_tune_trains_with_its_own_seed_when_it_has_one(monkeypatch):
+    """Seed 3 of sd and the track seed's sd are different fine-tunes, cached apart; Model Removal's
+    sd starts from the same seed as itself."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from benchmark import stages
+    from benchmark.methods.finetuned import FINETUNED
+    from benchmark.methods.interface import FineTune
+
+    trained = []
+    monkeypatch.setattr(stages, "train", lambda base, data, out, config, **kw: trained.append((config.seed, config.geom.setting)) or out)
+    monkeypatch.setattr(stages, "finetune_key", lambda base, subset, config, detector: f"{config.seed}-{config.geom.setting}")
+    run = SimpleNamespace(track=SimpleNamespace(finetune={"steps": 1}, seed=0), root=Path("/nowhere"), progress=False)
+    stages.finetune(run, Path("base"), Path("sub"), FineTune(seed=3), detector=None)
+    stages.finetune(run, Path("base"), Path("sub"), FineTune(), detector=None)
+    _, removal = FINETUNED["ge-model-removal"].finetunes(SimpleNamespace(settings={}, concepts=("qrcode",)))
+    stages.finetune(run, Path("base"), Path("sub"), replace(removal, seed=5), detector=None)
+    assert trained == [(3, "data_removal"), (0, "data_removal"), (5, "data_removal"), (5, "model_removal")]

@@ -35,6 +35,8 @@ class FineTune:
     geom: Any = None
     start: str = "base"
     training: dict[str, Any] = field(default_factory=dict)
+    #: The training seed; None: the track's. The protocol sets it for a track's ``seeds``.
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.start not in ("base", "sd"):
