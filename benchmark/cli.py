@@ -86,6 +86,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         source=args.source,
         methods=tuple(args.method or ()),
         workers=args.workers,
+        jobs=args.jobs,
         progress=not args.quiet,
     )
     if run_benchmark(run):  # empty on the helper processes of a multi-process run
@@ -243,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data")
     p.add_argument("--cache", default=".cache/implicit-concept")
     p.add_argument("--workers", type=int, default=2, help="dataset build processes")
+    p.add_argument("--jobs", type=int, default=1, help="fine-tunes trained side by side, one process and torch thread each (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_benchmark)
 

@@ -24,7 +24,8 @@ from benchmark.benchmark_run import BenchmarkRun
 from benchmark.evaluation.scorecard import score_generated
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_source
 from benchmark.methods import NotImplementedMethod, get_method
-from benchmark.methods.interface import MethodContext
+from benchmark.methods.interface import FineTune, MethodContext
+from benchmark.parallel_finetunes import train_all
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
 from benchmark.report import plot_icr, results_markdown
 from benchmark.results_page import write_results_page
@@ -91,13 +92,15 @@ def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
         specs = run.methods or track.methods
         if processes.num_processes > 1:
             # 4a. Every declared fine-tune, by all processes together; then the main process goes on alone.
-            for spec in specs:
-                for seed in _seeds(track, spec):
-                    for ft in getattr(get_method(spec), "finetunes", lambda ctx: [])(ctx):
-                        ctx.finetune(replace(ft, seed=seed))
+            for ft in _declared_finetunes(track, specs, ctx):
+                ctx.finetune(ft)
             if not main:
                 continue
             ctx = replace(ctx, finetune=lambda ft, subset=subset: stages.finetune(run, base, subset, ft, detector, may_train=False))
+        elif run.jobs > 1:
+            # 4b. Every declared fine-tune, run.jobs at a time; the methods below then find them made.
+            with _timed(run, f"finetunes ({subset_name}, {run.jobs} jobs)"):
+                train_all(run, base, subset, _declared_finetunes(track, specs, ctx), detector, run.jobs)
         prompts = _prompts(run, subset)
         evaluation = Evaluation(subset_name, prompts, settings, detector, stages.reference_images(subset / "test", len(prompts)))
         for spec in specs:
@@ -105,6 +108,16 @@ def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
             _write_results(run, rows, detector)
     processes.wait_for_everyone()
     return _write_results(run, rows, detector) if main else {}
+
+
+def _declared_finetunes(track: Track, specs: tuple[str, ...], ctx: MethodContext) -> list[FineTune]:
+    """Every fine-tune the methods declare (``finetunes(ctx)``), once per training seed."""
+    return [
+        replace(ft, seed=seed)
+        for spec in specs
+        for seed in _seeds(track, spec)
+        for ft in getattr(get_method(spec), "finetunes", lambda ctx: [])(ctx)
+    ]
 
 
 def _seeds(track: Track, spec: str) -> tuple[int, ...]:

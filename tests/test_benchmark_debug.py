@@ -144,3 +144,19 @@ def test_training_seeds_give_every_seed_its_fine_tune_and_a_seed_aware_interval(
     assert (root / "runs" / "seeds" / "images" / "icd-qrcode" / "sd@seed1").is_dir()
     low, high = row["icr"]["ci"]
     assert low <= min(s["icr"]["value"] for s in row["seeds"].values()) and high >= max(s["icr"]["value"] for s in row["seeds"].values())
+
+
+def test_two_jobs_train_the_weights_one_job_trains(debug_run):
+    """``--jobs 2``: fine-tunes side by side in two processes give the serial run's weights, bit for bit."""
+    root, args = debug_run
+    assert main(args + ["--name", "jobs", "--jobs", "2", "--method", "sd", "--method", "ge-full", "--method", "ge-model-removal"]) == 0
+    serial = json.loads((root / "runs" / "debug" / "results.json").read_text())["rows"]
+    parallel = json.loads((root / "runs" / "jobs" / "results.json").read_text())["rows"]
+    for row in parallel:
+        twin = next(r for r in serial if (r["concept"], r["method"]) == (row["concept"], row["method"]))
+        for part in ("unet", "text_encoder"):
+            mine, theirs = Path(row["model"][part]), Path(twin["model"][part])
+            assert mine != theirs
+            weights = [sorted(folder.glob("*.safetensors")) for folder in (mine, theirs)]
+            assert len(weights[0]) == 1 and [w.read_bytes() for w in weights[0]] == [w.read_bytes() for w in weights[1]]
+        assert row["icr"] == twin["icr"]
