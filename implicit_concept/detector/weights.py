@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, sha256_file
+from implicit_concept.validate import check_fields
 
 WEIGHTS_NAME = "detector.safetensors"
 RECORD_NAME = "detector.json"
@@ -79,9 +80,7 @@ class DetectorRecord:
         for name, ok in checks.items():
             if not ok:
                 raise DetectorError(f"{path}: {name} = {data.get(name)!r}, want {wants[name]}")
-        unknown = sorted(set(data) - {f for f in cls.__dataclass_fields__})
-        if unknown:
-            raise DetectorError(f"{path}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+        check_fields(data, cls.__dataclass_fields__, str(path), DetectorError)
         return cls(**{**data, "names": tuple(data["names"])})
 
 
