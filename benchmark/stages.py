@@ -14,13 +14,13 @@ from benchmark.benchmark_run import BenchmarkRun
 from benchmark.methods.interface import FineTune
 from benchmark.models.base_model import pretrain_base
 from benchmark.models.pipelines import load_pipeline as _load
-from benchmark.training import PIPELINE_DIR, TrainingConfig, train
+from benchmark.training import PIPELINE_DIR, TrainingConfig, processes, train
 from builders.build import build_dataset
 from builders.dataset_card import CHECKSUMS
 from builders.recipe import load_recipe, source_from_spec
 from implicit_concept.detector.inference import WEIGHTS_NAME, Detector
 from implicit_concept.detector.training import load_scale, train_detector
-from implicit_concept.files import sha256_file
+from implicit_concept.files import locked, sha256_file
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 from implicit_concept.provenance import cache_key
 from implicit_concept.scoring import clean_images
@@ -42,8 +42,9 @@ def detector(run: BenchmarkRun, dataset: Path) -> Detector:
     scale = load_scale(run.track.detector_scale)
     checksums = (dataset / CHECKSUMS).read_text()
     out = run.cache / "detectors" / f"{scale.name}-{cache_key({'scale': scale.__dict__, 'data': checksums})}"
-    if not (out / WEIGHTS_NAME).exists():
-        train_detector(dataset / "icd-mixed", out, scale)
+    with locked(out):
+        if not (out / WEIGHTS_NAME).exists():
+            train_detector(dataset / "icd-mixed", out, scale)
     return Detector.load(out / WEIGHTS_NAME)
 
 
@@ -67,7 +68,11 @@ def finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector
             "processes only declared fine-tunes are trained, by all processes together"
         )
     detect = detector.detect if geom.geometry_source == "detector" else None
-    return train(base, subset / "train", out, config, detect=detect, progress=run.progress)
+    state = processes()
+    # Every process of a multi-GPU run trains it, while the main process holds its lock.
+    with locked(out, holder=state.is_main_process):
+        state.wait_for_everyone()
+        return train(base, subset / "train", out, config, detect=detect, progress=run.progress)
 
 
 def finetune_key(base: Path, subset: Path, config: Any, detector: Any) -> str:
