@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.benchmark_run import BenchmarkRun
+from benchmark.generation import pipeline_sha256
 from benchmark.methods.interface import FineTune
 from benchmark.models.base_model import pretrain_base
 from benchmark.models.pipelines import load_pipeline as _load
@@ -67,6 +68,8 @@ def finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector
             f"a method asked for a fine-tune it does not declare in finetunes() ({ft}): over several "
             "processes only declared fine-tunes are trained, by all processes together"
         )
+    if (out / PIPELINE_DIR / "model_index.json").is_file():
+        return out / PIPELINE_DIR  # named by content: made from this base, even one loaded from another path
     detect = detector.detect if geom.geometry_source == "detector" else None
     state = processes()
     # Every process of a multi-GPU run trains it, while the main process holds its lock.
@@ -76,13 +79,14 @@ def finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector
 
 
 def finetune_key(base: Path, subset: Path, config: Any, detector: Any) -> str:
-    """What names a cached fine-tune: its inputs (the training shards by content, so a rebuilt
+    """What names a cached fine-tune: its inputs by content (the base pipeline's files, so changed
+    weights at the same path train anew and a moved copy does not; the training shards, so a rebuilt
     dataset at the same path trains anew), and the detector's weights when its boxes are the geometry."""
     listing = subset.parent / CHECKSUMS
     if not listing.is_file():
         raise FileNotFoundError(f"{listing}: missing; the dataset's checksums name the data a fine-tune is cached under")
     train = sorted(line for line in listing.read_text().splitlines() if line.split("  ")[-1].startswith(f"{subset.name}/train/"))
-    inputs = {"base": str(base), "data": str(subset), "train_shards": train, "config": config.to_dict()}
+    inputs = {"base": pipeline_sha256(base), "data": subset.name, "train_shards": train, "config": config.to_dict()}
     if config.geom.geometry_source == "detector":
         inputs["detector"] = sha256_file(detector.path)
     return cache_key(inputs)
