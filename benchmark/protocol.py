@@ -35,7 +35,7 @@ from benchmark.track import Track
 from benchmark.track_check import check_track
 from benchmark.training import processes as process_state
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import atomic_write_bytes, atomic_write_json, claim, sha256_file
+from implicit_concept.files import atomic_write_bytes, atomic_write_json, claim, locked, sha256_file
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference, ScoreConfig, ScoreReport
 from implicit_concept.stats import hierarchical_bootstrap
@@ -53,14 +53,27 @@ class Evaluation:
     reference: list[Image.Image]
 
 def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
-    """The results (``results.json``'s content) on the main process; ``{}`` on the others."""
+    """The results (``results.json``'s content) on the main process; ``{}`` on the others.
+
+    The main process holds the run folder's lock throughout, and a second run of the same name fails
+    at once, naming the folder and the first one's pid: it would only redo the first one's work and
+    overwrite its results. (Runs of other names share the data and the cache, whose entries they
+    wait for and reuse.)
+    """
     check_track(run.track, run.methods, run.source)
+    if not process_state().is_main_process:
+        return _run_protocol(run)
+    run.root.mkdir(parents=True, exist_ok=True)
+    with locked(run.root, wait=False, refusal="wait for it to finish or use another --name"):
+        claim(run.root / "run.json", run.record(), "use another --name or remove the folder")
+        return _run_protocol(run)
+
+
+def _run_protocol(run: BenchmarkRun) -> dict[str, Any]:
+    """The stages in order, once the main process holds and has claimed the run folder."""
     track = run.track
     processes = process_state()
     main = processes.is_main_process
-    if main:
-        run.root.mkdir(parents=True, exist_ok=True)
-        claim(run.root / "run.json", run.record(), "use another --name or remove the folder")
 
     # 1. The ICD shards (built once; resumable).
     with _timed(run, "dataset"), processes.main_process_first():

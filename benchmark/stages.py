@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.benchmark_run import BenchmarkRun
+from benchmark.generation import pipeline_sha256
 from benchmark.methods.interface import FineTune
 from benchmark.models.base_model import pretrain_base
 from benchmark.models.pipelines import load_pipeline as _load
-from benchmark.training import PIPELINE_DIR, TrainingConfig, train
+from benchmark.training import PIPELINE_DIR, TrainingConfig, processes, train
 from builders.build import build_dataset
 from builders.dataset_card import CHECKSUMS
 from builders.recipe import load_recipe, source_from_spec
@@ -24,7 +25,7 @@ from implicit_concept.detector.training import load_scale, train_detector
 from implicit_concept.detector.weights import FORMAT as DETECTOR_FORMAT
 from implicit_concept.detector.weights import RECORD_NAME
 from implicit_concept.detector.yolo_env import use_cache
-from implicit_concept.files import sha256_file
+from implicit_concept.files import locked, sha256_file
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 from implicit_concept.provenance import cache_key
 from implicit_concept.scoring import clean_images
@@ -51,8 +52,9 @@ def detector(run: BenchmarkRun, dataset: Path) -> Detector:
     if run.detector:
         return Detector.load(run.detector)
     out = detector_dir(run, dataset)
-    if not (out / RECORD_NAME).is_file():
-        train_detector(dataset / "icd-mixed", out, load_scale(run.track.detector_scale))
+    with locked(out):
+        if not (out / RECORD_NAME).is_file():
+            train_detector(dataset / "icd-mixed", out, load_scale(run.track.detector_scale))
     return Detector.load(out)
 
 
@@ -86,18 +88,25 @@ def finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector
             f"a method asked for a fine-tune it does not declare in finetunes() ({ft}): over several "
             "processes only declared fine-tunes are trained, by all processes together"
         )
+    if (out / PIPELINE_DIR / "model_index.json").is_file():
+        return out / PIPELINE_DIR  # named by content: made from this base, even one loaded from another path
     detect = detector.detect if geom.geometry_source == "detector" else None
-    return train(base, subset / "train", out, config, detect=detect, progress=run.progress)
+    state = processes()
+    # Every process of a multi-GPU run trains it, while the main process holds its lock.
+    with locked(out, holder=state.is_main_process):
+        state.wait_for_everyone()
+        return train(base, subset / "train", out, config, detect=detect, progress=run.progress)
 
 
 def finetune_key(base: Path, subset: Path, config: Any, detector: Any) -> str:
-    """What names a cached fine-tune: its inputs (the training shards by content, so a rebuilt
+    """What names a cached fine-tune: its inputs by content (the base pipeline's files, so changed
+    weights at the same path train anew and a moved copy does not; the training shards, so a rebuilt
     dataset at the same path trains anew), and the detector's weights when its boxes are the geometry."""
     listing = subset.parent / CHECKSUMS
     if not listing.is_file():
         raise FileNotFoundError(f"{listing}: missing; the dataset's checksums name the data a fine-tune is cached under")
     train = sorted(line for line in listing.read_text().splitlines() if line.split("  ")[-1].startswith(f"{subset.name}/train/"))
-    inputs = {"base": str(base), "data": str(subset), "train_shards": train, "config": config.to_dict()}
+    inputs = {"base": pipeline_sha256(base), "data": subset.name, "train_shards": train, "config": config.to_dict()}
     if config.geom.geometry_source == "detector":
         inputs["detector"] = sha256_file(detector.path)
     return cache_key(inputs)

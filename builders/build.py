@@ -3,7 +3,9 @@
 Resumable: a rerun after a kill skips shards whose stats file exists and whose tar still has the
 sha256 it records, rebuilds the rest from scratch, and produces the same bytes as a build that
 never stopped. An output folder remembers the recipe that made it and refuses to mix in shards of
-another.
+another. One build at a time writes into
+a folder: a second waits for the first, then finds its shards finished (two benchmarks share one
+data folder, so waiting is what lets the second go on).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from builders.dataset_card import write_dataset_card
 from builders.distributor import run_units
 from builders.recipe import Recipe
 from builders.shard_builder import MANIFEST_COLUMNS, ShardBuilder, is_complete, read_stats, shard_dir, stats_path
-from implicit_concept.files import FolderClaimError, atomic_write_json, atomic_write_parquet, claim
+from implicit_concept.files import TEMPORARY_MARK, FolderClaimError, abandoned, atomic_write_json, atomic_write_parquet, claim, locked
 from implicit_concept.provenance import environment
 
 RECIPE_RECORD = "recipe.json"
@@ -45,15 +47,16 @@ def build_dataset(
     """Build (or finish building) ``recipe`` into ``out``; see ``run_units`` for the distributors."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _claim_output(recipe, out)
-    units = ShardBuilder(recipe).plan()
-    _remove_stale_temporaries(out)
-    todo = [u for u in units if not is_complete(out, u)]
-    run_units(recipe, todo, out, workers=workers, progress=progress, distributor=distributor, ray_address=ray_address)
-    stats = [json.loads(stats_path(out, u).read_text()) for u in units]
-    _write_manifest(out, units)
-    atomic_write_json(out / RECIPE_RECORD, _recipe_record(recipe))
-    write_dataset_card(recipe, out, units, stats)
+    with locked(out):
+        _claim_output(recipe, out)
+        units = ShardBuilder(recipe).plan()
+        _remove_stale_temporaries(out)
+        todo = [u for u in units if not is_complete(out, u)]
+        run_units(recipe, todo, out, workers=workers, progress=progress, distributor=distributor, ray_address=ray_address)
+        stats = [json.loads(stats_path(out, u).read_text()) for u in units]
+        _write_manifest(out, units)
+        atomic_write_json(out / RECIPE_RECORD, _recipe_record(recipe))
+        write_dataset_card(recipe, out, units, stats)
     failures: dict[str, int] = {}
     for s in stats:
         for reason, n in s["failures"].items():
@@ -79,8 +82,10 @@ def _of_another_recipe(stats: dict[str, Any] | None, recipe: Recipe) -> bool:
 
 
 def _remove_stale_temporaries(out: Path) -> None:
-    for tmp in out.rglob(".*.tmp-*"):
-        tmp.unlink()
+    """Remove what killed writers left; a live writer's temporary is never touched."""
+    for tmp in out.rglob(f".*{TEMPORARY_MARK}*"):
+        if abandoned(tmp):
+            tmp.unlink(missing_ok=True)
 
 
 def _write_manifest(out: Path, units: list) -> None:

@@ -58,14 +58,17 @@ def test_rerun_resumes_from_cache_to_the_same_results(debug_run):
     assert second["timings"]["base"] < 30, "the base model comes from the cache"
 
 
-def test_changed_track_is_refused(debug_run, tmp_path):
+def test_changed_track_is_refused(debug_run, tmp_path, capsys):
     root, args = debug_run
     track = tmp_path / "debug2.toml"
     from benchmark.track import TRACKS_DIR
 
     track.write_text((TRACKS_DIR / "debug.toml").read_text().replace("num_prompts = 8", "num_prompts = 6"))
     changed = [a if a != "debug" else str(track) for a in args] + ["--name", "debug"]
+    before = (root / "runs" / "debug" / "results.json").read_bytes()
     assert main(changed) == 2
+    assert f"{root / 'runs' / 'debug'}: was made with another config (run.json differs)" in capsys.readouterr().err
+    assert (root / "runs" / "debug" / "results.json").read_bytes() == before
 
 
 def test_other_labs_plug_in_a_method_or_score_their_outputs(debug_run, tmp_path):

@@ -250,13 +250,33 @@ def test_corrupt_detector_names_the_file(tmp_path):
         Detector.load(bad)
 
 
+OFFLINE_IMPORT = """
+import json, socket
+asked = []
+def lookup(host, *args, **kwargs):
+    asked.append(host)
+    raise socket.gaierror("no network in this test")
+socket.getaddrinfo = lookup
+from implicit_concept.detector.yolo_env import import_ultralytics
+import_ultralytics()
+from ultralytics.utils import ONLINE, USER_CONFIG_DIR
+print(json.dumps({"asked": asked, "online": ONLINE, "font": (USER_CONFIG_DIR / "Arial.ttf").stat().st_size}))
+"""
+
+
 def test_ultralytics_is_imported_offline_with_our_font():
-    from implicit_concept.detector.yolo_env import import_ultralytics
+    """In a process where nothing else set ``YOLO_OFFLINE`` (this one's conftest does), ultralytics
+    looks nothing up on import, which it otherwise does to decide whether it is online."""
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    import_ultralytics()
-    from ultralytics.utils import ONLINE, USER_CONFIG_DIR
-
-    assert not ONLINE and (USER_CONFIG_DIR / "Arial.ttf").stat().st_size > 100_000
+    env = {k: v for k, v in os.environ.items() if k != "YOLO_OFFLINE"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", OFFLINE_IMPORT], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["asked"] == [] and not result["online"] and result["font"] > 100_000
 
 
 def test_corrupt_image_names_the_file(tmp_path):

@@ -92,8 +92,10 @@ def test_bad_inputs_name_their_reason(raw, expected):
 
 
 def test_sample_error_carries_reason():
-    error = SampleError("too_small", "10x10 < 32")
-    assert error.reason == "too_small" and "10x10" in str(error)
+    """What a build counts a skipped image under, and what it says about it."""
+    with pytest.raises(SampleError) as info:
+        prepare_image(encode(Image.new("RGB", (10, 12)), "PNG"), 32, 16)
+    assert (info.value.reason, info.value.detail) == ("too_small", "10x12 < 16") and "10x12" in str(info.value)
 
 
 def test_cmyk_becomes_rgb():

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from benchmark.models.pipelines import save_portable_pipeline
 from implicit_concept.concepts import concept
-from implicit_concept.files import atomic_dir
+from implicit_concept.files import atomic_dir, locked
 from implicit_concept.provenance import cache_key, canonical_json
 
 #: What name-based methods (NP, ESD, SLD, FMN) call each concept: the words a user would type.
@@ -66,12 +66,13 @@ class MethodContext:
         """
         sd = self.finetune(FineTune())
         out = self.work_dir / f"pipeline-{cache_key({'sd': str(sd), 'tag': tag, 'record': record})}"
-        if not (out / "model_index.json").exists():
-            pipe = self.load_pipeline(sd)
-            edit(pipe)
-            with atomic_dir(out) as tmp:
-                save_portable_pipeline(pipe, tmp)
-                (tmp / f"{tag}.json").write_text(canonical_json(record))
+        with locked(out):
+            if not (out / "model_index.json").exists():
+                pipe = self.load_pipeline(sd)
+                edit(pipe)
+                with atomic_dir(out) as tmp:
+                    save_portable_pipeline(pipe, tmp)
+                    (tmp / f"{tag}.json").write_text(canonical_json(record))
         return out
 
     @property
