@@ -186,7 +186,9 @@ class SampleMeta:
 
     def to_json(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in ("instances", "source", "screen")}
-        d["source"] = {"kind": self.source["kind"], "id": self.source["id"], "meta": json_text(self.source.get("meta", {}))}
+        extra = {k: v for k, v in self.source.items() if k not in ("kind", "id", "meta")}
+        meta = self.source.get("meta", extra)
+        d["source"] = {"kind": self.source.get("kind", ""), "id": self.source.get("id", ""), "meta": json_text(meta)}
         d["instances"] = [i.to_json(self.width, self.height) for i in self.instances]
         d["screen"] = self.screen.to_json()
         d["contaminated"] = self.contaminated
