@@ -11,10 +11,12 @@ from implicit_concept.provenance import version
 
 def _build(args: argparse.Namespace) -> int:
     from builders.build import build_dataset
-    from builders.recipe import load_recipe, source_from_spec
+    from builders.recipe import load_recipe, source_from_spec, with_screen_detector
 
     overrides = {"source": source_from_spec(args.source)} if args.source else None
     recipe = load_recipe(args.recipe, overrides)
+    if args.screen_detector:
+        recipe = with_screen_detector(recipe, args.screen_detector)
     out = Path(args.out or Path("data") / recipe.name)
     report = build_dataset(
         recipe, out, workers=args.workers, progress=not args.quiet,
@@ -22,7 +24,8 @@ def _build(args: argparse.Namespace) -> int:
     )
     print(
         f"{out}: {report.samples} samples; {report.built} shards built, {report.skipped} already complete; "
-        f"failures: {json.dumps(report.failures, sort_keys=True) or '{}'}"
+        f"skipped source items (each counted once, whatever the subsets that read it): "
+        f"{json.dumps(report.failures, sort_keys=True)}"
     )
     return 0
 
@@ -199,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distributor", choices=("multiprocessing", "ray"), default="multiprocessing",
                    help="local processes, or a Ray cluster for builds across machines (default: multiprocessing)")
     p.add_argument("--ray-address", help="the Ray cluster to join ('auto', 'ray://head:10001'); default: ray.init's own choice")
+    p.add_argument("--screen-detector", metavar="DETECTOR",
+                   help="screen source images with this detector folder: concepts already there are flagged or dropped (the recipe's [source_screen])")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_build)
 

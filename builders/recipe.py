@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from braceexpand import braceexpand
+
+from builders.caption_screen import CaptionScreen
+from builders.source_screen import SourceScreenConfig, detector_fingerprint
 from builders.sources import make_source
 from implicit_concept.concepts import CONCEPT_NAMES, make_renderer
+from implicit_concept.shard_reader import is_stream
 from implicit_concept.provenance import config_hash
 from implicit_concept.validate import check_fields
 from manifests import RECIPES_DIR
@@ -27,6 +33,8 @@ class RecipeError(ValueError):
 #: (``recipe.json``, ``manifest.parquet`` ...), so without a dot.
 RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SUBSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+#: A license as a dataset card names it (Hugging Face's identifiers: "apache-2.0", "cc-by-4.0", "other").
+LICENSE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -57,14 +65,20 @@ class Recipe:
     #: later, opaque one) is not labelled: below a third, a word is a few strokes and a QR code
     #: loses its finder patterns, so no detector should be asked to find it.
     min_visible: float = 0.3
+    #: The dataset card's license: the procedural default is the project's own (Apache-2.0); a
+    #: build from your images carries theirs ("other" until the recipe says).
+    license: str = "other"
+    caption_screen: CaptionScreen = field(default_factory=CaptionScreen)
+    source_screen: SourceScreenConfig = field(default_factory=SourceScreenConfig)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["subsets"] = [asdict(s) for s in self.subsets]
         return d
 
-    @property
+    @cached_property
     def sha256(self) -> str:
+        """The recipe's hash: computed once (a build stamps it on every sample)."""
         return config_hash(self.to_dict())
 
     def subset(self, name: str) -> Subset:
@@ -106,10 +120,34 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
 
 
 def source_from_spec(spec: str, test_fraction: float = 0.1) -> dict[str, Any]:
-    """``--source``: a folder of images with caption sidecars, or tar shards (a brace pattern)."""
+    """``--source``: a folder of images with caption sidecars, or tar shards (local paths ending in
+    ``.tar``, brace patterns, ``pipe:`` commands, http(s) URLs). A path that is neither is refused
+    here, naming it, rather than later as a field of the recipe it replaces."""
     if Path(spec).is_dir():
         return {"kind": "folder", "path": spec, "test_fraction": test_fraction}
+    if is_stream(spec):
+        return {"kind": "webdataset", "urls": spec, "test_fraction": test_fraction}
+    if ".tar" not in spec and "{" not in spec:
+        raise RecipeError(
+            f"--source {spec}: no such folder (a source is a folder of name.jpg + name.txt pairs, or tar shards: "
+            "paths ending in .tar, a brace pattern, a pipe: command or an http(s) URL)"
+        )
+    tars = list(braceexpand(spec))
+    missing = [t for t in tars if not Path(t).is_file()]
+    if missing:
+        raise RecipeError(f"--source {spec}: {len(missing)} of {len(tars)} tar files do not exist, first {missing[0]!r}")
     return {"kind": "webdataset", "urls": spec, "test_fraction": test_fraction}
+
+
+def with_screen_detector(recipe: Recipe, detector: str | Path) -> Recipe:
+    """``recipe`` with its source screen using ``detector`` (``--screen-detector``)."""
+    try:
+        screen = replace(recipe.source_screen, detector=str(detector))
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
+    updated = replace(recipe, source_screen=screen)
+    _check_components(updated)
+    return updated
 
 
 def parse_recipe(raw: dict[str, Any], check_components: bool = True) -> Recipe:
@@ -135,6 +173,9 @@ def parse_recipe(raw: dict[str, Any], check_components: bool = True) -> Recipe:
         write_mask=_bool(raw.get("write_mask", True), "write_mask"),
         system_fonts=_bool(raw.get("system_fonts", False), "system_fonts"),
         min_visible=_fraction(raw.get("min_visible", 0.3), "min_visible"),
+        license=_license(raw.get("license", "other")),
+        caption_screen=_screen(CaptionScreen.from_options, raw.get("caption_screen", {})),
+        source_screen=_screen(SourceScreenConfig.from_options, raw.get("source_screen", {})),
     )
     if not recipe.subsets:
         raise RecipeError("subsets: at least one subset is needed")
@@ -150,12 +191,22 @@ def parse_recipe(raw: dict[str, Any], check_components: bool = True) -> Recipe:
 
 
 def _check_components(recipe: Recipe) -> None:
-    """Build every source and renderer once, so their own field checks run before any work."""
+    """Build every source and renderer once, so their own field checks run before any work, and
+    find the screen's detector."""
     try:
         make_source(recipe.source, image_size=recipe.image_size, shard_size=recipe.shard_size, seed=recipe.seed)
+        if recipe.source_screen.detector is not None:
+            detector_fingerprint(recipe.source_screen.detector)
         for concept in sorted({c for s in recipe.subsets for c in s.concepts}):
             for split in ("train", "test"):
                 make_renderer(concept, recipe.concepts.get(concept, {}), split, system_fonts=recipe.system_fonts)
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
+
+
+def _screen(build: Any, options: Any) -> Any:
+    try:
+        return build(options)
     except ValueError as e:
         raise RecipeError(str(e)) from None
 
@@ -187,6 +238,12 @@ def _name(v: Any, where: str, pattern: re.Pattern[str], allowed: str) -> str:
         raise RecipeError(
             f"{where} must be 1 to 64 of {allowed}, starting with a letter or digit (it names a folder), got {v!r}"
         )
+    return v
+
+
+def _license(v: Any) -> str:
+    if not isinstance(v, str) or not LICENSE.fullmatch(v):
+        raise RecipeError(f"license must be a license identifier such as 'apache-2.0', 'cc-by-4.0' or 'other', got {v!r}")
     return v
 
 

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from builders.build import MANIFEST, RECIPE_RECORD
 from builders.dataset_card import CARD, CHECKSUMS
 from builders.recipe import Recipe, parse_recipe
-from builders.shard_builder import MANIFEST_COLUMNS, WorkUnit, manifest_row, plan_units, sample_key
+from builders.shard_builder import WorkUnit, plan_units, sample_key
+from builders.shard_table import COLUMNS, sample_row, status_of
 from builders.sources import WebDatasetConfig, make_source
 from builders.sources.webdataset_source import tar_paths
 from implicit_concept.files import sha256_file
@@ -95,6 +96,7 @@ def verify_dataset(out: Path, progress: bool = False) -> VerifyReport:
     recipe = _guarded(problems, out / RECIPE_RECORD, None, _read_recipe, out, problems)
     listing = _guarded(problems, out / CHECKSUMS, {}, _read_listing, out, problems)
     units = _guarded(problems, out, [], _plan, out, recipe, listing, problems, report)
+    _guarded(problems, out / RECIPE_RECORD, None, _check_source, out, recipe, report)
     if not units:
         problems.add(out, "no shards: the recipe plans none, or none could be found")
     _guarded(problems, out, None, _check_folder, out, recipe, units, problems)
@@ -243,6 +245,20 @@ def _plan(out: Path, recipe: Recipe | None, listing: dict[str, tuple[int, str]],
     return plan_units(recipe, {split: list(range(ids[split][-1] + 1)) if ids[split] else [] for split in SPLITS})
 
 
+def _check_source(out: Path, recipe: Recipe | None, report: VerifyReport) -> None:
+    """A note when the source, readable here, no longer holds what the build started from: the
+    shards still verify, but a rebuild would not give them back."""
+    if recipe is None:
+        return
+    recorded = json.loads(_read_bounded(out / RECIPE_RECORD, MAX_RECORD_BYTES)).get("source_fingerprint")
+    try:
+        source = make_source(recipe.source, image_size=recipe.image_size, shard_size=recipe.shard_size, seed=recipe.seed)
+    except ValueError:
+        return
+    if recorded is not None and source.fingerprint() != recorded:
+        report.notes.append("the source has changed since this build started (its fingerprint differs from recipe.json's): a rebuild would not give these shards back")
+
+
 def _check_folder(out: Path, recipe: Recipe | None, units: list[WorkUnit], problems: _Problems) -> None:
     """Everything under the subset folders is a planned file; no tar or extra folder at the top."""
     subsets = [s.name for s in recipe.subsets] if recipe else sorted({u.subset for u in units})
@@ -348,9 +364,8 @@ def _verify_shard(
         _check_stats(stats_file, stats, unit, recipe, actual, contents, problems)
     if parquet not in unusable:
         rows = _parquet_rows(parquet, problems)
-        if rows is not None and rows != contents.rows:
-            first = next((i for i, (a, b) in enumerate(zip(rows, contents.rows)) if a != b), min(len(rows), len(contents.rows)))
-            problems.add(parquet, f"differs from the tar's KEY.json records (first at row {first}; {len(rows)} rows, tar has {len(contents.rows)} samples)")
+        if rows is not None:
+            _check_table(parquet, rows, contents, stats, problems)
 
 
 def _expected_extensions(recipe: Recipe | None, present: list[str]) -> list[str]:
@@ -372,7 +387,7 @@ def _walk_tar(tar: Path, unit: WorkUnit, recipe: Recipe | None, problems: _Probl
                 if all(m in members for m in REQUIRED_MEMBERS):
                     meta = _verify_sample(f"{tar}:{key}", key, index, members, unit, recipe, problems)
                     if meta is not None:
-                        contents.rows.append(manifest_row(meta, unit))
+                        contents.rows.append(sample_row(meta, unit, members["jpg"]))
                         contents.contaminated += meta.contaminated
                         contents.instances.update(i.concept for i in meta.instances)
     except TarRefused as e:
@@ -535,6 +550,35 @@ def _check_stats(
         problems.add(path, f"count {count} but a key has source index {contents.indices[-1]}")
 
 
+def _check_table(
+    path: Path, rows: list[dict[str, Any]], contents: _ShardContents, stats: dict[str, Any] | None, problems: _Problems
+) -> None:
+    """The table's sample rows are the tar's records (with their image's sha256); its other rows
+    are the skips the stats count, each with the status its reason gives, all in key order."""
+    samples = [r for r in rows if r.get("status") == "success"]
+    if samples != contents.rows:
+        first = next((i for i, (a, b) in enumerate(zip(samples, contents.rows)) if a != b), min(len(samples), len(contents.rows)))
+        problems.add(path, f"differs from the tar's KEY.json records (first at sample row {first}; {len(samples)} sample rows, tar has {len(contents.rows)} samples)")
+    skipped = [r for r in rows if r.get("status") != "success"]
+    for r in skipped:
+        if not isinstance(r.get("reason"), str) or r.get("status") != status_of(r["reason"]) or not r.get("error_message"):
+            problems.add(path, f"row {r.get('key')!r}: status {r.get('status')!r}, reason {r.get('reason')!r} and error_message do not go together")
+    keys = [r.get("key") for r in rows]
+    if any(not isinstance(k, str) for k in keys) or keys != sorted(keys) or len(set(keys)) != len(keys):
+        problems.add(path, "keys not in order, repeated or missing")
+    if stats is None:
+        return
+    failures = stats.get("failures")
+    if isinstance(failures, dict) and dict(Counter(r.get("reason") for r in skipped)) != failures:
+        problems.add(path, f"its skipped rows ({len(skipped)}) are not the failures its stats count ({failures!r})")
+    screened = {
+        "caption_names": dict(sorted(Counter(c for r in rows if r.get("caption_names") for c in r["caption_names"].split(",")).items())),
+        "source_shows": dict(sorted(Counter(c for r in rows if r.get("source_shows") for c in r["source_shows"].split(",")).items())),
+    }
+    if stats.get("screened") != screened:
+        problems.add(path, f"what its rows say the screens found ({screened}) is not what its stats say ({stats.get('screened')!r})")
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
@@ -549,8 +593,8 @@ def _parquet_rows(path: Path, problems: _Problems) -> list[dict[str, Any]] | Non
     except (OSError, ValueError, pa.ArrowException) as e:
         problems.add(path, f"unreadable parquet ({e})")
         return None
-    if table.column_names != MANIFEST_COLUMNS:
-        problems.add(path, f"columns {table.column_names}, expected {MANIFEST_COLUMNS}")
+    if table.column_names != COLUMNS:
+        problems.add(path, f"columns {table.column_names}, expected {COLUMNS}")
         return None
     return table.to_pylist()
 
@@ -571,8 +615,8 @@ def _check_manifest(out: Path, units: list[WorkUnit], problems: _Problems) -> No
     except (OSError, ValueError, pa.ArrowException) as e:
         problems.add(path, f"unreadable parquet ({e})")
         return
-    if names != MANIFEST_COLUMNS:
-        problems.add(path, f"columns {names}, expected {MANIFEST_COLUMNS}")
+    if names != COLUMNS:
+        problems.add(path, f"columns {names}, expected {COLUMNS}")
         return
     rows = _manifest_rows(manifest)
     position = 0

@@ -39,20 +39,19 @@ def jsonable(value: Any, where: str = "params") -> Any:
     raise TypeError(f"{where}: {type(value).__name__} is not JSON-serialisable")
 
 
-def visible_alphas(alphas: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Each 8-bit alpha (drawing order) as it still shows under every later one; see the module
-    docstring. Only where two layers' boxes meet is there anything to multiply."""
-    boxes = [Image.fromarray(a).getbbox() for a in alphas]
+def visible_alphas(placed: Sequence[tuple[tuple[int, int, int, int], np.ndarray]]) -> list[np.ndarray]:
+    """Each 8-bit alpha (drawing order), given as ``(box, alpha inside box)``, as it still shows
+    under every later one; see the module docstring. Only where two boxes meet is there anything
+    to multiply."""
     shown = []
-    for i, (alpha, box) in enumerate(zip(alphas, boxes)):
+    for i, (box, alpha) in enumerate(placed):
         v = alpha.astype(np.uint32)
-        for later, other in zip(alphas[i + 1:], boxes[i + 1:]):
-            if box is None or other is None:
-                continue
+        for other, later in placed[i + 1:]:
             x1, y1, x2, y2 = max(box[0], other[0]), max(box[1], other[1]), min(box[2], other[2]), min(box[3], other[3])
             if x1 < x2 and y1 < y2:
-                region = v[y1:y2, x1:x2]
-                region[...] = (region * (255 - later[y1:y2, x1:x2].astype(np.uint32)) + 127) // 255
+                region = v[y1 - box[1]:y2 - box[1], x1 - box[0]:x2 - box[0]]
+                cover = later[y1 - other[1]:y2 - other[1], x1 - other[0]:x2 - other[0]].astype(np.uint32)
+                region[...] = (region * (255 - cover) + 127) // 255
         shown.append(v.astype(np.uint8))
     return shown
 
@@ -62,44 +61,54 @@ class Composition:
 
     Renderers of a later event see ``image`` (the composite so far) to pick contrasting colours;
     the labels are measured once every layer is down, since a later layer can hide an earlier one.
+    Each layer is worked on inside the box of its visible pixels only.
     """
 
     def __init__(self, image: Image.Image) -> None:
-        self.image = image.convert("RGB")
+        self.image = image if image.mode == "RGB" else image.convert("RGB")
+        self._own_copy = self.image is not image
         self.layers: list[tuple[str, Layer]] = []
+        self._placed: list[tuple[int, tuple[int, int, int, int], np.ndarray]] = []
 
     def add(self, layers: Sequence[Layer], concept: str) -> None:
-        """Composite one event's ``layers`` (full-canvas RGBA, in order) of ``concept``."""
-        out = self.image.convert("RGBA")
+        """Composite one event's ``layers`` (RGBA, placed on a canvas of the image's size, in order) of ``concept``."""
         for layer in layers:
-            if layer.rgba.size != out.size or layer.rgba.mode != "RGBA":
-                raise ValueError(f"{concept}: layer must be RGBA {out.size}, got {layer.rgba.mode} {layer.rgba.size}")
-            bbox = layer.rgba.getchannel("A").getbbox()
-            if bbox is not None:
-                out.alpha_composite(layer.rgba.crop(bbox), dest=bbox[:2])
+            if layer.canvas != self.image.size or layer.patch.mode != "RGBA":
+                raise ValueError(f"{concept}: layer must be RGBA {self.image.size}, got {layer.patch.mode} {layer.canvas}")
+            visible = layer.visible_patch()
+            if visible is not None:
+                box, crop = visible
+                if not self._own_copy:  # the caller's image is never drawn on
+                    self.image, self._own_copy = self.image.copy(), True
+                region = self.image.crop(box).convert("RGBA")
+                region.alpha_composite(crop)
+                self.image.paste(region.convert("RGB"), box[:2])
+                self._placed.append((len(self.layers), box, np.asarray(crop.getchannel("A"))))
             self.layers.append((concept, layer))
-        self.image = out.convert("RGB")
 
     def mask(self) -> Image.Image:
         """The "L" mask of the maximum alpha over every layer."""
         mask = np.zeros((self.image.height, self.image.width), dtype=np.uint8)
-        for _, layer in self.layers:
-            np.maximum(mask, np.asarray(layer.rgba.getchannel("A")), out=mask)
+        for _, (x1, y1, x2, y2), alpha in self._placed:
+            np.maximum(mask[y1:y2, x1:x2], alpha, out=mask[y1:y2, x1:x2])
         return Image.fromarray(mask)
 
     def instances(self, min_visible: float = 0.0) -> list[Instance]:
         """One instance per layer showing at least one pixel and ``min_visible`` of its alpha, in
         drawing order, boxed by its visible pixels."""
-        alphas = [np.asarray(layer.rgba.getchannel("A")) for _, layer in self.layers]
         instances = []
-        for (concept, layer), alpha, shown in zip(self.layers, alphas, visible_alphas(alphas)):
+        shown_alphas = visible_alphas([(box, alpha) for _, box, alpha in self._placed])
+        for (index, box, alpha), shown in zip(self._placed, shown_alphas):
             bbox = Image.fromarray(shown).getbbox()
             if bbox is None:
                 continue
             visible = float(shown.sum(dtype=np.int64)) / float(alpha.sum(dtype=np.int64))
             if visible < min_visible:
                 continue
-            instances.append(Instance(concept, Box(*bbox), jsonable(layer.params), visible=round(visible, 4)))
+            concept, layer = self.layers[index]
+            x, y = box[:2]
+            box = Box(x + bbox[0], y + bbox[1], x + bbox[2], y + bbox[3])
+            instances.append(Instance(concept, box, jsonable(layer.params), visible=round(visible, 4)))
         return instances
 
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from benchmark.perf import hostile_inputs as hostile
-from builders.build import build_dataset
+from builders.build import BuildError, build_dataset
 from builders.dataset_card import CHECKSUMS
 from builders.recipe import load_recipe, parse_recipe
 from builders.verify import verify_dataset
@@ -261,8 +261,8 @@ def test_the_pixel_cap_of_a_source_reaches_the_build(tmp_path):
     for i in range(3):
         Image.new("RGB", (100, 100), (i, 0, 0)).save(src / f"{i}.png")
         (src / f"{i}.txt").write_text("a photo")
-    report = build_dataset(_folder_recipe(src, max_pixels=5000), tmp_path / "out", progress=False)
-    assert (report.samples, report.failures) == (0, {"too_large": 3})
+    with pytest.raises(BuildError, match=r"out: no samples: all 3 source items were skipped \(too_large: 3\)"):
+        build_dataset(_folder_recipe(src, max_pixels=5000), tmp_path / "out", progress=False)
 
 
 def test_names_and_json_that_are_not_utf8_are_counted_not_fatal(tmp_path):

@@ -331,7 +331,7 @@ def test_make_source_builds_every_kind(folder: Path, shards: Path):
         ({"kind": "procedural", "max_objects": 4}, "source.max_objects must be an integer in [1, 3]"),
         ({"kind": "procedural", "train": -1}, "source.train must be an integer >= 0"),
         ({"kind": "procedural", "colors": ["red"]}, "source.colors needs at least 2"),
-        ({"kind": "webdataset", "urls": "http://host/{0..1}.tar"}, "source.urls: only local files"),
+        ({"kind": "webdataset", "urls": "s3://bucket/{0..1}.tar"}, "local paths, pipe: commands and http(s) URLs are read"),
     ],
 )
 def test_make_source_errors_name_the_field(options, message):

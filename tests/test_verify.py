@@ -9,13 +9,13 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from builders.build import build_dataset
 from builders.dataset_card import CHECKSUMS, checksum_lines
 from builders.recipe import load_recipe
-from builders.shard_builder import MANIFEST_COLUMNS, ShardBuilder, manifest_row, stats_path, tar_path
+from builders.shard_builder import ShardBuilder, stats_path, tar_path
+from builders.shard_table import sample_row, table_bytes
 from builders.verify import DatasetVerifyError, require_verified, verify_dataset
 from implicit_concept.files import sha256_file
 from implicit_concept.sample import SampleMeta
@@ -64,12 +64,13 @@ def reseal(out: Path) -> None:
     checksum list recomputed from the tars that are there, so that none of them disagrees."""
     recipe = load_recipe("icd-debug")
     units = [u for u in ShardBuilder(recipe).plan() if tar_path(out, u).exists()]
-    frames, stats = [], []
+    rows, stats = [], []
     for unit in units:
-        metas = [SampleMeta.from_json(json.loads(m["json"])) for _, m in read_tar(tar_path(out, unit))]
-        frame = pd.DataFrame([manifest_row(m, unit) for m in metas], columns=MANIFEST_COLUMNS)
-        frame.to_parquet(tar_path(out, unit).with_suffix(".parquet"), index=False)
-        frames.append(frame)
+        samples = [(SampleMeta.from_json(json.loads(m["json"])), m["jpg"]) for _, m in read_tar(tar_path(out, unit))]
+        metas = [meta for meta, _ in samples]
+        table = [sample_row(meta, unit, jpg) for meta, jpg in samples]
+        tar_path(out, unit).with_suffix(".parquet").write_bytes(table_bytes(table))
+        rows += table
         record = json.loads(stats_path(out, unit).read_text())
         record.update(
             sha256=sha256_file(tar_path(out, unit)),
@@ -80,7 +81,7 @@ def reseal(out: Path) -> None:
         record["count"] = record["successes"] + record["failed"]
         stats_path(out, unit).write_text(json.dumps(record))
         stats.append(record)
-    pd.concat(frames, ignore_index=True).to_parquet(out / "manifest.parquet", index=False)
+    (out / "manifest.parquet").write_bytes(table_bytes(rows))
     (out / CHECKSUMS).write_text("\n".join(checksum_lines(units, stats)) + "\n")
 
 

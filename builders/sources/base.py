@@ -17,13 +17,15 @@ from implicit_concept.image_decode import DEFAULT_MAX_PIXELS
 
 @dataclass
 class RawItem:
-    """One item as the source holds it; ``error`` names why it cannot be used, if so."""
+    """One item as the source holds it; ``error`` names why it cannot be used, if so (the reason
+    counted in the stats), ``detail`` says more (the error text recorded for the item)."""
 
     source_id: str
     image: bytes | Image.Image | None
     caption: str | None
     meta: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    detail: str = ""
 
 
 class Source(ABC):
@@ -39,6 +41,11 @@ class Source(ABC):
     @abstractmethod
     def read(self, split: str, shard_id: int) -> Iterator[RawItem]:
         """Yield the items of one shard, always in the same order."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the source holds, cheaply (names, sizes, times; never the bytes): a build records it
+        when it starts and a resume whose source no longer matches is refused."""
+        return {"kind": self.kind}
 
 
 def split_of(source_id: str, test_fraction: float) -> str:

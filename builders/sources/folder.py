@@ -1,8 +1,9 @@
 """A directory tree of images with caption sidecars (``name.jpg`` + ``name.txt``).
 
 Files are listed once, sorted by relative path, and split by a hash of that path, so a file keeps
-its split when others are added. Images stay raw bytes here: decoding is the resizer's job, and a
-bad file becomes an item with an error, never an exception.
+its split when others are added. Every format Pillow reads by default is listed (GIF gives its first
+frame, TIFF its first page). Images stay raw bytes here: decoding is the resizer's job, and a bad
+file becomes an item with an error and its text, never an exception.
 
 Only regular files are read, never through a symlink, and only up to a cap: a caption that is a
 symlink to ``/dev/zero`` would fill memory, a FIFO would hang the build, and a symlink to any
@@ -12,6 +13,7 @@ readable file would copy it into the dataset. Such an entry is a counted skip
 from __future__ import annotations
 
 import errno
+import hashlib
 import math
 import os
 import stat
@@ -25,7 +27,8 @@ from implicit_concept.validate import check_int
 
 from .base import RawItem, Source, split_of
 
-DEFAULT_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp")
+#: The photo and web formats Pillow reads (a GIF or APNG gives its first frame, a TIFF its first page).
+DEFAULT_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "jpe", "jfif", "png", "apng", "webp", "avif", "bmp", "gif", "tif", "tiff")
 #: One image file read into memory at most, unless the source config sets another.
 DEFAULT_MAX_BYTES = 64 << 20
 #: A caption is copied into KEY.txt, KEY.json and the manifest: longer ones are refused.
@@ -158,7 +161,23 @@ class FolderSource(Source):
         self.root = root
         self.shard_size = shard_size
         self.max_pixels = config.max_pixels
+        self._listed = files
         self._files = {s: [f for f in files if split_of(f, config.test_fraction) == s] for s in SPLITS}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Every listed image and its caption: name, size and modification time (not followed)."""
+        digest, total = hashlib.sha256(), 0
+        for rel in self._listed:
+            for name in (rel, _caption_of(rel)):
+                try:
+                    info = os.lstat(self.root / name)
+                except OSError:
+                    entry = f"{name}\t-"
+                else:
+                    entry = f"{name}\t{info.st_size}\t{info.st_mtime_ns}"
+                    total += info.st_size
+                digest.update(entry.encode("utf-8", "surrogateescape") + b"\n")
+        return {"kind": self.kind, "path": str(self.root), "files": len(self._listed), "bytes": total, "sha256": digest.hexdigest()}
 
     def files(self, split: str) -> list[str]:
         """Relative paths of ``split``'s images, in shard order."""
@@ -182,29 +201,33 @@ class FolderSource(Source):
             rel.encode("utf-8")
         except UnicodeEncodeError:
             return RawItem(rel, None, None, {}, error="undecodable_name")
-        caption_rel = rel.rsplit(".", 1)[0] + ".txt"
+        caption_rel = _caption_of(rel)
         try:
             caption_bytes = read_regular_file(self.root, caption_rel, MAX_CAPTION_BYTES)
         except FileNotFoundError:
-            return RawItem(rel, None, None, meta, error="missing_caption")
-        except NotRegularFile:
-            return RawItem(rel, None, None, meta, error="not_a_regular_file")
-        except FileTooLarge:
-            return RawItem(rel, None, None, meta, error="caption_too_large")
-        except OSError:
-            return RawItem(rel, None, None, meta, error="unreadable_caption")
+            return RawItem(rel, None, None, meta, error="missing_caption", detail=f"no {caption_rel}")
+        except NotRegularFile as e:
+            return RawItem(rel, None, None, meta, error="not_a_regular_file", detail=f"caption {caption_rel}: {e}")
+        except FileTooLarge as e:
+            return RawItem(rel, None, None, meta, error="caption_too_large", detail=str(e))
+        except OSError as e:
+            return RawItem(rel, None, None, meta, error="unreadable_caption", detail=f"{caption_rel}: {e}")
         caption, error = decode_caption(caption_bytes)
         if error:
-            return RawItem(rel, None, None, meta, error=error)
+            return RawItem(rel, None, None, meta, error=error, detail=caption_rel)
         try:
             image = read_regular_file(self.root, rel, self.config.max_file_bytes)
-        except NotRegularFile:
-            return RawItem(rel, None, caption, meta, error="not_a_regular_file")
-        except FileTooLarge:
-            return RawItem(rel, None, caption, meta, error="file_too_large")
-        except OSError:
-            return RawItem(rel, None, caption, meta, error="unreadable_file")
+        except NotRegularFile as e:
+            return RawItem(rel, None, caption, meta, error="not_a_regular_file", detail=str(e))
+        except FileTooLarge as e:
+            return RawItem(rel, None, caption, meta, error="file_too_large", detail=str(e))
+        except OSError as e:
+            return RawItem(rel, None, caption, meta, error="unreadable_file", detail=str(e))
         return RawItem(rel, image, caption, meta)
+
+
+def _caption_of(rel: str) -> str:
+    return rel.rsplit(".", 1)[0] + ".txt"
 
 
 def _is_folder(path: Path) -> bool:

@@ -17,11 +17,11 @@ import qrcode
 from PIL import Image
 
 from implicit_concept.concepts.assets import AssetPool
+from implicit_concept.concepts.qr_mask import best_mask_pattern
 from implicit_concept.concepts.renderer import (
     RGB,
     Layer,
     Renderer,
-    full_canvas,
     paint,
     uniform,
 )
@@ -152,7 +152,7 @@ class QRCodeRenderer(Renderer):
         )
         qr.add_data(payload)
         qr.best_fit(start=min_version)
-        qr.mask_pattern = qr.best_mask_pattern()
+        qr.mask_pattern = best_mask_pattern(qr)
         qr.make(fit=False)
         modules = np.array(qr.get_matrix(), dtype=np.uint8)
         n = modules.shape[0]
@@ -184,4 +184,4 @@ class QRCodeRenderer(Renderer):
             "border": qr.border, "mask_pattern": qr.mask_pattern, "modules": n, "side_px": side, "style": style,
             "ink": list(ink), "paper": list(paper), "rotation": angle, "perspective": perspective,
         }
-        return [Layer(full_canvas(patch, size, xy), params)]
+        return [Layer.placed(patch, size, xy, params)]
