@@ -367,3 +367,159 @@ def test_two_processes_train_the_same_weights_as_one(setup, tmp_path):
     init = fresh.text_encoder.get_input_embeddings().weight[ids].detach()
     rows_a, rows_b = _embeddings(one / "pipeline")[ids], _embeddings(two / "pipeline")[ids]
     assert (rows_a - rows_b).abs().sum() < 0.01 * (rows_a - init).abs().sum()
+
+
+# Memory options (mixed precision, gradient checkpointing, attention kernel, cached latents, a frozen
+# UNet), at the micro scale: each does what it says, and off (the CPU tracks' setting) changes nothing.
+
+#: ``TrainingConfig().to_dict()``'s hash and the debug and tiny tracks' fine-tune and base configs'
+#: before the memory options existed: their cache keys and run.json records still hold.
+HASHES_BEFORE_MEMORY_OPTIONS = {
+    "default": "b8df96b4e779017b2e0030b400428ca461eb426bb9a2b54839253d5b23ae5fb1",
+    "debug finetune": "645dfd8d11e9ceb0d7fa306ced977594bb3942676a2faeb6fbc8894616fd30bc",
+    "debug base": "8c30db82ac8429e06a0d16b29cad4b85bdda27e6f9e99c5e304fcd3cbdc6d03d",
+    "tiny finetune": "6fa3dee61aeda6f87836666131903d3888594c69adbcad08d68faab294b39019",
+    "tiny base": "84bf010e5c5b31baf100d138ef9e760ab52c55977f96ec6050313b40a8adee2d",
+}
+
+
+def test_memory_options_off_keep_the_cache_keys_of_earlier_runs():
+    from benchmark.track import load_track
+    from implicit_concept.provenance import config_hash
+
+    hashes = {"default": config_hash(TrainingConfig().to_dict())}
+    for name in ("debug", "tiny"):
+        track = load_track(name)
+        hashes[f"{name} finetune"] = config_hash(TrainingConfig(**{**track.finetune, "seed": track.seed}).to_dict())
+        hashes[f"{name} base"] = config_hash(track.base_model_config().to_dict())
+    assert hashes == HASHES_BEFORE_MEMORY_OPTIONS
+    on = TrainingConfig(gradient_checkpointing=True, attention="eager", train_unet=False, train_text="text_encoder").to_dict()
+    assert (on["gradient_checkpointing"], on["attention"], on["train_unet"]) == (True, "eager", False)
+
+
+def _spy_on_models(monkeypatch, look) -> list:
+    """Once each training run has applied its memory options, call ``look(config, unet, text_encoder)``;
+    its results, one per run."""
+    import benchmark.training.loop as loop
+
+    seen = []
+    real = loop.apply_memory_options
+
+    def spy(config, unet, text_encoder):
+        real(config, unet, text_encoder)
+        seen.append(look(config, unet, text_encoder))
+
+    monkeypatch.setattr(loop, "apply_memory_options", spy)
+    return seen
+
+
+def _count_first_block_calls(config, unet, text_encoder) -> dict:
+    """Count the calls of the UNet's first resnet's ``forward`` (a recomputation fires no forward hook)."""
+    counter = {"calls": 0}
+    block = unet.down_blocks[0].resnets[0]
+    forward = block.forward
+
+    def counted(*args, **kwargs):
+        counter["calls"] += 1
+        return forward(*args, **kwargs)
+
+    block.forward = counted
+    return counter
+
+
+def test_gradient_checkpointing_recomputes_the_forward_pass_and_trains_the_same_weights(setup, tmp_path, monkeypatch):
+    base, shards = setup
+    counters = _spy_on_models(monkeypatch, _count_first_block_calls)
+    plain = train(base, shards, tmp_path / "plain", TrainingConfig(**FAST), progress=False)
+    recomputed = train(base, shards, tmp_path / "ckpt", TrainingConfig(**FAST, gradient_checkpointing=True), progress=False)
+    assert [c["calls"] for c in counters] == [FAST["steps"], 2 * FAST["steps"]], "checkpointed blocks run again in the backward pass"
+    assert _same(_unet_state(plain), _unet_state(recomputed)), "recomputing the same operations gives the same numbers"
+    assert not _same(_unet_state(base), _unet_state(recomputed))
+
+
+def test_bf16_autocast_trains_near_fp32_and_one_process_can_switch_precision(setup, tmp_path):
+    """accelerate keeps one precision per process: fp32, then bf16, then fp32 again all train here, the
+    last exactly as the first. bf16 runs the model in bf16 (the weights differ from fp32's) but keeps
+    float32 master weights, which move the same way."""
+    base, shards = setup
+    fp32 = train(base, shards, tmp_path / "fp32", TrainingConfig(**FAST), progress=False)
+    bf16 = train(base, shards, tmp_path / "bf16", TrainingConfig(**FAST, mixed_precision="bf16"), progress=False)
+    fp32_again = train(base, shards, tmp_path / "fp32-again", TrainingConfig(**FAST), progress=False)
+    assert _same(_unet_state(fp32), _unet_state(fp32_again))
+    start, a, b = _unet_state(base), _unet_state(fp32), _unet_state(bf16)
+    assert all(v.dtype == torch.float32 for v in b.values())
+    moved = sum((a[k] - start[k]).abs().sum() for k in a)
+    apart = sum((a[k] - b[k]).abs().sum() for k in a)
+    assert 0 < apart < 0.2 * moved, (apart, moved)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused only where there is no GPU")
+def test_fp16_without_a_gpu_is_refused_rather_than_run_in_fp32(setup, tmp_path):
+    base, shards = setup
+    with pytest.raises(ValueError, match="fp16.*needs a GPU.*bf16"):
+        train(base, shards, tmp_path / "fp16", TrainingConfig(**FAST, mixed_precision="fp16"), progress=False)
+
+
+def test_attention_option_sets_both_models_kernels(setup, tmp_path, monkeypatch):
+    base, shards = setup
+    kernels = _spy_on_models(monkeypatch, lambda config, unet, text_encoder: (
+        {type(p).__name__ for p in unet.attn_processors.values()}, text_encoder.config._attn_implementation))
+    sdpa = train(base, shards, tmp_path / "sdpa", TrainingConfig(**FAST), progress=False)
+    eager = train(base, shards, tmp_path / "eager", TrainingConfig(**FAST, attention="eager"), progress=False)
+    assert kernels == [({"AttnProcessor2_0"}, "sdpa"), ({"AttnProcessor"}, "eager")]
+    start, a, b = _unet_state(base), _unet_state(sdpa), _unet_state(eager)
+    moved = sum((a[k] - start[k]).abs().sum() for k in a)
+    apart = sum((a[k] - b[k]).abs().sum() for k in a)
+    assert apart < 0.01 * moved, ("the same attention, computed two ways", apart, moved)
+
+
+def test_a_frozen_unet_trains_only_the_text_side(setup, tmp_path):
+    base, shards = setup
+    config = TrainingConfig(**FAST, train_unet=False, train_text="text_encoder")
+    out = train(base, shards, tmp_path / "text", config, progress=False)
+    assert _same(_unet_state(base), _unet_state(out))
+    assert not _same(_text_state(base), _text_state(out))
+    checkpoint = tmp_path / "text" / CHECKPOINTS_DIR / "step-0000002"
+    assert (checkpoint / "text_encoder.safetensors").is_file() and not (checkpoint / "unet.safetensors").exists()
+
+
+@pytest.mark.parametrize("bad, field", [
+    (dict(train_unet=False, train_text="none"), "nothing would train"),
+    (dict(train_unet=False, train_text="text_encoder", ema_decay=0.9), "ema_decay"),
+    (dict(attention="flash"), "attention"),
+    (dict(gradient_checkpointing="yes"), "gradient_checkpointing"),
+    (dict(mixed_precision="fp8"), "mixed_precision"),
+])
+def test_bad_memory_options_name_the_field(bad, field):
+    with pytest.raises(ValueError, match=field):
+        TrainingConfig(**bad)
+
+
+def test_latents_are_encoded_once_per_run_when_cached(setup, tmp_path, monkeypatch):
+    """Two epochs of 8 images: with the cache the VAE sees each image once, without it twice; the
+    weights are the same (the posterior's mode is deterministic)."""
+    import benchmark.training.data as data
+
+    base, shards = setup
+    encoded = []
+    real = data._encode
+    monkeypatch.setattr(data, "_encode", lambda vae, pixels, *a: encoded.append(len(pixels)) or real(vae, pixels, *a))
+    config = TrainingConfig(**{**FAST, "steps": 4})
+    cached = train(base, shards, tmp_path / "cached", config, progress=False)
+    assert sum(encoded) == 8
+    encoded.clear()
+    uncached = train(base, shards, tmp_path / "uncached", replace(config, cache_latents=False), progress=False)
+    assert sum(encoded) == 16
+    assert _same(_unet_state(cached), _unet_state(uncached))
+
+
+def test_an_sd_shaped_pipeline_trains_at_a_resolution_other_than_its_own(setup, tmp_path):
+    """``resolution`` sets the latent grid too (SD v1.5 is 512 px; the CI dry run trains it at 64)."""
+    _, shards = setup
+    sd = _sd_shaped_pipeline(tmp_path)
+    assert load_pipeline(sd).unet.config.sample_size * 2 == 16
+    geom = GeomErasingConfig(grid=2, concepts=("qrcode",))
+    out = train(sd, shards, tmp_path / "at32", TrainingConfig(**FAST, resolution=32, geom=geom), progress=False)
+    assert not _same(_unet_state(sd), _unet_state(out))
+    with pytest.raises(ValueError, match="resolution 33 must be a multiple"):
+        train(sd, shards, tmp_path / "at33", TrainingConfig(**FAST, resolution=33), progress=False)

@@ -57,7 +57,7 @@ class BaseModelConfig:
             raise ValueError("training: the base is pre-trained plainly on clean scenes (no Geom-Erasing, image_field 'image')")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "training": self.training.to_dict()}
 
     @property
     def sha256(self) -> str:

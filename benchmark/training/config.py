@@ -17,6 +17,10 @@ TEXT_TRAINING = ("none", "new_tokens", "text_encoder")
 LR_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine"}
 IMAGE_FIELDS = ("image", "clean")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+ATTENTION = ("sdpa", "eager")
+#: Fields added after configs were first hashed, with the behaviour runs had before them: at these
+#: values they are left out of ``to_dict``, so the cache keys and ``run.json`` of those runs still hold.
+ADDED_LATER = {"train_unet": True, "gradient_checkpointing": False, "attention": "sdpa"}
 TIMESTEP_SAMPLING = ("uniform", "stratified")
 
 
@@ -30,6 +34,14 @@ class TrainingConfig:
     ``image_field`` "clean" trains on the clean twins (the benchmark's oracle). ``batch_size`` is the
     global batch, split evenly across processes, so 8 GPUs train the same model as 1 (up to float
     summation order) and a cached result does not depend on how many trained it.
+
+    Memory options (the paper track turns them on; the CPU tracks keep them off): ``mixed_precision``
+    through accelerate ("fp16" needs a GPU; "bf16" also runs on CPUs that have it),
+    ``gradient_checkpointing`` (the UNet's, and the text encoder's when it all trains), ``attention``
+    ("sdpa": PyTorch's fused kernels, which never hold the attention matrix; "eager": the plain
+    product, for comparison) and ``cache_latents`` (every image encoded once per run, then only its
+    latents kept). ``train_unet`` false freezes the UNet: only the text side trains, so AdamW holds no
+    state for its 860M weights (the CPU test of the SD-v1.5-shaped dry run uses it).
     """
 
     steps: int = 500
@@ -54,6 +66,9 @@ class TrainingConfig:
     seed: int = 0
     threads: int | None = None
     mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    attention: str = "sdpa"
+    train_unet: bool = True
     geom: GeomErasingConfig = field(default_factory=GeomErasingConfig.plain)
 
     def __post_init__(self) -> None:
@@ -78,14 +93,20 @@ class TrainingConfig:
         check_choice("timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLING)
         if self.prediction_type is not None:
             check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
-        if not isinstance(self.cache_latents, bool):
-            raise ValueError(f"cache_latents must be true or false, got {self.cache_latents!r}")
+        check_choice("attention", self.attention, ATTENTION)
+        for name in ("cache_latents", "gradient_checkpointing", "train_unet"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.geom, GeomErasingConfig):
             raise ValueError(f"geom must be a GeomErasingConfig, got {type(self.geom).__name__}")
         if self.model_removal and self.train_text != "new_tokens":
             raise ValueError("train_text must be 'new_tokens' for Model Removal: the model stays frozen")
         if self.model_removal and self.ema_decay is not None:
             raise ValueError("ema_decay: Model Removal trains no UNet weights to average")
+        if not self.train_unet and self.train_text == "none":
+            raise ValueError("train_unet is false and train_text is 'none': nothing would train")
+        if not self.train_unet and self.ema_decay is not None:
+            raise ValueError("ema_decay: the UNet is frozen (train_unet false), there is nothing to average")
         if self.image_field == "clean" and self.geom.active:
             raise ValueError("image_field 'clean' (the oracle) has no concept to erase: use GeomErasingConfig.plain()")
 
@@ -93,5 +114,9 @@ class TrainingConfig:
     def model_removal(self) -> bool:
         return self.geom.setting == "model_removal"
 
+    @property
+    def trains_unet(self) -> bool:
+        return self.train_unet and not self.model_removal
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k not in ADDED_LATER or v != ADDED_LATER[k]}

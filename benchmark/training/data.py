@@ -228,11 +228,12 @@ def diffusion_loss(
     weights: torch.Tensor, snr_gamma: float | None,
 ) -> torch.Tensor:
     """The batch's loss: the weighted error of ``pred`` against the scheduler's target (the noise, the
-    clean latents or the velocity), each sample's scaled by its min-SNR weight when ``snr_gamma`` is set."""
+    clean latents or the velocity), each sample's scaled by its min-SNR weight when ``snr_gamma`` is set;
+    in float32 whatever precision the model ran in."""
     target = {"epsilon": noise, "sample": latents}.get(scheduler.config.prediction_type)
     if target is None:
         target = scheduler.get_velocity(latents, noise, timesteps)
-    per_sample = weighted_mse(pred, target, weights)
+    per_sample = weighted_mse(pred.float(), target.float(), weights)
     if snr_gamma is not None:
         per_sample = per_sample * min_snr_weights(scheduler, timesteps, snr_gamma)
     return per_sample.mean()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import PartialState
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -50,6 +50,7 @@ from benchmark.training.data import (
     process_share,
     step_randomness,
 )
+from benchmark.training.memory import accelerator_for, apply_memory_options
 from benchmark.training.new_tokens import NewTokenRows, average_across_processes
 from implicit_concept.geom_erasing.location_tokens import add_tokens
 
@@ -80,31 +81,35 @@ def train(
     if start_or_resume(output_dir, record) == "finished":
         return final_dir
 
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = accelerator_for(config)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
-    # The models. The VAE never trains; what else does is decided by the setting and train_text.
+    # The models. The VAE never trains; what else does is decided by the setting, train_unet and train_text.
     pipe = load_pipeline(base)
     tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type=config.prediction_type or pipe.scheduler.config.prediction_type)
     new_ids = add_tokens(tokenizer, text_encoder, config.geom.new_tokens(), seed=config.seed)
-    latent_hw, latent_channels = (unet.config.sample_size, unet.config.sample_size), unet.config.in_channels
+    resolution, scale = config.resolution or unet.config.sample_size * pipe.vae_scale_factor, pipe.vae_scale_factor
+    if resolution % scale:
+        raise ValueError(f"resolution {resolution} must be a multiple of the VAE's down-sampling ({scale})")
+    latent_hw, latent_channels = (resolution // scale, resolution // scale), unet.config.in_channels
     vae.requires_grad_(False)
-    unet.requires_grad_(not config.model_removal)
+    unet.requires_grad_(config.trains_unet)
     text_encoder.requires_grad_(config.train_text == "text_encoder")
+    apply_memory_options(config, unet, text_encoder)
     embedding = text_encoder.get_input_embeddings()
     new_rows = NewTokenRows(embedding, new_ids) if config.train_text == "new_tokens" and new_ids else None
     for model in (vae, unet, text_encoder, new_rows):
         if model is not None:
             model.to(accelerator.device)
-    if config.model_removal and new_rows is None:
-        raise ValueError("nothing to train: Model Removal freezes the model and no new token was added")
+    if not config.trains_unet and config.train_text == "new_tokens" and new_rows is None:
+        raise ValueError("nothing to train: the UNet is frozen (Model Removal or train_unet false) and no new token was added")
 
-    # The optimizer: the UNet (unless Model Removal), then the text side (all of it, or the new rows).
+    # The optimizer: the UNet (unless frozen), then the text side (all of it, or the new rows).
     groups = []
-    if not config.model_removal:
+    if config.trains_unet:
         groups.append({"params": list(unet.parameters()), "weight_decay": config.weight_decay})
     if config.train_text == "text_encoder":
         groups.append({"params": list(text_encoder.parameters()), "weight_decay": config.weight_decay})
@@ -118,7 +123,7 @@ def train(
 
     # Only models with trainable weights are wrapped (DDP refuses others) and saved in checkpoints.
     trained = {}
-    if not config.model_removal:
+    if config.trains_unet:
         unet = trained["unet"] = accelerator.prepare(unet)
     if config.train_text == "text_encoder":
         text_encoder = trained["text_encoder"] = accelerator.prepare(text_encoder)
@@ -130,17 +135,18 @@ def train(
     state = resumable.state
 
     # The data: examples in a seeded shuffle, each with its Geom-Erasing caption and weight map.
-    prepare = Preparer(config, tokenizer, latent_hw, config.resolution or latent_hw[0] * pipe.vae_scale_factor, detect)
+    prepare = Preparer(config, tokenizer, latent_hw, resolution, detect)
     scaling = vae.config.scaling_factor
     prepare_started = time.time()
     if config.cache_latents:
-        encode_all(source, prepare, vae, scaling, config.batch_size, accelerator.device)
+        with accelerator.autocast():  # the VAE encodes in the run's precision, cached or not
+            encode_all(source, prepare, vae, scaling, config.batch_size, accelerator.device)
     prepare_seconds = time.time() - prepare_started
     empty_ids = token_ids(tokenizer, [""])[0]
     mine = process_share(config.batch_size, accelerator.num_processes, accelerator.process_index)
     batches = global_batches(source, prepare, state, config, config.batch_size)
 
-    unet.train(not config.model_removal)
+    unet.train(config.trains_unet)
     text_encoder.train(config.train_text != "none")
     bar = tqdm(total=config.steps, initial=state.step, desc="train", disable=not (progress and accelerator.is_main_process))
     session = Session(first_step=state.step, prepare_seconds=prepare_seconds)
@@ -150,7 +156,8 @@ def train(
         session.count(examples)
         drop, noise, timesteps = step_randomness(len(examples), state.generator, config, latent_channels, latent_hw, noise_scheduler.config.num_train_timesteps)
         examples, drop, noise, timesteps = examples[mine], drop[mine], noise[mine], timesteps[mine]
-        latents, input_ids, weights = model_inputs(examples, drop, empty_ids, vae, scaling, accelerator.device)
+        with accelerator.autocast():
+            latents, input_ids, weights = model_inputs(examples, drop, empty_ids, vae, scaling, accelerator.device)
         noise, timesteps = noise.to(accelerator.device), timesteps.to(accelerator.device)
 
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
