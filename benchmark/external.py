@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.evaluation.scorecard import score_generated
-from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_name, pipeline_source
+from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_name, pipeline_folders, pipeline_source
 from benchmark.models.pipelines import NEGATIVE_PROMPT_FILE, load_pipeline
 from benchmark.prompts import Prompt, read_prompts
 from benchmark.stages import reference_images
@@ -79,7 +79,7 @@ def score_pipeline(
         diffusers_generate_fn(pipe, generation), prompts, Path(out) / "images", negative, generation, progress,
         source={**pipeline_source(pipe), "negative_prompt": negative},
     )
-    inputs = {"pipeline": str(pipeline_dir), "model": pipeline_source(pipe), "negative_prompt": negative, "generation": generation.__dict__}
+    inputs = {"pipeline": str(pipeline_dir), "model": pipeline_folders(pipe), "negative_prompt": negative, "generation": generation.__dict__}
     return _score(paths, [p for p in prompts for _ in range(generation.images_per_prompt)], Path(out), judging, inputs)
 
 

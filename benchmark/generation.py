@@ -90,11 +90,21 @@ def _claim(out_dir: Path, record: dict[str, Any]) -> None:
     atomic_write_json(path, record)
 
 
+def _folder(part: Any) -> str | None:
+    """The folder a part's weights were loaded from; None for a part built in memory."""
+    config = getattr(part, "config", None)
+    return config.get("_name_or_path") if isinstance(config, dict) else getattr(config, "_name_or_path", None)
+
+
 def _loaded_from(part: Any) -> str | None:
     """The sha256 of the folder a part's weights were loaded from (see :func:`folder_sha256`), else its name."""
-    config = getattr(part, "config", None)
-    name = config.get("_name_or_path") if isinstance(config, dict) else getattr(config, "_name_or_path", None)
+    name = _folder(part)
     return f"sha256:{folder_sha256(Path(name))}" if name and Path(name).is_dir() else name
+
+
+def pipeline_folders(pipeline: Any) -> dict[str, str | None]:
+    """Where a pipeline's weighted parts were loaded from, for people to open (``results.json``'s ``model``)."""
+    return {"class": type(pipeline).__name__, **{name: _folder(getattr(pipeline, name, None)) for name in ("unet", "text_encoder", "vae")}}
 
 
 def pipeline_source(pipeline: Any) -> dict[str, str | None]:

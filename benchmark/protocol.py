@@ -22,7 +22,7 @@ from PIL import Image
 from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
 from benchmark.evaluation.scorecard import score_generated
-from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_source
+from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_folders, pipeline_source
 from benchmark.methods import NotImplementedMethod, get_method
 from benchmark.methods.interface import FineTune, MethodContext
 from benchmark.parallel_finetunes import train_all
@@ -203,7 +203,7 @@ def _run_method(
     for row in rows:
         row.update(
             status="ok",
-            model=pipeline_source(generator.pipeline),
+            model=pipeline_folders(generator.pipeline),
             negative_prompt=generator.negative_prompt,
             timings={k: round(v / len(rows), 1) for k, v in timings.items()},
             **scores[row["concept"]],
