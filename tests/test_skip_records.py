@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from benchmark.cli import main
-from builders.build import BuildError, build_dataset
+from builders.build import build_dataset
 from builders.recipe import parse_recipe
 from builders.shard_table import COLUMNS
 from builders.verify import verify_dataset
