@@ -3,8 +3,9 @@
 ``qrcode`` scores each of the eight mask patterns by building the whole matrix in Python and walking
 it module by module (``util.lost_point``): about 2 ms a code, most of a QR code's rendering time.
 While the mask is chosen, the format and version modules are blank whatever the mask, so the eight
-candidates differ only in the data modules: one matrix build gives all eight, and the same penalty
-sums give the same choice (the lowest penalty, the first on a tie).
+candidates differ only in the data modules: the data bits, placed once in ``map_data``'s order and
+masked eight ways, give all eight, and the same penalty sums give the same choice (the lowest
+penalty, the first on a tie).
 """
 from __future__ import annotations
 
