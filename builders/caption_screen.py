@@ -26,7 +26,7 @@ from functools import cached_property
 from typing import Any, Mapping
 
 from implicit_concept.concepts import CONCEPT_NAMES
-from implicit_concept.validate import check_choice, check_fields
+from implicit_concept.validate import check_choice, check_fields, from_table
 
 POLICIES = ("drop", "strip", "flag")
 
@@ -77,10 +77,7 @@ class CaptionScreen:
 
     @classmethod
     def from_options(cls, options: Any) -> "CaptionScreen":
-        if not isinstance(options, Mapping):
-            raise ValueError(f"caption_screen must be a table, got {type(options).__name__}")
-        check_fields(options, cls.__dataclass_fields__, "caption_screen")
-        return cls(**options)
+        return from_table(cls, options, "caption_screen")
 
     @cached_property
     def _patterns(self) -> dict[str, re.Pattern[str]]:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 from PIL import Image
 
-from implicit_concept.validate import check_choice, check_fields, check_number
+from implicit_concept.validate import check_choice, check_number, from_table
 
 POLICIES = ("flag", "drop")
 
@@ -51,10 +51,7 @@ class SourceScreenConfig:
 
     @classmethod
     def from_options(cls, options: Any) -> "SourceScreenConfig":
-        if not isinstance(options, Mapping):
-            raise ValueError(f"source_screen must be a table, got {type(options).__name__}")
-        check_fields(options, cls.__dataclass_fields__, "source_screen")
-        return cls(**options)
+        return from_table(cls, options, "source_screen")
 
     @property
     def active(self) -> bool:
