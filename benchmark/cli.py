@@ -98,6 +98,19 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish(args: argparse.Namespace) -> int:
+    from benchmark.benchmark_run import BenchmarkRun
+    from benchmark.publish import publish_track_models
+    from benchmark.track import load_track
+
+    track = load_track(args.track)
+    run = BenchmarkRun(track=track, name=f"publish-{track.name}", runs_root=Path(args.data) / ".publish", data_root=Path(args.data),
+                       cache=Path(args.cache), workers=args.workers, progress=not args.quiet)
+    for what, folder in publish_track_models(run).items():
+        print(f"{what}: {folder}")
+    return 0
+
+
 def _judging(args: argparse.Namespace):
     from benchmark.external import Judging, default_reference
     from benchmark.track import load_track
@@ -252,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="fine-tunes trained side by side, one process and torch thread each (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_benchmark)
+
+    p = sub.add_parser("publish", help="train a track's base and detector as make benchmark would and write them into benchmark/published/ (maintainers)")
+    p.add_argument("--track", default="tiny", help="a track whose base and detector the repository ships (default: tiny)")
+    p.add_argument("--data", default="data")
+    p.add_argument("--cache", default=".cache/implicit-concept")
+    p.add_argument("--workers", type=int, default=2, help="dataset build processes")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_publish)
 
     p = sub.add_parser("export", help="export a subset's shards for detection tools: YOLO (data.yaml, labels) and/or COCO JSON")
     p.add_argument("shards", help="an ICD subset folder with train/ and test/ shard sets, e.g. data/icd-tiny/icd-mixed")

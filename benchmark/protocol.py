@@ -1,4 +1,4 @@
-"""The Data Removal protocol, top to bottom: data -> detector -> base -> per subset and method:
+"""The Data Removal protocol, top to bottom: data -> base -> detector -> per subset and method:
 fine-tune (cached) -> generate (resumable) -> score -> report.
 
 Every stage is cached or resumable, so a killed ``make benchmark`` continues where it stopped; the
@@ -25,6 +25,7 @@ from benchmark.evaluation.scorecard import score_generated
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_folders, pipeline_source
 from benchmark.methods import NotImplementedMethod, get_method
 from benchmark.methods.interface import FineTune, MethodContext
+from benchmark.models.named_scenes import named_prompt
 from benchmark.parallel_finetunes import train_all
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
 from benchmark.report import plot_icr, results_markdown
@@ -37,7 +38,7 @@ from benchmark.training import processes as process_state
 from implicit_concept.detector.inference import Detector
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, claim, locked, sha256_file
 from implicit_concept.provenance import environment
-from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference, ScoreConfig, ScoreReport
+from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference, ScoreConfig, ScoreReport, score_images
 from implicit_concept.stats import hierarchical_bootstrap
 
 
@@ -79,15 +80,22 @@ def _run_protocol(run: BenchmarkRun) -> dict[str, Any]:
     with _timed(run, "dataset"), processes.main_process_first():
         dataset = stages.dataset(run, build=main)
 
-    # 2. The detector that scores everything, and its false-positive floor on clean images.
-    with _timed(run, "detector"), processes.main_process_first():
-        detector = stages.detector(run, dataset)
-
-    # 3. The base model every method starts from (every process trains).
+    # 2. The base model every method starts from (every process trains).
     with _timed(run, "base"):
         base = run.pretrained or stages.pretrain_base_model(run)
 
+    # 3. The detector that scores everything (trained with the base's generations as background),
+    #    and its false-positive floor on clean images.
+    with _timed(run, "detector"), processes.main_process_first():
+        detector = stages.detector(run, dataset, base)
+
     settings = GenerationSettings(**track.generation)
+    # 4. Whether the base knows each concept by name, as the name-based baselines assume.
+    named = {}
+    if track.named_prompts and main:
+        with _timed(run, "named prompts (base)"):
+            named = _named_base(run, dataset / track.groups()[0][0], Path(base), detector, settings)
+
     rows = []
     for subset_name, concepts in track.groups():
         subset = dataset / subset_name
@@ -104,23 +112,40 @@ def _run_protocol(run: BenchmarkRun) -> dict[str, Any]:
         )
         specs = run.methods or track.methods
         if processes.num_processes > 1:
-            # 4a. Every declared fine-tune, by all processes together; then the main process goes on alone.
+            # 5a. Every declared fine-tune, by all processes together; then the main process goes on alone.
             for ft in _declared_finetunes(track, specs, ctx):
                 ctx.finetune(ft)
             if not main:
                 continue
             ctx = replace(ctx, finetune=lambda ft, subset=subset: stages.finetune(run, base, subset, ft, detector, may_train=False))
         elif run.jobs > 1:
-            # 4b. Every declared fine-tune, run.jobs at a time; the methods below then find them made.
+            # 5b. Every declared fine-tune, run.jobs at a time; the methods below then find them made.
             with _timed(run, f"finetunes ({subset_name}, {run.jobs} jobs)"):
                 train_all(run, base, subset, _declared_finetunes(track, specs, ctx), detector, run.jobs)
         prompts = _prompts(run, subset)
         evaluation = Evaluation(subset_name, prompts, settings, detector, stages.reference_images(subset / "test", len(prompts)))
         for spec in specs:
             rows.extend(_run_seeds(run, spec, ctx, evaluation))
-            _write_results(run, rows, detector)
+            _write_results(run, rows, detector, named)
     processes.wait_for_everyone()
-    return _write_results(run, rows, detector) if main else {}
+    return _write_results(run, rows, detector, named) if main else {}
+
+
+def _named_base(run: BenchmarkRun, subset: Path, base: Path, detector: Detector, settings: GenerationSettings) -> dict[str, Any]:
+    """Per concept: the base's ICR of that concept on the first evaluation prompts with the concept
+    named (", with a qr code"), their seeds, no negative prompt."""
+    prompts = _prompts(run, subset)[: run.track.named_prompts]
+    pipe = stages.load_pipeline(base)
+    generate = diffusers_generate_fn(pipe, settings)
+    results = {}
+    for c in run.track.concepts:
+        asked = [replace(p, prompt=named_prompt(p.prompt, c)) for p in prompts]
+        paths = generate_images(generate, asked, run.root / "images" / "named-base" / c, settings=settings, progress=run.progress,
+                                desc=f"base, named {c}", source=pipeline_source(pipe))
+        report = score_images(paths, detector, ScoreConfig(conf=run.track.conf, seed=run.track.seed))
+        report.write_json(run.root / "scores" / "named-base" / f"{c}.json")
+        results[c] = {"icr": report.concepts[c].icr.to_json(), "prompt": named_prompt("<prompt>", c), "n_prompts": len(asked)}
+    return results
 
 
 def _declared_finetunes(track: Track, specs: tuple[str, ...], ctx: MethodContext) -> list[FineTune]:
@@ -222,7 +247,7 @@ def _prompts(run: BenchmarkRun, subset: Path) -> list[Prompt]:
     return read_prompts(path)
 
 
-def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Detector) -> dict[str, Any]:
+def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Detector, named: dict[str, Any]) -> dict[str, Any]:
     """Write results.json, .md, .html and the ICR plot. A run's results are the union of what it has
     scored: rows of methods not rerun this time are kept, a rerun method's rows replace its old ones."""
     rows = _union(run.root / "results.json", rows)
@@ -238,11 +263,12 @@ def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Dete
         "detector": {"path": str(detector.path), "sha256": sha256_file(detector.path), "conf": run.track.conf},
         "fp_rate": {c: reference.fp_rate(c, config).to_json() for c in run.track.concepts},
         "rows": rows,
+        "named_base": named,
         "timings": dict(run.timings),
     }
     if run.track.targets:
         targets = Targets.from_dict(run.track.targets)
-        results["targets"] = {"config": targets.to_dict(), "checks": check_targets(rows, results["fp_rate"], targets)}
+        results["targets"] = {"config": targets.to_dict(), "checks": check_targets(rows, results["fp_rate"], targets, named)}
     atomic_write_json(run.root / "results.json", results)
     atomic_write_bytes(run.root / "results.md", results_markdown(results).encode("utf-8"))
     if any(r.get("status") == "ok" for r in rows):

@@ -1,20 +1,23 @@
 """The benchmark's cached stages: each returns what a later stage needs, building it only when
 its inputs (named by content) have not built it before.
 
-dataset -> detector -> base model -> fine-tunes; the protocol (:mod:`benchmark.protocol`) only
+dataset -> base model -> detector (trained with the base's generations) -> fine-tunes; the protocol (:mod:`benchmark.protocol`) only
 sequences them. A killed run resumes because every stage's output is renamed into place whole.
 """
 from __future__ import annotations
 
+import hashlib
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from benchmark.benchmark_run import BenchmarkRun
-from benchmark.generation import pipeline_sha256
+from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_sha256
 from benchmark.methods.interface import FineTune
 from benchmark.models.base_model import pretrain_base
 from benchmark.models.pipelines import load_pipeline as _load
+from benchmark.prompts import shard_prompts
+from benchmark.published_models import materialize_base, published_base, published_detector
 from benchmark.training import PIPELINE_DIR, TrainingConfig, processes, train
 from builders.build import build_dataset
 from builders.dataset_card import CHECKSUMS
@@ -25,10 +28,15 @@ from implicit_concept.detector.training import load_scale, train_detector
 from implicit_concept.detector.weights import FORMAT as DETECTOR_FORMAT
 from implicit_concept.detector.weights import RECORD_NAME
 from implicit_concept.detector.yolo_env import use_cache
-from implicit_concept.files import locked, sha256_file
+from implicit_concept.files import folder_sha256, locked, sha256_file
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 from implicit_concept.provenance import cache_key
 from implicit_concept.scoring import clean_images
+
+#: The subset whose train captions prompt the base's background and calibration images.
+DETECTOR_PROMPT_SUBSET = "icd-mixed"
+#: Their sampling seeds start here, far from the evaluation prompts'.
+GENERATED_SEED_BASE = 900_000
 
 
 def dataset(run: BenchmarkRun, build: bool = True) -> Path:
@@ -42,33 +50,91 @@ def dataset(run: BenchmarkRun, build: bool = True) -> Path:
     return out
 
 
-def detector(run: BenchmarkRun, dataset: Path) -> Detector:
-    """``--detector``, or the track's scale trained on icd-mixed, cached by scale and shard checksums.
+def detector(run: BenchmarkRun, dataset: Path, base: Path | None = None) -> Detector:
+    """``--detector``; else the published detector trained from exactly this run's inputs; else the
+    track's scale trained on icd-mixed (with the base's generations as background and calibration
+    images), cached by those inputs.
 
-    A cached detector is loaded only once its weights match the sha256 its record holds
+    A detector is loaded only once its weights match the sha256 its record holds
     (:meth:`Detector.load` checks it); ultralytics' own files go under the run's cache folder.
     """
     use_cache(run.cache)
     if run.detector:
         return Detector.load(run.detector)
-    out = detector_dir(run, dataset)
+    identity = detector_identity(run, dataset, base)
+    published = published_detector(identity)
+    if published is not None:
+        return Detector.load(published)
+    out = detector_dir(run, dataset, base)
     with locked(out):
         if not (out / RECORD_NAME).is_file():
-            train_detector(dataset / "icd-mixed", out, load_scale(run.track.detector_scale))
+            extra = {}
+            if identity.get("generated"):
+                extra = dict(zip(("backgrounds", "calibration"), base_generations(run, dataset, base)))
+            train_detector(dataset / "icd-mixed", out, load_scale(run.track.detector_scale), **extra)
     return Detector.load(out)
 
 
-def detector_dir(run: BenchmarkRun, dataset: Path) -> Path:
-    """Where the track's detector is cached: named by its scale, the data and the detector's file format."""
+def detector_identity(run: BenchmarkRun, dataset: Path, base: Path | None = None) -> dict[str, Any]:
+    """What a trained detector is a function of: its scale, the shards (their checksums), the
+    detector's file format and, when the track asks for them, the base's generated images (named by
+    the base's weights, the prompts and the sampler settings)."""
     scale = load_scale(run.track.detector_scale)
     checksums = (dataset / CHECKSUMS).read_text()
-    key = cache_key({"scale": scale.__dict__, "data": checksums, "format": DETECTOR_FORMAT})
-    return run.cache / "detectors" / f"{scale.name}-{key}"
+    identity: dict[str, Any] = {"scale": dict(scale.__dict__), "data": hashlib.sha256(checksums.encode()).hexdigest(), "format": DETECTOR_FORMAT}
+    backgrounds, calibration = getattr(run.track, "detector_backgrounds", 0), getattr(run.track, "detector_calibration", 0)
+    if backgrounds or calibration:
+        if base is None:
+            raise ValueError("the track asks for the base's generations as detector background images: pass the base")
+        identity["generated"] = {
+            "base_weights": weights_sha256(base),
+            "prompts": f"{DETECTOR_PROMPT_SUBSET}/train captions",
+            "seed_base": GENERATED_SEED_BASE,
+            "backgrounds": backgrounds,
+            "calibration": calibration,
+            "settings": dict(run.track.generation),
+        }
+    return identity
+
+
+def detector_dir(run: BenchmarkRun, dataset: Path, base: Path | None = None) -> Path:
+    """Where the track's detector is cached: named by :func:`detector_identity`."""
+    scale = load_scale(run.track.detector_scale)
+    return run.cache / "detectors" / f"{scale.name}-{cache_key(detector_identity(run, dataset, base))}"
+
+
+def base_generations(run: BenchmarkRun, dataset: Path, base: Path) -> tuple[Path, Path]:
+    """(backgrounds, calibration): folders of the base's images for clean prompts (icd-mixed's train
+    captions, never the evaluation prompts), generated once (resumable) and cached by content."""
+    identity = detector_identity(run, dataset, base)["generated"]
+    n_bg, n_cal = identity["backgrounds"], identity["calibration"]
+    prompts = shard_prompts(dataset / DETECTOR_PROMPT_SUBSET / "train", n_bg + n_cal, seed_base=GENERATED_SEED_BASE)
+    if len(prompts) < n_bg + n_cal:
+        raise ValueError(f"{dataset / DETECTOR_PROMPT_SUBSET / 'train'}: {len(prompts)} captions, the track asks for {n_bg + n_cal} generated images")
+    root = run.cache / "base-generations" / cache_key(identity)
+    settings = GenerationSettings(**run.track.generation)
+    pipe = load_pipeline(base)
+    generate = diffusers_generate_fn(pipe, settings)
+    folders = (root / "backgrounds", root / "calibration")
+    for folder, chunk, desc in ((folders[0], prompts[:n_bg], "backgrounds"), (folders[1], prompts[n_bg:], "calibration")):
+        generate_images(generate, chunk, folder, settings=settings, progress=run.progress, desc=f"base {desc}", source={"base_weights": identity["base_weights"]})
+    return folders
+
+
+def weights_sha256(pipeline: Path) -> str:
+    """The UNet's and text encoder's weights files, by content (configs and library versions aside)."""
+    pipeline = Path(pipeline)
+    return folder_sha256(pipeline, only=sorted(str(p.relative_to(pipeline)) for part in ("unet", "text_encoder") for p in (pipeline / part).glob("*.safetensors")))
 
 
 def pretrain_base_model(run: BenchmarkRun) -> Path:
-    """The embedded base model (a tiny pipeline pre-trained on clean scenes), cached by its config."""
-    return pretrain_base(run.track.base_model_config(), run.cache / "bases", progress=run.progress)
+    """The embedded base model (a tiny pipeline pre-trained on procedural scenes): the published one
+    when the repository holds the track's, else trained and cached by its config."""
+    config = run.track.base_model_config()
+    published = published_base(config)
+    if published is not None:
+        return materialize_base(published, config, run.cache / "bases")
+    return pretrain_base(config, run.cache / "bases", progress=run.progress)
 
 
 def finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector: Detector, may_train: bool = True) -> Path:

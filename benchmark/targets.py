@@ -17,15 +17,20 @@ class Targets:
     sd_min_icr: float = 0.25
     #: The removal method's ICR must be at most this share of `sd`'s, with disjoint 95% intervals.
     removal_max_ratio: float = 1 / 3
-    #: `np` (the name as a negative prompt) lands within this many ICR points of `sd`.
-    np_max_gap: float = 0.05
     #: `oracle` (trained on clean twins) lands within this many points of the detector's FP rate.
     oracle_max_above_fp: float = 0.05
+    #: `np` (the name as a negative prompt) lands within this many ICR points of `sd`: a claim for a
+    #: base that does not know the concept's name. None: not claimed.
+    np_max_gap: float | None = None
+    #: The base's own ICR (the detector's false positives on generated images) is at most this.
+    base_max_icr: float | None = None
+    #: The base draws each concept for at least this share of prompts that name it.
+    named_base_min_icr: float | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name != "removal_method" and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+            if f.name != "removal_method" and value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
                 raise ValueError(f"targets.{f.name} must be a number in [0, 1], got {value!r}")
 
     @classmethod
@@ -40,15 +45,20 @@ class Targets:
         return asdict(self)
 
 
-def check_targets(rows: list[dict[str, Any]], fp_rate: dict[str, Any], targets: Targets) -> list[dict[str, Any]]:
+def check_targets(
+    rows: list[dict[str, Any]], fp_rate: dict[str, Any], targets: Targets, named: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """One entry per concept and claim: what was wanted, what was measured, and whether it holds
-    (``met`` is None when a method it needs did not run)."""
+    (``met`` is None when a method it needs did not run). ``named``: the base's ICR per concept on
+    prompts naming it (results.json's ``named_base``)."""
+    named = named or {}
     ok = {(r["concept"], r["method"]): r for r in rows if r.get("status") == "ok"}
     concepts = list(dict.fromkeys(r["concept"] for r in rows))
     removal = targets.removal_method
     checks = []
     for c in concepts:
-        sd, ge, np_, oracle = (ok.get((c, m)) for m in ("sd", removal, "np", "oracle"))
+        sd, ge, np_, oracle, base = (ok.get((c, m)) for m in ("sd", removal, "np", "oracle", "base"))
+        asked = named.get(c)
         fp = fp_rate.get(c, {}).get("value")
         follow_sd, follow_ge = _following(sd), _following(ge)
         checks += [
@@ -57,14 +67,21 @@ def check_targets(rows: list[dict[str, Any]], fp_rate: dict[str, Any], targets: 
             _claim(c, f"{removal} ICR <= {targets.removal_max_ratio:.2f} x sd, intervals disjoint", [sd, ge], lambda: (
                 f"{removal} {_pct(_icr(ge))} {_ci(ge)} vs sd {_pct(_icr(sd))} {_ci(sd)}",
                 _icr(ge) <= targets.removal_max_ratio * _icr(sd) and ge["icr"]["ci"][1] < sd["icr"]["ci"][0])),
-            _claim(c, f"np within {_points(targets.np_max_gap)} of sd", [sd, np_], lambda: (
-                f"np {_pct(_icr(np_))} vs sd {_pct(_icr(sd))}", abs(_icr(np_) - _icr(sd)) <= targets.np_max_gap)),
             _claim(c, f"oracle within {_points(targets.oracle_max_above_fp)} of the detector FP rate", [oracle, fp], lambda: (
                 f"oracle {_pct(_icr(oracle))} vs FP {_pct(fp)}", _icr(oracle) <= fp + targets.oracle_max_above_fp)),
             _claim(c, f"{removal} prompt following no worse than sd's interval", [follow_sd, follow_ge], lambda: (
                 f"{removal} {follow_ge['value']:.3f} vs sd {follow_sd['value']:.3f} "
                 f"[{follow_sd['ci'][0]:.3f}, {follow_sd['ci'][1]:.3f}]", follow_ge["value"] >= follow_sd["ci"][0])),
         ]
+        if targets.np_max_gap is not None:
+            checks.append(_claim(c, f"np within {_points(targets.np_max_gap)} of sd", [sd, np_], lambda: (
+                f"np {_pct(_icr(np_))} vs sd {_pct(_icr(sd))}", abs(_icr(np_) - _icr(sd)) <= targets.np_max_gap)))
+        if targets.base_max_icr is not None:
+            checks.append(_claim(c, f"base ICR <= {_pct(targets.base_max_icr)} (false positives on generated images)", [base], lambda: (
+                f"base {_pct(_icr(base))} {_ci(base)}", _icr(base) <= targets.base_max_icr)))
+        if targets.named_base_min_icr is not None:
+            checks.append(_claim(c, f"base ICR >= {_pct(targets.named_base_min_icr)} on prompts naming it", [asked], lambda: (
+                f"base, named: {_pct(_icr(asked))} {_ci(asked)}", _icr(asked) >= targets.named_base_min_icr)))
     return checks
 
 

@@ -57,6 +57,13 @@ class Track:
     #: covers seeds and prompts (a hierarchical bootstrap). Other methods train with ``seed``.
     seeds: tuple[int, ...] = ()
     seed_methods: tuple[str, ...] = ()
+    #: Evaluation prompts asked again with each concept named ("..., with a qr code"), for the base
+    #: alone: it must know the names the baselines erase. 0: not measured.
+    named_prompts: int = 0
+    #: The base's images for clean prompts (icd-mixed's train captions) the detector trains on as
+    #: background, and the held-out ones its per-concept thresholds are calibrated on. 0: none.
+    detector_backgrounds: int = 0
+    detector_calibration: int = 0
     #: Claims the results are checked against (benchmark.targets.Targets); empty: no check.
     targets: dict[str, Any] = field(default_factory=dict)
 
@@ -76,6 +83,10 @@ class Track:
             raise TrackError(f"track {self.name}: seeds must be distinct integers >= 0, got {list(self.seeds)}")
         if not set(self.seed_methods) <= set(self.methods):
             raise TrackError(f"track {self.name}: seed_methods {sorted(set(self.seed_methods) - set(self.methods))} are not among its methods")
+        for name in ("named_prompts", "detector_backgrounds", "detector_calibration"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise TrackError(f"track {self.name}: {name} must be an integer >= 0, got {value!r}")
         if not 0 < self.conf < 1:
             raise TrackError(f"track {self.name}: conf must be in (0, 1), got {self.conf}")
         if self.targets:

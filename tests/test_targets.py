@@ -17,16 +17,31 @@ def _met(checks):
     return [c["met"] for c in checks]
 
 
+ALL = Targets(np_max_gap=0.05, base_max_icr=0.05, named_base_min_icr=0.5)
+
+
+def _named(value):
+    return {"qrcode": {"value": value, "ci": [value - 0.05, value + 0.05]}}
+
+
 def test_every_claim_met():
     rows = [_row("sd", 0.40, (0.33, 0.47)), _row("ge-full", 0.05, (0.02, 0.08)), _row("np", 0.37, (0.3, 0.44)),
-            _row("oracle", 0.03, (0.01, 0.05))]
-    assert _met(check_targets(rows, FP, Targets())) == [True] * 5
+            _row("oracle", 0.03, (0.01, 0.05)), _row("base", 0.02, (0.0, 0.04))]
+    assert _met(check_targets(rows, FP, ALL, {"qrcode": {"icr": _named(0.6)["qrcode"]}})) == [True] * 7
 
 
 def test_each_claim_can_fail():
     rows = [_row("sd", 0.20, (0.14, 0.26)), _row("ge-full", 0.10, (0.06, 0.15), following=(0.3, (0.25, 0.35))),
-            _row("np", 0.10, (0.06, 0.15)), _row("oracle", 0.2, (0.15, 0.25))]
-    assert _met(check_targets(rows, FP, Targets())) == [False] * 5
+            _row("np", 0.10, (0.06, 0.15)), _row("oracle", 0.2, (0.15, 0.25)), _row("base", 0.08, (0.05, 0.11))]
+    assert _met(check_targets(rows, FP, ALL, {"qrcode": {"icr": _named(0.4)["qrcode"]}})) == [False] * 7
+
+
+def test_optional_claims_are_checked_only_when_a_track_makes_them():
+    rows = [_row("sd", 0.40, (0.33, 0.47)), _row("np", 0.10, (0.05, 0.15)), _row("base", 0.5, (0.4, 0.6))]
+    targets = [c["target"] for c in check_targets(rows, FP, Targets())]
+    assert not any(t.startswith(("np", "base")) for t in targets)
+    checks = check_targets(rows, FP, Targets(named_base_min_icr=0.5))
+    assert checks[-1]["met"] is None and checks[-1]["measured"] == "not run"
 
 
 def test_a_third_of_sd_but_overlapping_intervals_is_not_met():
@@ -36,7 +51,7 @@ def test_a_third_of_sd_but_overlapping_intervals_is_not_met():
 
 def test_missing_methods_are_not_run_not_failed():
     checks = check_targets([_row("sd", 0.4, (0.3, 0.5))], FP, Targets())
-    assert _met(checks) == [True, None, None, None, None]
+    assert _met(checks) == [True, None, None, None]
     assert checks[2]["measured"] == "not run"
 
 

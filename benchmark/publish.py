@@ -1,0 +1,26 @@
+"""Make the models the repository publishes for a track (its base, then its detector) the way
+``make benchmark`` would, and write them into ``benchmark/published/``: what a maintainer runs once
+the data or a model's recipe changes, and commits."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmark import stages
+from benchmark.benchmark_run import BenchmarkRun
+from benchmark.models.base_model import BASE_FILE, base_dir, pretrain_base
+from benchmark.published_models import PUBLISHED_DIR, publish_base, publish_detector
+
+
+def publish_track_models(run: BenchmarkRun, root: Path = PUBLISHED_DIR) -> dict[str, Path]:
+    """Train (or take from the cache) and publish the track's base and detector; their folders."""
+    dataset = stages.dataset(run)
+    config = run.track.base_model_config()
+    trained = pretrain_base(config, run.cache / "bases", progress=run.progress)
+    record = json.loads((base_dir(config, run.cache / "bases") / BASE_FILE).read_text(encoding="utf-8"))
+    published = {"base": publish_base(trained, config, {k: record[k] for k in ("seconds", "environment")}, root)}
+    base = stages.pretrain_base_model(run)  # the published base, as every run will load it
+    detector = stages.detector(run, dataset, base)
+    identity = stages.detector_identity(run, dataset, base)
+    published["detector"] = publish_detector(detector.path.parent, identity, run.track.name, root)
+    return published
