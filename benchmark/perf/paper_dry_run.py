@@ -27,6 +27,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import numpy as np
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -115,8 +116,8 @@ def dry_run(track: Track, work: Path, source: str | None = None, images: int = D
     png = work / "sample.png"
     child = run_in_child(_sample, run, base, subset, name, png, threads=threads)
     _stage(report, "sample", child, **child.value)
-    report["checks"]["sample: the track's size, with the location tokens as negative prompt"] = (
-        child.value["size"] == [track.generation["image_size"]] * 2 and "<l" in child.value["negative_prompt"])
+    report["checks"]["sample: the track's size, not blank (no NaN), with the location tokens as negative prompt"] = (
+        child.value["size"] == [track.generation["image_size"]] * 2 and child.value["pixel_std"] > 0 and "<l" in child.value["negative_prompt"])
     _drop(*tuned.values(), base, keep=keep)
 
     report["seconds"] = round(time.perf_counter() - started, 1)
@@ -157,8 +158,8 @@ def _sample(run: BenchmarkRun, base: Path, subset: Path, method: str, png: Path)
     image = diffusers_generate_fn(generator.pipeline, settings)([prompt.prompt], [generator.negative_prompt], [prompt.evaluation_seed])[0]
     seconds = time.perf_counter() - started
     image.save(png)
-    return {"size": list(image.size), "prompt": prompt.prompt, "negative_prompt": generator.negative_prompt,
-            "sampling_steps": settings.steps, "sampling_seconds": round(seconds, 1)}
+    return {"size": list(image.size), "pixel_std": round(float(np.asarray(image, dtype=np.float32).std()), 2), "prompt": prompt.prompt,
+            "negative_prompt": generator.negative_prompt, "sampling_steps": settings.steps, "sampling_seconds": round(seconds, 1)}
 
 
 def _stage(report: dict[str, Any], name: str, child: ChildResult, **extra: Any) -> None:
