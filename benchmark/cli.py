@@ -11,10 +11,12 @@ from implicit_concept.provenance import version
 
 def _build(args: argparse.Namespace) -> int:
     from builders.build import build_dataset
-    from builders.recipe import load_recipe, source_from_spec
+    from builders.recipe import load_recipe, source_from_spec, with_screen_detector
 
     overrides = {"source": source_from_spec(args.source)} if args.source else None
     recipe = load_recipe(args.recipe, overrides)
+    if args.screen_detector:
+        recipe = with_screen_detector(recipe, args.screen_detector)
     out = Path(args.out or Path("data") / recipe.name)
     report = build_dataset(
         recipe, out, workers=args.workers, progress=not args.quiet,
@@ -22,7 +24,8 @@ def _build(args: argparse.Namespace) -> int:
     )
     print(
         f"{out}: {report.samples} samples; {report.built} shards built, {report.skipped} already complete; "
-        f"failures: {json.dumps(report.failures, sort_keys=True) or '{}'}"
+        f"skipped source items (each counted once, whatever the subsets that read it): "
+        f"{json.dumps(report.failures, sort_keys=True)}"
     )
     return 0
 
@@ -30,9 +33,11 @@ def _build(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from builders.verify import verify_dataset
 
-    report = verify_dataset(Path(args.dir))
+    report = verify_dataset(Path(args.dir), progress=not args.quiet)
     for problem in report.problems:
         print(problem, file=sys.stderr)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
     status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
     print(f"{args.dir}: {report.shards} shards, {report.samples} samples, {report.instances} instances: {status}")
     return 0 if report.ok else 1
@@ -60,7 +65,7 @@ def _score(args: argparse.Namespace) -> int:
     from implicit_concept.detector.inference import Detector
     from implicit_concept.scoring import ScoreConfig, score_images
 
-    report = score_images(args.dir, Detector.load(args.detector), ScoreConfig(conf=args.conf), clean=args.clean)
+    report = score_images(args.dir, Detector.load(args.detector), ScoreConfig(conf=args.conf), clean=args.clean, progress=not args.quiet)
     print(report.table())
     if args.json:
         print(report.write_json(args.json))
@@ -84,6 +89,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         source=args.source,
         methods=tuple(args.method or ()),
         workers=args.workers,
+        jobs=args.jobs,
         progress=not args.quiet,
     )
     if run_benchmark(run):  # empty on the helper processes of a multi-process run
@@ -92,18 +98,28 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generation_settings(args: argparse.Namespace):
-    from benchmark.generation import GenerationSettings
+def _judging(args: argparse.Namespace):
+    from benchmark.external import Judging, default_reference
+    from benchmark.track import load_track
+    from implicit_concept.detector.inference import Detector
 
-    return GenerationSettings(steps=args.steps, guidance_scale=args.guidance, image_size=args.size, images_per_prompt=args.images_per_prompt)
+    detector = Detector.load(Path(args.detector))  # an unusable detector fails first, before any generation
+    track = load_track(args.track)
+    reference = None if args.no_quality else Path(args.reference) if args.reference else default_reference(track, Path(args.data))
+    if reference is None and not args.no_quality:
+        raise FileNotFoundError(
+            f"no clean reference images for quality scores under {args.data}: build the track's dataset "
+            f"(make dataset), pass --reference SHARDS, or --no-quality"
+        )
+    return Judging(track=track, detector=detector, reference=reference, cache=Path(args.cache), num_prompts=args.num_prompts)
 
 
 def _score_pipeline(args: argparse.Namespace) -> int:
     from benchmark.external import score_pipeline
 
     summary = score_pipeline(
-        Path(args.pipeline), Path(args.out), Path(args.detector), args.prompts, args.num_prompts,
-        negative_prompt=args.negative_prompt, settings=_generation_settings(args), conf=args.conf,
+        Path(args.pipeline), Path(args.out), _judging(args), negative_prompt=args.negative_prompt, progress=not args.quiet,
+        steps=args.steps, guidance_scale=args.guidance, image_size=args.size, images_per_prompt=args.images_per_prompt,
     )
     print(summary["table"])
     return 0
@@ -112,10 +128,7 @@ def _score_pipeline(args: argparse.Namespace) -> int:
 def _score_images(args: argparse.Namespace) -> int:
     from benchmark.external import score_image_folder
 
-    summary = score_image_folder(
-        Path(args.dir), Path(args.out), Path(args.detector), args.prompts, args.num_prompts,
-        images_per_prompt=args.images_per_prompt, conf=args.conf,
-    )
+    summary = score_image_folder(Path(args.dir), Path(args.out), _judging(args), images_per_prompt=args.images_per_prompt or 1)
     print(summary["table"])
     return 0
 
@@ -131,7 +144,7 @@ def _prompts(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from implicit_concept.detector.export import export_detection_dataset
 
-    exported = export_detection_dataset(Path(args.shards), Path(args.out), formats=tuple(args.format or ("yolo", "coco")))
+    exported = export_detection_dataset(Path(args.shards), Path(args.out), formats=tuple(args.format or ("yolo", "coco")), progress=not args.quiet)
     for split, counts in exported.counts.items():
         print(f"{split}: {counts['images']} images, {counts['contaminated']} with a concept")
     if exported.data_yaml:
@@ -159,12 +172,21 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _add_scoring_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--detector", required=True, help="detector.pt, or the folder `detector train` wrote")
-    p.add_argument("--prompts", default="icd-tiny-eval", help="prompts CSV (case_number,prompt,evaluation_seed) or a shipped name")
-    p.add_argument("--num-prompts", type=int, default=200)
-    p.add_argument("--images-per-prompt", type=int, default=1)
-    p.add_argument("--conf", type=float, default=0.25)
+    p.add_argument("--detector", required=True, help="the detector folder `detector train` wrote, or its weights file")
+    p.add_argument("--track", default="tiny", help="the track whose prompts, seeds, sampler, threshold and quality measures judge (default: tiny)")
+    p.add_argument("--num-prompts", type=int, help="score only the first N of the track's prompts (default: the track's count)")
+    p.add_argument("--images-per-prompt", type=int, help="images per prompt (default: the track's)")
+    p.add_argument("--data", default="data", help="where the track's dataset is built: its clean test split is the quality reference")
+    p.add_argument("--reference", help="clean test shards to compare with, instead of the track's dataset under --data")
+    p.add_argument("--no-quality", action="store_true", help="ICR only, no quality scores")
+    _add_cache_argument(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="folder for images, scores.json and summary.json")
+
+
+def _add_cache_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", default=".cache/implicit-concept",
+                   help="folder for ultralytics' settings and font and matplotlib's caches (default: .cache/implicit-concept)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,11 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distributor", choices=("multiprocessing", "ray"), default="multiprocessing",
                    help="local processes, or a Ray cluster for builds across machines (default: multiprocessing)")
     p.add_argument("--ray-address", help="the Ray cluster to join ('auto', 'ray://head:10001'); default: ray.init's own choice")
+    p.add_argument("--screen-detector", metavar="DETECTOR",
+                   help="screen source images with this detector folder: concepts already there are flagged or dropped (the recipe's [source_screen])")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_build)
 
     p = sub.add_parser("verify", help="check a built dataset: checksums, schema, boxes, counts")
     p.add_argument("dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("show", help="write a contact sheet of samples with their boxes")
@@ -198,16 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
     detector_sub = p.add_subparsers(dest="detector_command", required=True)
     p = detector_sub.add_parser("train", help="train on SHARDS/train, report per-class mAP on SHARDS/test (unseen assets)")
     p.add_argument("shards", help="an ICD subset folder with train/ and test/ shard sets, e.g. data/icd-tiny/icd-mixed")
-    p.add_argument("--out", required=True, help="output folder: detector.pt, metrics.json, pr_curve.png, ...")
+    p.add_argument("--out", required=True, help="output folder: detector.safetensors and detector.json, metrics.json, pr_curve.png, ...")
     p.add_argument("--scale", default="cpu", help="a scale in implicit_concept/detector/scales.toml: debug, cpu, gpu (default: cpu)")
+    _add_cache_argument(p)
     p.set_defaults(func=_detector_train)
 
     p = sub.add_parser("score", help="ICR per concept of a set of images, beside the detector's false-positive rate")
     p.add_argument("dir", help="a folder of images, or a shard set (folder of .tar, one tar, or a brace pattern)")
-    p.add_argument("--detector", required=True, help="detector.pt, or the folder `detector train` wrote")
+    p.add_argument("--detector", required=True, help="the folder `detector train` wrote, or its detector.safetensors")
+    _add_cache_argument(p)
     p.add_argument("--conf", type=float, default=0.25, help="confidence threshold at which a concept counts (default: 0.25)")
     p.add_argument("--clean", help="clean images to measure false positives on (default: the reference saved with the detector)")
     p.add_argument("--json", help="write the full result, per-image detections included, to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_score)
 
     p = sub.add_parser("benchmark", help="fine-tune with and without removal methods, generate, score, report")
@@ -215,12 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name: results go to RUNS/NAME (default: the track's name)")
     p.add_argument("--method", action="append", help="run only this method (repeatable): a registered name or package.module:Class")
     p.add_argument("--pretrained", help="a local diffusers Stable Diffusion directory to start from (paper track)")
-    p.add_argument("--detector", help="use this detector instead of training one")
+    p.add_argument("--detector", help="use this detector (a folder `detector train` wrote) instead of training one")
     p.add_argument("--source", help="your own image-text shards or folder, replacing the recipe's source")
     p.add_argument("--runs", default="runs")
     p.add_argument("--data", default="data")
     p.add_argument("--cache", default=".cache/implicit-concept")
     p.add_argument("--workers", type=int, default=2, help="dataset build processes")
+    p.add_argument("--jobs", type=int, default=1, help="fine-tunes trained side by side, one process and torch thread each (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_benchmark)
 
@@ -228,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("shards", help="an ICD subset folder with train/ and test/ shard sets, e.g. data/icd-tiny/icd-mixed")
     p.add_argument("--out", required=True, help="export folder (ICD test becomes YOLO/COCO 'val')")
     p.add_argument("--format", action="append", choices=("yolo", "coco"), help="repeatable (default: both)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("leaderboard", help="merge runs' results.json into one table (Markdown and HTML), checking they compare")
@@ -248,10 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score-pipeline", help="score an already-erased diffusers pipeline on the benchmark's prompts")
     p.add_argument("pipeline", help="a local diffusers pipeline directory")
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--size", type=int, default=64, help="image size to generate (default: 64, the tiny track's)")
+    p.add_argument("--negative-prompt", help="default: the one the pipeline records (negative_prompt.txt or Geom-Erasing's metadata)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the track's)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the track's)")
+    p.add_argument("--size", type=int, help="image size (default: the track's)")
     _add_scoring_arguments(p)
     p.set_defaults(func=_score_pipeline)
 
@@ -279,7 +309,11 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from implicit_concept.detector.yolo_env import use_cache
+
     args = build_parser().parse_args(argv)
+    if getattr(args, "cache", None):
+        use_cache(args.cache)  # before anything imports matplotlib or ultralytics
     if getattr(args, "quiet", False):
         _quiet_libraries()
     try:

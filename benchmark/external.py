@@ -1,62 +1,116 @@
 """Scoring what another lab already has: an erased diffusers pipeline, or a folder of images.
 
-Both use the same prompts, seeds, detector, scores and report as the benchmark itself, so their
-numbers sit in the same table as ours.
+Both are judged exactly as a benchmark method is: the track fixes the prompts, seeds, sampler
+settings, detector threshold and quality measures, and :func:`benchmark.evaluation.scorecard.score_generated`
+computes the same fields a ``results.json`` row holds, so the numbers share a leaderboard.
+
+The seed rule (ESD/I2P's ``evaluation_seed`` convention, extended to several images per prompt):
+image ``i`` of prompt ``p`` is sampled with ``torch.Generator("cpu").manual_seed(p.evaluation_seed
+* 1000 + i)`` and saved as ``{p.case_number}_{i}.png``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_name
-from benchmark.models.pipelines import load_pipeline
-from benchmark.prompts import read_prompts
+from benchmark.evaluation.scorecard import score_generated
+from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_name, pipeline_folders, pipeline_source
+from benchmark.models.pipelines import NEGATIVE_PROMPT_FILE, load_pipeline
+from benchmark.prompts import Prompt, read_prompts
+from benchmark.stages import reference_images
+from benchmark.track import Track
+from builders.recipe import load_recipe
 from implicit_concept.detector.inference import Detector
 from implicit_concept.files import atomic_write_json
+from implicit_concept.geom_erasing.training_target import negative_prompt_for
 from implicit_concept.provenance import environment
-from implicit_concept.scoring import ScoreConfig, score_images
+from implicit_concept.scoring import ScoreConfig
+
+SEED_RULE = "image i of prompt p: torch.Generator('cpu').manual_seed(p.evaluation_seed * 1000 + i), saved as {case_number}_{i}.png"
+
+
+@dataclass(frozen=True)
+class Judging:
+    """What a track fixes for every scored image set, and where the clean reference images are."""
+
+    track: Track
+    detector: Detector
+    #: The clean test split FID compares with (a shard set); None: no quality scores.
+    reference: Path | None
+    cache: Path
+    num_prompts: int | None = None
+
+    def prompts(self) -> list[Prompt]:
+        return read_prompts(self.track.prompts, limit=self.num_prompts or self.track.num_prompts)
+
+    def settings(self, **overrides: Any) -> GenerationSettings:
+        return replace(GenerationSettings(**self.track.generation), **{k: v for k, v in overrides.items() if v is not None})
+
+
+def default_reference(track: Track, data_root: Path) -> Path | None:
+    """The clean test split the benchmark itself compares with, if the dataset is built under ``data_root``."""
+    test = Path(data_root) / load_recipe(track.recipe).name / track.groups()[0][0] / "test"
+    return test if test.is_dir() else None
+
+
+def pipeline_negative_prompt(pipeline_dir: Path) -> str:
+    """The negative prompt a saved pipeline records (``negative_prompt.txt``, or Geom-Erasing's metadata)."""
+    recorded = Path(pipeline_dir) / NEGATIVE_PROMPT_FILE
+    return recorded.read_text(encoding="utf-8").strip() if recorded.is_file() else negative_prompt_for(pipeline_dir)
 
 
 def score_pipeline(
     pipeline_dir: Path,
     out: Path,
-    detector_path: Path,
-    prompts: str,
-    num_prompts: int,
-    negative_prompt: str = "",
-    settings: GenerationSettings = GenerationSettings(),
-    conf: float = 0.25,
-    seed: int = 0,
+    judging: Judging,
+    negative_prompt: str | None = None,
     progress: bool = True,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """Generate from the evaluation prompts with ``pipeline_dir`` (resumable), then score."""
+    """Generate from the track's prompts with ``pipeline_dir`` (resumable), then score. ``negative_prompt``
+    None: the one the pipeline records; ``settings`` override the track's sampler settings."""
     pipe = load_pipeline(pipeline_dir)
     pipe.set_progress_bar_config(disable=True)
-    rows = read_prompts(prompts, limit=num_prompts)
-    paths = generate_images(diffusers_generate_fn(pipe, settings), rows, Path(out) / "images", negative_prompt, settings, progress)
-    return _score(paths, Path(out), detector_path, conf, seed, {"pipeline": str(pipeline_dir), "negative_prompt": negative_prompt, "prompts": prompts, "num_prompts": num_prompts, "generation": settings.__dict__})
+    negative = pipeline_negative_prompt(pipeline_dir) if negative_prompt is None else negative_prompt
+    generation = judging.settings(**settings)
+    prompts = judging.prompts()
+    paths = generate_images(
+        diffusers_generate_fn(pipe, generation), prompts, Path(out) / "images", negative, generation, progress,
+        source={**pipeline_source(pipe), "negative_prompt": negative},
+    )
+    inputs = {"pipeline": str(pipeline_dir), "model": pipeline_folders(pipe), "negative_prompt": negative, "generation": generation.__dict__}
+    return _score(paths, [p for p in prompts for _ in range(generation.images_per_prompt)], Path(out), judging, inputs)
 
 
-def score_image_folder(
-    folder: Path, out: Path, detector_path: Path, prompts: str, num_prompts: int, images_per_prompt: int = 1, conf: float = 0.25, seed: int = 0
-) -> dict[str, Any]:
-    """Score images named ``{case_number}_{i}.png`` after the prompts CSV; every one must exist."""
-    rows = read_prompts(prompts, limit=num_prompts)
-    paths = [Path(folder) / image_name(p, i) for p in rows for i in range(images_per_prompt)]
+def score_image_folder(folder: Path, out: Path, judging: Judging, images_per_prompt: int = 1) -> dict[str, Any]:
+    """Score images named ``{case_number}_{i}.png`` after the track's prompts; every one must exist."""
+    prompts = judging.prompts()
+    paths = [Path(folder) / image_name(p, i) for p in prompts for i in range(images_per_prompt)]
     missing = [p for p in paths if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"{folder}: {len(missing)} of {len(paths)} images named by {prompts} are missing, first {missing[0].name}")
-    return _score(paths, Path(out), detector_path, conf, seed, {"images": str(folder), "prompts": prompts, "num_prompts": num_prompts})
+        raise FileNotFoundError(f"{folder}: {len(missing)} of {len(paths)} images named by {judging.track.prompts} are missing, first {missing[0].name}")
+    return _score(paths, [p for p in prompts for _ in range(images_per_prompt)], Path(out), judging, {"images": str(folder)})
 
 
-def _score(paths: list[Path], out: Path, detector_path: Path, conf: float, seed: int, inputs: dict[str, Any]) -> dict[str, Any]:
-    detector = Detector.load(detector_path)
-    report = score_images(paths, detector, ScoreConfig(conf=conf, seed=seed))
+def _score(paths: list[Path], prompts: list[Prompt], out: Path, judging: Judging, inputs: dict[str, Any]) -> dict[str, Any]:
+    detector = judging.detector
+    track = judging.track
+    quality = track.quality if judging.reference is not None else {"kind": "none"}
+    reference = reference_images(judging.reference, len(paths)) if judging.reference is not None else []
+    report, rows = score_generated(paths, prompts, detector, ScoreConfig(conf=track.conf, seed=track.seed), quality, reference, judging.cache)
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "scores.json")
     summary = {
         "inputs": inputs,
+        "track": track.name,
+        "track_sha256": track.sha256,
+        "prompts": {"file": track.prompts, "count": len(paths)},
+        "seed_rule": SEED_RULE,
+        "detector": {"path": str(detector.path), "conf": track.conf},
+        "reference": str(judging.reference) if judging.reference is not None else None,
         "environment": environment(),
+        "rows": [{"concept": concept, **row} for concept, row in rows.items()],
         "concepts": {c: s.to_json() for c, s in report.concepts.items()},
         "table": report.table(),
     }

@@ -3,7 +3,8 @@
 Images are saved as ``{case_number}_{i}.png`` (ESD's naming). A killed run continues where it
 stopped: finished images are skipped, and each image's seed depends only on its prompt row and
 index, so a resumed run gives the same images as an uninterrupted one. Images record what made
-them (``source.json``); made by another model, prompt or setting, they are stale and made anew.
+them (``source.json``: the model's weights by content, the prompt, the settings); made by another model,
+prompt or setting, they are stale and made anew.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from benchmark.prompts import Prompt
-from implicit_concept.files import atomic_write_bytes, atomic_write_json
+from implicit_concept.files import atomic_write_bytes, atomic_write_json, folder_sha256
 from implicit_concept.provenance import canonical_json
 
 SOURCE_FILE = "source.json"
@@ -89,15 +90,39 @@ def _claim(out_dir: Path, record: dict[str, Any]) -> None:
     atomic_write_json(path, record)
 
 
-def _loaded_from(part: Any) -> str | None:
+def _folder(part: Any) -> str | None:
+    """The folder a part's weights were loaded from; None for a part built in memory."""
     config = getattr(part, "config", None)
     return config.get("_name_or_path") if isinstance(config, dict) else getattr(config, "_name_or_path", None)
 
 
+def _loaded_from(part: Any) -> str | None:
+    """The sha256 of the folder a part's weights were loaded from (see :func:`folder_sha256`), else its name."""
+    name = _folder(part)
+    return f"sha256:{folder_sha256(Path(name))}" if name and Path(name).is_dir() else name
+
+
+def pipeline_folders(pipeline: Any) -> dict[str, str | None]:
+    """Where a pipeline's weighted parts were loaded from, for people to open (``results.json``'s ``model``)."""
+    return {"class": type(pipeline).__name__, **{name: _folder(getattr(pipeline, name, None)) for name in ("unet", "text_encoder", "vae")}}
+
+
 def pipeline_source(pipeline: Any) -> dict[str, str | None]:
-    """Where a diffusers pipeline's weighted parts were loaded from (content-keyed folders in the
-    benchmark), and its class; None for parts built in memory."""
+    """What a diffusers pipeline's weighted parts hold, by the content of the folders they were
+    loaded from (a moved copy is the same model, new weights at the same path are not), and its
+    class; None for parts built in memory."""
     return {"class": type(pipeline).__name__, **{name: _loaded_from(getattr(pipeline, name, None)) for name in ("unet", "text_encoder", "vae")}}
+
+
+def pipeline_sha256(path: Path) -> str:
+    """The content of a diffusers pipeline folder: ``model_index.json`` and the parts it names, not
+    the single-file checkpoints a hub snapshot keeps beside them."""
+    path = Path(path)
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{path}: not a diffusers pipeline directory (no model_index.json)")
+    parts = [k for k, v in json.loads(index.read_text(encoding="utf-8")).items() if not k.startswith("_") and isinstance(v, list) and v[0]]
+    return folder_sha256(path, only=[index.name, *parts])
 
 
 def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs) -> GenerateFn:

@@ -21,23 +21,24 @@ from PIL import Image
 
 from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
-from benchmark.evaluation.quality import paper_clip_score, paper_fid, prompt_following, scene_fid
-from benchmark.evaluation.scene_features import SceneFeatures
-from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_source
+from benchmark.evaluation.scorecard import score_generated
+from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_folders, pipeline_source
 from benchmark.methods import NotImplementedMethod, get_method
-from benchmark.methods.interface import MethodContext
+from benchmark.methods.interface import FineTune, MethodContext
+from benchmark.parallel_finetunes import train_all
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
 from benchmark.report import plot_icr, results_markdown
 from benchmark.results_page import write_results_page
 from benchmark.sample_grid import method_grid
 from benchmark.targets import Targets, check_targets
+from benchmark.track import Track
 from benchmark.track_check import check_track
 from benchmark.training import processes as process_state
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import atomic_write_bytes, atomic_write_json, claim, sha256_file
+from implicit_concept.files import atomic_write_bytes, atomic_write_json, claim, locked, sha256_file
 from implicit_concept.provenance import environment
-from implicit_concept.scene.grammar import Scene
-from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference, ScoreConfig, score_images
+from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference, ScoreConfig, ScoreReport
+from implicit_concept.stats import hierarchical_bootstrap
 
 
 @dataclass(frozen=True)
@@ -52,14 +53,27 @@ class Evaluation:
     reference: list[Image.Image]
 
 def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
-    """The results (``results.json``'s content) on the main process; ``{}`` on the others."""
+    """The results (``results.json``'s content) on the main process; ``{}`` on the others.
+
+    The main process holds the run folder's lock throughout, and a second run of the same name fails
+    at once, naming the folder and the first one's pid: it would only redo the first one's work and
+    overwrite its results. (Runs of other names share the data and the cache, whose entries they
+    wait for and reuse.)
+    """
     check_track(run.track, run.methods, run.source)
+    if not process_state().is_main_process:
+        return _run_protocol(run)
+    run.root.mkdir(parents=True, exist_ok=True)
+    with locked(run.root, wait=False, refusal="wait for it to finish or use another --name"):
+        claim(run.root / "run.json", run.record(), "use another --name or remove the folder")
+        return _run_protocol(run)
+
+
+def _run_protocol(run: BenchmarkRun) -> dict[str, Any]:
+    """The stages in order, once the main process holds and has claimed the run folder."""
     track = run.track
     processes = process_state()
     main = processes.is_main_process
-    if main:
-        run.root.mkdir(parents=True, exist_ok=True)
-        claim(run.root / "run.json", run.record(), "use another --name or remove the folder")
 
     # 1. The ICD shards (built once; resumable).
     with _timed(run, "dataset"), processes.main_process_first():
@@ -91,36 +105,83 @@ def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
         specs = run.methods or track.methods
         if processes.num_processes > 1:
             # 4a. Every declared fine-tune, by all processes together; then the main process goes on alone.
-            for spec in specs:
-                for ft in getattr(get_method(spec), "finetunes", lambda ctx: [])(ctx):
-                    ctx.finetune(ft)
+            for ft in _declared_finetunes(track, specs, ctx):
+                ctx.finetune(ft)
             if not main:
                 continue
             ctx = replace(ctx, finetune=lambda ft, subset=subset: stages.finetune(run, base, subset, ft, detector, may_train=False))
+        elif run.jobs > 1:
+            # 4b. Every declared fine-tune, run.jobs at a time; the methods below then find them made.
+            with _timed(run, f"finetunes ({subset_name}, {run.jobs} jobs)"):
+                train_all(run, base, subset, _declared_finetunes(track, specs, ctx), detector, run.jobs)
         prompts = _prompts(run, subset)
         evaluation = Evaluation(subset_name, prompts, settings, detector, stages.reference_images(subset / "test", len(prompts)))
         for spec in specs:
-            rows.extend(_run_method(run, spec, ctx, evaluation))
+            rows.extend(_run_seeds(run, spec, ctx, evaluation))
             _write_results(run, rows, detector)
     processes.wait_for_everyone()
     return _write_results(run, rows, detector) if main else {}
 
 
-def _run_method(run: BenchmarkRun, spec: str, ctx: MethodContext, evaluation: Evaluation) -> list[dict[str, Any]]:
-    """Build, generate and score one method on one training subset: a row per concept scored."""
+def _declared_finetunes(track: Track, specs: tuple[str, ...], ctx: MethodContext) -> list[FineTune]:
+    """Every fine-tune the methods declare (``finetunes(ctx)``), once per training seed."""
+    return [
+        replace(ft, seed=seed)
+        for spec in specs
+        for seed in _seeds(track, spec)
+        for ft in getattr(get_method(spec), "finetunes", lambda ctx: [])(ctx)
+    ]
+
+
+def _seeds(track: Track, spec: str) -> tuple[int, ...]:
+    """The training seeds of ``spec``: the track's ``seeds`` for its ``seed_methods``, else its one seed."""
+    return tuple(track.seeds) if spec in track.seed_methods else (track.seed,)
+
+
+def _run_seeds(run: BenchmarkRun, spec: str, ctx: MethodContext, evaluation: Evaluation) -> list[dict[str, Any]]:
+    """One method fine-tuned once per training seed; with several seeds, each concept's row carries
+    every seed's ICR and an interval that covers seeds and prompts (seeds resampled, then prompts)."""
+    seeds = _seeds(run.track, spec)
+    runs = []
+    for seed in seeds:
+        seeded = replace(ctx, seed=seed, finetune=lambda ft, finetune=ctx.finetune, seed=seed: finetune(replace(ft, seed=seed)))
+        runs.append(_run_method(run, spec, seeded, evaluation, label="" if seed == run.track.seed else f"@seed{seed}"))
+    if len(seeds) == 1:
+        return runs[0][0]
+    rows = []
+    for i, row in enumerate(runs[0][0]):
+        if row.get("status") != "ok":
+            rows.append(row)
+            continue
+        per_seed = [(seed, seed_rows[i], report) for seed, (seed_rows, report) in zip(seeds, runs)]
+        interval = hierarchical_bootstrap([report.flags(row["concept"]) for _, _, report in per_seed],
+                                          resamples=ScoreConfig().resamples, seed=run.track.seed)
+        rows.append({
+            **row,
+            "icr": {**interval.to_json(), "bootstrap": "hierarchical: seeds, then prompts", "n_seeds": len(seeds)},
+            "seeds": {str(seed): {"icr": seed_row["icr"], "model": seed_row["model"]} for seed, seed_row, _ in per_seed},
+        })
+    return rows
+
+
+def _run_method(
+    run: BenchmarkRun, spec: str, ctx: MethodContext, evaluation: Evaluation, label: str = ""
+) -> tuple[list[dict[str, Any]], ScoreReport | None]:
+    """Build, generate and score one method on one training subset: a row per concept scored, and the
+    detector's report. ``label`` tells apart the folders of a method's other training seeds."""
     subset_name, prompts, settings = evaluation.subset, evaluation.prompts, evaluation.settings
     method = get_method(spec)
     rows = [{"concept": c, "method": method.name, "subset": subset_name, "description": getattr(method, "description", "")} for c in ctx.concepts]
-    ctx = replace(ctx, work_dir=ctx.work_dir / method.name)
+    ctx = replace(ctx, work_dir=ctx.work_dir / (method.name + label))
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:
         generator = method.build(ctx)
     except NotImplementedMethod as e:
-        return [{**row, "status": f"missing: {e}"} for row in rows]
+        return [{**row, "status": f"missing: {e}"} for row in rows], None
     timings["build"] = time.perf_counter() - start
-    images_dir = run.root / "images" / subset_name / method.name
+    images_dir = run.root / "images" / subset_name / (method.name + label)
     start = time.perf_counter()
     generator.pipeline.set_progress_bar_config(disable=True)
     paths = generate_images(
@@ -135,26 +196,20 @@ def _run_method(run: BenchmarkRun, spec: str, ctx: MethodContext, evaluation: Ev
     )
     timings["generate"] = time.perf_counter() - start
     start = time.perf_counter()
-    report = score_images(paths, evaluation.detector, ScoreConfig(conf=run.track.conf, seed=run.track.seed))
-    report.write_json(run.root / "scores" / subset_name / f"{method.name}.json")
-    quality = _quality(run, paths, prompts, evaluation.reference)
+    score = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
+    report, scores = score_generated(paths, prompts, evaluation.detector, score, run.track.quality, evaluation.reference, run.cache)
+    report.write_json(run.root / "scores" / subset_name / f"{method.name}{label}.json")
     timings["score"] = time.perf_counter() - start
     for row in rows:
-        score = report.concepts[row["concept"]]
         row.update(
             status="ok",
-            model=pipeline_source(generator.pipeline),
+            model=pipeline_folders(generator.pipeline),
             negative_prompt=generator.negative_prompt,
-            icr=score.icr.to_json(),
-            fp_rate=score.fp_rate.to_json(),
-            crosscheck={x.checker: {"icr": x.icr.to_json(), "agreement": x.agreement} for x in report.crosschecks if x.concept == row["concept"]},
             timings={k: round(v / len(rows), 1) for k, v in timings.items()},
-            **quality,
+            **scores[row["concept"]],
         )
-        if "scene_fid" in quality["quality"]:
-            row["fid_x_icr"] = quality["quality"]["scene_fid"] * 100 * score.icr.value
-    method_grid(paths[:8], report.images[:8], run.root / "grids" / subset_name / f"{method.name}.png", title=f"{subset_name} / {method.name}")
-    return rows
+    method_grid(paths[:8], report.images[:8], run.root / "grids" / subset_name / f"{method.name}{label}.png", title=f"{subset_name} / {method.name}{label}")
+    return rows, report
 
 
 def _prompts(run: BenchmarkRun, subset: Path) -> list[Prompt]:
@@ -165,34 +220,6 @@ def _prompts(run: BenchmarkRun, subset: Path) -> list[Prompt]:
     if not path.exists():
         write_prompts(path, shard_prompts(subset / "test", run.track.num_prompts))
     return read_prompts(path)
-
-
-def _quality(run: BenchmarkRun, paths: list[Path], prompts: list[Prompt], reference: list) -> dict[str, Any]:
-    kind = run.track.quality.get("kind", "scene")
-    if kind == "none":
-        return {"quality": {}, "quality_kinds": []}
-    images = [Image.open(p).convert("RGB") for p in paths]
-    if kind == "scene":
-        options = {k: v for k, v in run.track.quality.items() if k not in ("kind", "image_size")}
-        extractor = SceneFeatures.load_or_train(run.cache, image_size=run.track.quality.get("image_size", 64), **options)
-        fid = scene_fid(images, reference, extractor)
-        scenes = [Scene.from_json(p.scene) if p.scene else p.prompt for p in prompts]
-        follow = prompt_following(images, scenes, extractor, seed=run.track.seed)
-        return {
-            "quality": {"scene_fid": fid.value, "prompt_following": follow.mean.value},
-            "quality_detail": {"scene_fid": fid.to_json(), "prompt_following": follow.to_json()},
-            "quality_kinds": [fid.kind, follow.kind],
-        }
-    weights = {k: run.track.quality.get(k) for k in ("fid_weights", "clip_weights")}
-    if not all(weights.values()):
-        raise ValueError(f"track {run.track.name}: [quality] needs fid_weights and clip_weights (local paths) for kind 'paper'")
-    fid = paper_fid(images, reference, weights["fid_weights"])
-    clip = paper_clip_score(images, [p.prompt for p in prompts], weights["clip_weights"])
-    return {
-        "quality": {"fid": fid.value, "clip_score": clip.value},
-        "quality_detail": {"fid": fid.to_json(), "clip_score": clip.to_json()},
-        "quality_kinds": [fid.kind, clip.kind],
-    }
 
 
 def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Detector) -> dict[str, Any]:

@@ -52,6 +52,10 @@ class Track:
     fmn: dict[str, Any] = field(default_factory=dict)
     geom_erasing: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, Any] = field(default_factory=dict)
+    #: Training seeds for ``seed_methods``: each is fine-tuned once per seed, and its ICR interval
+    #: covers seeds and prompts (a hierarchical bootstrap). Other methods train with ``seed``.
+    seeds: tuple[int, ...] = ()
+    seed_methods: tuple[str, ...] = ()
     #: Claims the results are checked against (benchmark.targets.Targets); empty: no check.
     targets: dict[str, Any] = field(default_factory=dict)
 
@@ -65,6 +69,12 @@ class Track:
             raise TrackError(f"track {self.name}: methods must not be empty")
         if self.num_prompts < 1:
             raise TrackError(f"track {self.name}: num_prompts must be >= 1, got {self.num_prompts}")
+        if self.seed_methods and len(set(self.seeds)) < 2:
+            raise TrackError(f"track {self.name}: seed_methods need two or more distinct seeds, got seeds = {list(self.seeds)}")
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise TrackError(f"track {self.name}: seeds must be distinct integers >= 0, got {list(self.seeds)}")
+        if not set(self.seed_methods) <= set(self.methods):
+            raise TrackError(f"track {self.name}: seed_methods {sorted(set(self.seed_methods) - set(self.methods))} are not among its methods")
         if not 0 < self.conf < 1:
             raise TrackError(f"track {self.name}: conf must be in (0, 1), got {self.conf}")
         if self.targets:

@@ -14,12 +14,12 @@ from benchmark.evaluation.scene_features import SceneFeaturesConfig
 from benchmark.generation import GenerationSettings
 from benchmark.methods import REGISTRY, get_method
 from benchmark.methods.esd import ESDConfig
+from benchmark.methods.finetuned import FINETUNED
 from benchmark.methods.forget_me_not import FMNConfig
 from benchmark.track import Track, TrackError
 from benchmark.training import TrainingConfig
 from builders.recipe import load_recipe, source_from_spec
 from implicit_concept.detector.training import load_scale
-from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 from implicit_concept.validate import check_fields
 
 QUALITY_KINDS = ("scene", "paper", "none")
@@ -44,7 +44,7 @@ def check_track(track: Track, methods: Sequence[str] = (), source: str | None = 
     _table(track, "[generation]", lambda: _config(GenerationSettings, track.generation, "generation"))
     _table(track, "[esd]", lambda: _config(ESDConfig, track.esd, "esd"))
     _table(track, "[fmn]", lambda: _config(FMNConfig, track.fmn, "fmn"))
-    _table(track, "[geom_erasing]", lambda: GeomErasingConfig(**{**track.geom_erasing, "concepts": track.concepts}))
+    _table(track, "[geom_erasing]", lambda: _geom_erasing(track))
     _table(track, "[quality]", lambda: _quality(track.quality))
 
 
@@ -62,6 +62,15 @@ def _config(cls: type, options: dict[str, Any], where: str) -> Any:
     return cls(**options)
 
 
+def _geom_erasing(track: Track) -> None:
+    """Shared choices, and sub-tables named after the fine-tuned methods they set alone."""
+    for name, value in track.geom_erasing.items():
+        if isinstance(value, dict) and name not in FINETUNED:
+            raise ValueError(f"[geom_erasing.{name}]: not a fine-tuned method (known: {', '.join(FINETUNED)})")
+    for method in FINETUNED.values():
+        method.geom_config(track.geom_erasing, track.concepts)
+
+
 def _quality(options: dict[str, Any]) -> None:
     kind = options.get("kind", "scene")
     if kind not in QUALITY_KINDS:
@@ -72,3 +81,6 @@ def _quality(options: dict[str, Any]) -> None:
         SceneFeaturesConfig(**scene_options)
     elif kind == "paper":
         check_fields(options, ("kind", "fid_weights", "clip_weights"), "quality")
+        missing = [k for k in ("fid_weights", "clip_weights") if not options.get(k)]
+        if missing:
+            raise ValueError(f"kind 'paper' needs local weight paths for {missing}")

@@ -1,26 +1,56 @@
 """Builds a whole dataset from a recipe: plan, skip finished shards, run the rest, write the card.
 
-Resumable: a rerun after a kill skips shards whose stats file exists, rebuilds the rest from
-scratch, and produces the same bytes as a build that never stopped. An output folder remembers
-the recipe that made it and refuses to mix in shards of another.
+Resumable: a rerun after a kill skips shards whose stats file exists and whose tar still has the
+sha256 it records, rebuilds the rest from scratch, and produces the same bytes as a build that
+never stopped. An output folder remembers the recipe that made it, and what its source and screen
+held when the build started (``recipe.json``), and refuses to mix in shards of another recipe or
+items of a source that has changed since.
+
+Every problem with ``--out`` (a file, below a file, not writable) is one :class:`BuildError` line
+naming the folder, whichever process met it; a build that made no sample at all is one too.
+One build at a time writes into a folder: a second waits for the first, then finds its shards
+finished (two benchmarks share one data folder, so waiting is what lets the second go on).
 """
 from __future__ import annotations
 
+import io
 import json
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from builders.dataset_card import write_dataset_card
 from builders.distributor import run_units
 from builders.recipe import Recipe
-from builders.shard_builder import MANIFEST_COLUMNS, ShardBuilder, is_complete, shard_dir, stats_path
-from implicit_concept.files import FolderClaimError, atomic_write_json, atomic_write_parquet, claim
+from builders.shard_builder import ShardBuilder, is_complete, parquet_path, read_stats, shard_dir, stats_path
+from builders.shard_table import SCHEMA
+from builders.source_screen import detector_fingerprint
+from implicit_concept.files import TEMPORARY_MARK, FolderClaimError, abandoned, atomic_write_bytes, atomic_write_json, claim, locked
 from implicit_concept.provenance import environment
 
 RECIPE_RECORD = "recipe.json"
+MANIFEST = "manifest.parquet"
+#: What of ``recipe.json`` a resume must find unchanged.
+CLAIMED = ("recipe_sha256", "source_fingerprint", "screen_detector")
+
+
+class BuildError(ValueError):
+    """A build cannot run or made nothing; the message names the folder and what to do."""
+
+
+@dataclass
+class SourceSummary:
+    """The build's source items, each counted once whatever the number of subsets that read it
+    (and of splits, for a tar that fails as a whole): how many, and why those skipped were."""
+
+    items: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    caption_names: dict[str, int] = field(default_factory=dict)
+    source_shows: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -29,7 +59,9 @@ class BuildReport:
     built: int
     skipped: int
     samples: int
+    #: Skipped source items by reason, each item counted once (see :class:`SourceSummary`).
     failures: dict[str, int]
+    summary: SourceSummary = field(default_factory=SourceSummary)
 
 
 def build_dataset(
@@ -42,41 +74,114 @@ def build_dataset(
 ) -> BuildReport:
     """Build (or finish building) ``recipe`` into ``out``; see ``run_units`` for the distributors."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _claim_output(recipe, out)
-    units = ShardBuilder(recipe).plan()
-    _remove_stale_temporaries(out)
-    todo = [u for u in units if not is_complete(out, u)]
-    run_units(recipe, todo, out, workers=workers, progress=progress, distributor=distributor, ray_address=ray_address)
-    stats = [json.loads(stats_path(out, u).read_text()) for u in units]
-    _write_manifest(out, units)
-    atomic_write_json(out / RECIPE_RECORD, _recipe_record(recipe))
-    write_dataset_card(recipe, out, units, stats)
-    failures: dict[str, int] = {}
-    for s in stats:
-        for reason, n in s["failures"].items():
-            failures[reason] = failures.get(reason, 0) + n
-    return BuildReport(out, len(todo), len(units) - len(todo), sum(s["successes"] for s in stats), failures)
+    _make_folder(out)
+    builder = ShardBuilder(recipe)
+    units = builder.plan()
+    try:
+        with locked(out):
+            env = environment()
+            record = _claim_output(recipe, out, builder, env)
+            _remove_stale_temporaries(out)
+            for folder in sorted({shard_dir(out, u) for u in units}):
+                folder.mkdir(parents=True, exist_ok=True)
+            todo = [u for u in units if not is_complete(out, u)]
+            run_units(recipe, todo, out, workers=workers, progress=progress, distributor=distributor,
+                      ray_address=ray_address, builder=builder)
+            stats = [json.loads(stats_path(out, u).read_text()) for u in units]
+            summary = _write_manifest(out, units)
+            atomic_write_json(out / RECIPE_RECORD, {**record, "environment": env})
+            write_dataset_card(recipe, out, units, stats, summary, env)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise BuildError(f"{out}: cannot write the dataset here: {e.strerror or e}{where}; choose another --out") from None
+    samples = sum(s["successes"] for s in stats)
+    if samples == 0:
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(summary.skipped.items())) or "the source is empty"
+        raise BuildError(
+            f"{out}: no samples: all {summary.items} source items were skipped ({reasons}); "
+            f"each one's reason is in the status and error_message columns of {MANIFEST}"
+        )
+    return BuildReport(out, len(todo), len(units) - len(todo), samples, dict(summary.skipped), summary)
 
 
-def _recipe_record(recipe: Recipe) -> dict[str, Any]:
-    return {"recipe": recipe.to_dict(), "recipe_sha256": recipe.sha256, "environment": environment()}
+def _make_folder(out: Path) -> None:
+    """``out``, created if need be; why it cannot be is one line naming it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise BuildError(f"{out}: exists and is not a folder; choose another --out") from None
+    except NotADirectoryError:
+        above = next((p for p in out.parents if p.exists() and not p.is_dir()), out.parent)
+        raise BuildError(f"{out}: cannot be made below {above}, which is a file; choose another --out") from None
+    except OSError as e:
+        raise BuildError(f"{out}: cannot be made ({e.strerror or e}); choose another --out") from None
 
 
-def _claim_output(recipe: Recipe, out: Path) -> None:
-    """Refuse a folder that holds another recipe's build, by its record or by any shard's stats."""
-    mismatched = [p for p in out.rglob("*_stats.json") if json.loads(p.read_text()).get("recipe_sha256") != recipe.sha256]
+def _recipe_record(recipe: Recipe, builder: ShardBuilder, env: dict[str, Any]) -> dict[str, Any]:
+    detector = recipe.source_screen.detector
+    return {
+        "recipe": recipe.to_dict(),
+        "recipe_sha256": recipe.sha256,
+        "source_fingerprint": builder.source.fingerprint(),
+        "screen_detector": detector_fingerprint(detector) if detector is not None else None,
+        "environment": env,
+    }
+
+
+def _claim_output(recipe: Recipe, out: Path, builder: ShardBuilder, env: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a folder that holds another recipe's build, by its record or by any shard's stats
+    (an unreadable stats file marks an unfinished shard, rebuilt), or a build whose source or
+    screen detector has changed since it started. Returns the record the folder keeps."""
+    mismatched = [p for p in out.rglob("*_stats.json") if _of_another_recipe(read_stats(p), recipe)]
     if mismatched:
         raise FolderClaimError(f"{mismatched[0]}: shard of another recipe in {out}; choose another --out or remove the folder")
-    claim(out / RECIPE_RECORD, _recipe_record(recipe), "choose another --out or remove the folder", keys=("recipe_sha256",))
+    record = _recipe_record(recipe, builder, env)
+    previous = read_stats(out / RECIPE_RECORD)
+    if previous is not None and previous.get("recipe_sha256") == recipe.sha256:
+        for key, what in (("source_fingerprint", "its source"), ("screen_detector", "its source screen's detector")):
+            if previous.get(key) != json.loads(json.dumps(record[key])):
+                raise FolderClaimError(
+                    f"{out}: {what} changed since this build started ({_describe(previous.get(key))} then, "
+                    f"{_describe(record[key])} now); resuming would mix items of both. "
+                    "Restore it as it was, or build into another --out"
+                )
+    claim(out / RECIPE_RECORD, record, "choose another --out or remove the folder", keys=CLAIMED)
+    return record
+
+
+def _describe(fingerprint: Any) -> str:
+    if not isinstance(fingerprint, dict):
+        return "none" if fingerprint is None else str(fingerprint)
+    counted = [f"{fingerprint[k]} {k}" for k in ("files", "tars", "bytes") if k in fingerprint]
+    digest = str(fingerprint.get("sha256", ""))[:12]
+    return ", ".join(counted + ([f"listing {digest}"] if digest else [])) or str(fingerprint)
+
+
+def _of_another_recipe(stats: dict[str, Any] | None, recipe: Recipe) -> bool:
+    return stats is not None and stats.get("recipe_sha256") != recipe.sha256
 
 
 def _remove_stale_temporaries(out: Path) -> None:
-    for tmp in out.rglob(".*.tmp-*"):
-        tmp.unlink()
+    """Remove what killed writers left; a live writer's temporary is never touched."""
+    for tmp in out.rglob(f".*{TEMPORARY_MARK}*"):
+        if abandoned(tmp):
+            tmp.unlink(missing_ok=True)
 
 
-def _write_manifest(out: Path, units: list) -> None:
-    frames = [pd.read_parquet(shard_dir(out, u) / f"{u.name}.parquet") for u in units]
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=MANIFEST_COLUMNS)
-    atomic_write_parquet(out / "manifest.parquet", frame)
+def _write_manifest(out: Path, units: list) -> SourceSummary:
+    """``manifest.parquet``: every shard's table in plan order; and what they say per source item."""
+    tables = [pq.read_table(parquet_path(out, u), schema=SCHEMA) for u in units]
+    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    atomic_write_bytes(out / MANIFEST, buffer.getvalue())
+    columns = table.select(["source_id", "status", "reason", "caption_names", "source_shows"]).to_pylist()
+    skipped = {(r["source_id"], r["reason"]) for r in columns if r["status"] != "success"}
+    named = {(r["source_id"], c) for r in columns if r["caption_names"] for c in r["caption_names"].split(",")}
+    shown = {(r["source_id"], c) for r in columns if r["source_shows"] for c in r["source_shows"].split(",")}
+    return SourceSummary(
+        items=len({r["source_id"] for r in columns}),
+        skipped=dict(sorted(Counter(reason for _, reason in skipped).items())),
+        caption_names=dict(sorted(Counter(c for _, c in named).items())),
+        source_shows=dict(sorted(Counter(c for _, c in shown).items())),
+    )

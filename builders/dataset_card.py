@@ -1,24 +1,76 @@
 """The dataset card (README.md in the output folder) and its checksum list.
 
-Written from the shards' stats files alone, so it can be regenerated at any time after a build.
+The card is a Hugging Face dataset card: its YAML front matter names the license and task
+categories, and declares one config per subset, each split's tars as its data files, and every
+field of a sample with its type (``KEY.json``'s from :data:`implicit_concept.sample.JSON_SHAPE`),
+so ``datasets.load_dataset(root, "icd-qrcode")`` gives images and boxes, streamed or not, without
+guessing a schema from the first records. Written from the shards' stats files and tables alone,
+so it can be regenerated at any time after a build.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from builders.recipe import Recipe
 from implicit_concept.files import atomic_write_bytes
 from implicit_concept.provenance import canonical_json, environment
+from implicit_concept.sample import JSON_SHAPE, SPLITS
+
+if TYPE_CHECKING:
+    from builders.build import SourceSummary
 
 CHECKSUMS = "checksums.sha256"
+CARD = "README.md"
+TASK_CATEGORIES = ["object-detection", "text-to-image"]
 
 
 def checksum_lines(units: list, stats: list[dict[str, Any]]) -> list[str]:
     return [f"{s['sha256']}  {u.subset}/{u.split}/{u.name}.tar" for u, s in zip(units, stats)]
 
 
-def write_dataset_card(recipe: Recipe, out: Path, units: list, stats: list[dict[str, Any]]) -> None:
+def hf_features(recipe: Recipe) -> list[dict[str, Any]]:
+    """A sample's members as ``datasets`` declares features in a card (the webdataset builder's
+    column names: one per member extension, then ``__key__`` and ``__url__``)."""
+    members = [{"name": "jpg", "dtype": "image"}, {"name": "txt", "dtype": "string"}, {"name": "json", **_feature(JSON_SHAPE)}]
+    members += [{"name": "clean.jpg", "dtype": "image"}] if recipe.write_clean else []
+    members += [{"name": "mask.png", "dtype": "image"}] if recipe.write_mask else []
+    return members + [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"}]
+
+
+def _feature(shape: Any) -> dict[str, Any]:
+    if isinstance(shape, dict):
+        return {"struct": [{"name": name, **_feature(inner)} for name, inner in shape.items()]}
+    if isinstance(shape, list):
+        inner = _feature(shape[0])
+        return {"list": inner["dtype"] if set(inner) == {"dtype"} else inner.get("struct", inner)}
+    return {"dtype": shape}
+
+
+def front_matter(recipe: Recipe, units: list) -> dict[str, Any]:
+    splits = {s.name: [split for split in SPLITS if any(u.subset == s.name and u.split == split for u in units)] for s in recipe.subsets}
+    return {
+        "license": recipe.license,
+        "task_categories": TASK_CATEGORIES,
+        "pretty_name": f"Implicit Concept Dataset ({recipe.name})",
+        "tags": ["webdataset", "implicit-concept", "concept-erasure"],
+        "configs": [
+            {
+                "config_name": subset,
+                "data_files": [{"split": split, "path": f"{subset}/{split}/*.tar"} for split in names],
+                **({"default": True} if i == 0 else {}),
+            }
+            for i, (subset, names) in enumerate(splits.items())
+        ],
+        "dataset_info": [{"config_name": subset, "features": hf_features(recipe)} for subset in splits],
+    }
+
+
+def write_dataset_card(
+    recipe: Recipe, out: Path, units: list, stats: list[dict[str, Any]], summary: "SourceSummary", env: dict[str, Any] | None = None
+) -> None:
     lines = checksum_lines(units, stats)
     atomic_write_bytes(out / CHECKSUMS, ("\n".join(lines) + "\n").encode())
     totals: dict[tuple[str, str], dict[str, int]] = {}
@@ -28,15 +80,18 @@ def write_dataset_card(recipe: Recipe, out: Path, units: list, stats: list[dict[
         t["samples"] += s["successes"]
         t["contaminated"] += s["contaminated"]
         t["failed"] += s["failed"]
-    env = environment()
+    env = env or environment()
     card = [
+        "---",
+        yaml.safe_dump(front_matter(recipe, units), sort_keys=False, allow_unicode=True).rstrip(),
+        "---",
         f"# {recipe.name}: Implicit Concept Dataset build",
         "",
-        "Synthesized by `implicit-concept build`. Captions never name the concept; every concept",
-        "instance's tight box is in `KEY.json` (pixels, x2/y2 exclusive, and normalised).",
+        "Synthesized by `implicit-concept build`. Every concept instance's box is in `KEY.json`: the box",
+        "of its pixels still visible in the final image (pixels, x2/y2 exclusive, and normalised).",
         "",
         f"- recipe sha256: `{recipe.sha256}`",
-        f"- seed: {recipe.seed}; image size: {recipe.image_size} px; source: `{recipe.source.get('kind')}`",
+        f"- seed: {recipe.seed}; image size: {recipe.image_size} px; source: `{recipe.source.get('kind')}`; license: {recipe.license}",
         f"- python {env['python']}; " + ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v),
         "",
         "| subset | split | shards | samples | contaminated | failed |",
@@ -44,12 +99,23 @@ def write_dataset_card(recipe: Recipe, out: Path, units: list, stats: list[dict[
     ]
     for (subset, split), t in totals.items():
         card.append(f"| {subset} | {split} | {t['shards']} | {t['samples']} | {t['contaminated']} | {t['failed']} |")
+    card += ["", "## Screens", *_screens(recipe, summary), "", "## Loading",
+             "```python",
+             "import datasets",
+             f'ds = datasets.load_dataset("path/to/{recipe.name}", "{recipe.subsets[0].name}")            # or streaming=True',
+             "import webdataset as wds",
+             f'ds = wds.WebDataset("path/to/{recipe.name}/{recipe.subsets[0].name}/train/{{00000..00000}}.tar", shardshuffle=False).decode("pil")',
+             "```",
+             "In `KEY.json`, `instances[*].params` and `source.meta` are JSON text (`json.loads` them): their",
+             "fields differ between concepts and sources, and a record of one shape reads the same everywhere."]
     card += [
         "",
         "## Layout",
         "`SUBSET/SPLIT/00000.tar` holds `KEY.jpg`, `KEY.txt`, `KEY.json` and, when the recipe asks,",
         "`KEY.clean.jpg` (the image before compositing) and `KEY.mask.png` (concept alpha). Beside each",
-        "tar: `00000.parquet` (per-sample metadata) and `00000_stats.json` (written last).",
+        "tar: `00000.parquet`, one row per source item the shard read (img2dataset's per-sample status:",
+        "`status` is `success` for a sample, with the `sha256` of its `KEY.jpg`, or why the item was",
+        "skipped, with `reason` and `error_message`) and `00000_stats.json` (written last).",
         "`manifest.parquet` concatenates every shard's table.",
         "",
         "## Recipe",
@@ -63,4 +129,32 @@ def write_dataset_card(recipe: Recipe, out: Path, units: list, stats: list[dict[
         "```",
         "",
     ]
-    atomic_write_bytes(out / "README.md", "\n".join(card).encode("utf-8"))
+    atomic_write_bytes(out / CARD, "\n".join(card).encode("utf-8"))
+
+
+def _screens(recipe: Recipe, summary: "SourceSummary") -> list[str]:
+    """What the screens found, per source item (an item read by several subsets counts once)."""
+    named = ", ".join(f"{c} {n}" for c, n in summary.caption_names.items()) or "none"
+    shown = ", ".join(f"{c} {n}" for c, n in summary.source_shows.items()) or "none"
+    caption = {
+        "drop": "they are dropped, and captions never name a concept",
+        "strip": "those words are taken out (the item dropped when nothing is left), and captions never name a concept",
+        "flag": "they are kept as they are and flagged (`screen.caption_names` in `KEY.json`): such captions name a concept",
+    }[recipe.caption_screen.policy]
+    lines = [
+        f"{summary.items} source items; skipped: "
+        + (", ".join(f"{r} {n}" for r, n in summary.skipped.items()) or "none") + ".",
+        "",
+        f"- Caption screen: source captions naming a concept, by concept: {named} "
+        f"(policy `{recipe.caption_screen.policy}`: {caption}).",
+    ]
+    screen = recipe.source_screen
+    if screen.active:
+        tools = " and ".join(t for t in (f"the detector `{screen.detector}` at conf {screen.conf}" if screen.detector else "",
+                                          "a QR decoder" if screen.qr_decode else "") if t)
+        action = "they are dropped" if screen.policy == "drop" else "they are kept and flagged (`screen.source_shows` in `KEY.json`)"
+        lines.append(f"- Source screen with {tools}: source images already showing a concept, by concept: {shown} "
+                     f"(policy `{screen.policy}`: {action}).")
+    else:
+        lines.append("- Source screen: off (the recipe names no detector and no QR decoder); source images were not screened.")
+    return lines

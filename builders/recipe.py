@@ -1,16 +1,25 @@
 """Dataset recipes: plain TOML in ``manifests/``, validated once here into frozen dataclasses.
 
-Every field error names the field, so a bad recipe fails before any shard is written.
+Every field error names the field, so a bad recipe fails before any shard is written. The recipe's
+name and its subsets' names become folders (``data/<recipe>/<subset>/``), so they are plain names
+that cannot reach outside ``--out``.
 """
 from __future__ import annotations
 
+import re
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from braceexpand import braceexpand
+
+from builders.caption_screen import CaptionScreen
+from builders.source_screen import SourceScreenConfig, detector_fingerprint
 from builders.sources import make_source
 from implicit_concept.concepts import CONCEPT_NAMES, make_renderer
+from implicit_concept.shard_reader import is_stream
 from implicit_concept.provenance import config_hash
 from implicit_concept.validate import check_fields
 from manifests import RECIPES_DIR
@@ -18,6 +27,14 @@ from manifests import RECIPES_DIR
 
 class RecipeError(ValueError):
     """A recipe field is missing or wrong; the message names the file and the field."""
+
+
+#: A recipe name: a folder under ``data/``. A subset name: a folder beside the dataset's files
+#: (``recipe.json``, ``manifest.parquet`` ...), so without a dot.
+RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+SUBSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+#: A license as a dataset card names it (Hugging Face's identifiers: "apache-2.0", "cc-by-4.0", "other").
+LICENSE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -44,14 +61,24 @@ class Recipe:
     write_clean: bool = True
     write_mask: bool = True
     system_fonts: bool = False
+    #: An instance showing less than this share of its alpha in the final image (covered by a
+    #: later, opaque one) is not labelled: below a third, a word is a few strokes and a QR code
+    #: loses its finder patterns, so no detector should be asked to find it.
+    min_visible: float = 0.3
+    #: The dataset card's license: the procedural default is the project's own (Apache-2.0); a
+    #: build from your images carries theirs ("other" until the recipe says).
+    license: str = "other"
+    caption_screen: CaptionScreen = field(default_factory=CaptionScreen)
+    source_screen: SourceScreenConfig = field(default_factory=SourceScreenConfig)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["subsets"] = [asdict(s) for s in self.subsets]
         return d
 
-    @property
+    @cached_property
     def sha256(self) -> str:
+        """The recipe's hash: computed once (a build stamps it on every sample)."""
         return config_hash(self.to_dict())
 
     def subset(self, name: str) -> Subset:
@@ -93,19 +120,47 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
 
 
 def source_from_spec(spec: str, test_fraction: float = 0.1) -> dict[str, Any]:
-    """``--source``: a folder of images with caption sidecars, or tar shards (a brace pattern)."""
+    """``--source``: a folder of images with caption sidecars, or tar shards (local paths ending in
+    ``.tar``, brace patterns, ``pipe:`` commands, http(s) URLs). A path that is neither is refused
+    here, naming it, rather than later as a field of the recipe it replaces."""
     if Path(spec).is_dir():
         return {"kind": "folder", "path": spec, "test_fraction": test_fraction}
+    if is_stream(spec):
+        return {"kind": "webdataset", "urls": spec, "test_fraction": test_fraction}
+    if ".tar" not in spec and "{" not in spec:
+        raise RecipeError(
+            f"--source {spec}: no such folder (a source is a folder of name.jpg + name.txt pairs, or tar shards: "
+            "paths ending in .tar, a brace pattern, a pipe: command or an http(s) URL)"
+        )
+    tars = list(braceexpand(spec))
+    missing = [t for t in tars if not Path(t).is_file()]
+    if missing:
+        raise RecipeError(f"--source {spec}: {len(missing)} of {len(tars)} tar files do not exist, first {missing[0]!r}")
     return {"kind": "webdataset", "urls": spec, "test_fraction": test_fraction}
 
 
-def parse_recipe(raw: dict[str, Any]) -> Recipe:
+def with_screen_detector(recipe: Recipe, detector: str | Path) -> Recipe:
+    """``recipe`` with its source screen using ``detector`` (``--screen-detector``)."""
+    try:
+        screen = replace(recipe.source_screen, detector=str(detector))
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
+    updated = replace(recipe, source_screen=screen)
+    _check_components(updated)
+    return updated
+
+
+def parse_recipe(raw: dict[str, Any], check_components: bool = True) -> Recipe:
+    """Validate ``raw`` into a Recipe; without ``check_components``, its fields only (the source and
+    the renderers are not built: ``verify`` reads a dataset whose source is elsewhere)."""
+    if not isinstance(raw, dict):
+        raise RecipeError(f"a recipe is a table of fields, got {type(raw).__name__}")
     check_fields(raw, _TOP_LEVEL, "", RecipeError)
     for required in ("name", "seed", "image_size", "source", "subsets"):
         if required not in raw:
             raise RecipeError(f"missing required field {required!r}")
     recipe = Recipe(
-        name=_str(raw["name"], "name"),
+        name=_name(raw["name"], "name", RECIPE_NAME, "letters, digits, '_', '-' and '.'"),
         seed=_int(raw["seed"], "seed", lo=0),
         image_size=_int(raw["image_size"], "image_size", lo=16),
         source=dict(_table(raw["source"], "source")),
@@ -117,6 +172,10 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
         write_clean=_bool(raw.get("write_clean", True), "write_clean"),
         write_mask=_bool(raw.get("write_mask", True), "write_mask"),
         system_fonts=_bool(raw.get("system_fonts", False), "system_fonts"),
+        min_visible=_fraction(raw.get("min_visible", 0.3), "min_visible"),
+        license=_license(raw.get("license", "other")),
+        caption_screen=_screen(CaptionScreen.from_options, raw.get("caption_screen", {})),
+        source_screen=_screen(SourceScreenConfig.from_options, raw.get("source_screen", {})),
     )
     if not recipe.subsets:
         raise RecipeError("subsets: at least one subset is needed")
@@ -126,17 +185,28 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
     for name in recipe.concepts:
         if name not in CONCEPT_NAMES:
             raise RecipeError(f"concepts.{name}: unknown concept (known: {', '.join(CONCEPT_NAMES)})")
-    _check_components(recipe)
+    if check_components:
+        _check_components(recipe)
     return recipe
 
 
 def _check_components(recipe: Recipe) -> None:
-    """Build every source and renderer once, so their own field checks run before any work."""
+    """Build every source and renderer once, so their own field checks run before any work, and
+    find the screen's detector."""
     try:
         make_source(recipe.source, image_size=recipe.image_size, shard_size=recipe.shard_size, seed=recipe.seed)
+        if recipe.source_screen.detector is not None:
+            detector_fingerprint(recipe.source_screen.detector)
         for concept in sorted({c for s in recipe.subsets for c in s.concepts}):
             for split in ("train", "test"):
                 make_renderer(concept, recipe.concepts.get(concept, {}), split, system_fonts=recipe.system_fonts)
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
+
+
+def _screen(build: Any, options: Any) -> Any:
+    try:
+        return build(options)
     except ValueError as e:
         raise RecipeError(str(e)) from None
 
@@ -145,7 +215,7 @@ def _subset(raw: Any, i: int) -> Subset:
     where = f"subsets[{i}]"
     d = _table(raw, where)
     check_fields(d, Subset.__dataclass_fields__, where, RecipeError)
-    name = _str(d.get("name"), f"{where}.name")
+    name = _name(d.get("name"), f"{where}.name", SUBSET_NAME, "letters, digits, '_' and '-'")
     where = f"subsets.{name}"
     concepts = tuple(_list(d.get("concepts"), f"{where}.concepts"))
     if not concepts:
@@ -162,9 +232,18 @@ def _subset(raw: Any, i: int) -> Subset:
     return Subset(name=name, concepts=concepts, fraction=float(fraction), instances=(inst[0], inst[1]))
 
 
-def _str(v: Any, where: str) -> str:
-    if not isinstance(v, str) or not v:
-        raise RecipeError(f"{where} must be a non-empty string, got {v!r}")
+def _name(v: Any, where: str, pattern: re.Pattern[str], allowed: str) -> str:
+    """A name that becomes a folder: no path separators, no leading dot, no ``..``."""
+    if not isinstance(v, str) or not pattern.fullmatch(v):
+        raise RecipeError(
+            f"{where} must be 1 to 64 of {allowed}, starting with a letter or digit (it names a folder), got {v!r}"
+        )
+    return v
+
+
+def _license(v: Any) -> str:
+    if not isinstance(v, str) or not LICENSE.fullmatch(v):
+        raise RecipeError(f"license must be a license identifier such as 'apache-2.0', 'cc-by-4.0' or 'other', got {v!r}")
     return v
 
 
@@ -174,6 +253,12 @@ def _int(v: Any, where: str, lo: int | None = None, hi: int | None = None) -> in
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise RecipeError(f"{where} must be in [{lo}, {hi if hi is not None else 'inf'}], got {v}")
     return v
+
+
+def _fraction(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+        raise RecipeError(f"{where} must be a number in [0, 1], got {v!r}")
+    return float(v)
 
 
 def _bool(v: Any, where: str) -> bool:

@@ -1,7 +1,8 @@
 """img2dataset's "resizer" stage: a decoded image becomes a square RGB image of a fixed size.
 
 Decoding (and why it fails) lives in :mod:`implicit_concept.image_decode`; this stage checks the
-minimum side, lets JPEG decode a smaller draft, resizes the shorter side to ``size`` and
+minimum side, lets JPEG decode a smaller draft, refuses more pixels than the cap (from the header,
+before decoding), resizes the shorter side to ``size`` and
 centre-crops. The filter is fixed and ``reducing_gap`` is off, so the same bytes always give the
 same pixels.
 """
@@ -9,17 +10,18 @@ from __future__ import annotations
 
 from PIL import Image
 
-from implicit_concept.image_decode import SampleError, decode_rgb, open_image
+from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, decode_rgb, open_image
 
 __all__ = ["SampleError", "prepare_image"]
 
 RESAMPLE = Image.Resampling.LANCZOS
 
 
-def prepare_image(raw: bytes | Image.Image, size: int, min_side: int) -> Image.Image:
+def prepare_image(raw: bytes | Image.Image, size: int, min_side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode ``raw`` and return an RGB ``size`` x ``size`` centre crop.
 
-    Raises ``SampleError`` with reason ``unreadable_image``, ``truncated_image``, ``too_large``,
+    Raises ``SampleError`` with reason ``unreadable_image``, ``truncated_image``, ``too_large``
+    (more than ``max_pixels`` to decode; an image already in memory is not capped),
     ``unsupported_mode`` or ``too_small`` (shorter side below ``min_side``).
     """
     image = open_image(raw)
@@ -28,7 +30,7 @@ def prepare_image(raw: bytes | Image.Image, size: int, min_side: int) -> Image.I
     if image is not raw and image.format == "JPEG":
         # DCT-domain downscaling: several times faster on photos, and still deterministic.
         image.draft(None, (size, size))
-    return _square(decode_rgb(image), size)
+    return _square(decode_rgb(image, None if image is raw else max_pixels), size)
 
 
 def _square(image: Image.Image, size: int) -> Image.Image:

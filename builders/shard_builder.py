@@ -1,7 +1,9 @@
 """Builds one output shard: a pure function of (recipe, subset, split, shard id).
 
-Reader -> resizer -> concept compositing -> writer, per sample. Nothing here depends on which
-worker, process or machine runs the shard, so any distributor can schedule it.
+Reader -> caption screen -> resizer -> source screen -> concept compositing -> writer, per item.
+Every item the source yields becomes a row of the shard's table (:mod:`builders.shard_table`): a
+sample, or a skip with its reason and error text. Nothing here depends on which worker, process or
+machine runs the shard, so any distributor can schedule it.
 """
 from __future__ import annotations
 
@@ -10,22 +12,24 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from builders.recipe import Recipe, Subset
 from builders.resizer import SampleError, prepare_image
+from builders.shard_table import sample_row, skipped_row, write_table
+from builders.source_screen import SourceScreen
 from builders.sources import make_source
 from builders.sources.base import RawItem
-from implicit_concept.compositing import composite
-from implicit_concept.concepts import make_renderer
-from implicit_concept.files import atomic_write_json, atomic_write_parquet
+from implicit_concept.compositing import Composition
+from implicit_concept.concepts import Layer, make_renderer
+from implicit_concept.files import atomic_write_json, sha256_file
 from implicit_concept.provenance import version
-from implicit_concept.sample import SPLITS, Instance, SampleMeta
+from implicit_concept.sample import SPLITS, SampleMeta, Screen
 from implicit_concept.shard_writer import TarShardWriter
 
 
@@ -52,13 +56,59 @@ def stats_path(out: Path, unit: WorkUnit) -> Path:
     return shard_dir(out, unit) / f"{unit.name}_stats.json"
 
 
+def parquet_path(out: Path, unit: WorkUnit) -> Path:
+    return shard_dir(out, unit) / f"{unit.name}.parquet"
+
+
+def read_stats(path: Path) -> dict[str, Any] | None:
+    """A shard's stats, or None when the file is missing or is not a JSON object."""
+    try:
+        stats = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return stats if isinstance(stats, dict) else None
+
+
 def is_complete(out: Path, unit: WorkUnit) -> bool:
-    """The stats file is written last: its presence marks a finished shard (img2dataset's rule)."""
-    return stats_path(out, unit).exists() and tar_path(out, unit).exists()
+    """The stats file is written last: its presence marks a finished shard (img2dataset's rule),
+    if the tar is still the one it describes (its sha256) and the parquet is there."""
+    stats = read_stats(stats_path(out, unit))
+    tar = tar_path(out, unit)
+    if stats is None or not tar.is_file() or not parquet_path(out, unit).is_file():
+        return False
+    return stats.get("sha256") == sha256_file(tar)
+
+
+def sample_key(recipe: Recipe, unit: WorkUnit, index: int) -> str:
+    """Item ``index`` of the source shard: the shard id, then the index in at least 4 digits."""
+    return f"{unit.shard_id:05d}{index:0{max(4, len(str(recipe.shard_size - 1)))}d}"
+
+
+class Skipped(SampleError):
+    """A source item that does not become a sample, with what is known of it for its record."""
+
+    def __init__(self, reason: str, detail: str = "", caption: str | None = None, screen: Screen | None = None) -> None:
+        super().__init__(reason, detail)
+        self.caption = caption
+        self.screen = screen or Screen()
+
+
+@dataclass
+class Screened:
+    """A source item that passed the screens: its clean image, the caption to write, what was found."""
+
+    clean: Image.Image
+    caption: str
+    screen: Screen
+
+
+def plan_units(recipe: Recipe, shard_ids: dict[str, list[int]]) -> list[WorkUnit]:
+    """Every shard of a build, in the order of the checksum listing: subsets, splits, shard ids."""
+    return [WorkUnit(subset.name, split, shard_id) for subset in recipe.subsets for split in SPLITS for shard_id in shard_ids[split]]
 
 
 class ShardBuilder:
-    """Holds the source and renderers made once per worker, and builds shards on demand."""
+    """Holds the source, renderers and screens made once per worker, and builds shards on demand."""
 
     def __init__(self, recipe: Recipe) -> None:
         self.recipe = recipe
@@ -69,51 +119,56 @@ class ShardBuilder:
             for c in concepts
             for split in SPLITS
         }
-        self.key_digits = max(4, len(str(recipe.shard_size - 1)))
+        self.source_screen = SourceScreen(recipe.source_screen) if recipe.source_screen.active else None
         self.version = version()
 
     def plan(self) -> list[WorkUnit]:
-        return [
-            WorkUnit(subset.name, split, shard_id)
-            for subset in self.recipe.subsets
-            for split in SPLITS
-            for shard_id in self.source.shard_ids(split)
-        ]
+        return plan_units(self.recipe, {split: self.source.shard_ids(split) for split in SPLITS})
 
     def build(self, unit: WorkUnit, out: Path) -> dict[str, Any]:
-        """Write the shard's tar, parquet and (last) stats; return the stats."""
+        """Write the shard's tar, table and (last) stats; return the stats."""
         start = time.perf_counter()
         subset = self.recipe.subset(unit.subset)
-        directory = shard_dir(out, unit)
-        directory.mkdir(parents=True, exist_ok=True)
+        shard_dir(out, unit).mkdir(parents=True, exist_ok=True)
         failures: Counter[str] = Counter()
         per_concept: Counter[str] = Counter()
+        named: Counter[str] = Counter()
+        shown: Counter[str] = Counter()
         rows: list[dict[str, Any]] = []
-        count = 0
+        samples = contaminated = 0
         with TarShardWriter(tar_path(out, unit)) as writer:
             for index, item in enumerate(self.source.read(unit.split, unit.shard_id)):
-                count += 1
-                key = f"{unit.shard_id:05d}{index:0{self.key_digits}d}"
+                key = sample_key(self.recipe, unit, index)
                 try:
                     members, meta = self.make_sample(subset, unit, index, key, item)
                 except SampleError as e:
+                    skipped = e if isinstance(e, Skipped) else Skipped(e.reason, e.detail)
                     failures[e.reason] += 1
+                    named.update(skipped.screen.caption_names)
+                    shown.update(skipped.screen.source_shows)
+                    rows.append(skipped_row(unit, key, item.source_id, e.reason, e.detail, skipped.caption,
+                                            tuple(skipped.screen.caption_names), tuple(skipped.screen.source_shows)))
                     continue
                 writer.write(key, members)
+                samples += 1
+                contaminated += meta.contaminated
                 per_concept.update(i.concept for i in meta.instances)
-                rows.append(_manifest_row(meta, unit))
+                named.update(meta.screen.caption_names)
+                shown.update(meta.screen.source_shows)
+                rows.append(sample_row(meta, unit, members["jpg"]))
             sha = writer.close()
-        atomic_write_parquet(directory / f"{unit.name}.parquet", pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
+        write_table(parquet_path(out, unit), rows)
         stats = {
             "shard": unit.name,
             "subset": unit.subset,
             "split": unit.split,
-            "count": count,
-            "successes": len(rows),
-            "failed": count - len(rows),
+            "count": len(rows),
+            "successes": samples,
+            "failed": len(rows) - samples,
             "failures": dict(sorted(failures.items())),
-            "contaminated": int(sum(r["contaminated"] for r in rows)),
+            "contaminated": contaminated,
             "instances": dict(sorted(per_concept.items())),
+            "screened": {"caption_names": dict(sorted(named.items())), "source_shows": dict(sorted(shown.items()))},
             "sha256": sha,
             "recipe_sha256": self.recipe.sha256,
             "duration_s": round(time.perf_counter() - start, 3),
@@ -121,99 +176,106 @@ class ShardBuilder:
         atomic_write_json(stats_path(out, unit), stats)
         return stats
 
+    def screened(self, item: RawItem) -> Screened:
+        """The item's clean image and caption once both screens have passed it (``Skipped`` otherwise).
+        Captions are screened first: they cost nothing to read."""
+        if item.error:
+            raise Skipped(item.error, item.detail)
+        if item.caption is None or not item.caption.strip():
+            raise Skipped("missing_caption", "no caption")
+        caption = item.caption.strip()
+        verdict = self.recipe.caption_screen.check(caption)
+        screen = Screen(caption_names=list(verdict.names), caption_stripped=verdict.stripped)
+        if verdict.caption is None:
+            raise Skipped(verdict.reason or "caption_names_concept", f"the caption names {', '.join(verdict.names)}", caption, screen)
+        try:
+            clean = prepare_image(item.image, self.recipe.image_size, self.recipe.min_side, self.source.max_pixels)
+        except SampleError as e:
+            raise Skipped(e.reason, e.detail, caption, screen) from None
+        if self.source_screen is not None:
+            screen.source_shows = self.source_screen.shows(clean)
+            if screen.source_shows and self.recipe.source_screen.policy == "drop":
+                raise Skipped("concept_in_source", f"the source image shows {', '.join(screen.source_shows)}", caption, screen)
+        return Screened(clean, verdict.caption, screen)
+
     def make_sample(
         self, subset: Subset, unit: WorkUnit, index: int, key: str, item: RawItem
     ) -> tuple[dict[str, bytes], SampleMeta]:
-        if item.error:
-            raise SampleError(item.error)
-        if item.caption is None or not item.caption.strip():
-            raise SampleError("missing_caption")
-        size = self.recipe.image_size
-        clean = prepare_image(item.image, size, self.recipe.min_side)
-        subset_index = [s.name for s in self.recipe.subsets].index(subset.name)
-        seed = [self.recipe.seed, subset_index, SPLITS.index(unit.split), unit.shard_id, index]
-        rng = np.random.default_rng(seed)
-        image, instances, mask = clean, [], Image.new("L", clean.size, 0)
-        if rng.random() < subset.fraction:
-            image, instances, mask = self.contaminate(clean, subset, unit.split, rng)
+        screened = self.screened(item)
+        clean, size = screened.clean, self.recipe.image_size
+        seed = self.sample_seed(unit, index)
+        composition = self.draw(clean, subset, unit.split, np.random.default_rng(seed))
         meta = SampleMeta(
             key=key,
-            caption=item.caption.strip(),
+            caption=screened.caption,
             width=size,
             height=size,
             split=unit.split,
             subset=subset.name,
-            source={"kind": self.source.kind, "id": item.source_id, **item.meta},
-            instances=instances,
+            source={"kind": self.source.kind, "id": item.source_id, "meta": item.meta},
+            instances=composition.instances(self.recipe.min_visible),
             seed=seed,
             recipe=self.recipe.name,
             recipe_sha256=self.recipe.sha256,
             version=self.version,
+            screen=screened.screen,
         )
+        drawn = bool(composition.layers)
+        image_jpg = _encode(composition.image, "JPEG", self.recipe.jpeg_quality)
         members = {
-            "jpg": _encode(image, "JPEG", self.recipe.jpeg_quality),
+            "jpg": image_jpg,
             "txt": meta.caption.encode("utf-8"),
             "json": json.dumps(meta.to_json(), sort_keys=True, ensure_ascii=False).encode("utf-8"),
         }
         if self.recipe.write_clean:
-            members["clean.jpg"] = _encode(clean, "JPEG", self.recipe.jpeg_quality)
+            # Nothing drawn: the image is the clean twin's pixels, so its bytes are the same.
+            members["clean.jpg"] = _encode(clean, "JPEG", self.recipe.jpeg_quality) if drawn else image_jpg
         if self.recipe.write_mask:
-            members["mask.png"] = _encode(mask, "PNG")
+            members["mask.png"] = _encode(composition.mask(), "PNG") if drawn else _blank_mask(size)
         return members, meta
 
-    def contaminate(
-        self, clean: Image.Image, subset: Subset, split: str, rng: np.random.Generator
-    ) -> tuple[Image.Image, list[Instance], Image.Image]:
-        """Composite one to ``subset.instances`` contamination events, each of a drawn concept."""
-        lo, hi = subset.instances
-        image, instances = clean, []
-        mask = np.zeros((clean.height, clean.width), dtype=np.uint8)
-        for _ in range(int(rng.integers(lo, hi + 1))):
-            concept = subset.concepts[int(rng.integers(len(subset.concepts)))]
-            layers = self.renderers[(concept, split)].render(rng, clean.size, background=image)
-            image, new, layer_mask = composite(image, layers, concept)
-            instances.extend(new)
-            mask = np.maximum(mask, np.asarray(layer_mask))
-        return image, instances, Image.fromarray(mask, mode="L")
+    def sample_seed(self, unit: WorkUnit, index: int) -> list[int]:
+        """The seed of item ``index`` of ``unit``'s source shard: everything drawn for it starts here."""
+        subset_index = [s.name for s in self.recipe.subsets].index(unit.subset)
+        return [self.recipe.seed, subset_index, SPLITS.index(unit.split), unit.shard_id, index]
+
+    def draw(self, clean: Image.Image, subset: Subset, split: str, rng: np.random.Generator) -> Composition:
+        """With probability ``subset.fraction``, composite one to ``subset.instances`` events, each
+        of a drawn concept; each renderer sees the image composited so far."""
+        composition = Composition(clean)
+        if rng.random() < subset.fraction:
+            lo, hi = subset.instances
+            for _ in range(int(rng.integers(lo, hi + 1))):
+                concept = subset.concepts[int(rng.integers(len(subset.concepts)))]
+                renderer = self.renderers[(concept, split)]
+                composition.add(renderer.render(rng, clean.size, background=composition.image), concept)
+        return composition
+
+    def layers(self, unit: WorkUnit) -> Iterator[tuple[int, list[tuple[str, Layer]]]]:
+        """(item index, ordered (concept, layer) list) of every usable item of ``unit``, as ``build``
+        composites them: a shard is a pure function of the recipe, so its labels can be re-derived."""
+        subset = self.recipe.subset(unit.subset)
+        for index, item in enumerate(self.source.read(unit.split, unit.shard_id)):
+            try:
+                clean = self.screened(item).clean
+            except SampleError:
+                continue
+            rng = np.random.default_rng(self.sample_seed(unit, index))
+            yield index, self.draw(clean, subset, unit.split, rng).layers
 
 
-MANIFEST_COLUMNS = [
-    "subset",
-    "split",
-    "shard",
-    "key",
-    "caption",
-    "contaminated",
-    "concepts",
-    "num_instances",
-    "instances",
-    "source_id",
-    "width",
-    "height",
-]
-
-
-def _manifest_row(meta: SampleMeta, unit: WorkUnit) -> dict[str, Any]:
-    return {
-        "subset": unit.subset,
-        "split": unit.split,
-        "shard": unit.name,
-        "key": meta.key,
-        "caption": meta.caption,
-        "contaminated": meta.contaminated,
-        "concepts": ",".join(meta.concepts),
-        "num_instances": len(meta.instances),
-        "instances": json.dumps([i.to_json(meta.width, meta.height) for i in meta.instances], sort_keys=True),
-        "source_id": meta.source["id"],
-        "width": meta.width,
-        "height": meta.height,
-    }
+@lru_cache(maxsize=8)
+def _blank_mask(size: int) -> bytes:
+    """The mask of an image with nothing drawn, encoded once per size."""
+    return _encode(Image.new("L", (size, size), 0), "PNG")
 
 
 def _encode(image: Image.Image, fmt: str, quality: int = 95) -> bytes:
+    """JPEG at ``quality`` without chroma subsampling; PNG (the mask) at zlib level 1: half the time
+    of the default level 6 for a file about a third larger (a mask is a few kilobytes either way)."""
     buffer = io.BytesIO()
     if fmt == "JPEG":
         image.save(buffer, format="JPEG", quality=quality, subsampling=0, optimize=False)
     else:
-        image.save(buffer, format=fmt, optimize=False)
+        image.save(buffer, format=fmt, optimize=False, compress_level=1)
     return buffer.getvalue()

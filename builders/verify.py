@@ -1,24 +1,66 @@
-"""Checks a built dataset folder end to end: checksums, schema, boxes, counts.
+"""Checks a built dataset folder against everything its layout promises, and reports every problem.
 
-Returns every problem found rather than stopping at the first, so one run tells the whole story.
+The recipe in ``recipe.json`` says which shards the build made (the shard builder's plan); the
+checksum list, the folder's contents, each tar's members, each sample's ``KEY.json``, each parquet,
+each stats file and the manifest must agree with that plan and with each other. A tamperer who
+rewrites the checksums to match is still caught by what the checksums cannot vouch for: a shard
+missing from the plan, a file the plan does not name, a record inconsistent with itself.
+
+Nothing outside the plan is opened (a ``../`` line in the checksum list is a problem, never a path),
+symlinks are not followed, every file is read within bounds, and no input makes verify crash: a
+file that defeats every check is reported as "cannot be checked". One run tells the whole story.
 """
 from __future__ import annotations
 
-import io
 import json
+import os
+import re
+import stat
+import tarfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
-import pandas as pd
-from PIL import Image
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from builders.dataset_card import CHECKSUMS
-from implicit_concept.concepts import CONCEPT_NAMES
+from tqdm.auto import tqdm
+
+from builders.build import MANIFEST, RECIPE_RECORD
+from builders.dataset_card import CARD, CHECKSUMS
+from builders.recipe import Recipe, parse_recipe
+from builders.shard_builder import WorkUnit, plan_units, sample_key
+from builders.shard_table import COLUMNS, sample_row, status_of
+from builders.sources import WebDatasetConfig, make_source
+from builders.sources.webdataset_source import tar_paths
 from implicit_concept.files import sha256_file
-from implicit_concept.sample import SampleMeta
-from implicit_concept.shard_reader import ShardError, iter_tar_members
+from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, load_pixels
+from implicit_concept.sample import SPLITS, SampleMeta
+from implicit_concept.shard_reader import (
+    MAX_JSON_BYTES,
+    MAX_MEMBER_BYTES,
+    SHARD_EXTENSIONS,
+    TarRefused,
+    iter_headers,
+    open_tar,
+    split_member_name,
+)
 
 REQUIRED_MEMBERS = ("jpg", "txt", "json")
+#: Beyond this many problems in one file, the rest are counted, not listed.
+MAX_PROBLEMS_PER_FILE = 20
+#: Records read whole (recipe.json, stats, the checksum list) are refused above these sizes.
+MAX_RECORD_BYTES = 1 << 20
+MAX_LISTING_BYTES = 64 << 20
+MAX_PARQUET_BYTES = 64 << 20
+
+_LISTING_LINE = re.compile(r"([0-9a-f]{64})  (.+)")
+_SHARD_PATH = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]*)/(train|test)/(\d{5})\.tar")
+
+
+class DatasetVerifyError(ValueError):
+    """A dataset does not verify; the message names the folder and its first problems."""
 
 
 @dataclass
@@ -27,80 +69,575 @@ class VerifyReport:
     samples: int = 0
     instances: int = 0
     problems: list[str] = field(default_factory=list)
+    #: What could not be checked and why (not problems: e.g. the source is not on this machine).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems and self.shards > 0
 
 
-def verify_dataset(out: Path) -> VerifyReport:
-    out = Path(out)
-    report = VerifyReport()
-    listing = out / CHECKSUMS
-    if not listing.exists():
-        report.problems.append(f"{listing}: missing (is {out} a finished build?)")
-        return report
-    for line in listing.read_text().splitlines():
-        expected, rel = line.split(maxsplit=1)
-        _verify_shard(out / rel, expected, report)
+def require_verified(out: Path, listed: int = 10) -> VerifyReport:
+    """Verify ``out`` or raise :class:`DatasetVerifyError` listing its first ``listed`` problems."""
+    report = verify_dataset(out)
+    if not report.ok:
+        first = "\n  ".join(report.problems[:listed])
+        raise DatasetVerifyError(
+            f"{out}: the dataset does not verify ({len(report.problems)} problems; "
+            f"'implicit-concept verify {out}' lists them all):\n  {first}"
+        )
     return report
 
 
-def _verify_shard(tar: Path, expected_sha: str, report: VerifyReport) -> None:
-    report.shards += 1
-    if not tar.exists():
-        report.problems.append(f"{tar}: listed in {CHECKSUMS} but missing")
+def verify_dataset(out: Path, progress: bool = False) -> VerifyReport:
+    out = Path(out)
+    report = VerifyReport()
+    problems = _Problems(report)
+    recipe = _guarded(problems, out / RECIPE_RECORD, None, _read_recipe, out, problems)
+    listing = _guarded(problems, out / CHECKSUMS, {}, _read_listing, out, problems)
+    units = _guarded(problems, out, [], _plan, out, recipe, listing, problems, report)
+    _guarded(problems, out / RECIPE_RECORD, None, _check_source, out, recipe, report)
+    if not units:
+        problems.add(out, "no shards: the recipe plans none, or none could be found")
+    _guarded(problems, out, None, _check_folder, out, recipe, units, problems)
+    _guarded(problems, out / CHECKSUMS, None, _check_listing, out, units, listing, problems)
+    if not (out / CARD).is_file():
+        problems.add(out / CARD, "missing (the dataset card)")
+    for unit in tqdm(units, desc=f"verify {out.name}", unit="shard", disable=not progress):
+        report.shards += 1
+        _guarded(problems, out / _rel(unit), None, _verify_shard, out, unit, recipe, listing, problems, report)
+    _guarded(problems, out / MANIFEST, None, _check_manifest, out, units, problems)
+    problems.close()
+    return report
+
+
+def _guarded(problems: "_Problems", where: Path, default: Any, check: Callable[..., Any], *args: Any) -> Any:
+    """Run one check; the last guard of "never crash": a hostile file may defeat every check in it."""
+    try:
+        return check(*args)
+    except Exception as e:
+        problems.add(where, f"cannot be checked ({type(e).__name__}: {e})")
+        return default
+
+
+class _Problems:
+    """Collects problems by file, listing at most MAX_PROBLEMS_PER_FILE for any one file."""
+
+    def __init__(self, report: VerifyReport) -> None:
+        self.report = report
+        self.per_file: Counter[str] = Counter()
+
+    def add(self, where: Path | str, message: str) -> None:
+        file = str(where).split(":", 1)[0] if not isinstance(where, Path) else str(where)
+        self.per_file[file] += 1
+        if self.per_file[file] <= MAX_PROBLEMS_PER_FILE:
+            self.report.problems.append(f"{where}: {message}")
+
+    def close(self) -> None:
+        for file, n in sorted(self.per_file.items()):
+            if n > MAX_PROBLEMS_PER_FILE:
+                self.report.problems.append(f"{file}: {n - MAX_PROBLEMS_PER_FILE} more problems not listed")
+
+
+# --- records ------------------------------------------------------------------------------------
+
+
+def _read_bounded(path: Path, cap: int) -> bytes:
+    """A regular file's bytes (not through a symlink), or OSError/ValueError saying why not."""
+    info = path.lstat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file (a symlink, folder or device)")
+    if info.st_size > cap:
+        raise ValueError(f"{info.st_size} bytes, over the cap of {cap}")
+    with open(path, "rb") as f:
+        return f.read(cap + 1)[:cap]
+
+
+def _read_json(path: Path, problems: _Problems, cap: int = MAX_RECORD_BYTES) -> dict[str, Any] | None:
+    try:
+        record = json.loads(_read_bounded(path, cap))
+    except FileNotFoundError:
+        problems.add(path, "missing")
+        return None
+    except (OSError, ValueError, RecursionError) as e:
+        problems.add(path, f"unreadable ({e})")
+        return None
+    if not isinstance(record, dict):
+        problems.add(path, f"not a JSON object ({type(record).__name__})")
+        return None
+    return record
+
+
+def _read_recipe(out: Path, problems: _Problems) -> Recipe | None:
+    """The recipe recorded in recipe.json, validated, or None (then only what needs no recipe is checked)."""
+    path = out / RECIPE_RECORD
+    record = _read_json(path, problems)
+    if record is None:
+        return None
+    try:
+        recipe = parse_recipe(record.get("recipe"), check_components=False)
+    except (ValueError, TypeError, KeyError) as e:
+        problems.add(path, f"its recipe is not valid ({e})")
+        return None
+    if record.get("recipe_sha256") != recipe.sha256:
+        problems.add(path, f"recipe_sha256 {record.get('recipe_sha256')!r} is not the sha256 of its recipe ({recipe.sha256})")
+    return recipe
+
+
+def _read_listing(out: Path, problems: _Problems) -> dict[str, tuple[int, str]]:
+    """``{relative tar path: (line number, sha256)}`` of the well-formed lines of the checksum list."""
+    path = out / CHECKSUMS
+    try:
+        text = _read_bounded(path, MAX_LISTING_BYTES).decode("utf-8")
+    except FileNotFoundError:
+        problems.add(path, f"missing (is {out} a finished build?)")
+        return {}
+    except (OSError, ValueError) as e:
+        problems.add(path, f"unreadable ({e})")
+        return {}
+    listing: dict[str, tuple[int, str]] = {}
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    else:
+        problems.add(path, "does not end with a newline")
+    for number, line in enumerate(lines, 1):
+        match = _LISTING_LINE.fullmatch(line)
+        if match is None:
+            problems.add(f"{path}:{number}", f"not a '<sha256>  <subset>/<split>/<shard>.tar' line: {line[:120]!r}")
+        elif match.group(2) in listing:
+            problems.add(f"{path}:{number}", f"lists {match.group(2)!r} a second time")
+        else:
+            listing[match.group(2)] = (number, match.group(1))
+    return listing
+
+
+# --- the plan and the folder ----------------------------------------------------------------------
+
+
+def _rel(unit: WorkUnit) -> str:
+    return f"{unit.subset}/{unit.split}/{unit.name}.tar"
+
+
+def _plan(out: Path, recipe: Recipe | None, listing: dict[str, tuple[int, str]], problems: _Problems, report: VerifyReport) -> list[WorkUnit]:
+    """The shards the build made: the recipe's plan, from its source where it is readable here."""
+    listed = [m for m in (_SHARD_PATH.fullmatch(rel) for rel in listing) if m]
+    if recipe is None:
+        report.notes.append(f"no valid {RECIPE_RECORD}: only the shards {CHECKSUMS} lists are checked, not the recipe's plan")
+        return [WorkUnit(m.group(1), m.group(2), int(m.group(3))) for m in listed]
+    try:
+        source = make_source(recipe.source, image_size=recipe.image_size, shard_size=recipe.shard_size, seed=recipe.seed)
+        return plan_units(recipe, {split: source.shard_ids(split) for split in SPLITS})
+    except ValueError as e:
+        unreadable = str(e)
+    if recipe.source.get("kind") == "webdataset":
+        try:
+            config = WebDatasetConfig(**{k: v for k, v in recipe.source.items() if k != "kind"})
+        except (TypeError, ValueError) as e:
+            problems.add(out / RECIPE_RECORD, f"its source is not valid ({e})")
+            return []
+        count = len(tar_paths(config))
+        return plan_units(recipe, {split: list(range(count)) for split in SPLITS})
+    report.notes.append(
+        f"the recipe's source is not readable here ({unreadable}): each split's shard count is taken from {CHECKSUMS}"
+    )
+    ids = {split: sorted({int(m.group(3)) for m in listed if m.group(2) == split}) for split in SPLITS}
+    return plan_units(recipe, {split: list(range(ids[split][-1] + 1)) if ids[split] else [] for split in SPLITS})
+
+
+def _check_source(out: Path, recipe: Recipe | None, report: VerifyReport) -> None:
+    """A note when the source, readable here, no longer holds what the build started from: the
+    shards still verify, but a rebuild would not give them back."""
+    if recipe is None:
+        return
+    recorded = json.loads(_read_bounded(out / RECIPE_RECORD, MAX_RECORD_BYTES)).get("source_fingerprint")
+    try:
+        source = make_source(recipe.source, image_size=recipe.image_size, shard_size=recipe.shard_size, seed=recipe.seed)
+    except ValueError:
+        return
+    if recorded is not None and source.fingerprint() != recorded:
+        report.notes.append("the source has changed since this build started (its fingerprint differs from recipe.json's): a rebuild would not give these shards back")
+
+
+def _check_folder(out: Path, recipe: Recipe | None, units: list[WorkUnit], problems: _Problems) -> None:
+    """Everything under the subset folders is a planned file; no tar or extra folder at the top."""
+    subsets = [s.name for s in recipe.subsets] if recipe else sorted({u.subset for u in units})
+    planned = {f"{u.subset}/{u.split}/{u.name}{suffix}" for u in units for suffix in (".tar", ".parquet", "_stats.json")}
+    split_dirs = {f"{u.subset}/{u.split}" for u in units}
+    try:
+        entries = sorted(os.scandir(out), key=lambda e: e.name)
+    except OSError as e:
+        problems.add(out, f"cannot be listed ({e})")
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            if entry.name not in subsets:
+                problems.add(Path(entry.path), "unexpected folder (not a subset of the recipe)")
+        elif entry.name in subsets:
+            problems.add(Path(entry.path), "not a folder (a symlink or a file where a subset folder belongs)")
+        elif entry.name.endswith(".tar"):
+            problems.add(Path(entry.path), "unexpected tar (not a shard of this build's plan)")
+    for subset in subsets:
+        top = out / subset
+        if not top.is_dir() or top.is_symlink():
+            continue
+        for folder, dirs, files in os.walk(top, onerror=lambda e: problems.add(Path(e.filename or top), f"cannot be listed ({e})")):
+            rel_folder = Path(folder).relative_to(out).as_posix()
+            for d in sorted(dirs):
+                if f"{rel_folder}/{d}" not in split_dirs:
+                    problems.add(Path(folder) / d, "unexpected folder (not a split of this build's plan)")
+            dirs[:] = [d for d in dirs if f"{rel_folder}/{d}" in split_dirs and not (Path(folder) / d).is_symlink()]
+            for name in sorted(files):
+                if f"{rel_folder}/{name}" not in planned:
+                    problems.add(Path(folder) / name, "unexpected file (not in this build's plan)")
+
+
+def _planned_file(out: Path, rel: str) -> str | None:
+    """Why ``out/rel`` cannot be read as a planned file (missing, or reached through a symlink), or None."""
+    path = out
+    parts = rel.split("/")
+    for i, part in enumerate(parts):
+        path = path / part
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            return "missing"
+        except OSError as e:
+            return f"unreadable ({e})"
+        last = i == len(parts) - 1
+        if stat.S_ISLNK(mode):
+            return "a symlink (not followed)"
+        if last and not stat.S_ISREG(mode):
+            return "not a regular file"
+    return None
+
+
+def _check_listing(out: Path, units: list[WorkUnit], listing: dict[str, tuple[int, str]], problems: _Problems) -> None:
+    planned = [_rel(u) for u in units]
+    known = set(planned)
+    for rel, (number, _) in listing.items():
+        if rel not in known:
+            problems.add(f"{out / CHECKSUMS}:{number}", f"lists {rel!r}, not a shard of this build's plan (not opened)")
+    for rel in planned:
+        if rel not in listing:
+            problems.add(out / CHECKSUMS, f"does not list the planned shard {rel}")
+    order = [rel for rel in listing if rel in known]
+    if order != [rel for rel in planned if rel in listing]:
+        problems.add(out / CHECKSUMS, "lists the shards out of the plan's order")
+
+
+# --- one shard ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _ShardContents:
+    keys: list[str] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    contaminated: int = 0
+    instances: Counter[str] = field(default_factory=Counter)
+
+
+def _verify_shard(
+    out: Path, unit: WorkUnit, recipe: Recipe | None, listing: dict[str, tuple[int, str]], problems: _Problems, report: VerifyReport
+) -> None:
+    rel = _rel(unit)
+    tar = out / rel
+    stats_file = tar.with_name(f"{unit.name}_stats.json")
+    parquet = tar.with_suffix(".parquet")
+    unusable = {}
+    for path in (tar, stats_file, parquet):
+        why = _planned_file(out, path.relative_to(out).as_posix())
+        if why is not None:
+            unusable[path] = why
+            problems.add(path, f"{why}; a planned file of this build")
+    stats = _read_json(stats_file, problems) if stats_file not in unusable else None
+    if tar in unusable:
         return
     actual = sha256_file(tar)
-    if actual != expected_sha:
-        report.problems.append(f"{tar}: sha256 {actual} differs from {CHECKSUMS} ({expected_sha})")
-    stats_file = tar.with_name(f"{tar.stem}_stats.json")
-    stats = json.loads(stats_file.read_text()) if stats_file.exists() else None
-    if stats is None:
-        report.problems.append(f"{stats_file}: missing")
-    elif stats["sha256"] != actual:
-        report.problems.append(f"{stats_file}: sha256 does not match the tar")
-    keys: list[str] = []
-    try:
-        for key, members in iter_tar_members(tar):
-            keys.append(key)
-            _verify_sample(tar, key, members, report)
-    except ShardError as e:
-        report.problems.append(str(e))
-    if len(set(keys)) != len(keys):
-        report.problems.append(f"{tar}: duplicate keys")
-    if stats is not None and stats["successes"] != len(keys):
-        report.problems.append(f"{tar}: {len(keys)} samples but stats say {stats['successes']}")
-    parquet = tar.with_suffix(".parquet")
-    if not parquet.exists():
-        report.problems.append(f"{parquet}: missing")
-    elif list(pd.read_parquet(parquet)["key"]) != keys:
-        report.problems.append(f"{parquet}: keys differ from the tar's")
-    report.samples += len(keys)
+    if rel in listing and listing[rel][1] != actual:
+        problems.add(tar, f"sha256 {actual} differs from {CHECKSUMS} ({listing[rel][1]})")
+    contents = _walk_tar(tar, unit, recipe, problems)
+    report.samples += len(contents.keys)
+    report.instances += sum(contents.instances.values())
+    if stats is not None:
+        _check_stats(stats_file, stats, unit, recipe, actual, contents, problems)
+    if parquet not in unusable:
+        rows = _parquet_rows(parquet, problems)
+        if rows is not None:
+            _check_table(parquet, rows, contents, stats, problems)
 
 
-def _verify_sample(tar: Path, key: str, members: dict[str, bytes], report: VerifyReport) -> None:
-    where = f"{tar}:{key}"
-    missing = [m for m in REQUIRED_MEMBERS if m not in members]
-    if missing:
-        report.problems.append(f"{where}: missing member(s) {missing}")
-        return
+def _expected_extensions(recipe: Recipe | None, present: list[str]) -> list[str]:
+    if recipe is None:
+        return [e for e in SHARD_EXTENSIONS if e in REQUIRED_MEMBERS or e in present]
+    return [*REQUIRED_MEMBERS, *(["clean.jpg"] if recipe.write_clean else []), *(["mask.png"] if recipe.write_mask else [])]
+
+
+def _walk_tar(tar: Path, unit: WorkUnit, recipe: Recipe | None, problems: _Problems) -> _ShardContents:
+    """Every member, in order, against the writer's layout: KEY.jpg KEY.txt KEY.json [KEY.clean.jpg KEY.mask.png]."""
+    contents = _ShardContents()
     try:
-        meta = SampleMeta.from_json(json.loads(members["json"]))
-        image = Image.open(io.BytesIO(members["jpg"]))
-        image.load()
-    except (ValueError, KeyError, TypeError, OSError) as e:
-        report.problems.append(f"{where}: unreadable sample ({e})")
-        return
+        with open_tar(tar, "r:") as tf:
+            for key, members, order in _samples(tar, tf, problems):
+                expected = _expected_extensions(recipe, order)
+                if order != expected:
+                    problems.add(f"{tar}:{key}", f"members {order}, expected {expected}")
+                index = _key_index(tar, key, unit, recipe, contents, problems)
+                if all(m in members for m in REQUIRED_MEMBERS):
+                    meta = _verify_sample(f"{tar}:{key}", key, index, members, unit, recipe, problems)
+                    if meta is not None:
+                        contents.rows.append(sample_row(meta, unit, members["jpg"]))
+                        contents.contaminated += meta.contaminated
+                        contents.instances.update(i.concept for i in meta.instances)
+    except TarRefused as e:
+        problems.add(tar, f"refused ({e.reason}): {e.detail}")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        problems.add(tar, f"unreadable or truncated tar ({e})")
+    return contents
+
+
+def _samples(tar: Path, tf: Any, problems: _Problems) -> Iterator[tuple[str, dict[str, bytes], list[str]]]:
+    """``(key, {extension: bytes}, extensions in order)`` per run of members with one key; every
+    member that is not a regular ``KEY.ext`` of the layout, or is too large, is a problem."""
+    key: str | None = None
+    members: dict[str, bytes] = {}
+    order: list[str] = []
+    for info in iter_headers(tf):
+        parts = split_member_name(info.name) if info.isreg() else None
+        if parts is None or "/" in parts[0]:
+            problems.add(tar, f"member {info.name!r} is not a KEY.ext file of the layout")
+            continue
+        if parts[0] != key:
+            if key is not None:
+                yield key, members, order
+            key, members, order = parts[0], {}, []
+        ext = parts[1]
+        if ext not in SHARD_EXTENSIONS or ext in order:
+            problems.add(f"{tar}:{key}", f"unexpected member {info.name!r}")
+            continue
+        order.append(ext)
+        if info.size > MAX_MEMBER_BYTES:
+            problems.add(f"{tar}:{key}", f"member {info.name!r} is {info.size} bytes, over the cap of {MAX_MEMBER_BYTES}; not read")
+            continue
+        members[ext] = tf.extractfile(info).read()
+    if key is not None:
+        yield key, members, order
+
+
+def _key_index(tar: Path, key: str, unit: WorkUnit, recipe: Recipe | None, contents: _ShardContents, problems: _Problems) -> int | None:
+    """The source index the key encodes; keys are the writer's and strictly increase."""
+    contents.keys.append(key)
+    prefix, digits = key[:5], key[5:]
+    index = int(digits) if digits.isdigit() and digits.isascii() else None
+    canonical = index is not None and prefix == f"{unit.shard_id:05d}" and (recipe is None or key == sample_key(recipe, unit, index))
+    if not canonical:
+        problems.add(f"{tar}:{key}", f"key is not one the writer gives in shard {unit.name}")
+        return None
+    if contents.indices and index <= contents.indices[-1]:
+        problems.add(f"{tar}:{key}", "key out of order or repeated")
+    contents.indices.append(index)
+    return index
+
+
+def _verify_sample(
+    where: str, key: str, index: int | None, members: dict[str, bytes], unit: WorkUnit, recipe: Recipe | None, problems: _Problems
+) -> SampleMeta | None:
+    raw = members["json"]
+    if len(raw) > MAX_JSON_BYTES:
+        problems.add(where, f"KEY.json is {len(raw)} bytes, over the cap of {MAX_JSON_BYTES}")
+        return None
+    try:
+        stored = json.loads(raw)
+        meta = SampleMeta.from_json(stored)
+        canonical = meta.to_json()
+        written = json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    except (ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError, RecursionError, UnicodeError) as e:
+        problems.add(where, f"KEY.json unreadable ({type(e).__name__}: {e})")
+        return None
+    if written != raw:
+        fields = _differences(stored, canonical)
+        what = f"fields inconsistent with the rest of the record: {', '.join(fields[:8])}" if fields else "not in the writer's canonical form"
+        problems.add(where, f"KEY.json {what}")
     if meta.key != key:
-        report.problems.append(f"{where}: json key {meta.key!r} differs from member name")
-    if image.size != (meta.width, meta.height):
-        report.problems.append(f"{where}: image is {image.size}, json says {(meta.width, meta.height)}")
-    if members["txt"].decode("utf-8") != meta.caption:
-        report.problems.append(f"{where}: txt differs from json caption")
+        problems.add(where, f"json key {meta.key!r} differs from member name")
+    if (meta.subset, meta.split) != (unit.subset, unit.split):
+        problems.add(where, f"json says subset {meta.subset!r}, split {meta.split!r}; the shard is in {unit.subset}/{unit.split}")
+    if recipe is not None:
+        _check_against_recipe(where, meta, index, unit, recipe, problems)
     for inst in meta.instances:
-        report.instances += 1
-        if inst.concept not in CONCEPT_NAMES:
-            report.problems.append(f"{where}: unknown concept {inst.concept!r}")
         if not inst.box.inside(meta.width, meta.height):
-            report.problems.append(f"{where}: {inst.concept} box {inst.box.as_list()} outside the image")
+            problems.add(where, f"{inst.concept} box {inst.box.as_list()} outside the image")
+    if members["txt"] != meta.caption.encode("utf-8"):
+        problems.add(where, "txt differs from json caption")
+    max_pixels = recipe.image_size**2 if recipe is not None else DEFAULT_MAX_PIXELS
+    for ext, mode in (("jpg", "RGB"), ("clean.jpg", "RGB"), ("mask.png", "L")):
+        if ext in members:
+            _check_image(where, ext, members[ext], mode, (meta.width, meta.height), max_pixels, problems)
+    return meta
+
+
+def _check_against_recipe(where: str, meta: SampleMeta, index: int | None, unit: WorkUnit, recipe: Recipe, problems: _Problems) -> None:
+    if (meta.recipe, meta.recipe_sha256) != (recipe.name, recipe.sha256):
+        problems.add(where, f"json names recipe {meta.recipe!r} {meta.recipe_sha256!r}, not this build's ({recipe.name} {recipe.sha256})")
+    if (meta.width, meta.height) != (recipe.image_size, recipe.image_size):
+        problems.add(where, f"json says {meta.width}x{meta.height}, the recipe {recipe.image_size}x{recipe.image_size}")
+    names = [s.name for s in recipe.subsets]
+    if unit.subset in names and index is not None:
+        seed = [recipe.seed, names.index(unit.subset), SPLITS.index(unit.split), unit.shard_id, index]
+        if meta.seed != seed:
+            problems.add(where, f"json seed {meta.seed!r} is not the sample's ({seed})")
+    allowed = recipe.subset(unit.subset).concepts if unit.subset in names else ()
+    for concept in sorted({i.concept for i in meta.instances} - set(allowed)):
+        problems.add(where, f"concept {concept!r} does not belong to subset {unit.subset} ({', '.join(allowed)})")
+
+
+def _check_image(where: str, ext: str, data: bytes, mode: str, size: tuple[int, int], max_pixels: int, problems: _Problems) -> None:
+    try:
+        image = load_pixels(data, max_pixels)
+    except SampleError as e:
+        problems.add(where, f"{ext} not decoded ({e})")
+        return
+    if image.size != size:
+        problems.add(where, f"{ext} is {image.size}, json says {size}")
+    if image.mode != mode:
+        problems.add(where, f"{ext} is in mode {image.mode}, not {mode}")
+
+
+def _differences(stored: Any, canonical: dict[str, Any]) -> list[str]:
+    """The fields of a stored KEY.json that differ from the record rebuilt from it (two levels deep)."""
+    if not isinstance(stored, dict):
+        return ["(the whole record)"]
+    found = [k for k in sorted(set(stored) | set(canonical)) if k != "instances" and stored.get(k) != canonical.get(k)]
+    mine, theirs = stored.get("instances"), canonical.get("instances", [])
+    if not isinstance(mine, list) or len(mine) != len(theirs):
+        return found + ["instances"]
+    for i, (a, b) in enumerate(zip(mine, theirs)):
+        keys = sorted(set(a) | set(b)) if isinstance(a, dict) else ["(instance)"]
+        found += [f"instances[{i}].{k}" for k in keys if not isinstance(a, dict) or a.get(k) != b.get(k)]
+    return found
+
+
+def _check_stats(
+    path: Path, stats: dict[str, Any], unit: WorkUnit, recipe: Recipe | None, actual: str, contents: _ShardContents, problems: _Problems
+) -> None:
+    if "sha256" not in stats:
+        problems.add(path, "has no sha256")
+    elif stats["sha256"] != actual:
+        problems.add(path, "sha256 does not match the tar")
+    if recipe is not None and stats.get("recipe_sha256") != recipe.sha256:
+        problems.add(path, f"recipe_sha256 {stats.get('recipe_sha256')!r} is not this build's ({recipe.sha256})")
+    for name, value in (("shard", unit.name), ("subset", unit.subset), ("split", unit.split)):
+        if stats.get(name) != value:
+            problems.add(path, f"{name} is {stats.get(name)!r}, not {value!r}")
+    samples = len(contents.keys)
+    expected = {
+        "successes": samples,
+        "contaminated": contents.contaminated,
+        "instances": dict(sorted(contents.instances.items())),
+    }
+    for name, value in expected.items():
+        if stats.get(name) != value:
+            problems.add(path, f"{name} is {stats.get(name)!r}, the tar holds {value!r}")
+    count, failed, failures = stats.get("count"), stats.get("failed"), stats.get("failures")
+    counts_ok = (
+        _is_int(count) and _is_int(failed) and isinstance(failures, dict) and all(_is_int(v) and v > 0 for v in failures.values())
+        and count == samples + failed and sum(failures.values()) == failed
+    )
+    if not counts_ok:
+        problems.add(path, f"count {count!r}, failed {failed!r} and failures {failures!r} do not add up to {samples} samples")
+    elif contents.indices and contents.indices[-1] >= count:
+        problems.add(path, f"count {count} but a key has source index {contents.indices[-1]}")
+
+
+def _check_table(
+    path: Path, rows: list[dict[str, Any]], contents: _ShardContents, stats: dict[str, Any] | None, problems: _Problems
+) -> None:
+    """The table's sample rows are the tar's records (with their image's sha256); its other rows
+    are the skips the stats count, each with the status its reason gives, all in key order."""
+    samples = [r for r in rows if r.get("status") == "success"]
+    if samples != contents.rows:
+        first = next((i for i, (a, b) in enumerate(zip(samples, contents.rows)) if a != b), min(len(samples), len(contents.rows)))
+        problems.add(path, f"differs from the tar's KEY.json records (first at sample row {first}; {len(samples)} sample rows, tar has {len(contents.rows)} samples)")
+    skipped = [r for r in rows if r.get("status") != "success"]
+    for r in skipped:
+        if not isinstance(r.get("reason"), str) or r.get("status") != status_of(r["reason"]) or not r.get("error_message"):
+            problems.add(path, f"row {r.get('key')!r}: status {r.get('status')!r}, reason {r.get('reason')!r} and error_message do not go together")
+    keys = [r.get("key") for r in rows]
+    if any(not isinstance(k, str) for k in keys) or keys != sorted(keys) or len(set(keys)) != len(keys):
+        problems.add(path, "keys not in order, repeated or missing")
+    if stats is None:
+        return
+    failures = stats.get("failures")
+    if isinstance(failures, dict) and dict(Counter(r.get("reason") for r in skipped)) != failures:
+        problems.add(path, f"its skipped rows ({len(skipped)}) are not the failures its stats count ({failures!r})")
+    screened = {
+        "caption_names": dict(sorted(Counter(c for r in rows if r.get("caption_names") for c in r["caption_names"].split(",")).items())),
+        "source_shows": dict(sorted(Counter(c for r in rows if r.get("source_shows") for c in r["source_shows"].split(",")).items())),
+    }
+    if stats.get("screened") != screened:
+        problems.add(path, f"what its rows say the screens found ({screened}) is not what its stats say ({stats.get('screened')!r})")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _parquet_rows(path: Path, problems: _Problems) -> list[dict[str, Any]] | None:
+    try:
+        size = path.stat().st_size
+        if size > MAX_PARQUET_BYTES:
+            problems.add(path, f"{size} bytes, over the cap of {MAX_PARQUET_BYTES}; not read")
+            return None
+        table = pq.read_table(path)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        problems.add(path, f"unreadable parquet ({e})")
+        return None
+    if table.column_names != COLUMNS:
+        problems.add(path, f"columns {table.column_names}, expected {COLUMNS}")
+        return None
+    return table.to_pylist()
+
+
+# --- the manifest ---------------------------------------------------------------------------------
+
+
+def _check_manifest(out: Path, units: list[WorkUnit], problems: _Problems) -> None:
+    """manifest.parquet is the shards' tables concatenated in plan order, compared batch by batch."""
+    path = out / MANIFEST
+    why = _planned_file(out, MANIFEST)
+    if why is not None:
+        problems.add(path, why)
+        return
+    try:
+        manifest = pq.ParquetFile(path)
+        names = manifest.schema_arrow.names
+    except (OSError, ValueError, pa.ArrowException) as e:
+        problems.add(path, f"unreadable parquet ({e})")
+        return
+    if names != COLUMNS:
+        problems.add(path, f"columns {names}, expected {COLUMNS}")
+        return
+    rows = _manifest_rows(manifest)
+    position = 0
+    try:
+        for unit in units:
+            rel = f"{unit.subset}/{unit.split}/{unit.name}.parquet"
+            if _planned_file(out, rel) is not None:
+                continue
+            for row in _parquet_rows(out / rel, _Problems(VerifyReport())) or []:
+                theirs = next(rows, None)
+                if theirs != row:
+                    what = "ends early" if theirs is None else f"row {position} differs from {rel}"
+                    problems.add(path, f"is not the shards' tables in plan order ({what})")
+                    return
+                position += 1
+        if next(rows, None) is not None:
+            problems.add(path, f"has rows beyond the {position} of the shards' tables")
+    except (OSError, ValueError, pa.ArrowException) as e:
+        problems.add(path, f"unreadable parquet ({e})")
+
+
+def _manifest_rows(manifest: pq.ParquetFile) -> Iterator[dict[str, Any]]:
+    for batch in manifest.iter_batches(batch_size=4096):
+        yield from batch.to_pylist()

@@ -1,9 +1,14 @@
-"""Alpha-composite renderer layers onto an image and measure what was really drawn.
+"""Alpha-composite renderer layers onto an image and measure what stays visible of each.
 
-Each instance's box is the bounding box of its layer's visible pixels (alpha > 0) on the canvas, so
-clipping, rotation and opacity are all accounted for, and the mask is the union (max) of alphas.
-To combine several concepts in one image, call ``composite`` once per concept and merge the masks
-with ``ImageChops.lighter``.
+Layers go down in order, each over everything before it (PIL's ``alpha_composite`` on an opaque
+image), so a later opaque layer (a QR code, a sign plate) can hide an earlier one. What a layer
+still shows in the final image is its *visible alpha*: its own alpha passed through every later
+layer in turn, ``v <- round(v * (255 - a) / 255)``, rounded to 8 bits at each step as an 8-bit
+channel composited under those layers would be. A pixel of the layer is *visible* when its visible
+alpha is at least 1/255. An instance's box is the box of its visible pixels and its ``visible``
+fraction its visible alpha mass over its own alpha mass; an instance that shows no pixel, or less
+than ``min_visible``, is not labelled (its pixels stay in the image). The mask is the maximum alpha
+over all layers, labelled or not.
 """
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageChops
+from PIL import Image
 
 from implicit_concept.concepts.renderer import Layer
 from implicit_concept.sample import Box, Instance
@@ -34,24 +39,84 @@ def jsonable(value: Any, where: str = "params") -> Any:
     raise TypeError(f"{where}: {type(value).__name__} is not JSON-serialisable")
 
 
+def visible_alphas(placed: Sequence[tuple[tuple[int, int, int, int], np.ndarray]]) -> list[np.ndarray]:
+    """Each 8-bit alpha (drawing order), given as ``(box, alpha inside box)``, as it still shows
+    under every later one; see the module docstring. Only where two boxes meet is there anything
+    to multiply."""
+    shown = []
+    for i, (box, alpha) in enumerate(placed):
+        v = alpha.astype(np.uint32)
+        for other, later in placed[i + 1:]:
+            x1, y1, x2, y2 = max(box[0], other[0]), max(box[1], other[1]), min(box[2], other[2]), min(box[3], other[3])
+            if x1 < x2 and y1 < y2:
+                region = v[y1 - box[1]:y2 - box[1], x1 - box[0]:x2 - box[0]]
+                cover = later[y1 - other[1]:y2 - other[1], x1 - other[0]:x2 - other[0]].astype(np.uint32)
+                region[...] = (region * (255 - cover) + 127) // 255
+        shown.append(v.astype(np.uint8))
+    return shown
+
+
+class Composition:
+    """An opaque image with concept layers composited onto it in order, event by event.
+
+    Renderers of a later event see ``image`` (the composite so far) to pick contrasting colours;
+    the labels are measured once every layer is down, since a later layer can hide an earlier one.
+    Each layer is worked on inside the box of its visible pixels only.
+    """
+
+    def __init__(self, image: Image.Image) -> None:
+        self.image = image if image.mode == "RGB" else image.convert("RGB")
+        self._own_copy = self.image is not image
+        self.layers: list[tuple[str, Layer]] = []
+        self._placed: list[tuple[int, tuple[int, int, int, int], np.ndarray]] = []
+
+    def add(self, layers: Sequence[Layer], concept: str) -> None:
+        """Composite one event's ``layers`` (RGBA, placed on a canvas of the image's size, in order) of ``concept``."""
+        for layer in layers:
+            if layer.canvas != self.image.size or layer.patch.mode != "RGBA":
+                raise ValueError(f"{concept}: layer must be RGBA {self.image.size}, got {layer.patch.mode} {layer.canvas}")
+            visible = layer.visible_patch()
+            if visible is not None:
+                box, crop = visible
+                if not self._own_copy:  # the caller's image is never drawn on
+                    self.image, self._own_copy = self.image.copy(), True
+                region = self.image.crop(box).convert("RGBA")
+                region.alpha_composite(crop)
+                self.image.paste(region.convert("RGB"), box[:2])
+                self._placed.append((len(self.layers), box, np.asarray(crop.getchannel("A"))))
+            self.layers.append((concept, layer))
+
+    def mask(self) -> Image.Image:
+        """The "L" mask of the maximum alpha over every layer."""
+        mask = np.zeros((self.image.height, self.image.width), dtype=np.uint8)
+        for _, (x1, y1, x2, y2), alpha in self._placed:
+            np.maximum(mask[y1:y2, x1:x2], alpha, out=mask[y1:y2, x1:x2])
+        return Image.fromarray(mask)
+
+    def instances(self, min_visible: float = 0.0) -> list[Instance]:
+        """One instance per layer showing at least one pixel and ``min_visible`` of its alpha, in
+        drawing order, boxed by its visible pixels."""
+        instances = []
+        shown_alphas = visible_alphas([(box, alpha) for _, box, alpha in self._placed])
+        for (index, box, alpha), shown in zip(self._placed, shown_alphas):
+            bbox = Image.fromarray(shown).getbbox()
+            if bbox is None:
+                continue
+            visible = float(shown.sum(dtype=np.int64)) / float(alpha.sum(dtype=np.int64))
+            if visible < min_visible:
+                continue
+            concept, layer = self.layers[index]
+            x, y = box[:2]
+            box = Box(x + bbox[0], y + bbox[1], x + bbox[2], y + bbox[3])
+            instances.append(Instance(concept, box, jsonable(layer.params), visible=round(visible, 4)))
+        return instances
+
+
 def composite(
-    image: Image.Image, layers: Sequence[Layer], concept: str
+    image: Image.Image, layers: Sequence[Layer], concept: str, min_visible: float = 0.0
 ) -> tuple[Image.Image, list[Instance], Image.Image]:
-    """Composite ``layers`` in order onto ``image`` (RGB). Returns the new image, one instance per
-    layer with any visible pixel, and the "L" mask of the maximum alpha over the layers."""
-    out = image.convert("RGBA")
-    mask = Image.new("L", image.size, 0)
-    instances = []
-    for layer in layers:
-        if layer.rgba.size != image.size or layer.rgba.mode != "RGBA":
-            raise ValueError(
-                f"{concept}: layer must be RGBA {image.size}, got {layer.rgba.mode} {layer.rgba.size}"
-            )
-        alpha = layer.rgba.getchannel("A")
-        bbox = alpha.getbbox()
-        if bbox is None:
-            continue
-        out.alpha_composite(layer.rgba.crop(bbox), dest=bbox[:2])
-        mask.paste(ImageChops.lighter(mask.crop(bbox), alpha.crop(bbox)), bbox[:2])
-        instances.append(Instance(concept=concept, box=Box(*bbox), params=jsonable(layer.params)))
-    return out.convert("RGB"), instances, mask
+    """Composite ``layers`` in order onto ``image`` (RGB). Returns the new image, the instances
+    still visible among these layers, and the "L" mask of the maximum alpha over the layers."""
+    composition = Composition(image)
+    composition.add(layers, concept)
+    return composition.image, composition.instances(min_visible), composition.mask()

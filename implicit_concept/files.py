@@ -1,15 +1,20 @@
-"""Files that are either whole or absent: atomic writes, folders renamed into place, claimed folders.
+"""Files that are either whole or absent: atomic writes, folders renamed into place, claimed and
+locked folders.
 
 Every long job here can be killed at any point and resumed, and several processes may share a cache,
 so nothing is ever written in place: a file or folder is written under :func:`temporary_name` and
 renamed when complete. A folder that holds a job's outputs is *claimed* with a record of what made
-it, and a later job with another record is refused instead of mixing the two.
+it, and a later job with another record is refused instead of mixing the two. A folder or cache
+entry is made by one process at a time: the maker holds its :func:`locked`, and a second process
+waits, then reuses what the first made.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 from contextlib import contextmanager
@@ -22,14 +27,75 @@ if TYPE_CHECKING:
 #: What :func:`temporary_name` adds; ``*TEMPORARY_MARK*`` finds leftovers of a killed writer.
 TEMPORARY_MARK = ".tmp-"
 
+log = logging.getLogger(__name__)
+
 
 class FolderClaimError(ValueError):
     """A folder holds the outputs of another config; the message names the folder."""
 
 
+class FolderBusyError(ValueError):
+    """Another process holds a folder's lock; the message names the folder and that process's pid."""
+
+
 def temporary_name(path: Path) -> Path:
     """Where ``path`` is written before it is renamed into place: hidden, and unique per process."""
     return path.with_name(f".{path.name}{TEMPORARY_MARK}{os.getpid()}")
+
+
+def abandoned(tmp: Path) -> bool:
+    """Whether the temporary file ``tmp`` was left by a writer that no longer runs, so it may be removed.
+
+    The writer is the pid :func:`temporary_name` put in the name; a name without one is not ours to
+    remove. Pids are per machine: a writer on another node of a shared filesystem looks dead here,
+    so callers remove temporaries only while they hold the folder's :func:`locked`.
+    """
+    pid = Path(tmp).name.rpartition(TEMPORARY_MARK)[2]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@contextmanager
+def locked(path: Path, wait: bool = True, refusal: str = "wait for it to finish", holder: bool = True) -> Iterator[None]:
+    """Hold the lock of ``path`` (a folder or file, made or not yet) for the block, so that one
+    process at a time makes it.
+
+    The lock is ``flock`` on ``.NAME.lock`` beside ``path``, holding the holder's pid: the kernel
+    drops it when the holder ends, however it ends, so a killed job never leaves a folder locked.
+    With ``wait`` a second process blocks until the first is done (then finds what it made);
+    without, it fails at once with :class:`FolderBusyError`, naming the folder, the holder's pid and
+    ``refusal``. Not re-entrant: a process must not lock a path it already holds. With ``holder``
+    false the block runs without the lock: the processes of one multi-GPU run make an entry
+    together while their main process holds it, and wait for it at a barrier.
+    """
+    if not holder:
+        yield
+        return
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            if not wait:
+                raise FolderBusyError(f"{path}: in use by another process (pid {pid}); {refusal}") from None
+            log.warning("%s: in use by another process (pid %s); waiting for it", path, pid)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -112,4 +178,33 @@ def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+_known_sha256: dict[tuple[str, int, int, int], str] = {}
+
+
+def folder_sha256(folder: Path, only: Sequence[str] | None = None) -> str:
+    """The content of ``folder`` (or of its entries named in ``only``) as one sha256: every file's
+    path inside it and sha256, hidden files (temporaries, locks) left out. A moved or differently
+    spelled folder hashes the same; changed bytes at the same path do not.
+
+    Each file's hash is remembered for this process by path, size and mtime: a run names the same
+    gigabytes of weights many times, and reading them costs seconds (about 1.7 GB/s) each time.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a folder; its content names what is cached from it")
+    roots = [folder / name for name in only] if only is not None else [folder]
+    files = sorted({f for root in roots for f in ([root] if root.is_file() else root.rglob("*")) if f.is_file()})
+    h = hashlib.sha256()
+    for f in files:
+        inside = f.relative_to(folder).as_posix()
+        if any(part.startswith(".") for part in inside.split("/")):
+            continue
+        st = f.stat()
+        known = (str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+        if known not in _known_sha256:
+            _known_sha256[known] = sha256_file(f)
+        h.update(f"{inside}\0{_known_sha256[known]}\n".encode("utf-8"))
     return h.hexdigest()

@@ -1,15 +1,17 @@
 """Whatever a caller hands the scorer, as a stream of named RGB images.
 
 Accepted: a PIL image, an image file, a folder of image files, a shard set (a folder of ``.tar``
-shards, one tar, or a brace pattern) or a list mixing these. Every decoding failure names the file.
+shards, one tar, or a brace pattern) or a list mixing these. Every decoding failure names the file,
+and no image is decoded above the pixel cap of :mod:`implicit_concept.image_decode`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterable, Iterator, Union
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, load_pixels
 from implicit_concept.shard_reader import iter_samples
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -21,14 +23,17 @@ class ImageReadError(ValueError):
     """An image cannot be opened or decoded; the message names the file."""
 
 
-def load_image(path: str | Path) -> Image.Image:
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode fully now, so a truncated file fails here, naming itself, not deep inside a model."""
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        with open(path, "rb") as f:
+            return load_pixels(f, max_pixels).convert("RGB")
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except SampleError as e:
+        what = "too many pixels to decode" if e.reason == "too_large" else "not a readable image"
+        raise ImageReadError(f"{path}: {what} ({e.detail or e.reason})") from None
+    except (OSError, ValueError) as e:
         raise ImageReadError(f"{path}: not a readable image ({e})") from None
 
 

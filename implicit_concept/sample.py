@@ -1,18 +1,63 @@
 """What one ICD sample is, as written into a shard's ``KEY.json``.
 
 Everything downstream (detector export, Geom-Erasing captions, the benchmark) reads samples through
-these dataclasses, so the JSON schema lives in exactly one place.
+these dataclasses, so the JSON schema lives in exactly one place. Its shape is the same for every
+sample (:data:`JSON_SHAPE`): what varies from one concept or source to another (an instance's
+drawing parameters, the source's own metadata) is written as JSON text, so a tool that infers a
+schema from a few records (Hugging Face ``datasets``, pyarrow) never drops a field.
 """
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from PIL import Image
 
 SPLITS: tuple[str, ...] = ("train", "test")
-SCHEMA_VERSION = 1
+#: 2: boxes are visible-pixel boxes; instances record ``visible``. 3: one shape for every record
+#: (``params`` and ``source.meta`` are JSON text), and ``screen`` records what the screens found.
+SCHEMA_VERSION = 3
+
+#: Every field of ``KEY.json`` and its type: "string", "int64", "float64", "bool", a list of one
+#: type (``[type]``), a record (a dict); the same for every sample (a dataset card declares it).
+JSON_SHAPE: dict[str, Any] = {
+    "key": "string",
+    "caption": "string",
+    "width": "int64",
+    "height": "int64",
+    "split": "string",
+    "subset": "string",
+    "source": {"kind": "string", "id": "string", "meta": "string"},
+    "instances": [
+        {
+            "concept": "string",
+            "box": ["int64"],
+            "box_norm": ["float64"],
+            "area_frac": "float64",
+            "visible": "float64",
+            "params": "string",
+        }
+    ],
+    "screen": {"caption_names": ["string"], "caption_stripped": "bool", "source_shows": ["string"]},
+    "seed": ["int64"],
+    "recipe": "string",
+    "recipe_sha256": "string",
+    "version": "string",
+    "schema": "int64",
+    "contaminated": "bool",
+}
+
+
+def json_text(value: Any) -> str:
+    """The one way a nested value becomes JSON text inside a record: sorted keys, UTF-8."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _parsed(value: Any) -> Any:
+    """A field written as JSON text (schema 3) or as the value itself (schema 2)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True)
@@ -68,11 +113,15 @@ def covering_box(coords: Sequence[float], width: int | None = None, height: int 
 
 @dataclass
 class Instance:
-    """One drawn concept instance: its tight box and every parameter that drew it."""
+    """One drawn concept instance: the box of its pixels still visible in the final image, the
+    share of its alpha they hold (``visible``, 1.0 when nothing covers it; an instance showing less
+    than the recipe's ``min_visible`` is not recorded) and every parameter that drew it. What
+    "visible" means exactly is :mod:`implicit_concept.compositing`'s rule."""
 
     concept: str
     box: Box
     params: dict[str, Any] = field(default_factory=dict)
+    visible: float = 1.0
 
     def to_json(self, width: int, height: int) -> dict[str, Any]:
         return {
@@ -80,17 +129,37 @@ class Instance:
             "box": self.box.as_list(),
             "box_norm": [round(v, 6) for v in self.box.normalised(width, height)],
             "area_frac": round(self.box.area / (width * height), 6),
-            "params": self.params,
+            "visible": self.visible,
+            "params": json_text(self.params),
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Instance":
-        return cls(concept=d["concept"], box=Box(*d["box"]), params=d.get("params", {}))
+        return cls(concept=d["concept"], box=Box(*d["box"]), params=_parsed(d.get("params", {})), visible=d.get("visible", 1.0))
+
+
+@dataclass
+class Screen:
+    """What the builder's screens found in the source item (:mod:`builders.caption_screen`,
+    :mod:`builders.source_screen`): concepts its caption named (``caption_stripped``: their words
+    were taken out of the caption) and concepts already in its image."""
+
+    caption_names: list[str] = field(default_factory=list)
+    caption_stripped: bool = False
+    source_shows: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"caption_names": list(self.caption_names), "caption_stripped": self.caption_stripped, "source_shows": list(self.source_shows)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Screen":
+        return cls(list(d.get("caption_names", [])), bool(d.get("caption_stripped", False)), list(d.get("source_shows", [])))
 
 
 @dataclass
 class SampleMeta:
-    """The ``KEY.json`` record of a sample."""
+    """The ``KEY.json`` record of a sample. ``source`` holds the source's ``kind``, the item's ``id``
+    and the source's metadata about it (``meta``, a dict here, JSON text in the record)."""
 
     key: str
     caption: str
@@ -104,6 +173,7 @@ class SampleMeta:
     recipe: str
     recipe_sha256: str
     version: str
+    screen: Screen = field(default_factory=Screen)
     schema: int = SCHEMA_VERSION
 
     @property
@@ -115,15 +185,29 @@ class SampleMeta:
         return sorted({i.concept for i in self.instances})
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in ("instances", "source", "screen")}
+        extra = {k: v for k, v in self.source.items() if k not in ("kind", "id", "meta")}
+        meta = self.source.get("meta", extra)
+        d["source"] = {"kind": self.source.get("kind", ""), "id": self.source.get("id", ""), "meta": json_text(meta)}
         d["instances"] = [i.to_json(self.width, self.height) for i in self.instances]
+        d["screen"] = self.screen.to_json()
         d["contaminated"] = self.contaminated
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "SampleMeta":
-        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "instances"}
-        return cls(instances=[Instance.from_json(i) for i in d["instances"]], **fields)
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k not in ("instances", "source", "screen")}
+        source = dict(d["source"])
+        if "meta" in source or d.get("schema", SCHEMA_VERSION) >= 3:
+            source["meta"] = _parsed(source.get("meta", {}))
+        else:
+            source = {"kind": source.pop("kind", None), "id": source.pop("id", None), "meta": source}
+        return cls(
+            instances=[Instance.from_json(i) for i in d["instances"]],
+            source=source,
+            screen=Screen.from_json(d.get("screen", {})),
+            **fields,
+        )
 
 
 @dataclass

@@ -19,6 +19,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from tqdm.auto import tqdm
+
 from implicit_concept.checkers import Checker, available_checkers
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.inference import DEFAULT_CONF, Detection, Detector
@@ -196,6 +198,10 @@ class ScoreReport:
             "images": self.images,
         }
 
+    def flags(self, concept: str) -> list[bool]:
+        """Per image, in order: did the detector find ``concept`` (detections are kept at the threshold only)."""
+        return [any(d["concept"] == concept for d in im["detections"]) for im in self.images]
+
     def write_json(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,6 +230,7 @@ def score_images(
     config: ScoreConfig = ScoreConfig(),
     clean: ImageSource | None = None,
     checkers: Sequence[Checker] | None = None,
+    progress: bool = False,
 ) -> ScoreReport:
     """Score ``images``; FP rates come from ``clean`` if given, else from the reference beside the detector.
 
@@ -242,7 +249,8 @@ def score_images(
     per_image: list[dict[str, Any]] = []
     found: dict[str, list[bool]] = {c: [] for c in CONCEPT_NAMES}
     checked: dict[str, list[bool]] = {ch.name: [] for ch in checkers}
-    for (name, image), dets in _detect_stream(detector, iter_images(images), config.conf, config.batch):
+    stream = _detect_stream(detector, iter_images(images), config.conf, config.batch)
+    for (name, image), dets in tqdm(stream, desc="score", unit="image", disable=not progress):
         seen = {d.concept for d in dets}
         for c in CONCEPT_NAMES:
             found[c].append(c in seen)

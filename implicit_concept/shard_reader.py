@@ -1,29 +1,166 @@
-"""Reading ICD shards back as :class:`~implicit_concept.sample.Sample` objects.
+"""Reading ICD shards back as :class:`~implicit_concept.sample.Sample` objects, and the one rule
+(:func:`group_members`, webdataset's) by which any tar's members become samples.
 
 Accepts a shard set folder (every ``*.tar`` below it, sorted), one tar, or a brace pattern
-(``data/icd-qrcode/train/{00000..00003}.tar``). Only images, text and JSON are decoded: nothing is
-ever unpickled.
+(``data/icd-qrcode/train/{00000..00003}.tar``), and, as webdataset does, ``pipe:`` commands and
+http(s) URLs: those are opened by webdataset's ``gopen`` (``curl`` for http) and read as a stream.
+webdataset's own tar iterator reads every member whole, through tarfile's unbounded header parsing,
+and drops hard links, so it is not used: a local file and a stream go through the same bounded
+reading and grouping below. Only images, text and JSON are decoded: nothing is ever unpickled.
+
+A tar's headers say how much memory reading it takes, and a hostile one lies: a 10 KB tar can hold a
+sparse member of 2 GiB, a 2 MB ``.tar.gz`` a member (or a long-name header) of 2 GB of zeros, a
+stream of millions of empty members. So every tar is read within bounds: members above a byte cap
+are not read, sparse members and oversized header records refuse the tar, and headers are
+forgotten once read. A hard link to a member read earlier in the same tar gets that member's bytes
+(from the same sample, or re-read from a local file; a stream cannot go back, and a link it cannot
+resolve makes its sample ``unresolved_hard_link``).
 """
 from __future__ import annotations
 
-import io
+import gzip
 import json
 import posixpath
 import tarfile
+import zlib
 from pathlib import Path
-from typing import Callable, Collection, Iterator
+from typing import Callable, Collection, Iterator, NamedTuple
 
 from braceexpand import braceexpand
-from PIL import Image
 
+from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, load_pixels
 from implicit_concept.sample import Sample, SampleMeta
+
+#: The largest member read into memory, unless a caller sets its own cap.
+MAX_MEMBER_BYTES = 64 << 20
+#: The largest header record (GNU long name, pax header) parsed, and the most pax settings kept.
+MAX_HEADER_BYTES = 1 << 20
+#: Header records that may precede one member (pax, long name, long link); tarfile recurses on each.
+MAX_HEADER_CHAIN = 8
+#: The largest KEY.json parsed: each one is a few kilobytes.
+MAX_JSON_BYTES = 1 << 20
+#: What our own shards hold (img2dataset's layout); the shard reader reads nothing else.
+SHARD_EXTENSIONS = ("jpg", "txt", "json", "clean.jpg", "mask.png")
+#: Kept members of a local tar whose place is remembered, so that a later hard link can be resolved.
+MAX_LINK_TARGETS = 1 << 16
+#: What a shard or source location may start with to be opened as a stream by webdataset's ``gopen``.
+STREAM_PREFIXES = ("pipe:", "http://", "https://")
+
+_HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
 
 
 class ShardError(ValueError):
     """A shard or one of its members cannot be read; the message names the file."""
 
 
-def list_shards(path: str | Path) -> list[Path]:
+class TarRefused(tarfile.TarError):
+    """A tar holds what is never read (a sparse member, an oversized header); ``reason`` is counted."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class TarSample(NamedTuple):
+    """One sample's members, or why they were not read (``refused``: a member over the cap)."""
+
+    key: str
+    members: dict[str, bytes]
+    refused: SampleError | None = None
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile's header parsing, refusing what would make it read without bound, and noting
+    whether the tar ended on its end-of-archive block (tarfile stops quietly at a missing one)."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        tar._ended = False  # type: ignore[attr-defined]
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.EOFHeaderError:
+            tar._ended = True  # type: ignore[attr-defined]
+            raise
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise TarRefused("sparse_member", f"{self.name!r} is a sparse member")
+        if self.type not in _HEADER_TYPES:
+            return super()._proc_member(tar)
+        if self.size > MAX_HEADER_BYTES:
+            raise TarRefused("tar_header_too_large", f"a {self.size}-byte header record before {self.name!r}")
+        chain = getattr(tar, "_header_chain", 0) + 1
+        if chain > MAX_HEADER_CHAIN:
+            raise TarRefused("tar_header_too_large", f"more than {MAX_HEADER_CHAIN} header records before one member")
+        tar._header_chain = chain  # type: ignore[attr-defined]
+        try:
+            member = super()._proc_member(tar)
+        finally:
+            tar._header_chain = chain - 1  # type: ignore[attr-defined]
+        if sum(len(k) + len(v) for k, v in tar.pax_headers.items()) > MAX_HEADER_BYTES:
+            raise TarRefused("tar_header_too_large", f"global pax settings over {MAX_HEADER_BYTES} bytes")
+        if member.issparse():
+            raise TarRefused("sparse_member", f"{member.name!r} is a sparse member")
+        return member
+
+    def _proc_gnusparse_10(self, next: tarfile.TarInfo, pax_headers: dict, tar: tarfile.TarFile) -> None:
+        # Its map is read from the data area with no bound; the member is refused anyway.
+        raise TarRefused("sparse_member", f"{next.name!r} is a sparse member")
+
+
+def is_stream(location: str | Path) -> bool:
+    """Whether ``location`` is a ``pipe:`` command or an http(s) URL rather than a local path."""
+    return isinstance(location, str) and location.startswith(STREAM_PREFIXES)
+
+
+def open_tar(path: str | Path, mode: str = "r:*") -> tarfile.TarFile:
+    """Open a tar for reading with bounded header parsing (see the module docstring): a local file,
+    or a ``pipe:`` command or http(s) URL opened by webdataset's ``gopen`` and read as a stream."""
+    if not is_stream(path):
+        return tarfile.open(path, mode, tarinfo=_BoundedTarInfo)
+    from webdataset.gopen import gopen
+
+    stream = gopen(str(path), "rb")
+    try:
+        if str(path).endswith((".gz", ".tgz")):  # gzip's reader takes concatenated members, tarfile's stream does not
+            tar = tarfile.open(fileobj=gzip.GzipFile(fileobj=stream, mode="rb"), mode="r|", tarinfo=_BoundedTarInfo)
+        else:
+            tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_BoundedTarInfo)
+    except BaseException:
+        stream.close()
+        raise
+    tar.streaming = True  # type: ignore[attr-defined]
+    close = tar.close
+
+    def close_both() -> None:
+        try:
+            close()
+        finally:
+            stream.close()
+
+    tar.close = close_both  # type: ignore[method-assign]
+    return tar
+
+
+def ended_cleanly(tar: tarfile.TarFile) -> bool:
+    """Whether the last header read was the end-of-archive block (not a cut or garbled tar)."""
+    return bool(getattr(tar, "_ended", False))
+
+
+def iter_headers(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """Every member header, in order. tarfile keeps each header it reads; these are forgotten."""
+    while (info := tar.next()) is not None:
+        tar.members.clear()
+        if info.issparse():
+            raise TarRefused("sparse_member", f"{info.name!r} is a sparse member")
+        yield info
+
+
+def list_shards(path: str | Path) -> list[Path | str]:
+    """The shards ``path`` names, in order; streams (``pipe:``, http(s)) are passed on unopened."""
+    if is_stream(path):
+        return list(braceexpand(str(path)))
     p = Path(path)
     if p.is_dir():
         shards = sorted(p.rglob("*.tar"))
@@ -31,7 +168,7 @@ def list_shards(path: str | Path) -> list[Path]:
         shards = [Path(s) for s in braceexpand(str(path))]
     else:
         shards = [p]
-    missing = [s for s in shards if not s.is_file()]
+    missing = [s for s in shards if not Path(s).is_file()]
     if missing:
         raise ShardError(f"{missing[0]}: no such shard file")
     if not shards:
@@ -49,49 +186,105 @@ def split_member_name(name: str) -> tuple[str, str] | None:
 
 
 def group_members(
-    tar: tarfile.TarFile, wanted: Callable[[str], bool] = lambda key: True, keep: Collection[str] | None = None
-) -> Iterator[tuple[str, dict[str, bytes]]]:
+    tar: tarfile.TarFile,
+    wanted: Callable[[str], bool] = lambda key: True,
+    keep: Collection[str] = SHARD_EXTENSIONS,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+) -> Iterator[TarSample]:
     """The one grouping rule of tar members into samples, for our shards and for source shards alike:
-    consecutive regular members with the same key (:func:`split_member_name`) form one sample.
+    consecutive regular members (and hard links) with the same key (:func:`split_member_name`) form
+    one sample.
 
-    Only samples whose key is ``wanted`` are read, and of those only the extensions in ``keep``
-    (all when None). Read errors propagate; the caller names the file.
+    Only samples whose key is ``wanted`` are read, and of those only the extensions in ``keep``; a
+    kept member over ``max_member_bytes`` is not read and the sample comes back ``refused``
+    (reason ``member_too_large``), as does one with a hard link that cannot be resolved
+    (``unresolved_hard_link``, see the module docstring). Read errors and :class:`TarRefused`
+    propagate; the caller names the file.
     """
     key: str | None = None
     members: dict[str, bytes] = {}
+    read: dict[str, str] = {}
+    refused: SampleError | None = None
     take = False
-    for info in tar:
-        parts = split_member_name(info.name) if info.isreg() else None
+    places: dict[str, tuple[int, int]] | None = None if getattr(tar, "streaming", False) else {}
+    for info in iter_headers(tar):
+        parts = split_member_name(info.name) if info.isreg() or info.islnk() else None
         if parts is None:
             continue
         if parts[0] != key:
             if key is not None and take:
-                yield key, members
-            key, members, take = parts[0], {}, wanted(parts[0])
-        if take and (keep is None or parts[1] in keep):
-            members[parts[1]] = tar.extractfile(info).read()
+                yield TarSample(key, members, refused)
+            key, members, read, refused, take = parts[0], {}, {}, None, wanted(parts[0])
+        if places is not None and info.isreg() and parts[1] in keep and len(places) < MAX_LINK_TARGETS:
+            places[posixpath.normpath(info.name)] = (info.offset_data, info.size)
+        if not take or refused is not None or parts[1] not in keep:
+            continue
+        size = places.get(posixpath.normpath(info.linkname), (0, 0))[1] if info.islnk() and places is not None else info.size
+        if size > max_member_bytes:
+            refused = SampleError("member_too_large", f"member {info.name!r} is {size} bytes, over the cap of {max_member_bytes}")
+            members = {}
+            continue
+        data = tar.extractfile(info).read() if info.isreg() else _link_target(tar, info, members, read, places)
+        if data is None:
+            refused = SampleError("unresolved_hard_link", f"member {info.name!r} is a hard link to {info.linkname!r}, not read before it in this tar{' (a stream cannot go back)' if places is None else ''}")
+            members = {}
+            continue
+        members[parts[1]] = data
+        read[posixpath.normpath(info.name)] = parts[1]
     if key is not None and take:
-        yield key, members
+        yield TarSample(key, members, refused)
 
 
-def iter_tar_members(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {extension: bytes})`` for each sample of one shard."""
+def _link_target(
+    tar: tarfile.TarFile, info: tarfile.TarInfo, members: dict[str, bytes], read: dict[str, str],
+    places: dict[str, tuple[int, int]] | None,
+) -> bytes | None:
+    """The bytes of the member a hard link names: read already in this sample, or re-read from the
+    local file where it was seen; None when neither."""
+    target = posixpath.normpath(info.linkname)
+    if target in read:
+        return members[read[target]]
+    if places is None or target not in places:
+        return None
+    offset, size = places[target]
+    tar.fileobj.seek(offset)
+    data = tar.fileobj.read(size)
+    if len(data) != size:
+        raise tarfile.ReadError(f"hard link {info.name!r}: its target {info.linkname!r} is cut short")
+    return data
+
+
+def iter_tar_members(shard: Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {extension: bytes})`` for each sample of one shard (only :data:`SHARD_EXTENSIONS`)."""
     try:
-        with tarfile.open(shard, "r") as tar:
-            yield from group_members(tar)
-    except (tarfile.TarError, OSError, EOFError) as e:
+        with open_tar(shard) as tar:
+            for sample in group_members(tar, max_member_bytes=max_member_bytes):
+                if sample.refused is not None:
+                    raise ShardError(f"{shard}: sample {sample.key}: {sample.refused.detail}; not read")
+                yield sample.key, sample.members
+    except TarRefused as e:
+        raise ShardError(f"{shard}: refused ({e.reason}): {e.detail}") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise ShardError(f"{shard}: unreadable or truncated tar ({e})") from None
 
 
-def decode_sample(shard: Path, key: str, members: dict[str, bytes], with_extras: bool = True) -> Sample:
+def decode_sample(
+    shard: Path, key: str, members: dict[str, bytes], with_extras: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Sample:
+    if len(members.get("json", b"")) > MAX_JSON_BYTES:
+        raise ShardError(f"{shard}: sample {key}: KEY.json is {len(members['json'])} bytes, over the cap of {MAX_JSON_BYTES}")
     try:
         meta = SampleMeta.from_json(json.loads(members["json"]))
-        image = Image.open(io.BytesIO(members["jpg"])).convert("RGB")
-        clean = Image.open(io.BytesIO(members["clean.jpg"])).convert("RGB") if with_extras and "clean.jpg" in members else None
-        mask = Image.open(io.BytesIO(members["mask.png"])) if with_extras and "mask.png" in members else None
+        image = load_pixels(members["jpg"], max_pixels).convert("RGB")
+        clean = load_pixels(members["clean.jpg"], max_pixels).convert("RGB") if with_extras and "clean.jpg" in members else None
+        mask = load_pixels(members["mask.png"], max_pixels) if with_extras and "mask.png" in members else None
     except KeyError as e:
         raise ShardError(f"{shard}: sample {key} has no {e.args[0]!r} member") from None
-    except (OSError, ValueError, TypeError) as e:
+    except SampleError as e:
+        raise ShardError(f"{shard}: sample {key}: image not decoded ({e})") from None
+    except RecursionError:
+        raise ShardError(f"{shard}: sample {key}: KEY.json nested too deeply") from None
+    except (OSError, ValueError, TypeError, AttributeError) as e:
         raise ShardError(f"{shard}: sample {key} cannot be decoded ({e})") from None
     return Sample(meta=meta, image=image, clean=clean, mask=mask)
 

@@ -37,3 +37,23 @@ def bootstrap_mean(values: Sequence[float], resamples: int = 1000, seed: int = 0
     alpha = (1 - level) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
     return Interval(float(x.mean()), float(low), float(high), level)
+
+
+def hierarchical_bootstrap(groups: Sequence[Sequence[float]], resamples: int = 1000, seed: int = 0, level: float = 0.95) -> Interval:
+    """Mean over ``groups`` (one per training seed, each a value per prompt) with an interval that
+    covers both sources of variance: each resample draws seeds with replacement, then prompts with
+    replacement within each drawn seed. With one group it is the plain bootstrap over prompts; with
+    seeds that disagree it widens as a training-seed effect demands."""
+    arrays = [np.asarray(g, dtype=np.float64) for g in groups]
+    if not arrays or any(a.ndim != 1 or a.size == 0 for a in arrays):
+        raise ValueError("hierarchical_bootstrap needs one or more non-empty 1-D groups")
+    if not 0 < level < 1 or resamples < 100:
+        raise ValueError(f"hierarchical_bootstrap: level = {level} (want (0, 1)), resamples = {resamples} (want >= 100)")
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for r in range(resamples):
+        drawn = rng.integers(0, len(arrays), size=len(arrays))
+        means[r] = np.mean([arrays[g][rng.integers(0, arrays[g].size, size=arrays[g].size)].mean() for g in drawn])
+    alpha = (1 - level) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return Interval(float(np.mean([a.mean() for a in arrays])), float(low), float(high), level)

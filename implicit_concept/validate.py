@@ -19,6 +19,14 @@ def check_fields(given: Iterable[str], known: Iterable[str], where: str, error: 
         raise error(f"{named}: unknown field{'s' if len(unknown) > 1 else ''} (known: {', '.join(known)})")
 
 
+def from_table(cls: type, options: Any, where: str) -> Any:
+    """A config dataclass from a recipe or track table: a mapping, no unknown field, then its own checks."""
+    if not isinstance(options, Mapping):
+        raise ValueError(f"{where} must be a table, got {type(options).__name__}")
+    check_fields(options, cls.__dataclass_fields__, where)
+    return cls(**options)
+
+
 def check_choice(name: str, value: Any, options: Sequence[Any]) -> None:
     if value not in options:
         raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")

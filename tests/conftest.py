@@ -1,7 +1,13 @@
-"""Tests run offline (every network connection attempt fails loudly) and on one torch thread: the
-models under test are micro, and on a loaded 2-core machine two threads were measured 10x slower."""
+"""Tests run offline (every network connection attempt fails loudly; CI also runs them in a network
+namespace of their own), on one torch thread (the models under test are micro, and on a loaded
+2-core machine two threads were measured 10x slower), and write only into temporary folders: the
+home folder and the temporary folder of this process and of every process it starts (Ray's
+sessions, torchrun's ``torchelastic_*``, ``~/.ray``, caches) are one folder, removed at the end."""
 import os
+import shutil
 import socket
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +17,18 @@ torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("YOLO_OFFLINE", "1")
+
+#: Short on purpose: Ray puts Unix sockets under it, whose paths may not exceed 107 bytes.
+SCRATCH = Path(tempfile.mkdtemp(prefix="ic-tests-"))
+(SCRATCH / "home").mkdir()
+os.environ.update(TMPDIR=str(SCRATCH), RAY_TMPDIR=str(SCRATCH), HOME=str(SCRATCH / "home"))
+for _name in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "MPLCONFIGDIR", "IMPLICIT_CONCEPT_CACHE"):
+    os.environ.pop(_name, None)
+tempfile.tempdir = None  # this process's tempfile reads TMPDIR again
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 class NetworkBlocked(RuntimeError):

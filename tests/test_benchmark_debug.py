@@ -1,5 +1,6 @@
 """The debug track end to end through the CLI: every stage, every method, resumable, pluggable."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,8 @@ def test_debug_track_reports_every_method_and_concept(debug_run):
     results = json.loads((root / "runs" / "debug" / "results.json").read_text())
     assert results["track"] == "debug" and results["config"]["track_sha256"]
     rows = {(r["concept"], r["method"]): r for r in results["rows"]}
-    methods = ["base", "sd", "np", "esd", "sld", "fmn", "ge-name", "ge-geometry", "ge-full", "ge-detector", "oracle"]
+    methods = ["base", "sd", "np", "esd", "sld", "fmn", "ge-name", "ge-geometry", "ge-full", "ge-detector",
+               "ge-classifier", "ge-noisy-0.5", "ge-model-removal", "oracle"]
     for concept in ("qrcode", "watermark", "text"):
         for m in methods:
             row = rows[(concept, m)]
@@ -31,6 +33,10 @@ def test_debug_track_reports_every_method_and_concept(debug_run):
             assert row["icr"]["n"] == 8
             assert "scene_fid" in row["quality"] and "prompt_following" in row["quality"]
         assert "<l" in rows[(concept, "ge-full")]["negative_prompt"]
+        # Model Removal starts from sd and learns only token embeddings: its UNet is sd's, bit for bit.
+        unets = [Path(rows[(concept, m)]["model"]["unet"]) / "diffusion_pytorch_model.safetensors" for m in ("sd", "ge-model-removal")]
+        assert unets[0] != unets[1] and unets[0].read_bytes() == unets[1].read_bytes()
+        assert f"<{concept}>" in rows[(concept, "ge-model-removal")]["negative_prompt"]
         assert rows[(concept, "sd")]["negative_prompt"] == ""
     checks = results["targets"]["checks"]
     assert len(checks) == 5 * 3 and all(c["met"] in (True, False) for c in checks)
@@ -52,14 +58,17 @@ def test_rerun_resumes_from_cache_to_the_same_results(debug_run):
     assert second["timings"]["base"] < 30, "the base model comes from the cache"
 
 
-def test_changed_track_is_refused(debug_run, tmp_path):
+def test_changed_track_is_refused(debug_run, tmp_path, capsys):
     root, args = debug_run
     track = tmp_path / "debug2.toml"
     from benchmark.track import TRACKS_DIR
 
     track.write_text((TRACKS_DIR / "debug.toml").read_text().replace("num_prompts = 8", "num_prompts = 6"))
     changed = [a if a != "debug" else str(track) for a in args] + ["--name", "debug"]
+    before = (root / "runs" / "debug" / "results.json").read_bytes()
     assert main(changed) == 2
+    assert f"{root / 'runs' / 'debug'}: was made with another config (run.json differs)" in capsys.readouterr().err
+    assert (root / "runs" / "debug" / "results.json").read_bytes() == before
 
 
 def test_other_labs_plug_in_a_method_or_score_their_outputs(debug_run, tmp_path):
@@ -68,17 +77,27 @@ def test_other_labs_plug_in_a_method_or_score_their_outputs(debug_run, tmp_path)
     plugin = json.loads((root / "runs" / "plugin" / "results.json").read_text())
     assert {r["method"] for r in plugin["rows"]} == {"wordy-negative"}
     assert plugin["rows"][0]["negative_prompt"].endswith("logo, signature, caption")
-    detector = next((root / "cache" / "detectors").glob("*/detector.pt"))
+    detector = next((root / "cache" / "detectors").glob("*/detector.safetensors"))
+    judged = ["--detector", str(detector), "--track", "debug", "--data", str(root / "data"), "--cache", str(root / "cache")]
     images = root / "runs" / "debug" / "images" / "icd-qrcode" / "sd"
-    assert main(["score-images", str(images), "--detector", str(detector), "--num-prompts", "8", "--out", str(tmp_path / "si")]) == 0
+    assert main(["score-images", str(images), *judged, "--out", str(tmp_path / "si")]) == 0
     summary = json.loads((tmp_path / "si" / "summary.json").read_text())
-    assert summary["concepts"]["qrcode"]["icr"]["n"] == 8
-    pipeline = next((root / "runs" / "debug" / "models" / "icd-qrcode").glob("contaminated-*/pipeline"))
-    assert main(["score-pipeline", str(pipeline), "--detector", str(detector), "--num-prompts", "4", "--steps", "3",
-                 "--out", str(tmp_path / "sp")]) == 0
+    ours = next(r for r in json.loads((root / "runs" / "debug" / "results.json").read_text())["rows"] if (r["concept"], r["method"]) == ("qrcode", "sd"))
+    theirs = next(r for r in summary["rows"] if r["concept"] == "qrcode")
+    for field in ("icr", "fp_rate", "quality", "quality_detail", "fid_x_icr"):
+        assert theirs[field] == ours[field], field  # the same fields, computed the same way
+    pipeline = next(Path(p).parent for p in ours_model(root, "ge-full"))
+    assert main(["score-pipeline", str(pipeline), *judged, "--num-prompts", "4", "--steps", "3", "--out", str(tmp_path / "sp")]) == 0
     assert len(list((tmp_path / "sp" / "images").glob("*.png"))) == 4
-    assert main(["score-images", str(tmp_path / "sp" / "images"), "--detector", str(detector), "--num-prompts", "8",
-                 "--out", str(tmp_path / "missing")]) == 2
+    summary = json.loads((tmp_path / "sp" / "summary.json").read_text())
+    assert "<l" in summary["inputs"]["negative_prompt"] and summary["seed_rule"].startswith("image i of prompt p")
+    assert main(["score-images", str(tmp_path / "sp" / "images"), *judged, "--num-prompts", "8", "--out", str(tmp_path / "missing")]) == 2
+
+
+def ours_model(root, method):
+    """The unet folder the debug run's ``method`` sampled with on icd-qrcode, as results.json names it."""
+    rows = json.loads((root / "runs" / "debug" / "results.json").read_text())["rows"]
+    return [next(r for r in rows if (r["concept"], r["method"]) == ("qrcode", method))["model"]["unet"]]
 
 
 def test_two_processes_run_the_benchmark_and_train_what_one_trains(debug_run):
@@ -104,9 +123,43 @@ def test_two_processes_run_the_benchmark_and_train_what_one_trains(debug_run):
     assert done.stdout.count("## Targets") == 1, "one process reports"
     results = json.loads((root / "runs2" / "debug" / "results.json").read_text())
     assert {(r["method"], r["status"]) for r in results["rows"]} == {(m, "ok") for m in methods}
-    assert len(list((root / "cache2" / "detectors").glob("*/detector.pt"))) == 1
+    assert len(list((root / "cache2" / "detectors").glob("*/detector.safetensors"))) == 1
     one, two = (next((root / c / "bases").glob("*/diffusion/pipeline/unet")) for c in ("cache", "cache2"))
     a, b = (load_file(d / "diffusion_pytorch_model.safetensors") for d in (one, two))
     init = load_file(next((root / "cache" / "bases").glob("*/init/unet")) / "diffusion_pytorch_model.safetensors")
     apart = sum((a[k] - b[k]).abs().sum() for k in a)
     assert apart < 0.01 * sum((a[k] - init[k]).abs().sum() for k in a), "the base trained by 2 processes"
+
+
+def test_training_seeds_give_every_seed_its_fine_tune_and_a_seed_aware_interval(debug_run, tmp_path):
+    """``seeds`` for ``sd``: one fine-tune per seed, each scored; the row's interval covers both."""
+    from benchmark.track import TRACKS_DIR
+
+    root, args = debug_run
+    track = tmp_path / "debug-seeds.toml"
+    track.write_text('seeds = [0, 1]\nseed_methods = ["sd"]\n' + (TRACKS_DIR / "debug.toml").read_text())
+    seeded = [a if a != "debug" else str(track) for a in args] + ["--name", "seeds", "--method", "sd"]
+    assert main(seeded) == 0
+    rows = json.loads((root / "runs" / "seeds" / "results.json").read_text())["rows"]
+    row = next(r for r in rows if (r["concept"], r["method"]) == ("qrcode", "sd"))
+    assert set(row["seeds"]) == {"0", "1"} and row["icr"]["n_seeds"] == 2
+    assert row["seeds"]["0"]["model"]["unet"] != row["seeds"]["1"]["model"]["unet"]
+    assert (root / "runs" / "seeds" / "images" / "icd-qrcode" / "sd@seed1").is_dir()
+    low, high = row["icr"]["ci"]
+    assert low <= min(s["icr"]["value"] for s in row["seeds"].values()) and high >= max(s["icr"]["value"] for s in row["seeds"].values())
+
+
+def test_two_jobs_train_the_weights_one_job_trains(debug_run):
+    """``--jobs 2``: fine-tunes side by side in two processes give the serial run's weights, bit for bit."""
+    root, args = debug_run
+    assert main(args + ["--name", "jobs", "--jobs", "2", "--method", "sd", "--method", "ge-full", "--method", "ge-model-removal"]) == 0
+    serial = json.loads((root / "runs" / "debug" / "results.json").read_text())["rows"]
+    parallel = json.loads((root / "runs" / "jobs" / "results.json").read_text())["rows"]
+    for row in parallel:
+        twin = next(r for r in serial if (r["concept"], r["method"]) == (row["concept"], row["method"]))
+        for part in ("unet", "text_encoder"):
+            mine, theirs = Path(row["model"][part]), Path(twin["model"][part])
+            assert mine != theirs
+            weights = [sorted(folder.glob("*.safetensors")) for folder in (mine, theirs)]
+            assert len(weights[0]) == 1 and [w.read_bytes() for w in weights[0]] == [w.read_bytes() for w in weights[1]]
+        assert row["icr"] == twin["icr"]

@@ -7,6 +7,16 @@ from benchmark.prompts import Prompt, read_prompts
 from benchmark.report import plot_icr, results_markdown
 
 
+def _pipeline_dir(path, weights=b"unet weights"):
+    """A diffusers pipeline folder as far as content keys look: its index, its parts, a hub snapshot's extra checkpoint."""
+    (path / "unet").mkdir(parents=True)
+    (path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"], "safety_checker": [null, null]}')
+    (path / "unet" / "config.json").write_text("{}")
+    (path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(weights)
+    (path / "v1-5-pruned.ckpt").write_bytes(b"a single-file checkpoint diffusers does not load")
+    return path
+
+
 def test_shipped_prompts_are_clean_and_seeded():
     prompts = read_prompts("icd-tiny-eval")
     assert len(prompts) >= 256
@@ -66,6 +76,33 @@ def test_images_of_another_model_are_made_anew(tmp_path):
     assert len(list((tmp_path / "img").glob("*.png"))) == 4
 
 
+def test_images_are_made_anew_for_new_weights_at_the_same_path_not_for_a_moved_copy(tmp_path):
+    import shutil
+    from types import SimpleNamespace
+
+    from benchmark.generation import pipeline_source
+
+    def source(folder):
+        part = lambda name: SimpleNamespace(config={"_name_or_path": str(folder / name)})  # noqa: E731
+        return pipeline_source(SimpleNamespace(unet=part("unet"), text_encoder=part("text_encoder"), vae=None))
+
+    model = tmp_path / "models" / "sd"
+    for part in ("unet", "text_encoder"):
+        (model / part).mkdir(parents=True)
+        (model / part / "model.safetensors").write_bytes(part.encode())
+    prompts = [Prompt(i, f"p{i}", 10 + i) for i in range(2)]
+    made = []
+    for folder, weights in ((model, None), (tmp_path / "moved", None), (model, b"retrained")):
+        if not folder.exists():
+            shutil.copytree(model, folder)
+        if weights:
+            (folder / "unet" / "model.safetensors").write_bytes(weights)
+        calls: list = []
+        generate_images(_fake_generate(calls), prompts, tmp_path / "img", progress=False, source=source(folder))
+        made.append(sum(len(c) for c in calls))
+    assert made == [2, 0, 2]
+
+
 def test_a_pipeline_names_where_its_weights_came_from():
     from types import SimpleNamespace
 
@@ -108,15 +145,16 @@ def test_a_detector_trained_fine_tune_is_keyed_by_the_detectors_weights(tmp_path
     from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 
     (tmp_path / "checksums.sha256").write_text(f"{'0' * 64}  icd/train/00000.tar\n")
-    weights = tmp_path / "detector.pt"
+    base = _pipeline_dir(tmp_path / "base")
+    weights = tmp_path / "detector.safetensors"
     detector = SimpleNamespace(path=weights)
     by_detector = TrainingConfig(geom=GeomErasingConfig(geometry_source="detector"))
     by_truth = TrainingConfig(geom=GeomErasingConfig())
     keys = []
     for content in (b"weights one", b"weights two"):
         weights.write_bytes(content)
-        keys.append((finetune_key(tmp_path / "base", tmp_path / "icd", by_detector, detector),
-                     finetune_key(tmp_path / "base", tmp_path / "icd", by_truth, detector)))
+        keys.append((finetune_key(base, tmp_path / "icd", by_detector, detector),
+                     finetune_key(base, tmp_path / "icd", by_truth, detector)))
     assert keys[0][0] != keys[1][0], "new detector weights, new model"
     assert keys[0][1] == keys[1][1], "ground-truth boxes do not depend on the detector"
 
@@ -127,16 +165,36 @@ def test_a_fine_tune_is_keyed_by_its_training_shards_content(tmp_path):
     from benchmark.training import TrainingConfig
 
     listing = tmp_path / "checksums.sha256"
+    base = _pipeline_dir(tmp_path / "base")
     config = TrainingConfig()
     keys = []
     for train, test in (("a", "a"), ("a", "b"), ("b", "b")):
         listing.write_text(f"{train * 64}  icd/train/00000.tar\n{test * 64}  icd/test/00000.tar\n")
-        keys.append(finetune_key(tmp_path / "base", tmp_path / "icd", config, None))
+        keys.append(finetune_key(base, tmp_path / "icd", config, None))
     assert keys[0] == keys[1], "the test split does not train the model"
     assert keys[1] != keys[2]
     listing.unlink()
     with pytest.raises(FileNotFoundError, match="checksums.sha256"):
-        finetune_key(tmp_path / "base", tmp_path / "icd", config, None)
+        finetune_key(base, tmp_path / "icd", config, None)
+
+
+def test_a_fine_tune_is_keyed_by_its_bases_content_not_its_path(tmp_path):
+    """``--pretrained`` moved or spelled otherwise trains nothing anew; new weights at the same path do."""
+    import shutil
+
+    from benchmark.stages import finetune_key
+    from benchmark.training import TrainingConfig
+
+    (tmp_path / "data" / "checksums.sha256").parent.mkdir()
+    (tmp_path / "data" / "checksums.sha256").write_text(f"{'a' * 64}  icd/train/00000.tar\n")
+    base = _pipeline_dir(tmp_path / "models" / "sd")
+    key = lambda b: finetune_key(b, tmp_path / "data" / "icd", TrainingConfig(), None)  # noqa: E731
+    first = key(base)
+    shutil.copytree(base, tmp_path / "moved" / "sd")
+    (tmp_path / "moved" / "sd" / "v1-5-pruned.ckpt").write_bytes(b"not what the pipeline loads")
+    assert key(tmp_path / "moved" / "sd") == key(tmp_path / "models" / ".." / "models" / "sd") == first
+    (base / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"retrained unet weights")
+    assert key(base) != first
 
 
 def test_the_shipped_evaluation_prompts_are_what_the_prompts_command_writes(tmp_path):

@@ -1,9 +1,11 @@
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -11,13 +13,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builders.build import build_dataset
+from benchmark.perf import hostile_inputs as hostile
+from builders.build import BuildError, build_dataset
 from builders.dataset_card import CHECKSUMS
 from builders.recipe import load_recipe, parse_recipe
 from builders.verify import verify_dataset
 from implicit_concept.concepts import CONCEPT_NAMES
+from implicit_concept.image_stream import ImageReadError, iter_images
 from implicit_concept.shard_reader import iter_samples
+from implicit_concept.shard_writer import TarShardWriter
 from manifests import RECIPES_DIR
+from tests.bounded_memory import memory_headroom
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -193,3 +199,127 @@ def test_cli_builds_a_recipe_from_your_own_shards_and_verify_catches_corruption(
     capsys.readouterr()
     assert main(["verify", str(out)]) == 1
     assert "icd-qrcode/train/00000.tar: sha256" in capsys.readouterr().err
+
+
+def test_every_label_is_the_box_of_its_visible_pixels(debug_dataset):
+    """Each sample's layers, re-drawn from the recipe, give back its labels: a box is what stays
+    visible of an instance, and an instance a later layer hides is not labelled."""
+    from tests.visible_pixels import check_labels
+
+    counts = check_labels(debug_dataset, "icd-debug")
+    assert counts["samples"] == 4 * (64 + 32) and counts["covered"] > 0, counts
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "0.3", True])
+def test_min_visible_is_a_share(bad):
+    from builders.recipe import RecipeError
+
+    raw = load_recipe("icd-debug").to_dict()
+    assert raw["min_visible"] == 0.3
+    with pytest.raises(RecipeError, match="min_visible"):
+        parse_recipe({**raw, "min_visible": bad})
+
+
+# --- names that become folders, caps that reach the build, hostile inputs in score/show/verify ----
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("name", "../../x"), ("name", "/abs"), ("name", ".hidden"), ("subsets", "../../x"),
+     ("subsets", "a/b"), ("subsets", "manifest.parquet"), ("subsets", "..")],
+)
+def test_names_that_would_escape_out_are_refused(tmp_path, field, value):
+    raw = load_recipe("icd-debug").to_dict()
+    if field == "name":
+        raw["name"] = value
+    else:
+        raw["subsets"][0]["name"] = value
+    with pytest.raises(ValueError, match=r"name must be 1 to 64 of letters, digits"):
+        parse_recipe(raw)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'name = "{raw["name"]}"\nseed = 1\nimage_size = 32\nshard_size = 4\n'
+                      '[source]\nkind = "procedural"\ntrain = 2\ntest = 1\n'
+                      f'[[subsets]]\nname = "{raw["subsets"][0]["name"]}"\nconcepts = ["qrcode"]\nfraction = 0.5\n')
+    from benchmark.cli import main
+
+    (tmp_path / "deep" / "out").mkdir(parents=True)
+    assert main(["build", str(recipe), "--out", str(tmp_path / "deep" / "out"), "--quiet"]) == 2
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["deep", "out", "r.toml"]
+
+
+def _folder_recipe(src, **source):
+    return parse_recipe({
+        "name": "folder-test", "seed": 3, "image_size": 32, "shard_size": 100,
+        "source": {"kind": "folder", "path": str(src), "test_fraction": 0.0, **source},
+        "subsets": [{"name": "q", "concepts": ["qrcode"], "fraction": 1.0}],
+    })
+
+
+def test_the_pixel_cap_of_a_source_reaches_the_build(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.new("RGB", (100, 100), (i, 0, 0)).save(src / f"{i}.png")
+        (src / f"{i}.txt").write_text("a photo")
+    with pytest.raises(BuildError, match=r"out: no samples: all 3 source items were skipped \(too_large: 3\)"):
+        build_dataset(_folder_recipe(src, max_pixels=5000), tmp_path / "out", progress=False)
+
+
+def test_names_and_json_that_are_not_utf8_are_counted_not_fatal(tmp_path):
+    """A lone surrogate (a file name in another encoding, a JSON escape) cannot be written as UTF-8."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("good", "name_\udcff"):
+        (src / f"{name}.jpg").write_bytes(_jpeg("RGB", color=(200, 30, 30)))
+        (src / f"{name}.txt").write_text("a photo")
+    report = build_dataset(_folder_recipe(src), tmp_path / "folder-out", progress=False)
+    assert (report.samples, report.failures) == (1, {"undecodable_name": 1})
+    tar = tmp_path / "00000.tar"
+    tar.write_bytes(
+        hostile.good_members("good", 1, 0) + hostile.member("name_\udcff.jpg", hostile.good_jpeg(1))
+        + hostile.member("name_\udcff.txt", b"a photo") + hostile.member("j.jpg", hostile.good_jpeg(2))
+        + hostile.member("j.txt", b"a photo") + hostile.member("j.json", b'{"k": "\\ud800"}') + bytes(1024)
+    )
+    raw = _folder_recipe(src).to_dict()
+    raw["source"] = {"kind": "webdataset", "urls": str(tar), "test_fraction": 0.0}
+    report = build_dataset(parse_recipe(raw), tmp_path / "tar-out", progress=False)
+    assert (report.samples, report.failures) == (2, {"undecodable_name": 1})
+    assert verify_dataset(tmp_path / "tar-out").ok
+
+
+def _plant(tar: Path, image: bytes) -> None:
+    """Replace the first sample's image in ``tar``."""
+    samples: list = []
+    with tarfile.open(tar) as tf:
+        for info in tf:
+            key, ext = info.name.split(".", 1)
+            if not samples or samples[-1][0] != key:
+                samples.append((key, {}))
+            samples[-1][1][ext] = tf.extractfile(info).read()
+    samples[0][1]["jpg"] = image
+    with TarShardWriter(tar) as writer:
+        for key, members in samples:
+            writer.write(key, members)
+        writer.close()
+
+
+@pytest.mark.parametrize("bomb", ["warning_range", "error_range"])
+def test_show_verify_and_score_name_a_pixel_bomb(debug_dataset, tmp_path, capsys, bomb):
+    from benchmark.cli import main
+
+    data = hostile.png_bomb() if bomb == "warning_range" else hostile.declared_png(20000)
+    out = tmp_path / "icd-debug"
+    shutil.copytree(debug_dataset, out)
+    _plant(out / "icd-qrcode/train/00000.tar", data)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "bomb.png").write_bytes(data)
+    capsys.readouterr()
+    with memory_headroom():
+        assert main(["show", str(out / "icd-qrcode/train"), "--out", str(tmp_path / "grid.png")]) == 2
+        assert "icd-qrcode/train/00000.tar: sample 000000000: image not decoded (too_large" in capsys.readouterr().err
+        assert main(["verify", str(out)]) == 1
+        assert "00000.tar:000000000: jpg not decoded (too_large" in capsys.readouterr().err
+        with pytest.raises(ImageReadError, match=r"bomb\.png: too many pixels to decode"):
+            list(iter_images(tmp_path / "images"))
+        with pytest.raises(ValueError, match=r"00000\.tar: sample 000000000: image not decoded"):
+            list(iter_images(out / "icd-qrcode"))

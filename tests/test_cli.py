@@ -34,3 +34,18 @@ def test_quiet_silences_the_libraries_bars_and_warnings(tmp_path):
     noisy, quiet = run("loud"), run("quiet")
     assert "it/s]" in noisy or "Expected types" in noisy  # the noise this test is about exists
     assert "it/s]" not in quiet and "Expected types" not in quiet and "Loading" not in quiet, quiet[-2000:]
+
+
+def test_long_commands_show_one_progress_bar_and_quiet_removes_it(tmp_path, capsys):
+    """``verify`` and ``export`` on a built dataset: a bar on stderr, none with --quiet."""
+    from builders.build import build_dataset
+    from builders.recipe import load_recipe
+
+    data = tmp_path / "icd-debug"
+    build_dataset(load_recipe("icd-debug"), data, workers=1, progress=False)
+    for command, bar in ((["verify", str(data)], "verify icd-debug"), (["export", str(data / "icd-mixed"), "--out", str(tmp_path / "x")], "export icd-mixed")):
+        assert main(command) == 0
+        err = capsys.readouterr().err
+        assert bar in err and "100%" in err, err
+        assert main(command + ["--quiet"]) == 0
+        assert bar not in capsys.readouterr().err

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from implicit_concept.compositing import composite
+from implicit_concept.compositing import Composition, composite
 from implicit_concept.concepts import CONCEPT_NAMES, CONCEPTS, Layer, make_config, make_renderer
 from implicit_concept.concepts.assets import AssetPool, _font_family
+from tests.visible_pixels import expected_labels
 
 SIZES = (32, 64, 256, 512)
 SEEDS = {32: 40, 64: 40, 256: 12, 512: 6}
@@ -42,15 +43,13 @@ def _visible(layers: list[Layer]) -> list[Layer]:
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("concept", CONCEPT_NAMES)
 def test_boxes_hold_every_visible_pixel(concept: str, size: int) -> None:
+    """Within one event too (tiles of a watermark, words near a band), a box is what stays visible."""
     for layers, _, instances, _, _ in _renders(concept, size):
-        visible = _visible(layers)
-        assert instances and len(instances) == len(visible)
-        for inst, layer in zip(instances, visible):
-            alpha = np.asarray(layer.rgba.getchannel("A"))
-            ys, xs = np.nonzero(alpha)
-            box = inst.box
-            assert box.inside(size, size)
-            assert (box.x1, box.y1, box.x2, box.y2) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        expected = expected_labels([(concept, layer.rgba) for layer in layers], 0.0)
+        assert instances and len(instances) == len(expected) <= len(_visible(layers))
+        for inst, (_, box, visible) in zip(instances, expected):
+            assert inst.box.inside(size, size)
+            assert inst.box.as_list() == box and inst.visible == pytest.approx(visible, abs=5e-5)
             json.dumps(inst.to_json(size, size))
 
 
@@ -83,13 +82,13 @@ def test_qrcode_size_within_scale(size: int) -> None:
         (inst,) = instances
         p = inst.params
         side = p["side_px"]
-        assert max(1, math.floor(lo * size)) <= side <= math.ceil(hi * size)
+        assert max(cfg.min_px, math.floor(lo * size)) <= side <= max(cfg.min_px, math.ceil(hi * size))
         r = math.radians(p["rotation"])
         grow = (abs(math.cos(r)) + abs(math.sin(r))) * (1 + 2 * p["perspective"])
         for extent in (inst.box.width, inst.box.height):
             assert side * (1 - 2 * p["perspective"]) - 2 <= extent <= side * grow + 2
         frac = inst.box.area / size**2
-        assert frac <= (hi * grow + 2 / size) ** 2
+        assert frac <= (max(hi, cfg.min_px / size) * grow + 2 / size) ** 2
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -213,26 +212,60 @@ def test_renderers_draw_only_their_splits_assets() -> None:
 
 
 def test_qrcodes_decode_at_512() -> None:
+    """OpenCV reads >= 95% of the non-inverted codes drawn with at least 3 px per module (a decoder
+    does not read inverted codes, nor a 1 px module grid), rotated and in perspective included."""
     cv2 = pytest.importorskip("cv2")
     detectors = [cv2.QRCodeDetector()]
     if hasattr(cv2, "QRCodeDetectorAruco"):
         detectors.append(cv2.QRCodeDetectorAruco())
     grey = Image.new("RGB", (512, 512), (128, 128, 128))
-    checked = 0
+    checked = decoded = 0
     for split in ("train", "test"):
         renderer = make_renderer("qrcode", {}, split)
-        for seed in range(12):
+        for seed in range(60):
             layers = renderer.render(np.random.default_rng(seed), (512, 512))
-            image, (inst,), _ = composite(grey, layers, "qrcode")
-            if inst.params["perspective"] > 0.05:
+            p = layers[0].params
+            if p["style"] == "inverted" or p["side_px"] < 3 * p["modules"]:
                 continue
+            image, _, _ = composite(grey, layers, "qrcode")
             pixels = np.asarray(image.convert("L"))
-            if inst.params["style"] == "inverted":
-                pixels = 255 - pixels
-            decoded = next((t for d in detectors if (t := d.detectAndDecode(pixels)[0])), "")
-            assert decoded == inst.params["payload"], inst.params
+            decoded += next((t for d in detectors if (t := d.detectAndDecode(pixels)[0])), "") == p["payload"]
             checked += 1
-    assert checked >= 12
+    assert checked >= 40 and decoded >= 0.95 * checked, (decoded, checked)
+
+
+def test_qrcodes_are_what_an_encoder_makes() -> None:
+    """Version: the smallest from the drawn minimum that holds the payload; mask: the encoder's own
+    choice for that code; the minimum varies within the recipe's ``versions``."""
+    import qrcode
+
+    cfg = make_config("qrcode", {})
+    minimums, grown = set(), 0
+    for split in ("train", "test"):
+        renderer = make_renderer("qrcode", {}, split)
+        for seed in range(40):
+            (layer,) = renderer.render(np.random.default_rng(seed), (64, 64))
+            p = layer.params
+            level = getattr(qrcode.constants, f"ERROR_CORRECT_{p['error_level']}")
+            fit = qrcode.QRCode(error_correction=level)
+            fit.add_data(p["payload"])
+            fit.make(fit=True)
+            assert p["version"] == max(p["min_version"], fit.version), p
+            encoder = qrcode.QRCode(version=p["version"], error_correction=level, border=p["border"])
+            encoder.add_data(p["payload"])
+            assert p["mask_pattern"] == encoder.best_mask_pattern(), p
+            assert p["modules"] == 4 * p["version"] + 17 + 2 * p["border"]
+            minimums.add(p["min_version"])
+            grown += p["version"] > p["min_version"]
+    assert minimums == set(range(cfg.versions[0], cfg.versions[1] + 1)) and grown > 10
+
+
+def test_qrcodes_come_small_and_large() -> None:
+    """From a corner-of-a-poster code (about 5% of the image) to almost half of it, at 512 px."""
+    renderer = make_renderer("qrcode", {}, "train")
+    sides = [renderer.render(np.random.default_rng(seed), (512, 512))[0].params["side_px"] / 512 for seed in range(200)]
+    assert min(sides) < 0.07 and max(sides) > 0.42
+    assert 0.15 < np.mean(np.array(sides) < 0.15) < 0.4
 
 
 @pytest.mark.parametrize("concept", CONCEPT_NAMES)
@@ -283,3 +316,63 @@ def test_registry_and_good_options() -> None:
         make_renderer("text", {}, "validation")
     renderer = make_renderer("qrcode", {"scale": [0.2, 0.25], "error_levels": ["H"]}, "test")
     assert renderer.config.scale == (0.2, 0.25) and renderer.config.error_levels == ("H",)
+
+
+def _word_layer(size: int, xy: tuple[int, int], word: str = "covered") -> Layer:
+    """A black word, fully opaque, as a text renderer would draw it."""
+    from PIL import ImageDraw
+
+    from implicit_concept.concepts.assets import load_font
+
+    rgba = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    font = load_font(AssetPool.for_split("train").fonts[0], 20)
+    ImageDraw.Draw(rgba).text(xy, word, fill=(0, 0, 0, 255), font=font)
+    return Layer(rgba, {"text": word})
+
+
+def _qr_layer(size: int) -> tuple[Layer, list[int]]:
+    """An upright QR code (opaque quiet zone and all) and its box."""
+    options = {"rotation_prob": 0.0, "perspective_prob": 0.0, "scale": [0.5, 0.5]}
+    (layer,) = make_renderer("qrcode", options, "train").render(np.random.default_rng(3), (size, size))
+    return layer, list(layer.rgba.getchannel("A").getbbox())
+
+
+def test_a_word_under_an_opaque_qr_code_is_dropped_and_a_half_covered_one_keeps_its_visible_half() -> None:
+    size = 256
+    qr, (qx1, qy1, qx2, qy2) = _qr_layer(size)
+    assert np.asarray(qr.rgba.getchannel("A"))[qy1:qy2, qx1:qx2].min() == 255
+    hidden = _word_layer(size, (qx1 + 10, qy1 + 20), "hidden")
+    own = list(hidden.rgba.getchannel("A").getbbox())
+    assert qx1 < own[0] and own[2] < qx2 and qy1 < own[1] and own[3] < qy2
+    half = _word_layer(size, (qx1 - 40, qy2 - 40), "halfway")
+    hx1, hy1, hx2, hy2 = half.rgba.getchannel("A").getbbox()
+    assert hx1 < qx1 < hx2
+    composition = Composition(Image.new("RGB", (size, size), (200, 180, 160)))
+    composition.add([hidden, half], "text")
+    composition.add([qr], "qrcode")
+
+    text, code = composition.instances()
+    assert (text.params["text"], code.concept) == ("halfway", "qrcode")
+    alpha = np.asarray(half.rgba.getchannel("A"))
+    ys, xs = np.nonzero(alpha[:, :qx1])
+    assert text.box.as_list() == [hx1, ys.min(), qx1, ys.max() + 1]
+    assert text.visible == round(alpha[:, :qx1].sum() / alpha.sum(), 4)
+    assert 0.3 < text.visible < 0.7 and code.visible == 1.0 and code.box.as_list() == [qx1, qy1, qx2, qy2]
+    assert [i.concept for i in composition.instances(min_visible=0.99)] == ["qrcode"]
+    assert np.array_equal(np.asarray(composition.mask()), np.maximum.reduce(
+        [np.asarray(layer.rgba.getchannel("A")) for layer in (hidden, half, qr)]))
+
+
+def test_what_shows_through_a_translucent_layer_is_still_visible() -> None:
+    """Under a 50 % veil a word keeps about half its alpha, and its box; a 1/255 fringe does not."""
+    size = 64
+    word = _word_layer(size, (4, 10), "veil")
+    word.rgba.putpixel((60, 60), (0, 0, 0, 1))
+    veil = Layer(Image.new("RGBA", (size, size), (255, 255, 255, 128)))
+    composition = Composition(Image.new("RGB", (size, size)))
+    composition.add([word], "text")
+    composition.add([veil], "watermark")
+    text, _ = composition.instances()
+    ys, xs = np.nonzero(np.asarray(word.rgba.getchannel("A")) >= 2)  # 1 * 127 / 255 rounds to 0
+    assert text.box.as_list() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] and xs.max() < 60
+    assert text.visible == pytest.approx(127 / 255, abs=0.01)

@@ -146,7 +146,7 @@ def _solid(red):
 
 
 def test_icr_fp_rate_and_crosscheck_agreement_on_known_inputs(tmp_path):
-    weights = tmp_path / "detector.pt"
+    weights = tmp_path / "detector.safetensors"
     weights.write_bytes(b"fake")
     images = [_solid(10)] * 3 + [_solid(30)] * 1 + [_solid(0)] * 6
     clean = [_solid(20)] + [_solid(0)] * 49
@@ -173,7 +173,7 @@ def _png(image):
 
 
 def test_clean_shards_contribute_their_clean_twins(tmp_path):
-    weights = tmp_path / "detector.pt"
+    weights = tmp_path / "detector.safetensors"
     weights.write_bytes(b"fake")
     (tmp_path / "clean").mkdir()
     with TarShardWriter(tmp_path / "clean" / "00000.tar") as w:
@@ -193,7 +193,7 @@ def test_clean_shards_contribute_their_clean_twins(tmp_path):
 
 
 def test_a_higher_threshold_lowers_icr(tmp_path):
-    weights = tmp_path / "detector.pt"
+    weights = tmp_path / "detector.safetensors"
     weights.write_bytes(b"fake")
     report = score_images([_solid(10)] * 4, FakeDetector(weights), ScoreConfig(conf=0.95), clean=[_solid(0)], checkers=[])
     assert report.concepts["qrcode"].icr.value == 0.0
@@ -232,26 +232,51 @@ def test_detection_covering_box():
 
 
 def test_missing_detector_names_the_file(tmp_path):
-    with pytest.raises(DetectorError, match="missing.pt: no such detector weights file"):
-        Detector.load(tmp_path / "missing.pt")
-    with pytest.raises(DetectorError, match="detector.pt: no such"):
+    with pytest.raises(DetectorError, match="missing.safetensors: no such detector weights file"):
+        Detector.load(tmp_path / "missing.safetensors")
+    with pytest.raises(DetectorError, match="no detector.safetensors and detector.json"):
         Detector.load(tmp_path)
 
 
 def test_corrupt_detector_names_the_file(tmp_path):
-    bad = tmp_path / "broken.pt"
+    from implicit_concept.detector.weights import DetectorRecord, record_path
+    from implicit_concept.files import atomic_write_json, sha256_file
+
+    bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"this is not a checkpoint" * 10)
-    with pytest.raises(DetectorError, match="broken.pt: not a loadable YOLO checkpoint"):
+    record = DetectorRecord(model="yolov8n.yaml", names=CONCEPT_NAMES, imgsz=64, sha256=sha256_file(bad))
+    atomic_write_json(record_path(bad), record.to_json())
+    with pytest.raises(DetectorError, match="broken.safetensors: not a readable safetensors file"):
         Detector.load(bad)
 
 
+OFFLINE_IMPORT = """
+import json, socket
+asked = []
+def lookup(host, *args, **kwargs):
+    asked.append(host)
+    raise socket.gaierror("no network in this test")
+socket.getaddrinfo = lookup
+from implicit_concept.detector.yolo_env import import_ultralytics
+import_ultralytics()
+from ultralytics.utils import ONLINE, USER_CONFIG_DIR
+print(json.dumps({"asked": asked, "online": ONLINE, "font": (USER_CONFIG_DIR / "Arial.ttf").stat().st_size}))
+"""
+
+
 def test_ultralytics_is_imported_offline_with_our_font():
-    from implicit_concept.detector.yolo_env import import_ultralytics
+    """In a process where nothing else set ``YOLO_OFFLINE`` (this one's conftest does), ultralytics
+    looks nothing up on import, which it otherwise does to decide whether it is online."""
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    import_ultralytics()
-    from ultralytics.utils import ONLINE, USER_CONFIG_DIR
-
-    assert not ONLINE and (USER_CONFIG_DIR / "Arial.ttf").stat().st_size > 100_000
+    env = {k: v for k, v in os.environ.items() if k != "YOLO_OFFLINE"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", OFFLINE_IMPORT], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["asked"] == [] and not result["online"] and result["font"] > 100_000
 
 
 def test_corrupt_image_names_the_file(tmp_path):
@@ -266,7 +291,7 @@ def test_corrupt_image_names_the_file(tmp_path):
             names.append(name)
     assert names == ["a.png"]
     with pytest.raises(ImageReadError, match="b.jpg: not a readable image"):
-        Detector(model=None, path=tmp_path / "detector.pt", imgsz=64, device="cpu").detect(tmp_path / "b.jpg")
+        Detector(model=None, path=tmp_path / "detector.safetensors", imgsz=64, device="cpu").detect(tmp_path / "b.jpg")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageReadError, match="empty: no image files"):
         list(iter_images(tmp_path / "empty"))
@@ -295,8 +320,8 @@ def test_qr_checker_decodes_a_clear_code_and_not_a_blank():
 
 
 def test_cli_reports_a_bad_detector_path(tmp_path, capsys):
-    assert main(["score", str(tmp_path), "--detector", str(tmp_path / "nope.pt")]) == 2
-    assert "nope.pt: no such detector weights file" in capsys.readouterr().err
+    assert main(["score", str(tmp_path), "--detector", str(tmp_path / "nope.safetensors")]) == 2
+    assert "nope.safetensors: no such detector weights file" in capsys.readouterr().err
 
 
 def test_coco_export_loads_and_evaluates_in_pycocotools(tmp_path):

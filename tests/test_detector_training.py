@@ -24,10 +24,12 @@ def test_debug_training_gives_weights_that_load_predict_and_score(debug_dataset,
     assert trained.plots and all(p.stat().st_size > 0 for p in trained.plots)
 
     detector = Detector.load(tmp_path / "det")
-    assert detector.imgsz == load_scale("debug").imgsz
+    assert detector.imgsz == load_scale("debug").imgsz and trained.weights == detector.path
     images = [s.image for s in iter_samples(shards / "test", with_extras=False)][:5]
     low = detector.detect_many(images, conf=0.001)
     assert len(low) == 5 and all(isinstance(d, Detection) and d.concept in CONCEPT_NAMES for ds in low for d in ds)
+    assert sum(map(len, low)) > 0 and low == trained.detector.detect_many(images, conf=0.001), \
+        "the published file detects exactly what the trained model its metrics describe does"
     assert isinstance(detector.detect(Image.new("RGB", (64, 64), "white")), list)
 
     out = tmp_path / "score.json"

@@ -98,3 +98,73 @@ def test_a_plug_in_in_the_working_folder_is_found_as_the_console_script_runs(tmp
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "wordy-negative", done.stderr[-1500:]
+
+
+def test_a_track_sets_geom_erasing_choices_for_all_methods_or_for_one():
+    from benchmark.methods.finetuned import FINETUNED
+
+    settings = {"alpha": 3.0, "grid": 4, "ge-full": {"grid": 8}}
+    full = FINETUNED["ge-full"].geom_config(settings, ("qrcode",))
+    geometry = FINETUNED["ge-geometry"].geom_config(settings, ("qrcode",))
+    assert (full.grid, full.alpha, full.reweight) == (8, 3.0, True)
+    assert (geometry.grid, geometry.alpha, geometry.reweight) == (4, 3.0, False)
+    assert FINETUNED["sd"].geom_config(settings, ("qrcode",)).geometry is False
+    noisy = FINETUNED["ge-noisy-0.4"].geom_config({}, ("qrcode",))
+    assert (noisy.geometry_source, noisy.degrade_iou) == ("degraded", 0.4)
+
+
+def test_model_removal_starts_from_sd_and_declares_it_first():
+    from benchmark.methods.finetuned import FINETUNED
+    from benchmark.methods.interface import FineTune, MethodContext
+
+    ctx = MethodContext(concepts=("qrcode",), work_dir=Path("w"), seed=0, finetune=lambda ft: Path("x"),
+                        load_pipeline=lambda p: None, train_shards=Path("s"))
+    sd, own = FINETUNED["ge-model-removal"].finetunes(ctx)
+    assert sd == FineTune() and own.start == "sd" and own.geom.setting == "model_removal"
+    assert own.training["train_text"] == "new_tokens" and own.geom.concept_token
+    with pytest.raises(ValueError, match="start"):
+        FineTune(start="oracle")
+
+
+def test_a_track_sub_table_must_name_a_fine_tuned_method():
+    from benchmark.track import TrackError, load_track
+    from benchmark.track_check import check_track
+
+    with pytest.raises(TrackError, match=r"\[geom_erasing.ge-fulll\]"):
+        check_track(load_track("debug", {"geom_erasing": {"ge-fulll": {"grid": 8}}}))
+    with pytest.raises(TrackError, match="grid"):
+        check_track(load_track("debug", {"geom_erasing": {"ge-full": {"grid": 0}}}))
+
+
+def test_a_track_declares_training_seeds_for_some_methods():
+    from benchmark.track import TrackError, load_track
+
+    track = load_track("debug", {"seeds": [0, 1, 2], "seed_methods": ["sd", "ge-full"]})
+    assert track.seeds == (0, 1, 2) and track.seed_methods == ("sd", "ge-full")
+    with pytest.raises(TrackError, match="two or more distinct seeds"):
+        load_track("debug", {"seeds": [0], "seed_methods": ["sd"]})
+    with pytest.raises(TrackError, match="distinct integers"):
+        load_track("debug", {"seeds": [0, 0, 1]})
+    with pytest.raises(TrackError, match="not among its methods"):
+        load_track("debug", {"seeds": [0, 1], "seed_methods": ["ge-fulll"]})
+
+
+def test_a_fine_tune_trains_with_its_own_seed_when_it_has_one(monkeypatch):
+    """Seed 3 of sd and the track seed's sd are different fine-tunes, cached apart; Model Removal's
+    sd starts from the same seed as itself."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from benchmark import stages
+    from benchmark.methods.finetuned import FINETUNED
+    from benchmark.methods.interface import FineTune
+
+    trained = []
+    monkeypatch.setattr(stages, "train", lambda base, data, out, config, **kw: trained.append((config.seed, config.geom.setting)) or out)
+    monkeypatch.setattr(stages, "finetune_key", lambda base, subset, config, detector: f"{config.seed}-{config.geom.setting}")
+    run = SimpleNamespace(track=SimpleNamespace(finetune={"steps": 1}, seed=0), root=Path("/nowhere"), progress=False)
+    stages.finetune(run, Path("base"), Path("sub"), FineTune(seed=3), detector=None)
+    stages.finetune(run, Path("base"), Path("sub"), FineTune(), detector=None)
+    _, removal = FINETUNED["ge-model-removal"].finetunes(SimpleNamespace(settings={}, concepts=("qrcode",)))
+    stages.finetune(run, Path("base"), Path("sub"), replace(removal, seed=5), detector=None)
+    assert trained == [(3, "data_removal"), (0, "data_removal"), (5, "data_removal"), (5, "model_removal")]

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import io
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from benchmark.perf import hostile_inputs as hostile
 from builders.resizer import SampleError, prepare_image
+from tests.bounded_memory import memory_headroom
 
 RED, GREEN, BLUE = (220, 30, 30), (30, 200, 30), (30, 30, 220)
 
@@ -88,8 +92,10 @@ def test_bad_inputs_name_their_reason(raw, expected):
 
 
 def test_sample_error_carries_reason():
-    error = SampleError("too_small", "10x10 < 32")
-    assert error.reason == "too_small" and "10x10" in str(error)
+    """What a build counts a skipped image under, and what it says about it."""
+    with pytest.raises(SampleError) as info:
+        prepare_image(encode(Image.new("RGB", (10, 12)), "PNG"), 32, 16)
+    assert (info.value.reason, info.value.detail) == ("too_small", "10x12 < 16") and "10x12" in str(info.value)
 
 
 def test_cmyk_becomes_rgb():
@@ -137,3 +143,41 @@ def test_grey_and_bilevel_become_rgb(mode):
     image.paste(255, (0, 0, 20, 40))
     out = np.asarray(prepare_image(encode(image, "PNG"), 40, 16), dtype=np.int16)
     assert (out[:, :16] >= 253).all() and (out[:, 24:] <= 2).all()
+
+
+# --- pixels cost memory that the file size does not show ----------------------------------------
+
+
+def test_pixel_bombs_are_refused_from_the_header_before_decoding():
+    """13000 x 13000 PNGs of 680 KB (RGBA) and 330 KB (16-bit grey): 2.7 GB and more if decoded."""
+    for raw in (hostile.png_bomb(), hostile.png_bomb(sixteen_bit=True), hostile.declared_png(20000)):
+        start = time.perf_counter()
+        with memory_headroom():
+            assert reason(raw) == "too_large"
+        assert time.perf_counter() - start < 5
+
+
+def test_the_pixel_cap_is_the_callers():
+    raw = encode(Image.new("RGB", (100, 100), RED), "PNG")
+    with pytest.raises(SampleError, match="100x100 pixels > the cap of 5000"):
+        prepare_image(raw, 32, 16, max_pixels=5000)
+    assert prepare_image(raw, 32, 16, max_pixels=10000).size == (32, 32)
+    assert prepare_image(Image.new("RGB", (100, 100)), 32, 16, max_pixels=5000).size == (32, 32), "in memory: nothing to decode"
+
+
+def test_pillows_bomb_warning_is_a_refusal_not_a_full_decode(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert reason(encode(Image.new("RGB", (40, 40), RED), "PNG")) == "too_large"
+
+
+def test_sixteen_bit_images_are_scaled_without_float64_copies():
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    raw = encode(Image.fromarray(values), "PNG")
+    out = np.asarray(prepare_image(raw, 256, 16))[:, :, 0]
+    assert (out == np.round(values / 257.0).astype(np.uint8)).all()
+    big = encode(Image.fromarray(np.random.default_rng(0).integers(0, 65536, (1000, 1000), dtype=np.uint16)), "PNG")
+    tracemalloc.start()
+    prepare_image(big, 64, 16)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 10 * 1000 * 1000, f"{peak / 1e6:.1f} bytes a pixel"

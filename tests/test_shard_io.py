@@ -3,9 +3,11 @@ import tarfile
 
 import pytest
 
+from benchmark.perf import hostile_inputs as hostile
 from implicit_concept.files import sha256_file
-from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards
+from implicit_concept.shard_reader import ShardError, group_members, iter_samples, iter_tar_members, list_shards
 from implicit_concept.shard_writer import TarShardWriter
+from tests.bounded_memory import memory_headroom
 
 
 def _write(path, samples):
@@ -60,3 +62,70 @@ def test_list_shards_names_a_missing_file(tmp_path):
     with pytest.raises(ShardError, match="00001.tar"):
         (tmp_path / "00000.tar").write_bytes(b"")
         list_shards(str(tmp_path / "{00000..00001}.tar"))
+
+
+# --- bounded reading: a tar's headers say how much memory it takes, and a hostile one lies ---------
+
+
+def _hostile_shard(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def test_a_sparse_member_is_refused_not_read(tmp_path):
+    shard = _hostile_shard(tmp_path / "s.tar", hostile.good_members("a", 1, 0) + hostile.sparse_member("b.jpg") + bytes(1024))
+    with memory_headroom(), pytest.raises(ShardError, match=r"s\.tar: refused \(sparse_member\)"):
+        list(iter_tar_members(shard))
+
+
+def test_a_member_over_the_cap_is_not_read(tmp_path):
+    shard = _hostile_shard(tmp_path / "z.tar.gz", hostile.zeros_tar_gz(b"", hostile.big_member_header("k.jpg", 200 << 20), b"", size=200 << 20))
+    with memory_headroom(), pytest.raises(ShardError, match=r"z\.tar\.gz: sample k: member 'k.jpg' is 209715200 bytes, over the cap"):
+        list(iter_tar_members(shard))
+    _write(tmp_path / "small.tar", [("k", {"jpg": b"x" * 5000, "json": b"{}"})])
+    with pytest.raises(ShardError, match="over the cap of 4096"):
+        list(iter_tar_members(tmp_path / "small.tar", max_member_bytes=4096))
+
+
+def test_an_oversized_header_record_is_refused(tmp_path):
+    shard = _hostile_shard(tmp_path / "l.tar.gz", hostile.zeros_tar_gz(b"", hostile.long_name_header(200 << 20), hostile.member("k.jpg", b""), size=200 << 20))
+    with memory_headroom(), pytest.raises(ShardError, match=r"refused \(tar_header_too_large\)"):
+        list(iter_tar_members(shard))
+
+
+def test_a_chain_of_header_records_is_refused_not_a_recursion_error(tmp_path):
+    shard = _hostile_shard(tmp_path / "c.tar", hostile.header_chain(3000) + bytes(1024))
+    with pytest.raises(ShardError, match=r"refused \(tar_header_too_large\)"):
+        list(iter_tar_members(shard))
+
+
+def test_headers_are_forgotten_once_read(tmp_path):
+    """tarfile keeps every header it reads: a tar of millions of empty members would fill memory."""
+    _write(tmp_path / "many.tar", [(f"k{i:05d}", {"txt": b""}) for i in range(3000)])
+    with tarfile.open(tmp_path / "many.tar") as tar:
+        assert len(list(group_members(tar, keep={"txt"}))) == 3000
+        assert len(tar.members) <= 1
+
+
+@pytest.mark.parametrize("bomb", ["warning_range", "error_range"])
+def test_a_pixel_bomb_in_a_shard_is_an_error_naming_the_shard(tmp_path, bomb):
+    data = hostile.png_bomb() if bomb == "warning_range" else hostile.declared_png(20000)
+    _write(tmp_path / "b.tar", [("k", {"jpg": data, "txt": b"a", "json": json.dumps(_META).encode()})])
+    with memory_headroom(), pytest.raises(ShardError, match=r"b\.tar: sample k: image not decoded \(too_large"):
+        list(iter_samples(tmp_path / "b.tar"))
+
+
+def test_a_deeply_nested_key_json_is_an_error_naming_the_shard(tmp_path):
+    _write(tmp_path / "d.tar", [("k", {"jpg": b"", "json": b"[" * 100000 + b"]" * 100000})])
+    with pytest.raises(ShardError, match=r"d\.tar: sample k: KEY.json is 200000 bytes|d\.tar: sample k: KEY.json nested"):
+        list(iter_samples(tmp_path / "d.tar"))
+    _write(tmp_path / "e.tar", [("k", {"jpg": b"", "json": b"[" * 5000 + b"]" * 5000})])
+    with pytest.raises(ShardError, match=r"e\.tar: sample k: KEY.json nested too deeply"):
+        list(iter_samples(tmp_path / "e.tar"))
+
+
+_META = {
+    "key": "k", "caption": "a", "width": 64, "height": 64, "split": "train", "subset": "q", "source": {},
+    "instances": [], "seed": [0], "recipe": "r", "recipe_sha256": "0", "version": "0",
+}
+

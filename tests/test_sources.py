@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pickle
 import tarfile
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmark.perf import hostile_inputs as hostile
 from builders.resizer import SampleError, prepare_image
 from builders.sources import (
     FolderConfig,
@@ -32,6 +35,7 @@ from implicit_concept.scene.grammar import (
     sample_scene,
 )
 from implicit_concept.scene.render import render_scene
+from tests.bounded_memory import memory_headroom
 
 EVERYTHING = ProceduralConfig(
     train=24, test=8, backgrounds=tuple(BACKGROUNDS), shapes=SHAPES, colors=tuple(PALETTE), max_objects=3
@@ -233,13 +237,23 @@ def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
             tf.addfile(info, io.BytesIO(data))
 
 
+class _Unpickled:
+    """A pickle that makes the folder ``marker`` when loaded: what a hostile ``.pyd`` member runs."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
 @pytest.fixture()
 def shards(tmp_path: Path) -> Path:
     write_tar(tmp_path / "00000.tar", [
         ("000000000.jpg", jpeg()), ("000000000.txt", b"a blue square"),
         ("000000000.json", json.dumps({"url": "http://x/0.jpg"}).encode()),
         ("000000001.txt", b"caption without image"), ("000000001.json", b"{}"),
-        ("000000002.png", jpeg()), ("000000002.pyd", b"\x80\x04evil"),
+        ("000000002.png", jpeg()), ("000000002.pyd", pickle.dumps(_Unpickled(str(tmp_path / "unpickled")))),
         ("000000003.clean.jpg", jpeg()), ("000000003.txt", b"only a derived image"),
         ("sub/000000004.jpg", jpeg()), ("sub/000000004.txt", b"in a directory"),
     ])
@@ -266,7 +280,7 @@ def test_webdataset_groups_members_and_names_errors(shards: Path):
     first = items[0]
     assert first.caption == "a blue square" and first.meta["json"] == {"url": "http://x/0.jpg"}
     assert prepare_image(first.image, 32, 32).size == (32, 32)
-    assert not any(b"evil" in (i.image or b"") for i in items)
+    assert not (shards / "unpickled").exists(), "a pickled member was loaded"
 
 
 @pytest.mark.parametrize("shard", [1, 2], ids=["cut_in_data", "cut_at_boundary"])
@@ -317,10 +331,172 @@ def test_make_source_builds_every_kind(folder: Path, shards: Path):
         ({"kind": "procedural", "max_objects": 4}, "source.max_objects must be an integer in [1, 3]"),
         ({"kind": "procedural", "train": -1}, "source.train must be an integer >= 0"),
         ({"kind": "procedural", "colors": ["red"]}, "source.colors needs at least 2"),
-        ({"kind": "webdataset", "urls": "http://host/{0..1}.tar"}, "source.urls: only local files"),
+        ({"kind": "webdataset", "urls": "s3://bucket/{0..1}.tar"}, "local paths, pipe: commands and http(s) URLs are read"),
     ],
 )
 def test_make_source_errors_name_the_field(options, message):
+    with pytest.raises(ValueError) as info:
+        make_source(options, image_size=32, shard_size=4, seed=0)
+    assert message in str(info.value)
+
+
+# --- hostile files: only regular files are read, within caps; every one is a counted skip ----------
+
+
+def _zero_caption(root: Path) -> None:
+    (root / "h.txt").symlink_to("/dev/zero")
+
+
+def _fifo_caption(root: Path) -> None:
+    os.mkfifo(root / "h.txt")
+
+
+def _leaking_caption(root: Path) -> None:
+    secret = root.parent / "secret.txt"
+    secret.write_text("a private file outside the source")
+    (root / "h.txt").symlink_to(secret)
+
+
+def _huge_caption(root: Path) -> None:
+    with open(root / "h.txt", "wb") as f:
+        f.truncate(1 << 30)
+
+
+def _folder_caption(root: Path) -> None:
+    (root / "h.txt").mkdir()
+
+
+def _zero_image(root: Path) -> None:
+    (root / "h.jpg").unlink()
+    (root / "h.jpg").symlink_to("/dev/zero")
+    (root / "h.txt").write_text("a caption")
+
+
+def _linked_image(root: Path) -> None:
+    (root / "h.jpg").unlink()
+    (root / "h.jpg").symlink_to(root / "good.jpg")
+    (root / "h.txt").write_text("a caption")
+
+
+def _sparse_image(root: Path) -> None:
+    with open(root / "h.jpg", "wb") as f:
+        f.truncate(2 << 30)
+    (root / "h.txt").write_text("a caption")
+
+
+def _undecodable_name(root: Path) -> None:
+    (root / "h.jpg").rename(root / "h_\udcff.jpg")
+    (root / "h_\udcff.txt").write_text("a caption")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("plant", "expected"),
+    [
+        (_zero_caption, "not_a_regular_file"),
+        (_fifo_caption, "not_a_regular_file"),
+        (_leaking_caption, "not_a_regular_file"),
+        (_folder_caption, "not_a_regular_file"),
+        (_huge_caption, "caption_too_large"),
+        (_zero_image, "not_a_regular_file"),
+        (_linked_image, "not_a_regular_file"),
+        (_sparse_image, "file_too_large"),
+        (_undecodable_name, "undecodable_name"),
+    ],
+    ids=["zero_caption", "fifo_caption", "leaking_caption", "folder_caption", "huge_caption", "zero_image", "linked_image",
+         "sparse_image", "undecodable_name"],
+)
+def test_folder_reads_only_regular_files_within_caps(tmp_path: Path, plant, expected):
+    root = tmp_path / "images"
+    save(root / "good.jpg", Image.new("RGB", (64, 64), (9, 9, 9)), "JPEG")
+    save(root / "h.jpg", Image.new("RGB", (64, 64)), "JPEG", caption=None)
+    plant(root)
+    with memory_headroom():
+        source = FolderSource(FolderConfig(str(root), test_fraction=0.0), shard_size=100)
+        items = read_all(source, "train")
+    assert [(i.source_id.startswith("h"), i.error) for i in items] == [(False, None), (True, expected)]
+    assert all(i.caption in (None, "a caption", "a picture") for i in items)
+
+
+def test_folder_does_not_list_files_below_a_symlinked_folder(tmp_path: Path):
+    save(tmp_path / "outside" / "linked.jpg", Image.new("RGB", (64, 64)), "JPEG")
+    save(tmp_path / "images" / "good.jpg", Image.new("RGB", (64, 64)), "JPEG")
+    (tmp_path / "images" / "linked_folder").symlink_to(tmp_path / "outside")
+    assert FolderSource(FolderConfig(str(tmp_path / "images"), test_fraction=0.0), shard_size=4).files("train") == ["good.jpg"]
+
+
+def test_folder_caps_are_fields(folder: Path):
+    (folder / "noise.jpg").write_bytes(hostile.good_jpeg(0))
+    (folder / "noise.txt").write_text("noise")
+    source = FolderSource(FolderConfig(str(folder), test_fraction=0.0, max_file_bytes=4096), shard_size=100)
+    assert {i.source_id: i.error for i in read_all(source, "train")}["noise.jpg"] == "file_too_large"
+    capped = make_source({"kind": "folder", "path": str(folder), "max_pixels": 100}, image_size=32, shard_size=4, seed=0)
+    assert capped.max_pixels == 100
+
+
+def _tar(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+_GOOD = hostile.good_members("g", 1, 0)
+
+
+def _sample(key: str, caption: bytes = b"a caption", json_member: bytes | None = None) -> bytes:
+    members = hostile.member(f"{key}.jpg", jpeg()) + hostile.member(f"{key}.txt", caption)
+    return members + (hostile.member(f"{key}.json", json_member) if json_member is not None else b"")
+
+
+HOSTILE_TARS = {
+    "deep_json": (_GOOD + _sample("h", json_member=b"[" * 100_000 + b"]" * 100_000) + bytes(1024), ["json_too_deep"]),
+    "moderately_deep_json": (_GOOD + _sample("h", json_member=b"[" * 200 + b"]" * 200) + bytes(1024), ["json_too_deep"]),
+    "big_json": (_GOOD + _sample("h", json_member=json.dumps({"x": "y" * (2 << 20)}).encode()) + bytes(1024), ["json_too_large"]),
+    "undecodable_name": (_GOOD + _sample("h_\udcff") + bytes(1024), ["undecodable_name"]),
+    "big_caption": (_GOOD + _sample("h", caption=b"x" * (100 << 10)) + bytes(1024), ["caption_too_large"]),
+    "sparse_member": (_GOOD + hostile.member("h.txt", b"x") + hostile.sparse_member("h.jpg") + bytes(1024), ["sparse_member"]),
+    "gz_of_zeros": (
+        hostile.zeros_tar_gz(_GOOD, hostile.big_member_header("h.jpg", 200 << 20), hostile.member("h.txt", b"x") + _GOOD, size=200 << 20),
+        ["member_too_large", None],
+    ),
+    "long_name_record": (
+        hostile.zeros_tar_gz(_GOOD + hostile.member("h.txt", b"x"), hostile.long_name_header(200 << 20), hostile.member("h.jpg", b""), size=200 << 20),
+        ["tar_header_too_large"],
+    ),
+    "header_chain": (_GOOD + hostile.member("h.txt", b"x") + hostile.header_chain(3000) + bytes(1024), ["tar_header_too_large"]),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_TARS))
+def test_webdataset_hostile_tars_are_counted_skips(tmp_path: Path, case: str):
+    data, errors = HOSTILE_TARS[case]
+    url = _tar(tmp_path / ("00000.tar.gz" if data[:2] == b"\x1f\x8b" else "00000.tar"), data)
+    source = WebDatasetSource(WebDatasetConfig(url, test_fraction=0.0))
+    with memory_headroom():
+        items = list(source.read("train", 0))
+    assert [i.error for i in items] == [None, *errors]
+
+
+def test_webdataset_json_that_is_not_utf8_is_dropped_not_fatal(tmp_path: Path):
+    url = _tar(tmp_path / "00000.tar", _sample("h", json_member=b'{"k": "\\ud800"}') + bytes(1024))
+    [item] = WebDatasetSource(WebDatasetConfig(url, test_fraction=0.0)).read("train", 0)
+    assert item.error is None and item.meta["json_error"] == "invalid_json" and "json" not in item.meta
+
+
+def test_webdataset_member_cap_is_a_field(tmp_path: Path):
+    url = _tar(tmp_path / "00000.tar", hostile.good_members("k", 1, 0) + bytes(1024))
+    capped = WebDatasetSource(WebDatasetConfig(url, test_fraction=0.0, max_member_bytes=4096))
+    assert [i.error for i in capped.read("train", 0)] == ["member_too_large"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"kind": "webdataset", "urls": "x.tar", "max_member_bytes": 0}, "source.max_member_bytes: expected an integer in [1024,"),
+        ({"kind": "folder", "path": ".", "max_file_bytes": "64M"}, "source.max_file_bytes: expected an integer"),
+        ({"kind": "folder", "path": ".", "max_pixels": 10**9}, "source.max_pixels: expected an integer in [1, 89478485]"),
+    ],
+)
+def test_caps_are_validated_naming_the_field(options, message):
     with pytest.raises(ValueError) as info:
         make_source(options, image_size=32, shard_size=4, seed=0)
     assert message in str(info.value)

@@ -37,8 +37,9 @@ MICRO = TinyPipelineConfig(
 FAST = dict(steps=2, batch_size=4, learning_rate=1e-3, checkpoint_every=1, shuffle_buffer=8, threads=1, seed=7)
 
 
-def _write_shards(path: Path, n: int = 8) -> Path:
-    """A stand-in ICD shard: coloured squares, every other image with a black-and-white 'QR' box."""
+def _write_shards(path: Path, n: int = 8, twins: bool = False) -> Path:
+    """A stand-in ICD shard: coloured squares, every other image with a black-and-white 'QR' box
+    (``twins``: the same samples with their clean twins as images)."""
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     with TarShardWriter(path / "00000.tar") as writer:
@@ -51,6 +52,8 @@ def _write_shards(path: Path, n: int = 8) -> Path:
                 modules = (rng.random((6, 6)) > 0.5).astype(np.uint8) * 255
                 image.paste(Image.fromarray(modules).resize((12, 12), Image.NEAREST).convert("RGB"), (x, y))
                 instances.append(Instance("qrcode", Box(x, y, x + 12, y + 12)))
+            if twins:
+                image, instances = clean, []
             meta = SampleMeta(key=f"{i:09d}", caption=f"a square number {i}", width=32, height=32, split="train",
                               subset="icd-qrcode", source={}, instances=instances, seed=[i], recipe="test",
                               recipe_sha256="", version="0")
@@ -235,9 +238,13 @@ def test_model_removal_freezes_the_unet(setup, tmp_path):
 
 
 def test_oracle_reads_clean_twins(setup, tmp_path):
+    """The oracle trains the model a plain fine-tune on the clean twins trains, not the contaminated one."""
     base, shards = setup
-    out = train(base, shards, tmp_path / "oracle", TrainingConfig(**FAST, image_field="clean"), progress=False)
-    assert (out / "model_index.json").is_file()
+    oracle = train(base, shards, tmp_path / "oracle", TrainingConfig(**FAST, image_field="clean"), progress=False)
+    twins = train(base, _write_shards(tmp_path / "twins", twins=True), tmp_path / "twins-plain", TrainingConfig(**FAST), progress=False)
+    plain = train(base, shards, tmp_path / "plain", TrainingConfig(**FAST), progress=False)
+    assert _same(_unet_state(oracle), _unet_state(twins))
+    assert not _same(_unet_state(oracle), _unet_state(plain))
 
 
 @pytest.mark.parametrize("bad, field", [(dict(steps=0), "steps"), (dict(train_text="all"), "train_text"),

@@ -13,7 +13,6 @@ This module holds what callers use: the config (everything that changes the trai
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -28,7 +27,7 @@ from benchmark.evaluation.scene_attributes import heads, object_count, object_in
 from benchmark.evaluation.scene_features_errors import CONFIG_NAME, SceneFeaturesError, config_fields
 from benchmark.evaluation.scene_features_net import SceneNet, to_batch
 from benchmark.evaluation.scene_features_training import HELDOUT_STREAM, STREAM_TAG, accuracy, draw_scenes, train_net
-from implicit_concept.files import atomic_dir
+from implicit_concept.files import atomic_dir, locked
 from implicit_concept.provenance import cache_key, config_hash, environment
 from implicit_concept.scene.grammar import ProceduralConfig
 from implicit_concept.validate import check_choice, check_fields, check_int, is_number
@@ -147,16 +146,13 @@ class SceneFeatures:
         check_fields(overrides, {f.name for f in fields(SceneFeaturesConfig)} - {"image_size"}, CONFIG_NAME, SceneFeaturesError)
         config = SceneFeaturesConfig(image_size=image_size, **overrides)
         final = Path(cache_dir) / CACHE_SUBDIR / config.key
-        if (final / WEIGHTS_NAME).is_file() and (final / INFO_NAME).is_file():
-            return cls.load(final, config)
-        extractor = cls.train(config)
-        with atomic_dir(final) as tmp:
-            torch.save(extractor.net.state_dict(), tmp / WEIGHTS_NAME)
-            (tmp / INFO_NAME).write_text(json.dumps(extractor.info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            ours = (tmp / WEIGHTS_NAME).stat()
-        if not os.path.samestat(ours, (final / WEIGHTS_NAME).stat()):
-            # Another process cached the same config first and atomic_dir dropped ours; theirs are as good.
-            return cls.load(final, config)
+        with locked(final):  # one process trains it; another waits, then loads it
+            if (final / WEIGHTS_NAME).is_file() and (final / INFO_NAME).is_file():
+                return cls.load(final, config)
+            extractor = cls.train(config)
+            with atomic_dir(final) as tmp:
+                torch.save(extractor.net.state_dict(), tmp / WEIGHTS_NAME)
+                (tmp / INFO_NAME).write_text(json.dumps(extractor.info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         extractor.path = final
         return extractor
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from benchmark.models.pipelines import save_portable_pipeline
 from implicit_concept.concepts import concept
-from implicit_concept.files import atomic_dir
+from implicit_concept.files import atomic_dir, locked
 from implicit_concept.provenance import cache_key, canonical_json
 
 #: What name-based methods (NP, ESD, SLD, FMN) call each concept: the words a user would type.
@@ -27,10 +27,20 @@ from implicit_concept.provenance import cache_key, canonical_json
 
 @dataclass(frozen=True)
 class FineTune:
-    """What to fine-tune the base model on: the contaminated subset or its clean twins, and how."""
+    """What to fine-tune on (the contaminated subset or its clean twins), from what ("base", or "sd":
+    the plain fine-tune, as Model Removal starts from the model that learned the concept), and how:
+    Geom-Erasing's config and overrides of the track's ``[finetune]`` table."""
 
     data: str = "contaminated"
     geom: Any = None
+    start: str = "base"
+    training: dict[str, Any] = field(default_factory=dict)
+    #: The training seed; None: the track's. The protocol sets it for a track's ``seeds``.
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.start not in ("base", "sd"):
+            raise ValueError(f"FineTune.start must be 'base' or 'sd', got {self.start!r}")
 
 
 @dataclass
@@ -56,12 +66,13 @@ class MethodContext:
         """
         sd = self.finetune(FineTune())
         out = self.work_dir / f"pipeline-{cache_key({'sd': str(sd), 'tag': tag, 'record': record})}"
-        if not (out / "model_index.json").exists():
-            pipe = self.load_pipeline(sd)
-            edit(pipe)
-            with atomic_dir(out) as tmp:
-                save_portable_pipeline(pipe, tmp)
-                (tmp / f"{tag}.json").write_text(canonical_json(record))
+        with locked(out):
+            if not (out / "model_index.json").exists():
+                pipe = self.load_pipeline(sd)
+                edit(pipe)
+                with atomic_dir(out) as tmp:
+                    save_portable_pipeline(pipe, tmp)
+                    (tmp / f"{tag}.json").write_text(canonical_json(record))
         return out
 
     @property

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, save_portable_pipeline
 from benchmark.training import PIPELINE_DIR, TrainingConfig, processes, train
 from builders.sources.procedural import ProceduralSource
-from implicit_concept.files import atomic_dir, atomic_write_json
+from implicit_concept.files import atomic_dir, atomic_write_json, locked
 from implicit_concept.provenance import cache_key, config_hash, environment, version
 from implicit_concept.sample import Sample, SampleMeta
 from implicit_concept.scene.grammar import ProceduralConfig
@@ -96,9 +96,18 @@ def base_dir(config: BaseModelConfig, cache_root: str | Path) -> Path:
 def pretrain_base(config: BaseModelConfig, cache_root: str | Path, progress: bool = True) -> Path:
     """The base pipeline's directory, trained now unless the cache already holds it.
 
-    A killed run resumes from its last checkpoint.
+    A killed run resumes from its last checkpoint. One run at a time trains it: another waits for
+    the cache entry's lock, then loads what the first trained.
     """
     root = base_dir(config, cache_root)
+    state = processes()
+    # Every process of a multi-GPU run trains it, while the main process holds its lock.
+    with locked(root, holder=state.is_main_process):
+        state.wait_for_everyone()
+        return _pretrain(config, root, progress)
+
+
+def _pretrain(config: BaseModelConfig, root: Path, progress: bool) -> Path:
     final = root / "diffusion" / PIPELINE_DIR
     if (root / BASE_FILE).is_file() and (final / "model_index.json").is_file():
         return final

@@ -46,7 +46,6 @@ from benchmark.training import CHECKPOINTS_DIR, RUN_FILE, TrainingConfig, train
 from benchmark.training.checkpoints import latest_checkpoint
 from implicit_concept.files import atomic_write_json, sha256_file
 from implicit_concept.geom_erasing.location_tokens import add_tokens
-from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 from implicit_concept.shard_reader import iter_samples
 
 #: The procedural stand-in for a lab's images: this many train images, one test image, at 512 px.
@@ -88,7 +87,7 @@ def dry_run(track: Track, work: Path, source: str | None = None, images: int = D
             _stage(report, f"finetune {name}", child, steps=record["steps"], step_seconds_median=record["step_seconds_median"],
                    prepare_seconds=record["prepare_seconds"], final_loss=record["final_loss"], negative_prompt=record["negative_prompt"],
                    checkpoint_gib=_gib(latest_checkpoint(out.parent)), pipeline_gib=_gib(out))
-            trained, expected = _trained_parts(base, out, _config(track, ft))
+            trained, expected = _trained_parts(base, out, stages.finetune_config(track, ft))
             report["stages"][f"finetune {name}"]["trained"] = trained
             report["checks"][f"{name}: trained exactly what its config trains"] = trained == expected
             tuned[name] = out
@@ -107,7 +106,7 @@ def dry_run(track: Track, work: Path, source: str | None = None, images: int = D
     else:
         shutil.move(first, resumed_dir / CHECKPOINTS_DIR / first.name)
     _drop(uninterrupted.parent / CHECKPOINTS_DIR, keep=keep)
-    child = run_in_child(train, base, subset / "train", resumed_dir, _config(track, ft), progress=False, threads=threads)
+    child = run_in_child(train, base, subset / "train", resumed_dir, stages.finetune_config(track, ft), progress=False, threads=threads)
     _stage(report, "resume", child, from_checkpoint=first.name)
     report["checks"]["resume: same weights as the uninterrupted run"] = _hashes(Path(child.value)) == _hashes(uninterrupted)
     _drop(resumed_dir, keep=keep)
@@ -136,12 +135,6 @@ def _context(run: BenchmarkRun, base: Path, subset: Path) -> MethodContext:
         load_pipeline=stages.load_pipeline, train_shards=subset / "train",
         settings={"esd": track.esd, "fmn": track.fmn, "geom_erasing": track.geom_erasing}, base=base,
     )
-
-
-def _config(track: Track, ft: FineTune) -> TrainingConfig:
-    """The config :func:`benchmark.stages.finetune` trains ``ft`` with."""
-    return TrainingConfig(**{**track.finetune, "seed": track.seed}, geom=ft.geom or GeomErasingConfig.plain(),
-                          image_field="clean" if ft.data == "clean" else "image")
 
 
 def _finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune) -> str:

@@ -20,7 +20,7 @@ from implicit_concept.scoring import ScoreConfig, score_images
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", help="a folder of images or a shard set")
-    parser.add_argument("--detector", required=True, help="detector.pt or the folder `detector train` wrote")
+    parser.add_argument("--detector", required=True, help="the folder `detector train` wrote, or its detector.safetensors")
     parser.add_argument("--limit", type=int, default=500, help="images to time (default: 500)")
     parser.add_argument("--conf", type=float, default=0.25)
     parser.add_argument("--batch", type=int, default=64)

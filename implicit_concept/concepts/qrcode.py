@@ -1,7 +1,10 @@
 """QR codes as they show up in scraped images: posters, flyers, product shots, screenshots.
 
-Real encodings (so a decoder reads them back), mostly dark on light with some coloured or inverted,
-with a quiet zone of varying width, sometimes rotated or seen in slight perspective.
+Real encodings, as an encoder makes them (so a decoder reads them back, and they look like the
+codes a model would learn from): the encoder picks the version that holds the payload and the mask
+pattern of lowest penalty. Mostly dark on light with some coloured or inverted, from a corner-of-a-
+poster size to a large share of the image, with a quiet zone of varying width, sometimes rotated or
+seen in slight perspective.
 """
 from __future__ import annotations
 
@@ -14,15 +17,15 @@ import qrcode
 from PIL import Image
 
 from implicit_concept.concepts.assets import AssetPool
+from implicit_concept.concepts.qr_mask import best_mask_pattern
 from implicit_concept.concepts.renderer import (
     RGB,
     Layer,
     Renderer,
-    full_canvas,
     paint,
     uniform,
 )
-from implicit_concept.validate import check_int_range, check_number, check_range
+from implicit_concept.validate import check_int, check_int_range, check_number, check_range
 
 _EC_LEVELS = {
     "L": qrcode.constants.ERROR_CORRECT_L,
@@ -34,12 +37,17 @@ _EC_LEVELS = {
 
 @dataclass(frozen=True)
 class QRCodeConfig:
-    """``scale``: side of the code, quiet zone included, as a fraction of the image's shorter side.
-    ``versions`` is the smallest version drawn (a longer payload grows it); ``border`` the quiet
-    zone in modules; ``max_perspective`` the largest corner shift as a fraction of the side."""
+    """``scale``: side of the code, quiet zone included, as a fraction of the image's shorter side,
+    from about 5% (a code in a corner of a poster) up; no code is smaller than ``min_px``, since on
+    a small image 5% is a speck no one reads as a code. ``versions``: the smallest version is drawn
+    from it, for variety; the encoder then takes the smallest version from there that holds the
+    payload, as encoders do (a code far larger than its payload is mostly padding, which looks
+    striped). ``border`` is the quiet zone in modules; ``max_perspective`` the largest corner shift
+    as a fraction of the side."""
 
-    scale: tuple[float, float] = (0.3, 0.45)
-    versions: tuple[int, int] = (1, 6)
+    scale: tuple[float, float] = (0.05, 0.45)
+    min_px: int = 8
+    versions: tuple[int, int] = (1, 4)
     error_levels: tuple[str, ...] = ("L", "M", "Q", "H")
     border: tuple[int, int] = (1, 4)
     colour_prob: float = 0.2
@@ -51,6 +59,7 @@ class QRCodeConfig:
 
     def __post_init__(self) -> None:
         check_range("scale", self.scale)
+        check_int("min_px", self.min_px, 1, 4096)
         check_int_range("versions", self.versions, 1, 40)
         if not (self.error_levels and set(self.error_levels) <= set(_EC_LEVELS)):
             raise ValueError(
@@ -129,23 +138,26 @@ class QRCodeRenderer(Renderer):
     ) -> list[Layer]:
         """``background`` is unused: the code brings its own quiet zone, which is its contrast.
 
-        The mask pattern is drawn, not searched: any of the eight is a valid code, and the search
-        (qrcode's default) costs ten times the rest of the render.
+        The mask pattern is the encoder's choice (the lowest penalty of the eight, ISO 18004's
+        rule): a drawn one is valid but gives patterns (stripes over padding) encoders never emit.
         """
         cfg = self.config
         family, payload = self.assets.qr_payload(rng)
         level = cfg.error_levels[int(rng.integers(len(cfg.error_levels)))]
+        min_version = int(rng.integers(cfg.versions[0], cfg.versions[1] + 1))
         qr = qrcode.QRCode(
-            version=int(rng.integers(cfg.versions[0], cfg.versions[1] + 1)),
+            version=min_version,
             error_correction=_EC_LEVELS[level],
             border=int(rng.integers(cfg.border[0], cfg.border[1] + 1)),
-            mask_pattern=int(rng.integers(8)),
         )
         qr.add_data(payload)
-        qr.make(fit=True)
+        qr.best_fit(start=min_version)
+        qr.mask_pattern = best_mask_pattern(qr)
+        qr.make(fit=False)
         modules = np.array(qr.get_matrix(), dtype=np.uint8)
         n = modules.shape[0]
-        side = max(1, round(uniform(rng, cfg.scale) * min(size)))
+        lo, hi = (max(float(cfg.min_px), bound * min(size)) for bound in cfg.scale)
+        side = round(uniform(rng, (lo, hi)))
         pitch = -(-side // n)
         dark = Image.fromarray(np.kron(modules, np.full((pitch, pitch), 255, np.uint8)), "L")
         if dark.size[0] != side:
@@ -167,8 +179,9 @@ class QRCodeRenderer(Renderer):
         w, h = patch.size
         xy = (int(rng.integers(0, max(size[0] - w, 0) + 1)), int(rng.integers(0, max(size[1] - h, 0) + 1)))
         params = {
-            "payload_family": family, "payload": payload, "version": qr.version, "error_level": level,
+            "payload_family": family, "payload": payload, "min_version": min_version, "version": qr.version,
+            "error_level": level,
             "border": qr.border, "mask_pattern": qr.mask_pattern, "modules": n, "side_px": side, "style": style,
             "ink": list(ink), "paper": list(paper), "rotation": angle, "perspective": perspective,
         }
-        return [Layer(full_canvas(patch, size, xy), params)]
+        return [Layer.placed(patch, size, xy, params)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -19,12 +18,50 @@ RGB = tuple[int, int, int]
 K = TypeVar("K")
 
 
-@dataclass
 class Layer:
-    """One instance: a full-canvas RGBA image (alpha 0 where nothing is drawn) and its parameters."""
+    """One instance: an RGBA patch placed on the canvas (alpha 0 where nothing is drawn) and its
+    parameters. ``rgba`` is the full-canvas view; compositing works on the patch alone
+    (:meth:`visible_patch`), so an instance costs its own area, not the canvas's."""
 
-    rgba: Image.Image
-    params: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, rgba: Image.Image, params: dict[str, Any] | None = None) -> None:
+        self.patch = rgba
+        self.params = {} if params is None else params
+        self.xy = (0, 0)
+        self.canvas = rgba.size
+        self._full: Image.Image | None = None
+
+    @classmethod
+    def placed(cls, patch: Image.Image, size: tuple[int, int], xy: tuple[int, int], params: dict[str, Any]) -> "Layer":
+        """``patch`` at ``xy`` on a canvas of ``size``; what overhangs the canvas is clipped."""
+        layer = cls(patch, params)
+        layer.xy, layer.canvas = (int(xy[0]), int(xy[1])), (int(size[0]), int(size[1]))
+        return layer
+
+    def with_params(self, params: dict[str, Any]) -> "Layer":
+        """The same pixels, in the same place, with other parameters."""
+        return Layer.placed(self.patch, self.canvas, self.xy, params)
+
+    @property
+    def rgba(self) -> Image.Image:
+        """The full-canvas RGBA image (the patch itself when it already is one)."""
+        if self.xy == (0, 0) and self.patch.size == self.canvas:
+            return self.patch
+        if self._full is None:
+            self._full = full_canvas(self.patch, self.canvas, self.xy)
+        return self._full
+
+    def visible_patch(self) -> tuple[tuple[int, int, int, int], Image.Image] | None:
+        """``(box, crop)``: the patch's pixels of non-zero alpha on the canvas, as the canvas box
+        ``(x1, y1, x2, y2)`` (x2/y2 exclusive) and the RGBA crop it holds; None when none shows."""
+        (x, y), (W, H), (w, h) = self.xy, self.canvas, self.patch.size
+        x1, y1, x2, y2 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
+        if x1 >= x2 or y1 >= y2:
+            return None
+        clip = self.patch if (x1 - x, y1 - y, x2 - x, y2 - y) == (0, 0, w, h) else self.patch.crop((x1 - x, y1 - y, x2 - x, y2 - y))
+        bbox = clip.getchannel("A").getbbox()
+        if bbox is None:
+            return None
+        return (x1 + bbox[0], y1 + bbox[1], x1 + bbox[2], y1 + bbox[3]), clip.crop(bbox)
 
 
 class Renderer(ABC):

@@ -30,7 +30,6 @@ from implicit_concept.concepts.renderer import (
     Layer,
     Renderer,
     choose,
-    full_canvas,
     luminance,
     paint,
     uniform,
@@ -244,7 +243,7 @@ class TextRenderer(Renderer):
         scattered words take theirs from ``background`` when it is given."""
         style = choose(rng, self.config.styles)
         layers = getattr(self, f"_{style}")(rng, size, background)
-        return [Layer(layer.rgba, {"style": style, **layer.params}) for layer in layers]
+        return [layer.with_params({"style": style, **layer.params}) for layer in layers]
 
     def _subtitle(
         self, rng: np.random.Generator, size: tuple[int, int], background: Image.Image | None
@@ -268,7 +267,7 @@ class TextRenderer(Renderer):
         y = H - h - round(uniform(rng, (0.02, 0.08)) * H)
         xy = ((W - w) // 2, min(max(y, 0), H - h))
         return [
-            Layer(full_canvas(paint(list(zip(masks, [(0, 0, 0), fill]))), size, xy), {
+            Layer.placed(paint(list(zip(masks, [(0, 0, 0), fill]))), size, xy, {
                 "text": text, "font": os.path.basename(font), "font_px": px, "fill": list(fill),
                 "stroke_px": stroke, "band": band, "rotation": 0.0,
             })
@@ -295,7 +294,7 @@ class TextRenderer(Renderer):
             margin = round(uniform(rng, (0.01, 0.04)) * H)
             xy = ((W - w) // 2, margin if spot == "top" else max(H - h - margin, 0))
             layers += [
-                Layer(full_canvas(paint(list(zip(masks, [(0, 0, 0), (255, 255, 255)]))), size, xy), {
+                Layer.placed(paint(list(zip(masks, [(0, 0, 0), (255, 255, 255)]))), size, xy, {
                     "text": word, "font": os.path.basename(font), "font_px": px, "fill": [255, 255, 255],
                     "stroke_px": stroke, "position": spot, "rotation": 0.0,
                 })
@@ -330,7 +329,7 @@ class TextRenderer(Renderer):
         signs = [c for c in _SIGN if lum is None or abs(_luma(c) - lum) > 0.25] or list(_SIGN)
         board = signs[int(rng.integers(len(signs)))]
         ink = (0, 0, 0) if _luma(board) > 0.55 else (255, 255, 255)
-        return [Layer(full_canvas(paint([(plate, board), (text_mask, ink)]), size, xy), {
+        return [Layer.placed(paint([(plate, board), (text_mask, ink)]), size, xy, {
             "text": "\n".join(lines), "font": os.path.basename(font), "font_px": px, "fill": list(ink),
             "board": list(board), "stroke_px": 0, "rotation": angle,
         })]
@@ -367,7 +366,7 @@ class TextRenderer(Renderer):
                 inks = tuple(c for c in _LIGHT + _DARK if abs(_luma(c) - lum) >= _MIN_LUMA_GAP)
             fill = inks[int(rng.integers(len(inks)))]
             colours = ([(0, 0, 0) if _luma(fill) > 0.5 else (255, 255, 255)] if stroke else []) + [fill]
-            layers.append(Layer(full_canvas(paint(list(zip(masks, colours))), size, xy), {
+            layers.append(Layer.placed(paint(list(zip(masks, colours))), size, xy, {
                 "text": text, "font": os.path.basename(font), "font_px": px, "fill": list(fill),
                 "stroke_px": stroke, "rotation": angle,
             }))

@@ -11,15 +11,15 @@ import math
 import os
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 from implicit_concept.concepts.assets import AssetPool, load_font
 from implicit_concept.concepts.renderer import (
     Layer,
     Renderer,
     choose,
-    full_canvas,
     luminance,
     paint,
     uniform,
@@ -86,6 +86,13 @@ def _text_mask(text: str, font_path: str, px: int) -> Image.Image:
     mask = Image.new("L", (right - left, bottom - top), 0)
     ImageDraw.Draw(mask).text((-left, -top), text, fill=255, font=font)
     return mask
+
+
+def _max_filter(mask: Image.Image, side: int) -> Image.Image:
+    """Pillow's ``MaxFilter(side)`` (the maximum over a square, edges replicated), the same pixels
+    from OpenCV's dilation in a fraction of the time."""
+    kernel = np.ones((side, side), np.uint8)
+    return Image.fromarray(cv2.dilate(np.asarray(mask), kernel, borderType=cv2.BORDER_REPLICATE))
 
 
 def _px_for_width(text: str, font_path: str, width: float) -> int:
@@ -198,7 +205,7 @@ class WatermarkRenderer(Renderer):
             shifted.paste(fill.point(lambda a: a * 6 // 10), (shadow, shadow))
             masks.append(shifted)
         if stroke:
-            masks.append(fill.filter(ImageFilter.MaxFilter(2 * stroke + 1)))
+            masks.append(_max_filter(fill, 2 * stroke + 1))
         masks.append(fill)
         if angle:
             masks = [m.rotate(angle, Image.Resampling.BICUBIC, expand=True) for m in masks]
@@ -256,7 +263,7 @@ class WatermarkRenderer(Renderer):
             "layout": layout, **params, "width_px": round(width), "width_frac": width / W,
             "tone": tone, "opacity": opacity, "rotation": angle,
         }
-        return [Layer(full_canvas(patch, size, xy), {**base, **extra}) for xy, extra in spots]
+        return [Layer.placed(patch, size, xy, {**base, **extra}) for xy, extra in spots]
 
     def _single_spot(
         self, rng: np.random.Generator, layout: str, patch: tuple[int, int], size: tuple[int, int]

@@ -2,7 +2,9 @@
 
 The export is a pure function of the shards. It is written into a temporary folder and renamed
 into place, and a marker records every shard's sha256, so rerunning it on unchanged shards costs one
-hash per tar and a crash never leaves half a dataset behind. The ICD ``test`` split (unseen fonts,
+hash per tar and a crash never leaves half a dataset behind. A reused export is cleared of the
+``labels/*.cache`` files ultralytics may have left in it (pickles; ours never reads or writes one,
+see :mod:`implicit_concept.detector.yolo_env`). The ICD ``test`` split (unseen fonts,
 logos, payloads, words) becomes YOLO's ``val``. YOLO class ids follow ``CONCEPT_NAMES``; COCO
 category ids are those plus one (COCO reserves 0).
 """
@@ -11,9 +13,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
+from tqdm.auto import tqdm
 
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.files import atomic_dir, json_text, sha256_file
@@ -48,7 +51,7 @@ def _yolo_label_line(class_id: int, box: list[int], width: int, height: int) -> 
     return f"{class_id} {cx:.8f} {cy:.8f} {w:.8f} {h:.8f}"
 
 
-def export_detection_dataset(shards: str | Path, out: str | Path, formats: tuple[str, ...] = FORMATS) -> DetectionDataset:
+def export_detection_dataset(shards: str | Path, out: str | Path, formats: tuple[str, ...] = FORMATS, progress: bool = False) -> DetectionDataset:
     """Export ``shards`` (a folder holding ``train/`` and ``test/`` shard sets) into ``out``, in ``formats``."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
@@ -59,10 +62,13 @@ def export_detection_dataset(shards: str | Path, out: str | Path, formats: tuple
     hashes = {str(p.relative_to(shards)): sha256_file(p) for ps in split_shards.values() for p in ps}
     marker = _read_marker(out / MARKER)
     if marker.get("format") == EXPORT_FORMAT and marker.get("shards_sha256") == hashes and tuple(marker.get("formats", ())) == formats:
+        for label_cache in (out / "labels").glob("*.cache"):
+            label_cache.unlink()
         return _dataset(out, marker)
 
     with atomic_dir(out, replace_existing=True) as tmp:
-        counts = {SPLIT_NAMES[s]: _write_split(ps, tmp, SPLIT_NAMES[s], formats) for s, ps in split_shards.items()}
+        with tqdm(total=sum(len(ps) for ps in split_shards.values()), desc=f"export {shards.name}", unit="shard", disable=not progress) as bar:
+            counts = {SPLIT_NAMES[s]: _write_split(ps, tmp, SPLIT_NAMES[s], formats, bar.update) for s, ps in split_shards.items()}
         if "yolo" in formats:
             names = dict(enumerate(CONCEPT_NAMES))
             data = {"path": str(out), "train": "images/train", "val": "images/val", "nc": len(names), "names": names}
@@ -96,7 +102,7 @@ def _dataset(root: Path, marker: dict[str, Any]) -> DetectionDataset:
     )
 
 
-def _write_split(shards: list[Path], root: Path, split: str, formats: tuple[str, ...]) -> dict[str, int]:
+def _write_split(shards: list[Path], root: Path, split: str, formats: tuple[str, ...], done: Callable[[int], Any]) -> dict[str, int]:
     """Copy the JPEG bytes unchanged; for YOLO one label file per image (empty for clean images), for
     COCO one annotation file per split."""
     images_dir, labels_dir, ann_dir = root / "images" / split, root / "labels" / split, root / "annotations"
@@ -138,6 +144,7 @@ def _write_split(shards: list[Path], root: Path, split: str, formats: tuple[str,
                 (labels_dir / f"{key}.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
             counts["images"] += 1
             counts["contaminated"] += bool(meta.instances)
+        done(1)
     if "coco" in formats:
         (ann_dir / f"{split}.json").write_text(json.dumps(coco) + "\n", encoding="utf-8")
     return counts

@@ -1,10 +1,11 @@
 """The trained concept detector at inference time, and the boxes it hands Geom-Erasing.
 
-``Detector`` wraps a YOLO checkpoint trained by :mod:`implicit_concept.detector.training`: it checks
-that the checkpoint's classes are the ICD concepts, predicts at the image size it was trained at
-(ultralytics would otherwise default to 640) and batches images. ``degrade_box`` makes ground-truth
-boxes worse by a chosen amount, to test the paper's claim that Geom-Erasing tolerates boxes down to
-IoU ~0.4 with the truth.
+``Detector`` wraps a YOLO model trained by :mod:`implicit_concept.detector.training`: it loads the
+weights-only files of :mod:`implicit_concept.detector.weights` into the network rebuilt from its
+model YAML (never a pickled ``.pt``), checks that its classes are the ICD concepts, predicts at the
+image size it was trained at (ultralytics would otherwise default to 640) and batches images.
+``degrade_box`` makes ground-truth boxes worse by a chosen amount, to test the paper's claim that
+Geom-Erasing tolerates boxes down to IoU ~0.4 with the truth.
 """
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
 from implicit_concept.concepts import CONCEPT_NAMES
+from implicit_concept.detector.weights import DetectorError, read_detector, record_path
 from implicit_concept.detector.yolo_env import import_ultralytics
 from implicit_concept.image_stream import load_image
 from implicit_concept.sample import Box, covering_box
@@ -26,11 +29,6 @@ from implicit_concept.sample import Box, covering_box
 DEFAULT_CONF = 0.25
 #: NMS IoU; ultralytics' default.
 DEFAULT_IOU = 0.7
-WEIGHTS_NAME = "detector.pt"
-
-
-class DetectorError(ValueError):
-    """A detector checkpoint cannot be used; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -60,20 +58,27 @@ class Detector:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "Detector":
-        """Load ``path``: a weights file, or a training folder holding ``detector.pt``."""
-        path = Path(path)
-        weights = path / WEIGHTS_NAME if path.is_dir() else path
-        if not weights.is_file():
-            raise DetectorError(f"{weights}: no such detector weights file (train one with `implicit-concept detector train`)")
+        """Load ``path``: the folder ``detector train`` wrote, or its ``detector.safetensors``.
+
+        Its record's sha256 is checked before the weights are read; a ``.pt`` is refused unopened.
+        """
+        weights, record, state = read_detector(path)
+        if record.names != CONCEPT_NAMES:
+            raise DetectorError(f"{record_path(weights)}: detects {record.names}, not the ICD concepts {CONCEPT_NAMES}")
+        module = build_model(record.model, record.names)
         try:
-            model = import_ultralytics().YOLO(str(weights), task="detect")
-        except Exception as e:  # torch.load and ultralytics raise anything from EOFError to KeyError
-            raise DetectorError(f"{weights}: not a loadable YOLO checkpoint ({type(e).__name__}: {e})") from None
-        names = tuple(model.names[i] for i in sorted(model.names))
-        if names != CONCEPT_NAMES:
-            raise DetectorError(f"{weights}: detects {names}, not the ICD concepts {CONCEPT_NAMES}")
-        imgsz = int((getattr(model, "ckpt", None) or {}).get("train_args", {}).get("imgsz") or model.overrides.get("imgsz", 640))
-        return cls(model, weights, imgsz, device)
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise DetectorError(f"{weights}: its tensors do not fit {record.model} with {len(record.names)} classes ({e})") from None
+        return cls.from_module(module.eval(), record.model, weights, record.imgsz, device)
+
+    @classmethod
+    def from_module(cls, module: torch.nn.Module, model: str, path: Path, imgsz: int, device: str = "cpu") -> "Detector":
+        """A detector around a detection model in memory (``model`` names the YAML it was built from)."""
+        with torch.random.fork_rng(devices=[]):  # the throwaway default-class build must not move the caller's seed
+            yolo = import_ultralytics().YOLO(model, task="detect")
+        yolo.model = module
+        return cls(yolo, Path(path), imgsz, device)
 
     def detect(self, image: Image.Image | str | Path, conf: float = DEFAULT_CONF) -> list[Detection]:
         return self.detect_many([image], conf=conf)[0]
@@ -89,6 +94,16 @@ class Detector:
             results = self.model.predict(arrays, imgsz=self.imgsz, conf=conf, iou=DEFAULT_IOU, device=self.device, verbose=False)
             out.extend(_detections(r) for r in results)
         return out
+
+
+def build_model(model: str, names: Sequence[str]) -> torch.nn.Module:
+    """The detection network ``model`` (an ultralytics model YAML) with ``names`` as its classes, as
+    training builds it; its initial weights are random, drawn without moving the caller's seed."""
+    tasks = import_ultralytics("ultralytics.nn.tasks")
+    with torch.random.fork_rng(devices=[]):
+        module = tasks.DetectionModel(model, nc=len(names), verbose=False)
+    module.names = dict(enumerate(names))
+    return module
 
 
 def _bgr(image: Image.Image | str | Path) -> np.ndarray:

@@ -1,0 +1,80 @@
+"""Everything a generated image set is scored on, the same for a benchmark method and another lab's
+pipeline or folder: ICR per concept with its interval and the detector's FP rate beside it, the
+independent cross-checks, and quality (scene-FID and prompt following, or FID and CLIP score).
+
+One function, so a row of ``results.json`` and ``score-pipeline``'s ``summary.json`` carry the same
+fields computed the same way, and can share a leaderboard.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from benchmark.evaluation.quality import paper_clip_score, paper_fid, prompt_following, scene_fid
+from benchmark.evaluation.scene_features import SceneFeatures
+from benchmark.prompts import Prompt
+from implicit_concept.detector.inference import Detector
+from implicit_concept.scene.grammar import Scene
+from implicit_concept.scoring import ScoreConfig, ScoreReport, score_images
+
+
+def score_generated(
+    paths: list[Path],
+    prompts: list[Prompt],
+    detector: Detector,
+    score: ScoreConfig,
+    quality: dict[str, Any],
+    reference: list[Image.Image],
+    cache: Path,
+) -> tuple[ScoreReport, dict[str, dict[str, Any]]]:
+    """The detector's report, and per concept the fields of a results row (``icr``, ``fp_rate``,
+    ``crosscheck``, ``quality``, ``quality_detail``, ``quality_kinds``, ``fid_x_icr``).
+
+    ``quality`` is a track's ``[quality]`` table; ``reference`` the clean images FID compares with.
+    """
+    report = score_images(paths, detector, score)
+    measured = quality_scores(paths, prompts, quality, reference, cache, seed=score.seed)
+    rows = {}
+    for concept, concept_score in report.concepts.items():
+        row = {
+            "icr": concept_score.icr.to_json(),
+            "fp_rate": concept_score.fp_rate.to_json(),
+            "crosscheck": {x.checker: {"icr": x.icr.to_json(), "agreement": x.agreement} for x in report.crosschecks if x.concept == concept},
+            **measured,
+        }
+        if "scene_fid" in measured["quality"]:
+            row["fid_x_icr"] = measured["quality"]["scene_fid"] * 100 * concept_score.icr.value
+        rows[concept] = row
+    return report, rows
+
+
+def quality_scores(
+    paths: list[Path], prompts: list[Prompt], quality: dict[str, Any], reference: list[Image.Image], cache: Path, seed: int
+) -> dict[str, Any]:
+    kind = quality.get("kind", "scene")
+    if kind == "none":
+        return {"quality": {}, "quality_kinds": []}
+    images = [Image.open(p).convert("RGB") for p in paths]
+    if kind == "scene":
+        options = {k: v for k, v in quality.items() if k not in ("kind", "image_size")}
+        extractor = SceneFeatures.load_or_train(cache, image_size=quality.get("image_size", 64), **options)
+        fid = scene_fid(images, reference, extractor)
+        scenes = [Scene.from_json(p.scene) if p.scene else p.prompt for p in prompts]
+        follow = prompt_following(images, scenes, extractor, seed=seed)
+        return {
+            "quality": {"scene_fid": fid.value, "prompt_following": follow.mean.value},
+            "quality_detail": {"scene_fid": fid.to_json(), "prompt_following": follow.to_json()},
+            "quality_kinds": [fid.kind, follow.kind],
+        }
+    weights = {k: quality.get(k) for k in ("fid_weights", "clip_weights")}
+    if not all(weights.values()):
+        raise ValueError("[quality] needs fid_weights and clip_weights (local paths) for kind 'paper'")
+    fid = paper_fid(images, reference, weights["fid_weights"])
+    clip = paper_clip_score(images, [p.prompt for p in prompts], weights["clip_weights"])
+    return {
+        "quality": {"fid": fid.value, "clip_score": clip.value},
+        "quality_detail": {"fid": fid.to_json(), "clip_score": clip.to_json()},
+        "quality_kinds": [fid.kind, clip.kind],
+    }

@@ -1,0 +1,152 @@
+"""The detector's files: weights in safetensors, what they are in JSON, so that loading one runs no code.
+
+A YOLO ``.pt`` is a pickle, and unpickling runs whatever the file names: a detector from a colleague
+or a shared cache could run anything. A detector is therefore two files, neither unpickled:
+``detector.safetensors``, the model's tensors (floats in fp16, as ultralytics stores its
+checkpoints, so the numbers are the ones a ``.pt`` held), and ``detector.json``, the record: the
+model YAML the network is built from, the class names, the image size it was trained at, the
+training scale and the sha256 of the weights file. The record is written last and read first: its
+hash is checked before a byte of the weights is parsed. A ``.pt`` is refused by name.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from implicit_concept.files import atomic_write_bytes, atomic_write_json, sha256_file
+from implicit_concept.validate import check_fields
+
+WEIGHTS_NAME = "detector.safetensors"
+RECORD_NAME = "detector.json"
+#: Bump when the files change meaning; a record of another format is refused.
+FORMAT = 1
+#: Pickle-based formats torch and ultralytics use: refused by name, never opened.
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
+#: A model YAML of ultralytics' own, by bare name: no folder, so no file of someone else's.
+MODEL_YAML = re.compile(r"yolo[a-z0-9-]*\.yaml")
+
+
+class DetectorError(ValueError):
+    """A detector cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class DetectorRecord:
+    """``detector.json``: what the weights are and how to rebuild the network they fit."""
+
+    model: str
+    names: tuple[str, ...]
+    imgsz: int
+    sha256: str
+    scale: dict[str, Any] = field(default_factory=dict)
+    format: int = FORMAT
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "names": list(self.names)}
+
+    @classmethod
+    def read(cls, path: Path) -> "DetectorRecord":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DetectorError(f"{path}: missing; a detector is its weights and this record (train one with `implicit-concept detector train`)") from None
+        except (OSError, ValueError) as e:
+            raise DetectorError(f"{path}: not a readable detector record ({e})") from None
+        if not isinstance(data, dict):
+            raise DetectorError(f"{path}: not a detector record (a JSON object)")
+        checks = {
+            "format": data.get("format") == FORMAT,
+            "model": isinstance(data.get("model"), str) and MODEL_YAML.fullmatch(data["model"]) is not None,
+            "names": isinstance(data.get("names"), list) and all(isinstance(n, str) for n in data["names"]),
+            "imgsz": type(data.get("imgsz")) is int and data["imgsz"] >= 32 and data["imgsz"] % 32 == 0,
+            "sha256": isinstance(data.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", data["sha256"]) is not None,
+            "scale": isinstance(data.get("scale", {}), dict),
+        }
+        wants = {
+            "format": f"{FORMAT} (written by another version of implicit-concept)",
+            "model": "the bare name of one of ultralytics' model YAMLs, such as yolov8n.yaml",
+            "names": "a list of class names",
+            "imgsz": "a multiple of 32, at least 32",
+            "sha256": "64 hex digits",
+            "scale": "a table",
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise DetectorError(f"{path}: {name} = {data.get(name)!r}, want {wants[name]}")
+        check_fields(data, cls.__dataclass_fields__, str(path), DetectorError)
+        return cls(**{**data, "names": tuple(data["names"])})
+
+
+def weights_path(path: str | Path) -> Path:
+    """The weights file ``path`` names: the file itself, or ``detector.safetensors`` in a folder."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise DetectorError(
+            f"{path}: a {path.suffix} file is a pickle, and loading one runs any code it holds; it is never opened. "
+            f"Pass the folder `implicit-concept detector train` wrote, or its {WEIGHTS_NAME}"
+        )
+    if path.is_dir():
+        weights = path / WEIGHTS_NAME
+        if not weights.is_file():
+            legacy = " (a detector.pt there is a pickle and is never loaded: train the detector again)" if (path / "detector.pt").exists() else ""
+            raise DetectorError(f"{path}: no {WEIGHTS_NAME} and {RECORD_NAME}{legacy}; train one with `implicit-concept detector train`")
+        return weights
+    if path.suffix != ".safetensors":
+        raise DetectorError(f"{path}: not a detector (want the folder `implicit-concept detector train` wrote, or its {WEIGHTS_NAME})")
+    if not path.is_file():
+        raise DetectorError(f"{path}: no such detector weights file (train one with `implicit-concept detector train`)")
+    return path
+
+
+def record_path(weights: Path) -> Path:
+    """``detector.json`` beside ``detector.safetensors`` (``x.json`` beside ``x.safetensors``)."""
+    return weights.with_suffix(".json")
+
+
+def read_detector(path: str | Path) -> tuple[Path, DetectorRecord, dict[str, torch.Tensor]]:
+    """The weights file, its record and its tensors (on the CPU), once the recorded sha256 matches."""
+    weights = weights_path(path)
+    record = DetectorRecord.read(record_path(weights))
+    actual = sha256_file(weights)
+    if actual != record.sha256:
+        raise DetectorError(
+            f"{weights}: sha256 {actual} does not match {record.sha256} recorded in {record_path(weights).name}: "
+            "the weights changed after training; restore them or train again"
+        )
+    try:
+        return weights, record, load_file(weights, device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DetectorError(f"{weights}: not a readable safetensors file ({e})") from None
+
+
+def weights_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s tensors as ultralytics writes them into a checkpoint: floats in fp16, overflow clamped."""
+    state = {}
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().to("cpu", copy=True)
+        if tensor.is_floating_point():
+            tensor = torch.nan_to_num(tensor.half())
+        state[name] = tensor.contiguous()
+    return state
+
+
+def write_detector(
+    folder: Path, state: dict[str, torch.Tensor], model: str, names: tuple[str, ...], imgsz: int, scale: dict[str, Any]
+) -> Path:
+    """Write ``state`` (from :func:`weights_state` of a ``model`` network) into ``folder``; return the weights file.
+
+    The weights are written first and the record, holding their sha256, last: a folder with a
+    record holds a complete detector, and a reader checks the weights against it.
+    """
+    weights = Path(folder) / WEIGHTS_NAME
+    atomic_write_bytes(weights, save(state))
+    record = DetectorRecord(model=model, names=tuple(names), imgsz=imgsz, sha256=sha256_file(weights), scale=scale)
+    atomic_write_json(record_path(weights), record.to_json())
+    return weights

@@ -1,0 +1,153 @@
+"""Several processes on one out folder, run folder or cache: one makes each thing, the others wait
+and reuse it, and a second run of one name is refused at once."""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from builders.build import build_dataset
+from builders.dataset_card import CHECKSUMS
+from builders.recipe import load_recipe
+from builders.verify import verify_dataset
+from implicit_concept.files import FolderBusyError, locked, temporary_name
+from manifests import RECIPES_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from implicit_concept.files import locked
+with locked(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+    Path(sys.argv[1]).mkdir()
+"""
+
+
+#: The command line, imported first and run when the file argv[1] appears: two commands that start together.
+ON_CUE = """
+import sys, time
+from pathlib import Path
+from benchmark.cli import main
+print("ready", flush=True)
+while not Path(sys.argv[1]).exists():
+    time.sleep(0.002)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _holder(path: Path, seconds: float) -> subprocess.Popen:
+    """Another process that holds ``path``'s lock for ``seconds``, then makes the folder."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), str(seconds)], env=ENV, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_maker_waits_for_the_first_then_finds_what_it_made(tmp_path, caplog):
+    entry = tmp_path / "cache" / "entry"
+    holder = _holder(entry, 1.5)
+    start = time.monotonic()
+    with locked(entry):
+        assert time.monotonic() - start > 1.0 and entry.is_dir()
+    assert holder.wait() == 0
+    assert f"{entry}: in use by another process (pid {holder.pid}); waiting" in caplog.text
+
+
+def test_without_waiting_a_busy_folder_is_refused_naming_it_and_its_holder(tmp_path):
+    run = tmp_path / "runs" / "debug"
+    holder = _holder(run, 30)
+    try:
+        with pytest.raises(FolderBusyError, match=re.escape(f"{run}: in use by another process (pid {holder.pid}); use another --name")):
+            with locked(run, wait=False, refusal="use another --name"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with locked(run, wait=False):  # a killed holder's lock is gone with it
+        pass
+
+
+def test_only_a_dead_writers_temporaries_are_removed(debug_dataset, tmp_path):
+    import shutil
+
+    out = tmp_path / "icd-debug"
+    shutil.copytree(debug_dataset, out)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    shard = out / "icd-qrcode" / "train"
+    writing = shard / f".00000.tar.tmp-{live.pid}"
+    left = shard / f".00001.tar.tmp-{dead}"
+    try:
+        writing.write_bytes(b"a shard being written")
+        left.write_bytes(b"a killed writer's shard")
+        build_dataset(load_recipe("icd-debug"), out, progress=False)
+        assert writing.is_file(), "a live writer's temporary was removed"
+        assert not left.exists()
+    finally:
+        live.kill()
+        live.wait()
+    assert temporary_name(shard / "x").name == f".x.tmp-{os.getpid()}"
+
+
+def test_two_builds_into_one_out_end_with_one_correct_build(tmp_path):
+    """The second starts while the first writes a shard: it waits, then finds every shard finished."""
+    out = tmp_path / "icd-debug"
+    args = ["build", "icd-debug", "--out", str(out), "--quiet", "--workers", "1"]
+    first, second = (subprocess.Popen([sys.executable, "-c", ON_CUE, str(tmp_path / f"go-{n}"), *args], cwd=REPO, env=ENV,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in (1, 2))
+    for proc in (first, second):
+        assert proc.stdout.readline().strip() == "ready"
+    (tmp_path / "go-1").touch()
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.rglob(".*.tar.tmp-*")):
+        time.sleep(0.005)
+    (tmp_path / "go-2").touch()
+    for proc in (first, second):
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    assert (out / CHECKSUMS).read_text() == (RECIPES_DIR / "icd-debug.sha256").read_text()
+    assert verify_dataset(out).ok
+    assert not list(out.rglob(".*.tmp-*"))
+
+
+def test_a_second_run_of_one_name_is_refused_at_once(tmp_path, monkeypatch, capsys):
+    from benchmark import stages
+    from benchmark.cli import main
+
+    def went_on(*args, **kwargs):
+        raise AssertionError("a second run of one name went on into the first one's folder")
+
+    monkeypatch.setattr(stages, "dataset", went_on)
+    run = tmp_path / "runs" / "debug"
+    args = ["benchmark", "--track", "debug", "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
+            "--cache", str(tmp_path / "cache"), "--quiet"]
+    with locked(run):  # held by this process through another file description, as another run would
+        assert main(args) == 2
+    assert f"{run}: in use by another process (pid {os.getpid()}); wait for it to finish or use another --name" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_empty_cache_both_succeed_with_the_same_results(tmp_path):
+    """Two debug runs of other names into one runs folder, data folder and cache, started together:
+    each dataset, detector, base and scene-feature entry is made once, and both report the same."""
+    common = ["--track", "debug", "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
+              "--cache", str(tmp_path / "cache"), "--quiet", "--method", "sd", "--method", "ge-full"]
+    procs = [subprocess.Popen([sys.executable, "-m", "benchmark.cli", "benchmark", *common, "--name", name],
+                              cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for name in ("a", "b")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+    a, b = (json.loads((tmp_path / "runs" / name / "results.json").read_text()) for name in ("a", "b"))
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("timings", "model")} for r in rs]  # noqa: E731  (model: each run's own folders)
+    assert strip(a["rows"]) == strip(b["rows"]) and {r["status"] for r in a["rows"]} == {"ok"}
+    assert len(list((tmp_path / "cache" / "detectors").glob("*/detector.safetensors"))) == 1
+    assert len(list((tmp_path / "cache" / "bases").glob("base-*/base.json"))) == 1
+    assert (tmp_path / "data" / "icd-debug" / CHECKSUMS).read_text() == (RECIPES_DIR / "icd-debug.sha256").read_text()

@@ -1,0 +1,280 @@
+"""Hostile detector files and datasets: no code runs from a `.pt` or a label cache, the cached
+detector is checked against its recorded sha256, ultralytics' integrations stay off with
+ULTRALYTICS_API_KEY set, and nothing is written outside the folders the user named.
+
+Each attack is a file whose unpickling creates a marker folder: the marker must never appear.
+"""
+import importlib
+import json
+import os
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.cli import main
+from implicit_concept.concepts import CONCEPT_NAMES
+from implicit_concept.detector.export import export_detection_dataset
+from implicit_concept.detector.inference import Detector, DetectorError
+from implicit_concept.detector.training import DetectorScale, ScaleError, train_detector
+from implicit_concept.detector.yolo_env import import_ultralytics
+from tests.test_detection import _solid, _write_shards
+
+#: A few seconds on one CPU core: enough to exercise every ultralytics call the detector makes.
+TINY = DetectorScale(name="tiny-test", model="yolov8n.yaml", imgsz=32, epochs=1, batch=4)
+
+
+class RunsCode:
+    """Unpickling this creates ``marker``: a stand-in for any code a crafted file would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def _crafted_pt(path: Path, marker: Path) -> Path:
+    torch.save({"model": RunsCode(marker), "train_args": {}}, path)
+    return path
+
+
+def _plant_label_cache(path: Path, marker: Path) -> None:
+    """What ultralytics' np.load(allow_pickle=True) of ``labels/<split>.cache`` would unpickle."""
+    with open(path, "wb") as f:
+        np.save(f, np.array({"version": "1.0.3", "payload": RunsCode(marker)}, dtype=object), allow_pickle=True)
+
+
+def _random_detector(folder: Path) -> Path:
+    """A detector folder in the published format, with untrained weights (the format, not the numbers, is under test)."""
+    from implicit_concept.detector.inference import build_model
+    from implicit_concept.detector.weights import weights_state, write_detector
+
+    state = weights_state(build_model("yolov8n.yaml", CONCEPT_NAMES))
+    folder.mkdir(parents=True, exist_ok=True)
+    write_detector(folder, state, model="yolov8n.yaml", names=CONCEPT_NAMES, imgsz=32, scale={"name": "random"})
+    return folder
+
+
+def test_a_pickled_detector_is_refused_never_unpickled(tmp_path):
+    marker = tmp_path / "code-ran"
+    evil = _crafted_pt(tmp_path / "detector.pt", marker)
+    with pytest.raises(DetectorError, match=r"detector\.pt: .*pickle"):
+        Detector.load(evil)
+    assert not marker.exists(), "loading the detector ran the code in a crafted .pt"
+
+
+def test_a_pt_planted_in_a_detector_folder_is_never_unpickled(tmp_path):
+    """A cache or run folder holding only a detector.pt (planted, or left by an older version)."""
+    marker = tmp_path / "code-ran"
+    folder = tmp_path / "cache" / "detectors" / "cpu-0123"
+    folder.mkdir(parents=True)
+    _crafted_pt(folder / "detector.pt", marker)
+    with pytest.raises(DetectorError, match=r"cpu-0123.*detector\.(json|safetensors)"):
+        Detector.load(folder)
+    assert not marker.exists(), "loading the detector folder ran the code in a planted detector.pt"
+
+
+def test_every_command_taking_a_detector_refuses_a_pt(tmp_path, capsys):
+    from benchmark import stages
+
+    marker = tmp_path / "code-ran"
+    evil = _crafted_pt(tmp_path / "evil.pt", marker)
+    images = tmp_path / "images"
+    images.mkdir()
+    _solid(10).save(images / "1_0.png")
+    assert main(["score", str(images), "--detector", str(evil)]) == 2
+    assert main(["score-images", str(images), "--detector", str(evil), "--num-prompts", "1", "--out", str(tmp_path / "si")]) == 2
+    assert main(["score-pipeline", str(tmp_path / "pipeline"), "--detector", str(evil), "--out", str(tmp_path / "sp")]) == 2
+    assert capsys.readouterr().err.count("evil.pt: a .pt file is a pickle") == 3
+    with pytest.raises(DetectorError, match=r"evil\.pt: .*pickle"):
+        stages.detector(SimpleNamespace(detector=evil, cache=tmp_path / "cache"), tmp_path / "data")
+    assert not marker.exists()
+
+
+def test_the_published_detector_round_trips_and_refuses_what_is_not_its_format(tmp_path):
+    from implicit_concept.detector.weights import RECORD_NAME, WEIGHTS_NAME
+
+    folder = _random_detector(tmp_path / "det")
+    assert sorted(p.name for p in folder.iterdir()) == [RECORD_NAME, WEIGHTS_NAME]
+    by_folder, by_file = Detector.load(folder), Detector.load(folder / WEIGHTS_NAME)
+    assert by_folder.path == by_file.path == folder / WEIGHTS_NAME and by_folder.imgsz == 32
+    image = _solid(30).resize((64, 64))
+    assert by_folder.detect(image, conf=0.001) == by_file.detect(image, conf=0.001)
+
+    record = json.loads((folder / RECORD_NAME).read_text())
+    for field, value, complaint in (
+        ("model", "../../elsewhere/yolov8n.yaml", "model"),
+        ("names", ["a", "b", "c"], "detects"),
+        ("imgsz", "64", "imgsz"),
+        ("format", 99, "format"),
+    ):
+        (folder / RECORD_NAME).write_text(json.dumps({**record, field: value}))
+        with pytest.raises(DetectorError, match=rf"{RECORD_NAME}.*{complaint}"):
+            Detector.load(folder)
+    (folder / RECORD_NAME).unlink()
+    with pytest.raises(DetectorError, match=rf"{RECORD_NAME}: missing"):
+        Detector.load(folder / WEIGHTS_NAME)
+    (tmp_path / "weights.onnx").write_bytes(b"x")
+    with pytest.raises(DetectorError, match="weights.onnx: not a detector"):
+        Detector.load(tmp_path / "weights.onnx")
+
+
+def test_a_cached_detector_whose_weights_changed_is_refused_naming_the_file(tmp_path):
+    from benchmark import stages
+    from implicit_concept.detector.weights import WEIGHTS_NAME
+
+    dataset = tmp_path / "data" / "icd-debug"
+    dataset.mkdir(parents=True)
+    (dataset / "checksums.sha256").write_text(f"{'0' * 64}  icd-mixed/train/00000.tar\n")
+    run = SimpleNamespace(detector=None, cache=tmp_path / "cache", track=SimpleNamespace(detector_scale="debug"))
+    cached = _random_detector(stages.detector_dir(run, dataset))
+    assert stages.detector(run, dataset).path == cached / WEIGHTS_NAME, "the cached detector is used, not retrained"
+    weights = bytearray((cached / WEIGHTS_NAME).read_bytes())
+    weights[-1] ^= 1
+    (cached / WEIGHTS_NAME).write_bytes(bytes(weights))
+    with pytest.raises(DetectorError, match=rf"{cached / WEIGHTS_NAME}: sha256 .* does not match"):
+        stages.detector(run, dataset)
+
+
+def test_detector_training_runs_on_one_device():
+    with pytest.raises(ScaleError, match=r"device = '0,1'"):
+        DetectorScale(name="x", model="yolov8n.yaml", imgsz=64, epochs=1, batch=1, device="0,1")
+    assert DetectorScale(name="x", model="yolov8n.yaml", imgsz=64, epochs=1, batch=1, device="1").device == "1"
+
+
+def test_ultralytics_never_reads_a_label_cache_it_finds(tmp_path):
+    """Besides the export clearing them: a cache planted after the export is not read either."""
+    dataset = export_detection_dataset(_write_shards(tmp_path / "icd-mixed"), tmp_path / "yolo")
+    marker = tmp_path / "code-ran"
+    _plant_label_cache(dataset.root / "labels" / "train.cache", marker)
+    import_ultralytics()
+    yolo_dataset = importlib.import_module("ultralytics.data.dataset").YOLODataset
+    built = yolo_dataset(img_path=str(dataset.root / "images" / "train"), imgsz=32, augment=False, task="detect",
+                         data={"names": dict(enumerate(CONCEPT_NAMES)), "channels": 3})
+    assert len(built.labels) == 4 and sum(len(label["cls"]) for label in built.labels) == 6
+    assert not marker.exists(), "ultralytics unpickled a planted labels/train.cache"
+
+
+def _integration_modules():
+    """Every ultralytics module whose callbacks an integration registers: its analytics and each
+    integration under ultralytics.utils.callbacks (platform, clearml, comet, ..., whatever this version has)."""
+    import_ultralytics()
+    package = importlib.import_module("ultralytics.utils.callbacks")
+    names = [f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__) if m.name != "base"]
+    return [importlib.import_module(n) for n in ["ultralytics.utils.events", *names]]
+
+
+def _spy_on_integrations(mp: pytest.MonkeyPatch, calls: list) -> None:
+    """Replace every integration callback by one that records its call."""
+    for module in _integration_modules():
+        for event in list(module.callbacks):
+            mp.setitem(module.callbacks, event, lambda *a, _n=f"{module.__name__}:{event}": calls.append(_n))
+
+
+def _foreign(callbacks: dict) -> list[str]:
+    """Callbacks that are neither ultralytics' defaults nor ours."""
+    ours = ("ultralytics.utils.callbacks.base", "implicit_concept.")
+    return sorted({f"{event}: {getattr(f, '__module__', f)}" for event, fs in callbacks.items() for f in fs
+                   if not str(getattr(f, "__module__", "")).startswith(ours)})
+
+
+@pytest.fixture(scope="module")
+def attacked_training(tmp_path_factory):
+    """One tiny training run into a folder whose YOLO export holds planted label caches, with
+    ULTRALYTICS_API_KEY set and every integration callback replaced by a recorder."""
+    root = tmp_path_factory.mktemp("attacked-training")
+    shards = _write_shards(root / "icd-mixed")
+    out = root / "det"
+    dataset = export_detection_dataset(shards, out / "dataset")
+    markers = {split: root / f"{split}-cache-ran" for split in ("train", "val")}
+    for split, marker in markers.items():
+        _plant_label_cache(dataset.root / "labels" / f"{split}.cache", marker)
+    calls: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ULTRALYTICS_API_KEY", "ul_" + "0" * 40)
+        _spy_on_integrations(mp, calls)
+        trained = train_detector(shards, out, TINY)
+        loaded = Detector.load(out)
+        images = [_solid(red).resize((64, 64)) for red in (0, 10, 20, 30)]
+        detections = (getattr(trained, "detector", None), loaded.detect_many(images, conf=0.001))
+        import_ultralytics()
+        probe = importlib.import_module("ultralytics.models.yolo.detect").DetectionTrainer(overrides={
+            "model": TINY.model, "data": str(dataset.data_yaml), "imgsz": TINY.imgsz, "epochs": 1, "device": "cpu",
+            "project": str(root / "probe"), "name": "trainer", "exist_ok": True, "verbose": False,
+        })
+        api_key_seen = os.environ.get("ULTRALYTICS_API_KEY")
+    return SimpleNamespace(out=out, trained=trained, loaded=loaded, images=images, detections=detections,
+                           markers=markers, calls=calls, probe=probe, api_key_seen=api_key_seen, dataset=dataset)
+
+
+def test_training_never_unpickles_a_planted_label_cache(attacked_training):
+    for split, marker in attacked_training.markers.items():
+        assert not marker.exists(), f"ultralytics unpickled the planted labels/{split}.cache"
+    assert not list(attacked_training.dataset.root.rglob("*.cache")), "label caches are neither kept nor written"
+
+
+def test_no_integration_callback_is_registered_or_called_with_an_api_key_set(attacked_training):
+    from ultralytics.utils import SETTINGS
+
+    assert attacked_training.calls == [], "integration callbacks ran during training and scoring"
+    assert _foreign(attacked_training.probe.callbacks) == [], "a trainer registered integration callbacks"
+    assert _foreign(attacked_training.loaded.model.predictor.callbacks) == [], "a predictor registered integration callbacks"
+    switches = {k for k, v in SETTINGS.defaults.items() if isinstance(v, bool)}
+    assert {"sync", "clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb"} <= switches
+    assert {k: SETTINGS[k] for k in switches} == dict.fromkeys(switches, False) and SETTINGS["api_key"] == ""
+    assert attacked_training.api_key_seen is None, "the API key stays out of ultralytics' sight"
+
+
+def test_training_publishes_weights_only_and_the_file_detects_what_the_trained_model_does(attacked_training):
+    from implicit_concept.detector.weights import RECORD_NAME, WEIGHTS_NAME
+
+    out = attacked_training.out
+    assert not list(out.rglob("*.pt")), "no pickled checkpoint is written"
+    assert attacked_training.trained.weights == out / WEIGHTS_NAME and (out / RECORD_NAME).is_file()
+    in_memory, from_file = attacked_training.detections
+    assert in_memory is not None, "train_detector returns the in-memory detector its metrics were measured with"
+    expected = in_memory.detect_many(attacked_training.images, conf=0.001)
+    assert sum(map(len, expected)) > 0, "a test that compares nothing proves nothing"
+    assert from_file == expected
+    record = json.loads((out / RECORD_NAME).read_text())
+    assert record["names"] == list(CONCEPT_NAMES) and record["imgsz"] == TINY.imgsz and record["model"] == TINY.model
+    assert record["scale"]["name"] == TINY.name
+
+
+def _no_home_env(home: Path) -> dict:
+    drop = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR", "YOLO_CONFIG_DIR", "IMPLICIT_CONCEPT_CACHE")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    return {**env, "HOME": str(home), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+
+
+@pytest.mark.slow
+def test_detector_commands_write_only_under_the_folders_named(tmp_path):
+    """`detector train` and `score`: ultralytics' settings and font and matplotlib's caches go to the
+    cache folder (the benchmark's default, or --cache), never to the home folder."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    shards = _write_shards(tmp_path / "icd-mixed")
+    cli = [sys.executable, "-m", "benchmark.cli"]
+    train = subprocess.run([*cli, "detector", "train", str(shards), "--out", str(tmp_path / "det"), "--scale", "debug"],
+                           cwd=work, env=_no_home_env(home), capture_output=True, text=True, timeout=600)
+    written = sorted(str(p.relative_to(home)) for p in home.rglob("*"))
+    assert written == [], f"written to the home folder: {written}"
+    assert train.returncode == 0, train.stderr[-3000:]
+    default = work / ".cache" / "implicit-concept"
+    assert (default / "ultralytics" / "Ultralytics" / "settings.json").is_file()
+    assert (default / "ultralytics" / "Ultralytics" / "Arial.ttf").is_file()
+    assert list((default / "matplotlib").glob("fontlist-*.json")), "matplotlib's font cache sits beside them"
+
+    named = tmp_path / "named-cache"
+    score = subprocess.run([*cli, "score", str(shards / "test"), "--detector", str(tmp_path / "det"), "--cache", str(named)],
+                           cwd=work, env=_no_home_env(home), capture_output=True, text=True, timeout=600)
+    assert score.returncode == 0, score.stderr[-3000:]
+    assert (named / "ultralytics" / "Ultralytics" / "settings.json").is_file()
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []

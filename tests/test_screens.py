@@ -1,0 +1,174 @@
+"""Honest captions and clean twins from real sources: a caption that names a concept is dropped,
+stripped or flagged; a source image that already shows a concept (the detector, the QR decoder) is
+flagged or dropped; both are recorded per sample and counted in the stats and the dataset card."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import qrcode
+from PIL import Image
+
+import builders.source_screen as source_screen
+from benchmark.cli import main
+from builders.build import build_dataset
+from builders.caption_screen import DEFAULT_WORDS, CaptionScreen
+from builders.recipe import RecipeError, load_recipe, parse_recipe
+from builders.verify import verify_dataset
+from implicit_concept.concepts import CONCEPTS
+from implicit_concept.scene.grammar import ProceduralConfig, caption, sample_scene
+from implicit_concept.shard_reader import iter_samples
+
+CAPTIONS = {
+    "clean": "a red square on a white background",
+    "qr": "a poster with a QR-code",
+    "both": "Logo and watermark of a shop, text on a sign",
+    "only": "the watermark",
+    "near": "a textured wall in context with a logotype",
+}
+
+
+def test_the_vocabulary_names_each_concept_and_matches_whole_words():
+    screen = CaptionScreen("flag")
+    for c in CONCEPTS:
+        assert screen.check(f"an image with {c.word}").names == (c.name,)
+        assert screen.check(f"an image with a {c.phrase}").names == (c.name,)
+    assert screen.check(CAPTIONS["near"]).names == ()
+    assert screen.check("scan the qrcode, QR_Code or qr code").names == ("qrcode",)
+    assert screen.check("©2015 Jane Doe").names == ("watermark",)
+    assert set(DEFAULT_WORDS) == {c.name for c in CONCEPTS}
+
+
+def test_no_procedural_caption_names_a_concept():
+    screen = CaptionScreen()
+    config = ProceduralConfig(train=1, test=1)
+    assert not [c for i in range(3000) if screen.check(c := caption(sample_scene(np.random.default_rng([1, i]), config))).names]
+
+
+def test_the_three_policies():
+    assert CaptionScreen("drop").check(CAPTIONS["qr"]).reason == "caption_names_concept"
+    stripped = CaptionScreen("strip").check(CAPTIONS["both"])
+    assert stripped.names == ("text", "watermark") and stripped.stripped and stripped.caption == "and of a shop, on a sign"
+    assert CaptionScreen("strip").check(CAPTIONS["only"]).reason == "caption_empty_after_screen"
+    flagged = CaptionScreen("flag").check(CAPTIONS["both"])
+    assert flagged.caption == CAPTIONS["both"] and flagged.names == ("text", "watermark")
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("caption_screen", {"policy": "blur"}, "caption_screen.policy must be one of"),
+    ("caption_screen", {"words": {"logo": ["logo"]}}, "caption_screen.words.logo: unknown field"),
+    ("caption_screen", {"words": {"text": []}}, "caption_screen.words.text must be a non-empty list"),
+    ("caption_screen", {"polcy": "drop"}, "caption_screen.polcy: unknown field"),
+    ("source_screen", {"policy": "strip"}, "source_screen.policy must be one of"),
+    ("source_screen", {"conf": 0}, "source_screen.conf: expected a number in (0, 1]"),
+    ("source_screen", {"detector": "/no/such/detector"}, "/no/such/detector"),
+    ("license", "Apache 2.0", "license must be a license identifier"),
+])
+def test_screen_fields_are_checked_naming_the_field(field, value, message):
+    raw = load_recipe("icd-debug").to_dict()
+    with pytest.raises(RecipeError, match=None) as info:
+        parse_recipe({**raw, field: value})
+    assert message in str(info.value)
+
+
+def _source(root: Path, images: dict[str, Image.Image] | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i, (name, text) in enumerate(CAPTIONS.items()):
+        image = (images or {}).get(name, Image.new("RGB", (48, 48), (30 * i, 120, 160)))
+        image.save(root / f"{name}.png")
+        (root / f"{name}.txt").write_text(text)
+    return root
+
+
+def _recipe(src: Path, **extra) -> dict:
+    return {
+        "name": "screened", "seed": 4, "image_size": 48, "shard_size": 100,
+        "source": {"kind": "folder", "path": str(src), "test_fraction": 0.0},
+        "subsets": [{"name": "q", "concepts": ["qrcode"], "fraction": 0.5}, {"name": "t", "concepts": ["text"], "fraction": 0.5}],
+        **extra,
+    }
+
+
+def _records(out: Path) -> dict[str, dict]:
+    return {s.meta.source["id"].split(".")[0]: s.meta.to_json() for s in iter_samples(out / "q")}
+
+
+@pytest.mark.parametrize("policy", ["drop", "strip", "flag"])
+def test_a_build_screens_captions_records_and_counts(tmp_path, policy):
+    out = tmp_path / policy
+    report = build_dataset(parse_recipe(_recipe(_source(tmp_path / "src"), caption_screen={"policy": policy})), out, progress=False)
+    records = _records(out)
+    stats = json.loads((out / "q/train/00000_stats.json").read_text())
+    assert stats["screened"]["caption_names"] == {"qrcode": 1, "text": 1, "watermark": 2}
+    assert report.summary.caption_names == {"qrcode": 1, "text": 1, "watermark": 2}  # per source item, not per subset
+    card = (out / "README.md").read_text()
+    assert "source captions naming a concept, by concept: qrcode 1, text 1, watermark 2" in card
+    if policy == "drop":
+        assert set(records) == {"clean", "near"} and report.failures == {"caption_names_concept": 3}
+        assert "captions never name a concept" in card
+    elif policy == "strip":
+        assert set(records) == {"clean", "near", "qr", "both"} and report.failures == {"caption_empty_after_screen": 1}
+        assert records["both"]["caption"] == "and of a shop, on a sign"
+        assert records["both"]["screen"] == {"caption_names": ["text", "watermark"], "caption_stripped": True, "source_shows": []}
+        assert records["qr"]["caption"] == "a poster with"
+    else:
+        assert set(records) == set(CAPTIONS) and report.failures == {}
+        assert records["both"]["caption"] == CAPTIONS["both"]
+        assert records["both"]["screen"]["caption_names"] == ["text", "watermark"] and not records["both"]["screen"]["caption_stripped"]
+        assert "such captions name a concept" in card
+    assert records["clean"]["screen"] == {"caption_names": [], "caption_stripped": False, "source_shows": []}
+    assert verify_dataset(out).ok
+
+
+class RedMeansWatermark:
+    """A stand-in for the detector: a watermark wherever an image has a pure red pixel."""
+
+    calls = 0
+
+    def detect(self, image, conf=0.25):
+        from implicit_concept.detector.inference import Detection
+
+        RedMeansWatermark.calls += 1
+        red = (np.asarray(image.convert("RGB")) == (255, 0, 0)).all(axis=-1)
+        return [Detection("watermark", 0.9, (0.0, 0.0, 4.0, 4.0))] if red.any() else []
+
+
+def _qr_image() -> Image.Image:
+    code = qrcode.make("https://example.com/already-here", box_size=4, border=2).convert("RGB")
+    canvas = Image.new("RGB", (200, 200), (255, 255, 255))
+    canvas.paste(code.resize((180, 180), Image.Resampling.NEAREST), (10, 10))
+    return canvas
+
+
+@pytest.mark.parametrize("policy", ["flag", "drop"])
+def test_the_source_screen_flags_or_drops_images_that_already_show_a_concept(tmp_path, monkeypatch, policy):
+    red = Image.new("RGB", (48, 48), (90, 90, 90))
+    red.paste((255, 0, 0), (10, 10, 30, 30))
+    src = _source(tmp_path / "src", {"clean": red, "near": _qr_image()})
+    loaded = []
+    monkeypatch.setattr(source_screen, "load_detector", lambda path: loaded.append(path) or RedMeansWatermark())
+    monkeypatch.setattr(source_screen, "detector_fingerprint", lambda path: {"path": str(path), "sha256": "0" * 64})
+    monkeypatch.setattr("builders.build.detector_fingerprint", source_screen.detector_fingerprint)
+    raw = _recipe(src, caption_screen={"policy": "flag"},
+                  source_screen={"detector": "fake-detector", "qr_decode": True, "policy": policy})
+    recipe = parse_recipe(raw, check_components=False)
+    out = tmp_path / policy
+    report = build_dataset(recipe, out, progress=False)
+    assert loaded == ["fake-detector"]
+    records = _records(out)
+    assert report.summary.source_shows == {"qrcode": 1, "watermark": 1}
+    if policy == "flag":
+        assert records["clean"]["screen"]["source_shows"] == ["watermark"] and records["near"]["screen"]["source_shows"] == ["qrcode"]
+        assert records["qr"]["screen"]["source_shows"] == []
+    else:
+        assert not {"clean", "near"} & set(records) and report.failures == {"concept_in_source": 2}
+    assert "source images already showing a concept, by concept: qrcode 1, watermark 1" in (out / "README.md").read_text()
+    record = json.loads((out / "recipe.json").read_text())
+    assert record["screen_detector"] == {"path": "fake-detector", "sha256": "0" * 64}
+
+
+def test_a_screen_detector_on_the_command_line_must_exist(tmp_path, capsys):
+    assert main(["build", "icd-debug", "--screen-detector", str(tmp_path / "nodetector"), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert str(tmp_path / "nodetector") in capsys.readouterr().err

@@ -1,0 +1,178 @@
+"""Every source item that is not used is recorded with its id, reason and error text (img2dataset's
+per-sample status in each shard's parquet); the CLI counts each bad file once; a build with no
+sample, a bad ``--out`` or a mistyped ``--source`` is one clear line; GIF, TIFF and the other
+formats Pillow reads are used, not silently ignored."""
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from benchmark.cli import main
+from builders.build import build_dataset
+from builders.recipe import parse_recipe
+from builders.shard_table import COLUMNS
+from builders.verify import verify_dataset
+from implicit_concept.shard_reader import iter_tar_members
+
+FOUR_SUBSETS = [
+    {"name": name, "concepts": concepts, "fraction": 0.5}
+    for name, concepts in (("qr", ["qrcode"]), ("wm", ["watermark"]), ("tx", ["text"]), ("mixed", ["qrcode", "watermark", "text"]))
+]
+
+
+def _png(size=(48, 48), colour=(200, 40, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _folder(root: Path, good: int = 4, small: int = 3) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(good):
+        (root / f"good{i}.png").write_bytes(_png(colour=(40 * i, 90, 90)))
+        (root / f"good{i}.txt").write_text(f"a red square number {i}")
+    for i in range(small):
+        (root / f"small{i}.png").write_bytes(_png(size=(8, 8)))
+        (root / f"small{i}.txt").write_text("a tiny picture")
+    (root / "nocaption.png").write_bytes(_png())
+    return root
+
+
+def _recipe(src: Path, subsets=FOUR_SUBSETS, test_fraction: float = 0.5, **extra) -> dict:
+    return {
+        "name": "skips", "seed": 2, "image_size": 32, "min_side": 16, "shard_size": 100,
+        "source": {"kind": "folder", "path": str(src), "test_fraction": test_fraction},
+        "subsets": subsets, **extra,
+    }
+
+
+def test_every_unused_item_has_a_row_with_its_reason_and_error(tmp_path):
+    src = _folder(tmp_path / "src")
+    out = tmp_path / "out"
+    build_dataset(parse_recipe(_recipe(src)), out, progress=False)
+    manifest = pq.read_table(out / "manifest.parquet")
+    assert manifest.column_names == COLUMNS
+    rows = manifest.to_pylist()
+    assert len(rows) == 4 * 8  # every source item, in each of the four subsets
+    skipped = [r for r in rows if r["status"] != "success"]
+    assert {(r["source_id"], r["status"], r["reason"]) for r in skipped} == {
+        *((f"small{i}.png", "failed_to_decode", "too_small") for i in range(3)),
+        ("nocaption.png", "failed_to_read", "missing_caption"),
+    }
+    small = next(r for r in skipped if r["reason"] == "too_small")
+    assert small["error_message"] == "too_small: 8x8 < 16" and small["sha256"] is None and small["caption"] == "a tiny picture"
+    assert "nocaption.txt" in next(r for r in skipped if r["reason"] == "missing_caption")["error_message"]
+    for shard in out.rglob("*.parquet"):
+        if shard.name == "manifest.parquet":
+            continue
+        table = pq.read_table(shard).to_pylist()
+        jpgs = {key: m["jpg"] for key, m in iter_tar_members(shard.with_suffix(".tar"))}
+        assert [r["key"] for r in table] == sorted(r["key"] for r in table)
+        assert {r["key"]: r["sha256"] for r in table if r["status"] == "success"} == {k: hashlib.sha256(v).hexdigest() for k, v in jpgs.items()}
+    assert verify_dataset(out).ok
+
+
+def test_the_cli_counts_each_bad_file_once_whatever_the_subsets(tmp_path, capsys):
+    """Three too-small files read by four subsets are three, not twelve."""
+    src = _folder(tmp_path / "src")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_toml(_recipe(src)))
+    assert main(["build", str(recipe), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    line = capsys.readouterr().out
+    assert '{"missing_caption": 1, "too_small": 3}' in line and "each counted once" in line
+
+
+def _toml(raw: dict) -> str:
+    lines = [f'name = "{raw["name"]}"', f'seed = {raw["seed"]}', f'image_size = {raw["image_size"]}',
+             f'min_side = {raw["min_side"]}', f'shard_size = {raw["shard_size"]}', "[source]"]
+    lines += [f"{k} = {v!r}".replace("'", '"') for k, v in raw["source"].items()]
+    for s in raw["subsets"]:
+        lines += ["[[subsets]]", f'name = "{s["name"]}"', f"concepts = {s['concepts']!r}".replace("'", '"'), f'fraction = {s["fraction"]}']
+    return "\n".join(lines) + "\n"
+
+
+def test_a_build_with_no_sample_exits_non_zero_saying_why(tmp_path, capsys):
+    src = _folder(tmp_path / "src", good=0)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_toml(_recipe(src)))
+    assert main(["build", str(recipe), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no samples: all 4 source items were skipped (missing_caption: 1, too_small: 3)" in err[0]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_out_problems_are_one_line(tmp_path, capsys, workers):
+    recipe = Path(__file__).parents[1] / "manifests" / "icd-debug.toml"
+    (tmp_path / "a-file").write_text("not a folder")
+    for out, said in ((tmp_path / "a-file", "exists and is not a folder"), (tmp_path / "a-file" / "below", "which is a file")):
+        assert main(["build", str(recipe), "--out", str(out), "--workers", str(workers), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(out) in err[0] and said in err[0], err
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_write_a_worker_cannot_make_is_one_line(tmp_path, capsys, workers):
+    """A shard's place taken by a folder: the worker that builds it fails to write (as on a read-only
+    or full disk), and the error reaches the command line as one line, not a worker's traceback."""
+    recipe = Path(__file__).parents[1] / "manifests" / "icd-debug.toml"
+    out = tmp_path / "out"
+    (out / "icd-text" / "train" / "00001.tar").mkdir(parents=True)
+    assert main(["build", str(recipe), "--out", str(out), "--workers", str(workers), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out}: cannot write the dataset here: Is a directory" in err[0] and "00001.tar" in err[0], err
+
+
+@pytest.mark.skipif(hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0, reason="root writes to read-only folders")
+def test_a_read_only_out_is_one_line(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    recipe = Path(__file__).parents[1] / "manifests" / "icd-debug.toml"
+    assert main(["build", str(recipe), "--out", str(out), "--quiet"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_mistyped_source_folder_is_named(tmp_path, capsys):
+    wrong = tmp_path / "imagse"
+    assert main(["build", "icd-v1", "--source", str(wrong), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--source {wrong}: no such folder" in err and "icd-v1.toml" not in err
+    assert main(["build", "icd-v1", "--source", f"{tmp_path}/{{00000..00001}}.tar", "--quiet"]) == 2
+    assert f"2 of 2 tar files do not exist, first '{tmp_path}/00000.tar'" in capsys.readouterr().err
+
+
+def test_gif_tiff_and_other_pillow_formats_are_used(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    frames = [Image.new("P", (40, 40), i) for i in range(3)]
+    frames[0].save(src / "animated.gif", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(src / "page.tiff", save_all=True, append_images=[Image.new("RGB", (40, 40))])
+    Image.new("I;16", (40, 40), 30000).save(src / "deep.tif")
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(src / "photo.jfif", "JPEG")
+    Image.new("RGBA", (40, 40), (1, 2, 3, 100)).save(src / "web.avif")
+    for name in ("animated", "page", "deep", "photo", "web"):
+        (src / f"{name}.txt").write_text(f"a picture called {name}")
+    report = build_dataset(parse_recipe(_recipe(src, FOUR_SUBSETS[:1], test_fraction=0.0)), tmp_path / "out", progress=False)
+    assert report.samples == 5 and report.failures == {}, report
+
+
+def test_a_hard_link_in_a_source_tar_is_followed(tmp_path):
+    image = _png()
+    with tarfile.open(tmp_path / "00000.tar", "w") as tf:
+        for name, data in (("a.png", image), ("a.txt", b"first"), ("b.txt", b"second")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("b.png")
+        link.type, link.linkname = tarfile.LNKTYPE, "a.png"
+        tf.addfile(link)
+    raw = _recipe(tmp_path, FOUR_SUBSETS[:1], test_fraction=0.0)
+    raw["source"] = {"kind": "webdataset", "urls": str(tmp_path / "00000.tar"), "test_fraction": 0.0}
+    report = build_dataset(parse_recipe(raw), tmp_path / "out", progress=False)
+    assert (report.samples, report.failures) == (2, {}), report

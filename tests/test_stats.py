@@ -1,0 +1,38 @@
+"""The bootstrap intervals every report carries."""
+import numpy as np
+import pytest
+
+from implicit_concept.stats import bootstrap_mean, hierarchical_bootstrap
+
+
+def test_one_seed_is_the_plain_bootstrap_over_prompts():
+    values = [1.0] * 30 + [0.0] * 70
+    one = hierarchical_bootstrap([values], resamples=2000, seed=1)
+    plain = bootstrap_mean(values, resamples=2000, seed=1)
+    assert one.value == plain.value == 0.3
+    assert abs(one.low - plain.low) < 0.03 and abs(one.high - plain.high) < 0.03
+
+
+def test_seeds_that_disagree_widen_the_interval_beyond_the_prompts_alone():
+    """Three fine-tunes at 10%, 30% and 50% on 200 prompts each: the prompt-only interval of the
+    pooled images is about +-4 points; the seed-aware one must span most of the seeds' spread."""
+    rng = np.random.default_rng(0)
+    groups = [(rng.random(200) < p).astype(float) for p in (0.1, 0.3, 0.5)]
+    seed_aware = hierarchical_bootstrap(groups, resamples=2000, seed=0)
+    pooled = bootstrap_mean(np.concatenate(groups), resamples=2000, seed=0)
+    assert seed_aware.low < pooled.low - 0.05 and seed_aware.high > pooled.high + 0.05
+    assert seed_aware.low < 0.2 and seed_aware.high > 0.4
+    assert seed_aware.value == pytest.approx(np.mean([g.mean() for g in groups]))
+
+
+def test_identical_seeds_do_not_widen_it():
+    values = [1.0] * 50 + [0.0] * 150
+    same = hierarchical_bootstrap([values, values, values], resamples=2000, seed=0)
+    assert same.high - same.low < 0.15
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError):
+        hierarchical_bootstrap([])
+    with pytest.raises(ValueError):
+        hierarchical_bootstrap([[1.0], []])

@@ -1,0 +1,165 @@
+"""Sources and shards stream as labs hold LAION: local paths, ``pipe:`` commands and http(s) URLs
+(opened by webdataset's ``gopen``), grouped by one rule and read within the same bounds; tar hard
+links are resolved or counted."""
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import shutil
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from benchmark.perf import hostile_inputs as hostile
+from builders.build import build_dataset
+from builders.recipe import parse_recipe
+from builders.sources import WebDatasetConfig, WebDatasetSource
+from implicit_concept.shard_reader import group_members, iter_samples, open_tar
+from tests.bounded_memory import memory_headroom
+from tests.test_sources import jpeg, write_tar
+
+pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="webdataset opens http(s) URLs with curl")
+
+
+@pytest.fixture()
+def served(tmp_path):
+    """A folder served over HTTP on 127.0.0.1 by a thread of this process, stopped after the test."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    server.timeout = 5
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def _source_tars(folder: Path) -> None:
+    for shard in range(2):
+        members = []
+        for i in range(6):
+            key = f"{shard:05d}{i:04d}"
+            members += [(f"{key}.jpg", jpeg((40 * i, 90, 200 - 20 * shard))), (f"{key}.txt", f"a picture number {i}".encode())]
+        members += [(f"{shard:05d}9999.txt", b"a caption without its image")]
+        write_tar(folder / f"{shard:05d}.tar", members)
+
+
+def _recipe(urls: str) -> dict:
+    return {
+        "name": "streamed", "seed": 5, "image_size": 32, "shard_size": 100,
+        "source": {"kind": "webdataset", "urls": urls, "test_fraction": 0.3},
+        "subsets": [{"name": "q", "concepts": ["qrcode", "text"], "fraction": 0.7}],
+    }
+
+
+def _samples(out: Path) -> list[tuple[str, bytes, dict]]:
+    """Every sample's key, image bytes and record, less the recipe's hash (the recipes differ in ``urls``)."""
+    found = []
+    for shard in sorted(out.rglob("*.tar")):
+        for s in iter_samples(shard):
+            record = s.meta.to_json()
+            record.pop("recipe_sha256")
+            found.append((f"{shard.parent.name}/{s.key}", s.image.tobytes(), record))
+    return found
+
+
+def test_a_build_from_http_and_from_a_pipe_gives_the_samples_of_a_local_build(served, tmp_path):
+    folder, base = served
+    _source_tars(folder)
+    builds = {}
+    for name, urls in {
+        "local": f"{folder}/{{00000..00001}}.tar",
+        "http": f"{base}/{{00000..00001}}.tar",
+        "pipe": f"pipe:cat {folder}/{{00000..00001}}.tar",
+    }.items():
+        report = build_dataset(parse_recipe(_recipe(urls)), tmp_path / name, progress=False)
+        assert report.samples == 12 and report.failures == {"no_image": 2}, (name, report)
+        builds[name] = _samples(tmp_path / name)
+    assert builds["http"] == builds["local"] == builds["pipe"] and len(builds["local"]) == 12
+
+
+def test_our_own_shards_stream_over_http(served, debug_dataset):
+    folder, base = served
+    shutil.copytree(debug_dataset / "icd-mixed", folder / "icd-mixed")
+    local = [(s.key, s.meta.to_json()) for s in iter_samples(debug_dataset / "icd-mixed" / "train")]
+    streamed = [(s.key, s.meta.to_json()) for s in iter_samples(f"{base}/icd-mixed/train/{{00000..00001}}.tar")]
+    assert streamed == local and len(local) == 64
+
+
+def test_an_unreachable_tar_is_one_counted_skip(served):
+    _, base = served
+    source = WebDatasetSource(WebDatasetConfig(f"{base}/missing.tar", test_fraction=0.0))
+    [item] = source.read("train", 0)
+    assert item.error == "unreadable_tar" and "missing.tar" in item.detail
+
+
+def test_a_stream_keeps_the_member_cap(served):
+    """A 2 MB .tar.gz of a member declaring 200 MB, served over HTTP: not read, counted."""
+    folder, base = served
+    good = hostile.good_members("g", 1, 0)
+    data = hostile.zeros_tar_gz(good, hostile.big_member_header("h.jpg", 200 << 20), hostile.member("h.txt", b"x") + good, size=200 << 20)
+    (folder / "00000.tar.gz").write_bytes(data)
+    source = WebDatasetSource(WebDatasetConfig(f"{base}/00000.tar.gz", test_fraction=0.0))
+    with memory_headroom():
+        items = list(source.read("train", 0))
+    assert [i.error for i in items] == [None, "member_too_large", None]
+
+
+def _linked_tar(path: Path) -> None:
+    """Sample b's image is a hard link to sample a's; sample c's caption links to a's caption."""
+    image = jpeg()
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tf:
+        for name, data in (("a.jpg", image), ("a.txt", b"first")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for name, target in (("b.jpg", "a.jpg"), ("c.txt", "a.txt")):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.LNKTYPE, target
+            tf.addfile(link)
+            if name == "b.jpg":
+                info = tarfile.TarInfo("b.txt")
+                info.size = 6
+                tf.addfile(info, io.BytesIO(b"second"))
+        info = tarfile.TarInfo("c.jpg")
+        info.size = len(image)
+        tf.addfile(info, io.BytesIO(image))
+
+
+def test_hard_links_are_resolved_in_a_local_tar_and_counted_in_a_stream(tmp_path):
+    _linked_tar(tmp_path / "00000.tar")
+    local = {i.source_id: (i.error, i.image, i.caption) for i in WebDatasetSource(WebDatasetConfig(str(tmp_path / "00000.tar"), test_fraction=0.0)).read("train", 0)}
+    assert local["00000.tar/b"] == (None, local["00000.tar/a"][1], "second")
+    assert local["00000.tar/c"][0] is None and local["00000.tar/c"][2] == "first"
+    streamed = {i.source_id: i for i in WebDatasetSource(WebDatasetConfig(f"pipe:cat {tmp_path}/00000.tar", test_fraction=0.0)).read("train", 0)}
+    assert streamed["00000.tar/a"].error is None
+    assert streamed["00000.tar/b"].error == "unresolved_hard_link" and "a.jpg" in streamed["00000.tar/b"].detail
+
+
+def test_the_grouping_rule_is_webdatasets(tmp_path):
+    """Our grouping (with its caps) and webdataset's own iterator agree on what a sample is."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    write_tar(tmp_path / "s.tar", [
+        ("a.jpg", b"1"), ("a.txt", b"2"), ("dir/b.jpg", b"3"), ("dir/b.seg.png", b"4"), ("c.d.e.json", b"5"), ("a.txt2", b"6"),
+    ])
+    with open_tar(str(tmp_path / "s.tar")) as tf:
+        ours = [(s.key, s.members) for s in group_members(tf, keep={"jpg", "txt", "seg.png", "d.e.json", "txt2"})]
+    with open(tmp_path / "s.tar", "rb") as stream:
+        theirs = [
+            (s["__key__"], {k: v for k, v in s.items() if not k.startswith("__")})
+            for s in group_by_keys(tar_file_expander([{"url": str(tmp_path / "s.tar"), "stream": stream}]))
+        ]
+    assert ours == theirs
