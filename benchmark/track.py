@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.models.base_model import BaseModelConfig
+from benchmark.models.named_scenes import NamedConcepts
 from benchmark.models.pipelines import TinyPipelineConfig
 from benchmark.targets import Targets
 from implicit_concept.concepts import CONCEPT_NAMES
@@ -101,6 +102,7 @@ class Track:
                 pipeline=TinyPipelineConfig(**_tuples(raw.pop("pipeline", {}))),
                 scenes=ProceduralConfig(**{"train": 10_000, "test": 0, **_tuples(raw.pop("scenes", {}))}),
                 training=replace(default.training, **raw.pop("training", {})),
+                named=NamedConcepts(**_tuples(raw.pop("named", {}))),
                 **raw,
             )
         except (TypeError, ValueError) as e:

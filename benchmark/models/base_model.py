@@ -1,7 +1,8 @@
-"""The embedded base model: the tiny pipeline pre-trained on clean procedural scenes.
+"""The embedded base model: the tiny pipeline pre-trained on procedural scenes.
 
 Like SD before the benchmark fine-tunes it, the base draws what captions say and has never seen an
-implicit concept. The UNet and the whole text encoder learn text-to-image from scratch with
+implicit concept: a concept appears in its data only where the caption names it
+(:mod:`benchmark.models.named_scenes`), so it knows the names the baselines erase. The UNet and the whole text encoder learn text-to-image from scratch with
 :func:`benchmark.training.train` (the same loop as every fine-tune), captions dropped at
 ``caption_dropout`` for classifier-free guidance. The tiny pipeline's autoencoder has no weights (see
 :mod:`benchmark.models.patch_autoencoder`), so there is no autoencoder stage.
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
+from benchmark.models.named_scenes import NamedConcepts, NamedSceneMaker
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, save_portable_pipeline
 from benchmark.training import PIPELINE_DIR, TrainingConfig, processes, train
 from builders.sources.procedural import ProceduralSource
@@ -25,6 +27,8 @@ from implicit_concept.sample import Sample, SampleMeta
 from implicit_concept.scene.grammar import ProceduralConfig
 
 BASE_FILE = "base.json"
+#: Seeds the named-concept draw apart from the scene's own seed.
+NAMED_STREAM = 1
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class BaseModelConfig:
             train_text="text_encoder", caption_dropout=0.1, checkpoint_every=250,
         )
     )
+    named: NamedConcepts = field(default_factory=NamedConcepts)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -57,7 +62,10 @@ class BaseModelConfig:
             raise ValueError("training: the base is pre-trained plainly on clean scenes (no Geom-Erasing, image_field 'image')")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "training": self.training.to_dict()}
+        record = {**asdict(self), "training": self.training.to_dict()}
+        if not self.named.share:
+            del record["named"]  # bases without named scenes keep the cache keys they had before them
+        return record
 
     @property
     def sha256(self) -> str:
@@ -66,27 +74,33 @@ class BaseModelConfig:
 
 @dataclass(frozen=True)
 class ProceduralSamples:
-    """Clean procedural scenes as :class:`Sample` objects, drawn on the fly in a fixed order."""
+    """Procedural scenes as :class:`Sample` objects, drawn on the fly in a fixed order; ``named.share``
+    of them show a concept their caption names."""
 
     config: ProceduralConfig
     image_size: int
     seed: int
+    named: NamedConcepts = field(default_factory=NamedConcepts)
 
     def _source(self) -> ProceduralSource:
         return ProceduralSource(self.config, image_size=self.image_size, shard_size=max(1, self.config.train), seed=self.seed)
 
     def samples(self) -> Iterator[Sample]:
         package_version = version()
+        maker = NamedSceneMaker(self.named)
         for item in self._source().read("train", 0):
+            index = item.meta["index"]
+            image, caption, instances = maker.make(item.image, item.caption or "", [self.seed, NAMED_STREAM, index])
             meta = SampleMeta(
-                key=f"{item.meta['index']:09d}", caption=item.caption or "", width=self.image_size, height=self.image_size,
-                split="train", subset="procedural", source={"kind": "procedural", "id": item.source_id}, instances=[],
+                key=f"{index:09d}", caption=caption, width=self.image_size, height=self.image_size,
+                split="train", subset="procedural", source={"kind": "procedural", "id": item.source_id}, instances=instances,
                 seed=item.meta["seed"], recipe="base-pretraining", recipe_sha256="", version=package_version,
             )
-            yield Sample(meta=meta, image=item.image)
+            yield Sample(meta=meta, image=image)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "procedural", "config": asdict(self.config), "image_size": self.image_size, "seed": self.seed}
+        described = {"kind": "procedural", "config": asdict(self.config), "image_size": self.image_size, "seed": self.seed}
+        return {**described, "named": asdict(self.named)} if self.named.share else described
 
 
 def base_dir(config: BaseModelConfig, cache_root: str | Path) -> Path:
@@ -119,7 +133,7 @@ def _pretrain(config: BaseModelConfig, root: Path, progress: bool) -> Path:
         if not (init / "model_index.json").is_file():
             with atomic_dir(init) as tmp:
                 save_portable_pipeline(build_tiny_pipeline(config.pipeline, root / "tokenizer", seed=config.seed), tmp)
-    data = ProceduralSamples(config.scenes, config.pipeline.image_size, config.seed)
+    data = ProceduralSamples(config.scenes, config.pipeline.image_size, config.seed, config.named)
     train(init, data, root / "diffusion", replace(config.training, seed=config.seed), progress=progress)
     record = {
         "config": config.to_dict(),
