@@ -18,6 +18,7 @@ from benchmark.models.base_model import pretrain_base
 from benchmark.models.pipelines import load_pipeline as _load
 from benchmark.prompts import shard_prompts
 from benchmark.published_models import materialize_base, published_base, published_detector
+from benchmark.track import Track
 from benchmark.training import PIPELINE_DIR, TrainingConfig, processes, train
 from builders.build import build_dataset
 from builders.dataset_card import CHECKSUMS
@@ -142,12 +143,7 @@ def finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector
     (``ft.start``), cached under :func:`finetune_key`."""
     if ft.start == "sd":
         base = finetune(run, base, subset, FineTune(seed=ft.seed), detector, may_train)
-    geom = ft.geom or GeomErasingConfig.plain()
-    config = TrainingConfig(
-        **{**run.track.finetune, "seed": run.track.seed if ft.seed is None else ft.seed, **ft.training},
-        geom=geom,
-        image_field="clean" if ft.data == "clean" else "image",
-    )
+    config = finetune_config(run.track, ft)
     out = run.root / "models" / subset.name / f"{ft.data}-{finetune_key(base, subset, config, detector)}"
     if not may_train and not (out / PIPELINE_DIR / "model_index.json").is_file():
         raise RuntimeError(
@@ -156,12 +152,22 @@ def finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector
         )
     if (out / PIPELINE_DIR / "model_index.json").is_file():
         return out / PIPELINE_DIR  # named by content: made from this base, even one loaded from another path
-    detect = detector.detect if geom.geometry_source == "detector" else None
+    detect = detector.detect if config.geom.geometry_source == "detector" else None
     state = processes()
     # Every process of a multi-GPU run trains it, while the main process holds its lock.
     with locked(out, holder=state.is_main_process):
         state.wait_for_everyone()
         return train(base, subset / "train", out, config, detect=detect, progress=run.progress)
+
+
+def finetune_config(track: Track, ft: FineTune) -> TrainingConfig:
+    """The config :func:`finetune` trains ``ft`` with: the track's ``[finetune]`` table, the seed, the
+    fine-tune's own overrides and Geom-Erasing switches (one place, so the paper dry run checks the same)."""
+    return TrainingConfig(
+        **{**track.finetune, "seed": track.seed if ft.seed is None else ft.seed, **ft.training},
+        geom=ft.geom or GeomErasingConfig.plain(),
+        image_field="clean" if ft.data == "clean" else "image",
+    )
 
 
 def finetune_key(base: Path, subset: Path, config: Any, detector: Any) -> str:

@@ -1,12 +1,19 @@
 """SD v1.5's architecture from the configs in the repo: the published shapes, built with random
-weights, saved and loaded by the path real weights take."""
+weights, saved and loaded by the path real weights take; and the paper track's dry run in the form CI
+affords (full-size models, small inputs, two steps)."""
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import json
 
 import pytest
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from benchmark.models import sd15
@@ -65,3 +72,30 @@ def test_a_random_sd15_pipeline_loads_like_the_real_folder(work):
     assert len(pipe.tokenizer) == 49408 and pipe.tokenizer.model_max_length == 77
     assert pipe.vae_scale_factor == 8 and isinstance(pipe.scheduler, PNDMScheduler)
     assert pipe.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407], "CLIP's ids"
+
+
+@pytest.mark.slow
+def test_the_paper_dry_run_in_the_form_ci_affords(work):
+    """The paper-dry track with full-size models but small inputs: 512 px data trained and sampled at
+    64 px (8 x 8 latents), two steps, and the UNet frozen: only the text side trains (plain: the whole
+    text encoder; Geom-Erasing: it and its new rows), so AdamW holds no 7 GB for the UNet's state and
+    the run stays near 7 GB. Everything else is the full run's: data, method fine-tunes, checkpoints,
+    resume to the same weights, sampling with the negative prompt. Reuses the base built above."""
+    from benchmark.perf.paper_dry_run import dry_run
+    from benchmark.track import load_track
+
+    full = load_track("paper-dry")
+    track = load_track("paper-dry", {
+        "finetune": {**full.finetune, "train_unet": False, "train_text": "text_encoder", "resolution": 64},
+        "generation": {**full.generation, "image_size": 64, "steps": 2},
+    })
+    report = dry_run(track, work, images=4, threads=1)
+    assert report["ok"], report["checks"]
+    assert len(report["checks"]) == 4
+    assert report["stages"]["finetune ge-full"]["trained"] == {"unet": False, "text_encoder_rows": True, "new_token_rows": True}
+    assert "<l0,0>" in report["stages"]["finetune ge-full"]["negative_prompt"]
+    assert report["stages"]["finetune sd"]["negative_prompt"] == ""
+    assert report["peak_rss_gib"] < 10
+    assert Image.open(work / "sample.png").size == (64, 64)
+    assert json.loads((work / "dry_run.json").read_text())["ok"]
+    assert not (work / "sd15").exists() and not (work / "resumed").exists(), "the gigabytes are removed once checked"

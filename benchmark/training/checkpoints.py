@@ -251,6 +251,7 @@ def write_finished_run(output_dir: Path, record: dict[str, Any], config: Trainin
         seconds_this_session=round(session.seconds, 2),
         seconds_per_step=round(session.seconds / max(1, steps - session.first_step), 4),
         step_seconds_median=round(float(np.median(session.step_seconds)), 4) if session.step_seconds else None,
+        step_seconds=[round(t, 3) for t in session.step_seconds],
         prepare_seconds=round(session.prepare_seconds, 2),
         captions_truncated=session.truncated,
         examples_seen_this_session=session.examples,

@@ -1,0 +1,127 @@
+"""The paper-scale probes' parts that need no GPU: measuring in a child process, the GPU probe's plan,
+budget and report, and its refusal to run without CUDA."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from benchmark.perf import gpu_paper_probe
+from benchmark.perf.child_process import ChildError, ChildResult, run_in_child
+
+
+def _touched(megabytes: int) -> bytearray:
+    """``megabytes`` of memory, every page written, so all of it is resident."""
+    block = bytearray(megabytes * 2**20)
+    block[:: 4096] = b"x" * len(block[:: 4096])
+    return block
+
+
+def _hold(megabytes: int) -> int:
+    return len(_touched(megabytes))
+
+
+def _fail() -> None:
+    raise ValueError("bad input 42")
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _sleep() -> None:
+    import time
+
+    time.sleep(60)
+
+
+def test_a_child_returns_its_value_and_its_own_peak_memory_not_its_parents():
+    """While this process holds 2 GB, a child holding 10 MB and one holding 1 GB each report their own
+    peak (imports take about 1 GB), not the parent's that their fork briefly shared."""
+    held = _touched(2000)
+    small = run_in_child(_hold, 10)
+    large = run_in_child(_hold, 1000)
+    assert large.value == 1000 * 2**20
+    assert small.peak_rss_bytes < 1800 * 2**20 < len(held)
+    assert 1000 * 2**20 < large.peak_rss_bytes - small.peak_rss_bytes + 100 * 2**20
+    assert large.peak_cuda_allocated_bytes is None or torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("fn, message", [(_fail, "ValueError: bad input 42"), (_die, "died \\(exit code -9")])
+def test_a_child_that_fails_or_dies_raises_saying_which(fn, message):
+    with pytest.raises(ChildError, match=message):
+        run_in_child(fn)
+
+
+def test_a_child_past_its_timeout_is_killed():
+    with pytest.raises(ChildError, match="still running after 2 s, killed"):
+        run_in_child(_sleep, timeout=2)
+
+
+def test_the_gpu_probe_runs_batch_1_and_sampling_first():
+    assert gpu_paper_probe.plan() == [("train", 1, "plain"), ("train", 1, "geom-erasing"), ("sample", None, None),
+                                      ("train", 4, "plain"), ("train", 4, "geom-erasing"),
+                                      ("train", 8, "plain"), ("train", 8, "geom-erasing")]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_gpu_probe_reports_each_measurement_and_skips_what_the_budget_leaves_out():
+    """Fakes stand in for the GPU: 100 s per measurement and a 450 s budget leave the last two
+    skipped; a batch that does not fit is an error, not the end of the probe."""
+    clock = _Clock()
+    gib = 2**30
+
+    def train_fake(batch, method, left):
+        clock.now += 100
+        if batch == 4 and method == "plain":
+            raise ChildError("training_run failed in its child process: OutOfMemoryError: CUDA out of memory")
+        step = 0.1 * batch * (1.02 if method == "geom-erasing" else 1.0)
+        return ChildResult({"step_seconds_median": step, "prepare_seconds": 1.0}, 90.0, 5 * gib, 15 * gib, 16 * gib)
+
+    def sample_fake(left):
+        clock.now += 100
+        return ChildResult({"images": 8, "images_per_second": 2.5}, 30.0, 4 * gib, 3 * gib, 4 * gib)
+
+    report = gpu_paper_probe.probe(train_fake, sample_fake, budget=450, clock=clock)
+    training = report["training"]
+    assert [(e["batch_size"], e["method"]) for e in training] == [(b, m) for b in (1, 4, 8) for m in ("plain", "geom-erasing")]
+    assert training[0] == {"batch_size": 1, "method": "plain", "step_seconds_median": 0.1, "prepare_seconds": 1.0, "seconds": 90.0,
+                           "peak_allocated_gib": 15.0, "peak_reserved_gib": 16.0, "peak_host_rss_gib": 5.0, "images_per_second": 10.0}
+    assert "CUDA out of memory" in training[2]["error"]
+    assert "step_seconds_median" in training[3]
+    assert [e.get("skipped") for e in training[4:]] == ["time budget spent"] * 2
+    assert report["geom_erasing_overhead"] == {"1": 0.02}
+    assert report["sampling"]["images_per_second"] == 2.5
+    assert report["seconds"] == 500 and report["budget_seconds"] == 450
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on machines without CUDA")
+def test_the_gpu_probe_stops_at_once_without_cuda(capsys):
+    assert gpu_paper_probe.main([]) == 2
+    report = json.loads(capsys.readouterr().out)
+    assert "no CUDA device" in report["error"]
+
+
+def test_a_probe_training_run_reads_its_step_times_and_removes_its_gigabytes(tmp_path):
+    """The function each GPU measurement runs, on the micro pipeline and CPU."""
+    from benchmark.models.pipelines import build_tiny_pipeline
+    from benchmark.training import TrainingConfig
+
+    from .test_training import FAST, MICRO, _write_shards
+
+    base = tmp_path / "base"
+    build_tiny_pipeline(MICRO, tmp_path / "tokenizer", seed=0).save_pretrained(base)
+    config = TrainingConfig(**FAST, geom=gpu_paper_probe.geom_for("geom-erasing"))
+    result = gpu_paper_probe.training_run(base, str(_write_shards(tmp_path / "shards")), tmp_path / "run", config)
+    assert set(result) == {"step_seconds_median", "prepare_seconds", "final_loss", "captions_truncated"}
+    assert result["step_seconds_median"] > 0 and not (tmp_path / "run").exists()
