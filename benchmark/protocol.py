@@ -28,6 +28,7 @@ from benchmark.methods.interface import FineTune, MethodContext
 from benchmark.models.named_scenes import named_prompt
 from benchmark.parallel_finetunes import train_all
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
+from benchmark.published_models import is_published
 from benchmark.report import plot_icr, results_markdown
 from benchmark.results_page import write_results_page
 from benchmark.sample_grid import method_grid
@@ -260,7 +261,8 @@ def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Dete
         "config": run.record(),
         "seeds": {"track": run.track.seed, "evaluation_prompts": run.track.prompts},
         "environment": environment(),
-        "detector": {"path": str(detector.path), "sha256": sha256_file(detector.path), "conf": run.track.conf},
+        "detector": {"path": str(detector.path), "sha256": sha256_file(detector.path), "conf": run.track.conf,
+                     "published": is_published(detector.path)},
         "fp_rate": {c: reference.fp_rate(c, config).to_json() for c in run.track.concepts},
         "rows": rows,
         "named_base": named,

@@ -100,6 +100,11 @@ def publish_detector(detector_dir: Path, identity: dict[str, Any], name: str, ro
     return root / f"detector-{name}"
 
 
+def is_published(path: Path, root: Path = PUBLISHED_DIR) -> bool:
+    """Whether ``path`` lies in the repository's published models (what a report says of its evaluator)."""
+    return Path(path).resolve().is_relative_to(root.resolve())
+
+
 def _checked_record(record_file: Path, folder: Path) -> dict[str, Any]:
     try:
         record = json.loads(record_file.read_text(encoding="utf-8"))

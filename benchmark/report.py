@@ -13,9 +13,13 @@ from typing import Any
 PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.toml"
 
 
-def paper_icr() -> dict[str, dict[str, float]]:
+def paper_icr(table: str = "icr") -> dict[str, dict[str, float]]:
     with open(PAPER_NUMBERS, "rb") as f:
-        return tomllib.load(f)["icr"]
+        return tomllib.load(f)[table]
+
+
+#: The paper's Model Removal comparison: methods applied to the model that already draws the concept.
+MODEL_REMOVAL = ("sd", "np", "esd", "sld", "ge-model-removal")
 
 
 def pct(ratio: dict[str, Any] | None) -> str:
@@ -26,30 +30,35 @@ def pct(ratio: dict[str, Any] | None) -> str:
 
 
 def results_markdown(results: dict[str, Any]) -> str:
-    paper = paper_icr()
     rows = results["rows"]
     concepts = list(dict.fromkeys(r["concept"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     by_key = {(r["concept"], r["method"]): r for r in rows}
-    lines = [
-        f"# Implicit concept removal: {results['name']} (track `{results['track']}`)",
+    lines = [f"# Implicit concept removal: {results['name']} (track `{results['track']}`)", "", results.get("note", ""), ""]
+    lines += _evaluator_lines(results.get("detector", {}))
+    lines += [
+        "## Implicit concept ratio (ICR %, 95% interval; paper's number in parentheses)",
         "",
-        results.get("note", ""),
+        "Rows trained with several seeds carry an interval over seeds and prompts (seeds resampled, then prompts); the others over prompts.",
         "",
-        "## Implicit concept ratio (ICR %, 95% bootstrap interval; paper's number in parentheses)",
-        "",
-        "| concept | detector FP % | " + " | ".join(methods) + " |",
-        "|---|---|" + "---|" * len(methods),
     ]
-    for c in concepts:
-        cells = []
-        for m in methods:
-            r = by_key.get((c, m))
-            cell = pct(r.get("icr")) if r and r.get("status") == "ok" else "missing" if r else "–"
-            if m in paper.get(c, {}):
-                cell += f" ({paper[c][m]:.1f})"
-            cells.append(cell)
-        lines.append(f"| {c} | {pct(results['fp_rate'].get(c))} | " + " | ".join(cells) + " |")
+    lines += _icr_table(["detector FP, clean test images", *methods], concepts, by_key, results, paper_icr())
+    seeded = [r for r in rows if r.get("seeds") and r.get("status") == "ok"]
+    if seeded:
+        lines += ["## Every seed (ICR %)", "", "| method | concept | " + " | ".join(f"seed {s}" for s in seeded[0]["seeds"]) + " |"]
+        lines.append("|---|---|" + "---|" * len(seeded[0]["seeds"]))
+        lines += [f"| {r['method']} | {r['concept']} | " + " | ".join(pct(v["icr"]) for v in r["seeds"].values()) + " |" for r in seeded]
+        lines.append("")
+    named = results.get("named_base") or {}
+    if named:
+        lines += ["## The base, asked by name", "", "ICR of each concept on the evaluation prompts with the concept named, no negative prompt: "
+                  "the name-based baselines assume the model knows the word.", "", "| concept | prompt | ICR % | prompts |", "|---|---|---|---|"]
+        lines += [f"| {c} | `{v['prompt']}` | {pct(v['icr'])} | {v['n_prompts']} |" for c, v in named.items()] + [""]
+    removal = [m for m in MODEL_REMOVAL if m in methods]
+    if "ge-model-removal" in removal:
+        lines += ["## Model Removal (the paper's Table 2)", "", "Every method applied to `sd`, the model that learned the concept; "
+                  "`ge-model-removal` freezes it and learns only the new token embeddings. Paper: SD v1.5, watermark.", ""]
+        lines += _icr_table(removal, concepts, by_key, results, paper_icr("model_removal"))
     lines += ["", "## Quality", "", "| concept | method | " + " | ".join(_quality_columns(rows)) + " | FID x ICR |"]
     lines.append("|---|---|" + "---|" * (len(_quality_columns(rows)) + 1))
     for r in rows:
@@ -74,6 +83,33 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines += ["## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in stages.items()]
     return "\n".join(lines) + "\n"
+
+
+def _evaluator_lines(detector: dict[str, Any]) -> list[str]:
+    if not detector:
+        return []
+    which = "the published evaluator" if detector.get("published") else "**not the published evaluator**: its ICRs compare only with runs that used the same detector"
+    thresholds = detector.get("thresholds")
+    said = ", ".join(f"{c} {t:.3g}" for c, t in thresholds.items()) if isinstance(thresholds, dict) else f"{detector.get('conf')}"
+    return [f"Detector `{str(detector.get('sha256', ''))[:12]}`: {which}. Confidence thresholds: {said}.", ""]
+
+
+def _icr_table(methods: list[str], concepts: list[str], by_key: dict, results: dict[str, Any], paper: dict[str, dict[str, float]]) -> list[str]:
+    lines = ["| method | " + " | ".join(concepts) + " |", "|---|" + "---|" * len(concepts)]
+    for m in methods:
+        cells = []
+        for c in concepts:
+            if m.startswith("detector FP"):
+                cells.append(pct(results["fp_rate"].get(c)))
+                continue
+            r = by_key.get((c, m))
+            cell = pct(r.get("icr")) if r and r.get("status") == "ok" else "missing" if r else "–"
+            if m in paper.get(c, {}):
+                cell += f" ({paper[c][m]:.1f})"
+            cells.append(cell)
+        seeds = next((len(by_key[(c, m)]["seeds"]) for c in concepts if by_key.get((c, m), {}).get("seeds")), 0)
+        lines.append(f"| {m}{f' ({seeds} seeds)' if seeds else ''} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _quality_columns(rows: list[dict[str, Any]]) -> list[str]:

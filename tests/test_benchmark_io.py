@@ -135,6 +135,28 @@ def test_report_puts_our_numbers_beside_the_papers(tmp_path):
     assert "`fmn` on qrcode: missing: not implemented" in md and "| missing (80.4) |" in md
     assert "| qrcode | geom-erasing | 0.5 [0.42, 0.58] | 2.5 |" in md, "quality with its interval"
     assert plot_icr(results, tmp_path / "icr.png").stat().st_size > 1000
+    assert "## Model Removal" not in md and "## Every seed" not in md and "asked by name" not in md
+
+
+def test_report_shows_seeds_the_named_base_model_removal_and_which_evaluator():
+    seeds = {"0": {"icr": _ratio(0.5)}, "1": {"icr": _ratio(0.7)}}
+    results = {
+        "name": "t", "track": "tiny", "fp_rate": {"watermark": _ratio(0.0)},
+        "detector": {"sha256": "ab" * 32, "published": False, "thresholds": {"watermark": 0.41}},
+        "named_base": {"watermark": {"icr": _ratio(0.8), "prompt": "<prompt>, with a watermark", "n_prompts": 100}},
+        "rows": [
+            {"concept": "watermark", "method": "sd", "status": "ok", "icr": _ratio(0.6), "seeds": seeds},
+            {"concept": "watermark", "method": "sld", "status": "ok", "icr": _ratio(0.3)},
+            {"concept": "watermark", "method": "ge-model-removal", "status": "ok", "icr": _ratio(0.2)},
+        ],
+    }
+    md = results_markdown(results)
+    assert "| sd (2 seeds) | 60.0 [55.0, 65.0] (30.4) |" in md
+    assert "| sd | watermark | 50.0 [45.0, 55.0] | 70.0 [65.0, 75.0] |" in md, "every seed's ICR"
+    assert "| watermark | `<prompt>, with a watermark` | 80.0 [75.0, 85.0] | 100 |" in md
+    removal = md.split("## Model Removal")[1]
+    assert "| ge-model-removal | 20.0 [15.0, 25.0] (7.3) |" in removal and "| sld | 30.0 [25.0, 35.0] (9.9) |" in removal
+    assert "**not the published evaluator**" in md and "watermark 0.41" in md
 
 
 def test_a_detector_trained_fine_tune_is_keyed_by_the_detectors_weights(tmp_path):
