@@ -62,10 +62,12 @@ def _detector_train(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
+    from benchmark.published_models import default_detector
     from implicit_concept.detector.inference import Detector
     from implicit_concept.scoring import ScoreConfig, score_images
 
-    report = score_images(args.dir, Detector.load(args.detector), ScoreConfig(conf=args.conf), clean=args.clean, progress=not args.quiet)
+    detector = Detector.load(args.detector or default_detector("tiny"))
+    report = score_images(args.dir, detector, ScoreConfig(conf=args.conf), clean=args.clean, progress=not args.quiet)
     print(report.table())
     if args.json:
         print(report.write_json(args.json))
@@ -113,11 +115,12 @@ def _publish(args: argparse.Namespace) -> int:
 
 def _judging(args: argparse.Namespace):
     from benchmark.external import Judging, default_reference
+    from benchmark.published_models import default_detector
     from benchmark.track import load_track
     from implicit_concept.detector.inference import Detector
 
-    detector = Detector.load(Path(args.detector))  # an unusable detector fails first, before any generation
     track = load_track(args.track)
+    detector = Detector.load(Path(args.detector) if args.detector else default_detector(track.name))  # an unusable detector fails first
     reference = None if args.no_quality else Path(args.reference) if args.reference else default_reference(track, Path(args.data))
     if reference is None and not args.no_quality:
         raise FileNotFoundError(
@@ -185,7 +188,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _add_scoring_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--detector", required=True, help="the detector folder `detector train` wrote, or its weights file")
+    p.add_argument("--detector", help="the detector folder `detector train` wrote, or its weights file (default: the track's published evaluator)")
     p.add_argument("--track", default="tiny", help="the track whose prompts, seeds, sampler, threshold and quality measures judge (default: tiny)")
     p.add_argument("--num-prompts", type=int, help="score only the first N of the track's prompts (default: the track's count)")
     p.add_argument("--images-per-prompt", type=int, help="images per prompt (default: the track's)")
@@ -243,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="ICR per concept of a set of images, beside the detector's false-positive rate")
     p.add_argument("dir", help="a folder of images, or a shard set (folder of .tar, one tar, or a brace pattern)")
-    p.add_argument("--detector", required=True, help="the folder `detector train` wrote, or its detector.safetensors")
+    p.add_argument("--detector", help="the folder `detector train` wrote, or its detector.safetensors (default: the tiny track's published evaluator)")
     _add_cache_argument(p)
     p.add_argument("--conf", type=float, default=0.25, help="confidence threshold at which a concept counts (default: 0.25)")
     p.add_argument("--clean", help="clean images to measure false positives on (default: the reference saved with the detector)")

@@ -18,11 +18,12 @@ from benchmark.evaluation.scorecard import score_generated
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_name, pipeline_folders, pipeline_source
 from benchmark.models.pipelines import NEGATIVE_PROMPT_FILE, load_pipeline
 from benchmark.prompts import Prompt, read_prompts
+from benchmark.published_models import is_published
 from benchmark.stages import reference_images
 from benchmark.track import Track
 from builders.recipe import load_recipe
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import atomic_write_json
+from implicit_concept.files import atomic_write_json, sha256_file
 from implicit_concept.geom_erasing.training_target import negative_prompt_for
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import ScoreConfig
@@ -107,7 +108,7 @@ def _score(paths: list[Path], prompts: list[Prompt], out: Path, judging: Judging
         "track_sha256": track.sha256,
         "prompts": {"file": track.prompts, "count": len(paths)},
         "seed_rule": SEED_RULE,
-        "detector": {"path": str(detector.path), "conf": track.conf},
+        "detector": {"path": str(detector.path), "sha256": sha256_file(detector.path), "conf": track.conf, "published": is_published(detector.path)},
         "reference": str(judging.reference) if judging.reference is not None else None,
         "environment": environment(),
         "rows": [{"concept": concept, **row} for concept, row in rows.items()],

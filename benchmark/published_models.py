@@ -84,6 +84,16 @@ def published_detector(identity: dict[str, Any], root: Path = PUBLISHED_DIR) -> 
     return None
 
 
+def default_detector(track: str = "tiny", root: Path = PUBLISHED_DIR) -> Path:
+    """The evaluator the repository publishes for ``track``: what scoring commands use unless told otherwise."""
+    folder = root / f"detector-{track}"
+    if not (folder / IDENTITY_FILE).is_file():
+        known = ", ".join(sorted(p.name.removeprefix("detector-") for p in root.glob("detector-*"))) or "none"
+        raise PublishedModelError(f"{folder}: no published detector for track {track!r} (published: {known}); pass --detector")
+    _checked_record(folder / IDENTITY_FILE, folder)
+    return folder
+
+
 def publish_detector(detector_dir: Path, identity: dict[str, Any], name: str, root: Path = PUBLISHED_DIR) -> Path:
     """Copy a trained detector's files (weights, record, metrics, clean reference, plots) into the repository."""
     from implicit_concept.detector.training import METRICS_NAME

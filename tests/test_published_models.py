@@ -73,3 +73,18 @@ def test_a_published_detector_stands_in_only_for_its_own_inputs(tmp_path):
     (folder / "detector.safetensors").write_bytes(b"other weights")
     with pytest.raises(PublishedModelError, match="detector.safetensors: sha256"):
         published_detector(identity, tmp_path / "published")
+
+
+def test_scoring_commands_default_to_the_tracks_published_evaluator(tmp_path, capsys):
+    from benchmark.cli import main
+    from benchmark.published_models import default_detector
+
+    with pytest.raises(PublishedModelError, match=r"no published detector for track 'debug'.*pass --detector"):
+        default_detector("debug", tmp_path)
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "detector.safetensors").write_bytes(b"weights")
+    folder = publish_detector(trained, {"x": 1}, "debug", tmp_path)
+    assert default_detector("debug", tmp_path) == folder
+    assert main(["score-images", str(tmp_path), "--track", "debug", "--out", str(tmp_path / "o")]) == 2
+    assert "no published detector for track 'debug'" in capsys.readouterr().err
