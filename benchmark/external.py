@@ -107,7 +107,7 @@ def _score(paths: list[Path], prompts: list[Prompt], out: Path, judging: Judging
         "track_sha256": track.sha256,
         "prompts": {"file": track.prompts, "count": len(paths)},
         "seed_rule": SEED_RULE,
-        "detector": {"path": str(detector.path), "conf": track.conf},
+        "detector": {"path": str(detector.path), "conf": track.conf, "thresholds": report.thresholds},
         "reference": str(judging.reference) if judging.reference is not None else None,
         "environment": environment(),
         "rows": [{"concept": concept, **row} for concept, row in rows.items()],
