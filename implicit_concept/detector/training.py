@@ -182,10 +182,11 @@ def train_detector(
     start = time.perf_counter()
     state = weights_state(module)  # before evaluation fuses the network's layers in place
     detector = Detector.from_module(module, scale.model, out_dir / WEIGHTS_NAME, scale.imgsz, device=scale.device)
-    evaluation = {"validation_split": _evaluate(detector, data_yaml, "val", scale, out_dir), "test_split": _evaluate(detector, data_yaml, "test", scale, out_dir)}
+    evaluation = {f"{name}_split": _evaluate(detector, data_yaml, split, scale, out_dir) for name, split in (("validation", "val"), ("test", "test"))}
     validation = partial(in_validation, share=scale.validation_share)
     train_dir, test_dir = shards / "train", shards / "test"
-    references = {"validation_clean": build_clean_reference(detector, clean_images(train_dir, keep=validation), source=f"{train_dir.resolve()} (validation keys)")}
+    validation_clean = clean_images(train_dir, keep=validation)
+    references = {"validation_clean": build_clean_reference(detector, validation_clean, source=f"{train_dir.resolve()} (validation keys)")}
     if held_out:
         source = str(Path(calibration).resolve()) if isinstance(calibration, (str, Path)) else "calibration images given in memory"
         references["calibration"] = build_clean_reference(detector, held_out, source=source)
