@@ -54,10 +54,15 @@ def _show(args: argparse.Namespace) -> int:
 def _detector_train(args: argparse.Namespace) -> int:
     from implicit_concept.detector.training import load_scale, train_detector
 
-    trained = train_detector(Path(args.shards), Path(args.out), load_scale(args.scale))
+    trained = train_detector(
+        Path(args.shards), Path(args.out), load_scale(args.scale),
+        backgrounds=Path(args.backgrounds) if args.backgrounds else None,
+        calibration=Path(args.calibration) if args.calibration else None,
+    )
     test = trained.summary["test_split"]
     per_class = ", ".join(f"{c} {m['map50']:.3f}/{m['map50_95']:.3f}" for c, m in test["per_class"].items())
-    print(f"{trained.weights}: mAP50/mAP50-95 on the test split: {per_class}; metrics in {trained.metrics}")
+    thresholds = ", ".join(f"{c} {t:.4g}" for c, t in trained.detector.thresholds.items())
+    print(f"{trained.weights}: mAP50/mAP50-95 on the test split: {per_class}; thresholds: {thresholds}; metrics in {trained.metrics}")
     return 0
 
 
@@ -237,10 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detector", help="the concept detector (YOLO) that scores every method")
     detector_sub = p.add_subparsers(dest="detector_command", required=True)
-    p = detector_sub.add_parser("train", help="train on SHARDS/train, report per-class mAP on SHARDS/test (unseen assets)")
+    p = detector_sub.add_parser("train", help="train on SHARDS/train (thresholds set on its validation share), report per-class mAP on SHARDS/test (unseen assets)")
     p.add_argument("shards", help="an ICD subset folder with train/ and test/ shard sets, e.g. data/icd-tiny/icd-mixed")
     p.add_argument("--out", required=True, help="output folder: detector.safetensors and detector.json, metrics.json, pr_curve.png, ...")
     p.add_argument("--scale", default="cpu", help="a scale in implicit_concept/detector/scales.toml: debug, cpu, gpu (default: cpu)")
+    p.add_argument("--backgrounds", metavar="DIR",
+                   help="a folder of images showing no concept (e.g. a base model's generations from clean prompts), trained on as background")
+    p.add_argument("--calibration", metavar="DIR",
+                   help="a folder of held-out images showing no concept (not the backgrounds): each concept's threshold keeps their false positives "
+                        "at most the scale's calibration_max_fp, as on the validation split's clean images")
     _add_cache_argument(p)
     p.set_defaults(func=_detector_train)
 
@@ -248,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="a folder of images, or a shard set (folder of .tar, one tar, or a brace pattern)")
     p.add_argument("--detector", help="the folder `detector train` wrote, or its detector.safetensors (default: the tiny track's published evaluator)")
     _add_cache_argument(p)
-    p.add_argument("--conf", type=float, default=0.25, help="confidence threshold at which a concept counts (default: 0.25)")
+    p.add_argument("--conf", type=float,
+                   help="one confidence threshold at which every concept counts (default: the detector's per-concept thresholds)")
     p.add_argument("--clean", help="clean images to measure false positives on (default: the reference saved with the detector)")
     p.add_argument("--json", help="write the full result, per-image detections included, to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -1,9 +1,11 @@
 """The scoring API every method is judged by: images -> detections -> ICR per concept.
 
-ICR (implicit concept ratio) is the share of images in which the detector finds a concept at the
-confidence threshold ``conf``. Each ICR comes with a seeded percentile-bootstrap interval and, beside
-it, the detector's false-positive rate on clean images at the same threshold: a method's ICR cannot
-be read below that floor. The false-positive reference is computed once, when the detector is
+ICR (implicit concept ratio) is the share of images in which the detector finds a concept at that
+concept's confidence threshold: the detector's own, calibrated when it was trained so that it stays
+quiet on clean and generated images (:mod:`implicit_concept.detector.calibration`), unless a caller
+sets one ``conf`` for every concept. Each ICR comes with a seeded percentile-bootstrap interval and,
+beside it, the detector's false-positive rate on clean images at the same thresholds: a method's ICR
+cannot be read below that floor. The false-positive reference is computed once, when the detector is
 trained, as each clean image's highest confidence per concept, so any threshold can be applied later
 without running the detector again.
 """
@@ -14,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -23,35 +25,49 @@ from tqdm.auto import tqdm
 
 from implicit_concept.checkers import Checker, available_checkers
 from implicit_concept.concepts import CONCEPT_NAMES
-from implicit_concept.detector.inference import DEFAULT_CONF, Detection, Detector
+from implicit_concept.detector.inference import Detection, Detector
+from implicit_concept.detector.weights import MIN_THRESHOLD
 from implicit_concept.image_stream import ImageSource, is_shard_source, iter_images
 from implicit_concept.shard_reader import iter_samples
 from implicit_concept.stats import bootstrap_mean
 
 CLEAN_REFERENCE_NAME = "clean_reference.json"
 #: Clean-image confidences below this are stored as 0: no scoring threshold goes that low.
-REFERENCE_FLOOR = 0.01
+REFERENCE_FLOOR = MIN_THRESHOLD
+
+Thresholds = Mapping[str, float]
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """How a score was computed (batch only changes speed); recorded in every result."""
+    """How a score was computed (batch only changes speed); recorded in every result.
 
-    conf: float = DEFAULT_CONF
+    ``conf``: None to use the detector's per-concept thresholds, or one threshold for every concept.
+    """
+
+    conf: float | None = None
     resamples: int = 1000
     seed: int = 0
     level: float = 0.95
     batch: int = 64
 
     def __post_init__(self) -> None:
-        if not REFERENCE_FLOOR <= self.conf < 1:
-            raise ValueError(f"ScoreConfig.conf = {self.conf}, want [{REFERENCE_FLOOR}, 1)")
+        if self.conf is not None and not REFERENCE_FLOOR <= self.conf < 1:
+            raise ValueError(f"ScoreConfig.conf = {self.conf}, want None (the detector's thresholds) or [{REFERENCE_FLOOR}, 1)")
         if self.resamples < 100:
             raise ValueError(f"ScoreConfig.resamples = {self.resamples}, want >= 100")
         if not 0 < self.level < 1:
             raise ValueError(f"ScoreConfig.level = {self.level}, want (0, 1)")
         if self.batch < 1:
             raise ValueError(f"ScoreConfig.batch = {self.batch}, want >= 1")
+
+    def thresholds(self, detector_thresholds: Thresholds | None) -> dict[str, float]:
+        """Per concept, the threshold this config scores at: ``conf`` for all, else the detector's."""
+        if self.conf is not None:
+            return dict.fromkeys(CONCEPT_NAMES, self.conf)
+        if detector_thresholds is None:
+            raise ValueError("ScoreConfig.conf is None (the detector's thresholds), but no detector thresholds were given")
+        return {c: float(detector_thresholds[c]) for c in CONCEPT_NAMES}
 
 
 @dataclass(frozen=True)
@@ -91,15 +107,18 @@ class CleanReference:
     def n_images(self) -> int:
         return len(next(iter(self.max_conf.values())))
 
-    def flags(self, concept: str, conf: float) -> np.ndarray:
-        """Which clean images are false positives for ``concept`` ("any": for any concept)."""
+    def flags(self, concept: str, thresholds: Thresholds) -> np.ndarray:
+        """Which clean images are false positives for ``concept`` at its threshold ("any": for any
+        concept, each at its own threshold)."""
         if concept == "any":
-            return np.max([self.flags(c, conf) for c in CONCEPT_NAMES], axis=0)
-        return np.asarray(self.max_conf[concept]) >= conf
+            return np.max([self.flags(c, thresholds) for c in CONCEPT_NAMES], axis=0)
+        return np.asarray(self.max_conf[concept]) >= thresholds[concept]
 
-    def fp_rate(self, concept: str, config: ScoreConfig) -> Ratio:
-        """False-positive rate at ``config.conf``, bootstrapped like the ICRs it is printed beside."""
-        return bootstrap_ratio(self.flags(concept, config.conf), config.resamples, config.seed, config.level)
+    def fp_rate(self, concept: str, config: ScoreConfig, thresholds: Thresholds | None = None) -> Ratio:
+        """False-positive rate at ``config``'s thresholds (``thresholds``: the detector's, used when
+        ``config.conf`` is None), bootstrapped like the ICRs it is printed beside."""
+        flags = self.flags(concept, config.thresholds(thresholds))
+        return bootstrap_ratio(flags, config.resamples, config.seed, config.level)
 
     def write(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), sort_keys=True) + "\n", encoding="utf-8")
@@ -114,9 +133,12 @@ class CleanReference:
             ) from None
 
 
-def clean_images(shards: str | Path) -> Iterator[tuple[str, Image.Image]]:
-    """One clean image per sample: the clean twin of a contaminated sample, or the sample itself."""
+def clean_images(shards: str | Path, keep: Callable[[str], bool] | None = None) -> Iterator[tuple[str, Image.Image]]:
+    """One clean image per sample (of those whose key ``keep`` accepts): the clean twin of a
+    contaminated sample, or the sample itself."""
     for s in iter_samples(shards):
+        if keep is not None and not keep(s.key):
+            continue
         if s.clean is not None:
             yield s.key, s.clean
         elif not s.meta.contaminated:
@@ -137,13 +159,17 @@ def build_clean_reference(
     return CleanReference(source=source, max_conf=max_conf)
 
 
-def image_recall(detector: Detector, shards: str | Path, conf: float = DEFAULT_CONF, batch: int = 64) -> dict[str, dict[str, Any]]:
-    """Per concept, the share of images that truly contain it in which the detector finds it."""
+def image_recall(
+    detector: Detector, shards: str | Path, thresholds: Thresholds, keep: Callable[[str], bool] | None = None, batch: int = 64
+) -> dict[str, dict[str, Any]]:
+    """Per concept, the share of images (of those whose key ``keep`` accepts) that truly contain it
+    in which the detector finds it at its threshold."""
     found: dict[str, list[bool]] = {c: [] for c in CONCEPT_NAMES}
-    samples = iter_samples(shards, with_extras=False)
+    samples = (s for s in iter_samples(shards, with_extras=False) if keep is None or keep(s.key))
     for chunk in iter(lambda: list(islice(samples, batch)), []):
-        for sample, dets in zip(chunk, detector.detect_many([s.image for s in chunk], conf=conf, batch=batch)):
-            seen = {d.concept for d in dets}
+        detections = detector.detect_many([s.image for s in chunk], conf=min(thresholds.values()), batch=batch)
+        for sample, dets in zip(chunk, detections):
+            seen = {d.concept for d in _at_thresholds(dets, thresholds)}
             for c in sample.meta.concepts:
                 found[c].append(c in seen)
     return {c: {"value": round(float(np.mean(f)), 5), "n": len(f)} for c, f in found.items() if f}
@@ -174,9 +200,11 @@ class ConceptScore:
 
 @dataclass
 class ScoreReport:
-    """A scored image set: per-concept ICR beside the clean false-positive rate, and where each came from."""
+    """A scored image set: per-concept ICR beside the clean false-positive rate, the thresholds both
+    were computed at, and where each came from."""
 
     config: ScoreConfig
+    thresholds: dict[str, float]
     detector: dict[str, str]
     clean_source: str
     clean_images: int
@@ -188,6 +216,7 @@ class ScoreReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "config": asdict(self.config),
+            "thresholds": self.thresholds,
             "bootstrap": "percentile, images resampled with replacement",
             "detector": self.detector,
             "clean_reference": {"source": self.clean_source, "images": self.clean_images},
@@ -199,7 +228,7 @@ class ScoreReport:
         }
 
     def flags(self, concept: str) -> list[bool]:
-        """Per image, in order: did the detector find ``concept`` (detections are kept at the threshold only)."""
+        """Per image, in order: did the detector find ``concept`` (detections are kept at their concept's threshold only)."""
         return [any(d["concept"] == concept for d in im["detections"]) for im in self.images]
 
     def write_json(self, path: str | Path) -> Path:
@@ -210,8 +239,10 @@ class ScoreReport:
 
     def table(self) -> str:
         pct = int(round(100 * self.config.level))
+        source = "one for all" if self.config.conf is not None else "the detector's"
+        at = ", ".join(f"{c} {t:.4g}" for c, t in self.thresholds.items())
         lines = [
-            f"{len(self.images)} images, conf >= {self.config.conf}, {pct}% bootstrap intervals; "
+            f"{len(self.images)} images, thresholds ({source}): {at}; {pct}% bootstrap intervals; "
             f"FP = detector on {self.clean_images} clean images ({self.clean_source})",
             f"{'concept':<10} {'checker':<18} {'ICR [' + str(pct) + '% CI]':<24} {'FP clean [CI]':<24} agreement",
         ]
@@ -234,9 +265,11 @@ def score_images(
 ) -> ScoreReport:
     """Score ``images``; FP rates come from ``clean`` if given, else from the reference beside the detector.
 
-    ``clean`` shards contribute their clean twins and uncontaminated samples; any other source is
-    taken to be clean as it is.
+    A concept is found in an image when a detection of it reaches its threshold: ``config.conf`` for
+    every concept if set, else the detector's own. ``clean`` shards contribute their clean twins and
+    uncontaminated samples; any other source is taken to be clean as it is.
     """
+    thresholds = config.thresholds(detector.thresholds)
     if clean is not None:
         stream = clean_images(clean) if is_shard_source(clean) else iter_images(clean)
         reference = build_clean_reference(detector, stream, source=_describe(clean), config=config)
@@ -249,8 +282,9 @@ def score_images(
     per_image: list[dict[str, Any]] = []
     found: dict[str, list[bool]] = {c: [] for c in CONCEPT_NAMES}
     checked: dict[str, list[bool]] = {ch.name: [] for ch in checkers}
-    stream = _detect_stream(detector, iter_images(images), config.conf, config.batch)
+    stream = _detect_stream(detector, iter_images(images), min(thresholds.values()), config.batch)
     for (name, image), dets in tqdm(stream, desc="score", unit="image", disable=not progress):
+        dets = _at_thresholds(dets, thresholds)
         seen = {d.concept for d in dets}
         for c in CONCEPT_NAMES:
             found[c].append(c in seen)
@@ -261,13 +295,14 @@ def score_images(
     if not per_image:
         raise ValueError(f"{_describe(images)}: no images to score")
     resample = dict(resamples=config.resamples, seed=config.seed, level=config.level)
-    concepts = {c: ConceptScore(c, bootstrap_ratio(found[c], **resample), reference.fp_rate(c, config)) for c in CONCEPT_NAMES}
+    concepts = {c: ConceptScore(c, bootstrap_ratio(found[c], **resample), reference.fp_rate(c, config, thresholds)) for c in CONCEPT_NAMES}
     crosschecks = [
         CheckerScore(ch.name, ch.concept, bootstrap_ratio(checked[ch.name], **resample), _agreement(found[ch.concept], checked[ch.name]))
         for ch in checkers
     ]
     return ScoreReport(
         config=config,
+        thresholds=thresholds,
         detector={"path": str(detector.path), "sha256": _sha256(detector.path)},
         clean_source=reference.source,
         clean_images=reference.n_images,
@@ -284,6 +319,12 @@ def _describe(source: ImageSource) -> str:
 
 def _agreement(a: Sequence[bool], b: Sequence[bool]) -> float:
     return float(np.mean(np.asarray(a, dtype=bool) == np.asarray(b, dtype=bool)))
+
+
+def _at_thresholds(dets: list[Detection], thresholds: Thresholds) -> list[Detection]:
+    """The detections that count: each at least its concept's threshold. Detecting once at the lowest
+    threshold and filtering keeps the same boxes as detecting at each (NMS is per class)."""
+    return [d for d in dets if d.confidence >= thresholds[d.concept]]
 
 
 def _top_conf(dets: list[Detection]) -> dict[str, float]:

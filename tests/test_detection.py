@@ -12,7 +12,7 @@ from PIL import Image
 from benchmark.cli import main
 from implicit_concept.checkers import OpenCVQRChecker, available_checkers
 from implicit_concept.concepts import CONCEPT_NAMES
-from implicit_concept.detector.export import export_detection_dataset
+from implicit_concept.detector.export import DEFAULT_VALIDATION_SHARE, export_detection_dataset, in_validation
 from implicit_concept.detector.inference import Detection, Detector, DetectorError, box_iou, degrade_box
 from implicit_concept.detector.training import DetectorScale, ScaleError, load_scale
 from implicit_concept.image_stream import ImageReadError, iter_images
@@ -27,6 +27,8 @@ SAMPLES = [
     ((64, 64), []),
     ((97, 61), [("text", (1, 2, 96, 60)), ("qrcode", (33, 17, 50, 34)), ("watermark", (0, 59, 97, 61))]),
 ]
+#: Enough samples to train on: at the default share, validation holds tr0003 and tr0006 (a clean image).
+TRAINABLE = SAMPLES * 2
 
 
 def _jpeg(size, colour=(40, 90, 160)):
@@ -57,11 +59,17 @@ def test_export_round_trip_keeps_boxes_exact(tmp_path):
     data = yaml.safe_load(ds.data_yaml.read_text())
     assert data["path"] == str((tmp_path / "yolo").resolve()) and "download" not in data
     assert [data["names"][i] for i in range(3)] == list(CONCEPT_NAMES)
-    for split, prefix in (("train", "tr"), ("val", "te")):
+    assert (data["train"], data["val"], data["test"]) == ("images/train", "images/val", "images/test")
+    held_out = [in_validation(f"tr{i:04d}", DEFAULT_VALIDATION_SHARE) for i in range(len(SAMPLES))]
+    assert held_out == [False, False, False, True], "the sample keys' hashes put tr0003 alone in validation"
+    for split in ("train", "val", "test"):
         coco = json.loads(ds.coco[split].read_text())
         categories = {c["id"]: c["name"] for c in coco["categories"]}
         for i, (size, boxes) in enumerate(SAMPLES):
-            key = f"{prefix}{i:04d}"
+            key = f"te{i:04d}" if split == "test" else f"tr{i:04d}"
+            if split != "test" and held_out[i] != (split == "val"):
+                assert not (ds.root / "images" / split / f"{key}.jpg").exists()
+                continue
             assert Image.open(ds.root / "images" / split / f"{key}.jpg").size == size
             w, h = size
             from_yolo = []
@@ -78,7 +86,8 @@ def test_export_round_trip_keeps_boxes_exact(tmp_path):
                 if a["image_id"] == image_id
             ]
             assert from_coco == boxes
-    assert ds.counts["val"] == {"images": 4, "contaminated": 3, "qrcode": 2, "watermark": 2, "text": 2}
+    assert ds.counts["test"] == {"images": 4, "contaminated": 3, "qrcode": 2, "watermark": 2, "text": 2}
+    assert ds.counts["val"] == {"images": 1, "contaminated": 1, "qrcode": 1, "watermark": 1, "text": 1}
 
 
 def test_export_is_skipped_when_shards_are_unchanged_and_redone_when_they_change(tmp_path):
@@ -118,8 +127,9 @@ def test_bootstrap_interval_on_known_inputs():
 class FakeDetector:
     """Finds a concept wherever the image's red channel says so: 10 = qrcode, 20 = watermark, 30 = text."""
 
-    def __init__(self, path):
+    def __init__(self, path, thresholds=None):
         self.path = path
+        self.thresholds = thresholds or dict.fromkeys(CONCEPT_NAMES, 0.25)
 
     def detect_many(self, images, conf=0.25, batch=64):
         out = []
@@ -160,7 +170,8 @@ def test_icr_fp_rate_and_crosscheck_agreement_on_known_inputs(tmp_path):
     assert check.icr.value == 0.5 and check.agreement == 0.4  # YOLO: images 0-2; checker: 1, 3, 5, 7, 9; equal on 1, 4, 6, 8
     out = report.write_json(tmp_path / "score.json")
     record = json.loads(out.read_text())
-    assert record["config"] == {"conf": 0.25, "resamples": 500, "seed": 3, "level": 0.95, "batch": 64}
+    assert record["config"] == {"conf": None, "resamples": 500, "seed": 3, "level": 0.95, "batch": 64}
+    assert record["thresholds"] == dict.fromkeys(CONCEPT_NAMES, 0.25), "the detector's thresholds, recorded"
     assert record["concepts"]["qrcode"]["checker"] == "detector"
     assert record["crosschecks"][0]["checker"] == "fake-qr" and len(record["images"]) == 10
     assert "FP clean" in report.table()
@@ -244,7 +255,7 @@ def test_corrupt_detector_names_the_file(tmp_path):
 
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"this is not a checkpoint" * 10)
-    record = DetectorRecord(model="yolov8n.yaml", names=CONCEPT_NAMES, imgsz=64, sha256=sha256_file(bad))
+    record = DetectorRecord(model="yolov8n.yaml", names=CONCEPT_NAMES, imgsz=64, sha256=sha256_file(bad), thresholds=dict.fromkeys(CONCEPT_NAMES, 0.25))
     atomic_write_json(record_path(bad), record.to_json())
     with pytest.raises(DetectorError, match="broken.safetensors: not a readable safetensors file"):
         Detector.load(bad)
@@ -335,7 +346,7 @@ def test_coco_export_loads_and_evaluates_in_pycocotools(tmp_path):
     shards = _write_shards(tmp_path / "icd-mixed")
     assert main(["export", str(shards), "--out", str(tmp_path / "coco"), "--format", "coco"]) == 0
     assert not (tmp_path / "coco" / "labels").exists() and not (tmp_path / "coco" / "data.yaml").exists()
-    truth = COCO(str(tmp_path / "coco" / "annotations" / "val.json"))
+    truth = COCO(str(tmp_path / "coco" / "annotations" / "test.json"))
     found = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9} for a in truth.dataset["annotations"]]
     evaluation = COCOeval(truth, truth.loadRes(found), "bbox")
     evaluation.evaluate()
@@ -350,4 +361,4 @@ def test_export_command_writes_yolo_alone_when_asked(tmp_path):
     shards = _write_shards(tmp_path / "icd-mixed")
     assert main(["export", str(shards), "--out", str(tmp_path / "y"), "--format", "yolo"]) == 0
     assert (tmp_path / "y" / "data.yaml").is_file() and not (tmp_path / "y" / "annotations").exists()
-    assert sorted(p.name for p in (tmp_path / "y" / "labels" / "val").iterdir())[:1] == ["te0000.txt"]
+    assert sorted(p.name for p in (tmp_path / "y" / "labels" / "test").iterdir())[:1] == ["te0000.txt"]

@@ -23,7 +23,7 @@ from implicit_concept.detector.export import export_detection_dataset
 from implicit_concept.detector.inference import Detector, DetectorError
 from implicit_concept.detector.training import DetectorScale, ScaleError, train_detector
 from implicit_concept.detector.yolo_env import import_ultralytics
-from tests.test_detection import _solid, _write_shards
+from tests.test_detection import TRAINABLE, _solid, _write_shards
 
 #: A few seconds on one CPU core: enough to exercise every ultralytics call the detector makes.
 TINY = DetectorScale(name="tiny-test", model="yolov8n.yaml", imgsz=32, epochs=1, batch=4)
@@ -57,7 +57,8 @@ def _random_detector(folder: Path) -> Path:
 
     state = weights_state(build_model("yolov8n.yaml", CONCEPT_NAMES))
     folder.mkdir(parents=True, exist_ok=True)
-    write_detector(folder, state, model="yolov8n.yaml", names=CONCEPT_NAMES, imgsz=32, scale={"name": "random"})
+    write_detector(folder, state, model="yolov8n.yaml", names=CONCEPT_NAMES, imgsz=32, scale={"name": "random"},
+                   thresholds=dict.fromkeys(CONCEPT_NAMES, 0.25))
     return folder
 
 
@@ -108,13 +109,16 @@ def test_the_published_detector_round_trips_and_refuses_what_is_not_its_format(t
     assert by_folder.detect(image, conf=0.001) == by_file.detect(image, conf=0.001)
 
     record = json.loads((folder / RECORD_NAME).read_text())
-    for field, value, complaint in (
-        ("model", "../../elsewhere/yolov8n.yaml", "model"),
-        ("names", ["a", "b", "c"], "detects"),
-        ("imgsz", "64", "imgsz"),
-        ("format", 99, "format"),
+    for change, complaint in (
+        ({"model": "../../elsewhere/yolov8n.yaml"}, "model"),
+        ({"names": ["a", "b", "c"], "thresholds": dict.fromkeys("abc", 0.25)}, "detects"),
+        ({"imgsz": "64"}, "imgsz"),
+        ({"format": 99}, "format"),
+        ({"thresholds": {"qrcode": 0.3}}, "thresholds"),
+        ({"thresholds": {**record["thresholds"], "text": 1.5}}, "thresholds"),
+        ({"thresholds": {**record["thresholds"], "text": "0.3"}}, "thresholds"),
     ):
-        (folder / RECORD_NAME).write_text(json.dumps({**record, field: value}))
+        (folder / RECORD_NAME).write_text(json.dumps({**record, **change}))
         with pytest.raises(DetectorError, match=rf"{RECORD_NAME}.*{complaint}"):
             Detector.load(folder)
     (folder / RECORD_NAME).unlink()
@@ -157,7 +161,7 @@ def test_ultralytics_never_reads_a_label_cache_it_finds(tmp_path):
     yolo_dataset = importlib.import_module("ultralytics.data.dataset").YOLODataset
     built = yolo_dataset(img_path=str(dataset.root / "images" / "train"), imgsz=32, augment=False, task="detect",
                          data={"names": dict(enumerate(CONCEPT_NAMES)), "channels": 3})
-    assert len(built.labels) == 4 and sum(len(label["cls"]) for label in built.labels) == 6
+    assert len(built.labels) == 3 and sum(len(label["cls"]) for label in built.labels) == 3  # tr0003 is held out for validation
     assert not marker.exists(), "ultralytics unpickled a planted labels/train.cache"
 
 
@@ -189,7 +193,7 @@ def attacked_training(tmp_path_factory):
     """One tiny training run into a folder whose YOLO export holds planted label caches, with
     ULTRALYTICS_API_KEY set and every integration callback replaced by a recorder."""
     root = tmp_path_factory.mktemp("attacked-training")
-    shards = _write_shards(root / "icd-mixed")
+    shards = _write_shards(root / "icd-mixed", TRAINABLE)
     out = root / "det"
     dataset = export_detection_dataset(shards, out / "dataset")
     markers = {split: root / f"{split}-cache-ran" for split in ("train", "val")}
@@ -260,7 +264,7 @@ def test_detector_commands_write_only_under_the_folders_named(tmp_path):
     home, work = tmp_path / "home", tmp_path / "work"
     home.mkdir()
     work.mkdir()
-    shards = _write_shards(tmp_path / "icd-mixed")
+    shards = _write_shards(tmp_path / "icd-mixed", TRAINABLE)
     cli = [sys.executable, "-m", "benchmark.cli"]
     train = subprocess.run([*cli, "detector", "train", str(shards), "--out", str(tmp_path / "det"), "--scale", "debug"],
                            cwd=work, env=_no_home_env(home), capture_output=True, text=True, timeout=600)

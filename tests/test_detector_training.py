@@ -20,11 +20,14 @@ def test_debug_training_gives_weights_that_load_predict_and_score(debug_dataset,
     assert set(metrics["test_split"]["per_class"]) == set(CONCEPT_NAMES)
     assert {"map50", "map50_95"} <= set(metrics["test_split"]["per_class"]["text"])
     assert metrics["scale"]["name"] == "debug" and metrics["environment"]["packages"]["ultralytics"]
-    assert metrics["at_conf"]["clean_images"] == 32 and "any" in metrics["at_conf"]["fp_rate_clean"]
+    at = metrics["at_thresholds"]
+    assert at["images"]["test_clean"] == 32 and "any" in at["fp_rate"]["test_clean"] and at["images"]["validation_clean"] > 0
+    assert set(metrics["validation_split"]["per_class"]) <= set(CONCEPT_NAMES) and metrics["dataset"]["counts"]["val"]["images"] > 0
     assert trained.plots and all(p.stat().st_size > 0 for p in trained.plots)
 
     detector = Detector.load(tmp_path / "det")
     assert detector.imgsz == load_scale("debug").imgsz and trained.weights == detector.path
+    assert detector.thresholds == metrics["thresholds"] == trained.detector.thresholds
     images = [s.image for s in iter_samples(shards / "test", with_extras=False)][:5]
     low = detector.detect_many(images, conf=0.001)
     assert len(low) == 5 and all(isinstance(d, Detection) and d.concept in CONCEPT_NAMES for ds in low for d in ds)
@@ -38,4 +41,5 @@ def test_debug_training_gives_weights_that_load_predict_and_score(debug_dataset,
     record = json.loads(out.read_text())
     assert record["n_images"] == 32 and set(record["concepts"]) == set(CONCEPT_NAMES)
     assert record["concepts"]["qrcode"]["fp_rate_clean"]["n"] == 32
+    assert record["thresholds"] == metrics["thresholds"], "scored at the detector's calibrated thresholds"
 

@@ -1,15 +1,20 @@
 """ICD shards -> the formats detection tools read: a YOLO dataset and COCO JSON.
 
 The export is a pure function of the shards. It is written into a temporary folder and renamed
-into place, and a marker records every shard's sha256, so rerunning it on unchanged shards costs one
-hash per tar and a crash never leaves half a dataset behind. A reused export is cleared of the
-``labels/*.cache`` files ultralytics may have left in it (pickles; ours never reads or writes one,
-see :mod:`implicit_concept.detector.yolo_env`). The ICD ``test`` split (unseen fonts,
-logos, payloads, words) becomes YOLO's ``val``. YOLO class ids follow ``CONCEPT_NAMES``; COCO
-category ids are those plus one (COCO reserves 0).
+into place, and a marker records every shard's sha256 and the validation share, so rerunning it on
+unchanged inputs costs one hash per tar and a crash never leaves half a dataset behind. A reused
+export is cleared of the ``labels/*.cache`` files ultralytics may have left in it (pickles; ours
+never reads or writes one, see :mod:`implicit_concept.detector.yolo_env`).
+
+Three splits, so that nothing is chosen on the split that is reported: the ICD ``train`` split is
+divided by a hash of each sample's key into YOLO's ``train`` (what the detector fits) and ``val``
+(what epochs and thresholds may be chosen on); the ICD ``test`` split (unseen fonts, logos,
+payloads, words) becomes YOLO's ``test``, only ever reported. YOLO class ids follow
+``CONCEPT_NAMES``; COCO category ids are those plus one (COCO reserves 0).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +29,21 @@ from implicit_concept.sample import SampleMeta
 from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards
 
 #: Bump when the exported layout changes, so old exports are rebuilt.
-EXPORT_FORMAT = 2
+EXPORT_FORMAT = 3
 #: YOLO: ``data.yaml`` + ``labels/<split>/KEY.txt``; COCO: ``annotations/<split>.json``. Images are shared.
 FORMATS = ("yolo", "coco")
-#: ICD split -> YOLO split.
-SPLIT_NAMES = {"train": "train", "test": "val"}
+#: YOLO split -> the ICD split its samples come from: fit and validation share ICD's train split.
+SPLITS = {"train": "train", "val": "train", "test": "test"}
 MARKER = "export.json"
+#: The share of ICD's train split held out for validation unless a caller says otherwise.
+DEFAULT_VALIDATION_SHARE = 0.1
+
+
+def in_validation(key: str, share: float) -> bool:
+    """Whether sample ``key`` is held out for validation: a hash of the key alone, so the split is the
+    same on every machine, in any shard order, and a sample never moves when others are added."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") < share * 2**64
 
 
 @dataclass(frozen=True)
@@ -51,29 +65,44 @@ def _yolo_label_line(class_id: int, box: list[int], width: int, height: int) -> 
     return f"{class_id} {cx:.8f} {cy:.8f} {w:.8f} {h:.8f}"
 
 
-def export_detection_dataset(shards: str | Path, out: str | Path, formats: tuple[str, ...] = FORMATS, progress: bool = False) -> DetectionDataset:
-    """Export ``shards`` (a folder holding ``train/`` and ``test/`` shard sets) into ``out``, in ``formats``."""
+def export_detection_dataset(
+    shards: str | Path,
+    out: str | Path,
+    formats: tuple[str, ...] = FORMATS,
+    progress: bool = False,
+    validation_share: float = DEFAULT_VALIDATION_SHARE,
+) -> DetectionDataset:
+    """Export ``shards`` (a folder holding ``train/`` and ``test/`` shard sets) into ``out``, in
+    ``formats``, ``validation_share`` of the train split (by :func:`in_validation`) as validation."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ValueError(f"export formats must be some of {FORMATS}, got {list(formats)}")
+    if not 0 < validation_share < 1:
+        raise ValueError(f"validation_share = {validation_share!r}, want a share in (0, 1)")
     formats = tuple(f for f in FORMATS if f in formats)
     shards, out = Path(shards), Path(out).resolve()
-    split_shards = {split: list_shards(_split_dir(shards, split)) for split in SPLIT_NAMES}
-    hashes = {str(p.relative_to(shards)): sha256_file(p) for ps in split_shards.values() for p in ps}
+    icd_shards = {split: list_shards(_split_dir(shards, split)) for split in dict.fromkeys(SPLITS.values())}
+    hashes = {str(p.relative_to(shards)): sha256_file(p) for ps in icd_shards.values() for p in ps}
     marker = _read_marker(out / MARKER)
-    if marker.get("format") == EXPORT_FORMAT and marker.get("shards_sha256") == hashes and tuple(marker.get("formats", ())) == formats:
+    inputs = {"format": EXPORT_FORMAT, "formats": list(formats), "shards_sha256": hashes, "validation_share": validation_share}
+    if all(marker.get(k) == v for k, v in inputs.items()):
         for label_cache in (out / "labels").glob("*.cache"):
             label_cache.unlink()
         return _dataset(out, marker)
 
+    keep = {
+        "train": lambda key: not in_validation(key, validation_share),
+        "val": lambda key: in_validation(key, validation_share),
+        "test": lambda key: True,
+    }
     with atomic_dir(out, replace_existing=True) as tmp:
-        with tqdm(total=sum(len(ps) for ps in split_shards.values()), desc=f"export {shards.name}", unit="shard", disable=not progress) as bar:
-            counts = {SPLIT_NAMES[s]: _write_split(ps, tmp, SPLIT_NAMES[s], formats, bar.update) for s, ps in split_shards.items()}
+        with tqdm(total=sum(len(icd_shards[s]) for s in SPLITS.values()), desc=f"export {shards.name}", unit="shard", disable=not progress) as bar:
+            counts = {split: _write_split(icd_shards[icd], tmp, split, formats, keep[split], bar.update) for split, icd in SPLITS.items()}
         if "yolo" in formats:
             names = dict(enumerate(CONCEPT_NAMES))
-            data = {"path": str(out), "train": "images/train", "val": "images/val", "nc": len(names), "names": names}
+            data = {"path": str(out), **{split: f"images/{split}" for split in SPLITS}, "nc": len(names), "names": names}
             (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        marker = {"format": EXPORT_FORMAT, "formats": list(formats), "source": str(shards.resolve()), "shards_sha256": hashes, "counts": counts}
+        marker = {**inputs, "source": str(shards.resolve()), "counts": counts}
         (tmp / MARKER).write_text(json_text(marker), encoding="utf-8")
     return _dataset(out, marker)
 
@@ -96,15 +125,17 @@ def _dataset(root: Path, marker: dict[str, Any]) -> DetectionDataset:
     return DetectionDataset(
         root=root,
         data_yaml=root / "data.yaml" if "yolo" in marker["formats"] else None,
-        coco={split: root / "annotations" / f"{split}.json" for split in SPLIT_NAMES.values()} if "coco" in marker["formats"] else {},
+        coco={split: root / "annotations" / f"{split}.json" for split in SPLITS} if "coco" in marker["formats"] else {},
         counts=marker["counts"],
         shards_sha256=marker["shards_sha256"],
     )
 
 
-def _write_split(shards: list[Path], root: Path, split: str, formats: tuple[str, ...], done: Callable[[int], Any]) -> dict[str, int]:
-    """Copy the JPEG bytes unchanged; for YOLO one label file per image (empty for clean images), for
-    COCO one annotation file per split."""
+def _write_split(
+    shards: list[Path], root: Path, split: str, formats: tuple[str, ...], keep: Callable[[str], bool], done: Callable[[int], Any]
+) -> dict[str, int]:
+    """Copy the JPEG bytes of the samples whose key ``keep`` accepts unchanged; for YOLO one label
+    file per image (empty for clean images), for COCO one annotation file per split."""
     images_dir, labels_dir, ann_dir = root / "images" / split, root / "labels" / split, root / "annotations"
     for d in (images_dir, labels_dir if "yolo" in formats else None, ann_dir if "coco" in formats else None):
         if d is not None:
@@ -116,6 +147,8 @@ def _write_split(shards: list[Path], root: Path, split: str, formats: tuple[str,
     counts = {"images": 0, "contaminated": 0, **{c: 0 for c in CONCEPT_NAMES}}
     for shard in shards:
         for key, members in iter_tar_members(shard):
+            if not keep(key):
+                continue
             if "jpg" not in members or "json" not in members:
                 raise ShardError(f"{shard}: sample {key} lacks its jpg or json member")
             meta = SampleMeta.from_json(json.loads(members["json"]))

@@ -3,7 +3,8 @@
 ``Detector`` wraps a YOLO model trained by :mod:`implicit_concept.detector.training`: it loads the
 weights-only files of :mod:`implicit_concept.detector.weights` into the network rebuilt from its
 model YAML (never a pickled ``.pt``), checks that its classes are the ICD concepts, predicts at the
-image size it was trained at (ultralytics would otherwise default to 640) and batches images.
+image size it was trained at (ultralytics would otherwise default to 640) and batches images. It
+carries the per-concept thresholds its record holds, the ones scoring applies unless told otherwise.
 ``degrade_box`` makes ground-truth boxes worse by a chosen amount, to test the paper's claim that
 Geom-Erasing tolerates boxes down to IoU ~0.4 with the truth.
 """
@@ -20,13 +21,11 @@ import torch
 from PIL import Image
 
 from implicit_concept.concepts import CONCEPT_NAMES
-from implicit_concept.detector.weights import DetectorError, read_detector, record_path
+from implicit_concept.detector.weights import DEFAULT_CONF, DetectorError, read_detector, record_path
 from implicit_concept.detector.yolo_env import import_ultralytics
 from implicit_concept.image_stream import load_image
 from implicit_concept.sample import Box, covering_box
 
-#: The confidence threshold at which a detection counts, unless a caller says otherwise.
-DEFAULT_CONF = 0.25
 #: NMS IoU; ultralytics' default.
 DEFAULT_IOU = 0.7
 
@@ -48,13 +47,15 @@ class Detection:
 
 
 class Detector:
-    """A loaded detector; build it with :meth:`load`."""
+    """A loaded detector; build it with :meth:`load`. ``thresholds``: per concept, the confidence at
+    which a detection counts when scoring (``DEFAULT_CONF`` for each unless given)."""
 
-    def __init__(self, model: Any, path: Path, imgsz: int, device: str) -> None:
+    def __init__(self, model: Any, path: Path, imgsz: int, device: str, thresholds: dict[str, float] | None = None) -> None:
         self.model = model
         self.path = path
         self.imgsz = imgsz
         self.device = device
+        self.thresholds = dict(thresholds) if thresholds is not None else dict.fromkeys(CONCEPT_NAMES, DEFAULT_CONF)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "Detector":
@@ -70,15 +71,17 @@ class Detector:
             module.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise DetectorError(f"{weights}: its tensors do not fit {record.model} with {len(record.names)} classes ({e})") from None
-        return cls.from_module(module.eval(), record.model, weights, record.imgsz, device)
+        return cls.from_module(module.eval(), record.model, weights, record.imgsz, device, thresholds=record.thresholds)
 
     @classmethod
-    def from_module(cls, module: torch.nn.Module, model: str, path: Path, imgsz: int, device: str = "cpu") -> "Detector":
+    def from_module(
+        cls, module: torch.nn.Module, model: str, path: Path, imgsz: int, device: str = "cpu", thresholds: dict[str, float] | None = None
+    ) -> "Detector":
         """A detector around a detection model in memory (``model`` names the YAML it was built from)."""
         with torch.random.fork_rng(devices=[]):  # the throwaway default-class build must not move the caller's seed
             yolo = import_ultralytics().YOLO(model, task="detect")
         yolo.model = module
-        return cls(yolo, Path(path), imgsz, device)
+        return cls(yolo, Path(path), imgsz, device, thresholds)
 
     def detect(self, image: Image.Image | str | Path, conf: float = DEFAULT_CONF) -> list[Detection]:
         return self.detect_many([image], conf=conf)[0]

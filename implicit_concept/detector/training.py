@@ -1,9 +1,14 @@
-"""Train the concept detector on an ICD subset and measure it on the unseen-asset test split.
+"""Train the concept detector on an ICD subset, calibrate it, and measure it on the unseen-asset test split.
 
-One call does the whole job a reader of the benchmark needs to trust the detector: export the shards,
-train YOLO from its model YAML (offline, no pretrained weights), evaluate per-class mAP on the test
-split, record the false-positive reference on clean images, and write it all beside the weights.
-No checkpoint is chosen by its test score: the weights are those of the last epoch.
+One call does the whole job a reader of the benchmark needs to trust the detector: export the shards
+(the train split divided into fit and validation, :mod:`implicit_concept.detector.export`), train
+YOLO from its model YAML (offline, no pretrained weights) on the fit split plus any background images
+(generated images showing no concept, with empty labels), set each concept's threshold on the
+validation split's clean images and any held-out calibration images
+(:mod:`implicit_concept.detector.calibration`), evaluate per-class mAP on validation and test,
+record the false-positive reference on clean test images, and write it all beside the weights.
+Nothing is chosen on the test split: the weights are those of the last epoch, the thresholds come
+from validation and calibration images, and test numbers are only reported.
 
 The trained weights never pass through a pickle: ultralytics' trainer is kept from writing its
 ``.pt`` checkpoints (and so from reading them back), the weights are taken from memory, measured
@@ -17,17 +22,21 @@ import time
 import tomllib
 from copy import deepcopy
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from implicit_concept.concepts import CONCEPT_NAMES
-from implicit_concept.detector.export import export_detection_dataset
-from implicit_concept.detector.inference import DEFAULT_CONF, Detector
-from implicit_concept.detector.weights import MODEL_YAML, WEIGHTS_NAME, record_path, weights_state, write_detector
+from implicit_concept.detector.calibration import calibrate_thresholds
+from implicit_concept.detector.export import DEFAULT_VALIDATION_SHARE, DetectionDataset, export_detection_dataset, in_validation
+from implicit_concept.detector.image_sets import ImageSet, ImageSetDigest, ImageSetError, named_images, pixel_sha256, write_backgrounds
+from implicit_concept.detector.inference import Detector
+from implicit_concept.detector.weights import DEFAULT_CONF, MODEL_YAML, WEIGHTS_NAME, record_path, weights_state, write_detector
 from implicit_concept.detector.yolo_env import import_ultralytics
-from implicit_concept.files import atomic_write_json
+from implicit_concept.files import atomic_write_json, atomic_write_text
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import (
     CLEAN_REFERENCE_NAME,
@@ -40,6 +49,8 @@ from implicit_concept.validate import check_fields
 
 SCALES_FILE = Path(__file__).with_name("scales.toml")
 METRICS_NAME = "metrics.json"
+#: The YAML ultralytics trains and evaluates from, in the output folder: the export's splits plus backgrounds.
+DATA_YAML = "data.yaml"
 
 
 class ScaleError(ValueError):
@@ -59,6 +70,10 @@ class DetectorScale:
     threads: int = 1
     workers: int = 0
     seed: int = 0
+    #: Share of the ICD train split held out (by key hash) to choose thresholds on, never the test split.
+    validation_share: float = DEFAULT_VALIDATION_SHARE
+    #: Per concept, at most this share of validation clean images and of calibration images is flagged.
+    calibration_max_fp: float = 0.02
 
     def __post_init__(self) -> None:
         checks = {
@@ -70,6 +85,8 @@ class DetectorScale:
             "threads": self.threads >= 1,
             "workers": self.workers >= 0,
             "seed": self.seed >= 0,
+            "validation_share": 0 < self.validation_share < 1,
+            "calibration_max_fp": 0 <= self.calibration_max_fp < 1,
         }
         wants = {
             "model": "the name of one of ultralytics' model YAMLs, such as yolov8n.yaml (weights files would be downloaded)",
@@ -80,6 +97,8 @@ class DetectorScale:
             "threads": ">= 1",
             "workers": ">= 0",
             "seed": ">= 0",
+            "validation_share": "a share in (0, 1), such as 0.1",
+            "calibration_max_fp": "a share in [0, 1), such as 0.02",
         }
         for field_name, ok in checks.items():
             if not ok:
@@ -111,44 +130,92 @@ class TrainedDetector:
     detector: Detector
 
 
-def train_detector(shards: str | Path, out_dir: str | Path, scale: DetectorScale) -> TrainedDetector:
-    """Train on ``shards``/train, evaluate on ``shards``/test; write metrics.json, plots and the detector.
+def train_detector(
+    shards: str | Path,
+    out_dir: str | Path,
+    scale: DetectorScale,
+    backgrounds: ImageSet | None = None,
+    calibration: ImageSet | None = None,
+) -> TrainedDetector:
+    """Train on ``shards``/train's fit split (plus ``backgrounds``), set thresholds on its validation
+    split (and ``calibration``), report on ``shards``/test; write metrics.json, plots and the detector.
 
-    metrics.json: ``test_split`` (ultralytics' box mAP50 / mAP50-95, precision, recall per class),
-    ``at_conf`` (at the scoring threshold: false-positive rate on the test split's clean images and
-    image-level recall, the share of images holding a concept in which it is found), ``timing_s``,
-    ``scale``, ``dataset`` (shard hashes) and ``environment`` (package versions). The detector's
-    files are written last: a folder holding its record holds everything above.
+    ``backgrounds`` and ``calibration``: a folder of images or ``(name, PIL image)`` pairs, such as a
+    base model's generations from clean prompts, the two sets disjoint. Calibration images are read
+    (and held in memory) before training, so a bad one fails in seconds, not after training.
+
+    metrics.json: ``validation_split`` and ``test_split`` (ultralytics' box mAP50 / mAP50-95,
+    precision, recall per class), ``thresholds`` and how they were chosen (``calibration``),
+    ``at_thresholds`` (per concept at those thresholds: false-positive rate on calibration images,
+    validation clean images and test clean images, and image-level recall on validation and test,
+    the share of images holding a concept in which it is found), ``inputs`` (background and
+    calibration image counts and content hashes), ``timing_s``, ``scale``, ``dataset`` (shard
+    hashes) and ``environment`` (package versions). The detector's files are written last, its
+    record holding the thresholds and inputs: a folder holding a record holds everything above.
     """
     shards, out_dir = Path(shards), Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     record_path(out_dir / WEIGHTS_NAME).unlink(missing_ok=True)  # incomplete until the new record is written
-    dataset = export_detection_dataset(shards, out_dir / "dataset")
+    held_out = list(named_images(calibration, "calibration")) if calibration is not None else []
+    dataset = export_detection_dataset(shards, out_dir / "dataset", validation_share=scale.validation_share)
+    empty = [split for split, counts in dataset.counts.items() if counts["images"] == 0]
+    if empty:
+        raise ScaleError(
+            f"{shards}: no images in the {' and '.join(empty)} split ({dataset.counts['train']['images'] + dataset.counts['val']['images']} "
+            f"train samples, scale {scale.name!r} validation_share {scale.validation_share}): build more samples or change the share"
+        )
+    shutil.rmtree(out_dir / "backgrounds", ignore_errors=True)
+    inputs: dict[str, ImageSetDigest | None] = {
+        "backgrounds": write_backgrounds(backgrounds, out_dir / "backgrounds") if backgrounds is not None else None,
+        "calibration": ImageSetDigest.of(pixel_sha256(im) for _, im in held_out) if calibration is not None else None,
+    }
+    if inputs["backgrounds"] and inputs["calibration"]:
+        shared = inputs["backgrounds"].pixel_hashes & inputs["calibration"].pixel_hashes
+        if shared:
+            raise ImageSetError(f"{len(shared)} calibration images are also background images: calibration images must be held out")
+    data_yaml = training_data_yaml(dataset, out_dir / "backgrounds" / "images" if backgrounds is not None else None, out_dir)
 
     start = time.perf_counter()
-    module = _train(dataset.data_yaml, scale, out_dir)
+    module = _train(data_yaml, scale, out_dir)
     train_s = time.perf_counter() - start
 
     start = time.perf_counter()
     state = weights_state(module)  # before evaluation fuses the network's layers in place
     detector = Detector.from_module(module, scale.model, out_dir / WEIGHTS_NAME, scale.imgsz, device=scale.device)
-    evaluation = _evaluate(detector, dataset.data_yaml, scale, out_dir)
-    test_dir = shards / "test"
-    reference = build_clean_reference(detector, clean_images(test_dir), source=str(test_dir.resolve()))
-    reference.write(out_dir / CLEAN_REFERENCE_NAME)
-    at_conf = ScoreConfig(conf=DEFAULT_CONF)
-    recall = image_recall(detector, test_dir, conf=at_conf.conf)
+    evaluation = {f"{name}_split": _evaluate(detector, data_yaml, split, scale, out_dir) for name, split in (("validation", "val"), ("test", "test"))}
+    validation = partial(in_validation, share=scale.validation_share)
+    train_dir, test_dir = shards / "train", shards / "test"
+    validation_clean = clean_images(train_dir, keep=validation)
+    references = {"validation_clean": build_clean_reference(detector, validation_clean, source=f"{train_dir.resolve()} (validation keys)")}
+    if held_out:
+        source = str(Path(calibration).resolve()) if isinstance(calibration, (str, Path)) else "calibration images given in memory"
+        references["calibration"] = build_clean_reference(detector, held_out, source=source)
+    detector.thresholds = calibrate_thresholds({name: r.max_conf for name, r in references.items()}, scale.calibration_max_fp)
+    test_reference = build_clean_reference(detector, clean_images(test_dir), source=str(test_dir.resolve()))
+    test_reference.write(out_dir / CLEAN_REFERENCE_NAME)
+    references["test_clean"] = test_reference
+    at = ScoreConfig()  # conf None: the detector's thresholds
+    recall = {
+        "validation": image_recall(detector, train_dir, detector.thresholds, keep=validation),
+        "test": image_recall(detector, test_dir, detector.thresholds),
+    }
     eval_s = time.perf_counter() - start
 
     summary = {
         "scale": asdict(scale),
         "dataset": {"shards": str(shards.resolve()), "export": str(dataset.root), "counts": dataset.counts, "shards_sha256": dataset.shards_sha256},
-        "test_split": evaluation,
-        "at_conf": {
-            "conf": at_conf.conf,
-            "fp_rate_clean": {c: reference.fp_rate(c, at_conf).to_json() for c in (*CONCEPT_NAMES, "any")},
+        "inputs": {name: digest.to_json() if digest else None for name, digest in inputs.items()},
+        **evaluation,
+        "thresholds": detector.thresholds,
+        "calibration": {
+            "rule": f"per concept, the smallest threshold >= {DEFAULT_CONF} at which at most max_fp of each reference's images are flagged",
+            "max_fp": scale.calibration_max_fp,
+            "references": sorted(set(references) - {"test_clean"}),
+        },
+        "at_thresholds": {
+            "fp_rate": {name: {c: r.fp_rate(c, at, detector.thresholds).to_json() for c in (*CONCEPT_NAMES, "any")} for name, r in references.items()},
+            "images": {name: r.n_images for name, r in references.items()},
             "image_recall": recall,
-            "clean_images": reference.n_images,
         },
         "timing_s": {"train": round(train_s, 1), "evaluate": round(eval_s, 1)},
         "environment": environment(),
@@ -156,8 +223,22 @@ def train_detector(shards: str | Path, out_dir: str | Path, scale: DetectorScale
     metrics = out_dir / METRICS_NAME
     atomic_write_json(metrics, summary)
     plots = [p for p in (out_dir / "pr_curve.png", out_dir / "confusion_matrix.png") if p.exists()]
-    weights = write_detector(out_dir, state, model=scale.model, names=CONCEPT_NAMES, imgsz=scale.imgsz, scale=asdict(scale))
+    weights = write_detector(
+        out_dir, state, model=scale.model, names=CONCEPT_NAMES, imgsz=scale.imgsz, scale=asdict(scale),
+        thresholds=detector.thresholds, inputs={**summary["inputs"], "shards_sha256": dataset.shards_sha256},
+    )
     return TrainedDetector(weights=weights, metrics=metrics, plots=plots, summary=summary, detector=detector)
+
+
+def training_data_yaml(dataset: DetectionDataset, backgrounds: Path | None, out_dir: Path) -> Path:
+    """``out_dir/data.yaml``: the export's splits, with the folder of ``backgrounds`` (images whose
+    label files are empty, so YOLO learns them as background) added to the fit split."""
+    data = yaml.safe_load(dataset.data_yaml.read_text(encoding="utf-8"))
+    if backgrounds is not None:
+        data["train"] = [data["train"], str(backgrounds.resolve())]
+    path = out_dir / DATA_YAML
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 def _train(data_yaml: Path, scale: DetectorScale, out_dir: Path) -> Any:
@@ -214,24 +295,25 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _evaluate(detector: Detector, data_yaml: Path, scale: DetectorScale, out_dir: Path) -> dict[str, Any]:
-    """Per-class mAP50 and mAP50-95 on the test split, with ultralytics' PR curve and confusion matrix."""
+def _evaluate(detector: Detector, data_yaml: Path, split: str, scale: DetectorScale, out_dir: Path) -> dict[str, Any]:
+    """Per-class mAP50 and mAP50-95 on YOLO's ``split``; for the test split, ultralytics' PR curve and
+    confusion matrix are kept beside the weights."""
     metrics = detector.model.val(
         data=str(data_yaml),
-        split="val",
+        split=split,
         imgsz=scale.imgsz,
         batch=scale.batch,
         device=scale.device,
         workers=scale.workers,
-        plots=True,
+        plots=split == "test",
         project=str(out_dir),
-        name="val",
+        name=split,
         exist_ok=True,
         verbose=False,
     )
     save_dir = Path(metrics.save_dir)
     for src, dst in (("BoxPR_curve.png", "pr_curve.png"), ("confusion_matrix.png", "confusion_matrix.png")):
-        if (save_dir / src).exists():
+        if split == "test" and (save_dir / src).exists():
             shutil.copyfile(save_dir / src, out_dir / dst)
     box = metrics.box
     per_class = {}

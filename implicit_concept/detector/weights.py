@@ -5,8 +5,11 @@ or a shared cache could run anything. A detector is therefore two files, neither
 ``detector.safetensors``, the model's tensors (floats in fp16, as ultralytics stores its
 checkpoints, so the numbers are the ones a ``.pt`` held), and ``detector.json``, the record: the
 model YAML the network is built from, the class names, the image size it was trained at, the
-training scale and the sha256 of the weights file. The record is written last and read first: its
-hash is checked before a byte of the weights is parsed. A ``.pt`` is refused by name.
+training scale, the sha256 of the weights file, the per-concept confidence thresholds scoring uses
+and what else it was trained and calibrated on (``inputs``: image counts and content hashes). The
+record is written last and read first: its hash is checked before a byte of the weights is parsed.
+A ``.pt`` is refused by name. A record written before thresholds were calibrated has none: it
+means :data:`DEFAULT_CONF` for every concept.
 """
 from __future__ import annotations
 
@@ -31,6 +34,10 @@ FORMAT = 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 #: A model YAML of ultralytics' own, by bare name: no folder, so no file of someone else's.
 MODEL_YAML = re.compile(r"yolo[a-z0-9-]*\.yaml")
+#: The confidence at which a detection counts, unless calibration or a caller says otherwise.
+DEFAULT_CONF = 0.25
+#: The lowest threshold a detector may carry: clean-image references keep confidences down to it.
+MIN_THRESHOLD = 0.01
 
 
 class DetectorError(ValueError):
@@ -45,7 +52,11 @@ class DetectorRecord:
     names: tuple[str, ...]
     imgsz: int
     sha256: str
+    #: Per concept, the confidence at which a detection counts.
+    thresholds: dict[str, float]
     scale: dict[str, Any] = field(default_factory=dict)
+    #: What besides the shards the detector was trained and calibrated on (counts, content hashes).
+    inputs: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -68,6 +79,8 @@ class DetectorRecord:
             "imgsz": type(data.get("imgsz")) is int and data["imgsz"] >= 32 and data["imgsz"] % 32 == 0,
             "sha256": isinstance(data.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", data["sha256"]) is not None,
             "scale": isinstance(data.get("scale", {}), dict),
+            "thresholds": _valid_thresholds(data.get("thresholds"), data.get("names")),
+            "inputs": isinstance(data.get("inputs", {}), dict),
         }
         wants = {
             "format": f"{FORMAT} (written by another version of implicit-concept)",
@@ -76,12 +89,27 @@ class DetectorRecord:
             "imgsz": "a multiple of 32, at least 32",
             "sha256": "64 hex digits",
             "scale": "a table",
+            "thresholds": f"a number in [{MIN_THRESHOLD}, 1] per class name",
+            "inputs": "a table",
         }
         for name, ok in checks.items():
             if not ok:
                 raise DetectorError(f"{path}: {name} = {data.get(name)!r}, want {wants[name]}")
         check_fields(data, cls.__dataclass_fields__, str(path), DetectorError)
-        return cls(**{**data, "names": tuple(data["names"])})
+        thresholds = {n: float(data["thresholds"][n]) for n in data["names"]} if "thresholds" in data else dict.fromkeys(data["names"], DEFAULT_CONF)
+        return cls(**{**data, "names": tuple(data["names"]), "thresholds": thresholds})
+
+
+def _valid_thresholds(thresholds: Any, names: Any) -> bool:
+    """Absent (an older record), or one number in [MIN_THRESHOLD, 1] for each class name."""
+    if thresholds is None:
+        return True
+    return (
+        isinstance(thresholds, dict)
+        and isinstance(names, list)
+        and set(thresholds) == set(names)
+        and all(type(t) in (int, float) and MIN_THRESHOLD <= t <= 1 for t in thresholds.values())
+    )
 
 
 def weights_path(path: str | Path) -> Path:
@@ -138,15 +166,27 @@ def weights_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def write_detector(
-    folder: Path, state: dict[str, torch.Tensor], model: str, names: tuple[str, ...], imgsz: int, scale: dict[str, Any]
+    folder: Path,
+    state: dict[str, torch.Tensor],
+    model: str,
+    names: tuple[str, ...],
+    imgsz: int,
+    scale: dict[str, Any],
+    thresholds: dict[str, float],
+    inputs: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``state`` (from :func:`weights_state` of a ``model`` network) into ``folder``; return the weights file.
 
     The weights are written first and the record, holding their sha256, last: a folder with a
     record holds a complete detector, and a reader checks the weights against it.
     """
+    if set(thresholds) != set(names) or not all(MIN_THRESHOLD <= t <= 1 for t in thresholds.values()):
+        raise DetectorError(f"{folder}: thresholds {thresholds} want a number in [{MIN_THRESHOLD}, 1] for each of {list(names)}")
     weights = Path(folder) / WEIGHTS_NAME
     atomic_write_bytes(weights, save(state))
-    record = DetectorRecord(model=model, names=tuple(names), imgsz=imgsz, sha256=sha256_file(weights), scale=scale)
+    record = DetectorRecord(
+        model=model, names=tuple(names), imgsz=imgsz, sha256=sha256_file(weights), scale=scale,
+        thresholds={n: float(thresholds[n]) for n in names}, inputs=inputs or {},
+    )
     atomic_write_json(record_path(weights), record.to_json())
     return weights
