@@ -45,7 +45,8 @@ class Track:
     note: str = ""
     protocol: str = "per-subset"
     detector_scale: str = "cpu"
-    conf: float = 0.25
+    #: One confidence threshold for every concept; None: the detector's calibrated per-concept thresholds.
+    conf: float | None = None
     base: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)
     generation: dict[str, Any] = field(default_factory=dict)
@@ -87,7 +88,7 @@ class Track:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise TrackError(f"track {self.name}: {name} must be an integer >= 0, got {value!r}")
-        if not 0 < self.conf < 1:
+        if self.conf is not None and not (isinstance(self.conf, (int, float)) and 0 < self.conf < 1):
             raise TrackError(f"track {self.name}: conf must be in (0, 1), got {self.conf}")
         if self.targets:
             try:

@@ -39,7 +39,16 @@ def test_debug_track_reports_every_method_and_concept(debug_run):
         assert f"<{concept}>" in rows[(concept, "ge-model-removal")]["negative_prompt"]
         assert rows[(concept, "sd")]["negative_prompt"] == ""
     checks = results["targets"]["checks"]
-    assert len(checks) == 5 * 3 and all(c["met"] in (True, False) for c in checks)
+    assert len(checks) == 6 * 3 and all(c["met"] in (True, False) for c in checks)
+    # The base asked for each concept by name, scored on that concept.
+    assert set(results["named_base"]) == {"qrcode", "watermark", "text"}
+    assert all(v["n_prompts"] == 4 and 0 <= v["icr"]["value"] <= 1 for v in results["named_base"].values())
+    named = sorted((root / "runs" / "debug" / "images" / "named-base" / "qrcode").glob("*.png"))
+    assert len(named) == 4
+    # The detector trained with the base's generations as background and calibrated its thresholds on more of them.
+    detector = json.loads((Path(results["detector"]["path"]).parent / "detector.json").read_text())
+    assert detector["inputs"]["backgrounds"]["images"] == 8 and detector["inputs"]["calibration"]["images"] == 8
+    assert results["detector"]["thresholds"] == detector["thresholds"] and results["detector"]["published"] is False
     assert "## Targets" in (root / "runs" / "debug" / "results.md").read_text()
     assert (root / "runs" / "debug" / "icr.png").stat().st_size > 0
     assert (root / "runs" / "debug" / "grids" / "icd-qrcode" / "ge-full.png").exists()
