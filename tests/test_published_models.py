@@ -88,3 +88,32 @@ def test_scoring_commands_default_to_the_tracks_published_evaluator(tmp_path, ca
     assert default_detector("debug", tmp_path) == folder
     assert main(["score-images", str(tmp_path), "--track", "debug", "--out", str(tmp_path / "o")]) == 2
     assert "no published detector for track 'debug'" in capsys.readouterr().err
+
+
+def test_the_repositorys_published_evaluator_and_base_load_without_pickle_and_match_their_sha256(monkeypatch, tmp_path):
+    import pickle
+
+    from benchmark.published_models import PUBLISHED_DIR, default_detector
+    from benchmark.track import load_track
+    from implicit_concept.concepts import CONCEPT_NAMES
+    from implicit_concept.detector.inference import Detector
+    from implicit_concept.files import sha256_file
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a published model was unpickled")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    folder = default_detector("tiny")
+    recorded = json.loads((folder / "identity.json").read_text())["files"]
+    assert {"detector.safetensors", "detector.json", "metrics.json"} <= set(recorded)
+    assert all(sha256_file(folder / name) == digest for name, digest in recorded.items())
+    assert not [p for p in PUBLISHED_DIR.rglob("*") if p.suffix in (".pt", ".pth", ".pkl", ".bin", ".ckpt")]
+    detector = Detector.load(folder)
+    assert set(detector.thresholds) == set(CONCEPT_NAMES) and all(0.25 <= t < 1 for t in detector.thresholds.values())
+    config = load_track("tiny").base_model_config()
+    base = published_base(config)
+    assert base is not None, "the tiny track's base is published for its current config"
+    pipe = load_pipeline(materialize_base(base, config, tmp_path / "cache"))
+    assert pipe.unet.dtype == torch.float32
