@@ -6,6 +6,7 @@ CLI := $(VENV)/bin/implicit-concept
 STAMP := $(VENV)/.installed-stamp
 RECIPE ?= icd-tiny
 WORKERS ?= 2
+JOBS ?= 2
 DATA ?= data
 TRACK ?= tiny
 
@@ -28,7 +29,7 @@ dataset: install
 	$(CLI) show $(DATA)/$(RECIPE)/icd-mixed/test --contaminated --out $(DATA)/$(RECIPE)/preview.png
 
 benchmark: install
-	$(CLI) benchmark --track $(TRACK) --data $(DATA) --workers $(WORKERS)
+	$(CLI) benchmark --track $(TRACK) --data $(DATA) --workers $(WORKERS) --jobs $(JOBS)
 
 test: install
 	$(PY) -m pytest -q -ra
