@@ -6,10 +6,11 @@ trained on the clean twins), while outside the boxes all three denoise alike
 checks plumbing only; this fails when a method silently stops doing what it claims.
 
 The setting was found by measuring, not tuned on any benchmark target: a fresh 32 px pipeline whose
-2 x 2 patches fit its first UNet level (at 64 px its 16 channels could not carry a 4 x 4 patch's
-48 values, and no model learned the codes' pixels), half the images with a code of 40-60% of the
-side, and 600 steps at batch 8 with a cosine schedule (a constant one left the last steps' noise in
-the weights: the outside errors of two models then differed by up to 18% from seed to seed).
+2 x 2 patches fit its first UNet level (at 64 px its 16 channels cannot carry a 4 x 4 patch's 48
+values: from a pre-trained base, 200 plain steps took the error inside the codes only from 0.42 to
+0.38, and ge-full's was 1.04 times sd's), half the images with a code of 40-60% of the side, and
+600 steps at batch 8 with a cosine schedule (a constant one left the last steps' noise in the
+weights: the outside errors of two models then differed by up to 18% from seed to seed).
 """
 from __future__ import annotations
 
@@ -75,8 +76,14 @@ def test_the_plain_fine_tune_learns_the_codes_pixels(errors):
     assert errors["sd"].outside.mean() < 0.3 * errors["fresh"].outside.mean()
 
 
+#: Measured over training seeds 0, 1, 2 (error / sd's error, paired 95% interval): inside, ge-full 1.122
+#: [1.105, 1.140], 1.105 [1.089, 1.119], 1.077 [1.066, 1.089]; oracle 1.232 [1.198, 1.262], 1.244 [1.213, 1.274],
+#: 1.213 [1.192, 1.235]. Outside, every ratio in [0.95, 1.05]. Geom-Erasing broken: weights all 1 and no
+#: location tokens (ge-name) 0.989 [0.980, 0.998] and 0.986 [0.982, 0.991] at seeds 0 and 1; weights all 1
+#: with the tokens 1.004 [0.998, 1.011] at seed 2 (ge-geometry) and 1.022 [1.013, 1.031] at seed 0
+#: (``reweight_map`` returning ones). An oracle reading the contaminated images is sd itself: 1.0.
 @pytest.mark.parametrize("method, margin", [("ge-full", 1.04), ("oracle", 1.12)])
 def test_inside_the_boxes_the_method_learns_less_than_the_plain_fine_tune_and_outside_as_much(errors, method, margin):
     ratios = paired_ratios(errors[method], errors["sd"])
-    assert ratios.inside.low > margin, ratios
-    assert 0.92 < ratios.outside.value < 1.08, ratios
+    assert ratios.inside.low > margin, ratios.to_json()
+    assert 0.92 < ratios.outside.value < 1.08, ratios.to_json()
