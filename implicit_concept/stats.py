@@ -39,6 +39,27 @@ def bootstrap_mean(values: Sequence[float], resamples: int = 1000, seed: int = 0
     return Interval(float(x.mean()), float(low), float(high), level)
 
 
+def bootstrap_ratio(
+    numerators: Sequence[float], denominators: Sequence[float], resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> Interval:
+    """``mean(numerators) / mean(denominators)`` of paired values (the same items measured twice) with a
+    seeded percentile-bootstrap interval: each resample draws items with replacement and keeps their pairs,
+    so what the two measurements share (hard items, easy items) cancels out of the interval."""
+    a, b = np.asarray(numerators, dtype=np.float64), np.asarray(denominators, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or a.size == 0:
+        raise ValueError(f"bootstrap_ratio needs two non-empty 1-D sequences of one length, got shapes {a.shape} and {b.shape}")
+    if not 0 < level < 1 or resamples < 100:
+        raise ValueError(f"bootstrap_ratio: level = {level} (want (0, 1)), resamples = {resamples} (want >= 100)")
+    if not b.sum() > 0:
+        raise ValueError("bootstrap_ratio: the denominators' mean must be > 0")
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(0, a.size, size=(resamples, a.size))
+    ratios = a[drawn].mean(axis=1) / np.maximum(b[drawn].mean(axis=1), np.finfo(np.float64).tiny)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(ratios, [alpha, 1 - alpha])
+    return Interval(float(a.mean() / b.mean()), float(low), float(high), level)
+
+
 def hierarchical_bootstrap(groups: Sequence[Sequence[float]], resamples: int = 1000, seed: int = 0, level: float = 0.95) -> Interval:
     """Mean over ``groups`` (one per training seed, each a value per prompt) with an interval that
     covers both sources of variance: each resample draws seeds with replacement, then prompts with

@@ -4,7 +4,7 @@ A :class:`SampleSource` gives samples; the :class:`Preparer` turns each into an 
 (square view, Geom-Erasing caption, weight map, token ids); :func:`global_batches` shuffles them
 with a seeded buffer and groups them, resumably; :func:`encode_all` caches their latents once;
 :func:`step_randomness` and :func:`model_inputs` give each step its noise, timesteps and tensors,
-and :func:`diffusion_loss` what the prediction is compared with. None of it holds weights that
+and :func:`diffusion_loss` what the prediction is compared with (:func:`prediction_target`). None of it holds weights that
 train, so all of it can be read (and tested) apart from the loop.
 """
 from __future__ import annotations
@@ -230,13 +230,18 @@ def diffusion_loss(
     """The batch's loss: the weighted error of ``pred`` against the scheduler's target (the noise, the
     clean latents or the velocity), each sample's scaled by its min-SNR weight when ``snr_gamma`` is set;
     in float32 whatever precision the model ran in."""
-    target = {"epsilon": noise, "sample": latents}.get(scheduler.config.prediction_type)
-    if target is None:
-        target = scheduler.get_velocity(latents, noise, timesteps)
+    target = prediction_target(scheduler, latents, noise, timesteps)
     per_sample = weighted_mse(pred.float(), target.float(), weights)
     if snr_gamma is not None:
         per_sample = per_sample * min_snr_weights(scheduler, timesteps, snr_gamma)
     return per_sample.mean()
+
+
+def prediction_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the model is trained to predict under the scheduler's prediction type: the noise, the clean
+    latents or the velocity."""
+    target = {"epsilon": noise, "sample": latents}.get(scheduler.config.prediction_type)
+    return scheduler.get_velocity(latents, noise, timesteps) if target is None else target
 
 
 def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
