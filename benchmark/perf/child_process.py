@@ -31,7 +31,7 @@ class ChildResult:
     peak_cuda_reserved_bytes: int | None = None
 
 
-def _peak_rss() -> int:
+def peak_rss() -> int:
     """This process's peak resident memory: Linux's VmHWM, which starts afresh at exec. Linux's
     getrusage maxrss survives exec, so a spawned child would report at least its parent's resident
     memory at the fork that precedes it (seen: every child at the parent's 4.9 GB)."""
@@ -45,7 +45,7 @@ def _peak_rss() -> int:
 def _peaks() -> tuple[int, int | None, int | None]:
     import torch
 
-    rss = _peak_rss()
+    rss = peak_rss()
     if not torch.cuda.is_available():
         return rss, None, None
     return rss, torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()

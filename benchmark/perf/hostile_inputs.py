@@ -7,7 +7,7 @@ header) holds 2 GiB of zeros, a chain of 3000 header records, a KEY.json nested 
 one of 2 MB, captions that are symlinks to ``/dev/zero`` and to a file outside, a FIFO caption, an
 image symlink, sparse 2 GiB image and 1 GiB caption files, and names that are not UTF-8. Each
 source is built in a child process (under an address-space limit, so a regression fails instead of
-swapping), and the child's peak RSS is read from ``wait4``. Target: every hostile input a counted
+swapping), and the child's peak RSS is its own VmHWM (wait4's counts the parent's at the fork). Target: every hostile input a counted
 skip, the peak under 1 GiB.
 
 Run: ``python -m benchmark.perf.hostile_inputs [--keep DIR]``.
@@ -270,15 +270,18 @@ def build_in_child(
     else:
         killed = f"killed after {timeout_s:g} s\n" if proc.returncode == -9 else ""
         report = {"samples": 0, "failures": {}, "stderr": killed + log.read_text(errors="replace")[-2000:]}
-    return proc.returncode, usage.ru_maxrss * 1024, report
+    # The child's own high-water mark; wait4's counts the parent's memory at the fork.
+    return proc.returncode, report.pop("peak_bytes", usage.ru_maxrss * 1024), report
 
 
 def _child(recipe_file: str, out: str) -> None:
     from builders.build import build_dataset
     from builders.recipe import parse_recipe
 
+    from benchmark.perf.child_process import peak_rss
+
     report = build_dataset(parse_recipe(json.loads(Path(recipe_file).read_text())), Path(out), workers=1, progress=False)
-    print(json.dumps({"samples": report.samples, "failures": report.failures}))
+    print(json.dumps({"samples": report.samples, "failures": report.failures, "peak_bytes": peak_rss()}))
 
 
 def make_sources(workdir: Path) -> dict:
