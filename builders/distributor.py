@@ -1,5 +1,8 @@
 """Runs shard work units on local worker processes or on a Ray cluster, with a progress bar.
 
+Units cut from the same source shard (one per subset) go to one worker together
+(:func:`builders.shard_builder.group_units`), which reads and decodes the source once for all.
+
 Scheduling never changes bytes: every unit is a pure function of the recipe and its id, so the
 ``multiprocessing`` distributor (one builder per process) and the ``ray`` one (one builder per
 actor, for builds at LAION scale across machines) write the same shards. As in img2dataset, Ray
@@ -22,7 +25,7 @@ from typing import Any
 from tqdm import tqdm
 
 from builders.recipe import Recipe
-from builders.shard_builder import ShardBuilder, WorkUnit
+from builders.shard_builder import ShardBuilder, WorkUnit, group_units
 
 DISTRIBUTORS = ("multiprocessing", "ray")
 
@@ -37,7 +40,7 @@ def _init_worker(recipe: Recipe, builder: ShardBuilder | None = None) -> None:
     _worker = builder if builder is not None else ShardBuilder(recipe)
 
 
-def _run(args: tuple[WorkUnit, Path]) -> dict[str, Any]:
+def _run(args: tuple[tuple[WorkUnit, ...], Path]) -> list[dict[str, Any]]:
     assert _worker is not None
     return _worker.build(*args)
 
@@ -52,7 +55,7 @@ def run_units(
     ray_address: str | None = None,
     builder: ShardBuilder | None = None,
 ) -> list[dict[str, Any]]:
-    """Build ``units``; returns each unit's stats in completion order. ``builder``: one already made
+    """Build ``units``; returns each unit's stats in completion order (of their groups). ``builder``: one already made
     for ``recipe`` in this process, used here and by forked workers.
 
     ``workers``: processes for ``multiprocessing``; for ``ray``, builder actors (0: one per CPU
@@ -67,10 +70,10 @@ def run_units(
     samples = 0
     if units:
         stream = _ray(recipe, units, out, workers, ray_address) if distributor == "ray" else _multiprocessing(recipe, units, out, workers, builder)
-        for stats in stream:
-            results.append(stats)
-            samples += stats["successes"]
-            bar.update(1)
+        for group in stream:
+            results.extend(group)
+            samples += sum(stats["successes"] for stats in group)
+            bar.update(len(group))
             bar.set_postfix(samples=str(samples), samples_per_s=f"{samples / max(time.perf_counter() - start, 1e-9):.0f}")
     bar.close()
     return results
@@ -78,17 +81,18 @@ def run_units(
 
 def _multiprocessing(
     recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, builder: ShardBuilder | None
-) -> Iterator[dict[str, Any]]:
-    if workers <= 1 or len(units) <= 1:
+) -> Iterator[list[dict[str, Any]]]:
+    groups = group_units(units)
+    if workers <= 1 or len(groups) <= 1:
         builder = builder if builder is not None else ShardBuilder(recipe)
-        for unit in units:
-            yield builder.build(unit, out)
+        for group in groups:
+            yield builder.build(group, out)
         return
     fork = "fork" in mp.get_all_start_methods() and "torch" not in sys.modules
     ctx = mp.get_context("fork" if fork else "spawn")
     initargs = (recipe, builder if fork else None)
-    with ctx.Pool(processes=min(workers, len(units)), initializer=_init_worker, initargs=initargs) as pool:
-        yield from pool.imap_unordered(_run, [(u, out) for u in units])
+    with ctx.Pool(processes=min(workers, len(groups)), initializer=_init_worker, initargs=initargs) as pool:
+        yield from pool.imap_unordered(_run, [(g, out) for g in groups])
 
 
 class _RayBuilder:
@@ -97,11 +101,11 @@ class _RayBuilder:
     def __init__(self, recipe: Recipe) -> None:
         _init_worker(recipe)
 
-    def build(self, unit: WorkUnit, out: Path) -> dict[str, Any]:
-        return _run((unit, out))
+    def build(self, units: tuple[WorkUnit, ...], out: Path) -> list[dict[str, Any]]:
+        return _run((units, out))
 
 
-def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address: str | None) -> Iterator[dict[str, Any]]:
+def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address: str | None) -> Iterator[list[dict[str, Any]]]:
     try:
         import ray
         from ray.util import ActorPool
@@ -113,8 +117,9 @@ def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address
     try:
         actors = workers if workers > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
         builder: Callable[..., Any] = ray.remote(num_cpus=1)(_RayBuilder)
-        pool = ActorPool([builder.remote(recipe) for _ in range(min(actors, len(units)))])
-        yield from pool.map_unordered(lambda actor, unit: actor.build.remote(unit, Path(out).resolve()), units)
+        groups = group_units(units)
+        pool = ActorPool([builder.remote(recipe) for _ in range(min(actors, len(groups)))])
+        yield from pool.map_unordered(lambda actor, group: actor.build.remote(group, Path(out).resolve()), groups)
     finally:
         if started_here:
             ray.shutdown()

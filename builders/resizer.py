@@ -30,7 +30,10 @@ def prepare_image(raw: bytes | Image.Image, size: int, min_side: int, max_pixels
     if image is not raw and image.format == "JPEG":
         # DCT-domain downscaling: several times faster on photos, and still deterministic.
         image.draft(None, (size, size))
-    return _square(decode_rgb(image, None if image is raw else max_pixels), size)
+    rgb = decode_rgb(image, None if image is raw else max_pixels)
+    if rgb is not raw and rgb.size == (size, size):
+        return rgb  # already square at size, and decoded here: the resize would only copy it
+    return _square(rgb, size)
 
 
 def _square(image: Image.Image, size: int) -> Image.Image:

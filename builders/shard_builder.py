@@ -1,9 +1,11 @@
-"""Builds one output shard: a pure function of (recipe, subset, split, shard id).
+"""Builds output shards, each a pure function of (recipe, subset, split, shard id).
 
 Reader -> caption screen -> resizer -> source screen -> concept compositing -> writer, per item.
-Every item the source yields becomes a row of the shard's table (:mod:`builders.shard_table`): a
-sample, or a skip with its reason and error text. Nothing here depends on which worker, process or
-machine runs the shard, so any distributor can schedule it.
+The subsets' shards cut from one source shard are built together, so an item is read, screened,
+decoded and resized once, and its clean twin encoded once, not once per subset. Every item the
+source yields becomes a row of each shard's table (:mod:`builders.shard_table`): a sample, or a
+skip with its reason and error text. Nothing here depends on which worker, process or machine runs
+the shards, so any distributor can schedule them.
 """
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ import io
 import json
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -107,6 +111,15 @@ def plan_units(recipe: Recipe, shard_ids: dict[str, list[int]]) -> list[WorkUnit
     return [WorkUnit(subset.name, split, shard_id) for subset in recipe.subsets for split in SPLITS for shard_id in shard_ids[split]]
 
 
+def group_units(units: Sequence[WorkUnit]) -> list[tuple[WorkUnit, ...]]:
+    """``units`` by source shard (split, shard id), in the order each source shard first appears:
+    a worker builds a group's subsets together, reading and decoding the source once."""
+    groups: dict[tuple[str, int], list[WorkUnit]] = {}
+    for unit in units:
+        groups.setdefault((unit.split, unit.shard_id), []).append(unit)
+    return [tuple(group) for group in groups.values()]
+
+
 class ShardBuilder:
     """Holds the source, renderers and screens made once per worker, and builds shards on demand."""
 
@@ -125,56 +138,35 @@ class ShardBuilder:
     def plan(self) -> list[WorkUnit]:
         return plan_units(self.recipe, {split: self.source.shard_ids(split) for split in SPLITS})
 
-    def build(self, unit: WorkUnit, out: Path) -> dict[str, Any]:
-        """Write the shard's tar, table and (last) stats; return the stats."""
+    def build(self, units: Sequence[WorkUnit], out: Path) -> list[dict[str, Any]]:
+        """Write the shards of ``units``, all cut from one source shard (:func:`group_units`): each
+        its tar, table and (last) stats. Every item is read, screened, decoded and resized once for
+        all of them, and its clean twin encoded once: the same bytes in every subset. Returns the
+        stats, in ``units``' order."""
         start = time.perf_counter()
-        subset = self.recipe.subset(unit.subset)
-        shard_dir(out, unit).mkdir(parents=True, exist_ok=True)
-        failures: Counter[str] = Counter()
-        per_concept: Counter[str] = Counter()
-        named: Counter[str] = Counter()
-        shown: Counter[str] = Counter()
-        rows: list[dict[str, Any]] = []
-        samples = contaminated = 0
-        with TarShardWriter(tar_path(out, unit)) as writer:
-            for index, item in enumerate(self.source.read(unit.split, unit.shard_id)):
-                key = sample_key(self.recipe, unit, index)
+        (split, shard_id), = {(u.split, u.shard_id) for u in units}
+        shards: list[_ShardOutput] = []
+        with ExitStack() as writers:
+            for unit in units:
+                shards.append(_ShardOutput(unit, out))
+                writers.enter_context(shards[-1].writer)
+            for index, item in enumerate(self.source.read(split, shard_id)):
                 try:
-                    members, meta = self.make_sample(subset, unit, index, key, item)
+                    screened = self.screened(item)
                 except SampleError as e:
-                    skipped = e if isinstance(e, Skipped) else Skipped(e.reason, e.detail)
-                    failures[e.reason] += 1
-                    named.update(skipped.screen.caption_names)
-                    shown.update(skipped.screen.source_shows)
-                    rows.append(skipped_row(unit, key, item.source_id, e.reason, e.detail, skipped.caption,
-                                            tuple(skipped.screen.caption_names), tuple(skipped.screen.source_shows)))
+                    for shard in shards:
+                        shard.skip(item, sample_key(self.recipe, shard.unit, index), e)
                     continue
-                writer.write(key, members)
-                samples += 1
-                contaminated += meta.contaminated
-                per_concept.update(i.concept for i in meta.instances)
-                named.update(meta.screen.caption_names)
-                shown.update(meta.screen.source_shows)
-                rows.append(sample_row(meta, unit, members["jpg"]))
-            sha = writer.close()
-        write_table(parquet_path(out, unit), rows)
-        stats = {
-            "shard": unit.name,
-            "subset": unit.subset,
-            "split": unit.split,
-            "count": len(rows),
-            "successes": samples,
-            "failed": len(rows) - samples,
-            "failures": dict(sorted(failures.items())),
-            "contaminated": contaminated,
-            "instances": dict(sorted(per_concept.items())),
-            "screened": {"caption_names": dict(sorted(named.items())), "source_shows": dict(sorted(shown.items()))},
-            "sha256": sha,
-            "recipe_sha256": self.recipe.sha256,
-            "duration_s": round(time.perf_counter() - start, 3),
-        }
-        atomic_write_json(stats_path(out, unit), stats)
-        return stats
+                clean_jpg = cache(lambda clean=screened.clean: _encode(clean, "JPEG", self.recipe.jpeg_quality))
+                for shard in shards:
+                    key = sample_key(self.recipe, shard.unit, index)
+                    try:
+                        members, meta = self.make_sample(shard.unit, index, key, item, screened, clean_jpg)
+                    except SampleError as e:
+                        shard.skip(item, key, e)
+                    else:
+                        shard.add(members, meta)
+            return [shard.finish(self.recipe.sha256, start) for shard in shards]
 
     def screened(self, item: RawItem) -> Screened:
         """The item's clean image and caption once both screens have passed it (``Skipped`` otherwise).
@@ -199,9 +191,11 @@ class ShardBuilder:
         return Screened(clean, verdict.caption, screen)
 
     def make_sample(
-        self, subset: Subset, unit: WorkUnit, index: int, key: str, item: RawItem
+        self, unit: WorkUnit, index: int, key: str, item: RawItem, screened: Screened, clean_jpg: Callable[[], bytes]
     ) -> tuple[dict[str, bytes], SampleMeta]:
-        screened = self.screened(item)
+        """Item ``index`` of ``unit``'s source shard as a sample; ``clean_jpg`` its clean image's JPEG,
+        encoded at most once whatever the number of subsets that need it."""
+        subset = self.recipe.subset(unit.subset)
         clean, size = screened.clean, self.recipe.image_size
         seed = self.sample_seed(unit, index)
         composition = self.draw(clean, subset, unit.split, np.random.default_rng(seed))
@@ -220,16 +214,16 @@ class ShardBuilder:
             version=self.version,
             screen=screened.screen,
         )
+        # Nothing drawn: the image is the clean twin's pixels, so its bytes are the same.
         drawn = bool(composition.layers)
-        image_jpg = _encode(composition.image, "JPEG", self.recipe.jpeg_quality)
+        image_jpg = _encode(composition.image, "JPEG", self.recipe.jpeg_quality) if drawn else clean_jpg()
         members = {
             "jpg": image_jpg,
             "txt": meta.caption.encode("utf-8"),
             "json": json.dumps(meta.to_json(), sort_keys=True, ensure_ascii=False).encode("utf-8"),
         }
         if self.recipe.write_clean:
-            # Nothing drawn: the image is the clean twin's pixels, so its bytes are the same.
-            members["clean.jpg"] = _encode(clean, "JPEG", self.recipe.jpeg_quality) if drawn else image_jpg
+            members["clean.jpg"] = clean_jpg()
         if self.recipe.write_mask:
             members["mask.png"] = _encode(composition.mask(), "PNG") if drawn else _blank_mask(size)
         return members, meta
@@ -262,6 +256,62 @@ class ShardBuilder:
                 continue
             rng = np.random.default_rng(self.sample_seed(unit, index))
             yield index, self.draw(clean, subset, unit.split, rng).layers
+
+
+class _ShardOutput:
+    """One shard being written: its tar, its table's rows and the counts its stats report."""
+
+    def __init__(self, unit: WorkUnit, out: Path) -> None:
+        self.unit, self.out = unit, out
+        shard_dir(out, unit).mkdir(parents=True, exist_ok=True)
+        self.writer = TarShardWriter(tar_path(out, unit))
+        self.rows: list[dict[str, Any]] = []
+        self.failures: Counter[str] = Counter()
+        self.per_concept: Counter[str] = Counter()
+        self.named: Counter[str] = Counter()
+        self.shown: Counter[str] = Counter()
+        self.samples = self.contaminated = 0
+
+    def add(self, members: dict[str, bytes], meta: SampleMeta) -> None:
+        self.writer.write(meta.key, members)
+        self.samples += 1
+        self.contaminated += meta.contaminated
+        self.per_concept.update(i.concept for i in meta.instances)
+        self.named.update(meta.screen.caption_names)
+        self.shown.update(meta.screen.source_shows)
+        self.rows.append(sample_row(meta, self.unit, members["jpg"]))
+
+    def skip(self, item: RawItem, key: str, error: SampleError) -> None:
+        skipped = error if isinstance(error, Skipped) else Skipped(error.reason, error.detail)
+        self.failures[error.reason] += 1
+        self.named.update(skipped.screen.caption_names)
+        self.shown.update(skipped.screen.source_shows)
+        self.rows.append(skipped_row(self.unit, key, item.source_id, error.reason, error.detail, skipped.caption,
+                                     tuple(skipped.screen.caption_names), tuple(skipped.screen.source_shows)))
+
+    def finish(self, recipe_sha256: str, start: float) -> dict[str, Any]:
+        """Close the tar, write the table, then the stats (last: they mark the shard finished).
+        ``duration_s`` is the time since the group's start."""
+        sha = self.writer.close()
+        write_table(parquet_path(self.out, self.unit), self.rows)
+        unit = self.unit
+        stats = {
+            "shard": unit.name,
+            "subset": unit.subset,
+            "split": unit.split,
+            "count": len(self.rows),
+            "successes": self.samples,
+            "failed": len(self.rows) - self.samples,
+            "failures": dict(sorted(self.failures.items())),
+            "contaminated": self.contaminated,
+            "instances": dict(sorted(self.per_concept.items())),
+            "screened": {"caption_names": dict(sorted(self.named.items())), "source_shows": dict(sorted(self.shown.items()))},
+            "sha256": sha,
+            "recipe_sha256": recipe_sha256,
+            "duration_s": round(time.perf_counter() - start, 3),
+        }
+        atomic_write_json(stats_path(self.out, unit), stats)
+        return stats
 
 
 @lru_cache(maxsize=8)
