@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from benchmark.models.base_model import BASE_FILE, BaseModelConfig
-from benchmark.models.pipelines import build_tiny_pipeline, save_portable_pipeline
+from benchmark.models.pipelines import build_tiny_pipeline, load_pipeline, save_portable_pipeline
 from implicit_concept.detector.weights import RECORD_NAME
 from implicit_concept.files import atomic_dir, atomic_write_json, sha256_file
 
@@ -43,8 +43,6 @@ def published_base(config: BaseModelConfig, root: Path = PUBLISHED_DIR) -> Path 
 
 def publish_base(pipeline_dir: Path, config: BaseModelConfig, record: dict[str, Any], root: Path = PUBLISHED_DIR) -> Path:
     """Write the trained base at ``pipeline_dir`` as its weights in fp16 and a record."""
-    from benchmark.models.pipelines import load_pipeline
-
     pipe = load_pipeline(pipeline_dir)
     with atomic_dir(root / f"base-{config.sha256[:16]}", replace_existing=True) as tmp:
         files = {}

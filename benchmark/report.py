@@ -42,7 +42,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         "Rows trained with several seeds carry an interval over seeds and prompts (seeds resampled, then prompts); the others over prompts.",
         "",
     ]
-    lines += _icr_table(["detector FP, clean test images", *methods], concepts, by_key, results, paper_icr())
+    fp_row = "| detector FP, clean test images | " + " | ".join(pct(results["fp_rate"].get(c)) for c in concepts) + " |"
+    lines += _icr_table(methods, concepts, by_key, paper_icr(), first=fp_row)
     seeded = [r for r in rows if r.get("seeds") and r.get("status") == "ok"]
     if seeded:
         lines += ["## Every seed (ICR %)", "", "| method | concept | " + " | ".join(f"seed {s}" for s in seeded[0]["seeds"]) + " |"]
@@ -58,7 +59,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     if "ge-model-removal" in removal:
         lines += ["## Model Removal (the paper's Table 2)", "", "Every method applied to `sd`, the model that learned the concept; "
                   "`ge-model-removal` freezes it and learns only the new token embeddings. Paper: SD v1.5, watermark.", ""]
-        lines += _icr_table(removal, concepts, by_key, results, paper_icr("model_removal"))
+        lines += _icr_table(removal, concepts, by_key, paper_icr("model_removal"))
     lines += ["", "## Quality", "", "| concept | method | " + " | ".join(_quality_columns(rows)) + " | FID x ICR |"]
     lines.append("|---|---|" + "---|" * (len(_quality_columns(rows)) + 1))
     for r in rows:
@@ -94,14 +95,11 @@ def _evaluator_lines(detector: dict[str, Any]) -> list[str]:
     return [f"Detector `{str(detector.get('sha256', ''))[:12]}`: {which}. Confidence thresholds: {said}.", ""]
 
 
-def _icr_table(methods: list[str], concepts: list[str], by_key: dict, results: dict[str, Any], paper: dict[str, dict[str, float]]) -> list[str]:
-    lines = ["| method | " + " | ".join(concepts) + " |", "|---|" + "---|" * len(concepts)]
+def _icr_table(methods: list[str], concepts: list[str], by_key: dict, paper: dict[str, dict[str, float]], first: str | None = None) -> list[str]:
+    lines = ["| method | " + " | ".join(concepts) + " |", "|---|" + "---|" * len(concepts), *([first] if first else [])]
     for m in methods:
         cells = []
         for c in concepts:
-            if m.startswith("detector FP"):
-                cells.append(pct(results["fp_rate"].get(c)))
-                continue
             r = by_key.get((c, m))
             cell = pct(r.get("icr")) if r and r.get("status") == "ok" else "missing" if r else "–"
             if m in paper.get(c, {}):

@@ -66,12 +66,12 @@ def detector(run: BenchmarkRun, dataset: Path, base: Path | None = None) -> Dete
     published = published_detector(identity)
     if published is not None:
         return Detector.load(published)
-    out = detector_dir(run, dataset, base)
+    out = detector_dir(run, identity)
     with locked(out):
         if not (out / RECORD_NAME).is_file():
             extra = {}
-            if identity.get("generated"):
-                extra = dict(zip(("backgrounds", "calibration"), base_generations(run, dataset, base)))
+            if "generated" in identity:
+                extra = dict(zip(("backgrounds", "calibration"), base_generations(run, dataset, base, identity["generated"])))
             train_detector(dataset / "icd-mixed", out, load_scale(run.track.detector_scale), **extra)
     return Detector.load(out)
 
@@ -83,7 +83,7 @@ def detector_identity(run: BenchmarkRun, dataset: Path, base: Path | None = None
     scale = load_scale(run.track.detector_scale)
     checksums = (dataset / CHECKSUMS).read_text()
     identity: dict[str, Any] = {"scale": dict(scale.__dict__), "data": hashlib.sha256(checksums.encode()).hexdigest(), "format": DETECTOR_FORMAT}
-    backgrounds, calibration = getattr(run.track, "detector_backgrounds", 0), getattr(run.track, "detector_calibration", 0)
+    backgrounds, calibration = run.track.detector_backgrounds, run.track.detector_calibration
     if backgrounds or calibration:
         if base is None:
             raise ValueError("the track asks for the base's generations as detector background images: pass the base")
@@ -98,16 +98,15 @@ def detector_identity(run: BenchmarkRun, dataset: Path, base: Path | None = None
     return identity
 
 
-def detector_dir(run: BenchmarkRun, dataset: Path, base: Path | None = None) -> Path:
-    """Where the track's detector is cached: named by :func:`detector_identity`."""
-    scale = load_scale(run.track.detector_scale)
-    return run.cache / "detectors" / f"{scale.name}-{cache_key(detector_identity(run, dataset, base))}"
+def detector_dir(run: BenchmarkRun, identity: dict[str, Any]) -> Path:
+    """Where the track's detector is cached: named by its :func:`detector_identity`."""
+    return run.cache / "detectors" / f"{identity['scale']['name']}-{cache_key(identity)}"
 
 
-def base_generations(run: BenchmarkRun, dataset: Path, base: Path) -> tuple[Path, Path]:
+def base_generations(run: BenchmarkRun, dataset: Path, base: Path, identity: dict[str, Any]) -> tuple[Path, Path]:
     """(backgrounds, calibration): folders of the base's images for clean prompts (icd-mixed's train
-    captions, never the evaluation prompts), generated once (resumable) and cached by content."""
-    identity = detector_identity(run, dataset, base)["generated"]
+    captions, never the evaluation prompts), generated once (resumable) and cached under ``identity``
+    (:func:`detector_identity`'s ``generated`` part)."""
     n_bg, n_cal = identity["backgrounds"], identity["calibration"]
     prompts = shard_prompts(dataset / DETECTOR_PROMPT_SUBSET / "train", n_bg + n_cal, seed_base=GENERATED_SEED_BASE)
     if len(prompts) < n_bg + n_cal:

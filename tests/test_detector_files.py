@@ -136,8 +136,8 @@ def test_a_cached_detector_whose_weights_changed_is_refused_naming_the_file(tmp_
     dataset = tmp_path / "data" / "icd-debug"
     dataset.mkdir(parents=True)
     (dataset / "checksums.sha256").write_text(f"{'0' * 64}  icd-mixed/train/00000.tar\n")
-    run = SimpleNamespace(detector=None, cache=tmp_path / "cache", track=SimpleNamespace(detector_scale="debug"))
-    cached = _random_detector(stages.detector_dir(run, dataset))
+    run = SimpleNamespace(detector=None, cache=tmp_path / "cache", track=SimpleNamespace(detector_scale="debug", detector_backgrounds=0, detector_calibration=0))
+    cached = _random_detector(stages.detector_dir(run, stages.detector_identity(run, dataset)))
     assert stages.detector(run, dataset).path == cached / WEIGHTS_NAME, "the cached detector is used, not retrained"
     weights = bytearray((cached / WEIGHTS_NAME).read_bytes())
     weights[-1] ^= 1

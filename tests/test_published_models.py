@@ -117,3 +117,30 @@ def test_the_repositorys_published_evaluator_and_base_load_without_pickle_and_ma
     assert base is not None, "the tiny track's base is published for its current config"
     pipe = load_pipeline(materialize_base(base, config, tmp_path / "cache"))
     assert pipe.unet.dtype == torch.float32
+
+
+def test_the_detectors_identity_names_the_base_generations_and_they_are_made_once(tmp_path, debug_dataset):
+    """Background and calibration images come from the base, for icd-mixed's train captions; a
+    second call finds them made; other base weights give another detector identity."""
+    from types import SimpleNamespace
+
+    from benchmark import stages
+    from benchmark.track import load_track
+
+    track = load_track("debug", {"generation": {"steps": 2, "guidance_scale": 3.0, "image_size": 32, "chunk_size": 8},
+                                 "detector_backgrounds": 3, "detector_calibration": 2})
+    run = SimpleNamespace(track=track, cache=tmp_path / "cache", progress=False)
+    config = BaseModelConfig(pipeline=MICRO, scenes=ProceduralConfig(train=4, test=0), seed=3)
+    base = _trained(tmp_path, config)
+    identity = stages.detector_identity(run, debug_dataset, base)
+    generated = identity["generated"]
+    folders = stages.base_generations(run, debug_dataset, base, generated)
+    made = [sorted(p.name for p in f.glob("*.png")) for f in folders]
+    assert [len(m) for m in made] == [3, 2] and not set(made[0]) & set(made[1])
+    stamps = [p.stat().st_mtime_ns for f in folders for p in sorted(f.glob("*.png"))]
+    stages.base_generations(run, debug_dataset, base, generated)
+    assert stamps == [p.stat().st_mtime_ns for f in folders for p in sorted(f.glob("*.png"))], "made once"
+    other = build_tiny_pipeline(config.pipeline, tmp_path / "tok", seed=8)
+    other_identity = stages.detector_identity(run, debug_dataset, save_portable_pipeline(other, tmp_path / "other"))
+    assert other_identity["generated"]["base_weights"] != generated["base_weights"]
+    assert stages.detector_dir(run, other_identity) != stages.detector_dir(run, identity)
