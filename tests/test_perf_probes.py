@@ -125,3 +125,17 @@ def test_a_probe_training_run_reads_its_step_times_and_removes_its_gigabytes(tmp
     result = gpu_paper_probe.training_run(base, str(_write_shards(tmp_path / "shards")), tmp_path / "run", config)
     assert set(result) == {"step_seconds_median", "prepare_seconds", "final_loss", "captions_truncated"}
     assert result["step_seconds_median"] > 0 and not (tmp_path / "run").exists()
+
+
+def test_build_stage_profile_times_the_real_path(tmp_path):
+    """Each stage is timed where the build calls it: with the clean twin and mask off, no PNG is
+    encoded and the JPEG encodes fall to one per sample; the stages are the sample's whole CPU time."""
+    from benchmark.perf.build_speed import make_source_folder, stage_profile
+
+    make_source_folder(tmp_path / "src", 12, 96)
+    full = stage_profile(tmp_path / "src", tmp_path / "full", 64, 6)
+    image_only = stage_profile(tmp_path / "src", tmp_path / "image", 64, 6, write_clean=False, write_mask=False)
+    for stage in ("read, decode, resize", "render, composite", "visible boxes", "encode JPEG", "tar"):
+        assert full[stage] > 0 and image_only[stage] > 0, stage
+    assert full["encode PNG"] > 0 and "encode PNG" not in image_only
+    assert full["other"] >= 0 and image_only["other"] >= 0

@@ -3,7 +3,8 @@
 Measures, on the same source images (a folder of JPEGs with captions) and output size, the
 samples/s of the full build path and of a plain decode-resize-encode-write pass, with 1 and 2
 workers, and prints the ratios. Run: ``python -m benchmark.perf.build_speed [--images 1000]``.
-Start-up (starting workers, indexing fonts) is included, as a user pays it.
+Start-up (starting workers, indexing fonts) is included, as a user pays it. ``--profile`` adds where
+a sample's time goes, stage by stage, and the ratio the build could reach if rendering were free.
 
 Wall-clock rates are what a user sees on an idle machine; on a shared one they move with the
 load, so the CPU time of the process and its workers is measured beside them: samples per
@@ -18,14 +19,20 @@ import multiprocessing as mp
 import os
 import tempfile
 import time
+from collections import defaultdict
+from contextlib import ExitStack
+from functools import wraps
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+from unittest import mock
 
 import numpy as np
 
+from builders import shard_builder
 from builders.build import build_dataset
-from builders.recipe import parse_recipe
+from builders.recipe import Recipe, parse_recipe
 from builders.resizer import prepare_image
+from implicit_concept.compositing import Composition
 from implicit_concept.scene.grammar import ProceduralConfig, sample_scene
 from implicit_concept.scene.render import render_scene
 from implicit_concept.shard_writer import TarShardWriter
@@ -67,8 +74,10 @@ def floor_pass(folder: Path, out: Path, size: int, shard_size: int, workers: int
     return done / (time.perf_counter() - start)
 
 
-def full_build(folder: Path, out: Path, size: int, shard_size: int, workers: int) -> float:
-    recipe = parse_recipe(
+def speed_recipe(folder: Path, size: int, shard_size: int, **options: Any) -> Recipe:
+    """One subset, three-quarters contaminated, from ``folder``; ``options``: recipe keys beside
+    the defaults (``write_clean=False``)."""
+    return parse_recipe(
         {
             "name": "speed",
             "seed": 0,
@@ -76,11 +85,72 @@ def full_build(folder: Path, out: Path, size: int, shard_size: int, workers: int
             "shard_size": shard_size,
             "source": {"kind": "folder", "path": str(folder), "test_fraction": 0.0},
             "subsets": [{"name": "mixed", "concepts": ["qrcode", "watermark", "text"], "fraction": 0.75}],
+            **options,
         }
     )
+
+
+def full_build(folder: Path, out: Path, size: int, shard_size: int, workers: int) -> float:
     start = time.perf_counter()
-    report = build_dataset(recipe, out, workers=workers, progress=False)
+    report = build_dataset(speed_recipe(folder, size, shard_size), out, workers=workers, progress=False)
     return report.samples / (time.perf_counter() - start)
+
+
+def stage_profile(folder: Path, out: Path, size: int, shard_size: int, **options: Any) -> dict[str, float]:
+    """CPU milliseconds per sample of each stage of a one-worker build (in this process, so the
+    neighbours' load does not count): the real code path, each stage timed where it is called;
+    ``other`` is the rest (tar, tables, json, start-up)."""
+    spent: dict[str, float] = defaultdict(float)
+
+    def timed(stage: Callable[..., str], function: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[stage(*args)] += time.process_time() - start
+        return wrapper
+
+    stages = [
+        (shard_builder.ShardBuilder, "__init__", "start-up"),
+        (shard_builder.ShardBuilder, "screened", "read, decode, resize"),
+        (shard_builder.ShardBuilder, "draw", "render, composite"),
+        (Composition, "instances", "visible boxes"),
+        (Composition, "mask", "mask"),
+        (shard_builder, "_encode", None),
+        (TarShardWriter, "write", "tar"),
+        (TarShardWriter, "close", "tar"),
+        (shard_builder, "write_table", "table"),
+    ]
+    with ExitStack() as patches:
+        for owner, name, stage in stages:
+            label = (lambda *a, stage=stage: stage) if stage else (lambda image, fmt, *a: f"encode {fmt}")
+            patches.enter_context(mock.patch.object(owner, name, timed(label, getattr(owner, name))))
+        start = time.process_time()
+        report = build_dataset(speed_recipe(folder, size, shard_size, **options), out, workers=1, progress=False)
+        total = time.process_time() - start
+    profile = {stage: 1000 * seconds / report.samples for stage, seconds in sorted(spent.items())}
+    profile["other"] = 1000 * total / report.samples - sum(profile.values())
+    return profile
+
+
+def print_profile(folder: Path, root: Path, size: int, shard_size: int) -> None:
+    """Where a sample's time goes, and the build/floor ratio with rendering and compositing free:
+    what no speed-up of the renderers can pass while the same members are written. A first build,
+    not counted, pays the imports and caches."""
+    stage_profile(folder, root / f"profile-warm-{size}", size, shard_size)
+    start = time.process_time()
+    floor_pass(folder, root / f"profile-floor-{size}", size, shard_size, 1)
+    floor_ms = 1000 * (time.process_time() - start) / len(list(folder.glob("*.jpg")))
+    print(f"\n{size} px, one worker, CPU ms per sample (the floor: {floor_ms:.2f})")
+    formats = {"full (image, clean twin, mask)": {}, "image only (write_clean, write_mask off)": {"write_clean": False, "write_mask": False}}
+    for i, (label, options) in enumerate(formats.items()):
+        profile = stage_profile(folder, root / f"profile-{size}-{i}", size, shard_size, **options)
+        total = sum(profile.values())
+        stages = ", ".join(f"{stage} {ms:.2f}" for stage, ms in profile.items())
+        print(f"  {label}: {total:.2f} = {stages}")
+        print(f"    build/floor {floor_ms / total:.2f}; with rendering and compositing free {floor_ms / (total - profile['render, composite']):.2f}")
 
 
 def measured(run: Callable[[], float]) -> tuple[float, float]:
@@ -99,6 +169,7 @@ def main() -> None:
     parser.add_argument("--source-side", type=int, default=512)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 512])
     parser.add_argument("--shard-size", type=int, default=100)
+    parser.add_argument("--profile", action="store_true", help="also print where a sample's time goes, per size")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -114,6 +185,9 @@ def main() -> None:
                 builds[workers] = build
                 print(f"{size:>5} {workers:>7} {floor:>8.0f} {build:>8.0f} {build / floor:>11.2f} {floor_cpu:>9.0f} {build_cpu:>9.0f} {build_cpu / floor_cpu:>8.2f}")
             print(f"{size:>5} 2 workers / 1 worker (build, wall clock): {builds[2] / builds[1]:.2f}x")
+        if args.profile:
+            for size in args.sizes:
+                print_profile(root / "src", root, size, args.shard_size)
 
 
 if __name__ == "__main__":
