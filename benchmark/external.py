@@ -25,6 +25,7 @@ from builders.recipe import load_recipe
 from implicit_concept.detector.inference import Detector
 from implicit_concept.files import atomic_write_json, sha256_file
 from implicit_concept.geom_erasing.training_target import negative_prompt_for
+from implicit_concept.image_stream import IMAGE_SUFFIXES
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import ScoreConfig
 
@@ -85,13 +86,27 @@ def score_pipeline(
 
 
 def score_image_folder(folder: Path, out: Path, judging: Judging, images_per_prompt: int = 1) -> dict[str, Any]:
-    """Score images named ``{case_number}_{i}.png`` after the track's prompts; every one must exist."""
+    """Score images named ``{case_number}_{i}`` after the track's prompts, in any format the scorer
+    reads (``.png`` as the benchmark writes them, ``.jpg``, ``.webp``, ...); every one must exist."""
     prompts = judging.prompts()
-    paths = [Path(folder) / image_name(p, i) for p in prompts for i in range(images_per_prompt)]
-    missing = [p for p in paths if not p.exists()]
+    stems = [Path(image_name(p, i)).stem for p in prompts for i in range(images_per_prompt)]
+    found = {stem: _named_image(Path(folder), stem) for stem in stems}
+    missing = [stem for stem in stems if found[stem] is None]
     if missing:
-        raise FileNotFoundError(f"{folder}: {len(missing)} of {len(paths)} images named by {judging.track.prompts} are missing, first {missing[0].name}")
+        raise FileNotFoundError(
+            f"{folder}: {len(missing)} of {len(stems)} images named by {judging.track.prompts} are missing, "
+            f"first {missing[0]} ({'/'.join(IMAGE_SUFFIXES)})"
+        )
+    paths = [found[stem] for stem in stems]
     return _score(paths, [p for p in prompts for _ in range(images_per_prompt)], Path(out), judging, {"images": str(folder)})
+
+
+def _named_image(folder: Path, stem: str) -> Path | None:
+    """The one image file ``folder/stem.<suffix>``; two with the same stem are refused, not guessed between."""
+    found = [folder / f"{stem}{suffix}" for suffix in IMAGE_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
+    if len(found) > 1:
+        raise ValueError(f"{folder}: {stem} is there as {' and '.join(p.name for p in found)}; keep one")
+    return found[0] if found else None
 
 
 def _score(paths: list[Path], prompts: list[Prompt], out: Path, judging: Judging, inputs: dict[str, Any]) -> dict[str, Any]:

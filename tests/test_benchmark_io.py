@@ -227,3 +227,25 @@ def test_the_shipped_evaluation_prompts_are_what_the_prompts_command_writes(tmp_
     out = tmp_path / "eval.csv"
     assert main(["prompts", "icd-tiny", "--count", "512", "--out", str(out)]) == 0
     assert out.read_bytes() == (PROMPTS_DIR / "icd-tiny-eval.csv").read_bytes()
+
+
+def test_an_image_folder_is_scored_in_any_readable_format_and_ambiguity_is_refused(tmp_path, monkeypatch):
+    from benchmark import external
+    from benchmark.track import load_track
+
+    judging = external.Judging(track=load_track("debug"), detector=None, reference=None, cache=tmp_path, num_prompts=3)
+    prompts = judging.prompts()
+    formats = ["png", "jpg", "webp"]
+    for prompt, fmt in zip(prompts, formats):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{prompt.case_number}_0.{fmt}")
+    scored = {}
+    monkeypatch.setattr(external, "_score", lambda paths, prompts, out, judging, inputs: scored.setdefault("paths", paths))
+    external.score_image_folder(tmp_path, tmp_path / "out", judging)
+    assert [p.name for p in scored["paths"]] == [f"{p.case_number}_0.{fmt}" for p, fmt in zip(prompts, formats)]
+    Image.new("RGB", (8, 8)).save(tmp_path / f"{prompts[1].case_number}_0.png")
+    with pytest.raises(ValueError, match=f"{prompts[1].case_number}_0 is there as .*jpg and .*png"):
+        external.score_image_folder(tmp_path, tmp_path / "out", judging)
+    (tmp_path / f"{prompts[1].case_number}_0.png").unlink()
+    (tmp_path / f"{prompts[2].case_number}_0.webp").unlink()
+    with pytest.raises(FileNotFoundError, match=f"1 of 3 images .* first {prompts[2].case_number}_0 "):
+        external.score_image_folder(tmp_path, tmp_path / "out", judging)
