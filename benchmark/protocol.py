@@ -24,7 +24,7 @@ from benchmark.benchmark_run import BenchmarkRun
 from benchmark.evaluation.scorecard import score_generated
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_folders, pipeline_source
 from benchmark.methods import NotImplementedMethod, get_method
-from benchmark.methods.interface import FineTune, MethodContext
+from benchmark.methods.interface import FineTune, MethodContext, checked_generator, declared_finetunes
 from benchmark.models.named_scenes import named_prompt
 from benchmark.parallel_finetunes import train_all
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
@@ -155,7 +155,7 @@ def _declared_finetunes(track: Track, specs: tuple[str, ...], ctx: MethodContext
         replace(ft, seed=seed)
         for spec in specs
         for seed in _seeds(track, spec)
-        for ft in getattr(get_method(spec), "finetunes", lambda ctx: [])(ctx)
+        for ft in declared_finetunes(get_method(spec), ctx)
     ]
 
 
@@ -203,7 +203,7 @@ def _run_method(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:
-        generator = method.build(ctx)
+        generator = checked_generator(method, method.build(ctx))
     except NotImplementedMethod as e:
         return [{**row, "status": f"missing: {e}"} for row in rows], None
     timings["build"] = time.perf_counter() - start

@@ -12,3 +12,25 @@ class WordyNegative(Method):
     def build(self, ctx: MethodContext) -> Generator:
         pipeline_dir = ctx.finetune(FineTune())
         return Generator(ctx.load_pipeline(pipeline_dir), negative_prompt=f"{ctx.phrase}, logo, signature, caption")
+
+
+class NeedsArguments(Method):
+    """A plug-in the benchmark cannot make: its constructor wants arguments."""
+
+    def __init__(self, strength):
+        self.strength = strength
+
+    def build(self, ctx: MethodContext) -> Generator:
+        raise AssertionError("never built")
+
+
+class ReturnsPipeline(Method):
+    """A plug-in that returns its pipeline bare instead of a Generator, and declares a path as a fine-tune."""
+
+    name = "returns-pipeline"
+
+    def finetunes(self, ctx: MethodContext) -> list:
+        return ["sd"]
+
+    def build(self, ctx: MethodContext):
+        return ctx.load_pipeline(ctx.finetune(FineTune()))

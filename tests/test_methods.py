@@ -168,3 +168,26 @@ def test_a_fine_tune_trains_with_its_own_seed_when_it_has_one(monkeypatch):
     _, removal = FINETUNED["ge-model-removal"].finetunes(SimpleNamespace(settings={}, concepts=("qrcode",)))
     stages.finetune(run, Path("base"), Path("sub"), replace(removal, seed=5), detector=None)
     assert trained == [(3, "data_removal"), (0, "data_removal"), (5, "data_removal"), (5, "model_removal")]
+
+
+def test_a_plug_in_that_breaks_the_interface_is_refused_by_name(tmp_path):
+    from benchmark.methods.interface import FineTune, Generator, MethodContext, checked_generator, declared_finetunes
+
+    with pytest.raises(ValueError, match="NeedsArguments\\(\\) cannot be made without arguments"):
+        get_method("tests.plugin_method:NeedsArguments")
+    method = get_method("tests.plugin_method:ReturnsPipeline")
+    ctx = MethodContext(concepts=("qrcode",), work_dir=tmp_path, seed=0, finetune=lambda ft: tmp_path,
+                        load_pipeline=lambda path: (lambda **kwargs: None), train_shards=tmp_path)
+    with pytest.raises(ValueError, match="method returns-pipeline: finetunes\\(\\) gave str, not a FineTune"):
+        declared_finetunes(method, ctx)
+    with pytest.raises(ValueError, match="method returns-pipeline: build\\(\\) returned function, not a Generator"):
+        checked_generator(method, method.build(ctx))
+    pipeline = ctx.load_pipeline(tmp_path)
+    for bad, problem in [(Generator("a path"), "pipeline is a str"), (Generator(pipeline, None), "negative_prompt is a NoneType"),
+                         (Generator(pipeline, "", [("guidance_scale", 3)]), "call_kwargs is a list")]:
+        with pytest.raises(ValueError, match=f"method returns-pipeline: Generator.{problem}"):
+            checked_generator(method, bad)
+    wordy = get_method("tests.plugin_method:WordyNegative")
+    assert declared_finetunes(wordy, ctx) == [FineTune()]
+    good = Generator(pipeline, "logo", {"guidance_scale": 3})
+    assert checked_generator(wordy, good) is good

@@ -105,6 +105,28 @@ class Method(ABC):
         return []
 
 
+def declared_finetunes(method: Any, ctx: MethodContext) -> list[FineTune]:
+    """``method.finetunes(ctx)`` (none for a plug-in without it), each checked to be a :class:`FineTune`."""
+    declared = list(getattr(method, "finetunes", lambda ctx: [])(ctx))
+    for ft in declared:
+        if not isinstance(ft, FineTune):
+            raise ValueError(f"method {method.name}: finetunes() gave {type(ft).__name__}, not a FineTune")
+    return declared
+
+
+def checked_generator(method: Any, generator: Any) -> Generator:
+    """What ``method.build`` returned, refused with the method's name unless it is a usable :class:`Generator`."""
+    if not isinstance(generator, Generator):
+        raise ValueError(f"method {method.name}: build() returned {type(generator).__name__}, not a Generator(pipeline, negative_prompt, call_kwargs)")
+    if not callable(generator.pipeline):
+        raise ValueError(f"method {method.name}: Generator.pipeline is a {type(generator.pipeline).__name__}, not a callable diffusers pipeline")
+    if not isinstance(generator.negative_prompt, str):
+        raise ValueError(f"method {method.name}: Generator.negative_prompt is a {type(generator.negative_prompt).__name__}, not a str")
+    if not isinstance(generator.call_kwargs, dict):
+        raise ValueError(f"method {method.name}: Generator.call_kwargs is a {type(generator.call_kwargs).__name__}, not a dict")
+    return generator
+
+
 class NotImplementedMethod(Exception):
     """Raised by a method the benchmark names but does not carry yet; the report marks it missing."""
 
@@ -135,8 +157,11 @@ def load_method(spec: str, registry: dict[str, Callable[[], Method]]) -> Method:
             cls = getattr(_import_plugin(module), attr)
         except (ImportError, AttributeError) as e:
             raise ValueError(f"--method {spec}: cannot import ({e})") from None
-        method = cls()
-        if not isinstance(method, Method) and not hasattr(method, "build"):
+        try:
+            method = cls()
+        except TypeError as e:
+            raise ValueError(f"--method {spec}: {attr}() cannot be made without arguments ({e})") from None
+        if not isinstance(method, Method) and not callable(getattr(method, "build", None)):
             raise ValueError(f"--method {spec}: {attr} has no build(ctx) method")
         method.name = getattr(method, "name", "") or attr
         return method
