@@ -87,26 +87,32 @@ def score_pipeline(
 
 def score_image_folder(folder: Path, out: Path, judging: Judging, images_per_prompt: int = 1) -> dict[str, Any]:
     """Score images named ``{case_number}_{i}`` after the track's prompts, in any format the scorer
-    reads (``.png`` as the benchmark writes them, ``.jpg``, ``.webp``, ...); every one must exist."""
+    reads (``.png`` as the benchmark writes them, ``.jpg``, ``.webp``, ...); every one must exist, in
+    one format only."""
     prompts = judging.prompts()
     stems = [Path(image_name(p, i)).stem for p in prompts for i in range(images_per_prompt)]
-    found = {stem: _named_image(Path(folder), stem) for stem in stems}
-    missing = [stem for stem in stems if found[stem] is None]
+    found = _images_by_stem(Path(folder))
+    missing = [stem for stem in stems if stem not in found]
     if missing:
         raise FileNotFoundError(
             f"{folder}: {len(missing)} of {len(stems)} images named by {judging.track.prompts} are missing, "
             f"first {missing[0]} ({'/'.join(IMAGE_SUFFIXES)})"
         )
-    paths = [found[stem] for stem in stems]
-    return _score(paths, [p for p in prompts for _ in range(images_per_prompt)], Path(out), judging, {"images": str(folder)})
+    twice = next((found[stem] for stem in stems if len(found[stem]) > 1), None)
+    if twice:
+        raise ValueError(f"{folder}: {twice[0].stem} is there as {' and '.join(p.name for p in twice)}; keep one")
+    return _score([found[stem][0] for stem in stems], [p for p in prompts for _ in range(images_per_prompt)], Path(out), judging, {"images": str(folder)})
 
 
-def _named_image(folder: Path, stem: str) -> Path | None:
-    """The one image file ``folder/stem.<suffix>``; two with the same stem are refused, not guessed between."""
-    found = [folder / f"{stem}{suffix}" for suffix in IMAGE_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
-    if len(found) > 1:
-        raise ValueError(f"{folder}: {stem} is there as {' and '.join(p.name for p in found)}; keep one")
-    return found[0] if found else None
+def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
+    """The folder's image files by stem, listed once."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder of images")
+    found: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            found.setdefault(path.stem, []).append(path)
+    return found
 
 
 def _score(paths: list[Path], prompts: list[Prompt], out: Path, judging: Judging, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -28,15 +28,10 @@ def bootstrap_mean(values: Sequence[float], resamples: int = 1000, seed: int = 0
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or x.size == 0:
         raise ValueError(f"bootstrap_mean needs a non-empty 1-D sequence, got shape {x.shape}")
-    if not 0 < level < 1:
-        raise ValueError(f"bootstrap_mean: level = {level}, want (0, 1)")
-    if resamples < 100:
-        raise ValueError(f"bootstrap_mean: resamples = {resamples}, want >= 100")
+    _check_settings("bootstrap_mean", resamples, level)
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
-    alpha = (1 - level) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return Interval(float(x.mean()), float(low), float(high), level)
+    return _percentile_interval(float(x.mean()), means, level)
 
 
 def bootstrap_ratio(
@@ -48,16 +43,13 @@ def bootstrap_ratio(
     a, b = np.asarray(numerators, dtype=np.float64), np.asarray(denominators, dtype=np.float64)
     if a.ndim != 1 or a.shape != b.shape or a.size == 0:
         raise ValueError(f"bootstrap_ratio needs two non-empty 1-D sequences of one length, got shapes {a.shape} and {b.shape}")
-    if not 0 < level < 1 or resamples < 100:
-        raise ValueError(f"bootstrap_ratio: level = {level} (want (0, 1)), resamples = {resamples} (want >= 100)")
+    _check_settings("bootstrap_ratio", resamples, level)
     if not b.sum() > 0:
         raise ValueError("bootstrap_ratio: the denominators' mean must be > 0")
     rng = np.random.default_rng(seed)
     drawn = rng.integers(0, a.size, size=(resamples, a.size))
     ratios = a[drawn].mean(axis=1) / np.maximum(b[drawn].mean(axis=1), np.finfo(np.float64).tiny)
-    alpha = (1 - level) / 2
-    low, high = np.quantile(ratios, [alpha, 1 - alpha])
-    return Interval(float(a.mean() / b.mean()), float(low), float(high), level)
+    return _percentile_interval(float(a.mean() / b.mean()), ratios, level)
 
 
 def hierarchical_bootstrap(groups: Sequence[Sequence[float]], resamples: int = 1000, seed: int = 0, level: float = 0.95) -> Interval:
@@ -68,13 +60,24 @@ def hierarchical_bootstrap(groups: Sequence[Sequence[float]], resamples: int = 1
     arrays = [np.asarray(g, dtype=np.float64) for g in groups]
     if not arrays or any(a.ndim != 1 or a.size == 0 for a in arrays):
         raise ValueError("hierarchical_bootstrap needs one or more non-empty 1-D groups")
-    if not 0 < level < 1 or resamples < 100:
-        raise ValueError(f"hierarchical_bootstrap: level = {level} (want (0, 1)), resamples = {resamples} (want >= 100)")
+    _check_settings("hierarchical_bootstrap", resamples, level)
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)
     for r in range(resamples):
         drawn = rng.integers(0, len(arrays), size=len(arrays))
         means[r] = np.mean([arrays[g][rng.integers(0, arrays[g].size, size=arrays[g].size)].mean() for g in drawn])
+    return _percentile_interval(float(np.mean([a.mean() for a in arrays])), means, level)
+
+
+def _check_settings(name: str, resamples: int, level: float) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"{name}: level = {level}, want (0, 1)")
+    if resamples < 100:
+        raise ValueError(f"{name}: resamples = {resamples}, want >= 100")
+
+
+def _percentile_interval(value: float, resampled: np.ndarray, level: float) -> Interval:
+    """``value`` with the central ``level`` of the resampled statistics around it."""
     alpha = (1 - level) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return Interval(float(np.mean([a.mean() for a in arrays])), float(low), float(high), level)
+    low, high = np.quantile(resampled, [alpha, 1 - alpha])
+    return Interval(value, float(low), float(high), level)

@@ -235,15 +235,17 @@ def test_an_image_folder_is_scored_in_any_readable_format_and_ambiguity_is_refus
 
     judging = external.Judging(track=load_track("debug"), detector=None, reference=None, cache=tmp_path, num_prompts=3)
     prompts = judging.prompts()
-    formats = ["png", "jpg", "webp"]
+    formats = ["png", "JPG", "webp"]
     for prompt, fmt in zip(prompts, formats):
         Image.new("RGB", (8, 8)).save(tmp_path / f"{prompt.case_number}_0.{fmt}")
+    Image.new("RGB", (8, 8)).save(tmp_path / "unasked.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "unasked.jpg")  # not named by a prompt: no ambiguity to refuse
     scored = {}
     monkeypatch.setattr(external, "_score", lambda paths, prompts, out, judging, inputs: scored.setdefault("paths", paths))
     external.score_image_folder(tmp_path, tmp_path / "out", judging)
     assert [p.name for p in scored["paths"]] == [f"{p.case_number}_0.{fmt}" for p, fmt in zip(prompts, formats)]
     Image.new("RGB", (8, 8)).save(tmp_path / f"{prompts[1].case_number}_0.png")
-    with pytest.raises(ValueError, match=f"{prompts[1].case_number}_0 is there as .*jpg and .*png"):
+    with pytest.raises(ValueError, match=f"{prompts[1].case_number}_0 is there as .*JPG and .*png"):
         external.score_image_folder(tmp_path, tmp_path / "out", judging)
     (tmp_path / f"{prompts[1].case_number}_0.png").unlink()
     (tmp_path / f"{prompts[2].case_number}_0.webp").unlink()
