@@ -25,7 +25,7 @@ from builders.recipe import load_recipe
 from implicit_concept.detector.inference import Detector
 from implicit_concept.files import atomic_write_json, sha256_file
 from implicit_concept.geom_erasing.training_target import negative_prompt_for
-from implicit_concept.image_stream import IMAGE_SUFFIXES
+from implicit_concept.image_stream import IMAGE_SUFFIXES, require_readable
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import ScoreConfig
 
@@ -88,7 +88,7 @@ def score_pipeline(
 def score_image_folder(folder: Path, out: Path, judging: Judging, images_per_prompt: int = 1) -> dict[str, Any]:
     """Score images named ``{case_number}_{i}`` after the track's prompts, in any format the scorer
     reads (``.png`` as the benchmark writes them, ``.jpg``, ``.webp``, ...); every one must exist, in
-    one format only."""
+    one format only, and decode."""
     prompts = judging.prompts()
     stems = [Path(image_name(p, i)).stem for p in prompts for i in range(images_per_prompt)]
     found = _images_by_stem(Path(folder))
@@ -101,7 +101,9 @@ def score_image_folder(folder: Path, out: Path, judging: Judging, images_per_pro
     twice = next((found[stem] for stem in stems if len(found[stem]) > 1), None)
     if twice:
         raise ValueError(f"{folder}: {twice[0].stem} is there as {' and '.join(p.name for p in twice)}; keep one")
-    return _score([found[stem][0] for stem in stems], [p for p in prompts for _ in range(images_per_prompt)], Path(out), judging, {"images": str(folder)})
+    paths = [found[stem][0] for stem in stems]
+    require_readable(paths)
+    return _score(paths, [p for p in prompts for _ in range(images_per_prompt)], Path(out), judging, {"images": str(folder)})
 
 
 def _images_by_stem(folder: Path) -> dict[str, list[Path]]:

@@ -37,6 +37,22 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         raise ImageReadError(f"{path}: not a readable image ({e})") from None
 
 
+def require_readable(paths: Iterable[str | Path], max_pixels: int = DEFAULT_MAX_PIXELS, show: int = 5) -> None:
+    """Decode every file before any is scored, so a folder with several broken images is refused
+    once, naming them all (up to ``show``), not once per rerun."""
+    problems = []
+    count = 0
+    for path in paths:
+        count += 1
+        try:
+            load_image(path, max_pixels)
+        except ImageReadError as e:
+            problems.append(str(e))
+    if problems:
+        listed = "; ".join(problems[:show]) + ("; ..." if len(problems) > show else "")
+        raise ImageReadError(f"{len(problems)} of {count} images cannot be read: {listed}")
+
+
 def iter_images(source: ImageSource) -> Iterator[tuple[str, Image.Image]]:
     """Yield ``(name, RGB image)``: file names for files, shard keys for shards, ``image-N`` for PIL."""
     if isinstance(source, Image.Image):

@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -251,3 +253,24 @@ def test_an_image_folder_is_scored_in_any_readable_format_and_ambiguity_is_refus
     (tmp_path / f"{prompts[2].case_number}_0.webp").unlink()
     with pytest.raises(FileNotFoundError, match=f"1 of 3 images .* first {prompts[2].case_number}_0 "):
         external.score_image_folder(tmp_path, tmp_path / "out", judging)
+
+
+def test_an_image_folder_with_unreadable_images_is_refused_once_naming_each_before_scoring(tmp_path, monkeypatch):
+    from benchmark import external
+    from benchmark.track import load_track
+    from implicit_concept.image_stream import ImageReadError
+
+    judging = external.Judging(track=load_track("debug"), detector=None, reference=None, cache=tmp_path, num_prompts=4)
+    names = [f"{p.case_number}_0.png" for p in judging.prompts()]
+    Image.new("RGB", (8, 8)).save(tmp_path / names[0])
+    (tmp_path / names[1]).write_bytes(b"")
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buffer, format="PNG")
+    (tmp_path / names[2]).write_bytes(buffer.getvalue()[:60])
+    (tmp_path / names[3]).write_text("not an image")
+    monkeypatch.setattr(external, "_score", lambda *a: pytest.fail("scoring started on a folder with unreadable images"))
+    with pytest.raises(ImageReadError) as refused:
+        external.score_image_folder(tmp_path, tmp_path / "out", judging)
+    message = str(refused.value)
+    assert message.startswith("3 of 4 images cannot be read")
+    assert all(name in message for name in names[1:]) and names[0] not in message

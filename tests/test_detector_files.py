@@ -23,6 +23,7 @@ from implicit_concept.detector.export import export_detection_dataset
 from implicit_concept.detector.inference import Detector, DetectorError
 from implicit_concept.detector.training import DetectorScale, ScaleError, train_detector
 from implicit_concept.detector.yolo_env import import_ultralytics
+from implicit_concept.image_stream import ImageReadError, load_image
 from tests.test_detection import TRAINABLE, _solid, _write_shards
 
 #: A few seconds on one CPU core: enough to exercise every ultralytics call the detector makes.
@@ -163,6 +164,22 @@ def test_ultralytics_never_reads_a_label_cache_it_finds(tmp_path):
                          data={"names": dict(enumerate(CONCEPT_NAMES)), "channels": 3})
     assert len(built.labels) == 3 and sum(len(label["cls"]) for label in built.labels) == 3  # tr0003 is held out for validation
     assert not marker.exists(), "ultralytics unpickled a planted labels/train.cache"
+
+
+def test_after_ultralytics_a_file_pillow_cannot_identify_fails_as_itself_and_installs_nothing(tmp_path, monkeypatch):
+    """ultralytics swaps PIL.Image.open for one that pip-installs pi-heif on an unknown file."""
+    from PIL import Image, UnidentifiedImageError
+
+    import_ultralytics()
+    asked: list = []
+    monkeypatch.setattr(importlib.import_module("ultralytics.utils.checks"), "check_requirements", lambda *a, **k: asked.append(a))
+    bad = tmp_path / "not-an-image.png"
+    bad.write_text("not an image")
+    with pytest.raises(UnidentifiedImageError, match="not-an-image.png"):
+        Image.open(bad)
+    assert asked == [], "opening a bad image asked ultralytics to install a package"
+    with pytest.raises(ImageReadError, match=r"not-an-image.png: not a readable image \(cannot identify"):
+        load_image(bad)
 
 
 def _integration_modules():

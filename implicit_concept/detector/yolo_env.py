@@ -13,6 +13,9 @@ After the import, what it would do with the network or with files it finds is sw
   its API key is cleared and ``ULTRALYTICS_API_KEY`` removed from the environment, and
   ``add_integration_callbacks`` registers nothing, so no trainer, validator or predictor gets a
   platform, analytics or logger callback whatever the settings or the environment say.
+- PIL. ultralytics replaces ``PIL.Image.open`` for every caller in the process: on a file Pillow
+  cannot identify, it tries to pip-install ``pi-heif`` and reports the missing package instead of
+  the file. Pillow's own ``open`` is put back, so a bad image fails as itself, here and in the builders.
 - Label caches. ``labels/<split>.cache`` is a pickle that ultralytics ``np.load(allow_pickle=True)``s
   before checking anything about it, so a planted one would run code. They are neither read (every
   dataset is rescanned, a second or so for ours) nor written.
@@ -70,6 +73,7 @@ def import_ultralytics(name: str = "ultralytics") -> ModuleType:
         else:
             _import_offline(cache_dir())
         _switch_off_integrations()
+        _restore_pil_open()
         _refuse_label_caches()
         _prepared = True
     os.environ.pop(API_KEY_ENV, None)  # read by ultralytics at each training start, not only at import
@@ -131,6 +135,15 @@ def _switch_off_integrations() -> None:
 
 def _register_no_integration(instance: Any) -> None:
     """ultralytics' add_integration_callbacks, registering none: no platform, analytics or logger."""
+
+
+def _restore_pil_open() -> None:
+    from PIL import Image
+
+    patches = importlib.import_module("ultralytics.utils.patches")
+    replaced = getattr(patches, "image_open", None)
+    if replaced is not None and Image.open is replaced:
+        Image.open = patches._image_open
 
 
 def _refuse_label_caches() -> None:
