@@ -74,10 +74,29 @@ def generate_images(
             images = generate(
                 [p.prompt for p, _ in chunk], [negative_prompt] * len(chunk), [image_seed(p, i) for p, i in chunk]
             )
-            for (p, i), image in zip(chunk, images, strict=True):
+            _check_images(images, len(chunk), settings.image_size, desc)
+            for (p, i), image in zip(chunk, images):
                 _save_atomic(image, out_dir / image_name(p, i))
             bar.update(len(chunk))
     return [out_dir / image_name(p, i) for p, i in items]
+
+
+class GenerationError(ValueError):
+    """A pipeline returned something other than one image of the asked size per prompt."""
+
+
+def _check_images(images: Any, asked: int, size: int, desc: str) -> None:
+    """Refuse, naming what was generating, what no image file should be made from: a plug-in's
+    pipeline that drops prompts, returns arrays or tensors, or ignores the track's image size."""
+    if not isinstance(images, (list, tuple)):
+        raise GenerationError(f"{desc}: the pipeline returned {type(images).__name__}, not a list of PIL images")
+    if len(images) != asked:
+        raise GenerationError(f"{desc}: the pipeline returned {len(images)} images for {asked} prompts")
+    for image in images:
+        if not isinstance(image, Image.Image):
+            raise GenerationError(f"{desc}: the pipeline returned a {type(image).__name__}, not a PIL image (output_type='pil')")
+        if image.size != (size, size):
+            raise GenerationError(f"{desc}: the pipeline returned {image.width}x{image.height} images; the track asks for {size}x{size}")
 
 
 def _claim(out_dir: Path, record: dict[str, Any]) -> None:
@@ -141,7 +160,10 @@ def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs)
                 output_type="pil",
                 **call_kwargs,
             )
-        return list(result.images)
+        images = getattr(result, "images", None)
+        if images is None:
+            raise GenerationError(f"{type(pipeline).__name__} returned a {type(result).__name__} with no .images, not a diffusers pipeline output")
+        return list(images)
 
     return generate
 

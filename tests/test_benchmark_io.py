@@ -43,7 +43,7 @@ def test_prompt_errors_name_the_file_and_line(tmp_path):
 def _fake_generate(calls):
     def generate(prompts, negatives, seeds):
         calls.append(list(seeds))
-        return [Image.fromarray(np.random.default_rng(s).integers(0, 255, (8, 8, 3), dtype=np.uint8)) for s in seeds]
+        return [Image.fromarray(np.random.default_rng(s).integers(0, 255, (64, 64, 3), dtype=np.uint8)) for s in seeds]
 
     return generate
 
@@ -274,3 +274,30 @@ def test_an_image_folder_with_unreadable_images_is_refused_once_naming_each_befo
     message = str(refused.value)
     assert message.startswith("3 of 4 images cannot be read")
     assert all(name in message for name in names[1:]) and names[0] not in message
+
+
+@pytest.mark.parametrize("returned, problem", [
+    (lambda seeds: [Image.new("RGB", (64, 64))] * (len(seeds) - 1), r"returned 2 images for 3 prompts"),
+    (lambda seeds: [np.zeros((64, 64, 3), np.uint8) for _ in seeds], r"returned a ndarray, not a PIL image"),
+    (lambda seeds: [Image.new("RGB", (512, 512)) for _ in seeds], r"returned 512x512 images; the track asks for 64x64"),
+    (lambda seeds: Image.new("RGB", (64, 64)), r"returned Image, not a list of PIL images"),
+])
+def test_a_pipeline_that_returns_other_than_one_image_per_prompt_is_refused_naming_the_method(tmp_path, returned, problem):
+    from benchmark.generation import GenerationError
+
+    prompts = [Prompt(i, f"p{i}", 10 + i) for i in range(3)]
+    with pytest.raises(GenerationError, match=f"^icd-mixed/my-method: the pipeline {problem}"):
+        generate_images(lambda p, n, seeds: returned(seeds), prompts, tmp_path, settings=GenerationSettings(chunk_size=3),
+                        progress=False, desc="icd-mixed/my-method")
+    assert not list(tmp_path.glob("*.png")), "no image file is written from a refused batch"
+
+
+def test_a_pipeline_whose_output_has_no_images_is_refused_naming_its_class():
+    from benchmark.generation import GenerationError, diffusers_generate_fn
+
+    class Latents:
+        def __call__(self, **kwargs):
+            return {"latents": None}
+
+    with pytest.raises(GenerationError, match=r"^Latents returned a dict with no \.images"):
+        diffusers_generate_fn(Latents(), GenerationSettings())(["a"], [""], [0])
