@@ -35,8 +35,10 @@ def check_track(track: Track, methods: Sequence[str] = (), source: str | None = 
             f"track {track.name}: methods: {unregistered} are not registered methods (known: {', '.join(REGISTRY)}); "
             "a plug-in is named on the command line with --method package.module:Class"
         )
-    for spec in methods:
-        _table(track, "--method", lambda: get_method(spec))
+    names = [_table(track, "--method", lambda: get_method(spec).name) for spec in methods]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise TrackError(f"track {track.name}: --method: {twice} named more than once; a run holds one method per name")
     _table(track, "recipe", lambda: load_recipe(track.recipe, {"source": source_from_spec(source)} if source else None))
     _table(track, "detector_scale", lambda: load_scale(track.detector_scale))
     _table(track, "[base]", track.base_model_config)
@@ -48,9 +50,9 @@ def check_track(track: Track, methods: Sequence[str] = (), source: str | None = 
     _table(track, "[quality]", lambda: _quality(track.quality))
 
 
-def _table(track: Track, where: str, build: Callable[[], Any]) -> None:
+def _table(track: Track, where: str, build: Callable[[], Any]) -> Any:
     try:
-        build()
+        return build()
     except TrackError:
         raise
     except (TypeError, ValueError, KeyError) as e:

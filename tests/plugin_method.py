@@ -34,3 +34,15 @@ class ReturnsPipeline(Method):
 
     def build(self, ctx: MethodContext):
         return ctx.load_pipeline(ctx.finetune(FineTune()))
+
+
+class NamedLikeSd(WordyNegative):
+    """A plug-in under a built-in method's name: it would replace sd's images and results rows."""
+
+    name = "sd"
+
+
+class EscapingName(WordyNegative):
+    """A plug-in whose name, used as a folder, would leave the run's folder."""
+
+    name = "../../outside"

@@ -170,6 +170,23 @@ def test_a_fine_tune_trains_with_its_own_seed_when_it_has_one(monkeypatch):
     assert trained == [(3, "data_removal"), (0, "data_removal"), (5, "data_removal"), (5, "model_removal")]
 
 
+def test_a_plug_in_name_that_is_a_built_in_or_not_a_folder_name_or_twice_in_a_run_is_refused():
+    from benchmark.track import TrackError, load_track
+    from benchmark.track_check import check_track
+
+    with pytest.raises(ValueError, match="NamedLikeSd: name 'sd' is the built-in method's"):
+        get_method("tests.plugin_method:NamedLikeSd")
+    with pytest.raises(ValueError, match=r"EscapingName: name '../../outside' must be 1 to 64 of letters"):
+        get_method("tests.plugin_method:EscapingName")
+    assert get_method("tests.plugin_method:WordyNegative").name == "wordy-negative"
+    track = load_track("debug")
+    with pytest.raises(TrackError, match=r"--method: \['wordy-negative'\] named more than once"):
+        check_track(track, ["tests.plugin_method:WordyNegative", "sd", "tests.plugin_method:WordyNegative"])
+    with pytest.raises(TrackError, match=r"--method: .*NamedLikeSd: name 'sd'"):
+        check_track(track, ["tests.plugin_method:NamedLikeSd"])
+    check_track(track, ["tests.plugin_method:WordyNegative", "sd"])
+
+
 def test_a_plug_in_that_breaks_the_interface_is_refused_by_name(tmp_path):
     from benchmark.methods.interface import FineTune, Generator, MethodContext, checked_generator, declared_finetunes
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -144,13 +145,17 @@ def _import_plugin(module: str) -> ModuleType:
     return importlib.import_module(module)
 
 
+#: A method's name becomes its folders (``images/``, ``scores/``, ``methods/``) and its results rows.
+METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
 def load_method(spec: str, registry: dict[str, Callable[[], Method]]) -> Method:
     """A registered name, an entry point name, or ``package.module:Class``."""
     if spec in registry:
         return registry[spec]()
     for ep in entry_points(group="implicit_concept.methods"):
         if ep.name == spec:
-            return ep.load()()
+            return _named(ep.load()(), spec, ep.name, registry)
     if ":" in spec:
         module, _, attr = spec.partition(":")
         try:
@@ -163,6 +168,19 @@ def load_method(spec: str, registry: dict[str, Callable[[], Method]]) -> Method:
             raise ValueError(f"--method {spec}: {attr}() cannot be made without arguments ({e})") from None
         if not isinstance(method, Method) and not callable(getattr(method, "build", None)):
             raise ValueError(f"--method {spec}: {attr} has no build(ctx) method")
-        method.name = getattr(method, "name", "") or attr
-        return method
+        return _named(method, spec, attr, registry)
     raise ValueError(f"unknown method {spec!r} (known: {', '.join(registry)}; or package.module:Class)")
+
+
+def _named(method: Any, spec: str, default: str, registry: dict[str, Callable[[], Method]]) -> Any:
+    """A plug-in with its ``name`` (else ``default``), refused if the name could leave the run's
+    folders or is a built-in method's, whose images and results rows it would replace."""
+    name = getattr(method, "name", "") or default
+    if not isinstance(name, str) or not METHOD_NAME.fullmatch(name):
+        raise ValueError(f"--method {spec}: name {name!r} must be 1 to 64 of letters, digits, '_', '-' and '.', "
+                         "starting with a letter or digit (it names the method's folders)")
+    if name in registry:
+        raise ValueError(f"--method {spec}: name {name!r} is the built-in method's; "
+                         "a plug-in under it would replace that method's images and results")
+    method.name = name
+    return method
