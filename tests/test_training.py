@@ -151,6 +151,24 @@ def test_a_pickle_planted_in_a_checkpoint_runs_no_code_on_resume(setup, uninterr
     assert _same(_unet_state(full), _unet_state(resumed)) and _same(_text_state(full), _text_state(resumed))
 
 
+@pytest.mark.parametrize("part, weights, pickle_name", [
+    ("unet", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+    ("text_encoder", "model.safetensors", "pytorch_model.bin"),
+])
+def test_a_pipeline_whose_weights_are_only_a_pickle_is_refused_naming_the_part_and_never_unpickled(setup, tmp_path, part, weights, pickle_name):
+    """What a lab hands to ``score-pipeline`` or ``--pretrained``: pickled weights are never loaded."""
+    base, _ = setup
+    handed = tmp_path / "handed"
+    shutil.copytree(base, handed)
+    marker = tmp_path / "code-ran"
+    (handed / part / weights).unlink()
+    torch.save({"state": _Planted(marker)}, handed / part / pickle_name)
+    with pytest.raises(ValueError, match=f"handed/{part}: no .safetensors weights \\(only {pickle_name}, a pickle, which is never loaded\\)"):
+        load_pipeline(handed)
+    assert not marker.exists(), f"loading the pipeline unpickled {part}/{pickle_name}"
+    assert type(load_pipeline(base)).__name__ == "StableDiffusionPipeline"
+
+
 def test_a_checkpoint_holds_only_json_and_safetensors(uninterrupted):
     """Nothing a resume reads can be a pickle: every file parses as JSON or as safetensors."""
     from safetensors import safe_open

@@ -46,6 +46,8 @@ SCHEDULERS = (DDIMScheduler, PNDMScheduler, DDPMScheduler, EulerDiscreteSchedule
 #: The tiny pipeline's VAE as a diffusers custom component, and the negative prompt beside a saved pipeline.
 CUSTOM_VAE_FILE = "patch_autoencoder.py"
 NEGATIVE_PROMPT_FILE = "negative_prompt.txt"
+#: Weight files that are pickles: never loaded from a pipeline folder.
+PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 BETA_SCHEDULES = ("scaled_linear", "linear", "squaredcos_cap_v2")
 
 
@@ -229,16 +231,30 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None) -> S
             raise FileNotFoundError(f"{path}: no {name}/ folder")
         return cls.from_pretrained(str(path / name), local_files_only=True, **kwargs)
 
+    def weighted(name: str, cls: Any) -> Any:
+        _require_safetensors(path / name)
+        return part(name, cls, use_safetensors=True, **dtype)
+
     return StableDiffusionPipeline(
-        vae=part("vae", _component_class(index, "vae", (PatchAutoencoder, AutoencoderKL, AutoencoderTiny), path), **dtype),
-        text_encoder=part("text_encoder", CLIPTextModel, **dtype),
+        vae=weighted("vae", _component_class(index, "vae", (PatchAutoencoder, AutoencoderKL, AutoencoderTiny), path)),
+        text_encoder=weighted("text_encoder", CLIPTextModel),
         tokenizer=part("tokenizer", CLIPTokenizer),
-        unet=part("unet", UNet2DConditionModel, **dtype),
+        unet=weighted("unet", UNet2DConditionModel),
         scheduler=part("scheduler", _component_class(index, "scheduler", SCHEDULERS, path)),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def _require_safetensors(folder: Path) -> None:
+    """A part's weights are read from safetensors only: a ``.bin`` or ``.ckpt`` is a pickle, and
+    unpickling a file someone handed over can run its code."""
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLED_SUFFIXES)
+    found = f"only {', '.join(pickled)}, a pickle, which is never loaded" if pickled else "no weights"
+    raise ValueError(f"{folder}: no .safetensors weights ({found}); re-save the pipeline with save_pretrained(..., safe_serialization=True)")
 
 
 def _component_class(index: dict[str, Any], name: str, allowed: tuple[type, ...], path: Path) -> type:
