@@ -31,13 +31,44 @@ class Leaderboard:
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:
+    """A run's ``results.json``, checked to have the shape the report and the leaderboard read: a
+    folder handed over by another lab fails here, naming the file and the field, not in a table."""
     path = Path(run_dir) / "results.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        results = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no results.json (is {run_dir} a benchmark run folder?)") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    problem = _shape_problem(results)
+    if problem:
+        raise ValueError(f"{path}: {problem}; not a benchmark results.json")
+    return results
+
+
+def _shape_problem(results: Any) -> str | None:
+    if not isinstance(results, dict):
+        return f"holds a JSON {type(results).__name__}, not an object"
+    for key, kind in (("name", str), ("track", str), ("rows", list), ("fp_rate", dict)):
+        if not isinstance(results.get(key), kind):
+            return f"{key!r} is {'missing' if key not in results else type(results[key]).__name__}, not a {kind.__name__}"
+    for key in ("config", "detector", "seeds", "targets", "timings", "named_base"):
+        if results.get(key) is not None and not isinstance(results[key], dict):
+            return f"{key!r} is a {type(results[key]).__name__}, not an object"
+    for i, row in enumerate(results["rows"]):
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("method", "concept")):
+            return f"rows[{i}] is not an object with a method and a concept"
+        if row.get("status") == "ok" and not _is_ratio(row.get("icr")):
+            return f"rows[{i}] ({row['method']}, {row['concept']}): 'icr' is not {{'value': 0..1, 'ci': [low, high]}}"
+    return None
+
+
+def _is_ratio(ratio: Any) -> bool:
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
+
+    return (isinstance(ratio, dict) and number(ratio.get("value")) and isinstance(ratio.get("ci"), list)
+            and len(ratio["ci"]) == 2 and all(number(v) for v in ratio["ci"]))
 
 
 def differences(runs: dict[str, dict[str, Any]]) -> list[str]:

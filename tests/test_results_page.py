@@ -100,3 +100,28 @@ def test_the_leaderboard_ranks_comparable_runs_and_says_when_runs_do_not_compare
     assert "not comparable" in board.markdown
     assert main(["leaderboard", str(a), str(other), "--out", str(tmp_path / "lb")]) == 0
     assert "not comparable" in (tmp_path / "lb" / "leaderboard.html").read_text()
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda r: [r], "holds a JSON list, not an object"),
+    (lambda r: {k: v for k, v in r.items() if k != "name"}, "'name' is missing, not a str"),
+    (lambda r: {**r, "rows": {"sd": 1}}, "'rows' is dict, not a list"),
+    (lambda r: {**r, "config": ["track"]}, "'config' is a list, not an object"),
+    (lambda r: {**r, "rows": [*r["rows"], "sd"]}, r"rows\[\d+\] is not an object with a method and a concept"),
+    (lambda r: {**r, "rows": [{**r["rows"][0], "icr": {"value": "40%", "ci": [0, 1]}}]}, r"rows\[0\] \(sd, qrcode\): 'icr' is not"),
+    (lambda r: {**r, "rows": [{**r["rows"][0], "icr": {"value": 0.4, "ci": [0.3]}}]}, r"rows\[0\] \(sd, qrcode\): 'icr' is not"),
+])
+def test_a_results_json_of_another_shape_is_refused_naming_the_file_and_field_by_every_reader(tmp_path, capsys, edit, problem):
+    """A run folder handed over by another lab: the report and the leaderboard name what is wrong."""
+    good = fake_run(tmp_path / "good")
+    bad = fake_run(tmp_path / "bad")
+    path = bad / "results.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(ValueError, match=f"results.json: {problem}"):
+        leaderboard([good, bad])
+    capsys.readouterr()
+    assert main(["report", str(bad)]) == 2
+    assert main(["leaderboard", str(good), str(bad), "--out", str(tmp_path / "lb")]) == 2
+    err = capsys.readouterr().err
+    assert err.count(f"{path}: ") == 2 and "Traceback" not in err
+    assert not (tmp_path / "lb").exists()
