@@ -32,17 +32,23 @@ class Prompt:
 def read_prompts(path: str | Path, limit: int | None = None) -> list[Prompt]:
     path = resolve_prompts(path)
     rows: list[Prompt] = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"case_number", "prompt", "evaluation_seed"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
-        for line, row in enumerate(islice(reader, limit), start=2):
-            try:
-                scene = json.loads(row["scene"]) if row.get("scene") else None
-                rows.append(Prompt(int(row["case_number"]), row["prompt"], int(row["evaluation_seed"]), scene))
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"{path}:{line}: bad row ({e})") from None
+    # utf-8-sig: a CSV saved by a spreadsheet starts with a byte-order mark, which would hide the first column's name.
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        try:
+            reader = csv.DictReader(f)
+            missing = {"case_number", "prompt", "evaluation_seed"} - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+            for line, row in enumerate(islice(reader, limit), start=2):
+                try:
+                    scene = json.loads(row["scene"]) if row.get("scene") else None
+                    rows.append(Prompt(int(row["case_number"]), row["prompt"], int(row["evaluation_seed"]), scene))
+                except (ValueError, TypeError) as e:
+                    raise ValueError(f"{path}:{line}: bad row ({e})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+        except csv.Error as e:
+            raise ValueError(f"{path}: not a CSV ({e})") from None
     numbers = [r.case_number for r in rows]
     if len(set(numbers)) != len(numbers):
         raise ValueError(f"{path}: case_number values must be unique")

@@ -38,6 +38,21 @@ def test_prompt_errors_name_the_file_and_line(tmp_path):
         read_prompts(bad)
     with pytest.raises(FileNotFoundError, match="no such prompts file"):
         read_prompts(tmp_path / "nope.csv")
+    bad.write_bytes(b"case_number,prompt,evaluation_seed\n0,caf\xe9,1\n")
+    with pytest.raises(ValueError, match=r"p\.csv: not UTF-8 text"):
+        read_prompts(bad)
+    bad.write_text("case_number,prompt,evaluation_seed\n0," + "a" * 200_000 + ",1\n")
+    with pytest.raises(ValueError, match=r"p\.csv: not a CSV \(field larger than field limit"):
+        read_prompts(bad)
+
+
+def test_a_prompts_csv_saved_by_a_spreadsheet_with_a_byte_order_mark_reads_as_without(tmp_path):
+    plain = tmp_path / "plain.csv"
+    plain.write_text("case_number,prompt,evaluation_seed\n3,a red square,42\n", encoding="utf-8")
+    marked = tmp_path / "marked.csv"
+    marked.write_text(plain.read_text(encoding="utf-8"), encoding="utf-8-sig")
+    assert marked.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert read_prompts(marked) == read_prompts(plain) == [Prompt(3, "a red square", 42)]
 
 
 def _fake_generate(calls):
