@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from benchmark.models.pipelines import read_model_index
 from benchmark.prompts import Prompt
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, folder_sha256
 from implicit_concept.provenance import canonical_json
@@ -102,11 +103,20 @@ def _check_images(images: Any, asked: int, size: int, desc: str) -> None:
 def _claim(out_dir: Path, record: dict[str, Any]) -> None:
     record = json.loads(canonical_json(record))
     path = out_dir / SOURCE_FILE
-    if path.is_file() and json.loads(path.read_text(encoding="utf-8")) == record:
+    if _recorded(path) == record:
         return
     for stale in out_dir.glob("*.png"):
         stale.unlink()
     atomic_write_json(path, record)
+
+
+def _recorded(path: Path) -> Any:
+    """What ``source.json`` says made the images beside it; None if it is missing or unreadable,
+    so the images are made anew rather than trusted."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _folder(part: Any) -> str | None:
@@ -140,7 +150,7 @@ def pipeline_sha256(path: Path) -> str:
     index = path / "model_index.json"
     if not index.is_file():
         raise FileNotFoundError(f"{path}: not a diffusers pipeline directory (no model_index.json)")
-    parts = [k for k, v in json.loads(index.read_text(encoding="utf-8")).items() if not k.startswith("_") and isinstance(v, list) and v[0]]
+    parts = [k for k, v in read_model_index(index).items() if not k.startswith("_") and isinstance(v, list) and v[0]]
     return folder_sha256(path, only=[index.name, *parts])
 
 

@@ -91,6 +91,10 @@ def test_images_of_another_model_are_made_anew(tmp_path):
         made.append(sum(len(c) for c in calls))
     assert made == [4, 0, 4, 4]
     assert len(list((tmp_path / "img").glob("*.png"))) == 4
+    (tmp_path / "img" / "source.json").write_text("{")  # damaged: the images beside it are not trusted
+    calls = []
+    generate_images(_fake_generate(calls), prompts, tmp_path / "img", negative_prompt="logo", settings=settings, progress=False, source=runs[-1][0])
+    assert sum(len(c) for c in calls) == 4
 
 
 def test_images_are_made_anew_for_new_weights_at_the_same_path_not_for_a_moved_copy(tmp_path):

@@ -169,6 +169,16 @@ def test_a_pipeline_whose_weights_are_only_a_pickle_is_refused_naming_the_part_a
     assert type(load_pipeline(base)).__name__ == "StableDiffusionPipeline"
 
 
+@pytest.mark.parametrize("index, problem", [("{", "not valid JSON"), ("[]", "holds a JSON list, not the object")])
+def test_a_pipeline_whose_model_index_is_not_an_object_is_refused_naming_it(setup, tmp_path, index, problem):
+    base, _ = setup
+    handed = tmp_path / "handed"
+    shutil.copytree(base, handed)
+    (handed / "model_index.json").write_text(index)
+    with pytest.raises(ValueError, match=f"handed/model_index.json: {problem}"):
+        load_pipeline(handed)
+
+
 def test_a_checkpoint_holds_only_json_and_safetensors(uninterrupted):
     """Nothing a resume reads can be a pickle: every file parses as JSON or as safetensors."""
     from safetensors import safe_open
