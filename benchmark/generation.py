@@ -18,9 +18,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from benchmark.models.pipelines import read_model_index
 from benchmark.prompts import Prompt
-from implicit_concept.files import atomic_write_bytes, atomic_write_json, folder_sha256
+from implicit_concept.files import atomic_write_bytes, atomic_write_json, folder_sha256, read_json_object
 from implicit_concept.provenance import canonical_json
 
 SOURCE_FILE = "source.json"
@@ -150,7 +149,7 @@ def pipeline_sha256(path: Path) -> str:
     index = path / "model_index.json"
     if not index.is_file():
         raise FileNotFoundError(f"{path}: not a diffusers pipeline directory (no model_index.json)")
-    parts = [k for k, v in read_model_index(index).items() if not k.startswith("_") and isinstance(v, list) and v[0]]
+    parts = [k for k, v in read_json_object(index).items() if not k.startswith("_") and isinstance(v, list) and v[0]]
     return folder_sha256(path, only=[index.name, *parts])
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from benchmark.report import pct
 from benchmark.results_page import STYLE, markdown_html
-from implicit_concept.files import atomic_write_text
+from implicit_concept.files import atomic_write_text, read_json_object
 
 #: What must agree for two runs' numbers to share a table, and where results.json keeps it.
 COMPARABLE = {
@@ -35,20 +35,16 @@ def read_results(run_dir: Path) -> dict[str, Any]:
     folder handed over by another lab fails here, naming the file and the field, not in a table."""
     path = Path(run_dir) / "results.json"
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
+        results = read_json_object(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no results.json (is {run_dir} a benchmark run folder?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
     problem = _shape_problem(results)
     if problem:
         raise ValueError(f"{path}: {problem}; not a benchmark results.json")
     return results
 
 
-def _shape_problem(results: Any) -> str | None:
-    if not isinstance(results, dict):
-        return f"holds a JSON {type(results).__name__}, not an object"
+def _shape_problem(results: dict[str, Any]) -> str | None:
     for key, kind in (("name", str), ("track", str), ("rows", list), ("fp_rate", dict)):
         if not isinstance(results.get(key), kind):
             return f"{key!r} is {'missing' if key not in results else type(results[key]).__name__}, not a {kind.__name__}"

@@ -21,7 +21,7 @@ from builders.sources import make_source
 from implicit_concept.concepts import CONCEPT_NAMES, make_renderer
 from implicit_concept.shard_reader import is_stream
 from implicit_concept.provenance import config_hash
-from implicit_concept.validate import check_fields
+from implicit_concept.validate import FOLDER_NAME, check_fields
 from manifests import RECIPES_DIR
 
 
@@ -31,7 +31,7 @@ class RecipeError(ValueError):
 
 #: A recipe name: a folder under ``data/``. A subset name: a folder beside the dataset's files
 #: (``recipe.json``, ``manifest.parquet`` ...), so without a dot.
-RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+RECIPE_NAME = FOLDER_NAME
 SUBSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 #: A license as a dataset card names it (Hugging Face's identifiers: "apache-2.0", "cc-by-4.0", "other").
 LICENSE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")

@@ -117,6 +117,18 @@ def json_text(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from a file someone may have handed over; ValueError names the file unless it
+    is one (FileNotFoundError passes through, for the caller to say what was expected there)."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json_text(obj))
 

@@ -6,8 +6,12 @@ with a message that names the field, so a typo fails in the first second rather 
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Sequence
+
+#: A name that becomes a folder (a recipe's, a method's): no separators, no leading dot, at most 64.
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def check_fields(given: Iterable[str], known: Iterable[str], where: str, error: type[Exception] = ValueError) -> None:

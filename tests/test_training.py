@@ -169,7 +169,7 @@ def test_a_pipeline_whose_weights_are_only_a_pickle_is_refused_naming_the_part_a
     assert type(load_pipeline(base)).__name__ == "StableDiffusionPipeline"
 
 
-@pytest.mark.parametrize("index, problem", [("{", "not valid JSON"), ("[]", "holds a JSON list, not the object")])
+@pytest.mark.parametrize("index, problem", [("{", "not valid JSON"), ("[]", "holds a JSON list, not an object")])
 def test_a_pipeline_whose_model_index_is_not_an_object_is_refused_naming_it(setup, tmp_path, index, problem):
     base, _ = setup
     handed = tmp_path / "handed"

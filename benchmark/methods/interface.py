@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from benchmark.models.pipelines import save_portable_pipeline
 from implicit_concept.concepts import concept
 from implicit_concept.files import atomic_dir, locked
 from implicit_concept.provenance import cache_key, canonical_json
+from implicit_concept.validate import FOLDER_NAME
 
 #: What name-based methods (NP, ESD, SLD, FMN) call each concept: the words a user would type.
 
@@ -145,10 +145,6 @@ def _import_plugin(module: str) -> ModuleType:
     return importlib.import_module(module)
 
 
-#: A method's name becomes its folders (``images/``, ``scores/``, ``methods/``) and its results rows.
-METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
 def load_method(spec: str, registry: dict[str, Callable[[], Method]]) -> Method:
     """A registered name, an entry point name, or ``package.module:Class``."""
     if spec in registry:
@@ -176,7 +172,7 @@ def _named(method: Any, spec: str, default: str, registry: dict[str, Callable[[]
     """A plug-in with its ``name`` (else ``default``), refused if the name could leave the run's
     folders or is a built-in method's, whose images and results rows it would replace."""
     name = getattr(method, "name", "") or default
-    if not isinstance(name, str) or not METHOD_NAME.fullmatch(name):
+    if not isinstance(name, str) or not FOLDER_NAME.fullmatch(name):
         raise ValueError(f"--method {spec}: name {name!r} must be 1 to 64 of letters, digits, '_', '-' and '.', "
                          "starting with a letter or digit (it names the method's folders)")
     if name in registry:

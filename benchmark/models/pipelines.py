@@ -38,6 +38,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from benchmark.models import patch_autoencoder
 from benchmark.models.clip_tokenizer import CLIP_MAX_LENGTH, build_clip_tokenizer, write_vocab_files
 from benchmark.models.patch_autoencoder import PatchAutoencoder
+from implicit_concept.files import read_json_object
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 #: The schedulers a loaded pipeline may name (SD v1.5 ships PNDM; the tiny pipeline uses DDIM).
@@ -223,7 +224,7 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None) -> S
     path = Path(path)
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{path}: not a diffusers pipeline directory (no model_index.json)")
-    index = read_model_index(path / "model_index.json")
+    index = read_json_object(path / "model_index.json")
     dtype = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
 
     def part(name: str, cls: Any, **kwargs: Any) -> Any:
@@ -245,17 +246,6 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None) -> S
         feature_extractor=None,
         requires_safety_checker=False,
     )
-
-
-def read_model_index(path: Path) -> dict[str, Any]:
-    """A pipeline's ``model_index.json``, refused naming the file unless it is a JSON object."""
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(index, dict):
-        raise ValueError(f"{path}: holds a JSON {type(index).__name__}, not the object a diffusers pipeline writes")
-    return index
 
 
 def _require_safetensors(folder: Path) -> None:
