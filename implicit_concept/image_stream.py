@@ -48,23 +48,54 @@ def require_readable(paths: Iterable[str | Path], max_pixels: int = DEFAULT_MAX_
             load_image(path, max_pixels)
         except ImageReadError as e:
             problems.append(str(e))
+    _refuse(problems, count, show)
+
+
+def _refuse(problems: list[str], count: int, show: int) -> None:
+    if count == 1 and problems:
+        raise ImageReadError(problems[0])
     if problems:
         listed = "; ".join(problems[:show]) + ("; ..." if len(problems) > show else "")
         raise ImageReadError(f"{len(problems)} of {count} images cannot be read: {listed}")
 
 
-def iter_images(source: ImageSource) -> Iterator[tuple[str, Image.Image]]:
-    """Yield ``(name, RGB image)``: file names for files, shard keys for shards, ``image-N`` for PIL."""
+def iter_images(source: ImageSource, show: int = 5) -> Iterator[tuple[str, Image.Image]]:
+    """Yield ``(name, RGB image)``: file names for files, shard keys for shards, ``image-N`` for PIL.
+
+    An unreadable file among several does not stop the stream: the rest are still yielded, and the
+    stream then ends in one :class:`ImageReadError` naming every such file (up to ``show``), so a
+    caller that writes only at the end refuses a folder once, not once per broken image, without
+    decoding anything twice.
+    """
     if isinstance(source, Image.Image):
         yield "image-0", source.convert("RGB")
-    elif isinstance(source, (str, Path)):
-        yield from _iter_path(source)
-    else:
-        for i, item in enumerate(source):
-            if isinstance(item, Image.Image):
-                yield f"image-{i}", item.convert("RGB")
-            else:
-                yield from _iter_path(item)
+        return
+    problems: list[str] = []
+    count = 0
+    for name, entry in _entries(source):
+        count += 1
+        if isinstance(entry, Image.Image):
+            yield name, entry
+            continue
+        try:
+            image = load_image(entry)
+        except ImageReadError as e:
+            problems.append(str(e))
+            continue
+        yield name, image
+    _refuse(problems, count, show)
+
+
+def _entries(source: ImageSource) -> Iterator[tuple[str, Image.Image | Path]]:
+    """Names with a decoded image (PIL items, shard samples) or a file still to decode."""
+    if isinstance(source, (str, Path)):
+        yield from _path_entries(source)
+        return
+    for i, item in enumerate(source):
+        if isinstance(item, Image.Image):
+            yield f"image-{i}", item.convert("RGB")
+        else:
+            yield from _path_entries(item)
 
 
 def is_shard_source(source: object) -> bool:
@@ -75,7 +106,7 @@ def is_shard_source(source: object) -> bool:
     return "{" in str(source) or path.suffix == ".tar" or (path.is_dir() and any(path.rglob("*.tar")))
 
 
-def _iter_path(source: str | Path) -> Iterator[tuple[str, Image.Image]]:
+def _path_entries(source: str | Path) -> Iterator[tuple[str, Image.Image | Path]]:
     path = Path(source)
     if is_shard_source(source):
         for sample in iter_samples(source, with_extras=False):
@@ -85,6 +116,6 @@ def _iter_path(source: str | Path) -> Iterator[tuple[str, Image.Image]]:
         if not files:
             raise ImageReadError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) or .tar shards in this folder")
         for f in files:
-            yield str(f.relative_to(path)), load_image(f)
+            yield str(f.relative_to(path)), f
     else:
-        yield str(path), load_image(path)
+        yield str(path), path

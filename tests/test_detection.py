@@ -2,6 +2,7 @@
 import io
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.export import DEFAULT_VALIDATION_SHARE, export_detection_dataset, in_validation
 from implicit_concept.detector.inference import Detection, Detector, DetectorError, box_iou, degrade_box
 from implicit_concept.detector.training import DetectorScale, ScaleError, load_scale
-from implicit_concept.image_stream import ImageReadError, iter_images
+from implicit_concept import image_stream
+from implicit_concept.image_stream import ImageReadError, iter_images, load_image
 from implicit_concept.sample import Box, Instance, SampleMeta
 from implicit_concept.scoring import ScoreConfig, bootstrap_ratio, score_images
 from implicit_concept.shard_writer import TarShardWriter
@@ -306,6 +308,34 @@ def test_corrupt_image_names_the_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageReadError, match="empty: no image files"):
         list(iter_images(tmp_path / "empty"))
+
+
+def test_a_folder_with_several_unreadable_images_is_refused_once_naming_each(tmp_path, monkeypatch):
+    """Scoring streams, so the folder is refused at the end of one pass, naming every broken file,
+    with each readable image decoded once (not a check pass and then a scoring pass)."""
+    weights = tmp_path / "detector.safetensors"
+    weights.write_bytes(b"fake")
+    folder = tmp_path / "generated"
+    folder.mkdir()
+    for name in ("a.png", "c.png", "e.png"):
+        _solid(10).save(folder / name)
+    (folder / "b.png").write_bytes(b"")
+    (folder / "d.png").write_text("not an image")
+    opened = []
+    monkeypatch.setattr(image_stream, "load_image", lambda path: opened.append(Path(path).name) or load_image(path))
+    with pytest.raises(ImageReadError) as refused:
+        score_images(folder, FakeDetector(weights), ScoreConfig(resamples=100), clean=[_solid(0)], checkers=[])
+    assert opened == ["a.png", "b.png", "c.png", "d.png", "e.png"]
+    message = str(refused.value)
+    assert message.startswith("2 of 5 images cannot be read")
+    assert "b.png" in message and "d.png" in message and "a.png" not in message
+    decoded = []
+    with pytest.raises(ImageReadError):
+        for name, _ in iter_images([folder / "a.png", _solid(3), folder / "b.png", folder / "c.png"]):
+            decoded.append(name)
+    assert decoded == [str(folder / "a.png"), "image-1", str(folder / "c.png")]
+    with pytest.raises(ImageReadError, match=r"^\S*b\.png: not a readable image"):
+        list(iter_images(folder / "b.png"))
 
 
 def test_scales_are_validated_naming_the_field(tmp_path):
