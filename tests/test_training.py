@@ -9,6 +9,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import io
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -176,6 +177,22 @@ def test_a_pipeline_whose_model_index_is_not_an_object_is_refused_naming_it(setu
     shutil.copytree(base, handed)
     (handed / "model_index.json").write_text(index)
     with pytest.raises(ValueError, match=f"handed/model_index.json: {problem}"):
+        load_pipeline(handed)
+
+
+@pytest.mark.parametrize("entry, problem", [
+    (7, "vae is 7, want [library, class name]"),
+    ("AutoencoderKL", "vae is 'AutoencoderKL', want [library, class name]"),
+    (["diffusers", "EvilVAE"], "vae is 'EvilVAE'; supported: PatchAutoencoder"),
+])
+def test_a_pipeline_whose_index_names_an_unknown_or_malformed_part_class_is_refused_naming_it(setup, tmp_path, entry, problem):
+    base, _ = setup
+    handed = tmp_path / "handed"
+    shutil.copytree(base, handed)
+    index = json.loads((handed / "model_index.json").read_text())
+    index["vae"] = entry
+    (handed / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=re.escape(f"handed/model_index.json: {problem}")):
         load_pipeline(handed)
 
 

@@ -260,7 +260,10 @@ def _require_safetensors(folder: Path) -> None:
 
 def _component_class(index: dict[str, Any], name: str, allowed: tuple[type, ...], path: Path) -> type:
     """The class ``model_index.json`` names for ``name``, if it is one of ``allowed``; else an error."""
-    class_name = (index.get(name) or [None, None])[1]
+    entry = index.get(name)
+    if not (isinstance(entry, list) and len(entry) == 2):
+        raise ValueError(f"{path}/model_index.json: {name} is {entry!r}, want [library, class name]")
+    class_name = entry[1]
     for cls in allowed:
         if cls.__name__ == class_name:
             return cls
