@@ -23,7 +23,6 @@ from implicit_concept.files import atomic_dir, locked
 from implicit_concept.provenance import cache_key, canonical_json
 from implicit_concept.validate import FOLDER_NAME
 
-#: What name-based methods (NP, ESD, SLD, FMN) call each concept: the words a user would type.
 
 
 @dataclass(frozen=True)
