@@ -24,7 +24,6 @@ from implicit_concept.provenance import cache_key, canonical_json
 from implicit_concept.validate import FOLDER_NAME
 
 
-
 @dataclass(frozen=True)
 class FineTune:
     """What to fine-tune on (the contaminated subset or its clean twins), from what ("base", or "sd":
