@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 
+from benchmark.failures import MethodFailed
 from implicit_concept.provenance import version
 
 
@@ -356,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"implicit-concept {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except MethodFailed as e:
+        if not isinstance(e.__cause__, (ValueError, FileNotFoundError)):
+            traceback.print_exception(e.__cause__)  # the method's own code: where its author looks
+        print(f"implicit-concept {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

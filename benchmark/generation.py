@@ -8,6 +8,7 @@ prompt or setting, they are stale and made anew.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import asdict, dataclass
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from benchmark.failures import MethodFailed
 from benchmark.prompts import Prompt
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, folder_sha256, read_json_object
 from implicit_concept.provenance import canonical_json
@@ -71,9 +73,14 @@ def generate_images(
     todo = [c for c in chunks if not all((out_dir / image_name(p, i)).exists() for p, i in c)]
     with tqdm(total=sum(len(c) for c in todo), unit="img", disable=not progress, desc=desc) as bar:
         for chunk in todo:
-            images = generate(
-                [p.prompt for p, _ in chunk], [negative_prompt] * len(chunk), [image_seed(p, i) for p, i in chunk]
-            )
+            try:
+                images = generate(
+                    [p.prompt for p, _ in chunk], [negative_prompt] * len(chunk), [image_seed(p, i) for p, i in chunk]
+                )
+            except GenerationError:
+                raise
+            except Exception as e:
+                raise MethodFailed(desc, "the pipeline", e) from e
             _check_images(images, len(chunk), settings.image_size, desc)
             for (p, i), image in zip(chunk, images):
                 _save_atomic(image, out_dir / image_name(p, i))
@@ -136,10 +143,34 @@ def pipeline_folders(pipeline: Any) -> dict[str, str | None]:
 
 
 def pipeline_source(pipeline: Any) -> dict[str, str | None]:
-    """What a diffusers pipeline's weighted parts hold, by the content of the folders they were
-    loaded from (a moved copy is the same model, new weights at the same path are not), and its
-    class; None for parts built in memory."""
-    return {"class": type(pipeline).__name__, **{name: _loaded_from(getattr(pipeline, name, None)) for name in ("unet", "text_encoder", "vae")}}
+    """What a pipeline draws with, by content, so images are made anew exactly when it changes: each
+    weighted part's tensors as they are in memory (a moved copy is the same model; new weights at the
+    same path, or weights a plug-in edited after loading, are not), the scheduler's config and the
+    tokenizer's vocabulary. A part that is not a torch module is named by the folder it came from."""
+    record: dict[str, str | None] = {"class": type(pipeline).__name__}
+    for name in ("unet", "text_encoder", "vae"):
+        part = getattr(pipeline, name, None)
+        record[name] = _tensors_sha256(part.state_dict()) if isinstance(part, torch.nn.Module) else _loaded_from(part)
+    config = getattr(getattr(pipeline, "scheduler", None), "config", None)
+    if config is not None:
+        record["scheduler"] = _json_sha256(dict(config))
+    vocabulary = getattr(getattr(pipeline, "tokenizer", None), "get_vocab", None)
+    if callable(vocabulary):
+        record["tokenizer"] = _json_sha256(vocabulary())
+    return record
+
+
+def _tensors_sha256(state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _json_sha256(value: Any) -> str:
+    return f"sha256:{hashlib.sha256(json.dumps(value, sort_keys=True, default=repr).encode()).hexdigest()}"
 
 
 def pipeline_sha256(path: Path) -> str:

@@ -11,6 +11,7 @@ are the ones a single process trains.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from dataclasses import dataclass, replace
@@ -22,6 +23,7 @@ from PIL import Image
 from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
 from benchmark.evaluation.scorecard import score_generated
+from benchmark.failures import MethodFailed
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_folders, pipeline_source
 from benchmark.methods import NotImplementedMethod, get_method
 from benchmark.methods.interface import FineTune, MethodContext, checked_generator, declared_finetunes
@@ -203,13 +205,17 @@ def _run_method(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:
-        generator = checked_generator(method, method.build(ctx))
+        built = method.build(ctx)
     except NotImplementedMethod as e:
         return [{**row, "status": f"missing: {e}"} for row in rows], None
+    except Exception as e:
+        raise MethodFailed(f"{subset_name}/{method.name}{label}", "build(ctx)", e) from e
+    generator = checked_generator(method, built)
     timings["build"] = time.perf_counter() - start
     images_dir = run.root / "images" / subset_name / (method.name + label)
     start = time.perf_counter()
-    generator.pipeline.set_progress_bar_config(disable=True)
+    if hasattr(generator.pipeline, "set_progress_bar_config"):
+        generator.pipeline.set_progress_bar_config(disable=True)
     paths = generate_images(
         diffusers_generate_fn(generator.pipeline, settings, **generator.call_kwargs),
         prompts,
@@ -217,8 +223,8 @@ def _run_method(
         negative_prompt=generator.negative_prompt,
         settings=settings,
         progress=run.progress,
-        desc=f"{subset_name}/{method.name}",
-        source={**pipeline_source(generator.pipeline), "call_kwargs": generator.call_kwargs},
+        desc=f"{subset_name}/{method.name}{label}",
+        source={**pipeline_source(generator.pipeline), "call_kwargs": generator.call_kwargs, "method_code": _code_sha256(method)},
     )
     timings["generate"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -236,6 +242,16 @@ def _run_method(
         )
     method_grid(paths[:8], report.images[:8], run.root / "grids" / subset_name / f"{method.name}{label}.png", title=f"{subset_name} / {method.name}{label}")
     return rows, report
+
+
+def _code_sha256(method: Any) -> str | None:
+    """The file that defines the method's class: a plug-in edited since its images were made draws
+    them anew, even when its pipeline has no weights to compare (a plain callable)."""
+    try:
+        path = inspect.getsourcefile(type(method))
+    except TypeError:
+        return None
+    return sha256_file(Path(path)) if path and Path(path).is_file() else None
 
 
 def _prompts(run: BenchmarkRun, subset: Path) -> list[Prompt]:

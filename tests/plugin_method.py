@@ -46,3 +46,25 @@ class EscapingName(WordyNegative):
     """A plug-in whose name, used as a folder, would leave the run's folder."""
 
     name = "../../outside"
+
+
+class RaisesInBuild(WordyNegative):
+    """A plug-in with a bug in its own build."""
+
+    name = "raises-in-build"
+
+    def build(self, ctx: MethodContext) -> Generator:
+        settings = {"strength": 1.0}
+        return Generator(ctx.load_pipeline(ctx.finetune(FineTune())), negative_prompt=settings["lora_scale"])
+
+
+class PipelineRaises(Method):
+    """A plug-in whose pipeline is a plain callable (no diffusers methods) that fails when sampled."""
+
+    name = "pipeline-raises"
+
+    def build(self, ctx: MethodContext) -> Generator:
+        def sample(**kwargs):
+            raise RuntimeError("CUDA out of memory (planted)")
+
+        return Generator(sample)

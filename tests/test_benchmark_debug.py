@@ -103,6 +103,19 @@ def test_other_labs_plug_in_a_method_or_score_their_outputs(debug_run, tmp_path)
     assert main(["score-images", str(tmp_path / "sp" / "images"), *judged, "--num-prompts", "8", "--out", str(tmp_path / "missing")]) == 2
 
 
+@pytest.mark.parametrize("plugin, problem", [
+    ("RaisesInBuild", "icd-qrcode/raises-in-build: build(ctx) raised KeyError: 'lora_scale'"),
+    ("PipelineRaises", "icd-qrcode/pipeline-raises: the pipeline raised RuntimeError: CUDA out of memory (planted)"),
+])
+def test_a_plug_in_that_raises_is_named_with_its_own_traceback(debug_run, capsys, plugin, problem):
+    root, args = debug_run
+    assert main(args + ["--name", f"broken-{plugin}", "--method", f"tests.plugin_method:{plugin}"]) == 1
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith(f"error: {problem}")
+    assert "plugin_method.py" in err, "the traceback reaches the plug-in's own line"
+    assert not (root / "runs" / f"broken-{plugin}" / "results.json").exists()
+
+
 def ours_model(root, method):
     """The unet folder the debug run's ``method`` sampled with on icd-qrcode, as results.json names it."""
     rows = json.loads((root / "runs" / "debug" / "results.json").read_text())["rows"]

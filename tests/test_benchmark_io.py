@@ -311,6 +311,71 @@ def test_a_pipeline_that_returns_other_than_one_image_per_prompt_is_refused_nami
     assert not list(tmp_path.glob("*.png")), "no image file is written from a refused batch"
 
 
+def test_a_pipeline_that_raises_is_named_and_its_error_chained(tmp_path):
+    from benchmark.failures import MethodFailed
+
+    def broken(prompts, negatives, seeds):
+        raise RuntimeError("CUDA out of memory")
+
+    prompts = [Prompt(i, f"p{i}", 10 + i) for i in range(2)]
+    with pytest.raises(MethodFailed, match=r"^icd-mixed/my-method: the pipeline raised RuntimeError: CUDA out of memory$") as failed:
+        generate_images(broken, prompts, tmp_path, progress=False, desc="icd-mixed/my-method")
+    assert isinstance(failed.value.__cause__, RuntimeError), "the pipeline's own traceback is kept"
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_images_are_made_anew_when_weights_in_memory_scheduler_or_vocabulary_change_not_for_a_copy(tmp_path):
+    """A plug-in that edits weights after loading them from a folder is a new model; a copy is not."""
+    import copy
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmark.generation import pipeline_source
+
+    torch.manual_seed(0)
+    pipe = SimpleNamespace(unet=torch.nn.Linear(4, 4), text_encoder=torch.nn.Embedding(6, 4).to(torch.bfloat16), vae=None,
+                           scheduler=SimpleNamespace(config={"num_train_timesteps": 1000}),
+                           tokenizer=SimpleNamespace(get_vocab=lambda: {"a": 0, "b": 1}))
+    prompts = [Prompt(i, f"p{i}", 10 + i) for i in range(2)]
+    made = []
+
+    def generate(pipeline):
+        calls: list = []
+        generate_images(_fake_generate(calls), prompts, tmp_path / "img", progress=False, source=pipeline_source(pipeline))
+        made.append(sum(len(c) for c in calls))
+
+    generate(pipe)
+    generate(copy.deepcopy(pipe))
+    with torch.no_grad():
+        pipe.unet.weight[0, 0] += 1e-3
+    generate(pipe)
+    with torch.no_grad():
+        pipe.text_encoder.weight[5, 3] = 2.0
+    generate(pipe)
+    pipe.scheduler = SimpleNamespace(config={"num_train_timesteps": 500})
+    generate(pipe)
+    pipe.tokenizer = SimpleNamespace(get_vocab=lambda: {"a": 0, "b": 1, "<l3>": 2})
+    generate(pipe)
+    generate(pipe)
+    assert made == [2, 0, 2, 2, 2, 2, 0]
+
+
+def test_a_methods_images_are_keyed_by_the_file_that_defines_it(tmp_path, monkeypatch):
+    """A plug-in whose pipeline is a plain callable has no weights to compare: its code file stands in."""
+    import importlib
+
+    from benchmark.protocol import _code_sha256
+
+    module = tmp_path / "mylab_method.py"
+    module.write_text("class Mine:\n    strength = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = _code_sha256(importlib.import_module("mylab_method").Mine())
+    module.write_text("class Mine:\n    strength = 2\n")
+    again = _code_sha256(importlib.import_module("mylab_method").Mine())
+    assert first and again and first != again
+
+
 def test_a_pipeline_whose_output_has_no_images_is_refused_naming_its_class():
     from benchmark.generation import GenerationError, diffusers_generate_fn
 
