@@ -150,7 +150,7 @@ def pipeline_source(pipeline: Any) -> dict[str, str | None]:
     record: dict[str, str | None] = {"class": type(pipeline).__name__}
     for name in ("unet", "text_encoder", "vae"):
         part = getattr(pipeline, name, None)
-        record[name] = _tensors_sha256(part.state_dict()) if isinstance(part, torch.nn.Module) else _loaded_from(part)
+        record[name] = _weights_sha256(part) if isinstance(part, torch.nn.Module) else _loaded_from(part)
     config = getattr(getattr(pipeline, "scheduler", None), "config", None)
     if config is not None:
         record["scheduler"] = _json_sha256(dict(config))
@@ -160,7 +160,12 @@ def pipeline_source(pipeline: Any) -> dict[str, str | None]:
     return record
 
 
-def _tensors_sha256(state: dict[str, torch.Tensor]) -> str:
+def _weights_sha256(part: torch.nn.Module) -> str | None:
+    """The part's tensors; offloaded to the meta device (accelerate's sequential offload) they have
+    no values here, and the folder they came from stands in."""
+    state = part.state_dict()
+    if any(t.is_meta for t in state.values()):
+        return _loaded_from(part)
     digest = hashlib.sha256()
     for name in sorted(state):
         tensor = state[name].detach().to("cpu").contiguous()
