@@ -49,13 +49,16 @@ class EscapingName(WordyNegative):
 
 
 class RaisesInBuild(WordyNegative):
-    """A plug-in with a bug in its own build."""
+    """A plug-in with a bug in its own build, and one in what it declares when given no concepts."""
 
     name = "raises-in-build"
 
     def build(self, ctx: MethodContext) -> Generator:
         settings = {"strength": 1.0}
         return Generator(ctx.load_pipeline(ctx.finetune(FineTune())), negative_prompt=settings["lora_scale"])
+
+    def finetunes(self, ctx: MethodContext) -> list[FineTune]:
+        return [FineTune(seed=1 // len(ctx.concepts))]
 
 
 class PipelineRaises(Method):

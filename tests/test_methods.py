@@ -188,6 +188,9 @@ def test_a_plug_in_name_that_is_a_built_in_or_not_a_folder_name_or_twice_in_a_ru
 
 
 def test_a_plug_in_that_breaks_the_interface_is_refused_by_name(tmp_path):
+    from dataclasses import replace
+
+    from benchmark.failures import MethodFailed
     from benchmark.methods.interface import FineTune, Generator, MethodContext, checked_generator, declared_finetunes
 
     with pytest.raises(ValueError, match="NeedsArguments\\(\\) cannot be made without arguments"):
@@ -201,10 +204,14 @@ def test_a_plug_in_that_breaks_the_interface_is_refused_by_name(tmp_path):
         checked_generator(method, method.build(ctx))
     pipeline = ctx.load_pipeline(tmp_path)
     for bad, problem in [(Generator("a path"), "pipeline is a str"), (Generator(pipeline, None), "negative_prompt is a NoneType"),
-                         (Generator(pipeline, "", [("guidance_scale", 3)]), "call_kwargs is a list")]:
+                         (Generator(pipeline, "", [("sld_guidance_scale", 3)]), "call_kwargs is a list"),
+                         (Generator(pipeline, "", {"guidance_scale": 3, "height": 128}), "call_kwargs sets guidance_scale, height, which the track fixes"),
+                         (Generator(pipeline, "", {"callback": print}), "call_kwargs must hold JSON values")]:
         with pytest.raises(ValueError, match=f"method returns-pipeline: Generator.{problem}"):
             checked_generator(method, bad)
+    with pytest.raises(MethodFailed, match=r"^method raises-in-build: finetunes\(ctx\) raised ZeroDivisionError"):
+        declared_finetunes(get_method("tests.plugin_method:RaisesInBuild"), replace(ctx, concepts=()))
     wordy = get_method("tests.plugin_method:WordyNegative")
     assert declared_finetunes(wordy, ctx) == [FineTune()]
-    good = Generator(pipeline, "logo", {"guidance_scale": 3})
+    good = Generator(pipeline, "logo", {"sld_guidance_scale": 3})
     assert checked_generator(wordy, good) is good

@@ -17,11 +17,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
+from benchmark.failures import MethodFailed
 from benchmark.models.pipelines import save_portable_pipeline
 from implicit_concept.concepts import concept
 from implicit_concept.files import atomic_dir, locked
 from implicit_concept.provenance import cache_key, canonical_json
 from implicit_concept.validate import FOLDER_NAME
+
+#: Pipeline call arguments the benchmark sets itself, the same for every method being compared.
+FIXED_BY_TRACK = ("prompt", "negative_prompt", "generator", "latents", "num_inference_steps", "guidance_scale",
+                  "height", "width", "num_images_per_prompt", "output_type")
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,10 @@ class Method(ABC):
 
 def declared_finetunes(method: Any, ctx: MethodContext) -> list[FineTune]:
     """``method.finetunes(ctx)`` (none for a plug-in without it), each checked to be a :class:`FineTune`."""
-    declared = list(getattr(method, "finetunes", lambda ctx: [])(ctx))
+    try:
+        declared = list(getattr(method, "finetunes", lambda ctx: [])(ctx))
+    except Exception as e:
+        raise MethodFailed(f"method {method.name}", "finetunes(ctx)", e) from e
     for ft in declared:
         if not isinstance(ft, FineTune):
             raise ValueError(f"method {method.name}: finetunes() gave {type(ft).__name__}, not a FineTune")
@@ -123,6 +131,15 @@ def checked_generator(method: Any, generator: Any) -> Generator:
         raise ValueError(f"method {method.name}: Generator.negative_prompt is a {type(generator.negative_prompt).__name__}, not a str")
     if not isinstance(generator.call_kwargs, dict):
         raise ValueError(f"method {method.name}: Generator.call_kwargs is a {type(generator.call_kwargs).__name__}, not a dict")
+    fixed = sorted(set(generator.call_kwargs) & set(FIXED_BY_TRACK))
+    if fixed:
+        raise ValueError(f"method {method.name}: Generator.call_kwargs sets {', '.join(fixed)}, which the track fixes "
+                         "for every method (prompts, seeds, steps, guidance, size)")
+    try:
+        canonical_json(generator.call_kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"method {method.name}: Generator.call_kwargs must hold JSON values, as they are recorded "
+                         f"with the images ({e})") from None
     return generator
 
 
