@@ -58,7 +58,7 @@ class RaisesInBuild(WordyNegative):
         return Generator(ctx.load_pipeline(ctx.finetune(FineTune())), negative_prompt=settings["lora_scale"])
 
     def finetunes(self, ctx: MethodContext) -> list[FineTune]:
-        return [FineTune(seed=1 // len(ctx.concepts))]
+        return [FineTune(data="contaminated" if ctx.concepts[0] else "clean")]
 
 
 class PipelineRaises(Method):

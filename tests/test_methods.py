@@ -209,7 +209,7 @@ def test_a_plug_in_that_breaks_the_interface_is_refused_by_name(tmp_path):
                          (Generator(pipeline, "", {"callback": print}), "call_kwargs must hold JSON values")]:
         with pytest.raises(ValueError, match=f"method returns-pipeline: Generator.{problem}"):
             checked_generator(method, bad)
-    with pytest.raises(MethodFailed, match=r"^method raises-in-build: finetunes\(ctx\) raised ZeroDivisionError"):
+    with pytest.raises(MethodFailed, match=r"^method raises-in-build: finetunes\(ctx\) raised IndexError"):
         declared_finetunes(get_method("tests.plugin_method:RaisesInBuild"), replace(ctx, concepts=()))
     wordy = get_method("tests.plugin_method:WordyNegative")
     assert declared_finetunes(wordy, ctx) == [FineTune()]
