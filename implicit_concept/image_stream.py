@@ -37,21 +37,14 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         raise ImageReadError(f"{path}: not a readable image ({e})") from None
 
 
-def require_readable(paths: Iterable[str | Path], max_pixels: int = DEFAULT_MAX_PIXELS, show: int = 5) -> None:
+def require_readable(paths: Iterable[str | Path], show: int = 5) -> None:
     """Decode every file before any is scored, so a folder with several broken images is refused
     once, naming them all (up to ``show``), not once per rerun."""
-    problems = []
-    count = 0
-    for path in paths:
-        count += 1
-        try:
-            load_image(path, max_pixels)
-        except ImageReadError as e:
-            problems.append(str(e))
-    _refuse(problems, count, show)
+    for _ in iter_images(list(paths), show):
+        pass
 
 
-def _refuse(problems: list[str], count: int, show: int) -> None:
+def _raise_if_unreadable(problems: list[str], count: int, show: int) -> None:
     if count == 1 and problems:
         raise ImageReadError(problems[0])
     if problems:
@@ -83,7 +76,7 @@ def iter_images(source: ImageSource, show: int = 5) -> Iterator[tuple[str, Image
             problems.append(str(e))
             continue
         yield name, image
-    _refuse(problems, count, show)
+    _raise_if_unreadable(problems, count, show)
 
 
 def _entries(source: ImageSource) -> Iterator[tuple[str, Image.Image | Path]]:
