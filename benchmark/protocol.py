@@ -112,6 +112,7 @@ def _run_protocol(run: BenchmarkRun) -> dict[str, Any]:
             settings={"esd": track.esd, "fmn": track.fmn, "geom_erasing": track.geom_erasing},
             detector=detector,
             base=Path(base),
+            threads=track.finetune.get("threads"),
         )
         specs = run.methods or track.methods
         if processes.num_processes > 1:

@@ -250,9 +250,17 @@ def test_a_damaged_checkpoint_names_the_file(setup, uninterrupted, tmp_path, nam
 
 
 def test_same_seed_same_weights_and_a_changed_config_is_refused(setup, tmp_path):
+    """Also: training runs under the config's threads and gives the process its own count back, so
+    the stages after an in-process fine-tune do not run on one thread."""
     base, shards = setup
     config = TrainingConfig(**FAST, cache_latents=False)
-    a = train(base, shards, tmp_path / "a", config, progress=False)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = train(base, shards, tmp_path / "a", config, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
     b = train(base, shards, tmp_path / "b", config, progress=False)
     assert _same(_unet_state(a), _unet_state(b))
     with pytest.raises(ValueError, match="another config"):

@@ -31,6 +31,7 @@ from implicit_concept.files import atomic_dir, locked
 from implicit_concept.provenance import cache_key, config_hash, environment
 from implicit_concept.scene.grammar import ProceduralConfig
 from implicit_concept.validate import check_choice, check_fields, check_int, is_number
+from implicit_concept.torch_threads import torch_threads
 
 #: Bump when a code change alters the trained weights for an unchanged config: old caches are then ignored.
 FORMAT_VERSION = 1
@@ -114,17 +115,13 @@ class SceneFeatures:
     @classmethod
     def train(cls, config: SceneFeaturesConfig) -> "SceneFeatures":
         """Train now (no cache) and measure per-attribute accuracy on held-out scenes."""
-        previous = torch.get_num_threads()
-        torch.set_num_threads(config.threads)
-        try:
+        with torch_threads(config.threads):
             start = time.perf_counter()
             vocab = heads(config.scenes)
             net = train_net(config, vocab)
             train_s = time.perf_counter() - start
             extractor = cls(net, config, {})
             heldout = extractor._evaluate()
-        finally:
-            torch.set_num_threads(previous)
         extractor.info = {
             "kind": KIND,
             "config": config.to_json(),

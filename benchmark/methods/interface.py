@@ -22,6 +22,7 @@ from benchmark.models.pipelines import save_portable_pipeline
 from implicit_concept.concepts import concept
 from implicit_concept.files import atomic_dir, locked
 from implicit_concept.provenance import cache_key, canonical_json
+from implicit_concept.torch_threads import torch_threads
 from implicit_concept.validate import FOLDER_NAME
 
 #: Pipeline call arguments the benchmark sets itself, the same for every method being compared.
@@ -60,6 +61,9 @@ class MethodContext:
     settings: dict[str, Any] = field(default_factory=dict)
     detector: Any = None
     base: Path | None = None
+    #: Torch threads an edit of ``sd`` runs under (the track's fine-tune threads): its weights then
+    #: do not depend on the machine's core count or on the process it runs in.
+    threads: int | None = None
 
     def edited_sd(self, tag: str, record: dict[str, Any], edit: Callable[[Any], None]) -> Path:
         """The plainly fine-tuned model with ``edit`` applied in place, saved once under ``work_dir``
@@ -69,11 +73,12 @@ class MethodContext:
         a new ``sd`` (other data, other settings) is edited anew.
         """
         sd = self.finetune(FineTune())
-        out = self.work_dir / f"pipeline-{cache_key({'sd': str(sd), 'tag': tag, 'record': record})}"
+        out = self.work_dir / f"pipeline-{cache_key({'sd': str(sd), 'tag': tag, 'record': record, 'threads': self.threads})}"
         with locked(out):
             if not (out / "model_index.json").exists():
                 pipe = self.load_pipeline(sd)
-                edit(pipe)
+                with torch_threads(self.threads):
+                    edit(pipe)
                 with atomic_dir(out) as tmp:
                     save_portable_pipeline(pipe, tmp)
                     (tmp / f"{tag}.json").write_text(canonical_json(record))

@@ -53,6 +53,7 @@ from benchmark.training.data import (
 from benchmark.training.memory import accelerator_for, apply_memory_options
 from benchmark.training.new_tokens import NewTokenRows, average_across_processes
 from implicit_concept.geom_erasing.location_tokens import add_tokens
+from implicit_concept.torch_threads import torch_threads
 
 
 def processes() -> PartialState:
@@ -80,10 +81,14 @@ def train(
     final_dir = output_dir / PIPELINE_DIR
     if start_or_resume(output_dir, record) == "finished":
         return final_dir
+    with torch_threads(config.threads):
+        return _train(base, source, output_dir, final_dir, record, config, detect, progress)
 
+
+def _train(base: str | Path, source: SampleSource, output_dir: Path, final_dir: Path, record: dict[str, Any],
+           config: TrainingConfig, detect: Any, progress: bool) -> Path:
+    """``train``'s steps, from the newest checkpoint, under the config's thread count."""
     accelerator = accelerator_for(config)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
     # The models. The VAE never trains; what else does is decided by the setting, train_unet and train_text.
