@@ -24,7 +24,7 @@ class BenchmarkRun:
     source: str | None = None
     methods: tuple[str, ...] = ()
     workers: int = 2
-    #: Fine-tunes trained side by side (one process, one torch thread each); same weights as one at a time.
+    #: Fine-tunes, then methods, run side by side (one process, one torch thread each); the results of one at a time.
     jobs: int = 1
     progress: bool = True
     timings: dict[str, float] = field(default_factory=dict)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
 from pathlib import Path
 
 from benchmark.failures import MethodFailed
@@ -278,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data")
     p.add_argument("--cache", default=".cache/implicit-concept")
     p.add_argument("--workers", type=int, default=2, help="dataset build processes")
-    p.add_argument("--jobs", type=int, default=1, help="fine-tunes trained side by side, one process and torch thread each (default: 1)")
+    p.add_argument("--jobs", type=int, default=1, help="fine-tunes, then methods (build, sample, score), run side by side: one process and torch thread each; the results of one at a time (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_benchmark)
 
@@ -359,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"implicit-concept {args.command}: error: {e}", file=sys.stderr)
         return 2
     except MethodFailed as e:
-        if not isinstance(e.__cause__, (ValueError, FileNotFoundError)):
-            traceback.print_exception(e.__cause__)  # the method's own code: where its author looks
+        if not e.says_why:
+            print(e.cause_traceback, file=sys.stderr, end="")  # the method's own code: where its author looks
         print(f"implicit-concept {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -47,7 +47,7 @@ class Judging:
         return read_prompts(self.track.prompts, limit=self.num_prompts or self.track.num_prompts)
 
     def settings(self, **overrides: Any) -> GenerationSettings:
-        return replace(GenerationSettings(**self.track.generation), **{k: v for k, v in overrides.items() if v is not None})
+        return replace(self.track.generation_settings(), **{k: v for k, v in overrides.items() if v is not None})
 
 
 def default_reference(track: Track, data_root: Path) -> Path | None:

@@ -1,9 +1,27 @@
 """The error for code the benchmark calls but does not own: a method's ``build`` and the pipeline it
-returns. It names the method and the step and chains what was raised, so a lab finds the failing
+returns. It names the method and the step and keeps what was raised, so a lab finds the failing
 line in its own code instead of a bare exception from somewhere inside the benchmark."""
 from __future__ import annotations
 
+import traceback
+
 
 class MethodFailed(RuntimeError):
+    """``cause_traceback`` is the cause's traceback as text, so it reaches the main process whole
+    from a ``--jobs`` worker (traceback objects do not pickle); ``says_why`` when the cause is a
+    ``ValueError`` or ``FileNotFoundError``, whose message is the whole story."""
+
     def __init__(self, where: str, step: str, error: BaseException) -> None:
         super().__init__(f"{where}: {step} raised {type(error).__name__}: {error}")
+        self.cause_traceback = "".join(traceback.format_exception(error))
+        self.says_why = isinstance(error, (ValueError, FileNotFoundError))
+
+    def __reduce__(self):
+        return _rebuilt, (str(self), self.cause_traceback, self.says_why)
+
+
+def _rebuilt(message: str, cause_traceback: str, says_why: bool) -> MethodFailed:
+    failed = MethodFailed.__new__(MethodFailed)
+    RuntimeError.__init__(failed, message)
+    failed.cause_traceback, failed.says_why = cause_traceback, says_why
+    return failed

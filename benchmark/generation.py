@@ -23,6 +23,8 @@ from benchmark.failures import MethodFailed
 from benchmark.prompts import Prompt
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, folder_sha256, read_json_object
 from implicit_concept.provenance import canonical_json
+from implicit_concept.torch_threads import torch_threads
+from implicit_concept.validate import check_int, check_number
 
 SOURCE_FILE = "source.json"
 
@@ -37,6 +39,19 @@ class GenerationSettings:
     image_size: int = 64
     images_per_prompt: int = 1
     chunk_size: int = 16
+    #: Torch threads sampling runs under (None: as the process is). Sampling arithmetic can depend
+    #: on the thread count (a debug model's images differed by a pixel level between 1 and 2), so a
+    #: track's images are made under one count wherever they are made.
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps, 1)
+        check_number("guidance_scale", self.guidance_scale, 0, 100)
+        check_int("image_size", self.image_size, 8)
+        check_int("images_per_prompt", self.images_per_prompt, 1)
+        check_int("chunk_size", self.chunk_size, 1)
+        if self.threads is not None:
+            check_int("threads", self.threads, 1)
 
 
 def image_name(prompt: Prompt, i: int) -> str:
@@ -74,9 +89,10 @@ def generate_images(
     with tqdm(total=sum(len(c) for c in todo), unit="img", disable=not progress, desc=desc) as bar:
         for chunk in todo:
             try:
-                images = generate(
-                    [p.prompt for p, _ in chunk], [negative_prompt] * len(chunk), [image_seed(p, i) for p, i in chunk]
-                )
+                with torch_threads(settings.threads):
+                    images = generate(
+                        [p.prompt for p, _ in chunk], [negative_prompt] * len(chunk), [image_seed(p, i) for p, i in chunk]
+                    )
             except GenerationError:
                 raise
             except Exception as e:

@@ -11,29 +11,25 @@ are the ones a single process trains.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import time
-from dataclasses import dataclass, replace
+from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
-from benchmark.evaluation.scorecard import score_generated
-from benchmark.failures import MethodFailed
-from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_folders, pipeline_source
-from benchmark.methods import NotImplementedMethod, get_method
-from benchmark.methods.interface import FineTune, MethodContext, checked_generator, declared_finetunes
+from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_source
+from benchmark.method_evaluation import evaluate_method, evaluation_for, evaluation_prompts, method_context, seeded
+from benchmark.methods import get_method
+from benchmark.methods.interface import FineTune, MethodContext, declared_finetunes
 from benchmark.models.named_scenes import named_prompt
 from benchmark.parallel_finetunes import train_all
-from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
+from benchmark.parallel_methods import MethodSeed, evaluate_all
 from benchmark.published_models import is_published
 from benchmark.report import plot_icr, results_markdown
 from benchmark.results_page import write_results_page
-from benchmark.sample_grid import method_grid
 from benchmark.targets import Targets, check_targets
 from benchmark.track import Track
 from benchmark.track_check import check_track
@@ -43,18 +39,6 @@ from implicit_concept.files import atomic_write_bytes, atomic_write_json, claim,
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference, ScoreConfig, ScoreReport, score_images
 from implicit_concept.stats import hierarchical_bootstrap
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What every method on one training subset is judged with: the same prompts, sampler settings,
-    detector and clean reference images."""
-
-    subset: str
-    prompts: list[Prompt]
-    settings: GenerationSettings
-    detector: Detector
-    reference: list[Image.Image]
 
 def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
     """The results (``results.json``'s content) on the main process; ``{}`` on the others.
@@ -92,7 +76,7 @@ def _run_protocol(run: BenchmarkRun) -> dict[str, Any]:
     with _timed(run, "detector"), processes.main_process_first():
         detector = stages.detector(run, dataset, base)
 
-    settings = GenerationSettings(**track.generation)
+    settings = track.generation_settings()
     # 4. Whether the base knows each concept by name, as the name-based baselines assume.
     named = {}
     if track.named_prompts and main:
@@ -102,18 +86,7 @@ def _run_protocol(run: BenchmarkRun) -> dict[str, Any]:
     rows = []
     for subset_name, concepts in track.groups():
         subset = dataset / subset_name
-        ctx = MethodContext(
-            concepts=concepts,
-            work_dir=run.root / "methods" / subset_name,
-            seed=track.seed,
-            finetune=lambda ft, subset=subset: stages.finetune(run, base, subset, ft, detector),
-            load_pipeline=stages.load_pipeline,
-            train_shards=subset / "train",
-            settings={"esd": track.esd, "fmn": track.fmn, "geom_erasing": track.geom_erasing},
-            detector=detector,
-            base=Path(base),
-            threads=track.finetune.get("threads"),
-        )
+        ctx = method_context(run, Path(base), subset, concepts, detector)
         specs = run.methods or track.methods
         if processes.num_processes > 1:
             # 5a. Every declared fine-tune, by all processes together; then the main process goes on alone.
@@ -123,13 +96,21 @@ def _run_protocol(run: BenchmarkRun) -> dict[str, Any]:
                 continue
             ctx = replace(ctx, finetune=lambda ft, subset=subset: stages.finetune(run, base, subset, ft, detector, may_train=False))
         elif run.jobs > 1:
-            # 5b. Every declared fine-tune, run.jobs at a time; the methods below then find them made.
+            # 5b. Every declared fine-tune, then every method, run.jobs at a time.
             with _timed(run, f"finetunes ({subset_name}, {run.jobs} jobs)"):
                 train_all(run, base, subset, _declared_finetunes(track, specs, ctx), detector, run.jobs)
-        prompts = _prompts(run, subset)
-        evaluation = Evaluation(subset_name, prompts, settings, detector, stages.reference_images(subset / "test", len(prompts)))
+            per_spec = [[MethodSeed(spec, seed, _label(track, seed)) for seed in _seeds(track, spec)] for spec in specs]
+            with _timed(run, f"methods ({subset_name}, {run.jobs} jobs)"), \
+                    closing(evaluate_all(run, Path(base), subset, concepts, detector, sum(per_spec, []), run.jobs)) as done:
+                for tasks in per_spec:
+                    rows.extend(_over_seeds(run, [(task.seed, next(done)) for task in tasks]))
+                    _write_results(run, rows, detector, named)
+            continue
+        # 6. Each method: build, generate, score.
+        evaluation = evaluation_for(run, subset, detector)
         for spec in specs:
-            rows.extend(_run_seeds(run, spec, ctx, evaluation))
+            evaluated = [(seed, evaluate_method(run, spec, seeded(ctx, seed), evaluation, _label(track, seed))) for seed in _seeds(track, spec)]
+            rows.extend(_over_seeds(run, evaluated))
             _write_results(run, rows, detector, named)
     processes.wait_for_everyone()
     return _write_results(run, rows, detector, named) if main else {}
@@ -138,7 +119,7 @@ def _run_protocol(run: BenchmarkRun) -> dict[str, Any]:
 def _named_base(run: BenchmarkRun, subset: Path, base: Path, detector: Detector, settings: GenerationSettings) -> dict[str, Any]:
     """Per concept: the base's ICR of that concept on the first evaluation prompts with the concept
     named (", with a qr code"), their seeds, no negative prompt."""
-    prompts = _prompts(run, subset)[: run.track.named_prompts]
+    prompts = evaluation_prompts(run, subset)[: run.track.named_prompts]
     pipe = stages.load_pipeline(base)
     generate = diffusers_generate_fn(pipe, settings)
     results = {}
@@ -167,102 +148,32 @@ def _seeds(track: Track, spec: str) -> tuple[int, ...]:
     return tuple(track.seeds) if spec in track.seed_methods else (track.seed,)
 
 
-def _run_seeds(run: BenchmarkRun, spec: str, ctx: MethodContext, evaluation: Evaluation) -> list[dict[str, Any]]:
-    """One method fine-tuned once per training seed; with several seeds, each concept's row carries
-    every seed's ICR and an interval that covers seeds and prompts (seeds resampled, then prompts)."""
-    seeds = _seeds(run.track, spec)
-    runs = []
-    for seed in seeds:
-        seeded = replace(ctx, seed=seed, finetune=lambda ft, finetune=ctx.finetune, seed=seed: finetune(replace(ft, seed=seed)))
-        runs.append(_run_method(run, spec, seeded, evaluation, label="" if seed == run.track.seed else f"@seed{seed}"))
-    if len(seeds) == 1:
-        return runs[0][0]
+def _label(track: Track, seed: int) -> str:
+    """What tells apart the folders of a method's other training seeds."""
+    return "" if seed == track.seed else f"@seed{seed}"
+
+
+def _over_seeds(run: BenchmarkRun, evaluated: list[tuple[int, tuple[list[dict[str, Any]], ScoreReport | None]]]) -> list[dict[str, Any]]:
+    """One method's rows from its evaluation under each training seed; with several seeds, each
+    concept's row carries every seed's ICR and an interval that covers seeds and prompts (seeds
+    resampled, then prompts)."""
+    first_rows = evaluated[0][1][0]
+    if len(evaluated) == 1:
+        return first_rows
     rows = []
-    for i, row in enumerate(runs[0][0]):
+    for i, row in enumerate(first_rows):
         if row.get("status") != "ok":
             rows.append(row)
             continue
-        per_seed = [(seed, seed_rows[i], report) for seed, (seed_rows, report) in zip(seeds, runs)]
+        per_seed = [(seed, seed_rows[i], report) for seed, (seed_rows, report) in evaluated]
         interval = hierarchical_bootstrap([report.flags(row["concept"]) for _, _, report in per_seed],
                                           resamples=ScoreConfig().resamples, seed=run.track.seed)
         rows.append({
             **row,
-            "icr": {**interval.to_json(), "bootstrap": "hierarchical: seeds, then prompts", "n_seeds": len(seeds)},
+            "icr": {**interval.to_json(), "bootstrap": "hierarchical: seeds, then prompts", "n_seeds": len(evaluated)},
             "seeds": {str(seed): {"icr": seed_row["icr"], "model": seed_row["model"]} for seed, seed_row, _ in per_seed},
         })
     return rows
-
-
-def _run_method(
-    run: BenchmarkRun, spec: str, ctx: MethodContext, evaluation: Evaluation, label: str = ""
-) -> tuple[list[dict[str, Any]], ScoreReport | None]:
-    """Build, generate and score one method on one training subset: a row per concept scored, and the
-    detector's report. ``label`` tells apart the folders of a method's other training seeds."""
-    subset_name, prompts, settings = evaluation.subset, evaluation.prompts, evaluation.settings
-    method = get_method(spec)
-    rows = [{"concept": c, "method": method.name, "subset": subset_name, "description": getattr(method, "description", "")} for c in ctx.concepts]
-    ctx = replace(ctx, work_dir=ctx.work_dir / (method.name + label))
-    ctx.work_dir.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    try:
-        built = method.build(ctx)
-    except NotImplementedMethod as e:
-        return [{**row, "status": f"missing: {e}"} for row in rows], None
-    except Exception as e:
-        raise MethodFailed(f"{subset_name}/{method.name}{label}", "build(ctx)", e) from e
-    generator = checked_generator(method, built)
-    timings["build"] = time.perf_counter() - start
-    images_dir = run.root / "images" / subset_name / (method.name + label)
-    start = time.perf_counter()
-    if hasattr(generator.pipeline, "set_progress_bar_config"):
-        generator.pipeline.set_progress_bar_config(disable=True)
-    paths = generate_images(
-        diffusers_generate_fn(generator.pipeline, settings, **generator.call_kwargs),
-        prompts,
-        images_dir,
-        negative_prompt=generator.negative_prompt,
-        settings=settings,
-        progress=run.progress,
-        desc=f"{subset_name}/{method.name}{label}",
-        source={**pipeline_source(generator.pipeline), "call_kwargs": generator.call_kwargs, "method_code": _code_sha256(method)},
-    )
-    timings["generate"] = time.perf_counter() - start
-    start = time.perf_counter()
-    score = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
-    report, scores = score_generated(paths, prompts, evaluation.detector, score, run.track.quality, evaluation.reference, run.cache)
-    report.write_json(run.root / "scores" / subset_name / f"{method.name}{label}.json")
-    timings["score"] = time.perf_counter() - start
-    for row in rows:
-        row.update(
-            status="ok",
-            model=pipeline_folders(generator.pipeline),
-            negative_prompt=generator.negative_prompt,
-            timings={k: round(v / len(rows), 1) for k, v in timings.items()},
-            **scores[row["concept"]],
-        )
-    method_grid(paths[:8], report.images[:8], run.root / "grids" / subset_name / f"{method.name}{label}.png", title=f"{subset_name} / {method.name}{label}")
-    return rows, report
-
-
-def _code_sha256(method: Any) -> str | None:
-    """The file that defines the method's class: a plug-in edited since its images were made draws
-    them anew, even when its pipeline has no weights to compare (a plain callable)."""
-    try:
-        path = inspect.getsourcefile(type(method))
-    except TypeError:
-        return None
-    return sha256_file(Path(path)) if path and Path(path).is_file() else None
-
-
-def _prompts(run: BenchmarkRun, subset: Path) -> list[Prompt]:
-    """The track's prompts CSV, or (``prompts = "test-split"``) the captions of the subset's test split."""
-    if run.track.prompts != "test-split":
-        return read_prompts(run.track.prompts, limit=run.track.num_prompts)
-    path = run.root / f"prompts-{subset.name}.csv"
-    if not path.exists():
-        write_prompts(path, shard_prompts(subset / "test", run.track.num_prompts))
-    return read_prompts(path)
 
 
 def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Detector, named: dict[str, Any]) -> dict[str, Any]:

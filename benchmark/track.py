@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from benchmark.generation import GenerationSettings
 from benchmark.models.base_model import BaseModelConfig
 from benchmark.models.named_scenes import NamedConcepts
 from benchmark.models.pipelines import TinyPipelineConfig
@@ -104,6 +105,11 @@ class Track:
         if self.protocol == "mixed":
             return [("icd-mixed", self.concepts)]
         return [(f"icd-{c}", (c,)) for c in self.concepts]
+
+    def generation_settings(self) -> GenerationSettings:
+        """The ``[generation]`` table. Sampling runs under the fine-tunes' torch threads unless the
+        table names its own, so a track's images, like its weights, do not depend on the machine."""
+        return GenerationSettings(**{"threads": self.finetune.get("threads"), **self.generation})
 
     def base_model_config(self):
         """The embedded base model's config: ``[base]`` tables over the library's defaults."""

@@ -171,12 +171,15 @@ def test_training_seeds_give_every_seed_its_fine_tune_and_a_seed_aware_interval(
     assert low <= min(s["icr"]["value"] for s in row["seeds"].values()) and high >= max(s["icr"]["value"] for s in row["seeds"].values())
 
 
-def test_two_jobs_train_the_weights_one_job_trains(debug_run):
-    """``--jobs 2``: fine-tunes side by side in two processes give the serial run's weights, bit for bit."""
+def test_two_jobs_train_the_weights_and_make_the_images_one_job_makes(debug_run):
+    """``--jobs 2``: fine-tunes, then methods (ESD's edit of sd included), side by side in two
+    processes of one thread give the serial run's weights, images and rows, bit for bit."""
     root, args = debug_run
-    assert main(args + ["--name", "jobs", "--jobs", "2", "--method", "sd", "--method", "ge-full", "--method", "ge-model-removal"]) == 0
+    methods = ["sd", "esd", "ge-full", "ge-model-removal"]
+    assert main(args + ["--name", "jobs", "--jobs", "2", *[a for m in methods for a in ("--method", m)]]) == 0
     serial = json.loads((root / "runs" / "debug" / "results.json").read_text())["rows"]
     parallel = json.loads((root / "runs" / "jobs" / "results.json").read_text())["rows"]
+    assert sorted({r["method"] for r in parallel}) == sorted(methods)
     for row in parallel:
         twin = next(r for r in serial if (r["concept"], r["method"]) == (row["concept"], row["method"]))
         for part in ("unet", "text_encoder"):
@@ -184,4 +187,10 @@ def test_two_jobs_train_the_weights_one_job_trains(debug_run):
             assert mine != theirs
             weights = [sorted(folder.glob("*.safetensors")) for folder in (mine, theirs)]
             assert len(weights[0]) == 1 and [w.read_bytes() for w in weights[0]] == [w.read_bytes() for w in weights[1]]
-        assert row["icr"] == twin["icr"]
+        for field in ("icr", "quality", "fp_rate", "negative_prompt"):
+            assert row[field] == twin[field], (row["method"], field)
+        images = [sorted((root / "runs" / name / "images" / row["subset"] / row["method"]).glob("*.png")) for name in ("jobs", "debug")]
+        assert [p.name for p in images[0]] == [p.name for p in images[1]] and images[0]
+        assert [p.read_bytes() for p in images[0]] == [p.read_bytes() for p in images[1]], row["method"]
+    timings = json.loads((root / "runs" / "jobs" / "results.json").read_text())["timings"]
+    assert any(stage.startswith("methods (") and "2 jobs" in stage for stage in timings)

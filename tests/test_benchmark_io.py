@@ -78,6 +78,29 @@ def test_generation_resumes_to_the_same_images(tmp_path):
     assert image_seed(prompts[1], 1) != image_seed(prompts[2], 0)
 
 
+def test_images_are_sampled_under_the_settings_threads_and_made_anew_under_others(tmp_path):
+    """Sampling can depend on the thread count, so a track's images are made under its count, the
+    process gets its own back, and images made under another count are not reused."""
+    import torch
+
+    prompts = [Prompt(i, f"p{i}", 10 + i) for i in range(2)]
+    seen: list = []
+
+    def generate(prompts, negatives, seeds):
+        seen.append(torch.get_num_threads())
+        return _fake_generate([])(prompts, negatives, seeds)
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for threads in (1, 1, 2):
+            generate_images(generate, prompts, tmp_path, settings=GenerationSettings(threads=threads), progress=False, source={"unet": "a"})
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    assert seen == [1, 2]
+
+
 def test_images_of_another_model_are_made_anew(tmp_path):
     """A resumed run keeps images only when the same model, negative prompt and settings made them."""
     prompts = [Prompt(i, f"p{i}", 10 + i) for i in range(4)]

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     track = load_track(TRACK)
     options = {k: track.finetune[k] for k in MEMORY_OPTIONS}
-    settings = GenerationSettings(**track.generation)
+    settings = track.generation_settings()
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0), "device_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / GIB, 1),
         "torch": torch.__version__, "track": TRACK, "memory_options": options, "resolution": 512, "steps_per_run": args.steps,

@@ -33,7 +33,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
-from benchmark.generation import GenerationSettings, diffusers_generate_fn
+from benchmark.generation import diffusers_generate_fn
 from benchmark.methods import get_method
 from benchmark.methods.interface import FineTune, MethodContext
 from benchmark.models.sd15 import build_sd15_pipeline
@@ -145,7 +145,7 @@ def _sample(run: BenchmarkRun, base: Path, subset: Path, method: str, png: Path)
     """Build ``method``'s generator as the protocol does and sample the first test caption once."""
     generator = get_method(method).build(_context(run, base, subset))
     generator.pipeline.set_progress_bar_config(disable=True)
-    settings = GenerationSettings(**run.track.generation)
+    settings = run.track.generation_settings()
     prompt = shard_prompts(subset / "test", 1)[0]
     started = time.perf_counter()
     image = diffusers_generate_fn(generator.pipeline, settings)([prompt.prompt], [generator.negative_prompt], [prompt.evaluation_seed])[0]

@@ -1,0 +1,140 @@
+"""One method on one training subset: build its generator, sample the evaluation prompts, score.
+
+The unit the protocol repeats for every method and training seed, in the main process or, under
+``--jobs``, in a worker process (:mod:`benchmark.parallel_methods`): everything it needs is
+rebuilt here from the run and paths, so both places evaluate a method the same way.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from benchmark import stages
+from benchmark.benchmark_run import BenchmarkRun
+from benchmark.evaluation.scorecard import score_generated
+from benchmark.failures import MethodFailed
+from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_folders, pipeline_source
+from benchmark.methods import NotImplementedMethod, get_method
+from benchmark.methods.interface import MethodContext, checked_generator
+from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
+from benchmark.sample_grid import method_grid
+from implicit_concept.detector.inference import Detector
+from implicit_concept.files import sha256_file
+from implicit_concept.scoring import ScoreConfig, ScoreReport
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What every method on one training subset is judged with: the same prompts, sampler settings,
+    detector and clean reference images."""
+
+    subset: str
+    prompts: list[Prompt]
+    settings: GenerationSettings
+    detector: Detector
+    reference: list[Image.Image]
+
+
+def evaluation_for(run: BenchmarkRun, subset: Path, detector: Detector) -> Evaluation:
+    prompts = evaluation_prompts(run, subset)
+    return Evaluation(subset.name, prompts, run.track.generation_settings(), detector,
+                      stages.reference_images(subset / "test", len(prompts)))
+
+
+def evaluation_prompts(run: BenchmarkRun, subset: Path) -> list[Prompt]:
+    """The track's prompts CSV, or (``prompts = "test-split"``) the captions of the subset's test split."""
+    if run.track.prompts != "test-split":
+        return read_prompts(run.track.prompts, limit=run.track.num_prompts)
+    path = run.root / f"prompts-{subset.name}.csv"
+    if not path.exists():
+        write_prompts(path, shard_prompts(subset / "test", run.track.num_prompts))
+    return read_prompts(path)
+
+
+def method_context(run: BenchmarkRun, base: Path, subset: Path, concepts: tuple[str, ...], detector: Detector) -> MethodContext:
+    """What every method on ``subset`` is given: its concepts, the cached fine-tuning service and the track's settings."""
+    track = run.track
+    return MethodContext(
+        concepts=concepts,
+        work_dir=run.root / "methods" / subset.name,
+        seed=track.seed,
+        finetune=lambda ft: stages.finetune(run, base, subset, ft, detector),
+        load_pipeline=stages.load_pipeline,
+        train_shards=subset / "train",
+        settings={"esd": track.esd, "fmn": track.fmn, "geom_erasing": track.geom_erasing},
+        detector=detector,
+        base=Path(base),
+        threads=track.finetune.get("threads"),
+    )
+
+
+def seeded(ctx: MethodContext, seed: int) -> MethodContext:
+    """``ctx`` for one training seed: the seed its fine-tunes are trained with."""
+    return replace(ctx, seed=seed, finetune=lambda ft, finetune=ctx.finetune: finetune(replace(ft, seed=seed)))
+
+
+def evaluate_method(
+    run: BenchmarkRun, spec: str, ctx: MethodContext, evaluation: Evaluation, label: str = ""
+) -> tuple[list[dict[str, Any]], ScoreReport | None]:
+    """Build, generate and score one method on one training subset: a row per concept scored, and the
+    detector's report. ``label`` tells apart the folders of a method's other training seeds."""
+    subset_name, prompts, settings = evaluation.subset, evaluation.prompts, evaluation.settings
+    method = get_method(spec)
+    rows = [{"concept": c, "method": method.name, "subset": subset_name, "description": getattr(method, "description", "")} for c in ctx.concepts]
+    ctx = replace(ctx, work_dir=ctx.work_dir / (method.name + label))
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        built = method.build(ctx)
+    except NotImplementedMethod as e:
+        return [{**row, "status": f"missing: {e}"} for row in rows], None
+    except Exception as e:
+        raise MethodFailed(f"{subset_name}/{method.name}{label}", "build(ctx)", e) from e
+    generator = checked_generator(method, built)
+    timings["build"] = time.perf_counter() - start
+    images_dir = run.root / "images" / subset_name / (method.name + label)
+    start = time.perf_counter()
+    if hasattr(generator.pipeline, "set_progress_bar_config"):
+        generator.pipeline.set_progress_bar_config(disable=True)
+    paths = generate_images(
+        diffusers_generate_fn(generator.pipeline, settings, **generator.call_kwargs),
+        prompts,
+        images_dir,
+        negative_prompt=generator.negative_prompt,
+        settings=settings,
+        progress=run.progress,
+        desc=f"{subset_name}/{method.name}{label}",
+        source={**pipeline_source(generator.pipeline), "call_kwargs": generator.call_kwargs, "method_code": _code_sha256(method)},
+    )
+    timings["generate"] = time.perf_counter() - start
+    start = time.perf_counter()
+    score = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
+    report, scores = score_generated(paths, prompts, evaluation.detector, score, run.track.quality, evaluation.reference, run.cache)
+    report.write_json(run.root / "scores" / subset_name / f"{method.name}{label}.json")
+    timings["score"] = time.perf_counter() - start
+    for row in rows:
+        row.update(
+            status="ok",
+            model=pipeline_folders(generator.pipeline),
+            negative_prompt=generator.negative_prompt,
+            timings={k: round(v / len(rows), 1) for k, v in timings.items()},
+            **scores[row["concept"]],
+        )
+    method_grid(paths[:8], report.images[:8], run.root / "grids" / subset_name / f"{method.name}{label}.png", title=f"{subset_name} / {method.name}{label}")
+    return rows, report
+
+
+def _code_sha256(method: Any) -> str | None:
+    """The file that defines the method's class: a plug-in edited since its images were made draws
+    them anew, even when its pipeline has no weights to compare (a plain callable)."""
+    try:
+        path = inspect.getsourcefile(type(method))
+    except TypeError:
+        return None
+    return sha256_file(Path(path)) if path and Path(path).is_file() else None
