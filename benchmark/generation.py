@@ -8,11 +8,14 @@ prompt or setting, they are stale and made anew.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import FunctionType, MethodType, ModuleType
 from typing import Any, Callable, Sequence
 
 import torch
@@ -158,13 +161,17 @@ def pipeline_folders(pipeline: Any) -> dict[str, str | None]:
     return {"class": type(pipeline).__name__, **{name: _folder(getattr(pipeline, name, None)) for name in ("unet", "text_encoder", "vae")}}
 
 
-def pipeline_source(pipeline: Any) -> dict[str, str | None]:
+def pipeline_source(pipeline: Any) -> dict[str, Any]:
     """What a pipeline draws with, by content, so images are made anew exactly when it changes: each
     weighted part's tensors as they are in memory (a moved copy is the same model; new weights at the
     same path, or weights a plug-in edited after loading, are not), the scheduler's config and the
-    tokenizer's vocabulary. A part that is not a torch module is named by the folder it came from."""
-    record: dict[str, str | None] = {"class": type(pipeline).__name__}
-    for name in ("unet", "text_encoder", "vae"):
+    tokenizer's vocabulary. A part that is not a torch module is named by the folder it came from.
+
+    A plug-in's own object (a wrapper around a pipeline, a function closing over one) is keyed by
+    every module, tensor, scheduler and tokenizer it holds; one that holds none of these cannot be
+    compared, and its images are drawn anew on every run rather than trusted."""
+    record: dict[str, Any] = {"class": type(pipeline).__name__}
+    for name in _PARTS:
         part = getattr(pipeline, name, None)
         record[name] = _weights_sha256(part) if isinstance(part, torch.nn.Module) else _loaded_from(part)
     config = getattr(getattr(pipeline, "scheduler", None), "config", None)
@@ -173,7 +180,57 @@ def pipeline_source(pipeline: Any) -> dict[str, str | None]:
     vocabulary = getattr(getattr(pipeline, "tokenizer", None), "get_vocab", None)
     if callable(vocabulary):
         record["tokenizer"] = _json_sha256(vocabulary())
+    if all(record[name] is None for name in _PARTS):
+        record["holds"] = _held(pipeline, "", 0, set())
+        if not record["holds"]:
+            record["drawn_anew"] = uuid.uuid4().hex
     return record
+
+
+_PARTS = ("unet", "text_encoder", "vae")
+_MAX_DEPTH = 4
+
+
+def _held(value: Any, path: str, depth: int, seen: set[int]) -> dict[str, str | None]:
+    """What ``value`` holds that decides its images, by attribute path: modules and tensors by their
+    values, schedulers by their config, tokenizers by their vocabulary; found through attributes,
+    containers, closures and ``functools.partial`` down to a few levels."""
+    if id(value) in seen or depth > _MAX_DEPTH or isinstance(value, (str, bytes, int, float, bool, type(None), Path, type, ModuleType)):
+        return {}
+    seen.add(id(value))
+    if isinstance(value, torch.nn.Module):
+        return {path or "self": _weights_sha256(value)}
+    if isinstance(value, torch.Tensor):
+        return {path or "self": _tensor_sha256(value)}
+    if hasattr(value, "set_timesteps") and getattr(value, "config", None) is not None:
+        return {path or "self": _json_sha256(dict(value.config))}
+    if callable(getattr(value, "get_vocab", None)):
+        return {path or "self": _json_sha256(value.get_vocab())}
+    if isinstance(value, dict):
+        children = [(str(k), v) for k, v in value.items()]
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        children = list(enumerate(value)) if not isinstance(value, (set, frozenset)) else []
+    elif isinstance(value, functools.partial):
+        children = [("func", value.func), ("args", value.args), ("keywords", value.keywords)]
+    elif isinstance(value, FunctionType):
+        cells = value.__closure__ or ()
+        children = [(name, cell.cell_contents) for name, cell in zip(value.__code__.co_freevars, cells) if _has_contents(cell)]
+    elif isinstance(value, MethodType):
+        children = [("__self__", value.__self__), ("__func__", value.__func__)]
+    else:
+        children = [(k, v) for k, v in getattr(value, "__dict__", {}).items() if not k.startswith("__")]
+    found: dict[str, str | None] = {}
+    for name, child in children:
+        found.update(_held(child, f"{path}.{name}" if path else str(name), depth + 1, seen))
+    return found
+
+
+def _has_contents(cell: Any) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # a cell not yet filled
+        return False
+    return True
 
 
 def _weights_sha256(part: torch.nn.Module) -> str | None:
@@ -184,10 +241,22 @@ def _weights_sha256(part: torch.nn.Module) -> str | None:
         return _loaded_from(part)
     digest = hashlib.sha256()
     for name in sorted(state):
-        tensor = state[name].detach().to("cpu").contiguous()
-        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        _update(digest, name, state[name])
     return f"sha256:{digest.hexdigest()}"
+
+
+def _tensor_sha256(tensor: torch.Tensor) -> str | None:
+    if tensor.is_meta:
+        return None
+    digest = hashlib.sha256()
+    _update(digest, "", tensor)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _update(digest: Any, name: str, tensor: torch.Tensor) -> None:
+    tensor = tensor.detach().to("cpu").contiguous()
+    digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
 
 
 def _json_sha256(value: Any) -> str:

@@ -384,11 +384,56 @@ def test_images_are_made_anew_when_weights_in_memory_scheduler_or_vocabulary_cha
     assert made == [2, 0, 2, 2, 2, 2, 0]
 
 
+def test_a_plug_ins_wrapper_or_closure_is_keyed_by_the_weights_it_holds_and_one_holding_none_is_drawn_anew(tmp_path):
+    """A plug-in may hand over its own object around a pipeline (any callable will do): its images
+    are reused exactly when the modules, tensors, scheduler and tokenizer it holds are unchanged."""
+    import copy
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmark.generation import pipeline_source
+
+    torch.manual_seed(0)
+    inner = SimpleNamespace(unet=torch.nn.Linear(4, 4), text_encoder=torch.nn.Embedding(6, 4), vae=None,
+                            scheduler=SimpleNamespace(config={"steps": 1000}, set_timesteps=lambda n: None))
+
+    class Wrapper:
+        def __init__(self, pipe):
+            self._pipe, self.extra = pipe, {"delta": torch.zeros(3)}
+
+        def __call__(self, **kwargs):
+            return self._pipe
+
+    def closing_over(pipe):
+        return lambda **kwargs: pipe
+
+    prompts = [Prompt(i, f"p{i}", 10 + i) for i in range(2)]
+
+    def made(pipeline, folder):
+        calls: list = []
+        generate_images(_fake_generate(calls), prompts, tmp_path / folder, progress=False, source=pipeline_source(pipeline))
+        return sum(len(c) for c in calls)
+
+    wrapper, closure = Wrapper(inner), closing_over(inner)
+    assert [made(wrapper, "w"), made(copy.deepcopy(wrapper), "w"), made(closure, "c"), made(closing_over(copy.deepcopy(inner)), "c")] == [2, 0, 2, 0]
+    with torch.no_grad():
+        inner.unet.weight[0, 0] += 1e-3
+    assert made(wrapper, "w") == 2 and made(closure, "c") == 2
+    wrapper.extra["delta"][1] = 1.0
+    assert made(wrapper, "w") == 2
+    inner.scheduler = SimpleNamespace(config={"steps": 500}, set_timesteps=lambda n: None)
+    assert made(wrapper, "w") == 2 and made(wrapper, "w") == 0
+    assert set(pipeline_source(wrapper)["holds"]) == {"_pipe.unet", "_pipe.text_encoder", "_pipe.scheduler", "extra.delta"}
+    nothing = lambda **kwargs: None  # noqa: E731  (an API client, say: nothing here says what it draws with)
+    assert [made(nothing, "n"), made(nothing, "n")] == [2, 2]
+
+
 def test_a_methods_images_are_keyed_by_the_file_that_defines_it(tmp_path, monkeypatch):
     """A plug-in whose pipeline is a plain callable has no weights to compare: its code file stands in."""
     import importlib
 
-    from benchmark.protocol import _code_sha256
+    from benchmark.method_evaluation import _code_sha256
 
     module = tmp_path / "mylab_method.py"
     module.write_text("class Mine:\n    strength = 1\n")
