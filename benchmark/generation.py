@@ -26,7 +26,7 @@ from benchmark.failures import MethodFailed
 from benchmark.prompts import Prompt
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, folder_sha256, read_json_object
 from implicit_concept.provenance import canonical_json
-from implicit_concept.torch_threads import torch_threads
+from implicit_concept.torch_settings import torch_threads
 from implicit_concept.validate import check_int, check_number
 
 SOURCE_FILE = "source.json"
@@ -123,6 +123,9 @@ def _check_images(images: Any, asked: int, size: int, desc: str) -> None:
             raise GenerationError(f"{desc}: the pipeline returned a {type(image).__name__}, not a PIL image (output_type='pil')")
         if image.size != (size, size):
             raise GenerationError(f"{desc}: the pipeline returned {image.width}x{image.height} images; the track asks for {size}x{size}")
+        if image.mode != "RGB":
+            raise GenerationError(f"{desc}: the pipeline returned mode {image.mode} images; the benchmark saves and scores RGB "
+                                  "(what a transparent or high-bit-depth image means is the method's to say: convert it to RGB)")
 
 
 def _claim(out_dir: Path, record: dict[str, Any]) -> None:

@@ -20,12 +20,13 @@ from benchmark.evaluation.scorecard import score_generated
 from benchmark.failures import MethodFailed
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_folders, pipeline_source
 from benchmark.methods import NotImplementedMethod, get_method
-from benchmark.methods.interface import MethodContext, checked_generator
+from benchmark.methods.interface import Generator, MethodContext, checked_generator
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
 from benchmark.sample_grid import method_grid
 from implicit_concept.detector.inference import Detector
 from implicit_concept.files import sha256_file
 from implicit_concept.scoring import ScoreConfig, ScoreReport
+from implicit_concept.torch_settings import kept_torch_settings
 
 
 @dataclass(frozen=True)
@@ -83,40 +84,20 @@ def evaluate_method(
 ) -> tuple[list[dict[str, Any]], ScoreReport | None]:
     """Build, generate and score one method on one training subset: a row per concept scored, and the
     detector's report. ``label`` tells apart the folders of a method's other training seeds."""
-    subset_name, prompts, settings = evaluation.subset, evaluation.prompts, evaluation.settings
     method = get_method(spec)
-    rows = [{"concept": c, "method": method.name, "subset": subset_name, "description": getattr(method, "description", "")} for c in ctx.concepts]
+    rows = [{"concept": c, "method": method.name, "subset": evaluation.subset, "description": getattr(method, "description", "")}
+            for c in ctx.concepts]
     ctx = replace(ctx, work_dir=ctx.work_dir / (method.name + label))
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
     try:
-        built = method.build(ctx)
+        with kept_torch_settings():  # a plug-in that sets torch's threads, default dtype or grad mode does so for itself
+            generator, paths, timings = _draw(run, method, ctx, evaluation, label)
     except NotImplementedMethod as e:
         return [{**row, "status": f"missing: {e}"} for row in rows], None
-    except Exception as e:
-        raise MethodFailed(f"{subset_name}/{method.name}{label}", "build(ctx)", e) from e
-    generator = checked_generator(method, built)
-    timings["build"] = time.perf_counter() - start
-    images_dir = run.root / "images" / subset_name / (method.name + label)
-    start = time.perf_counter()
-    if hasattr(generator.pipeline, "set_progress_bar_config"):
-        generator.pipeline.set_progress_bar_config(disable=True)
-    paths = generate_images(
-        diffusers_generate_fn(generator.pipeline, settings, **generator.call_kwargs),
-        prompts,
-        images_dir,
-        negative_prompt=generator.negative_prompt,
-        settings=settings,
-        progress=run.progress,
-        desc=f"{subset_name}/{method.name}{label}",
-        source={**pipeline_source(generator.pipeline), "call_kwargs": generator.call_kwargs, "method_code": _code_sha256(method)},
-    )
-    timings["generate"] = time.perf_counter() - start
     start = time.perf_counter()
     score = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
-    report, scores = score_generated(paths, prompts, evaluation.detector, score, run.track.quality, evaluation.reference, run.cache)
-    report.write_json(run.root / "scores" / subset_name / f"{method.name}{label}.json")
+    report, scores = score_generated(paths, evaluation.prompts, evaluation.detector, score, run.track.quality, evaluation.reference, run.cache)
+    report.write_json(run.root / "scores" / evaluation.subset / f"{method.name}{label}.json")
     timings["score"] = time.perf_counter() - start
     for row in rows:
         row.update(
@@ -126,8 +107,40 @@ def evaluate_method(
             timings={k: round(v / len(rows), 1) for k, v in timings.items()},
             **scores[row["concept"]],
         )
-    method_grid(paths[:8], report.images[:8], run.root / "grids" / subset_name / f"{method.name}{label}.png", title=f"{subset_name} / {method.name}{label}")
+    method_grid(paths[:8], report.images[:8], run.root / "grids" / evaluation.subset / f"{method.name}{label}.png",
+                title=f"{evaluation.subset} / {method.name}{label}")
     return rows, report
+
+
+def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evaluation, label: str
+          ) -> tuple[Generator, list[Path], dict[str, float]]:
+    """The method's generator and its images of the evaluation prompts (made or found), with the
+    seconds each took. A method that says it is not implemented raises NotImplementedMethod."""
+    where = f"{evaluation.subset}/{method.name}{label}"
+    start = time.perf_counter()
+    try:
+        built = method.build(ctx)
+    except NotImplementedMethod:
+        raise
+    except Exception as e:
+        raise MethodFailed(where, "build(ctx)", e) from e
+    generator = checked_generator(method, built)
+    timings = {"build": time.perf_counter() - start}
+    start = time.perf_counter()
+    if hasattr(generator.pipeline, "set_progress_bar_config"):
+        generator.pipeline.set_progress_bar_config(disable=True)
+    paths = generate_images(
+        diffusers_generate_fn(generator.pipeline, evaluation.settings, **generator.call_kwargs),
+        evaluation.prompts,
+        run.root / "images" / evaluation.subset / (method.name + label),
+        negative_prompt=generator.negative_prompt,
+        settings=evaluation.settings,
+        progress=run.progress,
+        desc=where,
+        source={**pipeline_source(generator.pipeline), "call_kwargs": generator.call_kwargs, "method_code": _code_sha256(method)},
+    )
+    timings["generate"] = time.perf_counter() - start
+    return generator, paths, timings
 
 
 def _code_sha256(method: Any) -> str | None:

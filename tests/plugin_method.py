@@ -71,3 +71,18 @@ class PipelineRaises(Method):
             raise RuntimeError("CUDA out of memory (planted)")
 
         return Generator(sample)
+
+
+class ChangesTorchSettings(WordyNegative):
+    """A plug-in that sets torch's process-wide settings for itself after loading its pipeline."""
+
+    name = "changes-torch-settings"
+
+    def build(self, ctx: MethodContext) -> Generator:
+        import torch
+
+        built = super().build(ctx)
+        torch.set_default_dtype(torch.float64)
+        torch.set_num_threads(1)
+        torch.set_grad_enabled(False)
+        return built

@@ -103,17 +103,31 @@ def test_other_labs_plug_in_a_method_or_score_their_outputs(debug_run, tmp_path)
     assert main(["score-images", str(tmp_path / "sp" / "images"), *judged, "--num-prompts", "8", "--out", str(tmp_path / "missing")]) == 2
 
 
-@pytest.mark.parametrize("plugin, problem", [
-    ("RaisesInBuild", "icd-qrcode/raises-in-build: build(ctx) raised KeyError: 'lora_scale'"),
-    ("PipelineRaises", "icd-qrcode/pipeline-raises: the pipeline raised RuntimeError: CUDA out of memory (planted)"),
+@pytest.mark.parametrize("plugin, jobs, problem", [
+    ("RaisesInBuild", "1", "icd-qrcode/raises-in-build: build(ctx) raised KeyError: 'lora_scale'"),
+    ("RaisesInBuild", "2", "icd-qrcode/raises-in-build: build(ctx) raised KeyError: 'lora_scale'"),
+    ("PipelineRaises", "1", "icd-qrcode/pipeline-raises: the pipeline raised RuntimeError: CUDA out of memory (planted)"),
 ])
-def test_a_plug_in_that_raises_is_named_with_its_own_traceback(debug_run, capsys, plugin, problem):
+def test_a_plug_in_that_raises_is_named_with_its_own_traceback(debug_run, capsys, plugin, jobs, problem):
+    """Also from a ``--jobs 2`` worker process, whose traceback reaches the main process as text."""
     root, args = debug_run
-    assert main(args + ["--name", f"broken-{plugin}", "--method", f"tests.plugin_method:{plugin}"]) == 1
+    assert main(args + ["--name", f"broken-{plugin}-{jobs}", "--jobs", jobs, "--method", f"tests.plugin_method:{plugin}"]) == 1
     err = capsys.readouterr().err
     assert err.rstrip().endswith(f"error: {problem}")
     assert "plugin_method.py" in err, "the traceback reaches the plug-in's own line"
-    assert not (root / "runs" / f"broken-{plugin}" / "results.json").exists()
+    assert not (root / "runs" / f"broken-{plugin}-{jobs}" / "results.json").exists()
+
+
+def test_a_plug_ins_torch_settings_do_not_reach_the_methods_after_it(debug_run):
+    """A plug-in that sets float64 as torch's default dtype (and one thread, no grad) after loading
+    its pipeline: the next method's images and scores are those of a run without it."""
+    root, args = debug_run
+    assert main(args + ["--name", "settings", "--method", "tests.plugin_method:ChangesTorchSettings", "--method", "np"]) == 0
+    rows = json.loads((root / "runs" / "settings" / "results.json").read_text())["rows"]
+    alone = json.loads((root / "runs" / "debug" / "results.json").read_text())["rows"]
+    for row in (r for r in rows if r["method"] == "np"):
+        twin = next(r for r in alone if (r["concept"], r["method"]) == (row["concept"], "np"))
+        assert row["icr"] == twin["icr"] and row["quality"] == twin["quality"]
 
 
 def ours_model(root, method):

@@ -323,6 +323,8 @@ def test_an_image_folder_with_unreadable_images_is_refused_once_naming_each_befo
     (lambda seeds: [np.zeros((64, 64, 3), np.uint8) for _ in seeds], r"returned a ndarray, not a PIL image"),
     (lambda seeds: [Image.new("RGB", (512, 512)) for _ in seeds], r"returned 512x512 images; the track asks for 64x64"),
     (lambda seeds: Image.new("RGB", (64, 64)), r"returned Image, not a list of PIL images"),
+    (lambda seeds: [Image.new("F", (64, 64)) for _ in seeds], r"returned mode F images; the benchmark saves and scores RGB"),
+    (lambda seeds: [Image.new("RGBA", (64, 64)) for _ in seeds], r"returned mode RGBA images; the benchmark saves and scores RGB"),
 ])
 def test_a_pipeline_that_returns_other_than_one_image_per_prompt_is_refused_naming_the_method(tmp_path, returned, problem):
     from benchmark.generation import GenerationError
@@ -453,3 +455,18 @@ def test_a_pipeline_whose_output_has_no_images_is_refused_naming_its_class():
 
     with pytest.raises(GenerationError, match=r"^Latents returned a dict with no \.images"):
         diffusers_generate_fn(Latents(), GenerationSettings())(["a"], [""], [0])
+
+
+def test_torch_settings_changed_inside_the_block_are_put_back():
+    import torch
+
+    from implicit_concept.torch_settings import kept_torch_settings
+
+    before = (torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled())
+    with pytest.raises(RuntimeError):
+        with kept_torch_settings():
+            torch.set_default_dtype(torch.float64)
+            torch.set_num_threads(before[0] + 1)
+            torch.set_grad_enabled(False)
+            raise RuntimeError("a plug-in's build fails after changing them")
+    assert (torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled()) == before

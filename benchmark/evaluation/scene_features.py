@@ -31,7 +31,7 @@ from implicit_concept.files import atomic_dir, locked
 from implicit_concept.provenance import cache_key, config_hash, environment
 from implicit_concept.scene.grammar import ProceduralConfig
 from implicit_concept.validate import check_choice, check_fields, check_int, is_number
-from implicit_concept.torch_threads import torch_threads
+from implicit_concept.torch_settings import torch_threads
 
 #: Bump when a code change alters the trained weights for an unchanged config: old caches are then ignored.
 FORMAT_VERSION = 1

@@ -22,7 +22,7 @@ from benchmark.models.pipelines import save_portable_pipeline
 from implicit_concept.concepts import concept
 from implicit_concept.files import atomic_dir, locked
 from implicit_concept.provenance import cache_key, canonical_json
-from implicit_concept.torch_threads import torch_threads
+from implicit_concept.torch_settings import torch_threads
 from implicit_concept.validate import FOLDER_NAME
 
 #: Pipeline call arguments the benchmark sets itself, the same for every method being compared.

@@ -53,7 +53,7 @@ from benchmark.training.data import (
 from benchmark.training.memory import accelerator_for, apply_memory_options
 from benchmark.training.new_tokens import NewTokenRows, average_across_processes
 from implicit_concept.geom_erasing.location_tokens import add_tokens
-from implicit_concept.torch_threads import torch_threads
+from implicit_concept.torch_settings import torch_threads
 
 
 def processes() -> PartialState:
