@@ -164,10 +164,30 @@ def test_a_pipeline_whose_weights_are_only_a_pickle_is_refused_naming_the_part_a
     marker = tmp_path / "code-ran"
     (handed / part / weights).unlink()
     torch.save({"state": _Planted(marker)}, handed / part / pickle_name)
-    with pytest.raises(ValueError, match=f"handed/{part}: no .safetensors weights \\(only {pickle_name}, a pickle, which is never loaded\\)"):
+    with pytest.raises(ValueError, match=f"handed/{part}: no {weights} \\(only {pickle_name}, a pickle, which is never loaded\\)"):
+        load_pipeline(handed)
+    (handed / part / "notes.safetensors").write_bytes(b"")  # safetensors of another name do not stand in
+    with pytest.raises(ValueError, match=f"handed/{part}: no {weights} "):
         load_pipeline(handed)
     assert not marker.exists(), f"loading the pipeline unpickled {part}/{pickle_name}"
     assert type(load_pipeline(base)).__name__ == "StableDiffusionPipeline"
+
+
+@pytest.mark.parametrize("variant", [None, "fp16"])
+def test_a_pipeline_saved_in_fp16_or_as_an_fp16_variant_loads_in_one_dtype(setup, tmp_path, variant):
+    """Hub snapshots of SD hold fp16 weights, some only as ``*.fp16.safetensors``: every part loads
+    in float32 (transformers alone would keep the text encoder in fp16 beside a float32 UNet), and
+    the pipeline samples."""
+    base, _ = setup
+    half = load_pipeline(base).to(torch.float16)
+    half.save_pretrained(tmp_path / "half", variant=variant)
+    loaded = load_pipeline(tmp_path / "half")
+    assert {m.dtype for m in (loaded.unet, loaded.text_encoder, loaded.vae)} == {torch.float32}
+    assert torch.equal(loaded.unet.conv_in.weight, half.unet.conv_in.weight.float())
+    from benchmark.generation import GenerationSettings, diffusers_generate_fn
+
+    generate = diffusers_generate_fn(loaded, GenerationSettings(steps=2, guidance_scale=3.0, image_size=16))
+    assert generate(["a red square"], [""], [0])[0].size == (16, 16)
 
 
 @pytest.mark.parametrize("index, problem", [("{", "not valid JSON"), ("[]", "holds a JSON list, not an object")])

@@ -15,6 +15,7 @@ Nothing is ever fetched from a hub and no safety checker is loaded.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -225,22 +226,21 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None) -> S
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{path}: not a diffusers pipeline directory (no model_index.json)")
     index = read_json_object(path / "model_index.json")
-    dtype = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
 
     def part(name: str, cls: Any, **kwargs: Any) -> Any:
         if not (path / name).is_dir():
             raise FileNotFoundError(f"{path}: no {name}/ folder")
         return cls.from_pretrained(str(path / name), local_files_only=True, **kwargs)
 
-    def weighted(name: str, cls: Any) -> Any:
-        _require_safetensors(path / name)
-        return part(name, cls, use_safetensors=True, **dtype)
+    def weighted(name: str, cls: Any, stem: str) -> Any:
+        variant = _weights_variant(path / name, stem)
+        return part(name, cls, use_safetensors=True, variant=variant, torch_dtype=torch_dtype or torch.float32)
 
     return StableDiffusionPipeline(
-        vae=weighted("vae", _component_class(index, "vae", (PatchAutoencoder, AutoencoderKL, AutoencoderTiny), path)),
-        text_encoder=weighted("text_encoder", CLIPTextModel),
+        vae=weighted("vae", _component_class(index, "vae", (PatchAutoencoder, AutoencoderKL, AutoencoderTiny), path), DIFFUSERS_WEIGHTS),
+        text_encoder=weighted("text_encoder", CLIPTextModel, TRANSFORMERS_WEIGHTS),
         tokenizer=part("tokenizer", CLIPTokenizer),
-        unet=weighted("unet", UNet2DConditionModel),
+        unet=weighted("unet", UNet2DConditionModel, DIFFUSERS_WEIGHTS),
         scheduler=part("scheduler", _component_class(index, "scheduler", SCHEDULERS, path)),
         safety_checker=None,
         feature_extractor=None,
@@ -248,14 +248,30 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None) -> S
     )
 
 
-def _require_safetensors(folder: Path) -> None:
-    """A part's weights are read from safetensors only: a ``.bin`` or ``.ckpt`` is a pickle, and
-    unpickling a file someone handed over can run its code."""
-    if not folder.is_dir() or any(folder.glob("*.safetensors")):
-        return
-    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLED_SUFFIXES)
-    found = f"only {', '.join(pickled)}, a pickle, which is never loaded" if pickled else "no weights"
-    raise ValueError(f"{folder}: no .safetensors weights ({found}); re-save the pipeline with save_pretrained(..., safe_serialization=True)")
+#: The weights file stems diffusers' models and transformers' models are saved under.
+DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS = "diffusion_pytorch_model", "model"
+
+
+def _weights_variant(folder: Path, stem: str) -> str | None:
+    """Which safetensors weights of a part to load: the plain ``STEM.safetensors`` (or its sharded
+    index), else the one variant saved (``STEM.fp16.safetensors``, as hub snapshots of SD often
+    hold), preferring fp16 when there are several. A ``.bin`` or ``.ckpt`` is a pickle, and
+    unpickling a file someone handed over can run its code: it is never loaded."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder.parent}: no {folder.name}/ folder")
+    names = sorted(p.name for p in folder.iterdir())
+    if f"{stem}.safetensors" in names or f"{stem}.safetensors.index.json" in names:
+        return None
+    pattern = re.compile(rf"^{re.escape(stem)}(?:\.safetensors\.index)?\.(\w+)\.(?:safetensors|json)$")
+    variants = sorted({m.group(1) for m in map(pattern.match, names) if m})
+    if "fp16" in variants or len(variants) == 1:
+        return "fp16" if "fp16" in variants else variants[0]
+    if variants:
+        raise ValueError(f"{folder}: no {stem}.safetensors and several variants ({', '.join(variants)}); "
+                         f"keep the one to load as {stem}.safetensors")
+    pickled = [n for n in names if Path(n).suffix in PICKLED_SUFFIXES]
+    found = f"only {', '.join(pickled)}, a pickle, which is never loaded" if pickled else f"found: {', '.join(names) or 'nothing'}"
+    raise ValueError(f"{folder}: no {stem}.safetensors ({found}); re-save the pipeline with save_pretrained(..., safe_serialization=True)")
 
 
 def _component_class(index: dict[str, Any], name: str, allowed: tuple[type, ...], path: Path) -> type:
