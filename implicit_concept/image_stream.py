@@ -11,7 +11,7 @@ from typing import Iterable, Iterator, Union
 
 from PIL import Image
 
-from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, load_pixels
+from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, decode_rgb, open_image
 from implicit_concept.shard_reader import iter_samples
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -24,17 +24,30 @@ class ImageReadError(ValueError):
 
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode fully now, so a truncated file fails here, naming itself, not deep inside a model."""
+    """Decode fully now, so a truncated file fails here, naming itself, not deep inside a model;
+    by :func:`~implicit_concept.image_decode.decode_rgb`, as the dataset builder decodes."""
     try:
         with open(path, "rb") as f:
-            return load_pixels(f, max_pixels).convert("RGB")
+            return decode_rgb(open_image(f), max_pixels)
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such image file") from None
     except SampleError as e:
-        what = "too many pixels to decode" if e.reason == "too_large" else "not a readable image"
-        raise ImageReadError(f"{path}: {what} ({e.detail or e.reason})") from None
+        raise ImageReadError(f"{path}: {_why(e)}") from None
     except (OSError, ValueError) as e:
         raise ImageReadError(f"{path}: not a readable image ({e})") from None
+
+
+def as_rgb(image: Image.Image, name: str) -> Image.Image:
+    """An image handed over in memory, normalised by the same rule as a file."""
+    try:
+        return decode_rgb(image, max_pixels=None)
+    except SampleError as e:
+        raise ImageReadError(f"{name}: {_why(e)}") from None
+
+
+def _why(e: SampleError) -> str:
+    what = {"too_large": "too many pixels to decode", "unsupported_mode": "an unsupported pixel mode"}.get(e.reason, "not a readable image")
+    return f"{what} ({e.detail or e.reason})"
 
 
 def require_readable(paths: Iterable[str | Path], show: int = 5) -> None:
@@ -61,7 +74,7 @@ def iter_images(source: ImageSource, show: int = 5) -> Iterator[tuple[str, Image
     decoding anything twice.
     """
     if isinstance(source, Image.Image):
-        yield "image-0", source.convert("RGB")
+        yield "image-0", as_rgb(source, "image-0")
         return
     problems: list[str] = []
     count = 0
@@ -86,7 +99,7 @@ def _entries(source: ImageSource) -> Iterator[tuple[str, Image.Image | Path]]:
         return
     for i, item in enumerate(source):
         if isinstance(item, Image.Image):
-            yield f"image-{i}", item.convert("RGB")
+            yield f"image-{i}", as_rgb(item, f"image-{i}")
         else:
             yield from _path_entries(item)
 

@@ -408,3 +408,25 @@ def test_a_pipeline_whose_output_has_no_images_is_refused_naming_its_class():
 
     with pytest.raises(GenerationError, match=r"^Latents returned a dict with no \.images"):
         diffusers_generate_fn(Latents(), GenerationSettings())(["a"], [""], [0])
+
+
+def test_quality_is_measured_on_images_decoded_as_the_scorer_decodes_them(tmp_path, monkeypatch):
+    """A 16-bit or transparent image is the same picture to the quality step as to the detector."""
+    from benchmark.evaluation import scorecard
+
+    Image.fromarray(np.full((8, 8), 30000, np.uint16)).save(tmp_path / "grey16.png")
+    Image.fromarray(np.zeros((8, 8, 4), np.uint8), "RGBA").save(tmp_path / "transparent.png")
+    seen = []
+
+    class Decoded(Exception):
+        pass
+
+    def scene_fid(images, *args):
+        seen.extend(images)
+        raise Decoded
+
+    monkeypatch.setattr(scorecard.SceneFeatures, "load_or_train", lambda *a, **k: None)
+    monkeypatch.setattr(scorecard, "scene_fid", scene_fid)
+    with pytest.raises(Decoded):
+        scorecard.quality_scores([tmp_path / "grey16.png", tmp_path / "transparent.png"], [], {"kind": "scene"}, [], tmp_path, seed=0)
+    assert [(im.mode, np.asarray(im).min(), np.asarray(im).max()) for im in seen] == [("RGB", 117, 117), ("RGB", 255, 255)]

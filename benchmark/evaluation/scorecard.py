@@ -16,6 +16,7 @@ from benchmark.evaluation.quality import paper_clip_score, paper_fid, prompt_fol
 from benchmark.evaluation.scene_features import SceneFeatures
 from benchmark.prompts import Prompt
 from implicit_concept.detector.inference import Detector
+from implicit_concept.image_stream import load_image
 from implicit_concept.scene.grammar import Scene
 from implicit_concept.scoring import ScoreConfig, ScoreReport, score_images
 
@@ -56,7 +57,7 @@ def quality_scores(
     kind = quality.get("kind", "scene")
     if kind == "none":
         return {"quality": {}, "quality_kinds": []}
-    images = [Image.open(p).convert("RGB") for p in paths]
+    images = [load_image(p) for p in paths]
     if kind == "scene":
         options = {k: v for k, v in quality.items() if k not in ("kind", "image_size")}
         extractor = SceneFeatures.load_or_train(cache, image_size=quality.get("image_size", 64), **options)
