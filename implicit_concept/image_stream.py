@@ -50,11 +50,10 @@ def _why(e: SampleError) -> str:
     return f"{what} ({e.detail or e.reason})"
 
 
-def require_readable(paths: Iterable[str | Path], show: int = 5) -> None:
+def require_readable(paths: Iterable[str | Path], show: int = 5) -> list[tuple[int, int]]:
     """Decode every file before any is scored, so a folder with several broken images is refused
-    once, naming them all (up to ``show``), not once per rerun."""
-    for _ in iter_images(list(paths), show):
-        pass
+    once, naming them all (up to ``show``), not once per rerun; their sizes, in order."""
+    return [image.size for _, image in iter_images(list(paths), show)]
 
 
 def _raise_if_unreadable(problems: list[str], count: int, show: int) -> None:
