@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_detector_train)
 
     p = sub.add_parser("score", help="ICR per concept of a set of images, beside the detector's false-positive rate")
-    p.add_argument("dir", help="a folder of images, or a shard set (folder of .tar, one tar, or a brace pattern)")
+    p.add_argument("dir", help="a folder of images, or a shard set (folder of .tar, one tar, or a brace pattern); not a folder holding both")
     p.add_argument("--detector", help="the folder `detector train` wrote, or its detector.safetensors (default: the tiny track's published evaluator)")
     _add_cache_argument(p)
     p.add_argument("--conf", type=float,

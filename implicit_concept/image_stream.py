@@ -104,11 +104,28 @@ def _entries(source: ImageSource) -> Iterator[tuple[str, Image.Image | Path]]:
 
 
 def is_shard_source(source: object) -> bool:
-    """A brace pattern, a tar, or a folder with tars below it."""
+    """A brace pattern, a tar, or a folder with tars below it and no image files (a folder with
+    both is refused: scoring one kind would silently drop the other)."""
     if not isinstance(source, (str, Path)):
         return False
     path = Path(source)
-    return "{" in str(source) or path.suffix == ".tar" or (path.is_dir() and any(path.rglob("*.tar")))
+    if "{" in str(source) or path.suffix == ".tar":
+        return True
+    if not path.is_dir():
+        return False
+    tars = sorted(path.rglob("*.tar"))
+    if tars:
+        images = _image_files(path)
+        if images:
+            raise ImageReadError(
+                f"{path}: holds both .tar shards ({len(tars)}, first {tars[0].relative_to(path)}) and image files "
+                f"({len(images)}, first {images[0].relative_to(path)}); pass the shards' folder or the images' folder, not one holding both"
+            )
+    return bool(tars)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _path_entries(source: str | Path) -> Iterator[tuple[str, Image.Image | Path]]:
@@ -117,7 +134,7 @@ def _path_entries(source: str | Path) -> Iterator[tuple[str, Image.Image | Path]
         for sample in iter_samples(source, with_extras=False):
             yield sample.key, sample.image
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = _image_files(path)
         if not files:
             raise ImageReadError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) or .tar shards in this folder")
         for f in files:

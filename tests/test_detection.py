@@ -418,3 +418,16 @@ def test_every_reader_decodes_16_bit_and_transparent_images_as_the_dataset_build
     assert {name: np.asarray(im).mean() for name, im in iter_images(tmp_path / "in")} == levels
     with pytest.raises(ImageReadError, match="image-0: an unsupported pixel mode"):
         list(iter_images(Image.fromarray(np.zeros((4, 4), np.float32))))
+
+
+def test_a_folder_holding_both_shards_and_loose_images_is_refused_naming_both(tmp_path):
+    """Scoring the shards alone would silently drop the images (and an unrelated tar would fail as a shard)."""
+    folder = tmp_path / "mixed"
+    _write_shards(folder / "sub")
+    for name in ("a.png", "b.png"):
+        _solid(10).save(folder / name)
+    with pytest.raises(ImageReadError, match=r"mixed: holds both .tar shards \(2, first sub/test/00000.tar\) and image files \(2, first a.png\)"):
+        list(iter_images(folder))
+    assert [name for name, _ in iter_images(folder / "sub" / "test")] == [f"te{i:04d}" for i in range(len(SAMPLES))]
+    (folder / "sub").rename(tmp_path / "shards")
+    assert [name for name, _ in iter_images(folder)] == ["a.png", "b.png"]
