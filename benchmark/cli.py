@@ -192,7 +192,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from benchmark.leaderboard import read_results
+    from benchmark.results_file import read_results
     from benchmark.results_page import write_results_page
 
     print(write_results_page(read_results(Path(args.run)), Path(args.run)))
