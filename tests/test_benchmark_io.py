@@ -553,3 +553,16 @@ def test_score_images_leaves_images_per_prompt_and_size_to_the_track_unless_give
     cli.main(["score-images", str(tmp_path), "--out", str(tmp_path / "out")])
     cli.main(["score-images", str(tmp_path), "--out", str(tmp_path / "out"), "--images-per-prompt", "2", "--size", "128"])
     assert asked == [{"images_per_prompt": None, "image_size": None}, {"images_per_prompt": 2, "image_size": 128}]
+
+
+def test_the_prompts_sha256_is_their_content_not_their_file_or_images_per_prompt(tmp_path):
+    from benchmark.prompts import prompts_sha256
+
+    text = "case_number,prompt,evaluation_seed\n0,a cat on a yellow background,1\n1,a dog,2\n"
+    (tmp_path / "a.csv").write_text(text)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.csv").write_text(text)
+    a, b = read_prompts(tmp_path / "a.csv"), read_prompts(tmp_path / "sub" / "b.csv")
+    assert prompts_sha256(a) == prompts_sha256(b) == prompts_sha256([p for p in a for _ in range(3)])
+    (tmp_path / "a.csv").write_text(text.replace("yellow", "white"))
+    assert prompts_sha256(read_prompts(tmp_path / "a.csv")) != prompts_sha256(b)
