@@ -143,16 +143,22 @@ def _score_pipeline(args: argparse.Namespace) -> int:
         Path(args.pipeline), Path(args.out), _judging(args), negative_prompt=args.negative_prompt, progress=not args.quiet,
         steps=args.steps, guidance_scale=args.guidance, image_size=args.size, images_per_prompt=args.images_per_prompt,
     )
-    print(summary["table"])
+    _print_summary(summary)
     return 0
 
 
 def _score_images(args: argparse.Namespace) -> int:
     from benchmark.external import score_image_folder
 
-    summary = score_image_folder(Path(args.dir), Path(args.out), _judging(args), images_per_prompt=args.images_per_prompt or 1)
-    print(summary["table"])
+    summary = score_image_folder(Path(args.dir), Path(args.out), _judging(args), images_per_prompt=args.images_per_prompt, image_size=args.size)
+    _print_summary(summary)
     return 0
+
+
+def _print_summary(summary: dict) -> None:
+    print(summary["table"])
+    if summary["overrides"]:
+        print(f"off the track's protocol (recorded in summary.json): {json.dumps(summary['overrides'], sort_keys=True)}")
 
 
 def _prompts(args: argparse.Namespace) -> int:
@@ -186,7 +192,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from benchmark.leaderboard import read_results
+    from benchmark.results_file import read_results
     from benchmark.results_page import write_results_page
 
     print(write_results_page(read_results(Path(args.run)), Path(args.run)))
@@ -256,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_detector_train)
 
     p = sub.add_parser("score", help="ICR per concept of a set of images, beside the detector's false-positive rate")
-    p.add_argument("dir", help="a folder of images, or a shard set (folder of .tar, one tar, or a brace pattern)")
+    p.add_argument("dir", help="a folder of images, or a shard set (folder of .tar, one tar, or a brace pattern); not a folder holding both")
     p.add_argument("--detector", help="the folder `detector train` wrote, or its detector.safetensors (default: the tiny track's published evaluator)")
     _add_cache_argument(p)
     p.add_argument("--conf", type=float,
@@ -323,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score-images", help="score a folder of images named {case_number}_{i}.png after the prompts CSV")
     p.add_argument("dir")
+    p.add_argument("--size", type=int, help="the images' side in pixels (default: the track's; any other is refused unless given here)")
     _add_scoring_arguments(p)
     p.set_defaults(func=_score_images)
     return parser

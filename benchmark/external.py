@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.evaluation.scorecard import score_generated
-from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_name, pipeline_folders, pipeline_source
+from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_name, image_prompts, pipeline_folders, pipeline_source
 from benchmark.models.pipelines import NEGATIVE_PROMPT_FILE, load_pipeline
-from benchmark.prompts import Prompt, read_prompts
+from benchmark.prompts import Prompt, prompts_sha256, read_prompts, resolve_prompts
 from benchmark.published_models import is_published
 from benchmark.stages import reference_images
 from benchmark.track import Track
@@ -44,7 +44,16 @@ class Judging:
     num_prompts: int | None = None
 
     def prompts(self) -> list[Prompt]:
-        return read_prompts(self.track.prompts, limit=self.num_prompts or self.track.num_prompts)
+        """The first ``num_prompts`` of the track's (all of them: None); never silently fewer."""
+        if self.num_prompts is None:
+            return read_prompts(self.track.prompts, limit=self.track.num_prompts)
+        if isinstance(self.num_prompts, bool) or not isinstance(self.num_prompts, int) or not 1 <= self.num_prompts <= self.track.num_prompts:
+            raise ValueError(f"num_prompts: expected an integer in [1, {self.track.num_prompts}] (track {self.track.name} scores "
+                             f"{self.track.num_prompts} prompts), got {self.num_prompts!r}")
+        prompts = read_prompts(self.track.prompts, limit=self.num_prompts)
+        if len(prompts) < self.num_prompts:
+            raise ValueError(f"{resolve_prompts(self.track.prompts)}: holds {len(prompts)} prompts, fewer than the {self.num_prompts} asked")
+        return prompts
 
     def settings(self, **overrides: Any) -> GenerationSettings:
         return replace(self.track.generation_settings(), **{k: v for k, v in overrides.items() if v is not None})
@@ -59,7 +68,12 @@ def default_reference(track: Track, data_root: Path) -> Path | None:
 def pipeline_negative_prompt(pipeline_dir: Path) -> str:
     """The negative prompt a saved pipeline records (``negative_prompt.txt``, or Geom-Erasing's metadata)."""
     recorded = Path(pipeline_dir) / NEGATIVE_PROMPT_FILE
-    return recorded.read_text(encoding="utf-8").strip() if recorded.is_file() else negative_prompt_for(pipeline_dir)
+    if not recorded.is_file():
+        return negative_prompt_for(pipeline_dir)
+    try:
+        return recorded.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{recorded}: not UTF-8 text ({e})") from None
 
 
 def score_pipeline(
@@ -82,15 +96,22 @@ def score_pipeline(
         source={**pipeline_source(pipe), "negative_prompt": negative},
     )
     inputs = {"pipeline": str(pipeline_dir), "model": pipeline_folders(pipe), "negative_prompt": negative, "generation": generation.__dict__}
-    return _score(paths, [p for p in prompts for _ in range(generation.images_per_prompt)], Path(out), judging, inputs)
+    return _score(paths, prompts, generation, Path(out), judging, inputs)
 
 
-def score_image_folder(folder: Path, out: Path, judging: Judging, images_per_prompt: int = 1) -> dict[str, Any]:
+def score_image_folder(
+    folder: Path, out: Path, judging: Judging, images_per_prompt: int | None = None, image_size: int | None = None
+) -> dict[str, Any]:
     """Score images named ``{case_number}_{i}`` after the track's prompts, in any format the scorer
     reads (``.png`` as the benchmark writes them, ``.jpg``, ``.webp``, ...); every one must exist, in
-    one format only, and decode."""
+    one format only, decode and be ``image_size`` pixels square, as a method's images must be.
+
+    ``images_per_prompt`` and ``image_size`` None: the track's ``[generation]`` values; others are
+    recorded in ``summary.json``'s ``overrides``.
+    """
+    generation = judging.settings(images_per_prompt=images_per_prompt, image_size=image_size)
     prompts = judging.prompts()
-    stems = [Path(image_name(p, i)).stem for p in prompts for i in range(images_per_prompt)]
+    stems = [Path(image_name(p, i)).stem for p in prompts for i in range(generation.images_per_prompt)]
     found = _images_by_stem(Path(folder))
     missing = [stem for stem in stems if stem not in found]
     if missing:
@@ -102,8 +123,15 @@ def score_image_folder(folder: Path, out: Path, judging: Judging, images_per_pro
     if twice:
         raise ValueError(f"{folder}: {twice[0].stem} is there as {' and '.join(p.name for p in twice)}; keep one")
     paths = [found[stem][0] for stem in stems]
-    require_readable(paths)
-    return _score(paths, [p for p in prompts for _ in range(images_per_prompt)], Path(out), judging, {"images": str(folder)})
+    side = generation.image_size
+    other = [f"{path.name} ({w}x{h})" for path, (w, h) in zip(paths, require_readable(paths)) if (w, h) != (side, side)]
+    if other:
+        asked = "the track's image_size" if image_size is None else "the size asked"
+        raise ValueError(
+            f"{folder}: {len(other)} of {len(paths)} images are not {side}x{side} pixels ({asked}), first "
+            f"{', '.join(other[:3])}; a method's images must be the track's size (--size N scores another, recorded as an override)"
+        )
+    return _score(paths, prompts, generation, Path(out), judging, {"images": str(folder)})
 
 
 def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
@@ -117,19 +145,31 @@ def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
     return found
 
 
-def _score(paths: list[Path], prompts: list[Prompt], out: Path, judging: Judging, inputs: dict[str, Any]) -> dict[str, Any]:
+def track_overrides(judging: Judging, generation: GenerationSettings) -> dict[str, Any]:
+    """The track settings a scoring departed from (its ``[generation]`` values, its prompt count):
+    a result with any is not on the track's protocol, whatever its ``track_sha256`` says."""
+    track_settings = judging.track.generation_settings().__dict__
+    changed = {k: v for k, v in generation.__dict__.items() if v != track_settings[k]}
+    if judging.num_prompts is not None and judging.num_prompts != judging.track.num_prompts:
+        changed["num_prompts"] = judging.num_prompts
+    return changed
+
+
+def _score(paths: list[Path], prompts: list[Prompt], generation: GenerationSettings, out: Path, judging: Judging,
+           inputs: dict[str, Any]) -> dict[str, Any]:
     detector = judging.detector
     track = judging.track
     quality = track.quality if judging.reference is not None else {"kind": "none"}
     reference = reference_images(judging.reference, len(paths)) if judging.reference is not None else []
-    report, rows = score_generated(paths, prompts, detector, ScoreConfig(conf=track.conf, seed=track.seed), quality, reference, judging.cache)
+    report, rows = score_generated(paths, image_prompts(prompts, generation), detector, ScoreConfig(conf=track.conf, seed=track.seed), quality, reference, judging.cache)
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "scores.json")
     summary = {
         "inputs": inputs,
         "track": track.name,
         "track_sha256": track.sha256,
-        "prompts": {"file": track.prompts, "count": len(paths)},
+        "overrides": track_overrides(judging, generation),
+        "prompts": {"file": track.prompts, "sha256": prompts_sha256(prompts), "count": len(prompts), "images": len(paths)},
         "seed_rule": SEED_RULE,
         "detector": {"path": str(detector.path), "sha256": sha256_file(detector.path), "conf": track.conf,
                      "thresholds": report.thresholds, "published": is_published(detector.path)},

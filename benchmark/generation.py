@@ -61,6 +61,12 @@ def image_name(prompt: Prompt, i: int) -> str:
     return f"{prompt.case_number}_{i}.png"
 
 
+def image_prompts(prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Prompt]:
+    """The prompt of each image :func:`generate_images` returns, in its order: what scores that pair
+    an image with its prompt (prompt following) must be given."""
+    return [p for p in prompts for _ in range(settings.images_per_prompt)]
+
+
 def image_seed(prompt: Prompt, i: int) -> int:
     return prompt.evaluation_seed * 1000 + i
 

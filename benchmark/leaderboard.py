@@ -1,25 +1,26 @@
 """Many runs' ``results.json`` in one table, and whether their numbers can be compared at all.
 
-Two ICRs are comparable only when they come from the same track (data, prompts, seeds, settings)
-and the same evaluator (the detector's weights). The leaderboard checks both and says which runs
-differ and how, in the page itself, rather than silently ranking numbers that mean different things.
+Two ICRs are comparable only when they come from the same track (data, seeds, settings), the same
+prompts (their content, where results record it) and the same evaluator (the detector's weights).
+The leaderboard checks each and says which runs differ and how, in the page itself, rather than
+silently ranking numbers that mean different things.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.report import pct
+from benchmark.report import cell, pct
+from benchmark.results_file import read_results
 from benchmark.results_page import STYLE, markdown_html
-from implicit_concept.files import atomic_write_text, read_json_object
+from implicit_concept.files import atomic_write_text
 
 #: What must agree for two runs' numbers to share a table, and where results.json keeps it.
 COMPARABLE = {
     "track": lambda r: r.get("config", {}).get("track_sha256"),
     "evaluator": lambda r: r.get("detector", {}).get("sha256"),
-    "prompts": lambda r: (r.get("seeds", {}).get("evaluation_prompts"), r.get("config", {}).get("track", {}).get("num_prompts")),
 }
 
 
@@ -28,80 +29,86 @@ class Leaderboard:
     markdown: str
     #: Human-readable lines, one per way in which the runs cannot be compared; empty when they can.
     differences: list[str]
+    #: How the comparison was made where it could not be made in full (older results), and runs with nothing scored.
+    notes: list[str] = field(default_factory=list)
 
 
-def read_results(run_dir: Path) -> dict[str, Any]:
-    """A run's ``results.json``, checked to have the shape the report and the leaderboard read: a
-    folder handed over by another lab fails here, naming the file and the field, not in a table."""
-    path = Path(run_dir) / "results.json"
-    try:
-        results = read_json_object(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no results.json (is {run_dir} a benchmark run folder?)") from None
-    problem = _shape_problem(results)
-    if problem:
-        raise ValueError(f"{path}: {problem}; not a benchmark results.json")
-    return results
+def prompts_content(results: dict[str, Any]) -> list[str] | None:
+    """The sha256 of the prompts each scored row was judged on (distinct, sorted); None when a row
+    does not record it (a results.json from before it did)."""
+    hashes = [r.get("prompts_sha256") for r in results["rows"] if r.get("status") == "ok"]
+    return sorted(set(hashes)) if hashes and all(isinstance(h, str) for h in hashes) else None
 
 
-def _shape_problem(results: dict[str, Any]) -> str | None:
-    for key, kind in (("name", str), ("track", str), ("rows", list), ("fp_rate", dict)):
-        if not isinstance(results.get(key), kind):
-            return f"{key!r} is {'missing' if key not in results else type(results[key]).__name__}, not a {kind.__name__}"
-    for key in ("config", "detector", "seeds", "targets", "timings", "named_base"):
-        if results.get(key) is not None and not isinstance(results[key], dict):
-            return f"{key!r} is a {type(results[key]).__name__}, not an object"
-    for i, row in enumerate(results["rows"]):
-        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("method", "concept")):
-            return f"rows[{i}] is not an object with a method and a concept"
-        if row.get("status") == "ok" and not _is_ratio(row.get("icr")):
-            return f"rows[{i}] ({row['method']}, {row['concept']}): 'icr' is not {{'value': 0..1, 'ci': [low, high]}}"
-    return None
+def _prompts_by_name(results: dict[str, Any]) -> Any:
+    return (results.get("seeds", {}).get("evaluation_prompts"), results.get("config", {}).get("track", {}).get("num_prompts"))
 
 
-def _is_ratio(ratio: Any) -> bool:
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
-
-    return (isinstance(ratio, dict) and number(ratio.get("value")) and isinstance(ratio.get("ci"), list)
-            and len(ratio["ci"]) == 2 and all(number(v) for v in ratio["ci"]))
-
-
-def differences(runs: dict[str, dict[str, Any]]) -> list[str]:
-    """One line per comparability key on which the runs disagree, naming each run's value."""
-    lines = []
-    for key, get in COMPARABLE.items():
+def differences(runs: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """One line per comparability key on which the runs disagree, naming each run's value; and notes
+    on comparisons made with less than the prompts' content."""
+    lines, notes = [], []
+    content = {name: prompts_content(r) for name, r in runs.items()}
+    keys = dict(COMPARABLE)
+    if all(v is not None for v in content.values()):
+        keys["prompts (content sha256)"] = lambda r: prompts_content(r)
+    else:
+        keys["prompts"] = _prompts_by_name
+        older = [name for name, v in content.items() if v is None]
+        notes.append(f"prompts compared by file name and count only: {', '.join(older)} record no prompts sha256 "
+                     "(a results.json from an older version, or no scored rows)")
+    for key, get in keys.items():
         values = {name: get(r) for name, r in runs.items()}
         unrecorded = [name for name, v in values.items() if v is None]
         if unrecorded:
             lines.append(f"{key} not recorded in: {', '.join(unrecorded)} (a results.json from an older version)")
         elif len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
             lines.append(f"{key} differs: " + "; ".join(f"{name} = {v}" for name, v in values.items()))
-    return lines
+    return lines, notes
+
+
+def _entries(name: str, results: dict[str, Any], concepts: list[str]) -> list[tuple[float | None, str, str, dict[str, Any]]]:
+    """(mean ICR or None, run, method, row per concept) per method. The mean exists only when the
+    method scored every concept of the table: a mean over the rest would rank it among complete ones."""
+    by_method: dict[str, dict[str, Any]] = {}
+    for row in results["rows"]:
+        by_method.setdefault(row["method"], {})[row["concept"]] = row
+    entries = []
+    for method, rows in by_method.items():
+        complete = all(rows.get(c, {}).get("status") == "ok" for c in concepts)
+        mean = sum(rows[c]["icr"]["value"] for c in concepts) / len(concepts) if complete else None
+        entries.append((mean, name, method, rows))
+    return entries
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "not run"
+    return pct(row["icr"]) if row.get("status") == "ok" else cell(str(row.get("status", "not ok")))
 
 
 def leaderboard(run_dirs: list[Path]) -> Leaderboard:
     runs = {str(d): read_results(d) for d in run_dirs}
     concepts = list(dict.fromkeys(r["concept"] for res in runs.values() for r in res["rows"]))
-    diff = differences(runs)
+    diff, notes = differences(runs)
+    empty = [name for name, res in runs.items() if not res["rows"]]
+    if empty:
+        notes.append(f"no rows scored in: {', '.join(empty)}")
     lines = ["# Leaderboard", ""]
     if diff:
         lines += ["**These runs are not comparable:**", ""] + [f"- {d}" for d in diff] + [""]
     else:
         lines += ["Every run shares the track, the evaluator (detector weights) and the prompts.", ""]
+    if notes:
+        lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["A method's mean exists only when it scored every concept; incomplete methods are listed after the ranked ones.", ""]
     lines += ["| run | method | " + " | ".join(f"{c} ICR %" for c in concepts) + " | mean ICR % |", "|---|---|" + "---|" * (len(concepts) + 1)]
-    entries = []
-    for name, res in runs.items():
-        by_method: dict[str, dict[str, Any]] = {}
-        for row in res["rows"]:
-            if row.get("status") == "ok":
-                by_method.setdefault(row["method"], {})[row["concept"]] = row["icr"]
-        for method, icrs in by_method.items():
-            mean = sum(v["value"] for v in icrs.values()) / len(icrs)
-            entries.append((mean, name, method, icrs))
-    for mean, name, method, icrs in sorted(entries, key=lambda e: e[0]):
-        lines.append(f"| {name} | {method} | " + " | ".join(pct(icrs.get(c)) for c in concepts) + f" | {100 * mean:.1f} |")
-    return Leaderboard("\n".join(lines) + "\n", diff)
+    entries = [e for name, res in runs.items() for e in _entries(name, res, concepts)]
+    ranked = sorted((e for e in entries if e[0] is not None), key=lambda e: e[0]) + [e for e in entries if e[0] is None]
+    for mean, name, method, rows in ranked:
+        said = f"{100 * mean:.1f}" if mean is not None else "incomplete"
+        lines.append(f"| {cell(name)} | {cell(method)} | " + " | ".join(_cell(rows.get(c)) for c in concepts) + f" | {said} |")
+    return Leaderboard("\n".join(lines) + "\n", diff, notes)
 
 
 def write_leaderboard(run_dirs: list[Path], out: Path) -> Leaderboard:

@@ -18,7 +18,7 @@ from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
 from benchmark.evaluation.scorecard import score_generated
 from benchmark.failures import MethodFailed
-from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_folders, pipeline_source
+from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_prompts, pipeline_folders, pipeline_source
 from benchmark.methods import NotImplementedMethod, get_method
 from benchmark.methods.interface import Generator, MethodContext, checked_generator
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
@@ -96,7 +96,8 @@ def evaluate_method(
         return [{**row, "status": f"missing: {e}"} for row in rows], None
     start = time.perf_counter()
     score = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
-    report, scores = score_generated(paths, evaluation.prompts, evaluation.detector, score, run.track.quality, evaluation.reference, run.cache)
+    report, scores = score_generated(paths, image_prompts(evaluation.prompts, evaluation.settings), evaluation.detector, score,
+                                     run.track.quality, evaluation.reference, run.cache)
     report.write_json(run.root / "scores" / evaluation.subset / f"{method.name}{label}.json")
     timings["score"] = time.perf_counter() - start
     for row in rows:

@@ -7,6 +7,7 @@ scored; for a dataset of your own, the captions of its test split.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import dataclass
 from itertools import islice
@@ -19,6 +20,9 @@ from implicit_concept.shard_reader import iter_samples
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 COLUMNS = ("case_number", "prompt", "evaluation_seed", "scene")
+#: Image i of a prompt is seeded ``evaluation_seed * 1000 + i``; torch's ``manual_seed`` takes
+#: [-2**63, 2**64 - 1], so every i below 1000 stays in range within these bounds.
+SEED_RANGE = (-(2**63) // 1000 + 1, (2**64 - 1 - 999) // 1000)
 
 
 @dataclass(frozen=True)
@@ -36,15 +40,22 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[Prompt]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         try:
             reader = csv.DictReader(f)
-            missing = {"case_number", "prompt", "evaluation_seed"} - set(reader.fieldnames or ())
+            header = reader.fieldnames or []
+            missing = {"case_number", "prompt", "evaluation_seed"} - set(header)
             if missing:
                 raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+            twice = sorted({c for c in header if c in COLUMNS and header.count(c) > 1})
+            if twice:
+                raise ValueError(f"{path}: column(s) {twice} appear more than once; keep one of each")
             for line, row in enumerate(islice(reader, limit), start=2):
                 try:
                     scene = json.loads(row["scene"]) if row.get("scene") else None
                     rows.append(Prompt(int(row["case_number"]), row["prompt"], int(row["evaluation_seed"]), scene))
                 except (ValueError, TypeError) as e:
                     raise ValueError(f"{path}:{line}: bad row ({e})") from None
+                if not SEED_RANGE[0] <= rows[-1].evaluation_seed <= SEED_RANGE[1]:
+                    raise ValueError(f"{path}:{line}: evaluation_seed {rows[-1].evaluation_seed} is outside {list(SEED_RANGE)} "
+                                     f"(seed * 1000 + i must fit torch's manual_seed)")
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}: not UTF-8 text ({e})") from None
         except csv.Error as e:
@@ -53,6 +64,14 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[Prompt]:
     if len(set(numbers)) != len(numbers):
         raise ValueError(f"{path}: case_number values must be unique")
     return rows
+
+
+def prompts_sha256(prompts: list[Prompt]) -> str:
+    """The content of the prompts scored (each case once, in order): two ICRs compare only on the
+    same prompts, and a file's name or count says nothing of its rows."""
+    distinct = {p.case_number: p for p in prompts}.values()
+    rows = [[p.case_number, p.prompt, p.evaluation_seed, p.scene] for p in distinct]
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def write_prompts(path: Path, prompts: list[Prompt]) -> None:

@@ -22,6 +22,11 @@ def paper_icr(table: str = "icr") -> dict[str, dict[str, float]]:
 MODEL_REMOVAL = ("sd", "np", "esd", "sld", "ge-model-removal")
 
 
+def cell(text: str) -> str:
+    """Text for a Markdown table cell: a ``|`` in a name must not split the row."""
+    return text.replace("|", "\\|")
+
+
 def pct(ratio: dict[str, Any] | None) -> str:
     if not ratio:
         return "–"
@@ -48,32 +53,32 @@ def results_markdown(results: dict[str, Any]) -> str:
     if seeded:
         lines += ["## Every seed (ICR %)", "", "| method | concept | " + " | ".join(f"seed {s}" for s in seeded[0]["seeds"]) + " |"]
         lines.append("|---|---|" + "---|" * len(seeded[0]["seeds"]))
-        lines += [f"| {r['method']} | {r['concept']} | " + " | ".join(pct(v["icr"]) for v in r["seeds"].values()) + " |" for r in seeded]
+        lines += [f"| {cell(r['method'])} | {cell(r['concept'])} | " + " | ".join(pct(v["icr"]) for v in r["seeds"].values()) + " |" for r in seeded]
         lines.append("")
     named = results.get("named_base") or {}
     if named:
         lines += ["## The base, asked by name", "", "ICR of each concept on the evaluation prompts with the concept named, no negative prompt: "
                   "the name-based baselines assume the model knows the word.", "", "| concept | prompt | ICR % | prompts |", "|---|---|---|---|"]
-        lines += [f"| {c} | `{v['prompt']}` | {pct(v['icr'])} | {v['n_prompts']} |" for c, v in named.items()] + [""]
+        lines += [f"| {cell(c)} | `{cell(v['prompt'])}` | {pct(v['icr'])} | {v['n_prompts']} |" for c, v in named.items()] + [""]
     removal = [m for m in MODEL_REMOVAL if m in methods]
     if "ge-model-removal" in removal:
         lines += ["## Model Removal (the paper's Table 2)", "", "Every method applied to `sd`, the model that learned the concept; "
                   "`ge-model-removal` freezes it and learns only the new token embeddings. Paper: SD v1.5, watermark.", ""]
         lines += _icr_table(removal, concepts, by_key, paper_icr("model_removal"))
-    lines += ["", "## Quality", "", "| concept | method | " + " | ".join(_quality_columns(rows)) + " | FID x ICR |"]
+    lines += ["", "## Quality", "", "| concept | method | " + " | ".join(map(cell, _quality_columns(rows))) + " | FID x ICR |"]
     lines.append("|---|---|" + "---|" * (len(_quality_columns(rows)) + 1))
     for r in rows:
         if r.get("status") != "ok":
             continue
         q = r.get("quality", {})
         values = [_num(q.get(k)) + _interval(r.get("quality_detail", {}).get(k, {}).get("mean")) for k in _quality_columns(rows)]
-        lines.append(f"| {r['concept']} | {r['method']} | " + " | ".join(values) + f" | {_num(r.get('fid_x_icr'))} |")
+        lines.append(f"| {cell(r['concept'])} | {cell(r['method'])} | " + " | ".join(values) + f" | {_num(r.get('fid_x_icr'))} |")
     lines += ["", "Quality measures: " + "; ".join(sorted({q for r in rows for q in r.get("quality_kinds", [])})), ""]
     checks = results.get("targets", {}).get("checks", [])
     if checks:
         lines += ["## Targets", "", "| concept | target | measured | met |", "|---|---|---|---|"]
         mark = {True: "yes", False: "**no**", None: "not run"}
-        lines += [f"| {t['concept']} | {t['target']} | {t['measured']} | {mark[t['met']]} |" for t in checks] + [""]
+        lines += [f"| {cell(str(t['concept']))} | {cell(str(t['target']))} | {cell(str(t['measured']))} | {mark[t['met']]} |" for t in checks] + [""]
     missing = [r for r in rows if r.get("status") != "ok"]
     if missing:
         lines += ["## Not run", ""] + [f"- `{r['method']}` on {r['concept']}: {r.get('status')}" for r in missing] + [""]
@@ -82,7 +87,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         for stage, seconds in r.get("timings", {}).items():
             stages[f"methods: {stage}"] = stages.get(f"methods: {stage}", 0.0) + seconds
     lines += ["## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in stages.items()]
+    lines += [f"| {cell(k)} | {v:.0f} |" for k, v in stages.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -96,17 +101,17 @@ def _evaluator_lines(detector: dict[str, Any]) -> list[str]:
 
 
 def _icr_table(methods: list[str], concepts: list[str], by_key: dict, paper: dict[str, dict[str, float]], first: str | None = None) -> list[str]:
-    lines = ["| method | " + " | ".join(concepts) + " |", "|---|" + "---|" * len(concepts), *([first] if first else [])]
+    lines = ["| method | " + " | ".join(map(cell, concepts)) + " |", "|---|" + "---|" * len(concepts), *([first] if first else [])]
     for m in methods:
         cells = []
         for c in concepts:
             r = by_key.get((c, m))
-            cell = pct(r.get("icr")) if r and r.get("status") == "ok" else "missing" if r else "–"
+            text = pct(r.get("icr")) if r and r.get("status") == "ok" else "missing" if r else "–"
             if m in paper.get(c, {}):
-                cell += f" ({paper[c][m]:.1f})"
-            cells.append(cell)
+                text += f" ({paper[c][m]:.1f})"
+            cells.append(text)
         seeds = next((len(by_key[(c, m)]["seeds"]) for c in concepts if by_key.get((c, m), {}).get("seeds")), 0)
-        lines.append(f"| {m}{f' ({seeds} seeds)' if seeds else ''} | " + " | ".join(cells) + " |")
+        lines.append(f"| {cell(m)}{f' ({seeds} seeds)' if seeds else ''} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

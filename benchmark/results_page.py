@@ -63,7 +63,9 @@ def markdown_html(markdown: str) -> str:
 
 
 def _cells(row: str) -> list[str]:
-    return [c.strip() for c in row.strip().strip("|").split("|")]
+    """A table row's cells; ``\\|`` is a ``|`` inside a cell (as in GitHub's Markdown)."""
+    parts = re.split(r"(?<!\\)\|", row.strip())
+    return [c.strip().replace("\\|", "|") for c in parts[parts[0] == "":len(parts) - (parts[-1] == "")]]
 
 
 def _table(rows: list[str]) -> str:

@@ -7,13 +7,14 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from implicit_concept.contact_sheet import annotate, grid
+from implicit_concept.image_stream import load_image
 
 
 def method_grid(paths: list[Path], records: list[dict[str, Any]], dest: Path, title: str, columns: int = 8) -> Path:
     """``records`` are the per-image entries of a score report, in the same order as ``paths``."""
     tiles = []
     for path, record in zip(paths, records):
-        image = Image.open(path).convert("RGB")
+        image = load_image(path)
         boxes = [(f"{d['concept']} {d['confidence']:.2f}", d["box"]) for d in record["detections"]]
         tiles.append(annotate(image, boxes, scale=max(1, 128 // image.width)))
     sheet = grid(tiles, columns)

@@ -70,17 +70,19 @@ def load_pixels(raw: bytes | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     return image
 
 
-def decode_rgb(image: Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode the pixels, apply the EXIF orientation and normalise the mode to 8-bit RGB.
+def decode_rgb(image: Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS, orient: bool = True) -> Image.Image:
+    """Decode the pixels, apply the EXIF orientation and normalise the mode to 8-bit RGB: the one
+    rule for every image the toolkit reads (16-bit grey keeps its level, transparency is white).
 
-    ``max_pixels`` None: no cap, for an image already in memory (nothing left to decode). An image
+    ``max_pixels`` None: no cap, for an image already in memory (nothing left to decode).
+    ``orient`` False: keep the stored pixel grid, for a shard whose boxes are drawn in it. An image
     already upright and 8-bit RGB is returned itself, not copied (a copy of a 512 px image costs
     a tenth of its decode).
     """
     if max_pixels is not None:
         check_pixels(image, max_pixels)
     _load(image)
-    return _to_rgb(_orient(image))
+    return _to_rgb(_orient(image) if orient else image)
 
 
 def _load(image: Image.Image) -> None:

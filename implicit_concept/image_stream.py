@@ -11,7 +11,7 @@ from typing import Iterable, Iterator, Union
 
 from PIL import Image
 
-from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, load_pixels
+from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, decode_rgb, open_image
 from implicit_concept.shard_reader import iter_samples
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -24,24 +24,36 @@ class ImageReadError(ValueError):
 
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode fully now, so a truncated file fails here, naming itself, not deep inside a model."""
+    """Decode fully now, so a truncated file fails here, naming itself, not deep inside a model;
+    by :func:`~implicit_concept.image_decode.decode_rgb`, as the dataset builder decodes."""
     try:
         with open(path, "rb") as f:
-            return load_pixels(f, max_pixels).convert("RGB")
+            return decode_rgb(open_image(f), max_pixels)
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such image file") from None
     except SampleError as e:
-        what = "too many pixels to decode" if e.reason == "too_large" else "not a readable image"
-        raise ImageReadError(f"{path}: {what} ({e.detail or e.reason})") from None
+        raise ImageReadError(f"{path}: {_why(e)}") from None
     except (OSError, ValueError) as e:
         raise ImageReadError(f"{path}: not a readable image ({e})") from None
 
 
-def require_readable(paths: Iterable[str | Path], show: int = 5) -> None:
+def as_rgb(image: Image.Image, name: str) -> Image.Image:
+    """An image handed over in memory, normalised by the same rule as a file."""
+    try:
+        return decode_rgb(image, max_pixels=None)
+    except SampleError as e:
+        raise ImageReadError(f"{name}: {_why(e)}") from None
+
+
+def _why(e: SampleError) -> str:
+    what = {"too_large": "too many pixels to decode", "unsupported_mode": "an unsupported pixel mode"}.get(e.reason, "not a readable image")
+    return f"{what} ({e.detail or e.reason})"
+
+
+def require_readable(paths: Iterable[str | Path], show: int = 5) -> list[tuple[int, int]]:
     """Decode every file before any is scored, so a folder with several broken images is refused
-    once, naming them all (up to ``show``), not once per rerun."""
-    for _ in iter_images(list(paths), show):
-        pass
+    once, naming them all (up to ``show``), not once per rerun; their sizes, in order."""
+    return [image.size for _, image in iter_images(list(paths), show)]
 
 
 def _raise_if_unreadable(problems: list[str], count: int, show: int) -> None:
@@ -61,7 +73,7 @@ def iter_images(source: ImageSource, show: int = 5) -> Iterator[tuple[str, Image
     decoding anything twice.
     """
     if isinstance(source, Image.Image):
-        yield "image-0", source.convert("RGB")
+        yield "image-0", as_rgb(source, "image-0")
         return
     problems: list[str] = []
     count = 0
@@ -86,17 +98,34 @@ def _entries(source: ImageSource) -> Iterator[tuple[str, Image.Image | Path]]:
         return
     for i, item in enumerate(source):
         if isinstance(item, Image.Image):
-            yield f"image-{i}", item.convert("RGB")
+            yield f"image-{i}", as_rgb(item, f"image-{i}")
         else:
             yield from _path_entries(item)
 
 
 def is_shard_source(source: object) -> bool:
-    """A brace pattern, a tar, or a folder with tars below it."""
+    """A brace pattern, a tar, or a folder with tars below it and no image files (a folder with
+    both is refused: scoring one kind would silently drop the other)."""
     if not isinstance(source, (str, Path)):
         return False
     path = Path(source)
-    return "{" in str(source) or path.suffix == ".tar" or (path.is_dir() and any(path.rglob("*.tar")))
+    if "{" in str(source) or path.suffix == ".tar":
+        return True
+    if not path.is_dir():
+        return False
+    tars = sorted(path.rglob("*.tar"))
+    if tars:
+        images = _image_files(path)
+        if images:
+            raise ImageReadError(
+                f"{path}: holds both .tar shards ({len(tars)}, first {tars[0].relative_to(path)}) and image files "
+                f"({len(images)}, first {images[0].relative_to(path)}); pass the shards' folder or the images' folder, not one holding both"
+            )
+    return bool(tars)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _path_entries(source: str | Path) -> Iterator[tuple[str, Image.Image | Path]]:
@@ -105,7 +134,7 @@ def _path_entries(source: str | Path) -> Iterator[tuple[str, Image.Image | Path]
         for sample in iter_samples(source, with_extras=False):
             yield sample.key, sample.image
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = _image_files(path)
         if not files:
             raise ImageReadError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) or .tar shards in this folder")
         for f in files:

@@ -28,7 +28,7 @@ from typing import Callable, Collection, Iterator, NamedTuple
 
 from braceexpand import braceexpand
 
-from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, load_pixels
+from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, decode_rgb, load_pixels, open_image
 from implicit_concept.sample import Sample, SampleMeta
 
 #: The largest member read into memory, unless a caller sets its own cap.
@@ -275,8 +275,8 @@ def decode_sample(
         raise ShardError(f"{shard}: sample {key}: KEY.json is {len(members['json'])} bytes, over the cap of {MAX_JSON_BYTES}")
     try:
         meta = SampleMeta.from_json(json.loads(members["json"]))
-        image = load_pixels(members["jpg"], max_pixels).convert("RGB")
-        clean = load_pixels(members["clean.jpg"], max_pixels).convert("RGB") if with_extras and "clean.jpg" in members else None
+        image = decode_rgb(open_image(members["jpg"]), max_pixels, orient=False)  # the boxes are drawn in the stored grid
+        clean = decode_rgb(open_image(members["clean.jpg"]), max_pixels, orient=False) if with_extras and "clean.jpg" in members else None
         mask = load_pixels(members["mask.png"], max_pixels) if with_extras and "mask.png" in members else None
     except KeyError as e:
         raise ShardError(f"{shard}: sample {key} has no {e.args[0]!r} member") from None

@@ -2,9 +2,10 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from benchmark.generation import GenerationSettings, generate_images, image_seed
+from benchmark.generation import GenerationSettings, generate_images, image_prompts, image_seed
 from benchmark.prompts import Prompt, read_prompts
 from benchmark.report import plot_icr, results_markdown
 
@@ -76,6 +77,8 @@ def test_generation_resumes_to_the_same_images(tmp_path):
     assert calls == [[11001, 12000, 12001], [13000, 13001, 14000], [14001]], "complete chunks are skipped, fixed chunks rerun whole"
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(full, resumed))
     assert image_seed(prompts[1], 1) != image_seed(prompts[2], 0)
+    # What pairs each image with its prompt (prompt following) follows the same order.
+    assert [p.name.split("_")[0] for p in full] == [str(p.case_number) for p in image_prompts(prompts, settings)]
 
 
 def test_images_are_sampled_under_the_settings_threads_and_made_anew_under_others(tmp_path):
@@ -281,14 +284,14 @@ def test_an_image_folder_is_scored_in_any_readable_format_and_ambiguity_is_refus
     prompts = judging.prompts()
     formats = ["png", "JPG", "webp"]
     for prompt, fmt in zip(prompts, formats):
-        Image.new("RGB", (8, 8)).save(tmp_path / f"{prompt.case_number}_0.{fmt}")
-    Image.new("RGB", (8, 8)).save(tmp_path / "unasked.png")
-    Image.new("RGB", (8, 8)).save(tmp_path / "unasked.jpg")  # not named by a prompt: no ambiguity to refuse
+        Image.new("RGB", (64, 64)).save(tmp_path / f"{prompt.case_number}_0.{fmt}")
+    Image.new("RGB", (64, 64)).save(tmp_path / "unasked.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "unasked.jpg")  # not named by a prompt: no ambiguity to refuse
     scored = {}
-    monkeypatch.setattr(external, "_score", lambda paths, prompts, out, judging, inputs: scored.setdefault("paths", paths))
+    monkeypatch.setattr(external, "_score", lambda paths, *args: scored.setdefault("paths", paths))
     external.score_image_folder(tmp_path, tmp_path / "out", judging)
     assert [p.name for p in scored["paths"]] == [f"{p.case_number}_0.{fmt}" for p, fmt in zip(prompts, formats)]
-    Image.new("RGB", (8, 8)).save(tmp_path / f"{prompts[1].case_number}_0.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / f"{prompts[1].case_number}_0.png")
     with pytest.raises(ValueError, match=f"{prompts[1].case_number}_0 is there as .*JPG and .*png"):
         external.score_image_folder(tmp_path, tmp_path / "out", judging)
     (tmp_path / f"{prompts[1].case_number}_0.png").unlink()
@@ -470,3 +473,160 @@ def test_torch_settings_changed_inside_the_block_are_put_back():
             torch.set_grad_enabled(False)
             raise RuntimeError("a plug-in's build fails after changing them")
     assert (torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled()) == before
+
+
+def test_quality_is_measured_on_images_decoded_as_the_scorer_decodes_them(tmp_path, monkeypatch):
+    """A 16-bit or transparent image is the same picture to the quality step as to the detector."""
+    from benchmark.evaluation import scorecard
+
+    Image.fromarray(np.full((8, 8), 30000, np.uint16)).save(tmp_path / "grey16.png")
+    Image.fromarray(np.zeros((8, 8, 4), np.uint8), "RGBA").save(tmp_path / "transparent.png")
+    seen = []
+
+    class Decoded(Exception):
+        pass
+
+    def scene_fid(images, *args):
+        seen.extend(images)
+        raise Decoded
+
+    monkeypatch.setattr(scorecard.SceneFeatures, "load_or_train", lambda *a, **k: None)
+    monkeypatch.setattr(scorecard, "scene_fid", scene_fid)
+    with pytest.raises(Decoded):
+        scorecard.quality_scores([tmp_path / "grey16.png", tmp_path / "transparent.png"], [], {"kind": "scene"}, [], tmp_path, seed=0)
+    assert [(im.mode, np.asarray(im).min(), np.asarray(im).max()) for im in seen] == [("RGB", 117, 117), ("RGB", 255, 255)]
+
+
+class _FakeReport:
+    thresholds = {"qrcode": 0.5}
+    concepts = {}
+
+    def write_json(self, path):
+        path.write_text("{}")
+
+    def table(self):
+        return "table"
+
+
+def _judging(tmp_path, num_prompts=None, **generation):
+    from dataclasses import replace
+
+    from benchmark import external
+    from benchmark.track import load_track
+
+    track = load_track("debug")
+    track = replace(track, generation={**track.generation, **generation})
+    detector = type("D", (), {"path": tmp_path / "detector.safetensors"})()
+    detector.path.write_bytes(b"weights")
+    return external.Judging(track=track, detector=detector, reference=None, cache=tmp_path, num_prompts=num_prompts)
+
+
+def _folder(root, prompts, per_prompt, size=64):
+    root.mkdir()
+    for p in prompts:
+        for i in range(per_prompt):
+            Image.new("RGB", (size, size)).save(root / f"{p.case_number}_{i}.png")
+    return root
+
+
+def test_score_images_takes_the_tracks_images_per_prompt_and_size_and_records_what_it_overrides(tmp_path, monkeypatch):
+    from benchmark import external
+
+    monkeypatch.setattr(external, "score_generated", lambda paths, prompts, *a: (_FakeReport(), {"qrcode": {"icr": len(paths)}}))
+    judging = _judging(tmp_path, num_prompts=3, images_per_prompt=2)
+    prompts = judging.prompts()
+    summary = external.score_image_folder(_folder(tmp_path / "two", prompts, 2), tmp_path / "out", judging)
+    assert summary["rows"] == [{"concept": "qrcode", "icr": 6}]  # {c}_1 scored too: the track asks for 2 per prompt
+    assert summary["prompts"] == {"file": judging.track.prompts, "sha256": summary["prompts"]["sha256"], "count": 3, "images": 6}
+    assert summary["overrides"] == {"num_prompts": 3}
+    big = _folder(tmp_path / "big", prompts, 2, size=128)
+    with pytest.raises(ValueError, match=r"big: 6 of 6 images are not 64x64 pixels \(the track's image_size\), first .*_0.png \(128x128\)"):
+        external.score_image_folder(big, tmp_path / "out", judging)
+    (big / f"{prompts[0].case_number}_0.png").unlink()
+    Image.new("RGB", (1, 1)).save(big / f"{prompts[0].case_number}_0.png")
+    with pytest.raises(ValueError, match=r"1 of 6 images are not 128x128 pixels \(the size asked\), first .*_0.png \(1x1\)"):
+        external.score_image_folder(big, tmp_path / "out", judging, image_size=128)
+    Image.new("RGB", (128, 128)).save(big / f"{prompts[0].case_number}_0.png")
+    summary = external.score_image_folder(big, tmp_path / "out", judging, image_size=128)
+    assert summary["overrides"] == {"image_size": 128, "num_prompts": 3}
+    assert external.score_image_folder(big, tmp_path / "out", judging, images_per_prompt=1, image_size=128)["overrides"] == {
+        "image_size": 128, "images_per_prompt": 1, "num_prompts": 3}
+    with pytest.raises(ValueError, match="images_per_prompt: expected an integer >= 1, got 0"):
+        external.score_image_folder(big, tmp_path / "out", judging, images_per_prompt=0)
+
+
+def test_a_scoring_on_the_tracks_settings_records_no_override(tmp_path):
+    from benchmark import external
+
+    judging = _judging(tmp_path)
+    assert external.track_overrides(judging, judging.settings()) == {}
+    assert external.track_overrides(judging, judging.settings(steps=3, guidance_scale=1.0)) == {"steps": 3, "guidance_scale": 1.0}
+
+
+@pytest.mark.parametrize("asked", [0, -1, 10**6])
+def test_a_prompt_count_the_track_does_not_hold_is_refused(tmp_path, asked):
+    with pytest.raises(ValueError, match=r"num_prompts: expected an integer in \[1, \d+\]"):
+        _judging(tmp_path, num_prompts=asked).prompts()
+
+
+def test_a_prompts_file_shorter_than_the_count_asked_is_refused_naming_it(tmp_path):
+    from dataclasses import replace
+
+    from benchmark import external
+
+    short = tmp_path / "short.csv"
+    short.write_text("case_number,prompt,evaluation_seed\n0,a cat,1\n1,a dog,2\n")
+    judging = _judging(tmp_path)
+    judging = replace(judging, track=replace(judging.track, prompts=str(short)), num_prompts=4)
+    with pytest.raises(ValueError, match="short.csv: holds 2 prompts, fewer than the 4 asked"):
+        judging.prompts()
+    assert len(external.Judging(judging.track, None, None, tmp_path, num_prompts=2).prompts()) == 2
+
+
+def test_prompts_with_a_repeated_column_or_a_seed_torch_cannot_take_are_refused_naming_the_line(tmp_path):
+    from benchmark.prompts import SEED_RANGE
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("case_number,prompt,evaluation_seed,prompt\n0,a cat,1,a dog\n")
+    with pytest.raises(ValueError, match=r"bad.csv: column\(s\) \['prompt'\] appear more than once"):
+        read_prompts(bad)
+    bad.write_text(f"case_number,prompt,evaluation_seed\n0,a cat,1\n1,a dog,{SEED_RANGE[1] + 1}\n")
+    with pytest.raises(ValueError, match=r"bad.csv:3: evaluation_seed \d+ is outside"):
+        read_prompts(bad)
+    bad.write_text(f"case_number,prompt,evaluation_seed\n0,a cat,{SEED_RANGE[1]}\n1,a dog,{SEED_RANGE[0]}\n")
+    for p in read_prompts(bad):
+        for i in (0, 999):
+            torch.manual_seed(image_seed(p, i))
+
+
+def test_a_negative_prompt_file_that_is_not_utf8_is_named(tmp_path):
+    from benchmark.external import pipeline_negative_prompt
+    from benchmark.models.pipelines import NEGATIVE_PROMPT_FILE
+
+    (tmp_path / NEGATIVE_PROMPT_FILE).write_bytes(b"qr code, \xff\xfe logo")
+    with pytest.raises(ValueError, match=f"{NEGATIVE_PROMPT_FILE}: not UTF-8 text"):
+        pipeline_negative_prompt(tmp_path)
+
+
+def test_score_images_leaves_images_per_prompt_and_size_to_the_track_unless_given(tmp_path, monkeypatch):
+    from benchmark import cli, external
+
+    asked = []
+    monkeypatch.setattr(cli, "_judging", lambda args: None)
+    monkeypatch.setattr(external, "score_image_folder", lambda *a, **k: asked.append(k) or {"table": "", "overrides": {}})
+    cli.main(["score-images", str(tmp_path), "--out", str(tmp_path / "out")])
+    cli.main(["score-images", str(tmp_path), "--out", str(tmp_path / "out"), "--images-per-prompt", "2", "--size", "128"])
+    assert asked == [{"images_per_prompt": None, "image_size": None}, {"images_per_prompt": 2, "image_size": 128}]
+
+
+def test_the_prompts_sha256_is_their_content_not_their_file_or_images_per_prompt(tmp_path):
+    from benchmark.prompts import prompts_sha256
+
+    text = "case_number,prompt,evaluation_seed\n0,a cat on a yellow background,1\n1,a dog,2\n"
+    (tmp_path / "a.csv").write_text(text)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.csv").write_text(text)
+    a, b = read_prompts(tmp_path / "a.csv"), read_prompts(tmp_path / "sub" / "b.csv")
+    assert prompts_sha256(a) == prompts_sha256(b) == prompts_sha256([p for p in a for _ in range(3)])
+    (tmp_path / "a.csv").write_text(text.replace("yellow", "white"))
+    assert prompts_sha256(read_prompts(tmp_path / "a.csv")) != prompts_sha256(b)

@@ -392,3 +392,42 @@ def test_export_command_writes_yolo_alone_when_asked(tmp_path):
     assert main(["export", str(shards), "--out", str(tmp_path / "y"), "--format", "yolo"]) == 0
     assert (tmp_path / "y" / "data.yaml").is_file() and not (tmp_path / "y" / "annotations").exists()
     assert sorted(p.name for p in (tmp_path / "y" / "labels" / "test").iterdir())[:1] == ["te0000.txt"]
+
+
+def _sixteen_bit_and_transparent(folder):
+    """A mid-grey 16-bit PNG (30000 / 257 is 117 in 8 bits) and a fully transparent one (white)."""
+    folder.mkdir()
+    Image.fromarray(np.full((8, 8), 30000, np.uint16)).save(folder / "grey16.png")
+    Image.fromarray(np.zeros((8, 8, 4), np.uint8), "RGBA").save(folder / "transparent.png")
+    return {"grey16.png": 117, "transparent.png": 255}
+
+
+def test_every_reader_decodes_16_bit_and_transparent_images_as_the_dataset_builder_does(tmp_path):
+    """One rule (image_decode.decode_rgb) for files, folders and images in memory: a 16-bit grey is
+    not clipped to white, a transparent image is not black."""
+    from implicit_concept.image_decode import decode_rgb, open_image
+
+    levels = _sixteen_bit_and_transparent(tmp_path / "in")
+    for name, level in levels.items():
+        path = tmp_path / "in" / name
+        builder = np.asarray(decode_rgb(open_image(path.read_bytes())))
+        assert builder.min() == builder.max() == level
+        assert np.array_equal(np.asarray(load_image(path)), builder)
+        with Image.open(path) as opened:
+            assert [np.asarray(im).tolist() for _, im in iter_images([opened])] == [builder.tolist()]
+    assert {name: np.asarray(im).mean() for name, im in iter_images(tmp_path / "in")} == levels
+    with pytest.raises(ImageReadError, match="image-0: an unsupported pixel mode"):
+        list(iter_images(Image.fromarray(np.zeros((4, 4), np.float32))))
+
+
+def test_a_folder_holding_both_shards_and_loose_images_is_refused_naming_both(tmp_path):
+    """Scoring the shards alone would silently drop the images (and an unrelated tar would fail as a shard)."""
+    folder = tmp_path / "mixed"
+    _write_shards(folder / "sub")
+    for name in ("a.png", "b.png"):
+        _solid(10).save(folder / name)
+    with pytest.raises(ImageReadError, match=r"mixed: holds both .tar shards \(2, first sub/test/00000.tar\) and image files \(2, first a.png\)"):
+        list(iter_images(folder))
+    assert [name for name, _ in iter_images(folder / "sub" / "test")] == [f"te{i:04d}" for i in range(len(SAMPLES))]
+    (folder / "sub").rename(tmp_path / "shards")
+    assert [name for name, _ in iter_images(folder)] == ["a.png", "b.png"]

@@ -24,17 +24,19 @@ def _ratio(value: float) -> dict:
     return {"value": value, "ci": [max(0.0, value - 0.1), min(1.0, value + 0.1)], "count": int(value * 10), "n": 10}
 
 
-def fake_run(root: Path, track_sha: str = "t" * 8, evaluator: str = "e" * 8, icr: float = 0.4) -> Path:
+def fake_run(root: Path, track_sha: str = "t" * 8, evaluator: str = "e" * 8, icr: float = 0.4, prompts_sha: str | None = None,
+             prompts: str = "icd-tiny-eval") -> Path:
     """A run folder as the benchmark leaves it: results.json, icr.png and one grid per method."""
     rows = [
         {"concept": c, "method": m, "subset": "icd-mixed", "status": "ok", "icr": _ratio(icr if m == "sd" else icr / 4),
-         "fp_rate": _ratio(0.0), "quality": {"scene_fid": 50.0}, "quality_kinds": ["scene-FID"]}
+         "fp_rate": _ratio(0.0), "quality": {"scene_fid": 50.0}, "quality_kinds": ["scene-FID"],
+         **({"prompts_sha256": prompts_sha} if prompts_sha else {})}
         for c in ("qrcode", "text") for m in ("sd", "ge-full")
     ]
     results = {
         "name": root.name, "track": "tiny", "note": "a <fake> run", "rows": rows,
         "fp_rate": {"qrcode": _ratio(0.0), "text": _ratio(0.0)}, "timings": {"dataset": 1.0},
-        "config": {"track_sha256": track_sha, "track": {"num_prompts": 10}}, "seeds": {"evaluation_prompts": "icd-tiny-eval"},
+        "config": {"track_sha256": track_sha, "track": {"num_prompts": 10}}, "seeds": {"evaluation_prompts": prompts},
         "detector": {"path": "d", "sha256": evaluator}, "environment": {"python": "3"},
     }
     root.mkdir(parents=True)
@@ -102,14 +104,33 @@ def test_the_leaderboard_ranks_comparable_runs_and_says_when_runs_do_not_compare
     assert "not comparable" in (tmp_path / "lb" / "leaderboard.html").read_text()
 
 
+def _row(r, method="sd", concept="qrcode", **fields):
+    """``r`` with the fields of one row replaced."""
+    rows = [{**row, **fields} if (row["method"], row["concept"]) == (method, concept) else row for row in r["rows"]]
+    return {**r, "rows": rows}
+
+
 @pytest.mark.parametrize("edit, problem", [
     (lambda r: [r], "holds a JSON list, not an object"),
-    (lambda r: {k: v for k, v in r.items() if k != "name"}, "'name' is missing, not a str"),
-    (lambda r: {**r, "rows": {"sd": 1}}, "'rows' is dict, not a list"),
-    (lambda r: {**r, "config": ["track"]}, "'config' is a list, not an object"),
-    (lambda r: {**r, "rows": [*r["rows"], "sd"]}, r"rows\[\d+\] is not an object with a method and a concept"),
-    (lambda r: {**r, "rows": [{**r["rows"][0], "icr": {"value": "40%", "ci": [0, 1]}}]}, r"rows\[0\] \(sd, qrcode\): 'icr' is not"),
-    (lambda r: {**r, "rows": [{**r["rows"][0], "icr": {"value": 0.4, "ci": [0.3]}}]}, r"rows\[0\] \(sd, qrcode\): 'icr' is not"),
+    (lambda r: {k: v for k, v in r.items() if k != "name"}, "name: missing, not a string"),
+    (lambda r: {**r, "rows": {"sd": 1}}, "rows: a dict, not a list"),
+    (lambda r: {**r, "config": ["track"]}, "config: a list, not an object"),
+    (lambda r: {**r, "rows": [*r["rows"], "sd"]}, r"rows\[4\]: not an object with a method and a concept"),
+    (lambda r: _row(r, icr={"value": "40%", "ci": [0, 1]}), r"rows\[0\].icr: not a ratio .* \(sd, qrcode\)"),
+    (lambda r: _row(r, icr={"value": 0.4, "ci": [0.3]}), r"rows\[0\].icr: not a ratio"),
+    (lambda r: _row(r, icr={"value": 0.9, "ci": [0.95, 0.1]}), r"rows\[0\].icr: not a ratio .* low <= high"),
+    (lambda r: _row(r, icr={"value": float("nan"), "ci": [0, 1]}), r"rows\[0\].icr: not a ratio"),
+    (lambda r: {**r, "fp_rate": {**r["fp_rate"], "qrcode": 0.01}}, r"fp_rate.qrcode: not a ratio"),
+    (lambda r: {**r, "named_base": {"qrcode": {}}}, r"named_base.qrcode.prompt: missing, not a string"),
+    (lambda r: {**r, "named_base": {"qrcode": "x"}}, r"named_base.qrcode: a str, not an object"),
+    (lambda r: {**r, "targets": {"checks": [{"concept": "qrcode"}]}}, r"targets.checks\[0\]: no target, measured, met"),
+    (lambda r: {**r, "targets": {"checks": "all met"}}, r"targets.checks: a str, not a list"),
+    (lambda r: _row(r, quality=["fid"]), r"rows\[0\].quality: a list, not an object"),
+    (lambda r: _row(r, quality={"scene_fid": "low"}), r"rows\[0\].quality.scene_fid: a str .*, not a number"),
+    (lambda r: _row(r, seeds=[1, 2]), r"rows\[0\].seeds: a list, not an object"),
+    (lambda r: _row(r, timings={"score": "fast"}), r"rows\[0\].timings.score: a str .*, not a number of seconds"),
+    (lambda r: {**r, "timings": {"generate": "slow"}}, r"timings.generate: a str .*, not a number of seconds"),
+    (lambda r: {**r, "detector": {**r["detector"], "thresholds": {"qrcode": "high"}}}, r"detector.thresholds.qrcode: a str .*, not a number"),
 ])
 def test_a_results_json_of_another_shape_is_refused_naming_the_file_and_field_by_every_reader(tmp_path, capsys, edit, problem):
     """A run folder handed over by another lab: the report and the leaderboard name what is wrong."""
@@ -125,3 +146,46 @@ def test_a_results_json_of_another_shape_is_refused_naming_the_file_and_field_by
     err = capsys.readouterr().err
     assert err.count(f"{path}: ") == 2 and "Traceback" not in err
     assert not (tmp_path / "lb").exists()
+
+
+def _edit(run: Path, edit) -> Path:
+    path = run / "results.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    return run
+
+
+def test_a_method_that_did_not_score_every_concept_has_no_mean_and_ranks_after_complete_ones(tmp_path):
+    complete = fake_run(tmp_path / "complete", icr=0.8)
+    failed = _edit(fake_run(tmp_path / "failed", icr=0.0), lambda r: _row(r, "ge-full", "qrcode", status="failed"))
+    empty = _edit(fake_run(tmp_path / "empty"), lambda r: {**r, "rows": []})
+    board = leaderboard([complete, failed, empty])
+    table = [line for line in board.markdown.splitlines() if line.startswith(f"| {tmp_path}")]
+    assert [line.split(" | ")[:2] for line in table] == [
+        [f"| {failed}", "sd"], [f"| {complete}", "ge-full"], [f"| {complete}", "sd"], [f"| {failed}", "ge-full"]]
+    assert table[-1].endswith("| failed | 0.0 [0.0, 10.0] | incomplete |")
+    assert f"no rows scored in: {empty}" in board.notes
+
+
+def test_a_method_name_with_a_pipe_stays_in_its_cell(tmp_path):
+    run = _edit(fake_run(tmp_path / "run"), lambda r: {**r, "rows": [{**row, "method": row["method"].replace("sd", "s|d")} for row in r["rows"]]})
+    board = leaderboard([run])
+    assert main(["report", str(run)]) == 0 and main(["leaderboard", str(run), "--out", str(tmp_path / "lb")]) == 0
+    for page in (tmp_path / "lb" / "leaderboard.html", run / "results.html"):
+        text = page.read_text()
+        assert "<td>s|d</td>" in text and "<td>s</td>" not in text and "<td>d</td>" not in text
+    assert r"| s\|d |" in board.markdown
+
+
+def test_prompts_compare_by_content_where_recorded_and_by_name_otherwise(tmp_path):
+    a = fake_run(tmp_path / "a", prompts_sha="1" * 64, prompts="ours.csv")
+    moved = fake_run(tmp_path / "moved", prompts_sha="1" * 64, prompts="/elsewhere/ours.csv")
+    edited = fake_run(tmp_path / "edited", prompts_sha="2" * 64, prompts="ours.csv")
+    assert leaderboard([a, moved]).differences == []
+    board = leaderboard([a, edited])
+    assert [d.split(":")[0] for d in board.differences] == ["prompts (content sha256) differs"]
+    older = fake_run(tmp_path / "older", prompts="ours.csv")
+    board = leaderboard([a, older])
+    assert board.differences == [] and board.notes == [f"prompts compared by file name and count only: {older} record no prompts sha256 "
+                                                       "(a results.json from an older version, or no scored rows)"]
+    assert "prompts compared by file name" in board.markdown
+    assert leaderboard([moved, older]).differences[0].startswith("prompts differs")

@@ -14,8 +14,9 @@ from PIL import Image
 
 from benchmark.evaluation.quality import paper_clip_score, paper_fid, prompt_following, scene_fid
 from benchmark.evaluation.scene_features import SceneFeatures
-from benchmark.prompts import Prompt
+from benchmark.prompts import Prompt, prompts_sha256
 from implicit_concept.detector.inference import Detector
+from implicit_concept.image_stream import load_image
 from implicit_concept.scene.grammar import Scene
 from implicit_concept.scoring import ScoreConfig, ScoreReport, score_images
 
@@ -30,7 +31,7 @@ def score_generated(
     cache: Path,
 ) -> tuple[ScoreReport, dict[str, dict[str, Any]]]:
     """The detector's report, and per concept the fields of a results row (``icr``, ``fp_rate``,
-    ``crosscheck``, ``quality``, ``quality_detail``, ``quality_kinds``, ``fid_x_icr``).
+    ``crosscheck``, ``prompts_sha256``, ``quality``, ``quality_detail``, ``quality_kinds``, ``fid_x_icr``).
 
     ``quality`` is a track's ``[quality]`` table; ``reference`` the clean images FID compares with.
     """
@@ -42,6 +43,7 @@ def score_generated(
             "icr": concept_score.icr.to_json(),
             "fp_rate": concept_score.fp_rate.to_json(),
             "crosscheck": {x.checker: {"icr": x.icr.to_json(), "agreement": x.agreement} for x in report.crosschecks if x.concept == concept},
+            "prompts_sha256": prompts_sha256(prompts),
             **measured,
         }
         if "scene_fid" in measured["quality"]:
@@ -56,7 +58,7 @@ def quality_scores(
     kind = quality.get("kind", "scene")
     if kind == "none":
         return {"quality": {}, "quality_kinds": []}
-    images = [Image.open(p).convert("RGB") for p in paths]
+    images = [load_image(p) for p in paths]
     if kind == "scene":
         options = {k: v for k, v in quality.items() if k not in ("kind", "image_size")}
         extractor = SceneFeatures.load_or_train(cache, image_size=quality.get("image_size", 64), **options)

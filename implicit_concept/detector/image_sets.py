@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Union
 
 from PIL import Image
 
-from implicit_concept.image_stream import IMAGE_SUFFIXES, ImageReadError, load_image
+from implicit_concept.image_stream import IMAGE_SUFFIXES, ImageReadError, as_rgb, load_image
 
 ImageSet = Union[str, Path, Iterable[tuple[str, Image.Image]]]
 
@@ -65,7 +65,10 @@ def named_images(source: ImageSet, role: str) -> Iterator[tuple[str, Image.Image
     for count, item in enumerate(source, 1):
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Image.Image)):
             raise ImageSetError(f"{role} images: item {count - 1} is {type(item).__name__}, want a (name, PIL image) pair")
-        yield str(item[0]), item[1].convert("RGB")
+        try:
+            yield str(item[0]), as_rgb(item[1], str(item[0]))
+        except ImageReadError as e:
+            raise ImageSetError(f"{role} images: {e}") from None
     if count == 0:
         raise ImageSetError(f"{role} images: none given")
 

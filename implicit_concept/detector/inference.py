@@ -23,7 +23,7 @@ from PIL import Image
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.weights import DEFAULT_CONF, DetectorError, read_detector, record_path
 from implicit_concept.detector.yolo_env import import_ultralytics
-from implicit_concept.image_stream import load_image
+from implicit_concept.image_stream import as_rgb, load_image
 from implicit_concept.sample import Box, covering_box
 
 #: NMS IoU; ultralytics' default.
@@ -111,7 +111,7 @@ def build_model(model: str, names: Sequence[str]) -> torch.nn.Module:
 
 def _bgr(image: Image.Image | str | Path) -> np.ndarray:
     """ultralytics takes numpy images in OpenCV's BGR order."""
-    im = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image)
+    im = as_rgb(image, "image") if isinstance(image, Image.Image) else load_image(image)
     return np.ascontiguousarray(np.asarray(im)[:, :, ::-1])
 
 

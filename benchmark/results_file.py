@@ -1,0 +1,119 @@
+"""A run's ``results.json``, read and checked once, so the report and the leaderboard never meet a
+field of another shape: a folder handed over by another lab fails here, as one line naming the
+file, the field and the problem (``runs/x/results.json: fp_rate.qrcode: not a ratio ...``)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from implicit_concept.files import read_json_object
+
+RATIO = "not a ratio {'value': 0..1, 'ci': [low, high]} with 0 <= low <= high <= 1"
+
+
+class _Bad(Exception):
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+
+
+def read_results(run_dir: Path) -> dict[str, Any]:
+    """The ``results.json`` of ``run_dir``, every field the report and the leaderboard read checked."""
+    path = Path(run_dir) / "results.json"
+    try:
+        results = read_json_object(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no results.json (is {run_dir} a benchmark run folder?)") from None
+    try:
+        _check(results)
+    except _Bad as e:
+        raise ValueError(f"{path}: {e}") from None
+    return results
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_ratio(ratio: Any) -> bool:
+    """``{'value': v, 'ci': [low, high]}`` within [0, 1], the interval not inverted."""
+    def unit(v: Any) -> bool:
+        return is_number(v) and 0.0 <= v <= 1.0
+
+    return (isinstance(ratio, dict) and unit(ratio.get("value")) and isinstance(ratio.get("ci"), list)
+            and len(ratio["ci"]) == 2 and all(unit(v) for v in ratio["ci"]) and ratio["ci"][0] <= ratio["ci"][1])
+
+
+def _kind(value: Any) -> str:
+    return "missing" if value is None else f"a {type(value).__name__}"
+
+
+def _need(ok: bool, field: str, problem: str) -> None:
+    if not ok:
+        raise _Bad(field, problem)
+
+
+def _object(value: Any, field: str, optional: bool = True) -> dict[str, Any]:
+    """``value`` as an object (``{}`` when absent and ``optional``)."""
+    if value is None and optional:
+        return {}
+    _need(isinstance(value, dict), field, f"{_kind(value)}, not an object")
+    return value
+
+
+def _each(value: Any, field: str, check: Callable[[Any], bool], want: str) -> None:
+    """Every entry of an optional object passes ``check``."""
+    for key, entry in _object(value, field).items():
+        _need(check(entry), f"{field}.{key}", f"{_kind(entry)} ({entry!r:.40}), not {want}")
+
+
+def _check(results: dict[str, Any]) -> None:
+    for key, kind, name in (("name", str, "a string"), ("track", str, "a string"), ("rows", list, "a list")):
+        _need(isinstance(results.get(key), kind), key, f"{_kind(results.get(key))}, not {name}")
+    _need(isinstance(results.get("note", ""), str), "note", "not a string")
+    for key in ("config", "seeds", "environment"):
+        _object(results.get(key), key)
+    _need(isinstance(results.get("fp_rate"), dict), "fp_rate", f"{_kind(results.get('fp_rate'))}, not an object")
+    for concept, ratio in results["fp_rate"].items():
+        _need(is_ratio(ratio), f"fp_rate.{concept}", RATIO)
+    detector = _object(results.get("detector"), "detector")
+    _each(detector.get("thresholds"), "detector.thresholds", is_number, "a number")
+    _each(results.get("timings"), "timings", is_number, "a number of seconds")
+    for concept, named in _object(results.get("named_base"), "named_base").items():
+        field = f"named_base.{concept}"
+        _object(named, field, optional=False)
+        _need(isinstance(named.get("prompt"), str), f"{field}.prompt", f"{_kind(named.get('prompt'))}, not a string")
+        _need(is_ratio(named.get("icr")), f"{field}.icr", RATIO)
+        _need(is_number(named.get("n_prompts")), f"{field}.n_prompts", f"{_kind(named.get('n_prompts'))}, not a number")
+    checks = _object(results.get("targets"), "targets").get("checks", [])
+    _need(isinstance(checks, list), "targets.checks", f"{_kind(checks)}, not a list")
+    for i, check in enumerate(checks):
+        field = f"targets.checks[{i}]"
+        _object(check, field, optional=False)
+        missing = [k for k in ("concept", "target", "measured", "met") if k not in check]
+        _need(not missing, field, f"no {', '.join(missing)}")
+        _need(check["met"] in (True, False, None), f"{field}.met", "not true, false or null")
+    for i, row in enumerate(results["rows"]):
+        _row(row, f"rows[{i}]")
+
+
+def _row(row: Any, field: str) -> None:
+    _need(isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("method", "concept")),
+          field, "not an object with a method and a concept (strings)")
+    _need(isinstance(row.get("status", ""), str), f"{field}.status", "not a string")
+    if row.get("status") != "ok":
+        return
+    _need(is_ratio(row.get("icr")), f"{field}.icr", f"{RATIO} ({row['method']}, {row['concept']})")
+    _each(row.get("quality"), f"{field}.quality", lambda v: v is None or is_number(v), "a number")
+    _each(row.get("quality_detail"), f"{field}.quality_detail",
+          lambda v: isinstance(v, dict) and (v.get("mean") is None or _is_interval(v["mean"])), "an object whose mean has a ci [low, high]")
+    _each(row.get("seeds"), f"{field}.seeds", lambda v: isinstance(v, dict) and is_ratio(v.get("icr")), "an object with an icr ratio")
+    _each(row.get("timings"), f"{field}.timings", is_number, "a number of seconds")
+    kinds = row.get("quality_kinds", [])
+    _need(isinstance(kinds, list) and all(isinstance(k, str) for k in kinds), f"{field}.quality_kinds", "not a list of strings")
+    _need(row.get("fid_x_icr") is None or is_number(row["fid_x_icr"]), f"{field}.fid_x_icr", "not a number")
+
+
+def _is_interval(estimate: Any) -> bool:
+    return (isinstance(estimate, dict) and isinstance(estimate.get("ci"), list) and len(estimate["ci"]) == 2
+            and all(is_number(v) for v in estimate["ci"]))
