@@ -9,6 +9,7 @@ import io
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -160,6 +161,22 @@ def test_gif_tiff_and_other_pillow_formats_are_used(tmp_path):
         (src / f"{name}.txt").write_text(f"a picture called {name}")
     report = build_dataset(parse_recipe(_recipe(src, FOUR_SUBSETS[:1], test_fraction=0.0)), tmp_path / "out", progress=False)
     assert report.samples == 5 and report.failures == {}, report
+
+
+def test_an_image_no_decoder_path_foresaw_is_a_counted_skip(tmp_path):
+    """A 32-bit integer TIFF once raised a bare ValueError that ended the build; any decoder error on
+    one item is that item's recorded skip (here one the conversion does not handle: mode F)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGB", (48, 48), (90, 90, 90)).save(src / "good.jpg")
+    Image.fromarray(np.arange(48 * 48, dtype=np.int32).reshape(48, 48) * 30).save(src / "int32.tif")
+    Image.new("F", (48, 48), 0.5).save(src / "float.tif")
+    for name in ("good", "int32", "float"):
+        (src / f"{name}.txt").write_text(f"a picture called {name}")
+    report = build_dataset(parse_recipe(_recipe(src, FOUR_SUBSETS[:1], test_fraction=0.0)), tmp_path / "out", progress=False)
+    assert report.samples == 2 and report.failures == {"unsupported_mode": 1}
+    rows = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
+    assert {(r["source_id"], r["status"]) for r in rows} == {("good.jpg", "success"), ("int32.tif", "success"), ("float.tif", "failed_to_decode")}
 
 
 def test_a_hard_link_in_a_source_tar_is_followed(tmp_path):
