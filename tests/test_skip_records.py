@@ -179,6 +179,24 @@ def test_an_image_no_decoder_path_foresaw_is_a_counted_skip(tmp_path):
     assert {(r["source_id"], r["status"]) for r in rows} == {("good.jpg", "success"), ("int32.tif", "success"), ("float.tif", "failed_to_decode")}
 
 
+def test_one_picture_in_two_formats_is_one_sample_in_one_split(tmp_path):
+    """The tester's train/test leak: photo8.jpg and photo8.png beside photo8.txt."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"photo{i}.jpg").write_bytes(_png(colour=(20 * i, 90, 90)))
+        (src / f"photo{i}.png").write_bytes(_png(colour=(20 * i, 90, 90)))
+        (src / f"photo{i}.txt").write_text(f"picture {i}")
+    build_dataset(parse_recipe(_recipe(src, FOUR_SUBSETS[:1])), tmp_path / "out", progress=False)
+    rows = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
+    samples = {r["source_id"]: r["split"] for r in rows if r["status"] == "success"}
+    assert set(samples) == {f"photo{i}.jpg" for i in range(12)} and set(samples.values()) == {"train", "test"}
+    assert {(r["source_id"], r["reason"], r["split"]) for r in rows if r["status"] != "success"} == {
+        (f"photo{i}.png", "duplicate_image", samples[f"photo{i}.jpg"]) for i in range(12)
+    }
+    assert verify_dataset(tmp_path / "out").ok
+
+
 def test_a_hard_link_in_a_source_tar_is_followed(tmp_path):
     image = _png()
     with tarfile.open(tmp_path / "00000.tar", "w") as tf:
