@@ -358,6 +358,32 @@ def test_webdataset_missing_tars(tmp_path: Path):
 # --- registry ---------------------------------------------------------------------------------
 
 
+CONTROL_CAPTIONS = {
+    "nul": (b"\x00\x00 \x00", None, "empty_caption"),
+    "format": ("\u202e\u200b\u00ad\ufeff".encode(), None, "empty_caption"),
+    "bidi": ("a red \u202edoor\u202c".encode(), "a red door", None),
+    "soft": ("a Wa\u00adter\u200bmark".encode(), "a Watermark", None),
+    "c0c1": ("line\x00one\nline\ttwo\x1b[31m\x85end\r".encode(), "line one line two [31m end", None),
+    "plain": ("caf\u00e9 \u201cquoted\u201d".encode(), "caf\u00e9 \u201cquoted\u201d", None),
+}
+
+
+@pytest.mark.parametrize("kind", ["folder", "webdataset"])
+def test_captions_hold_no_control_or_format_characters(tmp_path: Path, kind: str):
+    """Control characters become spaces, format characters go; a caption of nothing else is empty."""
+    if kind == "folder":
+        for name, (caption, _, _) in CONTROL_CAPTIONS.items():
+            (tmp_path / f"{name}.jpg").write_bytes(jpeg())
+            (tmp_path / f"{name}.txt").write_bytes(caption)
+        source = FolderSource(FolderConfig(str(tmp_path), test_fraction=0.0), shard_size=100)
+    else:
+        write_tar(tmp_path / "00000.tar", [m for name, (caption, _, _) in CONTROL_CAPTIONS.items()
+                                           for m in ((f"{name}.jpg", jpeg()), (f"{name}.txt", caption))])
+        source = WebDatasetSource(WebDatasetConfig(str(tmp_path / "00000.tar"), test_fraction=0.0))
+    got = {i.source_id.split("/")[-1].split(".")[0]: (i.caption, i.error) for i in read_all(source, "train")}
+    assert got == {name: (caption, error) for name, (_, caption, error) in CONTROL_CAPTIONS.items()}
+
+
 def test_make_source_builds_every_kind(folder: Path, shards: Path):
     kw = dict(image_size=32, shard_size=4, seed=1)
     made = make_source({"kind": "procedural", "train": 5, "test": 2, "shapes": ["circle", "star"]}, **kw)

@@ -18,6 +18,7 @@ import hashlib
 import math
 import os
 import stat
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -59,15 +60,27 @@ def check_limits(max_bytes: Any, bytes_field: str, max_pixels: Any) -> None:
 
 
 def decode_caption(data: bytes) -> tuple[str | None, str | None]:
-    """Return ``(caption, None)`` or ``(None, reason)``; shared by every source of external captions."""
+    """Return ``(caption, None)`` or ``(None, reason)``; shared by every source of external captions.
+
+    A caption is stored in KEY.txt, KEY.json and the manifest, so it holds no control characters
+    (C0, C1, line breaks and tabs: each becomes a space) and no format characters (a bidi override
+    that reorders what a reader sees, a zero-width space, a soft hyphen: each is removed, so a word
+    stays whole). A caption left without a visible character is ``empty_caption``.
+    """
     if len(data) > MAX_CAPTION_BYTES:
         return None, "caption_too_large"
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         return None, "caption_not_utf8"
-    text = text.strip()
+    text = _printable(text).strip()
     return (text, None) if text else (None, "empty_caption")
+
+
+def _printable(text: str) -> str:
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(" " if cat == "Cc" else c for c in text if (cat := unicodedata.category(c)) != "Cf")
 
 
 def read_regular_file(root: Path, rel: str, max_bytes: int) -> bytes:
