@@ -148,6 +148,23 @@ def test_a_mistyped_source_folder_is_named(tmp_path, capsys):
     assert f"2 of 2 tar files do not exist, first '{tmp_path}/00000.tar'" in capsys.readouterr().err
 
 
+def test_a_gzipped_tar_builds_as_tgz_or_tar_gz_and_another_file_is_named(tmp_path, capsys):
+    members = [("a.png", _png()), ("a.txt", b"a red square")]
+    with tarfile.open(tmp_path / "00000.tgz", "w:gz") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    (tmp_path / "00000.tar.gz").write_bytes((tmp_path / "00000.tgz").read_bytes())
+    for name in ("00000.tgz", "00000.tar.gz"):
+        assert main(["build", "icd-debug", "--source", str(tmp_path / name), "--out", str(tmp_path / name.replace(".", "_")), "--quiet"]) == 0
+    capsys.readouterr()
+    (tmp_path / "shards.zip").write_bytes(b"PK")
+    assert main(["build", "icd-debug", "--source", str(tmp_path / "shards.zip"), "--out", str(tmp_path / "zip"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--source {tmp_path / 'shards.zip'}: a file, but not a tar shard" in err and "no such folder" not in err
+
+
 def test_gif_tiff_and_other_pillow_formats_are_used(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
