@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -163,6 +164,28 @@ def test_a_gzipped_tar_builds_as_tgz_or_tar_gz_and_another_file_is_named(tmp_pat
     assert main(["build", "icd-debug", "--source", str(tmp_path / "shards.zip"), "--out", str(tmp_path / "zip"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"--source {tmp_path / 'shards.zip'}: a file, but not a tar shard" in err and "no such folder" not in err
+
+
+def test_nan_and_infinity_in_a_source_json_become_null_in_strict_json(tmp_path):
+    """img2dataset's sidecars hold NaN/Infinity; what a build writes is JSON any strict parser reads."""
+    sidecar = b'{"url": "http://x/a.jpg", "similarity": NaN, "pwatermark": Infinity, "low": [-Infinity, 1.5]}'
+    with tarfile.open(tmp_path / "00000.tar", "w") as tf:
+        for name, data in (("a.png", _png()), ("a.txt", b"a red square"), ("a.json", sidecar)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    raw = _recipe(tmp_path, FOUR_SUBSETS[:1], test_fraction=0.0)
+    raw["source"] = {"kind": "webdataset", "urls": str(tmp_path / "00000.tar"), "test_fraction": 0.0}
+    build_dataset(parse_recipe(raw), tmp_path / "out", progress=False)
+
+    def strict(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    [(_, members)] = list(iter_tar_members(tmp_path / "out" / "qr" / "train" / "00000.tar"))
+    record = json.loads(members["json"], parse_constant=strict)
+    assert json.loads(record["source"]["meta"], parse_constant=strict)["json"] == {
+        "url": "http://x/a.jpg", "similarity": None, "pwatermark": None, "low": [None, 1.5]}
+    assert verify_dataset(tmp_path / "out").ok
 
 
 def test_gif_tiff_and_other_pillow_formats_are_used(tmp_path):
