@@ -106,6 +106,9 @@ def test_a_build_with_no_sample_exits_non_zero_saying_why(tmp_path, capsys):
     assert main(["build", str(recipe), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no samples: all 4 source items were skipped (missing_caption: 1, too_small: 3)" in err[0]
+    assert main(["verify", str(tmp_path / "out"), "--quiet"]) == 1  # a failed build is never OK
+    captured = capsys.readouterr()
+    assert "no samples: every source item was skipped, so the build failed" in captured.err and "FAILED" in captured.out
 
 
 @pytest.mark.parametrize("workers", [1, 2])
