@@ -539,6 +539,7 @@ HOSTILE_TARS = {
         ["tar_header_too_large"],
     ),
     "header_chain": (_GOOD + hostile.member("h.txt", b"x") + hostile.header_chain(3000) + bytes(1024), ["tar_header_too_large"]),
+    "duplicate_member": (_GOOD + hostile.member("h.jpg", jpeg((9, 9, 9))) + _sample("h") + bytes(1024), ["duplicate_member"]),
 }
 
 
