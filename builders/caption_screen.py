@@ -2,14 +2,20 @@
 
 The dataset promises captions that never name the concept (it is *implicit*), but a real source's
 caption may ("a poster with a QR code"). Each concept has a vocabulary (the recipe's
-``[caption_screen.words]``, these defaults otherwise), matched as whole words, case-insensitively,
-with any spaces, hyphens or underscores between the words of a phrase ("qr code", "QR-code").
+``[caption_screen.words]``, these defaults otherwise), matched case-insensitively, with any spaces,
+hyphens or underscores between the words of a phrase ("qr code", "QR-code"), as whole words: not
+inside a longer Latin word ("context", "textbook" and "logotype" pass), but where a digit, an
+underscore or another script joins them ("watermark2", "company_logo", "QR코드"). Captions are
+matched as Unicode compatibility (NFKC) text without format characters, so full-width letters
+("ＱＲ ｃｏｄｅ"), a soft hyphen or zero-width space inside a word ("Wa\u00adtermark") are caught; a
+compound may be written apart ("water mark", "water-marked").
 The recipe's policy decides what happens to a caption that names one:
 
 - ``drop`` (the default): the item is skipped (``caption_names_concept``). A caption that names a
   watermark or text usually comes with an image that shows it, so its clean twin is not clean either.
-- ``strip``: the words (and an article right before them) are taken out of the caption; a caption
-  left without a letter is skipped (``caption_empty_after_screen``).
+- ``strip``: the whole token holding the words (with what is joined to it: "Logo-free",
+  "qrcode's", "company_logo.png") and an article right before it are taken out of the caption; a
+  caption left without a letter is skipped (``caption_empty_after_screen``).
 - ``flag``: the caption is kept as it is and ``KEY.json``'s ``screen.caption_names`` says so.
 
 The vocabularies name the concepts, not what tends to come with them: "sign", "poster", "stock
@@ -21,6 +27,7 @@ a caption that names the concept.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Mapping
@@ -42,7 +49,14 @@ DEFAULT_WORDS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-_ARTICLE = r"(?:(?<!\w)(?:an?|the)\s+)?"
+#: Latin letters (and combining marks): a vocabulary word inside a longer Latin word is not that word ("context").
+_LATIN = "a-z\u00df-\u00f6\u00f8-\u00ff\u0100-\u024f\u1e00-\u1eff\u0300-\u036f"
+#: Between the words of a phrase.
+_SEPARATOR = r"[\s_-]*"
+#: Compounds a caption may write apart ("water mark", "water-marked"): the word and where it splits.
+_COMPOUNDS = {"watermark": 5}
+#: An article right before a stripped token goes with it.
+_ARTICLE = re.compile(r"(?<!\w)(?:an?|the)\s+\Z", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -81,34 +95,81 @@ class CaptionScreen:
 
     @cached_property
     def _patterns(self) -> dict[str, re.Pattern[str]]:
-        return {name: re.compile(_ARTICLE + _alternation(phrases), re.IGNORECASE) for name, phrases in self.words.items()}
+        return {name: re.compile(_alternation(phrases), re.IGNORECASE) for name, phrases in self.words.items()}
 
     def check(self, caption: str) -> CaptionVerdict:
-        names = tuple(sorted(name for name, pattern in self._patterns.items() if pattern.search(caption)))
+        text, where = _normalised(caption)
+        names = tuple(sorted(name for name, pattern in self._patterns.items() if pattern.search(text)))
         if not names:
             return CaptionVerdict((), caption)
         if self.policy == "flag":
             return CaptionVerdict(names, caption)
         if self.policy == "drop":
             return CaptionVerdict(names, None, reason="caption_names_concept")
-        stripped = caption
-        for name in names:
-            stripped = self._patterns[name].sub(" ", stripped)
-        stripped = _tidy(stripped)
+        spans = sorted(_token(text, m.start(), m.end()) for name in names for m in self._patterns[name].finditer(text))
+        kept, end = [], 0
+        for start, stop in spans:
+            start, stop = where[start], where[stop - 1] + 1
+            if start > end:
+                kept.append(caption[end:start])
+            end = max(end, stop)
+            kept.append(" ")
+        stripped = _tidy("".join(kept) + caption[end:])
         if not any(c.isalpha() for c in stripped):
             return CaptionVerdict(names, None, stripped=True, reason="caption_empty_after_screen")
         return CaptionVerdict(names, stripped, stripped=True)
 
 
+def _normalised(caption: str) -> tuple[str, list[int]]:
+    """The caption as matched (NFKC, case-folded, without format characters such as a soft hyphen or
+    a zero-width space), and for each of its characters the index of the one it came from."""
+    if caption.isascii():
+        return caption.lower(), list(range(len(caption)))
+    chars: list[str] = []
+    where: list[int] = []
+    for i, c in enumerate(caption):
+        if unicodedata.category(c) == "Cf":
+            continue
+        folded = unicodedata.normalize("NFKC", c).casefold()
+        chars.append(folded)
+        where.extend([i] * len(folded))
+    return "".join(chars), where
+
+
+def _token(text: str, start: int, stop: int) -> tuple[int, int]:
+    """The span of the whole token around a match (letters, digits, underscores, hyphens,
+    apostrophes and inner dots joined to it) and an article right before it."""
+    while start > 0 and _joined(text, start - 1):
+        start -= 1
+    while stop < len(text) and _joined(text, stop):
+        stop += 1
+    article = _ARTICLE.search(text, max(0, start - 16), start)
+    return (article.start() if article else start), stop
+
+
+def _joined(text: str, i: int) -> bool:
+    c = text[i]
+    return c.isalnum() or unicodedata.category(c).startswith("M") or c in "_-'\u2019" or (c == "." and 0 < i < len(text) - 1 and text[i - 1].isalnum() and text[i + 1].isalnum())
+
+
 def _alternation(phrases: tuple[str, ...]) -> str:
-    """One pattern for all ``phrases``, longest first, each a whole word where it begins or ends with one."""
+    """One pattern for all ``phrases``, longest first, none inside a longer Latin word."""
     parts = []
     for phrase in sorted(set(phrases), key=lambda p: (-len(p), p)):
-        body = r"[\s_-]*".join(re.escape(token) for token in re.split(r"[\s_-]+", phrase.strip()))
-        before = r"(?<!\w)" if re.match(r"\w", phrase.strip()) else ""
-        after = r"(?!\w)" if re.search(r"\w$", phrase.strip()) else ""
+        tokens = re.split(r"[\s_-]+", unicodedata.normalize("NFKC", phrase.strip()).casefold())
+        body = _SEPARATOR.join(_spelling(token) for token in tokens)
+        before = f"(?<![{_LATIN}])" if re.match(f"[{_LATIN}]", tokens[0]) else ""
+        after = f"(?![{_LATIN}])" if re.search(f"[{_LATIN}]$", tokens[-1]) else ""
         parts.append(before + body + after)
     return "(?:" + "|".join(parts) + ")"
+
+
+def _spelling(token: str) -> str:
+    """``token`` as a pattern; a compound of :data:`_COMPOUNDS` may be written apart."""
+    for compound, split in _COMPOUNDS.items():
+        if token.startswith(compound):
+            return re.escape(token[:split]) + _SEPARATOR + re.escape(token[split:])
+    return re.escape(token)
 
 
 def _tidy(caption: str) -> str:

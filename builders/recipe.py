@@ -121,16 +121,17 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
 
 def source_from_spec(spec: str, test_fraction: float = 0.1) -> dict[str, Any]:
     """``--source``: a folder of images with caption sidecars, or tar shards (local paths ending in
-    ``.tar``, brace patterns, ``pipe:`` commands, http(s) URLs). A path that is neither is refused
-    here, naming it, rather than later as a field of the recipe it replaces."""
+    ``.tar``, ``.tar.gz`` or ``.tgz``, brace patterns, ``pipe:`` commands, http(s) URLs). A path that
+    is neither is refused here, naming it, rather than later as a field of the recipe it replaces."""
     if Path(spec).is_dir():
         return {"kind": "folder", "path": spec, "test_fraction": test_fraction}
     if is_stream(spec):
         return {"kind": "webdataset", "urls": spec, "test_fraction": test_fraction}
-    if ".tar" not in spec and "{" not in spec:
+    if ".tar" not in spec and not spec.endswith(".tgz") and "{" not in spec:
+        what = "a file, but not a tar shard" if Path(spec).exists() else "no such folder"
         raise RecipeError(
-            f"--source {spec}: no such folder (a source is a folder of name.jpg + name.txt pairs, or tar shards: "
-            "paths ending in .tar, a brace pattern, a pipe: command or an http(s) URL)"
+            f"--source {spec}: {what} (a source is a folder of name.jpg + name.txt pairs, or tar shards: "
+            "paths ending in .tar, .tar.gz or .tgz, a brace pattern, a pipe: command or an http(s) URL)"
         )
     tars = list(braceexpand(spec))
     missing = [t for t in tars if not Path(t).is_file()]

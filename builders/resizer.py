@@ -5,6 +5,10 @@ minimum side, lets JPEG decode a smaller draft, refuses more pixels than the cap
 before decoding), resizes the shorter side to ``size`` and
 centre-crops. The filter is fixed and ``reducing_gap`` is off, so the same bytes always give the
 same pixels.
+
+One image must never stop a build: an exception nobody foresaw (a Pillow plugin's or numpy's, on a
+mode or a header this code has not met) becomes a ``SampleError`` (``decoder_failed``) naming its
+type, so the item is a counted skip. ``MemoryError`` is not caught: it says nothing about the item.
 """
 from __future__ import annotations
 
@@ -22,8 +26,18 @@ def prepare_image(raw: bytes | Image.Image, size: int, min_side: int, max_pixels
 
     Raises ``SampleError`` with reason ``unreadable_image``, ``truncated_image``, ``too_large``
     (more than ``max_pixels`` to decode; an image already in memory is not capped),
-    ``unsupported_mode`` or ``too_small`` (shorter side below ``min_side``).
+    ``unsupported_mode``, ``too_small`` (shorter side below ``min_side``) or ``decoder_failed``
+    (anything else raised on the way).
     """
+    try:
+        return _prepare(raw, size, min_side, max_pixels)
+    except (SampleError, MemoryError):
+        raise
+    except Exception as exc:
+        raise SampleError("decoder_failed", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _prepare(raw: bytes | Image.Image, size: int, min_side: int, max_pixels: int) -> Image.Image:
     image = open_image(raw)
     if min(image.size) < min_side:
         raise SampleError("too_small", f"{image.size[0]}x{image.size[1]} < {min_side}")

@@ -53,7 +53,7 @@ COLUMNS = SCHEMA.names
 
 #: The reasons a screen gives; every other reason of the resizer's is a decode failure.
 FILTERED = ("caption_names_concept", "caption_empty_after_screen", "concept_in_source")
-DECODE_FAILURES = ("unreadable_image", "truncated_image", "too_large", "unsupported_mode", "too_small")
+DECODE_FAILURES = ("unreadable_image", "truncated_image", "too_large", "unsupported_mode", "too_small", "decoder_failed")
 
 
 def status_of(reason: str) -> str:

@@ -107,6 +107,8 @@ def verify_dataset(out: Path, progress: bool = False) -> VerifyReport:
         report.shards += 1
         _guarded(problems, out / _rel(unit), None, _verify_shard, out, unit, recipe, listing, problems, report)
     _guarded(problems, out / MANIFEST, None, _check_manifest, out, units, problems)
+    if units and report.samples == 0:
+        problems.add(out, f"no samples: every source item was skipped, so the build failed (each one's reason is in {MANIFEST})")
     problems.close()
     return report
 

@@ -113,9 +113,10 @@ def _orient(image: Image.Image) -> Image.Image:
 def _eight_bit(image: Image.Image) -> Image.Image:
     """16-bit (or 32-bit integer) grey to 8 bits: round(clip(v, 0, 65535) / 257), in integers.
 
-    The same values as the float formula, without float64 copies (8 bytes a pixel each).
+    The same values as the float formula, without float64 copies (8 bytes a pixel each). A copy,
+    not a view: a mode "I" image's array is Pillow's own buffer, read-only.
     """
-    pixels = np.asarray(image, dtype=np.int32)
+    pixels = np.array(image, dtype=np.int32)
     np.clip(pixels, 0, 65535, out=pixels)
     pixels += 128
     pixels //= 257

@@ -198,7 +198,7 @@ def group_members(
     Only samples whose key is ``wanted`` are read, and of those only the extensions in ``keep``; a
     kept member over ``max_member_bytes`` is not read and the sample comes back ``refused``
     (reason ``member_too_large``), as does one with a hard link that cannot be resolved
-    (``unresolved_hard_link``, see the module docstring). Read errors and :class:`TarRefused`
+    (``unresolved_hard_link``, see the module docstring) or a member name twice (``duplicate_member``). Read errors and :class:`TarRefused`
     propagate; the caller names the file.
     """
     key: str | None = None
@@ -218,6 +218,10 @@ def group_members(
         if places is not None and info.isreg() and parts[1] in keep and len(places) < MAX_LINK_TARGETS:
             places[posixpath.normpath(info.name)] = (info.offset_data, info.size)
         if not take or refused is not None or parts[1] not in keep:
+            continue
+        if parts[1] in members:
+            refused = SampleError("duplicate_member", f"member {info.name!r} appears twice in its sample; which copy is meant is unknown")
+            members = {}
             continue
         size = places.get(posixpath.normpath(info.linkname), (0, 0))[1] if info.islnk() and places is not None else info.size
         if size > max_member_bytes:

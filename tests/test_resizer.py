@@ -137,6 +137,43 @@ def test_sixteen_bit_grey_is_scaled_to_eight_bits():
     assert np.abs(out[24:, :16]).max() <= 1
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.int16, np.int8])
+def test_integer_grey_of_any_width_is_scaled_like_sixteen_bit(dtype):
+    """Pillow opens these as mode "I", whose array is Pillow's own read-only buffer."""
+    info = np.iinfo(dtype)
+    deep = np.zeros((40, 40), dtype=dtype)
+    deep[:, 20:] = min(info.max, 1 << 20)  # over 65535 where the type holds it: clipped to white
+    deep[:20, :20] = min(info.max, 32896)
+    deep[20:, :20] = info.min  # negative: clipped to black
+    raw = encode(Image.fromarray(deep), "TIFF")
+    assert Image.open(io.BytesIO(raw)).mode == "I"
+    out = np.asarray(prepare_image(raw, 40, 16), dtype=np.int16)
+    assert np.abs(out[:, 24:] - round(min(info.max, 65535) / 257)).max() <= 1
+    assert np.abs(out[:16, :16] - round(min(info.max, 32896) / 257)).max() <= 1
+    assert np.abs(out[24:, :16]).max() <= 1
+
+
+@pytest.mark.parametrize("error", [ValueError("output array is read-only"), IndexError("tuple index"), RecursionError()])
+def test_an_unforeseen_decoder_error_is_a_sample_error(monkeypatch, error):
+    """Whatever a decoder raises on one image is that image's skip, never the build's end."""
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("builders.resizer.decode_rgb", broken)
+    with pytest.raises(SampleError) as info:
+        prepare_image(encode(Image.new("RGB", (40, 40), RED), "PNG"), 32, 16)
+    assert info.value.reason == "decoder_failed" and type(error).__name__ in info.value.detail
+
+
+def test_memory_error_is_not_an_images_fault(monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr("builders.resizer.decode_rgb", exhausted)
+    with pytest.raises(MemoryError):
+        prepare_image(encode(Image.new("RGB", (40, 40), RED), "PNG"), 32, 16)
+
+
 @pytest.mark.parametrize("mode", ["L", "1"])
 def test_grey_and_bilevel_become_rgb(mode):
     image = Image.new(mode, (40, 40), 0)

@@ -41,6 +41,35 @@ def test_the_vocabulary_names_each_concept_and_matches_whole_words():
     assert set(DEFAULT_WORDS) == {c.name for c in CONCEPTS}
 
 
+@pytest.mark.parametrize(("caption", "concept"), [
+    ("ＱＲ ｃｏｄｅ sticker", "qrcode"), ("ｗａｔｅｒｍａｒｋ on photo", "watermark"), ("ＱＲコード", "qrcode"),
+    ("company_logo", "watermark"), ("qr_code_scan", "qrcode"), ("my_qrcode", "qrcode"), ("watermark2", "watermark"),
+    ("QR코드 스티커", "qrcode"), ("water mark on photo", "watermark"), ("water-marked photo", "watermark"),
+    ("Wa\u00adtermark", "watermark"), ("qr\u200bcode", "qrcode"), ("qr\u00a0code", "qrcode"), ("TEXT\u202e", "text"),
+])
+def test_a_concept_named_in_any_spelling_is_found(caption, concept):
+    """Full-width letters, words joined by underscores, digits or another script, format characters
+    inside a word and compounds written apart all name the concept."""
+    assert CaptionScreen("flag").check(caption).names == (concept,)
+
+
+@pytest.mark.parametrize("caption", ["a textbook on a desk", "in context", "a pretext", "texture of wood", "a logotype",
+                                     "İQR", "a caf\u00e9 subtexts", "watermarkless"])
+def test_a_word_inside_a_longer_latin_word_is_not_the_word(caption):
+    assert CaptionScreen("flag").check(caption).names == ()
+
+
+@pytest.mark.parametrize(("caption", "stripped"), [
+    ("Logo-free image", "image"), ("qrcode's menu", "menu"), ("a logos-themed shirt", "shirt"),
+    ("scan qr\u200bcode now", "scan now"), ("ＱＲ ｃｏｄｅ sticker on a ｗａｌｌ", "sticker on a ｗａｌｌ"),
+    ("QR코드 스티커", "스티커"), ("a photo with company_logo.png on it", "a photo with on it"),
+    ("a red door, water-marked, at dusk", "a red door, at dusk"), ("the Watermark\u2019s edge", "edge"),
+])
+def test_strip_takes_out_the_whole_token_and_leaves_clean_spacing(caption, stripped):
+    verdict = CaptionScreen("strip").check(caption)
+    assert verdict.caption == stripped and verdict.stripped
+
+
 def test_no_procedural_caption_names_a_concept():
     screen = CaptionScreen()
     config = ProceduralConfig(train=1, test=1)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -104,6 +106,9 @@ def test_a_build_with_no_sample_exits_non_zero_saying_why(tmp_path, capsys):
     assert main(["build", str(recipe), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no samples: all 4 source items were skipped (missing_caption: 1, too_small: 3)" in err[0]
+    assert main(["verify", str(tmp_path / "out"), "--quiet"]) == 1  # a failed build is never OK
+    captured = capsys.readouterr()
+    assert "no samples: every source item was skipped, so the build failed" in captured.err and "FAILED" in captured.out
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -147,6 +152,45 @@ def test_a_mistyped_source_folder_is_named(tmp_path, capsys):
     assert f"2 of 2 tar files do not exist, first '{tmp_path}/00000.tar'" in capsys.readouterr().err
 
 
+def test_a_gzipped_tar_builds_as_tgz_or_tar_gz_and_another_file_is_named(tmp_path, capsys):
+    members = [("a.png", _png()), ("a.txt", b"a red square")]
+    with tarfile.open(tmp_path / "00000.tgz", "w:gz") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    (tmp_path / "00000.tar.gz").write_bytes((tmp_path / "00000.tgz").read_bytes())
+    for name in ("00000.tgz", "00000.tar.gz"):
+        assert main(["build", "icd-debug", "--source", str(tmp_path / name), "--out", str(tmp_path / name.replace(".", "_")), "--quiet"]) == 0
+    capsys.readouterr()
+    (tmp_path / "shards.zip").write_bytes(b"PK")
+    assert main(["build", "icd-debug", "--source", str(tmp_path / "shards.zip"), "--out", str(tmp_path / "zip"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--source {tmp_path / 'shards.zip'}: a file, but not a tar shard" in err and "no such folder" not in err
+
+
+def test_nan_and_infinity_in_a_source_json_become_null_in_strict_json(tmp_path):
+    """img2dataset's sidecars hold NaN/Infinity; what a build writes is JSON any strict parser reads."""
+    sidecar = b'{"url": "http://x/a.jpg", "similarity": NaN, "pwatermark": Infinity, "low": [-Infinity, 1.5]}'
+    with tarfile.open(tmp_path / "00000.tar", "w") as tf:
+        for name, data in (("a.png", _png()), ("a.txt", b"a red square"), ("a.json", sidecar)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    raw = _recipe(tmp_path, FOUR_SUBSETS[:1], test_fraction=0.0)
+    raw["source"] = {"kind": "webdataset", "urls": str(tmp_path / "00000.tar"), "test_fraction": 0.0}
+    build_dataset(parse_recipe(raw), tmp_path / "out", progress=False)
+
+    def strict(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    [(_, members)] = list(iter_tar_members(tmp_path / "out" / "qr" / "train" / "00000.tar"))
+    record = json.loads(members["json"], parse_constant=strict)
+    assert json.loads(record["source"]["meta"], parse_constant=strict)["json"] == {
+        "url": "http://x/a.jpg", "similarity": None, "pwatermark": None, "low": [None, 1.5]}
+    assert verify_dataset(tmp_path / "out").ok
+
+
 def test_gif_tiff_and_other_pillow_formats_are_used(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -160,6 +204,40 @@ def test_gif_tiff_and_other_pillow_formats_are_used(tmp_path):
         (src / f"{name}.txt").write_text(f"a picture called {name}")
     report = build_dataset(parse_recipe(_recipe(src, FOUR_SUBSETS[:1], test_fraction=0.0)), tmp_path / "out", progress=False)
     assert report.samples == 5 and report.failures == {}, report
+
+
+def test_an_image_no_decoder_path_foresaw_is_a_counted_skip(tmp_path):
+    """A 32-bit integer TIFF once raised a bare ValueError that ended the build; any decoder error on
+    one item is that item's recorded skip (here one the conversion does not handle: mode F)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGB", (48, 48), (90, 90, 90)).save(src / "good.jpg")
+    Image.fromarray(np.arange(48 * 48, dtype=np.int32).reshape(48, 48) * 30).save(src / "int32.tif")
+    Image.new("F", (48, 48), 0.5).save(src / "float.tif")
+    for name in ("good", "int32", "float"):
+        (src / f"{name}.txt").write_text(f"a picture called {name}")
+    report = build_dataset(parse_recipe(_recipe(src, FOUR_SUBSETS[:1], test_fraction=0.0)), tmp_path / "out", progress=False)
+    assert report.samples == 2 and report.failures == {"unsupported_mode": 1}
+    rows = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
+    assert {(r["source_id"], r["status"]) for r in rows} == {("good.jpg", "success"), ("int32.tif", "success"), ("float.tif", "failed_to_decode")}
+
+
+def test_one_picture_in_two_formats_is_one_sample_in_one_split(tmp_path):
+    """The tester's train/test leak: photo8.jpg and photo8.png beside photo8.txt."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"photo{i}.jpg").write_bytes(_png(colour=(20 * i, 90, 90)))
+        (src / f"photo{i}.png").write_bytes(_png(colour=(20 * i, 90, 90)))
+        (src / f"photo{i}.txt").write_text(f"picture {i}")
+    build_dataset(parse_recipe(_recipe(src, FOUR_SUBSETS[:1])), tmp_path / "out", progress=False)
+    rows = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
+    samples = {r["source_id"]: r["split"] for r in rows if r["status"] == "success"}
+    assert set(samples) == {f"photo{i}.jpg" for i in range(12)} and set(samples.values()) == {"train", "test"}
+    assert {(r["source_id"], r["reason"], r["split"]) for r in rows if r["status"] != "success"} == {
+        (f"photo{i}.png", "duplicate_image", samples[f"photo{i}.jpg"]) for i in range(12)
+    }
+    assert verify_dataset(tmp_path / "out").ok
 
 
 def test_a_hard_link_in_a_source_tar_is_followed(tmp_path):

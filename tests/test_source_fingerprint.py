@@ -42,7 +42,7 @@ def test_a_resume_over_a_changed_folder_is_refused(tmp_path, change):
     out = tmp_path / "out"
     build_dataset(recipe, out, progress=False)
     record = json.loads((out / "recipe.json").read_text())
-    assert record["source_fingerprint"]["files"] == 6 and len(record["source_fingerprint"]["sha256"]) == 64
+    assert record["source_fingerprint"]["files"] == 12 and len(record["source_fingerprint"]["sha256"]) == 64
     _interrupted(out)
     if change == "added":
         _folder(tmp_path / "extra", 1)
@@ -55,7 +55,7 @@ def test_a_resume_over_a_changed_folder_is_refused(tmp_path, change):
         os.utime(src / "3.png", ns=(1, 1))
     else:
         (src / "4.txt").write_text("another caption altogether")
-    with pytest.raises(FolderClaimError, match=r"out: its source changed since this build started \(6 files, \d+ bytes, listing \w+ then, \d+ files"):
+    with pytest.raises(FolderClaimError, match=r"out: its source changed since this build started \(12 files, \d+ bytes, listing \w+ then, \d+ files"):
         build_dataset(recipe, out, progress=False)
 
 

@@ -24,6 +24,7 @@ from builders.sources import (
     make_source,
     split_of,
 )
+from builders.sources.folder import split_name
 from implicit_concept.scene.grammar import (
     BACKGROUNDS,
     PALETTE,
@@ -194,6 +195,7 @@ def test_folder_reads_good_and_bad_files(folder: Path):
         "rgba.png": "ok", "deep.png": "ok", "palette.png": "ok", "grey.bmp": "ok",
         "small.png": "too_small", "nocap.jpg": "missing_caption", "latin.jpg": "caption_not_utf8",
         "blank.jpg": "empty_caption", "zero.jpg": "unreadable_image", "trunc.jpg": "truncated_image",
+        "notes.md": "no_image",
     }
     good = next(i for i in items if i.source_id == "good.jpg")
     assert isinstance(good.image, bytes) and good.caption == "a picture" and good.meta == {"path": "good.jpg"}
@@ -205,11 +207,59 @@ def test_folder_split_is_stable_and_disjoint(folder: Path):
     assert train and test and not set(train) & set(test)
     everything = FolderSource(FolderConfig(folder, 0.0), shard_size=4).files("train")
     assert sorted(train + test) == sorted(everything)
-    assert all(split_of(f, 0.5) == "test" for f in test)
+    assert all(split_of(split_name(f)[0], 0.5) == "test" for f in test)
     save(folder / "late" / "new.png", Image.new("RGB", (64, 64)), "PNG")
     grown = FolderSource(FolderConfig(folder, test_fraction=0.5), shard_size=4)
     assert set(grown.files("test")) - set(test) <= {"late/new.png"}
     assert set(grown.files("train")) - set(train) <= {"late/new.png"}
+
+
+def test_folder_one_key_is_one_item_as_in_a_tar(tmp_path: Path):
+    """``a.jpg`` + ``a.png`` + ``a.txt`` once became two items that could land in different splits;
+    a key is one item (the image by the tar's order of preference) and every file not used, an
+    upper-case caption ending aside, is a skip record naming it."""
+    rgb = Image.new("RGB", (64, 64), (200, 40, 40))
+    for name in ("a.png", "a.jpg", "a.webp", "b.PNG", "c.gif", "upper.JPG"):
+        rgb.save(tmp_path / name)
+    (tmp_path / "a.txt").write_text("one picture in three files")
+    (tmp_path / "b.txt").write_text("an upper-case image ending")
+    (tmp_path / "UPPER.TXT").write_text("another key: case matters in names, not endings")
+    (tmp_path / "upper.TXT").write_text("an upper-case caption ending")
+    (tmp_path / "c.txt").write_text("a lower-case caption")
+    (tmp_path / "c.TXT").write_text("the same caption's other case")
+    (tmp_path / "orphan.txt").write_text("a caption without an image")
+    for fraction in (0.0, 0.5, 1.0):
+        source = FolderSource(FolderConfig(str(tmp_path), test_fraction=fraction), shard_size=2)
+        by_split = {s: [i for i in read_all(source, s)] for s in ("train", "test")}
+        keys = {s: {split_name(i.source_id)[0] for i in items} for s, items in by_split.items()}
+        assert not keys["train"] & keys["test"]
+    items = {i.source_id: i for i in read_all(FolderSource(FolderConfig(str(tmp_path), test_fraction=0.0), shard_size=2), "train")}
+    assert {k: (i.error, i.caption) for k, i in items.items()} == {
+        "a.jpg": (None, "one picture in three files"),
+        "a.png": ("duplicate_image", None),
+        "a.webp": ("duplicate_image", None),
+        "b.PNG": (None, "an upper-case image ending"),
+        "c.gif": (None, "a lower-case caption"),
+        "c.TXT": ("duplicate_caption", None),
+        "upper.JPG": (None, "an upper-case caption ending"),
+        "UPPER.TXT": ("no_image", None),
+        "orphan.txt": ("no_image", None),
+    }
+    assert items["a.png"].detail == "a.png: a.jpg of the same name is used"
+    assert "orphan.txt" in items["orphan.txt"].detail
+
+
+def test_folder_a_file_with_no_stem_is_used_or_recorded(tmp_path: Path):
+    """``.jpg`` is key "" with caption ``.txt`` (a tar reads the member so too); a dotfile with no image
+    ending is a recorded ``no_image``, never silently left out."""
+    rgb = Image.new("RGB", (64, 64), (200, 40, 40))
+    rgb.save(tmp_path / ".jpg", "JPEG")
+    (tmp_path / ".txt").write_text("a file with no name")
+    save(tmp_path / "sub" / ".png", rgb, "PNG", caption=None)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / ".DS_Store").write_bytes(b"junk")
+    items = {i.source_id: i.error for i in read_all(FolderSource(FolderConfig(str(tmp_path), test_fraction=0.0), shard_size=4), "train")}
+    assert items == {".jpg": None, "sub/.png": "missing_caption", "other/.DS_Store": "no_image"}
 
 
 def test_folder_missing_or_empty_directory(tmp_path: Path):
@@ -306,6 +356,32 @@ def test_webdataset_missing_tars(tmp_path: Path):
 
 
 # --- registry ---------------------------------------------------------------------------------
+
+
+CONTROL_CAPTIONS = {
+    "nul": (b"\x00\x00 \x00", None, "empty_caption"),
+    "format": ("\u202e\u200b\u00ad\ufeff".encode(), None, "empty_caption"),
+    "bidi": ("a red \u202edoor\u202c".encode(), "a red door", None),
+    "soft": ("a Wa\u00adter\u200bmark".encode(), "a Watermark", None),
+    "c0c1": ("line\x00one\nline\ttwo\x1b[31m\x85end\r".encode(), "line one line two [31m end", None),
+    "plain": ("caf\u00e9 \u201cquoted\u201d".encode(), "caf\u00e9 \u201cquoted\u201d", None),
+}
+
+
+@pytest.mark.parametrize("kind", ["folder", "webdataset"])
+def test_captions_hold_no_control_or_format_characters(tmp_path: Path, kind: str):
+    """Control characters become spaces, format characters go; a caption of nothing else is empty."""
+    if kind == "folder":
+        for name, (caption, _, _) in CONTROL_CAPTIONS.items():
+            (tmp_path / f"{name}.jpg").write_bytes(jpeg())
+            (tmp_path / f"{name}.txt").write_bytes(caption)
+        source = FolderSource(FolderConfig(str(tmp_path), test_fraction=0.0), shard_size=100)
+    else:
+        write_tar(tmp_path / "00000.tar", [m for name, (caption, _, _) in CONTROL_CAPTIONS.items()
+                                           for m in ((f"{name}.jpg", jpeg()), (f"{name}.txt", caption))])
+        source = WebDatasetSource(WebDatasetConfig(str(tmp_path / "00000.tar"), test_fraction=0.0))
+    got = {i.source_id.split("/")[-1].split(".")[0]: (i.caption, i.error) for i in read_all(source, "train")}
+    assert got == {name: (caption, error) for name, (_, caption, error) in CONTROL_CAPTIONS.items()}
 
 
 def test_make_source_builds_every_kind(folder: Path, shards: Path):
@@ -463,6 +539,7 @@ HOSTILE_TARS = {
         ["tar_header_too_large"],
     ),
     "header_chain": (_GOOD + hostile.member("h.txt", b"x") + hostile.header_chain(3000) + bytes(1024), ["tar_header_too_large"]),
+    "duplicate_member": (_GOOD + hostile.member("h.jpg", jpeg((9, 9, 9))) + _sample("h") + bytes(1024), ["duplicate_member"]),
 }
 
 

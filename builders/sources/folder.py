@@ -1,7 +1,8 @@
 """A directory tree of images with caption sidecars (``name.jpg`` + ``name.txt``).
 
-Files are listed once, sorted by relative path, and split by a hash of that path, so a file keeps
-its split when others are added. Every format Pillow reads by default is listed (GIF gives its first
+Files are listed once and grouped by key (the relative path without its extension), as a tar's
+members are; each key is one item, split by a hash of the key, so it keeps its split when others
+are added. Every format Pillow reads by default is listed (GIF gives its first
 frame, TIFF its first page). Images stay raw bytes here: decoding is the resizer's job, and a bad
 file becomes an item with an error and its text, never an exception.
 
@@ -17,6 +18,7 @@ import hashlib
 import math
 import os
 import stat
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,6 +33,8 @@ from .base import RawItem, Source, split_of
 DEFAULT_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "jpe", "jfif", "png", "apng", "webp", "avif", "bmp", "gif", "tif", "tiff")
 #: One image file read into memory at most, unless the source config sets another.
 DEFAULT_MAX_BYTES = 64 << 20
+#: A caption's file ending, matched case-insensitively (``IMG.JPG`` + ``IMG.TXT``).
+CAPTION_EXTENSION = "txt"
 #: A caption is copied into KEY.txt, KEY.json and the manifest: longer ones are refused.
 MAX_CAPTION_BYTES = 64 << 10
 
@@ -56,15 +60,27 @@ def check_limits(max_bytes: Any, bytes_field: str, max_pixels: Any) -> None:
 
 
 def decode_caption(data: bytes) -> tuple[str | None, str | None]:
-    """Return ``(caption, None)`` or ``(None, reason)``; shared by every source of external captions."""
+    """Return ``(caption, None)`` or ``(None, reason)``; shared by every source of external captions.
+
+    A caption is stored in KEY.txt, KEY.json and the manifest, so it holds no control characters
+    (C0, C1, line breaks and tabs: each becomes a space) and no format characters (a bidi override
+    that reorders what a reader sees, a zero-width space, a soft hyphen: each is removed, so a word
+    stays whole). A caption left without a visible character is ``empty_caption``.
+    """
     if len(data) > MAX_CAPTION_BYTES:
         return None, "caption_too_large"
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         return None, "caption_not_utf8"
-    text = text.strip()
+    text = _printable(text).strip()
     return (text, None) if text else (None, "empty_caption")
+
+
+def _printable(text: str) -> str:
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(" " if cat == "Cc" else c for c in text if (cat := unicodedata.category(c)) != "Cf")
 
 
 def read_regular_file(root: Path, rel: str, max_bytes: int) -> bytes:
@@ -132,11 +148,26 @@ class FolderConfig:
         check_limits(self.max_file_bytes, "max_file_bytes", self.max_pixels)
 
 
-class FolderSource(Source):
-    """Each split's files, in relative-path order, cut into shards of ``shard_size``.
+@dataclass(frozen=True)
+class _Entry:
+    """The files of one key (a path without its extension): the image used, its caption, and the
+    files not used with why (the reason counted and the text recorded)."""
 
-    Every entry with an image ending that is not a folder is listed, symlinks and FIFOs included,
-    so each one is counted when it is refused.
+    key: str
+    image: str | None
+    caption: str
+    unused: tuple[tuple[str, str, str], ...]
+
+
+class FolderSource(Source):
+    """Each split's keys, in key order, cut into shards of ``shard_size``.
+
+    As in a tar, one key is one item: ``a.jpg`` and ``a.png`` beside ``a.txt`` are one item (the
+    image by the order of ``extensions``), so they cannot land in different splits. Every entry
+    that is not a folder is listed, symlinks and FIFOs included, so each one is counted when it is
+    refused, and every file not used is a skip record of its own: an image beside a preferred one
+    (``duplicate_image``), a second caption (``duplicate_caption``), files of a key without any image
+    (``no_image``). Other files beside a used image (``a.json``) are part of its item.
     """
 
     kind = "folder"
@@ -147,13 +178,9 @@ class FolderSource(Source):
         root = Path(config.path)
         if not root.is_dir():
             raise ValueError(f"path: {str(root)!r} does not exist or is not a directory")
-        suffixes = {"." + e for e in config.extensions}
-        files = sorted(
-            p.relative_to(root).as_posix()
-            for p in root.rglob("*")
-            if p.suffix.lower() in suffixes and not _is_folder(p)
-        )
-        if not files:
+        listed = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if not _is_folder(p))
+        entries = _entries(listed, config.extensions)
+        if not any(e.image for e in entries):
             raise ValueError(
                 f"path: no images ({', '.join(config.extensions)}) under {str(root)!r}"
             )
@@ -161,47 +188,51 @@ class FolderSource(Source):
         self.root = root
         self.shard_size = shard_size
         self.max_pixels = config.max_pixels
-        self._listed = files
-        self._files = {s: [f for f in files if split_of(f, config.test_fraction) == s] for s in SPLITS}
+        self._listed = listed
+        self._entries = {s: [e for e in entries if split_of(e.key, config.test_fraction) == s] for s in SPLITS}
 
     def fingerprint(self) -> dict[str, Any]:
-        """Every listed image and its caption: name, size and modification time (not followed)."""
+        """Every listed file: name, size and modification time (not followed)."""
         digest, total = hashlib.sha256(), 0
-        for rel in self._listed:
-            for name in (rel, _caption_of(rel)):
-                try:
-                    info = os.lstat(self.root / name)
-                except OSError:
-                    entry = f"{name}\t-"
-                else:
-                    entry = f"{name}\t{info.st_size}\t{info.st_mtime_ns}"
-                    total += info.st_size
-                digest.update(entry.encode("utf-8", "surrogateescape") + b"\n")
+        for name in self._listed:
+            try:
+                info = os.lstat(self.root / name)
+            except OSError:
+                entry = f"{name}\t-"
+            else:
+                entry = f"{name}\t{info.st_size}\t{info.st_mtime_ns}"
+                total += info.st_size
+            digest.update(entry.encode("utf-8", "surrogateescape") + b"\n")
         return {"kind": self.kind, "path": str(self.root), "files": len(self._listed), "bytes": total, "sha256": digest.hexdigest()}
 
     def files(self, split: str) -> list[str]:
-        """Relative paths of ``split``'s images, in shard order."""
-        if split not in self._files:
+        """Relative paths of the images ``split`` uses, in shard order."""
+        return [e.image for e in self._split(split) if e.image is not None]
+
+    def _split(self, split: str) -> list[_Entry]:
+        if split not in self._entries:
             raise ValueError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
-        return self._files[split]
+        return self._entries[split]
 
     def shard_ids(self, split: str) -> list[int]:
-        return list(range(math.ceil(len(self.files(split)) / self.shard_size)))
+        return list(range(math.ceil(len(self._split(split)) / self.shard_size)))
 
     def read(self, split: str, shard_id: int) -> Iterator[RawItem]:
         if shard_id not in range(len(self.shard_ids(split))):
             raise ValueError(f"{split} has no shard {shard_id} (shards: {len(self.shard_ids(split))})")
         start = shard_id * self.shard_size
-        for rel in self.files(split)[start : start + self.shard_size]:
-            yield self._item(rel)
+        for entry in self._split(split)[start : start + self.shard_size]:
+            if entry.image is not None:
+                yield self._item(entry.image, entry.caption)
+            for rel, reason, detail in entry.unused:
+                yield RawItem(rel, None, None, {"path": rel}, error=reason, detail=detail)
 
-    def _item(self, rel: str) -> RawItem:
+    def _item(self, rel: str, caption_rel: str) -> RawItem:
         meta = {"path": rel}
         try:
             rel.encode("utf-8")
         except UnicodeEncodeError:
             return RawItem(rel, None, None, {}, error="undecodable_name")
-        caption_rel = _caption_of(rel)
         try:
             caption_bytes = read_regular_file(self.root, caption_rel, MAX_CAPTION_BYTES)
         except FileNotFoundError:
@@ -226,8 +257,37 @@ class FolderSource(Source):
         return RawItem(rel, image, caption, meta)
 
 
-def _caption_of(rel: str) -> str:
-    return rel.rsplit(".", 1)[0] + ".txt"
+def split_name(rel: str) -> tuple[str, str]:
+    """``(key, extension)``: the path up to the last dot of its file name, and the lower-cased rest
+    (``".jpg"`` is key ``""``, extension ``"jpg"``; a name without a dot has extension ``""``)."""
+    folder, _, name = rel.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if not dot:
+        stem, ext = name, ""
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def _entries(listed: list[str], extensions: tuple[str, ...]) -> list[_Entry]:
+    """``listed`` grouped by key, in key order. The image used is the first by the order of
+    ``extensions`` (then by name), the caption ``KEY.txt`` before another case of it."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for rel in listed:
+        key, ext = split_name(rel)
+        groups.setdefault(key, []).append((rel, ext))
+    entries = []
+    for key in sorted(groups):
+        files = groups[key]
+        images = sorted((r for r, e in files if e in extensions), key=lambda r: (extensions.index(split_name(r)[1]), r))
+        captions = sorted((r for r, e in files if e == CAPTION_EXTENSION), key=lambda r: (not r.endswith("." + CAPTION_EXTENSION), r))
+        caption = captions[0] if captions else f"{key}.{CAPTION_EXTENSION}"
+        if not images:
+            names = ", ".join(r for r, _ in files)
+            unused = [(files[0][0], "no_image", f"no image ({', '.join(extensions)}) named {key!r}: {names}")]
+        else:
+            unused = [(r, "duplicate_image", f"{r}: {images[0]} of the same name is used") for r in images[1:]]
+            unused += [(r, "duplicate_caption", f"{r}: {caption} of the same name is used") for r in captions[1:]]
+        entries.append(_Entry(key, images[0] if images else None, caption, tuple(unused)))
+    return entries
 
 
 def _is_folder(path: Path) -> bool:

@@ -202,11 +202,14 @@ def _samples(path: str, wanted: Callable[[str], bool], keep: set[str], max_membe
 
 def _source_json(data: bytes) -> tuple[Any, str | None]:
     """A sample's JSON metadata, or why not: ``json_too_large``, ``json_too_deep`` (both skip the
-    sample: they are built to hurt), ``invalid_json`` (the sample is kept without it)."""
+    sample: they are built to hurt), ``invalid_json`` (the sample is kept without it).
+
+    ``NaN``, ``Infinity`` and ``-Infinity`` (img2dataset writes them, e.g. a LAION similarity) are not
+    JSON, and a strict reader of our KEY.json would refuse them: each becomes ``null``."""
     if len(data) > MAX_JSON_BYTES:
         return None, "json_too_large"
     try:
-        parsed = json.loads(data)
+        parsed = json.loads(data, parse_constant=_null)
     except RecursionError:
         return None, "json_too_deep"
     except ValueError:
@@ -216,6 +219,11 @@ def _source_json(data: bytes) -> tuple[Any, str | None]:
     if not _encodable(json.dumps(parsed, ensure_ascii=False)):
         return None, "invalid_json"
     return parsed, None
+
+
+def _null(constant: str) -> None:
+    """What a non-standard JSON constant (``NaN``, ``Infinity``, ``-Infinity``) is read as."""
+    return None
 
 
 def _depth(value: Any) -> int:
