@@ -348,6 +348,8 @@ def _quiet_libraries() -> None:
         library.set_verbosity_error()
         library.disable_progress_bar()
     os.environ["YOLO_VERBOSE"] = "False"  # read when ultralytics is imported (it resets its logger's level then)
+    # --jobs workers are spawned: they start from the environment, which the libraries read at import.
+    os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error", DIFFUSERS_VERBOSITY="error")
     logging.getLogger("ultralytics").setLevel(logging.ERROR)
 
 
