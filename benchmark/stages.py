@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.benchmark_run import BenchmarkRun
-from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_sha256
+from benchmark.generation import diffusers_generate_fn, generate_images, pipeline_sha256
 from benchmark.methods.interface import FineTune
 from benchmark.models.base_model import pretrain_base
 from benchmark.models.pipelines import load_pipeline as _load
@@ -112,7 +112,7 @@ def base_generations(run: BenchmarkRun, dataset: Path, base: Path, identity: dic
     if len(prompts) < n_bg + n_cal:
         raise ValueError(f"{dataset / DETECTOR_PROMPT_SUBSET / 'train'}: {len(prompts)} captions, the track asks for {n_bg + n_cal} generated images")
     root = run.cache / "base-generations" / cache_key(identity)
-    settings = GenerationSettings(**run.track.generation)
+    settings = run.track.generation_settings()
     pipe = load_pipeline(base)
     generate = diffusers_generate_fn(pipe, settings)
     folders = (root / "backgrounds", root / "calibration")
