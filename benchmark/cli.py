@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from benchmark.failures import MethodFailed
@@ -335,22 +338,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    """``--quiet``: the libraries' own loading bars, warnings and summaries off too, not only ours.
-    Set here, in the composition root, never by the library modules."""
+QUIET_ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error", "YOLO_VERBOSE": "False"}
+
+
+@contextmanager
+def quiet_libraries(quiet: bool = True) -> Iterator[None]:
+    """``--quiet``: the libraries' own loading bars, warnings and summaries off too, not only ours,
+    for the command's length: set here, in the composition root, never by the library modules, and
+    put back after, so a caller of :func:`main` (a test, a notebook) keeps its own settings."""
+    if not quiet:
+        yield
+        return
     import logging
-    import os
 
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    for library in (diffusers_logging, transformers_logging):
+    libraries = (diffusers_logging, transformers_logging)
+    before = [(library.get_verbosity(), library.is_progress_bar_enabled()) for library in libraries]
+    environment = {name: os.environ.get(name) for name in QUIET_ENVIRONMENT}
+    ultralytics = logging.getLogger("ultralytics")
+    ultralytics_level = ultralytics.level
+    for library in libraries:
         library.set_verbosity_error()
         library.disable_progress_bar()
-    os.environ["YOLO_VERBOSE"] = "False"  # read when ultralytics is imported (it resets its logger's level then)
-    # --jobs workers are spawned: they start from the environment, which the libraries read at import.
-    os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error", DIFFUSERS_VERBOSITY="error")
-    logging.getLogger("ultralytics").setLevel(logging.ERROR)
+    # --jobs workers are spawned: they start from the environment, which the libraries read at import
+    # (ultralytics resets its logger's level from YOLO_VERBOSE then).
+    os.environ.update(QUIET_ENVIRONMENT)
+    ultralytics.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for library, (verbosity, bars) in zip(libraries, before):
+            library.set_verbosity(verbosity)
+            if bars:
+                library.enable_progress_bar()
+        for name, value in environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        ultralytics.setLevel(ultralytics_level)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,10 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "cache", None):
         use_cache(args.cache)  # before anything imports matplotlib or ultralytics
-    if getattr(args, "quiet", False):
-        _quiet_libraries()
     try:
-        return args.func(args)
+        with quiet_libraries(getattr(args, "quiet", False)):
+            return args.func(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"implicit-concept {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -108,4 +108,7 @@ def procedural_prompts(recipe: str, count: int, seed_base: int = 1000) -> list[P
 
 def shard_prompts(path: str | Path, count: int, seed_base: int = 1000) -> list[Prompt]:
     """Captions of a test split of your own (e.g. data/icd-v1/icd-qrcode/test)."""
-    return [Prompt(i, s.caption, seed_base + i) for i, s in enumerate(islice(iter_samples(path, with_extras=False), count))]
+    prompts = [Prompt(i, s.caption, seed_base + i) for i, s in enumerate(islice(iter_samples(path, with_extras=False), count))]
+    if not prompts and count > 0:
+        raise ValueError(f"{path}: no samples to take prompts from")
+    return prompts

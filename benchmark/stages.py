@@ -48,7 +48,22 @@ def dataset(run: BenchmarkRun, build: bool = True) -> Path:
     if build:
         build_dataset(recipe, out, workers=run.workers, progress=run.progress)
         require_verified(out)
+        if run.track.prompts == "test-split":
+            for subset_name, _ in run.track.groups():
+                _require_test_split(out / subset_name / "test", recipe.source)
     return out
+
+
+def _require_test_split(test: Path, source: dict[str, Any]) -> None:
+    """Refuse before any training a track that draws its prompts from an empty test split."""
+    if not (test.is_dir() and any(test.rglob("*.tar"))):
+        fraction = source.get("test_fraction", "as the recipe says")
+        raise ValueError(
+            f"{test}: the test split is empty, and this track's evaluation prompts are its captions "
+            f"(prompts = \"test-split\"). A source's test split takes test_fraction "
+            f"({fraction}) of its items by a hash of their keys, so a source "
+            "of few items may put none there: use a larger source, or a track whose prompts are a CSV"
+        )
 
 
 def detector(run: BenchmarkRun, dataset: Path, base: Path | None = None) -> Detector:

@@ -1,18 +1,22 @@
 """The command line: --version, and --quiet silencing the libraries' own bars and warnings too."""
+import logging
+import os
 import subprocess
 import sys
 
-from benchmark.cli import main
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
+
+from benchmark.cli import QUIET_ENVIRONMENT, main
 
 LOAD_A_PIPELINE = """
 import sys
-from benchmark.cli import main, _quiet_libraries
-if sys.argv[1] == "quiet":
-    _quiet_libraries()
-from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
-config = TinyPipelineConfig(image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True), attention_head_dim=8, text_hidden=16, text_layers=1, text_heads=2)
-save_portable_pipeline(build_tiny_pipeline(config, sys.argv[2] + "/tok", seed=0), sys.argv[2] + "/p")
-pipe = load_pipeline(sys.argv[2] + "/p")
+from benchmark.cli import main, quiet_libraries
+with quiet_libraries(sys.argv[1] == "quiet"):
+    from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
+    config = TinyPipelineConfig(image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True), attention_head_dim=8, text_hidden=16, text_layers=1, text_heads=2)
+    save_portable_pipeline(build_tiny_pipeline(config, sys.argv[2] + "/tok", seed=0), sys.argv[2] + "/p")
+    pipe = load_pipeline(sys.argv[2] + "/p")
 """
 
 
@@ -27,7 +31,8 @@ def test_version(capsys):
 def test_quiet_silences_the_libraries_bars_and_warnings(tmp_path):
     def run(mode: str) -> str:
         (tmp_path / mode).mkdir()
-        done = subprocess.run([sys.executable, "-c", LOAD_A_PIPELINE, mode, str(tmp_path / mode)], capture_output=True, text=True, timeout=300)
+        env = {k: v for k, v in os.environ.items() if k not in QUIET_ENVIRONMENT}  # the noise as a user's shell has it
+        done = subprocess.run([sys.executable, "-c", LOAD_A_PIPELINE, mode, str(tmp_path / mode)], capture_output=True, text=True, timeout=300, env=env)
         assert done.returncode == 0, done.stderr[-2000:]
         return done.stdout + done.stderr
 
@@ -49,3 +54,30 @@ def test_long_commands_show_one_progress_bar_and_quiet_removes_it(tmp_path, caps
         assert bar in err and "100%" in err, err
         assert main(command + ["--quiet"]) == 0
         assert bar not in capsys.readouterr().err
+
+
+def test_quiet_is_put_back_when_the_command_returns(tmp_path, monkeypatch, capsys):
+    """``main([..., "--quiet"])`` called in a process (a test, a notebook) leaves that process's
+    environment, library verbosity and bars as it found them: spawned runs after it are not silenced."""
+    for name in QUIET_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "info")
+    diffusers_logging.set_verbosity_warning()
+    transformers_logging.enable_progress_bar()
+    logging.getLogger("ultralytics").setLevel(logging.INFO)
+    before = (dict(os.environ), diffusers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled())
+    seen = {}
+
+    def during(args):
+        seen.update(env=os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"), bars=transformers_logging.is_progress_bar_enabled())
+        raise ValueError("the command failed")
+
+    from benchmark import cli
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: __import__("argparse").Namespace(command="x", quiet=True, func=during))
+    assert main(["x", "--quiet"]) == 2
+    assert seen == {"env": "1", "bars": False}, "quiet while the command runs"
+    assert (dict(os.environ), diffusers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()) == before
+    assert logging.getLogger("ultralytics").level == logging.INFO

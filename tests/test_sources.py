@@ -577,3 +577,15 @@ def test_caps_are_validated_naming_the_field(options, message):
     with pytest.raises(ValueError) as info:
         make_source(options, image_size=32, shard_size=4, seed=0)
     assert message in str(info.value)
+
+
+def test_the_paper_dry_runs_folder_puts_one_scene_in_test_as_the_folder_source_splits(tmp_path: Path):
+    """``procedural_folder`` writes a folder for a given split by asking the folder source's rule:
+    when the rule changed (a hash of the key, not of the file name) a copy of the old rule left the
+    dry run with no test split at all."""
+    from benchmark.perf.paper_data import procedural_folder
+    from builders.recipe import source_from_spec
+
+    folder = procedural_folder(tmp_path / "source", 3, seed=0)
+    source = FolderSource(FolderConfig(folder, source_from_spec(str(folder))["test_fraction"]), shard_size=8)
+    assert len(source.files("train")) == 3 and len(source.files("test")) == 1

@@ -233,6 +233,7 @@ def test_the_benchmark_refuses_data_that_does_not_verify(dataset, monkeypatch):
     class Run:
         class track:
             recipe = "icd-debug"
+            prompts = "icd-tiny-eval"
 
         source = None
         data_root = dataset.parent
@@ -242,4 +243,38 @@ def test_the_benchmark_refuses_data_that_does_not_verify(dataset, monkeypatch):
     assert stages.dataset(Run()) == dataset
     extra_unlisted_tar(dataset)
     with pytest.raises(DatasetVerifyError, match="00002.tar: unexpected file"):
+        stages.dataset(Run())
+
+
+def test_a_track_that_takes_prompts_from_an_empty_test_split_is_refused_before_training(tmp_path):
+    """A source of few items may put none in its test split: the benchmark says so once the data is
+    built, naming the split, instead of failing hours later when it samples its first prompt."""
+    from benchmark import stages
+    from benchmark.perf.paper_data import procedural_folder
+    from builders.sources.folder import file_split
+
+    folder = procedural_folder(tmp_path / "source", 2, seed=0)
+
+    class Run:
+        class track:
+            recipe = "icd-debug"
+            prompts = "test-split"
+
+            @staticmethod
+            def groups():
+                return [("icd-mixed", ("qrcode", "watermark", "text"))]
+
+        source = str(folder)
+        data_root = tmp_path / "data"
+        workers = 1
+        progress = False
+
+    out = stages.dataset(Run())
+    assert any((out / "icd-mixed" / "test").rglob("*.tar"))
+    for image in folder.glob("*.jpg"):
+        if file_split(image.name, 0.1) == "test":
+            image.unlink()
+            image.with_suffix(".txt").unlink()
+    Run.data_root = tmp_path / "data-without-test"
+    with pytest.raises(ValueError, match=r"icd-mixed/test: the test split is empty.*test_fraction \(0.1\)"):
         stages.dataset(Run())

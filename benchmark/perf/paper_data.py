@@ -12,7 +12,8 @@ from pathlib import Path
 
 from builders.build import build_dataset
 from builders.recipe import load_recipe, source_from_spec
-from builders.sources import ProceduralConfig, ProceduralSource, split_of
+from builders.sources import ProceduralConfig, ProceduralSource
+from builders.sources.folder import file_split
 from implicit_concept.files import atomic_write_bytes, atomic_write_text
 
 SOURCE_SIZE = 512
@@ -22,7 +23,7 @@ DONE = ".complete"
 
 def procedural_folder(folder: Path, train: int, seed: int = 0) -> Path:
     """``train`` procedural scenes that the folder reader puts in the train split, and one it puts in
-    the test split (it splits by a hash of the file name), at 512 px as JPEG with caption files."""
+    the test split (it splits by a hash of the file's key), at 512 px as JPEG with caption files."""
     folder = Path(folder)
     if (folder / DONE).is_file():
         return folder
@@ -33,7 +34,7 @@ def procedural_folder(folder: Path, train: int, seed: int = 0) -> Path:
     wanted = {"train": train, "test": 1}
     for item in scenes.read("train", 0):
         name = f"scene-{item.meta['index']:06d}"
-        split = split_of(f"{name}.jpg", test_fraction)
+        split = file_split(f"{name}.jpg", test_fraction)
         if wanted[split]:
             wanted[split] -= 1
             buffer = io.BytesIO()

@@ -257,6 +257,12 @@ class FolderSource(Source):
         return RawItem(rel, image, caption, meta)
 
 
+def file_split(rel: str, test_fraction: float) -> str:
+    """The split the file ``rel`` (``a/b.jpg``) lands in: by a hash of its key (``a/b``), so an
+    image and its caption cannot part. Whatever writes a folder for a given split asks this."""
+    return split_of(split_name(rel)[0], test_fraction)
+
+
 def split_name(rel: str) -> tuple[str, str]:
     """``(key, extension)``: the path up to the last dot of its file name, and the lower-cased rest
     (``".jpg"`` is key ``""``, extension ``"jpg"``; a name without a dot has extension ``""``)."""
