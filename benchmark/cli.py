@@ -338,18 +338,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-QUIET_ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error", "YOLO_VERBOSE": "False"}
+QUIET_ENVIRONMENT = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+    "YOLO_VERBOSE": "False", "PYTHONWARNINGS": "ignore",
+}
 
 
 @contextmanager
 def quiet_libraries(quiet: bool = True) -> Iterator[None]:
-    """``--quiet``: the libraries' own loading bars, warnings and summaries off too, not only ours,
-    for the command's length: set here, in the composition root, never by the library modules, and
-    put back after, so a caller of :func:`main` (a test, a notebook) keeps its own settings."""
+    """``--quiet``: the libraries' own loading bars, logged and Python warnings (diffusers'
+    deprecations) and summaries off too, not only ours, for the command's length. Set here, in the
+    composition root, never by the library modules, and put back after, so a caller of :func:`main`
+    (a test, a notebook) keeps its own settings."""
     if not quiet:
         yield
         return
     import logging
+    import warnings
 
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -367,7 +372,9 @@ def quiet_libraries(quiet: bool = True) -> Iterator[None]:
     os.environ.update(QUIET_ENVIRONMENT)
     ultralytics.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         for library, (verbosity, bars) in zip(libraries, before):
             library.set_verbosity(verbosity)

@@ -3,6 +3,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
@@ -56,7 +57,7 @@ def test_long_commands_show_one_progress_bar_and_quiet_removes_it(tmp_path, caps
         assert bar not in capsys.readouterr().err
 
 
-def test_quiet_is_put_back_when_the_command_returns(tmp_path, monkeypatch, capsys):
+def test_quiet_is_put_back_when_the_command_returns(tmp_path, monkeypatch, recwarn):
     """``main([..., "--quiet"])`` called in a process (a test, a notebook) leaves that process's
     environment, library verbosity and bars as it found them: spawned runs after it are not silenced."""
     for name in QUIET_ENVIRONMENT:
@@ -70,6 +71,7 @@ def test_quiet_is_put_back_when_the_command_returns(tmp_path, monkeypatch, capsy
 
     def during(args):
         seen.update(env=os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"), bars=transformers_logging.is_progress_bar_enabled())
+        warnings.warn("a library's deprecation during the command", FutureWarning)
         raise ValueError("the command failed")
 
     from benchmark import cli
@@ -81,3 +83,5 @@ def test_quiet_is_put_back_when_the_command_returns(tmp_path, monkeypatch, capsy
     assert seen == {"env": "1", "bars": False}, "quiet while the command runs"
     assert (dict(os.environ), diffusers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()) == before
     assert logging.getLogger("ultralytics").level == logging.INFO
+    warnings.warn("a deprecation after the command", FutureWarning)
+    assert [str(w.message) for w in recwarn] == ["a deprecation after the command"]
