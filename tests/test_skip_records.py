@@ -169,16 +169,25 @@ def test_a_gzipped_tar_builds_as_tgz_or_tar_gz_and_another_file_is_named(tmp_pat
     assert f"--source {tmp_path / 'shards.zip'}: a file, but not a tar shard" in err and "no such folder" not in err
 
 
-def test_nan_and_infinity_in_a_source_json_become_null_in_strict_json(tmp_path):
-    """img2dataset's sidecars hold NaN/Infinity; what a build writes is JSON any strict parser reads."""
+@pytest.mark.parametrize("kind", ["webdataset", "folder"])
+def test_nan_and_infinity_in_a_source_json_become_null_in_strict_json(tmp_path, kind):
+    """img2dataset's sidecars hold NaN/Infinity, in its tars and in its ``files`` folders alike; what
+    a build writes is JSON any strict parser reads, with the sidecar in the sample's source meta."""
     sidecar = b'{"url": "http://x/a.jpg", "similarity": NaN, "pwatermark": Infinity, "low": [-Infinity, 1.5]}'
-    with tarfile.open(tmp_path / "00000.tar", "w") as tf:
-        for name, data in (("a.png", _png()), ("a.txt", b"a red square"), ("a.json", sidecar)):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
+    files = (("a.png", _png()), ("a.txt", b"a red square"), ("a.json", sidecar))
     raw = _recipe(tmp_path, FOUR_SUBSETS[:1], test_fraction=0.0)
-    raw["source"] = {"kind": "webdataset", "urls": str(tmp_path / "00000.tar"), "test_fraction": 0.0}
+    if kind == "webdataset":
+        with tarfile.open(tmp_path / "00000.tar", "w") as tf:
+            for name, data in files:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+        raw["source"] = {"kind": "webdataset", "urls": str(tmp_path / "00000.tar"), "test_fraction": 0.0}
+    else:
+        (tmp_path / "files").mkdir()
+        for name, data in files:
+            (tmp_path / "files" / name).write_bytes(data)
+        raw["source"] = {"kind": "folder", "path": str(tmp_path / "files"), "test_fraction": 0.0}
     build_dataset(parse_recipe(raw), tmp_path / "out", progress=False)
 
     def strict(constant):

@@ -214,6 +214,29 @@ def test_folder_split_is_stable_and_disjoint(folder: Path):
     assert set(grown.files("train")) - set(train) <= {"late/new.png"}
 
 
+def test_a_folder_sidecar_json_is_bounded_as_a_tars(tmp_path: Path):
+    """A ``KEY.json`` built to hurt (deep nesting, over the size cap, a FIFO or a symlink) is a
+    counted skip naming the file, as the same member in a tar is; the build never hangs on it."""
+    from implicit_concept.shard_reader import MAX_JSON_BYTES
+
+    sidecars = {"deep": b"[" * 100_000 + b"]" * 100_000, "large": b'"' + b"x" * MAX_JSON_BYTES + b'"', "fine": b"{}"}
+    for key, data in sidecars.items():
+        save(tmp_path / f"{key}.jpg", Image.new("RGB", (64, 64)), "JPEG")
+        (tmp_path / f"{key}.txt").write_text("a picture")
+        (tmp_path / f"{key}.json").write_bytes(data)
+    save(tmp_path / "fifo.jpg", Image.new("RGB", (64, 64)), "JPEG")
+    (tmp_path / "fifo.txt").write_text("a picture")
+    os.mkfifo(tmp_path / "fifo.json")
+    items = {i.source_id: i for i in read_all(FolderSource(FolderConfig(str(tmp_path), test_fraction=0.0), shard_size=8), "train")}
+    assert {k: (i.error, i.detail if i.error else i.meta) for k, i in items.items()} == {
+        "deep.jpg": ("json_too_deep", "deep.json"),
+        "large.jpg": ("json_too_large", "large.json"),
+        "fine.jpg": (None, {"path": "fine.jpg", "json": {}}),
+        "fifo.jpg": ("not_a_regular_file", items["fifo.jpg"].detail),
+    }
+    assert items["fifo.jpg"].detail.startswith("metadata fifo.json")
+
+
 def test_folder_one_key_is_one_item_as_in_a_tar(tmp_path: Path):
     """``a.jpg`` + ``a.png`` + ``a.txt`` once became two items that could land in different splits;
     a key is one item (the image by the tar's order of preference) and every file not used, an
@@ -228,6 +251,9 @@ def test_folder_one_key_is_one_item_as_in_a_tar(tmp_path: Path):
     (tmp_path / "c.txt").write_text("a lower-case caption")
     (tmp_path / "c.TXT").write_text("the same caption's other case")
     (tmp_path / "orphan.txt").write_text("a caption without an image")
+    (tmp_path / "a.json").write_text('{"url": "http://x/a.jpg"}')
+    (tmp_path / "a.JSON").write_text('{"url": "the other case"}')
+    (tmp_path / "b.json").write_text("not json")
     for fraction in (0.0, 0.5, 1.0):
         source = FolderSource(FolderConfig(str(tmp_path), test_fraction=fraction), shard_size=2)
         by_split = {s: [i for i in read_all(source, s)] for s in ("train", "test")}
@@ -244,7 +270,10 @@ def test_folder_one_key_is_one_item_as_in_a_tar(tmp_path: Path):
         "upper.JPG": (None, "an upper-case caption ending"),
         "UPPER.TXT": ("no_image", None),
         "orphan.txt": ("no_image", None),
+        "a.JSON": ("duplicate_json", None),
     }
+    assert items["a.jpg"].meta == {"path": "a.jpg", "json": {"url": "http://x/a.jpg"}}, "img2dataset's KEY.json beside an image"
+    assert items["b.PNG"].meta == {"path": "b.PNG", "json_error": "invalid_json"}, "kept without it, as from a tar"
     assert items["a.png"].detail == "a.png: a.jpg of the same name is used"
     assert "orphan.txt" in items["orphan.txt"].detail
 

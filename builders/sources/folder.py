@@ -25,9 +25,11 @@ from typing import Any, Iterator
 
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
 from implicit_concept.sample import SPLITS
+from implicit_concept.shard_reader import MAX_JSON_BYTES
 from implicit_concept.validate import check_int
 
 from .base import RawItem, Source, split_of
+from .source_json import source_json
 
 #: The photo and web formats Pillow reads (a GIF or APNG gives its first frame, a TIFF its first page).
 DEFAULT_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "jpe", "jfif", "png", "apng", "webp", "avif", "bmp", "gif", "tif", "tiff")
@@ -35,6 +37,8 @@ DEFAULT_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "jpe", "jfif", "png", "apn
 DEFAULT_MAX_BYTES = 64 << 20
 #: A caption's file ending, matched case-insensitively (``IMG.JPG`` + ``IMG.TXT``).
 CAPTION_EXTENSION = "txt"
+#: A sample's metadata sidecar (img2dataset's ``files`` output writes one beside each image).
+JSON_EXTENSION = "json"
 #: A caption is copied into KEY.txt, KEY.json and the manifest: longer ones are refused.
 MAX_CAPTION_BYTES = 64 << 10
 
@@ -150,12 +154,13 @@ class FolderConfig:
 
 @dataclass(frozen=True)
 class _Entry:
-    """The files of one key (a path without its extension): the image used, its caption, and the
-    files not used with why (the reason counted and the text recorded)."""
+    """The files of one key (a path without its extension): the image used, its caption, its JSON
+    metadata if any, and the files not used with why (the reason counted and the text recorded)."""
 
     key: str
     image: str | None
     caption: str
+    json: str | None
     unused: tuple[tuple[str, str, str], ...]
 
 
@@ -167,7 +172,9 @@ class FolderSource(Source):
     that is not a folder is listed, symlinks and FIFOs included, so each one is counted when it is
     refused, and every file not used is a skip record of its own: an image beside a preferred one
     (``duplicate_image``), a second caption (``duplicate_caption``), files of a key without any image
-    (``no_image``). Other files beside a used image (``a.json``) are part of its item.
+    (``no_image``). ``a.json`` beside a used image is its metadata, as in img2dataset's ``files``
+    output: read as a tar's ``KEY.json`` is, into the sample's ``source.meta``; other files of the
+    key are not read.
     """
 
     kind = "folder"
@@ -223,16 +230,28 @@ class FolderSource(Source):
         start = shard_id * self.shard_size
         for entry in self._split(split)[start : start + self.shard_size]:
             if entry.image is not None:
-                yield self._item(entry.image, entry.caption)
+                yield self._item(entry.image, entry.caption, entry.json)
             for rel, reason, detail in entry.unused:
                 yield RawItem(rel, None, None, {"path": rel}, error=reason, detail=detail)
 
-    def _item(self, rel: str, caption_rel: str) -> RawItem:
-        meta = {"path": rel}
+    def _item(self, rel: str, caption_rel: str, json_rel: str | None) -> RawItem:
+        meta: dict[str, Any] = {"path": rel}
         try:
             rel.encode("utf-8")
         except UnicodeEncodeError:
             return RawItem(rel, None, None, {}, error="undecodable_name")
+        if json_rel is not None:
+            try:
+                parsed, error = source_json(read_regular_file(self.root, json_rel, MAX_JSON_BYTES + 1))
+            except FileTooLarge:
+                parsed, error = None, "json_too_large"
+            except NotRegularFile as e:
+                return RawItem(rel, None, None, meta, error="not_a_regular_file", detail=f"metadata {json_rel}: {e}")
+            except OSError as e:
+                return RawItem(rel, None, None, meta, error="unreadable_json", detail=f"{json_rel}: {e}")
+            if error in ("json_too_large", "json_too_deep"):
+                return RawItem(rel, None, None, meta, error=error, detail=json_rel)
+            meta.update({"json_error": error} if error else {"json": parsed})
         try:
             caption_bytes = read_regular_file(self.root, caption_rel, MAX_CAPTION_BYTES)
         except FileNotFoundError:
@@ -284,16 +303,23 @@ def _entries(listed: list[str], extensions: tuple[str, ...]) -> list[_Entry]:
     for key in sorted(groups):
         files = groups[key]
         images = sorted((r for r, e in files if e in extensions), key=lambda r: (extensions.index(split_name(r)[1]), r))
-        captions = sorted((r for r, e in files if e == CAPTION_EXTENSION), key=lambda r: (not r.endswith("." + CAPTION_EXTENSION), r))
+        captions = _preferred(files, CAPTION_EXTENSION)
         caption = captions[0] if captions else f"{key}.{CAPTION_EXTENSION}"
+        jsons = _preferred(files, JSON_EXTENSION)
         if not images:
             names = ", ".join(r for r, _ in files)
             unused = [(files[0][0], "no_image", f"no image ({', '.join(extensions)}) named {key!r}: {names}")]
         else:
             unused = [(r, "duplicate_image", f"{r}: {images[0]} of the same name is used") for r in images[1:]]
             unused += [(r, "duplicate_caption", f"{r}: {caption} of the same name is used") for r in captions[1:]]
-        entries.append(_Entry(key, images[0] if images else None, caption, tuple(unused)))
+            unused += [(r, "duplicate_json", f"{r}: {jsons[0]} of the same name is used") for r in jsons[1:]]
+        entries.append(_Entry(key, images[0] if images else None, caption, jsons[0] if jsons else None, tuple(unused)))
     return entries
+
+
+def _preferred(files: list[tuple[str, str]], extension: str) -> list[str]:
+    """The files with ``extension`` in any case, the lower-case spelling first."""
+    return sorted((r for r, e in files if e == extension), key=lambda r: (not r.endswith("." + extension), r))
 
 
 def _is_folder(path: Path) -> bool:

@@ -13,12 +13,11 @@ HTTP error) is one ``unreadable_tar``.
 Memory stays bounded whatever a tar declares: a member over ``max_member_bytes`` is not read (its
 sample is a ``member_too_large``), a sparse member or an oversized header record stops the tar
 (``sparse_member``, ``tar_header_too_large``, after the samples before it), and a sample's JSON is
-refused above 1 MiB or :data:`MAX_JSON_DEPTH` levels of nesting.
+refused above 1 MiB or 32 levels of nesting (:mod:`.source_json`).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tarfile
 import zlib
@@ -30,7 +29,6 @@ from braceexpand import braceexpand
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS
 from implicit_concept.sample import SPLITS
 from implicit_concept.shard_reader import (
-    MAX_JSON_BYTES,
     MAX_MEMBER_BYTES,
     STREAM_PREFIXES,
     TarRefused,
@@ -43,10 +41,7 @@ from implicit_concept.shard_reader import (
 
 from .base import RawItem, Source, split_of
 from .folder import check_fraction, check_limits, decode_caption
-
-#: A sample's JSON metadata is copied into KEY.json: refused above MAX_JSON_BYTES or this nesting.
-MAX_JSON_DEPTH = 32
-
+from .source_json import encodable, source_json
 
 class _TarStopped(Exception):
     """The tar cannot be read further; ``reason`` is counted once for the rest of it."""
@@ -140,13 +135,13 @@ class WebDatasetSource(Source):
     def _item(self, name: str, sample: TarSample) -> RawItem:
         key, members = sample.key, sample.members
         source_id = f"{name}/{key}"
-        if not _encodable(source_id):
+        if not encodable(source_id):
             return RawItem(source_id, None, None, {"tar": name}, error="undecodable_name")
         meta: dict[str, Any] = {"tar": name, "key": key}
         if sample.refused is not None:
             return RawItem(source_id, None, None, meta, error=sample.refused.reason, detail=sample.refused.detail)
         if "json" in members:
-            parsed, error = _source_json(members["json"])
+            parsed, error = source_json(members["json"])
             if error in ("json_too_large", "json_too_deep"):
                 return RawItem(source_id, None, None, meta, error=error, detail=f"{key}.json")
             meta.update({"json_error": error} if error else {"json": parsed})
@@ -198,53 +193,6 @@ def _samples(path: str, wanted: Callable[[str], bool], keep: set[str], max_membe
         raise _TarStopped("corrupt_tar", f"no end-of-archive block after {key!r}")
     if complete is not None:
         yield complete
-
-
-def _source_json(data: bytes) -> tuple[Any, str | None]:
-    """A sample's JSON metadata, or why not: ``json_too_large``, ``json_too_deep`` (both skip the
-    sample: they are built to hurt), ``invalid_json`` (the sample is kept without it).
-
-    ``NaN``, ``Infinity`` and ``-Infinity`` (img2dataset writes them, e.g. a LAION similarity) are not
-    JSON, and a strict reader of our KEY.json would refuse them: each becomes ``null``."""
-    if len(data) > MAX_JSON_BYTES:
-        return None, "json_too_large"
-    try:
-        parsed = json.loads(data, parse_constant=_null)
-    except RecursionError:
-        return None, "json_too_deep"
-    except ValueError:
-        return None, "invalid_json"
-    if _depth(parsed) > MAX_JSON_DEPTH:
-        return None, "json_too_deep"
-    if not _encodable(json.dumps(parsed, ensure_ascii=False)):
-        return None, "invalid_json"
-    return parsed, None
-
-
-def _null(constant: str) -> None:
-    """What a non-standard JSON constant (``NaN``, ``Infinity``, ``-Infinity``) is read as."""
-    return None
-
-
-def _depth(value: Any) -> int:
-    """Nesting depth of parsed JSON, without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, depth)
-            if depth <= MAX_JSON_DEPTH:
-                stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
-    return deepest
-
-
-def _encodable(text: str) -> bool:
-    """Whether ``text`` is valid UTF-8 once written: tar names and JSON escapes may carry lone surrogates."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _name(location: str) -> str:

@@ -1,0 +1,59 @@
+"""A source sample's JSON metadata (img2dataset's ``KEY.json``), read with bounds: it is copied into
+our ``KEY.json``, so what a strict reader would refuse is made null or refused here, once, for
+every kind of source."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from implicit_concept.shard_reader import MAX_JSON_BYTES
+
+#: A sample's JSON metadata is copied into KEY.json: refused above MAX_JSON_BYTES or this nesting.
+MAX_JSON_DEPTH = 32
+
+
+def source_json(data: bytes) -> tuple[Any, str | None]:
+    """A sample's JSON metadata, or why not: ``json_too_large``, ``json_too_deep`` (both skip the
+    sample: they are built to hurt), ``invalid_json`` (the sample is kept without it).
+
+    ``NaN``, ``Infinity`` and ``-Infinity`` (img2dataset writes them, e.g. a LAION similarity) are not
+    JSON, and a strict reader of our KEY.json would refuse them: each becomes ``null``."""
+    if len(data) > MAX_JSON_BYTES:
+        return None, "json_too_large"
+    try:
+        parsed = json.loads(data, parse_constant=_null)
+    except RecursionError:
+        return None, "json_too_deep"
+    except ValueError:
+        return None, "invalid_json"
+    if _depth(parsed) > MAX_JSON_DEPTH:
+        return None, "json_too_deep"
+    if not encodable(json.dumps(parsed, ensure_ascii=False)):
+        return None, "invalid_json"
+    return parsed, None
+
+
+def _null(constant: str) -> None:
+    """What a non-standard JSON constant (``NaN``, ``Infinity``, ``-Infinity``) is read as."""
+    return None
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def encodable(text: str) -> bool:
+    """Whether ``text`` is valid UTF-8 once written: tar names and JSON escapes may carry lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
