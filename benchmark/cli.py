@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from benchmark.failures import MethodFailed
@@ -345,14 +345,11 @@ QUIET_ENVIRONMENT = {
 
 
 @contextmanager
-def quiet_libraries(quiet: bool = True) -> Iterator[None]:
+def quiet_libraries() -> Iterator[None]:
     """``--quiet``: the libraries' own loading bars, logged and Python warnings (diffusers'
     deprecations) and summaries off too, not only ours, for the command's length. Set here, in the
     composition root, never by the library modules, and put back after, so a caller of :func:`main`
     (a test, a notebook) keeps its own settings."""
-    if not quiet:
-        yield
-        return
     import logging
     import warnings
 
@@ -395,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "cache", None):
         use_cache(args.cache)  # before anything imports matplotlib or ultralytics
     try:
-        with quiet_libraries(getattr(args, "quiet", False)):
+        with quiet_libraries() if getattr(args, "quiet", False) else nullcontext():
             return args.func(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"implicit-concept {args.command}: error: {e}", file=sys.stderr)

@@ -22,6 +22,7 @@ from benchmark.track import Track
 from benchmark.training import PIPELINE_DIR, TrainingConfig, processes, train
 from builders.build import build_dataset
 from builders.dataset_card import CHECKSUMS
+from builders.shard_builder import read_stats
 from builders.recipe import load_recipe, source_from_spec
 from builders.verify import require_verified
 from implicit_concept.detector.inference import Detector
@@ -55,8 +56,9 @@ def dataset(run: BenchmarkRun, build: bool = True) -> Path:
 
 
 def _require_test_split(test: Path, source: dict[str, Any]) -> None:
-    """Refuse before any training a track that draws its prompts from an empty test split."""
-    if not (test.is_dir() and any(test.rglob("*.tar"))):
+    """Refuse before any training a track that draws its prompts from an empty test split (no
+    shard, or shards whose every item was skipped: the shards' stats count what was written)."""
+    if not sum((read_stats(path) or {}).get("successes", 0) for path in test.glob("*_stats.json")):
         fraction = source.get("test_fraction", "as the recipe says")
         raise ValueError(
             f"{test}: the test split is empty, and this track's evaluation prompts are its captions "

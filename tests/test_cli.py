@@ -12,8 +12,9 @@ from benchmark.cli import QUIET_ENVIRONMENT, main
 
 LOAD_A_PIPELINE = """
 import sys
-from benchmark.cli import main, quiet_libraries
-with quiet_libraries(sys.argv[1] == "quiet"):
+from contextlib import nullcontext
+from benchmark.cli import quiet_libraries
+with quiet_libraries() if sys.argv[1] == "quiet" else nullcontext():
     from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
     config = TinyPipelineConfig(image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True), attention_head_dim=8, text_hidden=16, text_layers=1, text_heads=2)
     save_portable_pipeline(build_tiny_pipeline(config, sys.argv[2] + "/tok", seed=0), sys.argv[2] + "/p")
@@ -63,10 +64,9 @@ def test_quiet_is_put_back_when_the_command_returns(tmp_path, monkeypatch, recwa
     for name in QUIET_ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "info")
-    diffusers_logging.set_verbosity_warning()
-    transformers_logging.enable_progress_bar()
-    logging.getLogger("ultralytics").setLevel(logging.INFO)
+    ultralytics_level = logging.getLogger("ultralytics").level
     before = (dict(os.environ), diffusers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled())
+    assert before[1:] != (logging.ERROR, False) and ultralytics_level != logging.ERROR, "a state --quiet would change"
     seen = {}
 
     def during(args):
@@ -76,12 +76,10 @@ def test_quiet_is_put_back_when_the_command_returns(tmp_path, monkeypatch, recwa
 
     from benchmark import cli
 
-    parser = cli.build_parser()
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
-    monkeypatch.setattr(parser, "parse_args", lambda argv: __import__("argparse").Namespace(command="x", quiet=True, func=during))
-    assert main(["x", "--quiet"]) == 2
+    monkeypatch.setattr(cli, "_verify", during)
+    assert main(["verify", str(tmp_path), "--quiet"]) == 2
     assert seen == {"env": "1", "bars": False}, "quiet while the command runs"
     assert (dict(os.environ), diffusers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()) == before
-    assert logging.getLogger("ultralytics").level == logging.INFO
+    assert logging.getLogger("ultralytics").level == ultralytics_level
     warnings.warn("a deprecation after the command", FutureWarning)
     assert [str(w.message) for w in recwarn] == ["a deprecation after the command"]

@@ -271,10 +271,16 @@ def test_a_track_that_takes_prompts_from_an_empty_test_split_is_refused_before_t
 
     out = stages.dataset(Run())
     assert any((out / "icd-mixed" / "test").rglob("*.tar"))
-    for image in folder.glob("*.jpg"):
-        if file_split(image.name, 0.1) == "test":
-            image.unlink()
-            image.with_suffix(".txt").unlink()
-    Run.data_root = tmp_path / "data-without-test"
+    test_images = [image for image in folder.glob("*.jpg") if file_split(image.name, 0.1) == "test"]
+    for image in test_images:
+        image.write_bytes(b"not an image")  # every test item skipped: a shard is written, with no sample
+    Run.data_root = tmp_path / "data-skipped"
     with pytest.raises(ValueError, match=r"icd-mixed/test: the test split is empty.*test_fraction \(0.1\)"):
+        stages.dataset(Run())
+    assert any((Run.data_root / "icd-debug" / "icd-mixed" / "test").rglob("*.tar")), "the case a check for shards misses"
+    for image in test_images:
+        image.unlink()
+        image.with_suffix(".txt").unlink()
+    Run.data_root = tmp_path / "data-without-test"
+    with pytest.raises(ValueError, match=r"icd-mixed/test: the test split is empty"):
         stages.dataset(Run())

@@ -29,7 +29,7 @@ from implicit_concept.shard_reader import MAX_JSON_BYTES
 from implicit_concept.validate import check_int
 
 from .base import RawItem, Source, split_of
-from .source_json import source_json
+from .source_json import read_source_json
 
 #: The photo and web formats Pillow reads (a GIF or APNG gives its first frame, a TIFF its first page).
 DEFAULT_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "jpe", "jfif", "png", "apng", "webp", "avif", "bmp", "gif", "tif", "tiff")
@@ -242,16 +242,16 @@ class FolderSource(Source):
             return RawItem(rel, None, None, {}, error="undecodable_name")
         if json_rel is not None:
             try:
-                parsed, error = source_json(read_regular_file(self.root, json_rel, MAX_JSON_BYTES + 1))
+                found, skipped = read_source_json(read_regular_file(self.root, json_rel, MAX_JSON_BYTES))
             except FileTooLarge:
-                parsed, error = None, "json_too_large"
+                found, skipped = {}, "json_too_large"
             except NotRegularFile as e:
                 return RawItem(rel, None, None, meta, error="not_a_regular_file", detail=f"metadata {json_rel}: {e}")
             except OSError as e:
                 return RawItem(rel, None, None, meta, error="unreadable_json", detail=f"{json_rel}: {e}")
-            if error in ("json_too_large", "json_too_deep"):
-                return RawItem(rel, None, None, meta, error=error, detail=json_rel)
-            meta.update({"json_error": error} if error else {"json": parsed})
+            if skipped:
+                return RawItem(rel, None, None, meta, error=skipped, detail=json_rel)
+            meta.update(found)
         try:
             caption_bytes = read_regular_file(self.root, caption_rel, MAX_CAPTION_BYTES)
         except FileNotFoundError:

@@ -12,9 +12,21 @@ from implicit_concept.shard_reader import MAX_JSON_BYTES
 MAX_JSON_DEPTH = 32
 
 
-def source_json(data: bytes) -> tuple[Any, str | None]:
-    """A sample's JSON metadata, or why not: ``json_too_large``, ``json_too_deep`` (both skip the
-    sample: they are built to hurt), ``invalid_json`` (the sample is kept without it).
+#: Sidecars built to hurt: the sample is skipped. Any other problem keeps it, flagged ``json_error``.
+SKIPPED = ("json_too_large", "json_too_deep")
+
+
+def read_source_json(data: bytes) -> tuple[dict[str, Any], str | None]:
+    """``(meta, skipped)``: what a sample's JSON adds to its source meta (``{"json": ...}``, or
+    ``{"json_error": "invalid_json"}``), or the reason the sample is skipped (one of :data:`SKIPPED`)."""
+    parsed, error = _parse(data)
+    if error in SKIPPED:
+        return {}, error
+    return ({"json_error": error} if error else {"json": parsed}), None
+
+
+def _parse(data: bytes) -> tuple[Any, str | None]:
+    """The parsed JSON, or why not: ``json_too_large``, ``json_too_deep``, ``invalid_json``.
 
     ``NaN``, ``Infinity`` and ``-Infinity`` (img2dataset writes them, e.g. a LAION similarity) are not
     JSON, and a strict reader of our KEY.json would refuse them: each becomes ``null``."""

@@ -41,7 +41,8 @@ from implicit_concept.shard_reader import (
 
 from .base import RawItem, Source, split_of
 from .folder import check_fraction, check_limits, decode_caption
-from .source_json import encodable, source_json
+from .source_json import encodable, read_source_json
+
 
 class _TarStopped(Exception):
     """The tar cannot be read further; ``reason`` is counted once for the rest of it."""
@@ -141,10 +142,10 @@ class WebDatasetSource(Source):
         if sample.refused is not None:
             return RawItem(source_id, None, None, meta, error=sample.refused.reason, detail=sample.refused.detail)
         if "json" in members:
-            parsed, error = source_json(members["json"])
-            if error in ("json_too_large", "json_too_deep"):
-                return RawItem(source_id, None, None, meta, error=error, detail=f"{key}.json")
-            meta.update({"json_error": error} if error else {"json": parsed})
+            found, skipped = read_source_json(members["json"])
+            if skipped:
+                return RawItem(source_id, None, None, meta, error=skipped, detail=f"{key}.json")
+            meta.update(found)
         image_ext = next((k for k in self.config.image_keys if k in members), None)
         if image_ext is None:
             return RawItem(source_id, None, None, meta, error="no_image", detail=f"no member {key}.{{{','.join(self.config.image_keys)}}}")
