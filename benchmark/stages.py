@@ -59,12 +59,16 @@ def _require_test_split(test: Path, source: dict[str, Any]) -> None:
     """Refuse before any training a track that draws its prompts from an empty test split (no
     shard, or shards whose every item was skipped: the shards' stats count what was written)."""
     if not sum((read_stats(path) or {}).get("successes", 0) for path in test.glob("*_stats.json")):
-        fraction = source.get("test_fraction", "as the recipe says")
+        if source.get("kind") == "procedural":
+            why = f"the recipe's [source] test ({source.get('test')}) sets its size: raise it"
+        else:
+            why = (
+                f"a source's test split takes test_fraction ({source.get('test_fraction', 0.1)}) of its "
+                "items by a hash of their keys, so a source of few items may put none there: use a larger source"
+            )
         raise ValueError(
             f"{test}: the test split is empty, and this track's evaluation prompts are its captions "
-            f"(prompts = \"test-split\"). A source's test split takes test_fraction "
-            f"({fraction}) of its items by a hash of their keys, so a source "
-            "of few items may put none there: use a larger source, or a track whose prompts are a CSV"
+            f"(prompts = \"test-split\"). {why[0].upper()}{why[1:]}, or use a track whose prompts are a CSV"
         )
 
 

@@ -284,3 +284,17 @@ def test_a_track_that_takes_prompts_from_an_empty_test_split_is_refused_before_t
     Run.data_root = tmp_path / "data-without-test"
     with pytest.raises(ValueError, match=r"icd-mixed/test: the test split is empty"):
         stages.dataset(Run())
+
+
+def test_an_empty_test_split_names_what_sizes_it_for_each_kind_of_source(tmp_path):
+    """A procedural source's test split is a count, a folder's or a tar's a fraction of its items:
+    the refusal names the field the user would change."""
+    from benchmark.stages import _require_test_split
+
+    with pytest.raises(ValueError, match=r"\[source\] test \(0\) sets its size") as procedural:
+        _require_test_split(tmp_path, {"kind": "procedural", "train": 8, "test": 0})
+    assert "test_fraction" not in str(procedural.value)
+    with pytest.raises(ValueError, match=r"test_fraction \(0.05\) of its items"):
+        _require_test_split(tmp_path, {"kind": "folder", "path": "x", "test_fraction": 0.05})
+    with pytest.raises(ValueError, match=r"test_fraction \(0.1\) of its items"):
+        _require_test_split(tmp_path, {"kind": "webdataset", "urls": "x.tar"})
