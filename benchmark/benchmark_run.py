@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.track import Track
+from implicit_concept.validate import check_folder_name
 
 DEFAULT_CACHE = Path(".cache") / "implicit-concept"
 
@@ -41,3 +42,59 @@ class BenchmarkRun:
             "detector": str(self.detector) if self.detector else None,
             "source": self.source,
         }
+
+    def check_start(self) -> None:
+        """Everything a run is given, checked before any stage runs and before its folder is claimed:
+        the run's name, ``--runs``, ``--pretrained``, ``--detector``, the whole track, and a run folder
+        already there (which must hold the same config; the refusal names the fields that differ).
+        Raises ValueError (or FileNotFoundError) with one line naming the option or field."""
+        import json
+
+        from benchmark.track_check import check_track
+
+        check_folder_name("--name", self.name)
+        if self.pretrained is not None and not (self.pretrained / "model_index.json").is_file():
+            raise FileNotFoundError(f"--pretrained {self.pretrained}: not a diffusers pipeline folder (no model_index.json in it)")
+        if self.detector is not None:
+            from implicit_concept.detector.inference import Detector
+
+            try:
+                Detector.load(self.detector)
+            except (ValueError, OSError) as e:
+                raise ValueError(f"--detector: {e}") from None
+        check_track(self.track, self.methods, self.source, self.pretrained)
+        if self.runs_root.exists() and not self.runs_root.is_dir():
+            raise ValueError(f"--runs {self.runs_root}: exists and is not a folder")
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"{self.root}: exists and is not a folder; use another --name")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--runs {self.runs_root}: cannot make the run folder {self.root} ({e.strerror or e})") from None
+        record_file = self.root / "run.json"
+        if record_file.is_file():
+            try:
+                previous = json.loads(record_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{record_file}: not readable JSON ({e}); remove the folder or use another --name") from None
+            differ = _differences(previous, json.loads(json.dumps(self.record())))
+            if differ:
+                shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
+                raise ValueError(
+                    f"{self.root}: was made with another config (run.json differs in {shown}); "
+                    "use another --name or remove the folder"
+                )
+
+
+def _differences(old: Any, new: Any, where: str = "") -> list[str]:
+    """The dotted paths at which two JSON values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            path = f"{where}.{key}" if where else str(key)
+            if key not in old or key not in new:
+                out.append(path)
+            else:
+                out += _differences(old[key], new[key], path)
+        return out
+    return [] if old == new else [where or "(the whole record)"]

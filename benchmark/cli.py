@@ -50,7 +50,8 @@ def _verify(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from builders.preview import preview_dataset
 
-    dest = preview_dataset(Path(args.dir), Path(args.out), count=args.count, contaminated_only=args.contaminated)
+    out = _output_file(args.out, "--out", (".png", ".jpg", ".jpeg", ".webp"))
+    dest = preview_dataset(Path(args.dir), out, count=args.count, contaminated_only=args.contaminated)
     print(dest)
     return 0
 
@@ -167,7 +168,12 @@ def _print_summary(summary: dict) -> None:
 def _prompts(args: argparse.Namespace) -> int:
     from benchmark.prompts import procedural_prompts, write_prompts
 
-    write_prompts(Path(args.out), procedural_prompts(args.recipe, args.count, seed_base=args.seed_base))
+    out = _output_file(args.out, "--out", (".csv",))
+    prompts = procedural_prompts(args.recipe, args.count, seed_base=args.seed_base)
+    try:
+        write_prompts(out, prompts)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot be written ({e.strerror or e})") from None
     print(f"{args.out}: {args.count} prompts from {args.recipe}'s procedural test split")
     return 0
 
@@ -198,15 +204,49 @@ def _report(args: argparse.Namespace) -> int:
     from benchmark.results_file import read_results
     from benchmark.results_page import write_results_page
 
-    print(write_results_page(read_results(Path(args.run)), Path(args.run)))
+    run = Path(args.run)
+    if not run.is_dir():
+        raise ValueError(f"{run}: {'not a run folder' if run.exists() else 'no such run folder'} (want runs/NAME, holding results.json)")
+    if (run / "results.json").exists() and not (run / "results.json").is_file():
+        raise ValueError(f"{run / 'results.json'}: a folder, not a results file")
+    try:
+        print(write_results_page(read_results(run), run))
+    except OSError as e:
+        raise ValueError(f"{e.filename or run}: cannot be read or written ({e.strerror or e})") from None
     return 0
+
+
+def _output_file(value: str, option: str, suffixes: tuple[str, ...]) -> Path:
+    """An output file's path, refused at once when it is a folder or names no known format."""
+    out = Path(value)
+    if out.is_dir():
+        raise ValueError(f"{option} {out}: a folder; want a file path ending in {' or '.join(suffixes)}")
+    if out.suffix.lower() not in suffixes:
+        raise ValueError(f"{option} {out}: want a file path ending in {' or '.join(suffixes)}")
+    return out
+
+
+def int_at_least(low: int):
+    """An argparse type: an integer >= ``low`` (a usage error, exit code 2, otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
 
 
 def _add_scoring_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector", help="the detector folder `detector train` wrote, or its weights file (default: the track's published evaluator)")
     p.add_argument("--track", default="tiny", help="the track whose prompts, seeds, sampler, threshold and quality measures judge (default: tiny)")
-    p.add_argument("--num-prompts", type=int, help="score only the first N of the track's prompts (default: the track's count)")
-    p.add_argument("--images-per-prompt", type=int, help="images per prompt (default: the track's)")
+    p.add_argument("--num-prompts", type=int_at_least(1), help="score only the first N of the track's prompts (default: the track's count)")
+    p.add_argument("--images-per-prompt", type=int_at_least(1), help="images per prompt (default: the track's)")
     p.add_argument("--data", default="data", help="where the track's dataset is built: its clean test split is the quality reference")
     p.add_argument("--reference", help="clean test shards to compare with, instead of the track's dataset under --data")
     p.add_argument("--no-quality", action="store_true", help="ICR only, no quality scores")
@@ -229,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="a recipe TOML file, or the name of one in manifests/ (icd-tiny, icd-v1, ...)")
     p.add_argument("--out", help="output folder (default: data/<recipe name>)")
     p.add_argument("--source", help="replace the recipe's source: a folder of name.jpg + name.txt, or tars ('dir/{00000..00009}.tar')")
-    p.add_argument("--workers", type=int, default=1, help="worker processes, or Ray actors (0: one per cluster CPU) (default: 1)")
+    p.add_argument("--workers", type=int_at_least(0), default=1, help="worker processes, or Ray actors (0: one per cluster CPU) (default: 1)")
     p.add_argument("--distributor", choices=("multiprocessing", "ray"), default="multiprocessing",
                    help="local processes, or a Ray cluster for builds across machines (default: multiprocessing)")
     p.add_argument("--ray-address", help="the Ray cluster to join ('auto', 'ray://head:10001'); default: ray.init's own choice")
@@ -246,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="write a contact sheet of samples with their boxes")
     p.add_argument("dir", help="a dataset folder, shard set folder, tar, or brace pattern")
     p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--count", type=int, default=24)
+    p.add_argument("--count", type=int_at_least(1), default=24, help="samples on the sheet (default: 24)")
     p.add_argument("--contaminated", action="store_true", help="only samples that carry a concept")
     p.set_defaults(func=_show)
 
@@ -285,8 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="runs")
     p.add_argument("--data", default="data")
     p.add_argument("--cache", default=".cache/implicit-concept")
-    p.add_argument("--workers", type=int, default=2, help="dataset build processes")
-    p.add_argument("--jobs", type=int, default=1, help="fine-tunes, then methods (build, sample, score), run side by side: one process and torch thread each; the results of one at a time (default: 1)")
+    p.add_argument("--workers", type=int_at_least(0), default=2, help="dataset build processes")
+    p.add_argument("--jobs", type=int_at_least(1), default=1, help="fine-tunes, then methods (build, sample, score), run side by side: one process and torch thread each; the results of one at a time (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_benchmark)
 
@@ -294,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--track", default="tiny", help="a track whose base and detector the repository ships (default: tiny)")
     p.add_argument("--data", default="data")
     p.add_argument("--cache", default=".cache/implicit-concept")
-    p.add_argument("--workers", type=int, default=2, help="dataset build processes")
+    p.add_argument("--workers", type=int_at_least(0), default=2, help="dataset build processes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_publish)
 
@@ -316,23 +356,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prompts", help="write evaluation prompts (ESD/I2P CSV) from a procedural recipe's test split")
     p.add_argument("recipe", help="a recipe with a procedural source, e.g. icd-tiny (which made benchmark/prompts/icd-tiny-eval.csv)")
-    p.add_argument("--count", type=int, default=512)
-    p.add_argument("--seed-base", type=int, default=1000, help="evaluation_seed of prompt i is SEED_BASE + i (default: 1000)")
+    p.add_argument("--count", type=int_at_least(1), default=512)
+    p.add_argument("--seed-base", type=int_at_least(0), default=1000, help="evaluation_seed of prompt i is SEED_BASE + i (default: 1000)")
     p.add_argument("--out", required=True, help="CSV to write")
     p.set_defaults(func=_prompts)
 
     p = sub.add_parser("score-pipeline", help="score an already-erased diffusers pipeline on the benchmark's prompts")
     p.add_argument("pipeline", help="a local diffusers pipeline directory")
     p.add_argument("--negative-prompt", help="default: the one the pipeline records (negative_prompt.txt or Geom-Erasing's metadata)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the track's)")
+    p.add_argument("--steps", type=int_at_least(1), help="sampler steps (default: the track's)")
     p.add_argument("--guidance", type=float, help="guidance scale (default: the track's)")
-    p.add_argument("--size", type=int, help="image size (default: the track's)")
+    p.add_argument("--size", type=int_at_least(8), help="image size (default: the track's)")
     _add_scoring_arguments(p)
     p.set_defaults(func=_score_pipeline)
 
     p = sub.add_parser("score-images", help="score a folder of images named {case_number}_{i}.png after the prompts CSV")
     p.add_argument("dir")
-    p.add_argument("--size", type=int, help="the images' side in pixels (default: the track's; any other is refused unless given here)")
+    p.add_argument("--size", type=int_at_least(8), help="the images' side in pixels (default: the track's; any other is refused unless given here)")
     _add_scoring_arguments(p)
     p.set_defaults(func=_score_images)
     return parser
@@ -394,12 +434,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with quiet_libraries() if getattr(args, "quiet", False) else nullcontext():
             return args.func(args)
+    except UnicodeDecodeError as e:  # a ValueError, whose own text names no file: the loaders name theirs
+        print(f"implicit-concept {args.command}: error: a file given is not UTF-8 text ({e})", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as e:
         print(f"implicit-concept {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the safety net: unreadable or unwritable paths the commands did not check themselves
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"implicit-concept {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except MethodFailed as e:
-        if not e.says_why:
-            print(e.cause_traceback, file=sys.stderr, end="")  # the method's own code: where its author looks
+        print(e.cause_traceback, file=sys.stderr, end="")  # the method's own code: where its author looks
         print(f"implicit-concept {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -10,6 +10,8 @@ image ``i`` of prompt ``p`` is sampled with ``torch.Generator("cpu").manual_seed
 """
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,8 @@ from benchmark.track import Track
 from builders.recipe import load_recipe
 from implicit_concept.detector.inference import Detector
 from implicit_concept.files import atomic_write_json, sha256_file
-from implicit_concept.geom_erasing.training_target import negative_prompt_for
-from implicit_concept.image_stream import IMAGE_SUFFIXES, require_readable
+from implicit_concept.geom_erasing.training_target import METADATA_FILE, negative_prompt_for
+from implicit_concept.image_stream import IMAGE_SUFFIXES, ImageReadError, require_readable
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import ScoreConfig
 
@@ -59,6 +61,10 @@ class Judging:
         return replace(self.track.generation_settings(), **{k: v for k, v in overrides.items() if v is not None})
 
 
+#: Where score-images lists every unreadable image when there are too many for one line.
+UNREADABLE_FILE = "unreadable.txt"
+
+
 def default_reference(track: Track, data_root: Path) -> Path | None:
     """The clean test split the benchmark itself compares with, if the dataset is built under ``data_root``."""
     test = Path(data_root) / load_recipe(track.recipe).name / track.groups()[0][0] / "test"
@@ -69,11 +75,33 @@ def pipeline_negative_prompt(pipeline_dir: Path) -> str:
     """The negative prompt a saved pipeline records (``negative_prompt.txt``, or Geom-Erasing's metadata)."""
     recorded = Path(pipeline_dir) / NEGATIVE_PROMPT_FILE
     if not recorded.is_file():
-        return negative_prompt_for(pipeline_dir)
+        metadata = Path(pipeline_dir) / METADATA_FILE
+        try:
+            negative = negative_prompt_for(pipeline_dir)
+        except (ValueError, KeyError, TypeError) as e:  # not JSON, not UTF-8, no negative_prompt
+            raise ValueError(f"{metadata}: not Geom-Erasing metadata with a negative_prompt ({type(e).__name__}: {e})") from None
+        if not isinstance(negative, str):
+            raise ValueError(f"{metadata}: negative_prompt is a {type(negative).__name__}, not a string")
+        return negative
     try:
         return recorded.read_text(encoding="utf-8").strip()
     except UnicodeDecodeError as e:
         raise ValueError(f"{recorded}: not UTF-8 text ({e})") from None
+
+
+def _check_json_files(pipeline_dir: Path) -> None:
+    """Refuse, naming the file, a pipeline folder whose parts' JSON configs are not JSON objects (the
+    loaders would raise from deep inside diffusers)."""
+    if not pipeline_dir.is_dir():
+        return  # load_pipeline names what is missing
+    for path in sorted([*pipeline_dir.glob("*.json"), *pipeline_dir.glob("*/*.json")]):
+        if path.is_file():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+            except ValueError as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def score_pipeline(
@@ -86,7 +114,11 @@ def score_pipeline(
 ) -> dict[str, Any]:
     """Generate from the track's prompts with ``pipeline_dir`` (resumable), then score. ``negative_prompt``
     None: the one the pipeline records; ``settings`` override the track's sampler settings."""
-    pipe = load_pipeline(pipeline_dir)
+    _check_json_files(Path(pipeline_dir))
+    try:
+        pipe = load_pipeline(pipeline_dir)
+    except OSError as e:  # what diffusers or transformers could not read in a part, said as they say it
+        raise ValueError(f"{pipeline_dir}: cannot load the pipeline ({e})") from None
     pipe.set_progress_bar_config(disable=True)
     negative = pipeline_negative_prompt(pipeline_dir) if negative_prompt is None else negative_prompt
     generation = judging.settings(**settings)
@@ -124,14 +156,32 @@ def score_image_folder(
         raise ValueError(f"{folder}: {twice[0].stem} is there as {' and '.join(p.name for p in twice)}; keep one")
     paths = [found[stem][0] for stem in stems]
     side = generation.image_size
-    other = [f"{path.name} ({w}x{h})" for path, (w, h) in zip(paths, require_readable(paths)) if (w, h) != (side, side)]
+    try:
+        sizes = require_readable(paths)
+    except ImageReadError as e:
+        if len(e.problems) <= 5:
+            raise
+        listing = Path(out) / UNREADABLE_FILE  # every one named, where a long list belongs
+        listing.parent.mkdir(parents=True, exist_ok=True)
+        listing.write_text("".join(f"{problem}\n" for problem in e.problems), encoding="utf-8")
+        raise ImageReadError(f"{e} (all {len(e.problems)} named in {listing})") from None
+    other = [f"{path.name} ({w}x{h})" for path, (w, h) in zip(paths, sizes) if (w, h) != (side, side)]
     if other:
         asked = "the track's image_size" if image_size is None else "the size asked"
         raise ValueError(
             f"{folder}: {len(other)} of {len(paths)} images are not {side}x{side} pixels ({asked}), first "
             f"{', '.join(other[:3])}; a method's images must be the track's size (--size N scores another, recorded as an override)"
         )
-    return _score(paths, prompts, generation, Path(out), judging, {"images": str(folder)})
+    scored = set(stems)
+    extra = sorted(stem for stem in found if stem not in scored)
+    if extra:
+        # Images no prompt names (a second image per prompt without --images-per-prompt, unknown case
+        # numbers): not scored, and said so on the console and in summary.json.
+        shown = ", ".join(found[stem][0].name for stem in extra[:5]) + (", ..." if len(extra) > 5 else "")
+        print(f"note: {folder}: {len(extra)} images not scored (no prompt of {judging.track.prompts} names them, at "
+              f"{generation.images_per_prompt} per prompt): {shown}", file=sys.stderr)
+    inputs = {"images": str(folder), "not_scored": {"count": len(extra), "images": [found[stem][0].name for stem in extra]}}
+    return _score(paths, prompts, generation, Path(out), judging, inputs)
 
 
 def _images_by_stem(folder: Path) -> dict[str, list[Path]]:

@@ -8,20 +8,20 @@ import traceback
 
 class MethodFailed(RuntimeError):
     """``cause_traceback`` is the cause's traceback as text, so it reaches the main process whole
-    from a ``--jobs`` worker (traceback objects do not pickle); ``says_why`` when the cause is a
-    ``ValueError`` or ``FileNotFoundError``, whose message is the whole story."""
+    from a ``--jobs`` worker (traceback objects do not pickle). It is always shown: the cause comes
+    from code the benchmark does not own, so even a ``ValueError`` (numpy's, deep in a lab's code)
+    needs its traceback, the line its author looks for."""
 
     def __init__(self, where: str, step: str, error: BaseException) -> None:
         super().__init__(f"{where}: {step} raised {type(error).__name__}: {error}")
         self.cause_traceback = "".join(traceback.format_exception(error))
-        self.says_why = isinstance(error, (ValueError, FileNotFoundError))
 
     def __reduce__(self):
-        return _rebuilt, (str(self), self.cause_traceback, self.says_why)
+        return _rebuilt, (str(self), self.cause_traceback)
 
 
-def _rebuilt(message: str, cause_traceback: str, says_why: bool) -> MethodFailed:
+def _rebuilt(message: str, cause_traceback: str) -> MethodFailed:
     failed = MethodFailed.__new__(MethodFailed)
     RuntimeError.__init__(failed, message)
-    failed.cause_traceback, failed.says_why = cause_traceback, says_why
+    failed.cause_traceback = cause_traceback
     return failed

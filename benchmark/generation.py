@@ -3,8 +3,8 @@
 Images are saved as ``{case_number}_{i}.png`` (ESD's naming). A killed run continues where it
 stopped: finished images are skipped, and each image's seed depends only on its prompt row and
 index, so a resumed run gives the same images as an uninterrupted one. Images record what made
-them (``source.json``: the model's weights by content, the prompt, the settings); made by another model,
-prompt or setting, they are stale and made anew.
+them (``source.json``: the model's weights by content, the negative prompt, the settings, and each
+image's prompt text and seed); made by another model, prompt or setting, they are stale and made anew.
 """
 from __future__ import annotations
 
@@ -90,9 +90,10 @@ def generate_images(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if source is not None:
-        _claim(out_dir, {"model": source, "negative_prompt": negative_prompt, "settings": asdict(settings)})
     items = [(p, i) for p in prompts for i in range(settings.images_per_prompt)]
+    if source is not None:
+        _claim(out_dir, {"model": source, "negative_prompt": negative_prompt, "settings": asdict(settings)},
+               {image_name(p, i): _drawn_from(p, i) for p, i in items})
     chunks = [items[s : s + settings.chunk_size] for s in range(0, len(items), settings.chunk_size)]
     todo = [c for c in chunks if not all((out_dir / image_name(p, i)).exists() for p, i in c)]
     with tqdm(total=sum(len(c) for c in todo), unit="img", disable=not progress, desc=desc) as bar:
@@ -102,9 +103,13 @@ def generate_images(
                     images = generate(
                         [p.prompt for p, _ in chunk], [negative_prompt] * len(chunk), [image_seed(p, i) for p, i in chunk]
                     )
-            except GenerationError:
-                raise
+            except GenerationError as e:
+                raise GenerationError(str(e) if str(e).startswith(f"{desc}: ") else f"{desc}: {e}") from None
             except Exception as e:
+                from benchmark.methods.interface import NotImplementedMethod
+
+                if isinstance(e, NotImplementedMethod):
+                    raise  # a method not carried yet, said while sampling: missing, as from build
                 raise MethodFailed(desc, "the pipeline", e) from e
             _check_images(images, len(chunk), settings.image_size, desc)
             for (p, i), image in zip(chunk, images):
@@ -134,14 +139,30 @@ def _check_images(images: Any, asked: int, size: int, desc: str) -> None:
                                   "(what a transparent or high-bit-depth image means is the method's to say: convert it to RGB)")
 
 
-def _claim(out_dir: Path, record: dict[str, Any]) -> None:
+def _drawn_from(prompt: Prompt, i: int) -> str:
+    """What one image is drawn from besides the model and settings: its prompt's text and its seed."""
+    return _json_sha256({"prompt": prompt.prompt, "seed": image_seed(prompt, i)})
+
+
+def _claim(out_dir: Path, record: dict[str, Any], images: dict[str, str]) -> None:
+    """Record what the images in ``out_dir`` are drawn from: the model, negative prompt and settings
+    for all of them, and each image's own prompt text and seed (``images``). An image made by another
+    model or setting, or from another prompt under the same name (a prompts file edited in place),
+    is removed so that it is drawn anew; so is any image the record does not account for."""
     record = json.loads(canonical_json(record))
     path = out_dir / SOURCE_FILE
-    if _recorded(path) == record:
-        return
+    old = _recorded(path)
+    same_model = isinstance(old, dict) and isinstance(old.get("images"), dict) and {k: v for k, v in old.items() if k != "images"} == record
+    drawn = dict(old["images"]) if same_model else {}
+    for name, key in images.items():
+        if drawn.get(name) != key:
+            (out_dir / name).unlink(missing_ok=True)
+            drawn[name] = key
     for stale in out_dir.glob("*.png"):
-        stale.unlink()
-    atomic_write_json(path, record)
+        if stale.name not in drawn:
+            stale.unlink()
+    if old != {**record, "images": drawn}:
+        atomic_write_json(path, {**record, "images": drawn})
 
 
 def _recorded(path: Path) -> Any:
@@ -190,48 +211,66 @@ def pipeline_source(pipeline: Any) -> dict[str, Any]:
     if callable(vocabulary):
         record["tokenizer"] = _json_sha256(vocabulary())
     if all(record[name] is None for name in _PARTS):
-        record["holds"] = _held(pipeline, "", 0, set())
+        record["holds"] = _held(pipeline)
         if not record["holds"]:
             record["drawn_anew"] = uuid.uuid4().hex
     return record
 
 
 _PARTS = ("unet", "text_encoder", "vae")
-_MAX_DEPTH = 4
 
 
-def _held(value: Any, path: str, depth: int, seen: set[int]) -> dict[str, str | None]:
-    """What ``value`` holds that decides its images, by attribute path: modules and tensors by their
-    values, schedulers by their config, tokenizers by their vocabulary; found through attributes,
-    containers, closures and ``functools.partial`` down to a few levels."""
-    if id(value) in seen or depth > _MAX_DEPTH or isinstance(value, (str, bytes, int, float, bool, type(None), Path, type, ModuleType)):
-        return {}
-    seen.add(id(value))
-    if isinstance(value, torch.nn.Module):
-        return {path or "self": _weights_sha256(value)}
-    if isinstance(value, torch.Tensor):
-        return {path or "self": _tensor_sha256(value)}
-    if hasattr(value, "set_timesteps") and getattr(value, "config", None) is not None:
-        return {path or "self": _json_sha256(dict(value.config))}
-    if callable(getattr(value, "get_vocab", None)):
-        return {path or "self": _json_sha256(value.get_vocab())}
-    if isinstance(value, dict):
-        children = [(str(k), v) for k, v in value.items()]
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        children = list(enumerate(value)) if not isinstance(value, (set, frozenset)) else []
-    elif isinstance(value, functools.partial):
-        children = [("func", value.func), ("args", value.args), ("keywords", value.keywords)]
-    elif isinstance(value, FunctionType):
-        cells = value.__closure__ or ()
-        children = [(name, cell.cell_contents) for name, cell in zip(value.__code__.co_freevars, cells) if _has_contents(cell)]
-    elif isinstance(value, MethodType):
-        children = [("__self__", value.__self__), ("__func__", value.__func__)]
-    else:
-        children = [(k, v) for k, v in getattr(value, "__dict__", {}).items() if not k.startswith("__")]
+def _held(root: Any) -> dict[str, str | None]:
+    """What ``root`` holds that decides its images, by attribute path: modules and tensors by their
+    values, schedulers by their config, tokenizers by their vocabulary; found through attributes
+    (``__dict__`` and ``__slots__``), containers, closures, bound methods and ``functools.partial``
+    at any depth. Each object is visited once (shared or cyclic references end there)."""
     found: dict[str, str | None] = {}
-    for name, child in children:
-        found.update(_held(child, f"{path}.{name}" if path else str(name), depth + 1, seen))
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", root)]
+    while stack:
+        path, value = stack.pop()
+        if id(value) in seen or isinstance(value, (str, bytes, int, float, bool, type(None), Path, type, ModuleType)):
+            continue
+        seen.add(id(value))
+        if isinstance(value, torch.nn.Module):
+            found[path or "self"] = _weights_sha256(value)
+            continue
+        if isinstance(value, torch.Tensor):
+            found[path or "self"] = _tensor_sha256(value)
+            continue
+        if hasattr(value, "set_timesteps") and getattr(value, "config", None) is not None:
+            found[path or "self"] = _json_sha256(dict(value.config))
+            continue
+        if callable(getattr(value, "get_vocab", None)):
+            found[path or "self"] = _json_sha256(value.get_vocab())
+            continue
+        children = _children(value)
+        stack.extend((f"{path}.{name}" if path else str(name), child) for name, child in reversed(children))
     return found
+
+
+def _children(value: Any) -> list[tuple[Any, Any]]:
+    if isinstance(value, dict):
+        return [(str(k), v) for k, v in value.items()]
+    if isinstance(value, (list, tuple)):
+        return list(enumerate(value))
+    if isinstance(value, (set, frozenset)):
+        return []
+    if isinstance(value, functools.partial):
+        return [("func", value.func), ("args", value.args), ("keywords", value.keywords)]
+    if isinstance(value, FunctionType):
+        cells = value.__closure__ or ()
+        return [(name, cell.cell_contents) for name, cell in zip(value.__code__.co_freevars, cells) if _has_contents(cell)]
+    if isinstance(value, MethodType):
+        return [("__self__", value.__self__), ("__func__", value.__func__)]
+    children = [(k, v) for k, v in (getattr(value, "__dict__", None) or {}).items() if not k.startswith("__")]
+    for cls in type(value).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot not in ("__dict__", "__weakref__") and hasattr(value, slot):
+                children.append((slot, getattr(value, slot)))
+    return children
 
 
 def _has_contents(cell: Any) -> bool:
@@ -299,7 +338,8 @@ def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs)
                 output_type="pil",
                 **call_kwargs,
             )
-        images = getattr(result, "images", None)
+        # A diffusers output's .images; a plain function may return the list of images itself.
+        images = result if isinstance(result, (list, tuple)) else getattr(result, "images", None)
         if images is None:
             raise GenerationError(f"{type(pipeline).__name__} returned a {type(result).__name__} with no .images, not a diffusers pipeline output")
         return list(images)

@@ -32,13 +32,13 @@ from benchmark.report import plot_icr, results_markdown
 from benchmark.results_page import write_results_page
 from benchmark.targets import Targets, check_targets
 from benchmark.track import Track
-from benchmark.track_check import check_track
 from benchmark.training import processes as process_state
 from implicit_concept.detector.inference import Detector
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, claim, locked, sha256_file
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference, ScoreConfig, ScoreReport, score_images
 from implicit_concept.stats import hierarchical_bootstrap
+
 
 def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
     """The results (``results.json``'s content) on the main process; ``{}`` on the others.
@@ -48,7 +48,7 @@ def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
     overwrite its results. (Runs of other names share the data and the cache, whose entries they
     wait for and reuse.)
     """
-    check_track(run.track, run.methods, run.source)
+    run.check_start()  # the name, every path and the whole track, before any stage runs or the folder is claimed
     if not process_state().is_main_process:
         return _run_protocol(run)
     run.root.mkdir(parents=True, exist_ok=True)
@@ -136,7 +136,7 @@ def _named_base(run: BenchmarkRun, subset: Path, base: Path, detector: Detector,
 def _declared_finetunes(track: Track, specs: tuple[str, ...], ctx: MethodContext) -> list[FineTune]:
     """Every fine-tune the methods declare (``finetunes(ctx)``), once per training seed."""
     return [
-        replace(ft, seed=seed)
+        ft.under_seed(seed)
         for spec in specs
         for seed in _seeds(track, spec)
         for ft in declared_finetunes(get_method(spec), ctx)

@@ -45,7 +45,7 @@ def is_ratio(ratio: Any) -> bool:
 
 
 def _kind(value: Any) -> str:
-    return "missing" if value is None else f"a {type(value).__name__}"
+    return "missing" if value is None or value is ABSENT else f"a {type(value).__name__}"
 
 
 def _need(ok: bool, field: str, problem: str) -> None:
@@ -53,10 +53,16 @@ def _need(ok: bool, field: str, problem: str) -> None:
         raise _Bad(field, problem)
 
 
+#: What ``.get(key, ABSENT)`` gives for a key not in the file: an optional object may be left out,
+#: but not given as ``null`` (the readers take a present key's value as the object).
+ABSENT: Any = object()
+
+
 def _object(value: Any, field: str, optional: bool = True) -> dict[str, Any]:
-    """``value`` as an object (``{}`` when absent and ``optional``)."""
-    if value is None and optional:
+    """``value`` as an object (``{}`` when ``ABSENT`` and ``optional``); ``null`` is refused."""
+    if value is ABSENT and optional:
         return {}
+    _need(value is not None or not optional, field, "null, not an object (leave the field out instead)")
     _need(isinstance(value, dict), field, f"{_kind(value)}, not an object")
     return value
 
@@ -72,20 +78,21 @@ def _check(results: dict[str, Any]) -> None:
         _need(isinstance(results.get(key), kind), key, f"{_kind(results.get(key))}, not {name}")
     _need(isinstance(results.get("note", ""), str), "note", "not a string")
     for key in ("config", "seeds", "environment"):
-        _object(results.get(key), key)
+        _object(results.get(key, ABSENT), key)
+    _object(results.get("config", {}).get("track", ABSENT), "config.track")
     _need(isinstance(results.get("fp_rate"), dict), "fp_rate", f"{_kind(results.get('fp_rate'))}, not an object")
     for concept, ratio in results["fp_rate"].items():
         _need(is_ratio(ratio), f"fp_rate.{concept}", RATIO)
-    detector = _object(results.get("detector"), "detector")
-    _each(detector.get("thresholds"), "detector.thresholds", is_number, "a number")
-    _each(results.get("timings"), "timings", is_number, "a number of seconds")
-    for concept, named in _object(results.get("named_base"), "named_base").items():
+    detector = _object(results.get("detector", ABSENT), "detector")
+    _each(detector.get("thresholds", ABSENT), "detector.thresholds", is_number, "a number")
+    _each(results.get("timings", ABSENT), "timings", is_number, "a number of seconds")
+    for concept, named in _object(results.get("named_base", ABSENT), "named_base").items():
         field = f"named_base.{concept}"
         _object(named, field, optional=False)
         _need(isinstance(named.get("prompt"), str), f"{field}.prompt", f"{_kind(named.get('prompt'))}, not a string")
         _need(is_ratio(named.get("icr")), f"{field}.icr", RATIO)
         _need(is_number(named.get("n_prompts")), f"{field}.n_prompts", f"{_kind(named.get('n_prompts'))}, not a number")
-    checks = _object(results.get("targets"), "targets").get("checks", [])
+    checks = _object(results.get("targets", ABSENT), "targets").get("checks", [])
     _need(isinstance(checks, list), "targets.checks", f"{_kind(checks)}, not a list")
     for i, check in enumerate(checks):
         field = f"targets.checks[{i}]"
@@ -104,11 +111,11 @@ def _row(row: Any, field: str) -> None:
     if row.get("status") != "ok":
         return
     _need(is_ratio(row.get("icr")), f"{field}.icr", f"{RATIO} ({row['method']}, {row['concept']})")
-    _each(row.get("quality"), f"{field}.quality", lambda v: v is None or is_number(v), "a number")
-    _each(row.get("quality_detail"), f"{field}.quality_detail",
+    _each(row.get("quality", ABSENT), f"{field}.quality", lambda v: v is None or is_number(v), "a number")
+    _each(row.get("quality_detail", ABSENT), f"{field}.quality_detail",
           lambda v: isinstance(v, dict) and (v.get("mean") is None or _is_interval(v["mean"])), "an object whose mean has a ci [low, high]")
-    _each(row.get("seeds"), f"{field}.seeds", lambda v: isinstance(v, dict) and is_ratio(v.get("icr")), "an object with an icr ratio")
-    _each(row.get("timings"), f"{field}.timings", is_number, "a number of seconds")
+    _each(row.get("seeds", ABSENT), f"{field}.seeds", lambda v: isinstance(v, dict) and is_ratio(v.get("icr")), "an object with an icr ratio")
+    _each(row.get("timings", ABSENT), f"{field}.timings", is_number, "a number of seconds")
     kinds = row.get("quality_kinds", [])
     _need(isinstance(kinds, list) and all(isinstance(k, str) for k in kinds), f"{field}.quality_kinds", "not a list of strings")
     _need(row.get("fid_x_icr") is None or is_number(row["fid_x_icr"]), f"{field}.fid_x_icr", "not a number")

@@ -51,14 +51,21 @@ def dataset(run: BenchmarkRun, build: bool = True) -> Path:
         require_verified(out)
         if run.track.prompts == "test-split":
             for subset_name, _ in run.track.groups():
-                _require_test_split(out / subset_name / "test", recipe.source)
+                _require_test_split(out / subset_name / "test", recipe.source, getattr(run.track, "num_prompts", 1))
     return out
 
 
-def _require_test_split(test: Path, source: dict[str, Any]) -> None:
+def _require_test_split(test: Path, source: dict[str, Any], num_prompts: int = 1) -> None:
     """Refuse before any training a track that draws its prompts from an empty test split (no
-    shard, or shards whose every item was skipped: the shards' stats count what was written)."""
-    if not sum((read_stats(path) or {}).get("successes", 0) for path in test.glob("*_stats.json")):
+    shard, or shards whose every item was skipped: the shards' stats count what was written), or
+    from one holding fewer captions than its ``num_prompts``: a run never scores silently fewer."""
+    available = sum((read_stats(path) or {}).get("successes", 0) for path in test.glob("*_stats.json"))
+    if 0 < available < num_prompts:
+        raise ValueError(
+            f"{test}: the test split holds {available} captions, and this track's num_prompts is {num_prompts} "
+            f"(prompts = \"test-split\"): lower num_prompts or build a larger test split"
+        )
+    if not available:
         if source.get("kind") == "procedural":
             why = f"the recipe's [source] test ({source.get('test')}) sets its size: raise it"
         else:

@@ -28,9 +28,13 @@ class Targets:
     named_base_min_icr: float | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.removal_method, str) or not self.removal_method:
+            raise ValueError(f"targets.removal_method must be a method's name, got {self.removal_method!r}")
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name != "removal_method" and value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+            if f.name != "removal_method" and value is not None and not (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+            ):
                 raise ValueError(f"targets.{f.name} must be a number in [0, 1], got {value!r}")
 
     @classmethod

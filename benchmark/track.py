@@ -7,7 +7,9 @@ refuses to continue under a changed track.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,16 @@ from benchmark.targets import Targets
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.provenance import config_hash
 from implicit_concept.scene.grammar import ProceduralConfig
-from implicit_concept.validate import check_fields
+from implicit_concept.validate import (
+    check_choice,
+    check_fields,
+    check_finite,
+    check_folder_name,
+    check_int,
+    check_number,
+    check_str,
+    check_unique,
+)
 
 TRACKS_DIR = Path(__file__).resolve().parent / "tracks"
 
@@ -28,6 +39,14 @@ TRACKS_DIR = Path(__file__).resolve().parent / "tracks"
 #: fine-tune per method on the mixed subset, ICR measured per concept on the same images (a third
 #: of the cost; the CPU track's choice, said in its report).
 PROTOCOLS = ("per-subset", "mixed")
+
+
+#: Seeds go to torch, numpy and Python's random: the range all of them take.
+MAX_SEED = 2**32 - 1
+#: The track's tables (TOML ``[table]`` sections), each a mapping.
+TABLES = ("base", "finetune", "generation", "esd", "fmn", "geom_erasing", "quality", "targets")
+#: The file a track is being read from, so its errors name it (set by :func:`load_track`).
+_LOADING_FROM: ContextVar[Path | None] = ContextVar("track_file", default=None)
 
 
 class TrackError(ValueError):
@@ -70,32 +89,66 @@ class Track:
     targets: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_file", _LOADING_FROM.get())
+        try:
+            self._check()
+        except (TypeError, ValueError) as e:
+            raise TrackError(f"{self.where}: {e}") from None
+
+    @property
+    def where(self) -> str:
+        """What names this track in an error: the file it was read from, else its name."""
+        file = getattr(self, "_file", None)
+        return str(file) if file is not None else f"track {self.name!r}"
+
+    def _check(self) -> None:
+        """Every top-level field's type and range, each error naming the field (tables are checked
+        whole by :func:`benchmark.track_check.check_track`)."""
+        check_folder_name("name", self.name)
+        check_str("recipe", self.recipe)
+        check_str("prompts", self.prompts)
+        check_str("note", self.note, empty=True)
+        check_str("detector_scale", self.detector_scale)
+        check_int("num_prompts", self.num_prompts, 1)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        for name in ("concepts", "methods", "seeds", "seed_methods"):
+            if not isinstance(getattr(self, name), (tuple, list)):
+                raise ValueError(f"{name}: expected a list, got {getattr(self, name)!r}")
+        for name in ("concepts", "methods", "seed_methods"):
+            for value in getattr(self, name):
+                check_str(name, value)
+            check_unique(name, getattr(self, name))
         unknown = [c for c in self.concepts if c not in CONCEPT_NAMES]
         if not self.concepts or unknown:
-            raise TrackError(f"track {self.name}: concepts must be among {CONCEPT_NAMES}, got {list(self.concepts)}")
-        if self.protocol not in PROTOCOLS:
-            raise TrackError(f"track {self.name}: protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+            raise ValueError(f"concepts: must be among {CONCEPT_NAMES}, got {list(self.concepts)}")
+        check_choice("protocol", self.protocol, PROTOCOLS)
         if not self.methods:
-            raise TrackError(f"track {self.name}: methods must not be empty")
-        if self.num_prompts < 1:
-            raise TrackError(f"track {self.name}: num_prompts must be >= 1, got {self.num_prompts}")
+            raise ValueError("methods: must not be empty")
+        if any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: must be distinct integers in [0, {MAX_SEED}], got {list(self.seeds)}")
         if self.seed_methods and len(set(self.seeds)) < 2:
-            raise TrackError(f"track {self.name}: seed_methods need two or more distinct seeds, got seeds = {list(self.seeds)}")
-        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
-            raise TrackError(f"track {self.name}: seeds must be distinct integers >= 0, got {list(self.seeds)}")
+            raise ValueError(f"seed_methods: need two or more distinct seeds, got seeds = {list(self.seeds)}")
         if not set(self.seed_methods) <= set(self.methods):
-            raise TrackError(f"track {self.name}: seed_methods {sorted(set(self.seed_methods) - set(self.methods))} are not among its methods")
+            raise ValueError(f"seed_methods: {sorted(set(self.seed_methods) - set(self.methods))} are not among its methods")
         for name in ("named_prompts", "detector_backgrounds", "detector_calibration"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise TrackError(f"track {self.name}: {name} must be an integer >= 0, got {value!r}")
-        if self.conf is not None and not (isinstance(self.conf, (int, float)) and 0 < self.conf < 1):
-            raise TrackError(f"track {self.name}: conf must be in (0, 1), got {self.conf}")
+            check_int(name, getattr(self, name), 0)
+        if self.conf is not None:
+            check_number("conf", self.conf, 0, 1, open_lo=True)
+            if self.conf >= 1:
+                raise ValueError(f"conf: must be in (0, 1), got {self.conf}")
+        for name in TABLES:
+            if not isinstance(getattr(self, name), Mapping):
+                raise ValueError(f"[{name}]: expected a table, got {getattr(self, name)!r}")
+        check_finite("", {f.name: getattr(self, f.name) for f in fields(self)})
+        if "seed" in self.finetune:
+            raise ValueError("[finetune].seed: set by the track's top-level seed (and seeds), not here")
         if self.targets:
             try:
-                Targets.from_dict(self.targets)
+                targets = Targets.from_dict(self.targets)
             except (TypeError, ValueError) as e:
-                raise TrackError(f"track {self.name}: {e}") from None
+                raise ValueError(f"[targets]: {e}") from None
+            if targets.removal_method not in self.methods:
+                raise ValueError(f"[targets].removal_method: {targets.removal_method!r} is not among its methods {list(self.methods)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,15 +169,20 @@ class Track:
         raw = dict(self.base)
         default = BaseModelConfig()
         try:
+            tables = {}
+            for key in ("pipeline", "scenes", "training", "named"):
+                tables[key] = raw.pop(key, {})
+                if not isinstance(tables[key], Mapping):
+                    raise ValueError(f"{key}: expected a table, got {tables[key]!r}")
             return BaseModelConfig(
-                pipeline=TinyPipelineConfig(**_tuples(raw.pop("pipeline", {}))),
-                scenes=ProceduralConfig(**{"train": 10_000, "test": 0, **_tuples(raw.pop("scenes", {}))}),
-                training=replace(default.training, **raw.pop("training", {})),
-                named=NamedConcepts(**_tuples(raw.pop("named", {}))),
+                pipeline=TinyPipelineConfig(**_tuples(tables["pipeline"])),
+                scenes=ProceduralConfig(**{"train": 10_000, "test": 0, **_tuples(tables["scenes"])}),
+                training=replace(default.training, **tables["training"]),
+                named=NamedConcepts(**_tuples(tables["named"])),
                 **raw,
             )
         except (TypeError, ValueError) as e:
-            raise TrackError(f"track {self.name}: [base]: {e}") from None
+            raise TrackError(f"{self.where}: [base]: {e}") from None
 
     @property
     def sha256(self) -> str:
@@ -132,23 +190,36 @@ class Track:
 
 
 def load_track(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Track:
+    """A shipped track by name (``debug``, ``tiny``, ...) or a track TOML file; every error names the file."""
     path = Path(name_or_path)
-    if path.suffix != ".toml":
+    as_file = path.suffix == ".toml" or len(path.parts) > 1 or (path.is_file() and not (TRACKS_DIR / f"{name_or_path}.toml").is_file())
+    if not as_file:
         path = TRACKS_DIR / f"{name_or_path}.toml"
+    if path.is_dir():
+        raise TrackError(f"{path}: a folder, not a track file")
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in TRACKS_DIR.glob("*.toml")))
         raise TrackError(f"{name_or_path}: no such track file, nor a shipped track (known: {known})")
     try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise TrackError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise TrackError(f"{path}: not UTF-8 text ({e})") from None
     except tomllib.TOMLDecodeError as e:
         raise TrackError(f"{path}: not valid TOML: {e}") from None
     raw.update(overrides or {})
     check_fields(raw, [f.name for f in fields(Track)], str(path), TrackError)
+    missing = [f.name for f in fields(Track) if f.default is MISSING and f.default_factory is MISSING and f.name not in raw]
+    if missing:
+        raise TrackError(f"{path}: missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    token = _LOADING_FROM.set(path)
     try:
         return Track(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     except TypeError as e:
         raise TrackError(f"{path}: {e}") from None
+    finally:
+        _LOADING_FROM.reset(token)
 
 
 def _tuples(d: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,9 @@ table and the field.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from benchmark.evaluation.scene_features import SceneFeaturesConfig
@@ -16,36 +18,41 @@ from benchmark.methods import REGISTRY, get_method
 from benchmark.methods.esd import ESDConfig
 from benchmark.methods.finetuned import FINETUNED
 from benchmark.methods.forget_me_not import FMNConfig
+from benchmark.prompts import read_prompts, resolve_prompts
 from benchmark.track import Track, TrackError
 from benchmark.training import TrainingConfig
 from builders.recipe import load_recipe, source_from_spec
 from implicit_concept.detector.training import load_scale
-from implicit_concept.validate import check_fields
+from implicit_concept.validate import check_fields, check_like_defaults, check_number, check_positive
 
 QUALITY_KINDS = ("scene", "paper", "none")
 
 
-def check_track(track: Track, methods: Sequence[str] = (), source: str | None = None) -> None:
-    """Raise :class:`TrackError` naming the first bad table or field of ``track``; ``methods`` are
-    the command line's ``--method`` values (registered names or ``package.module:Class``) and
-    ``source`` its ``--source`` (which replaces the recipe's source)."""
+def check_track(track: Track, methods: Sequence[str] = (), source: str | None = None, pretrained: Path | None = None) -> None:
+    """Raise :class:`TrackError` naming the first bad table or field of ``track`` (and its file);
+    ``methods`` are the command line's ``--method`` values (registered names or
+    ``package.module:Class``), ``source`` its ``--source`` (which replaces the recipe's source) and
+    ``pretrained`` its ``--pretrained`` (which replaces the track's embedded base)."""
     unregistered = [m for m in track.methods if m not in REGISTRY]
     if unregistered:
         raise TrackError(
-            f"track {track.name}: methods: {unregistered} are not registered methods (known: {', '.join(REGISTRY)}); "
+            f"{track.where}: methods: {unregistered} are not registered methods (known: {', '.join(REGISTRY)}); "
             "a plug-in is named on the command line with --method package.module:Class"
         )
     names = [_table(track, "--method", lambda: get_method(spec).name) for spec in methods]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
-        raise TrackError(f"track {track.name}: --method: {twice} named more than once; a run holds one method per name")
+        raise TrackError(f"{track.where}: --method: {twice} named more than once; a run holds one method per name")
     _table(track, "recipe", lambda: load_recipe(track.recipe, {"source": source_from_spec(source)} if source else None))
     _table(track, "detector_scale", lambda: load_scale(track.detector_scale))
-    _table(track, "[base]", track.base_model_config)
-    _table(track, "[finetune]", lambda: TrainingConfig(**{**track.finetune, "seed": track.seed}))
-    _table(track, "[generation]", lambda: _config(GenerationSettings, track.generation, "generation"))
-    _table(track, "[esd]", lambda: _config(ESDConfig, track.esd, "esd"))
-    _table(track, "[fmn]", lambda: _config(FMNConfig, track.fmn, "fmn"))
+    _table(track, "prompts", lambda: _prompts(track))
+    base = _table(track, "[base]", track.base_model_config)
+    _table(track, "[base.training]", lambda: _training(base.training))
+    _table(track, "[finetune]", lambda: _training(TrainingConfig(**{**track.finetune, "seed": track.seed})))
+    generation = _table(track, "[generation]", lambda: _config(GenerationSettings, track.generation, "generation"))
+    _table(track, "[generation]", lambda: _image_size(generation, None if pretrained else base.pipeline))
+    _table(track, "[esd]", lambda: _config(ESDConfig, track.esd, "esd", positive=("steps", "lr", "ddim_steps"), non_negative=("negative_guidance", "sample_guidance")))
+    _table(track, "[fmn]", lambda: _config(FMNConfig, track.fmn, "fmn", positive=("steps", "lr", "batch_size", "max_images")))
     _table(track, "[geom_erasing]", lambda: _geom_erasing(track))
     _table(track, "[quality]", lambda: _quality(track.quality))
 
@@ -55,13 +62,50 @@ def _table(track: Track, where: str, build: Callable[[], Any]) -> Any:
         return build()
     except TrackError:
         raise
-    except (TypeError, ValueError, KeyError) as e:
-        raise TrackError(f"track {track.name}: {where}: {e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise TrackError(f"{track.where}: {where}: {e}") from None
 
 
-def _config(cls: type, options: dict[str, Any], where: str) -> Any:
+def _config(cls: type, options: dict[str, Any], where: str, positive: Sequence[str] = (), non_negative: Sequence[str] = ()) -> Any:
+    """``cls`` from a track table: no unknown field, each field of its default's type, the named ones in range."""
     check_fields(options, [f.name for f in fields(cls)], where)
+    check_like_defaults(cls, options, where)
+    check_positive(where, options, positive)
+    for key in non_negative:
+        if key in options:
+            check_number(f"{where}.{key}", options[key], 0, math.inf)
     return cls(**options)
+
+
+def _prompts(track: Track) -> None:
+    """The prompts CSV exists, parses, and holds at least ``num_prompts`` rows: a run never scores
+    fewer prompts than its track records (``test-split`` is counted once the dataset is built)."""
+    if track.prompts == "test-split":
+        return
+    try:
+        available = len(read_prompts(track.prompts, limit=track.num_prompts))
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from None
+    if available < track.num_prompts:
+        raise ValueError(
+            f"num_prompts = {track.num_prompts}, but {resolve_prompts(track.prompts)} holds only {available} prompts; "
+            "lower num_prompts or use a longer prompts file"
+        )
+
+
+def _training(config: TrainingConfig) -> None:
+    if config.warmup_steps > config.steps:
+        raise ValueError(f"warmup_steps = {config.warmup_steps} is more than steps = {config.steps}: the learning rate would never warm up")
+    check_number("learning_rate", config.learning_rate, 0, math.inf, open_lo=True)
+    check_number("weight_decay", config.weight_decay, 0, math.inf)
+
+
+def _image_size(settings: GenerationSettings, pipeline: Any) -> None:
+    """Images the base can sample: the embedded base's own size; a ``--pretrained`` pipeline's a multiple of 8 (its VAE)."""
+    if pipeline is not None and settings.image_size != pipeline.image_size:
+        raise ValueError(f"image_size = {settings.image_size}, but the base model ([base.pipeline]) makes {pipeline.image_size} px images")
+    if pipeline is None and settings.image_size % 8:
+        raise ValueError(f"image_size = {settings.image_size}: a diffusers pipeline needs a multiple of 8")
 
 
 def _geom_erasing(track: Track) -> None:
@@ -75,7 +119,7 @@ def _geom_erasing(track: Track) -> None:
 
 def _quality(options: dict[str, Any]) -> None:
     kind = options.get("kind", "scene")
-    if kind not in QUALITY_KINDS:
+    if not isinstance(kind, str) or kind not in QUALITY_KINDS:
         raise ValueError(f"kind must be one of {QUALITY_KINDS}, got {kind!r}")
     if kind == "scene":
         scene_options = {k: v for k, v in options.items() if k != "kind"}
@@ -86,3 +130,8 @@ def _quality(options: dict[str, Any]) -> None:
         missing = [k for k in ("fid_weights", "clip_weights") if not options.get(k)]
         if missing:
             raise ValueError(f"kind 'paper' needs local weight paths for {missing}")
+        for key in ("fid_weights", "clip_weights"):
+            if not isinstance(options[key], str) or not Path(options[key]).exists():
+                raise ValueError(f"{key}: {options[key]!r}: no such file or folder (the weights are read locally, never downloaded)")
+    else:
+        check_fields(options, ("kind",), "quality")

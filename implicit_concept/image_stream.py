@@ -20,7 +20,10 @@ ImageSource = Union[str, Path, Image.Image, Iterable[Union[str, Path, Image.Imag
 
 
 class ImageReadError(ValueError):
-    """An image cannot be opened or decoded; the message names the file."""
+    """An image cannot be opened or decoded; the message names the file. ``problems``: every
+    unreadable file's own message, when several were (the message lists the first few)."""
+
+    problems: list[str] = []
 
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -61,7 +64,9 @@ def _raise_if_unreadable(problems: list[str], count: int, show: int) -> None:
         raise ImageReadError(problems[0])
     if problems:
         listed = "; ".join(problems[:show]) + ("; ..." if len(problems) > show else "")
-        raise ImageReadError(f"{len(problems)} of {count} images cannot be read: {listed}")
+        error = ImageReadError(f"{len(problems)} of {count} images cannot be read: {listed}")
+        error.problems = list(problems)
+        raise error
 
 
 def iter_images(source: ImageSource, show: int = 5) -> Iterator[tuple[str, Image.Image]]:
@@ -109,10 +114,11 @@ def is_shard_source(source: object) -> bool:
     if not isinstance(source, (str, Path)):
         return False
     path = Path(source)
-    if "{" in str(source) or path.suffix == ".tar":
+    if path.suffix == ".tar":
         return True
     if not path.is_dir():
-        return False
+        return "{" in str(source)  # a brace pattern; an existing folder whose name holds "{" is a folder
+
     tars = sorted(path.rglob("*.tar"))
     if tars:
         images = _image_files(path)

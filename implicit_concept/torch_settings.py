@@ -8,10 +8,13 @@ pipeline) may change any of these settings; they are put back after it, so the s
 """
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -38,3 +41,24 @@ def kept_torch_settings() -> Iterator[None]:
         torch.set_num_threads(threads)
         torch.set_default_dtype(dtype)
         torch.set_grad_enabled(grad)
+
+
+@contextmanager
+def toolkit_torch_settings() -> Iterator[None]:
+    """Run the block under the toolkit's own settings (grad mode on, float32 default dtype), whatever
+    a plug-in set around it, and put the caller's back after: the fine-tuning service a plug-in's
+    ``build`` calls trains the same model from a ``@torch.no_grad()`` build or a float64 one."""
+    with kept_torch_settings():
+        torch.set_grad_enabled(True)
+        torch.set_default_dtype(torch.float32)
+        yield
+
+
+def under_toolkit_settings(service: Callable[..., T]) -> Callable[..., T]:
+    """``service`` (a fine-tune, a pipeline load) run under :func:`toolkit_torch_settings`."""
+    @functools.wraps(service)
+    def run(*args: Any, **kwargs: Any) -> T:
+        with toolkit_torch_settings():
+            return service(*args, **kwargs)
+
+    return run

@@ -6,6 +6,8 @@ with a message that names the field, so a typo fails in the first second rather 
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Sequence
@@ -91,3 +93,67 @@ def check_weights(name: str, value: Any, allowed: Sequence[str]) -> None:
         raise ValueError(
             f"{name}: expected a mapping from {sorted(allowed)} to weights >= 0 (not all 0), got {value!r}"
         )
+
+
+def check_folder_name(name: str, value: Any) -> None:
+    """Require a name that becomes one folder: letters, digits, ``-``, ``_``, ``.``, not starting
+    with a dot (so never empty, ``.`` or ``..``), at most 64 characters: it cannot leave its parent."""
+    if not (isinstance(value, str) and FOLDER_NAME.fullmatch(value)):
+        raise ValueError(
+            f"{name}: expected a folder name (letters, digits, '-', '_', '.', not starting with '.' or '-', "
+            f"at most 64 characters), got {value!r}"
+        )
+
+
+def check_str(name: str, value: Any, empty: bool = False) -> None:
+    """Require a string (a non-empty one unless ``empty``)."""
+    if not isinstance(value, str) or (not empty and not value):
+        raise ValueError(f"{name}: expected a{'' if empty else ' non-empty'} string, got {value!r}")
+
+
+def check_unique(name: str, values: Sequence[Any]) -> None:
+    """Require a list with no value twice."""
+    twice = sorted({repr(v) for v in values if list(values).count(v) > 1})
+    if twice:
+        raise ValueError(f"{name}: {', '.join(twice)} given more than once")
+
+
+def check_finite(where: str, value: Any) -> None:
+    """Refuse any NaN or infinite float anywhere in ``value`` (tables and lists walked), naming its path."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: expected a finite number, got {value!r}")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            check_finite(f"{where}.{k}" if where else str(k), v)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite(f"{where}[{i}]", v)
+
+
+def check_like_defaults(cls: type, options: Mapping[str, Any], where: str) -> None:
+    """Require each of ``options`` to have the type of ``cls``'s default for that field: a bool for a
+    bool, an integer (not a float, not a bool) for an int, a finite number for a float, a string for a
+    string. Fields whose default is None or a table are left to ``cls``'s own checks."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for key, value in options.items():
+        default = defaults.get(key, dataclasses.MISSING)
+        name = f"{where}.{key}" if where else key
+        if isinstance(default, bool):
+            ok, want = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok, want = is_number(value) and math.isfinite(value), "a finite number"
+        elif isinstance(default, str):
+            ok, want = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{name}: expected {want}, got {value!r}")
+
+
+def check_positive(where: str, options: Mapping[str, Any], names: Iterable[str]) -> None:
+    """Require each of ``names`` present in ``options`` to be a number > 0."""
+    for key in names:
+        if key in options and not (is_number(options[key]) and options[key] > 0):
+            raise ValueError(f"{where}.{key}: expected a number > 0, got {options[key]!r}")

@@ -123,6 +123,30 @@ def test_images_of_another_model_are_made_anew(tmp_path):
     assert sum(len(c) for c in calls) == 4
 
 
+def test_an_image_is_reused_only_for_the_same_prompt_text_and_seed(tmp_path):
+    """A prompts file edited in place (same case numbers, same model) must not reuse images drawn
+    from the old prompts: each image is keyed by its own prompt text and seed."""
+    def generate(texts, negatives, seeds):
+        calls.append(list(texts))
+        return [Image.new("RGB", (64, 64), (len(t) * 20 % 256, s % 256, 0)) for t, s in zip(texts, seeds)]
+
+    settings = GenerationSettings(chunk_size=1)
+    old = [Prompt(i, f"p{i}", 10 + i) for i in range(3)]
+    calls: list = []
+    generate_images(generate, old, tmp_path / "img", settings=settings, progress=False, source={"unet": "a"})
+    assert len(calls) == 3
+    new = [old[0], Prompt(1, "an edited prompt", 11), Prompt(2, "p2", 99)]
+    calls.clear()
+    paths = generate_images(generate, new, tmp_path / "img", settings=settings, progress=False, source={"unet": "a"})
+    assert calls == [["an edited prompt"], ["p2"]], "the edited prompt and the new seed are drawn anew, the rest reused"
+    fresh = generate_images(generate, new, tmp_path / "fresh", settings=settings, progress=False, source={"unet": "a"})
+    assert [p.read_bytes() for p in paths] == [p.read_bytes() for p in fresh]
+    calls.clear()  # a subset of the prompts keeps the others' images
+    generate_images(generate, new[:1], tmp_path / "img", settings=settings, progress=False, source={"unet": "a"})
+    generate_images(generate, new, tmp_path / "img", settings=settings, progress=False, source={"unet": "a"})
+    assert calls == []
+
+
 def test_images_are_made_anew_for_new_weights_at_the_same_path_not_for_a_moved_copy(tmp_path):
     import shutil
     from types import SimpleNamespace
@@ -449,6 +473,32 @@ def test_a_methods_images_are_keyed_by_the_file_that_defines_it(tmp_path, monkey
     assert first and again and first != again
 
 
+def test_a_plug_ins_images_are_keyed_by_its_whole_package_its_base_classes_and_helpers_beside_it(tmp_path, monkeypatch):
+    """Editing a helper module the method's file imports (in its package, or beside it in the working
+    folder), or the file of a base class it inherits build from, makes a new key; an unrelated file does not."""
+    import importlib
+
+    from benchmark.method_evaluation import _code_sha256, method_sources
+
+    (tmp_path / "mylab2").mkdir()
+    (tmp_path / "mylab2" / "__init__.py").write_text("")
+    (tmp_path / "mylab2" / "sampler.py").write_text("INVERT = True\n")
+    (tmp_path / "mylab2" / "methods.py").write_text("from mylab2.sampler import INVERT\nfrom labbase2 import Base\nclass Wrapped(Base):\n    pass\n")
+    (tmp_path / "labbase2.py").write_text("import labhelper2\nclass Base:\n    def build(self, ctx):\n        return None\n")
+    (tmp_path / "labhelper2.py").write_text("X = 1\n")
+    (tmp_path / "unrelated2.py").write_text("Y = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    method = importlib.import_module("mylab2.methods").Wrapped()
+    names = [name for name, _ in method_sources(method)]
+    assert names == ["labbase2.py", "labhelper2.py", "mylab2/__init__.py", "mylab2/methods.py", "mylab2/sampler.py"]
+    keys = [_code_sha256(method)]
+    for path, text in (("unrelated2.py", "Y = 2\n"), ("mylab2/sampler.py", "INVERT = False\n"), ("labhelper2.py", "X = 2\n"),
+                       ("labbase2.py", "import labhelper2\nclass Base:\n    def build(self, ctx):\n        return 1\n")):
+        (tmp_path / path).write_text(text)
+        keys.append(_code_sha256(method))
+    assert keys[0] == keys[1] and len(set(keys[1:])) == 4
+
+
 def test_a_pipeline_whose_output_has_no_images_is_refused_naming_its_class():
     from benchmark.generation import GenerationError, diffusers_generate_fn
 
@@ -630,3 +680,94 @@ def test_the_prompts_sha256_is_their_content_not_their_file_or_images_per_prompt
     assert prompts_sha256(a) == prompts_sha256(b) == prompts_sha256([p for p in a for _ in range(3)])
     (tmp_path / "a.csv").write_text(text.replace("yellow", "white"))
     assert prompts_sha256(read_prompts(tmp_path / "a.csv")) != prompts_sha256(b)
+
+
+def test_a_wrapper_is_keyed_by_what_it_holds_at_any_depth_through_cycles_and_slots():
+    """A pipeline nested deeper than a few levels (a registry of stages) is keyed all the same, so
+    other weights there are a new model; a cycle ends the walk rather than looping."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmark.generation import pipeline_source
+
+    torch.manual_seed(0)
+    pipe = SimpleNamespace(unet=torch.nn.Linear(4, 4))
+
+    class Ensemble:
+        def __init__(self, pipe):
+            self.blend = torch.ones(3)
+            self.registry = {"stages": {"main": [{"deeper": [{"pipe": pipe}]}]}}
+            self.me = self  # a cycle
+
+        def __call__(self, **kwargs):
+            return None
+
+    class Slotted:
+        __slots__ = ("inner",)
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, **kwargs):
+            return None
+
+    ensemble = Ensemble(pipe)
+    before = pipeline_source(ensemble)["holds"]
+    assert "registry.stages.main.0.deeper.0.pipe.unet" in before and "blend" in before
+    with torch.no_grad():
+        pipe.unet.weight[0, 0] += 1.0
+    assert pipeline_source(ensemble)["holds"] != before
+    slotted = pipeline_source(Slotted(ensemble))
+    assert "inner.registry.stages.main.0.deeper.0.pipe.unet" in slotted["holds"] and "drawn_anew" not in slotted
+
+
+def test_score_images_names_every_unreadable_image_and_reports_the_images_it_did_not_score(tmp_path, monkeypatch, capsys):
+    from benchmark import external
+    from implicit_concept.image_stream import ImageReadError
+
+    monkeypatch.setattr(external, "score_generated", lambda paths, prompts, *a: (_FakeReport(), {"qrcode": {"icr": len(paths)}}))
+    judging = _judging(tmp_path, num_prompts=8)
+    prompts = judging.prompts()
+    broken = _folder(tmp_path / "broken", prompts, 1)
+    for p in prompts[1:]:
+        (broken / f"{p.case_number}_0.png").write_text("not an image")
+    with pytest.raises(ImageReadError, match=r"7 of 8 images cannot be read: .*; \.\.\. \(all 7 named in .*unreadable.txt\)"):
+        external.score_image_folder(broken, tmp_path / "out-broken", judging)
+    listed = (tmp_path / "out-broken" / "unreadable.txt").read_text().splitlines()
+    assert len(listed) == 7 and all(any(f"{p.case_number}_0.png" in line for line in listed) for p in prompts[1:])
+
+    extra = _folder(tmp_path / "extra", prompts, 2)
+    Image.new("RGB", (64, 64)).save(extra / "100000_0.png")
+    summary = external.score_image_folder(extra, tmp_path / "out", judging)
+    assert summary["prompts"]["images"] == 8
+    assert summary["inputs"]["not_scored"]["count"] == 9 and "100000_0.png" in summary["inputs"]["not_scored"]["images"]
+    assert "note: " in capsys.readouterr().err
+    plain = external.score_image_folder(_folder(tmp_path / "plain", prompts, 1), tmp_path / "out2", judging)
+    assert plain["inputs"]["not_scored"] == {"count": 0, "images": []}
+
+
+def test_a_folder_of_images_whose_name_holds_a_brace_is_a_folder_not_a_shard_pattern(tmp_path):
+    from implicit_concept.image_stream import is_shard_source, iter_images
+
+    folder = tmp_path / "gen{1}"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "0_0.png")
+    assert not is_shard_source(folder)
+    assert [name for name, _ in iter_images(folder)] == ["0_0.png"]
+    assert is_shard_source(str(tmp_path / "shard-{000..003}.tar")) and is_shard_source(str(tmp_path / "shards-{0..1}"))
+
+
+@pytest.mark.parametrize("case", ["part-config", "geom-metadata", "geom-no-negative"])
+def test_score_pipeline_refuses_a_malformed_json_file_naming_it(tmp_path, case):
+    from benchmark import external
+
+    pipe = _pipeline_dir(tmp_path / "pipe")
+    if case == "part-config":
+        (pipe / "unet" / "config.json").write_text("not json")
+        with pytest.raises(ValueError, match=r"pipe/unet/config.json: not valid JSON"):
+            external.score_pipeline(pipe, tmp_path / "out", judging=None)
+    else:
+        (pipe / "geom_erasing.json").write_text('{"config": ' if case == "geom-metadata" else '{"config": {}}')
+        with pytest.raises(ValueError, match=r"pipe/geom_erasing.json: not .*(JSON|negative_prompt)"):
+            external.pipeline_negative_prompt(pipe)

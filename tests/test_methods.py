@@ -240,3 +240,39 @@ def test_a_plug_in_that_breaks_the_interface_is_refused_by_name(tmp_path):
     assert declared_finetunes(wordy, ctx) == [FineTune()]
     good = Generator(pipeline, "logo", {"sld_guidance_scale": 3})
     assert checked_generator(wordy, good) is good
+
+
+def test_a_fine_tune_on_data_other_than_contaminated_or_clean_is_refused():
+    """A typo ("Clean") or a path in FineTune.data would train on the contaminated data under another
+    folder name, or leave the run's folder: refused when the FineTune is made."""
+    from dataclasses import replace
+
+    from benchmark.methods.interface import FineTune
+
+    for bad in ("Clean", "clean ", "clean_twins", "../../../escaped", ""):
+        with pytest.raises(ValueError, match=r"FineTune.data must be one of 'contaminated', 'clean', got"):
+            FineTune(data=bad)
+        with pytest.raises(ValueError, match="FineTune.data"):
+            replace(FineTune(), data=bad)
+    with pytest.raises(ValueError, match="FineTune.seed"):
+        FineTune(seed="11")
+    with pytest.raises(ValueError, match="FineTune.training"):
+        FineTune(training=[("steps", 1)])
+    assert FineTune(data="clean").data == "clean"
+
+
+def test_a_plug_ins_own_fine_tune_seed_is_kept_under_the_tracks_seeds():
+    """seeded() gives a fine-tune the training seed only when it sets none of its own."""
+    from benchmark.method_evaluation import seeded
+    from benchmark.methods.interface import FineTune, MethodContext
+
+    asked = []
+    ctx = MethodContext(concepts=("qrcode",), work_dir=Path("w"), seed=0, finetune=lambda ft: asked.append(ft.seed) or Path("x"),
+                        load_pipeline=lambda p: None, train_shards=Path("s"))
+    for seed in (0, 7):
+        run_ctx = seeded(ctx, seed)
+        run_ctx.finetune(FineTune(seed=11))
+        run_ctx.finetune(FineTune(seed=12))
+        run_ctx.finetune(FineTune())
+    assert asked == [11, 12, 0, 11, 12, 7]
+    assert FineTune(seed=11).under_seed(3).seed == 11 and FineTune().under_seed(3).seed == 3

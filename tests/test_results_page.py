@@ -131,6 +131,10 @@ def _row(r, method="sd", concept="qrcode", **fields):
     (lambda r: _row(r, timings={"score": "fast"}), r"rows\[0\].timings.score: a str .*, not a number of seconds"),
     (lambda r: {**r, "timings": {"generate": "slow"}}, r"timings.generate: a str .*, not a number of seconds"),
     (lambda r: {**r, "detector": {**r["detector"], "thresholds": {"qrcode": "high"}}}, r"detector.thresholds.qrcode: a str .*, not a number"),
+    # null in an optional object: left out is fine, null is refused (the readers would take it as the object)
+    *[(lambda r, k=k: {**r, k: None}, rf"{k}: null, not an object") for k in ("config", "detector", "targets", "timings", "seeds", "named_base")],
+    *[(lambda r, k=k: _row(r, **{k: None}), rf"rows\[0\].{k}: null, not an object") for k in ("quality", "quality_detail", "timings", "seeds")],
+    (lambda r: {**r, "config": {**r.get("config", {}), "track": None}}, r"config.track: null, not an object"),
 ])
 def test_a_results_json_of_another_shape_is_refused_naming_the_file_and_field_by_every_reader(tmp_path, capsys, edit, problem):
     """A run folder handed over by another lab: the report and the leaderboard name what is wrong."""

@@ -8,10 +8,11 @@ sample with. Another lab's method is a class with the same shape, named on the c
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
@@ -22,7 +23,7 @@ from benchmark.models.pipelines import save_portable_pipeline
 from implicit_concept.concepts import concept
 from implicit_concept.files import atomic_dir, locked
 from implicit_concept.provenance import cache_key, canonical_json
-from implicit_concept.torch_settings import torch_threads
+from implicit_concept.torch_settings import kept_torch_settings, torch_threads
 from implicit_concept.validate import FOLDER_NAME
 
 #: Pipeline call arguments the benchmark sets itself, the same for every method being compared.
@@ -40,12 +41,29 @@ class FineTune:
     geom: Any = None
     start: str = "base"
     training: dict[str, Any] = field(default_factory=dict)
-    #: The training seed; None: the track's. The protocol sets it for a track's ``seeds``.
+    #: The training seed; None: the track's (for a track's ``seed_methods``, each of its ``seeds``
+    #: in turn). A seed set here is the method's own and is kept under every training seed.
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        # ``data`` names the fine-tune's folder and what it trains on: anything but these two (a
+        # typo, a path) is refused rather than trained as the contaminated data under another name.
+        if self.data not in FINETUNE_DATA:
+            raise ValueError(f"FineTune.data must be one of {', '.join(map(repr, FINETUNE_DATA))}, got {self.data!r}")
         if self.start not in ("base", "sd"):
             raise ValueError(f"FineTune.start must be 'base' or 'sd', got {self.start!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"FineTune.seed must be None or a non-negative int, got {self.seed!r}")
+        if not isinstance(self.training, dict):
+            raise ValueError(f"FineTune.training must be a dict of [finetune] overrides, got {type(self.training).__name__}")
+
+    def under_seed(self, seed: int) -> "FineTune":
+        """This fine-tune under a training seed of the track: its own seed if it set one, else ``seed``."""
+        return self if self.seed is not None else replace(self, seed=seed)
+
+
+#: What a fine-tune can train on: the contaminated subset, or its clean twins.
+FINETUNE_DATA = ("contaminated", "clean")
 
 
 @dataclass
@@ -118,6 +136,8 @@ def declared_finetunes(method: Any, ctx: MethodContext) -> list[FineTune]:
     """``method.finetunes(ctx)`` (none for a plug-in without it), each checked to be a :class:`FineTune`."""
     try:
         declared = list(getattr(method, "finetunes", lambda ctx: [])(ctx))
+    except NotImplementedMethod:
+        return []  # its build says so too: reported as missing, not as a failure
     except Exception as e:
         raise MethodFailed(f"method {method.name}", "finetunes(ctx)", e) from e
     for ft in declared:
@@ -155,7 +175,7 @@ class NotImplementedMethod(Exception):
 def _import_plugin(module: str) -> ModuleType:
     """Import a plug-in's module as ``python -m`` would find it: installed, or in the working folder
     (the console script, unlike ``python -m``, does not put it on ``sys.path``). The working folder is
-    searched last, so it never shadows an installed package."""
+    searched last, so it never shadows an installed package (an error names the file imported)."""
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:
@@ -165,38 +185,91 @@ def _import_plugin(module: str) -> ModuleType:
     return importlib.import_module(module)
 
 
+def _is_missing(e: ModuleNotFoundError, module: str) -> bool:
+    """Whether the plug-in's module itself (or a package above it) is missing, not a module it imports."""
+    parts = module.split(".")
+    return e.name in {".".join(parts[: i + 1]) for i in range(len(parts))}
+
+
+def _which_file(module: ModuleType, name: str) -> str:
+    """Where ``module`` was imported from, and a working-folder file of the same name it shadowed."""
+    file = getattr(module, "__file__", None)
+    said = f"; {name!r} was imported from {file}" if file else ""
+    beside = Path(os.getcwd()) / (name.replace(".", os.sep) + ".py")
+    if file and beside.is_file() and Path(file).resolve() != beside.resolve():
+        said += f", not {beside} in the working folder (an installed module of that name comes first: rename yours)"
+    return said
+
+
 def load_method(spec: str, registry: dict[str, Callable[[], Method]]) -> Method:
-    """A registered name, an entry point name, or ``package.module:Class``."""
+    """A registered name, an entry point name, or ``package.module:Class``.
+
+    A plug-in's module is imported and its class made under torch's settings as they were (what its
+    import does to grad mode, the default dtype or threads is undone), so it cannot change how the
+    benchmark trains or samples anything else. A plug-in that fails to import or to be made is a
+    :class:`MethodFailed` naming ``--method`` and keeping its own traceback."""
     if spec in registry:
         return registry[spec]()
-    for ep in entry_points(group="implicit_concept.methods"):
-        if ep.name == spec:
-            return _named(ep.load()(), spec, ep.name, registry)
-    if ":" in spec:
-        module, _, attr = spec.partition(":")
-        try:
-            cls = getattr(_import_plugin(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"--method {spec}: cannot import ({e})") from None
-        try:
-            method = cls()
-        except TypeError as e:
-            raise ValueError(f"--method {spec}: {attr}() cannot be made without arguments ({e})") from None
-        if not isinstance(method, Method) and not callable(getattr(method, "build", None)):
-            raise ValueError(f"--method {spec}: {attr} has no build(ctx) method")
-        return _named(method, spec, attr, registry)
+    with kept_torch_settings():
+        for ep in entry_points(group="implicit_concept.methods"):
+            if ep.name == spec:
+                try:
+                    made = ep.load()()
+                except Exception as e:
+                    raise MethodFailed(f"--method {spec}", f"entry point {ep.value}", e) from e
+                return _named(made, spec, ep.name, registry)
+        if ":" in spec:
+            return _plugin(spec, registry)
     raise ValueError(f"unknown method {spec!r} (known: {', '.join(registry)}; or package.module:Class)")
+
+
+def _plugin(spec: str, registry: dict[str, Callable[[], Method]]) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr or module_name.startswith(".") or not attr.isidentifier():
+        raise ValueError(f"--method {spec}: expected package.module:Class")
+    try:
+        module = _import_plugin(module_name)
+    except ModuleNotFoundError as e:
+        if not _is_missing(e, module_name):
+            raise MethodFailed(f"--method {spec}", f"importing {module_name}", e) from e
+        raise ValueError(f"--method {spec}: cannot import ({e})") from None
+    except Exception as e:  # SyntaxError, NameError, an ImportError inside it: the plug-in's own code
+        raise MethodFailed(f"--method {spec}", f"importing {module_name}", e) from e
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise ValueError(f"--method {spec}: cannot import (module {module_name!r} has no attribute {attr!r}{_which_file(module, module_name)})")
+    try:
+        inspect.signature(cls).bind()
+    except TypeError as e:
+        raise ValueError(f"--method {spec}: {attr}() cannot be made without arguments ({e})") from None
+    except ValueError:
+        pass  # no signature to check (a builtin): calling it tells
+    try:
+        method = cls()
+    except Exception as e:
+        raise MethodFailed(f"--method {spec}", f"{attr}()", e) from e
+    if not isinstance(method, Method) and not callable(getattr(method, "build", None)):
+        raise ValueError(f"--method {spec}: {attr} has no build(ctx) method")
+    return _named(method, spec, attr, registry)
 
 
 def _named(method: Any, spec: str, default: str, registry: dict[str, Callable[[], Method]]) -> Any:
     """A plug-in with its ``name`` (else ``default``), refused if the name could leave the run's
     folders or is a built-in method's, whose images and results rows it would replace."""
-    name = getattr(method, "name", "") or default
+    try:
+        name = getattr(method, "name", "") or default
+    except Exception as e:
+        raise MethodFailed(f"--method {spec}", "reading its name", e) from e
     if not isinstance(name, str) or not FOLDER_NAME.fullmatch(name):
         raise ValueError(f"--method {spec}: name {name!r} must be 1 to 64 of letters, digits, '_', '-' and '.', "
                          "starting with a letter or digit (it names the method's folders)")
     if name in registry:
         raise ValueError(f"--method {spec}: name {name!r} is the built-in method's; "
                          "a plug-in under it would replace that method's images and results")
-    method.name = name
+    if getattr(method, "name", None) != name:
+        try:
+            method.name = name
+        except AttributeError:
+            raise ValueError(f"--method {spec}: its name is {getattr(method, 'name', None)!r} and cannot be set "
+                             f"to {name!r} (a read-only property): give it a name of 1 to 64 letters, digits, '_', '-' and '.'") from None
     return method

@@ -17,11 +17,12 @@ device: a multi-GPU run would be a subprocess of ultralytics' own, out of reach 
 """
 from __future__ import annotations
 
+import math
 import shutil
 import time
 import tomllib
 from copy import deepcopy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -76,27 +77,33 @@ class DetectorScale:
     calibration_max_fp: float = 0.02
 
     def __post_init__(self) -> None:
+        def integer(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
         checks = {
-            "model": MODEL_YAML.fullmatch(self.model) is not None,
-            "imgsz": self.imgsz >= 32 and self.imgsz % 32 == 0,
-            "epochs": self.epochs >= 1,
-            "batch": self.batch >= 1,
-            "device": self.device == "cpu" or self.device.isdigit(),
-            "threads": self.threads >= 1,
-            "workers": self.workers >= 0,
-            "seed": self.seed >= 0,
-            "validation_share": 0 < self.validation_share < 1,
-            "calibration_max_fp": 0 <= self.calibration_max_fp < 1,
+            "model": isinstance(self.model, str) and MODEL_YAML.fullmatch(self.model) is not None,
+            "imgsz": integer(self.imgsz) and self.imgsz >= 32 and self.imgsz % 32 == 0,
+            "epochs": integer(self.epochs) and self.epochs >= 1,
+            "batch": integer(self.batch) and self.batch >= 1,
+            "device": isinstance(self.device, str) and (self.device == "cpu" or self.device.isdigit()),
+            "threads": integer(self.threads) and self.threads >= 1,
+            "workers": integer(self.workers) and self.workers >= 0,
+            "seed": integer(self.seed) and 0 <= self.seed < 2**32,
+            "validation_share": number(self.validation_share) and 0 < self.validation_share < 1,
+            "calibration_max_fp": number(self.calibration_max_fp) and 0 <= self.calibration_max_fp < 1,
         }
         wants = {
             "model": "the name of one of ultralytics' model YAMLs, such as yolov8n.yaml (weights files would be downloaded)",
-            "imgsz": "a multiple of 32, at least 32",
-            "epochs": ">= 1",
-            "batch": ">= 1",
-            "device": '"cpu" or one CUDA index such as "0" (training runs in this process, on one device)',
-            "threads": ">= 1",
-            "workers": ">= 0",
-            "seed": ">= 0",
+            "imgsz": "an integer multiple of 32, at least 32",
+            "epochs": "an integer >= 1",
+            "batch": "an integer >= 1",
+            "device": 'the string "cpu" or one CUDA index as a string such as "0" (training runs in this process, on one device)',
+            "threads": "an integer >= 1",
+            "workers": "an integer >= 0",
+            "seed": "an integer in [0, 2**32)",
             "validation_share": "a share in (0, 1), such as 0.1",
             "calibration_max_fp": "a share in [0, 1), such as 0.02",
         }
@@ -106,15 +113,30 @@ class DetectorScale:
 
 
 def load_scale(name: str, path: Path = SCALES_FILE) -> DetectorScale:
-    """The scale ``name`` from ``detector_scales.toml``; unknown names and fields fail naming them."""
-    with open(path, "rb") as f:
-        table = tomllib.load(f)
-    if name not in table:
+    """The scale ``name`` from ``scales.toml``; unknown names and fields, wrong types and ranges fail
+    naming the file, the scale and the field."""
+    path = Path(path)
+    try:
+        table = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ScaleError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ScaleError(f"{path}: not UTF-8 text ({e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ScaleError(f"{path}: not valid TOML: {e}") from None
+    if not isinstance(name, str) or name not in table:
         raise ScaleError(f"{path}: no detector scale {name!r} (known: {', '.join(table)})")
     entry = table[name]
+    if not isinstance(entry, dict):
+        raise ScaleError(f"{path}: [{name}]: expected a table of fields, got {entry!r}")
     check_fields(entry, {f.name for f in fields(DetectorScale)} - {"name"}, f"{path}: scale {name!r}", ScaleError)
+    missing = sorted(f.name for f in fields(DetectorScale) if f.name != "name" and f.default is MISSING and f.name not in entry)
+    if missing:
+        raise ScaleError(f"{path}: scale {name!r}: missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
     try:
         return DetectorScale(name=name, **entry)
+    except ScaleError as e:
+        raise ScaleError(f"{path}: {e}") from None
     except TypeError as e:
         raise ScaleError(f"{path}: scale {name!r}: {e}") from None
 

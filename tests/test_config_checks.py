@@ -1,0 +1,320 @@
+"""Configuration is checked whole at the edge: tracks, detector scales and the command line refuse
+bad values before any stage runs, in one line naming the file and the field (no training here)."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from benchmark.benchmark_run import BenchmarkRun
+from benchmark.cli import build_parser, main
+from benchmark.track import TRACKS_DIR, TrackError, load_track
+from benchmark.track_check import check_track
+from implicit_concept.detector.training import ScaleError, load_scale
+
+DEBUG = (TRACKS_DIR / "debug.toml").read_text()
+
+
+def _track_file(tmp_path: Path, replace: dict[str, str] | None = None, append: str = "", name: str = "mine.toml") -> Path:
+    """A copy of the debug track with whole lines replaced (``'num_prompts = 8': 'num_prompts = 8.5'``)."""
+    text = DEBUG
+    for old, new in (replace or {}).items():
+        assert re.search(rf"^{re.escape(old)}$", text, flags=re.M), old
+        text = re.sub(rf"^{re.escape(old)}$", new.replace("\\", "\\\\"), text, count=1, flags=re.M)
+    path = tmp_path / name
+    path.write_text(text + append)
+    return path
+
+
+def _refused(path: Path, *fragments: str) -> str:
+    """The one-line error for a track file, which must name the file and every fragment."""
+    with pytest.raises(TrackError) as e:
+        check_track(load_track(path))
+    message = str(e.value)
+    assert str(path) in message and "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message
+
+
+# 1 and 3: every field is checked before the first stage.
+
+def test_prompts_and_their_count_are_checked_before_any_stage(tmp_path):
+    _refused(_track_file(tmp_path, {'prompts = "icd-tiny-eval"': 'prompts = "icd-tiny-evla"'}), "prompts", "icd-tiny-evla")
+    _refused(_track_file(tmp_path, {'prompts = "icd-tiny-eval"': "prompts = 5"}), "prompts:")
+    _refused(_track_file(tmp_path, {'prompts = "icd-tiny-eval"': 'prompts = ""'}), "prompts:")
+    csv = tmp_path / "three.csv"
+    csv.write_text("case_number,prompt,evaluation_seed\n0,a,1\n1,b,2\n2,c,3\n")
+    # more prompts asked for than the file holds: refused, never silently fewer
+    message = _refused(_track_file(tmp_path, {'prompts = "icd-tiny-eval"': f'prompts = "{csv}"'}), "num_prompts = 8", "only 3 prompts")
+    assert str(csv) in message
+    check_track(load_track(_track_file(tmp_path, {'prompts = "icd-tiny-eval"': f'prompts = "{csv}"', "num_prompts = 8": "num_prompts = 3"})))
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("case,prompt\n0,a\n")
+    _refused(_track_file(tmp_path, {'prompts = "icd-tiny-eval"': f'prompts = "{bad_csv}"'}), "missing column")
+
+
+@pytest.mark.parametrize("value", ["8.5", "true", "nan", "inf", '"8"', "0"])
+def test_num_prompts_must_be_a_positive_integer(tmp_path, value):
+    _refused(_track_file(tmp_path, {"num_prompts = 8": f"num_prompts = {value}"}), "num_prompts:")
+
+
+@pytest.mark.parametrize("size", [32, 60, 63, 128, 4096])
+def test_generation_image_size_must_fit_the_base(tmp_path, size):
+    text = DEBUG.replace("[generation]\nsteps = 4\nguidance_scale = 7.5\nimage_size = 64", f"[generation]\nsteps = 4\nguidance_scale = 7.5\nimage_size = {size}")
+    assert text != DEBUG
+    path = tmp_path / "size.toml"
+    path.write_text(text)
+    _refused(path, "[generation]", f"image_size = {size}")
+
+
+def test_generation_image_size_with_pretrained_base_is_a_multiple_of_8():
+    track = load_track("debug", {"generation": {"steps": 4, "image_size": 60}})
+    with pytest.raises(TrackError, match="image_size = 60: a diffusers pipeline needs a multiple of 8"):
+        check_track(track, pretrained=Path("/some/sd"))
+    check_track(load_track("debug", {"generation": {"steps": 4, "image_size": 512}}), pretrained=Path("/some/sd"))
+
+
+def test_quality_fields_are_checked(tmp_path):
+    paper = DEBUG.replace('[quality]\nkind = "scene"\nimage_size = 64\nsteps = 40\nheldout = 50',
+                          '[quality]\nkind = "paper"\nfid_weights = "/nonexistent/inception.pth"\nclip_weights = "/nonexistent/clip"')
+    (tmp_path / "paper.toml").write_text(paper)
+    _refused(tmp_path / "paper.toml", "[quality]", "fid_weights", "/nonexistent/inception.pth")
+    none = DEBUG.replace('kind = "scene"', 'kind = "none"')
+    (tmp_path / "none.toml").write_text(none)
+    _refused(tmp_path / "none.toml", "[quality]", "unknown field")
+
+
+# 4: the track's name becomes a folder under --runs.
+
+@pytest.mark.parametrize("name", ['""', '"."', '".."', '"../../escaped"', '"a/b"', "5", '".hidden"'])
+def test_track_name_is_a_safe_folder_name(tmp_path, name):
+    _refused(_track_file(tmp_path, {'name = "debug"': f"name = {name}"}), "name:", "folder name")
+
+
+def test_a_bad_name_writes_nothing_outside_runs(tmp_path, capsys):
+    track = _track_file(tmp_path, {'name = "debug"': 'name = "../escaped"'})
+    runs = tmp_path / "runs"
+    assert main(["benchmark", "--track", str(track), "--runs", str(runs), "--data", str(tmp_path / "d"), "--cache", str(tmp_path / "c"), "--quiet"]) == 2
+    assert "name:" in capsys.readouterr().err
+    assert not (tmp_path / "escaped").exists() and not runs.exists()
+    assert main(["benchmark", "--track", "debug", "--name", "../x", "--runs", str(runs), "--data", str(tmp_path / "d"), "--quiet"]) == 2
+    assert "--name" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+# 5: a failed start does not claim the run folder; a refused rerun says what differs.
+
+@pytest.mark.parametrize("option", ["--detector", "--pretrained"])
+def test_a_bad_path_option_fails_at_once_and_claims_nothing(tmp_path, capsys, option):
+    runs = tmp_path / "runs"
+    argv = ["benchmark", "--track", "debug", "--name", "det", "--runs", str(runs), "--data", str(tmp_path / "data"),
+            "--cache", str(tmp_path / "cache"), "--quiet", option, str(tmp_path / "nonexistent")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert option in err and str(tmp_path / "nonexistent") in err and len(err.strip().splitlines()) == 1, err
+    assert not (runs / "det" / "run.json").exists()
+    assert not (tmp_path / "data").exists(), "no stage ran"
+
+
+def test_a_changed_config_is_refused_naming_the_fields(tmp_path):
+    first = BenchmarkRun(track=load_track("debug"), name="r", runs_root=tmp_path)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "run.json").write_text(json.dumps(first.record()))
+    first.check_start()  # the same config is welcome
+    changed = BenchmarkRun(track=load_track("debug", {"num_prompts": 7}), name="r", runs_root=tmp_path)
+    with pytest.raises(ValueError, match=r"another config \(run.json differs in .*track\.num_prompts") as e:
+        changed.check_start()
+    assert "track.seed" not in str(e.value)
+
+
+# 6 and 7: one line naming the file and the field.
+
+def test_track_file_problems_name_the_file(tmp_path):
+    folder = tmp_path / "dir.toml"
+    folder.mkdir()
+    with pytest.raises(TrackError, match=re.escape(f"{folder}: a folder")):
+        load_track(folder)
+    bad = tmp_path / "nonutf8.toml"
+    bad.write_bytes(b'name = "x"\nnote = "\xff"\n')
+    with pytest.raises(TrackError, match=re.escape(f"{bad}: not UTF-8")):
+        load_track(bad)
+    no_name = tmp_path / "no_name.toml"
+    no_name.write_text(DEBUG.replace('name = "debug"\n', ""))
+    with pytest.raises(TrackError, match=re.escape(f"{no_name}: missing field name")):
+        load_track(no_name)
+    noext = tmp_path / "debugcopy"
+    noext.write_text(DEBUG)
+    assert load_track(noext).where == str(noext)
+
+
+@pytest.mark.parametrize("line,new,field", [
+    ("seed = 0", 'seed = "0"', "seed:"),
+    ("num_prompts = 8", 'num_prompts = "8"', "num_prompts:"),
+    ("steps = 2", 'steps = "2"', "esd.steps"),
+    ("image_size = 64", "pipeline = [64]", "pipeline"),
+    ('removal_method = "ge-full"', "removal_method = 5", "removal_method"),
+])
+def test_wrong_types_name_the_field(tmp_path, line, new, field):
+    message = _refused(_track_file(tmp_path, {line: new}), field)
+    assert "not supported between" not in message and "object" not in message and "[finetune]" not in message
+
+
+def test_wrong_typed_tables_name_the_table(tmp_path):
+    _refused(_track_file(tmp_path, append="\ntypo = 1\n"), "[targets]", "typo")
+    text = DEBUG[:DEBUG.index("# Checked like")].replace('detector_scale = "debug"', 'detector_scale = "debug"\ntargets = 5')
+    path = tmp_path / "t.toml"
+    path.write_text(text)
+    _refused(path, "[targets]", "expected a table")
+    geom = tmp_path / "g.toml"
+    geom.write_text(DEBUG.replace('detector_scale = "debug"', 'detector_scale = "debug"\ngeom_erasing = [4]'))
+    _refused(geom, "[geom_erasing]", "expected a table")
+
+
+def test_a_track_seed_in_finetune_is_refused_not_overridden():
+    with pytest.raises(TrackError, match=r"\[finetune\]\.seed"):
+        load_track("debug", {"finetune": {"steps": 4, "seed": 5}})
+
+
+def test_cli_names_the_track_file_for_a_bad_seed(tmp_path, capsys):
+    track = _track_file(tmp_path, {"seed = 0": 'seed = "0"'})
+    assert main(["benchmark", "--track", str(track), "--runs", str(tmp_path / "runs"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{track}: seed:" in err and "[finetune]" not in err
+
+
+# 8: numbers and types.
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"finetune": {"learning_rate": float("inf")}}, "finetune.learning_rate"),
+    ({"finetune": {"weight_decay": float("inf")}}, "finetune.weight_decay"),
+    ({"finetune": {"steps": 4, "warmup_steps": 1_000_000_000}}, "warmup_steps"),
+    ({"base": {"training": {"learning_rate": float("inf")}}}, "base.training.learning_rate"),
+    ({"base": {"training": {"steps": 10, "warmup_steps": 11}}}, "warmup_steps"),
+    ({"geom_erasing": {"alpha": float("inf")}}, "geom_erasing.alpha"),
+    ({"esd": {"lr": -1.0}}, "esd.lr"),
+    ({"esd": {"lr": "x"}}, "esd.lr"),
+    ({"esd": {"lr": float("nan")}}, "esd.lr"),
+    ({"esd": {"negative_guidance": float("nan")}}, "esd.negative_guidance"),
+    ({"esd": {"sample_guidance": "x"}}, "esd.sample_guidance"),
+    ({"esd": {"steps": 2.5}}, "esd.steps"),
+    ({"esd": {"steps": True}}, "esd.steps"),
+    ({"fmn": {"lr": "x"}}, "fmn.lr"),
+    ({"fmn": {"lr": -1.0}}, "fmn.lr"),
+    ({"fmn": {"steps": 2.5}}, "fmn.steps"),
+    ({"concepts": ["qrcode", "qrcode"]}, "concepts"),
+    ({"methods": ["base", "sd", "sd"]}, "methods"),
+    ({"seeds": [0, 1], "seed_methods": ["sd", "sd"]}, "seed_methods"),
+    ({"targets": {"removal_method": "ge-ful"}}, "removal_method"),
+    ({"targets": {"named_base_min_icr": True}}, "named_base_min_icr"),
+    ({"seed": 2**64}, "seed"),
+    ({"conf": float("nan")}, "conf"),
+    ({"quality": {"kind": "none", "steps": 5}}, "quality"),
+])
+def test_numbers_types_and_duplicates_are_refused(overrides, fragment):
+    with pytest.raises(TrackError) as e:
+        check_track(load_track("debug", overrides))
+    assert fragment in str(e.value), str(e.value)
+
+
+def test_shipped_tracks_pass_and_keep_their_hash():
+    for name in ("debug", "tiny"):
+        check_track(load_track(name))
+    load_track("paper")
+    load_track("paper-dry")
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ('[debug]\nmodel = "yolov8n.yaml"\nimgsz = 64\nepochs = 2.5\nbatch = 16\n', "epochs = 2.5"),
+    ('[debug]\nmodel = "yolov8n.yaml"\nimgsz = 64\nepochs = 3\nbatch = 16.5\n', "batch = 16.5"),
+    ('[debug]\nmodel = "yolov8n.yaml"\nimgsz = 64.0\nepochs = 3\nbatch = 16\n', "imgsz = 64.0"),
+    ('[debug]\nmodel = "yolov8n.yaml"\nimgsz = 64\nepochs = inf\nbatch = 16\n', "epochs = inf"),
+    ('[debug]\nmodel = "yolov8n.yaml"\nimgsz = 64\nepochs = 3\nbatch = 16\nthreads = 1.5\n', "threads = 1.5"),
+    ('[debug]\nmodel = "yolov8n.yaml"\nimgsz = 64\nepochs = 3\nbatch = 16\nworkers = 0.5\n', "workers = 0.5"),
+    ('[debug]\nmodel = "yolov8n.yaml"\nimgsz = 64\nepochs = 3\nbatch = 16\nseed = true\n', "seed = True"),
+    ('[debug]\nmodel = "yolov8n.yaml"\nimgsz = 64\nepochs = 3\nbatch = 16\ndevice = 0\n', "device = 0"),
+    ('[debug]\nmodel = "yolov8n.yaml"\nimgsz = 64\nepochs = 0\nbatch = 16\n', "epochs = 0"),
+    ('[debug]\nmodel = "yolov8n.yaml"\nimgsz = 64\nbatch = 16\n', "missing field epochs"),
+    ("debug = 5\n", "[debug]: expected a table"),
+])
+def test_scale_fields_are_typed_and_name_the_file(tmp_path, body, fragment):
+    path = tmp_path / "scales.toml"
+    path.write_text(body)
+    with pytest.raises(ScaleError) as e:
+        load_scale("debug", path=path)
+    assert str(path) in str(e.value) and fragment in str(e.value), str(e.value)
+    for name in ("debug", "cpu", "gpu"):
+        load_scale(name)
+
+
+# 9 and 6: the command line.
+
+@pytest.mark.parametrize("argv,option", [
+    (["benchmark", "--jobs", "0"], "--jobs"),
+    (["benchmark", "--jobs", "-1"], "--jobs"),
+    (["benchmark", "--workers", "-1"], "--workers"),
+    (["build", "icd-debug", "--workers", "-1"], "--workers"),
+    (["prompts", "icd-debug", "--count", "-5", "--out", "p.csv"], "--count"),
+    (["show", "d", "--out", "y.png", "--count", "-3"], "--count"),
+    (["score-images", "d", "--out", "o", "--num-prompts", "0"], "--num-prompts"),
+    (["benchmark", "--jobs", "two"], "--jobs"),
+])
+def test_integer_options_are_range_checked(capsys, argv, option):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err and "expected an integer" in err, err
+
+
+def test_bad_paths_are_one_line_errors(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    (tmp_path / "rj" / "results.json").mkdir(parents=True)
+    cases = [
+        (["report", str(afile)], f"{afile}: not a run folder"),
+        (["report", str(tmp_path / "rj")], f"{tmp_path / 'rj' / 'results.json'}: a folder"),
+        (["prompts", "icd-debug", "--count", "2", "--out", str(tmp_path)], f"--out {tmp_path}: a folder"),
+        (["prompts", "icd-debug", "--count", "2", "--out", str(afile / "p.csv")], f"--out {afile / 'p.csv'}: cannot be written"),
+        (["show", str(tmp_path), "--out", str(tmp_path)], f"--out {tmp_path}: a folder"),
+        (["benchmark", "--track", "debug", "--name", "q1", "--runs", str(afile), "--quiet"], f"--runs {afile}: exists and is not a folder"),
+        (["benchmark", "--track", "debug", "--name", "q1", "--runs", str(afile / "sub"), "--quiet"], f"--runs {afile / 'sub'}: cannot make"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_main_turns_unexpected_os_errors_into_one_line(monkeypatch, capsys, tmp_path):
+    """The safety net under the specific checks: an OSError names its file, a UnicodeDecodeError says so."""
+    import benchmark.cli as cli
+
+    parser = cli.build_parser
+
+    def raising(error):
+        def command(args):
+            raise error
+
+        def patched():
+            p = parser()
+            p._subparsers._group_actions[0].choices["verify"].set_defaults(func=command)
+            return p
+
+        monkeypatch.setattr(cli, "build_parser", patched)
+
+    raising(PermissionError(1, "Operation not permitted", str(tmp_path / "x")))
+    assert cli.main(["verify", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == f"implicit-concept verify: error: {tmp_path / 'x'}: Operation not permitted"
+    raising(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"))
+    assert cli.main(["verify", str(tmp_path)]) == 2
+    assert "not UTF-8 text" in capsys.readouterr().err
+
+
+def test_a_test_split_with_fewer_captions_than_num_prompts_is_refused(tmp_path):
+    """prompts = "test-split": counted once the dataset is built, before any training (never silently fewer)."""
+    from benchmark.stages import _require_test_split
+
+    (tmp_path / "00000_stats.json").write_text(json.dumps({"successes": 3}))
+    with pytest.raises(ValueError, match=r"holds 3 captions, and this track's num_prompts is 5"):
+        _require_test_split(tmp_path, {"kind": "procedural", "train": 8, "test": 3}, num_prompts=5)
+    _require_test_split(tmp_path, {"kind": "procedural", "train": 8, "test": 3}, num_prompts=3)

@@ -1,0 +1,155 @@
+"""How a plug-in's own failures are reported: naming the method, with its traceback, never a bare
+traceback from the benchmark; and what a plug-in does to torch's settings stays its own."""
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmark.failures import MethodFailed
+from benchmark.methods import NotImplementedMethod, get_method
+
+
+@pytest.fixture
+def lab(tmp_path, monkeypatch):
+    """A lab's working folder: write ``name.py`` into it; it is importable and the working folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    written = []
+
+    def write(name, text):
+        (tmp_path / f"{name}.py").write_text(text)
+        written.append(name)
+        return f"{name}"
+
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)
+
+
+BASE = "from benchmark.methods.interface import Generator, Method\n"
+
+
+def test_a_plug_in_whose_name_is_a_read_only_property_is_taken_or_refused_by_name(lab):
+    lab("propname_ok", BASE + "class P(Method):\n    @property\n    def name(self):\n        return 'prop-ok'\n    def build(self, ctx):\n        pass\n")
+    assert get_method("propname_ok:P").name == "prop-ok"
+    lab("propname_empty", BASE + "class P(Method):\n    @property\n    def name(self):\n        return ''\n    def build(self, ctx):\n        pass\n")
+    with pytest.raises(ValueError, match=r"^--method propname_empty:P: its name is '' and cannot be set to 'P' \(a read-only property\)"):
+        get_method("propname_empty:P")
+
+
+@pytest.mark.parametrize("text, error", [("class Broken(\n    pass\n", "SyntaxError"), ("x = CONFIG['a']\n", "NameError"),
+                                         ("import not_installed_dependency_xyz\n", "ModuleNotFoundError")])
+def test_a_plug_in_module_that_fails_to_import_is_named_with_its_own_traceback(lab, text, error):
+    name = lab(f"broken_{error.lower()}", text)
+    with pytest.raises(MethodFailed, match=rf"^--method {name}:X: importing {name} raised {error}") as failed:
+        get_method(f"{name}:X")
+    assert f"{name}.py" in failed.value.cause_traceback
+
+
+def test_a_plug_in_constructor_that_fails_is_named_and_an_arguments_problem_is_told_apart(lab):
+    lab("ctor", BASE + "class Opens(Method):\n    def __init__(self):\n        open('/nonexistent/cfg.json')\n    def build(self, ctx):\n        pass\n"
+        "class Body(Method):\n    def __init__(self):\n        len(None)\n    def build(self, ctx):\n        pass\n"
+        "class Args(Method):\n    def __init__(self, strength):\n        pass\n    def build(self, ctx):\n        pass\n")
+    with pytest.raises(MethodFailed, match=r"^--method ctor:Opens: Opens\(\) raised FileNotFoundError: .*/nonexistent/cfg.json"):
+        get_method("ctor:Opens")
+    with pytest.raises(MethodFailed, match=r"^--method ctor:Body: Body\(\) raised TypeError: object of type 'NoneType' has no len"):
+        get_method("ctor:Body")
+    with pytest.raises(ValueError, match=r"^--method ctor:Args: Args\(\) cannot be made without arguments"):
+        get_method("ctor:Args")
+    for spec in (":A", "ctor:", ".rel:A"):
+        with pytest.raises(ValueError, match=rf"^--method {spec}: expected package.module:Class"):
+            get_method(spec)
+
+
+def test_a_class_missing_from_the_imported_module_names_the_file_imported_and_the_one_it_shadowed(lab):
+    lab("json", "class Mine:\n    pass\n")  # the standard library's json comes first
+    with pytest.raises(ValueError, match=r"module 'json' has no attribute 'Mine'; 'json' was imported from .*json.*, not .*json.py in the working folder"):
+        get_method("json:Mine")
+
+
+def test_what_a_plug_in_module_does_to_torch_at_import_is_undone(lab):
+    lab("inference_only", BASE + "import torch\ntorch.set_grad_enabled(False)\ntorch.set_default_dtype(torch.float64)\n"
+        "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
+    get_method("inference_only:Mine")
+    assert torch.is_grad_enabled() and torch.get_default_dtype() == torch.float32
+
+
+def test_the_fine_tuning_service_runs_under_the_toolkits_settings_whatever_build_set(monkeypatch, tmp_path):
+    from benchmark import method_evaluation, stages
+
+    seen = []
+    monkeypatch.setattr(stages, "finetune", lambda *a, **k: seen.append((torch.is_grad_enabled(), torch.get_default_dtype())) or tmp_path)
+    monkeypatch.setattr(stages, "load_pipeline", lambda p: seen.append((torch.is_grad_enabled(), torch.get_default_dtype())))
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(track=SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}), root=tmp_path)
+    ctx = method_evaluation.method_context(run, tmp_path, tmp_path / "icd-qrcode", ("qrcode",), None)
+    try:
+        with torch.no_grad():
+            torch.set_default_dtype(torch.float64)
+            ctx.load_pipeline(ctx.finetune(None))
+            assert not torch.is_grad_enabled() and torch.get_default_dtype() == torch.float64, "the plug-in's own are put back"
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert seen == [(True, torch.float32), (True, torch.float32)]
+
+
+def test_not_implemented_while_sampling_is_missing_and_a_function_returning_images_is_a_pipeline(tmp_path):
+    from benchmark.generation import GenerationError, GenerationSettings, diffusers_generate_fn, generate_images
+    from benchmark.prompts import Prompt
+
+    settings = GenerationSettings()
+    prompts = [Prompt(0, "a", 1)]
+
+    def not_ported(**kwargs):
+        raise NotImplementedMethod("sampler not ported yet")
+
+    with pytest.raises(NotImplementedMethod, match="sampler not ported yet"):
+        generate_images(diffusers_generate_fn(not_ported, settings), prompts, tmp_path / "a", progress=False, desc="icd-qrcode/x")
+
+    def returns_list(**kwargs):
+        return [Image.new("RGB", (64, 64))] * len(kwargs["prompt"])
+
+    paths = generate_images(diffusers_generate_fn(returns_list, settings), prompts, tmp_path / "b", progress=False, desc="icd-qrcode/x")
+    assert [p.name for p in paths] == ["0_0.png"]
+
+    def returns_dict(**kwargs):
+        return {"latents": np.zeros(3)}
+
+    with pytest.raises(GenerationError, match=r"^icd-qrcode/func: function returned a dict with no \.images"):
+        generate_images(diffusers_generate_fn(returns_dict, settings), prompts, tmp_path / "c", progress=False, desc="icd-qrcode/func")
+
+
+def test_a_value_error_in_a_plug_ins_build_keeps_its_traceback(monkeypatch, capsys):
+    """A ValueError deep in a lab's code is not the benchmark's one-line story: its traceback is
+    printed, from a --jobs worker too (the failure crosses a pickle)."""
+    import pickle
+
+    from benchmark import cli
+
+    def lab_code():
+        np.zeros(12).reshape(5, 5)
+
+    def command(args):
+        try:
+            lab_code()
+        except ValueError as error:
+            raise pickle.loads(pickle.dumps(MethodFailed("icd-qrcode/x", "build(ctx)", error))) from None
+
+    monkeypatch.setattr(cli, "_verify", command)
+    assert cli.main(["verify", "anywhere"]) == 1
+    err = capsys.readouterr().err
+    assert "in lab_code" in err and "np.zeros(12).reshape(5, 5)" in err
+    assert err.rstrip().endswith("icd-qrcode/x: build(ctx) raised ValueError: cannot reshape array of size 12 into shape (5,5)")
+
+
+def test_not_implemented_from_finetunes_declares_none_so_the_method_is_missing(lab):
+    from benchmark.methods.interface import declared_finetunes
+
+    lab("notimpl_ft", BASE + "from benchmark.methods import NotImplementedMethod\nclass M(Method):\n"
+        "    def finetunes(self, ctx):\n        raise NotImplementedMethod('later')\n    def build(self, ctx):\n        raise NotImplementedMethod('later')\n")
+    assert declared_finetunes(get_method("notimpl_ft:M"), None) == []
