@@ -1,13 +1,15 @@
 """Builds a whole dataset from a recipe: plan, skip finished shards, run the rest, write the card.
 
-Resumable: a rerun after a kill skips shards whose stats file exists and whose tar still has the
-sha256 it records, rebuilds the rest from scratch, and produces the same bytes as a build that
-never stopped. An output folder remembers the recipe that made it, and what its source and screen
+Resumable: a rerun after a kill skips shards whose files all check out (the stats file is this
+shard's, and its tar and parquet still have the sha256s it records), rebuilds the rest from
+scratch, and produces the same bytes as a build that never stopped; the manifest and card are
+written only from shards that check out. An output folder remembers the recipe that made it, and what its source and screen
 held when the build started (``recipe.json``), and refuses to mix in shards of another recipe or
 items of a source that has changed since.
 
-Every problem with ``--out`` (a file, below a file, not writable) is one :class:`BuildError` line
-naming the folder, whichever process met it; a build that made no sample at all is one too.
+Every problem with ``--out`` (a file, below a file, not writable, a folder of other files or
+inside the source folder, a ``recipe.json`` that is not a build record) is one :class:`BuildError`
+line naming the folder or file, whichever process met it; a build that made no sample at all is one too.
 One build at a time writes into a folder: a second waits for the first, then finds its shards
 finished (two benchmarks share one data folder, so waiting is what lets the second go on).
 """
@@ -26,10 +28,12 @@ import pyarrow.parquet as pq
 from builders.dataset_card import write_dataset_card
 from builders.distributor import run_units
 from builders.recipe import Recipe
-from builders.shard_builder import ShardBuilder, is_complete, parquet_path, read_stats, shard_dir, stats_path
+from builders.shard_builder import ShardBuilder, is_complete, parquet_path, plan_record, read_stats, shard_dir, shard_problem, stats_path
 from builders.shard_table import SCHEMA
 from builders.source_screen import detector_fingerprint
-from implicit_concept.files import TEMPORARY_MARK, FolderClaimError, abandoned, atomic_write_bytes, atomic_write_json, claim, locked
+from implicit_concept.files import (
+    TEMPORARY_MARK, FolderClaimError, abandoned, atomic_write_bytes, atomic_write_json, claim, locked, read_json_object,
+)
 from implicit_concept.provenance import environment
 
 RECIPE_RECORD = "recipe.json"
@@ -73,21 +77,28 @@ def build_dataset(
     ray_address: str | None = None,
 ) -> BuildReport:
     """Build (or finish building) ``recipe`` into ``out``; see ``run_units`` for the distributors."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise BuildError(f"workers must be an integer >= 0 (0: one per CPU of a Ray cluster), got {workers!r}")
     out = Path(out)
-    _make_folder(out)
     builder = ShardBuilder(recipe)
+    _check_not_in_source(out, builder)
+    _make_folder(out)
     units = builder.plan()
     try:
         with locked(out):
             env = environment()
-            record = _claim_output(recipe, out, builder, env)
+            record = {**_claim_output(recipe, out, builder, env), "plan": plan_record(units)}
             _remove_stale_temporaries(out)
             for folder in sorted({shard_dir(out, u) for u in units}):
                 folder.mkdir(parents=True, exist_ok=True)
-            todo = [u for u in units if not is_complete(out, u)]
+            todo = [u for u in units if not is_complete(out, u, recipe.sha256)]
             run_units(recipe, todo, out, workers=workers, progress=progress, distributor=distributor,
                       ray_address=ray_address, builder=builder)
-            stats = [json.loads(stats_path(out, u).read_text()) for u in units]
+            # The manifest and card are written from the shards' files only once each checks out.
+            problem = next((p for p in (shard_problem(out, u, recipe.sha256) for u in units) if p), None)
+            if problem is not None:
+                raise BuildError(f"{problem}; changed while this build ran? Rerun the build to rebuild that shard")
+            stats = [json.loads(stats_path(out, u).read_text(encoding="utf-8")) for u in units]
             summary = _write_manifest(out, units)
             atomic_write_json(out / RECIPE_RECORD, {**record, "environment": env})
             write_dataset_card(recipe, out, units, stats, summary, env)
@@ -132,11 +143,15 @@ def _claim_output(recipe: Recipe, out: Path, builder: ShardBuilder, env: dict[st
     """Refuse a folder that holds another recipe's build, by its record or by any shard's stats
     (an unreadable stats file marks an unfinished shard, rebuilt), or a build whose source or
     screen detector has changed since it started. Returns the record the folder keeps."""
+    _check_is_build(out)
+    previous = read_stats(out / RECIPE_RECORD)
+    if previous is not None and previous.get("recipe_sha256") != recipe.sha256:
+        raise FolderClaimError(f"{out}: holds a build of another recipe ({_recipe_change(previous.get('recipe'), recipe.to_dict())}); "
+                               "choose another --out or remove the folder")
     mismatched = [p for p in out.rglob("*_stats.json") if _of_another_recipe(read_stats(p), recipe)]
     if mismatched:
         raise FolderClaimError(f"{mismatched[0]}: shard of another recipe in {out}; choose another --out or remove the folder")
     record = _recipe_record(recipe, builder, env)
-    previous = read_stats(out / RECIPE_RECORD)
     if previous is not None and previous.get("recipe_sha256") == recipe.sha256:
         for key, what in (("source_fingerprint", "its source"), ("screen_detector", "its source screen's detector")):
             if previous.get(key) != json.loads(json.dumps(record[key])):
@@ -147,6 +162,57 @@ def _claim_output(recipe: Recipe, out: Path, builder: ShardBuilder, env: dict[st
                 )
     claim(out / RECIPE_RECORD, record, "choose another --out or remove the folder", keys=CLAIMED)
     return record
+
+
+def _check_is_build(out: Path) -> None:
+    """``out`` is new, empty, or a build of this project (its ``recipe.json`` a build record): a
+    folder of anything else is refused, so no file of a user's is replaced by the card or manifest."""
+    record = out / RECIPE_RECORD
+    if record.exists() or record.is_symlink():
+        if record.is_symlink() or not record.is_file():
+            raise BuildError(f"{record}: not a regular file, so {out} is not a build of implicit-concept; choose another --out")
+        try:
+            previous = read_json_object(record)
+        except ValueError as e:
+            raise BuildError(f"{e}; it is not a build record, so {out} is not a build of implicit-concept; choose another --out") from None
+        if not isinstance(previous.get("recipe_sha256"), str) or not isinstance(previous.get("recipe"), dict):
+            raise BuildError(f"{record}: not a build record (no recipe and recipe_sha256), so {out} is not a build of "
+                             "implicit-concept; choose another --out")
+        return
+    # What a build writes before its record: nothing but hidden temporaries and locks.
+    others = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise BuildError(f"{out}: exists, is not empty ({shown}) and is not a build of implicit-concept (no {RECIPE_RECORD}); "
+                         "choose a new or empty --out")
+
+
+def _check_not_in_source(out: Path, builder: ShardBuilder) -> None:
+    """A build written into its own source folder would read its outputs as source items."""
+    root = getattr(builder.source, "root", None)
+    if root is None:
+        return
+    here, there = out.resolve(), Path(root).resolve()
+    if here == there or there in here.parents:
+        raise BuildError(f"{out}: is inside the source folder {root}; the build would read its own outputs. Choose an --out outside it")
+
+
+def _recipe_change(then: Any, now: dict[str, Any]) -> str:
+    """What differs between a recorded recipe and this one, as "FIELD: A then, B now" (the first few)."""
+    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(value, dict):
+            return {k: v for key, inner in value.items() for k, v in flat(inner, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): value}
+
+    old, new = flat(then if isinstance(then, dict) else {}), flat(json.loads(json.dumps(now)))
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    shown = "; ".join(f"{k}: {_short(old.get(k))} then, {_short(new.get(k))} now" for k in changed[:3])
+    return (shown + ("; ..." if len(changed) > 3 else "")) or "its recipe_sha256 differs"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _describe(fingerprint: Any) -> str:
@@ -175,6 +241,11 @@ def _write_manifest(out: Path, units: list) -> SourceSummary:
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     atomic_write_bytes(out / MANIFEST, buffer.getvalue())
+    return summarize(table)
+
+
+def summarize(table: pa.Table) -> SourceSummary:
+    """What the manifest's rows say per source item (the card's "Screens" section)."""
     columns = table.select(["source_id", "status", "reason", "caption_names", "source_shows"]).to_pylist()
     skipped = {(r["source_id"], r["reason"]) for r in columns if r["status"] != "success"}
     named = {(r["source_id"], c) for r in columns if r["caption_names"] for c in r["caption_names"].split(",")}

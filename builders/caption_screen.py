@@ -106,6 +106,22 @@ class CaptionScreen:
             return CaptionVerdict(names, caption)
         if self.policy == "drop":
             return CaptionVerdict(names, None, reason="caption_names_concept")
+        found, stripped = set(names), caption
+        # Words on either side of a stripped token may join into a phrase ("water text mark" ->
+        # "water mark"): strip until the caption names nothing. Each pass takes out at least one
+        # word, so this ends.
+        while names:
+            stripped = self._strip(stripped, text, where, names)
+            if not any(c.isalpha() for c in stripped):
+                return CaptionVerdict(tuple(sorted(found)), None, stripped=True, reason="caption_empty_after_screen")
+            text, where = _normalised(stripped)
+            names = tuple(sorted(name for name, pattern in self._patterns.items() if pattern.search(text)))
+            found.update(names)
+        return CaptionVerdict(tuple(sorted(found)), stripped, stripped=True)
+
+    def _strip(self, caption: str, text: str, where: list[int], names: tuple[str, ...]) -> str:
+        """``caption`` with the tokens holding ``names``' words taken out (``text`` and ``where``:
+        its :func:`_normalised` form)."""
         spans = sorted(_token(text, m.start(), m.end()) for name in names for m in self._patterns[name].finditer(text))
         kept, end = [], 0
         for start, stop in spans:
@@ -114,10 +130,7 @@ class CaptionScreen:
                 kept.append(caption[end:start])
             end = max(end, stop)
             kept.append(" ")
-        stripped = _tidy("".join(kept) + caption[end:])
-        if not any(c.isalpha() for c in stripped):
-            return CaptionVerdict(names, None, stripped=True, reason="caption_empty_after_screen")
-        return CaptionVerdict(names, stripped, stripped=True)
+        return _tidy("".join(kept) + caption[end:])
 
 
 def _normalised(caption: str) -> tuple[str, list[int]]:
@@ -172,8 +185,16 @@ def _spelling(token: str) -> str:
     return re.escape(token)
 
 
+#: A pair of brackets or quotes with nothing but spaces or punctuation inside.
+_EMPTY_PAIR = re.compile(r"""(?:\([\s,.;:]*\)|\[[\s,.;:]*\]|\{[\s,.;:]*\}|"[\s,.;:]*"|“[\s,.;:]*”|‘[\s,.;:]*’|«[\s,.;:]*»|(?<!\w)'[\s,.;:]*'(?!\w))""")
+
+
 def _tidy(caption: str) -> str:
     """Spaces collapsed and none left before punctuation or at either end, once words were taken out."""
+    caption = re.sub(r"\s+", " ", caption)
+    previous = None
+    while previous != caption:  # brackets or quotes left empty go too: "a dog (watermark)" -> "a dog"
+        previous, caption = caption, _EMPTY_PAIR.sub(" ", caption)
     caption = re.sub(r"\s+", " ", caption)
     caption = re.sub(r" ([,.;:!?])", r"\1", caption)
     caption = re.sub(r"([,;:])(?:\s*[,;:])+", r"\1", caption)

@@ -73,6 +73,15 @@ def write_dataset_card(
 ) -> None:
     lines = checksum_lines(units, stats)
     atomic_write_bytes(out / CHECKSUMS, ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(out / CARD, card_bytes(recipe, units, stats, summary, env))
+
+
+def card_bytes(
+    recipe: Recipe, units: list, stats: list[dict[str, Any]], summary: "SourceSummary", env: dict[str, Any] | None = None
+) -> bytes:
+    """The card of a build: a function of its recipe, plan, stats, manifest summary and environment
+    (``verify`` rebuilds it to check the one on disk)."""
+    lines = checksum_lines(units, stats)
     totals: dict[tuple[str, str], dict[str, int]] = {}
     for u, s in zip(units, stats):
         t = totals.setdefault((u.subset, u.split), {"shards": 0, "samples": 0, "contaminated": 0, "failed": 0})
@@ -129,7 +138,7 @@ def write_dataset_card(
         "```",
         "",
     ]
-    atomic_write_bytes(out / CARD, "\n".join(card).encode("utf-8"))
+    return "\n".join(card).encode("utf-8")
 
 
 def _screens(recipe: Recipe, summary: "SourceSummary") -> list[str]:

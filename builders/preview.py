@@ -8,7 +8,20 @@ from implicit_concept.contact_sheet import annotate, grid
 from implicit_concept.shard_reader import iter_samples
 
 
+#: The image formats a contact sheet may be saved as, by file ending.
+SHEET_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
 def preview_dataset(path: Path, dest: Path, count: int = 24, columns: int = 6, contaminated_only: bool = False) -> Path:
+    """A contact sheet of the first ``count`` samples under ``path``, saved to ``dest`` (an image file)."""
+    dest = Path(dest)
+    for name, value in (("count", count), ("columns", columns)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if dest.is_dir():
+        raise ValueError(f"{dest}: is a folder; --out names the image file to write ({', '.join(SHEET_FORMATS)})")
+    if dest.suffix.lower() not in SHEET_FORMATS:
+        raise ValueError(f"{dest}: not an image file name; end it with one of {', '.join(SHEET_FORMATS)}")
     samples = (s for s in iter_samples(path, with_extras=False) if s.meta.contaminated or not contaminated_only)
     chosen = list(islice(samples, count))
     if not chosen:
@@ -16,7 +29,6 @@ def preview_dataset(path: Path, dest: Path, count: int = 24, columns: int = 6, c
     scale = max(1, 256 // chosen[0].image.width)
     tiles = [annotate(s.image, [(i.concept, i.box.as_list()) for i in s.meta.instances], scale) for s in chosen]
     sheet = grid(tiles, columns, captions=[s.caption for s in chosen])
-    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(dest)
+    sheet.save(dest, format=SHEET_FORMATS[dest.suffix.lower()])
     return dest

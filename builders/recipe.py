@@ -110,12 +110,22 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
             raw = tomllib.load(f)
     except FileNotFoundError:
         raise RecipeError(f"{path}: recipe file not found") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{path}: is a folder, not a recipe file") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"{path}: not valid TOML: {e}") from None
+    except (OSError, RecursionError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise RecipeError(f"{path}: cannot read the recipe file ({why})") from None
     raw.update(overrides or {})
     try:
         return parse_recipe(raw)
     except RecipeError as e:
+        overridden = [k for k in overrides or {} if str(e).startswith((f"{k}.", f"{k}:"))]
+        if overridden:  # a field given in place of the recipe's (--source): the recipe file is not at fault
+            raise RecipeError(f"{e} (the {overridden[0]} given, in place of {path.name}'s)") from None
         raise RecipeError(f"{path}: {e}") from None
 
 
@@ -124,7 +134,9 @@ def source_from_spec(spec: str, test_fraction: float = 0.1) -> dict[str, Any]:
     ``.tar``, ``.tar.gz`` or ``.tgz``, brace patterns, ``pipe:`` commands, http(s) URLs). A path that
     is neither is refused here, naming it, rather than later as a field of the recipe it replaces."""
     if Path(spec).is_dir():
-        return {"kind": "folder", "path": spec, "test_fraction": test_fraction}
+        # One folder, one spelling: relative, with a trailing slash or through a symlink, the same
+        # images give the same recipe (and a resume from another working folder finds its build).
+        return {"kind": "folder", "path": str(Path(spec).resolve()), "test_fraction": test_fraction}
     if is_stream(spec):
         return {"kind": "webdataset", "urls": spec, "test_fraction": test_fraction}
     if ".tar" not in spec and not spec.endswith(".tgz") and "{" not in spec:

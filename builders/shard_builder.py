@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from builders.recipe import Recipe, Subset
 from builders.resizer import SampleError, prepare_image
-from builders.shard_table import sample_row, skipped_row, write_table
+from builders.shard_table import SCHEMA, sample_row, skipped_row, write_table
 from builders.source_screen import SourceScreen
 from builders.sources import make_source
 from builders.sources.base import RawItem
@@ -45,6 +47,7 @@ class WorkUnit:
 
     @property
     def name(self) -> str:
+        """The shard's file name stem: its id in at least 5 digits (``00042``, ``123456``)."""
         return f"{self.shard_id:05d}"
 
 
@@ -73,19 +76,100 @@ def read_stats(path: Path) -> dict[str, Any] | None:
     return stats if isinstance(stats, dict) else None
 
 
-def is_complete(out: Path, unit: WorkUnit) -> bool:
-    """The stats file is written last: its presence marks a finished shard (img2dataset's rule),
-    if the tar is still the one it describes (its sha256) and the parquet is there."""
-    stats = read_stats(stats_path(out, unit))
-    tar = tar_path(out, unit)
-    if stats is None or not tar.is_file() or not parquet_path(out, unit).is_file():
-        return False
-    return stats.get("sha256") == sha256_file(tar)
+def is_complete(out: Path, unit: WorkUnit, recipe_sha256: str | None = None) -> bool:
+    """Whether ``unit`` is finished: the stats file (written last, img2dataset's rule) is this
+    shard's, the tar is still the one it describes (its sha256) and the parquet is this shard's
+    table (see :func:`shard_problem`). Anything else is rebuilt from scratch."""
+    return shard_problem(out, unit, recipe_sha256) is None
+
+
+def shard_problem(out: Path, unit: WorkUnit, recipe_sha256: str | None = None) -> str | None:
+    """Why ``unit``'s files in ``out`` are not a finished shard, as ``"PATH: problem"``; None when
+    they all check out. The stats must be this shard's (subset, split, shard, and recipe when
+    ``recipe_sha256`` is given), the tar must have the sha256 they record, and the parquet must
+    have the sha256 they record (stats written before it was recorded: be a readable table of
+    this shard's rows, as many as the stats count, in key order)."""
+    path = stats_path(out, unit)
+    stats = read_stats(path)
+    if stats is None:
+        return f"{path}: missing or not a JSON object"
+    for name, value in (("shard", unit.name), ("subset", unit.subset), ("split", unit.split)):
+        if stats.get(name) != value:
+            return f"{path}: {name} is {stats.get(name)!r}, not {value!r}"
+    if recipe_sha256 is not None and stats.get("recipe_sha256") != recipe_sha256:
+        return f"{path}: recipe_sha256 is not this build's"
+    tar, table = tar_path(out, unit), parquet_path(out, unit)
+    try:
+        if stats.get("sha256") != sha256_file(tar):
+            return f"{tar}: sha256 is not the one its stats record"
+        if "parquet_sha256" in stats:
+            return None if stats["parquet_sha256"] == sha256_file(table) else f"{table}: sha256 is not the one its stats record"
+    except OSError as e:
+        return f"{e.filename or tar}: {e.strerror or e}"
+    return table_problem(table, unit, stats)
+
+
+def table_problem(path: Path, unit: WorkUnit, stats: dict[str, Any]) -> str | None:
+    """Why the parquet ``path`` is not ``unit``'s table as its ``stats`` describe it, or None."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        return f"{path}: unreadable parquet ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    if table.schema != SCHEMA:
+        return f"{path}: columns {table.column_names} are not a shard table's"
+    if table.num_rows != stats.get("count"):
+        return f"{path}: {table.num_rows} rows, its stats count {stats.get('count')!r}"
+    rows = table.select(["subset", "split", "shard", "key", "status"]).to_pylist()
+    if any((r["subset"], r["split"], r["shard"]) != (unit.subset, unit.split, unit.name) for r in rows):
+        return f"{path}: holds rows of another shard"
+    keys = [r["key"] for r in rows]
+    if any(k is None for k in keys) or keys != sorted(keys) or len(set(keys)) != len(keys):
+        return f"{path}: keys not in order, repeated or missing"
+    if sum(r["status"] == "success" for r in rows) != stats.get("successes"):
+        return f"{path}: its sample rows are not the {stats.get('successes')!r} samples its stats count"
+    return None
 
 
 def sample_key(recipe: Recipe, unit: WorkUnit, index: int) -> str:
-    """Item ``index`` of the source shard: the shard id, then the index in at least 4 digits."""
-    return f"{unit.shard_id:05d}{index:0{max(4, len(str(recipe.shard_size - 1)))}d}"
+    """Item ``index`` of the source shard: the shard id in at least 5 digits, then the index in a
+    fixed width (at least 4 digits, enough for ``shard_size`` items). A source shard may hold more
+    items than that (one tar is one shard, whatever its size): an index past the width is written
+    as that many nines, its digit count, then its digits (``99995`` + ``10000``), so that a shard's
+    keys still sort in index order and read back (:func:`key_index`)."""
+    return f"{unit.shard_id:05d}{_index_digits(index, index_width(recipe.shard_size))}"
+
+
+def index_width(shard_size: int) -> int:
+    """The digits of a key's source index for a recipe of ``shard_size``."""
+    return max(4, len(str(shard_size - 1)))
+
+
+def _index_digits(index: int, width: int) -> str:
+    if index < 10 ** width:
+        return f"{index:0{width}d}"
+    digits = str(index)
+    if len(digits) > 9:
+        raise ValueError(f"source index {index} is over the 10**9 items a shard may hold")
+    return "9" * width + str(len(digits)) + digits
+
+
+def key_index(key: str, unit: WorkUnit, shard_size: int | None = None) -> int | None:
+    """The source index ``key`` encodes if it is a key :func:`sample_key` gives in ``unit`` (for a
+    recipe of ``shard_size``; any index width when None), else None."""
+    prefix = f"{unit.shard_id:05d}"
+    rest = key[len(prefix):]
+    if not key.startswith(prefix) or not (rest.isascii() and rest.isdigit()):
+        return None
+    for width in [index_width(shard_size)] if shard_size is not None else range(4, 11):
+        if len(rest) == width:
+            index = int(rest)
+        elif len(rest) > width + 1 and rest.startswith("9" * width) and len(rest) == width + 1 + int(rest[width]):
+            index = int(rest[width + 1:])
+        else:
+            continue
+        if _index_digits(index, width) == rest:
+            return index
+    return None
 
 
 class Skipped(SampleError):
@@ -109,6 +193,38 @@ class Screened:
 def plan_units(recipe: Recipe, shard_ids: dict[str, list[int]]) -> list[WorkUnit]:
     """Every shard of a build, in the order of the checksum listing: subsets, splits, shard ids."""
     return [WorkUnit(subset.name, split, shard_id) for subset in recipe.subsets for split in SPLITS for shard_id in shard_ids[split]]
+
+
+#: A split's shards in a recorded plan at most (LAION-2B is about 231 000 tars).
+MAX_PLANNED_SHARDS = 10_000_000
+
+
+def plan_record(units: Sequence[WorkUnit]) -> dict[str, Any]:
+    """What ``recipe.json`` records of a plan: each split's shard count (its ids are 0 to count - 1),
+    or its ids where they are not."""
+    record: dict[str, Any] = {}
+    for split in SPLITS:
+        ids = sorted({u.shard_id for u in units if u.split == split})
+        record[split] = len(ids) if ids == list(range(len(ids))) else ids
+    return record
+
+
+def recorded_plan(record: dict[str, Any]) -> dict[str, list[int]] | None:
+    """Each split's shard ids from a ``recipe.json``'s plan (:func:`plan_record`), or None when it
+    records none or not a valid one."""
+    plan = record.get("plan")
+    if not isinstance(plan, dict) or set(plan) != set(SPLITS):
+        return None
+    ids: dict[str, list[int]] = {}
+    for split, value in plan.items():
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_PLANNED_SHARDS:
+            ids[split] = list(range(value))
+        elif isinstance(value, list) and len(value) <= MAX_PLANNED_SHARDS and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value) \
+                and value == sorted(set(value)):
+            ids[split] = value
+        else:
+            return None
+    return ids
 
 
 def group_units(units: Sequence[WorkUnit]) -> list[tuple[WorkUnit, ...]]:
@@ -293,7 +409,7 @@ class _ShardOutput:
         """Close the tar, write the table, then the stats (last: they mark the shard finished).
         ``duration_s`` is the time since the group's start."""
         sha = self.writer.close()
-        write_table(parquet_path(self.out, self.unit), self.rows)
+        table_sha = write_table(parquet_path(self.out, self.unit), self.rows)
         unit = self.unit
         stats = {
             "shard": unit.name,
@@ -307,6 +423,7 @@ class _ShardOutput:
             "instances": dict(sorted(self.per_concept.items())),
             "screened": {"caption_names": dict(sorted(self.named.items())), "source_shows": dict(sorted(self.shown.items()))},
             "sha256": sha,
+            "parquet_sha256": table_sha,
             "recipe_sha256": recipe_sha256,
             "duration_s": round(time.perf_counter() - start, 3),
         }

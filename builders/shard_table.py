@@ -129,5 +129,8 @@ def table_bytes(rows: list[dict[str, Any]]) -> bytes:
     return buffer.getvalue()
 
 
-def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_bytes(path, table_bytes(rows))
+def write_table(path: Path, rows: list[dict[str, Any]]) -> str:
+    """Write the table of ``rows`` to ``path``; returns its sha256 (the shard's stats record it)."""
+    data = table_bytes(rows)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()

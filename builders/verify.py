@@ -1,8 +1,9 @@
 """Checks a built dataset folder against everything its layout promises, and reports every problem.
 
-The recipe in ``recipe.json`` says which shards the build made (the shard builder's plan); the
-checksum list, the folder's contents, each tar's members, each sample's ``KEY.json``, each parquet,
-each stats file and the manifest must agree with that plan and with each other. A tamperer who
+``recipe.json`` says which shards the build made (the plan it records, whatever its source holds
+now); the checksum list, the folder's contents, each tar's members, each sample's ``KEY.json``,
+each parquet, each stats file, the manifest and the card must agree with that plan and with each
+other. A tamperer who
 rewrites the checksums to match is still caught by what the checksums cannot vouch for: a shard
 missing from the plan, a file the plan does not name, a record inconsistent with itself.
 
@@ -27,10 +28,10 @@ import pyarrow.parquet as pq
 
 from tqdm.auto import tqdm
 
-from builders.build import MANIFEST, RECIPE_RECORD
-from builders.dataset_card import CARD, CHECKSUMS
+from builders.build import MANIFEST, RECIPE_RECORD, summarize
+from builders.dataset_card import CARD, CHECKSUMS, card_bytes
 from builders.recipe import Recipe, parse_recipe
-from builders.shard_builder import WorkUnit, plan_units, sample_key
+from builders.shard_builder import WorkUnit, key_index, plan_units, recorded_plan
 from builders.shard_table import COLUMNS, sample_row, status_of
 from builders.sources import WebDatasetConfig, make_source
 from builders.sources.webdataset_source import tar_paths
@@ -55,8 +56,10 @@ MAX_RECORD_BYTES = 1 << 20
 MAX_LISTING_BYTES = 64 << 20
 MAX_PARQUET_BYTES = 64 << 20
 
+#: The files a build writes at the top of its folder, beside the subset folders.
+TOP_LEVEL = (RECIPE_RECORD, CHECKSUMS, CARD, MANIFEST)
 _LISTING_LINE = re.compile(r"([0-9a-f]{64})  (.+)")
-_SHARD_PATH = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]*)/(train|test)/(\d{5})\.tar")
+_SHARD_PATH = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]*)/(train|test)/(\d{5}|[1-9]\d{5,})\.tar")
 
 
 class DatasetVerifyError(ValueError):
@@ -92,6 +95,9 @@ def require_verified(out: Path, listed: int = 10) -> VerifyReport:
 def verify_dataset(out: Path, progress: bool = False) -> VerifyReport:
     out = Path(out)
     report = VerifyReport()
+    if not out.is_dir():  # one line, not one per file a build would hold
+        report.problems.append(f"{out}: {'is not a folder' if out.exists() else 'does not exist'} (verify takes a built dataset's folder)")
+        return report
     problems = _Problems(report)
     recipe = _guarded(problems, out / RECIPE_RECORD, None, _read_recipe, out, problems)
     listing = _guarded(problems, out / CHECKSUMS, {}, _read_listing, out, problems)
@@ -101,12 +107,15 @@ def verify_dataset(out: Path, progress: bool = False) -> VerifyReport:
         problems.add(out, "no shards: the recipe plans none, or none could be found")
     _guarded(problems, out, None, _check_folder, out, recipe, units, problems)
     _guarded(problems, out / CHECKSUMS, None, _check_listing, out, units, listing, problems)
-    if not (out / CARD).is_file():
-        problems.add(out / CARD, "missing (the dataset card)")
+    why = _planned_file(out, CARD)
+    if why is not None:
+        problems.add(out / CARD, f"{why} (the dataset card)")
     for unit in tqdm(units, desc=f"verify {out.name}", unit="shard", disable=not progress):
         report.shards += 1
         _guarded(problems, out / _rel(unit), None, _verify_shard, out, unit, recipe, listing, problems, report)
     _guarded(problems, out / MANIFEST, None, _check_manifest, out, units, problems)
+    if recipe is not None and units:
+        _guarded(problems, out / CARD, None, _check_card, out, recipe, units, problems)
     if units and report.samples == 0:
         problems.add(out, f"no samples: every source item was skipped, so the build failed (each one's reason is in {MANIFEST})")
     problems.close()
@@ -222,11 +231,16 @@ def _rel(unit: WorkUnit) -> str:
 
 
 def _plan(out: Path, recipe: Recipe | None, listing: dict[str, tuple[int, str]], problems: _Problems, report: VerifyReport) -> list[WorkUnit]:
-    """The shards the build made: the recipe's plan, from its source where it is readable here."""
+    """The shards the build made: the plan its recipe.json records (what was built, whatever its
+    source holds now); for a build recorded without one, the recipe's plan from its source where
+    it is readable here."""
     listed = [m for m in (_SHARD_PATH.fullmatch(rel) for rel in listing) if m]
     if recipe is None:
         report.notes.append(f"no valid {RECIPE_RECORD}: only the shards {CHECKSUMS} lists are checked, not the recipe's plan")
         return [WorkUnit(m.group(1), m.group(2), int(m.group(3))) for m in listed]
+    recorded = recorded_plan(_read_json(out / RECIPE_RECORD, _Problems(VerifyReport())) or {})
+    if recorded is not None:
+        return plan_units(recipe, recorded)
     try:
         source = make_source(recipe.source, image_size=recipe.image_size, shard_size=recipe.shard_size, seed=recipe.seed)
         return plan_units(recipe, {split: source.shard_ids(split) for split in SPLITS})
@@ -279,6 +293,8 @@ def _check_folder(out: Path, recipe: Recipe | None, units: list[WorkUnit], probl
             problems.add(Path(entry.path), "not a folder (a symlink or a file where a subset folder belongs)")
         elif entry.name.endswith(".tar"):
             problems.add(Path(entry.path), "unexpected tar (not a shard of this build's plan)")
+        elif entry.name not in TOP_LEVEL and not entry.name.startswith("."):
+            problems.add(Path(entry.path), "unexpected file (not one a build writes)")
     for subset in subsets:
         top = out / subset
         if not top.is_dir() or top.is_symlink():
@@ -364,6 +380,8 @@ def _verify_shard(
     report.instances += sum(contents.instances.values())
     if stats is not None:
         _check_stats(stats_file, stats, unit, recipe, actual, contents, problems)
+        if "parquet_sha256" in stats and parquet not in unusable and stats["parquet_sha256"] != sha256_file(parquet):
+            problems.add(parquet, f"sha256 differs from the one {stats_file.name} records")
     if parquet not in unusable:
         rows = _parquet_rows(parquet, problems)
         if rows is not None:
@@ -430,10 +448,8 @@ def _samples(tar: Path, tf: Any, problems: _Problems) -> Iterator[tuple[str, dic
 def _key_index(tar: Path, key: str, unit: WorkUnit, recipe: Recipe | None, contents: _ShardContents, problems: _Problems) -> int | None:
     """The source index the key encodes; keys are the writer's and strictly increase."""
     contents.keys.append(key)
-    prefix, digits = key[:5], key[5:]
-    index = int(digits) if digits.isdigit() and digits.isascii() else None
-    canonical = index is not None and prefix == f"{unit.shard_id:05d}" and (recipe is None or key == sample_key(recipe, unit, index))
-    if not canonical:
+    index = key_index(key, unit, recipe.shard_size if recipe is not None else None)
+    if index is None:
         problems.add(f"{tar}:{key}", f"key is not one the writer gives in shard {unit.name}")
         return None
     if contents.indices and index <= contents.indices[-1]:
@@ -601,7 +617,40 @@ def _parquet_rows(path: Path, problems: _Problems) -> list[dict[str, Any]] | Non
     return table.to_pylist()
 
 
-# --- the manifest ---------------------------------------------------------------------------------
+# --- the manifest and the card -------------------------------------------------------------------
+
+
+def _card_lines(card: bytes) -> list[bytes]:
+    """A card's lines, its package versions in name order (recipe.json records them sorted)."""
+    lines = card.split(b"\n")
+    for i, line in enumerate(lines):
+        if line.startswith(b"- python ") and b"; " in line:
+            head, _, packages = line.partition(b"; ")
+            lines[i] = head + b"; " + b", ".join(sorted(packages.split(b", ")))
+    return lines
+
+
+def _check_card(out: Path, recipe: Recipe, units: list[WorkUnit], problems: _Problems) -> None:
+    """README.md is the card this build's recipe, stats, manifest and environment give (its front
+    matter is the Hugging Face config, its checksums every shard's): rebuilt and compared."""
+    record = _read_json(out / RECIPE_RECORD, _Problems(VerifyReport())) or {}
+    env = record.get("environment")
+    if not isinstance(env, dict) or not isinstance(env.get("packages"), dict) or "python" not in env:
+        return  # recorded without the environment the card names: nothing to rebuild it from
+    if _planned_file(out, CARD) is not None:
+        return  # reported above
+    try:  # what the card is made from; each is checked (and reported) on its own
+        stats = [json.loads(_read_bounded(out / f"{u.subset}/{u.split}/{u.name}_stats.json", MAX_RECORD_BYTES)) for u in units]
+        manifest = pq.read_table(out / MANIFEST, columns=["source_id", "status", "reason", "caption_names", "source_shows"])
+        expected_card = card_bytes(recipe, units, stats, summarize(manifest), env)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, pa.ArrowException):
+        return
+    expected = _card_lines(expected_card)
+    actual = _card_lines(_read_bounded(out / CARD, MAX_LISTING_BYTES))
+    if actual != expected:
+        line = next((i for i, (a, b) in enumerate(zip(actual, expected)) if a != b), min(len(actual), len(expected)))
+        problems.add(out / CARD, f"is not this build's dataset card (first difference at line {line + 1}); "
+                                 "rerun the build to write it again")
 
 
 def _check_manifest(out: Path, units: list[WorkUnit], problems: _Problems) -> None:

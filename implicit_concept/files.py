@@ -124,6 +124,8 @@ def read_json_object(path: Path) -> dict[str, Any]:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(value, dict):
         raise ValueError(f"{path}: holds a JSON {type(value).__name__}, not an object")
     return value
@@ -175,7 +177,10 @@ def claim(record_file: Path, record: dict[str, Any], refusal: str, keys: Sequenc
     """
     record = json.loads(json.dumps(record))
     if record_file.is_file():
-        previous = json.loads(record_file.read_text(encoding="utf-8"))
+        try:
+            previous = read_json_object(record_file)
+        except ValueError as e:
+            raise FolderClaimError(f"{e}; not a record of what made {record_file.parent}: {refusal}") from None
         if keys is not None:
             previous, record = ({k: r.get(k) for k in keys} for r in (previous, record))
         if previous != record:

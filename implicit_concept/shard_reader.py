@@ -148,6 +148,24 @@ def ended_cleanly(tar: tarfile.TarFile) -> bool:
     return bool(getattr(tar, "_ended", False))
 
 
+def data_after_end(tar: tarfile.TarFile, chunk: int = 1 << 20) -> int | None:
+    """After a tar ended on its end-of-archive block: the offset of the first non-zero byte that
+    follows (another tar joined on with ``cat``, or garbage), or None when only zeros follow. A
+    local file is read from the end block on; a stream, from where tarfile stopped."""
+    fileobj = tar.fileobj
+    offset = tar.offset
+    if not getattr(tar, "streaming", False):
+        fileobj.seek(offset)
+    else:
+        offset = fileobj.tell() if hasattr(fileobj, "tell") else offset
+    while data := fileobj.read(chunk):
+        stripped = data.lstrip(b"\0")
+        if stripped:
+            return offset + len(data) - len(stripped)
+        offset += len(data)
+    return None
+
+
 def iter_headers(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     """Every member header, in order. tarfile keeps each header it reads; these are forgotten."""
     while (info := tar.next()) is not None:

@@ -76,7 +76,8 @@ def test_changed_track_is_refused(debug_run, tmp_path, capsys):
     changed = [a if a != "debug" else str(track) for a in args] + ["--name", "debug"]
     before = (root / "runs" / "debug" / "results.json").read_bytes()
     assert main(changed) == 2
-    assert f"{root / 'runs' / 'debug'}: was made with another config (run.json differs)" in capsys.readouterr().err
+    assert f"{root / 'runs' / 'debug'}: was made with another config (run.json differs in track.num_prompts, track_sha256)" \
+        in capsys.readouterr().err
     assert (root / "runs" / "debug" / "results.json").read_bytes() == before
 
 

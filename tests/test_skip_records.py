@@ -122,12 +122,21 @@ def test_out_problems_are_one_line(tmp_path, capsys, workers):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_write_a_worker_cannot_make_is_one_line(tmp_path, capsys, workers):
+def test_a_write_a_worker_cannot_make_is_one_line(tmp_path, capsys, monkeypatch, workers):
     """A shard's place taken by a folder: the worker that builds it fails to write (as on a read-only
     or full disk), and the error reaches the command line as one line, not a worker's traceback."""
+    import builders.build as build_module
+
     recipe = Path(__file__).parents[1] / "manifests" / "icd-debug.toml"
     out = tmp_path / "out"
-    (out / "icd-text" / "train" / "00001.tar").mkdir(parents=True)
+    claimed = build_module._claim_output
+
+    def claim_then_block(*args, **kwargs):  # once the folder is the build's (a new one is refused if not empty)
+        record = claimed(*args, **kwargs)
+        (out / "icd-text" / "train" / "00001.tar").mkdir(parents=True)
+        return record
+
+    monkeypatch.setattr(build_module, "_claim_output", claim_then_block)
     assert main(["build", str(recipe), "--out", str(out), "--workers", str(workers), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{out}: cannot write the dataset here: Is a directory" in err[0] and "00001.tar" in err[0], err

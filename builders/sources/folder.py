@@ -67,7 +67,7 @@ def decode_caption(data: bytes) -> tuple[str | None, str | None]:
     """Return ``(caption, None)`` or ``(None, reason)``; shared by every source of external captions.
 
     A caption is stored in KEY.txt, KEY.json and the manifest, so it holds no control characters
-    (C0, C1, line breaks and tabs: each becomes a space) and no format characters (a bidi override
+    (C0, C1, line breaks and tabs, Unicode line and paragraph separators: each becomes a space) and no format characters (a bidi override
     that reorders what a reader sees, a zero-width space, a soft hyphen: each is removed, so a word
     stays whole). A caption left without a visible character is ``empty_caption``.
     """
@@ -81,10 +81,16 @@ def decode_caption(data: bytes) -> tuple[str | None, str | None]:
     return (text, None) if text else (None, "empty_caption")
 
 
+#: Categories that become a space: control characters (C0, C1: tab, newline, escapes) and line
+#: and paragraph separators (U+2028, U+2029).
+_SPACED = ("Cc", "Zl", "Zp")
+
+
 def _printable(text: str) -> str:
     if text.isascii() and text.isprintable():
         return text
-    return "".join(" " if cat == "Cc" else c for c in text if (cat := unicodedata.category(c)) != "Cf")
+    # Every character str.splitlines() breaks at is Cc, Zl or Zp: none is left in a caption.
+    return "".join(" " if cat in _SPACED else c for c in text if (cat := unicodedata.category(c)) != "Cf")
 
 
 def read_regular_file(root: Path, rel: str, max_bytes: int) -> bytes:
@@ -185,8 +191,10 @@ class FolderSource(Source):
         root = Path(config.path)
         if not root.is_dir():
             raise ValueError(f"path: {str(root)!r} does not exist or is not a directory")
-        listed = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if not _is_folder(p))
-        entries = _entries(listed, config.extensions)
+        listed, unlisted = _list(root)
+        if "" in unlisted:
+            raise ValueError(f"path: {str(root)!r} cannot be listed ({unlisted['']})")
+        entries = _entries(listed, config.extensions, unlisted)
         if not any(e.image for e in entries):
             raise ValueError(
                 f"path: no images ({', '.join(config.extensions)}) under {str(root)!r}"
@@ -196,6 +204,7 @@ class FolderSource(Source):
         self.shard_size = shard_size
         self.max_pixels = config.max_pixels
         self._listed = listed
+        self._unlisted = unlisted
         self._entries = {s: [e for e in entries if split_of(e.key, config.test_fraction) == s] for s in SPLITS}
 
     def fingerprint(self) -> dict[str, Any]:
@@ -210,6 +219,8 @@ class FolderSource(Source):
                 entry = f"{name}\t{info.st_size}\t{info.st_mtime_ns}"
                 total += info.st_size
             digest.update(entry.encode("utf-8", "surrogateescape") + b"\n")
+        for name in sorted(self._unlisted):
+            digest.update(f"{name}/\tunlisted".encode("utf-8", "surrogateescape") + b"\n")
         return {"kind": self.kind, "path": str(self.root), "files": len(self._listed), "bytes": total, "sha256": digest.hexdigest()}
 
     def files(self, split: str) -> list[str]:
@@ -292,15 +303,47 @@ def split_name(rel: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def _entries(listed: list[str], extensions: tuple[str, ...]) -> list[_Entry]:
+def _list(root: Path) -> tuple[list[str], dict[str, str]]:
+    """Every entry under ``root`` that is not a folder (a symlink to one included), as sorted
+    relative paths; and the folders that could not be listed, by relative path (``""`` for ``root``
+    itself), with why. Nothing is dropped without a word: each of those becomes a skip record."""
+    listed: list[str] = []
+    unlisted: dict[str, str] = {}
+
+    def failed(error: OSError) -> None:
+        where = Path(error.filename or root)
+        rel = "" if where == root else where.relative_to(root).as_posix()
+        unlisted[rel] = error.strerror or str(error)
+
+    for folder, dirs, files in os.walk(root, onerror=failed, followlinks=False):
+        here = Path(folder)
+        names = list(files) + [d for d in dirs if _is_link(here / d)]
+        listed.extend((here / name).relative_to(root).as_posix() for name in names)
+    return sorted(listed), unlisted
+
+
+def _is_link(path: Path) -> bool:
+    try:
+        return stat.S_ISLNK(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str, str] | None = None) -> list[_Entry]:
     """``listed`` grouped by key, in key order. The image used is the first by the order of
-    ``extensions`` (then by name), the caption ``KEY.txt`` before another case of it."""
+    ``extensions`` (then by name), the caption ``KEY.txt`` before another case of it. A folder of
+    ``unlisted`` is an entry of its own (its path the key): a skip, ``unreadable_folder``."""
     groups: dict[str, list[tuple[str, str]]] = {}
     for rel in listed:
         key, ext = split_name(rel)
         groups.setdefault(key, []).append((rel, ext))
+    folders = {f"{rel}/": why for rel, why in (unlisted or {}).items() if rel}
     entries = []
-    for key in sorted(groups):
+    for key in sorted([*groups, *folders]):
+        if key in folders:
+            unused = ((key, "unreadable_folder", f"{key}: cannot be listed ({folders[key]}); its files are not read"),)
+            entries.append(_Entry(key, None, "", None, unused))
+            continue
         files = groups[key]
         images = sorted((r for r, e in files if e in extensions), key=lambda r: (extensions.index(split_name(r)[1]), r))
         captions = _preferred(files, CAPTION_EXTENSION)
@@ -320,11 +363,3 @@ def _entries(listed: list[str], extensions: tuple[str, ...]) -> list[_Entry]:
 def _preferred(files: list[tuple[str, str]], extension: str) -> list[str]:
     """The files with ``extension`` in any case, the lower-case spelling first."""
     return sorted((r for r, e in files if e == extension), key=lambda r: (not r.endswith("." + extension), r))
-
-
-def _is_folder(path: Path) -> bool:
-    """A folder itself, not through a symlink (a symlink is listed, then refused when read)."""
-    try:
-        return stat.S_ISDIR(path.lstat().st_mode)
-    except OSError:
-        return True

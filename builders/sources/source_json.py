@@ -4,6 +4,7 @@ every kind of source."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from implicit_concept.shard_reader import MAX_JSON_BYTES
@@ -29,18 +30,19 @@ def _parse(data: bytes) -> tuple[Any, str | None]:
     """The parsed JSON, or why not: ``json_too_large``, ``json_too_deep``, ``invalid_json``.
 
     ``NaN``, ``Infinity`` and ``-Infinity`` (img2dataset writes them, e.g. a LAION similarity) are not
-    JSON, and a strict reader of our KEY.json would refuse them: each becomes ``null``."""
+    JSON, and a strict reader of our KEY.json would refuse them: each becomes ``null``, and so does
+    a number too large for a double (``1e999``), which would be written back as ``Infinity``."""
     if len(data) > MAX_JSON_BYTES:
         return None, "json_too_large"
     try:
-        parsed = json.loads(data, parse_constant=_null)
+        parsed = json.loads(data, parse_constant=_null, parse_float=_finite)
     except RecursionError:
         return None, "json_too_deep"
     except ValueError:
         return None, "invalid_json"
     if _depth(parsed) > MAX_JSON_DEPTH:
         return None, "json_too_deep"
-    if not encodable(json.dumps(parsed, ensure_ascii=False)):
+    if not encodable(json.dumps(parsed, ensure_ascii=False, allow_nan=False)):
         return None, "invalid_json"
     return parsed, None
 
@@ -48,6 +50,12 @@ def _parse(data: bytes) -> tuple[Any, str | None]:
 def _null(constant: str) -> None:
     """What a non-standard JSON constant (``NaN``, ``Infinity``, ``-Infinity``) is read as."""
     return None
+
+
+def _finite(text: str) -> float | None:
+    """A JSON number with a fraction or exponent, or null where a double cannot hold it."""
+    value = float(text)
+    return value if math.isfinite(value) else None
 
 
 def _depth(value: Any) -> int:

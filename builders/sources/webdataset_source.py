@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shlex
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from implicit_concept.shard_reader import (
     STREAM_PREFIXES,
     TarRefused,
     TarSample,
+    data_after_end,
     ended_cleanly,
     group_members,
     is_stream,
@@ -100,7 +103,8 @@ class WebDatasetSource(Source):
         names = [_name(p) for p in tars]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
-            raise ValueError(f"urls: tars share the basename {repeated[0]!r}, so source ids would collide")
+            first, second = [t for t, n in zip(tars, names) if n == repeated[0]][:2]
+            raise ValueError(f"urls: {first!r} and {second!r} share the name {repeated[0]!r}, so source ids would collide")
         self.config = config
         self.tars = tars
         self.max_pixels = config.max_pixels
@@ -184,6 +188,7 @@ def _samples(path: str, wanted: Callable[[str], bool], keep: set[str], max_membe
                     yield complete
                 complete, key = sample, sample.key
             ended = ended_cleanly(tf)
+            after = data_after_end(tf) if ended else None
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         if complete is not None:
             yield complete
@@ -194,8 +199,27 @@ def _samples(path: str, wanted: Callable[[str], bool], keep: set[str], max_membe
         raise _TarStopped("corrupt_tar", f"no end-of-archive block after {key!r}")
     if complete is not None:
         yield complete
+    if after is not None:
+        # Never dropped without a word: what follows is recorded, not read (tar itself stops there too).
+        raise _TarStopped("data_after_end_of_archive", f"{path}: data at byte {after}, after the end-of-archive block "
+                          f"(after {key!r}): tars joined with cat? It is not read; split them or write one tar")
 
 
 def _name(location: str) -> str:
-    """A tar's name in source ids: its basename (a pipe: command's last word)."""
-    return os.path.basename(location.split()[-1] if location.startswith("pipe:") else location)
+    """A tar's name in source ids: its basename. For a pipe: command, the basename of its last word
+    that names a tar (``pipe:aws s3 cp s3://b/00000.tar -`` is ``00000.tar``, as the same tar read
+    from disk), else of its last word that is not an option or ``-``."""
+    if not location.startswith("pipe:"):
+        return os.path.basename(location.rstrip("/")) or location
+    try:
+        words = shlex.split(location[len("pipe:"):])
+    except ValueError:
+        words = location[len("pipe:"):].split()
+    tars = [w for w in words if _TAR_NAME.search(w.rstrip("/"))]
+    plain = [w for w in words if w != "-" and not w.startswith("-")]
+    chosen = (tars or plain or words or [location])[-1]
+    return os.path.basename(chosen.rstrip("/")) or chosen
+
+
+#: A word of a pipe: command that names a tar shard.
+_TAR_NAME = re.compile(r"\.(tar|tar\.gz|tgz)$", re.IGNORECASE)
