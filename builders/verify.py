@@ -105,7 +105,7 @@ def verify_dataset(out: Path, progress: bool = False) -> VerifyReport:
     _guarded(problems, out / RECIPE_RECORD, None, _check_source, out, recipe, report)
     if not units:
         problems.add(out, "no shards: the recipe plans none, or none could be found")
-    _guarded(problems, out, None, _check_folder, out, recipe, units, problems)
+    _guarded(problems, out, None, _check_folder, out, recipe, units, problems, report.notes)
     _guarded(problems, out / CHECKSUMS, None, _check_listing, out, units, listing, problems)
     why = _planned_file(out, CARD)
     if why is not None:
@@ -275,8 +275,9 @@ def _check_source(out: Path, recipe: Recipe | None, report: VerifyReport) -> Non
         report.notes.append("the source has changed since this build started (its fingerprint differs from recipe.json's): a rebuild would not give these shards back")
 
 
-def _check_folder(out: Path, recipe: Recipe | None, units: list[WorkUnit], problems: _Problems) -> None:
-    """Everything under the subset folders is a planned file; no tar or extra folder at the top."""
+def _check_folder(out: Path, recipe: Recipe | None, units: list[WorkUnit], problems: _Problems, notes: list[str]) -> None:
+    """Everything under the subset folders is a planned file; no tar, table or extra folder at the
+    top, where readers of the shards and tables look. Other files there (a contact sheet) are noted."""
     subsets = [s.name for s in recipe.subsets] if recipe else sorted({u.subset for u in units})
     planned = {f"{u.subset}/{u.split}/{u.name}{suffix}" for u in units for suffix in (".tar", ".parquet", "_stats.json")}
     split_dirs = {f"{u.subset}/{u.split}" for u in units}
@@ -293,8 +294,12 @@ def _check_folder(out: Path, recipe: Recipe | None, units: list[WorkUnit], probl
             problems.add(Path(entry.path), "not a folder (a symlink or a file where a subset folder belongs)")
         elif entry.name.endswith(".tar"):
             problems.add(Path(entry.path), "unexpected tar (not a shard of this build's plan)")
-        elif entry.name not in TOP_LEVEL and not entry.name.startswith("."):
+        elif entry.name in TOP_LEVEL or entry.name.startswith("."):
+            continue
+        elif entry.name.endswith(".parquet"):  # a reader of the folder's tables (pandas, pyarrow) would take it in
             problems.add(Path(entry.path), "unexpected file (not one a build writes)")
+        else:  # a contact sheet, a note: no reader of the shards or tables takes it for data
+            notes.append(f"{entry.path}: a file the build did not write (left alone)")
     for subset in subsets:
         top = out / subset
         if not top.is_dir() or top.is_symlink():

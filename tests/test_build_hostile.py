@@ -464,6 +464,15 @@ def test_verify_checks_the_card_and_stray_top_level_files(built, tamper):
         assert any("extra.parquet: unexpected file" in p for p in problems) and any(said in p for p in problems), problems
 
 
+def test_a_file_no_reader_takes_for_data_at_the_top_is_a_note_not_a_problem(built):
+    """`make dataset` writes its contact sheet beside the shards; a note someone leaves there is not
+    a reason to refuse the data, a table a reader would take in is."""
+    _, out, _ = built
+    (out / "preview.png").write_bytes(b"a contact sheet")
+    report = verify_dataset(out)
+    assert report.ok and any("preview.png: a file the build did not write" in n for n in report.notes), report
+
+
 def test_verify_of_a_folder_that_is_not_there_is_one_problem(tmp_path):
     (tmp_path / "file").write_text("x")
     for path, said in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "file", "is not a folder")):
