@@ -141,6 +141,18 @@ def atomic_write_parquet(path: Path, frame: "pd.DataFrame") -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def check_apart(out: Path, option: str, inputs: dict[str, Any]) -> None:
+    """Refuse an output folder that is, holds or lies inside one of ``inputs`` (name -> path; other
+    values, such as in-memory images, are skipped): writing or replacing it would destroy what it reads."""
+    out = Path(out).resolve()
+    for name, value in inputs.items():
+        if not isinstance(value, (str, Path)):
+            continue
+        path = Path(value).resolve()
+        if out == path or out in path.parents or path in out.parents:
+            raise ValueError(f"{option} {out}: overlaps {name} {path}; write it to a folder apart from its inputs")
+
+
 @contextmanager
 def atomic_dir(final: Path, replace_existing: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder; when the block ends without error it becomes ``final``.

@@ -115,6 +115,55 @@ def test_export_names_a_missing_split(tmp_path):
         export_detection_dataset(tmp_path / "icd-mixed", tmp_path / "yolo")
 
 
+def test_an_export_never_writes_outside_its_folder_nor_replaces_what_it_did_not_write(tmp_path):
+    """Keys come from tars, which may be anyone's; --out may be any folder the user typed."""
+    import tarfile
+
+    shards = _write_shards(tmp_path / "icd-mixed")
+    hostile = tmp_path / "hostile" / "icd-mixed"
+    for split in ("train", "test"):
+        (hostile / split).mkdir(parents=True)
+        with tarfile.open(hostile / split / "00000.tar", "w") as tar:
+            for name in ("../../../escaped.jpg", "../../../escaped.json"):
+                data = b"{}"
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ValueError, match=r"00000.tar: sample key '\.\./\.\./\.\./escaped' is not a plain file name"):
+        export_detection_dataset(hostile, tmp_path / "out" / "deep" / "export")
+    assert not list(tmp_path.rglob("escaped*"))
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a lab's own file")
+    with pytest.raises(ValueError, match=r"mine: a folder that is not an export \(no export.json\) and not empty"):
+        export_detection_dataset(shards, mine)
+    assert (mine / "notes.txt").read_text() == "a lab's own file"
+    for out in (tmp_path, shards, shards / "train" / "export"):
+        with pytest.raises(ValueError, match="overlaps the shards"):
+            export_detection_dataset(shards, out)
+    assert sorted(p.name for p in (shards / "train").iterdir()) == ["00000.tar"]
+    export_detection_dataset(shards, tmp_path / "empty-is-fine")
+    assert export_detection_dataset(shards, tmp_path / "empty-is-fine").counts["test"]["images"] == len(SAMPLES)
+
+
+def test_detector_training_refuses_an_out_folder_that_holds_or_is_inside_its_inputs(tmp_path):
+    """Training writes and replaces dataset/, backgrounds/ and train/ under --out: inputs there
+    (a lab's background images, the shards) would be deleted before they are read."""
+    from implicit_concept.detector.training import train_detector
+
+    shards = _write_shards(tmp_path / "icd-mixed")
+    backgrounds = tmp_path / "work" / "backgrounds"
+    backgrounds.mkdir(parents=True)
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(backgrounds / "b.png")
+    scale = load_scale("debug")
+    with pytest.raises(ValueError, match="detector --out .*work: overlaps --backgrounds .*backgrounds"):
+        train_detector(shards, tmp_path / "work", scale, backgrounds=backgrounds)
+    with pytest.raises(ValueError, match="overlaps the shards"):
+        train_detector(shards, shards, scale)
+    assert (backgrounds / "b.png").is_file() and (shards / "train" / "00000.tar").is_file()
+
+
 def test_bootstrap_interval_on_known_inputs():
     r = bootstrap_ratio([True] * 200 + [False] * 200, resamples=2000, seed=1, level=0.95)
     assert (r.value, r.count, r.n) == (0.5, 200, 400)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +25,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from implicit_concept.concepts import CONCEPT_NAMES
-from implicit_concept.files import atomic_dir, json_text, sha256_file
+from implicit_concept.files import atomic_dir, check_apart, json_text, sha256_file
 from implicit_concept.sample import SampleMeta
 from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards
 
@@ -35,6 +36,8 @@ FORMATS = ("yolo", "coco")
 #: YOLO split -> the ICD split its samples come from: fit and validation share ICD's train split.
 SPLITS = {"train": "train", "val": "train", "test": "test"}
 MARKER = "export.json"
+#: A sample key that names a file in the export: no folder, no leading dot.
+_SAFE_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 #: The share of ICD's train split held out for validation unless a caller says otherwise.
 DEFAULT_VALIDATION_SHARE = 0.1
 
@@ -81,6 +84,10 @@ def export_detection_dataset(
         raise ValueError(f"validation_share = {validation_share!r}, want a share in (0, 1)")
     formats = tuple(f for f in FORMATS if f in formats)
     shards, out = Path(shards), Path(out).resolve()
+    check_apart(out, "export --out", {"the shards": shards})
+    if out.is_dir() and not (out / MARKER).is_file() and any(out.iterdir()):
+        raise ValueError(f"export --out {out}: a folder that is not an export (no {MARKER}) and not empty; "
+                         "an export replaces its folder, so name a new or empty one")
     icd_shards = {split: list_shards(_split_dir(shards, split)) for split in dict.fromkeys(SPLITS.values())}
     hashes = {str(p.relative_to(shards)): sha256_file(p) for ps in icd_shards.values() for p in ps}
     marker = _read_marker(out / MARKER)
@@ -151,6 +158,8 @@ def _write_split(
                 continue
             if "jpg" not in members or "json" not in members:
                 raise ShardError(f"{shard}: sample {key} lacks its jpg or json member")
+            if not _SAFE_KEY.fullmatch(key):  # it names files: a key from a tar must not leave the export
+                raise ShardError(f"{shard}: sample key {key!r} is not a plain file name (letters, digits, '_', '-', '.')")
             meta = SampleMeta.from_json(json.loads(members["json"]))
             name = f"{key}.jpg"
             if (images_dir / name).exists():

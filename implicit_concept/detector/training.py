@@ -37,7 +37,7 @@ from implicit_concept.detector.image_sets import ImageSet, ImageSetDigest, Image
 from implicit_concept.detector.inference import Detector
 from implicit_concept.detector.weights import DEFAULT_CONF, MODEL_YAML, WEIGHTS_NAME, record_path, weights_state, write_detector
 from implicit_concept.detector.yolo_env import import_ultralytics
-from implicit_concept.files import atomic_write_json, atomic_write_text
+from implicit_concept.files import atomic_write_json, atomic_write_text, check_apart
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import (
     CLEAN_REFERENCE_NAME,
@@ -176,6 +176,7 @@ def train_detector(
     record holding the thresholds and inputs: a folder holding a record holds everything above.
     """
     shards, out_dir = Path(shards), Path(out_dir).resolve()
+    check_apart(out_dir, "detector --out", {"the shards": shards, "--backgrounds": backgrounds, "--calibration": calibration})
     out_dir.mkdir(parents=True, exist_ok=True)
     record_path(out_dir / WEIGHTS_NAME).unlink(missing_ok=True)  # incomplete until the new record is written
     held_out = list(named_images(calibration, "calibration")) if calibration is not None else []
