@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="write a contact sheet of samples with their boxes")
     p.add_argument("dir", help="a dataset folder, shard set folder, tar, or brace pattern")
-    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--out", required=True, help="image to write (.png, .jpg, .jpeg or .webp)")
     p.add_argument("--count", type=int_at_least(1), default=24, help="samples on the sheet (default: 24)")
     p.add_argument("--contaminated", action="store_true", help="only samples that carry a concept")
     p.set_defaults(func=_show)
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a subset's shards for detection tools: YOLO (data.yaml, labels) and/or COCO JSON")
     p.add_argument("shards", help="an ICD subset folder with train/ and test/ shard sets, e.g. data/icd-tiny/icd-mixed")
-    p.add_argument("--out", required=True, help="export folder (ICD test becomes YOLO/COCO 'val')")
+    p.add_argument("--out", required=True, help="export folder, new or an earlier export (ICD train becomes 'train' and the held-out 'val' share; ICD test becomes 'test')")
     p.add_argument("--format", action="append", choices=("yolo", "coco"), help="repeatable (default: both)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_export)

@@ -95,9 +95,16 @@ def resolve_prompts(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path}: no such prompts file (shipped: {', '.join(q.stem for q in PROMPTS_DIR.glob('*.csv'))})")
 
 
+def _check_seed_base(seed_base: int, count: int) -> None:
+    """Prompts written with these seeds must read back (:data:`SEED_RANGE`)."""
+    if not (SEED_RANGE[0] <= seed_base and seed_base + max(count, 1) - 1 <= SEED_RANGE[1]):
+        raise ValueError(f"seed base {seed_base}: the evaluation seeds of {count} prompts must lie in {list(SEED_RANGE)}")
+
+
 def procedural_prompts(recipe: str, count: int, seed_base: int = 1000) -> list[Prompt]:
     """Captions and scenes of the recipe's procedural test split, as evaluation prompts (what made
     the shipped ``icd-tiny-eval.csv``: ``implicit-concept prompts icd-tiny --count 512``)."""
+    _check_seed_base(seed_base, count)
     r = load_recipe(recipe)
     source = make_source(r.source, image_size=r.image_size, shard_size=r.shard_size, seed=r.seed)
     return [
@@ -108,6 +115,7 @@ def procedural_prompts(recipe: str, count: int, seed_base: int = 1000) -> list[P
 
 def shard_prompts(path: str | Path, count: int, seed_base: int = 1000) -> list[Prompt]:
     """Captions of a test split of your own (e.g. data/icd-v1/icd-qrcode/test)."""
+    _check_seed_base(seed_base, count)
     prompts = [Prompt(i, s.caption, seed_base + i) for i, s in enumerate(islice(iter_samples(path, with_extras=False), count))]
     if not prompts and count > 0:
         raise ValueError(f"{path}: no samples to take prompts from")

@@ -83,3 +83,15 @@ def test_quiet_is_put_back_when_the_command_returns(tmp_path, monkeypatch, recwa
     assert logging.getLogger("ultralytics").level == ultralytics_level
     warnings.warn("a deprecation after the command", FutureWarning)
     assert [str(w.message) for w in recwarn] == ["a deprecation after the command"]
+
+
+def test_prompts_are_never_written_with_seeds_the_prompts_reader_refuses(tmp_path, capsys):
+    from benchmark.prompts import SEED_RANGE
+
+    out = tmp_path / "p.csv"
+    assert main(["prompts", "icd-debug", "--count", "2", "--seed-base", str(SEED_RANGE[1]), "--out", str(out)]) == 2
+    assert "evaluation seeds of 2 prompts must lie in" in capsys.readouterr().err and not out.exists()
+    assert main(["prompts", "icd-debug", "--count", "2", "--seed-base", str(SEED_RANGE[1] - 1), "--out", str(out)]) == 0
+    from benchmark.prompts import read_prompts
+
+    assert [p.evaluation_seed for p in read_prompts(out)] == [SEED_RANGE[1] - 1, SEED_RANGE[1]]

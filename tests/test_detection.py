@@ -147,6 +147,22 @@ def test_an_export_never_writes_outside_its_folder_nor_replaces_what_it_did_not_
     assert export_detection_dataset(shards, tmp_path / "empty-is-fine").counts["test"]["images"] == len(SAMPLES)
 
 
+@pytest.mark.parametrize("record", [b"{not json", b"\xff\xfe", b"[]", b'{"key": "x"}'])
+def test_an_export_names_the_shard_and_sample_of_a_json_of_another_shape(tmp_path, record):
+    import tarfile
+
+    shards = tmp_path / "icd-mixed"
+    for split in ("train", "test"):
+        (shards / split).mkdir(parents=True)
+        with tarfile.open(shards / split / "00000.tar", "w") as tar:
+            for name, data in (("s1.jpg", b"x"), ("s1.json", record)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ValueError, match=r"train/00000.tar: sample s1: KEY.json is not an ICD sample record"):
+        export_detection_dataset(shards, tmp_path / "export")
+
+
 def test_detector_training_refuses_an_out_folder_that_holds_or_is_inside_its_inputs(tmp_path):
     """Training writes and replaces dataset/, backgrounds/ and train/ under --out: inputs there
     (a lab's background images, the shards) would be deleted before they are read."""

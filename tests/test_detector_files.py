@@ -114,6 +114,7 @@ def test_the_published_detector_round_trips_and_refuses_what_is_not_its_format(t
         ({"model": "../../elsewhere/yolov8n.yaml"}, "model"),
         ({"names": ["a", "b", "c"], "thresholds": dict.fromkeys("abc", 0.25)}, "detects"),
         ({"imgsz": "64"}, "imgsz"),
+        ({"imgsz": 64000}, "imgsz.*from 32 to 4096"),  # a record is data: it must not decide scoring takes 12 GB
         ({"format": 99}, "format"),
         ({"thresholds": {"qrcode": 0.3}}, "thresholds"),
         ({"thresholds": {**record["thresholds"], "text": 1.5}}, "thresholds"),

@@ -160,7 +160,10 @@ def _write_split(
                 raise ShardError(f"{shard}: sample {key} lacks its jpg or json member")
             if not _SAFE_KEY.fullmatch(key):  # it names files: a key from a tar must not leave the export
                 raise ShardError(f"{shard}: sample key {key!r} is not a plain file name (letters, digits, '_', '-', '.')")
-            meta = SampleMeta.from_json(json.loads(members["json"]))
+            try:
+                meta = SampleMeta.from_json(json.loads(members["json"]))
+            except (ValueError, KeyError, TypeError, AttributeError) as e:  # a KEY.json of another shape: name it, no traceback
+                raise ShardError(f"{shard}: sample {key}: KEY.json is not an ICD sample record ({type(e).__name__}: {e})") from None
             name = f"{key}.jpg"
             if (images_dir / name).exists():
                 raise ShardError(f"{shard}: sample key {key} appears twice in the {split} split")

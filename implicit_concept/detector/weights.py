@@ -30,6 +30,8 @@ WEIGHTS_NAME = "detector.safetensors"
 RECORD_NAME = "detector.json"
 #: Bump when the files change meaning; a record of another format is refused.
 FORMAT = 1
+#: The largest input side a detector record may ask for: a record is data, and its imgsz decides the memory scoring takes.
+MAX_IMGSZ = 4096
 #: Pickle-based formats torch and ultralytics use: refused by name, never opened.
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 #: A model YAML of ultralytics' own, by bare name: no folder, so no file of someone else's.
@@ -76,7 +78,7 @@ class DetectorRecord:
             "format": data.get("format") == FORMAT,
             "model": isinstance(data.get("model"), str) and MODEL_YAML.fullmatch(data["model"]) is not None,
             "names": isinstance(data.get("names"), list) and all(isinstance(n, str) for n in data["names"]),
-            "imgsz": type(data.get("imgsz")) is int and data["imgsz"] >= 32 and data["imgsz"] % 32 == 0,
+            "imgsz": type(data.get("imgsz")) is int and 32 <= data["imgsz"] <= MAX_IMGSZ and data["imgsz"] % 32 == 0,
             "sha256": isinstance(data.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", data["sha256"]) is not None,
             "scale": isinstance(data.get("scale", {}), dict),
             "thresholds": _valid_thresholds(data.get("thresholds"), data.get("names")),
@@ -86,7 +88,7 @@ class DetectorRecord:
             "format": f"{FORMAT} (written by another version of implicit-concept)",
             "model": "the bare name of one of ultralytics' model YAMLs, such as yolov8n.yaml",
             "names": "a list of class names",
-            "imgsz": "a multiple of 32, at least 32",
+            "imgsz": f"a multiple of 32, from 32 to {MAX_IMGSZ}",
             "sha256": "64 hex digits",
             "scale": "a table",
             "thresholds": f"a number in [{MIN_THRESHOLD}, 1] per class name",
