@@ -6,7 +6,6 @@ refuses to continue under a changed track.
 """
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -30,6 +29,7 @@ from implicit_concept.validate import (
     check_number,
     check_str,
     check_unique,
+    read_toml,
 )
 
 TRACKS_DIR = Path(__file__).resolve().parent / "tracks"
@@ -200,14 +200,7 @@ def load_track(name_or_path: str | Path, overrides: dict[str, Any] | None = None
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in TRACKS_DIR.glob("*.toml")))
         raise TrackError(f"{name_or_path}: no such track file, nor a shipped track (known: {known})")
-    try:
-        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except OSError as e:
-        raise TrackError(f"{path}: cannot be read ({e.strerror or e})") from None
-    except UnicodeDecodeError as e:
-        raise TrackError(f"{path}: not UTF-8 text ({e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise TrackError(f"{path}: not valid TOML: {e}") from None
+    raw = read_toml(path, TrackError, "track file")
     raw.update(overrides or {})
     check_fields(raw, [f.name for f in fields(Track)], str(path), TrackError)
     missing = [f.name for f in fields(Track) if f.default is MISSING and f.default_factory is MISSING and f.name not in raw]

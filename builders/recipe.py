@@ -7,7 +7,6 @@ that cannot reach outside ``--out``.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -21,7 +20,7 @@ from builders.sources import make_source
 from implicit_concept.concepts import CONCEPT_NAMES, make_renderer
 from implicit_concept.shard_reader import is_stream
 from implicit_concept.provenance import config_hash
-from implicit_concept.validate import FOLDER_NAME, check_fields
+from implicit_concept.validate import FOLDER_NAME, check_fields, read_toml
 from manifests import RECIPES_DIR
 
 
@@ -105,20 +104,9 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
 
 def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
     path = resolve_recipe_path(name_or_path)
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: recipe file not found") from None
-    except IsADirectoryError:
-        raise RecipeError(f"{path}: is a folder, not a recipe file") from None
-    except UnicodeDecodeError as e:
-        raise RecipeError(f"{path}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise RecipeError(f"{path}: not valid TOML: {e}") from None
-    except (OSError, RecursionError) as e:
-        why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
-        raise RecipeError(f"{path}: cannot read the recipe file ({why})") from None
+    if not path.exists():
+        raise RecipeError(f"{path}: recipe file not found")
+    raw = read_toml(path, RecipeError, "recipe file")
     raw.update(overrides or {})
     try:
         return parse_recipe(raw)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import tomllib
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, Sequence
 
 #: A name that becomes a folder (a recipe's, a method's): no separators, no leading dot, at most 64.
@@ -157,3 +159,19 @@ def check_positive(where: str, options: Mapping[str, Any], names: Iterable[str])
     for key in names:
         if key in options and not (is_number(options[key]) and options[key] > 0):
             raise ValueError(f"{where}.{key}: expected a number > 0, got {options[key]!r}")
+
+
+def read_toml(path: Path, error: type[Exception] = ValueError, what: str = "file") -> dict[str, Any]:
+    """A config file's table, or ``error`` with one line naming the file: a folder, unreadable,
+    not UTF-8, not TOML (or nested past what the parser can take)."""
+    try:
+        return tomllib.loads(Path(path).read_bytes().decode("utf-8"))
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {what}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{path}: not valid TOML: {e}") from None
+    except (OSError, RecursionError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise error(f"{path}: cannot read the {what} ({why})") from None

@@ -191,12 +191,10 @@ def test_a_recipe_path_that_is_a_folder_unreadable_or_not_utf8_is_one_line(tmp_p
         assert len(err) == 1 and f"{path}: {said}" in err[0], err
     locked = tmp_path / "locked.toml"
     locked.write_text('name = "x"\n')
-    import builders.recipe as recipe_module
-
     def denied(*args, **kwargs):  # as chmod 000 is for anyone but root
         raise PermissionError(13, "Permission denied", str(locked))
 
-    monkeypatch.setattr(recipe_module, "open", denied, raising=False)
+    monkeypatch.setattr(Path, "read_bytes", denied)
     with pytest.raises(RecipeError, match=r"locked.toml: cannot read the recipe file \(Permission denied\)"):
         load_recipe(locked)
 

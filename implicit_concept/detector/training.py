@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import shutil
 import time
-import tomllib
 from copy import deepcopy
 from dataclasses import MISSING, asdict, dataclass, fields
 from functools import partial
@@ -46,7 +45,7 @@ from implicit_concept.scoring import (
     clean_images,
     image_recall,
 )
-from implicit_concept.validate import check_fields
+from implicit_concept.validate import check_fields, read_toml
 
 SCALES_FILE = Path(__file__).with_name("scales.toml")
 METRICS_NAME = "metrics.json"
@@ -116,14 +115,7 @@ def load_scale(name: str, path: Path = SCALES_FILE) -> DetectorScale:
     """The scale ``name`` from ``scales.toml``; unknown names and fields, wrong types and ranges fail
     naming the file, the scale and the field."""
     path = Path(path)
-    try:
-        table = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except OSError as e:
-        raise ScaleError(f"{path}: cannot be read ({e.strerror or e})") from None
-    except UnicodeDecodeError as e:
-        raise ScaleError(f"{path}: not UTF-8 text ({e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ScaleError(f"{path}: not valid TOML: {e}") from None
+    table = read_toml(path, ScaleError, "scales file")
     if not isinstance(name, str) or name not in table:
         raise ScaleError(f"{path}: no detector scale {name!r} (known: {', '.join(table)})")
     entry = table[name]
