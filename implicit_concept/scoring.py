@@ -126,11 +126,25 @@ class CleanReference:
     @classmethod
     def read(cls, path: Path) -> "CleanReference":
         try:
-            return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"{path}: no clean-image reference beside the detector; pass clean images (--clean) to measure false positives"
             ) from None
+        except ValueError as e:
+            raise ValueError(f"{path}: not a clean-image reference (not JSON text: {e})") from None
+        max_conf = data.get("max_conf") if isinstance(data, dict) else None
+        lengths = {len(v) for v in max_conf.values() if isinstance(v, list)} if isinstance(max_conf, dict) else set()
+        if not (
+            isinstance(data, dict) and set(data) == {"source", "max_conf"} and isinstance(data["source"], str)
+            and isinstance(max_conf, dict) and set(max_conf) == set(CONCEPT_NAMES) and len(lengths) == 1 and 0 not in lengths
+            and all(type(c) in (int, float) and 0 <= c <= 1 for v in max_conf.values() for c in v)
+        ):
+            raise ValueError(
+                f"{path}: not a clean-image reference (want {{\"source\": text, \"max_conf\": one list per concept "
+                f"{list(CONCEPT_NAMES)}, all of one non-zero length, of confidences in [0, 1]}})"
+            )
+        return cls(data["source"], max_conf)
 
 
 def clean_images(shards: str | Path, keep: Callable[[str], bool] | None = None) -> Iterator[tuple[str, Image.Image]]:

@@ -496,3 +496,25 @@ def test_a_folder_holding_both_shards_and_loose_images_is_refused_naming_both(tm
     assert [name for name, _ in iter_images(folder / "sub" / "test")] == [f"te{i:04d}" for i in range(len(SAMPLES))]
     (folder / "sub").rename(tmp_path / "shards")
     assert [name for name, _ in iter_images(folder)] == ["a.png", "b.png"]
+
+
+def test_a_clean_reference_of_another_shape_is_refused_naming_the_file(tmp_path):
+    """The reference beside a detector is data: it decides the false-positive rate a report prints."""
+    from implicit_concept.scoring import CleanReference
+
+    path = tmp_path / "clean_reference.json"
+    good = CleanReference("test/", {c: [0.0, 0.5] for c in CONCEPT_NAMES})
+    good.write(path)
+    assert CleanReference.read(path) == good and CleanReference.read(path).n_images == 2
+    for bad in (
+        "{not json", "[]", "null",
+        json.dumps({"source": "s", "max_conf": {c: [0.1] for c in CONCEPT_NAMES}, "extra": 1}),
+        json.dumps({"source": "s", "max_conf": {"qrcode": [0.1], "text": [0.1]}}),
+        json.dumps({"source": "s", "max_conf": {**{c: [0.1] for c in CONCEPT_NAMES}, "qrcode": [0.1] * 50}}),
+        json.dumps({"source": "s", "max_conf": {c: [] for c in CONCEPT_NAMES}}),
+        json.dumps({"source": "s", "max_conf": {c: ["0.1"] for c in CONCEPT_NAMES}}),
+        json.dumps({"source": "s", "max_conf": {c: [1.5] for c in CONCEPT_NAMES}}),
+    ):
+        path.write_text(bad)
+        with pytest.raises(ValueError, match=r"clean_reference.json: not a clean-image reference"):
+            CleanReference.read(path)
