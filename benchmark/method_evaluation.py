@@ -178,19 +178,18 @@ def method_sources(method: Any) -> list[tuple[str, Path]]:
         if cls is object or cls.__module__ == "builtins":
             continue
         top = cls.__module__.split(".")[0]
-        if top in _TOOLKIT:
-            if cls is not type(method):
-                continue  # the toolkit's base classes (Method) are the toolkit's, not the method's
-            try:
-                path = inspect.getsourcefile(cls)
-            except TypeError:
-                path = None
-            if path and Path(path).is_file():
-                files.setdefault(cls.__module__, Path(path))
-            continue
-        found = _module_files(top, sys.modules.get(top))
+        if top in _TOOLKIT and cls is not type(method):
+            continue  # the toolkit's base classes (Method) are the toolkit's, not the method's
+        found = _module_files(top, sys.modules.get(top)) if top not in _TOOLKIT else None
         if found and not _installed(found[0]):
             todo.append(found)
+            continue
+        try:  # a built-in method, or an installed plug-in (an upgrade changes its file): the class's own file
+            path = inspect.getsourcefile(cls)
+        except TypeError:
+            path = None
+        if path and Path(path).is_file():
+            files.setdefault(cls.__module__, Path(path))
     while todo:
         folder, root = todo.pop()
         for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:

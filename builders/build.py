@@ -94,8 +94,9 @@ def build_dataset(
             todo = [u for u in units if not is_complete(out, u, recipe.sha256)]
             run_units(recipe, todo, out, workers=workers, progress=progress, distributor=distributor,
                       ray_address=ray_address, builder=builder)
-            # The manifest and card are written from the shards' files only once each checks out.
-            problem = next((p for p in (shard_problem(out, u, recipe.sha256) for u in units) if p), None)
+            # The manifest and card are written from the shards' files only once each checks out: those
+            # found finished were checked above, the ones this run built (by any worker or node) here.
+            problem = next((p for p in (shard_problem(out, u, recipe.sha256) for u in todo) if p), None)
             if problem is not None:
                 raise BuildError(f"{problem}; changed while this build ran? Rerun the build to rebuild that shard")
             stats = [json.loads(stats_path(out, u).read_text(encoding="utf-8")) for u in units]

@@ -499,6 +499,25 @@ def test_a_plug_ins_images_are_keyed_by_its_whole_package_its_base_classes_and_h
     assert keys[0] == keys[1] and len(set(keys[1:])) == 4
 
 
+def test_an_installed_plug_in_is_keyed_by_its_class_file(tmp_path, monkeypatch):
+    """A plug-in installed as a package (an entry point) is not followed import by import, but an
+    upgrade that changes its class's file still makes a new key."""
+    import importlib
+
+    from benchmark import method_evaluation
+
+    site = tmp_path / "site-packages"
+    (site / "labpkg3").mkdir(parents=True)
+    (site / "labpkg3" / "__init__.py").write_text("")
+    (site / "labpkg3" / "methods.py").write_text("class Installed:\n    pass\n")
+    monkeypatch.syspath_prepend(str(site))
+    method = importlib.import_module("labpkg3.methods").Installed()
+    assert [name for name, _ in method_evaluation.method_sources(method)] == ["labpkg3.methods"]
+    before = method_evaluation._code_sha256(method)
+    (site / "labpkg3" / "methods.py").write_text("class Installed:\n    version = 2\n")
+    assert before is not None and method_evaluation._code_sha256(method) != before
+
+
 def test_a_pipeline_whose_output_has_no_images_is_refused_naming_its_class():
     from benchmark.generation import GenerationError, diffusers_generate_fn
 

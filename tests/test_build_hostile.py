@@ -131,8 +131,14 @@ def test_stats_that_predate_the_tables_sha256_still_catch_a_wrong_table(built, d
 
 def test_the_manifest_is_never_written_from_a_table_that_does_not_check_out(built, monkeypatch):
     recipe, out, before = built
-    (out / "qr" / "train" / "00000.parquet").write_bytes(b"not parquet")
-    monkeypatch.setattr(build_module, "is_complete", lambda *a, **k: True)  # as if it broke after the check
+    (out / "qr" / "train" / "00000_stats.json").unlink()  # so this run rebuilds the shard
+    run_units = build_module.run_units
+
+    def built_then_broken(*args, **kwargs):  # as if a worker's write went wrong after it finished
+        run_units(*args, **kwargs)
+        (out / "qr" / "train" / "00000.parquet").write_bytes(b"not parquet")
+
+    monkeypatch.setattr(build_module, "run_units", built_then_broken)
     with pytest.raises(BuildError, match=r"qr/train/00000.parquet: .*Rerun the build"):
         build_dataset(recipe, out, progress=False)
     assert (out / "manifest.parquet").read_bytes() == before["manifest.parquet"]
