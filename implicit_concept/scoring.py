@@ -30,6 +30,7 @@ from implicit_concept.detector.weights import MIN_THRESHOLD
 from implicit_concept.image_stream import ImageSource, is_shard_source, iter_images
 from implicit_concept.shard_reader import iter_samples
 from implicit_concept.stats import bootstrap_mean
+from implicit_concept.validate import check_int, is_number
 
 CLEAN_REFERENCE_NAME = "clean_reference.json"
 #: Clean-image confidences below this are stored as 0: no scoring threshold goes that low.
@@ -52,14 +53,13 @@ class ScoreConfig:
     batch: int = 64
 
     def __post_init__(self) -> None:
-        if self.conf is not None and not REFERENCE_FLOOR <= self.conf < 1:
-            raise ValueError(f"ScoreConfig.conf = {self.conf}, want None (the detector's thresholds) or [{REFERENCE_FLOOR}, 1)")
-        if self.resamples < 100:
-            raise ValueError(f"ScoreConfig.resamples = {self.resamples}, want >= 100")
-        if not 0 < self.level < 1:
-            raise ValueError(f"ScoreConfig.level = {self.level}, want (0, 1)")
-        if self.batch < 1:
-            raise ValueError(f"ScoreConfig.batch = {self.batch}, want >= 1")
+        if self.conf is not None and not (is_number(self.conf) and REFERENCE_FLOOR <= self.conf < 1):
+            raise ValueError(f"ScoreConfig.conf = {self.conf!r}, want None (the detector's thresholds) or [{REFERENCE_FLOOR}, 1)")
+        check_int("ScoreConfig.resamples", self.resamples, 100)
+        check_int("ScoreConfig.seed", self.seed, 0)
+        if not (is_number(self.level) and 0 < self.level < 1):
+            raise ValueError(f"ScoreConfig.level = {self.level!r}, want a number in (0, 1)")
+        check_int("ScoreConfig.batch", self.batch, 1)
 
     def thresholds(self, detector_thresholds: Thresholds | None) -> dict[str, float]:
         """Per concept, the threshold this config scores at: ``conf`` for all, else the detector's."""

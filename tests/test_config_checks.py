@@ -235,6 +235,9 @@ def test_shipped_tracks_pass_and_keep_their_hash():
     ('[debug]\nmodel = "yolov8n.yaml"\nimgsz = 64\nepochs = 0\nbatch = 16\n', "epochs = 0"),
     ('[debug]\nmodel = "yolov8n.yaml"\nimgsz = 64\nbatch = 16\n', "missing field epochs"),
     ("debug = 5\n", "[debug]: expected a table"),
+    ('[debug]\nmodel = "yolov99.yaml"\nimgsz = 64\nepochs = 3\nbatch = 16\n', "model = 'yolov99.yaml'"),
+    ('[debug]\nmodel = "yolov8n-cls.yaml"\nimgsz = 64\nepochs = 3\nbatch = 16\n', "model = 'yolov8n-cls.yaml'"),
+    ('[debug]\nmodel = "../yolov8n.yaml"\nimgsz = 64\nepochs = 3\nbatch = 16\n', "model = '../yolov8n.yaml'"),
 ])
 def test_scale_fields_are_typed_and_name_the_file(tmp_path, body, fragment):
     path = tmp_path / "scales.toml"

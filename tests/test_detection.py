@@ -277,11 +277,13 @@ def test_a_higher_threshold_lowers_icr(tmp_path):
     assert report.concepts["qrcode"].icr.value == 0.0
 
 
-def test_score_config_names_bad_fields():
-    with pytest.raises(ValueError, match="ScoreConfig.conf"):
-        ScoreConfig(conf=1.5)
-    with pytest.raises(ValueError, match="ScoreConfig.resamples"):
-        ScoreConfig(resamples=10)
+@pytest.mark.parametrize("field, value", [
+    ("conf", 1.5), ("conf", "0.5"), ("conf", True), ("resamples", 10), ("resamples", 500.0), ("seed", -1), ("seed", 1.5),
+    ("level", 1), ("level", 0), ("level", "0.95"), ("batch", 0), ("batch", 2.5), ("batch", True),
+])
+def test_score_config_names_bad_fields(field, value):
+    with pytest.raises(ValueError, match=f"ScoreConfig.{field}"):
+        ScoreConfig(**{field: value})
 
 
 @pytest.mark.parametrize("target", [0.3, 0.4, 0.5, 0.7, 0.9])

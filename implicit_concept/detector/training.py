@@ -34,7 +34,7 @@ from implicit_concept.detector.calibration import calibrate_thresholds
 from implicit_concept.detector.export import DEFAULT_VALIDATION_SHARE, DetectionDataset, export_detection_dataset, in_validation
 from implicit_concept.detector.image_sets import ImageSet, ImageSetDigest, ImageSetError, named_images, pixel_sha256, write_backgrounds
 from implicit_concept.detector.inference import Detector
-from implicit_concept.detector.weights import DEFAULT_CONF, MODEL_YAML, WEIGHTS_NAME, record_path, weights_state, write_detector
+from implicit_concept.detector.weights import DEFAULT_CONF, WEIGHTS_NAME, is_model_yaml, record_path, weights_state, write_detector
 from implicit_concept.detector.yolo_env import import_ultralytics
 from implicit_concept.files import atomic_write_json, atomic_write_text, check_apart
 from implicit_concept.provenance import environment
@@ -83,7 +83,7 @@ class DetectorScale:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         checks = {
-            "model": isinstance(self.model, str) and MODEL_YAML.fullmatch(self.model) is not None,
+            "model": is_model_yaml(self.model),
             "imgsz": integer(self.imgsz) and self.imgsz >= 32 and self.imgsz % 32 == 0,
             "epochs": integer(self.epochs) and self.epochs >= 1,
             "batch": integer(self.batch) and self.batch >= 1,
@@ -95,7 +95,7 @@ class DetectorScale:
             "calibration_max_fp": number(self.calibration_max_fp) and 0 <= self.calibration_max_fp < 1,
         }
         wants = {
-            "model": "the name of one of ultralytics' model YAMLs, such as yolov8n.yaml (weights files would be downloaded)",
+            "model": "the name of one of the detection model YAMLs ultralytics ships, such as yolov8n.yaml (weights files would be downloaded)",
             "imgsz": "an integer multiple of 32, at least 32",
             "epochs": "an integer >= 1",
             "batch": "an integer >= 1",

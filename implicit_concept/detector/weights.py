@@ -13,6 +13,7 @@ means :data:`DEFAULT_CONF` for every concept.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,8 @@ MAX_IMGSZ = 4096
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 #: A model YAML of ultralytics' own, by bare name: no folder, so no file of someone else's.
 MODEL_YAML = re.compile(r"yolo[a-z0-9-]*\.yaml")
+#: ultralytics' model YAMLs for other tasks (a classifier or segmenter cannot score boxes).
+OTHER_TASKS = re.compile(r"-(cls|seg|obb|pose|world|worldv2)\b|^yoloe")
 #: The confidence at which a detection counts, unless calibration or a caller says otherwise.
 DEFAULT_CONF = 0.25
 #: The lowest threshold a detector may carry: clean-image references keep confidences down to it.
@@ -76,7 +79,7 @@ class DetectorRecord:
             raise DetectorError(f"{path}: not a detector record (a JSON object)")
         checks = {
             "format": data.get("format") == FORMAT,
-            "model": isinstance(data.get("model"), str) and MODEL_YAML.fullmatch(data["model"]) is not None,
+            "model": is_model_yaml(data.get("model")),
             "names": isinstance(data.get("names"), list) and all(isinstance(n, str) for n in data["names"]),
             "imgsz": type(data.get("imgsz")) is int and 32 <= data["imgsz"] <= MAX_IMGSZ and data["imgsz"] % 32 == 0,
             "sha256": isinstance(data.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", data["sha256"]) is not None,
@@ -86,7 +89,7 @@ class DetectorRecord:
         }
         wants = {
             "format": f"{FORMAT} (written by another version of implicit-concept)",
-            "model": "the bare name of one of ultralytics' model YAMLs, such as yolov8n.yaml",
+            "model": "the bare name of one of ultralytics' detection model YAMLs, such as yolov8n.yaml",
             "names": "a list of class names",
             "imgsz": f"a multiple of 32, from 32 to {MAX_IMGSZ}",
             "sha256": "64 hex digits",
@@ -100,6 +103,21 @@ class DetectorRecord:
         check_fields(data, cls.__dataclass_fields__, str(path), DetectorError)
         thresholds = {n: float(data["thresholds"][n]) for n in data["names"]} if "thresholds" in data else dict.fromkeys(data["names"], DEFAULT_CONF)
         return cls(**{**data, "names": tuple(data["names"]), "thresholds": thresholds})
+
+
+def is_model_yaml(name: Any) -> bool:
+    """Whether ``name`` is a detection model YAML this ultralytics ships, as it resolves one
+    (``yolov8n.yaml`` is ``yolov8.yaml`` at scale n): a typo fails here, not after a dataset export.
+    The package's files are searched without importing it (the import has side effects)."""
+    if not (isinstance(name, str) and MODEL_YAML.fullmatch(name) and not OTHER_TASKS.search(name)):
+        return False
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        return True  # the import will say ultralytics is missing, more plainly than this check could
+    stem = name.removesuffix(".yaml")
+    wanted = {f"{stem}.yaml", re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", stem) + ".yaml"}
+    models = Path(spec.submodule_search_locations[0]) / "cfg" / "models"
+    return any(path.name in wanted for path in models.rglob("yolo*.yaml"))
 
 
 def _valid_thresholds(thresholds: Any, names: Any) -> bool:
