@@ -1,7 +1,8 @@
 """Whatever a caller hands the scorer, as a stream of named RGB images.
 
 Accepted: a PIL image, an image file, a folder of image files, a shard set (a folder of ``.tar``
-shards, one tar, or a brace pattern) or a list mixing these. Every decoding failure names the file,
+shards, one tar, or a brace pattern) or a list mixing these and ``(name, PIL image)`` pairs, for
+images made in memory that should keep their names (``{case_number}_{i}``, say) in the records. Every decoding failure names the file,
 and no image is decoded above the pixel cap of :mod:`implicit_concept.image_decode`.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from implicit_concept.shard_reader import iter_samples
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
-ImageSource = Union[str, Path, Image.Image, Iterable[Union[str, Path, Image.Image]]]
+ImageSource = Union[str, Path, Image.Image, Iterable[Union[str, Path, Image.Image, tuple[str, Image.Image]]]]
 
 
 class ImageReadError(ValueError):
@@ -104,8 +105,18 @@ def _entries(source: ImageSource) -> Iterator[tuple[str, Image.Image | Path]]:
     for i, item in enumerate(source):
         if isinstance(item, Image.Image):
             yield f"image-{i}", as_rgb(item, f"image-{i}")
-        else:
+        elif isinstance(item, tuple):
+            if not (len(item) == 2 and isinstance(item[0], str) and item[0] and isinstance(item[1], Image.Image)):
+                raise ImageReadError(f"item {i}: a tuple must be (name, PIL image) with a non-empty name, got {_shape(item)}")
+            yield item[0], as_rgb(item[1], item[0])
+        elif isinstance(item, (str, Path)):
             yield from _path_entries(item)
+        else:
+            raise ImageReadError(f"item {i}: want a path, a PIL image or a (name, PIL image) pair, got {type(item).__name__}")
+
+
+def _shape(item: tuple) -> str:
+    return "(" + ", ".join(type(v).__name__ for v in item) + ")"
 
 
 def is_shard_source(source: object) -> bool:

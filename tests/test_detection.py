@@ -244,6 +244,22 @@ def test_icr_fp_rate_and_crosscheck_agreement_on_known_inputs(tmp_path):
     assert "FP clean" in report.table()
 
 
+def test_named_pairs_keep_their_names_and_bad_items_are_named(tmp_path):
+    weights = tmp_path / "detector.safetensors"
+    weights.write_bytes(b"fake")
+    pairs = [("3_0", _solid(10)), ("3_1", _solid(0)), ("4_0", _solid(30))]
+    report = score_images(pairs, FakeDetector(weights), ScoreConfig(resamples=200), clean=[_solid(0)] * 4, checkers=[])
+    record = json.loads(report.write_json(tmp_path / "score.json").read_text())
+    assert [r["name"] for r in record["images"]] == ["3_0", "3_1", "4_0"]
+    assert [bool(r["detections"]) for r in record["images"]] == [True, False, True]
+    assert report.concepts["qrcode"].icr.value == report.concepts["text"].icr.value == 1 / 3
+    for bad, fragment in [([("a", _solid(0), 1)], "item 0: a tuple must be (name, PIL image)"), ([_solid(0), ("", _solid(0))], "item 1"),
+                          ([("a", "x.png")], "(str, str)"), ([3], "item 0: want a path, a PIL image or a (name, PIL image) pair, got int")]:
+        with pytest.raises(ImageReadError) as e:
+            score_images(bad, FakeDetector(weights), ScoreConfig(resamples=200), clean=[_solid(0)], checkers=[])
+        assert fragment in str(e.value), str(e.value)
+
+
 def _png(image):
     buf = io.BytesIO()
     image.save(buf, format="PNG")  # lossless, so the fake detector sees exact colours
