@@ -109,6 +109,23 @@ def test_export_is_skipped_when_shards_are_unchanged_and_redone_when_they_change
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
+def test_an_export_whose_files_were_edited_or_deleted_is_rebuilt_not_reused(tmp_path):
+    shards = _write_shards(tmp_path / "icd-mixed")
+    root = export_detection_dataset(shards, tmp_path / "yolo").root
+    pristine = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    label = root / "labels" / "train" / "tr0000.txt"
+    damages = [
+        lambda: label.write_text(""),                                       # a box erased
+        lambda: label.unlink(),                                             # a label deleted
+        lambda: (root / "images" / "val" / "extra.jpg").write_bytes(b"x"),  # an image added
+        lambda: (root / "annotations" / "test.json").write_text("{}"),      # COCO edited
+    ]
+    for damage in damages:
+        damage()
+        export_detection_dataset(shards, tmp_path / "yolo")
+        assert {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()} == pristine
+
+
 def test_export_names_a_missing_split(tmp_path):
     (tmp_path / "icd-mixed").mkdir()
     with pytest.raises(ValueError, match="icd-mixed: no train/ folder"):

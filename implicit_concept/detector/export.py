@@ -1,10 +1,12 @@
 """ICD shards -> the formats detection tools read: a YOLO dataset and COCO JSON.
 
 The export is a pure function of the shards. It is written into a temporary folder and renamed
-into place, and a marker records every shard's sha256 and the validation share, so rerunning it on
-unchanged inputs costs one hash per tar and a crash never leaves half a dataset behind. A reused
-export is cleared of the ``labels/*.cache`` files ultralytics may have left in it (pickles; ours
-never reads or writes one, see :mod:`implicit_concept.detector.yolo_env`).
+into place, and a marker records every shard's sha256, the validation share and a digest of every
+file the export wrote, so rerunning it on unchanged inputs costs one hash per tar and per exported
+file, an export whose labels or images were edited or deleted since is rebuilt, not trained on, and a
+crash never leaves half a dataset behind. A reused export is cleared of the ``labels/*.cache`` files
+ultralytics may have left in it (pickles; ours never reads or writes one, see
+:mod:`implicit_concept.detector.yolo_env`).
 
 Three splits, so that nothing is chosen on the split that is reported: the ICD ``train`` split is
 divided by a hash of each sample's key into YOLO's ``train`` (what the detector fits) and ``val``
@@ -95,7 +97,8 @@ def export_detection_dataset(
     if all(marker.get(k) == v for k, v in inputs.items()):
         for label_cache in (out / "labels").glob("*.cache"):
             label_cache.unlink()
-        return _dataset(out, marker)
+        if marker.get("files_sha256") == _files_digest(out):
+            return _dataset(out, marker)
 
     keep = {
         "train": lambda key: not in_validation(key, validation_share),
@@ -109,9 +112,18 @@ def export_detection_dataset(
             names = dict(enumerate(CONCEPT_NAMES))
             data = {"path": str(out), **{split: f"images/{split}" for split in SPLITS}, "nc": len(names), "names": names}
             (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        marker = {**inputs, "source": str(shards.resolve()), "counts": counts}
+        marker = {**inputs, "source": str(shards.resolve()), "counts": counts, "files_sha256": _files_digest(tmp)}
         (tmp / MARKER).write_text(json_text(marker), encoding="utf-8")
     return _dataset(out, marker)
+
+
+def _files_digest(root: Path) -> str:
+    """sha256 over every file of an export but its marker, by relative path and content: a file
+    added, removed, renamed or edited changes it."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root) != Path(MARKER)):
+        digest.update(f"{path.relative_to(root).as_posix()}\0{sha256_file(path)}\n".encode("utf-8"))
+    return digest.hexdigest()
 
 
 def _split_dir(shards: Path, split: str) -> Path:
