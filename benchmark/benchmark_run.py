@@ -1,11 +1,14 @@
 """One benchmark run: where it lives, what it was asked to do, and the record that claims its folder."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmark.track import Track
+from benchmark.track_check import check_track
+from implicit_concept.detector.inference import Detector
 from implicit_concept.validate import check_folder_name
 
 DEFAULT_CACHE = Path(".cache") / "implicit-concept"
@@ -48,16 +51,10 @@ class BenchmarkRun:
         the run's name, ``--runs``, ``--pretrained``, ``--detector``, the whole track, and a run folder
         already there (which must hold the same config; the refusal names the fields that differ).
         Raises ValueError (or FileNotFoundError) with one line naming the option or field."""
-        import json
-
-        from benchmark.track_check import check_track
-
         check_folder_name("--name", self.name)
         if self.pretrained is not None and not (self.pretrained / "model_index.json").is_file():
             raise FileNotFoundError(f"--pretrained {self.pretrained}: not a diffusers pipeline folder (no model_index.json in it)")
         if self.detector is not None:
-            from implicit_concept.detector.inference import Detector
-
             try:
                 Detector.load(self.detector)
             except (ValueError, OSError) as e:

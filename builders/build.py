@@ -144,8 +144,7 @@ def _claim_output(recipe: Recipe, out: Path, builder: ShardBuilder, env: dict[st
     """Refuse a folder that holds another recipe's build, by its record or by any shard's stats
     (an unreadable stats file marks an unfinished shard, rebuilt), or a build whose source or
     screen detector has changed since it started. Returns the record the folder keeps."""
-    _check_is_build(out)
-    previous = read_stats(out / RECIPE_RECORD)
+    previous = _check_is_build(out)
     if previous is not None and previous.get("recipe_sha256") != recipe.sha256:
         raise FolderClaimError(f"{out}: holds a build of another recipe ({_recipe_change(previous.get('recipe'), recipe.to_dict())}); "
                                "choose another --out or remove the folder")
@@ -165,9 +164,10 @@ def _claim_output(recipe: Recipe, out: Path, builder: ShardBuilder, env: dict[st
     return record
 
 
-def _check_is_build(out: Path) -> None:
-    """``out`` is new, empty, or a build of this project (its ``recipe.json`` a build record): a
-    folder of anything else is refused, so no file of a user's is replaced by the card or manifest."""
+def _check_is_build(out: Path) -> dict[str, Any] | None:
+    """``out`` is new, empty, or a build of this project (its ``recipe.json`` a build record, which
+    is returned): a folder of anything else is refused, so no file of a user's is replaced by the
+    card or manifest."""
     record = out / RECIPE_RECORD
     if record.exists() or record.is_symlink():
         if record.is_symlink() or not record.is_file():
@@ -179,13 +179,14 @@ def _check_is_build(out: Path) -> None:
         if not isinstance(previous.get("recipe_sha256"), str) or not isinstance(previous.get("recipe"), dict):
             raise BuildError(f"{record}: not a build record (no recipe and recipe_sha256), so {out} is not a build of "
                              "implicit-concept; choose another --out")
-        return
+        return previous
     # What a build writes before its record: nothing but hidden temporaries and locks.
     others = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise BuildError(f"{out}: exists, is not empty ({shown}) and is not a build of implicit-concept (no {RECIPE_RECORD}); "
                          "choose a new or empty --out")
+    return None
 
 
 def _check_not_in_source(out: Path, builder: ShardBuilder) -> None:
