@@ -36,7 +36,7 @@ from benchmark.training import processes as process_state
 from implicit_concept.detector.inference import Detector
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, claim, locked, sha256_file
 from implicit_concept.provenance import environment
-from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference, ScoreConfig, ScoreReport, score_images
+from implicit_concept.scoring import CleanReference, ScoreConfig, ScoreReport, score_images
 from implicit_concept.stats import hierarchical_bootstrap
 
 
@@ -180,7 +180,7 @@ def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Dete
     """Write results.json, .md, .html and the ICR plot. A run's results are the union of what it has
     scored: rows of methods not rerun this time are kept, a rerun method's rows replace its old ones."""
     rows = _union(run.root / "results.json", rows)
-    reference = CleanReference.read(detector.path.parent / CLEAN_REFERENCE_NAME)
+    reference = CleanReference.beside(detector)
     config = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
     results = {
         "name": run.name,

@@ -27,6 +27,7 @@ from implicit_concept.checkers import Checker, available_checkers
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.inference import Detection, Detector
 from implicit_concept.detector.weights import MIN_THRESHOLD
+from implicit_concept.files import sha256_file
 from implicit_concept.image_stream import ImageSource, is_shard_source, iter_images
 from implicit_concept.shard_reader import iter_samples
 from implicit_concept.stats import bootstrap_mean
@@ -145,6 +146,18 @@ class CleanReference:
                 f"{list(CONCEPT_NAMES)}, all of one non-zero length, of confidences in [0, 1]}})"
             )
         return cls(data["source"], max_conf)
+
+    @classmethod
+    def beside(cls, detector: Detector) -> "CleanReference":
+        """The reference written beside ``detector`` when it was trained, checked against the sha256
+        its record holds (records older than that field hold none), so an edited file cannot move
+        the false-positive rates every ICR is printed beside."""
+        path = detector.path.parent / CLEAN_REFERENCE_NAME
+        expected = detector.clean_reference_sha256
+        if expected is not None and path.is_file() and (actual := sha256_file(path)) != expected:
+            raise ValueError(f"{path}: sha256 {actual} does not match {expected} recorded in the detector's record: "
+                             "the clean-image reference changed after training; restore it or train again")
+        return cls.read(path)
 
 
 def clean_images(shards: str | Path, keep: Callable[[str], bool] | None = None) -> Iterator[tuple[str, Image.Image]]:
@@ -288,7 +301,7 @@ def score_images(
         stream = clean_images(clean) if is_shard_source(clean) else iter_images(clean)
         reference = build_clean_reference(detector, stream, source=_describe(clean), config=config)
     else:
-        reference = CleanReference.read(detector.path.parent / CLEAN_REFERENCE_NAME)
+        reference = CleanReference.beside(detector)
     if checkers is None:
         checkers, skipped = available_checkers()
     else:

@@ -4,10 +4,12 @@ ULTRALYTICS_API_KEY set, and nothing is written outside the folders the user nam
 
 Each attack is a file whose unpickling creates a marker folder: the marker must never appear.
 """
+import hashlib
 import importlib
 import json
 import os
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +131,49 @@ def test_the_published_detector_round_trips_and_refuses_what_is_not_its_format(t
     (tmp_path / "weights.onnx").write_bytes(b"x")
     with pytest.raises(DetectorError, match="weights.onnx: not a detector"):
         Detector.load(tmp_path / "weights.onnx")
+
+
+def _rewrite_weights(folder: Path, edit) -> None:
+    """Weights edited and the record's sha256 updated to match: what a careless or hostile hand leaves."""
+    from safetensors.torch import load_file, save
+    from implicit_concept.detector.weights import RECORD_NAME, WEIGHTS_NAME
+
+    state = load_file(folder / WEIGHTS_NAME)
+    edit(state)
+    (folder / WEIGHTS_NAME).write_bytes(save(state))
+    record = json.loads((folder / RECORD_NAME).read_text())
+    (folder / RECORD_NAME).write_text(json.dumps({**record, "sha256": hashlib.sha256((folder / WEIGHTS_NAME).read_bytes()).hexdigest()}))
+
+
+@pytest.mark.parametrize("edit, complaint", [
+    (lambda s: s["model.0.conv.weight"].view(-1).__setitem__(0, float("nan")), "tensor model.0.conv.weight holds NaN"),
+    (lambda s: s["model.22.cv2.0.0.conv.weight"].view(-1).__setitem__(3, float("inf")), "tensor model.22.cv2.0.0.conv.weight holds NaN or infinite"),
+    (lambda s: s.__setitem__("model.0.conv.weight", s["model.0.conv.weight"].to(torch.int8)), "tensor model.0.conv.weight is torch.int8"),
+])
+def test_weights_a_detector_cannot_have_are_refused_even_when_their_sha256_matches(tmp_path, edit, complaint):
+    folder = _random_detector(tmp_path / "det")
+    _rewrite_weights(folder, edit)
+    with pytest.raises(DetectorError, match=re.escape(complaint)):
+        Detector.load(folder)
+
+
+def test_the_clean_reference_is_checked_against_the_sha256_the_record_holds(tmp_path):
+    from implicit_concept.detector.weights import RECORD_NAME
+    from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference, ScoreConfig, score_images
+
+    folder = _random_detector(tmp_path / "det")
+    reference = CleanReference("clean test images", {c: [0.0, 0.5, 0.9] for c in CONCEPT_NAMES})
+    reference.write(folder / CLEAN_REFERENCE_NAME)
+    record = json.loads((folder / RECORD_NAME).read_text())
+    digest = hashlib.sha256((folder / CLEAN_REFERENCE_NAME).read_bytes()).hexdigest()
+    (folder / RECORD_NAME).write_text(json.dumps({**record, "clean_reference_sha256": digest}))
+    assert CleanReference.beside(Detector.load(folder)).max_conf == reference.max_conf
+    CleanReference("clean test images", {c: [0.0, 0.0, 0.0] for c in CONCEPT_NAMES}).write(folder / CLEAN_REFERENCE_NAME)
+    with pytest.raises(ValueError, match=rf"{CLEAN_REFERENCE_NAME}: sha256 .* does not match {digest}"):
+        score_images([_solid(0)], Detector.load(folder), ScoreConfig(resamples=100), checkers=[])
+    (folder / RECORD_NAME).write_text(json.dumps({**record, "clean_reference_sha256": "abc"}))
+    with pytest.raises(DetectorError, match="clean_reference_sha256 = 'abc', want 64 hex digits"):
+        Detector.load(folder)
 
 
 def test_a_cached_detector_whose_weights_changed_is_refused_naming_the_file(tmp_path):
@@ -267,6 +312,7 @@ def test_training_publishes_weights_only_and_the_file_detects_what_the_trained_m
     record = json.loads((out / RECORD_NAME).read_text())
     assert record["names"] == list(CONCEPT_NAMES) and record["imgsz"] == TINY.imgsz and record["model"] == TINY.model
     assert record["scale"]["name"] == TINY.name
+    assert record["clean_reference_sha256"] == hashlib.sha256((out / "clean_reference.json").read_bytes()).hexdigest()
 
 
 def _no_home_env(home: Path) -> dict:

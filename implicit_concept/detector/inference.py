@@ -56,6 +56,8 @@ class Detector:
         self.imgsz = imgsz
         self.device = device
         self.thresholds = dict(thresholds) if thresholds is not None else dict.fromkeys(CONCEPT_NAMES, DEFAULT_CONF)
+        #: What the clean-image reference beside the weights must hash to, when its record says.
+        self.clean_reference_sha256: str | None = None
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "Detector":
@@ -67,11 +69,17 @@ class Detector:
         if record.names != CONCEPT_NAMES:
             raise DetectorError(f"{record_path(weights)}: detects {record.names}, not the ICD concepts {CONCEPT_NAMES}")
         module = build_model(record.model, record.names)
+        expected = module.state_dict()
+        odd = [name for name, tensor in state.items() if name in expected and tensor.is_floating_point() != expected[name].is_floating_point()]
+        if odd:
+            raise DetectorError(f"{weights}: tensor {odd[0]} is {state[odd[0]].dtype}, where {record.model} holds {expected[odd[0]].dtype}")
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise DetectorError(f"{weights}: its tensors do not fit {record.model} with {len(record.names)} classes ({e})") from None
-        return cls.from_module(module.eval(), record.model, weights, record.imgsz, device, thresholds=record.thresholds)
+        detector = cls.from_module(module.eval(), record.model, weights, record.imgsz, device, thresholds=record.thresholds)
+        detector.clean_reference_sha256 = record.clean_reference_sha256
+        return detector
 
     @classmethod
     def from_module(

@@ -36,7 +36,7 @@ from implicit_concept.detector.image_sets import ImageSet, ImageSetDigest, Image
 from implicit_concept.detector.inference import Detector
 from implicit_concept.detector.weights import DEFAULT_CONF, WEIGHTS_NAME, is_model_yaml, record_path, weights_state, write_detector
 from implicit_concept.detector.yolo_env import import_ultralytics
-from implicit_concept.files import atomic_write_json, atomic_write_text, check_apart
+from implicit_concept.files import atomic_write_json, atomic_write_text, check_apart, sha256_file
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import (
     CLEAN_REFERENCE_NAME,
@@ -241,6 +241,7 @@ def train_detector(
     weights = write_detector(
         out_dir, state, model=scale.model, names=CONCEPT_NAMES, imgsz=scale.imgsz, scale=asdict(scale),
         thresholds=detector.thresholds, inputs={**summary["inputs"], "shards_sha256": dataset.shards_sha256},
+        clean_reference_sha256=sha256_file(out_dir / CLEAN_REFERENCE_NAME),
     )
     return TrainedDetector(weights=weights, metrics=metrics, plots=plots, summary=summary, detector=detector)
 

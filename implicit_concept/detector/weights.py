@@ -62,6 +62,9 @@ class DetectorRecord:
     scale: dict[str, Any] = field(default_factory=dict)
     #: What besides the shards the detector was trained and calibrated on (counts, content hashes).
     inputs: dict[str, Any] = field(default_factory=dict)
+    #: sha256 of the clean-image reference beside the weights, which false-positive rates are read
+    #: from (absent in records written before it was recorded).
+    clean_reference_sha256: str | None = None
     format: int = FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -86,6 +89,8 @@ class DetectorRecord:
             "scale": isinstance(data.get("scale", {}), dict),
             "thresholds": _valid_thresholds(data.get("thresholds"), data.get("names")),
             "inputs": isinstance(data.get("inputs", {}), dict),
+            "clean_reference_sha256": data.get("clean_reference_sha256") is None
+            or (isinstance(data["clean_reference_sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", data["clean_reference_sha256"]) is not None),
         }
         wants = {
             "format": f"{FORMAT} (written by another version of implicit-concept)",
@@ -96,6 +101,7 @@ class DetectorRecord:
             "scale": "a table",
             "thresholds": f"a number in [{MIN_THRESHOLD}, 1] per class name",
             "inputs": "a table",
+            "clean_reference_sha256": "64 hex digits",
         }
         for name, ok in checks.items():
             if not ok:
@@ -169,9 +175,14 @@ def read_detector(path: str | Path) -> tuple[Path, DetectorRecord, dict[str, tor
             "the weights changed after training; restore them or train again"
         )
     try:
-        return weights, record, load_file(weights, device="cpu")
+        state = load_file(weights, device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise DetectorError(f"{weights}: not a readable safetensors file ({e})") from None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise DetectorError(f"{weights}: tensor {name} holds NaN or infinite values; a detector with them finds nothing, "
+                                "which would read as a perfect erasure. Train it again")
+    return weights, record, state
 
 
 def weights_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -194,6 +205,7 @@ def write_detector(
     scale: dict[str, Any],
     thresholds: dict[str, float],
     inputs: dict[str, Any] | None = None,
+    clean_reference_sha256: str | None = None,
 ) -> Path:
     """Write ``state`` (from :func:`weights_state` of a ``model`` network) into ``folder``; return the weights file.
 
@@ -206,7 +218,7 @@ def write_detector(
     atomic_write_bytes(weights, save(state))
     record = DetectorRecord(
         model=model, names=tuple(names), imgsz=imgsz, sha256=sha256_file(weights), scale=scale,
-        thresholds={n: float(thresholds[n]) for n in names}, inputs=inputs or {},
+        thresholds={n: float(thresholds[n]) for n in names}, inputs=inputs or {}, clean_reference_sha256=clean_reference_sha256,
     )
     atomic_write_json(record_path(weights), record.to_json())
     return weights
