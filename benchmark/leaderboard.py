@@ -1,9 +1,13 @@
 """Many runs' ``results.json`` in one table, and whether their numbers can be compared at all.
 
 Two ICRs are comparable only when they come from the same track (data, seeds, settings), the same
-prompts (their content, where results record it) and the same evaluator (the detector's weights).
-The leaderboard checks each and says which runs differ and how, in the page itself, rather than
-silently ranking numbers that mean different things.
+prompts (their content, where results record it) and the same evaluator: the detector's weights,
+and what turns its detections into numbers (the confidence thresholds a detection counts at, the
+track's ``conf`` that overrides them, and the clean-image reference false-positive rates are read
+from): the same weights at other thresholds give another ICR. The leaderboard checks each and says
+which runs differ and how, in the page itself, rather than silently ranking numbers that mean
+different things; where an older results.json does not record a part of the evaluator, a note says
+the runs were not compared on it.
 """
 from __future__ import annotations
 
@@ -17,11 +21,22 @@ from benchmark.results_file import read_results
 from benchmark.results_page import STYLE, markdown_html
 from implicit_concept.files import atomic_write_text
 
-#: What must agree for two runs' numbers to share a table, and where results.json keeps it.
+#: What must agree for two runs' numbers to share a table, and where results.json keeps it; a run
+#: that does not record one cannot be compared, which is a difference.
 COMPARABLE = {
     "track": lambda r: r.get("config", {}).get("track_sha256"),
     "evaluator": lambda r: r.get("detector", {}).get("sha256"),
 }
+#: The rest of the evaluator, in results.json's ``detector``: (field, whether null is a value).
+#: ``conf`` null means "the detector's own thresholds"; a clean-reference digest of null means the
+#: detector's record held none. A results.json from before a field was written lacks it: runs are
+#: then compared without it, and a note says so.
+EVALUATOR_SETTINGS = {
+    "evaluator thresholds": ("thresholds", False),
+    "evaluator conf": ("conf", True),
+    "evaluator clean-image reference (sha256)": ("clean_reference_sha256", False),
+}
+_UNRECORDED = object()
 
 
 @dataclass(frozen=True)
@@ -64,7 +79,23 @@ def differences(runs: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
             lines.append(f"{key} not recorded in: {', '.join(unrecorded)} (a results.json from an older version)")
         elif len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
             lines.append(f"{key} differs: " + "; ".join(f"{name} = {v}" for name, v in values.items()))
+    for key, (field_name, null_is_value) in EVALUATOR_SETTINGS.items():
+        values = {name: _detector_field(r, field_name, null_is_value) for name, r in runs.items()}
+        recorded = {name: v for name, v in values.items() if v is not _UNRECORDED}
+        if len({json.dumps(v, sort_keys=True) for v in recorded.values()}) > 1:
+            lines.append(f"{key} differs: " + "; ".join(f"{name} = {v}" for name, v in recorded.items()))
+        unrecorded = [name for name in values if name not in recorded]
+        if unrecorded and len(runs) > 1:
+            notes.append(f"{key} not compared: not recorded in {', '.join(unrecorded)} (a results.json from an older version, "
+                         "or a detector whose record holds none); the same weights at other settings give other ICRs")
     return lines, notes
+
+
+def _detector_field(results: dict[str, Any], name: str, null_is_value: bool) -> Any:
+    detector = results.get("detector", {})
+    if name not in detector or (detector[name] is None and not null_is_value):
+        return _UNRECORDED
+    return detector[name]
 
 
 def _entries(name: str, results: dict[str, Any], concepts: list[str]) -> list[tuple[float | None, str, str, dict[str, Any]]]:
@@ -91,14 +122,19 @@ def leaderboard(run_dirs: list[Path]) -> Leaderboard:
     runs = {str(d): read_results(d) for d in run_dirs}
     concepts = list(dict.fromkeys(r["concept"] for res in runs.values() for r in res["rows"]))
     diff, notes = differences(runs)
+    compared_in_part = bool(notes)
     empty = [name for name, res in runs.items() if not res["rows"]]
     if empty:
         notes.append(f"no rows scored in: {', '.join(empty)}")
     lines = ["# Leaderboard", ""]
     if diff:
         lines += ["**These runs are not comparable:**", ""] + [f"- {d}" for d in diff] + [""]
+    elif compared_in_part:
+        lines += ["No run differs from another in what they record of the track, the evaluator (detector weights, thresholds, "
+                  "conf, clean-image reference) and the prompts, but not all of it is recorded: see the notes.", ""]
     else:
-        lines += ["Every run shares the track, the evaluator (detector weights) and the prompts.", ""]
+        lines += ["Every run shares the track, the evaluator (detector weights, thresholds, conf and clean-image reference) "
+                  "and the prompts.", ""]
     if notes:
         lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
     lines += ["A method's mean exists only when it scored every concept; incomplete methods are listed after the ranked ones.", ""]

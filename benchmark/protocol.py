@@ -191,6 +191,7 @@ def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Dete
         "environment": environment(),
         "detector": {"path": str(detector.path), "sha256": sha256_file(detector.path), "conf": run.track.conf,
                      "thresholds": detector.thresholds if run.track.conf is None else {c: run.track.conf for c in run.track.concepts},
+                     "clean_reference_sha256": detector.clean_reference_sha256,
                      "published": is_published(detector.path)},
         "fp_rate": {c: reference.fp_rate(c, config, detector.thresholds).to_json() for c in run.track.concepts},
         "rows": rows,

@@ -65,15 +65,19 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines += ["## Model Removal (the paper's Table 2)", "", "Every method applied to `sd`, the model that learned the concept; "
                   "`ge-model-removal` freezes it and learns only the new token embeddings. Paper: SD v1.5, watermark.", ""]
         lines += _icr_table(removal, concepts, by_key, paper_icr("model_removal"))
-    lines += ["", "## Quality", "", "| concept | method | " + " | ".join(map(cell, _quality_columns(rows))) + " | FID x ICR |"]
-    lines.append("|---|---|" + "---|" * (len(_quality_columns(rows)) + 1))
-    for r in rows:
-        if r.get("status") != "ok":
-            continue
-        q = r.get("quality", {})
-        values = [_num(q.get(k)) + _interval(r.get("quality_detail", {}).get(k, {}).get("mean")) for k in _quality_columns(rows)]
-        lines.append(f"| {cell(r['concept'])} | {cell(r['method'])} | " + " | ".join(values) + f" | {_num(r.get('fid_x_icr'))} |")
-    lines += ["", "Quality measures: " + "; ".join(sorted({q for r in rows for q in r.get("quality_kinds", [])})), ""]
+    lines += ["", "## Quality", ""]
+    columns = _quality_columns(rows)
+    if columns or any(r.get("fid_x_icr") is not None for r in rows):
+        lines += [_row(["concept", "method", *map(cell, columns), "FID x ICR"]), "|" + "---|" * (len(columns) + 3)]
+        for r in rows:
+            if r.get("status") != "ok":
+                continue
+            q = r.get("quality", {})
+            values = [_num(q.get(k)) + _interval(r.get("quality_detail", {}).get(k, {}).get("mean")) for k in columns]
+            lines.append(_row([cell(r["concept"]), cell(r["method"]), *values, _num(r.get("fid_x_icr"))]))
+        lines.append("")
+    kinds = sorted({q for r in rows for q in r.get("quality_kinds", [])})
+    lines += ["Quality measures: " + ("; ".join(kinds) or "none"), ""]
     checks = results.get("targets", {}).get("checks", [])
     if checks:
         lines += ["## Targets", "", "| concept | target | measured | met |", "|---|---|---|---|"]
@@ -89,6 +93,11 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines += ["## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {cell(k)} | {v:.0f} |" for k, v in stages.items()]
     return "\n".join(lines) + "\n"
+
+
+def _row(cells: list[str]) -> str:
+    """A Markdown table row: one ``|``-separated cell per entry, never an empty one for an empty list."""
+    return "| " + " | ".join(cells) + " |"
 
 
 def _evaluator_lines(detector: dict[str, Any]) -> list[str]:

@@ -9,6 +9,7 @@ so it can be regenerated at any time after a build.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,12 +109,15 @@ def card_bytes(
     ]
     for (subset, split), t in totals.items():
         card.append(f"| {subset} | {split} | {t['shards']} | {t['samples']} | {t['contaminated']} | {t['failed']} |")
+    members = [m["name"] for m in hf_features(recipe) if not m["name"].startswith("__")]
     card += ["", "## Screens", *_screens(recipe, summary), "", "## Loading",
+             f"Check a copy you downloaded before loading it: `implicit-concept verify path/to/{recipe.name}` (checksums, schema, boxes).",
              "```python",
              "import datasets",
              f'ds = datasets.load_dataset("path/to/{recipe.name}", "{recipe.subsets[0].name}")            # or streaming=True',
-             "import webdataset as wds",
-             f'ds = wds.WebDataset("path/to/{recipe.name}/{recipe.subsets[0].name}/train/{{00000..00000}}.tar", shardshuffle=False).decode("pil")',
+             "import webdataset as wds                        # decode only a sample's members: webdataset's default decoders",
+             f"members = {json.dumps(members)}  # would unpickle a KEY.pyd or torch.load a KEY.pth slipped into a shard",
+             f'ds = wds.WebDataset("path/to/{recipe.name}/{recipe.subsets[0].name}/train/{{00000..00000}}.tar", shardshuffle=False).decode("pil", only=members)',
              "```",
              "In `KEY.json`, `instances[*].params` and `source.meta` are JSON text (`json.loads` them): their",
              "fields differ between concepts and sources, and a record of one shape reads the same everywhere."]

@@ -337,3 +337,60 @@ def test_show_verify_and_score_name_a_pixel_bomb(debug_dataset, tmp_path, capsys
             list(iter_images(tmp_path / "images"))
         with pytest.raises(ValueError, match=r"00000\.tar: sample 000000000: image not decoded"):
             list(iter_images(out / "icd-qrcode"))
+
+
+class _RunsCode:
+    """Unpickling this creates ``marker``: a stand-in for any code a tampered shard's member would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker, 0o777, True))
+
+
+def test_the_cards_loading_snippet_decodes_only_a_samples_members(debug_dataset, tmp_path):
+    """The card's webdataset snippet, run as written on a shard with KEY.pyd, KEY.pickle and KEY.pth
+    slipped in: webdataset's default decoders would unpickle or torch.load them. None runs, and the
+    sample's own members still come back decoded; the card says to verify a downloaded copy first."""
+    import pickle
+
+    import torch
+
+    card = (debug_dataset / "README.md").read_text()
+    loading = card.split("## Loading\n", 1)[1]
+    assert "`implicit-concept verify path/to/icd-debug`" in loading.split("```python\n", 1)[0]
+    snippet = loading.split("```python\n", 1)[1].split("```", 1)[0]
+    webdataset_part = snippet[snippet.index("import webdataset"):]
+    assert ".decode(\"pil\", only=members)" in webdataset_part
+
+    copy = tmp_path / "copy" / "icd-debug" / "icd-qrcode" / "train"
+    copy.mkdir(parents=True)
+    markers = {ext: tmp_path / f"{ext}-ran" for ext in ("pyd", "pickle", "pth")}
+    with tarfile.open(debug_dataset / "icd-qrcode" / "train" / "00000.tar") as tf:
+        members = [(info, tf.extractfile(info).read()) for info in tf.getmembers()]
+    keys = list(dict.fromkeys(info.name.split(".", 1)[0] for info, _ in members))
+    with tarfile.open(copy / "00000.tar", "w", format=tarfile.USTAR_FORMAT) as tf:
+        for key in keys:  # each sample's members, then the planted ones: one sample to webdataset
+            for info, data in members:
+                if info.name.split(".", 1)[0] == key:
+                    tf.addfile(info, io.BytesIO(data))
+            pth = io.BytesIO()
+            torch.save({"x": _RunsCode(markers["pth"])}, pth)
+            planted = {"pyd": pickle.dumps(_RunsCode(markers["pyd"])), "pickle": pickle.dumps(_RunsCode(markers["pickle"])), "pth": pth.getvalue()}
+            for ext, data in planted.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+
+    scope: dict = {}
+    exec(webdataset_part.replace("path/to/", f"{tmp_path / 'copy'}/"), scope)
+    samples = list(scope["ds"])
+    ran = sorted(ext for ext, marker in markers.items() if marker.exists())
+    assert ran == [], f"the card's snippet ran the code in planted KEY.{'/'.join(ran)} members"
+    assert len(samples) == len(keys) > 0
+    for sample in samples:
+        assert isinstance(sample["jpg"], Image.Image) and isinstance(sample["clean.jpg"], Image.Image)
+        assert isinstance(sample["mask.png"], Image.Image) and isinstance(sample["txt"], str)
+        assert isinstance(sample["json"], dict) and "instances" in sample["json"]
+        assert all(isinstance(sample[ext], bytes) for ext in markers), "planted members stay undecoded bytes"

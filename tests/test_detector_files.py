@@ -65,6 +65,49 @@ def _random_detector(folder: Path) -> Path:
     return folder
 
 
+def _hostile_model_yamls(folder: Path, marker: Path) -> Path:
+    """``folder`` holding ``yolov8n.yaml`` and ``yolov8.yaml`` (the names a bare ``yolov8n.yaml`` is
+    looked up by): ultralytics' own yolov8.yaml, whose ``activation`` ultralytics eval()s, set to code
+    that creates ``marker``. A folder someone else can write to, such as a colleague's images."""
+    import importlib.util
+
+    package = Path(importlib.util.find_spec("ultralytics").submodule_search_locations[0])
+    original = (package / "cfg" / "models" / "v8" / "yolov8.yaml").read_text(encoding="utf-8")
+    activation = f"__import__('os').makedirs({str(marker)!r}, exist_ok=True) or nn.SiLU()"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("yolov8n.yaml", "yolov8.yaml"):
+        (folder / name).write_text(f"activation: {json.dumps(activation)}\n{original}", encoding="utf-8")
+    return folder
+
+
+def _architecture(module: torch.nn.Module) -> dict:
+    return {name: (tuple(t.shape), t.dtype) for name, t in module.state_dict().items()}
+
+
+def test_a_model_yaml_in_the_current_folder_is_never_read(tmp_path, monkeypatch):
+    """The record names its network by a bare name (yolov8n.yaml); ultralytics given that name looks
+    in the current folder first and eval()s the YAML's activation. The network is built from
+    ultralytics' own package file alone, whatever folder the command runs from."""
+    from implicit_concept.detector.inference import build_model
+
+    reference = _random_detector(tmp_path / "det")
+    expected = Detector.load(reference)
+    marker = tmp_path / "yaml-code-ran"
+    monkeypatch.chdir(_hostile_model_yamls(tmp_path / "hostile-cwd", marker))
+    built = build_model("yolov8n.yaml", CONCEPT_NAMES)
+    in_hostile_cwd = _random_detector(tmp_path / "det-built-in-hostile-cwd")
+    loaded = Detector.load(reference)
+    wrapped = Detector.from_module(built, "yolov8n.yaml", tmp_path / "x.safetensors", 32)
+    assert not marker.exists(), "building the detector ran the activation of a yolov8n.yaml in the current folder"
+    assert _architecture(built) == _architecture(expected.model.model) == _architecture(Detector.load(in_hostile_cwd).model.model)
+    assert built.yaml == expected.model.model.yaml and built.yaml["scale"] == "n" and built.yaml["yaml_file"] == "yolov8n.yaml"
+    assert wrapped.model.model is built and wrapped.model.task == "detect"
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.model.model(x)[0], expected.model.model(x)[0]), "the same weights give the same network"
+    assert not marker.exists()
+
+
 def test_a_pickled_detector_is_refused_never_unpickled(tmp_path):
     marker = tmp_path / "code-ran"
     evil = _crafted_pt(tmp_path / "detector.pt", marker)
@@ -263,7 +306,9 @@ def attacked_training(tmp_path_factory):
     for split, marker in markers.items():
         _plant_label_cache(dataset.root / "labels" / f"{split}.cache", marker)
     calls: list[str] = []
+    yaml_marker = root / "cwd-yaml-ran"
     with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(_hostile_model_yamls(root / "hostile-cwd", yaml_marker))  # a yolov8n.yaml where the command runs
         mp.setenv("ULTRALYTICS_API_KEY", "ul_" + "0" * 40)
         _spy_on_integrations(mp, calls)
         trained = train_detector(shards, out, TINY)
@@ -277,13 +322,25 @@ def attacked_training(tmp_path_factory):
         })
         api_key_seen = os.environ.get("ULTRALYTICS_API_KEY")
     return SimpleNamespace(out=out, trained=trained, loaded=loaded, images=images, detections=detections,
-                           markers=markers, calls=calls, probe=probe, api_key_seen=api_key_seen, dataset=dataset)
+                           markers=markers, calls=calls, probe=probe, api_key_seen=api_key_seen, dataset=dataset,
+                           yaml_marker=yaml_marker)
 
 
 def test_training_never_unpickles_a_planted_label_cache(attacked_training):
     for split, marker in attacked_training.markers.items():
         assert not marker.exists(), f"ultralytics unpickled the planted labels/{split}.cache"
     assert not list(attacked_training.dataset.root.rglob("*.cache")), "label caches are neither kept nor written"
+
+
+def test_training_never_reads_a_model_yaml_from_the_current_folder(attacked_training):
+    """The trainer is handed ultralytics' own file, not the bare name it would look up in the current folder."""
+    from implicit_concept.detector.inference import build_model
+
+    assert not attacked_training.yaml_marker.exists(), "training or loading ran the activation of a yolov8n.yaml in the current folder"
+    trained = attacked_training.trained.detector.model.model  # fused by evaluation: its description, not its layers, compares
+    expected = build_model(TINY.model, CONCEPT_NAMES)
+    assert trained.yaml == expected.yaml and trained.yaml["scale"] == "n" and trained.yaml["yaml_file"] == TINY.model
+    assert _architecture(attacked_training.loaded.model.model) == _architecture(expected)
 
 
 def test_no_integration_callback_is_registered_or_called_with_an_api_key_set(attacked_training):

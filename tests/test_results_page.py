@@ -25,7 +25,7 @@ def _ratio(value: float) -> dict:
 
 
 def fake_run(root: Path, track_sha: str = "t" * 8, evaluator: str = "e" * 8, icr: float = 0.4, prompts_sha: str | None = None,
-             prompts: str = "icd-tiny-eval") -> Path:
+             prompts: str = "icd-tiny-eval", **detector) -> Path:
     """A run folder as the benchmark leaves it: results.json, icr.png and one grid per method."""
     rows = [
         {"concept": c, "method": m, "subset": "icd-mixed", "status": "ok", "icr": _ratio(icr if m == "sd" else icr / 4),
@@ -37,7 +37,9 @@ def fake_run(root: Path, track_sha: str = "t" * 8, evaluator: str = "e" * 8, icr
         "name": root.name, "track": "tiny", "note": "a <fake> run", "rows": rows,
         "fp_rate": {"qrcode": _ratio(0.0), "text": _ratio(0.0)}, "timings": {"dataset": 1.0},
         "config": {"track_sha256": track_sha, "track": {"num_prompts": 10}}, "seeds": {"evaluation_prompts": prompts},
-        "detector": {"path": "d", "sha256": evaluator}, "environment": {"python": "3"},
+        "detector": {"path": "d", "sha256": evaluator, "conf": None, "thresholds": {"qrcode": 0.3, "text": 0.4},
+                     "clean_reference_sha256": "c" * 64, **detector},
+        "environment": {"python": "3"},
     }
     root.mkdir(parents=True)
     (root / "results.json").write_text(json.dumps(results))
@@ -193,3 +195,94 @@ def test_prompts_compare_by_content_where_recorded_and_by_name_otherwise(tmp_pat
                                                        "(a results.json from an older version, or no scored rows)"]
     assert "prompts compared by file name" in board.markdown
     assert leaderboard([moved, older]).differences[0].startswith("prompts differs")
+
+
+def test_runs_compare_only_when_the_whole_evaluator_agrees_weights_thresholds_conf_and_clean_reference(tmp_path):
+    """The same weights at other thresholds (or another conf, or another clean-image reference) are
+    another evaluator: finding-8's case is a copy of a run with every threshold set to 0.99."""
+    a = fake_run(tmp_path / "a", prompts_sha="1" * 64)
+    for name, change, key in (
+        ("thresholds", {"thresholds": {"qrcode": 0.99, "text": 0.99}}, "evaluator thresholds differs"),
+        ("conf", {"conf": 0.5}, "evaluator conf differs"),
+        ("reference", {"clean_reference_sha256": "d" * 64}, "evaluator clean-image reference (sha256) differs"),
+    ):
+        board = leaderboard([a, fake_run(tmp_path / name, prompts_sha="1" * 64, **change)])
+        assert [d.split(":")[0] for d in board.differences] == [key], board.differences
+        assert "not comparable" in board.markdown and "Every run shares" not in board.markdown
+    board = leaderboard([a, fake_run(tmp_path / "same", prompts_sha="1" * 64)])
+    assert board.differences == [] and board.notes == []
+    assert "Every run shares the track, the evaluator (detector weights, thresholds, conf and clean-image reference)" in board.markdown
+
+
+def test_an_older_results_json_without_a_part_of_the_evaluator_gets_a_note_not_a_claim_of_agreement(tmp_path):
+    """benchmark/reference/tiny/results.json records the weights, thresholds and conf, but no clean
+    reference digest: copies of it compare on what they record, and the page says what they could not."""
+    reference = json.loads((Path(__file__).parents[1] / "benchmark" / "reference" / "tiny" / "results.json").read_text())
+    assert "clean_reference_sha256" not in reference["detector"] and "thresholds" in reference["detector"]
+    runs = {}
+    for name, thresholds in (("lab-a", None), ("lab-b", None), ("lab-c", 0.99)):
+        results = json.loads(json.dumps(reference))
+        results["name"] = name
+        if thresholds is not None:
+            results["detector"]["thresholds"] = dict.fromkeys(results["detector"]["thresholds"], thresholds)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+        runs[name] = tmp_path / name
+    board = leaderboard([runs["lab-a"], runs["lab-b"]])
+    assert board.differences == []
+    assert any(n.startswith(f"evaluator clean-image reference (sha256) not compared: not recorded in {runs['lab-a']}, {runs['lab-b']}")
+               for n in board.notes), board.notes
+    assert "Every run shares" not in board.markdown and "not all of it is recorded: see the notes" in board.markdown
+    board = leaderboard([runs["lab-a"], runs["lab-c"]])
+    assert [d.split(":")[0] for d in board.differences] == ["evaluator thresholds differs"]
+    assert "'qrcode': 0.99" in board.differences[0] and "not comparable" in board.markdown
+    older = _edit(fake_run(tmp_path / "older", prompts_sha="1" * 64), lambda r: {**r, "detector": {"path": "d", "sha256": "e" * 8}})
+    board = leaderboard([fake_run(tmp_path / "current", prompts_sha="1" * 64), older])
+    assert board.differences == [] and len(board.notes) == 3 and all(str(older) in n for n in board.notes), board.notes
+
+
+def _report_results(quality: str) -> dict:
+    """results.json with every table results.md can hold: quality of the given kind ("none": none)."""
+    seeds = {"0": {"icr": _ratio(0.5)}, "1": {"icr": _ratio(0.7)}}
+    measured = {"scene": {"quality": {"scene_fid": 3.0, "prompt_following": 0.5}, "fid_x_icr": 1.2, "quality_kinds": ["scene-FID"],
+                          "quality_detail": {"prompt_following": {"mean": {"value": 0.5, "ci": [0.4, 0.6]}}}},
+                "none": {}}[quality]
+    rows = [{"concept": c, "method": m, "status": "ok", "icr": _ratio(0.3), **measured, **({"seeds": seeds} if m == "sd" else {})}
+            for c in ("qrcode", "watermark") for m in ("sd", "ge-model-removal", "a|pipe")]
+    rows.append({"concept": "qrcode", "method": "fmn", "status": "missing: not implemented"})
+    return {
+        "name": "t", "track": "paper-dry", "note": "n", "rows": rows, "fp_rate": {"qrcode": _ratio(0.0), "watermark": _ratio(0.1)},
+        "detector": {"sha256": "ab" * 32, "published": False, "thresholds": {"qrcode": 0.3, "watermark": 0.4}},
+        "named_base": {"qrcode": {"icr": _ratio(0.8), "prompt": "<p>, with a qr code", "n_prompts": 10}},
+        "targets": {"checks": [{"concept": "qrcode", "target": "ICR < 5%", "measured": "3%", "met": True}]},
+        "timings": {"dataset": 1.0},
+    }
+
+
+@pytest.mark.parametrize("quality", ["none", "scene"])
+def test_every_table_of_the_written_results_md_has_one_cell_count(tmp_path, quality):
+    """Header, separator and rows of each Markdown table hold the same number of cells (a renderer
+    shows a table with a 4-cell header over a 3-cell separator as text), with or without quality."""
+    from benchmark.report import results_markdown
+    from benchmark.results_page import _cells
+
+    written = tmp_path / "results.md"
+    written.write_text(results_markdown(_report_results(quality)), encoding="utf-8")
+    lines = written.read_text(encoding="utf-8").splitlines()
+    tables, block = [], []
+    for line in [*lines, ""]:
+        if line.startswith("|"):
+            block.append(line)
+        elif block:
+            tables.append(block)
+            block = []
+    assert len(tables) == {"none": 6, "scene": 7}[quality], "ICR, seeds, named base, model removal, targets, stages, quality if measured"
+    for table in tables:
+        assert re.fullmatch(r"\|(?:-+\|)+", table[1]), table
+        counts = [len(_cells(row)) for row in table]
+        assert len(set(counts)) == 1, (counts, table)
+    quality_section = written.read_text(encoding="utf-8").split("## Quality")[1].split("##")[0]
+    if quality == "none":
+        assert "|" not in quality_section and "Quality measures: none" in quality_section
+    else:
+        assert "| qrcode | sd | 0.5 [0.4, 0.6] | 3 | 1.2 |" in quality_section and "Quality measures: scene-FID" in quality_section

@@ -10,18 +10,20 @@ Geom-Erasing tolerates boxes down to IoU ~0.4 with the truth.
 """
 from __future__ import annotations
 
+import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from implicit_concept.concepts import CONCEPT_NAMES
-from implicit_concept.detector.weights import DEFAULT_CONF, DetectorError, read_detector, record_path
+from implicit_concept.detector.weights import DEFAULT_CONF, DetectorError, model_yaml, read_detector, record_path
 from implicit_concept.detector.yolo_env import import_ultralytics
 from implicit_concept.image_stream import as_rgb, load_image
 from implicit_concept.sample import Box, covering_box
@@ -86,8 +88,12 @@ class Detector:
         cls, module: torch.nn.Module, model: str, path: Path, imgsz: int, device: str = "cpu", thresholds: dict[str, float] | None = None
     ) -> "Detector":
         """A detector around a detection model in memory (``model`` names the YAML it was built from)."""
-        with torch.random.fork_rng(devices=[]):  # the throwaway default-class build must not move the caller's seed
-            yolo = import_ultralytics().YOLO(model, task="detect")
+        yolo_class = import_ultralytics().YOLO
+        # YOLO takes a YAML path, and builds a network from it that ``module`` replaces: it is handed
+        # the package's own file (never the bare name, which it would look up in the current folder),
+        # and its "no model scale passed" warning about that throwaway network is not shown.
+        with torch.random.fork_rng(devices=[]), _quiet(import_ultralytics("ultralytics.utils").LOGGER):  # nor may it move the caller's seed
+            yolo = yolo_class(str(model_yaml(model)), task="detect")
         yolo.model = module
         return cls(yolo, Path(path), imgsz, device, thresholds)
 
@@ -112,9 +118,33 @@ def build_model(model: str, names: Sequence[str]) -> torch.nn.Module:
     training builds it; its initial weights are random, drawn without moving the caller's seed."""
     tasks = import_ultralytics("ultralytics.nn.tasks")
     with torch.random.fork_rng(devices=[]):
-        module = tasks.DetectionModel(model, nc=len(names), verbose=False)
+        module = tasks.DetectionModel(model_config(model), nc=len(names), verbose=False)
     module.names = dict(enumerate(names))
     return module
+
+
+def model_config(model: str) -> dict[str, Any]:
+    """The description ultralytics builds the network ``model`` (a bare model YAML name) from, read
+    from its own package file alone (:func:`~implicit_concept.detector.weights.model_yaml`): the
+    dict its ``yaml_model_load(model)`` returns when it finds the package's file, without looking
+    anywhere else first (the current folder) and without mapping a path's text to a scale (an
+    absolute path such as ``/mnt/nvme0n1/...`` would fool that mapping). A new dict each call:
+    ultralytics writes into it."""
+    path = model_yaml(model)
+    config = import_ultralytics("ultralytics.utils").YAML.load(path)
+    config["scale"] = import_ultralytics("ultralytics.nn.tasks").guess_model_scale(model)
+    config["yaml_file"] = model
+    return config
+
+
+@contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """``logger`` silent within the block."""
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
 
 
 def _bgr(image: Image.Image | str | Path) -> np.ndarray:

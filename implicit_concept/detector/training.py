@@ -33,8 +33,8 @@ from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.calibration import calibrate_thresholds
 from implicit_concept.detector.export import DEFAULT_VALIDATION_SHARE, DetectionDataset, export_detection_dataset, in_validation
 from implicit_concept.detector.image_sets import ImageSet, ImageSetDigest, ImageSetError, named_images, pixel_sha256, write_backgrounds
-from implicit_concept.detector.inference import Detector
-from implicit_concept.detector.weights import DEFAULT_CONF, WEIGHTS_NAME, is_model_yaml, record_path, weights_state, write_detector
+from implicit_concept.detector.inference import Detector, model_config
+from implicit_concept.detector.weights import DEFAULT_CONF, WEIGHTS_NAME, is_model_yaml, model_yaml, record_path, weights_state, write_detector
 from implicit_concept.detector.yolo_env import import_ultralytics
 from implicit_concept.files import atomic_write_json, atomic_write_text, check_apart, sha256_file
 from implicit_concept.provenance import environment
@@ -262,10 +262,10 @@ def _train(data_yaml: Path, scale: DetectorScale, out_dir: Path) -> Any:
     callbacks = import_ultralytics("ultralytics.utils.callbacks").get_default_callbacks()
     callbacks["on_pretrain_routine_start"].append(lambda trainer: _set_threads(scale.threads))
     shutil.rmtree(out_dir / "train", ignore_errors=True)  # nothing found there is ever read back
-    trainer_class = _in_memory_trainer(import_ultralytics("ultralytics.models.yolo.detect").DetectionTrainer)
+    trainer_class = _in_memory_trainer(import_ultralytics("ultralytics.models.yolo.detect").DetectionTrainer, scale.model)
     trainer = trainer_class(
         overrides={
-            "model": scale.model,
+            "model": str(model_yaml(scale.model)),  # never the bare name: ultralytics would look it up in the current folder
             "task": "detect",
             "mode": "train",
             "data": str(data_yaml),
@@ -293,9 +293,13 @@ def _train(data_yaml: Path, scale: DetectorScale, out_dir: Path) -> Any:
     return module.eval()
 
 
-def _in_memory_trainer(base: type) -> type:
+def _in_memory_trainer(base: type, model: str) -> type:
     class InMemoryTrainer(base):
-        """ultralytics' detection trainer, writing no pickled checkpoint and so reading none back."""
+        """ultralytics' detection trainer, writing no pickled checkpoint and so reading none back, and
+        building the network ``model`` from ultralytics' own file (:func:`model_config`) as inference does."""
+
+        def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> Any:
+            return super().get_model(cfg=model_config(model), weights=weights, verbose=verbose)
 
         def save_model(self) -> bool:
             return False

@@ -115,15 +115,54 @@ def is_model_yaml(name: Any) -> bool:
     """Whether ``name`` is a detection model YAML this ultralytics ships, as it resolves one
     (``yolov8n.yaml`` is ``yolov8.yaml`` at scale n): a typo fails here, not after a dataset export.
     The package's files are searched without importing it (the import has side effects)."""
-    if not (isinstance(name, str) and MODEL_YAML.fullmatch(name) and not OTHER_TASKS.search(name)):
+    if not _is_model_name(name):
         return False
+    if _package_models() is None:
+        return True  # the import will say ultralytics is missing, more plainly than this check could
+    try:
+        model_yaml(name)
+    except DetectorError:
+        return False
+    return True
+
+
+def model_yaml(name: str) -> Path:
+    """The file in ultralytics' own ``cfg/models`` that the bare model name ``name`` stands for:
+    ``name`` itself where the package ships it, else its unscaled form (``yolov8n.yaml`` is
+    ``yolov8.yaml`` at scale n), as ultralytics resolves it. The only file a network is built from.
+
+    ultralytics, handed the bare name, looks for it (and for the unscaled name) in the current
+    folder first, and eval()s the ``activation`` of the YAML it finds: a ``yolov8n.yaml`` in the
+    folder a command runs from would run its code. So ultralytics is never handed the name, only
+    this absolute path or the description read from it
+    (:func:`implicit_concept.detector.inference.model_config`).
+    """
+    if not _is_model_name(name):
+        raise DetectorError(f"{name!r}: not the bare name of one of ultralytics' detection model YAMLs, such as yolov8n.yaml")
+    models = _package_models()
+    if models is None:
+        raise DetectorError(f"{name}: ultralytics is not installed, so its model YAMLs cannot be found")
+    stem = name.removesuffix(".yaml")
+    for candidate in dict.fromkeys((name, re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", stem) + ".yaml")):
+        found = sorted(p for p in models.rglob(candidate) if p.is_file())
+        if len(found) > 1:
+            raise DetectorError(f"{name}: ultralytics ships {len(found)} files named {candidate} ({', '.join(map(str, found))}); name one that is unique")
+        if found:
+            return found[0].resolve()
+    raise DetectorError(f"{name}: not one of the detection model YAMLs ultralytics ships in {models}")
+
+
+def _is_model_name(name: Any) -> bool:
+    """A bare ``yolo*.yaml`` name (no folder, so no file of someone else's) of a detection model."""
+    return isinstance(name, str) and MODEL_YAML.fullmatch(name) is not None and not OTHER_TASKS.search(name)
+
+
+def _package_models() -> Path | None:
+    """ultralytics' ``cfg/models``, found without importing the package; None when it is not installed."""
     spec = importlib.util.find_spec("ultralytics")
     if spec is None or not spec.submodule_search_locations:
-        return True  # the import will say ultralytics is missing, more plainly than this check could
-    stem = name.removesuffix(".yaml")
-    wanted = {f"{stem}.yaml", re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", stem) + ".yaml"}
-    models = Path(spec.submodule_search_locations[0]) / "cfg" / "models"
-    return any(path.name in wanted for path in models.rglob("yolo*.yaml"))
+        return None
+    return Path(spec.submodule_search_locations[0]) / "cfg" / "models"
 
 
 def _valid_thresholds(thresholds: Any, names: Any) -> bool:
