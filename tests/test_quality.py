@@ -1,8 +1,13 @@
 """Quality scores: the Fréchet distance, the scene-feature extractor, prompt following, optional torchmetrics."""
+import json
+import os
+import re
+import shutil
 import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageFilter
 
 from benchmark.evaluation.degradations import Degradation
@@ -15,7 +20,7 @@ from benchmark.evaluation.quality import (
     scene_fid,
 )
 from benchmark.evaluation.scene_attributes import caption_attributes, heads, scene_attributes
-from benchmark.evaluation.scene_features import CACHE_SUBDIR, SceneFeatures, SceneFeaturesConfig
+from benchmark.evaluation.scene_features import CACHE_SUBDIR, LEGACY_WEIGHTS_NAME, WEIGHTS_NAME, SceneFeatures, SceneFeaturesConfig
 from benchmark.evaluation.scene_features_errors import SceneFeaturesError
 from implicit_concept.scene.grammar import BACKGROUNDS, PALETTE, SHAPES, ProceduralConfig, sample_scene
 from implicit_concept.scene.render import render_scene
@@ -181,3 +186,203 @@ def test_paper_metrics_without_torchmetrics_say_how_to_install(monkeypatch, tmp_
         paper_fid([image, image], [image, image], tmp_path / "inception.pth")
     with pytest.raises(MissingDependencyError, match=r"pip install 'torchmetrics\[multimodal\]"):
         paper_clip_score([image], ["a cat"], tmp_path / "clip")
+
+
+# ---- the cache holds no pickle ----
+
+class _Planted:
+    """A pickle that creates ``marker`` when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_the_cache_is_safetensors_with_its_sha256_and_loads_without_torch_load(extractor, monkeypatch):
+    from safetensors.torch import load_file
+
+    from implicit_concept.files import sha256_file
+
+    weights = extractor.path / WEIGHTS_NAME
+    assert WEIGHTS_NAME == "weights.safetensors" and sorted(load_file(weights)) == sorted(extractor.net.state_dict())
+    assert json.loads((extractor.path / "info.json").read_text())["weights_sha256"] == sha256_file(weights)
+    assert not (extractor.path / LEGACY_WEIGHTS_NAME).exists()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load called on the scene-features cache")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    again = SceneFeatures.load_or_train(extractor.path.parent.parent, 32, **MICRO)
+    assert again.info["weights_sha256"] == sha256_file(weights)
+
+
+def _reseal(entry):
+    from implicit_concept.files import sha256_file
+
+    info = json.loads((entry / "info.json").read_text())
+    info["weights_sha256"] = sha256_file(entry / WEIGHTS_NAME)
+    (entry / "info.json").write_text(json.dumps(info))
+
+
+def _nan_weights(entry, marker):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(entry / WEIGHTS_NAME)
+    name = sorted(k for k, v in state.items() if v.is_floating_point())[0]
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, entry / WEIGHTS_NAME)
+    _reseal(entry)  # a digest that matches: the values are checked too
+
+
+def _int_weights(entry, marker):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(entry / WEIGHTS_NAME)
+    name = sorted(k for k, v in state.items() if v.is_floating_point())[0]
+    state[name] = state[name].round().to(torch.int32)
+    save_file(state, entry / WEIGHTS_NAME)
+    _reseal(entry)
+
+
+def _edited_weights(entry, marker):
+    data = bytearray((entry / WEIGHTS_NAME).read_bytes())
+    data[-1] ^= 1
+    (entry / WEIGHTS_NAME).write_bytes(bytes(data))
+
+
+def _legacy_pickle(entry, marker):
+    """An older version's entry: weights.pt (here a payload) beside an info.json without a digest."""
+    (entry / WEIGHTS_NAME).unlink()
+    torch.save({"state": _Planted(marker)}, entry / LEGACY_WEIGHTS_NAME)
+    info = json.loads((entry / "info.json").read_text())
+    del info["weights_sha256"]
+    (entry / "info.json").write_text(json.dumps(info))
+
+
+def _broken_info(entry, marker):
+    (entry / "info.json").write_text("{")
+
+
+@pytest.mark.parametrize("damage, problem, rebuild", [
+    (_nan_weights, r"weights\.safetensors: tensor \S+ holds NaN or infinite values", True),
+    (_int_weights, r"weights\.safetensors: tensor \S+ is torch\.int32 .*, not torch\.float32", False),
+    (_edited_weights, r"weights\.safetensors: sha256 [0-9a-f]{64} is not the '[0-9a-f]{64}' info\.json records", False),
+    (_legacy_pickle, r"weights\.safetensors: missing \(its weights\.pt, an older version's, is a pickle and is never loaded\)", True),
+    (_broken_info, r"info\.json: not a readable JSON record", False),
+])
+def test_a_bad_cache_entry_is_refused_naming_the_file_then_rebuilt(extractor, tmp_path, capsys, damage, problem, rebuild):
+    """Every case is refused by ``load``; two are also rebuilt by ``load_or_train`` (a few seconds of training each)."""
+    cache = tmp_path / "cache"
+    shutil.copytree(extractor.path.parent.parent, cache)
+    entry = cache / CACHE_SUBDIR / extractor.path.name
+    marker = tmp_path / "code-ran"
+    damage(entry, marker)
+    with pytest.raises(SceneFeaturesError, match=problem):
+        SceneFeatures.load(entry, extractor.config)
+    assert not marker.exists()
+    if not rebuild:
+        return
+    rebuilt = SceneFeatures.load_or_train(cache, 32, **MICRO)
+    note = capsys.readouterr().err
+    assert re.match(rf"note: {re.escape(str(entry))}/{problem}", note) and "; training the scene-feature extractor again" in note
+    assert not marker.exists()
+    images = [render_scene(s, 32) for s in _scenes(8)]
+    np.testing.assert_array_equal(rebuilt.features(images), extractor.features(images))
+    assert not (entry / LEGACY_WEIGHTS_NAME).exists()
+    SceneFeatures.load(entry, extractor.config)  # the rebuilt entry loads
+
+
+# ---- paper track: no pickle but the FID-Inception weights, and those hold only tensors ----
+
+class _FakeMetric:
+    """Stands in for a torchmetrics metric (not installed here): records how it was made."""
+
+    made: list = []
+
+    def __init__(self, **kwargs):
+        self.made.append(kwargs)
+        path = kwargs.get("feature_extractor_weights_path")
+        if path is not None:
+            torch.load(path, weights_only=False)  # what a careless library could do: it stays weights-only
+
+    def to(self, device):
+        return self
+
+    def update(self, *args, **kwargs):
+        pass
+
+    def compute(self):
+        return torch.tensor(1.0)
+
+
+@pytest.fixture
+def fake_torchmetrics(monkeypatch):
+    import benchmark.evaluation.quality as quality
+
+    _FakeMetric.made = []
+    monkeypatch.setattr(quality, "_torchmetrics", lambda module, name, extra: _FakeMetric)
+    return _FakeMetric.made
+
+
+@pytest.mark.parametrize("force_off", [False, True])
+def test_the_fid_weights_are_read_weights_only_whatever_the_caller_or_environment_says(fake_torchmetrics, tmp_path, monkeypatch, force_off):
+    if force_off:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    image = Image.new("RGB", (8, 8))
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "weights-inception.pth"
+    torch.save({"state": _Planted(marker)}, evil)
+    with pytest.raises(ValueError, match=r"weights-inception\.pth: a pickle holding objects other than tensors, which is never loaded"):
+        paper_fid([image, image], [image, image], evil)
+    assert not marker.exists()
+    plain = tmp_path / "plain.pth"
+    torch.save({"conv.weight": torch.zeros(2)}, plain)
+    assert paper_fid([image, image], [image, image], plain).value == 1.0
+    assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == ("1" if force_off else None)
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+
+
+def _clip_folder(tmp_path, weights=("model.safetensors",), config=None):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config or {"model_type": "clip"}))
+    for name in weights:
+        if name.endswith(".safetensors"):
+            save_file({"w": torch.zeros(1)}, folder / name)
+        else:
+            torch.save({"w": torch.zeros(1)}, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("weights, config, problem", [
+    (("pytorch_model.bin",), None, r"clip: no model\.safetensors \(only pytorch_model\.bin, a pickle, which is never loaded\)"),
+    ((), None, r"clip: no model\.safetensors \(found no weights\)"),
+    (("model.safetensors", "adapter_model.bin"), {"transformers_weights": "adapter_model.bin"},
+     r"clip/config\.json: names transformers_weights 'adapter_model\.bin'"),
+])
+def test_clip_weights_are_read_from_safetensors_only(fake_torchmetrics, tmp_path, weights, config, problem):
+    image = Image.new("RGB", (8, 8))
+    folder = _clip_folder(tmp_path, weights, config)
+    with pytest.raises(ValueError, match=problem):
+        paper_clip_score([image], ["a cat"], folder)
+    assert fake_torchmetrics == []
+
+
+def test_a_clip_shard_index_naming_a_pickle_is_refused(fake_torchmetrics, tmp_path):
+    image = Image.new("RGB", (8, 8))
+    folder = _clip_folder(tmp_path, ("pytorch_model-00001-of-00001.bin",))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "pytorch_model-00001-of-00001.bin"}}))
+    with pytest.raises(ValueError, match=r"clip/model\.safetensors\.index\.json: weight_map entry 'w': .* is not a \.safetensors file"):
+        paper_clip_score([image], ["a cat"], folder)
+    assert fake_torchmetrics == []
+
+
+def test_a_safetensors_clip_folder_is_handed_to_torchmetrics(fake_torchmetrics, tmp_path):
+    image = Image.new("RGB", (8, 8))
+    folder = _clip_folder(tmp_path, ("model.safetensors", "pytorch_model.bin"))  # transformers reads the safetensors
+    assert paper_clip_score([image], ["a cat"], folder).value == 1.0
+    assert fake_torchmetrics == [{"model_name_or_path": str(folder)}]

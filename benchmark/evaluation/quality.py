@@ -4,7 +4,9 @@ Two families, never mixed in one column:
 - `tiny` track: scene-FID and prompt following from ``SceneFeatures``, a small CNN we train on the
   procedural scenes. They are NOT Inception FID or CLIP score, and every result's ``kind`` says so.
 - `paper` track: torchmetrics' FID and CLIP score, with weights read from a local path (nothing is
-  downloaded). torchmetrics is an optional dependency, imported only when these are called.
+  downloaded). torchmetrics is an optional dependency, imported only when these are called. CLIP
+  is read from a folder's safetensors only; the FID-Inception weights are a pickle (torch-fidelity's
+  ``.pth``), read with ``torch.load`` forced to weights-only, which builds tensors and nothing else.
 
 FID is biased upwards for small samples, so compare only scores computed with the same numbers of
 images (and, for scene-FID, the same extractor id).
@@ -12,9 +14,12 @@ images (and, for scene-FID, the same extractor id).
 from __future__ import annotations
 
 import importlib
+import os
+import pickle
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -204,6 +209,52 @@ def _local_path(path: str | Path, what: str) -> Path:
     return p
 
 
+#: torch's switches that force ``torch.load`` to weights-only (or off it), whatever its caller passes.
+FORCE_WEIGHTS_ONLY, FORCE_NO_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+@contextmanager
+def weights_only_loads(path: Path) -> Iterator[None]:
+    """While the block runs, every ``torch.load`` is weights-only (``TORCH_FORCE_WEIGHTS_ONLY_LOAD``,
+    which overrides a caller's ``weights_only=False``; a ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` in the
+    environment is set aside): unpickling ``path`` builds tensors and containers, never other
+    objects. A pickle holding anything else raises ``ValueError`` naming ``path``."""
+    saved = {name: os.environ.get(name) for name in (FORCE_WEIGHTS_ONLY, FORCE_NO_WEIGHTS_ONLY)}
+    os.environ[FORCE_WEIGHTS_ONLY] = "1"
+    os.environ.pop(FORCE_NO_WEIGHTS_ONLY, None)
+    try:
+        yield
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path}: a pickle holding objects other than tensors, which is never loaded "
+                         "(torch-fidelity's weights-inception-2015-12-05-6726825d.pth holds only tensors)") from None
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def safetensors_clip_folder(model: Path) -> Path:
+    """``model``, a transformers ``CLIPModel`` save, once it is sure transformers reads its weights
+    from safetensors: ``model.safetensors``, or a shard index naming only safetensors files beside
+    it, and no ``config.json`` field naming another file. Without them transformers falls back to
+    ``pytorch_model.bin``, a pickle: refused, naming the folder."""
+    from benchmark.models.pipelines import PICKLED_SUFFIXES, SAFETENSORS_INDEX, check_safetensors_index, check_weights_config
+
+    if not model.is_dir():
+        raise ValueError(f"clip_model: {model} is not a folder (want a transformers CLIPModel save, with model.safetensors)")
+    check_weights_config(model)
+    for index in sorted(p for p in model.iterdir() if SAFETENSORS_INDEX.search(p.name)):
+        check_safetensors_index(index)
+    if not ((model / "model.safetensors").is_file() or (model / "model.safetensors.index.json").is_file()):
+        pickled = sorted(p.name for p in model.iterdir() if p.suffix in PICKLED_SUFFIXES)
+        found = f"only {', '.join(pickled)}, a pickle, which is never loaded" if pickled else "found no weights"
+        raise ValueError(f"{model}: no model.safetensors ({found}); save it with "
+                         "CLIPModel.from_pretrained(...).save_pretrained(folder, safe_serialization=True) where you trust the file")
+    return model
+
+
 def _uint8_chw(images: Sequence[ImageLike]) -> list[Any]:
     out = []
     for i, image in enumerate(images):
@@ -235,11 +286,13 @@ def paper_fid(
     batch: int = 32,
 ) -> FrechetScore:
     """Inception FID (torchmetrics, 2048-d pool features), the FID-Inception weights read from a local file
-    (torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``)."""
+    (torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``). That file is a pickle: torch-fidelity
+    reads it with ``torch.load``, which :func:`weights_only_loads` keeps to tensors."""
     FrechetInceptionDistance = _torchmetrics("torchmetrics.image.fid", "FrechetInceptionDistance", "image")
     weights = _local_path(inception_weights, "inception_weights")
     try:
-        metric = FrechetInceptionDistance(feature=2048, normalize=False, feature_extractor_weights_path=str(weights))
+        with weights_only_loads(weights):  # torch-fidelity reads the file with torch.load
+            metric = FrechetInceptionDistance(feature=2048, normalize=False, feature_extractor_weights_path=str(weights))
     except TypeError as e:
         raise MissingDependencyError(
             f"this torchmetrics cannot load Inception weights from a path ({e}); "
@@ -274,13 +327,16 @@ def paper_clip_score(
     device: str = "cpu",
     batch: int = 32,
 ) -> ClipScore:
-    """CLIP score with a CLIP model read from a local directory (a transformers ``CLIPModel`` save)."""
+    """CLIP score with a CLIP model read from a local directory (a transformers ``CLIPModel`` save,
+    its weights in safetensors: see :func:`safetensors_clip_folder`)."""
     CLIPScore = _torchmetrics("torchmetrics.multimodal.clip_score", "CLIPScore", "multimodal")
-    model = _local_path(clip_model, "clip_model")
+    model = safetensors_clip_folder(_local_path(clip_model, "clip_model"))
     images, captions = list(images), list(captions)
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
-    metric = CLIPScore(model_name_or_path=str(model)).to(device)
+    with weights_only_loads(model):  # belt and braces: transformers reads model.safetensors, checked above
+        metric = CLIPScore(model_name_or_path=str(model))
+    metric = metric.to(device)
     tensors = _uint8_chw(images)
     for i in range(0, len(tensors), batch):
         metric.update([t.to(device) for t in tensors[i:i + batch]], captions[i:i + batch])

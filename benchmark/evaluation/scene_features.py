@@ -13,6 +13,7 @@ This module holds what callers use: the config (everything that changes the trai
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,13 +22,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from benchmark.evaluation.degradations import Degradation
 from benchmark.evaluation.scene_attributes import heads, object_count, object_index
 from benchmark.evaluation.scene_features_errors import CONFIG_NAME, SceneFeaturesError, config_fields
 from benchmark.evaluation.scene_features_net import SceneNet, to_batch
 from benchmark.evaluation.scene_features_training import HELDOUT_STREAM, STREAM_TAG, accuracy, draw_scenes, train_net
-from implicit_concept.files import atomic_dir, locked
+from implicit_concept.files import atomic_dir, locked, sha256_file
 from implicit_concept.provenance import cache_key, config_hash, environment
 from implicit_concept.scene.grammar import ProceduralConfig
 from implicit_concept.validate import check_choice, check_fields, check_int, is_number
@@ -37,7 +40,10 @@ from implicit_concept.torch_settings import torch_threads
 FORMAT_VERSION = 1
 KIND = "scene features (a small CNN trained on procedural scenes; not Inception, not CLIP)"
 CACHE_SUBDIR = "scene-features"
-WEIGHTS_NAME = "weights.pt"
+#: The weights, as safetensors; ``info.json`` records their sha256, checked on every load.
+WEIGHTS_NAME = "weights.safetensors"
+#: What older versions wrote: a pickle, never loaded (the entry is trained again).
+LEGACY_WEIGHTS_NAME = "weights.pt"
 INFO_NAME = "info.json"
 IMAGE_SIZES = (32, 64)
 
@@ -138,30 +144,72 @@ class SceneFeatures:
     def load_or_train(cls, cache_dir: str | Path, image_size: int = 64, **overrides: Any) -> "SceneFeatures":
         """Load ``cache_dir/scene-features/<hash>/``, training and writing it first if missing.
 
-        ``overrides`` are ``SceneFeaturesConfig`` fields (``steps=...``, ``seed=...``).
+        ``overrides`` are ``SceneFeaturesConfig`` fields (``steps=...``, ``seed=...``). An entry
+        :meth:`load` refuses (an older version's pickled ``weights.pt``, weights whose sha256 is not
+        the one ``info.json`` records, NaN or infinite values, ...) is trained again and replaced,
+        with a note on stderr naming the file and the problem: training is deterministic, so the
+        rebuilt entry holds the weights the cache should have held.
         """
         check_fields(overrides, {f.name for f in fields(SceneFeaturesConfig)} - {"image_size"}, CONFIG_NAME, SceneFeaturesError)
         config = SceneFeaturesConfig(image_size=image_size, **overrides)
         final = Path(cache_dir) / CACHE_SUBDIR / config.key
         with locked(final):  # one process trains it; another waits, then loads it
-            if (final / WEIGHTS_NAME).is_file() and (final / INFO_NAME).is_file():
-                return cls.load(final, config)
+            if final.exists():
+                try:
+                    return cls.load(final, config)
+                except SceneFeaturesError as e:
+                    print(f"note: {e}; training the scene-feature extractor again to replace that cache entry", file=sys.stderr)
             extractor = cls.train(config)
-            with atomic_dir(final) as tmp:
-                torch.save(extractor.net.state_dict(), tmp / WEIGHTS_NAME)
+            with atomic_dir(final, replace_existing=True) as tmp:
+                save_file(extractor.net.state_dict(), str(tmp / WEIGHTS_NAME))
+                extractor.info["weights_sha256"] = sha256_file(tmp / WEIGHTS_NAME)
                 (tmp / INFO_NAME).write_text(json.dumps(extractor.info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         extractor.path = final
         return extractor
 
     @classmethod
     def load(cls, path: str | Path, config: SceneFeaturesConfig) -> "SceneFeatures":
+        """The extractor cached at ``path``; anything but the weights ``load_or_train`` wrote for
+        ``config`` raises :class:`SceneFeaturesError` naming the file. Nothing is unpickled: the
+        weights are safetensors, checked against the sha256 in ``info.json``, then for the names,
+        dtypes and shapes of the net's tensors and for NaN or infinite values."""
         path = Path(path)
-        info = json.loads((path / INFO_NAME).read_text(encoding="utf-8"))
+        weights, record = path / WEIGHTS_NAME, path / INFO_NAME
+        if not weights.is_file():
+            legacy = (f" (its {LEGACY_WEIGHTS_NAME}, an older version's, is a pickle and is never loaded)"
+                      if (path / LEGACY_WEIGHTS_NAME).exists() else "")
+            raise SceneFeaturesError(f"{weights}: missing{legacy}")
+        try:
+            info = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as e:
+            raise SceneFeaturesError(f"{record}: not a readable JSON record ({type(e).__name__}: {e})") from None
+        if not isinstance(info, dict):
+            raise SceneFeaturesError(f"{record}: holds a JSON {type(info).__name__}, not an object")
         if info.get("config_hash") != config.hash:
-            raise SceneFeaturesError(f"{path}: cached config hash {info.get('config_hash')} != {config.hash}")
+            raise SceneFeaturesError(f"{record}: cached config hash {info.get('config_hash')} != {config.hash}")
+        try:
+            actual = sha256_file(weights)
+        except OSError as e:
+            raise SceneFeaturesError(f"{weights}: unreadable ({e})") from None
+        if actual != info.get("weights_sha256"):
+            raise SceneFeaturesError(f"{weights}: sha256 {actual} is not the {info.get('weights_sha256')!r} {INFO_NAME} records")
+        try:
+            state = load_file(str(weights), device="cpu")
+        except (SafetensorError, OSError) as e:
+            raise SceneFeaturesError(f"{weights}: not a readable safetensors file ({e})") from None
         vocab = heads(config.scenes)
         net = SceneNet(config.image_size, config.feature_dim, {k: len(v) for k, v in vocab.items()})
-        net.load_state_dict(torch.load(path / WEIGHTS_NAME, map_location="cpu", weights_only=True))
+        expected = net.state_dict()
+        for name in sorted(expected.keys() | state.keys()):
+            want, got = expected.get(name), state.get(name)
+            if want is None or got is None:
+                raise SceneFeaturesError(f"{weights}: {'holds an unknown' if want is None else 'lacks the'} tensor {name}")
+            if (got.dtype, got.shape) != (want.dtype, want.shape):
+                raise SceneFeaturesError(f"{weights}: tensor {name} is {got.dtype} {tuple(got.shape)}, "
+                                         f"not {want.dtype} {tuple(want.shape)}")
+            if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+                raise SceneFeaturesError(f"{weights}: tensor {name} holds NaN or infinite values")
+        net.load_state_dict(state)
         return cls(net, config, info, path)
 
     def _run(self, images: Sequence[Image.Image | np.ndarray], batch: int, want: str) -> list[Any]:

@@ -14,6 +14,7 @@ not a sample: deterministic, and cacheable.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,12 @@ from tqdm.auto import tqdm
 from benchmark.models.clip_tokenizer import token_ids
 from benchmark.models.pipelines import load_pipeline
 from benchmark.training.checkpoints import (
+    CHECKPOINTS_DIR,
     PIPELINE_DIR,
     Resumable,
     Session,
     TrainState,
+    require_finite_result,
     resume_latest,
     save_checkpoint,
     save_pipeline,
@@ -54,6 +57,10 @@ from benchmark.training.memory import accelerator_for, apply_memory_options
 from benchmark.training.new_tokens import NewTokenRows, average_across_processes
 from implicit_concept.geom_erasing.location_tokens import add_tokens
 from implicit_concept.torch_settings import torch_threads
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite: the run stops, naming the step, and saves nothing of it."""
 
 
 def processes() -> PartialState:
@@ -170,6 +177,15 @@ def _train(base: str | Path, source: SampleSource, output_dir: Path, final_dir: 
             hidden = text_encoder(input_ids)[0]
             pred = unet(noisy, timesteps, hidden).sample
         loss = diffusion_loss(noise_scheduler, pred, latents, noise, timesteps, weights, config.snr_gamma)
+        # Every process gets the same mean, so all stop together on a non-finite one, before its update.
+        step_loss = accelerator.gather(loss.detach()[None]).mean().item()
+        if not math.isfinite(step_loss):
+            raise TrainingDiverged(
+                f"{output_dir}: step {state.step + 1} of {config.steps}: the loss is {step_loss}, so training stopped "
+                f"before that step's update; nothing of it was saved, and the run is not finished (the newest checkpoint "
+                f"in {output_dir / CHECKPOINTS_DIR}, if any, is from before). Lower the learning rate, or check the base "
+                "weights and the data"
+            )
 
         accelerator.backward(loss)
         if new_rows is not None and accelerator.num_processes > 1:
@@ -184,7 +200,7 @@ def _train(base: str | Path, source: SampleSource, output_dir: Path, final_dir: 
         state.step += 1
         session.step_seconds.append(time.time() - step_started)
 
-        session.loss = accelerator.gather(loss.detach()[None]).mean().item()
+        session.loss = step_loss
         bar.update(1)
         bar.set_postfix(loss=f"{session.loss:.4f}")
         if state.step % config.checkpoint_every == 0 or state.step == config.steps:
@@ -194,6 +210,7 @@ def _train(base: str | Path, source: SampleSource, output_dir: Path, final_dir: 
 
     # The result: a diffusers pipeline directory (EMA weights when averaged) and run.json.
     accelerator.wait_for_everyone()
+    require_finite_result(accelerator, unet, text_encoder, ema, new_rows, final_dir)
     if accelerator.is_main_process:
         save_pipeline(accelerator, pipe, unet, text_encoder, noise_scheduler, ema, new_rows, final_dir, config.geom)
         write_finished_run(output_dir, record, config, state.step, session)
