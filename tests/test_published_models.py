@@ -28,6 +28,15 @@ def _trained(tmp_path, config):
     return save_portable_pipeline(pipe, tmp_path / "trained")
 
 
+def _trained_detector(folder):
+    """A detector folder with the files a published detector needs (their content is not under test here)."""
+    folder.mkdir(parents=True)
+    (folder / "detector.safetensors").write_bytes(b"weights")
+    (folder / "detector.json").write_text('{"thresholds": {"qrcode": 0.3}}')
+    (folder / "clean_reference.json").write_text("{}")
+    return folder
+
+
 def test_a_published_base_is_found_by_its_config_and_loads_as_its_fp16_weights(tmp_path):
     config = BaseModelConfig(pipeline=MICRO, scenes=ProceduralConfig(train=4, test=0), seed=3)
     root = tmp_path / "published"
@@ -59,14 +68,11 @@ def test_a_published_file_that_changed_is_refused_naming_it(tmp_path):
 
 
 def test_a_published_detector_stands_in_only_for_its_own_inputs(tmp_path):
-    trained = tmp_path / "trained"
-    trained.mkdir()
-    (trained / "detector.safetensors").write_bytes(b"weights")
-    (trained / "detector.json").write_text("{}")
+    trained = _trained_detector(tmp_path / "trained")
     (trained / "model.pt").write_bytes(b"a pickle is never copied")
     identity = {"scale": {"name": "cpu"}, "data": "ab" * 32, "generated": {"backgrounds": 500}}
     folder = publish_detector(trained, identity, "tiny", tmp_path / "published")
-    assert sorted(p.name for p in folder.iterdir()) == ["detector.json", "detector.safetensors", "identity.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["clean_reference.json", "detector.json", "detector.safetensors", "identity.json"]
     assert published_detector(identity, tmp_path / "published") == folder
     assert published_detector({**identity, "data": "cd" * 32}, tmp_path / "published") is None
     assert json.loads((folder / "identity.json").read_text())["identity"] == identity
@@ -81,9 +87,7 @@ def test_scoring_commands_default_to_the_tracks_published_evaluator(tmp_path, ca
 
     with pytest.raises(PublishedModelError, match=r"no published detector for track 'debug'.*pass --detector"):
         default_detector("debug", tmp_path)
-    trained = tmp_path / "trained"
-    trained.mkdir()
-    (trained / "detector.safetensors").write_bytes(b"weights")
+    trained = _trained_detector(tmp_path / "trained")
     folder = publish_detector(trained, {"x": 1}, "debug", tmp_path)
     assert default_detector("debug", tmp_path) == folder
     assert main(["score-images", str(tmp_path), "--track", "debug", "--out", str(tmp_path / "o")]) == 2
@@ -144,3 +148,163 @@ def test_the_detectors_identity_names_the_base_generations_and_they_are_made_onc
     other_identity = stages.detector_identity(run, debug_dataset, save_portable_pipeline(other, tmp_path / "other"))
     assert other_identity["generated"]["base_weights"] != generated["base_weights"]
     assert stages.detector_dir(run, other_identity) != stages.detector_dir(run, identity)
+
+
+def _edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _zeroed(path):
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: torch.zeros_like(v) for k, v in load_file(str(path)).items()}, str(path))
+
+
+@pytest.mark.parametrize("name", ["detector.safetensors", "detector.json", "clean_reference.json"])
+def test_a_detector_record_that_leaves_out_a_file_loading_reads_is_refused_naming_it(tmp_path, name):
+    """Dropping a file from identity.json (then editing it), or emptying its list, does not make it unchecked."""
+    from benchmark.published_models import default_detector
+
+    folder = publish_detector(_trained_detector(tmp_path / "trained"), {"x": 1}, "tiny", tmp_path / "published")
+    _edit_json(folder / "identity.json", lambda d: d["files"].pop(name))
+    (folder / name).write_bytes(b"edited")
+    with pytest.raises(PublishedModelError, match=rf"{name}: not listed in .*identity.json"):
+        default_detector("tiny", tmp_path / "published")
+    with pytest.raises(PublishedModelError, match=rf"{name}: not listed in .*identity.json"):
+        published_detector({"x": 1}, tmp_path / "published")
+    _edit_json(folder / "identity.json", lambda d: d.update(files={}))
+    with pytest.raises(PublishedModelError, match=r"detector.safetensors: not listed in .*identity.json"):
+        default_detector("tiny", tmp_path / "published")
+    _edit_json(folder / "identity.json", lambda d: d.update(files=["detector.safetensors"]))
+    with pytest.raises(PublishedModelError, match=r"identity.json: not a readable published-model record"):
+        default_detector("tiny", tmp_path / "published")
+    with pytest.raises(PublishedModelError, match=r"missing; a published detector needs"):
+        publish_detector(tmp_path / "published" / "nothing", {"x": 1}, "other", tmp_path / "published")
+
+
+def test_a_base_record_that_leaves_out_a_part_is_refused_naming_it_not_a_key_error(tmp_path):
+    config = BaseModelConfig(pipeline=MICRO, scenes=ProceduralConfig(train=4, test=0), seed=3)
+    folder = publish_base(_trained(tmp_path, config), config, {}, tmp_path / "published")
+    _edit_json(folder / "base.json", lambda d: d["files"].pop("text_encoder.safetensors"))
+    _zeroed(folder / "text_encoder.safetensors")
+    with pytest.raises(PublishedModelError, match=r"text_encoder.safetensors: not listed in .*base.json"):
+        materialize_base(folder, config, tmp_path / "cache")
+    _edit_json(folder / "base.json", lambda d: d.update(files={}))
+    with pytest.raises(PublishedModelError, match=r"unet.safetensors: not listed in .*base.json"):
+        materialize_base(folder, config, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("published-*/pipeline"))
+
+
+def test_every_published_record_is_pinned_in_the_code_and_matches():
+    """The root of trust: a republished folder fails here until its pin line (`publish` prints it) is committed."""
+    from benchmark.published_models import PINNED_RECORDS, PUBLISHED_DIR, REQUIRED_FILES, _checked_record, pin_line, record_file
+    from implicit_concept.files import sha256_file
+    from implicit_concept.scoring import CLEAN_REFERENCE_NAME
+
+    assert CLEAN_REFERENCE_NAME in REQUIRED_FILES["identity.json"]
+    folders = sorted(p for p in PUBLISHED_DIR.iterdir() if p.is_dir())
+    assert [p.name for p in folders if p.name.startswith("detector-")] and [p.name for p in folders if p.name.startswith("base-")]
+    pinned = {}
+    for folder in folders:
+        record = record_file(folder)  # an unknown kind of folder is refused
+        key = f"{folder.name}/{record.name}"
+        assert key in PINNED_RECORDS, f"{record} is not pinned; add to PINNED_RECORDS:\n{pin_line(folder)}"
+        assert PINNED_RECORDS[key] == sha256_file(record), f"{record} changed; if republished, pin it:\n{pin_line(folder)}"
+        _checked_record(record, folder)
+        pinned[key] = PINNED_RECORDS[key]
+    assert pinned == PINNED_RECORDS, "every pin names a published folder"
+
+
+def test_a_resealed_record_of_the_published_evaluator_is_refused(tmp_path, monkeypatch):
+    """Edited thresholds with their new sha256 written into identity.json: the record no longer matches its pin."""
+    import shutil
+
+    import benchmark.published_models as pm
+    from implicit_concept.files import sha256_file
+
+    root = tmp_path / "published"
+    shutil.copytree(pm.PUBLISHED_DIR / "detector-tiny", root / "detector-tiny")
+    monkeypatch.setattr(pm, "PUBLISHED_DIR", root)
+    folder = root / "detector-tiny"
+    assert pm.default_detector("tiny", root) == folder
+    _edit_json(folder / "detector.json", lambda d: d["thresholds"].update(qrcode=0.99, watermark=0.99, text=0.99))
+    _edit_json(folder / "identity.json", lambda d: d["files"].update({"detector.json": sha256_file(folder / "detector.json")}))
+    with pytest.raises(PublishedModelError, match=r"identity.json: sha256 .* does not match .* pinned in benchmark/published_models.py"):
+        pm.default_detector("tiny", root)
+    identity = json.loads((folder / "identity.json").read_text())["identity"]
+    with pytest.raises(PublishedModelError, match=r"identity.json: sha256 .* does not match .* pinned"):
+        pm.published_detector(identity, root)
+
+
+def test_an_unpinned_record_is_trusted_only_by_the_process_that_published_it_until_pinned(tmp_path, monkeypatch):
+    import ast
+
+    import benchmark.published_models as pm
+
+    root = tmp_path / "published"
+    monkeypatch.setattr(pm, "PUBLISHED_DIR", root)
+    monkeypatch.setattr(pm, "PINNED_RECORDS", {})
+    monkeypatch.setattr(pm, "_published_here", {})
+    folder = publish_detector(_trained_detector(tmp_path / "trained"), {"x": 1}, "tiny", root)
+    assert pm.default_detector("tiny", root) == folder  # publish goes on to use what it published
+    monkeypatch.setattr(pm, "_published_here", {})  # a later process
+    with pytest.raises(PublishedModelError, match=r"identity.json: not pinned in benchmark/published_models.py PINNED_RECORDS"):
+        pm.default_detector("tiny", root)
+    monkeypatch.setattr(pm, "PINNED_RECORDS", ast.literal_eval("{" + pm.pin_line(folder) + "}"))
+    assert pm.default_detector("tiny", root) == folder
+
+
+def test_publish_prints_the_pin_lines_of_the_records_it_wrote(tmp_path, monkeypatch, capsys):
+    import ast
+    from types import SimpleNamespace
+
+    import benchmark.publish as publish
+    from benchmark.published_models import pin_line
+
+    config = BaseModelConfig(pipeline=MICRO, scenes=ProceduralConfig(train=4, test=0), seed=3)
+    trained = _trained(tmp_path, config)
+    (tmp_path / "record").mkdir()
+    (tmp_path / "record" / "base.json").write_text(json.dumps({"seconds": 1.0, "environment": {}}))
+    detector = _trained_detector(tmp_path / "detector")
+    monkeypatch.setattr(publish, "pretrain_base", lambda config, cache, progress: trained)
+    monkeypatch.setattr(publish, "base_dir", lambda config, cache: tmp_path / "record")
+    monkeypatch.setattr(publish, "stages", SimpleNamespace(
+        dataset=lambda run: tmp_path / "data", pretrain_base_model=lambda run: trained,
+        detector=lambda run, dataset, base: SimpleNamespace(path=detector / "detector.safetensors"),
+        detector_identity=lambda run, dataset, base: {"x": 1}))
+    run = SimpleNamespace(track=SimpleNamespace(name="tiny", base_model_config=lambda: config), cache=tmp_path / "cache", progress=False)
+    published = publish.publish_track_models(run, tmp_path / "published")
+    out = capsys.readouterr().out
+    assert "PINNED_RECORDS" in out
+    for folder in published.values():
+        assert pin_line(folder) in out.splitlines()
+    pins = ast.literal_eval("{" + "".join(line for line in out.splitlines() if line.startswith("    ")) + "}")
+    assert set(pins) == {f"{published['base'].name}/base.json", "detector-tiny/identity.json"}
+
+
+def test_a_materialised_base_that_changed_in_the_cache_is_made_again(tmp_path):
+    """The fp32 copy is a cache entry checked against the sha256 written beside it: a zeroed UNet
+    file, or a file planted there, gives a rebuilt, correct copy, not the damaged one."""
+    config = BaseModelConfig(pipeline=MICRO, scenes=ProceduralConfig(train=4, test=0), seed=3)
+    folder = publish_base(_trained(tmp_path, config), config, {}, tmp_path / "published")
+    final = materialize_base(folder, config, tmp_path / "cache")
+    assert json.loads((final.parent / "materialized.json").read_text())["files"]["unet/diffusion_pytorch_model.safetensors"]
+    expected = {k: v.clone() for k, v in load_pipeline(final).unet.state_dict().items()}
+    assert any(v.abs().sum() > 0 for v in expected.values())
+    stamp = (final / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    assert materialize_base(folder, config, tmp_path / "cache") == final
+    assert (final / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp, "an intact copy is reused"
+
+    _zeroed(final / "unet" / "diffusion_pytorch_model.safetensors")
+    assert materialize_base(folder, config, tmp_path / "cache") == final
+    for name, value in load_pipeline(final).unet.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+    (final / "unet" / "diffusion_pytorch_model.safetensors.index.json").write_text("{}")
+    assert materialize_base(folder, config, tmp_path / "cache") == final
+    assert not (final / "unet" / "diffusion_pytorch_model.safetensors.index.json").exists()
+    (final.parent / "materialized.json").unlink()
+    assert materialize_base(folder, config, tmp_path / "cache") == final
+    assert (final.parent / "materialized.json").is_file()
