@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from benchmark.models.pretrained_check import check_pretrained
 from benchmark.track import Track
 from benchmark.track_check import check_track
+from builders.recipe import Recipe, load_recipe, source_from_spec
 from implicit_concept.detector.inference import Detector
 from implicit_concept.validate import check_folder_name
 
@@ -38,22 +41,42 @@ class BenchmarkRun:
         return self.runs_root / self.name
 
     def record(self) -> dict[str, Any]:
+        """What the run was asked to do (``run.json``, claimed by its folder, and ``results.json``'s
+        ``config``): the track, and the recipe it names as resolved (``--source`` in place of its
+        source, paths made absolute) with that recipe's sha256, the one its dataset's ``recipe.json``
+        and every sample record; so an edited recipe file is refused on a resume, and results say
+        which data made them. A run folder made before the recipe was recorded is refused too
+        (run.json differs in recipe, recipe_sha256): its data's recipe is not known."""
+        recipe = self._recipe
         return {
             "track": self.track.to_dict(),
             "track_sha256": self.track.sha256,
+            "recipe": recipe.to_dict(),
+            "recipe_sha256": recipe.sha256,
             "pretrained": str(self.pretrained) if self.pretrained else None,
             "detector": str(self.detector) if self.detector else None,
             "source": self.source,
         }
 
+    @cached_property
+    def _recipe(self) -> Recipe:
+        """The track's recipe as the dataset stage builds it, read once per run."""
+        return load_recipe(self.track.recipe, {"source": source_from_spec(self.source)} if self.source else None)
+
     def check_start(self) -> None:
         """Everything a run is given, checked before any stage runs and before its folder is claimed:
-        the run's name, ``--runs``, ``--pretrained``, ``--detector``, the whole track, and a run folder
+        the run's name, ``--runs``, ``--pretrained`` (every part ``load_pipeline`` would load, from its
+        JSON and file listing: :func:`check_pretrained`), ``--detector``, the whole track, and a run folder
         already there (which must hold the same config; the refusal names the fields that differ).
         Raises ValueError (or FileNotFoundError) with one line naming the option or field."""
         check_folder_name("--name", self.name)
-        if self.pretrained is not None and not (self.pretrained / "model_index.json").is_file():
-            raise FileNotFoundError(f"--pretrained {self.pretrained}: not a diffusers pipeline folder (no model_index.json in it)")
+        if self.pretrained is not None:
+            try:
+                check_pretrained(self.pretrained)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"--pretrained {e}") from None
+            except (ValueError, OSError) as e:
+                raise ValueError(f"--pretrained {e}") from None
         if self.detector is not None:
             try:
                 Detector.load(self.detector)

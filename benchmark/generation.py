@@ -23,8 +23,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from benchmark.failures import MethodFailed
+from benchmark.models.pipelines import CONFIG_NAMES, portable_config
 from benchmark.prompts import Prompt
-from implicit_concept.files import atomic_write_bytes, atomic_write_json, folder_sha256, read_json_object
+from implicit_concept.files import atomic_write_bytes, atomic_write_json, folder_sha256, read_json_object, sha256_file
 from implicit_concept.provenance import canonical_json
 from implicit_concept.torch_settings import torch_threads
 from implicit_concept.validate import check_int, check_number
@@ -311,15 +312,35 @@ def _json_sha256(value: Any) -> str:
     return f"sha256:{hashlib.sha256(json.dumps(value, sort_keys=True, default=repr).encode()).hexdigest()}"
 
 
+_portable_sha256: dict[tuple[str, int, int, int], str] = {}
+
+
 def pipeline_sha256(path: Path) -> str:
     """The content of a diffusers pipeline folder: ``model_index.json`` and the parts it names, not
-    the single-file checkpoints a hub snapshot keeps beside them."""
+    the single-file checkpoints a hub snapshot keeps beside them, as :func:`folder_sha256` hashes
+    them, except that a config is hashed without the folder it was loaded from (``PATH_KEYS``): the
+    same pipeline in a moved or second cache hashes the same (and its fine-tunes are found there)."""
     path = Path(path)
     index = path / "model_index.json"
     if not index.is_file():
         raise FileNotFoundError(f"{path}: not a diffusers pipeline directory (no model_index.json)")
     parts = [k for k, v in read_json_object(index).items() if not k.startswith("_") and isinstance(v, list) and v[0]]
-    return folder_sha256(path, only=[index.name, *parts])
+    roots = [path / name for name in (index.name, *parts)]
+    files = sorted({f for root in roots for f in ([root] if root.is_file() else root.rglob("*")) if f.is_file()})
+    # folder_sha256's form, one "PATH\0SHA256\n" per file in path order (so a folder without such a
+    # key hashes as folder_sha256 hashes it), with each config's portable bytes in place of its own.
+    h = hashlib.sha256()
+    for f in files:
+        inside = f.relative_to(path).as_posix()
+        if any(part.startswith(".") for part in inside.split("/")):
+            continue
+        st = f.stat()
+        known = (str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+        if known not in _portable_sha256:
+            portable = portable_config(f) if f.name.endswith(CONFIG_NAMES) else None
+            _portable_sha256[known] = hashlib.sha256(portable).hexdigest() if portable is not None else sha256_file(f)
+        h.update(f"{inside}\0{_portable_sha256[known]}\n".encode("utf-8"))
+    return h.hexdigest()
 
 
 def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs) -> GenerateFn:

@@ -200,7 +200,9 @@ def finetune_config(track: Track, ft: FineTune) -> TrainingConfig:
 def finetune_key(base: Path, subset: Path, config: Any, detector: Any) -> str:
     """What names a cached fine-tune: its inputs by content (the base pipeline's files, so changed
     weights at the same path train anew and a moved copy does not; the training shards, so a rebuilt
-    dataset at the same path trains anew), and the detector's weights when its boxes are the geometry."""
+    dataset at the same path trains anew), the detector's weights when its boxes are the geometry, and
+    the number of processes when several train (their weights differ from one's by float summation
+    order; one process keeps the key it always had)."""
     listing = subset.parent / CHECKSUMS
     if not listing.is_file():
         raise FileNotFoundError(f"{listing}: missing; the dataset's checksums name the data a fine-tune is cached under")
@@ -208,6 +210,8 @@ def finetune_key(base: Path, subset: Path, config: Any, detector: Any) -> str:
     inputs = {"base": pipeline_sha256(base), "data": subset.name, "train_shards": train, "config": config.to_dict()}
     if config.geom.geometry_source == "detector":
         inputs["detector"] = sha256_file(detector.path)
+    if processes().num_processes > 1:
+        inputs["processes"] = processes().num_processes
     return cache_key(inputs)
 
 

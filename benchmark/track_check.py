@@ -20,7 +20,9 @@ from benchmark.methods.finetuned import FINETUNED
 from benchmark.methods.forget_me_not import FMNConfig
 from benchmark.prompts import read_prompts, resolve_prompts
 from benchmark.track import Track, TrackError
+from benchmark.models.pipelines import TinyPipelineConfig
 from benchmark.training import TrainingConfig
+from benchmark.training.memory import mixed_precision_refusal
 from builders.recipe import load_recipe, source_from_spec
 from implicit_concept.detector.training import load_scale
 from implicit_concept.validate import check_fields, check_like_defaults, check_number, check_positive
@@ -43,11 +45,13 @@ def check_track(track: Track, methods: Sequence[str] = (), source: str | None = 
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise TrackError(f"{track.where}: --method: {twice} named more than once; a run holds one method per name")
+    if pretrained is None:
+        _needs_pretrained(track)
     _table(track, "recipe", lambda: load_recipe(track.recipe, {"source": source_from_spec(source)} if source else None))
     _table(track, "detector_scale", lambda: load_scale(track.detector_scale))
     _table(track, "prompts", lambda: _prompts(track))
     base = _table(track, "[base]", track.base_model_config)
-    _table(track, "[base.training]", lambda: _training(base.training))
+    _table(track, "[base.training]", lambda: _training(base.training, on_this_machine=pretrained is None))
     _table(track, "[finetune]", lambda: _training(TrainingConfig(**{**track.finetune, "seed": track.seed})))
     generation = _table(track, "[generation]", lambda: _config(GenerationSettings, track.generation, "generation"))
     _table(track, "[generation]", lambda: _image_size(generation, None if pretrained else base.pipeline))
@@ -93,7 +97,28 @@ def _prompts(track: Track) -> None:
         )
 
 
-def _training(config: TrainingConfig) -> None:
+def _needs_pretrained(track: Track) -> None:
+    """A track with no ``[base]`` table whose images are not the embedded base's size is meant for a
+    base from disk (the paper track: SD v1.5 at 512 px): run without ``--pretrained``, say so, rather
+    than compare its size with a base it never meant to use."""
+    size = track.generation.get("image_size")
+    embedded = TinyPipelineConfig().image_size
+    if not track.base and isinstance(size, int) and not isinstance(size, bool) and size != embedded:
+        raise TrackError(
+            f"{track.where}: track {track.name!r} needs --pretrained (a local Stable Diffusion diffusers folder, "
+            f"e.g. SD v1.5): it has no [base] table, and its [generation] image_size = {size} is not the embedded "
+            f"base's {embedded} px"
+        )
+
+
+def _training(config: TrainingConfig, on_this_machine: bool = True) -> None:
+    """The numbers of a training table, and (``on_this_machine``: it will train here) its mixed
+    precision on this machine: "fp16" without a GPU fails at the first step otherwise, after the
+    dataset and detector stages."""
+    if on_this_machine:
+        refusal = mixed_precision_refusal(config.mixed_precision)
+        if refusal:
+            raise ValueError(f"mixed_precision = {refusal}")
     if config.warmup_steps > config.steps:
         raise ValueError(f"warmup_steps = {config.warmup_steps} is more than steps = {config.steps}: the learning rate would never warm up")
     check_number("learning_rate", config.learning_rate, 0, math.inf, open_lo=True)
@@ -103,7 +128,8 @@ def _training(config: TrainingConfig) -> None:
 def _image_size(settings: GenerationSettings, pipeline: Any) -> None:
     """Images the base can sample: the embedded base's own size; a ``--pretrained`` pipeline's a multiple of 8 (its VAE)."""
     if pipeline is not None and settings.image_size != pipeline.image_size:
-        raise ValueError(f"image_size = {settings.image_size}, but the base model ([base.pipeline]) makes {pipeline.image_size} px images")
+        raise ValueError(f"image_size = {settings.image_size}, but the embedded base model ([base.pipeline]) makes "
+                         f"{pipeline.image_size} px images; set [base.pipeline] image_size, or run with --pretrained")
     if pipeline is None and settings.image_size % 8:
         raise ValueError(f"image_size = {settings.image_size}: a diffusers pipeline needs a multiple of 8")
 

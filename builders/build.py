@@ -29,7 +29,7 @@ from builders.dataset_card import write_dataset_card
 from builders.distributor import run_units
 from builders.recipe import Recipe
 from builders.shard_builder import ShardBuilder, is_complete, parquet_path, plan_record, read_stats, shard_dir, shard_problem, stats_path
-from builders.shard_table import SCHEMA
+from builders.shard_table import SCHEMA, table_metadata
 from builders.source_screen import detector_fingerprint
 from implicit_concept.files import (
     TEMPORARY_MARK, FolderClaimError, abandoned, atomic_write_bytes, atomic_write_json, claim, locked, read_json_object,
@@ -38,6 +38,9 @@ from implicit_concept.provenance import environment
 
 RECIPE_RECORD = "recipe.json"
 MANIFEST = "manifest.parquet"
+#: The option that names the output folder, in refusals: the builder's --out is the benchmark's --data
+#: (its dataset is DATA/RECIPE), and the same refusals reach both.
+OUT = "--out (the benchmark's --data)"
 #: What of ``recipe.json`` a resume must find unchanged.
 CLAIMED = ("recipe_sha256", "source_fingerprint", "screen_detector")
 
@@ -87,11 +90,13 @@ def build_dataset(
     try:
         with locked(out):
             env = environment()
+            started = _started_under(out)
             record = {**_claim_output(recipe, out, builder, env), "plan": plan_record(units)}
             _remove_stale_temporaries(out)
             for folder in sorted({shard_dir(out, u) for u in units}):
                 folder.mkdir(parents=True, exist_ok=True)
             todo = [u for u in units if not is_complete(out, u, recipe.sha256)]
+            env = _same_packages(out, started, env, todo)
             run_units(recipe, todo, out, workers=workers, progress=progress, distributor=distributor,
                       ray_address=ray_address, builder=builder)
             # The manifest and card are written from the shards' files only once each checks out: those
@@ -100,12 +105,12 @@ def build_dataset(
             if problem is not None:
                 raise BuildError(f"{problem}; changed while this build ran? Rerun the build to rebuild that shard")
             stats = [json.loads(stats_path(out, u).read_text(encoding="utf-8")) for u in units]
-            summary = _write_manifest(out, units)
+            summary = _write_manifest(out, units, table_metadata(recipe, env))
             atomic_write_json(out / RECIPE_RECORD, {**record, "environment": env})
             write_dataset_card(recipe, out, units, stats, summary, env)
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
-        raise BuildError(f"{out}: cannot write the dataset here: {e.strerror or e}{where}; choose another --out") from None
+        raise BuildError(f"{out}: cannot write the dataset here: {e.strerror or e}{where}; choose another {OUT}") from None
     samples = sum(s["successes"] for s in stats)
     if samples == 0:
         reasons = ", ".join(f"{r}: {n}" for r, n in sorted(summary.skipped.items())) or "the source is empty"
@@ -121,12 +126,12 @@ def _make_folder(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise BuildError(f"{out}: exists and is not a folder; choose another --out") from None
+        raise BuildError(f"{out}: exists and is not a folder; choose another {OUT}") from None
     except NotADirectoryError:
         above = next((p for p in out.parents if p.exists() and not p.is_dir()), out.parent)
-        raise BuildError(f"{out}: cannot be made below {above}, which is a file; choose another --out") from None
+        raise BuildError(f"{out}: cannot be made below {above}, which is a file; choose another {OUT}") from None
     except OSError as e:
-        raise BuildError(f"{out}: cannot be made ({e.strerror or e}); choose another --out") from None
+        raise BuildError(f"{out}: cannot be made ({e.strerror or e}); choose another {OUT}") from None
 
 
 def _recipe_record(recipe: Recipe, builder: ShardBuilder, env: dict[str, Any]) -> dict[str, Any]:
@@ -147,10 +152,10 @@ def _claim_output(recipe: Recipe, out: Path, builder: ShardBuilder, env: dict[st
     previous = _check_is_build(out)
     if previous is not None and previous.get("recipe_sha256") != recipe.sha256:
         raise FolderClaimError(f"{out}: holds a build of another recipe ({_recipe_change(previous.get('recipe'), recipe.to_dict())}); "
-                               "choose another --out or remove the folder")
+                               f"choose another {OUT} or remove the folder")
     mismatched = [p for p in out.rglob("*_stats.json") if _of_another_recipe(read_stats(p), recipe)]
     if mismatched:
-        raise FolderClaimError(f"{mismatched[0]}: shard of another recipe in {out}; choose another --out or remove the folder")
+        raise FolderClaimError(f"{mismatched[0]}: shard of another recipe in {out}; choose another {OUT} or remove the folder")
     record = _recipe_record(recipe, builder, env)
     if previous is not None and previous.get("recipe_sha256") == recipe.sha256:
         for key, what in (("source_fingerprint", "its source"), ("screen_detector", "its source screen's detector")):
@@ -158,10 +163,41 @@ def _claim_output(recipe: Recipe, out: Path, builder: ShardBuilder, env: dict[st
                 raise FolderClaimError(
                     f"{out}: {what} changed since this build started ({_describe(previous.get(key))} then, "
                     f"{_describe(record[key])} now); resuming would mix items of both. "
-                    "Restore it as it was, or build into another --out"
+                    f"Restore it as it was, or build into another {OUT}"
                 )
-    claim(out / RECIPE_RECORD, record, "choose another --out or remove the folder", keys=CLAIMED)
+    claim(out / RECIPE_RECORD, record, f"choose another {OUT} or remove the folder", keys=CLAIMED)
     return record
+
+
+def _started_under(out: Path) -> dict[str, Any] | None:
+    """The environment the build in ``out`` was started under (its ``recipe.json``), if any."""
+    try:
+        env = read_json_object(out / RECIPE_RECORD).get("environment")
+    except (OSError, ValueError):
+        return None
+    return env if isinstance(env, dict) and isinstance(env.get("packages"), dict) else None
+
+
+def _same_packages(out: Path, started: dict[str, Any] | None, env: dict[str, Any], todo: list) -> dict[str, Any]:
+    """The environment the record and card credit: a resume that still has shards to build must run
+    under the package versions the build started under (they change bytes, so mixing them would make
+    one dataset of two), and is refused, naming each package and both versions, otherwise. A finished
+    build rerun under other versions builds nothing, and keeps crediting the versions that made it."""
+    if started is None:
+        return env
+    then, now = started["packages"], env.get("packages", {})
+    changed = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+    if not changed:
+        return env
+    if not todo:
+        return started
+    shown = "; ".join(f"{k} {then.get(k) or 'not installed'} then, {now.get(k) or 'not installed'} now" for k in changed[:4])
+    pins = " ".join(f"{k}=={then[k]}" for k in changed if then.get(k))
+    raise FolderClaimError(
+        f"{out}: this build started under other package versions ({shown}{'; ...' if len(changed) > 4 else ''}), "
+        f"and {len(todo)} shards are still to build; they change bytes, so resuming would mix shards of both. "
+        f"Reinstall the versions it started under{f' (pip install {pins})' if pins else ''}, or build into another {OUT}"
+    )
 
 
 def _check_is_build(out: Path) -> dict[str, Any] | None:
@@ -171,21 +207,21 @@ def _check_is_build(out: Path) -> dict[str, Any] | None:
     record = out / RECIPE_RECORD
     if record.exists() or record.is_symlink():
         if record.is_symlink() or not record.is_file():
-            raise BuildError(f"{record}: not a regular file, so {out} is not a build of implicit-concept; choose another --out")
+            raise BuildError(f"{record}: not a regular file, so {out} is not a build of implicit-concept; choose another {OUT}")
         try:
             previous = read_json_object(record)
         except ValueError as e:
-            raise BuildError(f"{e}; it is not a build record, so {out} is not a build of implicit-concept; choose another --out") from None
+            raise BuildError(f"{e}; it is not a build record, so {out} is not a build of implicit-concept; choose another {OUT}") from None
         if not isinstance(previous.get("recipe_sha256"), str) or not isinstance(previous.get("recipe"), dict):
             raise BuildError(f"{record}: not a build record (no recipe and recipe_sha256), so {out} is not a build of "
-                             "implicit-concept; choose another --out")
+                             f"implicit-concept; choose another {OUT}")
         return previous
     # What a build writes before its record: nothing but hidden temporaries and locks.
     others = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise BuildError(f"{out}: exists, is not empty ({shown}) and is not a build of implicit-concept (no {RECIPE_RECORD}); "
-                         "choose a new or empty --out")
+                         f"choose a new or empty {OUT}")
     return None
 
 
@@ -196,15 +232,18 @@ def _check_not_in_source(out: Path, builder: ShardBuilder) -> None:
         return
     here, there = out.resolve(), Path(root).resolve()
     if here == there or there in here.parents:
-        raise BuildError(f"{out}: is inside the source folder {root}; the build would read its own outputs. Choose an --out outside it")
+        raise BuildError(f"{out}: is inside the source folder {root}; the build would read its own outputs. Choose an {OUT} outside it")
 
 
 def _recipe_change(then: Any, now: dict[str, Any]) -> str:
     """What differs between a recorded recipe and this one, as "FIELD: A then, B now" (the first few)."""
     def flat(value: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(value, dict):
-            return {k: v for key, inner in value.items() for k, v in flat(inner, f"{prefix}{key}.").items()}
-        return {prefix.rstrip("."): value}
+        """Every leaf by its path (``subsets[3].fraction``), so a change names the field itself."""
+        if isinstance(value, dict) and value:
+            return {k: v for key in sorted(value, key=str) for k, v in flat(value[key], f"{prefix}.{key}" if prefix else str(key)).items()}
+        if isinstance(value, list) and value and any(isinstance(v, (dict, list)) for v in value):
+            return {k: v for i, inner in enumerate(value) for k, v in flat(inner, f"{prefix}[{i}]").items()}
+        return {prefix: value}
 
     old, new = flat(then if isinstance(then, dict) else {}), flat(json.loads(json.dumps(now)))
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
@@ -214,7 +253,8 @@ def _recipe_change(then: Any, now: dict[str, Any]) -> str:
 
 def _short(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= 80 else text[:77] + "..."
+    # Both ends kept: two long paths differ as often at the end as at the start.
+    return text if len(text) <= 80 else text[:37] + "..." + text[-40:]
 
 
 def _describe(fingerprint: Any) -> str:
@@ -236,12 +276,13 @@ def _remove_stale_temporaries(out: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _write_manifest(out: Path, units: list) -> SourceSummary:
-    """``manifest.parquet``: every shard's table in plan order; and what they say per source item."""
+def _write_manifest(out: Path, units: list, metadata: dict[bytes, bytes] | None = None) -> SourceSummary:
+    """``manifest.parquet``: every shard's table in plan order, with the build's ``metadata`` (see
+    :func:`~builders.shard_table.table_metadata`); and what they say per source item."""
     tables = [pq.read_table(parquet_path(out, u), schema=SCHEMA) for u in units]
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     buffer = io.BytesIO()
-    pq.write_table(table, buffer)
+    pq.write_table(table.replace_schema_metadata(metadata), buffer)
     atomic_write_bytes(out / MANIFEST, buffer.getvalue())
     return summarize(table)
 

@@ -17,6 +17,7 @@ from braceexpand import braceexpand
 from builders.caption_screen import CaptionScreen
 from builders.source_screen import SourceScreenConfig, detector_fingerprint
 from builders.sources import make_source
+from builders.sources.webdataset_source import missing_tars_hint
 from implicit_concept.concepts import CONCEPT_NAMES, make_renderer
 from implicit_concept.shard_reader import is_stream
 from implicit_concept.provenance import config_hash
@@ -109,12 +110,48 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
     raw = read_toml(path, RecipeError, "recipe file")
     raw.update(overrides or {})
     try:
-        return parse_recipe(raw)
+        recipe = parse_recipe(raw)
     except RecipeError as e:
         overridden = [k for k in overrides or {} if str(e).startswith((f"{k}.", f"{k}:"))]
         if overridden:  # a field given in place of the recipe's (--source): the recipe file is not at fault
             raise RecipeError(f"{e} (the {overridden[0]} given, in place of {path.name}'s)") from None
         raise RecipeError(f"{path}: {e}") from None
+    # Checked (and any missing tar named as written) above; recorded by absolute path from here on.
+    source = absolute_source(recipe.source)
+    return recipe if source == recipe.source else replace(recipe, source=source)
+
+
+def absolute_source(source: dict[str, Any]) -> dict[str, Any]:
+    """``source`` with its local paths made absolute (a folder's, and each local tar pattern of
+    ``urls``; ``pipe:`` commands and URLs stay as written): the same files give one recipe, hence the
+    same bytes and recipe_sha256, however they were typed, and a resume from another working folder
+    is refused rather than read from the same names there."""
+    kind = source.get("kind")
+    if kind == "folder" and isinstance(source.get("path"), str) and source["path"]:
+        return {**source, "path": str(Path(source["path"]).resolve())}
+    if kind == "webdataset":
+        urls = source.get("urls")
+        if isinstance(urls, str) and urls:
+            return {**source, "urls": absolute_tar_pattern(urls)}
+        if isinstance(urls, (list, tuple)) and all(isinstance(u, str) and u for u in urls):
+            return {**source, "urls": [absolute_tar_pattern(u) for u in urls]}
+    return source
+
+
+def absolute_tar_pattern(pattern: str) -> str:
+    """A local tar path or brace pattern made absolute: the folders before the first brace are
+    resolved (symlinks and ``..`` included, as a folder source's path is); the tar names themselves
+    are kept, since a tar's basename is part of its items' source ids. Streams are returned as given."""
+    if is_stream(pattern) or "://" in pattern:
+        return pattern
+    head, sep, rest = pattern.partition("{")
+    folder, slash, name = head.rpartition("/")
+    if not slash:  # no folder before the name (or the brace): the current folder
+        folder, name = ".", head
+    elif not folder:  # "/name...": at the root
+        folder = "/"
+    resolved = str(Path(folder).resolve())
+    return f"{resolved.rstrip('/')}/{name}{sep}{rest}"
 
 
 def source_from_spec(spec: str, test_fraction: float = 0.1) -> dict[str, Any]:
@@ -136,8 +173,10 @@ def source_from_spec(spec: str, test_fraction: float = 0.1) -> dict[str, Any]:
     tars = list(braceexpand(spec))
     missing = [t for t in tars if not Path(t).is_file()]
     if missing:
-        raise RecipeError(f"--source {spec}: {len(missing)} of {len(tars)} tar files do not exist, first {missing[0]!r}")
-    return {"kind": "webdataset", "urls": spec, "test_fraction": test_fraction}
+        raise RecipeError(f"--source {spec}: {len(missing)} of {len(tars)} tar files do not exist, first {missing[0]!r}"
+                          f"{missing_tars_hint(missing[0], '--source')}")
+    # Recorded by absolute path, as a folder is (a pipe: command or URL stays as given).
+    return {"kind": "webdataset", "urls": absolute_tar_pattern(spec), "test_fraction": test_fraction}
 
 
 def with_screen_detector(recipe: Recipe, detector: str | Path) -> Recipe:

@@ -27,7 +27,7 @@ from PIL import Image
 
 from builders.recipe import Recipe, Subset
 from builders.resizer import SampleError, prepare_image
-from builders.shard_table import SCHEMA, sample_row, skipped_row, write_table
+from builders.shard_table import SCHEMA, sample_row, skipped_row, table_metadata, write_table
 from builders.source_screen import SourceScreen
 from builders.sources import make_source
 from builders.sources.base import RawItem
@@ -282,7 +282,7 @@ class ShardBuilder:
                         shard.skip(item, key, e)
                     else:
                         shard.add(members, meta)
-            return [shard.finish(self.recipe.sha256, start) for shard in shards]
+            return [shard.finish(self.recipe.sha256, table_metadata(self.recipe), start) for shard in shards]
 
     def screened(self, item: RawItem) -> Screened:
         """The item's clean image and caption once both screens have passed it (``Skipped`` otherwise).
@@ -405,11 +405,11 @@ class _ShardOutput:
         self.rows.append(skipped_row(self.unit, key, item.source_id, error.reason, error.detail, skipped.caption,
                                      tuple(skipped.screen.caption_names), tuple(skipped.screen.source_shows)))
 
-    def finish(self, recipe_sha256: str, start: float) -> dict[str, Any]:
-        """Close the tar, write the table, then the stats (last: they mark the shard finished).
-        ``duration_s`` is the time since the group's start."""
+    def finish(self, recipe_sha256: str, metadata: dict[bytes, bytes], start: float) -> dict[str, Any]:
+        """Close the tar, write the table (with the build's ``metadata``), then the stats (last: they
+        mark the shard finished). ``duration_s`` is the time since the group's start."""
         sha = self.writer.close()
-        table_sha = write_table(parquet_path(self.out, self.unit), self.rows)
+        table_sha = write_table(parquet_path(self.out, self.unit), self.rows, metadata)
         unit = self.unit
         stats = {
             "shard": unit.name,

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from implicit_concept.files import atomic_write_bytes
+from implicit_concept.provenance import version as provenance_version
 from implicit_concept.sample import SampleMeta
 
 if TYPE_CHECKING:
@@ -123,14 +124,33 @@ def _utf8(text: str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def table_bytes(rows: list[dict[str, Any]]) -> bytes:
+#: The schema metadata of every parquet a build writes (``pq.read_schema(path).metadata``): what made
+#: it, with no timestamp, so the same build writes the same bytes.
+METADATA_KEYS = (b"implicit_concept.recipe", b"implicit_concept.recipe_sha256", b"implicit_concept.seed",
+                 b"implicit_concept.version")
+
+
+def table_metadata(recipe: Any, env: dict[str, Any] | None = None) -> dict[bytes, bytes]:
+    """A build's parquet metadata: its recipe's name, sha256 and seed, and the implicit-concept
+    version ``env`` (the build record's environment) names, else this process's (a resume under
+    other versions is refused, so a worker's is the build's)."""
+    packages = env.get("packages") if isinstance(env, dict) else None
+    version = packages.get("implicit-concept") if isinstance(packages, dict) else None
+    if not isinstance(version, str):
+        version = provenance_version()
+    values = (str(recipe.name), str(recipe.sha256), str(recipe.seed), version)
+    return {k: v.encode("utf-8") for k, v in zip(METADATA_KEYS, values)}
+
+
+def table_bytes(rows: list[dict[str, Any]], metadata: dict[bytes, bytes] | None = None) -> bytes:
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buffer)
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata(metadata), buffer)
     return buffer.getvalue()
 
 
-def write_table(path: Path, rows: list[dict[str, Any]]) -> str:
-    """Write the table of ``rows`` to ``path``; returns its sha256 (the shard's stats record it)."""
-    data = table_bytes(rows)
+def write_table(path: Path, rows: list[dict[str, Any]], metadata: dict[bytes, bytes] | None = None) -> str:
+    """Write the table of ``rows`` to ``path`` with ``metadata`` (:func:`table_metadata`); returns
+    its sha256 (the shard's stats record it)."""
+    data = table_bytes(rows, metadata)
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()

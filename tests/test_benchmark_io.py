@@ -271,6 +271,25 @@ def test_a_fine_tune_is_keyed_by_its_training_shards_content(tmp_path):
         finetune_key(base, tmp_path / "icd", config, None)
 
 
+def test_a_fine_tune_of_several_processes_has_its_own_key_and_one_process_keeps_its_own(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from benchmark import stages
+    from benchmark.stages import finetune_key
+    from benchmark.training import TrainingConfig
+
+    (tmp_path / "checksums.sha256").write_text(f"{'a' * 64}  icd/train/00000.tar\n")
+    base = _pipeline_dir(tmp_path / "base")
+    keys = {}
+    for count in (1, 2, 2, 4):
+        monkeypatch.setattr(stages, "processes", lambda n=count: SimpleNamespace(num_processes=n))
+        keys.setdefault(count, set()).add(finetune_key(base, tmp_path / "icd", TrainingConfig(), None))
+    assert all(len(k) == 1 for k in keys.values()), "a key is a function of its inputs"
+    assert len(set.union(*keys.values())) == 3, "1, 2 and 4 processes: three keys"
+    monkeypatch.undo()
+    assert finetune_key(base, tmp_path / "icd", TrainingConfig(), None) in keys[1], "one process: the key it had"
+
+
 def test_a_fine_tune_is_keyed_by_its_bases_content_not_its_path(tmp_path):
     """``--pretrained`` moved or spelled otherwise trains nothing anew; new weights at the same path do."""
     import shutil

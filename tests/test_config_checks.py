@@ -321,3 +321,110 @@ def test_a_test_split_with_fewer_captions_than_num_prompts_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"holds 3 captions, and this track's num_prompts is 5"):
         _require_test_split(tmp_path, {"kind": "procedural", "train": 8, "test": 3}, num_prompts=5)
     _require_test_split(tmp_path, {"kind": "procedural", "train": 8, "test": 3}, num_prompts=3)
+
+
+# The paper scale: a track whose base comes from disk, and its mixed precision, checked at the start.
+
+def test_a_track_meant_for_a_base_from_disk_run_without_pretrained_says_so(tmp_path):
+    """The paper track (no [base] table, 512 px) without --pretrained: the error names the missing
+    option, not a size mismatch with an embedded base (or a [base.pipeline] table) it never meant to use."""
+    with pytest.raises(TrackError) as e:
+        check_track(load_track("paper"))
+    message = str(e.value)
+    assert "track 'paper' needs --pretrained" in message and "paper.toml" in message, message
+    assert "[base.pipeline]" not in message and "\n" not in message
+    # the class: any track without a [base] table whose images are not the embedded base's size
+    no_base = re.sub(r"^\[base\.(pipeline|scenes|training)\]\n(?:(?!\[).*\n)*", "", DEBUG, flags=re.M)
+    assert "[base" not in no_base
+    (tmp_path / "mine.toml").write_text(no_base.replace("image_size = 64\nchunk_size", "image_size = 256\nchunk_size"))
+    _refused(tmp_path / "mine.toml", "track 'debug' needs --pretrained", "image_size = 256")
+    # with --pretrained the same track is fine; a track with an embedded base still gets the size mismatch
+    check_track(load_track(tmp_path / "mine.toml"), pretrained=Path("/some/sd"))
+    (tmp_path / "sized.toml").write_text(DEBUG.replace("image_size = 64\nchunk_size", "image_size = 256\nchunk_size"))
+    message = _refused(tmp_path / "sized.toml", "image_size = 256", "[base.pipeline]", "--pretrained")
+    assert "needs --pretrained" not in message
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_fp16_without_a_gpu_is_refused_by_the_track_check(tmp_path, monkeypatch, cuda):
+    """accelerate would train "fp16" in fp32 on a CPU, so training refuses it; the track check refuses
+    it first, before the dataset and detector stages, naming the table and the field."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    debug = load_track("debug")
+    fp16 = load_track("debug", {"finetune": {**debug.finetune, "mixed_precision": "fp16"}})
+    base_fp16 = load_track("debug", {"base": {**debug.base, "training": {**debug.base["training"], "mixed_precision": "fp16"}}})
+    if cuda:
+        check_track(fp16)
+        check_track(base_fp16)
+        return
+    with pytest.raises(TrackError, match=r"debug.toml: \[finetune\]: mixed_precision = 'fp16' needs a GPU.*'bf16'"):
+        check_track(fp16)
+    with pytest.raises(TrackError, match=r"\[base.training\]: mixed_precision = 'fp16' needs a GPU"):
+        check_track(base_fp16)
+    check_track(base_fp16, pretrained=Path("/some/sd"))  # the base is not trained when it comes from disk
+    paper = load_track("paper", {"quality": {"kind": "none"}})
+    with pytest.raises(TrackError, match=r"paper.toml: \[finetune\]: mixed_precision = 'fp16'"):
+        check_track(paper, source=str(_tars(tmp_path)), pretrained=Path("/some/sd"))
+
+
+def _tars(folder: Path) -> str:
+    """A --source of two (empty) tars: the track check only sees that they exist."""
+    for i in range(2):
+        (folder / f"{i:05d}.tar").write_bytes(b"")
+    return f"{folder}/{{00000..00001}}.tar"
+
+
+# Sources given the way labs hold their shards: the refusal says what went wrong.
+
+def test_a_relative_url_in_a_recipe_says_it_is_read_from_the_current_folder(tmp_path, monkeypatch):
+    from builders.recipe import RecipeError, load_recipe
+
+    recipe = tmp_path / "lab" / "recipes" / "my-icd.toml"  # its urls name ../shards, beside the recipe's folder
+    recipe.parent.mkdir(parents=True)
+    recipe.write_text((Path("manifests") / "icd-debug.toml").resolve().read_text().replace(
+        'kind = "procedural"\ntrain = 64\ntest = 32', 'kind = "webdataset"\nurls = "../shards/{00000..00001}.tar"'))
+    (tmp_path / "lab" / "shards").mkdir()
+    for i in range(2):
+        (tmp_path / "lab" / "shards" / f"{i:05d}.tar").write_bytes(b"")
+    work = tmp_path / "elsewhere" / "run"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(recipe)
+    message = str(e.value)
+    assert str(recipe) in message and "'../shards/00000.tar'" in message, message
+    assert f"read from the current folder, {work}, not from the recipe file's folder" in message, message
+
+
+def test_a_glob_or_a_folder_of_tars_as_source_points_at_the_brace_pattern(tmp_path):
+    from builders.recipe import RecipeError, load_recipe, source_from_spec
+
+    shards = tmp_path / "img2dataset_output"
+    shards.mkdir()
+    for i in range(3):
+        (shards / f"{i:05d}.tar").write_bytes(b"")
+    with pytest.raises(RecipeError, match=r"globs are not expanded: name the tars with a brace pattern"):
+        source_from_spec(f"{shards}/*.tar")
+    with pytest.raises(RecipeError) as e:
+        load_recipe("icd-debug", {"source": source_from_spec(str(shards))})
+    assert "no images" in str(e.value) and f"it holds 3 tar files" in str(e.value), str(e.value)
+    assert f"'{shards}/{{00000..00002}}.tar'" in str(e.value), str(e.value)
+    load_recipe("icd-debug", {"source": source_from_spec(f"{shards}/{{00000..00002}}.tar")})  # the pattern it names is accepted
+
+
+def test_a_data_folder_of_another_build_names_the_benchmarks_option_too(tmp_path):
+    """The builder's refusals reach the benchmark, whose option for the folder is --data."""
+    from builders.build import BuildError, build_dataset
+    from builders.recipe import load_recipe
+
+    out = tmp_path / "icd-debug"
+    out.mkdir()
+    (out / "recipe.json").write_text(json.dumps({"recipe": {"name": "icd-debug", "source": {"kind": "folder"}}, "recipe_sha256": "0" * 64}))
+    with pytest.raises(ValueError) as e:
+        build_dataset(load_recipe("icd-debug"), out, progress=False)
+    assert "holds a build of another recipe" in str(e.value) and "choose another --out (the benchmark's --data)" in str(e.value), str(e.value)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(BuildError, match=r"choose another --out \(the benchmark's --data\)"):
+        build_dataset(load_recipe("icd-debug"), tmp_path / "file", progress=False)

@@ -99,3 +99,25 @@ def test_the_paper_dry_run_in_the_form_ci_affords(work):
     assert Image.open(work / "sample.png").size == (64, 64)
     assert json.loads((work / "dry_run.json").read_text())["ok"]
     assert not (work / "sd15").exists() and not (work / "resumed").exists(), "the gigabytes are removed once checked"
+
+
+def test_the_documented_paper_dry_run_passes_its_start_up_checks_at_512_px(tmp_path, monkeypatch):
+    """README's `python -m benchmark.perf.paper_dry_run --out ...` at the shipped paper-dry config
+    (512 px, unlike the CI form above): its start-up checks (the procedural source written, the whole
+    track checked as a `--pretrained` run's) pass, and the heavy stages start. They are stopped at the
+    first one here; the 512 px run itself is about 15 GiB."""
+    from benchmark.perf import paper_dry_run
+    from benchmark.track import load_track
+
+    assert load_track("paper-dry").generation["image_size"] == 512
+
+    class Started(Exception):
+        pass
+
+    def first_stage(run):
+        raise Started(run)
+
+    monkeypatch.setattr(paper_dry_run.stages, "dataset", first_stage)
+    with pytest.raises(Started) as started:
+        paper_dry_run.main(["--out", str(tmp_path / "paper-dry"), "--images", "1"])
+    assert started.value.args[0].track.generation["image_size"] == 512

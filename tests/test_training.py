@@ -25,6 +25,7 @@ from benchmark.models.base_model import BaseModelConfig, pretrain_base
 from benchmark.models.patch_autoencoder import PatchAutoencoder
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline
 from benchmark.training import CHECKPOINTS_DIR, TrainingConfig, train
+from benchmark.training.checkpoints import RUN_FILE
 from implicit_concept.geom_erasing.location_tokens import add_tokens, location_tokens
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig, negative_prompt_for
 from implicit_concept.sample import Box, Instance, SampleMeta
@@ -430,6 +431,8 @@ def test_two_processes_train_the_same_weights_as_one(setup, tmp_path):
     shutil.copytree(step_one, resumed / CHECKPOINTS_DIR / "step-0000001")
     subprocess.run([*launch, str(worker), str(base), str(shards), str(resumed)], check=True, env=env, timeout=300)
     assert _same(_unet_state(two / "pipeline"), _unet_state(resumed / "pipeline"))
+    runs = {name: json.loads((tmp_path / name / RUN_FILE).read_text()) for name in ("one", "two")}
+    assert [runs[n]["processes_this_session"] for n in ("one", "two")] == [1, 2], "run.json says how many processes trained"
     assert _same(_text_state(two / "pipeline"), _text_state(resumed / "pipeline"))
     start, a, b = _unet_state(base), _unet_state(one / "pipeline"), _unet_state(two / "pipeline")
     moved = sum((a[k] - start[k]).abs().sum() for k in a)

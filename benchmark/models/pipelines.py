@@ -197,6 +197,37 @@ def build_tiny_pipeline(config: TinyPipelineConfig, tokenizer_cache: str | Path,
     )
 
 
+#: Config keys that say where a part was loaded from, not what it is: diffusers writes the folder it
+#: loaded a model from into the config it saves (``_name_or_path``), transformers the same for a
+#: tokenizer (``name_or_path``). The same weights in two caches differ only there.
+PATH_KEYS = ("_name_or_path", "name_or_path")
+#: The files of a pipeline folder that are configs (which may hold a ``PATH_KEYS`` key).
+CONFIG_NAMES = ("config.json", "model_index.json")
+def portable_config(path: Path) -> bytes | None:
+    """A config file's bytes without its ``PATH_KEYS`` (as diffusers writes a config: sorted keys,
+    2-space indent, a final newline); None when it holds none (or is no JSON object), so its own
+    bytes stand."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or not any(k in config for k in PATH_KEYS):
+        return None
+    kept = {k: v for k, v in config.items() if k not in PATH_KEYS}
+    return (json.dumps(kept, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def strip_load_paths(pipeline: Path) -> None:
+    """Drop from ``pipeline``'s saved configs the folder each part was loaded from (diffusers writes
+    ``_name_or_path``, e.g. ``CACHE/bases/base-*/init/unet``): the same weights then make the same
+    files in every cache, wherever it lies. A config without such a key is left as it is."""
+    for config in sorted(Path(pipeline).rglob("*.json")):
+        if config.name.endswith(CONFIG_NAMES):
+            portable = portable_config(config)
+            if portable is not None:
+                config.write_bytes(portable)
+
+
 def save_portable_pipeline(pipe: StableDiffusionPipeline, directory: str | Path, negative_prompt: str = "") -> Path:
     """``save_pretrained``, plus what plain diffusers and transformers need to open the folder without
     this package: the slow tokenizer's ``vocab.json`` and ``merges.txt`` beside ``tokenizer.json``,
@@ -206,6 +237,7 @@ def save_portable_pipeline(pipe: StableDiffusionPipeline, directory: str | Path,
     a method samples with goes to ``negative_prompt.txt``."""
     directory = Path(directory)
     pipe.save_pretrained(str(directory))
+    strip_load_paths(directory)
     if (directory / "tokenizer").is_dir():
         write_vocab_files(directory / "tokenizer")
     if isinstance(getattr(pipe, "vae", None), PatchAutoencoder):

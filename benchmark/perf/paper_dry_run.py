@@ -36,6 +36,7 @@ from benchmark.benchmark_run import BenchmarkRun
 from benchmark.generation import diffusers_generate_fn
 from benchmark.methods import get_method
 from benchmark.methods.interface import FineTune, MethodContext
+from benchmark.models.pretrained_check import check_pretrained
 from benchmark.models.sd15 import build_sd15_pipeline
 from benchmark.perf.child_process import ChildResult, run_in_child
 from benchmark.perf.paper_data import procedural_folder
@@ -63,8 +64,10 @@ def dry_run(track: Track, work: Path, source: str | None = None, images: int = D
 
     # 1. A small icd-v1, built as the paper track builds it with --source: from your folder, or from
     # procedural scenes written as one (name.jpg + name.txt, like a folder of LAION images).
+    # The base is checked as a `--pretrained` one (it is built at step 2, and checked there as one).
+    base = work / "sd15"
     source = source or str(procedural_folder(work / "source", images, track.seed))
-    check_track(track, source=source)
+    check_track(track, source=source, pretrained=base)
     run = BenchmarkRun(track=track, name="dry-run", runs_root=work / "runs", data_root=work / "data", cache=work / "cache",
                        source=source, workers=1, progress=progress)
     subset_name, _ = track.groups()[0]
@@ -73,8 +76,8 @@ def dry_run(track: Track, work: Path, source: str | None = None, images: int = D
                                    "train_images": sum(1 for _ in iter_samples(subset / "train"))}
 
     # 2. The base: SD v1.5's architecture, random weights, saved as a diffusers folder and loaded by path.
-    base = work / "sd15"
     _stage(report, "base", run_in_child(build_sd15_pipeline, base, track.seed, threads=threads))
+    check_pretrained(base)  # what `--pretrained` is checked for at a run's start
 
     # 3. Every fine-tune the track's methods declare (sd: plain, ge-full: Geom-Erasing), through the benchmark's stage.
     ctx = _context(run, base, subset)

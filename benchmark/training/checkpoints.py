@@ -320,6 +320,8 @@ class Session:
 
     first_step: int
     prepare_seconds: float
+    #: How many processes trained (this session): two train weights about 1e-5 apart from one.
+    processes: int = 1
     started: float = field(default_factory=time.time)
     seconds: float = 0.0
     loss: float = float("nan")
@@ -348,6 +350,7 @@ def write_finished_run(output_dir: Path, record: dict[str, Any], config: Trainin
         prepare_seconds=round(session.prepare_seconds, 2),
         captions_truncated=session.truncated,
         examples_seen_this_session=session.examples,
+        processes_this_session=session.processes,
         negative_prompt=config.geom.negative_prompt(),
         environment=environment(),
     )

@@ -161,7 +161,7 @@ def _train(base: str | Path, source: SampleSource, output_dir: Path, final_dir: 
     unet.train(config.trains_unet)
     text_encoder.train(config.train_text != "none")
     bar = tqdm(total=config.steps, initial=state.step, desc="train", disable=not (progress and accelerator.is_main_process))
-    session = Session(first_step=state.step, prepare_seconds=prepare_seconds)
+    session = Session(first_step=state.step, prepare_seconds=prepare_seconds, processes=accelerator.num_processes)
     while state.step < config.steps:
         step_started = time.time()
         examples = next(batches)

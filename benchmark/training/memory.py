@@ -27,12 +27,22 @@ def accelerator_for(config: TrainingConfig) -> Accelerator:
     "fp16" silently in fp32, so it is refused there.
     """
     cuda = torch.cuda.is_available()
-    if config.mixed_precision == "fp16" and not cuda:
-        raise ValueError("mixed_precision 'fp16' needs a GPU (accelerate trains in fp32 on a CPU); use 'bf16' on a CPU")
+    refusal = mixed_precision_refusal(config.mixed_precision)
+    if refusal:
+        raise ValueError(f"mixed_precision {refusal}")
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision") != config.mixed_precision:
         AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=config.mixed_precision, cpu=not cuda)
+
+
+def mixed_precision_refusal(mixed_precision: str) -> str | None:
+    """Why ``mixed_precision`` cannot run on this machine (the words after the field's name), or None:
+    "fp16" with no CUDA device visible (a CPU node, or ``CUDA_VISIBLE_DEVICES`` empty). Checked by
+    :func:`accelerator_for` and, before any stage runs, by the track check."""
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        return "'fp16' needs a GPU and none is visible here (accelerate trains in fp32 on a CPU); use 'bf16' on a CPU"
+    return None
 
 
 def apply_memory_options(config: TrainingConfig, unet: Any, text_encoder: Any) -> None:

@@ -170,6 +170,24 @@ class _Entry:
     unused: tuple[tuple[str, str, str], ...]
 
 
+def _tars_hint(root: Path) -> str:
+    """A folder of tar shards given as a folder source: the brace pattern that names them (when
+    they are numbered 00000, 00001, ... without gaps), else the first one as the example."""
+    try:
+        tars = sorted(p.name for p in root.iterdir() if p.name.endswith((".tar", ".tar.gz", ".tgz")))
+    except OSError:
+        return ""
+    if not tars:
+        return ""
+    stems = [t.split(".", 1)[0] for t in tars]
+    suffix = tars[0][len(stems[0]):]
+    numbered = all(t == f"{s}{suffix}" and s.isdigit() and len(s) == len(stems[0]) for s, t in zip(stems, tars))
+    consecutive = numbered and [int(s) for s in stems] == list(range(int(stems[0]), int(stems[0]) + len(stems)))
+    example = f"{{{stems[0]}..{stems[-1]}}}{suffix}" if consecutive and len(tars) > 1 else tars[0]
+    return (f"; it holds {len(tars)} tar file{'s' if len(tars) > 1 else ''}: a source of tar shards is their path or "
+            f"a brace pattern, e.g. '{root / example}'")
+
+
 class FolderSource(Source):
     """Each split's keys, in key order, cut into shards of ``shard_size``.
 
@@ -197,7 +215,7 @@ class FolderSource(Source):
         entries = _entries(listed, config.extensions, unlisted)
         if not any(e.image for e in entries):
             raise ValueError(
-                f"path: no images ({', '.join(config.extensions)}) under {str(root)!r}"
+                f"path: no images ({', '.join(config.extensions)}) under {str(root)!r}{_tars_hint(root)}"
             )
         self.config = config
         self.root = root

@@ -88,6 +88,18 @@ class WebDatasetConfig:
         check_limits(self.max_member_bytes, "max_member_bytes", self.max_pixels)
 
 
+def missing_tars_hint(path: str, given_in: str) -> str:
+    """What to add to "tar files do not exist" for a path that was never going to be found: a glob
+    (never expanded here, unlike in a shell) or a relative path (read from the current folder, not
+    from the file that names it)."""
+    if any(c in path for c in "*?["):
+        return " (globs are not expanded: name the tars with a brace pattern, e.g. '/data/shards/{00000..00099}.tar')"
+    if not os.path.isabs(path):
+        where = ", not from the recipe file's folder" if given_in == "a recipe" else ""
+        return f" (a relative path in {given_in} is read from the current folder, {os.getcwd()}{where})"
+    return ""
+
+
 class WebDatasetSource(Source):
     """Each split reads its items (by ``split_of`` of ``<tar basename>/<key>``) from every tar."""
 
@@ -99,6 +111,7 @@ class WebDatasetSource(Source):
         if missing:
             raise ValueError(
                 f"urls: {len(missing)} of {len(tars)} tar files do not exist, first {missing[0]!r}"
+                f"{missing_tars_hint(missing[0], 'a recipe')}"
             )
         names = [_name(p) for p in tars]
         repeated = sorted({n for n in names if names.count(n) > 1})

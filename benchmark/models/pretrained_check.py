@@ -1,0 +1,117 @@
+"""Check a ``--pretrained`` folder before any stage runs, from its JSON and its file listing alone.
+
+:func:`~benchmark.models.pipelines.load_pipeline` first opens the base inside the first fine-tune,
+after the dataset and detector stages (hours at paper scale). Everything it would refuse that can be
+seen without reading a tensor is refused here, at the start, in one line naming the file: a part's
+folder missing, a part with no safetensors weights (the same lookup ``load_pipeline`` makes, so both
+agree on which file is read), a safetensors file that is not one (a Git LFS pointer, a truncated
+download: its header is read, never its tensors), a tokenizer or scheduler without its files, and a
+folder of another architecture that would load and then fail mid-training with a bare tensor error:
+another pipeline class (SDXL, inpainting), a UNet whose input is not the VAE's latents (an
+inpainting UNet takes 9 channels), one that needs added embeddings (SDXL's ``text_time``), or one
+whose cross-attention width is not the text encoder's.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
+
+from benchmark.models.patch_autoencoder import PatchAutoencoder
+from benchmark.models.pipelines import (
+    DIFFUSERS_WEIGHTS,
+    SCHEDULERS,
+    TRANSFORMERS_WEIGHTS,
+    _component_class,
+    _weights_variant,
+    read_weight_headers,
+    weight_files,
+)
+from implicit_concept.files import read_json_object
+
+#: The pipeline class a base may be: SD 1.x and 2.x save this one (SD 2's v-prediction included).
+PIPELINE_CLASS = "StableDiffusionPipeline"
+#: The VAE classes ``load_pipeline`` accepts (``model_index.json`` names one of them).
+VAE_CLASSES = (PatchAutoencoder, AutoencoderKL, AutoencoderTiny)
+#: The parts ``load_pipeline`` loads, in its order, and the weights stem of those with weights.
+PARTS = {"vae": DIFFUSERS_WEIGHTS, "text_encoder": TRANSFORMERS_WEIGHTS, "tokenizer": None, "unet": DIFFUSERS_WEIGHTS, "scheduler": None}
+#: The files of each part without weights that its loader reads (CLIPTokenizer: the slow tokenizer's two files).
+NEEDED_FILES = {"tokenizer": ("vocab.json", "merges.txt"), "scheduler": ("scheduler_config.json",)}
+CONFIG_FILE = "config.json"
+
+
+def check_pretrained(path: str | Path) -> dict[str, Any]:
+    """Raise ``FileNotFoundError`` or ``ValueError``, one line naming the file (and the field), for a
+    folder :func:`~benchmark.models.pipelines.load_pipeline` would refuse or that would fail once
+    loaded; else return what was read: the weights files per part and the architecture's widths.
+    No tensor is read (only safetensors headers) and nothing is written."""
+    path = Path(path)
+    if path.is_file():
+        raise ValueError(
+            f"{path}: a file, not a diffusers pipeline folder; convert a single-file checkpoint first "
+            "(diffusers: StableDiffusionPipeline.from_single_file(FILE).save_pretrained(FOLDER, safe_serialization=True))"
+        )
+    if not (path / "model_index.json").is_file():
+        snapshots = sorted(path.glob("snapshots/*/model_index.json")) + sorted(path.glob("models--*/snapshots/*/model_index.json"))
+        hint = f"; a Hugging Face cache: pass a snapshot, e.g. {snapshots[0].parent}" if snapshots else ""
+        raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json in it){hint}")
+    index = read_json_object(path / "model_index.json")
+    class_name = index.get("_class_name", PIPELINE_CLASS)
+    if class_name != PIPELINE_CLASS:
+        raise ValueError(f"{path / 'model_index.json'}: _class_name is {class_name!r}; "
+                         f"only SD 1.x/2.x folders ({PIPELINE_CLASS}) can be the base")
+    vae_class = _component_class(index, "vae", VAE_CLASSES, path)
+    _component_class(index, "scheduler", SCHEDULERS, path)
+
+    weights: dict[str, list[str]] = {}
+    for name, stem in PARTS.items():
+        folder = path / name
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{path}: no {name}/ folder (the base needs its {', '.join(PARTS)})")
+        for needed in NEEDED_FILES.get(name, ()):
+            if not (folder / needed).is_file():
+                raise FileNotFoundError(f"{folder / needed}: missing (the {name} is read from {' and '.join(NEEDED_FILES[name])})")
+        if stem is None:
+            continue
+        variant = _weights_variant(folder, stem)
+        files = weight_files(folder, stem, variant)
+        if not files:
+            raise ValueError(f"{folder}: no {stem}{'.' + variant if variant else ''}.safetensors weights file")
+        read_weight_headers(files)  # each one a safetensors file: the header only, never the tensors
+        weights[name] = [str(f.relative_to(path)) for f in files]
+        if not (folder / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{folder / CONFIG_FILE}: missing (the {name}'s architecture)")
+
+    unet_file, vae_file, text_file = (path / part / CONFIG_FILE for part in ("unet", "vae", "text_encoder"))
+    unet, vae, text = (read_json_object(f) for f in (unet_file, vae_file, text_file))
+    latent_channels = vae.get("latent_channels")
+    if vae_class is PatchAutoencoder and latent_channels is None:
+        latent_channels = vae.get("in_channels", 3) * vae.get("patch_size", 4) ** 2
+    if latent_channels is None:
+        latent_channels = _default(vae_class, "latent_channels")
+    for field in ("in_channels", "out_channels"):
+        channels = unet.get(field, _default(UNet2DConditionModel, field))
+        if channels != latent_channels:
+            kind = " (an inpainting UNet)" if field == "in_channels" and channels == 9 else ""
+            raise ValueError(f"{unet_file}: {field} = {channels}{kind}; the VAE's latents have {latent_channels} channels "
+                             f"({vae_file}), so {latent_channels} needed")
+    for field in ("addition_embed_type", "class_embed_type"):
+        if unet.get(field) is not None:
+            kind = " (an SDXL UNet)" if unet.get(field) == "text_time" else ""
+            raise ValueError(f"{unet_file}: {field} = {unet[field]!r}{kind}; an SD 1.x/2.x UNet has none "
+                             "(it would need inputs this pipeline never gives)")
+    hidden = (text.get("text_config") or {}) if text.get("model_type") == "clip" else text
+    hidden_size = hidden.get("hidden_size", 512)  # CLIPTextConfig's default
+    cross = unet.get("cross_attention_dim", _default(UNet2DConditionModel, "cross_attention_dim"))
+    widths = set(cross) if isinstance(cross, (list, tuple)) else {cross}
+    if widths != {hidden_size}:
+        raise ValueError(f"{unet_file}: cross_attention_dim = {cross}, but the text encoder's hidden_size is {hidden_size} "
+                         f"({text_file}); the UNet cannot attend to its text")
+    return {"weights": weights, "latent_channels": latent_channels, "cross_attention_dim": hidden_size}
+
+
+def _default(cls: type, name: str) -> Any:
+    """A model class's default for a config field its saved config.json may leave out."""
+    return inspect.signature(cls.__init__).parameters[name].default

@@ -1,0 +1,232 @@
+"""``--pretrained`` is checked at a run's start, from JSON and file listings: every folder
+``load_pipeline`` would refuse, or that would load and fail mid-training (another architecture), is
+refused before any stage in one line naming the file; the layouts labs hold pass. The folders are
+SD-1.5-shaped (the same classes, block types, 4 latent channels, 8x VAE and CLIP tokenizer as
+``benchmark/models/sd15.py``) at toy widths."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from benchmark.benchmark_run import BenchmarkRun
+from benchmark.cli import main
+from benchmark.models import sd15
+from benchmark.models.clip_tokenizer import build_clip_tokenizer
+from benchmark.models.pipelines import load_pipeline, save_portable_pipeline
+from benchmark.models.pretrained_check import check_pretrained
+from benchmark.track import load_track
+
+
+def _tiny_sd(out: Path, text_dim: int = 32, prediction_type: str = "epsilon") -> Path:
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**{**sd15.UNET, "block_out_channels": (32, 32, 64, 64), "layers_per_block": 1, "cross_attention_dim": text_dim,
+                                   "attention_head_dim": 2, "norm_num_groups": 8, "sample_size": 8})
+    vae = AutoencoderKL(**{**sd15.VAE, "block_out_channels": (8, 8, 16, 16), "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 64})
+    text = CLIPTextModel(CLIPTextConfig(**{**sd15.TEXT_ENCODER, "hidden_size": text_dim, "intermediate_size": 64, "num_hidden_layers": 1,
+                                           "num_attention_heads": 2, "projection_dim": text_dim}))
+    out.mkdir(parents=True)
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=build_clip_tokenizer(out / "tokenizer"),
+                                   scheduler=PNDMScheduler(**{**sd15.SCHEDULER, "prediction_type": prediction_type}),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return save_portable_pipeline(pipe, out)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return _tiny_sd(tmp_path_factory.mktemp("sd") / "sd-tiny")
+
+
+@pytest.fixture
+def copy(tiny, tmp_path):
+    def make(name: str = "copy") -> Path:
+        return Path(shutil.copytree(tiny, tmp_path / name))
+    return make
+
+
+def _edit(path: Path, **fields) -> None:
+    data = json.loads(path.read_text())
+    data.update(fields)
+    path.write_text(json.dumps(data))
+
+
+def _refused(folder: Path, error: type, *fragments: str) -> str:
+    with pytest.raises(error) as e:
+        check_pretrained(folder)
+    message = str(e.value)
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message
+
+
+# The layouts labs hold: checked, and load_pipeline agrees by loading them.
+
+def _fp16_only(folder: Path) -> None:
+    for part, stem in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        plain = folder / part / f"{stem}.safetensors"
+        save_file({k: v.half() for k, v in load_file(plain).items()}, folder / part / f"{stem}.fp16.safetensors", metadata={"format": "pt"})
+        plain.unlink()
+
+
+def _hub_snapshot(folder: Path, root: Path) -> Path:
+    """huggingface_hub's cache layout: every file of the snapshot a symlink into blobs/."""
+    snapshot = root / "models--runwayml--stable-diffusion-v1-5" / "snapshots" / ("a" * 40)
+    blobs = root / "models--runwayml--stable-diffusion-v1-5" / "blobs"
+    blobs.mkdir(parents=True)
+    for i, f in enumerate(sorted(p for p in folder.rglob("*") if p.is_file())):
+        blob = blobs / f"{i:064x}"
+        shutil.copyfile(f, blob)
+        link = snapshot / f.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, link.parent), link)
+    return snapshot
+
+
+def test_the_layouts_labs_hold_pass_and_load(tiny, copy, tmp_path):
+    full = check_pretrained(tiny)
+    assert full["weights"] == {"vae": ["vae/diffusion_pytorch_model.safetensors"], "text_encoder": ["text_encoder/model.safetensors"],
+                               "unet": ["unet/diffusion_pytorch_model.safetensors"]}
+    assert full["latent_channels"] == 4 and full["cross_attention_dim"] == 32
+    fp16 = copy("fp16-only")
+    _fp16_only(fp16)
+    assert check_pretrained(fp16)["weights"]["unet"] == ["unet/diffusion_pytorch_model.fp16.safetensors"]
+    beside = copy("bin-beside")  # a pickle beside the safetensors is ignored, never opened
+    (beside / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not even a pickle")
+    (beside / "model_index.json").write_text(json.dumps({**json.loads((beside / "model_index.json").read_text()),
+                                                         "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+                                                         "feature_extractor": ["transformers", "CLIPImageProcessor"]}))
+    snapshot = _hub_snapshot(tiny, tmp_path / "hub")
+    sd2 = _tiny_sd(tmp_path / "sd2", text_dim=48, prediction_type="v_prediction")  # SD 2: v-prediction, a wider text encoder
+    assert check_pretrained(sd2)["cross_attention_dim"] == 48
+    link = tmp_path / "link"
+    link.symlink_to(tiny)
+    for folder in (fp16, beside, snapshot, sd2, link):
+        check_pretrained(folder)
+        load_pipeline(folder)
+    message = _refused(tmp_path / "hub", FileNotFoundError, "no model_index.json")
+    assert str(snapshot) in message, "the cache's root names the snapshot to pass"
+
+
+def test_the_embedded_pipeline_passes(tmp_path):
+    """A saved tiny pipeline of this package (its VAE is the PatchAutoencoder: 48 latent channels)."""
+    from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline
+
+    folder = save_portable_pipeline(build_tiny_pipeline(TinyPipelineConfig(unet_channels=(16, 32), unet_attention=(False, True),
+                                                                           text_hidden=16, text_layers=1),
+                                                        tmp_path / "tok"), tmp_path / "tiny")
+    assert check_pretrained(folder)["latent_channels"] == 48
+
+
+# Refused, one line naming the file, without reading a tensor.
+
+@pytest.mark.parametrize("part", ["vae", "text_encoder", "tokenizer", "unet", "scheduler"])
+def test_a_missing_part_is_refused(copy, part):
+    folder = copy()
+    shutil.rmtree(folder / part)
+    _refused(folder, FileNotFoundError, str(folder), f"no {part}/ folder")
+
+
+@pytest.mark.parametrize("part,stem,pickled", [("unet", "diffusion_pytorch_model", "diffusion_pytorch_model.bin"),
+                                               ("text_encoder", "model", "pytorch_model.bin"),
+                                               ("vae", "diffusion_pytorch_model", "diffusion_pytorch_model.bin")])
+def test_a_part_with_only_pickled_weights_is_refused_as_load_pipeline_refuses_it(copy, tmp_path, part, stem, pickled):
+    folder = copy()
+    (folder / part / f"{stem}.safetensors").unlink()
+    marker = tmp_path / "unpickled"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (folder / part / pickled).write_bytes(pickle.dumps(Evil()))
+    message = _refused(folder, ValueError, f"{folder / part}: no {stem}.safetensors", pickled, "never loaded")
+    with pytest.raises(ValueError) as late:
+        load_pipeline(folder)
+    assert str(late.value) == message, "the same lookup of the weights file"
+    assert not marker.exists()
+
+
+def test_an_empty_part_a_pointer_file_and_missing_files_are_refused(copy):
+    empty = copy("empty")
+    for f in (empty / "unet").iterdir():
+        f.unlink()
+    _refused(empty, ValueError, f"{empty / 'unet'}: no diffusion_pytorch_model.safetensors", "found: nothing")
+    pointer = copy("lfs-pointer")  # a clone without git-lfs: every weights file is a 130-byte pointer
+    weights = pointer / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 3438167536\n")
+    _refused(pointer, ValueError, str(weights), "not a readable safetensors file")
+    for part, name in (("tokenizer", "merges.txt"), ("tokenizer", "vocab.json"), ("scheduler", "scheduler_config.json"), ("unet", "config.json"),
+                       ("text_encoder", "config.json")):
+        folder = copy(f"no-{part}-{name}")
+        (folder / part / name).unlink()
+        _refused(folder, FileNotFoundError, str(folder / part / name), "missing")
+
+
+def test_a_single_file_checkpoint_and_a_folder_without_an_index_are_refused(tiny, tmp_path):
+    single = tmp_path / "v1-5-pruned-emaonly.safetensors"
+    shutil.copyfile(tiny / "unet" / "diffusion_pytorch_model.safetensors", single)
+    _refused(single, ValueError, str(single), "a file, not a diffusers pipeline folder", "from_single_file")
+    _refused(tiny / "unet", FileNotFoundError, "no model_index.json")
+
+
+@pytest.mark.parametrize("class_name", ["StableDiffusionXLPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionUpscalePipeline"])
+def test_another_pipeline_class_is_refused(copy, class_name):
+    folder = copy()
+    _edit(folder / "model_index.json", _class_name=class_name)
+    _refused(folder, ValueError, str(folder / "model_index.json"), repr(class_name), "StableDiffusionPipeline")
+
+
+def test_a_scheduler_or_vae_class_load_pipeline_does_not_load_is_refused(copy):
+    folder = copy()
+    _edit(folder / "model_index.json", scheduler=["diffusers", "FlowMatchEulerDiscreteScheduler"])
+    _refused(folder, ValueError, str(folder / "model_index.json"), "FlowMatchEulerDiscreteScheduler")
+
+
+@pytest.mark.parametrize("fields,fragments", [
+    ({"in_channels": 9}, ("in_channels = 9 (an inpainting UNet)", "4 needed")),
+    ({"out_channels": 8}, ("out_channels = 8", "4 needed")),
+    ({"addition_embed_type": "text_time", "addition_time_embed_dim": 8}, ("addition_embed_type = 'text_time' (an SDXL UNet)",)),
+    ({"class_embed_type": "projection"}, ("class_embed_type = 'projection'",)),
+    ({"cross_attention_dim": 64}, ("cross_attention_dim = 64", "hidden_size is 32")),
+    ({"cross_attention_dim": [32, 32, 64, 64]}, ("cross_attention_dim = [32, 32, 64, 64]",)),
+])
+def test_a_unet_of_another_architecture_is_refused(copy, fields, fragments):
+    """Each loads through load_pipeline's classes and then fails mid-training with a bare tensor
+    error; refused here naming unet/config.json and the field."""
+    folder = copy()
+    _edit(folder / "unet" / "config.json", **fields)
+    _refused(folder, ValueError, str(folder / "unet" / "config.json"), *fragments)
+
+
+def test_a_text_encoder_of_another_width_is_refused(copy):
+    folder = copy()
+    _edit(folder / "text_encoder" / "config.json", hidden_size=1024)
+    _refused(folder, ValueError, "cross_attention_dim = 32", "hidden_size is 1024", str(folder / "text_encoder" / "config.json"))
+
+
+# The run: refused by check_start before any stage, in one line, nothing claimed.
+
+def test_a_broken_pretrained_folder_stops_the_run_before_any_stage(copy, tmp_path, capsys):
+    inpainting = copy("inpainting")
+    _edit(inpainting / "unet" / "config.json", in_channels=9)
+    with pytest.raises(ValueError, match=r"^--pretrained .*unet/config.json: in_channels = 9"):
+        BenchmarkRun(track=load_track("debug"), name="r", runs_root=tmp_path / "runs", pretrained=inpainting).check_start()
+    no_tokenizer = copy("no-tokenizer")
+    shutil.rmtree(no_tokenizer / "tokenizer")
+    for folder, fragment in ((inpainting, "in_channels = 9"), (no_tokenizer, "no tokenizer/ folder")):
+        argv = ["benchmark", "--track", "debug", "--name", "pre", "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
+                "--cache", str(tmp_path / "cache"), "--quiet", "--pretrained", str(folder)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "--pretrained" in err and str(folder) in err and fragment in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "runs" / "pre" / "run.json").exists() and not (tmp_path / "data").exists(), "no stage ran"
+    BenchmarkRun(track=load_track("debug"), name="ok", runs_root=tmp_path / "runs", pretrained=copy("fine")).check_start()
