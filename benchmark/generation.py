@@ -312,9 +312,6 @@ def _json_sha256(value: Any) -> str:
     return f"sha256:{hashlib.sha256(json.dumps(value, sort_keys=True, default=repr).encode()).hexdigest()}"
 
 
-_portable_sha256: dict[tuple[str, int, int, int], str] = {}
-
-
 def pipeline_sha256(path: Path) -> str:
     """The content of a diffusers pipeline folder: ``model_index.json`` and the parts it names, not
     the single-file checkpoints a hub snapshot keeps beside them, as :func:`folder_sha256` hashes
@@ -325,22 +322,14 @@ def pipeline_sha256(path: Path) -> str:
     if not index.is_file():
         raise FileNotFoundError(f"{path}: not a diffusers pipeline directory (no model_index.json)")
     parts = [k for k, v in read_json_object(index).items() if not k.startswith("_") and isinstance(v, list) and v[0]]
-    roots = [path / name for name in (index.name, *parts)]
-    files = sorted({f for root in roots for f in ([root] if root.is_file() else root.rglob("*")) if f.is_file()})
-    # folder_sha256's form, one "PATH\0SHA256\n" per file in path order (so a folder without such a
-    # key hashes as folder_sha256 hashes it), with each config's portable bytes in place of its own.
-    h = hashlib.sha256()
-    for f in files:
-        inside = f.relative_to(path).as_posix()
-        if any(part.startswith(".") for part in inside.split("/")):
-            continue
-        st = f.stat()
-        known = (str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-        if known not in _portable_sha256:
-            portable = portable_config(f) if f.name.endswith(CONFIG_NAMES) else None
-            _portable_sha256[known] = hashlib.sha256(portable).hexdigest() if portable is not None else sha256_file(f)
-        h.update(f"{inside}\0{_portable_sha256[known]}\n".encode("utf-8"))
-    return h.hexdigest()
+    return folder_sha256(path, only=[index.name, *parts], digest=_portable_sha256)
+
+
+def _portable_sha256(path: Path) -> str:
+    """A file's sha256, a config's without the path it was loaded from (so a config without one
+    hashes as its bytes do, and earlier cache keys hold)."""
+    portable = portable_config(path) if path.name.endswith(CONFIG_NAMES) else None
+    return hashlib.sha256(portable).hexdigest() if portable is not None else sha256_file(path)
 
 
 def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs) -> GenerateFn:
