@@ -90,13 +90,13 @@ def build_dataset(
     try:
         with locked(out):
             env = environment()
-            started = _started_under(out)
-            record = {**_claim_output(recipe, out, builder, env), "plan": plan_record(units)}
+            claimed, previous = _claim_output(recipe, out, builder, env)
+            record = {**claimed, "plan": plan_record(units)}
             _remove_stale_temporaries(out)
             for folder in sorted({shard_dir(out, u) for u in units}):
                 folder.mkdir(parents=True, exist_ok=True)
             todo = [u for u in units if not is_complete(out, u, recipe.sha256)]
-            env = _same_packages(out, started, env, todo)
+            env = _same_packages(out, _started_under(previous), env, todo)
             run_units(recipe, todo, out, workers=workers, progress=progress, distributor=distributor,
                       ray_address=ray_address, builder=builder)
             # The manifest and card are written from the shards' files only once each checks out: those
@@ -145,10 +145,11 @@ def _recipe_record(recipe: Recipe, builder: ShardBuilder, env: dict[str, Any]) -
     }
 
 
-def _claim_output(recipe: Recipe, out: Path, builder: ShardBuilder, env: dict[str, Any]) -> dict[str, Any]:
+def _claim_output(recipe: Recipe, out: Path, builder: ShardBuilder, env: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Refuse a folder that holds another recipe's build, by its record or by any shard's stats
     (an unreadable stats file marks an unfinished shard, rebuilt), or a build whose source or
-    screen detector has changed since it started. Returns the record the folder keeps."""
+    screen detector has changed since it started. Returns the record the folder keeps and the one
+    it held before (None for a new build)."""
     previous = _check_is_build(out)
     if previous is not None and previous.get("recipe_sha256") != recipe.sha256:
         raise FolderClaimError(f"{out}: holds a build of another recipe ({_recipe_change(previous.get('recipe'), recipe.to_dict())}); "
@@ -166,15 +167,12 @@ def _claim_output(recipe: Recipe, out: Path, builder: ShardBuilder, env: dict[st
                     f"Restore it as it was, or build into another {OUT}"
                 )
     claim(out / RECIPE_RECORD, record, f"choose another {OUT} or remove the folder", keys=CLAIMED)
-    return record
+    return record, previous
 
 
-def _started_under(out: Path) -> dict[str, Any] | None:
-    """The environment the build in ``out`` was started under (its ``recipe.json``), if any."""
-    try:
-        env = read_json_object(out / RECIPE_RECORD).get("environment")
-    except (OSError, ValueError):
-        return None
+def _started_under(previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The environment the build was started under (its ``recipe.json`` then), if it records one."""
+    env = previous.get("environment") if previous is not None else None
     return env if isinstance(env, dict) and isinstance(env.get("packages"), dict) else None
 
 

@@ -282,7 +282,7 @@ def test_an_update_that_makes_the_weights_nan_is_never_checkpointed_or_saved(bas
 
 
 def test_all_finite_is_exact_when_a_sum_overflows():
-    from benchmark.models.pipelines import all_finite
+    from implicit_concept.tensor_checks import all_finite
 
     assert all_finite(torch.full((4,), 3e38)) and all_finite(torch.full((4,), 60000.0).half()) and all_finite(torch.zeros(0))
     assert not all_finite(torch.tensor([1.0, float("nan")])) and not all_finite(torch.tensor([float("inf"), -float("inf")]))

@@ -33,6 +33,7 @@ from benchmark.evaluation.scene_features_training import HELDOUT_STREAM, STREAM_
 from implicit_concept.files import atomic_dir, locked, sha256_file
 from implicit_concept.provenance import cache_key, config_hash, environment
 from implicit_concept.scene.grammar import ProceduralConfig
+from implicit_concept.tensor_checks import non_finite
 from implicit_concept.validate import check_choice, check_fields, check_int, is_number
 from implicit_concept.torch_settings import torch_threads
 
@@ -207,7 +208,7 @@ class SceneFeatures:
             if (got.dtype, got.shape) != (want.dtype, want.shape):
                 raise SceneFeaturesError(f"{weights}: tensor {name} is {got.dtype} {tuple(got.shape)}, "
                                          f"not {want.dtype} {tuple(want.shape)}")
-            if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            if non_finite([(name, got)]) is not None:
                 raise SceneFeaturesError(f"{weights}: tensor {name} holds NaN or infinite values")
         net.load_state_dict(state)
         return cls(net, config, info, path)

@@ -17,13 +17,14 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 
 from benchmark.models.patch_autoencoder import PatchAutoencoder
 from benchmark.models.pipelines import (
     DIFFUSERS_WEIGHTS,
     SCHEDULERS,
     TRANSFORMERS_WEIGHTS,
+    VAE_CLASSES,
     _component_class,
     _weights_variant,
     read_weight_headers,
@@ -33,8 +34,6 @@ from implicit_concept.files import read_json_object
 
 #: The pipeline class a base may be: SD 1.x and 2.x save this one (SD 2's v-prediction included).
 PIPELINE_CLASS = "StableDiffusionPipeline"
-#: The VAE classes ``load_pipeline`` accepts (``model_index.json`` names one of them).
-VAE_CLASSES = (PatchAutoencoder, AutoencoderKL, AutoencoderTiny)
 #: The parts ``load_pipeline`` loads, in its order, and the weights stem of those with weights.
 PARTS = {"vae": DIFFUSERS_WEIGHTS, "text_encoder": TRANSFORMERS_WEIGHTS, "tokenizer": None, "unet": DIFFUSERS_WEIGHTS, "scheduler": None}
 #: The files of each part without weights that its loader reads (CLIPTokenizer: the slow tokenizer's two files).

@@ -27,16 +27,17 @@ import torch
 from accelerate import Accelerator
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from benchmark.models.pipelines import all_finite, save_portable_pipeline
+from benchmark.models.pipelines import read_weight_headers, save_portable_pipeline
 from benchmark.training.config import TrainingConfig
 from benchmark.training.new_tokens import NewTokenRows
 from benchmark.training.state_files import JSON_SUFFIX, TENSORS_SUFFIX, load_state, save_state
 from implicit_concept.files import atomic_dir, atomic_write_json
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig, write_metadata
 from implicit_concept.provenance import config_hash, environment
+from implicit_concept.tensor_checks import SAFETENSORS_FLOATS, all_finite, non_finite
 
 log = logging.getLogger(__name__)
 
@@ -145,32 +146,26 @@ def check_state_values(state: Any, current: Any, stem: Path, label: str = "") ->
             check_state_values(value, current[i] if paired else None, stem, f"{label}[{i}]")
 
 
-#: torch's float dtypes by the names safetensors headers give them.
-_SAFETENSORS_FLOATS = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
-
-
 def _check_model_file(path: Path, name: str, state: dict[str, torch.Tensor]) -> None:
     """Refuse, from its header alone, a model file holding a tensor of another dtype where this
     run's model (``state``) holds floats: ``load_model`` casts it silently."""
     try:
-        with safe_open(str(path), "pt") as f:
-            dtypes = {key: f.get_slice(key).get_dtype() for key in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path}: not this run's {name} weights ({type(e).__name__}: {e})") from None
-    for key, dtype in dtypes.items():
+        headers = read_weight_headers([path])
+    except ValueError:
+        raise ValueError(f"{path}: not this run's {name} weights (not a readable safetensors file)") from None
+    for key, (dtype, _) in headers.items():
         tensor = state.get(key)
-        if tensor is not None and tensor.is_floating_point() and dtype != _SAFETENSORS_FLOATS.get(tensor.dtype, dtype):
+        if tensor is not None and tensor.is_floating_point() and dtype != SAFETENSORS_FLOATS.get(tensor.dtype, dtype):
             raise ValueError(f"{path}: tensor {key} is {dtype}, where this run's {name} holds {tensor.dtype}")
 
 
 def require_finite(module: torch.nn.Module, where: Path | str, what: str) -> None:
     """Refuse ``module`` when a float tensor of it holds NaN or infinite values, naming ``where``
-    and the tensor. One sum per tensor (:func:`~benchmark.models.pipelines.all_finite`: 0.15 s per GiB
+    and the tensor. One sum per tensor (:func:`~implicit_concept.tensor_checks.all_finite`: 0.15 s per GiB
     of float32 on 2 shared CPU cores)."""
-    for key, tensor in module.state_dict().items():
-        if tensor.is_floating_point() and not all_finite(tensor):
-            raise ValueError(f"{where}: {what}: tensor {key} holds NaN or infinite values; a model with them "
-                             "draws blank images, which would score as a perfect erasure")
+    if (key := non_finite(module.state_dict().items())) is not None:
+        raise ValueError(f"{where}: {what}: tensor {key} holds NaN or infinite values; a model with them "
+                         "draws blank images, which would score as a perfect erasure")
 
 
 def write_checkpoint(accelerator: Accelerator, folder: Path, parts: Resumable) -> None:
@@ -286,10 +281,9 @@ def _require_finite_extras(ema: EMAModel | None, new_rows: NewTokenRows | None, 
     if new_rows is not None:
         require_finite(new_rows, where, f"{when}the new token rows")
     if ema is not None:
-        for i, tensor in enumerate(ema.shadow_params):
-            if tensor.is_floating_point() and not all_finite(tensor):
-                raise ValueError(f"{where}: {when}the UNet's EMA weights: shadow_params[{i}] holds NaN or infinite values; "
-                                 "a model with them draws blank images, which would score as a perfect erasure")
+        if (i := non_finite((str(i), t) for i, t in enumerate(ema.shadow_params))) is not None:
+            raise ValueError(f"{where}: {when}the UNet's EMA weights: shadow_params[{i}] holds NaN or infinite values; "
+                             "a model with them draws blank images, which would score as a perfect erasure")
 
 
 def save_pipeline(

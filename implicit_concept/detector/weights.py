@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, sha256_file
+from implicit_concept.tensor_checks import non_finite
 from implicit_concept.validate import check_fields
 
 WEIGHTS_NAME = "detector.safetensors"
@@ -217,10 +218,9 @@ def read_detector(path: str | Path) -> tuple[Path, DetectorRecord, dict[str, tor
         state = load_file(weights, device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise DetectorError(f"{weights}: not a readable safetensors file ({e})") from None
-    for name, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise DetectorError(f"{weights}: tensor {name} holds NaN or infinite values; a detector with them finds nothing, "
-                                "which would read as a perfect erasure. Train it again")
+    if (bad := non_finite(state.items())) is not None:
+        raise DetectorError(f"{weights}: tensor {bad} holds NaN or infinite values; a detector with them finds nothing, "
+                            "which would read as a perfect erasure. Train it again")
     return weights, record, state
 
 
