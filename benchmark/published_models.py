@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from benchmark.models.base_model import BASE_FILE, BaseModelConfig
 from benchmark.models.pipelines import build_tiny_pipeline, load_pipeline, save_portable_pipeline
 from implicit_concept.detector.weights import RECORD_NAME, WEIGHTS_NAME
-from implicit_concept.files import atomic_dir, atomic_write_json, locked, read_json_object, sha256_file
+from implicit_concept.files import atomic_dir, atomic_write_json, folder_sha256, locked, read_json_object, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,7 @@ def materialize_base(published: Path, config: BaseModelConfig, cache_root: Path)
             getattr(pipe, part).load_state_dict(state, strict=True)
         with atomic_dir(final, replace_existing=True) as tmp:
             save_portable_pipeline(pipe, tmp)
-            written = _file_digests(tmp)
-        atomic_write_json(made, {"published": record["files"], "files": written})
+        atomic_write_json(made, {"published": record["files"], "sha256": folder_sha256(final)})
     return final
 
 
@@ -236,11 +235,6 @@ def _checked_record(record_file: Path, folder: Path) -> dict[str, Any]:
     return record
 
 
-def _file_digests(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (by its path there) and its sha256."""
-    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def _materialized_stale(final: Path, made: Path, published_files: dict[str, str]) -> str | None:
     """Why the materialised copy ``final`` cannot be reused (None: it can): no record of what was
     written, made from other published files, or a file added, missing or changed since."""
@@ -252,13 +246,6 @@ def _materialized_stale(final: Path, made: Path, published_files: dict[str, str]
         return f"no readable {MATERIALIZED_FILE} beside it"
     if record.get("published") != published_files:
         return "made from other published files"
-    written = record.get("files")
-    if not isinstance(written, dict):
-        return f"no file list in {MATERIALIZED_FILE}"
-    now = {p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file()}
-    if now != set(written):
-        return f"its files differ from those {MATERIALIZED_FILE} lists ({', '.join(sorted(now ^ set(written)))})"
-    for name, digest in written.items():
-        if sha256_file(final / name) != digest:
-            return f"{name} does not match the sha256 {MATERIALIZED_FILE} recorded when it was written"
+    if record.get("sha256") != folder_sha256(final):
+        return f"its files differ from those it was written with ({MATERIALIZED_FILE}: a file added, missing or changed)"
     return None

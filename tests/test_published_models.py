@@ -15,6 +15,7 @@ from benchmark.published_models import (
     published_base,
     published_detector,
 )
+from implicit_concept.files import folder_sha256
 from implicit_concept.scene.grammar import ProceduralConfig
 
 MICRO = TinyPipelineConfig(image_size=32, patch_size=4, unet_channels=(16, 32), unet_attention=(False, True), text_hidden=16, text_layers=1, text_heads=2)
@@ -290,7 +291,7 @@ def test_a_materialised_base_that_changed_in_the_cache_is_made_again(tmp_path):
     config = BaseModelConfig(pipeline=MICRO, scenes=ProceduralConfig(train=4, test=0), seed=3)
     folder = publish_base(_trained(tmp_path, config), config, {}, tmp_path / "published")
     final = materialize_base(folder, config, tmp_path / "cache")
-    assert json.loads((final.parent / "materialized.json").read_text())["files"]["unet/diffusion_pytorch_model.safetensors"]
+    assert json.loads((final.parent / "materialized.json").read_text())["sha256"] == folder_sha256(final)
     expected = {k: v.clone() for k, v in load_pipeline(final).unet.state_dict().items()}
     assert any(v.abs().sum() > 0 for v in expected.values())
     stamp = (final / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns

@@ -27,7 +27,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from implicit_concept.concepts import CONCEPT_NAMES
-from implicit_concept.files import atomic_dir, check_apart, json_text, sha256_file
+from implicit_concept.files import atomic_dir, check_apart, folder_sha256, json_text, sha256_file
 from implicit_concept.sample import SampleMeta
 from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards
 
@@ -118,12 +118,9 @@ def export_detection_dataset(
 
 
 def _files_digest(root: Path) -> str:
-    """sha256 over every file of an export but its marker, by relative path and content: a file
-    added, removed, renamed or edited changes it."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root) != Path(MARKER)):
-        digest.update(f"{path.relative_to(root).as_posix()}\0{sha256_file(path)}\n".encode("utf-8"))
-    return digest.hexdigest()
+    """The content of every file of an export but its marker (:func:`folder_sha256`): a file added,
+    removed, renamed or edited changes it."""
+    return folder_sha256(root, only=sorted(p.name for p in root.iterdir() if p.name != MARKER))
 
 
 def _split_dir(shards: Path, split: str) -> Path:
