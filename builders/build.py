@@ -52,12 +52,15 @@ class BuildError(ValueError):
 @dataclass
 class SourceSummary:
     """The build's source items, each counted once whatever the number of subsets that read it
-    (and of splits, for a tar that fails as a whole): how many, and why those skipped were."""
+    (and of splits, for a tar that fails as a whole): how many, how many became samples (in at
+    least one subset), and why each of the others was skipped (its first row's reason), so that
+    ``items == used + sum(skipped.values())``. What the screens found is per item too."""
 
     items: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     caption_names: dict[str, int] = field(default_factory=dict)
     source_shows: dict[str, int] = field(default_factory=dict)
+    used: int = 0
 
 
 @dataclass
@@ -286,14 +289,30 @@ def _write_manifest(out: Path, units: list, metadata: dict[bytes, bytes] | None 
 
 
 def summarize(table: pa.Table) -> SourceSummary:
-    """What the manifest's rows say per source item (the card's "Screens" section)."""
-    columns = table.select(["source_id", "status", "reason", "caption_names", "source_shows"]).to_pylist()
-    skipped = {(r["source_id"], r["reason"]) for r in columns if r["status"] != "success"}
-    named = {(r["source_id"], c) for r in columns if r["caption_names"] for c in r["caption_names"].split(",")}
-    shown = {(r["source_id"], c) for r in columns if r["source_shows"] for c in r["source_shows"].split(",")}
+    """What the manifest's rows say per source item (the CLI's counts and the card's "Screens").
+
+    Every subset reads every source shard, in the same order, so an item is a source id and which
+    of its rows with that id in one (subset, split) it is: the same item in another subset, and a
+    whole tar's failure met by each split's read of it, count once; a key a tar holds twice (a
+    ``duplicate_key``) counts twice, as it is read twice."""
+    columns = table.select(["subset", "split", "source_id", "status", "reason", "caption_names", "source_shows"]).to_pylist()
+    seen: Counter[tuple[str, str, str]] = Counter()
+    outcome: dict[tuple[str, int], str | None] = {}
+    named: set[tuple[tuple[str, int], str]] = set()
+    shown: set[tuple[tuple[str, int], str]] = set()
+    for row in columns:
+        place = (row["subset"], row["split"], row["source_id"])
+        item = (row["source_id"], seen[place])
+        seen[place] += 1
+        reason = None if row["status"] == "success" else row["reason"]
+        if item not in outcome or reason is None:
+            outcome[item] = reason
+        named.update((item, c) for c in (row["caption_names"] or "").split(",") if c)
+        shown.update((item, c) for c in (row["source_shows"] or "").split(",") if c)
     return SourceSummary(
-        items=len({r["source_id"] for r in columns}),
-        skipped=dict(sorted(Counter(reason for _, reason in skipped).items())),
+        items=len(outcome),
+        skipped=dict(sorted(Counter(r for r in outcome.values() if r is not None).items())),
         caption_names=dict(sorted(Counter(c for _, c in named).items())),
         source_shows=dict(sorted(Counter(c for _, c in shown).items())),
+        used=sum(r is None for r in outcome.values()),
     )

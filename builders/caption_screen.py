@@ -3,26 +3,36 @@
 The dataset promises captions that never name the concept (it is *implicit*), but a real source's
 caption may ("a poster with a QR code"). Each concept has a vocabulary (the recipe's
 ``[caption_screen.words]``, these defaults otherwise), matched case-insensitively, with any spaces,
-hyphens or underscores between the words of a phrase ("qr code", "QR-code"), as whole words: not
-inside a longer Latin word ("context", "textbook" and "logotype" pass), but where a digit, an
-underscore or another script joins them ("watermark2", "company_logo", "QR코드"). Captions are
-matched as Unicode compatibility (NFKC) text without format characters, so full-width letters
-("ＱＲ ｃｏｄｅ"), a soft hyphen or zero-width space inside a word ("Wa\u00adtermark") are caught; a
-compound may be written apart ("water mark", "water-marked").
+dots, hyphens, dashes or underscores between the words of a phrase ("qr code", "QR-code", "Q.R.
+code"). A word of a script written with spaces between words (Latin, Cyrillic, Greek) matches as a
+whole word: not inside a longer word of its script ("context", "textbook", "logotype", "контекст"
+pass), but where a digit, an underscore or another script joins it ("watermark2", "company_logo",
+"QR코드"). A word in Chinese, Japanese or Korean matches anywhere (those scripts write no spaces, and
+Korean joins particles to words: "图片带水印", "워터마크가"), but for the few contexts where its
+characters belong to other words (:data:`_NOT_AROUND`: "文字通り" is "literally", "山水印象"
+"landscape impression"). Captions are matched as Unicode compatibility (NFKC) text without format
+characters, so full-width letters ("ＱＲ ｃｏｄｅ"), a soft hyphen or zero-width space inside a word
+("Wa\u00adtermark") are caught; a compound may be written apart ("water mark", "water-marked"); a
+right single quote stands for an apostrophe ("marca d’água"); "©" is also "(c)" before a year.
+The default vocabularies hold each concept's names in English and in the languages most common in
+web alt text (Chinese, Japanese, Korean, German, French, Spanish, Portuguese, Italian, Russian,
+with their common inflections), since a source like LAION is about half non-English.
 The recipe's policy decides what happens to a caption that names one:
 
 - ``drop`` (the default): the item is skipped (``caption_names_concept``). A caption that names a
   watermark or text usually comes with an image that shows it, so its clean twin is not clean either.
 - ``strip``: the whole token holding the words (with what is joined to it: "Logo-free",
   "qrcode's", "company_logo.png") and an article right before it are taken out of the caption; a
-  caption left without a letter is skipped (``caption_empty_after_screen``).
+  caption left without a letter is skipped (``caption_empty_after_screen``). A match in Chinese,
+  Japanese or Korean takes out only the words matched (a sentence there is one run of characters).
 - ``flag``: the caption is kept as it is and ``KEY.json``'s ``screen.caption_names`` says so.
 
 The vocabularies name the concepts, not what tends to come with them: "sign", "poster", "stock
 photo" or "shutterstock" are not in them (the source screen, with the detector, is what finds a
 concept in the pixels). "text" is a common word, but in alt text it almost always means text that
 shows in the image ("poster with text", "add your text here"); a false match costs one item, a miss
-a caption that names the concept.
+a caption that names the concept. So are "filigrane" / "filigrana" (also filigree jewellery) and
+"texte", "texto", "testo", "текст" in their languages.
 """
 from __future__ import annotations
 
@@ -39,22 +49,65 @@ POLICIES = ("drop", "strip", "flag")
 
 #: Each concept's words. Every concept's caption word (what Geom-Erasing writes) is among them.
 DEFAULT_WORDS: dict[str, tuple[str, ...]] = {
-    "qrcode": ("qr code", "qr codes", "qrcode", "qrcodes", "qr", "quick response code"),
+    "qrcode": (
+        "qr code", "qr codes", "qrcode", "qrcodes", "qr", "quick response code", "q r code", "q r codes",
+        # Chinese, Japanese, Korean ("QR-Code", "code QR", "código QR", "QR-код" are caught by "qr")
+        "二维码", "二維碼", "qr コード", "二次元コード", "二次元バーコード", "qr 코드", "큐알 코드",
+    ),
     "watermark": (
         "watermark", "watermarks", "watermarked", "watermarking", "logo", "logos", "copyright", "©",
+        "水印",  # Chinese
+        "ウォーターマーク", "透かし", "ロゴ",  # Japanese
+        "워터마크", "로고",  # Korean
+        "wasserzeichen",  # German
+        "filigrane", "filigranes",  # French
+        "marca de agua", "marcas de agua", "filigrana",  # Spanish, Italian
+        "marca d'água", "marcas d'água", "marca d'agua", "marca de água", "marca dágua",  # Portuguese
+        "водяной знак", "водяные знаки", "водяным знаком", "водяного знака", "водяных знаков", "водяными знаками",
+        "водяном знаке", "водяному знаку", "логотип", "логотипа", "логотипом", "логотипы", "логотипов",  # Russian
     ),
     "text": (
         "text", "texts", "caption", "captions", "captioned", "subtitle", "subtitles", "subtitled",
         "word", "words", "lettering", "letters", "typography", "inscription", "meme", "memes",
+        "calligraphy", "handwriting", "handwritten",
+        "文字", "字幕",  # Chinese, Japanese
+        "テキスト",  # Japanese
+        "텍스트", "자막", "글자", "글씨",  # Korean
+        "schriftzug", "schriftzüge", "aufschrift", "aufschriften", "beschriftung", "beschriftet", "untertitel",
+        "untertiteln", "kalligrafie",  # German
+        "texte", "textes", "sous-titre", "sous-titres", "sous-titré", "sous-titrée", "sous-titrés", "lettrage",
+        "calligraphie",  # French
+        "texto", "textos", "subtítulo", "subtítulos", "subtitulos", "subtitulado", "subtitulada", "caligrafía",  # Spanish
+        "legendas", "legendado", "legendada", "caligrafia",  # Portuguese
+        "testo", "scritta", "scritte", "sottotitolo", "sottotitoli", "sottotitolato", "sottotitolata", "calligrafia",  # Italian
+        "текст", "текста", "тексту", "текстом", "тексте", "тексты", "текстов", "текстами", "текстах", "надпись", "надписи",
+        "надписью", "надписей", "надписями", "надписях", "субтитры", "субтитрами", "субтитров", "каллиграфия",  # Russian
     ),
 }
 
-#: Latin letters (and combining marks): a vocabulary word inside a longer Latin word is not that word ("context").
+#: Letters (and combining marks) of the scripts written with spaces between words: a vocabulary
+#: word inside a longer word of its script is not that word ("context", "контекст").
 _LATIN = "a-z\u00df-\u00f6\u00f8-\u00ff\u0100-\u024f\u1e00-\u1eff\u0300-\u036f"
-#: Between the words of a phrase.
-_SEPARATOR = r"[\s_-]*"
+_CYRILLIC = "\u0400-\u0482\u048a-\u052f\u1c80-\u1c8f\ua640-\ua66e\ua680-\ua69f\u0300-\u036f\u0483-\u0489"
+_GREEK = "\u0370-\u03ff\u1f00-\u1fff\u0300-\u036f"
+_WORD_SCRIPTS = (_LATIN, _CYRILLIC, _GREEK)
+#: Han, kana and Hangul: written without spaces, so a word there matches anywhere in a caption.
+_CJK = re.compile("[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+                  "\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003134f]")
+#: Between the words of a phrase: spaces, underscores, dots, hyphens and dashes.
+_SEPARATOR = r"[\s_.\-\u2010-\u2015\u2212]*"
 #: Compounds a caption may write apart ("water mark", "water-marked"): the word and where it splits.
 _COMPOUNDS = {"watermark": 5}
+#: Words of the scripts without spaces whose characters also end or start other words: not
+#: preceded by / not followed by these characters ("山水印象" is "landscape impression", "文字通り"
+#: "literally", "文字盤" a watch's dial, "絵文字" emoji, "透かして" the verb "seeing through").
+_NOT_AROUND: dict[str, tuple[str, str]] = {
+    "水印": ("山墨", ""),
+    "文字": ("絵", "通盤"),
+    "透かし": ("見", "てたま彫"),
+}
+#: "©" is also written "(c)", before a year ("(c) 2020 John Doe"), not in "options (a) to (c)".
+_COPYRIGHT = r"(?:©|\(c\)(?=\s*\d{4}))"
 #: An article right before a stripped token goes with it.
 _ARTICLE = re.compile(r"(?<!\w)(?:an?|the)\s+\Z", re.IGNORECASE)
 
@@ -151,11 +204,15 @@ def _normalised(caption: str) -> tuple[str, list[int]]:
 
 def _token(text: str, start: int, stop: int) -> tuple[int, int]:
     """The span of the whole token around a match (letters, digits, underscores, hyphens,
-    apostrophes and inner dots joined to it) and an article right before it."""
-    while start > 0 and _joined(text, start - 1):
-        start -= 1
-    while stop < len(text) and _joined(text, stop):
-        stop += 1
+    apostrophes and inner dots joined to it) and an article right before it. A match that begins
+    (ends) with a Chinese, Japanese or Korean character is not widened on that side: a sentence
+    there is one run of characters."""
+    if not _CJK.match(text[start]):
+        while start > 0 and _joined(text, start - 1):
+            start -= 1
+    if not _CJK.match(text[stop - 1]):
+        while stop < len(text) and _joined(text, stop):
+            stop += 1
     article = _ARTICLE.search(text, max(0, start - 16), start)
     return (article.start() if article else start), stop
 
@@ -166,23 +223,34 @@ def _joined(text: str, i: int) -> bool:
 
 
 def _alternation(phrases: tuple[str, ...]) -> str:
-    """One pattern for all ``phrases``, longest first, none inside a longer Latin word."""
+    """One pattern for all ``phrases``, longest first, none inside a longer word of its script."""
     parts = []
     for phrase in sorted(set(phrases), key=lambda p: (-len(p), p)):
-        tokens = re.split(r"[\s_-]+", unicodedata.normalize("NFKC", phrase.strip()).casefold())
+        words = unicodedata.normalize("NFKC", phrase.strip()).casefold()
+        tokens = re.split(r"[\s_\-]+", words)
         body = _SEPARATOR.join(_spelling(token) for token in tokens)
-        before = f"(?<![{_LATIN}])" if re.match(f"[{_LATIN}]", tokens[0]) else ""
-        after = f"(?![{_LATIN}])" if re.search(f"[{_LATIN}]$", tokens[-1]) else ""
+        before = "".join(f"(?<![{letters}])" for letters in _WORD_SCRIPTS if re.match(f"[{letters}]", tokens[0]))
+        after = "".join(f"(?![{letters}])" for letters in _WORD_SCRIPTS if re.search(f"[{letters}]$", tokens[-1]))
+        not_before, not_after = _NOT_AROUND.get(words, ("", ""))
+        before += f"(?<![{re.escape(not_before)}])" if not_before else ""
+        after += f"(?![{re.escape(not_after)}])" if not_after else ""
         parts.append(before + body + after)
     return "(?:" + "|".join(parts) + ")"
 
 
 def _spelling(token: str) -> str:
-    """``token`` as a pattern; a compound of :data:`_COMPOUNDS` may be written apart."""
+    """``token`` as a pattern: a compound of :data:`_COMPOUNDS` may be written apart, an apostrophe
+    is either one, "©" is also "(c)" before a year."""
+    if token == "©":
+        return _COPYRIGHT
     for compound, split in _COMPOUNDS.items():
         if token.startswith(compound):
-            return re.escape(token[:split]) + _SEPARATOR + re.escape(token[split:])
-    return re.escape(token)
+            return _apostrophes(re.escape(token[:split])) + _SEPARATOR + _apostrophes(re.escape(token[split:]))
+    return _apostrophes(re.escape(token))
+
+
+def _apostrophes(pattern: str) -> str:
+    return re.sub("['\u2019]", "['\u2019]", pattern)
 
 
 #: A pair of brackets or quotes with nothing but spaces or punctuation inside.

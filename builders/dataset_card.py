@@ -154,9 +154,11 @@ def _screens(recipe: Recipe, summary: "SourceSummary") -> list[str]:
         "strip": "those words are taken out (the item dropped when nothing is left), and captions never name a concept",
         "flag": "they are kept as they are and flagged (`screen.caption_names` in `KEY.json`): such captions name a concept",
     }[recipe.caption_screen.policy]
+    skipped = sum(summary.skipped.values())
     lines = [
-        f"{summary.items} source items; skipped: "
-        + (", ".join(f"{r} {n}" for r, n in summary.skipped.items()) or "none") + ".",
+        f"{summary.items} source items (each counted once, whatever the subsets that read it): {summary.used} made samples, "
+        f"{skipped} skipped" + (" (" + ", ".join(f"{r} {n}" for r, n in summary.skipped.items()) + ")" if skipped else "")
+        + "; every one is a row of each subset's parquet tables, with its reason.",
         "",
         f"- Caption screen: source captions naming a concept, by concept: {named} "
         f"(policy `{recipe.caption_screen.policy}`: {caption}).",

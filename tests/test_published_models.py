@@ -309,3 +309,22 @@ def test_a_materialised_base_that_changed_in_the_cache_is_made_again(tmp_path):
     (final.parent / "materialized.json").unlink()
     assert materialize_base(folder, config, tmp_path / "cache") == final
     assert (final.parent / "materialized.json").is_file()
+
+
+def test_the_tiny_track_finds_the_published_evaluator_for_the_shipped_icd_tiny(tmp_path):
+    """The published detector stands in for training only while its identity names the tiny track's
+    inputs as they are: a change to icd-tiny's bytes (its reference checksums) or to the published
+    base must come with a republished (or re-identified) evaluator, or every fresh clone retrains it."""
+    from benchmark.benchmark_run import BenchmarkRun
+    from benchmark.published_models import published_detector
+    from benchmark.stages import detector_identity, pretrain_base_model
+    from benchmark.track import load_track
+    from builders.dataset_card import CHECKSUMS
+    from manifests import RECIPES_DIR
+
+    run = BenchmarkRun(track=load_track("tiny"), name="r", runs_root=tmp_path / "runs", cache=tmp_path / "cache")
+    dataset = tmp_path / "icd-tiny"
+    dataset.mkdir()
+    (dataset / CHECKSUMS).write_bytes((RECIPES_DIR / "icd-tiny.sha256").read_bytes())
+    identity = detector_identity(run, dataset, pretrain_base_model(run))
+    assert published_detector(identity) is not None, f"no published detector has the tiny track's identity {identity['data']}"

@@ -201,3 +201,57 @@ def test_the_source_screen_flags_or_drops_images_that_already_show_a_concept(tmp
 def test_a_screen_detector_on_the_command_line_must_exist(tmp_path, capsys):
     assert main(["build", "icd-debug", "--screen-detector", str(tmp_path / "nodetector"), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert str(tmp_path / "nodetector") in capsys.readouterr().err
+
+
+#: Captions that name a concept in another language or another spelling of its English name.
+NAMING = {
+    "qrcode": ["Q.R. code on a flyer", "Q R code", "q-r code", "二维码海报", "扫描二維碼", "QRコードを読む", "二次元コード",
+               "QR코드 스티커", "큐알코드", "código QR", "QR-код на двери", "QR-Code auf Plakat", "code QR"],
+    "watermark": ["(c) 2020 john doe", "(C)2019 Studio", "Wasserzeichen auf Foto", "photo avec filigrane", "foto con marca de agua",
+                  "foto com marca d'água", "foto com marca d\u2019agua", "immagine con filigrana", "фото с водяным знаком",
+                  "водяной знак", "без водяного знака", "图片带水印", "ウォーターマーク付き", "透かし入り写真", "워터마크가 있는 사진",
+                  "логотип компании"],
+    "text": ["texte sur image", "texto en la imagen", "immagine con testo", "картинка с текстом", "надпись на стене",
+             "sous-titres français", "película con subtítulos", "film con sottotitoli", "T-Shirt mit Schriftzug", "字幕",
+             "带文字的图片", "テキスト入り", "텍스트 이미지", "maglietta con scritta", "calligraphy on paper", "a handwritten note"],
+}
+
+#: Ordinary captions, English and not, that name no concept (words that hold a vocabulary word's letters included).
+ORDINARY = [
+    "a textured wall", "in the context of war", "a textile pattern", "a pretext for a walk", "texture of wood",
+    "a dog by the waterfall", "logistics truck on a road", "wording on the fence is hard to read? no, a swordfish",
+    "option (c) in a quiz", "figure 3(c) of a paper", "quarry road at dusk", "une table en bois dans le contexte",
+    "un contexto histórico", "el textil de algodón", "il contesto della foto", "una protesta in piazza", "testosterone levels",
+    "Kontext der Ausstellung", "Textilien aus Wolle", "Wasserfall im Wald", "контекст войны", "текстура дерева",
+    "текстиль из льна", "山水印象", "山水画", "文字通りの意味", "光を透かして見る", "한국의 풍경", "海边的日落", "東京の夜景",
+    "marca de coche", "água de coco", "Wasser und Zeichen", "腕時計の文字盤", "絵文字のスタンプ",
+]
+
+
+@pytest.mark.parametrize("concept", sorted(NAMING))
+def test_the_default_vocabulary_names_concepts_in_common_languages_and_spellings(concept):
+    screen = CaptionScreen("flag")
+    assert {c: screen.check(c).names for c in NAMING[concept]} == {c: (concept,) for c in NAMING[concept]}
+
+
+def test_ordinary_captions_in_any_language_name_no_concept():
+    screen = CaptionScreen("flag")
+    assert {c: screen.check(c).names for c in ORDINARY if screen.check(c).names} == {}
+    assert len(ORDINARY) >= 30
+
+
+@pytest.mark.parametrize(("caption", "stripped"), [
+    ("图片带水印", "图片带"), ("QRコード付きのポスター", "付きのポスター"), ("фото с водяным знаком", "фото с"),
+    ("Photo (c) 2020 Jane", "Photo 2020 Jane"),
+])
+def test_strip_takes_out_only_the_words_in_scripts_without_spaces(caption, stripped):
+    assert CaptionScreen("strip").check(caption).caption == stripped
+
+
+@pytest.mark.parametrize("caption", ["a Water\u200dmark", "qr\u200ccode", "wa\u00adter\u2060mark", "\u200fTEXT\u200e"])
+def test_a_caption_keeps_its_joiners_and_the_screen_still_sees_the_word(caption):
+    """Caption clean-up keeps ZWJ / ZWNJ (part of spellings); the screen matches without them."""
+    from builders.sources.folder import decode_caption
+
+    kept, _ = decode_caption(caption.encode())
+    assert CaptionScreen("flag").check(kept).names != () and ("\u200d" in kept) == ("\u200d" in caption)

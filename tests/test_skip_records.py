@@ -272,3 +272,57 @@ def test_a_hard_link_in_a_source_tar_is_followed(tmp_path):
     raw["source"] = {"kind": "webdataset", "urls": str(tmp_path / "00000.tar"), "test_fraction": 0.0}
     report = build_dataset(parse_recipe(raw), tmp_path / "out", progress=False)
     assert (report.samples, report.failures) == (2, {}), report
+
+
+def _members(path: Path, members: list[tuple[str, bytes]]) -> bytes:
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            tf.addfile(info, io.BytesIO(data))
+    return path.read_bytes()
+
+
+def test_every_count_is_per_source_item_in_the_cli_the_card_and_the_rows(tmp_path, capsys):
+    """A tar holding a hidden member, a second image of a key, a key repeated after others, a key with
+    no caption and another tar joined on with cat, read by two subsets and both splits: the CLI, the
+    card and the report count each item once (the joined tar, met by each split's read, once; the
+    repeated key twice, as it is read twice), and used + skipped items add up to the items, which
+    are one subset's rows."""
+    good = _png()
+    tar = tmp_path / "00000.tar"
+    joined = _members(tmp_path / "other.tar", [("z.png", good), ("z.txt", b"never read")])
+    data = _members(tar, [("a.png", good), ("a.txt", b"a red square"), ("b.png", good), ("b.jpg", good), ("b.txt", b"two files"),
+                          ("._c.png", b"\x00\x05\x16\x07"), ("c.png", good), ("c.txt", b"after a hidden member"),
+                          ("d.png", good), ("a.png", good), ("a.txt", b"again")])
+    tar.write_bytes(data + joined)
+    raw = _recipe(tmp_path, FOUR_SUBSETS[:2])
+    raw["source"] = {"kind": "webdataset", "urls": str(tar), "test_fraction": 0.5}
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_toml(raw))
+    assert main(["build", str(recipe), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    skipped = {"data_after_end_of_archive": 1, "duplicate_image": 1, "duplicate_key": 1, "hidden_file": 1, "missing_caption": 1}
+    assert f"skipped source items (each counted once, whatever the subsets that read it): {json.dumps(skipped)}" in capsys.readouterr().out
+    rows = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
+    one_subset = [r for r in rows if r["subset"] == "qr"]
+    assert len(rows) == 2 * len(one_subset) == 2 * (7 + 2)  # seven items, and the joined tar met by each split
+    assert sorted(r["source_id"] for r in one_subset if r["status"] == "success") == ["00000.tar/a", "00000.tar/b", "00000.tar/c"]
+    report = build_dataset(parse_recipe(raw), tmp_path / "out", progress=False)
+    assert (report.summary.items, report.summary.used, report.failures, report.samples) == (8, 3, skipped, 6)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert ("8 source items (each counted once, whatever the subsets that read it): 3 made samples, 5 skipped "
+            "(data_after_end_of_archive 1, duplicate_image 1, duplicate_key 1, hidden_file 1, missing_caption 1)") in card
+    assert verify_dataset(tmp_path / "out").ok
+
+
+def test_a_build_with_no_sample_counts_each_item_once(tmp_path, capsys):
+    """The reasons of "all N source items were skipped" add up to N, however often a source id recurs."""
+    tar = tmp_path / "00000.tar"
+    _members(tar, [("._a.png", b"\x00\x05\x16\x07"), ("a.txt", b"a caption"), ("b.txt", b"another"), ("a.txt", b"again")])
+    raw = _recipe(tmp_path, FOUR_SUBSETS[:2])
+    raw["source"] = {"kind": "webdataset", "urls": str(tar), "test_fraction": 0.0}
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_toml(raw))
+    assert main(["build", str(recipe), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no samples: all 4 source items were skipped (duplicate_key: 1, hidden_file: 1, no_image: 2)" in err

@@ -109,7 +109,7 @@ def test_a_stream_keeps_the_member_cap(served):
     """A 2 MB .tar.gz of a member declaring 200 MB, served over HTTP: not read, counted."""
     folder, base = served
     good = hostile.good_members("g", 1, 0)
-    data = hostile.zeros_tar_gz(good, hostile.big_member_header("h.jpg", 200 << 20), hostile.member("h.txt", b"x") + good, size=200 << 20)
+    data = hostile.zeros_tar_gz(good, hostile.big_member_header("h.jpg", 200 << 20), hostile.member("h.txt", b"x") + hostile.good_members("k", 1, 0), size=200 << 20)
     (folder / "00000.tar.gz").write_bytes(data)
     source = WebDatasetSource(WebDatasetConfig(f"{base}/00000.tar.gz", test_fraction=0.0))
     with memory_headroom():
@@ -163,3 +163,22 @@ def test_the_grouping_rule_is_webdatasets(tmp_path):
             for s in group_by_keys(tar_file_expander([{"url": str(tmp_path / "s.tar"), "stream": stream}]))
         ]
     assert ours == theirs
+
+
+def test_a_source_tar_groups_as_webdataset_reads_it_hidden_members_and_all(tmp_path):
+    """A macOS tar (``._KEY.jpg`` AppleDouble members before each file, a ``.DS_Store``) and members
+    without an extension: the source's samples are webdataset's, read from a file or a stream, and
+    each member webdataset leaves out is a record of its own."""
+    import webdataset as wds
+
+    members = [(".DS_Store", b"x")]
+    for i in range(3):
+        members += [(f"._{i}.jpg", b"\x00\x05\x16\x07"), (f"{i}.jpg", jpeg((60 * i, 9, 9))), (f"._{i}.txt", b"\x00\x05\x16\x07"),
+                    (f"{i}.txt", f"picture {i}".encode()), ("LICENSE", b"cc-by")]
+    write_tar(tmp_path / "00000.tar", members)
+    theirs = [(s["__key__"], s["jpg"], s["txt"].decode()) for s in wds.WebDataset(str(tmp_path / "00000.tar"), shardshuffle=False)]
+    for urls in (str(tmp_path / "00000.tar"), f"pipe:cat {tmp_path}/00000.tar"):
+        items = list(WebDatasetSource(WebDatasetConfig(urls, test_fraction=0.0)).read("train", 0))
+        assert [(i.source_id.split("/", 1)[1], i.image, i.caption) for i in items if i.error is None] == theirs
+        assert len(theirs) == 3 and sorted(i.source_id for i in items if i.error) == sorted(
+            [f"00000.tar/{n}" for n, _ in members if n.startswith(".")] + ["00000.tar/LICENSE"] * 3)

@@ -13,10 +13,12 @@ readable file would copy it into the dataset. Such an entry is a counted skip
 """
 from __future__ import annotations
 
+import codecs
 import errno
 import hashlib
 import math
 import os
+import re
 import stat
 import unicodedata
 from dataclasses import dataclass
@@ -31,7 +33,8 @@ from implicit_concept.validate import check_int
 from .base import RawItem, Source, split_of
 from .source_json import read_source_json
 
-#: The photo and web formats Pillow reads (a GIF or APNG gives its first frame, a TIFF its first page).
+#: The photo and web formats Pillow reads (a GIF or APNG gives its first frame, a TIFF its first page),
+#: by preference when one key has several; a tar source takes the same ones in the same order.
 DEFAULT_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "jpe", "jfif", "png", "apng", "webp", "avif", "bmp", "gif", "tif", "tiff")
 #: One image file read into memory at most, unless the source config sets another.
 DEFAULT_MAX_BYTES = 64 << 20
@@ -64,33 +67,109 @@ def check_limits(max_bytes: Any, bytes_field: str, max_pixels: Any) -> None:
 
 
 def decode_caption(data: bytes) -> tuple[str | None, str | None]:
-    """Return ``(caption, None)`` or ``(None, reason)``; shared by every source of external captions.
+    """Return ``(caption, None)`` or ``(None, reason)``; shared by every source of external captions
+    (:func:`read_caption` also says why a caption was refused)."""
+    caption, reason, _ = read_caption(data)
+    return caption, reason
+
+
+#: Byte order marks and the encoding each one names, longest first (UTF-32LE's starts like UTF-16LE's).
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def read_caption(data: bytes) -> tuple[str | None, str | None, str]:
+    """``(caption, None, "")`` or ``(None, reason, why)``.
+
+    A caption is UTF-8, or the encoding its byte order mark names (UTF-8, UTF-16 or UTF-32, either
+    byte order: Windows tools write UTF-16LE with a BOM); the BOM is not part of it. Anything else
+    is ``caption_not_utf8``, and ``why`` says what was found (the first bad byte, a BOM whose text
+    does not decode, UTF-16 without a BOM).
 
     A caption is stored in KEY.txt, KEY.json and the manifest, so it holds no control characters
-    (C0, C1, line breaks and tabs, Unicode line and paragraph separators: each becomes a space) and no format characters (a bidi override
-    that reorders what a reader sees, a zero-width space, a soft hyphen: each is removed, so a word
-    stays whole). A caption left without a visible character is ``empty_caption``.
+    (C0, C1, line breaks and tabs, Unicode line and paragraph separators: each becomes a space) and
+    none of the invisible format characters that hide or reorder text (:data:`REMOVED_FORMAT`:
+    bidi controls, zero-width space, soft hyphen, BOM, word joiner...; each is removed, so a word
+    stays whole). Format characters that are part of a spelling stay: ZWNJ and ZWJ (Persian, Indic
+    scripts, emoji sequences), the Arabic number signs, emoji tag sequences (a flag of a region). A
+    caption left without a visible character is ``empty_caption``.
     """
     if len(data) > MAX_CAPTION_BYTES:
-        return None, "caption_too_large"
+        return None, "caption_too_large", f"{len(data)} bytes, over the cap of {MAX_CAPTION_BYTES}"
+    encoding, bom = next(((name, len(mark)) for mark, name in _BOMS if data.startswith(mark)), ("utf-8", 0))
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return None, "caption_not_utf8"
+        text = data[bom:].decode(encoding)
+    except UnicodeDecodeError as e:
+        return None, "caption_not_utf8", _not_decoded(data, encoding, bom, e)
     text = _printable(text).strip()
-    return (text, None) if text else (None, "empty_caption")
+    if not any(unicodedata.category(c) not in _INVISIBLE for c in text):
+        return None, "empty_caption", "no visible character"
+    return text, None, ""
+
+
+#: What does not make a caption visible on its own: spaces, control and format characters, marks.
+_INVISIBLE = frozenset(("Zs", "Zl", "Zp", "Cc", "Cf", "Mn", "Me"))
+
+
+def _not_decoded(data: bytes, encoding: str, bom: int, error: UnicodeDecodeError) -> str:
+    """Why a caption's bytes are not text, in words a person can act on (``bom``: its length)."""
+    offset = bom + error.start
+    if encoding != "utf-8":
+        name = encoding.upper().replace("-LE", "LE").replace("-BE", "BE")
+        return f"starts with a {name} byte order mark but is not {name} text ({error.reason} at byte {offset})"
+    found = f"not UTF-8: byte 0x{data[offset]:02x} at offset {offset} ({error.reason})"
+    evens, odds = data[0::2], data[1::2]
+    if max(evens.count(0), odds.count(0)) * 4 > len(data):
+        return f"{found}; a NUL every other byte: UTF-16 without a byte order mark? Save captions as UTF-8"
+    return f"{found}; Latin-1 or Windows-1252 text? Save captions as UTF-8"
 
 
 #: Categories that become a space: control characters (C0, C1: tab, newline, escapes) and line
 #: and paragraph separators (U+2028, U+2029).
 _SPACED = ("Cc", "Zl", "Zp")
 
+#: The format (Cf) characters a caption loses: invisible ones that hide, split or reorder what a
+#: reader sees, and mean nothing in a caption. Every other format character is part of a spelling
+#: and stays: ZWNJ U+200C and ZWJ U+200D (Persian and Indic spellings, emoji sequences), the Arabic
+#: number and end-of-ayah signs, the Mongolian vowel separator, Egyptian and shorthand format
+#: controls, musical beams, and tag characters inside an emoji tag sequence (a region's flag).
+REMOVED_FORMAT: dict[str, str] = {
+    "\u00ad": "soft hyphen",
+    "\u061c": "Arabic letter mark (bidi)",
+    "\u200b": "zero-width space",
+    "\u200e": "left-to-right mark (bidi)",
+    "\u200f": "right-to-left mark (bidi)",
+    **{chr(c): "bidi embedding, override or pop (U+202A-U+202E)" for c in range(0x202A, 0x202F)},
+    "\u2060": "word joiner",
+    **{chr(c): "invisible math operator (U+2061-U+2064)" for c in range(0x2061, 0x2065)},
+    **{chr(c): "bidi isolate (U+2066-U+2069)" for c in range(0x2066, 0x206A)},
+    **{chr(c): "deprecated format character (U+206A-U+206F)" for c in range(0x206A, 0x2070)},
+    "\ufeff": "byte order mark / zero-width no-break space",
+    **{chr(c): "interlinear annotation (U+FFF9-U+FFFB)" for c in range(0xFFF9, 0xFFFC)},
+    "\U000e0001": "language tag (deprecated)",
+}
+#: Tag characters (U+E0020-U+E007F) hide ASCII text from a reader ("ASCII smuggling"); they stay
+#: only as an emoji tag sequence: U+1F3F4 WAVING BLACK FLAG, tags, then U+E007F CANCEL TAG.
+_TAGS = re.compile("[\U000e0020-\U000e007f]+")
+_FLAG_SEQUENCE = re.compile("\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f")
+
 
 def _printable(text: str) -> str:
     if text.isascii() and text.isprintable():
         return text
     # Every character str.splitlines() breaks at is Cc, Zl or Zp: none is left in a caption.
-    return "".join(" " if cat in _SPACED else c for c in text if (cat := unicodedata.category(c)) != "Cf")
+    text = "".join(" " if unicodedata.category(c) in _SPACED else c for c in text if c not in REMOVED_FORMAT)
+    return _without_stray_tags(text) if _TAGS.search(text) else text
+
+
+def _without_stray_tags(text: str) -> str:
+    kept, end = [], 0
+    for match in _FLAG_SEQUENCE.finditer(text):
+        kept += [_TAGS.sub("", text[end:match.start()]), match.group()]
+        end = match.end()
+    return "".join(kept) + _TAGS.sub("", text[end:])
 
 
 def read_regular_file(root: Path, rel: str, max_bytes: int) -> bytes:
@@ -196,7 +275,9 @@ class FolderSource(Source):
     that is not a folder is listed, symlinks and FIFOs included, so each one is counted when it is
     refused, and every file not used is a skip record of its own: an image beside a preferred one
     (``duplicate_image``), a second caption (``duplicate_caption``), files of a key without any image
-    (``no_image``). ``a.json`` beside a used image is its metadata, as in img2dataset's ``files``
+    (``no_image``), a file whose name starts with a dot (``hidden_file``: macOS's ``._a.jpg``,
+    ``.DS_Store``; webdataset gives such a tar member no key). ``a.json`` beside a used image is its
+    metadata, as in img2dataset's ``files``
     output: read as a tar's ``KEY.json`` is, into the sample's ``source.meta``; other files of the
     key are not read.
     """
@@ -214,8 +295,10 @@ class FolderSource(Source):
             raise ValueError(f"path: {str(root)!r} cannot be listed ({unlisted['']})")
         entries = _entries(listed, config.extensions, unlisted)
         if not any(e.image for e in entries):
+            hidden = sum(is_hidden(rel) for rel in listed)
+            aside = f" ({hidden} hidden files, whose names start with a dot, are not read)" if hidden else ""
             raise ValueError(
-                f"path: no images ({', '.join(config.extensions)}) under {str(root)!r}{_tars_hint(root)}"
+                f"path: no images ({', '.join(config.extensions)}) under {str(root)!r}{aside}{_tars_hint(root)}"
             )
         self.config = config
         self.root = root
@@ -291,9 +374,9 @@ class FolderSource(Source):
             return RawItem(rel, None, None, meta, error="caption_too_large", detail=str(e))
         except OSError as e:
             return RawItem(rel, None, None, meta, error="unreadable_caption", detail=f"{caption_rel}: {e}")
-        caption, error = decode_caption(caption_bytes)
+        caption, error, why = read_caption(caption_bytes)
         if error:
-            return RawItem(rel, None, None, meta, error=error, detail=caption_rel)
+            return RawItem(rel, None, None, meta, error=error, detail=f"{caption_rel}: {why}")
         try:
             image = read_regular_file(self.root, rel, self.config.max_file_bytes)
         except NotRegularFile as e:
@@ -309,6 +392,22 @@ def file_split(rel: str, test_fraction: float) -> str:
     """The split the file ``rel`` (``a/b.jpg``) lands in: by a hash of its key (``a/b``), so an
     image and its caption cannot part. Whatever writes a folder for a given split asks this."""
     return split_of(split_name(rel)[0], test_fraction)
+
+
+#: The reason of a file (or tar member) whose name starts with a dot: never part of an item.
+HIDDEN = "hidden_file"
+
+
+def hidden_detail(name: str, what: str = "file") -> str:
+    """The recorded text of a hidden ``what`` (file, member) ``name``."""
+    return (f"{name}: a hidden {what} (its name starts with a dot: macOS '._' AppleDouble metadata, .DS_Store and "
+            f"the like) is part of no item, as webdataset groups a tar's members; not read")
+
+
+def is_hidden(rel: str) -> bool:
+    """Whether the file name (after the last ``/``) starts with a dot: webdataset gives such a tar
+    member no key (``._a.jpg`` is macOS tar's metadata of ``a.jpg``), and a folder source reads it so too."""
+    return rel.rpartition("/")[2].startswith(".")
 
 
 def split_name(rel: str) -> tuple[str, str]:
@@ -352,15 +451,22 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
     ``extensions`` (then by name), the caption ``KEY.txt`` before another case of it. A folder of
     ``unlisted`` is an entry of its own (its path the key): a skip, ``unreadable_folder``."""
     groups: dict[str, list[tuple[str, str]]] = {}
+    hidden = []
     for rel in listed:
+        if is_hidden(rel):
+            hidden.append(rel)
+            continue
         key, ext = split_name(rel)
         groups.setdefault(key, []).append((rel, ext))
     folders = {f"{rel}/": why for rel, why in (unlisted or {}).items() if rel}
     entries = []
-    for key in sorted([*groups, *folders]):
+    for key in sorted([*groups, *folders, *hidden]):
         if key in folders:
             unused = ((key, "unreadable_folder", f"{key}: cannot be listed ({folders[key]}); its files are not read"),)
             entries.append(_Entry(key, None, "", None, unused))
+            continue
+        if key not in groups:
+            entries.append(_Entry(key, None, "", None, ((key, HIDDEN, hidden_detail(key)),)))
             continue
         files = groups[key]
         images = sorted((r for r, e in files if e in extensions), key=lambda r: (extensions.index(split_name(r)[1]), r))

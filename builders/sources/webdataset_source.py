@@ -2,48 +2,61 @@
 
 The tars may be local paths, ``pipe:`` commands or http(s) URLs (brace patterns in any of them), as
 labs hold LAION: a stream is opened by webdataset's ``gopen`` and read with the same bounds and the
-same grouping as a local file (:mod:`implicit_concept.shard_reader`). One input tar is one output
-shard, so shard ``i`` of either split reads only tar ``i``. Members are grouped as webdataset does:
-the key is everything before the first dot of the basename and consecutive members with the same
-key form one sample. Members are read as bytes and only the image, caption and JSON ones are kept:
-nothing is ever unpickled. A tar that ends early, or without its end-of-archive block, yields the
-samples read so far and then one ``corrupt_tar``; one that cannot be opened (a failed command, an
-HTTP error) is one ``unreadable_tar``.
+same grouping as a local file (:func:`_runs`, with :mod:`implicit_concept.shard_reader`'s bounded
+header reading). One input tar is one output shard, so shard ``i`` of either split reads only tar
+``i``. Members are grouped as webdataset does (its ``base_plus_ext``): the key is the member's
+directory and its name up to the first dot, and consecutive members with the same key form one
+sample. A member whose name starts with a dot (macOS tar's ``._a.jpg`` AppleDouble metadata,
+``.DS_Store``) or has no extension has no key: it is part of no sample, never splits one, and is a
+record of its own (``hidden_file``, ``no_image``), as is a symlink or device member
+(``not_a_regular_file``). Every member not used leaves a record: an image beside the one used (the
+first by ``image_keys``, the folder source's extensions in its order) is a ``duplicate_image``, a key
+that comes back after other keys' members (an unsorted tar) is a ``duplicate_key``, and a sample with
+no image or no caption names its members and why one was not taken (a dot in the stem, an extension
+not read). Members are read as bytes and only the image, caption and JSON ones are kept: nothing is
+ever unpickled. A tar that ends early, or without its end-of-archive block, yields the samples read
+so far and then one ``corrupt_tar``; one that cannot be opened (a failed command, an HTTP error) is
+one ``unreadable_tar``.
 
 Memory stays bounded whatever a tar declares: a member over ``max_member_bytes`` is not read (its
 sample is a ``member_too_large``), a sparse member or an oversized header record stops the tar
 (``sparse_member``, ``tar_header_too_large``, after the samples before it), and a sample's JSON is
-refused above 1 MiB or 32 levels of nesting (:mod:`.source_json`).
+refused above 1 MiB or 32 levels of nesting (:mod:`.source_json`); a tar's keys are remembered (to
+find a repeated one) up to :data:`MAX_REMEMBERED_KEYS`, and a sample's member names up to
+:data:`MAX_LISTED_NAMES`.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import re
 import shlex
 import tarfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from braceexpand import braceexpand
 
-from implicit_concept.image_decode import DEFAULT_MAX_PIXELS
+from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError
 from implicit_concept.sample import SPLITS
 from implicit_concept.shard_reader import (
+    MAX_LINK_TARGETS,
     MAX_MEMBER_BYTES,
     STREAM_PREFIXES,
     TarRefused,
-    TarSample,
+    _link_target,
     data_after_end,
     ended_cleanly,
-    group_members,
     is_stream,
+    iter_headers,
     open_tar,
+    split_member_name,
 )
 
 from .base import RawItem, Source, split_of
-from .folder import check_fraction, check_limits, decode_caption
+from .folder import DEFAULT_EXTENSIONS, HIDDEN, check_fraction, check_limits, hidden_detail, is_hidden, read_caption
 from .source_json import encodable, read_source_json
 
 
@@ -61,8 +74,8 @@ class WebDatasetConfig:
     #: or ``https://host/{00000..00009}.tar``, or a list of them.
     urls: str | tuple[str, ...]
     test_fraction: float = 0.1
-    #: Member extensions that hold the image, by preference.
-    image_keys: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "avif", "bmp", "gif", "tif", "tiff")
+    #: Member extensions that hold the image, by preference: the folder source's, in its order.
+    image_keys: tuple[str, ...] = DEFAULT_EXTENSIONS
     caption_key: str = "txt"
     #: A tar member larger than this is not read: its sample is skipped as ``member_too_large``.
     max_member_bytes: int = MAX_MEMBER_BYTES
@@ -141,38 +154,98 @@ class WebDatasetSource(Source):
         name = _name(path)
         keep = {*self.config.image_keys, self.config.caption_key, "json"}
 
-        def wanted(key: str) -> bool:
-            return split_of(f"{name}/{key}", self.config.test_fraction) == split
+        def wanted(rel: str) -> bool:
+            return split_of(f"{name}/{rel}", self.config.test_fraction) == split
 
         try:
-            for sample in _samples(path, wanted, keep, self.config.max_member_bytes):
-                yield self._item(name, sample)
+            for event in _events(path, wanted, keep, self.config.max_member_bytes):
+                if isinstance(event, _Run):
+                    yield from self._items(name, event)
+                else:
+                    source_id = f"{name}/{event.name}"
+                    if not encodable(source_id):
+                        yield RawItem(source_id, None, None, {"tar": name}, error="undecodable_name")
+                    else:
+                        yield RawItem(source_id, None, None, {"tar": name, "member": event.name}, error=event.reason, detail=event.detail)
         except _TarStopped as exc:
             yield RawItem(name, None, None, {"tar": name}, error=exc.reason, detail=str(exc))
 
-    def _item(self, name: str, sample: TarSample) -> RawItem:
-        key, members = sample.key, sample.members
+    def _items(self, name: str, run: "_Run") -> Iterator[RawItem]:
+        """The item of one run of a key's members, then a ``duplicate_image`` record for each image
+        member beside the one used (the first by ``image_keys``, as in a folder)."""
+        key, members = run.key, run.members
         source_id = f"{name}/{key}"
         if not encodable(source_id):
-            return RawItem(source_id, None, None, {"tar": name}, error="undecodable_name")
+            yield RawItem(source_id, None, None, {"tar": name}, error="undecodable_name")
+            return
         meta: dict[str, Any] = {"tar": name, "key": key}
-        if sample.refused is not None:
-            return RawItem(source_id, None, None, meta, error=sample.refused.reason, detail=sample.refused.detail)
+        if run.repeat:
+            yield RawItem(source_id, None, None, meta, error="duplicate_key", detail=(
+                f"key {key!r} again, after other keys' members: its members {run.listing()} are not read (an item of key "
+                f"{key!r} came earlier in this tar). A sample's members must be consecutive, as webdataset groups them: "
+                f"the tar is not sorted by name; sort it (e.g. GNU tar --sort=name) to make them one item"))
+            return
+        if run.refused is not None:
+            yield RawItem(source_id, None, None, meta, error=run.refused.reason, detail=run.refused.detail)
+            return
+        images = [k for k in self.config.image_keys if k in members]
+        yield self._item(source_id, run, meta, images)
+        for ext in images[1:]:
+            member = run.names_by_ext[ext]
+            duplicate = f"{name}/{member}"
+            if not encodable(duplicate):
+                yield RawItem(duplicate, None, None, {"tar": name}, error="undecodable_name")
+                continue
+            yield RawItem(duplicate, None, None, {"tar": name, "key": key, "member": member}, error="duplicate_image",
+                          detail=f"{member}: {run.names_by_ext[images[0]]} of the same key is used")
+
+    def _item(self, source_id: str, run: "_Run", meta: dict[str, Any], images: list[str]) -> RawItem:
+        key, members = run.key, run.members
         if "json" in members:
             found, skipped = read_source_json(members["json"])
             if skipped:
                 return RawItem(source_id, None, None, meta, error=skipped, detail=f"{key}.json")
             meta.update(found)
-        image_ext = next((k for k in self.config.image_keys if k in members), None)
-        if image_ext is None:
-            return RawItem(source_id, None, None, meta, error="no_image", detail=f"no member {key}.{{{','.join(self.config.image_keys)}}}")
-        meta["image_ext"] = image_ext
-        if self.config.caption_key not in members:
-            return RawItem(source_id, None, None, meta, error="missing_caption", detail=f"no member {key}.{self.config.caption_key}")
-        caption, error = decode_caption(members[self.config.caption_key])
+        if not images:
+            return RawItem(source_id, None, None, meta, error="no_image", detail=(
+                f"key {key!r}: no image member ({', '.join(self.config.image_keys)}) among its members {run.listing()}"
+                f"{self._hints(run)}"))
+        meta["image_ext"] = images[0]
+        caption_key = self.config.caption_key
+        if caption_key not in members:
+            return RawItem(source_id, None, None, meta, error="missing_caption", detail=(
+                f"key {key!r}: no caption member {key}.{caption_key} among its members {run.listing()}{self._hints(run)}"))
+        caption, error, why = read_caption(members[caption_key])
         if error:
-            return RawItem(source_id, None, None, meta, error=error, detail=f"{key}.{self.config.caption_key}")
-        return RawItem(source_id, members[image_ext], caption, meta)
+            return RawItem(source_id, None, None, meta, error=error, detail=f"{run.names_by_ext[caption_key]}: {why}")
+        return RawItem(source_id, members[images[0]], caption, meta)
+
+    def _hints(self, run: "_Run") -> str:
+        """Why members a person takes for an image or caption are not: a dot in the file stem (the
+        key ends at the first dot), an extension that is not read."""
+        known = {*self.config.image_keys, self.config.caption_key, "json"}
+        dotted, unknown = [], []
+        for member in run.names:
+            ext = split_member_name(member)[1]
+            last = ext.rsplit(".", 1)[-1]
+            if "." in ext and last in known:
+                dotted.append((member, ext, posixpath.basename(member)[: -len(last) - 1], last))
+            elif ext not in known and last not in known:
+                unknown.append((member, ext))
+        hints = []
+        if dotted:
+            stem, last = dotted[0][2:]
+            names, exts = ", ".join(repr(d[0]) for d in dotted), ", ".join(repr(d[1]) for d in dotted)
+            plural = len(dotted) > 1
+            hints.append(f"{names} {'are' if plural else 'is'} key {run.key!r} with extension{'s' if plural else ''} {exts}, "
+                         f"not key {stem!r}: a key ends at the first dot of a name (webdataset's rule), so name files "
+                         f"without a dot before the extension ({stem.replace('.', '_')}.{last})")
+        if unknown:
+            names, exts = ", ".join(repr(u[0]) for u in unknown), ", ".join(repr(u[1]) for u in unknown)
+            plural = len(unknown) > 1
+            hints.append(f"extension{'s' if plural else ''} {exts} of {names} {'are' if plural else 'is'} not read "
+                         f"(images: {', '.join(self.config.image_keys)}; caption: {self.config.caption_key})")
+        return "".join(f"; {h}" for h in hints)
 
 
 def tar_paths(config: WebDatasetConfig) -> list[str]:
@@ -180,15 +253,124 @@ def tar_paths(config: WebDatasetConfig) -> list[str]:
     return [path for pattern in config.urls for path in braceexpand(pattern)]
 
 
-def _samples(path: str, wanted: Callable[[str], bool], keep: set[str], max_member_bytes: int) -> Iterator[TarSample]:
-    """Yield each wanted sample whose tar records are all there.
+#: The keys of a tar remembered to find one repeated after other keys' members (``duplicate_key``);
+#: an img2dataset shard holds 10 000. Past this many, a repeat of a key not remembered goes unseen.
+MAX_REMEMBERED_KEYS = 1 << 17
+#: The member names of one run kept for its messages.
+MAX_LISTED_NAMES = 16
 
-    A sample is known complete once the next one begins, or the tar ends with its end-of-archive
-    block. On a read error, a refused header or a missing end block, the sample being read is
+
+@dataclass
+class _Run:
+    """A key's consecutive members (one sample as webdataset groups them): every member's name (up
+    to :data:`MAX_LISTED_NAMES`), the kept ones read (by extension), or why they were not
+    (``refused``); ``repeat`` when the key had a run earlier in the tar (its members are not read)."""
+
+    key: str
+    repeat: bool = False
+    names: list[str] = field(default_factory=list)
+    unlisted: int = 0
+    members: dict[str, bytes] = field(default_factory=dict)
+    names_by_ext: dict[str, str] = field(default_factory=dict)
+    refused: SampleError | None = None
+
+    def listing(self) -> str:
+        more = f" and {self.unlisted} more" if self.unlisted else ""
+        return ", ".join(self.names) + more
+
+
+@dataclass(frozen=True)
+class _Loose:
+    """A member that is part of no sample: hidden, without an extension, or not a file."""
+
+    name: str
+    reason: str
+    detail: str
+
+
+def _runs(
+    tar: tarfile.TarFile, wanted: Callable[[str], bool], keep: set[str], max_member_bytes: int
+) -> Iterator["_Run | _Loose"]:
+    """The tar's members as webdataset groups them (``base_plus_ext``): the key is the member's
+    directory and its name up to the first dot, and consecutive regular members (and hard links)
+    of one key are one sample. A member whose name starts with a dot (macOS tar's ``._a.jpg``,
+    ``.DS_Store``) has no key, and one without an extension neither: each is part of no sample and
+    never splits one; it is yielded as a :class:`_Loose` record, as is a symlink, device or FIFO.
+    Folders are left out. Only ``wanted`` runs (by key) and loose members (by name) are yielded;
+    of a run, only the extensions in ``keep`` are read, within ``max_member_bytes``."""
+    run: _Run | None = None
+    take = False
+    seen: set[str] = set()
+    read: dict[str, str] = {}
+    places: dict[str, tuple[int, int]] | None = None if getattr(tar, "streaming", False) else {}
+    for info in iter_headers(tar):
+        name = info.name
+        if info.isdir():
+            continue
+        if not (info.isreg() or info.islnk()):
+            if wanted(name):
+                yield _Loose(name, "not_a_regular_file", f"{name}: a tar {_KINDS.get(info.type, 'special')} member, not a file; not read")
+            continue
+        if is_hidden(name):
+            if wanted(name):
+                yield _Loose(name, HIDDEN, hidden_detail(name, "member"))
+            continue
+        parts = split_member_name(name)
+        if parts is None:
+            if wanted(name):
+                yield _Loose(name, "no_image", f"{name}: no extension, so no key (webdataset's rule): part of no sample; not read")
+            continue
+        key, ext = parts
+        if run is None or key != run.key:
+            if run is not None and take:
+                yield run
+            take = wanted(key)
+            run, read = _Run(key, repeat=take and key in seen), {}
+            if take and len(seen) < MAX_REMEMBERED_KEYS:
+                seen.add(key)
+        if places is not None and info.isreg() and ext in keep and len(places) < MAX_LINK_TARGETS:
+            places[posixpath.normpath(name)] = (info.offset_data, info.size)
+        if not take:
+            continue
+        if len(run.names) < MAX_LISTED_NAMES:
+            run.names.append(name)
+        else:
+            run.unlisted += 1
+        if run.repeat or run.refused is not None or ext not in keep:
+            continue
+        if ext in run.members:
+            run.refused = SampleError("duplicate_member", f"member {name!r} appears twice in its sample; which copy is meant is unknown")
+            run.members = {}
+            continue
+        size = places.get(posixpath.normpath(info.linkname), (0, 0))[1] if info.islnk() and places is not None else info.size
+        if size > max_member_bytes:
+            run.refused = SampleError("member_too_large", f"member {name!r} is {size} bytes, over the cap of {max_member_bytes}")
+            run.members = {}
+            continue
+        data = tar.extractfile(info).read() if info.isreg() else _link_target(tar, info, run.members, read, places)
+        if data is None:
+            run.refused = SampleError("unresolved_hard_link", f"member {name!r} is a hard link to {info.linkname!r}, not read before it in this tar{' (a stream cannot go back)' if places is None else ''}")
+            run.members = {}
+            continue
+        run.members[ext] = data
+        run.names_by_ext[ext] = name
+        read[posixpath.normpath(name)] = ext
+    if run is not None and take:
+        yield run
+
+
+_KINDS = {tarfile.SYMTYPE: "symlink", tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "FIFO"}
+
+
+def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member_bytes: int) -> Iterator["_Run | _Loose"]:
+    """Yield each wanted run whose tar records are all there, and each loose member.
+
+    A run is known complete once the next one begins, or the tar ends with its end-of-archive
+    block. On a read error, a refused header or a missing end block, the run being read is
     dropped (it may lack members) and ``_TarStopped`` is raised after the complete ones were yielded.
     """
-    complete: TarSample | None = None
-    key: str | None = None
+    complete: _Run | _Loose | None = None
+    last: str | None = None
     try:
         tf = open_tar(path)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
@@ -196,26 +378,26 @@ def _samples(path: str, wanted: Callable[[str], bool], keep: set[str], max_membe
         raise _TarStopped(reason, f"{path}: {type(exc).__name__}: {exc}") from exc
     try:
         with tf:
-            for sample in group_members(tf, wanted, keep, max_member_bytes):
+            for event in _runs(tf, wanted, keep, max_member_bytes):
                 if complete is not None:
                     yield complete
-                complete, key = sample, sample.key
+                complete, last = event, event.key if isinstance(event, _Run) else event.name
             ended = ended_cleanly(tf)
             after = data_after_end(tf) if ended else None
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         if complete is not None:
             yield complete
         if isinstance(exc, TarRefused):
-            raise _TarStopped(exc.reason, f"{exc.detail} (after {key!r})") from exc
-        raise _TarStopped("corrupt_tar", f"{type(exc).__name__}: {exc} (after {key!r})") from exc
+            raise _TarStopped(exc.reason, f"{exc.detail} (after {last!r})") from exc
+        raise _TarStopped("corrupt_tar", f"{type(exc).__name__}: {exc} (after {last!r})") from exc
     if not ended:
-        raise _TarStopped("corrupt_tar", f"no end-of-archive block after {key!r}")
+        raise _TarStopped("corrupt_tar", f"no end-of-archive block after {last!r}")
     if complete is not None:
         yield complete
     if after is not None:
         # Never dropped without a word: what follows is recorded, not read (tar itself stops there too).
         raise _TarStopped("data_after_end_of_archive", f"{path}: data at byte {after}, after the end-of-archive block "
-                          f"(after {key!r}): tars joined with cat? It is not read; split them or write one tar")
+                          f"(after {last!r}): tars joined with cat? It is not read; split them or write one tar")
 
 
 def _name(location: str) -> str:
