@@ -18,10 +18,10 @@ from typing import Any
 
 from benchmark.evaluation.scorecard import score_generated
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_name, image_prompts, pipeline_folders, pipeline_source
+from benchmark.method_evaluation import quality_reference
 from benchmark.models.pipelines import NEGATIVE_PROMPT_FILE, load_pipeline
 from benchmark.prompts import Prompt, prompts_sha256, read_prompts, resolve_prompts
 from benchmark.published_models import is_published
-from benchmark.stages import reference_images
 from benchmark.track import Track
 from builders.recipe import load_recipe
 from implicit_concept.detector.inference import Detector
@@ -210,7 +210,7 @@ def _score(paths: list[Path], prompts: list[Prompt], generation: GenerationSetti
     detector = judging.detector
     track = judging.track
     quality = track.quality if judging.reference is not None else {"kind": "none"}
-    reference = reference_images(judging.reference, len(paths)) if judging.reference is not None else []
+    reference = quality_reference(judging.reference, prompts) if judging.reference is not None else []
     report, rows = score_generated(paths, image_prompts(prompts, generation), detector, ScoreConfig(conf=track.conf, seed=track.seed), quality, reference, judging.cache)
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "scores.json")

@@ -47,8 +47,13 @@ class Evaluation:
 
 def evaluation_for(run: BenchmarkRun, subset: Path, detector: Detector) -> Evaluation:
     prompts = evaluation_prompts(run, subset)
-    return Evaluation(subset.name, prompts, run.track.generation_settings(), detector,
-                      stages.reference_images(subset / "test", len(prompts)))
+    return Evaluation(subset.name, prompts, run.track.generation_settings(), detector, quality_reference(subset / "test", prompts))
+
+
+def quality_reference(test_shards: Path, prompts: list[Prompt]) -> list[Image.Image]:
+    """The clean images FID compares with: one per evaluation prompt, however many images each prompt
+    is drawn with, so a method here and ``score-pipeline``/``score-images`` compare with the same set."""
+    return stages.reference_images(test_shards, len(prompts))
 
 
 def evaluation_prompts(run: BenchmarkRun, subset: Path) -> list[Prompt]:

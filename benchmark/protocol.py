@@ -156,7 +156,7 @@ def _label(track: Track, seed: int) -> str:
 def _over_seeds(run: BenchmarkRun, evaluated: list[tuple[int, tuple[list[dict[str, Any]], ScoreReport | None]]]) -> list[dict[str, Any]]:
     """One method's rows from its evaluation under each training seed; with several seeds, each
     concept's row carries every seed's ICR and an interval that covers seeds and prompts (seeds
-    resampled, then prompts)."""
+    resampled, with one set of resampled prompts shared by all of them: every seed is scored on the same prompts)."""
     first_rows = evaluated[0][1][0]
     if len(evaluated) == 1:
         return first_rows
@@ -170,7 +170,7 @@ def _over_seeds(run: BenchmarkRun, evaluated: list[tuple[int, tuple[list[dict[st
                                           resamples=ScoreConfig().resamples, seed=run.track.seed)
         rows.append({
             **row,
-            "icr": {**interval.to_json(), "bootstrap": "hierarchical: seeds, then prompts", "n_seeds": len(evaluated)},
+            "icr": {**interval.to_json(), "bootstrap": "crossed: seeds, and one set of prompts for all of them", "n_seeds": len(evaluated)},
             "seeds": {str(seed): {"icr": seed_row["icr"], "model": seed_row["model"]} for seed, seed_row, _ in per_seed},
         })
     return rows

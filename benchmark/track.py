@@ -75,7 +75,7 @@ class Track:
     geom_erasing: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, Any] = field(default_factory=dict)
     #: Training seeds for ``seed_methods``: each is fine-tuned once per seed, and its ICR interval
-    #: covers seeds and prompts (a hierarchical bootstrap). Other methods train with ``seed``.
+    #: covers seeds and prompts (a crossed bootstrap: seeds, and one set of prompts for all of them). Other methods train with ``seed``.
     seeds: tuple[int, ...] = ()
     seed_methods: tuple[str, ...] = ()
     #: Evaluation prompts asked again with each concept named ("..., with a qr code"), for the base

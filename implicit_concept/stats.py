@@ -53,19 +53,26 @@ def bootstrap_ratio(
 
 
 def hierarchical_bootstrap(groups: Sequence[Sequence[float]], resamples: int = 1000, seed: int = 0, level: float = 0.95) -> Interval:
-    """Mean over ``groups`` (one per training seed, each a value per prompt) with an interval that
-    covers both sources of variance: each resample draws seeds with replacement, then prompts with
-    replacement within each drawn seed. With one group it is the plain bootstrap over prompts; with
-    seeds that disagree it widens as a training-seed effect demands."""
+    """Mean over ``groups`` (one per training seed, each a value per prompt, the same prompts in the
+    same order in every group) with an interval that covers both sources of variance.
+
+    Prompts are crossed with seeds, not nested in them: every seed is scored on the same prompts with
+    the same sampling seeds. So each resample draws seeds with replacement and one set of prompts
+    (with replacement) that every drawn seed is scored on; prompts drawn anew for each seed would
+    average the prompts' effect away, and three seeds that agree would get an interval about sqrt(3)
+    too narrow. With one group it is the plain bootstrap over prompts (:func:`bootstrap_mean`)."""
     arrays = [np.asarray(g, dtype=np.float64) for g in groups]
     if not arrays or any(a.ndim != 1 or a.size == 0 for a in arrays):
         raise ValueError("hierarchical_bootstrap needs one or more non-empty 1-D groups")
+    if len({a.size for a in arrays}) > 1:
+        raise ValueError(f"hierarchical_bootstrap: every group must hold a value for the same prompts, got "
+                         f"{', '.join(str(a.size) for a in arrays)} values")
     _check_settings("hierarchical_bootstrap", resamples, level)
     rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    for r in range(resamples):
-        drawn = rng.integers(0, len(arrays), size=len(arrays))
-        means[r] = np.mean([arrays[g][rng.integers(0, arrays[g].size, size=arrays[g].size)].mean() for g in drawn])
+    prompts = rng.integers(0, arrays[0].size, size=(resamples, arrays[0].size))  # first, as bootstrap_mean draws them
+    seeds = rng.integers(0, len(arrays), size=(resamples, len(arrays)))
+    per_seed = np.stack([a[prompts].mean(axis=1) for a in arrays], axis=1)  # (resamples, seeds)
+    means = np.take_along_axis(per_seed, seeds, axis=1).mean(axis=1)
     return _percentile_interval(float(np.mean([a.mean() for a in arrays])), means, level)
 
 

@@ -70,6 +70,27 @@ def test_detector_boxes_replace_ground_truth(tokenizer):
         _target(tokenizer, config)
 
 
+def test_detector_boxes_are_taken_at_the_detectors_own_thresholds(tokenizer):
+    """A detector calibrated at 0.8 for watermarks rejects a 0.5 watermark as a false positive when it
+    scores; training on that box would teach the model a watermark its judge says is not there."""
+    detections = [Detection("qrcode", 0.3, (0, 0, 20, 20)), Detection("watermark", 0.5, (40, 40, 60, 60))]
+    config = GeomErasingConfig(geometry_source="detector", concepts=("qrcode", "watermark"))
+    calibrated = config.at_thresholds({"qrcode": 0.1, "watermark": 0.8, "text": 0.25})
+    assert calibrated.detector_confidence == {"qrcode": 0.25, "watermark": 0.8}  # never below the configured floor
+    assert [c for c, _ in _target(tokenizer, calibrated, detect=lambda image: detections).boxes] == ["qrcode"]
+    assert [c for c, _ in _target(tokenizer, config, detect=lambda image: detections).boxes] == ["qrcode", "watermark"]
+    assert config.at_thresholds(dict.fromkeys(("qrcode", "watermark", "text"), 0.25)) == config  # one shared value: as before
+
+
+def test_the_published_detector_is_calibrated_at_the_floor_so_its_fine_tunes_are_unchanged():
+    import json
+    from pathlib import Path
+
+    record = json.loads((Path(__file__).resolve().parents[1] / "benchmark/published/detector-tiny/detector.json").read_text())
+    config = GeomErasingConfig(geometry_source="detector")
+    assert config.at_thresholds(record["thresholds"]).to_dict() == config.to_dict()
+
+
 def test_degraded_boxes_reach_the_target_iou_deterministically(tokenizer):
     config = GeomErasingConfig(geometry_source="degraded", degrade_iou=0.5)
     box = Box(10, 10, 40, 40)
@@ -103,6 +124,8 @@ def test_negative_prompt_and_new_tokens():
         (dict(setting="model_removal", geometry=False, reweight=False), "model_removal"),
         (dict(concepts=("logo",)), "concepts"),
         (dict(concept_name=1), "concept_name"),
+        (dict(detector_confidence=1.5), "detector_confidence"),
+        (dict(detector_confidence={"qrcode": 0.5}), "detector_confidence per concept"),
     ],
 )
 def test_bad_config_names_the_field(bad, field):

@@ -4,11 +4,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from PIL import Image
 
 from benchmark.methods import REGISTRY, get_method
 from benchmark.methods.esd import ESDConfig, erase
 from benchmark.methods.forget_me_not import FMNConfig, _AttentionRecorder, _name_token_mask, resteer
+from benchmark.methods.sld import SLD_STRONG, sld_pipeline
+from benchmark.models.clip_tokenizer import token_ids
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline
 
 MICRO = TinyPipelineConfig(image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True),
@@ -42,11 +46,63 @@ def test_forget_me_not_moves_attention_off_the_name(pipe):
     assert after < 0.5 * before
 
 
+def test_forget_me_not_prompts_with_the_name_alone(pipe):
+    """What its docstring says: the images' captions are not used, only the concept's name."""
+    seen = []
+    pipe.text_encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    images = [Image.new("RGB", (16, 16))] * 2
+    resteer(pipe, images, "QR code", FMNConfig(steps=2, batch_size=2), seed=0, progress=False)
+    assert len(seen) == 2 and all(ids.equal(token_ids(pipe.tokenizer, ["QR code"] * 2)) for ids in seen)
+
+
 def test_esd_x_only_touches_cross_attention(pipe):
     before = {n: p.clone() for n, p in pipe.unet.named_parameters()}
     erase(pipe, "watermark", ESDConfig(steps=3, ddim_steps=3, lr=1e-2), seed=0, progress=False)
     changed = {n for n, p in pipe.unet.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all("attn2" in n for n in changed)
+
+
+class _FromEpsilon(torch.nn.Module):
+    """A model that predicts x0 ("sample") or v, made from an epsilon model: what it says at each step
+    implies exactly the epsilon model's prediction."""
+
+    def __init__(self, unet, alphas_cumprod, prediction_type):
+        super().__init__()
+        self.unet, self.alphas_cumprod, self.prediction_type = unet, alphas_cumprod, prediction_type
+
+    config = property(lambda self: self.unet.config)
+    device = property(lambda self: self.unet.device)
+    dtype = property(lambda self: self.unet.dtype)
+
+    def forward(self, sample, timestep, encoder_hidden_states, **kwargs):
+        eps = self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs).sample
+        ab = self.alphas_cumprod[int(timestep)].to(sample.dtype)
+        out = (sample - (1 - ab).sqrt() * eps) / ab.sqrt() if self.prediction_type == "sample" else (eps - (1 - ab).sqrt() * sample) / ab.sqrt()
+        return UNet2DConditionOutput(sample=out)
+
+
+@pytest.mark.parametrize("prediction_type", ["sample", "v_prediction"])
+def test_sld_guides_a_model_that_predicts_x0_or_v_as_it_guides_the_epsilon_model_it_equals(pipe, prediction_type):
+    """SLD's threshold and scale are rules on epsilon: on an x0 model they would pick about the other
+    elements (measured 0.17 apart in pixels here, where SLD itself moves them 0.09). In float64, so that
+    no element near the threshold falls on the other side by rounding."""
+    pipe.to(torch.float64)
+    def as_predicting(unet, kind):
+        return StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=unet,
+                                       scheduler=type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=kind),
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+    def draw(base, **sld):
+        sampler = sld_pipeline(base)
+        sampler.safety_concept = "QR code"
+        with torch.no_grad():
+            return sampler(prompt=["a red circle", "a blue square"], generator=[torch.Generator().manual_seed(s) for s in (1, 2)],
+                           num_inference_steps=12, guidance_scale=7.5, output_type="np", **{**SLD_STRONG, **sld}).images
+
+    on_epsilon = draw(as_predicting(pipe.unet, "epsilon"))
+    converted = draw(as_predicting(_FromEpsilon(pipe.unet, pipe.scheduler.alphas_cumprod, prediction_type), prediction_type))
+    assert np.abs(converted - on_epsilon).max() < 1e-6
+    assert np.abs(draw(as_predicting(pipe.unet, "epsilon"), sld_guidance_scale=0) - on_epsilon).max() > 0.05  # SLD does act
 
 
 def test_methods_are_found_by_name_or_import_path():
@@ -136,6 +192,25 @@ def test_a_track_sets_geom_erasing_choices_for_all_methods_or_for_one():
     assert FINETUNED["sd"].geom_config(settings, ("qrcode",)).geometry is False
     noisy = FINETUNED["ge-noisy-0.4"].geom_config({}, ("qrcode",))
     assert (noisy.geometry_source, noisy.degrade_iou) == ("degraded", 0.4)
+
+
+def test_geom_erasing_on_detector_boxes_trains_at_the_detectors_calibrated_thresholds():
+    """ge-detector and ge-classifier take boxes where the evaluator would count them; the fine-tunes of
+    ground-truth methods do not depend on the detector."""
+    from types import SimpleNamespace
+
+    from benchmark.methods.finetuned import FINETUNED
+    from benchmark.methods.interface import MethodContext
+
+    detector = SimpleNamespace(thresholds={"qrcode": 0.25, "watermark": 0.8, "text": 0.4})
+    ctx = MethodContext(concepts=("qrcode", "watermark"), work_dir=Path("w"), seed=0, finetune=lambda ft: Path("x"),
+                        load_pipeline=lambda p: None, train_shards=Path("s"), detector=detector)
+    for name in ("ge-detector", "ge-classifier"):
+        assert FINETUNED[name].finetunes(ctx)[-1].geom.detector_confidence == {"qrcode": 0.25, "watermark": 0.8}
+    assert FINETUNED["ge-full"].finetunes(ctx)[-1].geom.detector_confidence == 0.25
+    with pytest.raises(ValueError, match="ge-detector takes its boxes from the benchmark's detector"):
+        FINETUNED["ge-detector"].finetunes(MethodContext(concepts=("qrcode",), work_dir=Path("w"), seed=0, finetune=lambda ft: Path("x"),
+                                                         load_pipeline=lambda p: None, train_shards=Path("s")))
 
 
 def test_model_removal_starts_from_sd_and_declares_it_first():

@@ -386,3 +386,57 @@ def test_a_safetensors_clip_folder_is_handed_to_torchmetrics(fake_torchmetrics, 
     folder = _clip_folder(tmp_path, ("model.safetensors", "pytorch_model.bin"))  # transformers reads the safetensors
     assert paper_clip_score([image], ["a cat"], folder).value == 1.0
     assert fake_torchmetrics == [{"model_name_or_path": str(folder)}]
+
+
+# ---- scorecard ----
+
+def test_fid_x_icr_is_reported_with_the_paper_tracks_fid_too(tmp_path, monkeypatch):
+    """The paper's FID x ICR % from whichever FID the track measures: torchmetrics' on the paper track."""
+    from types import SimpleNamespace
+
+    from benchmark.evaluation import scorecard
+    from benchmark.prompts import Prompt
+    from implicit_concept.stats import Interval
+
+    def measured(value):
+        return SimpleNamespace(value=value, kind="measured", to_json=lambda: {"value": value})
+
+    icr = Interval(0.2, 0.1, 0.3, 0.95)
+    report = SimpleNamespace(concepts={"qrcode": SimpleNamespace(icr=icr, fp_rate=icr)}, crosschecks=[])
+    monkeypatch.setattr(scorecard, "score_images", lambda *a: report)
+    monkeypatch.setattr(scorecard, "paper_fid", lambda *a: measured(40.0))
+    monkeypatch.setattr(scorecard, "paper_clip_score", lambda *a: measured(0.3))
+    Image.new("RGB", (8, 8)).save(tmp_path / "1_0.png")
+    quality = {"kind": "paper", "fid_weights": "fid.pth", "clip_weights": "clip"}
+    _, rows = scorecard.score_generated([tmp_path / "1_0.png"], [Prompt(1, "a cat", 1)], None, SimpleNamespace(seed=0), quality, [], tmp_path)
+    assert rows["qrcode"]["fid_x_icr"] == pytest.approx(40.0 * 20)
+
+
+def test_a_method_and_external_scoring_compare_with_the_same_clean_images(tmp_path, monkeypatch):
+    """At two images per prompt the benchmark and ``score-images`` both take one clean test image per
+    prompt, so the same images get the same FID through either."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from benchmark import external, method_evaluation, stages
+    from benchmark.track import load_track
+
+    monkeypatch.setattr(stages, "reference_images", lambda shards, count: [Image.new("RGB", (8, 8))] * count)
+    debug = load_track("debug")
+    track = replace(debug, num_prompts=3, generation={**debug.generation, "images_per_prompt": 2})
+    benchmark = method_evaluation.evaluation_for(SimpleNamespace(track=track, root=tmp_path), tmp_path / "icd-qrcode", None)
+
+    judged = []
+    report = SimpleNamespace(thresholds={}, concepts={}, write_json=lambda path: None, table=lambda: "")
+    monkeypatch.setattr(external, "score_generated", lambda paths, prompts, detector, score, quality, reference, cache:
+                        judged.append(reference) or (report, {}))
+    (tmp_path / "detector.safetensors").write_bytes(b"weights")
+    judging = external.Judging(track=track, detector=SimpleNamespace(path=tmp_path / "detector.safetensors"),
+                               reference=tmp_path / "icd-qrcode" / "test", cache=tmp_path)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for p in judging.prompts():
+        for i in range(2):
+            Image.new("RGB", (64, 64)).save(folder / f"{p.case_number}_{i}.png")
+    external.score_image_folder(folder, tmp_path / "out", judging)
+    assert len(benchmark.reference) == len(judged[0]) == len(benchmark.prompts) == 3

@@ -60,3 +60,13 @@ def test_bad_targets_are_named():
         Targets(sd_min_icr=25)
     with pytest.raises(TrackError, match="unknown targets field"):
         load_track("tiny", {"targets": {"sd_icr": 0.25}})
+
+
+def test_geom_erasing_stands_beside_the_papers_main_table_numbers():
+    """The tracks run ``ge-full``, the paper's Geom-Erasing: the report compares it with the main
+    table's ICRs, not with nothing (QR code, text) or the watermark ablation's 7.23."""
+    from benchmark.report import paper_icr
+
+    paper = paper_icr()
+    assert {c: paper[c]["ge-full"] for c in paper} == {"qrcode": 5.38, "watermark": 5.02, "text": 13.48}
+    assert all(paper[c]["ge-full"] == paper[c]["geom-erasing"] for c in paper)

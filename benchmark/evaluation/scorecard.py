@@ -46,8 +46,9 @@ def score_generated(
             "prompts_sha256": prompts_sha256(prompts),
             **measured,
         }
-        if "scene_fid" in measured["quality"]:
-            row["fid_x_icr"] = measured["quality"]["scene_fid"] * 100 * concept_score.icr.value
+        fid = measured["quality"].get("scene_fid", measured["quality"].get("fid"))
+        if fid is not None:  # the paper's FID x ICR %, with whichever FID the track measures
+            row["fid_x_icr"] = fid * 100 * concept_score.icr.value
         rows[concept] = row
     return report, rows
 

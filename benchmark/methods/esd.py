@@ -5,6 +5,13 @@ loss = || e_theta(x_t, c, t) - [e*(x_t, '', t) - eta * (e*(x_t, c, t) - e*(x_t, 
 with e* the frozen starting model and x_t drawn by sampling the current model with prompt c for a
 random number of DDIM steps, as in the authors' code. ``params = "xattn"`` is ESD-x (cross-attention
 only), the variant the authors recommend for concepts tied to a word.
+
+Deviation on a model that predicts x0 (the CPU tracks'): e is the model's own prediction. The
+target, an affine combination of predictions, is the paper's target expressed in x0, but the squared
+error is measured on x0 too: the paper's epsilon loss is this one times ab/(1 - ab). We keep the x0
+error, the loss the model was trained with, because that factor spans five orders of magnitude over
+the tiny track's ESD timesteps (0.1 at t = 801, 1e4 at t = 1): the few almost-clean steps would
+decide the edit.
 """
 from __future__ import annotations
 

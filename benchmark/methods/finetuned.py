@@ -34,8 +34,12 @@ class FineTuned(Method):
         return GeomErasingConfig(**{**shared, **self.switches, **settings.get(self.name, {}), "concepts": concepts})
 
     def finetunes(self, ctx: MethodContext) -> list[FineTune]:
-        own = FineTune(data=self.data, geom=self.geom_config(ctx.settings.get("geom_erasing", {}), ctx.concepts),
-                       start=self.start, training=self.training)
+        geom = self.geom_config(ctx.settings.get("geom_erasing", {}), ctx.concepts)
+        if geom.geometry_source == "detector":  # boxes at the thresholds the evaluator scores with
+            if ctx.detector is None:
+                raise ValueError(f"{self.name} takes its boxes from the benchmark's detector, and none was given")
+            geom = geom.at_thresholds(ctx.detector.thresholds)
+        own = FineTune(data=self.data, geom=geom, start=self.start, training=self.training)
         return [FineTune(), own] if self.start == "sd" else [own]
 
     def build(self, ctx: MethodContext) -> Generator:

@@ -1,8 +1,9 @@
 """FMN (Forget-Me-Not, Zhang et al., 2023): attention re-steering on the concept's name, on sd.
 
-Images that carry the concept are noised at random timesteps and denoised with their caption plus
-the concept's name; the loss is the cross-attention mass the UNet puts on the name's tokens, and
-the cross-attention projections are tuned to drive it to zero, so the name stops steering anything.
+Images that carry the concept are noised at random timesteps and denoised with the concept's name
+alone as the prompt (FMN's templates put the concept in a short prompt; the captions are not used);
+the loss is the cross-attention mass the UNet puts on the name's tokens, and the cross-attention
+projections are tuned to drive it to zero, so the name stops steering anything.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -63,7 +63,9 @@ class GeomErasingConfig:
     setting: str = "data_removal"
     concept_token: bool = False
     concepts: tuple[str, ...] = CONCEPT_NAMES
-    detector_confidence: float = 0.25
+    #: The confidence a detector's box must reach to count (``geometry_source`` "detector"): one value,
+    #: or one per concept (:meth:`at_thresholds`).
+    detector_confidence: float | dict[str, float] = 0.25
 
     def __post_init__(self) -> None:
         for name in ("concept_name", "geometry", "reweight", "concept_token"):
@@ -88,8 +90,11 @@ class GeomErasingConfig:
         if self.geometry_source == "existence" and (self.geometry or self.reweight):
             raise ValueError("geometry_source 'existence' has no boxes: geometry and reweight must be off")
         conf = self.detector_confidence
-        if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0 <= conf <= 1:
-            raise ValueError(f"detector_confidence must be in [0, 1], got {conf!r}")
+        if isinstance(conf, dict) and sorted(conf) != sorted(self.concepts):
+            raise ValueError(f"detector_confidence per concept must name the concepts {self.concepts!r}, got {sorted(conf)!r}")
+        values = list(conf.values()) if isinstance(conf, dict) else [conf]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1 for v in values):
+            raise ValueError(f"detector_confidence must be in [0, 1] (one value, or one per concept), got {conf!r}")
         if self.setting == "model_removal" and not self.new_tokens():
             raise ValueError("setting 'model_removal' trains only new tokens: turn on geometry or concept_token")
 
@@ -115,6 +120,20 @@ class GeomErasingConfig:
         """Every concept's term and all location tokens (where the concept would appear is unknown)."""
         terms = [self.term(c) for c in self.concepts] if self.concept_name else []
         return negative_prompt(terms, self.grid if self.geometry else None)
+
+    def confidence(self, concept: str) -> float:
+        """The confidence a detector's box of ``concept`` must reach to count."""
+        conf = self.detector_confidence
+        return float(conf[concept] if isinstance(conf, dict) else conf)
+
+    def at_thresholds(self, thresholds: dict[str, float]) -> "GeomErasingConfig":
+        """This config taking a detector's boxes at its calibrated per-concept ``thresholds``, never
+        below the configured confidence: it trains on the boxes the detector's scoring counts, not on
+        ones scoring rejects as false positives. One value when every concept has the same, so a
+        detector calibrated at the floor gives the config (and cached fine-tune) it always gave."""
+        per_concept = {c: max(float(thresholds[c]), self.confidence(c)) for c in self.concepts}
+        shared = set(per_concept.values())
+        return replace(self, detector_confidence=shared.pop() if len(shared) == 1 else per_concept)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,7 +178,7 @@ def concept_boxes(
         for det in detect(image):
             concept, confidence, box = _detection_fields(det)
             clipped = covering_box(box, width, height)
-            if concept in config.concepts and confidence >= config.detector_confidence and clipped is not None:
+            if concept in config.concepts and confidence >= config.confidence(concept) and clipped is not None:
                 found.append((concept, clipped))
         return found
     kept = [(c, b) for c, b in instances if c in config.concepts]
