@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.models.pretrained_check import check_pretrained
+from benchmark.results_file import is_number
 from benchmark.track import Track
 from benchmark.track_check import check_track
 from builders.recipe import Recipe, load_recipe, source_from_spec
 from implicit_concept.detector.inference import Detector
+from implicit_concept.files import read_json_object
 from implicit_concept.validate import check_folder_name
 
 DEFAULT_CACHE = Path(".cache") / "implicit-concept"
@@ -34,6 +36,8 @@ class BenchmarkRun:
     #: Fine-tunes, then methods, run side by side (one process, one torch thread each); the results of one at a time.
     jobs: int = 1
     progress: bool = True
+    #: Wall seconds per stage (``results.json``'s ``timings``): those of the run folder's earlier
+    #: invocations, read by :meth:`check_start`, with each stage timed now replacing its own entry.
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -68,7 +72,11 @@ class BenchmarkRun:
         the run's name, ``--runs``, ``--pretrained`` (every part ``load_pipeline`` would load, from its
         JSON and file listing: :func:`check_pretrained`), ``--detector``, the whole track, and a run folder
         already there (which must hold the same config; the refusal names the fields that differ).
-        Raises ValueError (or FileNotFoundError) with one line naming the option or field."""
+        Raises ValueError (or FileNotFoundError) with one line naming the option or field.
+
+        A run folder that already holds results (``--method X`` added to a finished run, a resume)
+        keeps their stage timings: they seed :attr:`timings`, so the run's record lists the stages of
+        every invocation, a stage timed again replacing its own entry."""
         check_folder_name("--name", self.name)
         if self.pretrained is not None:
             try:
@@ -104,6 +112,20 @@ class BenchmarkRun:
                     f"{self.root}: was made with another config (run.json differs in {shown}); "
                     "use another --name or remove the folder"
                 )
+        self.timings = {**self._earlier_timings(), **self.timings}
+
+    def _earlier_timings(self) -> dict[str, float]:
+        """The stage timings the run folder's ``results.json`` holds (none when it holds no results)."""
+        results_file = self.root / "results.json"
+        if not results_file.is_file():
+            return {}
+        try:
+            timings = read_json_object(results_file).get("timings", {})
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{results_file}: cannot be read ({e}); remove the folder or use another --name") from None
+        if not isinstance(timings, dict):
+            return {}
+        return {stage: seconds for stage, seconds in timings.items() if is_number(seconds)}
 
 
 def _differences(old: Any, new: Any, where: str = "") -> list[str]:

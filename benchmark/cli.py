@@ -71,12 +71,25 @@ def _detector_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _published_detector(track: str) -> Path:
+    """The track's published evaluator; where none is published, the refusal says where a run's own is."""
+    from benchmark.published_models import PUBLISHED_DIR, PublishedModelError, default_detector
+
+    try:
+        return default_detector(track)
+    except PublishedModelError as e:
+        if (PUBLISHED_DIR / f"detector-{track}").exists():
+            raise  # published, but its files do not match their record: the message names the file
+        raise PublishedModelError(
+            f"{e} (a benchmark run's own evaluator is named in its results.json, detector.path)"
+        ) from None
+
+
 def _score(args: argparse.Namespace) -> int:
-    from benchmark.published_models import default_detector
     from implicit_concept.detector.inference import Detector
     from implicit_concept.scoring import ScoreConfig, score_images
 
-    detector = Detector.load(args.detector or default_detector("tiny"))
+    detector = Detector.load(args.detector or _published_detector("tiny"))
     report = score_images(args.dir, detector, ScoreConfig(conf=args.conf), clean=args.clean, progress=not args.quiet)
     print(report.table())
     if args.json:
@@ -125,12 +138,11 @@ def _publish(args: argparse.Namespace) -> int:
 
 def _judging(args: argparse.Namespace):
     from benchmark.external import Judging, default_reference
-    from benchmark.published_models import default_detector
     from benchmark.track import load_track
     from implicit_concept.detector.inference import Detector
 
     track = load_track(args.track)
-    detector = Detector.load(Path(args.detector) if args.detector else default_detector(track.name))  # an unusable detector fails first
+    detector = Detector.load(Path(args.detector) if args.detector else _published_detector(track.name))  # an unusable detector fails first
     reference = None if args.no_quality else Path(args.reference) if args.reference else default_reference(track, Path(args.data))
     if reference is None and not args.no_quality:
         raise FileNotFoundError(
@@ -243,11 +255,12 @@ def int_at_least(low: int):
 
 
 def _add_scoring_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--detector", help="the detector folder `detector train` wrote, or its weights file (default: the track's published evaluator)")
+    p.add_argument("--detector", help="the detector folder `detector train` wrote, or its weights file, such as a benchmark run's "
+                                       "(its results.json's detector.path) (default: the track's published evaluator)")
     p.add_argument("--track", default="tiny", help="the track whose prompts, seeds, sampler, threshold and quality measures judge (default: tiny)")
     p.add_argument("--num-prompts", type=int_at_least(1), help="score only the first N of the track's prompts (default: the track's count)")
     p.add_argument("--images-per-prompt", type=int_at_least(1), help="images per prompt (default: the track's)")
-    p.add_argument("--data", default="data", help="where the track's dataset is built: its clean test split is the quality reference")
+    p.add_argument("--data", default="data", help="where the track's dataset is built: its clean test split is the quality reference (default: data)")
     p.add_argument("--reference", help="clean test shards to compare with, instead of the track's dataset under --data")
     p.add_argument("--no-quality", action="store_true", help="ICR only, no quality scores")
     _add_cache_argument(p)
@@ -268,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="synthesize an ICD dataset from a recipe into WebDataset shards")
     p.add_argument("recipe", help="a recipe TOML file, or the name of one in manifests/ (icd-tiny, icd-v1, ...)")
     p.add_argument("--out", help="output folder (default: data/<recipe name>)")
-    p.add_argument("--source", help="replace the recipe's source: a folder of name.jpg + name.txt, or tars ('dir/{00000..00009}.tar')")
+    p.add_argument("--source", help="replace the recipe's source: a folder of name.jpg + name.txt, or tars: local ('dir/{00000..00009}.tar'), "
+                                     "http(s) URLs or 'pipe:' commands ('pipe:aws s3 cp s3://bucket/{00000..00009}.tar -')")
     p.add_argument("--workers", type=int_at_least(0), default=1, help="worker processes, or Ray actors (0: one per cluster CPU) (default: 1)")
     p.add_argument("--distributor", choices=("multiprocessing", "ray"), default="multiprocessing",
                    help="local processes, or a Ray cluster for builds across machines (default: multiprocessing)")
@@ -279,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_build)
 
     p = sub.add_parser("verify", help="check a built dataset: checksums, schema, boxes, counts")
-    p.add_argument("dir")
+    p.add_argument("dir", help="a dataset folder `build` wrote (holding recipe.json), e.g. data/icd-tiny")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_verify)
 
@@ -322,19 +336,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", help="a local diffusers Stable Diffusion directory to start from (paper track)")
     p.add_argument("--detector", help="use this detector (a folder `detector train` wrote) instead of training one")
     p.add_argument("--source", help="your own image-text shards or folder, replacing the recipe's source")
-    p.add_argument("--runs", default="runs")
-    p.add_argument("--data", default="data")
-    p.add_argument("--cache", default=".cache/implicit-concept")
-    p.add_argument("--workers", type=int_at_least(0), default=2, help="dataset build processes")
-    p.add_argument("--jobs", type=int_at_least(1), default=1, help="fine-tunes, then methods (build, sample, score), run side by side: one process and torch thread each; the results of one at a time (default: 1)")
+    p.add_argument("--runs", default="runs", help="folder of run folders: results go to RUNS/NAME (default: runs)")
+    p.add_argument("--data", default="data", help="folder the track's dataset is built in, as DATA/<recipe name> (default: data)")
+    p.add_argument("--cache", default=".cache/implicit-concept",
+                   help="folder for what runs share (bases, detectors, the base's generations, scene features) and "
+                        "ultralytics' and matplotlib's caches (default: .cache/implicit-concept)")
+    p.add_argument("--workers", type=int_at_least(0), default=2, help="dataset build processes (default: 2)")
+    p.add_argument("--jobs", type=int_at_least(1), default=1, help="fine-tunes, then methods (build, sample, score), run side by side: one process and torch thread each; the results of one at a time (default: 1; make benchmark passes 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_benchmark)
 
     p = sub.add_parser("publish", help="train a track's base and detector as make benchmark would and write them into benchmark/published/ (maintainers)")
     p.add_argument("--track", default="tiny", help="a track whose base and detector the repository ships (default: tiny)")
-    p.add_argument("--data", default="data")
-    p.add_argument("--cache", default=".cache/implicit-concept")
-    p.add_argument("--workers", type=int_at_least(0), default=2, help="dataset build processes")
+    p.add_argument("--data", default="data", help="folder the track's dataset is built in, as DATA/<recipe name> (default: data)")
+    p.add_argument("--cache", default=".cache/implicit-concept", help="folder for what runs share (default: .cache/implicit-concept)")
+    p.add_argument("--workers", type=int_at_least(0), default=2, help="dataset build processes (default: 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_publish)
 
@@ -356,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prompts", help="write evaluation prompts (ESD/I2P CSV) from a procedural recipe's test split")
     p.add_argument("recipe", help="a recipe with a procedural source, e.g. icd-tiny (which made benchmark/prompts/icd-tiny-eval.csv)")
-    p.add_argument("--count", type=int_at_least(1), default=512)
+    p.add_argument("--count", type=int_at_least(1), default=512, help="prompts to write (default: 512)")
     p.add_argument("--seed-base", type=int_at_least(0), default=1000, help="evaluation_seed of prompt i is SEED_BASE + i (default: 1000)")
     p.add_argument("--out", required=True, help="CSV to write")
     p.set_defaults(func=_prompts)
@@ -371,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_score_pipeline)
 
     p = sub.add_parser("score-images", help="score a folder of images named {case_number}_{i}.png after the prompts CSV")
-    p.add_argument("dir")
+    p.add_argument("dir", help="a folder of images named {case_number}_{i}.png (or .jpg, .webp, ...) after the track's prompts")
     p.add_argument("--size", type=int_at_least(8), help="the images' side in pixels (default: the track's; any other is refused unless given here)")
     _add_scoring_arguments(p)
     p.set_defaults(func=_score_images)

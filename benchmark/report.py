@@ -44,7 +44,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines += [
         "## Implicit concept ratio (ICR %, 95% interval; paper's number in parentheses)",
         "",
-        "Rows trained with several seeds carry an interval over seeds and prompts (seeds resampled, then prompts); the others over prompts.",
+        "Rows trained with several seeds carry an interval over seeds and prompts (seeds resampled, with one set of resampled prompts shared by all seeds, as every seed is scored on the same prompts); the others over prompts.",
         "",
     ]
     fp_row = "| detector FP, clean test images | " + " | ".join(pct(results["fp_rate"].get(c)) for c in concepts) + " |"

@@ -45,6 +45,7 @@ _API: dict[str, str] = {
     "Detection": "implicit_concept.detector.inference",
     "Detector": "implicit_concept.detector.inference",
     "train_detector": "implicit_concept.detector.training",
+    "load_scale": "implicit_concept.detector.training",
     "export_detection_dataset": "implicit_concept.detector.export",
     "ScoreConfig": "implicit_concept.scoring",
     "ScoreReport": "implicit_concept.scoring",

@@ -209,6 +209,36 @@ def test_report_puts_our_numbers_beside_the_papers(tmp_path):
     assert "## Model Removal" not in md and "## Every seed" not in md and "asked by name" not in md
 
 
+def test_adding_a_method_to_a_run_keeps_the_stage_timings_of_its_earlier_invocations(tmp_path):
+    """``--method X`` on a finished run: its results.json's ``timings`` list every invocation's stages
+    (the fine-tunes of the run that made most rows too), a stage timed again replacing its own entry."""
+    import json
+
+    from benchmark.benchmark_run import BenchmarkRun
+    from benchmark.protocol import _timed
+    from benchmark.track import load_track
+
+    first = BenchmarkRun(track=load_track("debug"), name="r", runs_root=tmp_path)
+    first.check_start()
+    assert first.timings == {}, "a new run folder has no earlier timings"
+    (tmp_path / "r" / "run.json").write_text(json.dumps(first.record()))
+    earlier = {"dataset": 61.0, "finetunes (icd-qrcode, 2 jobs)": 68.3, "methods (icd-qrcode, 2 jobs)": 49.7}
+    (tmp_path / "r" / "results.json").write_text(json.dumps({"name": "r", "rows": [], "timings": earlier}))
+
+    added = BenchmarkRun(track=load_track("debug"), name="r", runs_root=tmp_path, methods=("sd",))
+    added.check_start()
+    with _timed(added, "dataset"):
+        pass
+    with _timed(added, "named prompts (base)"):
+        pass
+    assert added.timings == {"dataset": 0.0, "finetunes (icd-qrcode, 2 jobs)": 68.3, "methods (icd-qrcode, 2 jobs)": 49.7,
+                             "named prompts (base)": 0.0}
+
+    (tmp_path / "r" / "results.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"r/results.json: cannot be read .*not valid JSON.*use another --name"):
+        BenchmarkRun(track=load_track("debug"), name="r", runs_root=tmp_path).check_start()
+
+
 def test_report_shows_seeds_the_named_base_model_removal_and_which_evaluator():
     seeds = {"0": {"icr": _ratio(0.5)}, "1": {"icr": _ratio(0.7)}}
     results = {

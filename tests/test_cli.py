@@ -95,3 +95,34 @@ def test_prompts_are_never_written_with_seeds_the_prompts_reader_refuses(tmp_pat
     from benchmark.prompts import read_prompts
 
     assert [p.evaluation_seed for p in read_prompts(out)] == [SEED_RANGE[1] - 1, SEED_RANGE[1]]
+
+
+def _commands(parser, prefix=()):
+    """Every (command words, parser) below ``parser``, nested commands (``detector train``) included."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _commands(sub, (*prefix, name))
+
+
+def test_every_argument_of_every_command_says_what_it_is():
+    import argparse
+
+    from benchmark.cli import build_parser
+
+    silent = [
+        f"{' '.join(words)} {action.dest if not action.option_strings else action.option_strings[-1]}"
+        for words, sub in _commands(build_parser())
+        for action in sub._actions
+        if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) and not action.help
+    ]
+    assert silent == []
+
+
+def test_a_track_without_a_published_evaluator_is_refused_saying_where_a_runs_own_is(tmp_path, capsys):
+    assert main(["score-images", str(tmp_path), "--track", "debug", "--out", str(tmp_path / "out"), "--no-quality"]) == 2
+    err = capsys.readouterr().err
+    assert "no published detector for track 'debug'" in err and "its results.json, detector.path" in err, err

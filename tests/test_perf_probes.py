@@ -1,5 +1,5 @@
-"""The paper-scale probes' parts that need no GPU: measuring in a child process, the GPU probe's plan,
-budget and report, and its refusal to run without CUDA."""
+"""The perf probes' parts that need no GPU: measuring in a child process, the GPU probe's plan,
+budget and report, and its refusal to run without CUDA; the scoring-speed probe run as written."""
 from __future__ import annotations
 
 import json
@@ -139,3 +139,17 @@ def test_build_stage_profile_times_the_real_path(tmp_path):
         assert full[stage] > 0 and image_only[stage] > 0, stage
     assert full["encode PNG"] > 0 and "encode PNG" not in image_only
     assert full["other"] >= 0 and image_only["other"] >= 0
+
+
+def test_the_scoring_speed_probe_runs_as_the_readme_writes_it(tmp_path, monkeypatch, capsys):
+    """``python -m benchmark.perf.scoring_speed`` with no arguments: the published evaluator on a
+    small image set it builds itself (no data/icd-tiny here), both paths finding the same concepts."""
+    from benchmark.perf import scoring_speed
+
+    args = scoring_speed.parse_args([])
+    assert args.images is None and args.detector is None
+    monkeypatch.chdir(tmp_path)
+    assert scoring_speed.main(["--limit", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "icd-debug/icd-mixed/test: 4 images of 64x64" in out and "detector-tiny" in out, out
+    assert "same concepts found in 4/4 images" in out, out

@@ -1,6 +1,8 @@
 """``implicit_concept``'s public API: every advertised name resolves, and importing the package is cheap."""
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import implicit_concept
 
@@ -16,3 +18,23 @@ def test_every_public_name_resolves_to_what_its_module_defines():
 def test_importing_a_core_module_does_not_import_torch_or_ultralytics():
     code = "import sys, implicit_concept.sample, implicit_concept; print(sorted(m for m in ('torch', 'ultralytics') if m in sys.modules))"
     assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_the_readmes_python_imports_and_inline_calls_resolve():
+    """Every import in the README's Python blocks imports, and every name its "In Python" lines call
+    (``score_images(...)``, ``load_scale("cpu")`` ...) is public API: importable from ``implicit_concept``."""
+    text = README.read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    imports = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()
+               if re.match(r"\s*(from \S+ import |import )", line)]
+    assert any("benchmark.methods.interface" in line for line in imports), "the README's blocks were found"
+    done = subprocess.run([sys.executable, "-c", "\n".join(imports)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    inline = re.findall(r"In Python[^`]*`([^`]+)`", text)
+    called = {name for code in inline for name in re.findall(r"(?<![.\w])([A-Za-z_]\w*)\s*[(.]", code)}
+    assert {"score_images", "train_detector"} <= called, inline
+    assert sorted(called - set(implicit_concept.__all__)) == []
