@@ -288,6 +288,10 @@ def _write_manifest(out: Path, units: list, metadata: dict[bytes, bytes] | None 
     return summarize(table)
 
 
+#: The manifest's columns :func:`summarize` reads.
+SUMMARY_COLUMNS = ["subset", "split", "source_id", "status", "reason", "caption_names", "source_shows"]
+
+
 def summarize(table: pa.Table) -> SourceSummary:
     """What the manifest's rows say per source item (the CLI's counts and the card's "Screens").
 
@@ -295,7 +299,7 @@ def summarize(table: pa.Table) -> SourceSummary:
     of its rows with that id in one (subset, split) it is: the same item in another subset, and a
     whole tar's failure met by each split's read of it, count once; a key a tar holds twice (a
     ``duplicate_key``) counts twice, as it is read twice."""
-    columns = table.select(["subset", "split", "source_id", "status", "reason", "caption_names", "source_shows"]).to_pylist()
+    columns = table.select(SUMMARY_COLUMNS).to_pylist()
     seen: Counter[tuple[str, str, str]] = Counter()
     outcome: dict[tuple[str, int], str | None] = {}
     named: set[tuple[tuple[str, int], str]] = set()

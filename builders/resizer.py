@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, decode_rgb, open_image
+from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, decode_rgb, error_text, open_image
 
 __all__ = ["SampleError", "prepare_image"]
 
@@ -24,17 +24,19 @@ RESAMPLE = Image.Resampling.LANCZOS
 def prepare_image(raw: bytes | Image.Image, size: int, min_side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode ``raw`` and return an RGB ``size`` x ``size`` centre crop.
 
-    Raises ``SampleError`` with reason ``unreadable_image``, ``truncated_image``, ``too_large``
-    (more than ``max_pixels`` to decode; an image already in memory is not capped),
+    Raises ``SampleError`` with reason ``unreadable_image``, ``truncated_image``,
+    ``unsupported_format`` (not JPEG, PNG, GIF, TIFF, WebP, AVIF or BMP, whatever the file's name),
+    ``too_large`` (more than ``max_pixels`` to decode; an image already in memory is not capped),
+    ``too_many_chunks`` (more PNG chunks, JPEG segments or scans, GIF blocks than a real image has),
     ``unsupported_mode``, ``too_small`` (shorter side below ``min_side``) or ``decoder_failed``
-    (anything else raised on the way).
+    (anything else raised on the way); :mod:`implicit_concept.image_decode` says when each is given.
     """
     try:
         return _prepare(raw, size, min_side, max_pixels)
     except (SampleError, MemoryError):
         raise
     except Exception as exc:
-        raise SampleError("decoder_failed", f"{type(exc).__name__}: {exc}") from exc
+        raise SampleError("decoder_failed", f"{type(exc).__name__}: {error_text(exc)}") from exc
 
 
 def _prepare(raw: bytes | Image.Image, size: int, min_side: int, max_pixels: int) -> Image.Image:

@@ -54,7 +54,10 @@ COLUMNS = SCHEMA.names
 
 #: The reasons a screen gives; every other reason of the resizer's is a decode failure.
 FILTERED = ("caption_names_concept", "caption_empty_after_screen", "concept_in_source")
-DECODE_FAILURES = ("unreadable_image", "truncated_image", "too_large", "unsupported_mode", "too_small", "decoder_failed")
+DECODE_FAILURES = (
+    "unreadable_image", "truncated_image", "too_large", "unsupported_mode", "unsupported_format", "too_many_chunks",
+    "too_small", "decoder_failed",
+)
 
 
 def status_of(reason: str) -> str:

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from tqdm.auto import tqdm
 
-from builders.build import MANIFEST, RECIPE_RECORD, summarize
+from builders.build import MANIFEST, RECIPE_RECORD, SUMMARY_COLUMNS, summarize
 from builders.dataset_card import CARD, CHECKSUMS, card_bytes
 from builders.recipe import Recipe, parse_recipe
 from builders.shard_builder import WorkUnit, key_index, plan_units, recorded_plan
@@ -646,7 +646,7 @@ def _check_card(out: Path, recipe: Recipe, units: list[WorkUnit], problems: _Pro
         return  # reported above
     try:  # what the card is made from; each is checked (and reported) on its own
         stats = [json.loads(_read_bounded(out / f"{u.subset}/{u.split}/{u.name}_stats.json", MAX_RECORD_BYTES)) for u in units]
-        manifest = pq.read_table(out / MANIFEST, columns=["source_id", "status", "reason", "caption_names", "source_shows"])
+        manifest = pq.read_table(out / MANIFEST, columns=SUMMARY_COLUMNS)
         expected_card = card_bytes(recipe, units, stats, summarize(manifest), env)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, pa.ArrowException):
         return

@@ -2,21 +2,50 @@
 
 Pillow's decoders fail with a zoo of exception types; every failure becomes one ``SampleError``
 whose ``reason`` feeds a build's failure histogram. Opening and loading are separate steps so a
-caller can ask a JPEG decoder for a smaller draft in between (see ``builders.resizer``).
+caller can ask a JPEG decoder for a smaller draft in between (see ``builders.resizer``). Reasons:
+
+- ``unreadable_image``: no image in the bytes (an empty file, an HTML page saved as ``.jpg``), a
+  header that cannot be read, or a decoder that gave up on the data;
+- ``truncated_image``: the data ends before the pixels the header declares (a PNG whose image data
+  holds fewer rows than its header says included);
+- ``unsupported_format``: an image, but not one of :data:`FORMATS` (EPS, PSD, FITS, ...);
+- ``too_large``: more pixels than the cap;
+- ``too_many_chunks``: more structure than any real image has (PNG chunks, JPEG marker segments
+  or progressive scans, GIF blocks), which costs time the file's size does not show;
+- ``unsupported_mode``: pixels that have no 8-bit RGB meaning here (float, LAB).
+
+Only :data:`FORMATS` are decoded, whatever a file is called: Pillow knows forty formats, and some
+run an external program (EPS: Ghostscript) or are attack surface nobody asked for. The messages
+say what the bytes look like and hold nothing that differs between two runs (no memory address),
+so two builds of the same input write the same tables.
 
 Pixels cost memory that the file's size does not show: a 684 KB PNG can declare 13000 x 13000
 pixels (2.8 GB decoded). Every decode here is refused, from the header alone, above ``max_pixels``
 (:data:`DEFAULT_MAX_PIXELS` unless the caller sets another), and Pillow's own decompression-bomb
-warning is an error, never a full-size decode.
+warning is an error, never a full-size decode. Structure costs time the same way: Pillow parses
+PNG chunks, JPEG marker segments and GIF blocks in Python, a few microseconds each, so a 60 MB
+PNG of five million empty chunks took 27 s; each is counted, before Pillow sees the file, up to
+:data:`MAX_CHUNKS`.
+
+Colours are what a colour-managed viewer shows: an embedded ICC profile is converted to sRGB
+(LittleCMS, perceptual intent, the same as relative colorimetric for the matrix profiles of cameras
+and phones); a profile that cannot be read, does not fit the pixels (an RGB profile on grey or
+CMYK pixels, a grey one on grey pixels with alpha) or is over :data:`MAX_PROFILE_BYTES` is ignored
+and the pixels kept. The same bytes give the same pixels (LittleCMS is pinned with Pillow).
 """
 from __future__ import annotations
 
+import functools
 import io
+import re
+import struct
 import warnings
+import zlib
 from typing import BinaryIO
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL.JpegImagePlugin import MARKER as _JPEG_MARKERS
 
 #: Pixels decoded at most (after a JPEG draft), unless a caller sets another cap: 40 MP is a 4:3
 #: photo of 7300 x 5500; an RGBA image of that size takes 160 MB per copy.
@@ -24,8 +53,31 @@ DEFAULT_MAX_PIXELS = 40_000_000
 #: The largest cap a caller may set: above it Pillow warns of a decompression bomb.
 PILLOW_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 
+#: The formats decoded (Pillow's names), whatever the file is called: JPEG (a multi-picture
+#: camera's MPO opens as one), PNG (and APNG), GIF, TIFF, WebP, AVIF and BMP. Every other is
+#: ``unsupported_format``.
+FORMATS = ("JPEG", "PNG", "GIF", "TIFF", "WEBP", "AVIF", "BMP")
+_DECODED = (*FORMATS, "MPO")
+_READ = "JPEG, PNG, GIF, TIFF, WebP, AVIF, BMP"
+#: Chunks (PNG), marker segments and stray bytes before the first scan (JPEG) or blocks before the
+#: first image (GIF) read at most: Pillow takes 0.5-5 us over each, 0.3 s for this many. A 64 MiB PNG
+#: written in libpng's 8 KiB chunks has 8192; a JPEG's header a few dozen.
+MAX_CHUNKS = 65536
+#: Progressive scans of a JPEG read at most: libjpeg passes over the whole image once per scan
+#: (2 ms a scan at 4 MP); encoders write about 10.
+MAX_JPEG_SCANS = 100
+
+#: ICC profiles read at most: a camera's or a screen's takes a few KB, a printer's LUTs a few MB;
+#: a larger one is ignored (parsing it is work, and attack surface, the pixels do not need).
+MAX_PROFILE_BYTES = 4 << 20
+#: Transforms of profiles up to this size are kept (16 at most) for the next image that has one.
+_CACHED_PROFILE_BYTES = 64 << 10
+
 _WHITE = (255, 255, 255, 255)
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_TEXT = (b"tEXt", b"zTXt", b"iTXt", b"iCCP")
+_ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+")
 
 
 class SampleError(Exception):
@@ -37,22 +89,32 @@ class SampleError(Exception):
         self.detail = detail
 
 
+def error_text(exc: BaseException) -> str:
+    """An exception's message without the memory addresses of object reprs, which differ per run."""
+    return _ADDRESS.sub("", str(exc))
+
+
 def open_image(raw: bytes | BinaryIO | Image.Image) -> Image.Image:
     """Read the header of ``raw`` (pixels are decoded later, by :func:`decode_rgb` or :func:`load_pixels`)."""
     if isinstance(raw, Image.Image):
         return raw
-    if isinstance(raw, (bytes, bytearray)):
-        if not raw:
-            raise SampleError("unreadable_image", "zero bytes")
-        raw = io.BytesIO(raw)
+    raw = _seekable(raw)
+    head = raw.read(16)
+    if not head:
+        raise SampleError("unreadable_image", "empty file (zero bytes)")
     try:
+        raw = _screen(raw, head)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(raw)
+            return Image.open(raw, formats=FORMATS)
+    except SampleError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise SampleError("too_large", str(exc)) from exc
+        raise SampleError("too_large", error_text(exc)) from exc
+    except UnidentifiedImageError:
+        raise SampleError(*_unidentified(head)) from None
     except Exception as exc:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error ...
-        raise SampleError(_decode_reason(exc), str(exc)) from exc
+        raise SampleError(_decode_reason(exc), error_text(exc)) from exc
 
 
 def check_pixels(image: Image.Image, max_pixels: int) -> None:
@@ -71,13 +133,14 @@ def load_pixels(raw: bytes | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
 
 
 def decode_rgb(image: Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS, orient: bool = True) -> Image.Image:
-    """Decode the pixels, apply the EXIF orientation and normalise the mode to 8-bit RGB: the one
-    rule for every image the toolkit reads (16-bit grey keeps its level, transparency is white).
+    """Decode the pixels, apply the EXIF orientation and normalise the mode to 8-bit sRGB: the one
+    rule for every image the toolkit reads (16-bit grey keeps its level, transparency is white, an
+    ICC profile's colours become sRGB).
 
     ``max_pixels`` None: no cap, for an image already in memory (nothing left to decode).
     ``orient`` False: keep the stored pixel grid, for a shard whose boxes are drawn in it. An image
-    already upright and 8-bit RGB is returned itself, not copied (a copy of a 512 px image costs
-    a tenth of its decode).
+    already upright and 8-bit RGB without a profile is returned itself, not copied (a copy of a
+    512 px image costs a tenth of its decode).
     """
     if max_pixels is not None:
         check_pixels(image, max_pixels)
@@ -85,19 +148,302 @@ def decode_rgb(image: Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS, 
     return _to_rgb(_orient(image) if orient else image)
 
 
+def _seekable(raw: bytes | BinaryIO) -> BinaryIO:
+    """``raw`` as a stream at its start (Pillow reads a stream from its start whatever its position)."""
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        return io.BytesIO(raw)
+    try:
+        raw.seek(0)
+    except (AttributeError, io.UnsupportedOperation):
+        raw = io.BytesIO(raw.read())
+    return raw
+
+
 def _load(image: Image.Image) -> None:
+    if getattr(image, "tile", None) and image.format not in _DECODED:
+        raise SampleError("unsupported_format", _not_read(image.format))  # opened by a caller, not by open_image
+    source = image.fp if image.format == "PNG" else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise SampleError("too_large", str(exc)) from exc
+        raise SampleError("too_large", error_text(exc)) from exc
     except Exception as exc:
-        raise SampleError(_decode_reason(exc), str(exc)) from exc
+        raise SampleError(_decode_reason(exc), error_text(exc)) from exc
+    if source is not None:
+        _check_png_rows(image, source)
 
 
 def _decode_reason(exc: Exception) -> str:
     return "truncated_image" if "truncated" in str(exc).lower() else "unreadable_image"
+
+
+# --- what the bytes are, when Pillow finds no image ---------------------------------------------
+
+
+def _unidentified(head: bytes) -> tuple[str, str]:
+    """The reason and message for bytes no plugin of :data:`FORMATS` opens, from their first bytes
+    alone: Pillow's signature tests, never another plugin's parser."""
+    starts = f"starts with {repr(bytes(head))[1:]}"
+    found = _signature(head)
+    if found is None:
+        return "unreadable_image", f"cannot identify an image format ({starts})"
+    if found in _DECODED:
+        return "unreadable_image", f"cannot identify an image: a {found} signature, but no {found} header Pillow reads ({starts})"
+    return "unsupported_format", _not_read(f"{found} (by its signature; it {starts})")
+
+
+def _signature(head: bytes) -> str | None:
+    """The first format whose signature ``head`` carries, of every format Pillow knows."""
+    Image.init()
+    for name in Image.ID:
+        accept = Image.OPEN[name][1]
+        try:
+            if accept is not None and accept(head):
+                return name
+        except Exception:  # a signature test given 16 bytes it did not expect
+            continue
+    return None
+
+
+def _not_read(name: str | None) -> str:
+    return f"{name or 'this format'} is not one of the formats read ({_READ})"
+
+
+# --- structure Pillow walks in Python, bounded before it does ----------------------------------
+
+
+def _screen(raw: BinaryIO, head: bytes) -> BinaryIO:
+    """Refuse structure that costs far more time than its bytes suggest, and give Pillow a PNG
+    without the metadata it would refuse the whole image for; ``raw`` itself when nothing changes."""
+    if head.startswith(_PNG_SIGNATURE):
+        return _screen_png(raw)
+    if head.startswith(b"\xff\xd8\xff"):
+        _screen_jpeg(raw)
+    elif head.startswith((b"GIF87a", b"GIF89a")):
+        _screen_gif(raw, head)
+    return raw
+
+
+def _read_at(f: BinaryIO, pos: int, size: int) -> bytes:
+    f.seek(pos)
+    return f.read(size)
+
+
+def _too_many(what: str) -> SampleError:
+    return SampleError("too_many_chunks", what)
+
+
+def _png_chunks(f: BinaryIO):
+    """(type, data offset, length) of each chunk Pillow reads for the first frame: up to IEND, the
+    fcTL of a second APNG frame or the end of the bytes; at most :data:`MAX_CHUNKS`."""
+    pos, count, seen_idat = len(_PNG_SIGNATURE), 0, False
+    while True:
+        header = _read_at(f, pos, 8)
+        if len(header) < 8:
+            return
+        count += 1
+        if count > MAX_CHUNKS:
+            raise _too_many(f"a PNG of more than {MAX_CHUNKS} chunks before its first image ends")
+        length, kind = struct.unpack(">I4s", header)
+        yield kind, pos + 8, length
+        if kind == b"IEND" or (kind == b"fcTL" and seen_idat):
+            return
+        seen_idat |= kind == b"IDAT"
+        pos += 12 + length
+
+
+def _screen_png(f: BinaryIO) -> BinaryIO:
+    """Count the chunks, and drop metadata Pillow refuses the whole image for: text or an ICC
+    profile inflating past ``PngImagePlugin.MAX_TEXT_CHUNK`` (1 MB; workflows that image generators
+    embed reach it), text past ``MAX_TEXT_MEMORY`` in all, an unknown compression method. Pillow's
+    limits stay as they are; this file's pixels are decoded without that metadata. Past
+    ``MAX_TEXT_MEMORY`` inflated, every later text or profile chunk is dropped uninflated: 65536
+    chunks of 1 KB that inflate to 1 MB each would be 64 GB to inflate."""
+    dropped, held, full = [], 0, False
+    for kind, offset, length in _png_chunks(f):
+        if kind not in _PNG_TEXT:
+            continue
+        size = None if full else _png_text_size(kind, _read_at(f, offset, length))
+        full = full or (size is not None and held + size > PngImagePlugin.MAX_TEXT_MEMORY)
+        if size is None or full:
+            dropped.append((offset - 8, offset + length + 4))
+        else:
+            held += size
+    if not dropped:
+        return f
+    data = _read_at(f, 0, -1)
+    kept, start = io.BytesIO(), 0
+    for begin, end in dropped:
+        kept.write(data[start:begin])
+        start = end
+    kept.write(data[start:])
+    kept.seek(0)
+    return kept
+
+
+def _png_text_size(kind: bytes, data: bytes) -> int | None:
+    """The bytes Pillow holds for a text or iCCP chunk (0 where it ignores it), or None where it
+    raises instead (PngImagePlugin's chunk_tEXt, chunk_zTXt, chunk_iTXt and chunk_iCCP)."""
+    keyword, nul, rest = data.partition(b"\0")
+    if kind == b"tEXt":
+        return len(rest) if keyword else 0
+    if kind == b"iCCP" and not (nul and rest):
+        return None
+    if kind in (b"zTXt", b"iCCP"):
+        if rest and rest[0] != 0:
+            return None
+        size = _inflated_size(rest[1:])
+        return 0 if size is not None and not keyword and kind == b"zTXt" else size
+    if len(rest) < 2:  # iTXt: compressed flag, method, language, translated keyword, text
+        return 0
+    parts = rest[2:].split(b"\0", 2)
+    if len(parts) < 3:
+        return 0
+    if rest[0] == 0:
+        return len(parts[2])
+    return _inflated_size(parts[2]) if rest[1] == 0 else 0
+
+
+def _inflated_size(data: bytes) -> int | None:
+    """Pillow's rule for compressed metadata: None past MAX_TEXT_CHUNK, 0 for a broken stream."""
+    inflate = zlib.decompressobj()
+    try:
+        size = len(inflate.decompress(data, PngImagePlugin.MAX_TEXT_CHUNK))
+    except zlib.error:
+        return 0
+    return None if inflate.unconsumed_tail else size
+
+
+def _screen_jpeg(f: BinaryIO) -> None:
+    """Walk the header as Pillow's JpegImageFile._open does (a step per marker segment and per stray
+    byte) to the first scan, then count the scans libjpeg will pass over the image for."""
+    pos, steps = 2, 0  # Pillow starts at the third byte, the 0xFF of the first marker
+    while True:
+        steps += 1
+        if steps > MAX_CHUNKS:
+            raise _too_many(f"a JPEG of more than {MAX_CHUNKS} marker segments and stray bytes before its first scan")
+        pair = _read_at(f, pos, 2)
+        if len(pair) < 2:
+            return  # Pillow meets the end of the file, and says so
+        if pair[0] != 0xFF or pair[1] == 0xFF:
+            pos += 1  # a stray byte, or fill before a marker: Pillow moves on by one
+            continue
+        marker = 0xFF00 | pair[1]
+        if marker == 0xFF00:
+            pos += 2
+        elif marker not in _JPEG_MARKERS:
+            return  # "no marker found": Pillow refuses it
+        elif _JPEG_MARKERS[marker][2] is None:
+            pos += 2
+        elif marker == 0xFFDA:
+            break
+        else:
+            size = _read_at(f, pos + 2, 2)
+            if len(size) < 2:
+                return
+            pos += 2 + struct.unpack(">H", size)[0]
+    if _count_scans(f, pos, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
+        raise _too_many(f"a JPEG of more than {MAX_JPEG_SCANS} scans")
+
+
+def _count_scans(f: BinaryIO, pos: int, most: int) -> int:
+    """0xFFDA markers from ``pos`` on, read in 1 MiB blocks; stops past ``most``. In a JPEG's
+    entropy-coded data 0xFF is always followed by 0x00 or a restart marker, so each starts a scan."""
+    f.seek(pos)
+    found, carry = 0, b""
+    while found <= most:
+        block = f.read(1 << 20)
+        if not block:
+            break
+        data = np.frombuffer(carry + block, np.uint8)
+        found += int(np.count_nonzero(data[1:][data[:-1] == 0xFF] == 0xDA))
+        carry = block[-1:]
+    return found
+
+
+def _screen_gif(f: BinaryIO, head: bytes) -> None:
+    """Walk the blocks before the first image as Pillow's GifImageFile._seek does: a step per stray
+    byte, extension and data sub-block."""
+    flags = head[10] if len(head) > 10 else 0
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    steps = 0
+    while True:
+        steps += 1
+        if steps > MAX_CHUNKS:
+            raise _too_many(f"a GIF of more than {MAX_CHUNKS} blocks before its first image")
+        byte = _read_at(f, pos, 1)
+        if byte in (b"", b";", b","):
+            return
+        if byte != b"!":
+            pos += 1
+            continue
+        pos += 2  # "!" and the extension's label, then its sub-blocks up to an empty one
+        while True:
+            steps += 1
+            if steps > MAX_CHUNKS:
+                raise _too_many(f"a GIF of more than {MAX_CHUNKS} blocks before its first image")
+            size = _read_at(f, pos, 1)
+            if not size:
+                return
+            pos += 1 + size[0]
+            if size[0] == 0:
+                break
+
+
+# --- a PNG whose image data ends early ----------------------------------------------------------
+
+
+def _check_png_rows(image: Image.Image, source: BinaryIO) -> None:
+    """Refuse a PNG whose compressed data ends (cleanly) before the rows its header declares:
+    Pillow leaves the missing rows zero, libpng says "Not enough image data". Rows fill from the
+    top, so only an image whose last row is zero is inflated again (Pillow itself refuses an
+    interlaced one short of data)."""
+    width, height = image.size
+    last = image.crop((0, height - 1, width, height)).tobytes()
+    if image.info.get("interlace") or last.count(0) != len(last):
+        return
+    try:
+        held, declared = _png_data_size(source)
+    except (OSError, ValueError, struct.error, zlib.error):  # a stream closed by its caller, or data Pillow took
+        return
+    if held < declared:
+        raise SampleError("truncated_image", f"PNG image data ends after {held} of the {declared} bytes its header declares")
+
+
+def _png_data_size(f: BinaryIO) -> tuple[int, int]:
+    """(bytes the first IDAT run inflates to, bytes its IHDR declares), inflating in 1 MiB pieces."""
+    header, stream, declared, held = None, zlib.decompressobj(), 0, 0
+    in_idat = False
+    for kind, offset, length in _png_chunks(f):
+        if kind == b"IHDR":
+            header = _read_at(f, offset, 13)
+            declared = _png_raw_size(*struct.unpack(">IIBBBBB", header))
+        elif kind == b"IDAT":
+            in_idat = True
+            pending = _read_at(f, offset, length)
+            while pending and not stream.eof and held < declared:
+                held += len(stream.decompress(pending, 1 << 20))
+                pending = stream.unconsumed_tail
+        elif in_idat:
+            break
+    return (held, declared) if header is not None and stream.eof else (declared, declared)
+
+
+def _png_raw_size(width: int, height: int, depth: int, colour: int, _c: int, _f: int, interlace: int) -> int:
+    """Bytes of filtered rows a PNG header declares (Adam7: seven reduced images)."""
+    bits = depth * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 1)
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)) if interlace else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        w, h = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
+        if w > 0 and h > 0:
+            total += h * (1 + (w * bits + 7) // 8)
+    return total
+
+
+# --- pixels ------------------------------------------------------------------------------------
 
 
 def _orient(image: Image.Image) -> Image.Image:
@@ -110,23 +456,38 @@ def _orient(image: Image.Image) -> Image.Image:
         return image
 
 
-def _eight_bit(image: Image.Image) -> Image.Image:
-    """16-bit (or 32-bit integer) grey to 8 bits: round(clip(v, 0, 65535) / 257), in integers.
+def _eight_bit(image: Image.Image, transparent: object = None) -> Image.Image:
+    """16-bit (or 32-bit integer) grey to 8 bits: round(clip(v, 0, 65535) / 257), in integers; the
+    value a PNG's tRNS makes transparent becomes white, as every other transparency does.
 
     The same values as the float formula, without float64 copies (8 bytes a pixel each). A copy,
     not a view: a mode "I" image's array is Pillow's own buffer, read-only.
     """
     pixels = np.array(image, dtype=np.int32)
+    clear = pixels == transparent if isinstance(transparent, int) else None
     np.clip(pixels, 0, 65535, out=pixels)
     pixels += 128
     pixels //= 257
-    return Image.fromarray(pixels.astype(np.uint8))
+    grey = pixels.astype(np.uint8)
+    if clear is not None:
+        grey[clear] = 255
+    return Image.fromarray(grey)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Normalise any pixel mode to 8-bit RGB, flattening transparency onto white."""
+    """Normalise any pixel mode to 8-bit RGB, flattening transparency onto white and converting the
+    colours of an ICC profile to sRGB."""
+    profile = image.info.get("icc_profile")
+    image = _flatten(image)
+    if isinstance(profile, bytes) and 0 < len(profile) <= MAX_PROFILE_BYTES and image.mode in ("L", "RGB", "CMYK"):
+        image = _to_srgb(image, profile)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    """Any pixel mode as 8-bit L, RGB, CMYK or YCbCr, transparency flattened onto white."""
     if image.mode in _SIXTEEN_BIT:
-        image = _eight_bit(image)
+        image = _eight_bit(image, image.info.get("transparency"))
     if image.mode == "1":
         image = image.convert("L")
     if image.mode == "P" or (image.mode in ("L", "RGB") and "transparency" in image.info):
@@ -135,8 +496,40 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
     if image.mode == "RGBA":
         return Image.alpha_composite(Image.new("RGBA", image.size, _WHITE), image).convert("RGB")
-    if image.mode == "RGB":
+    if image.mode in ("L", "RGB", "CMYK", "YCbCr"):
         return image
-    if image.mode in ("L", "CMYK", "YCbCr"):
-        return image.convert("RGB")
     raise SampleError("unsupported_mode", image.mode)
+
+
+def _to_srgb(image: Image.Image, profile: bytes) -> Image.Image:
+    """``image``'s colours, in ``profile``'s space, as sRGB; ``image`` itself where the profile
+    cannot be read, does not fit the mode, or changes nothing (sRGB's own)."""
+    try:
+        build = _srgb_transform if len(profile) <= _CACHED_PROFILE_BYTES else _srgb_transform.__wrapped__
+        transform = build(profile, image.mode)
+        return image if transform is None else ImageCms.applyTransform(image, transform)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return image
+
+
+@functools.lru_cache(maxsize=16)
+def _srgb_transform(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """The transform from ``profile`` to sRGB, perceptual intent, or None where it moves no colour of
+    a 17-level grid more than one level from Pillow's own conversion: sRGB's profiles, in most
+    photos, cost nothing. LittleCMS's one-pixel cache is off, so threads sharing a transform get
+    the same pixels."""
+    transform = ImageCms.buildTransform(
+        ImageCms.ImageCmsProfile(io.BytesIO(profile)), ImageCms.createProfile("sRGB"), mode, "RGB",
+        renderingIntent=ImageCms.Intent.PERCEPTUAL, flags=ImageCms.Flags.NOCACHE,
+    )
+    probe = _probe(mode)
+    moved = np.abs(np.asarray(ImageCms.applyTransform(probe, transform), np.int16) - np.asarray(probe.convert("RGB"), np.int16))
+    return transform if moved.max() > 1 else None
+
+
+def _probe(mode: str) -> Image.Image:
+    """A grid of colours of ``mode``, as one row of pixels."""
+    levels = np.linspace(0, 255, 17).round().astype(np.uint8)
+    bands = len(mode)  # L, RGB, CMYK
+    grid = np.stack(np.meshgrid(*[levels] * bands, indexing="ij"), axis=-1).reshape(-1, bands)
+    return Image.frombytes(mode, (len(grid), 1), grid.tobytes())

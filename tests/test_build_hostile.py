@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -344,6 +345,35 @@ def test_an_unreadable_folder_changes_the_source_fingerprint(tmp_path, monkeypat
 
     monkeypatch.setattr(folder_module, "_list", with_sub_unlisted)
     assert FolderSource(FolderConfig(str(src)), shard_size=4).fingerprint() != readable
+
+
+def test_two_builds_over_hostile_images_write_the_same_tables_and_say_what_each_file_is(tmp_path):
+    """Scraped files that are not images (an HTML page, PostScript) or cost time their size does not
+    show (a PNG of 70000 empty chunks), all named .jpg or .png: each is a skip whose message says
+    what the bytes are and holds nothing that differs between runs (no memory address), so two
+    builds write the same tables and manifest, not only the same tars."""
+    src = _folder(tmp_path / "src", count=4)
+    png = _png()
+    hostile = {
+        "page.jpg": b"<html><body>403 Forbidden</body></html>",
+        "postscript.jpg": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 40\nshowpage\n",
+        "flood.png": png[:33] + (b"\0\0\0\0zzZz" + zlib.crc32(b"zzZz").to_bytes(4, "big")) * 70_000 + png[33:],
+    }
+    for name, data in hostile.items():
+        (src / name).write_bytes(data)
+        (src / name).with_suffix(".txt").write_text("a photo")
+    outs = [tmp_path / "out1", tmp_path / "out2"]
+    for out in outs:
+        build_dataset(parse_recipe(_raw(src)), out, progress=False)
+    assert _files(outs[0]) == _files(outs[1])
+    rows = {r["source_id"]: (r["reason"], r["error_message"]) for r in pq.read_table(outs[0] / "manifest.parquet").to_pylist()
+            if r["status"] != "success"}
+    assert rows == {
+        "page.jpg": ("unreadable_image", "unreadable_image: cannot identify an image format (starts with '<html><body>403 ')"),
+        "postscript.jpg": ("unsupported_format", "unsupported_format: EPS (by its signature; it starts with '%!PS-Adobe-3.0 E') "
+                                                 "is not one of the formats read (JPEG, PNG, GIF, TIFF, WebP, AVIF, BMP)"),
+        "flood.png": ("too_many_chunks", "too_many_chunks: a PNG of more than 65536 chunks before its first image ends"),
+    }
 
 
 # --- F03/F14: what a sidecar and a caption may carry ------------------------------------------------

@@ -5,7 +5,9 @@ good images: pixel bombs (13000 x 13000 PNGs of 680 KB, 8-bit RGBA and 16-bit gr
 with a sparse member declaring 2 GiB, a 2 MB ``.tar.gz`` whose member (and another's long-name
 header) holds 2 GiB of zeros, a chain of 3000 header records, a KEY.json nested 100000 deep and
 one of 2 MB, captions that are symlinks to ``/dev/zero`` and to a file outside, a FIFO caption, an
-image symlink, sparse 2 GiB image and 1 GiB caption files, and names that are not UTF-8. Each
+image symlink, sparse 2 GiB image and 1 GiB caption files, names that are not UTF-8, and images
+that cost time or attack surface their size does not show (PostScript named .jpg, which Pillow
+would hand to Ghostscript; a 60 MB PNG of five million empty chunks; a JPEG of 1000 scans). Each
 source is built in a child process (under an address-space limit, so a regression fails instead of
 swapping), and the child's peak RSS is its own VmHWM (wait4's counts the parent's at the fork). Target: every hostile input a counted
 skip, the peak under 1 GiB.
@@ -80,6 +82,28 @@ def declared_png(side: int) -> bytes:
     small = png_bomb(side=64)
     header = side.to_bytes(4, "big") * 2 + small[24:29]
     return small[:8] + len(header).to_bytes(4, "big") + b"IHDR" + header + zlib.crc32(b"IHDR" + header).to_bytes(4, "big") + small[33:]
+
+
+def chunk_flood_png(chunks: int = 5_000_000) -> bytes:
+    """A 16 x 16 PNG behind ``chunks`` empty ancillary chunks (12 bytes each): Pillow parses each in
+    Python, 27 s for five million."""
+    empty = (0).to_bytes(4, "big") + b"zzZz" + zlib.crc32(b"zzZz").to_bytes(4, "big")
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 100, 50)).save(buffer, "PNG")
+    small = buffer.getvalue()
+    return small[:33] + empty * chunks + small[33:]
+
+
+def scan_bomb_jpeg(scans: int = 1000) -> bytes:
+    """A progressive JPEG whose last scan is repeated: libjpeg passes over the image once per scan."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(buffer, "JPEG", progressive=True)
+    data = buffer.getvalue()
+    last = data[data.rfind(b"\xff\xda"):-2]
+    return data[:-2] + last * scans + data[-2:]
+
+
+POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 96 72\n0 0 1 setrgbcolor 0 0 96 72 rectfill\nshowpage\n%%EOF\n"
 
 
 def good_jpeg(seed: int) -> bytes:
@@ -195,6 +219,9 @@ def make_folder_source(folder: Path) -> tuple[Counter[str], int]:
         "leak_caption.jpg": good_jpeg(3),
         "big_caption.jpg": good_jpeg(4),
         "name_\udcff.jpg": good_jpeg(5),
+        "postscript.jpg": POSTSCRIPT,
+        "chunk_flood.png": chunk_flood_png(),
+        "scan_bomb.jpg": scan_bomb_jpeg(),
     }
     for name, data in hostile.items():
         (folder / name).write_bytes(data)
@@ -210,7 +237,8 @@ def make_folder_source(folder: Path) -> tuple[Counter[str], int]:
     with open(folder / "sparse_image.jpg", "wb") as f:
         f.truncate(DECLARED)
     (folder / "sparse_image.txt").write_text("hostile")
-    expected = Counter(too_large=2, not_a_regular_file=4, caption_too_large=1, file_too_large=1, undecodable_name=1)
+    expected = Counter(too_large=2, not_a_regular_file=4, caption_too_large=1, file_too_large=1, undecodable_name=1,
+                       unsupported_format=1, too_many_chunks=2)
     return expected, 3
 
 

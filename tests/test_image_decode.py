@@ -1,0 +1,482 @@
+"""What source bytes become, or why not: only the README's formats are decoded (no external program
+ever runs), messages are the same on every run, transparency is white in every mode, ICC colours
+become sRGB, metadata Pillow refuses does not cost the pixels, a PNG short of rows is truncated, and
+structure that costs time its size does not show is refused. Every hostile file is built here."""
+from __future__ import annotations
+
+import io
+import struct
+import subprocess
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import EpsImagePlugin, Image, ImageCms, PngImagePlugin, features
+
+from builders.resizer import SampleError, prepare_image
+from implicit_concept import image_decode
+from implicit_concept.image_decode import FORMATS, MAX_CHUNKS, MAX_JPEG_SCANS, decode_rgb, load_pixels, open_image
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n0 0 1 setrgbcolor 0 0 16 16 rectfill\nshowpage\n%%EOF\n"
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def refusal(raw) -> SampleError:
+    with pytest.raises(SampleError) as info:
+        prepare_image(raw, 16, 0)
+    return info.value
+
+
+def pixels(raw, size: int = 16) -> np.ndarray:
+    return np.asarray(prepare_image(raw, size, 0), dtype=np.int16)
+
+
+def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png(width: int, height: int, depth: int, colour: int, rows: list[bytes], before=(), after=(), interlace: int = 0, data: bytes | None = None) -> bytes:
+    """A PNG made chunk by chunk: ``rows`` unfiltered (or ``data`` as the filtered stream), ``before``
+    and ``after`` the IDAT extra (type, data) chunks."""
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, interlace))
+    stream = data if data is not None else b"".join(b"\0" + r for r in rows)
+    body = b"".join(chunk(k, d) for k, d in before) + chunk(b"IDAT", zlib.compress(stream)) + b"".join(chunk(k, d) for k, d in after)
+    return b"\x89PNG\r\n\x1a\n" + header + body + chunk(b"IEND", b"")
+
+
+def rgb_rows(width: int, height: int, colour=(200, 100, 50)) -> list[bytes]:
+    return [bytes(colour) * width] * height
+
+
+# --- 1. only the README's formats, whatever the name; no external program ------------------------
+
+
+@pytest.fixture
+def no_programs(monkeypatch):
+    """Pretend Ghostscript is installed, and record any program a decoder starts."""
+    started: list = []
+
+    def record(*args, **kwargs):
+        started.append(args)
+        raise AssertionError(f"a decoder ran a program: {args}")
+
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", "gs")
+    for name in ("check_call", "run", "Popen", "call", "check_output"):
+        monkeypatch.setattr(subprocess, name, record)
+    return started
+
+
+def test_postscript_named_jpg_is_refused_and_ghostscript_never_runs(no_programs):
+    error = refusal(EPS)
+    assert (error.reason, error.detail) == (
+        "unsupported_format",
+        "EPS (by its signature; it starts with '%!PS-Adobe-3.0 E') is not one of the formats read (JPEG, PNG, GIF, TIFF, WebP, AVIF, BMP)",
+    )
+    assert no_programs == []
+
+
+def test_an_eps_image_a_caller_opened_is_refused_at_decode(no_programs):
+    image = Image.open(io.BytesIO(EPS))  # not through open_image: the decode still refuses it
+    with pytest.raises(SampleError) as info:
+        decode_rgb(image)
+    assert info.value.reason == "unsupported_format" and info.value.detail.startswith("EPS is not one of")
+    assert no_programs == []
+
+
+def test_a_minimal_psd_is_not_decoded():
+    """Photoshop's header: signature, version 1, 3 channels, 16 x 16, 8 bits, RGB; raw image data."""
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, 16, 16, 8, 3) + struct.pack(">III", 0, 0, 0)
+    data = header + struct.pack(">H", 0) + bytes([200]) * (3 * 16 * 16)
+    assert Image.open(io.BytesIO(data)).format == "PSD", "the file is one Pillow would decode"
+    assert refusal(data).reason == "unsupported_format" and refusal(data).detail.startswith("PSD (by its signature")
+
+
+def _writable_other_formats() -> list[str]:
+    Image.init()
+    return sorted(f for f in Image.SAVE if f not in FORMATS and f != "MPO")
+
+
+@pytest.mark.parametrize("fmt", _writable_other_formats())
+def test_no_other_format_pillow_writes_is_decoded(fmt, no_programs):
+    mode = {"XBM": "1", "MSP": "1", "BLP": "P", "PALM": "L", "SPIDER": "L"}.get(fmt, "RGB")
+    try:
+        data = encode(Image.new("RGB", (16, 16), (200, 40, 40)).convert(mode), fmt)
+    except Exception:
+        pytest.skip(f"Pillow cannot write {fmt} here")
+    error = refusal(data)
+    assert error.reason in ("unsupported_format", "unreadable_image"), error
+    assert no_programs == []
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "TIFF", "WEBP", "AVIF", "BMP", "MPO", "APNG"])
+def test_every_readme_format_decodes_whatever_its_name(fmt):
+    if fmt == "AVIF" and not features.check("avif"):
+        pytest.skip("no AVIF in this Pillow")
+    image = Image.new("RGB", (16, 16), (200, 40, 40))
+    extra = {"save_all": True, "append_images": [Image.new("RGB", (16, 16), "blue")]} if fmt in ("MPO", "APNG") else {}
+    data = encode(image, "PNG" if fmt == "APNG" else fmt, **({"quality": 95} if fmt in ("JPEG", "MPO", "WEBP", "AVIF") else {}), **extra)
+    if fmt == "MPO":
+        assert Image.open(io.BytesIO(data)).format == "MPO"
+    assert np.abs(pixels(data) - (200, 40, 40)).max() <= 8
+
+
+# --- 2. messages: what the bytes look like, the same on every run --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "detail"),
+    [
+        (b"", "unreadable_image", "empty file (zero bytes)"),
+        (b"<html><body>403 Forbidden</body></html>", "unreadable_image", "cannot identify an image format (starts with '<html><body>403 ')"),
+        (b"\x00\x01\x02", "unreadable_image", "cannot identify an image format (starts with '\\x00\\x01\\x02')"),
+        (b"GIF89a\x01", "unreadable_image",
+         "cannot identify an image: a GIF signature, but no GIF header Pillow reads (starts with 'GIF89a\\x01')"),
+    ],
+    ids=["empty", "html", "binary", "broken_gif"],
+)
+def test_bad_bytes_say_what_they_look_like(raw, reason, detail):
+    error = refusal(raw)
+    assert (error.reason, error.detail) == (reason, detail)
+
+
+def test_a_message_names_no_memory_address_so_two_runs_agree():
+    bad = [b"<html>", b"\x89PNG\r\n\x1a\n" + b"junk" * 10, encode(Image.new("RGB", (64, 64), "red"), "PNG")[:-40], b"II*\0" + bytes(40)]
+    first = [str(refusal(raw)) for raw in bad]
+    assert first == [str(refusal(raw)) for raw in bad]
+    assert not any("0x" in m or "BytesIO" in m for m in first), first
+
+
+def test_an_unforeseen_errors_message_loses_its_address(monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError(f"cannot use {object()}")
+
+    monkeypatch.setattr("builders.resizer.decode_rgb", broken)
+    error = refusal(encode(Image.new("RGB", (16, 16)), "PNG"))
+    assert (error.reason, error.detail) == ("decoder_failed", "ValueError: cannot use <object>")
+
+
+# --- 3. transparency is white in every mode -----------------------------------------------------
+
+
+@pytest.mark.parametrize("key", [0, 1000, 32896])
+def test_sixteen_bit_grey_transparency_is_white(key):
+    opaque = 0 if key else 32896
+    values = np.full((16, 16), key, dtype=">u2")
+    values[:, 8:] = opaque
+    values[0, 8] = key + 1  # one level off the key is opaque
+    raw = png(16, 16, 16, 0, [r.tobytes() for r in values], before=[(b"tRNS", struct.pack(">H", key))])
+    assert Image.open(io.BytesIO(raw)).mode in ("I;16", "I;16B", "I")
+    out = pixels(raw)
+    assert (out[:, :8] == 255).all()
+    assert (out[1:, 8:] == round(opaque / 257)).all()
+    assert (out[0, 8] == round((key + 1) / 257)).all()
+
+
+# --- 4. ICC profiles become sRGB ----------------------------------------------------------------
+
+
+def _s15(x: float) -> bytes:
+    return struct.pack(">i", round(x * 65536))
+
+
+def _xyz(x: float, y: float, z: float) -> bytes:
+    return b"XYZ \0\0\0\0" + _s15(x) + _s15(y) + _s15(z)
+
+
+def _curve(gamma: float | None = None, table: list[int] | None = None) -> bytes:
+    if table is not None:
+        return b"curv\0\0\0\0" + struct.pack(f">I{len(table)}H", len(table), *table)
+    return b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+
+
+def icc_profile(space: bytes, tags: list[tuple[bytes, bytes]]) -> bytes:
+    """A minimal ICC v2 display profile (a matrix/TRC RGB or a TRC grey one), built by hand."""
+    tags = [(b"desc", b"desc\0\0\0\0" + struct.pack(">I", 5) + b"test\0" + bytes(79)), (b"wtpt", _xyz(0.9642, 1.0, 0.8249)), *tags]
+    offset, table, body = 128 + 4 + 12 * len(tags), struct.pack(">I", len(tags)), b""
+    for signature, data in tags:
+        data += bytes(-len(data) % 4)
+        table += signature + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    header = (struct.pack(">I", offset + len(body)) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntr" + space + b"XYZ " + bytes(12)
+              + b"acsp" + b"APPL" + bytes(24) + _s15(0.9642) + _s15(1.0) + _s15(0.8249) + bytes(48))
+    assert len(header) == 128
+    return header + table + body
+
+
+def rgb_profile(primaries, trc: bytes) -> bytes:
+    (rx, ry, rz), (gx, gy, gz), (bx, by, bz) = primaries
+    return icc_profile(b"RGB ", [(b"rXYZ", _xyz(rx, ry, rz)), (b"gXYZ", _xyz(gx, gy, gz)), (b"bXYZ", _xyz(bx, by, bz)),
+                                 (b"rTRC", trc), (b"gTRC", trc), (b"bTRC", trc)])
+
+
+#: Adobe RGB (1998)'s D50-adapted colorants and gamma 2.2, as its published profile holds them.
+ADOBE_RGB = rgb_profile([(0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446)], _curve(2.2))
+#: sRGB's colorants with its transfer curve as a 1024-point table, as sRGB IEC61966-2.1 holds them.
+SRGB_TABLE = rgb_profile(
+    [(0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)],
+    _curve(table=[round(65535 * (v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4)) for v in np.linspace(0, 1, 1024)]),
+)
+
+
+def viewer(image: Image.Image, profile: bytes) -> np.ndarray:
+    """What a colour-managed viewer shows: LittleCMS, perceptual intent, to sRGB."""
+    shown = ImageCms.profileToProfile(image, ImageCms.ImageCmsProfile(io.BytesIO(profile)), ImageCms.createProfile("sRGB"), outputMode="RGB")
+    return np.asarray(shown, dtype=np.int16)
+
+
+def test_an_adobe_rgb_image_shows_its_srgb_colours():
+    image = Image.new("RGB", (16, 16), (200, 100, 50))
+    image.paste((30, 180, 90), (0, 8, 16, 16))
+    out = pixels(encode(image, "PNG", icc_profile=ADOBE_RGB))
+    assert (out == viewer(image, ADOBE_RGB)).all()
+    assert out[0, 0].tolist() == [227, 100, 42]
+
+
+def test_an_adobe_rgb_jpeg_shows_its_srgb_colours():
+    raw = encode(Image.new("RGB", (16, 16), (200, 100, 50)), "JPEG", quality=100, icc_profile=ADOBE_RGB)
+    stored = Image.open(io.BytesIO(raw)).convert("RGB")
+    assert (pixels(raw) == viewer(stored, ADOBE_RGB)).all()
+
+
+def test_transparency_stays_white_through_a_profile():
+    rgba = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    rgba.paste((200, 100, 50, 255), (0, 0, 16, 8))
+    out = pixels(encode(rgba, "PNG", icc_profile=ADOBE_RGB))
+    assert out[0, 0].tolist() == [227, 100, 42] and (out[9:] == 255).all()
+
+
+def test_a_grey_profile_converts_grey_pixels():
+    linear = icc_profile(b"GRAY", [(b"kTRC", _curve(1.0))])
+    out = pixels(encode(Image.new("L", (16, 16), 50), "PNG", icc_profile=linear))
+    assert (out == viewer(Image.new("L", (16, 16), 50), linear)).all()
+    encoded = 255 * (1.055 * (50 / 255) ** (1 / 2.4) - 0.055)  # linear 50/255, sRGB-encoded: 123.0
+    assert np.abs(out - encoded).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "profile"),
+    [("RGB", b"not a profile at all"), ("RGB", ADOBE_RGB[:200]), ("L", ADOBE_RGB), ("CMYK", ADOBE_RGB)],
+    ids=["garbage", "cut", "rgb_profile_on_grey", "rgb_profile_on_cmyk"],
+)
+def test_a_broken_or_unfitting_profile_is_ignored_and_the_pixels_kept(mode, profile):
+    image = Image.new(mode, (16, 16), {"RGB": (200, 100, 50), "L": 90, "CMYK": (0, 50, 50, 0)}[mode])
+    fmt = "TIFF" if mode == "CMYK" else "PNG"
+    assert (pixels(encode(image, fmt, icc_profile=profile)) == pixels(encode(image, fmt))).all()
+
+
+def test_an_srgb_profile_changes_nothing():
+    colours = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    image = Image.fromarray(colours)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for profile in (SRGB_TABLE, srgb):
+        out = prepare_image(encode(image, "PNG", icc_profile=profile), 16, 0)
+        assert out.tobytes() == image.tobytes()
+
+
+def test_the_profile_is_applied_after_the_exif_orientation():
+    image = Image.new("RGB", (16, 8), (200, 100, 50))
+    image.paste((30, 180, 90), (8, 0, 16, 8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = pixels(encode(image, "PNG", icc_profile=ADOBE_RGB, exif=exif), 8)
+    assert (out == viewer(image.transpose(Image.Transpose.ROTATE_270).crop((0, 4, 8, 12)), ADOBE_RGB)).all()
+
+
+@pytest.mark.parametrize(("pad", "managed"), [(100 << 10, True), (image_decode.MAX_PROFILE_BYTES, False)], ids=["large", "too_large"])
+def test_a_large_profile_is_read_and_one_over_the_cap_ignored(pad, managed):
+    """A private tag pads the profile: read (not cached) at 100 KB, ignored over the cap."""
+    padded = icc_profile(b"RGB ", [(b"rXYZ", _xyz(0.6097, 0.3111, 0.0195)), (b"gXYZ", _xyz(0.2053, 0.6257, 0.0609)),
+                                   (b"bXYZ", _xyz(0.1492, 0.0632, 0.7446)), (b"rTRC", _curve(2.2)), (b"gTRC", _curve(2.2)),
+                                   (b"bTRC", _curve(2.2)), (b"zzzz", b"zzzz" + bytes(pad))])
+    image = Image.new("RGB", (16, 16), (200, 100, 50))
+    out = pixels(encode(image, "TIFF", icc_profile=padded))
+    assert (out == (viewer(image, padded) if managed else np.asarray(image))).all()
+
+
+def test_colour_management_is_deterministic():
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    raw = encode(image, "PNG", icc_profile=ADOBE_RGB)
+    image_decode._srgb_transform.cache_clear()
+    first = prepare_image(raw, 32, 0).tobytes()
+    assert first == prepare_image(raw, 32, 0).tobytes() and first == prepare_image(raw, 32, 0).tobytes()
+
+
+# --- 5. metadata Pillow refuses does not cost the pixels ----------------------------------------
+
+
+def _big_text() -> list[tuple[bytes, bytes]]:
+    two_mb = zlib.compress(b"A" * (2 << 20), 9)
+    return [(b"zTXt", b"Comment\0\0" + two_mb), (b"iTXt", b"workflow\0\1\0\0\0" + two_mb), (b"iCCP", b"big\0\0" + two_mb)]
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["zTXt", "iTXt", "iCCP"])
+def test_metadata_inflating_past_max_text_chunk_is_dropped_not_the_pixels(which, where):
+    limit = PngImagePlugin.MAX_TEXT_CHUNK
+    raw = png(16, 16, 8, 2, rgb_rows(16, 16), **{where: [_big_text()[which], (b"tEXt", b"Title\0kept")]})
+    image = load_pixels(raw)
+    assert image.info.get("Title") == "kept" and "Comment" not in image.info and "workflow" not in image.info
+    assert (pixels(raw) == (200, 100, 50)).all()
+    assert PngImagePlugin.MAX_TEXT_CHUNK == limit, "Pillow's own limit is left as it was"
+
+
+def test_text_past_max_text_memory_in_all_is_dropped_not_the_pixels(monkeypatch):
+    monkeypatch.setattr(PngImagePlugin, "MAX_TEXT_MEMORY", 4 * PngImagePlugin.MAX_TEXT_CHUNK)  # read where it is used: 64 MB is slow
+    one = zlib.compress(b"B" * (PngImagePlugin.MAX_TEXT_CHUNK - 16), 9)
+    count = PngImagePlugin.MAX_TEXT_MEMORY // PngImagePlugin.MAX_TEXT_CHUNK + 2
+    raw = png(16, 16, 8, 2, rgb_rows(16, 16), before=[(b"zTXt", b"k%d\0\0" % i + one) for i in range(count)])
+    image = load_pixels(raw)
+    assert 0 < len([k for k in image.info if k.startswith("k")]) < count
+    assert (pixels(raw) == (200, 100, 50)).all()
+
+
+def test_thousands_of_profiles_inflating_to_a_megabyte_each_cost_under_a_second():
+    """Pillow inflates every iCCP chunk (1 MB each here, 20 GB in all); past MAX_TEXT_MEMORY none is."""
+    one = (b"iCCP", b"icc\0\0" + zlib.compress(bytes(PngImagePlugin.MAX_TEXT_CHUNK), 9))
+    raw = png(16, 16, 8, 2, rgb_rows(16, 16), before=[one] * 20_000)
+    start = time.perf_counter()
+    assert (pixels(raw) == (200, 100, 50)).all()
+    assert time.perf_counter() - start < 5
+
+
+def test_metadata_of_an_unknown_compression_method_is_dropped_not_the_pixels():
+    raw = png(16, 16, 8, 2, rgb_rows(16, 16), before=[(b"zTXt", b"Comment\0\7xyz"), (b"iCCP", b"icc\0\7xyz")])
+    assert (pixels(raw) == (200, 100, 50)).all()
+
+
+# --- 6. a PNG short of rows is truncated ---------------------------------------------------------
+
+
+def test_a_png_with_fewer_rows_than_its_header_is_truncated():
+    raw = png(96, 72, 8, 2, [b"\xff" * 288] * 36)
+    error = refusal(raw)
+    assert (error.reason, error.detail) == ("truncated_image", "PNG image data ends after 10404 of the 20808 bytes its header declares")
+
+
+def test_an_interlaced_png_short_of_passes_is_truncated():
+    declared = image_decode._png_raw_size(16, 16, 8, 0, 0, 0, 1)
+    assert refusal(png(16, 16, 8, 0, [], interlace=1, data=bytes(declared - 40))).reason == "truncated_image"
+    assert load_pixels(png(16, 16, 8, 0, [], interlace=1, data=bytes(declared))).size == (16, 16)
+
+
+@pytest.mark.parametrize("depth,colour,width", [(8, 2, 96), (1, 0, 33), (16, 6, 5), (4, 3, 7)])
+def test_a_complete_png_with_a_black_last_row_decodes(depth, colour, width):
+    row_bytes = (width * depth * {0: 1, 2: 3, 3: 1, 6: 4}[colour] + 7) // 8
+    before = [(b"PLTE", bytes(48))] if colour == 3 else []
+    raw = png(width, 8, depth, colour, [b"\x55" * row_bytes] * 7 + [bytes(row_bytes)], before=before)
+    assert load_pixels(raw).size == (width, 8)
+
+
+def test_a_png_cut_inside_its_data_is_still_truncated():
+    raw = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)), "PNG")
+    assert refusal(raw[: len(raw) // 2]).reason == "truncated_image"
+
+
+# --- 7. structure that costs time its size does not show ----------------------------------------
+
+
+def test_a_png_of_more_chunks_than_the_cap_is_refused_quickly():
+    flood = chunk(b"zzZz", b"") * (MAX_CHUNKS + 1)
+    raw = png(16, 16, 8, 2, rgb_rows(16, 16), before=[])
+    raw = raw[:33] + flood + raw[33:]
+    error = refusal(raw)
+    assert (error.reason, error.detail) == ("too_many_chunks", f"a PNG of more than {MAX_CHUNKS} chunks before its first image ends")
+
+
+def test_a_million_empty_chunks_cost_well_under_a_second():
+    raw = png(16, 16, 8, 2, rgb_rows(16, 16))
+    raw = raw[:33] + chunk(b"zzZz", b"") * 1_000_000 + raw[33:]
+    start = time.perf_counter()
+    assert refusal(raw).reason == "too_many_chunks"
+    assert time.perf_counter() - start < 2
+
+
+def test_chunks_below_the_cap_decode():
+    raw = png(16, 16, 8, 2, rgb_rows(16, 16), before=[(b"zzZz", b"")] * 1000)
+    assert (pixels(raw) == (200, 100, 50)).all()
+
+
+def test_an_apng_of_many_frames_decodes_its_first():
+    frames = [Image.new("RGB", (16, 16), (i, 0, 0)) for i in range(40)]
+    assert (pixels(encode(frames[0], "PNG", save_all=True, append_images=frames[1:])) == 0).all()
+
+
+def _jpeg() -> bytes:
+    return encode(Image.new("RGB", (16, 16), (200, 40, 40)), "JPEG", quality=95)
+
+
+@pytest.mark.parametrize(
+    "insert",
+    [
+        b"\xff\xef\x00\x02" * (MAX_CHUNKS + 1),
+        b"\xff\xfe\x00\x03c" * (MAX_CHUNKS + 1),
+        b"\xff\xe0\x00\x02" + b"\x00" * (MAX_CHUNKS + 1),
+        b"\xff" * (MAX_CHUNKS + 2),
+    ],
+    ids=["app15", "comments", "stray_bytes", "fill_bytes"],
+)
+def test_a_jpeg_header_of_more_steps_than_the_cap_is_refused(insert):
+    raw = _jpeg()
+    error = refusal(raw[:2] + insert + raw[2:])
+    assert (error.reason, error.detail) == ("too_many_chunks", f"a JPEG of more than {MAX_CHUNKS} marker segments and stray bytes before its first scan")
+
+
+def test_a_jpeg_with_a_few_hundred_segments_decodes():
+    raw = _jpeg()
+    assert np.abs(pixels(raw[:2] + b"\xff\xef\x00\x04ab" * 300 + raw[2:]) - (200, 40, 40)).max() <= 4
+
+
+def _progressive() -> tuple[bytes, list[int]]:
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    raw = encode(image, "JPEG", progressive=True, quality=80)
+    starts, at = [], raw.find(b"\xff\xda")
+    while at >= 0:
+        starts.append(at)
+        at = raw.find(b"\xff\xda", at + 2)
+    return raw, starts
+
+
+def test_a_jpeg_of_more_scans_than_the_cap_is_refused():
+    raw, starts = _progressive()
+    assert 5 <= len(starts) <= 20, "libjpeg's progression"
+    last = raw[starts[-1]:-2]
+    bomb = raw[:-2] + last * (MAX_JPEG_SCANS - len(starts) + 1) + raw[-2:]
+    error = refusal(bomb)
+    assert (error.reason, error.detail) == ("too_many_chunks", f"a JPEG of more than {MAX_JPEG_SCANS} scans")
+    assert prepare_image(raw[:-2] + last * (MAX_JPEG_SCANS - len(starts)) + raw[-2:], 16, 0).size == (16, 16)
+
+
+def _gif() -> tuple[bytes, int]:
+    raw = encode(Image.new("P", (16, 16), 1), "GIF")
+    flags = raw[10]
+    return raw, 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+
+
+@pytest.mark.parametrize(
+    "block",
+    [b"!\xf9\x04\x00\x00\x00\x00\x00", b"!\xfe\x01c\x00", b"\x07"],
+    ids=["graphic_control", "comment", "stray_byte"],
+)
+def test_a_gif_of_more_blocks_than_the_cap_before_its_image_is_refused(block):
+    raw, at = _gif()
+    error = refusal(raw[:at] + block * (MAX_CHUNKS + 1) + raw[at:])
+    assert (error.reason, error.detail) == ("too_many_chunks", f"a GIF of more than {MAX_CHUNKS} blocks before its first image")
+
+
+def test_a_gif_comment_of_many_sub_blocks_is_refused_and_a_few_decode():
+    raw, at = _gif()
+    assert refusal(raw[:at] + b"!\xfe" + b"\x01c" * (MAX_CHUNKS + 1) + b"\0" + raw[at:]).reason == "too_many_chunks"
+    assert load_pixels(raw[:at] + b"!\xfe" + b"\x01c" * 100 + b"\0" + raw[at:]).size == (16, 16)
+
+
+def test_open_image_reads_a_stream_from_its_start_as_pillow_does():
+    raw = encode(Image.new("RGB", (16, 16), (200, 100, 50)), "PNG")
+    stream = io.BytesIO(raw)
+    stream.seek(10)
+    assert decode_rgb(open_image(stream)).getpixel((0, 0)) == (200, 100, 50)
