@@ -157,7 +157,7 @@ def _score_pipeline(args: argparse.Namespace) -> int:
 
     summary = score_pipeline(
         Path(args.pipeline), Path(args.out), _judging(args), negative_prompt=args.negative_prompt, progress=not args.quiet,
-        steps=args.steps, guidance_scale=args.guidance, image_size=args.size, images_per_prompt=args.images_per_prompt,
+        steps=args.steps, guidance_scale=args.guidance, image_size=args.size, images_per_prompt=args.images_per_prompt, own_scheduler=args.own_scheduler,
     )
     _print_summary(summary)
     return 0
@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="fine-tune with and without removal methods, generate, score, report")
     p.add_argument("--track", default="tiny", help="debug, tiny, paper, or a track TOML (default: tiny)")
     p.add_argument("--name", help="run name: results go to RUNS/NAME (default: the track's name)")
-    p.add_argument("--method", action="append", help="run only this method (repeatable): a registered name or package.module:Class")
+    p.add_argument("--method", action="append", help="run only this method (repeatable): a registered name, package.module:Class, or path/to/file.py:Class")
     p.add_argument("--pretrained", help="a local diffusers Stable Diffusion directory to start from (paper track)")
     p.add_argument("--detector", help="use this detector (a folder `detector train` wrote) instead of training one")
     p.add_argument("--source", help="your own image-text shards or folder, replacing the recipe's source")
@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_export)
 
     p = sub.add_parser("leaderboard", help="merge runs' results.json into one table (Markdown and HTML), checking they compare")
-    p.add_argument("runs", nargs="+", help="run folders (runs/NAME) holding results.json")
+    p.add_argument("runs", nargs="+", help="run folders (runs/NAME, holding results.json) or score-pipeline/score-images --out folders (holding summary.json)")
     p.add_argument("--out", required=True, help="folder for leaderboard.md and leaderboard.html")
     p.set_defaults(func=_leaderboard)
 
@@ -383,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int_at_least(1), help="sampler steps (default: the track's)")
     p.add_argument("--guidance", type=float, help="guidance scale (default: the track's)")
     p.add_argument("--size", type=int_at_least(8), help="image size (default: the track's)")
+    p.add_argument("--own-scheduler", action="store_true",
+                   help="sample with the folder's own scheduler instead of the track's (listed in summary.json's overrides)")
     _add_scoring_arguments(p)
     p.set_defaults(func=_score_pipeline)
 

@@ -1,7 +1,8 @@
 """Scoring what another lab already has: an erased diffusers pipeline, or a folder of images.
 
-Both are judged exactly as a benchmark method is: the track fixes the prompts, seeds, sampler
-settings, detector threshold and quality measures, and :func:`benchmark.evaluation.scorecard.score_generated`
+Both are judged exactly as a benchmark method is: the track fixes the prompts, seeds, sampler (a
+pipeline folder is sampled with the track's scheduler, whatever it was saved with), detector
+threshold and quality measures, and :func:`benchmark.evaluation.scorecard.score_generated`
 computes the same fields a ``results.json`` row holds, so the numbers share a leaderboard.
 
 The seed rule (ESD/I2P's ``evaluation_seed`` convention, extended to several images per prompt):
@@ -16,16 +17,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from benchmark.evaluation.scorecard import score_generated
-from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_name, image_prompts, pipeline_folders, pipeline_source
+from benchmark.generation import (GenerationSettings, diffusers_generate_fn, generate_images, image_name, image_prompts, model_record,
+                                  pipeline_source, sampler_settings)
 from benchmark.method_evaluation import quality_reference
-from benchmark.models.pipelines import NEGATIVE_PROMPT_FILE, load_pipeline
+from benchmark.models.pipelines import NEGATIVE_PROMPT_FILE, load_pipeline, same_sampler, track_sampler
 from benchmark.prompts import Prompt, prompts_sha256, read_prompts, resolve_prompts
 from benchmark.published_models import is_published
 from benchmark.track import Track
 from builders.recipe import load_recipe
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import atomic_write_json, sha256_file
+from implicit_concept.files import atomic_write_json, read_json_object, sha256_file
 from implicit_concept.geom_erasing.training_target import METADATA_FILE, negative_prompt_for
 from implicit_concept.image_stream import IMAGE_SUFFIXES, ImageReadError, require_readable
 from implicit_concept.provenance import environment
@@ -110,25 +114,51 @@ def score_pipeline(
     judging: Judging,
     negative_prompt: str | None = None,
     progress: bool = True,
+    own_scheduler: bool = False,
     **settings: Any,
 ) -> dict[str, Any]:
     """Generate from the track's prompts with ``pipeline_dir`` (resumable), then score. ``negative_prompt``
-    None: the one the pipeline records; ``settings`` override the track's sampler settings."""
+    None: the one the pipeline records; ``settings`` override the track's sampler settings.
+
+    The folder is sampled with the track's sampler (:meth:`Track.sampler`: its class and settings,
+    the folder's noise schedule and prediction type), whatever scheduler it was saved with, so a
+    folder re-saved with Euler or DPM-Solver is judged as the benchmark's own methods are.
+    ``own_scheduler``: sample with the folder's own instead, listed in ``overrides`` when it differs."""
     _check_json_files(Path(pipeline_dir))
+    sampler = judging.track.sampler()
     try:
-        pipe = load_pipeline(pipeline_dir)
+        pipe = load_pipeline(pipeline_dir, sampler=None if own_scheduler else sampler)
     except OSError as e:  # what diffusers or transformers could not read in a part, said as they say it
         raise ValueError(f"{pipeline_dir}: cannot load the pipeline ({e})") from None
     pipe.set_progress_bar_config(disable=True)
     negative = pipeline_negative_prompt(pipeline_dir) if negative_prompt is None else negative_prompt
     generation = judging.settings(**settings)
     prompts = judging.prompts()
-    paths = generate_images(
-        diffusers_generate_fn(pipe, generation), prompts, Path(out) / "images", negative, generation, progress,
-        source={**pipeline_source(pipe), "negative_prompt": negative},
-    )
-    inputs = {"pipeline": str(pipeline_dir), "model": pipeline_folders(pipe), "negative_prompt": negative, "generation": generation.__dict__}
-    return _score(paths, prompts, generation, Path(out), judging, inputs)
+    source = {**pipeline_source(pipe), "negative_prompt": negative}
+    paths = generate_images(diffusers_generate_fn(pipe, generation), prompts, Path(out) / "images", negative, generation, progress,
+                            source=source)
+    scheduler = _scheduler_record(Path(pipeline_dir), pipe.scheduler)
+    inputs = {"pipeline": str(pipeline_dir), "model": model_record(pipe, source), "scheduler": scheduler,
+              "negative_prompt": negative, "generation": generation.__dict__}
+    off = {"scheduler": scheduler["class"]} if own_scheduler and _off_track_sampler(Path(pipeline_dir), pipe.scheduler, sampler) else {}
+    return _score(paths, prompts, generation, Path(out), judging, inputs, off)
+
+
+def _scheduler_record(pipeline_dir: Path, scheduler: Any) -> dict[str, Any]:
+    """What sampled (class and settings) and what the folder was saved with."""
+    saved = pipeline_dir / "scheduler" / "scheduler_config.json"
+    folder_class = read_json_object(saved).get("_class_name") if saved.is_file() else None
+    settings = json.loads(json.dumps(sampler_settings(scheduler.config), default=repr))  # a tuple or array as JSON holds it
+    return {"class": type(scheduler).__name__, "settings": settings, "folder_class": folder_class}
+
+
+def _off_track_sampler(pipeline_dir: Path, scheduler: Any, sampler: Any) -> bool:
+    """Whether the folder's own scheduler is not the track's sampler for this model."""
+    try:
+        track = track_sampler(sampler, read_json_object(pipeline_dir / "scheduler" / "scheduler_config.json"), str(pipeline_dir))
+    except ValueError:
+        return True  # the track's sampler cannot even sample it
+    return not same_sampler(track, scheduler)
 
 
 def score_image_folder(
@@ -148,8 +178,9 @@ def score_image_folder(
     missing = [stem for stem in stems if stem not in found]
     if missing:
         raise FileNotFoundError(
-            f"{folder}: {len(missing)} of {len(stems)} images named by {judging.track.prompts} are missing, "
-            f"first {missing[0]} ({'/'.join(IMAGE_SUFFIXES)})"
+            f"{folder}: {len(missing)} of {len(stems)} images named by {judging.track.prompts} are missing, first "
+            f"{missing[0]} ({'/'.join(IMAGE_SUFFIXES)}); images are named {{case_number}}_{{i}} (the prompts' case_number, "
+            f"i from 0 to images_per_prompt - 1) directly in the folder: {_found_instead(Path(folder), found)}"
         )
     twice = next((found[stem] for stem in stems if len(found[stem]) > 1), None)
     if twice:
@@ -172,6 +203,14 @@ def score_image_folder(
             f"{folder}: {len(other)} of {len(paths)} images are not {side}x{side} pixels ({asked}), first "
             f"{', '.join(other[:3])}; a method's images must be the track's size (--size N scores another, recorded as an override)"
         )
+    formats = image_formats(paths)
+    lossy = {fmt: n for fmt, n in formats.items() if fmt in LOSSY_FORMATS}
+    if lossy:
+        # Compression artefacts read as a concept's texture (JPEG's 8x8 blocks as QR modules): such
+        # scores are not comparable with the benchmark's, whose images are PNG.
+        print(f"warning: {folder}: {sum(lossy.values())} of {len(paths)} images are lossy ({_counted(lossy)}); the benchmark "
+              "scores PNG, and compression artefacts change the ICR: scored off the track's protocol (summary.json overrides). "
+              "Save them as PNG (or lossless WebP) to be on it", file=sys.stderr)
     scored = set(stems)
     extra = sorted(stem for stem in found if stem not in scored)
     if extra:
@@ -180,8 +219,64 @@ def score_image_folder(
         shown = ", ".join(found[stem][0].name for stem in extra[:5]) + (", ..." if len(extra) > 5 else "")
         print(f"note: {folder}: {len(extra)} images not scored (no prompt of {judging.track.prompts} names them, at "
               f"{generation.images_per_prompt} per prompt): {shown}", file=sys.stderr)
-    inputs = {"images": str(folder), "not_scored": {"count": len(extra), "images": [found[stem][0].name for stem in extra]}}
-    return _score(paths, prompts, generation, Path(out), judging, inputs)
+    inputs = {"images": str(folder), "formats": formats,
+              "not_scored": {"count": len(extra), "images": [found[stem][0].name for stem in extra]}}
+    return _score(paths, prompts, generation, Path(out), judging, inputs, {"lossy_images": lossy} if lossy else {})
+
+
+#: Image formats (as :func:`image_formats` names them) whose decoded pixels are not the pixels
+#: saved: a method's images scored from them are not the images it drew.
+LOSSY_FORMATS = ("JPEG", "MPO", "WEBP (lossy)", "TIFF (JPEG-compressed)")
+
+
+def image_formats(paths: list[Path]) -> dict[str, int]:
+    """How many of ``paths`` are in each format, read from the files' headers (not their suffixes):
+    PNG, JPEG, BMP, TIFF, ``WEBP (lossless)`` or ``WEBP (lossy)``, ``TIFF (JPEG-compressed)``."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        fmt = _image_format(path)
+        counts[fmt] = counts.get(fmt, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _image_format(path: Path) -> str:
+    with Image.open(path) as image:
+        fmt = image.format or path.suffix.lstrip(".").upper()
+        compression = str(image.info.get("compression", ""))
+    if fmt == "WEBP":
+        return "WEBP (lossless)" if _webp_is_lossless(path) else "WEBP (lossy)"
+    if fmt == "TIFF" and "jpeg" in compression.lower():
+        return "TIFF (JPEG-compressed)"
+    return fmt
+
+
+def _webp_is_lossless(path: Path) -> bool:
+    """A WebP file's image chunk: ``VP8L`` is lossless, ``VP8 `` lossy (an extended file, ``VP8X``,
+    holds one of them after its other chunks; an animation's frames are not looked into: lossy)."""
+    data = path.read_bytes()
+    at = 12
+    while at + 8 <= len(data):
+        chunk, size = data[at:at + 4], int.from_bytes(data[at + 4:at + 8], "little")
+        if chunk in (b"VP8L", b"VP8 "):
+            return chunk == b"VP8L"
+        at += 8 + size + (size & 1)
+    return False
+
+
+def _counted(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {fmt}" for fmt, n in counts.items())
+
+
+def _found_instead(folder: Path, found: dict[str, list[Path]]) -> str:
+    """What the folder holds instead: a few of its image names, and images in subfolders (never searched)."""
+    names = sorted(path.name for paths in found.values() for path in paths)
+    said = f"found {len(names)} images, e.g. {', '.join(names[:3])}" if names else "found no image file"
+    nested = sorted({p.parent.relative_to(folder) for p in folder.rglob("*") if p.parent != folder
+                     and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()})
+    if nested:
+        shown = ", ".join(f"{n}/" for n in map(str, nested[:3])) + (", ..." if len(nested) > 3 else "")
+        said += f"; subfolders are not searched ({shown} hold{'s' if len(nested) == 1 else ''} images)"
+    return said
 
 
 def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
@@ -206,7 +301,9 @@ def track_overrides(judging: Judging, generation: GenerationSettings) -> dict[st
 
 
 def _score(paths: list[Path], prompts: list[Prompt], generation: GenerationSettings, out: Path, judging: Judging,
-           inputs: dict[str, Any]) -> dict[str, Any]:
+           inputs: dict[str, Any], off_protocol: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score ``paths`` and write ``scores.json`` and ``summary.json``; ``off_protocol``: what besides
+    the track's settings the scored images depart from (a scheduler, lossy files), in ``overrides``."""
     detector = judging.detector
     track = judging.track
     quality = track.quality if judging.reference is not None else {"kind": "none"}
@@ -218,11 +315,13 @@ def _score(paths: list[Path], prompts: list[Prompt], generation: GenerationSetti
         "inputs": inputs,
         "track": track.name,
         "track_sha256": track.sha256,
-        "overrides": track_overrides(judging, generation),
+        "track_concepts": list(track.concepts),
+        "overrides": {**track_overrides(judging, generation), **(off_protocol or {})},
         "prompts": {"file": track.prompts, "sha256": prompts_sha256(prompts), "count": len(prompts), "images": len(paths)},
         "seed_rule": SEED_RULE,
         "detector": {"path": str(detector.path), "sha256": sha256_file(detector.path), "conf": track.conf,
-                     "thresholds": report.thresholds, "published": is_published(detector.path)},
+                     "thresholds": report.thresholds, "clean_reference_sha256": getattr(detector, "clean_reference_sha256", None),
+                     "published": is_published(detector.path)},
         "reference": str(judging.reference) if judging.reference is not None else None,
         "environment": environment(),
         "rows": [{"concept": concept, **row} for concept, row in rows.items()],

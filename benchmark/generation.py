@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import io
 import json
 import uuid
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FunctionType, MethodType, ModuleType
@@ -192,6 +194,63 @@ def pipeline_folders(pipeline: Any) -> dict[str, str | None]:
     return {"class": type(pipeline).__name__, **{name: _folder(getattr(pipeline, name, None)) for name in ("unet", "text_encoder", "vae")}}
 
 
+#: Each weighted part's tensors as they were loaded (:func:`remember_loaded`), by module.
+_LOADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def remember_loaded(pipeline: Any) -> Any:
+    """Note each weighted part's tensors as loaded from its folder, so :func:`model_record` can tell a
+    part a method edited in memory afterwards (a post-hoc weight edit) from the folder it names.
+    Costs one pass over the weights (as :func:`pipeline_source` makes again before sampling)."""
+    for name in _PARTS:
+        part = getattr(pipeline, name, None)
+        if isinstance(part, torch.nn.Module):
+            _LOADED[part] = _weights_sha256(part)
+    return pipeline
+
+
+def model_record(pipeline: Any, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`pipeline_folders`, with the scheduler's class and ``edited_in_memory``: the parts that
+    differ from what their folders hold (weights a method changed after ``ctx.load_pipeline``, a
+    scheduler other than the one saved beside the UNet), whose folders alone do not draw its images.
+    ``source``: :func:`pipeline_source`'s record, whose weight hashes are reused."""
+    record = pipeline_folders(pipeline)
+    scheduler = getattr(pipeline, "scheduler", None)
+    if scheduler is None or getattr(scheduler, "config", None) is None:
+        return record
+    record["scheduler"] = type(scheduler).__name__
+    edited = [name for name in _PARTS if _edited(getattr(pipeline, name, None), (source or {}).get(name))]
+    if _scheduler_edited(scheduler, record.get("unet")):
+        edited.append("scheduler")
+    record["edited_in_memory"] = edited
+    return record
+
+
+def _edited(part: Any, now: str | None) -> bool:
+    """Whether a part loaded by :func:`remember_loaded` holds other tensors now."""
+    loaded = _LOADED.get(part) if isinstance(part, torch.nn.Module) else None
+    if loaded is None:
+        return False
+    return loaded != (now if now is not None else _weights_sha256(part))
+
+
+def _scheduler_edited(scheduler: Any, unet_folder: str | None) -> bool:
+    """Whether ``scheduler`` is not the one saved in the pipeline folder holding ``unet_folder``: another
+    class, or another value of a setting its class takes (a file's other fields are ignored by it)."""
+    saved_file = Path(unet_folder).parent / "scheduler" / "scheduler_config.json" if unet_folder else None
+    if saved_file is None or not saved_file.is_file():
+        return False
+    try:
+        saved = read_json_object(saved_file)
+    except (OSError, ValueError):
+        return True
+    if saved.get("_class_name", type(scheduler).__name__) != type(scheduler).__name__:
+        return True
+    taken = inspect.signature(type(scheduler).__init__).parameters
+    now = json.loads(json.dumps(sampler_settings(scheduler.config), default=repr))
+    return any(now.get(k) != v for k, v in saved.items() if k in taken)
+
+
 def pipeline_source(pipeline: Any) -> dict[str, Any]:
     """What a pipeline draws with, by content, so images are made anew exactly when it changes: each
     weighted part's tensors as they are in memory (a moved copy is the same model; new weights at the
@@ -205,9 +264,9 @@ def pipeline_source(pipeline: Any) -> dict[str, Any]:
     for name in _PARTS:
         part = getattr(pipeline, name, None)
         record[name] = _weights_sha256(part) if isinstance(part, torch.nn.Module) else _loaded_from(part)
-    config = getattr(getattr(pipeline, "scheduler", None), "config", None)
-    if config is not None:
-        record["scheduler"] = _json_sha256(dict(config))
+    scheduler = getattr(pipeline, "scheduler", None)
+    if getattr(scheduler, "config", None) is not None:
+        record["scheduler"] = scheduler_sha256(scheduler)
     vocabulary = getattr(getattr(pipeline, "tokenizer", None), "get_vocab", None)
     if callable(vocabulary):
         record["tokenizer"] = _json_sha256(vocabulary())
@@ -241,7 +300,7 @@ def _held(root: Any) -> dict[str, str | None]:
             found[path or "self"] = _tensor_sha256(value)
             continue
         if hasattr(value, "set_timesteps") and getattr(value, "config", None) is not None:
-            found[path or "self"] = _json_sha256(dict(value.config))
+            found[path or "self"] = scheduler_sha256(value)
             continue
         if callable(getattr(value, "get_vocab", None)):
             found[path or "self"] = _json_sha256(value.get_vocab())
@@ -306,6 +365,20 @@ def _update(digest: Any, name: str, tensor: torch.Tensor) -> None:
     tensor = tensor.detach().to("cpu").contiguous()
     digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
     digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+
+
+def scheduler_sha256(scheduler: Any) -> str:
+    """A scheduler by its class and its settings, the same in every process: diffusers' own
+    ``_``-prefixed bookkeeping is left out (``_use_default_values`` is a list made from a set, in
+    another order under every ``PYTHONHASHSEED``, whenever ``from_config`` or an older config file
+    left a field at its default; ``_class_name`` and ``_diffusers_version`` say what wrote a file),
+    so a rerun or a resume keeps the images the same sampler drew."""
+    return _json_sha256({"class": type(scheduler).__name__, "config": sampler_settings(scheduler.config)})
+
+
+def sampler_settings(config: Any) -> dict[str, Any]:
+    """A scheduler config's settings, without diffusers' ``_``-prefixed bookkeeping."""
+    return {k: v for k, v in dict(config).items() if not str(k).startswith("_")}
 
 
 def _json_sha256(value: Any) -> str:

@@ -8,6 +8,10 @@ from): the same weights at other thresholds give another ICR. The leaderboard ch
 which runs differ and how, in the page itself, rather than silently ranking numbers that mean
 different things; where an older results.json does not record a part of the evaluator, a note says
 the runs were not compared on it.
+
+A folder ``score-pipeline`` or ``score-images`` wrote (its ``summary.json``) takes part as a run of
+one method, checked the same way; one scored off the track's protocol (its ``overrides``: another
+size, lossy files, another scheduler) is a difference, not a row among equals.
 """
 from __future__ import annotations
 
@@ -17,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.report import cell, pct
-from benchmark.results_file import read_results
+from benchmark.results_file import is_number, is_ratio, read_results
 from benchmark.results_page import STYLE, markdown_html
-from implicit_concept.files import atomic_write_text
+from implicit_concept.files import atomic_write_text, read_json_object
+
+#: What ``score-pipeline`` and ``score-images`` write beside their images.
+SUMMARY_FILE = "summary.json"
 
 #: What must agree for two runs' numbers to share a table, and where results.json keeps it; a run
 #: that does not record one cannot be compared, which is a difference.
@@ -91,6 +98,94 @@ def differences(runs: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
     return lines, notes
 
 
+def off_protocol(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per run scored off its track's protocol (a summary.json's ``overrides``)."""
+    return [f"{name} was scored off the track's protocol (overrides: {json.dumps(r['overrides'], sort_keys=True)})"
+            for name, r in runs.items() if r.get("overrides")]
+
+
+def provenance_notes(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """What a plug-in's row says made it: its ``--method`` spec and code, and what it sampled with
+    that the folders its ``model`` names do not hold (weights or a scheduler changed in memory)."""
+    notes = []
+    for name, results in runs.items():
+        seen = set()
+        for row in results["rows"]:
+            model = row.get("model") if isinstance(row.get("model"), dict) else {}
+            edited = model.get("edited_in_memory") or []
+            if row["method"] in seen or not (row.get("method_spec") or edited):
+                continue
+            seen.add(row["method"])
+            said = f"{name} / {row['method']}"
+            if row.get("method_spec"):
+                said += f": plug-in {row['method_spec']} (code sha256 {str(row.get('method_code_sha256'))[:12]})"
+            if edited:
+                said += f"; sampled with {', '.join(map(str, edited))} changed in memory from the folders its model names"
+            notes.append(said)
+    return notes
+
+
+def read_scored(folder: Path) -> dict[str, Any]:
+    """A benchmark run folder's ``results.json``, or a ``score-pipeline``/``score-images`` folder's
+    ``summary.json`` as a run of one method (:func:`summary_as_results`)."""
+    folder = Path(folder)
+    if (folder / "results.json").exists() or not (folder / SUMMARY_FILE).is_file():
+        if not (folder / "results.json").exists():
+            raise FileNotFoundError(f"{folder}: holds neither results.json (a benchmark run folder) nor {SUMMARY_FILE} "
+                                    "(a score-pipeline or score-images --out folder)")
+        return read_results(folder)
+    return summary_as_results(folder)
+
+
+def summary_as_results(folder: Path) -> dict[str, Any]:
+    """A ``summary.json`` in ``results.json``'s shape: one method (named after the pipeline or image
+    folder scored), a row per concept of the track, and the track, evaluator and prompts it was judged
+    with, so :func:`differences` compares it as it compares runs. A field of another shape is refused
+    in one line naming the file and the field."""
+    path = Path(folder) / SUMMARY_FILE
+    summary = read_json_object(path)
+    problem = _summary_problem(summary)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    inputs = summary.get("inputs") if isinstance(summary.get("inputs"), dict) else {}
+    scored = inputs.get("pipeline") or inputs.get("images")
+    method = Path(scored).name if isinstance(scored, str) and scored else Path(folder).name
+    concepts = summary.get("track_concepts")
+    rows = [{**row, "method": method, "subset": "-", "status": "ok"} for row in summary["rows"]
+            if not isinstance(concepts, list) or row["concept"] in concepts]
+    detector = dict(summary.get("detector") or {})
+    if detector.get("conf") is not None and isinstance(concepts, list):
+        detector["thresholds"] = {c: detector["conf"] for c in concepts}  # as results.json records one conf
+    prompts = summary.get("prompts") if isinstance(summary.get("prompts"), dict) else {}
+    return {
+        "name": Path(folder).name, "track": summary["track"], "rows": rows, "overrides": summary.get("overrides") or {},
+        "config": {"track_sha256": summary.get("track_sha256"), "track": {"num_prompts": prompts.get("count")}},
+        "seeds": {"evaluation_prompts": prompts.get("file")},
+        "detector": {k: v for k, v in detector.items() if k in ("path", "sha256", "conf", "thresholds", "clean_reference_sha256")},
+        "fp_rate": {row["concept"]: row["fp_rate"] for row in rows if is_ratio(row.get("fp_rate"))},
+    }
+
+
+def _summary_problem(summary: dict[str, Any]) -> str | None:
+    """The first field of a summary.json the leaderboard reads that has another shape, or None."""
+    if not isinstance(summary.get("track"), str):
+        return "track: not a string"
+    if not isinstance(summary.get("rows"), list):
+        return "rows: not a list"
+    for key in ("detector", "prompts", "inputs", "overrides"):
+        if key in summary and not isinstance(summary[key], dict):
+            return f"{key}: not an object"
+    thresholds = (summary.get("detector") or {}).get("thresholds", {})
+    if not isinstance(thresholds, dict) or not all(is_number(v) for v in thresholds.values()):
+        return "detector.thresholds: not an object of numbers"
+    for i, row in enumerate(summary["rows"]):
+        if not isinstance(row, dict) or not isinstance(row.get("concept"), str):
+            return f"rows[{i}]: not an object with a concept (a string)"
+        if not is_ratio(row.get("icr")):
+            return f"rows[{i}].icr: not a ratio {{'value': 0..1, 'ci': [low, high]}}"
+    return None
+
+
 def _detector_field(results: dict[str, Any], name: str, null_is_value: bool) -> Any:
     detector = results.get("detector", {})
     if name not in detector or (detector[name] is None and not null_is_value):
@@ -119,10 +214,12 @@ def _cell(row: dict[str, Any] | None) -> str:
 
 
 def leaderboard(run_dirs: list[Path]) -> Leaderboard:
-    runs = {str(d): read_results(d) for d in run_dirs}
+    runs = {str(d): read_scored(d) for d in run_dirs}
     concepts = list(dict.fromkeys(r["concept"] for res in runs.values() for r in res["rows"]))
     diff, notes = differences(runs)
+    diff += off_protocol(runs)
     compared_in_part = bool(notes)
+    notes += provenance_notes(runs)
     empty = [name for name, res in runs.items() if not res["rows"]]
     if empty:
         notes.append(f"no rows scored in: {', '.join(empty)}")

@@ -22,8 +22,9 @@ from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
 from benchmark.evaluation.scorecard import score_generated
 from benchmark.failures import MethodFailed
-from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_prompts, pipeline_folders, pipeline_source
-from benchmark.methods import NotImplementedMethod, get_method
+from benchmark.generation import (GenerationSettings, diffusers_generate_fn, generate_images, image_prompts, model_record,
+                                  pipeline_source, remember_loaded)
+from benchmark.methods import REGISTRY, NotImplementedMethod, get_method
 from benchmark.methods.interface import Generator, MethodContext, checked_generator
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
 from benchmark.sample_grid import method_grid
@@ -75,7 +76,7 @@ def method_context(run: BenchmarkRun, base: Path, subset: Path, concepts: tuple[
         seed=track.seed,
         # The toolkit's services run under its own torch settings, not a plug-in's build's (no_grad, float64).
         finetune=under_toolkit_settings(lambda ft: stages.finetune(run, base, subset, ft, detector)),
-        load_pipeline=under_toolkit_settings(stages.load_pipeline),
+        load_pipeline=under_toolkit_settings(lambda path: remember_loaded(stages.load_pipeline(path))),
         train_shards=subset / "train",
         settings={"esd": track.esd, "fmn": track.fmn, "geom_erasing": track.geom_erasing},
         detector=detector,
@@ -96,13 +97,13 @@ def evaluate_method(
     """Build, generate and score one method on one training subset: a row per concept scored, and the
     detector's report. ``label`` tells apart the folders of a method's other training seeds."""
     method = get_method(spec)
-    rows = [{"concept": c, "method": method.name, "subset": evaluation.subset, "description": getattr(method, "description", "")}
+    rows = [{"concept": c, "method": method.name, "subset": evaluation.subset, "description": _description(method)}
             for c in ctx.concepts]
     ctx = replace(ctx, work_dir=ctx.work_dir / (method.name + label))
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     try:
         with kept_torch_settings():  # a plug-in that sets torch's threads, default dtype or grad mode does so for itself
-            generator, paths, timings = _draw(run, method, ctx, evaluation, label)
+            generator, paths, timings, source = _draw(run, method, ctx, evaluation, label)
     except NotImplementedMethod as e:
         return [{**row, "status": f"missing: {e}"} for row in rows], None
     start = time.perf_counter()
@@ -114,9 +115,10 @@ def evaluate_method(
     for row in rows:
         row.update(
             status="ok",
-            model=pipeline_folders(generator.pipeline),
+            model=model_record(generator.pipeline, source),
             negative_prompt=generator.negative_prompt,
             timings={k: round(v / len(rows), 1) for k, v in timings.items()},
+            **plugin_record(spec, source),
             **scores[row["concept"]],
         )
     method_grid(paths[:8], report.images[:8], run.root / "grids" / evaluation.subset / f"{method.name}{label}.png",
@@ -125,9 +127,10 @@ def evaluate_method(
 
 
 def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evaluation, label: str
-          ) -> tuple[Generator, list[Path], dict[str, float]]:
+          ) -> tuple[Generator, list[Path], dict[str, float], dict[str, Any]]:
     """The method's generator and its images of the evaluation prompts (made or found), with the
-    seconds each took. A method that says it is not implemented raises NotImplementedMethod."""
+    seconds each took and what the images are drawn from (:func:`pipeline_source`, the call
+    arguments, the method's code). A method that says it is not implemented raises NotImplementedMethod."""
     where = f"{evaluation.subset}/{method.name}{label}"
     start = time.perf_counter()
     try:
@@ -141,6 +144,7 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
     start = time.perf_counter()
     if hasattr(generator.pipeline, "set_progress_bar_config"):
         generator.pipeline.set_progress_bar_config(disable=True)
+    source = {**pipeline_source(generator.pipeline), "call_kwargs": generator.call_kwargs, "method_code": _code_sha256(method)}
     paths = generate_images(
         diffusers_generate_fn(generator.pipeline, evaluation.settings, **generator.call_kwargs),
         evaluation.prompts,
@@ -149,10 +153,28 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
         settings=evaluation.settings,
         progress=run.progress,
         desc=where,
-        source={**pipeline_source(generator.pipeline), "call_kwargs": generator.call_kwargs, "method_code": _code_sha256(method)},
+        source=source,
     )
     timings["generate"] = time.perf_counter() - start
-    return generator, paths, timings
+    return generator, paths, timings, source
+
+
+def plugin_record(spec: str, source: dict[str, Any]) -> dict[str, Any]:
+    """A plug-in's row fields: how it was named (``--method``'s ``module:Class``, a file path or an
+    entry point) and the sha256 of its code (:func:`method_sources`), so a result says what made it;
+    nothing for a built-in method, which the toolkit's version names."""
+    if spec in REGISTRY:
+        return {}
+    return {"method_spec": spec, "method_code_sha256": source.get("method_code")}
+
+
+def _description(method: Any) -> str:
+    """The method's ``description``, else the first line of its own class docstring."""
+    said = getattr(method, "description", "")
+    if said:
+        return said
+    doc = type(method).__dict__.get("__doc__") or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
 def _code_sha256(method: Any) -> str | None:

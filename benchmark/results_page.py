@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from benchmark.report import results_markdown
+from benchmark.report import cell, results_markdown
 from implicit_concept.files import atomic_write_text
 
 PAGE_NAME = "results.html"
@@ -93,6 +93,9 @@ def results_page(results: dict[str, Any], run_root: Path) -> str:
     title = f"Implicit concept removal: {results['name']} (track {results['track']})"
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body>", markdown_html(results_markdown(results))]
+    provenance_table = method_provenance(results)
+    if provenance_table:
+        parts += ["<h2>Plug-ins and methods changed in memory</h2>", markdown_html(provenance_table)]
     plot = run_root / "icr.png"
     if plot.is_file():
         parts += ["<h2>ICR per method</h2>", _image(plot, "ICR % per method and concept, 95% interval; dashed: detector FP rate")]
@@ -103,6 +106,26 @@ def results_page(results: dict[str, Any], run_root: Path) -> str:
     provenance = {k: results.get(k) for k in ("config", "seeds", "detector", "environment")}
     parts += ["<h2>Configuration and environment</h2>", f"<pre>{html.escape(json.dumps(provenance, indent=2, sort_keys=True))}</pre>"]
     return "\n".join(parts) + "\n</body></html>\n"
+
+
+def method_provenance(results: dict[str, Any]) -> str:
+    """A Markdown table of the methods whose rows say more than a built-in's: a plug-in's ``--method``
+    spec and code sha256, and the parts it sampled with that differ in memory from the folders its
+    ``model`` names (so those folders alone do not draw its images); empty when there are none."""
+    lines, seen = [], set()
+    for row in results.get("rows", []):
+        model = row.get("model") if isinstance(row.get("model"), dict) else {}
+        edited = model.get("edited_in_memory") or []
+        if row.get("method") in seen or not (row.get("method_spec") or edited):
+            continue
+        seen.add(row.get("method"))
+        cells = [row.get("method"), row.get("method_spec") or "built-in", row.get("method_code_sha256") or "-",
+                 model.get("scheduler") or "-", ", ".join(map(str, edited)) or "none"]
+        lines.append("| " + " | ".join(cell(str(c)) for c in cells) + " |")
+    if not lines:
+        return ""
+    head = ["| method | --method | code sha256 | scheduler | changed in memory |", "|---|---|---|---|---|"]
+    return "\n".join(head + lines) + "\n"
 
 
 def write_results_page(results: dict[str, Any], run_root: Path) -> Path:

@@ -12,13 +12,17 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from diffusers import PNDMScheduler
+
 from benchmark.generation import GenerationSettings
 from benchmark.models.base_model import BaseModelConfig
 from benchmark.models.named_scenes import NamedConcepts
-from benchmark.models.pipelines import TinyPipelineConfig
+from benchmark.models.pipelines import TinyPipelineConfig, build_scheduler
+from benchmark.models.sd15 import SCHEDULER as SD15_SCHEDULER
 from benchmark.targets import Targets
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.provenance import config_hash
+from implicit_concept.scoring import REFERENCE_FLOOR
 from implicit_concept.scene.grammar import ProceduralConfig
 from implicit_concept.validate import (
     check_choice,
@@ -26,9 +30,9 @@ from implicit_concept.validate import (
     check_finite,
     check_folder_name,
     check_int,
-    check_number,
     check_str,
     check_unique,
+    is_number,
     read_toml,
 )
 
@@ -132,10 +136,10 @@ class Track:
             raise ValueError(f"seed_methods: {sorted(set(self.seed_methods) - set(self.methods))} are not among its methods")
         for name in ("named_prompts", "detector_backgrounds", "detector_calibration"):
             check_int(name, getattr(self, name), 0)
-        if self.conf is not None:
-            check_number("conf", self.conf, 0, 1, open_lo=True)
-            if self.conf >= 1:
-                raise ValueError(f"conf: must be in (0, 1), got {self.conf}")
+        if self.conf is not None and not (is_number(self.conf) and REFERENCE_FLOOR <= self.conf < 1):
+            # ScoreConfig's bound, checked here so that a track scoring would refuse never claims a run folder.
+            raise ValueError(f"conf: expected a number in [{REFERENCE_FLOOR:g}, 1) (scoring keeps no clean-image confidence "
+                             f"below {REFERENCE_FLOOR:g}), or no conf for the detector's thresholds; got {self.conf!r}")
         for name in TABLES:
             if not isinstance(getattr(self, name), Mapping):
                 raise ValueError(f"[{name}]: expected a table, got {getattr(self, name)!r}")
@@ -163,6 +167,23 @@ class Track:
         """The ``[generation]`` table. Sampling runs under the fine-tunes' torch threads unless the
         table names its own, so a track's images, like its weights, do not depend on the machine."""
         return GenerationSettings(**{"threads": self.finetune.get("threads"), **self.generation})
+
+    @property
+    def needs_pretrained(self) -> bool:
+        """A track with no ``[base]`` table whose images are not the embedded base's size is meant
+        for a base from disk (the paper track: SD v1.5 at 512 px, ``--pretrained``)."""
+        size = self.generation.get("image_size")
+        return not self.base and isinstance(size, int) and not isinstance(size, bool) and size != TinyPipelineConfig().image_size
+
+    def sampler(self) -> Any:
+        """The scheduler the track's images are drawn with, before a model's noise schedule and
+        prediction type are put in (:func:`~benchmark.models.pipelines.track_sampler`): its embedded
+        base's (DDIM, which its fine-tunes keep), or for a track run on ``--pretrained`` SD v1.5, the
+        PNDM SD v1.5 ships. ``score-pipeline`` samples a handed-over folder with it, so a folder
+        saved with another scheduler is judged as a benchmark method is."""
+        if self.needs_pretrained:
+            return PNDMScheduler(**SD15_SCHEDULER)
+        return build_scheduler(self.base_model_config().pipeline)
 
     def base_model_config(self):
         """The embedded base model's config: ``[base]`` tables over the library's defaults."""

@@ -41,10 +41,10 @@ def check_track(track: Track, methods: Sequence[str] = (), source: str | None = 
             f"{track.where}: methods: {unregistered} are not registered methods (known: {', '.join(REGISTRY)}); "
             "a plug-in is named on the command line with --method package.module:Class"
         )
-    names = [_table(track, "--method", lambda: get_method(spec).name) for spec in methods]
+    names = [_flag(lambda: get_method(spec).name) for spec in methods]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
-        raise TrackError(f"{track.where}: --method: {twice} named more than once; a run holds one method per name")
+        raise TrackError(f"--method: {twice} named more than once; a run holds one method per name")
     if pretrained is None:
         _needs_pretrained(track)
     _table(track, "recipe", lambda: load_recipe(track.recipe, {"source": source_from_spec(source)} if source else None))
@@ -68,6 +68,16 @@ def _table(track: Track, where: str, build: Callable[[], Any]) -> Any:
         raise
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise TrackError(f"{track.where}: {where}: {e}") from None
+
+
+def _flag(build: Callable[[], Any]) -> Any:
+    """A command-line flag's value (``--method``): its errors name the flag, not the track file,
+    which is not where the problem lies."""
+    try:
+        return build()
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        said = str(e).removeprefix("--method ")
+        raise TrackError(f"--method: {said}") from None
 
 
 def _config(cls: type, options: dict[str, Any], where: str, positive: Sequence[str] = (), non_negative: Sequence[str] = ()) -> Any:
@@ -98,16 +108,13 @@ def _prompts(track: Track) -> None:
 
 
 def _needs_pretrained(track: Track) -> None:
-    """A track with no ``[base]`` table whose images are not the embedded base's size is meant for a
-    base from disk (the paper track: SD v1.5 at 512 px): run without ``--pretrained``, say so, rather
-    than compare its size with a base it never meant to use."""
-    size = track.generation.get("image_size")
-    embedded = TinyPipelineConfig().image_size
-    if not track.base and isinstance(size, int) and not isinstance(size, bool) and size != embedded:
+    """A track meant for a base from disk (:attr:`Track.needs_pretrained`) run without ``--pretrained``:
+    say so, rather than compare its size with a base it never meant to use."""
+    if track.needs_pretrained:
         raise TrackError(
             f"{track.where}: track {track.name!r} needs --pretrained (a local Stable Diffusion diffusers folder, "
-            f"e.g. SD v1.5): it has no [base] table, and its [generation] image_size = {size} is not the embedded "
-            f"base's {embedded} px"
+            f"e.g. SD v1.5): it has no [base] table, and its [generation] image_size = {track.generation['image_size']} is not the embedded "
+            f"base's {TinyPipelineConfig().image_size} px"
         )
 
 

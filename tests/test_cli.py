@@ -126,3 +126,19 @@ def test_a_track_without_a_published_evaluator_is_refused_saying_where_a_runs_ow
     assert main(["score-images", str(tmp_path), "--track", "debug", "--out", str(tmp_path / "out"), "--no-quality"]) == 2
     err = capsys.readouterr().err
     assert "no published detector for track 'debug'" in err and "its results.json, detector.path" in err, err
+
+
+def test_score_pipeline_passes_own_scheduler_to_the_library(tmp_path, monkeypatch):
+    """The CLI is thin: --own-scheduler reaches score_pipeline, and its absence means the track's sampler."""
+    import benchmark.external as external
+
+    seen = []
+
+    def fake_score_pipeline(pipeline_dir, out, judging, **kwargs):
+        seen.append(kwargs["own_scheduler"])
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(external, "score_pipeline", fake_score_pipeline)
+    for flags, expected in (([], False), (["--own-scheduler"], True)):
+        assert main(["score-pipeline", str(tmp_path), "--track", "tiny", "--out", str(tmp_path / "o"), "--no-quality", *flags]) == 2
+        assert seen[-1] is expected

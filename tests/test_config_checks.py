@@ -428,3 +428,18 @@ def test_a_data_folder_of_another_build_names_the_benchmarks_option_too(tmp_path
     (tmp_path / "file").write_text("")
     with pytest.raises(BuildError, match=r"choose another --out \(the benchmark's --data\)"):
         build_dataset(load_recipe("icd-debug"), tmp_path / "file", progress=False)
+
+
+@pytest.mark.parametrize("conf", ["0.001", "0.0", "1.0"])
+def test_a_conf_scoring_would_refuse_is_refused_before_the_run_folder_is_claimed(tmp_path, capsys, conf):
+    """ScoreConfig keeps no clean-image confidence below 0.01: a track below it failed only at scoring,
+    after run.json had claimed the folder (and the corrected track was then refused there)."""
+    track = _track_file(tmp_path, {'name = "debug"': f'name = "debug"\nconf = {conf}'})
+    _refused(track, "conf: expected a number in [0.01, 1)", f"got {conf}")
+    runs = tmp_path / "runs"
+    argv = ["benchmark", "--track", str(track), "--runs", str(runs), "--data", str(tmp_path / "d"), "--cache", str(tmp_path / "c"), "--quiet"]
+    assert main(argv) == 2
+    assert "conf: expected a number in [0.01, 1)" in capsys.readouterr().err
+    assert not runs.exists() and not (tmp_path / "d").exists()
+    assert load_track(track_path := _track_file(tmp_path, {'name = "debug"': 'name = "debug"\nconf = 0.01'}, name="ok.toml")).conf == 0.01
+    check_track(load_track(track_path))

@@ -153,3 +153,56 @@ def test_not_implemented_from_finetunes_declares_none_so_the_method_is_missing(l
     lab("notimpl_ft", BASE + "from benchmark.methods import NotImplementedMethod\nclass M(Method):\n"
         "    def finetunes(self, ctx):\n        raise NotImplementedMethod('later')\n    def build(self, ctx):\n        raise NotImplementedMethod('later')\n")
     assert declared_finetunes(get_method("notimpl_ft:M"), None) == []
+
+
+@pytest.fixture
+def lab_package(tmp_path, monkeypatch):
+    """A lab's working folder holding a package of its own (``filelab/methods.py`` importing a helper
+    beside it) and a loose plug-in file elsewhere; sys.path and sys.modules are put back after."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "filelab").mkdir()
+    (tmp_path / "filelab" / "__init__.py").write_text("")
+    (tmp_path / "filelab" / "helpers.py").write_text("NEGATIVE = 'logo'\n")
+    (tmp_path / "filelab" / "methods.py").write_text(BASE + "from filelab.helpers import NEGATIVE\n"
+                                                     "class Mine(Method):\n    name = 'mine'\n    def build(self, ctx):\n        pass\n")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "loose_plugin.py").write_text(BASE + "class Loose(Method):\n    def build(self, ctx):\n        pass\n")
+    (tmp_path / "elsewhere" / "json.py").write_text(BASE + "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
+    yield tmp_path
+    for name in [m for m in sys.modules if m.split(".")[0] in ("filelab", "loose_plugin")]:
+        sys.modules.pop(name)
+
+
+def test_a_plug_in_named_by_its_file_is_imported_as_its_module_and_keyed_by_the_same_code(lab_package):
+    from benchmark.method_evaluation import method_sources
+
+    method = get_method("filelab/methods.py:Mine")
+    assert method.name == "mine" and type(method).__module__ == "filelab.methods"
+    assert type(get_method("filelab.methods:Mine")) is type(method)  # the same module, whichever way it is named
+    assert [name for name, _ in method_sources(method) if name.startswith("filelab")] == [
+        "filelab/__init__.py", "filelab/helpers.py", "filelab/methods.py"]
+    loose = get_method(f"{lab_package / 'elsewhere' / 'loose_plugin.py'}:Loose")
+    assert loose.name == "Loose" and [name for name, _ in method_sources(loose)] [-1:] == ["loose_plugin.py"]
+
+
+@pytest.mark.parametrize("spec, problem", [
+    ("filelab/methods:Mine", r"filelab/methods: not a \.py file; name a plug-in as path/to/file\.py:Class, or as package\.module:Class"),
+    ("filelab/nothing.py:Mine", r"filelab/nothing\.py: no such file; name a plug-in as path/to/file\.py:Class"),
+    ("elsewhere/json.py:Mine", r"imports as module 'json', which is .*json.*, not this file \(an installed module of that name comes first\): rename yours"),
+])
+def test_a_plug_in_file_that_cannot_be_imported_says_how_to_name_it(lab_package, spec, problem):
+    with pytest.raises(ValueError, match=rf"^--method {spec}: {problem}"):
+        get_method(spec)
+
+
+def test_a_method_flag_problem_is_not_said_to_be_the_track_files(lab_package):
+    from benchmark.track import TrackError, load_track
+    from benchmark.track_check import check_track
+
+    with pytest.raises(TrackError) as refused:
+        check_track(load_track("debug"), ["filelab/nothing.py:Mine"])
+    assert str(refused.value).startswith("--method: filelab/nothing.py:Mine: filelab/nothing.py: no such file")
+    assert "debug.toml" not in str(refused.value)
+    with pytest.raises(TrackError, match=r"^--method: unknown method 'nope'"):
+        check_track(load_track("debug"), ["nope"])

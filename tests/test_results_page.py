@@ -286,3 +286,75 @@ def test_every_table_of_the_written_results_md_has_one_cell_count(tmp_path, qual
         assert "|" not in quality_section and "Quality measures: none" in quality_section
     else:
         assert "| qrcode | sd | 0.5 [0.4, 0.6] | 3 | 1.2 |" in quality_section and "Quality measures: scene-FID" in quality_section
+
+
+THREE = {"qrcode": 0.3, "watermark": 0.35, "text": 0.4}
+
+
+def fake_summary(root: Path, track_sha: str = "t" * 8, evaluator: str = "e" * 8, prompts_sha: str = "1" * 64,
+                 overrides: dict | None = None, scored: str = "/labs/erased-pipeline", **detector) -> Path:
+    """An --out folder as score-pipeline leaves it: summary.json, a row for every concept the
+    detector scores, the track's concepts among them."""
+    rows = [{"concept": c, "icr": _ratio(0.2), "fp_rate": _ratio(0.0), "prompts_sha256": prompts_sha, "quality": {}, "quality_kinds": []}
+            for c in ("qrcode", "watermark", "text")]
+    summary = {
+        "inputs": {"pipeline": scored, "model": {"class": "StableDiffusionPipeline"}}, "track": "tiny", "track_sha256": track_sha,
+        "track_concepts": ["qrcode", "text"], "overrides": overrides or {},
+        "prompts": {"file": "icd-tiny-eval", "sha256": prompts_sha, "count": 10, "images": 10},
+        "detector": {"path": "d", "sha256": evaluator, "conf": None, "thresholds": THREE, "clean_reference_sha256": "c" * 64,
+                     "published": True, **detector},
+        "rows": rows, "concepts": {}, "table": "",
+    }
+    root.mkdir(parents=True)
+    (root / "summary.json").write_text(json.dumps(summary))
+    return root
+
+
+def test_a_score_pipeline_or_score_images_folder_joins_the_leaderboard_checked_as_a_run_is(tmp_path):
+    run = fake_run(tmp_path / "run", prompts_sha="1" * 64, thresholds=THREE)
+    handed = fake_summary(tmp_path / "mine")
+    board = leaderboard([run, handed])
+    assert board.differences == [] and "Every run shares" in board.markdown
+    assert f"| {handed} | erased-pipeline | 20.0 [10.0, 30.0] | 20.0 [10.0, 30.0] | 20.0 |" in board.markdown  # the track's concepts only
+    assert "watermark" not in board.markdown
+    for name, summary, key in (
+        ("track", fake_summary(tmp_path / "other-track", track_sha="u" * 8), "track differs"),
+        ("evaluator", fake_summary(tmp_path / "other-detector", evaluator="f" * 8), "evaluator differs"),
+        ("prompts", fake_summary(tmp_path / "other-prompts", prompts_sha="2" * 64), "prompts (content sha256) differs"),
+        ("conf", fake_summary(tmp_path / "conf", conf=0.5, thresholds=dict.fromkeys(THREE, 0.5)), "evaluator thresholds differs"),
+    ):
+        assert key in [d.split(":")[0] for d in leaderboard([run, summary]).differences], name
+    lossy = fake_summary(tmp_path / "jpeg", overrides={"lossy_images": {"JPEG": 10}})
+    assert leaderboard([run, lossy]).differences == [
+        f'{lossy} was scored off the track\'s protocol (overrides: {{"lossy_images": {{"JPEG": 10}}}})']
+    assert main(["leaderboard", str(run), str(handed), "--out", str(tmp_path / "lb")]) == 0
+
+
+def test_a_summary_json_of_another_shape_or_a_folder_with_neither_file_is_refused_in_one_line(tmp_path):
+    broken = fake_summary(tmp_path / "broken")
+    summary = json.loads((broken / "summary.json").read_text())
+    summary["rows"][0]["icr"] = {"value": 2.0, "ci": [0, 1]}
+    (broken / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match=r"broken/summary.json: rows\[0\].icr: not a ratio"):
+        leaderboard([broken])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty: holds neither results.json \(a benchmark run folder\) nor summary.json"):
+        leaderboard([tmp_path / "empty"])
+
+
+def test_a_plug_ins_spec_code_and_in_memory_edits_are_on_its_page_and_the_leaderboard(tmp_path):
+    def plug_in(results):
+        results = _row(results, "ge-full", "qrcode", method_spec="mylab/methods.py:UCEEdit", method_code_sha256="ab" * 32,
+                       model={"class": "StableDiffusionPipeline", "unet": "runs/x/unet", "scheduler": "DDIMScheduler",
+                              "edited_in_memory": ["unet"]})
+        return _row(results, "ge-full", "text", method_spec="mylab/methods.py:UCEEdit", method_code_sha256="ab" * 32)
+
+    run = _edit(fake_run(tmp_path / "run", prompts_sha="1" * 64), plug_in)
+    page = write_results_page(json.loads((run / "results.json").read_text()), run).read_text()
+    assert "Plug-ins and methods changed in memory" in page
+    assert "<td>ge-full</td><td>mylab/methods.py:UCEEdit</td><td>" + "ab" * 32 + "</td><td>DDIMScheduler</td><td>unet</td>" in page
+    assert "Plug-ins and methods" not in write_results_page(json.loads((fake_run(tmp_path / "plain") / "results.json").read_text()),
+                                                            tmp_path / "plain").read_text()
+    notes = leaderboard([run]).notes
+    assert notes == [f"{run} / ge-full: plug-in mylab/methods.py:UCEEdit (code sha256 {'ab' * 6}); sampled with unet changed in "
+                     "memory from the folders its model names"]

@@ -220,21 +220,27 @@ def load_method(spec: str, registry: dict[str, Callable[[], Method]]) -> Method:
                 return _named(made, spec, ep.name, registry)
         if ":" in spec:
             return _plugin(spec, registry)
-    raise ValueError(f"unknown method {spec!r} (known: {', '.join(registry)}; or package.module:Class)")
+    raise ValueError(f"unknown method {spec!r} (known: {', '.join(registry)}; or package.module:Class, or path/to/file.py:Class)")
 
 
 def _plugin(spec: str, registry: dict[str, Callable[[], Method]]) -> Any:
-    module_name, _, attr = spec.partition(":")
+    module_name, _, attr = spec.rpartition(":")
+    as_file = _is_file_spec(module_name)
+    if as_file:
+        module_name = _module_of_file(module_name, spec)
     if not module_name or not attr or module_name.startswith(".") or not attr.isidentifier():
-        raise ValueError(f"--method {spec}: expected package.module:Class")
+        raise ValueError(f"--method {spec}: expected package.module:Class or path/to/file.py:Class")
     try:
         module = _import_plugin(module_name)
     except ModuleNotFoundError as e:
         if not _is_missing(e, module_name):
             raise MethodFailed(f"--method {spec}", f"importing {module_name}", e) from e
-        raise ValueError(f"--method {spec}: cannot import ({e})") from None
+        raise ValueError(f"--method {spec}: cannot import ({e}); a plug-in module is found in the working folder or on "
+                         "PYTHONPATH, or give its file: --method path/to/file.py:Class") from None
     except Exception as e:  # SyntaxError, NameError, an ImportError inside it: the plug-in's own code
         raise MethodFailed(f"--method {spec}", f"importing {module_name}", e) from e
+    if as_file:
+        _require_imported_from(module, module_name, spec)
     cls = getattr(module, attr, None)
     if cls is None:
         raise ValueError(f"--method {spec}: cannot import (module {module_name!r} has no attribute {attr!r}{_which_file(module, module_name)})")
@@ -251,6 +257,45 @@ def _plugin(spec: str, registry: dict[str, Callable[[], Method]]) -> Any:
     if not isinstance(method, Method) and not callable(getattr(method, "build", None)):
         raise ValueError(f"--method {spec}: {attr} has no build(ctx) method")
     return _named(method, spec, attr, registry)
+
+
+def _is_file_spec(module: str) -> bool:
+    """Whether ``--method``'s module part is a file path (``mylab/methods.py``), not a dotted name."""
+    return module.endswith(".py") or "/" in module or os.sep in module
+
+
+def _module_of_file(text: str, spec: str) -> str:
+    """The dotted name a plug-in file is imported under: its name below the outermost package
+    folder holding it (each with an ``__init__.py``), so its imports of its own package work, with
+    that folder put last on ``sys.path`` (as the working folder is). Its code is then keyed for the
+    image cache as a plug-in named ``package.module:Class`` is (:func:`method_sources`)."""
+    path = Path(text)
+    if path.suffix != ".py" or not path.is_file():
+        problem = "no such file" if path.suffix == ".py" and not path.exists() else "not a .py file"
+        raise ValueError(f"--method {spec}: {text}: {problem}; name a plug-in as path/to/file.py:Class, or as "
+                         "package.module:Class (found in the working folder or on PYTHONPATH)")
+    path = path.resolve()
+    parts = [] if path.stem == "__init__" else [path.stem]
+    folder = path.parent
+    while (folder / "__init__.py").is_file():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    if not parts or not all(part.isidentifier() for part in parts):
+        raise ValueError(f"--method {spec}: {text} would be imported as {'.'.join(parts) or 'nothing'!r}, not a Python "
+                         "module name; rename the file (letters, digits and '_')")
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+    return ".".join(parts)
+
+
+def _require_imported_from(module: ModuleType, name: str, spec: str) -> None:
+    """Refuse a plug-in file whose module name an installed module (or one already imported) holds:
+    that module, not the file named, would be run."""
+    path = Path(spec.rpartition(":")[0]).resolve()
+    file = getattr(module, "__file__", None)
+    if file is None or Path(file).resolve() not in (path, path.parent / "__init__.py"):
+        raise ValueError(f"--method {spec}: imports as module {name!r}, which is {file or 'a module without a file'}, "
+                         "not this file (an installed module of that name comes first): rename yours")
 
 
 def _named(method: Any, spec: str, default: str, registry: dict[str, Callable[[], Method]]) -> Any:

@@ -14,6 +14,7 @@ Nothing is ever fetched from a hub and no safety checker is loaded.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import pickle
 import re
@@ -254,13 +255,20 @@ def save_portable_pipeline(pipe: StableDiffusionPipeline, directory: str | Path,
     return directory
 
 
-def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None) -> StableDiffusionPipeline:
+def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, sampler: Any = None) -> StableDiffusionPipeline:
     """A ``StableDiffusionPipeline`` from a local diffusers directory (the tiny one or SD v1.5).
 
     Each part is loaded by a class named here, as diffusers' training scripts do, never by a class
     the folder names: nothing is downloaded and no code in the folder runs (the tiny pipeline's
     custom VAE is this package's :class:`PatchAutoencoder`). Safety checker and feature extractor
-    are not loaded.
+    are not loaded. A folder saved as another pipeline class (``_class_name``: SLD's
+    ``StableDiffusionPipelineSafe``, SDXL, a custom pipeline) is refused: loaded as a plain
+    ``StableDiffusionPipeline`` it would silently lose what that class does.
+
+    ``sampler`` (a scheduler, e.g. a track's :meth:`~benchmark.track.Track.sampler`): sample with its
+    class and settings, given the folder's noise schedule and prediction type (:func:`track_sampler`),
+    whatever scheduler the folder names; None: the folder's own, which must be one of ``SCHEDULERS``.
+    Either is refused, naming it, when it cannot step the model's prediction type (PNDM on x0).
 
     The weights are read from safetensors only (a shard index must name safetensors files beside
     it), and a part is refused, naming the file and the tensor, when its weights lack a tensor the
@@ -272,6 +280,7 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None) -> S
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{path}: not a diffusers pipeline directory (no model_index.json)")
     index = read_json_object(path / "model_index.json")
+    check_pipeline_class(path, index)
 
     def part(name: str, cls: Any, **kwargs: Any) -> Any:
         if not (path / name).is_dir():
@@ -291,16 +300,99 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None) -> S
         check_loaded_weights(folder, module, info, headers, _described(folder, stem, variant))
         return module
 
+    if sampler is None:
+        scheduler = part("scheduler", _component_class(index, "scheduler", SCHEDULERS, path))
+        _refuse_unfit_sampler(scheduler, f"{path / 'scheduler'}: {type(scheduler).__name__}",
+                              "re-save the pipeline with one that can (pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config))")
+    else:
+        scheduler = track_sampler(sampler, _scheduler_config(path), str(path))
     return StableDiffusionPipeline(
         vae=weighted("vae", _component_class(index, "vae", VAE_CLASSES, path), DIFFUSERS_WEIGHTS),
         text_encoder=weighted("text_encoder", CLIPTextModel, TRANSFORMERS_WEIGHTS),
         tokenizer=part("tokenizer", CLIPTokenizer),
         unet=weighted("unet", UNet2DConditionModel, DIFFUSERS_WEIGHTS),
-        scheduler=part("scheduler", _component_class(index, "scheduler", SCHEDULERS, path)),
+        scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+#: The pipeline class :func:`load_pipeline` builds, and the only one a folder may be saved as.
+PIPELINE_CLASS = "StableDiffusionPipeline"
+
+
+def check_pipeline_class(path: Path, index: dict[str, Any]) -> None:
+    """Refuse a folder saved as another pipeline class than the one loaded from it (a missing
+    ``_class_name`` is an SD folder): what that class does (SLD's guidance, SDXL's second text
+    encoder, a lab's own sampler) would be dropped without a word."""
+    class_name = index.get("_class_name", PIPELINE_CLASS)
+    if class_name == PIPELINE_CLASS:
+        return
+    shown = ".".join(map(str, class_name)) if isinstance(class_name, list) else str(class_name)
+    raise ValueError(f"{path / 'model_index.json'}: _class_name is {shown!r}; it would be loaded and sampled as a plain "
+                     f"{PIPELINE_CLASS}, dropping what {shown} does: plug it in as a method instead (--method module:Class, "
+                     "whose build() loads it with diffusers and returns it in a Generator)")
+
+
+#: A scheduler config's fields that belong to the model, not to the sampler: the noise schedule it
+#: was trained on and what its network predicts. Every other field (timestep spacing, offsets,
+#: clipping, thresholding, solver order) is the sampler's, which a track fixes.
+MODEL_SCHEDULE_FIELDS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                         "prediction_type", "rescale_betas_zero_snr")
+
+
+def track_sampler(sampler: Any, model_config: dict[str, Any], where: str) -> Any:
+    """``sampler``'s class and settings over a model's ``MODEL_SCHEDULE_FIELDS`` (those its config
+    holds and the class takes), built with ``from_config`` as the benchmark's own fine-tunes keep
+    their base's scheduler; refused, naming ``where`` (the model's folder), when that class cannot
+    step the model's prediction type."""
+    accepted = inspect.signature(type(sampler).__init__).parameters
+    model = {k: model_config[k] for k in MODEL_SCHEDULE_FIELDS if k in model_config and k in accepted}
+    settings = {k: v for k, v in dict(sampler.config).items() if not k.startswith("_")}
+    scheduler = type(sampler).from_config({**settings, **model})
+    _refuse_unfit_sampler(scheduler, f"{where}: the track samples with {type(sampler).__name__}, which",
+                          "score it under a track whose sampler can, or plug it in as a method (--method module:Class) "
+                          "that samples with a scheduler of its own")
+    return scheduler
+
+
+def same_sampler(a: Any, b: Any) -> bool:
+    """Whether two schedulers sample alike: one class, and the same value of every setting it takes
+    (a loaded config also keeps fields of other classes, which it ignores)."""
+    if type(a) is not type(b):
+        return False
+    taken = inspect.signature(type(a).__init__).parameters
+    return all(a.config.get(k) == b.config.get(k) for k in taken if k != "self")
+
+
+def _scheduler_config(path: Path) -> dict[str, Any]:
+    """The folder's scheduler config as saved, whatever scheduler class it names."""
+    config = path / "scheduler" / "scheduler_config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{config}: missing (the model's noise schedule and prediction type are read from it)")
+    return read_json_object(config)
+
+
+def sampler_problem(scheduler: Any) -> str | None:
+    """Why ``scheduler`` cannot sample (one trial step on a copy: PNDM refuses a model that predicts
+    x0 only once sampling starts), or None."""
+    trial = type(scheduler).from_config(scheduler.config)
+    try:
+        trial.set_timesteps(10)  # PNDM's Runge-Kutta warm-up needs several
+        sample = torch.zeros(1, 1, 2, 2)
+        t = trial.timesteps[0]
+        trial.step(trial.scale_model_input(sample, t), t, sample)
+    except (ValueError, NotImplementedError) as e:
+        return _one_line(e)
+    return None
+
+
+def _refuse_unfit_sampler(scheduler: Any, what: str, fix: str) -> None:
+    problem = sampler_problem(scheduler)
+    if problem is not None:
+        kind = scheduler.config.get("prediction_type")
+        raise ValueError(f"{what} cannot sample a model whose prediction_type is {kind!r} ({problem}); {fix}")
 
 
 def _one_line(error: BaseException) -> str:
@@ -491,4 +583,6 @@ def _component_class(index: dict[str, Any], name: str, allowed: tuple[type, ...]
     for cls in allowed:
         if cls.__name__ == class_name:
             return cls
-    raise ValueError(f"{path}/model_index.json: {name} is {class_name!r}; supported: {', '.join(c.__name__ for c in allowed)}")
+    fix = (f"; re-save it with one of them (pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)), or plug it "
+           "in as a method (--method module:Class), whose pipeline may sample with any scheduler") if name == "scheduler" else ""
+    raise ValueError(f"{path}/model_index.json: {name} is {class_name!r}; supported: {', '.join(c.__name__ for c in allowed)}{fix}")

@@ -1,0 +1,278 @@
+"""What another lab hands over is judged as a benchmark method is, or refused in one line: a pipeline
+folder saved with another scheduler or as another pipeline class, images in a lossy format or named
+otherwise, and the cache keys that let a rerun keep what it already drew."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler
+from PIL import Image
+
+from benchmark import external
+from benchmark.generation import model_record, pipeline_source, remember_loaded
+from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
+from benchmark.track import load_track
+
+MICRO = TinyPipelineConfig(image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True),
+                           attention_head_dim=8, text_hidden=16, text_layers=1, text_heads=2)
+
+KEY_PROBE = """
+import json, sys
+from types import SimpleNamespace
+from diffusers import DDIMScheduler, EulerDiscreteScheduler
+from benchmark.generation import pipeline_source
+euler = EulerDiscreteScheduler.from_config(DDIMScheduler(prediction_type="sample").config)  # diffusers' own idiom
+old = DDIMScheduler.from_pretrained(sys.argv[1])  # a config an older diffusers wrote: fields missing
+wrapper = SimpleNamespace(inner=SimpleNamespace(sampler=euler))  # a plug-in's own object holding one
+print(json.dumps([pipeline_source(SimpleNamespace(scheduler=s)) for s in (euler, old)] + [pipeline_source(wrapper)], sort_keys=True))
+"""
+
+
+def test_a_schedulers_cache_key_is_the_same_in_every_process(tmp_path):
+    """diffusers' ``_use_default_values`` is a list made from a set: keyed with it, a rerun or a resume
+    under another PYTHONHASHSEED would redraw every image of a method that swaps its scheduler."""
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "scheduler_config.json").write_text(json.dumps({"_class_name": "DDIMScheduler", "_diffusers_version": "0.6.0",
+                                                           "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}))
+    keys = []
+    for seed in ("1", "2", "3"):
+        done = subprocess.run([sys.executable, "-c", KEY_PROBE, str(old)], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONHASHSEED": seed})
+        assert done.returncode == 0, done.stderr[-2000:]
+        keys.append(done.stdout.strip().splitlines()[-1])
+    assert keys[0] == keys[1] == keys[2]
+    euler, _, held = json.loads(keys[0])
+    assert euler["scheduler"] == held["holds"]["inner.sampler"]
+
+
+def test_a_schedulers_key_names_its_class():
+    """Its config holds its class only as bookkeeping (``_class_name``, after a load), which is left out."""
+    class Stepper:
+        config = {"num_train_timesteps": 1000, "_class_name": "Stepper"}
+
+        def set_timesteps(self, n):
+            pass
+
+    class OtherStepper(Stepper):
+        pass
+
+    keys = [pipeline_source(type("P", (), {"scheduler": cls()})())["scheduler"] for cls in (Stepper, OtherStepper)]
+    assert keys[0] != keys[1]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A micro pipeline folder as the benchmark saves it (DDIM, predicting x0), and a way to re-save
+    it as a lab would: another scheduler, another pipeline class."""
+    root = tmp_path_factory.mktemp("handover")
+    pipe = build_tiny_pipeline(MICRO, root / "tokenizer", seed=0)
+    pipe.scheduler = DDIMScheduler.from_config(load_track("debug").sampler().config, prediction_type="sample")
+    original = save_portable_pipeline(pipe, root / "original")
+
+    def variant(name, scheduler=None, class_name=None):
+        folder = root / name
+        if not folder.exists():
+            shutil.copytree(original, folder)
+            index = json.loads((folder / "model_index.json").read_text())
+            if scheduler is not None:
+                shutil.rmtree(folder / "scheduler")
+                scheduler.from_config(pipe.scheduler.config).save_pretrained(folder / "scheduler")
+                index["scheduler"] = ["diffusers", scheduler.__name__]
+            if class_name is not None:
+                index["_class_name"] = class_name
+            (folder / "model_index.json").write_text(json.dumps(index))
+        return folder
+
+    return variant
+
+
+def _judging(tmp_path, track="debug"):
+    loaded = load_track(track)
+    loaded = replace(loaded, generation={**loaded.generation, "image_size": MICRO.image_size, "steps": 2, "chunk_size": 4})
+    detector = type("D", (), {"path": tmp_path / "detector.safetensors"})()
+    detector.path.write_bytes(b"weights")
+    return external.Judging(track=loaded, detector=detector, reference=None, cache=tmp_path, num_prompts=2)
+
+
+class _Report:
+    thresholds = {"qrcode": 0.5}
+    concepts = {}
+
+    def write_json(self, path):
+        path.write_text("{}")
+
+    def table(self):
+        return "table"
+
+
+@pytest.fixture
+def unscored(monkeypatch):
+    """score-pipeline and score-images without a detector: what they record, not what they measure."""
+    monkeypatch.setattr(external, "score_generated", lambda paths, *a: (_Report(), {"qrcode": {"icr": len(paths)}}))
+
+
+def test_score_pipeline_samples_with_the_tracks_sampler_whatever_scheduler_the_folder_was_saved_with(saved, tmp_path, unscored):
+    judging = _judging(tmp_path)
+    ddim = external.score_pipeline(saved("ddim", DDIMScheduler), tmp_path / "ddim", judging, progress=False)
+    euler = external.score_pipeline(saved("euler", EulerDiscreteScheduler), tmp_path / "euler", judging, progress=False)
+    unipc = external.score_pipeline(saved("unipc", UniPCMultistepScheduler), tmp_path / "unipc", judging, progress=False)
+    names = sorted(p.name for p in (tmp_path / "ddim" / "images").glob("*.png"))
+    assert names and all((tmp_path / "ddim" / "images" / n).read_bytes() == (tmp_path / other / "images" / n).read_bytes()
+                         for n in names for other in ("euler", "unipc"))
+    assert euler["inputs"]["scheduler"]["class"] == "DDIMScheduler" and euler["inputs"]["scheduler"]["folder_class"] == "EulerDiscreteScheduler"
+    assert euler["inputs"]["model"]["scheduler"] == "DDIMScheduler" and euler["inputs"]["model"]["edited_in_memory"] == ["scheduler"]
+    assert ddim["inputs"]["model"]["edited_in_memory"] == [] and ddim["overrides"] == unipc["overrides"] == {"num_prompts": 2}
+
+
+def test_score_pipeline_with_the_folders_own_scheduler_lists_it_as_off_protocol(saved, tmp_path, unscored):
+    judging = _judging(tmp_path)
+    own = external.score_pipeline(saved("euler", EulerDiscreteScheduler), tmp_path / "own", judging, progress=False, own_scheduler=True)
+    assert own["overrides"] == {"num_prompts": 2, "scheduler": "EulerDiscreteScheduler"}
+    assert own["inputs"]["scheduler"]["class"] == "EulerDiscreteScheduler"
+    same = external.score_pipeline(saved("ddim", DDIMScheduler), tmp_path / "same", judging, progress=False, own_scheduler=True)
+    assert same["overrides"] == {"num_prompts": 2}
+
+
+def test_a_scheduler_that_cannot_sample_the_model_is_refused_naming_the_folder_and_the_fix(saved):
+    pndm = saved("pndm", PNDMScheduler)  # PNDM steps epsilon or v only; this model predicts x0
+    with pytest.raises(ValueError, match=r"pndm/scheduler: PNDMScheduler cannot sample a model whose prediction_type is 'sample' "
+                                         r"\(.*\); re-save the pipeline with one that can \(pipe.scheduler = DDIMScheduler.from_config"):
+        load_pipeline(pndm)
+    with pytest.raises(ValueError, match=r"ddim: the track samples with PNDMScheduler, which cannot sample a model whose "
+                                         r"prediction_type is 'sample' .*plug it in as a method \(--method module:Class\)"):
+        load_pipeline(saved("ddim", DDIMScheduler), sampler=load_track("paper").sampler())
+    with pytest.raises(ValueError, match=r"unipc/model_index.json: scheduler is 'UniPCMultistepScheduler'; supported: .*; re-save it "
+                                         r"with one of them .*or plug it in as a method \(--method module:Class\)"):
+        load_pipeline(saved("unipc", UniPCMultistepScheduler))
+
+
+@pytest.mark.parametrize("class_name, shown", [("StableDiffusionPipelineSafe", "StableDiffusionPipelineSafe"),
+                                               ("StableDiffusionXLPipeline", "StableDiffusionXLPipeline"),
+                                               (["pipeline", "MyLabErasedPipeline"], "pipeline.MyLabErasedPipeline")])
+def test_a_folder_saved_as_another_pipeline_class_is_refused_with_the_fix(saved, tmp_path, class_name, shown):
+    folder = saved(f"class-{shown}", class_name=class_name)
+    with pytest.raises(ValueError, match=rf"model_index.json: _class_name is '{shown}'; it would be loaded and sampled as a plain "
+                                         rf"StableDiffusionPipeline, dropping what {shown} does: plug it in as a method instead \(--method"):
+        external.score_pipeline(folder, tmp_path / "out", _judging(tmp_path), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_result_says_which_parts_a_method_changed_in_memory(saved):
+    import torch
+
+    pipe = remember_loaded(load_pipeline(saved("ddim", DDIMScheduler)))
+    assert model_record(pipe)["edited_in_memory"] == [] and model_record(pipe)["scheduler"] == "DDIMScheduler"
+    with torch.no_grad():
+        next(pipe.unet.parameters()).add_(1.0)  # a post-hoc weight edit, as UCE makes
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    record = model_record(pipe, pipeline_source(pipe))
+    assert record["edited_in_memory"] == ["unet", "scheduler"] and record["scheduler"] == "EulerDiscreteScheduler"
+    assert record["unet"].endswith("ddim/unet")  # still the folder it came from: the flag says it is not what sampled
+
+
+def test_a_plug_ins_row_names_its_spec_and_code_and_a_built_in_row_does_not():
+    from benchmark.method_evaluation import _description, plugin_record
+
+    source = {"method_code": "ab" * 32}
+    assert plugin_record("mylab/methods.py:Mine", source) == {"method_spec": "mylab/methods.py:Mine", "method_code_sha256": "ab" * 32}
+    assert plugin_record("sd", source) == {}
+
+    class Documented:
+        """Erases by a closed-form edit.
+
+        More text."""
+
+    assert _description(Documented()) == "Erases by a closed-form edit."
+
+
+EDIT_LAB = '''
+import torch
+from benchmark.methods.interface import Generator, Method
+
+
+class Edit(Method):
+    """Adds one to a UNet weight in memory."""
+    name = "edit"
+
+    def build(self, ctx):
+        pipe = ctx.load_pipeline(FOLDER)
+        with torch.no_grad():
+            next(pipe.unet.parameters()).add_(1.0)
+        return Generator(pipe)
+'''
+
+
+def test_a_plug_ins_row_is_recorded_with_its_spec_code_and_in_memory_edits(saved, tmp_path, monkeypatch):
+    """A post-hoc weight edit (UCE-like) of a folder loaded by ctx.load_pipeline: the row's ``model``
+    still names that folder, and says the UNet it sampled with is not what the folder holds."""
+    from types import SimpleNamespace
+
+    from benchmark import method_evaluation
+    from benchmark.generation import GenerationSettings
+    from benchmark.prompts import Prompt
+
+    folder = saved("ddim", DDIMScheduler)
+    (tmp_path / "editlab.py").write_text(f"FOLDER = {str(folder)!r}\n" + EDIT_LAB)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    scored = (SimpleNamespace(write_json=lambda path: None, images=[]), {"qrcode": {"icr": 1}})
+    monkeypatch.setattr(method_evaluation, "score_generated", lambda *a: scored)
+    monkeypatch.setattr(method_evaluation, "method_grid", lambda *a, **k: None)
+    track = SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}, conf=None, quality={"kind": "none"})
+    run = SimpleNamespace(track=track, root=tmp_path / "run", cache=tmp_path, progress=False)
+    ctx = method_evaluation.method_context(run, tmp_path, tmp_path / "icd-qrcode", ("qrcode",), None)
+    evaluation = method_evaluation.Evaluation("icd-qrcode", [Prompt(0, "a red square", 5)], GenerationSettings(steps=2, image_size=16), None, [])
+    try:
+        (row,), _ = method_evaluation.evaluate_method(run, "editlab:Edit", ctx, evaluation)
+    finally:
+        sys.modules.pop("editlab", None)
+    assert row["method_spec"] == "editlab:Edit" and len(row["method_code_sha256"]) == 64
+    assert row["model"]["unet"] == str(folder / "unet") and row["model"]["edited_in_memory"] == ["unet"]
+    assert row["description"] == "Adds one to a UNet weight in memory."
+
+
+def _images(folder, names, fmt="PNG", **options):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.new("RGB", (16, 16), (90, 140, 200)).save(folder / name, format=fmt, **options)
+    return folder
+
+
+@pytest.mark.parametrize("suffix, fmt, options, recorded, lossy", [
+    (".png", "PNG", {}, "PNG", False),
+    (".webp", "WEBP", {"lossless": True}, "WEBP (lossless)", False),
+    (".bmp", "BMP", {}, "BMP", False),
+    (".tif", "TIFF", {}, "TIFF", False),
+    (".jpg", "JPEG", {"quality": 95}, "JPEG", True),
+    (".webp", "WEBP", {"quality": 80}, "WEBP (lossy)", True),
+    (".tif", "TIFF", {"compression": "jpeg"}, "TIFF (JPEG-compressed)", True),
+])
+def test_score_images_records_formats_and_lists_lossy_input_as_off_protocol(tmp_path, unscored, capsys, suffix, fmt, options, recorded, lossy):
+    judging = _judging(tmp_path)
+    names = [f"{p.case_number}_0{suffix}" for p in judging.prompts()]
+    summary = external.score_image_folder(_images(tmp_path / "images", names, fmt, **options), tmp_path / "out", judging)
+    assert summary["inputs"]["formats"] == {recorded: 2}
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert written["overrides"] == ({"num_prompts": 2, "lossy_images": {recorded: 2}} if lossy else {"num_prompts": 2})
+    warned = capsys.readouterr().err
+    assert ("lossy" in warned and "off the track's protocol" in warned) is lossy
+
+
+@pytest.mark.parametrize("layout, found", [
+    (lambda p: f"{p.case_number:05d}_0.png", r"found 2 images, e\.g\. 00000_0.png, 00001_0.png"),
+    (lambda p: f"case_{p.case_number}_0.png", r"found 2 images, e\.g\. case_0_0.png, case_1_0.png"),
+    (lambda p: f"qrcode/{p.case_number}_0.png", r"found no image file; subfolders are not searched \(qrcode/ holds images\)"),
+])
+def test_misnamed_images_are_refused_showing_the_pattern_and_what_was_found(tmp_path, unscored, layout, found):
+    judging = _judging(tmp_path)
+    for prompt in judging.prompts():
+        _images(tmp_path / "images" / Path(layout(prompt)).parent, [Path(layout(prompt)).name])
+    with pytest.raises(FileNotFoundError, match=r"images: 2 of 2 images named by icd-tiny-eval are missing, first 0_0 \(.*\); images are "
+                                                r"named \{case_number\}_\{i\} .* directly in the folder: " + found):
+        external.score_image_folder(tmp_path / "images", tmp_path / "out", judging)
