@@ -17,6 +17,7 @@ from benchmark import external
 from benchmark.generation import model_record, pipeline_source, remember_loaded
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
 from benchmark.track import load_track
+from tests.test_benchmark_io import _FakeReport
 
 MICRO = TinyPipelineConfig(image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True),
                            attention_head_dim=8, text_hidden=16, text_layers=1, text_heads=2)
@@ -100,21 +101,10 @@ def _judging(tmp_path, track="debug"):
     return external.Judging(track=loaded, detector=detector, reference=None, cache=tmp_path, num_prompts=2)
 
 
-class _Report:
-    thresholds = {"qrcode": 0.5}
-    concepts = {}
-
-    def write_json(self, path):
-        path.write_text("{}")
-
-    def table(self):
-        return "table"
-
-
 @pytest.fixture
 def unscored(monkeypatch):
     """score-pipeline and score-images without a detector: what they record, not what they measure."""
-    monkeypatch.setattr(external, "score_generated", lambda paths, *a: (_Report(), {"qrcode": {"icr": len(paths)}}))
+    monkeypatch.setattr(external, "score_generated", lambda paths, *a: (_FakeReport(), {"qrcode": {"icr": len(paths)}}))
 
 
 def test_score_pipeline_samples_with_the_tracks_sampler_whatever_scheduler_the_folder_was_saved_with(saved, tmp_path, unscored):

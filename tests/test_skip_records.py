@@ -21,6 +21,7 @@ from builders.recipe import parse_recipe
 from builders.shard_table import COLUMNS
 from builders.verify import verify_dataset
 from implicit_concept.shard_reader import iter_tar_members
+from tests.test_sources import write_tar
 
 FOUR_SUBSETS = [
     {"name": name, "concepts": concepts, "fraction": 0.5}
@@ -275,11 +276,7 @@ def test_a_hard_link_in_a_source_tar_is_followed(tmp_path):
 
 
 def _members(path: Path, members: list[tuple[str, bytes]]) -> bytes:
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), 0
-            tf.addfile(info, io.BytesIO(data))
+    write_tar(path, members)
     return path.read_bytes()
 
 
