@@ -1,5 +1,5 @@
 """Reading ICD shards back as :class:`~implicit_concept.sample.Sample` objects, and the one rule
-(:func:`group_members`, webdataset's) by which any tar's members become samples.
+(:func:`group_runs`, webdataset's) by which any tar's members become samples.
 
 Accepts a shard set folder (every ``*.tar`` below it, sorted), one tar, or a brace pattern
 (``data/icd-qrcode/train/{00000..00003}.tar``), and, as webdataset does, ``pipe:`` commands and
@@ -23,6 +23,7 @@ import json
 import posixpath
 import tarfile
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Collection, Iterator, NamedTuple
 
@@ -203,58 +204,140 @@ def split_member_name(name: str) -> tuple[str, str] | None:
     return posixpath.join(directory, stem), ext.lower()
 
 
+#: The keys of a tar remembered to find one repeated after other keys' members (``duplicate_key``);
+#: an img2dataset shard holds 10 000. Past this many, a repeat of a key not remembered goes unseen.
+MAX_REMEMBERED_KEYS = 1 << 17
+#: The member names of one run kept for its messages.
+MAX_LISTED_NAMES = 16
+
+
+def is_hidden(name: str) -> bool:
+    """Whether the file name (after the last ``/``) starts with a dot: webdataset gives such a tar
+    member no key (``._a.jpg`` is macOS tar's metadata of ``a.jpg``), and a folder source reads it so too."""
+    return name.rpartition("/")[2].startswith(".")
+
+
+@dataclass
+class TarRun:
+    """A key's consecutive members (one sample as webdataset groups them): every member's name (up
+    to :data:`MAX_LISTED_NAMES`), the kept ones read (by extension), or why they were not
+    (``refused``); ``repeat`` when the key had a run earlier in the tar (its members are not read)."""
+
+    key: str
+    repeat: bool = False
+    names: list[str] = field(default_factory=list)
+    unlisted: int = 0
+    members: dict[str, bytes] = field(default_factory=dict)
+    names_by_ext: dict[str, str] = field(default_factory=dict)
+    refused: SampleError | None = None
+
+    def listing(self) -> str:
+        more = f" and {self.unlisted} more" if self.unlisted else ""
+        return ", ".join(self.names) + more
+
+
+@dataclass(frozen=True)
+class LooseMember:
+    """A member that is part of no sample: ``kind`` is ``hidden`` (its name starts with a dot),
+    ``no_extension``, or what a non-file member is (``symlink``, ``FIFO`` ...)."""
+
+    name: str
+    kind: str
+
+
+_KINDS = {tarfile.SYMTYPE: "symlink", tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "FIFO"}
+
+
+def group_runs(
+    tar: tarfile.TarFile,
+    wanted: Callable[[str], bool] = lambda key: True,
+    keep: Collection[str] = SHARD_EXTENSIONS,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+) -> Iterator[TarRun | LooseMember]:
+    """The one grouping rule of tar members into samples, for our shards and for source shards alike,
+    webdataset's (``base_plus_ext``): the key is the member's directory and its name up to the first
+    dot (:func:`split_member_name`), and consecutive regular members (and hard links) of one key
+    are one sample. A member whose name starts with a dot (macOS tar's ``._a.jpg``, ``.DS_Store``)
+    has no key, and one without an extension neither: each is part of no sample and never splits
+    one; it is yielded as a :class:`LooseMember`, as is a symlink, device or FIFO. Folders are left out.
+
+    Only ``wanted`` runs (by key) and loose members (by name) are yielded; of a run, only the
+    extensions in ``keep`` are read. A kept member over ``max_member_bytes`` is not read and the run
+    comes back ``refused`` (``member_too_large``), as does one with a hard link that cannot be
+    resolved (``unresolved_hard_link``, see the module docstring) or a member name twice
+    (``duplicate_member``). Read errors and :class:`TarRefused` propagate; the caller names the file."""
+    run: TarRun | None = None
+    take = False
+    seen: set[str] = set()
+    read: dict[str, str] = {}
+    places: dict[str, tuple[int, int]] | None = None if getattr(tar, "streaming", False) else {}
+    for info in iter_headers(tar):
+        name = info.name
+        if info.isdir():
+            continue
+        if not (info.isreg() or info.islnk()):
+            if wanted(name):
+                yield LooseMember(name, _KINDS.get(info.type, "special member"))
+            continue
+        parts = None if is_hidden(name) else split_member_name(name)
+        if parts is None:
+            if wanted(name):
+                yield LooseMember(name, "hidden" if is_hidden(name) else "no_extension")
+            continue
+        key, ext = parts
+        if run is None or key != run.key:
+            if run is not None and take:
+                yield run
+            take = wanted(key)
+            run, read = TarRun(key, repeat=take and key in seen), {}
+            if take and len(seen) < MAX_REMEMBERED_KEYS:
+                seen.add(key)
+        if places is not None and info.isreg() and ext in keep and len(places) < MAX_LINK_TARGETS:
+            places[posixpath.normpath(name)] = (info.offset_data, info.size)
+        if not take:
+            continue
+        if len(run.names) < MAX_LISTED_NAMES:
+            run.names.append(name)
+        else:
+            run.unlisted += 1
+        if run.repeat or run.refused is not None or ext not in keep:
+            continue
+        if ext in run.members:
+            run.refused = SampleError("duplicate_member", f"member {name!r} appears twice in its sample; which copy is meant is unknown")
+            run.members = {}
+            continue
+        size = places.get(posixpath.normpath(info.linkname), (0, 0))[1] if info.islnk() and places is not None else info.size
+        if size > max_member_bytes:
+            run.refused = SampleError("member_too_large", f"member {name!r} is {size} bytes, over the cap of {max_member_bytes}")
+            run.members = {}
+            continue
+        data = tar.extractfile(info).read() if info.isreg() else _link_target(tar, info, run.members, read, places)
+        if data is None:
+            run.refused = SampleError("unresolved_hard_link", f"member {name!r} is a hard link to {info.linkname!r}, not read before it in this tar{' (a stream cannot go back)' if places is None else ''}")
+            run.members = {}
+            continue
+        run.members[ext] = data
+        run.names_by_ext[ext] = name
+        read[posixpath.normpath(name)] = ext
+    if run is not None and take:
+        yield run
+
+
 def group_members(
     tar: tarfile.TarFile,
     wanted: Callable[[str], bool] = lambda key: True,
     keep: Collection[str] = SHARD_EXTENSIONS,
     max_member_bytes: int = MAX_MEMBER_BYTES,
 ) -> Iterator[TarSample]:
-    """The one grouping rule of tar members into samples, for our shards and for source shards alike:
-    consecutive regular members (and hard links) with the same key (:func:`split_member_name`) form
-    one sample.
-
-    Only samples whose key is ``wanted`` are read, and of those only the extensions in ``keep``; a
-    kept member over ``max_member_bytes`` is not read and the sample comes back ``refused``
-    (reason ``member_too_large``), as does one with a hard link that cannot be resolved
-    (``unresolved_hard_link``, see the module docstring) or a member name twice (``duplicate_member``). Read errors and :class:`TarRefused`
-    propagate; the caller names the file.
-    """
-    key: str | None = None
-    members: dict[str, bytes] = {}
-    read: dict[str, str] = {}
-    refused: SampleError | None = None
-    take = False
-    places: dict[str, tuple[int, int]] | None = None if getattr(tar, "streaming", False) else {}
-    for info in iter_headers(tar):
-        parts = split_member_name(info.name) if info.isreg() or info.islnk() else None
-        if parts is None:
+    """:func:`group_runs`' samples alone (loose members left out): a key that comes back after
+    other keys' members is ``refused`` (``duplicate_key``), its members not read."""
+    for run in group_runs(tar, wanted, keep, max_member_bytes):
+        if isinstance(run, LooseMember):
             continue
-        if parts[0] != key:
-            if key is not None and take:
-                yield TarSample(key, members, refused)
-            key, members, read, refused, take = parts[0], {}, {}, None, wanted(parts[0])
-        if places is not None and info.isreg() and parts[1] in keep and len(places) < MAX_LINK_TARGETS:
-            places[posixpath.normpath(info.name)] = (info.offset_data, info.size)
-        if not take or refused is not None or parts[1] not in keep:
-            continue
-        if parts[1] in members:
-            refused = SampleError("duplicate_member", f"member {info.name!r} appears twice in its sample; which copy is meant is unknown")
-            members = {}
-            continue
-        size = places.get(posixpath.normpath(info.linkname), (0, 0))[1] if info.islnk() and places is not None else info.size
-        if size > max_member_bytes:
-            refused = SampleError("member_too_large", f"member {info.name!r} is {size} bytes, over the cap of {max_member_bytes}")
-            members = {}
-            continue
-        data = tar.extractfile(info).read() if info.isreg() else _link_target(tar, info, members, read, places)
-        if data is None:
-            refused = SampleError("unresolved_hard_link", f"member {info.name!r} is a hard link to {info.linkname!r}, not read before it in this tar{' (a stream cannot go back)' if places is None else ''}")
-            members = {}
-            continue
-        members[parts[1]] = data
-        read[posixpath.normpath(info.name)] = parts[1]
-    if key is not None and take:
-        yield TarSample(key, members, refused)
+        refused = run.refused
+        if run.repeat:
+            refused = SampleError("duplicate_key", f"key {run.key!r} again, after other keys' members: the tar is not sorted")
+        yield TarSample(run.key, run.members, refused)
 
 
 def _link_target(

@@ -129,3 +129,15 @@ _META = {
     "instances": [], "seed": [0], "recipe": "r", "recipe_sha256": "0", "version": "0",
 }
 
+
+
+def test_our_shards_are_grouped_by_the_sources_rule_hidden_members_and_repeats_included(tmp_path):
+    """One grouping rule for every tar: a macOS ``._a.jpg`` never splits a sample of our own shards
+    either, and a key repeated after other keys' members is a broken shard, named."""
+    from tests.test_sources import write_tar
+
+    write_tar(tmp_path / "ok.tar", [("a.jpg", b"1"), ("._a.jpg", b"meta"), ("a.txt", b"2"), (".DS_Store", b"x"), ("b.txt", b"3")])
+    assert list(iter_tar_members(tmp_path / "ok.tar")) == [("a", {"jpg": b"1", "txt": b"2"}), ("b", {"txt": b"3"})]
+    write_tar(tmp_path / "repeat.tar", [("a.txt", b"1"), ("b.txt", b"2"), ("a.jpg", b"3")])
+    with pytest.raises(ShardError, match=r"repeat.tar: sample a: key 'a' again"):
+        list(iter_tar_members(tmp_path / "repeat.tar"))

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
 from implicit_concept.sample import SPLITS
-from implicit_concept.shard_reader import MAX_JSON_BYTES
+from implicit_concept.shard_reader import MAX_JSON_BYTES, is_hidden
 from implicit_concept.validate import check_int
 
 from .base import RawItem, Source, split_of
@@ -402,12 +402,6 @@ def hidden_detail(name: str, what: str = "file") -> str:
     """The recorded text of a hidden ``what`` (file, member) ``name``."""
     return (f"{name}: a hidden {what} (its name starts with a dot: macOS '._' AppleDouble metadata, .DS_Store and "
             f"the like) is part of no item, as webdataset groups a tar's members; not read")
-
-
-def is_hidden(rel: str) -> bool:
-    """Whether the file name (after the last ``/``) starts with a dot: webdataset gives such a tar
-    member no key (``._a.jpg`` is macOS tar's metadata of ``a.jpg``), and a folder source reads it so too."""
-    return rel.rpartition("/")[2].startswith(".")
 
 
 def split_name(rel: str) -> tuple[str, str]:

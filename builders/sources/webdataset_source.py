@@ -2,9 +2,9 @@
 
 The tars may be local paths, ``pipe:`` commands or http(s) URLs (brace patterns in any of them), as
 labs hold LAION: a stream is opened by webdataset's ``gopen`` and read with the same bounds and the
-same grouping as a local file (:func:`_runs`, with :mod:`implicit_concept.shard_reader`'s bounded
-header reading). One input tar is one output shard, so shard ``i`` of either split reads only tar
-``i``. Members are grouped as webdataset does (its ``base_plus_ext``): the key is the member's
+same grouping as a local file and as the project's own shards
+(:func:`implicit_concept.shard_reader.group_runs`, with its bounded header reading). One input tar
+is one output shard, so shard ``i`` of either split reads only tar ``i``. Members are grouped as webdataset does (its ``base_plus_ext``): the key is the member's
 directory and its name up to the first dot, and consecutive members with the same key form one
 sample. A member whose name starts with a dot (macOS tar's ``._a.jpg`` AppleDouble metadata,
 ``.DS_Store``) or has no extension has no key: it is part of no sample, never splits one, and is a
@@ -22,8 +22,8 @@ Memory stays bounded whatever a tar declares: a member over ``max_member_bytes``
 sample is a ``member_too_large``), a sparse member or an oversized header record stops the tar
 (``sparse_member``, ``tar_header_too_large``, after the samples before it), and a sample's JSON is
 refused above 1 MiB or 32 levels of nesting (:mod:`.source_json`); a tar's keys are remembered (to
-find a repeated one) up to :data:`MAX_REMEMBERED_KEYS`, and a sample's member names up to
-:data:`MAX_LISTED_NAMES`.
+find a repeated one) up to :data:`~implicit_concept.shard_reader.MAX_REMEMBERED_KEYS`, and a sample's member names up to
+:data:`~implicit_concept.shard_reader.MAX_LISTED_NAMES`.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import re
 import shlex
 import tarfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from braceexpand import braceexpand
@@ -42,21 +42,21 @@ from braceexpand import braceexpand
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError
 from implicit_concept.sample import SPLITS
 from implicit_concept.shard_reader import (
-    MAX_LINK_TARGETS,
     MAX_MEMBER_BYTES,
     STREAM_PREFIXES,
+    LooseMember,
     TarRefused,
-    _link_target,
+    TarRun,
     data_after_end,
     ended_cleanly,
+    group_runs,
     is_stream,
-    iter_headers,
     open_tar,
     split_member_name,
 )
 
 from .base import RawItem, Source, split_of
-from .folder import DEFAULT_EXTENSIONS, HIDDEN, check_fraction, check_limits, hidden_detail, is_hidden, read_caption
+from .folder import DEFAULT_EXTENSIONS, HIDDEN, check_fraction, check_limits, hidden_detail, read_caption
 from .source_json import encodable, read_source_json
 
 
@@ -159,18 +159,18 @@ class WebDatasetSource(Source):
 
         try:
             for event in _events(path, wanted, keep, self.config.max_member_bytes):
-                if isinstance(event, _Run):
+                if isinstance(event, TarRun):
                     yield from self._items(name, event)
                 else:
                     source_id = f"{name}/{event.name}"
                     if not encodable(source_id):
                         yield RawItem(source_id, None, None, {"tar": name}, error="undecodable_name")
                     else:
-                        yield RawItem(source_id, None, None, {"tar": name, "member": event.name}, error=event.reason, detail=event.detail)
+                        yield RawItem(source_id, None, None, {"tar": name, "member": event.name}, *_loose_record(event))
         except _TarStopped as exc:
             yield RawItem(name, None, None, {"tar": name}, error=exc.reason, detail=str(exc))
 
-    def _items(self, name: str, run: "_Run") -> Iterator[RawItem]:
+    def _items(self, name: str, run: TarRun) -> Iterator[RawItem]:
         """The item of one run of a key's members, then a ``duplicate_image`` record for each image
         member beside the one used (the first by ``image_keys``, as in a folder)."""
         key, members = run.key, run.members
@@ -199,7 +199,7 @@ class WebDatasetSource(Source):
             yield RawItem(duplicate, None, None, {"tar": name, "key": key, "member": member}, error="duplicate_image",
                           detail=f"{member}: {run.names_by_ext[images[0]]} of the same key is used")
 
-    def _item(self, source_id: str, run: "_Run", meta: dict[str, Any], images: list[str]) -> RawItem:
+    def _item(self, source_id: str, run: TarRun, meta: dict[str, Any], images: list[str]) -> RawItem:
         key, members = run.key, run.members
         if "json" in members:
             found, skipped = read_source_json(members["json"])
@@ -220,7 +220,7 @@ class WebDatasetSource(Source):
             return RawItem(source_id, None, None, meta, error=error, detail=f"{run.names_by_ext[caption_key]}: {why}")
         return RawItem(source_id, members[images[0]], caption, meta)
 
-    def _hints(self, run: "_Run") -> str:
+    def _hints(self, run: TarRun) -> str:
         """Why members a person takes for an image or caption are not: a dot in the file stem (the
         key ends at the first dot), an extension that is not read."""
         known = {*self.config.image_keys, self.config.caption_key, "json"}
@@ -248,128 +248,28 @@ class WebDatasetSource(Source):
         return "".join(f"; {h}" for h in hints)
 
 
+def _loose_record(member: LooseMember) -> tuple[str, str]:
+    """The reason and text recorded for a member that is part of no sample."""
+    if member.kind == "hidden":
+        return HIDDEN, hidden_detail(member.name, "member")
+    if member.kind == "no_extension":
+        return "no_image", f"{member.name}: no extension, so no key (webdataset's rule): part of no sample; not read"
+    return "not_a_regular_file", f"{member.name}: a tar {member.kind} member, not a file; not read"
+
+
 def tar_paths(config: WebDatasetConfig) -> list[str]:
     """The tars ``urls`` names, in shard order (whether or not they exist here)."""
     return [path for pattern in config.urls for path in braceexpand(pattern)]
 
 
-#: The keys of a tar remembered to find one repeated after other keys' members (``duplicate_key``);
-#: an img2dataset shard holds 10 000. Past this many, a repeat of a key not remembered goes unseen.
-MAX_REMEMBERED_KEYS = 1 << 17
-#: The member names of one run kept for its messages.
-MAX_LISTED_NAMES = 16
-
-
-@dataclass
-class _Run:
-    """A key's consecutive members (one sample as webdataset groups them): every member's name (up
-    to :data:`MAX_LISTED_NAMES`), the kept ones read (by extension), or why they were not
-    (``refused``); ``repeat`` when the key had a run earlier in the tar (its members are not read)."""
-
-    key: str
-    repeat: bool = False
-    names: list[str] = field(default_factory=list)
-    unlisted: int = 0
-    members: dict[str, bytes] = field(default_factory=dict)
-    names_by_ext: dict[str, str] = field(default_factory=dict)
-    refused: SampleError | None = None
-
-    def listing(self) -> str:
-        more = f" and {self.unlisted} more" if self.unlisted else ""
-        return ", ".join(self.names) + more
-
-
-@dataclass(frozen=True)
-class _Loose:
-    """A member that is part of no sample: hidden, without an extension, or not a file."""
-
-    name: str
-    reason: str
-    detail: str
-
-
-def _runs(
-    tar: tarfile.TarFile, wanted: Callable[[str], bool], keep: set[str], max_member_bytes: int
-) -> Iterator["_Run | _Loose"]:
-    """The tar's members as webdataset groups them (``base_plus_ext``): the key is the member's
-    directory and its name up to the first dot, and consecutive regular members (and hard links)
-    of one key are one sample. A member whose name starts with a dot (macOS tar's ``._a.jpg``,
-    ``.DS_Store``) has no key, and one without an extension neither: each is part of no sample and
-    never splits one; it is yielded as a :class:`_Loose` record, as is a symlink, device or FIFO.
-    Folders are left out. Only ``wanted`` runs (by key) and loose members (by name) are yielded;
-    of a run, only the extensions in ``keep`` are read, within ``max_member_bytes``."""
-    run: _Run | None = None
-    take = False
-    seen: set[str] = set()
-    read: dict[str, str] = {}
-    places: dict[str, tuple[int, int]] | None = None if getattr(tar, "streaming", False) else {}
-    for info in iter_headers(tar):
-        name = info.name
-        if info.isdir():
-            continue
-        if not (info.isreg() or info.islnk()):
-            if wanted(name):
-                yield _Loose(name, "not_a_regular_file", f"{name}: a tar {_KINDS.get(info.type, 'special')} member, not a file; not read")
-            continue
-        if is_hidden(name):
-            if wanted(name):
-                yield _Loose(name, HIDDEN, hidden_detail(name, "member"))
-            continue
-        parts = split_member_name(name)
-        if parts is None:
-            if wanted(name):
-                yield _Loose(name, "no_image", f"{name}: no extension, so no key (webdataset's rule): part of no sample; not read")
-            continue
-        key, ext = parts
-        if run is None or key != run.key:
-            if run is not None and take:
-                yield run
-            take = wanted(key)
-            run, read = _Run(key, repeat=take and key in seen), {}
-            if take and len(seen) < MAX_REMEMBERED_KEYS:
-                seen.add(key)
-        if places is not None and info.isreg() and ext in keep and len(places) < MAX_LINK_TARGETS:
-            places[posixpath.normpath(name)] = (info.offset_data, info.size)
-        if not take:
-            continue
-        if len(run.names) < MAX_LISTED_NAMES:
-            run.names.append(name)
-        else:
-            run.unlisted += 1
-        if run.repeat or run.refused is not None or ext not in keep:
-            continue
-        if ext in run.members:
-            run.refused = SampleError("duplicate_member", f"member {name!r} appears twice in its sample; which copy is meant is unknown")
-            run.members = {}
-            continue
-        size = places.get(posixpath.normpath(info.linkname), (0, 0))[1] if info.islnk() and places is not None else info.size
-        if size > max_member_bytes:
-            run.refused = SampleError("member_too_large", f"member {name!r} is {size} bytes, over the cap of {max_member_bytes}")
-            run.members = {}
-            continue
-        data = tar.extractfile(info).read() if info.isreg() else _link_target(tar, info, run.members, read, places)
-        if data is None:
-            run.refused = SampleError("unresolved_hard_link", f"member {name!r} is a hard link to {info.linkname!r}, not read before it in this tar{' (a stream cannot go back)' if places is None else ''}")
-            run.members = {}
-            continue
-        run.members[ext] = data
-        run.names_by_ext[ext] = name
-        read[posixpath.normpath(name)] = ext
-    if run is not None and take:
-        yield run
-
-
-_KINDS = {tarfile.SYMTYPE: "symlink", tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "FIFO"}
-
-
-def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member_bytes: int) -> Iterator["_Run | _Loose"]:
+def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member_bytes: int) -> Iterator[TarRun | LooseMember]:
     """Yield each wanted run whose tar records are all there, and each loose member.
 
     A run is known complete once the next one begins, or the tar ends with its end-of-archive
     block. On a read error, a refused header or a missing end block, the run being read is
     dropped (it may lack members) and ``_TarStopped`` is raised after the complete ones were yielded.
     """
-    complete: _Run | _Loose | None = None
+    complete: TarRun | LooseMember | None = None
     last: str | None = None
     try:
         tf = open_tar(path)
@@ -378,10 +278,10 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
         raise _TarStopped(reason, f"{path}: {type(exc).__name__}: {exc}") from exc
     try:
         with tf:
-            for event in _runs(tf, wanted, keep, max_member_bytes):
+            for event in group_runs(tf, wanted, keep, max_member_bytes):
                 if complete is not None:
                     yield complete
-                complete, last = event, event.key if isinstance(event, _Run) else event.name
+                complete, last = event, event.key if isinstance(event, TarRun) else event.name
             ended = ended_cleanly(tf)
             after = data_after_end(tf) if ended else None
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
