@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.report import cell, pct
-from benchmark.results_file import is_number, is_ratio, read_results
+from benchmark.results_file import check_results, is_ratio, read_results
 from benchmark.results_page import STYLE, markdown_html
 from implicit_concept.files import atomic_write_text, read_json_object
 
@@ -140,49 +140,46 @@ def read_scored(folder: Path) -> dict[str, Any]:
 def summary_as_results(folder: Path) -> dict[str, Any]:
     """A ``summary.json`` in ``results.json``'s shape: one method (named after the pipeline or image
     folder scored), a row per concept of the track, and the track, evaluator and prompts it was judged
-    with, so :func:`differences` compares it as it compares runs. A field of another shape is refused
-    in one line naming the file and the field."""
+    with, so :func:`differences` compares it as it compares runs. Checked as a results.json is
+    (:func:`~benchmark.results_file.check_results`): a field of another shape is refused in one line
+    naming the file and the field."""
     path = Path(folder) / SUMMARY_FILE
     summary = read_json_object(path)
     problem = _summary_problem(summary)
     if problem:
         raise ValueError(f"{path}: {problem}")
-    inputs = summary.get("inputs") if isinstance(summary.get("inputs"), dict) else {}
+    inputs = summary.get("inputs", {})
     scored = inputs.get("pipeline") or inputs.get("images")
     method = Path(scored).name if isinstance(scored, str) and scored else Path(folder).name
     concepts = summary.get("track_concepts")
     rows = [{**row, "method": method, "subset": "-", "status": "ok"} for row in summary["rows"]
             if not isinstance(concepts, list) or row["concept"] in concepts]
-    detector = dict(summary.get("detector") or {})
+    detector = dict(summary.get("detector", {}))
     if detector.get("conf") is not None and isinstance(concepts, list):
         detector["thresholds"] = {c: detector["conf"] for c in concepts}  # as results.json records one conf
-    prompts = summary.get("prompts") if isinstance(summary.get("prompts"), dict) else {}
-    return {
-        "name": Path(folder).name, "track": summary["track"], "rows": rows, "overrides": summary.get("overrides") or {},
+    prompts = summary.get("prompts", {})
+    results = {
+        "name": Path(folder).name, "track": summary.get("track"), "rows": rows, "overrides": summary.get("overrides") or {},
         "config": {"track_sha256": summary.get("track_sha256"), "track": {"num_prompts": prompts.get("count")}},
         "seeds": {"evaluation_prompts": prompts.get("file")},
         "detector": {k: v for k, v in detector.items() if k in ("path", "sha256", "conf", "thresholds", "clean_reference_sha256")},
         "fp_rate": {row["concept"]: row["fp_rate"] for row in rows if is_ratio(row.get("fp_rate"))},
     }
+    check_results(results, path)
+    return results
 
 
 def _summary_problem(summary: dict[str, Any]) -> str | None:
-    """The first field of a summary.json the leaderboard reads that has another shape, or None."""
-    if not isinstance(summary.get("track"), str):
-        return "track: not a string"
+    """What of a summary.json's shape its conversion needs (objects where it reads fields), or None;
+    every field is then checked as a results.json's is."""
     if not isinstance(summary.get("rows"), list):
         return "rows: not a list"
-    for key in ("detector", "prompts", "inputs", "overrides"):
-        if key in summary and not isinstance(summary[key], dict):
-            return f"{key}: not an object"
-    thresholds = (summary.get("detector") or {}).get("thresholds", {})
-    if not isinstance(thresholds, dict) or not all(is_number(v) for v in thresholds.values()):
-        return "detector.thresholds: not an object of numbers"
     for i, row in enumerate(summary["rows"]):
         if not isinstance(row, dict) or not isinstance(row.get("concept"), str):
             return f"rows[{i}]: not an object with a concept (a string)"
-        if not is_ratio(row.get("icr")):
-            return f"rows[{i}].icr: not a ratio {{'value': 0..1, 'ci': [low, high]}}"
+    for key in ("detector", "prompts", "inputs", "overrides"):
+        if key in summary and not isinstance(summary[key], dict):
+            return f"{key}: not an object"
     return None
 
 

@@ -24,11 +24,17 @@ def read_results(run_dir: Path) -> dict[str, Any]:
         results = read_json_object(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no results.json (is {run_dir} a benchmark run folder?)") from None
+    check_results(results, path)
+    return results
+
+
+def check_results(results: dict[str, Any], path: Path) -> None:
+    """Refuse, in one line naming ``path`` and the field, a results.json-shaped dict with a field of
+    another shape (what the report and the leaderboard read)."""
     try:
         _check(results)
     except _Bad as e:
         raise ValueError(f"{path}: {e}") from None
-    return results
 
 
 def is_number(v: Any) -> bool:

@@ -337,6 +337,17 @@ def test_a_summary_json_of_another_shape_or_a_folder_with_neither_file_is_refuse
     (broken / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(ValueError, match=r"broken/summary.json: rows\[0\].icr: not a ratio"):
         leaderboard([broken])
+    for field, value, said in (
+        ("track", 5, r"track: a int, not a string"),
+        ("detector", {"thresholds": {"qrcode": "x"}}, r"detector.thresholds.qrcode: a str \('x'\), not a number"),
+        ("rows", [{"concept": 3}], r"rows\[0\]: not an object with a concept"),
+    ):  # every field is checked as a results.json's is
+        folder = fake_summary(tmp_path / field)
+        summary = json.loads((folder / "summary.json").read_text())
+        summary[field] = value
+        (folder / "summary.json").write_text(json.dumps(summary))
+        with pytest.raises(ValueError, match=rf"{field}/summary.json: {said}"):
+            leaderboard([folder])
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"empty: holds neither results.json \(a benchmark run folder\) nor summary.json"):
         leaderboard([tmp_path / "empty"])
