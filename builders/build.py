@@ -15,7 +15,6 @@ finished (two benchmarks share one data folder, so waiting is what lets the seco
 """
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from builders.dataset_card import write_dataset_card
 from builders.distributor import run_units
 from builders.recipe import Recipe
 from builders.shard_builder import ShardBuilder, is_complete, parquet_path, plan_record, read_stats, shard_dir, shard_problem, stats_path
-from builders.shard_table import SCHEMA, table_metadata
+from builders.shard_table import SCHEMA, parquet_bytes, table_metadata
 from builders.source_screen import detector_fingerprint
 from implicit_concept.files import (
     TEMPORARY_MARK, FolderClaimError, abandoned, atomic_write_bytes, atomic_write_json, claim, locked, read_json_object,
@@ -282,9 +281,7 @@ def _write_manifest(out: Path, units: list, metadata: dict[bytes, bytes] | None 
     :func:`~builders.shard_table.table_metadata`); and what they say per source item."""
     tables = [pq.read_table(parquet_path(out, u), schema=SCHEMA) for u in units]
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
-    buffer = io.BytesIO()
-    pq.write_table(table.replace_schema_metadata(metadata), buffer)
-    atomic_write_bytes(out / MANIFEST, buffer.getvalue())
+    atomic_write_bytes(out / MANIFEST, parquet_bytes(table, metadata))
     return summarize(table)
 
 

@@ -145,10 +145,16 @@ def table_metadata(recipe: Any, env: dict[str, Any] | None = None) -> dict[bytes
     return {k: v.encode("utf-8") for k, v in zip(METADATA_KEYS, values)}
 
 
-def table_bytes(rows: list[dict[str, Any]], metadata: dict[bytes, bytes] | None = None) -> bytes:
+def parquet_bytes(table: pa.Table, metadata: dict[bytes, bytes] | None = None) -> bytes:
+    """``table`` as a parquet file's bytes, its schema metadata replaced by ``metadata``: the one
+    writer of shard tables and the manifest."""
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata(metadata), buffer)
+    pq.write_table(table.replace_schema_metadata(metadata), buffer)
     return buffer.getvalue()
+
+
+def table_bytes(rows: list[dict[str, Any]], metadata: dict[bytes, bytes] | None = None) -> bytes:
+    return parquet_bytes(pa.Table.from_pylist(rows, schema=SCHEMA), metadata)
 
 
 def write_table(path: Path, rows: list[dict[str, Any]], metadata: dict[bytes, bytes] | None = None) -> str:

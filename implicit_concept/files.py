@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import io
 import json
 import logging
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-if TYPE_CHECKING:
-    import pandas as pd
 
 #: What :func:`temporary_name` adds; ``*TEMPORARY_MARK*`` finds leftovers of a killed writer.
 TEMPORARY_MARK = ".tmp-"
@@ -133,12 +130,6 @@ def read_json_object(path: Path) -> dict[str, Any]:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json_text(obj))
-
-
-def atomic_write_parquet(path: Path, frame: "pd.DataFrame") -> None:
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def check_apart(out: Path, option: str, inputs: dict[str, Any]) -> None:

@@ -583,6 +583,6 @@ def _component_class(index: dict[str, Any], name: str, allowed: tuple[type, ...]
     for cls in allowed:
         if cls.__name__ == class_name:
             return cls
-    fix = (f"; re-save it with one of them (pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)), or plug it "
+    fix = ("; re-save it with one of them (pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)), or plug it "
            "in as a method (--method module:Class), whose pipeline may sample with any scheduler") if name == "scheduler" else ""
     raise ValueError(f"{path}/model_index.json: {name} is {class_name!r}; supported: {', '.join(c.__name__ for c in allowed)}{fix}")

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator
 
 from braceexpand import braceexpand
 
-from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError
+from implicit_concept.image_decode import DEFAULT_MAX_PIXELS
 from implicit_concept.sample import SPLITS
 from implicit_concept.shard_reader import (
     MAX_MEMBER_BYTES,
