@@ -14,8 +14,9 @@ from benchmark.cli import main
 from implicit_concept.checkers import OpenCVQRChecker, available_checkers
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.export import DEFAULT_VALIDATION_SHARE, export_detection_dataset, in_validation
-from implicit_concept.detector.inference import Detection, Detector, DetectorError, box_iou, degrade_box
+from implicit_concept.detector.inference import Detection, Detector, DetectorError
 from implicit_concept.detector.training import DetectorScale, ScaleError, load_scale
+from implicit_concept.geom_erasing.degraded_boxes import box_iou, degrade_box
 from implicit_concept import image_stream
 from implicit_concept.image_stream import ImageReadError, iter_images, load_image
 from implicit_concept.sample import Box, Instance, SampleMeta

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from benchmark.models.clip_tokenizer import build_clip_tokenizer
-from implicit_concept.detector.inference import Detection, box_iou
+from implicit_concept.detector.inference import Detection
+from implicit_concept.geom_erasing.degraded_boxes import box_iou
 from implicit_concept.geom_erasing.location_tokens import location_tokens
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig, sample_rng, training_target
 from implicit_concept.sample import Box

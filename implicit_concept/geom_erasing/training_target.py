@@ -27,7 +27,7 @@ from PIL import Image
 
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.concepts import concept as concept_by_name
-from implicit_concept.detector.inference import degrade_box
+from implicit_concept.geom_erasing.degraded_boxes import degrade_box
 from implicit_concept.geom_erasing.location_tokens import (
     DEFAULT_GRID,
     GeometricCaption,
