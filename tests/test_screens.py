@@ -251,7 +251,7 @@ def test_strip_takes_out_only_the_words_in_scripts_without_spaces(caption, strip
 @pytest.mark.parametrize("caption", ["a Water\u200dmark", "qr\u200ccode", "wa\u00adter\u2060mark", "\u200fTEXT\u200e"])
 def test_a_caption_keeps_its_joiners_and_the_screen_still_sees_the_word(caption):
     """Caption clean-up keeps ZWJ / ZWNJ (part of spellings); the screen matches without them."""
-    from builders.sources.folder import decode_caption
+    from builders.sources.caption_text import read_caption
 
-    kept, _ = decode_caption(caption.encode())
+    kept, _, _ = read_caption(caption.encode())
     assert CaptionScreen("flag").check(kept).names != () and ("\u200d" in kept) == ("\u200d" in caption)

@@ -12,7 +12,15 @@ from typing import Any, Iterator
 
 from PIL import Image
 
-from implicit_concept.image_decode import DEFAULT_MAX_PIXELS
+from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
+from implicit_concept.validate import check_int
+
+#: The photo and web formats Pillow reads (a GIF or APNG gives its first frame, a TIFF its first page),
+#: by preference when one key has several; a tar source takes the same ones in the same order.
+DEFAULT_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "jpe", "jfif", "png", "apng", "webp", "avif", "bmp", "gif", "tif", "tiff")
+
+#: The reason of a file (or tar member) whose name starts with a dot: never part of an item.
+HIDDEN = "hidden_file"
 
 
 @dataclass
@@ -52,3 +60,21 @@ def split_of(source_id: str, test_fraction: float) -> str:
     """Assign an external item to a split by a hash of its id, stable as the source grows."""
     h = int.from_bytes(hashlib.sha256(source_id.encode("utf-8", "surrogateescape")).digest()[:8], "big")
     return "test" if h / 2**64 < test_fraction else "train"
+
+
+def hidden_detail(name: str, what: str = "file") -> str:
+    """The recorded text of a hidden ``what`` (file, member) ``name``."""
+    return (f"{name}: a hidden {what} (its name starts with a dot: macOS '._' AppleDouble metadata, .DS_Store and "
+            f"the like) is part of no item, as webdataset groups a tar's members; not read")
+
+
+def check_fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return float(value)
+
+
+def check_limits(max_bytes: Any, bytes_field: str, max_pixels: Any) -> None:
+    """The caps every source of external files carries: bytes read per file, pixels decoded per image."""
+    check_int(bytes_field, max_bytes, 1 << 10, 1 << 32)
+    check_int("max_pixels", max_pixels, 1, PILLOW_MAX_PIXELS)

@@ -13,37 +13,29 @@ readable file would copy it into the dataset. Such an entry is a counted skip
 """
 from __future__ import annotations
 
-import codecs
 import errno
 import hashlib
 import math
 import os
-import re
 import stat
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
+from implicit_concept.image_decode import DEFAULT_MAX_PIXELS
 from implicit_concept.sample import SPLITS
 from implicit_concept.shard_reader import MAX_JSON_BYTES, is_hidden
-from implicit_concept.validate import check_int
 
-from .base import RawItem, Source, split_of
+from .base import DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, check_fraction, check_limits, hidden_detail, split_of
+from .caption_text import MAX_CAPTION_BYTES, read_caption
 from .source_json import read_source_json
 
-#: The photo and web formats Pillow reads (a GIF or APNG gives its first frame, a TIFF its first page),
-#: by preference when one key has several; a tar source takes the same ones in the same order.
-DEFAULT_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "jpe", "jfif", "png", "apng", "webp", "avif", "bmp", "gif", "tif", "tiff")
 #: One image file read into memory at most, unless the source config sets another.
 DEFAULT_MAX_BYTES = 64 << 20
 #: A caption's file ending, matched case-insensitively (``IMG.JPG`` + ``IMG.TXT``).
 CAPTION_EXTENSION = "txt"
 #: A sample's metadata sidecar (img2dataset's ``files`` output writes one beside each image).
 JSON_EXTENSION = "json"
-#: A caption is copied into KEY.txt, KEY.json and the manifest: longer ones are refused.
-MAX_CAPTION_BYTES = 64 << 10
 
 
 class NotRegularFile(OSError):
@@ -52,124 +44,6 @@ class NotRegularFile(OSError):
 
 class FileTooLarge(OSError):
     """A regular file holds more bytes than its cap."""
-
-
-def check_fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return float(value)
-
-
-def check_limits(max_bytes: Any, bytes_field: str, max_pixels: Any) -> None:
-    """The caps every source of external files carries: bytes read per file, pixels decoded per image."""
-    check_int(bytes_field, max_bytes, 1 << 10, 1 << 32)
-    check_int("max_pixels", max_pixels, 1, PILLOW_MAX_PIXELS)
-
-
-def decode_caption(data: bytes) -> tuple[str | None, str | None]:
-    """Return ``(caption, None)`` or ``(None, reason)``; shared by every source of external captions
-    (:func:`read_caption` also says why a caption was refused)."""
-    caption, reason, _ = read_caption(data)
-    return caption, reason
-
-
-#: Byte order marks and the encoding each one names, longest first (UTF-32LE's starts like UTF-16LE's).
-_BOMS = (
-    (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
-    (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
-)
-
-
-def read_caption(data: bytes) -> tuple[str | None, str | None, str]:
-    """``(caption, None, "")`` or ``(None, reason, why)``.
-
-    A caption is UTF-8, or the encoding its byte order mark names (UTF-8, UTF-16 or UTF-32, either
-    byte order: Windows tools write UTF-16LE with a BOM); the BOM is not part of it. Anything else
-    is ``caption_not_utf8``, and ``why`` says what was found (the first bad byte, a BOM whose text
-    does not decode, UTF-16 without a BOM).
-
-    A caption is stored in KEY.txt, KEY.json and the manifest, so it holds no control characters
-    (C0, C1, line breaks and tabs, Unicode line and paragraph separators: each becomes a space) and
-    none of the invisible format characters that hide or reorder text (:data:`REMOVED_FORMAT`:
-    bidi controls, zero-width space, soft hyphen, BOM, word joiner...; each is removed, so a word
-    stays whole). Format characters that are part of a spelling stay: ZWNJ and ZWJ (Persian, Indic
-    scripts, emoji sequences), the Arabic number signs, emoji tag sequences (a flag of a region). A
-    caption left without a visible character is ``empty_caption``.
-    """
-    if len(data) > MAX_CAPTION_BYTES:
-        return None, "caption_too_large", f"{len(data)} bytes, over the cap of {MAX_CAPTION_BYTES}"
-    encoding, bom = next(((name, len(mark)) for mark, name in _BOMS if data.startswith(mark)), ("utf-8", 0))
-    try:
-        text = data[bom:].decode(encoding)
-    except UnicodeDecodeError as e:
-        return None, "caption_not_utf8", _not_decoded(data, encoding, bom, e)
-    text = _printable(text).strip()
-    if not any(unicodedata.category(c) not in _INVISIBLE for c in text):
-        return None, "empty_caption", "no visible character"
-    return text, None, ""
-
-
-#: What does not make a caption visible on its own: spaces, control and format characters, marks.
-_INVISIBLE = frozenset(("Zs", "Zl", "Zp", "Cc", "Cf", "Mn", "Me"))
-
-
-def _not_decoded(data: bytes, encoding: str, bom: int, error: UnicodeDecodeError) -> str:
-    """Why a caption's bytes are not text, in words a person can act on (``bom``: its length)."""
-    offset = bom + error.start
-    if encoding != "utf-8":
-        name = encoding.upper().replace("-LE", "LE").replace("-BE", "BE")
-        return f"starts with a {name} byte order mark but is not {name} text ({error.reason} at byte {offset})"
-    found = f"not UTF-8: byte 0x{data[offset]:02x} at offset {offset} ({error.reason})"
-    evens, odds = data[0::2], data[1::2]
-    if max(evens.count(0), odds.count(0)) * 4 > len(data):
-        return f"{found}; a NUL every other byte: UTF-16 without a byte order mark? Save captions as UTF-8"
-    return f"{found}; Latin-1 or Windows-1252 text? Save captions as UTF-8"
-
-
-#: Categories that become a space: control characters (C0, C1: tab, newline, escapes) and line
-#: and paragraph separators (U+2028, U+2029).
-_SPACED = ("Cc", "Zl", "Zp")
-
-#: The format (Cf) characters a caption loses: invisible ones that hide, split or reorder what a
-#: reader sees, and mean nothing in a caption. Every other format character is part of a spelling
-#: and stays: ZWNJ U+200C and ZWJ U+200D (Persian and Indic spellings, emoji sequences), the Arabic
-#: number and end-of-ayah signs, the Mongolian vowel separator, Egyptian and shorthand format
-#: controls, musical beams, and tag characters inside an emoji tag sequence (a region's flag).
-REMOVED_FORMAT: dict[str, str] = {
-    "\u00ad": "soft hyphen",
-    "\u061c": "Arabic letter mark (bidi)",
-    "\u200b": "zero-width space",
-    "\u200e": "left-to-right mark (bidi)",
-    "\u200f": "right-to-left mark (bidi)",
-    **{chr(c): "bidi embedding, override or pop (U+202A-U+202E)" for c in range(0x202A, 0x202F)},
-    "\u2060": "word joiner",
-    **{chr(c): "invisible math operator (U+2061-U+2064)" for c in range(0x2061, 0x2065)},
-    **{chr(c): "bidi isolate (U+2066-U+2069)" for c in range(0x2066, 0x206A)},
-    **{chr(c): "deprecated format character (U+206A-U+206F)" for c in range(0x206A, 0x2070)},
-    "\ufeff": "byte order mark / zero-width no-break space",
-    **{chr(c): "interlinear annotation (U+FFF9-U+FFFB)" for c in range(0xFFF9, 0xFFFC)},
-    "\U000e0001": "language tag (deprecated)",
-}
-#: Tag characters (U+E0020-U+E007F) hide ASCII text from a reader ("ASCII smuggling"); they stay
-#: only as an emoji tag sequence: U+1F3F4 WAVING BLACK FLAG, tags, then U+E007F CANCEL TAG.
-_TAGS = re.compile("[\U000e0020-\U000e007f]+")
-_FLAG_SEQUENCE = re.compile("\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f")
-
-
-def _printable(text: str) -> str:
-    if text.isascii() and text.isprintable():
-        return text
-    # Every character str.splitlines() breaks at is Cc, Zl or Zp: none is left in a caption.
-    text = "".join(" " if unicodedata.category(c) in _SPACED else c for c in text if c not in REMOVED_FORMAT)
-    return _without_stray_tags(text) if _TAGS.search(text) else text
-
-
-def _without_stray_tags(text: str) -> str:
-    kept, end = [], 0
-    for match in _FLAG_SEQUENCE.finditer(text):
-        kept += [_TAGS.sub("", text[end:match.start()]), match.group()]
-        end = match.end()
-    return "".join(kept) + _TAGS.sub("", text[end:])
 
 
 def read_regular_file(root: Path, rel: str, max_bytes: int) -> bytes:
@@ -392,16 +266,6 @@ def file_split(rel: str, test_fraction: float) -> str:
     """The split the file ``rel`` (``a/b.jpg``) lands in: by a hash of its key (``a/b``), so an
     image and its caption cannot part. Whatever writes a folder for a given split asks this."""
     return split_of(split_name(rel)[0], test_fraction)
-
-
-#: The reason of a file (or tar member) whose name starts with a dot: never part of an item.
-HIDDEN = "hidden_file"
-
-
-def hidden_detail(name: str, what: str = "file") -> str:
-    """The recorded text of a hidden ``what`` (file, member) ``name``."""
-    return (f"{name}: a hidden {what} (its name starts with a dot: macOS '._' AppleDouble metadata, .DS_Store and "
-            f"the like) is part of no item, as webdataset groups a tar's members; not read")
 
 
 def split_name(rel: str) -> tuple[str, str]:

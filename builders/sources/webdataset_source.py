@@ -55,8 +55,8 @@ from implicit_concept.shard_reader import (
     split_member_name,
 )
 
-from .base import RawItem, Source, split_of
-from .folder import DEFAULT_EXTENSIONS, HIDDEN, check_fraction, check_limits, hidden_detail, read_caption
+from .base import DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, check_fraction, check_limits, hidden_detail, split_of
+from .caption_text import read_caption
 from .source_json import encodable, read_source_json
 
 
