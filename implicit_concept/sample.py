@@ -8,6 +8,7 @@ schema from a few records (Hugging Face ``datasets``, pyarrow) never drops a fie
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -93,6 +94,16 @@ class Box:
 
     def inside(self, width: int, height: int) -> bool:
         return 0 <= self.x1 and 0 <= self.y1 and self.x2 <= width and self.y2 <= height
+
+
+def key_hash(key: str, errors: str = "surrogateescape") -> int:
+    """The number every split by key is decided on: sha256 of ``key`` as UTF-8, its first 8 bytes
+    as a big-endian integer in [0, 2**64). A key alone decides it, so the split is the same on every
+    machine and in any order, and a key never moves when others are added. Callers compare it with
+    their share as they always have (a source's test split: ``h / 2**64 < fraction``; the detector's
+    validation keys: ``h < share * 2**64``). ``errors``: how a name that is not UTF-8 text (a tar's
+    surrogate-escaped bytes) is encoded; ``"strict"`` raises on one."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8", errors)).digest()[:8], "big")
 
 
 def covering_box(coords: Sequence[float], width: int | None = None, height: int | None = None) -> Box | None:

@@ -5,7 +5,6 @@ A source is split into shards so that one output shard is a pure function of
 """
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -13,6 +12,7 @@ from typing import Any, Iterator
 from PIL import Image
 
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
+from implicit_concept.sample import key_hash
 from implicit_concept.validate import check_int
 
 #: The photo and web formats Pillow reads (a GIF or APNG gives its first frame, a TIFF its first page),
@@ -58,8 +58,7 @@ class Source(ABC):
 
 def split_of(source_id: str, test_fraction: float) -> str:
     """Assign an external item to a split by a hash of its id, stable as the source grows."""
-    h = int.from_bytes(hashlib.sha256(source_id.encode("utf-8", "surrogateescape")).digest()[:8], "big")
-    return "test" if h / 2**64 < test_fraction else "train"
+    return "test" if key_hash(source_id) / 2**64 < test_fraction else "train"
 
 
 def hidden_detail(name: str, what: str = "file") -> str:

@@ -1,6 +1,6 @@
 """Asset pools (fonts, brand words, logo seeds, QR payload families, words, phrases) split train/test.
 
-Every asset's side is a pure function of its own name (``split_of``), so train and test never
+Every asset's side is a pure function of its own name (``asset_split``), so train and test never
 share one and adding assets never moves an existing one. By default the fonts come only from
 matplotlib's wheel, which pins them: the default dataset then renders byte-identically on any
 machine. System fonts widen the pool but make the output depend on the machine.
@@ -99,13 +99,13 @@ _ALNUM = np.array(list("abcdefghijklmnopqrstuvwxyz0123456789"))
 _BASE32 = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"))
 
 
-def split_of(kind: str, name: str) -> str:
+def asset_split(kind: str, name: str) -> str:
     """The split an asset belongs to: a hash of its kind and name, so it never moves."""
     return "test" if hashlib.sha256(f"{kind}:{name}".encode()).digest()[0] % 2 else "train"
 
 
 def _side(kind: str, names: tuple[str, ...], split: str) -> tuple[str, ...]:
-    return tuple(n for n in names if split_of(kind, n) == split)
+    return tuple(n for n in names if asset_split(kind, n) == split)
 
 
 @lru_cache(maxsize=None)
@@ -186,7 +186,7 @@ class AssetPool:
 def _pool(split: str, system_fonts: bool) -> AssetPool:
     fonts = tuple(
         p for p in _font_files(system_fonts)
-        if (family := _font_family(p)) is not None and split_of("family", family) == split
+        if (family := _font_family(p)) is not None and asset_split("family", family) == split
     )
     if not fonts:
         raise ValueError(f"no usable font for split {split!r} (system_fonts={system_fonts})")
@@ -194,7 +194,7 @@ def _pool(split: str, system_fonts: bool) -> AssetPool:
         split=split,
         fonts=fonts,
         brand_words=_side("brand", BRAND_WORDS, split),
-        logo_seeds=tuple(s for s in range(N_LOGO_SEEDS) if split_of("logo", str(s)) == split),
+        logo_seeds=tuple(s for s in range(N_LOGO_SEEDS) if asset_split("logo", str(s)) == split),
         qr_payload_families=_side("qr", tuple(QR_FAMILIES), split),
         text_words=_side("word", TEXT_WORDS, split),
         text_phrases=_side("phrase", TEXT_PHRASES, split),

@@ -16,7 +16,6 @@ payloads, words) becomes YOLO's ``test``, only ever reported. YOLO class ids fol
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from tqdm.auto import tqdm
 
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.files import atomic_dir, check_apart, folder_sha256, json_text, sha256_file
-from implicit_concept.sample import SampleMeta
+from implicit_concept.sample import SampleMeta, key_hash
 from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards
 
 #: Bump when the exported layout changes, so old exports are rebuilt.
@@ -46,9 +45,9 @@ DEFAULT_VALIDATION_SHARE = 0.1
 
 def in_validation(key: str, share: float) -> bool:
     """Whether sample ``key`` is held out for validation: a hash of the key alone, so the split is the
-    same on every machine, in any shard order, and a sample never moves when others are added."""
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") < share * 2**64
+    same on every machine, in any shard order, and a sample never moves when others are added (a key
+    that is not UTF-8 text raises, as it always has)."""
+    return key_hash(key, errors="strict") < share * 2**64
 
 
 @dataclass(frozen=True)
