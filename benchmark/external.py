@@ -20,9 +20,9 @@ from typing import Any
 from PIL import Image
 
 from benchmark.evaluation.scorecard import score_generated
-from benchmark.generation import (GenerationSettings, diffusers_generate_fn, generate_images, image_name, image_prompts, model_record,
-                                  pipeline_source, sampler_settings)
+from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_name, image_prompts
 from benchmark.method_evaluation import quality_reference
+from benchmark.models.pipeline_identity import model_record, pipeline_source, sampler_settings
 from benchmark.models.pipelines import NEGATIVE_PROMPT_FILE, load_pipeline, same_sampler, track_sampler
 from benchmark.prompts import Prompt, prompts_sha256, read_prompts, resolve_prompts
 from benchmark.published_models import is_published

@@ -22,10 +22,10 @@ from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
 from benchmark.evaluation.scorecard import score_generated
 from benchmark.failures import MethodFailed
-from benchmark.generation import (GenerationSettings, diffusers_generate_fn, generate_images, image_prompts, model_record,
-                                  pipeline_source, remember_loaded)
+from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_prompts
 from benchmark.methods import REGISTRY, NotImplementedMethod, get_method
 from benchmark.methods.interface import Generator, MethodContext, checked_generator
+from benchmark.models.pipeline_identity import model_record, pipeline_source, remember_loaded
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
 from benchmark.sample_grid import method_grid
 from implicit_concept.detector.inference import Detector

@@ -20,11 +20,12 @@ from typing import Any
 
 from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
-from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, pipeline_source
+from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images
 from benchmark.method_evaluation import evaluate_method, evaluation_for, evaluation_prompts, method_context, seeded
 from benchmark.methods import get_method
 from benchmark.methods.interface import FineTune, MethodContext, declared_finetunes
 from benchmark.models.named_scenes import named_prompt
+from benchmark.models.pipeline_identity import pipeline_source
 from benchmark.parallel_finetunes import train_all
 from benchmark.parallel_methods import MethodSeed, evaluate_all
 from benchmark.published_models import is_published

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.benchmark_run import BenchmarkRun
-from benchmark.generation import diffusers_generate_fn, generate_images, pipeline_sha256
+from benchmark.generation import diffusers_generate_fn, generate_images
 from benchmark.methods.interface import FineTune
 from benchmark.models.base_model import pretrain_base
+from benchmark.models.pipeline_identity import pipeline_sha256, weights_sha256
 from benchmark.models.pipelines import load_pipeline as _load
 from benchmark.prompts import shard_prompts
 from benchmark.published_models import materialize_base, published_base, published_detector
@@ -30,7 +31,7 @@ from implicit_concept.detector.training import load_scale, train_detector
 from implicit_concept.detector.weights import FORMAT as DETECTOR_FORMAT
 from implicit_concept.detector.weights import RECORD_NAME
 from implicit_concept.detector.yolo_env import use_cache
-from implicit_concept.files import folder_sha256, locked, sha256_file
+from implicit_concept.files import locked, sha256_file
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 from implicit_concept.provenance import cache_key
 from implicit_concept.scoring import clean_images
@@ -147,12 +148,6 @@ def base_generations(run: BenchmarkRun, dataset: Path, base: Path, identity: dic
     for folder, chunk, desc in ((folders[0], prompts[:n_bg], "backgrounds"), (folders[1], prompts[n_bg:], "calibration")):
         generate_images(generate, chunk, folder, settings=settings, progress=run.progress, desc=f"base {desc}", source={"base_weights": identity["base_weights"]})
     return folders
-
-
-def weights_sha256(pipeline: Path) -> str:
-    """The UNet's and text encoder's weights files, by content (configs and library versions aside)."""
-    pipeline = Path(pipeline)
-    return folder_sha256(pipeline, only=sorted(str(p.relative_to(pipeline)) for part in ("unet", "text_encoder") for p in (pipeline / part).glob("*.safetensors")))
 
 
 def pretrain_base_model(run: BenchmarkRun) -> Path:

@@ -151,7 +151,7 @@ def test_images_are_made_anew_for_new_weights_at_the_same_path_not_for_a_moved_c
     import shutil
     from types import SimpleNamespace
 
-    from benchmark.generation import pipeline_source
+    from benchmark.models.pipeline_identity import pipeline_source
 
     def source(folder):
         part = lambda name: SimpleNamespace(config={"_name_or_path": str(folder / name)})  # noqa: E731
@@ -177,7 +177,7 @@ def test_images_are_made_anew_for_new_weights_at_the_same_path_not_for_a_moved_c
 def test_a_pipeline_names_where_its_weights_came_from():
     from types import SimpleNamespace
 
-    from benchmark.generation import pipeline_source
+    from benchmark.models.pipeline_identity import pipeline_source
 
     pipe = SimpleNamespace(unet=SimpleNamespace(config={"_name_or_path": "m/unet"}),
                            text_encoder=SimpleNamespace(config=SimpleNamespace(_name_or_path="m/te")), vae=None)
@@ -432,7 +432,7 @@ def test_images_are_made_anew_when_weights_in_memory_scheduler_or_vocabulary_cha
 
     import torch
 
-    from benchmark.generation import pipeline_source
+    from benchmark.models.pipeline_identity import pipeline_source
 
     torch.manual_seed(0)
     pipe = SimpleNamespace(unet=torch.nn.Linear(4, 4), text_encoder=torch.nn.Embedding(6, 4).to(torch.bfloat16), vae=None,
@@ -470,7 +470,7 @@ def test_a_plug_ins_wrapper_or_closure_is_keyed_by_the_weights_it_holds_and_one_
 
     import torch
 
-    from benchmark.generation import pipeline_source
+    from benchmark.models.pipeline_identity import pipeline_source
 
     torch.manual_seed(0)
     inner = SimpleNamespace(unet=torch.nn.Linear(4, 4), text_encoder=torch.nn.Embedding(6, 4), vae=None,
@@ -757,7 +757,7 @@ def test_a_wrapper_is_keyed_by_what_it_holds_at_any_depth_through_cycles_and_slo
 
     import torch
 
-    from benchmark.generation import pipeline_source
+    from benchmark.models.pipeline_identity import pipeline_source
 
     torch.manual_seed(0)
     pipe = SimpleNamespace(unet=torch.nn.Linear(4, 4))

@@ -14,7 +14,7 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler, UniP
 from PIL import Image
 
 from benchmark import external
-from benchmark.generation import model_record, pipeline_source, remember_loaded
+from benchmark.models.pipeline_identity import model_record, pipeline_source, remember_loaded
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
 from benchmark.track import load_track
 from tests.test_benchmark_io import _FakeReport
@@ -26,7 +26,7 @@ KEY_PROBE = """
 import json, sys
 from types import SimpleNamespace
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
-from benchmark.generation import pipeline_source
+from benchmark.models.pipeline_identity import pipeline_source
 euler = EulerDiscreteScheduler.from_config(DDIMScheduler(prediction_type="sample").config)  # diffusers' own idiom
 old = DDIMScheduler.from_pretrained(sys.argv[1])  # a config an older diffusers wrote: fields missing
 wrapper = SimpleNamespace(inner=SimpleNamespace(sampler=euler))  # a plug-in's own object holding one

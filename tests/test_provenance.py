@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmark.benchmark_run import BenchmarkRun
-from benchmark.generation import pipeline_sha256
+from benchmark.models.pipeline_identity import pipeline_sha256
 from benchmark.models.pipelines import strip_load_paths
 from benchmark.track import load_track
 from builders.build import _recipe_change, build_dataset

@@ -1,0 +1,265 @@
+"""What a diffusion pipeline is, by content: the identities that cache keys, image records and
+``results.json`` name it by.
+
+- a pipeline folder: :func:`pipeline_sha256` (the folder's parts, configs without the path they were
+  loaded from) and :func:`weights_sha256` (the UNet's and text encoder's weights files alone);
+- a pipeline in memory: :func:`pipeline_source`, what it draws with (each weighted part's tensors,
+  the scheduler's settings, the tokenizer's vocabulary; a plug-in's own object by what it holds),
+  the key generated images are made anew on;
+- where it came from: :func:`model_record` (:func:`pipeline_folders`, the scheduler, and the parts
+  edited in memory since :func:`remember_loaded` noted them as loaded).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import uuid
+import weakref
+from pathlib import Path
+from types import FunctionType, MethodType, ModuleType
+from typing import Any
+
+import torch
+
+from benchmark.models.pipelines import CONFIG_NAMES, portable_config
+from implicit_concept.files import folder_sha256, read_json_object, sha256_file
+
+
+def _folder(part: Any) -> str | None:
+    """The folder a part's weights were loaded from; None for a part built in memory."""
+    config = getattr(part, "config", None)
+    return config.get("_name_or_path") if isinstance(config, dict) else getattr(config, "_name_or_path", None)
+
+
+def _loaded_from(part: Any) -> str | None:
+    """The sha256 of the folder a part's weights were loaded from (see :func:`folder_sha256`), else its name."""
+    name = _folder(part)
+    return f"sha256:{folder_sha256(Path(name))}" if name and Path(name).is_dir() else name
+
+
+def pipeline_folders(pipeline: Any) -> dict[str, str | None]:
+    """Where a pipeline's weighted parts were loaded from, for people to open (``results.json``'s ``model``)."""
+    return {"class": type(pipeline).__name__, **{name: _folder(getattr(pipeline, name, None)) for name in ("unet", "text_encoder", "vae")}}
+
+
+#: Each weighted part's tensors as they were loaded (:func:`remember_loaded`), by module.
+_LOADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def remember_loaded(pipeline: Any) -> Any:
+    """Note each weighted part's tensors as loaded from its folder, so :func:`model_record` can tell a
+    part a method edited in memory afterwards (a post-hoc weight edit) from the folder it names.
+    Costs one pass over the weights (as :func:`pipeline_source` makes again before sampling)."""
+    for name in _PARTS:
+        part = getattr(pipeline, name, None)
+        if isinstance(part, torch.nn.Module):
+            _LOADED[part] = _weights_sha256(part)
+    return pipeline
+
+
+def model_record(pipeline: Any, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`pipeline_folders`, with the scheduler's class and ``edited_in_memory``: the parts that
+    differ from what their folders hold (weights a method changed after ``ctx.load_pipeline``, a
+    scheduler other than the one saved beside the UNet), whose folders alone do not draw its images.
+    ``source``: :func:`pipeline_source`'s record, whose weight hashes are reused."""
+    record = pipeline_folders(pipeline)
+    scheduler = getattr(pipeline, "scheduler", None)
+    if scheduler is None or getattr(scheduler, "config", None) is None:
+        return record
+    record["scheduler"] = type(scheduler).__name__
+    edited = [name for name in _PARTS if _edited(getattr(pipeline, name, None), (source or {}).get(name))]
+    if _scheduler_edited(scheduler, record.get("unet")):
+        edited.append("scheduler")
+    record["edited_in_memory"] = edited
+    return record
+
+
+def _edited(part: Any, now: str | None) -> bool:
+    """Whether a part loaded by :func:`remember_loaded` holds other tensors now."""
+    loaded = _LOADED.get(part) if isinstance(part, torch.nn.Module) else None
+    if loaded is None:
+        return False
+    return loaded != (now if now is not None else _weights_sha256(part))
+
+
+def _scheduler_edited(scheduler: Any, unet_folder: str | None) -> bool:
+    """Whether ``scheduler`` is not the one saved in the pipeline folder holding ``unet_folder``: another
+    class, or another value of a setting its class takes (a file's other fields are ignored by it)."""
+    saved_file = Path(unet_folder).parent / "scheduler" / "scheduler_config.json" if unet_folder else None
+    if saved_file is None or not saved_file.is_file():
+        return False
+    try:
+        saved = read_json_object(saved_file)
+    except (OSError, ValueError):
+        return True
+    if saved.get("_class_name", type(scheduler).__name__) != type(scheduler).__name__:
+        return True
+    taken = inspect.signature(type(scheduler).__init__).parameters
+    now = json.loads(json.dumps(sampler_settings(scheduler.config), default=repr))
+    return any(now.get(k) != v for k, v in saved.items() if k in taken)
+
+
+def pipeline_source(pipeline: Any) -> dict[str, Any]:
+    """What a pipeline draws with, by content, so images are made anew exactly when it changes: each
+    weighted part's tensors as they are in memory (a moved copy is the same model; new weights at the
+    same path, or weights a plug-in edited after loading, are not), the scheduler's config and the
+    tokenizer's vocabulary. A part that is not a torch module is named by the folder it came from.
+
+    A plug-in's own object (a wrapper around a pipeline, a function closing over one) is keyed by
+    every module, tensor, scheduler and tokenizer it holds; one that holds none of these cannot be
+    compared, and its images are drawn anew on every run rather than trusted."""
+    record: dict[str, Any] = {"class": type(pipeline).__name__}
+    for name in _PARTS:
+        part = getattr(pipeline, name, None)
+        record[name] = _weights_sha256(part) if isinstance(part, torch.nn.Module) else _loaded_from(part)
+    scheduler = getattr(pipeline, "scheduler", None)
+    if getattr(scheduler, "config", None) is not None:
+        record["scheduler"] = scheduler_sha256(scheduler)
+    vocabulary = getattr(getattr(pipeline, "tokenizer", None), "get_vocab", None)
+    if callable(vocabulary):
+        record["tokenizer"] = json_sha256(vocabulary())
+    if all(record[name] is None for name in _PARTS):
+        record["holds"] = _held(pipeline)
+        if not record["holds"]:
+            record["drawn_anew"] = uuid.uuid4().hex
+    return record
+
+
+_PARTS = ("unet", "text_encoder", "vae")
+
+
+def _held(root: Any) -> dict[str, str | None]:
+    """What ``root`` holds that decides its images, by attribute path: modules and tensors by their
+    values, schedulers by their config, tokenizers by their vocabulary; found through attributes
+    (``__dict__`` and ``__slots__``), containers, closures, bound methods and ``functools.partial``
+    at any depth. Each object is visited once (shared or cyclic references end there)."""
+    found: dict[str, str | None] = {}
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", root)]
+    while stack:
+        path, value = stack.pop()
+        if id(value) in seen or isinstance(value, (str, bytes, int, float, bool, type(None), Path, type, ModuleType)):
+            continue
+        seen.add(id(value))
+        if isinstance(value, torch.nn.Module):
+            found[path or "self"] = _weights_sha256(value)
+            continue
+        if isinstance(value, torch.Tensor):
+            found[path or "self"] = _tensor_sha256(value)
+            continue
+        if hasattr(value, "set_timesteps") and getattr(value, "config", None) is not None:
+            found[path or "self"] = scheduler_sha256(value)
+            continue
+        if callable(getattr(value, "get_vocab", None)):
+            found[path or "self"] = json_sha256(value.get_vocab())
+            continue
+        children = _children(value)
+        stack.extend((f"{path}.{name}" if path else str(name), child) for name, child in reversed(children))
+    return found
+
+
+def _children(value: Any) -> list[tuple[Any, Any]]:
+    if isinstance(value, dict):
+        return [(str(k), v) for k, v in value.items()]
+    if isinstance(value, (list, tuple)):
+        return list(enumerate(value))
+    if isinstance(value, (set, frozenset)):
+        return []
+    if isinstance(value, functools.partial):
+        return [("func", value.func), ("args", value.args), ("keywords", value.keywords)]
+    if isinstance(value, FunctionType):
+        cells = value.__closure__ or ()
+        return [(name, cell.cell_contents) for name, cell in zip(value.__code__.co_freevars, cells) if _has_contents(cell)]
+    if isinstance(value, MethodType):
+        return [("__self__", value.__self__), ("__func__", value.__func__)]
+    children = [(k, v) for k, v in (getattr(value, "__dict__", None) or {}).items() if not k.startswith("__")]
+    for cls in type(value).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot not in ("__dict__", "__weakref__") and hasattr(value, slot):
+                children.append((slot, getattr(value, slot)))
+    return children
+
+
+def _has_contents(cell: Any) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # a cell not yet filled
+        return False
+    return True
+
+
+def _weights_sha256(part: torch.nn.Module) -> str | None:
+    """The part's tensors; offloaded to the meta device (accelerate's sequential offload) they have
+    no values here, and the folder they came from stands in."""
+    state = part.state_dict()
+    if any(t.is_meta for t in state.values()):
+        return _loaded_from(part)
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        _update(digest, name, state[name])
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _tensor_sha256(tensor: torch.Tensor) -> str | None:
+    if tensor.is_meta:
+        return None
+    digest = hashlib.sha256()
+    _update(digest, "", tensor)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _update(digest: Any, name: str, tensor: torch.Tensor) -> None:
+    tensor = tensor.detach().to("cpu").contiguous()
+    digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+
+
+def scheduler_sha256(scheduler: Any) -> str:
+    """A scheduler by its class and its settings, the same in every process: diffusers' own
+    ``_``-prefixed bookkeeping is left out (``_use_default_values`` is a list made from a set, in
+    another order under every ``PYTHONHASHSEED``, whenever ``from_config`` or an older config file
+    left a field at its default; ``_class_name`` and ``_diffusers_version`` say what wrote a file),
+    so a rerun or a resume keeps the images the same sampler drew."""
+    return json_sha256({"class": type(scheduler).__name__, "config": sampler_settings(scheduler.config)})
+
+
+def sampler_settings(config: Any) -> dict[str, Any]:
+    """A scheduler config's settings, without diffusers' ``_``-prefixed bookkeeping."""
+    return {k: v for k, v in dict(config).items() if not str(k).startswith("_")}
+
+
+def json_sha256(value: Any) -> str:
+    """A JSON value's sha256 as image records name what they are drawn from (sorted keys, ``repr``
+    for what JSON cannot hold, a ``sha256:`` prefix); generation's per-image keys use it too."""
+    return f"sha256:{hashlib.sha256(json.dumps(value, sort_keys=True, default=repr).encode()).hexdigest()}"
+
+
+def pipeline_sha256(path: Path) -> str:
+    """The content of a diffusers pipeline folder: ``model_index.json`` and the parts it names, not
+    the single-file checkpoints a hub snapshot keeps beside them, as :func:`folder_sha256` hashes
+    them, except that a config is hashed without the folder it was loaded from (``PATH_KEYS``): the
+    same pipeline in a moved or second cache hashes the same (and its fine-tunes are found there)."""
+    path = Path(path)
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{path}: not a diffusers pipeline directory (no model_index.json)")
+    parts = [k for k, v in read_json_object(index).items() if not k.startswith("_") and isinstance(v, list) and v[0]]
+    return folder_sha256(path, only=[index.name, *parts], digest=_portable_sha256)
+
+
+def _portable_sha256(path: Path) -> str:
+    """A file's sha256, a config's without the path it was loaded from (so a config without one
+    hashes as its bytes do, and earlier cache keys hold)."""
+    portable = portable_config(path) if path.name.endswith(CONFIG_NAMES) else None
+    return hashlib.sha256(portable).hexdigest() if portable is not None else sha256_file(path)
+
+
+def weights_sha256(pipeline: Path) -> str:
+    """The UNet's and text encoder's weights files, by content (configs and library versions aside):
+    narrower than :func:`pipeline_sha256`, so it names a base by its weights alone (the detector's
+    generated images are keyed on it)."""
+    pipeline = Path(pipeline)
+    return folder_sha256(pipeline, only=sorted(str(p.relative_to(pipeline)) for part in ("unet", "text_encoder") for p in (pipeline / part).glob("*.safetensors")))
