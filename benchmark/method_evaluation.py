@@ -6,11 +6,6 @@ rebuilt here from the run and paths, so both places evaluate a method the same w
 """
 from __future__ import annotations
 
-import ast
-import hashlib
-import inspect
-import sys
-import sysconfig
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,11 +20,11 @@ from benchmark.failures import MethodFailed
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_prompts
 from benchmark.methods import REGISTRY, NotImplementedMethod, get_method
 from benchmark.methods.interface import Generator, MethodContext, checked_generator
+from benchmark.methods.plugins import code_sha256
 from benchmark.models.pipeline_identity import model_record, pipeline_source, remember_loaded
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
 from benchmark.sample_grid import method_grid
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import sha256_file
 from implicit_concept.scoring import ScoreConfig, ScoreReport
 from implicit_concept.torch_settings import kept_torch_settings, under_toolkit_settings
 
@@ -144,7 +139,7 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
     start = time.perf_counter()
     if hasattr(generator.pipeline, "set_progress_bar_config"):
         generator.pipeline.set_progress_bar_config(disable=True)
-    source = {**pipeline_source(generator.pipeline), "call_kwargs": generator.call_kwargs, "method_code": _code_sha256(method)}
+    source = {**pipeline_source(generator.pipeline), "call_kwargs": generator.call_kwargs, "method_code": code_sha256(method)}
     paths = generate_images(
         diffusers_generate_fn(generator.pipeline, evaluation.settings, **generator.call_kwargs),
         evaluation.prompts,
@@ -161,8 +156,8 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
 
 def plugin_record(spec: str, source: dict[str, Any]) -> dict[str, Any]:
     """A plug-in's row fields: how it was named (``--method``'s ``module:Class``, a file path or an
-    entry point) and the sha256 of its code (:func:`method_sources`), so a result says what made it;
-    nothing for a built-in method, which the toolkit's version names."""
+    entry point) and the sha256 of its code (:func:`~benchmark.methods.plugins.method_sources`), so a
+    result says what made it; nothing for a built-in method, which the toolkit's version names."""
     if spec in REGISTRY:
         return {}
     return {"method_spec": spec, "method_code_sha256": source.get("method_code")}
@@ -177,95 +172,3 @@ def _description(method: Any) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
-def _code_sha256(method: Any) -> str | None:
-    """The code that defines the method, so a plug-in edited since its images were made draws them
-    anew, even when its pipeline has no weights to compare (a plain callable): see :func:`method_sources`."""
-    files = method_sources(method)
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for name, path in files:
-        digest.update(f"{name} {sha256_file(path)}\n".encode())
-    return digest.hexdigest()
-
-
-#: The toolkit's own packages: a built-in method is keyed by its class's file, not the whole toolkit.
-_TOOLKIT = ("benchmark", "implicit_concept")
-
-
-def method_sources(method: Any) -> list[tuple[str, Path]]:
-    """The source files a method's images depend on, by a stable name: for a built-in method, the
-    file of its class; for a plug-in, every ``.py`` file of the package (or the module) defining its
-    class and each base class, and of every module beside it (in the same folder, as a lab's working
-    folder holds its helpers) that those files import, followed import by import. Installed
-    packages (site-packages) and the toolkit itself are not followed."""
-    files: dict[str, Path] = {}
-    todo: list[tuple[str, Path]] = []
-    for cls in type(method).__mro__:
-        if cls is object or cls.__module__ == "builtins":
-            continue
-        top = cls.__module__.split(".")[0]
-        if top in _TOOLKIT and cls is not type(method):
-            continue  # the toolkit's base classes (Method) are the toolkit's, not the method's
-        found = _module_files(top, sys.modules.get(top)) if top not in _TOOLKIT else None
-        if found and not _installed(found[0]):
-            todo.append(found)
-            continue
-        try:  # a built-in method, or an installed plug-in (an upgrade changes its file): the class's own file
-            path = inspect.getsourcefile(cls)
-        except TypeError:
-            path = None
-        if path and Path(path).is_file():
-            files.setdefault(cls.__module__, Path(path))
-    while todo:
-        folder, root = todo.pop()
-        for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
-            if "__pycache__" in path.parts:
-                continue
-            name = str(path.relative_to(folder))
-            if name in files:
-                continue
-            files[name] = path
-            for imported in _imported_names(path):
-                if imported in _TOOLKIT:
-                    continue
-                beside = folder / f"{imported}.py" if (folder / f"{imported}.py").is_file() else folder / imported
-                if (beside.is_file() or (beside / "__init__.py").is_file()) and not _installed(folder):
-                    if str(beside.relative_to(folder)) not in files:
-                        todo.append((folder, beside))
-    return sorted(files.items())
-
-
-def _module_files(top: str, module: Any) -> tuple[Path, Path] | None:
-    """(the folder it was found in, the package folder or module file) of a top-level module."""
-    paths = list(getattr(module, "__path__", None) or [])
-    if paths and Path(paths[0]).is_dir():
-        root = Path(paths[0])
-        return root.parent, root
-    file = getattr(module, "__file__", None)
-    if file and Path(file).is_file():
-        return Path(file).parent, Path(file)
-    return None
-
-
-def _installed(folder: Path) -> bool:
-    """Whether ``folder`` holds the standard library or installed packages (not a lab's own code)."""
-    folder = folder.resolve()
-    if folder.name in ("site-packages", "dist-packages"):
-        return True
-    return any(folder == Path(p).resolve() for p in {sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")} if p)
-
-
-def _imported_names(path: Path) -> set[str]:
-    """The top-level names a source file imports (absolute imports only; relative ones stay in its package)."""
-    try:
-        tree = ast.parse(path.read_bytes())
-    except (SyntaxError, ValueError, OSError):
-        return set()
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-            names.add(node.module.split(".")[0])
-    return names

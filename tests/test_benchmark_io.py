@@ -511,14 +511,14 @@ def test_a_methods_images_are_keyed_by_the_file_that_defines_it(tmp_path, monkey
     """A plug-in whose pipeline is a plain callable has no weights to compare: its code file stands in."""
     import importlib
 
-    from benchmark.method_evaluation import _code_sha256
+    from benchmark.methods.plugins import code_sha256
 
     module = tmp_path / "mylab_method.py"
     module.write_text("class Mine:\n    strength = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    first = _code_sha256(importlib.import_module("mylab_method").Mine())
+    first = code_sha256(importlib.import_module("mylab_method").Mine())
     module.write_text("class Mine:\n    strength = 2\n")
-    again = _code_sha256(importlib.import_module("mylab_method").Mine())
+    again = code_sha256(importlib.import_module("mylab_method").Mine())
     assert first and again and first != again
 
 
@@ -527,7 +527,7 @@ def test_a_plug_ins_images_are_keyed_by_its_whole_package_its_base_classes_and_h
     folder), or the file of a base class it inherits build from, makes a new key; an unrelated file does not."""
     import importlib
 
-    from benchmark.method_evaluation import _code_sha256, method_sources
+    from benchmark.methods.plugins import code_sha256, method_sources
 
     (tmp_path / "mylab2").mkdir()
     (tmp_path / "mylab2" / "__init__.py").write_text("")
@@ -540,11 +540,11 @@ def test_a_plug_ins_images_are_keyed_by_its_whole_package_its_base_classes_and_h
     method = importlib.import_module("mylab2.methods").Wrapped()
     names = [name for name, _ in method_sources(method)]
     assert names == ["labbase2.py", "labhelper2.py", "mylab2/__init__.py", "mylab2/methods.py", "mylab2/sampler.py"]
-    keys = [_code_sha256(method)]
+    keys = [code_sha256(method)]
     for path, text in (("unrelated2.py", "Y = 2\n"), ("mylab2/sampler.py", "INVERT = False\n"), ("labhelper2.py", "X = 2\n"),
                        ("labbase2.py", "import labhelper2\nclass Base:\n    def build(self, ctx):\n        return 1\n")):
         (tmp_path / path).write_text(text)
-        keys.append(_code_sha256(method))
+        keys.append(code_sha256(method))
     assert keys[0] == keys[1] and len(set(keys[1:])) == 4
 
 
@@ -553,7 +553,7 @@ def test_an_installed_plug_in_is_keyed_by_its_class_file(tmp_path, monkeypatch):
     upgrade that changes its class's file still makes a new key."""
     import importlib
 
-    from benchmark import method_evaluation
+    from benchmark.methods import plugins
 
     site = tmp_path / "site-packages"
     (site / "labpkg3").mkdir(parents=True)
@@ -561,10 +561,10 @@ def test_an_installed_plug_in_is_keyed_by_its_class_file(tmp_path, monkeypatch):
     (site / "labpkg3" / "methods.py").write_text("class Installed:\n    pass\n")
     monkeypatch.syspath_prepend(str(site))
     method = importlib.import_module("labpkg3.methods").Installed()
-    assert [name for name, _ in method_evaluation.method_sources(method)] == ["labpkg3.methods"]
-    before = method_evaluation._code_sha256(method)
+    assert [name for name, _ in plugins.method_sources(method)] == ["labpkg3.methods"]
+    before = plugins.code_sha256(method)
     (site / "labpkg3" / "methods.py").write_text("class Installed:\n    version = 2\n")
-    assert before is not None and method_evaluation._code_sha256(method) != before
+    assert before is not None and plugins.code_sha256(method) != before
 
 
 def test_a_pipeline_whose_output_has_no_images_is_refused_naming_its_class():

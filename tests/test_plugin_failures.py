@@ -175,7 +175,7 @@ def lab_package(tmp_path, monkeypatch):
 
 
 def test_a_plug_in_named_by_its_file_is_imported_as_its_module_and_keyed_by_the_same_code(lab_package):
-    from benchmark.method_evaluation import method_sources
+    from benchmark.methods.plugins import method_sources
 
     method = get_method("filelab/methods.py:Mine")
     assert method.name == "mine" and type(method).__module__ == "filelab.methods"

@@ -7,8 +7,9 @@ from benchmark.methods.control import BaseModel
 from benchmark.methods.esd import ESD
 from benchmark.methods.finetuned import FINETUNED
 from benchmark.methods.forget_me_not import ForgetMeNot
-from benchmark.methods.interface import Method, NotImplementedMethod, load_method
+from benchmark.methods.interface import Method, NotImplementedMethod
 from benchmark.methods.negative_prompt import NegativePrompt
+from benchmark.methods.plugins import load_method
 from benchmark.methods.sld import SafeLatentDiffusion
 
 REGISTRY: dict[str, Callable[[], Method]] = {
