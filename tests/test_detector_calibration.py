@@ -301,3 +301,18 @@ def test_a_record_written_before_thresholds_loads_with_the_default_for_every_con
     old = {k: v for k, v in record.items() if k not in ("thresholds", "inputs")}
     (folder / RECORD_NAME).write_text(json.dumps(old))
     assert Detector.load(folder).thresholds == dict.fromkeys(CONCEPT_NAMES, 0.25)
+
+
+def test_training_puts_torchs_thread_count_back(tmp_path):
+    """The scale's thread count holds while the detector trains and is calibrated, not after: what the
+    process scores next runs as it would have with the detector found in the cache."""
+    import torch
+
+    shards = _write_shards(tmp_path / "icd-mixed", TRAINABLE)
+    before = torch.get_num_threads()
+    torch.set_num_threads(TINY.threads + 1)
+    try:
+        train_detector(shards, tmp_path / "det", TINY)
+        assert torch.get_num_threads() == TINY.threads + 1
+    finally:
+        torch.set_num_threads(before)

@@ -45,6 +45,7 @@ from implicit_concept.scoring import (
     clean_images,
     image_recall,
 )
+from implicit_concept.torch_settings import kept_torch_settings
 from implicit_concept.validate import check_fields, read_toml
 
 SCALES_FILE = Path(__file__).with_name("scales.toml")
@@ -144,6 +145,7 @@ class TrainedDetector:
     detector: Detector
 
 
+@kept_torch_settings()  # ultralytics' callback sets the scale's thread count (:func:`_set_threads`); put back after
 def train_detector(
     shards: str | Path,
     out_dir: str | Path,
@@ -311,7 +313,8 @@ def _in_memory_trainer(base: type, model: str) -> type:
 
 
 def _set_threads(threads: int) -> None:
-    """ultralytics pins CPU training to cores - 1 threads; we pin what the scale says."""
+    """ultralytics pins CPU training to cores - 1 threads; we pin what the scale says, for the rest of
+    :func:`train_detector` (evaluation and calibration included), which puts the caller's count back."""
     torch.set_num_threads(threads)
 
 
