@@ -27,7 +27,7 @@ from implicit_concept.checkers import Checker, available_checkers
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.inference import Detection, Detector
 from implicit_concept.detector.weights import MIN_THRESHOLD
-from implicit_concept.files import sha256_file
+from implicit_concept.files import atomic_write_text, sha256_file
 from implicit_concept.image_stream import ImageSource, is_shard_source, iter_images
 from implicit_concept.shard_reader import iter_samples
 from implicit_concept.stats import bootstrap_mean
@@ -122,7 +122,7 @@ class CleanReference:
         return bootstrap_ratio(flags, config.resamples, config.seed, config.level)
 
     def write(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), sort_keys=True) + "\n", encoding="utf-8")
+        atomic_write_text(Path(path), json.dumps(asdict(self), sort_keys=True) + "\n")  # its sha256 is recorded: this layout, no other
 
     @classmethod
     def read(cls, path: Path) -> "CleanReference":
@@ -261,7 +261,7 @@ class ScoreReport:
     def write_json(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
         return path
 
     def table(self) -> str:
