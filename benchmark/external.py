@@ -17,8 +17,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from benchmark.evaluation.scorecard import score_generated
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_name, image_prompts
 from benchmark.method_evaluation import quality_reference
@@ -31,6 +29,7 @@ from builders.recipe import load_recipe
 from implicit_concept.detector.inference import Detector
 from implicit_concept.files import atomic_write_json, read_json_object, sha256_file
 from implicit_concept.geom_erasing.training_target import METADATA_FILE, negative_prompt_for
+from implicit_concept.image_decode import open_image
 from implicit_concept.image_stream import IMAGE_SUFFIXES, ImageReadError, require_readable
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import ScoreConfig
@@ -240,7 +239,9 @@ def image_formats(paths: list[Path]) -> dict[str, int]:
 
 
 def _image_format(path: Path) -> str:
-    with Image.open(path) as image:
+    """By Pillow's header reader, through :func:`~implicit_concept.image_decode.open_image`'s allow-list
+    (a file in any other format, an EPS named .jpg say, is never handed to its plug-in)."""
+    with open(path, "rb") as f, open_image(f) as image:
         fmt = image.format or path.suffix.lstrip(".").upper()
         compression = str(image.info.get("compression", ""))
     if fmt == "WEBP":
