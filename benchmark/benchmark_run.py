@@ -13,7 +13,7 @@ from benchmark.track import Track
 from benchmark.track_check import check_track
 from builders.recipe import Recipe, load_recipe, source_from_spec
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import read_json_object
+from implicit_concept.files import json_differences, read_json_object, shown_differences
 from implicit_concept.validate import check_folder_name
 
 DEFAULT_CACHE = Path(".cache") / "implicit-concept"
@@ -105,11 +105,10 @@ class BenchmarkRun:
                 previous = json.loads(record_file.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 raise ValueError(f"{record_file}: not readable JSON ({e}); remove the folder or use another --name") from None
-            differ = _differences(previous, json.loads(json.dumps(self.record())))
+            differ = json_differences(previous, json.loads(json.dumps(self.record())))
             if differ:
-                shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
                 raise ValueError(
-                    f"{self.root}: was made with another config (run.json differs in {shown}); "
+                    f"{self.root}: was made with another config (run.json differs in {shown_differences(differ)}); "
                     "use another --name or remove the folder"
                 )
         self.timings = {**self._earlier_timings(), **self.timings}
@@ -126,17 +125,3 @@ class BenchmarkRun:
         if not isinstance(timings, dict):
             return {}
         return {stage: seconds for stage, seconds in timings.items() if is_number(seconds)}
-
-
-def _differences(old: Any, new: Any, where: str = "") -> list[str]:
-    """The dotted paths at which two JSON values differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for key in sorted(set(old) | set(new), key=str):
-            path = f"{where}.{key}" if where else str(key)
-            if key not in old or key not in new:
-                out.append(path)
-            else:
-                out += _differences(old[key], new[key], path)
-        return out
-    return [] if old == new else [where or "(the whole record)"]

@@ -31,7 +31,8 @@ from builders.shard_builder import ShardBuilder, is_complete, parquet_path, plan
 from builders.shard_table import SCHEMA, parquet_bytes, table_metadata
 from builders.source_screen import detector_fingerprint
 from implicit_concept.files import (
-    TEMPORARY_MARK, FolderClaimError, abandoned, atomic_write_bytes, atomic_write_json, claim, locked, read_json_object,
+    MISSING, TEMPORARY_MARK, FolderClaimError, abandoned, atomic_write_bytes, atomic_write_json, claim, json_changes, locked,
+    read_json_object,
 )
 from implicit_concept.provenance import environment
 
@@ -236,19 +237,16 @@ def _check_not_in_source(out: Path, builder: ShardBuilder) -> None:
 
 
 def _recipe_change(then: Any, now: dict[str, Any]) -> str:
-    """What differs between a recorded recipe and this one, as "FIELD: A then, B now" (the first few)."""
-    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
-        """Every leaf by its path (``subsets[3].fraction``), so a change names the field itself."""
-        if isinstance(value, dict) and value:
-            return {k: v for key in sorted(value, key=str) for k, v in flat(value[key], f"{prefix}.{key}" if prefix else str(key)).items()}
-        if isinstance(value, list) and value and any(isinstance(v, (dict, list)) for v in value):
-            return {k: v for i, inner in enumerate(value) for k, v in flat(inner, f"{prefix}[{i}]").items()}
-        return {prefix: value}
-
-    old, new = flat(then if isinstance(then, dict) else {}), flat(json.loads(json.dumps(now)))
-    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    shown = "; ".join(f"{k}: {_short(old.get(k))} then, {_short(new.get(k))} now" for k in changed[:3])
+    """What differs between a recorded recipe and this one, as "FIELD: A then, B now" (the first few),
+    each change named by its path (``subsets[3].fraction``); a field one of them lacks is null there."""
+    changes = json_changes(then if isinstance(then, dict) else {}, json.loads(json.dumps(now)), into_lists=True)
+    changed = [(k, a, b) for k, a, b in ((k, _or_null(a), _or_null(b)) for k, a, b in changes) if a != b]
+    shown = "; ".join(f"{k}: {_short(a)} then, {_short(b)} now" for k, a, b in changed[:3])
     return (shown + ("; ..." if len(changed) > 3 else "")) or "its recipe_sha256 differs"
+
+
+def _or_null(value: Any) -> Any:
+    return None if value is MISSING else value
 
 
 def _short(value: Any) -> str:

@@ -35,7 +35,7 @@ from builders.shard_builder import WorkUnit, key_index, plan_units, recorded_pla
 from builders.shard_table import COLUMNS, sample_row, status_of
 from builders.sources import WebDatasetConfig, make_source
 from builders.sources.webdataset_source import tar_paths
-from implicit_concept.files import sha256_file
+from implicit_concept.files import json_differences, sha256_file
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, load_pixels
 from implicit_concept.sample import SPLITS, SampleMeta
 from implicit_concept.shard_reader import (
@@ -479,7 +479,7 @@ def _verify_sample(
         problems.add(where, f"KEY.json unreadable ({type(e).__name__}: {e})")
         return None
     if written != raw:
-        fields = _differences(stored, canonical)
+        fields = json_differences(stored, canonical, into_lists=True)
         what = f"fields inconsistent with the rest of the record: {', '.join(fields[:8])}" if fields else "not in the writer's canonical form"
         problems.add(where, f"KEY.json {what}")
     if meta.key != key:
@@ -525,20 +525,6 @@ def _check_image(where: str, ext: str, data: bytes, mode: str, size: tuple[int, 
         problems.add(where, f"{ext} is {image.size}, json says {size}")
     if image.mode != mode:
         problems.add(where, f"{ext} is in mode {image.mode}, not {mode}")
-
-
-def _differences(stored: Any, canonical: dict[str, Any]) -> list[str]:
-    """The fields of a stored KEY.json that differ from the record rebuilt from it (two levels deep)."""
-    if not isinstance(stored, dict):
-        return ["(the whole record)"]
-    found = [k for k in sorted(set(stored) | set(canonical)) if k != "instances" and stored.get(k) != canonical.get(k)]
-    mine, theirs = stored.get("instances"), canonical.get("instances", [])
-    if not isinstance(mine, list) or len(mine) != len(theirs):
-        return found + ["instances"]
-    for i, (a, b) in enumerate(zip(mine, theirs)):
-        keys = sorted(set(a) | set(b)) if isinstance(a, dict) else ["(instance)"]
-        found += [f"instances[{i}].{k}" for k in keys if not isinstance(a, dict) or a.get(k) != b.get(k)]
-    return found
 
 
 def _check_stats(

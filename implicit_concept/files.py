@@ -172,6 +172,50 @@ def atomic_dir(final: Path, replace_existing: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+#: In :func:`json_changes`, the side of a change that has no such key (or list item).
+MISSING: Any = _Missing()
+
+
+def json_changes(old: Any, new: Any, *, into_lists: bool = False, where: str = "") -> list[tuple[str, Any, Any]]:
+    """``(path, old value, new value)`` wherever two JSON values differ: objects are compared key by
+    key (``a.b``; a key only one side has is :data:`MISSING` on the other), any other value whole.
+    ``into_lists``: lists that hold objects or lists are compared item by item too (``a[3].b``).
+    Two values the same at the top: no change; differing there, the path is ``(the whole record)``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[tuple[str, Any, Any]] = []
+        for key in sorted(set(old) | set(new), key=str):
+            path = f"{where}.{key}" if where else str(key)
+            if key not in old or key not in new:
+                out.append((path, old.get(key, MISSING), new.get(key, MISSING)))
+            else:
+                out += json_changes(old[key], new[key], into_lists=into_lists, where=path)
+        return out
+    if into_lists and isinstance(old, list) and isinstance(new, list) and any(isinstance(v, (dict, list)) for v in old + new):
+        out = []
+        for i in range(max(len(old), len(new))):
+            a, b = (old[i] if i < len(old) else MISSING), (new[i] if i < len(new) else MISSING)
+            path = f"{where}[{i}]"
+            out += [(path, a, b)] if a is MISSING or b is MISSING else json_changes(a, b, into_lists=True, where=path)
+        return out
+    return [] if old == new else [(where or "(the whole record)", old, new)]
+
+
+def json_differences(old: Any, new: Any, *, into_lists: bool = False) -> list[str]:
+    """The paths at which two JSON values differ (:func:`json_changes`): what every "did the config
+    change?" check names."""
+    return [path for path, _, _ in json_changes(old, new, into_lists=into_lists)]
+
+
+def shown_differences(paths: Sequence[str], show: int = 8) -> str:
+    """``paths`` for a message: the first ``show``, then how many more."""
+    return ", ".join(paths[:show]) + (f" and {len(paths) - show} more" if len(paths) > show else "")
+
+
 def claim(record_file: Path, record: dict[str, Any], refusal: str, keys: Sequence[str] | None = None) -> None:
     """Write ``record`` to ``record_file``, or check that the record already there is the same
     (in ``keys`` only, when given: a record may also hold what does not decide the outputs).
@@ -186,8 +230,10 @@ def claim(record_file: Path, record: dict[str, Any], refusal: str, keys: Sequenc
             raise FolderClaimError(f"{e}; not a record of what made {record_file.parent}: {refusal}") from None
         if keys is not None:
             previous, record = ({k: r.get(k) for k in keys} for r in (previous, record))
-        if previous != record:
-            raise FolderClaimError(f"{record_file.parent}: was made with another config ({record_file.name} differs); {refusal}")
+        differ = json_differences(previous, record)
+        if differ:
+            raise FolderClaimError(f"{record_file.parent}: was made with another config "
+                                   f"({record_file.name} differs in {shown_differences(differ)}); {refusal}")
     else:
         record_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(record_file, record)

@@ -34,7 +34,7 @@ from benchmark.models.pipelines import read_weight_headers, save_portable_pipeli
 from benchmark.training.config import TrainingConfig
 from benchmark.training.new_tokens import NewTokenRows
 from benchmark.training.state_files import JSON_SUFFIX, TENSORS_SUFFIX, load_state, save_state
-from implicit_concept.files import atomic_dir, atomic_write_json
+from implicit_concept.files import atomic_dir, atomic_write_json, json_differences, shown_differences
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig, write_metadata
 from implicit_concept.provenance import config_hash, environment
 from implicit_concept.tensor_checks import SAFETENSORS_FLOATS, all_finite, non_finite
@@ -221,8 +221,10 @@ def start_or_resume(output_dir: Path, record: dict[str, Any]) -> str:
     if run_file.is_file():
         previous = json.loads(run_file.read_text(encoding="utf-8"))
         mine = {k: previous.get(k) for k in record}
-        if mine != json.loads(json.dumps(record)):
-            raise ValueError(f"{output_dir} holds a run with another config, base or data: use a new output directory")
+        differ = json_differences(mine, json.loads(json.dumps(record)))
+        if differ:
+            raise ValueError(f"{output_dir} holds a run with another config, base or data ({RUN_FILE} differs in "
+                             f"{shown_differences(differ)}): use a new output directory")
         return "finished" if previous.get("finished") and (output_dir / PIPELINE_DIR / "model_index.json").is_file() else "resume"
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_file, record)
