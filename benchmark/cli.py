@@ -443,6 +443,30 @@ def quiet_libraries() -> Iterator[None]:
         ultralytics.setLevel(ultralytics_level)
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout's reader has gone; if so, stdout is pointed at /dev/null so that nothing else
+    (the interpreter's flush at exit included) fails writing to it."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        closed = any(events & select.POLLERR for _, events in poller.poll(0))  # a pipe with no reader
+        if not closed:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                closed = True
+        if closed:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        return closed
+    except (AttributeError, ValueError, OSError):  # no file behind stdout (captured), or no poll
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     from implicit_concept.detector.yolo_env import use_cache
 
@@ -451,7 +475,14 @@ def main(argv: list[str] | None = None) -> int:
         use_cache(args.cache)  # before anything imports matplotlib or ultralytics
     try:
         with quiet_libraries() if getattr(args, "quiet", False) else nullcontext():
-            return args.func(args)
+            code = args.func(args)
+        sys.stdout.flush()  # a reader that closed the pipe early is found here, not at exit
+        return code
+    except BrokenPipeError as e:
+        if _stdout_closed():  # `implicit-concept ... | head`: stop quietly, as a program killed by SIGPIPE
+            return 128 + 13
+        print(f"implicit-concept {args.command}: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        return 1
     except UnicodeDecodeError as e:  # a ValueError, whose own text names no file: the loaders name theirs
         print(f"implicit-concept {args.command}: error: a file given is not UTF-8 text ({e})", file=sys.stderr)
         return 2

@@ -56,6 +56,10 @@ __all__ = sorted(_API)
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # the installed distribution's, as ``implicit-concept --version`` prints it
+        from implicit_concept.provenance import version
+
+        return version()
     if name not in _API:
         raise AttributeError(f"module 'implicit_concept' has no attribute {name!r}")
     return getattr(importlib.import_module(_API[name]), name)

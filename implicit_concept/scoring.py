@@ -270,7 +270,7 @@ class ScoreReport:
         at = ", ".join(f"{c} {t:.4g}" for c, t in self.thresholds.items())
         lines = [
             f"{len(self.images)} images, thresholds ({source}): {at}; {pct}% bootstrap intervals; "
-            f"FP = detector on {self.clean_images} clean images ({self.clean_source})",
+            f"FP = detector on {self.clean_images} clean images ({_shown_source(self.clean_source)})",
             f"{'concept':<10} {'checker':<18} {'ICR [' + str(pct) + '% CI]':<24} {'FP clean [CI]':<24} agreement",
         ]
         for c, s in self.concepts.items():
@@ -338,6 +338,15 @@ def score_images(
         skipped_checkers=skipped,
         images=per_image,
     )
+
+
+def _shown_source(source: str) -> str:
+    """Where clean images came from, as recorded; a recorded folder that is not on this machine (the
+    published detector's reference was made on the publisher's) is shown as that, not as a local path."""
+    path = Path(source.split(" (", 1)[0])
+    if path.is_absolute() and not path.exists():
+        return f"{source}, a folder on the machine the reference was made on"
+    return source
 
 
 def _describe(source: ImageSource) -> str:

@@ -262,6 +262,25 @@ def test_icr_fp_rate_and_crosscheck_agreement_on_known_inputs(tmp_path):
     assert "FP clean" in report.table()
 
 
+def test_a_recorded_clean_folder_that_is_not_on_this_machine_is_not_shown_as_a_local_path(tmp_path):
+    """The published detector's reference records the publisher's folder: the table says so, while
+    score.json keeps the source as recorded (the reference file is pinned by sha256)."""
+    weights = tmp_path / "detector.safetensors"
+    weights.write_bytes(b"fake")
+    elsewhere = "/on-the-publishers-machine/icd-tiny/icd-mixed/test"
+    (tmp_path / "clean_reference.json").write_text(json.dumps({"source": elsewhere, "max_conf": dict.fromkeys(CONCEPT_NAMES, [0.0] * 4)}))
+    detector = FakeDetector(weights)
+    detector.clean_reference_sha256 = None
+    report = score_images([_solid(10)], detector, ScoreConfig(resamples=100), checkers=[])
+    assert f"4 clean images ({elsewhere}, a folder on the machine the reference was made on)" in report.table()
+    assert report.to_json()["clean_reference"]["source"] == elsewhere
+    here = tmp_path / "clean"
+    here.mkdir()
+    _solid(0).save(here / "a.png")
+    local = score_images([_solid(10)], FakeDetector(weights), ScoreConfig(resamples=100), clean=here, checkers=[])
+    assert f"1 clean images ({here})" in local.table()
+
+
 def test_named_pairs_keep_their_names_and_bad_items_are_named(tmp_path):
     weights = tmp_path / "detector.safetensors"
     weights.write_bytes(b"fake")

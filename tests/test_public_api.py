@@ -15,6 +15,12 @@ def test_every_public_name_resolves_to_what_its_module_defines():
         assert getattr(implicit_concept, name) is getattr(module, name), name
 
 
+def test_the_version_is_the_installed_distributions():
+    from importlib import metadata
+
+    assert implicit_concept.__version__ == metadata.version("implicit-concept")
+
+
 def test_importing_a_core_module_does_not_import_torch_or_ultralytics():
     code = "import sys, implicit_concept.sample, implicit_concept; print(sorted(m for m in ('torch', 'ultralytics') if m in sys.modules))"
     assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"

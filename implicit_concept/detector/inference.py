@@ -21,7 +21,7 @@ from PIL import Image
 
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.weights import DEFAULT_CONF, DetectorError, model_yaml, read_detector, record_path
-from implicit_concept.detector.yolo_env import import_ultralytics
+from implicit_concept.detector.yolo_env import import_ultralytics, predict_threads, ultralytics_call
 from implicit_concept.image_stream import as_rgb, load_image
 from implicit_concept.sample import Box, covering_box
 
@@ -89,7 +89,7 @@ class Detector:
         # YOLO takes a YAML path, and builds a network from it that ``module`` replaces: it is handed
         # the package's own file (never the bare name, which it would look up in the current folder),
         # and its "no model scale passed" warning about that throwaway network is not shown.
-        with torch.random.fork_rng(devices=[]), _quiet(import_ultralytics("ultralytics.utils").LOGGER):  # nor may it move the caller's seed
+        with torch.random.fork_rng(devices=[]), _quiet(import_ultralytics("ultralytics.utils").LOGGER), ultralytics_call():  # nor may it move the caller's seed
             yolo = yolo_class(str(model_yaml(model)), task="detect")
         yolo.model = module
         return cls(yolo, Path(path), imgsz, device, thresholds)
@@ -105,7 +105,10 @@ class Detector:
         it = iter(images)
         for chunk in iter(lambda: list(islice(it, batch)), []):
             arrays = [_bgr(im) for im in chunk]
-            results = self.model.predict(arrays, imgsz=self.imgsz, conf=conf, iou=DEFAULT_IOU, device=self.device, verbose=False)
+            # At the thread count ultralytics sets up its predictor with (every batch, not only the
+            # first), and with the caller's count, environment and warnings filters put back after.
+            with ultralytics_call(threads=predict_threads(self.device)):
+                results = self.model.predict(arrays, imgsz=self.imgsz, conf=conf, iou=DEFAULT_IOU, device=self.device, verbose=False)
             out.extend(_detections(r) for r in results)
         return out
 
@@ -114,7 +117,7 @@ def build_model(model: str, names: Sequence[str]) -> torch.nn.Module:
     """The detection network ``model`` (an ultralytics model YAML) with ``names`` as its classes, as
     training builds it; its initial weights are random, drawn without moving the caller's seed."""
     tasks = import_ultralytics("ultralytics.nn.tasks")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), ultralytics_call():
         module = tasks.DetectionModel(model_config(model), nc=len(names), verbose=False)
     module.names = dict(enumerate(names))
     return module

@@ -3,8 +3,16 @@ writing only under the cache folder the user named.
 
 ultralytics reads its environment once, at import: ``YOLO_OFFLINE`` stops its online checks, and a
 config dir under the cache folder holding a TTF named ``Arial.ttf`` stops the font download that
-dataset checks trigger even with plots off; ``MPLCONFIGDIR`` puts matplotlib's font cache beside it.
-A multi-process launch's ``WORLD_SIZE`` is hidden from it (it would act as its own DDP worker).
+dataset checks trigger even with plots off; where a cache folder was named, ``MPLCONFIGDIR`` puts
+matplotlib's font cache beside it. A multi-process launch's ``WORLD_SIZE`` is hidden from it (it
+would act as its own DDP worker). The cache folder is the one :func:`use_cache` (the commands'
+``--cache``) or ``$IMPLICIT_CONCEPT_CACHE`` names, else the user's cache folder: a library caller
+gets nothing written into its current folder.
+
+The process is the caller's: what ultralytics changes process-wide (environment variables, warnings
+filters, torch's thread count, numpy's and torch's print options) at import and in every call the
+toolkit makes is put back after it (:func:`ultralytics_call`), and its console output goes to
+stderr, without colour codes unless stderr is a terminal: stdout is for results.
 
 After the import, what it would do with the network or with files it finds is switched off:
 
@@ -23,16 +31,20 @@ After the import, what it would do with the network or with files it finds is sw
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import re
 import sys
+import warnings
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Iterator
 
 from implicit_concept.files import atomic_write_bytes
 
 CACHE_ENV = "IMPLICIT_CONCEPT_CACHE"
-#: The benchmark's default ``--cache``: where ultralytics' files go when no folder was named.
+#: The benchmark's default ``--cache`` (relative to the folder it runs in).
 DEFAULT_CACHE = Path(".cache") / "implicit-concept"
 API_KEY_ENV = "ULTRALYTICS_API_KEY"
 
@@ -56,10 +68,55 @@ def use_cache(folder: str | Path) -> None:
 
 
 def cache_dir() -> Path:
-    """The folder :func:`use_cache` named, else ``$IMPLICIT_CONCEPT_CACHE``, else ``.cache/implicit-concept``."""
+    """The folder :func:`use_cache` named, else ``$IMPLICIT_CONCEPT_CACHE``, else the user's cache
+    folder (``$XDG_CACHE_HOME/implicit-concept``, by default ``~/.cache/implicit-concept``)."""
     if _cache is not None:
         return _cache
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser().resolve()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser().resolve()
+    return (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "implicit-concept").expanduser().resolve()
+
+
+def _cache_named() -> bool:
+    return _cache is not None or bool(os.environ.get(CACHE_ENV))
+
+
+@contextmanager
+def ultralytics_call(threads: int | None = None) -> Iterator[None]:
+    """Run ultralytics code whose process-wide changes are undone after it: ``os.environ``, the
+    warnings filters, torch's thread count and numpy's and torch's print options are as they were
+    when the block ends. ``threads``: torch's thread count within the block (None: as it is)."""
+    import numpy as np
+    import torch
+
+    environ = dict(os.environ)
+    torch_threads = torch.get_num_threads()
+    numpy_print = np.get_printoptions()
+    torch_print = dict(vars(torch._tensor_str.PRINT_OPTS))
+    try:
+        with warnings.catch_warnings():
+            if threads is not None:
+                torch.set_num_threads(threads)
+            yield
+    finally:
+        torch.set_num_threads(torch_threads)
+        np.set_printoptions(**numpy_print)
+        torch.set_printoptions(**{k: torch_print[k] for k in ("precision", "threshold", "edgeitems", "linewidth", "sci_mode")})
+        for name in [name for name in os.environ if name not in environ]:
+            del os.environ[name]
+        for name, value in environ.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
+
+
+def predict_threads(device: str) -> int | None:
+    """The torch thread count ultralytics predicts on ``device`` at: the one its ``select_device``
+    sets on a CPU when a predictor is set up (None on a GPU, where it sets none)."""
+    import torch
+
+    if str(device).lower().startswith(("cpu", "mps")) or not torch.cuda.is_available():
+        return import_ultralytics("ultralytics.utils").NUM_THREADS
+    return None
 
 
 def import_ultralytics(name: str = "ultralytics") -> ModuleType:
@@ -68,23 +125,28 @@ def import_ultralytics(name: str = "ultralytics") -> ModuleType:
     if name != "ultralytics" and not name.startswith("ultralytics."):
         raise ValueError(f"{name!r} is not an ultralytics module")
     if not _prepared:
-        if "ultralytics" in sys.modules:
-            _check_already_imported()
-        else:
-            _import_offline(cache_dir())
-        _switch_off_integrations()
-        _restore_pil_open()
-        _refuse_label_caches()
+        with ultralytics_call():
+            if "ultralytics" in sys.modules:
+                _check_already_imported()
+            else:
+                _import_offline(cache_dir())
+            _log_to_stderr()
+            _bars_to_stderr()
+            _switch_off_integrations()
+            _restore_pil_open()
+            _refuse_label_caches()
         _prepared = True
     os.environ.pop(API_KEY_ENV, None)  # read by ultralytics at each training start, not only at import
     return importlib.import_module(name)
 
 
 def _font_source() -> Path:
-    """A TTF that is always installed: matplotlib (a pinned dependency) ships DejaVu Sans."""
-    import matplotlib
-
-    return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    """A TTF that is always installed: matplotlib (a pinned dependency) ships DejaVu Sans. Found
+    without importing matplotlib, which would settle its config folder for the whole process."""
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("matplotlib is not installed")
+    return Path(spec.submodule_search_locations[0]) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
 
 
 def _install_font(config_dir: Path) -> None:
@@ -96,20 +158,67 @@ def _install_font(config_dir: Path) -> None:
 
 
 def _import_offline(cache: Path) -> None:
+    """Within :func:`ultralytics_call`, which puts the environment set here back afterwards."""
     config_dir = cache / "ultralytics"
-    os.environ.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
-    _install_font(config_dir)
+    if _cache_named():
+        os.environ.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
+    try:
+        _install_font(config_dir)
+    except OSError as e:
+        raise OSError(
+            e.errno,
+            f"the cache folder {cache} cannot be written ({e.strerror or e}); name a writable one with "
+            f"--cache, implicit_concept.detector.yolo_env.use_cache() or ${CACHE_ENV}",
+            e.filename,
+        ) from e
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
     # Our detector always runs in one process. Under torchrun or accelerate launch, ultralytics
     # would read WORLD_SIZE and RANK at import and act as a worker of a DDP run of its own.
-    world_size = os.environ.pop("WORLD_SIZE", None)
-    try:
+    os.environ.pop("WORLD_SIZE", None)
+    # Its logger's handler takes sys.stdout at import, and the settings file it creates says so there.
+    with redirect_stdout(_STDERR):
         import ultralytics  # noqa: F401
         import ultralytics.utils  # noqa: F401  (where the import-time reading happens)
-    finally:
-        if world_size is not None:
-            os.environ["WORLD_SIZE"] = world_size
+
+
+class _Stderr:
+    """A stream that writes to whatever ``sys.stderr`` is at the time, without ANSI colour codes
+    unless it is a terminal: where ultralytics' console output goes."""
+
+    _ansi = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+    def write(self, text: str) -> int:
+        stream = sys.stderr
+        isatty = getattr(stream, "isatty", None)
+        if not (isatty and isatty()):
+            text = self._ansi.sub("", text)
+        return stream.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        isatty = getattr(sys.stderr, "isatty", None)
+        return bool(isatty and isatty())
+
+    @property
+    def encoding(self) -> str:
+        return getattr(sys.stderr, "encoding", None) or "utf-8"
+
+
+_STDERR = _Stderr()
+
+
+def _log_to_stderr() -> None:
+    """ultralytics' logger writes to stderr (a handler on stdout is moved, whenever it was made)."""
+    import logging
+
+    for handler in logging.getLogger("ultralytics").handlers:
+        if isinstance(handler, logging.StreamHandler) and (
+            handler.get_name() == "ultralytics.utils.set_logging" or handler.stream in (sys.stdout, sys.__stdout__)
+        ):
+            handler.setStream(_STDERR)
 
 
 def _check_already_imported() -> None:
@@ -121,6 +230,22 @@ def _check_already_imported() -> None:
             f"(online checks {'on' if ONLINE else 'off'}, no font in {USER_CONFIG_DIR}); "
             "import it through implicit_concept.detector.yolo_env instead"
         )
+
+
+def _bars_to_stderr() -> None:
+    """ultralytics' own progress bars (training, validation) default to stderr, not stdout."""
+    bar = importlib.import_module("ultralytics.utils.tqdm").TQDM
+    original = bar.__init__
+    if getattr(original, "_to_stderr", False):
+        return
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if len(args) < 5 and kwargs.get("file") is None:  # file is its fifth parameter
+            kwargs["file"] = _STDERR
+        original(self, *args, **kwargs)
+
+    __init__._to_stderr = True  # type: ignore[attr-defined]
+    bar.__init__ = __init__
 
 
 def _switch_off_integrations() -> None:

@@ -1,0 +1,55 @@
+"""The command line behaves as command-line tools do: a reader that closes the pipe early
+(``implicit-concept ... | head``) stops it quietly, and a cache folder it cannot write (the default
+one, in a current folder that cannot hold it) is named, with the option that moves it."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: A command whose output is far beyond a pipe's buffer, run through the real entry point.
+FLOOD = r"""
+import sys
+import benchmark.cli as cli
+
+def flood(args):
+    for i in range(200_000):
+        print(f"line {i} " + "x" * 60)
+    return 0
+
+cli._prompts = flood  # the command `prompts` names, looked up when the parser is built
+sys.exit(cli.main(["prompts", "icd-tiny", "--out", "unused.csv"]))
+"""
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def test_a_reader_that_closes_the_pipe_stops_the_command_quietly(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", FLOOD], cwd=tmp_path, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"line 0 ")
+    proc.stdout.close()  # as `head -1` does
+    stderr = proc.stderr.read().decode()
+    code = proc.wait(timeout=120)
+    assert stderr == "", stderr[-2000:]
+    assert code in (0, 141), code  # 141: 128 + SIGPIPE, as a program the signal stopped
+
+
+def test_a_current_folder_that_cannot_hold_the_default_cache_is_named_with_the_option(tmp_path):
+    images, work = tmp_path / "images", tmp_path / "work"
+    images.mkdir()
+    work.mkdir()
+    Image.new("RGB", (64, 64), "white").save(images / "a.png")
+    (work / ".cache").write_text("")  # so .cache/implicit-concept cannot be made here, even by root
+    done = subprocess.run([sys.executable, "-m", "benchmark.cli", "score", str(images), "--quiet"],
+                          cwd=work, env={**_env(), "HOME": str(tmp_path / "home")}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("implicit-concept score: error: "), done.stderr[-3000:]
+    assert f"the cache folder {work / '.cache' / 'implicit-concept'} cannot be written" in last and "--cache" in last, last
+    assert done.stdout == ""
