@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.report import cell, pct
+from benchmark.report import CONTROLS, cell, md_text, pct
 from benchmark.results_file import check_results, is_ratio, read_results
 from benchmark.results_page import STYLE, markdown_html
 from implicit_concept.files import atomic_write_text, read_json_object
@@ -210,6 +210,20 @@ def _cell(row: dict[str, Any] | None) -> str:
     return pct(row["icr"]) if row.get("status") == "ok" else cell(str(row.get("status", "not ok")))
 
 
+def _ranked_table(entries: list[tuple[float | None, str, str, dict[str, Any]]], concepts: list[str]) -> list[str]:
+    """The methods ranked by mean ICR, then the incomplete ones, then the controls (listed, not ranked)."""
+    lines = ["| run | method | " + " | ".join(f"{cell(c)} ICR %" for c in concepts) + " | mean ICR % |",
+             "|---|---|" + "---|" * (len(concepts) + 1)]
+    methods = [e for e in entries if e[2] not in CONTROLS]
+    ranked = sorted((e for e in methods if e[0] is not None), key=lambda e: e[0])
+    listed = ranked + [e for e in methods if e[0] is None] + [e for e in entries if e[2] in CONTROLS]
+    for mean, name, method, rows in listed:
+        said = f"{100 * mean:.1f}" if mean is not None else "incomplete"
+        label = cell(method) + (" (control, not ranked)" if method in CONTROLS else "")
+        lines.append(f"| {cell(name)} | {label} | " + " | ".join(_cell(rows.get(c)) for c in concepts) + f" | {said} |")
+    return lines + [""]
+
+
 def leaderboard(run_dirs: list[Path]) -> Leaderboard:
     runs = {str(d): read_scored(d) for d in run_dirs}
     concepts = list(dict.fromkeys(r["concept"] for res in runs.values() for r in res["rows"]))
@@ -222,7 +236,7 @@ def leaderboard(run_dirs: list[Path]) -> Leaderboard:
         notes.append(f"no rows scored in: {', '.join(empty)}")
     lines = ["# Leaderboard", ""]
     if diff:
-        lines += ["**These runs are not comparable:**", ""] + [f"- {d}" for d in diff] + [""]
+        lines += ["**These runs are not comparable:**", ""] + [f"- {md_text(d)}" for d in diff] + [""]
     elif compared_in_part:
         lines += ["No run differs from another in what they record of the track, the evaluator (detector weights, thresholds, "
                   "conf, clean-image reference) and the prompts, but not all of it is recorded: see the notes.", ""]
@@ -230,14 +244,17 @@ def leaderboard(run_dirs: list[Path]) -> Leaderboard:
         lines += ["Every run shares the track, the evaluator (detector weights, thresholds, conf and clean-image reference) "
                   "and the prompts.", ""]
     if notes:
-        lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
-    lines += ["A method's mean exists only when it scored every concept; incomplete methods are listed after the ranked ones.", ""]
-    lines += ["| run | method | " + " | ".join(f"{c} ICR %" for c in concepts) + " | mean ICR % |", "|---|---|" + "---|" * (len(concepts) + 1)]
+        lines += ["Notes:", ""] + [f"- {md_text(n)}" for n in notes] + [""]
+    lines += ["A method's mean exists only when it scored every concept; incomplete methods are listed after the ranked ones. "
+              f"The controls ({', '.join(f'`{c}`' for c in CONTROLS)}: the model before fine-tuning, and one fine-tuned on clean "
+              "twins) frame the others and are listed apart, not ranked.", ""]
     entries = [e for name, res in runs.items() for e in _entries(name, res, concepts)]
-    ranked = sorted((e for e in entries if e[0] is not None), key=lambda e: e[0]) + [e for e in entries if e[0] is None]
-    for mean, name, method, rows in ranked:
-        said = f"{100 * mean:.1f}" if mean is not None else "incomplete"
-        lines.append(f"| {cell(name)} | {cell(method)} | " + " | ".join(_cell(rows.get(c)) for c in concepts) + f" | {said} |")
+    if diff and len(runs) > 1:
+        lines += ["The runs are not comparable, so each is ranked on its own; no rank crosses runs.", ""]
+        for name in runs:
+            lines += [f"## {md_text(name)}", ""] + _ranked_table([e for e in entries if e[1] == name], concepts)
+    else:
+        lines += _ranked_table(entries, concepts)
     return Leaderboard("\n".join(lines) + "\n", diff, notes)
 
 

@@ -104,7 +104,7 @@ def evaluate_method(
     start = time.perf_counter()
     score = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
     report, scores = score_generated(paths, image_prompts(evaluation.prompts, evaluation.settings), evaluation.detector, score,
-                                     run.track.quality, evaluation.reference, run.cache)
+                                     run.track.quality, evaluation.reference, run.cache, per_image=True)
     report.write_json(run.root / "scores" / evaluation.subset / f"{method.name}{label}.json")
     timings["score"] = time.perf_counter() - start
     for row in rows:

@@ -20,6 +20,7 @@ from typing import Any
 
 from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
+from benchmark.evaluation.scorecard import PER_IMAGE
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images
 from benchmark.method_evaluation import evaluate_method, evaluation_for, evaluation_prompts, method_context, seeded
 from benchmark.methods import get_method
@@ -38,7 +39,7 @@ from implicit_concept.detector.inference import Detector
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, claim, locked, sha256_file
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import CleanReference, ScoreConfig, ScoreReport, score_images
-from implicit_concept.stats import hierarchical_bootstrap
+from implicit_concept.stats import CROSSED_AT_LEAST_BINOMIAL, CROSSED_MEAN, crossed_mean, crossed_share
 
 
 def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
@@ -154,27 +155,113 @@ def _label(track: Track, seed: int) -> str:
     return "" if seed == track.seed else f"@seed{seed}"
 
 
+#: The fields of a seeded row that are combined over its seeds (results.json's ``over_seeds``); a
+#: seeded row from before lacks the field, and its quality, cross-checks and timings are its first seed's.
+OVER_SEEDS = ("icr", "quality", "quality_detail", "fid_x_icr", "crosscheck", "timings")
+#: What each seed keeps of its own row in ``seeds``.
+SEED_FIELDS = ("icr", "model", "quality", "quality_detail", "fid_x_icr", "crosscheck", "timings")
+
+
 def _over_seeds(run: BenchmarkRun, evaluated: list[tuple[int, tuple[list[dict[str, Any]], ScoreReport | None]]]) -> list[dict[str, Any]]:
-    """One method's rows from its evaluation under each training seed; with several seeds, each
-    concept's row carries every seed's ICR and an interval that covers seeds and prompts (seeds
-    resampled, with one set of resampled prompts shared by all of them: every seed is scored on the same prompts)."""
+    """One method's rows from its evaluation under each training seed. With several seeds, each
+    concept's row carries every seed's own row (``seeds``) and, combined over seeds (``over_seeds``):
+    the ICR, with an interval over seeds and prompts (:func:`crossed_share`); quality, as the mean
+    over seeds of each measure (prompt following with the same crossed interval over its per-image
+    values); FID x ICR, as the mean of each seed's product; the cross-checks, as the ICR; and the
+    timings, summed over seeds (every evaluation's time is in the row)."""
+    for _, (seed_rows, _) in evaluated:
+        for row in seed_rows:
+            row["jobs"] = run.jobs
+    per_image = [[row.pop(PER_IMAGE, {}) for row in seed_rows] for _, (seed_rows, _) in evaluated]
     first_rows = evaluated[0][1][0]
     if len(evaluated) == 1:
         return first_rows
     rows = []
+    resample = dict(resamples=ScoreConfig().resamples, seed=run.track.seed)
     for i, row in enumerate(first_rows):
         if row.get("status") != "ok":
             rows.append(row)
             continue
         per_seed = [(seed, seed_rows[i], report) for seed, (seed_rows, report) in evaluated]
-        interval = hierarchical_bootstrap([report.flags(row["concept"]) for _, _, report in per_seed],
-                                          resamples=ScoreConfig().resamples, seed=run.track.seed)
+        concept = row["concept"]
+        icr = crossed_share([report.flags(concept) for _, _, report in per_seed], **resample)
+        counts = [seed_row["icr"]["count"] for _, seed_row, _ in per_seed]
+        n = [seed_row["icr"]["n"] for _, seed_row, _ in per_seed]
         rows.append({
             **row,
-            "icr": {**interval.to_json(), "bootstrap": "crossed: seeds, and one set of prompts for all of them", "n_seeds": len(evaluated)},
-            "seeds": {str(seed): {"icr": seed_row["icr"], "model": seed_row["model"]} for seed, seed_row, _ in per_seed},
+            "icr": {**icr.to_json(), "count": sum(counts), "n": sum(n), "interval": CROSSED_AT_LEAST_BINOMIAL, "n_seeds": len(evaluated)},
+            **_quality_over_seeds([seed_row for _, seed_row, _ in per_seed], [images[i] for images in per_image], resample),
+            "crosscheck": _crosschecks_over_seeds(concept, [seed_row for _, seed_row, _ in per_seed], [r for _, _, r in per_seed], resample),
+            "timings": _summed([seed_row.get("timings", {}) for _, seed_row, _ in per_seed]),
+            "over_seeds": list(OVER_SEEDS),
+            "seeds": {str(seed): {k: seed_row[k] for k in SEED_FIELDS if k in seed_row} for seed, seed_row, _ in per_seed},
         })
     return rows
+
+
+def _quality_over_seeds(seed_rows: list[dict[str, Any]], per_image: list[dict[str, list[float]]], resample: dict[str, int]) -> dict[str, Any]:
+    """``quality``, ``quality_detail`` and ``fid_x_icr`` over the seeds: each measure's mean over
+    seeds; a measure with per-image values (prompt following) gets the crossed interval over seeds
+    and prompts, like the ICR's; FID x ICR is the mean of each seed's own product."""
+    out: dict[str, Any] = {}
+    keys = list(dict.fromkeys(k for r in seed_rows for k in r.get("quality", {})))
+    if "quality" in seed_rows[0]:
+        out["quality"] = {k: _mean([r.get("quality", {}).get(k) for r in seed_rows]) for k in keys}
+    if "quality_detail" in seed_rows[0]:
+        detail = {}
+        for k, first in seed_rows[0]["quality_detail"].items():
+            entries = [r.get("quality_detail", {}).get(k, {}) for r in seed_rows]
+            combined = {**first, "n_seeds": len(seed_rows)}
+            if "value" in first:
+                combined["value"] = _mean([e.get("value") for e in entries])
+            for part in ("exact",):
+                if part in first:
+                    combined[part] = _mean([e.get(part) for e in entries])
+            if isinstance(first.get("per_attribute"), dict):
+                combined["per_attribute"] = {a: _mean([e.get("per_attribute", {}).get(a) for e in entries]) for a in first["per_attribute"]}
+            if isinstance(first.get("mean"), dict):
+                values = [images.get(k) for images in per_image]
+                if all(values) and len({len(v) for v in values}) == 1:
+                    combined["mean"] = {**crossed_mean(values, **resample).to_json(), "interval": CROSSED_MEAN}
+                else:  # no per-image values: the mean over seeds, with no interval that could be read as one over seeds
+                    combined.pop("mean")
+                    combined["mean_over_seeds"] = _mean([e.get("mean", {}).get("value") for e in entries])
+            detail[k] = combined
+        out["quality_detail"] = detail
+    products = [r.get("fid_x_icr") for r in seed_rows]
+    if any(p is not None for p in products):
+        out["fid_x_icr"] = _mean(products)
+    return out
+
+
+def _crosschecks_over_seeds(concept: str, seed_rows: list[dict[str, Any]], reports: list[ScoreReport],
+                            resample: dict[str, int]) -> dict[str, Any]:
+    """Each independent checker's ICR over the seeds, with the ICR's interval, and its agreement with
+    the detector averaged over seeds."""
+    out = {}
+    for checker in seed_rows[0].get("crosscheck", {}):
+        entries = [r.get("crosscheck", {}).get(checker) for r in seed_rows]
+        if any(e is None for e in entries):
+            continue
+        flags = [[bool(im.get("checkers", {}).get(checker)) for im in report.images] for report in reports]
+        icr = crossed_share(flags, **resample)
+        out[checker] = {"icr": {**icr.to_json(), "count": sum(e["icr"]["count"] for e in entries), "n": sum(e["icr"]["n"] for e in entries),
+                                "interval": CROSSED_AT_LEAST_BINOMIAL, "n_seeds": len(seed_rows)},
+                        "agreement": _mean([e.get("agreement") for e in entries])}
+    return out
+
+
+def _mean(values: list[Any]) -> float | None:
+    """The mean of ``values``; None when any is missing."""
+    return None if any(v is None for v in values) else sum(values) / len(values)
+
+
+def _summed(timings: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for t in timings:
+        for stage, seconds in t.items():
+            out[stage] = round(out.get(stage, 0.0) + seconds, 1)
+    return out
 
 
 def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Detector, named: dict[str, Any]) -> dict[str, Any]:

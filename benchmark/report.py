@@ -6,7 +6,9 @@ false-positive rate drawn as the floor no method can go under.
 """
 from __future__ import annotations
 
+import re
 import tomllib
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,50 @@ def paper_icr(table: str = "icr") -> dict[str, dict[str, float]]:
 
 #: The paper's Model Removal comparison: methods applied to the model that already draws the concept.
 MODEL_REMOVAL = ("sd", "np", "esd", "sld", "ge-model-removal")
+#: What the paper's tables are called where their numbers are printed.
+PAPER_TABLES = {
+    "icr": "the paper's main Data Removal table",
+    "ablation": "the paper's ICD-Watermark ablation, where full Geom-Erasing is 7.23 (not the main table's 5.02)",
+    "model_removal": "the paper's Model Removal table (SD v1.5, watermark)",
+}
+#: Methods that frame the others rather than compete: the model before fine-tuning and the one
+#: fine-tuned on clean twins. The leaderboard lists them apart from the ranked methods.
+CONTROLS = ("base", "oracle")
+
+#: Characters that change a Markdown line's formatting or a table's shape wherever they are.
+_MARKDOWN_SPECIAL = set("\\`*_[]<>|~&")
 
 
-def cell(text: str) -> str:
-    """Text for a Markdown table cell: a ``|`` in a name must not split the row."""
-    return text.replace("|", "\\|")
+def md_text(text: Any) -> str:
+    """``text`` as literal Markdown inline text: every character that could format it (``*``, ``_``,
+    backticks, ``<``, ``[``...) or split a table cell (``|``) backslash-escaped, line breaks and other
+    control characters as spaces (a newline would end a table row and start another), and a leading
+    character that would start a heading, list or quote escaped. Nothing in it can add a row or change
+    formatting; :func:`benchmark.results_page.markdown_html` shows it as the text it was."""
+    text = "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in str(text))
+    # "_" between letters or digits never emphasises (GFM), so names like ge_full and paths stay readable
+    out = "".join("\\" + ch if ch in _MARKDOWN_SPECIAL and not (ch == "_" and 0 < i < len(text) - 1 and text[i - 1].isalnum()
+                                                              and text[i + 1].isalnum()) else ch
+                  for i, ch in enumerate(text))
+    if out[:1] in ("#", "+", "-", "=", ">"):
+        out = "\\" + out
+    numbered = re.match(r"\d+(?=[.)])", out)  # "1. x" would start a numbered list: "1\. x"
+    if numbered:
+        out = out[: numbered.end()] + "\\" + out[numbered.end():]
+    return out
+
+
+def cell(text: Any) -> str:
+    """Text for a Markdown table cell, escaped by :func:`md_text`."""
+    return md_text(text)
+
+
+def code(text: Any) -> str:
+    """``text`` as an inline code span where it can be one (no backtick, backslash, pipe or line break), else escaped text."""
+    text = str(text)
+    if any(ch in "`\\|" or unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in text) or not text.strip():
+        return md_text(text)
+    return "`" + text + "`"
 
 
 def pct(ratio: dict[str, Any] | None) -> str:
@@ -34,50 +75,124 @@ def pct(ratio: dict[str, Any] | None) -> str:
     return f"{100 * ratio['value']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
+#: Interval kinds of rows that do not name theirs (results.json from before rows recorded ``interval``).
+OLD_SINGLE = "percentile bootstrap over images (recorded before rows named their interval)"
+
+
+def interval_kind(ratio: dict[str, Any], seeded: bool) -> str:
+    """The interval a ratio carries, as it records it (``interval``, or ``bootstrap`` in older files)."""
+    kind = ratio.get("interval") or ratio.get("bootstrap")
+    if kind:
+        return str(kind)
+    return "over seeds and prompts (kind not recorded)" if seeded else OLD_SINGLE
+
+
+def _intervals_lines(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """One line per interval kind in the table, naming the rows that carry it: read from each row."""
+    kinds: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("status") == "ok":
+            kinds.setdefault(interval_kind(r["icr"], bool(r.get("seeds"))), []).append(f"{r['method']} / {r['concept']}")
+    fp_kinds = {interval_kind(v, False) for v in results.get("fp_rate", {}).values() if isinstance(v, dict)}
+    lines = ["95% intervals, as each row records them:", ""]
+    for kind, where in kinds.items():
+        methods = list(dict.fromkeys(w.split(" / ")[0] for w in where))
+        lines.append(f"- {md_text(kind)}: {', '.join(code(m) for m in methods)}")
+    for kind in sorted(fp_kinds):
+        lines.append(f"- {md_text(kind)}: the detector's FP rate on clean test images")
+    return lines + [""]
+
+
+def _seed_zero(row: dict[str, Any]) -> bool:
+    """A seeded row whose quality, FID x ICR, cross-checks and timings are its first seed's only (older files)."""
+    return bool(row.get("seeds")) and "quality" not in (row.get("over_seeds") or [])
+
+
+def _seeds_label(row: dict[str, Any]) -> str:
+    """What a seeded row's quality and timings are: a mean over its seeds, or its first seed's."""
+    if not row.get("seeds"):
+        return ""
+    if _seed_zero(row):
+        return f" (seed {next(iter(row['seeds']))} only)"
+    return f" (mean of {len(row['seeds'])} seeds)"
+
+
 def results_markdown(results: dict[str, Any]) -> str:
     rows = results["rows"]
     concepts = list(dict.fromkeys(r["concept"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     by_key = {(r["concept"], r["method"]): r for r in rows}
-    lines = [f"# Implicit concept removal: {results['name']} (track `{results['track']}`)", "", results.get("note", ""), ""]
+    lines = [f"# Implicit concept removal: {md_text(results['name'])} (track {code(results['track'])})", "",
+             md_text(results.get("note", "")), ""]
     lines += _evaluator_lines(results.get("detector", {}))
     lines += [
-        "## Implicit concept ratio (ICR %, 95% interval; paper's number in parentheses)",
+        f"## Implicit concept ratio (ICR %, 95% interval; in parentheses, {PAPER_TABLES['icr']})",
         "",
-        "Rows trained with several seeds carry an interval over seeds and prompts (seeds resampled, with one set of resampled prompts shared by all seeds, as every seed is scored on the same prompts); the others over prompts.",
+        "Rows of methods trained with several seeds give the mean over seeds; their other figures (quality, FID x ICR, "
+        "timings) are labelled with what they are.",
         "",
     ]
+    lines += _intervals_lines(results, rows)
     fp_row = "| detector FP, clean test images | " + " | ".join(pct(results["fp_rate"].get(c)) for c in concepts) + " |"
     lines += _icr_table(methods, concepts, by_key, paper_icr(), first=fp_row)
+    ablation = paper_icr("ablation")
+    in_ablation = [m for m in methods if any(m in ablation.get(c, {}) for c in concepts)]
+    if in_ablation and any(m not in ("sd", "ge-full", "oracle") for m in in_ablation):
+        lines += [f"## The ablation (ICR %; in parentheses, {PAPER_TABLES['ablation']})", "",
+                  "Compare each step with the ablation's own numbers, not the main table's.", ""]
+        lines += _icr_table(in_ablation, [c for c in concepts if c in ablation], by_key, ablation)
     seeded = [r for r in rows if r.get("seeds") and r.get("status") == "ok"]
     if seeded:
-        lines += ["## Every seed (ICR %)", "", "| method | concept | " + " | ".join(f"seed {s}" for s in seeded[0]["seeds"]) + " |"]
+        lines += ["## Every seed (ICR %)", "", _row(["method", "concept", *[f"seed {cell(s)}" for s in seeded[0]["seeds"]]])]
         lines.append("|---|---|" + "---|" * len(seeded[0]["seeds"]))
-        lines += [f"| {cell(r['method'])} | {cell(r['concept'])} | " + " | ".join(pct(v["icr"]) for v in r["seeds"].values()) + " |" for r in seeded]
+        lines += [_row([cell(r["method"]), cell(r["concept"]), *[pct(v["icr"]) for v in r["seeds"].values()]]) for r in seeded]
         lines.append("")
     named = results.get("named_base") or {}
     if named:
         lines += ["## The base, asked by name", "", "ICR of each concept on the evaluation prompts with the concept named, no negative prompt: "
                   "the name-based baselines assume the model knows the word.", "", "| concept | prompt | ICR % | prompts |", "|---|---|---|---|"]
-        lines += [f"| {cell(c)} | `{cell(v['prompt'])}` | {pct(v['icr'])} | {v['n_prompts']} |" for c, v in named.items()] + [""]
+        lines += [f"| {cell(c)} | {code(v['prompt'])} | {pct(v['icr'])} | {v['n_prompts']} |" for c, v in named.items()] + [""]
     removal = [m for m in MODEL_REMOVAL if m in methods]
     if "ge-model-removal" in removal:
-        lines += ["## Model Removal (the paper's Table 2)", "", "Every method applied to `sd`, the model that learned the concept; "
-                  "`ge-model-removal` freezes it and learns only the new token embeddings. Paper: SD v1.5, watermark.", ""]
-        lines += _icr_table(removal, concepts, by_key, paper_icr("model_removal"))
+        track_seed = str((results.get("seeds") or {}).get("track", 0))
+        removal_rows = dict(by_key)
+        sd_label = "sd"
+        for c in concepts:
+            sd = by_key.get((c, "sd"))
+            if sd and sd.get("seeds"):
+                seed = track_seed if track_seed in sd["seeds"] else next(iter(sd["seeds"]))
+                removal_rows[(c, "sd")] = {**sd, "icr": sd["seeds"][seed]["icr"], "seeds": None}
+                sd_label = f"sd (seed {seed})"
+        lines += [f"## Model Removal (in parentheses, {PAPER_TABLES['model_removal']})", "",
+                  "Every method applied to `sd`'s model of the track's seed (the model that learned the concept), so `sd`'s row is that "
+                  "seed's ICR, not the mean over seeds; `ge-model-removal` freezes it and learns only the new token embeddings.", ""]
+        lines += _icr_table(removal, concepts, removal_rows, paper_icr("model_removal"), labels={"sd": sd_label})
     lines += ["", "## Quality", ""]
     columns = _quality_columns(rows)
     if columns or any(r.get("fid_x_icr") is not None for r in rows):
+        if any(r.get("seeds") for r in rows):
+            lines += ["A seeded method's quality and FID x ICR are the means over its seeds (FID x ICR: the mean of each seed's "
+                      "product), prompt following with an interval over seeds and prompts, unless the row says `seed N only` "
+                      "(a results.json from before seeded rows recorded them over seeds).", ""]
         lines += [_row(["concept", "method", *map(cell, columns), "FID x ICR"]), "|" + "---|" * (len(columns) + 3)]
         for r in rows:
             if r.get("status") != "ok":
                 continue
             q = r.get("quality", {})
             values = [_num(q.get(k)) + _interval(r.get("quality_detail", {}).get(k, {}).get("mean")) for k in columns]
-            lines.append(_row([cell(r["concept"]), cell(r["method"]), *values, _num(r.get("fid_x_icr"))]))
+            lines.append(_row([cell(r["concept"]), cell(r["method"]) + md_text(_seeds_label(r)), *values, _num(r.get("fid_x_icr"))]))
         lines.append("")
+        per_seed = [(r, s, v) for r in rows if r.get("status") == "ok" and not _seed_zero(r)
+                    for s, v in (r.get("seeds") or {}).items() if "quality" in v]
+        if per_seed:
+            lines += ["### Every seed (quality)", "", _row(["concept", "method", "seed", *map(cell, columns), "FID x ICR"]),
+                      "|" + "---|" * (len(columns) + 4)]
+            for r, s, v in per_seed:
+                values = [_num(v.get("quality", {}).get(k)) + _interval(v.get("quality_detail", {}).get(k, {}).get("mean")) for k in columns]
+                lines.append(_row([cell(r["concept"]), cell(r["method"]), cell(s), *values, _num(v.get("fid_x_icr"))]))
+            lines.append("")
     kinds = sorted({q for r in rows for q in r.get("quality_kinds", [])})
-    lines += ["Quality measures: " + ("; ".join(kinds) or "none"), ""]
+    lines += ["Quality measures: " + ("; ".join(map(md_text, kinds)) or "none"), ""]
     checks = results.get("targets", {}).get("checks", [])
     if checks:
         lines += ["## Targets", "", "| concept | target | measured | met |", "|---|---|---|---|"]
@@ -85,14 +200,40 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines += [f"| {cell(str(t['concept']))} | {cell(str(t['target']))} | {cell(str(t['measured']))} | {mark[t['met']]} |" for t in checks] + [""]
     missing = [r for r in rows if r.get("status") != "ok"]
     if missing:
-        lines += ["## Not run", ""] + [f"- `{r['method']}` on {r['concept']}: {r.get('status')}" for r in missing] + [""]
-    stages = dict(results.get("timings", {}))
+        lines += ["## Not run", ""] + [f"- {code(r['method'])} on {md_text(r['concept'])}: {md_text(r.get('status'))}" for r in missing] + [""]
+    lines += _timing_lines(results)
+    return "\n".join(lines) + "\n"
+
+
+def _timing_lines(results: dict[str, Any]) -> list[str]:
+    """The run's stages (wall clock) and, per method stage, the sum over every evaluation (each
+    method and training seed), said to be a sum: with ``--jobs`` N the evaluations ran side by side,
+    so the sums overlap each other and the wall-clock ``methods (...)`` stage."""
+    rows = [r for r in results["rows"] if r.get("status") == "ok"]
+    lines = ["## Time per stage (s)", "", "| stage | seconds | what the figure is |", "|---|---|---|"]
+    lines += [f"| {cell(k)} | {v:.0f} | wall clock |" for k, v in results.get("timings", {}).items()]
+    sums: dict[str, float] = {}
     for r in rows:
         for stage, seconds in r.get("timings", {}).items():
-            stages[f"methods: {stage}"] = stages.get(f"methods: {stage}", 0.0) + seconds
-    lines += ["## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {cell(k)} | {v:.0f} |" for k, v in stages.items()]
-    return "\n".join(lines) + "\n"
+            sums[stage] = sums.get(stage, 0.0) + seconds
+    evaluations = {(r.get("subset"), r["method"]): 1 if _seed_zero(r) or not r.get("seeds") else len(r["seeds"]) for r in rows}
+    partial = sorted({r["method"] for r in rows if _seed_zero(r)})
+    jobs = {r.get("jobs") for r in rows}
+    side_by_side = any(isinstance(j, int) and j > 1 for j in jobs) or (
+        None in jobs and any("jobs)" in k for k in results.get("timings", {})))
+    if side_by_side:
+        what = (f"sum over {sum(evaluations.values())} evaluations of their own stage times; they ran side by side (--jobs), "
+                "so the sum overlaps itself and the methods' wall-clock stage: not wall clock")
+    elif None in jobs:
+        what = f"sum over {sum(evaluations.values())} evaluations of their own stage times (whether they ran side by side is not recorded)"
+    else:
+        what = f"sum over {sum(evaluations.values())} evaluations, run one after another"
+    lines += [f"| methods: {cell(stage)} | {seconds:.0f} | {what} |" for stage, seconds in sums.items()]
+    lines.append("")
+    if partial and sums:
+        lines += [f"The sums count the first seed only of {', '.join(code(m) for m in partial)}: this results.json records only "
+                  "that seed's times for seeded methods (an older version).", ""]
+    return lines
 
 
 def _row(cells: list[str]) -> str:
@@ -105,11 +246,12 @@ def _evaluator_lines(detector: dict[str, Any]) -> list[str]:
         return []
     which = "the published evaluator" if detector.get("published") else "**not the published evaluator**: its ICRs compare only with runs that used the same detector"
     thresholds = detector.get("thresholds")
-    said = ", ".join(f"{c} {t:.3g}" for c, t in thresholds.items()) if isinstance(thresholds, dict) else f"{detector.get('conf')}"
-    return [f"Detector `{str(detector.get('sha256', ''))[:12]}`: {which}. Confidence thresholds: {said}.", ""]
+    said = ", ".join(f"{md_text(c)} {t:.3g}" for c, t in thresholds.items()) if isinstance(thresholds, dict) else md_text(detector.get("conf"))
+    return [f"Detector {code(str(detector.get('sha256', ''))[:12])}: {which}. Confidence thresholds: {said}.", ""]
 
 
-def _icr_table(methods: list[str], concepts: list[str], by_key: dict, paper: dict[str, dict[str, float]], first: str | None = None) -> list[str]:
+def _icr_table(methods: list[str], concepts: list[str], by_key: dict, paper: dict[str, dict[str, float]], first: str | None = None,
+               labels: dict[str, str] | None = None) -> list[str]:
     lines = ["| method | " + " | ".join(map(cell, concepts)) + " |", "|---|" + "---|" * len(concepts), *([first] if first else [])]
     for m in methods:
         cells = []
@@ -119,8 +261,9 @@ def _icr_table(methods: list[str], concepts: list[str], by_key: dict, paper: dic
             if m in paper.get(c, {}):
                 text += f" ({paper[c][m]:.1f})"
             cells.append(text)
-        seeds = next((len(by_key[(c, m)]["seeds"]) for c in concepts if by_key.get((c, m), {}).get("seeds")), 0)
-        lines.append(f"| {cell(m)}{f' ({seeds} seeds)' if seeds else ''} | " + " | ".join(cells) + " |")
+        seeds = next((len(by_key[(c, m)]["seeds"]) for c in concepts if (by_key.get((c, m)) or {}).get("seeds")), 0)
+        label = md_text((labels or {}).get(m, m)) + (f" ({seeds} seeds)" if seeds else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -129,11 +272,20 @@ def _quality_columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _interval(estimate: dict[str, Any] | None) -> str:
-    return f" [{estimate['ci'][0]:.3g}, {estimate['ci'][1]:.3g}]" if estimate else ""
+    return f" [{_num(estimate['ci'][0])}, {_num(estimate['ci'][1])}]" if estimate else ""
 
 
 def _num(v: Any) -> str:
-    return "–" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+    """A number as people read it: no exponent for FIDs and products (1090, 21815), 3 significant digits below 100."""
+    if v is None:
+        return "–"
+    if not isinstance(v, float):
+        return str(v)
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if v == 0 or abs(v) >= 1e-4:
+        return f"{v:.3g}"
+    return f"{v:.2e}"
 
 
 def plot_icr(results: dict[str, Any], path: Path) -> Path:
@@ -144,6 +296,11 @@ def plot_icr(results: dict[str, Any], path: Path) -> Path:
 
     rows = [r for r in results["rows"] if r.get("status") == "ok"]
     concepts = list(dict.fromkeys(r["concept"] for r in rows))
+    with plt.rc_context({"text.parse_math": False, "text.usetex": False}):  # a "$" in a name is text, not mathtext
+        return _plot(plt, results, rows, concepts, Path(path))
+
+
+def _plot(plt: Any, results: dict[str, Any], rows: list[dict[str, Any]], concepts: list[str], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(concepts), figsize=(4.5 * len(concepts), 4), squeeze=False)
     for ax, c in zip(axes[0], concepts):
         rs = [r for r in rows if r["concept"] == c]
@@ -151,16 +308,16 @@ def plot_icr(results: dict[str, Any], path: Path) -> Path:
         err = [[100 * (r["icr"]["value"] - r["icr"]["ci"][0]) for r in rs], [100 * (r["icr"]["ci"][1] - r["icr"]["value"]) for r in rs]]
         ax.bar(range(len(rs)), values, yerr=err, capsize=3, color="#4c72b0")
         fp = results["fp_rate"].get(c)
-        if fp:
+        if fp and fp["value"] > 0:  # at 0 the line would lie on the axis
             ax.axhline(100 * fp["value"], color="#c44e52", linestyle="--", label="detector FP rate")
             ax.legend(loc="upper right", fontsize=8)
-        ax.set_xticks(range(len(rs)), [r["method"] for r in rs], rotation=45, ha="right")
+        ax.set_xticks(range(len(rs)), [r["method"] + (f" (mean of {len(r['seeds'])} seeds)" if r.get("seeds") else "") for r in rs],
+                      rotation=45, ha="right")
         ax.set_title(c)
         ax.set_ylabel("ICR % (95% CI)")
         ax.set_ylim(0, 100)
     fig.suptitle(f"{results['name']} ({results['track']} track)")
     fig.tight_layout()
-    path = Path(path)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

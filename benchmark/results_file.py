@@ -117,6 +117,10 @@ def _row(row: Any, field: str) -> None:
     if row.get("status") != "ok":
         return
     _need(is_ratio(row.get("icr")), f"{field}.icr", f"{RATIO} ({row['method']}, {row['concept']})")
+    for key in ("interval", "bootstrap"):  # the interval's kind: "interval" since rows name it, "bootstrap" before (seeded rows)
+        _need(isinstance(row["icr"].get(key, ""), str), f"{field}.icr.{key}", "not a string")
+    over = row.get("over_seeds", [])
+    _need(isinstance(over, list) and all(isinstance(k, str) for k in over), f"{field}.over_seeds", "not a list of strings")
     _each(row.get("quality", ABSENT), f"{field}.quality", lambda v: v is None or is_number(v), "a number")
     _each(row.get("quality_detail", ABSENT), f"{field}.quality_detail",
           lambda v: isinstance(v, dict) and (v.get("mean") is None or _is_interval(v["mean"])), "an object whose mean has a ci [low, high]")

@@ -63,9 +63,25 @@ def markdown_html(markdown: str) -> str:
 
 
 def _cells(row: str) -> list[str]:
-    """A table row's cells; ``\\|`` is a ``|`` inside a cell (as in GitHub's Markdown)."""
-    parts = re.split(r"(?<!\\)\|", row.strip())
-    return [c.strip().replace("\\|", "|") for c in parts[parts[0] == "":len(parts) - (parts[-1] == "")]]
+    """A table row's cells, split at the ``|`` that are not backslash-escaped (as in GitHub's
+    Markdown); escapes are kept for :func:`_inline`, which shows each escaped character as itself."""
+    cells, current, i = [], "", 0
+    row = row.strip()
+    while i < len(row):
+        ch = row[i]
+        if ch == "\\" and i + 1 < len(row):
+            current += row[i:i + 2]
+            i += 2
+            continue
+        if ch == "|":
+            cells.append(current)
+            current = ""
+        else:
+            current += ch
+        i += 1
+    cells.append(current)
+    parts = [c.strip() for c in cells]
+    return parts[parts[0] == "":len(parts) - (parts[-1] == "")]
 
 
 def _table(rows: list[str]) -> str:
@@ -75,10 +91,29 @@ def _table(rows: list[str]) -> str:
     return "".join(parts) + "</tbody></table>"
 
 
+#: Markdown's backslash escapes: a backslash before any ASCII punctuation.
+_ESCAPED = re.compile(r"\\([!-/:-@\[-`{-~])")
+_CODE = re.compile(r"`([^`]+)`")
+_KEPT = re.compile("\x00(\\d+)\x00")
+
+
 def _inline(text: str) -> str:
+    """Inline Markdown as HTML: backslash escapes as the character itself (so an escaped backtick or
+    star formats nothing), ``code``, ``**bold**``; everything else is escaped text."""
+    kept: list[str] = []
+
+    def keep(html_text: str) -> str:
+        kept.append(html_text)
+        return f"\x00{len(kept) - 1}\x00"
+
+    text = text.replace("\x00", " ")
+    text = _ESCAPED.sub(lambda m: keep(html.escape(m.group(1), quote=False)), text)
+    text = _CODE.sub(lambda m: keep("<code>" + html.escape(m.group(1), quote=False) + "</code>"), text)
     text = html.escape(text, quote=False)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+    while _KEPT.search(text):  # a code span holds the escapes inside it
+        text = _KEPT.sub(lambda m: kept[int(m.group(1))], text)
+    return text
 
 
 def _image(path: Path, caption: str) -> str:

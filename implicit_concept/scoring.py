@@ -3,7 +3,7 @@
 ICR (implicit concept ratio) is the share of images in which the detector finds a concept at that
 concept's confidence threshold: the detector's own, calibrated when it was trained so that it stays
 quiet on clean and generated images (:mod:`implicit_concept.detector.calibration`), unless a caller
-sets one ``conf`` for every concept. Each ICR comes with a seeded percentile-bootstrap interval and,
+sets one ``conf`` for every concept. Each ICR comes with an exact binomial (Clopper-Pearson) interval and,
 beside it, the detector's false-positive rate on clean images at the same thresholds: a method's ICR
 cannot be read below that floor. The false-positive reference is computed once, when the detector is
 trained, as each clean image's highest confidence per concept, so any threshold can be applied later
@@ -30,7 +30,7 @@ from implicit_concept.detector.weights import MIN_THRESHOLD
 from implicit_concept.files import atomic_write_text, sha256_file
 from implicit_concept.image_stream import ImageSource, is_shard_source, iter_images
 from implicit_concept.shard_reader import iter_samples
-from implicit_concept.stats import bootstrap_mean
+from implicit_concept.stats import EXACT_BINOMIAL, clopper_pearson
 from implicit_concept.validate import check_int, is_number
 
 CLEAN_REFERENCE_NAME = "clean_reference.json"
@@ -73,7 +73,7 @@ class ScoreConfig:
 
 @dataclass(frozen=True)
 class Ratio:
-    """``count`` of ``n`` images, with a bootstrap interval [low, high]."""
+    """``count`` of ``n`` images, with an exact binomial (Clopper-Pearson) interval [low, high]."""
 
     value: float
     low: float
@@ -82,19 +82,21 @@ class Ratio:
     n: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"value": round(self.value, 5), "ci": [round(self.low, 5), round(self.high, 5)], "count": self.count, "n": self.n}
+        return {"value": round(self.value, 5), "ci": [round(self.low, 5), round(self.high, 5)], "count": self.count, "n": self.n,
+                "interval": EXACT_BINOMIAL}
 
     def __str__(self) -> str:
         return f"{100 * self.value:5.1f}% [{100 * self.low:4.1f}, {100 * self.high:4.1f}]"
 
 
-def bootstrap_ratio(flags: Sequence[bool], resamples: int, seed: int, level: float) -> Ratio:
-    """The share of true ``flags`` and its percentile-bootstrap interval (images resampled with replacement)."""
+def share_ratio(flags: Sequence[bool], level: float) -> Ratio:
+    """The share of true ``flags`` and its exact binomial (Clopper-Pearson) interval: unlike a
+    percentile bootstrap, it covers the rate at its level for rare counts too (0 of n is not [0, 0])."""
     x = np.asarray(flags, dtype=bool)
     if x.size == 0:
         raise ValueError("no images to compute a ratio over")
-    share = bootstrap_mean(x, resamples=resamples, seed=seed, level=level)
-    return Ratio(share.value, share.low, share.high, int(x.sum()), int(x.size))
+    low, high = clopper_pearson(int(x.sum()), int(x.size), level)
+    return Ratio(float(x.mean()), low, high, int(x.sum()), int(x.size))
 
 
 @dataclass(frozen=True)
@@ -117,9 +119,9 @@ class CleanReference:
 
     def fp_rate(self, concept: str, config: ScoreConfig, thresholds: Thresholds | None = None) -> Ratio:
         """False-positive rate at ``config``'s thresholds (``thresholds``: the detector's, used when
-        ``config.conf`` is None), bootstrapped like the ICRs it is printed beside."""
+        ``config.conf`` is None), with the interval of the ICRs it is printed beside."""
         flags = self.flags(concept, config.thresholds(thresholds))
-        return bootstrap_ratio(flags, config.resamples, config.seed, config.level)
+        return share_ratio(flags, config.level)
 
     def write(self, path: Path) -> None:
         atomic_write_text(Path(path), json.dumps(asdict(self), sort_keys=True) + "\n")  # its sha256 is recorded: this layout, no other
@@ -244,7 +246,7 @@ class ScoreReport:
         return {
             "config": asdict(self.config),
             "thresholds": self.thresholds,
-            "bootstrap": "percentile, images resampled with replacement",
+            "interval": EXACT_BINOMIAL,
             "detector": self.detector,
             "clean_reference": {"source": self.clean_source, "images": self.clean_images},
             "n_images": len(self.images),
@@ -269,7 +271,7 @@ class ScoreReport:
         source = "one for all" if self.config.conf is not None else "the detector's"
         at = ", ".join(f"{c} {t:.4g}" for c, t in self.thresholds.items())
         lines = [
-            f"{len(self.images)} images, thresholds ({source}): {at}; {pct}% bootstrap intervals; "
+            f"{len(self.images)} images, thresholds ({source}): {at}; {pct}% exact binomial intervals; "
             f"FP = detector on {self.clean_images} clean images ({_shown_source(self.clean_source)})",
             f"{'concept':<10} {'checker':<18} {'ICR [' + str(pct) + '% CI]':<24} {'FP clean [CI]':<24} agreement",
         ]
@@ -321,10 +323,9 @@ def score_images(
         per_image.append({"name": name, "detections": [d.to_json() for d in dets], "checkers": verdicts})
     if not per_image:
         raise ValueError(f"{_describe(images)}: no images to score")
-    resample = dict(resamples=config.resamples, seed=config.seed, level=config.level)
-    concepts = {c: ConceptScore(c, bootstrap_ratio(found[c], **resample), reference.fp_rate(c, config, thresholds)) for c in CONCEPT_NAMES}
+    concepts = {c: ConceptScore(c, share_ratio(found[c], config.level), reference.fp_rate(c, config, thresholds)) for c in CONCEPT_NAMES}
     crosschecks = [
-        CheckerScore(ch.name, ch.concept, bootstrap_ratio(checked[ch.name], **resample), _agreement(found[ch.concept], checked[ch.name]))
+        CheckerScore(ch.name, ch.concept, share_ratio(checked[ch.name], config.level), _agreement(found[ch.concept], checked[ch.name]))
         for ch in checkers
     ]
     return ScoreReport(

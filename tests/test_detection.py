@@ -20,7 +20,7 @@ from implicit_concept.geom_erasing.degraded_boxes import box_iou, degrade_box
 from implicit_concept import image_stream
 from implicit_concept.image_stream import ImageReadError, iter_images, load_image
 from implicit_concept.sample import Box, Instance, SampleMeta
-from implicit_concept.scoring import ScoreConfig, bootstrap_ratio, score_images
+from implicit_concept.scoring import ScoreConfig, score_images, share_ratio
 from implicit_concept.shard_writer import TarShardWriter
 
 #: (size, boxes) per sample: corners, edges, 1-px boxes, odd sizes and a non-square image.
@@ -198,15 +198,18 @@ def test_detector_training_refuses_an_out_folder_that_holds_or_is_inside_its_inp
     assert (backgrounds / "b.png").is_file() and (shards / "train" / "00000.tar").is_file()
 
 
-def test_bootstrap_interval_on_known_inputs():
-    r = bootstrap_ratio([True] * 200 + [False] * 200, resamples=2000, seed=1, level=0.95)
+def test_a_share_of_images_carries_an_exact_binomial_interval_that_rare_counts_do_not_collapse():
+    r = share_ratio([True] * 200 + [False] * 200, level=0.95)
     assert (r.value, r.count, r.n) == (0.5, 200, 400)
     assert 0.44 < r.low < 0.46 and 0.54 < r.high < 0.56  # normal approximation: 0.5 +- 0.049
-    assert r == bootstrap_ratio([True] * 200 + [False] * 200, resamples=2000, seed=1, level=0.95)
-    zero = bootstrap_ratio([False] * 50, resamples=500, seed=0, level=0.95)
-    assert (zero.value, zero.low, zero.high) == (0.0, 0.0, 0.0)
+    assert r.to_json()["interval"] == "exact binomial (Clopper-Pearson)"
+    zero = share_ratio([False] * 200, level=0.95)
+    assert (zero.value, zero.low) == (0.0, 0.0)
+    assert zero.high == pytest.approx(1 - 0.025 ** (1 / 200)), "0 of 200: [0, 1.83%], not the bootstrap's [0, 0]"
+    one = share_ratio([True] + [False] * 199, level=0.95)
+    assert one.low == pytest.approx(1.2658e-4, rel=1e-3) and one.high == pytest.approx(0.027542, rel=1e-3)
     with pytest.raises(ValueError, match="no images"):
-        bootstrap_ratio([], resamples=500, seed=0, level=0.95)
+        share_ratio([], level=0.95)
 
 
 class FakeDetector:

@@ -212,7 +212,7 @@ def test_a_plug_ins_row_is_recorded_with_its_spec_code_and_in_memory_edits(saved
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     scored = (SimpleNamespace(write_json=lambda path: None, images=[]), {"qrcode": {"icr": 1}})
-    monkeypatch.setattr(method_evaluation, "score_generated", lambda *a: scored)
+    monkeypatch.setattr(method_evaluation, "score_generated", lambda *a, **k: scored)
     monkeypatch.setattr(method_evaluation, "method_grid", lambda *a, **k: None)
     track = SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}, conf=None, quality={"kind": "none"})
     run = SimpleNamespace(track=track, root=tmp_path / "run", cache=tmp_path, progress=False)

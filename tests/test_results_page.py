@@ -13,7 +13,7 @@ from PIL import Image
 
 from benchmark.cli import main
 from benchmark.leaderboard import leaderboard
-from benchmark.report import plot_icr
+from benchmark.report import cell, plot_icr
 from benchmark.results_page import markdown_html, write_results_page
 from benchmark.sample_grid import method_grid
 
@@ -96,7 +96,7 @@ def test_the_leaderboard_ranks_comparable_runs_and_says_when_runs_do_not_compare
     a, b = fake_run(tmp_path / "a", icr=0.4), fake_run(tmp_path / "b", icr=0.2)
     board = leaderboard([a, b])
     assert board.differences == []
-    lines = [line for line in board.markdown.splitlines() if line.startswith(f"| {tmp_path}")]
+    lines = [line for line in board.markdown.splitlines() if line.startswith(f"| {cell(tmp_path)}")]
     assert [float(line.rsplit("|", 2)[1]) for line in lines] == sorted(float(line.rsplit("|", 2)[1]) for line in lines)
     other = fake_run(tmp_path / "c", evaluator="f" * 8)
     board = leaderboard([a, other])
@@ -165,9 +165,9 @@ def test_a_method_that_did_not_score_every_concept_has_no_mean_and_ranks_after_c
     failed = _edit(fake_run(tmp_path / "failed", icr=0.0), lambda r: _row(r, "ge-full", "qrcode", status="failed"))
     empty = _edit(fake_run(tmp_path / "empty"), lambda r: {**r, "rows": []})
     board = leaderboard([complete, failed, empty])
-    table = [line for line in board.markdown.splitlines() if line.startswith(f"| {tmp_path}")]
+    table = [line for line in board.markdown.splitlines() if line.startswith(f"| {cell(tmp_path)}")]
     assert [line.split(" | ")[:2] for line in table] == [
-        [f"| {failed}", "sd"], [f"| {complete}", "ge-full"], [f"| {complete}", "sd"], [f"| {failed}", "ge-full"]]
+        [f"| {cell(failed)}", "sd"], [f"| {cell(complete)}", "ge-full"], [f"| {cell(complete)}", "sd"], [f"| {cell(failed)}", "ge-full"]]
     assert table[-1].endswith("| failed | 0.0 [0.0, 10.0] | incomplete |")
     assert f"no rows scored in: {empty}" in board.notes
 
@@ -285,7 +285,8 @@ def test_every_table_of_the_written_results_md_has_one_cell_count(tmp_path, qual
     if quality == "none":
         assert "|" not in quality_section and "Quality measures: none" in quality_section
     else:
-        assert "| qrcode | sd | 0.5 [0.4, 0.6] | 3 | 1.2 |" in quality_section and "Quality measures: scene-FID" in quality_section
+        assert "| qrcode | sd (seed 0 only) | 0.5 [0.4, 0.6] | 3 | 1.2 |" in quality_section, "seeds recorded before quality over seeds"
+        assert "Quality measures: scene-FID" in quality_section
 
 
 THREE = {"qrcode": 0.3, "watermark": 0.35, "text": 0.4}
@@ -315,7 +316,7 @@ def test_a_score_pipeline_or_score_images_folder_joins_the_leaderboard_checked_a
     handed = fake_summary(tmp_path / "mine")
     board = leaderboard([run, handed])
     assert board.differences == [] and "Every run shares" in board.markdown
-    assert f"| {handed} | erased-pipeline | 20.0 [10.0, 30.0] | 20.0 [10.0, 30.0] | 20.0 |" in board.markdown  # the track's concepts only
+    assert f"| {cell(handed)} | erased-pipeline | 20.0 [10.0, 30.0] | 20.0 [10.0, 30.0] | 20.0 |" in board.markdown  # the track's concepts only
     assert "watermark" not in board.markdown
     for name, summary, key in (
         ("track", fake_summary(tmp_path / "other-track", track_sha="u" * 8), "track differs"),

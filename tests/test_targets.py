@@ -1,7 +1,7 @@
 """The tiny track's claims are checked from finished rows, and say when they cannot be."""
 import pytest
 
-from benchmark.targets import Targets, check_targets
+from benchmark.targets import Targets, at_most_ratio, check_targets
 from benchmark.track import TrackError, load_track
 
 
@@ -70,3 +70,74 @@ def test_geom_erasing_stands_beside_the_papers_main_table_numbers():
     paper = paper_icr()
     assert {c: paper[c]["ge-full"] for c in paper} == {"qrcode": 5.38, "watermark": 5.02, "text": 13.48}
     assert all(paper[c]["ge-full"] == paper[c]["geom-erasing"] for c in paper)
+
+
+def _counted(method, count, n=200, concept="qrcode", seeds=None):
+    """A row with its counts, as the protocol writes it (``seeds``: each seed's count, same n)."""
+    from implicit_concept.stats import clopper_pearson
+
+    if seeds:
+        value = sum(k / n for k in seeds) / len(seeds)
+        low, high = clopper_pearson(sum(seeds), n * len(seeds))
+        return {**_row(method, value, (low, high), concept), "seeds": {str(i): {"icr": {"value": k / n, "count": k, "n": n}}
+                                                                  for i, k in enumerate(seeds)}}
+    low, high = clopper_pearson(count, n)
+    return {**_row(method, count / n, (low, high), concept), "icr": {"value": count / n, "ci": [low, high], "count": count, "n": n}}
+
+
+@pytest.mark.parametrize("ratio", [0.3333, "1/3", 1 / 3])
+@pytest.mark.parametrize("ge, sd", [(4, 12), (10, 30), (13, 39), (20, 60), (1, 3), (66, 198)])
+def test_an_exact_third_of_sd_is_at_most_a_third_whatever_way_the_track_writes_a_third(ratio, ge, sd):
+    """4/200 against 12/200: (1/3) * 0.06 is 0.0199999... in floats, and 0.3333 x sd is below a third;
+    both said 'not met' for what the track means by 'at most a third'. One more image is over."""
+    assert at_most_ratio(_counted("ge-full", ge), _counted("sd", sd), ratio)
+    assert not at_most_ratio(_counted("ge-full", ge + 1), _counted("sd", sd), ratio)
+    assert at_most_ratio(_row("ge-full", ge / 200, (0, 1)), _row("sd", sd / 200, (0, 1)), ratio), "values without counts"
+
+
+@pytest.mark.parametrize("ratio", [0.3333, "1/3"])
+def test_an_exact_third_with_disjoint_intervals_meets_the_removal_target(ratio):
+    rows = [_counted("sd", 120, n=2000), _counted("ge-full", 40, n=2000)]
+    assert check_targets(rows, FP, Targets(removal_max_ratio=ratio))[1]["met"] is True
+    assert "(40/2000)" in check_targets(rows, FP, Targets(removal_max_ratio=ratio))[1]["measured"]
+    rows = [_counted("sd", 120, n=2000), _counted("ge-full", 41, n=2000)]
+    assert check_targets(rows, FP, Targets(removal_max_ratio=ratio))[1]["met"] is False
+
+
+def test_seeded_means_are_compared_as_the_exact_means_of_their_counts():
+    """Three seeds move the mean in steps of 1/600: ge-full 39/600 against sd 117/600 is a third exactly."""
+    rows = [_counted("sd", None, seeds=[40, 29, 48]), _counted("ge-full", None, seeds=[2, 11, 26])]
+    assert check_targets(rows, FP, Targets(removal_max_ratio=0.3333))[1]["met"] is True
+    assert check_targets(rows, FP, Targets(removal_max_ratio=0.333))[1]["met"] is False
+    rows = [_counted("sd", None, seeds=[40, 29, 48]), _counted("ge-full", None, seeds=[2, 11, 27])]
+    assert check_targets(rows, FP, Targets(removal_max_ratio="1/3"))[1]["met"] is False
+
+
+def test_the_tiny_tracks_ratio_loads_as_written_and_a_bad_ratio_is_named():
+    track = load_track("tiny")
+    assert Targets.from_dict(track.targets).removal_max_ratio == 0.3333
+    assert load_track("tiny", {"targets": {**track.targets, "removal_max_ratio": "1/3"}}).targets["removal_max_ratio"] == "1/3"
+    for bad in ("a third", "4/3", 1.5, True):
+        with pytest.raises(ValueError, match="removal_max_ratio"):
+            Targets(removal_max_ratio=bad)
+
+
+def test_a_measured_value_that_rounds_to_the_limit_is_not_printed_as_the_limit():
+    rows = [_row("sd", 0.24983, (0.2, 0.3))]
+    check = check_targets(rows, FP, Targets())[0]
+    assert check["met"] is False and "25.0%" not in check["measured"] and "24.98%" in check["measured"]
+
+
+def _seeded_following(method, means, ci):
+    return {**_row(method, 0.2, (0.1, 0.3), following=(sum(means) / len(means), ci)), "over_seeds": ["icr", "quality", "quality_detail"],
+            "seeds": {str(i): {"icr": {"value": 0.2}} for i in range(len(means))}}
+
+
+def test_prompt_following_of_seeded_rows_is_judged_over_seeds_and_a_first_seed_only_row_is_not_judged():
+    sd = _seeded_following("sd", [0.42, 0.42, 0.42], (0.40, 0.44))
+    ge = _seeded_following("ge-full", [0.45, 0.35, 0.36], (0.33, 0.44))
+    check = check_targets([sd, ge], FP, Targets())[3]
+    assert check["met"] is False and "0.387" in check["measured"]
+    older = {k: v for k, v in ge.items() if k != "over_seeds"}
+    check = check_targets([sd, older], FP, Targets())[3]
+    assert check["met"] is None and "first seed" in check["measured"]

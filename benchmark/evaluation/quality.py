@@ -17,7 +17,7 @@ import importlib
 import os
 import pickle
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -128,6 +128,9 @@ class PromptFollowing:
     ceiling: float | None
     kind: str
     extractor: str
+    #: Per image, the share of its prompt's attributes read back (what ``mean`` averages); not written
+    #: to JSON: the protocol reads it to put an interval over training seeds and prompts.
+    per_image: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -183,6 +186,7 @@ def prompt_following(
         ceiling=ceiling,
         kind=PROMPT_FOLLOWING_KIND,
         extractor=_extractor_name(extractor),
+        per_image=tuple(per_image),
     )
 
 

@@ -20,6 +20,10 @@ from implicit_concept.image_stream import load_image
 from implicit_concept.scene.grammar import Scene
 from implicit_concept.scoring import ScoreConfig, ScoreReport, score_images
 
+#: A row key that exists only in memory (:func:`score_generated` with ``per_image``): per image, the
+#: values a quality mean averages, for the protocol's interval over training seeds. Never written.
+PER_IMAGE = "_per_image"
+
 
 def score_generated(
     paths: list[Path],
@@ -29,14 +33,18 @@ def score_generated(
     quality: dict[str, Any],
     reference: list[Image.Image],
     cache: Path,
+    per_image: bool = False,
 ) -> tuple[ScoreReport, dict[str, dict[str, Any]]]:
     """The detector's report, and per concept the fields of a results row (``icr``, ``fp_rate``,
     ``crosscheck``, ``prompts_sha256``, ``quality``, ``quality_detail``, ``quality_kinds``, ``fid_x_icr``).
 
     ``quality`` is a track's ``[quality]`` table; ``reference`` the clean images FID compares with.
+    ``per_image``: each row also holds, under :data:`PER_IMAGE`, the per-image values of the quality
+    means that have them (prompt following), for the caller to combine over seeds and drop.
     """
     report = score_images(paths, detector, score)
     measured = quality_scores(paths, prompts, quality, reference, cache, seed=score.seed)
+    values = measured.pop(PER_IMAGE, {})
     rows = {}
     for concept, concept_score in report.concepts.items():
         row = {
@@ -49,6 +57,8 @@ def score_generated(
         fid = measured["quality"].get("scene_fid", measured["quality"].get("fid"))
         if fid is not None:  # the paper's FID x ICR %, with whichever FID the track measures
             row["fid_x_icr"] = fid * 100 * concept_score.icr.value
+        if per_image:
+            row[PER_IMAGE] = values
         rows[concept] = row
     return report, rows
 
@@ -70,6 +80,7 @@ def quality_scores(
             "quality": {"scene_fid": fid.value, "prompt_following": follow.mean.value},
             "quality_detail": {"scene_fid": fid.to_json(), "prompt_following": follow.to_json()},
             "quality_kinds": [fid.kind, follow.kind],
+            PER_IMAGE: {"prompt_following": list(follow.per_image)},
         }
     weights = {k: quality.get(k) for k in ("fid_weights", "clip_weights")}
     if not all(weights.values()):
