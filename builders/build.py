@@ -91,7 +91,8 @@ def build_dataset(
     _make_folder(out)
     units = builder.plan()
     try:
-        with locked(out):
+        _check_is_build(out)  # a folder of someone's files is refused before the lock file goes in it
+        with locked(out, inside=True):
             env = environment()
             claimed, previous = _claim_output(recipe, out, builder, env)
             record = {**claimed, "plan": plan_record(units)}

@@ -126,9 +126,10 @@ def test_a_second_run_of_one_name_is_refused_at_once(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(stages, "dataset", went_on)
     run = tmp_path / "runs" / "debug"
+    run.mkdir(parents=True)
     args = ["benchmark", "--track", "debug", "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
             "--cache", str(tmp_path / "cache"), "--quiet"]
-    with locked(run):  # held by this process through another file description, as another run would
+    with locked(run, inside=True):  # held by this process through another file description, as another run would
         assert main(args) == 2
     assert f"{run}: in use by another process (pid {os.getpid()}); wait for it to finish or use another --name" in capsys.readouterr().err
 
