@@ -16,6 +16,7 @@ finished (two benchmarks share one data folder, so waiting is what lets the seco
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from builders.shard_builder import ShardBuilder, is_complete, parquet_path, plan
 from builders.shard_table import SCHEMA, parquet_bytes, table_metadata
 from builders.source_screen import detector_fingerprint
 from implicit_concept.files import (
-    MISSING, TEMPORARY_MARK, FolderClaimError, abandoned, atomic_write_bytes, atomic_write_json, claim, json_changes, locked,
+    MISSING, TEMPORARY_MARK, FolderClaimError, atomic_write_bytes, atomic_write_json, claim, json_changes, locked,
     read_json_object,
 )
 from implicit_concept.provenance import environment
@@ -269,9 +270,15 @@ def _of_another_recipe(stats: dict[str, Any] | None, recipe: Recipe) -> bool:
 
 
 def _remove_stale_temporaries(out: Path) -> None:
-    """Remove what killed writers left; a live writer's temporary is never touched."""
-    for tmp in out.rglob(f".*{TEMPORARY_MARK}*"):
-        if abandoned(tmp):
+    """Remove what killed writers left. Called while this build holds the folder's lock: every
+    writer of the folder (this build's workers, forked or on other nodes) writes only while its
+    build holds it, and a forked worker that outlives its build keeps the lock it inherited, so no
+    live writer owns any temporary here. (A pid in the name proves nothing: pids are reused, and
+    mean nothing on another node.)"""
+    for tmp in sorted(out.rglob(f".*{TEMPORARY_MARK}*"), reverse=True):
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
             tmp.unlink(missing_ok=True)
 
 

@@ -35,7 +35,7 @@ from builders.shard_builder import WorkUnit, key_index, plan_units, recorded_pla
 from builders.shard_table import COLUMNS, sample_row, status_of
 from builders.sources import WebDatasetConfig, make_source
 from builders.sources.webdataset_source import tar_paths
-from implicit_concept.files import LOCK_NAME, json_differences, read_locked, sha256_file
+from implicit_concept.files import LOCK_NAME, is_temporary, json_differences, read_locked, sha256_file
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, load_pixels
 from implicit_concept.sample import SPLITS, SampleMeta
 from implicit_concept.shard_reader import (
@@ -323,7 +323,10 @@ def _check_folder(out: Path, recipe: Recipe | None, units: list[WorkUnit], probl
                     problems.add(Path(folder) / d, "unexpected folder (not a split of this build's plan)")
             dirs[:] = [d for d in dirs if f"{rel_folder}/{d}" in split_dirs and not (Path(folder) / d).is_symlink()]
             for name in sorted(files):
-                if f"{rel_folder}/{name}" not in planned:
+                if is_temporary(Path(name)):  # never data: no reader of the shards takes it in
+                    notes.append(f"{Path(folder) / name}: a temporary left by a stopped writer (not data; "
+                                 f"the next build into this folder removes it)")
+                elif f"{rel_folder}/{name}" not in planned:
                     problems.add(Path(folder) / name, "unexpected file (not in this build's plan)")
 
 

@@ -41,23 +41,11 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}{TEMPORARY_MARK}{os.getpid()}")
 
 
-def abandoned(tmp: Path) -> bool:
-    """Whether the temporary file ``tmp`` was left by a writer that no longer runs, so it may be removed.
-
-    The writer is the pid :func:`temporary_name` put in the name; a name without one is not ours to
-    remove. Pids are per machine: a writer on another node of a shared filesystem looks dead here,
-    so callers remove temporaries only while they hold the folder's :func:`locked`.
-    """
-    pid = Path(tmp).name.rpartition(TEMPORARY_MARK)[2]
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is a writer's temporary (:func:`temporary_name`): never data, whether its
+    writer still runs or was killed."""
+    name = Path(path).name
+    return name.startswith(".") and TEMPORARY_MARK in name
 
 
 #: The lock file :func:`locked` keeps inside a folder it claims with ``inside``: hidden, so no

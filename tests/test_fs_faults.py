@@ -47,6 +47,25 @@ def _hold(path: Path, inside: bool, seconds: float = 60) -> subprocess.Popen:
     return proc
 
 
+# --- F1: a temporary is never data ------------------------------------------------------------------
+
+
+def test_a_leftover_temporary_is_a_note_and_the_next_build_removes_it_whatever_its_pid(dataset):
+    shard = dataset / "icd-qrcode" / "train"
+    # pid 1 always runs: a reused pid, or a writer on another node, looks alive
+    left = shard / ".00000.tar.tmp-1"
+    left.write_bytes((shard / "00000.tar").read_bytes()[:5000])
+    report = verify_dataset(dataset)
+    assert report.ok, report.problems
+    assert any(str(left) in note and "temporary" in note for note in report.notes), report.notes
+    folder = temporary_name(dataset / "icd-qrcode" / "x")  # a killed atomic_dir's folder
+    folder.mkdir()
+    (folder / "f").write_bytes(b"partial")
+    build_dataset(load_recipe("icd-debug"), dataset, progress=False)
+    assert not left.exists() and not folder.exists()
+    assert (dataset / CHECKSUMS).read_text() == (RECIPES_DIR / "icd-debug.sha256").read_text()
+
+
 # --- F4, F5: locks follow the real folder, inside it -------------------------------------------------
 
 
