@@ -33,7 +33,7 @@ from builders.shard_table import SCHEMA, parquet_bytes, table_metadata
 from builders.source_screen import detector_fingerprint
 from implicit_concept.files import (
     MISSING, TEMPORARY_MARK, FolderClaimError, atomic_write_bytes, atomic_write_json, claim, json_changes, locked,
-    read_json_object,
+    out_of_space, read_json_object,
 )
 from implicit_concept.provenance import environment
 
@@ -102,8 +102,14 @@ def build_dataset(
                 folder.mkdir(parents=True, exist_ok=True)
             todo = [u for u in units if not is_complete(out, u, recipe.sha256)]
             env = _same_packages(out, _started_under(previous), env, todo)
-            run_units(recipe, todo, out, workers=workers, progress=progress, distributor=distributor,
-                      ray_address=ray_address, builder=builder)
+            try:
+                run_units(recipe, todo, out, workers=workers, progress=progress, distributor=distributor,
+                          ray_address=ray_address, builder=builder)
+            except BaseException:
+                # The workers are stopped (one failed, a full disk, Ctrl-C): their partial shards go
+                # now, not at the next build (at scale, gigabytes of a disk that may be full).
+                _remove_stale_temporaries(out)
+                raise
             # The manifest and card are written from the shards' files only once each checks out: those
             # found finished were checked above, the ones this run built (by any worker or node) here.
             problem = next((p for p in (shard_problem(out, u, recipe.sha256) for u in todo) if p), None)
@@ -114,6 +120,10 @@ def build_dataset(
             atomic_write_json(out / RECIPE_RECORD, {**record, "environment": env})
             write_dataset_card(recipe, out, units, stats, summary, env)
     except OSError as e:
+        full = out_of_space(e)
+        if full is not None:  # no other folder choice is needed: free space (or raise the limit) and resume
+            raise BuildError(f"{e.filename or out}: cannot be written: {full} ({e.strerror or e}); "
+                             f"make room and rerun the same command to resume") from None
         where = f" ({e.filename})" if e.filename else ""
         raise BuildError(f"{out}: cannot write the dataset here: {e.strerror or e}{where}; choose another {OUT}") from None
     samples = sum(s["successes"] for s in stats)

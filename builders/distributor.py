@@ -70,11 +70,15 @@ def run_units(
     samples = 0
     if units:
         stream = _ray(recipe, units, out, workers, ray_address) if distributor == "ray" else _multiprocessing(recipe, units, out, workers, builder)
-        for group in stream:
-            results.extend(group)
-            samples += sum(stats["successes"] for stats in group)
-            bar.update(len(group))
-            bar.set_postfix(samples=str(samples), samples_per_s=f"{samples / max(time.perf_counter() - start, 1e-9):.0f}")
+        try:
+            for group in stream:
+                results.extend(group)
+                samples += sum(stats["successes"] for stats in group)
+                bar.update(len(group))
+                bar.set_postfix(samples=str(samples), samples_per_s=f"{samples / max(time.perf_counter() - start, 1e-9):.0f}")
+        finally:
+            stream.close()  # on an error or interrupt: the workers are stopped before the caller goes on
+            bar.close()  # and the bar ends its line before the caller's message
     bar.close()
     return results
 

@@ -168,11 +168,36 @@ def locked(path: Path, wait: bool = True, refusal: str = "wait for it to finish"
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp = temporary_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # a full disk keeps no partial copy
+        raise naming(e, path) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def naming(error: OSError, path: Path) -> OSError:
+    """``error`` naming ``path`` when it names no file (a ``write`` to an open file: a full disk,
+    a file size limit), so the message says which file could not be written."""
+    if error.filename is not None or error.errno is None:
+        return error
+    return type(error)(error.errno, error.strerror or os.strerror(error.errno), str(path))
+
+
+#: Errors of writing that no other folder choice fixes: free space, or raise the limit, and rerun.
+_NO_SPACE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+             errno.EFBIG: "the file size limit was hit (ulimit -f)"}
+
+
+def out_of_space(error: OSError) -> str | None:
+    """What a write error says about space ("the disk is full", ...), or None for other errors."""
+    return _NO_SPACE.get(error.errno) if error.errno is not None else None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

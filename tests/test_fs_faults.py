@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
 from pathlib import Path
@@ -18,7 +19,8 @@ from builders.dataset_card import CHECKSUMS
 from builders.recipe import load_recipe
 from builders.verify import verify_dataset
 from implicit_concept import files
-from implicit_concept.files import LOCK_NAME, FolderBusyError, lock_path, locked, temporary_name
+from implicit_concept.files import LOCK_NAME, FolderBusyError, atomic_write_bytes, lock_path, locked, temporary_name
+from implicit_concept.shard_writer import TarShardWriter
 from manifests import RECIPES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,6 +133,73 @@ def test_a_lock_file_this_process_can_only_read_still_waits_for_its_holder(tmp_p
     with locked(entry):
         assert time.monotonic() - start > 1.0
     holder.wait()
+
+
+# --- F6: a full disk names the file, keeps no partial copy -------------------------------------------
+
+
+def test_a_full_disk_while_writing_a_shard_names_it_and_leaves_no_temporary(tmp_path, monkeypatch):
+    calls = []
+    real_addfile = tarfile.TarFile.addfile
+
+    def full(self, info, fileobj=None):
+        calls.append(info.name)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_addfile(self, info, fileobj)
+
+    def also_full(self):  # the end-of-archive blocks fail on the full disk too
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "addfile", full)
+    monkeypatch.setattr(tarfile.TarFile, "close", also_full)
+    out = tmp_path / "d"
+    with pytest.raises(BuildError) as e:
+        build_dataset(load_recipe("icd-debug"), out, progress=False)
+    message = str(e.value)
+    assert "the disk is full" in message and ".tar" in message and "choose another" not in message, message
+    assert "rerun the same command to resume" in message
+    assert not [p for p in out.rglob("*") if files.TEMPORARY_MARK in p.name]
+
+
+def test_abort_removes_the_temporary_even_when_closing_fails(tmp_path, monkeypatch):
+    writer = TarShardWriter(tmp_path / "00000.tar")
+    writer.write("k", {"txt": b"x" * 1000})
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "close", full)
+    writer.abort()
+    assert not writer.tmp.exists()
+
+
+def test_an_atomic_write_that_fails_names_the_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "manifest.parquet"
+    with pytest.raises(OSError) as e:
+        atomic_write_bytes(target, b"x" * 100)
+    assert e.value.filename == str(target) and e.value.errno == errno.EFBIG
+    assert files.out_of_space(e.value) == "the file size limit was hit (ulimit -f)"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_size_limit_in_a_real_build_names_the_file(tmp_path):
+    import resource
+
+    out = tmp_path / "fb"
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    done = subprocess.run([sys.executable, "-m", "benchmark.cli", "build", "icd-debug", "--out", str(out), "--quiet",
+                           "--workers", "2"], cwd=REPO, env=ENV, capture_output=True, text=True, preexec_fn=limit, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "the file size limit was hit" in done.stderr and str(out) in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert not [p for p in out.rglob("*") if files.TEMPORARY_MARK in p.name]
 
 
 # --- F10: verify during a build ----------------------------------------------------------------------
