@@ -10,6 +10,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from benchmark.failures import MethodFailed
+from implicit_concept.worker_processes import Interrupted, interrupts
 from implicit_concept.provenance import version
 
 
@@ -450,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "cache", None):
         use_cache(args.cache)  # before anything imports matplotlib or ultralytics
     try:
-        with quiet_libraries() if getattr(args, "quiet", False) else nullcontext():
+        with interrupts(), quiet_libraries() if getattr(args, "quiet", False) else nullcontext():
             return args.func(args)
     except UnicodeDecodeError as e:  # a ValueError, whose own text names no file: the loaders name theirs
         print(f"implicit-concept {args.command}: error: a file given is not UTF-8 text ({e})", file=sys.stderr)
@@ -466,6 +467,10 @@ def main(argv: list[str] | None = None) -> int:
         print(e.cause_traceback, file=sys.stderr, end="")  # the method's own code: where its author looks
         print(f"implicit-concept {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Interrupted): workers are stopped; all written so far is whole
+        signal = "terminated" if isinstance(e, Interrupted) and str(e) == "SIGTERM" else "interrupted"
+        print(f"implicit-concept {args.command}: {signal}; rerun the same command to resume", file=sys.stderr)
+        return 143 if signal == "terminated" else 130
 
 
 if __name__ == "__main__":

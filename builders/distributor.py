@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from builders.recipe import Recipe
 from builders.shard_builder import ShardBuilder, WorkUnit, group_units
+from implicit_concept.worker_processes import start_worker
 
 DISTRIBUTORS = ("multiprocessing", "ray")
 
@@ -38,6 +39,12 @@ def _init_worker(recipe: Recipe, builder: ShardBuilder | None = None) -> None:
     cv2.setNumThreads(1)
     global _worker
     _worker = builder if builder is not None else ShardBuilder(recipe)
+
+
+def _init_pool_worker(recipe: Recipe, builder: ShardBuilder | None = None) -> None:
+    """A local worker: quiet on Ctrl-C (the parent's pool terminates it), gone with its parent."""
+    start_worker()
+    _init_worker(recipe, builder)
 
 
 def _run(args: tuple[tuple[WorkUnit, ...], Path]) -> list[dict[str, Any]]:
@@ -95,7 +102,7 @@ def _multiprocessing(
     fork = "fork" in mp.get_all_start_methods() and "torch" not in sys.modules
     ctx = mp.get_context("fork" if fork else "spawn")
     initargs = (recipe, builder if fork else None)
-    with ctx.Pool(processes=min(workers, len(groups)), initializer=_init_worker, initargs=initargs) as pool:
+    with ctx.Pool(processes=min(workers, len(groups)), initializer=_init_pool_worker, initargs=initargs) as pool:
         yield from pool.imap_unordered(_run, [(g, out) for g in groups])
 
 

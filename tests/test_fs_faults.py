@@ -4,6 +4,7 @@ folder and need no writable parent, Ctrl-C and SIGTERM stop every process quietl
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -215,3 +216,86 @@ def test_verify_during_a_build_says_so_in_one_line(dataset):
     assert report.problems == [f"{dataset}: a build is writing it now (pid {holder.pid} holds its lock {LOCK_NAME}); "
                                f"verify it once the build has finished"]
     assert verify_dataset(dataset).ok
+
+
+# --- F2, F3: interrupts ------------------------------------------------------------------------------
+
+
+def test_an_interrupt_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    from benchmark import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_verify", interrupted)
+    assert cli.main(["verify", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "implicit-concept verify: interrupted; rerun the same command to resume\n"
+
+
+def test_ctrl_c_during_a_parallel_build_prints_one_line_from_one_process(tmp_path):
+    out = tmp_path / "int"
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "build", "icd-debug", "--out", str(out), "--workers", "2"],
+                            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.rglob(".*.tar.tmp-*")):
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: every process of the group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert err.rstrip().endswith("implicit-concept build: interrupted; rerun the same command to resume"), err[-3000:]
+    assert _alive_in_group(proc.pid) == []
+
+
+POOL = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+from implicit_concept.worker_processes import interrupts, start_worker, stopping_workers
+
+def pid_then_sleep(i):
+    print(os.getpid(), flush=True)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    try:
+        with interrupts():
+            with stopping_workers(ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker)) as pool:
+                list(pool.map(pid_then_sleep, range(2)))
+    except KeyboardInterrupt:
+        sys.exit(143)
+"""
+
+
+def _alive_in_group(pgid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_workers_do_not_outlive_their_parent(tmp_path, sig):
+    """SIGTERM to the parent alone (a scheduler, ``timeout``): it stops its pool; SIGKILL (nothing
+    runs in it): each worker sees its parent gone and ends."""
+    script = tmp_path / "pool.py"
+    script.write_text(POOL)
+    proc = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    workers = [int(proc.stdout.readline()) for _ in range(2)]
+    os.kill(proc.pid, sig)  # the main process only
+    proc.wait(timeout=30)
+    deadline = time.time() + 10
+    while time.time() < deadline and _alive_in_group(proc.pid):
+        time.sleep(0.1)
+    left = _alive_in_group(proc.pid)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"workers {workers}: still running {left}"
+    assert "Traceback" not in proc.stderr.read()
