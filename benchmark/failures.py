@@ -25,3 +25,25 @@ def _rebuilt(message: str, cause_traceback: str) -> MethodFailed:
     RuntimeError.__init__(failed, message)
     failed.cause_traceback = cause_traceback
     return failed
+
+
+class ToolkitIOError(OSError):
+    """An ``OSError`` met by the toolkit's own services while a method's ``build`` called them (a
+    full disk while ``ctx.finetune`` saves a model): the toolkit's failure, not the method's, so it
+    passes through as an ``OSError`` naming the file instead of becoming :class:`MethodFailed`."""
+
+
+def toolkit_io(service):
+    """``service`` (a toolkit function handed to a method) with every ``OSError`` it raises marked as
+    :class:`ToolkitIOError`, whatever the method does around the call."""
+    import functools
+
+    @functools.wraps(service)
+    def call(*args, **kwargs):
+        try:
+            return service(*args, **kwargs)
+        except ToolkitIOError:
+            raise
+        except OSError as e:
+            raise ToolkitIOError(e.errno, e.strerror or str(e), e.filename) from e
+    return call

@@ -299,3 +299,62 @@ def test_workers_do_not_outlive_their_parent(tmp_path, sig):
         os.kill(pid, signal.SIGKILL)
     assert left == [], f"workers {workers}: still running {left}"
     assert "Traceback" not in proc.stderr.read()
+
+
+# --- F7: the toolkit's own I/O errors are not the method's -------------------------------------------
+
+
+def test_a_full_disk_in_the_toolkits_finetune_is_not_blamed_on_the_method(monkeypatch, tmp_path):
+    from benchmark import method_evaluation, stages
+    from benchmark.failures import MethodFailed, ToolkitIOError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "models" / "x"))
+
+    monkeypatch.setattr(stages, "finetune", full)
+    run = SimpleNamespace(root=tmp_path, track=SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}))
+    ctx = method_evaluation.method_context(run, tmp_path, tmp_path / "icd-qrcode", ("qrcode",), detector=None)
+    evaluation = SimpleNamespace(subset="icd-qrcode")
+
+    class UsesFinetune:
+        name = "uses-finetune"
+
+        def build(self, ctx):
+            return ctx.finetune(None)
+
+    class OwnError:
+        name = "own-error"
+
+        def build(self, ctx):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(ToolkitIOError) as e:
+        method_evaluation._draw(run, UsesFinetune(), ctx, evaluation, "")
+    assert e.value.filename == str(tmp_path / "models" / "x") and isinstance(e.value, OSError)
+    with pytest.raises(MethodFailed):  # the method's own code: still the method's failure
+        method_evaluation._draw(run, OwnError(), ctx, evaluation, "")
+
+
+def test_safetensors_io_errors_become_oserrors_naming_the_folder(tmp_path):
+    from safetensors import SafetensorError
+
+    from benchmark.models.pipelines import saving_error
+
+    e = saving_error(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"), tmp_path)
+    assert isinstance(e, OSError) and e.errno == errno.ENOSPC and e.filename == str(tmp_path)
+    other = SafetensorError("Error while deserializing header: HeaderTooLarge")
+    assert saving_error(other, tmp_path) is other
+
+
+def test_saving_a_pipeline_on_a_full_disk_raises_an_oserror_naming_the_folder(tmp_path):
+    from safetensors import SafetensorError
+
+    from benchmark.models.pipelines import save_portable_pipeline
+
+    class FullDisk:
+        def save_pretrained(self, directory):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    with pytest.raises(OSError) as e:
+        save_portable_pipeline(FullDisk(), tmp_path / "pipeline")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "pipeline")
