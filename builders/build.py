@@ -16,6 +16,7 @@ finished (two benchmarks share one data folder, so waiting is what lets the seco
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ def build_dataset(
     """Build (or finish building) ``recipe`` into ``out``; see ``run_units`` for the distributors."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise BuildError(f"workers must be an integer >= 0 (0: one per CPU of a Ray cluster), got {workers!r}")
-    out = Path(out)
+    out = _absolute(out)
     builder = ShardBuilder(recipe)
     _check_not_in_source(out, builder)
     _make_folder(out)
@@ -134,6 +135,19 @@ def build_dataset(
             f"each one's reason is in the status and error_message columns of {MANIFEST}"
         )
     return BuildReport(out, len(todo), len(units) - len(todo), samples, dict(summary.skipped), summary)
+
+
+def _absolute(out: Path) -> Path:
+    """``out`` as an absolute path (``.`` and ``./`` the current folder), refused before any work
+    when the filesystem's name for it is not UTF-8: the tables' writer cannot open such a path."""
+    absolute = Path(os.path.abspath(out))
+    try:
+        str(absolute).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(out).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise BuildError(f"{shown}: the folder's name is not valid UTF-8, which the dataset's tables cannot be "
+                         f"written under; choose another {OUT}") from None
+    return absolute
 
 
 def _make_folder(out: Path) -> None:

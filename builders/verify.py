@@ -101,6 +101,13 @@ def verify_dataset(out: Path, progress: bool = False, wait_for_build: bool = Fal
     if not out.is_dir():  # one line, not one per file a build would hold
         report.problems.append(f"{out}: {'is not a folder' if out.exists() else 'does not exist'} (verify takes a built dataset's folder)")
         return report
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(out).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        report.problems.append(f"{shown}: the folder's name is not valid UTF-8, which the dataset's tables cannot be read under; "
+                               f"rename the folder")
+        return report
     with read_locked(out, inside=True, wait=wait_for_build) as builder:
         if builder is not None:  # one line, not one per shard not yet written
             report.problems.append(f"{out}: a build is writing it now (pid {builder} holds its lock {LOCK_NAME}); "

@@ -203,6 +203,31 @@ def test_a_file_size_limit_in_a_real_build_names_the_file(tmp_path):
     assert not [p for p in out.rglob("*") if files.TEMPORARY_MARK in p.name]
 
 
+# --- F8, F9: --out spellings -------------------------------------------------------------------------
+
+
+def test_out_dot_builds_into_the_current_folder(dataset, monkeypatch, capsys):
+    from benchmark.cli import main
+
+    monkeypatch.chdir(dataset)
+    for spelling in (".", "./"):
+        assert main(["build", "icd-debug", "--out", spelling, "--quiet"]) == 0, capsys.readouterr().err
+    assert "12 already complete" in capsys.readouterr().out
+
+
+def test_an_out_name_that_is_not_utf8_is_refused_before_any_work(tmp_path, capsys):
+    from benchmark.cli import main
+
+    out = tmp_path / os.fsdecode(b"bad\xffname")
+    assert main(["build", "icd-debug", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "bad\\xffname: the folder's name is not valid UTF-8" in err, err
+    assert not os.path.lexists(out)
+    out.mkdir()
+    report = verify_dataset(out)
+    assert len(report.problems) == 1 and "bad\\xffname: the folder's name is not valid UTF-8" in report.problems[0], report.problems
+
+
 # --- F10: verify during a build ----------------------------------------------------------------------
 
 
