@@ -456,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     except UnicodeDecodeError as e:  # a ValueError, whose own text names no file: the loaders name theirs
         print(f"implicit-concept {args.command}: error: a file given is not UTF-8 text ({e})", file=sys.stderr)
         return 2
+    except (FileExistsError, NotADirectoryError) as e:  # made with exist_ok: a file stands where a folder goes
+        print(f"implicit-concept {args.command}: error: {_not_a_folder(e)}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as e:
         print(f"implicit-concept {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -471,6 +474,19 @@ def main(argv: list[str] | None = None) -> int:
         signal = "terminated" if isinstance(e, Interrupted) and str(e) == "SIGTERM" else "interrupted"
         print(f"implicit-concept {args.command}: {signal}; rerun the same command to resume", file=sys.stderr)
         return 143 if signal == "terminated" else 130
+
+
+def _not_a_folder(e: OSError) -> str:
+    """What a ``FileExistsError`` or ``NotADirectoryError`` of making a folder means, naming the path."""
+    path = Path(e.filename) if e.filename else None
+    if path is None:
+        return str(e)
+    if path.exists() and not path.is_dir():
+        return f"{path}: is a file, where a folder is expected; move it away or choose another path"
+    above = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if above is not None:
+        return f"{path}: cannot be made below {above}, which is a file where a folder is expected"
+    return f"{path}: {e.strerror or e}"
 
 
 if __name__ == "__main__":

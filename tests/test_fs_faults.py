@@ -243,6 +243,24 @@ def test_verify_during_a_build_says_so_in_one_line(dataset):
     assert verify_dataset(dataset).ok
 
 
+# --- F11: a file where a folder goes -----------------------------------------------------------------
+
+
+def test_a_file_where_a_folder_goes_is_named_as_such(tmp_path, monkeypatch, capsys):
+    from benchmark import cli
+
+    taken = tmp_path / "images" / "sd"
+    taken.parent.mkdir()
+    taken.write_text("not a folder")
+    monkeypatch.setattr(cli, "_verify", lambda args: (taken / "x").parent.mkdir(parents=True, exist_ok=True))
+    assert cli.main(["verify", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == (f"implicit-concept verify: error: {taken}: is a file, where a folder is expected; "
+                                               f"move it away or choose another path")
+    monkeypatch.setattr(cli, "_verify", lambda args: (taken / "below").mkdir(parents=True, exist_ok=True))
+    assert cli.main(["verify", str(tmp_path)]) == 1
+    assert f"{taken / 'below'}: cannot be made below {taken}, which is a file" in capsys.readouterr().err
+
+
 # --- F2, F3: interrupts ------------------------------------------------------------------------------
 
 
