@@ -42,8 +42,13 @@ def toolkit_io(service):
     def call(*args, **kwargs):
         try:
             return service(*args, **kwargs)
-        except ToolkitIOError:
-            raise
         except OSError as e:
-            raise ToolkitIOError(e.errno, e.strerror or str(e), e.filename) from e
+            raise toolkit_error(e) from e
     return call
+
+
+def toolkit_error(error: OSError) -> ToolkitIOError:
+    """``error`` marked as the toolkit's own (:class:`ToolkitIOError`), its errno and file kept."""
+    if isinstance(error, ToolkitIOError):
+        return error
+    return ToolkitIOError(error.errno, error.strerror or str(error), error.filename)

@@ -401,3 +401,26 @@ def test_saving_a_pipeline_on_a_full_disk_raises_an_oserror_naming_the_folder(tm
     with pytest.raises(OSError) as e:
         save_portable_pipeline(FullDisk(), tmp_path / "pipeline")
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "pipeline")
+
+
+def test_a_full_disk_saving_an_edited_sd_is_the_toolkits_error(tmp_path, monkeypatch):
+    """ESD and FMN edit ``sd`` through ctx.edited_sd: the edit is the method's, the saving the toolkit's."""
+    from benchmark.failures import ToolkitIOError
+    from benchmark.methods import interface
+    from benchmark.methods.interface import MethodContext
+
+    def full(pipe, directory):
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory / "unet"))
+
+    monkeypatch.setattr(interface, "save_portable_pipeline", full)
+    ctx = MethodContext(concepts=("qrcode",), work_dir=tmp_path, seed=0, finetune=lambda ft: tmp_path / "sd",
+                        load_pipeline=lambda path: object(), train_shards=tmp_path)
+    with pytest.raises(ToolkitIOError, match="No space left on device"):
+        ctx.edited_sd("esd", {"a": 1}, lambda pipe: None)
+
+    def own_error(pipe):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as e:  # the method's own edit: not marked as the toolkit's
+        ctx.edited_sd("esd", {"a": 2}, own_error)
+    assert not isinstance(e.value, ToolkitIOError)
