@@ -10,8 +10,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from benchmark.failures import MethodFailed
-from implicit_concept.worker_processes import Interrupted, interrupts
 from implicit_concept.provenance import version
+from implicit_concept.worker_processes import Interrupted, interrupts
 
 
 def _build(args: argparse.Namespace) -> int:
