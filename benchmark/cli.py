@@ -11,6 +11,7 @@ from pathlib import Path
 
 from benchmark.failures import MethodFailed
 from implicit_concept.provenance import version
+from implicit_concept.worker_processes import Interrupted, interrupts
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -474,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "cache", None):
         use_cache(args.cache)  # before anything imports matplotlib or ultralytics
     try:
-        with quiet_libraries() if getattr(args, "quiet", False) else nullcontext():
+        with interrupts(), quiet_libraries() if getattr(args, "quiet", False) else nullcontext():
             code = args.func(args)
         sys.stdout.flush()  # a reader that closed the pipe early is found here, not at exit
         return code
@@ -486,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     except UnicodeDecodeError as e:  # a ValueError, whose own text names no file: the loaders name theirs
         print(f"implicit-concept {args.command}: error: a file given is not UTF-8 text ({e})", file=sys.stderr)
         return 2
+    except (FileExistsError, NotADirectoryError) as e:  # made with exist_ok: a file stands where a folder goes
+        print(f"implicit-concept {args.command}: error: {_not_a_folder(e)}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as e:
         print(f"implicit-concept {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -497,6 +501,23 @@ def main(argv: list[str] | None = None) -> int:
         print(e.cause_traceback, file=sys.stderr, end="")  # the method's own code: where its author looks
         print(f"implicit-concept {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Interrupted): workers are stopped; all written so far is whole
+        stopped = "terminated" if isinstance(e, Interrupted) and str(e) == "SIGTERM" else "interrupted"
+        print(f"implicit-concept {args.command}: {stopped}; rerun the same command to resume", file=sys.stderr)
+        return 143 if stopped == "terminated" else 130
+
+
+def _not_a_folder(e: OSError) -> str:
+    """What a ``FileExistsError`` or ``NotADirectoryError`` of making a folder means, naming the path."""
+    path = Path(e.filename) if e.filename else None
+    if path is None:
+        return str(e)
+    if path.exists() and not path.is_dir():
+        return f"{path}: is a file, where a folder is expected; move it away or choose another path"
+    above = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if above is not None:
+        return f"{path}: cannot be made below {above}, which is a file where a folder is expected"
+    return f"{path}: {e.strerror or e}"
 
 
 if __name__ == "__main__":

@@ -25,3 +25,30 @@ def _rebuilt(message: str, cause_traceback: str) -> MethodFailed:
     RuntimeError.__init__(failed, message)
     failed.cause_traceback = cause_traceback
     return failed
+
+
+class ToolkitIOError(OSError):
+    """An ``OSError`` met by the toolkit's own services while a method's ``build`` called them (a
+    full disk while ``ctx.finetune`` saves a model): the toolkit's failure, not the method's, so it
+    passes through as an ``OSError`` naming the file instead of becoming :class:`MethodFailed`."""
+
+
+def toolkit_io(service):
+    """``service`` (a toolkit function handed to a method) with every ``OSError`` it raises marked as
+    :class:`ToolkitIOError`, whatever the method does around the call."""
+    import functools
+
+    @functools.wraps(service)
+    def call(*args, **kwargs):
+        try:
+            return service(*args, **kwargs)
+        except OSError as e:
+            raise toolkit_error(e) from e
+    return call
+
+
+def toolkit_error(error: OSError) -> ToolkitIOError:
+    """``error`` marked as the toolkit's own (:class:`ToolkitIOError`), its errno and file kept."""
+    if isinstance(error, ToolkitIOError):
+        return error
+    return ToolkitIOError(error.errno, error.strerror or str(error), error.filename)

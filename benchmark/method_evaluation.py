@@ -16,7 +16,7 @@ from PIL import Image
 from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
 from benchmark.evaluation.scorecard import score_generated
-from benchmark.failures import MethodFailed
+from benchmark.failures import MethodFailed, ToolkitIOError, toolkit_io
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_prompts
 from benchmark.methods import REGISTRY, NotImplementedMethod, get_method
 from benchmark.methods.interface import Generator, MethodContext, checked_generator
@@ -70,8 +70,8 @@ def method_context(run: BenchmarkRun, base: Path, subset: Path, concepts: tuple[
         work_dir=run.root / "methods" / subset.name,
         seed=track.seed,
         # The toolkit's services run under its own torch settings, not a plug-in's build's (no_grad, float64).
-        finetune=under_toolkit_settings(lambda ft: stages.finetune(run, base, subset, ft, detector)),
-        load_pipeline=under_toolkit_settings(lambda path: remember_loaded(stages.load_pipeline(path))),
+        finetune=toolkit_io(under_toolkit_settings(lambda ft: stages.finetune(run, base, subset, ft, detector))),
+        load_pipeline=toolkit_io(under_toolkit_settings(lambda path: remember_loaded(stages.load_pipeline(path)))),
         train_shards=subset / "train",
         settings={"esd": track.esd, "fmn": track.fmn, "geom_erasing": track.geom_erasing},
         detector=detector,
@@ -130,7 +130,7 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
     start = time.perf_counter()
     try:
         built = method.build(ctx)
-    except NotImplementedMethod:
+    except (NotImplementedMethod, ToolkitIOError):  # the latter: the toolkit's own writing failed, not the method
         raise
     except Exception as e:
         raise MethodFailed(where, "build(ctx)", e) from e

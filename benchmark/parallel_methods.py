@@ -22,6 +22,7 @@ from benchmark.method_evaluation import Evaluation, evaluate_method, evaluation_
 from benchmark.methods.interface import MethodContext
 from implicit_concept.detector.inference import Detector
 from implicit_concept.scoring import ScoreReport
+from implicit_concept.worker_processes import start_worker, stopping_workers
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,8 @@ def evaluate_all(run: BenchmarkRun, base: Path, subset: Path, concepts: tuple[st
     the tasks not started are dropped and those running finish (their images are cached for the
     rerun) before the error reaches the caller."""
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's thread pools
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker,
-                             initargs=(replace(run, progress=False), Path(base), subset, concepts, detector.path)) as pool:
+    with stopping_workers(ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker,
+                                              initargs=(replace(run, progress=False), Path(base), subset, concepts, detector.path))) as pool:
         futures = [pool.submit(_evaluate, task) for task in tasks]
         try:
             for future in futures:
@@ -58,6 +59,7 @@ _worker: tuple[BenchmarkRun, MethodContext, Evaluation] | None = None
 
 def _start_worker(run: BenchmarkRun, base: Path, subset: Path, concepts: tuple[str, ...], detector_path: Path) -> None:
     global _worker
+    start_worker()
     torch.set_num_threads(1)
     detector = Detector.load(detector_path)
     _worker = (run, method_context(run, base, subset, concepts, detector), evaluation_for(run, subset, detector))

@@ -54,7 +54,7 @@ def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
     if not process_state().is_main_process:
         return _run_protocol(run)
     run.root.mkdir(parents=True, exist_ok=True)
-    with locked(run.root, wait=False, refusal="wait for it to finish or use another --name"):
+    with locked(run.root, wait=False, refusal="wait for it to finish or use another --name", inside=True):
         claim(run.root / "run.json", run.record(), "use another --name or remove the folder")
         return _run_protocol(run)
 

@@ -16,6 +16,8 @@ finished (two benchmarks share one data folder, so waiting is what lets the seco
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +33,8 @@ from builders.shard_builder import ShardBuilder, is_complete, parquet_path, plan
 from builders.shard_table import SCHEMA, parquet_bytes, table_metadata
 from builders.source_screen import detector_fingerprint
 from implicit_concept.files import (
-    MISSING, TEMPORARY_MARK, FolderClaimError, abandoned, atomic_write_bytes, atomic_write_json, claim, json_changes, locked,
-    read_json_object,
+    MISSING, TEMPORARY_MARK, FolderClaimError, atomic_write_bytes, atomic_write_json, claim, json_changes, locked,
+    out_of_space, read_json_object,
 )
 from implicit_concept.provenance import environment
 
@@ -85,13 +87,14 @@ def build_dataset(
     """Build (or finish building) ``recipe`` into ``out``; see ``run_units`` for the distributors."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise BuildError(f"workers must be an integer >= 0 (0: one per CPU of a Ray cluster), got {workers!r}")
-    out = Path(out)
+    out = _absolute(out)
     builder = ShardBuilder(recipe)
     _check_not_in_source(out, builder)
     _make_folder(out)
     units = builder.plan()
     try:
-        with locked(out):
+        _check_is_build(out)  # a folder of someone's files is refused before the lock file goes in it
+        with locked(out, inside=True):
             env = environment()
             claimed, previous = _claim_output(recipe, out, builder, env)
             record = {**claimed, "plan": plan_record(units)}
@@ -100,8 +103,14 @@ def build_dataset(
                 folder.mkdir(parents=True, exist_ok=True)
             todo = [u for u in units if not is_complete(out, u, recipe.sha256)]
             env = _same_packages(out, _started_under(previous), env, todo)
-            run_units(recipe, todo, out, workers=workers, progress=progress, distributor=distributor,
-                      ray_address=ray_address, builder=builder)
+            try:
+                run_units(recipe, todo, out, workers=workers, progress=progress, distributor=distributor,
+                          ray_address=ray_address, builder=builder)
+            except BaseException:
+                # The workers are stopped (one failed, a full disk, Ctrl-C): their partial shards go
+                # now, not at the next build (at scale, gigabytes of a disk that may be full).
+                _remove_stale_temporaries(out)
+                raise
             # The manifest and card are written from the shards' files only once each checks out: those
             # found finished were checked above, the ones this run built (by any worker or node) here.
             problem = next((p for p in (shard_problem(out, u, recipe.sha256) for u in todo) if p), None)
@@ -112,6 +121,10 @@ def build_dataset(
             atomic_write_json(out / RECIPE_RECORD, {**record, "environment": env})
             write_dataset_card(recipe, out, units, stats, summary, env)
     except OSError as e:
+        full = out_of_space(e)
+        if full is not None:  # no other folder choice is needed: free space (or raise the limit) and resume
+            raise BuildError(f"{e.filename or out}: cannot be written: {full} ({e.strerror or e}); "
+                             f"make room and rerun the same command to resume") from None
         where = f" ({e.filename})" if e.filename else ""
         raise BuildError(f"{out}: cannot write the dataset here: {e.strerror or e}{where}; choose another {OUT}") from None
     samples = sum(s["successes"] for s in stats)
@@ -122,6 +135,19 @@ def build_dataset(
             f"each one's reason is in the status and error_message columns of {MANIFEST}"
         )
     return BuildReport(out, len(todo), len(units) - len(todo), samples, dict(summary.skipped), summary)
+
+
+def _absolute(out: Path) -> Path:
+    """``out`` as an absolute path (``.`` and ``./`` the current folder), refused before any work
+    when the filesystem's name for it is not UTF-8: the tables' writer cannot open such a path."""
+    absolute = Path(os.path.abspath(out))
+    try:
+        str(absolute).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(out).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise BuildError(f"{shown}: the folder's name is not valid UTF-8, which the dataset's tables cannot be "
+                         f"written under; choose another {OUT}") from None
+    return absolute
 
 
 def _make_folder(out: Path) -> None:
@@ -268,9 +294,15 @@ def _of_another_recipe(stats: dict[str, Any] | None, recipe: Recipe) -> bool:
 
 
 def _remove_stale_temporaries(out: Path) -> None:
-    """Remove what killed writers left; a live writer's temporary is never touched."""
-    for tmp in out.rglob(f".*{TEMPORARY_MARK}*"):
-        if abandoned(tmp):
+    """Remove what killed writers left. Called while this build holds the folder's lock: every
+    writer of the folder (this build's workers, forked or on other nodes) writes only while its
+    build holds it, and a forked worker that outlives its build keeps the lock it inherited, so no
+    live writer owns any temporary here. (A pid in the name proves nothing: pids are reused, and
+    mean nothing on another node.)"""
+    for tmp in sorted(out.rglob(f".*{TEMPORARY_MARK}*"), reverse=True):
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
             tmp.unlink(missing_ok=True)
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from builders.recipe import Recipe
 from builders.shard_builder import ShardBuilder, WorkUnit, group_units
+from implicit_concept.worker_processes import start_worker
 
 DISTRIBUTORS = ("multiprocessing", "ray")
 
@@ -38,6 +39,12 @@ def _init_worker(recipe: Recipe, builder: ShardBuilder | None = None) -> None:
     cv2.setNumThreads(1)
     global _worker
     _worker = builder if builder is not None else ShardBuilder(recipe)
+
+
+def _init_pool_worker(recipe: Recipe, builder: ShardBuilder | None = None) -> None:
+    """A local worker: quiet on Ctrl-C (the parent's pool terminates it), gone with its parent."""
+    start_worker()
+    _init_worker(recipe, builder)
 
 
 def _run(args: tuple[tuple[WorkUnit, ...], Path]) -> list[dict[str, Any]]:
@@ -70,11 +77,15 @@ def run_units(
     samples = 0
     if units:
         stream = _ray(recipe, units, out, workers, ray_address) if distributor == "ray" else _multiprocessing(recipe, units, out, workers, builder)
-        for group in stream:
-            results.extend(group)
-            samples += sum(stats["successes"] for stats in group)
-            bar.update(len(group))
-            bar.set_postfix(samples=str(samples), samples_per_s=f"{samples / max(time.perf_counter() - start, 1e-9):.0f}")
+        try:
+            for group in stream:
+                results.extend(group)
+                samples += sum(stats["successes"] for stats in group)
+                bar.update(len(group))
+                bar.set_postfix(samples=str(samples), samples_per_s=f"{samples / max(time.perf_counter() - start, 1e-9):.0f}")
+        finally:
+            stream.close()  # on an error or interrupt: the workers are stopped before the caller goes on
+            bar.close()  # and the bar ends its line before the caller's message
     bar.close()
     return results
 
@@ -91,7 +102,7 @@ def _multiprocessing(
     fork = "fork" in mp.get_all_start_methods() and "torch" not in sys.modules
     ctx = mp.get_context("fork" if fork else "spawn")
     initargs = (recipe, builder if fork else None)
-    with ctx.Pool(processes=min(workers, len(groups)), initializer=_init_worker, initargs=initargs) as pool:
+    with ctx.Pool(processes=min(workers, len(groups)), initializer=_init_pool_worker, initargs=initargs) as pool:
         yield from pool.imap_unordered(_run, [(g, out) for g in groups])
 
 

@@ -35,7 +35,7 @@ from builders.shard_builder import WorkUnit, key_index, plan_units, recorded_pla
 from builders.shard_table import COLUMNS, sample_row, status_of
 from builders.sources import WebDatasetConfig, make_source
 from builders.sources.webdataset_source import tar_paths
-from implicit_concept.files import json_differences, sha256_file
+from implicit_concept.files import LOCK_NAME, is_temporary, json_differences, read_locked, sha256_file
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, load_pixels
 from implicit_concept.sample import SPLITS, SampleMeta
 from implicit_concept.shard_reader import (
@@ -81,8 +81,9 @@ class VerifyReport:
 
 
 def require_verified(out: Path, listed: int = 10) -> VerifyReport:
-    """Verify ``out`` or raise :class:`DatasetVerifyError` listing its first ``listed`` problems."""
-    report = verify_dataset(out)
+    """Verify ``out`` or raise :class:`DatasetVerifyError` listing its first ``listed`` problems.
+    A build writing it meanwhile (another run's, into a shared data folder) is waited for."""
+    report = verify_dataset(out, wait_for_build=True)
     if not report.ok:
         first = "\n  ".join(report.problems[:listed])
         raise DatasetVerifyError(
@@ -92,12 +93,30 @@ def require_verified(out: Path, listed: int = 10) -> VerifyReport:
     return report
 
 
-def verify_dataset(out: Path, progress: bool = False) -> VerifyReport:
+def verify_dataset(out: Path, progress: bool = False, wait_for_build: bool = False) -> VerifyReport:
+    """What is wrong with the built dataset ``out``. It is read under its lock (shared): a build
+    writing it meanwhile is one problem saying so, or with ``wait_for_build`` is waited for."""
     out = Path(out)
     report = VerifyReport()
     if not out.is_dir():  # one line, not one per file a build would hold
         report.problems.append(f"{out}: {'is not a folder' if out.exists() else 'does not exist'} (verify takes a built dataset's folder)")
         return report
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(out).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        report.problems.append(f"{shown}: the folder's name is not valid UTF-8, which the dataset's tables cannot be read under; "
+                               f"rename the folder")
+        return report
+    with read_locked(out, inside=True, wait=wait_for_build) as builder:
+        if builder is not None:  # one line, not one per shard not yet written
+            report.problems.append(f"{out}: a build is writing it now (pid {builder} holds its lock {LOCK_NAME}); "
+                                   f"verify it once the build has finished")
+            return report
+        return _verify(out, report, progress)
+
+
+def _verify(out: Path, report: VerifyReport, progress: bool) -> VerifyReport:
     problems = _Problems(report)
     recipe = _guarded(problems, out / RECIPE_RECORD, None, _read_recipe, out, problems)
     listing = _guarded(problems, out / CHECKSUMS, {}, _read_listing, out, problems)
@@ -311,7 +330,10 @@ def _check_folder(out: Path, recipe: Recipe | None, units: list[WorkUnit], probl
                     problems.add(Path(folder) / d, "unexpected folder (not a split of this build's plan)")
             dirs[:] = [d for d in dirs if f"{rel_folder}/{d}" in split_dirs and not (Path(folder) / d).is_symlink()]
             for name in sorted(files):
-                if f"{rel_folder}/{name}" not in planned:
+                if is_temporary(Path(name)):  # never data: no reader of the shards takes it in
+                    notes.append(f"{Path(folder) / name}: a temporary left by a stopped writer (not data; "
+                                 f"the next build into this folder removes it)")
+                elif f"{rel_folder}/{name}" not in planned:
                     problems.add(Path(folder) / name, "unexpected file (not in this build's plan)")
 
 

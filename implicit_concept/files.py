@@ -10,6 +10,7 @@ waits, then reuses what the first made.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -40,45 +41,107 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}{TEMPORARY_MARK}{os.getpid()}")
 
 
-def abandoned(tmp: Path) -> bool:
-    """Whether the temporary file ``tmp`` was left by a writer that no longer runs, so it may be removed.
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is a writer's temporary (:func:`temporary_name`): never data, whether its
+    writer still runs or was killed."""
+    name = Path(path).name
+    return name.startswith(".") and TEMPORARY_MARK in name
 
-    The writer is the pid :func:`temporary_name` put in the name; a name without one is not ours to
-    remove. Pids are per machine: a writer on another node of a shared filesystem looks dead here,
-    so callers remove temporaries only while they hold the folder's :func:`locked`.
-    """
-    pid = Path(tmp).name.rpartition(TEMPORARY_MARK)[2]
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+
+#: The lock file :func:`locked` keeps inside a folder it claims with ``inside``: hidden, so no
+#: reader, listing or hash of the folder takes it for data.
+LOCK_NAME = ".implicit-concept.lock"
+
+#: Errors of opening a lock file where this process may not write (a read-only mount or share).
+_CANNOT_WRITE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def lock_path(path: Path, inside: bool = False) -> Path:
+    """The file :func:`locked` locks for ``path``: ``path/.implicit-concept.lock`` with ``inside``,
+    else ``.NAME.lock`` beside it. Named from the real path (symlinks resolved, ``.`` and ``..``
+    gone), so every spelling of one folder takes one lock."""
+    real = Path(path).resolve()
+    if inside:
+        return real / LOCK_NAME
+    if not real.name:
+        raise ValueError(f"{path}: the root folder cannot be locked; choose a folder below it")
+    return real.with_name(f".{real.name}.lock")
 
 
 @contextmanager
-def locked(path: Path, wait: bool = True, refusal: str = "wait for it to finish", holder: bool = True) -> Iterator[None]:
+def read_locked(path: Path, inside: bool = False, wait: bool = True) -> Iterator[str | None]:
+    """Hold ``path``'s lock shared for the block, so that no maker (:func:`locked`) changes it while
+    it is read; yields None. A maker holding it: with ``wait``, wait for it to finish; without, yield
+    its pid (as text; "unknown" if unrecorded) and hold nothing. Only reads: no lock file is made,
+    so this works in a read-only folder (one never locked has nothing to wait for)."""
+    try:
+        fd = os.open(lock_path(path, inside), os.O_RDONLY)
+    except OSError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            if not wait:
+                yield pid
+                return
+            log.warning("%s: in use by another process (pid %s); waiting for it", path, pid)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            pass  # a filesystem without shared locks on read-only descriptors: read unlocked
+        yield None
+    finally:
+        os.close(fd)
+
+
+def _open_lock(lock: Path) -> int | None:
+    """An fd on ``lock``, made if need be; None where this process cannot write there."""
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if e.errno not in _CANNOT_WRITE:
+            raise
+    try:  # a lock file another process made: waiting on it still waits for a writer elsewhere
+        return os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+
+
+@contextmanager
+def locked(path: Path, wait: bool = True, refusal: str = "wait for it to finish", holder: bool = True,
+           inside: bool = False) -> Iterator[None]:
     """Hold the lock of ``path`` (a folder or file, made or not yet) for the block, so that one
     process at a time makes it.
 
-    The lock is ``flock`` on ``.NAME.lock`` beside ``path``, holding the holder's pid: the kernel
-    drops it when the holder ends, however it ends, so a killed job never leaves a folder locked.
+    The lock is ``flock`` on :func:`lock_path`'s file, holding the holder's pid: the kernel drops it
+    when the holder ends, however it ends, so a killed job never leaves a folder locked. It is named
+    from the real path, so a folder reached through a symlink takes the same lock. ``inside``: the
+    lock file lives in the folder ``path`` itself (which must exist), not in its parent: for a
+    folder a user names (``--out``, a run folder), so that its parent need not be writable and
+    holds no lock file. A cache entry made by renaming a folder into place locks beside it.
     With ``wait`` a second process blocks until the first is done (then finds what it made);
     without, it fails at once with :class:`FolderBusyError`, naming the folder, the holder's pid and
     ``refusal``. Not re-entrant: a process must not lock a path it already holds. With ``holder``
     false the block runs without the lock: the processes of one multi-GPU run make an entry
     together while their main process holds it, and wait for it at a barrier.
+
+    Where the lock file cannot be written (a read-only cache or share), the block runs without it:
+    writing ``path`` needs that same folder writable, so this process can only read what is already
+    complete there (entries are renamed into place whole); anything it would have to write fails
+    with an error naming the file.
     """
     if not holder:
         yield
         return
     path = Path(path)
-    lock = path.with_name(f".{path.name}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(lock_path(path, inside))
+    if fd is None:
+        log.debug("%s: cannot write its lock file; reading it unlocked", path)
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -88,8 +151,15 @@ def locked(path: Path, wait: bool = True, refusal: str = "wait for it to finish"
                 raise FolderBusyError(f"{path}: in use by another process (pid {pid}); {refusal}") from None
             log.warning("%s: in use by another process (pid %s); waiting for it", path, pid)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        except OSError as e:  # a read-only descriptor where exclusive locks need a writable one (NFS)
+            if e.errno != errno.EBADF:
+                raise
+        else:
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            except OSError:
+                pass  # a lock file this process can only read: held all the same, its pid unrecorded
         yield
     finally:
         os.close(fd)
@@ -98,11 +168,36 @@ def locked(path: Path, wait: bool = True, refusal: str = "wait for it to finish"
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp = temporary_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # a full disk keeps no partial copy
+        raise naming(e, path) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def naming(error: OSError, path: Path) -> OSError:
+    """``error`` naming ``path`` when it names no file (a ``write`` to an open file: a full disk,
+    a file size limit), so the message says which file could not be written."""
+    if error.filename is not None or error.errno is None:
+        return error
+    return type(error)(error.errno, error.strerror or os.strerror(error.errno), str(path))
+
+
+#: Errors of writing that no other folder choice fixes: free space, or raise the limit, and rerun.
+_NO_SPACE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+             errno.EFBIG: "the file size limit was hit (ulimit -f)"}
+
+
+def out_of_space(error: OSError) -> str | None:
+    """What a write error says about space ("the disk is full", ...), or None for other errors."""
+    return _NO_SPACE.get(error.errno) if error.errno is not None else None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

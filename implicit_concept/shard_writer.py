@@ -11,7 +11,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from implicit_concept.files import sha256_file, temporary_name
+from implicit_concept.files import naming, sha256_file, temporary_name
 
 
 class TarShardWriter:
@@ -20,7 +20,10 @@ class TarShardWriter:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.tmp = temporary_name(self.path)
-        self._file = open(self.tmp, "wb")
+        try:
+            self._file = open(self.tmp, "wb")
+        except OSError as e:
+            raise naming(e, self.path) from None
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
         self.count = 0
 
@@ -34,22 +37,38 @@ class TarShardWriter:
             info.mode = 0o644
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+            try:
+                self._tar.addfile(info, io.BytesIO(data))
+            except OSError as e:  # a full disk, a file size limit: name the shard being written
+                raise naming(e, self.path) from None
         self.count += 1
 
     def close(self) -> str:
         """Finish the tar, move it into place and return its sha256."""
-        self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self._tar.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            raise naming(e, self.path) from None
         return sha256_file(self.path)
 
     def abort(self) -> None:
-        self._tar.close()
-        self._file.close()
-        self.tmp.unlink(missing_ok=True)
+        """Drop the partial tar. Closing may fail again (the full disk that stopped the writing
+        fails the end-of-archive blocks too): the temporary is removed whatever closing does."""
+        try:
+            self._tar.close()
+        except OSError:
+            pass
+        finally:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            finally:
+                self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "TarShardWriter":
         return self

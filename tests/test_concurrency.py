@@ -74,7 +74,9 @@ def test_without_waiting_a_busy_folder_is_refused_naming_it_and_its_holder(tmp_p
         pass
 
 
-def test_only_a_dead_writers_temporaries_are_removed(debug_dataset, tmp_path):
+def test_a_build_holding_the_lock_removes_every_temporary_whatever_its_pid(debug_dataset, tmp_path):
+    """Every writer of the folder writes under the lock this build now holds, so no temporary in it
+    is a live writer's, even one whose pid runs (reused, or a pid of another node)."""
     import shutil
 
     out = tmp_path / "icd-debug"
@@ -82,14 +84,13 @@ def test_only_a_dead_writers_temporaries_are_removed(debug_dataset, tmp_path):
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     shard = out / "icd-qrcode" / "train"
-    writing = shard / f".00000.tar.tmp-{live.pid}"
+    reused = shard / f".00000.tar.tmp-{live.pid}"
     left = shard / f".00001.tar.tmp-{dead}"
     try:
-        writing.write_bytes(b"a shard being written")
+        reused.write_bytes(b"a killed writer's shard, its pid reused")
         left.write_bytes(b"a killed writer's shard")
         build_dataset(load_recipe("icd-debug"), out, progress=False)
-        assert writing.is_file(), "a live writer's temporary was removed"
-        assert not left.exists()
+        assert not reused.exists() and not left.exists()
     finally:
         live.kill()
         live.wait()
@@ -126,9 +127,10 @@ def test_a_second_run_of_one_name_is_refused_at_once(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(stages, "dataset", went_on)
     run = tmp_path / "runs" / "debug"
+    run.mkdir(parents=True)
     args = ["benchmark", "--track", "debug", "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
             "--cache", str(tmp_path / "cache"), "--quiet"]
-    with locked(run):  # held by this process through another file description, as another run would
+    with locked(run, inside=True):  # held by this process through another file description, as another run would
         assert main(args) == 2
     assert f"{run}: in use by another process (pid {os.getpid()}); wait for it to finish or use another --name" in capsys.readouterr().err
 

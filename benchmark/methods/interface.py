@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmark.failures import MethodFailed
+from benchmark.failures import MethodFailed, toolkit_error
 from benchmark.models.pipelines import save_portable_pipeline
 from implicit_concept.concepts import concept
 from implicit_concept.files import atomic_dir, locked
@@ -91,9 +91,12 @@ class MethodContext:
                 pipe = self.load_pipeline(sd)
                 with torch_threads(self.threads):
                     edit(pipe)
-                with atomic_dir(out) as tmp:
-                    save_portable_pipeline(pipe, tmp)
-                    (tmp / f"{tag}.json").write_text(canonical_json(record))
+                try:
+                    with atomic_dir(out) as tmp:
+                        save_portable_pipeline(pipe, tmp)
+                        (tmp / f"{tag}.json").write_text(canonical_json(record))
+                except OSError as e:  # the toolkit's writing (a full disk), not the method's edit
+                    raise toolkit_error(e) from e
         return out
 
     @property

@@ -242,7 +242,10 @@ def save_portable_pipeline(pipe: StableDiffusionPipeline, directory: str | Path,
     do so only for a folder you made or trust; :func:`load_pipeline` never runs it). The negative prompt
     a method samples with goes to ``negative_prompt.txt``."""
     directory = Path(directory)
-    pipe.save_pretrained(str(directory))
+    try:
+        pipe.save_pretrained(str(directory))
+    except SafetensorError as e:
+        raise saving_error(e, directory) from None
     strip_load_paths(directory)
     if (directory / "tokenizer").is_dir():
         write_vocab_files(directory / "tokenizer")
@@ -253,6 +256,15 @@ def save_portable_pipeline(pipe: StableDiffusionPipeline, directory: str | Path,
         (directory / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (directory / NEGATIVE_PROMPT_FILE).write_text(negative_prompt + "\n", encoding="utf-8")
     return directory
+
+
+def saving_error(error: SafetensorError, directory: Path) -> Exception:
+    """safetensors' error of writing a file (its I/O errors carry only the OS error's number in
+    their text) as the ``OSError`` it is, naming the folder being written; any other as it was."""
+    found = re.search(r"I/O error: (.*?) \(os error (\d+)\)", str(error))
+    if found is None:
+        return error
+    return OSError(int(found.group(2)), found.group(1), str(directory))
 
 
 def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, sampler: Any = None) -> StableDiffusionPipeline:

@@ -1,0 +1,103 @@
+"""Worker processes that stop with the command that started them, quietly.
+
+A command's pool workers (the build's shard builders, the benchmark's ``--jobs`` processes) leave
+stopping to their parent: Ctrl-C reaches every process of the terminal's group, and a worker that
+took it as a ``KeyboardInterrupt`` would print its own traceback. So a worker ignores SIGINT, takes
+SIGTERM as the default (it ends, printing nothing), and the parent, on its interrupt, terminates
+its workers (:func:`stopping_workers`).
+
+A worker also ends when its parent is gone, however the parent ended (SIGKILL, a SIGTERM to it
+alone): a watch thread compares ``os.getppid()`` with the parent it started under, once a second,
+and ends the process when they differ (the orphan was re-parented). Polling is chosen over Linux's
+``PR_SET_PDEATHSIG`` because that fires when the *thread* that forked the worker ends, not the
+process (a pool started from a helper thread would kill its workers early), is Linux-only, and is
+lost across an ``exec``; the watch works on any POSIX system and whatever thread started the pool.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from typing import Iterator
+
+#: Seconds between a worker's looks at its parent.
+PARENT_CHECK_S = 1.0
+
+
+def start_worker() -> None:
+    """Call first in a pool worker's initializer: ignore Ctrl-C (the parent stops the pool), end on
+    SIGTERM without a traceback (a forked worker would otherwise run its parent's handler), and end
+    once the parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    parent = os.getppid()
+    threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent:
+            os._exit(1)  # nothing to save: every output is written under a temporary name and renamed whole
+
+
+@contextmanager
+def stopping_workers(pool: ProcessPoolExecutor) -> Iterator[ProcessPoolExecutor]:
+    """``with stopping_workers(ProcessPoolExecutor(...)) as pool:``: on a normal end, or an error a
+    task raised, the pool shuts down as usual (running tasks finish); on an interrupt (Ctrl-C,
+    SIGTERM as :class:`Interrupted`) its workers are terminated at once, not waited for."""
+    try:
+        yield pool
+    except BaseException as e:
+        # A generator's pool is closed by GeneratorExit when an interrupt unwinds its consumer.
+        if isinstance(e, KeyboardInterrupt) or _interrupted.is_set():
+            terminate(pool)
+        else:
+            pool.shutdown(wait=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def terminate(pool: ProcessPoolExecutor) -> None:
+    """End ``pool``'s workers now (SIGTERM) and drop its queued tasks."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(5)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT), raised where the command's main thread is, so that it stops as on
+    Ctrl-C: its pools terminate their workers and it exits without a traceback."""
+
+
+_interrupted = threading.Event()
+
+
+@contextmanager
+def interrupts() -> Iterator[None]:
+    """For the block, SIGINT and SIGTERM raise :class:`Interrupted` in the main thread and are
+    remembered, so a pool closed while the interrupt unwinds terminates its workers (elsewhere than
+    the main thread: nothing changes); the handlers before are put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        _interrupted.set()
+        raise Interrupted(signal.Signals(signum).name)
+
+    before = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _interrupted.clear()
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        _interrupted.clear()

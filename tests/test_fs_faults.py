@@ -1,0 +1,426 @@
+"""The filesystem, signals and processes against the promises: leftovers of a killed writer never
+fail a good build, a full disk names the file and keeps no partial copy, locks follow the real
+folder and need no writable parent, Ctrl-C and SIGTERM stop every process quietly."""
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from builders.build import BuildError, build_dataset
+from builders.dataset_card import CHECKSUMS
+from builders.recipe import load_recipe
+from builders.verify import verify_dataset
+from implicit_concept import files
+from implicit_concept.files import LOCK_NAME, FolderBusyError, atomic_write_bytes, lock_path, locked, temporary_name
+from implicit_concept.shard_writer import TarShardWriter
+from manifests import RECIPES_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def dataset(debug_dataset, tmp_path):
+    out = tmp_path / "icd-debug"
+    shutil.copytree(debug_dataset, out)
+    return out
+
+
+def _hold(path: Path, inside: bool, seconds: float = 60) -> subprocess.Popen:
+    code = textwrap.dedent("""
+        import sys, time
+        from pathlib import Path
+        from implicit_concept.files import locked
+        with locked(Path(sys.argv[1]), inside=sys.argv[2] == "1"):
+            print("held", flush=True)
+            time.sleep(float(sys.argv[3]))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path), "1" if inside else "0", str(seconds)],
+                            env=ENV, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+# --- F1: a temporary is never data ------------------------------------------------------------------
+
+
+def test_a_leftover_temporary_is_a_note_and_the_next_build_removes_it_whatever_its_pid(dataset):
+    shard = dataset / "icd-qrcode" / "train"
+    # pid 1 always runs: a reused pid, or a writer on another node, looks alive
+    left = shard / ".00000.tar.tmp-1"
+    left.write_bytes((shard / "00000.tar").read_bytes()[:5000])
+    report = verify_dataset(dataset)
+    assert report.ok, report.problems
+    assert any(str(left) in note and "temporary" in note for note in report.notes), report.notes
+    folder = temporary_name(dataset / "icd-qrcode" / "x")  # a killed atomic_dir's folder
+    folder.mkdir()
+    (folder / "f").write_bytes(b"partial")
+    build_dataset(load_recipe("icd-debug"), dataset, progress=False)
+    assert not left.exists() and not folder.exists()
+    assert (dataset / CHECKSUMS).read_text() == (RECIPES_DIR / "icd-debug.sha256").read_text()
+
+
+# --- F4, F5: locks follow the real folder, inside it -------------------------------------------------
+
+
+def test_a_folder_reached_through_a_symlink_takes_the_same_lock(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    assert lock_path(link, inside=True) == lock_path(real, inside=True) == real.resolve() / LOCK_NAME
+    entry = tmp_path / "cache-link" / "entry"
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache-link").symlink_to(tmp_path / "cache")
+    assert lock_path(entry) == lock_path(tmp_path / "cache" / "entry")
+    holder = _hold(real, inside=True)
+    try:
+        with pytest.raises(FolderBusyError, match=f"pid {holder.pid}"):
+            with locked(link, wait=False, inside=True):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_build_locks_inside_its_folder_and_leaves_nothing_beside_it(dataset):
+    before = sorted(p.name for p in dataset.parent.iterdir())
+    build_dataset(load_recipe("icd-debug"), dataset, progress=False)
+    assert sorted(p.name for p in dataset.parent.iterdir()) == before  # no .icd-debug.lock in the user's folder
+    assert (dataset / LOCK_NAME).is_file()
+    assert verify_dataset(dataset).ok  # and the lock inside is not data
+
+
+def test_a_lock_that_cannot_be_written_reads_unlocked(tmp_path, monkeypatch):
+    """A read-only cache: the lock file cannot be made, so the block runs (it can only read)."""
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if flags & (os.O_RDWR | os.O_WRONLY | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    entry = tmp_path / "cache" / "entry"
+    entry.mkdir(parents=True)
+    monkeypatch.setattr(os, "open", read_only)
+    ran = []
+    with locked(entry):
+        ran.append(1)
+    assert ran == [1]
+
+
+def test_a_lock_file_this_process_can_only_read_still_waits_for_its_holder(tmp_path, monkeypatch):
+    entry = tmp_path / "cache" / "entry"
+    entry.parent.mkdir()
+    holder = _hold(entry, inside=False, seconds=1.5)
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if flags & (os.O_RDWR | os.O_WRONLY | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    start = time.monotonic()
+    with locked(entry):
+        assert time.monotonic() - start > 1.0
+    holder.wait()
+
+
+# --- F6: a full disk names the file, keeps no partial copy -------------------------------------------
+
+
+def test_a_full_disk_while_writing_a_shard_names_it_and_leaves_no_temporary(tmp_path, monkeypatch):
+    calls = []
+    real_addfile = tarfile.TarFile.addfile
+
+    def full(self, info, fileobj=None):
+        calls.append(info.name)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_addfile(self, info, fileobj)
+
+    def also_full(self):  # the end-of-archive blocks fail on the full disk too
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "addfile", full)
+    monkeypatch.setattr(tarfile.TarFile, "close", also_full)
+    out = tmp_path / "d"
+    with pytest.raises(BuildError) as e:
+        build_dataset(load_recipe("icd-debug"), out, progress=False)
+    message = str(e.value)
+    assert "the disk is full" in message and ".tar" in message and "choose another" not in message, message
+    assert "rerun the same command to resume" in message
+    assert not [p for p in out.rglob("*") if files.TEMPORARY_MARK in p.name]
+
+
+def test_abort_removes_the_temporary_even_when_closing_fails(tmp_path, monkeypatch):
+    writer = TarShardWriter(tmp_path / "00000.tar")
+    writer.write("k", {"txt": b"x" * 1000})
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "close", full)
+    writer.abort()
+    assert not writer.tmp.exists()
+
+
+def test_an_atomic_write_that_fails_names_the_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "manifest.parquet"
+    with pytest.raises(OSError) as e:
+        atomic_write_bytes(target, b"x" * 100)
+    assert e.value.filename == str(target) and e.value.errno == errno.EFBIG
+    assert files.out_of_space(e.value) == "the file size limit was hit (ulimit -f)"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_size_limit_in_a_real_build_names_the_file(tmp_path):
+    import resource
+
+    out = tmp_path / "fb"
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    done = subprocess.run([sys.executable, "-m", "benchmark.cli", "build", "icd-debug", "--out", str(out), "--quiet",
+                           "--workers", "2"], cwd=REPO, env=ENV, capture_output=True, text=True, preexec_fn=limit, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "the file size limit was hit" in done.stderr and str(out) in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert not [p for p in out.rglob("*") if files.TEMPORARY_MARK in p.name]
+
+
+# --- F8, F9: --out spellings -------------------------------------------------------------------------
+
+
+def test_out_dot_builds_into_the_current_folder(dataset, monkeypatch, capsys):
+    from benchmark.cli import main
+
+    monkeypatch.chdir(dataset)
+    for spelling in (".", "./"):
+        assert main(["build", "icd-debug", "--out", spelling, "--quiet"]) == 0, capsys.readouterr().err
+    assert "12 already complete" in capsys.readouterr().out
+
+
+def test_an_out_name_that_is_not_utf8_is_refused_before_any_work(tmp_path, capsys):
+    from benchmark.cli import main
+
+    out = tmp_path / os.fsdecode(b"bad\xffname")
+    assert main(["build", "icd-debug", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "bad\\xffname: the folder's name is not valid UTF-8" in err, err
+    assert not os.path.lexists(out)
+    out.mkdir()
+    report = verify_dataset(out)
+    assert len(report.problems) == 1 and "bad\\xffname: the folder's name is not valid UTF-8" in report.problems[0], report.problems
+
+
+# --- F10: verify during a build ----------------------------------------------------------------------
+
+
+def test_verify_during_a_build_says_so_in_one_line(dataset):
+    holder = _hold(dataset, inside=True)
+    try:
+        report = verify_dataset(dataset)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert report.problems == [f"{dataset}: a build is writing it now (pid {holder.pid} holds its lock {LOCK_NAME}); "
+                               f"verify it once the build has finished"]
+    assert verify_dataset(dataset).ok
+
+
+# --- F11: a file where a folder goes -----------------------------------------------------------------
+
+
+def test_a_file_where_a_folder_goes_is_named_as_such(tmp_path, monkeypatch, capsys):
+    from benchmark import cli
+
+    taken = tmp_path / "images" / "sd"
+    taken.parent.mkdir()
+    taken.write_text("not a folder")
+    monkeypatch.setattr(cli, "_verify", lambda args: (taken / "x").parent.mkdir(parents=True, exist_ok=True))
+    assert cli.main(["verify", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == (f"implicit-concept verify: error: {taken}: is a file, where a folder is expected; "
+                                               f"move it away or choose another path")
+    monkeypatch.setattr(cli, "_verify", lambda args: (taken / "below").mkdir(parents=True, exist_ok=True))
+    assert cli.main(["verify", str(tmp_path)]) == 1
+    assert f"{taken / 'below'}: cannot be made below {taken}, which is a file" in capsys.readouterr().err
+
+
+# --- F2, F3: interrupts ------------------------------------------------------------------------------
+
+
+def test_an_interrupt_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    from benchmark import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_verify", interrupted)
+    assert cli.main(["verify", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "implicit-concept verify: interrupted; rerun the same command to resume\n"
+
+
+def test_ctrl_c_during_a_parallel_build_prints_one_line_from_one_process(tmp_path):
+    out = tmp_path / "int"
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "build", "icd-debug", "--out", str(out), "--workers", "2"],
+                            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.rglob(".*.tar.tmp-*")):
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: every process of the group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert err.rstrip().endswith("implicit-concept build: interrupted; rerun the same command to resume"), err[-3000:]
+    assert _alive_in_group(proc.pid) == []
+
+
+POOL = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+from implicit_concept.worker_processes import interrupts, start_worker, stopping_workers
+
+def pid_then_sleep(i):
+    print(os.getpid(), flush=True)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    try:
+        with interrupts():
+            with stopping_workers(ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker)) as pool:
+                list(pool.map(pid_then_sleep, range(2)))
+    except KeyboardInterrupt:
+        sys.exit(143)
+"""
+
+
+def _alive_in_group(pgid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_workers_do_not_outlive_their_parent(tmp_path, sig):
+    """SIGTERM to the parent alone (a scheduler, ``timeout``): it stops its pool; SIGKILL (nothing
+    runs in it): each worker sees its parent gone and ends."""
+    script = tmp_path / "pool.py"
+    script.write_text(POOL)
+    proc = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    workers = [int(proc.stdout.readline()) for _ in range(2)]
+    os.kill(proc.pid, sig)  # the main process only
+    proc.wait(timeout=30)
+    deadline = time.time() + 10
+    while time.time() < deadline and _alive_in_group(proc.pid):
+        time.sleep(0.1)
+    left = _alive_in_group(proc.pid)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"workers {workers}: still running {left}"
+    assert "Traceback" not in proc.stderr.read()
+
+
+# --- F7: the toolkit's own I/O errors are not the method's -------------------------------------------
+
+
+def test_a_full_disk_in_the_toolkits_finetune_is_not_blamed_on_the_method(monkeypatch, tmp_path):
+    from benchmark import method_evaluation, stages
+    from benchmark.failures import MethodFailed, ToolkitIOError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "models" / "x"))
+
+    monkeypatch.setattr(stages, "finetune", full)
+    run = SimpleNamespace(root=tmp_path, track=SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}))
+    ctx = method_evaluation.method_context(run, tmp_path, tmp_path / "icd-qrcode", ("qrcode",), detector=None)
+    evaluation = SimpleNamespace(subset="icd-qrcode")
+
+    class UsesFinetune:
+        name = "uses-finetune"
+
+        def build(self, ctx):
+            return ctx.finetune(None)
+
+    class OwnError:
+        name = "own-error"
+
+        def build(self, ctx):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(ToolkitIOError) as e:
+        method_evaluation._draw(run, UsesFinetune(), ctx, evaluation, "")
+    assert e.value.filename == str(tmp_path / "models" / "x") and isinstance(e.value, OSError)
+    with pytest.raises(MethodFailed):  # the method's own code: still the method's failure
+        method_evaluation._draw(run, OwnError(), ctx, evaluation, "")
+
+
+def test_safetensors_io_errors_become_oserrors_naming_the_folder(tmp_path):
+    from safetensors import SafetensorError
+
+    from benchmark.models.pipelines import saving_error
+
+    e = saving_error(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"), tmp_path)
+    assert isinstance(e, OSError) and e.errno == errno.ENOSPC and e.filename == str(tmp_path)
+    other = SafetensorError("Error while deserializing header: HeaderTooLarge")
+    assert saving_error(other, tmp_path) is other
+
+
+def test_saving_a_pipeline_on_a_full_disk_raises_an_oserror_naming_the_folder(tmp_path):
+    from safetensors import SafetensorError
+
+    from benchmark.models.pipelines import save_portable_pipeline
+
+    class FullDisk:
+        def save_pretrained(self, directory):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    with pytest.raises(OSError) as e:
+        save_portable_pipeline(FullDisk(), tmp_path / "pipeline")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "pipeline")
+
+
+def test_a_full_disk_saving_an_edited_sd_is_the_toolkits_error(tmp_path, monkeypatch):
+    """ESD and FMN edit ``sd`` through ctx.edited_sd: the edit is the method's, the saving the toolkit's."""
+    from benchmark.failures import ToolkitIOError
+    from benchmark.methods import interface
+    from benchmark.methods.interface import MethodContext
+
+    def full(pipe, directory):
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory / "unet"))
+
+    monkeypatch.setattr(interface, "save_portable_pipeline", full)
+    ctx = MethodContext(concepts=("qrcode",), work_dir=tmp_path, seed=0, finetune=lambda ft: tmp_path / "sd",
+                        load_pipeline=lambda path: object(), train_shards=tmp_path)
+    with pytest.raises(ToolkitIOError, match="No space left on device"):
+        ctx.edited_sd("esd", {"a": 1}, lambda pipe: None)
+
+    def own_error(pipe):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as e:  # the method's own edit: not marked as the toolkit's
+        ctx.edited_sd("esd", {"a": 2}, own_error)
+    assert not isinstance(e.value, ToolkitIOError)
