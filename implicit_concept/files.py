@@ -81,19 +81,26 @@ def read_locked(path: Path, inside: bool = False, wait: bool = True) -> Iterator
         return
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            if not wait:
-                yield pid
-                return
-            log.warning("%s: in use by another process (pid %s); waiting for it", path, pid)
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            busy = _take(fd, fcntl.LOCK_SH, path, wait)
         except OSError:
-            pass  # a filesystem without shared locks on read-only descriptors: read unlocked
-        yield None
+            busy = None  # a filesystem without shared locks on read-only descriptors: read unlocked
+        yield busy
     finally:
         os.close(fd)
+
+
+def _take(fd: int, mode: int, path: Path, wait: bool) -> str | None:
+    """Take ``flock`` ``mode`` on ``fd``: None once held; where another process holds it and not
+    ``wait``, its pid (as text; "unknown" if unrecorded), holding nothing."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        if not wait:
+            return pid
+        log.warning("%s: in use by another process (pid %s); waiting for it", path, pid)
+        fcntl.flock(fd, mode)
+    return None
 
 
 def _open_lock(lock: Path) -> int | None:
@@ -144,18 +151,14 @@ def locked(path: Path, wait: bool = True, refusal: str = "wait for it to finish"
         return
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            if not wait:
-                raise FolderBusyError(f"{path}: in use by another process (pid {pid}); {refusal}") from None
-            log.warning("%s: in use by another process (pid %s); waiting for it", path, pid)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            busy = _take(fd, fcntl.LOCK_EX, path, wait)
         except OSError as e:  # a read-only descriptor where exclusive locks need a writable one (NFS)
             if e.errno != errno.EBADF:
                 raise
         else:
-            try:
+            if busy is not None:
+                raise FolderBusyError(f"{path}: in use by another process (pid {busy}); {refusal}")
+            try:  # the holder's pid, for whoever finds it busy (after a wait too)
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
             except OSError:

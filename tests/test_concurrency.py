@@ -74,6 +74,21 @@ def test_without_waiting_a_busy_folder_is_refused_naming_it_and_its_holder(tmp_p
         pass
 
 
+def test_a_holder_that_waited_for_the_lock_is_the_one_a_refusal_names(tmp_path):
+    entry = tmp_path / "cache" / "entry"
+    first = _holder(entry, 1.5)
+    second = subprocess.Popen([sys.executable, "-c", HOLD, str(entry), "30"], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert second.stdout.readline().strip() == "held"  # after waiting for the first
+        assert first.wait() == 0
+        with pytest.raises(FolderBusyError, match=re.escape(f"(pid {second.pid})")):
+            with locked(entry, wait=False):
+                pass
+    finally:
+        second.kill()
+        second.wait()
+
+
 def test_a_build_holding_the_lock_removes_every_temporary_whatever_its_pid(debug_dataset, tmp_path):
     """Every writer of the folder writes under the lock this build now holds, so no temporary in it
     is a live writer's, even one whose pid runs (reused, or a pid of another node)."""
