@@ -578,6 +578,25 @@ def test_a_pipeline_whose_output_has_no_images_is_refused_naming_its_class():
         diffusers_generate_fn(Latents(), GenerationSettings())(["a"], [""], [0])
 
 
+def test_the_negative_prompt_reaches_the_pipeline_and_none_is_passed_when_there_is_none():
+    """The one bridge from generate_images to a diffusers pipeline: Geom-Erasing's location tokens and
+    np's concept name are sampled as negative prompts only if they get there; an empty one is None,
+    diffusers' "no negative prompt"."""
+    from benchmark.generation import diffusers_generate_fn
+
+    class Recording:
+        def __call__(self, **kwargs):
+            self.kwargs = kwargs
+            return [Image.new("RGB", (16, 16))] * len(kwargs["prompt"])
+
+    pipe = Recording()
+    generate = diffusers_generate_fn(pipe, GenerationSettings(image_size=16))
+    generate(["a", "b"], ["<qrcode> <l0,0>", "<qrcode> <l0,0>"], [0, 1])
+    assert pipe.kwargs["prompt"] == ["a", "b"] and pipe.kwargs["negative_prompt"] == ["<qrcode> <l0,0>"] * 2
+    generate(["a"], [""], [0])
+    assert pipe.kwargs["negative_prompt"] is None
+
+
 def test_torch_settings_changed_inside_the_block_are_put_back():
     import torch
 

@@ -227,6 +227,38 @@ def test_a_plug_ins_row_is_recorded_with_its_spec_code_and_in_memory_edits(saved
     assert row["description"] == "Adds one to a UNet weight in memory."
 
 
+def test_a_methods_negative_prompt_is_what_its_pipeline_is_sampled_with(tmp_path):
+    """The row records ``generator.negative_prompt`` by itself; the images must be drawn with it too,
+    or a method's negative prompt (np's, a plug-in's) is recorded but never used."""
+    from types import SimpleNamespace
+
+    from benchmark import method_evaluation
+    from benchmark.generation import GenerationSettings
+    from benchmark.methods.interface import Generator
+    from benchmark.prompts import Prompt
+
+    asked = []
+
+    class Recording:
+        def __call__(self, **kwargs):
+            asked.append(kwargs["negative_prompt"])
+            return [Image.new("RGB", (16, 16))] * len(kwargs["prompt"])
+
+    class Wordy:
+        name = "wordy"
+
+        def build(self, ctx):
+            return Generator(Recording(), negative_prompt=f"{ctx.phrase}, logo, signature, caption")
+
+    track = SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={})
+    run = SimpleNamespace(track=track, root=tmp_path / "run", cache=tmp_path, progress=False)
+    ctx = method_evaluation.method_context(run, tmp_path, tmp_path / "icd-qrcode", ("qrcode",), None)
+    evaluation = method_evaluation.Evaluation("icd-qrcode", [Prompt(0, "a red square", 5)], GenerationSettings(steps=2, image_size=16), None, [])
+    generator, paths, _, _ = method_evaluation._draw(run, Wordy(), ctx, evaluation, "")
+    assert len(paths) == 1 and asked == [[f"{ctx.phrase}, logo, signature, caption"]]
+    assert generator.negative_prompt == asked[0][0]
+
+
 def _images(folder, names, fmt="PNG", **options):
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
