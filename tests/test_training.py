@@ -351,6 +351,61 @@ def test_stratified_timesteps_put_one_in_each_slice():
     assert not torch.equal(t, t.sort().values), "shuffled, so each process's share spans all noise levels"
 
 
+def test_the_loss_weighs_each_latent_position_by_geom_erasings_weight_map():
+    """Geom-Erasing's re-weighting acts only through the loss: an error inside the box counts
+    ``w_in`` per position, not the plain MSE's 1, whatever the prediction type's target."""
+    from diffusers import DDPMScheduler
+
+    from benchmark.training.data import diffusion_loss
+    from implicit_concept.geom_erasing.loss_weights import weight_map
+
+    scheduler = DDPMScheduler(prediction_type="epsilon")
+    latents, noise = torch.zeros(1, 2, 4, 4), torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    pred = noise.clone()
+    pred[:, :, :2, :2] += 1.0  # an error of 1 at the 2x2 latent cells the box covers
+    weights = weight_map([Box(0, 0, 8, 8)], 16, 16, 4, 4, alpha=2.0)[None]
+    w_in = 16 / (4 + 2.0 * 12)
+    loss = diffusion_loss(scheduler, pred, latents, noise, torch.tensor([10]), weights, None)
+    assert loss.item() == pytest.approx(4 * 2 * w_in / (2 * 16))
+    plain = diffusion_loss(scheduler, pred, latents, noise, torch.tensor([10]), torch.ones_like(weights), None)
+    assert plain.item() == pytest.approx(4 * 2 / (2 * 16)) and loss.item() < plain.item()
+
+
+def test_a_training_example_carries_the_weight_map_only_when_reweighting(setup):
+    """What the loss is given: a sample with a box gets its re-weighted map under ``reweight``, and
+    a plain fine-tune's example weighs every position 1."""
+    from benchmark.training.data import Preparer
+    from implicit_concept.geom_erasing.loss_weights import weight_map
+    from implicit_concept.sample import Sample
+
+    base, _ = setup
+    tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
+    meta = SampleMeta(key="000000000", caption="a square", width=32, height=32, split="train", subset="icd-qrcode",
+                      source={}, instances=[Instance("qrcode", Box(0, 0, 16, 16))], seed=[0], recipe="test",
+                      recipe_sha256="", version="0")
+    sample = Sample(meta, Image.new("RGB", (32, 32), (40, 90, 200)))
+    geom = GeomErasingConfig(grid=2, concepts=("qrcode",), alpha=2.0)
+    example = Preparer(TrainingConfig(**FAST, geom=geom), tokenizer, (4, 4), 16, None)(sample)
+    assert example.weights.equal(weight_map([Box(0, 0, 8, 8)], 16, 16, 4, 4, alpha=2.0))
+    assert not example.weights.equal(torch.ones(4, 4))
+    plain = Preparer(TrainingConfig(**FAST, geom=GeomErasingConfig.plain()), tokenizer, (4, 4), 16, None)(sample)
+    assert plain.weights.equal(torch.ones(4, 4))
+
+
+def test_geom_erasing_moves_the_new_token_rows_from_their_seeded_start(setup, tmp_path):
+    """A ge-* fine-tune trains the UNet and the new tokens' rows: the rows it saves are not the ones
+    ``add_tokens`` starts them at, or the location tokens would be sampled untrained."""
+    base, shards = setup
+    geom = GeomErasingConfig(grid=2, concepts=("qrcode",), concept_token=True)
+    out = train(base, shards, tmp_path / "ge", TrainingConfig(**FAST, geom=geom), progress=False)
+    start = load_pipeline(base)
+    ids = add_tokens(start.tokenizer, start.text_encoder, geom.new_tokens(), seed=FAST["seed"])
+    assert len(ids) == 5
+    trained, initial = _embeddings(out)[ids], start.text_encoder.get_input_embeddings().weight[ids].detach()
+    assert not trained[0].equal(initial[0]), "<qrcode> is in every caption with a box"
+    assert any(not trained[i].equal(initial[i]) for i in range(1, len(ids))), "no location token row moved"
+
+
 def _sd_shaped_pipeline(root: Path) -> Path:
     """Stable Diffusion v1.5's own classes and folder layout at micro size (what ``--pretrained`` loads):
     an AutoencoderKL with 4 latent channels and its 0.18215 scaling, a cross-attention UNet, a CLIP
