@@ -95,6 +95,21 @@ def test_long_caption_is_cut_never_the_tokens(tokenizer, caplog):
     assert count_tokens(tokenizer, negative_prompt(["qr code"], 8)) <= CLIP_MAX_LENGTH
 
 
+def test_a_caption_that_fits_exactly_77_tokens_is_kept_whole(tokenizer):
+    """The cut keeps the longest caption that fits: at exactly 77 tokens nothing is dropped, and one
+    word more drops just that word."""
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))
+    add_tokens(tokenizer, text_encoder, location_tokens(8))
+    terms = [("qr code", [(m, n) for n in range(8) for m in range(8)])]
+    suffix_only = count_tokens(tokenizer, geometric_caption("", terms, tokenizer).text)
+    words = ["a"] * (CLIP_MAX_LENGTH - suffix_only)  # "a" is one token
+    exact = geometric_caption(" ".join(words), terms, tokenizer)
+    assert count_tokens(tokenizer, exact.text) == CLIP_MAX_LENGTH
+    assert not exact.truncated and exact.text.startswith(" ".join(words) + " qr code")
+    over = geometric_caption(" ".join(words + ["red"]), terms, tokenizer)
+    assert over.dropped_words == ("red",) and over.text == exact.text
+
+
 def test_captions_of_every_box_fit(tokenizer):
     text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))
     add_tokens(tokenizer, text_encoder, location_tokens(8))
@@ -119,3 +134,19 @@ def test_added_tokens_survive_save_and_reload(tmp_path):
     assert tok2.model_max_length == CLIP_MAX_LENGTH
     assert te2.get_input_embeddings().weight[ids].equal(before)
     assert add_tokens(tok2, te2, location_tokens(4)) == ids[:-1]  # adding again changes nothing
+
+
+def test_new_token_rows_start_from_the_seed(tmp_path):
+    """The same seed gives the same starting rows (a fine-tune is reproducible), another seed other
+    rows (training seeds are independent draws)."""
+    import torch
+
+    def started(seed, copy):
+        tokenizer = build_clip_tokenizer(tmp_path / f"vocab-{seed}-{copy}")
+        torch.manual_seed(0)  # the same text encoder each time
+        text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))
+        ids = add_tokens(tokenizer, text_encoder, location_tokens(2), seed=seed)
+        return text_encoder.get_input_embeddings().weight[ids].detach()
+
+    assert started(0, "a").equal(started(0, "b"))
+    assert not started(0, "a").equal(started(1, "a"))
