@@ -87,6 +87,28 @@ def test_a_member_over_the_cap_is_not_read(tmp_path):
         list(iter_tar_members(tmp_path / "small.tar", max_member_bytes=4096))
 
 
+def test_a_hard_link_to_a_member_over_the_cap_is_refused_as_that_member_is(tmp_path):
+    """A link header says size 0: the cap is on what it points at, or a link to another sample's
+    oversized member (itself refused) would be read whole, past the hostile-input memory cap."""
+    import io
+
+    with tarfile.open(tmp_path / "linked.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+        big = tarfile.TarInfo("a.jpg")
+        big.size = 8192
+        tf.addfile(big, io.BytesIO(b"\0" * 8192))
+        link = tarfile.TarInfo("b.jpg")
+        link.type, link.linkname = tarfile.LNKTYPE, "a.jpg"
+        tf.addfile(link)
+        caption = tarfile.TarInfo("b.txt")
+        caption.size = 1
+        tf.addfile(caption, io.BytesIO(b"b"))
+    with tarfile.open(tmp_path / "linked.tar") as tar:
+        runs = list(group_members(tar, max_member_bytes=4096))
+    assert [(r.key, r.refused and r.refused.reason, r.members) for r in runs] == [
+        ("a", "member_too_large", {}), ("b", "member_too_large", {})]
+    assert "'b.jpg' is 8192 bytes" in runs[1].refused.detail
+
+
 def test_an_oversized_header_record_is_refused(tmp_path):
     shard = _hostile_shard(tmp_path / "l.tar.gz", hostile.zeros_tar_gz(b"", hostile.long_name_header(200 << 20), hostile.member("k.jpg", b""), size=200 << 20))
     with memory_headroom(), pytest.raises(ShardError, match=r"refused \(tar_header_too_large\)"):
