@@ -59,6 +59,21 @@ def test_a_resume_over_a_changed_folder_is_refused(tmp_path, change):
         build_dataset(recipe, out, progress=False)
 
 
+def test_a_resume_over_a_file_rewritten_at_the_same_size_is_refused(tmp_path):
+    """A caption edited in place keeps its size: the fingerprint's modification time is what tells."""
+    src = _folder(tmp_path / "src")
+    recipe = parse_recipe(_recipe({"kind": "folder", "path": str(src)}))
+    out = tmp_path / "out"
+    build_dataset(recipe, out, progress=False)
+    _interrupted(out)
+    size = (src / "4.txt").stat().st_size
+    (src / "4.txt").write_text("a picture NUMBER 4")
+    os.utime(src / "4.txt", ns=(1, 1))
+    assert (src / "4.txt").stat().st_size == size
+    with pytest.raises(FolderClaimError, match=r"out: its source changed since this build started \(12 files, \d+ bytes, listing \w+ then, 12 files"):
+        build_dataset(recipe, out, progress=False)
+
+
 def test_a_resume_over_the_same_folder_goes_on_and_verify_notes_a_later_change(tmp_path):
     src = _folder(tmp_path / "src")
     recipe = parse_recipe(_recipe({"kind": "folder", "path": str(src)}))
