@@ -131,6 +131,23 @@ def seed_changed(out: Path) -> None:
     reseal(out)
 
 
+def caption_txt_differs_from_json(out: Path) -> None:
+    samples = read_tar(out / SHARD)
+    samples[0][1]["txt"] = b"a caption the json does not hold"
+    write_tar(out / SHARD, samples)
+    reseal(out)
+
+
+def box_outside_the_image(out: Path) -> None:
+    """A box past the right edge, written in the writer's canonical form (its derived fields agree)."""
+    def widen(record):
+        record["instances"][0]["box"] = [0, 0, record["width"] + 5, record["height"]]
+        record.update(SampleMeta.from_json(record).to_json())
+
+    edit_json(out / SHARD, widen)
+    reseal(out)
+
+
 def shard_is_a_symlink(out: Path) -> None:
     outside = out.parent / "elsewhere.tar"
     shutil.move(out / SHARD, outside)
@@ -164,6 +181,8 @@ TAMPERING = {
     concept_of_another_subset: "concept 'text' does not belong to subset icd-qrcode",
     shard_of_another_subset: "json says subset 'icd-text'",
     seed_changed: "json seed [1, 2, 3, 4, 5]",
+    caption_txt_differs_from_json: "txt differs from json caption",
+    box_outside_the_image: "box [0, 0, 69, 64] outside the image",
     shard_is_a_symlink: f"{SHARD}: a symlink",
     garbage_manifest_without_recipe: "manifest.parquet: unreadable parquet",
     blank_line_in_the_listing: "checksums.sha256:13: not a '<sha256>",
