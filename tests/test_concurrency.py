@@ -150,6 +150,20 @@ def test_a_second_run_of_one_name_is_refused_at_once(tmp_path, monkeypatch, caps
     assert f"{run}: in use by another process (pid {os.getpid()}); wait for it to finish or use another --name" in capsys.readouterr().err
 
 
+def test_a_folder_made_with_another_config_is_refused_naming_what_differs(tmp_path):
+    """``claim``: the same record again reuses the folder; another config is refused, naming the field
+    and ending with the caller's advice; with ``keys``, only those fields decide."""
+    from implicit_concept.files import FolderClaimError, claim
+
+    record = tmp_path / "run" / "run.json"
+    claim(record, {"a": 1, "note": "first"}, "use another --name")
+    claim(record, {"a": 1, "note": "first"}, "use another --name")
+    with pytest.raises(FolderClaimError, match=r"run: was made with another config \(run\.json differs in a\); use another --name$"):
+        claim(record, {"a": 2, "note": "first"}, "use another --name")
+    claim(record, {"a": 1, "note": "second"}, "use another --name", keys=["a"])
+    assert json.loads(record.read_text()) == {"a": 1, "note": "first"}
+
+
 @pytest.mark.slow
 def test_two_runs_on_one_empty_cache_both_succeed_with_the_same_results(tmp_path):
     """Two debug runs of other names into one runs folder, data folder and cache, started together:
