@@ -164,6 +164,23 @@ class RedMeansWatermark:
         return [Detection("watermark", 0.9, (0.0, 0.0, 4.0, 4.0))] if red.any() else []
 
 
+class HalfSureWatermark:
+    """A stand-in for the detector that sees a watermark at confidence 0.5 in every image, and, as
+    the real one does, reports only detections at or above the ``conf`` it is asked at."""
+
+    def detect(self, image, conf=0.25):
+        from implicit_concept.detector.inference import Detection
+
+        return [Detection("watermark", 0.5, (0.0, 0.0, 4.0, 4.0))] if 0.5 >= conf else []
+
+
+@pytest.mark.parametrize("conf, shows", [(0.6, []), (0.5, ["watermark"]), (0.4, ["watermark"])])
+def test_the_source_screen_asks_the_detector_at_the_recipes_confidence(conf, shows):
+    """``source_screen.conf`` decides what counts as already there, not the detector's default 0.25."""
+    screen = source_screen.SourceScreen(source_screen.SourceScreenConfig(detector="fake", conf=conf), detector=HalfSureWatermark())
+    assert screen.shows(Image.new("RGB", (32, 32), (90, 90, 90))) == shows
+
+
 def _qr_image() -> Image.Image:
     code = qrcode.make("https://example.com/already-here", box_size=4, border=2).convert("RGB")
     canvas = Image.new("RGB", (200, 200), (255, 255, 255))
