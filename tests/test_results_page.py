@@ -172,6 +172,18 @@ def test_a_method_that_did_not_score_every_concept_has_no_mean_and_ranks_after_c
     assert f"no rows scored in: {empty}" in board.notes
 
 
+def test_a_method_with_no_row_for_a_concept_of_the_table_is_incomplete_and_shown_not_run(tmp_path):
+    """A table's concepts are those of all its runs: a run that scored only ``text`` lists its methods
+    as incomplete, "not run" under qrcode, after the complete ones (not a crash on the missing row)."""
+    full = fake_run(tmp_path / "full", icr=0.8)
+    text_only = _edit(fake_run(tmp_path / "text-only"), lambda r: {**r, "rows": [row for row in r["rows"] if row["concept"] == "text"]})
+    board = leaderboard([full, text_only])
+    table = [line for line in board.markdown.splitlines() if line.startswith(f"| {cell(tmp_path)}")]
+    assert [line.split(" | ")[:2] for line in table] == [
+        [f"| {cell(full)}", "ge-full"], [f"| {cell(full)}", "sd"], [f"| {cell(text_only)}", "sd"], [f"| {cell(text_only)}", "ge-full"]]
+    assert table[2].endswith("| not run | 40.0 [30.0, 50.0] | incomplete |")
+
+
 def test_a_method_name_with_a_pipe_stays_in_its_cell(tmp_path):
     run = _edit(fake_run(tmp_path / "run"), lambda r: {**r, "rows": [{**row, "method": row["method"].replace("sd", "s|d")} for row in r["rows"]]})
     board = leaderboard([run])
