@@ -202,6 +202,15 @@ def test_folder_reads_good_and_bad_files(folder: Path):
     assert isinstance(good.image, bytes) and good.caption == "a picture" and good.meta == {"path": "good.jpg"}
 
 
+def test_the_split_of_an_external_item_is_the_recorded_one():
+    """The rule external datasets are split by (sha256 of the id, its first 8 bytes below the test
+    share) pinned to known answers: a change to it would move items between train and test, so a
+    dataset built by another version would no longer be the same."""
+    assert [i for i in range(40) if split_of(f"{i:08d}", 0.1) == "test"] == [22, 34]
+    assert [i for i in range(40) if split_of(f"{i:08d}", 0.25) == "test"] == [9, 12, 15, 17, 18, 21, 22, 28, 31, 32, 34, 38]
+    assert split_of("00000022", 0.0) == "train" and split_of("00000001", 1.0) == "test"
+
+
 def test_folder_split_is_stable_and_disjoint(folder: Path):
     source = FolderSource(FolderConfig(folder, test_fraction=0.5), shard_size=4)
     train, test = source.files("train"), source.files("test")
