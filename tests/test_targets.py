@@ -49,6 +49,14 @@ def test_a_third_of_sd_but_overlapping_intervals_is_not_met():
     assert check_targets(rows, FP, Targets())[1]["met"] is False
 
 
+@pytest.mark.parametrize("oracle, met", [(0.055, True), (0.065, False), (0.10, False)])
+def test_the_oracle_is_met_within_its_points_of_the_detector_fp_rate(oracle, met):
+    """The oracle claim: ICR at most FP 1% + ``oracle_max_above_fp`` (5 points), no more."""
+    rows = [_row("sd", 0.40, (0.33, 0.47)), _row("oracle", oracle, (oracle - 0.02, oracle + 0.02))]
+    check = check_targets(rows, FP, Targets(oracle_max_above_fp=0.05))[2]
+    assert check["target"] == "oracle within 5 points of the detector FP rate" and check["met"] is met
+
+
 def test_missing_methods_are_not_run_not_failed():
     checks = check_targets([_row("sd", 0.4, (0.3, 0.5))], FP, Targets())
     assert _met(checks) == [True, None, None, None]
