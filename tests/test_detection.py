@@ -556,6 +556,17 @@ def test_a_folder_holding_both_shards_and_loose_images_is_refused_naming_both(tm
     assert [name for name, _ in iter_images(folder)] == ["a.png", "b.png"]
 
 
+def test_a_folder_of_images_is_read_with_its_subfolders_each_named_by_its_relative_path(tmp_path):
+    """The library reads a folder's images below it too (as the mixed-folder check looks below it),
+    and names each by its path inside the folder: two ``1.png`` in two subfolders stay two records."""
+    folder = tmp_path / "images"
+    for name, level in (("top.png", 10), ("a/1.png", 20), ("b/1.png", 30)):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        _solid(level).save(folder / name)
+    read = {name: int(np.asarray(im)[0, 0, 0]) for name, im in iter_images(folder)}
+    assert read == {"a/1.png": 20, "b/1.png": 30, "top.png": 10}
+
+
 def test_a_clean_reference_of_another_shape_is_refused_naming_the_file(tmp_path):
     """The reference beside a detector is data: it decides the false-positive rate a report prints."""
     from implicit_concept.scoring import CleanReference
