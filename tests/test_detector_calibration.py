@@ -220,6 +220,32 @@ def test_calibration_on_known_confidences():
         calibrate_thresholds({"calibration": dict.fromkeys(CONCEPT_NAMES, [])}, max_fp=0.02)
 
 
+def test_calibration_allows_exactly_the_whole_number_of_images_max_fp_grants():
+    """At max_fp 0.02, 50 images allow exactly 1 flagged: the threshold sits just above the 2nd
+    highest confidence, so the 1st alone is flagged (not 0.25, which would flag 2 of 50, 4%)."""
+    reference = dict.fromkeys(CONCEPT_NAMES, [0.0] * 50)
+    thresholds = calibrate_thresholds({"validation_clean": {**reference, "watermark": [0.9, 0.8] + [0.0] * 48}}, max_fp=0.02)
+    assert thresholds == {"qrcode": 0.25, "watermark": 0.8001, "text": 0.25}
+    assert np.mean(np.asarray([0.9, 0.8] + [0.0] * 48) >= thresholds["watermark"]) == 0.02
+
+
+def test_a_confidence_exactly_at_its_threshold_counts_in_icr_and_as_a_false_positive(tmp_path):
+    """The thresholds are "at least": a watermark at 0.6 against the 0.6 threshold is counted, on
+    generated images and on clean ones, as calibration counts it when it picks the threshold."""
+    from implicit_concept.scoring import CleanReference
+
+    weights = tmp_path / "detector.safetensors"
+    weights.write_bytes(b"fake")
+    thresholds = {"qrcode": 0.25, "watermark": 0.6, "text": 0.25}
+    detector = ConfidenceDetector(weights, thresholds)
+    report = score_images([_image(20, 0.6), _image(0, 0.0)], detector, ScoreConfig(resamples=200),
+                          clean=[_image(20, 0.6), _image(0, 0.0)], checkers=[])
+    assert report.flags("watermark") == [True, False] and report.concepts["watermark"].icr.value == 0.5
+    assert report.concepts["watermark"].fp_rate.value == 0.5
+    reference = CleanReference(source="x", max_conf={"qrcode": [0.0], "watermark": [0.6], "text": [0.0]})
+    assert reference.flags("watermark", thresholds).tolist() == [True]
+
+
 # --- scoring at the detector's thresholds --------------------------------------------------------
 
 class ConfidenceDetector:
