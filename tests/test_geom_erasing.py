@@ -83,6 +83,15 @@ def test_detector_boxes_are_taken_at_the_detectors_own_thresholds(tokenizer):
     assert config.at_thresholds(dict.fromkeys(("qrcode", "watermark", "text"), 0.25)) == config  # one shared value: as before
 
 
+def test_a_detector_box_exactly_at_its_threshold_is_trained_on(tokenizer):
+    """"At least" the threshold, as scoring counts a detection: a box at exactly 0.25 (the floor) or
+    at a calibrated 0.8 is one the judge counts, so training must take it too."""
+    detections = [Detection("qrcode", 0.25, (0, 0, 20, 20)), Detection("watermark", 0.8, (40, 40, 60, 60)),
+                  Detection("watermark", 0.7999, (0, 40, 20, 60))]
+    config = GeomErasingConfig(geometry_source="detector", concepts=("qrcode", "watermark"), detector_confidence={"qrcode": 0.25, "watermark": 0.8})
+    assert _target(tokenizer, config, detect=lambda image: detections).boxes == (("qrcode", Box(0, 0, 20, 20)), ("watermark", Box(40, 40, 60, 60)))
+
+
 def test_the_published_detector_is_calibrated_at_the_floor_so_its_fine_tunes_are_unchanged():
     import json
     from pathlib import Path
