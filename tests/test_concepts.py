@@ -363,6 +363,22 @@ def test_a_word_under_an_opaque_qr_code_is_dropped_and_a_half_covered_one_keeps_
         [np.asarray(layer.rgba.getchannel("A")) for layer in (hidden, half, qr)]))
 
 
+def test_a_layer_showing_exactly_min_visible_of_its_alpha_is_kept() -> None:
+    """``min_visible`` is "at least": a square half under a later opaque one shows exactly 0.5 of its
+    alpha and is kept at 0.5, and a fully shown layer is kept at 1.0."""
+    def square(x1, y1, x2, y2):
+        rgba = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+        rgba.paste((255, 255, 255, 255), (x1, y1, x2, y2))
+        return Layer(rgba)
+
+    composition = Composition(Image.new("RGB", (16, 16)))
+    composition.add([square(0, 0, 4, 4)], "text")
+    composition.add([square(2, 0, 6, 4)], "qrcode")
+    assert [(i.concept, i.visible, i.box.as_list()) for i in composition.instances(min_visible=0.5)] == [
+        ("text", 0.5, [0, 0, 2, 4]), ("qrcode", 1.0, [2, 0, 6, 4])]
+    assert [i.concept for i in composition.instances(min_visible=1.0)] == ["qrcode"]
+
+
 def test_what_shows_through_a_translucent_layer_is_still_visible() -> None:
     """Under a 50 % veil a word keeps about half its alpha, and its box; a 1/255 fringe does not."""
     size = 64
