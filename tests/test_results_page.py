@@ -132,6 +132,9 @@ def _row(r, method="sd", concept="qrcode", **fields):
     (lambda r: _row(r, seeds=[1, 2]), r"rows\[0\].seeds: a list, not an object"),
     (lambda r: _row(r, timings={"score": "fast"}), r"rows\[0\].timings.score: a str .*, not a number of seconds"),
     (lambda r: {**r, "timings": {"generate": "slow"}}, r"timings.generate: a str .*, not a number of seconds"),
+    # NaN and Infinity are what json.dumps writes by default and json.loads reads back: never a number here
+    (lambda r: {**r, "timings": {"generate": float("inf")}}, r"timings.generate: a float \(inf\), not a number of seconds"),
+    (lambda r: _row(r, quality={"scene_fid": float("nan")}), r"rows\[0\].quality.scene_fid: a float \(nan\), not a number"),
     (lambda r: {**r, "detector": {**r["detector"], "thresholds": {"qrcode": "high"}}}, r"detector.thresholds.qrcode: a str .*, not a number"),
     # null in an optional object: left out is fine, null is refused (the readers would take it as the object)
     *[(lambda r, k=k: {**r, k: None}, rf"{k}: null, not an object") for k in ("config", "detector", "targets", "timings", "seeds", "named_base")],
