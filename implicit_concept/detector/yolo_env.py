@@ -56,6 +56,12 @@ class YoloEnvError(RuntimeError):
     """ultralytics was imported before it was prepared, so it may go online."""
 
 
+class CacheFolderError(OSError):
+    """The cache folder cannot be written. A class of its own: ``OSError(errno, ...)`` would become
+    a ``NotADirectoryError`` or ``FileExistsError``, which callers read as "a file where a folder
+    goes" and describe anew, losing the advice to name another folder."""
+
+
 def use_cache(folder: str | Path) -> None:
     """Put ultralytics' settings and font, and matplotlib's caches, under ``folder``.
 
@@ -165,7 +171,7 @@ def _import_offline(cache: Path) -> None:
     try:
         _install_font(config_dir)
     except OSError as e:
-        raise OSError(
+        raise CacheFolderError(
             e.errno,
             f"the cache folder {cache} cannot be written ({e.strerror or e}); name a writable one with "
             f"--cache, implicit_concept.detector.yolo_env.use_cache() or ${CACHE_ENV}",
