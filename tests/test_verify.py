@@ -99,11 +99,16 @@ def extra_file_in_a_shard_folder(out: Path) -> None:
     (out / "icd-qrcode/train/notes.txt").write_text("planted")
 
 
-def extra_member_in_a_shard(out: Path) -> None:
+def _set_member(out: Path, ext: str, data: bytes) -> None:
+    """The first sample of the shard gets member ``ext`` with ``data``, and the dataset is resealed."""
     samples = read_tar(out / SHARD)
-    samples[0][1]["pyd"] = b"\x80\x04planted"
+    samples[0][1][ext] = data
     write_tar(out / SHARD, samples)
     reseal(out)
+
+
+def extra_member_in_a_shard(out: Path) -> None:
+    _set_member(out, "pyd", b"\x80\x04planted")
 
 
 def box_norm_inconsistent(out: Path) -> None:
@@ -132,10 +137,7 @@ def seed_changed(out: Path) -> None:
 
 
 def caption_txt_differs_from_json(out: Path) -> None:
-    samples = read_tar(out / SHARD)
-    samples[0][1]["txt"] = b"a caption the json does not hold"
-    write_tar(out / SHARD, samples)
-    reseal(out)
+    _set_member(out, "txt", b"a caption the json does not hold")
 
 
 def box_outside_the_image(out: Path) -> None:
