@@ -443,3 +443,19 @@ def test_a_conf_scoring_would_refuse_is_refused_before_the_run_folder_is_claimed
     assert not runs.exists() and not (tmp_path / "d").exists()
     assert load_track(track_path := _track_file(tmp_path, {'name = "debug"': 'name = "debug"\nconf = 0.01'}, name="ok.toml")).conf == 0.01
     check_track(load_track(track_path))
+
+
+def test_a_test_split_one_caption_short_of_num_prompts_is_refused(tmp_path):
+    """The rule is "at least num_prompts captions": 4 of 5 is as short as 3 of 5."""
+    from benchmark.stages import _require_test_split
+
+    (tmp_path / "00000_stats.json").write_text(json.dumps({"successes": 4}))
+    with pytest.raises(ValueError, match=r"holds 4 captions, and this track's num_prompts is 5"):
+        _require_test_split(tmp_path, {"kind": "procedural", "train": 8, "test": 4}, num_prompts=5)
+
+
+def test_warmup_as_long_as_training_is_allowed_and_one_step_longer_is_refused():
+    """warmup_steps = steps warms up over the whole run, which is legitimate; only more than steps never warms up."""
+    check_track(load_track("debug", {"finetune": {"steps": 4, "warmup_steps": 4}}))
+    with pytest.raises(TrackError, match="warmup_steps = 5 is more than steps = 4"):
+        check_track(load_track("debug", {"finetune": {"steps": 4, "warmup_steps": 5}}))
