@@ -385,3 +385,21 @@ def test_a_plug_ins_spec_code_and_in_memory_edits_are_on_its_page_and_the_leader
     notes = leaderboard([run]).notes
     assert notes == [f"{run} / ge-full: plug-in mylab/methods.py:UCEEdit (code sha256 {'ab' * 6}); sampled with unet changed in "
                      "memory from the folders its model names"]
+
+
+def test_a_sample_grid_draws_each_images_own_boxes_on_it_at_a_readable_scale(tmp_path):
+    """Image i carries the detections of record i, and a small image is enlarged (nearest) to at least 128 px
+    so a box and its label can be read: a grid that drew one image's boxes on another would mislead."""
+    from implicit_concept.concepts import concept
+
+    paths = []
+    for i, grey in enumerate((90, 160)):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (16, 16), (grey, grey, grey)).save(paths[-1])
+    records = [{"detections": [{"concept": "qrcode", "confidence": 0.9, "box": [0, 0, 8, 8]}]}, {"detections": []}]
+    sheet = Image.open(method_grid(paths, records, tmp_path / "grid.png", title="np", columns=2)).convert("RGB")
+    assert sheet.size == (2 * (128 + 4) + 4, 14 + 128 + 2 * 4)  # two 128 px tiles, pad 4, a 14 px title line
+    left_edge_mid = (4, 14 + 4 + 32)
+    assert sheet.getpixel(left_edge_mid) == concept("qrcode").colour
+    assert sheet.getpixel((4 + 132, 14 + 4 + 32)) == (160, 160, 160)
+    assert sheet.getpixel((4 + 100, 14 + 4 + 100)) == (90, 90, 90)
