@@ -459,3 +459,11 @@ def test_warmup_as_long_as_training_is_allowed_and_one_step_longer_is_refused():
     check_track(load_track("debug", {"finetune": {"steps": 4, "warmup_steps": 4}}))
     with pytest.raises(TrackError, match="warmup_steps = 5 is more than steps = 4"):
         check_track(load_track("debug", {"finetune": {"steps": 4, "warmup_steps": 5}}))
+
+
+def test_a_prompts_file_one_row_short_of_num_prompts_is_refused(tmp_path):
+    """At least num_prompts rows: a file of 3 for num_prompts = 4 is refused as one of 3 for 8 is."""
+    csv = tmp_path / "three.csv"
+    csv.write_text("case_number,prompt,evaluation_seed\n0,a,1\n1,b,2\n2,c,3\n")
+    _refused(_track_file(tmp_path, {'prompts = "icd-tiny-eval"': f'prompts = "{csv}"', "num_prompts = 8": "num_prompts = 4"}),
+             "num_prompts = 4", "only 3 prompts")
