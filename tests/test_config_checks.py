@@ -467,3 +467,21 @@ def test_a_prompts_file_one_row_short_of_num_prompts_is_refused(tmp_path):
     csv.write_text("case_number,prompt,evaluation_seed\n0,a,1\n1,b,2\n2,c,3\n")
     _refused(_track_file(tmp_path, {'prompts = "icd-tiny-eval"': f'prompts = "{csv}"', "num_prompts = 8": "num_prompts = 4"}),
              "num_prompts = 4", "only 3 prompts")
+
+
+def test_an_integer_option_takes_its_lowest_allowed_value():
+    """--jobs 1, --workers 0, --count 1 are the smallest values allowed, and are taken; one less is refused."""
+    args = build_parser().parse_args(["benchmark", "--jobs", "1", "--workers", "0"])
+    assert (args.jobs, args.workers) == (1, 0)
+    assert build_parser().parse_args(["prompts", "icd-debug", "--out", "p.csv", "--count", "1", "--seed-base", "0"]).count == 1
+
+
+def test_an_output_file_of_an_unknown_format_is_refused_before_any_work(tmp_path, capsys):
+    """show writes an image and prompts a CSV: another suffix is refused at once, naming the suffixes wanted, and nothing is written."""
+    cases = [(["prompts", "icd-debug", "--count", "2", "--out", str(tmp_path / "p.txt")], f"--out {tmp_path / 'p.txt'}: want a file path ending in .csv"),
+             (["show", str(tmp_path), "--out", str(tmp_path / "s.gif")], f"--out {tmp_path / 's.gif'}: want a file path ending in .png or .jpg or .jpeg or .webp")]
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

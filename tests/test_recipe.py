@@ -73,3 +73,12 @@ def test_a_recipe_files_relative_folder_is_recorded_absolute(tmp_path, monkeypat
                       '[[subsets]]\nname = "q"\nconcepts = ["qrcode"]\nfraction = 0.5\n')
     monkeypatch.chdir(tmp_path)
     assert load_recipe(recipe).source["path"] == str((tmp_path / "imgs").resolve())
+
+
+def test_a_source_naming_missing_tars_fails_at_once_counting_them(tmp_path):
+    """--source with tars that are not there is refused when it is read, before a build starts, with how many are missing."""
+    from builders.recipe import source_from_spec
+
+    (tmp_path / "00000.tar").write_bytes(b"")
+    with pytest.raises(RecipeError, match=rf"2 of 3 tar files do not exist, first '{tmp_path}/00001.tar'"):
+        source_from_spec(f"{tmp_path}/{{00000..00002}}.tar")
