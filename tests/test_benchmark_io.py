@@ -301,6 +301,20 @@ def test_a_fine_tune_is_keyed_by_its_training_shards_content(tmp_path):
         finetune_key(base, tmp_path / "icd", config, None)
 
 
+def test_a_fine_tune_key_does_not_depend_on_the_order_of_the_checksums_listing(tmp_path):
+    """The same shards listed in another order (a rebuilt card, another writer) are the same training data."""
+    from benchmark.stages import finetune_key
+    from benchmark.training import TrainingConfig
+
+    listing = tmp_path / "checksums.sha256"
+    base = _pipeline_dir(tmp_path / "base")
+    lines = [f"{'a' * 64}  icd/train/00000.tar", f"{'b' * 64}  icd/train/00001.tar", f"{'c' * 64}  icd/test/00000.tar"]
+    keys = []
+    for order in (lines, lines[::-1]):
+        listing.write_text("".join(line + "\n" for line in order))
+        keys.append(finetune_key(base, tmp_path / "icd", TrainingConfig(), None))
+    assert keys[0] == keys[1]
+
 def test_a_fine_tune_of_several_processes_has_its_own_key_and_one_process_keeps_its_own(tmp_path, monkeypatch):
     from types import SimpleNamespace
 

@@ -59,3 +59,13 @@ def test_a_whole_image_box_has_no_outside(pipelines):
     errors = region_errors(pipelines[0], [_sample(0, [Box(0, 0, 16, 16)]), _sample(1, [Box(0, 0, 4, 4)])], timesteps=1, draws=1)
     assert np.isnan(errors.outside[0]) and not np.isnan(errors.outside[1])
     assert errors.means()["outside"] == errors.outside[1]
+
+
+def test_two_copies_of_one_image_under_other_keys_get_other_noise(pipelines):
+    """The noise is drawn from (seed, key): the same pixels, caption and box under two keys are two
+    independent draws, so the mean over images is not one noise draw repeated."""
+    first = _sample(0, [Box(0, 0, 8, 8)])
+    twin = Sample(meta=SampleMeta(**{**first.meta.__dict__, "key": "000000007"}), image=first.image)
+    errors = region_errors(pipelines[0], [first, twin], timesteps=2, draws=1)
+    assert errors.keys == ("000000000", "000000007")
+    assert errors.inside[0] != errors.inside[1] and errors.outside[0] != errors.outside[1]

@@ -392,3 +392,13 @@ def test_what_shows_through_a_translucent_layer_is_still_visible() -> None:
     ys, xs = np.nonzero(np.asarray(word.rgba.getchannel("A")) >= 2)  # 1 * 127 / 255 rounds to 0
     assert text.box.as_list() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] and xs.max() < 60
     assert text.visible == pytest.approx(127 / 255, abs=0.01)
+
+
+def test_watermark_opacity_is_drawn_across_its_range_not_pinned_to_an_end() -> None:
+    """Marks are 30-70 % opaque, drawn per mark: a renderer that always used one end would give the detector
+    and the model only the easiest (or hardest) watermarks."""
+    cfg = make_config("watermark", {})
+    opacities = [inst.params["opacity"] for _, _, instances, _, _ in _renders("watermark", 64) for inst in instances]
+    assert len(opacities) >= 20
+    assert min(opacities) < cfg.opacity[0] + 0.1 and max(opacities) > cfg.opacity[1] - 0.1
+    assert len(set(opacities)) >= 20  # one draw per mark (a tiled mark's copies share theirs)

@@ -443,3 +443,45 @@ def test_a_conf_scoring_would_refuse_is_refused_before_the_run_folder_is_claimed
     assert not runs.exists() and not (tmp_path / "d").exists()
     assert load_track(track_path := _track_file(tmp_path, {'name = "debug"': 'name = "debug"\nconf = 0.01'}, name="ok.toml")).conf == 0.01
     check_track(load_track(track_path))
+
+
+def test_a_test_split_one_caption_short_of_num_prompts_is_refused(tmp_path):
+    """The rule is "at least num_prompts captions": 4 of 5 is as short as 3 of 5."""
+    from benchmark.stages import _require_test_split
+
+    (tmp_path / "00000_stats.json").write_text(json.dumps({"successes": 4}))
+    with pytest.raises(ValueError, match=r"holds 4 captions, and this track's num_prompts is 5"):
+        _require_test_split(tmp_path, {"kind": "procedural", "train": 8, "test": 4}, num_prompts=5)
+
+
+def test_warmup_as_long_as_training_is_allowed_and_one_step_longer_is_refused():
+    """warmup_steps = steps warms up over the whole run, which is legitimate; only more than steps never warms up."""
+    check_track(load_track("debug", {"finetune": {"steps": 4, "warmup_steps": 4}}))
+    with pytest.raises(TrackError, match="warmup_steps = 5 is more than steps = 4"):
+        check_track(load_track("debug", {"finetune": {"steps": 4, "warmup_steps": 5}}))
+
+
+def test_a_prompts_file_one_row_short_of_num_prompts_is_refused(tmp_path):
+    """At least num_prompts rows: a file of 3 for num_prompts = 4 is refused as one of 3 for 8 is."""
+    csv = tmp_path / "three.csv"
+    csv.write_text("case_number,prompt,evaluation_seed\n0,a,1\n1,b,2\n2,c,3\n")
+    _refused(_track_file(tmp_path, {'prompts = "icd-tiny-eval"': f'prompts = "{csv}"', "num_prompts = 8": "num_prompts = 4"}),
+             "num_prompts = 4", "only 3 prompts")
+
+
+def test_an_integer_option_takes_its_lowest_allowed_value():
+    """--jobs 1, --workers 0, --count 1 are the smallest values allowed, and are taken; one less is refused."""
+    args = build_parser().parse_args(["benchmark", "--jobs", "1", "--workers", "0"])
+    assert (args.jobs, args.workers) == (1, 0)
+    assert build_parser().parse_args(["prompts", "icd-debug", "--out", "p.csv", "--count", "1", "--seed-base", "0"]).count == 1
+
+
+def test_an_output_file_of_an_unknown_format_is_refused_before_any_work(tmp_path, capsys):
+    """show writes an image and prompts a CSV: another suffix is refused at once, naming the suffixes wanted, and nothing is written."""
+    cases = [(["prompts", "icd-debug", "--count", "2", "--out", str(tmp_path / "p.txt")], f"--out {tmp_path / 'p.txt'}: want a file path ending in .csv"),
+             (["show", str(tmp_path), "--out", str(tmp_path / "s.gif")], f"--out {tmp_path / 's.gif'}: want a file path ending in .png or .jpg or .jpeg or .webp")]
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -587,3 +587,13 @@ def test_a_clean_reference_of_another_shape_is_refused_naming_the_file(tmp_path)
         path.write_text(bad)
         with pytest.raises(ValueError, match=r"clean_reference.json: not a clean-image reference"):
             CleanReference.read(path)
+
+
+def test_a_key_in_two_shards_of_one_split_is_refused_not_overwritten(tmp_path):
+    """An export names files by sample key: a second tr0000 in the train split would silently replace the first's image and labels."""
+    import shutil
+
+    shards = _write_shards(tmp_path / "icd-mixed")
+    shutil.copy(shards / "train" / "00000.tar", shards / "train" / "00001.tar")
+    with pytest.raises(ValueError, match=r"train/00001.tar: sample key tr0000 appears twice in the train split"):
+        export_detection_dataset(shards, tmp_path / "export")

@@ -275,6 +275,18 @@ def test_an_interrupt_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == "implicit-concept verify: interrupted; rerun the same command to resume\n"
 
 
+def test_sigterm_is_one_line_and_exit_143(tmp_path, monkeypatch, capsys):
+    """SIGTERM (a scheduler, ``timeout``) exits as a process killed by it would, 128 + 15, and says so; Ctrl-C is 130."""
+    from benchmark import cli
+    from implicit_concept.worker_processes import Interrupted
+
+    def terminated(args):
+        raise Interrupted("SIGTERM")
+
+    monkeypatch.setattr(cli, "_verify", terminated)
+    assert cli.main(["verify", str(tmp_path)]) == 143
+    assert capsys.readouterr().err == "implicit-concept verify: terminated; rerun the same command to resume\n"
+
 def test_ctrl_c_during_a_parallel_build_prints_one_line_from_one_process(tmp_path):
     out = tmp_path / "int"
     proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "build", "icd-debug", "--out", str(out), "--workers", "2"],

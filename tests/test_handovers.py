@@ -298,3 +298,48 @@ def test_misnamed_images_are_refused_showing_the_pattern_and_what_was_found(tmp_
     with pytest.raises(FileNotFoundError, match=r"images: 2 of 2 images named by icd-tiny-eval are missing, first 0_0 \(.*\); images are "
                                                 r"named \{case_number\}_\{i\} .* directly in the folder: " + found):
         external.score_image_folder(tmp_path / "images", tmp_path / "out", judging)
+
+
+def test_score_pipeline_samples_with_the_negative_prompt_the_folder_records(saved, tmp_path, unscored, monkeypatch):
+    """A handed-over folder's negative_prompt.txt is part of the method (np's, Geom-Erasing's): sampled and recorded."""
+    folder = saved("with-negative")
+    (folder / external.NEGATIVE_PROMPT_FILE).write_text("QR code, watermark\n", encoding="utf-8")
+    asked = []
+    generate = external.generate_images
+    monkeypatch.setattr(external, "generate_images", lambda fn, prompts, out, negative, *a, **k: asked.append(negative) or generate(fn, prompts, out, negative, *a, **k))
+    result = external.score_pipeline(folder, tmp_path / "scored", _judging(tmp_path), progress=False)
+    assert asked == ["QR code, watermark"] and result["inputs"]["negative_prompt"] == "QR code, watermark"
+    explicit = external.score_pipeline(folder, tmp_path / "explicit", _judging(tmp_path), negative_prompt="", progress=False)
+    assert asked[-1] == "" and explicit["inputs"]["negative_prompt"] == ""
+
+
+def test_a_judging_scores_between_one_and_all_of_the_tracks_prompts(tmp_path):
+    """--num-prompts scores a prefix of the track's prompts: more than the track has would score prompts no run of it saw."""
+    judging = _judging(tmp_path)
+    count = judging.track.num_prompts
+    assert len(replace(judging, num_prompts=count).prompts()) == count
+    for bad in (0, count + 1, True):
+        with pytest.raises(ValueError, match=rf"num_prompts: expected an integer in \[1, {count}\]"):
+            replace(judging, num_prompts=bad).prompts()
+
+
+def test_score_images_refuses_an_image_of_the_right_width_and_another_height(tmp_path, unscored):
+    """Images are the track's square size: 16x12 is as wrong as 12x16, whichever side differs."""
+    judging = _judging(tmp_path)
+    folder = tmp_path / "images"
+    first, second = (f"{p.case_number}_0.png" for p in judging.prompts())
+    _images(folder, [first])
+    folder.mkdir(exist_ok=True)
+    Image.new("RGB", (16, 12), (90, 140, 200)).save(folder / second)
+    with pytest.raises(ValueError, match=rf"1 of 2 images are not 16x16 pixels \(the track's image_size\), first {second} \(16x12\)"):
+        external.score_image_folder(folder, tmp_path / "out", judging)
+
+
+def test_a_judging_whose_prompts_file_holds_fewer_than_asked_is_refused(tmp_path):
+    """A prompts file shortened after the track was checked scores fewer prompts, never silently."""
+    judging = _judging(tmp_path)
+    short = tmp_path / "one.csv"
+    short.write_text("case_number,prompt,evaluation_seed\n0,a red square,1\n")
+    judging = replace(judging, track=replace(judging.track, prompts=str(short)), num_prompts=2)
+    with pytest.raises(ValueError, match=r"one.csv: holds 1 prompts, fewer than the 2 asked"):
+        judging.prompts()

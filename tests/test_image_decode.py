@@ -480,3 +480,14 @@ def test_open_image_reads_a_stream_from_its_start_as_pillow_does():
     stream = io.BytesIO(raw)
     stream.seek(10)
     assert decode_rgb(open_image(stream)).getpixel((0, 0)) == (200, 100, 50)
+
+
+def test_the_pixel_cap_admits_an_image_of_exactly_the_cap_and_refuses_one_pixel_more():
+    """``max_pixels`` is the largest image decoded: width x height equal to it is read, one past it is refused from the header."""
+    raw = encode(Image.new("RGB", (10, 10), (200, 100, 50)), "PNG")
+    assert load_pixels(raw, max_pixels=100).size == (10, 10)
+    with pytest.raises(SampleError) as info:
+        load_pixels(raw, max_pixels=99)
+    assert (info.value.reason, info.value.detail) == ("too_large", "10x10 pixels > the cap of 99")
+    with pytest.raises(SampleError, match="too_large"):
+        decode_rgb(open_image(raw), max_pixels=99)

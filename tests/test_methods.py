@@ -351,3 +351,88 @@ def test_a_plug_ins_own_fine_tune_seed_is_kept_under_the_tracks_seeds():
         run_ctx.finetune(FineTune())
     assert asked == [11, 12, 0, 11, 12, 7]
     assert FineTune(seed=11).under_seed(3).seed == 11 and FineTune().under_seed(3).seed == 3
+
+
+def test_np_samples_the_plain_fine_tune_with_the_concepts_name_as_negative_prompt():
+    """np is sd plus one thing, the concept's name as negative prompt: without it np's row is sd's."""
+    from benchmark.methods.interface import FineTune, MethodContext
+
+    asked = []
+    ctx = MethodContext(concepts=("qrcode", "watermark"), work_dir=Path("w"), seed=0,
+                        finetune=lambda ft: asked.append(ft) or Path("sd-folder"),
+                        load_pipeline=lambda path: f"pipeline of {path}", train_shards=Path("s"))
+    generator = get_method("np").build(ctx)
+    assert generator.negative_prompt == "QR code, watermark"
+    assert generator.pipeline == "pipeline of sd-folder" and asked == [FineTune()]
+
+
+def test_forget_me_not_re_steers_on_the_contaminated_images_only(monkeypatch):
+    """FMN tunes attention on images that carry the concept; a clean image has nothing to re-steer."""
+    from types import SimpleNamespace
+
+    from benchmark.methods import forget_me_not
+    from benchmark.methods.interface import MethodContext
+
+    samples = [SimpleNamespace(meta=SimpleNamespace(contaminated=c), image=name)
+               for name, c in (("clean-0", False), ("dirty-1", True), ("clean-2", False), ("dirty-3", True))]
+    monkeypatch.setattr(forget_me_not, "iter_samples", lambda shards: iter(samples))
+    given = []
+    monkeypatch.setattr(forget_me_not, "resteer", lambda pipe, images, phrase, config, seed: given.append((images, phrase)))
+    ctx = MethodContext(concepts=("qrcode",), work_dir=Path("w"), seed=0, finetune=lambda ft: Path("sd"),
+                        load_pipeline=lambda path: path, train_shards=Path("s"))
+    monkeypatch.setattr(MethodContext, "edited_sd", lambda self, tag, record, edit: edit("pipe") or Path("edited"))
+    get_method("fmn").build(ctx)
+    assert given == [(["dirty-1", "dirty-3"], "QR code")]
+
+
+def test_the_robustness_and_classifier_rows_switch_what_their_names_say():
+    """ge-noisy-0.5 moves boxes to IoU 0.5, not 0.4; ge-classifier knows whether, never where: no location tokens."""
+    from benchmark.methods.finetuned import FINETUNED
+
+    half = FINETUNED["ge-noisy-0.5"].geom_config({}, ("qrcode",))
+    assert (half.geometry_source, half.degrade_iou, half.geometry, half.reweight) == ("degraded", 0.5, True, True)
+    classifier = FINETUNED["ge-classifier"].geom_config({}, ("qrcode",))
+    assert (classifier.geometry_source, classifier.concept_name, classifier.geometry, classifier.reweight) == ("detector", True, False, False)
+
+
+def test_sld_samples_with_the_strong_preset_away_from_the_concepts_name(monkeypatch):
+    """SLD's safety concept is what it guides away from: left at diffusers' default (nudity), sld erases nothing of ours."""
+    from types import SimpleNamespace
+
+    from benchmark.methods import sld
+    from benchmark.methods.interface import MethodContext
+
+    monkeypatch.setattr(sld, "sld_pipeline", lambda base: SimpleNamespace(base=base, safety_concept="hate, harassment, violence"))
+    ctx = MethodContext(concepts=("watermark",), work_dir=Path("w"), seed=0, finetune=lambda ft: Path("sd"),
+                        load_pipeline=lambda path: f"pipeline of {path}", train_shards=Path("s"))
+    generator = get_method("sld").build(ctx)
+    assert generator.pipeline.safety_concept == "watermark" and generator.pipeline.base == "pipeline of sd"
+    assert generator.call_kwargs == SLD_STRONG and generator.negative_prompt == ""
+
+
+def test_esd_steps_the_names_prediction_toward_negative_guidance_away_from_it(pipe):
+    """ESD's target is e*(x, '') - eta (e*(x, c) - e*(x, '')): one step lowers the loss to that target at the
+    point it trained on. With the sign flipped the target is the model's own prediction and nothing moves."""
+    from diffusers import DDIMScheduler
+
+    from benchmark.methods.esd import _encode
+
+    phrase, unet = "QR code", pipe.unet
+    with torch.no_grad():  # the x_t and t erase() draws first for seed 0 and ddim_steps=2 (stop is always 1)
+        cond, uncond = _encode(pipe, phrase), _encode(pipe, "")
+        scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        scheduler.set_timesteps(2)
+        rng = torch.Generator("cpu").manual_seed(0)
+        stop = int(torch.randint(1, 2, (1,), generator=rng))
+        x = torch.randn((1, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size), generator=rng) * scheduler.init_noise_sigma
+        t = scheduler.timesteps[0]
+        e_c, e_u = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([cond, uncond])).sample.chunk(2)
+        x = scheduler.step(e_u + 3.0 * (e_c - e_u), t, x).prev_sample
+        t = scheduler.timesteps[stop]
+        e_p, e_0 = unet(x, t, encoder_hidden_states=cond).sample, unet(x, t, encoder_hidden_states=uncond).sample
+        target = e_0 - 1.0 * (e_p - e_0)
+        before = float(((e_p - target) ** 2).mean())
+    erase(pipe, phrase, ESDConfig(steps=1, lr=1e-3, ddim_steps=2, negative_guidance=1.0), seed=0, progress=False)
+    with torch.no_grad():
+        after = float(((unet(x, t, encoder_hidden_states=cond).sample - target) ** 2).mean())
+    assert after < 0.75 * before

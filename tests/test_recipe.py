@@ -53,3 +53,32 @@ def test_bad_file_is_named(tmp_path):
         load_recipe(bad)
     with pytest.raises(RecipeError, match="no such recipe"):
         load_recipe("no-such-recipe")
+
+
+def test_two_subsets_of_one_name_are_refused():
+    """A subset's name is its folder: two of one name would write into each other."""
+    q = {"name": "q", "concepts": ["qrcode"], "fraction": 0.5}
+    with pytest.raises(RecipeError, match=r"subsets: names must be unique, got \['q', 'q'\]"):
+        parse_recipe(_raw(subsets=[q, {**q, "concepts": ["text"]}]))
+
+
+def test_a_recipe_files_relative_folder_is_recorded_absolute(tmp_path, monkeypatch):
+    """The same folder typed relatively or absolutely is one recipe: the path is resolved where the recipe is read."""
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.png")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "r"\nseed = 1\nimage_size = 32\n[source]\nkind = "folder"\npath = "imgs"\n'
+                      '[[subsets]]\nname = "q"\nconcepts = ["qrcode"]\nfraction = 0.5\n')
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe(recipe).source["path"] == str((tmp_path / "imgs").resolve())
+
+
+def test_a_source_naming_missing_tars_fails_at_once_counting_them(tmp_path):
+    """--source with tars that are not there is refused when it is read, before a build starts, with how many are missing."""
+    from builders.recipe import source_from_spec
+
+    (tmp_path / "00000.tar").write_bytes(b"")
+    with pytest.raises(RecipeError, match=rf"2 of 3 tar files do not exist, first '{tmp_path}/00001.tar'"):
+        source_from_spec(f"{tmp_path}/{{00000..00002}}.tar")

@@ -195,3 +195,16 @@ def test_the_leaderboard_ranks_comparable_methods_lists_controls_apart_and_never
     assert board.differences and "each is ranked on its own" in board.markdown
     tables = _tables(board.markdown)
     assert len(tables) == 2 and all(len({line.split(" | ")[0] for line in t[2:]}) == 1 for t in tables), "one run per table"
+
+
+def test_model_removal_reads_sds_row_at_the_track_seed_not_the_first_one_recorded():
+    """Model Removal edits the sd trained with the track's seed; with seed 2 that row is seed 2's, whatever comes first."""
+    def ratio(v):
+        return {"value": v, "ci": [v, v]}
+
+    sd = {"concept": "text", "method": "sd", "status": "ok", "icr": ratio(0.088),
+          "seeds": {"0": {"icr": ratio(0.10)}, "1": {"icr": ratio(0.045)}, "2": {"icr": ratio(0.12)}}}
+    rows = [sd, {"concept": "text", "method": "ge-model-removal", "status": "ok", "icr": ratio(0.07)}]
+    md = results_markdown({"name": "r", "track": "tiny", "fp_rate": {}, "rows": rows, "seeds": {"track": 2}})
+    removal = md.split("## Model Removal")[1].split("##")[0]
+    assert "| sd (seed 2) | 12.0 [12.0, 12.0] |" in removal and "10.0" not in removal

@@ -385,3 +385,41 @@ def test_a_plug_ins_spec_code_and_in_memory_edits_are_on_its_page_and_the_leader
     notes = leaderboard([run]).notes
     assert notes == [f"{run} / ge-full: plug-in mylab/methods.py:UCEEdit (code sha256 {'ab' * 6}); sampled with unet changed in "
                      "memory from the folders its model names"]
+
+
+def test_a_sample_grid_draws_each_images_own_boxes_on_it_at_a_readable_scale(tmp_path):
+    """Image i carries the detections of record i, and a small image is enlarged (nearest) to at least 128 px
+    so a box and its label can be read: a grid that drew one image's boxes on another would mislead."""
+    from implicit_concept.concepts import concept
+
+    paths = []
+    for i, grey in enumerate((90, 160)):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (16, 16), (grey, grey, grey)).save(paths[-1])
+    records = [{"detections": [{"concept": "qrcode", "confidence": 0.9, "box": [0, 0, 8, 8]}]}, {"detections": []}]
+    sheet = Image.open(method_grid(paths, records, tmp_path / "grid.png", title="np", columns=2)).convert("RGB")
+    assert sheet.size == (2 * (128 + 4) + 4, 14 + 128 + 2 * 4)  # two 128 px tiles, pad 4, a 14 px title line
+    left_edge_mid = (4, 14 + 4 + 32)
+    assert sheet.getpixel(left_edge_mid) == concept("qrcode").colour
+    assert sheet.getpixel((4 + 132, 14 + 4 + 32)) == (160, 160, 160)
+    assert sheet.getpixel((4 + 100, 14 + 4 + 100)) == (90, 90, 90)
+
+
+def test_a_plug_in_is_listed_once_whatever_the_number_of_concepts_it_scored():
+    """The provenance table is one line per method: its spec, code and edits are the same on every concept's row."""
+    from benchmark.results_page import method_provenance
+
+    model = {"scheduler": "DDIMScheduler", "edited_in_memory": ["unet"]}
+    rows = [{"concept": c, "method": "uce", "method_spec": "mylab/methods.py:UCEEdit", "method_code_sha256": "ab" * 32, "model": model}
+            for c in ("qrcode", "watermark", "text")] + [{"concept": "qrcode", "method": "sd", "model": {"edited_in_memory": []}}]
+    table = method_provenance({"rows": rows})
+    assert table.splitlines()[2:] == [f"| uce | mylab/methods.py:UCEEdit | {'ab' * 32} | DDIMScheduler | unet |"]
+
+
+def test_an_image_caption_is_escaped_in_its_alt_text_and_caption(tmp_path):
+    """A grid is captioned by its file name, which a method name makes: markup in it is shown, never run."""
+    run = fake_run(tmp_path / "run")
+    shutil.copy(run / "grids" / "icd-mixed" / "sd.png", run / "grids" / "icd-mixed" / '<img src=x onerror="alert(1)">.png')
+    page = write_results_page(json.loads((run / "results.json").read_text()), run).read_text()
+    assert '<img src=x onerror="alert(1)">' not in page
+    assert 'alt="icd-mixed / &lt;img src=x onerror=&quot;alert(1)&quot;&gt;"' in page

@@ -820,3 +820,10 @@ def test_the_paper_dry_runs_folder_puts_one_scene_in_test_as_the_folder_source_s
     folder = procedural_folder(tmp_path / "source", 3, seed=0)
     source = FolderSource(FolderConfig(folder, source_from_spec(str(folder))["test_fraction"]), shard_size=8)
     assert len(source.files("train")) == 3 and len(source.files("test")) == 1
+
+
+def test_jitter_is_capped_at_three_hundredths_of_the_side():
+    """Past 0.03 of the side a jittered object can reach its neighbour's slot, and relations stop holding."""
+    assert ProceduralConfig(jitter=0.03).jitter == 0.03
+    with pytest.raises(ValueError, match=r"jitter must be in \[0, 0.03\], got 0.031"):
+        ProceduralConfig(jitter=0.031)
