@@ -132,16 +132,19 @@ def test_paper_numbers_name_their_table_and_the_ablation_is_its_own_table():
     assert "7.23" in ablation and "| ge-full | 5.0 [5.0, 5.0] (7.2) |" in ablation and "| ge-name | 20.0 [20.0, 20.0] (17.0) |" in ablation
 
 
-def test_model_removal_compares_the_edits_with_the_seed_they_were_applied_to():
+@pytest.mark.parametrize("track_seed, shown, not_shown", [(0, "| sd (seed 0) | 10.0 [10.0, 10.0] |", "8.8"),
+                                                          (2, "| sd (seed 2) | 12.0 [12.0, 12.0] |", "10.0")])
+def test_model_removal_compares_the_edits_with_the_seed_they_were_applied_to(track_seed, shown, not_shown):
+    """Model Removal edits the sd trained with the track's seed: that seed's row, not the mean nor the first recorded."""
     def ratio(v):
         return {"value": v, "ci": [v, v]}
 
     sd = {"concept": "text", "method": "sd", "status": "ok", "icr": ratio(0.088),
           "seeds": {"0": {"icr": ratio(0.10)}, "1": {"icr": ratio(0.045)}, "2": {"icr": ratio(0.12)}}}
     rows = [sd, {"concept": "text", "method": "ge-model-removal", "status": "ok", "icr": ratio(0.07)}]
-    md = results_markdown({"name": "r", "track": "tiny", "fp_rate": {}, "rows": rows, "seeds": {"track": 0}})
+    md = results_markdown({"name": "r", "track": "tiny", "fp_rate": {}, "rows": rows, "seeds": {"track": track_seed}})
     removal = md.split("## Model Removal")[1].split("##")[0]
-    assert "| sd (seed 0) | 10.0 [10.0, 10.0] |" in removal and "8.8" not in removal
+    assert shown in removal and not_shown not in removal
 
 
 HOSTILE = ["gen\nfake-row | 0.0 | 0.0", "**bold**", "`code`", "<b>x</b>", "_it_", "a\\|b", "[link](http://x)", "# heading", "1. item",
@@ -195,16 +198,3 @@ def test_the_leaderboard_ranks_comparable_methods_lists_controls_apart_and_never
     assert board.differences and "each is ranked on its own" in board.markdown
     tables = _tables(board.markdown)
     assert len(tables) == 2 and all(len({line.split(" | ")[0] for line in t[2:]}) == 1 for t in tables), "one run per table"
-
-
-def test_model_removal_reads_sds_row_at_the_track_seed_not_the_first_one_recorded():
-    """Model Removal edits the sd trained with the track's seed; with seed 2 that row is seed 2's, whatever comes first."""
-    def ratio(v):
-        return {"value": v, "ci": [v, v]}
-
-    sd = {"concept": "text", "method": "sd", "status": "ok", "icr": ratio(0.088),
-          "seeds": {"0": {"icr": ratio(0.10)}, "1": {"icr": ratio(0.045)}, "2": {"icr": ratio(0.12)}}}
-    rows = [sd, {"concept": "text", "method": "ge-model-removal", "status": "ok", "icr": ratio(0.07)}]
-    md = results_markdown({"name": "r", "track": "tiny", "fp_rate": {}, "rows": rows, "seeds": {"track": 2}})
-    removal = md.split("## Model Removal")[1].split("##")[0]
-    assert "| sd (seed 2) | 12.0 [12.0, 12.0] |" in removal and "10.0" not in removal
