@@ -3,6 +3,7 @@ returns. It names the method and the step and keeps what was raised, so a lab fi
 line in its own code instead of a bare exception from somewhere inside the benchmark."""
 from __future__ import annotations
 
+import functools
 import traceback
 
 
@@ -36,8 +37,6 @@ class ToolkitIOError(OSError):
 def toolkit_io(service):
     """``service`` (a toolkit function handed to a method) with every ``OSError`` it raises marked as
     :class:`ToolkitIOError`, whatever the method does around the call."""
-    import functools
-
     @functools.wraps(service)
     def call(*args, **kwargs):
         try:
