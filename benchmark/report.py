@@ -12,6 +12,8 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from benchmark.results_file import seed_zero_quality
+
 PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.toml"
 
 
@@ -103,16 +105,11 @@ def _intervals_lines(results: dict[str, Any], rows: list[dict[str, Any]]) -> lis
     return lines + [""]
 
 
-def _seed_zero(row: dict[str, Any]) -> bool:
-    """A seeded row whose quality, FID x ICR, cross-checks and timings are its first seed's only (older files)."""
-    return bool(row.get("seeds")) and "quality" not in (row.get("over_seeds") or [])
-
-
 def _seeds_label(row: dict[str, Any]) -> str:
     """What a seeded row's quality and timings are: a mean over its seeds, or its first seed's."""
     if not row.get("seeds"):
         return ""
-    if _seed_zero(row):
+    if seed_zero_quality(row):
         return f" (seed {next(iter(row['seeds']))} only)"
     return f" (mean of {len(row['seeds'])} seeds)"
 
@@ -182,7 +179,7 @@ def results_markdown(results: dict[str, Any]) -> str:
             values = [_num(q.get(k)) + _interval(r.get("quality_detail", {}).get(k, {}).get("mean")) for k in columns]
             lines.append(_row([cell(r["concept"]), cell(r["method"]) + md_text(_seeds_label(r)), *values, _num(r.get("fid_x_icr"))]))
         lines.append("")
-        per_seed = [(r, s, v) for r in rows if r.get("status") == "ok" and not _seed_zero(r)
+        per_seed = [(r, s, v) for r in rows if r.get("status") == "ok" and not seed_zero_quality(r)
                     for s, v in (r.get("seeds") or {}).items() if "quality" in v]
         if per_seed:
             lines += ["### Every seed (quality)", "", _row(["concept", "method", "seed", *map(cell, columns), "FID x ICR"]),
@@ -216,8 +213,8 @@ def _timing_lines(results: dict[str, Any]) -> list[str]:
     for r in rows:
         for stage, seconds in r.get("timings", {}).items():
             sums[stage] = sums.get(stage, 0.0) + seconds
-    evaluations = {(r.get("subset"), r["method"]): 1 if _seed_zero(r) or not r.get("seeds") else len(r["seeds"]) for r in rows}
-    partial = sorted({r["method"] for r in rows if _seed_zero(r)})
+    evaluations = {(r.get("subset"), r["method"]): 1 if seed_zero_quality(r) or not r.get("seeds") else len(r["seeds"]) for r in rows}
+    partial = sorted({r["method"] for r in rows if seed_zero_quality(r)})
     jobs = {r.get("jobs") for r in rows}
     side_by_side = any(isinstance(j, int) and j > 1 for j in jobs) or (
         None in jobs and any("jobs)" in k for k in results.get("timings", {})))

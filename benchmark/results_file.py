@@ -37,6 +37,12 @@ def check_results(results: dict[str, Any], path: Path) -> None:
         raise ValueError(f"{path}: {e}") from None
 
 
+def seed_zero_quality(row: dict[str, Any]) -> bool:
+    """A row trained with several seeds whose quality (and FID x ICR, cross-checks, timings) is its
+    first seed's alone: results.json from before seeded rows recorded ``over_seeds``."""
+    return bool(row.get("seeds")) and "quality" not in (row.get("over_seeds") or [])
+
+
 def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 

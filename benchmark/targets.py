@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 from typing import Any, Callable
 
+from benchmark.results_file import seed_zero_quality
+
 
 @dataclass(frozen=True)
 class Targets:
@@ -159,12 +161,6 @@ def _following_claim(concept: str, removal: str, sd: dict[str, Any] | None, ge: 
     return _claim(concept, target, [follow_sd, follow_ge], lambda: (
         f"{removal} {follow_ge['value']:.3f}{said(ge)} vs sd {follow_sd['value']:.3f} "
         f"[{follow_sd['ci'][0]:.3f}, {follow_sd['ci'][1]:.3f}]{said(sd)}", follow_ge["value"] >= follow_sd["ci"][0]))
-
-
-def seed_zero_quality(row: dict[str, Any]) -> bool:
-    """A row trained with several seeds whose quality (and FID x ICR, cross-checks, timings) is its
-    first seed's alone: results.json from before seeded rows recorded ``over_seeds``."""
-    return bool(row.get("seeds")) and "quality" not in (row.get("over_seeds") or [])
 
 
 def _claim(concept: str, target: str, needed: list[Any], measure: Callable[[], tuple[str, bool]]) -> dict[str, Any]:
