@@ -309,7 +309,7 @@ import multiprocessing
 from implicit_concept.worker_processes import interrupts, start_worker, stopping_workers
 
 def pid_then_sleep(i):
-    print(os.getpid(), flush=True)
+    os.write(1, f"{os.getpid()}\\n".encode())  # one write: two workers' lines never interleave
     time.sleep(120)
 
 if __name__ == "__main__":
