@@ -150,7 +150,7 @@ def test_two_processes_run_the_benchmark_and_train_what_one_trains(debug_run):
 
     root, _ = debug_run
     methods = ["sd", "esd", "ge-full"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29527",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "benchmark.cli", "benchmark", "--track", "debug", "--runs", str(root / "runs2"),
            "--data", str(root / "data"), "--cache", str(root / "cache2"), "--quiet",
            *[a for m in methods for a in ("--method", m)]]

@@ -21,7 +21,7 @@ def _scratch() -> Path:
 def test_torchrun_writes_its_temporaries_into_the_scratch_folder():
     scratch = _scratch()
     before = set(scratch.glob("torchelastic_*"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29531", "--no-python", "true"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "--no-python", "true"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert set(scratch.glob("torchelastic_*")) - before, "torchrun's log folder went elsewhere"

@@ -477,7 +477,7 @@ def test_two_processes_train_the_same_weights_as_one(setup, tmp_path):
     subprocess.run([sys.executable, str(worker), str(base), str(shards), str(one)], check=True)
     two = tmp_path / "two"
     # torchrun: what ``accelerate launch --multi_gpu`` starts on GPUs (its --cpu flag runs one process).
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     subprocess.run([*launch, str(worker), str(base), str(shards), str(two)], check=True, env=env, timeout=300)
     step_one = two / CHECKPOINTS_DIR / "step-0000001"
