@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,7 +27,12 @@ from pathlib import Path
 from implicit_concept.files import locked
 with locked(Path(sys.argv[1])):
     print("held", flush=True)
-    time.sleep(float(sys.argv[2]))
+    if len(sys.argv) > 3:  # until the file argv[3] appears, or argv[2] seconds
+        deadline = time.monotonic() + float(sys.argv[2])
+        while not Path(sys.argv[3]).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    else:
+        time.sleep(float(sys.argv[2]))
     Path(sys.argv[1]).mkdir()
 """
 
@@ -43,21 +49,37 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def _holder(path: Path, seconds: float) -> subprocess.Popen:
-    """Another process that holds ``path``'s lock for ``seconds``, then makes the folder."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), str(seconds)], env=ENV, stdout=subprocess.PIPE, text=True)
+def _holder(path: Path, seconds: float, until: Path | None = None) -> subprocess.Popen:
+    """Another process that holds ``path``'s lock for ``seconds`` (or until the file ``until``
+    appears, if sooner), then makes the folder."""
+    cue = [str(until)] if until is not None else []
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), str(seconds), *cue], env=ENV, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
 
 
 def test_a_second_maker_waits_for_the_first_then_finds_what_it_made(tmp_path, caplog):
-    entry = tmp_path / "cache" / "entry"
-    holder = _holder(entry, 1.5)
-    start = time.monotonic()
-    with locked(entry):
-        assert time.monotonic() - start > 1.0 and entry.is_dir()
-    assert holder.wait() == 0
-    assert f"{entry}: in use by another process (pid {holder.pid}); waiting" in caplog.text
+    """The holder lets go once this process has said it waits (or after 120 s), not after a fixed
+    time that a stall of this process could outlast."""
+    entry, go = tmp_path / "cache" / "entry", tmp_path / "go"
+    holder = _holder(entry, 120, until=go)
+    waiting = f"{entry}: in use by another process (pid {holder.pid}); waiting"
+
+    def release_once_waiting():
+        deadline = time.monotonic() + 120
+        while waiting not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.touch()
+
+    threading.Thread(target=release_once_waiting, daemon=True).start()
+    try:
+        with locked(entry):
+            assert entry.is_dir(), "the block ran while the holder still held the lock"
+        assert holder.wait() == 0
+        assert waiting in caplog.text
+    finally:
+        go.touch()
+        holder.wait()
 
 
 def test_without_waiting_a_busy_folder_is_refused_naming_it_and_its_holder(tmp_path):
