@@ -89,7 +89,17 @@ def interrupts() -> Iterator[None]:
         yield
         return
 
+    installed_by = os.getpid()
+
     def interrupt(signum, frame):
+        if os.getpid() != installed_by:
+            # A worker forked in the block and not yet at start_worker (a loaded machine may not
+            # run it for a while) runs this inherited handler: raising would print its own
+            # traceback, so it does what start_worker will have it do (ignore SIGINT, end on SIGTERM).
+            if signum == signal.SIGTERM:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+            return
         _interrupted.set()
         raise Interrupted(signal.Signals(signum).name)
 
