@@ -2,12 +2,18 @@
 other, plug-ins whose shape is wrong, that exit, print or read as another method's folder."""
 import json
 import shutil
+import zlib
 
 import pytest
 
 from benchmark import external
+from benchmark.failures import MethodFailed
+from benchmark.methods import get_method
 from benchmark.models.pipelines import load_pipeline
+from benchmark.track import TrackError, load_track
+from benchmark.track_check import check_track
 from tests.test_handovers import MICRO, _judging, saved, unscored  # noqa: F401 (fixtures)
+from tests.test_plugin_failures import lab  # noqa: F401 (fixture)
 
 
 def _refit(folder, **fields):
@@ -42,4 +48,48 @@ def test_a_part_without_its_config_is_refused_naming_the_file(saved, tmp_path):
     (folder / "text_encoder" / "config.json").unlink(missing_ok=True)
     with pytest.raises(FileNotFoundError, match=r"no-text-config/text_encoder/config.json: missing \(the text_encoder's architecture\)"):
         load_pipeline(folder)
+
+
+BASE = "from benchmark.methods.interface import Generator, Method\n"
+
+
+@pytest.mark.parametrize("body, problem", [
+    ("class M(Method):\n    def build(self):\n        pass\n",
+     r"M\.build\(\) cannot be called as build\(ctx\) \(too many positional arguments\)"),
+    ("class M(Method):\n    def build(self, ctx, strength):\n        pass\n",
+     r"M\.build\(ctx, strength\) cannot be called as build\(ctx\) \(missing a required argument: 'strength'\)"),
+    ("class M(Method):\n    def finetunes(self):\n        return []\n    def build(self, ctx):\n        pass\n",
+     r"M\.finetunes\(\) cannot be called as finetunes\(ctx\)"),
+    ("class M(Method):\n    description = ('a', 'b')\n    def build(self, ctx):\n        pass\n",
+     r"description is a tuple, not text \(it is written to results\.json\)"),
+    ("class M(Method):\n    pass\n", r"M leaves build abstract; a method defines build\(ctx\)"),
+    ("M = 5\n", r"M is an int, not a class"),
+    ("class Mine(Method):\n    def build(self, ctx):\n        pass\nM = Mine()\n",
+     r"M is a Mine object \(an instance: name its class, Mine\), not a class"),
+])
+def test_a_plug_in_of_the_wrong_shape_is_refused_when_named_not_after_its_fine_tunes(lab, body, problem):
+    """Each was accepted by get_method (the check run before any stage) and failed only when built,
+    after its fine-tunes trained, or when results.json was written; or was told as 'cannot be made
+    without arguments', or as the plug-in's own TypeError with a traceback."""
+    name = lab(f"shape_{zlib.crc32(body.encode())}", BASE + body)
+    with pytest.raises(ValueError, match=rf"^--method {name}:M: {problem}"):
+        get_method(f"{name}:M")
+
+
+def test_a_plug_ins_description_that_raises_is_the_plug_ins_failure_at_load(lab):
+    name = lab("desc_raises", BASE + "class M(Method):\n    @property\n    def description(self):\n        raise KeyError('cfg')\n"
+                                    "    def build(self, ctx):\n        pass\n")
+    with pytest.raises(MethodFailed, match=rf"^--method {name}:M: reading its description raised KeyError"):
+        get_method(f"{name}:M")
+
+
+def test_a_plug_in_named_as_a_built_in_method_in_another_case_is_refused(lab):
+    """'SD' and 'sd' are one folder on macOS and Windows: the plug-in would overwrite sd's images."""
+    name = lab("upper_sd", BASE + "class M(Method):\n    name = 'SD'\n    def build(self, ctx):\n        pass\n")
+    with pytest.raises(ValueError, match=rf"^--method {name}:M: name 'SD' differs from the built-in 'sd' in case only"):
+        get_method(f"{name}:M")
+    lab("two_cases", BASE + "class A(Method):\n    name = 'mine'\n    def build(self, ctx):\n        pass\n"
+                            "class B(Method):\n    name = 'Mine'\n    def build(self, ctx):\n        pass\n")
+    with pytest.raises(TrackError, match=r"^--method: \['Mine', 'mine'\] named more than once \(names differing in case only"):
+        check_track(load_track("debug"), ["two_cases:A", "two_cases:B"])
 
