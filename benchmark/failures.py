@@ -7,6 +7,14 @@ import functools
 import traceback
 
 
+#: What code the benchmark does not own (a plug-in's import, constructor, ``finetunes``, ``build`` or
+#: pipeline) may raise that is its failure, reported as :class:`MethodFailed`: any exception, and
+#: ``SystemExit`` (a ``sys.exit()`` in a lab's error path, ``argparse``'s ``parse_args()`` at import
+#: reading the benchmark's own command line), which would otherwise end the run with the plug-in's
+#: exit status and no word of where. ``KeyboardInterrupt`` is the user's: it stops the run.
+PLUGIN_ERRORS = (Exception, SystemExit)
+
+
 class MethodFailed(RuntimeError):
     """``cause_traceback`` is the cause's traceback as text, so it reaches the main process whole
     from a ``--jobs`` worker (traceback objects do not pickle). It is always shown: the cause comes

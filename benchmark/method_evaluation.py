@@ -16,7 +16,7 @@ from PIL import Image
 from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
 from benchmark.evaluation.scorecard import score_generated
-from benchmark.failures import MethodFailed, ToolkitIOError, toolkit_io
+from benchmark.failures import PLUGIN_ERRORS, MethodFailed, ToolkitIOError, toolkit_io
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_prompts
 from benchmark.methods import REGISTRY, NotImplementedMethod, get_method
 from benchmark.methods.interface import Generator, MethodContext, checked_generator
@@ -132,7 +132,7 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
         built = method.build(ctx)
     except (NotImplementedMethod, ToolkitIOError):  # the latter: the toolkit's own writing failed, not the method
         raise
-    except Exception as e:
+    except PLUGIN_ERRORS as e:
         raise MethodFailed(where, "build(ctx)", e) from e
     generator = checked_generator(method, built)
     timings = {"build": time.perf_counter() - start}

@@ -93,3 +93,33 @@ def test_a_plug_in_named_as_a_built_in_method_in_another_case_is_refused(lab):
     with pytest.raises(TrackError, match=r"^--method: \['Mine', 'mine'\] named more than once \(names differing in case only"):
         check_track(load_track("debug"), ["two_cases:A", "two_cases:B"])
 
+
+def test_a_plug_in_that_exits_the_process_is_the_plug_ins_failure_wherever_it_exits(lab, monkeypatch, tmp_path):
+    """argparse's parse_args() at import reads the benchmark's own command line and exits 2; a
+    sys.exit() in a lab's error path: each ended the run with the plug-in's exit status and no word."""
+    from types import SimpleNamespace
+
+    from benchmark.generation import diffusers_generate_fn, generate_images
+    from benchmark.method_evaluation import _draw
+    from benchmark.methods.interface import declared_finetunes
+    from benchmark.prompts import Prompt
+
+    monkeypatch.setattr("sys.argv", ["implicit-concept", "benchmark", "--track", "debug"])
+    name = lab("parses_argv", BASE + "import argparse\nargparse.ArgumentParser().parse_args()\n")
+    with pytest.raises(MethodFailed, match=rf"^--method {name}:M: importing {name} raised SystemExit: 2") as failed:
+        get_method(f"{name}:M")
+    assert "parse_args" in failed.value.cause_traceback
+    name = lab("exits", BASE + "import sys\nclass M(Method):\n    def finetunes(self, ctx):\n        sys.exit('no GPU')\n"
+                               "    def build(self, ctx):\n        sys.exit(3)\n")
+    method = get_method(f"{name}:M")
+    with pytest.raises(MethodFailed, match=r"^method M: finetunes\(ctx\) raised SystemExit: no GPU"):
+        declared_finetunes(method, None)
+    with pytest.raises(MethodFailed, match=r"^icd-qrcode/M: build\(ctx\) raised SystemExit: 3"):
+        _draw(None, method, None, SimpleNamespace(subset="icd-qrcode"), "")
+
+    def sampler(**kwargs):
+        raise SystemExit(1)
+
+    with pytest.raises(MethodFailed, match=r"^icd-qrcode/M: the pipeline raised SystemExit: 1"):
+        generate_images(diffusers_generate_fn(sampler, _judging(tmp_path).settings()), [Prompt(0, "a", 1)], tmp_path / "images",
+                        progress=False, desc="icd-qrcode/M")

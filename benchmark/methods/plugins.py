@@ -21,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from benchmark.failures import MethodFailed
+from benchmark.failures import PLUGIN_ERRORS, MethodFailed
 from benchmark.methods.interface import Method
 from implicit_concept.files import sha256_file
 from implicit_concept.torch_settings import kept_torch_settings
@@ -71,7 +71,7 @@ def load_method(spec: str, registry: dict[str, Callable[[], Method]]) -> Method:
             if ep.name == spec:
                 try:
                     made = ep.load()()
-                except Exception as e:
+                except PLUGIN_ERRORS as e:
                     raise MethodFailed(f"--method {spec}", f"entry point {ep.value}", e) from e
                 return _named(made, spec, ep.name, registry)
         if ":" in spec:
@@ -93,7 +93,7 @@ def _plugin(spec: str, registry: dict[str, Callable[[], Method]]) -> Any:
             raise MethodFailed(f"--method {spec}", f"importing {module_name}", e) from e
         raise ValueError(f"--method {spec}: cannot import ({e}); a plug-in module is found in the working folder or on "
                          "PYTHONPATH, or give its file: --method path/to/file.py:Class") from None
-    except Exception as e:  # SyntaxError, NameError, an ImportError inside it: the plug-in's own code
+    except PLUGIN_ERRORS as e:  # SyntaxError, NameError, an ImportError inside it: the plug-in's own code
         raise MethodFailed(f"--method {spec}", f"importing {module_name}", e) from e
     if as_file:
         _require_imported_from(module, module_name, spec)
@@ -113,7 +113,7 @@ def _plugin(spec: str, registry: dict[str, Callable[[], Method]]) -> Any:
         pass  # no signature to check (a builtin): calling it tells
     try:
         method = cls()
-    except Exception as e:
+    except PLUGIN_ERRORS as e:
         raise MethodFailed(f"--method {spec}", f"{attr}()", e) from e
     if not isinstance(method, Method) and not callable(getattr(method, "build", None)):
         raise ValueError(f"--method {spec}: {attr} has no build(ctx) method")
@@ -164,7 +164,7 @@ def _named(method: Any, spec: str, default: str, registry: dict[str, Callable[[]
     folders or is a built-in method's, whose images and results rows it would replace."""
     try:
         name = getattr(method, "name", "") or default
-    except Exception as e:
+    except PLUGIN_ERRORS as e:
         raise MethodFailed(f"--method {spec}", "reading its name", e) from e
     if not isinstance(name, str) or not FOLDER_NAME.fullmatch(name):
         raise ValueError(f"--method {spec}: name {name!r} must be 1 to 64 of letters, digits, '_', '-' and '.', "
@@ -193,7 +193,7 @@ def _check_shape(method: Any, spec: str) -> None:
     for step in ("build", "finetunes"):
         try:
             call = getattr(method, step, None)
-        except Exception as e:
+        except PLUGIN_ERRORS as e:
             raise MethodFailed(f"--method {spec}", f"reading its {step}", e) from e
         if call is None and step == "finetunes":
             continue
@@ -208,7 +208,7 @@ def _check_shape(method: Any, spec: str) -> None:
                              f"({e}); the benchmark calls it with the MethodContext alone") from None
     try:
         description = getattr(method, "description", "")
-    except Exception as e:
+    except PLUGIN_ERRORS as e:
         raise MethodFailed(f"--method {spec}", "reading its description", e) from e
     if description is not None and not isinstance(description, str):
         raise ValueError(f"--method {spec}: description is {_a(description)}, not text (it is written to results.json)")
