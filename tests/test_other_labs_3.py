@@ -123,3 +123,22 @@ def test_a_plug_in_that_exits_the_process_is_the_plug_ins_failure_wherever_it_ex
     with pytest.raises(MethodFailed, match=r"^icd-qrcode/M: the pipeline raised SystemExit: 1"):
         generate_images(diffusers_generate_fn(sampler, _judging(tmp_path).settings()), [Prompt(0, "a", 1)], tmp_path / "images",
                         progress=False, desc="icd-qrcode/M")
+
+
+def test_what_a_plug_in_prints_goes_to_stderr_so_stdout_holds_results_only(lab, capsys, tmp_path):
+    """A lab's print at import, in its constructor, finetunes or build led the results table on stdout."""
+    from types import SimpleNamespace
+
+    from benchmark.method_evaluation import evaluate_method
+    from benchmark.methods.interface import MethodContext, declared_finetunes
+
+    name = lab("chatty", BASE + "from benchmark.methods import NotImplementedMethod\nprint('loading chatty')\nclass M(Method):\n"
+                                "    def __init__(self):\n        print('made')\n    def finetunes(self, ctx):\n        print('declaring')\n"
+                                "        return []\n    def build(self, ctx):\n        print('building')\n        raise NotImplementedMethod('later')\n")
+    method = get_method(f"{name}:M")
+    declared_finetunes(method, None)
+    ctx = MethodContext(concepts=("qrcode",), work_dir=tmp_path, seed=0, finetune=None, load_pipeline=None, train_shards=tmp_path)
+    rows, _ = evaluate_method(None, f"{name}:M", ctx, SimpleNamespace(subset="icd-qrcode"))
+    assert rows[0]["status"] == "missing: later"
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.split() == ["loading", "chatty", "made", "declaring", "made", "building"]

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from benchmark.failures import PLUGIN_ERRORS, MethodFailed
+from benchmark.failures import PLUGIN_ERRORS, MethodFailed, plugin_output
 from benchmark.methods.interface import Method
 from implicit_concept.files import sha256_file
 from implicit_concept.torch_settings import kept_torch_settings
@@ -66,7 +66,7 @@ def load_method(spec: str, registry: dict[str, Callable[[], Method]]) -> Method:
     :class:`MethodFailed` naming ``--method`` and keeping its own traceback."""
     if spec in registry:
         return registry[spec]()
-    with kept_torch_settings():
+    with kept_torch_settings(), plugin_output():
         for ep in entry_points(group="implicit_concept.methods"):
             if ep.name == spec:
                 try:
