@@ -142,3 +142,15 @@ def test_what_a_plug_in_prints_goes_to_stderr_so_stdout_holds_results_only(lab, 
     assert rows[0]["status"] == "missing: later"
     said = capsys.readouterr()
     assert said.out == "" and said.err.split() == ["loading", "chatty", "made", "declaring", "made", "building"]
+
+
+def test_images_in_a_format_not_read_are_named_not_said_to_be_no_files(tmp_path, unscored):
+    """A folder of GIFs was refused as 'found no image file', as if it were empty."""
+    from PIL import Image
+
+    judging = _judging(tmp_path)
+    (tmp_path / "gifs").mkdir()
+    for prompt in judging.prompts():
+        Image.new("RGB", (16, 16)).save(tmp_path / "gifs" / f"{prompt.case_number}_0.gif")
+    with pytest.raises(FileNotFoundError, match=r"found no image file \(2 files of types not read: \.gif; save them as PNG\)$"):
+        external.score_image_folder(tmp_path / "gifs", tmp_path / "out", judging)
