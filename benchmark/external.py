@@ -272,6 +272,10 @@ def _found_instead(folder: Path, found: dict[str, list[Path]]) -> str:
     """What the folder holds instead: a few of its image names, and images in subfolders (never searched)."""
     names = sorted(path.name for paths in found.values() for path in paths)
     said = f"found {len(names)} images, e.g. {', '.join(names[:3])}" if names else "found no image file"
+    others = sorted({p.suffix.lower() or p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES})
+    if others and not names:
+        count = sum(1 for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES)
+        said += f" ({count} files of types not read: {', '.join(others[:5])}{', ...' if len(others) > 5 else ''}; save them as PNG)"
     nested = sorted({p.parent.relative_to(folder) for p in folder.rglob("*") if p.parent != folder
                      and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()})
     if nested:

@@ -3,8 +3,19 @@ returns. It names the method and the step and keeps what was raised, so a lab fi
 line in its own code instead of a bare exception from somewhere inside the benchmark."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import sys
 import traceback
+from typing import Iterator
+
+
+#: What code the benchmark does not own (a plug-in's import, constructor, ``finetunes``, ``build`` or
+#: pipeline) may raise that is its failure, reported as :class:`MethodFailed`: any exception, and
+#: ``SystemExit`` (a ``sys.exit()`` in a lab's error path, ``argparse``'s ``parse_args()`` at import
+#: reading the benchmark's own command line), which would otherwise end the run with the plug-in's
+#: exit status and no word of where. ``KeyboardInterrupt`` is the user's: it stops the run.
+PLUGIN_ERRORS = (Exception, SystemExit)
 
 
 class MethodFailed(RuntimeError):
@@ -51,3 +62,12 @@ def toolkit_error(error: OSError) -> ToolkitIOError:
     if isinstance(error, ToolkitIOError):
         return error
     return ToolkitIOError(error.errno, error.strerror or str(error), error.filename)
+
+
+@contextlib.contextmanager
+def plugin_output() -> Iterator[None]:
+    """What code the benchmark does not own prints (a plug-in's ``print`` at import, in ``build`` or
+    while sampling) goes to stderr, beside the progress bars: stdout holds the command's results
+    only (``results.md``, a table), which a lab's log line would otherwise lead or split."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from benchmark.failures import MethodFailed
+from benchmark.failures import PLUGIN_ERRORS, MethodFailed
 from benchmark.models.pipeline_identity import json_sha256
 from benchmark.prompts import Prompt
 from implicit_concept.files import atomic_write_bytes, atomic_write_json
@@ -102,7 +102,7 @@ def generate_images(
                     )
             except GenerationError as e:
                 raise GenerationError(str(e) if str(e).startswith(f"{desc}: ") else f"{desc}: {e}") from None
-            except Exception as e:
+            except PLUGIN_ERRORS as e:
                 from benchmark.methods.interface import NotImplementedMethod
 
                 if isinstance(e, NotImplementedMethod):

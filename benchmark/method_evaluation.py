@@ -16,7 +16,7 @@ from PIL import Image
 from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
 from benchmark.evaluation.scorecard import score_generated
-from benchmark.failures import MethodFailed, ToolkitIOError, toolkit_io
+from benchmark.failures import PLUGIN_ERRORS, MethodFailed, ToolkitIOError, plugin_output, toolkit_io
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_prompts
 from benchmark.methods import REGISTRY, NotImplementedMethod, get_method
 from benchmark.methods.interface import Generator, MethodContext, checked_generator
@@ -97,7 +97,8 @@ def evaluate_method(
     ctx = replace(ctx, work_dir=ctx.work_dir / (method.name + label))
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with kept_torch_settings():  # a plug-in that sets torch's threads, default dtype or grad mode does so for itself
+        # A plug-in that sets torch's threads, default dtype or grad mode does so for itself; what it prints goes to stderr.
+        with kept_torch_settings(), plugin_output():
             generator, paths, timings, source = _draw(run, method, ctx, evaluation, label)
     except NotImplementedMethod as e:
         return [{**row, "status": f"missing: {e}"} for row in rows], None
@@ -132,7 +133,7 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
         built = method.build(ctx)
     except (NotImplementedMethod, ToolkitIOError):  # the latter: the toolkit's own writing failed, not the method
         raise
-    except Exception as e:
+    except PLUGIN_ERRORS as e:
         raise MethodFailed(where, "build(ctx)", e) from e
     generator = checked_generator(method, built)
     timings = {"build": time.perf_counter() - start}

@@ -42,9 +42,11 @@ def check_track(track: Track, methods: Sequence[str] = (), source: str | None = 
             "a plug-in is named on the command line with --method package.module:Class"
         )
     names = [_flag(lambda: get_method(spec).name) for spec in methods]
-    twice = sorted({name for name in names if names.count(name) > 1})
+    folded = [name.casefold() for name in names]  # one folder on a case-insensitive filesystem (macOS, Windows)
+    twice = sorted({name for name, key in zip(names, folded) if folded.count(key) > 1})
     if twice:
-        raise TrackError(f"--method: {twice} named more than once; a run holds one method per name")
+        raise TrackError(f"--method: {twice} named more than once (names differing in case only are one folder on macOS "
+                         "and Windows); a run holds one method per name")
     if pretrained is None:
         _needs_pretrained(track)
     _table(track, "recipe", lambda: load_recipe(track.recipe, {"source": source_from_spec(source)} if source else None))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmark.failures import MethodFailed, toolkit_error
+from benchmark.failures import PLUGIN_ERRORS, MethodFailed, plugin_output, toolkit_error
 from benchmark.models.pipelines import save_portable_pipeline
 from implicit_concept.concepts import concept
 from implicit_concept.files import atomic_dir, locked
@@ -132,10 +132,11 @@ class Method(ABC):
 def declared_finetunes(method: Any, ctx: MethodContext) -> list[FineTune]:
     """``method.finetunes(ctx)`` (none for a plug-in without it), each checked to be a :class:`FineTune`."""
     try:
-        declared = list(getattr(method, "finetunes", lambda ctx: [])(ctx))
+        with plugin_output():
+            declared = list(getattr(method, "finetunes", lambda ctx: [])(ctx))
     except NotImplementedMethod:
         return []  # its build says so too: reported as missing, not as a failure
-    except Exception as e:
+    except PLUGIN_ERRORS as e:
         raise MethodFailed(f"method {method.name}", "finetunes(ctx)", e) from e
     for ft in declared:
         if not isinstance(ft, FineTune):

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from benchmark.failures import MethodFailed
+from benchmark.failures import PLUGIN_ERRORS, MethodFailed, plugin_output
 from benchmark.methods.interface import Method
 from implicit_concept.files import sha256_file
 from implicit_concept.torch_settings import kept_torch_settings
@@ -66,12 +66,12 @@ def load_method(spec: str, registry: dict[str, Callable[[], Method]]) -> Method:
     :class:`MethodFailed` naming ``--method`` and keeping its own traceback."""
     if spec in registry:
         return registry[spec]()
-    with kept_torch_settings():
+    with kept_torch_settings(), plugin_output():
         for ep in entry_points(group="implicit_concept.methods"):
             if ep.name == spec:
                 try:
                     made = ep.load()()
-                except Exception as e:
+                except PLUGIN_ERRORS as e:
                     raise MethodFailed(f"--method {spec}", f"entry point {ep.value}", e) from e
                 return _named(made, spec, ep.name, registry)
         if ":" in spec:
@@ -93,13 +93,18 @@ def _plugin(spec: str, registry: dict[str, Callable[[], Method]]) -> Any:
             raise MethodFailed(f"--method {spec}", f"importing {module_name}", e) from e
         raise ValueError(f"--method {spec}: cannot import ({e}); a plug-in module is found in the working folder or on "
                          "PYTHONPATH, or give its file: --method path/to/file.py:Class") from None
-    except Exception as e:  # SyntaxError, NameError, an ImportError inside it: the plug-in's own code
+    except PLUGIN_ERRORS as e:  # SyntaxError, NameError, an ImportError inside it: the plug-in's own code
         raise MethodFailed(f"--method {spec}", f"importing {module_name}", e) from e
     if as_file:
         _require_imported_from(module, module_name, spec)
     cls = getattr(module, attr, None)
     if cls is None:
         raise ValueError(f"--method {spec}: cannot import (module {module_name!r} has no attribute {attr!r}{_which_file(module, module_name)})")
+    if not callable(cls):
+        raise ValueError(f"--method {spec}: {attr} is {_a(cls)}, not a class; name the method's class (made with no arguments)")
+    if inspect.isabstract(cls):
+        raise ValueError(f"--method {spec}: {attr} leaves {', '.join(sorted(cls.__abstractmethods__))} abstract; "
+                         "a method defines build(ctx)")
     try:
         inspect.signature(cls).bind()
     except TypeError as e:
@@ -108,7 +113,7 @@ def _plugin(spec: str, registry: dict[str, Callable[[], Method]]) -> Any:
         pass  # no signature to check (a builtin): calling it tells
     try:
         method = cls()
-    except Exception as e:
+    except PLUGIN_ERRORS as e:
         raise MethodFailed(f"--method {spec}", f"{attr}()", e) from e
     if not isinstance(method, Method) and not callable(getattr(method, "build", None)):
         raise ValueError(f"--method {spec}: {attr} has no build(ctx) method")
@@ -159,7 +164,7 @@ def _named(method: Any, spec: str, default: str, registry: dict[str, Callable[[]
     folders or is a built-in method's, whose images and results rows it would replace."""
     try:
         name = getattr(method, "name", "") or default
-    except Exception as e:
+    except PLUGIN_ERRORS as e:
         raise MethodFailed(f"--method {spec}", "reading its name", e) from e
     if not isinstance(name, str) or not FOLDER_NAME.fullmatch(name):
         raise ValueError(f"--method {spec}: name {name!r} must be 1 to 64 of letters, digits, '_', '-' and '.', "
@@ -167,6 +172,11 @@ def _named(method: Any, spec: str, default: str, registry: dict[str, Callable[[]
     if name in registry:
         raise ValueError(f"--method {spec}: name {name!r} is the built-in method's; "
                          "a plug-in under it would replace that method's images and results")
+    same = next((known for known in registry if known.casefold() == name.casefold()), None)
+    if same is not None:
+        raise ValueError(f"--method {spec}: name {name!r} differs from the built-in {same!r} in case only; its folders would "
+                         f"be {same}'s on a case-insensitive filesystem (macOS, Windows), replacing its images and results")
+    _check_shape(method, spec)
     if getattr(method, "name", None) != name:
         try:
             method.name = name
@@ -174,6 +184,42 @@ def _named(method: Any, spec: str, default: str, registry: dict[str, Callable[[]
             raise ValueError(f"--method {spec}: its name is {getattr(method, 'name', None)!r} and cannot be set "
                              f"to {name!r} (a read-only property): give it a name of 1 to 64 letters, digits, '_', '-' and '.'") from None
     return method
+
+
+def _check_shape(method: Any, spec: str) -> None:
+    """Refuse, before any stage runs, a plug-in whose ``build`` or ``finetunes`` cannot be called with
+    the context alone (``def build(self)``, a second required argument), or whose ``description`` is
+    not text: found only after its fine-tunes trained (hours), or when results.json is written."""
+    for step in ("build", "finetunes"):
+        try:
+            call = getattr(method, step, None)
+        except PLUGIN_ERRORS as e:
+            raise MethodFailed(f"--method {spec}", f"reading its {step}", e) from e
+        if call is None and step == "finetunes":
+            continue
+        try:
+            signature = inspect.signature(call)
+        except (TypeError, ValueError):
+            continue  # no signature to check (a builtin): calling it tells
+        try:
+            signature.bind(None)
+        except TypeError as e:
+            raise ValueError(f"--method {spec}: {type(method).__name__}.{step}{signature} cannot be called as {step}(ctx) "
+                             f"({e}); the benchmark calls it with the MethodContext alone") from None
+    try:
+        description = getattr(method, "description", "")
+    except PLUGIN_ERRORS as e:
+        raise MethodFailed(f"--method {spec}", "reading its description", e) from e
+    if description is not None and not isinstance(description, str):
+        raise ValueError(f"--method {spec}: description is {_a(description)}, not text (it is written to results.json)")
+
+
+def _a(value: Any) -> str:
+    """What a value is, for an error: ``a tuple``, or an instance of a method class, naming the class."""
+    if callable(getattr(value, "build", None)):
+        return f"a {type(value).__name__} object (an instance: name its class, {type(value).__name__})"
+    kind = type(value).__name__
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
 
 
 def code_sha256(method: Any) -> str | None:

@@ -282,6 +282,10 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, samp
     whatever scheduler the folder names; None: the folder's own, which must be one of ``SCHEDULERS``.
     Either is refused, naming it, when it cannot step the model's prediction type (PNDM on x0).
 
+    Parts that do not fit each other (a UNet of another latent channel count or cross-attention
+    width than the VAE and text encoder) are refused from their configs before any weight is read
+    (:func:`~benchmark.models.pretrained_check.check_parts_fit`).
+
     The weights are read from safetensors only (a shard index must name safetensors files beside
     it), and a part is refused, naming the file and the tensor, when its weights lack a tensor the
     model needs, hold an integer tensor where the model holds floats, or hold NaN or infinite
@@ -293,6 +297,12 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, samp
         raise FileNotFoundError(f"{path}: not a diffusers pipeline directory (no model_index.json)")
     index = read_json_object(path / "model_index.json")
     check_pipeline_class(path, index)
+    from benchmark.models.pretrained_check import check_parts_fit  # it reads this module's names
+
+    for name in ("vae", "text_encoder", "unet"):
+        if not (path / name).is_dir():
+            raise FileNotFoundError(f"{path}: no {name}/ folder")
+    check_parts_fit(path, _component_class(index, "vae", VAE_CLASSES, path))
 
     def part(name: str, cls: Any, **kwargs: Any) -> Any:
         if not (path / name).is_dir():

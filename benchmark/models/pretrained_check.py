@@ -83,6 +83,26 @@ def check_pretrained(path: str | Path) -> dict[str, Any]:
         if not (folder / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{folder / CONFIG_FILE}: missing (the {name}'s architecture)")
 
+    latent_channels, hidden_size = check_parts_fit(path, vae_class)
+    return {"weights": weights, "latent_channels": latent_channels, "cross_attention_dim": hidden_size}
+
+
+def _default(cls: type, name: str) -> Any:
+    """A model class's default for a config field its saved config.json may leave out."""
+    return inspect.signature(cls.__init__).parameters[name].default
+
+
+def check_parts_fit(path: str | Path, vae_class: type) -> tuple[int, int]:
+    """Refuse, one line naming the file and the field, a pipeline folder whose parts do not fit
+    each other, from their ``config.json`` files alone (no tensor is read): a UNet whose input is not
+    the VAE's latents (an inpainting UNet takes 9 channels), one that needs added embeddings (SDXL's
+    ``text_time``), or one whose cross-attention width is not the text encoder's. Loaded, such a
+    folder fails mid-sampling with a bare tensor error (or draws images of another mode). Returns the
+    latent channels and the text encoder's width."""
+    path = Path(path)
+    for part in ("unet", "vae", "text_encoder"):
+        if not (path / part / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{path / part / CONFIG_FILE}: missing (the {part}'s architecture)")
     unet_file, vae_file, text_file = (path / part / CONFIG_FILE for part in ("unet", "vae", "text_encoder"))
     unet, vae, text = (read_json_object(f) for f in (unet_file, vae_file, text_file))
     latent_channels = vae.get("latent_channels")
@@ -108,9 +128,4 @@ def check_pretrained(path: str | Path) -> dict[str, Any]:
     if widths != {hidden_size}:
         raise ValueError(f"{unet_file}: cross_attention_dim = {cross}, but the text encoder's hidden_size is {hidden_size} "
                          f"({text_file}); the UNet cannot attend to its text")
-    return {"weights": weights, "latent_channels": latent_channels, "cross_attention_dim": hidden_size}
-
-
-def _default(cls: type, name: str) -> Any:
-    """A model class's default for a config field its saved config.json may leave out."""
-    return inspect.signature(cls.__init__).parameters[name].default
+    return latent_channels, hidden_size
