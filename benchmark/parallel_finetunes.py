@@ -17,7 +17,7 @@ from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
 from benchmark.methods.interface import FineTune
 from implicit_concept.detector.inference import Detector
-from implicit_concept.worker_processes import start_worker, stopping_workers
+from implicit_concept.worker_processes import start_worker, stopping_workers, workers_starting
 
 
 def train_all(run: BenchmarkRun, base: Path, subset: Path, finetunes: list[FineTune], detector: Detector, jobs: int) -> list[Path]:
@@ -32,8 +32,11 @@ def train_all(run: BenchmarkRun, base: Path, subset: Path, finetunes: list[FineT
     train = partial(_train_one, run, base, subset, detector.path)
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's thread pools
     with stopping_workers(ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=start_worker)) as pool:
-        done = list(pool.map(train, [ft for ft in unique if ft.start == "base"]))
-        done += list(pool.map(train, [ft for ft in unique if ft.start != "base"]))
+        done: list[Path] = []
+        for stage in ([ft for ft in unique if ft.start == "base"], [ft for ft in unique if ft.start != "base"]):
+            with workers_starting():
+                trained = pool.map(train, stage)  # submits every task, starting the workers it needs
+            done += list(trained)
     return done
 
 

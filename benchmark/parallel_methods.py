@@ -22,7 +22,7 @@ from benchmark.method_evaluation import Evaluation, evaluate_method, evaluation_
 from benchmark.methods.interface import MethodContext
 from implicit_concept.detector.inference import Detector
 from implicit_concept.scoring import ScoreReport
-from implicit_concept.worker_processes import start_worker, stopping_workers
+from implicit_concept.worker_processes import start_worker, stopping_workers, workers_starting
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ def evaluate_all(run: BenchmarkRun, base: Path, subset: Path, concepts: tuple[st
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's thread pools
     with stopping_workers(ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker,
                                               initargs=(replace(run, progress=False), Path(base), subset, concepts, detector.path))) as pool:
-        futures = [pool.submit(_evaluate, task) for task in tasks]
+        with workers_starting():
+            futures = [pool.submit(_evaluate, task) for task in tasks]
         try:
             for future in futures:
                 yield future.result()

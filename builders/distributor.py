@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from builders.recipe import Recipe
 from builders.shard_builder import ShardBuilder, WorkUnit, group_units
-from implicit_concept.worker_processes import start_worker
+from implicit_concept.worker_processes import start_worker, workers_starting
 
 DISTRIBUTORS = ("multiprocessing", "ray")
 
@@ -102,7 +102,9 @@ def _multiprocessing(
     fork = "fork" in mp.get_all_start_methods() and "torch" not in sys.modules
     ctx = mp.get_context("fork" if fork else "spawn")
     initargs = (recipe, builder if fork else None)
-    with ctx.Pool(processes=min(workers, len(groups)), initializer=_init_pool_worker, initargs=initargs) as pool:
+    with workers_starting():
+        pool = ctx.Pool(processes=min(workers, len(groups)), initializer=_init_pool_worker, initargs=initargs)
+    with pool:
         yield from pool.imap_unordered(_run, [(g, out) for g in groups])
 
 

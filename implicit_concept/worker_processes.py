@@ -32,6 +32,8 @@ def start_worker() -> None:
     SIGTERM without a traceback (a forked worker would otherwise run its parent's handler), and end
     once the parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held back by workers_starting: now dropped
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     parent = os.getppid()
     threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
@@ -42,6 +44,24 @@ def _watch_parent(parent: int) -> None:
         time.sleep(PARENT_CHECK_S)
         if os.getppid() != parent:
             os._exit(1)  # nothing to save: every output is written under a temporary name and renamed whole
+
+
+@contextmanager
+def workers_starting() -> Iterator[None]:
+    """Around the calls that start a spawned pool's workers (``pool.map``, ``pool.submit``): a
+    spawned worker imports for seconds before its initializer runs, with Python's own Ctrl-C
+    handler, so the terminal's Ctrl-C would print its ``KeyboardInterrupt`` traceback. SIGINT is
+    blocked in this thread for the block; a process started in it inherits the block across its
+    exec and holds Ctrl-C pending until :func:`start_worker` ignores it. This process loses
+    nothing: a Ctrl-C in the block is taken by another thread, or on leaving it."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 @contextmanager

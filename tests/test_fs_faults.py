@@ -360,6 +360,50 @@ def test_workers_do_not_outlive_their_parent(tmp_path, sig):
     assert "Traceback" not in proc.stderr.read()
 
 
+SPAWNED = """
+import os, signal, sys, time
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+from implicit_concept.worker_processes import interrupts, start_worker, stopping_workers, workers_starting
+
+if __name__ == "__mp_main__":
+    time.sleep(float(os.environ["IMPORT_S"]))  # a spawned worker's imports, before its initializer runs
+
+def done(i):  # and whether Ctrl-C is still held back in the worker (what it starts would inherit that)
+    return i, signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, ())
+
+if __name__ == "__main__":
+    try:
+        with interrupts():
+            with stopping_workers(ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker)) as pool:
+                with workers_starting():
+                    results = pool.map(done, range(2))
+                os.write(1, b"started\\n")
+                print(sorted(results), flush=True)
+    except KeyboardInterrupt:
+        sys.exit(130)
+"""
+
+
+def test_a_ctrl_c_that_reaches_spawned_workers_while_they_import_neither_kills_them_nor_prints(tmp_path):
+    """The terminal's Ctrl-C reaches every process of the group; a spawned worker still importing
+    (seconds, for torch) holds it until start_worker ignores it. Here it reaches the workers alone
+    (a parent slow to stop them): they live on, quietly, and finish their tasks with Ctrl-C no longer held."""
+    script = tmp_path / "spawned.py"
+    script.write_text(SPAWNED)
+    proc = subprocess.Popen([sys.executable, str(script)], env={**ENV, "IMPORT_S": "2"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout.readline() == "started\n"
+    time.sleep(0.5)  # the workers are in their imports
+    workers = [pid for pid in _alive_in_group(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(workers) == 2
+    for pid in workers:
+        os.kill(pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert (proc.returncode, out) == (0, "[(0, False), (1, False)]\n")
+
+
 # --- F7: the toolkit's own I/O errors are not the method's -------------------------------------------
 
 
