@@ -1,0 +1,101 @@
+"""Hostile inputs of kinds the other suites do not build: TIFF headers whose tag arrays cost far more
+memory and time than their bytes, recipes asking for sizes, event counts or plans no build can hold,
+and files given as tars that are no tar."""
+from __future__ import annotations
+
+import io
+import struct
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from builders.resizer import SampleError, prepare_image
+from implicit_concept.image_decode import MAX_CHUNKS, MAX_TIFF_VALUES
+
+
+def _tiff(width: int, height: int, strips: int, extra: dict[int, tuple[int, int, bytes]] | None = None, big: bool = False) -> bytes:
+    """An uncompressed 8-bit grey TIFF (little-endian; BigTIFF with ``big``) of ``strips`` strips,
+    plus ``extra`` tags (tag: (type, count, value bytes))."""
+    rows = max(1, -(-height // strips))
+    strip_bytes = [min(rows, height - i * rows) * width for i in range(strips)]
+    tags = {256: (4, 1, struct.pack("<I", width)), 257: (4, 1, struct.pack("<I", height)), 258: (3, 1, struct.pack("<H", 8)),
+            259: (3, 1, struct.pack("<H", 1)), 262: (3, 1, struct.pack("<H", 1)), 277: (3, 1, struct.pack("<H", 1)),
+            278: (4, 1, struct.pack("<I", rows)), 279: (4, strips, struct.pack(f"<{strips}I", *strip_bytes)), 273: None}
+    tags.update(extra or {})
+    entry, inline = (20, 8) if big else (12, 4)
+    start = (16 if big else 8) + (8 if big else 2) + entry * len(tags) + (8 if big else 4)
+    blob = bytearray()
+    data_at = {}
+    for tag, value in sorted(tags.items()):
+        if value is not None and len(value[2]) > inline:
+            data_at[tag] = start + len(blob)
+            blob += value[2]
+    pixels_at = start + len(blob) + 4 * strips
+    offsets = [pixels_at + sum(strip_bytes[:i]) for i in range(strips)] if strips < 1000 else \
+        list(np.cumsum([0] + strip_bytes[:-1]) + pixels_at)
+    tags[273] = (4, strips, struct.pack(f"<{strips}I", *offsets))
+    data_at[273] = start + len(blob)
+    blob += tags[273][2]
+    head = b"II+\x00\x08\x00\x00\x00" + struct.pack("<Q", 16) if big else b"II*\x00" + struct.pack("<I", 8)
+    ifd = struct.pack("<Q" if big else "<H", len(tags))
+    for tag, (kind, count, value) in sorted(tags.items()):
+        if tag in data_at:
+            ifd += struct.pack("<HHQQ" if big else "<HHII", tag, kind, count, data_at[tag])
+        else:
+            ifd += struct.pack("<HHQ" if big else "<HHI", tag, kind, count) + value.ljust(inline, b"\0")
+    ifd += b"\0" * (8 if big else 4)
+    return head + ifd + bytes(blob) + b"\x80" * sum(strip_bytes)
+
+
+def _refusal(raw: bytes) -> SampleError:
+    with pytest.raises(SampleError) as info:
+        prepare_image(raw, 16, 0)
+    return info.value
+
+
+# --- TIFF: tag arrays Pillow unpacks into Python objects -----------------------------------------
+
+
+def test_a_tiff_of_strips_and_tags_a_real_image_has_decodes():
+    assert prepare_image(_tiff(40, 40, 40), 16, 0).size == (16, 16)
+    assert prepare_image(_tiff(40, 40, 1, big=True), 16, 0).size == (16, 16)
+    stored = io.BytesIO()
+    Image.new("RGB", (300, 300), (200, 100, 50)).save(stored, "TIFF", save_all=True, append_images=[Image.new("RGB", (9, 9))])
+    assert prepare_image(stored.getvalue(), 16, 0).getpixel((3, 3)) == (200, 100, 50)
+
+
+def test_a_tiff_of_more_strips_than_the_cap_is_refused_quickly():
+    """100 000 one-row strips in 900 KB cost 1.2 s and 70 MB to open, and 8 million (a 64 MiB file)
+    minutes and gigabytes: one Python tuple per strip."""
+    raw = _tiff(16, MAX_CHUNKS + 1, MAX_CHUNKS + 1)
+    start = time.perf_counter()
+    error = _refusal(raw)
+    assert (error.reason, error.detail) == (
+        "too_many_chunks", f"a TIFF whose first image has more than {MAX_CHUNKS} strips or tiles (tag 273: {MAX_CHUNKS + 1} values)")
+    assert time.perf_counter() - start < 0.5
+
+
+@pytest.mark.parametrize("tag, kind, size", [(282, 5, 8), (258, 3, 2), (339, 3, 2)], ids=["x_resolution_rationals", "bits_per_sample", "sample_format"])
+def test_a_tiff_tag_of_more_values_than_the_cap_is_refused_quickly(tag, kind, size):
+    """Four million rationals as the XResolution of a 30 MB TIFF cost 16 s and 680 MB to open."""
+    count = MAX_TIFF_VALUES + 1
+    raw = _tiff(16, 16, 1, {tag: (kind, count, b"\x01" * size * count)})
+    start = time.perf_counter()
+    error = _refusal(raw)
+    assert (error.reason, error.detail) == (
+        "too_many_chunks", f"a TIFF whose first image has a tag of more than {MAX_TIFF_VALUES} values (tag {tag}: {count} values)")
+    assert time.perf_counter() - start < 0.5
+
+
+def test_a_bigtiff_of_more_tags_than_the_cap_is_refused():
+    raw = b"II+\x00\x08\x00\x00\x00" + struct.pack("<QQ", 16, MAX_CHUNKS + 1) + struct.pack("<HHQQ", 50000, 1, 1, 0) * (MAX_CHUNKS + 1)
+    error = _refusal(raw)
+    assert (error.reason, error.detail) == ("too_many_chunks", f"a TIFF whose first image has more than {MAX_CHUNKS} tags ({MAX_CHUNKS + 1})")
+
+
+def test_a_tiff_header_cut_short_is_left_to_pillow():
+    raw = _tiff(40, 40, 4)
+    for cut in (5, 8, 9, 14, 20, 60):
+        assert _refusal(raw[:cut]).reason in ("unreadable_image", "truncated_image")
