@@ -74,6 +74,10 @@ MAX_JPEG_SCANS = 100
 #: Pillow unpacks each into a Python object, 4 us and 170 bytes for a rational. A 16-bit image's
 #: colour map or transfer function holds 3 x 65536.
 MAX_TIFF_VALUES = 4 * MAX_CHUNKS
+#: An EXIF block read at most for its orientation: a JPEG's holds 64 KB (one APP1 segment), and a
+#: PNG's or WebP's is a copy of one. Pillow unpacks a tag's values into Python objects (a PNG whose
+#: eXIf holds 8 million orientations took 1.7 s and 200 MB), so a larger block is ignored.
+MAX_EXIF_BYTES = 1 << 20
 
 #: ICC profiles read at most: a camera's or a screen's takes a few KB, a printer's LUTs a few MB;
 #: a larger one is ignored (parsing it is work, and attack surface, the pixels do not need).
@@ -495,7 +499,11 @@ def _png_raw_size(width: int, height: int, depth: int, colour: int, _c: int, _f:
 
 
 def _orient(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block only loses the hint, not the picture."""
+    """Apply the EXIF orientation; a broken EXIF block, or one over :data:`MAX_EXIF_BYTES`, only
+    loses the hint, not the picture."""
+    exif = image.info.get("exif")
+    if isinstance(exif, (bytes, bytearray)) and len(exif) > MAX_EXIF_BYTES:
+        return image
     try:
         if image.getexif().get(ExifTags.Base.Orientation, 1) not in range(2, 9):
             return image
