@@ -143,3 +143,89 @@ def open_decoded(raw: bytes) -> Image.Image:
     from implicit_concept.image_decode import decode_rgb, open_image
 
     return decode_rgb(open_image(raw))
+
+
+# --- recipes: sizes, event counts and plans no build can hold ------------------------------------
+
+
+def _recipe(**changes) -> dict:
+    raw = {"name": "r", "seed": 1, "image_size": 32, "shard_size": 8,
+           "source": {"kind": "procedural", "train": 4, "test": 2},
+           "subsets": [{"name": "q", "concepts": ["qrcode"], "fraction": 1.0}]}
+    raw.update(changes)
+    return raw
+
+
+def _recipe_error(**changes) -> str:
+    from builders.recipe import RecipeError, parse_recipe
+
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(_recipe(**changes))
+    return str(info.value)
+
+
+def test_an_image_size_no_build_can_hold_is_refused_naming_the_field():
+    """image_size = 1000000 failed in the first scene's render: a traceback of numpy's 2.73 TiB MemoryError."""
+    from builders.recipe import MAX_IMAGE_SIZE, parse_recipe
+
+    assert _recipe_error(image_size=1_000_000) == f"image_size must be in [16, {MAX_IMAGE_SIZE}], got 1000000"
+    assert parse_recipe(_recipe(image_size=MAX_IMAGE_SIZE)).image_size == MAX_IMAGE_SIZE
+
+
+@pytest.mark.parametrize("instances, why", [
+    ([100_000, 100_000], "[100000, 100000]"),  # a hang: each image drew 100 000 concepts
+    ([True, True], "[True, True]"),             # read as [1, 1]
+    ([1, 2.0], "[1, 2.0]"),
+])
+def test_subset_instances_are_integers_within_a_bound(instances, why):
+    from builders.recipe import MAX_INSTANCES
+
+    assert _recipe_error(subsets=[{"name": "q", "concepts": ["qrcode"], "fraction": 1.0, "instances": instances}]) == (
+        f"subsets.q.instances must be [min, max] with 1 <= min <= max <= {MAX_INSTANCES}, got {why}")
+
+
+def test_a_procedural_plan_of_more_shards_than_a_plan_holds_is_refused_naming_the_field():
+    """train = 10**15 in shards of 8 failed with a MemoryError traceback listing the shard ids."""
+    from builders.recipe import parse_recipe
+    from builders.sources.base import MAX_PLANNED_SHARDS
+
+    assert _recipe_error(source={"kind": "procedural", "train": 10**15, "test": 2}) == (
+        f"source.train: 1000000000000000 items in shards of 8 are 125000000000000 shards, over the {MAX_PLANNED_SHARDS} a split may have")
+    assert parse_recipe(_recipe(source={"kind": "procedural", "train": 8 * MAX_PLANNED_SHARDS, "test": 2}))
+
+
+def test_a_tar_pattern_naming_more_tars_than_a_plan_holds_is_refused_without_listing_them(tmp_path):
+    """'{000000000000..999999999999}.tar' was expanded into a list of a trillion names before any check
+    (braceexpand makes every name of a range before the first)."""
+    from builders.sources.base import MAX_PLANNED_SHARDS
+
+    pattern = str(tmp_path / "{000000000000..999999999999}.tar")
+    start = time.perf_counter()
+    error = _recipe_error(source={"kind": "webdataset", "urls": pattern})
+    assert error == f"source.urls: {pattern!r} names more than {MAX_PLANNED_SHARDS} tars, the shards a split may have"
+    assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("pattern", [
+    "a", "{0..9}", "{00..10}x{a,b,c}", "{a..e}{Z..a}", "{1..10..3}", "{10..1..3}", "{-3..3}", "{a,b{0..4},{c,d}}",
+    "x{}y", "x{,}y", r"a\{0..3\}", r"{a\,b,c}", "{{0..2}}", "{a,{b..d}}{1..2}", "{z..a..2}", "{5..5..0}", "{,a,,}", "}{",
+])
+def test_a_brace_pattern_is_counted_as_braceexpand_expands_it(pattern):
+    from braceexpand import braceexpand
+
+    from builders.sources.webdataset_source import brace_count
+
+    assert brace_count(pattern) == len(list(braceexpand(pattern)))
+
+
+def test_a_source_pattern_naming_more_tars_than_a_plan_holds_is_one_line(tmp_path, capsys):
+    from benchmark.cli import main
+    from builders.sources.base import MAX_PLANNED_SHARDS
+
+    pattern = str(tmp_path / "{000000000000..999999999999}.tar")
+    start = time.perf_counter()
+    assert main(["build", "icd-debug", "--source", pattern, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--source: {pattern!r} names more than {MAX_PLANNED_SHARDS} tars, the shards a split may have")
+    assert "\n" not in err and time.perf_counter() - start < 5
+    assert not (tmp_path / "out").exists()
