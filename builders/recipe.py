@@ -12,12 +12,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from braceexpand import braceexpand
-
 from builders.caption_screen import CaptionScreen
 from builders.source_screen import SourceScreenConfig, detector_fingerprint
 from builders.sources import make_source
-from builders.sources.webdataset_source import missing_tars_hint
+from builders.sources.webdataset_source import expand_tars, missing_tars_hint
 from implicit_concept.concepts import CONCEPT_NAMES, make_renderer
 from implicit_concept.shard_reader import is_stream
 from implicit_concept.provenance import config_hash
@@ -33,6 +31,12 @@ class RecipeError(ValueError):
 #: (``recipe.json``, ``manifest.parquet`` ...), so without a dot.
 RECIPE_NAME = FOLDER_NAME
 SUBSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+#: The largest image side a recipe asks for: a sample holds several full-size copies (image, clean
+#: twin, mask, each layer drawn), 200 MB each at this size.
+MAX_IMAGE_SIZE = 8192
+#: The most concept events one image of a subset may draw (the shipped recipes draw 1 or 2).
+MAX_INSTANCES = 32
+
 #: A license as a dataset card names it (Hugging Face's identifiers: "apache-2.0", "cc-by-4.0", "other").
 LICENSE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 
@@ -170,7 +174,10 @@ def source_from_spec(spec: str, test_fraction: float = 0.1) -> dict[str, Any]:
             f"--source {spec}: {what} (a source is a folder of name.jpg + name.txt pairs, or tar shards: "
             "paths ending in .tar, .tar.gz or .tgz, a brace pattern, a pipe: command or an http(s) URL)"
         )
-    tars = list(braceexpand(spec))
+    try:
+        tars = expand_tars([spec], "--source")
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
     missing = [t for t in tars if not Path(t).is_file()]
     if missing:
         raise RecipeError(f"--source {spec}: {len(missing)} of {len(tars)} tar files do not exist, first {missing[0]!r}"
@@ -202,7 +209,7 @@ def parse_recipe(raw: dict[str, Any], check_components: bool = True) -> Recipe:
     recipe = Recipe(
         name=_name(raw["name"], "name", RECIPE_NAME, "letters, digits, '_', '-' and '.'"),
         seed=_int(raw["seed"], "seed", lo=0),
-        image_size=_int(raw["image_size"], "image_size", lo=16),
+        image_size=_int(raw["image_size"], "image_size", lo=16, hi=MAX_IMAGE_SIZE),
         source=dict(_table(raw["source"], "source")),
         subsets=tuple(_subset(s, i) for i, s in enumerate(_list(raw["subsets"], "subsets"))),
         concepts={k: dict(_table(v, f"concepts.{k}")) for k, v in _table(raw.get("concepts", {}), "concepts").items()},
@@ -267,8 +274,9 @@ def _subset(raw: Any, i: int) -> Subset:
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
         raise RecipeError(f"{where}.fraction must be a number in [0, 1], got {fraction!r}")
     inst = _list(d.get("instances", [1, 1]), f"{where}.instances")
-    if len(inst) != 2 or not all(isinstance(v, int) and v >= 1 for v in inst) or inst[0] > inst[1]:
-        raise RecipeError(f"{where}.instances must be [min, max] with 1 <= min <= max, got {inst!r}")
+    counts = len(inst) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_INSTANCES for v in inst)
+    if not counts or inst[0] > inst[1]:
+        raise RecipeError(f"{where}.instances must be [min, max] with 1 <= min <= max <= {MAX_INSTANCES}, got {inst!r}")
     return Subset(name=name, concepts=concepts, fraction=float(fraction), instances=(inst[0], inst[1]))
 
 

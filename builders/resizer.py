@@ -27,7 +27,8 @@ def prepare_image(raw: bytes | Image.Image, size: int, min_side: int, max_pixels
     Raises ``SampleError`` with reason ``unreadable_image``, ``truncated_image``,
     ``unsupported_format`` (not JPEG, PNG, GIF, TIFF, WebP, AVIF or BMP, whatever the file's name),
     ``too_large`` (more than ``max_pixels`` to decode; an image already in memory is not capped),
-    ``too_many_chunks`` (more PNG chunks, JPEG segments or scans, GIF blocks than a real image has),
+    ``too_many_chunks`` (more PNG chunks, JPEG segments or scans, GIF blocks, TIFF strips, tiles or
+    tag values than a real image has),
     ``unsupported_mode``, ``too_small`` (shorter side below ``min_side``) or ``decoder_failed``
     (anything else raised on the way); :mod:`implicit_concept.image_decode` says when each is given.
     """

@@ -30,7 +30,7 @@ from builders.resizer import SampleError, prepare_image
 from builders.shard_table import SCHEMA, sample_row, skipped_row, table_metadata, write_table
 from builders.source_screen import SourceScreen
 from builders.sources import make_source
-from builders.sources.base import RawItem
+from builders.sources.base import MAX_PLANNED_SHARDS, RawItem
 from implicit_concept.compositing import Composition
 from implicit_concept.concepts import Layer, make_renderer
 from implicit_concept.files import atomic_write_json, sha256_file
@@ -195,8 +195,6 @@ def plan_units(recipe: Recipe, shard_ids: dict[str, list[int]]) -> list[WorkUnit
     return [WorkUnit(subset.name, split, shard_id) for subset in recipe.subsets for split in SPLITS for shard_id in shard_ids[split]]
 
 
-#: A split's shards in a recorded plan at most (LAION-2B is about 231 000 tars).
-MAX_PLANNED_SHARDS = 10_000_000
 
 
 def plan_record(units: Sequence[WorkUnit]) -> dict[str, Any]:

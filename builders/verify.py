@@ -268,10 +268,10 @@ def _plan(out: Path, recipe: Recipe | None, listing: dict[str, tuple[int, str]],
     if recipe.source.get("kind") == "webdataset":
         try:
             config = WebDatasetConfig(**{k: v for k, v in recipe.source.items() if k != "kind"})
+            count = len(tar_paths(config))
         except (TypeError, ValueError) as e:
             problems.add(out / RECIPE_RECORD, f"its source is not valid ({e})")
             return []
-        count = len(tar_paths(config))
         return plan_units(recipe, {split: list(range(count)) for split in SPLITS})
     report.notes.append(
         f"the recipe's source is not readable here ({unreadable}): each split's shard count is taken from {CHECKSUMS}"

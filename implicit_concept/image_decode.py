@@ -11,7 +11,8 @@ caller can ask a JPEG decoder for a smaller draft in between (see ``builders.res
 - ``unsupported_format``: an image, but not one of :data:`FORMATS` (EPS, PSD, FITS, ...);
 - ``too_large``: more pixels than the cap;
 - ``too_many_chunks``: more structure than any real image has (PNG chunks, JPEG marker segments
-  or progressive scans, GIF blocks), which costs time the file's size does not show;
+  or progressive scans, GIF blocks, TIFF tags, strips, tiles and tag values), which costs time
+  and memory the file's size does not show;
 - ``unsupported_mode``: pixels that have no 8-bit RGB meaning here (float, LAB).
 
 Only :data:`FORMATS` are decoded, whatever a file is called: Pillow knows forty formats, and some
@@ -25,7 +26,10 @@ pixels (2.8 GB decoded). Every decode here is refused, from the header alone, ab
 warning is an error, never a full-size decode. Structure costs time the same way: Pillow parses
 PNG chunks, JPEG marker segments and GIF blocks in Python, a few microseconds each, so a 60 MB
 PNG of five million empty chunks took 27 s; each is counted, before Pillow sees the file, up to
-:data:`MAX_CHUNKS`.
+:data:`MAX_CHUNKS`. A TIFF's first tag directory is read the same way: Pillow unpacks its strips'
+offsets and every numeric tag it reads into Python objects (an 8 MB TIFF of a million one-row
+strips took 10 s and 390 MB to open), so more than :data:`MAX_CHUNKS` strips or tiles, or than
+:data:`MAX_TIFF_VALUES` values in one tag, is refused.
 
 Colours are what a colour-managed viewer shows: an embedded ICC profile is converted to sRGB
 (LittleCMS, perceptual intent, the same as relative colorimetric for the matrix profiles of cameras
@@ -66,6 +70,14 @@ MAX_CHUNKS = 65536
 #: Progressive scans of a JPEG read at most: libjpeg passes over the whole image once per scan
 #: (2 ms a scan at 4 MP); encoders write about 10.
 MAX_JPEG_SCANS = 100
+#: Values of one numeric tag of a TIFF's first image read at most (its strips and tiles: MAX_CHUNKS):
+#: Pillow unpacks each into a Python object, 4 us and 170 bytes for a rational. A 16-bit image's
+#: colour map or transfer function holds 3 x 65536.
+MAX_TIFF_VALUES = 4 * MAX_CHUNKS
+#: An EXIF block read at most for its orientation: a JPEG's holds 64 KB (one APP1 segment), and a
+#: PNG's or WebP's is a copy of one. Pillow unpacks a tag's values into Python objects (a PNG whose
+#: eXIf holds 8 million orientations took 1.7 s and 200 MB), so a larger block is ignored.
+MAX_EXIF_BYTES = 1 << 20
 
 #: ICC profiles read at most: a camera's or a screen's takes a few KB, a printer's LUTs a few MB;
 #: a larger one is ignored (parsing it is work, and attack surface, the pixels do not need).
@@ -223,6 +235,8 @@ def _screen(raw: BinaryIO, head: bytes) -> BinaryIO:
         _screen_jpeg(raw)
     elif head.startswith((b"GIF87a", b"GIF89a")):
         _screen_gif(raw, head)
+    elif head.startswith(_TIFF_PREFIXES):
+        _screen_tiff(raw, head)
     return raw
 
 
@@ -392,6 +406,44 @@ def _screen_gif(f: BinaryIO, head: bytes) -> None:
                 break
 
 
+#: The headers Pillow opens as TIFF (TiffImagePlugin.PREFIXES: a classic TIFF either byte order,
+#: the two swapped ones it takes too, a BigTIFF).
+_TIFF_PREFIXES = (b"MM\x00\x2a", b"II\x2a\x00", b"MM\x2a\x00", b"II\x00\x2a", b"MM\x00\x2b", b"II\x2b\x00")
+#: Tags whose values are the first image's strips or tiles: StripOffsets, StripByteCounts,
+#: TileOffsets, TileByteCounts.
+_TIFF_PIECES = (273, 279, 324, 325)
+#: Tag types Pillow keeps as bytes or text, not one object per value: BYTE, ASCII, UNDEFINED.
+_TIFF_BYTES = (1, 2, 7)
+
+
+def _screen_tiff(f: BinaryIO, head: bytes) -> None:
+    """Read the first image's tag directory as Pillow's ImageFileDirectory_v2.load does (BigTIFF
+    when the third byte is 43, its own rule), and refuse more tags than :data:`MAX_CHUNKS`, more
+    strips or tiles than that, or a numeric tag of more than :data:`MAX_TIFF_VALUES` values:
+    Pillow unpacks each into a Python object (one tuple per strip) when it opens the file. What
+    cannot be read is left to Pillow, which says so."""
+    order = ">" if head.startswith(b"MM") else "<"
+    big = head[2] == 43
+    if len(head) < (16 if big else 8):
+        return
+    (where,) = struct.unpack(order + ("Q" if big else "I"), head[8:16] if big else head[4:8])
+    counted = _read_at(f, where, 8 if big else 2)
+    if len(counted) < (8 if big else 2):
+        return
+    (tags,) = struct.unpack(order + ("Q" if big else "H"), counted)
+    if tags > MAX_CHUNKS:
+        raise _too_many(f"a TIFF whose first image has more than {MAX_CHUNKS} tags ({tags})")
+    size = 20 if big else 12
+    entries = _read_at(f, where + len(counted), tags * size)
+    entry = struct.Struct(order + ("HHQ" if big else "HHI"))
+    for at in range(0, len(entries) - size + 1, size):
+        tag, kind, count = entry.unpack_from(entries, at)
+        if tag in _TIFF_PIECES and count > MAX_CHUNKS:
+            raise _too_many(f"a TIFF whose first image has more than {MAX_CHUNKS} strips or tiles (tag {tag}: {count} values)")
+        if kind not in _TIFF_BYTES and count > MAX_TIFF_VALUES:
+            raise _too_many(f"a TIFF whose first image has a tag of more than {MAX_TIFF_VALUES} values (tag {tag}: {count} values)")
+
+
 # --- a PNG whose image data ends early ----------------------------------------------------------
 
 
@@ -447,7 +499,11 @@ def _png_raw_size(width: int, height: int, depth: int, colour: int, _c: int, _f:
 
 
 def _orient(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block only loses the hint, not the picture."""
+    """Apply the EXIF orientation; a broken EXIF block, or one over :data:`MAX_EXIF_BYTES`, only
+    loses the hint, not the picture."""
+    exif = image.info.get("exif")
+    if isinstance(exif, (bytes, bytearray)) and len(exif) > MAX_EXIF_BYTES:
+        return image
     try:
         if image.getexif().get(ExifTags.Base.Orientation, 1) not in range(2, 9):
             return image

@@ -19,6 +19,9 @@ from implicit_concept.validate import check_int
 #: by preference when one key has several; a tar source takes the same ones in the same order.
 DEFAULT_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "jpe", "jfif", "png", "apng", "webp", "avif", "bmp", "gif", "tif", "tiff")
 
+#: A split's shards at most, in a source's plan and in a recorded one (LAION-2B is about 231 000 tars).
+MAX_PLANNED_SHARDS = 10_000_000
+
 #: The reason of a file (or tar member) whose name starts with a dot: never part of an item.
 HIDDEN = "hidden_file"
 

@@ -14,7 +14,7 @@ from implicit_concept.sample import SPLITS
 from implicit_concept.scene import ProceduralConfig, Scene, caption, render_scene, sample_scene
 from implicit_concept.scene.grammar import check_integer
 
-from .base import RawItem, Source
+from .base import MAX_PLANNED_SHARDS, RawItem, Source
 
 __all__ = ["ProceduralConfig", "ProceduralSource"]
 
@@ -28,6 +28,12 @@ class ProceduralSource(Source):
         check_integer("image_size", image_size, 8)
         check_integer("shard_size", shard_size, 1)
         check_integer("seed", seed, 0)
+        for split in SPLITS:
+            count = getattr(config, split)
+            shards = math.ceil(count / shard_size)
+            if shards > MAX_PLANNED_SHARDS:
+                raise ValueError(f"{split}: {count} items in shards of {shard_size} are {shards} shards, "
+                                 f"over the {MAX_PLANNED_SHARDS} a split may have")
         self.config = config
         self.image_size = image_size
         self.shard_size = shard_size

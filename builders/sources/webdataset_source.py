@@ -37,7 +37,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from braceexpand import braceexpand
+from braceexpand import UnbalancedBracesError, braceexpand
 
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS
 from implicit_concept.sample import SPLITS
@@ -55,7 +55,7 @@ from implicit_concept.shard_reader import (
     split_member_name,
 )
 
-from .base import DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, check_fraction, check_limits, hidden_detail, split_of
+from .base import DEFAULT_EXTENSIONS, HIDDEN, MAX_PLANNED_SHARDS, RawItem, Source, check_fraction, check_limits, hidden_detail, split_of
 from .caption_text import read_caption
 from .source_json import encodable, read_source_json
 
@@ -259,7 +259,80 @@ def _loose_record(member: LooseMember) -> tuple[str, str]:
 
 def tar_paths(config: WebDatasetConfig) -> list[str]:
     """The tars ``urls`` names, in shard order (whether or not they exist here)."""
-    return [path for pattern in config.urls for path in braceexpand(pattern)]
+    return expand_tars(config.urls)
+
+
+def expand_tars(patterns: tuple[str, ...] | list[str], field: str = "urls") -> list[str]:
+    """The names brace ``patterns`` expand to, counted first: braceexpand builds every name of a
+    range before the first (``{000000000000..999999999999}`` would fill memory), so more than
+    :data:`MAX_PLANNED_SHARDS` in all is refused, naming the pattern, before any is made."""
+    total = 0
+    for pattern in patterns:
+        try:
+            total += brace_count(pattern)
+        except UnbalancedBracesError:
+            raise ValueError(f"{field}: {pattern!r}: unbalanced braces") from None
+        except RecursionError:
+            raise ValueError(f"{field}: {pattern!r}: braces nested too deeply") from None
+        if total > MAX_PLANNED_SHARDS:
+            raise ValueError(f"{field}: {pattern!r} names more than {MAX_PLANNED_SHARDS} tars, the shards a split may have")
+    return [path for pattern in patterns for path in braceexpand(pattern)]
+
+
+def brace_count(pattern: str) -> int:
+    """How many names ``braceexpand(pattern)`` gives, without making them: its grammar (0.1.7's
+    parse_pattern, parse_expression, parse_sequence), counted. Raises ``UnbalancedBracesError`` as it does."""
+    total, start, depth, pos = 1, 0, 0, 0
+    while pos < len(pattern):
+        if pattern[pos] == "\\":
+            pos += 2
+            continue
+        if pattern[pos] == "{":
+            if depth == 0:
+                start = pos
+            depth += 1
+        elif pattern[pos] == "}":
+            depth -= 1
+            if depth == 0:
+                expr = pattern[start + 1:pos]
+                counted = _brace_expression_count(expr)
+                total *= brace_count(expr) if counted is None else counted
+                start = pos + 1
+        pos += 1
+    if depth != 0:
+        raise UnbalancedBracesError(f"Unbalanced braces: '{pattern}'")
+    return total
+
+
+_INT_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.-?(\d+))?$")
+_CHAR_RANGE = re.compile(r"^([A-Za-z])\.\.([A-Za-z])(?:\.\.-?(\d+))?$")
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _brace_expression_count(expr: str) -> int | None:
+    """The names of one ``{...}``: a range's length, a sequence's sum; None when it is neither."""
+    if match := _INT_RANGE.match(expr):
+        first, last, step = int(match[1]), int(match[2]), (int(match[3]) or 1) if match[3] else 1
+        return len(range(first, last + 1, step) if first < last else range(first, last - 1, -step))
+    if match := _CHAR_RANGE.match(expr):
+        first, last, step = _ALPHABET.index(match[1]), _ALPHABET.index(match[2]), (int(match[3]) or 1) if match[3] else 1
+        return len(_ALPHABET[first:last + 1:step] if first < last else _ALPHABET[first:(last or -len(_ALPHABET)) - 1:-step])
+    parts, start, depth, pos = [], 0, 0, 0
+    while pos < len(expr):
+        if expr[pos] == "\\":
+            pos += 2
+            continue
+        if expr[pos] == "{":
+            depth += 1
+        elif expr[pos] == "}":
+            depth -= 1
+        elif expr[pos] == "," and depth == 0:
+            parts.append(expr[start:pos])
+            start = pos + 1
+        pos += 1
+    if depth != 0 or not parts:
+        return None
+    return sum(brace_count(part) for part in [*parts, expr[start:]])
 
 
 def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member_bytes: int) -> Iterator[TarRun | LooseMember]:
