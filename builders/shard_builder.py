@@ -195,8 +195,6 @@ def plan_units(recipe: Recipe, shard_ids: dict[str, list[int]]) -> list[WorkUnit
     return [WorkUnit(subset.name, split, shard_id) for subset in recipe.subsets for split in SPLITS for shard_id in shard_ids[split]]
 
 
-
-
 def plan_record(units: Sequence[WorkUnit]) -> dict[str, Any]:
     """What ``recipe.json`` records of a plan: each split's shard count (its ids are 0 to count - 1),
     or its ids where they are not."""
