@@ -28,6 +28,7 @@ from benchmark.track import Track
 from builders.recipe import load_recipe
 from implicit_concept.detector.inference import Detector
 from implicit_concept.files import atomic_write_json, read_json_object, sha256_file
+from implicit_concept.geom_erasing.location_tokens import tokens_not_held
 from implicit_concept.geom_erasing.training_target import METADATA_FILE, negative_prompt_for
 from implicit_concept.image_decode import open_image
 from implicit_concept.image_stream import IMAGE_SUFFIXES, ImageReadError, require_readable
@@ -131,6 +132,11 @@ def score_pipeline(
         raise ValueError(f"{pipeline_dir}: cannot load the pipeline ({e})") from None
     pipe.set_progress_bar_config(disable=True)
     negative = pipeline_negative_prompt(pipeline_dir) if negative_prompt is None else negative_prompt
+    unknown = tokens_not_held(pipe.tokenizer, negative)
+    if unknown:
+        raise ValueError(f"{Path(pipeline_dir) / 'tokenizer'}: the negative prompt names {len(unknown)} tokens it does not hold "
+                         f"(e.g. {', '.join(unknown[:3])}), which it would read as plain text; save the tokenizer "
+                         "(and text encoder) the pipeline was trained with")
     generation = judging.settings(**settings)
     prompts = judging.prompts()
     source = {**pipeline_source(pipe), "negative_prompt": negative}

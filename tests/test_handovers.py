@@ -17,6 +17,7 @@ from benchmark import external
 from benchmark.models.pipeline_identity import model_record, pipeline_source, remember_loaded
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
 from benchmark.track import load_track
+from implicit_concept.geom_erasing.location_tokens import add_tokens
 from tests.test_benchmark_io import _FakeReport
 
 MICRO = TinyPipelineConfig(image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True),
@@ -311,6 +312,23 @@ def test_score_pipeline_samples_with_the_negative_prompt_the_folder_records(save
     assert asked == ["QR code, watermark"] and result["inputs"]["negative_prompt"] == "QR code, watermark"
     explicit = external.score_pipeline(folder, tmp_path / "explicit", _judging(tmp_path), negative_prompt="", progress=False)
     assert asked[-1] == "" and explicit["inputs"]["negative_prompt"] == ""
+
+
+def test_a_negative_prompt_naming_tokens_the_folders_tokenizer_lacks_is_refused(saved, tmp_path, unscored):
+    """Geom-Erasing's negative prompt is its concept and location tokens: a folder saved with a
+    tokenizer without them would read them as plain text and steer from nothing, silently."""
+    folder = saved("without-tokens")
+    negative = "<qrcode> <l0,0> <l1,0>"
+    (folder / external.NEGATIVE_PROMPT_FILE).write_text(negative, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"without-tokens/tokenizer: the negative prompt names 3 tokens it does not hold "
+                                         r"\(e.g. <l0,0>, <l1,0>, <qrcode>\)"):
+        external.score_pipeline(folder, tmp_path / "refused", _judging(tmp_path), progress=False)
+    assert not (tmp_path / "refused").exists()
+    pipe = load_pipeline(folder)
+    add_tokens(pipe.tokenizer, pipe.text_encoder, ["<qrcode>", "<l0,0>", "<l1,0>"])
+    held = save_portable_pipeline(pipe, tmp_path / "with-tokens")
+    (held / external.NEGATIVE_PROMPT_FILE).write_text(negative, encoding="utf-8")
+    assert external.score_pipeline(held, tmp_path / "scored", _judging(tmp_path), progress=False)["inputs"]["negative_prompt"] == negative
 
 
 def test_a_judging_scores_between_one_and_all_of_the_tracks_prompts(tmp_path):

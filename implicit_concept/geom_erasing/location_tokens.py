@@ -12,6 +12,7 @@ says so; the concept and location tokens are never cut.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -128,6 +129,18 @@ def negative_prompt(concept_terms: Sequence[str], grid: int | None = DEFAULT_GRI
     """The concept term(s) and, unless ``grid`` is None, all G*G location tokens: the location is unknown at sampling."""
     tokens = location_tokens(grid) if grid is not None else []
     return " ".join(list(concept_terms) + tokens)
+
+
+#: A token written as added tokens are (a location token ``<l3,0>``, a concept token ``<qrcode>``, a
+#: textual-inversion token ``<cat-toy>``): one word in angle brackets.
+ADDED_TOKEN = re.compile(r"<[^<>\s]+>")
+
+
+def tokens_not_held(tokenizer, text: str) -> list[str]:
+    """The added tokens ``text`` names that ``tokenizer`` does not hold as one token each: CLIP's BPE
+    reads such a token as pieces of plain text (``<``, ``l``, ``3``, ...), silently, so a negative
+    prompt of location tokens given to a tokenizer saved without them steers away from nothing."""
+    return sorted({token for token in ADDED_TOKEN.findall(text) if tokenizer.tokenize(token) != [token]})
 
 
 def add_tokens(tokenizer, text_encoder, tokens: Sequence[str], seed: int = 0, noise: float = 0.1) -> list[int]:
