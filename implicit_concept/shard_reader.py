@@ -144,6 +144,38 @@ def open_tar(path: str | Path, mode: str = "r:*") -> tarfile.TarFile:
     return tar
 
 
+#: What a file that tarfile cannot open often is instead, by its first bytes.
+_NOT_TAR_SIGNATURES = (
+    (b"\x28\xb5\x2f\xfd", "zstd data, not a tar: decompress it (zstd -d), or name it as 'pipe:zstd -dc FILE'"),
+    (b"PK\x03\x04", "a zip archive, not a tar"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive, not a tar"),
+    (b"\x1f\x8b", "gzip data that does not hold a readable tar (cut short, or another file compressed)"),
+    (b"BZh", "bzip2 data that does not hold a readable tar"),
+    (b"\xfd7zXZ\x00", "xz data that does not hold a readable tar"),
+)
+
+
+def describe_non_tar(path: str | Path) -> str:
+    """What a local file that does not open as a tar is, in words: empty, another archive, text (an
+    error page saved by a failed download), or bytes without a tar header. tarfile itself says
+    'file could not be opened successfully' with a line per compression it tried."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if not head:
+        return "an empty file (0 bytes), not a tar"
+    for magic, what in _NOT_TAR_SIGNATURES:
+        if head.startswith(magic):
+            return what
+    printable = sum(32 <= b < 127 or b in b"\t\r\n" for b in head)
+    if printable == len(head):
+        start = head.decode("ascii").strip()[:40]
+        return f"text, not a tar (it begins {start!r}: an error page or a listing saved in the tar's place?)"
+    return f"not a readable tar (its first {len(head)} bytes hold no valid tar header; they begin {head[:8].hex(' ')})"
+
+
 def ended_cleanly(tar: tarfile.TarFile) -> bool:
     """Whether the last header read was the end-of-archive block (not a cut or garbled tar)."""
     return bool(getattr(tar, "_ended", False))

@@ -393,6 +393,23 @@ def test_webdataset_truncated_tar_yields_what_was_read(shards: Path, shard: int)
     assert [i.source_id for i in items[:2]] == ["0000%d.tar/00001000" % shard, "0000%d.tar/00001001" % shard]
 
 
+@pytest.mark.parametrize("head, said", [
+    (b"", "an empty file (0 bytes), not a tar"),
+    (b"<!DOCTYPE html><html><body>403 Forbidden</body></html>", "text, not a tar (it begins '<!DOCTYPE html><html><body>403 Forbidden"),
+    (b"\x28\xb5\x2f\xfd" + bytes(600), "zstd data, not a tar: decompress it (zstd -d)"),
+    (b"PK\x03\x04" + bytes(600), "a zip archive, not a tar"),
+    (b"\x1f\x8b\x08\x00" + bytes(600), "gzip data that does not hold a readable tar"),
+    (bytes(range(256)) * 3, "not a readable tar (its first 512 bytes hold no valid tar header; they begin 00 01 02 03"),
+], ids=["empty", "html", "zstd", "zip", "gzip", "bytes"])
+def test_a_file_named_tar_that_is_not_one_is_said_for_what_it_is(tmp_path: Path, head: bytes, said: str):
+    """tarfile says 'file could not be opened successfully' with a line per compression it tried;
+    the skip record says what the file is (a saved error page, another archive)."""
+    (tmp_path / "00000.tar").write_bytes(head)
+    [item] = WebDatasetSource(WebDatasetConfig(str(tmp_path / "00000.tar"), test_fraction=0.0)).read("train", 0)
+    assert item.error == "corrupt_tar" and item.detail.startswith(f"{tmp_path / '00000.tar'}: {said}"), item.detail
+    assert "\n" not in item.detail
+
+
 def test_webdataset_split_is_disjoint(shards: Path):
     config = WebDatasetConfig([str(shards / "00000.tar")], test_fraction=0.5)
     source = WebDatasetSource(config)

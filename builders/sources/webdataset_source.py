@@ -48,6 +48,7 @@ from implicit_concept.shard_reader import (
     TarRefused,
     TarRun,
     data_after_end,
+    describe_non_tar,
     ended_cleanly,
     group_runs,
     is_stream,
@@ -348,7 +349,8 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
         tf = open_tar(path)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         reason = "corrupt_tar" if isinstance(exc, (tarfile.TarError, EOFError, zlib.error)) else "unreadable_tar"
-        raise _TarStopped(reason, f"{path}: {type(exc).__name__}: {exc}") from exc
+        said = describe_non_tar(path) if reason == "corrupt_tar" and not is_stream(path) else f"{type(exc).__name__}: {exc}"
+        raise _TarStopped(reason, f"{path}: {said}") from exc
     try:
         with tf:
             for event in group_runs(tf, wanted, keep, max_member_bytes):
