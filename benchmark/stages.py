@@ -15,6 +15,7 @@ from benchmark.benchmark_run import BenchmarkRun
 from benchmark.generation import diffusers_generate_fn, generate_images
 from benchmark.methods.interface import FineTune
 from benchmark.models.base_model import pretrain_base
+from benchmark.models.folder_seal import check_seal, seal
 from benchmark.models.pipeline_identity import pipeline_sha256, weights_sha256
 from benchmark.models.pipelines import load_pipeline as _load
 from benchmark.prompts import shard_prompts
@@ -40,6 +41,8 @@ from implicit_concept.scoring import clean_images
 DETECTOR_PROMPT_SUBSET = "icd-mixed"
 #: Their sampling seeds start here, far from the evaluation prompts'.
 GENERATED_SEED_BASE = 900_000
+#: Beside a fine-tune's pipeline: its files as they were made (:mod:`benchmark.models.folder_seal`).
+SEAL_FILE = "sealed.json"
 
 
 def dataset(run: BenchmarkRun, build: bool = True) -> Path:
@@ -173,13 +176,20 @@ def finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector
             "processes only declared fine-tunes are trained, by all processes together"
         )
     if (out / PIPELINE_DIR / "model_index.json").is_file():
-        return out / PIPELINE_DIR  # named by content: made from this base, even one loaded from another path
+        # Named by content: made from this base, even one loaded from another path. Every method
+        # shares it, so one that wrote into it is caught here, before another samples its changes.
+        check_seal(out / PIPELINE_DIR, out / SEAL_FILE, f"a method may have written into the fine-tune it was given (write a copy "
+                   f"under ctx.work_dir instead); delete {out} to train it again")
+        return out / PIPELINE_DIR
     detect = detector.detect if config.geom.geometry_source == "detector" else None
     state = processes()
     # Every process of a multi-GPU run trains it, while the main process holds its lock.
     with locked(out, holder=state.is_main_process):
         state.wait_for_everyone()
-        return train(base, subset / "train", out, config, detect=detect, progress=run.progress)
+        made = train(base, subset / "train", out, config, detect=detect, progress=run.progress)
+        if state.is_main_process:
+            seal(made, out / SEAL_FILE)
+        return made
 
 
 def finetune_config(track: Track, ft: FineTune) -> TrainingConfig:

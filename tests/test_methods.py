@@ -249,7 +249,7 @@ def test_a_track_declares_training_seeds_for_some_methods():
         load_track("debug", {"seeds": [0, 1], "seed_methods": ["ge-fulll"]})
 
 
-def test_a_fine_tune_trains_with_its_own_seed_when_it_has_one(monkeypatch):
+def test_a_fine_tune_trains_with_its_own_seed_when_it_has_one(monkeypatch, tmp_path):
     """Seed 3 of sd and the track seed's sd are different fine-tunes, cached apart; Model Removal's
     sd starts from the same seed as itself."""
     from dataclasses import replace
@@ -260,9 +260,14 @@ def test_a_fine_tune_trains_with_its_own_seed_when_it_has_one(monkeypatch):
     from benchmark.methods.interface import FineTune
 
     trained = []
-    monkeypatch.setattr(stages, "train", lambda base, data, out, config, **kw: trained.append((config.seed, config.geom.setting)) or out)
+    def train(base, data, out, config, **kw):
+        trained.append((config.seed, config.geom.setting))
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+
+    monkeypatch.setattr(stages, "train", train)
     monkeypatch.setattr(stages, "finetune_key", lambda base, subset, config, detector: f"{config.seed}-{config.geom.setting}")
-    run = SimpleNamespace(track=SimpleNamespace(finetune={"steps": 1}, seed=0), root=Path("/nowhere"), progress=False)
+    run = SimpleNamespace(track=SimpleNamespace(finetune={"steps": 1}, seed=0), root=tmp_path, progress=False)
     stages.finetune(run, Path("base"), Path("sub"), FineTune(seed=3), detector=None)
     stages.finetune(run, Path("base"), Path("sub"), FineTune(), detector=None)
     _, removal = FINETUNED["ge-model-removal"].finetunes(SimpleNamespace(settings={}, concepts=("qrcode",)))

@@ -1,0 +1,60 @@
+"""A shared model folder as it was made, and a cheap check that it still is.
+
+Every method is handed the same fine-tune folder by ``ctx.finetune`` (``np``, ``sld``, ``esd`` and
+a lab's plug-in all start from ``sd``), so a method that writes into it (``save_pretrained`` to the
+path it was given) would change what every later method samples, silently. Made, a folder is sealed:
+each file's size, mtime and sha256 beside it. Reused, it is checked by ``stat`` alone; a file whose
+size or mtime moved is hashed again, so a copy that kept the bytes but not the times (``cp -r``)
+passes and is sealed anew, while changed bytes, or a file added or removed, are refused.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from implicit_concept.files import atomic_write_json, read_json_object, sha256_file
+
+
+class FolderChanged(RuntimeError):
+    """A sealed folder's files are not the ones it was made with."""
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _entry(path: Path, sha256: str | None = None) -> dict[str, Any]:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256 or sha256_file(path)}
+
+
+def seal(folder: Path, record: Path) -> None:
+    """Record every file of ``folder`` (size, mtime, sha256) in ``record``, written whole."""
+    atomic_write_json(record, {"folder": folder.name,
+                               "files": {str(p.relative_to(folder)): _entry(p) for p in _files(folder)}})
+
+
+def check_seal(folder: Path, record: Path, remedy: str) -> None:
+    """Refuse, naming the first file that differs and ``remedy``, a folder whose files are not those
+    ``record`` sealed. A folder sealed by no record (made before seals were kept) is sealed now."""
+    if not record.is_file():
+        seal(folder, record)
+        return
+    sealed = read_json_object(record).get("files")
+    if not isinstance(sealed, dict):
+        raise FolderChanged(f"{record}: not a seal (no 'files' object); delete it to seal {folder} as it is now")
+    present = {str(p.relative_to(folder)): p for p in _files(folder)}
+    for name in sorted(set(sealed) ^ set(present)):
+        what = "added" if name in present else "removed"
+        raise FolderChanged(f"{folder / name}: {what} since the folder was made ({record}); {remedy}")
+    moved = {}
+    for name, path in present.items():
+        entry, stat = sealed[name], path.stat()
+        if (stat.st_size, stat.st_mtime_ns) == (entry.get("size"), entry.get("mtime_ns")):
+            continue
+        digest = sha256_file(path)
+        if digest != entry.get("sha256"):
+            raise FolderChanged(f"{path}: changed since the folder was made ({record}); {remedy}")
+        moved[name] = _entry(path, digest)
+    if moved:
+        atomic_write_json(record, {"folder": folder.name, "files": {**sealed, **moved}})

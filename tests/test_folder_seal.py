@@ -1,0 +1,81 @@
+"""A fine-tune every method shares is refused once a method has written into it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from benchmark import stages
+from benchmark.methods.interface import FineTune
+from benchmark.models.folder_seal import FolderChanged, check_seal, seal
+
+
+def _folder(root: Path) -> Path:
+    (root / "unet").mkdir(parents=True)
+    (root / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    (root / "unet" / "weights.safetensors").write_bytes(bytes(range(256)) * 4)
+    return root
+
+
+def test_a_sealed_folder_passes_unchanged_and_as_a_copy_that_kept_its_bytes_but_not_its_times(tmp_path):
+    folder = _folder(tmp_path / "made")
+    seal(folder, tmp_path / "sealed.json")
+    check_seal(folder, tmp_path / "sealed.json", "remedy")
+    weights = folder / "unet" / "weights.safetensors"
+    os.utime(weights, ns=(1, 1))  # as `cp -r` leaves a copy: same bytes, new times
+    check_seal(folder, tmp_path / "sealed.json", "remedy")
+    assert json.loads((tmp_path / "sealed.json").read_text())["files"]["unet/weights.safetensors"]["mtime_ns"] == 1
+
+
+def _later(path: Path, data: bytes) -> None:
+    """Write ``data`` as a later writer would: its mtime after the seal's (a file system's clock may
+    tick once in milliseconds, so a write right after sealing can keep the time)."""
+    before = path.stat().st_mtime_ns
+    path.write_bytes(data)
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda f: _later((f / "unet" / "weights.safetensors"), b"\0" * 1024), "unet/weights.safetensors: changed since"),
+    (lambda f: (f / "unet" / "weights.safetensors").write_bytes(b"\0"), "unet/weights.safetensors: changed since"),
+    (lambda f: (f / "unet" / "extra.safetensors").write_bytes(b"x"), "unet/extra.safetensors: added since"),
+    (lambda f: (f / "model_index.json").unlink(), "model_index.json: removed since"),
+], ids=["same-size", "other-size", "added", "removed"])
+def test_a_sealed_folder_whose_files_changed_is_refused_naming_the_file_and_the_remedy(tmp_path, change, said):
+    folder = _folder(tmp_path / "made")
+    seal(folder, tmp_path / "sealed.json")
+    change(folder)
+    with pytest.raises(FolderChanged, match=f"{folder}/{said} the folder was made .*; delete it to retrain"):
+        check_seal(folder, tmp_path / "sealed.json", "delete it to retrain")
+
+
+def test_a_folder_made_before_seals_is_sealed_when_first_reused(tmp_path):
+    folder = _folder(tmp_path / "made")
+    check_seal(folder, tmp_path / "sealed.json", "remedy")
+    (folder / "unet" / "weights.safetensors").write_bytes(b"changed")
+    with pytest.raises(FolderChanged, match="changed since"):
+        check_seal(folder, tmp_path / "sealed.json", "remedy")
+
+
+def test_a_method_that_writes_into_the_fine_tune_it_was_given_is_caught_before_another_samples_it(monkeypatch, tmp_path):
+    """``ctx.finetune`` hands every method the same ``sd`` folder (np, sld, esd, a plug-in): one that
+    saves into it would change what the next samples."""
+    trained = []
+
+    def train(base, data, out, config, **kw):
+        trained.append(out)
+        return _folder(out / stages.PIPELINE_DIR)
+
+    monkeypatch.setattr(stages, "train", train)
+    monkeypatch.setattr(stages, "finetune_key", lambda base, subset, config, detector: "key")
+    run = SimpleNamespace(track=SimpleNamespace(finetune={"steps": 1}, seed=0), root=tmp_path, progress=False)
+    made = stages.finetune(run, Path("base"), Path("sub"), FineTune(), detector=None)
+    assert stages.finetune(run, Path("base"), Path("sub"), FineTune(), detector=None) == made and len(trained) == 1
+    shutil.copyfile(made / "model_index.json", made / "unet" / "weights.safetensors")  # a plug-in's save_pretrained(made)
+    with pytest.raises(FolderChanged, match=rf"{made}/unet/weights.safetensors: changed since the folder was made .*"
+                                            rf"write a copy under ctx.work_dir instead\); delete {made.parent} to train it again"):
+        stages.finetune(run, Path("base"), Path("sub"), FineTune(), detector=None)
