@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from benchmark.models.pretrained_check import check_pretrained
+from benchmark.models.pretrained_check import check_base_sampler, check_pretrained
 from benchmark.results_file import is_number
 from benchmark.track import Track
 from benchmark.track_check import check_track
@@ -81,6 +81,8 @@ class BenchmarkRun:
         if self.pretrained is not None:
             try:
                 check_pretrained(self.pretrained)
+                if self.track.needs_pretrained:  # the track samples with SD v1.5's scheduler: so must its base
+                    check_base_sampler(self.pretrained, self.track.sampler())
             except FileNotFoundError as e:
                 raise FileNotFoundError(f"--pretrained {e}") from None
             except (ValueError, OSError) as e:

@@ -142,3 +142,49 @@ def test_a_plug_in_its_pipeline_folder_and_its_images_score_the_same(lab, tmp_pa
         "every image's detections agree, in the same order"
     icr = row["icr"]
     assert 0 < icr["value"] < 1, "the stub detector finds the concept in some images only: the ICR can move"
+
+
+def _rescheduled(folder, out, scheduler):
+    """A copy of ``folder`` saved with ``scheduler`` (a class, or a config to save as the folder's own class)."""
+    import shutil
+
+    copy = Path(shutil.copytree(folder, out))
+    index = json.loads((copy / "model_index.json").read_text())
+    if isinstance(scheduler, dict):
+        config = {**json.loads((copy / "scheduler" / "scheduler_config.json").read_text()), **scheduler}
+        (copy / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    else:
+        shutil.rmtree(copy / "scheduler")
+        scheduler.from_config(json.loads((folder / "scheduler" / "scheduler_config.json").read_text())).save_pretrained(copy / "scheduler")
+        index["scheduler"] = ["diffusers", scheduler.__name__]
+        (copy / "model_index.json").write_text(json.dumps(index))
+    return copy
+
+
+def test_a_paper_track_run_on_a_base_saved_with_another_sampler_is_refused_at_the_start(tmp_path):
+    """The benchmark's methods sample with their base's scheduler (fine-tunes keep it); score-pipeline
+    judges a handed-over folder with the track's (SD v1.5's PNDM on the paper tracks). A --pretrained
+    saved with Euler, or with PNDM at other settings, made a run's rows and a handed-over copy of
+    the same model draw other images, both recorded as on the track's protocol."""
+    from diffusers import EulerDiscreteScheduler
+
+    from benchmark.benchmark_run import BenchmarkRun
+    from tests.test_pretrained_check import _tiny_sd
+
+    debug = load_track("debug")  # as the paper track is (no embedded base, SD's size), on the debug track's embedded data
+    track = replace(debug, base={}, generation={**debug.generation, "image_size": 256})
+    assert track.needs_pretrained and type(track.sampler()).__name__ == "PNDMScheduler"
+    sd = _tiny_sd(tmp_path / "sd")  # saved with SD v1.5's PNDM
+    BenchmarkRun(track=track, name="pndm", runs_root=tmp_path / "runs", pretrained=sd).check_start()
+    for name, scheduler, problem in (
+        ("euler", EulerDiscreteScheduler, r"EulerDiscreteScheduler, not the track's PNDMScheduler"),
+        ("offset", {"steps_offset": 0, "skip_prk_steps": False}, r"skip_prk_steps = False, not True; steps_offset = 0, not 1"),
+    ):
+        folder = _rescheduled(sd, tmp_path / name, scheduler)
+        with pytest.raises(ValueError, match=rf"^--pretrained {folder}/scheduler/scheduler_config.json: {problem}; the track samples "
+                                             r"with PNDMScheduler \(score-pipeline judges every handed-over folder with it\)"):
+            BenchmarkRun(track=track, name=name, runs_root=tmp_path / "runs", pretrained=folder).check_start()
+        assert not (tmp_path / "runs" / name).exists()
+    # The model's own noise schedule and prediction type are its own: SD 2's v-prediction is no other sampler.
+    v = _rescheduled(sd, tmp_path / "v", {"prediction_type": "v_prediction"})
+    BenchmarkRun(track=track, name="v", runs_root=tmp_path / "runs", pretrained=v).check_start()

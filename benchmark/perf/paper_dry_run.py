@@ -36,7 +36,7 @@ from benchmark.benchmark_run import BenchmarkRun
 from benchmark.generation import diffusers_generate_fn
 from benchmark.methods import get_method
 from benchmark.methods.interface import FineTune, MethodContext
-from benchmark.models.pretrained_check import check_pretrained
+from benchmark.models.pretrained_check import check_base_sampler, check_pretrained
 from benchmark.models.sd15 import build_sd15_pipeline
 from benchmark.perf.child_process import ChildResult, run_in_child
 from benchmark.perf.paper_data import procedural_folder
@@ -78,6 +78,8 @@ def dry_run(track: Track, work: Path, source: str | None = None, images: int = D
     # 2. The base: SD v1.5's architecture, random weights, saved as a diffusers folder and loaded by path.
     _stage(report, "base", run_in_child(build_sd15_pipeline, base, track.seed, threads=threads))
     check_pretrained(base)  # what `--pretrained` is checked for at a run's start
+    if track.needs_pretrained:
+        check_base_sampler(base, track.sampler())
 
     # 3. Every fine-tune the track's methods declare (sd: plain, ge-full: Geom-Erasing), through the benchmark's stage.
     ctx = _context(run, base, subset)
