@@ -138,19 +138,23 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _judging(args: argparse.Namespace):
-    from benchmark.external import Judging, default_reference
+    from dataclasses import replace
+
+    from benchmark.external import Judging, default_reference, test_split
     from benchmark.track import load_track
     from implicit_concept.detector.inference import Detector
 
     track = load_track(args.track)
-    detector = Detector.load(Path(args.detector) if args.detector else _published_detector(track.name))  # an unusable detector fails first
-    reference = None if args.no_quality else Path(args.reference) if args.reference else default_reference(track, Path(args.data))
+    judging = Judging(track=track, detector=None, reference=None, cache=Path(args.cache), num_prompts=args.num_prompts,
+                      subset=args.subset, test_split=test_split(track, Path(args.data), args.subset))  # a wrong --subset fails first
+    detector = Detector.load(Path(args.detector) if args.detector else _published_detector(track.name))  # then an unusable detector
+    reference = None if args.no_quality else Path(args.reference) if args.reference else default_reference(track, Path(args.data), args.subset)
     if reference is None and not args.no_quality:
         raise FileNotFoundError(
             f"no clean reference images for quality scores under {args.data}: build the track's dataset "
             f"(make dataset), pass --reference SHARDS, or --no-quality"
         )
-    return Judging(track=track, detector=detector, reference=reference, cache=Path(args.cache), num_prompts=args.num_prompts)
+    return replace(judging, detector=detector, reference=reference)
 
 
 def _score_pipeline(args: argparse.Namespace) -> int:
@@ -260,6 +264,9 @@ def _add_scoring_arguments(p: argparse.ArgumentParser) -> None:
                                        "(its results.json's detector.path) (default: the track's published evaluator)")
     p.add_argument("--track", default="tiny", help="the track whose prompts, seeds, sampler, threshold and quality measures judge (default: tiny)")
     p.add_argument("--num-prompts", type=int_at_least(1), help="score only the first N of the track's prompts (default: the track's count)")
+    p.add_argument("--subset", help="the track's training subset the model stands for (a per-subset track such as paper: "
+                                    "icd-qrcode, ...): its concepts are scored, its test split is the quality reference and, "
+                                    "on a track whose prompts are test-split captions, the prompts (default: the track's first)")
     p.add_argument("--images-per-prompt", type=int_at_least(1), help="images per prompt (default: the track's)")
     p.add_argument("--data", default="data", help="where the track's dataset is built: its clean test split is the quality reference (default: data)")
     p.add_argument("--reference", help="clean test shards to compare with, instead of the track's dataset under --data")

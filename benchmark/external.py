@@ -22,10 +22,10 @@ from benchmark.generation import GenerationSettings, diffusers_generate_fn, gene
 from benchmark.method_evaluation import quality_reference
 from benchmark.models.pipeline_identity import model_record, pipeline_source, sampler_settings
 from benchmark.models.pipelines import NEGATIVE_PROMPT_FILE, load_pipeline, same_sampler, track_sampler
-from benchmark.prompts import Prompt, prompts_sha256, read_prompts, resolve_prompts
+from benchmark.prompts import Prompt, prompts_sha256, read_prompts, resolve_prompts, shard_prompts
 from benchmark.published_models import is_published
 from benchmark.track import Track
-from builders.recipe import load_recipe
+from builders.recipe import recipe_name
 from implicit_concept.detector.inference import Detector
 from implicit_concept.files import atomic_write_json, read_json_object, sha256_file
 from implicit_concept.geom_erasing.location_tokens import tokens_not_held
@@ -48,17 +48,42 @@ class Judging:
     reference: Path | None
     cache: Path
     num_prompts: int | None = None
+    #: The track's training subset the scored model stands for (:meth:`Track.groups`): its concepts are
+    #: scored; None: the track's first (the only one of a mixed track), every concept of the track.
+    subset: str | None = None
+    #: That subset's test split, whose captions are the prompts of a track with ``prompts = "test-split"``.
+    test_split: Path | None = None
+
+    def __post_init__(self) -> None:
+        subsets = [name for name, _ in self.track.groups()]
+        if self.subset is not None and self.subset not in subsets:
+            raise ValueError(f"--subset {self.subset}: not one of track {self.track.name}'s subsets {subsets}")
+        if self.subset is None and self.track.prompts == "test-split" and len(subsets) > 1:
+            raise ValueError(f"track {self.track.name} prompts each subset's model with its own test split's captions: "
+                             f"name the subset the scored model stands for with --subset (one of {subsets})")
+
+    @property
+    def concepts(self) -> tuple[str, ...]:
+        """The concepts scored: the subset's, or every concept of the track."""
+        return dict(self.track.groups())[self.subset] if self.subset is not None else tuple(self.track.concepts)
 
     def prompts(self) -> list[Prompt]:
         """The first ``num_prompts`` of the track's (all of them: None); never silently fewer."""
-        if self.num_prompts is None:
-            return read_prompts(self.track.prompts, limit=self.track.num_prompts)
-        if isinstance(self.num_prompts, bool) or not isinstance(self.num_prompts, int) or not 1 <= self.num_prompts <= self.track.num_prompts:
+        count = self.track.num_prompts if self.num_prompts is None else self.num_prompts
+        if self.num_prompts is not None and (isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= self.track.num_prompts):
             raise ValueError(f"num_prompts: expected an integer in [1, {self.track.num_prompts}] (track {self.track.name} scores "
                              f"{self.track.num_prompts} prompts), got {self.num_prompts!r}")
-        prompts = read_prompts(self.track.prompts, limit=self.num_prompts)
-        if len(prompts) < self.num_prompts:
-            raise ValueError(f"{resolve_prompts(self.track.prompts)}: holds {len(prompts)} prompts, fewer than the {self.num_prompts} asked")
+        if self.track.prompts == "test-split":
+            if self.test_split is None or not Path(self.test_split).is_dir():
+                raise FileNotFoundError(f"{self.test_split}: no test split to take track {self.track.name}'s prompts from (its "
+                                        "prompts are a subset's test captions): build the track's dataset under --data")
+            prompts = shard_prompts(self.test_split, count)
+            where = f"{self.test_split}"
+        else:
+            prompts = read_prompts(self.track.prompts, limit=count)
+            where = f"{resolve_prompts(self.track.prompts)}"
+        if self.num_prompts is not None and len(prompts) < count:
+            raise ValueError(f"{where}: holds {len(prompts)} prompts, fewer than the {count} asked")
         return prompts
 
     def settings(self, **overrides: Any) -> GenerationSettings:
@@ -69,9 +94,16 @@ class Judging:
 UNREADABLE_FILE = "unreadable.txt"
 
 
-def default_reference(track: Track, data_root: Path) -> Path | None:
+def test_split(track: Track, data_root: Path, subset: str | None = None) -> Path:
+    """Where the test split of ``subset`` (None: the track's first) is when the track's dataset is
+    built under ``data_root``: the clean images the benchmark compares with, and on a track with
+    ``prompts = "test-split"`` its captions are the prompts."""
+    return Path(data_root) / recipe_name(track.recipe) / (subset or track.groups()[0][0]) / "test"
+
+
+def default_reference(track: Track, data_root: Path, subset: str | None = None) -> Path | None:
     """The clean test split the benchmark itself compares with, if the dataset is built under ``data_root``."""
-    test = Path(data_root) / load_recipe(track.recipe).name / track.groups()[0][0] / "test"
+    test = test_split(track, data_root, subset)
     return test if test.is_dir() else None
 
 
@@ -326,7 +358,8 @@ def _score(paths: list[Path], prompts: list[Prompt], generation: GenerationSetti
         "inputs": inputs,
         "track": track.name,
         "track_sha256": track.sha256,
-        "track_concepts": list(track.concepts),
+        "track_concepts": list(judging.concepts),
+        "subset": judging.subset,
         "overrides": {**track_overrides(judging, generation), **(off_protocol or {})},
         "prompts": {"file": track.prompts, "sha256": prompts_sha256(prompts), "count": len(prompts), "images": len(paths)},
         "seed_rule": SEED_RULE,

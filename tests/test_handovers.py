@@ -331,6 +331,29 @@ def test_a_negative_prompt_naming_tokens_the_folders_tokenizer_lacks_is_refused(
     assert external.score_pipeline(held, tmp_path / "scored", _judging(tmp_path), progress=False)["inputs"]["negative_prompt"] == negative
 
 
+def test_on_a_per_subset_track_a_handed_over_model_names_its_subset_and_is_prompted_as_the_benchmark_prompts_it(debug_dataset, tmp_path):
+    """The paper track prompts each subset's model with that subset's test captions: score-pipeline
+    and score-images take the same prompts (and score that subset's concepts) with --subset."""
+    from types import SimpleNamespace
+
+    from benchmark.method_evaluation import evaluation_prompts
+
+    paper = load_track("paper")
+    with pytest.raises(ValueError, match=r"name the subset the scored model stands for with --subset \(one of \['icd-qrcode', 'icd-watermark', 'icd-text'\]\)"):
+        external.Judging(track=paper, detector=None, reference=None, cache=tmp_path)
+    with pytest.raises(ValueError, match=r"--subset icd-mixed: not one of track paper's subsets"):
+        external.Judging(track=paper, detector=None, reference=None, cache=tmp_path, subset="icd-mixed")
+    test = debug_dataset / "icd-text" / "test"
+    judging = external.Judging(track=paper, detector=None, reference=None, cache=tmp_path, num_prompts=3, subset="icd-text", test_split=test)
+    run = SimpleNamespace(track=replace(paper, num_prompts=3), root=tmp_path)
+    assert judging.prompts() == evaluation_prompts(run, debug_dataset / "icd-text") and len(judging.prompts()) == 3
+    assert judging.concepts == ("text",)
+    assert external.test_split(paper, tmp_path / "data", "icd-text") == tmp_path / "data" / "icd-v1" / "icd-text" / "test"
+    missing = replace(judging, test_split=tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="nowhere: no test split to take track paper's prompts from"):
+        missing.prompts()
+
+
 def test_a_judging_scores_between_one_and_all_of_the_tracks_prompts(tmp_path):
     """--num-prompts scores a prefix of the track's prompts: more than the track has would score prompts no run of it saw."""
     judging = _judging(tmp_path)
