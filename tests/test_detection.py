@@ -3,10 +3,12 @@ import io
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import qrcode
+import torch
 import yaml
 from PIL import Image
 
@@ -597,3 +599,43 @@ def test_a_key_in_two_shards_of_one_split_is_refused_not_overwritten(tmp_path):
     shutil.copy(shards / "train" / "00000.tar", shards / "train" / "00001.tar")
     with pytest.raises(ValueError, match=r"train/00001.tar: sample key tr0000 appears twice in the train split"):
         export_detection_dataset(shards, tmp_path / "export")
+
+
+class RecordingYOLO:
+    """Stands in for the ultralytics model a :class:`Detector` wraps: records each ``predict`` call and
+    reports, per image, one box whose class is the image's top-left blue value (BGR's first channel)
+    and whose confidence is its green value in hundredths."""
+
+    def __init__(self):
+        self.calls = []
+
+    def predict(self, arrays, **kwargs):
+        self.calls.append(([a.copy() for a in arrays], kwargs))
+        results = []
+        for a in arrays:
+            blue, green, red = (int(v) for v in a[0, 0])
+            boxes = SimpleNamespace(xyxy=torch.tensor([[1.0, 2.0, 5.5, 7.25]]), conf=torch.tensor([green / 100]), cls=torch.tensor([float(blue)]))
+            results.append(SimpleNamespace(boxes=boxes))
+        return results
+
+
+def test_detect_many_hands_ultralytics_bgr_arrays_at_the_trained_size_in_batches_and_keeps_input_order(tmp_path):
+    """ultralytics reads numpy images as OpenCV's BGR (as it read the training images); predicting at
+    any size but the trained one, or in RGB, gives other boxes, silently."""
+    yolo = RecordingYOLO()
+    detector = Detector(yolo, tmp_path / "detector.safetensors", imgsz=32, device="cpu")
+    # (R, G, B): blue names the class, green the confidence; red is what an RGB reading would take for the class.
+    images = [Image.new("RGB", (16, 12), (9, 40 + 10 * i, i % 3)) for i in range(5)]
+    images[3].save(tmp_path / "3.png")
+    found = detector.detect_many([*images[:3], tmp_path / "3.png", images[4]], conf=0.123, batch=2)
+    assert [len(arrays) for arrays, _ in yolo.calls] == [2, 2, 1]
+    for arrays, kwargs in yolo.calls:
+        assert kwargs["imgsz"] == 32 and kwargs["conf"] == 0.123 and kwargs["iou"] == 0.7 and kwargs["device"] == "cpu"
+        assert all(a.shape == (12, 16, 3) and a.dtype == np.uint8 and a.flags["C_CONTIGUOUS"] for a in arrays)
+    first = yolo.calls[0][0][0]
+    assert first[0, 0].tolist() == [0, 40, 9], "blue, green, red"
+    assert [[(d.concept, d.confidence) for d in dets] for dets in found] == [
+        [(CONCEPT_NAMES[i % 3], pytest.approx((40 + 10 * i) / 100))] for i in range(5)]
+    assert found[0][0].box == (1.0, 2.0, 5.5, 7.25) and isinstance(found[0][0].confidence, float)
+    assert detector.detect(images[1], conf=0.5) == found[1] and yolo.calls[-1][1]["conf"] == 0.5
+    assert detector.detect(images[1])[0].concept == CONCEPT_NAMES[1] and yolo.calls[-1][1]["conf"] == 0.25

@@ -79,3 +79,48 @@ def test_a_method_that_writes_into_the_fine_tune_it_was_given_is_caught_before_a
     with pytest.raises(FolderChanged, match=rf"{made}/unet/weights.safetensors: changed since the folder was made .*"
                                             rf"write a copy under ctx.work_dir instead\); delete {made.parent} to train it again"):
         stages.finetune(run, Path("base"), Path("sub"), FineTune(), detector=None)
+
+
+def test_a_file_whose_size_changed_within_its_sealed_mtime_is_refused(tmp_path):
+    """A write in the same clock tick as the seal (coarse file-system times) keeps the mtime: the size tells."""
+    folder = _folder(tmp_path / "made")
+    seal(folder, tmp_path / "sealed.json")
+    weights = folder / "unet" / "weights.safetensors"
+    sealed = weights.stat()
+    weights.write_bytes(b"\0" * 10)
+    os.utime(weights, ns=(sealed.st_atime_ns, sealed.st_mtime_ns))
+    with pytest.raises(FolderChanged, match="unet/weights.safetensors: changed since"):
+        check_seal(folder, tmp_path / "sealed.json", "remedy")
+
+
+def test_a_copy_resealed_once_passes_again_and_still_catches_a_change(tmp_path):
+    folder = _folder(tmp_path / "made")
+    seal(folder, tmp_path / "sealed.json")
+    os.utime(folder / "unet" / "weights.safetensors", ns=(1, 1))
+    check_seal(folder, tmp_path / "sealed.json", "remedy")
+    check_seal(folder, tmp_path / "sealed.json", "remedy")
+    assert set(json.loads((tmp_path / "sealed.json").read_text())["files"]) == {"model_index.json", "unet/weights.safetensors"}
+    _later(folder / "model_index.json", b"{}")
+    with pytest.raises(FolderChanged, match="model_index.json: changed since"):
+        check_seal(folder, tmp_path / "sealed.json", "remedy")
+
+
+@pytest.mark.parametrize("record", ['{"folder": "made"}', '{"folder": "made", "files": []}'])
+def test_a_seal_of_another_shape_is_refused_naming_it(tmp_path, record):
+    folder = _folder(tmp_path / "made")
+    (tmp_path / "sealed.json").write_text(record)
+    with pytest.raises(FolderChanged, match=r"sealed.json: not a seal \(no 'files' object\); delete it"):
+        check_seal(folder, tmp_path / "sealed.json", "remedy")
+
+
+def test_a_fine_tune_is_sealed_when_trained_so_a_write_before_its_first_reuse_is_caught(monkeypatch, tmp_path):
+    """The method that asked for ``sd`` first (the ``sd`` method itself) may write into it before any
+    other asks: the seal is the folder as trained, not as the first reuse finds it."""
+    monkeypatch.setattr(stages, "train", lambda base, data, out, config, **kw: _folder(out / stages.PIPELINE_DIR))
+    monkeypatch.setattr(stages, "finetune_key", lambda base, subset, config, detector: "key")
+    run = SimpleNamespace(track=SimpleNamespace(finetune={"steps": 1}, seed=0), root=tmp_path, progress=False)
+    made = stages.finetune(run, Path("base"), Path("sub"), FineTune(), detector=None)
+    assert (made.parent / stages.SEAL_FILE).is_file()
+    (made / "unet" / "weights.safetensors").write_bytes(b"saved by a method")
+    with pytest.raises(FolderChanged, match=rf"{made}/unet/weights.safetensors: changed since"):
+        stages.finetune(run, Path("base"), Path("sub"), FineTune(), detector=None)

@@ -54,6 +54,11 @@ def test_load_dataset_gives_images_and_boxes_per_subset(debug_dataset, tmp_path)
     assert instance["concept"] == "qrcode" and len(instance["box"]) == 4
     assert json.loads(instance["params"])["version"] >= 1
     assert sample["txt"] == sample["json"]["caption"]
+    # Every field as written, with its type: a box of int64, box_norm of float64, a bool a bool.
+    with tarfile.open(next((debug_dataset / "icd-qrcode" / "train").glob("*.tar"))) as tf:
+        written = json.loads(tf.extractfile(f"{sample['__key__']}.json").read())
+    assert json.dumps(sample["json"], sort_keys=True) == json.dumps(written, sort_keys=True)
+    assert features["json"]["width"] == datasets.Value("int64") and features["json"]["screen"]["caption_stripped"] == datasets.Value("bool")
 
 
 def test_every_params_key_survives_loading(debug_dataset, tmp_path):
@@ -84,6 +89,7 @@ def test_the_card_names_license_tasks_and_every_subsets_files(debug_dataset):
     front = yaml.safe_load(text.split("---\n")[1])
     assert front["license"] == "apache-2.0" and "object-detection" in front["task_categories"]
     assert [c["config_name"] for c in front["configs"]] == ["icd-qrcode", "icd-watermark", "icd-text", "icd-mixed"]
+    assert [c.get("default", False) for c in front["configs"]] == [True, False, False, False], "load_dataset(root) needs a default"
     assert front["configs"][0]["data_files"] == [{"split": "train", "path": "icd-qrcode/train/*.tar"}, {"split": "test", "path": "icd-qrcode/test/*.tar"}]
 
 
@@ -98,3 +104,34 @@ def test_the_shard_parquet_has_img2datasets_fields(debug_dataset):
     jpgs = {key: m["jpg"] for key, m in iter_tar_members(debug_dataset / "icd-qrcode" / "train" / "00000.tar")}
     assert {r["status"] for r in rows} == {"success"} and all(r["error_message"] is None for r in rows)
     assert {r["key"]: r["sha256"] for r in rows} == {k: hashlib.sha256(v).hexdigest() for k, v in jpgs.items()}
+    # A tool filtering the table (contaminated rows, by concept, by count) finds what KEY.json holds.
+    records = {}
+    with tarfile.open(debug_dataset / "icd-qrcode" / "train" / "00000.tar") as tf:
+        for info in tf:
+            if info.name.endswith(".json"):
+                record = json.loads(tf.extractfile(info).read())
+                records[record["key"]] = (record["contaminated"], ",".join(sorted({i["concept"] for i in record["instances"]})), len(record["instances"]))
+    assert {r["key"]: (r["contaminated"], r["concepts"], r["num_instances"]) for r in rows} == records
+    assert {c for c, _, _ in records.values()} == {True, False}
+
+
+def test_an_item_a_screen_dropped_is_filtered_in_the_table_not_a_read_or_decode_failure():
+    from builders.shard_table import DECODE_FAILURES, FILTERED, status_of
+
+    assert {status_of(r) for r in FILTERED} == {"filtered"}
+    assert {status_of(r) for r in DECODE_FAILURES} == {"failed_to_decode"}
+    assert status_of("missing_caption") == "failed_to_read"
+
+
+def test_the_card_declares_only_the_members_the_recipe_writes():
+    """A declared member no shard holds is a column of None in every row (or a cast error)."""
+    from dataclasses import replace
+
+    from builders.dataset_card import hf_features
+    from builders.recipe import load_recipe
+
+    recipe = load_recipe("icd-debug")
+    names = ["jpg", "txt", "json", "clean.jpg", "mask.png", "__key__", "__url__"]
+    assert [m["name"] for m in hf_features(recipe)] == names
+    assert [m["name"] for m in hf_features(replace(recipe, write_clean=False))] == [n for n in names if n != "clean.jpg"]
+    assert [m["name"] for m in hf_features(replace(recipe, write_mask=False))] == [n for n in names if n != "mask.png"]

@@ -1,0 +1,175 @@
+"""The ``--jobs N`` path without its processes: what :mod:`benchmark.parallel_finetunes` and
+:mod:`benchmark.parallel_methods` hand their worker pool, run in this process by a stand-in pool
+that pickles every task and initializer argument as a spawned worker receives it and runs a
+submitted task only when its result is asked for (or at shutdown, as a pool finishes its queue).
+The slow end-to-end test (``test_two_jobs_train_the_weights_and_make_the_images_one_job_makes``)
+checks the bytes; these check, in seconds, that each task gets the inputs the serial path gives it."""
+from __future__ import annotations
+
+import pickle
+import signal
+from concurrent.futures import Future
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from benchmark import parallel_finetunes, parallel_methods, stages
+from benchmark.benchmark_run import BenchmarkRun
+from benchmark.methods.interface import FineTune, MethodContext
+from benchmark.parallel_methods import MethodSeed
+from benchmark.track import load_track
+
+
+def _sigint_blocked() -> bool:
+    return signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+class InlinePool:
+    """A ``ProcessPoolExecutor`` stand-in: arguments cross a pickle, tasks run lazily in this process."""
+
+    made: list["InlinePool"] = []
+
+    def __init__(self, max_workers, mp_context, initializer=None, initargs=()):
+        self.max_workers, self.start_method, self.initializer = max_workers, mp_context.get_start_method(), initializer
+        self.pending: list[tuple[Future, object, tuple]] = []
+        self.ran: list[object] = []
+        self.submitted_blocking_sigint: list[bool] = []
+        InlinePool.made.append(self)
+        if initializer is not None:
+            initializer(*pickle.loads(pickle.dumps(initargs)))
+
+    def submit(self, fn, *args):
+        self.submitted_blocking_sigint.append(_sigint_blocked())
+        future = Future()
+        self.pending.append((future, pickle.loads(pickle.dumps(fn)), pickle.loads(pickle.dumps(args))))
+        original = future.result
+
+        def result(timeout=None):
+            self._run_until(future)
+            return original(timeout)
+
+        future.result = result
+        return future
+
+    def map(self, fn, items):
+        futures = [self.submit(fn, item) for item in items]
+        return (f.result() for f in futures)
+
+    def _run_until(self, target):
+        while self.pending and not target.done():
+            future, fn, args = self.pending.pop(0)
+            if future.set_running_or_notify_cancel():
+                self.ran.append(args)
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as e:  # noqa: BLE001 - as a worker hands back any error
+                    future.set_exception(e)
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        self._run_until(Future())  # a pool finishes every task not cancelled
+
+
+class LoadedDetector:
+    def __init__(self, path):
+        self.path = Path(path)
+
+    @classmethod
+    def load(cls, path):
+        return cls(path)
+
+
+@pytest.fixture
+def pool(monkeypatch):
+    InlinePool.made = []
+    for module in (parallel_finetunes, parallel_methods):
+        monkeypatch.setattr(module, "ProcessPoolExecutor", InlinePool)
+        monkeypatch.setattr(module, "Detector", LoadedDetector)
+    started = InlinePool.started = []
+    monkeypatch.setattr(parallel_methods, "start_worker", lambda: started.append(True))  # it would ignore Ctrl-C in this process
+    return InlinePool.made
+
+
+def test_train_all_trains_each_fine_tune_once_those_from_base_before_those_from_sd(pool, monkeypatch, tmp_path):
+    trained = []
+
+    def finetune(run, base, subset, ft, detector, may_train=True):
+        trained.append((run.name, base, subset, ft, detector.path, _sigint_blocked()))
+        return tmp_path / f"{ft.start}-{ft.seed}"
+
+    monkeypatch.setattr(stages, "finetune", finetune)
+    run = BenchmarkRun(track=load_track("debug"), name="jobs", runs_root=tmp_path)
+    sd, clean, removal = FineTune(seed=1), FineTune(data="clean", seed=1), FineTune(start="sd", seed=1)
+    done = parallel_finetunes.train_all(run, Path("base"), Path("data/icd-qrcode"), [removal, sd, clean, sd, removal],
+                                        LoadedDetector("det/detector.safetensors"), jobs=2)
+    (made,) = pool
+    assert (made.max_workers, made.start_method, made.initializer) == (2, "spawn", parallel_finetunes.start_worker)
+    assert [t[3] for t in trained] == [sd, clean, removal], "once each, those from base first"
+    assert {t[:3] for t in trained} == {("jobs", Path("base"), Path("data/icd-qrcode"))}
+    assert {t[4] for t in trained} == {Path("det/detector.safetensors")}
+    assert done == [tmp_path / "base-1", tmp_path / "base-1", tmp_path / "sd-1"]
+    assert all(made.submitted_blocking_sigint), "workers start with Ctrl-C held back"
+    assert not _sigint_blocked()
+
+
+def _run(tmp_path, progress=True):
+    return BenchmarkRun(track=load_track("debug"), name="jobs", runs_root=tmp_path, progress=progress)
+
+
+@pytest.fixture
+def evaluated(pool, monkeypatch, tmp_path):
+    """``evaluate_method`` recording what each task was given; a task whose spec is ``raises`` raises."""
+    calls = []
+
+    def method_context(run, base, subset, concepts, detector):
+        return MethodContext(concepts=concepts, work_dir=run.root / "methods", seed=run.track.seed,
+                             finetune=lambda ft: Path(f"models/{ft.seed}"), load_pipeline=print, train_shards=subset / "train",
+                             detector=detector, base=base)
+
+    def evaluation_for(run, subset, detector):
+        return SimpleNamespace(subset=subset.name, detector=detector.path)
+
+    def evaluate_method(run, spec, ctx, evaluation, label=""):
+        calls.append(spec)
+        if spec == "raises":
+            raise RuntimeError("planted")
+        rows = [{"method": spec, "progress": run.progress, "seed": ctx.seed, "sd": ctx.finetune(FineTune()), "label": label,
+                 "concepts": ctx.concepts, "ctx_detector": ctx.detector.path, "evaluation": evaluation, "threads": torch.get_num_threads()}]
+        return rows, None
+
+    monkeypatch.setattr(parallel_methods, "method_context", method_context)
+    monkeypatch.setattr(parallel_methods, "evaluation_for", evaluation_for)
+    monkeypatch.setattr(parallel_methods, "evaluate_method", evaluate_method)
+    threads = torch.get_num_threads()
+    yield calls
+    torch.set_num_threads(threads)
+    parallel_methods._worker = None
+
+
+def test_evaluate_all_gives_each_tasks_rows_in_task_order_from_a_worker_seeded_per_task(evaluated, pool, tmp_path):
+    tasks = [MethodSeed("sd", 0, ""), MethodSeed("np", 3, "-seed3"), MethodSeed("np", 5, "-seed5")]
+    torch.set_num_threads(2)
+    out = list(parallel_methods.evaluate_all(_run(tmp_path), "base", Path("data/icd-qrcode"), ("qrcode",),
+                                             LoadedDetector("det/detector.safetensors"), tasks, jobs=3))
+    (made,) = pool
+    assert (made.max_workers, made.start_method) == (3, "spawn") and InlinePool.started == [True], "a worker ignores Ctrl-C, ends with its parent"
+    assert all(made.submitted_blocking_sigint)
+    rows = [r for rows, report in out for r in rows]
+    assert [(r["method"], r["seed"], r["sd"], r["label"]) for r in rows] == [
+        ("sd", 0, Path("models/0"), ""), ("np", 3, Path("models/3"), "-seed3"), ("np", 5, Path("models/5"), "-seed5")]
+    assert {r["progress"] for r in rows} == {False}, "a worker draws no progress bars over the main process's"
+    assert {r["threads"] for r in rows} == {1}, "one torch thread per worker"
+    assert {r["concepts"] for r in rows} == {("qrcode",)}
+    assert {r["ctx_detector"] for r in rows} == {r["evaluation"].detector for r in rows} == {Path("det/detector.safetensors")}
+    assert {r["evaluation"].subset for r in rows} == {"icd-qrcode"}
+
+
+def test_evaluate_all_drops_the_tasks_not_started_when_one_raises(evaluated, tmp_path):
+    tasks = [MethodSeed("sd", 0, ""), MethodSeed("raises", 0, ""), MethodSeed("np", 0, ""), MethodSeed("esd", 0, "")]
+    done = parallel_methods.evaluate_all(_run(tmp_path), "base", Path("data/icd-qrcode"), ("qrcode",),
+                                         LoadedDetector("det/detector.safetensors"), tasks, jobs=2)
+    assert next(done)[0][0]["method"] == "sd"
+    with pytest.raises(RuntimeError, match="planted"):
+        next(done)
+    assert evaluated == ["sd", "raises"], "the tasks after the failure are cancelled, not run"
