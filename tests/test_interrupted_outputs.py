@@ -41,3 +41,65 @@ def test_a_runs_prompts_file_stopped_mid_write_is_written_whole_on_resume(tmp_pa
     assert not list(tmp_path.glob(".*")), "no temporary is left behind by an interrupt"
     stopping["now"] = False
     assert method_evaluation.evaluation_prompts(run, subset) == prompts
+
+
+def _cut_short(real_write):
+    """A writer stopped (Ctrl-C, a kill) half way through its bytes: what reaches its target is the
+    first half of what it would have written."""
+    import io
+
+    def write(self, target, *args, **kwargs):
+        if not hasattr(target, "write") and not args:  # the format a path's suffix names
+            kwargs.setdefault("format", str(target).rsplit(".", 1)[-1])
+        buffer = io.BytesIO()
+        real_write(self, buffer, *args, **kwargs)
+        half = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+        if hasattr(target, "write"):
+            target.write(half)
+        else:
+            with open(target, "wb") as f:
+                f.write(half)
+        raise KeyboardInterrupt
+
+    return write
+
+
+def _decodes(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+    return True
+
+
+def test_a_sample_grid_and_the_icr_plot_stopped_mid_write_leave_the_earlier_whole_file(tmp_path, monkeypatch):
+    """``grids/<subset>/<method>.png`` and ``icr.png`` were saved in place: a run stopped while saving
+    one left half a PNG under its final name (and ``results.html`` inlined it until that method was
+    scored again). Each is renamed into place whole, so the earlier file stays as it was."""
+    import matplotlib.figure
+    import pytest
+    from PIL import Image
+
+    from benchmark.report import plot_icr
+    from benchmark.sample_grid import method_grid
+
+    image = tmp_path / "0_0.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(image)
+    records = [{"detections": [{"concept": "qrcode", "confidence": 0.9, "box": [4, 4, 30, 30]}]}]
+    grid = tmp_path / "run" / "grids" / "icd-qrcode" / "sd.png"
+    method_grid([image], records, grid, title="icd-qrcode / sd")
+    ratio = {"value": 0.25, "ci": [0.1, 0.5], "count": 2, "n": 8}
+    results = {"name": "run", "track": "debug", "fp_rate": {"qrcode": ratio},
+               "rows": [{"concept": "qrcode", "method": "sd", "status": "ok", "icr": ratio}]}
+    plot = plot_icr(results, tmp_path / "run" / "icr.png")
+    before = {grid: grid.read_bytes(), plot: plot.read_bytes()}
+
+    monkeypatch.setattr(Image.Image, "save", _cut_short(Image.Image.save))
+    with pytest.raises(KeyboardInterrupt):
+        method_grid([image], records, grid, title="icd-qrcode / sd")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", _cut_short(matplotlib.figure.Figure.savefig))
+    with pytest.raises(KeyboardInterrupt):
+        plot_icr(results, plot)
+    for path, whole in before.items():
+        assert path.read_bytes() == whole and _decodes(path), f"{path.name}: cut short under its final name"
+    assert not [p.name for p in tmp_path.rglob(".*")], "no temporary is left behind by an interrupt"
