@@ -103,3 +103,28 @@ def test_a_sample_grid_and_the_icr_plot_stopped_mid_write_leave_the_earlier_whol
     for path, whole in before.items():
         assert path.read_bytes() == whole and _decodes(path), f"{path.name}: cut short under its final name"
     assert not [p.name for p in tmp_path.rglob(".*")], "no temporary is left behind by an interrupt"
+
+
+def test_a_folder_renamed_into_place_drops_the_temporaries_of_writers_that_are_gone(tmp_path):
+    """A worker killed while saving a fine-tune's pipeline (a kill trial of benchmark --jobs 2) left
+    ``.pipeline.tmp-<pid>`` beside it; the resumed run saved under its own pid and kept the other
+    forever. The next save of that folder removes it, and leaves a running writer's alone."""
+    import os
+    import subprocess
+    import sys
+
+    from implicit_concept.files import atomic_dir, temporary_name
+
+    final = tmp_path / "contaminated-0123" / "pipeline"
+    final.parent.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = final.with_name(f"{temporary_name(final).name.rsplit('-', 1)[0]}-{int(gone.stdout)}")
+    (dead / "unet").mkdir(parents=True)
+    (dead / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"half the weights")
+    running = final.with_name(f"{temporary_name(final).name.rsplit('-', 1)[0]}-{os.getppid()}")
+    running.mkdir()
+    with atomic_dir(final) as tmp:
+        (tmp / "model_index.json").write_text("{}")
+    assert (final / "model_index.json").is_file()
+    assert not dead.exists(), "the killed writer's temporary is kept"
+    assert running.is_dir(), "a running writer's temporary is removed under it"
