@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from itertools import islice
@@ -16,6 +17,7 @@ from typing import Any
 
 from builders.recipe import load_recipe
 from builders.sources import make_source
+from implicit_concept.files import atomic_write_text
 from implicit_concept.shard_reader import iter_samples
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
@@ -75,11 +77,14 @@ def prompts_sha256(prompts: list[Prompt]) -> str:
 
 
 def write_prompts(path: Path, prompts: list[Prompt]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        for p in prompts:
-            writer.writerow([p.case_number, p.prompt, p.evaluation_seed, json.dumps(p.scene, sort_keys=True) if p.scene else ""])
+    """Write the CSV whole or not at all: a run's ``prompts-<subset>.csv`` is read back on resume as
+    written, so one cut short by a kill would be scored as fewer prompts."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for p in prompts:
+        writer.writerow([p.case_number, p.prompt, p.evaluation_seed, json.dumps(p.scene, sort_keys=True) if p.scene else ""])
+    atomic_write_text(Path(path), text.getvalue())
 
 
 def resolve_prompts(path: str | Path) -> Path:

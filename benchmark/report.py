@@ -6,6 +6,7 @@ false-positive rate drawn as the floor no method can go under.
 """
 from __future__ import annotations
 
+import io
 import re
 import tomllib
 import unicodedata
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.results_file import seed_zero_quality
+from implicit_concept.files import atomic_write_bytes
 
 PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.toml"
 
@@ -315,6 +317,8 @@ def _plot(plt: Any, results: dict[str, Any], rows: list[dict[str, Any]], concept
         ax.set_ylim(0, 100)
     fig.suptitle(f"{results['name']} ({results['track']} track)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()  # renamed into place whole: a kill mid-write leaves the last plot, not half of one
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
     return path

@@ -253,6 +253,7 @@ def atomic_dir(final: Path, replace_existing: bool = False) -> Iterator[Path]:
     final = Path(final)
     tmp = temporary_name(final)
     shutil.rmtree(tmp, ignore_errors=True)
+    _remove_dead_writers_temporaries(final)
     tmp.mkdir(parents=True)
     try:
         yield tmp
@@ -268,6 +269,33 @@ def atomic_dir(final: Path, replace_existing: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_dead_writers_temporaries(final: Path) -> None:
+    """Remove the temporaries of ``final`` (:func:`temporary_name`) whose writer is no longer running
+    on this machine: a writer killed while it wrote (a fine-tune's pipeline, a base) left one that
+    no later writer, with its own pid, would ever reuse, and a resumed run kept it forever (gigabytes
+    at the paper track's scale). A temporary of a process that runs, or of a pid not ours to look at,
+    is left alone."""
+    prefix = f".{final.name}{TEMPORARY_MARK}"
+    try:
+        leftovers = [p for p in final.parent.iterdir() if p.name.startswith(prefix) and p.name[len(prefix):].isdigit()]
+    except OSError:
+        return
+    for leftover in leftovers:
+        pid = int(leftover.name[len(prefix):])
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            log.info("%s: removing the temporary of a writer that is gone (pid %d)", leftover, pid)
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+        except OSError:
+            pass  # running, as another user: not ours to judge
 
 
 class _Missing:

@@ -35,8 +35,19 @@ def start_worker() -> None:
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held back by workers_starting: now dropped
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    parent = os.getppid()
-    threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(_parent_pid(),), name="watch-parent", daemon=True).start()
+
+
+def _parent_pid() -> int:
+    """The pid of the process that started this worker, as multiprocessing recorded it when it made
+    the worker; not ``os.getppid()`` now: a spawned worker imports for seconds before its initializer
+    runs, and a parent killed in those seconds has already left it to init (or a subreaper), which
+    it would then watch forever, idle, holding its memory. A process multiprocessing did not start:
+    its parent now."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    return parent.pid if parent is not None and parent.pid is not None else os.getppid()
 
 
 def _watch_parent(parent: int) -> None:

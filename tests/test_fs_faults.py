@@ -404,6 +404,51 @@ def test_a_ctrl_c_that_reaches_spawned_workers_while_they_import_neither_kills_t
     assert (proc.returncode, out) == (0, "[(0, False), (1, False)]\n")
 
 
+ORPHANED = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+from implicit_concept.worker_processes import start_worker, workers_starting
+
+if __name__ == "__mp_main__":
+    time.sleep(float(os.environ["IMPORT_S"]))  # a spawned worker's imports, before its initializer runs
+
+def sleep(i):
+    time.sleep(120)
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker)
+    with workers_starting():
+        pool.submit(sleep, 0)
+        pool.submit(sleep, 1)
+    os.write(1, b"started\\n")
+    time.sleep(120)
+"""
+
+
+def test_workers_whose_parent_is_killed_while_they_import_end_too(tmp_path):
+    """A benchmark --jobs 2 killed (SIGKILL to the main process) seconds after starting its pool: its
+    spawned workers, still importing torch, reached start_worker after the parent was gone, took
+    init (their parent by then) for the parent to watch, and idled on forever, a gigabyte each. The
+    parent watched is the one that made the worker, as multiprocessing recorded it."""
+    script = tmp_path / "orphaned.py"
+    script.write_text(ORPHANED)
+    proc = subprocess.Popen([sys.executable, str(script)], env={**ENV, "IMPORT_S": "3"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout.readline() == "started\n"
+    workers = [pid for pid in _alive_in_group(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    os.kill(proc.pid, signal.SIGKILL)  # the main process only, while its workers import
+    proc.wait(timeout=30)
+    assert len(workers) == 2
+    deadline = time.monotonic() + 30  # 3 s of imports, then a look at the parent each second
+    while time.monotonic() < deadline and _alive_in_group(proc.pid):
+        time.sleep(0.1)
+    left = _alive_in_group(proc.pid)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"workers {workers}: still running {left} after their parent was killed"
+
+
 # --- F7: the toolkit's own I/O errors are not the method's -------------------------------------------
 
 
