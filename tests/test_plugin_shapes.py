@@ -1,4 +1,4 @@
-"""Other labs' hand-overs and plug-ins, third audit: a pipeline folder whose parts do not fit each
+"""Plug-ins and hand-overs of the wrong shape: a pipeline folder whose parts do not fit each
 other, plug-ins whose shape is wrong, that exit, print or read as another method's folder."""
 import json
 import shutil
