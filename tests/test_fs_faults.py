@@ -339,6 +339,18 @@ def _alive_in_group(pgid: int) -> list[int]:
     return found
 
 
+def _left_after(pgid: int, seconds: float) -> list[int]:
+    """The processes of group ``pgid`` still running once it empties or ``seconds`` pass (killed
+    then, so a failing test leaves none behind)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and _alive_in_group(pgid):
+        time.sleep(0.1)
+    left = _alive_in_group(pgid)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_workers_do_not_outlive_their_parent(tmp_path, sig):
     """SIGTERM to the parent alone (a scheduler, ``timeout``): it stops its pool; SIGKILL (nothing
@@ -350,12 +362,7 @@ def test_workers_do_not_outlive_their_parent(tmp_path, sig):
     workers = [int(proc.stdout.readline()) for _ in range(2)]
     os.kill(proc.pid, sig)  # the main process only
     proc.wait(timeout=30)
-    deadline = time.monotonic() + 60  # ends as soon as none is left: each worker looks once a second
-    while time.monotonic() < deadline and _alive_in_group(proc.pid):
-        time.sleep(0.1)
-    left = _alive_in_group(proc.pid)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
+    left = _left_after(proc.pid, 60)  # each worker looks at its parent once a second
     assert left == [], f"workers {workers}: still running {left}"
     assert "Traceback" not in proc.stderr.read()
 
@@ -440,12 +447,7 @@ def test_workers_whose_parent_is_killed_while_they_import_end_too(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)  # the main process only, while its workers import
     proc.wait(timeout=30)
     assert len(workers) == 2
-    deadline = time.monotonic() + 30  # 3 s of imports, then a look at the parent each second
-    while time.monotonic() < deadline and _alive_in_group(proc.pid):
-        time.sleep(0.1)
-    left = _alive_in_group(proc.pid)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
+    left = _left_after(proc.pid, 30)  # 3 s of imports, then a look at the parent each second
     assert left == [], f"workers {workers}: still running {left} after their parent was killed"
 
 
