@@ -339,6 +339,23 @@ def _alive_in_group(pgid: int) -> list[int]:
     return found
 
 
+def _spawned_workers(pgid: int, count: int, seconds: float = 30) -> list[int]:
+    """The spawned pool workers of group ``pgid``, once ``count`` of them have started (a worker is
+    forked, then execs its interpreter: until then its command line is its parent's)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = []
+        for pid in _alive_in_group(pgid):
+            try:
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                continue
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 def _left_after(pgid: int, seconds: float) -> list[int]:
     """The processes of group ``pgid`` still running once it empties or ``seconds`` pass (killed
     then, so a failing test leaves none behind)."""
@@ -401,8 +418,7 @@ def test_a_ctrl_c_that_reaches_spawned_workers_while_they_import_neither_kills_t
     proc = subprocess.Popen([sys.executable, str(script)], env={**ENV, "IMPORT_S": "2"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stdout.readline() == "started\n"
-    time.sleep(0.5)  # the workers are in their imports
-    workers = [pid for pid in _alive_in_group(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    workers = _spawned_workers(proc.pid, 2)  # in their imports (2 s)
     assert len(workers) == 2
     for pid in workers:
         os.kill(pid, signal.SIGINT)
@@ -443,7 +459,7 @@ def test_workers_whose_parent_is_killed_while_they_import_end_too(tmp_path):
     proc = subprocess.Popen([sys.executable, str(script)], env={**ENV, "IMPORT_S": "3"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stdout.readline() == "started\n"
-    workers = [pid for pid in _alive_in_group(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    workers = _spawned_workers(proc.pid, 2)
     os.kill(proc.pid, signal.SIGKILL)  # the main process only, while its workers import
     proc.wait(timeout=30)
     assert len(workers) == 2
