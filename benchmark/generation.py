@@ -8,7 +8,6 @@ image's prompt text and seed); made by another model, prompt or setting, they ar
 """
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from tqdm import tqdm
 from benchmark.failures import PLUGIN_ERRORS, MethodFailed
 from benchmark.models.pipeline_identity import json_sha256
 from benchmark.prompts import Prompt
-from implicit_concept.files import atomic_write_bytes, atomic_write_json
+from implicit_concept.files import atomic_save_image, atomic_write_json
 from implicit_concept.provenance import canonical_json
 from implicit_concept.torch_settings import torch_threads
 from implicit_concept.validate import check_int, check_number
@@ -110,7 +109,7 @@ def generate_images(
                 raise MethodFailed(desc, "the pipeline", e) from e
             _check_images(images, len(chunk), settings.image_size, desc)
             for (p, i), image in zip(chunk, images):
-                _save_atomic(image, out_dir / image_name(p, i))
+                atomic_save_image(image, out_dir / image_name(p, i))
             bar.update(len(chunk))
     return [out_dir / image_name(p, i) for p, i in items]
 
@@ -195,8 +194,3 @@ def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs)
 
     return generate
 
-
-def _save_atomic(image: Image.Image, path: Path) -> None:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())

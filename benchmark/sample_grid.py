@@ -1,14 +1,13 @@
 """A sample grid per method: the first generated images with the detector's boxes drawn on them."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
 
 from implicit_concept.contact_sheet import annotate, grid
-from implicit_concept.files import atomic_write_bytes
+from implicit_concept.files import atomic_save_image
 from implicit_concept.image_stream import load_image
 
 
@@ -25,7 +24,5 @@ def method_grid(paths: list[Path], records: list[dict[str, Any]], dest: Path, ti
     ImageDraw.Draw(canvas).text((4, 1), title, fill=(0, 0, 0))
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()  # renamed into place whole: a kill mid-write leaves no half a grid under its name
-    canvas.save(buffer, format="PNG")
-    atomic_write_bytes(dest, buffer.getvalue())
+    atomic_save_image(canvas, dest)
     return dest

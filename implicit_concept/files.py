@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -183,6 +184,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_save_image(image: Any, path: Path, format: str = "PNG") -> None:
+    """``image.save`` (a PIL image), renamed into place whole: a kill mid-write leaves the image
+    before, never half of one under its name."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=format)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def naming(error: OSError, path: Path) -> OSError:
