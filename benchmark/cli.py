@@ -140,15 +140,16 @@ def _publish(args: argparse.Namespace) -> int:
 def _judging(args: argparse.Namespace):
     from dataclasses import replace
 
-    from benchmark.external import Judging, default_reference, test_split
+    from benchmark.external import Judging, test_split
     from benchmark.track import load_track
     from implicit_concept.detector.inference import Detector
 
     track = load_track(args.track)
+    test = test_split(track, Path(args.data), args.subset)
     judging = Judging(track=track, detector=None, reference=None, cache=Path(args.cache), num_prompts=args.num_prompts,
-                      subset=args.subset, test_split=test_split(track, Path(args.data), args.subset))  # a wrong --subset fails first
+                      subset=args.subset, test_split=test)  # a wrong --subset fails first
     detector = Detector.load(Path(args.detector) if args.detector else _published_detector(track.name))  # then an unusable detector
-    reference = None if args.no_quality else Path(args.reference) if args.reference else default_reference(track, Path(args.data), args.subset)
+    reference = None if args.no_quality else Path(args.reference) if args.reference else test if test.is_dir() else None
     if reference is None and not args.no_quality:
         raise FileNotFoundError(
             f"no clean reference images for quality scores under {args.data}: build the track's dataset "

@@ -69,21 +69,21 @@ class Judging:
 
     def prompts(self) -> list[Prompt]:
         """The first ``num_prompts`` of the track's (all of them: None); never silently fewer."""
-        count = self.track.num_prompts if self.num_prompts is None else self.num_prompts
-        if self.num_prompts is not None and (isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= self.track.num_prompts):
+        if self.num_prompts is not None and (isinstance(self.num_prompts, bool) or not isinstance(self.num_prompts, int)
+                                             or not 1 <= self.num_prompts <= self.track.num_prompts):
             raise ValueError(f"num_prompts: expected an integer in [1, {self.track.num_prompts}] (track {self.track.name} scores "
                              f"{self.track.num_prompts} prompts), got {self.num_prompts!r}")
+        count = self.num_prompts or self.track.num_prompts
         if self.track.prompts == "test-split":
             if self.test_split is None or not Path(self.test_split).is_dir():
                 raise FileNotFoundError(f"{self.test_split}: no test split to take track {self.track.name}'s prompts from (its "
                                         "prompts are a subset's test captions): build the track's dataset under --data")
             prompts = shard_prompts(self.test_split, count)
-            where = f"{self.test_split}"
         else:
             prompts = read_prompts(self.track.prompts, limit=count)
-            where = f"{resolve_prompts(self.track.prompts)}"
         if self.num_prompts is not None and len(prompts) < count:
-            raise ValueError(f"{where}: holds {len(prompts)} prompts, fewer than the {count} asked")
+            source = self.test_split if self.track.prompts == "test-split" else resolve_prompts(self.track.prompts)
+            raise ValueError(f"{source}: holds {len(prompts)} prompts, fewer than the {count} asked")
         return prompts
 
     def settings(self, **overrides: Any) -> GenerationSettings:
@@ -99,12 +99,6 @@ def test_split(track: Track, data_root: Path, subset: str | None = None) -> Path
     built under ``data_root``: the clean images the benchmark compares with, and on a track with
     ``prompts = "test-split"`` its captions are the prompts."""
     return Path(data_root) / recipe_name(track.recipe) / (subset or track.groups()[0][0]) / "test"
-
-
-def default_reference(track: Track, data_root: Path, subset: str | None = None) -> Path | None:
-    """The clean test split the benchmark itself compares with, if the dataset is built under ``data_root``."""
-    test = test_split(track, data_root, subset)
-    return test if test.is_dir() else None
 
 
 def pipeline_negative_prompt(pipeline_dir: Path) -> str:
@@ -310,10 +304,10 @@ def _found_instead(folder: Path, found: dict[str, list[Path]]) -> str:
     """What the folder holds instead: a few of its image names, and images in subfolders (never searched)."""
     names = sorted(path.name for paths in found.values() for path in paths)
     said = f"found {len(names)} images, e.g. {', '.join(names[:3])}" if names else "found no image file"
-    others = sorted({p.suffix.lower() or p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES})
-    if others and not names:
-        count = sum(1 for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES)
-        said += f" ({count} files of types not read: {', '.join(others[:5])}{', ...' if len(others) > 5 else ''}; save them as PNG)"
+    unread = [] if names else [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES]
+    if unread:
+        kinds = sorted({p.suffix.lower() or p.name for p in unread})
+        said += f" ({len(unread)} files of types not read: {', '.join(kinds[:5])}{', ...' if len(kinds) > 5 else ''}; save them as PNG)"
     nested = sorted({p.parent.relative_to(folder) for p in folder.rglob("*") if p.parent != folder
                      and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()})
     if nested:
