@@ -107,13 +107,17 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
     raise RecipeError(f"{name_or_path}: no such recipe file, nor a shipped recipe (known: {', '.join(known)})")
 
 
-def recipe_name(name_or_path: str | Path) -> str:
-    """A recipe's ``name`` (its dataset's folder under a data root), read without checking its source:
-    a recipe built from a lab's own shards (``--source``) names its folder wherever the shards are."""
+def _read_recipe_file(name_or_path: str | Path) -> tuple[Path, dict[str, Any]]:
     path = resolve_recipe_path(name_or_path)
     if not path.exists():
         raise RecipeError(f"{path}: recipe file not found")
-    raw = read_toml(path, RecipeError, "recipe file")
+    return path, read_toml(path, RecipeError, "recipe file")
+
+
+def recipe_name(name_or_path: str | Path) -> str:
+    """A recipe's ``name`` (its dataset's folder under a data root), read without checking its source:
+    a recipe built from a lab's own shards (``--source``) names its folder wherever the shards are."""
+    path, raw = _read_recipe_file(name_or_path)
     try:
         return _name(raw.get("name"), "name", RECIPE_NAME, "letters, digits, '_', '-' and '.'")
     except RecipeError as e:
@@ -121,10 +125,7 @@ def recipe_name(name_or_path: str | Path) -> str:
 
 
 def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
-    path = resolve_recipe_path(name_or_path)
-    if not path.exists():
-        raise RecipeError(f"{path}: recipe file not found")
-    raw = read_toml(path, RecipeError, "recipe file")
+    path, raw = _read_recipe_file(name_or_path)
     raw.update(overrides or {})
     try:
         recipe = parse_recipe(raw)

@@ -83,10 +83,8 @@ def check_pretrained(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"{folder}: no {stem}{'.' + variant if variant else ''}.safetensors weights file")
         read_weight_headers(files)  # each one a safetensors file: the header only, never the tensors
         weights[name] = [str(f.relative_to(path)) for f in files]
-        if not (folder / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{folder / CONFIG_FILE}: missing (the {name}'s architecture)")
 
-    latent_channels, hidden_size = check_parts_fit(path, vae_class)
+    latent_channels, hidden_size = check_parts_fit(path, vae_class)  # each weighted part's config.json too
     return {"weights": weights, "latent_channels": latent_channels, "cross_attention_dim": hidden_size}
 
 
@@ -129,10 +127,10 @@ def check_parts_fit(path: str | Path, vae_class: type) -> tuple[int, int]:
     folder fails mid-sampling with a bare tensor error (or draws images of another mode). Returns the
     latent channels and the text encoder's width."""
     path = Path(path)
-    for part in ("unet", "vae", "text_encoder"):
-        if not (path / part / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{path / part / CONFIG_FILE}: missing (the {part}'s architecture)")
     unet_file, vae_file, text_file = (path / part / CONFIG_FILE for part in ("unet", "vae", "text_encoder"))
+    for part, config in (("unet", unet_file), ("vae", vae_file), ("text_encoder", text_file)):
+        if not config.is_file():
+            raise FileNotFoundError(f"{config}: missing (the {part}'s architecture)")
     unet, vae, text = (read_json_object(f) for f in (unet_file, vae_file, text_file))
     latent_channels = vae.get("latent_channels")
     if vae_class is PatchAutoencoder and latent_channels is None:
