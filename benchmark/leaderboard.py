@@ -1,6 +1,7 @@
 """Many runs' ``results.json`` in one table, and whether their numbers can be compared at all.
 
 Two ICRs are comparable only when they come from the same track (data, seeds, settings), the same
+base model (benchmark runs record its weights; ``--pretrained`` replaces the track's), the same
 prompts (their content, where results record it) and the same evaluator: the detector's weights,
 and what turns its detections into numbers (the confidence thresholds a detection counts at, the
 track's ``conf`` that overrides them, and the clean-image reference false-positive rates are read
@@ -86,6 +87,13 @@ def differences(runs: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
             lines.append(f"{key} not recorded in: {', '.join(unrecorded)} (a results.json from an older version)")
         elif len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
             lines.append(f"{key} differs: " + "; ".join(f"{name} = {v}" for name, v in values.items()))
+    runs_of_base = {name: r for name, r in runs.items() if not r.get("handed_over")}
+    bases = {name: r["base"].get("weights_sha256") for name, r in runs_of_base.items() if r.get("base")}
+    if len(set(bases.values())) > 1:
+        lines.append("base model (weights sha256) differs: " + "; ".join(f"{name} = {v}" for name, v in bases.items()))
+    unrecorded = [name for name in runs_of_base if name not in bases]
+    if unrecorded and len(runs_of_base) > 1:
+        notes.append(f"base model not compared: not recorded in {', '.join(unrecorded)} (a results.json from an older version)")
     for key, (field_name, null_is_value) in EVALUATOR_SETTINGS.items():
         values = {name: _detector_field(r, field_name, null_is_value) for name, r in runs.items()}
         recorded = {name: v for name, v in values.items() if v is not _UNRECORDED}
@@ -99,9 +107,12 @@ def differences(runs: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
 
 
 def off_protocol(runs: dict[str, dict[str, Any]]) -> list[str]:
-    """One line per run scored off its track's protocol (a summary.json's ``overrides``)."""
-    return [f"{name} was scored off the track's protocol (overrides: {json.dumps(r['overrides'], sort_keys=True)})"
-            for name, r in runs.items() if r.get("overrides")]
+    """One line per run scored off its track's protocol: a summary.json's ``overrides``, or a run whose
+    methods sampled with their base's scheduler where it is not the track's (results.json's ``base``)."""
+    lines = [f"{name} was scored off the track's protocol (overrides: {json.dumps(r['overrides'], sort_keys=True)})"
+             for name, r in runs.items() if r.get("overrides")]
+    return lines + [f"{name} sampled off the track's protocol, with its base's own scheduler ({r['base']['sampler']})"
+                    for name, r in runs.items() if (r.get("base") or {}).get("sampler")]
 
 
 def provenance_notes(runs: dict[str, dict[str, Any]]) -> list[str]:
@@ -160,6 +171,7 @@ def summary_as_results(folder: Path) -> dict[str, Any]:
     prompts = summary.get("prompts", {})
     results = {
         "name": Path(folder).name, "track": summary.get("track"), "rows": rows, "overrides": summary.get("overrides") or {},
+        "handed_over": True,  # a pipeline or images handed over: no base of the run's to compare
         "config": {"track_sha256": summary.get("track_sha256"), "track": {"num_prompts": prompts.get("count")}},
         "seeds": {"evaluation_prompts": prompts.get("file")},
         "detector": {k: v for k, v in detector.items() if k in ("path", "sha256", "conf", "thresholds", "clean_reference_sha256")},
@@ -238,11 +250,11 @@ def leaderboard(run_dirs: list[Path]) -> Leaderboard:
     if diff:
         lines += ["**These runs are not comparable:**", ""] + [f"- {md_text(d)}" for d in diff] + [""]
     elif compared_in_part:
-        lines += ["No run differs from another in what they record of the track, the evaluator (detector weights, thresholds, "
-                  "conf, clean-image reference) and the prompts, but not all of it is recorded: see the notes.", ""]
+        lines += ["No run differs from another in what they record of the track, the base model, the evaluator (detector weights, "
+                  "thresholds, conf, clean-image reference) and the prompts, but not all of it is recorded: see the notes.", ""]
     else:
         lines += ["Every run shares the track, the evaluator (detector weights, thresholds, conf and clean-image reference) "
-                  "and the prompts.", ""]
+                  "and the prompts, and every benchmark run the base model.", ""]
     if notes:
         lines += ["Notes:", ""] + [f"- {md_text(n)}" for n in notes] + [""]
     lines += ["A method's mean exists only when it scored every concept; incomplete methods are listed after the ranked ones. "

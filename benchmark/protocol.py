@@ -26,7 +26,8 @@ from benchmark.method_evaluation import evaluate_method, evaluation_for, evaluat
 from benchmark.methods import get_method
 from benchmark.methods.interface import FineTune, MethodContext, declared_finetunes
 from benchmark.models.named_scenes import named_prompt
-from benchmark.models.pipeline_identity import pipeline_source
+from benchmark.models.pipeline_identity import pipeline_source, weights_sha256
+from benchmark.models.pretrained_check import base_sampler_difference
 from benchmark.parallel_finetunes import train_all
 from benchmark.parallel_methods import MethodSeed, evaluate_all
 from benchmark.published_models import is_published
@@ -72,6 +73,7 @@ def _run_protocol(run: BenchmarkRun) -> dict[str, Any]:
     # 2. The base model every method starts from (every process trains).
     with _timed(run, "base"):
         base = run.pretrained or stages.pretrain_base_model(run)
+    base_record = _base_record(run, Path(base)) if main else {}
 
     # 3. The detector that scores everything (trained with the base's generations as background),
     #    and its false-positive floor on clean images.
@@ -106,16 +108,16 @@ def _run_protocol(run: BenchmarkRun) -> dict[str, Any]:
                     closing(evaluate_all(run, Path(base), subset, concepts, detector, sum(per_spec, []), run.jobs)) as done:
                 for tasks in per_spec:
                     rows.extend(_over_seeds(run, [(task.seed, next(done)) for task in tasks]))
-                    _write_results(run, rows, detector, named)
+                    _write_results(run, rows, detector, named, base_record)
             continue
         # 6. Each method: build, generate, score.
         evaluation = evaluation_for(run, subset, detector)
         for spec in specs:
             evaluated = [(seed, evaluate_method(run, spec, seeded(ctx, seed), evaluation, _label(track, seed))) for seed in _seeds(track, spec)]
             rows.extend(_over_seeds(run, evaluated))
-            _write_results(run, rows, detector, named)
+            _write_results(run, rows, detector, named, base_record)
     processes.wait_for_everyone()
-    return _write_results(run, rows, detector, named) if main else {}
+    return _write_results(run, rows, detector, named, base_record) if main else {}
 
 
 def _named_base(run: BenchmarkRun, subset: Path, base: Path, detector: Detector, settings: GenerationSettings) -> dict[str, Any]:
@@ -264,7 +266,23 @@ def _summed(timings: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Detector, named: dict[str, Any]) -> dict[str, Any]:
+def _base_record(run: BenchmarkRun, base: Path) -> dict[str, Any]:
+    """The base every method started from, by its weights (runs on other bases are not comparable,
+    whatever their track), and the scheduler its methods sample with where that is not the track's:
+    fine-tunes keep their base's, while ``score-pipeline`` judges a handed-over folder with the
+    track's, so a ``--pretrained`` base on a track with an embedded one samples off the protocol."""
+    record = {"from": "--pretrained" if run.pretrained else "track", "weights_sha256": weights_sha256(base)}
+    try:
+        sampler = base_sampler_difference(base, run.track.sampler())
+    except ValueError as e:  # the track's sampler cannot even step this model
+        sampler = str(e)
+    if sampler is not None:
+        record["sampler"] = sampler
+    return record
+
+
+def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Detector, named: dict[str, Any],
+                   base: dict[str, Any]) -> dict[str, Any]:
     """Write results.json, .md, .html and the ICR plot. A run's results are the union of what it has
     scored: rows of methods not rerun this time are kept, a rerun method's rows replace its old ones."""
     rows = _union(run.root / "results.json", rows)
@@ -282,6 +300,7 @@ def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Dete
                      "clean_reference_sha256": detector.clean_reference_sha256,
                      "published": is_published(detector.path)},
         "fp_rate": {c: reference.fp_rate(c, config, detector.thresholds).to_json() for c in run.track.concepts},
+        "base": base,
         "rows": rows,
         "named_base": named,
         "timings": dict(run.timings),

@@ -124,6 +124,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines = [f"# Implicit concept removal: {md_text(results['name'])} (track {code(results['track'])})", "",
              md_text(results.get("note", "")), ""]
     lines += _evaluator_lines(results.get("detector", {}))
+    lines += _base_lines(results.get("base", {}))
     lines += [
         f"## Implicit concept ratio (ICR %, 95% interval; in parentheses, {PAPER_TABLES['icr']})",
         "",
@@ -247,6 +248,18 @@ def _evaluator_lines(detector: dict[str, Any]) -> list[str]:
     thresholds = detector.get("thresholds")
     said = ", ".join(f"{md_text(c)} {t:.3g}" for c, t in thresholds.items()) if isinstance(thresholds, dict) else md_text(detector.get("conf"))
     return [f"Detector {code(str(detector.get('sha256', ''))[:12])}: {which}. Confidence thresholds: {said}.", ""]
+
+
+def _base_lines(base: dict[str, Any]) -> list[str]:
+    """The base every method started from, and the scheduler they sampled with when it is not the track's."""
+    if not base:
+        return []
+    which = "`--pretrained`" if base.get("from") == "--pretrained" else "the track's"
+    line = f"Base: {which} (weights sha256 {code(str(base.get('weights_sha256', ''))[:12])})."
+    if base.get("sampler"):
+        line += (f" **Off the track's protocol**: its methods sampled with the base's own scheduler ({md_text(base['sampler'])}); "
+                 "`score-pipeline` samples a handed-over folder with the track's, or with its own under `--own-scheduler`.")
+    return [line, ""]
 
 
 def _icr_table(methods: list[str], concepts: list[str], by_key: dict, paper: dict[str, dict[str, float]], first: str | None = None,

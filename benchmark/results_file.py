@@ -96,6 +96,9 @@ def _check(results: dict[str, Any]) -> None:
     for concept, ratio in results["fp_rate"].items():
         _need(is_ratio(ratio), f"fp_rate.{concept}", RATIO)
     detector = _object(results.get("detector", ABSENT), "detector")
+    base = _object(results.get("base", ABSENT), "base")
+    for key in ("weights_sha256", "sampler"):
+        _need(isinstance(base.get(key, ""), str), f"base.{key}", f"{_kind(base.get(key))}, not a string")
     _each(detector.get("thresholds", ABSENT), "detector.thresholds", is_number, "a number")
     _each(results.get("timings", ABSENT), "timings", is_number, "a number of seconds")
     for concept, named in _object(results.get("named_base", ABSENT), "named_base").items():

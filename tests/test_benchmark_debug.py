@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
+from benchmark.models.pipeline_identity import weights_sha256
 
 pytestmark = pytest.mark.slow
 
@@ -23,6 +24,9 @@ def test_debug_track_reports_every_method_and_concept(debug_run):
     results = json.loads((root / "runs" / "debug" / "results.json").read_text())
     assert results["track"] == "debug" and results["config"]["track_sha256"]
     rows = {(r["concept"], r["method"]): r for r in results["rows"]}
+    # The embedded base, recorded by its weights, samples with the track's sampler: nothing off the protocol.
+    base = Path(rows[("qrcode", "base")]["model"]["unet"]).parent
+    assert results["base"] == {"from": "track", "weights_sha256": weights_sha256(base)}
     methods = ["base", "sd", "np", "esd", "sld", "fmn", "ge-name", "ge-geometry", "ge-full", "ge-detector",
                "ge-classifier", "ge-noisy-0.5", "ge-model-removal", "oracle"]
     for concept in ("qrcode", "watermark", "text"):

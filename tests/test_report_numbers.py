@@ -198,3 +198,35 @@ def test_the_leaderboard_ranks_comparable_methods_lists_controls_apart_and_never
     assert board.differences and "each is ranked on its own" in board.markdown
     tables = _tables(board.markdown)
     assert len(tables) == 2 and all(len({line.split(" | ")[0] for line in t[2:]}) == 1 for t in tables), "one run per table"
+
+
+def test_runs_on_other_bases_are_not_ranked_together_and_one_that_sampled_off_the_track_says_so(tmp_path):
+    def run(root, base):
+        rows = [{"concept": "qrcode", "method": m, "status": "ok", "icr": {"value": v, "ci": [0.0, 1.0]}} for m, v in (("sd", 0.3), ("ge-full", 0.1))]
+        root.mkdir()
+        results = {"name": root.name, "track": "tiny", "rows": rows, "fp_rate": {}, "config": {"track_sha256": "t"},
+                   "detector": {"sha256": "e"}, "seeds": {"evaluation_prompts": "p"}}
+        if base is not None:
+            results["base"] = base
+        (root / "results.json").write_text(json.dumps(results))
+        return root
+
+    track_base = {"from": "track", "weights_sha256": "w1"}
+    a, same = run(tmp_path / "a", track_base), run(tmp_path / "same", track_base)
+    assert leaderboard([a, same]).differences == []
+    theirs = run(tmp_path / "sd15", {"from": "--pretrained", "weights_sha256": "w2", "sampler": "PNDMScheduler, not the track's DDIMScheduler"})
+    board = leaderboard([a, theirs])
+    assert f"base model (weights sha256) differs: {a} = w1; {theirs} = w2" in board.differences
+    assert f"{theirs} sampled off the track's protocol, with its base's own scheduler (PNDMScheduler, not the track's DDIMScheduler)" in board.differences
+    assert len(_tables(board.markdown)) == 2, "each run ranked on its own"
+    older = run(tmp_path / "older", None)
+    board = leaderboard([a, older])
+    assert board.differences == [] and f"base model not compared: not recorded in {older} (a results.json from an older version)" in board.notes
+
+    report = results_markdown({**json.loads((theirs / "results.json").read_text()), "environment": {}})
+    assert "Base: `--pretrained` (weights sha256 `w2`). **Off the track's protocol**" in report
+    assert "Off the track's protocol" not in results_markdown({**json.loads((a / "results.json").read_text()), "environment": {}})
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text(json.dumps({**json.loads((a / "results.json").read_text()), "base": {"weights_sha256": 5}}))
+    with pytest.raises(ValueError, match=r"results.json: base.weights_sha256: a int, not a string"):
+        read_results(tmp_path / "bad")

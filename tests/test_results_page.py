@@ -39,7 +39,7 @@ def fake_run(root: Path, track_sha: str = "t" * 8, evaluator: str = "e" * 8, icr
         "config": {"track_sha256": track_sha, "track": {"num_prompts": 10}}, "seeds": {"evaluation_prompts": prompts},
         "detector": {"path": "d", "sha256": evaluator, "conf": None, "thresholds": {"qrcode": 0.3, "text": 0.4},
                      "clean_reference_sha256": "c" * 64, **detector},
-        "environment": {"python": "3"},
+        "environment": {"python": "3"}, "base": {"from": "track", "weights_sha256": "b" * 64},
     }
     root.mkdir(parents=True)
     (root / "results.json").write_text(json.dumps(results))
@@ -251,9 +251,10 @@ def test_an_older_results_json_without_a_part_of_the_evaluator_gets_a_note_not_a
     board = leaderboard([runs["lab-a"], runs["lab-c"]])
     assert [d.split(":")[0] for d in board.differences] == ["evaluator thresholds differs"]
     assert "'qrcode': 0.99" in board.differences[0] and "not comparable" in board.markdown
-    older = _edit(fake_run(tmp_path / "older", prompts_sha="1" * 64), lambda r: {**r, "detector": {"path": "d", "sha256": "e" * 8}})
+    older = _edit(fake_run(tmp_path / "older", prompts_sha="1" * 64),
+                  lambda r: {**{k: v for k, v in r.items() if k != "base"}, "detector": {"path": "d", "sha256": "e" * 8}})
     board = leaderboard([fake_run(tmp_path / "current", prompts_sha="1" * 64), older])
-    assert board.differences == [] and len(board.notes) == 3 and all(str(older) in n for n in board.notes), board.notes
+    assert board.differences == [] and len(board.notes) == 4 and all(str(older) in n for n in board.notes), board.notes
 
 
 def _report_results(quality: str) -> dict:

@@ -188,3 +188,23 @@ def test_a_paper_track_run_on_a_base_saved_with_another_sampler_is_refused_at_th
     # The model's own noise schedule and prediction type are its own: SD 2's v-prediction is no other sampler.
     v = _rescheduled(sd, tmp_path / "v", {"prediction_type": "v_prediction"})
     BenchmarkRun(track=track, name="v", runs_root=tmp_path / "runs", pretrained=v).check_start()
+
+
+def test_a_run_records_its_base_by_weights_and_a_base_sampling_off_the_track_as_such(saved, tmp_path):
+    """A ``--pretrained`` base on a track with an embedded one keeps its own scheduler through every
+    fine-tune, while score-pipeline judges a handed-over folder with the track's: the run records that
+    its methods sampled off the protocol (results.md and the leaderboard say so), and its base by
+    weights, so runs on other bases are never ranked together."""
+    from benchmark.models.pipeline_identity import weights_sha256
+    from benchmark.protocol import _base_record
+    from tests.test_pretrained_check import _tiny_sd
+
+    track = load_track("debug")
+    own = saved("ddim")  # saved with the track's sampler, as the embedded base is
+    assert _base_record(SimpleNamespace(track=track, pretrained=None), own) == {"from": "track", "weights_sha256": weights_sha256(own)}
+    sd = _tiny_sd(tmp_path / "sd")  # saved with SD v1.5's PNDM
+    record = _base_record(SimpleNamespace(track=track, pretrained=sd), sd)
+    assert record["from"] == "--pretrained" and record["weights_sha256"] == weights_sha256(sd) != weights_sha256(own)
+    assert record["sampler"] == "PNDMScheduler, not the track's DDIMScheduler"
+    offset = _rescheduled(own, tmp_path / "offset", {"steps_offset": 3})
+    assert _base_record(SimpleNamespace(track=track, pretrained=offset), offset)["sampler"].startswith("steps_offset = 3, not ")

@@ -88,13 +88,11 @@ def check_pretrained(path: str | Path) -> dict[str, Any]:
     return {"weights": weights, "latent_channels": latent_channels, "cross_attention_dim": hidden_size}
 
 
-def check_base_sampler(path: str | Path, sampler: Any) -> None:
-    """Refuse, in one line naming the file and the settings that differ, a base folder whose scheduler
-    does not sample as ``sampler`` (a track's :meth:`~benchmark.track.Track.sampler`, given the
-    folder's noise schedule and prediction type). The benchmark's methods sample with the scheduler
-    their base was saved with (fine-tunes keep it), while ``score-pipeline`` judges a handed-over
-    folder with the track's: a base saved with another would give a run's rows and a handed-over copy
-    of the same model other images, both recorded as on the track's protocol. From JSON only."""
+def base_sampler_difference(path: str | Path, sampler: Any) -> str | None:
+    """How a base folder's scheduler does not sample as ``sampler`` (a track's
+    :meth:`~benchmark.track.Track.sampler`, given the folder's noise schedule and prediction type),
+    in a few words ("EulerDiscreteScheduler, not the track's PNDMScheduler", or the settings that
+    differ); None when it does. From JSON only."""
     path = Path(path)
     index = read_json_object(path / "model_index.json")
     own_class = _component_class(index, "scheduler", SCHEDULERS, path)
@@ -102,14 +100,27 @@ def check_base_sampler(path: str | Path, sampler: Any) -> None:
     own = own_class.from_config(config)
     track = track_sampler(sampler, config, str(path))
     if same_sampler(track, own):
-        return
+        return None
+    if own_class is not type(track):
+        return f"{own_class.__name__}, not the track's {type(track).__name__}"
     taken = [k for k in inspect.signature(type(track).__init__).parameters if k != "self"]
-    differ = [f"{k} = {own.config.get(k)!r}, not {track.config.get(k)!r}" for k in taken if own.config.get(k) != track.config.get(k)]
-    said = f"{own_class.__name__}, not the track's {type(track).__name__}" if own_class is not type(track) else "; ".join(differ)
+    return "; ".join(f"{k} = {own.config.get(k)!r}, not {track.config.get(k)!r}" for k in taken if own.config.get(k) != track.config.get(k))
+
+
+def check_base_sampler(path: str | Path, sampler: Any) -> None:
+    """Refuse, in one line naming the file and the settings that differ, a base folder whose scheduler
+    does not sample as ``sampler`` (:func:`base_sampler_difference`). The benchmark's methods sample
+    with the scheduler their base was saved with (fine-tunes keep it), while ``score-pipeline`` judges
+    a handed-over folder with the track's: a base saved with another would give a run's rows and a
+    handed-over copy of the same model other images, both recorded as on the track's protocol."""
+    said = base_sampler_difference(path, sampler)
+    if said is None:
+        return
+    name = type(sampler).__name__
     raise ValueError(
-        f"{path / 'scheduler' / 'scheduler_config.json'}: {said}; the track samples with {type(track).__name__} (score-pipeline "
+        f"{Path(path) / 'scheduler' / 'scheduler_config.json'}: {said}; the track samples with {name} (score-pipeline "
         "judges every handed-over folder with it) and the benchmark's methods with their base's scheduler, so they would "
-        f"draw other images: re-save the base with the track's (pipe.scheduler = {type(track).__name__}.from_config(...) "
+        f"draw other images: re-save the base with the track's (pipe.scheduler = {name}.from_config(...) "
         "with the settings the track names)"
     )
 
