@@ -260,7 +260,7 @@ def int_at_least(low: int):
     return parse
 
 
-def _add_scoring_arguments(p: argparse.ArgumentParser) -> None:
+def _add_scoring_arguments(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--detector", help="the detector folder `detector train` wrote, or its weights file, such as a benchmark run's "
                                        "(its results.json's detector.path) (default: the track's published evaluator)")
     p.add_argument("--track", default="tiny", help="the track whose prompts, seeds, sampler, threshold and quality measures judge (default: tiny)")
@@ -272,14 +272,15 @@ def _add_scoring_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="data", help="where the track's dataset is built: its clean test split is the quality reference (default: data)")
     p.add_argument("--reference", help="clean test shards to compare with, instead of the track's dataset under --data")
     p.add_argument("--no-quality", action="store_true", help="ICR only, no quality scores")
-    _add_cache_argument(p)
+    _add_cache_argument(p, "folder for the scene-feature network quality is measured with (trained once, then reused) "
+                           "and ultralytics' settings and font and matplotlib's caches (default: .cache/implicit-concept)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--out", required=True, help="folder for images, scores.json and summary.json")
+    p.add_argument("--out", required=True, help=out_help)
 
 
-def _add_cache_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache", default=".cache/implicit-concept",
-                   help="folder for ultralytics' settings and font and matplotlib's caches (default: .cache/implicit-concept)")
+def _add_cache_argument(p: argparse.ArgumentParser, help_text: str = "folder for ultralytics' settings and font and "
+                                                                       "matplotlib's caches (default: .cache/implicit-concept)") -> None:
+    p.add_argument("--cache", default=".cache/implicit-concept", help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -343,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name: results go to RUNS/NAME (default: the track's name)")
     p.add_argument("--method", action="append", help="run only this method (repeatable): a registered name, package.module:Class, or path/to/file.py:Class")
     p.add_argument("--pretrained", help="a local diffusers Stable Diffusion directory to start from (paper track)")
-    p.add_argument("--detector", help="use this detector (a folder `detector train` wrote) instead of training one")
+    p.add_argument("--detector", help="use this detector (a folder `detector train` wrote, or its detector.safetensors) "
+                                       "instead of the track's published evaluator or one the run trains")
     p.add_argument("--source", help="your own image-text shards or folder, replacing the recipe's source")
     p.add_argument("--runs", default="runs", help="folder of run folders: results go to RUNS/NAME (default: runs)")
     p.add_argument("--data", default="data", help="folder the track's dataset is built in, as DATA/<recipe name> (default: data)")
@@ -394,13 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int_at_least(8), help="image size (default: the track's)")
     p.add_argument("--own-scheduler", action="store_true",
                    help="sample with the folder's own scheduler instead of the track's (listed in summary.json's overrides)")
-    _add_scoring_arguments(p)
+    _add_scoring_arguments(p, "folder for the images drawn (images/), scores.json and summary.json")
     p.set_defaults(func=_score_pipeline)
 
     p = sub.add_parser("score-images", help="score a folder of images named {case_number}_{i}.png after the prompts CSV")
     p.add_argument("dir", help="a folder of images named {case_number}_{i}.png (or .jpg, .webp, ...) after the track's prompts")
     p.add_argument("--size", type=int_at_least(8), help="the images' side in pixels (default: the track's; any other is refused unless given here)")
-    _add_scoring_arguments(p)
+    _add_scoring_arguments(p, "folder for scores.json and summary.json")
     p.set_defaults(func=_score_images)
     return parser
 

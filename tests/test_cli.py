@@ -142,3 +142,16 @@ def test_score_pipeline_passes_own_scheduler_to_the_library(tmp_path, monkeypatc
     for flags, expected in (([], False), (["--own-scheduler"], True)):
         assert main(["score-pipeline", str(tmp_path), "--track", "tiny", "--out", str(tmp_path / "o"), "--no-quality", *flags]) == 2
         assert seen[-1] is expected
+
+
+def test_the_help_names_what_each_command_writes_and_caches():
+    """``score-images`` writes no images; the scoring commands cache the scene-feature network under
+    ``--cache``; ``benchmark`` without ``--detector`` uses the published evaluator where there is one."""
+    from benchmark.cli import build_parser
+
+    helps = {words: {a.option_strings[-1]: a.help for a in sub._actions if a.option_strings} for words, sub in _commands(build_parser())}
+    assert "images" not in helps[("score-images",)]["--out"]
+    assert "images" in helps[("score-pipeline",)]["--out"]
+    for command in ("score-pipeline", "score-images"):
+        assert "scene-feature" in helps[(command,)]["--cache"]
+    assert "published" in helps[("benchmark",)]["--detector"]

@@ -153,3 +153,20 @@ def test_the_scoring_speed_probe_runs_as_the_readme_writes_it(tmp_path, monkeypa
     out = capsys.readouterr().out
     assert "icd-debug/icd-mixed/test: 4 images of 64x64" in out and "detector-tiny" in out, out
     assert "same concepts found in 4/4 images" in out, out
+
+
+@pytest.mark.parametrize("probe", ["build_speed", "gpu_paper_probe", "hostile_inputs", "interval_coverage",
+                                   "paper_dry_run", "scoring_speed", "training_speed"])
+def test_every_probe_says_what_it_measures_in_whole_sentences(probe, monkeypatch, capsys):
+    """``--help`` opens with the module's whole first paragraph, not a line of it cut mid-sentence."""
+    import importlib
+    import sys
+
+    module = importlib.import_module(f"benchmark.perf.{probe}")
+    monkeypatch.setattr(sys, "argv", [f"{probe}.py", "--help"])
+    with pytest.raises(SystemExit) as exited:
+        module.main()
+    assert exited.value.code == 0
+    description = " ".join(capsys.readouterr().out.split("\n\n")[1].split())
+    first_paragraph = " ".join(module.__doc__.split("\n\n")[0].split())
+    assert description.startswith(first_paragraph) and description.endswith((".", "?")), description

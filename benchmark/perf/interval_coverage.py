@@ -86,9 +86,9 @@ def seeded_coverage(rate: float, seed_sd: float, prompt_sd: float, seeds: int = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=400, help="simulated runs per three-seed cell")
-    parser.add_argument("--n", type=int, default=200, help="prompts (images per seed)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=400, help="simulated runs per three-seed cell (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=200, help="prompts (images per seed) (default: %(default)s)")
     args = parser.parse_args(argv)
     print(f"One seed, n = {args.n}: exact coverage of the 95% interval")
     print(f"{'rate %':>7}  {'Clopper-Pearson':>15}  {'percentile bootstrap (before)':>29}")
