@@ -123,7 +123,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     by_key = {(r["concept"], r["method"]): r for r in rows}
     lines = [f"# Implicit concept removal: {md_text(results['name'])} (track {code(results['track'])})", "",
              md_text(results.get("note", "")), ""]
-    lines += _evaluator_lines(results.get("detector", {}))
+    lines += _evaluator_lines(results.get("detector", {}), concepts)
     lines += _base_lines(results.get("base", {}))
     lines += [
         f"## Implicit concept ratio (ICR %, 95% interval; in parentheses, {PAPER_TABLES['icr']})",
@@ -241,12 +241,17 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _evaluator_lines(detector: dict[str, Any]) -> list[str]:
+def _evaluator_lines(detector: dict[str, Any], concepts: list[str]) -> list[str]:
+    """The detector, and its thresholds in the tables' column order (results.json keeps them sorted)."""
     if not detector:
         return []
     which = "the published evaluator" if detector.get("published") else "**not the published evaluator**: its ICRs compare only with runs that used the same detector"
     thresholds = detector.get("thresholds")
-    said = ", ".join(f"{md_text(c)} {t:.3g}" for c, t in thresholds.items()) if isinstance(thresholds, dict) else md_text(detector.get("conf"))
+    if isinstance(thresholds, dict):
+        ordered = sorted(thresholds.items(), key=lambda item: concepts.index(item[0]) if item[0] in concepts else len(concepts))
+        said = ", ".join(f"{md_text(c)} {t:.3g}" for c, t in ordered)
+    else:
+        said = md_text(detector.get("conf"))
     return [f"Detector {code(str(detector.get('sha256', ''))[:12])}: {which}. Confidence thresholds: {said}.", ""]
 
 

@@ -19,6 +19,8 @@ from benchmark.targets import Targets, check_targets
 from implicit_concept.stats import clopper_pearson
 
 REFERENCE = Path(__file__).resolve().parents[1] / "benchmark" / "reference" / "tiny"
+#: The reference run's results.json at commit 3b55bd5, from before seeded rows were over seeds.
+OLDER_REFERENCE = Path(__file__).resolve().parent / "data" / "results-3b55bd5.json"
 
 
 class FakeReport:
@@ -104,21 +106,36 @@ def test_the_report_labels_seeded_quality_lists_every_seed_and_says_what_the_tim
     assert "1067" in md and "e+03" not in md, "FIDs as plain numbers"
 
 
-def test_the_reference_run_still_reads_and_says_what_its_older_rows_hold(tmp_path):
-    """The committed reference results.json (written before seeded rows carried quality over seeds
-    and rows named their interval): the report reads it and says what each figure is."""
-    results = read_results(REFERENCE)
-    md = results_markdown(results)
+def test_an_older_reference_run_still_reads_and_says_what_its_older_rows_hold(tmp_path):
+    """The reference results.json of commit 3b55bd5 (written before seeded rows carried quality over
+    seeds and rows named their interval), as labs may hold it: the report reads it and says what each
+    figure is."""
+    run = tmp_path / "tiny"
+    run.mkdir()
+    shutil.copy(OLDER_REFERENCE, run / "results.json")
+    md = results_markdown(read_results(run))
     assert "| qrcode | sd (seed 0 only) |" in md and "| qrcode | ge-full (seed 0 only) |" in md
     assert "hierarchical: seeds, then prompts" in md, "the interval the reference rows record, not today's"
     assert "percentile bootstrap over images" in md
     assert "The sums count the first seed only of `ge-full`, `oracle`, `sd`" in md
     assert "crossed bootstrap" not in md.split("## Implicit")[1].split("| method |")[0]
     assert "e+0" not in md
-    run = tmp_path / "tiny"
-    shutil.copytree(REFERENCE, run)
     board = leaderboard([run])
     assert board.markdown.index("| oracle (control, not ranked) |") > board.markdown.index("| sd |")
+
+
+def test_the_committed_reference_report_is_what_the_code_makes_of_its_results(tmp_path):
+    """benchmark/reference/tiny/results.md holds the lines the report makes of the results.json beside
+    it (written in the run's key order, read back in the file's sorted order), with its targets and
+    the published evaluator; the leaderboard ranks a copy of it beside it with no difference."""
+    results = read_results(REFERENCE)
+    md = results_markdown(results)
+    assert sorted(md.splitlines()) == sorted((REFERENCE / "results.md").read_text().splitlines())
+    assert results["detector"]["published"] is True and results["targets"]["checks"]
+    assert {r["method"] for r in results["rows"]} == set(results["config"]["track"]["methods"])
+    copy = tmp_path / "copy"
+    shutil.copytree(REFERENCE, copy)
+    assert leaderboard([REFERENCE, copy]).differences == []
 
 
 def test_paper_numbers_name_their_table_and_the_ablation_is_its_own_table():
