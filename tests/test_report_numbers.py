@@ -20,7 +20,7 @@ from implicit_concept.stats import clopper_pearson
 
 REFERENCE = Path(__file__).resolve().parents[1] / "benchmark" / "reference" / "tiny"
 #: The reference run's results.json at commit 3b55bd5, from before seeded rows were over seeds.
-OLDER_REFERENCE = Path(__file__).resolve().parent / "data" / "results-3b55bd5.json"
+OLDER_REFERENCE = Path(__file__).resolve().parent / "fixtures" / "results-3b55bd5.json"
 
 
 class FakeReport:

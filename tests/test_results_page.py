@@ -232,7 +232,7 @@ def test_runs_compare_only_when_the_whole_evaluator_agrees_weights_thresholds_co
 def test_an_older_results_json_without_a_part_of_the_evaluator_gets_a_note_not_a_claim_of_agreement(tmp_path):
     """The reference results.json of commit 3b55bd5 records the weights, thresholds and conf, but no
     clean reference digest: copies of it compare on what they record, and the page says what they could not."""
-    reference = json.loads((Path(__file__).parent / "data" / "results-3b55bd5.json").read_text())
+    reference = json.loads((Path(__file__).parent / "fixtures" / "results-3b55bd5.json").read_text())
     assert "clean_reference_sha256" not in reference["detector"] and "thresholds" in reference["detector"]
     runs = {}
     for name, thresholds in (("lab-a", None), ("lab-b", None), ("lab-c", 0.99)):
