@@ -87,23 +87,25 @@ def differences(runs: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
             lines.append(f"{key} not recorded in: {', '.join(unrecorded)} (a results.json from an older version)")
         elif len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
             lines.append(f"{key} differs: " + "; ".join(f"{name} = {v}" for name, v in values.items()))
-    runs_of_base = {name: r for name, r in runs.items() if not r.get("handed_over")}
-    bases = {name: r["base"].get("weights_sha256") for name, r in runs_of_base.items() if r.get("base")}
-    if len(set(bases.values())) > 1:
-        lines.append("base model (weights sha256) differs: " + "; ".join(f"{name} = {v}" for name, v in bases.items()))
-    unrecorded = [name for name in runs_of_base if name not in bases]
-    if unrecorded and len(runs_of_base) > 1:
-        notes.append(f"base model not compared: not recorded in {', '.join(unrecorded)} (a results.json from an older version)")
+    bases = {name: r["base"].get("weights_sha256") if r.get("base") else _UNRECORDED
+             for name, r in runs.items() if not r.get("handed_over")}  # a handed-over pipeline's base is not known
+    _compare_recorded("base model (weights sha256)", bases, lines, notes, " (a results.json from an older version)")
     for key, (field_name, null_is_value) in EVALUATOR_SETTINGS.items():
         values = {name: _detector_field(r, field_name, null_is_value) for name, r in runs.items()}
-        recorded = {name: v for name, v in values.items() if v is not _UNRECORDED}
-        if len({json.dumps(v, sort_keys=True) for v in recorded.values()}) > 1:
-            lines.append(f"{key} differs: " + "; ".join(f"{name} = {v}" for name, v in recorded.items()))
-        unrecorded = [name for name in values if name not in recorded]
-        if unrecorded and len(runs) > 1:
-            notes.append(f"{key} not compared: not recorded in {', '.join(unrecorded)} (a results.json from an older version, "
-                         "or a detector whose record holds none); the same weights at other settings give other ICRs")
+        _compare_recorded(key, values, lines, notes, " (a results.json from an older version, or a detector whose record holds "
+                                                      "none); the same weights at other settings give other ICRs")
     return lines, notes
+
+
+def _compare_recorded(key: str, values: dict[str, Any], lines: list[str], notes: list[str], unrecorded_because: str) -> None:
+    """Compare the runs that record ``key`` (a difference goes to ``lines``); runs that do not
+    (:data:`_UNRECORDED`) get a note, not a claim of agreement."""
+    recorded = {name: v for name, v in values.items() if v is not _UNRECORDED}
+    if len({json.dumps(v, sort_keys=True) for v in recorded.values()}) > 1:
+        lines.append(f"{key} differs: " + "; ".join(f"{name} = {v}" for name, v in recorded.items()))
+    unrecorded = [name for name in values if name not in recorded]
+    if unrecorded and len(values) > 1:
+        notes.append(f"{key} not compared: not recorded in {', '.join(unrecorded)}{unrecorded_because}")
 
 
 def off_protocol(runs: dict[str, dict[str, Any]]) -> list[str]:

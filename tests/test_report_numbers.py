@@ -238,7 +238,7 @@ def test_runs_on_other_bases_are_not_ranked_together_and_one_that_sampled_off_th
     assert len(_tables(board.markdown)) == 2, "each run ranked on its own"
     older = run(tmp_path / "older", None)
     board = leaderboard([a, older])
-    assert board.differences == [] and f"base model not compared: not recorded in {older} (a results.json from an older version)" in board.notes
+    assert board.differences == [] and f"base model (weights sha256) not compared: not recorded in {older} (a results.json from an older version)" in board.notes
 
     report = results_markdown({**json.loads((theirs / "results.json").read_text()), "environment": {}})
     assert "Base: `--pretrained` (weights sha256 `w2`). **Off the track's protocol**" in report
