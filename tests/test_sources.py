@@ -570,6 +570,11 @@ UNICODE_CAPTIONS = {
     "utf16nobom": ("\u00e9t\u00e9 a dog".encode("utf-16-le"), None, "caption_not_utf8",
                    "not UTF-8: byte 0xe9 at offset 0 (invalid continuation byte); a NUL every other byte: UTF-16 without a "
                    "byte order mark? Save captions as UTF-8"),
+    # ASCII in UTF-16 decodes as UTF-8 too, a NUL between letters: refused, not read as "a  d o g".
+    "utf16ascii": ("a dog".encode("utf-16-le"), None, "caption_not_utf8",
+                   "not UTF-8 text: a NUL every other byte: UTF-16 without a byte order mark? Save captions as UTF-8"),
+    "utf16beascii": ("a dog".encode("utf-16-be"), None, "caption_not_utf8",
+                     "not UTF-8 text: a NUL every other byte: UTF-16 without a byte order mark? Save captions as UTF-8"),
 }
 
 
