@@ -747,6 +747,23 @@ def test_folder_reads_only_regular_files_within_caps(tmp_path: Path, plant, expe
     assert all(i.caption in (None, "a caption", "a picture") for i in items)
 
 
+@pytest.mark.parametrize("kind", ["folder", "webdataset"])
+def test_a_name_that_is_not_utf8_says_which_byte_and_what_to_do(tmp_path: Path, kind: str):
+    """A Latin-1 name (an old archive, a zip from Windows) is a skip that says why, not a bare reason."""
+    name = os.fsdecode(b"caf\xe9")
+    if kind == "folder":
+        (tmp_path / f"{name}.jpg").write_bytes(jpeg())
+        (tmp_path / f"{name}.txt").write_text("a photo")
+        source = FolderSource(FolderConfig(str(tmp_path), test_fraction=0.0), shard_size=100)
+    else:
+        write_tar(tmp_path / "00000.tar", [(f"{name}.jpg", jpeg()), (f"{name}.txt", b"a photo")])
+        source = WebDatasetSource(WebDatasetConfig(str(tmp_path / "00000.tar"), test_fraction=0.0))
+    [item] = read_all(source, "train")
+    assert item.error == "undecodable_name"
+    assert "the name is not UTF-8 (byte 0xe9" in item.detail and "rename it to UTF-8" in item.detail
+    item.detail.encode("utf-8")  # the record itself can be written
+
+
 def test_folder_does_not_list_files_below_a_symlinked_folder(tmp_path: Path):
     save(tmp_path / "outside" / "linked.jpg", Image.new("RGB", (64, 64)), "JPEG")
     save(tmp_path / "images" / "good.jpg", Image.new("RGB", (64, 64)), "JPEG")

@@ -26,7 +26,7 @@ from implicit_concept.image_decode import DEFAULT_MAX_PIXELS
 from implicit_concept.sample import SPLITS
 from implicit_concept.shard_reader import MAX_JSON_BYTES, is_hidden
 
-from .base import DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, check_fraction, check_limits, hidden_detail, split_of
+from .base import DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, check_fraction, check_limits, hidden_detail, split_of, undecodable_detail
 from .caption_text import MAX_CAPTION_BYTES, read_caption
 from .source_json import read_source_json
 
@@ -225,7 +225,7 @@ class FolderSource(Source):
         try:
             rel.encode("utf-8")
         except UnicodeEncodeError:
-            return RawItem(rel, None, None, {}, error="undecodable_name")
+            return RawItem(rel, None, None, {}, error="undecodable_name", detail=undecodable_detail(rel))
         if json_rel is not None:
             try:
                 found, skipped = read_source_json(read_regular_file(self.root, json_rel, MAX_JSON_BYTES))
