@@ -558,6 +558,17 @@ def test_folder_and_tar_read_the_same_image_extensions(tmp_path: Path):
         ("00000.tar/jpe", None, "jpe"), ("00000.tar/jfif", None, "jfif"), ("00000.tar/apng", None, "apng")]
 
 
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"caption_key": "json"}, "caption_key 'json' is the metadata member read into source.meta"),
+    ({"caption_key": "JPG"}, "caption_key 'jpg' is one of image_keys"),
+    ({"image_keys": ["jpg", "json"]}, "image_keys: 'json' is a sample's metadata member"),
+])
+def test_a_tar_member_is_read_for_one_use(tmp_path: Path, fields: dict, message: str):
+    """A caption_key of "json" took the sidecar's raw JSON text as the caption: refused before any work."""
+    with pytest.raises(ValueError, match=message):
+        WebDatasetConfig(str(tmp_path / "00000.tar"), **fields)
+
+
 UNICODE_CAPTIONS = {
     "utf16le": (codecs.BOM_UTF16_LE + "a dog\r\n".encode("utf-16-le"), "a dog", None, None),
     "utf16be": (codecs.BOM_UTF16_BE + "un caf\u00e9 \u6c34".encode("utf-16-be"), "un caf\u00e9 \u6c34", None, None),

@@ -102,6 +102,12 @@ class WebDatasetConfig:
         if not isinstance(self.caption_key, str) or not self.caption_key:
             raise ValueError(f"caption_key must be an extension such as 'txt', got {self.caption_key!r}")
         object.__setattr__(self, "caption_key", self.caption_key.lower())
+        # One member, one use: a caption_key of "json" made the sidecar's raw JSON text the caption.
+        if "json" in self.image_keys:
+            raise ValueError("image_keys: 'json' is a sample's metadata member (read into source.meta), not an image")
+        if self.caption_key in (*self.image_keys, "json"):
+            used = "the metadata member read into source.meta" if self.caption_key == "json" else "one of image_keys"
+            raise ValueError(f"caption_key {self.caption_key!r} is {used}: a caption is a text member of its own, such as 'txt'")
         check_limits(self.max_member_bytes, "max_member_bytes", self.max_pixels)
 
 
