@@ -562,11 +562,14 @@ def test_folder_and_tar_read_the_same_image_extensions(tmp_path: Path):
     ({"caption_key": "json"}, "caption_key 'json' is the metadata member read into source.meta"),
     ({"caption_key": "JPG"}, "caption_key 'jpg' is one of image_keys"),
     ({"image_keys": ["jpg", "json"]}, "image_keys: 'json' is a sample's metadata member"),
+    ({"extensions": ["jpg", ".TXT"]}, "extensions: 'txt' files are a key's caption or metadata, not its image"),
+    ({"extensions": ["json"]}, "extensions: 'json' files are a key's caption or metadata, not its image"),
 ])
-def test_a_tar_member_is_read_for_one_use(tmp_path: Path, fields: dict, message: str):
+def test_a_file_or_member_is_read_for_one_use(tmp_path: Path, fields: dict, message: str):
     """A caption_key of "json" took the sidecar's raw JSON text as the caption: refused before any work."""
+    config = FolderConfig if "extensions" in fields else WebDatasetConfig
     with pytest.raises(ValueError, match=message):
-        WebDatasetConfig(str(tmp_path / "00000.tar"), **fields)
+        config(str(tmp_path / "00000.tar"), **fields)
 
 
 UNICODE_CAPTIONS = {

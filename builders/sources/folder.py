@@ -108,6 +108,9 @@ class FolderConfig:
         if not (names and ext):
             raise ValueError(f"extensions must be a non-empty list of file endings, got {ext!r}")
         object.__setattr__(self, "extensions", tuple(e.lower().lstrip(".") for e in ext))
+        taken = [e for e in self.extensions if e in (CAPTION_EXTENSION, JSON_EXTENSION)]
+        if taken:
+            raise ValueError(f"extensions: {taken[0]!r} files are a key's caption or metadata, not its image")
         check_limits(self.max_file_bytes, "max_file_bytes", self.max_pixels)
 
 
