@@ -202,6 +202,20 @@ def test_the_pixel_cap_is_the_callers():
     assert prepare_image(Image.new("RGB", (100, 100)), 32, 16, max_pixels=5000).size == (32, 32), "in memory: nothing to decode"
 
 
+def test_a_jpeg_with_a_second_picture_is_drafted_like_any_jpeg():
+    """Phones write a depth map or a second picture after the photo (an MPF segment): Pillow opens
+    such a JPEG as MPO. It is the same photo, decoded from the same draft, under the same cap."""
+    pixels = np.random.default_rng(0).integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+    photo = Image.fromarray(np.asarray(Image.fromarray(pixels).resize((800, 600), Image.Resampling.NEAREST)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the draft and the orientation together
+    plain = encode(photo, "JPEG", quality=90, exif=exif.tobytes())
+    mpo = encode(photo, "MPO", quality=90, exif=exif.tobytes(), save_all=True, append_images=[Image.new("RGB", (80, 60))])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    cap = 100_000  # the 800 x 600 photo decodes at 100 x 75 for a 64 px square
+    assert np.array_equal(np.asarray(prepare_image(mpo, 64, 0, max_pixels=cap)), np.asarray(prepare_image(plain, 64, 0, max_pixels=cap)))
+
+
 def test_pillows_bomb_warning_is_a_refusal_not_a_full_decode(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     assert reason(encode(Image.new("RGB", (40, 40), RED), "PNG")) == "too_large"
