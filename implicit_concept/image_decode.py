@@ -116,9 +116,16 @@ def open_image(raw: bytes | BinaryIO | Image.Image) -> Image.Image:
         raise SampleError("unreadable_image", "empty file (zero bytes)")
     try:
         raw = _screen(raw, head)
+        jpeg = head.startswith(b"\xff\xd8\xff")
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(raw, formats=FORMATS)
+            # A baseline JPEG decodes from a draft (an eighth of each side at most): check_pixels
+            # caps what is decoded, so a 108 MP phone photo is not refused as a bomb at open.
+            warnings.simplefilter("ignore" if jpeg else "error", Image.DecompressionBombWarning)
+            image = Image.open(raw, formats=FORMATS)
+        if jpeg and image.info.get("progressive") and image.width * image.height > PILLOW_MAX_PIXELS:
+            raise SampleError("too_large", f"a progressive JPEG of {image.width}x{image.height} pixels > {PILLOW_MAX_PIXELS}: "
+                                           "libjpeg holds every coefficient of one, whatever the draft")
+        return image
     except SampleError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from benchmark.perf import hostile_inputs as hostile
 from builders.resizer import SampleError, prepare_image
+from implicit_concept import image_decode
 from tests.bounded_memory import memory_headroom
 
 RED, GREEN, BLUE = (220, 30, 30), (30, 200, 30), (30, 30, 220)
@@ -219,6 +220,20 @@ def test_a_jpeg_with_a_second_picture_is_drafted_like_any_jpeg():
 def test_pillows_bomb_warning_is_a_refusal_not_a_full_decode(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     assert reason(encode(Image.new("RGB", (40, 40), RED), "PNG")) == "too_large"
+
+
+def test_a_baseline_jpeg_past_pillows_warning_is_capped_after_its_draft(monkeypatch):
+    """A 108 MP phone photo (12000 x 9000) passes Pillow's bomb warning (89 MP): a baseline JPEG
+    decodes from its draft, under the caller's cap. A progressive one is still refused: libjpeg
+    holds all its coefficients whatever the draft (here Pillow's limit is 1000 pixels, the photos 1600)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(image_decode, "PILLOW_MAX_PIXELS", 1000)
+    photo = Image.new("RGB", (40, 40), RED)
+    assert mean_rgb(prepare_image(encode(photo, "JPEG"), 32, 16)) == pytest.approx(RED, abs=2)
+    with pytest.raises(SampleError, match="40x40 pixels > the cap of 1000"):  # the draft of a 32 px square is the whole image
+        prepare_image(encode(photo, "JPEG"), 32, 16, max_pixels=1000)
+    with pytest.raises(SampleError, match="a progressive JPEG of 40x40 pixels > 1000"):
+        prepare_image(encode(photo, "JPEG", progressive=True), 32, 16)
 
 
 def test_sixteen_bit_images_are_scaled_without_float64_copies():
