@@ -125,6 +125,8 @@ def open_image(raw: bytes | BinaryIO | Image.Image) -> Image.Image:
         if jpeg and image.info.get("progressive") and image.width * image.height > PILLOW_MAX_PIXELS:
             raise SampleError("too_large", f"a progressive JPEG of {image.width}x{image.height} pixels > {PILLOW_MAX_PIXELS}: "
                                            "libjpeg holds every coefficient of one, whatever the draft")
+        if image.format == "WEBP" and getattr(image, "rawmode", None) == "RGBX":
+            _keep_webp_alpha(image)
         return image
     except SampleError:
         raise
@@ -503,6 +505,14 @@ def _png_raw_size(width: int, height: int, depth: int, colour: int, _c: int, _f:
 
 
 # --- pixels ------------------------------------------------------------------------------------
+
+
+def _keep_webp_alpha(image: Image.Image) -> None:
+    """Decode a WebP Pillow would read as RGB with its alpha: libwebp leaves the canvas transparent
+    where an animation's first frame does not cover it, and an encoder crops each frame to what it
+    draws without flagging alpha (a sticker on a transparent ground), so Pillow showed that ground
+    black. A browser shows it transparent, so it becomes white here; an opaque WebP is unchanged."""
+    image.rawmode = image._mode = "RGBA"
 
 
 def _orient(image: Image.Image) -> Image.Image:

@@ -178,6 +178,20 @@ def test_sixteen_bit_grey_transparency_is_white(key):
     assert (out[0, 8] == round((key + 1) / 257)).all()
 
 
+@pytest.mark.parametrize("options", [{"lossless": True}, {"quality": 90}], ids=["lossless", "lossy"])
+def test_an_animated_webps_transparent_ground_is_white(options):
+    """libwebp crops a frame to what it draws and flags no alpha: Pillow read the ground left
+    uncovered as RGB black. It is transparent, as a browser shows it; an opaque WebP keeps its pixels."""
+    sticker = np.zeros((16, 16, 4), np.uint8)
+    sticker[:, 8:] = (30, 200, 30, 255)
+    raw = encode(Image.fromarray(sticker, "RGBA"), "WEBP", save_all=True, append_images=[Image.new("RGBA", (16, 16), "black")], **options)
+    assert Image.open(io.BytesIO(raw)).mode == "RGB"  # what Pillow says of it
+    out = pixels(raw)
+    assert (out[:, :7] == 255).all() and np.abs(out[:, 9:] - (30, 200, 30)).max() <= 4
+    opaque = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)), "WEBP", **options)
+    assert np.array_equal(pixels(opaque), np.asarray(Image.open(io.BytesIO(opaque)).convert("RGB"), np.int16))
+
+
 # --- 4. ICC profiles become sRGB ----------------------------------------------------------------
 
 
