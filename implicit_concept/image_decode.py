@@ -571,7 +571,12 @@ def _flatten(image: Image.Image) -> Image.Image:
         return Image.alpha_composite(Image.new("RGBA", image.size, _WHITE), image).convert("RGB")
     if image.mode in ("L", "RGB", "CMYK", "YCbCr"):
         return image
-    raise SampleError("unsupported_mode", image.mode)
+    kind = _MODE_NAMES.get(image.mode, "pixels")
+    raise SampleError("unsupported_mode", f"{image.mode} ({kind}): no 8-bit RGB meaning here; save the image as 8- or 16-bit RGB")
+
+
+#: What a mode with no RGB meaning here holds, for the message of its refusal.
+_MODE_NAMES = {"F": "32-bit floating-point pixels", "LAB": "CIE L*a*b* pixels", "HSV": "hue, saturation, value pixels"}
 
 
 def _to_srgb(image: Image.Image, profile: bytes) -> Image.Image:

@@ -92,6 +92,15 @@ def test_bad_inputs_name_their_reason(raw, expected):
     assert reason(raw) == expected
 
 
+@pytest.mark.parametrize(("mode", "kind"), [("F", "32-bit floating-point pixels"), ("LAB", "CIE L*a*b* pixels")])
+def test_a_mode_with_no_rgb_meaning_says_what_it_holds(mode, kind):
+    """A scientist's float TIFF or a LAB export: the record says what the pixels are, not a bare mode name."""
+    with pytest.raises(SampleError) as info:
+        prepare_image(encode(Image.new(mode, (40, 40)), "TIFF"), 32, 16)
+    assert info.value.reason == "unsupported_mode"
+    assert info.value.detail == f"{mode} ({kind}): no 8-bit RGB meaning here; save the image as 8- or 16-bit RGB"
+
+
 def test_sample_error_carries_reason():
     """What a build counts a skipped image under, and what it says about it."""
     with pytest.raises(SampleError) as info:
