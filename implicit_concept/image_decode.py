@@ -215,8 +215,15 @@ def _unidentified(head: bytes) -> tuple[str, str]:
     return "unsupported_format", _not_read(f"{found} (by its signature; it {starts})")
 
 
+#: HEIF brands of an ISO media file's ftyp box (iPhones save HEIC): no plugin of Pillow's knows them.
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs")
+#: JPEG XL: a bare codestream, or its ISO media container.
+_JPEG_XL = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")
+
+
 def _signature(head: bytes) -> str | None:
-    """The first format whose signature ``head`` carries, of every format Pillow knows."""
+    """The first format whose signature ``head`` carries, of every format Pillow knows, then the
+    photo formats it does not (HEIC, JPEG XL): either is a format not read, not a broken image."""
     Image.init()
     for name in Image.ID:
         accept = Image.OPEN[name][1]
@@ -225,6 +232,10 @@ def _signature(head: bytes) -> str | None:
                 return name
         except Exception:  # a signature test given 16 bytes it did not expect
             continue
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "HEIC"
+    if head.startswith(_JPEG_XL):
+        return "JPEG XL"
     return None
 
 

@@ -97,6 +97,18 @@ def test_a_minimal_psd_is_not_decoded():
     assert refusal(data).reason == "unsupported_format" and refusal(data).detail.startswith("PSD (by its signature")
 
 
+@pytest.mark.parametrize(("head", "name"), [
+    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "HEIC"),  # an iPhone photo, renamed .jpg
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n\x00\x00\x00\x14ftypjxl ", "JPEG XL"),
+    (b"\xff\x0a\xfa\x7f\x01\x90\x08", "JPEG XL"),
+])
+def test_a_photo_format_pillow_does_not_know_is_named(head, name):
+    """A file the record calls unreadable sends a lab looking for corruption: an iPhone's HEIC is a format not read."""
+    error = refusal(head + bytes(64))
+    assert error.reason == "unsupported_format"
+    assert error.detail.startswith(f"{name} (by its signature; it starts with ")
+
+
 def _writable_other_formats() -> list[str]:
     Image.init()
     return sorted(f for f in Image.SAVE if f not in FORMATS and f != "MPO")
