@@ -18,6 +18,7 @@ import hashlib
 import math
 import os
 import stat
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -308,7 +309,7 @@ def _is_link(path: Path) -> bool:
 
 
 def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str, str] | None = None) -> list[_Entry]:
-    """``listed`` grouped by key, in key order. The image used is the first by the order of
+    """``listed`` grouped by key (names the same under NFC are one), in key order. The image used is the first by the order of
     ``extensions`` (then by name), the caption ``KEY.txt`` before another case of it. A folder of
     ``unlisted`` is an entry of its own (its path the key): a skip, ``unreadable_folder``."""
     groups: dict[str, list[tuple[str, str]]] = {}
@@ -318,7 +319,9 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
             hidden.append(rel)
             continue
         key, ext = split_name(rel)
-        groups.setdefault(key, []).append((rel, ext))
+        # A Mac writes names decomposed (NFD), most other tools composed (NFC): "café.jpg" and
+        # "café.txt" look the same and are one key, whichever form each file has.
+        groups.setdefault(unicodedata.normalize("NFC", key), []).append((rel, ext))
     folders = {f"{rel}/": why for rel, why in (unlisted or {}).items() if rel}
     entries = []
     for key in sorted([*groups, *folders, *hidden]):
@@ -331,6 +334,7 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
             continue
         files = groups[key]
         images = sorted((r for r, e in files if e in extensions), key=lambda r: (extensions.index(split_name(r)[1]), r))
+        key = split_name(images[0] if images else files[0][0])[0]  # the name as written, for the split and the order
         captions = _preferred(files, CAPTION_EXTENSION)
         caption = captions[0] if captions else f"{key}.{CAPTION_EXTENSION}"
         jsons = _preferred(files, JSON_EXTENSION)
@@ -342,7 +346,7 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
             unused += [(r, "duplicate_caption", f"{r}: {caption} of the same name is used") for r in captions[1:]]
             unused += [(r, "duplicate_json", f"{r}: {jsons[0]} of the same name is used") for r in jsons[1:]]
         entries.append(_Entry(key, images[0] if images else None, caption, jsons[0] if jsons else None, tuple(unused)))
-    return entries
+    return sorted(entries, key=lambda e: e.key)
 
 
 def _preferred(files: list[tuple[str, str]], extension: str) -> list[str]:
