@@ -127,6 +127,8 @@ def open_image(raw: bytes | BinaryIO | Image.Image) -> Image.Image:
                                            "libjpeg holds every coefficient of one, whatever the draft")
         if image.format == "WEBP" and getattr(image, "rawmode", None) == "RGBX":
             _keep_webp_alpha(image)
+        if image.format == "BMP" and image.info.get("compression") == 0 and image.tile and image.tile[0].args[0] == "BGRX":
+            _keep_bmp_alpha(image)
         return image
     except SampleError:
         raise
@@ -194,6 +196,8 @@ def _load(image: Image.Image) -> None:
         raise SampleError(_decode_reason(exc), error_text(exc)) from exc
     if source is not None:
         _check_png_rows(image, source)
+    if image.format == "BMP" and image.mode == "RGBA" and image.info.get("compression") == 0 and image.getextrema()[3] == (0, 0):
+        image.putalpha(255)  # the reserved byte unused: opaque, as every viewer shows it
 
 
 def _decode_reason(exc: Exception) -> str:
@@ -524,6 +528,15 @@ def _keep_webp_alpha(image: Image.Image) -> None:
     draws without flagging alpha (a sticker on a transparent ground), so Pillow showed that ground
     black. A browser shows it transparent, so it becomes white here; an opaque WebP is unchanged."""
     image.rawmode = image._mode = "RGBA"
+
+
+def _keep_bmp_alpha(image: Image.Image) -> None:
+    """Decode a 32-bit BMP's fourth byte, which the old header calls reserved, as alpha: writers put
+    it there (Pillow's own RGBA BMP), and browsers show it, unless it is zero everywhere (a writer
+    that left it unused; :func:`_load` makes that image opaque)."""
+    tile = image.tile[0]
+    image.tile = [tile._replace(args=("BGRA", *tile.args[1:]))]
+    image._mode = "RGBA"
 
 
 def _orient(image: Image.Image) -> Image.Image:

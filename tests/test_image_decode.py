@@ -204,6 +204,21 @@ def test_an_animated_webps_transparent_ground_is_white(options):
     assert np.array_equal(pixels(opaque), np.asarray(Image.open(io.BytesIO(opaque)).convert("RGB"), np.int16))
 
 
+def test_a_32_bit_bmps_fourth_byte_is_alpha_unless_it_is_all_zero():
+    """Pillow saves RGBA as a BMP whose fourth byte the old header calls reserved, and read it back
+    opaque: a cut-out's ground showed black. It is alpha, as browsers show it; a writer that left it
+    zero everywhere meant no alpha, and the colours stay."""
+    sticker = np.zeros((16, 16, 4), np.uint8)
+    sticker[:, 8:] = (30, 200, 30, 255)
+    sticker[:, :8, :3] = (10, 20, 30)
+    raw = encode(Image.fromarray(sticker, "RGBA"), "BMP")
+    assert Image.open(io.BytesIO(raw)).mode == "RGB"  # what Pillow says of it
+    out = pixels(raw)
+    assert (out[:, :8] == 255).all() and (out[:, 8:] == (30, 200, 30)).all()
+    sticker[:, :, 3] = 0
+    assert (pixels(encode(Image.fromarray(sticker, "RGBA"), "BMP")) == sticker[:, :, :3]).all()
+
+
 # --- 4. ICC profiles become sRGB ----------------------------------------------------------------
 
 
