@@ -309,9 +309,10 @@ def _is_link(path: Path) -> bool:
 
 
 def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str, str] | None = None) -> list[_Entry]:
-    """``listed`` grouped by key (names the same under NFC are one), in key order. The image used is the first by the order of
-    ``extensions`` (then by name), the caption ``KEY.txt`` before another case of it. A folder of
-    ``unlisted`` is an entry of its own (its path the key): a skip, ``unreadable_folder``."""
+    """``listed`` grouped by key (names the same under NFC are one), in key order. The image used is
+    the first by the order of ``extensions`` (then by name), the caption ``KEY.txt`` before another
+    case of it. A folder of ``unlisted`` is an entry of its own (its path the key): a skip,
+    ``unreadable_folder``."""
     groups: dict[str, list[tuple[str, str]]] = {}
     hidden = []
     for rel in listed:
