@@ -1,7 +1,7 @@
 """img2dataset's "resizer" stage: a decoded image becomes a square RGB image of a fixed size.
 
 Decoding (and why it fails) lives in :mod:`implicit_concept.image_decode`; this stage checks the
-minimum side, lets JPEG decode a smaller draft, refuses more pixels than the cap (from the header,
+minimum side, lets JPEG (and MPO) decode a smaller draft, refuses more pixels than the cap (from the header,
 before decoding), resizes the shorter side to ``size`` and
 centre-crops. The filter is fixed and ``reducing_gap`` is off, so the same bytes always give the
 same pixels.
@@ -44,8 +44,9 @@ def _prepare(raw: bytes | Image.Image, size: int, min_side: int, max_pixels: int
     image = open_image(raw)
     if min(image.size) < min_side:
         raise SampleError("too_small", f"{image.size[0]}x{image.size[1]} < {min_side}")
-    if image is not raw and image.format == "JPEG":
-        # DCT-domain downscaling: several times faster on photos, and still deterministic.
+    if image is not raw and image.format in ("JPEG", "MPO"):
+        # DCT-domain downscaling: several times faster on photos, and still deterministic. A phone's
+        # JPEG with a depth map or a second picture (an MPF segment) opens as MPO: the same first picture.
         image.draft(None, (size, size))
     rgb = decode_rgb(image, None if image is raw else max_pixels)
     if rgb is not raw and rgb.size == (size, size):

@@ -116,9 +116,20 @@ def open_image(raw: bytes | BinaryIO | Image.Image) -> Image.Image:
         raise SampleError("unreadable_image", "empty file (zero bytes)")
     try:
         raw = _screen(raw, head)
+        jpeg = head.startswith(b"\xff\xd8\xff")
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(raw, formats=FORMATS)
+            # A baseline JPEG decodes from a draft (an eighth of each side at most): check_pixels
+            # caps what is decoded, so a 108 MP phone photo is not refused as a bomb at open.
+            warnings.simplefilter("ignore" if jpeg else "error", Image.DecompressionBombWarning)
+            image = Image.open(raw, formats=FORMATS)
+        if jpeg and image.info.get("progressive") and image.width * image.height > PILLOW_MAX_PIXELS:
+            raise SampleError("too_large", f"a progressive JPEG of {image.width}x{image.height} pixels > {PILLOW_MAX_PIXELS}: "
+                                           "libjpeg holds every coefficient of one, whatever the draft")
+        if image.format == "WEBP" and getattr(image, "rawmode", None) == "RGBX":
+            _keep_webp_alpha(image)
+        if image.format == "BMP" and image.info.get("compression") == 0 and image.tile and image.tile[0].args[0] == "BGRX":
+            _keep_bmp_alpha(image)
+        return image
     except SampleError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -185,6 +196,8 @@ def _load(image: Image.Image) -> None:
         raise SampleError(_decode_reason(exc), error_text(exc)) from exc
     if source is not None:
         _check_png_rows(image, source)
+    if image.format == "BMP" and image.mode == "RGBA" and image.info.get("compression") == 0 and image.getextrema()[3] == (0, 0):
+        image.putalpha(255)  # the reserved byte unused: opaque, as every viewer shows it
 
 
 def _decode_reason(exc: Exception) -> str:
@@ -206,8 +219,15 @@ def _unidentified(head: bytes) -> tuple[str, str]:
     return "unsupported_format", _not_read(f"{found} (by its signature; it {starts})")
 
 
+#: HEIF brands of an ISO media file's ftyp box (iPhones save HEIC): no plugin of Pillow's knows them.
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs")
+#: JPEG XL: a bare codestream, or its ISO media container.
+_JPEG_XL = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")
+
+
 def _signature(head: bytes) -> str | None:
-    """The first format whose signature ``head`` carries, of every format Pillow knows."""
+    """The first format whose signature ``head`` carries, of every format Pillow knows, then the
+    photo formats it does not (HEIC, JPEG XL): either is a format not read, not a broken image."""
     Image.init()
     for name in Image.ID:
         accept = Image.OPEN[name][1]
@@ -216,6 +236,10 @@ def _signature(head: bytes) -> str | None:
                 return name
         except Exception:  # a signature test given 16 bytes it did not expect
             continue
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "HEIC"
+    if head.startswith(_JPEG_XL):
+        return "JPEG XL"
     return None
 
 
@@ -498,6 +522,23 @@ def _png_raw_size(width: int, height: int, depth: int, colour: int, _c: int, _f:
 # --- pixels ------------------------------------------------------------------------------------
 
 
+def _keep_webp_alpha(image: Image.Image) -> None:
+    """Decode a WebP Pillow would read as RGB with its alpha: libwebp leaves the canvas transparent
+    where an animation's first frame does not cover it, and an encoder crops each frame to what it
+    draws without flagging alpha (a sticker on a transparent ground), so Pillow showed that ground
+    black. A browser shows it transparent, so it becomes white here; an opaque WebP is unchanged."""
+    image.rawmode = image._mode = "RGBA"
+
+
+def _keep_bmp_alpha(image: Image.Image) -> None:
+    """Decode a 32-bit BMP's fourth byte, which the old header calls reserved, as alpha: writers put
+    it there (Pillow's own RGBA BMP), and browsers show it, unless it is zero everywhere (a writer
+    that left it unused; :func:`_load` makes that image opaque)."""
+    tile = image.tile[0]
+    image.tile = [tile._replace(args=("BGRA", *tile.args[1:]))]
+    image._mode = "RGBA"
+
+
 def _orient(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a broken EXIF block, or one over :data:`MAX_EXIF_BYTES`, only
     loses the hint, not the picture."""
@@ -554,7 +595,12 @@ def _flatten(image: Image.Image) -> Image.Image:
         return Image.alpha_composite(Image.new("RGBA", image.size, _WHITE), image).convert("RGB")
     if image.mode in ("L", "RGB", "CMYK", "YCbCr"):
         return image
-    raise SampleError("unsupported_mode", image.mode)
+    kind = _MODE_NAMES.get(image.mode, "pixels")
+    raise SampleError("unsupported_mode", f"{image.mode} ({kind}): no 8-bit RGB meaning here; save the image as 8- or 16-bit RGB")
+
+
+#: What a mode with no RGB meaning here holds, for the message of its refusal.
+_MODE_NAMES = {"F": "32-bit floating-point pixels", "LAB": "CIE L*a*b* pixels", "HSV": "hue, saturation, value pixels"}
 
 
 def _to_srgb(image: Image.Image, profile: bytes) -> Image.Image:

@@ -97,6 +97,18 @@ def test_a_minimal_psd_is_not_decoded():
     assert refusal(data).reason == "unsupported_format" and refusal(data).detail.startswith("PSD (by its signature")
 
 
+@pytest.mark.parametrize(("head", "name"), [
+    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "HEIC"),  # an iPhone photo, renamed .jpg
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n\x00\x00\x00\x14ftypjxl ", "JPEG XL"),
+    (b"\xff\x0a\xfa\x7f\x01\x90\x08", "JPEG XL"),
+])
+def test_a_photo_format_pillow_does_not_know_is_named(head, name):
+    """A file the record calls unreadable sends a lab looking for corruption: an iPhone's HEIC is a format not read."""
+    error = refusal(head + bytes(64))
+    assert error.reason == "unsupported_format"
+    assert error.detail.startswith(f"{name} (by its signature; it starts with ")
+
+
 def _writable_other_formats() -> list[str]:
     Image.init()
     return sorted(f for f in Image.SAVE if f not in FORMATS and f != "MPO")
@@ -176,6 +188,35 @@ def test_sixteen_bit_grey_transparency_is_white(key):
     assert (out[:, :8] == 255).all()
     assert (out[1:, 8:] == round(opaque / 257)).all()
     assert (out[0, 8] == round((key + 1) / 257)).all()
+
+
+@pytest.mark.parametrize("options", [{"lossless": True}, {"quality": 90}], ids=["lossless", "lossy"])
+def test_an_animated_webps_transparent_ground_is_white(options):
+    """libwebp crops a frame to what it draws and flags no alpha: Pillow read the ground left
+    uncovered as RGB black. It is transparent, as a browser shows it; an opaque WebP keeps its pixels."""
+    sticker = np.zeros((16, 16, 4), np.uint8)
+    sticker[:, 8:] = (30, 200, 30, 255)
+    raw = encode(Image.fromarray(sticker, "RGBA"), "WEBP", save_all=True, append_images=[Image.new("RGBA", (16, 16), "black")], **options)
+    assert Image.open(io.BytesIO(raw)).mode == "RGB"  # what Pillow says of it
+    out = pixels(raw)
+    assert (out[:, :7] == 255).all() and np.abs(out[:, 9:] - (30, 200, 30)).max() <= 4
+    opaque = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)), "WEBP", **options)
+    assert np.array_equal(pixels(opaque), np.asarray(Image.open(io.BytesIO(opaque)).convert("RGB"), np.int16))
+
+
+def test_a_32_bit_bmps_fourth_byte_is_alpha_unless_it_is_all_zero():
+    """Pillow saves RGBA as a BMP whose fourth byte the old header calls reserved, and read it back
+    opaque: a cut-out's ground showed black. It is alpha, as browsers show it; a writer that left it
+    zero everywhere meant no alpha, and the colours stay."""
+    sticker = np.zeros((16, 16, 4), np.uint8)
+    sticker[:, 8:] = (30, 200, 30, 255)
+    sticker[:, :8, :3] = (10, 20, 30)
+    raw = encode(Image.fromarray(sticker, "RGBA"), "BMP")
+    assert Image.open(io.BytesIO(raw)).mode == "RGB"  # what Pillow says of it
+    out = pixels(raw)
+    assert (out[:, :8] == 255).all() and (out[:, 8:] == (30, 200, 30)).all()
+    sticker[:, :, 3] = 0
+    assert (pixels(encode(Image.fromarray(sticker, "RGBA"), "BMP")) == sticker[:, :, :3]).all()
 
 
 # --- 4. ICC profiles become sRGB ----------------------------------------------------------------

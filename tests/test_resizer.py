@@ -11,6 +11,7 @@ from PIL import Image
 
 from benchmark.perf import hostile_inputs as hostile
 from builders.resizer import SampleError, prepare_image
+from implicit_concept import image_decode
 from tests.bounded_memory import memory_headroom
 
 RED, GREEN, BLUE = (220, 30, 30), (30, 200, 30), (30, 30, 220)
@@ -89,6 +90,15 @@ def test_exif_orientation_is_applied():
 )
 def test_bad_inputs_name_their_reason(raw, expected):
     assert reason(raw) == expected
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("F", "32-bit floating-point pixels"), ("LAB", "CIE L*a*b* pixels")])
+def test_a_mode_with_no_rgb_meaning_says_what_it_holds(mode, kind):
+    """A scientist's float TIFF or a LAB export: the record says what the pixels are, not a bare mode name."""
+    with pytest.raises(SampleError) as info:
+        prepare_image(encode(Image.new(mode, (40, 40)), "TIFF"), 32, 16)
+    assert info.value.reason == "unsupported_mode"
+    assert info.value.detail == f"{mode} ({kind}): no 8-bit RGB meaning here; save the image as 8- or 16-bit RGB"
 
 
 def test_sample_error_carries_reason():
@@ -202,9 +212,37 @@ def test_the_pixel_cap_is_the_callers():
     assert prepare_image(Image.new("RGB", (100, 100)), 32, 16, max_pixels=5000).size == (32, 32), "in memory: nothing to decode"
 
 
+def test_a_jpeg_with_a_second_picture_is_drafted_like_any_jpeg():
+    """Phones write a depth map or a second picture after the photo (an MPF segment): Pillow opens
+    such a JPEG as MPO. It is the same photo, decoded from the same draft, under the same cap."""
+    pixels = np.random.default_rng(0).integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+    photo = Image.fromarray(np.asarray(Image.fromarray(pixels).resize((800, 600), Image.Resampling.NEAREST)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the draft and the orientation together
+    plain = encode(photo, "JPEG", quality=90, exif=exif.tobytes())
+    mpo = encode(photo, "MPO", quality=90, exif=exif.tobytes(), save_all=True, append_images=[Image.new("RGB", (80, 60))])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    cap = 100_000  # the 800 x 600 photo decodes at 100 x 75 for a 64 px square
+    assert np.array_equal(np.asarray(prepare_image(mpo, 64, 0, max_pixels=cap)), np.asarray(prepare_image(plain, 64, 0, max_pixels=cap)))
+
+
 def test_pillows_bomb_warning_is_a_refusal_not_a_full_decode(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     assert reason(encode(Image.new("RGB", (40, 40), RED), "PNG")) == "too_large"
+
+
+def test_a_baseline_jpeg_past_pillows_warning_is_capped_after_its_draft(monkeypatch):
+    """A 108 MP phone photo (12000 x 9000) passes Pillow's bomb warning (89 MP): a baseline JPEG
+    decodes from its draft, under the caller's cap. A progressive one is still refused: libjpeg
+    holds all its coefficients whatever the draft (here Pillow's limit is 1000 pixels, the photos 1600)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(image_decode, "PILLOW_MAX_PIXELS", 1000)
+    photo = Image.new("RGB", (40, 40), RED)
+    assert mean_rgb(prepare_image(encode(photo, "JPEG"), 32, 16)) == pytest.approx(RED, abs=2)
+    with pytest.raises(SampleError, match="40x40 pixels > the cap of 1000"):  # the draft of a 32 px square is the whole image
+        prepare_image(encode(photo, "JPEG"), 32, 16, max_pixels=1000)
+    with pytest.raises(SampleError, match="a progressive JPEG of 40x40 pixels > 1000"):
+        prepare_image(encode(photo, "JPEG", progressive=True), 32, 16)
 
 
 def test_sixteen_bit_images_are_scaled_without_float64_copies():

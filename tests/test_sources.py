@@ -558,6 +558,20 @@ def test_folder_and_tar_read_the_same_image_extensions(tmp_path: Path):
         ("00000.tar/jpe", None, "jpe"), ("00000.tar/jfif", None, "jfif"), ("00000.tar/apng", None, "apng")]
 
 
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"caption_key": "json"}, "caption_key 'json' is the metadata member read into source.meta"),
+    ({"caption_key": "JPG"}, "caption_key 'jpg' is one of image_keys"),
+    ({"image_keys": ["jpg", "json"]}, "image_keys: 'json' is a sample's metadata member"),
+    ({"extensions": ["jpg", ".TXT"]}, "extensions: 'txt' files are a key's caption or metadata, not its image"),
+    ({"extensions": ["json"]}, "extensions: 'json' files are a key's caption or metadata, not its image"),
+])
+def test_a_file_or_member_is_read_for_one_use(tmp_path: Path, fields: dict, message: str):
+    """A caption_key of "json" took the sidecar's raw JSON text as the caption: refused before any work."""
+    config = FolderConfig if "extensions" in fields else WebDatasetConfig
+    with pytest.raises(ValueError, match=message):
+        config(str(tmp_path / "00000.tar"), **fields)
+
+
 UNICODE_CAPTIONS = {
     "utf16le": (codecs.BOM_UTF16_LE + "a dog\r\n".encode("utf-16-le"), "a dog", None, None),
     "utf16be": (codecs.BOM_UTF16_BE + "un caf\u00e9 \u6c34".encode("utf-16-be"), "un caf\u00e9 \u6c34", None, None),
@@ -570,6 +584,11 @@ UNICODE_CAPTIONS = {
     "utf16nobom": ("\u00e9t\u00e9 a dog".encode("utf-16-le"), None, "caption_not_utf8",
                    "not UTF-8: byte 0xe9 at offset 0 (invalid continuation byte); a NUL every other byte: UTF-16 without a "
                    "byte order mark? Save captions as UTF-8"),
+    # ASCII in UTF-16 decodes as UTF-8 too, a NUL between letters: refused, not read as "a  d o g".
+    "utf16ascii": ("a dog".encode("utf-16-le"), None, "caption_not_utf8",
+                   "not UTF-8 text: a NUL every other byte: UTF-16 without a byte order mark? Save captions as UTF-8"),
+    "utf16beascii": ("a dog".encode("utf-16-be"), None, "caption_not_utf8",
+                     "not UTF-8 text: a NUL every other byte: UTF-16 without a byte order mark? Save captions as UTF-8"),
 }
 
 
@@ -740,6 +759,42 @@ def test_folder_reads_only_regular_files_within_caps(tmp_path: Path, plant, expe
         items = read_all(source, "train")
     assert [(i.source_id.startswith("h"), i.error) for i in items] == [(False, None), (True, expected)]
     assert all(i.caption in (None, "a caption", "a picture") for i in items)
+
+
+@pytest.mark.parametrize("kind", ["folder", "webdataset"])
+def test_a_name_that_is_not_utf8_says_which_byte_and_what_to_do(tmp_path: Path, kind: str):
+    """A Latin-1 name (an old archive, a zip from Windows) is a skip that says why, not a bare reason."""
+    name = os.fsdecode(b"caf\xe9")
+    if kind == "folder":
+        (tmp_path / f"{name}.jpg").write_bytes(jpeg())
+        (tmp_path / f"{name}.txt").write_text("a photo")
+        source = FolderSource(FolderConfig(str(tmp_path), test_fraction=0.0), shard_size=100)
+    else:
+        write_tar(tmp_path / "00000.tar", [(f"{name}.jpg", jpeg()), (f"{name}.txt", b"a photo")])
+        source = WebDatasetSource(WebDatasetConfig(str(tmp_path / "00000.tar"), test_fraction=0.0))
+    [item] = read_all(source, "train")
+    assert item.error == "undecodable_name"
+    assert "the name is not UTF-8 (byte 0xe9" in item.detail and "rename it to UTF-8" in item.detail
+    item.detail.encode("utf-8")  # the record itself can be written
+
+
+def test_names_that_differ_only_in_unicode_form_are_one_key(tmp_path: Path):
+    """A Mac writes "café.jpg" decomposed (NFD), a script on Linux writes "café.txt" composed (NFC):
+    they look the same, and are one item, not a missing_caption and a no_image. A key keeps the
+    form its image has, so a folder whose files agree splits and orders as before."""
+    nfd, nfc = "cafe\u0301", "caf\u00e9"
+    (tmp_path / f"{nfd}.jpg").write_bytes(jpeg())
+    (tmp_path / f"{nfc}.txt").write_text("a cafe")
+    (tmp_path / f"the {nfc}.jpg").write_bytes(jpeg())
+    (tmp_path / f"the {nfd}.txt").write_text("the cafe")
+    (tmp_path / f"the {nfd}.png").write_bytes(jpeg())
+    (tmp_path / f"x{nfd}.jpg").write_bytes(jpeg())
+    (tmp_path / f"x{nfd}.txt").write_text("both decomposed")
+    source = FolderSource(FolderConfig(str(tmp_path), test_fraction=0.0), shard_size=100)
+    got = [(i.source_id, i.caption, i.error) for i in read_all(source, "train")]
+    assert got == [(f"{nfd}.jpg", "a cafe", None), (f"the {nfc}.jpg", "the cafe", None),
+                   (f"the {nfd}.png", None, "duplicate_image"), (f"x{nfd}.jpg", "both decomposed", None)]
+    assert [e.key for e in source._split("train")] == [nfd, f"the {nfc}", f"x{nfd}"]
 
 
 def test_folder_does_not_list_files_below_a_symlinked_folder(tmp_path: Path):

@@ -70,6 +70,15 @@ def hidden_detail(name: str, what: str = "file") -> str:
             f"the like) is part of no item, as webdataset groups a tar's members; not read")
 
 
+def undecodable_detail(name: str) -> str:
+    """The recorded text of a file or member ``name`` that is not UTF-8 (a lone surrogate stands for
+    each byte that is not), so a lab knows which file to rename and why."""
+    bad = next(ord(c) for c in name if 0xD800 <= ord(c) <= 0xDFFF)
+    found = f"byte 0x{bad - 0xDC00:02x}" if 0xDC80 <= bad <= 0xDCFF else f"a lone surrogate U+{bad:04X}"
+    return (f"{name!r}: the name is not UTF-8 ({found}; written in another encoding, e.g. Latin-1 or a zip's CP437) and "
+            f"cannot be recorded; rename it to UTF-8 (e.g. convmv -f latin1 -t utf8)")
+
+
 def check_fraction(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")

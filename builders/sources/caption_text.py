@@ -47,6 +47,8 @@ def read_caption(data: bytes) -> tuple[str | None, str | None, str]:
     text = _printable(text).strip()
     if not any(unicodedata.category(c) not in _INVISIBLE for c in text):
         return None, "empty_caption", "no visible character"
+    if encoding == "utf-8" and _nul_every_other_byte(data):  # ASCII in UTF-16 is valid UTF-8: "a   p h o t o"
+        return None, "caption_not_utf8", f"not UTF-8 text: {_UTF16_HINT}"
     return text, None, ""
 
 
@@ -61,10 +63,17 @@ def _not_decoded(data: bytes, encoding: str, bom: int, error: UnicodeDecodeError
         name = encoding.upper().replace("-LE", "LE").replace("-BE", "BE")
         return f"starts with a {name} byte order mark but is not {name} text ({error.reason} at byte {offset})"
     found = f"not UTF-8: byte 0x{data[offset]:02x} at offset {offset} ({error.reason})"
-    evens, odds = data[0::2], data[1::2]
-    if max(evens.count(0), odds.count(0)) * 4 > len(data):
-        return f"{found}; a NUL every other byte: UTF-16 without a byte order mark? Save captions as UTF-8"
+    if _nul_every_other_byte(data):
+        return f"{found}; {_UTF16_HINT}"
     return f"{found}; Latin-1 or Windows-1252 text? Save captions as UTF-8"
+
+
+_UTF16_HINT = "a NUL every other byte: UTF-16 without a byte order mark? Save captions as UTF-8"
+
+
+def _nul_every_other_byte(data: bytes) -> bool:
+    """UTF-16 (or UTF-32) text without a BOM: NULs fill one byte in two of its Latin letters."""
+    return max(data[0::2].count(0), data[1::2].count(0)) * 4 > len(data)
 
 
 #: Categories that become a space: control characters (C0, C1: tab, newline, escapes) and line

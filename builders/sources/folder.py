@@ -18,6 +18,7 @@ import hashlib
 import math
 import os
 import stat
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,7 +27,7 @@ from implicit_concept.image_decode import DEFAULT_MAX_PIXELS
 from implicit_concept.sample import SPLITS
 from implicit_concept.shard_reader import MAX_JSON_BYTES, is_hidden
 
-from .base import DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, check_fraction, check_limits, hidden_detail, split_of
+from .base import DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, check_fraction, check_limits, hidden_detail, split_of, undecodable_detail
 from .caption_text import MAX_CAPTION_BYTES, read_caption
 from .source_json import read_source_json
 
@@ -108,6 +109,9 @@ class FolderConfig:
         if not (names and ext):
             raise ValueError(f"extensions must be a non-empty list of file endings, got {ext!r}")
         object.__setattr__(self, "extensions", tuple(e.lower().lstrip(".") for e in ext))
+        taken = [e for e in self.extensions if e in (CAPTION_EXTENSION, JSON_EXTENSION)]
+        if taken:
+            raise ValueError(f"extensions: {taken[0]!r} files are a key's caption or metadata, not its image")
         check_limits(self.max_file_bytes, "max_file_bytes", self.max_pixels)
 
 
@@ -225,7 +229,7 @@ class FolderSource(Source):
         try:
             rel.encode("utf-8")
         except UnicodeEncodeError:
-            return RawItem(rel, None, None, {}, error="undecodable_name")
+            return RawItem(rel, None, None, {}, error="undecodable_name", detail=undecodable_detail(rel))
         if json_rel is not None:
             try:
                 found, skipped = read_source_json(read_regular_file(self.root, json_rel, MAX_JSON_BYTES))
@@ -305,9 +309,10 @@ def _is_link(path: Path) -> bool:
 
 
 def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str, str] | None = None) -> list[_Entry]:
-    """``listed`` grouped by key, in key order. The image used is the first by the order of
-    ``extensions`` (then by name), the caption ``KEY.txt`` before another case of it. A folder of
-    ``unlisted`` is an entry of its own (its path the key): a skip, ``unreadable_folder``."""
+    """``listed`` grouped by key (names the same under NFC are one), in key order. The image used is
+    the first by the order of ``extensions`` (then by name), the caption ``KEY.txt`` before another
+    case of it. A folder of ``unlisted`` is an entry of its own (its path the key): a skip,
+    ``unreadable_folder``."""
     groups: dict[str, list[tuple[str, str]]] = {}
     hidden = []
     for rel in listed:
@@ -315,7 +320,9 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
             hidden.append(rel)
             continue
         key, ext = split_name(rel)
-        groups.setdefault(key, []).append((rel, ext))
+        # A Mac writes names decomposed (NFD), most other tools composed (NFC): "café.jpg" and
+        # "café.txt" look the same and are one key, whichever form each file has.
+        groups.setdefault(unicodedata.normalize("NFC", key), []).append((rel, ext))
     folders = {f"{rel}/": why for rel, why in (unlisted or {}).items() if rel}
     entries = []
     for key in sorted([*groups, *folders, *hidden]):
@@ -328,6 +335,7 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
             continue
         files = groups[key]
         images = sorted((r for r, e in files if e in extensions), key=lambda r: (extensions.index(split_name(r)[1]), r))
+        key = split_name(images[0] if images else files[0][0])[0]  # the name as written, for the split and the order
         captions = _preferred(files, CAPTION_EXTENSION)
         caption = captions[0] if captions else f"{key}.{CAPTION_EXTENSION}"
         jsons = _preferred(files, JSON_EXTENSION)
@@ -339,7 +347,7 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
             unused += [(r, "duplicate_caption", f"{r}: {caption} of the same name is used") for r in captions[1:]]
             unused += [(r, "duplicate_json", f"{r}: {jsons[0]} of the same name is used") for r in jsons[1:]]
         entries.append(_Entry(key, images[0] if images else None, caption, jsons[0] if jsons else None, tuple(unused)))
-    return entries
+    return sorted(entries, key=lambda e: e.key)
 
 
 def _preferred(files: list[tuple[str, str]], extension: str) -> list[str]:

@@ -56,7 +56,10 @@ from implicit_concept.shard_reader import (
     split_member_name,
 )
 
-from .base import DEFAULT_EXTENSIONS, HIDDEN, MAX_PLANNED_SHARDS, RawItem, Source, check_fraction, check_limits, hidden_detail, split_of
+from .base import (
+    DEFAULT_EXTENSIONS, HIDDEN, MAX_PLANNED_SHARDS, RawItem, Source, check_fraction, check_limits, hidden_detail, split_of,
+    undecodable_detail,
+)
 from .caption_text import read_caption
 from .source_json import encodable, read_source_json
 
@@ -99,6 +102,12 @@ class WebDatasetConfig:
         if not isinstance(self.caption_key, str) or not self.caption_key:
             raise ValueError(f"caption_key must be an extension such as 'txt', got {self.caption_key!r}")
         object.__setattr__(self, "caption_key", self.caption_key.lower())
+        # One member, one use: a caption_key of "json" made the sidecar's raw JSON text the caption.
+        if "json" in self.image_keys:
+            raise ValueError("image_keys: 'json' is a sample's metadata member (read into source.meta), not an image")
+        if self.caption_key in (*self.image_keys, "json"):
+            used = "the metadata member read into source.meta" if self.caption_key == "json" else "one of image_keys"
+            raise ValueError(f"caption_key {self.caption_key!r} is {used}: a caption is a text member of its own, such as 'txt'")
         check_limits(self.max_member_bytes, "max_member_bytes", self.max_pixels)
 
 
@@ -165,7 +174,7 @@ class WebDatasetSource(Source):
                 else:
                     source_id = f"{name}/{event.name}"
                     if not encodable(source_id):
-                        yield RawItem(source_id, None, None, {"tar": name}, error="undecodable_name")
+                        yield RawItem(source_id, None, None, {"tar": name}, error="undecodable_name", detail=undecodable_detail(source_id))
                     else:
                         yield RawItem(source_id, None, None, {"tar": name, "member": event.name}, *_loose_record(event))
         except _TarStopped as exc:
@@ -177,7 +186,7 @@ class WebDatasetSource(Source):
         key, members = run.key, run.members
         source_id = f"{name}/{key}"
         if not encodable(source_id):
-            yield RawItem(source_id, None, None, {"tar": name}, error="undecodable_name")
+            yield RawItem(source_id, None, None, {"tar": name}, error="undecodable_name", detail=undecodable_detail(source_id))
             return
         meta: dict[str, Any] = {"tar": name, "key": key}
         if run.repeat:
@@ -195,7 +204,7 @@ class WebDatasetSource(Source):
             member = run.names_by_ext[ext]
             duplicate = f"{name}/{member}"
             if not encodable(duplicate):
-                yield RawItem(duplicate, None, None, {"tar": name}, error="undecodable_name")
+                yield RawItem(duplicate, None, None, {"tar": name}, error="undecodable_name", detail=undecodable_detail(duplicate))
                 continue
             yield RawItem(duplicate, None, None, {"tar": name, "key": key, "member": member}, error="duplicate_image",
                           detail=f"{member}: {run.names_by_ext[images[0]]} of the same key is used")
