@@ -186,7 +186,10 @@ def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs)
                 output_type="pil",
                 **call_kwargs,
             )
-        # A diffusers output's .images; a plain function may return the list of images itself.
+        # A diffusers output's .images, or its return_dict=False tuple (images, ...); a plain
+        # function may return the list of images itself.
+        if isinstance(result, tuple) and result and isinstance(result[0], (list, tuple)):
+            result = result[0]
         images = result if isinstance(result, (list, tuple)) else getattr(result, "images", None)
         if images is None:
             raise GenerationError(f"{type(pipeline).__name__} returned a {type(result).__name__} with no .images, not a diffusers pipeline output")
