@@ -154,6 +154,24 @@ def test_a_folder_saved_as_another_pipeline_class_is_refused_with_the_fix(saved,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("part, entry", [("unet", ["mylab.unet", "MyErasedUNet"]), ("text_encoder", ["transformers", "CLIPTextModelWithProjection"]),
+                                         ("vae", ["diffusers", "AsymmetricAutoencoderKL"])])
+def test_a_folder_naming_another_class_for_a_weighted_part_is_refused_not_loaded_as_the_plain_one(saved, tmp_path, part, entry):
+    """A lab's UNet subclass (its own attention) was loaded as a plain UNet2DConditionModel from its
+    weights, and scored as if it were the lab's model."""
+    from benchmark.models.pretrained_check import check_pretrained
+
+    folder = shutil.copytree(saved("ddim"), tmp_path / "lab")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, part: entry}))
+    said = rf"lab/model_index.json: {part} is '{entry[1]}'; supported: .*; loaded as one of them it would drop what {entry[1]} does: plug it in as a method"
+    with pytest.raises(ValueError, match=said):
+        external.score_pipeline(folder, tmp_path / "out", _judging(tmp_path), progress=False)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match=said):
+        check_pretrained(folder)
+
+
 def test_a_result_says_which_parts_a_method_changed_in_memory(saved):
     import torch
 
