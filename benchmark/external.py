@@ -114,7 +114,8 @@ def pipeline_negative_prompt(pipeline_dir: Path) -> str:
             raise ValueError(f"{metadata}: negative_prompt is a {type(negative).__name__}, not a string")
         return negative
     try:
-        return recorded.read_text(encoding="utf-8").strip()
+        # utf-8-sig: Notepad's byte-order mark is not part of the prompt (it would be sampled as a token).
+        return recorded.read_text(encoding="utf-8-sig").strip()
     except UnicodeDecodeError as e:
         raise ValueError(f"{recorded}: not UTF-8 text ({e})") from None
 

@@ -332,6 +332,13 @@ def test_score_pipeline_samples_with_the_negative_prompt_the_folder_records(save
     assert asked[-1] == "" and explicit["inputs"]["negative_prompt"] == ""
 
 
+@pytest.mark.parametrize("encoding, newline", [("utf-8", "\n"), ("utf-8-sig", "\r\n")])
+def test_a_negative_prompt_file_saved_by_a_windows_editor_reads_as_the_same_prompt(tmp_path, encoding, newline):
+    """Notepad writes a byte-order mark and CRLF: the mark was kept as the prompt's first character."""
+    (tmp_path / external.NEGATIVE_PROMPT_FILE).write_text("QR code, watermark\n", encoding=encoding, newline=newline)
+    assert external.pipeline_negative_prompt(tmp_path) == "QR code, watermark"
+
+
 def test_a_negative_prompt_naming_tokens_the_folders_tokenizer_lacks_is_refused(saved, tmp_path, unscored):
     """Geom-Erasing's negative prompt is its concept and location tokens: a folder saved with a
     tokenizer without them would read them as plain text and steer from nothing, silently."""
