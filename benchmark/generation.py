@@ -147,6 +147,11 @@ def _claim(out_dir: Path, record: dict[str, Any], images: dict[str, str]) -> Non
     is removed so that it is drawn anew; so is any image the record does not account for."""
     record = json.loads(canonical_json(record))
     path = out_dir / SOURCE_FILE
+    theirs = sorted(p.name for p in out_dir.glob("*.png")) if not path.exists() else []
+    if theirs:
+        # Without the record, the images were not drawn here (a lab's own, under score-pipeline's --out): never replaced.
+        raise ValueError(f"{out_dir}: holds {len(theirs)} PNG images not drawn here (no {SOURCE_FILE} beside them, e.g. "
+                         f"{theirs[0]}), which drawing would replace; move them away or choose another output folder")
     old = _recorded(path)
     same_model = isinstance(old, dict) and isinstance(old.get("images"), dict) and {k: v for k, v in old.items() if k != "images"} == record
     drawn = dict(old["images"]) if same_model else {}

@@ -82,6 +82,23 @@ def _fake_generate(calls):
     return generate
 
 
+def test_images_not_drawn_in_a_folder_are_never_replaced_by_drawing_there(tmp_path):
+    """score-pipeline --out mine/ draws into mine/images/: a lab's own images kept there were deleted and redrawn."""
+    theirs = tmp_path / "images"
+    theirs.mkdir()
+    Image.new("RGB", (64, 64), "red").save(theirs / "0_0.png")
+    kept = (theirs / "0_0.png").read_bytes()
+    prompts = [Prompt(0, "p0", 10)]
+    with pytest.raises(ValueError, match=r"images: holds 1 PNG images not drawn here \(no source.json beside them, e.g. 0_0.png\)"):
+        generate_images(_fake_generate([]), prompts, theirs, progress=False, source={"model": "mine"})
+    assert (theirs / "0_0.png").read_bytes() == kept and not (theirs / "source.json").exists()
+    ours = tmp_path / "ours"
+    generate_images(_fake_generate([]), prompts, ours, progress=False, source={"model": "a"})
+    calls: list = []
+    generate_images(_fake_generate(calls), prompts, ours, progress=False, source={"model": "b"})
+    assert calls == [[10000]], "images drawn here by another model are drawn anew"
+
+
 def test_generation_resumes_to_the_same_images(tmp_path):
     prompts = [Prompt(i, f"p{i}", 10 + i) for i in range(5)]
     settings = GenerationSettings(images_per_prompt=2, chunk_size=3)
