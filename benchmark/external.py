@@ -323,7 +323,7 @@ def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
         raise FileNotFoundError(f"{folder}: no such folder of images")
     found: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not path.name.startswith("."):  # as image_files
             found.setdefault(path.stem, []).append(path)
     return found
 
