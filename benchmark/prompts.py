@@ -52,8 +52,9 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[Prompt]:
                 raise ValueError(f"{path}: column(s) {twice} appear more than once; keep one of each")
             for row in islice(reader, limit):
                 line = reader.line_num  # the row's last line: a quoted prompt may span several
-                if None in row:
-                    # More fields than the header: an unquoted comma, which would cut a last-column prompt short.
+                if any(row.get(None) or ()):
+                    # Filled fields past the header: an unquoted comma, which would cut a last-column prompt short
+                    # (empty ones, a spreadsheet's trailing comma, hold nothing to lose).
                     raise ValueError(f"{path}:{line}: bad row ({len(header) + len(row[None])} fields for the header's "
                                      f"{len(header)}; quote a prompt that holds a comma)")
                 try:

@@ -72,6 +72,8 @@ def test_a_prompts_row_with_an_unquoted_comma_or_a_loosely_written_number_is_ref
         read_prompts(bad)
     bad.write_text(head + " +1, 2 ,a dog, quoted\n".replace("a dog, quoted", '"a dog, quoted"'))
     assert read_prompts(bad)[1] == Prompt(1, "a dog, quoted", 2)
+    bad.write_text(head + "1,2,a dog,\n")  # a trailing comma: an empty field, nothing cut off
+    assert read_prompts(bad)[1] == Prompt(1, "a dog", 2)
 
 
 def _fake_generate(calls):
