@@ -611,6 +611,6 @@ def _component_class(index: dict[str, Any], name: str, allowed: tuple[type, ...]
             return cls
     fix = ("; re-save it with one of them (pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)), or plug it "
            "in as a method (--method module:Class), whose pipeline may sample with any scheduler") if name == "scheduler" else (
-           f"; loaded as one of them it would drop what {class_name} does: plug it in as a method (--method module:Class), "
-           "whose build() loads it")
+           f"; loaded as one of them it would drop what {class_name} does: plug it in as a method (--method module:Class, "
+           "whose build() loads it with diffusers, not ctx.load_pipeline)")
     raise ValueError(f"{path}/model_index.json: {name} is {class_name!r}; supported: {', '.join(c.__name__ for c in allowed)}{fix}")
