@@ -73,17 +73,19 @@ def test_a_class_missing_from_the_imported_module_names_the_file_imported_and_th
 
 def test_what_a_plug_in_module_does_to_torch_at_import_is_undone(lab):
     lab("inference_only", BASE + "import torch\ntorch.set_grad_enabled(False)\ntorch.set_default_dtype(torch.float64)\n"
-        "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
+        "torch.set_default_device('meta')\nclass Mine(Method):\n    def build(self, ctx):\n        pass\n")
     get_method("inference_only:Mine")
     assert torch.is_grad_enabled() and torch.get_default_dtype() == torch.float32
+    assert torch.empty(1).device.type == "cpu", "a default device set at import (cuda, say) met the next method's loading"
 
 
 def test_the_fine_tuning_service_runs_under_the_toolkits_settings_whatever_build_set(monkeypatch, tmp_path):
     from benchmark import method_evaluation, stages
 
     seen = []
-    monkeypatch.setattr(stages, "finetune", lambda *a, **k: seen.append((torch.is_grad_enabled(), torch.get_default_dtype())) or tmp_path)
-    monkeypatch.setattr(stages, "load_pipeline", lambda p: seen.append((torch.is_grad_enabled(), torch.get_default_dtype())))
+    settings = lambda: (torch.is_grad_enabled(), torch.get_default_dtype(), torch.empty(1).device.type)  # noqa: E731
+    monkeypatch.setattr(stages, "finetune", lambda *a, **k: seen.append(settings()) or tmp_path)
+    monkeypatch.setattr(stages, "load_pipeline", lambda p: seen.append(settings()))
     from types import SimpleNamespace
 
     run = SimpleNamespace(track=SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}), root=tmp_path)
@@ -91,11 +93,13 @@ def test_the_fine_tuning_service_runs_under_the_toolkits_settings_whatever_build
     try:
         with torch.no_grad():
             torch.set_default_dtype(torch.float64)
+            torch.set_default_device("meta")
             ctx.load_pipeline(ctx.finetune(None))
-            assert not torch.is_grad_enabled() and torch.get_default_dtype() == torch.float64, "the plug-in's own are put back"
+            assert settings() == (False, torch.float64, "meta"), "the plug-in's own are put back"
     finally:
         torch.set_default_dtype(torch.float32)
-    assert seen == [(True, torch.float32), (True, torch.float32)]
+        torch.set_default_device(None)
+    assert seen == [(True, torch.float32, "cpu"), (True, torch.float32, "cpu")]
 
 
 def test_not_implemented_while_sampling_is_missing_and_a_function_returning_images_is_a_pipeline(tmp_path):
