@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from benchmark.failures import PLUGIN_ERRORS, MethodFailed
 from benchmark.models.pipeline_identity import json_sha256
+from benchmark.plugin_state import kept_plugin_state
 from benchmark.prompts import Prompt
-from benchmark.working_folder import kept_working_folder
 from implicit_concept.files import atomic_save_image, atomic_write_json
 from implicit_concept.provenance import canonical_json
 from implicit_concept.torch_settings import torch_threads
@@ -180,7 +180,7 @@ def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs)
     """Wrap a diffusers text-to-image pipeline; each image gets its own seeded CPU generator."""
     def generate(prompts: Sequence[str], negatives: Sequence[str], seeds: Sequence[int]) -> list[Image.Image]:
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        with torch.no_grad(), kept_working_folder():  # a plug-in's pipeline may chdir; images are saved after
+        with torch.no_grad(), kept_plugin_state():  # a plug-in's pipeline may chdir (images are saved after) or set warnings filters
             result = pipeline(
                 prompt=list(prompts),
                 negative_prompt=list(negatives) if any(negatives) else None,

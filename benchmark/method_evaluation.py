@@ -22,9 +22,9 @@ from benchmark.methods import REGISTRY, NotImplementedMethod, get_method
 from benchmark.methods.interface import Generator, MethodContext, checked_generator
 from benchmark.methods.plugins import code_sha256
 from benchmark.models.pipeline_identity import model_record, pipeline_source, remember_loaded
+from benchmark.plugin_state import in_working_folder, kept_plugin_state
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
 from benchmark.sample_grid import method_grid
-from benchmark.working_folder import in_working_folder, kept_working_folder
 from implicit_concept.detector.inference import Detector
 from implicit_concept.scoring import ScoreConfig, ScoreReport
 from implicit_concept.torch_settings import kept_torch_settings, under_toolkit_settings
@@ -131,7 +131,7 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
     where = f"{evaluation.subset}/{method.name}{label}"
     start = time.perf_counter()
     try:
-        with kept_working_folder():
+        with kept_plugin_state():
             built = method.build(ctx)
     except (NotImplementedMethod, ToolkitIOError):  # the latter: the toolkit's own writing failed, not the method
         raise

@@ -212,10 +212,12 @@ def test_a_method_flag_problem_is_not_said_to_be_the_track_files(lab_package):
         check_track(load_track("debug"), ["nope"])
 
 
-def test_a_plug_in_that_changes_the_working_folder_leaves_the_runs_files_in_the_runs_folder(lab, tmp_path):
+def test_a_plug_in_that_changes_the_working_folder_or_warnings_filters_leaves_the_run_as_it_was(lab, tmp_path):
     """A build that ran ``os.chdir`` (to call a lab's own scripts) sent the run's images, and the
-    fine-tunes it asked for after, under the other folder: the run's paths are relative."""
+    fine-tunes it asked for after, under the other folder: the run's paths are relative. One that
+    turned warnings into errors failed the next method on a library's deprecation warning."""
     import os
+    import warnings
     from types import SimpleNamespace
 
     from benchmark import method_evaluation, stages
@@ -223,10 +225,11 @@ def test_a_plug_in_that_changes_the_working_folder_leaves_the_runs_files_in_the_
     from benchmark.prompts import Prompt
 
     (tmp_path / "elsewhere").mkdir()
-    lab("wanders", BASE + "import os\nos.chdir('elsewhere')\n"
+    filters = list(warnings.filters)
+    lab("wanders", BASE + "import os, warnings\nos.chdir('elsewhere')\nwarnings.simplefilter('error')\n"
         "class Wanders(Method):\n"
         "    def finetunes(self, ctx):\n        os.chdir('elsewhere')\n        return []\n"
-        "    def build(self, ctx):\n        os.chdir('elsewhere')\n        folder = ctx.finetune(None)\n"
+        "    def build(self, ctx):\n        os.chdir('elsewhere')\n        warnings.simplefilter('error')\n        folder = ctx.finetune(None)\n"
         "        def sample(**kw):\n            os.chdir('/')\n"
         "            return [__import__('PIL.Image').Image.new('RGB', (8, 8))] * len(kw['prompt'])\n"
         "        return Generator(sample)\n")
@@ -248,3 +251,4 @@ def test_a_plug_in_that_changes_the_working_folder_leaves_the_runs_files_in_the_
     assert os.getcwd() == str(tmp_path) and asked_in == [str(tmp_path)], "the fine-tune is asked for in the run's folder"
     assert [p.resolve() for p in paths] == [tmp_path / "run" / "images" / "icd-qrcode" / "Wanders" / f"{i}_0.png" for i in (0, 1)]
     assert all(p.resolve().is_file() for p in paths) and not list((tmp_path / "elsewhere").iterdir())
+    assert warnings.filters == filters
