@@ -114,7 +114,8 @@ def pipeline_negative_prompt(pipeline_dir: Path) -> str:
             raise ValueError(f"{metadata}: negative_prompt is a {type(negative).__name__}, not a string")
         return negative
     try:
-        return recorded.read_text(encoding="utf-8").strip()
+        # utf-8-sig: Notepad's byte-order mark is not part of the prompt (it would be sampled as a token).
+        return recorded.read_text(encoding="utf-8-sig").strip()
     except UnicodeDecodeError as e:
         raise ValueError(f"{recorded}: not UTF-8 text ({e})") from None
 
@@ -322,7 +323,7 @@ def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
         raise FileNotFoundError(f"{folder}: no such folder of images")
     found: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not path.name.startswith("."):  # as image_files
             found.setdefault(path.stem, []).append(path)
     return found
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from benchmark.failures import PLUGIN_ERRORS, MethodFailed
 from benchmark.models.pipeline_identity import json_sha256
+from benchmark.plugin_state import kept_plugin_state
 from benchmark.prompts import Prompt
 from implicit_concept.files import atomic_save_image, atomic_write_json
 from implicit_concept.provenance import canonical_json
@@ -147,6 +148,11 @@ def _claim(out_dir: Path, record: dict[str, Any], images: dict[str, str]) -> Non
     is removed so that it is drawn anew; so is any image the record does not account for."""
     record = json.loads(canonical_json(record))
     path = out_dir / SOURCE_FILE
+    theirs = sorted(p.name for p in out_dir.glob("*.png")) if not path.exists() else []
+    if theirs:
+        # Without the record, the images were not drawn here (a lab's own, under score-pipeline's --out): never replaced.
+        raise ValueError(f"{out_dir}: holds {len(theirs)} PNG images not drawn here (no {SOURCE_FILE} beside them, e.g. "
+                         f"{theirs[0]}), which drawing would replace; move them away or choose another output folder")
     old = _recorded(path)
     same_model = isinstance(old, dict) and isinstance(old.get("images"), dict) and {k: v for k, v in old.items() if k != "images"} == record
     drawn = dict(old["images"]) if same_model else {}
@@ -174,7 +180,7 @@ def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs)
     """Wrap a diffusers text-to-image pipeline; each image gets its own seeded CPU generator."""
     def generate(prompts: Sequence[str], negatives: Sequence[str], seeds: Sequence[int]) -> list[Image.Image]:
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        with torch.no_grad():
+        with torch.no_grad(), kept_plugin_state():  # a plug-in's pipeline may chdir (images are saved after) or set warnings filters
             result = pipeline(
                 prompt=list(prompts),
                 negative_prompt=list(negatives) if any(negatives) else None,
@@ -186,7 +192,10 @@ def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs)
                 output_type="pil",
                 **call_kwargs,
             )
-        # A diffusers output's .images; a plain function may return the list of images itself.
+        # A diffusers output's .images, or its return_dict=False tuple (images, ...); a plain
+        # function may return the list of images itself.
+        if isinstance(result, tuple) and result and isinstance(result[0], (list, tuple)):
+            result = result[0]
         images = result if isinstance(result, (list, tuple)) else getattr(result, "images", None)
         if images is None:
             raise GenerationError(f"{type(pipeline).__name__} returned a {type(result).__name__} with no .images, not a diffusers pipeline output")

@@ -22,6 +22,7 @@ from benchmark.methods import REGISTRY, NotImplementedMethod, get_method
 from benchmark.methods.interface import Generator, MethodContext, checked_generator
 from benchmark.methods.plugins import code_sha256
 from benchmark.models.pipeline_identity import model_record, pipeline_source, remember_loaded
+from benchmark.plugin_state import in_working_folder, kept_plugin_state
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
 from benchmark.sample_grid import method_grid
 from implicit_concept.detector.inference import Detector
@@ -69,9 +70,9 @@ def method_context(run: BenchmarkRun, base: Path, subset: Path, concepts: tuple[
         concepts=concepts,
         work_dir=run.root / "methods" / subset.name,
         seed=track.seed,
-        # The toolkit's services run under its own torch settings, not a plug-in's build's (no_grad, float64).
-        finetune=toolkit_io(under_toolkit_settings(lambda ft: stages.finetune(run, base, subset, ft, detector))),
-        load_pipeline=toolkit_io(under_toolkit_settings(lambda path: remember_loaded(stages.load_pipeline(path)))),
+        # The toolkit's services run under its own torch settings and working folder, not a plug-in's build's (no_grad, float64, chdir).
+        finetune=toolkit_io(under_toolkit_settings(in_working_folder(lambda ft: stages.finetune(run, base, subset, ft, detector)))),
+        load_pipeline=toolkit_io(under_toolkit_settings(in_working_folder(lambda path: remember_loaded(stages.load_pipeline(path))))),
         train_shards=subset / "train",
         settings={"esd": track.esd, "fmn": track.fmn, "geom_erasing": track.geom_erasing},
         detector=detector,
@@ -130,7 +131,8 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
     where = f"{evaluation.subset}/{method.name}{label}"
     start = time.perf_counter()
     try:
-        built = method.build(ctx)
+        with kept_plugin_state():
+            built = method.build(ctx)
     except (NotImplementedMethod, ToolkitIOError):  # the latter: the toolkit's own writing failed, not the method
         raise
     except PLUGIN_ERRORS as e:

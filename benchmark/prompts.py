@@ -10,6 +10,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -49,10 +50,16 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[Prompt]:
             twice = sorted({c for c in header if c in COLUMNS and header.count(c) > 1})
             if twice:
                 raise ValueError(f"{path}: column(s) {twice} appear more than once; keep one of each")
-            for line, row in enumerate(islice(reader, limit), start=2):
+            for row in islice(reader, limit):
+                line = reader.line_num  # the row's last line: a quoted prompt may span several
+                if any(row.get(None) or ()):
+                    # Filled fields past the header: an unquoted comma, which would cut a last-column prompt short
+                    # (empty ones, a spreadsheet's trailing comma, hold nothing to lose).
+                    raise ValueError(f"{path}:{line}: bad row ({len(header) + len(row[None])} fields for the header's "
+                                     f"{len(header)}; quote a prompt that holds a comma)")
                 try:
                     scene = json.loads(row["scene"]) if row.get("scene") else None
-                    rows.append(Prompt(int(row["case_number"]), row["prompt"], int(row["evaluation_seed"]), scene))
+                    rows.append(Prompt(_integer(row, "case_number"), row["prompt"], _integer(row, "evaluation_seed"), scene))
                 except (ValueError, TypeError) as e:
                     raise ValueError(f"{path}:{line}: bad row ({e})") from None
                 if not SEED_RANGE[0] <= rows[-1].evaluation_seed <= SEED_RANGE[1]:
@@ -66,6 +73,17 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[Prompt]:
     if len(set(numbers)) != len(numbers):
         raise ValueError(f"{path}: case_number values must be unique")
     return rows
+
+
+def _integer(row: dict[str, Any], column: str) -> int:
+    """A decimal integer as written: Python's ``int`` also reads ``1_0`` as 10 (and other digit
+    scripts), which would name another case's images."""
+    text = row[column]
+    if text is None:
+        raise ValueError(f"no {column}")
+    if not re.fullmatch(r"[+-]?[0-9]+", text.strip()):
+        raise ValueError(f"{column} {text!r} is not a whole number")
+    return int(text)
 
 
 def prompts_sha256(prompts: list[Prompt]) -> str:

@@ -132,7 +132,7 @@ def is_shard_source(source: object) -> bool:
 
     tars = sorted(path.rglob("*.tar"))
     if tars:
-        images = _image_files(path)
+        images = image_files(path)
         if images:
             raise ImageReadError(
                 f"{path}: holds both .tar shards ({len(tars)}, first {tars[0].relative_to(path)}) and image files "
@@ -141,8 +141,12 @@ def is_shard_source(source: object) -> bool:
     return bool(tars)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def image_files(folder: Path) -> list[Path]:
+    """The image files below ``folder``, by suffix. Hidden ones (a name starting with a dot, the file's
+    or a folder's on the way: macOS's ``._a.png`` AppleDouble metadata, ``.ipynb_checkpoints/``) are
+    not images, as the dataset builder reads a folder: one would make the whole folder unreadable."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _path_entries(source: str | Path) -> Iterator[tuple[str, Image.Image | Path]]:
@@ -151,7 +155,7 @@ def _path_entries(source: str | Path) -> Iterator[tuple[str, Image.Image | Path]
         for sample in iter_samples(source, with_extras=False):
             yield sample.key, sample.image
     elif path.is_dir():
-        files = _image_files(path)
+        files = image_files(path)
         if not files:
             raise ImageReadError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) or .tar shards in this folder")
         for f in files:

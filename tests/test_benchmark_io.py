@@ -56,12 +56,49 @@ def test_a_prompts_csv_saved_by_a_spreadsheet_with_a_byte_order_mark_reads_as_wi
     assert read_prompts(marked) == read_prompts(plain) == [Prompt(3, "a red square", 42)]
 
 
+def test_a_prompts_row_with_an_unquoted_comma_or_a_loosely_written_number_is_refused_naming_its_line(tmp_path):
+    bad = tmp_path / "lab.csv"
+    # A prompt spanning two lines puts the next rows' numbers past their index.
+    head = 'case_number,evaluation_seed,prompt\n0,1,"a cat\nin a hat"\n'
+    bad.write_text(head + "1,2,a cat, a dog\n")  # the prompt's comma unquoted: "a dog" would be dropped
+    with pytest.raises(ValueError, match=r"lab\.csv:4: bad row \(4 fields for the header's 3; quote a prompt"):
+        read_prompts(bad)
+    for number in ("1_0", "1.0", "1e3", "\u0661"):  # int() reads the first as 10 and the last (Arabic-Indic one) as 1
+        bad.write_text(f"{head}{number},2,a dog\n")
+        with pytest.raises(ValueError, match=rf"lab\.csv:4: bad row \(case_number '{number}' is not a whole number"):
+            read_prompts(bad)
+    bad.write_text(head + "1\n")
+    with pytest.raises(ValueError, match=r"lab\.csv:4: bad row \(no evaluation_seed\)"):
+        read_prompts(bad)
+    bad.write_text(head + " +1, 2 ,a dog, quoted\n".replace("a dog, quoted", '"a dog, quoted"'))
+    assert read_prompts(bad)[1] == Prompt(1, "a dog, quoted", 2)
+    bad.write_text(head + "1,2,a dog,\n")  # a trailing comma: an empty field, nothing cut off
+    assert read_prompts(bad)[1] == Prompt(1, "a dog", 2)
+
+
 def _fake_generate(calls):
     def generate(prompts, negatives, seeds):
         calls.append(list(seeds))
         return [Image.fromarray(np.random.default_rng(s).integers(0, 255, (64, 64, 3), dtype=np.uint8)) for s in seeds]
 
     return generate
+
+
+def test_images_not_drawn_in_a_folder_are_never_replaced_by_drawing_there(tmp_path):
+    """score-pipeline --out mine/ draws into mine/images/: a lab's own images kept there were deleted and redrawn."""
+    theirs = tmp_path / "images"
+    theirs.mkdir()
+    Image.new("RGB", (64, 64), "red").save(theirs / "0_0.png")
+    kept = (theirs / "0_0.png").read_bytes()
+    prompts = [Prompt(0, "p0", 10)]
+    with pytest.raises(ValueError, match=r"images: holds 1 PNG images not drawn here \(no source.json beside them, e.g. 0_0.png\)"):
+        generate_images(_fake_generate([]), prompts, theirs, progress=False, source={"model": "mine"})
+    assert (theirs / "0_0.png").read_bytes() == kept and not (theirs / "source.json").exists()
+    ours = tmp_path / "ours"
+    generate_images(_fake_generate([]), prompts, ours, progress=False, source={"model": "a"})
+    calls: list = []
+    generate_images(_fake_generate(calls), prompts, ours, progress=False, source={"model": "b"})
+    assert calls == [[10000]], "images drawn here by another model are drawn anew"
 
 
 def test_generation_resumes_to_the_same_images(tmp_path):

@@ -435,6 +435,23 @@ def test_corrupt_image_names_the_file(tmp_path):
         list(iter_images(tmp_path / "empty"))
 
 
+def test_hidden_files_in_a_folder_of_images_are_not_images_wherever_a_folder_is_read(tmp_path):
+    """A folder copied through macOS onto a shared drive gains ``._a.png`` (AppleDouble metadata, not
+    an image): ``score`` refused the whole folder as unreadable, and so did a detector's backgrounds."""
+    from benchmark.external import _images_by_stem
+    from implicit_concept.detector.image_sets import image_set_digest
+
+    folder = tmp_path / "generated"
+    (folder / ".ipynb_checkpoints").mkdir(parents=True)
+    _solid(10).save(folder / "0_0.png")
+    _solid(20).save(folder / "1_0.png")
+    (folder / "._0_0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble metadata")
+    _solid(30).save(folder / ".ipynb_checkpoints" / "0_0.png")
+    assert [name for name, _ in iter_images(folder)] == ["0_0.png", "1_0.png"]
+    assert image_set_digest(folder, "background") == image_set_digest([("a", _solid(10)), ("b", _solid(20))], "background")
+    assert sorted(_images_by_stem(folder)) == ["0_0", "1_0"], "not listed as an image no prompt names"
+
+
 def test_a_folder_with_several_unreadable_images_is_refused_once_naming_each(tmp_path, monkeypatch):
     """Scoring streams, so the folder is refused at the end of one pass, naming every broken file,
     with each readable image decoded once (not a check pass and then a scoring pass)."""

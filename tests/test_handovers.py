@@ -154,6 +154,24 @@ def test_a_folder_saved_as_another_pipeline_class_is_refused_with_the_fix(saved,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("part, entry", [("unet", ["mylab.unet", "MyErasedUNet"]), ("text_encoder", ["transformers", "CLIPTextModelWithProjection"]),
+                                         ("vae", ["diffusers", "AsymmetricAutoencoderKL"])])
+def test_a_folder_naming_another_class_for_a_weighted_part_is_refused_not_loaded_as_the_plain_one(saved, tmp_path, part, entry):
+    """A lab's UNet subclass (its own attention) was loaded as a plain UNet2DConditionModel from its
+    weights, and scored as if it were the lab's model."""
+    from benchmark.models.pretrained_check import check_pretrained
+
+    folder = shutil.copytree(saved("ddim"), tmp_path / "lab")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, part: entry}))
+    said = rf"lab/model_index.json: {part} is '{entry[1]}'; supported: .*; loaded as one of them it would drop what {entry[1]} does: plug it in as a method"
+    with pytest.raises(ValueError, match=said):
+        external.score_pipeline(folder, tmp_path / "out", _judging(tmp_path), progress=False)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match=said):
+        check_pretrained(folder)
+
+
 def test_a_result_says_which_parts_a_method_changed_in_memory(saved):
     import torch
 
@@ -312,6 +330,13 @@ def test_score_pipeline_samples_with_the_negative_prompt_the_folder_records(save
     assert asked == ["QR code, watermark"] and result["inputs"]["negative_prompt"] == "QR code, watermark"
     explicit = external.score_pipeline(folder, tmp_path / "explicit", _judging(tmp_path), negative_prompt="", progress=False)
     assert asked[-1] == "" and explicit["inputs"]["negative_prompt"] == ""
+
+
+@pytest.mark.parametrize("encoding, newline", [("utf-8", "\n"), ("utf-8-sig", "\r\n")])
+def test_a_negative_prompt_file_saved_by_a_windows_editor_reads_as_the_same_prompt(tmp_path, encoding, newline):
+    """Notepad writes a byte-order mark and CRLF: the mark was kept as the prompt's first character."""
+    (tmp_path / external.NEGATIVE_PROMPT_FILE).write_text("QR code, watermark\n", encoding=encoding, newline=newline)
+    assert external.pipeline_negative_prompt(tmp_path) == "QR code, watermark"
 
 
 def test_a_negative_prompt_naming_tokens_the_folders_tokenizer_lacks_is_refused(saved, tmp_path, unscored):

@@ -73,17 +73,19 @@ def test_a_class_missing_from_the_imported_module_names_the_file_imported_and_th
 
 def test_what_a_plug_in_module_does_to_torch_at_import_is_undone(lab):
     lab("inference_only", BASE + "import torch\ntorch.set_grad_enabled(False)\ntorch.set_default_dtype(torch.float64)\n"
-        "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
+        "torch.set_default_device('meta')\nclass Mine(Method):\n    def build(self, ctx):\n        pass\n")
     get_method("inference_only:Mine")
     assert torch.is_grad_enabled() and torch.get_default_dtype() == torch.float32
+    assert torch.empty(1).device.type == "cpu", "a default device set at import (cuda, say) met the next method's loading"
 
 
 def test_the_fine_tuning_service_runs_under_the_toolkits_settings_whatever_build_set(monkeypatch, tmp_path):
     from benchmark import method_evaluation, stages
 
     seen = []
-    monkeypatch.setattr(stages, "finetune", lambda *a, **k: seen.append((torch.is_grad_enabled(), torch.get_default_dtype())) or tmp_path)
-    monkeypatch.setattr(stages, "load_pipeline", lambda p: seen.append((torch.is_grad_enabled(), torch.get_default_dtype())))
+    settings = lambda: (torch.is_grad_enabled(), torch.get_default_dtype(), torch.empty(1).device.type)  # noqa: E731
+    monkeypatch.setattr(stages, "finetune", lambda *a, **k: seen.append(settings()) or tmp_path)
+    monkeypatch.setattr(stages, "load_pipeline", lambda p: seen.append(settings()))
     from types import SimpleNamespace
 
     run = SimpleNamespace(track=SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}), root=tmp_path)
@@ -91,11 +93,13 @@ def test_the_fine_tuning_service_runs_under_the_toolkits_settings_whatever_build
     try:
         with torch.no_grad():
             torch.set_default_dtype(torch.float64)
+            torch.set_default_device("meta")
             ctx.load_pipeline(ctx.finetune(None))
-            assert not torch.is_grad_enabled() and torch.get_default_dtype() == torch.float64, "the plug-in's own are put back"
+            assert settings() == (False, torch.float64, "meta"), "the plug-in's own are put back"
     finally:
         torch.set_default_dtype(torch.float32)
-    assert seen == [(True, torch.float32), (True, torch.float32)]
+        torch.set_default_device(None)
+    assert seen == [(True, torch.float32, "cpu"), (True, torch.float32, "cpu")]
 
 
 def test_not_implemented_while_sampling_is_missing_and_a_function_returning_images_is_a_pipeline(tmp_path):
@@ -206,3 +210,45 @@ def test_a_method_flag_problem_is_not_said_to_be_the_track_files(lab_package):
     assert "debug.toml" not in str(refused.value)
     with pytest.raises(TrackError, match=r"^--method: unknown method 'nope'"):
         check_track(load_track("debug"), ["nope"])
+
+
+def test_a_plug_in_that_changes_the_working_folder_or_warnings_filters_leaves_the_run_as_it_was(lab, tmp_path):
+    """A build that ran ``os.chdir`` (to call a lab's own scripts) sent the run's images, and the
+    fine-tunes it asked for after, under the other folder: the run's paths are relative. One that
+    turned warnings into errors failed the next method on a library's deprecation warning."""
+    import os
+    import warnings
+    from types import SimpleNamespace
+
+    from benchmark import method_evaluation, stages
+    from benchmark.methods.interface import declared_finetunes
+    from benchmark.prompts import Prompt
+
+    (tmp_path / "elsewhere").mkdir()
+    filters = list(warnings.filters)
+    lab("wanders", BASE + "import os, warnings\nos.chdir('elsewhere')\nwarnings.simplefilter('error')\n"
+        "class Wanders(Method):\n"
+        "    def finetunes(self, ctx):\n        os.chdir('elsewhere')\n        return []\n"
+        "    def build(self, ctx):\n        os.chdir('elsewhere')\n        warnings.simplefilter('error')\n        folder = ctx.finetune(None)\n"
+        "        def sample(**kw):\n            os.chdir('/')\n"
+        "            return [__import__('PIL.Image').Image.new('RGB', (8, 8))] * len(kw['prompt'])\n"
+        "        return Generator(sample)\n")
+    asked_in = []
+    stages_finetune = stages.finetune
+    try:
+        stages.finetune = lambda *a: asked_in.append(os.getcwd()) or Path("models/ft")
+        method = get_method("wanders:Wanders")  # its import changes folder
+        assert os.getcwd() == str(tmp_path)
+        run = SimpleNamespace(track=SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}), root=Path("run"), progress=False)
+        ctx = method_evaluation.method_context(run, Path("base"), Path("icd-qrcode"), ("qrcode",), None)
+        declared_finetunes(method, ctx)
+        assert os.getcwd() == str(tmp_path)
+        evaluation = SimpleNamespace(subset="icd-qrcode", prompts=[Prompt(0, "a", 1), Prompt(1, "b", 2)],
+                                     settings=method_evaluation.GenerationSettings(image_size=8, steps=1))
+        _, paths, _, _ = method_evaluation._draw(run, method, ctx, evaluation, "")
+    finally:
+        stages.finetune = stages_finetune
+    assert os.getcwd() == str(tmp_path) and asked_in == [str(tmp_path)], "the fine-tune is asked for in the run's folder"
+    assert [p.resolve() for p in paths] == [tmp_path / "run" / "images" / "icd-qrcode" / "Wanders" / f"{i}_0.png" for i in (0, 1)]
+    assert all(p.resolve().is_file() for p in paths) and not list((tmp_path / "elsewhere").iterdir())
+    assert warnings.filters == filters

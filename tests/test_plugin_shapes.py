@@ -154,3 +154,20 @@ def test_images_in_a_format_not_read_are_named_not_said_to_be_no_files(tmp_path,
         Image.new("RGB", (16, 16)).save(tmp_path / "gifs" / f"{prompt.case_number}_0.gif")
     with pytest.raises(FileNotFoundError, match=r"found no image file \(2 files of types not read: \.gif; save them as PNG\)$"):
         external.score_image_folder(tmp_path / "gifs", tmp_path / "out", judging)
+
+
+def test_a_pipeline_called_with_return_dict_false_gives_the_same_images_as_its_output_object(saved, tmp_path):
+    """diffusers' ``return_dict=False`` returns ``(images, nsfw_flags)``: that tuple was read as two
+    images, so a wrapper returning it was refused as having dropped prompts."""
+    from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images
+    from benchmark.prompts import Prompt
+
+    pipe = load_pipeline(saved("ddim"))
+    pipe.set_progress_bar_config(disable=True)
+    settings = GenerationSettings(steps=2, image_size=MICRO.image_size, chunk_size=3)
+    prompts = [Prompt(i, f"a red square {i}", 7 + i) for i in range(3)]
+    drawn = {}
+    for name, wrapper in (("object", lambda **kw: pipe(**kw)), ("tuple", lambda **kw: pipe(**kw, return_dict=False))):
+        paths = generate_images(diffusers_generate_fn(wrapper, settings), prompts, tmp_path / name, settings=settings, progress=False)
+        drawn[name] = [p.read_bytes() for p in paths]
+    assert len(drawn["tuple"]) == 3 and drawn["tuple"] == drawn["object"]

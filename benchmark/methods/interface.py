@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from benchmark.failures import PLUGIN_ERRORS, MethodFailed, plugin_output, toolkit_error
 from benchmark.models.pipelines import save_portable_pipeline
+from benchmark.plugin_state import kept_plugin_state
 from implicit_concept.concepts import concept
 from implicit_concept.files import atomic_dir, locked
 from implicit_concept.provenance import cache_key, canonical_json
@@ -132,7 +133,7 @@ class Method(ABC):
 def declared_finetunes(method: Any, ctx: MethodContext) -> list[FineTune]:
     """``method.finetunes(ctx)`` (none for a plug-in without it), each checked to be a :class:`FineTune`."""
     try:
-        with plugin_output():
+        with plugin_output(), kept_plugin_state():
             declared = list(getattr(method, "finetunes", lambda ctx: [])(ctx))
     except NotImplementedMethod:
         return []  # its build says so too: reported as missing, not as a failure

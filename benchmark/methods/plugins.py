@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from benchmark.failures import PLUGIN_ERRORS, MethodFailed, plugin_output
 from benchmark.methods.interface import Method
+from benchmark.plugin_state import kept_plugin_state
 from implicit_concept.files import sha256_file
 from implicit_concept.torch_settings import kept_torch_settings
 from implicit_concept.validate import FOLDER_NAME
@@ -66,7 +67,7 @@ def load_method(spec: str, registry: dict[str, Callable[[], Method]]) -> Method:
     :class:`MethodFailed` naming ``--method`` and keeping its own traceback."""
     if spec in registry:
         return registry[spec]()
-    with kept_torch_settings(), plugin_output():
+    with kept_torch_settings(), plugin_output(), kept_plugin_state():
         for ep in entry_points(group="implicit_concept.methods"):
             if ep.name == spec:
                 try:

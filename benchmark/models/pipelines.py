@@ -232,6 +232,9 @@ def strip_load_paths(pipeline: Path) -> None:
 
 #: The VAE classes a pipeline folder may name (the tiny pipeline's, SD's, and the tiny decoder).
 VAE_CLASSES = (PatchAutoencoder, AutoencoderKL, AutoencoderTiny)
+#: The class each weighted part is loaded as: a folder whose ``model_index.json`` names another (a
+#: lab's UNet subclass with attention of its own) is refused, as loading it as one of these drops what it does.
+PART_CLASSES = {"vae": VAE_CLASSES, "text_encoder": (CLIPTextModel,), "unet": (UNet2DConditionModel,)}
 
 
 def save_portable_pipeline(pipe: StableDiffusionPipeline, directory: str | Path, negative_prompt: str = "") -> Path:
@@ -302,7 +305,8 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, samp
     for name in ("vae", "text_encoder", "unet"):
         if not (path / name).is_dir():
             raise FileNotFoundError(f"{path}: no {name}/ folder")
-    check_parts_fit(path, _component_class(index, "vae", VAE_CLASSES, path))
+    classes = {name: _component_class(index, name, allowed, path) for name, allowed in PART_CLASSES.items()}
+    check_parts_fit(path, classes["vae"])
 
     def part(name: str, cls: Any, **kwargs: Any) -> Any:
         if not (path / name).is_dir():
@@ -329,10 +333,10 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, samp
     else:
         scheduler = track_sampler(sampler, _scheduler_config(path), str(path))
     return StableDiffusionPipeline(
-        vae=weighted("vae", _component_class(index, "vae", VAE_CLASSES, path), DIFFUSERS_WEIGHTS),
-        text_encoder=weighted("text_encoder", CLIPTextModel, TRANSFORMERS_WEIGHTS),
+        vae=weighted("vae", classes["vae"], DIFFUSERS_WEIGHTS),
+        text_encoder=weighted("text_encoder", classes["text_encoder"], TRANSFORMERS_WEIGHTS),
         tokenizer=part("tokenizer", CLIPTokenizer),
-        unet=weighted("unet", UNet2DConditionModel, DIFFUSERS_WEIGHTS),
+        unet=weighted("unet", classes["unet"], DIFFUSERS_WEIGHTS),
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
@@ -606,5 +610,7 @@ def _component_class(index: dict[str, Any], name: str, allowed: tuple[type, ...]
         if cls.__name__ == class_name:
             return cls
     fix = ("; re-save it with one of them (pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)), or plug it "
-           "in as a method (--method module:Class), whose pipeline may sample with any scheduler") if name == "scheduler" else ""
+           "in as a method (--method module:Class), whose pipeline may sample with any scheduler") if name == "scheduler" else (
+           f"; loaded as one of them it would drop what {class_name} does: plug it in as a method (--method module:Class, "
+           "whose build() loads it with diffusers, not ctx.load_pipeline)")
     raise ValueError(f"{path}/model_index.json: {name} is {class_name!r}; supported: {', '.join(c.__name__ for c in allowed)}{fix}")

@@ -22,9 +22,9 @@ from diffusers import UNet2DConditionModel
 from benchmark.models.patch_autoencoder import PatchAutoencoder
 from benchmark.models.pipelines import (
     DIFFUSERS_WEIGHTS,
+    PART_CLASSES,
     SCHEDULERS,
     TRANSFORMERS_WEIGHTS,
-    VAE_CLASSES,
     _component_class,
     _scheduler_config,
     _weights_variant,
@@ -64,7 +64,7 @@ def check_pretrained(path: str | Path) -> dict[str, Any]:
     if class_name != PIPELINE_CLASS:
         raise ValueError(f"{path / 'model_index.json'}: _class_name is {class_name!r}; "
                          f"only SD 1.x/2.x folders ({PIPELINE_CLASS}) can be the base")
-    vae_class = _component_class(index, "vae", VAE_CLASSES, path)
+    vae_class = {name: _component_class(index, name, allowed, path) for name, allowed in PART_CLASSES.items()}["vae"]
     _component_class(index, "scheduler", SCHEDULERS, path)
 
     weights: dict[str, list[str]] = {}

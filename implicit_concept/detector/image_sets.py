@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Union
 
 from PIL import Image
 
-from implicit_concept.image_stream import IMAGE_SUFFIXES, ImageReadError, as_rgb, load_image
+from implicit_concept.image_stream import IMAGE_SUFFIXES, ImageReadError, as_rgb, image_files, load_image
 
 ImageSet = Union[str, Path, Iterable[tuple[str, Image.Image]]]
 
@@ -98,7 +98,7 @@ def _image_files(folder: Path, role: str) -> list[Path]:
         raise ImageSetError(f"{folder}: no such folder of {role} images")
     if not folder.is_dir():
         raise ImageSetError(f"{folder}: not a folder (want a folder of {role} images)")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         raise ImageSetError(f"{folder}: no {role} image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     return files
