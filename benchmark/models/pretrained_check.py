@@ -64,7 +64,8 @@ def check_pretrained(path: str | Path) -> dict[str, Any]:
     if class_name != PIPELINE_CLASS:
         raise ValueError(f"{path / 'model_index.json'}: _class_name is {class_name!r}; "
                          f"only SD 1.x/2.x folders ({PIPELINE_CLASS}) can be the base")
-    vae_class = {name: _component_class(index, name, allowed, path) for name, allowed in PART_CLASSES.items()}["vae"]
+    classes = {name: _component_class(index, name, allowed, path) for name, allowed in PART_CLASSES.items()}  # each checked
+    vae_class = classes["vae"]
     _component_class(index, "scheduler", SCHEDULERS, path)
 
     weights: dict[str, list[str]] = {}
