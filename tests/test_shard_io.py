@@ -60,6 +60,18 @@ def test_truncated_tar_is_a_clear_error(tmp_path):
         list(iter_tar_members(tmp_path / "s.tar"))
 
 
+@pytest.mark.parametrize(
+    "data, what",
+    [(b"", "an empty file (0 bytes), not a tar"), (b"<html>Not Found</html>", "text, not a tar"), (b"PK\x03\x04" + b"\0" * 600, "a zip archive")],
+)
+def test_a_file_that_is_not_a_tar_is_a_one_line_error_saying_what_it_is(tmp_path, data, what):
+    """tarfile's own text is a line per compression it tried; the command's error is one line."""
+    (tmp_path / "s.tar").write_bytes(data)
+    with pytest.raises(ShardError) as e:
+        list(iter_samples(tmp_path / "s.tar"))
+    assert "\n" not in str(e.value) and f"s.tar: unreadable or truncated tar ({what}" in str(e.value)
+
+
 def test_list_shards_names_a_missing_file(tmp_path):
     with pytest.raises(ShardError, match="00001.tar"):
         (tmp_path / "00000.tar").write_bytes(b"")
