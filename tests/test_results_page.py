@@ -140,6 +140,13 @@ def _row(r, method="sd", concept="qrcode", **fields):
     *[(lambda r, k=k: {**r, k: None}, rf"{k}: null, not an object") for k in ("config", "detector", "targets", "timings", "seeds", "named_base")],
     *[(lambda r, k=k: _row(r, **{k: None}), rf"rows\[0\].{k}: null, not an object") for k in ("quality", "quality_detail", "timings", "seeds")],
     (lambda r: {**r, "config": {**r.get("config", {}), "track": None}}, r"config.track: null, not an object"),
+    # row fields the report and the results page read beside the scores
+    (lambda r: _row(r, subset=["icd-qrcode"]), r"rows\[0\].subset: a list, not a string"),
+    (lambda r: _row(r, jobs=[2]), r"rows\[0\].jobs: a list, not a whole number"),
+    (lambda r: _row(r, method_spec={"m": 1}), r"rows\[0\].method_spec: a dict, not a string"),
+    (lambda r: _row(r, model=[]), r"rows\[0\].model: a list, not an object"),
+    (lambda r: _row(r, model={"edited_in_memory": -1}), r"rows\[0\].model.edited_in_memory: not a list of strings"),
+    (lambda r: _row(r, model={"scheduler": 7}), r"rows\[0\].model.scheduler: not a string"),
 ])
 def test_a_results_json_of_another_shape_is_refused_naming_the_file_and_field_by_every_reader(tmp_path, capsys, edit, problem):
     """A run folder handed over by another lab: the report and the leaderboard name what is wrong."""
