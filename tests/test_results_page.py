@@ -164,6 +164,16 @@ def test_a_results_json_of_another_shape_is_refused_naming_the_file_and_field_by
     assert not (tmp_path / "lb").exists()
 
 
+def test_a_results_json_with_an_integer_python_will_not_read_is_refused_naming_the_file(tmp_path, capsys):
+    """json.loads refuses an integer of over 4300 digits with a ValueError that names no file."""
+    bad = fake_run(tmp_path / "bad")
+    path = bad / "results.json"
+    path.write_text(path.read_text()[:-1] + ', "n": ' + "9" * 5000 + "}")
+    assert main(["report", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: not valid JSON (Exceeds the limit" in err and "Traceback" not in err
+
+
 def _edit(run: Path, edit) -> Path:
     path = run / "results.json"
     path.write_text(json.dumps(edit(json.loads(path.read_text()))))
