@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.models.pretrained_check import check_base_sampler, check_pretrained
-from benchmark.results_file import is_number
+from benchmark.results_file import read_results
 from benchmark.track import Track
 from benchmark.track_check import check_track
 from builders.recipe import Recipe, load_recipe, source_from_spec
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import json_differences, read_json_object, shown_differences
+from implicit_concept.files import json_differences, shown_differences
 from implicit_concept.validate import check_folder_name
 
 DEFAULT_CACHE = Path(".cache") / "implicit-concept"
@@ -120,10 +120,7 @@ class BenchmarkRun:
         results_file = self.root / "results.json"
         if not results_file.is_file():
             return {}
-        try:
-            timings = read_json_object(results_file).get("timings", {})
+        try:  # checked field by field: the run's rows are merged with this run's when it ends
+            return dict(read_results(self.root).get("timings", {}))
         except (OSError, ValueError) as e:
             raise ValueError(f"{results_file}: cannot be read ({e}); remove the folder or use another --name") from None
-        if not isinstance(timings, dict):
-            return {}
-        return {stage: seconds for stage, seconds in timings.items() if is_number(seconds)}

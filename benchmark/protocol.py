@@ -320,7 +320,7 @@ def _union(previous_file: Path, rows: list[dict[str, Any]]) -> list[dict[str, An
     if not previous_file.is_file():
         return rows
     fresh = {(r["subset"], r["method"]) for r in rows}
-    kept = [r for r in json.loads(previous_file.read_text(encoding="utf-8"))["rows"] if (r["subset"], r["method"]) not in fresh]
+    kept = [r for r in json.loads(previous_file.read_text(encoding="utf-8"))["rows"] if (r.get("subset"), r["method"]) not in fresh]
     return kept + rows
 
 

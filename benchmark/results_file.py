@@ -123,6 +123,14 @@ def _row(row: Any, field: str) -> None:
     _need(isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("method", "concept")),
           field, "not an object with a method and a concept (strings)")
     _need(isinstance(row.get("status", ""), str), f"{field}.status", "not a string")
+    for key in ("subset", "method_spec", "method_code_sha256"):
+        _need(row.get(key) is None or isinstance(row[key], str), f"{field}.{key}", f"{_kind(row.get(key))}, not a string")
+    _need(row.get("jobs") is None or type(row["jobs"]) is int, f"{field}.jobs", f"{_kind(row.get('jobs'))}, not a whole number")
+    model = _object(row.get("model", ABSENT), f"{field}.model")
+    _need(model.get("scheduler") is None or isinstance(model["scheduler"], str), f"{field}.model.scheduler", "not a string")
+    edited = model.get("edited_in_memory")
+    _need(edited is None or isinstance(edited, list) and all(isinstance(k, str) for k in edited),
+          f"{field}.model.edited_in_memory", "not a list of strings")
     if row.get("status") != "ok":
         return
     _need(is_ratio(row.get("icr")), f"{field}.icr", f"{RATIO} ({row['method']}, {row['concept']})")

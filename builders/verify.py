@@ -510,9 +510,6 @@ def _verify_sample(
         problems.add(where, f"json says subset {meta.subset!r}, split {meta.split!r}; the shard is in {unit.subset}/{unit.split}")
     if recipe is not None:
         _check_against_recipe(where, meta, index, unit, recipe, problems)
-    for inst in meta.instances:
-        if not inst.box.inside(meta.width, meta.height):
-            problems.add(where, f"{inst.concept} box {inst.box.as_list()} outside the image")
     if members["txt"] != meta.caption.encode("utf-8"):
         problems.add(where, "txt differs from json caption")
     max_pixels = recipe.image_size**2 if recipe is not None else DEFAULT_MAX_PIXELS

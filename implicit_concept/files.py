@@ -226,7 +226,7 @@ def read_json_object(path: Path) -> dict[str, Any]:
     is one (FileNotFoundError passes through, for the caller to say what was expected there)."""
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:  # bad UTF-8, bad JSON, or an integer over Python's 4300 digits
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     except RecursionError:
         raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None

@@ -213,12 +213,40 @@ class SampleMeta:
             source["meta"] = _parsed(source.get("meta", {}))
         else:
             source = {"kind": source.pop("kind", None), "id": source.pop("id", None), "meta": source}
-        return cls(
+        meta = cls(
             instances=[Instance.from_json(i) for i in d["instances"]],
             source=source,
             screen=Screen.from_json(d.get("screen", {})),
             **fields,
         )
+        meta.check()
+        return meta
+
+    def check(self) -> None:
+        """Refuse, naming the field, a record no writer makes: a string or number of the wrong type
+        (``JSON_SHAPE``), a size below 1, a box that is not four integers inside the image, a visible
+        share outside [0, 1]. KEY.json is read from files anyone hands over: unchecked, a wrong type
+        fails far from here as a traceback, and a box outside the image becomes a wrong label."""
+        for name, kind in JSON_SHAPE.items():
+            value = getattr(self, name, None) if name in self.__dataclass_fields__ else None
+            if kind == "string" and not isinstance(value, str):
+                raise ValueError(f"{name}: expected a string, got {value!r}")
+            if kind == "int64" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name}: expected an integer, got {value!r}")
+        if self.width < 1 or self.height < 1:
+            raise ValueError(f"width, height: expected at least 1, got {self.width}x{self.height}")
+        if not isinstance(self.seed, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in self.seed):
+            raise ValueError(f"seed: expected a list of integers, got {self.seed!r}")
+        for i, inst in enumerate(self.instances):
+            box = inst.box.as_list()
+            if not isinstance(inst.concept, str):
+                raise ValueError(f"instances[{i}].concept: expected a string, got {inst.concept!r}")
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in box):
+                raise ValueError(f"instances[{i}].box: expected four integers, got {box!r}")
+            if not inst.box.inside(self.width, self.height):
+                raise ValueError(f"instances[{i}]: {inst.concept} box {box} outside the image ({self.width}x{self.height})")
+            if isinstance(inst.visible, bool) or not isinstance(inst.visible, (int, float)) or not 0 <= inst.visible <= 1:
+                raise ValueError(f"instances[{i}].visible: expected a number in [0, 1], got {inst.visible!r}")
 
 
 @dataclass

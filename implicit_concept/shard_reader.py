@@ -119,7 +119,10 @@ def open_tar(path: str | Path, mode: str = "r:*") -> tarfile.TarFile:
     """Open a tar for reading with bounded header parsing (see the module docstring): a local file,
     or a ``pipe:`` command or http(s) URL opened by webdataset's ``gopen`` and read as a stream."""
     if not is_stream(path):
-        return tarfile.open(path, mode, tarinfo=_BoundedTarInfo)
+        try:
+            return tarfile.open(path, mode, tarinfo=_BoundedTarInfo)
+        except tarfile.ReadError:  # tarfile's own text is a line per compression it tried
+            raise tarfile.ReadError(describe_non_tar(path)) from None
     from webdataset.gopen import gopen
 
     stream = gopen(str(path), "rb")

@@ -83,6 +83,12 @@ def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
         raise ValueError(f"{name}: expected an integer {bound}, got {value!r}")
 
 
+def is_names(value: Any) -> bool:
+    """Whether ``value`` is a list of strings, the only thing looked up among known names: a list or
+    table in a name's place is unhashable, a TypeError traceback instead of the field's error."""
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+
 def check_weights(name: str, value: Any, allowed: Sequence[str]) -> None:
     """Require a mapping from some of ``allowed`` to non-negative numbers, not all zero."""
     ok = (

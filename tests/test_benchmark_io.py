@@ -260,7 +260,7 @@ def test_adding_a_method_to_a_run_keeps_the_stage_timings_of_its_earlier_invocat
     assert first.timings == {}, "a new run folder has no earlier timings"
     (tmp_path / "r" / "run.json").write_text(json.dumps(first.record()))
     earlier = {"dataset": 61.0, "finetunes (icd-qrcode, 2 jobs)": 68.3, "methods (icd-qrcode, 2 jobs)": 49.7}
-    (tmp_path / "r" / "results.json").write_text(json.dumps({"name": "r", "rows": [], "timings": earlier}))
+    (tmp_path / "r" / "results.json").write_text(json.dumps({"name": "r", "track": "debug", "fp_rate": {}, "rows": [], "timings": earlier}))
 
     added = BenchmarkRun(track=load_track("debug"), name="r", runs_root=tmp_path, methods=("sd",))
     added.check_start()
@@ -274,6 +274,18 @@ def test_adding_a_method_to_a_run_keeps_the_stage_timings_of_its_earlier_invocat
     (tmp_path / "r" / "results.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"r/results.json: cannot be read .*not valid JSON.*use another --name"):
         BenchmarkRun(track=load_track("debug"), name="r", runs_root=tmp_path).check_start()
+    # checked field by field before any stage: its rows are merged with this run's at the end
+    (tmp_path / "r" / "results.json").write_text(json.dumps({"name": "r", "track": "debug", "fp_rate": {}, "rows": [{"method": "sd"}]}))
+    with pytest.raises(ValueError, match=r"r/results.json: cannot be read .*rows\[0\]: not an object with a method and a concept"):
+        BenchmarkRun(track=load_track("debug"), name="r", runs_root=tmp_path).check_start()
+    # a row the check lets through (its subset is optional) is kept when this run's rows are merged in at the end
+    from benchmark.protocol import _union
+
+    older = {"method": "sd", "concept": "qrcode", "status": "failed"}
+    (tmp_path / "r" / "results.json").write_text(json.dumps({"name": "r", "track": "debug", "fp_rate": {}, "rows": [older]}))
+    BenchmarkRun(track=load_track("debug"), name="r", runs_root=tmp_path).check_start()
+    fresh = {"method": "sd", "concept": "qrcode", "subset": "icd-qrcode"}
+    assert _union(tmp_path / "r" / "results.json", [fresh]) == [older, fresh]
 
 
 def test_report_shows_seeds_the_named_base_model_removal_and_which_evaluator():

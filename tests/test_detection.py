@@ -42,7 +42,7 @@ def _jpeg(size, colour=(40, 90, 160)):
     return buf.getvalue()
 
 
-def _write_shards(root, samples=SAMPLES):
+def _write_shards(root, samples=SAMPLES, jpeg=_jpeg):
     for split in ("train", "test"):
         (root / split).mkdir(parents=True)
         with TarShardWriter(root / split / "00000.tar") as w:
@@ -53,7 +53,7 @@ def _write_shards(root, samples=SAMPLES):
                     source={"kind": "test"}, instances=[Instance(c, Box(*b)) for c, b in boxes],
                     seed=[i], recipe="test", recipe_sha256="0", version="0",
                 )
-                w.write(key, {"jpg": _jpeg(size), "json": json.dumps(meta.to_json()).encode()})
+                w.write(key, {"jpg": jpeg(size), "json": json.dumps(meta.to_json()).encode()})
             w.close()
     return root
 
@@ -181,6 +181,19 @@ def test_an_export_names_the_shard_and_sample_of_a_json_of_another_shape(tmp_pat
                 tar.addfile(info, io.BytesIO(data))
     with pytest.raises(ValueError, match=r"train/00000.tar: sample s1: KEY.json is not an ICD sample record"):
         export_detection_dataset(shards, tmp_path / "export")
+
+
+@pytest.mark.parametrize("jpeg, complaint", [
+    (lambda size: b"\xff\xd8 not a jpeg", r"sample tr0000: image not decoded \(unreadable_image"),
+    (lambda size: _jpeg((32, 32)), r"sample tr0000: the image is 32x32, its KEY.json says 64x64"),
+])
+def test_an_export_refuses_an_image_ultralytics_would_skip_or_label_wrong(tmp_path, jpeg, complaint):
+    """ultralytics drops an image it cannot read with a warning, and labels are normalised by the
+    KEY.json's size: both are refused at export, naming the sample, and nothing is written."""
+    shards = _write_shards(tmp_path / "icd-mixed", jpeg=jpeg)
+    with pytest.raises(ValueError, match=r"train/00000.tar: " + complaint):
+        export_detection_dataset(shards, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
 
 
 def test_detector_training_refuses_an_out_folder_that_holds_or_is_inside_its_inputs(tmp_path):

@@ -192,6 +192,9 @@ def _rewrite_weights(folder: Path, edit) -> None:
     (lambda s: s["model.0.conv.weight"].view(-1).__setitem__(0, float("nan")), "tensor model.0.conv.weight holds NaN"),
     (lambda s: s["model.22.cv2.0.0.conv.weight"].view(-1).__setitem__(3, float("inf")), "tensor model.22.cv2.0.0.conv.weight holds NaN or infinite"),
     (lambda s: s.__setitem__("model.0.conv.weight", s["model.0.conv.weight"].to(torch.int8)), "tensor model.0.conv.weight is torch.int8"),
+    (lambda s: s.__setitem__("model.0.conv.weight", s["model.0.conv.weight"][:8]), "tensor model.0.conv.weight is (8, 3, 3, 3), where yolov8n.yaml with 3 classes holds (16, 3, 3, 3)"),
+    (lambda s: s.__setitem__("extra", torch.zeros(1)), "tensor extra is not in yolov8n.yaml with 3 classes"),
+    (lambda s: s.pop("model.0.conv.weight"), "tensor model.0.conv.weight is missing; it is in yolov8n.yaml"),
 ])
 def test_weights_a_detector_cannot_have_are_refused_even_when_their_sha256_matches(tmp_path, edit, complaint):
     folder = _random_detector(tmp_path / "det")

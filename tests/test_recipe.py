@@ -41,6 +41,22 @@ def test_bad_recipes_fail_naming_the_field(changes, field):
         parse_recipe(_raw(**changes))
 
 
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"source": {"kind": ["procedural"], "train": 4, "test": 2}}, "source.kind"),
+        ({"source": {"kind": "procedural", "train": 4, "test": 2, "colors": ["red", ["blue"]]}}, "source.colors"),
+        ({"source": {"kind": "procedural", "train": 4, "test": 2, "shapes": [{}]}}, "source.shapes"),
+        ({"concepts": {"qrcode": {"error_levels": [{}]}}}, "concepts.qrcode.error_levels"),
+        ({"concepts": {"qrcode": {"error_levels": 1.5}}}, "concepts.qrcode.error_levels"),
+    ],
+)
+def test_a_list_or_table_where_a_name_goes_fails_naming_the_field(changes, field):
+    """Names are looked up among known ones: a list or table there is refused, not an unhashable TypeError."""
+    with pytest.raises(RecipeError, match=field.replace(".", r"\.")):
+        parse_recipe(_raw(**changes))
+
+
 def test_empty_folder_source_fails_at_once(tmp_path):
     with pytest.raises(RecipeError, match=str(tmp_path)):
         parse_recipe(_raw(source={"kind": "folder", "path": str(tmp_path)}))

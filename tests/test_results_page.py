@@ -140,6 +140,13 @@ def _row(r, method="sd", concept="qrcode", **fields):
     *[(lambda r, k=k: {**r, k: None}, rf"{k}: null, not an object") for k in ("config", "detector", "targets", "timings", "seeds", "named_base")],
     *[(lambda r, k=k: _row(r, **{k: None}), rf"rows\[0\].{k}: null, not an object") for k in ("quality", "quality_detail", "timings", "seeds")],
     (lambda r: {**r, "config": {**r.get("config", {}), "track": None}}, r"config.track: null, not an object"),
+    # row fields the report and the results page read beside the scores
+    (lambda r: _row(r, subset=["icd-qrcode"]), r"rows\[0\].subset: a list, not a string"),
+    (lambda r: _row(r, jobs=[2]), r"rows\[0\].jobs: a list, not a whole number"),
+    (lambda r: _row(r, method_spec={"m": 1}), r"rows\[0\].method_spec: a dict, not a string"),
+    (lambda r: _row(r, model=[]), r"rows\[0\].model: a list, not an object"),
+    (lambda r: _row(r, model={"edited_in_memory": -1}), r"rows\[0\].model.edited_in_memory: not a list of strings"),
+    (lambda r: _row(r, model={"scheduler": 7}), r"rows\[0\].model.scheduler: not a string"),
 ])
 def test_a_results_json_of_another_shape_is_refused_naming_the_file_and_field_by_every_reader(tmp_path, capsys, edit, problem):
     """A run folder handed over by another lab: the report and the leaderboard name what is wrong."""
@@ -155,6 +162,16 @@ def test_a_results_json_of_another_shape_is_refused_naming_the_file_and_field_by
     err = capsys.readouterr().err
     assert err.count(f"{path}: ") == 2 and "Traceback" not in err
     assert not (tmp_path / "lb").exists()
+
+
+def test_a_results_json_with_an_integer_python_will_not_read_is_refused_naming_the_file(tmp_path, capsys):
+    """json.loads refuses an integer of over 4300 digits with a ValueError that names no file."""
+    bad = fake_run(tmp_path / "bad")
+    path = bad / "results.json"
+    path.write_text(path.read_text()[:-1] + ', "n": ' + "9" * 5000 + "}")
+    assert main(["report", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: not valid JSON (Exceeds the limit" in err and "Traceback" not in err
 
 
 def _edit(run: Path, edit) -> Path:

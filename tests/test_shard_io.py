@@ -1,7 +1,9 @@
+import io
 import json
 import tarfile
 
 import pytest
+from PIL import Image
 
 from benchmark.perf import hostile_inputs as hostile
 from implicit_concept.files import sha256_file
@@ -56,6 +58,18 @@ def test_truncated_tar_is_a_clear_error(tmp_path):
     (tmp_path / "s.tar").write_bytes(data[: len(data) // 2 + 100])
     with pytest.raises(ShardError, match="s.tar"):
         list(iter_tar_members(tmp_path / "s.tar"))
+
+
+@pytest.mark.parametrize(
+    "data, what",
+    [(b"", "an empty file (0 bytes), not a tar"), (b"<html>Not Found</html>", "text, not a tar"), (b"PK\x03\x04" + b"\0" * 600, "a zip archive")],
+)
+def test_a_file_that_is_not_a_tar_is_a_one_line_error_saying_what_it_is(tmp_path, data, what):
+    """tarfile's own text is a line per compression it tried; the command's error is one line."""
+    (tmp_path / "s.tar").write_bytes(data)
+    with pytest.raises(ShardError) as e:
+        list(iter_samples(tmp_path / "s.tar"))
+    assert "\n" not in str(e.value) and f"s.tar: unreadable or truncated tar ({what}" in str(e.value)
 
 
 def test_list_shards_names_a_missing_file(tmp_path):
@@ -150,6 +164,31 @@ _META = {
     "key": "k", "caption": "a", "width": 64, "height": 64, "split": "train", "subset": "q", "source": {},
     "instances": [], "seed": [0], "recipe": "r", "recipe_sha256": "0", "version": "0",
 }
+_INSTANCE = {"concept": "qrcode", "box": [1, 1, 9, 9], "visible": 1.0, "params": "{}"}
+
+
+@pytest.mark.parametrize(
+    "change, complaint",
+    [
+        ({"caption": 5}, "caption: expected a string, got 5"),
+        ({"width": "64"}, "width: expected an integer, got '64'"),
+        ({"height": 0}, "width, height: expected at least 1"),
+        ({"seed": [0.5]}, "seed: expected a list of integers"),
+        ({"instances": [{**_INSTANCE, "box": [1, 1, 70, 9]}]}, r"instances\[0\]: qrcode box \[1, 1, 70, 9\] outside the image \(64x64\)"),
+        ({"instances": [{**_INSTANCE, "box": [-4, 1, 9, 9]}]}, r"instances\[0\]: qrcode box \[-4, 1, 9, 9\] outside"),
+        ({"instances": [{**_INSTANCE, "box": [1.5, 1, 9, 9]}]}, r"instances\[0\].box: expected four integers"),
+        ({"instances": [{**_INSTANCE, "concept": ["qrcode"]}]}, r"instances\[0\].concept: expected a string"),
+        ({"instances": [{**_INSTANCE, "visible": float("nan")}]}, r"instances\[0\].visible: expected a number in \[0, 1\]"),
+    ],
+)
+def test_a_key_json_no_writer_makes_is_an_error_naming_the_field(tmp_path, change, complaint):
+    """KEY.json is checked when read, not only by verify: a wrong type would fail far away as a
+    traceback, and a box outside the image would become a wrong label."""
+    jpg = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(jpg, "JPEG")
+    _write(tmp_path / "m.tar", [("k", {"jpg": jpg.getvalue(), "txt": b"a", "json": json.dumps({**_META, **change}).encode()})])
+    with pytest.raises(ShardError, match=r"m\.tar: sample k cannot be decoded \(" + complaint):
+        list(iter_samples(tmp_path / "m.tar"))
 
 
 

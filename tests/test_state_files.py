@@ -106,3 +106,13 @@ def test_what_is_not_plain_data_is_refused_when_written(tmp_path):
 def test_the_index_is_readable_json(tmp_path):
     save_state(tmp_path / "part", {"step": 3, "generator": torch.zeros(2, dtype=torch.uint8)})
     assert json.loads((tmp_path / "part.json").read_text()) == {"dict": [["step", 3], ["generator", {"tensor": "t0"}]]}
+
+
+@pytest.mark.parametrize("text, why", [('{"config": ', "not valid JSON"), ("[1, 2]", "holds a JSON list, not an object"), ("\udcff", "not valid JSON")])
+def test_a_damaged_run_json_names_its_file(tmp_path, text, why):
+    """A training folder's run.json, read on every start: damaged, it is named, not a bare JSON error or a traceback."""
+    from benchmark.training.checkpoints import start_or_resume
+
+    (tmp_path / "run.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(ValueError, match=f"{tmp_path / 'run.json'}: {why}"):
+        start_or_resume(tmp_path, {"config": {}})

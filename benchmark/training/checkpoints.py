@@ -34,7 +34,7 @@ from benchmark.models.pipelines import read_weight_headers, save_portable_pipeli
 from benchmark.training.config import TrainingConfig
 from benchmark.training.new_tokens import NewTokenRows
 from benchmark.training.state_files import JSON_SUFFIX, TENSORS_SUFFIX, load_state, save_state
-from implicit_concept.files import atomic_dir, atomic_write_json, json_differences, shown_differences
+from implicit_concept.files import atomic_dir, atomic_write_json, json_differences, read_json_object, shown_differences
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig, write_metadata
 from implicit_concept.provenance import config_hash, environment
 from implicit_concept.tensor_checks import SAFETENSORS_FLOATS, all_finite, non_finite
@@ -219,7 +219,7 @@ def start_or_resume(output_dir: Path, record: dict[str, Any]) -> str:
     """Check ``run.json`` against this run: "new", "resume" or "finished"; a changed config raises."""
     run_file = output_dir / RUN_FILE
     if run_file.is_file():
-        previous = json.loads(run_file.read_text(encoding="utf-8"))
+        previous = read_json_object(run_file)  # a damaged one is named, not a bare JSON error or a traceback
         mine = {k: previous.get(k) for k in record}
         differ = json_differences(mine, json.loads(json.dumps(record)))
         if differ:

@@ -63,7 +63,7 @@ def make_source(options: dict[str, Any], *, image_size: int, shard_size: int, se
         raise ValueError(f"source must be a mapping with a 'kind', got {options!r}")
     known = ", ".join(sorted(SOURCES))
     kind = options.get("kind")
-    if kind not in SOURCES:
+    if not isinstance(kind, str) or kind not in SOURCES:  # a list or table there is unhashable
         what = "missing" if kind is None else f"unknown source {kind!r}"
         raise ValueError(f"source.kind: {what} (known: {known})")
     entry = SOURCES[kind]

@@ -25,7 +25,7 @@ from implicit_concept.concepts.renderer import (
     paint,
     uniform,
 )
-from implicit_concept.validate import check_int, check_int_range, check_number, check_range
+from implicit_concept.validate import check_int, check_int_range, check_number, check_range, is_names
 
 _EC_LEVELS = {
     "L": qrcode.constants.ERROR_CORRECT_L,
@@ -61,7 +61,7 @@ class QRCodeConfig:
         check_range("scale", self.scale)
         check_int("min_px", self.min_px, 1, 4096)
         check_int_range("versions", self.versions, 1, 40)
-        if not (self.error_levels and set(self.error_levels) <= set(_EC_LEVELS)):
+        if not (is_names(self.error_levels) and self.error_levels and set(self.error_levels) <= set(_EC_LEVELS)):
             raise ValueError(
                 f"error_levels: expected a non-empty subset of {list(_EC_LEVELS)}, got {self.error_levels!r}"
             )

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.files import atomic_dir, check_apart, folder_sha256, json_text, sha256_file
+from implicit_concept.image_decode import SampleError, decode_rgb, open_image
 from implicit_concept.sample import SampleMeta, key_hash
 from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards
 
@@ -146,6 +147,18 @@ def _dataset(root: Path, marker: dict[str, Any]) -> DetectionDataset:
     )
 
 
+def _check_image(jpg: bytes, meta: SampleMeta, where: str) -> None:
+    """Decode the bytes about to be copied: ultralytics skips an image it cannot read with a warning
+    (trained without, or an export that is silently short), and labels are normalised by the
+    KEY.json's size, so an image of another size would be labelled wrong."""
+    try:
+        size = decode_rgb(open_image(jpg), orient=False).size
+    except SampleError as e:
+        raise ShardError(f"{where}: image not decoded ({e})") from None
+    if size != (meta.width, meta.height):
+        raise ShardError(f"{where}: the image is {size[0]}x{size[1]}, its KEY.json says {meta.width}x{meta.height}")
+
+
 def _write_split(
     shards: list[Path], root: Path, split: str, formats: tuple[str, ...], keep: Callable[[str], bool], done: Callable[[int], Any]
 ) -> dict[str, int]:
@@ -172,6 +185,7 @@ def _write_split(
                 meta = SampleMeta.from_json(json.loads(members["json"]))
             except (ValueError, KeyError, TypeError, AttributeError) as e:  # a KEY.json of another shape: name it, no traceback
                 raise ShardError(f"{shard}: sample {key}: KEY.json is not an ICD sample record ({type(e).__name__}: {e})") from None
+            _check_image(members["jpg"], meta, f"{shard}: sample {key}")
             name = f"{key}.jpg"
             if (images_dir / name).exists():
                 raise ShardError(f"{shard}: sample key {key} appears twice in the {split} split")

@@ -69,13 +69,17 @@ class Detector:
             raise DetectorError(f"{record_path(weights)}: detects {record.names}, not the ICD concepts {CONCEPT_NAMES}")
         module = build_model(record.model, record.names)
         expected = module.state_dict()
-        odd = [name for name, tensor in state.items() if name in expected and tensor.is_floating_point() != expected[name].is_floating_point()]
-        if odd:
-            raise DetectorError(f"{weights}: tensor {odd[0]} is {state[odd[0]].dtype}, where {record.model} holds {expected[odd[0]].dtype}")
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise DetectorError(f"{weights}: its tensors do not fit {record.model} with {len(record.names)} classes ({e})") from None
+        # Named here, one problem a line: torch's own refusal is a paragraph listing every key.
+        fits = f"{record.model} with {len(record.names)} classes"
+        if odd := sorted(set(state) ^ set(expected)):
+            raise DetectorError(f"{weights}: tensor {odd[0]} is {'not in' if odd[0] in state else 'missing; it is in'} {fits}")
+        for name, tensor in state.items():
+            want = expected[name]
+            if tensor.is_floating_point() != want.is_floating_point():
+                raise DetectorError(f"{weights}: tensor {name} is {tensor.dtype}, where {record.model} holds {want.dtype}")
+            if tensor.shape != want.shape:
+                raise DetectorError(f"{weights}: tensor {name} is {tuple(tensor.shape)}, where {fits} holds {tuple(want.shape)}")
+        module.load_state_dict(state, strict=True)
         detector = cls.from_module(module.eval(), record.model, weights, record.imgsz, device, thresholds=record.thresholds)
         detector.clean_reference_sha256 = record.clean_reference_sha256
         return detector

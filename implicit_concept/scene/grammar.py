@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from implicit_concept.validate import is_names
+
 T = TypeVar("T")
 
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -66,7 +68,7 @@ _MARGIN = 0.02
 
 
 def _names(name: str, value: Any, known: tuple[str, ...] | dict[str, Any]) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+    if not is_names(value):
         raise ValueError(f"{name} must be a list of names, got {value!r}")
     unknown = [v for v in value if v not in known]
     if unknown:
