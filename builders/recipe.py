@@ -284,6 +284,10 @@ def _subset(raw: Any, i: int) -> Subset:
     for c in concepts:
         if c not in CONCEPT_NAMES:
             raise RecipeError(f"{where}.concepts: unknown concept {c!r} (known: {', '.join(CONCEPT_NAMES)})")
+    twice = sorted({c for c in concepts if concepts.count(c) > 1})
+    if twice:
+        # Each event draws one of the list with the same chance: a repeat would silently double its share.
+        raise RecipeError(f"{where}.concepts: {twice} listed more than once; list each concept once")
     fraction = d.get("fraction")
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
         raise RecipeError(f"{where}.fraction must be a number in [0, 1], got {fraction!r}")

@@ -26,6 +26,7 @@ def test_shipped_recipes_load_and_hash_stably():
     "changes, field",
     [
         ({"subsets": [{"name": "q", "concepts": ["logo"], "fraction": 0.5}]}, "subsets.q.concepts"),
+        ({"subsets": [{"name": "q", "concepts": ["qrcode", "text", "qrcode"], "fraction": 0.5}]}, r"subsets.q.concepts: \['qrcode'\] listed more than once"),
         ({"subsets": [{"name": "q", "concepts": ["qrcode"], "fraction": 1.5}]}, "subsets.q.fraction"),
         ({"subsets": [{"name": "q", "concepts": ["qrcode"], "fraction": -0.1}]}, "subsets.q.fraction"),
         ({"subsets": [{"name": "q", "concepts": ["qrcode"], "fraction": 0.5, "instances": [2, 1]}]}, "subsets.q.instances"),
