@@ -170,8 +170,11 @@ def locked(path: Path, wait: bool = True, refusal: str = "wait for it to finish"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """``data`` as the whole of ``path``, renamed into place; the temporaries of earlier writers of
+    ``path`` that were killed mid-write are dropped (:func:`_remove_dead_writers_temporaries`)."""
     path = Path(path)
     tmp = temporary_name(path)
+    _remove_dead_writers_temporaries(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -282,10 +285,10 @@ def atomic_dir(final: Path, replace_existing: bool = False) -> Iterator[Path]:
 
 def _remove_dead_writers_temporaries(final: Path) -> None:
     """Remove the temporaries of ``final`` (:func:`temporary_name`) whose writer is no longer running
-    on this machine: a writer killed while it wrote (a fine-tune's pipeline, a base) left one that
-    no later writer, with its own pid, would ever reuse, and a resumed run kept it forever (gigabytes
-    at the paper track's scale). A temporary of a process that runs, or of a pid not ours to look at,
-    is left alone."""
+    on this machine: a writer killed while it wrote (a fine-tune's pipeline, a base, a run's
+    ``results.html`` or an image) left one that no later writer, with its own pid, would ever reuse,
+    and a resumed run kept it forever (gigabytes at the paper track's scale). A temporary of a
+    process that runs, or of a pid not ours to look at, is left alone."""
     prefix = f".{final.name}{TEMPORARY_MARK}"
     try:
         leftovers = [p for p in final.parent.iterdir() if p.name.startswith(prefix) and p.name[len(prefix):].isdigit()]

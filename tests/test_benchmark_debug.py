@@ -71,6 +71,50 @@ def test_rerun_resumes_from_cache_to_the_same_results(debug_run):
     assert second["timings"]["base"] < 30, "the base model comes from the cache"
 
 
+def test_a_benchmark_killed_mid_run_resumes_to_the_uninterrupted_results(debug_run, tmp_path):
+    """``kill -9`` of the whole command once a fine-tune has a checkpoint, and again once the first
+    method's images exist (before it is scored): the same command then continues where it stopped
+    and gives the uninterrupted run's rows, images and fine-tuned weights, leaving no temporary."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, _ = debug_run
+    methods = ["sd", "ge-full"]
+    args = ["benchmark", "--track", "debug", "--runs", str(tmp_path / "runs"), "--data", str(root / "data"),
+            "--cache", str(root / "cache"), "--quiet", *[a for m in methods for a in ("--method", m)]]
+    run = tmp_path / "runs" / "debug"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    for moment in ("models/icd-qrcode/*/checkpoints/step-*", "images/icd-qrcode/sd/*.png"):
+        with open(tmp_path / "killed.log", "a") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", *args], env=env, start_new_session=True,
+                                    stdout=log, stderr=log)
+            deadline = time.time() + 600  # the file system is polled: seconds on an idle machine, minutes on a saturated one
+            while time.time() < deadline and proc.poll() is None and not list(run.glob(moment)):
+                time.sleep(0.02)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        assert list(run.glob(moment)) and not (run / "results.json").exists(), \
+            f"the kill at {moment} must land mid-run: {(tmp_path / 'killed.log').read_text()[-2000:]}"
+    assert main(args) == 0
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name], "a killed writer's temporary is left behind"
+    alone = {(r["concept"], r["method"]): r for r in json.loads((root / "runs" / "debug" / "results.json").read_text())["rows"]}
+    resumed = json.loads((run / "results.json").read_text())["rows"]
+    assert sorted({r["method"] for r in resumed}) == sorted(methods)
+    for row in resumed:
+        twin = alone[(row["concept"], row["method"])]
+        for field in ("status", "icr", "fp_rate", "quality", "quality_detail", "fid_x_icr", "crosscheck", "negative_prompt"):
+            assert row.get(field) == twin.get(field), (row["concept"], row["method"], field)
+        for part in ("unet", "text_encoder"):
+            weights = [sorted(Path(r["model"][part]).glob("*.safetensors")) for r in (row, twin)]
+            assert [w.read_bytes() for w in weights[0]] == [w.read_bytes() for w in weights[1]] and weights[0], (row["method"], part)
+        images = [sorted((r / "images" / row["subset"] / row["method"]).glob("*.png")) for r in (run, root / "runs" / "debug")]
+        assert [p.name for p in images[0]] == [p.name for p in images[1]] and images[0]
+        assert [p.read_bytes() for p in images[0]] == [p.read_bytes() for p in images[1]], row["method"]
+
+
 def test_changed_track_is_refused(debug_run, tmp_path, capsys):
     root, args = debug_run
     track = tmp_path / "debug2.toml"

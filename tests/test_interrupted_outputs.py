@@ -110,15 +110,12 @@ def test_a_folder_renamed_into_place_drops_the_temporaries_of_writers_that_are_g
     ``.pipeline.tmp-<pid>`` beside it; the resumed run saved under its own pid and kept the other
     forever. The next save of that folder removes it, and leaves a running writer's alone."""
     import os
-    import subprocess
-    import sys
 
     from implicit_concept.files import atomic_dir, temporary_name
 
     final = tmp_path / "contaminated-0123" / "pipeline"
     final.parent.mkdir()
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    dead = final.with_name(f"{temporary_name(final).name.rsplit('-', 1)[0]}-{int(gone.stdout)}")
+    dead = final.with_name(f"{temporary_name(final).name.rsplit('-', 1)[0]}-{_a_pid_that_is_gone()}")
     (dead / "unet").mkdir(parents=True)
     (dead / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"half the weights")
     running = final.with_name(f"{temporary_name(final).name.rsplit('-', 1)[0]}-{os.getppid()}")
@@ -128,3 +125,34 @@ def test_a_folder_renamed_into_place_drops_the_temporaries_of_writers_that_are_g
     assert (final / "model_index.json").is_file()
     assert not dead.exists(), "the killed writer's temporary is kept"
     assert running.is_dir(), "a running writer's temporary is removed under it"
+
+
+def test_a_file_written_whole_drops_the_temporaries_of_writers_that_are_gone(tmp_path):
+    """A benchmark killed while writing ``results.html`` (a kill trial of the debug track: 4.5 MB), a
+    score file or an image left ``.results.html.tmp-<pid>`` beside it, and every resumed run, writing
+    under its own pid, kept it forever. The next write of that file removes it, and leaves a running
+    writer's alone."""
+    import os
+
+    from implicit_concept.files import atomic_write_text, temporary_name
+
+    final = tmp_path / "runs" / "debug" / "results.html"
+    final.parent.mkdir(parents=True)
+    stem = temporary_name(final).name.rsplit("-", 1)[0]
+    dead = final.with_name(f"{stem}-{_a_pid_that_is_gone()}")
+    dead.write_text("<html>half a page")
+    running = final.with_name(f"{stem}-{os.getppid()}")
+    running.write_text("<html>being written")
+    atomic_write_text(final, "<html>the page</html>")
+    assert final.read_text() == "<html>the page</html>"
+    assert not dead.exists(), "the killed writer's temporary is kept"
+    assert running.is_file(), "a running writer's temporary is removed under it"
+
+
+def _a_pid_that_is_gone() -> int:
+    """The pid of a process that has ended (a writer killed mid-write)."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(gone.stdout)
