@@ -1,5 +1,10 @@
 """The debug track end to end through the CLI: every stage, every method, resumable, pluggable."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,12 +80,6 @@ def test_a_benchmark_killed_mid_run_resumes_to_the_uninterrupted_results(debug_r
     """``kill -9`` of the whole command once a fine-tune has a checkpoint, and again once the first
     method's images exist (before it is scored): the same command then continues where it stopped
     and gives the uninterrupted run's rows, images and fine-tuned weights, leaving no temporary."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     root, _ = debug_run
     methods = ["sd", "ge-full"]
     args = ["benchmark", "--track", "debug", "--runs", str(tmp_path / "runs"), "--data", str(root / "data"),
@@ -189,11 +188,6 @@ def test_two_processes_run_the_benchmark_and_train_what_one_trains(debug_run):
     """``accelerate launch`` on several GPUs, here 2 CPU processes under torchrun: both train the base
     and the declared fine-tunes together; the main process alone trains the detector (ultralytics
     must not take the launch for its own DDP run), generates and scores."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from safetensors.torch import load_file
 
     root, _ = debug_run
