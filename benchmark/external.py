@@ -34,6 +34,7 @@ from implicit_concept.image_decode import open_image
 from implicit_concept.image_stream import IMAGE_SUFFIXES, ImageReadError, require_readable
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import ScoreConfig
+from implicit_concept.shard_reader import is_hidden
 
 SEED_RULE = "image i of prompt p: torch.Generator('cpu').manual_seed(p.evaluation_seed * 1000 + i), saved as {case_number}_{i}.png"
 
@@ -323,7 +324,7 @@ def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
         raise FileNotFoundError(f"{folder}: no such folder of images")
     found: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not path.name.startswith("."):  # as image_files
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not is_hidden(path.name):  # as image_files
             found.setdefault(path.stem, []).append(path)
     return found
 

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Union
 from PIL import Image
 
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, decode_rgb, open_image
-from implicit_concept.shard_reader import iter_samples
+from implicit_concept.shard_reader import is_hidden, iter_samples
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -146,7 +146,7 @@ def image_files(folder: Path) -> list[Path]:
     or a folder's on the way: macOS's ``._a.png`` AppleDouble metadata, ``.ipynb_checkpoints/``) are
     not images, as the dataset builder reads a folder: one would make the whole folder unreadable."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+                  and not any(is_hidden(part) for part in p.relative_to(folder).parts))
 
 
 def _path_entries(source: str | Path) -> Iterator[tuple[str, Image.Image | Path]]:

@@ -212,7 +212,7 @@ def test_a_method_flag_problem_is_not_said_to_be_the_track_files(lab_package):
         check_track(load_track("debug"), ["nope"])
 
 
-def test_a_plug_in_that_changes_the_working_folder_or_warnings_filters_leaves_the_run_as_it_was(lab, tmp_path):
+def test_a_plug_in_that_changes_the_working_folder_or_warnings_filters_leaves_the_run_as_it_was(lab, tmp_path, monkeypatch):
     """A build that ran ``os.chdir`` (to call a lab's own scripts) sent the run's images, and the
     fine-tunes it asked for after, under the other folder: the run's paths are relative. One that
     turned warnings into errors failed the next method on a library's deprecation warning."""
@@ -234,20 +234,16 @@ def test_a_plug_in_that_changes_the_working_folder_or_warnings_filters_leaves_th
         "            return [__import__('PIL.Image').Image.new('RGB', (8, 8))] * len(kw['prompt'])\n"
         "        return Generator(sample)\n")
     asked_in = []
-    stages_finetune = stages.finetune
-    try:
-        stages.finetune = lambda *a: asked_in.append(os.getcwd()) or Path("models/ft")
-        method = get_method("wanders:Wanders")  # its import changes folder
-        assert os.getcwd() == str(tmp_path)
-        run = SimpleNamespace(track=SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}), root=Path("run"), progress=False)
-        ctx = method_evaluation.method_context(run, Path("base"), Path("icd-qrcode"), ("qrcode",), None)
-        declared_finetunes(method, ctx)
-        assert os.getcwd() == str(tmp_path)
-        evaluation = SimpleNamespace(subset="icd-qrcode", prompts=[Prompt(0, "a", 1), Prompt(1, "b", 2)],
-                                     settings=method_evaluation.GenerationSettings(image_size=8, steps=1))
-        _, paths, _, _ = method_evaluation._draw(run, method, ctx, evaluation, "")
-    finally:
-        stages.finetune = stages_finetune
+    monkeypatch.setattr(stages, "finetune", lambda *a: asked_in.append(os.getcwd()) or Path("models/ft"))
+    method = get_method("wanders:Wanders")  # its import changes folder
+    assert os.getcwd() == str(tmp_path)
+    run = SimpleNamespace(track=SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}), root=Path("run"), progress=False)
+    ctx = method_evaluation.method_context(run, Path("base"), Path("icd-qrcode"), ("qrcode",), None)
+    declared_finetunes(method, ctx)
+    assert os.getcwd() == str(tmp_path)
+    evaluation = SimpleNamespace(subset="icd-qrcode", prompts=[Prompt(0, "a", 1), Prompt(1, "b", 2)],
+                                 settings=method_evaluation.GenerationSettings(image_size=8, steps=1))
+    _, paths, _, _ = method_evaluation._draw(run, method, ctx, evaluation, "")
     assert os.getcwd() == str(tmp_path) and asked_in == [str(tmp_path)], "the fine-tune is asked for in the run's folder"
     assert [p.resolve() for p in paths] == [tmp_path / "run" / "images" / "icd-qrcode" / "Wanders" / f"{i}_0.png" for i in (0, 1)]
     assert all(p.resolve().is_file() for p in paths) and not list((tmp_path / "elsewhere").iterdir())
