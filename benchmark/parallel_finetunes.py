@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
@@ -20,24 +21,38 @@ from implicit_concept.detector.inference import Detector
 from implicit_concept.worker_processes import start_worker, stopping_workers, workers_starting
 
 
-def train_all(run: BenchmarkRun, base: Path, subset: Path, finetunes: list[FineTune], detector: Detector, jobs: int) -> list[Path]:
-    """Train every fine-tune in ``finetunes`` (each once) over ``jobs`` processes; their folders.
+def train_all(run: BenchmarkRun, base: Path, subset: Path, finetunes: list[FineTune], detector: Detector, jobs: int) -> None:
+    """Train the fine-tunes in ``finetunes`` not made yet, each folder once, over ``jobs`` processes.
 
-    Those that start from the base train first, so one that starts from ``sd`` finds it made.
+    Those that start from the base train first, so one that starts from ``sd`` finds it made. The
+    workers start only for a fine-tune left to train: a resume of a trained run starts none.
     """
-    unique: list[FineTune] = []
-    for ft in finetunes:
-        if ft not in unique:
-            unique.append(ft)
     train = partial(_train_one, run, base, subset, detector.path)
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's thread pools
-    with stopping_workers(ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=start_worker)) as pool:
-        done: list[Path] = []
-        for stage in ([ft for ft in unique if ft.start == "base"], [ft for ft in unique if ft.start != "base"]):
+    with ExitStack() as stack:
+        pool = None
+        for start in ("base", "sd"):
+            todo = _not_made(run, base, subset, [ft for ft in finetunes if ft.start == start], detector)
+            if not todo:
+                continue
+            if pool is None:
+                pool = stack.enter_context(stopping_workers(ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=start_worker)))
             with workers_starting():
-                trained = pool.map(train, stage)  # submits every task, starting the workers it needs
-            done += list(trained)
-    return done
+                trained = pool.map(train, todo)  # submits every task, starting the workers it needs
+            list(trained)
+
+
+def _not_made(run: BenchmarkRun, base: Path, subset: Path, finetunes: list[FineTune], detector: Detector) -> list[FineTune]:
+    """``finetunes`` whose folders are not made, one per folder: two fine-tunes that differ only in
+    how they were written (a default spelled out) are one folder, trained once."""
+    todo: list[FineTune] = []
+    seen: list[Path | FineTune] = []  # a folder, or the fine-tune where its folder is not known yet
+    for ft in finetunes:
+        folder = stages.finetune_folder(run, base, subset, ft, detector)
+        if (folder or ft) not in seen and (folder is None or not stages.is_made(folder)):
+            seen.append(folder or ft)
+            todo.append(ft)
+    return todo
 
 
 def _train_one(run: BenchmarkRun, base: Path, subset: Path, detector_path: Path, finetune: FineTune) -> Path:

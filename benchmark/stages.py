@@ -169,13 +169,13 @@ def finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector
     if ft.start == "sd":
         base = finetune(run, base, subset, FineTune(seed=ft.seed), detector, may_train)
     config = finetune_config(run.track, ft)
-    out = run.root / "models" / subset.name / f"{ft.data}-{finetune_key(base, subset, config, detector)}"
-    if not may_train and not (out / PIPELINE_DIR / "model_index.json").is_file():
+    out = _finetune_folder(run, base, subset, ft, detector)
+    if not may_train and not is_made(out):
         raise RuntimeError(
             f"a method asked for a fine-tune it does not declare in finetunes() ({ft}): over several "
             "processes only declared fine-tunes are trained, by all processes together"
         )
-    if (out / PIPELINE_DIR / "model_index.json").is_file():
+    if is_made(out):
         # Named by content: made from this base, even one loaded from another path. Every method
         # shares it, so one that wrote into it is caught here, before another samples its changes.
         check_seal(out / PIPELINE_DIR, out / SEAL_FILE, f"a method may have written into the fine-tune it was given (write a copy "
@@ -190,6 +190,27 @@ def finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector
         if state.is_main_process:
             seal(made, out / SEAL_FILE)
         return made
+
+
+def finetune_folder(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector: Detector) -> Path | None:
+    """Where :func:`finetune` caches ``ft``, found without training; None for one that starts from
+    ``sd`` while that is not made (its name hashes the weights it starts from)."""
+    if ft.start == "sd":
+        sd = finetune_folder(run, base, subset, FineTune(seed=ft.seed), detector)
+        if sd is None or not is_made(sd):
+            return None
+        base = sd / PIPELINE_DIR
+    return _finetune_folder(run, base, subset, ft, detector)
+
+
+def _finetune_folder(run: BenchmarkRun, start: Path, subset: Path, ft: FineTune, detector: Detector) -> Path:
+    """The folder of ``ft`` trained from the pipeline ``start``."""
+    return run.root / "models" / subset.name / f"{ft.data}-{finetune_key(start, subset, finetune_config(run.track, ft), detector)}"
+
+
+def is_made(folder: Path) -> bool:
+    """Whether a fine-tune's folder holds its finished pipeline (renamed into place whole)."""
+    return (folder / PIPELINE_DIR / "model_index.json").is_file()
 
 
 def finetune_config(track: Track, ft: FineTune) -> TrainingConfig:

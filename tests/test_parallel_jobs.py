@@ -20,6 +20,9 @@ from benchmark.benchmark_run import BenchmarkRun
 from benchmark.methods.interface import FineTune, MethodContext
 from benchmark.parallel_methods import MethodSeed
 from benchmark.track import load_track
+from benchmark.training import PIPELINE_DIR
+from builders.dataset_card import CHECKSUMS
+from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 
 
 def _sigint_blocked() -> bool:
@@ -99,18 +102,47 @@ def test_train_all_trains_each_fine_tune_once_those_from_base_before_those_from_
         return tmp_path / f"{ft.start}-{ft.seed}"
 
     monkeypatch.setattr(stages, "finetune", finetune)
+    monkeypatch.setattr(stages, "finetune_folder", lambda run, base, subset, ft, detector: None)  # none made yet
     run = BenchmarkRun(track=load_track("debug"), name="jobs", runs_root=tmp_path)
     sd, clean, removal = FineTune(seed=1), FineTune(data="clean", seed=1), FineTune(start="sd", seed=1)
-    done = parallel_finetunes.train_all(run, Path("base"), Path("data/icd-qrcode"), [removal, sd, clean, sd, removal],
-                                        LoadedDetector("det/detector.safetensors"), jobs=2)
+    parallel_finetunes.train_all(run, Path("base"), Path("data/icd-qrcode"), [removal, sd, clean, sd, removal],
+                                 LoadedDetector("det/detector.safetensors"), jobs=2)
     (made,) = pool
     assert (made.max_workers, made.start_method, made.initializer) == (2, "spawn", parallel_finetunes.start_worker)
     assert [t[3] for t in trained] == [sd, clean, removal], "once each, those from base first"
     assert {t[:3] for t in trained} == {("jobs", Path("base"), Path("data/icd-qrcode"))}
     assert {t[4] for t in trained} == {Path("det/detector.safetensors")}
-    assert done == [tmp_path / "base-1", tmp_path / "base-1", tmp_path / "sd-1"]
     assert all(made.submitted_blocking_sigint), "workers start with Ctrl-C held back"
     assert not _sigint_blocked()
+
+
+def test_train_all_starts_no_worker_for_fine_tunes_already_made_and_trains_one_folder_once(pool, monkeypatch, tmp_path):
+    """A resume of a trained run starts no pool; two spellings of one fine-tune (the plain Geom-Erasing
+    config written out) are one folder, trained once. Folders are named by the real cache keys."""
+    base, subset = tmp_path / "base", tmp_path / "data" / "icd-qrcode"
+    base.mkdir()
+    (base / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    subset.mkdir(parents=True)
+    (subset.parent / CHECKSUMS).write_text("0" * 64 + "  icd-qrcode/train/00000.tar\n")
+    run, detector = _run(tmp_path), LoadedDetector(tmp_path / "detector.safetensors")
+    trained = []
+
+    def finetune(run, base, subset, ft, detector, may_train=True):
+        trained.append(ft)
+        made = stages.finetune_folder(run, base, subset, ft, detector) / PIPELINE_DIR
+        made.mkdir(parents=True, exist_ok=True)
+        (made / "model_index.json").write_text("{}")
+
+    monkeypatch.setattr(stages, "finetune", finetune)
+    sd, spelled_out, removal = FineTune(seed=1), FineTune(seed=1, geom=GeomErasingConfig.plain()), FineTune(start="sd", seed=1)
+    assert stages.finetune_folder(run, base, subset, removal, detector) is None, "sd not made: its removal's folder is not known"
+    parallel_finetunes.train_all(run, base, subset, [removal, spelled_out, sd], detector, jobs=2)
+    assert trained == [spelled_out, removal]
+    assert len(pool) == 1
+
+    parallel_finetunes.train_all(run, base, subset, [removal, spelled_out, sd], detector, jobs=2)
+    assert trained == [spelled_out, removal], "nothing trained again"
+    assert len(pool) == 1, "no pool started for a resume"
 
 
 def _run(tmp_path, progress=True):
