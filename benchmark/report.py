@@ -211,7 +211,7 @@ def _timing_lines(results: dict[str, Any]) -> list[str]:
     so the sums overlap each other and the wall-clock ``methods (...)`` stage."""
     rows = [r for r in results["rows"] if r.get("status") == "ok"]
     lines = ["## Time per stage (s)", "", "| stage | seconds | what the figure is |", "|---|---|---|"]
-    lines += [f"| {cell(k)} | {v:.0f} | wall clock |" for k, v in results.get("timings", {}).items()]
+    lines += [f"| {cell(k)} | {v:.0f} | wall clock |" for k, v in _in_run_order(results.get("timings", {}), rows)]
     sums: dict[str, float] = {}
     for r in rows:
         for stage, seconds in r.get("timings", {}).items():
@@ -234,6 +234,28 @@ def _timing_lines(results: dict[str, Any]) -> list[str]:
         lines += [f"The sums count the first seed only of {', '.join(code(m) for m in partial)}: this results.json records only "
                   "that seed's times for seeded methods (an older version).", ""]
     return lines
+
+
+#: The stages every run times, in the order they run; a subset's fine-tunes and methods follow them.
+_FIRST_STAGES = ("dataset", "base", "detector", "named prompts (base)")
+
+
+def _in_run_order(timings: dict[str, float], rows: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    """``timings`` in the order the stages ran (results.json keeps them sorted by name): the first
+    stages, then per subset in the rows' order its fine-tunes before its methods; any other stage
+    after them, by name."""
+    subsets = list(dict.fromkeys(str(r.get("subset")) for r in rows))
+
+    def rank(stage: str) -> tuple[int, int, str]:
+        if stage in _FIRST_STAGES:
+            return 0, _FIRST_STAGES.index(stage), stage
+        kind, _, rest = stage.partition(" (")
+        subset = rest.split(",")[0].rstrip(")")
+        if kind in ("finetunes", "methods") and subset in subsets:
+            return 1, subsets.index(subset), stage  # "finetunes" before "methods" by name
+        return 2, 0, stage
+
+    return sorted(timings.items(), key=lambda item: rank(item[0]))
 
 
 def _row(cells: list[str]) -> str:

@@ -106,6 +106,18 @@ def test_the_report_labels_seeded_quality_lists_every_seed_and_says_what_the_tim
     assert "1067" in md and "e+03" not in md, "FIDs as plain numbers"
 
 
+def test_the_report_lists_the_run_stages_in_the_order_they_ran_not_results_jsons_sorted_order():
+    row, _ = _three_seeds()
+    rows = [{**row, "subset": "icd-text"}, {**row, "subset": "icd-qrcode"}]
+    stages = ["dataset", "base", "detector", "named prompts (base)", "finetunes (icd-text, 2 jobs)",
+              "methods (icd-text, 2 jobs)", "finetunes (icd-qrcode, 2 jobs)", "methods (icd-qrcode, 2 jobs)"]
+    results = {"name": "r", "track": "tiny", "fp_rate": {"qrcode": {"value": 0.0, "ci": [0.0, 0.007]}}, "rows": rows,
+               "timings": {stage: float(i) for i, stage in sorted(enumerate(stages), key=lambda s: s[1])}}
+    md = results_markdown(results)
+    listed = [line.split(" | ")[0][2:] for line in md.split("## Time per stage (s)")[1].splitlines() if line.endswith("| wall clock |")]
+    assert listed == stages
+
+
 def test_an_older_reference_run_still_reads_and_says_what_its_older_rows_hold(tmp_path):
     """The reference results.json of commit 3b55bd5 (written before seeded rows carried quality over
     seeds and rows named their interval), as labs may hold it: the report reads it and says what each
