@@ -1,10 +1,16 @@
 """A contact sheet of a built dataset: samples with their ground-truth boxes drawn and labelled."""
 from __future__ import annotations
 
+import json
 from itertools import islice
 from pathlib import Path
 
+from PIL import ExifTags, Image
+
 from implicit_concept.contact_sheet import annotate, grid
+from implicit_concept.files import atomic_save_image
+from implicit_concept.provenance import version
+from implicit_concept.sample import Sample
 from implicit_concept.shard_reader import iter_samples
 
 
@@ -30,5 +36,20 @@ def preview_dataset(path: Path, dest: Path, count: int = 24, columns: int = 6, c
     tiles = [annotate(s.image, [(i.concept, i.box.as_list()) for i in s.meta.instances], scale) for s in chosen]
     sheet = grid(tiles, columns, captions=[s.caption for s in chosen])
     dest.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(dest, format=SHEET_FORMATS[dest.suffix.lower()])
+    atomic_save_image(sheet, dest, SHEET_FORMATS[dest.suffix.lower()], exif=_provenance(chosen, path, contaminated_only))
     return dest
+
+
+def _provenance(shown: list[Sample], path: Path, contaminated_only: bool) -> Image.Exif:
+    """What the sheet shows and what made it, in its EXIF (which PNG, JPEG and WebP all keep):
+    the samples' keys and the recipes (sha256) and versions that built them, and the toolkit's."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Software] = f"implicit-concept {version()}"
+    exif[ExifTags.Base.ImageDescription] = json.dumps({  # EXIF text is ASCII: a path's other characters escaped
+        "shards": str(Path(path).resolve()),
+        "contaminated_only": contaminated_only,
+        "keys": [s.meta.key for s in shown],
+        "recipe_sha256": sorted({s.meta.recipe_sha256 for s in shown}),
+        "built_by": sorted({s.meta.version for s in shown}),
+    }, sort_keys=True)
+    return exif

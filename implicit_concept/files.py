@@ -189,11 +189,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_save_image(image: Any, path: Path, format: str = "PNG") -> None:
-    """``image.save`` (a PIL image), renamed into place whole: a kill mid-write leaves the image
-    before, never half of one under its name."""
+def atomic_save_image(image: Any, path: Path, format: str = "PNG", **options: Any) -> None:
+    """``image.save`` (a PIL image, with ``options``), renamed into place whole: a kill mid-write
+    leaves the image before, never half of one under its name."""
     buffer = io.BytesIO()
-    image.save(buffer, format=format)
+    image.save(buffer, format=format, **options)
     atomic_write_bytes(path, buffer.getvalue())
 
 

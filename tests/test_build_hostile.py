@@ -524,6 +524,36 @@ def test_a_contact_sheet_refuses_a_count_below_one_and_a_folder_as_its_file(buil
         preview_dataset(out, tmp_path / "sheet", count=2)
 
 
+@pytest.mark.parametrize("name", ["sheet.png", "sheet.jpg", "sheet.webp"])
+def test_a_contact_sheet_records_what_it_shows_and_what_built_it(built, tmp_path, name):
+    from builders.preview import preview_dataset
+    from implicit_concept.shard_reader import iter_samples
+    _, out, _ = built
+    shown = list(iter_samples(out / "qr" / "train", with_extras=False))[:3]
+    sheet = Image.open(preview_dataset(out / "qr" / "train", tmp_path / name, count=3))
+    exif = sheet.getexif()
+    record = json.loads(exif[0x010E])
+    assert record["keys"] == [s.meta.key for s in shown]
+    assert record["recipe_sha256"] == [shown[0].meta.recipe_sha256] and record["built_by"] == [shown[0].meta.version]
+    assert exif[0x0131].startswith("implicit-concept ")
+
+
+def test_a_contact_sheet_that_fails_while_saving_leaves_the_earlier_one_whole(built, tmp_path, monkeypatch):
+    from builders.preview import preview_dataset
+    _, out, _ = built
+    dest = preview_dataset(out / "qr" / "train", tmp_path / "sheet.png", count=2)
+    before = dest.read_bytes()
+
+    def killed(self, fp, *args, **kwargs):
+        fp.write(before[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        preview_dataset(out / "qr" / "train", dest, count=4)
+    assert dest.read_bytes() == before
+
+
 # --- F16: strip never leaves a caption that names a concept, nor empty brackets ------------------------
 
 

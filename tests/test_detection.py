@@ -21,6 +21,7 @@ from implicit_concept.detector.training import DetectorScale, ScaleError, load_s
 from implicit_concept.geom_erasing.degraded_boxes import box_iou, degrade_box
 from implicit_concept import image_stream
 from implicit_concept.image_stream import ImageReadError, iter_images, load_image
+from implicit_concept.provenance import version
 from implicit_concept.sample import Box, Instance, SampleMeta
 from implicit_concept.scoring import ScoreConfig, score_images, share_ratio
 from implicit_concept.shard_writer import TarShardWriter
@@ -98,6 +99,8 @@ def test_export_round_trip_keeps_boxes_exact(tmp_path):
 def test_export_is_skipped_when_shards_are_unchanged_and_redone_when_they_change(tmp_path):
     shards = _write_shards(tmp_path / "icd-mixed")
     first = export_detection_dataset(shards, tmp_path / "yolo")
+    recorded = json.loads((first.root / "export.json").read_text())
+    assert recorded["environment"]["packages"]["implicit-concept"] == version(), "what made it"
     label = first.root / "labels" / "train" / "tr0000.txt"
     stamp = label.stat().st_mtime_ns
     os.utime(label, ns=(stamp - 10**9, stamp - 10**9))

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.files import atomic_dir, check_apart, folder_sha256, json_text, sha256_file
 from implicit_concept.image_decode import SampleError, decode_rgb, open_image
+from implicit_concept.provenance import environment
 from implicit_concept.sample import SampleMeta, key_hash
 from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards
 
@@ -112,7 +113,8 @@ def export_detection_dataset(
             names = dict(enumerate(CONCEPT_NAMES))
             data = {"path": str(out), **{split: f"images/{split}" for split in SPLITS}, "nc": len(names), "names": names}
             (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        marker = {**inputs, "source": str(shards.resolve()), "counts": counts, "files_sha256": _files_digest(tmp)}
+        marker = {**inputs, "source": str(shards.resolve()), "counts": counts, "files_sha256": _files_digest(tmp),
+                  "environment": environment()}
         (tmp / MARKER).write_text(json_text(marker), encoding="utf-8")
     return _dataset(out, marker)
 
