@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.report import CONTROLS, cell, md_text, pct
+from benchmark.report import CONTROLS, cell, code, md_text, pct
 from benchmark.results_file import check_results, is_ratio, read_results
 from benchmark.results_page import STYLE, markdown_html
-from implicit_concept.files import atomic_write_text, read_json_object
+from implicit_concept.files import atomic_write_text, read_json_object, sha256_file
+from implicit_concept.provenance import version
 
 #: What ``score-pipeline`` and ``score-images`` write beside their images.
 SUMMARY_FILE = "summary.json"
@@ -142,12 +143,19 @@ def read_scored(folder: Path) -> dict[str, Any]:
     """A benchmark run folder's ``results.json``, or a ``score-pipeline``/``score-images`` folder's
     ``summary.json`` as a run of one method (:func:`summary_as_results`)."""
     folder = Path(folder)
+    if scored_file(folder).name == SUMMARY_FILE:
+        return summary_as_results(folder)
+    if not (folder / "results.json").exists():
+        raise FileNotFoundError(f"{folder}: holds neither results.json (a benchmark run folder) nor {SUMMARY_FILE} "
+                                "(a score-pipeline or score-images --out folder)")
+    return read_results(folder)
+
+
+def scored_file(folder: Path) -> Path:
+    """The file :func:`read_scored` reads in ``folder``: its results.json, else its summary.json."""
     if (folder / "results.json").exists() or not (folder / SUMMARY_FILE).is_file():
-        if not (folder / "results.json").exists():
-            raise FileNotFoundError(f"{folder}: holds neither results.json (a benchmark run folder) nor {SUMMARY_FILE} "
-                                    "(a score-pipeline or score-images --out folder)")
-        return read_results(folder)
-    return summary_as_results(folder)
+        return folder / "results.json"
+    return folder / SUMMARY_FILE
 
 
 def summary_as_results(folder: Path) -> dict[str, Any]:
@@ -269,6 +277,8 @@ def leaderboard(run_dirs: list[Path]) -> Leaderboard:
             lines += [f"## {md_text(name)}", ""] + _ranked_table([e for e in entries if e[1] == name], concepts)
     else:
         lines += _ranked_table(entries, concepts)
+    lines += ["## Made from", "", f"By implicit-concept {version()}, from these files (sha256):", ""]
+    lines += [f"- {code(str(scored_file(Path(name))))}: {sha256_file(scored_file(Path(name)))}" for name in runs]
     return Leaderboard("\n".join(lines) + "\n", diff, notes)
 
 

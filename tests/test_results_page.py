@@ -16,6 +16,7 @@ from benchmark.leaderboard import leaderboard
 from benchmark.report import cell, plot_icr
 from benchmark.results_page import markdown_html, write_results_page
 from benchmark.sample_grid import method_grid
+from implicit_concept.files import sha256_file
 
 BROWSER = shutil.which("chromium-headless-shell") or shutil.which("chromium")
 
@@ -96,6 +97,9 @@ def test_the_leaderboard_ranks_comparable_runs_and_says_when_runs_do_not_compare
     a, b = fake_run(tmp_path / "a", icr=0.4), fake_run(tmp_path / "b", icr=0.2)
     board = leaderboard([a, b])
     assert board.differences == []
+    made_from = board.markdown.split("## Made from")[1]
+    for run in (a, b):
+        assert f"`{run / 'results.json'}`: {sha256_file(run / 'results.json')}" in made_from
     lines = [line for line in board.markdown.splitlines() if line.startswith(f"| {cell(tmp_path)}")]
     assert [float(line.rsplit("|", 2)[1]) for line in lines] == sorted(float(line.rsplit("|", 2)[1]) for line in lines)
     other = fake_run(tmp_path / "c", evaluator="f" * 8)
