@@ -356,6 +356,7 @@ def _score(paths: list[Path], prompts: list[Prompt], generation: GenerationSetti
         "track_sha256": track.sha256,
         "track_concepts": list(judging.concepts),
         "subset": judging.subset,
+        "protocol": track.protocol,
         "overrides": {**track_overrides(judging, generation), **(off_protocol or {})},
         "prompts": {"file": track.prompts, "sha256": prompts_sha256(prompts), "count": len(prompts), "images": len(paths)},
         "seed_rule": SEED_RULE,

@@ -182,6 +182,8 @@ def summary_as_results(folder: Path) -> dict[str, Any]:
     results = {
         "name": Path(folder).name, "track": summary.get("track"), "rows": rows, "overrides": summary.get("overrides") or {},
         "handed_over": True,  # a pipeline or images handed over: no base of the run's to compare
+        "one_model_per_subset": summary.get("protocol") == "per-subset" and summary.get("subset") is None
+        and isinstance(concepts, list) and len(concepts) > 1,
         "config": {"track_sha256": summary.get("track_sha256"), "track": {"num_prompts": prompts.get("count")}},
         "seeds": {"evaluation_prompts": prompts.get("file")},
         "detector": {k: v for k, v in detector.items() if k in ("path", "sha256", "conf", "thresholds", "clean_reference_sha256")},
@@ -253,6 +255,8 @@ def leaderboard(run_dirs: list[Path]) -> Leaderboard:
     diff += off_protocol(runs)
     compared_in_part = bool(notes)
     notes += provenance_notes(runs)
+    notes += [f"{name} is one model scored on every concept, where the track's protocol fine-tunes one model per subset "
+              "(score with --subset for that subset's row)" for name, r in runs.items() if r.get("one_model_per_subset")]
     empty = [name for name, res in runs.items() if not res["rows"]]
     if empty:
         notes.append(f"no rows scored in: {', '.join(empty)}")

@@ -300,6 +300,7 @@ def test_score_images_records_formats_and_lists_lossy_input_as_off_protocol(tmp_
     summary = external.score_image_folder(_images(tmp_path / "images", names, fmt, **options), tmp_path / "out", judging)
     assert summary["inputs"]["formats"] == {recorded: 2}
     written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (written["subset"], written["protocol"]) == (None, judging.track.protocol), "what the leaderboard's notes read"
     assert written["overrides"] == ({"num_prompts": 2, "lossy_images": {recorded: 2}} if lossy else {"num_prompts": 2})
     warned = capsys.readouterr().err
     assert ("lossy" in warned and "off the track's protocol" in warned) is lossy

@@ -368,6 +368,20 @@ def test_a_score_pipeline_or_score_images_folder_joins_the_leaderboard_checked_a
     assert main(["leaderboard", str(run), str(handed), "--out", str(tmp_path / "lb")]) == 0
 
 
+def test_one_model_scored_on_every_concept_of_a_per_subset_track_gets_a_note(tmp_path):
+    run = fake_run(tmp_path / "run", prompts_sha="1" * 64, thresholds=THREE)
+    said = "is one model scored on every concept, where the track's protocol fine-tunes one model per subset"
+    for name, fields, noted in (("all-concepts", {"protocol": "per-subset", "subset": None}, True),
+                                ("one-subset", {"protocol": "per-subset", "subset": "icd-qrcode"}, False),
+                                ("mixed-track", {"protocol": "mixed", "subset": None}, False),
+                                ("older", {}, False)):
+        folder = fake_summary(tmp_path / name)
+        summary = json.loads((folder / "summary.json").read_text())
+        (folder / "summary.json").write_text(json.dumps({**summary, **fields}))
+        notes = leaderboard([run, folder]).notes
+        assert any(n.startswith(f"{folder} {said}") for n in notes) is noted, (name, notes)
+
+
 def test_a_summary_json_of_another_shape_or_a_folder_with_neither_file_is_refused_in_one_line(tmp_path):
     broken = fake_summary(tmp_path / "broken")
     summary = json.loads((broken / "summary.json").read_text())
