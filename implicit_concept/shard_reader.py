@@ -3,7 +3,8 @@
 
 Accepts a shard set folder (every ``*.tar`` below it, sorted), one tar, or a brace pattern
 (``data/icd-qrcode/train/{00000..00003}.tar``), and, as webdataset does, ``pipe:`` commands and
-http(s) URLs: those are opened by webdataset's ``gopen`` (``curl`` for http) and read as a stream.
+http(s) URLs: those run the commands webdataset's ``gopen`` runs (``curl`` for http), opened by
+:mod:`~implicit_concept.streams` (failures in words, stalls stopped), and are read as a stream.
 webdataset's own tar iterator reads every member whole, through tarfile's unbounded header parsing,
 and drops hard links, so it is not used: a local file and a stream go through the same bounded
 reading and grouping below. Only images, text and JSON are decoded: nothing is ever unpickled.
@@ -31,6 +32,7 @@ from braceexpand import braceexpand
 
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, decode_rgb, load_pixels, open_image
 from implicit_concept.sample import Sample, SampleMeta
+from implicit_concept.streams import open_stream
 
 #: The largest member read into memory, unless a caller sets its own cap.
 MAX_MEMBER_BYTES = 64 << 20
@@ -44,7 +46,7 @@ MAX_JSON_BYTES = 1 << 20
 SHARD_EXTENSIONS = ("jpg", "txt", "json", "clean.jpg", "mask.png")
 #: Kept members of a local tar whose place is remembered, so that a later hard link can be resolved.
 MAX_LINK_TARGETS = 1 << 16
-#: What a shard or source location may start with to be opened as a stream by webdataset's ``gopen``.
+#: What a shard or source location may start with to be opened as a stream (:mod:`~implicit_concept.streams`).
 STREAM_PREFIXES = ("pipe:", "http://", "https://")
 
 _HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
@@ -117,15 +119,13 @@ def is_stream(location: str | Path) -> bool:
 
 def open_tar(path: str | Path, mode: str = "r:*") -> tarfile.TarFile:
     """Open a tar for reading with bounded header parsing (see the module docstring): a local file,
-    or a ``pipe:`` command or http(s) URL opened by webdataset's ``gopen`` and read as a stream."""
+    or a ``pipe:`` command or http(s) URL opened by :func:`~implicit_concept.streams.open_stream` and read as a stream."""
     if not is_stream(path):
         try:
             return tarfile.open(path, mode, tarinfo=_BoundedTarInfo)
         except tarfile.ReadError:  # tarfile's own text is a line per compression it tried
             raise tarfile.ReadError(describe_non_tar(path)) from None
-    from webdataset.gopen import gopen
-
-    stream = gopen(str(path), "rb")
+    stream = open_stream(str(path))
     try:
         if str(path).endswith((".gz", ".tgz")):  # gzip's reader takes concatenated members, tarfile's stream does not
             tar = tarfile.open(fileobj=gzip.GzipFile(fileobj=stream, mode="rb"), mode="r|", tarinfo=_BoundedTarInfo)

@@ -9,6 +9,7 @@ import io
 import shutil
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,79 @@ def test_a_source_tar_groups_as_webdataset_reads_it_hidden_members_and_all(tmp_p
         assert [(i.source_id.split("/", 1)[1], i.image, i.caption) for i in items if i.error is None] == theirs
         assert len(theirs) == 3 and sorted(i.source_id for i in items if i.error) == sorted(
             [f"00000.tar/{n}" for n, _ in members if n.startswith(".")] + ["00000.tar/LICENSE"] * 3)
+
+
+def _read(urls: str) -> list:
+    return list(WebDatasetSource(WebDatasetConfig(urls, test_fraction=0.0)).read("train", 0))
+
+
+def test_a_failed_command_is_one_record_saying_its_status_and_what_it_said(tmp_path):
+    """A ``pipe:`` command that fails at once, or after part of a tar, is one record naming the
+    command, its exit status and its stderr's last line (not Popen's arguments, nor the terminal)."""
+    _source_tars(tmp_path)
+    [failed] = _read("pipe:sh -c 'echo An error occurred: NoSuchBucket >&2; exit 2' 00000.tar")
+    assert failed.error == "unreadable_tar"
+    assert failed.detail == ("pipe:sh -c 'echo An error occurred: NoSuchBucket >&2; exit 2' 00000.tar: "
+                             "the command exited with status 2: An error occurred: NoSuchBucket")
+    cut = _read(f"pipe:sh -c 'head -c 9000 {tmp_path}/00000.tar; echo connection reset >&2; exit 1'")
+    assert [i.error for i in cut] == [None, None, None, "corrupt_tar"]
+    assert cut[-1].detail.endswith("the command exited with status 1: connection reset (after '000000002')")
+
+
+class _Dropping(http.server.BaseHTTPRequestHandler):
+    """Serves ``tar`` whole, or half of it before closing the connection (``/drop/``), or a 404."""
+
+    tar = b""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        if self.path.startswith("/missing/"):
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.tar)))
+        self.end_headers()
+        self.wfile.write(self.tar[: len(self.tar) // 2] if self.path.startswith("/drop/") else self.tar)
+
+
+def test_an_http_error_or_a_dropped_connection_is_said_in_words(tmp_path):
+    _source_tars(tmp_path)
+    _Dropping.tar = (tmp_path / "00000.tar").read_bytes()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dropping)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        [missing] = _read(f"{base}/missing/00000.tar")
+        dropped = _read(f"{base}/drop/00000.tar")
+        whole = _read(f"{base}/whole/00000.tar")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert missing.error == "unreadable_tar" and missing.detail.startswith(f"{base}/missing/00000.tar: curl exited with status 22 (")
+    assert "HTTP error" in missing.detail and "404" in missing.detail
+    assert dropped[-1].error == "corrupt_tar" and "status 18" in dropped[-1].detail and "partial file" in dropped[-1].detail
+    assert [i.error for i in whole] == [None] * 6 + ["no_image"] and 0 < len(dropped) - 1 < 6
+    assert [i.image for i in dropped[:-1]] == [i.image for i in whole[: len(dropped) - 1]]
+
+
+def test_a_stalled_stream_is_stopped_with_its_commands_and_recorded(tmp_path, monkeypatch):
+    """A command that stops sending (a stalled download) no longer hangs the build: after
+    ``STALL_SECONDS`` without a byte it is stopped, with everything its shell started, and the
+    samples read before it are kept."""
+    from implicit_concept import streams
+
+    monkeypatch.setattr(streams, "STALL_SECONDS", 0.5)
+    _source_tars(tmp_path)
+    marker = tmp_path / "still-running"
+    started = time.monotonic()
+    [silent] = _read("pipe:sleep 30")
+    stalled = _read(f"pipe:sh -c '(sleep 3; touch {marker}) & head -c 9000 {tmp_path}/00000.tar; wait' 00000.tar")
+    assert time.monotonic() - started < 10
+    assert silent.error == "unreadable_tar" and silent.detail == "pipe:sleep 30: no data for 0.5 s: the stream stalled and was stopped"
+    assert [i.error for i in stalled] == [None, None, None, "corrupt_tar"] and "stalled" in stalled[-1].detail
+    time.sleep(3.5)
+    assert not marker.exists()

@@ -1,7 +1,8 @@
 """Image-text tar shards in img2dataset's layout (``KEY.jpg`` + ``KEY.txt`` + ``KEY.json``).
 
 The tars may be local paths, ``pipe:`` commands or http(s) URLs (brace patterns in any of them), as
-labs hold LAION: a stream is opened by webdataset's ``gopen`` and read with the same bounds and the
+labs hold LAION: a stream is opened by :mod:`implicit_concept.streams` (webdataset's ``gopen``
+commands; a failed or stalled one is said in words) and read with the same bounds and the
 same grouping as a local file and as the project's own shards
 (:func:`implicit_concept.shard_reader.group_runs`, with its bounded header reading). One input tar
 is one output shard, so shard ``i`` of either split reads only tar ``i``. Members are grouped as webdataset does (its ``base_plus_ext``): the key is the member's
@@ -36,6 +37,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 from braceexpand import UnbalancedBracesError, braceexpand
 
@@ -55,6 +57,7 @@ from implicit_concept.shard_reader import (
     open_tar,
     split_member_name,
 )
+from implicit_concept.streams import StreamFailed
 
 from .base import (
     DEFAULT_EXTENSIONS, HIDDEN, MAX_PLANNED_SHARDS, RawItem, Source, check_fraction, check_limits, hidden_detail, split_of,
@@ -358,6 +361,8 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
         tf = open_tar(path)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         reason = "corrupt_tar" if isinstance(exc, (tarfile.TarError, EOFError, zlib.error)) else "unreadable_tar"
+        if isinstance(exc, StreamFailed):  # its text names the stream and says what failed
+            raise _TarStopped(reason, str(exc)) from exc
         said = describe_non_tar(path) if reason == "corrupt_tar" and not is_stream(path) else f"{type(exc).__name__}: {exc}"
         raise _TarStopped(reason, f"{path}: {said}") from exc
     try:
@@ -373,7 +378,8 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
             yield complete
         if isinstance(exc, TarRefused):
             raise _TarStopped(exc.reason, f"{exc.detail} (after {last!r})") from exc
-        raise _TarStopped("corrupt_tar", f"{type(exc).__name__}: {exc} (after {last!r})") from exc
+        said = str(exc) if isinstance(exc, StreamFailed) else f"{type(exc).__name__}: {exc}"
+        raise _TarStopped("corrupt_tar", f"{said} (after {last!r})") from exc
     if not ended:
         raise _TarStopped("corrupt_tar", f"no end-of-archive block after {last!r}")
     if complete is not None:
@@ -385,20 +391,26 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
 
 
 def _name(location: str) -> str:
-    """A tar's name in source ids: its basename. For a pipe: command, the basename of its last word
-    that names a tar (``pipe:aws s3 cp s3://b/00000.tar -`` is ``00000.tar``, as the same tar read
-    from disk), else of its last word that is not an option or ``-``."""
+    """A tar's name in source ids: its basename (an http(s) URL's, less its query: a signed URL's
+    token changes, the tar does not). For a pipe: command, the last tar a word of it names, wherever
+    in the word (``pipe:aws s3 cp s3://b/00000.tar -`` and ``pipe:sh -c 'curl -s URL/00000.tar | zstd -d'``
+    are ``00000.tar``, as the same tar read from disk), else the basename of its last word that is
+    not an option or ``-``."""
     if not location.startswith("pipe:"):
-        return os.path.basename(location.rstrip("/")) or location
+        path = urlsplit(location).path if location.startswith(("http://", "https://")) else location
+        return posixpath.basename(path.rstrip("/")) or location
     try:
         words = shlex.split(location[len("pipe:"):])
     except ValueError:
         words = location[len("pipe:"):].split()
-    tars = [w for w in words if _TAR_NAME.search(w.rstrip("/"))]
+    tars = [found for w in words for found in _TAR_NAME.findall(w)]
+    if tars:
+        return tars[-1]
     plain = [w for w in words if w != "-" and not w.startswith("-")]
-    chosen = (tars or plain or words or [location])[-1]
+    chosen = (plain or words or [location])[-1]
     return os.path.basename(chosen.rstrip("/")) or chosen
 
 
-#: A word of a pipe: command that names a tar shard.
-_TAR_NAME = re.compile(r"\.(tar|tar\.gz|tgz)$", re.IGNORECASE)
+#: A tar a word of a pipe: command names: a name ending in .tar (compressed or not) or .tgz, at the end of the
+#: word or before what ends a path in a shell command or a URL (``;``, ``|``, a quote, ``?``).
+_TAR_NAME = re.compile(r"([^\s/'\";|&<>()=:]+\.(?:tar(?:\.(?:gz|zst|xz|bz2|lz4))?|tgz))(?![\w.-])", re.IGNORECASE)
