@@ -899,3 +899,37 @@ def test_jitter_is_capped_at_three_hundredths_of_the_side():
     assert ProceduralConfig(jitter=0.03).jitter == 0.03
     with pytest.raises(ValueError, match=r"jitter must be in \[0, 0.03\], got 0.031"):
         ProceduralConfig(jitter=0.031)
+
+
+def test_a_caption_named_otherwise_is_named_in_the_records_of_both_files(tmp_path: Path):
+    """A caption beside its image under another name is not read, and both records say where it is:
+    ``a.jpg.txt`` (key ``a.jpg``), a name that differs only in case (copied from a Mac or Windows),
+    a sidecar of another extension (``.caption``), a JSON with a ``caption`` field (img2dataset's);
+    from a tar too. An image without any caption gets no hint."""
+    folder = tmp_path / "images"
+    for name, data in {
+        "a.jpg": jpeg(), "a.jpg.txt": b"a caption named after the image file",
+        "IMG_1.JPG": jpeg(), "img_1.txt": b"a caption in another case",
+        "b.png": jpeg(), "b.caption": b"a kohya-style caption",
+        "c.jpg": jpeg(), "c.json": json.dumps({"caption": "only in the json", "status": "success"}).encode(),
+        "lone.jpg": jpeg(),
+    }.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    items = {i.source_id: i for i in read_all(FolderSource(FolderConfig(str(folder), test_fraction=0.0), shard_size=10), "train")}
+    assert {k: i.error for k, i in items.items()} == {
+        "a.jpg": "missing_caption", "a.jpg.txt": "no_image", "IMG_1.JPG": "missing_caption", "img_1.txt": "no_image",
+        "b.png": "missing_caption", "c.jpg": "missing_caption", "lone.jpg": "missing_caption",
+    }
+    assert items["a.jpg"].detail == ("no a.txt; a.jpg.txt is the caption of key 'a.jpg' (a key ends at the last dot), "
+                                     "not of a.jpg: name it a.txt")
+    assert items["a.jpg.txt"].detail.endswith("; the caption of a.jpg? It is read from a.txt (a key ends at the last dot)")
+    assert items["IMG_1.JPG"].detail == "no IMG_1.txt; img_1.txt differs from IMG_1.JPG only in letter case, and names are matched exactly"
+    assert items["img_1.txt"].detail.endswith("; IMG_1.JPG differs only in letter case, and names are matched exactly")
+    assert items["b.png"].detail == "no b.txt; b.caption: extension 'caption' is not read as a caption (a caption is b.txt)"
+    assert items["c.jpg"].detail == "no c.txt; c.json has a 'caption' field, but the caption is read from c.txt only, not from the JSON"
+    assert items["lone.jpg"].detail == "no lone.txt"
+    write_tar(tmp_path / "00000.tar", [("k.jpg", jpeg()), ("k.json", b'{"caption": "in the json", "url": "http://x"}')])
+    [item] = WebDatasetSource(WebDatasetConfig(str(tmp_path / "00000.tar"), test_fraction=0.0)).read("train", 0)
+    assert item.error == "missing_caption" and item.detail.endswith(
+        "; k.json has a 'caption' field, but the caption is read from k.txt only, not from the JSON")

@@ -29,7 +29,7 @@ from implicit_concept.shard_reader import MAX_JSON_BYTES, is_hidden
 
 from .base import DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, check_fraction, check_limits, hidden_detail, split_of, undecodable_detail
 from .caption_text import MAX_CAPTION_BYTES, read_caption
-from .source_json import read_source_json
+from .source_json import json_caption_hint, read_source_json
 
 #: One image file read into memory at most, unless the source config sets another.
 DEFAULT_MAX_BYTES = 64 << 20
@@ -125,6 +125,8 @@ class _Entry:
     caption: str
     json: str | None
     unused: tuple[tuple[str, str, str], ...]
+    #: Where a caption this key lacks may be instead (appended to ``missing_caption``'s text).
+    hint: str = ""
 
 
 def _tars_hint(root: Path) -> str:
@@ -220,11 +222,11 @@ class FolderSource(Source):
         start = shard_id * self.shard_size
         for entry in self._split(split)[start : start + self.shard_size]:
             if entry.image is not None:
-                yield self._item(entry.image, entry.caption, entry.json)
+                yield self._item(entry.image, entry.caption, entry.json, entry.hint)
             for rel, reason, detail in entry.unused:
                 yield RawItem(rel, None, None, {"path": rel}, error=reason, detail=detail)
 
-    def _item(self, rel: str, caption_rel: str, json_rel: str | None) -> RawItem:
+    def _item(self, rel: str, caption_rel: str, json_rel: str | None, hint: str = "") -> RawItem:
         meta: dict[str, Any] = {"path": rel}
         try:
             rel.encode("utf-8")
@@ -245,7 +247,7 @@ class FolderSource(Source):
         try:
             caption_bytes = read_regular_file(self.root, caption_rel, MAX_CAPTION_BYTES)
         except FileNotFoundError:
-            return RawItem(rel, None, None, meta, error="missing_caption", detail=f"no {caption_rel}")
+            return RawItem(rel, None, None, meta, error="missing_caption", detail=f"no {caption_rel}{hint}{json_caption_hint(meta, json_rel, caption_rel)}")
         except NotRegularFile as e:
             return RawItem(rel, None, None, meta, error="not_a_regular_file", detail=f"caption {caption_rel}: {e}")
         except FileTooLarge as e:
@@ -323,6 +325,9 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
         # A Mac writes names decomposed (NFD), most other tools composed (NFC): "café.jpg" and
         # "café.txt" look the same and are one key, whichever form each file has.
         groups.setdefault(unicodedata.normalize("NFC", key), []).append((rel, ext))
+    folded: dict[str, list[str]] = {}
+    for key in groups:
+        folded.setdefault(key.casefold(), []).append(key)
     folders = {f"{rel}/": why for rel, why in (unlisted or {}).items() if rel}
     entries = []
     for key in sorted([*groups, *folders, *hidden]):
@@ -339,15 +344,51 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
         captions = _preferred(files, CAPTION_EXTENSION)
         caption = captions[0] if captions else f"{key}.{CAPTION_EXTENSION}"
         jsons = _preferred(files, JSON_EXTENSION)
+        hint = "" if captions and images else _near_miss(key, images, files, groups, folded, extensions)
         if not images:
             names = ", ".join(r for r, _ in files)
-            unused = [(files[0][0], "no_image", f"no image ({', '.join(extensions)}) named {key!r}: {names}")]
+            unused = [(files[0][0], "no_image", f"no image ({', '.join(extensions)}) named {key!r}: {names}{hint}")]
         else:
             unused = [(r, "duplicate_image", f"{r}: {images[0]} of the same name is used") for r in images[1:]]
             unused += [(r, "duplicate_caption", f"{r}: {caption} of the same name is used") for r in captions[1:]]
             unused += [(r, "duplicate_json", f"{r}: {jsons[0]} of the same name is used") for r in jsons[1:]]
-        entries.append(_Entry(key, images[0] if images else None, caption, jsons[0] if jsons else None, tuple(unused)))
+        entries.append(_Entry(key, images[0] if images else None, caption, jsons[0] if jsons else None, tuple(unused), hint))
     return sorted(entries, key=lambda e: e.key)
+
+
+def _near_miss(key: str, images: list[str], files: list[tuple[str, str]], groups: dict[str, list[tuple[str, str]]],
+               folded: dict[str, list[str]], extensions: tuple[str, ...]) -> str:
+    """Where the caption of an image without one, or the image of a caption without one, may be,
+    named otherwise: ``a.jpg.txt`` (key ``a.jpg``), a name that differs only in case (``IMG_1.JPG``
+    and ``img_1.txt``), a sidecar of another extension (``a.caption``). The text appended to its record."""
+    def has(other: str, wanted: str) -> str | None:
+        found = [r for r, e in groups.get(unicodedata.normalize("NFC", other), []) if (e in extensions if wanted == "image" else e == wanted)]
+        return found[0] if found else None
+
+    hints = []
+    if images:
+        for image in images:
+            if (double := has(image, CAPTION_EXTENSION)) is not None:
+                hints.append(f"{double} is the caption of key {image!r} (a key ends at the last dot), not of {image}: "
+                             f"name it {key}.{CAPTION_EXTENSION}")
+        twins = [found for other in _case_twins(key, folded) if (found := has(other, CAPTION_EXTENSION)) is not None]
+        others = [(r, e) for r, e in files if e not in extensions and e not in (CAPTION_EXTENSION, JSON_EXTENSION)]
+        hints += [f"{t} differs from {images[0]} only in letter case, and names are matched exactly" for t in twins]
+        hints += [f"{r}: extension {e!r} is not read as a caption (a caption is {key}.{CAPTION_EXTENSION})" for r, e in others]
+    else:
+        stem, ext = split_name(key)
+        if ext in extensions and (image := has(stem, "image")) is not None:
+            hints.append(f"the caption of {image}? It is read from {stem}.{CAPTION_EXTENSION} (a key ends at the last dot)")
+        twins = [found for other in _case_twins(key, folded) if (found := has(other, "image")) is not None]
+        hints += [f"{t} differs only in letter case, and names are matched exactly" for t in twins]
+    return "".join(f"; {h}" for h in hints)
+
+
+def _case_twins(key: str, folded: dict[str, list[str]]) -> list[str]:
+    """The other keys that differ from ``key`` only in letter case (``folded``: keys by casefold)."""
+    key = unicodedata.normalize("NFC", key)
+    return [k for k in folded.get(key.casefold(), []) if k != key]
+
 
 
 def _preferred(files: list[tuple[str, str]], extension: str) -> list[str]:

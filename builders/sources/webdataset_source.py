@@ -64,7 +64,7 @@ from .base import (
     undecodable_detail,
 )
 from .caption_text import read_caption
-from .source_json import encodable, read_source_json
+from .source_json import encodable, json_caption_hint, read_source_json
 
 
 class _TarStopped(Exception):
@@ -227,7 +227,8 @@ class WebDatasetSource(Source):
         caption_key = self.config.caption_key
         if caption_key not in members:
             return RawItem(source_id, None, None, meta, error="missing_caption", detail=(
-                f"key {key!r}: no caption member {key}.{caption_key} among its members {run.listing()}{self._hints(run)}"))
+                f"key {key!r}: no caption member {key}.{caption_key} among its members {run.listing()}{self._hints(run)}"
+                f"{json_caption_hint(meta, run.names_by_ext.get('json'), f'{key}.{caption_key}')}"))
         caption, error, why = read_caption(members[caption_key])
         if error:
             return RawItem(source_id, None, None, meta, error=error, detail=f"{run.names_by_ext[caption_key]}: {why}")
