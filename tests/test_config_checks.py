@@ -414,6 +414,25 @@ def test_a_glob_or_a_folder_of_tars_as_source_points_at_the_brace_pattern(tmp_pa
     load_recipe("icd-debug", {"source": source_from_spec(f"{shards}/{{00000..00002}}.tar")})  # the pattern it names is accepted
 
 
+def test_tars_not_found_name_the_tars_that_are_there(tmp_path):
+    """img2dataset leaves out a shard it could not write, and some tools number with 6 digits: a
+    brace pattern that misses is answered with the pattern that names the tars there (gaps left
+    out, accepted as given), and a folder that is not there is said to be missing."""
+    from builders.recipe import RecipeError, load_recipe, source_from_spec
+
+    shards = tmp_path / "laion"
+    shards.mkdir()
+    for i in (0, 1, 2, 4, 7, 8):
+        (shards / f"{i:06d}.tar").write_bytes(b"")
+    for given in (f"{shards}/{{00000..00009}}.tar", f"{shards}/{{000000..000009}}.tar", f"{shards}/*.tar"):
+        with pytest.raises(RecipeError) as e:
+            source_from_spec(given)
+        assert f"'{shards}/{{{{000000..000002}},000004,{{000007..000008}}}}.tar'" in str(e.value), str(e.value)
+    load_recipe("icd-debug", {"source": source_from_spec(f"{shards}/{{{{000000..000002}},000004,{{000007..000008}}}}.tar")})
+    with pytest.raises(RecipeError, match=rf"first '{tmp_path}/lion/00000.tar' \(no folder '{tmp_path}/lion'\)"):
+        source_from_spec(f"{tmp_path}/lion/{{00000..00009}}.tar")
+
+
 def test_a_data_folder_of_another_build_names_the_benchmarks_option_too(tmp_path):
     """The builder's refusals reach the benchmark, whose option for the folder is --data."""
     from builders.build import BuildError, build_dataset

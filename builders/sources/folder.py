@@ -30,6 +30,7 @@ from implicit_concept.shard_reader import MAX_JSON_BYTES, is_hidden
 from .base import DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, check_fraction, check_limits, hidden_detail, split_of, undecodable_detail
 from .caption_text import MAX_CAPTION_BYTES, read_caption
 from .source_json import json_caption_hint, read_source_json
+from .webdataset_source import TAR_ENDINGS, tars_pattern
 
 #: One image file read into memory at most, unless the source config sets another.
 DEFAULT_MAX_BYTES = 64 << 20
@@ -130,21 +131,13 @@ class _Entry:
 
 
 def _tars_hint(root: Path) -> str:
-    """A folder of tar shards given as a folder source: the brace pattern that names them (when
-    they are numbered 00000, 00001, ... without gaps), else the first one as the example."""
-    try:
-        tars = sorted(p.name for p in root.iterdir() if p.name.endswith((".tar", ".tar.gz", ".tgz")))
-    except OSError:
+    """A folder of tar shards given as a folder source: the brace pattern that names them."""
+    example = tars_pattern(root)
+    if example is None:
         return ""
-    if not tars:
-        return ""
-    stems = [t.split(".", 1)[0] for t in tars]
-    suffix = tars[0][len(stems[0]):]
-    numbered = all(t == f"{s}{suffix}" and s.isdigit() and len(s) == len(stems[0]) for s, t in zip(stems, tars))
-    consecutive = numbered and [int(s) for s in stems] == list(range(int(stems[0]), int(stems[0]) + len(stems)))
-    example = f"{{{stems[0]}..{stems[-1]}}}{suffix}" if consecutive and len(tars) > 1 else tars[0]
-    return (f"; it holds {len(tars)} tar file{'s' if len(tars) > 1 else ''}: a source of tar shards is their path or "
-            f"a brace pattern, e.g. '{root / example}'")
+    count = sum(1 for p in root.iterdir() if p.name.endswith(TAR_ENDINGS) and not p.name.startswith("."))
+    return (f"; it holds {count} tar file{'s' if count > 1 else ''}: a source of tar shards is their path or "
+            f"a brace pattern, e.g. '{example}'")
 
 
 class FolderSource(Source):

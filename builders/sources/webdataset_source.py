@@ -36,6 +36,7 @@ import shlex
 import tarfile
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -117,13 +118,49 @@ class WebDatasetConfig:
 def missing_tars_hint(path: str, given_in: str) -> str:
     """What to add to "tar files do not exist" for a path that was never going to be found: a glob
     (never expanded here, unlike in a shell) or a relative path (read from the current folder, not
-    from the file that names it)."""
+    from the file that names it); else what the folder holds: no such folder, or the tars there and
+    the brace pattern that names them (img2dataset leaves out a shard it could not write, so the
+    numbers may have gaps; or they are 6 digits where 5 were given)."""
     if any(c in path for c in "*?["):
-        return " (globs are not expanded: name the tars with a brace pattern, e.g. '/data/shards/{00000..00099}.tar')"
+        example = tars_pattern(Path(path).parent) or "/data/shards/{00000..00099}.tar"
+        return f" (globs are not expanded: name the tars with a brace pattern, e.g. '{example}')"
     if not os.path.isabs(path):
         where = ", not from the recipe file's folder" if given_in == "a recipe" else ""
         return f" (a relative path in {given_in} is read from the current folder, {os.getcwd()}{where})"
-    return ""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        return f" (no folder {str(folder)!r})"
+    example = tars_pattern(folder)
+    return f" ({str(folder)!r} holds no .tar, .tar.gz or .tgz file)" if example is None else f" (the tars in that folder: '{example}')"
+
+
+#: The endings of a tar shard's file name.
+TAR_ENDINGS = (".tar", ".tar.gz", ".tgz")
+
+
+def tars_pattern(folder: Path) -> str | None:
+    """A brace pattern naming every tar in ``folder`` (numbered ones as ranges, gaps left out:
+    ``/d/{{00000..00002},00004}.tar``), else its first tar's path; None when it holds none."""
+    try:
+        tars = sorted(p.name for p in folder.iterdir() if p.name.endswith(TAR_ENDINGS) and not p.name.startswith("."))
+    except OSError:
+        return None
+    if not tars:
+        return None
+    stems = [t.split(".", 1)[0] for t in tars]
+    suffix = tars[0][len(stems[0]):]
+    numbered = all(t == f"{s}{suffix}" and s.isdigit() and len(s) == len(stems[0]) for s, t in zip(stems, tars))
+    if not numbered or len(tars) == 1:
+        return str(folder / tars[0])
+    runs: list[list[str]] = []
+    for stem in stems:
+        if runs and int(stem) == int(runs[-1][-1]) + 1:
+            runs[-1][1:] = [stem]
+        else:
+            runs.append([stem])
+    ranges = [f"{run[0]}..{run[-1]}" if len(run) > 1 else run[0] for run in runs]
+    braces = f"{{{ranges[0]}}}" if len(ranges) == 1 else "{" + ",".join(f"{{{r}}}" if ".." in r else r for r in ranges) + "}"
+    return str(folder / f"{braces}{suffix}")
 
 
 class WebDatasetSource(Source):
