@@ -431,6 +431,10 @@ def test_tars_not_found_name_the_tars_that_are_there(tmp_path):
     load_recipe("icd-debug", {"source": source_from_spec(f"{shards}/{{{{000000..000002}},000004,{{000007..000008}}}}.tar")})
     with pytest.raises(RecipeError, match=rf"first '{tmp_path}/lion/00000.tar' \(no folder '{tmp_path}/lion'\)"):
         source_from_spec(f"{tmp_path}/lion/{{00000..00009}}.tar")
+    for i in range(10, 100, 3):  # gaps past counting: the first and the last
+        (shards / f"{i:06d}.tar").write_bytes(b"")
+    with pytest.raises(RecipeError, match=rf"'{shards}/000000.tar' to '{shards}/000097.tar', 36 tars with 32 gaps: list them"):
+        source_from_spec(f"{shards}/{{00000..00009}}.tar")
 
 
 def test_a_data_folder_of_another_build_names_the_benchmarks_option_too(tmp_path):

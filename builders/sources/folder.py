@@ -137,7 +137,7 @@ def _tars_hint(root: Path) -> str:
         return ""
     count = sum(1 for p in root.iterdir() if p.name.endswith(TAR_ENDINGS) and not p.name.startswith("."))
     return (f"; it holds {count} tar file{'s' if count > 1 else ''}: a source of tar shards is their path or "
-            f"a brace pattern, e.g. '{example}'")
+            f"a brace pattern, e.g. {example}")
 
 
 class FolderSource(Source):

@@ -122,8 +122,8 @@ def missing_tars_hint(path: str, given_in: str) -> str:
     the brace pattern that names them (img2dataset leaves out a shard it could not write, so the
     numbers may have gaps; or they are 6 digits where 5 were given)."""
     if any(c in path for c in "*?["):
-        example = tars_pattern(Path(path).parent) or "/data/shards/{00000..00099}.tar"
-        return f" (globs are not expanded: name the tars with a brace pattern, e.g. '{example}')"
+        example = tars_pattern(Path(path).parent) or "'/data/shards/{00000..00099}.tar'"
+        return f" (globs are not expanded: name the tars with a brace pattern, e.g. {example})"
     if not os.path.isabs(path):
         where = ", not from the recipe file's folder" if given_in == "a recipe" else ""
         return f" (a relative path in {given_in} is read from the current folder, {os.getcwd()}{where})"
@@ -131,16 +131,19 @@ def missing_tars_hint(path: str, given_in: str) -> str:
     if not folder.is_dir():
         return f" (no folder {str(folder)!r})"
     example = tars_pattern(folder)
-    return f" ({str(folder)!r} holds no .tar, .tar.gz or .tgz file)" if example is None else f" (the tars in that folder: '{example}')"
+    return f" ({str(folder)!r} holds no .tar, .tar.gz or .tgz file)" if example is None else f" (the tars in that folder: {example})"
 
 
 #: The endings of a tar shard's file name.
 TAR_ENDINGS = (".tar", ".tar.gz", ".tgz")
+#: Runs of consecutive numbers a suggested brace pattern spells out at most.
+MAX_PATTERN_RUNS = 12
 
 
 def tars_pattern(folder: Path) -> str | None:
-    """A brace pattern naming every tar in ``folder`` (numbered ones as ranges, gaps left out:
-    ``/d/{{00000..00002},00004}.tar``), else its first tar's path; None when it holds none."""
+    """A brace pattern naming every tar in ``folder``, quoted (numbered ones as ranges, gaps left out:
+    ``'/d/{{00000..00002},00004}.tar'``; the first and last past :data:`MAX_PATTERN_RUNS` gaps), else
+    its first tar's path; None when it holds none."""
     try:
         tars = sorted(p.name for p in folder.iterdir() if p.name.endswith(TAR_ENDINGS) and not p.name.startswith("."))
     except OSError:
@@ -151,16 +154,19 @@ def tars_pattern(folder: Path) -> str | None:
     suffix = tars[0][len(stems[0]):]
     numbered = all(t == f"{s}{suffix}" and s.isdigit() and len(s) == len(stems[0]) for s, t in zip(stems, tars))
     if not numbered or len(tars) == 1:
-        return str(folder / tars[0])
+        return f"'{folder / tars[0]}'"
     runs: list[list[str]] = []
     for stem in stems:
         if runs and int(stem) == int(runs[-1][-1]) + 1:
             runs[-1][1:] = [stem]
         else:
             runs.append([stem])
+    if len(runs) > MAX_PATTERN_RUNS:  # a pattern too long to read
+        return (f"'{folder / tars[0]}' to '{folder / tars[-1]}', {len(tars)} tars with {len(runs) - 1} gaps: "
+                f"list them in a recipe's urls")
     ranges = [f"{run[0]}..{run[-1]}" if len(run) > 1 else run[0] for run in runs]
     braces = f"{{{ranges[0]}}}" if len(ranges) == 1 else "{" + ",".join(f"{{{r}}}" if ".." in r else r for r in ranges) + "}"
-    return str(folder / f"{braces}{suffix}")
+    return f"'{folder / f'{braces}{suffix}'}'"
 
 
 class WebDatasetSource(Source):
