@@ -20,6 +20,7 @@ resolve makes its sample ``unresolved_hard_link``).
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import posixpath
 import tarfile
@@ -125,9 +126,11 @@ def open_tar(path: str | Path, mode: str = "r:*") -> tarfile.TarFile:
             return tarfile.open(path, mode, tarinfo=_BoundedTarInfo)
         except tarfile.ReadError:  # tarfile's own text is a line per compression it tried
             raise tarfile.ReadError(describe_non_tar(path)) from None
-    stream = open_stream(str(path))
+    stream = io.BufferedReader(open_stream(str(path)), 1 << 16)
     try:
-        if str(path).endswith((".gz", ".tgz")):  # gzip's reader takes concatenated members, tarfile's stream does not
+        # By its bytes, not its name (a local tar is opened so too): gzip's reader takes concatenated
+        # members, tarfile's stream does not.
+        if stream.peek(2)[:2] == b"\x1f\x8b":
             tar = tarfile.open(fileobj=gzip.GzipFile(fileobj=stream, mode="rb"), mode="r|", tarinfo=_BoundedTarInfo)
         else:
             tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_BoundedTarInfo)

@@ -262,3 +262,17 @@ def test_a_stalled_stream_is_stopped_with_its_commands_and_recorded(tmp_path, mo
     assert [i.error for i in stalled] == [None, None, None, "corrupt_tar"] and "stalled" in stalled[-1].detail
     time.sleep(3.5)
     assert not marker.exists()
+
+
+def test_a_streams_compression_is_known_by_its_bytes_as_a_local_files_is(tmp_path):
+    """A plain tar named ``.tar.gz`` and a gzipped one named ``.tar`` (as shards get renamed) read
+    the same from a pipe as from disk."""
+    import gzip
+
+    _source_tars(tmp_path)
+    shutil.copy(tmp_path / "00000.tar", tmp_path / "plain.tar.gz")
+    (tmp_path / "zipped.tar").write_bytes(gzip.compress((tmp_path / "00000.tar").read_bytes()))
+    expected = [(i.image, i.caption) for i in _read(str(tmp_path / "00000.tar"))]
+    for name in ("plain.tar.gz", "zipped.tar"):
+        for urls in (str(tmp_path / name), f"pipe:cat {tmp_path}/{name}"):
+            assert [(i.image, i.caption) for i in _read(urls)] == expected, urls
