@@ -130,10 +130,15 @@ def open_tar(path: str | Path, mode: str = "r:*") -> tarfile.TarFile:
     try:
         # By its bytes, not its name (a local tar is opened so too): gzip's reader takes concatenated
         # members, tarfile's stream does not.
-        if stream.peek(2)[:2] == b"\x1f\x8b":
-            tar = tarfile.open(fileobj=gzip.GzipFile(fileobj=stream, mode="rb"), mode="r|", tarinfo=_BoundedTarInfo)
-        else:
-            tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_BoundedTarInfo)
+        head = stream.peek(512)[:512]
+        try:
+            if head[:2] == b"\x1f\x8b":
+                tar = tarfile.open(fileobj=gzip.GzipFile(fileobj=stream, mode="rb"), mode="r|", tarinfo=_BoundedTarInfo)
+            else:
+                tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_BoundedTarInfo)
+        except tarfile.ReadError:
+            # What it is instead (an HTML page served in the tar's place); a failed command's error replaces this at close.
+            raise tarfile.ReadError(describe_head(head, "stream")) from None
     except BaseException:
         stream.close()
         raise
@@ -170,8 +175,14 @@ def describe_non_tar(path: str | Path) -> str:
             head = f.read(512)
     except OSError as e:
         return f"cannot be read ({e.strerror or e})"
+    return describe_head(head, "file")
+
+
+def describe_head(head: bytes, what: str) -> str:
+    """What a ``what`` (a file, a stream) that begins with ``head`` (its first 512 bytes) and does not
+    open as a tar is, in words."""
     if not head:
-        return "an empty file (0 bytes), not a tar"
+        return f"an empty {what} (0 bytes), not a tar"
     for magic, what in _NOT_TAR_SIGNATURES:
         if head.startswith(magic):
             return what

@@ -276,3 +276,16 @@ def test_a_streams_compression_is_known_by_its_bytes_as_a_local_files_is(tmp_pat
     for name in ("plain.tar.gz", "zipped.tar"):
         for urls in (str(tmp_path / name), f"pipe:cat {tmp_path}/{name}"):
             assert [(i.image, i.caption) for i in _read(urls)] == expected, urls
+
+
+def test_a_page_served_in_a_tars_place_is_said_for_what_it_is(served):
+    """A login or virus-scan page served with status 200, or a command that writes nothing: the
+    record says what came instead, as for a local file, not tarfile's 'truncated header'."""
+    folder, base = served
+    (folder / "00000.tar").write_bytes(b"<!DOCTYPE html><html><title>Sign in</title></html>")
+    [page] = _read(f"{base}/00000.tar")
+    assert page.error == "corrupt_tar" and page.detail == (
+        f"{base}/00000.tar: text, not a tar (it begins '<!DOCTYPE html><html><title>Sign in</tit': "
+        "an error page or a listing saved in the tar's place?)")
+    [nothing] = _read("pipe:true 00000.tar")
+    assert nothing.detail == "pipe:true 00000.tar: an empty stream (0 bytes), not a tar"

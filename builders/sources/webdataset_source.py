@@ -407,7 +407,10 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
         reason = "corrupt_tar" if isinstance(exc, (tarfile.TarError, EOFError, zlib.error)) else "unreadable_tar"
         if isinstance(exc, StreamFailed):  # its text names the stream and says what failed
             raise _TarStopped(reason, str(exc)) from exc
-        said = describe_non_tar(path) if reason == "corrupt_tar" and not is_stream(path) else f"{type(exc).__name__}: {exc}"
+        if reason == "corrupt_tar":
+            said = str(exc) if is_stream(path) else describe_non_tar(path)
+        else:
+            said = f"{type(exc).__name__}: {exc}"
         raise _TarStopped(reason, f"{path}: {said}") from exc
     try:
         with tf:
