@@ -192,10 +192,13 @@ class WebDatasetSource(Source):
         self.max_pixels = config.max_pixels
 
     def fingerprint(self) -> dict[str, Any]:
-        """Every tar's name and size; a stream's URL alone (its size is unknown until read)."""
-        listing = [f"{p}\t{os.stat(p).st_size}" if not is_stream(p) and os.path.isfile(p) else f"{p}\t-" for p in self.tars]
+        """Every tar's name, size and modification time, as a folder's files (a member appended with
+        ``tar -r`` may fit in the tar's last record, leaving its size as it was); a stream's URL alone
+        (its size is unknown until read)."""
+        stats = {p: os.stat(p) for p in self.tars if not is_stream(p) and os.path.isfile(p)}
+        listing = [f"{p}\t{stats[p].st_size}\t{stats[p].st_mtime_ns}" if p in stats else f"{p}\t-" for p in self.tars]
         digest = hashlib.sha256("\n".join(listing).encode("utf-8", "surrogateescape")).hexdigest()
-        sizes = [os.stat(p).st_size for p in self.tars if not is_stream(p) and os.path.isfile(p)]
+        sizes = [info.st_size for info in stats.values()]
         return {"kind": self.kind, "tars": len(self.tars), "streams": sum(map(is_stream, self.tars)), "bytes": sum(sizes), "sha256": digest}
 
     def shard_ids(self, split: str) -> list[int]:
