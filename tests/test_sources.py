@@ -904,8 +904,9 @@ def test_jitter_is_capped_at_three_hundredths_of_the_side():
 def test_a_caption_named_otherwise_is_named_in_the_records_of_both_files(tmp_path: Path):
     """A caption beside its image under another name is not read, and both records say where it is:
     ``a.jpg.txt`` (key ``a.jpg``), a name that differs only in case (copied from a Mac or Windows),
-    a sidecar of another extension (``.caption``), a JSON with a ``caption`` field (img2dataset's);
-    from a tar too. An image without any caption gets no hint."""
+    a sidecar of another extension (``.caption``), a JSON with a ``caption`` field (img2dataset's),
+    the same name in a parallel folder, a folder per sample (``s1/image.jpg`` + ``s1/prompt.txt``), a
+    Hugging Face ``metadata.jsonl``; a JSON's caption from a tar too. An image without any caption gets no hint."""
     folder = tmp_path / "images"
     for name, data in {
         "a.jpg": jpeg(), "a.jpg.txt": b"a caption named after the image file",
@@ -913,6 +914,9 @@ def test_a_caption_named_otherwise_is_named_in_the_records_of_both_files(tmp_pat
         "b.png": jpeg(), "b.caption": b"a kohya-style caption",
         "c.jpg": jpeg(), "c.json": json.dumps({"caption": "only in the json", "status": "success"}).encode(),
         "lone.jpg": jpeg(),
+        "images/x.jpg": jpeg(), "captions/x.txt": b"a caption in a parallel folder",
+        "s1/image.jpg": jpeg(), "s1/prompt.txt": b"a folder per sample",
+        "hf/train/h.jpg": jpeg(), "hf/train/metadata.jsonl": b'{"file_name": "h.jpg", "text": "a caption"}',
     }.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
@@ -920,6 +924,8 @@ def test_a_caption_named_otherwise_is_named_in_the_records_of_both_files(tmp_pat
     assert {k: i.error for k, i in items.items()} == {
         "a.jpg": "missing_caption", "a.jpg.txt": "no_image", "IMG_1.JPG": "missing_caption", "img_1.txt": "no_image",
         "b.png": "missing_caption", "c.jpg": "missing_caption", "lone.jpg": "missing_caption",
+        "images/x.jpg": "missing_caption", "captions/x.txt": "no_image", "s1/image.jpg": "missing_caption",
+        "s1/prompt.txt": "no_image", "hf/train/h.jpg": "missing_caption", "hf/train/metadata.jsonl": "no_image",
     }
     assert items["a.jpg"].detail == ("no a.txt; a.jpg.txt is the caption of key 'a.jpg' (a key ends at the last dot), "
                                      "not of a.jpg: name it a.txt")
@@ -929,6 +935,14 @@ def test_a_caption_named_otherwise_is_named_in_the_records_of_both_files(tmp_pat
     assert items["b.png"].detail == "no b.txt; b.caption: extension 'caption' is not read as a caption (a caption is b.txt)"
     assert items["c.jpg"].detail == "no c.txt; c.json has a 'caption' field, but the caption is read from c.txt only, not from the JSON"
     assert items["lone.jpg"].detail == "no lone.txt"
+    assert items["images/x.jpg"].detail == "no images/x.txt; captions/x.txt has its name in another folder: a caption is read from beside its image"
+    assert items["captions/x.txt"].detail.endswith("; images/x.jpg has its name in another folder: a caption is read from beside its image")
+    assert items["s1/image.jpg"].detail == ("no s1/image.txt; s1/prompt.txt is the only caption in its folder, but a caption "
+                                            "is read from the image's name: s1/image.txt")
+    assert items["s1/prompt.txt"].detail.endswith("; s1/image.jpg is the only image in its folder, but a caption is read from the image's name: s1/image.txt")
+    assert items["hf/train/h.jpg"].detail == ("no hf/train/h.txt; hf/train/metadata.jsonl (Hugging Face imagefolder's captions) "
+                                              "is not read: write each caption beside its image, hf/train/h.txt")
+    assert items["hf/train/metadata.jsonl"].detail.endswith("; Hugging Face imagefolder's captions are not read: write each caption beside its image, as name.txt")
     write_tar(tmp_path / "00000.tar", [("k.jpg", jpeg()), ("k.json", b'{"caption": "in the json", "url": "http://x"}')])
     [item] = WebDatasetSource(WebDatasetConfig(str(tmp_path / "00000.tar"), test_fraction=0.0)).read("train", 0)
     assert item.error == "missing_caption" and item.detail.endswith(

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import math
 import os
+import posixpath
 import stat
 import unicodedata
 from dataclasses import dataclass
@@ -318,9 +320,7 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
         # A Mac writes names decomposed (NFD), most other tools composed (NFC): "café.jpg" and
         # "café.txt" look the same and are one key, whichever form each file has.
         groups.setdefault(unicodedata.normalize("NFC", key), []).append((rel, ext))
-    folded: dict[str, list[str]] = {}
-    for key in groups:
-        folded.setdefault(key.casefold(), []).append(key)
+    near = _NearMisses(groups, extensions)
     folders = {f"{rel}/": why for rel, why in (unlisted or {}).items() if rel}
     entries = []
     for key in sorted([*groups, *folders, *hidden]):
@@ -337,7 +337,7 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
         captions = _preferred(files, CAPTION_EXTENSION)
         caption = captions[0] if captions else f"{key}.{CAPTION_EXTENSION}"
         jsons = _preferred(files, JSON_EXTENSION)
-        hint = "" if captions and images else _near_miss(key, images, files, groups, folded, extensions)
+        hint = "" if captions and images else near.hint(key, images, files)
         if not images:
             names = ", ".join(r for r, _ in files)
             unused = [(files[0][0], "no_image", f"no image ({', '.join(extensions)}) named {key!r}: {names}{hint}")]
@@ -349,39 +349,92 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
     return sorted(entries, key=lambda e: e.key)
 
 
-def _near_miss(key: str, images: list[str], files: list[tuple[str, str]], groups: dict[str, list[tuple[str, str]]],
-               folded: dict[str, list[str]], extensions: tuple[str, ...]) -> str:
+#: Files that hold a folder's captions in tools this source does not follow (Hugging Face's imagefolder).
+_METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
+
+
+class _NearMisses:
     """Where the caption of an image without one, or the image of a caption without one, may be,
     named otherwise: ``a.jpg.txt`` (key ``a.jpg``), a name that differs only in case (``IMG_1.JPG``
-    and ``img_1.txt``), a sidecar of another extension (``a.caption``). The text appended to its record."""
-    def has(other: str, wanted: str) -> str | None:
-        found = [r for r, e in groups.get(unicodedata.normalize("NFC", other), []) if (e in extensions if wanted == "image" else e == wanted)]
+    and ``img_1.txt``), a sidecar of another extension (``a.caption``), the same name in another
+    folder (``images/a.jpg`` and ``captions/a.txt``), a Hugging Face ``metadata.jsonl`` in its folder
+    or above. Indexed once, so each key costs a few look-ups."""
+
+    def __init__(self, groups: dict[str, list[tuple[str, str]]], extensions: tuple[str, ...]) -> None:
+        self.groups, self.extensions = groups, extensions
+        self.folded: dict[str, list[str]] = {}
+        self.named: dict[str, list[str]] = {}
+        for key in groups:
+            self.folded.setdefault(key.casefold(), []).append(key)
+            self.named.setdefault(posixpath.basename(key), []).append(key)
+        self.metadata: dict[str, str] = {}
+        #: Each folder's first two images and captions (a folder per sample: ``s1/image.jpg``, ``s1/caption.txt``).
+        self.within: dict[tuple[str, str], list[str]] = {}
+        for files in groups.values():
+            for rel, ext in files:
+                folder = posixpath.dirname(rel)
+                if posixpath.basename(rel).lower() in _METADATA_FILES:
+                    self.metadata[folder] = rel
+                kind = "image" if ext in extensions else CAPTION_EXTENSION if ext == CAPTION_EXTENSION else None
+                if kind is not None and len(found := self.within.setdefault((folder, kind), [])) < 2:
+                    found.append(rel)
+
+    def _has(self, key: str, wanted: str) -> str | None:
+        found = [r for r, e in self.groups.get(unicodedata.normalize("NFC", key), [])
+                 if (e in self.extensions if wanted == "image" else e == wanted)]
         return found[0] if found else None
 
-    hints = []
-    if images:
-        for image in images:
-            if (double := has(image, CAPTION_EXTENSION)) is not None:
-                hints.append(f"{double} is the caption of key {image!r} (a key ends at the last dot), not of {image}: "
-                             f"name it {key}.{CAPTION_EXTENSION}")
-        twins = [found for other in _case_twins(key, folded) if (found := has(other, CAPTION_EXTENSION)) is not None]
-        others = [(r, e) for r, e in files if e not in extensions and e not in (CAPTION_EXTENSION, JSON_EXTENSION)]
-        hints += [f"{t} differs from {images[0]} only in letter case, and names are matched exactly" for t in twins]
-        hints += [f"{r}: extension {e!r} is not read as a caption (a caption is {key}.{CAPTION_EXTENSION})" for r, e in others]
-    else:
-        stem, ext = split_name(key)
-        if ext in extensions and (image := has(stem, "image")) is not None:
-            hints.append(f"the caption of {image}? It is read from {stem}.{CAPTION_EXTENSION} (a key ends at the last dot)")
-        twins = [found for other in _case_twins(key, folded) if (found := has(other, "image")) is not None]
-        hints += [f"{t} differs only in letter case, and names are matched exactly" for t in twins]
-    return "".join(f"; {h}" for h in hints)
+    def _elsewhere(self, key: str, wanted: str) -> list[str]:
+        """Files of the same name and the ``wanted`` kind in other folders: two at most, of the first
+        eight names looked at (a name in every folder, ``sample_1/image.jpg``..., costs no more)."""
+        key = unicodedata.normalize("NFC", key)
+        others = itertools.islice((k for k in self.named.get(posixpath.basename(key), []) if k != key), 8)
+        return [found for k in others if (found := self._has(k, wanted)) is not None][:2]
 
+    def _alone(self, key: str, kind: str) -> list[str]:
+        """The hint for a key whose folder holds one file of ``kind`` (an image, a caption), under another name."""
+        found = self.within.get((posixpath.dirname(key), kind), [])
+        if len(found) != 1 or split_name(found[0])[0] == key:
+            return []
+        image_key = split_name(found[0])[0] if kind == "image" else key
+        return [f"{found[0]} is the only {'image' if kind == 'image' else 'caption'} in its folder, but a caption is "
+                f"read from the image's name: {image_key}.{CAPTION_EXTENSION}"]
 
-def _case_twins(key: str, folded: dict[str, list[str]]) -> list[str]:
-    """The other keys that differ from ``key`` only in letter case (``folded``: keys by casefold)."""
-    key = unicodedata.normalize("NFC", key)
-    return [k for k in folded.get(key.casefold(), []) if k != key]
-
+    def hint(self, key: str, images: list[str], files: list[tuple[str, str]]) -> str:
+        """The text appended to the record of ``key``, whose files are ``files``."""
+        norm = unicodedata.normalize("NFC", key)
+        twins = [k for k in self.folded.get(norm.casefold(), []) if k != norm]
+        hints = []
+        if images:
+            for image in images:
+                if (double := self._has(image, CAPTION_EXTENSION)) is not None:
+                    hints.append(f"{double} is the caption of key {image!r} (a key ends at the last dot), not of {image}: "
+                                 f"name it {key}.{CAPTION_EXTENSION}")
+            cased = [found for k in twins if (found := self._has(k, CAPTION_EXTENSION)) is not None]
+            others = [(r, e) for r, e in files if e not in self.extensions and e not in (CAPTION_EXTENSION, JSON_EXTENSION)]
+            hints += [f"{t} differs from {images[0]} only in letter case, and names are matched exactly" for t in cased]
+            hints += [f"{r}: extension {e!r} is not read as a caption (a caption is {key}.{CAPTION_EXTENSION})" for r, e in others]
+            hints += [f"{c} has its name in another folder: a caption is read from beside its image" for c in self._elsewhere(key, CAPTION_EXTENSION)]
+            hints += self._alone(key, CAPTION_EXTENSION)
+            folder = posixpath.dirname(key)
+            while True:
+                if folder in self.metadata:
+                    hints.append(f"{self.metadata[folder]} (Hugging Face imagefolder's captions) is not read: "
+                                 f"write each caption beside its image, {key}.{CAPTION_EXTENSION}")
+                    break
+                if not folder:
+                    break
+                folder = posixpath.dirname(folder)
+        else:
+            stem, ext = split_name(key)
+            if ext in self.extensions and (image := self._has(stem, "image")) is not None:
+                hints.append(f"the caption of {image}? It is read from {stem}.{CAPTION_EXTENSION} (a key ends at the last dot)")
+            hints += [f"{t} differs only in letter case, and names are matched exactly" for k in twins if (t := self._has(k, "image"))]
+            hints += [f"{i} has its name in another folder: a caption is read from beside its image" for i in self._elsewhere(key, "image")]
+            hints += self._alone(key, "image")
+            if any(posixpath.basename(r).lower() in _METADATA_FILES for r, _ in files):
+                hints.append("Hugging Face imagefolder's captions are not read: write each caption beside its image, as name.txt")
+        return "".join(f"; {h}" for h in hints)
 
 
 def _preferred(files: list[tuple[str, str]], extension: str) -> list[str]:
