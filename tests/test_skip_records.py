@@ -112,6 +112,23 @@ def test_a_build_with_no_sample_exits_non_zero_saying_why(tmp_path, capsys):
     assert "no samples: every source item was skipped, so the build failed" in captured.err and "FAILED" in captured.out
 
 
+def test_a_build_with_no_sample_quotes_one_skip_of_its_commonest_reason(tmp_path, capsys):
+    """The one line of a build that made nothing quotes a skip's message, which says what to do:
+    here every caption is named after another file (a folder per sample)."""
+    src = tmp_path / "src"
+    for i in range(3):
+        (src / f"s{i}").mkdir(parents=True)
+        (src / f"s{i}" / "image.png").write_bytes(_png())
+        (src / f"s{i}" / "prompt.txt").write_text("a red square")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_toml(_recipe(src)))
+    assert main(["build", str(recipe), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert ("no samples: all 6 source items were skipped (missing_caption: 3, no_image: 3); e.g. s0/image.png: "
+            "missing_caption: no s0/image.txt; s0/prompt.txt is the only caption in its folder, but a caption is read "
+            "from the image's name: s0/image.txt; each one's reason is in") in err, err
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_out_problems_are_one_line(tmp_path, capsys, workers):
     recipe = Path(__file__).parents[1] / "manifests" / "icd-debug.toml"
