@@ -340,3 +340,17 @@ def test_a_build_with_no_sample_counts_each_item_once(tmp_path, capsys):
     assert main(["build", str(recipe), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "no samples: all 4 source items were skipped (duplicate_key: 1, hidden_file: 1, no_image: 2)" in err
+
+
+def test_an_error_naming_a_file_with_a_newline_or_an_escape_is_one_line(tmp_path, capsys):
+    """A name holding a line break or a terminal escape sequence, quoted in an error, is shown
+    escaped: the error stays one line, and the terminal shows no colour or cursor trick."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "new\nline\x1b[2J.png").write_bytes(_png())
+    assert main(["build", "icd-debug", "--source", str(src), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert "e.g. new\\nline\\x1b[2J.png: missing_caption: no new\\nline\\x1b[2J.txt;" in err and "\x1b" not in err, err
+    assert main(["build", "icd-debug", "--source", str(tmp_path / "no\nsuch"), "--out", str(tmp_path / "out2")]) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert "no\\nsuch: no such folder" in err, err
