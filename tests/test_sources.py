@@ -906,7 +906,8 @@ def test_a_caption_named_otherwise_is_named_in_the_records_of_both_files(tmp_pat
     ``a.jpg.txt`` (key ``a.jpg``), a name that differs only in case (copied from a Mac or Windows),
     a sidecar of another extension (``.caption``), a JSON with a ``caption`` field (img2dataset's),
     the same name in a parallel folder, a folder per sample (``s1/image.jpg`` + ``s1/prompt.txt``), a
-    Hugging Face ``metadata.jsonl``; a JSON's caption from a tar too. An image without any caption gets no hint."""
+    Hugging Face ``metadata.jsonl``; a JSON's caption from a tar too. An image without a caption
+    nowhere else, or whose look-alikes are other images' captions, gets no hint."""
     folder = tmp_path / "images"
     for name, data in {
         "a.jpg": jpeg(), "a.jpg.txt": b"a caption named after the image file",
@@ -917,6 +918,7 @@ def test_a_caption_named_otherwise_is_named_in_the_records_of_both_files(tmp_pat
         "images/x.jpg": jpeg(), "captions/x.txt": b"a caption in a parallel folder",
         "s1/image.jpg": jpeg(), "s1/prompt.txt": b"a folder per sample",
         "hf/train/h.jpg": jpeg(), "hf/train/metadata.jsonl": b'{"file_name": "h.jpg", "text": "a caption"}',
+        "cat/1.jpg": jpeg(), "cat/1.txt": b"a cat", "dog/1.jpg": jpeg(), "dog/2.jpg": jpeg(), "dog/2.txt": b"a dog",
     }.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
@@ -926,6 +928,7 @@ def test_a_caption_named_otherwise_is_named_in_the_records_of_both_files(tmp_pat
         "b.png": "missing_caption", "c.jpg": "missing_caption", "lone.jpg": "missing_caption",
         "images/x.jpg": "missing_caption", "captions/x.txt": "no_image", "s1/image.jpg": "missing_caption",
         "s1/prompt.txt": "no_image", "hf/train/h.jpg": "missing_caption", "hf/train/metadata.jsonl": "no_image",
+        "cat/1.jpg": None, "dog/1.jpg": "missing_caption", "dog/2.jpg": None,
     }
     assert items["a.jpg"].detail == ("no a.txt; a.jpg.txt is the caption of key 'a.jpg' (a key ends at the last dot), "
                                      "not of a.jpg: name it a.txt")
@@ -935,6 +938,7 @@ def test_a_caption_named_otherwise_is_named_in_the_records_of_both_files(tmp_pat
     assert items["b.png"].detail == "no b.txt; b.caption: extension 'caption' is not read as a caption (a caption is b.txt)"
     assert items["c.jpg"].detail == "no c.txt; c.json has a 'caption' field, but the caption is read from c.txt only, not from the JSON"
     assert items["lone.jpg"].detail == "no lone.txt"
+    assert items["dog/1.jpg"].detail == "no dog/1.txt", "cat/1.txt is cat/1.jpg's, and dog/2.txt dog/2.jpg's"
     assert items["images/x.jpg"].detail == "no images/x.txt; captions/x.txt has its name in another folder: a caption is read from beside its image"
     assert items["captions/x.txt"].detail.endswith("; images/x.jpg has its name in another folder: a caption is read from beside its image")
     assert items["s1/image.jpg"].detail == ("no s1/image.txt; s1/prompt.txt is the only caption in its folder, but a caption "
@@ -947,3 +951,16 @@ def test_a_caption_named_otherwise_is_named_in_the_records_of_both_files(tmp_pat
     [item] = WebDatasetSource(WebDatasetConfig(str(tmp_path / "00000.tar"), test_fraction=0.0)).read("train", 0)
     assert item.error == "missing_caption" and item.detail.endswith(
         "; k.json has a 'caption' field, but the caption is read from k.txt only, not from the JSON")
+
+
+def test_a_symlink_to_a_folder_is_its_own_record_saying_it_is_not_followed(tmp_path: Path):
+    """``images/laion -> /mnt/nas/laion``: its files are not read (a link may lead anywhere), and
+    its record says so and what to do, apart from files of the same name (``laion.txt``)."""
+    save(tmp_path / "outside" / "a.jpg", Image.new("RGB", (64, 64)), "JPEG", caption=b"outside")
+    save(tmp_path / "images" / "good.jpg", Image.new("RGB", (64, 64)), "JPEG", caption=b"inside")
+    (tmp_path / "images" / "laion").symlink_to(tmp_path / "outside")
+    (tmp_path / "images" / "laion.txt").write_text("a caption without its image")
+    items = {i.source_id: i for i in read_all(FolderSource(FolderConfig(str(tmp_path / "images"), test_fraction=0.0), shard_size=4), "train")}
+    assert {k: i.error for k, i in items.items()} == {"good.jpg": None, "laion": "not_a_regular_file", "laion.txt": "no_image"}
+    assert items["laion"].detail == ("laion: a symlink to a folder, never followed (a link may lead anywhere), so the files "
+                                     "there are not read; give that folder as a source of its own, or copy it in")

@@ -165,10 +165,10 @@ class FolderSource(Source):
         root = Path(config.path)
         if not root.is_dir():
             raise ValueError(f"path: {str(root)!r} does not exist or is not a directory")
-        listed, unlisted = _list(root)
+        listed, unlisted, linked = _list(root)
         if "" in unlisted:
             raise ValueError(f"path: {str(root)!r} cannot be listed ({unlisted['']})")
-        entries = _entries(listed, config.extensions, unlisted)
+        entries = _entries(listed, config.extensions, unlisted, linked)
         if not any(e.image for e in entries):
             hidden = sum(is_hidden(rel) for rel in listed)
             aside = f" ({hidden} hidden files, whose names start with a dot, are not read)" if hidden else ""
@@ -279,12 +279,14 @@ def split_name(rel: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def _list(root: Path) -> tuple[list[str], dict[str, str]]:
+def _list(root: Path) -> tuple[list[str], dict[str, str], set[str]]:
     """Every entry under ``root`` that is not a folder (a symlink to one included), as sorted
-    relative paths; and the folders that could not be listed, by relative path (``""`` for ``root``
-    itself), with why. Nothing is dropped without a word: each of those becomes a skip record."""
+    relative paths; the folders that could not be listed, by relative path (``""`` for ``root``
+    itself), with why; and the symlinks to folders among the entries. Nothing is dropped without a
+    word: each of those becomes a skip record."""
     listed: list[str] = []
     unlisted: dict[str, str] = {}
+    linked: set[str] = set()
 
     def failed(error: OSError) -> None:
         where = Path(error.filename or root)
@@ -293,9 +295,10 @@ def _list(root: Path) -> tuple[list[str], dict[str, str]]:
 
     for folder, dirs, files in os.walk(root, onerror=failed, followlinks=False):
         here = Path(folder)
-        names = list(files) + [d for d in dirs if _is_link(here / d)]
-        listed.extend((here / name).relative_to(root).as_posix() for name in names)
-    return sorted(listed), unlisted
+        links = [(here / d).relative_to(root).as_posix() for d in dirs if _is_link(here / d)]
+        linked.update(links)
+        listed.extend([*((here / name).relative_to(root).as_posix() for name in files), *links])
+    return sorted(listed), unlisted, linked
 
 
 def _is_link(path: Path) -> bool:
@@ -305,16 +308,22 @@ def _is_link(path: Path) -> bool:
         return False
 
 
-def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str, str] | None = None) -> list[_Entry]:
+def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str, str] | None = None,
+             linked: set[str] | None = None) -> list[_Entry]:
     """``listed`` grouped by key (names the same under NFC are one), in key order. The image used is
     the first by the order of ``extensions`` (then by name), the caption ``KEY.txt`` before another
     case of it. A folder of ``unlisted`` is an entry of its own (its path the key): a skip,
-    ``unreadable_folder``."""
+    ``unreadable_folder``; so is a symlink to a folder, ``linked`` (``not_a_regular_file``)."""
     groups: dict[str, list[tuple[str, str]]] = {}
     hidden = []
+    links = {}
     for rel in listed:
         if is_hidden(rel):
             hidden.append(rel)
+            continue
+        if rel in (linked or ()):  # keyed as a folder is, apart from the files of the same name
+            links[f"{rel}/"] = (rel, f"{rel}: a symlink to a folder, never followed (a link may lead anywhere), so the "
+                                     f"files there are not read; give that folder as a source of its own, or copy it in")
             continue
         key, ext = split_name(rel)
         # A Mac writes names decomposed (NFD), most other tools composed (NFC): "café.jpg" and
@@ -323,7 +332,10 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
     near = _NearMisses(groups, extensions)
     folders = {f"{rel}/": why for rel, why in (unlisted or {}).items() if rel}
     entries = []
-    for key in sorted([*groups, *folders, *hidden]):
+    for key in sorted([*groups, *folders, *hidden, *links]):
+        if key in links:
+            entries.append(_Entry(key, None, "", None, ((*links[key][:1], "not_a_regular_file", links[key][1]),)))
+            continue
         if key in folders:
             unused = ((key, "unreadable_folder", f"{key}: cannot be listed ({folders[key]}); its files are not read"),)
             entries.append(_Entry(key, None, "", None, unused))
@@ -385,16 +397,18 @@ class _NearMisses:
         return found[0] if found else None
 
     def _elsewhere(self, key: str, wanted: str) -> list[str]:
-        """Files of the same name and the ``wanted`` kind in other folders: two at most, of the first
-        eight names looked at (a name in every folder, ``sample_1/image.jpg``..., costs no more)."""
+        """Files of the same name and the ``wanted`` kind, without a partner of their own, in other
+        folders: two at most, of the first eight names looked at (a name in every folder costs no more)."""
         key = unicodedata.normalize("NFC", key)
+        partner = "image" if wanted == CAPTION_EXTENSION else CAPTION_EXTENSION
         others = itertools.islice((k for k in self.named.get(posixpath.basename(key), []) if k != key), 8)
-        return [found for k in others if (found := self._has(k, wanted)) is not None][:2]
+        return [found for k in others if (found := self._has(k, wanted)) is not None and self._has(k, partner) is None][:2]
 
     def _alone(self, key: str, kind: str) -> list[str]:
         """The hint for a key whose folder holds one file of ``kind`` (an image, a caption), under another name."""
         found = self.within.get((posixpath.dirname(key), kind), [])
-        if len(found) != 1 or split_name(found[0])[0] == key:
+        partner = "image" if kind == CAPTION_EXTENSION else CAPTION_EXTENSION
+        if len(found) != 1 or split_name(found[0])[0] == key or self._has(split_name(found[0])[0], partner) is not None:
             return []
         image_key = split_name(found[0])[0] if kind == "image" else key
         return [f"{found[0]} is the only {'image' if kind == 'image' else 'caption'} in its folder, but a caption is "
@@ -425,15 +439,15 @@ class _NearMisses:
                 if not folder:
                     break
                 folder = posixpath.dirname(folder)
-        else:
+        elif any(e == CAPTION_EXTENSION for _, e in files):
             stem, ext = split_name(key)
             if ext in self.extensions and (image := self._has(stem, "image")) is not None:
                 hints.append(f"the caption of {image}? It is read from {stem}.{CAPTION_EXTENSION} (a key ends at the last dot)")
             hints += [f"{t} differs only in letter case, and names are matched exactly" for k in twins if (t := self._has(k, "image"))]
             hints += [f"{i} has its name in another folder: a caption is read from beside its image" for i in self._elsewhere(key, "image")]
             hints += self._alone(key, "image")
-            if any(posixpath.basename(r).lower() in _METADATA_FILES for r, _ in files):
-                hints.append("Hugging Face imagefolder's captions are not read: write each caption beside its image, as name.txt")
+        elif any(posixpath.basename(r).lower() in _METADATA_FILES for r, _ in files):
+            hints.append("Hugging Face imagefolder's captions are not read: write each caption beside its image, as name.txt")
         return "".join(f"; {h}" for h in hints)
 
 
