@@ -340,8 +340,8 @@ def test_an_unreadable_folder_changes_the_source_fingerprint(tmp_path, monkeypat
     real = folder_module._list
 
     def with_sub_unlisted(root):
-        listed, unlisted = real(root)
-        return listed, {**unlisted, "sub": "Permission denied"}
+        listed, unlisted, linked = real(root)
+        return listed, {**unlisted, "sub": "Permission denied"}, linked
 
     monkeypatch.setattr(folder_module, "_list", with_sub_unlisted)
     assert FolderSource(FolderConfig(str(src)), shard_size=4).fingerprint() != readable

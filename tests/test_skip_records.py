@@ -354,3 +354,24 @@ def test_an_error_naming_a_file_with_a_newline_or_an_escape_is_one_line(tmp_path
     assert main(["build", "icd-debug", "--source", str(tmp_path / "no\nsuch"), "--out", str(tmp_path / "out2")]) == 2
     [err] = capsys.readouterr().err.strip().splitlines()
     assert "no\\nsuch: no such folder" in err, err
+
+
+def test_a_skip_over_a_source_cap_names_the_field_that_raises_it(tmp_path):
+    """An image over ``max_file_bytes``, a member over ``max_member_bytes`` or an image over
+    ``max_pixels``: each record says which recipe field would let it in."""
+    src = _folder(tmp_path / "src", good=2, small=0)
+    (src / "nocaption.png").unlink()
+    (src / "big.png").write_bytes(_png(size=(600, 600)) + bytes(5000))
+    (src / "big.txt").write_text("a big picture")
+    (src / "wide.png").write_bytes(_png(size=(400, 100)))
+    (src / "wide.txt").write_text("a wide picture")
+    source = {"kind": "folder", "path": str(src), "test_fraction": 0.0, "max_file_bytes": 6000, "max_pixels": 30000}
+    build_dataset(parse_recipe({**_recipe(src), "source": source}), tmp_path / "out", progress=False)
+    write_tar(tmp_path / "00000.tar", [("a.png", _png()), ("a.txt", b"a red square"), ("b.png", _png() + bytes(5000)), ("b.txt", b"big")])
+    tars = {"kind": "webdataset", "urls": str(tmp_path / "00000.tar"), "test_fraction": 0.0, "max_member_bytes": 4096}
+    build_dataset(parse_recipe({**_recipe(src), "source": tars}), tmp_path / "tars", progress=False)
+    rows = [r for out in ("out", "tars") for r in pq.read_table(tmp_path / out / "manifest.parquet").to_pylist()]
+    said = {r["reason"]: r["error_message"] for r in rows if r["status"] != "success"}
+    assert said["file_too_large"].endswith("; to read it, raise max_file_bytes in a recipe's [source]"), said
+    assert said["too_large"] == "too_large: 400x100 pixels > the cap of 30000; to read it, raise max_pixels in a recipe's [source]"
+    assert said["member_too_large"].endswith("over the cap of 4096; to read it, raise max_member_bytes in a recipe's [source]")

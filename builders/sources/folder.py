@@ -29,7 +29,9 @@ from implicit_concept.image_decode import DEFAULT_MAX_PIXELS
 from implicit_concept.sample import SPLITS
 from implicit_concept.shard_reader import MAX_JSON_BYTES, is_hidden
 
-from .base import DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, check_fraction, check_limits, hidden_detail, split_of, undecodable_detail
+from .base import (
+    DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, check_fraction, check_limits, hidden_detail, raise_cap, split_of, undecodable_detail,
+)
 from .caption_text import MAX_CAPTION_BYTES, read_caption
 from .source_json import json_caption_hint, read_source_json
 from .webdataset_source import TAR_ENDINGS, tars_pattern
@@ -257,7 +259,7 @@ class FolderSource(Source):
         except NotRegularFile as e:
             return RawItem(rel, None, caption, meta, error="not_a_regular_file", detail=str(e))
         except FileTooLarge as e:
-            return RawItem(rel, None, caption, meta, error="file_too_large", detail=str(e))
+            return RawItem(rel, None, caption, meta, error="file_too_large", detail=f"{e}{raise_cap('max_file_bytes')}")
         except OSError as e:
             return RawItem(rel, None, caption, meta, error="unreadable_file", detail=str(e))
         return RawItem(rel, image, caption, meta)

@@ -61,8 +61,8 @@ from implicit_concept.shard_reader import (
 from implicit_concept.streams import StreamFailed
 
 from .base import (
-    DEFAULT_EXTENSIONS, HIDDEN, MAX_PLANNED_SHARDS, RawItem, Source, check_fraction, check_limits, hidden_detail, split_of,
-    undecodable_detail,
+    DEFAULT_EXTENSIONS, HIDDEN, MAX_PLANNED_SHARDS, RawItem, Source, check_fraction, check_limits, hidden_detail, raise_cap,
+    split_of, undecodable_detail,
 )
 from .caption_text import read_caption
 from .source_json import encodable, json_caption_hint, read_source_json
@@ -245,7 +245,8 @@ class WebDatasetSource(Source):
                 f"the tar is not sorted by name; sort it (e.g. GNU tar --sort=name) to make them one item"))
             return
         if run.refused is not None:
-            yield RawItem(source_id, None, None, meta, error=run.refused.reason, detail=run.refused.detail)
+            cap = raise_cap("max_member_bytes") if run.refused.reason == "member_too_large" else ""
+            yield RawItem(source_id, None, None, meta, error=run.refused.reason, detail=f"{run.refused.detail}{cap}")
             return
         images = [k for k in self.config.image_keys if k in members]
         yield self._item(source_id, run, meta, images)
