@@ -964,3 +964,18 @@ def test_a_symlink_to_a_folder_is_its_own_record_saying_it_is_not_followed(tmp_p
     assert {k: i.error for k, i in items.items()} == {"good.jpg": None, "laion": "not_a_regular_file", "laion.txt": "no_image"}
     assert items["laion"].detail == ("laion: a symlink to a folder, never followed (a link may lead anywhere), so the files "
                                      "there are not read; give that folder as a source of its own, or copy it in")
+
+
+def test_a_file_gone_between_listing_and_reading_says_the_folder_changed(tmp_path: Path):
+    """A folder that changes while the build runs (files moved away by another job): a file listed
+    when the source was opened and gone when read is a record saying so, not 'no a.txt'."""
+    for name in ("a", "b", "c"):
+        save(tmp_path / f"{name}.jpg", Image.new("RGB", (64, 64)), "JPEG")
+    source = FolderSource(FolderConfig(str(tmp_path), test_fraction=0.0), shard_size=10)
+    (tmp_path / "a.txt").unlink()
+    (tmp_path / "b.jpg").unlink()
+    items = {i.source_id: i for i in read_all(source, "train")}
+    gone = "listed when the build started, gone when read: the folder changed while the build ran (its files are listed once)"
+    assert (items["a.jpg"].error, items["a.jpg"].detail) == ("missing_caption", f"a.txt: {gone}")
+    assert (items["b.jpg"].error, items["b.jpg"].detail) == ("unreadable_file", f"b.jpg: {gone}")
+    assert items["c.jpg"].error is None

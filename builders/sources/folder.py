@@ -44,6 +44,10 @@ CAPTION_EXTENSION = "txt"
 JSON_EXTENSION = "json"
 
 
+#: Why a file listed when the source was opened is not read.
+_GONE = "listed when the build started, gone when read: the folder changed while the build ran (its files are listed once)"
+
+
 class NotRegularFile(OSError):
     """A path names a symlink, FIFO, device or folder, not a regular file."""
 
@@ -132,6 +136,8 @@ class _Entry:
     unused: tuple[tuple[str, str, str], ...]
     #: Where a caption this key lacks may be instead (appended to ``missing_caption``'s text).
     hint: str = ""
+    #: Whether ``caption`` was listed (a file), not only the name it would have.
+    caption_listed: bool = False
 
 
 def _tars_hint(root: Path) -> str:
@@ -219,11 +225,11 @@ class FolderSource(Source):
         start = shard_id * self.shard_size
         for entry in self._split(split)[start : start + self.shard_size]:
             if entry.image is not None:
-                yield self._item(entry.image, entry.caption, entry.json, entry.hint)
+                yield self._item(entry.image, entry.caption, entry.json, entry.hint, entry.caption_listed)
             for rel, reason, detail in entry.unused:
                 yield RawItem(rel, None, None, {"path": rel}, error=reason, detail=detail)
 
-    def _item(self, rel: str, caption_rel: str, json_rel: str | None, hint: str = "") -> RawItem:
+    def _item(self, rel: str, caption_rel: str, json_rel: str | None, hint: str = "", caption_listed: bool = False) -> RawItem:
         meta: dict[str, Any] = {"path": rel}
         try:
             rel.encode("utf-8")
@@ -244,6 +250,8 @@ class FolderSource(Source):
         try:
             caption_bytes = read_regular_file(self.root, caption_rel, MAX_CAPTION_BYTES)
         except FileNotFoundError:
+            if caption_listed:
+                return RawItem(rel, None, None, meta, error="missing_caption", detail=f"{caption_rel}: {_GONE}")
             return RawItem(rel, None, None, meta, error="missing_caption", detail=f"no {caption_rel}{hint}{json_caption_hint(meta, json_rel, caption_rel)}")
         except NotRegularFile as e:
             return RawItem(rel, None, None, meta, error="not_a_regular_file", detail=f"caption {caption_rel}: {e}")
@@ -260,6 +268,8 @@ class FolderSource(Source):
             return RawItem(rel, None, caption, meta, error="not_a_regular_file", detail=str(e))
         except FileTooLarge as e:
             return RawItem(rel, None, caption, meta, error="file_too_large", detail=f"{e}{raise_cap('max_file_bytes')}")
+        except FileNotFoundError:
+            return RawItem(rel, None, caption, meta, error="unreadable_file", detail=f"{rel}: {_GONE}")
         except OSError as e:
             return RawItem(rel, None, caption, meta, error="unreadable_file", detail=str(e))
         return RawItem(rel, image, caption, meta)
@@ -359,7 +369,8 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
             unused = [(r, "duplicate_image", f"{r}: {images[0]} of the same name is used") for r in images[1:]]
             unused += [(r, "duplicate_caption", f"{r}: {caption} of the same name is used") for r in captions[1:]]
             unused += [(r, "duplicate_json", f"{r}: {jsons[0]} of the same name is used") for r in jsons[1:]]
-        entries.append(_Entry(key, images[0] if images else None, caption, jsons[0] if jsons else None, tuple(unused), hint))
+        entries.append(_Entry(key, images[0] if images else None, caption, jsons[0] if jsons else None, tuple(unused), hint,
+                              bool(captions)))
     return sorted(entries, key=lambda e: e.key)
 
 
