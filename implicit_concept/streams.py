@@ -72,7 +72,7 @@ class _CommandStream(io.RawIOBase):
         self.location, self.curl, self.stall_seconds = location, curl, stall_seconds
         self.stderr = tempfile.TemporaryFile()
         try:
-            # Unbuffered: a buffer would hold bytes that select() does not see as ready.
+            # Unbuffered: a buffer would hold bytes that poll() does not see as ready.
             # A group of its own, so that stopping it stops what its shell started too (a pipeline's commands).
             self.proc = subprocess.Popen(args, shell=shell, bufsize=0, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=self.stderr, start_new_session=True)
@@ -80,6 +80,9 @@ class _CommandStream(io.RawIOBase):
             self.stderr.close()
             raise StreamFailed(f"{location}: cannot run {'curl' if curl else 'the command'}: {e.strerror or e}") from None
         self.ended = self.stopped = self.said = False
+        # poll, not select: a process holding over 1024 files has descriptors select cannot watch.
+        self.poll = select.poll()
+        self.poll.register(self.proc.stdout, select.POLLIN | select.POLLHUP | select.POLLERR)
         self.failure: StreamFailed | None = None
 
     def readable(self) -> bool:
@@ -93,8 +96,7 @@ class _CommandStream(io.RawIOBase):
             raise self.failure
         if self.ended:
             return 0
-        ready, _, _ = select.select([self.proc.stdout], [], [], self.stall_seconds)
-        if not ready:
+        if not self.poll.poll(self.stall_seconds * 1000):
             self._stop()
             self.ended = True
             self.failure = StreamFailed(f"{self.location}: no data for {self.stall_seconds:g} s: the stream stalled and was stopped")
@@ -122,6 +124,13 @@ class _CommandStream(io.RawIOBase):
         if failure is not None and not self.said:
             self.said = True
             raise failure
+
+    def __del__(self) -> None:
+        """A stream dropped unclosed stops its command quietly: a failure is said by a read or close."""
+        try:
+            self.close()
+        except (StreamFailed, AttributeError):  # AttributeError: its command never started
+            pass
 
     def _wait(self) -> None:
         try:

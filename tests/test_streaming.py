@@ -289,3 +289,25 @@ def test_a_page_served_in_a_tars_place_is_said_for_what_it_is(served):
         "an error page or a listing saved in the tar's place?)")
     [nothing] = _read("pipe:true 00000.tar")
     assert nothing.detail == "pipe:true 00000.tar: an empty stream (0 bytes), not a tar"
+
+
+def test_a_stream_is_read_in_a_process_holding_over_1024_files(tmp_path):
+    """A builder holding many files (a Ray worker, a large pool) gets descriptors past 1024, which
+    select() cannot watch: the stream is read all the same."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard limit on open files is {hard}")
+    _source_tars(tmp_path)
+    if soft != resource.RLIM_INFINITY and soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        items = _read(f"pipe:cat {tmp_path}/00000.tar")
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert [i.error for i in items] == [None] * 6 + ["no_image"]
