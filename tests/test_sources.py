@@ -539,7 +539,7 @@ def test_webdataset_a_repeated_key_is_flagged_and_messages_name_the_cause(tmp_pa
                                       "without a dot before the extension (img_v2.jpg)"),
         ("00000.tar/E", None, ""),
         ("00000.tar/H", "no_image", f"key 'H': no image member ({IMAGES}) among its members H.heic, H.txt; extension 'heic' "
-                                    f"of 'H.heic' is not read (images: {IMAGES}; caption: txt)"),
+                                    f"of 'H.heic' is not read (images: {IMAGES}; caption: txt; a recipe's [source] image_keys and caption_key read others)"),
         ("00000.tar/ok", None, ""),
     ]
     write_tar(tmp_path / "00001.tar", [("a.jpg", jpeg((255, 0, 0))), ("a.txt", b"a red dog"), ("b.jpg", j), ("b.txt", b"a dog"),
@@ -935,7 +935,8 @@ def test_a_caption_named_otherwise_is_named_in_the_records_of_both_files(tmp_pat
     assert items["a.jpg.txt"].detail.endswith("; the caption of a.jpg? It is read from a.txt (a key ends at the last dot)")
     assert items["IMG_1.JPG"].detail == "no IMG_1.txt; img_1.txt differs from IMG_1.JPG only in letter case, and names are matched exactly"
     assert items["img_1.txt"].detail.endswith("; IMG_1.JPG differs only in letter case, and names are matched exactly")
-    assert items["b.png"].detail == "no b.txt; b.caption: extension 'caption' is not read as a caption (a caption is b.txt)"
+    assert items["b.png"].detail == ("no b.txt; b.caption: extension 'caption' is not read as a caption (a caption is b.txt; "
+                                     "a recipe's [source] caption_extension = 'caption' reads those)")
     assert items["c.jpg"].detail == "no c.txt; c.json has a 'caption' field, but the caption is read from c.txt only, not from the JSON"
     assert items["lone.jpg"].detail == "no lone.txt"
     assert items["dog/1.jpg"].detail == "no dog/1.txt", "cat/1.txt is cat/1.jpg's, and dog/2.txt dog/2.jpg's"
@@ -979,3 +980,18 @@ def test_a_file_gone_between_listing_and_reading_says_the_folder_changed(tmp_pat
     assert (items["a.jpg"].error, items["a.jpg"].detail) == ("missing_caption", f"a.txt: {gone}")
     assert (items["b.jpg"].error, items["b.jpg"].detail) == ("unreadable_file", f"b.jpg: {gone}")
     assert items["c.jpg"].error is None
+
+
+def test_a_folder_of_kohya_style_captions_is_read_with_caption_extension(tmp_path: Path):
+    """``a.png`` + ``a.caption`` (kohya's sd-scripts): ``caption_extension = "caption"`` reads them,
+    the ``.txt`` files are then other files of their key, and the field is checked naming it."""
+    for name in ("a", "b"):
+        save(tmp_path / f"{name}.png", Image.new("RGB", (64, 64)), "PNG", caption=None)
+        (tmp_path / f"{name}.CAPTION" if name == "b" else tmp_path / f"{name}.caption").write_text(f"picture {name}")
+    (tmp_path / "a.txt").write_text("notes, not the caption")
+    source = make_source({"kind": "folder", "path": str(tmp_path), "test_fraction": 0.0, "caption_extension": ".caption"},
+                         image_size=32, shard_size=10, seed=0)
+    assert [(i.source_id, i.error, i.caption) for i in read_all(source, "train")] == [("a.png", None, "picture a"), ("b.png", None, "picture b")]
+    for bad, said in (("json", "metadata"), ("png", "'png' files are a key's caption or metadata"), ("caption.txt", "one file ending"), ("", "one file ending")):
+        with pytest.raises(ValueError, match=f"source.*{said}"):
+            make_source({"kind": "folder", "path": str(tmp_path), "caption_extension": bad}, image_size=32, shard_size=10, seed=0)

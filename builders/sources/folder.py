@@ -103,6 +103,8 @@ class FolderConfig:
     test_fraction: float = 0.1
     #: File name endings that count as images, matched case-insensitively.
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    #: A caption's file ending (``caption`` for kohya-style ``a.jpg`` + ``a.caption``), matched case-insensitively.
+    caption_extension: str = CAPTION_EXTENSION
     #: An image file larger than this is not read: ``file_too_large``.
     max_file_bytes: int = DEFAULT_MAX_BYTES
     #: An image with more pixels (from its header) is not decoded: ``too_large``.
@@ -118,7 +120,13 @@ class FolderConfig:
         if not (names and ext):
             raise ValueError(f"extensions must be a non-empty list of file endings, got {ext!r}")
         object.__setattr__(self, "extensions", tuple(e.lower().lstrip(".") for e in ext))
-        taken = [e for e in self.extensions if e in (CAPTION_EXTENSION, JSON_EXTENSION)]
+        caption = self.caption_extension
+        if not isinstance(caption, str) or not caption.strip(".") or "/" in caption or "." in caption.lstrip("."):
+            raise ValueError(f"caption_extension must be one file ending such as 'txt' or 'caption', got {caption!r}")
+        object.__setattr__(self, "caption_extension", caption.lower().lstrip("."))
+        if self.caption_extension == JSON_EXTENSION:
+            raise ValueError("caption_extension: 'json' files are a key's metadata (read into source.meta), not its caption")
+        taken = [e for e in self.extensions if e in (self.caption_extension, JSON_EXTENSION)]
         if taken:
             raise ValueError(f"extensions: {taken[0]!r} files are a key's caption or metadata, not its image")
         check_limits(self.max_file_bytes, "max_file_bytes", self.max_pixels)
@@ -176,7 +184,7 @@ class FolderSource(Source):
         listed, unlisted, linked = _list(root)
         if "" in unlisted:
             raise ValueError(f"path: {str(root)!r} cannot be listed ({unlisted['']})")
-        entries = _entries(listed, config.extensions, unlisted, linked)
+        entries = _entries(listed, config.extensions, unlisted, linked, config.caption_extension)
         if not any(e.image for e in entries):
             hidden = sum(is_hidden(rel) for rel in listed)
             aside = f" ({hidden} hidden files, whose names start with a dot, are not read)" if hidden else ""
@@ -321,7 +329,7 @@ def _is_link(path: Path) -> bool:
 
 
 def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str, str] | None = None,
-             linked: set[str] | None = None) -> list[_Entry]:
+             linked: set[str] | None = None, caption_ext: str = CAPTION_EXTENSION) -> list[_Entry]:
     """``listed`` grouped by key (names the same under NFC are one), in key order. The image used is
     the first by the order of ``extensions`` (then by name), the caption ``KEY.txt`` before another
     case of it. A folder of ``unlisted`` is an entry of its own (its path the key): a skip,
@@ -341,7 +349,7 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
         # A Mac writes names decomposed (NFD), most other tools composed (NFC): "café.jpg" and
         # "café.txt" look the same and are one key, whichever form each file has.
         groups.setdefault(unicodedata.normalize("NFC", key), []).append((rel, ext))
-    near = _NearMisses(groups, extensions)
+    near = _NearMisses(groups, extensions, caption_ext)
     folders = {f"{rel}/": why for rel, why in (unlisted or {}).items() if rel}
     entries = []
     for key in sorted([*groups, *folders, *hidden, *links]):
@@ -358,8 +366,8 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
         files = groups[key]
         images = sorted((r for r, e in files if e in extensions), key=lambda r: (extensions.index(split_name(r)[1]), r))
         key = split_name(images[0] if images else files[0][0])[0]  # the name as written, for the split and the order
-        captions = _preferred(files, CAPTION_EXTENSION)
-        caption = captions[0] if captions else f"{key}.{CAPTION_EXTENSION}"
+        captions = _preferred(files, caption_ext)
+        caption = captions[0] if captions else f"{key}.{caption_ext}"
         jsons = _preferred(files, JSON_EXTENSION)
         hint = "" if captions and images else near.hint(key, images, files)
         if not images:
@@ -385,8 +393,8 @@ class _NearMisses:
     folder (``images/a.jpg`` and ``captions/a.txt``), a Hugging Face ``metadata.jsonl`` in its folder
     or above. Indexed once, so each key costs a few look-ups."""
 
-    def __init__(self, groups: dict[str, list[tuple[str, str]]], extensions: tuple[str, ...]) -> None:
-        self.groups, self.extensions = groups, extensions
+    def __init__(self, groups: dict[str, list[tuple[str, str]]], extensions: tuple[str, ...], caption: str) -> None:
+        self.groups, self.extensions, self.caption = groups, extensions, caption
         self.folded: dict[str, list[str]] = {}
         self.named: dict[str, list[str]] = {}
         for key in groups:
@@ -400,7 +408,7 @@ class _NearMisses:
                 folder = posixpath.dirname(rel)
                 if posixpath.basename(rel).lower() in _METADATA_FILES:
                     self.metadata[folder] = rel
-                kind = "image" if ext in extensions else CAPTION_EXTENSION if ext == CAPTION_EXTENSION else None
+                kind = "image" if ext in extensions else self.caption if ext == self.caption else None
                 if kind is not None and len(found := self.within.setdefault((folder, kind), [])) < 2:
                     found.append(rel)
 
@@ -413,19 +421,19 @@ class _NearMisses:
         """Files of the same name and the ``wanted`` kind, without a partner of their own, in other
         folders: two at most, of the first eight names looked at (a name in every folder costs no more)."""
         key = unicodedata.normalize("NFC", key)
-        partner = "image" if wanted == CAPTION_EXTENSION else CAPTION_EXTENSION
+        partner = "image" if wanted == self.caption else self.caption
         others = itertools.islice((k for k in self.named.get(posixpath.basename(key), []) if k != key), 8)
         return [found for k in others if (found := self._has(k, wanted)) is not None and self._has(k, partner) is None][:2]
 
     def _alone(self, key: str, kind: str) -> list[str]:
         """The hint for a key whose folder holds one file of ``kind`` (an image, a caption), under another name."""
         found = self.within.get((posixpath.dirname(key), kind), [])
-        partner = "image" if kind == CAPTION_EXTENSION else CAPTION_EXTENSION
+        partner = "image" if kind == self.caption else self.caption
         if len(found) != 1 or split_name(found[0])[0] == key or self._has(split_name(found[0])[0], partner) is not None:
             return []
         image_key = split_name(found[0])[0] if kind == "image" else key
         return [f"{found[0]} is the only {'image' if kind == 'image' else 'caption'} in its folder, but a caption is "
-                f"read from the image's name: {image_key}.{CAPTION_EXTENSION}"]
+                f"read from the image's name: {image_key}.{self.caption}"]
 
     def hint(self, key: str, images: list[str], files: list[tuple[str, str]]) -> str:
         """The text appended to the record of ``key``, whose files are ``files``."""
@@ -434,28 +442,29 @@ class _NearMisses:
         hints = []
         if images:
             for image in images:
-                if (double := self._has(image, CAPTION_EXTENSION)) is not None:
+                if (double := self._has(image, self.caption)) is not None:
                     hints.append(f"{double} is the caption of key {image!r} (a key ends at the last dot), not of {image}: "
-                                 f"name it {key}.{CAPTION_EXTENSION}")
-            cased = [found for k in twins if (found := self._has(k, CAPTION_EXTENSION)) is not None]
-            others = [(r, e) for r, e in files if e not in self.extensions and e not in (CAPTION_EXTENSION, JSON_EXTENSION)]
+                                 f"name it {key}.{self.caption}")
+            cased = [found for k in twins if (found := self._has(k, self.caption)) is not None]
+            others = [(r, e) for r, e in files if e not in self.extensions and e not in (self.caption, JSON_EXTENSION)]
             hints += [f"{t} differs from {images[0]} only in letter case, and names are matched exactly" for t in cased]
-            hints += [f"{r}: extension {e!r} is not read as a caption (a caption is {key}.{CAPTION_EXTENSION})" for r, e in others]
-            hints += [f"{c} has its name in another folder: a caption is read from beside its image" for c in self._elsewhere(key, CAPTION_EXTENSION)]
-            hints += self._alone(key, CAPTION_EXTENSION)
+            hints += [f"{r}: extension {e!r} is not read as a caption (a caption is {key}.{self.caption}; a recipe's "
+                      f"[source] caption_extension = {e!r} reads those)" for r, e in others]
+            hints += [f"{c} has its name in another folder: a caption is read from beside its image" for c in self._elsewhere(key, self.caption)]
+            hints += self._alone(key, self.caption)
             folder = posixpath.dirname(key)
             while True:
                 if folder in self.metadata:
                     hints.append(f"{self.metadata[folder]} (Hugging Face imagefolder's captions) is not read: "
-                                 f"write each caption beside its image, {key}.{CAPTION_EXTENSION}")
+                                 f"write each caption beside its image, {key}.{self.caption}")
                     break
                 if not folder:
                     break
                 folder = posixpath.dirname(folder)
-        elif any(e == CAPTION_EXTENSION for _, e in files):
+        elif any(e == self.caption for _, e in files):
             stem, ext = split_name(key)
             if ext in self.extensions and (image := self._has(stem, "image")) is not None:
-                hints.append(f"the caption of {image}? It is read from {stem}.{CAPTION_EXTENSION} (a key ends at the last dot)")
+                hints.append(f"the caption of {image}? It is read from {stem}.{self.caption} (a key ends at the last dot)")
             hints += [f"{t} differs only in letter case, and names are matched exactly" for k in twins if (t := self._has(k, "image"))]
             hints += [f"{i} has its name in another folder: a caption is read from beside its image" for i in self._elsewhere(key, "image")]
             hints += self._alone(key, "image")

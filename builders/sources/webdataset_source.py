@@ -305,7 +305,8 @@ class WebDatasetSource(Source):
             names, exts = ", ".join(repr(u[0]) for u in unknown), ", ".join(repr(u[1]) for u in unknown)
             plural = len(unknown) > 1
             hints.append(f"extension{'s' if plural else ''} {exts} of {names} {'are' if plural else 'is'} not read "
-                         f"(images: {', '.join(self.config.image_keys)}; caption: {self.config.caption_key})")
+                         f"(images: {', '.join(self.config.image_keys)}; caption: {self.config.caption_key}; a recipe's "
+                         f"[source] image_keys and caption_key read others)")
         return "".join(f"; {h}" for h in hints)
 
 
