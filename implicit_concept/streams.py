@@ -45,8 +45,18 @@ _CURL_EXITS = {
 }
 
 
+#: curl's exits that another read may not meet: no host or connection yet, a transfer cut or timed out.
+_CURL_TRANSIENT = {6, 7, 18, 28, 35, 52, 55, 56}
+
+
 class StreamFailed(OSError):
-    """A stream's command failed, or its stream stalled; the message names the stream."""
+    """A stream's command failed, or its stream stalled; the message names the stream. ``transient``:
+    another read may not fail so (a command's error, a dropped connection, a stall; not an HTTP
+    error, which curl has retried already, nor a command that cannot run)."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def open_stream(location: str, stall_seconds: float | None = None) -> io.RawIOBase:
@@ -99,7 +109,7 @@ class _CommandStream(io.RawIOBase):
         if not self.poll.poll(self.stall_seconds * 1000):
             self._stop()
             self.ended = True
-            self.failure = StreamFailed(f"{self.location}: no data for {self.stall_seconds:g} s: the stream stalled and was stopped")
+            self.failure = StreamFailed(f"{self.location}: no data for {self.stall_seconds:g} s: the stream stalled and was stopped", True)
             return 0
         data = self.proc.stdout.read(len(buffer))
         if data:
@@ -157,7 +167,8 @@ class _CommandStream(io.RawIOBase):
         meaning = f" ({_CURL_EXITS[status]})" if self.curl and status in _CURL_EXITS else ""
         what = f"curl exited with status {status}{meaning}" if self.curl else f"the command exited with status {status}"
         said = self._stderr_tail()
-        return StreamFailed(f"{self.location}: {what}{f': {said}' if said else ''}")
+        transient = status in _CURL_TRANSIENT if self.curl else True
+        return StreamFailed(f"{self.location}: {what}{f': {said}' if said else ''}", transient)
 
     def _stderr_tail(self) -> str:
         self.stderr.seek(0, io.SEEK_END)

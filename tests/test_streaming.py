@@ -47,6 +47,14 @@ def served(tmp_path):
         thread.join(timeout=10)
 
 
+@pytest.fixture(autouse=True)
+def _no_retry_wait(monkeypatch):
+    """A stream read again after a transient failure is read again at once here."""
+    from builders.sources import webdataset_source
+
+    monkeypatch.setattr(webdataset_source, "STREAM_RETRY_SECONDS", 0.0)
+
+
 def _source_tars(folder: Path) -> None:
     for shard in range(2):
         members = []
@@ -199,10 +207,10 @@ def test_a_failed_command_is_one_record_saying_its_status_and_what_it_said(tmp_p
     [failed] = _read("pipe:sh -c 'echo An error occurred: NoSuchBucket >&2; exit 2' 00000.tar")
     assert failed.error == "unreadable_tar"
     assert failed.detail == ("pipe:sh -c 'echo An error occurred: NoSuchBucket >&2; exit 2' 00000.tar: "
-                             "the command exited with status 2: An error occurred: NoSuchBucket")
+                             "the command exited with status 2: An error occurred: NoSuchBucket (3 reads)")
     cut = _read(f"pipe:sh -c 'head -c 9000 {tmp_path}/00000.tar; echo connection reset >&2; exit 1'")
     assert [i.error for i in cut] == [None, None, None, "corrupt_tar"]
-    assert cut[-1].detail.endswith("the command exited with status 1: connection reset (after '000000002')")
+    assert cut[-1].detail.endswith("the command exited with status 1: connection reset (after '000000002') (3 reads)")
 
 
 class _Dropping(http.server.BaseHTTPRequestHandler):
@@ -258,7 +266,7 @@ def test_a_stalled_stream_is_stopped_with_its_commands_and_recorded(tmp_path, mo
     [silent] = _read("pipe:sleep 30")
     stalled = _read(f"pipe:sh -c '(sleep 3; touch {marker}) & head -c 9000 {tmp_path}/00000.tar; wait' 00000.tar")
     assert time.monotonic() - started < 10
-    assert silent.error == "unreadable_tar" and silent.detail == "pipe:sleep 30: no data for 0.5 s: the stream stalled and was stopped"
+    assert silent.error == "unreadable_tar" and silent.detail == "pipe:sleep 30: no data for 0.5 s: the stream stalled and was stopped (3 reads)"
     assert [i.error for i in stalled] == [None, None, None, "corrupt_tar"] and "stalled" in stalled[-1].detail
     time.sleep(3.5)
     assert not marker.exists()
@@ -311,3 +319,48 @@ def test_a_stream_is_read_in_a_process_holding_over_1024_files(tmp_path):
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert [i.error for i in items] == [None] * 6 + ["no_image"]
+
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """Serves ``tar``, cutting the connection half-way on the first ``drops`` requests."""
+
+    tar = b""
+    drops = 0
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.tar)))
+        self.end_headers()
+        if type(self).drops > 0:
+            type(self).drops -= 1
+            self.wfile.write(self.tar[: len(self.tar) // 2])
+            return
+        self.wfile.write(self.tar)
+
+
+def test_a_stream_cut_once_is_read_again_and_gives_the_unbroken_reads_items(tmp_path):
+    """A connection dropped half-way (curl's 18) or a command that fails once (a throttled S3 read)
+    is read again from the start, the samples already given passed over: the items are those of an
+    unbroken read, each once, with no record of the failure; one that fails every time is recorded."""
+    _source_tars(tmp_path)
+    whole = [(i.source_id, i.error, i.image) for i in _read(str(tmp_path / "00000.tar"))]
+    _Flaky.tar = (tmp_path / "00000.tar").read_bytes()
+    _Flaky.drops = 1
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        over_http = [(i.source_id, i.error, i.image) for i in _read(f"http://127.0.0.1:{server.server_address[1]}/00000.tar")]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert over_http == whole and _Flaky.drops == 0
+    marker = tmp_path / "failed-once"
+    command = (f"pipe:sh -c 'if [ -e {marker} ]; then cat {tmp_path}/00000.tar; else touch {marker}; "
+               f"head -c 9000 {tmp_path}/00000.tar; echo SlowDown >&2; exit 1; fi' 00000.tar")
+    assert [(i.source_id, i.error, i.image) for i in _read(command)] == whole

@@ -17,7 +17,8 @@ no image or no caption names its members and why one was not taken (a dot in the
 not read). Members are read as bytes and only the image, caption and JSON ones are kept: nothing is
 ever unpickled. A tar that ends early, or without its end-of-archive block, yields the samples read
 so far and then one ``corrupt_tar``; one that cannot be opened (a failed command, an HTTP error) is
-one ``unreadable_tar``.
+one ``unreadable_tar``. A stream is first read again (:data:`STREAM_ATTEMPTS` reads in all) when it
+failed in a way another read may not (a dropped connection, a stall, a command's error).
 
 Memory stays bounded whatever a tar declares: a member over ``max_member_bytes`` is not read (its
 sample is a ``member_too_large``), a sparse member or an oversized header record stops the tar
@@ -34,6 +35,7 @@ import posixpath
 import re
 import shlex
 import tarfile
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,12 +70,19 @@ from .caption_text import read_caption
 from .source_json import encodable, json_caption_hint, read_source_json
 
 
+#: Reads of a stream that fails in a way another read may not, and the wait before the next (times the reads so far).
+STREAM_ATTEMPTS = 3
+STREAM_RETRY_SECONDS = 2.0
+
+
 class _TarStopped(Exception):
     """The tar cannot be read further; ``reason`` is counted once for the rest of it."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, transient: bool = False) -> None:
         super().__init__(detail)
         self.reason = reason
+        #: A stream's failure that reading it again may not meet (a dropped connection, a stall).
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -216,18 +225,35 @@ class WebDatasetSource(Source):
         def wanted(rel: str) -> bool:
             return split_of(f"{name}/{rel}", self.config.test_fraction) == split
 
-        try:
-            for event in _events(path, wanted, keep, self.config.max_member_bytes):
-                if isinstance(event, TarRun):
-                    yield from self._items(name, event)
-                else:
-                    source_id = f"{name}/{event.name}"
-                    if not encodable(source_id):
-                        yield RawItem(source_id, None, None, {"tar": name}, error="undecodable_name", detail=undecodable_detail(source_id))
-                    else:
-                        yield RawItem(source_id, None, None, {"tar": name, "member": event.name}, *_loose_record(event))
-        except _TarStopped as exc:
-            yield RawItem(name, None, None, {"tar": name}, error=exc.reason, detail=str(exc))
+        # A stream that fails in a way a new read may not (a dropped connection, a stall, a command's
+        # error) is read again from its start, its samples already given passed over: the shard is
+        # then what an unbroken read gives, not what the network allowed that day.
+        given, attempts = 0, STREAM_ATTEMPTS if is_stream(path) else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                for index, event in enumerate(_events(path, wanted, keep, self.config.max_member_bytes)):
+                    if index < given:
+                        continue
+                    given += 1
+                    yield from self._event_items(name, event)
+                return
+            except _TarStopped as exc:
+                if exc.transient and attempt < attempts:
+                    time.sleep(STREAM_RETRY_SECONDS * attempt)
+                    continue
+                tried = f" ({attempts} reads)" if exc.transient and attempts > 1 else ""
+                yield RawItem(name, None, None, {"tar": name}, error=exc.reason, detail=f"{exc}{tried}")
+                return
+
+    def _event_items(self, name: str, event: TarRun | LooseMember) -> Iterator[RawItem]:
+        if isinstance(event, TarRun):
+            yield from self._items(name, event)
+            return
+        source_id = f"{name}/{event.name}"
+        if not encodable(source_id):
+            yield RawItem(source_id, None, None, {"tar": name}, error="undecodable_name", detail=undecodable_detail(source_id))
+        else:
+            yield RawItem(source_id, None, None, {"tar": name, "member": event.name}, *_loose_record(event))
 
     def _items(self, name: str, run: TarRun) -> Iterator[RawItem]:
         """The item of one run of a key's members, then a ``duplicate_image`` record for each image
@@ -411,7 +437,7 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         reason = "corrupt_tar" if isinstance(exc, (tarfile.TarError, EOFError, zlib.error)) else "unreadable_tar"
         if isinstance(exc, StreamFailed):  # its text names the stream and says what failed
-            raise _TarStopped(reason, str(exc)) from exc
+            raise _TarStopped(reason, str(exc), exc.transient) from exc
         if reason == "corrupt_tar":
             said = str(exc) if is_stream(path) else describe_non_tar(path)
         else:
@@ -430,8 +456,9 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
             yield complete
         if isinstance(exc, TarRefused):
             raise _TarStopped(exc.reason, f"{exc.detail} (after {last!r})") from exc
-        said = str(exc) if isinstance(exc, StreamFailed) else f"{type(exc).__name__}: {exc}"
-        raise _TarStopped("corrupt_tar", f"{said} (after {last!r})") from exc
+        if isinstance(exc, StreamFailed):
+            raise _TarStopped("corrupt_tar", f"{exc} (after {last!r})", exc.transient) from exc
+        raise _TarStopped("corrupt_tar", f"{type(exc).__name__}: {exc} (after {last!r})") from exc
     if not ended:
         raise _TarStopped("corrupt_tar", f"no end-of-archive block after {last!r}")
     if complete is not None:
