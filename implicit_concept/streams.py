@@ -5,8 +5,8 @@ its failure text is its Popen arguments and an exit number (``(('false',), {...}
 the command said goes to the terminal, interleaved across workers, and a stalled command or
 connection is waited on forever, hanging the build without a word. Here the command's stderr is
 kept and its last lines end the error, curl's exit codes are said in words, and a stream that
-sends no byte for :data:`STALL_SECONDS` is stopped and raises: a tar read from it is cut short and
-recorded as such, naming the stream.
+sends no byte for :data:`STALL_SECONDS` is stopped and raises. Each failure says whether another
+read may not meet it (``transient``: a dropped connection, a stall), so a reader may read again.
 """
 from __future__ import annotations
 
