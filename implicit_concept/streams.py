@@ -45,14 +45,14 @@ _CURL_EXITS = {
 }
 
 
-#: curl's exits that another read may not meet: no host or connection yet, a transfer cut or timed out.
-_CURL_TRANSIENT = {6, 7, 18, 28, 35, 52, 55, 56}
+#: curl's exits that another read may not meet, once bytes came: a transfer cut or timed out.
+_CURL_TRANSIENT = {18, 28, 52, 55, 56}
 
 
 class StreamFailed(OSError):
     """A stream's command failed, or its stream stalled; the message names the stream. ``transient``:
-    another read may not fail so (a command's error, a dropped connection, a stall; not an HTTP
-    error, which curl has retried already, nor a command that cannot run)."""
+    another read may not fail so: it failed after bytes came (a dropped connection, a stall, a
+    command's error mid-way; not an HTTP error, which curl has retried already)."""
 
     def __init__(self, message: str, transient: bool = False) -> None:
         super().__init__(message)
@@ -90,6 +90,7 @@ class _CommandStream(io.RawIOBase):
             self.stderr.close()
             raise StreamFailed(f"{location}: cannot run {'curl' if curl else 'the command'}: {e.strerror or e}") from None
         self.ended = self.stopped = self.said = False
+        self.received = 0
         # poll, not select: a process holding over 1024 files has descriptors select cannot watch.
         self.poll = select.poll()
         self.poll.register(self.proc.stdout, select.POLLIN | select.POLLHUP | select.POLLERR)
@@ -109,11 +110,13 @@ class _CommandStream(io.RawIOBase):
         if not self.poll.poll(self.stall_seconds * 1000):
             self._stop()
             self.ended = True
-            self.failure = StreamFailed(f"{self.location}: no data for {self.stall_seconds:g} s: the stream stalled and was stopped", True)
+            self.failure = StreamFailed(f"{self.location}: no data for {self.stall_seconds:g} s: the stream stalled and was stopped",
+                                        self.received > 0)
             return 0
         data = self.proc.stdout.read(len(buffer))
         if data:
             buffer[: len(data)] = data
+            self.received += len(data)
             return len(data)
         self.ended = True
         self._wait()
@@ -167,7 +170,9 @@ class _CommandStream(io.RawIOBase):
         meaning = f" ({_CURL_EXITS[status]})" if self.curl and status in _CURL_EXITS else ""
         what = f"curl exited with status {status}{meaning}" if self.curl else f"the command exited with status {status}"
         said = self._stderr_tail()
-        transient = status in _CURL_TRANSIENT if self.curl else True
+        # Failing once bytes came is a transfer cut short; failing before any, a command that does not
+        # work as given (no such bucket, access denied), whose own retries (curl's, aws's) are spent.
+        transient = self.received > 0 and (status in _CURL_TRANSIENT if self.curl else True)
         return StreamFailed(f"{self.location}: {what}{f': {said}' if said else ''}", transient)
 
     def _stderr_tail(self) -> str:

@@ -18,7 +18,7 @@ not read). Members are read as bytes and only the image, caption and JSON ones a
 ever unpickled. A tar that ends early, or without its end-of-archive block, yields the samples read
 so far and then one ``corrupt_tar``; one that cannot be opened (a failed command, an HTTP error) is
 one ``unreadable_tar``. A stream is first read again (:data:`STREAM_ATTEMPTS` reads in all) when it
-failed in a way another read may not (a dropped connection, a stall, a command's error).
+failed once bytes came (a dropped connection, a stall, a command's error mid-way).
 
 Memory stays bounded whatever a tar declares: a member over ``max_member_bytes`` is not read (its
 sample is a ``member_too_large``), a sparse member or an oversized header record stops the tar
@@ -225,9 +225,9 @@ class WebDatasetSource(Source):
         def wanted(rel: str) -> bool:
             return split_of(f"{name}/{rel}", self.config.test_fraction) == split
 
-        # A stream that fails in a way a new read may not (a dropped connection, a stall, a command's
-        # error) is read again from its start, its samples already given passed over: the shard is
-        # then what an unbroken read gives, not what the network allowed that day.
+        # A stream cut short once bytes came (a dropped connection, a stall, a command's error) is read
+        # again from its start, its samples already given passed over: the shard is then what an
+        # unbroken read gives, not what the network allowed that day.
         given, attempts = 0, STREAM_ATTEMPTS if is_stream(path) else 1
         for attempt in range(1, attempts + 1):
             try:
