@@ -6,6 +6,8 @@ that cannot reach outside ``--out``.
 """
 from __future__ import annotations
 
+import os
+
 import re
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
@@ -184,6 +186,8 @@ def source_from_spec(spec: str, test_fraction: float = 0.1) -> dict[str, Any]:
         return {"kind": "webdataset", "urls": spec, "test_fraction": test_fraction}
     if ".tar" not in spec and not spec.endswith(".tgz") and "{" not in spec:
         what = "a file, but not a tar shard" if Path(spec).exists() else "no such folder"
+        if spec.startswith("~") and not Path(spec).exists():
+            what += f" (a '~' is not expanded here, only by a shell and outside quotes: {os.path.expanduser(spec)!r}?)"
         raise RecipeError(
             f"--source {spec}: {what} (a source is a folder of name.jpg + name.txt pairs, or tar shards: "
             "paths ending in .tar, .tar.gz or .tgz, a brace pattern, a pipe: command or an http(s) URL)"

@@ -437,6 +437,17 @@ def test_tars_not_found_name_the_tars_that_are_there(tmp_path):
         source_from_spec(f"{shards}/{{00000..00009}}.tar")
 
 
+def test_a_quoted_tilde_in_a_source_is_said_not_to_be_expanded(monkeypatch, tmp_path):
+    """``--source '~/data/{00000..00009}.tar'``: the shell leaves a quoted ``~`` alone, and so does
+    the builder; the error names the path it may mean, not "read from the current folder"."""
+    from builders.recipe import RecipeError, source_from_spec
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for spec, meant in (("~/images", f"{tmp_path}/images"), ("~/laion/{00000..00009}.tar", f"{tmp_path}/laion/00000.tar")):
+        with pytest.raises(RecipeError, match=rf"a '~' is not expanded here, only by a shell and outside quotes: .*'{meant}'\?"):
+            source_from_spec(spec)
+
+
 def test_a_data_folder_of_another_build_names_the_benchmarks_option_too(tmp_path):
     """The builder's refusals reach the benchmark, whose option for the folder is --data."""
     from builders.build import BuildError, build_dataset

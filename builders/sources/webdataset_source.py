@@ -130,6 +130,8 @@ def missing_tars_hint(path: str, given_in: str) -> str:
     from the file that names it); else what the folder holds: no such folder, or the tars there and
     the brace pattern that names them (img2dataset leaves out a shard it could not write, so the
     numbers may have gaps; or they are 6 digits where 5 were given)."""
+    if path.startswith("~"):
+        return f" (a '~' is not expanded here, only by a shell and outside quotes: write the full path, {os.path.expanduser(path)!r}?)"
     if any(c in path for c in "*?["):
         example = tars_pattern(Path(path).parent) or "'/data/shards/{00000..00099}.tar'"
         return f" (globs are not expanded: name the tars with a brace pattern, e.g. {example})"
