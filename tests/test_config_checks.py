@@ -441,11 +441,14 @@ def test_a_quoted_tilde_in_a_source_is_said_not_to_be_expanded(monkeypatch, tmp_
     """``--source '~/data/{00000..00009}.tar'``: the shell leaves a quoted ``~`` alone, and so does
     the builder; the error names the path it may mean, not "read from the current folder"."""
     from builders.recipe import RecipeError, source_from_spec
+    from builders.sources import make_source
 
     monkeypatch.setenv("HOME", str(tmp_path))
     for spec, meant in (("~/images", f"{tmp_path}/images"), ("~/laion/{00000..00009}.tar", f"{tmp_path}/laion/00000.tar")):
         with pytest.raises(RecipeError, match=rf"a '~' is not expanded here, only by a shell and outside quotes: .*'{meant}'\?"):
             source_from_spec(spec)
+    with pytest.raises(ValueError, match=rf"source.path: '~/images' does not exist .*not expanded here.*'{tmp_path}/images'\?"):
+        make_source({"kind": "folder", "path": "~/images"}, image_size=32, shard_size=4, seed=0)
 
 
 def test_a_data_folder_of_another_build_names_the_benchmarks_option_too(tmp_path):

@@ -180,7 +180,9 @@ class FolderSource(Source):
             raise ValueError(f"shard_size must be an integer >= 1, got {shard_size!r}")
         root = Path(config.path)
         if not root.is_dir():
-            raise ValueError(f"path: {str(root)!r} does not exist or is not a directory")
+            tilde = (f" (a '~' is not expanded here, only by a shell and outside quotes: {os.path.expanduser(config.path)!r}?)"
+                     if config.path.startswith("~") else "")
+            raise ValueError(f"path: {str(root)!r} does not exist or is not a directory{tilde}")
         listed, unlisted, linked = _list(root)
         if "" in unlisted:
             raise ValueError(f"path: {str(root)!r} cannot be listed ({unlisted['']})")
