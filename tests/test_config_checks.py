@@ -451,6 +451,17 @@ def test_a_quoted_tilde_in_a_source_is_said_not_to_be_expanded(monkeypatch, tmp_
         make_source({"kind": "folder", "path": "~/images"}, image_size=32, shard_size=4, seed=0)
 
 
+def test_a_list_of_tars_given_as_source_is_said_to_be_one(tmp_path):
+    from builders.recipe import RecipeError, source_from_spec
+
+    (tmp_path / "shards.txt").write_text("2024-01-01 10:00:00  1048576 laion/00000.tar\n2024-01-01 10:00:00  1048576 laion/00001.tar\n")
+    with pytest.raises(RecipeError, match=r"shards.txt: a list of tars, not a tar shard: name them in a recipe's \[source\] urls"):
+        source_from_spec(str(tmp_path / "shards.txt"))
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(RecipeError, match=r"notes.txt: a file, but not a tar shard \(a source is"):
+        source_from_spec(str(tmp_path / "notes.txt"))
+
+
 def test_a_data_folder_of_another_build_names_the_benchmarks_option_too(tmp_path):
     """The builder's refusals reach the benchmark, whose option for the folder is --data."""
     from builders.build import BuildError, build_dataset
