@@ -384,6 +384,8 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
     return sorted(entries, key=lambda e: e.key)
 
 
+#: What ``_NearMisses`` looks for when it looks for an image, not a file ending (no ending holds a slash).
+_IMAGE = "/image"
 #: Files that hold a folder's captions in tools this source does not follow (Hugging Face's imagefolder).
 _METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 
@@ -410,31 +412,31 @@ class _NearMisses:
                 folder = posixpath.dirname(rel)
                 if posixpath.basename(rel).lower() in _METADATA_FILES:
                     self.metadata[folder] = rel
-                kind = "image" if ext in extensions else self.caption if ext == self.caption else None
+                kind = _IMAGE if ext in extensions else self.caption if ext == self.caption else None
                 if kind is not None and len(found := self.within.setdefault((folder, kind), [])) < 2:
                     found.append(rel)
 
     def _has(self, key: str, wanted: str) -> str | None:
         found = [r for r, e in self.groups.get(unicodedata.normalize("NFC", key), [])
-                 if (e in self.extensions if wanted == "image" else e == wanted)]
+                 if (e in self.extensions if wanted == _IMAGE else e == wanted)]
         return found[0] if found else None
 
     def _elsewhere(self, key: str, wanted: str) -> list[str]:
         """Files of the same name and the ``wanted`` kind, without a partner of their own, in other
         folders: two at most, of the first eight names looked at (a name in every folder costs no more)."""
         key = unicodedata.normalize("NFC", key)
-        partner = "image" if wanted == self.caption else self.caption
+        partner = _IMAGE if wanted == self.caption else self.caption
         others = itertools.islice((k for k in self.named.get(posixpath.basename(key), []) if k != key), 8)
         return [found for k in others if (found := self._has(k, wanted)) is not None and self._has(k, partner) is None][:2]
 
     def _alone(self, key: str, kind: str) -> list[str]:
         """The hint for a key whose folder holds one file of ``kind`` (an image, a caption), under another name."""
         found = self.within.get((posixpath.dirname(key), kind), [])
-        partner = "image" if kind == self.caption else self.caption
+        partner = _IMAGE if kind == self.caption else self.caption
         if len(found) != 1 or split_name(found[0])[0] == key or self._has(split_name(found[0])[0], partner) is not None:
             return []
-        image_key = split_name(found[0])[0] if kind == "image" else key
-        return [f"{found[0]} is the only {'image' if kind == 'image' else 'caption'} in its folder, but a caption is "
+        image_key = split_name(found[0])[0] if kind == _IMAGE else key
+        return [f"{found[0]} is the only {'image' if kind == _IMAGE else 'caption'} in its folder, but a caption is "
                 f"read from the image's name: {image_key}.{self.caption}"]
 
     def hint(self, key: str, images: list[str], files: list[tuple[str, str]]) -> str:
@@ -465,13 +467,13 @@ class _NearMisses:
                 folder = posixpath.dirname(folder)
         elif any(e == self.caption for _, e in files):
             stem, ext = split_name(key)
-            if ext in self.extensions and (image := self._has(stem, "image")) is not None:
+            if ext in self.extensions and (image := self._has(stem, _IMAGE)) is not None:
                 hints.append(f"the caption of {image}? It is read from {stem}.{self.caption} (a key ends at the last dot)")
-            hints += [f"{t} differs only in letter case, and names are matched exactly" for k in twins if (t := self._has(k, "image"))]
-            hints += [f"{i} has its name in another folder: a caption is read from beside its image" for i in self._elsewhere(key, "image")]
-            hints += self._alone(key, "image")
+            hints += [f"{t} differs only in letter case, and names are matched exactly" for k in twins if (t := self._has(k, _IMAGE))]
+            hints += [f"{i} has its name in another folder: a caption is read from beside its image" for i in self._elsewhere(key, _IMAGE)]
+            hints += self._alone(key, _IMAGE)
         elif any(posixpath.basename(r).lower() in _METADATA_FILES for r, _ in files):
-            hints.append("Hugging Face imagefolder's captions are not read: write each caption beside its image, as name.txt")
+            hints.append(f"Hugging Face imagefolder's captions are not read: write each caption beside its image, as name.{self.caption}")
         return "".join(f"; {h}" for h in hints)
 
 
