@@ -492,29 +492,36 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError as e:
         if _stdout_closed():  # `implicit-concept ... | head`: stop quietly, as a program killed by SIGPIPE
             return 128 + 13
-        print(f"implicit-concept {args.command}: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        _error(args.command, f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
         return 1
     except UnicodeDecodeError as e:  # a ValueError, whose own text names no file: the loaders name theirs
-        print(f"implicit-concept {args.command}: error: a file given is not UTF-8 text ({e})", file=sys.stderr)
+        _error(args.command, f"a file given is not UTF-8 text ({e})")
         return 2
     except (FileExistsError, NotADirectoryError) as e:  # made with exist_ok: a file stands where a folder goes
-        print(f"implicit-concept {args.command}: error: {_not_a_folder(e)}", file=sys.stderr)
+        _error(args.command, _not_a_folder(e))
         return 1
     except (ValueError, FileNotFoundError) as e:
-        print(f"implicit-concept {args.command}: error: {e}", file=sys.stderr)
+        _error(args.command, str(e))
         return 2
     except OSError as e:  # the safety net: unreadable or unwritable paths the commands did not check themselves
         where = f"{e.filename}: " if e.filename else ""
-        print(f"implicit-concept {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        _error(args.command, f"{where}{e.strerror or e}")
         return 1
     except MethodFailed as e:
         print(e.cause_traceback, file=sys.stderr, end="")  # the method's own code: where its author looks
-        print(f"implicit-concept {args.command}: error: {e}", file=sys.stderr)
+        _error(args.command, str(e))
         return 1
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Interrupted): workers are stopped; all written so far is whole
         stopped = "terminated" if isinstance(e, Interrupted) and str(e) == "SIGTERM" else "interrupted"
         print(f"implicit-concept {args.command}: {stopped}; rerun the same command to resume", file=sys.stderr)
         return 143 if stopped == "terminated" else 130
+
+
+def _error(command: str, text: str) -> None:
+    """A command's error, on one line of stderr whatever the names in it: a file named with a newline
+    or a terminal escape sequence is shown escaped, as Python writes it (``\\n``, ``\\x1b``)."""
+    shown = text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    print(f"implicit-concept {command}: error: {shown}", file=sys.stderr)
 
 
 def _not_a_folder(e: OSError) -> str:

@@ -131,10 +131,29 @@ def build_dataset(
     if samples == 0:
         reasons = ", ".join(f"{r}: {n}" for r, n in sorted(summary.skipped.items())) or "the source is empty"
         raise BuildError(
-            f"{out}: no samples: all {summary.items} source items were skipped ({reasons}); "
+            f"{out}: no samples: all {summary.items} source items were skipped ({reasons}){_first_skip(out, summary)}; "
             f"each one's reason is in the status and error_message columns of {MANIFEST}"
         )
     return BuildReport(out, len(todo), len(units) - len(todo), samples, dict(summary.skipped), summary)
+
+
+#: What of one skip's message a build with no sample quotes.
+MAX_QUOTED_SKIP = 400
+
+
+def _first_skip(out: Path, summary: SourceSummary) -> str:
+    """The first item skipped for the commonest reason, with its message (which often says what
+    to rename or where a caption is), so a build that made nothing says why on its one line."""
+    if not summary.skipped:
+        return ""
+    commonest = max(sorted(summary.skipped), key=lambda r: summary.skipped[r])
+    rows = pq.read_table(out / MANIFEST, columns=["source_id", "reason", "error_message"]).to_pylist()
+    row = next((r for r in rows if r["reason"] == commonest), None)
+    if row is None:
+        return ""
+    said = row["error_message"] or commonest
+    said = said if len(said) <= MAX_QUOTED_SKIP else said[:MAX_QUOTED_SKIP] + "..."
+    return f"; e.g. {row['source_id']}: {said}"
 
 
 def _absolute(out: Path) -> Path:

@@ -6,6 +6,8 @@ that cannot reach outside ``--out``.
 """
 from __future__ import annotations
 
+import os
+
 import re
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
@@ -172,6 +174,16 @@ def absolute_tar_pattern(pattern: str) -> str:
     return f"{resolved.rstrip('/')}/{name}{sep}{rest}"
 
 
+def _lists_tars(path: Path) -> bool:
+    """Whether ``path`` is a text file whose first line names a tar (a shard list, ``aws s3 ls`` saved)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.read(4096).split(b"\n", 1)[0].strip().split()
+    except OSError:
+        return False
+    return bool(first) and first[-1].lower().endswith((b".tar", b".tar.gz", b".tgz"))
+
+
 def source_from_spec(spec: str, test_fraction: float = 0.1) -> dict[str, Any]:
     """``--source``: a folder of images with caption sidecars, or tar shards (local paths ending in
     ``.tar``, ``.tar.gz`` or ``.tgz``, brace patterns, ``pipe:`` commands, http(s) URLs). A path that
@@ -184,6 +196,10 @@ def source_from_spec(spec: str, test_fraction: float = 0.1) -> dict[str, Any]:
         return {"kind": "webdataset", "urls": spec, "test_fraction": test_fraction}
     if ".tar" not in spec and not spec.endswith(".tgz") and "{" not in spec:
         what = "a file, but not a tar shard" if Path(spec).exists() else "no such folder"
+        if Path(spec).is_file() and _lists_tars(Path(spec)):
+            what = "a list of tars, not a tar shard: name them in a recipe's [source] urls (a list), or with one brace pattern"
+        if spec.startswith("~") and not Path(spec).exists():
+            what += f" (a '~' is not expanded here, only by a shell and outside quotes: {os.path.expanduser(spec)!r}?)"
         raise RecipeError(
             f"--source {spec}: {what} (a source is a folder of name.jpg + name.txt pairs, or tar shards: "
             "paths ending in .tar, .tar.gz or .tgz, a brace pattern, a pipe: command or an http(s) URL)"

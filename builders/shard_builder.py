@@ -30,7 +30,7 @@ from builders.resizer import SampleError, prepare_image
 from builders.shard_table import SCHEMA, sample_row, skipped_row, table_metadata, write_table
 from builders.source_screen import SourceScreen
 from builders.sources import make_source
-from builders.sources.base import MAX_PLANNED_SHARDS, RawItem
+from builders.sources.base import MAX_PLANNED_SHARDS, RawItem, raise_cap
 from implicit_concept.compositing import Composition
 from implicit_concept.concepts import Layer, make_renderer
 from implicit_concept.files import atomic_write_json, sha256_file
@@ -295,7 +295,10 @@ class ShardBuilder:
         try:
             clean = prepare_image(item.image, self.recipe.image_size, self.recipe.min_side, self.source.max_pixels)
         except SampleError as e:
-            raise Skipped(e.reason, e.detail, caption, screen) from None
+            # Over the source's own cap, which a recipe may raise (not over Pillow's, which it may not).
+            ours = e.reason == "too_large" and f"the cap of {self.source.max_pixels}" in e.detail
+            cap = raise_cap("max_pixels") if ours and self.source.kind in ("folder", "webdataset") else ""
+            raise Skipped(e.reason, f"{e.detail}{cap}", caption, screen) from None
         if self.source_screen is not None:
             screen.source_shows = self.source_screen.shows(clean)
             if screen.source_shows and self.recipe.source_screen.policy == "drop":

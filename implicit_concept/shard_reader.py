@@ -3,7 +3,8 @@
 
 Accepts a shard set folder (every ``*.tar`` below it, sorted), one tar, or a brace pattern
 (``data/icd-qrcode/train/{00000..00003}.tar``), and, as webdataset does, ``pipe:`` commands and
-http(s) URLs: those are opened by webdataset's ``gopen`` (``curl`` for http) and read as a stream.
+http(s) URLs: those run the commands webdataset's ``gopen`` runs (``curl`` for http), opened by
+:mod:`~implicit_concept.streams` (failures in words, stalls stopped), and are read as a stream.
 webdataset's own tar iterator reads every member whole, through tarfile's unbounded header parsing,
 and drops hard links, so it is not used: a local file and a stream go through the same bounded
 reading and grouping below. Only images, text and JSON are decoded: nothing is ever unpickled.
@@ -19,6 +20,7 @@ resolve makes its sample ``unresolved_hard_link``).
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import posixpath
 import tarfile
@@ -31,6 +33,7 @@ from braceexpand import braceexpand
 
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, decode_rgb, load_pixels, open_image
 from implicit_concept.sample import Sample, SampleMeta
+from implicit_concept.streams import open_stream
 
 #: The largest member read into memory, unless a caller sets its own cap.
 MAX_MEMBER_BYTES = 64 << 20
@@ -44,7 +47,7 @@ MAX_JSON_BYTES = 1 << 20
 SHARD_EXTENSIONS = ("jpg", "txt", "json", "clean.jpg", "mask.png")
 #: Kept members of a local tar whose place is remembered, so that a later hard link can be resolved.
 MAX_LINK_TARGETS = 1 << 16
-#: What a shard or source location may start with to be opened as a stream by webdataset's ``gopen``.
+#: What a shard or source location may start with to be opened as a stream (:mod:`~implicit_concept.streams`).
 STREAM_PREFIXES = ("pipe:", "http://", "https://")
 
 _HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
@@ -117,20 +120,25 @@ def is_stream(location: str | Path) -> bool:
 
 def open_tar(path: str | Path, mode: str = "r:*") -> tarfile.TarFile:
     """Open a tar for reading with bounded header parsing (see the module docstring): a local file,
-    or a ``pipe:`` command or http(s) URL opened by webdataset's ``gopen`` and read as a stream."""
+    or a ``pipe:`` command or http(s) URL opened by :func:`~implicit_concept.streams.open_stream` and read as a stream."""
     if not is_stream(path):
         try:
             return tarfile.open(path, mode, tarinfo=_BoundedTarInfo)
         except tarfile.ReadError:  # tarfile's own text is a line per compression it tried
             raise tarfile.ReadError(describe_non_tar(path)) from None
-    from webdataset.gopen import gopen
-
-    stream = gopen(str(path), "rb")
+    stream = io.BufferedReader(open_stream(str(path)), 1 << 16)
     try:
-        if str(path).endswith((".gz", ".tgz")):  # gzip's reader takes concatenated members, tarfile's stream does not
-            tar = tarfile.open(fileobj=gzip.GzipFile(fileobj=stream, mode="rb"), mode="r|", tarinfo=_BoundedTarInfo)
-        else:
-            tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_BoundedTarInfo)
+        # By its bytes, not its name (a local tar is opened so too): gzip's reader takes concatenated
+        # members, tarfile's stream does not.
+        head = stream.peek(512)[:512]
+        try:
+            if head[:2] == b"\x1f\x8b":
+                tar = tarfile.open(fileobj=gzip.GzipFile(fileobj=stream, mode="rb"), mode="r|", tarinfo=_BoundedTarInfo)
+            else:
+                tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_BoundedTarInfo)
+        except tarfile.ReadError:
+            # What it is instead (an HTML page served in the tar's place); a failed command's error replaces this at close.
+            raise tarfile.ReadError(describe_head(head, "stream")) from None
     except BaseException:
         stream.close()
         raise
@@ -167,8 +175,14 @@ def describe_non_tar(path: str | Path) -> str:
             head = f.read(512)
     except OSError as e:
         return f"cannot be read ({e.strerror or e})"
+    return describe_head(head, "file")
+
+
+def describe_head(head: bytes, what: str) -> str:
+    """What a ``what`` (a file, a stream) that begins with ``head`` (its first 512 bytes) and does not
+    open as a tar is, in words."""
     if not head:
-        return "an empty file (0 bytes), not a tar"
+        return f"an empty {what} (0 bytes), not a tar"
     for magic, what in _NOT_TAR_SIGNATURES:
         if head.startswith(magic):
             return what

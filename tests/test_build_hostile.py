@@ -340,8 +340,8 @@ def test_an_unreadable_folder_changes_the_source_fingerprint(tmp_path, monkeypat
     real = folder_module._list
 
     def with_sub_unlisted(root):
-        listed, unlisted = real(root)
-        return listed, {**unlisted, "sub": "Permission denied"}
+        listed, unlisted, linked = real(root)
+        return listed, {**unlisted, "sub": "Permission denied"}, linked
 
     monkeypatch.setattr(folder_module, "_list", with_sub_unlisted)
     assert FolderSource(FolderConfig(str(src)), shard_size=4).fingerprint() != readable
@@ -401,6 +401,9 @@ def test_a_pipe_commands_tar_is_named_by_the_tar_it_reads():
     assert _name("pipe:curl -s -L 'https://host/a b/00001.tar.gz'") == "00001.tar.gz"
     assert _name("pipe:cat /data/00002.tar") == "00002.tar"
     assert _name("/data/00003.tar") == "00003.tar"
+    assert _name("pipe:sh -c 'curl -fsS https://host/00004.tar.zst | zstd -dc'") == "00004.tar.zst"
+    assert _name("pipe:sh -c 'cat /data/00005.tar; echo done >&2'") == "00005.tar"
+    assert _name("https://host/shards/00006.tar?download=true&token=a1b2") == "00006.tar"
 
 
 def test_two_streamed_tars_build_with_the_ids_of_the_same_tars_on_disk(tmp_path):

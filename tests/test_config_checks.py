@@ -414,6 +414,54 @@ def test_a_glob_or_a_folder_of_tars_as_source_points_at_the_brace_pattern(tmp_pa
     load_recipe("icd-debug", {"source": source_from_spec(f"{shards}/{{00000..00002}}.tar")})  # the pattern it names is accepted
 
 
+def test_tars_not_found_name_the_tars_that_are_there(tmp_path):
+    """img2dataset leaves out a shard it could not write, and some tools number with 6 digits: a
+    brace pattern that misses is answered with the pattern that names the tars there (gaps left
+    out, accepted as given), and a folder that is not there is said to be missing."""
+    from builders.recipe import RecipeError, load_recipe, source_from_spec
+
+    shards = tmp_path / "laion"
+    shards.mkdir()
+    for i in (0, 1, 2, 4, 7, 8):
+        (shards / f"{i:06d}.tar").write_bytes(b"")
+    for given in (f"{shards}/{{00000..00009}}.tar", f"{shards}/{{000000..000009}}.tar", f"{shards}/*.tar"):
+        with pytest.raises(RecipeError) as e:
+            source_from_spec(given)
+        assert f"'{shards}/{{{{000000..000002}},000004,{{000007..000008}}}}.tar'" in str(e.value), str(e.value)
+    load_recipe("icd-debug", {"source": source_from_spec(f"{shards}/{{{{000000..000002}},000004,{{000007..000008}}}}.tar")})
+    with pytest.raises(RecipeError, match=rf"first '{tmp_path}/lion/00000.tar' \(no folder '{tmp_path}/lion'\)"):
+        source_from_spec(f"{tmp_path}/lion/{{00000..00009}}.tar")
+    for i in range(10, 100, 3):  # gaps past counting: the first and the last
+        (shards / f"{i:06d}.tar").write_bytes(b"")
+    with pytest.raises(RecipeError, match=rf"'{shards}/000000.tar' to '{shards}/000097.tar', 36 tars with 32 gaps: list them"):
+        source_from_spec(f"{shards}/{{00000..00009}}.tar")
+
+
+def test_a_quoted_tilde_in_a_source_is_said_not_to_be_expanded(monkeypatch, tmp_path):
+    """``--source '~/data/{00000..00009}.tar'``: the shell leaves a quoted ``~`` alone, and so does
+    the builder; the error names the path it may mean, not "read from the current folder"."""
+    from builders.recipe import RecipeError, source_from_spec
+    from builders.sources import make_source
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for spec, meant in (("~/images", f"{tmp_path}/images"), ("~/laion/{00000..00009}.tar", f"{tmp_path}/laion/00000.tar")):
+        with pytest.raises(RecipeError, match=rf"a '~' is not expanded here, only by a shell and outside quotes: .*'{meant}'\?"):
+            source_from_spec(spec)
+    with pytest.raises(ValueError, match=rf"source.path: '~/images' does not exist .*not expanded here.*'{tmp_path}/images'\?"):
+        make_source({"kind": "folder", "path": "~/images"}, image_size=32, shard_size=4, seed=0)
+
+
+def test_a_list_of_tars_given_as_source_is_said_to_be_one(tmp_path):
+    from builders.recipe import RecipeError, source_from_spec
+
+    (tmp_path / "shards.txt").write_text("2024-01-01 10:00:00  1048576 laion/00000.tar\n2024-01-01 10:00:00  1048576 laion/00001.tar\n")
+    with pytest.raises(RecipeError, match=r"shards.txt: a list of tars, not a tar shard: name them in a recipe's \[source\] urls"):
+        source_from_spec(str(tmp_path / "shards.txt"))
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(RecipeError, match=r"notes.txt: a file, but not a tar shard \(a source is"):
+        source_from_spec(str(tmp_path / "notes.txt"))
+
+
 def test_a_data_folder_of_another_build_names_the_benchmarks_option_too(tmp_path):
     """The builder's refusals reach the benchmark, whose option for the folder is --data."""
     from builders.build import BuildError, build_dataset

@@ -112,6 +112,23 @@ def test_a_build_with_no_sample_exits_non_zero_saying_why(tmp_path, capsys):
     assert "no samples: every source item was skipped, so the build failed" in captured.err and "FAILED" in captured.out
 
 
+def test_a_build_with_no_sample_quotes_one_skip_of_its_commonest_reason(tmp_path, capsys):
+    """The one line of a build that made nothing quotes a skip's message, which says what to do:
+    here every caption is named after another file (a folder per sample)."""
+    src = tmp_path / "src"
+    for i in range(3):
+        (src / f"s{i}").mkdir(parents=True)
+        (src / f"s{i}" / "image.png").write_bytes(_png())
+        (src / f"s{i}" / "prompt.txt").write_text("a red square")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_toml(_recipe(src)))
+    assert main(["build", str(recipe), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert ("no samples: all 6 source items were skipped (missing_caption: 3, no_image: 3); e.g. s0/image.png: "
+            "missing_caption: no s0/image.txt; s0/prompt.txt is the only caption in its folder, but a caption is read "
+            "from the image's name: s0/image.txt; each one's reason is in") in err, err
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_out_problems_are_one_line(tmp_path, capsys, workers):
     recipe = Path(__file__).parents[1] / "manifests" / "icd-debug.toml"
@@ -323,3 +340,38 @@ def test_a_build_with_no_sample_counts_each_item_once(tmp_path, capsys):
     assert main(["build", str(recipe), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "no samples: all 4 source items were skipped (duplicate_key: 1, hidden_file: 1, no_image: 2)" in err
+
+
+def test_an_error_naming_a_file_with_a_newline_or_an_escape_is_one_line(tmp_path, capsys):
+    """A name holding a line break or a terminal escape sequence, quoted in an error, is shown
+    escaped: the error stays one line, and the terminal shows no colour or cursor trick."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "new\nline\x1b[2J.png").write_bytes(_png())
+    assert main(["build", "icd-debug", "--source", str(src), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert "e.g. new\\nline\\x1b[2J.png: missing_caption: no new\\nline\\x1b[2J.txt;" in err and "\x1b" not in err, err
+    assert main(["build", "icd-debug", "--source", str(tmp_path / "no\nsuch"), "--out", str(tmp_path / "out2")]) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert "no\\nsuch: no such folder" in err, err
+
+
+def test_a_skip_over_a_source_cap_names_the_field_that_raises_it(tmp_path):
+    """An image over ``max_file_bytes``, a member over ``max_member_bytes`` or an image over
+    ``max_pixels``: each record says which recipe field would let it in."""
+    src = _folder(tmp_path / "src", good=2, small=0)
+    (src / "nocaption.png").unlink()
+    (src / "big.png").write_bytes(_png(size=(600, 600)) + bytes(5000))
+    (src / "big.txt").write_text("a big picture")
+    (src / "wide.png").write_bytes(_png(size=(400, 100)))
+    (src / "wide.txt").write_text("a wide picture")
+    source = {"kind": "folder", "path": str(src), "test_fraction": 0.0, "max_file_bytes": 6000, "max_pixels": 30000}
+    build_dataset(parse_recipe({**_recipe(src), "source": source}), tmp_path / "out", progress=False)
+    write_tar(tmp_path / "00000.tar", [("a.png", _png()), ("a.txt", b"a red square"), ("b.png", _png() + bytes(5000)), ("b.txt", b"big")])
+    tars = {"kind": "webdataset", "urls": str(tmp_path / "00000.tar"), "test_fraction": 0.0, "max_member_bytes": 4096}
+    build_dataset(parse_recipe({**_recipe(src), "source": tars}), tmp_path / "tars", progress=False)
+    rows = [r for out in ("out", "tars") for r in pq.read_table(tmp_path / out / "manifest.parquet").to_pylist()]
+    said = {r["reason"]: r["error_message"] for r in rows if r["status"] != "success"}
+    assert said["file_too_large"].endswith("; to read it, raise max_file_bytes in a recipe's [source]"), said
+    assert said["too_large"] == "too_large: 400x100 pixels > the cap of 30000; to read it, raise max_pixels in a recipe's [source]"
+    assert said["member_too_large"].endswith("over the cap of 4096; to read it, raise max_member_bytes in a recipe's [source]")

@@ -2,8 +2,10 @@
 and sizes) and refuses to resume over a source that has changed since, saying so; verify notes it."""
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -84,5 +86,21 @@ def test_a_resume_over_a_tar_of_another_size_is_refused(tmp_path):
     recipe = parse_recipe(_recipe({"kind": "webdataset", "urls": str(tmp_path / "00000.tar")}))
     build_dataset(recipe, tmp_path / "out", progress=False)
     write_tar(tmp_path / "00000.tar", [(f"{i}.{ext}", data) for i in range(12) for ext, data in (("jpg", jpeg()), ("txt", b"a picture"))])
+    with pytest.raises(FolderClaimError, match="its source changed since this build started"):
+        build_dataset(recipe, tmp_path / "out", progress=False)
+
+
+def test_a_resume_over_a_tar_appended_to_within_its_last_record_is_refused(tmp_path):
+    """``tar -r`` (here tarfile's append) writes a member into the zeros that pad a tar's last
+    record: the tar keeps its size, and only its modification time says it changed."""
+    write_tar(tmp_path / "00000.tar", [("0.jpg", jpeg()), ("0.txt", b"a picture")])
+    recipe = parse_recipe(_recipe({"kind": "webdataset", "urls": str(tmp_path / "00000.tar")}))
+    build_dataset(recipe, tmp_path / "out", progress=False)
+    size = (tmp_path / "00000.tar").stat().st_size
+    with tarfile.open(tmp_path / "00000.tar", "a") as tf:
+        info = tarfile.TarInfo("1.txt")
+        info.size = 9
+        tf.addfile(info, io.BytesIO(b"a caption"))
+    assert (tmp_path / "00000.tar").stat().st_size == size
     with pytest.raises(FolderClaimError, match="its source changed since this build started"):
         build_dataset(recipe, tmp_path / "out", progress=False)

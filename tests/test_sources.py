@@ -539,7 +539,7 @@ def test_webdataset_a_repeated_key_is_flagged_and_messages_name_the_cause(tmp_pa
                                       "without a dot before the extension (img_v2.jpg)"),
         ("00000.tar/E", None, ""),
         ("00000.tar/H", "no_image", f"key 'H': no image member ({IMAGES}) among its members H.heic, H.txt; extension 'heic' "
-                                    f"of 'H.heic' is not read (images: {IMAGES}; caption: txt)"),
+                                    f"of 'H.heic' is not read (images: {IMAGES}; caption: txt; a recipe's [source] image_keys and caption_key read others)"),
         ("00000.tar/ok", None, ""),
     ]
     write_tar(tmp_path / "00001.tar", [("a.jpg", jpeg((255, 0, 0))), ("a.txt", b"a red dog"), ("b.jpg", j), ("b.txt", b"a dog"),
@@ -899,3 +899,99 @@ def test_jitter_is_capped_at_three_hundredths_of_the_side():
     assert ProceduralConfig(jitter=0.03).jitter == 0.03
     with pytest.raises(ValueError, match=r"jitter must be in \[0, 0.03\], got 0.031"):
         ProceduralConfig(jitter=0.031)
+
+
+def test_a_caption_named_otherwise_is_named_in_the_records_of_both_files(tmp_path: Path):
+    """A caption beside its image under another name is not read, and both records say where it is:
+    ``a.jpg.txt`` (key ``a.jpg``), a name that differs only in case (copied from a Mac or Windows),
+    a sidecar of another extension (``.caption``), a JSON with a ``caption`` field (img2dataset's),
+    the same name in a parallel folder, a folder per sample (``s1/image.jpg`` + ``s1/prompt.txt``), a
+    Hugging Face ``metadata.jsonl``; a JSON's caption from a tar too. An image without a caption
+    nowhere else, or whose look-alikes are other images' captions, gets no hint."""
+    folder = tmp_path / "images"
+    for name, data in {
+        "a.jpg": jpeg(), "a.jpg.txt": b"a caption named after the image file",
+        "IMG_1.JPG": jpeg(), "img_1.txt": b"a caption in another case",
+        "b.png": jpeg(), "b.caption": b"a kohya-style caption",
+        "c.jpg": jpeg(), "c.json": json.dumps({"caption": "only in the json", "status": "success"}).encode(),
+        "lone.jpg": jpeg(),
+        "images/x.jpg": jpeg(), "captions/x.txt": b"a caption in a parallel folder",
+        "s1/image.jpg": jpeg(), "s1/prompt.txt": b"a folder per sample",
+        "hf/train/h.jpg": jpeg(), "hf/train/metadata.jsonl": b'{"file_name": "h.jpg", "text": "a caption"}',
+        "cat/1.jpg": jpeg(), "cat/1.txt": b"a cat", "dog/1.jpg": jpeg(), "dog/2.jpg": jpeg(), "dog/2.txt": b"a dog",
+    }.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    items = {i.source_id: i for i in read_all(FolderSource(FolderConfig(str(folder), test_fraction=0.0), shard_size=10), "train")}
+    assert {k: i.error for k, i in items.items()} == {
+        "a.jpg": "missing_caption", "a.jpg.txt": "no_image", "IMG_1.JPG": "missing_caption", "img_1.txt": "no_image",
+        "b.png": "missing_caption", "c.jpg": "missing_caption", "lone.jpg": "missing_caption",
+        "images/x.jpg": "missing_caption", "captions/x.txt": "no_image", "s1/image.jpg": "missing_caption",
+        "s1/prompt.txt": "no_image", "hf/train/h.jpg": "missing_caption", "hf/train/metadata.jsonl": "no_image",
+        "cat/1.jpg": None, "dog/1.jpg": "missing_caption", "dog/2.jpg": None,
+    }
+    assert items["a.jpg"].detail == ("no a.txt; a.jpg.txt is the caption of key 'a.jpg' (a key ends at the last dot), "
+                                     "not of a.jpg: name it a.txt")
+    assert items["a.jpg.txt"].detail.endswith("; the caption of a.jpg? It is read from a.txt (a key ends at the last dot)")
+    assert items["IMG_1.JPG"].detail == "no IMG_1.txt; img_1.txt differs from IMG_1.JPG only in letter case, and names are matched exactly"
+    assert items["img_1.txt"].detail.endswith("; IMG_1.JPG differs only in letter case, and names are matched exactly")
+    assert items["b.png"].detail == ("no b.txt; b.caption: extension 'caption' is not read as a caption (a caption is b.txt; "
+                                     "a recipe's [source] caption_extension = 'caption' reads those)")
+    assert items["c.jpg"].detail == "no c.txt; c.json has a 'caption' field, but the caption is read from c.txt only, not from the JSON"
+    assert items["lone.jpg"].detail == "no lone.txt"
+    assert items["dog/1.jpg"].detail == "no dog/1.txt", "cat/1.txt is cat/1.jpg's, and dog/2.txt dog/2.jpg's"
+    assert items["images/x.jpg"].detail == "no images/x.txt; captions/x.txt has its name in another folder: a caption is read from beside its image"
+    assert items["captions/x.txt"].detail.endswith("; images/x.jpg has its name in another folder: a caption is read from beside its image")
+    assert items["s1/image.jpg"].detail == ("no s1/image.txt; s1/prompt.txt is the only caption in its folder, but a caption "
+                                            "is read from the image's name: s1/image.txt")
+    assert items["s1/prompt.txt"].detail.endswith("; s1/image.jpg is the only image in its folder, but a caption is read from the image's name: s1/image.txt")
+    assert items["hf/train/h.jpg"].detail == ("no hf/train/h.txt; hf/train/metadata.jsonl (Hugging Face imagefolder's captions) "
+                                              "is not read: write each caption beside its image, hf/train/h.txt")
+    assert items["hf/train/metadata.jsonl"].detail.endswith("; Hugging Face imagefolder's captions are not read: write each caption beside its image, as name.txt")
+    write_tar(tmp_path / "00000.tar", [("k.jpg", jpeg()), ("k.json", b'{"caption": "in the json", "url": "http://x"}')])
+    [item] = WebDatasetSource(WebDatasetConfig(str(tmp_path / "00000.tar"), test_fraction=0.0)).read("train", 0)
+    assert item.error == "missing_caption" and item.detail.endswith(
+        "; k.json has a 'caption' field, but the caption is read from k.txt only, not from the JSON")
+
+
+def test_a_symlink_to_a_folder_is_its_own_record_saying_it_is_not_followed(tmp_path: Path):
+    """``images/laion -> /mnt/nas/laion``: its files are not read (a link may lead anywhere), and
+    its record says so and what to do, apart from files of the same name (``laion.txt``)."""
+    save(tmp_path / "outside" / "a.jpg", Image.new("RGB", (64, 64)), "JPEG", caption=b"outside")
+    save(tmp_path / "images" / "good.jpg", Image.new("RGB", (64, 64)), "JPEG", caption=b"inside")
+    (tmp_path / "images" / "laion").symlink_to(tmp_path / "outside")
+    (tmp_path / "images" / "laion.txt").write_text("a caption without its image")
+    items = {i.source_id: i for i in read_all(FolderSource(FolderConfig(str(tmp_path / "images"), test_fraction=0.0), shard_size=4), "train")}
+    assert {k: i.error for k, i in items.items()} == {"good.jpg": None, "laion": "not_a_regular_file", "laion.txt": "no_image"}
+    assert items["laion"].detail == ("laion: a symlink to a folder, never followed (a link may lead anywhere), so the files "
+                                     "there are not read; give that folder as a source of its own, or copy it in")
+
+
+def test_a_file_gone_between_listing_and_reading_says_the_folder_changed(tmp_path: Path):
+    """A folder that changes while the build runs (files moved away by another job): a file listed
+    when the source was opened and gone when read is a record saying so, not 'no a.txt'."""
+    for name in ("a", "b", "c"):
+        save(tmp_path / f"{name}.jpg", Image.new("RGB", (64, 64)), "JPEG")
+    source = FolderSource(FolderConfig(str(tmp_path), test_fraction=0.0), shard_size=10)
+    (tmp_path / "a.txt").unlink()
+    (tmp_path / "b.jpg").unlink()
+    items = {i.source_id: i for i in read_all(source, "train")}
+    gone = "listed when the build started, gone when read: the folder changed while the build ran (its files are listed once)"
+    assert (items["a.jpg"].error, items["a.jpg"].detail) == ("missing_caption", f"a.txt: {gone}")
+    assert (items["b.jpg"].error, items["b.jpg"].detail) == ("unreadable_file", f"b.jpg: {gone}")
+    assert items["c.jpg"].error is None
+
+
+def test_a_folder_of_kohya_style_captions_is_read_with_caption_extension(tmp_path: Path):
+    """``a.png`` + ``a.caption`` (kohya's sd-scripts): ``caption_extension = "caption"`` reads them,
+    the ``.txt`` files are then other files of their key, and the field is checked naming it."""
+    for name in ("a", "b"):
+        save(tmp_path / f"{name}.png", Image.new("RGB", (64, 64)), "PNG", caption=None)
+        (tmp_path / f"{name}.CAPTION" if name == "b" else tmp_path / f"{name}.caption").write_text(f"picture {name}")
+    (tmp_path / "a.txt").write_text("notes, not the caption")
+    source = make_source({"kind": "folder", "path": str(tmp_path), "test_fraction": 0.0, "caption_extension": ".caption"},
+                         image_size=32, shard_size=10, seed=0)
+    assert [(i.source_id, i.error, i.caption) for i in read_all(source, "train")] == [("a.png", None, "picture a"), ("b.png", None, "picture b")]
+    for bad, said in (("json", "metadata"), ("png", "'png' files are a key's caption or metadata"), ("caption.txt", "one file ending"), ("", "one file ending")):
+        with pytest.raises(ValueError, match=f"source.*{said}"):
+            make_source({"kind": "folder", "path": str(tmp_path), "caption_extension": bad}, image_size=32, shard_size=10, seed=0)

@@ -9,6 +9,7 @@ import io
 import shutil
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,14 @@ def served(tmp_path):
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _no_retry_wait(monkeypatch):
+    """A stream read again after a transient failure is read again at once here."""
+    from builders.sources import webdataset_source
+
+    monkeypatch.setattr(webdataset_source, "STREAM_RETRY_SECONDS", 0.0)
 
 
 def _source_tars(folder: Path) -> None:
@@ -185,3 +194,176 @@ def test_a_source_tar_groups_as_webdataset_reads_it_hidden_members_and_all(tmp_p
         assert [(i.source_id.split("/", 1)[1], i.image, i.caption) for i in items if i.error is None] == theirs
         assert len(theirs) == 3 and sorted(i.source_id for i in items if i.error) == sorted(
             [f"00000.tar/{n}" for n, _ in members if n.startswith(".")] + ["00000.tar/LICENSE"] * 3)
+
+
+def _read(urls: str) -> list:
+    return list(WebDatasetSource(WebDatasetConfig(urls, test_fraction=0.0)).read("train", 0))
+
+
+def test_a_failed_command_is_one_record_saying_its_status_and_what_it_said(tmp_path):
+    """A ``pipe:`` command that fails at once (read once: it does not work as given), or after part
+    of a tar (read three times), is one record naming the command, its exit status and its
+    stderr's last line (not Popen's arguments, nor the terminal)."""
+    _source_tars(tmp_path)
+    [failed] = _read("pipe:sh -c 'echo An error occurred: NoSuchBucket >&2; exit 2' 00000.tar")
+    assert failed.error == "unreadable_tar"
+    assert failed.detail == ("pipe:sh -c 'echo An error occurred: NoSuchBucket >&2; exit 2' 00000.tar: "
+                             "the command exited with status 2: An error occurred: NoSuchBucket")
+    cut = _read(f"pipe:sh -c 'head -c 9000 {tmp_path}/00000.tar; echo connection reset >&2; exit 1'")
+    assert [i.error for i in cut] == [None, None, None, "corrupt_tar"]
+    assert cut[-1].detail.endswith("the command exited with status 1: connection reset (after '000000002') (3 reads)")
+
+
+class _Dropping(http.server.BaseHTTPRequestHandler):
+    """Serves ``tar`` whole, or half of it before closing the connection (``/drop/``), or a 404."""
+
+    tar = b""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        if self.path.startswith("/missing/"):
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.tar)))
+        self.end_headers()
+        self.wfile.write(self.tar[: len(self.tar) // 2] if self.path.startswith("/drop/") else self.tar)
+
+
+def test_an_http_error_or_a_dropped_connection_is_said_in_words(tmp_path):
+    _source_tars(tmp_path)
+    _Dropping.tar = (tmp_path / "00000.tar").read_bytes()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dropping)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        [missing] = _read(f"{base}/missing/00000.tar")
+        dropped = _read(f"{base}/drop/00000.tar")
+        whole = _read(f"{base}/whole/00000.tar")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert missing.error == "unreadable_tar" and missing.detail.startswith(f"{base}/missing/00000.tar: curl exited with status 22 (")
+    assert "HTTP error" in missing.detail and "404" in missing.detail
+    assert dropped[-1].error == "corrupt_tar" and "status 18" in dropped[-1].detail and "partial file" in dropped[-1].detail
+    assert dropped[-1].detail.endswith("(3 reads)") and "reads" not in missing.detail
+    assert [i.error for i in whole] == [None] * 6 + ["no_image"] and 0 < len(dropped) - 1 < 6
+    assert [i.image for i in dropped[:-1]] == [i.image for i in whole[: len(dropped) - 1]]
+
+
+def test_a_stalled_stream_is_stopped_with_its_commands_and_recorded(tmp_path, monkeypatch):
+    """A command that stops sending (a stalled download) no longer hangs the build: after
+    ``STALL_SECONDS`` without a byte it is stopped, with everything its shell started, and the
+    samples read before it are kept."""
+    from implicit_concept import streams
+
+    monkeypatch.setattr(streams, "STALL_SECONDS", 0.5)
+    _source_tars(tmp_path)
+    marker = tmp_path / "still-running"
+    started = time.monotonic()
+    [silent] = _read("pipe:sleep 30")
+    stalled = _read(f"pipe:sh -c '(sleep 3; touch {marker}) & head -c 9000 {tmp_path}/00000.tar; wait' 00000.tar")
+    assert time.monotonic() - started < 10  # the silent one is read once, the one stalled after bytes three times
+    assert silent.error == "unreadable_tar" and silent.detail == "pipe:sleep 30: no data for 0.5 s: the stream stalled and was stopped"
+    assert [i.error for i in stalled] == [None, None, None, "corrupt_tar"] and stalled[-1].detail.endswith(
+        "no data for 0.5 s: the stream stalled and was stopped (after '000000002') (3 reads)")
+    time.sleep(3.5)
+    assert not marker.exists()
+
+
+def test_a_streams_compression_is_known_by_its_bytes_as_a_local_files_is(tmp_path):
+    """A plain tar named ``.tar.gz`` and a gzipped one named ``.tar`` (as shards get renamed) read
+    the same from a pipe as from disk."""
+    import gzip
+
+    _source_tars(tmp_path)
+    shutil.copy(tmp_path / "00000.tar", tmp_path / "plain.tar.gz")
+    (tmp_path / "zipped.tar").write_bytes(gzip.compress((tmp_path / "00000.tar").read_bytes()))
+    expected = [(i.image, i.caption) for i in _read(str(tmp_path / "00000.tar"))]
+    for name in ("plain.tar.gz", "zipped.tar"):
+        for urls in (str(tmp_path / name), f"pipe:cat {tmp_path}/{name}"):
+            assert [(i.image, i.caption) for i in _read(urls)] == expected, urls
+
+
+def test_a_page_served_in_a_tars_place_is_said_for_what_it_is(served):
+    """A login or virus-scan page served with status 200, or a command that writes nothing: the
+    record says what came instead, as for a local file, not tarfile's 'truncated header'."""
+    folder, base = served
+    (folder / "00000.tar").write_bytes(b"<!DOCTYPE html><html><title>Sign in</title></html>")
+    [page] = _read(f"{base}/00000.tar")
+    assert page.error == "corrupt_tar" and page.detail == (
+        f"{base}/00000.tar: text, not a tar (it begins '<!DOCTYPE html><html><title>Sign in</tit': "
+        "an error page or a listing saved in the tar's place?)")
+    [nothing] = _read("pipe:true 00000.tar")
+    assert nothing.detail == "pipe:true 00000.tar: an empty stream (0 bytes), not a tar"
+
+
+def test_a_stream_is_read_in_a_process_holding_over_1024_files(tmp_path):
+    """A builder holding many files (a Ray worker, a large pool) gets descriptors past 1024, which
+    select() cannot watch: the stream is read all the same."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard limit on open files is {hard}")
+    _source_tars(tmp_path)
+    if soft != resource.RLIM_INFINITY and soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        items = _read(f"pipe:cat {tmp_path}/00000.tar")
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert [i.error for i in items] == [None] * 6 + ["no_image"]
+
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """Serves ``tar``, cutting the connection half-way on the first ``drops`` requests."""
+
+    tar = b""
+    drops = 0
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.tar)))
+        self.end_headers()
+        if type(self).drops > 0:
+            type(self).drops -= 1
+            self.wfile.write(self.tar[: len(self.tar) // 2])
+            return
+        self.wfile.write(self.tar)
+
+
+def test_a_stream_cut_once_is_read_again_and_gives_the_unbroken_reads_items(tmp_path):
+    """A connection dropped half-way (curl's 18) or a command that fails once (a throttled S3 read)
+    is read again from the start, the samples already given passed over: the items are those of an
+    unbroken read, each once, with no record of the failure; one that fails every time is recorded."""
+    _source_tars(tmp_path)
+    whole = [(i.source_id, i.error, i.image) for i in _read(str(tmp_path / "00000.tar"))]
+    _Flaky.tar = (tmp_path / "00000.tar").read_bytes()
+    _Flaky.drops = 1
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        over_http = [(i.source_id, i.error, i.image) for i in _read(f"http://127.0.0.1:{server.server_address[1]}/00000.tar")]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert over_http == whole and _Flaky.drops == 0
+    marker = tmp_path / "failed-once"
+    command = (f"pipe:sh -c 'if [ -e {marker} ]; then cat {tmp_path}/00000.tar; else touch {marker}; "
+               f"head -c 9000 {tmp_path}/00000.tar; echo SlowDown >&2; exit 1; fi' 00000.tar")
+    assert [(i.source_id, i.error, i.image) for i in _read(command)] == whole

@@ -89,3 +89,8 @@ def check_limits(max_bytes: Any, bytes_field: str, max_pixels: Any) -> None:
     """The caps every source of external files carries: bytes read per file, pixels decoded per image."""
     check_int(bytes_field, max_bytes, 1 << 10, 1 << 32)
     check_int("max_pixels", max_pixels, 1, PILLOW_MAX_PIXELS)
+
+
+def raise_cap(field: str) -> str:
+    """What a skip over a source cap ends with: the recipe field that sets it (``--source`` has none)."""
+    return f"; to read it, raise {field} in a recipe's [source]"

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import math
 import os
+import posixpath
 import stat
 import unicodedata
 from dataclasses import dataclass
@@ -27,9 +29,12 @@ from implicit_concept.image_decode import DEFAULT_MAX_PIXELS
 from implicit_concept.sample import SPLITS
 from implicit_concept.shard_reader import MAX_JSON_BYTES, is_hidden
 
-from .base import DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, check_fraction, check_limits, hidden_detail, split_of, undecodable_detail
+from .base import (
+    DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, check_fraction, check_limits, hidden_detail, raise_cap, split_of, undecodable_detail,
+)
 from .caption_text import MAX_CAPTION_BYTES, read_caption
-from .source_json import read_source_json
+from .source_json import json_caption_hint, read_source_json
+from .webdataset_source import TAR_ENDINGS, tars_pattern
 
 #: One image file read into memory at most, unless the source config sets another.
 DEFAULT_MAX_BYTES = 64 << 20
@@ -37,6 +42,10 @@ DEFAULT_MAX_BYTES = 64 << 20
 CAPTION_EXTENSION = "txt"
 #: A sample's metadata sidecar (img2dataset's ``files`` output writes one beside each image).
 JSON_EXTENSION = "json"
+
+
+#: Why a file listed when the source was opened is not read.
+_GONE = "listed when the build started, gone when read: the folder changed while the build ran (its files are listed once)"
 
 
 class NotRegularFile(OSError):
@@ -94,6 +103,8 @@ class FolderConfig:
     test_fraction: float = 0.1
     #: File name endings that count as images, matched case-insensitively.
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    #: A caption's file ending (``caption`` for kohya-style ``a.jpg`` + ``a.caption``), matched case-insensitively.
+    caption_extension: str = CAPTION_EXTENSION
     #: An image file larger than this is not read: ``file_too_large``.
     max_file_bytes: int = DEFAULT_MAX_BYTES
     #: An image with more pixels (from its header) is not decoded: ``too_large``.
@@ -109,7 +120,13 @@ class FolderConfig:
         if not (names and ext):
             raise ValueError(f"extensions must be a non-empty list of file endings, got {ext!r}")
         object.__setattr__(self, "extensions", tuple(e.lower().lstrip(".") for e in ext))
-        taken = [e for e in self.extensions if e in (CAPTION_EXTENSION, JSON_EXTENSION)]
+        caption = self.caption_extension
+        if not isinstance(caption, str) or not caption.strip(".") or "/" in caption or "." in caption.lstrip("."):
+            raise ValueError(f"caption_extension must be one file ending such as 'txt' or 'caption', got {caption!r}")
+        object.__setattr__(self, "caption_extension", caption.lower().lstrip("."))
+        if self.caption_extension == JSON_EXTENSION:
+            raise ValueError("caption_extension: 'json' files are a key's metadata (read into source.meta), not its caption")
+        taken = [e for e in self.extensions if e in (self.caption_extension, JSON_EXTENSION)]
         if taken:
             raise ValueError(f"extensions: {taken[0]!r} files are a key's caption or metadata, not its image")
         check_limits(self.max_file_bytes, "max_file_bytes", self.max_pixels)
@@ -125,24 +142,20 @@ class _Entry:
     caption: str
     json: str | None
     unused: tuple[tuple[str, str, str], ...]
+    #: Where a caption this key lacks may be instead (appended to ``missing_caption``'s text).
+    hint: str = ""
+    #: Whether ``caption`` was listed (a file), not only the name it would have.
+    caption_listed: bool = False
 
 
 def _tars_hint(root: Path) -> str:
-    """A folder of tar shards given as a folder source: the brace pattern that names them (when
-    they are numbered 00000, 00001, ... without gaps), else the first one as the example."""
-    try:
-        tars = sorted(p.name for p in root.iterdir() if p.name.endswith((".tar", ".tar.gz", ".tgz")))
-    except OSError:
+    """A folder of tar shards given as a folder source: the brace pattern that names them."""
+    example = tars_pattern(root)
+    if example is None:
         return ""
-    if not tars:
-        return ""
-    stems = [t.split(".", 1)[0] for t in tars]
-    suffix = tars[0][len(stems[0]):]
-    numbered = all(t == f"{s}{suffix}" and s.isdigit() and len(s) == len(stems[0]) for s, t in zip(stems, tars))
-    consecutive = numbered and [int(s) for s in stems] == list(range(int(stems[0]), int(stems[0]) + len(stems)))
-    example = f"{{{stems[0]}..{stems[-1]}}}{suffix}" if consecutive and len(tars) > 1 else tars[0]
-    return (f"; it holds {len(tars)} tar file{'s' if len(tars) > 1 else ''}: a source of tar shards is their path or "
-            f"a brace pattern, e.g. '{root / example}'")
+    count = sum(1 for p in root.iterdir() if p.name.endswith(TAR_ENDINGS) and not p.name.startswith("."))
+    return (f"; it holds {count} tar file{'s' if count > 1 else ''}: a source of tar shards is their path or "
+            f"a brace pattern, e.g. {example}")
 
 
 class FolderSource(Source):
@@ -167,11 +180,13 @@ class FolderSource(Source):
             raise ValueError(f"shard_size must be an integer >= 1, got {shard_size!r}")
         root = Path(config.path)
         if not root.is_dir():
-            raise ValueError(f"path: {str(root)!r} does not exist or is not a directory")
-        listed, unlisted = _list(root)
+            tilde = (f" (a '~' is not expanded here, only by a shell and outside quotes: {os.path.expanduser(config.path)!r}?)"
+                     if config.path.startswith("~") else "")
+            raise ValueError(f"path: {str(root)!r} does not exist or is not a directory{tilde}")
+        listed, unlisted, linked = _list(root)
         if "" in unlisted:
             raise ValueError(f"path: {str(root)!r} cannot be listed ({unlisted['']})")
-        entries = _entries(listed, config.extensions, unlisted)
+        entries = _entries(listed, config.extensions, unlisted, linked, config.caption_extension)
         if not any(e.image for e in entries):
             hidden = sum(is_hidden(rel) for rel in listed)
             aside = f" ({hidden} hidden files, whose names start with a dot, are not read)" if hidden else ""
@@ -220,11 +235,11 @@ class FolderSource(Source):
         start = shard_id * self.shard_size
         for entry in self._split(split)[start : start + self.shard_size]:
             if entry.image is not None:
-                yield self._item(entry.image, entry.caption, entry.json)
+                yield self._item(entry.image, entry.caption, entry.json, entry.hint, entry.caption_listed)
             for rel, reason, detail in entry.unused:
                 yield RawItem(rel, None, None, {"path": rel}, error=reason, detail=detail)
 
-    def _item(self, rel: str, caption_rel: str, json_rel: str | None) -> RawItem:
+    def _item(self, rel: str, caption_rel: str, json_rel: str | None, hint: str = "", caption_listed: bool = False) -> RawItem:
         meta: dict[str, Any] = {"path": rel}
         try:
             rel.encode("utf-8")
@@ -245,7 +260,9 @@ class FolderSource(Source):
         try:
             caption_bytes = read_regular_file(self.root, caption_rel, MAX_CAPTION_BYTES)
         except FileNotFoundError:
-            return RawItem(rel, None, None, meta, error="missing_caption", detail=f"no {caption_rel}")
+            if caption_listed:
+                return RawItem(rel, None, None, meta, error="missing_caption", detail=f"{caption_rel}: {_GONE}")
+            return RawItem(rel, None, None, meta, error="missing_caption", detail=f"no {caption_rel}{hint}{json_caption_hint(meta, json_rel, caption_rel)}")
         except NotRegularFile as e:
             return RawItem(rel, None, None, meta, error="not_a_regular_file", detail=f"caption {caption_rel}: {e}")
         except FileTooLarge as e:
@@ -260,7 +277,9 @@ class FolderSource(Source):
         except NotRegularFile as e:
             return RawItem(rel, None, caption, meta, error="not_a_regular_file", detail=str(e))
         except FileTooLarge as e:
-            return RawItem(rel, None, caption, meta, error="file_too_large", detail=str(e))
+            return RawItem(rel, None, caption, meta, error="file_too_large", detail=f"{e}{raise_cap('max_file_bytes')}")
+        except FileNotFoundError:
+            return RawItem(rel, None, caption, meta, error="unreadable_file", detail=f"{rel}: {_GONE}")
         except OSError as e:
             return RawItem(rel, None, caption, meta, error="unreadable_file", detail=str(e))
         return RawItem(rel, image, caption, meta)
@@ -282,12 +301,14 @@ def split_name(rel: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def _list(root: Path) -> tuple[list[str], dict[str, str]]:
+def _list(root: Path) -> tuple[list[str], dict[str, str], set[str]]:
     """Every entry under ``root`` that is not a folder (a symlink to one included), as sorted
-    relative paths; and the folders that could not be listed, by relative path (``""`` for ``root``
-    itself), with why. Nothing is dropped without a word: each of those becomes a skip record."""
+    relative paths; the folders that could not be listed, by relative path (``""`` for ``root``
+    itself), with why; and the symlinks to folders among the entries. Nothing is dropped without a
+    word: each of those becomes a skip record."""
     listed: list[str] = []
     unlisted: dict[str, str] = {}
+    linked: set[str] = set()
 
     def failed(error: OSError) -> None:
         where = Path(error.filename or root)
@@ -296,9 +317,10 @@ def _list(root: Path) -> tuple[list[str], dict[str, str]]:
 
     for folder, dirs, files in os.walk(root, onerror=failed, followlinks=False):
         here = Path(folder)
-        names = list(files) + [d for d in dirs if _is_link(here / d)]
-        listed.extend((here / name).relative_to(root).as_posix() for name in names)
-    return sorted(listed), unlisted
+        links = [(here / d).relative_to(root).as_posix() for d in dirs if _is_link(here / d)]
+        linked.update(links)
+        listed.extend([*((here / name).relative_to(root).as_posix() for name in files), *links])
+    return sorted(listed), unlisted, linked
 
 
 def _is_link(path: Path) -> bool:
@@ -308,24 +330,34 @@ def _is_link(path: Path) -> bool:
         return False
 
 
-def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str, str] | None = None) -> list[_Entry]:
+def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str, str] | None = None,
+             linked: set[str] | None = None, caption_ext: str = CAPTION_EXTENSION) -> list[_Entry]:
     """``listed`` grouped by key (names the same under NFC are one), in key order. The image used is
     the first by the order of ``extensions`` (then by name), the caption ``KEY.txt`` before another
     case of it. A folder of ``unlisted`` is an entry of its own (its path the key): a skip,
-    ``unreadable_folder``."""
+    ``unreadable_folder``; so is a symlink to a folder, ``linked`` (``not_a_regular_file``)."""
     groups: dict[str, list[tuple[str, str]]] = {}
     hidden = []
+    links = {}
     for rel in listed:
         if is_hidden(rel):
             hidden.append(rel)
+            continue
+        if rel in (linked or ()):  # keyed as a folder is, apart from the files of the same name
+            links[f"{rel}/"] = (rel, f"{rel}: a symlink to a folder, never followed (a link may lead anywhere), so the "
+                                     f"files there are not read; give that folder as a source of its own, or copy it in")
             continue
         key, ext = split_name(rel)
         # A Mac writes names decomposed (NFD), most other tools composed (NFC): "café.jpg" and
         # "café.txt" look the same and are one key, whichever form each file has.
         groups.setdefault(unicodedata.normalize("NFC", key), []).append((rel, ext))
+    near = _NearMisses(groups, extensions, caption_ext)
     folders = {f"{rel}/": why for rel, why in (unlisted or {}).items() if rel}
     entries = []
-    for key in sorted([*groups, *folders, *hidden]):
+    for key in sorted([*groups, *folders, *hidden, *links]):
+        if key in links:
+            entries.append(_Entry(key, None, "", None, ((*links[key][:1], "not_a_regular_file", links[key][1]),)))
+            continue
         if key in folders:
             unused = ((key, "unreadable_folder", f"{key}: cannot be listed ({folders[key]}); its files are not read"),)
             entries.append(_Entry(key, None, "", None, unused))
@@ -336,18 +368,113 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
         files = groups[key]
         images = sorted((r for r, e in files if e in extensions), key=lambda r: (extensions.index(split_name(r)[1]), r))
         key = split_name(images[0] if images else files[0][0])[0]  # the name as written, for the split and the order
-        captions = _preferred(files, CAPTION_EXTENSION)
-        caption = captions[0] if captions else f"{key}.{CAPTION_EXTENSION}"
+        captions = _preferred(files, caption_ext)
+        caption = captions[0] if captions else f"{key}.{caption_ext}"
         jsons = _preferred(files, JSON_EXTENSION)
+        hint = "" if captions and images else near.hint(key, images, files)
         if not images:
             names = ", ".join(r for r, _ in files)
-            unused = [(files[0][0], "no_image", f"no image ({', '.join(extensions)}) named {key!r}: {names}")]
+            unused = [(files[0][0], "no_image", f"no image ({', '.join(extensions)}) named {key!r}: {names}{hint}")]
         else:
             unused = [(r, "duplicate_image", f"{r}: {images[0]} of the same name is used") for r in images[1:]]
             unused += [(r, "duplicate_caption", f"{r}: {caption} of the same name is used") for r in captions[1:]]
             unused += [(r, "duplicate_json", f"{r}: {jsons[0]} of the same name is used") for r in jsons[1:]]
-        entries.append(_Entry(key, images[0] if images else None, caption, jsons[0] if jsons else None, tuple(unused)))
+        entries.append(_Entry(key, images[0] if images else None, caption, jsons[0] if jsons else None, tuple(unused), hint,
+                              bool(captions)))
     return sorted(entries, key=lambda e: e.key)
+
+
+#: What ``_NearMisses`` looks for when it looks for an image, not a file ending (no ending holds a slash).
+_IMAGE = "/image"
+#: Files that hold a folder's captions in tools this source does not follow (Hugging Face's imagefolder).
+_METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
+
+
+class _NearMisses:
+    """Where the caption of an image without one, or the image of a caption without one, may be,
+    named otherwise: ``a.jpg.txt`` (key ``a.jpg``), a name that differs only in case (``IMG_1.JPG``
+    and ``img_1.txt``), a sidecar of another extension (``a.caption``), the same name in another
+    folder (``images/a.jpg`` and ``captions/a.txt``), a Hugging Face ``metadata.jsonl`` in its folder
+    or above. Indexed once, so each key costs a few look-ups."""
+
+    def __init__(self, groups: dict[str, list[tuple[str, str]]], extensions: tuple[str, ...], caption: str) -> None:
+        self.groups, self.extensions, self.caption = groups, extensions, caption
+        self.folded: dict[str, list[str]] = {}
+        self.named: dict[str, list[str]] = {}
+        for key in groups:
+            self.folded.setdefault(key.casefold(), []).append(key)
+            self.named.setdefault(posixpath.basename(key), []).append(key)
+        self.metadata: dict[str, str] = {}
+        #: Each folder's first two images and captions (a folder per sample: ``s1/image.jpg``, ``s1/caption.txt``).
+        self.within: dict[tuple[str, str], list[str]] = {}
+        for files in groups.values():
+            for rel, ext in files:
+                folder = posixpath.dirname(rel)
+                if posixpath.basename(rel).lower() in _METADATA_FILES:
+                    self.metadata[folder] = rel
+                kind = _IMAGE if ext in extensions else self.caption if ext == self.caption else None
+                if kind is not None and len(found := self.within.setdefault((folder, kind), [])) < 2:
+                    found.append(rel)
+
+    def _has(self, key: str, wanted: str) -> str | None:
+        found = [r for r, e in self.groups.get(unicodedata.normalize("NFC", key), [])
+                 if (e in self.extensions if wanted == _IMAGE else e == wanted)]
+        return found[0] if found else None
+
+    def _elsewhere(self, key: str, wanted: str) -> list[str]:
+        """Files of the same name and the ``wanted`` kind, without a partner of their own, in other
+        folders: two at most, of the first eight names looked at (a name in every folder costs no more)."""
+        key = unicodedata.normalize("NFC", key)
+        partner = _IMAGE if wanted == self.caption else self.caption
+        others = itertools.islice((k for k in self.named.get(posixpath.basename(key), []) if k != key), 8)
+        return [found for k in others if (found := self._has(k, wanted)) is not None and self._has(k, partner) is None][:2]
+
+    def _alone(self, key: str, kind: str) -> list[str]:
+        """The hint for a key whose folder holds one file of ``kind`` (an image, a caption), under another name."""
+        found = self.within.get((posixpath.dirname(key), kind), [])
+        partner = _IMAGE if kind == self.caption else self.caption
+        if len(found) != 1 or split_name(found[0])[0] == key or self._has(split_name(found[0])[0], partner) is not None:
+            return []
+        image_key = split_name(found[0])[0] if kind == _IMAGE else key
+        return [f"{found[0]} is the only {'image' if kind == _IMAGE else 'caption'} in its folder, but a caption is "
+                f"read from the image's name: {image_key}.{self.caption}"]
+
+    def hint(self, key: str, images: list[str], files: list[tuple[str, str]]) -> str:
+        """The text appended to the record of ``key``, whose files are ``files``."""
+        norm = unicodedata.normalize("NFC", key)
+        twins = [k for k in self.folded.get(norm.casefold(), []) if k != norm]
+        hints = []
+        if images:
+            for image in images:
+                if (double := self._has(image, self.caption)) is not None:
+                    hints.append(f"{double} is the caption of key {image!r} (a key ends at the last dot), not of {image}: "
+                                 f"name it {key}.{self.caption}")
+            cased = [found for k in twins if (found := self._has(k, self.caption)) is not None]
+            others = [(r, e) for r, e in files if e not in self.extensions and e not in (self.caption, JSON_EXTENSION)]
+            hints += [f"{t} differs from {images[0]} only in letter case, and names are matched exactly" for t in cased]
+            hints += [f"{r}: extension {e!r} is not read as a caption (a caption is {key}.{self.caption}; a recipe's "
+                      f"[source] caption_extension = {e!r} reads those)" for r, e in others]
+            hints += [f"{c} has its name in another folder: a caption is read from beside its image" for c in self._elsewhere(key, self.caption)]
+            hints += self._alone(key, self.caption)
+            folder = posixpath.dirname(key)
+            while True:
+                if folder in self.metadata:
+                    hints.append(f"{self.metadata[folder]} (Hugging Face imagefolder's captions) is not read: "
+                                 f"write each caption beside its image, {key}.{self.caption}")
+                    break
+                if not folder:
+                    break
+                folder = posixpath.dirname(folder)
+        elif any(e == self.caption for _, e in files):
+            stem, ext = split_name(key)
+            if ext in self.extensions and (image := self._has(stem, _IMAGE)) is not None:
+                hints.append(f"the caption of {image}? It is read from {stem}.{self.caption} (a key ends at the last dot)")
+            hints += [f"{t} differs only in letter case, and names are matched exactly" for k in twins if (t := self._has(k, _IMAGE))]
+            hints += [f"{i} has its name in another folder: a caption is read from beside its image" for i in self._elsewhere(key, _IMAGE)]
+            hints += self._alone(key, _IMAGE)
+        elif any(posixpath.basename(r).lower() in _METADATA_FILES for r, _ in files):
+            hints.append(f"Hugging Face imagefolder's captions are not read: write each caption beside its image, as name.{self.caption}")
+        return "".join(f"; {h}" for h in hints)
 
 
 def _preferred(files: list[tuple[str, str]], extension: str) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Mapping
 
 from implicit_concept.shard_reader import MAX_JSON_BYTES
 
@@ -77,3 +77,13 @@ def encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def json_caption_hint(meta: Mapping[str, Any], json_name: str | None, caption_name: str) -> str:
+    """For a sample without its caption file whose JSON holds a caption (``{"caption": ...}``, as
+    img2dataset writes it beside KEY.txt): the text its ``missing_caption`` record ends with."""
+    found = meta.get("json")
+    fields = [f for f in ("caption", "text", "prompt", "alt") if isinstance(found, dict) and isinstance(found.get(f), str)]
+    if not fields or json_name is None:
+        return ""
+    return f"; {json_name} has a {fields[0]!r} field, but the caption is read from {caption_name} only, not from the JSON"

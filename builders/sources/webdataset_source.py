@@ -1,7 +1,8 @@
 """Image-text tar shards in img2dataset's layout (``KEY.jpg`` + ``KEY.txt`` + ``KEY.json``).
 
 The tars may be local paths, ``pipe:`` commands or http(s) URLs (brace patterns in any of them), as
-labs hold LAION: a stream is opened by webdataset's ``gopen`` and read with the same bounds and the
+labs hold LAION: a stream is opened by :mod:`implicit_concept.streams` (webdataset's ``gopen``
+commands; a failed or stalled one is said in words) and read with the same bounds and the
 same grouping as a local file and as the project's own shards
 (:func:`implicit_concept.shard_reader.group_runs`, with its bounded header reading). One input tar
 is one output shard, so shard ``i`` of either split reads only tar ``i``. Members are grouped as webdataset does (its ``base_plus_ext``): the key is the member's
@@ -16,7 +17,8 @@ no image or no caption names its members and why one was not taken (a dot in the
 not read). Members are read as bytes and only the image, caption and JSON ones are kept: nothing is
 ever unpickled. A tar that ends early, or without its end-of-archive block, yields the samples read
 so far and then one ``corrupt_tar``; one that cannot be opened (a failed command, an HTTP error) is
-one ``unreadable_tar``.
+one ``unreadable_tar``. A stream is first read again (:data:`STREAM_ATTEMPTS` reads in all) when it
+failed once bytes came (a dropped connection, a stall, a command's error mid-way).
 
 Memory stays bounded whatever a tar declares: a member over ``max_member_bytes`` is not read (its
 sample is a ``member_too_large``), a sparse member or an oversized header record stops the tar
@@ -33,9 +35,12 @@ import posixpath
 import re
 import shlex
 import tarfile
+import time
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 from braceexpand import UnbalancedBracesError, braceexpand
 
@@ -55,21 +60,29 @@ from implicit_concept.shard_reader import (
     open_tar,
     split_member_name,
 )
+from implicit_concept.streams import StreamFailed
 
 from .base import (
-    DEFAULT_EXTENSIONS, HIDDEN, MAX_PLANNED_SHARDS, RawItem, Source, check_fraction, check_limits, hidden_detail, split_of,
-    undecodable_detail,
+    DEFAULT_EXTENSIONS, HIDDEN, MAX_PLANNED_SHARDS, RawItem, Source, check_fraction, check_limits, hidden_detail, raise_cap,
+    split_of, undecodable_detail,
 )
 from .caption_text import read_caption
-from .source_json import encodable, read_source_json
+from .source_json import encodable, json_caption_hint, read_source_json
+
+
+#: Reads of a stream that fails in a way another read may not, and the wait before the next (times the reads so far).
+STREAM_ATTEMPTS = 3
+STREAM_RETRY_SECONDS = 2.0
 
 
 class _TarStopped(Exception):
     """The tar cannot be read further; ``reason`` is counted once for the rest of it."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, transient: bool = False) -> None:
         super().__init__(detail)
         self.reason = reason
+        #: A stream's failure that reading it again may not meet (a dropped connection, a stall).
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -114,13 +127,57 @@ class WebDatasetConfig:
 def missing_tars_hint(path: str, given_in: str) -> str:
     """What to add to "tar files do not exist" for a path that was never going to be found: a glob
     (never expanded here, unlike in a shell) or a relative path (read from the current folder, not
-    from the file that names it)."""
+    from the file that names it); else what the folder holds: no such folder, or the tars there and
+    the brace pattern that names them (img2dataset leaves out a shard it could not write, so the
+    numbers may have gaps; or they are 6 digits where 5 were given)."""
+    if path.startswith("~"):
+        return f" (a '~' is not expanded here, only by a shell and outside quotes: write the full path, {os.path.expanduser(path)!r}?)"
     if any(c in path for c in "*?["):
-        return " (globs are not expanded: name the tars with a brace pattern, e.g. '/data/shards/{00000..00099}.tar')"
+        example = tars_pattern(Path(path).parent) or "'/data/shards/{00000..00099}.tar'"
+        return f" (globs are not expanded: name the tars with a brace pattern, e.g. {example})"
     if not os.path.isabs(path):
         where = ", not from the recipe file's folder" if given_in == "a recipe" else ""
         return f" (a relative path in {given_in} is read from the current folder, {os.getcwd()}{where})"
-    return ""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        return f" (no folder {str(folder)!r})"
+    example = tars_pattern(folder)
+    return f" ({str(folder)!r} holds no .tar, .tar.gz or .tgz file)" if example is None else f" (the tars in that folder: {example})"
+
+
+#: The endings of a tar shard's file name.
+TAR_ENDINGS = (".tar", ".tar.gz", ".tgz")
+#: Runs of consecutive numbers a suggested brace pattern spells out at most.
+MAX_PATTERN_RUNS = 12
+
+
+def tars_pattern(folder: Path) -> str | None:
+    """A brace pattern naming every tar in ``folder``, quoted (numbered ones as ranges, gaps left out:
+    ``'/d/{{00000..00002},00004}.tar'``; the first and last past :data:`MAX_PATTERN_RUNS` gaps), else
+    its first tar's path; None when it holds none."""
+    try:
+        tars = sorted(p.name for p in folder.iterdir() if p.name.endswith(TAR_ENDINGS) and not p.name.startswith("."))
+    except OSError:
+        return None
+    if not tars:
+        return None
+    stems = [t.split(".", 1)[0] for t in tars]
+    suffix = tars[0][len(stems[0]):]
+    numbered = all(t == f"{s}{suffix}" and s.isdigit() and len(s) == len(stems[0]) for s, t in zip(stems, tars))
+    if not numbered or len(tars) == 1:
+        return f"'{folder / tars[0]}'"
+    runs: list[list[str]] = []
+    for stem in stems:
+        if runs and int(stem) == int(runs[-1][-1]) + 1:
+            runs[-1][1:] = [stem]
+        else:
+            runs.append([stem])
+    if len(runs) > MAX_PATTERN_RUNS:  # a pattern too long to read
+        return (f"'{folder / tars[0]}' to '{folder / tars[-1]}', {len(tars)} tars with {len(runs) - 1} gaps: "
+                f"list them in a recipe's urls")
+    ranges = [f"{run[0]}..{run[-1]}" if len(run) > 1 else run[0] for run in runs]
+    braces = f"{{{ranges[0]}}}" if len(ranges) == 1 else "{" + ",".join(f"{{{r}}}" if ".." in r else r for r in ranges) + "}"
+    return f"'{folder / f'{braces}{suffix}'}'"
 
 
 class WebDatasetSource(Source):
@@ -146,10 +203,13 @@ class WebDatasetSource(Source):
         self.max_pixels = config.max_pixels
 
     def fingerprint(self) -> dict[str, Any]:
-        """Every tar's name and size; a stream's URL alone (its size is unknown until read)."""
-        listing = [f"{p}\t{os.stat(p).st_size}" if not is_stream(p) and os.path.isfile(p) else f"{p}\t-" for p in self.tars]
+        """Every tar's name, size and modification time, as a folder's files (a member appended with
+        ``tar -r`` may fit in the tar's last record, leaving its size as it was); a stream's URL alone
+        (its size is unknown until read)."""
+        stats = {p: os.stat(p) for p in self.tars if not is_stream(p) and os.path.isfile(p)}
+        listing = [f"{p}\t{stats[p].st_size}\t{stats[p].st_mtime_ns}" if p in stats else f"{p}\t-" for p in self.tars]
         digest = hashlib.sha256("\n".join(listing).encode("utf-8", "surrogateescape")).hexdigest()
-        sizes = [os.stat(p).st_size for p in self.tars if not is_stream(p) and os.path.isfile(p)]
+        sizes = [info.st_size for info in stats.values()]
         return {"kind": self.kind, "tars": len(self.tars), "streams": sum(map(is_stream, self.tars)), "bytes": sum(sizes), "sha256": digest}
 
     def shard_ids(self, split: str) -> list[int]:
@@ -167,18 +227,35 @@ class WebDatasetSource(Source):
         def wanted(rel: str) -> bool:
             return split_of(f"{name}/{rel}", self.config.test_fraction) == split
 
-        try:
-            for event in _events(path, wanted, keep, self.config.max_member_bytes):
-                if isinstance(event, TarRun):
-                    yield from self._items(name, event)
-                else:
-                    source_id = f"{name}/{event.name}"
-                    if not encodable(source_id):
-                        yield RawItem(source_id, None, None, {"tar": name}, error="undecodable_name", detail=undecodable_detail(source_id))
-                    else:
-                        yield RawItem(source_id, None, None, {"tar": name, "member": event.name}, *_loose_record(event))
-        except _TarStopped as exc:
-            yield RawItem(name, None, None, {"tar": name}, error=exc.reason, detail=str(exc))
+        # A stream cut short once bytes came (a dropped connection, a stall, a command's error) is read
+        # again from its start, its samples already given passed over: the shard is then what an
+        # unbroken read gives, not what the network allowed that day.
+        given, attempts = 0, STREAM_ATTEMPTS if is_stream(path) else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                for index, event in enumerate(_events(path, wanted, keep, self.config.max_member_bytes)):
+                    if index < given:
+                        continue
+                    given += 1
+                    yield from self._event_items(name, event)
+                return
+            except _TarStopped as exc:
+                if exc.transient and attempt < attempts:
+                    time.sleep(STREAM_RETRY_SECONDS * attempt)
+                    continue
+                tried = f" ({attempts} reads)" if exc.transient and attempts > 1 else ""
+                yield RawItem(name, None, None, {"tar": name}, error=exc.reason, detail=f"{exc}{tried}")
+                return
+
+    def _event_items(self, name: str, event: TarRun | LooseMember) -> Iterator[RawItem]:
+        if isinstance(event, TarRun):
+            yield from self._items(name, event)
+            return
+        source_id = f"{name}/{event.name}"
+        if not encodable(source_id):
+            yield RawItem(source_id, None, None, {"tar": name}, error="undecodable_name", detail=undecodable_detail(source_id))
+        else:
+            yield RawItem(source_id, None, None, {"tar": name, "member": event.name}, *_loose_record(event))
 
     def _items(self, name: str, run: TarRun) -> Iterator[RawItem]:
         """The item of one run of a key's members, then a ``duplicate_image`` record for each image
@@ -196,7 +273,8 @@ class WebDatasetSource(Source):
                 f"the tar is not sorted by name; sort it (e.g. GNU tar --sort=name) to make them one item"))
             return
         if run.refused is not None:
-            yield RawItem(source_id, None, None, meta, error=run.refused.reason, detail=run.refused.detail)
+            cap = raise_cap("max_member_bytes") if run.refused.reason == "member_too_large" else ""
+            yield RawItem(source_id, None, None, meta, error=run.refused.reason, detail=f"{run.refused.detail}{cap}")
             return
         images = [k for k in self.config.image_keys if k in members]
         yield self._item(source_id, run, meta, images)
@@ -224,7 +302,8 @@ class WebDatasetSource(Source):
         caption_key = self.config.caption_key
         if caption_key not in members:
             return RawItem(source_id, None, None, meta, error="missing_caption", detail=(
-                f"key {key!r}: no caption member {key}.{caption_key} among its members {run.listing()}{self._hints(run)}"))
+                f"key {key!r}: no caption member {key}.{caption_key} among its members {run.listing()}{self._hints(run)}"
+                f"{json_caption_hint(meta, run.names_by_ext.get('json'), f'{key}.{caption_key}')}"))
         caption, error, why = read_caption(members[caption_key])
         if error:
             return RawItem(source_id, None, None, meta, error=error, detail=f"{run.names_by_ext[caption_key]}: {why}")
@@ -254,7 +333,8 @@ class WebDatasetSource(Source):
             names, exts = ", ".join(repr(u[0]) for u in unknown), ", ".join(repr(u[1]) for u in unknown)
             plural = len(unknown) > 1
             hints.append(f"extension{'s' if plural else ''} {exts} of {names} {'are' if plural else 'is'} not read "
-                         f"(images: {', '.join(self.config.image_keys)}; caption: {self.config.caption_key})")
+                         f"(images: {', '.join(self.config.image_keys)}; caption: {self.config.caption_key}; a recipe's "
+                         f"[source] image_keys and caption_key read others)")
         return "".join(f"; {h}" for h in hints)
 
 
@@ -358,7 +438,12 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
         tf = open_tar(path)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         reason = "corrupt_tar" if isinstance(exc, (tarfile.TarError, EOFError, zlib.error)) else "unreadable_tar"
-        said = describe_non_tar(path) if reason == "corrupt_tar" and not is_stream(path) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, StreamFailed):  # its text names the stream and says what failed
+            raise _TarStopped(reason, str(exc), exc.transient) from exc
+        if reason == "corrupt_tar":
+            said = str(exc) if is_stream(path) else describe_non_tar(path)
+        else:
+            said = f"{type(exc).__name__}: {exc}"
         raise _TarStopped(reason, f"{path}: {said}") from exc
     try:
         with tf:
@@ -373,6 +458,8 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
             yield complete
         if isinstance(exc, TarRefused):
             raise _TarStopped(exc.reason, f"{exc.detail} (after {last!r})") from exc
+        if isinstance(exc, StreamFailed):
+            raise _TarStopped("corrupt_tar", f"{exc} (after {last!r})", exc.transient) from exc
         raise _TarStopped("corrupt_tar", f"{type(exc).__name__}: {exc} (after {last!r})") from exc
     if not ended:
         raise _TarStopped("corrupt_tar", f"no end-of-archive block after {last!r}")
@@ -385,20 +472,26 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
 
 
 def _name(location: str) -> str:
-    """A tar's name in source ids: its basename. For a pipe: command, the basename of its last word
-    that names a tar (``pipe:aws s3 cp s3://b/00000.tar -`` is ``00000.tar``, as the same tar read
-    from disk), else of its last word that is not an option or ``-``."""
+    """A tar's name in source ids: its basename (an http(s) URL's, less its query: a signed URL's
+    token changes, the tar does not). For a pipe: command, the last tar a word of it names, wherever
+    in the word (``pipe:aws s3 cp s3://b/00000.tar -`` and ``pipe:sh -c 'curl -s URL/00000.tar | zstd -d'``
+    are ``00000.tar``, as the same tar read from disk), else the basename of its last word that is
+    not an option or ``-``."""
     if not location.startswith("pipe:"):
-        return os.path.basename(location.rstrip("/")) or location
+        path = urlsplit(location).path if location.startswith(("http://", "https://")) else location
+        return posixpath.basename(path.rstrip("/")) or location
     try:
         words = shlex.split(location[len("pipe:"):])
     except ValueError:
         words = location[len("pipe:"):].split()
-    tars = [w for w in words if _TAR_NAME.search(w.rstrip("/"))]
+    tars = [found for w in words for found in _TAR_NAME.findall(w)]
+    if tars:
+        return tars[-1]
     plain = [w for w in words if w != "-" and not w.startswith("-")]
-    chosen = (tars or plain or words or [location])[-1]
+    chosen = (plain or words or [location])[-1]
     return os.path.basename(chosen.rstrip("/")) or chosen
 
 
-#: A word of a pipe: command that names a tar shard.
-_TAR_NAME = re.compile(r"\.(tar|tar\.gz|tgz)$", re.IGNORECASE)
+#: A tar a word of a pipe: command names: a name ending in .tar (compressed or not) or .tgz, at the end of the
+#: word or before what ends a path in a shell command or a URL (``;``, ``|``, a quote, ``?``).
+_TAR_NAME = re.compile(r"([^\s/'\";|&<>()=:]+\.(?:tar(?:\.(?:gz|zst|xz|bz2|lz4))?|tgz))(?![\w.-])", re.IGNORECASE)
