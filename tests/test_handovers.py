@@ -3,6 +3,7 @@ folder saved with another scheduler or as another pipeline class, images in a lo
 otherwise, and the cache keys that let a rerun keep what it already drew."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,12 +11,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler
 from PIL import Image
+from safetensors.torch import save_file
 
 from benchmark import external
 from benchmark.models.pipeline_identity import model_record, pipeline_source, remember_loaded
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
+from benchmark.models.pretrained_check import check_pretrained
 from benchmark.track import load_track
 from implicit_concept.geom_erasing.location_tokens import add_tokens
 from tests.test_benchmark_io import _FakeReport
@@ -409,3 +413,48 @@ def test_a_judging_whose_prompts_file_holds_fewer_than_asked_is_refused(tmp_path
     judging = replace(judging, track=replace(judging.track, prompts=str(short)), num_prompts=2)
     with pytest.raises(ValueError, match=r"one.csv: holds 1 prompts, fewer than the 2 asked"):
         judging.prompts()
+
+
+def _weights(file, *keys):
+    file.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: torch.zeros(2) for key in keys}, str(file))
+
+
+@pytest.mark.parametrize("name, keys, kind, why", [
+    ("pytorch_lora_weights.safetensors", ["unet.down_blocks.0.attentions.0.proj_in.lora_A.weight"], "LoRA", "diffusers' name for them"),
+    ("unet/pytorch_lora_weights.bin", None, "LoRA", "diffusers' name for them"),
+    ("erase-qr.safetensors", ["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", "lora_unet_x.alpha"], "LoRA",
+     "tensor 'lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight'"),
+    ("unet/attn_procs.safetensors", ["down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_custom_diffusion.weight"],
+     "custom-diffusion", "tensor"),
+    ("text_encoder/learned_embeds.safetensors", ["<qrcode>"], "textual-inversion", "diffusers' name for them"),
+    ("embeddings/no-qr.safetensors", ["<no-qr>"], "textual-inversion", "tensor '<no-qr>'"),
+    ("ip/ip_adapter.safetensors", ["image_proj.proj.weight"], "IP-Adapter", "diffusers' name for them"),
+])
+def test_a_folder_holding_weights_loading_would_not_apply_is_refused_naming_the_file(saved, tmp_path, unscored, name, keys, kind, why):
+    """A LoRA (or embeddings, attention processors) saved beside the parts is never applied by the
+    loader: the folder was scored as the model without it, an erasure judged as the plain model."""
+    folder = tmp_path / "with-adapter"
+    shutil.copytree(saved("original"), folder)
+    if keys is None:
+        (folder / name).write_bytes(b"not even a pickle")  # known by its name, never opened
+    else:
+        _weights(folder / name, *keys)
+    shown = f"{folder / name}: {kind} weights ({why}"
+    with pytest.raises(ValueError, match=re.escape(shown) + r".*which loading the pipeline does not apply.*fuse_lora"):
+        external.score_pipeline(folder, tmp_path / "scored", _judging(tmp_path), progress=False)
+    assert not (tmp_path / "scored").exists()
+    with pytest.raises(ValueError, match=re.escape(shown)):
+        check_pretrained(folder)
+
+
+def test_whole_model_weights_beside_the_parts_are_not_taken_for_an_adapter(saved, tmp_path):
+    """A hub snapshot of SD v1.5 holds its single-file checkpoints beside the parts; a tensor whose
+    name merely contains "lora" (colorant, floral) is a model's."""
+    folder = tmp_path / "snapshot"
+    shutil.copytree(saved("original"), folder)
+    _weights(folder / "v1-5-pruned-emaonly.safetensors", "model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.colorant.floral_lora2")
+    (folder / "v1-5-pruned.ckpt").write_bytes(b"a pickle, never opened")
+    (folder / "unet" / "lfs-pointer.safetensors").write_text("version https://git-lfs.github.com/spec/v1\n")
+    load_pipeline(folder)
+    check_pretrained(folder)

@@ -9,7 +9,8 @@ download: its header is read, never its tensors), a tokenizer or scheduler witho
 folder of another architecture that would load and then fail mid-training with a bare tensor error:
 another pipeline class (SDXL, inpainting), a UNet whose input is not the VAE's latents (an
 inpainting UNet takes 9 channels), one that needs added embeddings (SDXL's ``text_time``), or one
-whose cross-attention width is not the text encoder's.
+whose cross-attention width is not the text encoder's; and one holding weights it would not apply
+(a LoRA beside the parts).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from diffusers import UNet2DConditionModel
 
+from benchmark.models.adapter_weights import check_no_adapter_weights
 from benchmark.models.patch_autoencoder import PatchAutoencoder
 from benchmark.models.pipelines import (
     DIFFUSERS_WEIGHTS,
@@ -28,6 +30,7 @@ from benchmark.models.pipelines import (
     _component_class,
     _scheduler_config,
     _weights_variant,
+    check_weights_config,
     read_weight_headers,
     same_sampler,
     track_sampler,
@@ -86,6 +89,9 @@ def check_pretrained(path: str | Path) -> dict[str, Any]:
         weights[name] = [str(f.relative_to(path)) for f in files]
 
     latent_channels, hidden_size = check_parts_fit(path, vae_class)  # each weighted part's config.json too
+    for name in PART_CLASSES:
+        check_weights_config(path / name)
+    check_no_adapter_weights(path)
     return {"weights": weights, "latent_channels": latent_channels, "cross_attention_dim": hidden_size}
 
 
