@@ -12,6 +12,7 @@ image ``i`` of prompt ``p`` is sampled with ``torch.Generator("cpu").manual_seed
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -209,6 +210,10 @@ def score_image_folder(
     stems = [Path(image_name(p, i)).stem for p in prompts for i in range(generation.images_per_prompt)]
     found = _images_by_stem(Path(folder))
     missing = [stem for stem in stems if stem not in found]
+    unfit = _not_files(Path(folder), missing) if missing else []
+    if unfit:
+        raise FileNotFoundError(f"{folder}: {len(unfit)} entries named as images are not image files: {'; '.join(unfit[:3])}"
+                                f"{'; ...' if len(unfit) > 3 else ''}")
     if missing:
         raise FileNotFoundError(
             f"{folder}: {len(missing)} of {len(stems)} images named by {judging.track.prompts} are missing, first "
@@ -327,6 +332,25 @@ def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not is_hidden(path.name):  # as image_files
             found.setdefault(path.stem, []).append(path)
     return found
+
+
+def _not_files(folder: Path, stems: list[str]) -> list[str]:
+    """What stands under the name of one of ``stems``' images that is not a file to read (a broken or
+    looping symbolic link, a folder, a FIFO): said as what it is, where "missing" would contradict a
+    listing that shows it."""
+    wanted = set(stems)
+    said = []
+    for path in sorted(folder.iterdir()):
+        if path.stem not in wanted or path.suffix.lower() not in IMAGE_SUFFIXES or path.is_file() or is_hidden(path.name):
+            continue
+        if path.is_symlink() and not path.exists():
+            try:
+                said.append(f"{path.name} is a broken symbolic link (to {os.readlink(path)})")
+            except OSError as e:
+                said.append(f"{path.name} is a symbolic link that cannot be read ({e.strerror})")
+        else:
+            said.append(f"{path.name} is {'a folder' if path.is_dir() else 'not a regular file'}")
+    return said
 
 
 def track_overrides(judging: Judging, generation: GenerationSettings) -> dict[str, Any]:

@@ -458,3 +458,20 @@ def test_whole_model_weights_beside_the_parts_are_not_taken_for_an_adapter(saved
     (folder / "unet" / "lfs-pointer.safetensors").write_text("version https://git-lfs.github.com/spec/v1\n")
     load_pipeline(folder)
     check_pretrained(folder)
+
+
+@pytest.mark.parametrize("make, said", [
+    (lambda path: path.symlink_to("/nowhere/gone.png"), r"is a broken symbolic link \(to /nowhere/gone.png\)"),
+    (lambda path: path.symlink_to(path.name), r"is a broken symbolic link \(to 1_0.PNG\)"),
+    (lambda path: path.mkdir(), r"is a folder"),
+    (lambda path: os.mkfifo(path), r"is not a regular file"),
+])
+def test_an_entry_under_an_images_name_that_is_not_a_file_is_said_as_what_it_is(tmp_path, unscored, make, said):
+    """A link left dangling by a copy, a folder or a FIFO listed as 1_0.PNG was reported missing."""
+    judging = _judging(tmp_path)
+    first, second = (p.case_number for p in judging.prompts())
+    folder = _images(tmp_path / "images", [f"{first}_0.png"])
+    make(folder / f"{second}_0.PNG")
+    with pytest.raises(FileNotFoundError, match=rf"images: 1 entries named as images are not image files: {second}_0.PNG {said}$"):
+        external.score_image_folder(folder, tmp_path / "out", judging)
+    assert not (tmp_path / "out").exists()
