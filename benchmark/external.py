@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from benchmark.evaluation.scorecard import score_generated
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_name, image_prompts
@@ -28,7 +29,7 @@ from benchmark.published_models import is_published
 from benchmark.track import Track
 from builders.recipe import recipe_name
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import atomic_write_json, read_json_object, sha256_file
+from implicit_concept.files import atomic_write_json, locked, read_json_object, sha256_file
 from implicit_concept.geom_erasing.location_tokens import tokens_not_held
 from implicit_concept.geom_erasing.training_target import METADATA_FILE, negative_prompt_for
 from implicit_concept.image_decode import open_image
@@ -169,13 +170,24 @@ def score_pipeline(
     generation = judging.settings(**settings)
     prompts = judging.prompts()
     source = {**pipeline_source(pipe), "negative_prompt": negative}
-    paths = generate_images(diffusers_generate_fn(pipe, generation), prompts, Path(out) / "images", negative, generation, progress,
-                            source=source)
-    scheduler = _scheduler_record(Path(pipeline_dir), pipe.scheduler)
-    inputs = {"pipeline": str(pipeline_dir), "model": model_record(pipe, source), "scheduler": scheduler,
-              "negative_prompt": negative, "generation": generation.__dict__}
-    off = {"scheduler": scheduler["class"]} if own_scheduler and _off_track_sampler(Path(pipeline_dir), pipe.scheduler, sampler) else {}
-    return _score(paths, prompts, generation, Path(out), judging, inputs, off)
+    with _held(Path(out)):
+        paths = generate_images(diffusers_generate_fn(pipe, generation), prompts, Path(out) / "images", negative, generation, progress,
+                                source=source)
+        scheduler = _scheduler_record(Path(pipeline_dir), pipe.scheduler)
+        inputs = {"pipeline": str(pipeline_dir), "model": model_record(pipe, source), "scheduler": scheduler,
+                  "negative_prompt": negative, "generation": generation.__dict__}
+        off = {"scheduler": scheduler["class"]} if own_scheduler and _off_track_sampler(Path(pipeline_dir), pipe.scheduler, sampler) else {}
+        return _score(paths, prompts, generation, Path(out), judging, inputs, off)
+
+
+@contextmanager
+def _held(out: Path) -> Iterator[None]:
+    """``out`` for this process alone while it draws and scores: a second scoring into it (another
+    pipeline's, a rerun started twice) would remove the first one's images as stale and draw its own
+    among them, and the first would score a mixture under its own pipeline's name."""
+    out.mkdir(parents=True, exist_ok=True)
+    with locked(out, wait=False, refusal="wait for it to finish or choose another --out", inside=True):
+        yield
 
 
 def _scheduler_record(pipeline_dir: Path, scheduler: Any) -> dict[str, Any]:
@@ -259,7 +271,8 @@ def score_image_folder(
               f"{generation.images_per_prompt} per prompt): {shown}", file=sys.stderr)
     inputs = {"images": str(folder), "formats": formats,
               "not_scored": {"count": len(extra), "images": [found[stem][0].name for stem in extra]}}
-    return _score(paths, prompts, generation, Path(out), judging, inputs, {"lossy_images": lossy} if lossy else {})
+    with _held(Path(out)):
+        return _score(paths, prompts, generation, Path(out), judging, inputs, {"lossy_images": lossy} if lossy else {})
 
 
 #: Image formats (as :func:`image_formats` names them) whose decoded pixels are not the pixels

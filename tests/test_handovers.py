@@ -21,6 +21,7 @@ from benchmark.models.pipeline_identity import model_record, pipeline_source, re
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
 from benchmark.models.pretrained_check import check_pretrained
 from benchmark.track import load_track
+from implicit_concept.files import locked
 from implicit_concept.geom_erasing.location_tokens import add_tokens
 from tests.test_benchmark_io import _FakeReport
 
@@ -475,3 +476,22 @@ def test_an_entry_under_an_images_name_that_is_not_a_file_is_said_as_what_it_is(
     with pytest.raises(FileNotFoundError, match=rf"images: 1 entries named as images are not image files: {second}_0.PNG {said}$"):
         external.score_image_folder(folder, tmp_path / "out", judging)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_scoring_into_an_output_folder_in_use_is_refused_and_leaves_the_first_ones_images(saved, tmp_path, unscored):
+    """Two score-pipeline runs given one --out: the second removed the first's images as stale and drew
+    its own among them, and the first scored the mixture under its own pipeline's name."""
+    judging = _judging(tmp_path)
+    out = tmp_path / "scored"
+    external.score_pipeline(saved("original"), out, judging, progress=False)
+    before = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
+    summary = (out / "summary.json").read_bytes()
+    other = saved("other-negative")
+    (other / external.NEGATIVE_PROMPT_FILE).write_text("QR code", encoding="utf-8")
+    with locked(out, inside=True):  # the first one, still drawing or scoring
+        with pytest.raises(ValueError, match=rf"{re.escape(str(out))}: in use by another process \(pid \d+\); wait for it to finish or choose another --out"):
+            external.score_pipeline(other, out, judging, progress=False)
+        with pytest.raises(ValueError, match=r"in use by another process"):
+            external.score_image_folder(out / "images", out, judging)
+    assert {p.name: p.read_bytes() for p in (out / "images").iterdir()} == before and (out / "summary.json").read_bytes() == summary
+    assert external.score_pipeline(other, out, judging, progress=False)["inputs"]["negative_prompt"] == "QR code"
