@@ -42,8 +42,9 @@ from implicit_concept.files import read_json_object
 PIPELINE_CLASS = "StableDiffusionPipeline"
 #: The parts ``load_pipeline`` loads, in its order, and the weights stem of those with weights.
 PARTS = {"vae": DIFFUSERS_WEIGHTS, "text_encoder": TRANSFORMERS_WEIGHTS, "tokenizer": None, "unet": DIFFUSERS_WEIGHTS, "scheduler": None}
-#: The files of each part without weights that its loader reads (CLIPTokenizer: the slow tokenizer's two files).
-NEEDED_FILES = {"tokenizer": ("vocab.json", "merges.txt"), "scheduler": ("scheduler_config.json",)}
+#: The files of each part without weights that its loader reads, each set enough alone (CLIPTokenizer:
+#: ``tokenizer.json``, which transformers 5 saves alone, or the two files SD v1.5's folder holds).
+NEEDED_FILES = {"tokenizer": (("tokenizer.json",), ("vocab.json", "merges.txt")), "scheduler": (("scheduler_config.json",),)}
 CONFIG_FILE = "config.json"
 
 
@@ -76,9 +77,11 @@ def check_pretrained(path: str | Path) -> dict[str, Any]:
         folder = path / name
         if not folder.is_dir():
             raise FileNotFoundError(f"{path}: no {name}/ folder (the base needs its {', '.join(PARTS)})")
-        for needed in NEEDED_FILES.get(name, ()):
-            if not (folder / needed).is_file():
-                raise FileNotFoundError(f"{folder / needed}: missing (the {name} is read from {' and '.join(NEEDED_FILES[name])})")
+        sets = NEEDED_FILES.get(name, ())
+        if sets and not any(all((folder / f).is_file() for f in files) for files in sets):
+            needed = next(f for f in sets[-1] if not (folder / f).is_file())
+            read_from = ", or from ".join(" and ".join(files) for files in sets)
+            raise FileNotFoundError(f"{folder / needed}: missing (the {name} is read from {read_from})")
         if stem is None:
             continue
         variant = _weights_variant(folder, stem)
