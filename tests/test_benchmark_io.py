@@ -101,6 +101,24 @@ def test_images_not_drawn_in_a_folder_are_never_replaced_by_drawing_there(tmp_pa
     assert calls == [[10000]], "images drawn here by another model are drawn anew"
 
 
+@pytest.mark.parametrize("model", ["a", "b"], ids=["same-model", "another-model"])
+def test_images_copied_beside_drawn_ones_are_never_replaced_by_drawing_there(tmp_path, model):
+    """A lab's own PNGs copied into score-pipeline's images/ after a first draw (its source.json there)
+    were deleted as stale by the next draw, whichever model drew it; hidden files are not images."""
+    ours = tmp_path / "ours"
+    generate_images(_fake_generate([]), [Prompt(0, "p0", 10), Prompt(1, "p1", 11)], ours, progress=False, source={"model": "a"})
+    Image.new("RGB", (64, 64), "red").save(ours / "mine_0.png")
+    (ours / "._0_0.png").write_bytes(b"AppleDouble metadata")
+    kept = {p.name: p.read_bytes() for p in ours.iterdir()}
+    with pytest.raises(ValueError, match=r"ours: holds 1 PNG images not drawn here \(not listed in its source.json, e.g. mine_0.png\)"):
+        generate_images(_fake_generate([]), [Prompt(0, "p0", 10)], ours, progress=False, source={"model": model})
+    assert {p.name: p.read_bytes() for p in ours.iterdir()} == kept
+    (ours / "mine_0.png").unlink()
+    calls: list = []
+    generate_images(_fake_generate(calls), [Prompt(0, "p0", 10)], ours, progress=False, source={"model": model})
+    assert calls == ([] if model == "a" else [[10000]]) and (ours / "._0_0.png").exists()
+
+
 def test_generation_resumes_to_the_same_images(tmp_path):
     prompts = [Prompt(i, f"p{i}", 10 + i) for i in range(5)]
     settings = GenerationSettings(images_per_prompt=2, chunk_size=3)
