@@ -495,3 +495,18 @@ def test_a_second_scoring_into_an_output_folder_in_use_is_refused_and_leaves_the
             external.score_image_folder(out / "images", out, judging)
     assert {p.name: p.read_bytes() for p in (out / "images").iterdir()} == before and (out / "summary.json").read_bytes() == summary
     assert external.score_pipeline(other, out, judging, progress=False)["inputs"]["negative_prompt"] == "QR code"
+
+
+def test_a_single_file_checkpoint_or_a_hub_cache_handed_over_is_refused_saying_what_to_pass(saved, tmp_path, unscored):
+    """score-pipeline said only "no model_index.json" where --pretrained's check says how to convert
+    a single-file checkpoint or which snapshot of a Hugging Face cache to pass."""
+    single = tmp_path / "erased-v1-5.safetensors"
+    _weights(single, "model.diffusion_model.input_blocks.0.0.weight")
+    with pytest.raises(ValueError, match=re.escape(f"{single}: a file, not a diffusers pipeline folder") + r".*from_single_file"):
+        external.score_pipeline(single, tmp_path / "scored", _judging(tmp_path), progress=False)
+    snapshot = tmp_path / "hub" / "models--lab--erased" / "snapshots" / ("a" * 40)
+    shutil.copytree(saved("original"), snapshot)
+    with pytest.raises(ValueError, match=r"not a diffusers pipeline folder \(no model_index.json in it\); a Hugging Face cache: "
+                                         rf"pass a snapshot, e.g. {re.escape(str(snapshot))}"):
+        external.score_pipeline(tmp_path / "hub", tmp_path / "scored", _judging(tmp_path), progress=False)
+    assert not (tmp_path / "scored").exists()

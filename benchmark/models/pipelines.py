@@ -298,8 +298,7 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, samp
     (:mod:`~benchmark.models.adapter_weights`): loaded, it would be the model without them.
     """
     path = Path(path)
-    if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(f"{path}: not a diffusers pipeline directory (no model_index.json)")
+    require_pipeline_folder(path)
     index = read_json_object(path / "model_index.json")
     check_pipeline_class(path, index)
     from benchmark.models.adapter_weights import check_no_adapter_weights  # they read this module's names
@@ -347,6 +346,20 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, samp
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def require_pipeline_folder(path: Path) -> None:
+    """Refuse what is not a diffusers pipeline folder, saying what it is instead: a single-file
+    checkpoint (how to convert it), or a Hugging Face cache holding one (the snapshot to pass)."""
+    if path.is_file():
+        raise ValueError(
+            f"{path}: a file, not a diffusers pipeline folder; convert a single-file checkpoint first "
+            "(diffusers: StableDiffusionPipeline.from_single_file(FILE).save_pretrained(FOLDER, safe_serialization=True))"
+        )
+    if not (path / "model_index.json").is_file():
+        snapshots = sorted(path.glob("snapshots/*/model_index.json")) + sorted(path.glob("models--*/snapshots/*/model_index.json"))
+        hint = f"; a Hugging Face cache: pass a snapshot, e.g. {snapshots[0].parent}" if snapshots else ""
+        raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json in it){hint}")
 
 
 #: The pipeline class :func:`load_pipeline` builds, and the only one a folder may be saved as.

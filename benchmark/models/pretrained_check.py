@@ -32,6 +32,7 @@ from benchmark.models.pipelines import (
     _weights_variant,
     check_weights_config,
     read_weight_headers,
+    require_pipeline_folder,
     same_sampler,
     track_sampler,
     weight_files,
@@ -54,15 +55,7 @@ def check_pretrained(path: str | Path) -> dict[str, Any]:
     loaded; else return what was read: the weights files per part and the architecture's widths.
     No tensor is read (only safetensors headers) and nothing is written."""
     path = Path(path)
-    if path.is_file():
-        raise ValueError(
-            f"{path}: a file, not a diffusers pipeline folder; convert a single-file checkpoint first "
-            "(diffusers: StableDiffusionPipeline.from_single_file(FILE).save_pretrained(FOLDER, safe_serialization=True))"
-        )
-    if not (path / "model_index.json").is_file():
-        snapshots = sorted(path.glob("snapshots/*/model_index.json")) + sorted(path.glob("models--*/snapshots/*/model_index.json"))
-        hint = f"; a Hugging Face cache: pass a snapshot, e.g. {snapshots[0].parent}" if snapshots else ""
-        raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json in it){hint}")
+    require_pipeline_folder(path)
     index = read_json_object(path / "model_index.json")
     class_name = index.get("_class_name", PIPELINE_CLASS)
     if class_name != PIPELINE_CLASS:
