@@ -11,6 +11,7 @@ image ``i`` of prompt ``p`` is sampled with ``torch.Generator("cpu").manual_seed
 """
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import sys
@@ -116,11 +117,14 @@ def pipeline_negative_prompt(pipeline_dir: Path) -> str:
         if not isinstance(negative, str):
             raise ValueError(f"{metadata}: negative_prompt is a {type(negative).__name__}, not a string")
         return negative
+    data = recorded.read_bytes()
+    # A byte-order mark says the encoding and is not part of the prompt (it would be sampled as a
+    # token): Notepad's UTF-8 one, or UTF-16's, which Windows PowerShell's `echo ... > FILE` writes.
+    encoding = "utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"
     try:
-        # utf-8-sig: Notepad's byte-order mark is not part of the prompt (it would be sampled as a token).
-        return recorded.read_text(encoding="utf-8-sig").strip()
+        return data.decode(encoding).replace("\r\n", "\n").replace("\r", "\n").strip()  # as read_text reads it
     except UnicodeDecodeError as e:
-        raise ValueError(f"{recorded}: not UTF-8 text ({e})") from None
+        raise ValueError(f"{recorded}: not {'UTF-16' if encoding == 'utf-16' else 'UTF-8'} text ({e})") from None
 
 
 def _check_json_files(pipeline_dir: Path) -> None:

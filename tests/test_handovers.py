@@ -1,6 +1,7 @@
 """What another lab hands over is judged as a benchmark method is, or refused in one line: a pipeline
 folder saved with another scheduler or as another pipeline class, images in a lossy format or named
 otherwise, and the cache keys that let a rerun keep what it already drew."""
+import codecs
 import json
 import os
 import re
@@ -337,11 +338,13 @@ def test_score_pipeline_samples_with_the_negative_prompt_the_folder_records(save
     assert asked[-1] == "" and explicit["inputs"]["negative_prompt"] == ""
 
 
-@pytest.mark.parametrize("encoding, newline", [("utf-8", "\n"), ("utf-8-sig", "\r\n")])
-def test_a_negative_prompt_file_saved_by_a_windows_editor_reads_as_the_same_prompt(tmp_path, encoding, newline):
-    """Notepad writes a byte-order mark and CRLF: the mark was kept as the prompt's first character."""
-    (tmp_path / external.NEGATIVE_PROMPT_FILE).write_text("QR code, watermark\n", encoding=encoding, newline=newline)
-    assert external.pipeline_negative_prompt(tmp_path) == "QR code, watermark"
+@pytest.mark.parametrize("mark, encoding, newline", [(b"", "utf-8", "\n"), (codecs.BOM_UTF8, "utf-8", "\r\n"),
+                                                     (codecs.BOM_UTF16_LE, "utf-16-le", "\r\n"), (codecs.BOM_UTF16_BE, "utf-16-be", "\n")])
+def test_a_negative_prompt_file_saved_by_a_windows_editor_reads_as_the_same_prompt(tmp_path, mark, encoding, newline):
+    """Notepad writes a byte-order mark and CRLF: the mark was kept as the prompt's first character;
+    Windows PowerShell's ``echo ... > negative_prompt.txt`` writes UTF-16, which was refused as not UTF-8."""
+    (tmp_path / external.NEGATIVE_PROMPT_FILE).write_bytes(mark + f"QR code,{newline}watermark{newline}".encode(encoding))
+    assert external.pipeline_negative_prompt(tmp_path) == "QR code,\nwatermark"
 
 
 def test_a_negative_prompt_naming_tokens_the_folders_tokenizer_lacks_is_refused(saved, tmp_path, unscored):
