@@ -127,6 +127,17 @@ def pipeline_negative_prompt(pipeline_dir: Path) -> str:
         raise ValueError(f"{recorded}: not {'UTF-16' if encoding == 'utf-16' else 'UTF-8'} text ({e})") from None
 
 
+def _check_out_apart(out: Path, pipeline_dir: Path) -> None:
+    """Refuse an ``--out`` that is or lies inside the pipeline folder scored: its images and scores
+    would be written into the lab's folder (a benchmark fine-tune's, sealed when made, would then be
+    refused by every method that asks for it). One holding it (``runs/mine`` for
+    ``runs/mine/pipeline``) writes beside it and is fine."""
+    real_out, real_pipeline = out.resolve(), pipeline_dir.resolve()
+    if real_out == real_pipeline or real_pipeline in real_out.parents:
+        raise ValueError(f"--out {out}: is or lies inside the pipeline folder {pipeline_dir}, which scoring would write into; "
+                         "choose a folder outside it")
+
+
 def _check_json_files(pipeline_dir: Path) -> None:
     """Refuse, naming the file, a pipeline folder whose parts' JSON configs are not JSON objects (the
     loaders would raise from deep inside diffusers)."""
@@ -158,6 +169,7 @@ def score_pipeline(
     the folder's noise schedule and prediction type), whatever scheduler it was saved with, so a
     folder re-saved with Euler or DPM-Solver is judged as the benchmark's own methods are.
     ``own_scheduler``: sample with the folder's own instead, listed in ``overrides`` when it differs."""
+    _check_out_apart(Path(out), Path(pipeline_dir))
     _check_json_files(Path(pipeline_dir))
     sampler = judging.track.sampler()
     try:

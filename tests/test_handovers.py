@@ -513,3 +513,17 @@ def test_a_single_file_checkpoint_or_a_hub_cache_handed_over_is_refused_saying_w
                                          rf"pass a snapshot, e.g. {re.escape(str(snapshot))}"):
         external.score_pipeline(tmp_path / "hub", tmp_path / "scored", _judging(tmp_path), progress=False)
     assert not (tmp_path / "scored").exists()
+
+
+def test_an_output_folder_in_the_pipeline_folder_scored_is_refused_and_one_holding_it_is_fine(saved, tmp_path, unscored):
+    """--out inside the handed-over folder wrote images/, scores and a lock file into it (a benchmark
+    fine-tune's folder is sealed: every method asking for it would then refuse it)."""
+    folder = tmp_path / "lab" / "pipeline"
+    shutil.copytree(saved("original"), folder)
+    listing = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    for out in (folder, folder / "scored", tmp_path / "lab" / "pipeline" / ".." / "pipeline"):
+        with pytest.raises(ValueError, match=r"--out .*: is or lies inside the pipeline folder .*pipeline, which scoring would write into"):
+            external.score_pipeline(folder, out, _judging(tmp_path), progress=False)
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == listing
+    external.score_pipeline(folder, tmp_path / "lab", _judging(tmp_path), progress=False)
+    assert (tmp_path / "lab" / "summary.json").is_file() and sorted(p.relative_to(folder) for p in folder.rglob("*")) == listing
