@@ -429,6 +429,7 @@ def _weights(file, *keys):
     ("unet/pytorch_lora_weights.bin", None, "LoRA", "diffusers' name for them"),
     ("erase-qr.safetensors", ["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", "lora_unet_x.alpha"], "LoRA",
      "tensor 'lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight'"),
+    ("loha.safetensors", ["lycoris_unet_down_blocks_0_attentions_0_proj_in.hada_w1_a"], "LoRA", "tensor 'lycoris_unet"),
     ("unet/attn_procs.safetensors", ["down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_custom_diffusion.weight"],
      "custom-diffusion", "tensor"),
     ("text_encoder/learned_embeds.safetensors", ["<qrcode>"], "textual-inversion", "diffusers' name for them"),

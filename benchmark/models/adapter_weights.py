@@ -21,9 +21,10 @@ from implicit_concept.shard_reader import is_hidden
 #: diffusers' and PEFT's file names for them, before the suffix (and a variant).
 ADAPTER_FILES = {"pytorch_lora_weights": "LoRA", "adapter_model": "PEFT adapter", "pytorch_custom_diffusion_weights": "custom-diffusion",
                  "learned_embeds": "textual-inversion", "ip_adapter": "IP-Adapter"}
-#: Tensor names no part of a Stable Diffusion pipeline holds: diffusers', PEFT's and kohya's LoRA
-#: layers, custom diffusion's processors, IP-Adapter's projection, an embedding keyed by its token.
-ADAPTER_TENSORS = ((re.compile(r"(?:^|[._])lora(?:[._]|$)", re.IGNORECASE), "LoRA"), (re.compile(r"custom_diffusion"), "custom-diffusion"),
+#: Tensor names no part of a Stable Diffusion pipeline holds: diffusers', PEFT's, kohya's and LyCORIS's
+#: (LoHa, LoKr) LoRA layers, custom diffusion's processors, IP-Adapter's projection, an embedding keyed by its token.
+ADAPTER_TENSORS = ((re.compile(r"(?:^|[._])(?:lora|lycoris|hada|lokr)(?:[._]|$)", re.IGNORECASE), "LoRA"),
+                   (re.compile(r"custom_diffusion"), "custom-diffusion"),
                    (re.compile(r"^(?:image_proj|ip_adapter)\."), "IP-Adapter"),
                    (re.compile(r"^(?:emb_params|string_to_param|string_to_token|<[^>]+>)$"), "textual-inversion"))
 WEIGHT_SUFFIXES = (".safetensors", *PICKLED_SUFFIXES)
