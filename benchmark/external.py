@@ -253,6 +253,8 @@ def score_image_folder(
         raise ValueError(f"{folder}: {twice[0].stem} is there as {' and '.join(p.name for p in twice)}; keep one")
     paths = [found[stem][0] for stem in stems]
     side = generation.image_size
+    if Path(out).is_dir():
+        (Path(out) / UNREADABLE_FILE).unlink(missing_ok=True)  # an earlier attempt's list: this one's, if any, is written anew
     try:
         sizes = require_readable(paths)
     except ImageReadError as e:

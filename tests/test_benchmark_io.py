@@ -904,6 +904,15 @@ def test_score_images_names_every_unreadable_image_and_reports_the_images_it_did
         external.score_image_folder(broken, tmp_path / "out-broken", judging)
     listed = (tmp_path / "out-broken" / "unreadable.txt").read_text().splitlines()
     assert len(listed) == 7 and all(any(f"{p.case_number}_0.png" in line for line in listed) for p in prompts[1:])
+    for p in prompts[1:6]:  # two left broken: named on the console, and the earlier list of seven is not left beside it
+        Image.new("RGB", (64, 64)).save(broken / f"{p.case_number}_0.png")
+    with pytest.raises(ImageReadError, match=r"^2 of 8 images cannot be read: "):
+        external.score_image_folder(broken, tmp_path / "out-broken", judging)
+    assert not (tmp_path / "out-broken" / "unreadable.txt").exists()
+    for p in prompts[6:]:
+        Image.new("RGB", (64, 64)).save(broken / f"{p.case_number}_0.png")
+    external.score_image_folder(broken, tmp_path / "out-broken", judging)
+    assert sorted(p.name for p in (tmp_path / "out-broken").iterdir() if not p.name.startswith(".")) == ["scores.json", "summary.json"]
 
     extra = _folder(tmp_path / "extra", prompts, 2)
     Image.new("RGB", (64, 64)).save(extra / "100000_0.png")
