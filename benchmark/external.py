@@ -11,11 +11,14 @@ image ``i`` of prompt ``p`` is sampled with ``torch.Generator("cpu").manual_seed
 """
 from __future__ import annotations
 
+import codecs
 import json
+import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from benchmark.evaluation.scorecard import score_generated
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_name, image_prompts
@@ -27,7 +30,7 @@ from benchmark.published_models import is_published
 from benchmark.track import Track
 from builders.recipe import recipe_name
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import atomic_write_json, read_json_object, sha256_file
+from implicit_concept.files import atomic_write_json, locked, read_json_object, sha256_file
 from implicit_concept.geom_erasing.location_tokens import tokens_not_held
 from implicit_concept.geom_erasing.training_target import METADATA_FILE, negative_prompt_for
 from implicit_concept.image_decode import open_image
@@ -114,11 +117,25 @@ def pipeline_negative_prompt(pipeline_dir: Path) -> str:
         if not isinstance(negative, str):
             raise ValueError(f"{metadata}: negative_prompt is a {type(negative).__name__}, not a string")
         return negative
+    data = recorded.read_bytes()
+    # A byte-order mark says the encoding and is not part of the prompt (it would be sampled as a
+    # token): Notepad's UTF-8 one, or UTF-16's, which Windows PowerShell's `echo ... > FILE` writes.
+    encoding = "utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"
     try:
-        # utf-8-sig: Notepad's byte-order mark is not part of the prompt (it would be sampled as a token).
-        return recorded.read_text(encoding="utf-8-sig").strip()
+        return data.decode(encoding).replace("\r\n", "\n").replace("\r", "\n").strip()  # as read_text reads it
     except UnicodeDecodeError as e:
-        raise ValueError(f"{recorded}: not UTF-8 text ({e})") from None
+        raise ValueError(f"{recorded}: not {'UTF-16' if encoding == 'utf-16' else 'UTF-8'} text ({e})") from None
+
+
+def _check_out_apart(out: Path, pipeline_dir: Path) -> None:
+    """Refuse an ``--out`` that is or lies inside the pipeline folder scored: its images and scores
+    would be written into the lab's folder (a benchmark fine-tune's, sealed when made, would then be
+    refused by every method that asks for it). One holding it (``runs/mine`` for
+    ``runs/mine/pipeline``) writes beside it and is fine."""
+    real_out, real_pipeline = out.resolve(), pipeline_dir.resolve()
+    if real_out == real_pipeline or real_pipeline in real_out.parents:
+        raise ValueError(f"--out {out}: is or lies inside the pipeline folder {pipeline_dir}, which scoring would write into; "
+                         "choose a folder outside it")
 
 
 def _check_json_files(pipeline_dir: Path) -> None:
@@ -152,6 +169,7 @@ def score_pipeline(
     the folder's noise schedule and prediction type), whatever scheduler it was saved with, so a
     folder re-saved with Euler or DPM-Solver is judged as the benchmark's own methods are.
     ``own_scheduler``: sample with the folder's own instead, listed in ``overrides`` when it differs."""
+    _check_out_apart(Path(out), Path(pipeline_dir))
     _check_json_files(Path(pipeline_dir))
     sampler = judging.track.sampler()
     try:
@@ -168,13 +186,24 @@ def score_pipeline(
     generation = judging.settings(**settings)
     prompts = judging.prompts()
     source = {**pipeline_source(pipe), "negative_prompt": negative}
-    paths = generate_images(diffusers_generate_fn(pipe, generation), prompts, Path(out) / "images", negative, generation, progress,
-                            source=source)
-    scheduler = _scheduler_record(Path(pipeline_dir), pipe.scheduler)
-    inputs = {"pipeline": str(pipeline_dir), "model": model_record(pipe, source), "scheduler": scheduler,
-              "negative_prompt": negative, "generation": generation.__dict__}
-    off = {"scheduler": scheduler["class"]} if own_scheduler and _off_track_sampler(Path(pipeline_dir), pipe.scheduler, sampler) else {}
-    return _score(paths, prompts, generation, Path(out), judging, inputs, off)
+    with _held(Path(out)):
+        paths = generate_images(diffusers_generate_fn(pipe, generation), prompts, Path(out) / "images", negative, generation, progress,
+                                source=source)
+        scheduler = _scheduler_record(Path(pipeline_dir), pipe.scheduler)
+        inputs = {"pipeline": str(pipeline_dir), "model": model_record(pipe, source), "scheduler": scheduler,
+                  "negative_prompt": negative, "generation": generation.__dict__}
+        off = {"scheduler": scheduler["class"]} if own_scheduler and _off_track_sampler(Path(pipeline_dir), pipe.scheduler, sampler) else {}
+        return _score(paths, prompts, generation, Path(out), judging, inputs, off)
+
+
+@contextmanager
+def _held(out: Path) -> Iterator[None]:
+    """``out`` for this process alone while it draws and scores: a second scoring into it (another
+    pipeline's, a rerun started twice) would remove the first one's images as stale and draw its own
+    among them, and the first would score a mixture under its own pipeline's name."""
+    out.mkdir(parents=True, exist_ok=True)
+    with locked(out, wait=False, refusal="wait for it to finish or choose another --out", inside=True):
+        yield
 
 
 def _scheduler_record(pipeline_dir: Path, scheduler: Any) -> dict[str, Any]:
@@ -209,6 +238,10 @@ def score_image_folder(
     stems = [Path(image_name(p, i)).stem for p in prompts for i in range(generation.images_per_prompt)]
     found = _images_by_stem(Path(folder))
     missing = [stem for stem in stems if stem not in found]
+    unfit = _not_files(Path(folder), missing) if missing else []
+    if unfit:
+        raise FileNotFoundError(f"{folder}: {len(unfit)} entries named as images are not image files: {'; '.join(unfit[:3])}"
+                                f"{'; ...' if len(unfit) > 3 else ''}")
     if missing:
         raise FileNotFoundError(
             f"{folder}: {len(missing)} of {len(stems)} images named by {judging.track.prompts} are missing, first "
@@ -220,6 +253,8 @@ def score_image_folder(
         raise ValueError(f"{folder}: {twice[0].stem} is there as {' and '.join(p.name for p in twice)}; keep one")
     paths = [found[stem][0] for stem in stems]
     side = generation.image_size
+    if Path(out).is_dir():
+        (Path(out) / UNREADABLE_FILE).unlink(missing_ok=True)  # an earlier attempt's list: this one's, if any, is written anew
     try:
         sizes = require_readable(paths)
     except ImageReadError as e:
@@ -254,7 +289,8 @@ def score_image_folder(
               f"{generation.images_per_prompt} per prompt): {shown}", file=sys.stderr)
     inputs = {"images": str(folder), "formats": formats,
               "not_scored": {"count": len(extra), "images": [found[stem][0].name for stem in extra]}}
-    return _score(paths, prompts, generation, Path(out), judging, inputs, {"lossy_images": lossy} if lossy else {})
+    with _held(Path(out)):
+        return _score(paths, prompts, generation, Path(out), judging, inputs, {"lossy_images": lossy} if lossy else {})
 
 
 #: Image formats (as :func:`image_formats` names them) whose decoded pixels are not the pixels
@@ -327,6 +363,25 @@ def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not is_hidden(path.name):  # as image_files
             found.setdefault(path.stem, []).append(path)
     return found
+
+
+def _not_files(folder: Path, stems: list[str]) -> list[str]:
+    """What stands under the name of one of ``stems``' images that is not a file to read (a broken or
+    looping symbolic link, a folder, a FIFO): said as what it is, where "missing" would contradict a
+    listing that shows it."""
+    wanted = set(stems)
+    said = []
+    for path in sorted(folder.iterdir()):
+        if path.stem not in wanted or path.suffix.lower() not in IMAGE_SUFFIXES or path.is_file() or is_hidden(path.name):
+            continue
+        if path.is_symlink() and not path.exists():
+            try:
+                said.append(f"{path.name} is a broken symbolic link (to {os.readlink(path)})")
+            except OSError as e:
+                said.append(f"{path.name} is a symbolic link that cannot be read ({e.strerror})")
+        else:
+            said.append(f"{path.name} is {'a folder' if path.is_dir() else 'not a regular file'}")
+    return said
 
 
 def track_overrides(judging: Judging, generation: GenerationSettings) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from benchmark.plugin_state import kept_plugin_state
 from benchmark.prompts import Prompt
 from implicit_concept.files import atomic_save_image, atomic_write_json
 from implicit_concept.provenance import canonical_json
+from implicit_concept.shard_reader import is_hidden
 from implicit_concept.torch_settings import torch_threads
 from implicit_concept.validate import check_int, check_number
 
@@ -148,12 +149,16 @@ def _claim(out_dir: Path, record: dict[str, Any], images: dict[str, str]) -> Non
     is removed so that it is drawn anew; so is any image the record does not account for."""
     record = json.loads(canonical_json(record))
     path = out_dir / SOURCE_FILE
-    theirs = sorted(p.name for p in out_dir.glob("*.png")) if not path.exists() else []
-    if theirs:
-        # Without the record, the images were not drawn here (a lab's own, under score-pipeline's --out): never replaced.
-        raise ValueError(f"{out_dir}: holds {len(theirs)} PNG images not drawn here (no {SOURCE_FILE} beside them, e.g. "
-                         f"{theirs[0]}), which drawing would replace; move them away or choose another output folder")
     old = _recorded(path)
+    pngs = sorted(p.name for p in out_dir.glob("*.png") if not is_hidden(p.name))
+    # Every image drawn here is in the record before it is drawn: one it does not list (a lab's own,
+    # under score-pipeline's --out, copied in before or after a first draw) is never replaced.
+    listed = old["images"] if isinstance(old, dict) and isinstance(old.get("images"), dict) else None
+    theirs = [name for name in pngs if not path.exists() or (listed is not None and name not in listed)]
+    if theirs:
+        why = f"no {SOURCE_FILE} beside them" if not path.exists() else f"not listed in its {SOURCE_FILE}"
+        raise ValueError(f"{out_dir}: holds {len(theirs)} PNG images not drawn here ({why}, e.g. "
+                         f"{theirs[0]}), which drawing would replace; move them away or choose another output folder")
     same_model = isinstance(old, dict) and isinstance(old.get("images"), dict) and {k: v for k, v in old.items() if k != "images"} == record
     drawn = dict(old["images"]) if same_model else {}
     for name, key in images.items():
@@ -161,7 +166,7 @@ def _claim(out_dir: Path, record: dict[str, Any], images: dict[str, str]) -> Non
             (out_dir / name).unlink(missing_ok=True)
             drawn[name] = key
     for stale in out_dir.glob("*.png"):
-        if stale.name not in drawn:
+        if stale.name not in drawn and not is_hidden(stale.name):
             stale.unlink()
     if old != {**record, "images": drawn}:
         atomic_write_json(path, {**record, "images": drawn})

@@ -101,6 +101,24 @@ def test_images_not_drawn_in_a_folder_are_never_replaced_by_drawing_there(tmp_pa
     assert calls == [[10000]], "images drawn here by another model are drawn anew"
 
 
+@pytest.mark.parametrize("model", ["a", "b"], ids=["same-model", "another-model"])
+def test_images_copied_beside_drawn_ones_are_never_replaced_by_drawing_there(tmp_path, model):
+    """A lab's own PNGs copied into score-pipeline's images/ after a first draw (its source.json there)
+    were deleted as stale by the next draw, whichever model drew it; hidden files are not images."""
+    ours = tmp_path / "ours"
+    generate_images(_fake_generate([]), [Prompt(0, "p0", 10), Prompt(1, "p1", 11)], ours, progress=False, source={"model": "a"})
+    Image.new("RGB", (64, 64), "red").save(ours / "mine_0.png")
+    (ours / "._0_0.png").write_bytes(b"AppleDouble metadata")
+    kept = {p.name: p.read_bytes() for p in ours.iterdir()}
+    with pytest.raises(ValueError, match=r"ours: holds 1 PNG images not drawn here \(not listed in its source.json, e.g. mine_0.png\)"):
+        generate_images(_fake_generate([]), [Prompt(0, "p0", 10)], ours, progress=False, source={"model": model})
+    assert {p.name: p.read_bytes() for p in ours.iterdir()} == kept
+    (ours / "mine_0.png").unlink()
+    calls: list = []
+    generate_images(_fake_generate(calls), [Prompt(0, "p0", 10)], ours, progress=False, source={"model": model})
+    assert calls == ([] if model == "a" else [[10000]]) and (ours / "._0_0.png").exists()
+
+
 def test_generation_resumes_to_the_same_images(tmp_path):
     prompts = [Prompt(i, f"p{i}", 10 + i) for i in range(5)]
     settings = GenerationSettings(images_per_prompt=2, chunk_size=3)
@@ -886,6 +904,15 @@ def test_score_images_names_every_unreadable_image_and_reports_the_images_it_did
         external.score_image_folder(broken, tmp_path / "out-broken", judging)
     listed = (tmp_path / "out-broken" / "unreadable.txt").read_text().splitlines()
     assert len(listed) == 7 and all(any(f"{p.case_number}_0.png" in line for line in listed) for p in prompts[1:])
+    for p in prompts[1:6]:  # two left broken: named on the console, and the earlier list of seven is not left beside it
+        Image.new("RGB", (64, 64)).save(broken / f"{p.case_number}_0.png")
+    with pytest.raises(ImageReadError, match=r"^2 of 8 images cannot be read: "):
+        external.score_image_folder(broken, tmp_path / "out-broken", judging)
+    assert not (tmp_path / "out-broken" / "unreadable.txt").exists()
+    for p in prompts[6:]:
+        Image.new("RGB", (64, 64)).save(broken / f"{p.case_number}_0.png")
+    external.score_image_folder(broken, tmp_path / "out-broken", judging)
+    assert sorted(p.name for p in (tmp_path / "out-broken").iterdir() if not p.name.startswith(".")) == ["scores.json", "summary.json"]
 
     extra = _folder(tmp_path / "extra", prompts, 2)
     Image.new("RGB", (64, 64)).save(extra / "100000_0.png")

@@ -1,8 +1,10 @@
 """What another lab hands over is judged as a benchmark method is, or refused in one line: a pipeline
 folder saved with another scheduler or as another pipeline class, images in a lossy format or named
 otherwise, and the cache keys that let a rerun keep what it already drew."""
+import codecs
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,13 +12,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler
 from PIL import Image
+from safetensors.torch import save_file
 
 from benchmark import external
 from benchmark.models.pipeline_identity import model_record, pipeline_source, remember_loaded
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
+from benchmark.models.pretrained_check import check_pretrained
 from benchmark.track import load_track
+from implicit_concept.files import locked
 from implicit_concept.geom_erasing.location_tokens import add_tokens
 from tests.test_benchmark_io import _FakeReport
 
@@ -333,11 +339,13 @@ def test_score_pipeline_samples_with_the_negative_prompt_the_folder_records(save
     assert asked[-1] == "" and explicit["inputs"]["negative_prompt"] == ""
 
 
-@pytest.mark.parametrize("encoding, newline", [("utf-8", "\n"), ("utf-8-sig", "\r\n")])
-def test_a_negative_prompt_file_saved_by_a_windows_editor_reads_as_the_same_prompt(tmp_path, encoding, newline):
-    """Notepad writes a byte-order mark and CRLF: the mark was kept as the prompt's first character."""
-    (tmp_path / external.NEGATIVE_PROMPT_FILE).write_text("QR code, watermark\n", encoding=encoding, newline=newline)
-    assert external.pipeline_negative_prompt(tmp_path) == "QR code, watermark"
+@pytest.mark.parametrize("mark, encoding, newline", [(b"", "utf-8", "\n"), (codecs.BOM_UTF8, "utf-8", "\r\n"),
+                                                     (codecs.BOM_UTF16_LE, "utf-16-le", "\r\n"), (codecs.BOM_UTF16_BE, "utf-16-be", "\n")])
+def test_a_negative_prompt_file_saved_by_a_windows_editor_reads_as_the_same_prompt(tmp_path, mark, encoding, newline):
+    """Notepad writes a byte-order mark and CRLF: the mark was kept as the prompt's first character;
+    Windows PowerShell's ``echo ... > negative_prompt.txt`` writes UTF-16, which was refused as not UTF-8."""
+    (tmp_path / external.NEGATIVE_PROMPT_FILE).write_bytes(mark + f"QR code,{newline}watermark{newline}".encode(encoding))
+    assert external.pipeline_negative_prompt(tmp_path) == "QR code,\nwatermark"
 
 
 def test_a_negative_prompt_naming_tokens_the_folders_tokenizer_lacks_is_refused(saved, tmp_path, unscored):
@@ -410,3 +418,114 @@ def test_a_judging_whose_prompts_file_holds_fewer_than_asked_is_refused(tmp_path
     judging = replace(judging, track=replace(judging.track, prompts=str(short)), num_prompts=2)
     with pytest.raises(ValueError, match=r"one.csv: holds 1 prompts, fewer than the 2 asked"):
         judging.prompts()
+
+
+def _weights(file, *keys):
+    file.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: torch.zeros(2) for key in keys}, str(file))
+
+
+@pytest.mark.parametrize("name, keys, kind, why", [
+    ("pytorch_lora_weights.safetensors", ["unet.down_blocks.0.attentions.0.proj_in.lora_A.weight"], "LoRA", "diffusers' name for them"),
+    ("unet/pytorch_lora_weights.bin", None, "LoRA", "diffusers' name for them"),
+    ("erase-qr.safetensors", ["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", "lora_unet_x.alpha"], "LoRA",
+     "tensor 'lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight'"),
+    ("loha.safetensors", ["lycoris_unet_down_blocks_0_attentions_0_proj_in.hada_w1_a"], "LoRA", "tensor 'lycoris_unet"),
+    ("unet/attn_procs.safetensors", ["down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_custom_diffusion.weight"],
+     "custom-diffusion", "tensor"),
+    ("text_encoder/learned_embeds.safetensors", ["<qrcode>"], "textual-inversion", "diffusers' name for them"),
+    ("embeddings/no-qr.safetensors", ["<no-qr>"], "textual-inversion", "tensor '<no-qr>'"),
+    ("ip/ip_adapter.safetensors", ["image_proj.proj.weight"], "IP-Adapter", "diffusers' name for them"),
+])
+def test_a_folder_holding_weights_loading_would_not_apply_is_refused_naming_the_file(saved, tmp_path, unscored, name, keys, kind, why):
+    """A LoRA (or embeddings, attention processors) saved beside the parts is never applied by the
+    loader: the folder was scored as the model without it, an erasure judged as the plain model."""
+    folder = tmp_path / "with-adapter"
+    shutil.copytree(saved("original"), folder)
+    if keys is None:
+        (folder / name).write_bytes(b"not even a pickle")  # known by its name, never opened
+    else:
+        _weights(folder / name, *keys)
+    shown = f"{folder / name}: {kind} weights ({why}"
+    with pytest.raises(ValueError, match=re.escape(shown) + r".*which loading the pipeline does not apply.*fuse_lora"):
+        external.score_pipeline(folder, tmp_path / "scored", _judging(tmp_path), progress=False)
+    assert not (tmp_path / "scored").exists()
+    with pytest.raises(ValueError, match=re.escape(shown)):
+        check_pretrained(folder)
+
+
+def test_whole_model_weights_beside_the_parts_are_not_taken_for_an_adapter(saved, tmp_path):
+    """A hub snapshot of SD v1.5 holds its single-file checkpoints beside the parts; a tensor whose
+    name merely contains "lora" (colorant, floral) is a model's."""
+    folder = tmp_path / "snapshot"
+    shutil.copytree(saved("original"), folder)
+    _weights(folder / "v1-5-pruned-emaonly.safetensors", "model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.colorant.floral_lora2")
+    (folder / "v1-5-pruned.ckpt").write_bytes(b"a pickle, never opened")
+    (folder / "unet" / "lfs-pointer.safetensors").write_text("version https://git-lfs.github.com/spec/v1\n")
+    load_pipeline(folder)
+    check_pretrained(folder)
+
+
+@pytest.mark.parametrize("make, said", [
+    (lambda path: path.symlink_to("/nowhere/gone.png"), r"is a broken symbolic link \(to /nowhere/gone.png\)"),
+    (lambda path: path.symlink_to(path.name), r"is a broken symbolic link \(to 1_0.PNG\)"),
+    (lambda path: path.mkdir(), r"is a folder"),
+    (lambda path: os.mkfifo(path), r"is not a regular file"),
+])
+def test_an_entry_under_an_images_name_that_is_not_a_file_is_said_as_what_it_is(tmp_path, unscored, make, said):
+    """A link left dangling by a copy, a folder or a FIFO listed as 1_0.PNG was reported missing."""
+    judging = _judging(tmp_path)
+    first, second = (p.case_number for p in judging.prompts())
+    folder = _images(tmp_path / "images", [f"{first}_0.png"])
+    make(folder / f"{second}_0.PNG")
+    with pytest.raises(FileNotFoundError, match=rf"images: 1 entries named as images are not image files: {second}_0.PNG {said}$"):
+        external.score_image_folder(folder, tmp_path / "out", judging)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_second_scoring_into_an_output_folder_in_use_is_refused_and_leaves_the_first_ones_images(saved, tmp_path, unscored):
+    """Two score-pipeline runs given one --out: the second removed the first's images as stale and drew
+    its own among them, and the first scored the mixture under its own pipeline's name."""
+    judging = _judging(tmp_path)
+    out = tmp_path / "scored"
+    external.score_pipeline(saved("original"), out, judging, progress=False)
+    before = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
+    summary = (out / "summary.json").read_bytes()
+    other = saved("other-negative")
+    (other / external.NEGATIVE_PROMPT_FILE).write_text("QR code", encoding="utf-8")
+    with locked(out, inside=True):  # the first one, still drawing or scoring
+        with pytest.raises(ValueError, match=rf"{re.escape(str(out))}: in use by another process \(pid \d+\); wait for it to finish or choose another --out"):
+            external.score_pipeline(other, out, judging, progress=False)
+        with pytest.raises(ValueError, match=r"in use by another process"):
+            external.score_image_folder(out / "images", out, judging)
+    assert {p.name: p.read_bytes() for p in (out / "images").iterdir()} == before and (out / "summary.json").read_bytes() == summary
+    assert external.score_pipeline(other, out, judging, progress=False)["inputs"]["negative_prompt"] == "QR code"
+
+
+def test_a_single_file_checkpoint_or_a_hub_cache_handed_over_is_refused_saying_what_to_pass(saved, tmp_path, unscored):
+    """score-pipeline said only "no model_index.json" where --pretrained's check says how to convert
+    a single-file checkpoint or which snapshot of a Hugging Face cache to pass."""
+    single = tmp_path / "erased-v1-5.safetensors"
+    _weights(single, "model.diffusion_model.input_blocks.0.0.weight")
+    with pytest.raises(ValueError, match=re.escape(f"{single}: a file, not a diffusers pipeline folder") + r".*from_single_file"):
+        external.score_pipeline(single, tmp_path / "scored", _judging(tmp_path), progress=False)
+    snapshot = tmp_path / "hub" / "models--lab--erased" / "snapshots" / ("a" * 40)
+    shutil.copytree(saved("original"), snapshot)
+    with pytest.raises(ValueError, match=r"not a diffusers pipeline folder \(no model_index.json in it\); a Hugging Face cache: "
+                                         rf"pass a snapshot, e.g. {re.escape(str(snapshot))}"):
+        external.score_pipeline(tmp_path / "hub", tmp_path / "scored", _judging(tmp_path), progress=False)
+    assert not (tmp_path / "scored").exists()
+
+
+def test_an_output_folder_in_the_pipeline_folder_scored_is_refused_and_one_holding_it_is_fine(saved, tmp_path, unscored):
+    """--out inside the handed-over folder wrote images/, scores and a lock file into it (a benchmark
+    fine-tune's folder is sealed: every method asking for it would then refuse it)."""
+    folder = tmp_path / "lab" / "pipeline"
+    shutil.copytree(saved("original"), folder)
+    listing = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    for out in (folder, folder / "scored", tmp_path / "lab" / "pipeline" / ".." / "pipeline"):
+        with pytest.raises(ValueError, match=r"--out .*: is or lies inside the pipeline folder .*pipeline, which scoring would write into"):
+            external.score_pipeline(folder, out, _judging(tmp_path), progress=False)
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == listing
+    external.score_pipeline(folder, tmp_path / "lab", _judging(tmp_path), progress=False)
+    assert (tmp_path / "lab" / "summary.json").is_file() and sorted(p.relative_to(folder) for p in folder.rglob("*")) == listing

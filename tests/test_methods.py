@@ -311,6 +311,8 @@ def test_a_plug_in_that_breaks_the_interface_is_refused_by_name(tmp_path):
     for bad, problem in [(Generator("a path"), "pipeline is a str"), (Generator(pipeline, None), "negative_prompt is a NoneType"),
                          (Generator(pipeline, "", [("sld_guidance_scale", 3)]), "call_kwargs is a list"),
                          (Generator(pipeline, "", {"guidance_scale": 3, "height": 128}), "call_kwargs sets guidance_scale, height, which the track fixes"),
+                         (Generator(pipeline, "", {"timesteps": [999, 500, 1]}), "call_kwargs sets timesteps, which the track fixes"),
+                         (Generator(pipeline, "", {"sigmas": [14.6, 1.0, 0.1]}), "call_kwargs sets sigmas, which the track fixes"),
                          (Generator(pipeline, "", {"callback": print}), "call_kwargs must hold JSON values")]:
         with pytest.raises(ValueError, match=f"method returns-pipeline: Generator.{problem}"):
             checked_generator(method, bad)

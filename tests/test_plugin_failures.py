@@ -200,6 +200,20 @@ def test_a_plug_in_file_that_cannot_be_imported_says_how_to_name_it(lab_package,
         get_method(spec)
 
 
+def test_two_labs_plug_in_files_of_one_module_name_are_told_apart_from_an_installed_module(lab_package):
+    """Two labs' methods.py in one run: the second was said to be shadowed by "an installed module"."""
+    for lab in ("lab_a", "lab_b"):
+        (lab_package / lab).mkdir()
+        (lab_package / lab / "their_methods.py").write_text(BASE + f"class Mine(Method):\n    name = '{lab}'\n    def build(self, ctx):\n        pass\n")
+    try:
+        assert get_method("lab_a/their_methods.py:Mine").name == "lab_a"
+        with pytest.raises(ValueError, match=r"^--method lab_b/their_methods.py:Mine: imports as module 'their_methods', as \S+lab_a/their_methods.py "
+                                             r"does, imported first \(by another --method\): .*rename one file, or give each a package folder"):
+            get_method("lab_b/their_methods.py:Mine")
+    finally:
+        sys.modules.pop("their_methods", None)
+
+
 def test_a_method_flag_problem_is_not_said_to_be_the_track_files(lab_package):
     from benchmark.track import TrackError, load_track
     from benchmark.track_check import check_track

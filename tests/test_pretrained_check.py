@@ -168,7 +168,21 @@ def test_an_empty_part_a_pointer_file_and_missing_files_are_refused(copy):
                        ("text_encoder", "config.json")):
         folder = copy(f"no-{part}-{name}")
         (folder / part / name).unlink()
+        if part == "tokenizer":
+            (folder / part / "tokenizer.json").unlink()  # else read from it
         _refused(folder, FileNotFoundError, str(folder / part / name), "missing")
+
+
+@pytest.mark.parametrize("kept", [("tokenizer.json",), ("vocab.json", "merges.txt"), ("tokenizer.json", "vocab.json")])
+def test_a_tokenizer_of_either_layout_passes_as_it_loads(copy, kept):
+    """transformers 5 saves a CLIP tokenizer as tokenizer.json alone (pipe.save_pretrained), SD v1.5's
+    folder holds vocab.json and merges.txt: either loads, and was refused for lacking the other."""
+    folder = copy()
+    for file in (folder / "tokenizer").iterdir():
+        if file.name in ("tokenizer.json", "vocab.json", "merges.txt") and file.name not in kept:
+            file.unlink()
+    check_pretrained(folder)
+    assert load_pipeline(folder).tokenizer("a qr code").input_ids == load_pipeline(copy("all")).tokenizer("a qr code").input_ids
 
 
 def test_a_single_file_checkpoint_and_a_folder_without_an_index_are_refused(tiny, tmp_path):

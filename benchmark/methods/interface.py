@@ -21,9 +21,11 @@ from implicit_concept.files import atomic_dir, locked
 from implicit_concept.provenance import cache_key, canonical_json
 from implicit_concept.torch_settings import torch_threads
 
-#: Pipeline call arguments the benchmark sets itself, the same for every method being compared.
+#: Pipeline call arguments the benchmark sets itself, the same for every method being compared, and
+#: those that set the same under another name (a custom ``timesteps`` or ``sigmas`` schedule replaces
+#: the step count; ``prompt_embeds`` the prompt).
 FIXED_BY_TRACK = ("prompt", "negative_prompt", "generator", "latents", "num_inference_steps", "guidance_scale",
-                  "height", "width", "num_images_per_prompt", "output_type")
+                  "height", "width", "num_images_per_prompt", "output_type", "timesteps", "sigmas", "prompt_embeds")
 
 
 @dataclass(frozen=True)

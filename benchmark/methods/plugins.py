@@ -156,6 +156,11 @@ def _require_imported_from(module: ModuleType, name: str, spec: str) -> None:
     path = Path(spec.rpartition(":")[0]).resolve()
     file = getattr(module, "__file__", None)
     if file is None or Path(file).resolve() not in (path, path.parent / "__init__.py"):
+        if file is not None and not any(_installed(folder) for folder in Path(file).resolve().parents):
+            # Another lab's plug-in of the same module name (two labs' methods.py), named before this one.
+            raise ValueError(f"--method {spec}: imports as module {name!r}, as {file} does, imported first (by another --method): "
+                             "one name holds one module; rename one file, or give each a package folder (an __init__.py "
+                             "beside it makes it lab_a.methods)")
         raise ValueError(f"--method {spec}: imports as module {name!r}, which is {file or 'a module without a file'}, "
                          "not this file (an installed module of that name comes first): rename yours")
 

@@ -293,20 +293,25 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, samp
     it), and a part is refused, naming the file and the tensor, when its weights lack a tensor the
     model needs, hold an integer tensor where the model holds floats, or hold NaN or infinite
     values (after the cast to ``torch_dtype``): such a pipeline draws blank images, which would
-    score as a perfect erasure. See :func:`check_loaded_weights` for what the checks cost.
+    score as a perfect erasure. See :func:`check_loaded_weights` for what the checks cost. A folder
+    holding weights that would need applying (a LoRA beside the parts) is refused
+    (:mod:`~benchmark.models.adapter_weights`): loaded, it would be the model without them.
     """
     path = Path(path)
-    if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(f"{path}: not a diffusers pipeline directory (no model_index.json)")
+    require_pipeline_folder(path)
     index = read_json_object(path / "model_index.json")
     check_pipeline_class(path, index)
-    from benchmark.models.pretrained_check import check_parts_fit  # it reads this module's names
+    from benchmark.models.adapter_weights import check_no_adapter_weights  # they read this module's names
+    from benchmark.models.pretrained_check import check_parts_fit
 
     for name in ("vae", "text_encoder", "unet"):
         if not (path / name).is_dir():
             raise FileNotFoundError(f"{path}: no {name}/ folder")
     classes = {name: _component_class(index, name, allowed, path) for name, allowed in PART_CLASSES.items()}
     check_parts_fit(path, classes["vae"])
+    for name in classes:
+        check_weights_config(path / name)  # before the adapters: a config naming adapter_model.bin says more than its name
+    check_no_adapter_weights(path)
 
     def part(name: str, cls: Any, **kwargs: Any) -> Any:
         if not (path / name).is_dir():
@@ -319,7 +324,6 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, samp
     def weighted(name: str, cls: Any, stem: str) -> Any:
         folder = path / name
         variant = _weights_variant(folder, stem)
-        check_weights_config(folder)
         headers = read_weight_headers(weight_files(folder, stem, variant))
         module, info = part(name, cls, use_safetensors=True, variant=variant, torch_dtype=torch_dtype or torch.float32,
                             output_loading_info=True)
@@ -342,6 +346,20 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, samp
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def require_pipeline_folder(path: Path) -> None:
+    """Refuse what is not a diffusers pipeline folder, saying what it is instead: a single-file
+    checkpoint (how to convert it), or a Hugging Face cache holding one (the snapshot to pass)."""
+    if path.is_file():
+        raise ValueError(
+            f"{path}: a file, not a diffusers pipeline folder; convert a single-file checkpoint first "
+            "(diffusers: StableDiffusionPipeline.from_single_file(FILE).save_pretrained(FOLDER, safe_serialization=True))"
+        )
+    if not (path / "model_index.json").is_file():
+        snapshots = sorted(path.glob("snapshots/*/model_index.json")) + sorted(path.glob("models--*/snapshots/*/model_index.json"))
+        hint = f"; a Hugging Face cache: pass a snapshot, e.g. {snapshots[0].parent}" if snapshots else ""
+        raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json in it){hint}")
 
 
 #: The pipeline class :func:`load_pipeline` builds, and the only one a folder may be saved as.

@@ -9,7 +9,8 @@ download: its header is read, never its tensors), a tokenizer or scheduler witho
 folder of another architecture that would load and then fail mid-training with a bare tensor error:
 another pipeline class (SDXL, inpainting), a UNet whose input is not the VAE's latents (an
 inpainting UNet takes 9 channels), one that needs added embeddings (SDXL's ``text_time``), or one
-whose cross-attention width is not the text encoder's.
+whose cross-attention width is not the text encoder's; and one holding weights it would not apply
+(a LoRA beside the parts).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from diffusers import UNet2DConditionModel
 
+from benchmark.models.adapter_weights import check_no_adapter_weights
 from benchmark.models.patch_autoencoder import PatchAutoencoder
 from benchmark.models.pipelines import (
     DIFFUSERS_WEIGHTS,
@@ -28,7 +30,9 @@ from benchmark.models.pipelines import (
     _component_class,
     _scheduler_config,
     _weights_variant,
+    check_weights_config,
     read_weight_headers,
+    require_pipeline_folder,
     same_sampler,
     track_sampler,
     weight_files,
@@ -39,8 +43,9 @@ from implicit_concept.files import read_json_object
 PIPELINE_CLASS = "StableDiffusionPipeline"
 #: The parts ``load_pipeline`` loads, in its order, and the weights stem of those with weights.
 PARTS = {"vae": DIFFUSERS_WEIGHTS, "text_encoder": TRANSFORMERS_WEIGHTS, "tokenizer": None, "unet": DIFFUSERS_WEIGHTS, "scheduler": None}
-#: The files of each part without weights that its loader reads (CLIPTokenizer: the slow tokenizer's two files).
-NEEDED_FILES = {"tokenizer": ("vocab.json", "merges.txt"), "scheduler": ("scheduler_config.json",)}
+#: The files of each part without weights that its loader reads, each set enough alone (CLIPTokenizer:
+#: ``tokenizer.json``, which transformers 5 saves alone, or the two files SD v1.5's folder holds).
+NEEDED_FILES = {"tokenizer": (("tokenizer.json",), ("vocab.json", "merges.txt")), "scheduler": (("scheduler_config.json",),)}
 CONFIG_FILE = "config.json"
 
 
@@ -50,15 +55,7 @@ def check_pretrained(path: str | Path) -> dict[str, Any]:
     loaded; else return what was read: the weights files per part and the architecture's widths.
     No tensor is read (only safetensors headers) and nothing is written."""
     path = Path(path)
-    if path.is_file():
-        raise ValueError(
-            f"{path}: a file, not a diffusers pipeline folder; convert a single-file checkpoint first "
-            "(diffusers: StableDiffusionPipeline.from_single_file(FILE).save_pretrained(FOLDER, safe_serialization=True))"
-        )
-    if not (path / "model_index.json").is_file():
-        snapshots = sorted(path.glob("snapshots/*/model_index.json")) + sorted(path.glob("models--*/snapshots/*/model_index.json"))
-        hint = f"; a Hugging Face cache: pass a snapshot, e.g. {snapshots[0].parent}" if snapshots else ""
-        raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json in it){hint}")
+    require_pipeline_folder(path)
     index = read_json_object(path / "model_index.json")
     class_name = index.get("_class_name", PIPELINE_CLASS)
     if class_name != PIPELINE_CLASS:
@@ -73,9 +70,11 @@ def check_pretrained(path: str | Path) -> dict[str, Any]:
         folder = path / name
         if not folder.is_dir():
             raise FileNotFoundError(f"{path}: no {name}/ folder (the base needs its {', '.join(PARTS)})")
-        for needed in NEEDED_FILES.get(name, ()):
-            if not (folder / needed).is_file():
-                raise FileNotFoundError(f"{folder / needed}: missing (the {name} is read from {' and '.join(NEEDED_FILES[name])})")
+        sets = NEEDED_FILES.get(name, ())
+        if sets and not any(all((folder / f).is_file() for f in files) for files in sets):
+            needed = next(f for f in sets[-1] if not (folder / f).is_file())
+            read_from = ", or from ".join(" and ".join(files) for files in sets)
+            raise FileNotFoundError(f"{folder / needed}: missing (the {name} is read from {read_from})")
         if stem is None:
             continue
         variant = _weights_variant(folder, stem)
@@ -86,6 +85,9 @@ def check_pretrained(path: str | Path) -> dict[str, Any]:
         weights[name] = [str(f.relative_to(path)) for f in files]
 
     latent_channels, hidden_size = check_parts_fit(path, vae_class)  # each weighted part's config.json too
+    for name in PART_CLASSES:
+        check_weights_config(path / name)
+    check_no_adapter_weights(path)
     return {"weights": weights, "latent_channels": latent_channels, "cross_attention_dim": hidden_size}
 
 
