@@ -92,7 +92,7 @@ class BenchmarkRun:
                 Detector.load(self.detector)
             except (ValueError, OSError) as e:
                 raise ValueError(f"--detector: {e}") from None
-        check_track(self.track, self.methods, self.source, self.pretrained)
+        check_track(self.track, self.methods, self.source, self.pretrained, self.detector)
         if self.runs_root.exists() and not self.runs_root.is_dir():
             raise ValueError(f"--runs {self.runs_root}: exists and is not a folder")
         if self.root.exists() and not self.root.is_dir():

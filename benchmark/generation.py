@@ -23,7 +23,7 @@ from benchmark.plugin_state import kept_plugin_state
 from benchmark.prompts import Prompt
 from implicit_concept.files import atomic_save_image, atomic_write_json
 from implicit_concept.provenance import canonical_json
-from implicit_concept.torch_settings import torch_threads
+from implicit_concept.torch_settings import MAX_THREADS, torch_threads
 from implicit_concept.validate import check_int, check_number
 
 SOURCE_FILE = "source.json"
@@ -51,7 +51,7 @@ class GenerationSettings:
         check_int("images_per_prompt", self.images_per_prompt, 1)
         check_int("chunk_size", self.chunk_size, 1)
         if self.threads is not None:
-            check_int("threads", self.threads, 1)
+            check_int("threads", self.threads, 1, MAX_THREADS)
 
 
 def image_name(prompt: Prompt, i: int) -> str:

@@ -25,6 +25,7 @@ from implicit_concept.provenance import config_hash
 from implicit_concept.scoring import REFERENCE_FLOOR
 from implicit_concept.scene.grammar import ProceduralConfig
 from implicit_concept.validate import (
+    MAX_SEED,
     check_choice,
     check_fields,
     check_finite,
@@ -45,8 +46,8 @@ TRACKS_DIR = Path(__file__).resolve().parent / "tracks"
 PROTOCOLS = ("per-subset", "mixed")
 
 
-#: Seeds go to torch, numpy and Python's random: the range all of them take.
-MAX_SEED = 2**32 - 1
+#: The recipe's subset the track's detector learns every concept from (unless ``--detector`` is given).
+DETECTOR_SUBSET = "icd-mixed"
 #: The track's tables (TOML ``[table]`` sections), each a mapping.
 TABLES = ("base", "finetune", "generation", "esd", "fmn", "geom_erasing", "quality", "targets")
 #: The file a track is being read from, so its errors name it (set by :func:`load_track`).
@@ -136,6 +137,10 @@ class Track:
             raise ValueError(f"seed_methods: {sorted(set(self.seed_methods) - set(self.methods))} are not among its methods")
         for name in ("named_prompts", "detector_backgrounds", "detector_calibration"):
             check_int(name, getattr(self, name), 0)
+        if self.named_prompts > self.num_prompts:
+            # The named prompts are the first evaluation prompts: more would be scored silently as fewer.
+            raise ValueError(f"named_prompts: {self.named_prompts} is more than num_prompts = {self.num_prompts}, "
+                             "the evaluation prompts they are the first of")
         if self.conf is not None and not (is_number(self.conf) and REFERENCE_FLOOR <= self.conf < 1):
             # ScoreConfig's bound, checked here so that a track scoring would refuse never claims a run folder.
             raise ValueError(f"conf: expected a number in [{REFERENCE_FLOOR:g}, 1) (scoring keeps no clean-image confidence "

@@ -19,22 +19,24 @@ from benchmark.methods.esd import ESDConfig
 from benchmark.methods.finetuned import FINETUNED
 from benchmark.methods.forget_me_not import FMNConfig
 from benchmark.prompts import read_prompts, resolve_prompts
-from benchmark.track import Track, TrackError
-from benchmark.models.pipelines import TinyPipelineConfig
+from benchmark.track import DETECTOR_SUBSET, Track, TrackError
+from benchmark.models.pipelines import TinyPipelineConfig, check_size
 from benchmark.training import TrainingConfig
 from benchmark.training.memory import mixed_precision_refusal
-from builders.recipe import load_recipe, source_from_spec
+from builders.recipe import MAX_IMAGE_SIZE, Recipe, load_recipe, source_from_spec
 from implicit_concept.detector.training import load_scale
 from implicit_concept.validate import check_fields, check_like_defaults, check_number, check_positive
 
 QUALITY_KINDS = ("scene", "paper", "none")
 
 
-def check_track(track: Track, methods: Sequence[str] = (), source: str | None = None, pretrained: Path | None = None) -> None:
+def check_track(track: Track, methods: Sequence[str] = (), source: str | None = None, pretrained: Path | None = None,
+                detector: Path | None = None) -> None:
     """Raise :class:`TrackError` naming the first bad table or field of ``track`` (and its file);
     ``methods`` are the command line's ``--method`` values (registered names or
-    ``package.module:Class``), ``source`` its ``--source`` (which replaces the recipe's source) and
-    ``pretrained`` its ``--pretrained`` (which replaces the track's embedded base)."""
+    ``package.module:Class``), ``source`` its ``--source`` (which replaces the recipe's source),
+    ``pretrained`` its ``--pretrained`` (which replaces the track's embedded base) and ``detector``
+    its ``--detector`` (which replaces the detector trained on the recipe's icd-mixed)."""
     unregistered = [m for m in track.methods if m not in REGISTRY]
     if unregistered:
         raise TrackError(
@@ -49,10 +51,13 @@ def check_track(track: Track, methods: Sequence[str] = (), source: str | None = 
                          "and Windows); a run holds one method per name")
     if pretrained is None:
         _needs_pretrained(track)
-    _table(track, "recipe", lambda: load_recipe(track.recipe, {"source": source_from_spec(source)} if source else None))
+    recipe = _table(track, "recipe", lambda: load_recipe(track.recipe, {"source": source_from_spec(source)} if source else None))
+    _table(track, "recipe", lambda: _subsets_read(track, recipe, trains_detector=detector is None))
     _table(track, "detector_scale", lambda: load_scale(track.detector_scale))
     _table(track, "prompts", lambda: _prompts(track))
     base = _table(track, "[base]", track.base_model_config)
+    if pretrained is None:
+        _table(track, "[base.pipeline]", lambda: check_size(base.pipeline))
     _table(track, "[base.training]", lambda: _training(base.training, on_this_machine=pretrained is None))
     _table(track, "[finetune]", lambda: _training(TrainingConfig(**{**track.finetune, "seed": track.seed})))
     generation = _table(track, "[generation]", lambda: _config(GenerationSettings, track.generation, "generation"))
@@ -61,6 +66,25 @@ def check_track(track: Track, methods: Sequence[str] = (), source: str | None = 
     _table(track, "[fmn]", lambda: _config(FMNConfig, track.fmn, "fmn", positive=("steps", "lr", "batch_size", "max_images")))
     _table(track, "[geom_erasing]", lambda: _geom_erasing(track))
     _table(track, "[quality]", lambda: _quality(track.quality))
+
+
+def _subsets_read(track: Track, recipe: Recipe, trains_detector: bool) -> None:
+    """The recipe holds every subset the run reads, each drawing the concepts it is read for: the
+    subsets fine-tuned on and scored (:meth:`Track.groups`), and icd-mixed, which the detector
+    learns every concept from. A subset missing was found only once the base and detector stages had
+    run; one without its concept made a detector blind to it, or a fine-tune with nothing to erase."""
+    needs = {name: set(concepts) for name, concepts in track.groups()}
+    if trains_detector:
+        needs.setdefault(DETECTOR_SUBSET, set()).update(track.concepts)
+    held = {s.name: s for s in recipe.subsets}
+    for name, concepts in needs.items():
+        subset = held.get(name)
+        if subset is None:
+            raise ValueError(f"{track.recipe!r} has no subset {name!r}, which this track reads (its subsets: {', '.join(held)})")
+        lacking = sorted(concepts - set(subset.concepts)) if subset.fraction > 0 else sorted(concepts)
+        if lacking:
+            raise ValueError(f"{track.recipe!r}: subset {name!r} draws {list(subset.concepts)} on a fraction {subset.fraction:g} "
+                             f"of its images, and this track reads it for {lacking}")
 
 
 def _table(track: Track, where: str, build: Callable[[], Any]) -> Any:
@@ -135,12 +159,15 @@ def _training(config: TrainingConfig, on_this_machine: bool = True) -> None:
 
 
 def _image_size(settings: GenerationSettings, pipeline: Any) -> None:
-    """Images the base can sample: the embedded base's own size; a ``--pretrained`` pipeline's a multiple of 8 (its VAE)."""
+    """Images the base can sample: the embedded base's own size; a ``--pretrained`` pipeline's a
+    multiple of 8 (its VAE), no larger than a recipe's images."""
     if pipeline is not None and settings.image_size != pipeline.image_size:
         raise ValueError(f"image_size = {settings.image_size}, but the embedded base model ([base.pipeline]) makes "
                          f"{pipeline.image_size} px images; set [base.pipeline] image_size, or run with --pretrained")
     if pipeline is None and settings.image_size % 8:
         raise ValueError(f"image_size = {settings.image_size}: a diffusers pipeline needs a multiple of 8")
+    if settings.image_size > MAX_IMAGE_SIZE:
+        raise ValueError(f"image_size = {settings.image_size}: at most {MAX_IMAGE_SIZE}, the largest image a recipe makes")
 
 
 def _geom_erasing(track: Track) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
+#: Seeds go to torch, numpy and Python's random: the range all of them take.
+MAX_SEED = 2**32 - 1
 #: A name that becomes a folder (a recipe's, a method's): no separators, no leading dot, at most 64.
 FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
