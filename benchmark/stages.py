@@ -56,7 +56,19 @@ def dataset(run: BenchmarkRun, build: bool = True) -> Path:
         if run.track.prompts == "test-split":
             for subset_name, _ in run.track.groups():
                 _require_test_split(out / subset_name / "test", recipe.source, getattr(run.track, "num_prompts", 1))
+        wanted = run.track.detector_backgrounds + run.track.detector_calibration
+        if wanted and run.detector is None:
+            _require_captions(out / DETECTOR_PROMPT_SUBSET / "train", wanted)
     return out
+
+
+def _require_captions(train: Path, wanted: int) -> None:
+    """The base's background and calibration images are prompted by these captions: a split of too
+    few is refused once the dataset is built, not after the base is trained (where it was found)."""
+    available = sum((read_stats(path) or {}).get("successes", 0) for path in train.glob("*_stats.json"))
+    if available < wanted:
+        raise ValueError(f"{train}: the train split holds {available} captions, and this track's detector_backgrounds "
+                         f"+ detector_calibration is {wanted}: lower them or build a larger split")
 
 
 def _require_test_split(test: Path, source: dict[str, Any], num_prompts: int = 1) -> None:

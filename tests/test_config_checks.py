@@ -611,3 +611,24 @@ def test_a_pretrained_tracks_images_are_no_larger_than_a_recipe_makes():
     with pytest.raises(ValueError, match=r"image_size = 16384: at most 8192"):
         _image_size(GenerationSettings(image_size=16384), None)
     _image_size(GenerationSettings(image_size=8192), None)
+
+
+def test_too_few_captions_for_the_detectors_background_images_is_refused_once_the_dataset_is_built(tmp_path, monkeypatch):
+    """detector_backgrounds + detector_calibration over icd-mixed's train captions was found after
+    the base's training; now right after the dataset stage, unless --detector makes them unneeded."""
+    from types import SimpleNamespace
+
+    from benchmark import stages
+
+    monkeypatch.setattr(stages, "build_dataset", lambda recipe, out, **kw: None)
+    monkeypatch.setattr(stages, "require_verified", lambda out: None)
+    train = tmp_path / "icd-debug" / "icd-mixed" / "train"
+    train.mkdir(parents=True)
+    (train / "00000_stats.json").write_text(json.dumps({"successes": 10}))
+    (train / "00001_stats.json").write_text(json.dumps({"successes": 5}))
+    run = SimpleNamespace(track=load_track("debug"), source=None, data_root=tmp_path, workers=0, progress=False, detector=None)
+    with pytest.raises(ValueError, match=re.escape(f"{train}: the train split holds 15 captions, and this track's "
+                                                   "detector_backgrounds + detector_calibration is 16")):
+        stages.dataset(run)
+    assert stages.dataset(SimpleNamespace(**{**vars(run), "track": load_track("debug", {"detector_calibration": 7})})) == tmp_path / "icd-debug"
+    assert stages.dataset(SimpleNamespace(**{**vars(run), "detector": tmp_path / "theirs"})) == tmp_path / "icd-debug"
