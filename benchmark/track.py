@@ -20,6 +20,7 @@ from benchmark.models.named_scenes import NamedConcepts
 from benchmark.models.pipelines import TinyPipelineConfig, build_scheduler
 from benchmark.models.sd15 import SCHEDULER as SD15_SCHEDULER
 from benchmark.targets import Targets
+from benchmark.training import TrainingConfig
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.provenance import config_hash
 from implicit_concept.scoring import REFERENCE_FLOOR
@@ -196,10 +197,12 @@ class Track:
         default = BaseModelConfig()
         try:
             tables = {}
-            for key in ("pipeline", "scenes", "training", "named"):
+            for key, cls in (("pipeline", TinyPipelineConfig), ("scenes", ProceduralConfig), ("training", TrainingConfig), ("named", NamedConcepts)):
                 tables[key] = raw.pop(key, {})
                 if not isinstance(tables[key], Mapping):
                     raise ValueError(f"{key}: expected a table, got {tables[key]!r}")
+                check_fields(tables[key], [f.name for f in fields(cls)], f"base.{key}")
+            check_fields(raw, [f.name for f in fields(BaseModelConfig)], "base")
             return BaseModelConfig(
                 pipeline=TinyPipelineConfig(**_tuples(tables["pipeline"])),
                 scenes=ProceduralConfig(**{"train": 10_000, "test": 0, **_tuples(tables["scenes"])}),

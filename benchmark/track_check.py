@@ -16,7 +16,7 @@ from benchmark.evaluation.scene_features import SceneFeaturesConfig
 from benchmark.generation import GenerationSettings
 from benchmark.methods import REGISTRY, get_method
 from benchmark.methods.esd import ESDConfig
-from benchmark.methods.finetuned import FINETUNED
+from benchmark.methods.finetuned import FINETUNED, GEOM_SWITCHES
 from benchmark.methods.forget_me_not import FMNConfig
 from benchmark.prompts import read_prompts, resolve_prompts
 from benchmark.track import DETECTOR_SUBSET, Track, TrackError
@@ -25,6 +25,7 @@ from benchmark.training import TrainingConfig
 from benchmark.training.memory import mixed_precision_refusal
 from builders.recipe import MAX_IMAGE_SIZE, Recipe, load_recipe, source_from_spec
 from implicit_concept.detector.training import load_scale
+from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 from implicit_concept.validate import check_fields, check_like_defaults, check_number, check_positive
 
 QUALITY_KINDS = ("scene", "paper", "none")
@@ -59,6 +60,7 @@ def check_track(track: Track, methods: Sequence[str] = (), source: str | None = 
     if pretrained is None:
         _table(track, "[base.pipeline]", lambda: check_size(base.pipeline))
     _table(track, "[base.training]", lambda: _training(base.training, on_this_machine=pretrained is None))
+    _table(track, "[finetune]", lambda: check_fields(track.finetune, [f.name for f in fields(TrainingConfig) if f.name != "seed"], "finetune"))
     _table(track, "[finetune]", lambda: _training(TrainingConfig(**{**track.finetune, "seed": track.seed})))
     generation = _table(track, "[generation]", lambda: _config(GenerationSettings, track.generation, "generation"))
     _table(track, "[generation]", lambda: _image_size(generation, None if pretrained else base.pipeline))
@@ -171,10 +173,22 @@ def _image_size(settings: GenerationSettings, pipeline: Any) -> None:
 
 
 def _geom_erasing(track: Track) -> None:
-    """Shared choices, and sub-tables named after the fine-tuned methods they set alone."""
+    """Shared choices, and sub-tables named after the fine-tuned methods they set alone. A method's
+    switches (which parts of Geom-Erasing it runs) are its own, and the concepts the track's: in
+    the shared table they were silently overridden, so they are refused there."""
+    choices = [f.name for f in fields(GeomErasingConfig) if f.name not in ("concepts", *GEOM_SWITCHES)]
     for name, value in track.geom_erasing.items():
         if isinstance(value, dict) and name not in FINETUNED:
             raise ValueError(f"[geom_erasing.{name}]: not a fine-tuned method (known: {', '.join(FINETUNED)})")
+        if isinstance(value, dict):
+            check_fields(value, [*choices, *GEOM_SWITCHES], f"geom_erasing.{name}")
+        elif name == "concepts":
+            raise ValueError("geom_erasing.concepts: the track's concepts, set by its top-level concepts, not here")
+        elif name in GEOM_SWITCHES:
+            raise ValueError(f"geom_erasing.{name}: a method's own switch (ge-name, ge-geometry and ge-full differ in it), "
+                             f"not a shared choice; set it in a method's sub-table, [geom_erasing.<method>]")
+        else:
+            check_fields([name], choices, "geom_erasing")
     for method in FINETUNED.values():
         method.geom_config(track.geom_erasing, track.concepts)
 

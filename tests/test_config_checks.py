@@ -632,3 +632,42 @@ def test_too_few_captions_for_the_detectors_background_images_is_refused_once_th
         stages.dataset(run)
     assert stages.dataset(SimpleNamespace(**{**vars(run), "track": load_track("debug", {"detector_calibration": 7})})) == tmp_path / "icd-debug"
     assert stages.dataset(SimpleNamespace(**{**vars(run), "detector": tmp_path / "theirs"})) == tmp_path / "icd-debug"
+
+
+@pytest.mark.parametrize("overrides,named,nearest", [
+    ({"finetune": {"stpes": 4}}, "finetune.stpes", "steps"),
+    ({"base": {"training": {"learning_rte": 1e-3}}}, "base.training.learning_rte", "learning_rate"),
+    ({"base": {"pipeline": {"imag_size": 64}}}, "base.pipeline.imag_size", "image_size"),
+    ({"base": {"scenes": {"trian": 64}}}, "base.scenes.trian", "train"),
+    ({"base": {"named": {"shares": 0.5}}}, "base.named.shares", "share"),
+    ({"base": {"sed": 1}}, "base.sed", "seed"),
+    ({"geom_erasing": {"aplha": 1.0}}, "geom_erasing.aplha", "alpha"),
+    ({"geom_erasing": {"ge-full": {"gird": 4}}}, "geom_erasing.ge-full.gird", "grid"),
+    ({"generation": {"guidance": 7.5}}, "generation.guidance", "guidance_scale"),
+    ({"num_promtps": 8}, "num_promtps", "num_prompts"),
+])
+def test_a_typo_in_any_table_names_its_whole_path_and_the_nearest_field(overrides, named, nearest):
+    """[finetune], [base.*] and [geom_erasing] typos were "TrainingConfig.__init__() got an unexpected
+    keyword argument", naming neither the table nor the fields it takes."""
+    with pytest.raises(TrackError) as e:
+        check_track(load_track("debug", overrides))
+    message = str(e.value)
+    assert f"{named}: unknown field; did you mean {nearest!r}? (known: " in message and "__init__" not in message, message
+
+
+def test_a_recipe_typo_names_the_nearest_field():
+    from builders.recipe import RecipeError, parse_recipe
+
+    raw = tomllib.loads((RECIPES_DIR / "icd-debug.toml").read_text())
+    with pytest.raises(RecipeError, match=r"^jpg_quality: unknown field; did you mean 'jpeg_quality'\? \(known: "):
+        parse_recipe({**raw, "jpg_quality": 90})
+    with pytest.raises(RecipeError, match=r"^xyz: unknown field \(known: "):  # nothing near: no guess
+        parse_recipe({**raw, "xyz": 90})
+
+
+@pytest.mark.parametrize("key,value", [("reweight", False), ("geometry", False), ("concept_name", False), ("concepts", ["qrcode"])])
+def test_a_methods_own_switch_in_the_shared_geom_erasing_table_is_refused(key, value):
+    """[geom_erasing] reweight = false was overridden by every method's own switch, silently: ge-full still re-weighted."""
+    with pytest.raises(TrackError, match=rf"geom_erasing\.{key}: .*not (a shared choice|here)"):
+        check_track(load_track("debug", {"geom_erasing": {key: value}}))
+    check_track(load_track("debug", {"geom_erasing": {"alpha": 0.5, "ge-full": {"grid": 4, "reweight": False}}}))
