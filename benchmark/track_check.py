@@ -52,6 +52,8 @@ def check_track(track: Track, methods: Sequence[str] = (), source: str | None = 
                          "and Windows); a run holds one method per name")
     if pretrained is None:
         _needs_pretrained(track)
+    for name, suffix in (("recipe", ".toml"), ("prompts", ".csv")):
+        _read_from_here(track, name, suffix)
     recipe = _table(track, "recipe", lambda: load_recipe(track.recipe, {"source": source_from_spec(source)} if source else None))
     _table(track, "recipe", lambda: _subsets_read(track, recipe, trains_detector=detector is None))
     _table(track, "detector_scale", lambda: load_scale(track.detector_scale))
@@ -68,6 +70,19 @@ def check_track(track: Track, methods: Sequence[str] = (), source: str | None = 
     _table(track, "[fmn]", lambda: _config(FMNConfig, track.fmn, "fmn", positive=("steps", "lr", "batch_size", "max_images")))
     _table(track, "[geom_erasing]", lambda: _geom_erasing(track))
     _table(track, "[quality]", lambda: _quality(track.quality))
+
+
+def _read_from_here(track: Track, name: str, suffix: str) -> None:
+    """A track's file paths are read from the current folder, as a recipe's are: one written relative
+    to the track file's folder, found there but not here, is refused saying so and where it is."""
+    value, file = getattr(track, name), getattr(track, "_file", None)
+    path = Path(value)
+    if file is None or path.suffix != suffix or path.is_absolute() or path.exists():
+        return
+    beside = Path(file).parent / path
+    if beside.exists():
+        raise TrackError(f"{track.where}: {name}: {value}: not in the current folder, {Path.cwd()}, which a relative path "
+                         f"in a track is read from (not the track file's folder, which holds {beside}); give that path")
 
 
 def _subsets_read(track: Track, recipe: Recipe, trains_detector: bool) -> None:

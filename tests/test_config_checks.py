@@ -671,3 +671,20 @@ def test_a_methods_own_switch_in_the_shared_geom_erasing_table_is_refused(key, v
     with pytest.raises(TrackError, match=rf"geom_erasing\.{key}: .*not (a shared choice|here)"):
         check_track(load_track("debug", {"geom_erasing": {key: value}}))
     check_track(load_track("debug", {"geom_erasing": {"alpha": 0.5, "ge-full": {"grid": 4, "reweight": False}}}))
+
+
+def test_a_track_file_path_written_relative_to_the_track_file_says_where_it_is_read_from(tmp_path, monkeypatch):
+    """recipe = "r.toml" beside the track, run from elsewhere, was "r.toml: recipe file not found",
+    though the file was beside the track: a relative path is read from the current folder, as a recipe's are."""
+    mine = tmp_path / "my tracks é"
+    mine.mkdir()
+    (mine / "r.toml").write_text((RECIPES_DIR / "icd-debug.toml").read_text())
+    (mine / "p.csv").write_text((TRACKS_DIR.parent / "prompts" / "icd-tiny-eval.csv").read_text())
+    for line, new, field, beside in (('recipe = "icd-debug"', 'recipe = "r.toml"', "recipe", mine / "r.toml"),
+                                     ('prompts = "icd-tiny-eval"', 'prompts = "p.csv"', "prompts", mine / "p.csv")):
+        track = _track_file(mine, {line: new})
+        monkeypatch.chdir(tmp_path)
+        message = _refused(track, f"{field}: {beside.name}: not in the current folder, {tmp_path}", str(beside))
+        assert "give that path" in message
+        monkeypatch.chdir(mine)
+        check_track(load_track(track))
