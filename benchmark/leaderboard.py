@@ -143,6 +143,9 @@ def read_scored(folder: Path) -> dict[str, Any]:
     ``summary.json`` as a run of one method (:func:`summary_as_results`)."""
     folder = Path(folder)
     if (folder / "results.json").exists() or not (folder / SUMMARY_FILE).is_file():
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: {'not a folder' if folder.exists() else 'does not exist'} (a run folder holds results.json, "
+                                    f"a score-pipeline or score-images --out folder {SUMMARY_FILE})")
         if not (folder / "results.json").exists():
             raise FileNotFoundError(f"{folder}: holds neither results.json (a benchmark run folder) nor {SUMMARY_FILE} "
                                     "(a score-pipeline or score-images --out folder)")

@@ -688,3 +688,14 @@ def test_a_track_file_path_written_relative_to_the_track_file_says_where_it_is_r
         assert "give that path" in message
         monkeypatch.chdir(mine)
         check_track(load_track(track))
+
+
+def test_a_leaderboard_run_that_is_missing_or_a_file_is_named_as_such(tmp_path, capsys):
+    """A mistyped run folder was said to "hold neither results.json nor summary.json", as an empty folder is."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for run, said in ((tmp_path / "nope", "does not exist"), (afile, "not a folder")):
+        assert main(["leaderboard", "--out", str(tmp_path / "lb"), str(run)]) == 2
+        err = capsys.readouterr().err
+        assert f"{run}: {said} (a run folder holds results.json" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "lb").exists()

@@ -172,7 +172,6 @@ def train_detector(
     shards, out_dir = Path(shards), Path(out_dir).resolve()
     check_apart(out_dir, "detector --out", {"the shards": shards, "--backgrounds": backgrounds, "--calibration": calibration})
     out_dir.mkdir(parents=True, exist_ok=True)
-    record_path(out_dir / WEIGHTS_NAME).unlink(missing_ok=True)  # incomplete until the new record is written
     held_out = list(named_images(calibration, "calibration")) if calibration is not None else []
     dataset = export_detection_dataset(shards, out_dir / "dataset", validation_share=scale.validation_share)
     empty = [split for split, counts in dataset.counts.items() if counts["images"] == 0]
@@ -192,6 +191,9 @@ def train_detector(
             raise ImageSetError(f"{len(shared)} calibration images are also background images: calibration images must be held out")
     data_yaml = training_data_yaml(dataset, out_dir / "backgrounds" / "images" if backgrounds is not None else None, out_dir)
 
+    # Incomplete until the new record is written; only now, every input read: a mistyped shards or
+    # image path used to unmake the detector already in --out.
+    record_path(out_dir / WEIGHTS_NAME).unlink(missing_ok=True)
     start = time.perf_counter()
     module = _train(data_yaml, scale, out_dir)
     train_s = time.perf_counter() - start
