@@ -20,7 +20,7 @@ from benchmark.methods.finetuned import FINETUNED, GEOM_SWITCHES
 from benchmark.methods.forget_me_not import FMNConfig
 from benchmark.prompts import read_prompts, resolve_prompts
 from benchmark.track import DETECTOR_SUBSET, Track, TrackError
-from benchmark.models.pipelines import TinyPipelineConfig, check_size
+from benchmark.models.pipelines import TinyPipelineConfig, build_scheduler, check_size
 from benchmark.training import TrainingConfig
 from benchmark.training.memory import mixed_precision_refusal
 from builders.recipe import MAX_IMAGE_SIZE, Recipe, load_recipe, source_from_spec
@@ -66,7 +66,10 @@ def check_track(track: Track, methods: Sequence[str] = (), source: str | None = 
     _table(track, "[finetune]", lambda: _training(TrainingConfig(**{**track.finetune, "seed": track.seed})))
     generation = _table(track, "[generation]", lambda: _config(GenerationSettings, track.generation, "generation"))
     _table(track, "[generation]", lambda: _image_size(generation, None if pretrained else base.pipeline))
-    _table(track, "[esd]", lambda: _config(ESDConfig, track.esd, "esd", positive=("steps", "lr", "ddim_steps"), non_negative=("negative_guidance", "sample_guidance")))
+    esd = _table(track, "[esd]", lambda: _config(ESDConfig, track.esd, "esd", positive=("steps", "lr", "ddim_steps"), non_negative=("negative_guidance", "sample_guidance")))
+    if pretrained is None:
+        _table(track, "[generation]", lambda: _within_timesteps("steps", generation.steps, base.pipeline))
+        _table(track, "[esd]", lambda: _within_timesteps("ddim_steps", esd.ddim_steps, base.pipeline))
     _table(track, "[fmn]", lambda: _config(FMNConfig, track.fmn, "fmn", positive=("steps", "lr", "batch_size", "max_images")))
     _table(track, "[geom_erasing]", lambda: _geom_erasing(track))
     _table(track, "[quality]", lambda: _quality(track.quality))
@@ -173,6 +176,20 @@ def _training(config: TrainingConfig, on_this_machine: bool = True) -> None:
         raise ValueError(f"warmup_steps = {config.warmup_steps} is more than steps = {config.steps}: the learning rate would never warm up")
     check_number("learning_rate", config.learning_rate, 0, math.inf, open_lo=True)
     check_number("weight_decay", config.weight_decay, 0, math.inf)
+
+
+def _within_timesteps(name: str, steps: int, pipeline: TinyPipelineConfig) -> None:
+    """Sampling steps the embedded base's scheduler can take, as it spaces them: too many failed in
+    the first method's sampling (or ESD's edit), after every fine-tune had trained."""
+    scheduler = build_scheduler(pipeline)
+    try:
+        scheduler.set_timesteps(steps)
+        fits = int(scheduler.timesteps.max()) < pipeline.num_train_timesteps
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{name} = {steps}: too many for the embedded base's scheduler, trained on {pipeline.num_train_timesteps} "
+                         "timesteps ([base.pipeline] num_train_timesteps); take fewer steps")
 
 
 def _image_size(settings: GenerationSettings, pipeline: Any) -> None:

@@ -699,3 +699,19 @@ def test_a_leaderboard_run_that_is_missing_or_a_file_is_named_as_such(tmp_path, 
         err = capsys.readouterr().err
         assert f"{run}: {said} (a run folder holds results.json" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "lb").exists()
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"generation": {"steps": 1000}}, "[generation]: steps = 1000: too many"),
+    ({"generation": {"steps": 10**12}}, "[generation]: steps = 1000000000000: too many"),
+    ({"esd": {"ddim_steps": 5000}}, "[esd]: ddim_steps = 5000: too many"),
+    ({"base": {"pipeline": {"num_train_timesteps": 4}}}, "[generation]: steps = 4: too many"),
+])
+def test_sampling_steps_the_bases_scheduler_cannot_take_are_refused_before_any_stage(overrides, fragment):
+    """[generation] steps = 1000 on a base of 1000 timesteps (DDIM's offset puts the last at 1000)
+    failed in the first method's sampling, after every fine-tune had trained."""
+    with pytest.raises(TrackError) as e:
+        check_track(load_track("debug", overrides))
+    assert fragment in str(e.value), str(e.value)
+    check_track(load_track("debug", {"generation": {"steps": 999}}))
+    check_track(load_track("debug", {"base": {"pipeline": {"num_train_timesteps": 10}}}))
