@@ -58,8 +58,9 @@ PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 BETA_SCHEDULES = ("scaled_linear", "linear", "squaredcos_cap_v2")
 #: Bounds on a tiny pipeline's sizes, so a config no machine can hold is refused naming its field
 #: rather than failing in its first allocation: a recipe's largest image side (``MAX_IMAGE_SIZE``),
-#: layers, widths and timesteps well past SD v1.5's (12 text layers, 2 per UNet block, 1280 channels,
-#: 1000 timesteps; wider ones overflowed torch's size arithmetic even unallocated), and at most twice SD v1.5's 1.07 billion parameters (:func:`parameter_count`; 32 GB to train in
+#: layers, widths and timesteps well past SD v1.5's (12 text layers, 2 per UNet block, 1280
+#: channels, 1000 timesteps; a width of 10**12 overflowed torch's size arithmetic even unallocated),
+#: and at most twice SD v1.5's 1.07 billion parameters (:func:`parameter_count`; 32 GB to train in
 #: float32 with Adam).
 MAX_LAYERS = 64
 MAX_WIDTH = 65536
