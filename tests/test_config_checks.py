@@ -715,3 +715,15 @@ def test_sampling_steps_the_bases_scheduler_cannot_take_are_refused_before_any_s
     assert fragment in str(e.value), str(e.value)
     check_track(load_track("debug", {"generation": {"steps": 999}}))
     check_track(load_track("debug", {"base": {"pipeline": {"num_train_timesteps": 10}}}))
+
+
+@pytest.mark.parametrize("name,runs,data", [("icd-debug", "same", "same"), ("x", "same/icd-debug", "same"), ("data", "same", "same/data/inner")])
+def test_a_run_folder_overlapping_the_dataset_folder_is_refused_before_anything_is_written(tmp_path, capsys, name, runs, data):
+    """--runs and --data one folder, the run named as the recipe: run.json was written into the
+    dataset's folder (a built one then held the run's models and images)."""
+    argv = ["benchmark", "--track", "debug", "--name", name, "--runs", str(tmp_path / runs), "--data", str(tmp_path / data),
+            "--cache", str(tmp_path / "cache"), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "the run folder (--runs, --name)" in err and "overlaps the dataset folder" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
