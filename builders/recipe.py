@@ -246,8 +246,9 @@ def parse_recipe(raw: dict[str, Any], check_components: bool = True) -> Recipe:
     if not recipe.subsets:
         raise RecipeError("subsets: at least one subset is needed")
     names = [s.name for s in recipe.subsets]
-    if len(set(names)) != len(names):
-        raise RecipeError(f"subsets: names must be unique, got {names}")
+    if len({name.casefold() for name in names}) != len(names):
+        # Names differing in case only are one folder on macOS and Windows: their shards would mix.
+        raise RecipeError(f"subsets: names must be unique, also ignoring case (one folder on macOS and Windows), got {names}")
     for name in recipe.concepts:
         if name not in CONCEPT_NAMES:
             raise RecipeError(f"concepts.{name}: unknown concept (known: {', '.join(CONCEPT_NAMES)})")
