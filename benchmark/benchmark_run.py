@@ -13,7 +13,7 @@ from benchmark.track import Track
 from benchmark.track_check import check_track
 from builders.recipe import Recipe, load_recipe, source_from_spec
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import json_differences, shown_differences
+from implicit_concept.files import check_apart, json_differences, shown_differences
 from implicit_concept.validate import check_folder_name
 
 DEFAULT_CACHE = Path(".cache") / "implicit-concept"
@@ -92,7 +92,10 @@ class BenchmarkRun:
                 Detector.load(self.detector)
             except (ValueError, OSError) as e:
                 raise ValueError(f"--detector: {e}") from None
-        check_track(self.track, self.methods, self.source, self.pretrained)
+        check_track(self.track, self.methods, self.source, self.pretrained, self.detector)
+        # A run named as the recipe, with --runs and --data one folder, wrote its files into the dataset.
+        check_apart(self.root, "the run folder (--runs, --name)",
+                    {"the dataset folder (--data, the recipe's name)": self.data_root / self._recipe.name})
         if self.runs_root.exists() and not self.runs_root.is_dir():
             raise ValueError(f"--runs {self.runs_root}: exists and is not a folder")
         if self.root.exists() and not self.root.is_dir():

@@ -24,7 +24,7 @@ from benchmark.prompts import Prompt
 from implicit_concept.files import atomic_save_image, atomic_write_json
 from implicit_concept.provenance import canonical_json
 from implicit_concept.shard_reader import is_hidden
-from implicit_concept.torch_settings import torch_threads
+from implicit_concept.torch_settings import MAX_THREADS, torch_threads
 from implicit_concept.validate import check_int, check_number
 
 SOURCE_FILE = "source.json"
@@ -52,7 +52,7 @@ class GenerationSettings:
         check_int("images_per_prompt", self.images_per_prompt, 1)
         check_int("chunk_size", self.chunk_size, 1)
         if self.threads is not None:
-            check_int("threads", self.threads, 1)
+            check_int("threads", self.threads, 1, MAX_THREADS)
 
 
 def image_name(prompt: Prompt, i: int) -> str:

@@ -143,6 +143,9 @@ def read_scored(folder: Path) -> dict[str, Any]:
     """A benchmark run folder's ``results.json``, or a ``score-pipeline``/``score-images`` folder's
     ``summary.json`` as a run of one method (:func:`summary_as_results`)."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: {'not a folder' if folder.exists() else 'does not exist'} (a run folder holds results.json, "
+                                f"a score-pipeline or score-images --out folder {SUMMARY_FILE})")
     if scored_file(folder).name == SUMMARY_FILE:
         return summary_as_results(folder)
     if not (folder / "results.json").exists():

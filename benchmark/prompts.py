@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from builders.recipe import load_recipe
-from builders.sources import make_source
+from builders.sources import SOURCES, make_source
 from implicit_concept.files import atomic_write_text
 from implicit_concept.shard_reader import iter_samples
 
@@ -128,6 +128,10 @@ def procedural_prompts(recipe: str, count: int, seed_base: int = 1000) -> list[P
     """Captions and scenes of the recipe's procedural test split, as evaluation prompts (what made
     the shipped ``icd-tiny-eval.csv``: ``implicit-concept prompts icd-tiny --count 512``)."""
     _check_seed_base(seed_base, count)
+    kind = load_recipe(recipe, check_components=False).source.get("kind")  # first: another source's files are not looked for
+    if isinstance(kind, str) and kind in SOURCES and kind != "procedural":
+        raise ValueError(f"{recipe}: its source is {kind!r}, and prompts are the scenes of a procedural recipe's test "
+                         "split (such as icd-tiny); a track draws another source's test captions with prompts = \"test-split\"")
     r = load_recipe(recipe)
     source = make_source(r.source, image_size=r.image_size, shard_size=r.shard_size, seed=r.seed)
     return [

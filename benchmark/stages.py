@@ -20,7 +20,7 @@ from benchmark.models.pipeline_identity import pipeline_sha256, weights_sha256
 from benchmark.models.pipelines import load_pipeline as _load
 from benchmark.prompts import shard_prompts
 from benchmark.published_models import materialize_base, published_base, published_detector
-from benchmark.track import Track
+from benchmark.track import DETECTOR_SUBSET, Track
 from benchmark.training import PIPELINE_DIR, TrainingConfig, processes, train
 from builders.build import build_dataset
 from builders.dataset_card import CHECKSUMS
@@ -38,7 +38,7 @@ from implicit_concept.provenance import cache_key
 from implicit_concept.scoring import clean_images
 
 #: The subset whose train captions prompt the base's background and calibration images.
-DETECTOR_PROMPT_SUBSET = "icd-mixed"
+DETECTOR_PROMPT_SUBSET = DETECTOR_SUBSET
 #: Their sampling seeds start here, far from the evaluation prompts'.
 GENERATED_SEED_BASE = 900_000
 #: Beside a fine-tune's pipeline: its files as they were made (:mod:`benchmark.models.folder_seal`).
@@ -56,7 +56,19 @@ def dataset(run: BenchmarkRun, build: bool = True) -> Path:
         if run.track.prompts == "test-split":
             for subset_name, _ in run.track.groups():
                 _require_test_split(out / subset_name / "test", recipe.source, getattr(run.track, "num_prompts", 1))
+        wanted = run.track.detector_backgrounds + run.track.detector_calibration
+        if wanted and run.detector is None:
+            _require_captions(out / DETECTOR_PROMPT_SUBSET / "train", wanted)
     return out
+
+
+def _require_captions(train: Path, wanted: int) -> None:
+    """The base's background and calibration images are prompted by these captions: a split of too
+    few is refused once the dataset is built, not after the base is trained (where it was found)."""
+    available = sum((read_stats(path) or {}).get("successes", 0) for path in train.glob("*_stats.json"))
+    if available < wanted:
+        raise ValueError(f"{train}: the train split holds {available} captions, and this track's detector_backgrounds "
+                         f"+ detector_calibration is {wanted}: lower them or build a larger split")
 
 
 def _require_test_split(test: Path, source: dict[str, Any], num_prompts: int = 1) -> None:
@@ -104,7 +116,7 @@ def detector(run: BenchmarkRun, dataset: Path, base: Path | None = None) -> Dete
             extra = {}
             if "generated" in identity:
                 extra = dict(zip(("backgrounds", "calibration"), base_generations(run, dataset, base, identity["generated"])))
-            train_detector(dataset / "icd-mixed", out, load_scale(run.track.detector_scale), **extra)
+            train_detector(dataset / DETECTOR_SUBSET, out, load_scale(run.track.detector_scale), **extra)
     return Detector.load(out)
 
 

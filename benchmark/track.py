@@ -20,11 +20,13 @@ from benchmark.models.named_scenes import NamedConcepts
 from benchmark.models.pipelines import TinyPipelineConfig, build_scheduler
 from benchmark.models.sd15 import SCHEDULER as SD15_SCHEDULER
 from benchmark.targets import Targets
+from benchmark.training import TrainingConfig
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.provenance import config_hash
 from implicit_concept.scoring import REFERENCE_FLOOR
 from implicit_concept.scene.grammar import ProceduralConfig
 from implicit_concept.validate import (
+    MAX_SEED,
     check_choice,
     check_fields,
     check_finite,
@@ -45,8 +47,8 @@ TRACKS_DIR = Path(__file__).resolve().parent / "tracks"
 PROTOCOLS = ("per-subset", "mixed")
 
 
-#: Seeds go to torch, numpy and Python's random: the range all of them take.
-MAX_SEED = 2**32 - 1
+#: The recipe's subset the track's detector learns every concept from (unless ``--detector`` is given).
+DETECTOR_SUBSET = "icd-mixed"
 #: The track's tables (TOML ``[table]`` sections), each a mapping.
 TABLES = ("base", "finetune", "generation", "esd", "fmn", "geom_erasing", "quality", "targets")
 #: The file a track is being read from, so its errors name it (set by :func:`load_track`).
@@ -136,6 +138,10 @@ class Track:
             raise ValueError(f"seed_methods: {sorted(set(self.seed_methods) - set(self.methods))} are not among its methods")
         for name in ("named_prompts", "detector_backgrounds", "detector_calibration"):
             check_int(name, getattr(self, name), 0)
+        if self.named_prompts > self.num_prompts:
+            # The named prompts are the first evaluation prompts: more would be scored silently as fewer.
+            raise ValueError(f"named_prompts: {self.named_prompts} is more than num_prompts = {self.num_prompts}, "
+                             "the evaluation prompts they are the first of")
         if self.conf is not None and not (is_number(self.conf) and REFERENCE_FLOOR <= self.conf < 1):
             # ScoreConfig's bound, checked here so that a track scoring would refuse never claims a run folder.
             raise ValueError(f"conf: expected a number in [{REFERENCE_FLOOR:g}, 1) (scoring keeps no clean-image confidence "
@@ -191,10 +197,12 @@ class Track:
         default = BaseModelConfig()
         try:
             tables = {}
-            for key in ("pipeline", "scenes", "training", "named"):
+            for key, cls in (("pipeline", TinyPipelineConfig), ("scenes", ProceduralConfig), ("training", TrainingConfig), ("named", NamedConcepts)):
                 tables[key] = raw.pop(key, {})
                 if not isinstance(tables[key], Mapping):
                     raise ValueError(f"{key}: expected a table, got {tables[key]!r}")
+                check_fields(tables[key], [f.name for f in fields(cls)], f"base.{key}")
+            check_fields(raw, [f.name for f in fields(BaseModelConfig)], "base")
             return BaseModelConfig(
                 pipeline=TinyPipelineConfig(**_tuples(tables["pipeline"])),
                 scenes=ProceduralConfig(**{"train": 10_000, "test": 0, **_tuples(tables["scenes"])}),

@@ -16,25 +16,28 @@ from benchmark.evaluation.scene_features import SceneFeaturesConfig
 from benchmark.generation import GenerationSettings
 from benchmark.methods import REGISTRY, get_method
 from benchmark.methods.esd import ESDConfig
-from benchmark.methods.finetuned import FINETUNED
+from benchmark.methods.finetuned import FINETUNED, GEOM_SWITCHES
 from benchmark.methods.forget_me_not import FMNConfig
 from benchmark.prompts import read_prompts, resolve_prompts
-from benchmark.track import Track, TrackError
-from benchmark.models.pipelines import TinyPipelineConfig
+from benchmark.track import DETECTOR_SUBSET, Track, TrackError
+from benchmark.models.pipelines import TinyPipelineConfig, build_scheduler, check_size
 from benchmark.training import TrainingConfig
 from benchmark.training.memory import mixed_precision_refusal
-from builders.recipe import load_recipe, source_from_spec
+from builders.recipe import MAX_IMAGE_SIZE, Recipe, load_recipe, source_from_spec
 from implicit_concept.detector.training import load_scale
+from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 from implicit_concept.validate import check_fields, check_like_defaults, check_number, check_positive
 
 QUALITY_KINDS = ("scene", "paper", "none")
 
 
-def check_track(track: Track, methods: Sequence[str] = (), source: str | None = None, pretrained: Path | None = None) -> None:
+def check_track(track: Track, methods: Sequence[str] = (), source: str | None = None, pretrained: Path | None = None,
+                detector: Path | None = None) -> None:
     """Raise :class:`TrackError` naming the first bad table or field of ``track`` (and its file);
     ``methods`` are the command line's ``--method`` values (registered names or
-    ``package.module:Class``), ``source`` its ``--source`` (which replaces the recipe's source) and
-    ``pretrained`` its ``--pretrained`` (which replaces the track's embedded base)."""
+    ``package.module:Class``), ``source`` its ``--source`` (which replaces the recipe's source),
+    ``pretrained`` its ``--pretrained`` (which replaces the track's embedded base) and ``detector``
+    its ``--detector`` (which replaces the detector trained on the recipe's icd-mixed)."""
     unregistered = [m for m in track.methods if m not in REGISTRY]
     if unregistered:
         raise TrackError(
@@ -49,18 +52,59 @@ def check_track(track: Track, methods: Sequence[str] = (), source: str | None = 
                          "and Windows); a run holds one method per name")
     if pretrained is None:
         _needs_pretrained(track)
-    _table(track, "recipe", lambda: load_recipe(track.recipe, {"source": source_from_spec(source)} if source else None))
+    for name, suffix in (("recipe", ".toml"), ("prompts", ".csv")):
+        _read_from_here(track, name, suffix)
+    recipe = _table(track, "recipe", lambda: load_recipe(track.recipe, {"source": source_from_spec(source)} if source else None))
+    _table(track, "recipe", lambda: _subsets_read(track, recipe, trains_detector=detector is None))
     _table(track, "detector_scale", lambda: load_scale(track.detector_scale))
     _table(track, "prompts", lambda: _prompts(track))
     base = _table(track, "[base]", track.base_model_config)
+    if pretrained is None:
+        _table(track, "[base.pipeline]", lambda: check_size(base.pipeline))
     _table(track, "[base.training]", lambda: _training(base.training, on_this_machine=pretrained is None))
+    _table(track, "[finetune]", lambda: check_fields(track.finetune, [f.name for f in fields(TrainingConfig) if f.name != "seed"], "finetune"))
     _table(track, "[finetune]", lambda: _training(TrainingConfig(**{**track.finetune, "seed": track.seed})))
     generation = _table(track, "[generation]", lambda: _config(GenerationSettings, track.generation, "generation"))
     _table(track, "[generation]", lambda: _image_size(generation, None if pretrained else base.pipeline))
-    _table(track, "[esd]", lambda: _config(ESDConfig, track.esd, "esd", positive=("steps", "lr", "ddim_steps"), non_negative=("negative_guidance", "sample_guidance")))
+    esd = _table(track, "[esd]", lambda: _config(ESDConfig, track.esd, "esd", positive=("steps", "lr", "ddim_steps"), non_negative=("negative_guidance", "sample_guidance")))
+    if pretrained is None:
+        _table(track, "[generation]", lambda: _within_timesteps("steps", generation.steps, base.pipeline))
+        _table(track, "[esd]", lambda: _within_timesteps("ddim_steps", esd.ddim_steps, base.pipeline))
     _table(track, "[fmn]", lambda: _config(FMNConfig, track.fmn, "fmn", positive=("steps", "lr", "batch_size", "max_images")))
     _table(track, "[geom_erasing]", lambda: _geom_erasing(track))
     _table(track, "[quality]", lambda: _quality(track.quality))
+
+
+def _read_from_here(track: Track, name: str, suffix: str) -> None:
+    """A track's file paths are read from the current folder, as a recipe's are: one written relative
+    to the track file's folder, found there but not here, is refused saying so and where it is."""
+    value, file = getattr(track, name), getattr(track, "_file", None)
+    path = Path(value)
+    if file is None or path.suffix != suffix or path.is_absolute() or path.exists():
+        return
+    beside = Path(file).parent / path
+    if beside.exists():
+        raise TrackError(f"{track.where}: {name}: {value}: not in the current folder, {Path.cwd()}, which a relative path "
+                         f"in a track is read from (not the track file's folder, which holds {beside}); give that path")
+
+
+def _subsets_read(track: Track, recipe: Recipe, trains_detector: bool) -> None:
+    """The recipe holds every subset the run reads, each drawing the concepts it is read for: the
+    subsets fine-tuned on and scored (:meth:`Track.groups`), and icd-mixed, which the detector
+    learns every concept from. A subset missing was found only once the base and detector stages had
+    run; one without its concept made a detector blind to it, or a fine-tune with nothing to erase."""
+    needs = {name: set(concepts) for name, concepts in track.groups()}
+    if trains_detector:
+        needs.setdefault(DETECTOR_SUBSET, set()).update(track.concepts)
+    held = {s.name: s for s in recipe.subsets}
+    for name, concepts in needs.items():
+        subset = held.get(name)
+        if subset is None:
+            raise ValueError(f"{track.recipe!r} has no subset {name!r}, which this track reads (its subsets: {', '.join(held)})")
+        lacking = sorted(concepts - set(subset.concepts)) if subset.fraction > 0 else sorted(concepts)
+        if lacking:
+            raise ValueError(f"{track.recipe!r}: subset {name!r} draws {list(subset.concepts)} on a fraction {subset.fraction:g} "
+                             f"of its images, and this track reads it for {lacking}")
 
 
 def _table(track: Track, where: str, build: Callable[[], Any]) -> Any:
@@ -134,20 +178,49 @@ def _training(config: TrainingConfig, on_this_machine: bool = True) -> None:
     check_number("weight_decay", config.weight_decay, 0, math.inf)
 
 
+def _within_timesteps(name: str, steps: int, pipeline: TinyPipelineConfig) -> None:
+    """Sampling steps the embedded base's scheduler can take, as it spaces them: too many failed in
+    the first method's sampling (or ESD's edit), after every fine-tune had trained."""
+    scheduler = build_scheduler(pipeline)
+    try:
+        scheduler.set_timesteps(steps)
+        fits = int(scheduler.timesteps.max()) < pipeline.num_train_timesteps
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{name} = {steps}: too many for the embedded base's scheduler, trained on {pipeline.num_train_timesteps} "
+                         "timesteps ([base.pipeline] num_train_timesteps); take fewer steps")
+
+
 def _image_size(settings: GenerationSettings, pipeline: Any) -> None:
-    """Images the base can sample: the embedded base's own size; a ``--pretrained`` pipeline's a multiple of 8 (its VAE)."""
+    """Images the base can sample: the embedded base's own size; a ``--pretrained`` pipeline's a
+    multiple of 8 (its VAE), no larger than a recipe's images."""
     if pipeline is not None and settings.image_size != pipeline.image_size:
         raise ValueError(f"image_size = {settings.image_size}, but the embedded base model ([base.pipeline]) makes "
                          f"{pipeline.image_size} px images; set [base.pipeline] image_size, or run with --pretrained")
     if pipeline is None and settings.image_size % 8:
         raise ValueError(f"image_size = {settings.image_size}: a diffusers pipeline needs a multiple of 8")
+    if settings.image_size > MAX_IMAGE_SIZE:
+        raise ValueError(f"image_size = {settings.image_size}: at most {MAX_IMAGE_SIZE}, the largest image a recipe makes")
 
 
 def _geom_erasing(track: Track) -> None:
-    """Shared choices, and sub-tables named after the fine-tuned methods they set alone."""
+    """Shared choices, and sub-tables named after the fine-tuned methods they set alone. A method's
+    switches (which parts of Geom-Erasing it runs) are its own, and the concepts the track's: in
+    the shared table they were silently overridden, so they are refused there."""
+    choices = [f.name for f in fields(GeomErasingConfig) if f.name not in ("concepts", *GEOM_SWITCHES)]
     for name, value in track.geom_erasing.items():
         if isinstance(value, dict) and name not in FINETUNED:
             raise ValueError(f"[geom_erasing.{name}]: not a fine-tuned method (known: {', '.join(FINETUNED)})")
+        if isinstance(value, dict):
+            check_fields(value, [*choices, *GEOM_SWITCHES], f"geom_erasing.{name}")
+        elif name == "concepts":
+            raise ValueError("geom_erasing.concepts: the track's concepts, set by its top-level concepts, not here")
+        elif name in GEOM_SWITCHES:
+            raise ValueError(f"geom_erasing.{name}: a method's own switch (ge-name, ge-geometry and ge-full differ in it), "
+                             f"not a shared choice; set it in a method's sub-table, [geom_erasing.<method>]")
+        else:
+            check_fields([name], choices, "geom_erasing")
     for method in FINETUNED.values():
         method.geom_config(track.geom_erasing, track.concepts)
 

@@ -36,6 +36,9 @@ SUBSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 #: The largest image side a recipe asks for: a sample holds several full-size copies (image, clean
 #: twin, mask, each layer drawn), 200 MB each at this size.
 MAX_IMAGE_SIZE = 8192
+#: The largest seed: every sample's KEY.json holds it in its ``seed``, declared int64 (``JSON_SHAPE``,
+#: as Hugging Face datasets reads it); a larger one built shards that ``load_dataset`` failed on.
+MAX_SEED = 2**63 - 1
 #: The most concept events one image of a subset may draw (the shipped recipes draw 1 or 2).
 MAX_INSTANCES = 32
 
@@ -126,11 +129,13 @@ def recipe_name(name_or_path: str | Path) -> str:
         raise RecipeError(f"{path}: {e}") from None
 
 
-def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None, check_components: bool = True) -> Recipe:
+    """A recipe, every field checked; without ``check_components``, its source and renderers are not
+    built (their files not looked for), as :func:`parse_recipe`."""
     path, raw = _read_recipe_file(name_or_path)
     raw.update(overrides or {})
     try:
-        recipe = parse_recipe(raw)
+        recipe = parse_recipe(raw, check_components)
     except RecipeError as e:
         overridden = [k for k in overrides or {} if str(e).startswith((f"{k}.", f"{k}:"))]
         if overridden:  # a field given in place of the recipe's (--source): the recipe file is not at fault
@@ -238,7 +243,7 @@ def parse_recipe(raw: dict[str, Any], check_components: bool = True) -> Recipe:
             raise RecipeError(f"missing required field {required!r}")
     recipe = Recipe(
         name=_name(raw["name"], "name", RECIPE_NAME, "letters, digits, '_', '-' and '.'"),
-        seed=_int(raw["seed"], "seed", lo=0),
+        seed=_int(raw["seed"], "seed", lo=0, hi=MAX_SEED),
         image_size=_int(raw["image_size"], "image_size", lo=16, hi=MAX_IMAGE_SIZE),
         source=dict(_table(raw["source"], "source")),
         subsets=tuple(_subset(s, i) for i, s in enumerate(_list(raw["subsets"], "subsets"))),
@@ -257,8 +262,9 @@ def parse_recipe(raw: dict[str, Any], check_components: bool = True) -> Recipe:
     if not recipe.subsets:
         raise RecipeError("subsets: at least one subset is needed")
     names = [s.name for s in recipe.subsets]
-    if len(set(names)) != len(names):
-        raise RecipeError(f"subsets: names must be unique, got {names}")
+    if len({name.casefold() for name in names}) != len(names):
+        # Names differing in case only are one folder on macOS and Windows: their shards would mix.
+        raise RecipeError(f"subsets: names must be unique, also ignoring case (one folder on macOS and Windows), got {names}")
     for name in recipe.concepts:
         if name not in CONCEPT_NAMES:
             raise RecipeError(f"concepts.{name}: unknown concept (known: {', '.join(CONCEPT_NAMES)})")

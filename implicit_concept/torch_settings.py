@@ -16,6 +16,10 @@ import torch
 
 T = TypeVar("T")
 
+#: The most torch threads a config may name: more than any machine's cores, and far below what
+#: crashes torch (100 000 threads segfaulted the first matrix product, with no message).
+MAX_THREADS = 1024
+
 
 @contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:

@@ -7,6 +7,7 @@ with a message that names the field, so a typo fails in the first second rather 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import tomllib
@@ -14,17 +15,22 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
+#: Seeds go to torch, numpy and Python's random: the range all of them take.
+MAX_SEED = 2**32 - 1
 #: A name that becomes a folder (a recipe's, a method's): no separators, no leading dot, at most 64.
 FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def check_fields(given: Iterable[str], known: Iterable[str], where: str, error: type[Exception] = ValueError) -> None:
-    """Refuse any of ``given`` (a mapping's keys) that is not in ``known``."""
+    """Refuse any of ``given`` (a mapping's keys) that is not in ``known``, naming the known field
+    each is nearest to (a typo's fix), if any is near."""
     known = sorted(known)
     unknown = sorted(set(given) - set(known))
     if unknown:
         named = ", ".join(f"{where}.{u}" if where else u for u in unknown)
-        raise error(f"{named}: unknown field{'s' if len(unknown) > 1 else ''} (known: {', '.join(known)})")
+        near = {u: close[0] for u in unknown if (close := difflib.get_close_matches(u, known, n=1))}
+        hint = "; ".join(f"did you mean {m!r}{'' if len(unknown) == 1 else f' for {u!r}'}?" for u, m in near.items())
+        raise error(f"{named}: unknown field{'s' if len(unknown) > 1 else ''}{'; ' + hint if hint else ''} (known: {', '.join(known)})")
 
 
 def from_table(cls: type, options: Any, where: str) -> Any:

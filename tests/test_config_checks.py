@@ -2,6 +2,9 @@
 bad values before any stage runs, in one line naming the file and the field (no training here)."""
 import json
 import re
+import time
+import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,8 +12,10 @@ import pytest
 from benchmark.benchmark_run import BenchmarkRun
 from benchmark.cli import build_parser, main
 from benchmark.track import TRACKS_DIR, TrackError, load_track
-from benchmark.track_check import check_track
+from benchmark.track_check import _subsets_read, check_track
+from builders.recipe import load_recipe
 from implicit_concept.detector.training import ScaleError, load_scale
+from manifests import RECIPES_DIR
 
 DEBUG = (TRACKS_DIR / "debug.toml").read_text()
 
@@ -48,7 +53,7 @@ def test_prompts_and_their_count_are_checked_before_any_stage(tmp_path):
     # more prompts asked for than the file holds: refused, never silently fewer
     message = _refused(_track_file(tmp_path, {'prompts = "icd-tiny-eval"': f'prompts = "{csv}"'}), "num_prompts = 8", "only 3 prompts")
     assert str(csv) in message
-    check_track(load_track(_track_file(tmp_path, {'prompts = "icd-tiny-eval"': f'prompts = "{csv}"', "num_prompts = 8": "num_prompts = 3"})))
+    check_track(load_track(_track_file(tmp_path, {'prompts = "icd-tiny-eval"': f'prompts = "{csv}"', "num_prompts = 8": "num_prompts = 3", "named_prompts = 4": "named_prompts = 3"})))
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("case,prompt\n0,a\n")
     _refused(_track_file(tmp_path, {'prompts = "icd-tiny-eval"': f'prompts = "{bad_csv}"'}), "missing column")
@@ -532,4 +537,241 @@ def test_an_output_file_of_an_unknown_format_is_refused_before_any_work(tmp_path
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert expected in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# A user's own track and recipe: what the run reads must be there, and sizes a machine can hold.
+
+def _recipe_file(tmp_path: Path, drop: str = "", replace: dict[str, str] | None = None) -> Path:
+    """A copy of icd-debug under another name, without the ``[[subsets]]`` block named ``drop``."""
+    text = (RECIPES_DIR / "icd-debug.toml").read_text().replace('name = "icd-debug"', 'name = "icd-mine"')
+    if drop:
+        start = text.index(f'[[subsets]]\nname = "{drop}"')
+        end = text.find("[[subsets]]", start + 1)
+        text = text[:start] + (text[end:] if end > 0 else "")
+    for old, new in (replace or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "mine-recipe.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_track_whose_recipe_lacks_a_subset_it_reads_is_refused_before_any_stage(tmp_path, capsys):
+    """A recipe without icd-text (or icd-mixed, the detector's) was found once the dataset, base and
+    detector stages had run (22 s at the debug scale, the base's training and more at the tiny scale)."""
+    for drop, per_subset in (("icd-text", "per-subset"), ("icd-mixed", "per-subset"), ("icd-mixed", "mixed")):
+        recipe = _recipe_file(tmp_path, drop=drop)
+        track = _track_file(tmp_path, {'recipe = "icd-debug"': f'recipe = "{recipe}"'})
+        track.write_text(track.read_text().replace('detector_scale = "debug"', f'detector_scale = "debug"\nprotocol = "{per_subset}"'))
+        _refused(track, "recipe:", str(recipe), f"no subset '{drop}'")
+    runs = tmp_path / "runs"
+    assert main(["benchmark", "--track", str(track), "--runs", str(runs), "--data", str(tmp_path / "data"),
+                 "--cache", str(tmp_path / "cache"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no subset 'icd-mixed'" in err and len(err.strip().splitlines()) == 1, err
+    assert not runs.exists() and not (tmp_path / "data").exists(), "no stage ran, no run folder claimed"
+
+
+def test_a_subset_read_for_a_concept_it_does_not_draw_is_refused():
+    """icd-mixed without text trained a detector blind to text (every method then erased text
+    perfectly); icd-qrcode drawing no QR code (fraction 0) gave a fine-tune nothing to erase."""
+    recipe = load_recipe("icd-debug")
+    mixed = replace(recipe, subsets=tuple(replace(s, concepts=("qrcode", "watermark")) if s.name == "icd-mixed" else s for s in recipe.subsets))
+    never = replace(recipe, subsets=tuple(replace(s, fraction=0.0) if s.name == "icd-qrcode" else s for s in recipe.subsets))
+    track = load_track("debug")
+    with pytest.raises(ValueError, match=r"subset 'icd-mixed' draws \['qrcode', 'watermark'\] .* reads it for \['text'\]"):
+        _subsets_read(track, mixed, trains_detector=True)
+    with pytest.raises(ValueError, match=r"subset 'icd-qrcode' draws \['qrcode'\] on a fraction 0 .* for \['qrcode'\]"):
+        _subsets_read(track, never, trains_detector=True)
+    _subsets_read(load_track("debug", {"concepts": ["qrcode", "watermark"]}), mixed, trains_detector=True)
+    _subsets_read(track, mixed, trains_detector=False)  # --detector: icd-mixed is not read
+
+
+def test_more_named_prompts_than_evaluation_prompts_are_refused():
+    """The named prompts are the first num_prompts: named_prompts = 100 with num_prompts = 8 scored 8, recorded as 100."""
+    with pytest.raises(TrackError, match=r"named_prompts: 9 is more than num_prompts = 8"):
+        load_track("debug", {"named_prompts": 9})
+    assert load_track("debug", {"named_prompts": 8}).named_prompts == 8
+
+
+def test_prompts_from_a_recipe_that_is_not_procedural_is_one_line_before_its_files_are_looked_for(tmp_path, capsys):
+    """A folder or tar recipe (the shipped icd-v1) was an AttributeError traceback; icd-v1's missing
+    tars were named first, though prompts never read them."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    recipe = _recipe_file(tmp_path, replace={'kind = "procedural"\ntrain = 64\ntest = 32': f'kind = "folder"\npath = "{folder}"'})
+    for name, kind in ((str(recipe), "folder"), ("icd-v1", "webdataset")):
+        assert main(["prompts", name, "--count", "2", "--out", str(tmp_path / "p.csv")]) == 2
+        err = capsys.readouterr().err
+        assert f"{name}: its source is '{kind}'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_recipe_seed_past_int64_is_refused_naming_the_field():
+    """seed = 2**64 built shards whose KEY.json seed Hugging Face datasets could not read as the int64 it is declared."""
+    from builders.recipe import MAX_SEED, RecipeError, parse_recipe
+
+    raw = tomllib.loads((RECIPES_DIR / "icd-debug.toml").read_text())
+    with pytest.raises(RecipeError, match=re.escape(f"seed must be in [0, {MAX_SEED}], got {2**64}")):
+        parse_recipe({**raw, "seed": 2**64})
+    assert MAX_SEED == 2**63 - 1 and parse_recipe({**raw, "seed": MAX_SEED}, check_components=False).seed == MAX_SEED
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"finetune": {"threads": 100_000}}, "[finetune]: threads: expected an integer in [1, 1024]"),
+    ({"generation": {"threads": 100_000}}, "threads: expected an integer in [1, 1024]"),
+    ({"quality": {"kind": "scene", "threads": 100_000}}, "threads: expected an integer in [1, 1024]"),
+    ({"base": {"training": {"threads": 2**40}}}, "threads: expected an integer in [1, 1024]"),
+    ({"base": {"pipeline": {"text_hidden": 10**12, "text_heads": 1}}}, "text_hidden must be at most 65536"),
+    ({"base": {"pipeline": {"text_layers": 10**5}}}, "text_layers must be at most 64"),
+    ({"base": {"pipeline": {"unet_channels": 64, "unet_attention": True}}}, "unet_channels must be a list"),
+    ({"base": {"pipeline": {"unet_channels": [16, 2**20]}}}, "unet_channels must be a non-empty list of multiples of 16 up to 65536"),
+    ({"base": {"pipeline": {"num_train_timesteps": 10**10}}}, "num_train_timesteps must be at most 100000"),
+    ({"base": {"pipeline": {"text_hidden": 8192, "text_layers": 64, "text_heads": 8}}}, "parameters, over the 2,000,000,000"),
+    ({"base": {"seed": 2**64}}, "seed: expected an integer in [0, 4294967295]"),
+])
+def test_sizes_no_machine_can_hold_are_refused_naming_the_field(overrides, fragment):
+    """threads = 100000 segfaulted torch's first matrix product (no message); a text encoder of width
+    10**12 overflowed torch's size arithmetic, one of 13 billion parameters was allocated after the
+    dataset stage; a [base] seed of 2**64 overflowed torch.manual_seed."""
+    with pytest.raises(TrackError) as e:
+        check_track(load_track("debug", overrides))
+    assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_pipeline_is_sized_without_allocating_it_and_the_shipped_ones_fit():
+    from benchmark.models.pipelines import MAX_PARAMETERS, TinyPipelineConfig, check_size, parameter_count
+
+    assert parameter_count(TinyPipelineConfig()) == 9_918_768
+    for name in ("debug", "tiny"):
+        check_size(load_track(name).base_model_config().pipeline)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="parameters, over the"):
+        check_size(TinyPipelineConfig(unet_channels=(65536, 65536), unet_attention=(False, True), image_size=64))
+    assert time.perf_counter() - start < 5 and MAX_PARAMETERS == 2 * 10**9
+
+
+def test_a_pretrained_tracks_images_are_no_larger_than_a_recipe_makes():
+    from benchmark.generation import GenerationSettings
+    from benchmark.track_check import _image_size
+
+    with pytest.raises(ValueError, match=r"image_size = 16384: at most 8192"):
+        _image_size(GenerationSettings(image_size=16384), None)
+    _image_size(GenerationSettings(image_size=8192), None)
+
+
+def test_too_few_captions_for_the_detectors_background_images_is_refused_once_the_dataset_is_built(tmp_path, monkeypatch):
+    """detector_backgrounds + detector_calibration over icd-mixed's train captions was found after
+    the base's training; now right after the dataset stage, unless --detector makes them unneeded."""
+    from types import SimpleNamespace
+
+    from benchmark import stages
+
+    monkeypatch.setattr(stages, "build_dataset", lambda recipe, out, **kw: None)
+    monkeypatch.setattr(stages, "require_verified", lambda out: None)
+    train = tmp_path / "icd-debug" / "icd-mixed" / "train"
+    train.mkdir(parents=True)
+    (train / "00000_stats.json").write_text(json.dumps({"successes": 10}))
+    (train / "00001_stats.json").write_text(json.dumps({"successes": 5}))
+    run = SimpleNamespace(track=load_track("debug"), source=None, data_root=tmp_path, workers=0, progress=False, detector=None)
+    with pytest.raises(ValueError, match=re.escape(f"{train}: the train split holds 15 captions, and this track's "
+                                                   "detector_backgrounds + detector_calibration is 16")):
+        stages.dataset(run)
+    assert stages.dataset(SimpleNamespace(**{**vars(run), "track": load_track("debug", {"detector_calibration": 7})})) == tmp_path / "icd-debug"
+    assert stages.dataset(SimpleNamespace(**{**vars(run), "detector": tmp_path / "theirs"})) == tmp_path / "icd-debug"
+
+
+@pytest.mark.parametrize("overrides,named,nearest", [
+    ({"finetune": {"stpes": 4}}, "finetune.stpes", "steps"),
+    ({"base": {"training": {"learning_rte": 1e-3}}}, "base.training.learning_rte", "learning_rate"),
+    ({"base": {"pipeline": {"imag_size": 64}}}, "base.pipeline.imag_size", "image_size"),
+    ({"base": {"scenes": {"trian": 64}}}, "base.scenes.trian", "train"),
+    ({"base": {"named": {"shares": 0.5}}}, "base.named.shares", "share"),
+    ({"base": {"sed": 1}}, "base.sed", "seed"),
+    ({"geom_erasing": {"aplha": 1.0}}, "geom_erasing.aplha", "alpha"),
+    ({"geom_erasing": {"ge-full": {"gird": 4}}}, "geom_erasing.ge-full.gird", "grid"),
+    ({"generation": {"guidance": 7.5}}, "generation.guidance", "guidance_scale"),
+    ({"num_promtps": 8}, "num_promtps", "num_prompts"),
+])
+def test_a_typo_in_any_table_names_its_whole_path_and_the_nearest_field(overrides, named, nearest):
+    """[finetune], [base.*] and [geom_erasing] typos were "TrainingConfig.__init__() got an unexpected
+    keyword argument", naming neither the table nor the fields it takes."""
+    with pytest.raises(TrackError) as e:
+        check_track(load_track("debug", overrides))
+    message = str(e.value)
+    assert f"{named}: unknown field; did you mean {nearest!r}? (known: " in message and "__init__" not in message, message
+
+
+def test_a_recipe_typo_names_the_nearest_field():
+    from builders.recipe import RecipeError, parse_recipe
+
+    raw = tomllib.loads((RECIPES_DIR / "icd-debug.toml").read_text())
+    with pytest.raises(RecipeError, match=r"^jpg_quality: unknown field; did you mean 'jpeg_quality'\? \(known: "):
+        parse_recipe({**raw, "jpg_quality": 90})
+    with pytest.raises(RecipeError, match=r"^xyz: unknown field \(known: "):  # nothing near: no guess
+        parse_recipe({**raw, "xyz": 90})
+
+
+@pytest.mark.parametrize("key,value", [("reweight", False), ("geometry", False), ("concept_name", False), ("concepts", ["qrcode"])])
+def test_a_methods_own_switch_in_the_shared_geom_erasing_table_is_refused(key, value):
+    """[geom_erasing] reweight = false was overridden by every method's own switch, silently: ge-full still re-weighted."""
+    with pytest.raises(TrackError, match=rf"geom_erasing\.{key}: .*not (a shared choice|here)"):
+        check_track(load_track("debug", {"geom_erasing": {key: value}}))
+    check_track(load_track("debug", {"geom_erasing": {"alpha": 0.5, "ge-full": {"grid": 4, "reweight": False}}}))
+
+
+def test_a_track_file_path_written_relative_to_the_track_file_says_where_it_is_read_from(tmp_path, monkeypatch):
+    """recipe = "r.toml" beside the track, run from elsewhere, was "r.toml: recipe file not found",
+    though the file was beside the track: a relative path is read from the current folder, as a recipe's are."""
+    mine = tmp_path / "my tracks é"
+    mine.mkdir()
+    (mine / "r.toml").write_text((RECIPES_DIR / "icd-debug.toml").read_text())
+    (mine / "p.csv").write_text((TRACKS_DIR.parent / "prompts" / "icd-tiny-eval.csv").read_text())
+    for line, new, field, beside in (('recipe = "icd-debug"', 'recipe = "r.toml"', "recipe", mine / "r.toml"),
+                                     ('prompts = "icd-tiny-eval"', 'prompts = "p.csv"', "prompts", mine / "p.csv")):
+        track = _track_file(mine, {line: new})
+        monkeypatch.chdir(tmp_path)
+        message = _refused(track, f"{field}: {beside.name}: not in the current folder, {tmp_path}", str(beside))
+        assert "give that path" in message
+        monkeypatch.chdir(mine)
+        check_track(load_track(track))
+
+
+def test_a_leaderboard_run_that_is_missing_or_a_file_is_named_as_such(tmp_path, capsys):
+    """A mistyped run folder was said to "hold neither results.json nor summary.json", as an empty folder is."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for run, said in ((tmp_path / "nope", "does not exist"), (afile, "not a folder")):
+        assert main(["leaderboard", "--out", str(tmp_path / "lb"), str(run)]) == 2
+        err = capsys.readouterr().err
+        assert f"{run}: {said} (a run folder holds results.json" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "lb").exists()
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"generation": {"steps": 1000}}, "[generation]: steps = 1000: too many"),
+    ({"generation": {"steps": 10**12}}, "[generation]: steps = 1000000000000: too many"),
+    ({"esd": {"ddim_steps": 5000}}, "[esd]: ddim_steps = 5000: too many"),
+    ({"base": {"pipeline": {"num_train_timesteps": 4}}}, "[generation]: steps = 4: too many"),
+])
+def test_sampling_steps_the_bases_scheduler_cannot_take_are_refused_before_any_stage(overrides, fragment):
+    """[generation] steps = 1000 on a base of 1000 timesteps (DDIM's offset puts the last at 1000)
+    failed in the first method's sampling, after every fine-tune had trained."""
+    with pytest.raises(TrackError) as e:
+        check_track(load_track("debug", overrides))
+    assert fragment in str(e.value), str(e.value)
+    check_track(load_track("debug", {"generation": {"steps": 999}}))
+    check_track(load_track("debug", {"base": {"pipeline": {"num_train_timesteps": 10}}}))
+
+
+@pytest.mark.parametrize("name,runs,data", [("icd-debug", "same", "same"), ("x", "same/icd-debug", "same"), ("data", "same", "same/data/inner")])
+def test_a_run_folder_overlapping_the_dataset_folder_is_refused_before_anything_is_written(tmp_path, capsys, name, runs, data):
+    """--runs and --data one folder, the run named as the recipe: run.json was written into the
+    dataset's folder (a built one then held the run's models and images)."""
+    argv = ["benchmark", "--track", "debug", "--name", name, "--runs", str(tmp_path / runs), "--data", str(tmp_path / data),
+            "--cache", str(tmp_path / "cache"), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "the run folder (--runs, --name)" in err and "overlaps the dataset folder" in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == []

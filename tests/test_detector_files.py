@@ -406,3 +406,26 @@ def test_detector_commands_write_only_under_the_folders_named(tmp_path):
     assert score.returncode == 0, score.stderr[-3000:]
     assert (named / "ultralytics" / "Ultralytics" / "settings.json").is_file()
     assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []
+
+
+def test_a_mistyped_input_leaves_the_detector_already_in_out_whole(tmp_path, capsys):
+    """`detector train data/icd-mixd --out detector/` deleted detector/'s record before reading the
+    shards: the detector trained there before no longer loaded. Inputs are read first now."""
+    import shutil
+
+    from benchmark.published_models import PUBLISHED_DIR
+
+    out = tmp_path / "detector"
+    shutil.copytree(PUBLISHED_DIR / "detector-tiny", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    shards = tmp_path / "shards"
+    _write_shards(shards)
+    not_images = tmp_path / "not-images"
+    not_images.mkdir()
+    (not_images / "a.png").write_bytes(b"not a png")
+    argv = ["detector", "train", str(tmp_path / "icd-mixd"), "--out", str(out), "--scale", "debug"]
+    for argv in (argv, [*argv[:2], str(shards), *argv[3:], "--calibration", str(not_images)]):
+        assert main(argv) != 0
+        assert "Traceback" not in capsys.readouterr().err
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in before} == before
+        Detector.load(out)

@@ -423,7 +423,7 @@ def test_a_method_and_external_scoring_compare_with_the_same_clean_images(tmp_pa
 
     monkeypatch.setattr(stages, "reference_images", lambda shards, count: [Image.new("RGB", (8, 8))] * count)
     debug = load_track("debug")
-    track = replace(debug, num_prompts=3, generation={**debug.generation, "images_per_prompt": 2})
+    track = replace(debug, num_prompts=3, named_prompts=3, generation={**debug.generation, "images_per_prompt": 2})
     benchmark = method_evaluation.evaluation_for(SimpleNamespace(track=track, root=tmp_path), tmp_path / "icd-qrcode", None)
 
     judged = []

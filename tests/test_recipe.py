@@ -75,8 +75,15 @@ def test_bad_file_is_named(tmp_path):
 def test_two_subsets_of_one_name_are_refused():
     """A subset's name is its folder: two of one name would write into each other."""
     q = {"name": "q", "concepts": ["qrcode"], "fraction": 0.5}
-    with pytest.raises(RecipeError, match=r"subsets: names must be unique, got \['q', 'q'\]"):
+    with pytest.raises(RecipeError, match=r"subsets: names must be unique, .* got \['q', 'q'\]"):
         parse_recipe(_raw(subsets=[q, {**q, "concepts": ["text"]}]))
+
+
+def test_two_subsets_whose_names_differ_in_case_only_are_refused():
+    """icd-QR and icd-qr are one folder on macOS and Windows: one subset's shards overwrote the other's."""
+    q = {"name": "icd-qr", "concepts": ["qrcode"], "fraction": 0.5}
+    with pytest.raises(RecipeError, match=r"also ignoring case .* got \['icd-qr', 'icd-QR'\]"):
+        parse_recipe(_raw(subsets=[q, {**q, "name": "icd-QR", "concepts": ["text"]}]))
 
 
 def test_a_recipe_files_relative_folder_is_recorded_absolute(tmp_path, monkeypatch):

@@ -76,7 +76,7 @@ def _track():
     on every route, given the same images)."""
     track = load_track("debug")
     generation = {**track.generation, "image_size": MICRO.image_size, "steps": 2, "chunk_size": 4, "images_per_prompt": 2}
-    return replace(track, generation=generation, num_prompts=3, quality={"kind": "none"})
+    return replace(track, generation=generation, num_prompts=3, named_prompts=3, quality={"kind": "none"})
 
 
 def _benchmark_row(track, detector, tmp_path, subset="icd-qrcode"):

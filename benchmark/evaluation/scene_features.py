@@ -35,7 +35,7 @@ from implicit_concept.provenance import cache_key, config_hash, environment
 from implicit_concept.scene.grammar import ProceduralConfig
 from implicit_concept.tensor_checks import non_finite
 from implicit_concept.validate import check_choice, check_fields, check_int, is_number
-from implicit_concept.torch_settings import torch_threads
+from implicit_concept.torch_settings import MAX_THREADS, torch_threads
 
 #: Bump when a code change alters the trained weights for an unchanged config: old caches are then ignored.
 FORMAT_VERSION = 1
@@ -77,8 +77,9 @@ class SceneFeaturesConfig:
                 raise ValueError(f"scenes: expected a ProceduralConfig, got {self.scenes!r}")
             if not isinstance(self.degradation, Degradation):
                 raise ValueError(f"degradation: expected a Degradation, got {self.degradation!r}")
-            for name, low in (("feature_dim", 8), ("steps", 1), ("batch", 8), ("threads", 1), ("heldout", 10), ("seed", 0)):
+            for name, low in (("feature_dim", 8), ("steps", 1), ("batch", 8), ("heldout", 10), ("seed", 0)):
                 check_int(name, getattr(self, name), low)
+            check_int("threads", self.threads, 1, MAX_THREADS)
             if not (is_number(self.lr) and 0 < self.lr < 1):
                 raise ValueError(f"lr: expected a number in (0, 1), got {self.lr!r}")
             if not (is_number(self.weight_decay) and 0 <= self.weight_decay < 1):

@@ -48,6 +48,8 @@ class FineTuned(Method):
 
 
 _FULL = {"concept_name": True, "geometry": True, "reweight": True}
+#: The switches a Geom-Erasing method is: set by the method (or its own ``[geom_erasing.<method>]`` table).
+GEOM_SWITCHES = tuple(_FULL)
 
 FINETUNED = {
     "sd": FineTuned("sd", "plain fine-tune on the contaminated subset, no removal"),

@@ -25,6 +25,7 @@ from implicit_concept.files import atomic_dir, atomic_write_json, locked
 from implicit_concept.provenance import cache_key, config_hash, environment, version
 from implicit_concept.sample import Sample, SampleMeta
 from implicit_concept.scene.grammar import ProceduralConfig
+from implicit_concept.validate import MAX_SEED, check_int
 
 BASE_FILE = "base.json"
 #: Seeds the named-concept draw apart from the scene's own seed.
@@ -52,8 +53,7 @@ class BaseModelConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        check_int("seed", self.seed, 0, MAX_SEED)
         if self.scenes.train < 1:
             raise ValueError("scenes.train must be at least 1")
         if self.training.train_text != "text_encoder":

@@ -42,6 +42,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from benchmark.models import patch_autoencoder
 from benchmark.models.clip_tokenizer import CLIP_MAX_LENGTH, build_clip_tokenizer, write_vocab_files
 from benchmark.models.patch_autoencoder import PatchAutoencoder
+from builders.recipe import MAX_IMAGE_SIZE
 from implicit_concept.files import read_json_object
 from implicit_concept.tensor_checks import SAFETENSORS_FLOATS, all_finite
 
@@ -55,6 +56,18 @@ NEGATIVE_PROMPT_FILE = "negative_prompt.txt"
 #: Weight files that are pickles: never loaded from a pipeline folder.
 PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 BETA_SCHEDULES = ("scaled_linear", "linear", "squaredcos_cap_v2")
+#: Bounds on a tiny pipeline's sizes, so a config no machine can hold is refused naming its field
+#: rather than failing in its first allocation: a recipe's largest image side (``MAX_IMAGE_SIZE``),
+#: layers, widths and timesteps well past SD v1.5's (12 text layers, 2 per UNet block, 1280
+#: channels, 1000 timesteps; a width of 10**12 overflowed torch's size arithmetic even unallocated),
+#: and at most twice SD v1.5's 1.07 billion parameters (:func:`parameter_count`; 32 GB to train in
+#: float32 with Adam).
+MAX_LAYERS = 64
+MAX_WIDTH = 65536
+MAX_TIMESTEPS = 100_000
+MAX_PARAMETERS = 2_000_000_000
+#: CLIP's vocabulary, which the text encoder's token embedding has one row for each of.
+CLIP_VOCAB_SIZE = 49408
 
 
 @dataclass(frozen=True)
@@ -81,16 +94,23 @@ class TinyPipelineConfig:
     num_train_timesteps: int = 1000
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "unet_channels", tuple(self.unet_channels))
-        object.__setattr__(self, "unet_attention", tuple(self.unet_attention))
+        for name in ("unet_channels", "unet_attention"):
+            if not isinstance(getattr(self, name), (list, tuple)):
+                raise ValueError(f"{name} must be a list, one entry per UNet level, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("image_size", "patch_size", "unet_layers_per_block", "attention_head_dim",
                      "text_hidden", "text_layers", "text_heads", "num_train_timesteps"):
             _positive_int(name, getattr(self, name))
+        for name, most in (("image_size", MAX_IMAGE_SIZE), ("patch_size", MAX_IMAGE_SIZE), ("unet_layers_per_block", MAX_LAYERS),
+                           ("text_layers", MAX_LAYERS), ("text_hidden", MAX_WIDTH), ("attention_head_dim", MAX_WIDTH),
+                           ("num_train_timesteps", MAX_TIMESTEPS)):
+            if getattr(self, name) > most:
+                raise ValueError(f"{name} must be at most {most}, got {getattr(self, name)}")
         if self.patch_size & (self.patch_size - 1):
             raise ValueError(f"patch_size must be a power of two, got {self.patch_size}")
         channels = self.unet_channels
-        if not channels or not all(isinstance(c, int) and c > 0 and c % 16 == 0 for c in channels):
-            raise ValueError(f"unet_channels must be a non-empty tuple of multiples of 16, got {channels!r}")
+        if not channels or not all(isinstance(c, int) and not isinstance(c, bool) and 0 < c <= MAX_WIDTH and c % 16 == 0 for c in channels):
+            raise ValueError(f"unet_channels must be a non-empty list of multiples of 16 up to {MAX_WIDTH}, got {channels!r}")
         if len(self.unet_attention) != len(self.unet_channels) or not all(isinstance(a, bool) for a in self.unet_attention):
             raise ValueError(f"unet_attention must hold one bool per unet_channels entry, got {self.unet_attention!r}")
         if not any(self.unet_attention):
@@ -124,6 +144,21 @@ class TinyPipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def parameter_count(config: TinyPipelineConfig) -> int:
+    """The UNet's and text encoder's parameters, counted on torch's meta device: nothing allocated."""
+    with torch.device("meta"):
+        parts = (build_unet(config, config.text_hidden), build_text_encoder(config, CLIP_VOCAB_SIZE))
+    return sum(p.numel() for part in parts for p in part.parameters())
+
+
+def check_size(config: TinyPipelineConfig) -> None:
+    """Refuse a pipeline of more than :data:`MAX_PARAMETERS`, before any stage allocates it."""
+    count = parameter_count(config)
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"unet_channels, text_hidden and text_layers make {count:,} parameters, over the {MAX_PARAMETERS:,} "
+                         "a tiny pipeline may have (SD v1.5 has 1.07 billion); use a --pretrained folder for a large model")
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from benchmark.models.pipelines import PREDICTION_TYPES
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig
+from implicit_concept.torch_settings import MAX_THREADS
 from implicit_concept.validate import check_choice, check_int, check_number
 
 TEXT_TRAINING = ("none", "new_tokens", "text_encoder")
@@ -75,9 +76,10 @@ class TrainingConfig:
         for name, low in (("steps", 1), ("batch_size", 1), ("warmup_steps", 0), ("shuffle_buffer", 1),
                           ("checkpoint_every", 1), ("checkpoints_kept", 1), ("seed", 0)):
             check_int(name, getattr(self, name), low)
-        for name in ("resolution", "threads"):
-            if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), 1)
+        if self.resolution is not None:
+            check_int("resolution", self.resolution, 1)
+        if self.threads is not None:
+            check_int("threads", self.threads, 1, MAX_THREADS)
         check_number("learning_rate", self.learning_rate, 0, math.inf, open_lo=True)
         check_number("weight_decay", self.weight_decay, 0, math.inf)
         check_number("max_grad_norm", self.max_grad_norm, 0, math.inf, open_lo=True)

@@ -45,7 +45,7 @@ from implicit_concept.scoring import (
     clean_images,
     image_recall,
 )
-from implicit_concept.torch_settings import kept_torch_settings
+from implicit_concept.torch_settings import MAX_THREADS, kept_torch_settings
 from implicit_concept.validate import check_fields, read_toml
 
 SCALES_FILE = Path(__file__).with_name("scales.toml")
@@ -89,7 +89,7 @@ class DetectorScale:
             "epochs": integer(self.epochs) and self.epochs >= 1,
             "batch": integer(self.batch) and self.batch >= 1,
             "device": isinstance(self.device, str) and (self.device == "cpu" or self.device.isdigit()),
-            "threads": integer(self.threads) and self.threads >= 1,
+            "threads": integer(self.threads) and 1 <= self.threads <= MAX_THREADS,
             "workers": integer(self.workers) and self.workers >= 0,
             "seed": integer(self.seed) and 0 <= self.seed < 2**32,
             "validation_share": number(self.validation_share) and 0 < self.validation_share < 1,
@@ -101,7 +101,7 @@ class DetectorScale:
             "epochs": "an integer >= 1",
             "batch": "an integer >= 1",
             "device": 'the string "cpu" or one CUDA index as a string such as "0" (training runs in this process, on one device)',
-            "threads": "an integer >= 1",
+            "threads": f"an integer in [1, {MAX_THREADS}]",
             "workers": "an integer >= 0",
             "seed": "an integer in [0, 2**32)",
             "validation_share": "a share in (0, 1), such as 0.1",
@@ -172,7 +172,6 @@ def train_detector(
     shards, out_dir = Path(shards), Path(out_dir).resolve()
     check_apart(out_dir, "detector --out", {"the shards": shards, "--backgrounds": backgrounds, "--calibration": calibration})
     out_dir.mkdir(parents=True, exist_ok=True)
-    record_path(out_dir / WEIGHTS_NAME).unlink(missing_ok=True)  # incomplete until the new record is written
     held_out = list(named_images(calibration, "calibration")) if calibration is not None else []
     dataset = export_detection_dataset(shards, out_dir / "dataset", validation_share=scale.validation_share)
     empty = [split for split, counts in dataset.counts.items() if counts["images"] == 0]
@@ -192,6 +191,9 @@ def train_detector(
             raise ImageSetError(f"{len(shared)} calibration images are also background images: calibration images must be held out")
     data_yaml = training_data_yaml(dataset, out_dir / "backgrounds" / "images" if backgrounds is not None else None, out_dir)
 
+    # Incomplete until the new record is written; only now, every input read: a mistyped shards or
+    # image path used to unmake the detector already in --out.
+    record_path(out_dir / WEIGHTS_NAME).unlink(missing_ok=True)
     start = time.perf_counter()
     module = _train(data_yaml, scale, out_dir)
     train_s = time.perf_counter() - start
