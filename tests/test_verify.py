@@ -257,6 +257,7 @@ def test_the_benchmark_refuses_data_that_does_not_verify(dataset, monkeypatch):
         class track:
             recipe = "icd-debug"
             prompts = "icd-tiny-eval"
+            detector_backgrounds = detector_calibration = 0
 
         source = None
         data_root = dataset.parent
@@ -282,6 +283,7 @@ def test_a_track_that_takes_prompts_from_an_empty_test_split_is_refused_before_t
         class track:
             recipe = "icd-debug"
             prompts = "test-split"
+            detector_backgrounds = detector_calibration = 0
 
             @staticmethod
             def groups():
