@@ -7,7 +7,6 @@ that cannot reach outside ``--out``.
 from __future__ import annotations
 
 import os
-
 import re
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
