@@ -295,15 +295,26 @@ def _png_chunks(f: BinaryIO):
 def _screen_png(f: BinaryIO) -> BinaryIO:
     """Count the chunks, and drop metadata Pillow refuses the whole image for: text or an ICC
     profile inflating past ``PngImagePlugin.MAX_TEXT_CHUNK`` (1 MB; workflows that image generators
-    embed reach it), text past ``MAX_TEXT_MEMORY`` in all, an unknown compression method. Pillow's
-    limits stay as they are; this file's pixels are decoded without that metadata. Past
-    ``MAX_TEXT_MEMORY`` inflated, every later text or profile chunk is dropped uninflated: 65536
-    chunks of 1 KB that inflate to 1 MB each would be 64 GB to inflate."""
-    dropped, held, full = [], 0, False
+    embed reach it), text past ``MAX_TEXT_MEMORY`` in all, an unknown compression method, and an
+    ancillary chunk before the image data that fails its CRC (libpng and browsers drop it and show
+    the picture; Pillow refused the file as no PNG). A critical chunk failing its CRC is a damaged
+    file, said so. Pillow's limits stay as they are; this file's pixels are decoded without that
+    metadata. Past ``MAX_TEXT_MEMORY`` inflated, every later text or profile chunk is dropped
+    uninflated: 65536 chunks of 1 KB that inflate to 1 MB each would be 64 GB to inflate."""
+    dropped, held, full, seen_idat = [], 0, False, False
     for kind, offset, length in _png_chunks(f):
+        seen_idat |= kind == b"IDAT"
+        data = None
+        if not seen_idat:  # Pillow checks the CRC of every chunk it reads before the image data
+            data = _read_at(f, offset, length + 4)
+            if len(data) == length + 4 and zlib.crc32(data[:length], zlib.crc32(kind)) != int.from_bytes(data[length:], "big"):
+                if not kind[0] & 0x20:
+                    raise SampleError("unreadable_image", f"the PNG's {_chunk_name(kind)} chunk at byte {offset - 8} fails its CRC check: the file is damaged")
+                dropped.append((offset - 8, offset + length + 4))
+                continue
         if kind not in _PNG_TEXT:
             continue
-        size = None if full else _png_text_size(kind, _read_at(f, offset, length))
+        size = None if full else _png_text_size(kind, data[:length] if data is not None else _read_at(f, offset, length))
         full = full or (size is not None and held + size > PngImagePlugin.MAX_TEXT_MEMORY)
         if size is None or full:
             dropped.append((offset - 8, offset + length + 4))
@@ -319,6 +330,10 @@ def _screen_png(f: BinaryIO) -> BinaryIO:
     kept.write(data[start:])
     kept.seek(0)
     return kept
+
+
+def _chunk_name(kind: bytes) -> str:
+    return kind.decode("latin-1") if kind.isalpha() else repr(kind)
 
 
 def _png_text_size(kind: bytes, data: bytes) -> int | None:

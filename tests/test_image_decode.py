@@ -391,6 +391,34 @@ def test_metadata_of_an_unknown_compression_method_is_dropped_not_the_pixels():
     assert (pixels(raw) == (200, 100, 50)).all()
 
 
+def _bad_crc(raw: bytes, kind: bytes) -> bytes:
+    """``raw`` with the CRC of its first ``kind`` chunk wrong."""
+    at = raw.index(kind)
+    end = at + 4 + struct.unpack(">I", raw[at - 4:at])[0]
+    return raw[:end] + bytes([raw[end] ^ 0xFF]) + raw[end + 1:]
+
+
+@pytest.mark.parametrize("kind", [b"tEXt", b"gAMA", b"iCCP", b"tRNS", b"acTL", b"fcTL"])
+def test_a_metadata_chunk_failing_its_crc_is_dropped_not_the_pixels(kind):
+    """libpng and browsers drop an ancillary chunk whose CRC fails and show the picture; Pillow
+    refused the file as no PNG at all. A damaged profile is not applied."""
+    if kind in (b"acTL", b"fcTL"):
+        frames = [Image.new("RGB", (16, 16), (200, 100, 50)), Image.new("RGB", (16, 16), (0, 0, 200))]
+        raw = encode(frames[0], "PNG", save_all=True, append_images=frames[1:])
+    else:
+        before = [(b"tEXt", b"Title\0kept"), (b"gAMA", struct.pack(">I", 45455)), (b"tRNS", struct.pack(">HHH", 1, 2, 3))]
+        raw = png(16, 16, 8, 2, rgb_rows(16, 16), before=before + [(b"iCCP", b"icc\0\0" + zlib.compress(ADOBE_RGB))] * (kind == b"iCCP"))
+    assert (pixels(_bad_crc(raw, kind)) == (200, 100, 50)).all()
+
+
+@pytest.mark.parametrize("kind", [b"IHDR", b"PLTE"])
+def test_an_image_chunk_failing_its_crc_is_a_damaged_file_said_so(kind):
+    raw = png(16, 16, 8, 3, [bytes(16)] * 16, before=[(b"PLTE", bytes([200, 100, 50]))])
+    error = refusal(_bad_crc(raw, kind))
+    at = raw.index(kind) - 4
+    assert (error.reason, error.detail) == ("unreadable_image", f"the PNG's {kind.decode()} chunk at byte {at} fails its CRC check: the file is damaged")
+
+
 # --- 6. a PNG short of rows is truncated ---------------------------------------------------------
 
 
