@@ -13,8 +13,8 @@ caller can ask a JPEG decoder for a smaller draft in between (see ``builders.res
 - ``too_many_chunks``: more structure than any real image has (PNG chunks, JPEG marker segments
   or progressive scans, GIF blocks, TIFF tags, strips, tiles and tag values), which costs time
   and memory the file's size does not show;
-- ``unsupported_mode``: pixels that have no 8-bit RGB meaning here (float, LAB), or a TIFF's that
-  Pillow has no mode for (16-bit grey with alpha, float RGB), its layout named.
+- ``unsupported_mode``: pixels that have no 8-bit RGB meaning here (float, LAB), or that Pillow has no
+  mode for in a format read (a 12-bit JPEG, a TIFF of 16-bit grey with alpha or float RGB), named.
 
 Only :data:`FORMATS` are decoded, whatever a file is called: Pillow knows forty formats, and some
 run an external program (EPS: Ghostscript) or are attack surface nobody asked for. The messages
@@ -210,16 +210,16 @@ def _decode_reason(exc: Exception) -> str:
 
 def _unidentified(head: bytes, raw: BinaryIO) -> tuple[str, str]:
     """The reason and message for bytes no plugin of :data:`FORMATS` opens, from their first bytes
-    (Pillow's signature tests, never another plugin's parser) and, for a TIFF, its first tag
-    directory: a TIFF whose pixels Pillow has no mode for is not a broken file."""
+    (Pillow's signature tests, never another plugin's parser) and, for a format read, why its own
+    plugin refused them: a 12-bit JPEG or a float TIFF is a variant not decoded, not a broken file."""
     starts = f"starts with {repr(bytes(head))[1:]}"
     found = _signature(head)
     if found is None:
         return "unreadable_image", f"cannot identify an image format ({starts})"
-    layout = _tiff_layout(raw) if found == "TIFF" else None
-    if layout is not None:
-        return "unsupported_mode", f"a TIFF of {layout}: no pixel mode Pillow decodes; save the image as 8- or 16-bit RGB"
     if found in _DECODED:
+        variant = _variant_not_read(found, raw)
+        if variant is not None:
+            return "unsupported_mode", variant
         return "unreadable_image", f"cannot identify an image: a {found} signature, but no {found} header Pillow reads ({starts})"
     return "unsupported_format", _not_read(f"{found} (by its signature; it {starts})")
 
@@ -229,33 +229,45 @@ _TIFF_PHOTOMETRIC = {0: "grey (0 is white)", 1: "grey", 2: "RGB", 3: "palette", 
                      9: "ICC L*a*b*", 10: "ITU L*a*b*", 32844: "LogL", 32845: "LogLuv"}
 _TIFF_SAMPLE_FORMAT = {1: "unsigned integer", 2: "signed integer", 3: "floating-point", 4: "untyped", 5: "complex integer",
                        6: "complex floating-point"}
+#: Pillow's JPEG plugin's refusal of samples over 8 bits (a 12-bit JPEG, a 16-bit lossless one).
+_JPEG_DEPTH = re.compile(r"cannot handle (\d+)-bit layers")
+_SAVE_AS = "save the image as 8- or 16-bit RGB (PNG or TIFF) or as an 8-bit JPEG"
 
 
-def _tiff_layout(f: BinaryIO) -> str | None:
-    """The pixel layout of a TIFF Pillow refuses for it ("unknown pixel mode": 16-bit grey with
-    alpha, float RGB, ...) in words; None when Pillow refuses the file for anything else."""
+def _variant_not_read(found: str, f: BinaryIO) -> str | None:
+    """What a file of a format read holds that Pillow has no mode for, in words, from the refusal of
+    that format's own plugin: a JPEG of 12- or 16-bit samples (medical and scientific cameras), a
+    TIFF of float RGB or 16-bit grey with alpha. None when the plugin refused it for anything else."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow said what it had to when it refused the file
         try:
             f.seek(0)
-            TiffImagePlugin.TiffImageFile(f)
+            Image.OPEN[found][0](f)
             return None
         except SyntaxError as exc:
-            if str(exc) != "unknown pixel mode":
-                return None
+            said = str(exc)
         except Exception:
             return None
-        try:
-            f.seek(0)
-            header = f.read(8)
-            header += f.read(8) if header[2] == 43 else b""  # a BigTIFF, by Pillow's test
-            tags = TiffImagePlugin.ImageFileDirectory_v2(header)
-            f.seek(tags.next)
-            tags.load(f)
-            photometric, bits = tags.get(262), tuple(tags.get(258, (1,)))
-            formats, extra = set(tags.get(339, (1,))), tuple(tags.get(338, ()))
-        except Exception:
-            return None
+        depth = _JPEG_DEPTH.fullmatch(said) if found in ("JPEG", "MPO") else None
+        if depth is not None:
+            return f"a JPEG of {depth[1]}-bit samples: Pillow decodes 8-bit JPEGs only; {_SAVE_AS}"
+        layout = _tiff_layout(f) if found == "TIFF" and said == "unknown pixel mode" else None
+        return f"a TIFF of {layout}: no pixel mode Pillow decodes; {_SAVE_AS}" if layout is not None else None
+
+
+def _tiff_layout(f: BinaryIO) -> str | None:
+    """A TIFF's first image's pixel layout in words, from its tag directory; None if unreadable."""
+    try:
+        f.seek(0)
+        header = f.read(8)
+        header += f.read(8) if header[2] == 43 else b""  # a BigTIFF, by Pillow's test
+        tags = TiffImagePlugin.ImageFileDirectory_v2(header)
+        f.seek(tags.next)
+        tags.load(f)
+        photometric, bits = tags.get(262), tuple(tags.get(258, (1,)))
+        formats, extra = set(tags.get(339, (1,))), tuple(tags.get(338, ()))
+    except Exception:
+        return None
     kind = _TIFF_PHOTOMETRIC.get(photometric, f"photometric interpretation {photometric}")
     depth = "/".join(str(b) for b in dict.fromkeys(bits))
     numbers = ", ".join(_TIFF_SAMPLE_FORMAT.get(v, f"sample format {v}") for v in sorted(formats))

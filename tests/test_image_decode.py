@@ -18,6 +18,7 @@ from builders.resizer import SampleError, prepare_image
 from implicit_concept import image_decode
 from implicit_concept.image_decode import FORMATS, MAX_CHUNKS, MAX_JPEG_SCANS, decode_rgb, load_pixels, open_image
 
+SAVE_AS = "save the image as 8- or 16-bit RGB (PNG or TIFF) or as an 8-bit JPEG"
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n0 0 1 setrgbcolor 0 0 16 16 rectfill\nshowpage\n%%EOF\n"
 
 
@@ -263,7 +264,18 @@ def test_a_tiff_whose_pixels_pillow_has_no_mode_for_says_what_they_are(bits, pho
     for: it was recorded as a broken one ("no TIFF header Pillow reads")."""
     data = bytes(16 * 16 * sum(bits) // 8)
     error = refusal(tiff(16, 16, bits, photometric, data, order, **tags))
-    assert (error.reason, error.detail) == ("unsupported_mode", f"a TIFF of {said}: no pixel mode Pillow decodes; save the image as 8- or 16-bit RGB")
+    assert (error.reason, error.detail) == ("unsupported_mode", f"a TIFF of {said}: no pixel mode Pillow decodes; {SAVE_AS}")
+
+
+@pytest.mark.parametrize(("marker", "bits"), [(0xC1, 12), (0xC0, 12), (0xC3, 16)], ids=["extended_12", "baseline_12", "lossless_16"])
+def test_a_jpeg_of_more_than_8_bit_samples_says_so(marker, bits):
+    """A medical or scientific camera's 12-bit JPEG (or a 16-bit lossless one) is a JPEG Pillow
+    does not decode, not a broken file: it was recorded as "no JPEG header Pillow reads"."""
+    raw = bytearray(encode(Image.new("RGB", (16, 16)), "JPEG"))
+    at = raw.index(b"\xff\xc0")
+    raw[at + 1], raw[at + 4] = marker, bits
+    error = refusal(bytes(raw))
+    assert (error.reason, error.detail) == ("unsupported_mode", f"a JPEG of {bits}-bit samples: Pillow decodes 8-bit JPEGs only; {SAVE_AS}")
 
 
 def test_a_tiff_with_a_broken_header_is_still_unreadable():
