@@ -364,8 +364,9 @@ def _screen_png(f: BinaryIO) -> BinaryIO:
         if not seen_idat:  # Pillow checks the CRC of every chunk it reads before the image data
             data = _read_at(f, offset, length + 4)
             if len(data) == length + 4 and zlib.crc32(data[:length], zlib.crc32(kind)) != int.from_bytes(data[length:], "big"):
-                if not kind[0] & 0x20:
-                    raise SampleError("unreadable_image", f"the PNG's {_chunk_name(kind)} chunk at byte {offset - 8} fails its CRC check: the file is damaged")
+                if not kind[0] & 0x20:  # a critical chunk (IHDR, PLTE): the picture depends on it
+                    where = f"the PNG's {_chunk_name(kind)} chunk at byte {offset - 8}"
+                    raise SampleError("unreadable_image", f"{where} fails its CRC check: the file is damaged")
                 dropped.append((offset - 8, offset + length + 4))
                 continue
         if kind not in _PNG_TEXT:
