@@ -13,7 +13,8 @@ caller can ask a JPEG decoder for a smaller draft in between (see ``builders.res
 - ``too_many_chunks``: more structure than any real image has (PNG chunks, JPEG marker segments
   or progressive scans, GIF blocks, TIFF tags, strips, tiles and tag values), which costs time
   and memory the file's size does not show;
-- ``unsupported_mode``: pixels that have no 8-bit RGB meaning here (float, LAB).
+- ``unsupported_mode``: pixels that have no 8-bit RGB meaning here (float, LAB), or that Pillow has no
+  mode for in a format read (a 12-bit JPEG, a TIFF of 16-bit grey with alpha or float RGB), named.
 
 Only :data:`FORMATS` are decoded, whatever a file is called: Pillow knows forty formats, and some
 run an external program (EPS: Ghostscript) or are attack surface nobody asked for. The messages
@@ -48,7 +49,7 @@ import zlib
 from typing import BinaryIO
 
 import numpy as np
-from PIL import ExifTags, Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageOps, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
 from PIL.JpegImagePlugin import MARKER as _JPEG_MARKERS
 
 #: Pixels decoded at most (after a JPEG draft), unless a caller sets another cap: 40 MP is a 4:3
@@ -135,7 +136,7 @@ def open_image(raw: bytes | BinaryIO | Image.Image) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise SampleError("too_large", error_text(exc)) from exc
     except UnidentifiedImageError:
-        raise SampleError(*_unidentified(head)) from None
+        raise SampleError(*_unidentified(head, raw)) from None
     except Exception as exc:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error ...
         raise SampleError(_decode_reason(exc), error_text(exc)) from exc
 
@@ -168,7 +169,7 @@ def decode_rgb(image: Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS, 
     if max_pixels is not None:
         check_pixels(image, max_pixels)
     _load(image)
-    return _to_rgb(_orient(image) if orient else image)
+    return _to_rgb(_orient(image) if orient else image, _zero_is_white(image))
 
 
 def _seekable(raw: bytes | BinaryIO) -> BinaryIO:
@@ -207,16 +208,71 @@ def _decode_reason(exc: Exception) -> str:
 # --- what the bytes are, when Pillow finds no image ---------------------------------------------
 
 
-def _unidentified(head: bytes) -> tuple[str, str]:
+def _unidentified(head: bytes, raw: BinaryIO) -> tuple[str, str]:
     """The reason and message for bytes no plugin of :data:`FORMATS` opens, from their first bytes
-    alone: Pillow's signature tests, never another plugin's parser."""
+    (Pillow's signature tests, never another plugin's parser) and, for a format read, why its own
+    plugin refused them: a 12-bit JPEG or a float TIFF is a variant not decoded, not a broken file."""
     starts = f"starts with {repr(bytes(head))[1:]}"
     found = _signature(head)
     if found is None:
         return "unreadable_image", f"cannot identify an image format ({starts})"
     if found in _DECODED:
+        variant = _variant_not_read(found, raw)
+        if variant is not None:
+            return "unsupported_mode", variant
         return "unreadable_image", f"cannot identify an image: a {found} signature, but no {found} header Pillow reads ({starts})"
     return "unsupported_format", _not_read(f"{found} (by its signature; it {starts})")
+
+
+#: What a TIFF's PhotometricInterpretation and SampleFormat values mean, for the message of a refusal.
+_TIFF_PHOTOMETRIC = {0: "grey (0 is white)", 1: "grey", 2: "RGB", 3: "palette", 4: "mask", 5: "CMYK", 6: "YCbCr", 8: "CIE L*a*b*",
+                     9: "ICC L*a*b*", 10: "ITU L*a*b*", 32844: "LogL", 32845: "LogLuv"}
+_TIFF_SAMPLE_FORMAT = {1: "unsigned integer", 2: "signed integer", 3: "floating-point", 4: "untyped", 5: "complex integer",
+                       6: "complex floating-point"}
+#: Pillow's JPEG plugin's refusal of samples over 8 bits (a 12-bit JPEG, a 16-bit lossless one).
+_JPEG_DEPTH = re.compile(r"cannot handle (\d+)-bit layers")
+_SAVE_AS = "save the image as 8- or 16-bit RGB (PNG or TIFF) or as an 8-bit JPEG"
+
+
+def _variant_not_read(found: str, f: BinaryIO) -> str | None:
+    """What a file of a format read holds that Pillow has no mode for, in words, from the refusal of
+    that format's own plugin: a JPEG of 12- or 16-bit samples (medical and scientific cameras), a
+    TIFF of float RGB or 16-bit grey with alpha. None when the plugin refused it for anything else."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow said what it had to when it refused the file
+        try:
+            f.seek(0)
+            Image.OPEN[found][0](f)
+            return None
+        except SyntaxError as exc:
+            said = str(exc)
+        except Exception:
+            return None
+        depth = _JPEG_DEPTH.fullmatch(said) if found in ("JPEG", "MPO") else None
+        if depth is not None:
+            return f"a JPEG of {depth[1]}-bit samples: Pillow decodes 8-bit JPEGs only; {_SAVE_AS}"
+        layout = _tiff_layout(f) if found == "TIFF" and said == "unknown pixel mode" else None
+        return f"a TIFF of {layout}: no pixel mode Pillow decodes; {_SAVE_AS}" if layout is not None else None
+
+
+def _tiff_layout(f: BinaryIO) -> str | None:
+    """A TIFF's first image's pixel layout in words, from its tag directory; None if unreadable."""
+    try:
+        f.seek(0)
+        header = f.read(8)
+        header += f.read(8) if header[2] == 43 else b""  # a BigTIFF, by Pillow's test
+        tags = TiffImagePlugin.ImageFileDirectory_v2(header)
+        f.seek(tags.next)
+        tags.load(f)
+        photometric, bits = tags.get(262), tuple(tags.get(258, (1,)))
+        formats, extra = set(tags.get(339, (1,))), tuple(tags.get(338, ()))
+    except Exception:
+        return None
+    kind = _TIFF_PHOTOMETRIC.get(photometric, f"photometric interpretation {photometric}")
+    depth = "/".join(str(b) for b in dict.fromkeys(bits))
+    numbers = ", ".join(_TIFF_SAMPLE_FORMAT.get(v, f"sample format {v}") for v in sorted(formats))
+    aside = f", {len(extra)} of them extra ({'alpha' if set(extra) & {1, 2} else 'not alpha'})" if extra else ""
+    return f"{kind} pixels, {len(bits)} sample{'s' if len(bits) > 1 else ''} of {depth}-bit {numbers}{aside}"
 
 
 #: HEIF brands of an ISO media file's ftyp box (iPhones save HEIC): no plugin of Pillow's knows them.
@@ -295,15 +351,27 @@ def _png_chunks(f: BinaryIO):
 def _screen_png(f: BinaryIO) -> BinaryIO:
     """Count the chunks, and drop metadata Pillow refuses the whole image for: text or an ICC
     profile inflating past ``PngImagePlugin.MAX_TEXT_CHUNK`` (1 MB; workflows that image generators
-    embed reach it), text past ``MAX_TEXT_MEMORY`` in all, an unknown compression method. Pillow's
-    limits stay as they are; this file's pixels are decoded without that metadata. Past
-    ``MAX_TEXT_MEMORY`` inflated, every later text or profile chunk is dropped uninflated: 65536
-    chunks of 1 KB that inflate to 1 MB each would be 64 GB to inflate."""
-    dropped, held, full = [], 0, False
+    embed reach it), text past ``MAX_TEXT_MEMORY`` in all, an unknown compression method, and an
+    ancillary chunk before the image data that fails its CRC (libpng and browsers drop it and show
+    the picture; Pillow refused the file as no PNG). A critical chunk failing its CRC is a damaged
+    file, said so. Pillow's limits stay as they are; this file's pixels are decoded without that
+    metadata. Past ``MAX_TEXT_MEMORY`` inflated, every later text or profile chunk is dropped
+    uninflated: 65536 chunks of 1 KB that inflate to 1 MB each would be 64 GB to inflate."""
+    dropped, held, full, seen_idat = [], 0, False, False
     for kind, offset, length in _png_chunks(f):
+        seen_idat |= kind == b"IDAT"
+        data = None
+        if not seen_idat:  # Pillow checks the CRC of every chunk it reads before the image data
+            data = _read_at(f, offset, length + 4)
+            if len(data) == length + 4 and zlib.crc32(data[:length], zlib.crc32(kind)) != int.from_bytes(data[length:], "big"):
+                if not kind[0] & 0x20:  # a critical chunk (IHDR, PLTE): the picture depends on it
+                    where = f"the PNG's {_chunk_name(kind)} chunk at byte {offset - 8}"
+                    raise SampleError("unreadable_image", f"{where} fails its CRC check: the file is damaged")
+                dropped.append((offset - 8, offset + length + 4))
+                continue
         if kind not in _PNG_TEXT:
             continue
-        size = None if full else _png_text_size(kind, _read_at(f, offset, length))
+        size = None if full else _png_text_size(kind, data[:length] if data is not None else _read_at(f, offset, length))
         full = full or (size is not None and held + size > PngImagePlugin.MAX_TEXT_MEMORY)
         if size is None or full:
             dropped.append((offset - 8, offset + length + 4))
@@ -319,6 +387,10 @@ def _screen_png(f: BinaryIO) -> BinaryIO:
     kept.write(data[start:])
     kept.seek(0)
     return kept
+
+
+def _chunk_name(kind: bytes) -> str:
+    return kind.decode("latin-1") if kind.isalpha() else repr(kind)
 
 
 def _png_text_size(kind: bytes, data: bytes) -> int | None:
@@ -553,9 +625,16 @@ def _orient(image: Image.Image) -> Image.Image:
         return image
 
 
-def _eight_bit(image: Image.Image, transparent: object = None) -> Image.Image:
-    """16-bit (or 32-bit integer) grey to 8 bits: round(clip(v, 0, 65535) / 257), in integers; the
-    value a PNG's tRNS makes transparent becomes white, as every other transparency does.
+def _zero_is_white(image: Image.Image) -> bool:
+    """Whether ``image`` is a 16-bit TIFF whose PhotometricInterpretation says 0 is white: Pillow
+    opens it as plain 16-bit grey, a negative of what it shows (its 1-8 bit ones it inverts)."""
+    return image.format == "TIFF" and image.mode in _SIXTEEN_BIT and getattr(image, "tag_v2", {}).get(262) == 0
+
+
+def _eight_bit(image: Image.Image, transparent: object = None, zero_is_white: bool = False) -> Image.Image:
+    """16-bit (or 32-bit integer) grey to 8 bits: round(clip(v, 0, 65535) / 257), in integers
+    (inverted when ``zero_is_white``); the value a PNG's tRNS makes transparent becomes white, as
+    every other transparency does.
 
     The same values as the float formula, without float64 copies (8 bytes a pixel each). A copy,
     not a view: a mode "I" image's array is Pillow's own buffer, read-only.
@@ -563,6 +642,8 @@ def _eight_bit(image: Image.Image, transparent: object = None) -> Image.Image:
     pixels = np.array(image, dtype=np.int32)
     clear = pixels == transparent if isinstance(transparent, int) else None
     np.clip(pixels, 0, 65535, out=pixels)
+    if zero_is_white:
+        np.subtract(65535, pixels, out=pixels)
     pixels += 128
     pixels //= 257
     grey = pixels.astype(np.uint8)
@@ -571,20 +652,20 @@ def _eight_bit(image: Image.Image, transparent: object = None) -> Image.Image:
     return Image.fromarray(grey)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, zero_is_white: bool = False) -> Image.Image:
     """Normalise any pixel mode to 8-bit RGB, flattening transparency onto white and converting the
-    colours of an ICC profile to sRGB."""
+    colours of an ICC profile to sRGB (``zero_is_white``: see :func:`_zero_is_white`)."""
     profile = image.info.get("icc_profile")
-    image = _flatten(image)
+    image = _flatten(image, zero_is_white)
     if isinstance(profile, bytes) and 0 < len(profile) <= MAX_PROFILE_BYTES and image.mode in ("L", "RGB", "CMYK"):
         image = _to_srgb(image, profile)
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _flatten(image: Image.Image) -> Image.Image:
+def _flatten(image: Image.Image, zero_is_white: bool = False) -> Image.Image:
     """Any pixel mode as 8-bit L, RGB, CMYK or YCbCr, transparency flattened onto white."""
     if image.mode in _SIXTEEN_BIT:
-        image = _eight_bit(image, image.info.get("transparency"))
+        image = _eight_bit(image, image.info.get("transparency"), zero_is_white)
     if image.mode == "1":
         image = image.convert("L")
     if image.mode == "P" or (image.mode in ("L", "RGB") and "transparency" in image.info):

@@ -18,6 +18,7 @@ from builders.resizer import SampleError, prepare_image
 from implicit_concept import image_decode
 from implicit_concept.image_decode import FORMATS, MAX_CHUNKS, MAX_JPEG_SCANS, decode_rgb, load_pixels, open_image
 
+SAVE_AS = "save the image as 8- or 16-bit RGB (PNG or TIFF) or as an 8-bit JPEG"
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n0 0 1 setrgbcolor 0 0 16 16 rectfill\nshowpage\n%%EOF\n"
 
 
@@ -48,6 +49,27 @@ def png(width: int, height: int, depth: int, colour: int, rows: list[bytes], bef
     stream = data if data is not None else b"".join(b"\0" + r for r in rows)
     body = b"".join(chunk(k, d) for k, d in before) + chunk(b"IDAT", zlib.compress(stream)) + b"".join(chunk(k, d) for k, d in after)
     return b"\x89PNG\r\n\x1a\n" + header + body + chunk(b"IEND", b"")
+
+
+def tiff(width: int, height: int, bits: list[int], photometric: int, data: bytes, order: str = "<", **tags: list[int]) -> bytes:
+    """An uncompressed TIFF of one strip made tag by tag, for layouts Pillow cannot write; ``tags``
+    more SHORT tags by name (``sample_format``, ``extra_samples``)."""
+    named = {"sample_format": 339, "extra_samples": 338}
+    entries = {256: (4, [width]), 257: (4, [height]), 258: (3, bits), 259: (3, [1]), 262: (3, [photometric]), 273: (4, [0]),
+               277: (3, [len(bits)]), 278: (4, [height]), 279: (4, [len(data)])}
+    entries.update({named[k]: (3, v) for k, v in tags.items()})
+    table_end = 8 + 2 + 12 * len(entries) + 4
+    values, table = b"", b""
+    for tag, (kind, items) in sorted(entries.items()):
+        packed = struct.pack(order + ("H" if kind == 3 else "I") * len(items), *items)
+        if len(packed) > 4:
+            packed, values = struct.pack(order + "I", table_end + len(values)), values + packed
+        table += struct.pack(order + "HHI", tag, kind, len(items)) + packed.ljust(4, b"\0")
+    strip = struct.pack(order + "I", table_end + len(values))
+    at = table.index(struct.pack(order + "HHI", 273, 4, 1)) + 8
+    table = table[:at] + strip + table[at + 4:]
+    magic = b"II*\0" if order == "<" else b"MM\0*"
+    return magic + struct.pack(order + "I", 8) + struct.pack(order + "H", len(entries)) + table + b"\0" * 4 + values + data
 
 
 def rgb_rows(width: int, height: int, colour=(200, 100, 50)) -> list[bytes]:
@@ -217,6 +239,48 @@ def test_a_32_bit_bmps_fourth_byte_is_alpha_unless_it_is_all_zero():
     assert (out[:, :8] == 255).all() and (out[:, 8:] == (30, 200, 30)).all()
     sticker[:, :, 3] = 0
     assert (pixels(encode(Image.fromarray(sticker, "RGBA"), "BMP")) == sticker[:, :, :3]).all()
+
+
+def test_a_sixteen_bit_tiff_whose_zero_is_white_is_not_a_negative():
+    """Pillow inverts a TIFF whose photometric interpretation says 0 is white at 1 to 8 bits, and
+    opened a 16-bit one as plain grey: a scanner's or an X-ray's image came out a negative."""
+    values = np.full((16, 16), 10000, "<u2")
+    values[:, 8:] = 60000
+    out = pixels(tiff(16, 16, [16], 0, values.tobytes()))
+    assert (out[:, :8] == round((65535 - 10000) / 257)).all() and (out[:, 8:] == round((65535 - 60000) / 257)).all()
+    eight = pixels(tiff(16, 16, [8], 0, (values // 257).astype(np.uint8).tobytes()))
+    assert np.abs(out - eight).max() <= 1, "as Pillow shows the same picture at 8 bits"
+    assert (pixels(tiff(16, 16, [16], 1, values.tobytes()))[:, :8] == round(10000 / 257)).all()
+
+
+@pytest.mark.parametrize(("bits", "photometric", "tags", "order", "said"), [
+    ([16, 16], 1, {"extra_samples": [2]}, "<", "grey pixels, 2 samples of 16-bit unsigned integer, 1 of them extra (alpha)"),
+    ([32, 32, 32], 2, {"sample_format": [3, 3, 3]}, "<", "RGB pixels, 3 samples of 32-bit floating-point"),
+    ([16], 1, {"sample_format": [3]}, "<", "grey pixels, 1 sample of 16-bit floating-point"),
+    ([16], 0, {}, ">", "grey (0 is white) pixels, 1 sample of 16-bit unsigned integer"),
+], ids=["grey_alpha_16", "rgb_float32", "grey_float16", "big_endian_zero_is_white_16"])
+def test_a_tiff_whose_pixels_pillow_has_no_mode_for_says_what_they_are(bits, photometric, tags, order, said):
+    """A scientist's float RGB or 16-bit grey-with-alpha TIFF is a valid file Pillow has no mode
+    for: it was recorded as a broken one ("no TIFF header Pillow reads")."""
+    data = bytes(16 * 16 * sum(bits) // 8)
+    error = refusal(tiff(16, 16, bits, photometric, data, order, **tags))
+    assert (error.reason, error.detail) == ("unsupported_mode", f"a TIFF of {said}: no pixel mode Pillow decodes; {SAVE_AS}")
+
+
+@pytest.mark.parametrize(("marker", "bits"), [(0xC1, 12), (0xC0, 12), (0xC3, 16)], ids=["extended_12", "baseline_12", "lossless_16"])
+def test_a_jpeg_of_more_than_8_bit_samples_says_so(marker, bits):
+    """A medical or scientific camera's 12-bit JPEG (or a 16-bit lossless one) is a JPEG Pillow
+    does not decode, not a broken file: it was recorded as "no JPEG header Pillow reads"."""
+    raw = bytearray(encode(Image.new("RGB", (16, 16)), "JPEG"))
+    at = raw.index(b"\xff\xc0")
+    raw[at + 1], raw[at + 4] = marker, bits
+    error = refusal(bytes(raw))
+    assert (error.reason, error.detail) == ("unsupported_mode", f"a JPEG of {bits}-bit samples: Pillow decodes 8-bit JPEGs only; {SAVE_AS}")
+
+
+def test_a_tiff_with_a_broken_header_is_still_unreadable():
+    error = refusal(b"II*\0\x08\0\0\0\xff\xff")
+    assert error.reason == "unreadable_image" and "a TIFF signature, but no TIFF header Pillow reads" in error.detail
 
 
 # --- 4. ICC profiles become sRGB ----------------------------------------------------------------
@@ -389,6 +453,34 @@ def test_thousands_of_profiles_inflating_to_a_megabyte_each_cost_under_a_second(
 def test_metadata_of_an_unknown_compression_method_is_dropped_not_the_pixels():
     raw = png(16, 16, 8, 2, rgb_rows(16, 16), before=[(b"zTXt", b"Comment\0\7xyz"), (b"iCCP", b"icc\0\7xyz")])
     assert (pixels(raw) == (200, 100, 50)).all()
+
+
+def _bad_crc(raw: bytes, kind: bytes) -> bytes:
+    """``raw`` with the CRC of its first ``kind`` chunk wrong."""
+    at = raw.index(kind)
+    end = at + 4 + struct.unpack(">I", raw[at - 4:at])[0]
+    return raw[:end] + bytes([raw[end] ^ 0xFF]) + raw[end + 1:]
+
+
+@pytest.mark.parametrize("kind", [b"tEXt", b"gAMA", b"iCCP", b"tRNS", b"acTL", b"fcTL"])
+def test_a_metadata_chunk_failing_its_crc_is_dropped_not_the_pixels(kind):
+    """libpng and browsers drop an ancillary chunk whose CRC fails and show the picture; Pillow
+    refused the file as no PNG at all. A damaged profile is not applied."""
+    if kind in (b"acTL", b"fcTL"):
+        frames = [Image.new("RGB", (16, 16), (200, 100, 50)), Image.new("RGB", (16, 16), (0, 0, 200))]
+        raw = encode(frames[0], "PNG", save_all=True, append_images=frames[1:])
+    else:
+        before = [(b"tEXt", b"Title\0kept"), (b"gAMA", struct.pack(">I", 45455)), (b"tRNS", struct.pack(">HHH", 1, 2, 3))]
+        raw = png(16, 16, 8, 2, rgb_rows(16, 16), before=before + [(b"iCCP", b"icc\0\0" + zlib.compress(ADOBE_RGB))] * (kind == b"iCCP"))
+    assert (pixels(_bad_crc(raw, kind)) == (200, 100, 50)).all()
+
+
+@pytest.mark.parametrize("kind", [b"IHDR", b"PLTE"])
+def test_an_image_chunk_failing_its_crc_is_a_damaged_file_said_so(kind):
+    raw = png(16, 16, 8, 3, [bytes(16)] * 16, before=[(b"PLTE", bytes([200, 100, 50]))])
+    error = refusal(_bad_crc(raw, kind))
+    at = raw.index(kind) - 4
+    assert (error.reason, error.detail) == ("unreadable_image", f"the PNG's {kind.decode()} chunk at byte {at} fails its CRC check: the file is damaged")
 
 
 # --- 6. a PNG short of rows is truncated ---------------------------------------------------------

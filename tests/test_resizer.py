@@ -76,6 +76,44 @@ def test_exif_orientation_is_applied():
     assert oriented.tobytes() == expected.tobytes()
 
 
+#: The transpose that stores an upright picture under each EXIF orientation (a viewer undoes it).
+STORED_AS = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+             5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
+
+
+def quadrants(width: int, height: int) -> Image.Image:
+    image = Image.new("RGB", (width, height), (230, 230, 230))
+    image.paste(RED, (0, 0, width // 2, height // 2))
+    image.paste(GREEN, (width // 2, 0, width, height // 2))
+    image.paste(BLUE, (0, height // 2, width // 2, height))
+    return image
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize(("fmt", "size"), [("JPEG", (1200, 800)), ("PNG", (90, 60)), ("WEBP", (90, 60)), ("TIFF", (90, 60))],
+                         ids=["jpeg_drafted", "png", "webp", "tiff"])
+def test_every_exif_orientation_is_shown_upright_in_every_format_that_carries_one(orientation, fmt, size):
+    """Each quadrant lands where a viewer shows it, a drafted JPEG's too (a box drawn on the
+    image is then where the concept is in the picture a lab sees)."""
+    upright = quadrants(*size)
+    stored = upright if STORED_AS[orientation] is None else upright.transpose(STORED_AS[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = np.asarray(prepare_image(encode(stored, fmt, exif=exif, **({"lossless": True} if fmt == "WEBP" else {})), 32, 16), np.int16)
+    want = np.asarray(prepare_image(upright, 32, 16), np.int16)
+    centres = [(8, 8), (8, 24), (24, 8), (24, 24)]
+    assert max(np.abs(out[y, x] - want[y, x]).max() for y, x in centres) <= 8
+
+
+@pytest.mark.parametrize("orientation", [0, 9, 65535])
+def test_an_orientation_out_of_range_is_ignored(orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image = quadrants(90, 60)
+    out = np.asarray(prepare_image(encode(image, "PNG", exif=exif), 32, 16))
+    assert np.array_equal(out, np.asarray(prepare_image(image, 32, 16)))
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
