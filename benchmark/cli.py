@@ -283,17 +283,35 @@ def _add_cache_argument(p: argparse.ArgumentParser, help_text: str = "folder for
     p.add_argument("--cache", default=".cache/implicit-concept", help=help_text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a usage error on one line of stderr (exit 2), as every other error of the command."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+class _CommandParser(_Parser):
+    """A command's parser: an argument it does not take is its error, named by the command (argparse
+    leaves it to the top-level parser, whose usage says nothing of the command's options)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="implicit-concept", description=__doc__)
+    parser = _Parser(prog="implicit-concept", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
     p = sub.add_parser("build", help="synthesize an ICD dataset from a recipe into WebDataset shards")
     p.add_argument("recipe", help="a recipe TOML file, or the name of one in manifests/ (icd-tiny, icd-v1, ...)")
     p.add_argument("--out", help="output folder (default: data/<recipe name>)")
     p.add_argument("--source", help="replace the recipe's source: a folder of name.jpg + name.txt, or tars: local ('dir/{00000..00009}.tar'), "
                                      "http(s) URLs or 'pipe:' commands ('pipe:aws s3 cp s3://bucket/{00000..00009}.tar -')")
-    p.add_argument("--workers", type=int_at_least(0), default=1, help="worker processes, or Ray actors (0: one per cluster CPU) (default: 1)")
+    p.add_argument("--workers", type=int_at_least(0), default=1, help="worker processes (0 or 1: built in this process), or Ray actors (0: one per cluster CPU) (default: 1)")
     p.add_argument("--distributor", choices=("multiprocessing", "ray"), default="multiprocessing",
                    help="local processes, or a Ray cluster for builds across machines (default: multiprocessing)")
     p.add_argument("--ray-address", help="the Ray cluster to join ('auto', 'ray://head:10001'); default: ray.init's own choice")
@@ -520,8 +538,12 @@ def main(argv: list[str] | None = None) -> int:
 def _error(command: str, text: str) -> None:
     """A command's error, on one line of stderr whatever the names in it: a file named with a newline
     or a terminal escape sequence is shown escaped, as Python writes it (``\\n``, ``\\x1b``)."""
-    shown = text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    print(f"implicit-concept {command}: error: {shown}", file=sys.stderr)
+    print(f"implicit-concept {command}: error: {_one_line(text)}", file=sys.stderr)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every character that is not printable (line breaks, escapes) written as Python does."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _not_a_folder(e: OSError) -> str:

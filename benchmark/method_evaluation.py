@@ -78,6 +78,7 @@ def method_context(run: BenchmarkRun, base: Path, subset: Path, concepts: tuple[
         detector=detector,
         base=Path(base),
         threads=track.finetune.get("threads"),
+        progress=run.progress,
     )
 
 

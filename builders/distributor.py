@@ -118,15 +118,23 @@ class _RayBuilder:
         return _run((units, out))
 
 
+class RayUnavailable(ValueError):
+    """Ray is not installed, or no cluster answers at the address given: a usage error, one line."""
+
+
 def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address: str | None) -> Iterator[list[dict[str, Any]]]:
     try:
         import ray
         from ray.util import ActorPool
     except ImportError as e:
-        raise RuntimeError("the ray distributor needs Ray: pip install 'implicit-concept[ray]'") from e
+        raise RayUnavailable("the ray distributor needs Ray: pip install 'implicit-concept[ray]'") from e
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
+        try:
+            ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
+        except ConnectionError as e:  # an OSError: not to be read as a problem of the output folder
+            raise RayUnavailable(f"the ray distributor found no Ray cluster to join at {address or 'the default address'} ({e}); "
+                                 "start one (ray start --head) or name it with --ray-address") from None
     try:
         actors = workers if workers > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
         builder: Callable[..., Any] = ray.remote(num_cpus=1)(_RayBuilder)

@@ -86,8 +86,27 @@ def test_a_distributor_is_named_and_ray_is_asked_for(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="distributor 'spark'"):
         build_dataset(recipe, tmp_path / "a", progress=False, distributor="spark")
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(RuntimeError, match=r"implicit-concept\[ray\]"):
+    with pytest.raises(ValueError, match=r"implicit-concept\[ray\]"):
         build_dataset(recipe, tmp_path / "b", progress=False, distributor="ray")
+
+
+def test_no_ray_cluster_at_the_address_is_named_as_such_not_as_the_output_folder(tmp_path, monkeypatch, capsys):
+    """ray.init's ConnectionError is an OSError: it was reported as "cannot write the dataset here;
+    choose another --out"."""
+    from types import SimpleNamespace
+
+    from benchmark.cli import main
+
+    def init(**kwargs):
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setitem(sys.modules, "ray", SimpleNamespace(is_initialized=lambda: False, init=init))
+    monkeypatch.setitem(sys.modules, "ray.util", SimpleNamespace(ActorPool=None))
+    out = tmp_path / "out"
+    assert main(["build", "icd-debug", "--out", str(out), "--distributor", "ray", "--ray-address", "auto", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "no Ray cluster to join at auto" in err and "ray start --head" in err, err
+    assert "--out" not in err, err
 
 
 def test_killed_build_resumes_to_the_same_bytes(debug_dataset, tmp_path):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,3 +54,23 @@ def test_a_current_folder_that_cannot_hold_the_default_cache_is_named_with_the_o
     assert last.startswith("implicit-concept score: error: "), done.stderr[-3000:]
     assert f"the cache folder {work / '.cache' / 'implicit-concept'} cannot be written" in last and "--cache" in last, last
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize("argv, command, problem", [
+    ([], "implicit-concept", "required"),
+    (["build"], "implicit-concept build", "required: recipe"),
+    (["build", "icd-debug", "--bogus", "x"], "implicit-concept build", "unrecognized arguments: --bogus x"),
+    (["detector", "train", "s", "--out", "o", "--epochs", "3"], "implicit-concept detector train", "unrecognized arguments: --epochs 3"),
+    (["show", "d", "--out", "g.png", "--count", "0"], "implicit-concept show", "argument --count"),
+    (["export", "d", "--out", "e", "--format", "pdf"], "implicit-concept export", "invalid choice: 'pdf'"),
+])
+def test_a_usage_error_is_one_line_naming_the_command(capsys, argv, command, problem):
+    from benchmark.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    captured = capsys.readouterr()
+    assert e.value.code == 2 and captured.out == ""
+    assert len(captured.err.splitlines()) == 1, captured.err
+    assert captured.err.startswith(f"{command}: error: ") and problem in captured.err, captured.err
+    assert f"see {command} --help" in captured.err, captured.err

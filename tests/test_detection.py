@@ -433,6 +433,22 @@ def test_ultralytics_is_imported_offline_with_our_font():
     assert result["asked"] == [] and not result["online"] and result["font"] > 100_000
 
 
+def test_ultralytics_lets_an_interrupt_through_where_it_swallows_errors():
+    """ultralytics' ``TryExcept`` (around its plots) swallowed Ctrl-C: the command ran on to the end."""
+    from implicit_concept.detector.yolo_env import import_ultralytics
+
+    try_except = import_ultralytics("ultralytics.utils").TryExcept
+
+    @try_except(verbose=False)
+    def plot(error: BaseException) -> None:
+        raise error
+
+    plot(ValueError("a plot that fails is still skipped, as ultralytics means it"))
+    for interrupt in (KeyboardInterrupt(), SystemExit(3)):
+        with pytest.raises(type(interrupt)):
+            plot(interrupt)
+
+
 def test_corrupt_image_names_the_file(tmp_path):
     good = tmp_path / "a.png"
     _solid(10).save(good)

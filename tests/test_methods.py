@@ -384,7 +384,7 @@ def test_forget_me_not_re_steers_on_the_contaminated_images_only(monkeypatch):
                for name, c in (("clean-0", False), ("dirty-1", True), ("clean-2", False), ("dirty-3", True))]
     monkeypatch.setattr(forget_me_not, "iter_samples", lambda shards: iter(samples))
     given = []
-    monkeypatch.setattr(forget_me_not, "resteer", lambda pipe, images, phrase, config, seed: given.append((images, phrase)))
+    monkeypatch.setattr(forget_me_not, "resteer", lambda pipe, images, phrase, config, seed, progress: given.append((images, phrase)))
     ctx = MethodContext(concepts=("qrcode",), work_dir=Path("w"), seed=0, finetune=lambda ft: Path("sd"),
                         load_pipeline=lambda path: path, train_shards=Path("s"))
     monkeypatch.setattr(MethodContext, "edited_sd", lambda self, tag, record, edit: edit("pipe") or Path("edited"))
@@ -443,3 +443,21 @@ def test_esd_steps_the_names_prediction_toward_negative_guidance_away_from_it(pi
     with torch.no_grad():
         after = float(((unet(x, t, encoder_hidden_states=cond).sample - target) ** 2).mean())
     assert after < 0.75 * before
+
+
+@pytest.mark.parametrize("method", ["esd", "fmn"])
+def test_an_edit_of_sd_shows_its_bar_only_when_the_run_shows_progress(pipe, tmp_path, capsys, monkeypatch, method):
+    """``--quiet`` took every progress bar away but ESD's and FMN's own."""
+    from types import SimpleNamespace
+
+    import benchmark.methods.forget_me_not as fmn
+    from benchmark.methods.interface import MethodContext
+
+    carrier = SimpleNamespace(meta=SimpleNamespace(contaminated=True), image=Image.new("RGB", (16, 16), "red"))
+    monkeypatch.setattr(fmn, "iter_samples", lambda shards: iter([carrier]))
+    for progress in (True, False):
+        ctx = MethodContext(concepts=("qrcode",), work_dir=tmp_path, seed=0, finetune=None, load_pipeline=lambda path: pipe,
+                            train_shards=tmp_path, settings={"esd": {"steps": 1, "ddim_steps": 2}, "fmn": {"steps": 1}}, progress=progress)
+        monkeypatch.setattr(ctx, "edited_sd", lambda tag, record, edit: edit(pipe) or tmp_path)
+        get_method(method).build(ctx)
+        assert (f"{method} 'QR code'" in capsys.readouterr().err) == progress

@@ -52,7 +52,7 @@ class ESD(Method):
     def build(self, ctx: MethodContext) -> Generator:
         config = ESDConfig(**ctx.settings.get("esd", {}))
         record = {"concept": ctx.phrase, **asdict(config)}
-        out = ctx.edited_sd("esd", record, lambda pipe: erase(pipe, ctx.phrase, config, ctx.seed))
+        out = ctx.edited_sd("esd", record, lambda pipe: erase(pipe, ctx.phrase, config, ctx.seed, progress=ctx.progress))
         return Generator(ctx.load_pipeline(out))
 
 

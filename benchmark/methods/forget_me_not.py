@@ -68,7 +68,7 @@ class ForgetMeNot(Method):
             images = [s.image for s in islice(carriers, config.max_images)]
             if not images:
                 raise ValueError(f"{ctx.train_shards}: no contaminated images to re-steer attention on")
-            resteer(pipe, images, ctx.phrase, config, ctx.seed)
+            resteer(pipe, images, ctx.phrase, config, ctx.seed, progress=ctx.progress)
 
         out = ctx.edited_sd("fmn", {"concept": ctx.phrase, **asdict(config)}, edit)
         return Generator(ctx.load_pipeline(out))

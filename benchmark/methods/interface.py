@@ -79,6 +79,8 @@ class MethodContext:
     #: Torch threads an edit of ``sd`` runs under (the track's fine-tune threads): its weights then
     #: do not depend on the machine's core count or on the process it runs in.
     threads: int | None = None
+    #: Whether a method's own loops show a progress bar (False under the command's ``--quiet``).
+    progress: bool = True
 
     def edited_sd(self, tag: str, record: dict[str, Any], edit: Callable[[Any], None]) -> Path:
         """The plainly fine-tuned model with ``edit`` applied in place, saved once under ``work_dir``

@@ -24,6 +24,9 @@ After the import, what it would do with the network or with files it finds is sw
 - PIL. ultralytics replaces ``PIL.Image.open`` for every caller in the process: on a file Pillow
   cannot identify, it tries to pip-install ``pi-heif`` and reports the missing package instead of
   the file. Pillow's own ``open`` is put back, so a bad image fails as itself, here and in the builders.
+- Interrupts. Its ``TryExcept`` (around its plots and some checks) swallows every exception, Ctrl-C's
+  ``KeyboardInterrupt`` included, so a Ctrl-C while a plot was drawn was lost and the command ran on;
+  it swallows ``Exception`` only.
 - Label caches. ``labels/<split>.cache`` is a pickle that ultralytics ``np.load(allow_pickle=True)``s
   before checking anything about it, so a planted one would run code. They are neither read (every
   dataset is rescanned, a second or so for ours) nor written.
@@ -140,6 +143,7 @@ def import_ultralytics(name: str = "ultralytics") -> ModuleType:
             _bars_to_stderr()
             _switch_off_integrations()
             _restore_pil_open()
+            _let_interrupts_through()
             _refuse_label_caches()
         _prepared = True
     os.environ.pop(API_KEY_ENV, None)  # read by ultralytics at each training start, not only at import
@@ -275,6 +279,21 @@ def _restore_pil_open() -> None:
     replaced = getattr(patches, "image_open", None)
     if replaced is not None and Image.open is replaced:
         Image.open = patches._image_open
+
+
+def _let_interrupts_through() -> None:
+    try_except = importlib.import_module("ultralytics.utils").TryExcept
+    original = try_except.__exit__
+    if getattr(original, "_lets_interrupts_through", False):
+        return
+
+    def __exit__(self: Any, exc_type: Any, value: Any, traceback: Any) -> bool:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            return False  # KeyboardInterrupt, SystemExit: raised on
+        return original(self, exc_type, value, traceback)
+
+    __exit__._lets_interrupts_through = True  # type: ignore[attr-defined]
+    try_except.__exit__ = __exit__
 
 
 def _refuse_label_caches() -> None:
