@@ -209,6 +209,9 @@ def test_a_failed_command_is_one_record_saying_its_status_and_what_it_said(tmp_p
     assert failed.error == "unreadable_tar"
     assert failed.detail == ("pipe:sh -c 'echo An error occurred: NoSuchBucket >&2; exit 2' 00000.tar: "
                              "the command exited with status 2: An error occurred: NoSuchBucket")
+    runs = tmp_path / "runs"
+    [refused] = _read(f"pipe:sh -c 'echo run >> {runs}; exit 2'")
+    assert refused.error == "unreadable_tar" and runs.read_text() == "run\n"  # not read again: it cannot work
     cut = _read(f"pipe:sh -c 'head -c 9000 {tmp_path}/00000.tar; echo connection reset >&2; exit 1'")
     assert [i.error for i in cut] == [None, None, None, "corrupt_tar"]
     assert cut[-1].detail.endswith("the command exited with status 1: connection reset (after '000000002') (3 reads)")
