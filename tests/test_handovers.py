@@ -523,7 +523,8 @@ def test_an_output_folder_in_the_pipeline_folder_scored_is_refused_and_one_holdi
     folder = tmp_path / "lab" / "pipeline"
     shutil.copytree(saved("original"), folder)
     listing = sorted(p.relative_to(folder) for p in folder.rglob("*"))
-    for out in (folder, folder / "scored", tmp_path / "lab" / "pipeline" / ".." / "pipeline"):
+    (tmp_path / "link").symlink_to(folder)  # a link to it is it
+    for out in (folder, folder / "scored", tmp_path / "lab" / "pipeline" / ".." / "pipeline", tmp_path / "link" / "scored"):
         with pytest.raises(ValueError, match=r"--out .*: is or lies inside the pipeline folder .*pipeline, which scoring would write into"):
             external.score_pipeline(folder, out, _judging(tmp_path), progress=False)
     assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == listing

@@ -992,6 +992,7 @@ def test_a_folder_of_kohya_style_captions_is_read_with_caption_extension(tmp_pat
     source = make_source({"kind": "folder", "path": str(tmp_path), "test_fraction": 0.0, "caption_extension": ".caption"},
                          image_size=32, shard_size=10, seed=0)
     assert [(i.source_id, i.error, i.caption) for i in read_all(source, "train")] == [("a.png", None, "picture a"), ("b.png", None, "picture b")]
-    for bad, said in (("json", "metadata"), ("png", "'png' files are a key's caption or metadata"), ("caption.txt", "one file ending"), ("", "one file ending")):
+    for bad, said in (("json", "metadata"), ("png", "'png' files are a key's caption or metadata"), ("caption.txt", "one file ending"), ("", "one file ending"),
+                      ("captions/txt", "one file ending")):
         with pytest.raises(ValueError, match=f"source.*{said}"):
             make_source({"kind": "folder", "path": str(tmp_path), "caption_extension": bad}, image_size=32, shard_size=10, seed=0)

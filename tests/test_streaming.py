@@ -209,6 +209,9 @@ def test_a_failed_command_is_one_record_saying_its_status_and_what_it_said(tmp_p
     assert failed.error == "unreadable_tar"
     assert failed.detail == ("pipe:sh -c 'echo An error occurred: NoSuchBucket >&2; exit 2' 00000.tar: "
                              "the command exited with status 2: An error occurred: NoSuchBucket")
+    runs = tmp_path / "runs"
+    [refused] = _read(f"pipe:sh -c 'echo run >> {runs}; exit 2'")
+    assert refused.error == "unreadable_tar" and runs.read_text() == "run\n"  # not read again: it cannot work
     cut = _read(f"pipe:sh -c 'head -c 9000 {tmp_path}/00000.tar; echo connection reset >&2; exit 1'")
     assert [i.error for i in cut] == [None, None, None, "corrupt_tar"]
     assert cut[-1].detail.endswith("the command exited with status 1: connection reset (after '000000002') (3 reads)")
@@ -367,3 +370,15 @@ def test_a_stream_cut_once_is_read_again_and_gives_the_unbroken_reads_items(tmp_
     command = (f"pipe:sh -c 'if [ -e {marker} ]; then cat {tmp_path}/00000.tar; else touch {marker}; "
                f"head -c 9000 {tmp_path}/00000.tar; echo SlowDown >&2; exit 1; fi' 00000.tar")
     assert [(i.source_id, i.error, i.image) for i in _read(command)] == whole
+
+
+def test_a_failed_command_read_to_its_end_fails_at_close_if_no_read_said_so():
+    """tarfile reads to the end, then closes: the close is where a command's failure must surface,
+    else its cut output would pass for a whole tar."""
+    from implicit_concept.streams import StreamFailed, open_stream
+
+    stream = open_stream("pipe:printf abc; exit 3")
+    assert stream.readinto(buffer := bytearray(16)) == 3 and bytes(buffer[:3]) == b"abc"
+    assert stream.readinto(buffer) == 0
+    with pytest.raises(StreamFailed, match="pipe:printf abc; exit 3.*status 3"):
+        stream.close()
