@@ -6,6 +6,7 @@ rebuilt here from the run and paths, so both places evaluate a method the same w
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from benchmark.methods import REGISTRY, NotImplementedMethod, get_method
 from benchmark.methods.interface import Generator, MethodContext, checked_generator
 from benchmark.methods.plugins import code_sha256
 from benchmark.models.pipeline_identity import model_record, pipeline_source, remember_loaded
-from benchmark.plugin_state import in_working_folder, kept_plugin_state
+from benchmark.plugin_state import in_working_folder, kept_plugin_state, seeded_rngs
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
 from benchmark.sample_grid import method_grid
 from implicit_concept.detector.inference import Detector
@@ -81,6 +82,18 @@ def method_context(run: BenchmarkRun, base: Path, subset: Path, concepts: tuple[
     )
 
 
+def own_context(ctx: MethodContext, work_dir: Path) -> MethodContext:
+    """``ctx`` for one method: its own folder, and its own copies of what the next method and the
+    scoring are given too. The settings tables are the track's (a method that sets
+    ``ctx.settings["esd"]["steps"]`` would change ESD's edit for every method after it), and the
+    detector's thresholds are those every method's images are scored at (a method that lowers them
+    to find more boxes for its own training would change its own ICR and every later method's)."""
+    detector = copy.copy(ctx.detector)
+    if detector is not None:
+        detector.thresholds = dict(ctx.detector.thresholds)
+    return replace(ctx, work_dir=work_dir, settings=copy.deepcopy(ctx.settings), detector=detector)
+
+
 def seeded(ctx: MethodContext, seed: int) -> MethodContext:
     """``ctx`` for one training seed: the seed its fine-tunes are trained with, unless a fine-tune
     sets its own (``FineTune(seed=N)``, a plug-in's choice, kept)."""
@@ -95,10 +108,10 @@ def evaluate_method(
     method = get_method(spec)
     rows = [{"concept": c, "method": method.name, "subset": evaluation.subset, "description": _description(method)}
             for c in ctx.concepts]
-    ctx = replace(ctx, work_dir=ctx.work_dir / (method.name + label))
+    ctx = own_context(ctx, ctx.work_dir / (method.name + label))
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     try:
-        # A plug-in that sets torch's threads, default dtype or grad mode does so for itself; what it prints goes to stderr.
+        # A plug-in that sets torch's threads, default dtype, grad mode or numerics switches does so for itself; what it prints goes to stderr.
         with kept_torch_settings(), plugin_output():
             generator, paths, timings, source = _draw(run, method, ctx, evaluation, label)
     except NotImplementedMethod as e:
@@ -131,7 +144,7 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
     where = f"{evaluation.subset}/{method.name}{label}"
     start = time.perf_counter()
     try:
-        with kept_plugin_state():
+        with kept_plugin_state(), seeded_rngs("build", where):
             built = method.build(ctx)
     except (NotImplementedMethod, ToolkitIOError):  # the latter: the toolkit's own writing failed, not the method
         raise

@@ -19,7 +19,7 @@ from benchmark.plugin_state import kept_plugin_state
 from implicit_concept.concepts import concept
 from implicit_concept.files import atomic_dir, locked
 from implicit_concept.provenance import cache_key, canonical_json
-from implicit_concept.torch_settings import torch_threads
+from implicit_concept.torch_settings import kept_torch_settings, torch_threads
 
 #: Pipeline call arguments the benchmark sets itself, the same for every method being compared, and
 #: those that set the same under another name (a custom ``timesteps`` or ``sigmas`` schedule replaces
@@ -135,7 +135,7 @@ class Method(ABC):
 def declared_finetunes(method: Any, ctx: MethodContext) -> list[FineTune]:
     """``method.finetunes(ctx)`` (none for a plug-in without it), each checked to be a :class:`FineTune`."""
     try:
-        with plugin_output(), kept_plugin_state():
+        with plugin_output(), kept_plugin_state(), kept_torch_settings():
             declared = list(getattr(method, "finetunes", lambda ctx: [])(ctx))
     except NotImplementedMethod:
         return []  # its build says so too: reported as missing, not as a failure

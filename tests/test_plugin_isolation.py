@@ -1,0 +1,150 @@
+"""What one method does to the process or to what it is handed never changes another method's
+results, nor its own on a rerun: torch's numerics switches, the global random generators, the
+track's settings tables and the detector's thresholds."""
+import random
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmark import method_evaluation, stages
+from benchmark.generation import GenerationSettings
+from benchmark.methods import get_method
+from benchmark.methods.interface import FineTune, declared_finetunes
+from benchmark.prompts import Prompt
+from implicit_concept.torch_settings import numerics
+
+#: What lab scripts run at import or in their build for speed or reproducibility.
+FLIPS = ("torch.set_float32_matmul_precision('medium')\ntorch.use_deterministic_algorithms(True)\n"
+         "torch.backends.cudnn.benchmark = True\ntorch.set_flush_denormal(True)\ntorch.autograd.set_detect_anomaly(True)\n")
+
+
+@pytest.fixture
+def lab(tmp_path, monkeypatch):
+    """A lab's working folder: ``lab(name, text)`` writes ``name.py``, importable from it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    written = []
+
+    def write(name, text):
+        (tmp_path / f"{name}.py").write_text(text)
+        written.append(name)
+        return name
+
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)
+
+
+def _run(tmp_path, detector=None):
+    track = SimpleNamespace(seed=0, esd={"steps": 2}, fmn={}, geom_erasing={}, finetune={}, conf=None, quality={"kind": "none"})
+    run = SimpleNamespace(track=track, root=tmp_path / "run", cache=tmp_path, progress=False)
+    ctx = method_evaluation.method_context(run, tmp_path, tmp_path / "icd-qrcode", ("qrcode",), detector)
+    evaluation = method_evaluation.Evaluation("icd-qrcode", [Prompt(0, "a red square", 5)], GenerationSettings(steps=2, image_size=16), detector, [])
+    return run, ctx, evaluation
+
+
+def test_numerics_switches_a_plug_in_flips_are_undone_and_its_fine_tunes_train_under_the_toolkits(lab, tmp_path, monkeypatch):
+    """``set_float32_matmul_precision('medium')`` makes a CPU's oneDNN matmuls bfloat16: a fine-tune
+    trained inside such a build, shared by every method after it, had other weights."""
+    before = numerics()
+    try:
+        lab("fast_lab", "import torch\n" + FLIPS + "from benchmark.methods.interface import Method\n"
+            "class Fast(Method):\n    def build(self, ctx):\n        pass\n"
+            "    def finetunes(self, ctx):\n        " + FLIPS.replace("\n", "\n        ") + "return []\n")
+        get_method("fast_lab:Fast")
+        assert numerics() == before, "what the module did at import stayed"
+        declared_finetunes(get_method("fast_lab:Fast"), None)
+        assert numerics() == before, "what finetunes() did stayed"
+        seen = []
+        monkeypatch.setattr(stages, "finetune", lambda *a, **k: seen.append(numerics()) or tmp_path)
+        _, ctx, _ = _run(tmp_path)
+        exec(FLIPS, {"torch": torch})
+        ctx.finetune(FineTune())
+        assert seen == [before] and numerics() != before, "trained under the build's switches, or the build's not put back"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = False
+        torch.set_flush_denormal(False)
+        torch.autograd.set_detect_anomaly(False)
+
+
+GLOBAL_DRAWS = '''
+import random
+import numpy as np
+import torch
+from PIL import Image
+from benchmark.methods.interface import Generator, Method
+
+DRAWN = []
+
+
+class Adapter(Method):
+    """An adapter started with torch.randn, a sampler that jitters with numpy and random: no generator given."""
+    name = "adapter"
+
+    def build(self, ctx):
+        DRAWN.append((float(torch.randn(1)), float(np.random.rand()), random.random()))
+
+        def sample(**kwargs):
+            value = int(torch.randint(0, 256, (1,))) ^ int(np.random.randint(256)) ^ random.randrange(256)
+            return [Image.new("RGB", (16, 16), (value, 0, 0)) for _ in kwargs["prompt"]]
+
+        return Generator(sample)
+'''
+
+
+def test_a_plug_in_drawing_from_the_global_generators_draws_the_same_whatever_ran_before(lab, tmp_path, monkeypatch):
+    lab("globallab", GLOBAL_DRAWS)
+    scored = (SimpleNamespace(write_json=lambda path: None, images=[]), {"qrcode": {"icr": 0}})
+    monkeypatch.setattr(method_evaluation, "score_generated", lambda *a, **k: scored)
+    monkeypatch.setattr(method_evaluation, "method_grid", lambda *a, **k: None)
+    images = []
+    for before in (0, 1):  # the stages before it (another method, a fine-tune trained or cached) left other states
+        torch.manual_seed(before), np.random.seed(before), random.seed(before)
+        states = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+        run, ctx, evaluation = _run(tmp_path / str(before))
+        method_evaluation.evaluate_method(run, "globallab:Adapter", ctx, evaluation)
+        images.append(Image.open(run.root / "images" / "icd-qrcode" / "adapter" / "0_0.png").getpixel((0, 0)))
+        assert torch.equal(torch.get_rng_state(), states[0]) and (np.random.get_state()[1] == states[1]).all() and random.getstate() == states[2]
+    drawn = sys.modules["globallab"].DRAWN
+    assert drawn[0] == drawn[1] and images[0] == images[1]
+
+
+POKE = '''
+from PIL import Image
+from benchmark.methods.interface import Generator, Method
+
+
+class Poke(Method):
+    """Lowers the detector's thresholds to find more boxes for its own training; edits a settings table."""
+    name = "poke"
+
+    def build(self, ctx):
+        for concept in ctx.detector.thresholds:
+            ctx.detector.thresholds[concept] = 0.01
+        ctx.settings["esd"]["steps"] = 1
+        ctx.settings["fmn"]["steps"] = 1
+        return Generator(lambda **kwargs: [Image.new("RGB", (16, 16))] * len(kwargs["prompt"]))
+'''
+
+
+def test_a_method_changing_the_detectors_thresholds_or_the_settings_tables_changes_them_for_itself_alone(lab, tmp_path, monkeypatch):
+    lab("pokelab", POKE)
+    detector = SimpleNamespace(thresholds={"qrcode": 0.4, "watermark": 0.5, "text": 0.6})
+    scored_at = []
+
+    def score(paths, prompts, detector, *args, **kwargs):
+        scored_at.append(dict(detector.thresholds))
+        return SimpleNamespace(write_json=lambda path: None, images=[]), {"qrcode": {"icr": 0}}
+
+    monkeypatch.setattr(method_evaluation, "score_generated", score)
+    monkeypatch.setattr(method_evaluation, "method_grid", lambda *a, **k: None)
+    run, ctx, evaluation = _run(tmp_path, detector)
+    method_evaluation.evaluate_method(run, "pokelab:Poke", ctx, evaluation)
+    assert scored_at == [{"qrcode": 0.4, "watermark": 0.5, "text": 0.6}] == [detector.thresholds]
+    assert ctx.settings == {"esd": {"steps": 2}, "fmn": {}, "geom_erasing": {}} and run.track.esd == {"steps": 2} and run.track.fmn == {}
