@@ -21,7 +21,7 @@ from benchmark.failures import PLUGIN_ERRORS, MethodFailed, ToolkitIOError, plug
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_prompts
 from benchmark.methods import REGISTRY, NotImplementedMethod, get_method
 from benchmark.methods.interface import Generator, MethodContext, checked_generator
-from benchmark.methods.plugins import code_sha256
+from benchmark.methods.plugins import code_sha256, is_toolkit_class
 from benchmark.models.pipeline_identity import model_record, pipeline_source, remember_loaded
 from benchmark.plugin_state import in_working_folder, kept_plugin_state, seeded_rngs
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
@@ -180,11 +180,17 @@ def plugin_record(spec: str, source: dict[str, Any]) -> dict[str, Any]:
 
 
 def _description(method: Any) -> str:
-    """The method's ``description``, else the first line of its own class docstring."""
+    """The method's ``description``, else the first line of its own class docstring. A plug-in that
+    subclasses a built-in method without a description of its own is not described as that method
+    (np's "the concept's name as negative prompt" for a plug-in that samples with another one)."""
     said = getattr(method, "description", "")
-    if said:
+    by = next((cls for cls in type(method).__mro__ if "description" in cls.__dict__), None)
+    inherited = by is not None and by is not type(method) and is_toolkit_class(by) and not is_toolkit_class(type(method))
+    if said and not inherited:
         return said
     doc = type(method).__dict__.get("__doc__") or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    if doc.strip():
+        return doc.strip().splitlines()[0]
+    return f"{type(method).__name__}, a subclass of {getattr(by, 'name', '') or by.__name__}: {said}" if said else ""
 
 

@@ -252,12 +252,15 @@ def method_sources(method: Any) -> list[tuple[str, Path]]:
     packages (site-packages) and the toolkit itself are not followed."""
     files: dict[str, Path] = {}
     todo: list[tuple[str, Path]] = []
+    plugin = not is_toolkit_class(type(method))
     for cls in type(method).__mro__:
         if cls is object or cls.__module__ == "builtins":
             continue
         top = cls.__module__.split(".")[0]
-        if top in _TOOLKIT and cls is not type(method):
-            continue  # the toolkit's base classes (Method) are the toolkit's, not the method's
+        if top in _TOOLKIT and cls is not type(method) and (not plugin or cls.__module__ == Method.__module__):
+            # The interface (Method) is the toolkit's, not the method's; a built-in method a plug-in
+            # subclasses (its sampler, its edit) is part of the plug-in's code.
+            continue
         found = _module_files(top, sys.modules.get(top)) if top not in _TOOLKIT else None
         if found and not _installed(found[0]):
             todo.append(found)
@@ -285,6 +288,11 @@ def method_sources(method: Any) -> list[tuple[str, Path]]:
                     if str(beside.relative_to(folder)) not in files:
                         todo.append((folder, beside))
     return sorted(files.items())
+
+
+def is_toolkit_class(cls: type) -> bool:
+    """Whether ``cls`` is defined by the toolkit (a built-in method, the interface), not by a plug-in."""
+    return cls.__module__.split(".")[0] in _TOOLKIT
 
 
 def _module_files(top: str, module: Any) -> tuple[Path, Path] | None:
