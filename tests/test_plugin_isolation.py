@@ -78,7 +78,7 @@ import random
 import numpy as np
 import torch
 from PIL import Image
-from benchmark.methods.interface import Generator, Method
+from benchmark.methods.interface import FineTune, Generator, Method
 
 DRAWN = []
 
@@ -88,6 +88,7 @@ class Adapter(Method):
     name = "adapter"
 
     def build(self, ctx):
+        ctx.finetune(FineTune())
         DRAWN.append((float(torch.randn(1)), float(np.random.rand()), random.random()))
 
         def sample(**kwargs):
@@ -104,7 +105,9 @@ def test_a_plug_in_drawing_from_the_global_generators_draws_the_same_whatever_ra
     monkeypatch.setattr(method_evaluation, "score_generated", lambda *a, **k: scored)
     monkeypatch.setattr(method_evaluation, "method_grid", lambda *a, **k: None)
     images = []
-    for before in (0, 1):  # the stages before it (another method, a fine-tune trained or cached) left other states
+    for before in (0, 1):  # the stages before it (another method) left other states; its fine-tune is trained, then cached
+        trains = before == 0
+        monkeypatch.setattr(stages, "finetune", lambda *a, **k: (trains and (torch.manual_seed(7), np.random.seed(7), random.seed(7))) or tmp_path)
         torch.manual_seed(before), np.random.seed(before), random.seed(before)
         states = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
         run, ctx, evaluation = _run(tmp_path / str(before))
