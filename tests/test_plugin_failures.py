@@ -33,12 +33,19 @@ def lab(tmp_path, monkeypatch):
 BASE = "from benchmark.methods.interface import Generator, Method\n"
 
 
-def test_a_plug_in_whose_name_is_a_read_only_property_is_taken_or_refused_by_name(lab):
+def test_a_plug_in_whose_name_is_a_read_only_property_or_frozen_dataclass_field_is_taken_or_refused_by_name(lab):
     lab("propname_ok", BASE + "class P(Method):\n    @property\n    def name(self):\n        return 'prop-ok'\n    def build(self, ctx):\n        pass\n")
     assert get_method("propname_ok:P").name == "prop-ok"
     lab("propname_empty", BASE + "class P(Method):\n    @property\n    def name(self):\n        return ''\n    def build(self, ctx):\n        pass\n")
     with pytest.raises(ValueError, match=r"^--method propname_empty:P: its name is '' and cannot be set to 'P' \(a read-only property\)"):
         get_method("propname_empty:P")
+    lab("frozen_nameless", BASE + "from dataclasses import dataclass\n@dataclass(frozen=True)\nclass F(Method):\n"
+        "    strength: float = 1.0\n    def build(self, ctx):\n        pass\n")
+    with pytest.raises(ValueError, match=r"^--method frozen_nameless:F: its name is '' and cannot be set to 'F' \(a frozen dataclass\)"):
+        get_method("frozen_nameless:F")
+    lab("frozen_named", BASE + "from dataclasses import dataclass\n@dataclass(frozen=True)\nclass F(Method):\n"
+        "    name: str = 'frozen-ok'\n    strength: float = 1.0\n    def build(self, ctx):\n        pass\n")
+    assert get_method("frozen_named:F").name == "frozen-ok"
 
 
 @pytest.mark.parametrize("text, error", [("class Broken(\n    pass\n", "SyntaxError"), ("x = CONFIG['a']\n", "NameError"),

@@ -10,6 +10,7 @@ on, so a plug-in edited since its images were made draws them anew and its resul
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import importlib
 import inspect
@@ -187,8 +188,10 @@ def _named(method: Any, spec: str, default: str, registry: dict[str, Callable[[]
         try:
             method.name = name
         except AttributeError:
+            frozen = dataclasses.is_dataclass(method) and method.__dataclass_params__.frozen
             raise ValueError(f"--method {spec}: its name is {getattr(method, 'name', None)!r} and cannot be set "
-                             f"to {name!r} (a read-only property): give it a name of 1 to 64 letters, digits, '_', '-' and '.'") from None
+                             f"to {name!r} ({'a frozen dataclass' if frozen else 'a read-only property'}): give it a name "
+                             "of 1 to 64 letters, digits, '_', '-' and '.'") from None
     return method
 
 
