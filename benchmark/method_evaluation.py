@@ -10,7 +10,7 @@ import copy
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from PIL import Image
 
@@ -19,6 +19,7 @@ from benchmark.benchmark_run import BenchmarkRun
 from benchmark.evaluation.scorecard import score_generated
 from benchmark.failures import PLUGIN_ERRORS, MethodFailed, ToolkitIOError, plugin_output, toolkit_io
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_prompts
+from benchmark.library_patches import kept_library_functions, without_plugin_replacements
 from benchmark.methods import REGISTRY, NotImplementedMethod, get_method
 from benchmark.methods.interface import Generator, MethodContext, checked_generator
 from benchmark.methods.plugins import code_sha256, is_toolkit_class
@@ -72,14 +73,20 @@ def method_context(run: BenchmarkRun, base: Path, subset: Path, concepts: tuple[
         work_dir=run.root / "methods" / subset.name,
         seed=track.seed,
         # The toolkit's services run under its own torch settings and working folder, not a plug-in's build's (no_grad, float64, chdir).
-        finetune=toolkit_io(under_toolkit_settings(in_working_folder(lambda ft: stages.finetune(run, base, subset, ft, detector)))),
-        load_pipeline=toolkit_io(under_toolkit_settings(in_working_folder(lambda path: remember_loaded(stages.load_pipeline(path))))),
+        finetune=_service(lambda ft: stages.finetune(run, base, subset, ft, detector)),
+        load_pipeline=_service(lambda path: remember_loaded(stages.load_pipeline(path))),
         train_shards=subset / "train",
         settings={"esd": track.esd, "fmn": track.fmn, "geom_erasing": track.geom_erasing},
         detector=detector,
         base=Path(base),
         threads=track.finetune.get("threads"),
     )
+
+
+def _service(call: Callable[..., Any]) -> Callable[..., Any]:
+    """A toolkit service handed to methods: run under the toolkit's torch settings, library functions
+    and working folder, whatever a plug-in's build set around the call; its I/O errors its own."""
+    return toolkit_io(under_toolkit_settings(without_plugin_replacements(in_working_folder(call))))
 
 
 def own_context(ctx: MethodContext, work_dir: Path) -> MethodContext:
@@ -111,8 +118,9 @@ def evaluate_method(
     ctx = own_context(ctx, ctx.work_dir / (method.name + label))
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     try:
-        # A plug-in that sets torch's threads, default dtype, grad mode or numerics switches does so for itself; what it prints goes to stderr.
-        with kept_torch_settings(), plugin_output():
+        # A plug-in that sets torch's threads, default dtype, grad mode or numerics switches, or replaces a library
+        # function, does so for itself; what it prints goes to stderr.
+        with kept_torch_settings(), plugin_output(), kept_library_functions():
             generator, paths, timings, source = _draw(run, method, ctx, evaluation, label)
     except NotImplementedMethod as e:
         return [{**row, "status": f"missing: {e}"} for row in rows], None

@@ -3,6 +3,7 @@ results, nor its own on a rerun: torch's numerics switches, the global random ge
 track's settings tables and the detector's thresholds."""
 import random
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -151,3 +152,82 @@ def test_a_method_changing_the_detectors_thresholds_or_the_settings_tables_chang
     method_evaluation.evaluate_method(run, "pokelab:Poke", ctx, evaluation)
     assert scored_at == [{"qrcode": 0.4, "watermark": 0.5, "text": 0.6}] == [detector.thresholds]
     assert ctx.settings == {"esd": {"steps": 2}, "fmn": {}, "geom_erasing": {}} and run.track.esd == {"steps": 2} and run.track.fmn == {}
+
+
+PATCH_LAB = '''
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from benchmark.methods.interface import FineTune, Generator, Method
+
+ORIGINAL = F.silu
+SEEN = []
+
+
+def damped(x, inplace=False):
+    return ORIGINAL(x) * 0.5
+
+
+class Damped(Method):
+    """Damps the UNet's activations by replacing torch's silu for everyone (research code's way)."""
+    name = "damped"
+
+    def build(self, ctx):
+        F.silu = damped
+        ctx.finetune(FineTune())
+
+        def sample(**kwargs):
+            SEEN.append(F.silu is damped)
+            return [Image.new("RGB", (16, 16))] * len(kwargs["prompt"])
+
+        return Generator(sample)
+'''
+
+
+def test_a_library_function_a_plug_in_replaces_holds_for_its_own_build_and_sampling_alone(lab, tmp_path, monkeypatch):
+    """``AttnProcessor2_0.__call__ = mine`` in a build: the next method (sd) sampled with it, and the
+    fine-tune every method shares was trained with it. At import it would hold for the whole run."""
+    import torch.nn.functional as F
+
+    original, trained_with = F.silu, []
+    lab("patchlab", PATCH_LAB)
+    monkeypatch.setattr(stages, "finetune", lambda *a, **k: trained_with.append(F.silu) or tmp_path)
+    monkeypatch.setattr(method_evaluation, "score_generated", lambda *a, **k: (SimpleNamespace(write_json=lambda path: None, images=[]), {"qrcode": {}}))
+    monkeypatch.setattr(method_evaluation, "method_grid", lambda *a, **k: None)
+    run, ctx, evaluation = _run(tmp_path)
+    try:
+        method_evaluation.evaluate_method(run, "patchlab:Damped", ctx, evaluation)
+        assert sys.modules["patchlab"].SEEN == [True], "its own sampling ran without its replacement"
+        assert trained_with == [original], "the shared fine-tune trained with the plug-in's replacement"
+        assert F.silu is original, "the next method samples with the plug-in's replacement"
+        lab("importpatch", "import torch.nn.functional as F\nORIGINAL = F.silu\ndef fast(x, inplace=False):\n    return ORIGINAL(x)\n"
+            "F.silu = fast\n" + BASE_METHOD)
+        with pytest.raises(ValueError, match=r"^--method importpatch:M: importing it replaced torch\.nn\.functional\.silu "
+                                             r"\(with importpatch\.fast\); every method of the run"):
+            get_method("importpatch:M")
+        assert F.silu is original
+    finally:
+        F.silu = original
+
+
+def test_a_librarys_own_replacement_at_import_is_not_a_plug_ins(lab, tmp_path):
+    """ultralytics replaces ``torch.save`` when first imported, maybe by a plug-in's import: its code
+    lives among the installed packages, so it is not refused."""
+    import sysconfig
+
+    import torch.nn.functional as F
+
+    original = F.silu
+    library_file = str(Path(sysconfig.get_path("purelib")) / "somelib" / "patches.py")
+    (tmp_path / "somelib_stub.py").write_text(
+        "import torch.nn.functional as F\nnamespace = {'F': F}\n"
+        f"exec(compile('def silu(x, inplace=False):\\n    return x\\nF.silu = silu\\n', {library_file!r}, 'exec'), namespace)\n")
+    lab("uses_lib", "import somelib_stub\n" + BASE_METHOD)
+    try:
+        assert get_method("uses_lib:M").name == "M" and F.silu is not original
+    finally:
+        F.silu = original
+        sys.modules.pop("somelib_stub", None)
+
+
+BASE_METHOD = "from benchmark.methods.interface import Method\nclass M(Method):\n    def build(self, ctx):\n        pass\n"

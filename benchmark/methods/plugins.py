@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from benchmark.failures import PLUGIN_ERRORS, MethodFailed, plugin_output
+from benchmark.library_patches import refused_library_replacements
 from benchmark.methods.interface import Method
 from benchmark.plugin_state import kept_plugin_state
 from implicit_concept.files import sha256_file
@@ -68,7 +69,7 @@ def load_method(spec: str, registry: dict[str, Callable[[], Method]]) -> Method:
     :class:`MethodFailed` naming ``--method`` and keeping its own traceback."""
     if spec in registry:
         return registry[spec]()
-    with kept_torch_settings(), plugin_output(), kept_plugin_state():
+    with kept_torch_settings(), plugin_output(), kept_plugin_state(), refused_library_replacements(f"--method {spec}"):
         for ep in entry_points(group="implicit_concept.methods"):
             if ep.name == spec:
                 try:
