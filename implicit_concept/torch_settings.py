@@ -6,7 +6,7 @@ process or a worker, on 2 cores or 64. And code the benchmark does not own (a pl
 pipeline) may change any of these settings; they are put back after it, so the stages that follow
 (scoring, the next method) run as they would have. The numerics switches are those a lab's script
 flips for speed or reproducibility (``torch.set_float32_matmul_precision("high")``, TF32, cuDNN
-autotuning, deterministic algorithms, anomaly mode, flushing denormals): each changes what a
+autotuning, the attention kernels, deterministic algorithms, anomaly mode, flushing denormals): each changes what a
 training step computes (on a CPU, ``"medium"`` makes oneDNN's matmuls bfloat16), so a fine-tune
 every method shares would otherwise depend on which plug-in asked for it first.
 """
@@ -51,15 +51,28 @@ BACKEND_SWITCHES = (
     "cudnn.enabled", "cudnn.benchmark", "cudnn.deterministic", "mkldnn.enabled", "mkldnn.deterministic",
 )
 
+#: The switches ``torch.backends.cuda`` reads and sets through functions (which attention kernels
+#: ``scaled_dot_product_attention`` may pick: each sums in its own order), by (getter, setter).
+SDP_SWITCHES = {
+    "cuda.flash_sdp": ("flash_sdp_enabled", "enable_flash_sdp"),
+    "cuda.mem_efficient_sdp": ("mem_efficient_sdp_enabled", "enable_mem_efficient_sdp"),
+    "cuda.math_sdp": ("math_sdp_enabled", "enable_math_sdp"),
+    "cuda.cudnn_sdp": ("cudnn_sdp_enabled", "enable_cudnn_sdp"),
+    "cuda.fp16_bf16_reduction_math_sdp": ("fp16_bf16_reduction_math_sdp_allowed", "allow_fp16_bf16_reduction_math_sdp"),
+}
+
 
 def numerics() -> dict[str, Any]:
-    """Torch's process-wide numerics switches as they are now (:data:`BACKEND_SWITCHES`, deterministic
-    algorithms, anomaly mode, flushing denormals)."""
+    """Torch's process-wide numerics switches as they are now (:data:`BACKEND_SWITCHES`,
+    :data:`SDP_SWITCHES`, deterministic algorithms, anomaly mode, flushing denormals)."""
     state: dict[str, Any] = {}
     for name in BACKEND_SWITCHES:
         holder, attr = _backend(name)
         if holder is not None:
             state[name] = getattr(holder, attr)
+    for name, (getter, _) in SDP_SWITCHES.items():
+        if hasattr(torch.backends.cuda, getter):
+            state[name] = getattr(torch.backends.cuda, getter)()
     state["deterministic_algorithms"] = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     state["fill_uninitialized_memory"] = torch.utils.deterministic.fill_uninitialized_memory
     state["anomaly"] = (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled())
@@ -82,6 +95,8 @@ def set_numerics(state: dict[str, Any]) -> None:
             torch.autograd.set_detect_anomaly(*value)
         elif name == "flush_denormal":
             torch.set_flush_denormal(value)
+        elif name in SDP_SWITCHES:
+            getattr(torch.backends.cuda, SDP_SWITCHES[name][1])(value)
         else:
             holder, attr = _backend(name)
             setattr(holder, attr, value)

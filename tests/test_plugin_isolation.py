@@ -20,6 +20,7 @@ from implicit_concept.torch_settings import numerics
 
 #: What lab scripts run at import or in their build for speed or reproducibility.
 FLIPS = ("torch.set_float32_matmul_precision('medium')\ntorch.use_deterministic_algorithms(True)\n"
+         "torch.backends.cuda.enable_flash_sdp(False)\n"
          "torch.backends.cudnn.benchmark = True\ntorch.set_flush_denormal(True)\ntorch.autograd.set_detect_anomaly(True)\n")
 
 
@@ -58,6 +59,7 @@ def test_numerics_switches_a_plug_in_flips_are_undone_and_its_fine_tunes_train_u
             "    def finetunes(self, ctx):\n        " + FLIPS.replace("\n", "\n        ") + "return []\n")
         get_method("fast_lab:Fast")
         assert numerics() == before, "what the module did at import stayed"
+        assert torch.backends.cuda.flash_sdp_enabled() and not torch.are_deterministic_algorithms_enabled()
         declared_finetunes(get_method("fast_lab:Fast"), None)
         assert numerics() == before, "what finetunes() did stayed"
         seen = []
@@ -72,6 +74,7 @@ def test_numerics_switches_a_plug_in_flips_are_undone_and_its_fine_tunes_train_u
         torch.backends.cudnn.benchmark = False
         torch.set_flush_denormal(False)
         torch.autograd.set_detect_anomaly(False)
+        torch.backends.cuda.enable_flash_sdp(True)
 
 
 GLOBAL_DRAWS = '''
