@@ -23,6 +23,7 @@ from benchmark.library_patches import kept_library_functions, without_plugin_rep
 from benchmark.methods import REGISTRY, NotImplementedMethod, get_method
 from benchmark.methods.interface import Generator, MethodContext, checked_generator
 from benchmark.methods.plugins import code_sha256, is_toolkit_class
+from benchmark.models.folder_seal import FolderChanged
 from benchmark.models.pipeline_identity import model_record, pipeline_source, remember_loaded
 from benchmark.plugin_state import in_working_folder, kept_plugin_state, seeded_rngs
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
@@ -124,6 +125,11 @@ def evaluate_method(
             generator, paths, timings, source = _draw(run, method, ctx, evaluation, label)
     except NotImplementedMethod as e:
         return [{**row, "status": f"missing: {e}"} for row in rows], None
+    if ctx.base is not None:  # named here, where the method that wrote into it is known
+        try:
+            stages.check_shared(ctx.base)
+        except FolderChanged as e:
+            raise FolderChanged(f"{evaluation.subset}/{method.name}{label} wrote into the base model it was given: {e}") from None
     start = time.perf_counter()
     score = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
     report, scores = score_generated(paths, image_prompts(evaluation.prompts, evaluation.settings), evaluation.detector, score,

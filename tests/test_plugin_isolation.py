@@ -234,3 +234,45 @@ def test_a_librarys_own_replacement_at_import_is_not_a_plug_ins(lab, tmp_path):
 
 
 BASE_METHOD = "from benchmark.methods.interface import Method\nclass M(Method):\n    def build(self, ctx):\n        pass\n"
+
+
+WRITER = '''
+from PIL import Image
+from benchmark.methods.interface import Generator, Method
+
+
+class Writer(Method):
+    """Edits the base and saves it back where it came from (save_pretrained(ctx.base))."""
+    name = "writer"
+
+    def build(self, ctx):
+        (ctx.base / "unet" / "weights.safetensors").write_bytes(b"edited")
+        return Generator(lambda **kwargs: [Image.new("RGB", (16, 16))] * len(kwargs["prompt"]))
+'''
+
+
+def test_a_method_writing_into_the_cached_base_is_named_and_the_base_refused_until_made_again(lab, tmp_path, monkeypatch):
+    """Every fine-tune (keyed by the base's content: trained anew from the edit), the base row and
+    every later run sharing the cache started from the written base, silently."""
+    from benchmark.models.folder_seal import FolderChanged
+
+    base = tmp_path / "cache" / "bases" / "base-x" / "diffusion" / "pipeline"
+    (base / "unet").mkdir(parents=True)
+    (base / "model_index.json").write_text("{}")
+    (base / "unet" / "weights.safetensors").write_bytes(b"weights")
+    monkeypatch.setattr(stages, "published_base", lambda config: None)
+    monkeypatch.setattr(stages, "pretrain_base", lambda *a, **k: base)
+    run = SimpleNamespace(track=SimpleNamespace(base_model_config=lambda: None), cache=tmp_path / "cache", progress=False)
+    assert stages.pretrain_base_model(run) == base and (base.parent / "sealed.json").is_file()
+    lab("writerlab", WRITER)
+    monkeypatch.setattr(method_evaluation, "score_generated", lambda *a, **k: (SimpleNamespace(write_json=lambda path: None, images=[]), {"qrcode": {}}))
+    monkeypatch.setattr(method_evaluation, "method_grid", lambda *a, **k: None)
+    run, ctx, evaluation = _run(tmp_path)
+    ctx = method_evaluation.replace(ctx, base=base)
+    with pytest.raises(FolderChanged, match=rf"^icd-qrcode/writer wrote into the base model it was given: {base}/unet/weights.safetensors: "
+                                            r"changed since the folder was made .*; delete .*diffusion to make it again"):
+        method_evaluation.evaluate_method(run, "writerlab:Writer", ctx, evaluation)
+    with pytest.raises(FolderChanged, match="unet/weights.safetensors: changed since"):
+        stages.load_pipeline(base)  # the next method's ctx.load_pipeline(ctx.base), the next run's base row
+    with pytest.raises(FolderChanged, match="unet/weights.safetensors: changed since"):
+        stages.finetune(run, base, tmp_path / "icd-qrcode", FineTune(), None)
