@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from benchmark.failures import PLUGIN_ERRORS, MethodFailed
 from benchmark.models.pipeline_identity import json_sha256
-from benchmark.plugin_state import kept_plugin_state
+from benchmark.plugin_state import kept_plugin_state, seeded_rngs
 from benchmark.prompts import Prompt
 from implicit_concept.files import atomic_save_image, atomic_write_json
 from implicit_concept.provenance import canonical_json
@@ -185,7 +185,9 @@ def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs)
     """Wrap a diffusers text-to-image pipeline; each image gets its own seeded CPU generator."""
     def generate(prompts: Sequence[str], negatives: Sequence[str], seeds: Sequence[int]) -> list[Image.Image]:
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        with torch.no_grad(), kept_plugin_state():  # a plug-in's pipeline may chdir (images are saved after) or set warnings filters
+        # A plug-in's pipeline may chdir (images are saved after), set warnings filters or draw from the
+        # global generators: seeded by the chunk's image seeds, as the chunks are the same on a resume.
+        with torch.no_grad(), kept_plugin_state(), seeded_rngs("sample", *seeds):
             result = pipeline(
                 prompt=list(prompts),
                 negative_prompt=list(negatives) if any(negatives) else None,

@@ -6,10 +6,11 @@ rebuilt here from the run and paths, so both places evaluate a method the same w
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from PIL import Image
 
@@ -18,11 +19,13 @@ from benchmark.benchmark_run import BenchmarkRun
 from benchmark.evaluation.scorecard import score_generated
 from benchmark.failures import PLUGIN_ERRORS, MethodFailed, ToolkitIOError, plugin_output, toolkit_io
 from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_prompts
+from benchmark.library_patches import kept_library_functions, without_plugin_replacements
 from benchmark.methods import REGISTRY, NotImplementedMethod, get_method
 from benchmark.methods.interface import Generator, MethodContext, checked_generator
-from benchmark.methods.plugins import code_sha256
+from benchmark.methods.plugins import code_sha256, is_toolkit_class
+from benchmark.models.folder_seal import FolderChanged
 from benchmark.models.pipeline_identity import model_record, pipeline_source, remember_loaded
-from benchmark.plugin_state import in_working_folder, kept_plugin_state
+from benchmark.plugin_state import in_working_folder, kept_plugin_state, seeded_rngs
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
 from benchmark.sample_grid import method_grid
 from implicit_concept.detector.inference import Detector
@@ -71,8 +74,8 @@ def method_context(run: BenchmarkRun, base: Path, subset: Path, concepts: tuple[
         work_dir=run.root / "methods" / subset.name,
         seed=track.seed,
         # The toolkit's services run under its own torch settings and working folder, not a plug-in's build's (no_grad, float64, chdir).
-        finetune=toolkit_io(under_toolkit_settings(in_working_folder(lambda ft: stages.finetune(run, base, subset, ft, detector)))),
-        load_pipeline=toolkit_io(under_toolkit_settings(in_working_folder(lambda path: remember_loaded(stages.load_pipeline(path))))),
+        finetune=_service(lambda ft: stages.finetune(run, base, subset, ft, detector)),
+        load_pipeline=_service(lambda path: remember_loaded(stages.load_pipeline(path))),
         train_shards=subset / "train",
         settings={"esd": track.esd, "fmn": track.fmn, "geom_erasing": track.geom_erasing},
         detector=detector,
@@ -80,6 +83,24 @@ def method_context(run: BenchmarkRun, base: Path, subset: Path, concepts: tuple[
         threads=track.finetune.get("threads"),
         progress=run.progress,
     )
+
+
+def _service(call: Callable[..., Any]) -> Callable[..., Any]:
+    """A toolkit service handed to methods: run under the toolkit's torch settings, library functions
+    and working folder, whatever a plug-in's build set around the call; its I/O errors its own."""
+    return toolkit_io(under_toolkit_settings(without_plugin_replacements(in_working_folder(call))))
+
+
+def own_context(ctx: MethodContext, work_dir: Path) -> MethodContext:
+    """``ctx`` for one method: its own folder, and its own copies of what the next method and the
+    scoring are given too. The settings tables are the track's (a method that sets
+    ``ctx.settings["esd"]["steps"]`` would change ESD's edit for every method after it), and the
+    detector's thresholds are those every method's images are scored at (a method that lowers them
+    to find more boxes for its own training would change its own ICR and every later method's)."""
+    detector = copy.copy(ctx.detector)
+    if detector is not None:
+        detector.thresholds = dict(ctx.detector.thresholds)
+    return replace(ctx, work_dir=work_dir, settings=copy.deepcopy(ctx.settings), detector=detector)
 
 
 def seeded(ctx: MethodContext, seed: int) -> MethodContext:
@@ -96,14 +117,20 @@ def evaluate_method(
     method = get_method(spec)
     rows = [{"concept": c, "method": method.name, "subset": evaluation.subset, "description": _description(method)}
             for c in ctx.concepts]
-    ctx = replace(ctx, work_dir=ctx.work_dir / (method.name + label))
+    ctx = own_context(ctx, ctx.work_dir / (method.name + label))
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     try:
-        # A plug-in that sets torch's threads, default dtype or grad mode does so for itself; what it prints goes to stderr.
-        with kept_torch_settings(), plugin_output():
+        # A plug-in that sets torch's threads, default dtype, grad mode or numerics switches, or replaces a library
+        # function, does so for itself; what it prints goes to stderr.
+        with kept_torch_settings(), plugin_output(), kept_library_functions():
             generator, paths, timings, source = _draw(run, method, ctx, evaluation, label)
     except NotImplementedMethod as e:
         return [{**row, "status": f"missing: {e}"} for row in rows], None
+    if ctx.base is not None:  # named here, where the method that wrote into it is known
+        try:
+            stages.check_shared(ctx.base)
+        except FolderChanged as e:
+            raise FolderChanged(f"{evaluation.subset}/{method.name}{label} wrote into the base model it was given: {e}") from None
     start = time.perf_counter()
     score = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
     report, scores = score_generated(paths, image_prompts(evaluation.prompts, evaluation.settings), evaluation.detector, score,
@@ -132,7 +159,7 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
     where = f"{evaluation.subset}/{method.name}{label}"
     start = time.perf_counter()
     try:
-        with kept_plugin_state():
+        with kept_plugin_state(), seeded_rngs("build", where):
             built = method.build(ctx)
     except (NotImplementedMethod, ToolkitIOError):  # the latter: the toolkit's own writing failed, not the method
         raise
@@ -168,11 +195,17 @@ def plugin_record(spec: str, source: dict[str, Any]) -> dict[str, Any]:
 
 
 def _description(method: Any) -> str:
-    """The method's ``description``, else the first line of its own class docstring."""
+    """The method's ``description``, else the first line of its own class docstring. A plug-in that
+    subclasses a built-in method without a description of its own is not described as that method
+    (np's "the concept's name as negative prompt" for a plug-in that samples with another one)."""
     said = getattr(method, "description", "")
-    if said:
+    by = next((cls for cls in type(method).__mro__ if "description" in cls.__dict__), None)
+    inherited = by is not None and by is not type(method) and is_toolkit_class(by) and not is_toolkit_class(type(method))
+    if said and not inherited:
         return said
     doc = type(method).__dict__.get("__doc__") or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    if doc.strip():
+        return doc.strip().splitlines()[0]
+    return f"{type(method).__name__}, a subclass of {getattr(by, 'name', '') or by.__name__}: {said}" if said else ""
 
 

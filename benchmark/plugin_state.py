@@ -1,19 +1,31 @@
 """What code the benchmark does not own may change process-wide besides torch's settings: the working
-folder, which the toolkit's relative paths (``runs/``, ``data/``, the cache) are read from, and the
-warnings filters.
+folder, which the toolkit's relative paths (``runs/``, ``data/``, the cache) are read from, the
+warnings filters, and the global random generators.
 
 A plug-in whose ``build`` runs ``os.chdir`` to call its own scripts, or turns warnings into errors,
 has both put back after each call into its code, so the next method is not failed by a library's
 deprecation warning; and the services it calls (``ctx.finetune``, ``ctx.load_pipeline``) run in the
 toolkit's working folder, so a run's files land in its folder.
+
+A plug-in that draws from the global generators (``torch.randn`` without a generator to start an
+adapter, ``np.random`` in its sampler) would get whatever state the stages before it left: its
+results would change with the methods run before it, with a cached fine-tune not trained this time,
+and on a rerun. Its ``build`` and each chunk of its sampling start from generators seeded by what
+they are (:func:`seeded_rngs`), and the caller's are put back after; the services it calls leave
+its generators as they found them (training seeds them; a cached fine-tune does not train).
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import random
 import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
+
+import numpy as np
+import torch
 
 T = TypeVar("T")
 
@@ -30,13 +42,41 @@ def kept_plugin_state() -> Iterator[None]:
 
 
 def in_working_folder(service: Callable[..., T]) -> Callable[..., T]:
-    """``service`` run in the working folder as it is now (the toolkit's), whatever its caller's is then."""
+    """``service`` run in the working folder as it is now (the toolkit's), whatever its caller's is
+    then, and leaving the caller's global generators as they were: a fine-tune trained now (training
+    seeds them) or found cached leaves a build drawing the same numbers after it."""
     folder = os.getcwd()
 
     @functools.wraps(service)
     def run(*args: Any, **kwargs: Any) -> T:
-        with kept_plugin_state():
+        with kept_plugin_state(), kept_rngs():
             os.chdir(folder)
             return service(*args, **kwargs)
 
     return run
+
+
+@contextmanager
+def kept_rngs() -> Iterator[None]:
+    """Torch's (every initialized device's), numpy's and Python's global generators are put back as
+    they were after the block."""
+    python, numpy = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
+
+
+@contextmanager
+def seeded_rngs(*key: Any) -> Iterator[None]:
+    """The block runs with the global generators seeded from ``key`` (its text), whatever ran before
+    it; what they were is put back after it."""
+    seed = int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "big")
+    with kept_rngs():
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        yield

@@ -171,13 +171,29 @@ def pretrain_base_model(run: BenchmarkRun) -> Path:
     config = run.track.base_model_config()
     published = published_base(config)
     if published is not None:
-        return materialize_base(published, config, run.cache / "bases")
-    return pretrain_base(config, run.cache / "bases", progress=run.progress)
+        base = materialize_base(published, config, run.cache / "bases")
+    else:
+        base = pretrain_base(config, run.cache / "bases", progress=run.progress)
+    check_shared(base, sealing=True)
+    return base
+
+
+def check_shared(folder: Path, sealing: bool = False) -> None:
+    """Refuse a shared model folder of the run or cache that a method wrote into since it was made:
+    the base every fine-tune, every later run and the ``base`` row start from (``ctx.base``), or a
+    fine-tune; known by the seal beside it (``sealing``: sealed now if it has none). A folder of the
+    user's (``--pretrained``) has no seal and is not checked."""
+    folder = Path(folder)
+    record = folder.parent / SEAL_FILE
+    if sealing or record.is_file():
+        check_seal(folder, record, "a method may have written into the model it was given (write a copy under ctx.work_dir "
+                   f"instead); delete {folder.parent} to make it again")
 
 
 def finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune, detector: Detector, may_train: bool = True) -> Path:
     """The fine-tune ``ft`` on ``subset``'s train split, from ``base`` or from the plain fine-tune
     (``ft.start``), cached under :func:`finetune_key`."""
+    check_shared(base)
     if ft.start == "sd":
         base = finetune(run, base, subset, FineTune(seed=ft.seed), detector, may_train)
     config = finetune_config(run.track, ft)
@@ -254,7 +270,8 @@ def finetune_key(base: Path, subset: Path, config: Any, detector: Any) -> str:
 
 
 def load_pipeline(path: Path) -> Any:
-    """A saved pipeline, quiet (no per-step progress bars)."""
+    """A saved pipeline, quiet (no per-step progress bars); a shared one a method wrote into is refused."""
+    check_shared(path)
     pipe = _load(path)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -33,12 +33,19 @@ def lab(tmp_path, monkeypatch):
 BASE = "from benchmark.methods.interface import Generator, Method\n"
 
 
-def test_a_plug_in_whose_name_is_a_read_only_property_is_taken_or_refused_by_name(lab):
+def test_a_plug_in_whose_name_is_a_read_only_property_or_frozen_dataclass_field_is_taken_or_refused_by_name(lab):
     lab("propname_ok", BASE + "class P(Method):\n    @property\n    def name(self):\n        return 'prop-ok'\n    def build(self, ctx):\n        pass\n")
     assert get_method("propname_ok:P").name == "prop-ok"
     lab("propname_empty", BASE + "class P(Method):\n    @property\n    def name(self):\n        return ''\n    def build(self, ctx):\n        pass\n")
     with pytest.raises(ValueError, match=r"^--method propname_empty:P: its name is '' and cannot be set to 'P' \(a read-only property\)"):
         get_method("propname_empty:P")
+    lab("frozen_nameless", BASE + "from dataclasses import dataclass\n@dataclass(frozen=True)\nclass F(Method):\n"
+        "    strength: float = 1.0\n    def build(self, ctx):\n        pass\n")
+    with pytest.raises(ValueError, match=r"^--method frozen_nameless:F: its name is '' and cannot be set to 'F' \(a frozen dataclass\)"):
+        get_method("frozen_nameless:F")
+    lab("frozen_named", BASE + "from dataclasses import dataclass\n@dataclass(frozen=True)\nclass F(Method):\n"
+        "    name: str = 'frozen-ok'\n    strength: float = 1.0\n    def build(self, ctx):\n        pass\n")
+    assert get_method("frozen_named:F").name == "frozen-ok"
 
 
 @pytest.mark.parametrize("text, error", [("class Broken(\n    pass\n", "SyntaxError"), ("x = CONFIG['a']\n", "NameError"),
@@ -262,3 +269,24 @@ def test_a_plug_in_that_changes_the_working_folder_or_warnings_filters_leaves_th
     assert [p.resolve() for p in paths] == [tmp_path / "run" / "images" / "icd-qrcode" / "Wanders" / f"{i}_0.png" for i in (0, 1)]
     assert all(p.resolve().is_file() for p in paths) and not list((tmp_path / "elsewhere").iterdir())
     assert warnings.filters == filters
+
+
+def test_a_plug_in_subclassing_a_built_in_method_is_keyed_by_its_code_and_not_described_as_it(lab):
+    """The built-in's sampler or edit draws the plug-in's images: a toolkit upgrade that changes it
+    draws them anew. And a row of np's subclass sampled with another negative prompt does not say
+    "the concept's name as negative prompt"."""
+    from benchmark.method_evaluation import _description
+    from benchmark.methods.plugins import method_sources
+
+    lab("sublab", "from benchmark.methods.negative_prompt import NegativePrompt\nfrom benchmark.methods.sld import SafeLatentDiffusion\n"
+        "class Wordier(NegativePrompt):\n    name = 'np-wordier'\n"
+        "class Gentler(SafeLatentDiffusion):\n    '''SLD at a gentler preset.'''\n    name = 'sld-gentle'\n"
+        "class Said(SafeLatentDiffusion):\n    name, description = 'sld-said', 'its own words'\n")
+    wordier, gentler = get_method("sublab:Wordier"), get_method("sublab:Gentler")
+    assert {"sublab.py", "benchmark.methods.negative_prompt"} <= set(dict(method_sources(wordier)))
+    assert {"sublab.py", "benchmark.methods.sld"} <= set(dict(method_sources(gentler)))
+    assert "benchmark.methods.interface" not in dict(method_sources(gentler))
+    assert _description(wordier) == f"Wordier, a subclass of np: {get_method('np').description}"
+    assert _description(gentler) == "SLD at a gentler preset."
+    assert _description(get_method("sublab:Said")) == "its own words"
+    assert _description(get_method("np")) == get_method("np").description

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmark.failures import PLUGIN_ERRORS, MethodFailed, plugin_output, toolkit_error
+from benchmark.library_patches import kept_library_functions
 from benchmark.models.pipelines import save_portable_pipeline
 from benchmark.plugin_state import kept_plugin_state
 from implicit_concept.concepts import concept
 from implicit_concept.files import atomic_dir, locked
 from implicit_concept.provenance import cache_key, canonical_json
-from implicit_concept.torch_settings import torch_threads
+from implicit_concept.torch_settings import kept_torch_settings, torch_threads
 
 #: Pipeline call arguments the benchmark sets itself, the same for every method being compared, and
 #: those that set the same under another name (a custom ``timesteps`` or ``sigmas`` schedule replaces
@@ -137,7 +138,7 @@ class Method(ABC):
 def declared_finetunes(method: Any, ctx: MethodContext) -> list[FineTune]:
     """``method.finetunes(ctx)`` (none for a plug-in without it), each checked to be a :class:`FineTune`."""
     try:
-        with plugin_output(), kept_plugin_state():
+        with plugin_output(), kept_plugin_state(), kept_torch_settings(), kept_library_functions():
             declared = list(getattr(method, "finetunes", lambda ctx: [])(ctx))
     except NotImplementedMethod:
         return []  # its build says so too: reported as missing, not as a failure

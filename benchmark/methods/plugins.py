@@ -10,6 +10,7 @@ on, so a plug-in edited since its images were made draws them anew and its resul
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import importlib
 import inspect
@@ -22,6 +23,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from benchmark.failures import PLUGIN_ERRORS, MethodFailed, plugin_output
+from benchmark.library_patches import refused_library_replacements
 from benchmark.methods.interface import Method
 from benchmark.plugin_state import kept_plugin_state
 from implicit_concept.files import sha256_file
@@ -67,7 +69,7 @@ def load_method(spec: str, registry: dict[str, Callable[[], Method]]) -> Method:
     :class:`MethodFailed` naming ``--method`` and keeping its own traceback."""
     if spec in registry:
         return registry[spec]()
-    with kept_torch_settings(), plugin_output(), kept_plugin_state():
+    with kept_torch_settings(), plugin_output(), kept_plugin_state(), refused_library_replacements(f"--method {spec}"):
         for ep in entry_points(group="implicit_concept.methods"):
             if ep.name == spec:
                 try:
@@ -187,8 +189,10 @@ def _named(method: Any, spec: str, default: str, registry: dict[str, Callable[[]
         try:
             method.name = name
         except AttributeError:
+            frozen = dataclasses.is_dataclass(method) and method.__dataclass_params__.frozen
             raise ValueError(f"--method {spec}: its name is {getattr(method, 'name', None)!r} and cannot be set "
-                             f"to {name!r} (a read-only property): give it a name of 1 to 64 letters, digits, '_', '-' and '.'") from None
+                             f"to {name!r} ({'a frozen dataclass' if frozen else 'a read-only property'}): give it a name "
+                             "of 1 to 64 letters, digits, '_', '-' and '.'") from None
     return method
 
 
@@ -252,12 +256,15 @@ def method_sources(method: Any) -> list[tuple[str, Path]]:
     packages (site-packages) and the toolkit itself are not followed."""
     files: dict[str, Path] = {}
     todo: list[tuple[str, Path]] = []
+    plugin = not is_toolkit_class(type(method))
     for cls in type(method).__mro__:
         if cls is object or cls.__module__ == "builtins":
             continue
         top = cls.__module__.split(".")[0]
-        if top in _TOOLKIT and cls is not type(method):
-            continue  # the toolkit's base classes (Method) are the toolkit's, not the method's
+        if top in _TOOLKIT and cls is not type(method) and (not plugin or cls.__module__ == Method.__module__):
+            # The interface (Method) is the toolkit's, not the method's; a built-in method a plug-in
+            # subclasses (its sampler, its edit) is part of the plug-in's code.
+            continue
         found = _module_files(top, sys.modules.get(top)) if top not in _TOOLKIT else None
         if found and not _installed(found[0]):
             todo.append(found)
@@ -285,6 +292,11 @@ def method_sources(method: Any) -> list[tuple[str, Path]]:
                     if str(beside.relative_to(folder)) not in files:
                         todo.append((folder, beside))
     return sorted(files.items())
+
+
+def is_toolkit_class(cls: type) -> bool:
+    """Whether ``cls`` is defined by the toolkit (a built-in method, the interface), not by a plug-in."""
+    return cls.__module__.split(".")[0] in _TOOLKIT
 
 
 def _module_files(top: str, module: Any) -> tuple[Path, Path] | None:

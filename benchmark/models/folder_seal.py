@@ -1,7 +1,8 @@
 """A shared model folder as it was made, and a cheap check that it still is.
 
 Every method is handed the same fine-tune folder by ``ctx.finetune`` (``np``, ``sld``, ``esd`` and
-a lab's plug-in all start from ``sd``), so a method that writes into it (``save_pretrained`` to the
+a lab's plug-in all start from ``sd``), and the same cached base (``ctx.base``, which every fine-tune
+and later run start from), so a method that writes into one (``save_pretrained`` to the
 path it was given) would change what every later method samples, silently. Made, a folder is sealed:
 each file's size, mtime and sha256 beside it. Reused, it is checked by ``stat`` alone; a file whose
 size or mtime moved is hashed again, so a copy that kept the bytes but not the times (``cp -r``)
@@ -15,8 +16,9 @@ from typing import Any
 from implicit_concept.files import atomic_write_json, read_json_object, sha256_file
 
 
-class FolderChanged(RuntimeError):
-    """A sealed folder's files are not the ones it was made with."""
+class FolderChanged(ValueError):
+    """A sealed folder's files are not the ones it was made with (a ``ValueError``: the command says
+    it in one line, naming the file)."""
 
 
 def _files(folder: Path) -> list[Path]:
