@@ -6,6 +6,7 @@ sessions, torchrun's ``torchelastic_*``, ``~/.ray``, caches) are one folder, rem
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -61,3 +62,20 @@ def debug_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("icd-debug")
     build_dataset(load_recipe("icd-debug"), out, workers=1, progress=False)
     return out
+
+
+@pytest.fixture
+def lab(tmp_path, monkeypatch):
+    """A lab's working folder: ``lab(name, text)`` writes ``name.py``, importable from it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    written = []
+
+    def write(name, text):
+        (tmp_path / f"{name}.py").write_text(text)
+        written.append(name)
+        return name
+
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)

@@ -478,7 +478,7 @@ def test_a_full_disk_in_the_toolkits_finetune_is_not_blamed_on_the_method(monkey
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "models" / "x"))
 
     monkeypatch.setattr(stages, "finetune", full)
-    run = SimpleNamespace(root=tmp_path, track=SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}))
+    run = SimpleNamespace(root=tmp_path, track=SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}), progress=False)
     ctx = method_evaluation.method_context(run, tmp_path, tmp_path / "icd-qrcode", ("qrcode",), detector=None)
     evaluation = SimpleNamespace(subset="icd-qrcode")
 

@@ -13,23 +13,6 @@ from benchmark.failures import MethodFailed
 from benchmark.methods import NotImplementedMethod, get_method
 
 
-@pytest.fixture
-def lab(tmp_path, monkeypatch):
-    """A lab's working folder: write ``name.py`` into it; it is importable and the working folder."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    written = []
-
-    def write(name, text):
-        (tmp_path / f"{name}.py").write_text(text)
-        written.append(name)
-        return f"{name}"
-
-    yield write
-    for name in written:
-        sys.modules.pop(name, None)
-
-
 BASE = "from benchmark.methods.interface import Generator, Method\n"
 
 
@@ -95,7 +78,7 @@ def test_the_fine_tuning_service_runs_under_the_toolkits_settings_whatever_build
     monkeypatch.setattr(stages, "load_pipeline", lambda p: seen.append(settings()))
     from types import SimpleNamespace
 
-    run = SimpleNamespace(track=SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}), root=tmp_path)
+    run = SimpleNamespace(track=SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}), root=tmp_path, progress=False)
     ctx = method_evaluation.method_context(run, tmp_path, tmp_path / "icd-qrcode", ("qrcode",), None)
     try:
         with torch.no_grad():

@@ -24,23 +24,6 @@ FLIPS = ("torch.set_float32_matmul_precision('medium')\ntorch.use_deterministic_
          "torch.backends.cudnn.benchmark = True\ntorch.set_flush_denormal(True)\ntorch.autograd.set_detect_anomaly(True)\n")
 
 
-@pytest.fixture
-def lab(tmp_path, monkeypatch):
-    """A lab's working folder: ``lab(name, text)`` writes ``name.py``, importable from it."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    written = []
-
-    def write(name, text):
-        (tmp_path / f"{name}.py").write_text(text)
-        written.append(name)
-        return name
-
-    yield write
-    for name in written:
-        sys.modules.pop(name, None)
-
-
 def _run(tmp_path, detector=None):
     track = SimpleNamespace(seed=0, esd={"steps": 2}, fmn={}, geom_erasing={}, finetune={}, conf=None, quality={"kind": "none"})
     run = SimpleNamespace(track=track, root=tmp_path / "run", cache=tmp_path, progress=False)
@@ -79,6 +62,7 @@ def test_numerics_switches_a_plug_in_flips_are_undone_and_its_fine_tunes_train_u
 
 GLOBAL_DRAWS = '''
 import random
+import sys
 import numpy as np
 import torch
 from PIL import Image
