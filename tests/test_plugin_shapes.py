@@ -13,7 +13,6 @@ from benchmark.models.pipelines import load_pipeline
 from benchmark.track import TrackError, load_track
 from benchmark.track_check import check_track
 from tests.test_handovers import MICRO, _judging, saved, unscored  # noqa: F401 (fixtures)
-from tests.test_plugin_failures import lab  # noqa: F401 (fixture)
 
 
 def _refit(folder, **fields):
