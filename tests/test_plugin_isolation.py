@@ -35,6 +35,7 @@ def _run(tmp_path, detector=None):
 def test_numerics_switches_a_plug_in_flips_are_undone_and_its_fine_tunes_train_under_the_toolkits(lab, tmp_path, monkeypatch):
     """``set_float32_matmul_precision('medium')`` makes a CPU's oneDNN matmuls bfloat16: a fine-tune
     trained inside such a build, shared by every method after it, had other weights."""
+    _default_numerics()  # whatever an earlier test in this process left
     before = numerics()
     try:
         lab("fast_lab", "import torch\n" + FLIPS + "from benchmark.methods.interface import Method\n"
@@ -52,12 +53,17 @@ def test_numerics_switches_a_plug_in_flips_are_undone_and_its_fine_tunes_train_u
         ctx.finetune(FineTune())
         assert seen == [before] and numerics() != before, "trained under the build's switches, or the build's not put back"
     finally:
-        torch.set_float32_matmul_precision("highest")
-        torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.benchmark = False
-        torch.set_flush_denormal(False)
-        torch.autograd.set_detect_anomaly(False)
-        torch.backends.cuda.enable_flash_sdp(True)
+        _default_numerics()
+
+
+def _default_numerics():
+    """Torch's own defaults for the switches :data:`FLIPS` sets."""
+    torch.set_float32_matmul_precision("highest")
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = False
+    torch.set_flush_denormal(False)
+    torch.autograd.set_detect_anomaly(False)
+    torch.backends.cuda.enable_flash_sdp(True)
 
 
 GLOBAL_DRAWS = '''
