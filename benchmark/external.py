@@ -30,7 +30,7 @@ from benchmark.published_models import is_published
 from benchmark.track import Track
 from builders.recipe import recipe_name
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import atomic_write_json, locked, read_json_object, sha256_file
+from implicit_concept.files import atomic_write_json, locked, read_json_object, sha256_file, within
 from implicit_concept.geom_erasing.location_tokens import tokens_not_held
 from implicit_concept.geom_erasing.training_target import METADATA_FILE, negative_prompt_for
 from implicit_concept.image_decode import open_image
@@ -132,8 +132,7 @@ def _check_out_apart(out: Path, pipeline_dir: Path) -> None:
     would be written into the lab's folder (a benchmark fine-tune's, sealed when made, would then be
     refused by every method that asks for it). One holding it (``runs/mine`` for
     ``runs/mine/pipeline``) writes beside it and is fine."""
-    real_out, real_pipeline = out.resolve(), pipeline_dir.resolve()
-    if real_out == real_pipeline or real_pipeline in real_out.parents:
+    if within(out, pipeline_dir):
         raise ValueError(f"--out {out}: is or lies inside the pipeline folder {pipeline_dir}, which scoring would write into; "
                          "choose a folder outside it")
 

@@ -34,7 +34,7 @@ from builders.shard_table import SCHEMA, parquet_bytes, table_metadata
 from builders.source_screen import detector_fingerprint
 from implicit_concept.files import (
     MISSING, TEMPORARY_MARK, FolderClaimError, atomic_write_bytes, atomic_write_json, claim, json_changes, locked,
-    out_of_space, read_json_object,
+    out_of_space, read_json_object, within,
 )
 from implicit_concept.provenance import environment
 
@@ -276,8 +276,7 @@ def _check_not_in_source(out: Path, builder: ShardBuilder) -> None:
     root = getattr(builder.source, "root", None)
     if root is None:
         return
-    here, there = out.resolve(), Path(root).resolve()
-    if here == there or there in here.parents:
+    if within(out, root):
         raise BuildError(f"{out}: is inside the source folder {root}; the build would read its own outputs. Choose an {OUT} outside it")
 
 

@@ -242,16 +242,20 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json_text(obj))
 
 
+def within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it, symlinks followed: the one test behind every
+    refusal to write into what is read."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
 def check_apart(out: Path, option: str, inputs: dict[str, Any]) -> None:
     """Refuse an output folder that is, holds or lies inside one of ``inputs`` (name -> path; other
     values, such as in-memory images, are skipped): writing or replacing it would destroy what it reads."""
-    out = Path(out).resolve()
     for name, value in inputs.items():
-        if not isinstance(value, (str, Path)):
-            continue
-        path = Path(value).resolve()
-        if out == path or out in path.parents or path in out.parents:
-            raise ValueError(f"{option} {out}: overlaps {name} {path}; write it to a folder apart from its inputs")
+        if isinstance(value, (str, Path)) and (within(out, value) or within(value, out)):
+            raise ValueError(f"{option} {Path(out).resolve()}: overlaps {name} {Path(value).resolve()}; "
+                             "write it to a folder apart from its inputs")
 
 
 @contextmanager
