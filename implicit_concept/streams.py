@@ -24,8 +24,9 @@ EXIT_SECONDS = 10.0
 #: What of a failed command's stderr ends its error.
 STDERR_TAIL_BYTES = 600
 
-#: ``curl`` as webdataset's ``gopen`` runs it for http(s), with ``-S``: its error text on stderr.
-CURL = ("curl", "--connect-timeout", "30", "--retry", "30", "--retry-delay", "2", "-f", "-s", "-S", "-L")
+#: ``curl`` as webdataset's ``gopen`` runs it for http(s), with ``-S`` (its error text on stderr) and
+#: ``--netrc-optional`` (credentials from ``~/.netrc``, never from a URL a recipe records).
+CURL = ("curl", "--netrc-optional", "--connect-timeout", "30", "--retry", "30", "--retry-delay", "2", "-f", "-s", "-S", "-L")
 
 #: Exit statuses of a command whose output was closed before its end (SIGPIPE; curl's write error).
 _CLOSED_EARLY = {141, -13}

@@ -3,6 +3,7 @@
 links are resolved or counted."""
 from __future__ import annotations
 
+import base64
 import functools
 import http.server
 import io
@@ -382,3 +383,54 @@ def test_a_failed_command_read_to_its_end_fails_at_close_if_no_read_said_so():
     assert stream.readinto(buffer) == 0
     with pytest.raises(StreamFailed, match="pipe:printf abc; exit 3.*status 3"):
         stream.close()
+
+
+class _Guarded(http.server.BaseHTTPRequestHandler):
+    """Serves ``tar`` only to a request carrying user ``lab``'s password (HTTP Basic)."""
+
+    tar = b""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        if self.headers.get("Authorization") != "Basic " + base64.b64encode(b"lab:s3cret").decode():
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="shards"')
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.tar)))
+        self.end_headers()
+        self.wfile.write(self.tar)
+
+
+def test_credentials_are_read_from_netrc_and_a_url_holding_them_is_refused_unshown(tmp_path, monkeypatch):
+    _source_tars(tmp_path)
+    _Guarded.tar = (tmp_path / "00000.tar").read_bytes()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Guarded)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    try:
+        for url in (f"http://lab:s3cret@127.0.0.1:{port}/00000.tar", f"https://lab@127.0.0.1:{port}/{{00000..00001}}.tar"):
+            with pytest.raises(ValueError, match=r"holds a user or password, which the recipe.*~/\.netrc") as refused:
+                WebDatasetConfig(url)
+            assert "s3cret" not in str(refused.value) and "lab@" not in str(refused.value)
+            assert f"***@127.0.0.1:{port}/" in str(refused.value)
+        with pytest.raises(Exception, match="holds a user or password") as refused:
+            parse_recipe(_recipe(f"http://lab:s3cret@127.0.0.1:{port}/00000.tar"))
+        assert "s3cret" not in str(refused.value)
+        [without] = _read(f"http://127.0.0.1:{port}/00000.tar")
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / ".netrc").write_text("machine 127.0.0.1 login lab password s3cret\n")
+        (home / ".netrc").chmod(0o600)
+        monkeypatch.setenv("HOME", str(home))
+        with_netrc = _read(f"http://127.0.0.1:{port}/00000.tar")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert without.error == "unreadable_tar" and "401" in without.detail
+    assert [i.error for i in with_netrc] == [None] * 6 + ["no_image"]

@@ -106,6 +106,8 @@ class WebDatasetConfig:
         other = [u for u in urls if "://" in u and not u.startswith(STREAM_PREFIXES)]
         if other:
             raise ValueError(f"urls: {other[0]!r}: local paths, pipe: commands and http(s) URLs are read, nothing else")
+        for url in urls:
+            _refuse_credentials(url)
         object.__setattr__(self, "urls", tuple(urls))
         object.__setattr__(self, "test_fraction", check_fraction("test_fraction", self.test_fraction))
         keys = self.image_keys
@@ -350,6 +352,19 @@ def _loose_record(member: LooseMember) -> tuple[str, str]:
 def tar_paths(config: WebDatasetConfig) -> list[str]:
     """The tars ``urls`` names, in shard order (whether or not they exist here)."""
     return expand_tars(config.urls)
+
+
+def _refuse_credentials(url: str) -> None:
+    """A user or password in a URL would be published: the recipe, the dataset card and the records
+    of a build all hold its source as given. curl finds them in ``~/.netrc`` instead."""
+    if not url.startswith(("http://", "https://")):
+        return
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return
+    shown = parts._replace(netloc=f"***@{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}").geturl()
+    raise ValueError(f"urls: {shown!r}: holds a user or password, which the recipe, the dataset card and the build's records "
+                     "would publish; put them in ~/.netrc (curl reads it) and leave them out of the URL")
 
 
 def expand_tars(patterns: tuple[str, ...] | list[str], field: str = "urls") -> list[str]:
