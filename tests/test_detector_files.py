@@ -26,6 +26,7 @@ from implicit_concept.detector.inference import Detector, DetectorError
 from implicit_concept.detector.training import DetectorScale, ScaleError, train_detector
 from implicit_concept.detector.yolo_env import import_ultralytics
 from implicit_concept.image_stream import ImageReadError, load_image
+from implicit_concept.torch_settings import kept_torch_settings
 from tests.test_detection import TRAINABLE, _solid, _write_shards
 
 #: A few seconds on one CPU core: enough to exercise every ultralytics call the detector makes.
@@ -319,10 +320,11 @@ def attacked_training(tmp_path_factory):
         images = [_solid(red).resize((64, 64)) for red in (0, 10, 20, 30)]
         detections = (getattr(trained, "detector", None), loaded.detect_many(images, conf=0.001))
         import_ultralytics()
-        probe = importlib.import_module("ultralytics.models.yolo.detect").DetectionTrainer(overrides={
-            "model": TINY.model, "data": str(dataset.data_yaml), "imgsz": TINY.imgsz, "epochs": 1, "device": "cpu",
-            "project": str(root / "probe"), "name": "trainer", "exist_ok": True, "verbose": False,
-        })
+        with kept_torch_settings():  # a trainer made and never trained leaves deterministic algorithms on
+            probe = importlib.import_module("ultralytics.models.yolo.detect").DetectionTrainer(overrides={
+                "model": TINY.model, "data": str(dataset.data_yaml), "imgsz": TINY.imgsz, "epochs": 1, "device": "cpu",
+                "project": str(root / "probe"), "name": "trainer", "exist_ok": True, "verbose": False,
+            })
         api_key_seen = os.environ.get("ULTRALYTICS_API_KEY")
     return SimpleNamespace(out=out, trained=trained, loaded=loaded, images=images, detections=detections,
                            markers=markers, calls=calls, probe=probe, api_key_seen=api_key_seen, dataset=dataset,
