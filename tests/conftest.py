@@ -2,7 +2,10 @@
 namespace of their own), on one torch thread (the models under test are micro, and on a loaded
 2-core machine two threads were measured 10x slower), and write only into temporary folders: the
 home folder and the temporary folder of this process and of every process it starts (Ray's
-sessions, torchrun's ``torchelastic_*``, ``~/.ray``, caches) are one folder, removed at the end."""
+sessions, torchrun's ``torchelastic_*``, ``~/.ray``, caches) are one folder, removed at the end.
+
+No test may leave torch's process-wide settings changed (:func:`torch_settings_kept`): a test after
+it would run under them, and pass or fail by the order the suite runs in."""
 import os
 import shutil
 import socket
@@ -12,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from implicit_concept.torch_settings import numerics, set_numerics
 
 torch.set_num_threads(1)
 
@@ -79,3 +84,47 @@ def lab(tmp_path, monkeypatch):
     yield write
     for name in written:
         sys.modules.pop(name, None)
+
+
+def _torch_settings():
+    """Torch's process-wide settings: threads, default dtype and device, grad and inference mode, and
+    the numerics switches (deterministic algorithms, matmul precision and TF32, anomaly mode...)."""
+    return {"threads": torch.get_num_threads(), "default dtype": torch.get_default_dtype(),
+            "default device": torch.get_default_device(), "grad mode": torch.is_grad_enabled(),
+            "inference mode": torch.is_inference_mode_enabled(), **numerics()}
+
+
+def _put_back(state):
+    torch.set_num_threads(state["threads"])
+    torch.set_default_dtype(state["default dtype"])
+    torch.set_default_device(None if state["default device"].type == "cpu" else state["default device"])
+    torch.set_grad_enabled(state["grad mode"])
+    set_numerics({k: v for k, v in state.items() if k not in _TORCH_SETTINGS_OWN})
+
+
+_TORCH_SETTINGS = _torch_settings()
+_TORCH_SETTINGS_OWN = ("threads", "default dtype", "default device", "grad mode", "inference mode")
+_last_test = ["(none yet)"]
+
+
+def _changed(before, after):
+    return ", ".join(f"{k}: {before[k]!r} -> {after.get(k)!r}" for k in before if after.get(k) != before[k])
+
+
+@pytest.fixture(autouse=True)
+def torch_settings_kept(request):
+    """Fails a test that leaves torch's process-wide settings changed, or that starts with them
+    changed (by a fixture of wider scope it uses, or the test before it), and puts them back so the
+    next test starts as the suite began."""
+    now = _torch_settings()
+    if now != _TORCH_SETTINGS:
+        _put_back(_TORCH_SETTINGS)
+        pytest.fail(f"torch's settings changed after {_last_test[0]} ended and before this test started (a module- or "
+                    f"session-scoped fixture set up or torn down between them): {_changed(_TORCH_SETTINGS, now)}")
+    yield
+    _last_test[0] = request.node.nodeid
+    after = _torch_settings()
+    if after != _TORCH_SETTINGS:
+        _put_back(_TORCH_SETTINGS)
+        pytest.fail(f"{request.node.nodeid} left torch's settings changed: {_changed(_TORCH_SETTINGS, after)}; "
+                    "put them back (implicit_concept.torch_settings.kept_torch_settings)")

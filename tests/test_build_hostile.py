@@ -13,8 +13,8 @@ import subprocess
 import sys
 import tarfile
 import zlib
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
@@ -229,7 +229,7 @@ def test_verify_checks_a_build_against_its_recorded_plan_not_the_source_now(buil
 
 def test_keys_past_the_index_width_sort_and_read_back():
     from builders.shard_builder import key_index
-    recipe = SimpleNamespace(shard_size=1000)  # all a key depends on
+    recipe = replace(load_recipe("icd-debug"), shard_size=1000)  # all a key depends on
     for shard_id in (0, 7, 99999, 100000, 231349):
         unit = WorkUnit("qr", "train", shard_id)
         indices = [0, 1, 9998, 9999, 10000, 10001, 99999, 100000, 123456, 999999999]
@@ -246,7 +246,7 @@ def test_verify_accepts_the_writers_shard_names_and_keys_past_99999():
     assert _SHARD_PATH.fullmatch("qr/train/100000.tar") and _SHARD_PATH.fullmatch("qr/test/99999.tar")
     assert not _SHARD_PATH.fullmatch("qr/train/0100000.tar")
     from builders.verify import _key_index, _Problems, _ShardContents, VerifyReport
-    recipe = SimpleNamespace(shard_size=1000)  # all a key depends on
+    recipe = replace(load_recipe("icd-debug"), shard_size=1000)  # all a key depends on
     unit = WorkUnit("qr", "train", 100000)
     report = VerifyReport()
     problems = _Problems(report)
@@ -288,7 +288,6 @@ def test_a_tar_with_more_items_than_the_key_width_builds_and_verifies(tmp_path):
 _LOCKED_BUILD = r"""
 import json, sys
 from pathlib import Path
-from types import SimpleNamespace
 import pyarrow.parquet as pq
 from builders.build import build_dataset
 from builders.recipe import parse_recipe

@@ -664,9 +664,8 @@ def test_a_pretrained_tracks_images_are_no_larger_than_a_recipe_makes():
 def test_too_few_captions_for_the_detectors_background_images_is_refused_once_the_dataset_is_built(tmp_path, monkeypatch):
     """detector_backgrounds + detector_calibration over icd-mixed's train captions was found after
     the base's training; now right after the dataset stage, unless --detector makes them unneeded."""
-    from types import SimpleNamespace
-
     from benchmark import stages
+    from tests.real_runs import real_run
 
     monkeypatch.setattr(stages, "build_dataset", lambda recipe, out, **kw: None)
     monkeypatch.setattr(stages, "require_verified", lambda out: None)
@@ -674,12 +673,12 @@ def test_too_few_captions_for_the_detectors_background_images_is_refused_once_th
     train.mkdir(parents=True)
     (train / "00000_stats.json").write_text(json.dumps({"successes": 10}))
     (train / "00001_stats.json").write_text(json.dumps({"successes": 5}))
-    run = SimpleNamespace(track=load_track("debug"), source=None, data_root=tmp_path, workers=0, progress=False, detector=None)
+    run = real_run(tmp_path / "run", load_track("debug"), source=None, data_root=tmp_path, workers=0, detector=None)
     with pytest.raises(ValueError, match=re.escape(f"{train}: the train split holds 15 captions, and this track's "
                                                    "detector_backgrounds + detector_calibration is 16")):
         stages.dataset(run)
-    assert stages.dataset(SimpleNamespace(**{**vars(run), "track": load_track("debug", {"detector_calibration": 7})})) == tmp_path / "icd-debug"
-    assert stages.dataset(SimpleNamespace(**{**vars(run), "detector": tmp_path / "theirs"})) == tmp_path / "icd-debug"
+    assert stages.dataset(replace(run, track=load_track("debug", {"detector_calibration": 7}))) == tmp_path / "icd-debug"
+    assert stages.dataset(replace(run, detector=tmp_path / "theirs")) == tmp_path / "icd-debug"
 
 
 @pytest.mark.parametrize("overrides,named,nearest", [

@@ -26,6 +26,8 @@ from implicit_concept.detector.inference import Detector, DetectorError
 from implicit_concept.detector.training import DetectorScale, ScaleError, train_detector
 from implicit_concept.detector.yolo_env import import_ultralytics
 from implicit_concept.image_stream import ImageReadError, load_image
+from implicit_concept.torch_settings import kept_torch_settings
+from tests.real_runs import real_run
 from tests.test_detection import TRAINABLE, _solid, _write_shards
 
 #: A few seconds on one CPU core: enough to exercise every ultralytics call the detector makes.
@@ -140,7 +142,7 @@ def test_every_command_taking_a_detector_refuses_a_pt(tmp_path, capsys):
     assert main(["score-pipeline", str(tmp_path / "pipeline"), "--detector", str(evil), "--out", str(tmp_path / "sp")]) == 2
     assert capsys.readouterr().err.count("evil.pt: a .pt file is a pickle") == 3
     with pytest.raises(DetectorError, match=r"evil\.pt: .*pickle"):
-        stages.detector(SimpleNamespace(detector=evil, cache=tmp_path / "cache"), tmp_path / "data")
+        stages.detector(real_run(tmp_path / "run", detector=evil, cache=tmp_path / "cache"), tmp_path / "data")
     assert not marker.exists()
 
 
@@ -229,7 +231,7 @@ def test_a_cached_detector_whose_weights_changed_is_refused_naming_the_file(tmp_
     dataset = tmp_path / "data" / "icd-debug"
     dataset.mkdir(parents=True)
     (dataset / "checksums.sha256").write_text(f"{'0' * 64}  icd-mixed/train/00000.tar\n")
-    run = SimpleNamespace(detector=None, cache=tmp_path / "cache", track=SimpleNamespace(detector_scale="debug", detector_backgrounds=0, detector_calibration=0))
+    run = real_run(tmp_path / "run", {"detector_scale": "debug", "detector_backgrounds": 0, "detector_calibration": 0}, cache=tmp_path / "cache")
     cached = _random_detector(stages.detector_dir(run, stages.detector_identity(run, dataset)))
     assert stages.detector(run, dataset).path == cached / WEIGHTS_NAME, "the cached detector is used, not retrained"
     weights = bytearray((cached / WEIGHTS_NAME).read_bytes())
@@ -319,10 +321,11 @@ def attacked_training(tmp_path_factory):
         images = [_solid(red).resize((64, 64)) for red in (0, 10, 20, 30)]
         detections = (getattr(trained, "detector", None), loaded.detect_many(images, conf=0.001))
         import_ultralytics()
-        probe = importlib.import_module("ultralytics.models.yolo.detect").DetectionTrainer(overrides={
-            "model": TINY.model, "data": str(dataset.data_yaml), "imgsz": TINY.imgsz, "epochs": 1, "device": "cpu",
-            "project": str(root / "probe"), "name": "trainer", "exist_ok": True, "verbose": False,
-        })
+        with kept_torch_settings():  # a trainer made and never trained leaves deterministic algorithms on
+            probe = importlib.import_module("ultralytics.models.yolo.detect").DetectionTrainer(overrides={
+                "model": TINY.model, "data": str(dataset.data_yaml), "imgsz": TINY.imgsz, "epochs": 1, "device": "cpu",
+                "project": str(root / "probe"), "name": "trainer", "exist_ok": True, "verbose": False,
+            })
         api_key_seen = os.environ.get("ULTRALYTICS_API_KEY")
     return SimpleNamespace(out=out, trained=trained, loaded=loaded, images=images, detections=detections,
                            markers=markers, calls=calls, probe=probe, api_key_seen=api_key_seen, dataset=dataset,

@@ -5,13 +5,13 @@ import json
 import os
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from benchmark import stages
 from benchmark.methods.interface import FineTune
 from benchmark.models.folder_seal import FolderChanged, check_seal, seal
+from tests.real_runs import real_run
 
 
 def _folder(root: Path) -> Path:
@@ -72,7 +72,7 @@ def test_a_method_that_writes_into_the_fine_tune_it_was_given_is_caught_before_a
 
     monkeypatch.setattr(stages, "train", train)
     monkeypatch.setattr(stages, "finetune_key", lambda base, subset, config, detector: "key")
-    run = SimpleNamespace(track=SimpleNamespace(finetune={"steps": 1}, seed=0), root=tmp_path, progress=False)
+    run = real_run(tmp_path, {"finetune": {"steps": 1}, "seed": 0})
     made = stages.finetune(run, Path("base"), Path("sub"), FineTune(), detector=None)
     assert stages.finetune(run, Path("base"), Path("sub"), FineTune(), detector=None) == made and len(trained) == 1
     shutil.copyfile(made / "model_index.json", made / "unet" / "weights.safetensors")  # a plug-in's save_pretrained(made)
@@ -118,7 +118,7 @@ def test_a_fine_tune_is_sealed_when_trained_so_a_write_before_its_first_reuse_is
     other asks: the seal is the folder as trained, not as the first reuse finds it."""
     monkeypatch.setattr(stages, "train", lambda base, data, out, config, **kw: _folder(out / stages.PIPELINE_DIR))
     monkeypatch.setattr(stages, "finetune_key", lambda base, subset, config, detector: "key")
-    run = SimpleNamespace(track=SimpleNamespace(finetune={"steps": 1}, seed=0), root=tmp_path, progress=False)
+    run = real_run(tmp_path, {"finetune": {"steps": 1}, "seed": 0})
     made = stages.finetune(run, Path("base"), Path("sub"), FineTune(), detector=None)
     assert (made.parent / stages.SEAL_FILE).is_file()
     (made / "unet" / "weights.safetensors").write_bytes(b"saved by a method")

@@ -11,7 +11,6 @@ import tarfile
 import textwrap
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -473,14 +472,15 @@ def test_workers_whose_parent_is_killed_while_they_import_end_too(tmp_path):
 def test_a_full_disk_in_the_toolkits_finetune_is_not_blamed_on_the_method(monkeypatch, tmp_path):
     from benchmark import method_evaluation, stages
     from benchmark.failures import MethodFailed, ToolkitIOError
+    from tests.real_runs import real_run
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "models" / "x"))
 
     monkeypatch.setattr(stages, "finetune", full)
-    run = SimpleNamespace(root=tmp_path, track=SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}), progress=False)
+    run = real_run(tmp_path, track={"seed": 0, "esd": {}, "fmn": {}, "geom_erasing": {}, "finetune": {}})
     ctx = method_evaluation.method_context(run, tmp_path, tmp_path / "icd-qrcode", ("qrcode",), detector=None)
-    evaluation = SimpleNamespace(subset="icd-qrcode")
+    evaluation = method_evaluation.Evaluation("icd-qrcode", [], method_evaluation.GenerationSettings(), None, [])
 
     class UsesFinetune:
         name = "uses-finetune"

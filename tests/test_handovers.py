@@ -24,6 +24,7 @@ from benchmark.models.pretrained_check import check_pretrained
 from benchmark.track import load_track
 from implicit_concept.files import locked
 from implicit_concept.geom_erasing.location_tokens import add_tokens
+from tests.real_runs import real_run
 from tests.test_benchmark_io import _FakeReport
 
 MICRO = TinyPipelineConfig(image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True),
@@ -239,8 +240,8 @@ def test_a_plug_ins_row_is_recorded_with_its_spec_code_and_in_memory_edits(saved
     scored = (SimpleNamespace(write_json=lambda path: None, images=[]), {"qrcode": {"icr": 1}})
     monkeypatch.setattr(method_evaluation, "score_generated", lambda *a, **k: scored)
     monkeypatch.setattr(method_evaluation, "method_grid", lambda *a, **k: None)
-    track = SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}, conf=None, quality={"kind": "none"})
-    run = SimpleNamespace(track=track, root=tmp_path / "run", cache=tmp_path, progress=False)
+    track = {"seed": 0, "esd": {}, "fmn": {}, "geom_erasing": {}, "finetune": {}, "conf": None, "quality": {"kind": "none"}}
+    run = real_run(tmp_path / "run", track, cache=tmp_path)
     ctx = method_evaluation.method_context(run, tmp_path, tmp_path / "icd-qrcode", ("qrcode",), None)
     evaluation = method_evaluation.Evaluation("icd-qrcode", [Prompt(0, "a red square", 5)], GenerationSettings(steps=2, image_size=16), None, [])
     try:
@@ -255,8 +256,6 @@ def test_a_plug_ins_row_is_recorded_with_its_spec_code_and_in_memory_edits(saved
 def test_a_methods_negative_prompt_is_what_its_pipeline_is_sampled_with(tmp_path):
     """The row records ``generator.negative_prompt`` by itself; the images must be drawn with it too,
     or a method's negative prompt (np's, a plug-in's) is recorded but never used."""
-    from types import SimpleNamespace
-
     from benchmark import method_evaluation
     from benchmark.generation import GenerationSettings
     from benchmark.methods.interface import Generator
@@ -275,8 +274,7 @@ def test_a_methods_negative_prompt_is_what_its_pipeline_is_sampled_with(tmp_path
         def build(self, ctx):
             return Generator(Recording(), negative_prompt=f"{ctx.phrase}, logo, signature, caption")
 
-    track = SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={})
-    run = SimpleNamespace(track=track, root=tmp_path / "run", cache=tmp_path, progress=False)
+    run = real_run(tmp_path / "run", {"seed": 0, "esd": {}, "fmn": {}, "geom_erasing": {}, "finetune": {}}, cache=tmp_path)
     ctx = method_evaluation.method_context(run, tmp_path, tmp_path / "icd-qrcode", ("qrcode",), None)
     evaluation = method_evaluation.Evaluation("icd-qrcode", [Prompt(0, "a red square", 5)], GenerationSettings(steps=2, image_size=16), None, [])
     generator, paths, _, _ = method_evaluation._draw(run, Wordy(), ctx, evaluation, "")
@@ -368,8 +366,6 @@ def test_a_negative_prompt_naming_tokens_the_folders_tokenizer_lacks_is_refused(
 def test_on_a_per_subset_track_a_handed_over_model_names_its_subset_and_is_prompted_as_the_benchmark_prompts_it(debug_dataset, tmp_path):
     """The paper track prompts each subset's model with that subset's test captions: score-pipeline
     and score-images take the same prompts (and score that subset's concepts) with --subset."""
-    from types import SimpleNamespace
-
     from benchmark.method_evaluation import evaluation_prompts
 
     paper = load_track("paper")
@@ -379,7 +375,7 @@ def test_on_a_per_subset_track_a_handed_over_model_names_its_subset_and_is_promp
         external.Judging(track=paper, detector=None, reference=None, cache=tmp_path, subset="icd-mixed")
     test = debug_dataset / "icd-text" / "test"
     judging = external.Judging(track=paper, detector=None, reference=None, cache=tmp_path, num_prompts=3, subset="icd-text", test_split=test)
-    run = SimpleNamespace(track=replace(paper, num_prompts=3), root=tmp_path)
+    run = real_run(tmp_path, replace(paper, num_prompts=3))
     assert judging.prompts() == evaluation_prompts(run, debug_dataset / "icd-text") and len(judging.prompts()) == 3
     assert judging.concepts == ("text",)
     assert external.test_split(paper, tmp_path / "data", "icd-text") == tmp_path / "data" / "icd-v1" / "icd-text" / "test"

@@ -1,9 +1,9 @@
 """What a benchmark or scoring command leaves under a final name when it is stopped mid-write: the
 whole file or none, so that rerunning the same command reads nothing cut short (the kill trials of
 the scoring side: score-pipeline, score-images, the benchmark's report files)."""
-from types import SimpleNamespace
 
 from benchmark.prompts import Prompt, read_prompts
+from tests.real_runs import real_run
 
 
 class _StoppedAfter(list):
@@ -32,7 +32,7 @@ def test_a_runs_prompts_file_stopped_mid_write_is_written_whole_on_resume(tmp_pa
     stopping = {"now": True}
     monkeypatch.setattr(method_evaluation, "shard_prompts",
                         lambda path, count: _StoppedAfter(prompts[:count], 3) if stopping["now"] else prompts[:count])
-    run = SimpleNamespace(track=SimpleNamespace(prompts="test-split", num_prompts=5), root=tmp_path)
+    run = real_run(tmp_path, {"prompts": "test-split", "num_prompts": 5})
     subset = tmp_path / "data" / "icd-qrcode"
     with pytest.raises(KeyboardInterrupt):
         method_evaluation.evaluation_prompts(run, subset)

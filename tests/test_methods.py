@@ -253,11 +253,11 @@ def test_a_fine_tune_trains_with_its_own_seed_when_it_has_one(monkeypatch, tmp_p
     """Seed 3 of sd and the track seed's sd are different fine-tunes, cached apart; Model Removal's
     sd starts from the same seed as itself."""
     from dataclasses import replace
-    from types import SimpleNamespace
 
     from benchmark import stages
     from benchmark.methods.finetuned import FINETUNED
-    from benchmark.methods.interface import FineTune
+    from benchmark.methods.interface import FineTune, MethodContext
+    from tests.real_runs import real_run
 
     trained = []
     def train(base, data, out, config, **kw):
@@ -267,10 +267,11 @@ def test_a_fine_tune_trains_with_its_own_seed_when_it_has_one(monkeypatch, tmp_p
 
     monkeypatch.setattr(stages, "train", train)
     monkeypatch.setattr(stages, "finetune_key", lambda base, subset, config, detector: f"{config.seed}-{config.geom.setting}")
-    run = SimpleNamespace(track=SimpleNamespace(finetune={"steps": 1}, seed=0), root=tmp_path, progress=False)
+    run = real_run(tmp_path, {"finetune": {"steps": 1}, "seed": 0})
     stages.finetune(run, Path("base"), Path("sub"), FineTune(seed=3), detector=None)
     stages.finetune(run, Path("base"), Path("sub"), FineTune(), detector=None)
-    _, removal = FINETUNED["ge-model-removal"].finetunes(SimpleNamespace(settings={}, concepts=("qrcode",)))
+    _, removal = FINETUNED["ge-model-removal"].finetunes(MethodContext(concepts=("qrcode",), work_dir=Path("w"), seed=0, finetune=None,
+                                                                            load_pipeline=None, train_shards=Path("s")))
     stages.finetune(run, Path("base"), Path("sub"), replace(removal, seed=5), detector=None)
     assert trained == [(3, "data_removal"), (0, "data_removal"), (5, "data_removal"), (5, "model_removal")]
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from benchmark.failures import MethodFailed
 from benchmark.methods import NotImplementedMethod, get_method
+from tests.real_runs import real_run
 
 
 BASE = "from benchmark.methods.interface import Generator, Method\n"
@@ -76,9 +77,7 @@ def test_the_fine_tuning_service_runs_under_the_toolkits_settings_whatever_build
     settings = lambda: (torch.is_grad_enabled(), torch.get_default_dtype(), torch.empty(1).device.type)  # noqa: E731
     monkeypatch.setattr(stages, "finetune", lambda *a, **k: seen.append(settings()) or tmp_path)
     monkeypatch.setattr(stages, "load_pipeline", lambda p: seen.append(settings()))
-    from types import SimpleNamespace
-
-    run = SimpleNamespace(track=SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}), root=tmp_path, progress=False)
+    run = real_run(tmp_path, track={"seed": 0, "esd": {}, "fmn": {}, "geom_erasing": {}, "finetune": {}})
     ctx = method_evaluation.method_context(run, tmp_path, tmp_path / "icd-qrcode", ("qrcode",), None)
     try:
         with torch.no_grad():
@@ -222,8 +221,6 @@ def test_a_plug_in_that_changes_the_working_folder_or_warnings_filters_leaves_th
     turned warnings into errors failed the next method on a library's deprecation warning."""
     import os
     import warnings
-    from types import SimpleNamespace
-
     from benchmark import method_evaluation, stages
     from benchmark.methods.interface import declared_finetunes
     from benchmark.prompts import Prompt
@@ -241,12 +238,12 @@ def test_a_plug_in_that_changes_the_working_folder_or_warnings_filters_leaves_th
     monkeypatch.setattr(stages, "finetune", lambda *a: asked_in.append(os.getcwd()) or Path("models/ft"))
     method = get_method("wanders:Wanders")  # its import changes folder
     assert os.getcwd() == str(tmp_path)
-    run = SimpleNamespace(track=SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}), root=Path("run"), progress=False)
+    run = real_run(Path("run"), track={"seed": 0, "esd": {}, "fmn": {}, "geom_erasing": {}, "finetune": {}})
     ctx = method_evaluation.method_context(run, Path("base"), Path("icd-qrcode"), ("qrcode",), None)
     declared_finetunes(method, ctx)
     assert os.getcwd() == str(tmp_path)
-    evaluation = SimpleNamespace(subset="icd-qrcode", prompts=[Prompt(0, "a", 1), Prompt(1, "b", 2)],
-                                 settings=method_evaluation.GenerationSettings(image_size=8, steps=1))
+    evaluation = method_evaluation.Evaluation("icd-qrcode", [Prompt(0, "a", 1), Prompt(1, "b", 2)],
+                                              method_evaluation.GenerationSettings(image_size=8, steps=1), None, [])
     _, paths, _, _ = method_evaluation._draw(run, method, ctx, evaluation, "")
     assert os.getcwd() == str(tmp_path) and asked_in == [str(tmp_path)], "the fine-tune is asked for in the run's folder"
     assert [p.resolve() for p in paths] == [tmp_path / "run" / "images" / "icd-qrcode" / "Wanders" / f"{i}_0.png" for i in (0, 1)]

@@ -16,7 +16,8 @@ from benchmark.generation import GenerationSettings
 from benchmark.methods import get_method
 from benchmark.methods.interface import FineTune, declared_finetunes
 from benchmark.prompts import Prompt
-from implicit_concept.torch_settings import numerics
+from implicit_concept.torch_settings import numerics, set_numerics
+from tests.real_runs import real_run
 
 #: What lab scripts run at import or in their build for speed or reproducibility.
 FLIPS = ("torch.set_float32_matmul_precision('medium')\ntorch.use_deterministic_algorithms(True)\n"
@@ -25,8 +26,8 @@ FLIPS = ("torch.set_float32_matmul_precision('medium')\ntorch.use_deterministic_
 
 
 def _run(tmp_path, detector=None):
-    track = SimpleNamespace(seed=0, esd={"steps": 2}, fmn={}, geom_erasing={}, finetune={}, conf=None, quality={"kind": "none"})
-    run = SimpleNamespace(track=track, root=tmp_path / "run", cache=tmp_path, progress=False)
+    track = {"seed": 0, "esd": {"steps": 2}, "fmn": {}, "geom_erasing": {}, "finetune": {}, "conf": None, "quality": {"kind": "none"}}
+    run = real_run(tmp_path / "run", track, cache=tmp_path)
     ctx = method_evaluation.method_context(run, tmp_path, tmp_path / "icd-qrcode", ("qrcode",), detector)
     evaluation = method_evaluation.Evaluation("icd-qrcode", [Prompt(0, "a red square", 5)], GenerationSettings(steps=2, image_size=16), detector, [])
     return run, ctx, evaluation
@@ -35,7 +36,6 @@ def _run(tmp_path, detector=None):
 def test_numerics_switches_a_plug_in_flips_are_undone_and_its_fine_tunes_train_under_the_toolkits(lab, tmp_path, monkeypatch):
     """``set_float32_matmul_precision('medium')`` makes a CPU's oneDNN matmuls bfloat16: a fine-tune
     trained inside such a build, shared by every method after it, had other weights."""
-    _default_numerics()  # whatever an earlier test in this process left
     before = numerics()
     try:
         lab("fast_lab", "import torch\n" + FLIPS + "from benchmark.methods.interface import Method\n"
@@ -53,17 +53,7 @@ def test_numerics_switches_a_plug_in_flips_are_undone_and_its_fine_tunes_train_u
         ctx.finetune(FineTune())
         assert seen == [before] and numerics() != before, "trained under the build's switches, or the build's not put back"
     finally:
-        _default_numerics()
-
-
-def _default_numerics():
-    """Torch's own defaults for the switches :data:`FLIPS` sets."""
-    torch.set_float32_matmul_precision("highest")
-    torch.use_deterministic_algorithms(False)
-    torch.backends.cudnn.benchmark = False
-    torch.set_flush_denormal(False)
-    torch.autograd.set_detect_anomaly(False)
-    torch.backends.cuda.enable_flash_sdp(True)
+        set_numerics(before)
 
 
 GLOBAL_DRAWS = '''
@@ -252,7 +242,7 @@ def test_a_method_writing_into_the_cached_base_is_named_and_the_base_refused_unt
     (base / "unet" / "weights.safetensors").write_bytes(b"weights")
     monkeypatch.setattr(stages, "published_base", lambda config: None)
     monkeypatch.setattr(stages, "pretrain_base", lambda *a, **k: base)
-    run = SimpleNamespace(track=SimpleNamespace(base_model_config=lambda: None), cache=tmp_path / "cache", progress=False)
+    run = real_run(tmp_path / "run", cache=tmp_path / "cache")  # the base's config is the debug track's: the stages reading it are replaced
     assert stages.pretrain_base_model(run) == base and (base.parent / "sealed.json").is_file()
     lab("writerlab", WRITER)
     monkeypatch.setattr(method_evaluation, "score_generated", lambda *a, **k: (SimpleNamespace(write_json=lambda path: None, images=[]), {"qrcode": {}}))

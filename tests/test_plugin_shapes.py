@@ -96,10 +96,8 @@ def test_a_plug_in_named_as_a_built_in_method_in_another_case_is_refused(lab):
 def test_a_plug_in_that_exits_the_process_is_the_plug_ins_failure_wherever_it_exits(lab, monkeypatch, tmp_path):
     """argparse's parse_args() at import reads the benchmark's own command line and exits 2; a
     sys.exit() in a lab's error path: each ended the run with the plug-in's exit status and no word."""
-    from types import SimpleNamespace
-
-    from benchmark.generation import diffusers_generate_fn, generate_images
-    from benchmark.method_evaluation import _draw
+    from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images
+    from benchmark.method_evaluation import Evaluation, _draw
     from benchmark.methods.interface import declared_finetunes
     from benchmark.prompts import Prompt
 
@@ -114,7 +112,7 @@ def test_a_plug_in_that_exits_the_process_is_the_plug_ins_failure_wherever_it_ex
     with pytest.raises(MethodFailed, match=r"^method M: finetunes\(ctx\) raised SystemExit: no GPU"):
         declared_finetunes(method, None)
     with pytest.raises(MethodFailed, match=r"^icd-qrcode/M: build\(ctx\) raised SystemExit: 3"):
-        _draw(None, method, None, SimpleNamespace(subset="icd-qrcode"), "")
+        _draw(None, method, None, Evaluation("icd-qrcode", [], GenerationSettings(), None, []), "")
 
     def sampler(**kwargs):
         raise SystemExit(1)
@@ -126,9 +124,8 @@ def test_a_plug_in_that_exits_the_process_is_the_plug_ins_failure_wherever_it_ex
 
 def test_what_a_plug_in_prints_goes_to_stderr_so_stdout_holds_results_only(lab, capsys, tmp_path):
     """A lab's print at import, in its constructor, finetunes or build led the results table on stdout."""
-    from types import SimpleNamespace
-
-    from benchmark.method_evaluation import evaluate_method
+    from benchmark.generation import GenerationSettings
+    from benchmark.method_evaluation import Evaluation, evaluate_method
     from benchmark.methods.interface import MethodContext, declared_finetunes
 
     name = lab("chatty", BASE + "from benchmark.methods import NotImplementedMethod\nprint('loading chatty')\nclass M(Method):\n"
@@ -137,7 +134,7 @@ def test_what_a_plug_in_prints_goes_to_stderr_so_stdout_holds_results_only(lab, 
     method = get_method(f"{name}:M")
     declared_finetunes(method, None)
     ctx = MethodContext(concepts=("qrcode",), work_dir=tmp_path, seed=0, finetune=None, load_pipeline=None, train_shards=tmp_path)
-    rows, _ = evaluate_method(None, f"{name}:M", ctx, SimpleNamespace(subset="icd-qrcode"))
+    rows, _ = evaluate_method(None, f"{name}:M", ctx, Evaluation("icd-qrcode", [], GenerationSettings(), None, []))
     assert rows[0]["status"] == "missing: later"
     said = capsys.readouterr()
     assert said.out == "" and said.err.split() == ["loading", "chatty", "made", "declaring", "made", "building"]

@@ -127,14 +127,13 @@ def test_the_repositorys_published_evaluator_and_base_load_without_pickle_and_ma
 def test_the_detectors_identity_names_the_base_generations_and_they_are_made_once(tmp_path, debug_dataset):
     """Background and calibration images come from the base, for icd-mixed's train captions; a
     second call finds them made; other base weights give another detector identity."""
-    from types import SimpleNamespace
-
     from benchmark import stages
     from benchmark.track import load_track
+    from tests.real_runs import real_run
 
     track = load_track("debug", {"generation": {"steps": 2, "guidance_scale": 3.0, "image_size": 32, "chunk_size": 8},
                                  "detector_backgrounds": 3, "detector_calibration": 2})
-    run = SimpleNamespace(track=track, cache=tmp_path / "cache", progress=False)
+    run = real_run(tmp_path / "run", track, cache=tmp_path / "cache")
     config = BaseModelConfig(pipeline=MICRO, scenes=ProceduralConfig(train=4, test=0), seed=3)
     base = _trained(tmp_path, config)
     identity = stages.detector_identity(run, debug_dataset, base)
@@ -263,6 +262,8 @@ def test_publish_prints_the_pin_lines_of_the_records_it_wrote(tmp_path, monkeypa
 
     import benchmark.publish as publish
     from benchmark.published_models import pin_line
+    from benchmark.track import Track
+    from tests.real_runs import real_run
 
     config = BaseModelConfig(pipeline=MICRO, scenes=ProceduralConfig(train=4, test=0), seed=3)
     trained = _trained(tmp_path, config)
@@ -275,7 +276,8 @@ def test_publish_prints_the_pin_lines_of_the_records_it_wrote(tmp_path, monkeypa
         dataset=lambda run: tmp_path / "data", pretrain_base_model=lambda run: trained,
         detector=lambda run, dataset, base: SimpleNamespace(path=detector / "detector.safetensors"),
         detector_identity=lambda run, dataset, base: {"x": 1}))
-    run = SimpleNamespace(track=SimpleNamespace(name="tiny", base_model_config=lambda: config), cache=tmp_path / "cache", progress=False)
+    monkeypatch.setattr(Track, "base_model_config", lambda track: config)
+    run = real_run(tmp_path / "run", {"name": "tiny"}, cache=tmp_path / "cache")
     published = publish.publish_track_models(run, tmp_path / "published")
     out = capsys.readouterr().out
     assert "PINNED_RECORDS" in out

@@ -396,6 +396,7 @@ def test_fid_x_icr_is_reported_with_the_paper_tracks_fid_too(tmp_path, monkeypat
 
     from benchmark.evaluation import scorecard
     from benchmark.prompts import Prompt
+    from implicit_concept.scoring import ScoreConfig
     from implicit_concept.stats import Interval
 
     def measured(value):
@@ -408,7 +409,7 @@ def test_fid_x_icr_is_reported_with_the_paper_tracks_fid_too(tmp_path, monkeypat
     monkeypatch.setattr(scorecard, "paper_clip_score", lambda *a: measured(0.3))
     Image.new("RGB", (8, 8)).save(tmp_path / "1_0.png")
     quality = {"kind": "paper", "fid_weights": "fid.pth", "clip_weights": "clip"}
-    _, rows = scorecard.score_generated([tmp_path / "1_0.png"], [Prompt(1, "a cat", 1)], None, SimpleNamespace(seed=0), quality, [], tmp_path)
+    _, rows = scorecard.score_generated([tmp_path / "1_0.png"], [Prompt(1, "a cat", 1)], None, ScoreConfig(seed=0), quality, [], tmp_path)
     assert rows["qrcode"]["fid_x_icr"] == pytest.approx(40.0 * 20)
 
 
@@ -420,11 +421,12 @@ def test_a_method_and_external_scoring_compare_with_the_same_clean_images(tmp_pa
 
     from benchmark import external, method_evaluation, stages
     from benchmark.track import load_track
+    from tests.real_runs import real_run
 
     monkeypatch.setattr(stages, "reference_images", lambda shards, count: [Image.new("RGB", (8, 8))] * count)
     debug = load_track("debug")
     track = replace(debug, num_prompts=3, named_prompts=3, generation={**debug.generation, "images_per_prompt": 2})
-    benchmark = method_evaluation.evaluation_for(SimpleNamespace(track=track, root=tmp_path), tmp_path / "icd-qrcode", None)
+    benchmark = method_evaluation.evaluation_for(real_run(tmp_path, track), tmp_path / "icd-qrcode", None)
 
     judged = []
     report = SimpleNamespace(thresholds={}, concepts={}, write_json=lambda path: None, table=lambda: "")

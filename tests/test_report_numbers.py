@@ -4,7 +4,6 @@ numbers from the table they come from; names that cannot reshape a table."""
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from benchmark.results_file import read_results
 from benchmark.results_page import _cells, markdown_html
 from benchmark.targets import Targets, check_targets
 from implicit_concept.stats import clopper_pearson
+from tests.real_runs import real_run
 
 REFERENCE = Path(__file__).resolve().parents[1] / "benchmark" / "reference" / "tiny"
 #: The reference run's results.json at commit 3b55bd5, from before seeded rows were over seeds.
@@ -52,7 +52,7 @@ def _seed_row(k, fid, follow, per_image=None, n=200, seconds=100.0, checker=None
     }
 
 
-RUN = SimpleNamespace(track=SimpleNamespace(seed=0), jobs=2)
+RUN = real_run(Path("run"), {"seed": 0}, jobs=2)
 
 
 def _three_seeds():

@@ -9,7 +9,6 @@ import json
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -22,6 +21,7 @@ from benchmark.track import load_track
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.inference import Detection
 from implicit_concept.scoring import CLEAN_REFERENCE_NAME
+from tests.real_runs import real_run
 from tests.test_handovers import MICRO, saved  # noqa: F401 (fixture)
 
 #: The score fields a summary.json row shares with a results.json row (README, "For other labs").
@@ -81,7 +81,7 @@ def _track():
 
 def _benchmark_row(track, detector, tmp_path, subset="icd-qrcode"):
     """Route 1: the plug-in evaluated as ``implicit-concept benchmark --method routeslab:Handover`` does."""
-    run = SimpleNamespace(track=track, root=tmp_path / "run", cache=tmp_path / "cache", progress=False)
+    run = real_run(tmp_path / "run", track, cache=tmp_path / "cache")
     concepts = dict(track.groups())[subset]
     ctx = method_evaluation.method_context(run, tmp_path / "base", tmp_path / subset, concepts, detector)
     evaluation = method_evaluation.Evaluation(subset, method_evaluation.evaluation_prompts(run, tmp_path / subset),
@@ -201,10 +201,10 @@ def test_a_run_records_its_base_by_weights_and_a_base_sampling_off_the_track_as_
 
     track = load_track("debug")
     own = saved("ddim")  # saved with the track's sampler, as the embedded base is
-    assert _base_record(SimpleNamespace(track=track, pretrained=None), own) == {"from": "track", "weights_sha256": weights_sha256(own)}
+    assert _base_record(real_run(tmp_path / "run", track), own) == {"from": "track", "weights_sha256": weights_sha256(own)}
     sd = _tiny_sd(tmp_path / "sd")  # saved with SD v1.5's PNDM
-    record = _base_record(SimpleNamespace(track=track, pretrained=sd), sd)
+    record = _base_record(real_run(tmp_path / "run", track, pretrained=sd), sd)
     assert record["from"] == "--pretrained" and record["weights_sha256"] == weights_sha256(sd) != weights_sha256(own)
     assert record["sampler"] == "PNDMScheduler, not the track's DDIMScheduler"
     offset = _rescheduled(own, tmp_path / "offset", {"steps_offset": 3})
-    assert _base_record(SimpleNamespace(track=track, pretrained=offset), offset)["sampler"].startswith("steps_offset = 3, not ")
+    assert _base_record(real_run(tmp_path / "run", track, pretrained=offset), offset)["sampler"].startswith("steps_offset = 3, not ")
