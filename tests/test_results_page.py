@@ -151,6 +151,16 @@ def _row(r, method="sd", concept="qrcode", **fields):
     (lambda r: _row(r, model=[]), r"rows\[0\].model: a list, not an object"),
     (lambda r: _row(r, model={"edited_in_memory": -1}), r"rows\[0\].model.edited_in_memory: not a list of strings"),
     (lambda r: _row(r, model={"scheduler": 7}), r"rows\[0\].model.scheduler: not a string"),
+    # one row per method and concept: of two, each reader would silently show the last
+    (lambda r: {**r, "rows": [*r["rows"], {**r["rows"][0], "icr": _ratio(0.0)}]},
+     r"rows\[4\]: a second row for sd, qrcode \(the first is rows\[0\]\)"),
+    # the evaluator's fields the leaderboard compares and the report states
+    (lambda r: {**r, "detector": {**r["detector"], "published": "no"}}, r"detector.published: a str, not true or false"),
+    (lambda r: {**r, "detector": {**r["detector"], "conf": float("nan")}}, r"detector.conf: a float \(nan\), not a confidence"),
+    (lambda r: {**r, "detector": {**r["detector"], "conf": "0.25"}}, r"detector.conf: a str .*, not a confidence"),
+    (lambda r: {**r, "detector": {**r["detector"], "conf": 25}}, r"detector.conf: a int \(25\), not a confidence in \[0, 1\]"),
+    (lambda r: {**r, "detector": {**r["detector"], "sha256": 54}}, r"detector.sha256: a int, not a string"),
+    (lambda r: {**r, "detector": {**r["detector"], "clean_reference_sha256": ["c"]}}, r"detector.clean_reference_sha256: a list, not a string"),
 ])
 def test_a_results_json_of_another_shape_is_refused_naming_the_file_and_field_by_every_reader(tmp_path, capsys, edit, problem):
     """A run folder handed over by another lab: the report and the leaderboard name what is wrong."""
