@@ -17,6 +17,7 @@ size, lossy files, another scheduler) is a difference, not a row among equals.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,7 @@ def read_scored(folder: Path) -> dict[str, Any]:
                                 f"a score-pipeline or score-images --out folder {SUMMARY_FILE})")
     if scored_file(folder).name == SUMMARY_FILE:
         return summary_as_results(folder)
-    if not (folder / "results.json").exists():
+    if not os.path.lexists(folder / "results.json"):  # a broken or looping link is there: read_results names it
         raise FileNotFoundError(f"{folder}: holds neither results.json (a benchmark run folder) nor {SUMMARY_FILE} "
                                 "(a score-pipeline or score-images --out folder)")
     return read_results(folder)
@@ -156,7 +157,7 @@ def read_scored(folder: Path) -> dict[str, Any]:
 
 def scored_file(folder: Path) -> Path:
     """The file :func:`read_scored` reads in ``folder``: its results.json, else its summary.json."""
-    if (folder / "results.json").exists() or not (folder / SUMMARY_FILE).is_file():
+    if os.path.lexists(folder / "results.json") or not (folder / SUMMARY_FILE).is_file():
         return folder / "results.json"
     return folder / SUMMARY_FILE
 

@@ -4,6 +4,7 @@ file, the field and the problem (``runs/x/results.json: fp_rate.qrcode: not a ra
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +24,11 @@ def read_results(run_dir: Path) -> dict[str, Any]:
     try:
         results = read_json_object(path)
     except FileNotFoundError:
+        if path.is_symlink():
+            raise FileNotFoundError(f"{path}: a broken symbolic link (to {os.readlink(path)})") from None
         raise FileNotFoundError(f"{path}: no results.json (is {run_dir} a benchmark run folder?)") from None
+    except OSError as e:  # a folder, a link looping to itself, a file the reader may not open: named as what it is
+        raise ValueError(f"{path}: cannot be read as a results file ({e.strerror or e})") from None
     check_results(results, path)
     return results
 

@@ -178,6 +178,29 @@ def test_a_results_json_of_another_shape_is_refused_naming_the_file_and_field_by
     assert not (tmp_path / "lb").exists()
 
 
+@pytest.mark.parametrize("make, said", [
+    (lambda path: os.symlink(path.name, path), "Too many levels of symbolic links"),
+    (lambda path: os.symlink("gone.json", path), r"a broken symbolic link \(to gone.json\)"),
+    (lambda path: path.mkdir(), "Is a directory"),
+])
+def test_a_results_json_that_is_no_file_to_read_is_named_as_what_it_is_by_every_reader(tmp_path, capsys, make, said):
+    """A run folder unpacked from another lab's archive: its results.json is there, as a link that loops
+    or leads nowhere or as a folder, and is named so, not said to be missing."""
+    good = fake_run(tmp_path / "good")
+    bad = fake_run(tmp_path / "bad")
+    path = bad / "results.json"
+    path.unlink()
+    make(path)
+    with pytest.raises((ValueError, FileNotFoundError), match=f"{re.escape(str(path))}: .*{said}"):
+        leaderboard([good, bad])
+    capsys.readouterr()
+    assert main(["leaderboard", str(good), str(bad), "--out", str(tmp_path / "lb")]) == 2
+    assert main(["report", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "holds neither" not in err and "Traceback" not in err and err.count(f"{path}: ") == 2
+    assert not (tmp_path / "lb").exists()
+
+
 def test_a_results_json_with_an_integer_python_will_not_read_is_refused_naming_the_file(tmp_path, capsys):
     """json.loads refuses an integer of over 4300 digits with a ValueError that names no file."""
     bad = fake_run(tmp_path / "bad")
