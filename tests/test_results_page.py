@@ -485,6 +485,38 @@ def test_a_plug_in_is_listed_once_whatever_the_number_of_concepts_it_scored():
     assert table.splitlines()[2:] == [f"| uce | mylab/methods.py:UCEEdit | {'ab' * 32} | DDIMScheduler | unet |"]
 
 
+def test_the_page_inlines_only_the_runs_own_png_files_and_names_the_rest(tmp_path):
+    """A run folder handed over: a grid linking out of it (the page would carry that file to whoever it
+    is mailed to), a FIFO (reading it waits forever), a looping link and other bytes named .png are not
+    inlined but named; the run's own images still are."""
+    import threading
+
+    run = fake_run(tmp_path / "run")
+    secret = tmp_path / "private.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(secret)
+    grids = run / "grids" / "icd-mixed"
+    os.symlink(secret, grids / "linked.png")
+    os.mkfifo(grids / "fifo.png")
+    os.symlink("loop.png", grids / "loop.png")
+    (grids / "text.png").write_text("not an image")
+    (run / "icr.png").unlink()
+    os.symlink(secret, run / "icr.png")
+    written = []
+    worker = threading.Thread(target=lambda: written.append(write_results_page(json.loads((run / "results.json").read_text()), run)), daemon=True)
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():  # let the reader go before failing
+        os.close(os.open(grids / "fifo.png", os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("the page waited on a FIFO in the run folder")
+    page = written[0].read_text()
+    assert base64.b64encode(secret.read_bytes()).decode() not in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 2  # sd's and ge-full's grids
+    for name, why in (("icr.png", "a link out of the run folder"), ("grids/icd-mixed/linked.png", "a link out of the run folder"),
+                      ("grids/icd-mixed/fifo.png", "not a regular file"), ("grids/icd-mixed/loop.png", "not a regular file"),
+                      ("grids/icd-mixed/text.png", "not a PNG file")):
+        assert f"{name} ({why})" in page
+
+
 def test_an_image_caption_is_escaped_in_its_alt_text_and_caption(tmp_path):
     """A grid is captioned by its file name, which a method name makes: markup in it is shown, never run."""
     run = fake_run(tmp_path / "run")
