@@ -253,6 +253,7 @@ def _ranked_table(entries: list[tuple[float | None, str, str, dict[str, Any]]], 
 
 
 def leaderboard(run_dirs: list[Path]) -> Leaderboard:
+    _check_each_once(run_dirs)
     runs = {str(d): read_scored(d) for d in run_dirs}
     concepts = list(dict.fromkeys(r["concept"] for res in runs.values() for r in res["rows"]))
     diff, notes = differences(runs)
@@ -288,6 +289,17 @@ def leaderboard(run_dirs: list[Path]) -> Leaderboard:
     lines += ["## Made from", "", f"By implicit-concept {version()}, from these files (sha256):", ""]
     lines += [f"- {code(str(scored_file(Path(name))))}: {sha256_file(scored_file(Path(name)))}" for name in runs]
     return Leaderboard("\n".join(lines) + "\n", diff, notes)
+
+
+def _check_each_once(run_dirs: list[Path]) -> None:
+    """Refuse a folder given twice (``runs/a`` and ``./runs/a/``, or a link to it): its methods would be
+    ranked twice, beside themselves, or one of the two silently dropped."""
+    first: dict[str, Path] = {}
+    for folder in run_dirs:
+        real = os.path.realpath(folder)
+        if real in first:
+            raise ValueError(f"{folder}: the same folder as {first[real]}, given twice; name each run once")
+        first[real] = Path(folder)
 
 
 def write_leaderboard(run_dirs: list[Path], out: Path) -> Leaderboard:

@@ -201,6 +201,19 @@ def test_a_results_json_that_is_no_file_to_read_is_named_as_what_it_is_by_every_
     assert not (tmp_path / "lb").exists()
 
 
+def test_a_run_given_twice_to_the_leaderboard_is_refused_naming_both(tmp_path, monkeypatch, capsys):
+    """The same folder by two spellings or through a link: ranked twice beside itself, or one dropped."""
+    monkeypatch.chdir(tmp_path)
+    run, other = fake_run(tmp_path / "run"), fake_run(tmp_path / "other")
+    os.symlink(run, tmp_path / "link")
+    for twice in (["run", str(run)], ["run", "./run/"], ["link", "run"], ["run", "run"]):
+        with pytest.raises(ValueError, match=rf": the same folder as {re.escape(str(Path(twice[0])))}, given twice"):
+            leaderboard([Path(t) for t in [twice[0], "other", twice[1]]])
+        assert main(["leaderboard", twice[0], "other", twice[1], "--out", "lb"]) == 2
+        assert "given twice" in capsys.readouterr().err and not (tmp_path / "lb").exists()
+    assert len([line for line in leaderboard([run, other]).markdown.splitlines() if "| sd |" in line]) == 2
+
+
 def test_a_results_json_with_an_integer_python_will_not_read_is_refused_naming_the_file(tmp_path, capsys):
     """json.loads refuses an integer of over 4300 digits with a ValueError that names no file."""
     bad = fake_run(tmp_path / "bad")
