@@ -218,9 +218,14 @@ def _detector_field(results: dict[str, Any], name: str, null_is_value: bool) -> 
     return detector[name]
 
 
-def _entries(name: str, results: dict[str, Any], concepts: list[str]) -> list[tuple[float | None, str, str, dict[str, Any]]]:
-    """(mean ICR or None, run, method, row per concept) per method. The mean exists only when the
-    method scored every concept of the table: a mean over the rest would rank it among complete ones."""
+#: One method of one run in a table: (mean ICR or None, run, method, row per concept, whether a control).
+Entry = tuple[float | None, str, str, dict[str, Any], bool]
+
+
+def _entries(name: str, results: dict[str, Any], concepts: list[str]) -> list[Entry]:
+    """Each method's :data:`Entry`. The mean exists only when the method scored every concept of the
+    table: a mean over the rest would rank it among complete ones. A controls' name is a control only
+    in a benchmark run: a folder handed over (``score-images outputs/base``) is a lab's model, ranked."""
     by_method: dict[str, dict[str, Any]] = {}
     for row in results["rows"]:
         by_method.setdefault(row["method"], {})[row["concept"]] = row
@@ -228,7 +233,7 @@ def _entries(name: str, results: dict[str, Any], concepts: list[str]) -> list[tu
     for method, rows in by_method.items():
         complete = all(rows.get(c, {}).get("status") == "ok" for c in concepts)
         mean = sum(rows[c]["icr"]["value"] for c in concepts) / len(concepts) if complete else None
-        entries.append((mean, name, method, rows))
+        entries.append((mean, name, method, rows, method in CONTROLS and not results.get("handed_over")))
     return entries
 
 
@@ -238,16 +243,16 @@ def _cell(row: dict[str, Any] | None) -> str:
     return pct(row["icr"]) if row.get("status") == "ok" else cell(str(row.get("status", "not ok")))
 
 
-def _ranked_table(entries: list[tuple[float | None, str, str, dict[str, Any]]], concepts: list[str]) -> list[str]:
+def _ranked_table(entries: list[Entry], concepts: list[str]) -> list[str]:
     """The methods ranked by mean ICR, then the incomplete ones, then the controls (listed, not ranked)."""
     lines = ["| run | method | " + " | ".join(f"{cell(c)} ICR %" for c in concepts) + " | mean ICR % |",
              "|---|---|" + "---|" * (len(concepts) + 1)]
-    methods = [e for e in entries if e[2] not in CONTROLS]
+    methods = [e for e in entries if not e[4]]
     ranked = sorted((e for e in methods if e[0] is not None), key=lambda e: e[0])
-    listed = ranked + [e for e in methods if e[0] is None] + [e for e in entries if e[2] in CONTROLS]
-    for mean, name, method, rows in listed:
+    listed = ranked + [e for e in methods if e[0] is None] + [e for e in entries if e[4]]
+    for mean, name, method, rows, control in listed:
         said = f"{100 * mean:.1f}" if mean is not None else "incomplete"
-        label = cell(method) + (" (control, not ranked)" if method in CONTROLS else "")
+        label = cell(method) + (" (control, not ranked)" if control else "")
         lines.append(f"| {cell(name)} | {label} | " + " | ".join(_cell(rows.get(c)) for c in concepts) + f" | {said} |")
     return lines + [""]
 

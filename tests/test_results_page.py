@@ -414,6 +414,18 @@ def test_a_score_pipeline_or_score_images_folder_joins_the_leaderboard_checked_a
     assert main(["leaderboard", str(run), str(handed), "--out", str(tmp_path / "lb")]) == 0
 
 
+@pytest.mark.parametrize("folder", ["base", "oracle"])
+def test_a_handed_over_folder_named_as_a_control_is_a_labs_model_ranked_not_a_control(tmp_path, folder):
+    """``score-images outputs/base``: the lab's model is named after its folder, which is no control of
+    a benchmark run's; listing it "(control, not ranked)" would drop it from the ranking unsaid."""
+    run = fake_run(tmp_path / "run", prompts_sha="1" * 64, thresholds=THREE, icr=0.9)  # ge-full 0.225, the folder 0.2
+    _edit(run, lambda r: {**r, "rows": [*r["rows"], *[{**row, "method": folder} for row in r["rows"] if row["method"] == "sd"]]})
+    handed = fake_summary(tmp_path / "mine", scored=f"/labs/outputs/{folder}")
+    table = [line for line in leaderboard([run, handed]).markdown.splitlines() if line.startswith("| ")][1:]
+    assert [line.split(" | ")[:2] for line in table] == [
+        [f"| {cell(handed)}", folder], [f"| {cell(run)}", "ge-full"], [f"| {cell(run)}", "sd"], [f"| {cell(run)}", f"{folder} (control, not ranked)"]]
+
+
 def test_one_model_scored_on_every_concept_of_a_per_subset_track_gets_a_note(tmp_path):
     run = fake_run(tmp_path / "run", prompts_sha="1" * 64, thresholds=THREE)
     said = "is one model scored on every concept, where the track's protocol fine-tunes one model per subset"
