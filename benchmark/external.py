@@ -96,6 +96,8 @@ class Judging:
 
 #: Where score-images lists every unreadable image when there are too many for one line.
 UNREADABLE_FILE = "unreadable.txt"
+#: What scoring writes into its ``--out`` folder.
+OUT_FILES = ("scores.json", "summary.json", UNREADABLE_FILE)
 
 
 def test_split(track: Track, data_root: Path, subset: str | None = None) -> Path:
@@ -232,6 +234,10 @@ def score_image_folder(
     ``images_per_prompt`` and ``image_size`` None: the track's ``[generation]`` values; others are
     recorded in ``summary.json``'s ``overrides``.
     """
+    if os.path.realpath(out) == os.path.realpath(folder):
+        # Scoring writes scores.json, summary.json and a lock file there, replacing the lab's own of those names.
+        raise ValueError(f"--out {out}: is the images folder {folder}, which scoring would write its files into "
+                         f"(replacing any {', '.join(OUT_FILES)} there); choose another folder")
     generation = judging.settings(images_per_prompt=images_per_prompt, image_size=image_size)
     prompts = judging.prompts()
     stems = [Path(image_name(p, i)).stem for p in prompts for i in range(generation.images_per_prompt)]

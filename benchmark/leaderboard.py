@@ -17,6 +17,7 @@ size, lossy files, another scheduler) is a difference, not a row among equals.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,7 @@ def read_scored(folder: Path) -> dict[str, Any]:
                                 f"a score-pipeline or score-images --out folder {SUMMARY_FILE})")
     if scored_file(folder).name == SUMMARY_FILE:
         return summary_as_results(folder)
-    if not (folder / "results.json").exists():
+    if not os.path.lexists(folder / "results.json"):  # a broken or looping link is there: read_results names it
         raise FileNotFoundError(f"{folder}: holds neither results.json (a benchmark run folder) nor {SUMMARY_FILE} "
                                 "(a score-pipeline or score-images --out folder)")
     return read_results(folder)
@@ -156,7 +157,7 @@ def read_scored(folder: Path) -> dict[str, Any]:
 
 def scored_file(folder: Path) -> Path:
     """The file :func:`read_scored` reads in ``folder``: its results.json, else its summary.json."""
-    if (folder / "results.json").exists() or not (folder / SUMMARY_FILE).is_file():
+    if os.path.lexists(folder / "results.json") or not (folder / SUMMARY_FILE).is_file():
         return folder / "results.json"
     return folder / SUMMARY_FILE
 
@@ -217,9 +218,14 @@ def _detector_field(results: dict[str, Any], name: str, null_is_value: bool) -> 
     return detector[name]
 
 
-def _entries(name: str, results: dict[str, Any], concepts: list[str]) -> list[tuple[float | None, str, str, dict[str, Any]]]:
-    """(mean ICR or None, run, method, row per concept) per method. The mean exists only when the
-    method scored every concept of the table: a mean over the rest would rank it among complete ones."""
+#: One method of one run in a table: (mean ICR or None, run, method, row per concept, whether a control).
+Entry = tuple[float | None, str, str, dict[str, Any], bool]
+
+
+def _entries(name: str, results: dict[str, Any], concepts: list[str]) -> list[Entry]:
+    """Each method's :data:`Entry`. The mean exists only when the method scored every concept of the
+    table: a mean over the rest would rank it among complete ones. A controls' name is a control only
+    in a benchmark run: a folder handed over (``score-images outputs/base``) is a lab's model, ranked."""
     by_method: dict[str, dict[str, Any]] = {}
     for row in results["rows"]:
         by_method.setdefault(row["method"], {})[row["concept"]] = row
@@ -227,7 +233,7 @@ def _entries(name: str, results: dict[str, Any], concepts: list[str]) -> list[tu
     for method, rows in by_method.items():
         complete = all(rows.get(c, {}).get("status") == "ok" for c in concepts)
         mean = sum(rows[c]["icr"]["value"] for c in concepts) / len(concepts) if complete else None
-        entries.append((mean, name, method, rows))
+        entries.append((mean, name, method, rows, method in CONTROLS and not results.get("handed_over")))
     return entries
 
 
@@ -237,21 +243,22 @@ def _cell(row: dict[str, Any] | None) -> str:
     return pct(row["icr"]) if row.get("status") == "ok" else cell(str(row.get("status", "not ok")))
 
 
-def _ranked_table(entries: list[tuple[float | None, str, str, dict[str, Any]]], concepts: list[str]) -> list[str]:
+def _ranked_table(entries: list[Entry], concepts: list[str]) -> list[str]:
     """The methods ranked by mean ICR, then the incomplete ones, then the controls (listed, not ranked)."""
     lines = ["| run | method | " + " | ".join(f"{cell(c)} ICR %" for c in concepts) + " | mean ICR % |",
              "|---|---|" + "---|" * (len(concepts) + 1)]
-    methods = [e for e in entries if e[2] not in CONTROLS]
+    methods = [e for e in entries if not e[4]]
     ranked = sorted((e for e in methods if e[0] is not None), key=lambda e: e[0])
-    listed = ranked + [e for e in methods if e[0] is None] + [e for e in entries if e[2] in CONTROLS]
-    for mean, name, method, rows in listed:
+    listed = ranked + [e for e in methods if e[0] is None] + [e for e in entries if e[4]]
+    for mean, name, method, rows, control in listed:
         said = f"{100 * mean:.1f}" if mean is not None else "incomplete"
-        label = cell(method) + (" (control, not ranked)" if method in CONTROLS else "")
+        label = cell(method) + (" (control, not ranked)" if control else "")
         lines.append(f"| {cell(name)} | {label} | " + " | ".join(_cell(rows.get(c)) for c in concepts) + f" | {said} |")
     return lines + [""]
 
 
 def leaderboard(run_dirs: list[Path]) -> Leaderboard:
+    _check_each_once(run_dirs)
     runs = {str(d): read_scored(d) for d in run_dirs}
     concepts = list(dict.fromkeys(r["concept"] for res in runs.values() for r in res["rows"]))
     diff, notes = differences(runs)
@@ -287,6 +294,17 @@ def leaderboard(run_dirs: list[Path]) -> Leaderboard:
     lines += ["## Made from", "", f"By implicit-concept {version()}, from these files (sha256):", ""]
     lines += [f"- {code(str(scored_file(Path(name))))}: {sha256_file(scored_file(Path(name)))}" for name in runs]
     return Leaderboard("\n".join(lines) + "\n", diff, notes)
+
+
+def _check_each_once(run_dirs: list[Path]) -> None:
+    """Refuse a folder given twice (``runs/a`` and ``./runs/a/``, or a link to it): its methods would be
+    ranked twice, beside themselves, or one of the two silently dropped."""
+    first: dict[str, Path] = {}
+    for folder in run_dirs:
+        real = os.path.realpath(folder)
+        if real in first:
+            raise ValueError(f"{folder}: the same folder as {first[real]}, given twice; name each run once")
+        first[real] = Path(folder)
 
 
 def write_leaderboard(run_dirs: list[Path], out: Path) -> Leaderboard:

@@ -4,6 +4,7 @@ file, the field and the problem (``runs/x/results.json: fp_rate.qrcode: not a ra
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +24,11 @@ def read_results(run_dir: Path) -> dict[str, Any]:
     try:
         results = read_json_object(path)
     except FileNotFoundError:
+        if path.is_symlink():
+            raise FileNotFoundError(f"{path}: a broken symbolic link (to {os.readlink(path)})") from None
         raise FileNotFoundError(f"{path}: no results.json (is {run_dir} a benchmark run folder?)") from None
+    except OSError as e:  # a folder, a link looping to itself, a file the reader may not open: named as what it is
+        raise ValueError(f"{path}: cannot be read as a results file ({e.strerror or e})") from None
     check_results(results, path)
     return results
 
@@ -96,6 +101,7 @@ def _check(results: dict[str, Any]) -> None:
     for concept, ratio in results["fp_rate"].items():
         _need(is_ratio(ratio), f"fp_rate.{concept}", RATIO)
     detector = _object(results.get("detector", ABSENT), "detector")
+    _evaluator(detector)
     base = _object(results.get("base", ABSENT), "base")
     for key in ("weights_sha256", "sampler"):
         _need(isinstance(base.get(key, ""), str), f"base.{key}", f"{_kind(base.get(key))}, not a string")
@@ -115,8 +121,27 @@ def _check(results: dict[str, Any]) -> None:
         missing = [k for k in ("concept", "target", "measured", "met") if k not in check]
         _need(not missing, field, f"no {', '.join(missing)}")
         _need(check["met"] in (True, False, None), f"{field}.met", "not true, false or null")
+    first: dict[tuple[str, str], int] = {}
     for i, row in enumerate(results["rows"]):
         _row(row, f"rows[{i}]")
+        key = (row["method"], row["concept"])
+        # A run scores each method once per concept: of two rows the report and the leaderboard would
+        # each silently show one (the last), whichever number that is.
+        _need(key not in first, f"rows[{i}]", f"a second row for {row['method']}, {row['concept']} (the first is "
+                                               f"rows[{first.get(key)}]); a run holds one row per method and concept")
+        first[key] = i
+
+
+def _evaluator(detector: dict[str, Any]) -> None:
+    """What the leaderboard compares runs' evaluators on and the report says of it: a value of another
+    kind would be shown as a difference that is none (``0.25`` against ``"0.25"``), or a claim
+    (``"published": "no"`` read as published)."""
+    for key in ("sha256", "clean_reference_sha256"):
+        _need(detector.get(key) is None or isinstance(detector[key], str), f"detector.{key}", f"{_kind(detector.get(key))}, not a string")
+    conf = detector.get("conf")
+    _need(conf is None or is_number(conf) and 0.0 <= conf <= 1.0, "detector.conf",
+          f"{_kind(conf)} ({conf!r:.40}), not a confidence in [0, 1] or null (the detector's own thresholds)")
+    _need(type(detector.get("published", False)) is bool, "detector.published", f"{_kind(detector.get('published'))}, not true or false")
 
 
 def _row(row: Any, field: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,38 @@ def _inline(text: str) -> str:
     return text
 
 
+#: What every PNG file starts with; the page declares each inlined image a PNG.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _not_inlinable(path: Path, run_root: Path) -> str | None:
+    """Why ``path`` is not put in the page (None: it is): only the run's own PNG files are. A run
+    folder handed over may hold a link out of it (the page would carry that file's bytes to whoever
+    it is mailed to), a FIFO (reading it would wait forever) or other bytes under a ``.png`` name."""
+    if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(run_root)):  # realpath: a looping link is no error
+        return "a link out of the run folder"
+    if not path.is_file():
+        return "not a regular file"
+    with open(path, "rb") as f:
+        if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+            return "not a PNG file"
+    return None
+
+
+def _images(paths: list[tuple[Path, str]], run_root: Path) -> list[str]:
+    """Each image inlined, and one line naming those that are not and why."""
+    parts, left_out = [], []
+    for path, caption in paths:
+        why = _not_inlinable(path, run_root)
+        if why:
+            left_out.append(f"{path.relative_to(run_root)} ({why})")
+        else:
+            parts.append(_image(path, caption))
+    if left_out:
+        parts.append(f"<p>Not shown: {html.escape('; '.join(left_out))}.</p>")
+    return parts
+
+
 def _image(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     alt = html.escape(caption)
@@ -132,12 +165,12 @@ def results_page(results: dict[str, Any], run_root: Path) -> str:
     if provenance_table:
         parts += ["<h2>Plug-ins and methods changed in memory</h2>", markdown_html(provenance_table)]
     plot = run_root / "icr.png"
-    if plot.is_file():
-        parts += ["<h2>ICR per method</h2>", _image(plot, "ICR % per method and concept, 95% interval; dashed: detector FP rate")]
+    if plot.is_file() or plot.is_symlink():
+        parts += ["<h2>ICR per method</h2>", *_images([(plot, "ICR % per method and concept, 95% interval; dashed: detector FP rate")], run_root)]
     grids = sorted((run_root / "grids").glob("*/*.png"))
     if grids:
         parts.append("<h2>Samples (first generated images, detector boxes drawn)</h2>")
-        parts += [_image(g, f"{g.parent.name} / {g.stem}") for g in grids]
+        parts += _images([(g, f"{g.parent.name} / {g.stem}") for g in grids], run_root)
     provenance = {k: results.get(k) for k in ("config", "seeds", "detector", "environment")}
     parts += ["<h2>Configuration and environment</h2>", f"<pre>{html.escape(json.dumps(provenance, indent=2, sort_keys=True))}</pre>"]
     return "\n".join(parts) + "\n</body></html>\n"

@@ -526,3 +526,20 @@ def test_an_output_folder_in_the_pipeline_folder_scored_is_refused_and_one_holdi
     assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == listing
     external.score_pipeline(folder, tmp_path / "lab", _judging(tmp_path), progress=False)
     assert (tmp_path / "lab" / "summary.json").is_file() and sorted(p.relative_to(folder) for p in folder.rglob("*")) == listing
+
+
+def test_an_output_folder_that_is_the_images_folder_scored_is_refused_and_its_files_kept(tmp_path, unscored):
+    """--out the images folder itself wrote scores.json, summary.json and a lock file among the lab's
+    images, replacing the lab's own files of those names (unreadable.txt was deleted before scoring)."""
+    judging = _judging(tmp_path)
+    folder = _images(tmp_path / "lab" / "generated", [f"{p.case_number}_0.png" for p in judging.prompts()])
+    for name in external.OUT_FILES:
+        (folder / name).write_text(f"the lab's own {name}")
+    listing = {p.name: p.read_bytes() for p in folder.iterdir()}
+    (tmp_path / "link").symlink_to(folder)
+    for out in (folder, tmp_path / "lab" / "generated" / ".." / "generated", tmp_path / "link"):
+        with pytest.raises(ValueError, match=r"--out .*: is the images folder .*generated, which scoring would write its files into"):
+            external.score_image_folder(folder, out, judging)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == listing
+    external.score_image_folder(folder, tmp_path / "lab", judging)  # beside it, as score-pipeline's layout has it
+    assert (tmp_path / "lab" / "summary.json").is_file() and {p.name: p.read_bytes() for p in folder.iterdir()} == listing

@@ -151,6 +151,16 @@ def _row(r, method="sd", concept="qrcode", **fields):
     (lambda r: _row(r, model=[]), r"rows\[0\].model: a list, not an object"),
     (lambda r: _row(r, model={"edited_in_memory": -1}), r"rows\[0\].model.edited_in_memory: not a list of strings"),
     (lambda r: _row(r, model={"scheduler": 7}), r"rows\[0\].model.scheduler: not a string"),
+    # one row per method and concept: of two, each reader would silently show the last
+    (lambda r: {**r, "rows": [*r["rows"], {**r["rows"][0], "icr": _ratio(0.0)}]},
+     r"rows\[4\]: a second row for sd, qrcode \(the first is rows\[0\]\)"),
+    # the evaluator's fields the leaderboard compares and the report states
+    (lambda r: {**r, "detector": {**r["detector"], "published": "no"}}, r"detector.published: a str, not true or false"),
+    (lambda r: {**r, "detector": {**r["detector"], "conf": float("nan")}}, r"detector.conf: a float \(nan\), not a confidence"),
+    (lambda r: {**r, "detector": {**r["detector"], "conf": "0.25"}}, r"detector.conf: a str .*, not a confidence"),
+    (lambda r: {**r, "detector": {**r["detector"], "conf": 25}}, r"detector.conf: a int \(25\), not a confidence in \[0, 1\]"),
+    (lambda r: {**r, "detector": {**r["detector"], "sha256": 54}}, r"detector.sha256: a int, not a string"),
+    (lambda r: {**r, "detector": {**r["detector"], "clean_reference_sha256": ["c"]}}, r"detector.clean_reference_sha256: a list, not a string"),
 ])
 def test_a_results_json_of_another_shape_is_refused_naming_the_file_and_field_by_every_reader(tmp_path, capsys, edit, problem):
     """A run folder handed over by another lab: the report and the leaderboard name what is wrong."""
@@ -166,6 +176,42 @@ def test_a_results_json_of_another_shape_is_refused_naming_the_file_and_field_by
     err = capsys.readouterr().err
     assert err.count(f"{path}: ") == 2 and "Traceback" not in err
     assert not (tmp_path / "lb").exists()
+
+
+@pytest.mark.parametrize("make, said", [
+    (lambda path: os.symlink(path.name, path), "Too many levels of symbolic links"),
+    (lambda path: os.symlink("gone.json", path), r"a broken symbolic link \(to gone.json\)"),
+    (lambda path: path.mkdir(), "Is a directory"),
+])
+def test_a_results_json_that_is_no_file_to_read_is_named_as_what_it_is_by_every_reader(tmp_path, capsys, make, said):
+    """A run folder unpacked from another lab's archive: its results.json is there, as a link that loops
+    or leads nowhere or as a folder, and is named so, not said to be missing."""
+    good = fake_run(tmp_path / "good")
+    bad = fake_run(tmp_path / "bad")
+    path = bad / "results.json"
+    path.unlink()
+    make(path)
+    with pytest.raises((ValueError, FileNotFoundError), match=f"{re.escape(str(path))}: .*{said}"):
+        leaderboard([good, bad])
+    capsys.readouterr()
+    assert main(["leaderboard", str(good), str(bad), "--out", str(tmp_path / "lb")]) == 2
+    assert main(["report", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "holds neither" not in err and "Traceback" not in err and err.count(f"{path}: ") == 2
+    assert not (tmp_path / "lb").exists()
+
+
+def test_a_run_given_twice_to_the_leaderboard_is_refused_naming_both(tmp_path, monkeypatch, capsys):
+    """The same folder by two spellings or through a link: ranked twice beside itself, or one dropped."""
+    monkeypatch.chdir(tmp_path)
+    run, other = fake_run(tmp_path / "run"), fake_run(tmp_path / "other")
+    os.symlink(run, tmp_path / "link")
+    for twice in (["run", str(run)], ["run", "./run/"], ["link", "run"], ["run", "run"]):
+        with pytest.raises(ValueError, match=rf": the same folder as {re.escape(str(Path(twice[0])))}, given twice"):
+            leaderboard([Path(t) for t in [twice[0], "other", twice[1]]])
+        assert main(["leaderboard", twice[0], "other", twice[1], "--out", "lb"]) == 2
+        assert "given twice" in capsys.readouterr().err and not (tmp_path / "lb").exists()
+    assert len([line for line in leaderboard([run, other]).markdown.splitlines() if "| sd |" in line]) == 2
 
 
 def test_a_results_json_with_an_integer_python_will_not_read_is_refused_naming_the_file(tmp_path, capsys):
@@ -368,6 +414,18 @@ def test_a_score_pipeline_or_score_images_folder_joins_the_leaderboard_checked_a
     assert main(["leaderboard", str(run), str(handed), "--out", str(tmp_path / "lb")]) == 0
 
 
+@pytest.mark.parametrize("folder", ["base", "oracle"])
+def test_a_handed_over_folder_named_as_a_control_is_a_labs_model_ranked_not_a_control(tmp_path, folder):
+    """``score-images outputs/base``: the lab's model is named after its folder, which is no control of
+    a benchmark run's; listing it "(control, not ranked)" would drop it from the ranking unsaid."""
+    run = fake_run(tmp_path / "run", prompts_sha="1" * 64, thresholds=THREE, icr=0.9)  # ge-full 0.225, the folder 0.2
+    _edit(run, lambda r: {**r, "rows": [*r["rows"], *[{**row, "method": folder} for row in r["rows"] if row["method"] == "sd"]]})
+    handed = fake_summary(tmp_path / "mine", scored=f"/labs/outputs/{folder}")
+    table = [line for line in leaderboard([run, handed]).markdown.splitlines() if line.startswith("| ")][1:]
+    assert [line.split(" | ")[:2] for line in table] == [
+        [f"| {cell(handed)}", folder], [f"| {cell(run)}", "ge-full"], [f"| {cell(run)}", "sd"], [f"| {cell(run)}", f"{folder} (control, not ranked)"]]
+
+
 def test_one_model_scored_on_every_concept_of_a_per_subset_track_gets_a_note(tmp_path):
     run = fake_run(tmp_path / "run", prompts_sha="1" * 64, thresholds=THREE)
     said = "is one model scored on every concept, where the track's protocol fine-tunes one model per subset"
@@ -450,6 +508,38 @@ def test_a_plug_in_is_listed_once_whatever_the_number_of_concepts_it_scored():
             for c in ("qrcode", "watermark", "text")] + [{"concept": "qrcode", "method": "sd", "model": {"edited_in_memory": []}}]
     table = method_provenance({"rows": rows})
     assert table.splitlines()[2:] == [f"| uce | mylab/methods.py:UCEEdit | {'ab' * 32} | DDIMScheduler | unet |"]
+
+
+def test_the_page_inlines_only_the_runs_own_png_files_and_names_the_rest(tmp_path):
+    """A run folder handed over: a grid linking out of it (the page would carry that file to whoever it
+    is mailed to), a FIFO (reading it waits forever), a looping link and other bytes named .png are not
+    inlined but named; the run's own images still are."""
+    import threading
+
+    run = fake_run(tmp_path / "run")
+    secret = tmp_path / "private.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(secret)
+    grids = run / "grids" / "icd-mixed"
+    os.symlink(secret, grids / "linked.png")
+    os.mkfifo(grids / "fifo.png")
+    os.symlink("loop.png", grids / "loop.png")
+    (grids / "text.png").write_text("not an image")
+    (run / "icr.png").unlink()
+    os.symlink(secret, run / "icr.png")
+    written = []
+    worker = threading.Thread(target=lambda: written.append(write_results_page(json.loads((run / "results.json").read_text()), run)), daemon=True)
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():  # let the reader go before failing
+        os.close(os.open(grids / "fifo.png", os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("the page waited on a FIFO in the run folder")
+    page = written[0].read_text()
+    assert base64.b64encode(secret.read_bytes()).decode() not in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 2  # sd's and ge-full's grids
+    for name, why in (("icr.png", "a link out of the run folder"), ("grids/icd-mixed/linked.png", "a link out of the run folder"),
+                      ("grids/icd-mixed/fifo.png", "not a regular file"), ("grids/icd-mixed/loop.png", "not a regular file"),
+                      ("grids/icd-mixed/text.png", "not a PNG file")):
+        assert f"{name} ({why})" in page
 
 
 def test_an_image_caption_is_escaped_in_its_alt_text_and_caption(tmp_path):
