@@ -54,8 +54,8 @@ def fake_run(root: Path, track_sha: str = "t" * 8, evaluator: str = "e" * 8, icr
 
 
 def test_markdown_tables_become_html_tables_with_text_escaped():
-    page = markdown_html("# T\n\n| a | b |\n|---|---|\n| <x> | **no** |\n\n- `c`\n")
-    assert "<h1>T</h1>" in page and "<th>a</th>" in page and "<td>&lt;x&gt;</td>" in page
+    page = markdown_html("# T\n\n| a | b |\n|---|---|\n| <x> | **no** |\n\n- `c`\n\n## S\n")
+    assert "<h1>T</h1>" in page and "<h2>S</h2>" in page and "<th>a</th>" in page and "<td>&lt;x&gt;</td>" in page
     assert "<strong>no</strong>" in page and "<li><code>c</code></li>" in page and "|---|" not in page
 
 
@@ -68,6 +68,7 @@ def test_the_page_inlines_every_image_and_fetches_nothing(tmp_path):
         Image.open(io.BytesIO(base64.b64decode(data))).load()
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "a &lt;fake&gt; run" in page and "ge-full" in page
+    assert "&quot;environment&quot;: {\n    &quot;python&quot;: &quot;3&quot;" in page, "the environment it ran in"
 
 
 @pytest.mark.skipif(BROWSER is None and not os.environ.get("CI"), reason="no headless Chromium here (CI installs it)")
@@ -432,13 +433,16 @@ def test_a_sample_grid_draws_each_images_own_boxes_on_it_at_a_readable_scale(tmp
     for i, grey in enumerate((90, 160)):
         paths.append(tmp_path / f"{i}.png")
         Image.new("RGB", (16, 16), (grey, grey, grey)).save(paths[-1])
-    records = [{"detections": [{"concept": "qrcode", "confidence": 0.9, "box": [0, 0, 8, 8]}]}, {"detections": []}]
+    records = [{"detections": [{"concept": "qrcode", "confidence": 0.9, "box": [0, 0, 8, 8]},
+                               {"concept": "text", "confidence": 0.8, "box": [8, 8, 16, 16]}]}, {"detections": []}]
     sheet = Image.open(method_grid(paths, records, tmp_path / "grid.png", title="np", columns=2)).convert("RGB")
     assert sheet.size == (2 * (128 + 4) + 4, 14 + 128 + 2 * 4)  # two 128 px tiles, pad 4, a 14 px title line
     left_edge_mid = (4, 14 + 4 + 32)
     assert sheet.getpixel(left_edge_mid) == concept("qrcode").colour
     assert sheet.getpixel((4 + 132, 14 + 4 + 32)) == (160, 160, 160)
-    assert sheet.getpixel((4 + 100, 14 + 4 + 100)) == (90, 90, 90)
+    assert sheet.getpixel((4 + 90, 14 + 4 + 90)) == (90, 90, 90)
+    assert sheet.getpixel((4 + 127, 14 + 4 + 100)) == concept("text").colour, "every detection's box, not the first alone"
+    assert sheet.getpixel((4 + 132 + 127, 14 + 4 + 127)) == (160, 160, 160), "the tiles under the title line, whole"
 
 
 def test_a_plug_in_is_listed_once_whatever_the_number_of_concepts_it_scored():
@@ -450,6 +454,22 @@ def test_a_plug_in_is_listed_once_whatever_the_number_of_concepts_it_scored():
             for c in ("qrcode", "watermark", "text")] + [{"concept": "qrcode", "method": "sd", "model": {"edited_in_memory": []}}]
     table = method_provenance({"rows": rows})
     assert table.splitlines()[2:] == [f"| uce | mylab/methods.py:UCEEdit | {'ab' * 32} | DDIMScheduler | unet |"]
+
+
+def test_a_built_in_method_sampled_with_weights_changed_in_memory_is_listed_as_one():
+    from benchmark.results_page import method_provenance
+
+    rows = [{"concept": "qrcode", "method": "esd", "model": {"edited_in_memory": ["unet"]}}]
+    assert method_provenance({"rows": rows}).splitlines()[2:] == ["| esd | built-in | \\- | \\- | unet |"]
+
+
+def test_a_run_name_with_markup_is_text_in_the_pages_title(tmp_path):
+    from benchmark.results_page import results_page
+
+    run = fake_run(tmp_path / "run")
+    results = {**json.loads((run / "results.json").read_text()), "name": "</title><script>x</script>"}
+    page = results_page(results, run)
+    assert "<script>" not in page and "<title>Implicit concept removal: &lt;/title&gt;&lt;script&gt;" in page
 
 
 def test_an_image_caption_is_escaped_in_its_alt_text_and_caption(tmp_path):
