@@ -154,6 +154,7 @@ def test_an_older_reference_run_still_reads_and_says_what_its_older_rows_hold(tm
     assert "e+0" not in md
     board = leaderboard([run])
     assert board.markdown.index("| oracle (control, not ranked) |") > board.markdown.index("| sd |")
+    assert not [n for n in board.notes if "not compared" in n], "one run is compared with nothing: no note says it was not"
 
 
 def test_the_committed_reference_report_is_what_the_code_makes_of_its_results(tmp_path):

@@ -234,6 +234,21 @@ def test_prompts_compare_by_content_where_recorded_and_by_name_otherwise(tmp_pat
     assert leaderboard([moved, older]).differences[0].startswith("prompts differs")
 
 
+def test_a_method_that_failed_does_not_turn_a_runs_prompts_into_unrecorded(tmp_path):
+    """A failed row records no prompts (nothing was scored): the run's prompts still compare by content."""
+    def failed(r):
+        rows = [{k: v for k, v in row.items() if k != "prompts_sha256"} | {"status": "failed: planted"}
+                if (row["method"], row["concept"]) == ("ge-full", "text") else row for row in r["rows"]]
+        return {**r, "rows": rows}
+
+    a = fake_run(tmp_path / "a", prompts_sha="1" * 64)
+    with_failure = _edit(fake_run(tmp_path / "failure", prompts_sha="1" * 64), failed)
+    board = leaderboard([a, with_failure])
+    assert board.differences == [] and board.notes == []
+    edited = _edit(fake_run(tmp_path / "edited", prompts_sha="2" * 64), failed)
+    assert [d.split(":")[0] for d in leaderboard([a, edited]).differences] == ["prompts (content sha256) differs"]
+
+
 def test_runs_compare_only_when_the_whole_evaluator_agrees_weights_thresholds_conf_and_clean_reference(tmp_path):
     """The same weights at other thresholds (or another conf, or another clean-image reference) are
     another evaluator: finding-8's case is a copy of a run with every threshold set to 0.99."""
