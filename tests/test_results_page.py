@@ -378,10 +378,23 @@ def test_a_score_pipeline_or_score_images_folder_joins_the_leaderboard_checked_a
         ("conf", fake_summary(tmp_path / "conf", conf=0.5, thresholds=dict.fromkeys(THREE, 0.5)), "evaluator thresholds differs"),
     ):
         assert key in [d.split(":")[0] for d in leaderboard([run, summary]).differences], name
+    with_conf = fake_run(tmp_path / "run-conf", prompts_sha="1" * 64, conf=0.5, thresholds={"qrcode": 0.5, "text": 0.5})
+    summary_conf = fake_summary(tmp_path / "summary-conf", conf=0.5, thresholds=dict.fromkeys(THREE, 0.5))
+    assert leaderboard([with_conf, summary_conf]).differences == [], "one conf over the track's concepts, as results.json records it"
     lossy = fake_summary(tmp_path / "jpeg", overrides={"lossy_images": {"JPEG": 10}})
     assert leaderboard([run, lossy]).differences == [
         f'{lossy} was scored off the track\'s protocol (overrides: {{"lossy_images": {{"JPEG": 10}}}})']
     assert main(["leaderboard", str(run), str(handed), "--out", str(tmp_path / "lb")]) == 0
+
+
+def test_a_run_folder_that_also_holds_a_summary_json_is_read_as_the_run(tmp_path):
+    """score-pipeline's --out pointed into a run folder leaves a summary.json beside its results.json:
+    the folder is still the run (its methods), read and listed as made from its results.json."""
+    run = fake_run(tmp_path / "run", prompts_sha="1" * 64, thresholds=THREE)
+    shutil.copy(fake_summary(tmp_path / "mine") / "summary.json", run / "summary.json")
+    board = leaderboard([run])
+    assert {line.split(" | ")[1] for line in board.markdown.splitlines() if line.startswith(f"| {cell(run)}")} == {"sd", "ge-full"}
+    assert f"`{run / 'results.json'}`" in board.markdown.split("## Made from")[1]
 
 
 def test_one_model_scored_on_every_concept_of_a_per_subset_track_gets_a_note(tmp_path):
