@@ -521,23 +521,79 @@ def test_a_contact_sheet_refuses_a_count_below_one_and_a_folder_as_its_file(buil
     _, out, _ = built
     with pytest.raises(ValueError, match="count must be an integer >= 1, got -3"):
         preview_dataset(out, tmp_path / "sheet.png", count=-3)
+    for name in ("count", "columns"):
+        with pytest.raises(ValueError, match=f"{name} must be an integer >= 1, got 0"):
+            preview_dataset(out, tmp_path / "sheet.png", **{name: 0})
     (tmp_path / "sheet").mkdir()
     with pytest.raises(ValueError, match="sheet: is a folder"):
         preview_dataset(out, tmp_path / "sheet", count=2)
 
 
 @pytest.mark.parametrize("name", ["sheet.png", "sheet.jpg", "sheet.webp"])
-def test_a_contact_sheet_records_what_it_shows_and_what_built_it(built, tmp_path, name):
+def test_a_contact_sheet_records_what_it_shows_and_what_built_it(built, tmp_path, name, monkeypatch):
     from builders.preview import preview_dataset
     from implicit_concept.shard_reader import iter_samples
     _, out, _ = built
     shown = list(iter_samples(out / "qr" / "train", with_extras=False))[:3]
-    sheet = Image.open(preview_dataset(out / "qr" / "train", tmp_path / name, count=3))
+    monkeypatch.chdir(out)
+    sheet = Image.open(preview_dataset(Path("qr/train"), tmp_path / name, count=3))
+    assert sheet.format == {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[name.split(".")[1]], "saved as its name says"
     exif = sheet.getexif()
     record = json.loads(exif[0x010E])
+    assert record["shards"] == str((out / "qr" / "train").resolve()) and record["contaminated_only"] is False
     assert record["keys"] == [s.meta.key for s in shown]
     assert record["recipe_sha256"] == [shown[0].meta.recipe_sha256] and record["built_by"] == [shown[0].meta.version]
     assert exif[0x0131].startswith("implicit-concept ")
+
+
+def test_a_contact_sheet_of_contaminated_samples_shows_those_alone_and_says_so(built, tmp_path):
+    from builders.preview import preview_dataset
+    from implicit_concept.shard_reader import iter_samples
+    _, out, _ = built
+    every = list(iter_samples(out / "qr" / "train", with_extras=False))
+    assert any(s.meta.contaminated for s in every) and not all(s.meta.contaminated for s in every)
+    for only, name in ((True, "dirty.png"), (False, "all.png")):
+        sheet = Image.open(preview_dataset(out / "qr" / "train", tmp_path / name, count=len(every), contaminated_only=only))
+        record = json.loads(sheet.getexif()[0x010E])
+        assert record["keys"] == [s.meta.key for s in every if s.meta.contaminated or not only]
+        assert record["contaminated_only"] is only
+
+
+def test_a_contact_sheet_draws_every_box_in_its_concepts_colour_with_a_caption_row_per_tile(tmp_path):
+    """Each tile is its image scaled up to about 256 px with every ground-truth box outlined where it is;
+    tiles sit ``columns`` to a row, each with a caption line under it; ``--out``'s folder is made."""
+    from builders.preview import preview_dataset
+    from implicit_concept.concepts import concept
+    from implicit_concept.shard_reader import iter_samples
+    raw = _raw(_folder(tmp_path / "src", count=6), test_fraction=0.0)
+    raw.update(image_size=64, min_side=16)
+    raw["subsets"] = [{"name": "qr", "concepts": ["qrcode"], "fraction": 1.0, "instances": [2, 2]}]
+    build_dataset(parse_recipe(raw), tmp_path / "out", progress=False)
+    folder = tmp_path / "out" / "qr" / "train"
+    shown = list(iter_samples(folder, with_extras=False))[:3]
+    sheet = Image.open(preview_dataset(folder, tmp_path / "new" / "sheet.png", count=3, columns=2)).convert("RGB")
+    scale, pad, tile, caption = 256 // 64, 4, 256, 12
+    assert sheet.size == (2 * (tile + pad) + pad, 2 * (tile + caption + pad) + pad)
+    assert any(len(s.meta.instances) == 2 for s in shown), "a tile with two boxes"
+    for i, sample in enumerate(shown):
+        left, top = pad + (i % 2) * (tile + pad), pad + (i // 2) * (tile + caption + pad)
+        for instance in sample.meta.instances:
+            _, _, x2, y2 = (int(v) for v in instance.box.as_list())
+            corner = (left + x2 * scale - 1, top + y2 * scale - 1)
+            assert sheet.getpixel(corner) == concept(instance.concept).colour, (sample.meta.key, instance)
+
+
+def test_a_contact_sheet_of_images_larger_than_a_tile_and_of_no_contaminated_sample(tmp_path):
+    """Images over 256 px are shown at their own size; a selection that holds no sample is one line."""
+    from builders.preview import preview_dataset
+    raw = _raw(_folder(tmp_path / "src", count=2), test_fraction=0.0)
+    raw.update(image_size=300, min_side=16)
+    raw["subsets"] = [{"name": "clean", "concepts": ["qrcode"], "fraction": 0.0}]
+    build_dataset(parse_recipe(raw), tmp_path / "out", progress=False)
+    folder = tmp_path / "out" / "clean" / "train"
+    assert Image.open(preview_dataset(folder, tmp_path / "sheet.png", count=1, columns=1)).size == (300 + 8, 300 + 12 + 8)
+    with pytest.raises(ValueError, match="clean/train: no samples to show"):
+        preview_dataset(folder, tmp_path / "dirty.png", contaminated_only=True)
 
 
 def test_a_contact_sheet_that_fails_while_saving_leaves_the_earlier_one_whole(built, tmp_path, monkeypatch):

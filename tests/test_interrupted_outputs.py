@@ -105,6 +105,34 @@ def test_a_sample_grid_and_the_icr_plot_stopped_mid_write_leave_the_earlier_whol
     assert not [p.name for p in tmp_path.rglob(".*")], "no temporary is left behind by an interrupt"
 
 
+def test_the_results_page_and_the_leaderboard_are_renamed_into_place_never_rewritten_in_place(tmp_path):
+    """A reader holding the earlier ``results.html`` or ``leaderboard.html`` (a hard link here) keeps it
+    whole: the new file is written beside it and renamed over it, so a stop mid-write cuts nothing short."""
+    import json
+    import os
+
+    from benchmark.leaderboard import write_leaderboard
+    from benchmark.results_page import write_results_page
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ratio = {"value": 0.25, "ci": [0.1, 0.5], "count": 2, "n": 8}
+    results = {"name": "run", "track": "debug", "fp_rate": {"qrcode": ratio}, "config": {"track_sha256": "t"},
+               "detector": {"sha256": "d"}, "rows": [{"concept": "qrcode", "method": "sd", "status": "ok", "icr": ratio}]}
+    (run / "results.json").write_text(json.dumps(results))
+    for write, page in ((lambda: write_results_page(results, run), run / "results.html"),
+                        (lambda: write_leaderboard([run], tmp_path / "lb"), tmp_path / "lb" / "leaderboard.html")):
+        write()
+        os.link(page, tmp_path / "held.html")
+        held = page.read_bytes()
+        page.write_bytes(held + b"<!-- stale -->")
+        os.unlink(tmp_path / "held.html")
+        os.link(page, tmp_path / "held.html")
+        write()
+        assert (tmp_path / "held.html").read_bytes() == held + b"<!-- stale -->" and page.read_bytes() == held
+        os.unlink(tmp_path / "held.html")
+
+
 def test_a_folder_renamed_into_place_drops_the_temporaries_of_writers_that_are_gone(tmp_path):
     """A worker killed while saving a fine-tune's pipeline (a kill trial of benchmark --jobs 2) left
     ``.pipeline.tmp-<pid>`` beside it; the resumed run saved under its own pid and kept the other

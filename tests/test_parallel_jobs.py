@@ -145,6 +145,37 @@ def test_train_all_starts_no_worker_for_fine_tunes_already_made_and_trains_one_f
     assert len(pool) == 1, "no pool started for a resume"
 
 
+def test_train_all_of_a_run_stopped_after_sd_trains_the_fine_tunes_from_sd_left(pool, monkeypatch, tmp_path):
+    """A resume where every fine-tune from the base is made still trains, side by side, those from ``sd``."""
+    trained = []
+    monkeypatch.setattr(stages, "finetune", lambda run, base, subset, ft, detector, may_train=True: trained.append(ft))
+    monkeypatch.setattr(stages, "finetune_folder", lambda run, base, subset, ft, detector: tmp_path / f"{ft.start}-{ft.seed}")
+    monkeypatch.setattr(stages, "is_made", lambda folder: folder.name.startswith("base-"))
+    sd, removal = FineTune(seed=1), FineTune(start="sd", seed=1)
+    parallel_finetunes.train_all(_run(tmp_path), Path("base"), Path("data/icd-qrcode"), [sd, removal],
+                                 LoadedDetector("det/detector.safetensors"), jobs=2)
+    assert trained == [removal]
+
+
+def test_train_all_raises_a_fine_tunes_error_and_starts_none_from_sd_after_it(pool, monkeypatch, tmp_path):
+    """A fine-tune that fails in its worker fails ``train_all`` (not swallowed by the pool), and those
+    that start from ``sd`` are not handed out until every one from the base has finished."""
+    trained = []
+
+    def finetune(run, base, subset, ft, detector, may_train=True):
+        trained.append(ft)
+        if ft.data == "clean":
+            raise RuntimeError("planted")
+
+    monkeypatch.setattr(stages, "finetune", finetune)
+    monkeypatch.setattr(stages, "finetune_folder", lambda run, base, subset, ft, detector: None)
+    sd, clean, removal = FineTune(seed=1), FineTune(data="clean", seed=1), FineTune(start="sd", seed=1)
+    with pytest.raises(RuntimeError, match="planted"):
+        parallel_finetunes.train_all(_run(tmp_path), Path("base"), Path("data/icd-qrcode"), [sd, clean, removal],
+                                     LoadedDetector("det/detector.safetensors"), jobs=2)
+    assert removal not in trained
+
+
 def _run(tmp_path, progress=True):
     return BenchmarkRun(track=load_track("debug"), name="jobs", runs_root=tmp_path, progress=progress)
 

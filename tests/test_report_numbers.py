@@ -118,6 +118,26 @@ def test_the_report_lists_the_run_stages_in_the_order_they_ran_not_results_jsons
     assert listed == stages
 
 
+def test_the_quality_table_holds_the_rows_that_ran_and_timings_of_one_job_say_they_ran_one_after_another():
+    """A method that failed is under "Not run", not a quality row of dashes; whole-number figures
+    print as numbers; rows recorded with ``jobs`` 1 ran one after another."""
+    ok = {"concept": "qrcode", "method": "sd", "subset": "icd-qrcode", "status": "ok", "jobs": 1,
+          "icr": {"value": 0.1, "ci": [0.0, 0.2]}, "quality": {"scene_fid": 1090}, "fid_x_icr": 10900,
+          "timings": {"generate": 12.0}}
+    failed = {"concept": "qrcode", "method": "esd", "subset": "icd-qrcode", "status": "failed: planted", "jobs": 1}
+    md = results_markdown({"name": "r", "track": "tiny", "fp_rate": {}, "rows": [ok, failed]})
+    quality = md.split("## Quality")[1].split("Quality measures")[0]
+    assert "| qrcode | sd | 1090 | 10900 |" in quality and "esd" not in quality and "e+0" not in md
+    assert "- `esd` on qrcode: failed: planted" in md.split("## Not run")[1]
+    assert "| methods: generate | 12 | sum over 1 evaluations, run one after another |" in md
+
+
+@pytest.mark.parametrize("made_from, said", [("track", "Base: the track's"), ("--pretrained", "Base: `--pretrained`")])
+def test_the_report_says_which_base_the_methods_started_from(made_from, said):
+    results = {"name": "r", "track": "tiny", "fp_rate": {}, "rows": [], "base": {"from": made_from, "weights_sha256": "ab" * 32}}
+    assert f"{said} (weights sha256 `abababababab`)." in results_markdown(results)
+
+
 def test_an_older_reference_run_still_reads_and_says_what_its_older_rows_hold(tmp_path):
     """The reference results.json of commit 3b55bd5 (written before seeded rows carried quality over
     seeds and rows named their interval), as labs may hold it: the report reads it and says what each
@@ -134,6 +154,7 @@ def test_an_older_reference_run_still_reads_and_says_what_its_older_rows_hold(tm
     assert "e+0" not in md
     board = leaderboard([run])
     assert board.markdown.index("| oracle (control, not ranked) |") > board.markdown.index("| sd |")
+    assert not [n for n in board.notes if "not compared" in n], "one run is compared with nothing: no note says it was not"
 
 
 def test_the_committed_reference_report_is_what_the_code_makes_of_its_results(tmp_path):
@@ -177,21 +198,21 @@ def test_model_removal_compares_the_edits_with_the_seed_they_were_applied_to(tra
 
 
 HOSTILE = ["gen\nfake-row | 0.0 | 0.0", "**bold**", "`code`", "<b>x</b>", "_it_", "a\\|b", "[link](http://x)", "# heading", "1. item",
-           "$\\foo{$", "$x^2$"]
+           "$\\foo{$", "$x^2$", "- item"]
 
 
 @pytest.mark.parametrize("name", HOSTILE)
 def test_no_name_adds_a_row_or_changes_formatting_in_markdown_or_html(name, tmp_path):
     rows = [{"concept": "qrcode", "method": m, "status": "ok", "icr": {"value": 0.1, "ci": [0.0, 0.2]}, "quality": {"scene_fid": 1090.7},
              "fid_x_icr": 21815.2} for m in (name, "sd")]
-    results = {"name": name, "track": "tiny", "fp_rate": {"qrcode": {"value": 0.0, "ci": [0.0, 0.01]}}, "rows": rows,
+    results = {"name": name, "note": name, "track": "tiny", "fp_rate": {"qrcode": {"value": 0.0, "ci": [0.0, 0.01]}}, "rows": rows,
                "targets": {"checks": [{"concept": "qrcode", "target": name, "measured": name, "met": True}]},
                "named_base": {"qrcode": {"icr": {"value": 0.0, "ci": [0.0, 0.02]}, "prompt": name, "n_prompts": 3}}}
     md = results_markdown(results)
     for table in _tables(md):
         assert len({len(_cells(row)) for row in table}) == 1, table
     page = markdown_html(md)
-    for tag in ("<strong>bold", "<em>", "<code>code", "<b>", "<a ", "<h1>heading", "<ol>"):
+    for tag in ("<strong>bold", "<em>", "<code>code", "<b>", "<a ", "<h1>heading", "<ol>", "<li>item"):
         assert tag not in page
     assert page.count("<tr>") == md.count("\n|") - md.count("\n|---"), "one HTML row per Markdown row"
     assert "| 1091 | 21815 |" in md and "e+0" not in md

@@ -54,8 +54,8 @@ def fake_run(root: Path, track_sha: str = "t" * 8, evaluator: str = "e" * 8, icr
 
 
 def test_markdown_tables_become_html_tables_with_text_escaped():
-    page = markdown_html("# T\n\n| a | b |\n|---|---|\n| <x> | **no** |\n\n- `c`\n")
-    assert "<h1>T</h1>" in page and "<th>a</th>" in page and "<td>&lt;x&gt;</td>" in page
+    page = markdown_html("# T\n\n| a | b |\n|---|---|\n| <x> | **no** |\n\n- `c`\n\n## S\n")
+    assert "<h1>T</h1>" in page and "<h2>S</h2>" in page and "<th>a</th>" in page and "<td>&lt;x&gt;</td>" in page
     assert "<strong>no</strong>" in page and "<li><code>c</code></li>" in page and "|---|" not in page
 
 
@@ -68,6 +68,7 @@ def test_the_page_inlines_every_image_and_fetches_nothing(tmp_path):
         Image.open(io.BytesIO(base64.b64decode(data))).load()
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "a &lt;fake&gt; run" in page and "ge-full" in page
+    assert "&quot;environment&quot;: {\n    &quot;python&quot;: &quot;3&quot;" in page, "the environment it ran in"
 
 
 @pytest.mark.skipif(BROWSER is None and not os.environ.get("CI"), reason="no headless Chromium here (CI installs it)")
@@ -279,6 +280,21 @@ def test_prompts_compare_by_content_where_recorded_and_by_name_otherwise(tmp_pat
     assert leaderboard([moved, older]).differences[0].startswith("prompts differs")
 
 
+def test_a_method_that_failed_does_not_turn_a_runs_prompts_into_unrecorded(tmp_path):
+    """A failed row records no prompts (nothing was scored): the run's prompts still compare by content."""
+    def failed(r):
+        rows = [{k: v for k, v in row.items() if k != "prompts_sha256"} | {"status": "failed: planted"}
+                if (row["method"], row["concept"]) == ("ge-full", "text") else row for row in r["rows"]]
+        return {**r, "rows": rows}
+
+    a = fake_run(tmp_path / "a", prompts_sha="1" * 64)
+    with_failure = _edit(fake_run(tmp_path / "failure", prompts_sha="1" * 64), failed)
+    board = leaderboard([a, with_failure])
+    assert board.differences == [] and board.notes == []
+    edited = _edit(fake_run(tmp_path / "edited", prompts_sha="2" * 64), failed)
+    assert [d.split(":")[0] for d in leaderboard([a, edited]).differences] == ["prompts (content sha256) differs"]
+
+
 def test_runs_compare_only_when_the_whole_evaluator_agrees_weights_thresholds_conf_and_clean_reference(tmp_path):
     """The same weights at other thresholds (or another conf, or another clean-image reference) are
     another evaluator: finding-8's case is a copy of a run with every threshold set to 0.99."""
@@ -408,6 +424,9 @@ def test_a_score_pipeline_or_score_images_folder_joins_the_leaderboard_checked_a
         ("conf", fake_summary(tmp_path / "conf", conf=0.5, thresholds=dict.fromkeys(THREE, 0.5)), "evaluator thresholds differs"),
     ):
         assert key in [d.split(":")[0] for d in leaderboard([run, summary]).differences], name
+    with_conf = fake_run(tmp_path / "run-conf", prompts_sha="1" * 64, conf=0.5, thresholds={"qrcode": 0.5, "text": 0.5})
+    summary_conf = fake_summary(tmp_path / "summary-conf", conf=0.5, thresholds=dict.fromkeys(THREE, 0.5))
+    assert leaderboard([with_conf, summary_conf]).differences == [], "one conf over the track's concepts, as results.json records it"
     lossy = fake_summary(tmp_path / "jpeg", overrides={"lossy_images": {"JPEG": 10}})
     assert leaderboard([run, lossy]).differences == [
         f'{lossy} was scored off the track\'s protocol (overrides: {{"lossy_images": {{"JPEG": 10}}}})']
@@ -424,6 +443,16 @@ def test_a_handed_over_folder_named_as_a_control_is_a_labs_model_ranked_not_a_co
     table = [line for line in leaderboard([run, handed]).markdown.splitlines() if line.startswith("| ")][1:]
     assert [line.split(" | ")[:2] for line in table] == [
         [f"| {cell(handed)}", folder], [f"| {cell(run)}", "ge-full"], [f"| {cell(run)}", "sd"], [f"| {cell(run)}", f"{folder} (control, not ranked)"]]
+
+
+def test_a_run_folder_that_also_holds_a_summary_json_is_read_as_the_run(tmp_path):
+    """score-pipeline's --out pointed into a run folder leaves a summary.json beside its results.json:
+    the folder is still the run (its methods), read and listed as made from its results.json."""
+    run = fake_run(tmp_path / "run", prompts_sha="1" * 64, thresholds=THREE)
+    shutil.copy(fake_summary(tmp_path / "mine") / "summary.json", run / "summary.json")
+    board = leaderboard([run])
+    assert {line.split(" | ")[1] for line in board.markdown.splitlines() if line.startswith(f"| {cell(run)}")} == {"sd", "ge-full"}
+    assert f"`{run / 'results.json'}`" in board.markdown.split("## Made from")[1]
 
 
 def test_one_model_scored_on_every_concept_of_a_per_subset_track_gets_a_note(tmp_path):
@@ -490,13 +519,16 @@ def test_a_sample_grid_draws_each_images_own_boxes_on_it_at_a_readable_scale(tmp
     for i, grey in enumerate((90, 160)):
         paths.append(tmp_path / f"{i}.png")
         Image.new("RGB", (16, 16), (grey, grey, grey)).save(paths[-1])
-    records = [{"detections": [{"concept": "qrcode", "confidence": 0.9, "box": [0, 0, 8, 8]}]}, {"detections": []}]
+    records = [{"detections": [{"concept": "qrcode", "confidence": 0.9, "box": [0, 0, 8, 8]},
+                               {"concept": "text", "confidence": 0.8, "box": [8, 8, 16, 16]}]}, {"detections": []}]
     sheet = Image.open(method_grid(paths, records, tmp_path / "grid.png", title="np", columns=2)).convert("RGB")
     assert sheet.size == (2 * (128 + 4) + 4, 14 + 128 + 2 * 4)  # two 128 px tiles, pad 4, a 14 px title line
     left_edge_mid = (4, 14 + 4 + 32)
     assert sheet.getpixel(left_edge_mid) == concept("qrcode").colour
     assert sheet.getpixel((4 + 132, 14 + 4 + 32)) == (160, 160, 160)
-    assert sheet.getpixel((4 + 100, 14 + 4 + 100)) == (90, 90, 90)
+    assert sheet.getpixel((4 + 90, 14 + 4 + 90)) == (90, 90, 90)
+    assert sheet.getpixel((4 + 127, 14 + 4 + 100)) == concept("text").colour, "every detection's box, not the first alone"
+    assert sheet.getpixel((4 + 132 + 127, 14 + 4 + 127)) == (160, 160, 160), "the tiles under the title line, whole"
 
 
 def test_a_plug_in_is_listed_once_whatever_the_number_of_concepts_it_scored():
@@ -540,6 +572,22 @@ def test_the_page_inlines_only_the_runs_own_png_files_and_names_the_rest(tmp_pat
                       ("grids/icd-mixed/fifo.png", "not a regular file"), ("grids/icd-mixed/loop.png", "not a regular file"),
                       ("grids/icd-mixed/text.png", "not a PNG file")):
         assert f"{name} ({why})" in page
+
+
+def test_a_built_in_method_sampled_with_weights_changed_in_memory_is_listed_as_one():
+    from benchmark.results_page import method_provenance
+
+    rows = [{"concept": "qrcode", "method": "esd", "model": {"edited_in_memory": ["unet"]}}]
+    assert method_provenance({"rows": rows}).splitlines()[2:] == ["| esd | built-in | \\- | \\- | unet |"]
+
+
+def test_a_run_name_with_markup_is_text_in_the_pages_title(tmp_path):
+    from benchmark.results_page import results_page
+
+    run = fake_run(tmp_path / "run")
+    results = {**json.loads((run / "results.json").read_text()), "name": "</title><script>x</script>"}
+    page = results_page(results, run)
+    assert "<script>" not in page and "<title>Implicit concept removal: &lt;/title&gt;&lt;script&gt;" in page
 
 
 def test_an_image_caption_is_escaped_in_its_alt_text_and_caption(tmp_path):
