@@ -19,7 +19,7 @@ import uuid
 import weakref
 from pathlib import Path
 from types import FunctionType, MethodType, ModuleType
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -132,10 +132,25 @@ _PARTS = ("unet", "text_encoder", "vae")
 
 def _held(root: Any) -> dict[str, str | None]:
     """What ``root`` holds that decides its images, by attribute path: modules and tensors by their
-    values, schedulers by their config, tokenizers by their vocabulary; found through attributes
-    (``__dict__`` and ``__slots__``), containers, closures, bound methods and ``functools.partial``
-    at any depth. Each object is visited once (shared or cyclic references end there)."""
+    values, schedulers by their config, tokenizers by their vocabulary (see :func:`held_parts`)."""
     found: dict[str, str | None] = {}
+    for path, value in held_parts(root):
+        if isinstance(value, torch.nn.Module):
+            found[path] = _weights_sha256(value)
+        elif isinstance(value, torch.Tensor):
+            found[path] = _tensor_sha256(value)
+        elif hasattr(value, "set_timesteps") and getattr(value, "config", None) is not None:
+            found[path] = scheduler_sha256(value)
+        else:
+            found[path] = json_sha256(value.get_vocab())
+    return found
+
+
+def held_parts(root: Any) -> Iterator[tuple[str, Any]]:
+    """The modules, tensors, schedulers and tokenizers ``root`` holds, by attribute path (``self``
+    for ``root`` itself): found through attributes (``__dict__`` and ``__slots__``), containers,
+    closures, bound methods and ``functools.partial`` at any depth. Each object is visited once
+    (shared or cyclic references end there); a part's own insides are not walked."""
     seen: set[int] = set()
     stack: list[tuple[str, Any]] = [("", root)]
     while stack:
@@ -143,21 +158,13 @@ def _held(root: Any) -> dict[str, str | None]:
         if id(value) in seen or isinstance(value, (str, bytes, int, float, bool, type(None), Path, type, ModuleType)):
             continue
         seen.add(id(value))
-        if isinstance(value, torch.nn.Module):
-            found[path or "self"] = _weights_sha256(value)
-            continue
-        if isinstance(value, torch.Tensor):
-            found[path or "self"] = _tensor_sha256(value)
-            continue
-        if hasattr(value, "set_timesteps") and getattr(value, "config", None) is not None:
-            found[path or "self"] = scheduler_sha256(value)
-            continue
-        if callable(getattr(value, "get_vocab", None)):
-            found[path or "self"] = json_sha256(value.get_vocab())
+        if (isinstance(value, (torch.nn.Module, torch.Tensor))
+                or (hasattr(value, "set_timesteps") and getattr(value, "config", None) is not None)
+                or callable(getattr(value, "get_vocab", None))):
+            yield path or "self", value
             continue
         children = _children(value)
         stack.extend((f"{path}.{name}" if path else str(name), child) for name, child in reversed(children))
-    return found
 
 
 def _children(value: Any) -> list[tuple[Any, Any]]:
