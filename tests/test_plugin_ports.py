@@ -253,3 +253,45 @@ def test_pipeline_subclasses_other_dtypes_and_schedulers_sample_and_say_what_the
     assert records["Euler"]["scheduler"] == "EulerDiscreteScheduler" and records["Euler"]["edited_in_memory"] == ["scheduler"]
     for name in ("sld-port", "half", "brain", "euler"):
         assert len(evaluate.images(name)) == 2
+
+
+NUMPY_ERRORS = '''
+import numpy as np
+from PIL import Image
+from benchmark.methods.interface import FineTune, Generator, Method
+
+np.seterr(all="raise")  # find where the NaN comes from
+SEEN = []
+
+
+class Strict(Method):
+    name = "strict"
+
+    def build(self, ctx):
+        np.seterr(all="raise")
+        ctx.finetune(FineTune())
+        np.seterr(over="raise")
+
+        def sample(**kwargs):
+            np.seterr(divide="raise")
+            return [Image.new("RGB", (16, 16), (9, 9, 9))] * len(kwargs["prompt"])
+
+        return Generator(sample)
+'''
+
+
+def test_numpys_error_handling_a_plug_in_sets_is_its_own(lab, evaluate, monkeypatch):
+    """``np.seterr(all="raise")`` at import held for the whole run: every later method's and the
+    scoring's invalid operations (an empty slice's mean, a NaN cast to 8 bits) raised
+    FloatingPointError, in the toolkit's code, blaming no plug-in; in a build, the fine-tune it asked
+    for (shared by every method) trained under it."""
+    before = np.geterr()
+    lab("numpy_lab", NUMPY_ERRORS)
+    get_method("numpy_lab:Strict")
+    assert np.geterr() == before, "the module's np.seterr at import stayed"
+    trained_under = []
+    finetune = stages.finetune
+    monkeypatch.setattr(stages, "finetune", lambda *a, **k: trained_under.append(np.geterr()) or finetune(*a, **k))
+    assert evaluate("numpy_lab:Strict")[0]["status"] == "ok"
+    assert trained_under == [before], "the shared fine-tune ran under the build's error handling"
+    assert np.geterr() == before, "the build's or the sampler's np.seterr stayed"
