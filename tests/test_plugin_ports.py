@@ -295,3 +295,71 @@ def test_numpys_error_handling_a_plug_in_sets_is_its_own(lab, evaluate, monkeypa
     assert evaluate("numpy_lab:Strict")[0]["status"] == "ok"
     assert trained_under == [before], "the shared fine-tune ran under the build's error handling"
     assert np.geterr() == before, "the build's or the sampler's np.seterr stayed"
+
+
+STEERING = HEAD + '''
+from diffusers.models.attention_processor import AttnProcessor2_0
+from safetensors.torch import load_file
+
+
+class Steer(AttnProcessor2_0):
+    """A cross-attention processor adding a direction to the text embedding (no nn.Module: in no state_dict)."""
+
+    def __init__(self, direction):
+        super().__init__()
+        self.direction = direction
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        if encoder_hidden_states is not None:
+            encoder_hidden_states = encoder_hidden_states + self.direction
+        return super().__call__(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+
+
+class Steered(Method):
+    name = "steered"
+
+    def build(self, ctx):
+        pipe = loaded(ctx)
+        pipe.unet.set_attn_processor(Steer(load_file("direction.safetensors")["d"]))
+        return Generator(pipe)
+
+
+class Embedded(StableDiffusionPipeline):
+    """SLD-like: the concept's embedding kept on the pipeline, steering every prompt's."""
+
+    def encode_prompt(self, *args, **kwargs):
+        prompt, negative = super().encode_prompt(*args, **kwargs)
+        return prompt - self.concept, negative
+
+
+class Guided(Method):
+    name = "guided"
+
+    def build(self, ctx):
+        pipe = Embedded(**loaded(ctx).components)
+        pipe.concept = load_file("direction.safetensors")["d"]
+        return Generator(pipe)
+'''
+
+
+@pytest.mark.parametrize("cls, name, edited", [("Steered", "steered", "unet.attn_processors"), ("Guided", "guided", "concept")])
+def test_tensors_a_pipeline_holds_beyond_its_parts_weights_key_its_images(lab, evaluate, tmp_path, cls, name, edited):
+    """A steering direction in a custom attention processor, or on an SLD-like pipeline subclass, read
+    from the lab's file: the lab retrained it and reran, and its old images were kept, scored as the new."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    lab("steering_lab", STEERING)
+    drawn = []
+    for value in (0.0, 3.0, 3.0):
+        save_file({"d": torch.full((MICRO.text_hidden,), value)}, tmp_path / "direction.safetensors")
+        rows = evaluate(f"steering_lab:{cls}")
+        drawn.append([p.read_bytes() for p in evaluate.images(name)])
+    assert drawn[0] != drawn[1] == drawn[2], "kept the old direction's images, or drew the same direction anew"
+    assert rows[0]["model"]["edited_in_memory"] == [edited], "results.json said the folder's model drew them"
+    lab("edits_lab", EDITS)
+    evaluate("edits_lab:Sound")
+    plain = json.loads((tmp_path / "run" / "images" / "icd-qrcode" / "sound" / "source.json").read_text())["model"]
+    assert "beyond_parts" not in plain, "a plain pipeline's key changed: every cached image would be drawn anew"

@@ -62,7 +62,8 @@ def remember_loaded(pipeline: Any) -> Any:
 def model_record(pipeline: Any, source: dict[str, Any] | None = None) -> dict[str, Any]:
     """:func:`pipeline_folders`, with the scheduler's class and ``edited_in_memory``: the parts that
     differ from what their folders hold (weights a method changed after ``ctx.load_pipeline``, a
-    scheduler other than the one saved beside the UNet), whose folders alone do not draw its images.
+    scheduler other than the one saved beside the UNet, a part's own attention processors, what the
+    pipeline holds beside its parts), whose folders alone do not draw its images.
     ``source``: :func:`pipeline_source`'s record, whose weight hashes are reused."""
     record = pipeline_folders(pipeline)
     scheduler = getattr(pipeline, "scheduler", None)
@@ -72,6 +73,8 @@ def model_record(pipeline: Any, source: dict[str, Any] | None = None) -> dict[st
     edited = [name for name in _PARTS if _edited(getattr(pipeline, name, None), (source or {}).get(name))]
     if _scheduler_edited(scheduler, record.get("unet")):
         edited.append("scheduler")
+    beyond = {path.split(".")[0] for path in (source or {}).get("beyond_parts", {})}
+    edited += sorted(f"{top}.attn_processors" if top in _PARTS else top for top in beyond)
     record["edited_in_memory"] = edited
     return record
 
@@ -124,10 +127,38 @@ def pipeline_source(pipeline: Any) -> dict[str, Any]:
         record["holds"] = _held(pipeline)
         if not record["holds"]:
             record["drawn_anew"] = uuid.uuid4().hex
+    else:
+        beyond = _beyond_parts(pipeline)
+        if beyond:  # absent for a plain pipeline: its key is what it always was
+            record["beyond_parts"] = beyond
     return record
 
 
 _PARTS = ("unet", "text_encoder", "vae")
+#: A pipeline's attributes its key names by themselves (the weighted parts, the scheduler, the tokenizer).
+_KEYED = (*_PARTS, "scheduler", "tokenizer")
+
+
+def _beyond_parts(pipeline: Any) -> dict[str, str | None]:
+    """What a pipeline draws with besides its parts' weights, scheduler and tokenizer, which no
+    ``state_dict`` holds: tensors and modules on the pipeline object itself (an SLD-like subclass's
+    concept embedding) and the attention processors its parts sample through that are not diffusers'
+    own (a steering direction a custom processor holds, loaded from a lab's file), each by its class
+    and what it holds. A lab's changed file then draws anew, as changed weights do."""
+    found = {path: value for path, value in _held(pipeline).items() if path.split(".")[0] not in _KEYED}
+    seen: dict[int, str] = {}
+    for name in _PARTS:
+        processors = getattr(getattr(pipeline, name, None), "attn_processors", None)
+        if not isinstance(processors, dict):
+            continue
+        for where, processor in sorted(processors.items()):
+            kind = type(processor)
+            if kind.__module__.split(".")[0] == "diffusers" and not _held(processor):
+                continue
+            if id(processor) not in seen:
+                seen[id(processor)] = json_sha256({"class": f"{kind.__module__}.{kind.__qualname__}", "holds": _held(processor)})
+            found[f"{name}.{where}"] = seen[id(processor)]
+    return found
 
 
 def _held(root: Any) -> dict[str, str | None]:
