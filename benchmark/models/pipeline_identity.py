@@ -145,36 +145,37 @@ def _beyond_parts(pipeline: Any) -> dict[str, str | None]:
     concept embedding) and the attention processors its parts sample through that are not diffusers'
     own (a steering direction a custom processor holds, loaded from a lab's file), each by its class
     and what it holds. A lab's changed file then draws anew, as changed weights do."""
-    found = {path: value for path, value in _held(pipeline).items() if path.split(".")[0] not in _KEYED}
-    seen: dict[int, str] = {}
+    found = {path: _part_sha256(value) for path, value in held_parts(pipeline) if path.split(".")[0] not in _KEYED}
+    keys: dict[int, str | None] = {}
     for name in _PARTS:
         processors = getattr(getattr(pipeline, name, None), "attn_processors", None)
         if not isinstance(processors, dict):
             continue
         for where, processor in sorted(processors.items()):
-            kind = type(processor)
-            if kind.__module__.split(".")[0] == "diffusers" and not _held(processor):
-                continue
-            if id(processor) not in seen:
-                seen[id(processor)] = json_sha256({"class": f"{kind.__module__}.{kind.__qualname__}", "holds": _held(processor)})
-            found[f"{name}.{where}"] = seen[id(processor)]
+            if id(processor) not in keys:
+                kind, held = type(processor), _held(processor)
+                own = kind.__module__.split(".")[0] == "diffusers" and not held
+                keys[id(processor)] = None if own else json_sha256({"class": f"{kind.__module__}.{kind.__qualname__}", "holds": held})
+            if keys[id(processor)] is not None:
+                found[f"{name}.{where}"] = keys[id(processor)]
     return found
 
 
 def _held(root: Any) -> dict[str, str | None]:
     """What ``root`` holds that decides its images, by attribute path: modules and tensors by their
     values, schedulers by their config, tokenizers by their vocabulary (see :func:`held_parts`)."""
-    found: dict[str, str | None] = {}
-    for path, value in held_parts(root):
-        if isinstance(value, torch.nn.Module):
-            found[path] = _weights_sha256(value)
-        elif isinstance(value, torch.Tensor):
-            found[path] = _tensor_sha256(value)
-        elif hasattr(value, "set_timesteps") and getattr(value, "config", None) is not None:
-            found[path] = scheduler_sha256(value)
-        else:
-            found[path] = json_sha256(value.get_vocab())
-    return found
+    return {path: _part_sha256(value) for path, value in held_parts(root)}
+
+
+def _part_sha256(value: Any) -> str | None:
+    """One of :func:`held_parts`: a module or tensor by its values, a scheduler by its config, a tokenizer by its vocabulary."""
+    if isinstance(value, torch.nn.Module):
+        return _weights_sha256(value)
+    if isinstance(value, torch.Tensor):
+        return _tensor_sha256(value)
+    if hasattr(value, "set_timesteps") and getattr(value, "config", None) is not None:
+        return scheduler_sha256(value)
+    return json_sha256(value.get_vocab())
 
 
 def held_parts(root: Any) -> Iterator[tuple[str, Any]]:
