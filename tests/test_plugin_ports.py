@@ -363,3 +363,35 @@ def test_tensors_a_pipeline_holds_beyond_its_parts_weights_key_its_images(lab, e
     evaluate("edits_lab:Sound")
     plain = json.loads((tmp_path / "run" / "images" / "icd-qrcode" / "sound" / "source.json").read_text())["model"]
     assert "beyond_parts" not in plain, "a plain pipeline's key changed: every cached image would be drawn anew"
+
+
+OVERFLOW = HEAD + '''
+
+class Overflows(Method):
+    """Finite weights whose activations overflow (float16's range is 65504): NaN latents, black images."""
+    name = "overflows"
+
+    def build(self, ctx):
+        pipe = loaded(ctx)
+        with torch.no_grad():
+            pipe.unet.conv_out.weight.mul_(3e38)
+        return Generator(pipe)
+
+
+class WrappedOverflow(Overflows):
+    name = "wrapped-overflow"
+
+    def build(self, ctx):
+        pipe = super().build(ctx).pipeline
+        return Generator(lambda **kwargs: pipe(**kwargs))
+'''
+
+
+@pytest.mark.parametrize("cls, name, part", [("Overflows", "overflows", "unet"), ("WrappedOverflow", "wrapped-overflow", "pipe.unet")])
+def test_a_pipeline_that_draws_nan_from_finite_weights_is_refused_not_scored_as_erased(lab, evaluate, cls, name, part):
+    """Its images were black (numpy casts NaN to 0), status ok, the best ICR of the table."""
+    lab("overflow_lab", OVERFLOW)
+    with pytest.raises(ValueError, match=rf"^icd-qrcode/{name}: the pipeline cannot be sampled: its {part} gave NaN or infinite "
+                                         r"values while sampling \(torch\.float32: a float16 overflow"):
+        evaluate(f"overflow_lab:{cls}")
+    assert evaluate.images(name) == []
