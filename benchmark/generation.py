@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from benchmark.failures import PLUGIN_ERRORS, MethodFailed
+from benchmark.models.pipeline_checks import NonFiniteOutput, finite_outputs
 from benchmark.models.pipeline_identity import json_sha256
 from benchmark.plugin_state import kept_plugin_state, seeded_rngs
 from benchmark.prompts import Prompt
@@ -103,6 +104,8 @@ def generate_images(
                     )
             except GenerationError as e:
                 raise GenerationError(str(e) if str(e).startswith(f"{desc}: ") else f"{desc}: {e}") from None
+            except NonFiniteOutput as e:
+                raise GenerationError(f"{desc}: the pipeline cannot be sampled: {e}") from None
             except PLUGIN_ERRORS as e:
                 from benchmark.methods.interface import NotImplementedMethod
 
@@ -187,7 +190,7 @@ def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         # A plug-in's pipeline may chdir (images are saved after), set warnings filters or draw from the
         # global generators: seeded by the chunk's image seeds, as the chunks are the same on a resume.
-        with torch.no_grad(), kept_plugin_state(), seeded_rngs("sample", *seeds):
+        with torch.no_grad(), kept_plugin_state(), seeded_rngs("sample", *seeds), finite_outputs(pipeline):
             result = pipeline(
                 prompt=list(prompts),
                 negative_prompt=list(negatives) if any(negatives) else None,

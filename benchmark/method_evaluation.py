@@ -24,6 +24,7 @@ from benchmark.methods import REGISTRY, NotImplementedMethod, get_method
 from benchmark.methods.interface import Generator, MethodContext, checked_generator
 from benchmark.methods.plugins import code_sha256, is_toolkit_class
 from benchmark.models.folder_seal import FolderChanged
+from benchmark.models.pipeline_checks import pipeline_problem
 from benchmark.models.pipeline_identity import model_record, pipeline_source, remember_loaded
 from benchmark.plugin_state import in_working_folder, kept_plugin_state, seeded_rngs
 from benchmark.prompts import Prompt, read_prompts, shard_prompts, write_prompts
@@ -166,6 +167,9 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
     except PLUGIN_ERRORS as e:
         raise MethodFailed(where, "build(ctx)", e) from e
     generator = checked_generator(method, built)
+    problem = pipeline_problem(generator.pipeline)
+    if problem is not None:
+        raise ValueError(f"{where}: the pipeline build(ctx) returned cannot be sampled: {problem}")
     timings = {"build": time.perf_counter() - start}
     start = time.perf_counter()
     if hasattr(generator.pipeline, "set_progress_bar_config"):

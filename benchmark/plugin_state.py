@@ -1,6 +1,6 @@
 """What code the benchmark does not own may change process-wide besides torch's settings: the working
 folder, which the toolkit's relative paths (``runs/``, ``data/``, the cache) are read from, the
-warnings filters, and the global random generators.
+warnings filters, numpy's floating-point error handling, and the global random generators.
 
 A plug-in whose ``build`` runs ``os.chdir`` to call its own scripts, or turns warnings into errors,
 has both put back after each call into its code, so the next method is not failed by a library's
@@ -32,24 +32,28 @@ T = TypeVar("T")
 
 @contextmanager
 def kept_plugin_state() -> Iterator[None]:
-    """Whatever the block does to the working folder or the warnings filters is undone after it."""
+    """Whatever the block does to the working folder, the warnings filters or numpy's floating-point
+    error handling is undone after it (``np.seterr(all="raise")``, research code's way to find a NaN,
+    made every later method's and the scoring's invalid operations raise ``FloatingPointError``: an
+    empty slice's mean, a NaN pixel cast to 8 bits)."""
     before = os.getcwd()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), np.errstate(**np.geterr()):
             yield
     finally:
         os.chdir(before)
 
 
 def in_working_folder(service: Callable[..., T]) -> Callable[..., T]:
-    """``service`` run in the working folder as it is now (the toolkit's), whatever its caller's is
-    then, and leaving the caller's global generators as they were: a fine-tune trained now (training
-    seeds them) or found cached leaves a build drawing the same numbers after it."""
-    folder = os.getcwd()
+    """``service`` run in the working folder and under numpy's error handling as they are now (the
+    toolkit's), whatever its caller's are then, and leaving the caller's global generators as they
+    were: a fine-tune trained now (training seeds them) or found cached leaves a build drawing the
+    same numbers after it."""
+    folder, errors = os.getcwd(), np.geterr()
 
     @functools.wraps(service)
     def run(*args: Any, **kwargs: Any) -> T:
-        with kept_plugin_state(), kept_rngs():
+        with kept_plugin_state(), kept_rngs(), np.errstate(**errors):
             os.chdir(folder)
             return service(*args, **kwargs)
 

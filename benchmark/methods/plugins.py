@@ -216,12 +216,30 @@ def _check_shape(method: Any, spec: str) -> None:
         except TypeError as e:
             raise ValueError(f"--method {spec}: {type(method).__name__}.{step}{signature} cannot be called as {step}(ctx) "
                              f"({e}); the benchmark calls it with the MethodContext alone") from None
+        kind = _deferred_kind(call, step)
+        if kind is not None:
+            raise ValueError(f"--method {spec}: {type(method).__name__}.{step} is {kind}; the benchmark calls {step}(ctx) and "
+                             f"uses what it returns ({'a Generator' if step == 'build' else 'a list of FineTune'}): "
+                             "make it a plain def that returns it")
     try:
         description = getattr(method, "description", "")
     except PLUGIN_ERRORS as e:
         raise MethodFailed(f"--method {spec}", "reading its description", e) from e
     if description is not None and not isinstance(description, str):
         raise ValueError(f"--method {spec}: description is {_a(description)}, not text (it is written to results.json)")
+
+
+def _deferred_kind(call: Any, step: str) -> str | None:
+    """What kind of function ``call`` is if calling it returns something other than its result: an
+    ``async def`` (a coroutine, never awaited) or, for ``build``, a generator function (its ``yield``ed
+    Generator is never taken; ``finetunes`` may yield its fine-tunes, as they are read as a list)."""
+    if inspect.iscoroutinefunction(call):
+        return "an async def (calling it gives a coroutine, never awaited)"
+    if inspect.isasyncgenfunction(call):
+        return "an async generator (async def with yield)"
+    if step == "build" and inspect.isgeneratorfunction(call):
+        return "a generator function (it yields; calling it gives a generator, not what it yields)"
+    return None
 
 
 def _a(value: Any) -> str:

@@ -19,7 +19,7 @@ import uuid
 import weakref
 from pathlib import Path
 from types import FunctionType, MethodType, ModuleType
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -62,7 +62,8 @@ def remember_loaded(pipeline: Any) -> Any:
 def model_record(pipeline: Any, source: dict[str, Any] | None = None) -> dict[str, Any]:
     """:func:`pipeline_folders`, with the scheduler's class and ``edited_in_memory``: the parts that
     differ from what their folders hold (weights a method changed after ``ctx.load_pipeline``, a
-    scheduler other than the one saved beside the UNet), whose folders alone do not draw its images.
+    scheduler other than the one saved beside the UNet, a part's own attention processors, what the
+    pipeline holds beside its parts), whose folders alone do not draw its images.
     ``source``: :func:`pipeline_source`'s record, whose weight hashes are reused."""
     record = pipeline_folders(pipeline)
     scheduler = getattr(pipeline, "scheduler", None)
@@ -72,6 +73,8 @@ def model_record(pipeline: Any, source: dict[str, Any] | None = None) -> dict[st
     edited = [name for name in _PARTS if _edited(getattr(pipeline, name, None), (source or {}).get(name))]
     if _scheduler_edited(scheduler, record.get("unet")):
         edited.append("scheduler")
+    beyond = {path.split(".")[0] for path in (source or {}).get("beyond_parts", {})}
+    edited += sorted(f"{top}.attn_processors" if top in _PARTS else top for top in beyond)
     record["edited_in_memory"] = edited
     return record
 
@@ -124,18 +127,62 @@ def pipeline_source(pipeline: Any) -> dict[str, Any]:
         record["holds"] = _held(pipeline)
         if not record["holds"]:
             record["drawn_anew"] = uuid.uuid4().hex
+    else:
+        beyond = _beyond_parts(pipeline)
+        if beyond:  # absent for a plain pipeline: its key is what it always was
+            record["beyond_parts"] = beyond
     return record
 
 
 _PARTS = ("unet", "text_encoder", "vae")
+#: A pipeline's attributes its key names by themselves (the weighted parts, the scheduler, the tokenizer).
+_KEYED = (*_PARTS, "scheduler", "tokenizer")
+
+
+def _beyond_parts(pipeline: Any) -> dict[str, str | None]:
+    """What a pipeline draws with besides its parts' weights, scheduler and tokenizer, which no
+    ``state_dict`` holds: tensors and modules on the pipeline object itself (an SLD-like subclass's
+    concept embedding) and the attention processors its parts sample through that are not diffusers'
+    own (a steering direction a custom processor holds, loaded from a lab's file), each by its class
+    and what it holds. A lab's changed file then draws anew, as changed weights do."""
+    found = {path: _part_sha256(value) for path, value in held_parts(pipeline) if path.split(".")[0] not in _KEYED}
+    keys: dict[int, str | None] = {}
+    for name in _PARTS:
+        processors = getattr(getattr(pipeline, name, None), "attn_processors", None)
+        if not isinstance(processors, dict):
+            continue
+        for where, processor in sorted(processors.items()):
+            if id(processor) not in keys:
+                kind, held = type(processor), _held(processor)
+                own = kind.__module__.split(".")[0] == "diffusers" and not held
+                keys[id(processor)] = None if own else json_sha256({"class": f"{kind.__module__}.{kind.__qualname__}", "holds": held})
+            if keys[id(processor)] is not None:
+                found[f"{name}.{where}"] = keys[id(processor)]
+    return found
 
 
 def _held(root: Any) -> dict[str, str | None]:
     """What ``root`` holds that decides its images, by attribute path: modules and tensors by their
-    values, schedulers by their config, tokenizers by their vocabulary; found through attributes
-    (``__dict__`` and ``__slots__``), containers, closures, bound methods and ``functools.partial``
-    at any depth. Each object is visited once (shared or cyclic references end there)."""
-    found: dict[str, str | None] = {}
+    values, schedulers by their config, tokenizers by their vocabulary (see :func:`held_parts`)."""
+    return {path: _part_sha256(value) for path, value in held_parts(root)}
+
+
+def _part_sha256(value: Any) -> str | None:
+    """One of :func:`held_parts`: a module or tensor by its values, a scheduler by its config, a tokenizer by its vocabulary."""
+    if isinstance(value, torch.nn.Module):
+        return _weights_sha256(value)
+    if isinstance(value, torch.Tensor):
+        return _tensor_sha256(value)
+    if hasattr(value, "set_timesteps") and getattr(value, "config", None) is not None:
+        return scheduler_sha256(value)
+    return json_sha256(value.get_vocab())
+
+
+def held_parts(root: Any) -> Iterator[tuple[str, Any]]:
+    """The modules, tensors, schedulers and tokenizers ``root`` holds, by attribute path (``self``
+    for ``root`` itself): found through attributes (``__dict__`` and ``__slots__``), containers,
+    closures, bound methods and ``functools.partial`` at any depth. Each object is visited once
+    (shared or cyclic references end there); a part's own insides are not walked."""
     seen: set[int] = set()
     stack: list[tuple[str, Any]] = [("", root)]
     while stack:
@@ -143,21 +190,13 @@ def _held(root: Any) -> dict[str, str | None]:
         if id(value) in seen or isinstance(value, (str, bytes, int, float, bool, type(None), Path, type, ModuleType)):
             continue
         seen.add(id(value))
-        if isinstance(value, torch.nn.Module):
-            found[path or "self"] = _weights_sha256(value)
-            continue
-        if isinstance(value, torch.Tensor):
-            found[path or "self"] = _tensor_sha256(value)
-            continue
-        if hasattr(value, "set_timesteps") and getattr(value, "config", None) is not None:
-            found[path or "self"] = scheduler_sha256(value)
-            continue
-        if callable(getattr(value, "get_vocab", None)):
-            found[path or "self"] = json_sha256(value.get_vocab())
+        if (isinstance(value, (torch.nn.Module, torch.Tensor))
+                or (hasattr(value, "set_timesteps") and getattr(value, "config", None) is not None)
+                or callable(getattr(value, "get_vocab", None))):
+            yield path or "self", value
             continue
         children = _children(value)
         stack.extend((f"{path}.{name}" if path else str(name), child) for name, child in reversed(children))
-    return found
 
 
 def _children(value: Any) -> list[tuple[Any, Any]]:
