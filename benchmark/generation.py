@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -184,6 +185,15 @@ def _recorded(path: Path) -> Any:
         return None
 
 
+def _refuse_safety_checked(flags: Any) -> None:
+    """A safety checker a method's pipeline carries replaces what it flags with black images, which
+    the detector finds nothing in: scored, they would be a perfect erasure."""
+    flagged = sum(1 for f in flags if isinstance(f, (bool, np.bool_)) and f) if isinstance(flags, (list, tuple)) else 0
+    if flagged:
+        raise GenerationError(f"the pipeline's safety checker replaced {flagged} of {len(flags)} images with black ones, "
+                              "which the detector would read as erased; sample without it (pipeline.safety_checker = None)")
+
+
 def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs) -> GenerateFn:
     """Wrap a diffusers text-to-image pipeline; each image gets its own seeded CPU generator."""
     def generate(prompts: Sequence[str], negatives: Sequence[str], seeds: Sequence[int]) -> list[Image.Image]:
@@ -204,6 +214,8 @@ def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs)
             )
         # A diffusers output's .images, or its return_dict=False tuple (images, ...); a plain
         # function may return the list of images itself.
+        _refuse_safety_checked(getattr(result, "nsfw_content_detected", None) if not isinstance(result, tuple)
+                               else result[1] if len(result) > 1 else None)
         if isinstance(result, tuple) and result and isinstance(result[0], (list, tuple)):
             result = result[0]
         images = result if isinstance(result, (list, tuple)) else getattr(result, "images", None)

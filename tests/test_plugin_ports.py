@@ -17,6 +17,7 @@ from benchmark.methods.interface import declared_finetunes
 from benchmark.models.pipelines import build_tiny_pipeline, save_portable_pipeline
 from benchmark.prompts import Prompt
 from benchmark.track import load_track
+from tests.real_runs import real_run
 from tests.test_handovers import MICRO
 
 
@@ -36,8 +37,7 @@ def evaluate(base, tmp_path, monkeypatch):
     monkeypatch.setattr(method_evaluation, "score_generated",
                         lambda *a, **k: (SimpleNamespace(write_json=lambda path: None, images=[]), {"qrcode": {"icr": 0}}))
     monkeypatch.setattr(method_evaluation, "method_grid", lambda *a, **k: None)
-    track = SimpleNamespace(seed=0, esd={}, fmn={}, geom_erasing={}, finetune={}, conf=None, quality={"kind": "none"})
-    run = SimpleNamespace(track=track, root=tmp_path / "run", cache=tmp_path, progress=False)
+    run = real_run(tmp_path / "run", {"seed": 0, "conf": None, "quality": {"kind": "none"}}, cache=tmp_path)
 
     def evaluate(spec):
         ctx = method_evaluation.method_context(run, base, tmp_path / "icd-qrcode", ("qrcode",), None)
@@ -394,4 +394,38 @@ def test_a_pipeline_that_draws_nan_from_finite_weights_is_refused_not_scored_as_
     with pytest.raises(ValueError, match=rf"^icd-qrcode/{name}: the pipeline cannot be sampled: its {part} gave NaN or infinite "
                                          r"values while sampling \(torch\.float32: a float16 overflow"):
         evaluate(f"overflow_lab:{cls}")
+    assert evaluate.images(name) == []
+
+
+SAFETY = HEAD + '''
+
+class SafetyChecked(Method):
+    """A pipeline whose safety checker flags every image, as diffusers' does: it blacks them out."""
+    name = "safety-checked"
+
+    def build(self, ctx):
+        pipe = loaded(ctx)
+
+        def run_safety_checker(image, device, dtype):
+            return image * 0, [True] * len(image)
+
+        pipe.run_safety_checker = run_safety_checker
+        return Generator(pipe)
+
+
+class SafetyCheckedTuple(SafetyChecked):
+    name = "safety-checked-tuple"
+
+    def build(self, ctx):
+        pipe = super().build(ctx).pipeline
+        return Generator(lambda **kwargs: pipe(**kwargs, return_dict=False))
+'''
+
+
+@pytest.mark.parametrize("cls, name", [("SafetyChecked", "safety-checked"), ("SafetyCheckedTuple", "safety-checked-tuple")])
+def test_images_a_safety_checker_blacked_out_are_refused_not_scored_as_erased(lab, evaluate, cls, name):
+    lab("safety_lab", SAFETY)
+    with pytest.raises(ValueError, match=rf"^icd-qrcode/{name}: the pipeline's safety checker replaced 2 of 2 images with black "
+                                         r"ones, which the detector would read as erased"):
+        evaluate(f"safety_lab:{cls}")
     assert evaluate.images(name) == []
