@@ -140,6 +140,14 @@ def provenance_notes(runs: dict[str, dict[str, Any]]) -> list[str]:
     return notes
 
 
+def blank_notes(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """Rows whose images are partly blank (one flat colour): their ICR is lowered without erasing."""
+    return [f"{name} / {row['method']} on {row['concept']}: {row['blank_images']} of {row['icr'].get('n', '?')} images blank "
+            "(one flat colour), which the detector finds nothing in: read its ICR with its quality"
+            for name, results in runs.items() for row in results["rows"]
+            if row.get("status", "ok") == "ok" and row.get("blank_images")]
+
+
 def read_scored(folder: Path) -> dict[str, Any]:
     """A benchmark run folder's ``results.json``, or a ``score-pipeline``/``score-images`` folder's
     ``summary.json`` as a run of one method (:func:`summary_as_results`)."""
@@ -265,6 +273,7 @@ def leaderboard(run_dirs: list[Path]) -> Leaderboard:
     diff += off_protocol(runs)
     compared_in_part = bool(notes)
     notes += provenance_notes(runs)
+    notes += blank_notes(runs)
     notes += [f"{name} is one model scored on every concept, where the track's protocol fine-tunes one model per subset "
               "(score with --subset for that subset's row)" for name, r in runs.items() if r.get("one_model_per_subset")]
     empty = [name for name, res in runs.items() if not res["rows"]]

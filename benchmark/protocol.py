@@ -159,9 +159,9 @@ def _label(track: Track, seed: int) -> str:
 
 #: The fields of a seeded row that are combined over its seeds (results.json's ``over_seeds``); a
 #: seeded row from before lacks the field, and its quality, cross-checks and timings are its first seed's.
-OVER_SEEDS = ("icr", "quality", "quality_detail", "fid_x_icr", "crosscheck", "timings")
+OVER_SEEDS = ("icr", "quality", "quality_detail", "fid_x_icr", "crosscheck", "timings", "blank_images")
 #: What each seed keeps of its own row in ``seeds``.
-SEED_FIELDS = ("icr", "model", "quality", "quality_detail", "fid_x_icr", "crosscheck", "timings")
+SEED_FIELDS = ("icr", "model", "quality", "quality_detail", "fid_x_icr", "crosscheck", "timings", "blank_images")
 
 
 def _over_seeds(run: BenchmarkRun, evaluated: list[tuple[int, tuple[list[dict[str, Any]], ScoreReport | None]]]) -> list[dict[str, Any]]:
@@ -170,7 +170,7 @@ def _over_seeds(run: BenchmarkRun, evaluated: list[tuple[int, tuple[list[dict[st
     the ICR, with an interval over seeds and prompts (:func:`crossed_share`); quality, as the mean
     over seeds of each measure (prompt following with the same crossed interval over its per-image
     values); FID x ICR, as the mean of each seed's product; the cross-checks, as the ICR; and the
-    timings, summed over seeds (every evaluation's time is in the row)."""
+    timings and blank images, summed over seeds (every evaluation's time and image is in the row)."""
     for _, (seed_rows, _) in evaluated:
         for row in seed_rows:
             row["jobs"] = run.jobs
@@ -195,6 +195,7 @@ def _over_seeds(run: BenchmarkRun, evaluated: list[tuple[int, tuple[list[dict[st
             **_quality_over_seeds([seed_row for _, seed_row, _ in per_seed], [images[i] for images in per_image], resample),
             "crosscheck": _crosschecks_over_seeds(concept, [seed_row for _, seed_row, _ in per_seed], [r for _, _, r in per_seed], resample),
             "timings": _summed([seed_row.get("timings", {}) for _, seed_row, _ in per_seed]),
+            "blank_images": sum(seed_row.get("blank_images", 0) for _, seed_row, _ in per_seed),
             "over_seeds": list(OVER_SEEDS),
             "seeds": {str(seed): {k: seed_row[k] for k in SEED_FIELDS if k in seed_row} for seed, seed_row, _ in per_seed},
         })

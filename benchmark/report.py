@@ -198,6 +198,11 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines += ["## Targets", "", "| concept | target | measured | met |", "|---|---|---|---|"]
         mark = {True: "yes", False: "**no**", None: "not run"}
         lines += [f"| {cell(str(t['concept']))} | {cell(str(t['target']))} | {cell(str(t['measured']))} | {mark[t['met']]} |" for t in checks] + [""]
+    blank = [r for r in rows if r.get("status") == "ok" and r.get("blank_images")]
+    if blank:
+        lines += ["## Blank images", "", "One flat colour (a safety checker's black, a collapsed model's grey): the detector finds "
+                  "nothing in them, so they lower a row's ICR without erasing anything. Read these rows' ICR with their quality.", ""]
+        lines += [f"- {code(r['method'])} on {md_text(r['concept'])}: {r['blank_images']} of {r['icr'].get('n', '?')} images" for r in blank] + [""]
     missing = [r for r in rows if r.get("status") != "ok"]
     if missing:
         lines += ["## Not run", ""] + [f"- {code(r['method'])} on {md_text(r['concept'])}: {md_text(r.get('status'))}" for r in missing] + [""]

@@ -171,6 +171,10 @@ def _row(row: Any, field: str) -> None:
     kinds = row.get("quality_kinds", [])
     _need(isinstance(kinds, list) and all(isinstance(k, str) for k in kinds), f"{field}.quality_kinds", "not a list of strings")
     _need(row.get("fid_x_icr") is None or is_number(row["fid_x_icr"]), f"{field}.fid_x_icr", "not a number")
+    blank, n = row.get("blank_images", 0), row["icr"].get("n")
+    among = f" among its {n}" if type(n) is int else ""
+    _need(type(blank) is int and 0 <= blank and (not among or blank <= n), f"{field}.blank_images",
+          f"{blank!r:.40}, not a count of images{among}")
 
 
 def _is_interval(estimate: Any) -> bool:

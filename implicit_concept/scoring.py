@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageStat
 
 from tqdm.auto import tqdm
 
@@ -38,6 +38,15 @@ CLEAN_REFERENCE_NAME = "clean_reference.json"
 REFERENCE_FLOOR = MIN_THRESHOLD
 
 Thresholds = Mapping[str, float]
+
+#: An image whose every channel varies less than this (standard deviation, of 255) is one flat
+#: colour: blank. The detector finds nothing in it, so a method drawing such images reads as erased.
+BLANK_STDDEV = 2.0
+
+
+def is_blank(image: Image.Image) -> bool:
+    """Whether ``image`` is one flat colour (a safety checker's black, a collapsed model's grey)."""
+    return all(s < BLANK_STDDEV for s in ImageStat.Stat(image.convert("RGB")).stddev)
 
 
 @dataclass(frozen=True)
@@ -241,6 +250,8 @@ class ScoreReport:
     crosschecks: list[CheckerScore]
     skipped_checkers: dict[str, str]
     images: list[dict[str, Any]] = field(repr=False)
+    #: How many of the images are blank (:func:`is_blank`): each one lowers the ICR without erasing.
+    blank_images: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -250,6 +261,7 @@ class ScoreReport:
             "detector": self.detector,
             "clean_reference": {"source": self.clean_source, "images": self.clean_images},
             "n_images": len(self.images),
+            "blank_images": self.blank_images,
             "concepts": {c: s.to_json() for c, s in self.concepts.items()},
             "crosschecks": [c.to_json() for c in self.crosschecks],
             "skipped_checkers": self.skipped_checkers,
@@ -281,6 +293,9 @@ class ScoreReport:
                 if x.concept == c:
                     lines.append(f"{'':<10} {x.checker:<18} {str(x.icr):<24} {'-':<24} {100 * x.agreement:.1f}%")
         lines.extend(f"(checker {name} skipped: {why})" for name, why in self.skipped_checkers.items())
+        if self.blank_images:
+            lines.append(f"{self.blank_images} of {len(self.images)} images are blank (one flat colour): the detector finds "
+                         "nothing in them, so they lower the ICR without erasing anything")
         return "\n".join(lines)
 
 
@@ -309,6 +324,7 @@ def score_images(
     else:
         skipped = {}
     per_image: list[dict[str, Any]] = []
+    blank = 0
     found: dict[str, list[bool]] = {c: [] for c in CONCEPT_NAMES}
     checked: dict[str, list[bool]] = {ch.name: [] for ch in checkers}
     stream = _detect_stream(detector, iter_images(images), min(thresholds.values()), config.batch)
@@ -321,6 +337,7 @@ def score_images(
         for checker_name, verdict in verdicts.items():
             checked[checker_name].append(verdict)
         per_image.append({"name": name, "detections": [d.to_json() for d in dets], "checkers": verdicts})
+        blank += is_blank(image)
     if not per_image:
         raise ValueError(f"{_describe(images)}: no images to score")
     concepts = {c: ConceptScore(c, share_ratio(found[c], config.level), reference.fp_rate(c, config, thresholds)) for c in CONCEPT_NAMES}
@@ -338,6 +355,7 @@ def score_images(
         crosschecks=crosschecks,
         skipped_checkers=skipped,
         images=per_image,
+        blank_images=blank,
     )
 
 

@@ -688,3 +688,23 @@ def test_detect_many_hands_ultralytics_bgr_arrays_at_the_trained_size_in_batches
     assert found[0][0].box == (1.0, 2.0, 5.5, 7.25) and isinstance(found[0][0].confidence, float)
     assert detector.detect(images[1], conf=0.5) == found[1] and yolo.calls[-1][1]["conf"] == 0.5
     assert detector.detect(images[1])[0].concept == CONCEPT_NAMES[1] and yolo.calls[-1][1]["conf"] == 0.25
+
+
+def test_blank_images_are_counted_and_said_beside_the_icr(tmp_path):
+    """One flat colour (a safety checker's black, a collapsed model's grey with a little noise) is
+    blank: the detector finds nothing there, so such images lower an ICR without erasing anything."""
+    weights = tmp_path / "detector.safetensors"
+    weights.write_bytes(b"fake")
+    rng = np.random.default_rng(0)
+    grey = Image.fromarray((128 + rng.integers(-1, 2, (16, 16, 3))).astype(np.uint8))
+    noisy = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    dot = Image.new("RGB", (16, 16), (0, 0, 0))
+    dot.putpixel((3, 3), (255, 255, 255))
+    halves = Image.new("RGB", (16, 16), (0, 0, 0))
+    halves.paste((0, 0, 40), (0, 0, 16, 8))
+    images = [Image.new("RGB", (16, 16)), grey, noisy, dot, halves, Image.new("L", (16, 16), 7)]
+    report = score_images(images, FakeDetector(weights), ScoreConfig(resamples=100), clean=[_solid(0)], checkers=[])
+    assert report.blank_images == 3 and report.to_json()["blank_images"] == 3
+    assert "3 of 6 images are blank (one flat colour)" in report.table()
+    clean = score_images([noisy, dot], FakeDetector(weights), ScoreConfig(resamples=100), clean=[_solid(0)], checkers=[])
+    assert clean.blank_images == 0 and "blank" not in clean.table()

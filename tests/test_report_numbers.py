@@ -46,7 +46,7 @@ def _seed_row(k, fid, follow, per_image=None, n=200, seconds=100.0, checker=None
         "quality_detail": {"scene_fid": {"value": fid, "kind": "scene-FID"},
                            "prompt_following": {"mean": {"value": follow, "ci": [follow - 0.02, follow + 0.02]}, "exact": 0.1,
                                                 "per_attribute": {"colour": follow}}},
-        "quality_kinds": ["scene-FID"], "fid_x_icr": fid * 100 * k / n,
+        "quality_kinds": ["scene-FID"], "fid_x_icr": fid * 100 * k / n, "blank_images": 2,
         "timings": {"build": 1.0, "generate": seconds, "score": 10.0},
         PER_IMAGE: {"prompt_following": list(per_image if per_image is not None else np.full(n, follow))},
     }
@@ -75,6 +75,7 @@ def test_a_seeded_rows_quality_product_crosscheck_and_timings_are_over_its_seeds
     assert follow["mean"]["ci"][0] < 0.36 and follow["mean"]["ci"][1] > 0.44, "an interval over seeds that disagree, not seed 0's"
     assert row["crosscheck"]["qr-decode"]["icr"]["value"] == pytest.approx(12 / 600, abs=1e-5)
     assert row["timings"] == {"build": 3.0, "generate": 300.0, "score": 30.0}, "every seed's evaluation is timed"
+    assert row["blank_images"] == 6 and row["seeds"]["1"]["blank_images"] == 2 and "blank_images" in row["over_seeds"]
     assert set(row["seeds"]) == {"0", "1", "2"} and row["seeds"]["1"]["quality"]["scene_fid"] == 1200.0
     assert row["seeds"]["2"]["timings"]["generate"] == 100.0 and row["seeds"]["0"]["fid_x_icr"] == pytest.approx(900.0)
     assert PER_IMAGE not in row and all(PER_IMAGE not in s for s in row["seeds"].values()), "never written"

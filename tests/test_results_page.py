@@ -597,3 +597,28 @@ def test_an_image_caption_is_escaped_in_its_alt_text_and_caption(tmp_path):
     page = write_results_page(json.loads((run / "results.json").read_text()), run).read_text()
     assert '<img src=x onerror="alert(1)">' not in page
     assert 'alt="icd-mixed / &lt;img src=x onerror=&quot;alert(1)&quot;&gt;"' in page
+
+
+def test_rows_with_blank_images_are_named_in_the_report_and_the_leaderboard(tmp_path):
+    from benchmark.report import results_markdown
+
+    run = fake_run(tmp_path / "run")
+    _edit(run, lambda r: {**r, "rows": [{**row, "blank_images": 7} if row["method"] == "ge-full" and row["concept"] == "text" else row
+                                        for row in r["rows"]]})
+    results = json.loads((run / "results.json").read_text())
+    report = results_markdown(results)
+    section = report.split("## Blank images\n")[1].split("\n## ")[0]
+    assert [line for line in section.splitlines() if line.startswith("- ")] == ["- `ge-full` on text: 7 of 10 images"]
+    notes = leaderboard([run]).notes
+    assert [n for n in notes if "images blank" in n] == [f"{run} / ge-full on text: 7 of 10 images blank (one flat colour), which the "
+                                                  "detector finds nothing in: read its ICR with its quality"]
+    plain = fake_run(tmp_path / "plain")
+    assert "Blank" not in results_markdown(json.loads((plain / "results.json").read_text()))
+    assert not [n for n in leaderboard([plain]).notes if "images blank" in n]
+
+
+@pytest.mark.parametrize("value", [-1, 11, 2.0, "3", True])
+def test_a_blank_image_count_that_is_no_count_of_the_rows_images_is_refused(tmp_path, value):
+    run = fake_run(tmp_path / "run")
+    _edit(run, lambda r: {**r, "rows": [{**r["rows"][0], "blank_images": value}, *r["rows"][1:]]})
+    assert main(["report", str(run)]) == 2

@@ -36,7 +36,7 @@ def score_generated(
     per_image: bool = False,
 ) -> tuple[ScoreReport, dict[str, dict[str, Any]]]:
     """The detector's report, and per concept the fields of a results row (``icr``, ``fp_rate``,
-    ``crosscheck``, ``prompts_sha256``, ``quality``, ``quality_detail``, ``quality_kinds``, ``fid_x_icr``).
+    ``crosscheck``, ``prompts_sha256``, ``blank_images``, ``quality``, ``quality_detail``, ``quality_kinds``, ``fid_x_icr``).
 
     ``quality`` is a track's ``[quality]`` table; ``reference`` the clean images FID compares with.
     ``per_image``: each row also holds, under :data:`PER_IMAGE`, the per-image values of the quality
@@ -52,6 +52,7 @@ def score_generated(
             "fp_rate": concept_score.fp_rate.to_json(),
             "crosscheck": {x.checker: {"icr": x.icr.to_json(), "agreement": x.agreement} for x in report.crosschecks if x.concept == concept},
             "prompts_sha256": prompts_sha256(prompts),
+            "blank_images": report.blank_images,
             **measured,
         }
         fid = measured["quality"].get("scene_fid", measured["quality"].get("fid"))
