@@ -422,13 +422,28 @@ def iter_tar_members(shard: Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> I
         raise ShardError(f"{shard}: unreadable or truncated tar ({e})") from None
 
 
+def read_meta(shard: Path | str, key: str, members: dict[str, bytes]) -> SampleMeta:
+    """A sample's KEY.json as a checked :class:`SampleMeta`, the one way every reader of our shards
+    takes it (the shard reader, the detector's export): over the cap, nested too deeply or of another
+    shape, it is a :class:`ShardError` naming the shard and sample, never a traceback."""
+    if "json" not in members:
+        raise ShardError(f"{shard}: sample {key} has no 'json' member")
+    raw = members["json"]
+    if len(raw) > MAX_JSON_BYTES:
+        raise ShardError(f"{shard}: sample {key}: KEY.json is {len(raw)} bytes, over the cap of {MAX_JSON_BYTES}")
+    try:
+        return SampleMeta.from_json(json.loads(raw))
+    except RecursionError:
+        raise ShardError(f"{shard}: sample {key}: KEY.json nested too deeply") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ShardError(f"{shard}: sample {key}: KEY.json is not an ICD sample record ({type(e).__name__}: {e})") from None
+
+
 def decode_sample(
     shard: Path, key: str, members: dict[str, bytes], with_extras: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Sample:
-    if len(members.get("json", b"")) > MAX_JSON_BYTES:
-        raise ShardError(f"{shard}: sample {key}: KEY.json is {len(members['json'])} bytes, over the cap of {MAX_JSON_BYTES}")
+    meta = read_meta(shard, key, members)
     try:
-        meta = SampleMeta.from_json(json.loads(members["json"]))
         image = decode_rgb(open_image(members["jpg"]), max_pixels, orient=False)  # the boxes are drawn in the stored grid
         clean = decode_rgb(open_image(members["clean.jpg"]), max_pixels, orient=False) if with_extras and "clean.jpg" in members else None
         mask = load_pixels(members["mask.png"], max_pixels) if with_extras and "mask.png" in members else None
@@ -436,8 +451,6 @@ def decode_sample(
         raise ShardError(f"{shard}: sample {key} has no {e.args[0]!r} member") from None
     except SampleError as e:
         raise ShardError(f"{shard}: sample {key}: image not decoded ({e})") from None
-    except RecursionError:
-        raise ShardError(f"{shard}: sample {key}: KEY.json nested too deeply") from None
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise ShardError(f"{shard}: sample {key} cannot be decoded ({e})") from None
     return Sample(meta=meta, image=image, clean=clean, mask=mask)

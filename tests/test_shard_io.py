@@ -187,7 +187,7 @@ def test_a_key_json_no_writer_makes_is_an_error_naming_the_field(tmp_path, chang
     jpg = io.BytesIO()
     Image.new("RGB", (64, 64)).save(jpg, "JPEG")
     _write(tmp_path / "m.tar", [("k", {"jpg": jpg.getvalue(), "txt": b"a", "json": json.dumps({**_META, **change}).encode()})])
-    with pytest.raises(ShardError, match=r"m\.tar: sample k cannot be decoded \(" + complaint):
+    with pytest.raises(ShardError, match=r"m\.tar: sample k: KEY.json is not an ICD sample record \(ValueError: " + complaint):
         list(iter_samples(tmp_path / "m.tar"))
 
 

@@ -30,7 +30,7 @@ from implicit_concept.files import atomic_dir, check_apart, folder_sha256, json_
 from implicit_concept.image_decode import SampleError, decode_rgb, open_image
 from implicit_concept.provenance import environment
 from implicit_concept.sample import SampleMeta, key_hash
-from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards
+from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards, read_meta
 
 #: Bump when the exported layout changes, so old exports are rebuilt.
 EXPORT_FORMAT = 3
@@ -183,10 +183,7 @@ def _write_split(
                 raise ShardError(f"{shard}: sample {key} lacks its jpg or json member")
             if not _SAFE_KEY.fullmatch(key):  # it names files: a key from a tar must not leave the export
                 raise ShardError(f"{shard}: sample key {key!r} is not a plain file name (letters, digits, '_', '-', '.')")
-            try:
-                meta = SampleMeta.from_json(json.loads(members["json"]))
-            except (ValueError, KeyError, TypeError, AttributeError) as e:  # a KEY.json of another shape: name it, no traceback
-                raise ShardError(f"{shard}: sample {key}: KEY.json is not an ICD sample record ({type(e).__name__}: {e})") from None
+            meta = read_meta(shard, key, members)
             _check_image(members["jpg"], meta, f"{shard}: sample {key}")
             name = f"{key}.jpg"
             if (images_dir / name).exists():
