@@ -409,17 +409,29 @@ def _link_target(
 
 
 def iter_tar_members(shard: Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {extension: bytes})`` for each sample of one shard (only :data:`SHARD_EXTENSIONS`)."""
+    """``(key, {extension: bytes})`` for each sample of one shard (only :data:`SHARD_EXTENSIONS`).
+    A tar cut short at a member boundary (a copy stopped at a block) reads to its cut without any
+    error from tarfile, as a shorter shard; one with data after its end block (tars joined with
+    ``cat``) stops at the first: both are refused after the last sample, never read as whole."""
+    last = None
     try:
         with open_tar(shard) as tar:
             for sample in group_members(tar, max_member_bytes=max_member_bytes):
                 if sample.refused is not None:
                     raise ShardError(f"{shard}: sample {sample.key}: {sample.refused.detail}; not read")
+                last = sample.key
                 yield sample.key, sample.members
+            after = data_after_end(tar) if ended_cleanly(tar) else -1
     except TarRefused as e:
         raise ShardError(f"{shard}: refused ({e.reason}): {e.detail}") from None
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise ShardError(f"{shard}: unreadable or truncated tar ({e})") from None
+    where = f"after sample {last}" if last is not None else "before any sample"
+    if after == -1:
+        raise ShardError(f"{shard}: truncated tar: no end-of-archive block {where} (a copy cut short?)")
+    if after is not None:
+        raise ShardError(f"{shard}: data at byte {after}, after the end-of-archive block ({where}): "
+                         "tars joined with cat? It is not read; split them or write one tar")
 
 
 def read_meta(shard: Path | str, key: str, members: dict[str, bytes]) -> SampleMeta:

@@ -60,6 +60,29 @@ def test_truncated_tar_is_a_clear_error(tmp_path):
         list(iter_tar_members(tmp_path / "s.tar"))
 
 
+@pytest.mark.parametrize("cut", ["member_header", "end_block"])
+def test_a_tar_cut_at_a_member_boundary_is_refused_not_read_as_a_shorter_shard(tmp_path, cut):
+    """tarfile stops without a word where a header is missing: a copy cut at a block boundary would
+    be read (and exported, trained and scored on) as a complete shard of fewer samples."""
+    _write(tmp_path / "s.tar", [(f"k{i}", {"txt": b"x" * 5000}) for i in range(4)])
+    with tarfile.open(tmp_path / "s.tar") as tar:
+        offsets = [info.offset for info in tar]
+        end = tar.offset
+    data = (tmp_path / "s.tar").read_bytes()
+    (tmp_path / "s.tar").write_bytes(data[: offsets[2] if cut == "member_header" else end])
+    with pytest.raises(ShardError, match=r"s\.tar: truncated tar: no end-of-archive block after sample k"):
+        list(iter_tar_members(tmp_path / "s.tar"))
+
+
+def test_tars_joined_with_cat_are_refused_not_read_up_to_the_first_end(tmp_path):
+    _write(tmp_path / "a.tar", [("k0", {"txt": b"a"})])
+    _write(tmp_path / "b.tar", [("k1", {"txt": b"b"})])
+    (tmp_path / "ab.tar").write_bytes((tmp_path / "a.tar").read_bytes() + (tmp_path / "b.tar").read_bytes())
+    with pytest.raises(ShardError, match=r"ab\.tar: data at byte \d+, after the end-of-archive block \(after sample k0\)"):
+        list(iter_tar_members(tmp_path / "ab.tar"))
+    assert list(iter_tar_members(tmp_path / "a.tar")) == [("k0", {"txt": b"a"})]
+
+
 @pytest.mark.parametrize(
     "data, what",
     [(b"", "an empty file (0 bytes), not a tar"), (b"<html>Not Found</html>", "text, not a tar"), (b"PK\x03\x04" + b"\0" * 600, "a zip archive")],
