@@ -465,6 +465,13 @@ def decode_sample(
         raise ShardError(f"{shard}: sample {key}: image not decoded ({e})") from None
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise ShardError(f"{shard}: sample {key} cannot be decoded ({e})") from None
+    for ext, decoded in (("jpg", image), ("clean.jpg", clean), ("mask.png", mask)):
+        # The boxes are in KEY.json's grid: on an image of another size they would mark the wrong pixels.
+        if decoded is not None and decoded.size != (meta.width, meta.height):
+            raise ShardError(f"{shard}: sample {key}: {ext} is {decoded.size[0]}x{decoded.size[1]}, "
+                             f"its KEY.json says {meta.width}x{meta.height}")
+    if mask is not None and mask.mode != "L":
+        raise ShardError(f"{shard}: sample {key}: mask.png is in mode {mask.mode}, not L (8-bit alpha)")
     return Sample(meta=meta, image=image, clean=clean, mask=mask)
 
 

@@ -215,6 +215,36 @@ def test_a_key_json_no_writer_makes_is_an_error_naming_the_field(tmp_path, chang
 
 
 
+
+def _image(size, mode="RGB", fmt="JPEG"):
+    buf = io.BytesIO()
+    Image.new(mode, size).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "member, data, complaint",
+    [
+        ("jpg", _image((32, 32)), "jpg is 32x32, its KEY.json says 64x64"),
+        ("clean.jpg", _image((64, 48)), "clean.jpg is 64x48, its KEY.json says 64x64"),
+        ("mask.png", _image((10, 10), "L", "PNG"), "mask.png is 10x10, its KEY.json says 64x64"),
+        ("mask.png", _image((64, 64), "RGBA", "PNG"), "mask.png is in mode RGBA, not L"),
+    ],
+    ids=["jpg_size", "clean_size", "mask_size", "mask_mode"],
+)
+def test_an_image_of_another_size_than_its_key_json_is_refused_naming_the_sample(tmp_path, member, data, complaint):
+    """The boxes are in KEY.json's pixel grid: read with an image of another size (a sample from
+    another recipe's build pasted in, a re-encoded image), training's loss weights and a contact
+    sheet's boxes would mark the wrong pixels, without a word."""
+    record = {**_META, "instances": [_INSTANCE]}
+    members = {"jpg": _image((64, 64)), "txt": b"a", "json": json.dumps(record).encode(),
+               "clean.jpg": _image((64, 64)), "mask.png": _image((64, 64), "L", "PNG")}
+    _write(tmp_path / "ok.tar", [("k", members)])
+    assert [s.key for s in iter_samples(tmp_path / "ok.tar")] == ["k"]
+    _write(tmp_path / "m.tar", [("k", {**members, member: data})])
+    with pytest.raises(ShardError, match=r"m\.tar: sample k: " + complaint):
+        list(iter_samples(tmp_path / "m.tar"))
+
 def test_our_shards_are_grouped_by_the_sources_rule_hidden_members_and_repeats_included(tmp_path):
     """One grouping rule for every tar: a macOS ``._a.jpg`` never splits a sample of our own shards
     either, and a key repeated after other keys' members is a broken shard, named."""
