@@ -108,7 +108,8 @@ def export_detection_dataset(
     }
     with atomic_dir(out, replace_existing=True) as tmp:
         with tqdm(total=sum(len(icd_shards[s]) for s in SPLITS.values()), desc=f"export {shards.name}", unit="shard", disable=not progress) as bar:
-            counts = {split: _write_split(icd_shards[icd], tmp, split, formats, keep[split], bar.update) for split, icd in SPLITS.items()}
+            build: dict[str, Any] = {}
+            counts = {split: _write_split(icd_shards[icd], tmp, split, icd, formats, keep[split], bar.update, build) for split, icd in SPLITS.items()}
         if "yolo" in formats:
             names = dict(enumerate(CONCEPT_NAMES))
             data = {"path": str(out), **{split: f"images/{split}" for split in SPLITS}, "nc": len(names), "names": names}
@@ -161,8 +162,23 @@ def _check_image(jpg: bytes, meta: SampleMeta, where: str) -> None:
         raise ShardError(f"{where}: the image is {size[0]}x{size[1]}, its KEY.json says {meta.width}x{meta.height}")
 
 
+def _same_build(meta: SampleMeta, icd_split: str, build: dict[str, Any], where: str) -> None:
+    """A sample in the ICD split its KEY.json names, from the build every other sample came from:
+    a test shard copied into ``train/`` would be fitted on and then reported as unseen, and a shard of
+    another recipe left in the folder makes the detector's record name data it was not trained on."""
+    if meta.split != icd_split:
+        raise ShardError(f"{where}: KEY.json says split {meta.split!r}, the shard is in {icd_split}/ "
+                         "(a shard copied into the wrong split would be trained or reported on as the other)")
+    recipe = (meta.recipe, meta.recipe_sha256)
+    first = build.setdefault("recipe", (recipe, where))
+    if first[0] != recipe:
+        raise ShardError(f"{where}: built by recipe {meta.recipe!r} (sha256 {meta.recipe_sha256}), {first[1]} by "
+                         f"{first[0][0]!r} (sha256 {first[0][1]}): the shards of one export come from one build")
+
+
 def _write_split(
-    shards: list[Path], root: Path, split: str, formats: tuple[str, ...], keep: Callable[[str], bool], done: Callable[[int], Any]
+    shards: list[Path], root: Path, split: str, icd_split: str, formats: tuple[str, ...], keep: Callable[[str], bool],
+    done: Callable[[int], Any], build: dict[str, Any],
 ) -> dict[str, int]:
     """Copy the JPEG bytes of the samples whose key ``keep`` accepts unchanged; for YOLO one label
     file per image (empty for clean images), for COCO one annotation file per split."""
@@ -184,6 +200,7 @@ def _write_split(
             if not _SAFE_KEY.fullmatch(key):  # it names files: a key from a tar must not leave the export
                 raise ShardError(f"{shard}: sample key {key!r} is not a plain file name (letters, digits, '_', '-', '.')")
             meta = read_meta(shard, key, members)
+            _same_build(meta, icd_split, build, f"{shard}: sample {key}")
             _check_image(members["jpg"], meta, f"{shard}: sample {key}")
             name = f"{key}.jpg"
             if (images_dir / name).exists():
