@@ -22,7 +22,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import posixpath
+import stat
 import tarfile
 import zlib
 from dataclasses import dataclass, field
@@ -238,10 +240,24 @@ def list_shards(path: str | Path) -> list[Path | str]:
         shards = [p]
     missing = [s for s in shards if not Path(s).is_file()]
     if missing:
-        raise ShardError(f"{missing[0]}: no such shard file")
+        raise ShardError(f"{missing[0]}: {_not_a_file(Path(missing[0]))}")
     if not shards:
         raise ShardError(f"{path}: no .tar shards found")
     return shards
+
+
+def _not_a_file(path: Path) -> str:
+    """What stands where a shard file is named, in words: nothing, a folder, a symlink that leads
+    nowhere (its target missing, or a loop), or a FIFO or device (which would block or never end)."""
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return "no such shard file"
+    if stat.S_ISDIR(mode):
+        return "a folder, not a shard file"
+    if stat.S_ISLNK(mode):
+        return f"a symlink to {os.readlink(path)!r}, which leads to no file (its target missing, or a loop)"
+    return "not a regular file (a FIFO, socket or device), not read"
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:

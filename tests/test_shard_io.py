@@ -1,5 +1,6 @@
 import io
 import json
+import os
 import tarfile
 
 import pytest
@@ -100,6 +101,20 @@ def test_list_shards_names_a_missing_file(tmp_path):
         (tmp_path / "00000.tar").write_bytes(b"")
         list_shards(str(tmp_path / "{00000..00001}.tar"))
 
+
+
+@pytest.mark.parametrize("make, said", [
+    (lambda p: p.mkdir(), "a folder, not a shard file"),
+    (lambda p: p.symlink_to(p.name), "a symlink to '00000.tar', which leads to no file"),
+    (lambda p: p.symlink_to("gone.tar"), "a symlink to 'gone.tar', which leads to no file"),
+    (lambda p: os.mkfifo(p), r"not a regular file \(a FIFO"),
+])
+def test_what_stands_in_a_shard_files_place_is_named(tmp_path, make, said):
+    """A folder named like a shard, a symlink loop or a FIFO left by a bad copy is said as what it
+    is, not as a missing file the user can see is there."""
+    make(tmp_path / "00000.tar")
+    with pytest.raises(ShardError, match=r"00000\.tar: " + said):
+        list_shards(tmp_path)
 
 # --- bounded reading: a tar's headers say how much memory it takes, and a hostile one lies ---------
 
