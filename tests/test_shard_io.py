@@ -216,6 +216,7 @@ _INSTANCE = {"concept": "qrcode", "box": [1, 1, 9, 9], "visible": 1.0, "params":
         ({"instances": [{**_INSTANCE, "box": [-4, 1, 9, 9]}]}, r"instances\[0\]: qrcode box \[-4, 1, 9, 9\] outside"),
         ({"instances": [{**_INSTANCE, "box": [1.5, 1, 9, 9]}]}, r"instances\[0\].box: expected four integers"),
         ({"instances": [{**_INSTANCE, "concept": ["qrcode"]}]}, r"instances\[0\].concept: expected a string"),
+        ({"instances": [{**_INSTANCE, "concept": "logo"}]}, r"instances\[0\].concept: 'logo' is not an ICD concept"),
         ({"instances": [{**_INSTANCE, "visible": float("nan")}]}, r"instances\[0\].visible: expected a number in \[0, 1\]"),
     ],
 )
