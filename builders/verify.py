@@ -43,6 +43,8 @@ from implicit_concept.shard_reader import (
     MAX_MEMBER_BYTES,
     SHARD_EXTENSIONS,
     TarRefused,
+    data_after_end,
+    ended_cleanly,
     iter_headers,
     open_tar,
     split_member_name,
@@ -437,6 +439,11 @@ def _walk_tar(tar: Path, unit: WorkUnit, recipe: Recipe | None, problems: _Probl
                         contents.rows.append(sample_row(meta, unit, members["jpg"]))
                         contents.contaminated += meta.contaminated
                         contents.instances.update(i.concept for i in meta.instances)
+            where = f"after sample {contents.keys[-1]}" if contents.keys else "before any sample"
+            if not ended_cleanly(tf):  # tarfile stops quietly where a cut at a member boundary leaves no header
+                problems.add(tar, f"truncated tar: no end-of-archive block {where} (a copy cut short?)")
+            elif (after := data_after_end(tf)) is not None:
+                problems.add(tar, f"data at byte {after}, after the end-of-archive block ({where}): not read")
     except TarRefused as e:
         problems.add(tar, f"refused ({e.reason}): {e.detail}")
     except (tarfile.TarError, OSError, EOFError) as e:

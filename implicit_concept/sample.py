@@ -225,7 +225,8 @@ class SampleMeta:
     def check(self) -> None:
         """Refuse, naming the field, a record no writer makes: a string or number of the wrong type
         (``JSON_SHAPE``), a size below 1, a box that is not four integers inside the image, a visible
-        share outside [0, 1]. KEY.json is read from files anyone hands over: unchecked, a wrong type
+        share outside [0, 1], a concept that is not one of ours (training would leave its instance
+        unerased without a word). KEY.json is read from files anyone hands over: unchecked, a wrong type
         fails far from here as a traceback, and a box outside the image becomes a wrong label."""
         for name, kind in JSON_SHAPE.items():
             value = getattr(self, name, None) if name in self.__dataclass_fields__ else None
@@ -237,10 +238,14 @@ class SampleMeta:
             raise ValueError(f"width, height: expected at least 1, got {self.width}x{self.height}")
         if not isinstance(self.seed, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in self.seed):
             raise ValueError(f"seed: expected a list of integers, got {self.seed!r}")
+        from implicit_concept.concepts import CONCEPT_NAMES as concept_names  # concepts import this module
+
         for i, inst in enumerate(self.instances):
             box = inst.box.as_list()
             if not isinstance(inst.concept, str):
                 raise ValueError(f"instances[{i}].concept: expected a string, got {inst.concept!r}")
+            if inst.concept not in concept_names:
+                raise ValueError(f"instances[{i}].concept: {inst.concept!r} is not an ICD concept {concept_names}")
             if any(isinstance(v, bool) or not isinstance(v, int) for v in box):
                 raise ValueError(f"instances[{i}].box: expected four integers, got {box!r}")
             if not inst.box.inside(self.width, self.height):

@@ -22,7 +22,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import posixpath
+import stat
 import tarfile
 import zlib
 from dataclasses import dataclass, field
@@ -238,10 +240,24 @@ def list_shards(path: str | Path) -> list[Path | str]:
         shards = [p]
     missing = [s for s in shards if not Path(s).is_file()]
     if missing:
-        raise ShardError(f"{missing[0]}: no such shard file")
+        raise ShardError(f"{missing[0]}: {_not_a_file(Path(missing[0]))}")
     if not shards:
         raise ShardError(f"{path}: no .tar shards found")
     return shards
+
+
+def _not_a_file(path: Path) -> str:
+    """What stands where a shard file is named, in words: nothing, a folder, a symlink that leads
+    nowhere (its target missing, or a loop), or a FIFO or device (which would block or never end)."""
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return "no such shard file"
+    if stat.S_ISDIR(mode):
+        return "a folder, not a shard file"
+    if stat.S_ISLNK(mode):
+        return f"a symlink to {os.readlink(path)!r}, which leads to no file (its target missing, or a loop)"
+    return "not a regular file (a FIFO, socket or device), not read"
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
@@ -409,26 +425,53 @@ def _link_target(
 
 
 def iter_tar_members(shard: Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {extension: bytes})`` for each sample of one shard (only :data:`SHARD_EXTENSIONS`)."""
+    """``(key, {extension: bytes})`` for each sample of one shard (only :data:`SHARD_EXTENSIONS`).
+    A tar cut short at a member boundary (a copy stopped at a block) reads to its cut without any
+    error from tarfile, as a shorter shard; one with data after its end block (tars joined with
+    ``cat``) stops at the first: both are refused after the last sample, never read as whole."""
+    last = None
     try:
         with open_tar(shard) as tar:
             for sample in group_members(tar, max_member_bytes=max_member_bytes):
                 if sample.refused is not None:
                     raise ShardError(f"{shard}: sample {sample.key}: {sample.refused.detail}; not read")
+                last = sample.key
                 yield sample.key, sample.members
+            after = data_after_end(tar) if ended_cleanly(tar) else -1
     except TarRefused as e:
         raise ShardError(f"{shard}: refused ({e.reason}): {e.detail}") from None
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise ShardError(f"{shard}: unreadable or truncated tar ({e})") from None
+    where = f"after sample {last}" if last is not None else "before any sample"
+    if after == -1:
+        raise ShardError(f"{shard}: truncated tar: no end-of-archive block {where} (a copy cut short?)")
+    if after is not None:
+        raise ShardError(f"{shard}: data at byte {after}, after the end-of-archive block ({where}): "
+                         "tars joined with cat? It is not read; split them or write one tar")
+
+
+def read_meta(shard: Path | str, key: str, members: dict[str, bytes]) -> SampleMeta:
+    """A sample's KEY.json as a checked :class:`SampleMeta`, the one way every reader of our shards
+    takes it (the shard reader, the detector's export): over the cap, nested too deeply or of another
+    shape, it is a :class:`ShardError` naming the shard and sample, never a traceback."""
+    if "json" not in members:
+        raise ShardError(f"{shard}: sample {key} has no 'json' member")
+    raw = members["json"]
+    if len(raw) > MAX_JSON_BYTES:
+        raise ShardError(f"{shard}: sample {key}: KEY.json is {len(raw)} bytes, over the cap of {MAX_JSON_BYTES}")
+    try:
+        return SampleMeta.from_json(json.loads(raw))
+    except RecursionError:
+        raise ShardError(f"{shard}: sample {key}: KEY.json nested too deeply") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ShardError(f"{shard}: sample {key}: KEY.json is not an ICD sample record ({type(e).__name__}: {e})") from None
 
 
 def decode_sample(
     shard: Path, key: str, members: dict[str, bytes], with_extras: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Sample:
-    if len(members.get("json", b"")) > MAX_JSON_BYTES:
-        raise ShardError(f"{shard}: sample {key}: KEY.json is {len(members['json'])} bytes, over the cap of {MAX_JSON_BYTES}")
+    meta = read_meta(shard, key, members)
     try:
-        meta = SampleMeta.from_json(json.loads(members["json"]))
         image = decode_rgb(open_image(members["jpg"]), max_pixels, orient=False)  # the boxes are drawn in the stored grid
         clean = decode_rgb(open_image(members["clean.jpg"]), max_pixels, orient=False) if with_extras and "clean.jpg" in members else None
         mask = load_pixels(members["mask.png"], max_pixels) if with_extras and "mask.png" in members else None
@@ -436,10 +479,15 @@ def decode_sample(
         raise ShardError(f"{shard}: sample {key} has no {e.args[0]!r} member") from None
     except SampleError as e:
         raise ShardError(f"{shard}: sample {key}: image not decoded ({e})") from None
-    except RecursionError:
-        raise ShardError(f"{shard}: sample {key}: KEY.json nested too deeply") from None
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise ShardError(f"{shard}: sample {key} cannot be decoded ({e})") from None
+    for ext, decoded in (("jpg", image), ("clean.jpg", clean), ("mask.png", mask)):
+        # The boxes are in KEY.json's grid: on an image of another size they would mark the wrong pixels.
+        if decoded is not None and decoded.size != (meta.width, meta.height):
+            raise ShardError(f"{shard}: sample {key}: {ext} is {decoded.size[0]}x{decoded.size[1]}, "
+                             f"its KEY.json says {meta.width}x{meta.height}")
+    if mask is not None and mask.mode != "L":
+        raise ShardError(f"{shard}: sample {key}: mask.png is in mode {mask.mode}, not L (8-bit alpha)")
     return Sample(meta=meta, image=image, clean=clean, mask=mask)
 
 

@@ -24,6 +24,7 @@ from implicit_concept.image_stream import ImageReadError, iter_images, load_imag
 from implicit_concept.provenance import version
 from implicit_concept.sample import Box, Instance, SampleMeta
 from implicit_concept.scoring import ScoreConfig, score_images, share_ratio
+from implicit_concept.shard_reader import iter_tar_members
 from implicit_concept.shard_writer import TarShardWriter
 
 #: (size, boxes) per sample: corners, edges, 1-px boxes, odd sizes and a non-square image.
@@ -184,6 +185,53 @@ def test_an_export_names_the_shard_and_sample_of_a_json_of_another_shape(tmp_pat
                 tar.addfile(info, io.BytesIO(data))
     with pytest.raises(ValueError, match=r"train/00000.tar: sample s1: KEY.json is not an ICD sample record"):
         export_detection_dataset(shards, tmp_path / "export")
+
+
+def _other_shard(source, dest, change):
+    """``source``'s samples under new keys (``x...``), each KEY.json changed by ``change``, written to ``dest``."""
+    with TarShardWriter(dest) as writer:
+        for key, members in iter_tar_members(source):
+            record = json.loads(members["json"])
+            change(record)
+            record["key"] = "x" + key
+            writer.write("x" + key, {**members, "json": json.dumps(record).encode()})
+        writer.close()
+
+
+@pytest.mark.parametrize("mix, complaint", [
+    ("test_shard_in_train", r"train/00001.tar: sample xte0000: KEY.json says split 'test', the shard is in train/"),
+    ("other_recipe", r"train/00001.tar: sample xtr0000: built by recipe 'test' \(sha256 1\), .*train/00000.tar: sample tr0000 by 'test' \(sha256 0\)"),
+])
+def test_an_export_refuses_a_shard_of_another_split_or_build_mixed_in(tmp_path, mix, complaint):
+    """A test shard copied into train/ would be fitted on and its mAP then reported as on unseen
+    assets; a shard of another build left in the folder would be trained on under this one's name."""
+    shards = _write_shards(tmp_path / "icd-mixed")
+    if mix == "test_shard_in_train":
+        _other_shard(shards / "test" / "00000.tar", shards / "train" / "00001.tar", lambda record: None)
+    else:
+        _other_shard(shards / "train" / "00000.tar", shards / "train" / "00001.tar", lambda record: record.update(recipe_sha256="1"))
+    with pytest.raises(ValueError, match=complaint):
+        export_detection_dataset(shards, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize("record, complaint", [
+    (b"[" * 5000 + b"]" * 5000, "KEY.json nested too deeply"),
+    (b" " * (1 << 20) + b"{}", r"KEY.json is 1048578 bytes, over the cap of 1048576"),
+])
+def test_an_export_reads_key_json_as_the_shard_reader_does(tmp_path, record, complaint):
+    """The detector's export takes KEY.json through the shard reader's one parser: a record nested
+    too deeply or over the cap is one line naming the shard and sample, never a RecursionError."""
+    shards = _write_shards(tmp_path / "icd-mixed")
+    tar = shards / "train" / "00000.tar"
+    samples = [(key, {**members, "json": record}) for key, members in iter_tar_members(tar)]
+    with TarShardWriter(tar) as writer:
+        for key, members in samples:
+            writer.write(key, members)
+        writer.close()
+    with pytest.raises(ValueError, match=r"train/00000.tar: sample tr0000: " + complaint):
+        export_detection_dataset(shards, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
 
 
 @pytest.mark.parametrize("jpeg, complaint", [

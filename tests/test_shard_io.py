@@ -1,5 +1,6 @@
 import io
 import json
+import os
 import tarfile
 
 import pytest
@@ -60,6 +61,29 @@ def test_truncated_tar_is_a_clear_error(tmp_path):
         list(iter_tar_members(tmp_path / "s.tar"))
 
 
+@pytest.mark.parametrize("cut", ["member_header", "end_block"])
+def test_a_tar_cut_at_a_member_boundary_is_refused_not_read_as_a_shorter_shard(tmp_path, cut):
+    """tarfile stops without a word where a header is missing: a copy cut at a block boundary would
+    be read (and exported, trained and scored on) as a complete shard of fewer samples."""
+    _write(tmp_path / "s.tar", [(f"k{i}", {"txt": b"x" * 5000}) for i in range(4)])
+    with tarfile.open(tmp_path / "s.tar") as tar:
+        offsets = [info.offset for info in tar]
+        end = tar.offset
+    data = (tmp_path / "s.tar").read_bytes()
+    (tmp_path / "s.tar").write_bytes(data[: offsets[2] if cut == "member_header" else end])
+    with pytest.raises(ShardError, match=r"s\.tar: truncated tar: no end-of-archive block after sample k"):
+        list(iter_tar_members(tmp_path / "s.tar"))
+
+
+def test_tars_joined_with_cat_are_refused_not_read_up_to_the_first_end(tmp_path):
+    _write(tmp_path / "a.tar", [("k0", {"txt": b"a"})])
+    _write(tmp_path / "b.tar", [("k1", {"txt": b"b"})])
+    (tmp_path / "ab.tar").write_bytes((tmp_path / "a.tar").read_bytes() + (tmp_path / "b.tar").read_bytes())
+    with pytest.raises(ShardError, match=r"ab\.tar: data at byte \d+, after the end-of-archive block \(after sample k0\)"):
+        list(iter_tar_members(tmp_path / "ab.tar"))
+    assert list(iter_tar_members(tmp_path / "a.tar")) == [("k0", {"txt": b"a"})]
+
+
 @pytest.mark.parametrize(
     "data, what",
     [(b"", "an empty file (0 bytes), not a tar"), (b"<html>Not Found</html>", "text, not a tar"), (b"PK\x03\x04" + b"\0" * 600, "a zip archive")],
@@ -77,6 +101,20 @@ def test_list_shards_names_a_missing_file(tmp_path):
         (tmp_path / "00000.tar").write_bytes(b"")
         list_shards(str(tmp_path / "{00000..00001}.tar"))
 
+
+
+@pytest.mark.parametrize("make, said", [
+    (lambda p: p.mkdir(), "a folder, not a shard file"),
+    (lambda p: p.symlink_to(p.name), "a symlink to '00000.tar', which leads to no file"),
+    (lambda p: p.symlink_to("gone.tar"), "a symlink to 'gone.tar', which leads to no file"),
+    (lambda p: os.mkfifo(p), r"not a regular file \(a FIFO"),
+])
+def test_what_stands_in_a_shard_files_place_is_named(tmp_path, make, said):
+    """A folder named like a shard, a symlink loop or a FIFO left by a bad copy is said as what it
+    is, not as a missing file the user can see is there."""
+    make(tmp_path / "00000.tar")
+    with pytest.raises(ShardError, match=r"00000\.tar: " + said):
+        list_shards(tmp_path)
 
 # --- bounded reading: a tar's headers say how much memory it takes, and a hostile one lies ---------
 
@@ -178,6 +216,7 @@ _INSTANCE = {"concept": "qrcode", "box": [1, 1, 9, 9], "visible": 1.0, "params":
         ({"instances": [{**_INSTANCE, "box": [-4, 1, 9, 9]}]}, r"instances\[0\]: qrcode box \[-4, 1, 9, 9\] outside"),
         ({"instances": [{**_INSTANCE, "box": [1.5, 1, 9, 9]}]}, r"instances\[0\].box: expected four integers"),
         ({"instances": [{**_INSTANCE, "concept": ["qrcode"]}]}, r"instances\[0\].concept: expected a string"),
+        ({"instances": [{**_INSTANCE, "concept": "logo"}]}, r"instances\[0\].concept: 'logo' is not an ICD concept"),
         ({"instances": [{**_INSTANCE, "visible": float("nan")}]}, r"instances\[0\].visible: expected a number in \[0, 1\]"),
     ],
 )
@@ -187,10 +226,40 @@ def test_a_key_json_no_writer_makes_is_an_error_naming_the_field(tmp_path, chang
     jpg = io.BytesIO()
     Image.new("RGB", (64, 64)).save(jpg, "JPEG")
     _write(tmp_path / "m.tar", [("k", {"jpg": jpg.getvalue(), "txt": b"a", "json": json.dumps({**_META, **change}).encode()})])
-    with pytest.raises(ShardError, match=r"m\.tar: sample k cannot be decoded \(" + complaint):
+    with pytest.raises(ShardError, match=r"m\.tar: sample k: KEY.json is not an ICD sample record \(ValueError: " + complaint):
         list(iter_samples(tmp_path / "m.tar"))
 
 
+
+
+def _image(size, mode="RGB", fmt="JPEG"):
+    buf = io.BytesIO()
+    Image.new(mode, size).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "member, data, complaint",
+    [
+        ("jpg", _image((32, 32)), "jpg is 32x32, its KEY.json says 64x64"),
+        ("clean.jpg", _image((64, 48)), "clean.jpg is 64x48, its KEY.json says 64x64"),
+        ("mask.png", _image((10, 10), "L", "PNG"), "mask.png is 10x10, its KEY.json says 64x64"),
+        ("mask.png", _image((64, 64), "RGBA", "PNG"), "mask.png is in mode RGBA, not L"),
+    ],
+    ids=["jpg_size", "clean_size", "mask_size", "mask_mode"],
+)
+def test_an_image_of_another_size_than_its_key_json_is_refused_naming_the_sample(tmp_path, member, data, complaint):
+    """The boxes are in KEY.json's pixel grid: read with an image of another size (a sample from
+    another recipe's build pasted in, a re-encoded image), training's loss weights and a contact
+    sheet's boxes would mark the wrong pixels, without a word."""
+    record = {**_META, "instances": [_INSTANCE]}
+    members = {"jpg": _image((64, 64)), "txt": b"a", "json": json.dumps(record).encode(),
+               "clean.jpg": _image((64, 64)), "mask.png": _image((64, 64), "L", "PNG")}
+    _write(tmp_path / "ok.tar", [("k", members)])
+    assert [s.key for s in iter_samples(tmp_path / "ok.tar")] == ["k"]
+    _write(tmp_path / "m.tar", [("k", {**members, member: data})])
+    with pytest.raises(ShardError, match=r"m\.tar: sample k: " + complaint):
+        list(iter_samples(tmp_path / "m.tar"))
 
 def test_our_shards_are_grouped_by_the_sources_rule_hidden_members_and_repeats_included(tmp_path):
     """One grouping rule for every tar: a macOS ``._a.jpg`` never splits a sample of our own shards

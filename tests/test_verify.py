@@ -158,6 +158,19 @@ def shard_is_a_symlink(out: Path) -> None:
     (out / SHARD).symlink_to(outside)
 
 
+def shard_cut_at_a_member_boundary(out: Path) -> None:
+    """A copy stopped at a block boundary: tarfile reads it as a shorter, whole tar; resealed."""
+    with tarfile.open(out / SHARD) as tf:
+        cut = [info.offset for info in tf][10]  # the header of the third sample's first member
+    (out / SHARD).write_bytes((out / SHARD).read_bytes()[:cut])
+    reseal(out)
+
+
+def tars_joined_with_cat(out: Path) -> None:
+    (out / SHARD).write_bytes((out / SHARD).read_bytes() + (out / "icd-qrcode/train/00001.tar").read_bytes())
+    reseal(out)
+
+
 def garbage_manifest_without_recipe(out: Path) -> None:
     (out / "manifest.parquet").write_bytes(b"PAR1 not a table PAR1")
     (out / "recipe.json").unlink()
@@ -188,6 +201,8 @@ TAMPERING = {
     caption_txt_differs_from_json: "txt differs from json caption",
     box_outside_the_image: "box [0, 0, 69, 64] outside the image",
     shard_is_a_symlink: f"{SHARD}: a symlink",
+    shard_cut_at_a_member_boundary: f"{SHARD}: truncated tar: no end-of-archive block after sample 000000001",
+    tars_joined_with_cat: f"{SHARD}: data at byte",
     garbage_manifest_without_recipe: "manifest.parquet: unreadable parquet",
     blank_line_in_the_listing: "checksums.sha256:13: not a '<sha256>",
     stats_without_sha256: "00000_stats.json: has no sha256",

@@ -30,7 +30,7 @@ from implicit_concept.files import atomic_dir, check_apart, folder_sha256, json_
 from implicit_concept.image_decode import SampleError, decode_rgb, open_image
 from implicit_concept.provenance import environment
 from implicit_concept.sample import SampleMeta, key_hash
-from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards
+from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards, read_meta
 
 #: Bump when the exported layout changes, so old exports are rebuilt.
 EXPORT_FORMAT = 3
@@ -108,7 +108,8 @@ def export_detection_dataset(
     }
     with atomic_dir(out, replace_existing=True) as tmp:
         with tqdm(total=sum(len(icd_shards[s]) for s in SPLITS.values()), desc=f"export {shards.name}", unit="shard", disable=not progress) as bar:
-            counts = {split: _write_split(icd_shards[icd], tmp, split, formats, keep[split], bar.update) for split, icd in SPLITS.items()}
+            build: dict[str, Any] = {}
+            counts = {split: _write_split(icd_shards[icd], tmp, split, icd, formats, keep[split], bar.update, build) for split, icd in SPLITS.items()}
         if "yolo" in formats:
             names = dict(enumerate(CONCEPT_NAMES))
             data = {"path": str(out), **{split: f"images/{split}" for split in SPLITS}, "nc": len(names), "names": names}
@@ -161,8 +162,23 @@ def _check_image(jpg: bytes, meta: SampleMeta, where: str) -> None:
         raise ShardError(f"{where}: the image is {size[0]}x{size[1]}, its KEY.json says {meta.width}x{meta.height}")
 
 
+def _same_build(meta: SampleMeta, icd_split: str, build: dict[str, Any], where: str) -> None:
+    """A sample in the ICD split its KEY.json names, from the build every other sample came from:
+    a test shard copied into ``train/`` would be fitted on and then reported as unseen, and a shard of
+    another recipe left in the folder makes the detector's record name data it was not trained on."""
+    if meta.split != icd_split:
+        raise ShardError(f"{where}: KEY.json says split {meta.split!r}, the shard is in {icd_split}/ "
+                         "(a shard copied into the wrong split would be trained or reported on as the other)")
+    recipe = (meta.recipe, meta.recipe_sha256)
+    first = build.setdefault("recipe", (recipe, where))
+    if first[0] != recipe:
+        raise ShardError(f"{where}: built by recipe {meta.recipe!r} (sha256 {meta.recipe_sha256}), {first[1]} by "
+                         f"{first[0][0]!r} (sha256 {first[0][1]}): the shards of one export come from one build")
+
+
 def _write_split(
-    shards: list[Path], root: Path, split: str, formats: tuple[str, ...], keep: Callable[[str], bool], done: Callable[[int], Any]
+    shards: list[Path], root: Path, split: str, icd_split: str, formats: tuple[str, ...], keep: Callable[[str], bool],
+    done: Callable[[int], Any], build: dict[str, Any],
 ) -> dict[str, int]:
     """Copy the JPEG bytes of the samples whose key ``keep`` accepts unchanged; for YOLO one label
     file per image (empty for clean images), for COCO one annotation file per split."""
@@ -183,10 +199,8 @@ def _write_split(
                 raise ShardError(f"{shard}: sample {key} lacks its jpg or json member")
             if not _SAFE_KEY.fullmatch(key):  # it names files: a key from a tar must not leave the export
                 raise ShardError(f"{shard}: sample key {key!r} is not a plain file name (letters, digits, '_', '-', '.')")
-            try:
-                meta = SampleMeta.from_json(json.loads(members["json"]))
-            except (ValueError, KeyError, TypeError, AttributeError) as e:  # a KEY.json of another shape: name it, no traceback
-                raise ShardError(f"{shard}: sample {key}: KEY.json is not an ICD sample record ({type(e).__name__}: {e})") from None
+            meta = read_meta(shard, key, members)
+            _same_build(meta, icd_split, build, f"{shard}: sample {key}")
             _check_image(members["jpg"], meta, f"{shard}: sample {key}")
             name = f"{key}.jpg"
             if (images_dir / name).exists():
@@ -196,7 +210,7 @@ def _write_split(
             image_id = len(coco["images"]) + 1
             coco["images"].append({"id": image_id, "file_name": name, "width": meta.width, "height": meta.height})
             for inst in meta.instances:
-                class_id = _class_id(inst.concept, shard, key)
+                class_id = CONCEPT_NAMES.index(inst.concept)  # read_meta refused any other name
                 lines.append(_yolo_label_line(class_id, inst.box.as_list(), meta.width, meta.height))
                 coco["annotations"].append(
                     {
@@ -218,9 +232,3 @@ def _write_split(
         (ann_dir / f"{split}.json").write_text(json.dumps(coco) + "\n", encoding="utf-8")
     return counts
 
-
-def _class_id(concept: str, shard: Path, key: str) -> int:
-    try:
-        return CONCEPT_NAMES.index(concept)
-    except ValueError:
-        raise ShardError(f"{shard}: sample {key} has unknown concept {concept!r} (known: {CONCEPT_NAMES})") from None
