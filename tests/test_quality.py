@@ -396,14 +396,15 @@ def test_fid_x_icr_is_reported_with_the_paper_tracks_fid_too(tmp_path, monkeypat
 
     from benchmark.evaluation import scorecard
     from benchmark.prompts import Prompt
-    from implicit_concept.scoring import ScoreConfig
+    from implicit_concept.scoring import ConceptScore, ScoreConfig, ScoreReport
     from implicit_concept.stats import Interval
 
     def measured(value):
         return SimpleNamespace(value=value, kind="measured", to_json=lambda: {"value": value})
 
     icr = Interval(0.2, 0.1, 0.3, 0.95)
-    report = SimpleNamespace(concepts={"qrcode": SimpleNamespace(icr=icr, fp_rate=icr)}, crosschecks=[])
+    report = ScoreReport(config=ScoreConfig(), thresholds={}, detector={}, clean_source="", clean_images=0,
+                         concepts={"qrcode": ConceptScore("qrcode", icr, icr)}, crosschecks=[], skipped_checkers={}, images=[])
     monkeypatch.setattr(scorecard, "score_images", lambda *a: report)
     monkeypatch.setattr(scorecard, "paper_fid", lambda *a: measured(40.0))
     monkeypatch.setattr(scorecard, "paper_clip_score", lambda *a: measured(0.3))
