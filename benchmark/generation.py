@@ -185,10 +185,14 @@ def _recorded(path: Path) -> Any:
         return None
 
 
-def _refuse_safety_checked(flags: Any) -> None:
+def _refuse_safety_checked(result: Any) -> None:
     """A safety checker a method's pipeline carries replaces what it flags with black images, which
-    the detector finds nothing in: scored, they would be a perfect erasure."""
-    flagged = sum(1 for f in flags if isinstance(f, (bool, np.bool_)) and f) if isinstance(flags, (list, tuple)) else 0
+    the detector finds nothing in: scored, they would be a perfect erasure. Its flags are a diffusers
+    output's ``nsfw_content_detected``, or the second item of its ``return_dict=False`` tuple."""
+    flags = result[1] if isinstance(result, tuple) and len(result) > 1 else getattr(result, "nsfw_content_detected", None)
+    if not isinstance(flags, (list, tuple)):
+        return
+    flagged = sum(1 for f in flags if isinstance(f, (bool, np.bool_)) and f)
     if flagged:
         raise GenerationError(f"the pipeline's safety checker replaced {flagged} of {len(flags)} images with black ones, "
                               "which the detector would read as erased; sample without it (pipeline.safety_checker = None)")
@@ -214,8 +218,7 @@ def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs)
             )
         # A diffusers output's .images, or its return_dict=False tuple (images, ...); a plain
         # function may return the list of images itself.
-        _refuse_safety_checked(getattr(result, "nsfw_content_detected", None) if not isinstance(result, tuple)
-                               else result[1] if len(result) > 1 else None)
+        _refuse_safety_checked(result)
         if isinstance(result, tuple) and result and isinstance(result[0], (list, tuple)):
             result = result[0]
         images = result if isinstance(result, (list, tuple)) else getattr(result, "images", None)
