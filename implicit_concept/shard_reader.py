@@ -177,7 +177,21 @@ def describe_non_tar(path: str | Path) -> str:
             head = f.read(512)
     except OSError as e:
         return f"cannot be read ({e.strerror or e})"
+    if head.startswith(b"\x1f\x8b") and _gzip_holds_tar(path):
+        return "a gzip-compressed tar, where a plain tar is read (gunzip it)"
     return describe_head(head, "file")
+
+
+def _gzip_holds_tar(path: str | Path) -> bool:
+    """Whether gzip data begins with a valid tar header: a compressed tar handed to a reader of
+    plain ones (``verify``) is then named as one, not as a broken file."""
+    try:
+        with gzip.open(path, "rb") as f:
+            block = f.read(tarfile.BLOCKSIZE)
+        tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
+    except (OSError, EOFError, zlib.error, tarfile.HeaderError):
+        return False
+    return True
 
 
 def describe_head(head: bytes, what: str) -> str:

@@ -3,6 +3,7 @@ after the change; it reports every problem and never crashes, opens nothing outs
 a resumed build or a benchmark does not trust data that no longer verifies."""
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import tarfile
@@ -171,6 +172,16 @@ def tars_joined_with_cat(out: Path) -> None:
     reseal(out)
 
 
+def shard_gzipped_in_place(out: Path) -> None:
+    """A whole tar compressed under its own name (a lab saving space): readers decode it; verify
+    checks the plain tars a build writes, and names what it found."""
+    (out / SHARD).write_bytes(gzip.compress((out / SHARD).read_bytes(), mtime=0))
+
+
+def shard_of_gzipped_garbage(out: Path) -> None:
+    (out / SHARD).write_bytes(gzip.compress(bytes(range(256)) * 8, mtime=0))
+
+
 def garbage_manifest_without_recipe(out: Path) -> None:
     (out / "manifest.parquet").write_bytes(b"PAR1 not a table PAR1")
     (out / "recipe.json").unlink()
@@ -203,6 +214,8 @@ TAMPERING = {
     shard_is_a_symlink: f"{SHARD}: a symlink",
     shard_cut_at_a_member_boundary: f"{SHARD}: truncated tar: no end-of-archive block after sample 000000001",
     tars_joined_with_cat: f"{SHARD}: data at byte",
+    shard_gzipped_in_place: f"{SHARD}: unreadable or truncated tar (a gzip-compressed tar, where a plain tar is read (gunzip it))",
+    shard_of_gzipped_garbage: f"{SHARD}: unreadable or truncated tar (gzip data that does not hold a readable tar",
     garbage_manifest_without_recipe: "manifest.parquet: unreadable parquet",
     blank_line_in_the_listing: "checksums.sha256:13: not a '<sha256>",
     stats_without_sha256: "00000_stats.json: has no sha256",
