@@ -1,11 +1,18 @@
-"""Builds from a lab's own photos: what their content does to the labels."""
+"""Builds from a lab's own photos, as labs keep them: what their content does to the labels, and
+what a folder of links says."""
 from __future__ import annotations
 
+import hashlib
+import os
+
 import numpy as np
+import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
-from builders.build import build_dataset
+from builders.build import BuildError, build_dataset
 from builders.recipe import parse_recipe
+from builders.sources.folder import SYMLINK_ADVICE
 from implicit_concept.compositing import SEEN_LEVELS
 from implicit_concept.shard_reader import iter_samples
 
@@ -43,3 +50,40 @@ def test_a_watermark_tile_lost_in_a_flat_sky_is_not_labelled(tmp_path):
             assert change[b.y1:b.y2, b.x1:b.x2].max() >= SEEN_LEVELS, (sample.key, b.as_list(), instance.params["tone"])
             labels += 1
     assert labels >= 48, labels
+
+
+def test_a_folder_of_links_says_what_each_is_and_what_to_do(tmp_path):
+    """A Hugging Face cache snapshot (every file a link into ``blobs/``), like git-annex, DVC or a
+    subset made with ``ln -s``, is all links, which are never followed: the build failed on "a
+    symlink or not a regular file", the caption's name twice, and no way on. Each record now says
+    what stands there (a link to a file, to nothing, a FIFO) and, for a link, what to do."""
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "abc"
+    blobs.mkdir()
+    snapshot.mkdir(parents=True)
+    for i in range(3):
+        for ext, data in (("jpg", _sky_over_ground(64, i)), ("txt", f"a field, number {i}".encode())):
+            if ext == "jpg":
+                path = tmp_path / "image"
+                data.save(path, "JPEG")
+                data = path.read_bytes()
+            blob = blobs / hashlib.sha256(data).hexdigest()
+            blob.write_bytes(data)
+            (snapshot / f"{i}.{ext}").symlink_to(os.path.relpath(blob, snapshot))
+    (snapshot / "1.txt").unlink()
+    (snapshot / "1.txt").write_text("a caption of its own")
+    (snapshot / "2.txt").unlink()
+    (snapshot / "2.txt").symlink_to("../../blobs/gone")
+    os.mkfifo(snapshot / "3.jpg")
+    (snapshot / "3.txt").write_text("a pipe")
+    raw = {"name": "linked", "seed": 1, "image_size": 32, "source": {"kind": "folder", "path": str(snapshot), "test_fraction": 0.0},
+           "subsets": [{"name": "wm", "concepts": ["watermark"], "fraction": 0.5}]}
+    with pytest.raises(BuildError) as failed:
+        build_dataset(parse_recipe(raw), tmp_path / "out", progress=False)
+    assert f"e.g. 0.jpg: not_a_regular_file: caption 0.txt: a symlink to a file, {SYMLINK_ADVICE}" in str(failed.value)
+    details = {r["source_id"]: r["error_message"] for r in pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()}
+    assert details == {
+        "0.jpg": f"not_a_regular_file: caption 0.txt: a symlink to a file, {SYMLINK_ADVICE}",
+        "1.jpg": f"not_a_regular_file: 1.jpg: a symlink to a file, {SYMLINK_ADVICE}",
+        "2.jpg": f"not_a_regular_file: caption 2.txt: a symlink to nothing (a broken link), {SYMLINK_ADVICE}",
+        "3.jpg": "not_a_regular_file: 3.jpg: a FIFO (named pipe), not a regular file",
+    }, details
