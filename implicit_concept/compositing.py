@@ -108,7 +108,7 @@ class Composition:
                 region.alpha_composite(crop)
                 drawn = region.convert("RGB")
                 self.image.paste(drawn, box[:2])
-                self._placed.append((len(self.layers), box, np.asarray(crop.getchannel("A")), (under, drawn)))
+                self._placed.append((len(self.layers), box, np.asarray(crop.getchannel("A")), _change(under, drawn)))
             self.layers.append((concept, layer))
 
     def mask(self) -> Image.Image:
@@ -125,7 +125,7 @@ class Composition:
         instances = []
         placed = [(box, alpha) for _, box, alpha, _ in self._placed]
         shown_alphas = visible_alphas(placed)
-        shown_changes = visible_alphas(placed, [_change(*pair) for *_, pair in self._placed]) if min_seen else shown_alphas
+        shown_changes = visible_alphas(placed, [change for *_, change in self._placed]) if min_seen else shown_alphas
         for (index, box, alpha, _), shown, change in zip(self._placed, shown_alphas, shown_changes):
             bbox = Image.fromarray(shown).getbbox()
             if bbox is None:
