@@ -87,3 +87,20 @@ def test_a_folder_of_links_says_what_each_is_and_what_to_do(tmp_path):
         "2.jpg": f"not_a_regular_file: caption 2.txt: a symlink to nothing (a broken link), {SYMLINK_ADVICE}",
         "3.jpg": "not_a_regular_file: 3.jpg: a FIFO (named pipe), not a regular file",
     }, details
+
+
+def test_a_folder_swapped_for_a_link_after_listing_is_named_as_the_folder(tmp_path):
+    """A sub-folder replaced by a link while the build runs (a sync tool, a dataset manager) names
+    that folder, not the file below it."""
+    from builders.sources.folder import FolderConfig, FolderSource
+
+    root, moved = tmp_path / "photos", tmp_path / "elsewhere"
+    (root / "trip").mkdir(parents=True)
+    _sky_over_ground(32, 0).save(root / "trip" / "a.png")
+    (root / "trip" / "a.txt").write_text("a field")
+    source = FolderSource(FolderConfig(str(root), test_fraction=0.0), shard_size=8)
+    (root / "trip").rename(moved)
+    (root / "trip").symlink_to(moved)
+    [item] = source.read("train", 0)
+    assert (item.error, item.detail) == (
+        "not_a_regular_file", f"caption trip/a.txt: its folder trip is a symlink to a folder, {SYMLINK_ADVICE}")

@@ -66,10 +66,16 @@ def read_regular_file(root: Path, rel: str, max_bytes: int) -> bytes:
     directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for folder in folders:
-            inner = _open_below(rel, folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, directory)
+            try:
+                inner = _open_below(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, directory)
+            except NotRegularFile as e:
+                raise NotRegularFile(f"{rel}: its folder {folder} is {e}") from None
             os.close(directory)
             directory = inner
-        fd = _open_below(rel, name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, directory)
+        try:
+            fd = _open_below(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, directory)
+        except NotRegularFile as e:
+            raise NotRegularFile(f"{rel}: {e}") from None
     finally:
         os.close(directory)
     try:
@@ -88,14 +94,13 @@ def read_regular_file(root: Path, rel: str, max_bytes: int) -> bytes:
     return data
 
 
-def _open_below(rel: str, name: str, flags: int, directory: int) -> int:
-    """``name`` (a part of ``rel``) opened in ``directory``; NotRegularFile naming ``rel`` and what stands there."""
+def _open_below(name: str, flags: int, directory: int) -> int:
+    """``name`` opened in ``directory``, or NotRegularFile saying what stands there."""
     try:
         return os.open(name, flags | os.O_CLOEXEC, dir_fd=directory)
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
-            where = "" if rel.rpartition("/")[2] == name else f"its folder {name} is "
-            raise NotRegularFile(f"{rel}: {where}{_what_stands(name, directory)}") from None
+            raise NotRegularFile(_what_stands(name, directory)) from None
         raise
 
 
