@@ -144,10 +144,11 @@ class Composition:
 
 
 def composite(
-    image: Image.Image, layers: Sequence[Layer], concept: str, min_visible: float = 0.0
+    image: Image.Image, layers: Sequence[Layer], concept: str, min_visible: float = 0.0, min_seen: float = 0.0
 ) -> tuple[Image.Image, list[Instance], Image.Image]:
     """Composite ``layers`` in order onto ``image`` (RGB). Returns the new image, the instances
-    still visible among these layers, and the "L" mask of the maximum alpha over the layers."""
+    still visible among these layers (``min_seen=MIN_SEEN``: as a build from photos labels them),
+    and the "L" mask of the maximum alpha over the layers."""
     composition = Composition(image)
     composition.add(layers, concept)
-    return composition.image, composition.instances(min_visible), composition.mask()
+    return composition.image, composition.instances(min_visible, min_seen), composition.mask()

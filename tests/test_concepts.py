@@ -423,6 +423,8 @@ def test_a_mark_that_changes_no_pixel_is_not_labelled_by_a_build() -> None:
     everything = composition.instances(0.3)
     assert [i.box.as_list() for i in everything] == [[4, 4, 20, 12], [4, 40, 20, 48], [30, 24, 46, 40]]
     assert [i.box.as_list() for i in composition.instances(0.3, MIN_SEEN)] == [[4, 40, 20, 48], [30, 24, 46, 40]]
+    _, seen, _ = composite(Image.fromarray(photo), [mark(4, 4, 20, 12), mark(4, 40, 20, 48)], "watermark", 0.3, MIN_SEEN)
+    assert [i.box.as_list() for i in seen] == [[4, 40, 20, 48]]
 
     qr, box = _qr_layer(size)
     on_white = Composition(Image.new("RGB", (size, size), (255, 255, 255)))
