@@ -13,8 +13,8 @@ over all layers, labelled or not.
 Alpha alone does not say whether an instance can be seen: a white watermark tile over a white sky
 has all its alpha and changes no pixel. So each layer also keeps how much it changed the image
 under it (the largest channel difference, 0-255), passed through the later layers like its alpha;
-with ``min_seen``, an instance whose visible alpha lies mostly on pixels it changed by less than
-:data:`SEEN_LEVELS` is not labelled either.
+with ``min_seen``, an instance with less than that share of its alpha still showing on pixels it
+changed by at least :data:`SEEN_LEVELS` is not labelled either.
 """
 from __future__ import annotations
 
