@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from implicit_concept.compositing import Composition, composite
+from implicit_concept.compositing import MIN_SEEN, Composition, composite
 from implicit_concept.concepts import CONCEPT_NAMES, CONCEPTS, Layer, make_config, make_renderer
 from implicit_concept.concepts.assets import AssetPool, _font_family
 from tests.visible_pixels import expected_labels
@@ -402,3 +402,57 @@ def test_watermark_opacity_is_drawn_across_its_range_not_pinned_to_an_end() -> N
     assert len(opacities) >= 20
     assert min(opacities) < cfg.opacity[0] + 0.1 and max(opacities) > cfg.opacity[1] - 0.1
     assert len(set(opacities)) >= 20  # one draw per mark (a tiled mark's copies share theirs)
+
+
+def test_a_mark_that_changes_no_pixel_is_not_labelled_by_a_build() -> None:
+    """Alpha is not sight: a white half-transparent mark over a white sky has all its alpha and
+    changes no pixel. With ``min_seen`` (what a build asks) it is not labelled, while the same mark
+    over the dark ground, or half over each, is; a QR code on white keeps its label (its dark
+    modules show), and so does a white word whose black stroke vanishes into a black ground."""
+    size = 64
+    photo = np.full((size, size, 3), 250, np.uint8)
+    photo[size // 2:] = 35
+
+    def mark(x1, y1, x2, y2, colour=(255, 255, 255, 128)):
+        rgba = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+        rgba.paste(colour, (x1, y1, x2, y2))
+        return Layer(rgba)
+
+    composition = Composition(Image.fromarray(photo))
+    composition.add([mark(4, 4, 20, 12), mark(4, 40, 20, 48), mark(30, 24, 46, 40)], "watermark")
+    everything = composition.instances(0.3)
+    assert [i.box.as_list() for i in everything] == [[4, 4, 20, 12], [4, 40, 20, 48], [30, 24, 46, 40]]
+    assert [i.box.as_list() for i in composition.instances(0.3, MIN_SEEN)] == [[4, 40, 20, 48], [30, 24, 46, 40]]
+    _, seen, _ = composite(Image.fromarray(photo), [mark(4, 4, 20, 12), mark(4, 40, 20, 48)], "watermark", 0.3, MIN_SEEN)
+    assert [i.box.as_list() for i in seen] == [[4, 40, 20, 48]]
+
+    qr, box = _qr_layer(size)
+    on_white = Composition(Image.new("RGB", (size, size), (255, 255, 255)))
+    on_white.add([qr], "qrcode")
+    assert [i.box.as_list() for i in on_white.instances(0.3, MIN_SEEN)] == [box]
+
+    word = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    word.paste((0, 0, 0, 255), (10, 10, 30, 20))  # the stroke
+    word.paste((255, 255, 255, 255), (13, 13, 27, 17))  # the fill, a fifth of the alpha
+    on_black = Composition(Image.new("RGB", (size, size)))
+    on_black.add([Layer(word)], "text")
+    assert [i.box.as_list() for i in on_black.instances(0.3, MIN_SEEN)] == [[10, 10, 30, 20]]
+
+
+def test_what_a_mark_changed_is_passed_through_later_layers() -> None:
+    """A light grey square on a white wall changes it by 20 levels and is seen; under a later 75 %
+    white veil a quarter of its alpha still shows, but the veil leaves 5 of those 20 levels: the
+    square no longer shows in the image and is not labelled, while the veil is."""
+    size = 16
+    square = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    square.paste((230, 230, 230, 255), (0, 0, 8, 8))
+    veil = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    veil.paste((255, 255, 255, 191), (0, 0, 12, 12))
+    composition = Composition(Image.new("RGB", (size, size), (250, 250, 250)))
+    composition.add([Layer(square)], "text")
+    assert [i.concept for i in composition.instances(0.0, MIN_SEEN)] == ["text"]
+    composition.add([Layer(veil)], "watermark")
+    under = np.asarray(composition.image, np.int16)
+    assert abs(int(under[0, 0, 0]) - int(under[10, 10, 0])) <= 5
+    assert [(i.concept, i.visible) for i in composition.instances(0.0)] == [("text", 0.251), ("watermark", 1.0)]
+    assert [i.concept for i in composition.instances(0.0, MIN_SEEN)] == ["watermark"]

@@ -66,16 +66,22 @@ def read_regular_file(root: Path, rel: str, max_bytes: int) -> bytes:
     directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for folder in folders:
-            inner = _open_below(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, directory)
+            try:
+                inner = _open_below(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, directory)
+            except NotRegularFile as e:
+                raise NotRegularFile(f"{rel}: its folder {folder} is {e}") from None
             os.close(directory)
             directory = inner
-        fd = _open_below(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, directory)
+        try:
+            fd = _open_below(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, directory)
+        except NotRegularFile as e:
+            raise NotRegularFile(f"{rel}: {e}") from None
     finally:
         os.close(directory)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise NotRegularFile(f"{root / rel}: not a regular file")
+            raise NotRegularFile(f"{rel}: {_kind(info.st_mode)}, not a regular file")
         if info.st_size > max_bytes:
             raise FileTooLarge(f"{root / rel}: {info.st_size} bytes, over the cap of {max_bytes}")
     except OSError:
@@ -89,12 +95,43 @@ def read_regular_file(root: Path, rel: str, max_bytes: int) -> bytes:
 
 
 def _open_below(name: str, flags: int, directory: int) -> int:
+    """``name`` opened in ``directory``, or NotRegularFile saying what stands there."""
     try:
         return os.open(name, flags | os.O_CLOEXEC, dir_fd=directory)
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
-            raise NotRegularFile(f"{name}: a symlink or not a regular file") from None
+            raise NotRegularFile(_what_stands(name, directory)) from None
         raise
+
+
+#: What to do with a folder whose files are links (a Hugging Face cache snapshot, git-annex, DVC, a
+#: subset made with ``ln -s``): the links are not followed, so the build needs the files themselves.
+SYMLINK_ADVICE = ("never followed (a link may lead anywhere, and what it leads to would be copied into the dataset): "
+                  "build from a copy that holds the files themselves (cp -rL FOLDER COPY)")
+
+
+def _what_stands(name: str, directory: int) -> str:
+    """What ``name`` in ``directory`` is, when it could not be opened as a regular file: a symlink
+    (and what it leads to, by ``stat`` alone), a FIFO, a socket, a device."""
+    try:
+        info = os.lstat(name, dir_fd=directory)
+    except OSError:
+        return "not a regular file"
+    if not stat.S_ISLNK(info.st_mode):
+        return f"{_kind(info.st_mode)}, not a regular file"
+    try:
+        target = os.stat(name, dir_fd=directory).st_mode
+    except OSError:
+        return f"a symlink to nothing (a broken link), {SYMLINK_ADVICE}"
+    return f"a symlink to {_kind(target)}, {SYMLINK_ADVICE}"
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISREG, "a file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a file"
 
 
 @dataclass(frozen=True)
@@ -251,7 +288,7 @@ class FolderSource(Source):
             except FileTooLarge:
                 found, skipped = {}, "json_too_large"
             except NotRegularFile as e:
-                return RawItem(rel, None, None, meta, error="not_a_regular_file", detail=f"metadata {json_rel}: {e}")
+                return RawItem(rel, None, None, meta, error="not_a_regular_file", detail=f"metadata {e}")
             except OSError as e:
                 return RawItem(rel, None, None, meta, error="unreadable_json", detail=f"{json_rel}: {e}")
             if skipped:
@@ -264,7 +301,7 @@ class FolderSource(Source):
                 return RawItem(rel, None, None, meta, error="missing_caption", detail=f"{caption_rel}: {_GONE}")
             return RawItem(rel, None, None, meta, error="missing_caption", detail=f"no {caption_rel}{hint}{json_caption_hint(meta, json_rel, caption_rel)}")
         except NotRegularFile as e:
-            return RawItem(rel, None, None, meta, error="not_a_regular_file", detail=f"caption {caption_rel}: {e}")
+            return RawItem(rel, None, None, meta, error="not_a_regular_file", detail=f"caption {e}")
         except FileTooLarge as e:
             return RawItem(rel, None, None, meta, error="caption_too_large", detail=str(e))
         except OSError as e:
