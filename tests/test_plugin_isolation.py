@@ -137,6 +137,57 @@ def test_a_method_changing_the_detectors_thresholds_or_the_settings_tables_chang
     assert ctx.settings == {"esd": {"steps": 2}, "fmn": {}, "geom_erasing": {}} and run.track.esd == {"steps": 2} and run.track.fmn == {}
 
 
+CRITIC = '''
+import torch
+from PIL import Image
+from benchmark.methods.interface import Generator, Method
+
+
+class Critic(Method):
+    """Trains against the detector's network as a critic and forgets eval(): its train-mode forwards
+    move the batch-norm statistics, and its optimizer holds the network's weights too."""
+    name = "critic"
+
+    def build(self, ctx):
+        net = ctx.detector.model.model
+        net.train()
+        for _ in range(3):
+            net(torch.rand(2, 3, 64, 64) * 5)
+        with torch.no_grad():
+            for weight in net.parameters():
+                weight.add_(0.01)
+        return Generator(lambda **kwargs: [Image.new("RGB", (16, 16))] * len(kwargs["prompt"]))
+'''
+
+
+def test_a_method_training_the_detectors_network_trains_its_own_copy(lab, tmp_path, monkeypatch):
+    """ultralytics builds its predictor from the network on the first detection: a method given the
+    scoring detector's network before then changed the detections its own images and every later
+    method's were scored with (a worker process of --jobs loads the detector fresh)."""
+    from implicit_concept.concepts import CONCEPT_NAMES
+    from implicit_concept.detector.inference import Detector, build_model
+
+    def detector():
+        torch.manual_seed(0)
+        return Detector.from_module(build_model("yolov8n.yaml", CONCEPT_NAMES).eval(), "yolov8n.yaml", tmp_path / "d.safetensors", 64)
+
+    lab("criticlab", CRITIC)
+    probe = Image.fromarray(np.random.RandomState(0).randint(0, 256, (64, 64, 3), dtype=np.uint8))
+    seen = []
+
+    def score(paths, prompts, detector, *args, **kwargs):
+        seen.append(detector.detect(probe, conf=0.0001))
+        return SimpleNamespace(write_json=lambda path: None, images=[]), {"qrcode": {"icr": 0}}
+
+    monkeypatch.setattr(method_evaluation, "score_generated", score)
+    monkeypatch.setattr(method_evaluation, "method_grid", lambda *a, **k: None)
+    scoring = detector()
+    run, ctx, evaluation = _run(tmp_path, scoring)
+    method_evaluation.evaluate_method(run, "criticlab:Critic", ctx, evaluation)
+    assert seen == [detector().detect(probe, conf=0.0001)] and seen[0], "the method's training changed the scoring detector's detections"
+    assert not scoring.model.model.training
+
+
 PATCH_LAB = '''
 import torch
 import torch.nn.functional as F
