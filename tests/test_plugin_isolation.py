@@ -244,6 +244,74 @@ def test_a_library_function_a_plug_in_replaces_holds_for_its_own_build_and_sampl
         F.silu = original
 
 
+
+GLOBAL_HOOK_LAB = '''
+import torch
+from PIL import Image
+from benchmark.methods.interface import FineTune, Generator, Method
+
+SEEN = []
+
+
+def damp(module, args, output):
+    return output * 0.5 if isinstance(module, torch.nn.Linear) else None
+
+
+class GlobalDamp(Method):
+    """Damps every linear layer's output through torch's process-wide module hook."""
+    name = "global-damp"
+
+    def build(self, ctx):
+        torch.nn.modules.module.register_module_forward_hook(damp)
+        ctx.finetune(FineTune())
+
+        def sample(**kwargs):
+            SEEN.append(float(_one()(torch.ones(1))))
+            return [Image.new("RGB", (16, 16))] * len(kwargs["prompt"])
+
+        return Generator(sample)
+
+
+def _one():
+    layer = torch.nn.Linear(1, 1, bias=False).requires_grad_(False)
+    layer.weight.fill_(1.0)
+    return layer
+'''
+
+
+def test_a_process_wide_module_hook_a_plug_in_registers_holds_for_its_own_build_and_sampling_alone(lab, tmp_path, monkeypatch):
+    """``register_module_forward_hook`` in a build ran every later module through it: the next method's
+    UNet, the detector scoring every image, the fine-tune every method shares. At import it is refused."""
+    import torch.nn.modules.module as torch_modules
+
+    def one():
+        layer = torch.nn.Linear(1, 1, bias=False).requires_grad_(False)
+        layer.weight.fill_(1.0)
+        return float(layer(torch.ones(1)))
+
+    trained_with = []
+    lab("hooklab", GLOBAL_HOOK_LAB)
+    monkeypatch.setattr(stages, "finetune", lambda *a, **k: trained_with.append(one()) or tmp_path)
+    monkeypatch.setattr(method_evaluation, "score_generated", lambda *a, **k: (SimpleNamespace(write_json=lambda path: None, images=[]), {"qrcode": {}}))
+    monkeypatch.setattr(method_evaluation, "method_grid", lambda *a, **k: None)
+    run, ctx, evaluation = _run(tmp_path)
+    before = dict(torch_modules._global_forward_hooks)
+    try:
+        method_evaluation.evaluate_method(run, "hooklab:GlobalDamp", ctx, evaluation)
+        assert sys.modules["hooklab"].SEEN == [0.5], "its own sampling ran without its hook"
+        assert trained_with == [1.0], "the shared fine-tune trained through the plug-in's hook"
+        assert one() == 1.0 and torch_modules._global_forward_hooks == before, "the next method and the scoring run through its hook"
+        lab("importhook", "import torch\ndef damp(module, args, output):\n    return None\n"
+            "torch.nn.modules.module.register_module_forward_hook(damp)\n" + BASE_METHOD)
+        with pytest.raises(ValueError, match=r"^--method importhook:M: importing it registered a process-wide module hook "
+                                             r"\(forward_hooks: importhook\.damp\); every method of the run"):
+            get_method("importhook:M")
+        assert torch_modules._global_forward_hooks == before
+    finally:
+        torch_modules._global_forward_hooks.clear()
+        torch_modules._global_forward_hooks.update(before)
+
+
 def test_a_librarys_own_replacement_at_import_is_not_a_plug_ins(lab, tmp_path):
     """ultralytics replaces ``torch.save`` when first imported, maybe by a plug-in's import: its code
     lives among the installed packages, so it is not refused."""
