@@ -103,7 +103,8 @@ class Detector:
         """This detector with a network, predictor and thresholds of its own. ultralytics builds its
         predictor from the network on the first call (and again when a setting it is built with
         changes), so what a caller does to a shared network (trains it, runs it in train mode,
-        which moves its batch-norm statistics, casts it) would be in every later detection."""
+        which moves its batch-norm statistics, casts it) would be in every later detection.
+        Cost: one deep copy of the network (about 1 s for yolov8n on 2 shared CPU cores)."""
         predictor, self.model.predictor = self.model.predictor, None
         try:
             model = copy.deepcopy(self.model)
