@@ -8,6 +8,10 @@ would run with it, so a row would depend on which plug-in ran before. One made i
 out while the toolkit's services (``ctx.finetune``, ``ctx.load_pipeline``) run. One made at import
 holds for the whole run (the base, the detector, every method) and is refused, naming the function.
 
+torch's process-wide module hooks (``register_module_forward_hook`` and its kin, which every module's
+``forward`` in the process runs through: the next method's UNet, the detector scoring its images)
+are held to the same rule.
+
 A replacement is told from a library's own (ultralytics replaces ``torch.save`` when imported) by
 where its code lives: outside the installed packages and the toolkit, it is a plug-in's.
 """
@@ -55,6 +59,31 @@ def library_functions() -> dict[Key, Any]:
     return found
 
 
+def _hook_tables() -> dict[str, dict[int, Any]]:
+    """torch's tables of process-wide module hooks (``_global_forward_hooks``, ...), by name."""
+    from torch.nn.modules import module
+
+    return {name: table for name, table in vars(module).items() if name.startswith("_global_") and isinstance(table, dict)}
+
+
+def global_hooks() -> dict[str, dict[int, Any]]:
+    """A copy of each of torch's process-wide module hook tables, as they are now."""
+    return {name: dict(table) for name, table in _hook_tables().items()}
+
+
+def _set_hooks(held: dict[str, dict[int, Any]]) -> None:
+    for name, table in _hook_tables().items():
+        table.clear()
+        table.update(held.get(name, {}))
+
+
+def _hooks_added(before: dict[str, dict[int, Any]]) -> list[str]:
+    """The process-wide module hooks registered by code outside the libraries since ``before``, named."""
+    return [f"a process-wide module hook ({name.removeprefix('_global_')}: {_name(hook)})"
+            for name, table in global_hooks().items() for key, hook in table.items()
+            if key not in before.get(name, {}) and callable(hook) and not _library_code(hook)]
+
+
 def replaced_by_plugins(before: dict[Key, Any]) -> dict[Key, Any]:
     """The functions of ``before`` replaced since by code outside the libraries, by their replacement."""
     return {key: value for key, value in library_functions().items()
@@ -82,45 +111,51 @@ def _put_back(before: dict[Key, Any]) -> dict[Key, Any]:
 
 @contextmanager
 def kept_library_functions() -> Iterator[None]:
-    """Library functions a plug-in replaces in the block are put back after it."""
-    before = library_functions()
+    """Library functions a plug-in replaces, and process-wide module hooks it registers, in the block
+    are put back (taken out) after it."""
+    before, hooks = library_functions(), global_hooks()
     try:
         yield
     finally:
         _put_back(before)
+        _set_hooks(hooks)
 
 
 @contextmanager
 def refused_library_replacements(what: str) -> Iterator[None]:
-    """Refuse (put back, then a ``ValueError`` naming them) library functions replaced by ``what``'s
-    import: they would hold for the whole run."""
-    before = library_functions()
+    """Refuse (put back, then a ``ValueError`` naming them) library functions replaced, and process-wide
+    module hooks registered, by ``what``'s import: they would hold for the whole run."""
+    before, hooks = library_functions(), global_hooks()
     try:
         yield
     except BaseException:
         _put_back(before)
+        _set_hooks(hooks)
         raise
-    replaced = _put_back(before)
-    if replaced:
-        names = ", ".join(f"{dotted(key)} (with {_name(value)})" for key, value in sorted(replaced.items()))
-        raise ValueError(f"{what}: importing it replaced {names}; every method of the run, and the base and fine-tunes "
+    replaced, added = _put_back(before), _hooks_added(hooks)
+    _set_hooks(hooks)
+    if replaced or added:
+        names = ", ".join([*(f"{dotted(key)} (with {_name(value)})" for key, value in sorted(replaced.items())), *added])
+        raise ValueError(f"{what}: importing it {'replaced' if replaced else 'registered'} {names}; every method of the run, and the base and fine-tunes "
                          "they share, would run with it. Make the replacement in build(ctx), where it holds for this "
                          "method's build and sampling alone, or on your own pipeline (unet.set_attn_processor, a subclass)")
 
 
 def without_plugin_replacements(service: Callable[..., T]) -> Callable[..., T]:
-    """``service`` (a fine-tune, a pipeline load) run with the library functions as they are now
-    (before a plug-in's code runs), the caller's replacements put back in place after it."""
-    baseline = library_functions()
+    """``service`` (a fine-tune, a pipeline load) run with the library functions and process-wide
+    module hooks as they are now (before a plug-in's code runs), the caller's put back in place after it."""
+    baseline, baseline_hooks = library_functions(), global_hooks()
 
     @functools.wraps(service)
     def run(*args: Any, **kwargs: Any) -> T:
-        theirs = _put_back(baseline)
+        theirs, their_hooks = _put_back(baseline), global_hooks()
+        _set_hooks(baseline_hooks)
         try:
             return service(*args, **kwargs)
         finally:
             for key, value in theirs.items():
                 _put(key, value)
+            _set_hooks(their_hooks)
 
     return run
 

@@ -96,9 +96,10 @@ def own_context(ctx: MethodContext, work_dir: Path) -> MethodContext:
     """``ctx`` for one method: its own folder, and its own copies of what the next method and the
     scoring are given too. The settings tables are the track's (a method that sets
     ``ctx.settings["esd"]["steps"]`` would change ESD's edit for every method after it), and the
-    detector's thresholds are those every method's images are scored at (a method that lowers them
-    to find more boxes for its own training would change its own ICR and every later method's)."""
-    detector = copy.copy(ctx.detector)
+    detector's thresholds and network are those every method's images are scored with (a method that
+    lowers the thresholds to find more boxes for its own training, or runs the network as a critic in
+    train mode, would change its own ICR and every later method's)."""
+    detector = ctx.detector.own_copy() if isinstance(ctx.detector, Detector) else copy.copy(ctx.detector)
     if detector is not None:
         detector.thresholds = dict(ctx.detector.thresholds)
     return replace(ctx, work_dir=work_dir, settings=copy.deepcopy(ctx.settings), detector=detector)

@@ -314,7 +314,10 @@ def test_a_plug_in_that_breaks_the_interface_is_refused_by_name(tmp_path):
                          (Generator(pipeline, "", {"guidance_scale": 3, "height": 128}), "call_kwargs sets guidance_scale, height, which the track fixes"),
                          (Generator(pipeline, "", {"timesteps": [999, 500, 1]}), "call_kwargs sets timesteps, which the track fixes"),
                          (Generator(pipeline, "", {"sigmas": [14.6, 1.0, 0.1]}), "call_kwargs sets sigmas, which the track fixes"),
-                         (Generator(pipeline, "", {"callback": print}), "call_kwargs must hold JSON values")]:
+                         (Generator(pipeline, "", {"callback": print}), "call_kwargs must hold JSON values"),
+                         (Generator(pipeline, "", {"guidance_rescale": 0.7, "negative_prompt_embeds": torch.zeros(1, 77, 8)}),
+                          "call_kwargs must hold JSON values, as they are recorded with the images; its 'negative_prompt_embeds' "
+                          r"is a Tensor \(.*\)\. Give a tensor or a callback through a pipeline of your own")]:
         with pytest.raises(ValueError, match=f"method returns-pipeline: Generator.{problem}"):
             checked_generator(method, bad)
     with pytest.raises(MethodFailed, match=r"^method raises-in-build: finetunes\(ctx\) raised IndexError"):

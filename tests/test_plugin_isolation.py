@@ -137,6 +137,57 @@ def test_a_method_changing_the_detectors_thresholds_or_the_settings_tables_chang
     assert ctx.settings == {"esd": {"steps": 2}, "fmn": {}, "geom_erasing": {}} and run.track.esd == {"steps": 2} and run.track.fmn == {}
 
 
+CRITIC = '''
+import torch
+from PIL import Image
+from benchmark.methods.interface import Generator, Method
+
+
+class Critic(Method):
+    """Trains against the detector's network as a critic and forgets eval(): its train-mode forwards
+    move the batch-norm statistics, and its optimizer holds the network's weights too."""
+    name = "critic"
+
+    def build(self, ctx):
+        net = ctx.detector.model.model
+        net.train()
+        for _ in range(3):
+            net(torch.rand(2, 3, 64, 64) * 5)
+        with torch.no_grad():
+            for weight in net.parameters():
+                weight.add_(0.01)
+        return Generator(lambda **kwargs: [Image.new("RGB", (16, 16))] * len(kwargs["prompt"]))
+'''
+
+
+def test_a_method_training_the_detectors_network_trains_its_own_copy(lab, tmp_path, monkeypatch):
+    """ultralytics builds its predictor from the network on the first detection: a method given the
+    scoring detector's network before then changed the detections its own images and every later
+    method's were scored with (a worker process of --jobs loads the detector fresh)."""
+    from implicit_concept.concepts import CONCEPT_NAMES
+    from implicit_concept.detector.inference import Detector, build_model
+
+    def detector():
+        torch.manual_seed(0)
+        return Detector.from_module(build_model("yolov8n.yaml", CONCEPT_NAMES).eval(), "yolov8n.yaml", tmp_path / "d.safetensors", 64)
+
+    lab("criticlab", CRITIC)
+    probe = Image.fromarray(np.random.RandomState(0).randint(0, 256, (64, 64, 3), dtype=np.uint8))
+    seen = []
+
+    def score(paths, prompts, detector, *args, **kwargs):
+        seen.append(detector.detect(probe, conf=0.0001))
+        return SimpleNamespace(write_json=lambda path: None, images=[]), {"qrcode": {"icr": 0}}
+
+    monkeypatch.setattr(method_evaluation, "score_generated", score)
+    monkeypatch.setattr(method_evaluation, "method_grid", lambda *a, **k: None)
+    scoring = detector()
+    run, ctx, evaluation = _run(tmp_path, scoring)
+    method_evaluation.evaluate_method(run, "criticlab:Critic", ctx, evaluation)
+    assert seen == [detector().detect(probe, conf=0.0001)] and seen[0], "the method's training changed the scoring detector's detections"
+    assert not scoring.model.model.training
+
+
 PATCH_LAB = '''
 import torch
 import torch.nn.functional as F
@@ -191,6 +242,74 @@ def test_a_library_function_a_plug_in_replaces_holds_for_its_own_build_and_sampl
         assert F.silu is original
     finally:
         F.silu = original
+
+
+
+GLOBAL_HOOK_LAB = '''
+import torch
+from PIL import Image
+from benchmark.methods.interface import FineTune, Generator, Method
+
+SEEN = []
+
+
+def damp(module, args, output):
+    return output * 0.5 if isinstance(module, torch.nn.Linear) else None
+
+
+class GlobalDamp(Method):
+    """Damps every linear layer's output through torch's process-wide module hook."""
+    name = "global-damp"
+
+    def build(self, ctx):
+        torch.nn.modules.module.register_module_forward_hook(damp)
+        ctx.finetune(FineTune())
+
+        def sample(**kwargs):
+            SEEN.append(float(_one()(torch.ones(1))))
+            return [Image.new("RGB", (16, 16))] * len(kwargs["prompt"])
+
+        return Generator(sample)
+
+
+def _one():
+    layer = torch.nn.Linear(1, 1, bias=False).requires_grad_(False)
+    layer.weight.fill_(1.0)
+    return layer
+'''
+
+
+def test_a_process_wide_module_hook_a_plug_in_registers_holds_for_its_own_build_and_sampling_alone(lab, tmp_path, monkeypatch):
+    """``register_module_forward_hook`` in a build ran every later module through it: the next method's
+    UNet, the detector scoring every image, the fine-tune every method shares. At import it is refused."""
+    import torch.nn.modules.module as torch_modules
+
+    def one():
+        layer = torch.nn.Linear(1, 1, bias=False).requires_grad_(False)
+        layer.weight.fill_(1.0)
+        return float(layer(torch.ones(1)))
+
+    trained_with = []
+    lab("hooklab", GLOBAL_HOOK_LAB)
+    monkeypatch.setattr(stages, "finetune", lambda *a, **k: trained_with.append(one()) or tmp_path)
+    monkeypatch.setattr(method_evaluation, "score_generated", lambda *a, **k: (SimpleNamespace(write_json=lambda path: None, images=[]), {"qrcode": {}}))
+    monkeypatch.setattr(method_evaluation, "method_grid", lambda *a, **k: None)
+    run, ctx, evaluation = _run(tmp_path)
+    before = dict(torch_modules._global_forward_hooks)
+    try:
+        method_evaluation.evaluate_method(run, "hooklab:GlobalDamp", ctx, evaluation)
+        assert sys.modules["hooklab"].SEEN == [0.5], "its own sampling ran without its hook"
+        assert trained_with == [1.0], "the shared fine-tune trained through the plug-in's hook"
+        assert one() == 1.0 and torch_modules._global_forward_hooks == before, "the next method and the scoring run through its hook"
+        lab("importhook", "import torch\ndef damp(module, args, output):\n    return None\n"
+            "torch.nn.modules.module.register_module_forward_hook(damp)\n" + BASE_METHOD)
+        with pytest.raises(ValueError, match=r"^--method importhook:M: importing it registered a process-wide module hook "
+                                             r"\(forward_hooks: importhook\.damp\); every method of the run"):
+            get_method("importhook:M")
+        assert torch_modules._global_forward_hooks == before
+    finally:
+        torch_modules._global_forward_hooks.clear()
+        torch_modules._global_forward_hooks.update(before)
 
 
 def test_a_librarys_own_replacement_at_import_is_not_a_plug_ins(lab, tmp_path):

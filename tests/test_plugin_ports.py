@@ -365,6 +365,111 @@ def test_tensors_a_pipeline_holds_beyond_its_parts_weights_key_its_images(lab, e
     assert "beyond_parts" not in plain, "a plain pipeline's key changed: every cached image would be drawn anew"
 
 
+HOOKS = HEAD + '''
+from safetensors.torch import load_file
+
+
+def direction():
+    return load_file("direction.safetensors")["d"]
+
+
+class TextHook(Method):
+    """AdvUnlearn/SAFREE-like: the text encoder's output moved along a direction, by a forward hook
+    (the tensor bound as a default argument, research code's way in a loop)."""
+    name = "text-hook"
+
+    def build(self, ctx):
+        pipe = loaded(ctx)
+        d = direction()
+        [m for n, m in pipe.text_encoder.named_modules() if n.endswith("final_layer_norm")][0].register_forward_hook(
+            lambda module, args, output, d=d: output + d)
+        return Generator(pipe)
+
+
+class WrappedTextHook(TextHook):
+    name = "wrapped-text-hook"
+
+    def build(self, ctx):
+        pipe = super().build(ctx).pipeline
+        return Generator(lambda **kwargs: pipe(**kwargs))
+
+
+class PreHook(Method):
+    """Cross-attention's text input steered by a forward pre-hook with keyword arguments."""
+    name = "pre-hook"
+
+    def build(self, ctx):
+        pipe = loaded(ctx)
+        d = direction()
+
+        def steer(module, args, kwargs):
+            if kwargs.get("encoder_hidden_states") is not None:
+                kwargs["encoder_hidden_states"] = kwargs["encoder_hidden_states"] + d
+            return args, kwargs
+
+        for name, module in pipe.unet.named_modules():
+            if name.endswith("attn2"):
+                module.register_forward_pre_hook(steer, with_kwargs=True)
+        return Generator(pipe)
+
+
+class Lora(torch.nn.Module):
+    """kohya/SPM-style: a LoRA module that replaces its target's forward, held by a network of its own."""
+
+    def __init__(self, target, up):
+        super().__init__()
+        self.target_forward = target.forward
+        self.up = torch.nn.Parameter(up)
+        target.forward = self.forward
+
+    def forward(self, x):
+        return self.target_forward(x) + x @ self.up
+
+
+class KohyaLora(Method):
+    name = "kohya-lora"
+
+    def build(self, ctx):
+        pipe = loaded(ctx)
+        d = direction()
+        self.network = torch.nn.ModuleList(Lora(m, torch.outer(d.cumsum(0), torch.ones(m.out_features))) for m in cross_attention(pipe.unet, "to_v"))
+        return Generator(pipe)
+
+
+class AttentionControl(Method):
+    """prompt-to-prompt's register_attention_control: each cross-attention's forward replaced by a closure."""
+    name = "attention-control"
+
+    def build(self, ctx):
+        pipe = loaded(ctx)
+        d = direction()
+        for layer in [m for n, m in pipe.unet.named_modules() if n.endswith("attn2")]:
+            def forward(hidden_states, encoder_hidden_states=None, attention_mask=None, original=layer.forward, **kwargs):
+                return original(hidden_states, encoder_hidden_states + d, attention_mask, **kwargs)
+            layer.forward = forward
+        return Generator(pipe)
+'''
+
+
+@pytest.mark.parametrize("cls, name, edited", [("TextHook", "text-hook", ["text_encoder.hooks"]), ("WrappedTextHook", "wrapped-text-hook", None),
+                                               ("PreHook", "pre-hook", ["unet.hooks"]), ("KohyaLora", "kohya-lora", ["unet.hooks"]),
+                                               ("AttentionControl", "attention-control", ["unet.hooks"])])
+def test_what_forward_hooks_and_replaced_forwards_hold_keys_the_images(lab, evaluate, tmp_path, cls, name, edited):
+    """No state_dict holds what a hook or a replaced forward adds: the lab retrained the direction
+    file, reran, and its old images were kept and scored as the new; results.json said the folders drew them."""
+    import torch
+    from safetensors.torch import save_file
+
+    lab("hook_lab", HOOKS)
+    drawn = []
+    for value in (0.0, 3.0, 3.0):
+        save_file({"d": torch.full((MICRO.text_hidden,), value)}, tmp_path / "direction.safetensors")
+        rows = evaluate(f"hook_lab:{cls}")
+        drawn.append([p.read_bytes() for p in evaluate.images(name)])
+    assert drawn[0] != drawn[1] == drawn[2], "kept the old direction's images, or drew the same direction anew"
+    assert rows[0]["model"].get("edited_in_memory") == edited, "results.json said the folder's model drew them"
+
+
 OVERFLOW = HEAD + '''
 
 class Overflows(Method):

@@ -164,11 +164,15 @@ def checked_generator(method: Any, generator: Any) -> Generator:
     if fixed:
         raise ValueError(f"method {method.name}: Generator.call_kwargs sets {', '.join(fixed)}, which the track fixes "
                          "for every method (prompts, seeds, steps, guidance, size)")
-    try:
-        canonical_json(generator.call_kwargs)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"method {method.name}: Generator.call_kwargs must hold JSON values, as they are recorded "
-                         f"with the images ({e})") from None
+    for key, value in generator.call_kwargs.items():
+        try:
+            canonical_json(value)
+        except (TypeError, ValueError) as e:
+            # negative_prompt_embeds, callback_on_step_end: research code's way, and a wrapper's to give.
+            raise ValueError(f"method {method.name}: Generator.call_kwargs must hold JSON values, as they are recorded "
+                             f"with the images; its {key!r} is a {type(value).__name__} ({e}). Give a tensor or a callback "
+                             "through a pipeline of your own: a function that calls your pipeline with it (every tensor "
+                             "and module it holds keys its images)") from None
     return generator
 
 

@@ -62,8 +62,8 @@ def remember_loaded(pipeline: Any) -> Any:
 def model_record(pipeline: Any, source: dict[str, Any] | None = None) -> dict[str, Any]:
     """:func:`pipeline_folders`, with the scheduler's class and ``edited_in_memory``: the parts that
     differ from what their folders hold (weights a method changed after ``ctx.load_pipeline``, a
-    scheduler other than the one saved beside the UNet, a part's own attention processors, what the
-    pipeline holds beside its parts), whose folders alone do not draw its images.
+    scheduler other than the one saved beside the UNet, a part's own attention processors or hooks,
+    what the pipeline holds beside its parts), whose folders alone do not draw its images.
     ``source``: :func:`pipeline_source`'s record, whose weight hashes are reused."""
     record = pipeline_folders(pipeline)
     scheduler = getattr(pipeline, "scheduler", None)
@@ -73,10 +73,18 @@ def model_record(pipeline: Any, source: dict[str, Any] | None = None) -> dict[st
     edited = [name for name in _PARTS if _edited(getattr(pipeline, name, None), (source or {}).get(name))]
     if _scheduler_edited(scheduler, record.get("unet")):
         edited.append("scheduler")
-    beyond = {path.split(".")[0] for path in (source or {}).get("beyond_parts", {})}
-    edited += sorted(f"{top}.attn_processors" if top in _PARTS else top for top in beyond)
+    edited += sorted({_edit_named(path) for path in (source or {}).get("beyond_parts", {})})
     record["edited_in_memory"] = edited
     return record
+
+
+def _edit_named(path: str) -> str:
+    """How ``edited_in_memory`` names one of :func:`_beyond_parts`' paths: the pipeline's own attribute,
+    or a part's attention processors or hooks (forward hooks and replaced ``forward`` methods)."""
+    top = path.split(".")[0]
+    if top not in _PARTS:
+        return top
+    return f"{top}.attn_processors" if path.endswith(".processor") else f"{top}.hooks"
 
 
 def _edited(part: Any, now: str | None) -> bool:
@@ -123,12 +131,14 @@ def pipeline_source(pipeline: Any) -> dict[str, Any]:
     vocabulary = getattr(getattr(pipeline, "tokenizer", None), "get_vocab", None)
     if callable(vocabulary):
         record["tokenizer"] = json_sha256(vocabulary())
+    # A part hashed once: a hook or a wrapper holding the pipeline names it by the same hash.
+    memo = {id(getattr(pipeline, name)): record[name] for name in _PARTS if isinstance(getattr(pipeline, name, None), torch.nn.Module)}
     if all(record[name] is None for name in _PARTS):
-        record["holds"] = _held(pipeline)
+        record["holds"] = {**_held(pipeline, memo), **_held_hooks(pipeline, memo)}
         if not record["holds"]:
             record["drawn_anew"] = uuid.uuid4().hex
     else:
-        beyond = _beyond_parts(pipeline)
+        beyond = _beyond_parts(pipeline, memo)
         if beyond:  # absent for a plain pipeline: its key is what it always was
             record["beyond_parts"] = beyond
     return record
@@ -139,13 +149,15 @@ _PARTS = ("unet", "text_encoder", "vae")
 _KEYED = (*_PARTS, "scheduler", "tokenizer")
 
 
-def _beyond_parts(pipeline: Any) -> dict[str, str | None]:
+def _beyond_parts(pipeline: Any, memo: dict[int, str | None]) -> dict[str, str | None]:
     """What a pipeline draws with besides its parts' weights, scheduler and tokenizer, which no
     ``state_dict`` holds: tensors and modules on the pipeline object itself (an SLD-like subclass's
-    concept embedding) and the attention processors its parts sample through that are not diffusers'
-    own (a steering direction a custom processor holds, loaded from a lab's file), each by its class
+    concept embedding), the attention processors its parts sample through that are not diffusers'
+    own (a steering direction a custom processor holds, loaded from a lab's file), and the forward
+    hooks and replaced ``forward`` methods on its modules (:func:`_held_hooks`), each by its class
     and what it holds. A lab's changed file then draws anew, as changed weights do."""
-    found = {path: _part_sha256(value) for path, value in held_parts(pipeline) if path.split(".")[0] not in _KEYED}
+    found = {path: _part_sha256(value, memo) for path, value in held_parts(pipeline) if path.split(".")[0] not in _KEYED}
+    found.update(_held_hooks(pipeline, memo))
     keys: dict[int, str | None] = {}
     for name in _PARTS:
         processors = getattr(getattr(pipeline, name, None), "attn_processors", None)
@@ -161,21 +173,64 @@ def _beyond_parts(pipeline: Any) -> dict[str, str | None]:
     return found
 
 
-def _held(root: Any) -> dict[str, str | None]:
+def _held(root: Any, memo: dict[int, str | None] | None = None) -> dict[str, str | None]:
     """What ``root`` holds that decides its images, by attribute path: modules and tensors by their
     values, schedulers by their config, tokenizers by their vocabulary (see :func:`held_parts`)."""
-    return {path: _part_sha256(value) for path, value in held_parts(root)}
+    return {path: _part_sha256(value, memo) for path, value in held_parts(root)}
 
 
-def _part_sha256(value: Any) -> str | None:
-    """One of :func:`held_parts`: a module or tensor by its values, a scheduler by its config, a tokenizer by its vocabulary."""
+#: Packages whose forward hooks and replaced ``forward`` methods are their own machinery (accelerate's
+#: offloading, PEFT's and diffusers' bookkeeping), not a method's: not keyed, not named as edits.
+_LIBRARIES = ("accelerate", "diffusers", "peft", "torch", "transformers")
+
+
+def _held_hooks(root: Any, memo: dict[int, str | None]) -> dict[str, str | None]:
+    """The forward hooks, forward pre-hooks and replaced ``forward`` methods on every module ``root``
+    holds and on their submodules, by where they are: no ``state_dict`` holds what they add (a
+    direction a hook adds to the text encoder's output, a LoRA that replaces a projection's
+    ``forward`` from a network of its own, prompt-to-prompt's attention closures), so a lab's changed
+    file would keep the old images and ``results.json`` would say the folders drew them. Each is
+    keyed by its function and what it holds (:func:`_held`); a library's own is left out."""
+    found: dict[str, str | None] = {}
+    for path, part in held_parts(root):
+        if not isinstance(part, torch.nn.Module):
+            continue
+        for where, module in part.named_modules():
+            at = f"{path}.{where}" if where else path
+            calls = [(f"forward_pre_hooks.{i}", hook) for i, hook in enumerate(module._forward_pre_hooks.values())]
+            calls += [(f"forward_hooks.{i}", hook) for i, hook in enumerate(module._forward_hooks.values())]
+            calls += [("forward", module.__dict__["forward"])] if "forward" in module.__dict__ else []
+            for name, call in calls:
+                origin = _origin(call)
+                if origin.split(".")[0] not in _LIBRARIES:
+                    found[f"{at}.{name}"] = json_sha256({"function": origin, "holds": _held(call, memo)})
+    return found
+
+
+def _origin(call: Any) -> str:
+    """Where a hook's code is defined (``module.qualname``), through partials and bound methods."""
+    while isinstance(call, (functools.partial, MethodType)):
+        call = call.func if isinstance(call, functools.partial) else call.__func__
+    named = call if isinstance(call, FunctionType) else type(call)
+    return f"{getattr(named, '__module__', '')}.{getattr(named, '__qualname__', type(named).__qualname__)}"
+
+
+def _part_sha256(value: Any, memo: dict[int, str | None] | None = None) -> str | None:
+    """One of :func:`held_parts`: a module or tensor by its values, a scheduler by its config, a
+    tokenizer by its vocabulary. ``memo``: hashes already made, by object id (a part many hooks hold)."""
+    if memo is not None and id(value) in memo:
+        return memo[id(value)]
     if isinstance(value, torch.nn.Module):
-        return _weights_sha256(value)
-    if isinstance(value, torch.Tensor):
-        return _tensor_sha256(value)
-    if hasattr(value, "set_timesteps") and getattr(value, "config", None) is not None:
-        return scheduler_sha256(value)
-    return json_sha256(value.get_vocab())
+        digest = _weights_sha256(value)
+    elif isinstance(value, torch.Tensor):
+        digest = _tensor_sha256(value)
+    elif hasattr(value, "set_timesteps") and getattr(value, "config", None) is not None:
+        digest = scheduler_sha256(value)
+    else:
+        digest = json_sha256(value.get_vocab())
+    if memo is not None:
+        memo[id(value)] = digest
+    return digest
 
 
 def held_parts(root: Any) -> Iterator[tuple[str, Any]]:
@@ -210,7 +265,10 @@ def _children(value: Any) -> list[tuple[Any, Any]]:
         return [("func", value.func), ("args", value.args), ("keywords", value.keywords)]
     if isinstance(value, FunctionType):
         cells = value.__closure__ or ()
-        return [(name, cell.cell_contents) for name, cell in zip(value.__code__.co_freevars, cells) if _has_contents(cell)]
+        # Default values too: ``lambda m, i, o, d=d: o + d`` binds a loop's tensor as research code does.
+        defaults = [*enumerate(value.__defaults__ or ()), *(value.__kwdefaults__ or {}).items()]
+        return ([(name, cell.cell_contents) for name, cell in zip(value.__code__.co_freevars, cells) if _has_contents(cell)]
+                + [(f"defaults.{name}", default) for name, default in defaults])
     if isinstance(value, MethodType):
         return [("__self__", value.__self__), ("__func__", value.__func__)]
     children = [(k, v) for k, v in (getattr(value, "__dict__", None) or {}).items() if not k.startswith("__")]
