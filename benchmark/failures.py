@@ -18,6 +18,25 @@ from typing import Iterator
 PLUGIN_ERRORS = (Exception, SystemExit)
 
 
+#: Faults of the pinned libraries that a method's pipeline runs into, told by the error they raise
+#: (its type and a text in its message), with what they are and the way around: without this the
+#: lab reads a library's AttributeError as a bug of its own method.
+LIBRARY_FAULTS = (
+    (AttributeError, "object has no attribute 'text_model'",
+     "a fault of the pinned libraries, not of the method: diffusers 0.42.1 reads text_encoder.text_model, which "
+     "transformers 5.6 and later flattened away (huggingface/diffusers#14124), when a pipeline is called with clip_skip or a "
+     "LoRA scale in cross_attention_kwargs; encode the prompts in a function of your own and pass prompt_embeds"),
+)
+
+
+def library_fault(error: BaseException) -> str | None:
+    """What :data:`LIBRARY_FAULTS` says of ``error``, or None when it is none of them."""
+    for kind, text, said in LIBRARY_FAULTS:
+        if isinstance(error, kind) and text in str(error):
+            return said
+    return None
+
+
 class MethodFailed(RuntimeError):
     """``cause_traceback`` is the cause's traceback as text, so it reaches the main process whole
     from a ``--jobs`` worker (traceback objects do not pickle). It is always shown: the cause comes
@@ -25,7 +44,8 @@ class MethodFailed(RuntimeError):
     needs its traceback, the line its author looks for."""
 
     def __init__(self, where: str, step: str, error: BaseException) -> None:
-        super().__init__(f"{where}: {step} raised {type(error).__name__}: {error}")
+        fault = library_fault(error)
+        super().__init__(f"{where}: {step} raised {type(error).__name__}: {error}" + (f" ({fault})" if fault else ""))
         self.cause_traceback = "".join(traceback.format_exception(error))
 
     def __reduce__(self):

@@ -506,6 +506,25 @@ def test_a_pipeline_that_raises_is_named_and_its_error_chained(tmp_path):
     assert not list(tmp_path.glob("*.png"))
 
 
+@pytest.mark.parametrize("option", [{"clip_skip": 1}, {"cross_attention_kwargs": {"scale": 0.5}}], ids=["clip_skip", "lora_scale"])
+def test_a_fault_of_the_pinned_libraries_is_named_as_theirs_not_the_methods(tmp_path, option):
+    """diffusers 0.42.1 reads text_encoder.text_model, which transformers >= 5.6 removed: a pipeline
+    called with these options raises an AttributeError that reads as the lab's own bug."""
+    from benchmark.failures import MethodFailed
+    from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline
+
+    config = TinyPipelineConfig(image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True),
+                                text_hidden=16, text_layers=1, text_heads=2)
+    pipe = build_tiny_pipeline(config, tmp_path / "tokenizer", seed=3)
+
+    def with_option(prompts, negatives, seeds):
+        return pipe(prompt=prompts, negative_prompt=negatives, num_inference_steps=2, **option).images
+
+    with pytest.raises(MethodFailed, match=r"the pipeline raised AttributeError: .*text_model.*a fault of the pinned libraries, "
+                       r"not of the method: .*huggingface/diffusers#14124.*prompt_embeds"):
+        generate_images(with_option, [Prompt(0, "p0", 10)], tmp_path / "images", progress=False, desc="icd-mixed/my-method")
+
+
 def test_images_are_made_anew_when_weights_in_memory_scheduler_or_vocabulary_change_not_for_a_copy(tmp_path):
     """A plug-in that edits weights after loading them from a folder is a new model; a copy is not."""
     import copy
