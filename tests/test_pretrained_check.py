@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -244,3 +245,53 @@ def test_a_broken_pretrained_folder_stops_the_run_before_any_stage(copy, tmp_pat
         assert "--pretrained" in err and str(folder) in err and fragment in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "runs" / "pre" / "run.json").exists() and not (tmp_path / "data").exists(), "no stage ran"
     BenchmarkRun(track=load_track("debug"), name="ok", runs_root=tmp_path / "runs", pretrained=copy("fine")).check_start()
+
+
+@pytest.mark.parametrize("part,module,class_name", [("unet", "unet_2d_condition", "UNet2DConditionModel"),
+                                                    ("text_encoder", "modeling_lab_clip", "CLIPTextModel"),
+                                                    ("vae", "lab_vae", "AutoencoderKL"),
+                                                    ("scheduler", "lab_scheduler", "PNDMScheduler")])
+def test_a_part_named_by_a_library_class_from_the_folders_own_module_is_refused_never_run(copy, tmp_path, part, module, class_name):
+    """A custom component (diffusers loads ``[module, Class]`` from ``part/module.py`` with
+    trust_remote_code) that reuses diffusers' or transformers' class name was loaded as the library's
+    class from its weights, without its code, and scored as the lab's model."""
+    folder = copy()
+    marker = tmp_path / "ran"
+    (folder / part / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    _edit(folder / "model_index.json", **{part: [module, class_name]})
+    said = (f"{folder}/model_index.json: {part} is {[module, class_name]!r}, a {class_name} of the module {module!r} "
+            f"(the code of {folder / part / module}.py), not the ")
+    assert _refused(folder, ValueError, said, "plug it in as a method").count("\n") == 0
+    with pytest.raises(ValueError, match=re.escape(said)):
+        load_pipeline(folder)
+    assert not marker.exists()
+
+
+def test_a_snapshot_copied_without_its_blobs_or_missing_a_blob_is_named_not_called_missing(tiny, tmp_path):
+    """``cp -r`` of a Hugging Face snapshot copies its relative links into ``blobs/``, which then lead
+    nowhere; a pruned cache leaves one such link. Every loader said the file was missing (or 'no
+    model_index.json in it') from a folder that lists it."""
+    snapshot = _hub_snapshot(tiny, tmp_path / "hub")
+    copied = tmp_path / "sd15"
+    shutil.copytree(snapshot, copied, symlinks=True)  # what cp -r does
+    pruned = {}
+    for name in ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "tokenizer/tokenizer.json"):
+        cache = shutil.copytree(tmp_path / "hub", tmp_path / f"pruned-{name.replace('/', '-')}", symlinks=True)
+        folder = next((cache / "models--runwayml--stable-diffusion-v1-5" / "snapshots").iterdir())
+        (folder / name).resolve().unlink()
+        pruned[name] = folder
+    for call in (check_pretrained, load_pipeline):
+        with pytest.raises(FileNotFoundError) as e:
+            call(copied)
+        assert str(e.value).startswith(f"{copied / 'model_index.json'}: a symlink to '../../blobs/") and "cp -rL" in str(e.value), e.value
+        for name, folder in pruned.items():
+            with pytest.raises(FileNotFoundError) as e:
+                call(folder)
+            assert str(e.value).startswith(f"{folder / name}: a symlink to '") and "lacks that blob" in str(e.value), e.value
+    gone = tmp_path / "gone"
+    gone.symlink_to(tmp_path / "nowhere")
+    _refused(gone, FileNotFoundError, f"{gone}: a symlink to '{tmp_path / 'nowhere'}', which leads to no file")
+    unloaded = Path(shutil.copytree(snapshot, tmp_path / "no-safety-checker-blob", symlinks=False))
+    (unloaded / "safety_checker").mkdir()
+    (unloaded / "safety_checker" / "model.safetensors").symlink_to("../../blobs/pruned")  # a part never loaded is not looked into
+    check_pretrained(unloaded)

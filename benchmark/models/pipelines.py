@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import pickle
 import re
 from dataclasses import asdict, dataclass
@@ -385,7 +386,18 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, samp
 
 def require_pipeline_folder(path: Path) -> None:
     """Refuse what is not a diffusers pipeline folder, saying what it is instead: a single-file
-    checkpoint (how to convert it), or a Hugging Face cache holding one (the snapshot to pass)."""
+    checkpoint (how to convert it), a Hugging Face cache holding one (the snapshot to pass), or a
+    folder with a symlink that leads nowhere among the files a pipeline is loaded from
+    (:func:`dangling_link`)."""
+    link = dangling_link(path)
+    if link is not None:
+        target = os.readlink(link)
+        hub = ""
+        if "blobs" in Path(target).parts:
+            hub = ("; the Hugging Face cache lacks that blob (a download cut short or pruned): download the snapshot again"
+                   if (link.parent / target).parent.is_dir() else "; a Hugging Face snapshot copied without the cache's "
+                   "blobs/ its links point into: copy it following the links (cp -rL), or pass the snapshot inside the cache")
+        raise FileNotFoundError(f"{link}: a symlink to {target!r}, which leads to no file (its target missing, or a loop){hub}")
     if path.is_file():
         raise ValueError(
             f"{path}: a file, not a diffusers pipeline folder; convert a single-file checkpoint first "
@@ -395,6 +407,24 @@ def require_pipeline_folder(path: Path) -> None:
         snapshots = sorted(path.glob("snapshots/*/model_index.json")) + sorted(path.glob("models--*/snapshots/*/model_index.json"))
         hint = f"; a Hugging Face cache: pass a snapshot, e.g. {snapshots[0].parent}" if snapshots else ""
         raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json in it){hint}")
+
+
+#: The folders of a pipeline :func:`load_pipeline` reads files from.
+LOADED_PARTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+
+
+def dangling_link(path: Path) -> Path | None:
+    """The first symlink that leads to no file (its target missing, or a loop) among ``path`` itself,
+    the files directly in it and those of the parts :func:`load_pipeline` reads (``LOADED_PARTS``);
+    None if there is none. A Hugging Face snapshot's files are relative links into the cache's
+    ``blobs/``, so a copy made without following them (``cp -r``) holds only such links: every loader
+    then says the file is missing from a folder that lists it. A part that is not loaded (a safety
+    checker whose blob was deleted to save space) is not looked into."""
+    entries = [path, *(sorted(path.iterdir()) if path.is_dir() else [])]
+    for part in LOADED_PARTS:
+        if (path / part).is_dir():
+            entries.extend(sorted((path / part).rglob("*")))
+    return next((p for p in entries if p.is_symlink() and not p.exists()), None)
 
 
 #: The pipeline class :func:`load_pipeline` builds, and the only one a folder may be saved as.
@@ -658,12 +688,28 @@ def _component_class(index: dict[str, Any], name: str, allowed: tuple[type, ...]
     entry = index.get(name)
     if not (isinstance(entry, list) and len(entry) == 2):
         raise ValueError(f"{path}/model_index.json: {name} is {entry!r}, want [library, class name]")
-    class_name = entry[1]
+    library, class_name = entry
     for cls in allowed:
         if cls.__name__ == class_name:
+            _refuse_own_module(path, name, library, cls)
             return cls
     fix = ("; re-save it with one of them (pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)), or plug it "
            "in as a method (--method module:Class), whose pipeline may sample with any scheduler") if name == "scheduler" else (
            f"; loaded as one of them it would drop what {class_name} does: plug it in as a method (--method module:Class, "
            "whose build() loads it with diffusers, not ctx.load_pipeline)")
     raise ValueError(f"{path}/model_index.json: {name} is {class_name!r}; supported: {', '.join(c.__name__ for c in allowed)}{fix}")
+
+
+def _refuse_own_module(path: Path, name: str, library: Any, cls: type) -> None:
+    """Refuse a part named by one of diffusers' or transformers' class names but from another module
+    (``["mylab_unet", "UNet2DConditionModel"]``: a custom component, the class defined in the part's
+    ``mylab_unet.py``, which diffusers runs with ``trust_remote_code``): loaded as the library's class
+    from its weights, it would be sampled without what that code does. This package's own
+    :class:`PatchAutoencoder` is named by whichever module saved it and is always loaded as itself."""
+    own = cls.__module__.split(".")[0]
+    if own not in ("diffusers", "transformers") or library == own:
+        return
+    where = f" (the code of {path / name / (str(library) + '.py')})" if isinstance(library, str) and (path / name / f"{library}.py").is_file() else ""
+    raise ValueError(f"{path}/model_index.json: {name} is {[library, cls.__name__]!r}, a {cls.__name__} of the module {library!r}{where}, "
+                     f"not the {own} class; loaded as that one it would drop what the module's code does (never run here): plug it in as a method "
+                     "(--method module:Class, whose build() loads it with diffusers, not ctx.load_pipeline)")
