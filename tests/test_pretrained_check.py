@@ -295,3 +295,28 @@ def test_a_snapshot_copied_without_its_blobs_or_missing_a_blob_is_named_not_call
     (unloaded / "safety_checker").mkdir()
     (unloaded / "safety_checker" / "model.safetensors").symlink_to("../../blobs/pruned")  # a part never loaded is not looked into
     check_pretrained(unloaded)
+
+
+def test_a_folder_without_an_index_says_what_it_holds_and_what_to_pass(tiny, tmp_path):
+    """A folder holding a single-file checkpoint, a part's folder, and a cache of several snapshots:
+    each said only 'no model_index.json in it', or named the snapshot that sorts first, not the one
+    ``refs/main`` names (the one the hub loads)."""
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    shutil.copyfile(tiny / "unet" / "diffusion_pytorch_model.safetensors", downloads / "v1-5-pruned-emaonly.safetensors")
+    (downloads / "v1-inference.yaml").write_text("model: {}\n")
+    _refused(downloads, FileNotFoundError, f"{downloads}: not a diffusers pipeline folder", "it holds v1-5-pruned-emaonly.safetensors, "
+             "a single-file checkpoint: convert it first", "from_single_file")
+    _refused(tiny / "unet", FileNotFoundError, f"it is the unet/ of the pipeline folder {tiny}: pass that")
+    repo = tmp_path / "hub" / "models--runwayml--stable-diffusion-v1-5"
+    old, new = (repo / "snapshots" / (c * 40) for c in "0f")
+    for snapshot in (old, new):
+        shutil.copytree(tiny, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("f" * 40)
+    for given in (repo, tmp_path / "hub"):
+        message = _refused(given, FileNotFoundError, f"{given}: not a diffusers pipeline folder", f"pass a snapshot, e.g. {new}")
+        with pytest.raises(FileNotFoundError, match=re.escape(message)):
+            load_pipeline(given)
+    (repo / "refs" / "main").unlink()
+    _refused(repo, FileNotFoundError, f"pass a snapshot, e.g. {old}")

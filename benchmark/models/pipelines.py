@@ -404,9 +404,38 @@ def require_pipeline_folder(path: Path) -> None:
             "(diffusers: StableDiffusionPipeline.from_single_file(FILE).save_pretrained(FOLDER, safe_serialization=True))"
         )
     if not (path / "model_index.json").is_file():
-        snapshots = sorted(path.glob("snapshots/*/model_index.json")) + sorted(path.glob("models--*/snapshots/*/model_index.json"))
-        hint = f"; a Hugging Face cache: pass a snapshot, e.g. {snapshots[0].parent}" if snapshots else ""
-        raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json in it){hint}")
+        raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json in it){_what_it_is(path)}")
+
+
+#: A single-file checkpoint's suffixes (``.ckpt`` a pickle, read only by a conversion the user runs).
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def _what_it_is(path: Path) -> str:
+    """A hint for a folder without ``model_index.json``: the pipeline folder above a part's folder, the
+    snapshot of a Hugging Face cache to pass (the one ``refs/main`` names), or the single-file
+    checkpoint it holds and how to convert it; "" when it is none of these."""
+    if (path / "config.json").is_file() and (path.parent / "model_index.json").is_file():
+        return f"; it is the {path.name}/ of the pipeline folder {path.parent}: pass that"
+    for repo in [path, *sorted(path.glob("models--*"))]:
+        snapshots = sorted(repo.glob("snapshots/*/model_index.json"))
+        if snapshots:
+            main = repo / "snapshots" / _hub_ref(repo / "refs" / "main")
+            chosen = main if (main / "model_index.json").is_file() else snapshots[0].parent
+            return f"; a Hugging Face cache: pass a snapshot, e.g. {chosen}"
+    single = sorted(p.name for p in path.glob("*") if p.suffix in SINGLE_FILE_SUFFIXES and p.is_file()) if path.is_dir() else []
+    if single:
+        return (f"; it holds {', '.join(single)}, a single-file checkpoint: convert it first (diffusers: "
+                "StableDiffusionPipeline.from_single_file(FILE).save_pretrained(FOLDER, safe_serialization=True))")
+    return ""
+
+
+def _hub_ref(path: Path) -> str:
+    """The commit a Hugging Face cache's ref file names, or "" when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8").strip()[:200]
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 #: The folders of a pipeline :func:`load_pipeline` reads files from.
