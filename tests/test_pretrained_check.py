@@ -320,3 +320,25 @@ def test_a_folder_without_an_index_says_what_it_holds_and_what_to_pass(tiny, tmp
             load_pipeline(given)
     (repo / "refs" / "main").unlink()
     _refused(repo, FileNotFoundError, f"pass a snapshot, e.g. {old}")
+
+
+def test_a_snapshot_holding_variants_beside_the_weights_is_the_same_base_as_the_weights_alone(tiny, copy):
+    """``huggingface-cli download`` fetches SD v1.5's ``.fp16`` and ``.non_ema`` files beside the
+    weights ``from_pretrained`` fetches alone; load_pipeline reads only the latter. Every file was in
+    the base's weights sha256, so two labs' runs on one SD v1.5 were 'not comparable' on the
+    leaderboard (and the detector's base generations were made again)."""
+    from benchmark.models.pipeline_identity import weights_sha256
+
+    full = copy("full-snapshot")
+    for part, stem in (("unet", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        tensors = load_file(full / part / f"{stem}.safetensors")
+        save_file({k: v.half() for k, v in tensors.items()}, full / part / f"{stem}.fp16.safetensors", metadata={"format": "pt"})
+        save_file({k: v + 1 for k, v in tensors.items()}, full / part / f"{stem}.non_ema.safetensors", metadata={"format": "pt"})
+    assert weights_sha256(full) == weights_sha256(tiny)
+    fp16 = copy("fp16-only")
+    _fp16_only(fp16)
+    other = copy("other-unet")
+    unet = other / "unet" / "diffusion_pytorch_model.safetensors"
+    save_file({k: v + 1 for k, v in load_file(unet).items()}, unet, metadata={"format": "pt"})
+    assert len({weights_sha256(tiny), weights_sha256(fp16), weights_sha256(other)}) == 3, "the weights read still name the base"
+

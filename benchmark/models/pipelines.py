@@ -604,6 +604,13 @@ def weight_files(folder: Path, stem: str, variant: str | None) -> list[Path]:
     return files
 
 
+def loaded_weight_files(folder: Path, stem: str) -> list[Path]:
+    """The safetensors files :func:`load_pipeline` reads for the part in ``folder`` (:func:`weight_files`
+    of the variant :func:`_weights_variant` picks), and no other: a hub snapshot also holds variants
+    it never reads (``.fp16``, ``.non_ema``)."""
+    return weight_files(folder, stem, _weights_variant(folder, stem))
+
+
 def _described(folder: Path, stem: str, variant: str | None) -> Path:
     """The weights file to name for a part's tensor no header holds: its single file, else its index."""
     single = folder / (f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors")
