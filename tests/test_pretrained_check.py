@@ -342,3 +342,28 @@ def test_a_snapshot_holding_variants_beside_the_weights_is_the_same_base_as_the_
     save_file({k: v + 1 for k, v in load_file(unet).items()}, unet, metadata={"format": "pt"})
     assert len({weights_sha256(tiny), weights_sha256(fp16), weights_sha256(other)}) == 3, "the weights read still name the base"
 
+
+def test_a_run_resumed_on_other_weights_at_the_same_pretrained_path_is_refused_before_any_stage(copy, tmp_path):
+    """run.json records --pretrained's path, and the weights there change (a link moved to a newer
+    snapshot, a re-download): the rows of methods not rerun were kept beside the new ones, all under
+    the new base's record in results.json."""
+    from benchmark.models.pipeline_identity import weights_sha256
+    from benchmark.protocol import _base_record
+
+    from .real_runs import real_run
+    from .test_results_page import fake_run
+
+    base = copy("models-sd")
+    run = real_run(tmp_path / "runs" / "r", pretrained=base, data_root=tmp_path / "data")
+    fake_run(run.root)
+    results = json.loads((run.root / "results.json").read_text())
+    (run.root / "results.json").write_text(json.dumps({**results, "base": _base_record(run, base)}))
+    (run.root / "run.json").write_text(json.dumps(run.record()))
+    run.check_start()  # the same weights: a resume, or another --method added
+    unet = base / "unet" / "diffusion_pytorch_model.safetensors"
+    before = weights_sha256(base)
+    save_file({k: v + 1 for k, v in load_file(unet).items()}, unet, metadata={"format": "pt"})
+    with pytest.raises(ValueError) as e:
+        real_run(tmp_path / "runs" / "r", pretrained=base, data_root=tmp_path / "data").check_start()
+    assert str(e.value) == (f"--pretrained {base}: its weights (sha256 {weights_sha256(base)[:12]}) are not the base {run.root / 'results.json'}'s "
+                            f"rows were made from ({before[:12]}); use another --name or remove the folder")
