@@ -206,6 +206,24 @@ def test_a_scheduler_or_vae_class_load_pipeline_does_not_load_is_refused(copy):
     _refused(folder, ValueError, str(folder / "model_index.json"), "FlowMatchEulerDiscreteScheduler")
 
 
+@pytest.mark.parametrize("entry", [["transformers", "T5TokenizerFast"], ["lab_tokenizer", "CLIPTokenizer"], None])
+def test_a_tokenizer_of_another_class_is_refused_not_read_as_clips(copy, tmp_path, entry):
+    """The tokenizer was loaded as a CLIPTokenizer from its files whatever class (or module of the
+    folder's own, never run) the folder names."""
+    folder = copy()
+    marker = tmp_path / "ran"
+    (folder / "tokenizer" / "lab_tokenizer.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    _edit(folder / "model_index.json", tokenizer=entry)
+    said = f"{folder}/model_index.json: tokenizer is {entry!r}, want one of transformers' CLIPTokenizer, CLIPTokenizerFast"
+    _refused(folder, ValueError, said)
+    with pytest.raises(ValueError, match=re.escape(said)):
+        load_pipeline(folder)
+    assert not marker.exists()
+    _edit(folder / "model_index.json", tokenizer=["transformers", "CLIPTokenizerFast"])
+    check_pretrained(folder)
+    load_pipeline(folder)
+
+
 @pytest.mark.parametrize("fields,fragments", [
     ({"in_channels": 9}, ("in_channels = 9 (an inpainting UNet)", "4 needed")),
     ({"out_channels": 8}, ("out_channels = 8", "4 needed")),

@@ -271,6 +271,9 @@ VAE_CLASSES = (PatchAutoencoder, AutoencoderKL, AutoencoderTiny)
 #: The class each weighted part is loaded as: a folder whose ``model_index.json`` names another (a
 #: lab's UNet subclass with attention of its own) is refused, as loading it as one of these drops what it does.
 PART_CLASSES = {"vae": VAE_CLASSES, "text_encoder": (CLIPTextModel,), "unet": (UNet2DConditionModel,)}
+#: The tokenizer classes a folder may name (transformers 4 saved either; 5 keeps one class under both
+#: names): it is loaded as a ``CLIPTokenizer`` from its files either way.
+TOKENIZER_CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast")
 
 
 def save_portable_pipeline(pipe: StableDiffusionPipeline, directory: str | Path, negative_prompt: str = "") -> Path:
@@ -344,6 +347,7 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, samp
         if not (path / name).is_dir():
             raise FileNotFoundError(f"{path}: no {name}/ folder")
     classes = {name: _component_class(index, name, allowed, path) for name, allowed in PART_CLASSES.items()}
+    check_tokenizer_class(index, path)
     check_parts_fit(path, classes["vae"])
     for name in classes:
         check_weights_config(path / name)  # before the adapters: a config naming adapter_model.bin says more than its name
@@ -749,3 +753,14 @@ def _refuse_own_module(path: Path, name: str, library: Any, cls: type) -> None:
     raise ValueError(f"{path}/model_index.json: {name} is {[library, cls.__name__]!r}, a {cls.__name__} of the module {library!r}{where}, "
                      f"not the {own} class; loaded as that one it would drop what the module's code does (never run here): plug it in as a method "
                      "(--method module:Class, whose build() loads it with diffusers, not ctx.load_pipeline)")
+
+
+def check_tokenizer_class(index: dict[str, Any], path: Path) -> None:
+    """Refuse a folder whose ``model_index.json`` names a tokenizer other than transformers' CLIP one
+    (``TOKENIZER_CLASSES``): it is read as a ``CLIPTokenizer`` from its files, so another tokenizer
+    (or a lab's own, from a module in the folder) would be replaced without a word."""
+    entry = index.get("tokenizer")
+    if isinstance(entry, list) and len(entry) == 2 and entry[0] == "transformers" and entry[1] in TOKENIZER_CLASSES:
+        return
+    raise ValueError(f"{path}/model_index.json: tokenizer is {entry!r}, want one of transformers' {', '.join(TOKENIZER_CLASSES)} "
+                     "(it is read as a CLIPTokenizer from its files): plug a pipeline with another in as a method (--method module:Class)")
