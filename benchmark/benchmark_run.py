@@ -7,6 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from benchmark.models.pipeline_identity import weights_sha256
 from benchmark.models.pretrained_check import check_base_sampler, check_pretrained
 from benchmark.results_file import read_results
 from benchmark.track import Track
@@ -116,14 +117,30 @@ class BenchmarkRun:
                     f"{self.root}: was made with another config (run.json differs in {shown_differences(differ)}); "
                     "use another --name or remove the folder"
                 )
-        self.timings = {**self._earlier_timings(), **self.timings}
+        earlier = self._earlier_results()
+        self._check_same_base(earlier.get("base"))
+        self.timings = {**dict(earlier.get("timings", {})), **self.timings}
 
-    def _earlier_timings(self) -> dict[str, float]:
-        """The stage timings the run folder's ``results.json`` holds (none when it holds no results)."""
+    def _earlier_results(self) -> dict[str, Any]:
+        """The run folder's ``results.json`` (empty when it holds no results)."""
         results_file = self.root / "results.json"
         if not results_file.is_file():
             return {}
         try:  # checked field by field: the run's rows are merged with this run's when it ends
-            return dict(read_results(self.root).get("timings", {}))
+            return read_results(self.root)
         except (OSError, ValueError) as e:
             raise ValueError(f"{results_file}: cannot be read ({e}); remove the folder or use another --name") from None
+
+    def _check_same_base(self, recorded: dict[str, Any] | None) -> None:
+        """Refuse a ``--pretrained`` folder whose weights are not those the run folder's rows were made
+        from: ``run.json`` records its path, and the weights at a path change (a link moved to a newer
+        snapshot, a folder re-downloaded), while the rows of methods not rerun are kept beside the new
+        ones, all under the new base's record. Hashes the weights (seconds at SD v1.5's size, remembered
+        for the run's own record), only when there are rows."""
+        if self.pretrained is None or not recorded or not recorded.get("weights_sha256"):
+            return
+        now = weights_sha256(self.pretrained)
+        if now != recorded["weights_sha256"]:
+            raise ValueError(f"--pretrained {self.pretrained}: its weights (sha256 {now[:12]}) are not the base "
+                             f"{self.root / 'results.json'}'s rows were made from ({str(recorded['weights_sha256'])[:12]}); "
+                             "use another --name or remove the folder")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -205,6 +206,24 @@ def test_a_scheduler_or_vae_class_load_pipeline_does_not_load_is_refused(copy):
     _refused(folder, ValueError, str(folder / "model_index.json"), "FlowMatchEulerDiscreteScheduler")
 
 
+@pytest.mark.parametrize("entry", [["transformers", "T5TokenizerFast"], ["lab_tokenizer", "CLIPTokenizer"], None])
+def test_a_tokenizer_of_another_class_is_refused_not_read_as_clips(copy, tmp_path, entry):
+    """The tokenizer was loaded as a CLIPTokenizer from its files whatever class (or module of the
+    folder's own, never run) the folder names."""
+    folder = copy()
+    marker = tmp_path / "ran"
+    (folder / "tokenizer" / "lab_tokenizer.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    _edit(folder / "model_index.json", tokenizer=entry)
+    said = f"{folder}/model_index.json: tokenizer is {entry!r}, want one of transformers' CLIPTokenizer, CLIPTokenizerFast"
+    _refused(folder, ValueError, said)
+    with pytest.raises(ValueError, match=re.escape(said)):
+        load_pipeline(folder)
+    assert not marker.exists()
+    _edit(folder / "model_index.json", tokenizer=["transformers", "CLIPTokenizerFast"])
+    check_pretrained(folder)
+    load_pipeline(folder)
+
+
 @pytest.mark.parametrize("fields,fragments", [
     ({"in_channels": 9}, ("in_channels = 9 (an inpainting UNet)", "4 needed")),
     ({"out_channels": 8}, ("out_channels = 8", "4 needed")),
@@ -244,3 +263,125 @@ def test_a_broken_pretrained_folder_stops_the_run_before_any_stage(copy, tmp_pat
         assert "--pretrained" in err and str(folder) in err and fragment in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "runs" / "pre" / "run.json").exists() and not (tmp_path / "data").exists(), "no stage ran"
     BenchmarkRun(track=load_track("debug"), name="ok", runs_root=tmp_path / "runs", pretrained=copy("fine")).check_start()
+
+
+@pytest.mark.parametrize("part,module,class_name", [("unet", "unet_2d_condition", "UNet2DConditionModel"),
+                                                    ("text_encoder", "modeling_lab_clip", "CLIPTextModel"),
+                                                    ("vae", "lab_vae", "AutoencoderKL"),
+                                                    ("scheduler", "lab_scheduler", "PNDMScheduler")])
+def test_a_part_named_by_a_library_class_from_the_folders_own_module_is_refused_never_run(copy, tmp_path, part, module, class_name):
+    """A custom component (diffusers loads ``[module, Class]`` from ``part/module.py`` with
+    trust_remote_code) that reuses diffusers' or transformers' class name was loaded as the library's
+    class from its weights, without its code, and scored as the lab's model."""
+    folder = copy()
+    marker = tmp_path / "ran"
+    (folder / part / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    _edit(folder / "model_index.json", **{part: [module, class_name]})
+    said = (f"{folder}/model_index.json: {part} is {[module, class_name]!r}, a {class_name} of the module {module!r} "
+            f"(the code of {folder / part / module}.py), not the ")
+    assert _refused(folder, ValueError, said, "plug it in as a method").count("\n") == 0
+    with pytest.raises(ValueError, match=re.escape(said)):
+        load_pipeline(folder)
+    assert not marker.exists()
+
+
+def test_a_snapshot_copied_without_its_blobs_or_missing_a_blob_is_named_not_called_missing(tiny, tmp_path):
+    """``cp -r`` of a Hugging Face snapshot copies its relative links into ``blobs/``, which then lead
+    nowhere; a pruned cache leaves one such link. Every loader said the file was missing (or 'no
+    model_index.json in it') from a folder that lists it."""
+    snapshot = _hub_snapshot(tiny, tmp_path / "hub")
+    copied = tmp_path / "sd15"
+    shutil.copytree(snapshot, copied, symlinks=True)  # what cp -r does
+    pruned = {}
+    for name in ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "tokenizer/tokenizer.json"):
+        cache = shutil.copytree(tmp_path / "hub", tmp_path / f"pruned-{name.replace('/', '-')}", symlinks=True)
+        folder = next((cache / "models--runwayml--stable-diffusion-v1-5" / "snapshots").iterdir())
+        (folder / name).resolve().unlink()
+        pruned[name] = folder
+    for call in (check_pretrained, load_pipeline):
+        with pytest.raises(FileNotFoundError) as e:
+            call(copied)
+        assert str(e.value).startswith(f"{copied / 'model_index.json'}: a symlink to '../../blobs/") and "cp -rL" in str(e.value), e.value
+        for name, folder in pruned.items():
+            with pytest.raises(FileNotFoundError) as e:
+                call(folder)
+            assert str(e.value).startswith(f"{folder / name}: a symlink to '") and "lacks that blob" in str(e.value), e.value
+    gone = tmp_path / "gone"
+    gone.symlink_to(tmp_path / "nowhere")
+    _refused(gone, FileNotFoundError, f"{gone}: a symlink to '{tmp_path / 'nowhere'}', which leads to no file")
+    unloaded = Path(shutil.copytree(snapshot, tmp_path / "no-safety-checker-blob", symlinks=False))
+    (unloaded / "safety_checker").mkdir()
+    (unloaded / "safety_checker" / "model.safetensors").symlink_to("../../blobs/pruned")  # a part never loaded is not looked into
+    check_pretrained(unloaded)
+
+
+def test_a_folder_without_an_index_says_what_it_holds_and_what_to_pass(tiny, tmp_path):
+    """A folder holding a single-file checkpoint, a part's folder, and a cache of several snapshots:
+    each said only 'no model_index.json in it', or named the snapshot that sorts first, not the one
+    ``refs/main`` names (the one the hub loads)."""
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    shutil.copyfile(tiny / "unet" / "diffusion_pytorch_model.safetensors", downloads / "v1-5-pruned-emaonly.safetensors")
+    (downloads / "v1-inference.yaml").write_text("model: {}\n")
+    _refused(downloads, FileNotFoundError, f"{downloads}: not a diffusers pipeline folder", "it holds v1-5-pruned-emaonly.safetensors, "
+             "a single-file checkpoint: convert it first", "from_single_file")
+    _refused(tiny / "unet", FileNotFoundError, f"it is the unet/ of the pipeline folder {tiny}: pass that")
+    repo = tmp_path / "hub" / "models--runwayml--stable-diffusion-v1-5"
+    old, new = (repo / "snapshots" / (c * 40) for c in "0f")
+    for snapshot in (old, new):
+        shutil.copytree(tiny, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("f" * 40)
+    for given in (repo, tmp_path / "hub"):
+        message = _refused(given, FileNotFoundError, f"{given}: not a diffusers pipeline folder", f"pass a snapshot, e.g. {new}")
+        with pytest.raises(FileNotFoundError, match=re.escape(message)):
+            load_pipeline(given)
+    (repo / "refs" / "main").unlink()
+    _refused(repo, FileNotFoundError, f"pass a snapshot, e.g. {old}")
+
+
+def test_a_snapshot_holding_variants_beside_the_weights_is_the_same_base_as_the_weights_alone(tiny, copy):
+    """``huggingface-cli download`` fetches SD v1.5's ``.fp16`` and ``.non_ema`` files beside the
+    weights ``from_pretrained`` fetches alone; load_pipeline reads only the latter. Every file was in
+    the base's weights sha256, so two labs' runs on one SD v1.5 were 'not comparable' on the
+    leaderboard (and the detector's base generations were made again)."""
+    from benchmark.models.pipeline_identity import weights_sha256
+
+    full = copy("full-snapshot")
+    for part, stem in (("unet", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        tensors = load_file(full / part / f"{stem}.safetensors")
+        save_file({k: v.half() for k, v in tensors.items()}, full / part / f"{stem}.fp16.safetensors", metadata={"format": "pt"})
+        save_file({k: v + 1 for k, v in tensors.items()}, full / part / f"{stem}.non_ema.safetensors", metadata={"format": "pt"})
+    assert weights_sha256(full) == weights_sha256(tiny)
+    fp16 = copy("fp16-only")
+    _fp16_only(fp16)
+    other = copy("other-unet")
+    unet = other / "unet" / "diffusion_pytorch_model.safetensors"
+    save_file({k: v + 1 for k, v in load_file(unet).items()}, unet, metadata={"format": "pt"})
+    assert len({weights_sha256(tiny), weights_sha256(fp16), weights_sha256(other)}) == 3, "the weights read still name the base"
+
+
+def test_a_run_resumed_on_other_weights_at_the_same_pretrained_path_is_refused_before_any_stage(copy, tmp_path):
+    """run.json records --pretrained's path, and the weights there change (a link moved to a newer
+    snapshot, a re-download): the rows of methods not rerun were kept beside the new ones, all under
+    the new base's record in results.json."""
+    from benchmark.models.pipeline_identity import weights_sha256
+    from benchmark.protocol import _base_record
+
+    from .real_runs import real_run
+    from .test_results_page import fake_run
+
+    base = copy("models-sd")
+    run = real_run(tmp_path / "runs" / "r", pretrained=base, data_root=tmp_path / "data")
+    fake_run(run.root)
+    results = json.loads((run.root / "results.json").read_text())
+    (run.root / "results.json").write_text(json.dumps({**results, "base": _base_record(run, base)}))
+    (run.root / "run.json").write_text(json.dumps(run.record()))
+    run.check_start()  # the same weights: a resume, or another --method added
+    unet = base / "unet" / "diffusion_pytorch_model.safetensors"
+    before = weights_sha256(base)
+    save_file({k: v + 1 for k, v in load_file(unet).items()}, unet, metadata={"format": "pt"})
+    with pytest.raises(ValueError) as e:
+        real_run(tmp_path / "runs" / "r", pretrained=base, data_root=tmp_path / "data").check_start()
+    assert str(e.value) == (f"--pretrained {base}: its weights (sha256 {weights_sha256(base)[:12]}) are not the base {run.root / 'results.json'}'s "
+                            f"rows were made from ({before[:12]}); use another --name or remove the folder")

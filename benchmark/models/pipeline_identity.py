@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import torch
 
-from benchmark.models.pipelines import CONFIG_NAMES, portable_config
+from benchmark.models.pipelines import CONFIG_NAMES, DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS, loaded_weight_files, portable_config
 from implicit_concept.files import folder_sha256, read_json_object, sha256_file
 
 
@@ -355,8 +355,13 @@ def _portable_sha256(path: Path) -> str:
 
 
 def weights_sha256(pipeline: Path) -> str:
-    """The UNet's and text encoder's weights files, by content (configs and library versions aside):
-    narrower than :func:`pipeline_sha256`, so it names a base by its weights alone (the detector's
-    generated images are keyed on it)."""
+    """The UNet's and text encoder's weights files that :func:`~benchmark.models.pipelines.load_pipeline`
+    reads, by content (configs, library versions and the variants a hub snapshot holds beside them
+    aside): narrower than :func:`pipeline_sha256`, so it names a base by the weights it samples with
+    (the detector's generated images are keyed on it, and the leaderboard ranks only runs on one
+    base together: a snapshot with ``.fp16`` and ``.non_ema`` files beside SD v1.5's weights is the
+    same base as a folder holding those weights alone)."""
     pipeline = Path(pipeline)
-    return folder_sha256(pipeline, only=sorted(str(p.relative_to(pipeline)) for part in ("unet", "text_encoder") for p in (pipeline / part).glob("*.safetensors")))
+    parts = [(pipeline / part, stem) for part, stem in (("unet", DIFFUSERS_WEIGHTS), ("text_encoder", TRANSFORMERS_WEIGHTS))]
+    files = [f for folder, stem in parts if folder.is_dir() for f in loaded_weight_files(folder, stem)]
+    return folder_sha256(pipeline, only=sorted(str(f.relative_to(pipeline)) for f in files))

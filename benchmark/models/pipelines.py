@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import pickle
 import re
 from dataclasses import asdict, dataclass
@@ -270,6 +271,9 @@ VAE_CLASSES = (PatchAutoencoder, AutoencoderKL, AutoencoderTiny)
 #: The class each weighted part is loaded as: a folder whose ``model_index.json`` names another (a
 #: lab's UNet subclass with attention of its own) is refused, as loading it as one of these drops what it does.
 PART_CLASSES = {"vae": VAE_CLASSES, "text_encoder": (CLIPTextModel,), "unet": (UNet2DConditionModel,)}
+#: The tokenizer classes a folder may name (transformers 4 saved either; 5 keeps one class under both
+#: names): it is loaded as a ``CLIPTokenizer`` from its files either way.
+TOKENIZER_CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast")
 
 
 def save_portable_pipeline(pipe: StableDiffusionPipeline, directory: str | Path, negative_prompt: str = "") -> Path:
@@ -343,6 +347,7 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, samp
         if not (path / name).is_dir():
             raise FileNotFoundError(f"{path}: no {name}/ folder")
     classes = {name: _component_class(index, name, allowed, path) for name, allowed in PART_CLASSES.items()}
+    check_tokenizer_class(index, path)
     check_parts_fit(path, classes["vae"])
     for name in classes:
         check_weights_config(path / name)  # before the adapters: a config naming adapter_model.bin says more than its name
@@ -385,16 +390,74 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, samp
 
 def require_pipeline_folder(path: Path) -> None:
     """Refuse what is not a diffusers pipeline folder, saying what it is instead: a single-file
-    checkpoint (how to convert it), or a Hugging Face cache holding one (the snapshot to pass)."""
+    checkpoint (how to convert it), a Hugging Face cache holding one (the snapshot to pass), or a
+    folder with a symlink that leads nowhere among the files a pipeline is loaded from
+    (:func:`dangling_link`)."""
+    link = dangling_link(path)
+    if link is not None:
+        target = os.readlink(link)
+        hub = ""
+        if "blobs" in Path(target).parts:
+            hub = ("; the Hugging Face cache lacks that blob (a download cut short or pruned): download the snapshot again"
+                   if (link.parent / target).parent.is_dir() else "; a Hugging Face snapshot copied without the cache's "
+                   "blobs/ its links point into: copy it following the links (cp -rL), or pass the snapshot inside the cache")
+        raise FileNotFoundError(f"{link}: a symlink to {target!r}, which leads to no file (its target missing, or a loop){hub}")
     if path.is_file():
         raise ValueError(
             f"{path}: a file, not a diffusers pipeline folder; convert a single-file checkpoint first "
             "(diffusers: StableDiffusionPipeline.from_single_file(FILE).save_pretrained(FOLDER, safe_serialization=True))"
         )
     if not (path / "model_index.json").is_file():
-        snapshots = sorted(path.glob("snapshots/*/model_index.json")) + sorted(path.glob("models--*/snapshots/*/model_index.json"))
-        hint = f"; a Hugging Face cache: pass a snapshot, e.g. {snapshots[0].parent}" if snapshots else ""
-        raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json in it){hint}")
+        raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json in it){_what_it_is(path)}")
+
+
+#: A single-file checkpoint's suffixes (``.ckpt`` a pickle, read only by a conversion the user runs).
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def _what_it_is(path: Path) -> str:
+    """A hint for a folder without ``model_index.json``: the pipeline folder above a part's folder, the
+    snapshot of a Hugging Face cache to pass (the one ``refs/main`` names), or the single-file
+    checkpoint it holds and how to convert it; "" when it is none of these."""
+    if (path / "config.json").is_file() and (path.parent / "model_index.json").is_file():
+        return f"; it is the {path.name}/ of the pipeline folder {path.parent}: pass that"
+    for repo in [path, *sorted(path.glob("models--*"))]:
+        snapshots = sorted(repo.glob("snapshots/*/model_index.json"))
+        if snapshots:
+            main = repo / "snapshots" / _hub_ref(repo / "refs" / "main")
+            chosen = main if (main / "model_index.json").is_file() else snapshots[0].parent
+            return f"; a Hugging Face cache: pass a snapshot, e.g. {chosen}"
+    single = sorted(p.name for p in path.glob("*") if p.suffix in SINGLE_FILE_SUFFIXES and p.is_file()) if path.is_dir() else []
+    if single:
+        return (f"; it holds {', '.join(single)}, a single-file checkpoint: convert it first (diffusers: "
+                "StableDiffusionPipeline.from_single_file(FILE).save_pretrained(FOLDER, safe_serialization=True))")
+    return ""
+
+
+def _hub_ref(path: Path) -> str:
+    """The commit a Hugging Face cache's ref file names, or "" when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8").strip()[:200]
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+#: The folders of a pipeline :func:`load_pipeline` reads files from.
+LOADED_PARTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+
+
+def dangling_link(path: Path) -> Path | None:
+    """The first symlink that leads to no file (its target missing, or a loop) among ``path`` itself,
+    the files directly in it and those of the parts :func:`load_pipeline` reads (``LOADED_PARTS``);
+    None if there is none. A Hugging Face snapshot's files are relative links into the cache's
+    ``blobs/``, so a copy made without following them (``cp -r``) holds only such links: every loader
+    then says the file is missing from a folder that lists it. A part that is not loaded (a safety
+    checker whose blob was deleted to save space) is not looked into."""
+    entries = [path, *(sorted(path.iterdir()) if path.is_dir() else [])]
+    for part in LOADED_PARTS:
+        if (path / part).is_dir():
+            entries.extend(sorted((path / part).rglob("*")))
+    return next((p for p in entries if p.is_symlink() and not p.exists()), None)
 
 
 #: The pipeline class :func:`load_pipeline` builds, and the only one a folder may be saved as.
@@ -545,6 +608,13 @@ def weight_files(folder: Path, stem: str, variant: str | None) -> list[Path]:
     return files
 
 
+def loaded_weight_files(folder: Path, stem: str) -> list[Path]:
+    """The safetensors files :func:`load_pipeline` reads for the part in ``folder`` (:func:`weight_files`
+    of the variant :func:`_weights_variant` picks), and no other: a hub snapshot also holds variants
+    it never reads (``.fp16``, ``.non_ema``)."""
+    return weight_files(folder, stem, _weights_variant(folder, stem))
+
+
 def _described(folder: Path, stem: str, variant: str | None) -> Path:
     """The weights file to name for a part's tensor no header holds: its single file, else its index."""
     single = folder / (f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors")
@@ -658,12 +728,39 @@ def _component_class(index: dict[str, Any], name: str, allowed: tuple[type, ...]
     entry = index.get(name)
     if not (isinstance(entry, list) and len(entry) == 2):
         raise ValueError(f"{path}/model_index.json: {name} is {entry!r}, want [library, class name]")
-    class_name = entry[1]
+    library, class_name = entry
     for cls in allowed:
         if cls.__name__ == class_name:
+            _refuse_own_module(path, name, library, cls)
             return cls
     fix = ("; re-save it with one of them (pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)), or plug it "
            "in as a method (--method module:Class), whose pipeline may sample with any scheduler") if name == "scheduler" else (
            f"; loaded as one of them it would drop what {class_name} does: plug it in as a method (--method module:Class, "
            "whose build() loads it with diffusers, not ctx.load_pipeline)")
     raise ValueError(f"{path}/model_index.json: {name} is {class_name!r}; supported: {', '.join(c.__name__ for c in allowed)}{fix}")
+
+
+def _refuse_own_module(path: Path, name: str, library: Any, cls: type) -> None:
+    """Refuse a part named by one of diffusers' or transformers' class names but from another module
+    (``["mylab_unet", "UNet2DConditionModel"]``: a custom component, the class defined in the part's
+    ``mylab_unet.py``, which diffusers runs with ``trust_remote_code``): loaded as the library's class
+    from its weights, it would be sampled without what that code does. This package's own
+    :class:`PatchAutoencoder` is named by whichever module saved it and is always loaded as itself."""
+    own = cls.__module__.split(".")[0]
+    if own not in ("diffusers", "transformers") or library == own:
+        return
+    where = f" (the code of {path / name / (str(library) + '.py')})" if isinstance(library, str) and (path / name / f"{library}.py").is_file() else ""
+    raise ValueError(f"{path}/model_index.json: {name} is {[library, cls.__name__]!r}, a {cls.__name__} of the module {library!r}{where}, "
+                     f"not the {own} class; loaded as that one it would drop what the module's code does (never run here): plug it in as a method "
+                     "(--method module:Class, whose build() loads it with diffusers, not ctx.load_pipeline)")
+
+
+def check_tokenizer_class(index: dict[str, Any], path: Path) -> None:
+    """Refuse a folder whose ``model_index.json`` names a tokenizer other than transformers' CLIP one
+    (``TOKENIZER_CLASSES``): it is read as a ``CLIPTokenizer`` from its files, so another tokenizer
+    (or a lab's own, from a module in the folder) would be replaced without a word."""
+    entry = index.get("tokenizer")
+    if isinstance(entry, list) and len(entry) == 2 and entry[0] == "transformers" and entry[1] in TOKENIZER_CLASSES:
+        return
+    raise ValueError(f"{path}/model_index.json: tokenizer is {entry!r}, want one of transformers' {', '.join(TOKENIZER_CLASSES)} "
+                     "(it is read as a CLIPTokenizer from its files): plug a pipeline with another in as a method (--method module:Class)")

@@ -30,6 +30,7 @@ from benchmark.models.pipelines import (
     _component_class,
     _scheduler_config,
     _weights_variant,
+    check_tokenizer_class,
     check_weights_config,
     read_weight_headers,
     require_pipeline_folder,
@@ -64,6 +65,7 @@ def check_pretrained(path: str | Path) -> dict[str, Any]:
     classes = {name: _component_class(index, name, allowed, path) for name, allowed in PART_CLASSES.items()}  # each checked
     vae_class = classes["vae"]
     _component_class(index, "scheduler", SCHEDULERS, path)
+    check_tokenizer_class(index, path)
 
     weights: dict[str, list[str]] = {}
     for name, stem in PARTS.items():
