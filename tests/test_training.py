@@ -655,3 +655,33 @@ def test_an_sd_shaped_pipeline_trains_at_a_resolution_other_than_its_own(setup, 
     assert not _same(_unet_state(sd), _unet_state(out))
     with pytest.raises(ValueError, match="resolution 33 must be a multiple"):
         train(sd, shards, tmp_path / "at33", TrainingConfig(**FAST, resolution=33), progress=False)
+
+
+@pytest.mark.parametrize("change", [dict(seed=8), dict(learning_rate=1e-2), dict(geom=GeomErasingConfig(grid=2, concepts=("qrcode",), reweight=False))])
+def test_a_checkpoint_of_another_run_in_the_output_folder_is_refused_not_resumed(setup, uninterrupted, tmp_path, change):
+    """Another seed's, config's or method's checkpoint in a run folder without (or with a rewritten)
+    run.json: a copied folder, or one whose refused run.json was deleted. Resumed, it would end
+    with neither run's weights; it is refused naming the file, and left as it was."""
+    base, shards = setup
+    config, full = uninterrupted
+    checkpoint = tmp_path / "other" / CHECKPOINTS_DIR / "step-0000001"
+    shutil.copytree(full.parent / CHECKPOINTS_DIR / "step-0000001", checkpoint)
+    before = {p.name: p.read_bytes() for p in checkpoint.iterdir()}
+    with pytest.raises(ValueError, match=r"step-0000001/train_state.json: .*another run"):
+        train(base, shards, tmp_path / "other", replace(config, **change), progress=False)
+    assert {p.name: p.read_bytes() for p in checkpoint.iterdir()} == before
+
+
+def test_a_checkpoint_written_under_other_package_versions_is_refused_naming_them(setup, uninterrupted, tmp_path):
+    """Another torch's (or diffusers') checkpoint fits every tensor, but a resume under other
+    versions would not end with the uninterrupted run's weights."""
+    from benchmark.training.state_files import load_state, save_state
+
+    base, shards = setup
+    config, full = uninterrupted
+    checkpoint = tmp_path / "resumed" / CHECKPOINTS_DIR / "step-0000001"
+    shutil.copytree(full.parent / CHECKPOINTS_DIR / "step-0000001", checkpoint)
+    state = load_state(checkpoint / "train_state")
+    save_state(checkpoint / "train_state", {**state, "packages": {**state["packages"], "torch": "1.13.1"}})
+    with pytest.raises(ValueError, match=rf"train_state.json: .*written under torch 1.13.1, here torch \d"):
+        train(base, shards, tmp_path / "resumed", config, progress=False)

@@ -36,7 +36,7 @@ from benchmark.training.new_tokens import NewTokenRows
 from benchmark.training.state_files import JSON_SUFFIX, TENSORS_SUFFIX, load_state, save_state
 from implicit_concept.files import atomic_dir, atomic_write_json, json_differences, read_json_object, shown_differences
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig, write_metadata
-from implicit_concept.provenance import config_hash, environment
+from implicit_concept.provenance import config_hash, environment, package_versions
 from implicit_concept.tensor_checks import SAFETENSORS_FLOATS, all_finite, non_finite
 
 log = logging.getLogger(__name__)
@@ -46,22 +46,43 @@ CHECKPOINTS_DIR = "checkpoints"
 RUN_FILE = "run.json"
 
 
-class TrainState:
-    """What besides weights a resume needs: progress, data position and the training generator."""
+#: The packages a training step's numbers depend on: a resume under other versions would not end
+#: with the uninterrupted run's weights.
+TRAINING_PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "numpy")
 
-    def __init__(self, seed: int) -> None:
+
+class TrainState:
+    """What besides weights a resume needs: progress, data position and the training generator; and
+    whose it is: the run (its record's hash) and the package versions that wrote it. A checkpoint
+    found in a run folder is resumed only by the run that wrote it (another seed's, config's or
+    method's fits every tensor, and would end with neither run's weights), under the same versions."""
+
+    def __init__(self, seed: int, run: str = "") -> None:
         self.step = 0
         self.epoch = 0
         self.consumed = 0
         self.generator = torch.Generator().manual_seed(seed)
+        self.run = run
+        self.packages = package_versions(TRAINING_PACKAGES)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "epoch": self.epoch, "consumed": self.consumed, "generator": self.generator.get_state()}
+        return {"step": self.step, "epoch": self.epoch, "consumed": self.consumed, "generator": self.generator.get_state(),
+                "run": self.run, "packages": self.packages}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         counts = [state["step"], state["epoch"], state["consumed"]]
         if not all(type(n) is int and n >= 0 for n in counts):
             raise ValueError(f"step, epoch and consumed must be counts, not {counts}")
+        # Checkpoints written before these were recorded hold neither, and are taken as this run's.
+        if (run := state.get("run", self.run)) != self.run:
+            raise ValueError(f"a checkpoint of another run (config, base or data: record sha256 {str(run)[:16]}..., this run's "
+                             f"{self.run[:16]}...); move it away, or train in another output directory")
+        if not isinstance(packages := state.get("packages", self.packages), dict):
+            raise ValueError(f"packages = {packages!r}, not a table of package versions")
+        if differ := [name for name, version in self.packages.items() if packages.get(name) != version]:
+            raise ValueError(f"written under {', '.join(f'{n} {packages.get(n)}' for n in differ)}, here "
+                             f"{', '.join(f'{n} {self.packages[n]}' for n in differ)}: a resume would not end with the "
+                             "uninterrupted run's weights; resume under those versions, or remove the checkpoints to start over")
         self.generator.set_state(state["generator"])
         self.step, self.epoch, self.consumed = counts
 
