@@ -685,3 +685,27 @@ def test_a_checkpoint_written_under_other_package_versions_is_refused_naming_the
     save_state(checkpoint / "train_state", {**state, "packages": {**state["packages"], "torch": "1.13.1"}})
     with pytest.raises(ValueError, match=rf"train_state.json: .*written under torch 1.13.1, here torch \d"):
         train(base, shards, tmp_path / "resumed", config, progress=False)
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda s: s.update(junk=torch.zeros(1 << 18)), "tensor junk is not in this run's unet"),
+    (lambda s: s.update({k: s[k].reshape(-1) for k in [next(k for k in s if s[k].ndim > 1)]}), r"tensor \S+ is \(\d+,\), where this run's unet holds \("),
+])
+def test_a_checkpoints_model_file_of_another_model_is_refused_from_its_header(setup, uninterrupted, tmp_path, monkeypatch, edit, problem):
+    """A tensor the model lacks (load_model reads every tensor before refusing one: a huge, or
+    sparse and huge, one would be allocated whole) or one of another shape is refused before any
+    tensor data is read."""
+    from safetensors.torch import save_file
+
+    from benchmark.training import checkpoints
+
+    base, shards = setup
+    config, full = uninterrupted
+    checkpoint = tmp_path / "resumed" / CHECKPOINTS_DIR / "step-0000001"
+    shutil.copytree(full.parent / CHECKPOINTS_DIR / "step-0000001", checkpoint)
+    state = load_file(checkpoint / "unet.safetensors")
+    edit(state)
+    save_file(state, str(checkpoint / "unet.safetensors"))
+    monkeypatch.setattr(checkpoints, "load_model", lambda *a, **k: pytest.fail("the weights were read"))
+    with pytest.raises(ValueError, match=rf"unet.safetensors: {problem}"):
+        train(base, shards, tmp_path / "resumed", config, progress=False)

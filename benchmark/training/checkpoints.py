@@ -27,10 +27,10 @@ import torch
 from accelerate import Accelerator
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
-from benchmark.models.pipelines import read_weight_headers, save_portable_pipeline
+from benchmark.models.pipelines import save_portable_pipeline
 from benchmark.training.config import TrainingConfig
 from benchmark.training.new_tokens import NewTokenRows
 from benchmark.training.state_files import JSON_SUFFIX, TENSORS_SUFFIX, load_state, save_state
@@ -168,15 +168,22 @@ def check_state_values(state: Any, current: Any, stem: Path, label: str = "") ->
 
 
 def _check_model_file(path: Path, name: str, state: dict[str, torch.Tensor]) -> None:
-    """Refuse, from its header alone, a model file holding a tensor of another dtype where this
-    run's model (``state``) holds floats: ``load_model`` casts it silently."""
+    """Refuse, from its header alone (before a byte of tensor data is read), a model file that is
+    not of this run's model (``state``): a tensor the model lacks (``load_model`` reads every tensor
+    before it refuses one, so a huge or sparse one would be allocated whole), one of another shape,
+    or one of another dtype where the model holds floats (``load_model`` casts it silently)."""
     try:
-        headers = read_weight_headers([path])
-    except ValueError:
+        with safe_open(str(path), "pt") as f:
+            headers = {key: (f.get_slice(key).get_dtype(), tuple(f.get_slice(key).get_shape())) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError):
         raise ValueError(f"{path}: not this run's {name} weights (not a readable safetensors file)") from None
-    for key, (dtype, _) in headers.items():
+    for key, (dtype, shape) in headers.items():
         tensor = state.get(key)
-        if tensor is not None and tensor.is_floating_point() and dtype != SAFETENSORS_FLOATS.get(tensor.dtype, dtype):
+        if tensor is None:
+            raise ValueError(f"{path}: tensor {key} is not in this run's {name}")
+        if shape != tuple(tensor.shape):
+            raise ValueError(f"{path}: tensor {key} is {shape}, where this run's {name} holds {tuple(tensor.shape)}")
+        if tensor.is_floating_point() and dtype != SAFETENSORS_FLOATS.get(tensor.dtype, dtype):
             raise ValueError(f"{path}: tensor {key} is {dtype}, where this run's {name} holds {tensor.dtype}")
 
 
