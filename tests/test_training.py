@@ -11,6 +11,7 @@ import io
 import json
 import re
 import shutil
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -709,3 +710,20 @@ def test_a_checkpoints_model_file_of_another_model_is_refused_from_its_header(se
     monkeypatch.setattr(checkpoints, "load_model", lambda *a, **k: pytest.fail("the weights were read"))
     with pytest.raises(ValueError, match=rf"unet.safetensors: {problem}"):
         train(base, shards, tmp_path / "resumed", config, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "missing"])
+def test_a_checkpoints_model_file_that_is_a_fifo_or_missing_is_named_not_waited_on(setup, uninterrupted, tmp_path, kind):
+    from tests.test_detector_files import fifo_released
+
+    base, shards = setup
+    config, full = uninterrupted
+    checkpoint = tmp_path / "resumed" / CHECKPOINTS_DIR / "step-0000001"
+    shutil.copytree(full.parent / CHECKPOINTS_DIR / "step-0000001", checkpoint)
+    (checkpoint / "unet.safetensors").unlink()
+    if kind == "fifo":
+        os.mkfifo(checkpoint / "unet.safetensors")
+    said = "not a regular file" if kind == "fifo" else "missing from the checkpoint"
+    with fifo_released(checkpoint / "unet.safetensors") if kind == "fifo" else nullcontext():
+        with pytest.raises(ValueError, match=re.escape(f"unet.safetensors: not this run's unet weights ({said})")):
+            train(base, shards, tmp_path / "resumed", config, progress=False)

@@ -171,7 +171,10 @@ def _check_model_file(path: Path, name: str, state: dict[str, torch.Tensor]) -> 
     """Refuse, from its header alone (before a byte of tensor data is read), a model file that is
     not of this run's model (``state``): a tensor the model lacks (``load_model`` reads every tensor
     before it refuses one, so a huge or sparse one would be allocated whole), one of another shape,
-    or one of another dtype where the model holds floats (``load_model`` casts it silently)."""
+    or one of another dtype where the model holds floats (``load_model`` casts it silently). A FIFO
+    or device in its place is refused unopened (opening a FIFO waits for a writer)."""
+    if not path.is_file():
+        raise ValueError(f"{path}: not this run's {name} weights ({'not a regular file' if path.exists() else 'missing from the checkpoint'})")
     try:
         with safe_open(str(path), "pt") as f:
             headers = {key: (f.get_slice(key).get_dtype(), tuple(f.get_slice(key).get_shape())) for key in f.keys()}
