@@ -508,3 +508,20 @@ def test_detector_weights_larger_than_any_detector_are_refused_unread(tmp_path, 
     with pytest.raises(DetectorError, match=rf"{WEIGHTS_NAME}: {size} bytes, more than any detector's weights"):
         Detector.load(folder)
     assert (folder / RECORD_NAME).is_file()
+
+
+@pytest.mark.parametrize("field, value", [("imgsz", 640), ("model", "yolov8s.yaml")])
+def test_a_record_whose_image_size_or_model_disagrees_with_what_it_was_trained_with_is_refused(tmp_path, field, value):
+    """detector.json edited to predict at another size than training used: the weights' sha256 still
+    matches, so scores would be reported against the same evaluator while thresholds calibrated at
+    the trained size no longer mean what they say."""
+    from implicit_concept.detector.weights import RECORD_NAME
+
+    folder = _random_detector(tmp_path / "det")
+    record = json.loads((folder / RECORD_NAME).read_text())
+    trained = {"name": "cpu", "model": "yolov8n.yaml", "imgsz": 32}
+    (folder / RECORD_NAME).write_text(json.dumps({**record, "scale": trained}))
+    assert Detector.load(folder).imgsz == 32
+    (folder / RECORD_NAME).write_text(json.dumps({**record, "scale": trained, field: value}))
+    with pytest.raises(DetectorError, match=rf"{RECORD_NAME}: {field} = {value!r} disagrees with scale.{field} = {trained[field]!r}"):
+        Detector.load(folder)

@@ -110,6 +110,12 @@ class DetectorRecord:
             if not ok:
                 raise DetectorError(f"{path}: {name} = {data.get(name)!r}, want {wants[name]}")
         check_fields(data, cls.__dataclass_fields__, str(path), DetectorError)
+        # The scale records what training used: a record edited to predict at another size (or build
+        # another network) would score with weights and thresholds made for the first, under the same sha256.
+        for name in ("model", "imgsz"):
+            if name in data.get("scale", {}) and data["scale"][name] != data[name]:
+                raise DetectorError(f"{path}: {name} = {data[name]!r} disagrees with scale.{name} = {data['scale'][name]!r}, what the "
+                                    "detector was trained with (its weights and thresholds are for that): restore the record or train again")
         thresholds = {n: float(data["thresholds"][n]) for n in data["names"]} if "thresholds" in data else dict.fromkeys(data["names"], DEFAULT_CONF)
         return cls(**{**data, "names": tuple(data["names"]), "thresholds": thresholds})
 
