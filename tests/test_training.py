@@ -727,3 +727,25 @@ def test_a_checkpoints_model_file_that_is_a_fifo_or_missing_is_named_not_waited_
     with fifo_released(checkpoint / "unet.safetensors") if kind == "fifo" else nullcontext():
         with pytest.raises(ValueError, match=re.escape(f"unet.safetensors: not this run's unet weights ({said})")):
             train(base, shards, tmp_path / "resumed", config, progress=False)
+
+
+@pytest.mark.parametrize("moment, problem", [
+    (lambda m: torch.zeros(1), r"state\[0\].exp_avg is torch.float32 \(1,\), where parameter 0 is torch.float32 \(16, 12, 3, 3\)"),
+    (lambda m: torch.zeros(3, *m.shape[1:]), r"state\[0\].exp_avg is torch.float32 \(3, 12, 3, 3\), where parameter 0"),
+    (lambda m: m.half(), r"state\[0\].exp_avg is torch.float16 \(16, 12, 3, 3\), where parameter 0 is torch.float32"),
+])
+def test_an_optimizer_moment_of_another_shape_or_dtype_is_refused_naming_the_file(setup, uninterrupted, tmp_path, moment, problem):
+    """An optimizer holds no moments before its first step to compare with, and load_state_dict casts
+    them and checks no shape: the first step failed with torch's broadcast error naming no file (or,
+    cast from float16, resumed to other weights)."""
+    from benchmark.training.state_files import load_state, save_state
+
+    base, shards = setup
+    config, full = uninterrupted
+    checkpoint = tmp_path / "resumed" / CHECKPOINTS_DIR / "step-0000001"
+    shutil.copytree(full.parent / CHECKPOINTS_DIR / "step-0000001", checkpoint)
+    state = load_state(checkpoint / "optimizer")
+    state["state"][0]["exp_avg"] = moment(state["state"][0]["exp_avg"])
+    save_state(checkpoint / "optimizer", state)
+    with pytest.raises(ValueError, match=rf"optimizer.safetensors: {problem}"):
+        train(base, shards, tmp_path / "resumed", config, progress=False)

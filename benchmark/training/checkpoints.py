@@ -126,12 +126,15 @@ def _set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def _restore(stem: Path, restore: Any, current: Any = None) -> None:
+def _restore(stem: Path, restore: Any, current: Any = None, optimizer: Any = None) -> None:
     """Call ``restore`` on the state at ``stem``; a state it refuses raises naming the file, and so does
     one with NaN or infinite values, or a tensor of another dtype or shape than ``current`` (the
-    part's own state) holds there (see :func:`check_state_values`)."""
+    part's own state) holds there (see :func:`check_state_values`), or, for an ``optimizer``'s
+    state, than its parameter (see :func:`check_optimizer_state`)."""
     state = load_state(stem)
     check_state_values(state, current, stem)
+    if optimizer is not None:
+        check_optimizer_state(state, optimizer, stem.with_suffix(TENSORS_SUFFIX))
     try:
         restore(state)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
@@ -165,6 +168,26 @@ def check_state_values(state: Any, current: Any, stem: Path, label: str = "") ->
                              f"where this run has {len(current)}")
         for i, value in enumerate(state):
             check_state_values(value, current[i] if paired else None, stem, f"{label}[{i}]")
+
+
+def check_optimizer_state(state: Any, optimizer: Any, where: Path) -> None:
+    """Refuse, naming the file, an optimizer state whose per-parameter tensors (AdamW's moments) are
+    not of their parameter's shape and dtype. Before its first step an optimizer holds no such state
+    to compare with, and ``load_state_dict`` casts them to the parameter's dtype and never checks a
+    shape: the first step would fail with torch's broadcast error naming no file, or train on a
+    moment it broadcasts. Scalars (the step count) are the optimizer's own."""
+    per_param = state.get("state") if isinstance(state, dict) else None
+    if not isinstance(per_param, dict):
+        return  # load_state_dict names a state without one
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, values in per_param.items():
+        if type(index) is not int or not 0 <= index < len(params) or not isinstance(values, dict):
+            raise ValueError(f"{where}: state[{index!r}] is not that of one of this run's {len(params)} trained parameters")
+        param = params[index]
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor) and value.dim() and (value.dtype, value.shape) != (param.dtype, param.shape):
+                raise ValueError(f"{where}: state[{index}].{key} is {value.dtype} {tuple(value.shape)}, where parameter {index} "
+                                 f"is {param.dtype} {tuple(param.shape)}")
 
 
 def _check_model_file(path: Path, name: str, state: dict[str, torch.Tensor]) -> None:
@@ -227,7 +250,7 @@ def read_checkpoint(accelerator: Accelerator, folder: Path, parts: Resumable) ->
             raise ValueError(f"{path}: not this run's {name} weights ({type(e).__name__}: {e})") from None
         require_finite(module, path, f"the {name} weights")
     for name, part in parts.shared(accelerator).items():
-        _restore(folder / name, part.load_state_dict, part.state_dict())
+        _restore(folder / name, part.load_state_dict, part.state_dict(), optimizer=part if part is parts.optimizer else None)
     if parts.ema is not None:
         parts.ema.to(accelerator.device)
     rng = _rng_stem(folder, accelerator.process_index)
