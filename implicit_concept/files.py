@@ -233,7 +233,8 @@ MAX_JSON_FILE_BYTES = 64 << 20
 def read_regular_file(path: Path, limit: int) -> bytes:
     """The bytes of ``path``, a regular file of at most ``limit`` bytes; ValueError names the file
     otherwise. A FIFO (which would block the read forever) or a device (``/dev/zero``, endless) put
-    where a file was expected is refused before a byte is read (FileNotFoundError passes through)."""
+    where a file was expected is refused before a byte is read (FileNotFoundError, and
+    IsADirectoryError for a folder, pass through as reading one raises them)."""
     with _open_regular(path) as f:
         data = f.read(limit + 1)
     if len(data) > limit:
@@ -248,8 +249,9 @@ def _open_regular(path: Path) -> io.BufferedReader:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
-        raise ValueError(f"{path}: {kind}, where a file was expected")
+        if stat.S_ISDIR(mode):  # what reading a folder has always raised
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        raise ValueError(f"{path}: {'a FIFO' if stat.S_ISFIFO(mode) else 'a device or socket'}, where a file was expected")
     return os.fdopen(fd, "rb")
 
 

@@ -186,7 +186,7 @@ class SceneFeatures:
         except OSError as e:
             raise SceneFeaturesError(f"{record}: not a readable JSON record ({type(e).__name__}: {e})") from None
         except ValueError as e:
-            raise SceneFeaturesError(str(e)) from None
+            raise SceneFeaturesError(f"{record}: not a readable JSON record ({str(e).removeprefix(f'{record}: ')})") from None
         if info.get("config_hash") != config.hash:
             raise SceneFeaturesError(f"{record}: cached config hash {info.get('config_hash')} != {config.hash}")
         try:
