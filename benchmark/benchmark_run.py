@@ -14,7 +14,7 @@ from benchmark.track import Track
 from benchmark.track_check import check_track
 from builders.recipe import Recipe, load_recipe, source_from_spec
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import check_apart, json_differences, shown_differences
+from implicit_concept.files import check_apart, json_differences, read_json_object, shown_differences
 from implicit_concept.validate import check_folder_name
 
 DEFAULT_CACHE = Path(".cache") / "implicit-concept"
@@ -108,9 +108,11 @@ class BenchmarkRun:
         record_file = self.root / "run.json"
         if record_file.is_file():
             try:
-                previous = json.loads(record_file.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise ValueError(f"{record_file}: not readable JSON ({e}); remove the folder or use another --name") from None
+                previous = read_json_object(record_file)
+            except OSError as e:
+                raise ValueError(f"{record_file}: not readable ({e.strerror or e}); remove the folder or use another --name") from None
+            except ValueError as e:
+                raise ValueError(f"{e}; remove the folder or use another --name") from None
             differ = json_differences(previous, json.loads(json.dumps(self.record())))
             if differ:
                 raise ValueError(

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -224,11 +225,43 @@ def json_text(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+#: The largest JSON file read as a record, state or config: far above any the project writes (the
+#: tiny track's results.json is 250 KB), and parsed whole, so a file handed over cannot take the memory.
+MAX_JSON_FILE_BYTES = 64 << 20
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes; ValueError names the file
+    otherwise. A FIFO (which would block the read forever) or a device (``/dev/zero``, endless) put
+    where a file was expected is refused before a byte is read (FileNotFoundError, and
+    IsADirectoryError for a folder, pass through as reading one raises them)."""
+    with _open_regular(path) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path}: over {limit} bytes, more than a file of this kind holds; not read")
+    return data
+
+
+def _open_regular(path: Path) -> io.BufferedReader:
+    """``path`` open for reading, once it is known to be a regular file: it is opened without
+    blocking (opening a FIFO otherwise waits for a writer) and refused, naming it, unless it is one."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):  # what reading a folder has always raised
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        raise ValueError(f"{path}: {'a FIFO' if stat.S_ISFIFO(mode) else 'a device or socket'}, where a file was expected")
+    return os.fdopen(fd, "rb")
+
+
 def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from a file someone may have handed over; ValueError names the file unless it
-    is one (FileNotFoundError passes through, for the caller to say what was expected there)."""
+    is one (FileNotFoundError passes through, for the caller to say what was expected there). At
+    most :data:`MAX_JSON_FILE_BYTES`, from a regular file (:func:`read_regular_file`)."""
+    data = read_regular_file(Path(path), MAX_JSON_FILE_BYTES)
     try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
+        value = json.loads(data.decode("utf-8"))
     except ValueError as e:  # bad UTF-8, bad JSON, or an integer over Python's 4300 digits
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     except RecursionError:
@@ -382,8 +415,10 @@ def claim(record_file: Path, record: dict[str, Any], refusal: str, keys: Sequenc
 
 
 def sha256_file(path: Path) -> str:
+    """The sha256 of ``path``, a regular file (a FIFO or device put in its place is refused
+    naming it, not read forever)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with _open_regular(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

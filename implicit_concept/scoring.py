@@ -27,7 +27,7 @@ from implicit_concept.checkers import Checker, available_checkers
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.inference import Detection, Detector
 from implicit_concept.detector.weights import MIN_THRESHOLD
-from implicit_concept.files import atomic_write_text, sha256_file
+from implicit_concept.files import MAX_JSON_FILE_BYTES, atomic_write_text, read_regular_file, sha256_file
 from implicit_concept.image_stream import ImageSource, is_shard_source, iter_images
 from implicit_concept.shard_reader import iter_samples
 from implicit_concept.stats import EXACT_BINOMIAL, clopper_pearson
@@ -138,7 +138,7 @@ class CleanReference:
     @classmethod
     def read(cls, path: Path) -> "CleanReference":
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = json.loads(read_regular_file(Path(path), MAX_JSON_FILE_BYTES).decode("utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"{path}: no clean-image reference beside the detector; pass clean images (--clean) to measure false positives"

@@ -12,6 +12,7 @@ import pkgutil
 import re
 import subprocess
 import sys
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -432,3 +433,95 @@ def test_a_mistyped_input_leaves_the_detector_already_in_out_whole(tmp_path, cap
         assert "Traceback" not in capsys.readouterr().err
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in before} == before
         Detector.load(out)
+
+
+@contextmanager
+def fifo_released(fifo: Path):
+    """Within the block, a reader that opens ``fifo`` finds it empty instead of waiting forever for a
+    writer (a writer thread waits for it, opens and closes): code that should never open the FIFO
+    fails the test instead of hanging it (safetensors holds the GIL while it opens a file)."""
+    import threading
+
+    writer = threading.Thread(target=lambda: os.close(os.open(fifo, os.O_WRONLY)), daemon=True)
+    writer.start()
+    try:
+        yield
+    finally:
+        if writer.is_alive():  # never read: release the writer
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(10)
+
+
+@pytest.mark.parametrize("kind, complaint", [
+    ("fifo", "a FIFO, where a file was expected"),
+    ("device", "a device or socket, where a file was expected"),
+    ("folder", "Is a directory"),
+    ("huge", "over 67108864 bytes"),
+])
+def test_a_detector_record_or_clean_reference_that_is_not_a_small_regular_file_is_refused_unread(tmp_path, kind, complaint):
+    """A FIFO put where detector.json (or the clean-image reference) was blocked the load forever, and
+    /dev/zero linked there read until memory ran out: each is refused naming the file, unread."""
+    from implicit_concept.detector.weights import RECORD_NAME
+    from implicit_concept.scoring import CLEAN_REFERENCE_NAME, CleanReference
+
+    folder = _random_detector(tmp_path / "det")
+    for name, load in ((RECORD_NAME, lambda: Detector.load(folder)), (CLEAN_REFERENCE_NAME, lambda: CleanReference.read(folder / CLEAN_REFERENCE_NAME))):
+        path = folder / name
+        path.unlink(missing_ok=True)
+        if kind == "fifo":
+            os.mkfifo(path)
+            released = fifo_released(path)
+        elif kind == "device":
+            path.symlink_to(os.devnull)
+        elif kind == "folder":
+            path.mkdir()
+        else:
+            with open(path, "wb") as f:
+                f.truncate((64 << 20) + 1)
+        with released if kind == "fifo" else nullcontext(), pytest.raises((ValueError, OSError)) as error:
+            load()
+        assert str(path) in str(error.value) and complaint in str(error.value), error.value
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e5m2, torch.float8_e4m3fn])
+def test_float8_detector_weights_are_refused_not_cast(tmp_path, dtype):
+    """Loading casts float8 to the network's float32 silently: the weights would be rounded into
+    another detector than the one trained. Half, bfloat16, float and double are what detectors hold."""
+    folder = _random_detector(tmp_path / "det")
+    _rewrite_weights(folder, lambda s: s.update({k: v.to(dtype) for k, v in s.items() if v.is_floating_point()}))
+    with pytest.raises(DetectorError, match=rf"detector.safetensors: tensor \S+ is {dtype}"):
+        Detector.load(folder)
+    _rewrite_weights(folder, lambda s: s.update({k: v.to(torch.float64) for k, v in s.items() if v.is_floating_point()}))
+    assert Detector.load(folder).imgsz == 32
+
+
+def test_detector_weights_larger_than_any_detector_are_refused_unread(tmp_path, monkeypatch):
+    """A huge (or sparse and huge) weights file with a matching record would be hashed for minutes
+    and then allocated whole: it is refused by its size first."""
+    from implicit_concept.detector import weights as weights_module
+    from implicit_concept.detector.weights import RECORD_NAME, WEIGHTS_NAME
+
+    folder = _random_detector(tmp_path / "det")
+    size = (folder / WEIGHTS_NAME).stat().st_size
+    monkeypatch.setattr(weights_module, "MAX_WEIGHTS_BYTES", size - 1)
+    monkeypatch.setattr(weights_module, "sha256_file", lambda path: pytest.fail(f"{path} was read"))
+    with pytest.raises(DetectorError, match=rf"{WEIGHTS_NAME}: {size} bytes, more than any detector's weights"):
+        Detector.load(folder)
+    assert (folder / RECORD_NAME).is_file()
+
+
+@pytest.mark.parametrize("field, value", [("imgsz", 640), ("model", "yolov8s.yaml")])
+def test_a_record_whose_image_size_or_model_disagrees_with_what_it_was_trained_with_is_refused(tmp_path, field, value):
+    """detector.json edited to predict at another size than training used: the weights' sha256 still
+    matches, so scores would be reported against the same evaluator while thresholds calibrated at
+    the trained size no longer mean what they say."""
+    from implicit_concept.detector.weights import RECORD_NAME
+
+    folder = _random_detector(tmp_path / "det")
+    record = json.loads((folder / RECORD_NAME).read_text())
+    trained = {"name": "cpu", "model": "yolov8n.yaml", "imgsz": 32}
+    (folder / RECORD_NAME).write_text(json.dumps({**record, "scale": trained}))
+    assert Detector.load(folder).imgsz == 32
+    (folder / RECORD_NAME).write_text(json.dumps({**record, "scale": trained, field: value}))
+    with pytest.raises(DetectorError, match=rf"{RECORD_NAME}: {field} = {value!r} disagrees with scale.{field} = {trained[field]!r}"):
+        Detector.load(folder)

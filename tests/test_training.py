@@ -11,6 +11,7 @@ import io
 import json
 import re
 import shutil
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -655,3 +656,96 @@ def test_an_sd_shaped_pipeline_trains_at_a_resolution_other_than_its_own(setup, 
     assert not _same(_unet_state(sd), _unet_state(out))
     with pytest.raises(ValueError, match="resolution 33 must be a multiple"):
         train(sd, shards, tmp_path / "at33", TrainingConfig(**FAST, resolution=33), progress=False)
+
+
+@pytest.mark.parametrize("change", [dict(seed=8), dict(learning_rate=1e-2), dict(geom=GeomErasingConfig(grid=2, concepts=("qrcode",), reweight=False))])
+def test_a_checkpoint_of_another_run_in_the_output_folder_is_refused_not_resumed(setup, uninterrupted, tmp_path, change):
+    """Another seed's, config's or method's checkpoint in a run folder without (or with a rewritten)
+    run.json: a copied folder, or one whose refused run.json was deleted. Resumed, it would end
+    with neither run's weights; it is refused naming the file, and left as it was."""
+    base, shards = setup
+    config, full = uninterrupted
+    checkpoint = tmp_path / "other" / CHECKPOINTS_DIR / "step-0000001"
+    shutil.copytree(full.parent / CHECKPOINTS_DIR / "step-0000001", checkpoint)
+    before = {p.name: p.read_bytes() for p in checkpoint.iterdir()}
+    with pytest.raises(ValueError, match=r"step-0000001/train_state.json: .*another run"):
+        train(base, shards, tmp_path / "other", replace(config, **change), progress=False)
+    assert {p.name: p.read_bytes() for p in checkpoint.iterdir()} == before
+
+
+def test_a_checkpoint_written_under_other_package_versions_is_refused_naming_them(setup, uninterrupted, tmp_path):
+    """Another torch's (or diffusers') checkpoint fits every tensor, but a resume under other
+    versions would not end with the uninterrupted run's weights."""
+    from benchmark.training.state_files import load_state, save_state
+
+    base, shards = setup
+    config, full = uninterrupted
+    checkpoint = tmp_path / "resumed" / CHECKPOINTS_DIR / "step-0000001"
+    shutil.copytree(full.parent / CHECKPOINTS_DIR / "step-0000001", checkpoint)
+    state = load_state(checkpoint / "train_state")
+    save_state(checkpoint / "train_state", {**state, "packages": {**state["packages"], "torch": "1.13.1"}})
+    with pytest.raises(ValueError, match=rf"train_state.json: .*written under torch 1.13.1, here torch \d"):
+        train(base, shards, tmp_path / "resumed", config, progress=False)
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda s: s.update(junk=torch.zeros(1 << 18)), "tensor junk is not in this run's unet"),
+    (lambda s: s.update({k: s[k].reshape(-1) for k in [next(k for k in s if s[k].ndim > 1)]}), r"tensor \S+ is \(\d+,\), where this run's unet holds \("),
+])
+def test_a_checkpoints_model_file_of_another_model_is_refused_from_its_header(setup, uninterrupted, tmp_path, monkeypatch, edit, problem):
+    """A tensor the model lacks (load_model reads every tensor before refusing one: a huge, or
+    sparse and huge, one would be allocated whole) or one of another shape is refused before any
+    tensor data is read."""
+    from safetensors.torch import save_file
+
+    from benchmark.training import checkpoints
+
+    base, shards = setup
+    config, full = uninterrupted
+    checkpoint = tmp_path / "resumed" / CHECKPOINTS_DIR / "step-0000001"
+    shutil.copytree(full.parent / CHECKPOINTS_DIR / "step-0000001", checkpoint)
+    state = load_file(checkpoint / "unet.safetensors")
+    edit(state)
+    save_file(state, str(checkpoint / "unet.safetensors"))
+    monkeypatch.setattr(checkpoints, "load_model", lambda *a, **k: pytest.fail("the weights were read"))
+    with pytest.raises(ValueError, match=rf"unet.safetensors: {problem}"):
+        train(base, shards, tmp_path / "resumed", config, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "missing"])
+def test_a_checkpoints_model_file_that_is_a_fifo_or_missing_is_named_not_waited_on(setup, uninterrupted, tmp_path, kind):
+    from tests.test_detector_files import fifo_released
+
+    base, shards = setup
+    config, full = uninterrupted
+    checkpoint = tmp_path / "resumed" / CHECKPOINTS_DIR / "step-0000001"
+    shutil.copytree(full.parent / CHECKPOINTS_DIR / "step-0000001", checkpoint)
+    (checkpoint / "unet.safetensors").unlink()
+    if kind == "fifo":
+        os.mkfifo(checkpoint / "unet.safetensors")
+    said = "not a regular file" if kind == "fifo" else "missing from the checkpoint"
+    with fifo_released(checkpoint / "unet.safetensors") if kind == "fifo" else nullcontext():
+        with pytest.raises(ValueError, match=re.escape(f"unet.safetensors: not this run's unet weights ({said})")):
+            train(base, shards, tmp_path / "resumed", config, progress=False)
+
+
+@pytest.mark.parametrize("moment, problem", [
+    (lambda m: torch.zeros(1), r"state\[0\].exp_avg is torch.float32 \(1,\), where parameter 0 is torch.float32 \(16, 12, 3, 3\)"),
+    (lambda m: torch.zeros(3, *m.shape[1:]), r"state\[0\].exp_avg is torch.float32 \(3, 12, 3, 3\), where parameter 0"),
+    (lambda m: m.half(), r"state\[0\].exp_avg is torch.float16 \(16, 12, 3, 3\), where parameter 0 is torch.float32"),
+])
+def test_an_optimizer_moment_of_another_shape_or_dtype_is_refused_naming_the_file(setup, uninterrupted, tmp_path, moment, problem):
+    """An optimizer holds no moments before its first step to compare with, and load_state_dict casts
+    them and checks no shape: the first step failed with torch's broadcast error naming no file (or,
+    cast from float16, resumed to other weights)."""
+    from benchmark.training.state_files import load_state, save_state
+
+    base, shards = setup
+    config, full = uninterrupted
+    checkpoint = tmp_path / "resumed" / CHECKPOINTS_DIR / "step-0000001"
+    shutil.copytree(full.parent / CHECKPOINTS_DIR / "step-0000001", checkpoint)
+    state = load_state(checkpoint / "optimizer")
+    state["state"][0]["exp_avg"] = moment(state["state"][0]["exp_avg"])
+    save_state(checkpoint / "optimizer", state)
+    with pytest.raises(ValueError, match=rf"optimizer.safetensors: {problem}"):
+        train(base, shards, tmp_path / "resumed", config, progress=False)

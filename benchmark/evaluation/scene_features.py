@@ -30,7 +30,7 @@ from benchmark.evaluation.scene_attributes import heads, object_count, object_in
 from benchmark.evaluation.scene_features_errors import CONFIG_NAME, SceneFeaturesError, config_fields
 from benchmark.evaluation.scene_features_net import SceneNet, to_batch
 from benchmark.evaluation.scene_features_training import HELDOUT_STREAM, STREAM_TAG, accuracy, draw_scenes, train_net
-from implicit_concept.files import atomic_dir, locked, sha256_file
+from implicit_concept.files import atomic_dir, locked, read_json_object, sha256_file
 from implicit_concept.provenance import cache_key, config_hash, environment
 from implicit_concept.scene.grammar import ProceduralConfig
 from implicit_concept.tensor_checks import non_finite
@@ -182,11 +182,11 @@ class SceneFeatures:
                       if (path / LEGACY_WEIGHTS_NAME).exists() else "")
             raise SceneFeaturesError(f"{weights}: missing{legacy}")
         try:
-            info = json.loads(record.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as e:
+            info = read_json_object(record)
+        except OSError as e:
             raise SceneFeaturesError(f"{record}: not a readable JSON record ({type(e).__name__}: {e})") from None
-        if not isinstance(info, dict):
-            raise SceneFeaturesError(f"{record}: holds a JSON {type(info).__name__}, not an object")
+        except ValueError as e:
+            raise SceneFeaturesError(f"{record}: not a readable JSON record ({str(e).removeprefix(f'{record}: ')})") from None
         if info.get("config_hash") != config.hash:
             raise SceneFeaturesError(f"{record}: cached config hash {info.get('config_hash')} != {config.hash}")
         try:

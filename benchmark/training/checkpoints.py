@@ -27,16 +27,16 @@ import torch
 from accelerate import Accelerator
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
-from benchmark.models.pipelines import read_weight_headers, save_portable_pipeline
+from benchmark.models.pipelines import save_portable_pipeline
 from benchmark.training.config import TrainingConfig
 from benchmark.training.new_tokens import NewTokenRows
 from benchmark.training.state_files import JSON_SUFFIX, TENSORS_SUFFIX, load_state, save_state
 from implicit_concept.files import atomic_dir, atomic_write_json, json_differences, read_json_object, shown_differences
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig, write_metadata
-from implicit_concept.provenance import config_hash, environment
+from implicit_concept.provenance import config_hash, environment, package_versions
 from implicit_concept.tensor_checks import SAFETENSORS_FLOATS, all_finite, non_finite
 
 log = logging.getLogger(__name__)
@@ -46,22 +46,43 @@ CHECKPOINTS_DIR = "checkpoints"
 RUN_FILE = "run.json"
 
 
-class TrainState:
-    """What besides weights a resume needs: progress, data position and the training generator."""
+#: The packages a training step's numbers depend on: a resume under other versions would not end
+#: with the uninterrupted run's weights.
+TRAINING_PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "numpy")
 
-    def __init__(self, seed: int) -> None:
+
+class TrainState:
+    """What besides weights a resume needs: progress, data position and the training generator; and
+    whose it is: the run (its record's hash) and the package versions that wrote it. A checkpoint
+    found in a run folder is resumed only by the run that wrote it (another seed's, config's or
+    method's fits every tensor, and would end with neither run's weights), under the same versions."""
+
+    def __init__(self, seed: int, run: str = "") -> None:
         self.step = 0
         self.epoch = 0
         self.consumed = 0
         self.generator = torch.Generator().manual_seed(seed)
+        self.run = run
+        self.packages = package_versions(TRAINING_PACKAGES)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "epoch": self.epoch, "consumed": self.consumed, "generator": self.generator.get_state()}
+        return {"step": self.step, "epoch": self.epoch, "consumed": self.consumed, "generator": self.generator.get_state(),
+                "run": self.run, "packages": self.packages}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         counts = [state["step"], state["epoch"], state["consumed"]]
         if not all(type(n) is int and n >= 0 for n in counts):
             raise ValueError(f"step, epoch and consumed must be counts, not {counts}")
+        # Checkpoints written before these were recorded hold neither, and are taken as this run's.
+        if (run := state.get("run", self.run)) != self.run:
+            raise ValueError(f"a checkpoint of another run (config, base or data: record sha256 {str(run)[:16]}..., this run's "
+                             f"{self.run[:16]}...); move it away, or train in another output directory")
+        if not isinstance(packages := state.get("packages", self.packages), dict):
+            raise ValueError(f"packages = {packages!r}, not a table of package versions")
+        if differ := [name for name, version in self.packages.items() if packages.get(name) != version]:
+            raise ValueError(f"written under {', '.join(f'{n} {packages.get(n)}' for n in differ)}, here "
+                             f"{', '.join(f'{n} {self.packages[n]}' for n in differ)}: a resume would not end with the "
+                             "uninterrupted run's weights; resume under those versions, or remove the checkpoints to start over")
         self.generator.set_state(state["generator"])
         self.step, self.epoch, self.consumed = counts
 
@@ -105,12 +126,15 @@ def _set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def _restore(stem: Path, restore: Any, current: Any = None) -> None:
+def _restore(stem: Path, restore: Any, current: Any = None, optimizer: Any = None) -> None:
     """Call ``restore`` on the state at ``stem``; a state it refuses raises naming the file, and so does
     one with NaN or infinite values, or a tensor of another dtype or shape than ``current`` (the
-    part's own state) holds there (see :func:`check_state_values`)."""
+    part's own state) holds there (see :func:`check_state_values`), or, for an ``optimizer``'s
+    state, than its parameter (see :func:`check_optimizer_state`)."""
     state = load_state(stem)
     check_state_values(state, current, stem)
+    if optimizer is not None:
+        check_optimizer_state(state, optimizer, stem.with_suffix(TENSORS_SUFFIX))
     try:
         restore(state)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
@@ -146,16 +170,46 @@ def check_state_values(state: Any, current: Any, stem: Path, label: str = "") ->
             check_state_values(value, current[i] if paired else None, stem, f"{label}[{i}]")
 
 
+def check_optimizer_state(state: Any, optimizer: Any, where: Path) -> None:
+    """Refuse, naming the file, an optimizer state whose per-parameter tensors (AdamW's moments) are
+    not of their parameter's shape and dtype. Before its first step an optimizer holds no such state
+    to compare with, and ``load_state_dict`` casts them to the parameter's dtype and never checks a
+    shape: the first step would fail with torch's broadcast error naming no file, or train on a
+    moment it broadcasts. Scalars (the step count) are the optimizer's own."""
+    per_param = state.get("state") if isinstance(state, dict) else None
+    if not isinstance(per_param, dict):
+        return  # load_state_dict names a state without one
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, values in per_param.items():
+        if type(index) is not int or not 0 <= index < len(params) or not isinstance(values, dict):
+            raise ValueError(f"{where}: state[{index!r}] is not that of one of this run's {len(params)} trained parameters")
+        param = params[index]
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor) and value.dim() and (value.dtype, value.shape) != (param.dtype, param.shape):
+                raise ValueError(f"{where}: state[{index}].{key} is {value.dtype} {tuple(value.shape)}, where parameter {index} "
+                                 f"is {param.dtype} {tuple(param.shape)}")
+
+
 def _check_model_file(path: Path, name: str, state: dict[str, torch.Tensor]) -> None:
-    """Refuse, from its header alone, a model file holding a tensor of another dtype where this
-    run's model (``state``) holds floats: ``load_model`` casts it silently."""
+    """Refuse, from its header alone (before a byte of tensor data is read), a model file that is
+    not of this run's model (``state``): a tensor the model lacks (``load_model`` reads every tensor
+    before it refuses one, so a huge or sparse one would be allocated whole), one of another shape,
+    or one of another dtype where the model holds floats (``load_model`` casts it silently). A FIFO
+    or device in its place is refused unopened (opening a FIFO waits for a writer)."""
+    if not path.is_file():
+        raise ValueError(f"{path}: not this run's {name} weights ({'not a regular file' if path.exists() else 'missing from the checkpoint'})")
     try:
-        headers = read_weight_headers([path])
-    except ValueError:
+        with safe_open(str(path), "pt") as f:
+            headers = {key: (f.get_slice(key).get_dtype(), tuple(f.get_slice(key).get_shape())) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError):
         raise ValueError(f"{path}: not this run's {name} weights (not a readable safetensors file)") from None
-    for key, (dtype, _) in headers.items():
+    for key, (dtype, shape) in headers.items():
         tensor = state.get(key)
-        if tensor is not None and tensor.is_floating_point() and dtype != SAFETENSORS_FLOATS.get(tensor.dtype, dtype):
+        if tensor is None:
+            raise ValueError(f"{path}: tensor {key} is not in this run's {name}")
+        if shape != tuple(tensor.shape):
+            raise ValueError(f"{path}: tensor {key} is {shape}, where this run's {name} holds {tuple(tensor.shape)}")
+        if tensor.is_floating_point() and dtype != SAFETENSORS_FLOATS.get(tensor.dtype, dtype):
             raise ValueError(f"{path}: tensor {key} is {dtype}, where this run's {name} holds {tensor.dtype}")
 
 
@@ -196,7 +250,7 @@ def read_checkpoint(accelerator: Accelerator, folder: Path, parts: Resumable) ->
             raise ValueError(f"{path}: not this run's {name} weights ({type(e).__name__}: {e})") from None
         require_finite(module, path, f"the {name} weights")
     for name, part in parts.shared(accelerator).items():
-        _restore(folder / name, part.load_state_dict, part.state_dict())
+        _restore(folder / name, part.load_state_dict, part.state_dict(), optimizer=part if part is parts.optimizer else None)
     if parts.ema is not None:
         parts.ema.to(accelerator.device)
     rng = _rng_stem(folder, accelerator.process_index)

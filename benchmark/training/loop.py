@@ -56,6 +56,7 @@ from benchmark.training.data import (
 from benchmark.training.memory import accelerator_for, apply_memory_options
 from benchmark.training.new_tokens import NewTokenRows, average_across_processes
 from implicit_concept.geom_erasing.location_tokens import add_tokens
+from implicit_concept.provenance import config_hash
 from implicit_concept.torch_settings import torch_threads
 
 
@@ -142,7 +143,7 @@ def _train(base: str | Path, source: SampleSource, output_dir: Path, final_dir: 
     optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
     if ema is not None:
         ema.to(accelerator.device)
-    resumable = Resumable(TrainState(config.seed), trained, optimizer, lr_scheduler, new_rows, ema)
+    resumable = Resumable(TrainState(config.seed, run=config_hash(record)), trained, optimizer, lr_scheduler, new_rows, ema)
     resume_latest(accelerator, output_dir, resumable)
     state = resumable.state
 

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from implicit_concept.files import atomic_write_json
+from implicit_concept.files import MAX_JSON_FILE_BYTES, atomic_write_json, read_regular_file
 
 JSON_SUFFIX = ".json"
 TENSORS_SUFFIX = ".safetensors"
@@ -46,8 +46,9 @@ def load_state(stem: Path) -> Any:
     for path in (index, tensor_file):
         if not path.is_file():
             raise ValueError(f"{path}: missing from the checkpoint")
+    text = read_regular_file(index, MAX_JSON_FILE_BYTES)
     try:
-        tree = json.loads(index.read_text(encoding="utf-8"))
+        tree = json.loads(text.decode("utf-8"))
     except (ValueError, RecursionError) as e:
         raise ValueError(f"{index}: not a JSON state index ({type(e).__name__})") from None
     try:

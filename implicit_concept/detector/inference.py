@@ -25,6 +25,7 @@ from implicit_concept.detector.weights import DEFAULT_CONF, DetectorError, model
 from implicit_concept.detector.yolo_env import import_ultralytics, predict_threads, ultralytics_call
 from implicit_concept.image_stream import as_rgb, load_image
 from implicit_concept.sample import Box, covering_box
+from implicit_concept.tensor_checks import SAFETENSORS_FLOATS
 
 #: NMS IoU; ultralytics' default.
 DEFAULT_IOU = 0.7
@@ -76,7 +77,8 @@ class Detector:
             raise DetectorError(f"{weights}: tensor {odd[0]} is {'not in' if odd[0] in state else 'missing; it is in'} {fits}")
         for name, tensor in state.items():
             want = expected[name]
-            if tensor.is_floating_point() != want.is_floating_point():
+            # Loading casts silently: integers, or float8 (weights rounded away), would be another detector.
+            if tensor.is_floating_point() != want.is_floating_point() or (tensor.is_floating_point() and tensor.dtype not in SAFETENSORS_FLOATS):
                 raise DetectorError(f"{weights}: tensor {name} is {tensor.dtype}, where {record.model} holds {want.dtype}")
             if tensor.shape != want.shape:
                 raise DetectorError(f"{weights}: tensor {name} is {tuple(tensor.shape)}, where {fits} holds {tuple(want.shape)}")

@@ -14,7 +14,6 @@ means :data:`DEFAULT_CONF` for every concept.
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from implicit_concept.files import atomic_write_bytes, atomic_write_json, sha256_file
+from implicit_concept.files import atomic_write_bytes, atomic_write_json, read_json_object, sha256_file
 from implicit_concept.tensor_checks import non_finite
 from implicit_concept.validate import check_fields
 
@@ -34,6 +33,9 @@ RECORD_NAME = "detector.json"
 FORMAT = 1
 #: The largest input side a detector record may ask for: a record is data, and its imgsz decides the memory scoring takes.
 MAX_IMGSZ = 4096
+#: The largest weights file read: above any detection model ultralytics ships even in float64
+#: (yolov8x6, 97M parameters, is 0.8 GB), so a file that is huge, or sparse and huge, is refused unread.
+MAX_WEIGHTS_BYTES = 2 << 30
 #: Pickle-based formats torch and ultralytics use: refused by name, never opened.
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 #: A model YAML of ultralytics' own, by bare name: no folder, so no file of someone else's.
@@ -74,13 +76,13 @@ class DetectorRecord:
     @classmethod
     def read(cls, path: Path) -> "DetectorRecord":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_json_object(path)
         except FileNotFoundError:
             raise DetectorError(f"{path}: missing; a detector is its weights and this record (train one with `implicit-concept detector train`)") from None
-        except (OSError, ValueError) as e:
-            raise DetectorError(f"{path}: not a readable detector record ({e})") from None
-        if not isinstance(data, dict):
-            raise DetectorError(f"{path}: not a detector record (a JSON object)")
+        except OSError as e:
+            raise DetectorError(f"{path}: not a readable detector record ({e.strerror or e})") from None
+        except ValueError as e:
+            raise DetectorError(f"{e}; not a detector record") from None
         checks = {
             "format": data.get("format") == FORMAT,
             "model": is_model_yaml(data.get("model")),
@@ -108,6 +110,12 @@ class DetectorRecord:
             if not ok:
                 raise DetectorError(f"{path}: {name} = {data.get(name)!r}, want {wants[name]}")
         check_fields(data, cls.__dataclass_fields__, str(path), DetectorError)
+        # The scale records what training used: a record edited to predict at another size (or build
+        # another network) would score with weights and thresholds made for the first, under the same sha256.
+        for name in ("model", "imgsz"):
+            if name in data.get("scale", {}) and data["scale"][name] != data[name]:
+                raise DetectorError(f"{path}: {name} = {data[name]!r} disagrees with scale.{name} = {data['scale'][name]!r}, what the "
+                                    "detector was trained with (its weights and thresholds are for that): restore the record or train again")
         thresholds = {n: float(data["thresholds"][n]) for n in data["names"]} if "thresholds" in data else dict.fromkeys(data["names"], DEFAULT_CONF)
         return cls(**{**data, "names": tuple(data["names"]), "thresholds": thresholds})
 
@@ -208,6 +216,8 @@ def read_detector(path: str | Path) -> tuple[Path, DetectorRecord, dict[str, tor
     """The weights file, its record and its tensors (on the CPU), once the recorded sha256 matches."""
     weights = weights_path(path)
     record = DetectorRecord.read(record_path(weights))
+    if (size := weights.stat().st_size) > MAX_WEIGHTS_BYTES:
+        raise DetectorError(f"{weights}: {size} bytes, more than any detector's weights ({MAX_WEIGHTS_BYTES}); not read")
     actual = sha256_file(weights)
     if actual != record.sha256:
         raise DetectorError(
