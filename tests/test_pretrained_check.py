@@ -385,3 +385,17 @@ def test_a_run_resumed_on_other_weights_at_the_same_pretrained_path_is_refused_b
         real_run(tmp_path / "runs" / "r", pretrained=base, data_root=tmp_path / "data").check_start()
     assert str(e.value) == (f"--pretrained {base}: its weights (sha256 {weights_sha256(base)[:12]}) are not the base {run.root / 'results.json'}'s "
                             f"rows were made from ({before[:12]}); use another --name or remove the folder")
+
+
+@pytest.mark.parametrize("name", ["diffusion_pytorch_model.safetensors", "shard-00001-model-00001-of-00001.safetensors"],
+                         ids=["single", "distributed-shard"])
+def test_a_fifo_where_a_weights_file_belongs_is_named_not_waited_on(copy, name):
+    """safetensors' open of a FIFO waits for a writer while holding the GIL: the whole run hung."""
+    from tests.test_detector_files import fifo_released
+
+    folder = copy()
+    if name == "diffusion_pytorch_model.safetensors":
+        (folder / "unet" / name).unlink()
+    os.mkfifo(folder / "unet" / name)  # a shard is read beside the single file, as from_pretrained would
+    with fifo_released(folder / "unet" / name):
+        _refused(folder, ValueError, f"{folder / 'unet' / name}: not a regular file (a folder, a FIFO or a device)")

@@ -603,7 +603,7 @@ def weight_files(folder: Path, stem: str, variant: str | None) -> list[Path]:
         files.extend(sorted(set(check_safetensors_index(index).values()) - set(files)))
     files.extend(sorted(p for p in folder.iterdir() if DISTRIBUTED_SHARD.match(p.name) and p not in files))
     single = folder / (f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors")
-    if single.is_file() and single not in files:
+    if single.exists() and single not in files:  # not a regular file: named by read_weight_headers, not called missing
         files.append(single)
     return files
 
@@ -627,6 +627,8 @@ def read_weight_headers(files: list[Path]) -> dict[str, tuple[str, Path]]:
     tensor data is read); a file that is not safetensors raises ``ValueError`` naming it."""
     headers: dict[str, tuple[str, Path]] = {}
     for path in files:
+        if path.exists() and not path.is_file():  # safetensors' open of a FIFO blocks, holding the GIL
+            raise ValueError(f"{path}: not a regular file (a folder, a FIFO or a device), where a safetensors file was expected")
         try:
             with safe_open(str(path), "pt") as f:
                 for key in f.keys():
