@@ -32,6 +32,7 @@ from benchmark.parallel_finetunes import train_all
 from benchmark.parallel_methods import MethodSeed, evaluate_all
 from benchmark.published_models import is_published
 from benchmark.report import plot_icr, results_markdown
+from benchmark.results_file import read_results
 from benchmark.results_page import write_results_page
 from benchmark.targets import Targets, check_targets
 from benchmark.track import Track
@@ -79,6 +80,8 @@ def _run_protocol(run: BenchmarkRun) -> dict[str, Any]:
     #    and its false-positive floor on clean images.
     with _timed(run, "detector"), processes.main_process_first():
         detector = stages.detector(run, dataset, base)
+    if main:
+        _check_same_evaluator(run, detector)
 
     settings = track.generation_settings()
     # 4. Whether the base knows each concept by name, as the name-based baselines assume.
@@ -315,6 +318,19 @@ def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Dete
         plot_icr(results, run.root / "icr.png")
     write_results_page(results, run.root)
     return results
+
+
+def _check_same_evaluator(run: BenchmarkRun, detector: Detector) -> None:
+    """Refuse to score into a run folder whose rows another detector scored: the rows of methods not
+    rerun are kept beside the new ones (:func:`_union`) under one evaluator record. The weights at a
+    ``--detector`` path change (retrained, a link moved), and so does the published evaluator."""
+    if not (run.root / "results.json").is_file():
+        return
+    earlier = read_results(run.root)
+    recorded, now = earlier["detector"].get("sha256"), sha256_file(detector.path)
+    if earlier["rows"] and recorded != now:
+        raise ValueError(f"{detector.path}: this run's evaluator (sha256 {now[:12]}) is not the one that scored the rows of "
+                         f"{run.root / 'results.json'} ({str(recorded)[:12]}); use another --name or remove the folder")
 
 
 def _union(previous_file: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -116,3 +117,29 @@ def test_a_damaged_run_json_names_its_file(tmp_path, text, why):
     (tmp_path / "run.json").write_bytes(text.encode("utf-8", "surrogateescape"))
     with pytest.raises(ValueError, match=f"{tmp_path / 'run.json'}: {why}"):
         start_or_resume(tmp_path, {"config": {}})
+
+
+def test_a_run_whose_rows_another_evaluator_scored_is_refused_before_any_method(tmp_path):
+    """A rerun (--method X added, a resume) keeps the rows of methods not rerun beside the new ones,
+    under one evaluator record: weights changed at a --detector path, or a newer published evaluator,
+    would have scored half the table with another detector, silently."""
+    from benchmark.protocol import _check_same_evaluator
+    from benchmark.published_models import default_detector
+    from implicit_concept.detector.inference import Detector
+    from implicit_concept.files import sha256_file
+
+    from .real_runs import real_run
+    from .test_results_page import fake_run
+
+    detector = Detector.load(default_detector())
+    run = real_run(tmp_path / "runs" / "r")
+    _check_same_evaluator(run, detector)  # no results yet
+    fake_run(run.root, evaluator=sha256_file(detector.path))
+    _check_same_evaluator(run, detector)  # the evaluator that scored its rows
+    results = json.loads((run.root / "results.json").read_text())
+    (run.root / "results.json").write_text(json.dumps({**results, "detector": {**results["detector"], "sha256": "f" * 64}}))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(detector.path))}: this run's evaluator \(sha256 {sha256_file(detector.path)[:12]}\) "
+                       rf"is not the one that scored the rows of {re.escape(str(run.root / 'results.json'))} \(ffffffffffff\); use another --name"):
+        _check_same_evaluator(run, detector)
+    (run.root / "results.json").write_text(json.dumps({**results, "detector": {**results["detector"], "sha256": "f" * 64}, "rows": []}))
+    _check_same_evaluator(run, detector)  # no rows to keep: nothing to mix
