@@ -172,10 +172,10 @@ def locked(path: Path, wait: bool = True, refusal: str = "wait for it to finish"
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """``data`` as the whole of ``path``, renamed into place; the temporaries of earlier writers of
-    ``path`` that were killed mid-write are dropped (:func:`_remove_dead_writers_temporaries`)."""
+    ``path`` that were killed mid-write are dropped (:func:`remove_dead_writers_temporaries`)."""
     path = Path(path)
     tmp = temporary_name(path)
-    _remove_dead_writers_temporaries(path)
+    remove_dead_writers_temporaries(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -295,22 +295,26 @@ def check_apart(out: Path, option: str, inputs: dict[str, Any]) -> None:
 def atomic_dir(final: Path, replace_existing: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder; when the block ends without error it becomes ``final``.
 
-    An existing ``final`` is removed first with ``replace_existing`` (a stale export). Otherwise, if
-    another process renamed its own folder into ``final`` first, ours is dropped: both were made
-    from the same inputs. On an error the temporary folder is removed and ``final`` is untouched.
+    An existing ``final`` is replaced with ``replace_existing`` (a stale export): renamed aside to a
+    temporary name of its own (:func:`_replaced_name`) and removed only once the new folder is in
+    place, so a kill at any point leaves ``final`` whole (the old or the new) or absent, never half
+    removed (a rerun refused a half-removed export as "not an export"). Otherwise, if another
+    process renamed its own folder into ``final`` first, ours is dropped: both were made from the
+    same inputs. On an error the temporary folder is removed and ``final`` is untouched.
     """
     final = Path(final)
     tmp = temporary_name(final)
     shutil.rmtree(tmp, ignore_errors=True)
-    _remove_dead_writers_temporaries(final)
+    remove_dead_writers_temporaries(final)
     tmp.mkdir(parents=True)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    aside = temporary_name(_replaced_name(final))
     if replace_existing and final.exists():
-        shutil.rmtree(final)
+        os.replace(final, aside)
     try:
         os.replace(tmp, final)
     except OSError:
@@ -318,20 +322,32 @@ def atomic_dir(final: Path, replace_existing: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         shutil.rmtree(tmp, ignore_errors=True)
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside)
+    else:
+        aside.unlink(missing_ok=True)
 
 
-def _remove_dead_writers_temporaries(final: Path) -> None:
+def _replaced_name(final: Path) -> Path:
+    """The path whose :func:`temporary_name` holds the ``final`` an :func:`atomic_dir` replaces, until
+    its new one is in place (a temporary like any other: a killed writer's is removed later)."""
+    return final.with_name(f"{final.name}.replaced")
+
+
+def remove_dead_writers_temporaries(final: Path) -> None:
     """Remove the temporaries of ``final`` (:func:`temporary_name`) whose writer is no longer running
     on this machine: a writer killed while it wrote (a fine-tune's pipeline, a base, a run's
     ``results.html`` or an image) left one that no later writer, with its own pid, would ever reuse,
-    and a resumed run kept it forever (gigabytes at the paper track's scale). A temporary of a
+    and a resumed run kept it forever (gigabytes at the paper track's scale). So did one killed
+    while :func:`atomic_dir` replaced ``final``: the old folder, renamed aside. A temporary of a
     process that runs, or of a pid not ours to look at, is left alone."""
-    prefix = f".{final.name}{TEMPORARY_MARK}"
+    prefixes = [f".{name}{TEMPORARY_MARK}" for name in (final.name, _replaced_name(final).name)]
     try:
-        leftovers = [p for p in final.parent.iterdir() if p.name.startswith(prefix) and p.name[len(prefix):].isdigit()]
+        leftovers = [(p, prefix) for p in final.parent.iterdir() for prefix in prefixes
+                     if p.name.startswith(prefix) and p.name[len(prefix):].isdigit()]
     except OSError:
         return
-    for leftover in leftovers:
+    for leftover, prefix in leftovers:
         pid = int(leftover.name[len(prefix):])
         if pid == os.getpid():
             continue

@@ -116,6 +116,50 @@ def test_export_is_skipped_when_shards_are_unchanged_and_redone_when_they_change
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
+#: Exports ``argv[1]`` into ``argv[2]`` and is killed (SIGKILL) once it has removed half the files
+#: of a folder it removes: where ``export`` replaces an earlier export.
+_KILLED_WHILE_REMOVING = """
+import os, signal, shutil, sys
+from implicit_concept.detector.export import export_detection_dataset
+
+def killed_halfway(path, *args, **kwargs):
+    names = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
+    if not names:
+        return real(path, *args, **kwargs)
+    for name in names[: len(names) // 2]:
+        os.unlink(name)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+real, shutil.rmtree = shutil.rmtree, killed_halfway
+export_detection_dataset(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_an_export_killed_while_it_replaces_an_earlier_one_is_made_by_the_rerun(tmp_path):
+    """``export`` (and ``detector train``, which exports first) replacing an earlier export of other
+    shards removed the old folder in place: killed midway, it left a folder without export.json
+    that every rerun refused as "not an export". The old folder is now renamed aside, and removed
+    only once the new one is in place; the rerun drops what the killed process left aside."""
+    import subprocess
+    import sys
+
+    shards = _write_shards(tmp_path / "icd-mixed")
+    out = tmp_path / "yolo"
+    export_detection_dataset(shards, out)
+    _write_shards(tmp_path / "other", SAMPLES[:2])
+    for split in ("train", "test"):
+        os.replace(tmp_path / "other" / split / "00000.tar", shards / split / "00000.tar")
+    repo = Path(__file__).resolve().parents[1]
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WHILE_REMOVING, str(shards), str(out)], cwd=repo,
+                            env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    assert (out / "export.json").is_file(), "the kill left a half-removed export under its name"
+    again = export_detection_dataset(shards, out)
+    assert again.counts["train"]["images"] == 2
+    assert sorted(p.name for p in (out / "labels" / "train").iterdir()) == ["tr0000.txt", "tr0001.txt"]
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name], "the killed export's leftovers are kept"
+
+
 def test_an_export_whose_files_were_edited_or_deleted_is_rebuilt_not_reused(tmp_path):
     shards = _write_shards(tmp_path / "icd-mixed")
     root = export_detection_dataset(shards, tmp_path / "yolo").root

@@ -250,6 +250,26 @@ def test_a_pickled_checkpoint_folder_is_refused_and_never_unpickled(setup, unint
     assert not marker.exists()
 
 
+def test_a_run_killed_after_its_last_checkpoint_records_its_final_loss_when_resumed(setup, uninterrupted, tmp_path):
+    """A fine-tune killed after its last checkpoint but before its pipeline was saved (a kill trial of
+    the debug benchmark) resumed with no step left to train, and its run.json said final_loss NaN
+    (not valid JSON) where the uninterrupted run's held the last step's loss. The loss is kept in
+    each checkpoint."""
+    import math
+
+    base, shards = setup
+    config, full = uninterrupted
+    last = f"step-{config.steps:07d}"
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(full.parent / CHECKPOINTS_DIR / last, resumed_dir / CHECKPOINTS_DIR / last)
+    resumed = train(base, shards, resumed_dir, config, progress=False)
+    want = json.loads((full.parent / "run.json").read_text())
+    got = json.loads((resumed_dir / "run.json").read_text())
+    assert got["examples_seen_this_session"] == 0, "the resume trained a step: not the case this test is about"
+    assert math.isfinite(want["final_loss"]) and got["final_loss"] == want["final_loss"]
+    assert _same(_unet_state(full), _unet_state(resumed))
+
+
 @pytest.mark.parametrize("name, content, why", [
     ("train_state.json", "{", "train_state.json: not a JSON state index"),
     ("train_state.json", '{"dict": [["step", -1], ["epoch", 0], ["consumed", 0], ["generator", {"tensor": "t0"}]]}',

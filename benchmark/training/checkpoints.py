@@ -64,10 +64,13 @@ class TrainState:
         self.generator = torch.Generator().manual_seed(seed)
         self.run = run
         self.packages = package_versions(TRAINING_PACKAGES)
+        #: The last step's loss (run.json's final_loss): kept in checkpoints, so that a run killed
+        #: after its last checkpoint and resumed with no step left still records it, not NaN.
+        self.loss: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "epoch": self.epoch, "consumed": self.consumed, "generator": self.generator.get_state(),
-                "run": self.run, "packages": self.packages}
+                "run": self.run, "packages": self.packages, "loss": self.loss}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         counts = [state["step"], state["epoch"], state["consumed"]]
@@ -83,8 +86,12 @@ class TrainState:
             raise ValueError(f"written under {', '.join(f'{n} {packages.get(n)}' for n in differ)}, here "
                              f"{', '.join(f'{n} {self.packages[n]}' for n in differ)}: a resume would not end with the "
                              "uninterrupted run's weights; resume under those versions, or remove the checkpoints to start over")
+        loss = state.get("loss")  # checkpoints written before it was kept have none
+        if loss is not None and not (type(loss) is float and math.isfinite(loss)):
+            raise ValueError(f"loss must be a finite number or null, not {loss!r}")
         self.generator.set_state(state["generator"])
         self.step, self.epoch, self.consumed = counts
+        self.loss = loss
 
 
 @dataclass
@@ -374,7 +381,6 @@ class Session:
     processes: int = 1
     started: float = field(default_factory=time.time)
     seconds: float = 0.0
-    loss: float = float("nan")
     step_seconds: list[float] = field(default_factory=list)
     examples: int = 0
     truncated: int = 0
@@ -385,14 +391,15 @@ class Session:
         self.truncated += sum(e.truncated for e in examples)
 
 
-def write_finished_run(output_dir: Path, record: dict[str, Any], config: TrainingConfig, steps: int, session: Session) -> None:
-    """Complete ``run.json``: finished, with the session's numbers and the environment."""
+def write_finished_run(output_dir: Path, record: dict[str, Any], config: TrainingConfig, state: TrainState, session: Session) -> None:
+    """Complete ``run.json``: finished, with the last step's loss, the session's numbers and the environment."""
+    steps = state.step
     record.update(
         finished=True,
         seed=config.seed,
         config_sha256=config_hash(record["config"]),
         steps=steps,
-        final_loss=session.loss,
+        final_loss=state.loss if state.loss is not None else float("nan"),
         seconds_this_session=round(session.seconds, 2),
         seconds_per_step=round(session.seconds / max(1, steps - session.first_step), 4),
         step_seconds_median=round(float(np.median(session.step_seconds)), 4) if session.step_seconds else None,

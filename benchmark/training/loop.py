@@ -201,9 +201,9 @@ def _train(base: str | Path, source: SampleSource, output_dir: Path, final_dir: 
         state.step += 1
         session.step_seconds.append(time.time() - step_started)
 
-        session.loss = step_loss
+        state.loss = step_loss
         bar.update(1)
-        bar.set_postfix(loss=f"{session.loss:.4f}")
+        bar.set_postfix(loss=f"{step_loss:.4f}")
         if state.step % config.checkpoint_every == 0 or state.step == config.steps:
             save_checkpoint(accelerator, output_dir, resumable, config.checkpoints_kept)
     bar.close()
@@ -214,6 +214,6 @@ def _train(base: str | Path, source: SampleSource, output_dir: Path, final_dir: 
     require_finite_result(accelerator, unet, text_encoder, ema, new_rows, final_dir)
     if accelerator.is_main_process:
         save_pipeline(accelerator, pipe, unet, text_encoder, noise_scheduler, ema, new_rows, final_dir, config.geom)
-        write_finished_run(output_dir, record, config, state.step, session)
+        write_finished_run(output_dir, record, config, state, session)
     accelerator.wait_for_everyone()
     return final_dir

@@ -26,7 +26,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from implicit_concept.concepts import CONCEPT_NAMES
-from implicit_concept.files import atomic_dir, check_apart, folder_sha256, json_text, sha256_file
+from implicit_concept.files import atomic_dir, check_apart, folder_sha256, json_text, remove_dead_writers_temporaries, sha256_file
 from implicit_concept.image_decode import SampleError, decode_rgb, open_image
 from implicit_concept.provenance import environment
 from implicit_concept.sample import SampleMeta, key_hash
@@ -93,6 +93,7 @@ def export_detection_dataset(
                          "an export replaces its folder, so name a new or empty one")
     icd_shards = {split: list_shards(_split_dir(shards, split)) for split in dict.fromkeys(SPLITS.values())}
     hashes = {str(p.relative_to(shards)): sha256_file(p) for ps in icd_shards.values() for p in ps}
+    remove_dead_writers_temporaries(out)  # a killed export's, even where this one reuses the folder
     marker = _read_marker(out / MARKER)
     inputs = {"format": EXPORT_FORMAT, "formats": list(formats), "shards_sha256": hashes, "validation_share": validation_share}
     if all(marker.get(k) == v for k, v in inputs.items()):
