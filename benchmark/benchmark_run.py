@@ -137,8 +137,8 @@ class BenchmarkRun:
         """Refuse a ``--pretrained`` folder whose weights are not those the run folder's rows were made
         from: ``run.json`` records its path, and the weights at a path change (a link moved to a newer
         snapshot, a folder re-downloaded), while the rows of methods not rerun are kept beside the new
-        ones, all under the new base's record. Hashes the weights (seconds at SD v1.5's size, remembered
-        for the run's own record), only when there are rows."""
+        ones, all under the new base's record. Hashes the weights only when there are rows (the run's
+        own record hashes them again at the end: seconds at SD v1.5's size, once per resume)."""
         if self.pretrained is None or not recorded or not recorded.get("weights_sha256"):
             return
         now = weights_sha256(self.pretrained)

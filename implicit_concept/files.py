@@ -251,8 +251,19 @@ def _open_regular(path: Path) -> io.BufferedReader:
         os.close(fd)
         if stat.S_ISDIR(mode):  # what reading a folder has always raised
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        raise ValueError(f"{path}: {'a FIFO' if stat.S_ISFIFO(mode) else 'a device or socket'}, where a file was expected")
+        raise ValueError(f"{path}: {file_kind(mode)}, where a file was expected")
     return os.fdopen(fd, "rb")
+
+
+def file_kind(mode: int) -> str:
+    """What a file of ``mode`` (``st_mode``) is, in words, for errors that say what stands where a
+    file was expected: a FIFO (which would block a read), a device, a folder."""
+    for test, kind in ((stat.S_ISREG, "a file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return kind
+    return "not a file"
 
 
 def read_json_object(path: Path) -> dict[str, Any]:

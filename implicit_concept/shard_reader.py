@@ -33,6 +33,7 @@ from typing import Callable, Collection, Iterator, NamedTuple
 
 from braceexpand import braceexpand
 
+from implicit_concept.files import file_kind
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, decode_rgb, load_pixels, open_image
 from implicit_concept.sample import Sample, SampleMeta
 from implicit_concept.streams import open_stream
@@ -271,7 +272,7 @@ def _not_a_file(path: Path) -> str:
         return "a folder, not a shard file"
     if stat.S_ISLNK(mode):
         return f"a symlink to {os.readlink(path)!r}, which leads to no file (its target missing, or a loop)"
-    return "not a regular file (a FIFO, socket or device), not read"
+    return f"{file_kind(mode)}, not a regular file; not read"
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:

@@ -453,8 +453,8 @@ def fifo_released(fifo: Path):
 
 
 @pytest.mark.parametrize("kind, complaint", [
-    ("fifo", "a FIFO, where a file was expected"),
-    ("device", "a device or socket, where a file was expected"),
+    ("fifo", "a FIFO (named pipe), where a file was expected"),
+    ("device", "a character device, where a file was expected"),
     ("folder", "Is a directory"),
     ("huge", "over 67108864 bytes"),
 ])

@@ -398,4 +398,4 @@ def test_a_fifo_where_a_weights_file_belongs_is_named_not_waited_on(copy, name):
         (folder / "unet" / name).unlink()
     os.mkfifo(folder / "unet" / name)  # a shard is read beside the single file, as from_pretrained would
     with fifo_released(folder / "unet" / name):
-        _refused(folder, ValueError, f"{folder / 'unet' / name}: not a regular file (a folder, a FIFO or a device)")
+        _refused(folder, ValueError, f"{folder / 'unet' / name}: a FIFO (named pipe), where a safetensors file was expected")

@@ -107,7 +107,7 @@ def test_list_shards_names_a_missing_file(tmp_path):
     (lambda p: p.mkdir(), "a folder, not a shard file"),
     (lambda p: p.symlink_to(p.name), "a symlink to '00000.tar', which leads to no file"),
     (lambda p: p.symlink_to("gone.tar"), "a symlink to 'gone.tar', which leads to no file"),
-    (lambda p: os.mkfifo(p), r"not a regular file \(a FIFO"),
+    (lambda p: os.mkfifo(p), r"a FIFO \(named pipe\), not a regular file; not read"),
 ])
 def test_what_stands_in_a_shard_files_place_is_named(tmp_path, make, said):
     """A folder named like a shard, a symlink loop or a FIFO left by a bad copy is said as what it

@@ -44,7 +44,7 @@ from benchmark.models import patch_autoencoder
 from benchmark.models.clip_tokenizer import CLIP_MAX_LENGTH, build_clip_tokenizer, write_vocab_files
 from benchmark.models.patch_autoencoder import PatchAutoencoder
 from builders.recipe import MAX_IMAGE_SIZE
-from implicit_concept.files import read_json_object
+from implicit_concept.files import file_kind, read_json_object
 from implicit_concept.tensor_checks import SAFETENSORS_FLOATS, all_finite
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -628,7 +628,7 @@ def read_weight_headers(files: list[Path]) -> dict[str, tuple[str, Path]]:
     headers: dict[str, tuple[str, Path]] = {}
     for path in files:
         if path.exists() and not path.is_file():  # safetensors' open of a FIFO blocks, holding the GIL
-            raise ValueError(f"{path}: not a regular file (a folder, a FIFO or a device), where a safetensors file was expected")
+            raise ValueError(f"{path}: {file_kind(path.stat().st_mode)}, where a safetensors file was expected")
         try:
             with safe_open(str(path), "pt") as f:
                 for key in f.keys():

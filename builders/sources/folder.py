@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from implicit_concept.files import file_kind
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS
 from implicit_concept.sample import SPLITS
 from implicit_concept.shard_reader import MAX_JSON_BYTES, is_hidden
@@ -81,7 +82,7 @@ def read_regular_file(root: Path, rel: str, max_bytes: int) -> bytes:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise NotRegularFile(f"{rel}: {_kind(info.st_mode)}, not a regular file")
+            raise NotRegularFile(f"{rel}: {file_kind(info.st_mode)}, not a regular file")
         if info.st_size > max_bytes:
             raise FileTooLarge(f"{root / rel}: {info.st_size} bytes, over the cap of {max_bytes}")
     except OSError:
@@ -118,20 +119,13 @@ def _what_stands(name: str, directory: int) -> str:
     except OSError:
         return "not a regular file"
     if not stat.S_ISLNK(info.st_mode):
-        return f"{_kind(info.st_mode)}, not a regular file"
+        return f"{file_kind(info.st_mode)}, not a regular file"
     try:
         target = os.stat(name, dir_fd=directory).st_mode
     except OSError:
         return f"a symlink to nothing (a broken link), {SYMLINK_ADVICE}"
-    return f"a symlink to {_kind(target)}, {SYMLINK_ADVICE}"
+    return f"a symlink to {file_kind(target)}, {SYMLINK_ADVICE}"
 
-
-def _kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISREG, "a file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return kind
-    return "not a file"
 
 
 @dataclass(frozen=True)
