@@ -95,13 +95,22 @@ def dry_run(track: Track, work: Path, source: str | None = None, images: int = D
             trained, expected = _trained_parts(base, out, stages.finetune_config(track, ft))
             report["stages"][f"finetune {name}"]["trained"] = trained
             report["checks"][f"{name}: trained exactly what its config trains"] = trained == expected
+            _note_disk(report, work)
             tuned[name] = out
-            if not ft.geom or not ft.geom.active:
+            if not ft.geom or not ft.geom.active:  # nothing later reads the plain fine-tune
                 _drop(out.parent / CHECKPOINTS_DIR, out, keep=keep)
 
-    # 4. A run stopped after step 1 (the step-1 checkpoint alone in a new folder) resumes to the same
-    # weights as the uninterrupted Geom-Erasing run.
+    # 4. One sample from the Geom-Erasing method's generator, with its negative prompt, at the track's size.
     name, ft = next((n, ft) for n in track.methods for ft in get_method(n).finetunes(ctx) if ft.geom and ft.geom.active)
+    png = work / "sample.png"
+    child = run_in_child(_sample, run, base, subset, name, png, threads=threads)
+    _stage(report, "sample", child, **child.value)
+    report["checks"]["sample: the track's size, not blank (no NaN), with the location tokens as negative prompt"] = (
+        child.value["size"] == [track.generation["image_size"]] * 2 and child.value["pixel_std"] > 0 and "<l" in child.value["negative_prompt"])
+
+    # 5. A run stopped after step 1 (the step-1 checkpoint alone in a new folder) resumes to the same
+    # weights as the uninterrupted Geom-Erasing run. The uninterrupted pipeline is hashed and removed
+    # first, so the disk never holds more than the base and one fine-tune (CI's disk ran out with more).
     uninterrupted = tuned[name]
     resumed_dir = work / "resumed"
     first = sorted((uninterrupted.parent / CHECKPOINTS_DIR).glob("step-*"))[0]
@@ -110,19 +119,13 @@ def dry_run(track: Track, work: Path, source: str | None = None, images: int = D
         shutil.copytree(first, resumed_dir / CHECKPOINTS_DIR / first.name)
     else:
         shutil.move(first, resumed_dir / CHECKPOINTS_DIR / first.name)
-    _drop(uninterrupted.parent / CHECKPOINTS_DIR, keep=keep)
+    expected = _hashes(uninterrupted)
+    _drop(uninterrupted.parent / CHECKPOINTS_DIR, uninterrupted, keep=keep)
     child = run_in_child(train, base, subset / "train", resumed_dir, stages.finetune_config(track, ft), progress=False, threads=threads)
     _stage(report, "resume", child, from_checkpoint=first.name)
-    report["checks"]["resume: same weights as the uninterrupted run"] = _hashes(Path(child.value)) == _hashes(uninterrupted)
-    _drop(resumed_dir, keep=keep)
-
-    # 5. One sample from the Geom-Erasing method's generator, with its negative prompt, at the track's size.
-    png = work / "sample.png"
-    child = run_in_child(_sample, run, base, subset, name, png, threads=threads)
-    _stage(report, "sample", child, **child.value)
-    report["checks"]["sample: the track's size, not blank (no NaN), with the location tokens as negative prompt"] = (
-        child.value["size"] == [track.generation["image_size"]] * 2 and child.value["pixel_std"] > 0 and "<l" in child.value["negative_prompt"])
-    _drop(*tuned.values(), base, keep=keep)
+    report["checks"]["resume: same weights as the uninterrupted run"] = _hashes(Path(child.value)) == expected
+    _note_disk(report, work)
+    _drop(resumed_dir, base, keep=keep)
 
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["peak_rss_gib"] = max(s["peak_rss_gib"] for s in report["stages"].values() if "peak_rss_gib" in s)
@@ -187,6 +190,11 @@ def _trained_parts(base: Path, tuned: Path, config: TrainingConfig) -> tuple[dic
     expected = {"unet": config.trains_unet, "text_encoder_rows": config.train_text == "text_encoder",
                 "new_token_rows": config.train_text != "none" if new_ids else None}
     return trained, expected
+
+
+def _note_disk(report: dict[str, Any], work: Path) -> None:
+    """Keep the most ``work`` has held at the points it holds most (before a stage's folders are removed)."""
+    report["peak_disk_gib"] = max(report.get("peak_disk_gib", 0.0), _gib(work))
 
 
 def _gib(folder: Path) -> float:
