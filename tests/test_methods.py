@@ -138,6 +138,36 @@ def test_an_edit_of_sd_is_made_once_per_sd_model_and_edit_settings(tmp_path):
     assert (third / "esd.json").is_file()
 
 
+def test_an_edit_of_sd_is_kept_when_the_run_folder_is_moved_whole(tmp_path):
+    """A lab moves or copies a run folder (to scratch, to another node) and resumes: ESD's and FMN's
+    edits (minutes at the tiny scale, hours at SD's) are found again, not made anew."""
+    import shutil
+    from pathlib import Path
+
+    from benchmark.methods.interface import MethodContext
+
+    class Pipe:
+        def save_pretrained(self, path):
+            Path(path).mkdir(parents=True, exist_ok=True)
+            (Path(path) / "model_index.json").write_text("{}")
+
+    def context(run: Path) -> MethodContext:
+        return MethodContext(concepts=("qrcode",), work_dir=run / "methods" / "icd-qrcode", seed=0,
+                             finetune=lambda ft: run / "models" / "icd-qrcode" / "plain-1234" / "pipeline",
+                             load_pipeline=lambda path: Pipe(), train_shards=run)
+
+    edits = []
+    first = context(tmp_path / "run").edited_sd("esd", {"lr": 1}, edits.append)
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    again = context(tmp_path / "moved").edited_sd("esd", {"lr": 1}, edits.append)
+    assert len(edits) == 1 and again == tmp_path / "moved" / first.relative_to(tmp_path / "run")
+    shutil.copytree(tmp_path / "moved", tmp_path / "copy")
+    other = MethodContext(concepts=("qrcode",), work_dir=tmp_path / "copy" / "methods" / "icd-qrcode", seed=0,
+                          finetune=lambda ft: tmp_path / "copy" / "models" / "icd-qrcode" / "plain-5678" / "pipeline",
+                          load_pipeline=lambda path: Pipe(), train_shards=tmp_path)
+    assert other.edited_sd("esd", {"lr": 1}, edits.append).name != again.name and len(edits) == 2, "another sd is edited anew"
+
+
 def test_an_edit_of_sd_runs_under_the_tracks_threads_whatever_the_process_has(tmp_path):
     """ESD's and FMN's training arithmetic depends on the thread count (measured: 4e-7 apart after
     100 ESD steps on 1 and 2 threads), so an edit runs under the track's count, in the main process

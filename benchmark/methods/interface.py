@@ -8,6 +8,7 @@ sample with. Another lab's method is a class with the same shape, named on the c
 """
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -88,10 +89,13 @@ class MethodContext:
         in a folder named by the ``sd`` model and the edit's ``record``.
 
         Post-hoc methods (ESD, FMN) start from ``sd``; a rerun loads what an earlier run saved, and
-        a new ``sd`` (other data, other settings) is edited anew.
+        a new ``sd`` (other data, other settings) is edited anew. ``sd`` is named as seen from
+        ``work_dir`` (its cache folder's name is its content key), so a run folder moved or copied
+        whole keeps its edits.
         """
         sd = self.finetune(FineTune())
-        out = self.work_dir / f"pipeline-{cache_key({'sd': str(sd), 'tag': tag, 'record': record, 'threads': self.threads})}"
+        seen_from_here = os.path.relpath(os.path.abspath(sd), os.path.abspath(self.work_dir))
+        out = self.work_dir / f"pipeline-{cache_key({'sd': seen_from_here, 'tag': tag, 'record': record, 'threads': self.threads})}"
         with locked(out):
             if not (out / "model_index.json").exists():
                 pipe = self.load_pipeline(sd)
