@@ -10,6 +10,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from benchmark.failures import MethodFailed
+from implicit_concept.files import space_message
 from implicit_concept.provenance import version
 from implicit_concept.worker_processes import Interrupted, interrupts
 
@@ -523,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as e:  # the safety net: unreadable or unwritable paths the commands did not check themselves
         where = f"{e.filename}: " if e.filename else ""
-        _error(args.command, f"{where}{e.strerror or e}")
+        _error(args.command, space_message(e) or f"{where}{e.strerror or e}")
         return 1
     except MethodFailed as e:
         print(e.cause_traceback, file=sys.stderr, end="")  # the method's own code: where its author looks
