@@ -252,7 +252,8 @@ def out_of_space(error: OSError) -> str | None:
 
 def free_bytes(path: Path) -> int | None:
     """The bytes free to this user on the disk that holds ``path`` (or would: its nearest existing
-    folder); None where that cannot be asked."""
+    folder); None where that cannot be asked, or the filesystem reports no size at all (some FUSE
+    mounts say 0 blocks of 0 free, and take writes all the same)."""
     here = Path(path).absolute()
     while not here.exists() and here != here.parent:
         here = here.parent
@@ -260,7 +261,7 @@ def free_bytes(path: Path) -> int | None:
         st = os.statvfs(here)
     except OSError:
         return None
-    return st.f_bavail * st.f_frsize
+    return st.f_bavail * st.f_frsize if st.f_blocks else None
 
 
 def size_text(n: int) -> str:

@@ -125,3 +125,13 @@ def test_a_full_disk_in_the_middle_of_an_export_names_its_folder_and_keeps_the_e
     monkeypatch.undo()
     assert cli.main(["export", str(shards), "--out", str(out), "--quiet"]) == 0
     assert content(out) == uninterrupted
+
+
+def test_a_filesystem_that_reports_no_size_is_not_refused(tmp_path, monkeypatch):
+    """Some FUSE mounts answer statvfs with 0 blocks, 0 free, and take writes: unknown, not full."""
+    real = os.statvfs
+    monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result((4096, 4096, 0, 0, 0, 0, 0, 0, 0, 255)))
+    assert files.free_bytes(tmp_path) is None
+    files.require_space(tmp_path, 1 << 40, "the pipeline's weights")
+    monkeypatch.setattr(os, "statvfs", real)
+    assert files.free_bytes(tmp_path) is not None
