@@ -135,3 +135,19 @@ def test_a_filesystem_that_reports_no_size_is_not_refused(tmp_path, monkeypatch)
     files.require_space(tmp_path, 1 << 40, "the pipeline's weights")
     monkeypatch.setattr(os, "statvfs", real)
     assert files.free_bytes(tmp_path) is not None
+
+
+def test_a_command_that_words_its_own_write_errors_says_a_full_disk_as_every_command(tmp_path, monkeypatch, capsys):
+    """`prompts` turned any write error into "--out X: cannot be written (No space left on device)",
+    exit 2 (a usage error), without the rerun; a full disk is said as everywhere else."""
+    from benchmark import cli
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "prompts.csv"
+    assert cli.main(["prompts", "icd-debug", "--count", "2", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"implicit-concept prompts: error: {out}: cannot be written: the disk is full"), err
+    assert err.rstrip().endswith("make room and rerun the same command to resume") and not out.exists()
