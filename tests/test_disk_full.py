@@ -151,3 +151,31 @@ def test_a_command_that_words_its_own_write_errors_says_a_full_disk_as_every_com
     err = capsys.readouterr().err
     assert err.startswith(f"implicit-concept prompts: error: {out}: cannot be written: the disk is full"), err
     assert err.rstrip().endswith("make room and rerun the same command to resume") and not out.exists()
+
+
+def test_a_plot_ultralytics_cut_short_on_a_full_disk_is_not_kept_as_the_detectors(tmp_path):
+    """ultralytics logs a plot it could not write ("ConfusionMatrix plot failure: [Errno 28]") and
+    goes on: the PNG cut short was copied beside the weights (and published with them); an earlier
+    detector's plot stayed beside new weights when this run drew none."""
+    import io
+
+    from PIL import Image
+
+    from implicit_concept.detector.training import keep_plot
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, format="PNG")
+    whole = buffer.getvalue()
+    drawn, kept = tmp_path / "test" / "confusion_matrix.png", tmp_path / "confusion_matrix.png"
+    drawn.parent.mkdir()
+    kept.write_bytes(b"an earlier detector's plot")
+    drawn.write_bytes(whole[: len(whole) // 2])
+    keep_plot(drawn, kept)
+    assert not kept.exists()
+    kept.write_bytes(b"an earlier detector's plot")
+    drawn.unlink()
+    keep_plot(drawn, kept)
+    assert not kept.exists()
+    drawn.write_bytes(whole)
+    keep_plot(drawn, kept)
+    assert kept.read_bytes() == whole
