@@ -10,6 +10,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from benchmark.failures import MethodFailed
+from implicit_concept.files import out_of_space, space_message
 from implicit_concept.provenance import version
 from implicit_concept.worker_processes import Interrupted, interrupts
 
@@ -191,6 +192,8 @@ def _prompts(args: argparse.Namespace) -> int:
     try:
         write_prompts(out, prompts)
     except OSError as e:
+        if out_of_space(e):
+            raise  # said as every full disk is
         raise ValueError(f"--out {out}: cannot be written ({e.strerror or e})") from None
     print(f"{args.out}: {args.count} prompts from {args.recipe}'s procedural test split")
     return 0
@@ -230,6 +233,8 @@ def _report(args: argparse.Namespace) -> int:
     try:
         print(write_results_page(read_results(run), run))
     except OSError as e:
+        if out_of_space(e):
+            raise  # said as every full disk is
         raise ValueError(f"{e.filename or run}: cannot be read or written ({e.strerror or e})") from None
     return 0
 
@@ -523,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as e:  # the safety net: unreadable or unwritable paths the commands did not check themselves
         where = f"{e.filename}: " if e.filename else ""
-        _error(args.command, f"{where}{e.strerror or e}")
+        _error(args.command, space_message(e) or f"{where}{e.strerror or e}")
         return 1
     except MethodFailed as e:
         print(e.cause_traceback, file=sys.stderr, end="")  # the method's own code: where its author looks

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from benchmark.models.base_model import BASE_FILE, BaseModelConfig
 from benchmark.models.pipelines import build_tiny_pipeline, load_pipeline, save_portable_pipeline
 from implicit_concept.detector.weights import RECORD_NAME, WEIGHTS_NAME
-from implicit_concept.files import atomic_dir, atomic_write_json, folder_sha256, locked, read_json_object, sha256_file
+from implicit_concept.files import atomic_dir, atomic_write_json, folder_sha256, locked, read_json_object, sha256_file, writing
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ def publish_base(pipeline_dir: Path, config: BaseModelConfig, record: dict[str, 
         files = {}
         for part in BASE_PARTS:
             state = {k: v.detach().to(torch.float16).contiguous() for k, v in getattr(pipe, part).state_dict().items()}
-            save_file(state, str(tmp / f"{part}.safetensors"))
+            with writing(tmp / f"{part}.safetensors"):
+                save_file(state, str(tmp / f"{part}.safetensors"))
             files[f"{part}.safetensors"] = sha256_file(tmp / f"{part}.safetensors")
         atomic_write_json(tmp / BASE_FILE, {**record, "config": config.to_dict(), "sha256": config.sha256, "files": files, "dtype": "float16"})
     folder = root / f"base-{config.sha256[:16]}"

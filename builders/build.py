@@ -34,7 +34,7 @@ from builders.shard_table import SCHEMA, parquet_bytes, table_metadata
 from builders.source_screen import detector_fingerprint
 from implicit_concept.files import (
     MISSING, TEMPORARY_MARK, FolderClaimError, atomic_write_bytes, atomic_write_json, claim, json_changes, locked,
-    out_of_space, read_json_object, within,
+    read_json_object, space_message, within,
 )
 from implicit_concept.provenance import environment
 
@@ -121,10 +121,9 @@ def build_dataset(
             atomic_write_json(out / RECIPE_RECORD, {**record, "environment": env})
             write_dataset_card(recipe, out, units, stats, summary, env)
     except OSError as e:
-        full = out_of_space(e)
+        full = space_message(e, out)
         if full is not None:  # no other folder choice is needed: free space (or raise the limit) and resume
-            raise BuildError(f"{e.filename or out}: cannot be written: {full} ({e.strerror or e}); "
-                             f"make room and rerun the same command to resume") from None
+            raise BuildError(full) from None
         where = f" ({e.filename})" if e.filename else ""
         raise BuildError(f"{out}: cannot write the dataset here: {e.strerror or e}{where}; choose another {OUT}") from None
     samples = sum(s["successes"] for s in stats)

@@ -501,17 +501,6 @@ def test_a_full_disk_in_the_toolkits_finetune_is_not_blamed_on_the_method(monkey
         method_evaluation._draw(run, OwnError(), ctx, evaluation, "")
 
 
-def test_safetensors_io_errors_become_oserrors_naming_the_folder(tmp_path):
-    from safetensors import SafetensorError
-
-    from benchmark.models.pipelines import saving_error
-
-    e = saving_error(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"), tmp_path)
-    assert isinstance(e, OSError) and e.errno == errno.ENOSPC and e.filename == str(tmp_path)
-    other = SafetensorError("Error while deserializing header: HeaderTooLarge")
-    assert saving_error(other, tmp_path) is other
-
-
 def test_saving_a_pipeline_on_a_full_disk_raises_an_oserror_naming_the_folder(tmp_path):
     from safetensors import SafetensorError
 

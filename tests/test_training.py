@@ -270,6 +270,54 @@ def test_a_run_killed_after_its_last_checkpoint_records_its_final_loss_when_resu
     assert _same(_unet_state(full), _unet_state(resumed))
 
 
+def test_a_full_disk_writing_a_checkpoint_keeps_the_one_before_and_a_rerun_ends_the_same(setup, uninterrupted, tmp_path, monkeypatch):
+    """safetensors says a full disk in its own error type ("Error while serializing"): it is the
+    OSError it is, naming the file; the half-written checkpoint is removed (its bytes are the room the
+    rerun needs, and no resume may trust it), the one before is kept, and the rerun ends as an
+    uninterrupted run did."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    from benchmark.training import state_files
+
+    base, shards = setup
+    config, full = uninterrupted
+    real, written = state_files.save_file, []
+
+    def fills(tensors, path):
+        if ".tmp-step-0000002" in path and written:
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        if ".tmp-step-0000002" in path:
+            written.append(path)
+        return real(tensors, path)
+
+    monkeypatch.setattr(state_files, "save_file", fills)
+    out = tmp_path / "run"
+    with pytest.raises(OSError) as e:
+        train(base, shards, out, config, progress=False)
+    assert e.value.errno == errno.ENOSPC and ".tmp-step-0000002" in e.value.filename and e.value.filename.endswith(".safetensors")
+    assert sorted(p.name for p in (out / CHECKPOINTS_DIR).iterdir()) == ["step-0000001"]
+    monkeypatch.undo()
+    resumed = train(base, shards, out, config, progress=False)
+    assert _same(_unet_state(full), _unet_state(resumed)) and _same(_text_state(full), _text_state(resumed))
+
+
+def test_a_fine_tune_refuses_a_disk_that_cannot_hold_a_checkpoint_and_its_pipeline_before_training(setup, tmp_path, monkeypatch):
+    import errno
+
+    from implicit_concept import files
+
+    base, shards = setup
+    monkeypatch.setattr(files, "free_bytes", lambda path: 1 << 10)
+    out = tmp_path / "run"
+    with pytest.raises(OSError) as e:
+        train(base, shards, out, TrainingConfig(**FAST), progress=False)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(out)
+    assert "not enough free space for a checkpoint and the final pipeline of this fine-tune (" in e.value.strerror
+    assert not (out / CHECKPOINTS_DIR).exists() or not any((out / CHECKPOINTS_DIR).iterdir())
+
+
 @pytest.mark.parametrize("name, content, why", [
     ("train_state.json", "{", "train_state.json: not a JSON state index"),
     ("train_state.json", '{"dict": [["step", -1], ["epoch", 0], ["consumed", 0], ["generator", {"tensor": "t0"}]]}',

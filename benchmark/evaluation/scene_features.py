@@ -30,7 +30,7 @@ from benchmark.evaluation.scene_attributes import heads, object_count, object_in
 from benchmark.evaluation.scene_features_errors import CONFIG_NAME, SceneFeaturesError, config_fields
 from benchmark.evaluation.scene_features_net import SceneNet, to_batch
 from benchmark.evaluation.scene_features_training import HELDOUT_STREAM, STREAM_TAG, accuracy, draw_scenes, train_net
-from implicit_concept.files import atomic_dir, locked, read_json_object, sha256_file
+from implicit_concept.files import atomic_dir, locked, read_json_object, sha256_file, writing
 from implicit_concept.provenance import cache_key, config_hash, environment
 from implicit_concept.scene.grammar import ProceduralConfig
 from implicit_concept.tensor_checks import non_finite
@@ -163,7 +163,8 @@ class SceneFeatures:
                     print(f"note: {e}; training the scene-feature extractor again to replace that cache entry", file=sys.stderr)
             extractor = cls.train(config)
             with atomic_dir(final, replace_existing=True) as tmp:
-                save_file(extractor.net.state_dict(), str(tmp / WEIGHTS_NAME))
+                with writing(tmp / WEIGHTS_NAME):
+                    save_file(extractor.net.state_dict(), str(tmp / WEIGHTS_NAME))
                 extractor.info["weights_sha256"] = sha256_file(tmp / WEIGHTS_NAME)
                 (tmp / INFO_NAME).write_text(json.dumps(extractor.info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         extractor.path = final

@@ -44,7 +44,7 @@ from benchmark.models import patch_autoencoder
 from benchmark.models.clip_tokenizer import CLIP_MAX_LENGTH, build_clip_tokenizer, write_vocab_files
 from benchmark.models.patch_autoencoder import PatchAutoencoder
 from builders.recipe import MAX_IMAGE_SIZE
-from implicit_concept.files import file_kind, read_json_object
+from implicit_concept.files import file_kind, read_json_object, require_space, writing
 from implicit_concept.tensor_checks import SAFETENSORS_FLOATS, all_finite
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -284,29 +284,29 @@ def save_portable_pipeline(pipe: StableDiffusionPipeline, directory: str | Path,
     do so only for a folder you made or trust; :func:`load_pipeline` never runs it). The negative prompt
     a method samples with goes to ``negative_prompt.txt``."""
     directory = Path(directory)
-    try:
+    require_space(directory, weights_bytes(pipe), "the pipeline's weights")
+    with writing(directory):  # safetensors' own error type, for a full disk too: said as the OSError it is
         pipe.save_pretrained(str(directory))
-    except SafetensorError as e:
-        raise saving_error(e, directory) from None
-    strip_load_paths(directory)
-    if (directory / "tokenizer").is_dir():
-        write_vocab_files(directory / "tokenizer")
-    if isinstance(getattr(pipe, "vae", None), PatchAutoencoder):
-        (directory / "vae" / CUSTOM_VAE_FILE).write_bytes(Path(patch_autoencoder.__file__).read_bytes())
-        index = json.loads((directory / "model_index.json").read_text(encoding="utf-8"))
-        index["vae"] = [Path(CUSTOM_VAE_FILE).stem, PatchAutoencoder.__name__]
-        (directory / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    (directory / NEGATIVE_PROMPT_FILE).write_text(negative_prompt + "\n", encoding="utf-8")
+        strip_load_paths(directory)
+        if (directory / "tokenizer").is_dir():
+            write_vocab_files(directory / "tokenizer")
+        if isinstance(getattr(pipe, "vae", None), PatchAutoencoder):
+            (directory / "vae" / CUSTOM_VAE_FILE).write_bytes(Path(patch_autoencoder.__file__).read_bytes())
+            index = json.loads((directory / "model_index.json").read_text(encoding="utf-8"))
+            index["vae"] = [Path(CUSTOM_VAE_FILE).stem, PatchAutoencoder.__name__]
+            (directory / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (directory / NEGATIVE_PROMPT_FILE).write_text(negative_prompt + "\n", encoding="utf-8")
     return directory
 
 
-def saving_error(error: SafetensorError, directory: Path) -> Exception:
-    """safetensors' error of writing a file (its I/O errors carry only the OS error's number in
-    their text) as the ``OSError`` it is, naming the folder being written; any other as it was."""
-    found = re.search(r"I/O error: (.*?) \(os error (\d+)\)", str(error))
-    if found is None:
-        return error
-    return OSError(int(found.group(2)), found.group(1), str(directory))
+def weights_bytes(pipe: Any) -> int:
+    """The bytes of a pipeline's parameters (every torch part's): at most what saving it writes (not
+    counting buffers, headers, configs), so a disk with less free is refused before a byte is written,
+    never one that would have held it (SD v1.5 in float32 is 4.3 GB). 0 for an object that holds no
+    torch parts (a plug-in's wrapper)."""
+    parts = getattr(pipe, "components", None)
+    modules = [m for m in parts.values() if isinstance(m, torch.nn.Module)] if isinstance(parts, dict) else []
+    return sum(t.numel() * t.element_size() for m in modules for t in m.parameters())
 
 
 def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, sampler: Any = None) -> StableDiffusionPipeline:

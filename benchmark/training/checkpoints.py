@@ -34,7 +34,7 @@ from benchmark.models.pipelines import save_portable_pipeline
 from benchmark.training.config import TrainingConfig
 from benchmark.training.new_tokens import NewTokenRows
 from benchmark.training.state_files import JSON_SUFFIX, TENSORS_SUFFIX, load_state, save_state
-from implicit_concept.files import atomic_dir, atomic_write_json, json_differences, read_json_object, shown_differences
+from implicit_concept.files import atomic_dir, atomic_write_json, json_differences, read_json_object, shown_differences, writing
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig, write_metadata
 from implicit_concept.provenance import config_hash, environment, package_versions
 from implicit_concept.tensor_checks import SAFETENSORS_FLOATS, all_finite, non_finite
@@ -292,6 +292,18 @@ def start_or_resume(output_dir: Path, record: dict[str, Any]) -> str:
     return "new"
 
 
+def checkpoint_bytes(parts: Resumable) -> int:
+    """At most what one checkpoint of ``parts`` writes: the trained models' and EMA's parameters and
+    AdamW's two moments of each trained parameter (no RNG states or headers), for the check that the
+    disk holds a checkpoint before training starts."""
+    trained = [p for m in parts.models.values() for p in m.parameters() if p.requires_grad]
+    if parts.new_rows is not None:
+        trained.append(parts.new_rows.rows)
+    models = sum(p.numel() * p.element_size() for m in parts.models.values() for p in m.parameters())
+    ema = sum(p.numel() * p.element_size() for p in parts.ema.shadow_params) if parts.ema is not None else 0
+    return models + ema + sum(2 * p.numel() * p.element_size() for p in trained)
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest complete checkpoint (directories are renamed into place only when written)."""
     found = sorted(Path(output_dir, CHECKPOINTS_DIR).glob("step-*"))
@@ -318,7 +330,12 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, parts: Resumable
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    write_checkpoint(accelerator, tmp, parts)
+    try:
+        with writing(tmp):
+            write_checkpoint(accelerator, tmp, parts)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk keeps no partial checkpoint: its bytes are the room a rerun needs
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():

@@ -27,13 +27,14 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from benchmark.models.clip_tokenizer import token_ids
-from benchmark.models.pipelines import load_pipeline
+from benchmark.models.pipelines import load_pipeline, weights_bytes
 from benchmark.training.checkpoints import (
     CHECKPOINTS_DIR,
     PIPELINE_DIR,
     Resumable,
     Session,
     TrainState,
+    checkpoint_bytes,
     require_finite_result,
     resume_latest,
     save_checkpoint,
@@ -55,6 +56,7 @@ from benchmark.training.data import (
 )
 from benchmark.training.memory import accelerator_for, apply_memory_options
 from benchmark.training.new_tokens import NewTokenRows, average_across_processes
+from implicit_concept.files import require_space
 from implicit_concept.geom_erasing.location_tokens import add_tokens
 from implicit_concept.provenance import config_hash
 from implicit_concept.torch_settings import torch_threads
@@ -146,6 +148,8 @@ def _train(base: str | Path, source: SampleSource, output_dir: Path, final_dir: 
     resumable = Resumable(TrainState(config.seed, run=config_hash(record)), trained, optimizer, lr_scheduler, new_rows, ema)
     resume_latest(accelerator, output_dir, resumable)
     state = resumable.state
+    if state.step < config.steps:  # refused now with the figures, not after the steps before the first write
+        require_space(output_dir, checkpoint_bytes(resumable) + weights_bytes(pipe), "a checkpoint and the final pipeline of this fine-tune")
 
     # The data: examples in a seeded shuffle, each with its Geom-Erasing caption and weight map.
     prepare = Preparer(config, tokenizer, latent_hw, resolution, detect)

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from implicit_concept.files import MAX_JSON_FILE_BYTES, atomic_write_json, read_regular_file
+from implicit_concept.files import MAX_JSON_FILE_BYTES, atomic_write_json, read_regular_file, writing
 
 JSON_SUFFIX = ".json"
 TENSORS_SUFFIX = ".safetensors"
@@ -35,7 +35,8 @@ def save_state(stem: Path, state: Any) -> None:
     ``stem.json`` and ``stem.safetensors``; anything else raises, naming the file."""
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(state, tensors, stem.with_suffix(JSON_SUFFIX))
-    save_file(tensors, str(stem.with_suffix(TENSORS_SUFFIX)))
+    with writing(stem.with_suffix(TENSORS_SUFFIX)):
+        save_file(tensors, str(stem.with_suffix(TENSORS_SUFFIX)))
     atomic_write_json(stem.with_suffix(JSON_SUFFIX), tree)
 
 

@@ -18,6 +18,7 @@ device: a multi-GPU run would be a subprocess of ultralytics' own, out of reach 
 from __future__ import annotations
 
 import math
+import logging
 import shutil
 import time
 from copy import deepcopy
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 import yaml
+from PIL import Image
 
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.calibration import calibrate_thresholds
@@ -36,7 +38,7 @@ from implicit_concept.detector.image_sets import ImageSet, ImageSetDigest, Image
 from implicit_concept.detector.inference import Detector, model_config
 from implicit_concept.detector.weights import DEFAULT_CONF, WEIGHTS_NAME, is_model_yaml, model_yaml, record_path, weights_state, write_detector
 from implicit_concept.detector.yolo_env import import_ultralytics
-from implicit_concept.files import atomic_write_json, atomic_write_text, check_apart, sha256_file
+from implicit_concept.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_apart, sha256_file
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import (
     CLEAN_REFERENCE_NAME,
@@ -47,6 +49,8 @@ from implicit_concept.scoring import (
 )
 from implicit_concept.torch_settings import MAX_THREADS, kept_torch_settings
 from implicit_concept.validate import check_fields, read_toml
+
+log = logging.getLogger(__name__)
 
 SCALES_FILE = Path(__file__).with_name("scales.toml")
 METRICS_NAME = "metrics.json"
@@ -320,9 +324,26 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def keep_plot(src: Path, dst: Path) -> None:
+    """``src``, a plot ultralytics drew, as ``dst`` when it is a whole image; else no ``dst`` at all.
+    ultralytics logs a plot it failed to write (a full disk) and carries on, leaving a PNG cut short
+    that was kept, and published, as the detector's; an earlier detector's plot is not kept either."""
+    dst.unlink(missing_ok=True)
+    if not src.is_file():
+        return
+    try:
+        with Image.open(src) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's words for a cut-short or broken file
+        log.warning("%s: not a whole image (%s); not kept as %s", src, e, dst.name)
+        return
+    atomic_write_bytes(dst, src.read_bytes())
+
+
 def _evaluate(detector: Detector, data_yaml: Path, split: str, scale: DetectorScale, out_dir: Path) -> dict[str, Any]:
     """Per-class mAP50 and mAP50-95 on YOLO's ``split``; for the test split, ultralytics' PR curve and
     confusion matrix are kept beside the weights."""
+    shutil.rmtree(out_dir / split, ignore_errors=True)  # an earlier run's plots there are never taken for this one's
     metrics = detector.model.val(
         data=str(data_yaml),
         split=split,
@@ -337,9 +358,9 @@ def _evaluate(detector: Detector, data_yaml: Path, split: str, scale: DetectorSc
         verbose=False,
     )
     save_dir = Path(metrics.save_dir)
-    for src, dst in (("BoxPR_curve.png", "pr_curve.png"), ("confusion_matrix.png", "confusion_matrix.png")):
-        if split == "test" and (save_dir / src).exists():
-            shutil.copyfile(save_dir / src, out_dir / dst)
+    if split == "test":
+        for src, dst in (("BoxPR_curve.png", "pr_curve.png"), ("confusion_matrix.png", "confusion_matrix.png")):
+            keep_plot(save_dir / src, out_dir / dst)
     box = metrics.box
     per_class = {}
     for i, class_id in enumerate(box.ap_class_index.tolist()):
