@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from builders.recipe import Recipe
 from builders.shard_builder import ShardBuilder, WorkUnit, group_units
-from implicit_concept.worker_processes import start_worker, workers_starting
+from implicit_concept.worker_processes import keeping_signal_handlers, start_worker, workers_starting
 
 DISTRIBUTORS = ("multiprocessing", "ray")
 
@@ -131,7 +131,8 @@ def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address
     started_here = not ray.is_initialized()
     if started_here:
         try:
-            ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
+            with keeping_signal_handlers():  # Ray's SIGTERM handler would end the command with status 1
+                ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
         except ConnectionError as e:  # an OSError: not to be read as a problem of the output folder
             raise RayUnavailable(f"the ray distributor found no Ray cluster to join at {address or 'the default address'} ({e}); "
                                  "start one (ray start --head) or name it with --ray-address") from None

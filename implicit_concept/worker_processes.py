@@ -103,12 +103,47 @@ def terminate(pool: ProcessPoolExecutor) -> None:
         process.join(5)
 
 
+@contextmanager
+def keeping_signal_handlers() -> Iterator[None]:
+    """Around a library call that installs its own SIGINT or SIGTERM handler (``ray.init``: SIGTERM
+    then ends the command with status 1 after a C++ stack dump, its pools unstopped and no word of
+    resuming): this process's handlers, Python's and the C-level ones under them, are put back after
+    it. A signal the library's handler took in the call as ``sys.exit(signum)`` (Ray's) is raised as
+    :class:`Interrupted`, as it would have been without that handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except SystemExit as e:
+        if e.code in tuple(before) and callable(before[e.code]):
+            _interrupted.set()
+            _last_signal.append(e.code)
+            raise Interrupted(signal.Signals(e.code).name) from None
+        raise
+    finally:
+        for sig, handler in before.items():
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(sig, handler)
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGTERM (or SIGINT), raised where the command's main thread is, so that it stops as on
     Ctrl-C: its pools terminate their workers and it exits without a traceback."""
 
 
 _interrupted = threading.Event()
+_last_signal: list[int] = []  # the signal the latest interrupts() block took, kept past its end
+
+
+def stopped_by(e: KeyboardInterrupt) -> signal.Signals:
+    """The signal that stopped a command with ``e``: SIGTERM or SIGINT. A library that caught the
+    :class:`Interrupted` its handler raised may raise a plain ``KeyboardInterrupt`` in its place
+    (Ray's ``get`` does), so the signal the handler took decides, not the exception's type."""
+    if isinstance(e, Interrupted) and str(e) == "SIGTERM":
+        return signal.SIGTERM
+    return signal.Signals(_last_signal[-1]) if _last_signal else signal.SIGINT
 
 
 @contextmanager
@@ -132,10 +167,12 @@ def interrupts() -> Iterator[None]:
                 os.kill(os.getpid(), signum)
             return
         _interrupted.set()
+        _last_signal.append(signum)
         raise Interrupted(signal.Signals(signum).name)
 
     before = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     _interrupted.clear()
+    _last_signal.clear()
     try:
         yield
     finally:
