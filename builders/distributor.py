@@ -136,6 +136,9 @@ def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address
         except ConnectionError as e:  # an OSError: not to be read as a problem of the output folder
             raise RayUnavailable(f"the ray distributor found no Ray cluster to join at {address or 'the default address'} ({e}); "
                                  "start one (ray start --head) or name it with --ray-address") from None
+        except BaseException:  # Ctrl-C while the local cluster starts: what started stops with the command
+            ray.shutdown()
+            raise
     try:
         actors = workers if workers > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
         builder: Callable[..., Any] = ray.remote(num_cpus=1)(_RayBuilder)
