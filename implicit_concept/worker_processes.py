@@ -183,7 +183,8 @@ def keeping_signal_handlers() -> Iterator[None]:
     try:
         yield
     except SystemExit as e:
-        if e.code in tuple(before) and callable(before[e.code]):
+        replaced = [sig for sig, handler in before.items() if signal.getsignal(sig) is not handler]
+        if e.code in replaced and callable(before[e.code]):  # not another exit that shares a signal's number
             _interrupted.set()
             _last_signal.append(e.code)
             raise Interrupted(signal.Signals(e.code).name) from None

@@ -504,6 +504,16 @@ def test_sigterm_stops_a_command_whose_library_installed_its_own_handler(tmp_pat
     assert (proc.returncode, err) == (143, "implicit-concept verify: terminated; rerun the same command to resume\n")
 
 
+def test_a_librarys_own_exit_is_not_taken_for_a_signal():
+    """sys.exit(2) (argparse's status) or sys.exit(15) from a library that replaced no handler is its own."""
+    from implicit_concept.worker_processes import keeping_signal_handlers
+
+    for code in (2, 15):
+        with pytest.raises(SystemExit) as e, keeping_signal_handlers():
+            sys.exit(code)
+        assert type(e.value) is SystemExit and e.value.code == code
+
+
 @pytest.mark.slow
 def test_sigterm_to_a_ray_build_stops_it_quietly_and_the_rerun_gives_the_same_bytes(debug_dataset, tmp_path):
     out = tmp_path / "ray"
