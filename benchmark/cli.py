@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -12,7 +13,7 @@ from pathlib import Path
 from benchmark.failures import MethodFailed
 from implicit_concept.files import out_of_space, space_message
 from implicit_concept.provenance import version
-from implicit_concept.worker_processes import Interrupted, interrupts
+from implicit_concept.worker_processes import interrupts, stopped_by
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -535,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         _error(args.command, str(e))
         return 1
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Interrupted): workers are stopped; all written so far is whole
-        stopped = "terminated" if isinstance(e, Interrupted) and str(e) == "SIGTERM" else "interrupted"
+        stopped = "terminated" if stopped_by(e) == signal.SIGTERM else "interrupted"
         print(f"implicit-concept {args.command}: {stopped}; rerun the same command to resume", file=sys.stderr)
         return 143 if stopped == "terminated" else 130
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from builders.recipe import Recipe
 from builders.shard_builder import ShardBuilder, WorkUnit, group_units
-from implicit_concept.worker_processes import start_worker, workers_starting
+from implicit_concept.worker_processes import keeping_signal_handlers, start_worker, workers_starting
 
 DISTRIBUTORS = ("multiprocessing", "ray")
 
@@ -131,10 +131,14 @@ def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address
     started_here = not ray.is_initialized()
     if started_here:
         try:
-            ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
+            with keeping_signal_handlers():  # Ray's SIGTERM handler would end the command with status 1
+                ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
         except ConnectionError as e:  # an OSError: not to be read as a problem of the output folder
             raise RayUnavailable(f"the ray distributor found no Ray cluster to join at {address or 'the default address'} ({e}); "
                                  "start one (ray start --head) or name it with --ray-address") from None
+        except BaseException:  # Ctrl-C while the local cluster starts: what started stops with the command
+            ray.shutdown()
+            raise
     try:
         actors = workers if workers > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
         builder: Callable[..., Any] = ray.remote(num_cpus=1)(_RayBuilder)

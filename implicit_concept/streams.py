@@ -17,6 +17,8 @@ import signal
 import subprocess
 import tempfile
 
+from implicit_concept.worker_processes import own_group, release_group, starting_group
+
 #: A stream that sends no byte for this long is stopped (a stalled connection or command).
 STALL_SECONDS = 600.0
 #: How long a command may take to exit once its output is no longer read, before it is stopped.
@@ -83,10 +85,12 @@ class _CommandStream(io.RawIOBase):
         self.location, self.curl, self.stall_seconds = location, curl, stall_seconds
         self.stderr = tempfile.TemporaryFile()
         try:
-            # Unbuffered: a buffer would hold bytes that poll() does not see as ready.
-            # A group of its own, so that stopping it stops what its shell started too (a pipeline's commands).
-            self.proc = subprocess.Popen(args, shell=shell, bufsize=0, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=self.stderr, start_new_session=True)
+            with starting_group():  # out of the terminal's group: ended here when this process stops
+                # Unbuffered: a buffer would hold bytes that poll() does not see as ready.
+                # A group of its own, so that stopping it stops what its shell started too (a pipeline's commands).
+                self.proc = subprocess.Popen(args, shell=shell, bufsize=0, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                             stderr=self.stderr, start_new_session=True)
+                own_group(self.proc.pid)
         except OSError as e:
             self.stderr.close()
             raise StreamFailed(f"{location}: cannot run {'curl' if curl else 'the command'}: {e.strerror or e}") from None
@@ -151,6 +155,8 @@ class _CommandStream(io.RawIOBase):
             self.proc.wait(EXIT_SECONDS)
         except subprocess.TimeoutExpired:
             self._stop()
+            return
+        self.stopped = release_group(self.proc.pid) or self.stopped  # ended as this process stopped (Ctrl-C): no failure
 
     def _stop(self) -> None:
         try:
@@ -158,6 +164,7 @@ class _CommandStream(io.RawIOBase):
         except OSError:  # the group has ended already
             pass
         self.proc.wait()
+        release_group(self.proc.pid)
         self.stopped = True
 
     def _failed(self, closed_early: bool) -> StreamFailed | None:

@@ -12,6 +12,11 @@ and ends the process when they differ (the orphan was re-parented). Polling is c
 ``PR_SET_PDEATHSIG`` because that fires when the *thread* that forked the worker ends, not the
 process (a pool started from a helper thread would kill its workers early), is Linux-only, and is
 lost across an ``exec``; the watch works on any POSIX system and whatever thread started the pool.
+
+A command a process runs in a process group of its own (a ``pipe:`` source's shell, kept from the
+terminal's Ctrl-C) is registered here (:func:`own_group`) and ended with the process that started
+it, however that process stops (its interrupt, its pool's SIGTERM, its parent gone): a command
+waiting on the network would otherwise outlive the build, re-parented, for as long as it waits.
 """
 from __future__ import annotations
 
@@ -34,7 +39,8 @@ def start_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held back by workers_starting: now dropped
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _groups.clear()  # a forked worker's copy of its parent's: those are the parent's to end
+    signal.signal(signal.SIGTERM, _terminated)
     threading.Thread(target=_watch_parent, args=(_parent_pid(),), name="watch-parent", daemon=True).start()
 
 
@@ -54,7 +60,67 @@ def _watch_parent(parent: int) -> None:
     while True:
         time.sleep(PARENT_CHECK_S)
         if os.getppid() != parent:
+            while _starting:  # a command being started: ended once it is registered
+                time.sleep(0.01)
+            end_groups()
             os._exit(1)  # nothing to save: every output is written under a temporary name and renamed whole
+
+
+def _terminated(signum, frame) -> None:
+    """A worker's SIGTERM: the commands it started end with it, then it ends as SIGTERM's default would."""
+    if _starting:
+        _held.append(signum)
+        return
+    end_groups()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+_groups: set[int] = set()  # process groups this process started and has not yet seen end
+_ended: set[int] = set()  # those of them ended by end_groups, until released
+_starting: list[bool] = []  # inside starting_group
+_held: list[int] = []  # signals that came inside it
+
+
+@contextmanager
+def starting_group() -> Iterator[None]:
+    """Around starting a command in a process group of its own and :func:`own_group` on it: a stop
+    (SIGINT, SIGTERM) that comes between the fork and the registering is held until then, and taken
+    after (taken at once, the command would outlive this process, never registered)."""
+    _starting.append(True)
+    try:
+        yield
+    finally:
+        _starting.pop()
+        if not _starting and _held:
+            signum = _held[-1]
+            _held.clear()
+            signal.raise_signal(signum)
+
+
+def own_group(pgid: int) -> None:
+    """Process group ``pgid`` (a command started with ``start_new_session``) ends when this process stops."""
+    _groups.add(pgid)
+
+
+def release_group(pgid: int) -> bool:
+    """``pgid`` has ended (its caller waited for it); True when it was ended by this process stopping,
+    not by itself: its exit status is no failure of the command."""
+    _groups.discard(pgid)
+    ended = pgid in _ended
+    _ended.discard(pgid)
+    return ended
+
+
+def end_groups() -> None:
+    """End (SIGKILL) every registered process group: this process is stopping. Safe in a signal handler."""
+    for pgid in list(_groups):
+        _ended.add(pgid)
+        _groups.discard(pgid)
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:  # it has ended already
+            pass
 
 
 @contextmanager
@@ -103,12 +169,48 @@ def terminate(pool: ProcessPoolExecutor) -> None:
         process.join(5)
 
 
+@contextmanager
+def keeping_signal_handlers() -> Iterator[None]:
+    """Around a library call that installs its own SIGINT or SIGTERM handler (``ray.init``: SIGTERM
+    then ends the command with status 1 after a C++ stack dump, its pools unstopped and no word of
+    resuming): this process's handlers, Python's and the C-level ones under them, are put back after
+    it. A signal the library's handler took in the call as ``sys.exit(signum)`` (Ray's) is raised as
+    :class:`Interrupted`, as it would have been without that handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except SystemExit as e:
+        replaced = [sig for sig, handler in before.items() if signal.getsignal(sig) is not handler]
+        if e.code in replaced and callable(before[e.code]):  # not another exit that shares a signal's number
+            _interrupted.set()
+            _last_signal.append(e.code)
+            raise Interrupted(signal.Signals(e.code).name) from None
+        raise
+    finally:
+        for sig, handler in before.items():
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(sig, handler)
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGTERM (or SIGINT), raised where the command's main thread is, so that it stops as on
     Ctrl-C: its pools terminate their workers and it exits without a traceback."""
 
 
 _interrupted = threading.Event()
+_last_signal: list[int] = []  # the signal the latest interrupts() block took, kept past its end
+
+
+def stopped_by(e: KeyboardInterrupt) -> signal.Signals:
+    """The signal that stopped a command with ``e``: SIGTERM or SIGINT. A library that caught the
+    :class:`Interrupted` its handler raised may raise a plain ``KeyboardInterrupt`` in its place
+    (Ray's ``get`` does), so the signal the handler took decides, not the exception's type."""
+    if isinstance(e, Interrupted) and str(e) == "SIGTERM":
+        return signal.SIGTERM
+    return signal.Signals(_last_signal[-1]) if _last_signal else signal.SIGINT
 
 
 @contextmanager
@@ -131,11 +233,17 @@ def interrupts() -> Iterator[None]:
                 signal.signal(signum, signal.SIG_DFL)
                 os.kill(os.getpid(), signum)
             return
+        if _starting:
+            _held.append(signum)
+            return
         _interrupted.set()
+        _last_signal.append(signum)
+        end_groups()
         raise Interrupted(signal.Signals(signum).name)
 
     before = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     _interrupted.clear()
+    _last_signal.clear()
     try:
         yield
     finally:

@@ -109,6 +109,25 @@ def test_no_ray_cluster_at_the_address_is_named_as_such_not_as_the_output_folder
     assert "--out" not in err, err
 
 
+def test_a_ctrl_c_while_ray_starts_its_local_cluster_shuts_that_cluster_down(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C in ray.init (seconds, starting a local cluster) skipped ray.shutdown: the agents the
+    cluster had started stayed running after the command, for as long as they took to see it gone."""
+    from types import SimpleNamespace
+
+    from benchmark.cli import main
+
+    shut = []
+
+    def init(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "ray", SimpleNamespace(is_initialized=lambda: False, init=init, shutdown=lambda: shut.append(1)))
+    monkeypatch.setitem(sys.modules, "ray.util", SimpleNamespace(ActorPool=None))
+    assert main(["build", "icd-debug", "--out", str(tmp_path / "out"), "--distributor", "ray", "--quiet"]) == 130
+    assert capsys.readouterr().err == "implicit-concept build: interrupted; rerun the same command to resume\n"
+    assert shut == [1]
+
+
 def test_killed_build_resumes_to_the_same_bytes(debug_dataset, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "benchmark.cli", "build", "icd-debug", "--out", str(out), "--quiet"]

@@ -466,6 +466,73 @@ def test_workers_whose_parent_is_killed_while_they_import_end_too(tmp_path):
     assert left == [], f"workers {workers}: still running {left} after their parent was killed"
 
 
+OWN_HANDLER = """
+import os, signal, sys, time
+from benchmark import cli
+from implicit_concept.worker_processes import keeping_signal_handlers
+
+def library_init():  # what ray.init does: its own SIGTERM handler, then seconds of starting a cluster
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    if sys.argv[1] == "during":
+        os.write(1, b"ready\\n")
+        time.sleep(60)
+
+def command(args):
+    with keeping_signal_handlers():
+        library_init()
+    os.write(1, b"ready\\n")
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:  # a library's own in place of the one raised (Ray's get does this)
+        raise KeyboardInterrupt from None
+
+cli._verify = command
+sys.exit(cli.main(["verify", "."]))
+"""
+
+
+@pytest.mark.parametrize("moment", ["during", "after"])
+def test_sigterm_stops_a_command_whose_library_installed_its_own_handler(tmp_path, moment):
+    """``build --distributor ray`` sent SIGTERM (a scheduler): ray.init had put its own handler in
+    place, so the command ended with status 1 after a C++ stack dump, no word of resuming; and Ray's
+    ``get`` raised a plain KeyboardInterrupt where the SIGTERM was, read as a Ctrl-C (130)."""
+    proc = subprocess.Popen([sys.executable, "-c", OWN_HANDLER, moment], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout.readline() == "ready\n"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (143, "implicit-concept verify: terminated; rerun the same command to resume\n")
+
+
+def test_a_librarys_own_exit_is_not_taken_for_a_signal():
+    """sys.exit(2) (argparse's status) or sys.exit(15) from a library that replaced no handler is its own."""
+    from implicit_concept.worker_processes import keeping_signal_handlers
+
+    for code in (2, 15):
+        with pytest.raises(SystemExit) as e, keeping_signal_handlers():
+            sys.exit(code)
+        assert type(e.value) is SystemExit and e.value.code == code
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_ray_build_stops_it_quietly_and_the_rerun_gives_the_same_bytes(debug_dataset, tmp_path):
+    out = tmp_path / "ray"
+    cmd = [sys.executable, "-m", "benchmark.cli", "build", "icd-debug", "--out", str(out), "--workers", "2", "--distributor", "ray"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(out.rglob(".*.tar.tmp-*")):
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGTERM)  # the main process only, as a scheduler does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "SIGTERM received" not in err and "Traceback" not in err, err[-3000:]
+    assert err.rstrip().endswith("implicit-concept build: terminated; rerun the same command to resume"), err[-3000:]
+    assert _left_after(proc.pid, 30) == []
+    assert subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True).returncode == 0
+    assert (out / CHECKSUMS).read_text() == (debug_dataset / CHECKSUMS).read_text()
+
+
 # --- F7: the toolkit's own I/O errors are not the method's -------------------------------------------
 
 

@@ -61,6 +61,49 @@ def test_a_child_past_its_timeout_is_killed():
         run_in_child(_sleep, timeout=2)
 
 
+PROBE = """
+import os, sys, time
+from benchmark.perf.child_process import run_in_child
+
+def measure(started):
+    open(started, "w").close()
+    time.sleep(120)
+
+if __name__ == "__main__":
+    run_in_child(measure, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_probe_stopped_leaves_no_child_measuring(tmp_path, sig):
+    """A probe's child (a fine-tune holding the GPU, a paper dry run's writing one) outlived a
+    SIGTERM to the probe (a lease's timeout), for the whole measurement; on Ctrl-C the probe waited
+    for it. Now the child ends with its parent, and a Ctrl-C stops it at once."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_fs_faults import ENV, _alive_in_group
+
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    started = tmp_path / "started"
+    proc = subprocess.Popen([sys.executable, str(script), str(started)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not started.exists():  # the child is measuring
+        time.sleep(0.05)
+    (os.killpg if sig == signal.SIGINT else os.kill)(proc.pid, sig)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10  # the child looks at its parent once a second
+    while time.monotonic() < deadline and _alive_in_group(proc.pid):
+        time.sleep(0.1)
+    left = _alive_in_group(proc.pid)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
+
+
 def test_the_gpu_probe_runs_batch_1_and_sampling_first():
     assert gpu_paper_probe.plan() == [("train", 1, "plain"), ("train", 1, "geom-erasing"), ("sample", None, None),
                                       ("train", 4, "plain"), ("train", 4, "geom-erasing"),

@@ -7,7 +7,11 @@ import base64
 import functools
 import http.server
 import io
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -434,3 +438,52 @@ def test_credentials_are_read_from_netrc_and_a_url_holding_them_is_refused_unsho
         thread.join(timeout=10)
     assert without.error == "unreadable_tar" and "401" in without.detail
     assert [i.error for i in with_netrc] == [None] * 6 + ["no_image"]
+
+
+def _running(marker: str) -> list[str]:
+    """Command lines of live processes that hold ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if marker in line:
+                    found.append(line)
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("workers, sig", [(1, signal.SIGINT), (1, signal.SIGTERM), (2, signal.SIGINT), (2, signal.SIGTERM), (2, signal.SIGKILL)])
+def test_a_stopped_build_stops_its_pipe_commands_and_its_rerun_gives_the_same_bytes(tmp_path, workers, sig):
+    """A ``pipe:`` command waits on the network (here: until a file exists). Ctrl-C (to the whole
+    group) or SIGTERM (to the main process) stopped the build, but with 2 workers each command, in a
+    process group of its own, lived on after it (re-parented, for as long as it waited), and with 1
+    the build waited 10 s for it to exit. A SIGKILL to the main process: its workers, seeing it
+    gone, end their commands too."""
+    _source_tars(tmp_path)
+    go = tmp_path / "go"
+    recipe = tmp_path / "streamed.toml"
+    recipe.write_text(f'name = "streamed"\nseed = 5\nimage_size = 32\nshard_size = 100\n[source]\nkind = "webdataset"\n'
+                      f'urls = "pipe:until test -e {go}; do sleep 0.2; done; cat {tmp_path}/{{00000..00001}}.tar"\ntest_fraction = 0.3\n'
+                      f'[[subsets]]\nname = "q"\nconcepts = ["qrcode", "text"]\nfraction = 0.7\n')
+    cmd = [sys.executable, "-m", "benchmark.cli", "build", str(recipe), "--out", str(tmp_path / "out"), "--workers", str(workers)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(_running(str(go))) < workers:
+        time.sleep(0.05)
+    (os.killpg if sig == signal.SIGINT else os.kill)(proc.pid, sig)
+    stopped = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - stopped < 5, "the build waited for its pipe commands"
+    if sig != signal.SIGKILL:
+        assert proc.returncode == 128 + sig, err
+        assert "Traceback" not in err and err.splitlines()[-1] == (
+            f"implicit-concept build: {'interrupted' if sig == signal.SIGINT else 'terminated'}; rerun the same command to resume")
+    time.sleep(3)  # a worker looks at its parent once a second
+    assert _running(str(go)) == [], "pipe: commands outlived the build"
+    go.touch()
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    assert subprocess.run([*cmd[:-3], str(tmp_path / "whole"), "--workers", "1"], env=env, capture_output=True).returncode == 0
+    assert (tmp_path / "out" / "checksums.sha256").read_text() == (tmp_path / "whole" / "checksums.sha256").read_text()

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from implicit_concept.worker_processes import start_worker
+
 
 class ChildError(RuntimeError):
     """The child raised, or died (killed for memory, a crash); the message says which."""
@@ -54,6 +56,7 @@ def _peaks() -> tuple[int, int | None, int | None]:
 def _main(fn: Callable[..., Any], args: tuple, kwargs: dict, threads: int | None, conn: Any) -> None:
     import torch
 
+    start_worker()  # stopped by its parent (Ctrl-C), or ended with it (a SIGTERM to the parent alone)
     if threads is not None:
         torch.set_num_threads(threads)
     try:
@@ -81,6 +84,9 @@ def run_in_child(fn: Callable[..., Any], *args: Any, threads: int | None = None,
     except EOFError:
         child.join()
         raise ChildError(f"{getattr(fn, '__name__', fn)}: the child process died (exit code {child.exitcode}; -9 is a kill, often for memory)") from None
+    except BaseException:  # Ctrl-C, or the timeout's ChildError: the child is not waited for
+        child.kill()
+        raise
     finally:
         child.join(timeout=60)
     if status == "error":
