@@ -462,10 +462,10 @@ def test_a_stopped_build_stops_its_pipe_commands_and_its_rerun_gives_the_same_by
     the build waited 10 s for it to exit. A SIGKILL to the main process: its workers, seeing it
     gone, end their commands too."""
     _source_tars(tmp_path)
-    go = tmp_path / "go"
+    go = tmp_path / "go"  # the commands wait for it, 3 minutes at most: with the fix broken they outlive the test
     recipe = tmp_path / "streamed.toml"
     recipe.write_text(f'name = "streamed"\nseed = 5\nimage_size = 32\nshard_size = 100\n[source]\nkind = "webdataset"\n'
-                      f'urls = "pipe:until test -e {go}; do sleep 0.2; done; cat {tmp_path}/{{00000..00001}}.tar"\ntest_fraction = 0.3\n'
+                      f'urls = "pipe:n=0; until test -e {go} || [ $n -ge 900 ]; do n=$((n+1)); sleep 0.2; done; cat {tmp_path}/{{00000..00001}}.tar"\ntest_fraction = 0.3\n'
                       f'[[subsets]]\nname = "q"\nconcepts = ["qrcode", "text"]\nfraction = 0.7\n')
     cmd = [sys.executable, "-m", "benchmark.cli", "build", str(recipe), "--out", str(tmp_path / "out"), "--workers", str(workers)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
