@@ -797,6 +797,25 @@ def test_a_checkpoints_model_file_that_is_a_fifo_or_missing_is_named_not_waited_
             train(base, shards, tmp_path / "resumed", config, progress=False)
 
 
+@pytest.mark.parametrize("stem", ["optimizer", "train_state"])
+def test_a_state_file_larger_than_a_whole_checkpoint_is_refused_unread(setup, uninterrupted, tmp_path, monkeypatch, stem):
+    """Every tensor of a state file is read whole before its shapes are checked: a planted 64 GiB
+    (sparse) file would fill the memory. It is refused from its size, naming it."""
+    from benchmark.training import state_files
+
+    base, shards = setup
+    config, full = uninterrupted
+    checkpoint = tmp_path / "resumed" / CHECKPOINTS_DIR / "step-0000001"
+    shutil.copytree(full.parent / CHECKPOINTS_DIR / "step-0000001", checkpoint)
+    with open(checkpoint / f"{stem}.safetensors", "r+b") as f:
+        f.truncate(64 << 30)
+    read = state_files.load_file
+    monkeypatch.setattr(state_files, "load_file", lambda path, *a, **k: pytest.fail("the tensors were read")
+                        if path.endswith(f"{stem}.safetensors") else read(path, *a, **k))
+    with pytest.raises(ValueError, match=rf"{stem}.safetensors: 64.0 GiB, more than a whole checkpoint of this run holds \(\d"):
+        train(base, shards, tmp_path / "resumed", config, progress=False)
+
+
 @pytest.mark.parametrize("moment, problem", [
     (lambda m: torch.zeros(1), r"state\[0\].exp_avg is torch.float32 \(1,\), where parameter 0 is torch.float32 \(16, 12, 3, 3\)"),
     (lambda m: torch.zeros(3, *m.shape[1:]), r"state\[0\].exp_avg is torch.float32 \(3, 12, 3, 3\), where parameter 0"),

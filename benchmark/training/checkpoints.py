@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 PIPELINE_DIR = "pipeline"
 CHECKPOINTS_DIR = "checkpoints"
 RUN_FILE = "run.json"
+#: What a checkpoint's state files hold beyond :func:`checkpoint_bytes` (headers, RNG states, step
+#: counts): a state file larger than both together is no state of this run.
+STATE_SLACK_BYTES = 64 << 20
 
 
 #: The packages a training step's numbers depend on: a resume under other versions would not end
@@ -133,12 +136,12 @@ def _set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def _restore(stem: Path, restore: Any, current: Any = None, optimizer: Any = None) -> None:
+def _restore(stem: Path, restore: Any, most: int, current: Any = None, optimizer: Any = None) -> None:
     """Call ``restore`` on the state at ``stem``; a state it refuses raises naming the file, and so does
-    one with NaN or infinite values, or a tensor of another dtype or shape than ``current`` (the
-    part's own state) holds there (see :func:`check_state_values`), or, for an ``optimizer``'s
-    state, than its parameter (see :func:`check_optimizer_state`)."""
-    state = load_state(stem)
+    one of over ``most`` bytes (unread), one with NaN or infinite values, or a tensor of another dtype
+    or shape than ``current`` (the part's own state) holds there (see :func:`check_state_values`),
+    or, for an ``optimizer``'s state, than its parameter (see :func:`check_optimizer_state`)."""
+    state = load_state(stem, most)
     check_state_values(state, current, stem)
     if optimizer is not None:
         check_optimizer_state(state, optimizer, stem.with_suffix(TENSORS_SUFFIX))
@@ -256,13 +259,14 @@ def read_checkpoint(accelerator: Accelerator, folder: Path, parts: Resumable) ->
         except (SafetensorError, OSError, RuntimeError) as e:
             raise ValueError(f"{path}: not this run's {name} weights ({type(e).__name__}: {e})") from None
         require_finite(module, path, f"the {name} weights")
+    most = checkpoint_bytes(parts) + STATE_SLACK_BYTES  # no one state file holds more than a whole checkpoint
     for name, part in parts.shared(accelerator).items():
-        _restore(folder / name, part.load_state_dict, part.state_dict(), optimizer=part if part is parts.optimizer else None)
+        _restore(folder / name, part.load_state_dict, most, part.state_dict(), optimizer=part if part is parts.optimizer else None)
     if parts.ema is not None:
         parts.ema.to(accelerator.device)
     rng = _rng_stem(folder, accelerator.process_index)
     if rng.with_suffix(JSON_SUFFIX).is_file():
-        _restore(rng, _set_rng_states)
+        _restore(rng, _set_rng_states, most)
     else:
         log.warning("%s: no RNG states for process %d (written by fewer processes); kept the seeded ones",
                     folder, accelerator.process_index)

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from implicit_concept.files import MAX_JSON_FILE_BYTES, atomic_write_json, read_regular_file, writing
+from implicit_concept.files import MAX_JSON_FILE_BYTES, atomic_write_json, read_regular_file, size_text, writing
 
 JSON_SUFFIX = ".json"
 TENSORS_SUFFIX = ".safetensors"
@@ -40,13 +40,18 @@ def save_state(stem: Path, state: Any) -> None:
     atomic_write_json(stem.with_suffix(JSON_SUFFIX), tree)
 
 
-def load_state(stem: Path) -> Any:
+def load_state(stem: Path, most: int | None = None) -> Any:
     """The state written by :func:`save_state` at ``stem``, its tensors on the CPU; a missing or
-    malformed file raises ``ValueError`` naming it."""
+    malformed file raises ``ValueError`` naming it, and so does a tensor file of over ``most`` bytes,
+    unread: every tensor is read whole, so a huge (or sparse and huge) file would fill the memory
+    before any check of what it holds."""
     index, tensor_file = stem.with_suffix(JSON_SUFFIX), stem.with_suffix(TENSORS_SUFFIX)
     for path in (index, tensor_file):
         if not path.is_file():
             raise ValueError(f"{path}: missing from the checkpoint")
+    if most is not None and (size := tensor_file.stat().st_size) > most:
+        raise ValueError(f"{tensor_file}: {size_text(size)}, more than a whole checkpoint of this run holds ({size_text(most)}); "
+                         "not this run's state (refused unread)")
     text = read_regular_file(index, MAX_JSON_FILE_BYTES)
     try:
         tree = json.loads(text.decode("utf-8"))
