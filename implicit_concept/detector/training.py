@@ -17,8 +17,8 @@ device: a multi-GPU run would be a subprocess of ultralytics' own, out of reach 
 """
 from __future__ import annotations
 
-import math
 import logging
+import math
 import shutil
 import time
 from copy import deepcopy
