@@ -55,3 +55,26 @@ def test_a_detector_trained_from_shards_elsewhere_records_the_same_clean_referen
     assert a.clean_reference_sha256 == b.clean_reference_sha256
     records = [(tmp_path / lab / "det" / "detector.json").read_bytes() for lab in ("lab-a", "lab-b")]
     assert records[0] == records[1], "the detector's record (weights sha256, thresholds, inputs) is the same bytes"
+
+
+def test_score_images_records_the_images_it_scored_by_content_wherever_they_are(tmp_path, monkeypatch):
+    """summary.json names the images by their bytes: the same images in another folder record the
+    same digest, one changed pixel another, and an unscored extra file none."""
+    from PIL import Image
+
+    from benchmark import external
+    from tests.test_benchmark_io import _FakeReport, _folder, _judging
+
+    monkeypatch.setattr(external, "score_generated", lambda paths, prompts, *a: (_FakeReport(), {"qrcode": {"icr": len(paths)}}))
+    judging = _judging(tmp_path, num_prompts=3)
+    prompts = judging.prompts()
+    first = _folder(tmp_path / "lab-a", prompts, 1)
+    second = tmp_path / "lab-b" / "deeper"
+    second.parent.mkdir()
+    shutil.copytree(first, second)
+    Image.new("RGB", (64, 64)).save(second / "unasked.png")  # not named by a prompt: not scored, not in the digest
+    digests = [external.score_image_folder(folder, tmp_path / f"out-{i}", judging)["inputs"]["images_sha256"]
+               for i, folder in enumerate((first, second))]
+    assert len(digests[0]) == 64 and digests[0] == digests[1]
+    Image.new("RGB", (64, 64), (0, 0, 1)).save(second / f"{prompts[0].case_number}_0.png")
+    assert external.score_image_folder(second, tmp_path / "out-2", judging)["inputs"]["images_sha256"] != digests[0]
