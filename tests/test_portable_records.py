@@ -78,3 +78,25 @@ def test_score_images_records_the_images_it_scored_by_content_wherever_they_are(
     assert len(digests[0]) == 64 and digests[0] == digests[1]
     Image.new("RGB", (64, 64), (0, 0, 1)).save(second / f"{prompts[0].case_number}_0.png")
     assert external.score_image_folder(second, tmp_path / "out-2", judging)["inputs"]["images_sha256"] != digests[0]
+
+
+def test_the_leaderboard_notes_runs_made_under_other_package_versions(tmp_path):
+    """Same seed, same bytes holds under the same versions only: runs (and a score-images folder)
+    recorded under another torch are said to be, naming the versions and runs; equal ones say nothing."""
+    from benchmark.leaderboard import leaderboard
+    from tests.test_results_page import fake_run
+
+    def with_packages(run, **packages):
+        results = json.loads((run / "results.json").read_text())
+        results["environment"] = {"python": "3", "packages": {"numpy": "2.4.6", **packages}}
+        (run / "results.json").write_text(json.dumps(results))
+        return run
+
+    a = with_packages(fake_run(tmp_path / "a"), torch="2.14.1")
+    b = with_packages(fake_run(tmp_path / "b"), torch="2.14.1")
+    assert not [n for n in leaderboard([a, b]).notes if "differs between runs" in n]
+    c = with_packages(fake_run(tmp_path / "c"), torch="2.13.0")
+    board = leaderboard([a, b, c])
+    assert [n for n in board.notes if "differs between runs" in n] == [
+        f"torch differs between runs, which may change their numbers: 2.13.0 ({c}); 2.14.1 ({a}, {b})"]
+    assert "torch differs between runs" in board.markdown
