@@ -149,7 +149,8 @@ def version_notes(runs: dict[str, dict[str, Any]]) -> list[str]:
     for package in sorted({p for packages in recorded.values() for p in packages}):
         by_version: dict[str, list[str]] = {}
         for name, packages in recorded.items():
-            by_version.setdefault(str(packages.get(package)), []).append(name)
+            version = packages[package] if package in packages else "not recorded"
+            by_version.setdefault("not installed" if version is None else str(version), []).append(name)
         if len(by_version) > 1:
             said = "; ".join(f"{version} ({', '.join(names)})" for version, names in sorted(by_version.items()))
             notes.append(f"{package} differs between runs, which may change their numbers: {said}")

@@ -100,3 +100,11 @@ def test_the_leaderboard_notes_runs_made_under_other_package_versions(tmp_path):
     assert [n for n in board.notes if "differs between runs" in n] == [
         f"torch differs between runs, which may change their numbers: 2.13.0 ({c}); 2.14.1 ({a}, {b})"]
     assert "torch differs between runs" in board.markdown
+    d = with_packages(fake_run(tmp_path / "d"), torch=None)
+    notes = [n for n in leaderboard([a, d]).notes if "differs between runs" in n]
+    assert notes == [f"torch differs between runs, which may change their numbers: 2.14.1 ({a}); not installed ({d})"]
+    results = json.loads((d / "results.json").read_text())
+    results["environment"]["packages"] = {"numpy": "2.4.6"}
+    (d / "results.json").write_text(json.dumps(results))
+    assert [n for n in leaderboard([a, d]).notes if "differs between runs" in n] == [
+        f"torch differs between runs, which may change their numbers: 2.14.1 ({a}); not recorded ({d})"]
