@@ -30,7 +30,7 @@ from benchmark.published_models import is_published
 from benchmark.track import Track
 from builders.recipe import recipe_name
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import atomic_write_json, locked, read_json_object, sha256_file, within
+from implicit_concept.files import atomic_write_json, folder_sha256, locked, read_json_object, sha256_file, within
 from implicit_concept.geom_erasing.location_tokens import tokens_not_held
 from implicit_concept.geom_erasing.training_target import METADATA_FILE, negative_prompt_for
 from implicit_concept.image_decode import open_image
@@ -292,7 +292,8 @@ def score_image_folder(
         shown = ", ".join(found[stem][0].name for stem in extra[:5]) + (", ..." if len(extra) > 5 else "")
         print(f"note: {folder}: {len(extra)} images not scored (no prompt of {judging.track.prompts} names them, at "
               f"{generation.images_per_prompt} per prompt): {shown}", file=sys.stderr)
-    inputs = {"images": str(folder), "formats": formats,
+    # The images by content (each one's name and sha256): what was scored, wherever the folder is.
+    inputs = {"images": str(folder), "images_sha256": folder_sha256(Path(folder), only=[p.name for p in paths]), "formats": formats,
               "not_scored": {"count": len(extra), "images": [found[stem][0].name for stem in extra]}}
     with _held(Path(out)):
         return _score(paths, prompts, generation, Path(out), judging, inputs, {"lossy_images": lossy} if lossy else {})

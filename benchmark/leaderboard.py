@@ -140,6 +140,23 @@ def provenance_notes(runs: dict[str, dict[str, Any]]) -> list[str]:
     return notes
 
 
+def version_notes(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """Packages recorded at other versions by different runs (``environment.packages``): the same
+    seed gives the same bytes only under the same versions, so a gap between such runs may be theirs."""
+    recorded = {name: r["environment"]["packages"] for name, r in runs.items()
+                if isinstance(r.get("environment"), dict) and isinstance(r["environment"].get("packages"), dict)}
+    notes = []
+    for package in sorted({p for packages in recorded.values() for p in packages}):
+        by_version: dict[str, list[str]] = {}
+        for name, packages in recorded.items():
+            version = packages[package] if package in packages else "not recorded"
+            by_version.setdefault("not installed" if version is None else str(version), []).append(name)
+        if len(by_version) > 1:
+            said = "; ".join(f"{version} ({', '.join(names)})" for version, names in sorted(by_version.items()))
+            notes.append(f"{package} differs between runs, which may change their numbers: {said}")
+    return notes
+
+
 def blank_notes(runs: dict[str, dict[str, Any]]) -> list[str]:
     """Rows whose images are partly blank (one flat colour): their ICR is lowered without erasing."""
     return [f"{name} / {row['method']} on {row['concept']}: {row['blank_images']} of {row['icr'].get('n', '?')} images blank "
@@ -201,6 +218,8 @@ def summary_as_results(folder: Path) -> dict[str, Any]:
         "detector": {k: v for k, v in detector.items() if k in ("path", "sha256", "conf", "thresholds", "clean_reference_sha256")},
         "fp_rate": {row["concept"]: row["fp_rate"] for row in rows if is_ratio(row.get("fp_rate"))},
     }
+    if "environment" in summary:
+        results["environment"] = summary["environment"]
     check_results(results, path)
     return results
 
@@ -273,6 +292,7 @@ def leaderboard(run_dirs: list[Path]) -> Leaderboard:
     diff += off_protocol(runs)
     compared_in_part = bool(notes)
     notes += provenance_notes(runs)
+    notes += version_notes(runs)
     notes += blank_notes(runs)
     notes += [f"{name} is one model scored on every concept, where the track's protocol fine-tunes one model per subset "
               "(score with --subset for that subset's row)" for name, r in runs.items() if r.get("one_model_per_subset")]

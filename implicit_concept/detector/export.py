@@ -113,7 +113,9 @@ def export_detection_dataset(
             counts = {split: _write_split(icd_shards[icd], tmp, split, icd, formats, keep[split], bar.update, build) for split, icd in SPLITS.items()}
         if "yolo" in formats:
             names = dict(enumerate(CONCEPT_NAMES))
-            data = {"path": str(out), **{split: f"images/{split}" for split in SPLITS}, "nc": len(names), "names": names}
+            # No ``path``: ultralytics then reads the splits beside this file, so an export is the same
+            # bytes (and ``files_sha256``) wherever it is written, and still trains once moved.
+            data = {**{split: f"images/{split}" for split in SPLITS}, "nc": len(names), "names": names}
             (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         marker = {**inputs, "source": str(shards.resolve()), "counts": counts, "files_sha256": _files_digest(tmp),
                   "environment": environment()}

@@ -56,6 +56,7 @@ SCALES_FILE = Path(__file__).with_name("scales.toml")
 METRICS_NAME = "metrics.json"
 #: The YAML ultralytics trains and evaluates from, in the output folder: the export's splits plus backgrounds.
 DATA_YAML = "data.yaml"
+TEST_REFERENCE_SOURCE = "test split of the shards in the detector record (inputs.shards_sha256)"
 
 
 class ScaleError(ValueError):
@@ -214,7 +215,9 @@ def train_detector(
         source = str(Path(calibration).resolve()) if isinstance(calibration, (str, Path)) else "calibration images given in memory"
         references["calibration"] = build_clean_reference(detector, held_out, source=source)
     detector.thresholds = calibrate_thresholds({name: r.max_conf for name, r in references.items()}, scale.calibration_max_fp)
-    test_reference = build_clean_reference(detector, clean_images(test_dir), source=str(test_dir.resolve()))
+    # Its sha256 is in the detector's record and compared between runs: it names the shards by what
+    # they are (the record's shards_sha256), not where this machine holds them.
+    test_reference = build_clean_reference(detector, clean_images(test_dir), source=TEST_REFERENCE_SOURCE)
     test_reference.write(out_dir / CLEAN_REFERENCE_NAME)
     references["test_clean"] = test_reference
     at = ScoreConfig()  # conf None: the detector's thresholds
@@ -258,6 +261,7 @@ def training_data_yaml(dataset: DetectionDataset, backgrounds: Path | None, out_
     """``out_dir/data.yaml``: the export's splits, with the folder of ``backgrounds`` (images whose
     label files are empty, so YOLO learns them as background) added to the fit split."""
     data = yaml.safe_load(dataset.data_yaml.read_text(encoding="utf-8"))
+    data["path"] = str(dataset.root.resolve())  # this copy lives in out_dir, the export's splits do not
     if backgrounds is not None:
         data["train"] = [data["train"], str(backgrounds.resolve())]
     path = out_dir / DATA_YAML
