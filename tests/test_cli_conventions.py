@@ -74,3 +74,89 @@ def test_a_usage_error_is_one_line_naming_the_command(capsys, argv, command, pro
     assert len(captured.err.splitlines()) == 1, captured.err
     assert captured.err.startswith(f"{command}: error: ") and problem in captured.err, captured.err
     assert f"see {command} --help" in captured.err, captured.err
+
+
+#: A long command through the real entry point: a bar of 40 slow steps, each setting a postfix (as training's loss does).
+SLOW_BAR = r"""
+import sys, time
+import benchmark.cli as cli
+from implicit_concept.progress import progress_bar
+
+def slow(args):
+    bar = progress_bar(total=40, desc="slow", progress=True)
+    for step in range(40):
+        time.sleep(0.02)
+        bar.set_postfix(loss=f"{step:.4f}")
+        bar.update(1)
+    bar.close()
+    print("done")
+    return 0
+
+cli._prompts = slow
+sys.exit(cli.main(["prompts", "icd-tiny", "--out", "unused.csv"]))
+"""
+
+
+def _bar_redraws(tmp_path, stderr) -> int:
+    done = subprocess.run([sys.executable, "-c", SLOW_BAR], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=stderr, timeout=120)
+    assert done.returncode == 0 and done.stdout == b"done\n"
+    return done
+
+
+def test_a_bar_written_to_a_log_file_is_not_redrawn_at_every_step(tmp_path):
+    """stderr redirected to a file (a CI log): the bar's first and last lines, not one per step or tenth of a second."""
+    log = tmp_path / "log.txt"
+    with open(log, "wb") as stderr:
+        _bar_redraws(tmp_path, stderr)
+    text = log.read_bytes().decode()  # not read_text: its newline translation makes every \r a \n
+    assert "slow: 100%" in text and "40/40" in text, text
+    assert text.count("\r") <= 3, text.replace("\r", "\\r\n")
+
+
+def test_a_bar_on_a_terminal_is_redrawn_as_it_goes(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    main_end, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new terminal is 0 columns wide
+    seen = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(main_end, 65536)
+            except OSError:  # the terminal's other end is closed: all read
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        _bar_redraws(tmp_path, terminal)
+    finally:
+        os.close(terminal)
+        reader.join(timeout=30)
+        os.close(main_end)
+    assert bytes(seen).count(b"\r") >= 4, bytes(seen)
+
+
+def test_tqdm_disable_turns_off_the_bars_a_command_asks_for(tmp_path, capsys, monkeypatch):
+    from benchmark.cli import main
+    from builders.build import build_dataset
+    from builders.recipe import load_recipe
+
+    data = tmp_path / "icd-debug"
+    build_dataset(load_recipe("icd-debug"), data, workers=1, progress=False)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert main(["verify", str(data)]) == 0
+    captured = capsys.readouterr()
+    assert "verify icd-debug" not in captured.err, captured.err
+    assert captured.out.strip().endswith(": OK"), captured.out
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    assert main(["verify", str(data)]) == 0
+    assert "verify icd-debug" in capsys.readouterr().err
