@@ -1,7 +1,10 @@
 """The command line behaves as command-line tools do: a reader that closes the pipe early
 (``implicit-concept ... | head``) stops it quietly, and a cache folder it cannot write (the default
-one, in a current folder that cannot hold it) is named, with the option that moves it."""
+one, in a current folder that cannot hold it) is named, with the option that moves it; progress bars
+redraw on a terminal, not in a log; the Makefile's variables reach the command as one argument each."""
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +163,19 @@ def test_tqdm_disable_turns_off_the_bars_a_command_asks_for(tmp_path, capsys, mo
     monkeypatch.setenv("TQDM_DISABLE", "0")
     assert main(["verify", str(data)]) == 0
     assert "verify icd-debug" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_the_makefile_passes_each_variable_as_one_argument(tmp_path):
+    """``make dataset DATA='my data'``: one path, not two arguments (and ``make clean`` removing ./my and ./data)."""
+    data, recipe = str(tmp_path / "my data's"), "icd-debug"
+    done = subprocess.run(["make", "-n", "dataset", "benchmark", "clean", f"DATA={data}", f"RECIPE={recipe}", "TRACK=my track",
+                           f"VENV={tmp_path / 'a venv'}"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    commands = [shlex.split(line) for line in done.stdout.splitlines()]
+    cli = str(tmp_path / "a venv" / "bin" / "implicit-concept")
+    assert [cli, "build", recipe, "--out", f"{data}/{recipe}", "--workers", "2"] in commands, done.stdout
+    assert [cli, "verify", f"{data}/{recipe}"] in commands, done.stdout
+    assert [cli, "show", f"{data}/{recipe}/icd-mixed/test", "--contaminated", "--out", f"{data}/{recipe}/preview.png"] in commands, done.stdout
+    assert [cli, "benchmark", "--track", "my track", "--data", data, "--workers", "2", "--jobs", "2"] in commands, done.stdout
+    assert ["rm", "-rf", "--", data, "runs", ".pytest_cache"] in commands, done.stdout
