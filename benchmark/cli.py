@@ -29,6 +29,8 @@ def _build(args: argparse.Namespace) -> int:
         recipe, out, workers=args.workers, progress=not args.quiet,
         distributor=args.distributor, ray_address=args.ray_address,
     )
+    if _json_result(args.json, report.as_json()):
+        return 0
     print(
         f"{out}: {report.samples} samples; {report.built} shards built, {report.skipped} already complete; "
         f"skipped source items (each counted once, whatever the subsets that read it): "
@@ -45,6 +47,8 @@ def _verify(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
+    if _json_result(args.json, report.as_json()):
+        return 0 if report.ok else 1
     status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
     print(f"{args.dir}: {report.shards} shards, {report.samples} samples, {report.instances} instances: {status}")
     return 0 if report.ok else 1
@@ -94,6 +98,8 @@ def _score(args: argparse.Namespace) -> int:
 
     detector = Detector.load(args.detector or _published_detector("tiny"))
     report = score_images(args.dir, detector, ScoreConfig(conf=args.conf), clean=args.clean, progress=not args.quiet)
+    if args.json == "-":
+        return 0 if _json_result("-", report.to_json()) else 1
     print(report.table())
     if args.json:
         print(report.write_json(args.json))
@@ -240,6 +246,34 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_result(dest: str | None, result: dict) -> bool:
+    """``--json FILE`` writes ``result`` there; ``--json -`` prints it, one JSON object and nothing else
+    on stdout, for scripts. True when stdout got it (the command prints no text then)."""
+    if dest is None:
+        return False
+    if dest == "-":
+        print(json.dumps(result, sort_keys=True))
+        return True
+    from implicit_concept.files import atomic_write_json
+
+    path = Path(dest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, result)
+    return False
+
+
+def json_destination(text: str) -> str:
+    """An argparse type: ``--json``'s file, refused before any work when it is a folder."""
+    if text != "-" and Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: a folder; want a file path, or - for stdout")
+    return text
+
+
+def _add_json_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", metavar="FILE", type=json_destination, help=f"also write the result as JSON ({what}) to FILE; "
+                                                  "- prints it on stdout instead of the text")
+
+
 def _output_file(value: str, option: str, suffixes: tuple[str, ...]) -> Path:
     """An output file's path, refused at once when it is a folder or names no known format."""
     out = Path(value)
@@ -324,11 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screen-detector", metavar="DETECTOR",
                    help="screen source images with this detector folder: concepts already there are flagged or dropped (the recipe's [source_screen])")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_json_argument(p, "out, samples, shards_built, shards_already_complete, skipped_source_items")
     p.set_defaults(func=_build)
 
     p = sub.add_parser("verify", help="check a built dataset: checksums, schema, boxes, counts")
     p.add_argument("dir", help="a dataset folder `build` wrote (holding recipe.json), e.g. data/icd-tiny")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_json_argument(p, "ok, shards, samples, instances, problems, notes; the exit status is 1 unless ok")
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("show", help="write a contact sheet of samples with their boxes")
@@ -359,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float,
                    help="one confidence threshold at which every concept counts (default: the detector's per-concept thresholds)")
     p.add_argument("--clean", help="clean images to measure false positives on (default: the reference saved with the detector)")
-    p.add_argument("--json", help="write the full result, per-image detections included, to this file")
+    _add_json_argument(p, "per concept and per image, detections included")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_score)
 

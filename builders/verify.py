@@ -80,6 +80,11 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems and self.shards > 0
 
+    def as_json(self) -> dict[str, Any]:
+        """What ``verify --json`` prints: the counts, ``ok``, every problem and note."""
+        return {"ok": self.ok, "shards": self.shards, "samples": self.samples, "instances": self.instances,
+                "problems": list(self.problems), "notes": list(self.notes)}
+
 
 def require_verified(out: Path, listed: int = 10) -> VerifyReport:
     """Verify ``out`` or raise :class:`DatasetVerifyError` listing its first ``listed`` problems.

@@ -179,3 +179,44 @@ def test_the_makefile_passes_each_variable_as_one_argument(tmp_path):
     assert [cli, "show", f"{data}/{recipe}/icd-mixed/test", "--contaminated", "--out", f"{data}/{recipe}/preview.png"] in commands, done.stdout
     assert [cli, "benchmark", "--track", "my track", "--data", data, "--workers", "2", "--jobs", "2"] in commands, done.stdout
     assert ["rm", "-rf", "--", data, "runs", ".pytest_cache"] in commands, done.stdout
+
+
+def test_build_and_verify_give_their_numbers_as_json_for_scripts(tmp_path, capsys, monkeypatch):
+    """``--json -``: one JSON object and nothing else on stdout; ``--json FILE``: the file, the text as before."""
+    import json
+
+    from benchmark.cli import main
+
+    monkeypatch.chdir(tmp_path)  # a file named - written, not stdout, lands here
+
+    data = tmp_path / "icd-debug"
+    assert main(["build", "icd-debug", "--out", str(data), "--quiet", "--json", "-"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built == {"out": str(data), "samples": 384, "shards_built": 12, "shards_already_complete": 0, "skipped_source_items": {}}
+
+    assert main(["verify", str(data), "--quiet", "--json", "-"]) == 0
+    verified = json.loads(capsys.readouterr().out)
+    assert verified["ok"] is True and verified["shards"] == 12 and verified["samples"] == 384 and verified["problems"] == []
+
+    record = tmp_path / "reports" / "verify.json"
+    assert main(["verify", str(data), "--quiet", "--json", str(record)]) == 0
+    assert capsys.readouterr().out.strip().endswith(": OK")
+    assert json.loads(record.read_text()) == verified
+
+    missing = tmp_path / "nothing here"
+    assert main(["verify", str(missing), "--json", "-"]) == 1
+    captured = capsys.readouterr()
+    failed = json.loads(captured.out)
+    assert failed["ok"] is False and str(missing) in failed["problems"][0] and str(missing) in captured.err
+
+
+@pytest.mark.parametrize("command", [["verify", "d"], ["build", "icd-debug", "--out", "o"], ["score", "images"]])
+def test_a_json_file_that_is_a_folder_is_refused_before_any_work(tmp_path, capsys, command, monkeypatch):
+    from benchmark.cli import main
+
+    monkeypatch.chdir(tmp_path)  # what the command would write, had it started, lands here
+
+    with pytest.raises(SystemExit) as e:
+        main(command + ["--json", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --json" in err and f"{tmp_path}: a folder" in err, err
