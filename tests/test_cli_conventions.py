@@ -220,3 +220,40 @@ def test_a_json_file_that_is_a_folder_is_refused_before_any_work(tmp_path, capsy
         main(command + ["--json", str(tmp_path)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "argument --json" in err and f"{tmp_path}: a folder" in err, err
+
+
+@pytest.mark.parametrize("argv, argument, problem", [
+    (["score-pipeline", "{missing}", "--out", "{out}"], "pipeline", "{missing}: no such file or folder"),
+    (["score-images", "{file}", "--out", "{out}", "--no-quality"], "dir", "{file}: a file, where a folder is expected"),
+    (["score-images", "{folder}", "--out", "{out}", "--reference", "{missing}"], "--reference", "{missing}: no such file or folder"),
+    (["score", "{folder}", "--clean", "{missing}"], "--clean", "{missing}: no such file or folder"),
+    (["score", "{missing}"], "dir", "{missing}: no such file or folder"),
+    (["score", "{folder}", "--detector", "{link}"], "--detector", "{link}: a broken symbolic link"),
+    (["detector", "train", "{missing}", "--out", "{out}"], "shards", "{missing}: no such folder"),
+    (["detector", "train", "{folder}", "--out", "{out}", "--calibration", "{file}"], "--calibration", "{file}: a file, where a folder is expected"),
+    (["export", "{file}", "--out", "{out}"], "shards", "{file}: a file, where a folder is expected"),
+    (["benchmark", "--pretrained", "{missing}", "--runs", "{out}"], "--pretrained", "{missing}: no such file or folder"),
+    (["show", "{missing}", "--out", "{out}.png"], "dir", "{missing}: no such file or folder"),
+])
+def test_a_path_argument_that_cannot_be_what_it_names_is_refused_naming_it_before_any_work(tmp_path, capsys, argv, argument, problem):
+    from benchmark.cli import main
+
+    names = {"missing": tmp_path / "no such", "file": tmp_path / "a file.txt", "folder": tmp_path / "a folder",
+             "link": tmp_path / "dangling", "out": tmp_path / "out"}
+    names["file"].write_text("x")
+    names["folder"].mkdir()
+    names["link"].symlink_to(tmp_path / "gone")
+    command = " ".join(argv[:2] if argv[0] == "detector" else argv[:1])
+    code = main([a.format(**names) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"implicit-concept {command}: error: argument {argument}: {problem.format(**names)}"), err
+    assert not names["out"].exists() and not Path(f"{names['out']}.png").exists()
+
+
+def test_a_shard_pattern_or_stream_is_left_to_the_reader():
+    from benchmark.cli import path_problem
+
+    for source in ("data/{00000..00009}.tar", "pipe:cat a.tar", "https://host/a.tar"):
+        assert path_problem(source, "source") is None
+        assert path_problem(source, "folder") is not None
