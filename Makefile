@@ -1,14 +1,17 @@
 # Thin wrappers: every target is one call into the library or its CLI.
 PYTHON ?= python3
 VENV ?= .venv
-PY := $(VENV)/bin/python
-CLI := $(VENV)/bin/implicit-concept
-STAMP := $(VENV)/.installed-stamp
 RECIPE ?= icd-tiny
 WORKERS ?= 2
 JOBS ?= 2
 DATA ?= data
 TRACK ?= tiny
+STAMP := $(VENV)/.installed-stamp
+
+# A value as one shell word, whatever it holds (spaces, quotes): DATA='my data' stays one path.
+quote = '$(subst ','\'',$(1))'
+PY := $(call quote,$(VENV)/bin/python)
+CLI := $(call quote,$(VENV)/bin/implicit-concept)
 
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
@@ -18,18 +21,18 @@ export TRANSFORMERS_OFFLINE = 1
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(call quote,$(VENV))
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(call quote,$(STAMP))
 
 dataset: install
-	$(CLI) build $(RECIPE) --out $(DATA)/$(RECIPE) --workers $(WORKERS)
-	$(CLI) verify $(DATA)/$(RECIPE)
-	$(CLI) show $(DATA)/$(RECIPE)/icd-mixed/test --contaminated --out $(DATA)/$(RECIPE)/preview.png
+	$(CLI) build $(call quote,$(RECIPE)) --out $(call quote,$(DATA)/$(RECIPE)) --workers $(call quote,$(WORKERS))
+	$(CLI) verify $(call quote,$(DATA)/$(RECIPE))
+	$(CLI) show $(call quote,$(DATA)/$(RECIPE)/icd-mixed/test) --contaminated --out $(call quote,$(DATA)/$(RECIPE)/preview.png)
 
 benchmark: install
-	$(CLI) benchmark --track $(TRACK) --data $(DATA) --workers $(WORKERS) --jobs $(JOBS)
+	$(CLI) benchmark --track $(call quote,$(TRACK)) --data $(call quote,$(DATA)) --workers $(call quote,$(WORKERS)) --jobs $(call quote,$(JOBS))
 
 test: install
 	$(PY) -m pytest -q -ra
@@ -38,4 +41,4 @@ test-fast: install
 	$(PY) -m pytest -q -ra -m "not slow"
 
 clean:
-	rm -rf $(DATA) runs .pytest_cache
+	rm -rf -- $(call quote,$(DATA)) runs .pytest_cache

@@ -29,6 +29,8 @@ def _build(args: argparse.Namespace) -> int:
         recipe, out, workers=args.workers, progress=not args.quiet,
         distributor=args.distributor, ray_address=args.ray_address,
     )
+    if _json_result(args.json, report.as_json()):
+        return 0
     print(
         f"{out}: {report.samples} samples; {report.built} shards built, {report.skipped} already complete; "
         f"skipped source items (each counted once, whatever the subsets that read it): "
@@ -45,6 +47,8 @@ def _verify(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
+    if _json_result(args.json, report.as_json()):
+        return 0 if report.ok else 1
     status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
     print(f"{args.dir}: {report.shards} shards, {report.samples} samples, {report.instances} instances: {status}")
     return 0 if report.ok else 1
@@ -94,6 +98,8 @@ def _score(args: argparse.Namespace) -> int:
 
     detector = Detector.load(args.detector or _published_detector("tiny"))
     report = score_images(args.dir, detector, ScoreConfig(conf=args.conf), clean=args.clean, progress=not args.quiet)
+    if args.json == "-":
+        return 0 if _json_result("-", report.to_json()) else 1
     print(report.table())
     if args.json:
         print(report.write_json(args.json))
@@ -240,6 +246,34 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_result(dest: str | None, result: dict) -> bool:
+    """``--json FILE`` writes ``result`` there; ``--json -`` prints it, one JSON object and nothing else
+    on stdout, for scripts. True when stdout got it (the command prints no text then)."""
+    if dest is None:
+        return False
+    if dest == "-":
+        print(json.dumps(result, sort_keys=True))
+        return True
+    from implicit_concept.files import atomic_write_json
+
+    path = Path(dest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, result)
+    return False
+
+
+def json_destination(text: str) -> str:
+    """An argparse type: ``--json``'s file, refused before any work when it is a folder."""
+    if text != "-" and Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: a folder; want a file path, or - for stdout")
+    return text
+
+
+def _add_json_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", metavar="FILE", type=json_destination, help=f"also write the result as JSON ({what}) to FILE; "
+                                                  "- prints it on stdout instead of the text")
+
+
 def _output_file(value: str, option: str, suffixes: tuple[str, ...]) -> Path:
     """An output file's path, refused at once when it is a folder or names no known format."""
     out = Path(value)
@@ -266,7 +300,8 @@ def int_at_least(low: int):
     return parse
 
 
-def _add_scoring_arguments(p: argparse.ArgumentParser, out_help: str) -> None:
+def _add_scoring_arguments(p: argparse.ArgumentParser, out_help: str) -> dict[str, str]:
+    """The options score-pipeline and score-images share; returns the kinds of its path arguments."""
     p.add_argument("--detector", help="the detector folder `detector train` wrote, or its weights file, such as a benchmark run's "
                                        "(its results.json's detector.path) (default: the track's published evaluator)")
     p.add_argument("--track", default="tiny", help="the track whose prompts, seeds, sampler, threshold and quality measures judge (default: tiny)")
@@ -282,6 +317,7 @@ def _add_scoring_arguments(p: argparse.ArgumentParser, out_help: str) -> None:
                            "and ultralytics' settings and font and matplotlib's caches (default: .cache/implicit-concept)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help=out_help)
+    return {"detector": "path", "reference": "source"}
 
 
 def _add_cache_argument(p: argparse.ArgumentParser, help_text: str = "folder for ultralytics' settings and font and "
@@ -307,6 +343,44 @@ class _CommandParser(_Parser):
         return parsed, extras
 
 
+#: What a path argument must be: ``folder``; ``path`` (a file or a folder); ``source`` (a path, or a
+#: brace pattern, ``pipe:`` command or URL, left to the reader).
+PATH_KINDS = ("folder", "path", "source")
+
+
+def _paths(p: argparse.ArgumentParser, **kinds: str) -> None:
+    """Name ``p``'s path arguments, checked by :func:`_check_paths` once the whole command line parsed."""
+    assert set(kinds.values()) <= set(PATH_KINDS), kinds
+    p.set_defaults(path_arguments=(p, kinds))
+
+
+def path_problem(text: str, kind: str) -> str | None:
+    """Why ``text`` cannot be the ``kind`` of path an argument wants (None when it can)."""
+    if kind == "source" and ("{" in text or "::" in text or text.startswith(("pipe:", "http://", "https://"))):
+        return None
+    path = Path(text)
+    if not path.exists():
+        return f"{text}: {'a broken symbolic link' if path.is_symlink() else 'no such ' + ('folder' if kind == 'folder' else 'file or folder')}"
+    if kind == "folder" and not path.is_dir():
+        return f"{text}: a file, where a folder is expected"
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        return f"{text}: cannot be read (permission denied)"
+    return None
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """A path argument that is missing, of the wrong kind or unreadable is refused (exit 2, as every bad
+    input) naming the argument and the path, before any import or work: a bad ``--clean`` was found
+    after scoring every image, a missing pipeline after loading the detector."""
+    parser, kinds = getattr(args, "path_arguments", (None, {}))
+    for dest, kind in kinds.items():
+        value = getattr(args, dest)
+        problem = None if value is None else path_problem(value, kind)
+        if problem:
+            action = next(a for a in parser._actions if a.dest == dest)
+            raise ValueError(f"argument {'/'.join(action.option_strings) or dest}: {problem}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="implicit-concept", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
@@ -324,11 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screen-detector", metavar="DETECTOR",
                    help="screen source images with this detector folder: concepts already there are flagged or dropped (the recipe's [source_screen])")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_json_argument(p, "out, samples, shards_built, shards_already_complete, skipped_source_items")
     p.set_defaults(func=_build)
 
     p = sub.add_parser("verify", help="check a built dataset: checksums, schema, boxes, counts")
     p.add_argument("dir", help="a dataset folder `build` wrote (holding recipe.json), e.g. data/icd-tiny")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_json_argument(p, "ok, shards, samples, instances, problems, notes; the exit status is 1 unless ok")
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("show", help="write a contact sheet of samples with their boxes")
@@ -336,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="image to write (.png, .jpg, .jpeg or .webp)")
     p.add_argument("--count", type=int_at_least(1), default=24, help="samples on the sheet (default: 24)")
     p.add_argument("--contaminated", action="store_true", help="only samples that carry a concept")
+    _paths(p, dir="source")
     p.set_defaults(func=_show)
 
     p = sub.add_parser("detector", help="the concept detector (YOLO) that scores every method")
@@ -350,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder of held-out images showing no concept (not the backgrounds): each concept's threshold keeps their false positives "
                         "at most the scale's calibration_max_fp, as on the validation split's clean images")
     _add_cache_argument(p)
+    _paths(p, shards="folder", backgrounds="folder", calibration="folder")
     p.set_defaults(func=_detector_train)
 
     p = sub.add_parser("score", help="ICR per concept of a set of images, beside the detector's false-positive rate")
@@ -359,8 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float,
                    help="one confidence threshold at which every concept counts (default: the detector's per-concept thresholds)")
     p.add_argument("--clean", help="clean images to measure false positives on (default: the reference saved with the detector)")
-    p.add_argument("--json", help="write the full result, per-image detections included, to this file")
+    _add_json_argument(p, "per concept and per image, detections included")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _paths(p, dir="source", detector="path", clean="source")
     p.set_defaults(func=_score)
 
     p = sub.add_parser("benchmark", help="fine-tune with and without removal methods, generate, score, report")
@@ -379,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int_at_least(0), default=2, help="dataset build processes (default: 2)")
     p.add_argument("--jobs", type=int_at_least(1), default=1, help="fine-tunes, then methods (build, sample, score), run side by side: one process and torch thread each; the results of one at a time (default: 1; make benchmark passes 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _paths(p, pretrained="path", detector="path")  # a file given as --pretrained: its check says how to convert it
     p.set_defaults(func=_benchmark)
 
     p = sub.add_parser("publish", help="train a track's base and detector as make benchmark would and write them into benchmark/published/ (maintainers)")
@@ -394,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="export folder, new or an earlier export (ICD train becomes 'train' and the held-out 'val' share; ICD test becomes 'test')")
     p.add_argument("--format", action="append", choices=("yolo", "coco"), help="repeatable (default: both)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _paths(p, shards="folder")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("leaderboard", help="merge runs' results.json into one table (Markdown and HTML), checking they compare")
@@ -420,13 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int_at_least(8), help="image size (default: the track's)")
     p.add_argument("--own-scheduler", action="store_true",
                    help="sample with the folder's own scheduler instead of the track's (listed in summary.json's overrides)")
-    _add_scoring_arguments(p, "folder for the images drawn (images/), scores.json and summary.json")
+    _paths(p, pipeline="path", **_add_scoring_arguments(p, "folder for the images drawn (images/), scores.json and summary.json"))
     p.set_defaults(func=_score_pipeline)
 
     p = sub.add_parser("score-images", help="score a folder of images named {case_number}_{i}.png after the prompts CSV")
     p.add_argument("dir", help="a folder of images named {case_number}_{i}.png (or .jpg, .webp, ...) after the track's prompts")
     p.add_argument("--size", type=int_at_least(8), help="the images' side in pixels (default: the track's; any other is refused unless given here)")
-    _add_scoring_arguments(p, "folder for scores.json and summary.json")
+    _paths(p, dir="folder", **_add_scoring_arguments(p, "folder for scores.json and summary.json"))
     p.set_defaults(func=_score_images)
     return parser
 
@@ -506,9 +587,11 @@ def main(argv: list[str] | None = None) -> int:
     from implicit_concept.detector.yolo_env import use_cache
 
     args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, (args.command, getattr(args, "detector_command", None))))  # "detector train"
     if getattr(args, "cache", None):
         use_cache(args.cache)  # before anything imports matplotlib or ultralytics
     try:
+        _check_paths(args)
         with interrupts(), quiet_libraries() if getattr(args, "quiet", False) else nullcontext():
             code = args.func(args)
         sys.stdout.flush()  # a reader that closed the pipe early is found here, not at exit
@@ -516,28 +599,28 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError as e:
         if _stdout_closed():  # `implicit-concept ... | head`: stop quietly, as a program killed by SIGPIPE
             return 128 + 13
-        _error(args.command, f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
+        _error(command, f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
         return 1
     except UnicodeDecodeError as e:  # a ValueError, whose own text names no file: the loaders name theirs
-        _error(args.command, f"a file given is not UTF-8 text ({e})")
+        _error(command, f"a file given is not UTF-8 text ({e})")
         return 2
     except (FileExistsError, NotADirectoryError) as e:  # made with exist_ok: a file stands where a folder goes
-        _error(args.command, _not_a_folder(e))
+        _error(command, _not_a_folder(e))
         return 1
     except (ValueError, FileNotFoundError) as e:
-        _error(args.command, str(e))
+        _error(command, str(e))
         return 2
     except OSError as e:  # the safety net: unreadable or unwritable paths the commands did not check themselves
         where = f"{e.filename}: " if e.filename else ""
-        _error(args.command, space_message(e) or f"{where}{e.strerror or e}")
+        _error(command, space_message(e) or f"{where}{e.strerror or e}")
         return 1
     except MethodFailed as e:
         print(e.cause_traceback, file=sys.stderr, end="")  # the method's own code: where its author looks
-        _error(args.command, str(e))
+        _error(command, str(e))
         return 1
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Interrupted): workers are stopped; all written so far is whole
         stopped = "terminated" if stopped_by(e) == signal.SIGTERM else "interrupted"
-        print(f"implicit-concept {args.command}: {stopped}; rerun the same command to resume", file=sys.stderr)
+        print(f"implicit-concept {command}: {stopped}; rerun the same command to resume", file=sys.stderr)
         return 143 if stopped == "terminated" else 130
 
 

@@ -16,7 +16,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from benchmark.failures import PLUGIN_ERRORS, MethodFailed
 from benchmark.models.pipeline_checks import NonFiniteOutput, finite_outputs
@@ -24,6 +23,7 @@ from benchmark.models.pipeline_identity import json_sha256
 from benchmark.plugin_state import kept_plugin_state, seeded_rngs
 from benchmark.prompts import Prompt
 from implicit_concept.files import atomic_save_image, atomic_write_json
+from implicit_concept.progress import progress_bar
 from implicit_concept.provenance import canonical_json
 from implicit_concept.shard_reader import is_hidden
 from implicit_concept.torch_settings import MAX_THREADS, torch_threads
@@ -96,7 +96,7 @@ def generate_images(
                {image_name(p, i): _drawn_from(p, i) for p, i in items})
     chunks = [items[s : s + settings.chunk_size] for s in range(0, len(items), settings.chunk_size)]
     todo = [c for c in chunks if not all((out_dir / image_name(p, i)).exists() for p, i in c)]
-    with tqdm(total=sum(len(c) for c in todo), unit="img", disable=not progress, desc=desc) as bar:
+    with progress_bar(total=sum(len(c) for c in todo), unit="img", progress=progress, desc=desc) as bar:
         for chunk in todo:
             try:
                 with torch_threads(settings.threads):

@@ -75,6 +75,11 @@ class BuildReport:
     failures: dict[str, int]
     summary: SourceSummary = field(default_factory=SourceSummary)
 
+    def as_json(self) -> dict[str, Any]:
+        """What ``build --json`` prints: where, the counts, and the skipped source items by reason."""
+        return {"out": str(self.out), "samples": self.samples, "shards_built": self.built, "shards_already_complete": self.skipped,
+                "skipped_source_items": dict(sorted(self.failures.items()))}
+
 
 def build_dataset(
     recipe: Recipe,

@@ -22,10 +22,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from builders.recipe import Recipe
 from builders.shard_builder import ShardBuilder, WorkUnit, group_units
+from implicit_concept.progress import progress_bar
 from implicit_concept.worker_processes import keeping_signal_handlers, start_worker, workers_starting
 
 DISTRIBUTORS = ("multiprocessing", "ray")
@@ -72,7 +71,7 @@ def run_units(
     if distributor not in DISTRIBUTORS:
         raise ValueError(f"distributor {distributor!r}: choose one of {', '.join(DISTRIBUTORS)}")
     start = time.perf_counter()
-    bar = tqdm(total=len(units), unit="shard", disable=not progress, desc=recipe.name)
+    bar = progress_bar(total=len(units), unit="shard", progress=progress, desc=recipe.name)
     results: list[dict[str, Any]] = []
     samples = 0
     if units:
@@ -81,8 +80,8 @@ def run_units(
             for group in stream:
                 results.extend(group)
                 samples += sum(stats["successes"] for stats in group)
-                bar.update(len(group))
                 bar.set_postfix(samples=str(samples), samples_per_s=f"{samples / max(time.perf_counter() - start, 1e-9):.0f}")
+                bar.update(len(group))
         finally:
             stream.close()  # on an error or interrupt: the workers are stopped before the caller goes on
             bar.close()  # and the bar ends its line before the caller's message

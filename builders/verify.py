@@ -26,8 +26,6 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tqdm.auto import tqdm
-
 from builders.build import MANIFEST, RECIPE_RECORD, SUMMARY_COLUMNS, summarize
 from builders.dataset_card import CARD, CHECKSUMS, card_bytes
 from builders.recipe import Recipe, parse_recipe
@@ -37,6 +35,7 @@ from builders.sources import WebDatasetConfig, make_source
 from builders.sources.webdataset_source import tar_paths
 from implicit_concept.files import LOCK_NAME, is_temporary, json_differences, read_locked, sha256_file
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, load_pixels
+from implicit_concept.progress import progress_bar
 from implicit_concept.sample import SPLITS, SampleMeta
 from implicit_concept.shard_reader import (
     MAX_JSON_BYTES,
@@ -80,6 +79,11 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems and self.shards > 0
+
+    def as_json(self) -> dict[str, Any]:
+        """What ``verify --json`` prints: the counts, ``ok``, every problem and note."""
+        return {"ok": self.ok, "shards": self.shards, "samples": self.samples, "instances": self.instances,
+                "problems": list(self.problems), "notes": list(self.notes)}
 
 
 def require_verified(out: Path, listed: int = 10) -> VerifyReport:
@@ -131,7 +135,7 @@ def _verify(out: Path, report: VerifyReport, progress: bool) -> VerifyReport:
     why = _planned_file(out, CARD)
     if why is not None:
         problems.add(out / CARD, f"{why} (the dataset card)")
-    for unit in tqdm(units, desc=f"verify {out.name}", unit="shard", disable=not progress):
+    for unit in progress_bar(units, desc=f"verify {out.name}", unit="shard", progress=progress):
         report.shards += 1
         _guarded(problems, out / _rel(unit), None, _verify_shard, out, unit, recipe, listing, problems, report)
     _guarded(problems, out / MANIFEST, None, _check_manifest, out, units, problems)

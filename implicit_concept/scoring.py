@@ -21,14 +21,13 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageStat
 
-from tqdm.auto import tqdm
-
 from implicit_concept.checkers import Checker, available_checkers
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.inference import Detection, Detector
 from implicit_concept.detector.weights import MIN_THRESHOLD
 from implicit_concept.files import MAX_JSON_FILE_BYTES, atomic_write_text, read_regular_file, sha256_file
 from implicit_concept.image_stream import ImageSource, is_shard_source, iter_images
+from implicit_concept.progress import progress_bar
 from implicit_concept.shard_reader import iter_samples
 from implicit_concept.stats import EXACT_BINOMIAL, clopper_pearson
 from implicit_concept.validate import check_int, is_number
@@ -328,7 +327,7 @@ def score_images(
     found: dict[str, list[bool]] = {c: [] for c in CONCEPT_NAMES}
     checked: dict[str, list[bool]] = {ch.name: [] for ch in checkers}
     stream = _detect_stream(detector, iter_images(images), min(thresholds.values()), config.batch)
-    for (name, image), dets in tqdm(stream, desc="score", unit="image", disable=not progress):
+    for (name, image), dets in progress_bar(stream, desc="score", unit="image", progress=progress):
         dets = _at_thresholds(dets, thresholds)
         seen = {d.concept for d in dets}
         for c in CONCEPT_NAMES:

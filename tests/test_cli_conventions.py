@@ -1,7 +1,10 @@
 """The command line behaves as command-line tools do: a reader that closes the pipe early
 (``implicit-concept ... | head``) stops it quietly, and a cache folder it cannot write (the default
-one, in a current folder that cannot hold it) is named, with the option that moves it."""
+one, in a current folder that cannot hold it) is named, with the option that moves it; progress bars
+redraw on a terminal, not in a log; the Makefile's variables reach the command as one argument each."""
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +77,183 @@ def test_a_usage_error_is_one_line_naming_the_command(capsys, argv, command, pro
     assert len(captured.err.splitlines()) == 1, captured.err
     assert captured.err.startswith(f"{command}: error: ") and problem in captured.err, captured.err
     assert f"see {command} --help" in captured.err, captured.err
+
+
+#: A long command through the real entry point: a bar of 40 slow steps, each setting a postfix (as training's loss does).
+SLOW_BAR = r"""
+import sys, time
+import benchmark.cli as cli
+from implicit_concept.progress import progress_bar
+
+def slow(args):
+    bar = progress_bar(total=40, desc="slow", progress=True)
+    for step in range(40):
+        time.sleep(0.02)
+        bar.set_postfix(loss=f"{step:.4f}")
+        bar.update(1)
+    bar.close()
+    print("done")
+    return 0
+
+cli._prompts = slow
+sys.exit(cli.main(["prompts", "icd-tiny", "--out", "unused.csv"]))
+"""
+
+
+def _bar_redraws(tmp_path, stderr) -> int:
+    done = subprocess.run([sys.executable, "-c", SLOW_BAR], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=stderr, timeout=120)
+    assert done.returncode == 0 and done.stdout == b"done\n"
+    return done
+
+
+def test_a_bar_written_to_a_log_file_is_not_redrawn_at_every_step(tmp_path):
+    """stderr redirected to a file (a CI log): the bar's first and last lines, not one per step or tenth of a second."""
+    log = tmp_path / "log.txt"
+    with open(log, "wb") as stderr:
+        _bar_redraws(tmp_path, stderr)
+    text = log.read_bytes().decode()  # not read_text: its newline translation makes every \r a \n
+    assert "slow: 100%" in text and "40/40" in text, text
+    assert text.count("\r") <= 3, text.replace("\r", "\\r\n")
+
+
+def test_a_bar_on_a_terminal_is_redrawn_as_it_goes(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    main_end, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new terminal is 0 columns wide
+    seen = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(main_end, 65536)
+            except OSError:  # the terminal's other end is closed: all read
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        _bar_redraws(tmp_path, terminal)
+    finally:
+        os.close(terminal)
+        reader.join(timeout=30)
+        os.close(main_end)
+    assert bytes(seen).count(b"\r") >= 4, bytes(seen)
+
+
+def test_tqdm_disable_turns_off_the_bars_a_command_asks_for(tmp_path, capsys, monkeypatch):
+    from benchmark.cli import main
+    from builders.build import build_dataset
+    from builders.recipe import load_recipe
+
+    data = tmp_path / "icd-debug"
+    build_dataset(load_recipe("icd-debug"), data, workers=1, progress=False)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert main(["verify", str(data)]) == 0
+    captured = capsys.readouterr()
+    assert "verify icd-debug" not in captured.err, captured.err
+    assert captured.out.strip().endswith(": OK"), captured.out
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    assert main(["verify", str(data)]) == 0
+    assert "verify icd-debug" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_the_makefile_passes_each_variable_as_one_argument(tmp_path):
+    """``make dataset DATA='my data'``: one path, not two arguments (and ``make clean`` removing ./my and ./data)."""
+    data, recipe = str(tmp_path / "my data's"), "icd-debug"
+    done = subprocess.run(["make", "-n", "dataset", "benchmark", "clean", f"DATA={data}", f"RECIPE={recipe}", "TRACK=my track",
+                           f"VENV={tmp_path / 'a venv'}"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    commands = [shlex.split(line) for line in done.stdout.splitlines()]
+    cli = str(tmp_path / "a venv" / "bin" / "implicit-concept")
+    assert [cli, "build", recipe, "--out", f"{data}/{recipe}", "--workers", "2"] in commands, done.stdout
+    assert [cli, "verify", f"{data}/{recipe}"] in commands, done.stdout
+    assert [cli, "show", f"{data}/{recipe}/icd-mixed/test", "--contaminated", "--out", f"{data}/{recipe}/preview.png"] in commands, done.stdout
+    assert [cli, "benchmark", "--track", "my track", "--data", data, "--workers", "2", "--jobs", "2"] in commands, done.stdout
+    assert ["rm", "-rf", "--", data, "runs", ".pytest_cache"] in commands, done.stdout
+
+
+def test_build_and_verify_give_their_numbers_as_json_for_scripts(tmp_path, capsys, monkeypatch):
+    """``--json -``: one JSON object and nothing else on stdout; ``--json FILE``: the file, the text as before."""
+    import json
+
+    from benchmark.cli import main
+
+    monkeypatch.chdir(tmp_path)  # a file named - written, not stdout, lands here
+
+    data = tmp_path / "icd-debug"
+    assert main(["build", "icd-debug", "--out", str(data), "--quiet", "--json", "-"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built == {"out": str(data), "samples": 384, "shards_built": 12, "shards_already_complete": 0, "skipped_source_items": {}}
+
+    assert main(["verify", str(data), "--quiet", "--json", "-"]) == 0
+    verified = json.loads(capsys.readouterr().out)
+    assert verified["ok"] is True and verified["shards"] == 12 and verified["samples"] == 384 and verified["problems"] == []
+
+    record = tmp_path / "reports" / "verify.json"
+    assert main(["verify", str(data), "--quiet", "--json", str(record)]) == 0
+    assert capsys.readouterr().out.strip().endswith(": OK")
+    assert json.loads(record.read_text()) == verified
+
+    missing = tmp_path / "nothing here"
+    assert main(["verify", str(missing), "--json", "-"]) == 1
+    captured = capsys.readouterr()
+    failed = json.loads(captured.out)
+    assert failed["ok"] is False and str(missing) in failed["problems"][0] and str(missing) in captured.err
+
+
+@pytest.mark.parametrize("command", [["verify", "d"], ["build", "icd-debug", "--out", "o"], ["score", "images"]])
+def test_a_json_file_that_is_a_folder_is_refused_before_any_work(tmp_path, capsys, command, monkeypatch):
+    from benchmark.cli import main
+
+    monkeypatch.chdir(tmp_path)  # what the command would write, had it started, lands here
+
+    with pytest.raises(SystemExit) as e:
+        main(command + ["--json", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --json" in err and f"{tmp_path}: a folder" in err, err
+
+
+@pytest.mark.parametrize("argv, argument, problem", [
+    (["score-pipeline", "{missing}", "--out", "{out}"], "pipeline", "{missing}: no such file or folder"),
+    (["score-images", "{file}", "--out", "{out}", "--no-quality"], "dir", "{file}: a file, where a folder is expected"),
+    (["score-images", "{folder}", "--out", "{out}", "--reference", "{missing}"], "--reference", "{missing}: no such file or folder"),
+    (["score", "{folder}", "--clean", "{missing}"], "--clean", "{missing}: no such file or folder"),
+    (["score", "{missing}"], "dir", "{missing}: no such file or folder"),
+    (["score", "{folder}", "--detector", "{link}"], "--detector", "{link}: a broken symbolic link"),
+    (["detector", "train", "{missing}", "--out", "{out}"], "shards", "{missing}: no such folder"),
+    (["detector", "train", "{folder}", "--out", "{out}", "--calibration", "{file}"], "--calibration", "{file}: a file, where a folder is expected"),
+    (["export", "{file}", "--out", "{out}"], "shards", "{file}: a file, where a folder is expected"),
+    (["benchmark", "--pretrained", "{missing}", "--runs", "{out}"], "--pretrained", "{missing}: no such file or folder"),
+    (["show", "{missing}", "--out", "{out}.png"], "dir", "{missing}: no such file or folder"),
+])
+def test_a_path_argument_that_cannot_be_what_it_names_is_refused_naming_it_before_any_work(tmp_path, capsys, argv, argument, problem):
+    from benchmark.cli import main
+
+    names = {"missing": tmp_path / "no such", "file": tmp_path / "a file.txt", "folder": tmp_path / "a folder",
+             "link": tmp_path / "dangling", "out": tmp_path / "out"}
+    names["file"].write_text("x")
+    names["folder"].mkdir()
+    names["link"].symlink_to(tmp_path / "gone")
+    command = " ".join(argv[:2] if argv[0] == "detector" else argv[:1])
+    code = main([a.format(**names) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"implicit-concept {command}: error: argument {argument}: {problem.format(**names)}"), err
+    assert not names["out"].exists() and not Path(f"{names['out']}.png").exists()
+
+
+def test_a_shard_pattern_or_stream_is_left_to_the_reader():
+    from benchmark.cli import path_problem
+
+    for source in ("data/{00000..00009}.tar", "pipe:cat a.tar", "https://host/a.tar"):
+        assert path_problem(source, "source") is None
+        assert path_problem(source, "folder") is not None

@@ -628,7 +628,7 @@ def test_qr_checker_decodes_a_clear_code_and_not_a_blank():
 
 def test_cli_reports_a_bad_detector_path(tmp_path, capsys):
     assert main(["score", str(tmp_path), "--detector", str(tmp_path / "nope.safetensors")]) == 2
-    assert "nope.safetensors: no such detector weights file" in capsys.readouterr().err
+    assert f"argument --detector: {tmp_path / 'nope.safetensors'}: no such file or folder" in capsys.readouterr().err
 
 
 def test_coco_export_loads_and_evaluates_in_pycocotools(tmp_path):

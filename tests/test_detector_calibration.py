@@ -128,7 +128,7 @@ def test_detector_train_command_checks_its_image_folders_before_training(tmp_pat
     shards = _write_shards(tmp_path / "icd-mixed", TRAINABLE)
     (tmp_path / "empty").mkdir()
     for flag, folder, message in (
-        ("--backgrounds", tmp_path / "missing", "missing: no such folder of background images"),
+        ("--backgrounds", tmp_path / "missing", f"argument --backgrounds: {tmp_path / 'missing'}: no such folder"),
         ("--calibration", tmp_path / "empty", "empty: no calibration image files"),
     ):
         assert main(["detector", "train", str(shards), "--out", str(tmp_path / "det"), "--scale", "debug", flag, str(folder)]) == 2

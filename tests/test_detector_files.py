@@ -138,6 +138,7 @@ def test_every_command_taking_a_detector_refuses_a_pt(tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
     _solid(10).save(images / "1_0.png")
+    (tmp_path / "pipeline").mkdir()  # a pipeline argument that does not exist is refused first
     assert main(["score", str(images), "--detector", str(evil)]) == 2
     assert main(["score-images", str(images), "--detector", str(evil), "--num-prompts", "1", "--out", str(tmp_path / "si")]) == 2
     assert main(["score-pipeline", str(tmp_path / "pipeline"), "--detector", str(evil), "--out", str(tmp_path / "sp")]) == 2

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 from diffusers import DDIMScheduler
-from tqdm import tqdm
 
 from benchmark.methods.interface import FineTune, Generator, Method, MethodContext
 from benchmark.models.clip_tokenizer import token_ids
+from implicit_concept.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def erase(pipe, phrase: str, config: ESDConfig, seed: int, progress: bool = True
     shape = (1, unet.config.in_channels, size, size)
     rng = torch.Generator("cpu").manual_seed(seed)
     unet.train()
-    for _ in tqdm(range(config.steps), desc=f"esd '{phrase}'", disable=not progress):
+    for _ in progress_bar(range(config.steps), desc=f"esd '{phrase}'", progress=progress):
         stop = int(torch.randint(1, config.ddim_steps, (1,), generator=rng))
         x = torch.randn(shape, generator=rng) * scheduler.init_noise_sigma
         with torch.no_grad():

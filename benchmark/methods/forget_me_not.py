@@ -13,10 +13,10 @@ from itertools import islice
 import numpy as np
 import torch
 from diffusers import DDPMScheduler
-from tqdm import tqdm
 
 from benchmark.methods.interface import FineTune, Generator, Method, MethodContext
 from benchmark.models.clip_tokenizer import token_ids
+from implicit_concept.progress import progress_bar
 from implicit_concept.shard_reader import iter_samples
 
 
@@ -103,7 +103,7 @@ def resteer(pipe, images: list, phrase: str, config: FMNConfig, seed: int, progr
     rng = torch.Generator("cpu").manual_seed(seed)
     unet.train()
     try:
-        for _ in tqdm(range(config.steps), desc=f"fmn '{phrase}'", disable=not progress):
+        for _ in progress_bar(range(config.steps), desc=f"fmn '{phrase}'", progress=progress):
             index = torch.randint(0, len(latents), (config.batch_size,), generator=rng)
             ids, mask = _name_token_mask(pipe.tokenizer, [phrase] * config.batch_size, phrase)
             recorder = _AttentionRecorder(mask)

@@ -24,7 +24,6 @@ from accelerate import PartialState
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 
 from benchmark.models.clip_tokenizer import token_ids
 from benchmark.models.pipelines import load_pipeline, weights_bytes
@@ -58,6 +57,7 @@ from benchmark.training.memory import accelerator_for, apply_memory_options
 from benchmark.training.new_tokens import NewTokenRows, average_across_processes
 from implicit_concept.files import require_space
 from implicit_concept.geom_erasing.location_tokens import add_tokens
+from implicit_concept.progress import progress_bar
 from implicit_concept.provenance import config_hash
 from implicit_concept.torch_settings import torch_threads
 
@@ -165,7 +165,7 @@ def _train(base: str | Path, source: SampleSource, output_dir: Path, final_dir: 
 
     unet.train(config.trains_unet)
     text_encoder.train(config.train_text != "none")
-    bar = tqdm(total=config.steps, initial=state.step, desc="train", disable=not (progress and accelerator.is_main_process))
+    bar = progress_bar(total=config.steps, initial=state.step, desc="train", progress=progress and accelerator.is_main_process)
     session = Session(first_step=state.step, prepare_seconds=prepare_seconds, processes=accelerator.num_processes)
     while state.step < config.steps:
         step_started = time.time()
@@ -206,8 +206,8 @@ def _train(base: str | Path, source: SampleSource, output_dir: Path, final_dir: 
         session.step_seconds.append(time.time() - step_started)
 
         state.loss = step_loss
-        bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}")
+        bar.update(1)
         if state.step % config.checkpoint_every == 0 or state.step == config.steps:
             save_checkpoint(accelerator, output_dir, resumable, config.checkpoints_kept)
     bar.close()

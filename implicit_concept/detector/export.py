@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-from tqdm.auto import tqdm
 
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.files import atomic_dir, check_apart, folder_sha256, json_text, remove_dead_writers_temporaries, sha256_file
 from implicit_concept.image_decode import SampleError, decode_rgb, open_image
+from implicit_concept.progress import progress_bar
 from implicit_concept.provenance import environment
 from implicit_concept.sample import SampleMeta, key_hash
 from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards, read_meta
@@ -108,7 +108,7 @@ def export_detection_dataset(
         "test": lambda key: True,
     }
     with atomic_dir(out, replace_existing=True) as tmp:
-        with tqdm(total=sum(len(icd_shards[s]) for s in SPLITS.values()), desc=f"export {shards.name}", unit="shard", disable=not progress) as bar:
+        with progress_bar(total=sum(len(icd_shards[s]) for s in SPLITS.values()), desc=f"export {shards.name}", unit="shard", progress=progress) as bar:
             build: dict[str, Any] = {}
             counts = {split: _write_split(icd_shards[icd], tmp, split, icd, formats, keep[split], bar.update, build) for split, icd in SPLITS.items()}
         if "yolo" in formats:
