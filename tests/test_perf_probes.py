@@ -88,8 +88,10 @@ def test_a_probe_stopped_leaves_no_child_measuring(tmp_path, sig):
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
     started = tmp_path / "started"
+    # As from a terminal: a shell's background job (CI's, here once) inherits SIGINT ignored, and so
+    # would the probe, which (unlike the CLI) installs no handler of its own.
     proc = subprocess.Popen([sys.executable, str(script), str(started)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not started.exists():  # the child is measuring
         time.sleep(0.05)
