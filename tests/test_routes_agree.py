@@ -20,6 +20,7 @@ from benchmark.models.pipelines import save_portable_pipeline
 from benchmark.track import load_track
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.inference import Detection
+from implicit_concept.files import folder_sha256
 from implicit_concept.scoring import CLEAN_REFERENCE_NAME
 from tests.real_runs import real_run
 from tests.test_handovers import MICRO, saved  # noqa: F401 (fixture)
@@ -123,7 +124,8 @@ def test_a_plug_in_its_pipeline_folder_and_its_images_score_the_same(lab, tmp_pa
         assert summary["inputs"]["negative_prompt"] == row["negative_prompt"]
         assert summary["inputs"]["generation"] == asdict(track.generation_settings())
         assert summary["inputs"]["scheduler"]["class"] == row["model"]["scheduler"]
-    assert handed["inputs"] == {"images": str(images), "formats": {"PNG": len(drawn)}, "not_scored": {"count": 0, "images": []}}
+    assert handed["inputs"] == {"images": str(images), "images_sha256": folder_sha256(images, only=sorted(drawn)),
+                                "formats": {"PNG": len(drawn)}, "not_scored": {"count": 0, "images": []}}
 
     flags = []
     for name, summary in (("sp-folder", folder), ("sp-portable", saved_copy), ("si", handed)):
