@@ -11,7 +11,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from benchmark.failures import MethodFailed
-from implicit_concept.files import out_of_space, space_message
+from implicit_concept.files import file_kind, out_of_space, space_message
 from implicit_concept.provenance import version
 from implicit_concept.worker_processes import interrupts, stopped_by
 
@@ -362,7 +362,7 @@ def path_problem(text: str, kind: str) -> str | None:
     if not path.exists():
         return f"{text}: {'a broken symbolic link' if path.is_symlink() else 'no such ' + ('folder' if kind == 'folder' else 'file or folder')}"
     if kind == "folder" and not path.is_dir():
-        return f"{text}: a file, where a folder is expected"
+        return f"{text}: {file_kind(path.stat().st_mode)}, where a folder is expected"
     if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
         return f"{text}: cannot be read (permission denied)"
     return None

@@ -257,3 +257,13 @@ def test_a_shard_pattern_or_stream_is_left_to_the_reader():
     for source in ("data/{00000..00009}.tar", "pipe:cat a.tar", "https://host/a.tar"):
         assert path_problem(source, "source") is None
         assert path_problem(source, "folder") is not None
+
+
+def test_a_path_that_is_a_fifo_where_a_folder_is_expected_is_named_as_one(tmp_path):
+    """The path check says what stands there in the project's one wording (files.file_kind)."""
+    from benchmark.cli import path_problem
+
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "plain").write_text("x")
+    assert path_problem(str(tmp_path / "pipe"), "folder") == f"{tmp_path / 'pipe'}: a FIFO (named pipe), where a folder is expected"
+    assert path_problem(str(tmp_path / "plain"), "folder") == f"{tmp_path / 'plain'}: a file, where a folder is expected"
