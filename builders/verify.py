@@ -26,9 +26,9 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from builders.build import MANIFEST, RECIPE_RECORD, SUMMARY_COLUMNS, summarize
+from builders.build import MANIFEST, RECIPE_RECORD, SOURCE_LOCATION, SUMMARY_COLUMNS, summarize
 from builders.dataset_card import CARD, CHECKSUMS, card_bytes
-from builders.recipe import Recipe, parse_recipe
+from builders.recipe import Recipe, absolute_source, parse_recipe
 from builders.shard_builder import WorkUnit, key_index, plan_units, recorded_plan
 from builders.shard_table import COLUMNS, sample_row, status_of
 from builders.sources import WebDatasetConfig, make_source
@@ -291,10 +291,12 @@ def _check_source(out: Path, recipe: Recipe | None, report: VerifyReport) -> Non
     shards still verify, but a rebuild would not give them back."""
     if recipe is None:
         return
-    recorded = json.loads(_read_bounded(out / RECIPE_RECORD, MAX_RECORD_BYTES)).get("source_fingerprint")
+    record = json.loads(_read_bounded(out / RECIPE_RECORD, MAX_RECORD_BYTES))
+    recorded, located = record.get("source_fingerprint"), record.get(SOURCE_LOCATION)
     try:
-        source = make_source(recipe.source, image_size=recipe.image_size, shard_size=recipe.shard_size, seed=recipe.seed)
-    except ValueError:
+        where = absolute_source(located, out) if isinstance(located, dict) else recipe.source
+        source = make_source(where, image_size=recipe.image_size, shard_size=recipe.shard_size, seed=recipe.seed)
+    except (ValueError, TypeError):
         return
     if recorded is not None and source.fingerprint() != recorded:
         report.notes.append("the source has changed since this build started (its fingerprint differs from recipe.json's): a rebuild would not give these shards back")
