@@ -202,7 +202,7 @@ def _recipe_record(recipe: Recipe, out: Path, builder: ShardBuilder, env: dict[s
         "environment": env,
     }
     if portable_source(recipe.source) != recipe.source:
-        record[SOURCE_LOCATION] = relative_source(recipe.source, out)
+        record[SOURCE_LOCATION] = relative_source(recipe.source, out.resolve())  # as verify reads it back: from the real folder
     return record
 
 

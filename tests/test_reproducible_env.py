@@ -113,6 +113,18 @@ def test_a_source_moved_whole_resumes_to_the_bytes_of_a_build_that_never_stopped
         "verify finds the moved source from recipe.json's relative location"
 
 
+def test_verify_finds_the_source_of_a_dataset_built_through_a_symlinked_folder(tmp_path):
+    """``source_location`` is relative to the dataset's real folder: ``..`` read back from a link
+    leads where the link points, not where its name stands."""
+    src = _images(tmp_path / "src")
+    (tmp_path / "real" / "deep").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "deep")
+    out = build_dataset(parse_recipe(_raw(source_from_spec(str(src), 0.3))), tmp_path / "link" / "out", progress=False).out
+    assert verify_dataset(out).ok and not verify_dataset(out).notes
+    (src / "img0.txt").write_text("changed after the build")
+    assert any("the source has changed since this build started" in n for n in verify_dataset(out).notes)
+
+
 def test_a_screen_detector_is_one_recipe_wherever_its_folder_lies_and_however_typed(tmp_path, monkeypatch):
     """The same weights screen alike: the recipe (and every sample's recipe_sha256) holds their
     sha256, not the folder typed after --screen-detector."""
