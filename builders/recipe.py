@@ -16,7 +16,7 @@ from typing import Any
 from builders.caption_screen import CaptionScreen
 from builders.source_screen import SourceScreenConfig, detector_fingerprint
 from builders.sources import make_source
-from builders.sources.webdataset_source import expand_tars, missing_tars_hint
+from builders.sources.webdataset_source import expand_tars, missing_tars_hint, public_location
 from implicit_concept.concepts import CONCEPT_NAMES, make_renderer
 from implicit_concept.shard_reader import is_stream
 from implicit_concept.provenance import config_hash
@@ -157,9 +157,9 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
 def portable_source(source: dict[str, Any]) -> dict[str, Any]:
     """``source`` without this machine's paths: a folder's ``path`` left out, a local tar pattern
     cut to what follows its folders (``/data/laion/{00000..00099}.tar`` is ``{00000..00099}.tar``,
-    a tar's basename being part of its items' source ids); ``pipe:`` commands and URLs stay as
-    written, since they name the same bytes everywhere. Two copies of one source, at any two paths,
-    are one recipe."""
+    a tar's basename being part of its items' source ids); ``pipe:`` commands stay as written and
+    URLs less their query (a presigned URL's token), since they name the same bytes everywhere.
+    Two copies of one source, at any two paths, are one recipe."""
     kind = source.get("kind")
     if kind == "folder" and "path" in source:
         return {k: v for k, v in source.items() if k != "path"}
@@ -173,7 +173,7 @@ def portable_source(source: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tar_names(pattern: str) -> str:
-    return pattern if is_stream(pattern) or "://" in pattern else _split_tar_pattern(pattern)[1]
+    return public_location(pattern) if is_stream(pattern) or "://" in pattern else _split_tar_pattern(pattern)[1]
 
 
 def portable_detector(detector: str) -> str:
@@ -220,8 +220,8 @@ def absolute_tar_pattern(pattern: str, base: str | Path | None = None) -> str:
 def relative_source(source: dict[str, Any], base: str | Path) -> dict[str, Any]:
     """``source`` (its local paths absolute) with them written relative to ``base``: where a build
     in ``base`` read its source, as its ``recipe.json`` says it without this machine's folders
-    (``../images``); :func:`absolute_source` with the same ``base`` reads it back, also once both
-    were moved together."""
+    (``../images``; a URL less its query, as :func:`portable_source` has it); :func:`absolute_source`
+    with the same ``base`` reads it back, also once both were moved together."""
     kind = source.get("kind")
     if kind == "folder" and isinstance(source.get("path"), str) and source["path"]:
         return {**source, "path": os.path.relpath(source["path"], base)}
@@ -236,7 +236,7 @@ def relative_source(source: dict[str, Any], base: str | Path) -> dict[str, Any]:
 
 def _relative_tar_pattern(pattern: str, base: str | Path) -> str:
     if is_stream(pattern) or "://" in pattern:
-        return pattern
+        return public_location(pattern)
     folder, name = _split_tar_pattern(pattern)
     return f"{os.path.relpath(folder, base)}/{name}"
 

@@ -21,6 +21,7 @@ from builders.recipe import parse_recipe, source_from_spec, with_screen_detector
 from builders.source_screen import detector_fingerprint
 from builders.verify import verify_dataset
 from tests.test_sources import jpeg, write_tar
+from tests.test_streaming import served  # noqa: F401  (a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED_DETECTOR = REPO / "benchmark" / "published" / "detector-tiny"
@@ -141,6 +142,29 @@ def test_a_screen_detector_is_one_recipe_wherever_its_folder_lies_and_however_ty
     assert first.to_dict()["source_screen"]["detector"] == f"sha256:{weights}"
     assert parse_recipe(json.loads(json.dumps(first.to_dict())), check_components=False).sha256 == first.sha256, \
         "the recorded recipe, read back by verify, has the sha256 it was built with"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="webdataset opens http(s) URLs with curl")
+def test_a_presigned_urls_token_is_in_no_record_and_a_build_signed_again_resumes(served, tmp_path):
+    """A presigned URL's query is a credential that expires: the recipe, its sha256, the fingerprint
+    and a skip's message hold the URL without it, so a build resumed with URLs signed again goes on
+    (to the bytes of one that never stopped) and nothing published holds either token."""
+    folder, base = served
+    shutil.copytree(_tars(tmp_path / "tars"), folder, dirs_exist_ok=True)
+
+    def urls(token: str) -> list[str]:
+        return [f"{base}/{{00000..00001}}.tar?X-Amz-Signature={token}", f"{base}/missing.tar?X-Amz-Signature={token}"]
+
+    whole = build_dataset(parse_recipe(_raw({"kind": "webdataset", "urls": urls("FIRST"), "test_fraction": 0.3})),
+                          tmp_path / "whole", progress=False)
+    assert whole.failures == {"unreadable_tar": 1}
+    out = tmp_path / "out"
+    build_dataset(parse_recipe(_raw({"kind": "webdataset", "urls": urls("FIRST"), "test_fraction": 0.3})), out, progress=False)
+    for stats in sorted(out.rglob("*_stats.json"))[1:]:
+        stats.unlink()
+    again = build_dataset(parse_recipe(_raw({"kind": "webdataset", "urls": urls("SECOND"), "test_fraction": 0.3})), out, progress=False)
+    assert again.built > 0 and _files(out) == _files(whole.out)
+    assert [name for name, data in _files(out).items() if b"FIRST" in data or b"SECOND" in data] == []
 
 
 def test_a_contact_sheet_of_the_same_samples_is_the_same_bytes_wherever_they_lie(tmp_path, monkeypatch):

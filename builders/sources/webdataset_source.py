@@ -210,7 +210,7 @@ class WebDatasetSource(Source):
         (its size is unknown until read). A local tar is its name, as in source ids, not its folder's
         path: tars moved whole resume where they stopped."""
         stats = {p: os.stat(p) for p in self.tars if not is_stream(p) and os.path.isfile(p)}
-        names = {p: p if is_stream(p) else _name(p) for p in self.tars}
+        names = {p: public_location(p) if is_stream(p) else _name(p) for p in self.tars}
         listing = [f"{names[p]}\t{stats[p].st_size}\t{stats[p].st_mtime_ns}" if p in stats else f"{names[p]}\t-" for p in self.tars]
         digest = hashlib.sha256("\n".join(listing).encode("utf-8", "surrogateescape")).hexdigest()
         sizes = [info.st_size for info in stats.values()]
@@ -456,7 +456,7 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         reason = "corrupt_tar" if isinstance(exc, (tarfile.TarError, EOFError, zlib.error)) else "unreadable_tar"
         if isinstance(exc, StreamFailed):  # its text names the stream and says what failed
-            raise _TarStopped(reason, str(exc), exc.transient) from exc
+            raise _TarStopped(reason, str(exc).replace(path, _recorded(path)), exc.transient) from exc
         if reason == "corrupt_tar":
             said = str(exc) if is_stream(path) else describe_non_tar(path)
         else:
@@ -476,7 +476,7 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
         if isinstance(exc, TarRefused):
             raise _TarStopped(exc.reason, f"{exc.detail} (after {last!r})") from exc
         if isinstance(exc, StreamFailed):
-            raise _TarStopped("corrupt_tar", f"{exc} (after {last!r})", exc.transient) from exc
+            raise _TarStopped("corrupt_tar", f"{str(exc).replace(path, _recorded(path))} (after {last!r})", exc.transient) from exc
         said = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise _TarStopped("corrupt_tar", f"{type(exc).__name__}: {said} (after {last!r})") from exc
     if not ended:
@@ -491,8 +491,18 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
 
 def _recorded(location: str) -> str:
     """A tar as a skip's message names it: a local one by its name, as in source ids (the message
-    is recorded in the shards' tables, the same bytes wherever the tars lie), a stream as given."""
-    return location if is_stream(location) else _name(location)
+    is recorded in the shards' tables, the same bytes wherever the tars lie), a stream as
+    :func:`public_location` gives it."""
+    return public_location(location) if is_stream(location) else _name(location)
+
+
+def public_location(location: str) -> str:
+    """An http(s) URL less its query and fragment, as records hold it (a presigned URL's token
+    changes when it is signed again, while the tar does not, and is a credential the dataset's
+    records would publish); any other location as given."""
+    if not location.startswith(("http://", "https://")):
+        return location
+    return urlsplit(location)._replace(query="", fragment="").geturl()
 
 
 def _name(location: str) -> str:
