@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from builders.dataset_card import write_dataset_card
 from builders.distributor import run_units
-from builders.recipe import Recipe, portable_source, relative_source
+from builders.recipe import Recipe, hashed_with_paths, portable_source, relative_source
 from builders.shard_builder import ShardBuilder, is_complete, parquet_path, plan_record, read_stats, shard_dir, shard_problem, stats_path
 from builders.shard_table import SCHEMA, parquet_bytes, table_metadata
 from builders.source_screen import detector_fingerprint
@@ -212,6 +212,10 @@ def _claim_output(recipe: Recipe, out: Path, builder: ShardBuilder, env: dict[st
     screen detector has changed since it started. Returns the record the folder keeps and the one
     it held before (None for a new build)."""
     previous = _check_is_build(out)
+    if previous is not None and hashed_with_paths(previous.get("recipe"), previous.get("recipe_sha256")):
+        raise FolderClaimError(f"{out}: built by an earlier version, whose recipe_sha256 (on every sample) hashed where its source "
+                               f"lay; this version leaves that out, so its shards cannot be resumed or kept as this build's. "
+                               f"Build into another {OUT} (the same samples, but for their recipe_sha256)")
     if previous is not None and previous.get("recipe_sha256") != recipe.sha256:
         raise FolderClaimError(f"{out}: holds a build of another recipe ({_recipe_change(previous.get('recipe'), recipe.to_dict())}); "
                                f"choose another {OUT} or remove the folder")

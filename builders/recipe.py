@@ -154,6 +154,15 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
     return recipe if source == recipe.source else replace(recipe, source=source)
 
 
+def hashed_with_paths(recorded: Any, recorded_sha256: Any) -> bool:
+    """Whether a build record's recipe was hashed, as before recipes left out where the source lies,
+    with this machine's paths in it (its recipe_sha256 is the hash of the recipe as recorded, which
+    holds a path): its shards carry that hash, not the one this version gives the same recipe."""
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("source"), dict):
+        return False
+    return recorded_sha256 == config_hash(recorded) and portable_source(recorded["source"]) != recorded["source"]
+
+
 def portable_source(source: dict[str, Any]) -> dict[str, Any]:
     """``source`` without this machine's paths: a folder's ``path`` left out, a local tar pattern
     cut to what follows its folders (``/data/laion/{00000..00099}.tar`` is ``{00000..00099}.tar``,

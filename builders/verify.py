@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from builders.build import MANIFEST, RECIPE_RECORD, SOURCE_LOCATION, SUMMARY_COLUMNS, summarize
 from builders.dataset_card import CARD, CHECKSUMS, card_bytes
-from builders.recipe import Recipe, absolute_source, parse_recipe
+from builders.recipe import Recipe, absolute_source, hashed_with_paths, parse_recipe
 from builders.shard_builder import WorkUnit, key_index, plan_units, recorded_plan
 from builders.shard_table import COLUMNS, sample_row, status_of
 from builders.sources import WebDatasetConfig, make_source
@@ -209,6 +209,11 @@ def _read_recipe(out: Path, problems: _Problems) -> Recipe | None:
     path = out / RECIPE_RECORD
     record = _read_json(path, problems)
     if record is None:
+        return None
+    if hashed_with_paths(record.get("recipe"), record.get("recipe_sha256")):
+        problems.add(path, "built by an earlier version, whose recipe_sha256 (on every sample) hashed where its source lay; "
+                           "this version leaves that out, so the build cannot be checked as this recipe's: rebuild it "
+                           "into another folder (the same samples, but for their recipe_sha256)")
         return None
     try:
         recipe = parse_recipe(record.get("recipe"), check_components=False)

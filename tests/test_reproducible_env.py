@@ -20,6 +20,8 @@ from builders.preview import preview_dataset
 from builders.recipe import parse_recipe, source_from_spec, with_screen_detector
 from builders.source_screen import detector_fingerprint
 from builders.verify import verify_dataset
+from implicit_concept.files import FolderClaimError
+from implicit_concept.provenance import config_hash
 from tests.test_sources import jpeg, write_tar
 from tests.test_streaming import served  # noqa: F401  (a fixture)
 
@@ -124,6 +126,23 @@ def test_verify_finds_the_source_of_a_dataset_built_through_a_symlinked_folder(t
     assert verify_dataset(out).ok and not verify_dataset(out).notes
     (src / "img0.txt").write_text("changed after the build")
     assert any("the source has changed since this build started" in n for n in verify_dataset(out).notes)
+
+
+def test_a_build_whose_recipe_was_hashed_with_its_source_path_is_named_as_such(tmp_path):
+    """A build made before recipes left the source's path out holds that older hash on every
+    sample: a resume and verify say so in one line each, not as another recipe or a problem per sample."""
+    src = _images(tmp_path / "src")
+    recipe = parse_recipe(_raw(source_from_spec(str(src), 0.3)))
+    out = build_dataset(recipe, tmp_path / "out", progress=False).out
+    record = json.loads((out / "recipe.json").read_text())
+    record["recipe"]["source"]["path"] = str(src)  # as an earlier version recorded it, and hashed it
+    record["recipe_sha256"] = config_hash(record["recipe"])
+    (out / "recipe.json").write_text(json.dumps(record))
+    with pytest.raises(FolderClaimError, match=r"out: built by an earlier version, whose recipe_sha256 \(on every sample\) "
+                                               r"hashed where its source lay; .* Build into another --out"):
+        build_dataset(recipe, out, progress=False)
+    checked = verify_dataset(out)
+    assert not checked.ok and len(checked.problems) == 1 and "built by an earlier version" in checked.problems[0]
 
 
 def test_a_screen_detector_is_one_recipe_wherever_its_folder_lies_and_however_typed(tmp_path, monkeypatch):
