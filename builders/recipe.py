@@ -149,7 +149,7 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
         if overridden:  # a field given in place of the recipe's (--source): the recipe file is not at fault
             raise RecipeError(f"{e} (the {overridden[0]} given, in place of {path.name}'s)") from None
         raise RecipeError(f"{path}: {e}") from None
-    # Checked (and any missing tar named as written) above; recorded by absolute path from here on.
+    # Checked (and any missing tar named as written) above; read by absolute path from here on (to_dict leaves it out).
     source = absolute_source(recipe.source)
     return recipe if source == recipe.source else replace(recipe, source=source)
 
@@ -297,7 +297,7 @@ def source_from_spec(spec: str, test_fraction: float = 0.1) -> dict[str, Any]:
     if missing:
         raise RecipeError(f"--source {spec}: {len(missing)} of {len(tars)} tar files do not exist, first {missing[0]!r}"
                           f"{missing_tars_hint(missing[0], '--source')}")
-    # Recorded by absolute path, as a folder is (a pipe: command or URL stays as given).
+    # Read by absolute path, as a folder is (a pipe: command or URL stays as given); to_dict leaves the folders out.
     return {"kind": "webdataset", "urls": absolute_tar_pattern(spec), "test_fraction": test_fraction}
 
 
