@@ -165,8 +165,8 @@ def _screens(recipe: Recipe, summary: "SourceSummary") -> list[str]:
     ]
     screen = recipe.source_screen
     if screen.active:
-        tools = " and ".join(t for t in (f"the detector `{portable_detector(screen.detector)}` at conf {screen.conf}" if screen.detector else "",
-                                          "a QR decoder" if screen.qr_decode else "") if t)
+        detector = f"the detector `{portable_detector(screen.detector)}` at conf {screen.conf}" if screen.detector else ""
+        tools = " and ".join(t for t in (detector, "a QR decoder" if screen.qr_decode else "") if t)
         action = "they are dropped" if screen.policy == "drop" else "they are kept and flagged (`screen.source_shows` in `KEY.json`)"
         lines.append(f"- Source screen with {tools}: source images already showing a concept, by concept: {shown} "
                      f"(policy `{screen.policy}`: {action}).")

@@ -37,7 +37,8 @@ def preview_dataset(path: Path, dest: Path, count: int = 24, columns: int = 6, c
     tiles = [annotate(s.image, [(i.concept, i.box.as_list()) for i in s.meta.instances], scale) for s in chosen]
     sheet = grid(tiles, columns, captions=[s.caption for s in chosen])
     dest.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_image(sheet, dest, SHEET_FORMATS[dest.suffix.lower()], exif=_provenance(chosen, _shards_seen_from(path, dest), contaminated_only))
+    exif = _provenance(chosen, _shards_seen_from(path, dest), contaminated_only)
+    atomic_save_image(sheet, dest, SHEET_FORMATS[dest.suffix.lower()], exif=exif)
     return dest
 
 
