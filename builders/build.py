@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from builders.dataset_card import write_dataset_card
 from builders.distributor import run_units
-from builders.recipe import Recipe
+from builders.recipe import Recipe, hashed_with_paths, portable_source, relative_source
 from builders.shard_builder import ShardBuilder, is_complete, parquet_path, plan_record, read_stats, shard_dir, shard_problem, stats_path
 from builders.shard_table import SCHEMA, parquet_bytes, table_metadata
 from builders.source_screen import detector_fingerprint
@@ -45,6 +45,9 @@ MANIFEST = "manifest.parquet"
 OUT = "--out (the benchmark's --data)"
 #: What of ``recipe.json`` a resume must find unchanged.
 CLAIMED = ("recipe_sha256", "source_fingerprint", "screen_detector")
+#: Where a source of local files lies, relative to the dataset's folder (not claimed: a source moved
+#: whole, its fingerprint the same, resumes).
+SOURCE_LOCATION = "source_location"
 
 
 class BuildError(ValueError):
@@ -186,15 +189,21 @@ def _make_folder(out: Path) -> None:
         raise BuildError(f"{out}: cannot be made ({e.strerror or e}); choose another {OUT}") from None
 
 
-def _recipe_record(recipe: Recipe, builder: ShardBuilder, env: dict[str, Any]) -> dict[str, Any]:
+def _recipe_record(recipe: Recipe, out: Path, builder: ShardBuilder, env: dict[str, Any]) -> dict[str, Any]:
+    """``recipe.json``: the recipe and its sha256, what its source and screen held (content, not
+    where they lie) and, for a source of local files, where it lies relative to ``out`` (``verify``
+    finds it there; no folder of this machine is named)."""
     detector = recipe.source_screen.detector
-    return {
+    record = {
         "recipe": recipe.to_dict(),
         "recipe_sha256": recipe.sha256,
         "source_fingerprint": builder.source.fingerprint(),
         "screen_detector": detector_fingerprint(detector) if detector is not None else None,
         "environment": env,
     }
+    if portable_source(recipe.source) != recipe.source:
+        record[SOURCE_LOCATION] = relative_source(recipe.source, out.resolve())  # as verify reads it back: from the real folder
+    return record
 
 
 def _claim_output(recipe: Recipe, out: Path, builder: ShardBuilder, env: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -203,19 +212,23 @@ def _claim_output(recipe: Recipe, out: Path, builder: ShardBuilder, env: dict[st
     screen detector has changed since it started. Returns the record the folder keeps and the one
     it held before (None for a new build)."""
     previous = _check_is_build(out)
+    if previous is not None and hashed_with_paths(previous.get("recipe"), previous.get("recipe_sha256")):
+        raise FolderClaimError(f"{out}: built by an earlier version, whose recipe_sha256 (on every sample) hashed where its source "
+                               f"lay; this version leaves that out, so its shards cannot be resumed or kept as this build's. "
+                               f"Build into another {OUT} (the same samples, but for their recipe_sha256)")
     if previous is not None and previous.get("recipe_sha256") != recipe.sha256:
         raise FolderClaimError(f"{out}: holds a build of another recipe ({_recipe_change(previous.get('recipe'), recipe.to_dict())}); "
                                f"choose another {OUT} or remove the folder")
     mismatched = [p for p in out.rglob("*_stats.json") if _of_another_recipe(read_stats(p), recipe)]
     if mismatched:
         raise FolderClaimError(f"{mismatched[0]}: shard of another recipe in {out}; choose another {OUT} or remove the folder")
-    record = _recipe_record(recipe, builder, env)
+    record = _recipe_record(recipe, out, builder, env)
     if previous is not None and previous.get("recipe_sha256") == recipe.sha256:
         for key, what in (("source_fingerprint", "its source"), ("screen_detector", "its source screen's detector")):
             if previous.get(key) != json.loads(json.dumps(record[key])):
                 raise FolderClaimError(
                     f"{out}: {what} changed since this build started ({_describe(previous.get(key))} then, "
-                    f"{_describe(record[key])} now); resuming would mix items of both. "
+                    f"{_describe(record[key])} now; or another one was given); resuming would mix items of both. "
                     f"Restore it as it was, or build into another {OUT}"
                 )
     claim(out / RECIPE_RECORD, record, f"choose another {OUT} or remove the folder", keys=CLAIMED)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from builders.recipe import Recipe
+from builders.recipe import Recipe, portable_detector
 from implicit_concept.files import atomic_write_bytes
 from implicit_concept.provenance import canonical_json, environment
 from implicit_concept.sample import JSON_SHAPE, SPLITS
@@ -165,8 +165,8 @@ def _screens(recipe: Recipe, summary: "SourceSummary") -> list[str]:
     ]
     screen = recipe.source_screen
     if screen.active:
-        tools = " and ".join(t for t in (f"the detector `{screen.detector}` at conf {screen.conf}" if screen.detector else "",
-                                          "a QR decoder" if screen.qr_decode else "") if t)
+        detector = f"the detector `{portable_detector(screen.detector)}` at conf {screen.conf}" if screen.detector else ""
+        tools = " and ".join(t for t in (detector, "a QR decoder" if screen.qr_decode else "") if t)
         action = "they are dropped" if screen.policy == "drop" else "they are kept and flagged (`screen.source_shows` in `KEY.json`)"
         lines.append(f"- Source screen with {tools}: source images already showing a concept, by concept: {shown} "
                      f"(policy `{screen.policy}`: {action}).")

@@ -16,7 +16,7 @@ from typing import Any
 from builders.caption_screen import CaptionScreen
 from builders.source_screen import SourceScreenConfig, detector_fingerprint
 from builders.sources import make_source
-from builders.sources.webdataset_source import expand_tars, missing_tars_hint
+from builders.sources.webdataset_source import expand_tars, missing_tars_hint, public_location
 from implicit_concept.concepts import CONCEPT_NAMES, make_renderer
 from implicit_concept.shard_reader import is_stream
 from implicit_concept.provenance import config_hash
@@ -80,13 +80,22 @@ class Recipe:
     source_screen: SourceScreenConfig = field(default_factory=SourceScreenConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """The recipe as its records and sha256 hold it: what a lab elsewhere can hold too. Where this
+        machine keeps the source (``source``, as read) and the screen's detector are not part of it:
+        local tars are their names, a folder is its files, a detector its weights' sha256
+        (:func:`portable_source`, :func:`portable_detector`); which files a build read is its source
+        fingerprint's to say, in ``recipe.json``."""
         d = asdict(self)
         d["subsets"] = [asdict(s) for s in self.subsets]
+        d["source"] = portable_source(self.source)
+        if self.source_screen.detector is not None:
+            d["source_screen"]["detector"] = portable_detector(self.source_screen.detector)
         return d
 
     @cached_property
     def sha256(self) -> str:
-        """The recipe's hash: computed once (a build stamps it on every sample)."""
+        """The recipe's hash: computed once (a build stamps it on every sample). The same source
+        and detector give the same hash, and so the same bytes, wherever they lie."""
         return config_hash(self.to_dict())
 
     def subset(self, name: str) -> Subset:
@@ -140,42 +149,114 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
         if overridden:  # a field given in place of the recipe's (--source): the recipe file is not at fault
             raise RecipeError(f"{e} (the {overridden[0]} given, in place of {path.name}'s)") from None
         raise RecipeError(f"{path}: {e}") from None
-    # Checked (and any missing tar named as written) above; recorded by absolute path from here on.
+    # Checked (and any missing tar named as written) above; read by absolute path from here on (to_dict leaves it out).
     source = absolute_source(recipe.source)
     return recipe if source == recipe.source else replace(recipe, source=source)
 
 
-def absolute_source(source: dict[str, Any]) -> dict[str, Any]:
-    """``source`` with its local paths made absolute (a folder's, and each local tar pattern of
-    ``urls``; ``pipe:`` commands and URLs stay as written): the same files give one recipe, hence the
-    same bytes and recipe_sha256, however they were typed, and a resume from another working folder
-    is refused rather than read from the same names there."""
+def hashed_with_paths(recorded: Any, recorded_sha256: Any) -> bool:
+    """Whether a build record's recipe was hashed, as before recipes left out where the source lies,
+    with this machine's paths in it (its recipe_sha256 is the hash of the recipe as recorded, which
+    holds a path): its shards carry that hash, not the one this version gives the same recipe."""
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("source"), dict):
+        return False
+    return recorded_sha256 == config_hash(recorded) and portable_source(recorded["source"]) != recorded["source"]
+
+
+def portable_source(source: dict[str, Any]) -> dict[str, Any]:
+    """``source`` without this machine's paths: a folder's ``path`` left out, a local tar pattern
+    cut to what follows its folders (``/data/laion/{00000..00099}.tar`` is ``{00000..00099}.tar``,
+    a tar's basename being part of its items' source ids); ``pipe:`` commands stay as written and
+    URLs less their query (a presigned URL's token), since they name the same bytes everywhere.
+    Two copies of one source, at any two paths, are one recipe."""
     kind = source.get("kind")
-    if kind == "folder" and isinstance(source.get("path"), str) and source["path"]:
-        return {**source, "path": str(Path(source["path"]).resolve())}
+    if kind == "folder" and "path" in source:
+        return {k: v for k, v in source.items() if k != "path"}
     if kind == "webdataset":
         urls = source.get("urls")
-        if isinstance(urls, str) and urls:
-            return {**source, "urls": absolute_tar_pattern(urls)}
-        if isinstance(urls, (list, tuple)) and all(isinstance(u, str) and u for u in urls):
-            return {**source, "urls": [absolute_tar_pattern(u) for u in urls]}
+        if isinstance(urls, str):
+            return {**source, "urls": _tar_names(urls)}
+        if isinstance(urls, (list, tuple)) and all(isinstance(u, str) for u in urls):
+            return {**source, "urls": [_tar_names(u) for u in urls]}
     return source
 
 
-def absolute_tar_pattern(pattern: str) -> str:
-    """A local tar path or brace pattern made absolute: the folders before the first brace are
-    resolved (symlinks and ``..`` included, as a folder source's path is); the tar names themselves
-    are kept, since a tar's basename is part of its items' source ids. Streams are returned as given."""
+def _tar_names(pattern: str) -> str:
+    return public_location(pattern) if is_stream(pattern) or "://" in pattern else _split_tar_pattern(pattern)[1]
+
+
+def portable_detector(detector: str) -> str:
+    """The screen's detector as a recipe's identity holds it: ``sha256:`` and its weights' sha256
+    (the same weights screen alike wherever their folder lies, and other weights at the same path
+    do not); a detector not readable here (a recorded recipe read back) stays as given."""
+    if detector.startswith("sha256:"):
+        return detector
+    try:
+        return f"sha256:{detector_fingerprint(detector)['sha256']}"
+    except (OSError, ValueError):
+        return detector
+
+
+def absolute_source(source: dict[str, Any], base: str | Path | None = None) -> dict[str, Any]:
+    """``source`` with its local paths made absolute (a folder's, and each local tar pattern of
+    ``urls``; ``pipe:`` commands and URLs stay as written), a relative one read from ``base`` (the
+    current folder when None): the same files are one recipe however they were typed, and a resume
+    from another working folder does not read other files of the same names there."""
+    kind = source.get("kind")
+    if kind == "folder" and isinstance(source.get("path"), str) and source["path"]:
+        return {**source, "path": str(Path(base or ".", source["path"]).resolve())}
+    if kind == "webdataset":
+        urls = source.get("urls")
+        if isinstance(urls, str) and urls:
+            return {**source, "urls": absolute_tar_pattern(urls, base)}
+        if isinstance(urls, (list, tuple)) and all(isinstance(u, str) and u for u in urls):
+            return {**source, "urls": [absolute_tar_pattern(u, base) for u in urls]}
+    return source
+
+
+def absolute_tar_pattern(pattern: str, base: str | Path | None = None) -> str:
+    """A local tar path or brace pattern made absolute (a relative one read from ``base``, else the
+    current folder): the folders before the first brace are resolved (symlinks and ``..`` included,
+    as a folder source's path is); the tar names themselves are kept, since a tar's basename is part
+    of its items' source ids. Streams are returned as given."""
     if is_stream(pattern) or "://" in pattern:
         return pattern
+    folder, name = _split_tar_pattern(pattern)
+    resolved = str(Path(base or ".", folder).resolve())
+    return f"{resolved.rstrip('/')}/{name}"
+
+
+def relative_source(source: dict[str, Any], base: str | Path) -> dict[str, Any]:
+    """``source`` (its local paths absolute) with them written relative to ``base``: where a build
+    in ``base`` read its source, as its ``recipe.json`` says it without this machine's folders
+    (``../images``; a URL less its query, as :func:`portable_source` has it); :func:`absolute_source`
+    with the same ``base`` reads it back, also once both were moved together."""
+    kind = source.get("kind")
+    if kind == "folder" and isinstance(source.get("path"), str) and source["path"]:
+        return {**source, "path": os.path.relpath(source["path"], base)}
+    if kind == "webdataset":
+        urls = source.get("urls")
+        if isinstance(urls, str) and urls:
+            return {**source, "urls": _relative_tar_pattern(urls, base)}
+        if isinstance(urls, (list, tuple)) and all(isinstance(u, str) and u for u in urls):
+            return {**source, "urls": [_relative_tar_pattern(u, base) for u in urls]}
+    return source
+
+
+def _relative_tar_pattern(pattern: str, base: str | Path) -> str:
+    if is_stream(pattern) or "://" in pattern:
+        return public_location(pattern)
+    folder, name = _split_tar_pattern(pattern)
+    return f"{os.path.relpath(folder, base)}/{name}"
+
+
+def _split_tar_pattern(pattern: str) -> tuple[str, str]:
+    """``(folder, names)``: a tar pattern's folders before its first brace, and the rest."""
     head, sep, rest = pattern.partition("{")
     folder, slash, name = head.rpartition("/")
     if not slash:  # no folder before the name (or the brace): the current folder
-        folder, name = ".", head
-    elif not folder:  # "/name...": at the root
-        folder = "/"
-    resolved = str(Path(folder).resolve())
-    return f"{resolved.rstrip('/')}/{name}{sep}{rest}"
+        return ".", head + sep + rest
+    return folder or "/", name + sep + rest
 
 
 def _lists_tars(path: Path) -> bool:
@@ -216,7 +297,7 @@ def source_from_spec(spec: str, test_fraction: float = 0.1) -> dict[str, Any]:
     if missing:
         raise RecipeError(f"--source {spec}: {len(missing)} of {len(tars)} tar files do not exist, first {missing[0]!r}"
                           f"{missing_tars_hint(missing[0], '--source')}")
-    # Recorded by absolute path, as a folder is (a pipe: command or URL stays as given).
+    # Read by absolute path, as a folder is (a pipe: command or URL stays as given); to_dict leaves the folders out.
     return {"kind": "webdataset", "urls": absolute_tar_pattern(spec), "test_fraction": test_fraction}
 
 

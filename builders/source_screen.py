@@ -66,11 +66,12 @@ def load_detector(path: str) -> ConceptDetector:
 
 
 def detector_fingerprint(path: str) -> dict[str, Any]:
-    """What identifies the detector a build screens with: its weights' recorded sha256."""
+    """What identifies the detector a build screens with: its weights' recorded sha256 (not where
+    its folder lies, however it was typed: the same weights elsewhere screen alike)."""
     from implicit_concept.detector.weights import DetectorRecord, record_path, weights_path
 
     weights = weights_path(path)
-    return {"path": str(path), "sha256": DetectorRecord.read(record_path(weights)).sha256}
+    return {"sha256": DetectorRecord.read(record_path(weights)).sha256}
 
 
 class SourceScreen:

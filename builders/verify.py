@@ -26,9 +26,9 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from builders.build import MANIFEST, RECIPE_RECORD, SUMMARY_COLUMNS, summarize
+from builders.build import MANIFEST, RECIPE_RECORD, SOURCE_LOCATION, SUMMARY_COLUMNS, summarize
 from builders.dataset_card import CARD, CHECKSUMS, card_bytes
-from builders.recipe import Recipe, parse_recipe
+from builders.recipe import Recipe, absolute_source, hashed_with_paths, parse_recipe
 from builders.shard_builder import WorkUnit, key_index, plan_units, recorded_plan
 from builders.shard_table import COLUMNS, sample_row, status_of
 from builders.sources import WebDatasetConfig, make_source
@@ -210,6 +210,11 @@ def _read_recipe(out: Path, problems: _Problems) -> Recipe | None:
     record = _read_json(path, problems)
     if record is None:
         return None
+    if hashed_with_paths(record.get("recipe"), record.get("recipe_sha256")):
+        problems.add(path, "built by an earlier version, whose recipe_sha256 (on every sample) hashed where its source lay; "
+                           "this version leaves that out, so the build cannot be checked as this recipe's: rebuild it "
+                           "into another folder (the same samples, but for their recipe_sha256)")
+        return None
     try:
         recipe = parse_recipe(record.get("recipe"), check_components=False)
     except (ValueError, TypeError, KeyError) as e:
@@ -291,10 +296,12 @@ def _check_source(out: Path, recipe: Recipe | None, report: VerifyReport) -> Non
     shards still verify, but a rebuild would not give them back."""
     if recipe is None:
         return
-    recorded = json.loads(_read_bounded(out / RECIPE_RECORD, MAX_RECORD_BYTES)).get("source_fingerprint")
+    record = json.loads(_read_bounded(out / RECIPE_RECORD, MAX_RECORD_BYTES))
+    recorded, located = record.get("source_fingerprint"), record.get(SOURCE_LOCATION)
     try:
-        source = make_source(recipe.source, image_size=recipe.image_size, shard_size=recipe.shard_size, seed=recipe.seed)
-    except ValueError:
+        where = absolute_source(located, out) if isinstance(located, dict) else recipe.source
+        source = make_source(where, image_size=recipe.image_size, shard_size=recipe.shard_size, seed=recipe.seed)
+    except (ValueError, TypeError):
         return
     if recorded is not None and source.fingerprint() != recorded:
         report.notes.append("the source has changed since this build started (its fingerprint differs from recipe.json's): a rebuild would not give these shards back")

@@ -1,5 +1,5 @@
 """What made an output is recorded in it, and a resume that would mix two makings is refused:
-local tars by absolute path, the package versions a build started under, parquet schema metadata,
+local tars read by absolute path and recorded by name, the package versions a build started under, parquet schema metadata,
 the recipe a benchmark run's data came from, and pipeline hashes that do not depend on a cache's path."""
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def _files(out: Path) -> dict[str, bytes]:
             if p.is_file() and not p.name.endswith("_stats.json") and not p.name.startswith(".")}
 
 
-# 1. Local tars are recorded by absolute path, however they were typed.
+# 1. Local tars are read by absolute path, however they were typed, and recorded by name.
 
 def test_relative_and_absolute_tars_are_one_recipe_with_one_set_of_bytes(tmp_path, monkeypatch):
     a = _tars(tmp_path / "cA")
@@ -83,7 +83,10 @@ def test_a_resume_from_another_folder_with_same_named_tars_is_refused(tmp_path, 
     build_dataset(parse_recipe(_raw(source_from_spec(TARS, 0.3))), out, progress=False)
     _interrupted(out)
     monkeypatch.chdir(b)
-    with pytest.raises(FolderClaimError, match=r"holds a build of another recipe \(source\.urls: .*cA/tars.* then, .*cB/tars.* now\)"):
+    # One recipe (the same tar names), bytes the same wherever the tars lie: the fingerprint (names,
+    # sizes, times) tells these same-named, same-sized tars from the ones the build started from.
+    with pytest.raises(FolderClaimError, match=r"its source changed since this build started \(2 tars, \d+ bytes, listing \w+ then, "
+                                               r"2 tars, \d+ bytes, listing \w+ now; or another one was given\)"):
         build_dataset(parse_recipe(_raw(source_from_spec(TARS, 0.3))), out, progress=False)
 
 

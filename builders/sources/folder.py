@@ -61,7 +61,9 @@ def read_regular_file(root: Path, rel: str, max_bytes: int) -> bytes:
     """The bytes of ``root/rel``, a regular file reached without following any symlink below ``root``.
 
     Raises ``FileNotFoundError``, :class:`NotRegularFile`, :class:`FileTooLarge` (over ``max_bytes``)
-    or another ``OSError``. Opened non-blocking, so a FIFO is refused rather than waited on.
+    or another ``OSError``. Opened non-blocking, so a FIFO is refused rather than waited on. What
+    they say names ``rel``, not ``root``: it is recorded in the shards' tables, which are the same
+    bytes wherever the folder lies.
     """
     *folders, name = rel.split("/")
     directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -84,14 +86,14 @@ def read_regular_file(root: Path, rel: str, max_bytes: int) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise NotRegularFile(f"{rel}: {file_kind(info.st_mode)}, not a regular file")
         if info.st_size > max_bytes:
-            raise FileTooLarge(f"{root / rel}: {info.st_size} bytes, over the cap of {max_bytes}")
+            raise FileTooLarge(f"{rel}: {info.st_size} bytes, over the cap of {max_bytes}")
     except OSError:
         os.close(fd)
         raise
     with os.fdopen(fd, "rb") as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise FileTooLarge(f"{root / rel}: grew over the cap of {max_bytes} bytes while read")
+        raise FileTooLarge(f"{rel}: grew over the cap of {max_bytes} bytes while read")
     return data
 
 
@@ -233,7 +235,8 @@ class FolderSource(Source):
         self._entries = {s: [e for e in entries if split_of(e.key, config.test_fraction) == s] for s in SPLITS}
 
     def fingerprint(self) -> dict[str, Any]:
-        """Every listed file: name, size and modification time (not followed)."""
+        """Every listed file: name (relative to the folder), size and modification time (not
+        followed); not where the folder lies, so a folder moved whole resumes where it stopped."""
         digest, total = hashlib.sha256(), 0
         for name in self._listed:
             try:
@@ -246,7 +249,7 @@ class FolderSource(Source):
             digest.update(entry.encode("utf-8", "surrogateescape") + b"\n")
         for name in sorted(self._unlisted):
             digest.update(f"{name}/\tunlisted".encode("utf-8", "surrogateescape") + b"\n")
-        return {"kind": self.kind, "path": str(self.root), "files": len(self._listed), "bytes": total, "sha256": digest.hexdigest()}
+        return {"kind": self.kind, "files": len(self._listed), "bytes": total, "sha256": digest.hexdigest()}
 
     def files(self, split: str) -> list[str]:
         """Relative paths of the images ``split`` uses, in shard order."""

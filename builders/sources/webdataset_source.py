@@ -207,9 +207,11 @@ class WebDatasetSource(Source):
     def fingerprint(self) -> dict[str, Any]:
         """Every tar's name, size and modification time, as a folder's files (a member appended with
         ``tar -r`` may fit in the tar's last record, leaving its size as it was); a stream's URL alone
-        (its size is unknown until read)."""
+        (its size is unknown until read). A local tar is its name, as in source ids, not its folder's
+        path: tars moved whole resume where they stopped."""
         stats = {p: os.stat(p) for p in self.tars if not is_stream(p) and os.path.isfile(p)}
-        listing = [f"{p}\t{stats[p].st_size}\t{stats[p].st_mtime_ns}" if p in stats else f"{p}\t-" for p in self.tars]
+        names = {p: public_location(p) if is_stream(p) else _name(p) for p in self.tars}
+        listing = [f"{names[p]}\t{stats[p].st_size}\t{stats[p].st_mtime_ns}" if p in stats else f"{names[p]}\t-" for p in self.tars]
         digest = hashlib.sha256("\n".join(listing).encode("utf-8", "surrogateescape")).hexdigest()
         sizes = [info.st_size for info in stats.values()]
         return {"kind": self.kind, "tars": len(self.tars), "streams": sum(map(is_stream, self.tars)), "bytes": sum(sizes), "sha256": digest}
@@ -454,12 +456,12 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         reason = "corrupt_tar" if isinstance(exc, (tarfile.TarError, EOFError, zlib.error)) else "unreadable_tar"
         if isinstance(exc, StreamFailed):  # its text names the stream and says what failed
-            raise _TarStopped(reason, str(exc), exc.transient) from exc
+            raise _TarStopped(reason, str(exc).replace(path, _recorded(path)), exc.transient) from exc
         if reason == "corrupt_tar":
             said = str(exc) if is_stream(path) else describe_non_tar(path)
         else:
-            said = f"{type(exc).__name__}: {exc}"
-        raise _TarStopped(reason, f"{path}: {said}") from exc
+            said = f"{type(exc).__name__}: {exc.strerror or exc}"
+        raise _TarStopped(reason, f"{_recorded(path)}: {said}") from exc
     try:
         with tf:
             for event in group_runs(tf, wanted, keep, max_member_bytes):
@@ -474,16 +476,33 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
         if isinstance(exc, TarRefused):
             raise _TarStopped(exc.reason, f"{exc.detail} (after {last!r})") from exc
         if isinstance(exc, StreamFailed):
-            raise _TarStopped("corrupt_tar", f"{exc} (after {last!r})", exc.transient) from exc
-        raise _TarStopped("corrupt_tar", f"{type(exc).__name__}: {exc} (after {last!r})") from exc
+            raise _TarStopped("corrupt_tar", f"{str(exc).replace(path, _recorded(path))} (after {last!r})", exc.transient) from exc
+        said = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise _TarStopped("corrupt_tar", f"{type(exc).__name__}: {said} (after {last!r})") from exc
     if not ended:
         raise _TarStopped("corrupt_tar", f"no end-of-archive block after {last!r}")
     if complete is not None:
         yield complete
     if after is not None:
         # Never dropped without a word: what follows is recorded, not read (tar itself stops there too).
-        raise _TarStopped("data_after_end_of_archive", f"{path}: data at byte {after}, after the end-of-archive block "
+        raise _TarStopped("data_after_end_of_archive", f"{_recorded(path)}: data at byte {after}, after the end-of-archive block "
                           f"(after {last!r}): tars joined with cat? It is not read; split them or write one tar")
+
+
+def _recorded(location: str) -> str:
+    """A tar as a skip's message names it: a local one by its name, as in source ids (the message
+    is recorded in the shards' tables, the same bytes wherever the tars lie), a stream as
+    :func:`public_location` gives it."""
+    return public_location(location) if is_stream(location) else _name(location)
+
+
+def public_location(location: str) -> str:
+    """An http(s) URL less its query and fragment, as records hold it (a presigned URL's token
+    changes when it is signed again, while the tar does not, and is a credential the dataset's
+    records would publish); any other location as given."""
+    if not location.startswith(("http://", "https://")):
+        return location
+    return urlsplit(location)._replace(query="", fragment="").geturl()
 
 
 def _name(location: str) -> str:
