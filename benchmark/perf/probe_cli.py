@@ -1,0 +1,86 @@
+"""What every probe's command line shares with ``implicit-concept``'s: a bad argument refused on one
+line of stderr (exit 2) before any heavy import or work, and Ctrl-C ending it with exit 130, no traceback.
+
+A probe measures for minutes to an hour; an unwritable ``--json`` found at its end loses the figures,
+and a negative count or a missing folder found after torch loads costs seconds for a usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from benchmark.cli import _Parser, int_at_least, path_problem
+from implicit_concept.files import file_kind
+
+count = int_at_least
+
+
+def number(low: float, high: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite number from ``low`` to ``high`` (``nan`` is none)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not low <= value <= high or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a number from {low:g} to {high:g}, got {text}")
+        return value
+
+    parse.__name__ = f"number from {low:g} to {high:g}"
+    return parse
+
+
+def parser(module: str, description: str) -> argparse.ArgumentParser:
+    """``python -m module``'s parser: its usage errors on one line of stderr, exit 2."""
+    return _Parser(prog=f"python -m {module}", description=description)
+
+
+def existing(kind: str) -> Callable[[str], str]:
+    """An argparse type: a path that exists as ``kind`` (``folder``, ``path``, ``source``) and can be read."""
+
+    def check(text: str) -> str:
+        problem = path_problem(text, kind)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return text
+
+    check.__name__ = f"existing {kind}"
+    return check
+
+
+def output(kind: str) -> Callable[[str], str]:
+    """An argparse type: a ``file`` or ``folder`` the probe can write at its end: not something else
+    standing there, and below a folder this user may write in."""
+
+    def check(text: str) -> str:
+        path = Path(text)
+        if path.exists():
+            if path.is_dir() != (kind == "folder"):
+                raise argparse.ArgumentTypeError(f"{text}: {file_kind(path.stat().st_mode)}, where a {kind} is to be written")
+            if not os.access(path, os.W_OK | (os.X_OK if kind == "folder" else 0)):
+                raise argparse.ArgumentTypeError(f"{text}: cannot be written (permission denied)")
+            return text
+        above = next(p for p in path.absolute().parents if p.exists())
+        if not above.is_dir():
+            raise argparse.ArgumentTypeError(f"{text}: cannot be made below {above}, which is not a folder")
+        if not os.access(above, os.W_OK | os.X_OK):
+            raise argparse.ArgumentTypeError(f"{text}: cannot be made in {above} (permission denied)")
+        return text
+
+    check.__name__ = f"writable {kind}"
+    return check
+
+
+def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """``main(argv)``'s exit status; Ctrl-C is one line and 130, as for ``implicit-concept`` (each probe's
+    children are stopped by their own machinery: pools' workers and measuring children ignore it)."""
+    try:
+        return main(argv) or 0
+    except KeyboardInterrupt:
+        print(f"{Path(sys.argv[0]).stem}: interrupted", file=sys.stderr)
+        return 130
