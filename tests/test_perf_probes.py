@@ -396,3 +396,22 @@ def _cmdline(process: Path) -> bytes:
         return (process / "cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_a_probe_given_inputs_the_library_refuses_says_which_on_one_line(tmp_path, capsys):
+    """A folder with no images, or one that holds no detector: a traceback ending in the library's
+    ValueError; now its message on one line, exit 2, as ``implicit-concept score`` gives it (the
+    images are read before the detector loads, so an empty folder is refused in a second)."""
+    from PIL import Image
+
+    from benchmark.perf import probe_cli, scoring_speed
+
+    empty, images, not_a_detector = tmp_path / "empty", tmp_path / "images", tmp_path / "not a detector"
+    for folder in (empty, images, not_a_detector):
+        folder.mkdir()
+    Image.new("RGB", (64, 64)).save(images / "a.png")
+    for argv, problem in (([str(empty)], f"{empty}: no image files"),
+                          ([str(images), "--detector", str(not_a_detector)], f"{not_a_detector}: no detector.safetensors")):
+        assert probe_cli.run(scoring_speed.main, argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and ": error: " + problem in err, err

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from benchmark.cli import _Parser, int_at_least, path_problem
+from benchmark.cli import _one_line, _Parser, int_at_least, path_problem
 from implicit_concept.files import file_kind
 
 count = int_at_least
@@ -77,10 +77,21 @@ def output(kind: str) -> Callable[[str], str]:
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """``main(argv)``'s exit status; Ctrl-C is one line and 130, as for ``implicit-concept`` (each probe's
-    children are stopped by their own machinery: pools' workers and measuring children ignore it)."""
+    """``main(argv)``'s exit status. As for ``implicit-concept``: an input the library refused (a
+    ``ValueError`` naming the file: a folder with no images, no detector) is one line and 2; Ctrl-C
+    one line and 130 (each probe's children are stopped by their own machinery: pools' workers and
+    measuring children ignore it)."""
     try:
         return main(argv) or 0
+    except (ValueError, FileNotFoundError) as e:
+        print(f"{_prog()}: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print(f"{Path(sys.argv[0]).stem}: interrupted", file=sys.stderr)
+        print(f"{_prog()}: interrupted", file=sys.stderr)
         return 130
+
+
+def _prog() -> str:
+    """``python -m benchmark.perf.NAME`` as it was started, else the script's name."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return f"python -m {spec.name}" if spec is not None else Path(sys.argv[0]).name

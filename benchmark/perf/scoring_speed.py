@@ -61,8 +61,8 @@ def measure(images_from: str | Path, args: argparse.Namespace) -> int:
     from implicit_concept.image_stream import iter_images
     from implicit_concept.scoring import ScoreConfig, score_images
 
+    images = [im for _, im in islice(iter_images(images_from), args.limit)]  # a folder with none is refused before the detector loads
     detector = Detector.load(args.detector or default_detector("tiny"))
-    images = [im for _, im in islice(iter_images(images_from), args.limit)]
     config = ScoreConfig(conf=args.conf, batch=args.batch)
     model = detector.model
     plain_options = {"imgsz": detector.imgsz, "conf": args.conf, "iou": DEFAULT_IOU, "device": detector.device, "verbose": False}
