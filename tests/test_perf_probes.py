@@ -415,3 +415,15 @@ def test_a_probe_given_inputs_the_library_refuses_says_which_on_one_line(tmp_pat
         assert probe_cli.run(scoring_speed.main, argv) == 2
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and ": error: " + problem in err, err
+
+
+def test_a_probes_json_goes_into_a_folder_it_makes(tmp_path, monkeypatch, capsys):
+    """``--json reports/probe.json`` with no ``reports`` yet: the write at the end failed, after the
+    whole measurement. The GPU and the measuring are faked; main's own ending is what runs."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "fake GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {"total_memory": 2**30})())
+    monkeypatch.setattr(gpu_paper_probe, "_measure", lambda *a: {"training": [{"step_seconds_median": 0.1}]})
+    out = tmp_path / "reports" / "probe.json"
+    assert gpu_paper_probe.main(["--json", str(out)]) == 0
+    assert json.loads(out.read_text()) == json.loads(capsys.readouterr().out)

@@ -157,7 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmark.track import load_track
-    from implicit_concept.files import atomic_write_json
 
     if not torch.cuda.is_available():
         print(json.dumps({"error": "no CUDA device: this probe measures a GPU (torch.cuda.is_available() is False); "
@@ -180,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report, indent=2))
     if args.json:
-        atomic_write_json(Path(args.json), report)
+        probe_cli.write_json(args.json, report)
     return 0 if any("step_seconds_median" in e for e in report.get("training", [])) else 1
 
 

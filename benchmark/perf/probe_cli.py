@@ -11,10 +11,10 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from benchmark.cli import _one_line, _Parser, int_at_least, path_problem
-from implicit_concept.files import file_kind
+from implicit_concept.files import atomic_write_json, file_kind
 
 count = int_at_least
 
@@ -74,6 +74,14 @@ def output(kind: str) -> Callable[[str], str]:
 
     check.__name__ = f"writable {kind}"
     return check
+
+
+def write_json(path: str | Path, result: Any) -> None:
+    """``--json``'s file, written whole, its folder made: ``reports/speed.json`` with no ``reports``
+    yet lost an hour's figures at the end."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, result)
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:

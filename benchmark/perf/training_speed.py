@@ -79,7 +79,6 @@ def tiny(args: argparse.Namespace) -> int:
 
     from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
     from benchmark.training import RUN_FILE, TrainingConfig, train
-    from implicit_concept.files import atomic_write_json
     from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 
     torch.set_num_threads(args.threads)
@@ -134,7 +133,7 @@ def tiny(args: argparse.Namespace) -> int:
     print(f"sampling: {args.samples} images x {args.sampling_steps} DDIM steps with CFG and the negative prompt: "
           f"{sampling:.1f} s ({sampling / args.samples:.2f} s/image)")
     if args.json:
-        atomic_write_json(Path(args.json), result)
+        probe_cli.write_json(args.json, result)
     return 0
 
 
@@ -153,7 +152,6 @@ def full_size(args: argparse.Namespace) -> int:
     from benchmark.perf.paper_data import small_icd_v1
     from benchmark.track import load_track
     from benchmark.training import TrainingConfig
-    from implicit_concept.files import atomic_write_json
     from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 
     geoms = {"plain": GeomErasingConfig.plain(), "geom-erasing": GeomErasingConfig(concepts=("qrcode", "watermark", "text"))}
@@ -189,7 +187,7 @@ def full_size(args: argparse.Namespace) -> int:
     print(f"  Geom-Erasing overhead: {100 * overhead['counted_flops']:+.2f}% (counted FLOPs), {100 * overhead['fastest_step']:+.1f}% "
           f"(fastest steps), {100 * overhead['median_step']:+.1f}% (medians); target <= 3%")
     if args.json:
-        atomic_write_json(Path(args.json), result)
+        probe_cli.write_json(args.json, result)
     return 0
 
 
