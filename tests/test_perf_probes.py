@@ -285,6 +285,7 @@ def test_every_probe_refuses_a_bad_argument_on_one_line_before_any_work(tmp_path
         ("interval_coverage", ["--trials", "0"], "--trials", "0"),
         ("interval_coverage", ["--n", "-200"], "--n", "-200"),
         ("hostile_inputs", ["--keep", str(a_file)], "--keep", "a file, where a folder is to be written"),
+        ("hostile_inputs", ["--keep", str(tmp_path)], "--keep", "not empty"),  # the last run's FIFO: FileExistsError
         ("paper_dry_run", ["--out", str(a_file)], "--out", str(a_file)),
         ("paper_dry_run", ["--source", missing], "--source", missing),
         ("paper_dry_run", ["--images", "-4"], "--images", "-4"),

@@ -350,7 +350,8 @@ def run(workdir: Path) -> list[Result]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = probe_cli.parser("benchmark.perf.hostile_inputs", __doc__.split("\n\n")[0])
-    parser.add_argument("--keep", type=probe_cli.output("folder"), help="write the sources and builds here (default: a temporary folder)")
+    parser.add_argument("--keep", type=probe_cli.output("folder", empty=True),
+                        help="write the sources and builds here, a new or empty folder (default: a temporary folder)")
     parser.add_argument("--child", nargs=2, metavar=("RECIPE_JSON", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--make", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -53,9 +53,10 @@ def existing(kind: str) -> Callable[[str], str]:
     return check
 
 
-def output(kind: str) -> Callable[[str], str]:
+def output(kind: str, empty: bool = False) -> Callable[[str], str]:
     """An argparse type: a ``file`` or ``folder`` the probe can write at its end: not something else
-    standing there, and below a folder this user may write in."""
+    standing there, and below a folder this user may write in; with ``empty``, a folder that holds
+    nothing yet (a probe that makes fixed files there would fail on, or measure, the last run's)."""
 
     def check(text: str) -> str:
         path = Path(text)
@@ -64,6 +65,8 @@ def output(kind: str) -> Callable[[str], str]:
                 raise argparse.ArgumentTypeError(f"{text}: {file_kind(path.stat().st_mode)}, where a {kind} is to be written")
             if not os.access(path, os.W_OK | (os.X_OK if kind == "folder" else 0)):
                 raise argparse.ArgumentTypeError(f"{text}: cannot be written (permission denied)")
+            if empty and any(path.iterdir()):
+                raise argparse.ArgumentTypeError(f"{text}: not empty; name a new or empty folder (nothing in it is removed)")
             return text
         above = next(p for p in path.absolute().parents if p.exists())
         if not above.is_dir():
