@@ -428,3 +428,19 @@ def test_a_probes_json_goes_into_a_folder_it_makes(tmp_path, monkeypatch, capsys
     out = tmp_path / "reports" / "probe.json"
     assert gpu_paper_probe.main(["--json", str(out)]) == 0
     assert json.loads(out.read_text()) == json.loads(capsys.readouterr().out)
+
+
+def test_a_probe_piped_into_head_stops_quietly():
+    """``python -m benchmark.perf.interval_coverage | head -1`` ended in a BrokenPipeError traceback;
+    now it stops as ``implicit-concept`` does, as a program killed by SIGPIPE (141), saying nothing."""
+    import subprocess
+    import sys
+
+    from tests.test_fs_faults import ENV
+
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.perf.interval_coverage", "--trials", "2"], env={**ENV, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"One seed")
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err

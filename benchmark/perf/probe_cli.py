@@ -1,5 +1,6 @@
 """What every probe's command line shares with ``implicit-concept``'s: a bad argument refused on one
-line of stderr (exit 2) before any heavy import or work, and Ctrl-C ending it with exit 130, no traceback.
+line of stderr (exit 2) before any heavy import or work, Ctrl-C ending it with exit 130 and ``| head``
+with 141, no traceback.
 
 A probe measures for minutes to an hour; an unwritable ``--json`` found at its end loses the figures,
 and a negative count or a missing folder found after torch loads costs seconds for a usage error.
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmark.cli import _one_line, _Parser, int_at_least, path_problem
+from benchmark.cli import _one_line, _Parser, _stdout_closed, int_at_least, path_problem
 from implicit_concept.files import atomic_write_json, file_kind
 
 count = int_at_least
@@ -88,12 +89,19 @@ def write_json(path: str | Path, result: Any) -> None:
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """``main(argv)``'s exit status. As for ``implicit-concept``: an input the library refused (a
+    """``main(argv)``'s exit status. As for ``implicit-concept``: a reader that left (``| head``) ends it
+    quietly; an input the library refused (a
     ``ValueError`` naming the file: a folder with no images, no detector) is one line and 2; Ctrl-C
     one line and 130 (each probe's children are stopped by their own machinery: pools' workers and
     measuring children ignore it)."""
     try:
-        return main(argv) or 0
+        code = main(argv) or 0
+        sys.stdout.flush()  # a reader that closed the pipe early is found here, not at exit
+        return code
+    except BrokenPipeError:
+        if _stdout_closed():  # `python -m benchmark.perf.NAME | head`: stop quietly, as a program killed by SIGPIPE
+            return 128 + 13
+        raise
     except (ValueError, FileNotFoundError) as e:
         print(f"{_prog()}: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
