@@ -29,10 +29,11 @@ def number(low: float, high: float = math.inf) -> Callable[[str], float]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not low <= value <= high or not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected a number from {low:g} to {high:g}, got {text}")
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
         return value
 
-    parse.__name__ = f"number from {low:g} to {high:g}"
+    wanted = f"a number >= {low:g}" if high == math.inf else f"a number from {low:g} to {high:g}"
+    parse.__name__ = wanted
     return parse
 
 
@@ -90,10 +91,9 @@ def write_json(path: str | Path, result: Any) -> None:
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """``main(argv)``'s exit status. As for ``implicit-concept``: a reader that left (``| head``) ends it
-    quietly; an input the library refused (a
-    ``ValueError`` naming the file: a folder with no images, no detector) is one line and 2; Ctrl-C
-    one line and 130 (each probe's children are stopped by their own machinery: pools' workers and
-    measuring children ignore it)."""
+    quietly; an input the library refused (a ``ValueError`` naming the file: a folder with no images,
+    no detector) is one line and 2; Ctrl-C one line and 130 (each probe's children are stopped by
+    their own machinery: pools' workers and measuring children ignore it)."""
     try:
         code = main(argv) or 0
         sys.stdout.flush()  # a reader that closed the pipe early is found here, not at exit
