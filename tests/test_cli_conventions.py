@@ -199,7 +199,7 @@ def test_the_makefile_passes_each_variable_as_one_argument_and_names_the_dataset
     """``make dataset DATA='my data'``: one path, not two arguments (and ``make clean`` removing ./my and
     ./data). ``RECIPE=path/to/my.toml`` built into DATA/path/to/my.toml, and its contact sheet was
     drawn from an ``icd-mixed`` subset a lab's recipe need not have; now the folder is the recipe's
-    ``name`` and the sheet is drawn from the dataset's first shards (icd-mixed/test in the shipped ones)."""
+    ``name`` and the sheet is drawn from the dataset's first shards (icd-mixed/test's in the shipped ones)."""
     data = str(tmp_path / "my data's")
     recipes = tmp_path / "my recipes"
     recipes.mkdir()
