@@ -10,6 +10,9 @@ STAMP := $(VENV)/.installed-stamp
 
 # A value as one shell word, whatever it holds (spaces, quotes): DATA='my data' stays one path.
 quote = '$(subst ','\'',$(1))'
+# A path as one make target, its spaces escaped: VENV='my venv' is one stamp, found installed.
+space := $(subst ,, )
+target = $(subst $(space),\$(space),$(1))
 PY := $(call quote,$(VENV)/bin/python)
 CLI := $(call quote,$(VENV)/bin/implicit-concept)
 
@@ -18,18 +21,20 @@ export TRANSFORMERS_OFFLINE = 1
 
 .PHONY: install dataset benchmark test test-fast clean
 
-install: $(STAMP)
+install: $(call target,$(STAMP))
 
-$(STAMP): setup.cfg pyproject.toml
+$(call target,$(STAMP)): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(call quote,$(VENV))
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(call quote,$(STAMP))
 
+# The dataset's folder is named after the recipe's name, not the path it was given by.
 dataset: install
-	$(CLI) build $(call quote,$(RECIPE)) --out $(call quote,$(DATA)/$(RECIPE)) --workers $(call quote,$(WORKERS))
-	$(CLI) verify $(call quote,$(DATA)/$(RECIPE))
-	$(CLI) show $(call quote,$(DATA)/$(RECIPE)/icd-mixed/test) --contaminated --out $(call quote,$(DATA)/$(RECIPE)/preview.png)
+	out=$(call quote,$(DATA))/"$$($(CLI) recipe-name $(call quote,$(RECIPE)))" && \
+	$(CLI) build $(call quote,$(RECIPE)) --out "$$out" --workers $(call quote,$(WORKERS)) && \
+	$(CLI) verify "$$out" && \
+	$(CLI) show "$$out" --contaminated --out "$$out/preview.png"
 
 benchmark: install
 	$(CLI) benchmark --track $(call quote,$(TRACK)) --data $(call quote,$(DATA)) --workers $(call quote,$(WORKERS)) --jobs $(call quote,$(JOBS))

@@ -39,6 +39,13 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_name(args: argparse.Namespace) -> int:
+    from builders.recipe import recipe_name
+
+    print(recipe_name(args.recipe))
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from builders.verify import verify_dataset
 
@@ -400,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_json_argument(p, "out, samples, shards_built, shards_already_complete, skipped_source_items")
     p.set_defaults(func=_build)
+
+    p = sub.add_parser("recipe-name", help="print a recipe's name, its dataset's folder under a data root (what `make dataset` builds into)")
+    p.add_argument("recipe", help="a recipe TOML file, or the name of one in manifests/")
+    p.set_defaults(func=_recipe_name)
 
     p = sub.add_parser("verify", help="check a built dataset: checksums, schema, boxes, counts")
     p.add_argument("dir", help="a dataset folder `build` wrote (holding recipe.json), e.g. data/icd-tiny")

@@ -2,6 +2,7 @@
 (``implicit-concept ... | head``) stops it quietly, and a cache folder it cannot write (the default
 one, in a current folder that cannot hold it) is named, with the option that moves it; progress bars
 redraw on a terminal, not in a log; the Makefile's variables reach the command as one argument each."""
+import json
 import os
 import shlex
 import shutil
@@ -165,20 +166,70 @@ def test_tqdm_disable_turns_off_the_bars_a_command_asks_for(tmp_path, capsys, mo
     assert "verify icd-debug" in capsys.readouterr().err
 
 
+FAKE_CLI = """#!{python}
+import json, sys
+sys.path.insert(0, {repo!r})
+with open({log!r}, "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1] == "recipe-name":
+    from benchmark.cli import main
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _make(tmp_path: Path, *arguments: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """``make`` run for real with a venv whose ``implicit-concept`` logs each call (and answers
+    ``recipe-name`` as the real one does); returns what make did and the calls, each as its arguments."""
+    venv, log = tmp_path / "a venv", tmp_path / "calls.jsonl"
+    (venv / "bin").mkdir(parents=True, exist_ok=True)
+    cli = venv / "bin" / "implicit-concept"
+    cli.write_text(FAKE_CLI.format(python=sys.executable, repo=str(REPO), log=str(log)))
+    cli.chmod(0o755)
+    (venv / ".installed-stamp").touch()
+    log.write_text("")
+    # Installed, whatever the venv's name holds: a name with a space was two stamps, never found, and
+    # every target reinstalled the package (asked with -q, which runs nothing).
+    assert subprocess.run(["make", "-q", "install", f"VENV={venv}"], cwd=REPO, capture_output=True, timeout=60).returncode == 0
+    done = subprocess.run(["make", *arguments, f"VENV={venv}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return done, [json.loads(line) for line in log.read_text().splitlines()]
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
-def test_the_makefile_passes_each_variable_as_one_argument(tmp_path):
-    """``make dataset DATA='my data'``: one path, not two arguments (and ``make clean`` removing ./my and ./data)."""
-    data, recipe = str(tmp_path / "my data's"), "icd-debug"
-    done = subprocess.run(["make", "-n", "dataset", "benchmark", "clean", f"DATA={data}", f"RECIPE={recipe}", "TRACK=my track",
-                           f"VENV={tmp_path / 'a venv'}"], cwd=REPO, capture_output=True, text=True, timeout=60)
+def test_the_makefile_passes_each_variable_as_one_argument_and_names_the_dataset_after_its_recipe(tmp_path):
+    """``make dataset DATA='my data'``: one path, not two arguments (and ``make clean`` removing ./my and
+    ./data). ``RECIPE=path/to/my.toml`` built into DATA/path/to/my.toml, and its contact sheet was
+    drawn from an ``icd-mixed`` subset a lab's recipe need not have; now the folder is the recipe's
+    ``name`` and the sheet is drawn from the dataset's first shards (icd-mixed/test's in the shipped ones)."""
+    data = str(tmp_path / "my data's")
+    recipes = tmp_path / "my recipes"
+    recipes.mkdir()
+    recipe = recipes / "lab's.toml"
+    recipe.write_text('name = "lab-set"\nseed = 1\nimage_size = 32\n[source]\nkind = "procedural"\n'
+                      '[[subsets]]\nname = "qr-only"\nconcepts = ["qrcode"]\nfraction = 0.5\n')
+    done, calls = _make(tmp_path, "dataset", "benchmark", f"DATA={data}", f"RECIPE={recipe}", "TRACK=my track")
     assert done.returncode == 0, done.stderr
-    commands = [shlex.split(line) for line in done.stdout.splitlines()]
-    cli = str(tmp_path / "a venv" / "bin" / "implicit-concept")
-    assert [cli, "build", recipe, "--out", f"{data}/{recipe}", "--workers", "2"] in commands, done.stdout
-    assert [cli, "verify", f"{data}/{recipe}"] in commands, done.stdout
-    assert [cli, "show", f"{data}/{recipe}/icd-mixed/test", "--contaminated", "--out", f"{data}/{recipe}/preview.png"] in commands, done.stdout
-    assert [cli, "benchmark", "--track", "my track", "--data", data, "--workers", "2", "--jobs", "2"] in commands, done.stdout
-    assert ["rm", "-rf", "--", data, "runs", ".pytest_cache"] in commands, done.stdout
+    out = f"{data}/lab-set"
+    assert calls == [["recipe-name", str(recipe)], ["build", str(recipe), "--out", out, "--workers", "2"], ["verify", out],
+                     ["show", out, "--contaminated", "--out", f"{out}/preview.png"],
+                     ["benchmark", "--track", "my track", "--data", data, "--workers", "2", "--jobs", "2"]], calls
+
+    done, calls = _make(tmp_path, "dataset", f"DATA={data}", "RECIPE=icd-debug")
+    assert done.returncode == 0 and calls[1] == ["build", "icd-debug", "--out", f"{data}/icd-debug", "--workers", "2"], calls
+
+    done = subprocess.run(["make", "-n", "clean", f"DATA={data}"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert ["rm", "-rf", "--", data, "runs", ".pytest_cache"] in [shlex.split(line) for line in done.stdout.splitlines()], done.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_dataset_with_a_recipe_it_cannot_name_builds_nothing(tmp_path):
+    """A recipe that does not exist, or whose name is not a folder name: its error on one line, and no
+    build into ``DATA/`` itself."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "../up"\n')
+    for recipe, problem in (("no-such-recipe", "no-such-recipe: no such recipe file"), (str(bad), f"{bad}: ")):
+        done, calls = _make(tmp_path, "dataset", f"DATA={tmp_path / 'data'}", f"RECIPE={recipe}")
+        assert done.returncode != 0 and calls == [["recipe-name", recipe]], calls
+        assert f"implicit-concept recipe-name: error: {problem}" in done.stderr, done.stderr
 
 
 def test_build_and_verify_give_their_numbers_as_json_for_scripts(tmp_path, capsys, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,3 +216,231 @@ def test_every_probe_says_what_it_measures_in_whole_sentences(probe, monkeypatch
     description = " ".join(capsys.readouterr().out.split("\n\n")[1].split())
     first_paragraph = " ".join(module.__doc__.split("\n\n")[0].split())
     assert description.startswith(first_paragraph) and description.endswith((".", "?")), description
+
+
+PROBES = ["build_speed", "gpu_paper_probe", "hostile_inputs", "interval_coverage", "paper_dry_run", "scoring_speed", "training_speed"]
+
+CALL_MAINS = """
+import contextlib, io, json, sys
+from importlib import import_module
+
+calls = json.loads(sys.argv[1])
+results = []
+for probe, argv in calls:
+    main = import_module("benchmark.perf." + probe).main
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+    results.append([code, err.getvalue(), out.getvalue()])
+heavy = sorted(m for m in ("torch", "diffusers", "transformers", "ultralytics") if m in sys.modules)
+print(json.dumps({"results": results, "heavy": heavy}))
+"""
+
+
+def _call_mains(calls: list[tuple[str, list[str]]]) -> dict:
+    """Each probe's ``main(argv)`` in one fresh interpreter: exit codes, stderr, stdout, and which heavy
+    libraries were imported by the end."""
+    import subprocess
+    import sys
+
+    from tests.test_fs_faults import ENV
+
+    done = subprocess.run([sys.executable, "-c", CALL_MAINS, json.dumps(calls)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_every_probe_answers_help_before_importing_torch():
+    """``--help`` took 3 to 9 s: torch, diffusers and ultralytics were imported with the probe's module."""
+    found = _call_mains([(probe, ["--help"]) for probe in PROBES])
+    for probe, (code, err, out) in zip(PROBES, found["results"]):
+        assert code == 0 and f"python -m benchmark.perf.{probe}" in out and err == "", (probe, code, err)
+    assert found["heavy"] == []
+
+
+def test_every_probe_refuses_a_bad_argument_on_one_line_before_any_work(tmp_path):
+    """A negative count, a missing folder, an output that cannot be written (a file stands where its
+    folder would be made: an hour's figures lost at the end) or a folder given for a file: one line
+    naming the argument and the problem, exit 2, before torch is imported. Before, a count of -3 ran
+    (or failed deep inside with a traceback), a missing folder was a traceback after the imports, and
+    an unwritable ``--json`` was found after measuring."""
+    a_file = tmp_path / "a file"
+    a_file.write_text("")
+    missing = str(tmp_path / "missing")
+    under_a_file = str(a_file / "probe.json")
+    cases = [
+        ("build_speed", ["--images", "-3"], "--images", "-3"),
+        ("build_speed", ["--sizes", "64", "0"], "--sizes", "0"),
+        ("scoring_speed", [missing], "images", missing),
+        ("scoring_speed", ["--detector", missing], "--detector", missing),
+        ("scoring_speed", ["--limit", "0"], "--limit", "0"),
+        ("scoring_speed", ["--conf", "nan"], "--conf", "nan"),
+        ("training_speed", ["--data", missing], "--data", missing),
+        ("training_speed", ["--steps", "-1"], "--steps", "-1"),
+        ("training_speed", ["--json", under_a_file], "--json", str(a_file)),
+        ("training_speed", ["--json", str(tmp_path)], "--json", "a folder"),
+        ("interval_coverage", ["--trials", "0"], "--trials", "0"),
+        ("interval_coverage", ["--n", "-200"], "--n", "-200"),
+        ("hostile_inputs", ["--keep", str(a_file)], "--keep", "a file, where a folder is to be written"),
+        ("hostile_inputs", ["--keep", str(tmp_path)], "--keep", "not empty"),  # the last run's FIFO: FileExistsError
+        ("paper_dry_run", ["--out", str(a_file)], "--out", str(a_file)),
+        ("paper_dry_run", ["--source", missing], "--source", missing),
+        ("paper_dry_run", ["--images", "-4"], "--images", "-4"),
+        ("gpu_paper_probe", ["--budget", "-5"], "--budget", "-5"),
+        ("gpu_paper_probe", ["--json", under_a_file], "--json", str(a_file)),
+    ]
+    found = _call_mains([(probe, argv) for probe, argv, _, _ in cases])
+    for (probe, argv, argument, problem), (code, err, out) in zip(cases, found["results"]):
+        assert code == 2 and out == "", (probe, argv, code, err)
+        assert len(err.splitlines()) == 1 and argument in err and problem in err, (probe, argv, err)
+    assert found["heavy"] == []
+    assert a_file.read_text() == ""
+
+
+def test_the_dry_run_refuses_an_unknown_track_on_one_line(capsys):
+    from benchmark.perf import paper_dry_run
+
+    with pytest.raises(SystemExit) as exited:
+        paper_dry_run.main(["--track", "no-such-track", "--out", "unused"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "--track: no-such-track: no such track file" in err, err
+
+
+def test_build_speed_reads_the_arguments_it_is_given(capsys):
+    """``main(argv)`` ignored ``argv`` (it read ``sys.argv``); a run too short for the CPU clock's
+    10 ms ticks divided by zero."""
+    from benchmark.perf import build_speed
+
+    assert build_speed.main(["--images", "3", "--source-side", "32", "--sizes", "16", "--shard-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("3 source JPEGs at 32 px") and "   16       2 " in out, out
+
+
+FLOOR_PASSES = """
+import sys
+from pathlib import Path
+from benchmark.perf import probe_cli
+from benchmark.perf.build_speed import floor_pass, make_source_folder
+
+folder, out = Path(sys.argv[1]), Path(sys.argv[2])
+make_source_folder(folder, 100, 128)
+print("measuring", flush=True)
+
+def main(argv):
+    while True:
+        floor_pass(folder, out, 16, 1, 2)
+
+sys.exit(probe_cli.run(main))
+"""
+
+
+@pytest.mark.parametrize("probe", ["interval_coverage", "build_speed's floor pass"])
+def test_a_probe_stopped_by_ctrl_c_says_so_on_one_line_and_exits_130(probe, tmp_path):
+    """Ctrl-C printed a KeyboardInterrupt traceback, from the probe and from each worker of the
+    floor pass's pool; now one line and exit status 130, as ``implicit-concept``."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_fs_faults import ENV
+
+    if probe == "interval_coverage":
+        command, started = ["-m", "benchmark.perf.interval_coverage", "--trials", "100000"], "One seed"
+    else:
+        command, started = ["-c", FLOOR_PASSES, str(tmp_path / "src"), str(tmp_path / "floor")], "measuring"
+    proc = subprocess.Popen([sys.executable, *command], env={**ENV, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    line = proc.stdout.readline()
+    assert started in line, proc.communicate(timeout=60)[1]
+    time.sleep(1)  # measuring: the floor pass's workers are running
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.endswith(": interrupted\n"), err
+
+
+def test_a_hostile_build_stopped_ends_its_child_and_leaves_no_timer(tmp_path):
+    """The build's child outlived a Ctrl-C, and the 600 s timer meant to kill a hung build kept the
+    stopped probe's interpreter from exiting for ten minutes."""
+    import threading
+    import time
+
+    from benchmark.perf import hostile_inputs
+
+    raw = hostile_inputs.recipe("stopped", {"kind": "procedural", "train": 5000, "test": 0})
+    raw["source"].pop("test_fraction")
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job's SIGINT is ignored
+    interrupt = threading.Timer(2, os.kill, (os.getpid(), signal.SIGINT))
+    interrupt.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            hostile_inputs.build_in_child(raw, tmp_path / "out")
+    finally:
+        interrupt.cancel()
+        signal.signal(signal.SIGINT, before)
+    interrupt.join()
+    deadline = time.monotonic() + 10  # a cancelled timer's thread ends at once; one left running waits 600 s
+    while time.monotonic() < deadline and any(isinstance(t, threading.Timer) for t in threading.enumerate()):
+        time.sleep(0.1)
+    assert [t for t in threading.enumerate() if isinstance(t, threading.Timer)] == []
+    building = [p for p in Path("/proc").glob("[0-9]*") if str(tmp_path).encode() in _cmdline(p)]
+    assert building == []
+
+
+def _cmdline(process: Path) -> bytes:
+    try:
+        return (process / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_a_probe_given_inputs_the_library_refuses_says_which_on_one_line(tmp_path, capsys):
+    """A folder with no images, or one that holds no detector: a traceback ending in the library's
+    ValueError; now its message on one line, exit 2, as ``implicit-concept score`` gives it (the
+    images are read before the detector loads, so an empty folder is refused in a second)."""
+    from PIL import Image
+
+    from benchmark.perf import probe_cli, scoring_speed
+
+    empty, images, not_a_detector = tmp_path / "empty", tmp_path / "images", tmp_path / "not a detector"
+    for folder in (empty, images, not_a_detector):
+        folder.mkdir()
+    Image.new("RGB", (64, 64)).save(images / "a.png")
+    for argv, problem in (([str(empty)], f"{empty}: no image files"),
+                          ([str(images), "--detector", str(not_a_detector)], f"{not_a_detector}: no detector.safetensors")):
+        assert probe_cli.run(scoring_speed.main, argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and ": error: " + problem in err, err
+
+
+def test_a_probes_json_goes_into_a_folder_it_makes(tmp_path, monkeypatch, capsys):
+    """``--json reports/probe.json`` with no ``reports`` yet: the write at the end failed, after the
+    whole measurement. The GPU and the measuring are faked; main's own ending is what runs."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "fake GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {"total_memory": 2**30})())
+    monkeypatch.setattr(gpu_paper_probe, "_measure", lambda *a: {"training": [{"step_seconds_median": 0.1}]})
+    out = tmp_path / "reports" / "probe.json"
+    assert gpu_paper_probe.main(["--json", str(out)]) == 0
+    assert json.loads(out.read_text()) == json.loads(capsys.readouterr().out)
+
+
+def test_a_probe_piped_into_head_stops_quietly():
+    """``python -m benchmark.perf.interval_coverage | head -1`` ended in a BrokenPipeError traceback;
+    now it stops as ``implicit-concept`` does, as a program killed by SIGPIPE (141), saying nothing."""
+    import subprocess
+    import sys
+
+    from tests.test_fs_faults import ENV
+
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.perf.interval_coverage", "--trials", "2"], env={**ENV, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"One seed")
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err

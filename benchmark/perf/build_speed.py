@@ -13,10 +13,11 @@ does not depend on the neighbours.
 """
 from __future__ import annotations
 
-import argparse
 import io
+import math
 import multiprocessing as mp
 import os
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -28,6 +29,7 @@ from unittest import mock
 
 import numpy as np
 
+from benchmark.perf import probe_cli
 from builders import shard_builder
 from builders.build import build_dataset
 from builders.recipe import Recipe, parse_recipe
@@ -36,6 +38,7 @@ from implicit_concept.compositing import Composition
 from implicit_concept.scene.grammar import ProceduralConfig, sample_scene
 from implicit_concept.scene.render import render_scene
 from implicit_concept.shard_writer import TarShardWriter
+from implicit_concept.worker_processes import start_worker, workers_starting
 
 
 def make_source_folder(folder: Path, count: int, side: int) -> None:
@@ -69,7 +72,10 @@ def floor_pass(folder: Path, out: Path, size: int, shard_size: int, workers: int
     if workers == 1:
         done = sum(_floor_shard(job) for job in jobs)
     else:
-        with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(workers) as pool:  # as the build starts its workers
+        context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with workers_starting():  # as the build starts its workers: Ctrl-C is the parent's
+            pool = context.Pool(workers, initializer=start_worker)
+        with pool:
             done = sum(pool.map(_floor_shard, jobs))
     return done / (time.perf_counter() - start)
 
@@ -154,23 +160,23 @@ def print_profile(folder: Path, root: Path, size: int, shard_size: int) -> None:
 
 
 def measured(run: Callable[[], float]) -> tuple[float, float]:
-    """``run``'s samples/s (wall clock) and its samples per CPU-second (this process and its children)."""
-    before = os.times()
+    """``run``'s samples/s (wall clock) and its samples per CPU-second (this process and its children);
+    NaN for a run too short for the CPU clock's ticks (10 ms) to see."""
+    before, started = os.times(), time.perf_counter()
     rate = run()
-    after = os.times()
+    after, wall = os.times(), time.perf_counter() - started
     cpu = sum(getattr(after, f) - getattr(before, f) for f in ("user", "system", "children_user", "children_system"))
-    wall = after.elapsed - before.elapsed
-    return rate, rate * wall / max(cpu, 1e-9)
+    return rate, rate * wall / cpu if cpu > 0 else math.nan
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--source-side", type=int, default=512)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 512])
-    parser.add_argument("--shard-size", type=int, default=100)
+def main(argv: list[str] | None = None) -> int:
+    parser = probe_cli.parser("benchmark.perf.build_speed", __doc__)
+    parser.add_argument("--images", type=probe_cli.count(1), default=1000, help="source images (default: %(default)s)")
+    parser.add_argument("--source-side", type=probe_cli.count(8), default=512, help="their side in pixels (default: %(default)s)")
+    parser.add_argument("--sizes", type=probe_cli.count(8), nargs="+", default=[64, 512], help="output sizes (default: 64 512)")
+    parser.add_argument("--shard-size", type=probe_cli.count(1), default=100, help="samples per shard (default: %(default)s)")
     parser.add_argument("--profile", action="store_true", help="also print where a sample's time goes, per size")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_source_folder(root / "src", args.images, args.source_side)
@@ -188,7 +194,8 @@ def main() -> None:
         if args.profile:
             for size in args.sizes:
                 print_profile(root / "src", root, size, args.shard_size)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(probe_cli.run(main))

@@ -25,23 +25,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch
-
-from benchmark.generation import GenerationSettings, diffusers_generate_fn
-from benchmark.models.pipelines import load_pipeline
-from benchmark.models.sd15 import build_sd15_pipeline
+from benchmark.perf import probe_cli
 from benchmark.perf.child_process import ChildError, ChildResult, run_in_child
-from benchmark.perf.paper_data import small_icd_v1
-from benchmark.track import load_track
-from benchmark.training import RUN_FILE, TrainingConfig, train
-from implicit_concept.files import atomic_write_json
-from implicit_concept.geom_erasing.location_tokens import add_tokens
-from implicit_concept.geom_erasing.training_target import GeomErasingConfig
+
+if TYPE_CHECKING:
+    from benchmark.generation import GenerationSettings
+    from benchmark.training import TrainingConfig
+    from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 
 TRACK = "paper"
 BATCH_SIZES = (1, 4, 8)
@@ -55,6 +50,8 @@ GIB = 2**30
 
 def geom_for(method: str) -> GeomErasingConfig:
     """Geom-Erasing as ge-full trains it on a concept subset, or the plain fine-tune."""
+    from implicit_concept.geom_erasing.training_target import GeomErasingConfig
+
     return GeomErasingConfig(concepts=("qrcode",)) if method == "geom-erasing" else GeomErasingConfig.plain()
 
 
@@ -110,6 +107,8 @@ def _gib(child: ChildResult) -> dict[str, float | None]:
 
 def training_run(base: Path, data: str, out: Path, config: TrainingConfig) -> dict[str, Any]:
     """One fine-tune by the benchmark's loop; its step times, then its 14 GB of outputs removed."""
+    from benchmark.training import RUN_FILE, train
+
     train(base, data, out, config, progress=False)
     record = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
     shutil.rmtree(out)
@@ -119,6 +118,12 @@ def training_run(base: Path, data: str, out: Path, config: TrainingConfig) -> di
 def sampling_run(base: Path, settings: GenerationSettings, prompt: str) -> dict[str, Any]:
     """Sample one chunk at the track's settings in fp16 on the GPU, with Geom-Erasing's tokens added
     and its negative prompt (the concept's name and every location token), after a short warm-up."""
+    import torch
+
+    from benchmark.generation import GenerationSettings, diffusers_generate_fn
+    from benchmark.models.pipelines import load_pipeline
+    from implicit_concept.geom_erasing.location_tokens import add_tokens
+
     pipe = load_pipeline(base, torch_dtype=torch.float16).to("cuda")
     pipe.set_progress_bar_config(disable=True)
     geom = geom_for("geom-erasing")
@@ -144,11 +149,15 @@ def _scratch() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="seconds of measuring after setup (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps per run, median taken (default: %(default)s)")
-    p.add_argument("--json", help="also write the JSON to this file")
+    p = probe_cli.parser("benchmark.perf.gpu_paper_probe", __doc__.split("\n")[0])
+    p.add_argument("--budget", type=probe_cli.number(1), default=DEFAULT_BUDGET, help="seconds of measuring after setup (default: %(default)s)")
+    p.add_argument("--steps", type=probe_cli.count(1), default=DEFAULT_STEPS, help="training steps per run, median taken (default: %(default)s)")
+    p.add_argument("--json", type=probe_cli.output("file"), help="also write the JSON to this file")
     args = p.parse_args(argv)
+    import torch
+
+    from benchmark.track import load_track
+
     if not torch.cuda.is_available():
         print(json.dumps({"error": "no CUDA device: this probe measures a GPU (torch.cuda.is_available() is False); "
                                    "on a CPU run python -m benchmark.perf.training_speed --full-size"}))
@@ -170,12 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report, indent=2))
     if args.json:
-        atomic_write_json(Path(args.json), report)
+        probe_cli.write_json(args.json, report)
     return 0 if any("step_seconds_median" in e for e in report.get("training", [])) else 1
 
 
 def _measure(track: Any, settings: GenerationSettings, args: argparse.Namespace) -> dict[str, Any]:
     """Set up (the SD-v1.5-shaped base, a small icd-v1 at 512 px) in a scratch folder, then :func:`probe`."""
+    from benchmark.models.sd15 import build_sd15_pipeline
+    from benchmark.perf.paper_data import small_icd_v1
+    from benchmark.training import TrainingConfig
+
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-paper-probe-", dir=_scratch()) as tmp:
         root = Path(tmp)
@@ -197,4 +210,4 @@ def _measure(track: Any, settings: GenerationSettings, args: argparse.Namespace)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(probe_cli.run(main))

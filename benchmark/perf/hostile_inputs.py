@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmark.perf import probe_cli
+
 MIB = 1 << 20
 GIB = 1 << 30
 #: What each bomb declares: more than the target, so reading one whole misses it.
@@ -288,10 +290,16 @@ def build_in_child(
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, preexec_fn=limit, cwd=Path(__file__).resolve().parents[2])
         timer = threading.Timer(timeout_s, proc.kill)
         timer.start()
-        stdout = proc.stdout.read()
-        proc.stdout.close()
-        _, status, usage = os.wait4(proc.pid, 0)
-        timer.cancel()
+        try:
+            stdout = proc.stdout.read()
+            proc.stdout.close()
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl-C: the build ends with the probe, whose exit no timer holds up
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            timer.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode == 0:
         report = json.loads(stdout)
@@ -341,8 +349,9 @@ def run(workdir: Path) -> list[Result]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keep", help="write the sources and builds here (default: a temporary folder)")
+    parser = probe_cli.parser("benchmark.perf.hostile_inputs", __doc__.split("\n\n")[0])
+    parser.add_argument("--keep", type=probe_cli.output("folder", empty=True),
+                        help="write the sources and builds here, a new or empty folder (default: a temporary folder)")
     parser.add_argument("--child", nargs=2, metavar=("RECIPE_JSON", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--make", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -369,4 +378,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(probe_cli.run(main))

@@ -20,11 +20,12 @@ for 400 trials.
 """
 from __future__ import annotations
 
-import argparse
 import math
+import sys
 
 import numpy as np
 
+from benchmark.perf import probe_cli
 from implicit_concept.stats import bootstrap_mean, clopper_pearson, crossed_share, hierarchical_bootstrap
 
 RATES = (0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
@@ -85,10 +86,10 @@ def seeded_coverage(rate: float, seed_sd: float, prompt_sd: float, seeds: int = 
     return {k: v / trials for k, v in hits.items()}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=400, help="simulated runs per three-seed cell (default: %(default)s)")
-    parser.add_argument("--n", type=int, default=200, help="prompts (images per seed) (default: %(default)s)")
+def main(argv: list[str] | None = None) -> int:
+    parser = probe_cli.parser("benchmark.perf.interval_coverage", __doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=probe_cli.count(1), default=400, help="simulated runs per three-seed cell (default: %(default)s)")
+    parser.add_argument("--n", type=probe_cli.count(1), default=200, help="prompts (images per seed) (default: %(default)s)")
     args = parser.parse_args(argv)
     print(f"One seed, n = {args.n}: exact coverage of the 95% interval")
     print(f"{'rate %':>7}  {'Clopper-Pearson':>15}  {'percentile bootstrap (before)':>29}")
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
             c = seeded_coverage(p, seed_sd, prompt_sd, n=args.n, trials=args.trials)
             print(f"{100 * p:7.2f}  {100 * c['now']:19.1f}%  {100 * c['crossed bootstrap alone']:31.1f}%",
                   flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(probe_cli.run(main))

@@ -16,38 +16,26 @@ soon as they are checked (``--keep`` keeps them). The summary goes to ``OUT/dry_
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np
-import torch
-from transformers import CLIPTextModel, CLIPTokenizer
-
-from benchmark import stages
-from benchmark.benchmark_run import BenchmarkRun
-from benchmark.generation import diffusers_generate_fn
-from benchmark.methods import get_method
-from benchmark.methods.interface import FineTune, MethodContext
-from benchmark.models.pretrained_check import check_base_sampler, check_pretrained
-from benchmark.models.sd15 import build_sd15_pipeline
+from benchmark.perf import probe_cli
 from benchmark.perf.child_process import ChildResult, run_in_child
-from benchmark.perf.paper_data import procedural_folder
-from benchmark.prompts import shard_prompts
-from benchmark.track import Track, load_track
-from benchmark.track_check import check_track
-from benchmark.training import CHECKPOINTS_DIR, RUN_FILE, TrainingConfig, train
-from benchmark.training.checkpoints import latest_checkpoint
 from implicit_concept.files import atomic_write_json, sha256_file
-from implicit_concept.geom_erasing.location_tokens import add_tokens
-from implicit_concept.shard_reader import iter_samples
+
+if TYPE_CHECKING:
+    from benchmark.benchmark_run import BenchmarkRun
+    from benchmark.methods.interface import FineTune, MethodContext
+    from benchmark.track import Track
+    from benchmark.training import TrainingConfig
 
 #: The procedural stand-in for a lab's images: this many train images, one test image, at 512 px.
 DEFAULT_IMAGES = 4
@@ -58,6 +46,17 @@ def dry_run(track: Track, work: Path, source: str | None = None, images: int = D
             keep: bool = False, progress: bool = False) -> dict[str, Any]:
     """Run the dry run of ``track`` in ``work``; return (and write to ``work/dry_run.json``) what it
     measured and checked."""
+    from benchmark import stages
+    from benchmark.benchmark_run import BenchmarkRun
+    from benchmark.methods import get_method
+    from benchmark.models.pretrained_check import check_base_sampler, check_pretrained
+    from benchmark.models.sd15 import build_sd15_pipeline
+    from benchmark.perf.paper_data import procedural_folder
+    from benchmark.track_check import check_track
+    from benchmark.training import CHECKPOINTS_DIR, RUN_FILE, train
+    from benchmark.training.checkpoints import latest_checkpoint
+    from implicit_concept.shard_reader import iter_samples
+
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"track": track.name, "note": track.note, "stages": {}, "checks": {}}
     started = time.perf_counter()
@@ -136,6 +135,9 @@ def dry_run(track: Track, work: Path, source: str | None = None, images: int = D
 
 def _context(run: BenchmarkRun, base: Path, subset: Path) -> MethodContext:
     """What the protocol hands a method, for the dry run's one training subset (no detector)."""
+    from benchmark import stages
+    from benchmark.methods.interface import MethodContext
+
     track = run.track
     return MethodContext(
         concepts=tuple(track.concepts), work_dir=run.root / "methods" / subset.name, seed=track.seed,
@@ -146,11 +148,19 @@ def _context(run: BenchmarkRun, base: Path, subset: Path) -> MethodContext:
 
 
 def _finetune(run: BenchmarkRun, base: Path, subset: Path, ft: FineTune) -> str:
+    from benchmark import stages
+
     return str(stages.finetune(run, base, subset, ft, None))
 
 
 def _sample(run: BenchmarkRun, base: Path, subset: Path, method: str, png: Path) -> dict[str, Any]:
     """Build ``method``'s generator as the protocol does and sample the first test caption once."""
+    import numpy as np
+
+    from benchmark.generation import diffusers_generate_fn
+    from benchmark.methods import get_method
+    from benchmark.prompts import shard_prompts
+
     generator = get_method(method).build(_context(run, base, subset))
     generator.pipeline.set_progress_bar_config(disable=True)
     settings = run.track.generation_settings()
@@ -176,6 +186,11 @@ def _hashes(pipeline: Path) -> dict[str, str]:
 def _trained_parts(base: Path, tuned: Path, config: TrainingConfig) -> tuple[dict[str, bool | None], dict[str, bool | None]]:
     """Which parts moved from the base (the UNet, the text encoder's original rows, the new tokens'
     rows from where :func:`add_tokens` starts them), and which the config says should have."""
+    import torch
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from implicit_concept.geom_erasing.location_tokens import add_tokens
+
     tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer", local_files_only=True)
     text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", local_files_only=True)
     old = slice(0, text_encoder.get_input_embeddings().num_embeddings)
@@ -209,15 +224,21 @@ def _drop(*folders: Path, keep: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = probe_cli.parser("benchmark.perf.paper_dry_run", __doc__.split("\n")[0])
     p.add_argument("--track", default="paper-dry", help="a track name or TOML (default: %(default)s)")
-    p.add_argument("--source", help="your images (a folder of name.jpg + name.txt, or tars) instead of procedural scenes")
-    p.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="procedural train images per subset (default: %(default)s)")
-    p.add_argument("--out", default="runs/paper-dry", help="work folder; dry_run.json and sample.png stay there (default: %(default)s)")
-    p.add_argument("--threads", type=int, help="torch threads in each stage (default: torch's)")
+    p.add_argument("--source", type=probe_cli.existing("source"), help="your images (a folder of name.jpg + name.txt, or tars) instead of procedural scenes")
+    p.add_argument("--images", type=probe_cli.count(1), default=DEFAULT_IMAGES, help="procedural train images per subset (default: %(default)s)")
+    p.add_argument("--out", type=probe_cli.output("folder"), default="runs/paper-dry", help="work folder; dry_run.json and sample.png stay there (default: %(default)s)")
+    p.add_argument("--threads", type=probe_cli.count(1), help="torch threads in each stage (default: torch's)")
     p.add_argument("--keep", action="store_true", help="keep the checkpoints and pipelines (about 40 GB)")
     args = p.parse_args(argv)
-    report = dry_run(load_track(args.track), Path(args.out), source=args.source, images=args.images, threads=args.threads,
+    from benchmark.track import load_track
+
+    try:
+        track = load_track(args.track)
+    except (ValueError, OSError) as e:
+        p.error(f"--track: {e}")
+    report = dry_run(track, Path(args.out), source=args.source, images=args.images, threads=args.threads,
                      keep=args.keep, progress=True)
     print(json.dumps(report, indent=2))
     print(f"{'OK' if report['ok'] else 'FAILED'}: {report['seconds'] / 60:.1f} min, peak {report['peak_rss_gib']} GiB in one stage. "
@@ -226,4 +247,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(probe_cli.run(main))

@@ -18,10 +18,7 @@ import time
 from itertools import islice
 from pathlib import Path
 
-from implicit_concept.concepts import CONCEPT_NAMES
-from implicit_concept.detector.inference import DEFAULT_IOU, Detector
-from implicit_concept.image_stream import iter_images
-from implicit_concept.scoring import ScoreConfig, score_images
+from benchmark.perf import probe_cli
 
 
 #: The images timed when none are named: the embedded default's test split, once ``make dataset`` built it.
@@ -29,13 +26,13 @@ DEFAULT_IMAGES = Path("data/icd-tiny/icd-mixed/test")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("images", nargs="?", help=f"a folder of images or a shard set (default: {DEFAULT_IMAGES} when built, "
+    parser = probe_cli.parser("benchmark.perf.scoring_speed", __doc__.splitlines()[0])
+    parser.add_argument("images", nargs="?", type=probe_cli.existing("source"), help=f"a folder of images or a shard set (default: {DEFAULT_IMAGES} when built, "
                                                   "else icd-debug's icd-mixed test split, built into a temporary folder)")
-    parser.add_argument("--detector", help="the folder `detector train` wrote, or its detector.safetensors (default: the tiny track's published evaluator)")
-    parser.add_argument("--limit", type=int, default=500, help="images to time (default: %(default)s)")
-    parser.add_argument("--conf", type=float, default=0.25, help="one threshold for every concept, both paths (default: %(default)s)")
-    parser.add_argument("--batch", type=int, default=64, help="our path's batch size (default: %(default)s)")
+    parser.add_argument("--detector", type=probe_cli.existing("path"), help="the folder `detector train` wrote, or its detector.safetensors (default: the tiny track's published evaluator)")
+    parser.add_argument("--limit", type=probe_cli.count(1), default=500, help="images to time (default: %(default)s)")
+    parser.add_argument("--conf", type=probe_cli.number(0, 1), default=0.25, help="one threshold for every concept, both paths (default: %(default)s)")
+    parser.add_argument("--batch", type=probe_cli.count(1), default=64, help="our path's batch size (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -59,9 +56,13 @@ def _default_images(tmp: Path) -> Path:
 
 def measure(images_from: str | Path, args: argparse.Namespace) -> int:
     from benchmark.published_models import default_detector
+    from implicit_concept.concepts import CONCEPT_NAMES
+    from implicit_concept.detector.inference import DEFAULT_IOU, Detector
+    from implicit_concept.image_stream import iter_images
+    from implicit_concept.scoring import ScoreConfig, score_images
 
+    images = [im for _, im in islice(iter_images(images_from), args.limit)]  # a folder with none is refused before the detector loads
     detector = Detector.load(args.detector or default_detector("tiny"))
-    images = [im for _, im in islice(iter_images(images_from), args.limit)]
     config = ScoreConfig(conf=args.conf, batch=args.batch)
     model = detector.model
     plain_options = {"imgsz": detector.imgsz, "conf": args.conf, "iou": DEFAULT_IOU, "device": detector.device, "verbose": False}
@@ -88,4 +89,4 @@ def measure(images_from: str | Path, args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(probe_cli.run(main))

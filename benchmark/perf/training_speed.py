@@ -24,46 +24,41 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-from benchmark.models.clip_tokenizer import token_ids
-from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
-from benchmark.models.sd15 import build_sd15_pipeline
+from benchmark.perf import probe_cli
 from benchmark.perf.child_process import run_in_child
-from benchmark.perf.paper_data import small_icd_v1
-from benchmark.track import load_track
-from benchmark.training import RUN_FILE, TrainingConfig, train
-from benchmark.training.new_tokens import NewTokenRows
-from implicit_concept.files import atomic_write_json
-from implicit_concept.geom_erasing.location_tokens import add_tokens
-from implicit_concept.geom_erasing.training_target import GeomErasingConfig
+
+if TYPE_CHECKING:
+    from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 
 #: The full-size runs take their memory options from this track (bf16: a CPU has no fp16 training).
 FULL_SIZE_TRACK = "paper-dry"
 FULL_SIZE_DEFAULTS = {"steps": 6, "repeats": 2, "batch_size": 1}
 TINY_DEFAULTS = {"steps": 20, "repeats": 2, "batch_size": 32}
+#: What the tiny runs train on without ``--data``: ``make dataset``'s.
+TINY_DATA = "data/icd-tiny/icd-qrcode/train"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = probe_cli.parser("benchmark.perf.training_speed", __doc__.split("\n")[0])
     p.add_argument("--full-size", action="store_true", help="SD v1.5's architecture at 512 px instead of the tiny pipeline")
-    p.add_argument("--data", help="ICD shards with boxes (default: data/icd-tiny/icd-qrcode/train; "
+    p.add_argument("--data", type=probe_cli.existing("source"), help="ICD shards with boxes (default: data/icd-tiny/icd-qrcode/train; "
                                   "with --full-size a small icd-v1 built from procedural scenes)")
-    p.add_argument("--steps", type=int, help=f"training steps per timed run (default: {TINY_DEFAULTS['steps']}, full size {FULL_SIZE_DEFAULTS['steps']})")
-    p.add_argument("--repeats", type=int, help=f"timed runs per config, alternated (default: {TINY_DEFAULTS['repeats']}, full size {FULL_SIZE_DEFAULTS['repeats']})")
-    p.add_argument("--batch-size", type=int, help=f"(default: {TINY_DEFAULTS['batch_size']}, full size {FULL_SIZE_DEFAULTS['batch_size']})")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
-    p.add_argument("--samples", type=int, default=16, help="images per sampling call (default: %(default)s)")
-    p.add_argument("--sampling-steps", type=int, default=25)
-    p.add_argument("--json", help="also write the numbers to this file")
+    p.add_argument("--steps", type=probe_cli.count(1), help=f"training steps per timed run (default: {TINY_DEFAULTS['steps']}, full size {FULL_SIZE_DEFAULTS['steps']})")
+    p.add_argument("--repeats", type=probe_cli.count(1), help=f"timed runs per config, alternated (default: {TINY_DEFAULTS['repeats']}, full size {FULL_SIZE_DEFAULTS['repeats']})")
+    p.add_argument("--batch-size", type=probe_cli.count(1), help=f"(default: {TINY_DEFAULTS['batch_size']}, full size {FULL_SIZE_DEFAULTS['batch_size']})")
+    p.add_argument("--threads", type=probe_cli.count(1), default=2, help="torch threads (default: %(default)s)")
+    p.add_argument("--samples", type=probe_cli.count(1), default=16, help="images per sampling call (default: %(default)s)")
+    p.add_argument("--sampling-steps", type=probe_cli.count(1), default=25, help="DDIM steps per image (default: %(default)s)")
+    p.add_argument("--json", type=probe_cli.output("file"), help="also write the numbers to this file")
     args = p.parse_args(argv)
     for name, value in (FULL_SIZE_DEFAULTS if args.full_size else TINY_DEFAULTS).items():
         if getattr(args, name) is None:
@@ -72,7 +67,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps < 2:
             p.error("--full-size needs --steps >= 2: each run's first step (its warm-up) is left out")
         return full_size(args)
-    args.data = args.data or "data/icd-tiny/icd-qrcode/train"
+    if args.data is None and not Path(TINY_DATA).is_dir():
+        p.error(f"--data: {TINY_DATA} is not built (make dataset); name ICD shards with boxes")
+    args.data = args.data or TINY_DATA
+    return tiny(args)
+
+
+def tiny(args: argparse.Namespace) -> int:
+    """The tiny pipeline: plain, Geom-Erasing with frozen new tokens and Geom-Erasing, alternated; then sampling."""
+    import torch
+
+    from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
+    from benchmark.training import RUN_FILE, TrainingConfig, train
+    from implicit_concept.geom_erasing.training_target import GeomErasingConfig
+
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="training-speed-") as tmp:
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sampling: {args.samples} images x {args.sampling_steps} DDIM steps with CFG and the negative prompt: "
           f"{sampling:.1f} s ({sampling / args.samples:.2f} s/image)")
     if args.json:
-        atomic_write_json(Path(args.json), result)
+        probe_cli.write_json(args.json, result)
     return 0
 
 
@@ -140,6 +148,12 @@ def full_size(args: argparse.Namespace) -> int:
     PyTorch counts in one step of each (forward, backward, checkpointed recompute): a figure no
     neighbour moves, which leaves out only work that is not arithmetic (data, optimizer, copies).
     """
+    from benchmark.models.sd15 import build_sd15_pipeline
+    from benchmark.perf.paper_data import small_icd_v1
+    from benchmark.track import load_track
+    from benchmark.training import TrainingConfig
+    from implicit_concept.geom_erasing.training_target import GeomErasingConfig
+
     geoms = {"plain": GeomErasingConfig.plain(), "geom-erasing": GeomErasingConfig(concepts=("qrcode", "watermark", "text"))}
     options = load_track(FULL_SIZE_TRACK).finetune
     with tempfile.TemporaryDirectory(prefix="training-speed-full-") as tmp:
@@ -173,7 +187,7 @@ def full_size(args: argparse.Namespace) -> int:
     print(f"  Geom-Erasing overhead: {100 * overhead['counted_flops']:+.2f}% (counted FLOPs), {100 * overhead['fastest_step']:+.1f}% "
           f"(fastest steps), {100 * overhead['median_step']:+.1f}% (medians); target <= 3%")
     if args.json:
-        atomic_write_json(Path(args.json), result)
+        probe_cli.write_json(args.json, result)
     return 0
 
 
@@ -182,6 +196,14 @@ def step_flops(base: Path, geom: GeomErasingConfig, batch_size: int) -> int:
     paper-dry options: text encoder (through the new tokens' rows when Geom-Erasing adds some), UNet
     with gradient checkpointing, weighted loss, backward. The Geom-Erasing caption is its negative
     prompt (the concept and every location token); captions are padded to 77 tokens either way."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmark.models.clip_tokenizer import token_ids
+    from benchmark.models.pipelines import load_pipeline
+    from benchmark.training.new_tokens import NewTokenRows
+    from implicit_concept.geom_erasing.location_tokens import add_tokens
+
     pipe = load_pipeline(base)
     unet, text_encoder = pipe.unet, pipe.text_encoder
     new_ids = add_tokens(pipe.tokenizer, text_encoder, geom.new_tokens())
@@ -204,6 +226,8 @@ def step_flops(base: Path, geom: GeomErasingConfig, batch_size: int) -> int:
 
 def _timed_run(base: Path, data: str, out: Path, config: TrainingConfig) -> dict:
     """One training run's step times from its ``run.json``; its gigabytes of checkpoint and pipeline go."""
+    from benchmark.training import RUN_FILE, train
+
     train(base, data, out, config, progress=False)
     record = json.loads((out / RUN_FILE).read_text())
     shutil.rmtree(out)
@@ -211,4 +235,4 @@ def _timed_run(base: Path, data: str, out: Path, config: TrainingConfig) -> dict
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(probe_cli.run(main))
