@@ -41,6 +41,8 @@ PARENT_CHECK_S = 1.0
 
 #: The signals that stop a command, and what its last line calls each (its exit status is 128 + the number).
 STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
+#: The stops a worker ignores (its parent stops the pool), held back while one is being started.
+_HELD_IN_STARTING = {signal.SIGINT, signal.SIGHUP}
 
 
 def start_worker() -> None:
@@ -69,8 +71,10 @@ def _parent_pid() -> int:
 
 
 def _watch_parent(parent: int) -> None:
-    if hasattr(signal, "pthread_sigmask"):  # taken here, a stop would wait for the main thread's next bytecode, which
-        signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))  # a main thread waiting on a lock never reaches
+    """Ends this worker once its parent is gone. It takes no stop signal: one delivered to this thread
+    waits for the main thread's next bytecode, which a main thread waiting on a lock never reaches."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
     while True:
         time.sleep(PARENT_CHECK_S)
         if os.getppid() != parent:
@@ -173,9 +177,6 @@ def workers_starting() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
-
-
-_HELD_IN_STARTING = {signal.SIGINT, signal.SIGHUP}
 
 
 @contextmanager
