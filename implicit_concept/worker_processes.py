@@ -11,7 +11,9 @@ command takes it as it takes SIGTERM (exit 129, its workers stopped, its output 
 terminal that is gone so its last writes cannot fail), and a worker ignores it as it ignores Ctrl-C.
 A command started under ``nohup`` (SIGHUP ignored) keeps running, as nohup promises. Once a stop is
 taken, a second one (Ctrl-C pressed twice, SIGTERM then SIGINT, the SIGHUP a shell forwards after
-the terminal's own) is ignored: the first one's cleanup finishes and the exit says what it said.
+the terminal's own) is ignored: the first one's cleanup finishes and the exit says what it said. A
+cleanup still running :data:`CUT_SHORT_S` after a second stop (stuck) is cut short: the process
+exits at once, leaving what any killed run leaves, which the rerun resumes from.
 
 A worker also ends when its parent is gone, however the parent ended (SIGKILL, a SIGTERM to it
 alone): a watch thread compares ``os.getppid()`` with the parent it started under, once a second,
@@ -41,6 +43,9 @@ PARENT_CHECK_S = 1.0
 
 #: The signals that stop a command, and what its last line calls each (its exit status is 128 + the number).
 STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
+#: Seconds a cleanup may still run after a second stop before the process exits without it.
+CUT_SHORT_S = 10.0
+
 #: The stops a worker ignores (its parent stops the pool), held back while one is being started.
 _HELD_IN_STARTING = {signal.SIGINT, signal.SIGHUP}
 
@@ -258,6 +263,33 @@ def stopped_by(e: KeyboardInterrupt) -> signal.Signals:
     return signal.SIGINT
 
 
+def _cut_short_later() -> None:
+    """Exit in :data:`CUT_SHORT_S` seconds if this process is still running then, as the first stop
+    would have: its ``pipe:`` commands ended, one line, status 128 + that signal (the workers see
+    their parent gone)."""
+    global _cutting_short
+    if _cutting_short:
+        return
+    _cutting_short = True
+    stopped = _stop_signal
+
+    def cut_short() -> None:
+        end_groups()
+        try:
+            os.write(2, f"implicit-concept: {STOP_SIGNALS[stopped]}; its cleanup cut short by a second signal after "
+                        f"{CUT_SHORT_S:g} s; rerun the same command to resume\n".encode())
+        except OSError:
+            pass
+        os._exit(128 + stopped)
+
+    timer = threading.Timer(CUT_SHORT_S, cut_short)
+    timer.daemon = True
+    timer.start()
+
+
+_cutting_short = False
+
+
 def _hung_up(fd: int) -> bool:
     """Whether ``fd`` is a terminal that has hung up (closed, its session gone): writes to it fail."""
     import termios
@@ -308,6 +340,7 @@ def interrupts() -> Iterator[None]:
             _held.append(signum)
             return
         if _stop_signal is not None:  # a second stop while the first one's cleanup runs
+            _cut_short_later()
             return
         _taken(signal.Signals(signum))
         end_groups()

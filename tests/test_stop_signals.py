@@ -288,3 +288,41 @@ def test_sigterm_to_the_whole_group_ends_a_pool_with_a_worker_waiting_for_a_task
         _left(proc.pid, 0)
     assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
     assert _left(proc.pid, 10) == []
+
+
+STUCK_CLEANUP = """
+import os, sys, time
+from benchmark import cli
+from implicit_concept import worker_processes
+
+worker_processes.CUT_SHORT_S = 1.0
+
+def command(args):
+    try:
+        os.write(1, b"ready\\n")
+        time.sleep(60)
+    finally:  # a cleanup that does not finish
+        os.write(1, b"cleaning\\n")
+        time.sleep(60)
+
+cli._verify = command
+sys.exit(cli.main(["verify", "."]))
+"""
+
+
+def test_a_second_stop_cuts_a_stuck_cleanup_short(tmp_path):
+    """A cleanup that never ends (a pool waiting on a worker): the second Ctrl-C, ignored so that a
+    cleanup finishes, would leave the user no way out but SIGKILL."""
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_CLEANUP], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_as_from_a_terminal)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.stdout.readline() == "cleaning\n"
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 143, err
+    assert err == "implicit-concept: terminated; its cleanup cut short by a second signal after 1 s; rerun the same command to resume\n"
