@@ -13,7 +13,7 @@ from pathlib import Path
 from benchmark.failures import MethodFailed
 from implicit_concept.files import file_kind, out_of_space, space_message
 from implicit_concept.provenance import version
-from implicit_concept.worker_processes import interrupts, stopped_by
+from implicit_concept.worker_processes import STOP_SIGNALS, interrupts, stopped_by
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -629,10 +629,24 @@ def main(argv: list[str] | None = None) -> int:
         print(e.cause_traceback, file=sys.stderr, end="")  # the method's own code: where its author looks
         _error(command, str(e))
         return 1
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Interrupted): workers are stopped; all written so far is whole
-        stopped = "terminated" if stopped_by(e) == signal.SIGTERM else "interrupted"
-        print(f"implicit-concept {command}: {stopped}; rerun the same command to resume", file=sys.stderr)
-        return 143 if stopped == "terminated" else 130
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP (Interrupted): workers are stopped; all written so far is whole
+        stopped = stopped_by(e)
+        _last_words(f"implicit-concept {command}: {STOP_SIGNALS[stopped]}; rerun the same command to resume"
+                    + (" (nohup keeps a command running when its terminal closes)" if stopped == signal.SIGHUP else ""))
+        return 128 + stopped
+
+
+def _last_words(line: str) -> None:
+    """``line`` on stderr, and stdout flushed, where they can still be written: a terminal gone
+    (a hangup) or a reader gone takes nothing, and the exit status says the rest."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+        sys.stdout.flush()
+    except OSError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
 
 
 def _error(command: str, text: str) -> None:

@@ -6,6 +6,15 @@ took it as a ``KeyboardInterrupt`` would print its own traceback. So a worker ig
 SIGTERM as the default (it ends, printing nothing), and the parent, on its interrupt, terminates
 its workers (:func:`stopping_workers`).
 
+A terminal or ssh session that closes sends SIGHUP to the command and its workers alike: the
+command takes it as it takes SIGTERM (exit 129, its workers stopped, its output pointed away from the
+terminal that is gone so its last writes cannot fail), and a worker ignores it as it ignores Ctrl-C.
+A command started under ``nohup`` (SIGHUP ignored) keeps running, as nohup promises. Once a stop is
+taken, a second one (Ctrl-C pressed twice, SIGTERM then SIGINT, the SIGHUP a shell forwards after
+the terminal's own) is ignored: the first one's cleanup finishes and the exit says what it said. A
+cleanup still running :data:`CUT_SHORT_S` after a second stop (stuck) is cut short: the process
+exits at once, leaving what any killed run leaves, which the rerun resumes from.
+
 A worker also ends when its parent is gone, however the parent ended (SIGKILL, a SIGTERM to it
 alone): a watch thread compares ``os.getppid()`` with the parent it started under, once a second,
 and ends the process when they differ (the orphan was re-parented). Polling is chosen over Linux's
@@ -20,6 +29,7 @@ waiting on the network would otherwise outlive the build, re-parented, for as lo
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -31,14 +41,23 @@ from typing import Iterator
 #: Seconds between a worker's looks at its parent.
 PARENT_CHECK_S = 1.0
 
+#: The signals that stop a command, and what its last line calls each (its exit status is 128 + the number).
+STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
+#: Seconds a cleanup may still run after a second stop before the process exits without it.
+CUT_SHORT_S = 10.0
+
+#: The stops a worker ignores (its parent stops the pool), held back while one is being started.
+_HELD_IN_STARTING = {signal.SIGINT, signal.SIGHUP}
+
 
 def start_worker() -> None:
-    """Call first in a pool worker's initializer: ignore Ctrl-C (the parent stops the pool), end on
-    SIGTERM without a traceback (a forked worker would otherwise run its parent's handler), and end
-    once the parent is gone."""
+    """Call first in a pool worker's initializer: ignore Ctrl-C and a hangup (the parent stops the
+    pool), end on SIGTERM without a traceback (a forked worker would otherwise run its parent's
+    handler), and end once the parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held back by workers_starting: now dropped
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_IN_STARTING)  # held back by workers_starting: now dropped
     _groups.clear()  # a forked worker's copy of its parent's: those are the parent's to end
     signal.signal(signal.SIGTERM, _terminated)
     threading.Thread(target=_watch_parent, args=(_parent_pid(),), name="watch-parent", daemon=True).start()
@@ -57,6 +76,10 @@ def _parent_pid() -> int:
 
 
 def _watch_parent(parent: int) -> None:
+    """Ends this worker once its parent is gone. It takes no stop signal: one delivered to this thread
+    waits for the main thread's next bytecode, which a main thread waiting on a lock never reaches."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
     while True:
         time.sleep(PARENT_CHECK_S)
         if os.getppid() != parent:
@@ -67,13 +90,32 @@ def _watch_parent(parent: int) -> None:
 
 
 def _terminated(signum, frame) -> None:
-    """A worker's SIGTERM: the commands it started end with it, then it ends as SIGTERM's default would."""
+    """A worker's SIGTERM: the commands it started end with it, and the queue lock it may hold is
+    let go (:func:`_let_go_of_the_queue`), then it ends as SIGTERM's default would."""
     if _starting:
         _held.append(signum)
         return
     end_groups()
+    _let_go_of_the_queue(frame)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
+
+
+def _let_go_of_the_queue(frame) -> None:
+    """Release the read lock of the pool queue this worker waits on for its next task, if it holds
+    it: the lock is shared with the parent and every worker, and one ended holding it stays taken
+    for good, so the parent's ``Pool.terminate`` waited for it forever (a SIGTERM to the whole
+    process group, as ``timeout``, ``kill -- -PGID`` or a scheduler send, hung the build)."""
+    from multiprocessing.queues import Queue, SimpleQueue
+
+    gets = (SimpleQueue.get.__code__, Queue.get.__code__)
+    while frame is not None:
+        if frame.f_code in gets:
+            lock = getattr(frame.f_locals.get("self"), "_rlock", None)
+            if lock is not None and lock._semlock._is_mine():  # taken, not still being waited for
+                lock.release()
+            return
+        frame = frame.f_back
 
 
 _groups: set[int] = set()  # process groups this process started and has not yet seen end
@@ -127,14 +169,15 @@ def end_groups() -> None:
 def workers_starting() -> Iterator[None]:
     """Around the calls that start a spawned pool's workers (``pool.map``, ``pool.submit``): a
     spawned worker imports for seconds before its initializer runs, with Python's own Ctrl-C
-    handler, so the terminal's Ctrl-C would print its ``KeyboardInterrupt`` traceback. SIGINT is
-    blocked in this thread for the block; a process started in it inherits the block across its
-    exec and holds Ctrl-C pending until :func:`start_worker` ignores it. This process loses
-    nothing: a Ctrl-C in the block is taken by another thread, or on leaving it."""
+    handler, so the terminal's Ctrl-C would print its ``KeyboardInterrupt`` traceback (and a
+    hangup would end it, a broken pool). SIGINT and SIGHUP are blocked in this thread for the
+    block; a process started in it inherits the block across its exec and holds them pending until
+    :func:`start_worker` ignores them. This process loses nothing: one in the block is taken by
+    another thread, or on leaving it."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_IN_STARTING)
     try:
         yield
     finally:
@@ -171,7 +214,7 @@ def terminate(pool: ProcessPoolExecutor) -> None:
 
 @contextmanager
 def keeping_signal_handlers() -> Iterator[None]:
-    """Around a library call that installs its own SIGINT or SIGTERM handler (``ray.init``: SIGTERM
+    """Around a library call that installs its own SIGINT, SIGTERM or SIGHUP handler (``ray.init``: SIGTERM
     then ends the command with status 1 after a C++ stack dump, its pools unstopped and no word of
     resuming): this process's handlers, Python's and the C-level ones under them, are put back after
     it. A signal the library's handler took in the call as ``sys.exit(signum)`` (Ray's) is raised as
@@ -179,14 +222,13 @@ def keeping_signal_handlers() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     try:
         yield
     except SystemExit as e:
         replaced = [sig for sig, handler in before.items() if signal.getsignal(sig) is not handler]
         if e.code in replaced and callable(before[e.code]):  # not another exit that shares a signal's number
-            _interrupted.set()
-            _last_signal.append(e.code)
+            _taken(signal.Signals(e.code))
             raise Interrupted(signal.Signals(e.code).name) from None
         raise
     finally:
@@ -196,28 +238,89 @@ def keeping_signal_handlers() -> Iterator[None]:
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM (or SIGINT), raised where the command's main thread is, so that it stops as on
-    Ctrl-C: its pools terminate their workers and it exits without a traceback."""
+    """SIGTERM, SIGHUP (or SIGINT), raised where the command's main thread is, so that it stops as
+    on Ctrl-C: its pools terminate their workers and it exits without a traceback."""
 
 
 _interrupted = threading.Event()
-_last_signal: list[int] = []  # the signal the latest interrupts() block took, kept past its end
+_stop_signal: signal.Signals | None = None  # the first stop the latest interrupts() block took, kept past its end
+
+
+def _taken(signum: signal.Signals) -> None:
+    global _stop_signal
+    _interrupted.set()
+    _stop_signal = signum
 
 
 def stopped_by(e: KeyboardInterrupt) -> signal.Signals:
-    """The signal that stopped a command with ``e``: SIGTERM or SIGINT. A library that caught the
-    :class:`Interrupted` its handler raised may raise a plain ``KeyboardInterrupt`` in its place
-    (Ray's ``get`` does), so the signal the handler took decides, not the exception's type."""
-    if isinstance(e, Interrupted) and str(e) == "SIGTERM":
-        return signal.SIGTERM
-    return signal.Signals(_last_signal[-1]) if _last_signal else signal.SIGINT
+    """The signal that stopped a command with ``e``: SIGINT, SIGTERM or SIGHUP. A library that
+    caught the :class:`Interrupted` its handler raised may raise a plain ``KeyboardInterrupt`` in
+    its place (Ray's ``get`` does), so the signal the handler took decides, not the exception's type."""
+    if _stop_signal is not None:
+        return _stop_signal
+    if isinstance(e, Interrupted) and str(e) in signal.Signals.__members__:
+        return signal.Signals[str(e)]
+    return signal.SIGINT
+
+
+def _cut_short_later() -> None:
+    """Exit in :data:`CUT_SHORT_S` seconds if this process is still running then, as the first stop
+    would have: its ``pipe:`` commands ended, one line, status 128 + that signal (the workers see
+    their parent gone)."""
+    global _cutting_short
+    if _cutting_short:
+        return
+    _cutting_short = True
+    stopped = _stop_signal
+
+    def cut_short() -> None:
+        end_groups()
+        try:
+            os.write(2, f"implicit-concept: {STOP_SIGNALS[stopped]}; its cleanup cut short by a second signal after "
+                        f"{CUT_SHORT_S:g} s; rerun the same command to resume\n".encode())
+        except OSError:
+            pass
+        os._exit(128 + stopped)
+
+    timer = threading.Timer(CUT_SHORT_S, cut_short)
+    timer.daemon = True
+    timer.start()
+
+
+_cutting_short = False
+
+
+def _hung_up(fd: int) -> bool:
+    """Whether ``fd`` is a terminal that has hung up (closed, its session gone): writes to it fail."""
+    import termios
+
+    try:
+        termios.tcgetattr(fd)
+    except termios.error as e:
+        return e.args[0] == errno.EIO
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def _away_from_a_hung_up_terminal() -> None:
+    """Point stdout and stderr at /dev/null where they are a terminal that hung up: a progress bar
+    closing, or the command's last line, would otherwise fail with EIO in the cleanup."""
+    for fd in (1, 2):
+        if _hung_up(fd):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
 
 
 @contextmanager
 def interrupts() -> Iterator[None]:
-    """For the block, SIGINT and SIGTERM raise :class:`Interrupted` in the main thread and are
-    remembered, so a pool closed while the interrupt unwinds terminates its workers (elsewhere than
-    the main thread: nothing changes); the handlers before are put back after."""
+    """For the block, SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread and
+    are remembered, so a pool closed while the interrupt unwinds terminates its workers (elsewhere
+    than the main thread: nothing changes). A signal ignored when the block starts (SIGHUP under
+    ``nohup``) stays ignored. Only the first stop raises: later ones are ignored, so the cleanup it
+    started finishes; and once one is taken they stay ignored after the block, while the process
+    ends. Otherwise the handlers before are put back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -228,7 +331,7 @@ def interrupts() -> Iterator[None]:
         if os.getpid() != installed_by:
             # A worker forked in the block and not yet at start_worker (a loaded machine may not
             # run it for a while) runs this inherited handler: raising would print its own
-            # traceback, so it does what start_worker will have it do (ignore SIGINT, end on SIGTERM).
+            # traceback, so it does what start_worker will have it do (ignore SIGINT and SIGHUP, end on SIGTERM).
             if signum == signal.SIGTERM:
                 signal.signal(signum, signal.SIG_DFL)
                 os.kill(os.getpid(), signum)
@@ -236,17 +339,26 @@ def interrupts() -> Iterator[None]:
         if _starting:
             _held.append(signum)
             return
-        _interrupted.set()
-        _last_signal.append(signum)
+        if _stop_signal is not None:  # a second stop while the first one's cleanup runs
+            _cut_short_later()
+            return
+        _taken(signal.Signals(signum))
         end_groups()
+        if signum == signal.SIGHUP:
+            _away_from_a_hung_up_terminal()
         raise Interrupted(signal.Signals(signum).name)
 
-    before = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    global _stop_signal
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig, handler in before.items():
+        if not (sig == signal.SIGHUP and handler is signal.SIG_IGN):  # nohup's promise is kept
+            signal.signal(sig, interrupt)
     _interrupted.clear()
-    _last_signal.clear()
+    _stop_signal = None
     try:
         yield
     finally:
         for sig, handler in before.items():
-            signal.signal(sig, handler)
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(sig, signal.SIG_IGN if _stop_signal is not None else handler)
         _interrupted.clear()

@@ -38,7 +38,7 @@ from implicit_concept.detector.image_sets import ImageSet, ImageSetDigest, Image
 from implicit_concept.detector.inference import Detector, model_config
 from implicit_concept.detector.weights import DEFAULT_CONF, WEIGHTS_NAME, is_model_yaml, model_yaml, record_path, weights_state, write_detector
 from implicit_concept.detector.yolo_env import import_ultralytics
-from implicit_concept.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_apart, sha256_file
+from implicit_concept.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_apart, locked, sha256_file
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import (
     CLEAN_REFERENCE_NAME,
@@ -173,10 +173,22 @@ def train_detector(
     calibration image counts and content hashes), ``timing_s``, ``scale``, ``dataset`` (shard
     hashes) and ``environment`` (package versions). The detector's files are written last, its
     record holding the thresholds and inputs: a folder holding a record holds everything above.
+
+    ``out_dir`` is locked for the whole call (``.implicit-concept.lock`` inside it): a second
+    training into it is refused at once, naming the folder and the first one's pid, and so is loading
+    the detector there meanwhile (:func:`~implicit_concept.detector.weights.read_detector`): the two
+    trainings would interleave their exports, plots and records, and a reader would find none.
     """
     shards, out_dir = Path(shards), Path(out_dir).resolve()
     check_apart(out_dir, "detector --out", {"the shards": shards, "--backgrounds": backgrounds, "--calibration": calibration})
     out_dir.mkdir(parents=True, exist_ok=True)
+    with locked(out_dir, wait=False, refusal="wait for it to finish or choose another --out", inside=True):
+        return _train_detector(shards, out_dir, scale, backgrounds, calibration)
+
+
+def _train_detector(shards: Path, out_dir: Path, scale: DetectorScale, backgrounds: ImageSet | None,
+                    calibration: ImageSet | None) -> TrainedDetector:
+    """:func:`train_detector`'s work, once it holds ``out_dir``."""
     held_out = list(named_images(calibration, "calibration")) if calibration is not None else []
     dataset = export_detection_dataset(shards, out_dir / "dataset", validation_share=scale.validation_share)
     empty = [split for split, counts in dataset.counts.items() if counts["images"] == 0]

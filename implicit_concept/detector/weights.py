@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from implicit_concept.files import atomic_write_bytes, atomic_write_json, read_json_object, sha256_file
+from implicit_concept.files import LOCK_NAME, atomic_write_bytes, atomic_write_json, read_json_object, read_locked, sha256_file
 from implicit_concept.tensor_checks import non_finite
 from implicit_concept.validate import check_fields
 
@@ -213,7 +213,10 @@ def record_path(weights: Path) -> Path:
 
 
 def read_detector(path: str | Path) -> tuple[Path, DetectorRecord, dict[str, torch.Tensor]]:
-    """The weights file, its record and its tensors (on the CPU), once the recorded sha256 matches."""
+    """The weights file, its record and its tensors (on the CPU), once the recorded sha256 matches.
+    A folder a training is writing (it holds the folder's lock) is refused, naming that training:
+    its record is removed while it runs, and its weights are replaced at the end."""
+    _check_not_training(Path(path) if Path(path).is_dir() else Path(path).parent)
     weights = weights_path(path)
     record = DetectorRecord.read(record_path(weights))
     if (size := weights.stat().st_size) > MAX_WEIGHTS_BYTES:
@@ -232,6 +235,14 @@ def read_detector(path: str | Path) -> tuple[Path, DetectorRecord, dict[str, tor
         raise DetectorError(f"{weights}: tensor {bad} holds NaN or infinite values; a detector with them finds nothing, "
                             "which would read as a perfect erasure. Train it again")
     return weights, record, state
+
+
+def _check_not_training(folder: Path) -> None:
+    """Refuse ``folder`` while a training holds its lock (:func:`~implicit_concept.detector.training.train_detector`)."""
+    with read_locked(folder, inside=True, wait=False) as training:
+        if training is not None:
+            raise DetectorError(f"{folder}: a detector training is writing it now (pid {training} holds its lock {LOCK_NAME}); "
+                                "use it once the training has finished")
 
 
 def weights_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

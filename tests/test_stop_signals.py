@@ -1,0 +1,328 @@
+"""A command stopped by the signals a user's session sends: a closed terminal (SIGHUP), a second
+Ctrl-C while the first one's cleanup runs, SIGTERM then SIGINT. Each stops once, says one line,
+exits 128 + the first signal, leaves only what a rerun resumes, and frees its folder; ``nohup``
+keeps a command running past a hangup. A detector training holds its ``--out``.
+
+Every child is started with SIGINT and SIGHUP at their defaults, as from a terminal: a shell's
+background job (this machine's, CI's) inherits SIGINT ignored, and one under nohup SIGHUP."""
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from builders.dataset_card import CHECKSUMS
+from implicit_concept.files import locked
+from manifests import RECIPES_DIR
+from tests.test_fs_faults import _alive_in_group
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+BUILD = [sys.executable, "-m", "benchmark.cli", "build", "icd-debug", "--workers", "2"]
+
+
+def _as_from_a_terminal(hangup=signal.SIG_DFL):
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, hangup)
+
+
+def _in_a_terminal():
+    """The child's controlling terminal is the pty on its stdin (it leads a session of its own)."""
+    _as_from_a_terminal()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _writing_a_shard(out: Path, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(out.rglob(".*.tar.tmp-*")):
+        time.sleep(0.005)
+    assert proc.poll() is None, "the build ended before a shard was being written"
+
+
+def _in_session(sid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def _left(sid: int, seconds: float) -> list[int]:
+    """The processes of session ``sid`` still running after ``seconds`` (killed then)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and _in_session(sid):
+        time.sleep(0.1)
+    left = _in_session(sid)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def _freed_and_resumed(out: Path) -> None:
+    """Nothing half-written is left, no process holds the folder, and the rerun gives the reference bytes."""
+    assert not list(out.rglob(".*.tmp-*"))
+    with locked(out, wait=False, inside=True):
+        pass
+    rerun = subprocess.run([*BUILD[:-1], "1", "--out", str(out), "--quiet"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (out / CHECKSUMS).read_text() == (RECIPES_DIR / "icd-debug.sha256").read_text()
+
+
+def test_a_closed_terminal_stops_a_build_as_sigterm_does_with_129(tmp_path):
+    """The terminal (a pty here) closes mid-shard, its progress bar still drawing: the kernel sends
+    SIGHUP to the build and its workers. Before, the build died at once (status -1), its workers'
+    partial shards left behind and, with ``pipe:`` sources, their commands running on."""
+    out = tmp_path / "icd-debug"
+    master, terminal = os.openpty()
+    proc = subprocess.Popen([*BUILD, "--out", str(out)], cwd=REPO, env=ENV, stdin=terminal, stdout=terminal, stderr=terminal,
+                            start_new_session=True, preexec_fn=_in_a_terminal)
+    os.close(terminal)
+
+    def drain():  # the terminal's reader, until it closes
+        try:
+            while os.read(master, 4096):
+                pass
+        except OSError:
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        _writing_a_shard(out, proc)
+    finally:
+        os.close(master)  # the terminal closes
+    assert proc.wait(timeout=60) == 129
+    assert _left(proc.pid, 30) == []
+    _freed_and_resumed(out)
+
+
+def test_nohup_keeps_a_build_running_past_a_hangup(tmp_path):
+    out = tmp_path / "icd-debug"
+    proc = subprocess.Popen([*BUILD, "--out", str(out), "--quiet"], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, preexec_fn=lambda: _as_from_a_terminal(hangup=signal.SIG_IGN))
+    _writing_a_shard(out, proc)
+    os.killpg(proc.pid, signal.SIGHUP)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert (out / CHECKSUMS).read_text() == (RECIPES_DIR / "icd-debug.sha256").read_text()
+
+
+@pytest.mark.parametrize("first, second", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM, signal.SIGINT), (signal.SIGHUP, signal.SIGTERM)])
+def test_a_second_stop_during_a_builds_cleanup_changes_nothing(tmp_path, first, second):
+    """Ctrl-C pressed twice (to the whole group, as the terminal sends it), or SIGTERM then SIGINT:
+    before, the second one cut the cleanup short or killed the exiting process (status -2 or -15,
+    not the 130 or 143 its line said), and its word could replace the first one's."""
+    out = tmp_path / "icd-debug"
+    proc = subprocess.Popen([*BUILD, "--out", str(out)], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, preexec_fn=_as_from_a_terminal)
+    _writing_a_shard(out, proc)
+    os.killpg(proc.pid, first)
+    time.sleep(0.02)
+    os.killpg(proc.pid, second)
+    _, err = proc.communicate(timeout=60)
+    said = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}[first]
+    assert proc.returncode == 128 + first, err[-3000:]
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+    assert err.count("implicit-concept build:") == 1 and f"implicit-concept build: {said}; rerun the same command to resume" in err, err[-3000:]
+    assert _alive_in_group(proc.pid) == []
+    _freed_and_resumed(out)
+
+
+STOPPED_TWICE = """
+import atexit, os, signal, sys, time
+from pathlib import Path
+from benchmark import cli
+
+first, second, marks = signal.Signals[sys.argv[1]], signal.Signals[sys.argv[2]], Path(sys.argv[3])
+
+def command(args):
+    try:
+        os.write(1, b"ready\\n")
+        time.sleep(60)
+    finally:  # the cleanup: a second stop comes while it runs
+        os.kill(os.getpid(), second)
+        time.sleep(0.2)
+        (marks / "cleaned").touch()
+
+def exiting():  # and another while the process exits
+    os.kill(os.getpid(), second)
+    time.sleep(0.2)
+    (marks / "exited").touch()
+
+atexit.register(exiting)
+cli._verify = command
+sys.exit(cli.main(["verify", "."]))
+"""
+
+
+@pytest.mark.parametrize("first, second", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM, signal.SIGINT),
+                                           (signal.SIGINT, signal.SIGTERM), (signal.SIGHUP, signal.SIGHUP)])
+def test_a_stop_during_cleanup_or_exit_lets_both_finish(tmp_path, first, second):
+    proc = subprocess.Popen([sys.executable, "-c", STOPPED_TWICE, first.name, second.name, str(tmp_path)], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_as_from_a_terminal)
+    assert proc.stdout.readline() == "ready\n"
+    os.kill(proc.pid, first)
+    _, err = proc.communicate(timeout=60)
+    said = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}[first]
+    assert proc.returncode == 128 + first and err.startswith(f"implicit-concept verify: {said}; rerun the same command to resume"), err
+    assert len(err.splitlines()) == 1, err
+    assert (tmp_path / "cleaned").exists() and (tmp_path / "exited").exists()
+
+
+SLOW_TRAINING = """
+import os, sys, time
+from benchmark.cli import main
+from implicit_concept.detector import training
+
+def training_for_a_minute(data_yaml, scale, out_dir):
+    os.write(1, b"training\\n")
+    time.sleep(60)
+
+training._train = training_for_a_minute
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_detector_training_holds_its_out_and_a_hangup_frees_it(debug_dataset, tmp_path, capsys):
+    """A second ``detector train`` into one ``--out``, and a scoring of the detector there, while the
+    first trains: before, both went on, the second removing the first one's export and record and
+    the scoring told the folder held no detector. Then the terminal closes on the first."""
+    from benchmark.cli import main
+    from implicit_concept.detector.inference import Detector
+    from implicit_concept.detector.weights import DetectorError
+
+    out = tmp_path / "det"
+    args = ["detector", "train", str(debug_dataset / "icd-mixed"), "--out", str(out), "--scale", "debug", "--cache", str(tmp_path / "cache")]
+    first = subprocess.Popen([sys.executable, "-c", SLOW_TRAINING, *args], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_as_from_a_terminal)
+    try:
+        assert first.stdout.readline() == "training\n"
+        assert main(args) == 2
+        assert capsys.readouterr().err == (f"implicit-concept detector train: error: {out}: in use by another process (pid {first.pid}); "
+                                           f"wait for it to finish or choose another --out\n")
+        with pytest.raises(DetectorError, match=f"^{out}: a detector training is writing it now \\(pid {first.pid} holds its lock"):
+            Detector.load(out)
+        os.kill(first.pid, signal.SIGHUP)
+        _, err = first.communicate(timeout=60)
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == 129, err[-3000:]
+    assert err.rstrip().endswith("implicit-concept detector train: hung up; rerun the same command to resume "
+                                 "(nohup keeps a command running when its terminal closes)"), err[-3000:]
+    with locked(out, wait=False, inside=True):
+        pass
+    assert not (out / "detector.json").exists()  # incomplete: a rerun trains again
+
+
+HELD_RUN = """
+import os, sys, time
+from benchmark import stages
+from benchmark.cli import main
+
+def building_for_a_minute(*args, **kwargs):
+    os.write(1, b"building\\n")
+    time.sleep(60)
+
+stages.dataset = building_for_a_minute
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_hangup_stops_a_benchmark_run_and_frees_its_folder(tmp_path):
+    args = ["benchmark", "--track", "debug", "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
+            "--cache", str(tmp_path / "cache"), "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-c", HELD_RUN, *args], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_as_from_a_terminal)
+    assert proc.stdout.readline() == "building\n"
+    os.killpg(proc.pid, signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 129, err[-3000:]
+    assert "Traceback" not in err and err.count("implicit-concept benchmark:") == 1, err[-3000:]
+    with locked(tmp_path / "runs" / "debug", wait=False, inside=True):
+        pass
+
+
+IDLE_WORKER = """
+import os, sys, time
+import multiprocessing
+from implicit_concept.worker_processes import interrupts, start_worker
+
+def long_task(i):
+    os.write(1, b"working\\n")
+    time.sleep(120)
+
+if __name__ == "__main__":
+    try:
+        with interrupts():
+            with multiprocessing.get_context("fork").Pool(2, initializer=start_worker) as pool:  # one works, one waits for a task
+                list(pool.imap_unordered(long_task, [0]))
+    except KeyboardInterrupt:
+        sys.exit(143)
+"""
+
+
+def test_sigterm_to_the_whole_group_ends_a_pool_with_a_worker_waiting_for_a_task(tmp_path):
+    """``timeout``, ``kill -- -PGID`` or a scheduler send SIGTERM to every process: the idle worker
+    died holding its pool's queue lock, and the build's ``Pool.terminate`` waited for it forever."""
+    script = tmp_path / "idle.py"
+    script.write_text(IDLE_WORKER)
+    proc = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=_as_from_a_terminal)
+    try:
+        assert proc.stdout.readline() == "working\n"
+        time.sleep(0.5)  # the other worker is waiting in its queue's get
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        _left(proc.pid, 0)
+    assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
+    assert _left(proc.pid, 10) == []
+
+
+STUCK_CLEANUP = """
+import os, sys, time
+from benchmark import cli
+from implicit_concept import worker_processes
+
+worker_processes.CUT_SHORT_S = 1.0
+
+def command(args):
+    try:
+        os.write(1, b"ready\\n")
+        time.sleep(60)
+    finally:  # a cleanup that does not finish
+        os.write(1, b"cleaning\\n")
+        time.sleep(60)
+
+cli._verify = command
+sys.exit(cli.main(["verify", "."]))
+"""
+
+
+def test_a_second_stop_cuts_a_stuck_cleanup_short(tmp_path):
+    """A cleanup that never ends (a pool waiting on a worker): the second Ctrl-C, ignored so that a
+    cleanup finishes, would leave the user no way out but SIGKILL."""
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_CLEANUP], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_as_from_a_terminal)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.stdout.readline() == "cleaning\n"
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 143, err
+    assert err == "implicit-concept: terminated; its cleanup cut short by a second signal after 1 s; rerun the same command to resume\n"
