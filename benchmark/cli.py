@@ -332,14 +332,14 @@ def _add_cache_argument(p: argparse.ArgumentParser, help_text: str = "folder for
     p.add_argument("--cache", default=".cache/implicit-concept", help=help_text)
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse with a usage error on one line of stderr (exit 2), as every other error of the command."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
-class _CommandParser(_Parser):
+class _CommandParser(Parser):
     """A command's parser: an argument it does not take is its error, named by the command (argparse
     leaves it to the top-level parser, whose usage says nothing of the command's options)."""
 
@@ -389,7 +389,7 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="implicit-concept", description=__doc__)
+    parser = Parser(prog="implicit-concept", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
@@ -570,7 +570,7 @@ def quiet_libraries() -> Iterator[None]:
         ultralytics.setLevel(ultralytics_level)
 
 
-def _stdout_closed() -> bool:
+def stdout_closed() -> bool:
     """Whether stdout's reader has gone; if so, stdout is pointed at /dev/null so that nothing else
     (the interpreter's flush at exit included) fails writing to it."""
     import select
@@ -608,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a reader that closed the pipe early is found here, not at exit
         return code
     except BrokenPipeError as e:
-        if _stdout_closed():  # `implicit-concept ... | head`: stop quietly, as a program killed by SIGPIPE
+        if stdout_closed():  # `implicit-concept ... | head`: stop quietly, as a program killed by SIGPIPE
             return 128 + 13
         _error(command, f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
         return 1
@@ -652,10 +652,10 @@ def _last_words(line: str) -> None:
 def _error(command: str, text: str) -> None:
     """A command's error, on one line of stderr whatever the names in it: a file named with a newline
     or a terminal escape sequence is shown escaped, as Python writes it (``\\n``, ``\\x1b``)."""
-    print(f"implicit-concept {command}: error: {_one_line(text)}", file=sys.stderr)
+    print(f"implicit-concept {command}: error: {one_line(text)}", file=sys.stderr)
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """``text`` with every character that is not printable (line breaks, escapes) written as Python does."""
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmark.cli import _one_line, _Parser, _stdout_closed, int_at_least, path_problem
+from benchmark.cli import Parser, int_at_least, one_line, path_problem, stdout_closed
 from implicit_concept.files import atomic_write_json, file_kind
 
 count = int_at_least
@@ -39,7 +39,7 @@ def number(low: float, high: float = math.inf) -> Callable[[str], float]:
 
 def parser(module: str, description: str) -> argparse.ArgumentParser:
     """``python -m module``'s parser: its usage errors on one line of stderr, exit 2."""
-    return _Parser(prog=f"python -m {module}", description=description)
+    return Parser(prog=f"python -m {module}", description=description)
 
 
 def existing(kind: str) -> Callable[[str], str]:
@@ -99,11 +99,11 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         sys.stdout.flush()  # a reader that closed the pipe early is found here, not at exit
         return code
     except BrokenPipeError:
-        if _stdout_closed():  # `python -m benchmark.perf.NAME | head`: stop quietly, as a program killed by SIGPIPE
+        if stdout_closed():  # `python -m benchmark.perf.NAME | head`: stop quietly, as a program killed by SIGPIPE
             return 128 + 13
         raise
     except (ValueError, FileNotFoundError) as e:
-        print(f"{_prog()}: error: {_one_line(str(e))}", file=sys.stderr)
+        print(f"{_prog()}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{_prog()}: interrupted", file=sys.stderr)
