@@ -444,3 +444,43 @@ def test_a_probe_piped_into_head_stops_quietly():
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+def test_the_paper_probes_procedural_folder_is_reused_only_for_the_run_it_was_made_for(tmp_path, monkeypatch):
+    """A dry run rerun in the same work folder with another ``--images`` measured the last run's
+    images and reported them as its own; a run killed while writing them left a folder of some of
+    them that the next run took as finished."""
+    from benchmark.perf import paper_data
+
+    folder = paper_data.procedural_folder(tmp_path / "source", 2, seed=0)
+    made = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert sum(name.endswith(".jpg") for name in made) == 3  # two train images and one test image
+    assert paper_data.procedural_folder(tmp_path / "source", 2, seed=0) == folder
+    for train, seed in ((3, 0), (2, 1)):
+        with pytest.raises(ValueError, match=rf"source: holds the procedural images of another run \(2 train images with seed 0\), not {train} .* seed {seed}"):
+            paper_data.procedural_folder(tmp_path / "source", train, seed=seed)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == made  # refused, nothing touched
+
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ValueError, match="mine: holds no procedural images of this version's making"):
+        paper_data.procedural_folder(tmp_path / "mine", 2)
+
+    class Killed(Exception):
+        pass
+
+    calls = []
+
+    def dies_at_the_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Killed
+        return original(self, *args, **kwargs)
+
+    original = Path.write_bytes
+    monkeypatch.setattr(Path, "write_bytes", dies_at_the_second)
+    with pytest.raises(Killed):
+        paper_data.procedural_folder(tmp_path / "again", 2, seed=0)
+    monkeypatch.undo()
+    assert not (tmp_path / "again").exists()
+    again = paper_data.procedural_folder(tmp_path / "again", 2, seed=0)
+    assert {p.name: p.read_bytes() for p in again.iterdir()} == made

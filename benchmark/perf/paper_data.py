@@ -8,13 +8,14 @@ as it reads ``--source /data/images``.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 from builders.build import build_dataset
 from builders.recipe import load_recipe, source_from_spec
 from builders.sources import ProceduralConfig, ProceduralSource
 from builders.sources.folder import file_split
-from implicit_concept.files import atomic_write_bytes, atomic_write_text
+from implicit_concept.files import atomic_dir
 
 SOURCE_SIZE = 512
 RECIPE = "icd-v1"
@@ -23,28 +24,44 @@ DONE = ".complete"
 
 def procedural_folder(folder: Path, train: int, seed: int = 0) -> Path:
     """``train`` procedural scenes that the folder reader puts in the train split, and one it puts in
-    the test split (it splits by a hash of the file's key), at 512 px as JPEG with caption files."""
+    the test split (it splits by a hash of the file's key), at 512 px as JPEG with caption files.
+    The folder appears whole (a killed run leaves none), and one made before is used again only if
+    it was made with the same ``train`` and ``seed`` (its marker records them): a dry run rerun with
+    another ``--images`` measured the last run's images and reported them as its own."""
     folder = Path(folder)
-    if (folder / DONE).is_file():
+    made_for = json.dumps({"seed": seed, "train": train}, sort_keys=True)
+    if folder.exists():
+        recorded = (folder / DONE).read_text(errors="replace").strip() if (folder / DONE).is_file() else ""
+        if recorded != made_for:
+            raise ValueError(f"{folder}: holds {_described(recorded)}, not {train} procedural train images with seed "
+                             f"{seed}; use another work folder, or remove this one")
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
     pool = 100 * (train + 1)
     scenes = ProceduralSource(ProceduralConfig(train=pool, test=0), image_size=SOURCE_SIZE, shard_size=pool, seed=seed)
-    test_fraction = source_from_spec(str(folder))["test_fraction"]
     wanted = {"train": train, "test": 1}
-    for item in scenes.read("train", 0):
-        name = f"scene-{item.meta['index']:06d}"
-        split = file_split(f"{name}.jpg", test_fraction)
-        if wanted[split]:
-            wanted[split] -= 1
-            buffer = io.BytesIO()
-            item.image.save(buffer, format="JPEG", quality=95)
-            atomic_write_bytes(folder / f"{name}.jpg", buffer.getvalue())
-            atomic_write_text(folder / f"{name}.txt", item.caption)
-        if not any(wanted.values()):
-            break
-    atomic_write_text(folder / DONE, "")
+    with atomic_dir(folder) as tmp:
+        test_fraction = source_from_spec(str(tmp))["test_fraction"]  # as the recipe will read the folder
+        for item in scenes.read("train", 0):
+            name = f"scene-{item.meta['index']:06d}"
+            split = file_split(f"{name}.jpg", test_fraction)
+            if wanted[split]:
+                wanted[split] -= 1
+                buffer = io.BytesIO()
+                item.image.save(buffer, format="JPEG", quality=95)
+                (tmp / f"{name}.jpg").write_bytes(buffer.getvalue())
+                (tmp / f"{name}.txt").write_text(item.caption)
+            if not any(wanted.values()):
+                break
+        (tmp / DONE).write_text(made_for)
     return folder
+
+
+def _described(marker: str) -> str:
+    try:
+        made = json.loads(marker)
+        return f"the procedural images of another run ({made['train']} train images with seed {made['seed']})"
+    except (ValueError, TypeError, KeyError):
+        return "no procedural images of this version's making"
 
 
 def small_icd_v1(work: Path, train: int, seed: int = 0) -> Path:
