@@ -106,37 +106,44 @@ def test_two_files_one_name_in_two_forms_are_recorded_never_merged(tmp_path: Pat
     assert all(d.encode("utf-8") for _, d in clashes)
 
 
-def _tar_members(form: str) -> list[tuple[str, bytes]]:
+def _tar_members(form: str, prefix: str = "") -> list[tuple[str, bytes]]:
     """``NAMES``' members in ``form``, sorted by name as ``tar --sort=name`` writes them."""
     members = []
     for i, name in sorted(enumerate(NAMES), key=lambda n: _nf(form, n[1])):
-        members += [(f"{_nf(form, name)}.jpg", jpeg((25 * i, 60, 90))), (f"{_nf(form, name)}.txt", f"a field number {i}".encode())]
-    return members
+        members += [(f"{prefix}{_nf(form, name)}.jpg", jpeg((25 * i, 60, 90))), (f"{prefix}{_nf(form, name)}.txt", f"a field number {i}".encode())]
+    return [*members, (f"{prefix}{_nf(form, 'Ångström')}", b"no extension")]
 
 
 def test_a_tar_made_on_a_mac_gives_the_items_of_the_same_tar_made_elsewhere(tmp_path: Path):
-    """A tar's members named in NFD give the source ids, splits, captions and records of the NFC tar
-    (in the tar's order: a stream is not sorted)."""
+    """A tar's members named in NFD, or each after a './' (``tar -cf shard.tar -C DIR .``), give the
+    source ids, splits, captions and records of the NFC tar (in the tar's order: a stream is not sorted;
+    a skip's message names a member as the tar writes it, './' and all)."""
     got = {}
-    for form in ("NFC", "NFD"):
-        (tmp_path / form).mkdir()
-        write_tar(tmp_path / form / "00000.tar", [*_tar_members(form), (_nf(form, "Ångström"), b"no extension")])
-        source = WebDatasetSource(WebDatasetConfig(str(tmp_path / form / "00000.tar"), test_fraction=0.5))
-        got[form] = [sorted(((i.source_id, i.caption, i.meta, i.error, i.detail) for i in read_all(source, s)), key=repr) for s in ("train", "test")]
-    assert got["NFD"] == got["NFC"] and all(got["NFC"])
-    assert {item[0] for split in got["NFC"] for item in split} >= {f"00000.tar/{_nf('NFC', n)}" for n in NAMES}
+    for form, prefix in (("NFC", ""), ("NFD", ""), ("NFC", "./"), ("NFD", "././")):
+        folder = tmp_path / f"{form}{len(prefix)}"
+        folder.mkdir()
+        write_tar(folder / "00000.tar", _tar_members(form, prefix))
+        source = WebDatasetSource(WebDatasetConfig(str(folder / "00000.tar"), test_fraction=0.5))
+        got[form, prefix] = [sorted(((i.source_id, i.caption, i.meta, i.error, i.detail.replace(prefix, "") if prefix else i.detail)
+                                     for i in read_all(source, s)), key=repr) for s in ("train", "test")]
+    composed = got["NFC", ""]
+    assert all(composed) and [k for k in got if got[k] != composed] == []
+    assert {item[0] for split in composed for item in split} >= {f"00000.tar/{_nf('NFC', n)}" for n in NAMES}
 
 
 def test_a_tar_key_in_two_forms_is_a_recorded_clash(tmp_path: Path):
-    """"café.jpg" decomposed and "café.txt" composed in one tar are two keys of one recorded name: the
-    later one is a ``name_form_clash`` naming both in escapes, not a second item of the same source id."""
-    write_tar(tmp_path / "00000.tar", [("cafe\u0301.jpg", jpeg()), ("caf\u00e9.txt", b"a cafe"), ("ok.jpg", jpeg()), ("ok.txt", b"ok")])
+    """"café.jpg" decomposed and "café.txt" composed in one tar are two keys of one recorded name, as
+    are "./ok.jpg" and "ok.txt": the later one is a ``name_form_clash`` naming both in escapes, not a
+    second item of the same source id."""
+    write_tar(tmp_path / "00000.tar", [("cafe\u0301.jpg", jpeg()), ("caf\u00e9.txt", b"a cafe"), ("./ok.jpg", jpeg()), ("ok.txt", b"ok")])
     items = read_all(WebDatasetSource(WebDatasetConfig(str(tmp_path / "00000.tar"), test_fraction=0.0)), "train")
     assert [(i.source_id, i.error) for i in items] == [
-        ("00000.tar/caf\u00e9", "missing_caption"), ("00000.tar/caf\u00e9", "name_form_clash"), ("00000.tar/ok", None)]
+        ("00000.tar/caf\u00e9", "missing_caption"), ("00000.tar/caf\u00e9", "name_form_clash"),
+        ("00000.tar/ok", "missing_caption"), ("00000.tar/ok", "name_form_clash")]
     assert items[1].detail == (
-        "00000.tar/caf\u00e9: key 'caf\\xe9' and the earlier key 'cafe\\u0301' are one name in two Unicode forms (composed NFC, "
-        "decomposed NFD: members added on a Mac?): its members 'caf\\xe9.txt' are not read; give the key's members one form")
+        "00000.tar/caf\u00e9: key 'caf\\xe9' and the earlier key 'cafe\\u0301' are one name written two ways (Unicode forms NFC "
+        "and NFD: members added on a Mac?; or with and without './'): its members 'caf\\xe9.txt' are not read; give the key's "
+        "members one name")
 
 
 CONCEPT_CAPTIONS = {

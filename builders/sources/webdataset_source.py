@@ -231,7 +231,7 @@ class WebDatasetSource(Source):
         forms: dict[str, str] = {}
 
         def wanted(rel: str) -> bool:
-            return split_of(f"{name}/{recorded_name(rel)}", self.config.test_fraction) == split
+            return split_of(f"{name}/{recorded_member(rel)}", self.config.test_fraction) == split
 
         # A stream cut short once bytes came (a dropped connection, a stall, a command's error) is read
         # again from its start, its samples already given passed over: the shard is then what an
@@ -254,18 +254,19 @@ class WebDatasetSource(Source):
                 return
 
     def _event_items(self, name: str, event: TarRun | LooseMember, forms: dict[str, str]) -> Iterator[RawItem]:
-        """The records of one run or loose member, its names as recorded (NFC: a tar made on a Mac
-        gives the items of the same tar made elsewhere); a key that came before in another Unicode
-        form is a ``name_form_clash``. ``forms`` holds the tar's keys so far, by recorded name."""
+        """The records of one run or loose member, its names as recorded (:func:`recorded_member`: a
+        tar made on a Mac, or of ``.``, gives the items of the same tar made elsewhere); a key that came
+        before written another way is a ``name_form_clash``. ``forms`` holds the tar's keys so far, by
+        recorded name."""
         if isinstance(event, TarRun):
-            key = recorded_name(event.key)
+            key = recorded_member(event.key)
             earlier = forms.get(key)
             if earlier is not None and earlier != event.key:
                 source_id = f"{name}/{event.key}"
                 yield RawItem(source_id, None, None, {"tar": name}, error="name_form_clash", detail=(
-                    f"{name}/{key}: key {ascii(event.key)} and the earlier key {ascii(earlier)} are one name in two Unicode "
-                    f"forms (composed NFC, decomposed NFD: members added on a Mac?): its members {ascii(event.listing())} "
-                    f"are not read; give the key's members one form"))
+                    f"{name}/{key}: key {ascii(event.key)} and the earlier key {ascii(earlier)} are one name written two "
+                    f"ways (Unicode forms NFC and NFD: members added on a Mac?; or with and without './'): its members "
+                    f"{ascii(event.listing())} are not read; give the key's members one name"))
                 return
             if len(forms) < MAX_REMEMBERED_KEYS:
                 forms.setdefault(key, event.key)
@@ -277,8 +278,9 @@ class WebDatasetSource(Source):
             else:
                 items = iter([RawItem(source_id, None, None, {"tar": name, "member": event.name}, *_loose_record(event))])
         for item in items:
-            names = {k: recorded_name(v) if k in ("key", "member") else v for k, v in item.meta.items()}
-            yield RawItem(recorded_name(item.source_id), item.image, item.caption, names, item.error, recorded_name(item.detail))
+            names = {k: recorded_member(v) if k in ("key", "member") else v for k, v in item.meta.items()}
+            source_id = f"{name}/{recorded_member(item.source_id[len(name) + 1:])}"
+            yield RawItem(source_id, item.image, item.caption, names, item.error, recorded_name(item.detail))
 
     def _items(self, name: str, run: TarRun) -> Iterator[RawItem]:
         """The item of one run of a key's members, then a ``duplicate_image`` record for each image
@@ -359,6 +361,16 @@ class WebDatasetSource(Source):
                          f"(images: {', '.join(self.config.image_keys)}; caption: {self.config.caption_key}; a recipe's "
                          f"[source] image_keys and caption_key read others)")
         return "".join(f"; {h}" for h in hints)
+
+
+def recorded_member(name: str) -> str:
+    """A member's name or key as source ids and the split hash hold it: NFC (:func:`recorded_name`),
+    without the ``./`` that ``tar -cf shard.tar -C DIR .`` puts before every name, so a tar repacked
+    another way is the same items."""
+    name = recorded_name(name)
+    while name.startswith("./"):
+        name = name[2:]
+    return name
 
 
 def _loose_record(member: LooseMember) -> tuple[str, str]:
