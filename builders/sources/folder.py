@@ -1,8 +1,8 @@
 """A directory tree of images with caption sidecars (``name.jpg`` + ``name.txt``).
 
 Files are listed once and grouped by key (the relative path without its extension), as a tar's
-members are; each key is one item, split by a hash of the key, so it keeps its split when others
-are added. Every format Pillow reads by default is listed (GIF gives its first
+members are; each key is one item, split by a hash of the key (its name in NFC, as every record
+holds it: a copy through a Mac is the same dataset), so it keeps its split when others are added. Every format Pillow reads by default is listed (GIF gives its first
 frame, TIFF its first page). Images stay raw bytes here: decoding is the resizer's job, and a bad
 file becomes an item with an error and its text, never an exception.
 

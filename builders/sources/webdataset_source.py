@@ -7,7 +7,7 @@ same grouping as a local file and as the project's own shards
 (:func:`implicit_concept.shard_reader.group_runs`, with its bounded header reading). One input tar
 is one output shard, so shard ``i`` of either split reads only tar ``i``. Members are grouped as webdataset does (its ``base_plus_ext``): the key is the member's
 directory and its name up to the first dot, and consecutive members with the same key form one
-sample. A member whose name starts with a dot (macOS tar's ``._a.jpg`` AppleDouble metadata,
+sample; a key is recorded and split by its name in NFC, less a leading ``./`` (:func:`recorded_member`). A member whose name starts with a dot (macOS tar's ``._a.jpg`` AppleDouble metadata,
 ``.DS_Store``) or has no extension has no key: it is part of no sample, never splits one, and is a
 record of its own (``hidden_file``, ``no_image``), as is a symlink or device member
 (``not_a_regular_file``). Every member not used leaves a record: an image beside the one used (the
