@@ -9,6 +9,7 @@ import os
 import unicodedata
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from PIL import Image
 
 from builders.build import build_dataset
@@ -172,3 +173,33 @@ def test_a_caption_is_stored_composed():
     """A decomposed caption, in UTF-8 or UTF-16 with its BOM, is the caption of the composed one."""
     for data in (_nf("NFD", "un café à Seoul, 사진").encode(), codecs.BOM_UTF16_LE + _nf("NFD", "un café à Seoul, 사진").encode("utf-16-le")):
         assert read_caption(data) == ("un caf\u00e9 \u00e0 Seoul, \uc0ac\uc9c4", None, "")
+
+
+def test_names_that_are_not_utf8_are_recorded_in_every_kind_of_record(tmp_path: Path):
+    """A Latin-1 name (``os.fsdecode`` gives it lone surrogates) in a record other than an image's
+    own (a caption alone, an image beside a preferred one, a hidden file, a symlink to a folder, a
+    folder's files): each is a record with a readable name, and the build's tables are written."""
+    src = tmp_path / "src"
+    src.mkdir()
+    latin = os.fsdecode(b"caf\xe9")
+    (src / "ok.png").write_bytes(jpeg())
+    (src / "ok.txt").write_text("a red square")
+    (src / f"._{latin}.jpg").write_bytes(b"\x00\x05\x16\x07")
+    (src / f"alone {latin}.txt").write_text("a caption without an image")
+    (src / f"{latin}.jpg").write_bytes(jpeg())
+    (src / f"{latin}.png").write_bytes(jpeg())
+    (src / f"{latin}.txt").write_text("a caption")
+    (src / latin).mkdir()
+    (src / latin / "x.jpg").write_bytes(jpeg())
+    (src / latin / "x.txt").write_text("in a Latin-1 folder")
+    (src / f"link {latin}").symlink_to(src / latin)
+    recipe = {"name": "latin", "seed": 3, "image_size": 32, "shard_size": 100,
+              "source": {"kind": "folder", "path": str(src), "test_fraction": 0.0},
+              "subsets": [{"name": "q", "concepts": ["qrcode"], "fraction": 0.5}]}
+    report = build_dataset(parse_recipe(recipe), tmp_path / "out", progress=False)
+    rows = pq.read_table(report.out / "manifest.parquet").to_pylist()
+    assert sorted((r["source_id"], r["reason"]) for r in rows) == [
+        ("._caf\\xe9.jpg", "hidden_file"), ("alone caf\\xe9.txt", "no_image"), ("caf\\xe9.jpg", "undecodable_name"),
+        ("caf\\xe9.png", "duplicate_image"), ("caf\\xe9/x.jpg", "undecodable_name"), ("link caf\\xe9", "not_a_regular_file"),
+        ("ok.png", None)]
+    assert all(r["error_message"] is None or r["error_message"].isprintable() for r in rows)
