@@ -73,14 +73,6 @@ def recorded_name(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
-def form_clash_detail(name: str, real: str, others: list[str], what: str = "file") -> str:
-    """The recorded text of ``what`` ``real`` whose name is ``name`` in another Unicode form than
-    each of ``others`` (each spelled in escapes, since they look the same)."""
-    spelled = " and ".join(ascii(o) for o in others)
-    return (f"{name}: the {what} {ascii(real)} and {spelled} are one name in two Unicode forms (composed NFC, decomposed "
-            f"NFD: a Mac's copy beside the original?), so which is meant is unknown and neither is read; keep one")
-
-
 def hidden_detail(name: str, what: str = "file") -> str:
     """The recorded text of a hidden ``what`` (file, member) ``name``."""
     return (f"{name}: a hidden {what} (its name starts with a dot: macOS '._' AppleDouble metadata, .DS_Store and "

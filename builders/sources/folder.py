@@ -2,9 +2,10 @@
 
 Files are listed once and grouped by key (the relative path without its extension), as a tar's
 members are; each key is one item, split by a hash of the key (its name in NFC, as every record
-holds it: a copy through a Mac is the same dataset), so it keeps its split when others are added. Every format Pillow reads by default is listed (GIF gives its first
-frame, TIFF its first page). Images stay raw bytes here: decoding is the resizer's job, and a bad
-file becomes an item with an error and its text, never an exception.
+holds it: a copy through a Mac is the same dataset), so it keeps its split when others are added.
+Every format Pillow reads by default is listed (GIF gives its first frame, TIFF its first page).
+Images stay raw bytes here: decoding is the resizer's job, and a bad file becomes an item with an
+error and its text, never an exception.
 
 Only regular files are read, never through a symlink, and only up to a cap: a caption that is a
 symlink to ``/dev/zero`` would fill memory, a FIFO would hang the build, and a symlink to any
@@ -31,7 +32,7 @@ from implicit_concept.shard_reader import MAX_JSON_BYTES, is_hidden
 
 from .base import (
     DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, check_fraction, check_limits, hidden_detail, raise_cap, recorded_name, split_of,
-    undecodable_detail, form_clash_detail,
+    undecodable_detail,
 )
 from .caption_text import MAX_CAPTION_BYTES, read_caption
 from .source_json import json_caption_hint, read_source_json
@@ -420,7 +421,7 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
         files = groups[key]
         clashes = [(n, real[n]) for n, _ in files if len(real[n]) > 1]
         if clashes:
-            unused = tuple((r, "name_form_clash", form_clash_detail(n, r, [o for o in rels if o != r]))
+            unused = tuple((r, "name_form_clash", _clash_detail(n, r, [o for o in rels if o != r]))
                            for n, rels in clashes for r in rels)
             unused += tuple((n, "name_form_clash", f"{n}: not read: {clashes[0][0]} of the same key is {len(clashes[0][1])} "
                                                    f"files in two Unicode forms, so which files are one item is unknown")
@@ -443,6 +444,14 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
         entries.append(_Entry(key, images[0] if images else None, caption, jsons[0] if jsons else None, tuple(unused), hint,
                               bool(captions), on_disk))
     return sorted(entries, key=lambda e: e.key)
+
+
+def _clash_detail(name: str, real: str, others: list[str]) -> str:
+    """The recorded text of the file ``real`` whose name is ``name`` in another Unicode form than
+    each of ``others`` (each spelled in escapes, since they look the same)."""
+    spelled = " and ".join(ascii(o) for o in others)
+    return (f"{name}: the file {ascii(real)} and {spelled} are one name in two Unicode forms (composed NFC, decomposed "
+            f"NFD: a Mac's copy beside the original?), so which is meant is unknown and neither is read; keep one")
 
 
 #: What ``_NearMisses`` looks for when it looks for an image, not a file ending (no ending holds a slash).
