@@ -172,13 +172,13 @@ class CaptionScreen:
             found.update(names)
         return CaptionVerdict(tuple(sorted(found)), stripped, stripped=True)
 
-    def _strip(self, caption: str, text: str, where: list[int], names: tuple[str, ...]) -> str:
+    def _strip(self, caption: str, text: str, where: list[tuple[int, int]], names: tuple[str, ...]) -> str:
         """``caption`` with the tokens holding ``names``' words taken out (``text`` and ``where``:
         its :func:`_normalised` form)."""
         spans = sorted(_token(text, m.start(), m.end()) for name in names for m in self._patterns[name].finditer(text))
         kept, end = [], 0
         for start, stop in spans:
-            start, stop = where[start], where[stop - 1] + 1
+            start, stop = where[start][0], where[stop - 1][1]
             if start > end:
                 kept.append(caption[end:start])
             end = max(end, stop)
@@ -186,20 +186,40 @@ class CaptionScreen:
         return _tidy("".join(kept) + caption[end:])
 
 
-def _normalised(caption: str) -> tuple[str, list[int]]:
+#: Characters of a caption normalised together at most: a letter and the marks that compose with it.
+MAX_CLUSTER = 32
+
+
+def _normalised(caption: str) -> tuple[str, list[tuple[int, int]]]:
     """The caption as matched (NFKC, case-folded, without format characters such as a soft hyphen or
-    a zero-width space), and for each of its characters the index of the one it came from."""
+    a zero-width space), and for each of its characters the span of the ones it came from.
+
+    Characters that compose are normalised together: a decomposed caption (a Mac's NFD, Korean
+    written as jamo, "ｺﾞ" in half-width kana) is matched as its composed form, "워터마크", "ロゴ"."""
     if caption.isascii():
-        return caption.lower(), list(range(len(caption)))
-    chars: list[str] = []
-    where: list[int] = []
+        return caption.lower(), [(i, i + 1) for i in range(len(caption))]
+    spans: list[tuple[int, int]] = []
+    texts: list[str] = []
     for i, c in enumerate(caption):
         if unicodedata.category(c) == "Cf":
             continue
-        folded = unicodedata.normalize("NFKC", c).casefold()
+        if texts and len(texts[-1]) < MAX_CLUSTER and _nfkc(texts[-1] + c) != _nfkc(texts[-1]) + _nfkc(c):
+            texts[-1] += c
+            spans[-1] = (spans[-1][0], i + 1)
+            continue
+        spans.append((i, i + 1))
+        texts.append(c)
+    chars: list[str] = []
+    where: list[tuple[int, int]] = []
+    for span, text in zip(spans, texts):
+        folded = _nfkc(text).casefold()
         chars.append(folded)
-        where.extend([i] * len(folded))
+        where.extend([span] * len(folded))
     return "".join(chars), where
+
+
+def _nfkc(text: str) -> str:
+    return unicodedata.normalize("NFKC", text)
 
 
 def _token(text: str, start: int, stop: int) -> tuple[int, int]:

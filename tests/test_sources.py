@@ -780,8 +780,8 @@ def test_a_name_that_is_not_utf8_says_which_byte_and_what_to_do(tmp_path: Path, 
 
 def test_names_that_differ_only_in_unicode_form_are_one_key(tmp_path: Path):
     """A Mac writes "café.jpg" decomposed (NFD), a script on Linux writes "café.txt" composed (NFC):
-    they look the same, and are one item, not a missing_caption and a no_image. A key keeps the
-    form its image has, so a folder whose files agree splits and orders as before."""
+    they look the same, and are one item, not a missing_caption and a no_image. A key is recorded
+    in NFC, whatever form its files have (tests/test_source_names.py: the same dataset)."""
     nfd, nfc = "cafe\u0301", "caf\u00e9"
     (tmp_path / f"{nfd}.jpg").write_bytes(jpeg())
     (tmp_path / f"{nfc}.txt").write_text("a cafe")
@@ -792,9 +792,9 @@ def test_names_that_differ_only_in_unicode_form_are_one_key(tmp_path: Path):
     (tmp_path / f"x{nfd}.txt").write_text("both decomposed")
     source = FolderSource(FolderConfig(str(tmp_path), test_fraction=0.0), shard_size=100)
     got = [(i.source_id, i.caption, i.error) for i in read_all(source, "train")]
-    assert got == [(f"{nfd}.jpg", "a cafe", None), (f"the {nfc}.jpg", "the cafe", None),
-                   (f"the {nfd}.png", None, "duplicate_image"), (f"x{nfd}.jpg", "both decomposed", None)]
-    assert [e.key for e in source._split("train")] == [nfd, f"the {nfc}", f"x{nfd}"]
+    assert got == [(f"{nfc}.jpg", "a cafe", None), (f"the {nfc}.jpg", "the cafe", None),
+                   (f"the {nfc}.png", None, "duplicate_image"), (f"x{nfc}.jpg", "both decomposed", None)]
+    assert [e.key for e in source._split("train")] == [nfc, f"the {nfc}", f"x{nfc}"]
 
 
 def test_folder_does_not_list_files_below_a_symlinked_folder(tmp_path: Path):

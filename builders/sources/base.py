@@ -6,6 +6,7 @@ A source is split into shards so that one output shard is a pure function of
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -62,6 +63,14 @@ class Source(ABC):
 def split_of(source_id: str, test_fraction: float) -> str:
     """Assign an external item to a split by a hash of its id, stable as the source grows."""
     return "test" if key_hash(source_id) / 2**64 < test_fraction else "train"
+
+
+def recorded_name(name: str) -> str:
+    """A file or member name as a source's identity holds it (source ids, the split hash, key order,
+    records): composed, NFC. A Mac writes names decomposed (NFD), most other tools composed, and
+    a copy made through one keeps its form: the same images under names that look the same are
+    one dataset, read by their real names."""
+    return unicodedata.normalize("NFC", name)
 
 
 def hidden_detail(name: str, what: str = "file") -> str:

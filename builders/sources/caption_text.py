@@ -2,7 +2,8 @@
 
 :func:`read_caption` decodes its bytes (UTF-8, or the UTF-16/UTF-32 a byte order mark names) and
 cleans the text: control characters become spaces, the invisible format characters that hide or
-reorder text (:data:`REMOVED_FORMAT`) are removed, and a caption left with nothing visible is refused.
+reorder text (:data:`REMOVED_FORMAT`) are removed, the rest composed (NFC), and a caption left with
+nothing visible is refused.
 """
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ def read_caption(data: bytes) -> tuple[str | None, str | None, str]:
     none of the invisible format characters that hide or reorder text (:data:`REMOVED_FORMAT`:
     bidi controls, zero-width space, soft hyphen, BOM, word joiner...; each is removed, so a word
     stays whole). Format characters that are part of a spelling stay: ZWNJ and ZWJ (Persian, Indic
-    scripts, emoji sequences), the Arabic number signs, emoji tag sequences (a flag of a region). A
-    caption left without a visible character is ``empty_caption``.
+    scripts, emoji sequences), the Arabic number signs, emoji tag sequences (a flag of a region). It
+    is composed (NFC): a caption typed or saved on a Mac decomposed is the same caption as any other.
+    A caption left without a visible character is ``empty_caption``.
     """
     if len(data) > MAX_CAPTION_BYTES:
         return None, "caption_too_large", f"{len(data)} bytes, over the cap of {MAX_CAPTION_BYTES}"
@@ -44,7 +46,7 @@ def read_caption(data: bytes) -> tuple[str | None, str | None, str]:
         text = data[bom:].decode(encoding)
     except UnicodeDecodeError as e:
         return None, "caption_not_utf8", _not_decoded(data, encoding, bom, e)
-    text = _printable(text).strip()
+    text = unicodedata.normalize("NFC", _printable(text)).strip()
     if not any(unicodedata.category(c) not in _INVISIBLE for c in text):
         return None, "empty_caption", "no visible character"
     if encoding == "utf-8" and _nul_every_other_byte(data):  # ASCII in UTF-16 is valid UTF-8: "a   p h o t o"

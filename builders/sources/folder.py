@@ -1,10 +1,11 @@
 """A directory tree of images with caption sidecars (``name.jpg`` + ``name.txt``).
 
 Files are listed once and grouped by key (the relative path without its extension), as a tar's
-members are; each key is one item, split by a hash of the key, so it keeps its split when others
-are added. Every format Pillow reads by default is listed (GIF gives its first
-frame, TIFF its first page). Images stay raw bytes here: decoding is the resizer's job, and a bad
-file becomes an item with an error and its text, never an exception.
+members are; each key is one item, split by a hash of the key (its name in NFC, as every record
+holds it: a copy through a Mac is the same dataset), so it keeps its split when others are added.
+Every format Pillow reads by default is listed (GIF gives its first frame, TIFF its first page).
+Images stay raw bytes here: decoding is the resizer's job, and a bad file becomes an item with an
+error and its text, never an exception.
 
 Only regular files are read, never through a symlink, and only up to a cap: a caption that is a
 symlink to ``/dev/zero`` would fill memory, a FIFO would hang the build, and a symlink to any
@@ -20,7 +21,6 @@ import math
 import os
 import posixpath
 import stat
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,7 +31,8 @@ from implicit_concept.sample import SPLITS
 from implicit_concept.shard_reader import MAX_JSON_BYTES, is_hidden
 
 from .base import (
-    DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, check_fraction, check_limits, hidden_detail, raise_cap, split_of, undecodable_detail,
+    DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, check_fraction, check_limits, hidden_detail, raise_cap, recorded_name, split_of,
+    undecodable_detail,
 )
 from .caption_text import MAX_CAPTION_BYTES, read_caption
 from .source_json import json_caption_hint, read_source_json
@@ -57,22 +58,23 @@ class FileTooLarge(OSError):
     """A regular file holds more bytes than its cap."""
 
 
-def read_regular_file(root: Path, rel: str, max_bytes: int) -> bytes:
+def read_regular_file(root: Path, rel: str, max_bytes: int, shown: str | None = None) -> bytes:
     """The bytes of ``root/rel``, a regular file reached without following any symlink below ``root``.
 
     Raises ``FileNotFoundError``, :class:`NotRegularFile`, :class:`FileTooLarge` (over ``max_bytes``)
     or another ``OSError``. Opened non-blocking, so a FIFO is refused rather than waited on. What
-    they say names ``rel``, not ``root``: it is recorded in the shards' tables, which are the same
-    bytes wherever the folder lies.
+    they say names ``shown`` (``rel`` as recorded, by default ``rel``), not ``root``: it is recorded
+    in the shards' tables, which are the same bytes wherever the folder lies.
     """
     *folders, name = rel.split("/")
+    rel = rel if shown is None else shown
     directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for folder in folders:
             try:
                 inner = _open_below(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, directory)
             except NotRegularFile as e:
-                raise NotRegularFile(f"{rel}: its folder {folder} is {e}") from None
+                raise NotRegularFile(f"{rel}: its folder {recorded_name(folder)} is {e}") from None
             os.close(directory)
             directory = inner
         try:
@@ -179,6 +181,12 @@ class _Entry:
     hint: str = ""
     #: Whether ``caption`` was listed (a file), not only the name it would have.
     caption_listed: bool = False
+    #: The names above as the files have them on disk, where that is another Unicode form.
+    on_disk: tuple[tuple[str, str], ...] = ()
+
+    def path(self, name: str) -> str:
+        """The real name of the file recorded as ``name``."""
+        return dict(self.on_disk).get(name, name)
 
 
 def _tars_hint(root: Path) -> str:
@@ -235,12 +243,13 @@ class FolderSource(Source):
         self._entries = {s: [e for e in entries if split_of(e.key, config.test_fraction) == s] for s in SPLITS}
 
     def fingerprint(self) -> dict[str, Any]:
-        """Every listed file: name (relative to the folder), size and modification time (not
-        followed); not where the folder lies, so a folder moved whole resumes where it stopped."""
+        """Every listed file: name (relative to the folder, as recorded: NFC), size and modification
+        time (not followed); not where the folder lies, so a folder moved whole, or copied through a
+        Mac, resumes where it stopped."""
         digest, total = hashlib.sha256(), 0
-        for name in self._listed:
+        for real, name in sorted(((real, recorded_name(real)) for real in self._listed), key=lambda r: (r[1], r[0])):
             try:
-                info = os.lstat(self.root / name)
+                info = os.lstat(self.root / real)
             except OSError:
                 entry = f"{name}\t-"
             else:
@@ -248,12 +257,12 @@ class FolderSource(Source):
                 total += info.st_size
             digest.update(entry.encode("utf-8", "surrogateescape") + b"\n")
         for name in sorted(self._unlisted):
-            digest.update(f"{name}/\tunlisted".encode("utf-8", "surrogateescape") + b"\n")
+            digest.update(f"{recorded_name(name)}/\tunlisted".encode("utf-8", "surrogateescape") + b"\n")
         return {"kind": self.kind, "files": len(self._listed), "bytes": total, "sha256": digest.hexdigest()}
 
     def files(self, split: str) -> list[str]:
-        """Relative paths of the images ``split`` uses, in shard order."""
-        return [e.image for e in self._split(split) if e.image is not None]
+        """Relative paths of the images ``split`` uses, in shard order, as they are on disk."""
+        return [e.path(e.image) for e in self._split(split) if e.image is not None]
 
     def _split(self, split: str) -> list[_Entry]:
         if split not in self._entries:
@@ -269,11 +278,14 @@ class FolderSource(Source):
         start = shard_id * self.shard_size
         for entry in self._split(split)[start : start + self.shard_size]:
             if entry.image is not None:
-                yield self._item(entry.image, entry.caption, entry.json, entry.hint, entry.caption_listed)
+                yield self._item(entry)
             for rel, reason, detail in entry.unused:
                 yield RawItem(rel, None, None, {"path": rel}, error=reason, detail=detail)
 
-    def _item(self, rel: str, caption_rel: str, json_rel: str | None, hint: str = "", caption_listed: bool = False) -> RawItem:
+    def _item(self, entry: _Entry) -> RawItem:
+        """The item of ``entry``'s image: its files read by their real names, recorded by their names
+        in NFC."""
+        rel, caption_rel, json_rel = entry.image or "", entry.caption, entry.json
         meta: dict[str, Any] = {"path": rel}
         try:
             rel.encode("utf-8")
@@ -281,7 +293,7 @@ class FolderSource(Source):
             return RawItem(rel, None, None, {}, error="undecodable_name", detail=undecodable_detail(rel))
         if json_rel is not None:
             try:
-                found, skipped = read_source_json(read_regular_file(self.root, json_rel, MAX_JSON_BYTES))
+                found, skipped = read_source_json(read_regular_file(self.root, entry.path(json_rel), MAX_JSON_BYTES, json_rel))
             except FileTooLarge:
                 found, skipped = {}, "json_too_large"
             except NotRegularFile as e:
@@ -292,11 +304,11 @@ class FolderSource(Source):
                 return RawItem(rel, None, None, meta, error=skipped, detail=json_rel)
             meta.update(found)
         try:
-            caption_bytes = read_regular_file(self.root, caption_rel, MAX_CAPTION_BYTES)
+            caption_bytes = read_regular_file(self.root, entry.path(caption_rel), MAX_CAPTION_BYTES, caption_rel)
         except FileNotFoundError:
-            if caption_listed:
+            if entry.caption_listed:
                 return RawItem(rel, None, None, meta, error="missing_caption", detail=f"{caption_rel}: {_GONE}")
-            return RawItem(rel, None, None, meta, error="missing_caption", detail=f"no {caption_rel}{hint}{json_caption_hint(meta, json_rel, caption_rel)}")
+            return RawItem(rel, None, None, meta, error="missing_caption", detail=f"no {caption_rel}{entry.hint}{json_caption_hint(meta, json_rel, caption_rel)}")
         except NotRegularFile as e:
             return RawItem(rel, None, None, meta, error="not_a_regular_file", detail=f"caption {e}")
         except FileTooLarge as e:
@@ -307,7 +319,7 @@ class FolderSource(Source):
         if error:
             return RawItem(rel, None, None, meta, error=error, detail=f"{caption_rel}: {why}")
         try:
-            image = read_regular_file(self.root, rel, self.config.max_file_bytes)
+            image = read_regular_file(self.root, entry.path(rel), self.config.max_file_bytes, rel)
         except NotRegularFile as e:
             return RawItem(rel, None, caption, meta, error="not_a_regular_file", detail=str(e))
         except FileTooLarge as e:
@@ -321,8 +333,9 @@ class FolderSource(Source):
 
 def file_split(rel: str, test_fraction: float) -> str:
     """The split the file ``rel`` (``a/b.jpg``) lands in: by a hash of its key (``a/b``), so an
-    image and its caption cannot part. Whatever writes a folder for a given split asks this."""
-    return split_of(split_name(rel)[0], test_fraction)
+    image and its caption cannot part, in NFC (a copy through a Mac splits alike). Whatever writes
+    a folder for a given split asks this."""
+    return split_of(split_name(recorded_name(rel))[0], test_fraction)
 
 
 def split_name(rel: str) -> tuple[str, str]:
@@ -366,27 +379,33 @@ def _is_link(path: Path) -> bool:
 
 def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str, str] | None = None,
              linked: set[str] | None = None, caption_ext: str = CAPTION_EXTENSION) -> list[_Entry]:
-    """``listed`` grouped by key (names the same under NFC are one), in key order. The image used is
+    """``listed`` grouped by key, in key order, each name as recorded (:func:`recorded_name`, NFC:
+    "café.jpg" from a Mac and "café.txt" from a script are one key, and a copy of the folder through
+    a Mac is the same dataset), its real name kept for reading (``_Entry.on_disk``). The image used is
     the first by the order of ``extensions`` (then by name), the caption ``KEY.txt`` before another
-    case of it. A folder of ``unlisted`` is an entry of its own (its path the key): a skip,
-    ``unreadable_folder``; so is a symlink to a folder, ``linked`` (``not_a_regular_file``)."""
+    case of it. Two files whose names are one in two forms are a key no file of which is read
+    (``name_form_clash``, each named in escapes). A folder of ``unlisted`` is an entry of its own (its
+    path the key): a skip, ``unreadable_folder``; so is a symlink to a folder, ``linked``
+    (``not_a_regular_file``)."""
     groups: dict[str, list[tuple[str, str]]] = {}
+    real: dict[str, list[str]] = {}
     hidden = []
     links = {}
     for rel in listed:
+        name = recorded_name(rel)
         if is_hidden(rel):
-            hidden.append(rel)
+            hidden.append(name)
             continue
         if rel in (linked or ()):  # keyed as a folder is, apart from the files of the same name
-            links[f"{rel}/"] = (rel, f"{rel}: a symlink to a folder, never followed (a link may lead anywhere), so the "
-                                     f"files there are not read; give that folder as a source of its own, or copy it in")
+            links[f"{name}/"] = (name, f"{name}: a symlink to a folder, never followed (a link may lead anywhere), so the "
+                                       f"files there are not read; give that folder as a source of its own, or copy it in")
             continue
-        key, ext = split_name(rel)
-        # A Mac writes names decomposed (NFD), most other tools composed (NFC): "café.jpg" and
-        # "café.txt" look the same and are one key, whichever form each file has.
-        groups.setdefault(unicodedata.normalize("NFC", key), []).append((rel, ext))
+        if name not in real:
+            key, ext = split_name(name)
+            groups.setdefault(key, []).append((name, ext))
+        real.setdefault(name, []).append(rel)
     near = _NearMisses(groups, extensions, caption_ext)
-    folders = {f"{rel}/": why for rel, why in (unlisted or {}).items() if rel}
+    folders = {f"{recorded_name(rel)}/": why for rel, why in (unlisted or {}).items() if rel}
     entries = []
     for key in sorted([*groups, *folders, *hidden, *links]):
         if key in links:
@@ -400,8 +419,16 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
             entries.append(_Entry(key, None, "", None, ((key, HIDDEN, hidden_detail(key)),)))
             continue
         files = groups[key]
+        clashes = [(n, real[n]) for n, _ in files if len(real[n]) > 1]
+        if clashes:
+            unused = tuple((r, "name_form_clash", _clash_detail(n, r, [o for o in rels if o != r]))
+                           for n, rels in clashes for r in rels)
+            unused += tuple((n, "name_form_clash", f"{n}: not read: {clashes[0][0]} of the same key is {len(clashes[0][1])} "
+                                                   f"files in two Unicode forms, so which files are one item is unknown")
+                            for n, _ in files if len(real[n]) == 1)
+            entries.append(_Entry(key, None, "", None, unused))
+            continue
         images = sorted((r for r, e in files if e in extensions), key=lambda r: (extensions.index(split_name(r)[1]), r))
-        key = split_name(images[0] if images else files[0][0])[0]  # the name as written, for the split and the order
         captions = _preferred(files, caption_ext)
         caption = captions[0] if captions else f"{key}.{caption_ext}"
         jsons = _preferred(files, JSON_EXTENSION)
@@ -413,9 +440,18 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
             unused = [(r, "duplicate_image", f"{r}: {images[0]} of the same name is used") for r in images[1:]]
             unused += [(r, "duplicate_caption", f"{r}: {caption} of the same name is used") for r in captions[1:]]
             unused += [(r, "duplicate_json", f"{r}: {jsons[0]} of the same name is used") for r in jsons[1:]]
+        on_disk = tuple((n, real[n][0]) for n, _ in files if real[n][0] != n)
         entries.append(_Entry(key, images[0] if images else None, caption, jsons[0] if jsons else None, tuple(unused), hint,
-                              bool(captions)))
+                              bool(captions), on_disk))
     return sorted(entries, key=lambda e: e.key)
+
+
+def _clash_detail(name: str, real: str, others: list[str]) -> str:
+    """The recorded text of the file ``real`` whose name is ``name`` in another Unicode form than
+    each of ``others`` (each spelled in escapes, since they look the same)."""
+    spelled = " and ".join(ascii(o) for o in others)
+    return (f"{name}: the file {ascii(real)} and {spelled} are one name in two Unicode forms (composed NFC, decomposed "
+            f"NFD: a Mac's copy beside the original?), so which is meant is unknown and neither is read; keep one")
 
 
 #: What ``_NearMisses`` looks for when it looks for an image, not a file ending (no ending holds a slash).
@@ -451,14 +487,13 @@ class _NearMisses:
                     found.append(rel)
 
     def _has(self, key: str, wanted: str) -> str | None:
-        found = [r for r, e in self.groups.get(unicodedata.normalize("NFC", key), [])
+        found = [r for r, e in self.groups.get(key, [])
                  if (e in self.extensions if wanted == _IMAGE else e == wanted)]
         return found[0] if found else None
 
     def _elsewhere(self, key: str, wanted: str) -> list[str]:
         """Files of the same name and the ``wanted`` kind, without a partner of their own, in other
         folders: two at most, of the first eight names looked at (a name in every folder costs no more)."""
-        key = unicodedata.normalize("NFC", key)
         partner = _IMAGE if wanted == self.caption else self.caption
         others = itertools.islice((k for k in self.named.get(posixpath.basename(key), []) if k != key), 8)
         return [found for k in others if (found := self._has(k, wanted)) is not None and self._has(k, partner) is None][:2]
@@ -475,8 +510,7 @@ class _NearMisses:
 
     def hint(self, key: str, images: list[str], files: list[tuple[str, str]]) -> str:
         """The text appended to the record of ``key``, whose files are ``files``."""
-        norm = unicodedata.normalize("NFC", key)
-        twins = [k for k in self.folded.get(norm.casefold(), []) if k != norm]
+        twins = [k for k in self.folded.get(key.casefold(), []) if k != key]
         hints = []
         if images:
             for image in images:

@@ -7,7 +7,7 @@ same grouping as a local file and as the project's own shards
 (:func:`implicit_concept.shard_reader.group_runs`, with its bounded header reading). One input tar
 is one output shard, so shard ``i`` of either split reads only tar ``i``. Members are grouped as webdataset does (its ``base_plus_ext``): the key is the member's
 directory and its name up to the first dot, and consecutive members with the same key form one
-sample. A member whose name starts with a dot (macOS tar's ``._a.jpg`` AppleDouble metadata,
+sample; a key is recorded and split by its name in NFC, less a leading ``./`` (:func:`recorded_member`). A member whose name starts with a dot (macOS tar's ``._a.jpg`` AppleDouble metadata,
 ``.DS_Store``) or has no extension has no key: it is part of no sample, never splits one, and is a
 record of its own (``hidden_file``, ``no_image``), as is a symlink or device member
 (``not_a_regular_file``). Every member not used leaves a record: an image beside the one used (the
@@ -48,6 +48,7 @@ from implicit_concept.image_decode import DEFAULT_MAX_PIXELS
 from implicit_concept.sample import SPLITS
 from implicit_concept.shard_reader import (
     MAX_MEMBER_BYTES,
+    MAX_REMEMBERED_KEYS,
     STREAM_PREFIXES,
     LooseMember,
     TarRefused,
@@ -64,7 +65,7 @@ from implicit_concept.streams import StreamFailed
 
 from .base import (
     DEFAULT_EXTENSIONS, HIDDEN, MAX_PLANNED_SHARDS, RawItem, Source, check_fraction, check_limits, hidden_detail, raise_cap,
-    split_of, undecodable_detail,
+    recorded_name, split_of, undecodable_detail,
 )
 from .caption_text import read_caption
 from .source_json import encodable, json_caption_hint, read_source_json
@@ -195,7 +196,7 @@ class WebDatasetSource(Source):
                 f"urls: {len(missing)} of {len(tars)} tar files do not exist, first {missing[0]!r}"
                 f"{missing_tars_hint(missing[0], 'a recipe')}"
             )
-        names = [_name(p) for p in tars]
+        names = [recorded_name(_name(p)) for p in tars]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             first, second = [t for t, n in zip(tars, names) if n == repeated[0]][:2]
@@ -225,11 +226,12 @@ class WebDatasetSource(Source):
         if shard_id not in self.shard_ids(split):
             raise ValueError(f"{split} has no shard {shard_id} (shards: {len(self.tars)})")
         path = self.tars[shard_id]
-        name = _name(path)
+        name = recorded_name(_name(path))
         keep = {*self.config.image_keys, self.config.caption_key, "json"}
+        forms: dict[str, str] = {}
 
         def wanted(rel: str) -> bool:
-            return split_of(f"{name}/{rel}", self.config.test_fraction) == split
+            return split_of(f"{name}/{recorded_member(rel)}", self.config.test_fraction) == split
 
         # A stream cut short once bytes came (a dropped connection, a stall, a command's error) is read
         # again from its start, its samples already given passed over: the shard is then what an
@@ -241,25 +243,44 @@ class WebDatasetSource(Source):
                     if index < given:
                         continue
                     given += 1
-                    yield from self._event_items(name, event)
+                    yield from self._event_items(name, event, forms)
                 return
             except _TarStopped as exc:
                 if exc.transient and attempt < attempts:
                     time.sleep(STREAM_RETRY_SECONDS * attempt)
                     continue
                 tried = f" ({attempts} reads)" if exc.transient and attempts > 1 else ""
-                yield RawItem(name, None, None, {"tar": name}, error=exc.reason, detail=f"{exc}{tried}")
+                yield RawItem(name, None, None, {"tar": name}, error=exc.reason, detail=recorded_name(f"{exc}{tried}"))
                 return
 
-    def _event_items(self, name: str, event: TarRun | LooseMember) -> Iterator[RawItem]:
+    def _event_items(self, name: str, event: TarRun | LooseMember, forms: dict[str, str]) -> Iterator[RawItem]:
+        """The records of one run or loose member, its names as recorded (:func:`recorded_member`: a
+        tar made on a Mac, or of ``.``, gives the items of the same tar made elsewhere); a key that came
+        before written another way is a ``name_form_clash``. ``forms`` holds the tar's keys so far, by
+        recorded name."""
         if isinstance(event, TarRun):
-            yield from self._items(name, event)
-            return
-        source_id = f"{name}/{event.name}"
-        if not encodable(source_id):
-            yield RawItem(source_id, None, None, {"tar": name}, error="undecodable_name", detail=undecodable_detail(source_id))
+            key = recorded_member(event.key)
+            earlier = forms.get(key)
+            if earlier is not None and earlier != event.key:
+                source_id = f"{name}/{event.key}"
+                yield RawItem(source_id, None, None, {"tar": name}, error="name_form_clash", detail=(
+                    f"{name}/{key}: key {ascii(event.key)} and the earlier key {ascii(earlier)} are one name written two "
+                    f"ways (Unicode forms NFC and NFD: members added on a Mac?; or with and without './'): its members "
+                    f"{ascii(event.listing())} are not read; give the key's members one name"))
+                return
+            if len(forms) < MAX_REMEMBERED_KEYS:
+                forms.setdefault(key, event.key)
+            items = self._items(name, event)
         else:
-            yield RawItem(source_id, None, None, {"tar": name, "member": event.name}, *_loose_record(event))
+            source_id = f"{name}/{event.name}"
+            if not encodable(source_id):
+                items = iter([RawItem(source_id, None, None, {"tar": name}, error="undecodable_name", detail=undecodable_detail(source_id))])
+            else:
+                items = iter([RawItem(source_id, None, None, {"tar": name, "member": event.name}, *_loose_record(event))])
+        for item in items:
+            names = {k: recorded_member(v) if k in ("key", "member") else v for k, v in item.meta.items()}
+            source_id = f"{name}/{recorded_member(item.source_id[len(name) + 1:])}"
+            yield RawItem(source_id, item.image, item.caption, names, item.error, recorded_name(item.detail))
 
     def _items(self, name: str, run: TarRun) -> Iterator[RawItem]:
         """The item of one run of a key's members, then a ``duplicate_image`` record for each image
@@ -340,6 +361,16 @@ class WebDatasetSource(Source):
                          f"(images: {', '.join(self.config.image_keys)}; caption: {self.config.caption_key}; a recipe's "
                          f"[source] image_keys and caption_key read others)")
         return "".join(f"; {h}" for h in hints)
+
+
+def recorded_member(name: str) -> str:
+    """A member's name or key as source ids and the split hash hold it: NFC (:func:`recorded_name`),
+    without the ``./`` that ``tar -cf shard.tar -C DIR .`` puts before every name, so a tar repacked
+    another way is the same items."""
+    name = recorded_name(name)
+    while name.startswith("./"):
+        name = name[2:]
+    return name
 
 
 def _loose_record(member: LooseMember) -> tuple[str, str]:
@@ -490,10 +521,10 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
 
 
 def _recorded(location: str) -> str:
-    """A tar as a skip's message names it: a local one by its name, as in source ids (the message
+    """A tar as a skip's message and source ids name it: a local one by its name in NFC (the message
     is recorded in the shards' tables, the same bytes wherever the tars lie), a stream as
     :func:`public_location` gives it."""
-    return public_location(location) if is_stream(location) else _name(location)
+    return public_location(location) if is_stream(location) else recorded_name(_name(location))
 
 
 def public_location(location: str) -> str:
