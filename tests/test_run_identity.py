@@ -160,3 +160,25 @@ def test_a_track_names_its_recipe_and_prompts_files_by_content(tmp_path, monkeyp
     lines = (PROMPTS_DIR / "icd-tiny-eval.csv").read_text().splitlines()
     (tmp_path / "b" / "p.csv").write_text("\n".join([lines[0], lines[2], lines[1], *lines[3:]]) + "\n")
     assert load_track("debug", {"prompts": "p.csv"}).sha256 != shipped["debug"], "other prompts, another track"
+
+
+def test_the_leaderboard_compares_the_data_a_run_was_made_from():
+    """Runs of one track on other data (``--source``, or the shipped recipe changed under its name)
+    shared a table: the leaderboard compared the track's sha256 alone."""
+    from benchmark.leaderboard import differences
+
+    reference = json.loads(REFERENCE.read_text())
+    older = json.loads((Path(__file__).parent / "fixtures" / "results-3b55bd5.json").read_text())
+    lab = json.loads(json.dumps(reference))
+    lab["config"]["recipe_sha256"] = "cd" * 32
+    lines, _ = differences({"reference": reference, "lab": lab})
+    assert f"data (recipe sha256) differs: reference = {reference['config']['recipe_sha256']}; lab = {'cd' * 32}" in lines
+    assert not [n for n in differences({"reference": reference, "copy": reference})[1] if n.startswith("data")]
+    assert "data (recipe sha256) not compared: not recorded in older (a results.json from an older version)" in \
+        differences({"reference": reference, "older": older})[1]
+    a, b = (json.loads(json.dumps(reference)) for _ in range(2))
+    a["config"]["source_fingerprint"], b["config"]["source_fingerprint"] = {"kind": "folder", "sha256": "a"}, {"kind": "folder", "sha256": "b"}
+    lines, notes = differences({"a": a, "b": b})
+    assert not [n for n in lines if n.startswith("data")]
+    assert "data: one recipe, but the source files differ in name, size or modification time between a, b " \
+           "(other images, or the same ones copied without their times)" in notes
