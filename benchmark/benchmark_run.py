@@ -13,11 +13,22 @@ from benchmark.results_file import read_results
 from benchmark.track import Track
 from benchmark.track_check import check_track
 from builders.recipe import Recipe, load_recipe, source_from_spec
+from builders.sources import make_source
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import check_apart, json_differences, read_json_object, shown_differences
+from implicit_concept.detector.weights import weights_path
+from implicit_concept.files import (
+    FolderClaimError, atomic_write_json, check_apart, json_differences, read_json_object, sha256_file, shown_differences,
+)
 from implicit_concept.validate import check_folder_name
 
 DEFAULT_CACHE = Path(".cache") / "implicit-concept"
+#: What of ``run.json`` a resume must find unchanged: what the run's results are made from, by content.
+CLAIMED = ("track", "track_sha256", "recipe", "recipe_sha256", "source_fingerprint", "detector_sha256")
+#: The content fields, each with what its difference means: a ``run.json`` without them was written
+#: before they were recorded, and is compared on :data:`EARLIER_CLAIMED`, as it was then.
+CONTENT = {"source_fingerprint": "the source's files (names, sizes, times) are not those the run was made from",
+           "detector_sha256": "--detector's weights are not those the run was made with"}
+EARLIER_CLAIMED = ("track", "track_sha256", "recipe", "recipe_sha256", "pretrained", "detector", "source")
 
 
 @dataclass
@@ -48,16 +59,21 @@ class BenchmarkRun:
     def record(self) -> dict[str, Any]:
         """What the run was asked to do (``run.json``, claimed by its folder, and ``results.json``'s
         ``config``): the track, and the recipe it names as resolved (``--source`` in place of its
-        source, paths made absolute) with that recipe's sha256, the one its dataset's ``recipe.json``
-        and every sample record; so an edited recipe file is refused on a resume, and results say
-        which data made them. A run folder made before the recipe was recorded is refused too
-        (run.json differs in recipe, recipe_sha256): its data's recipe is not known."""
+        source) with that recipe's sha256, the one its dataset's ``recipe.json`` and every sample
+        record; what the source held (its fingerprint, as the build records it) and ``--detector``'s
+        weights (sha256). So an edited recipe file, other images or other detector weights are refused
+        on a resume (:data:`CLAIMED`), and results say which data made them; the options as typed
+        (``source``, ``pretrained``, ``detector``) are kept for people, not compared: the same folder
+        typed another way, or moved whole, is the same run. ``--pretrained``'s weights are checked
+        against the base the run's rows record (:meth:`_check_same_base`)."""
         recipe = self._recipe
         return {
-            "track": self.track.to_dict(),
+            "track": self.track.identity(),
             "track_sha256": self.track.sha256,
             "recipe": recipe.to_dict(),
             "recipe_sha256": recipe.sha256,
+            "source_fingerprint": self._source_fingerprint,
+            "detector_sha256": self._detector_sha256,
             "pretrained": str(self.pretrained) if self.pretrained else None,
             "detector": str(self.detector) if self.detector else None,
             "source": self.source,
@@ -67,6 +83,46 @@ class BenchmarkRun:
     def _recipe(self) -> Recipe:
         """The track's recipe as the dataset stage builds it, read once per run."""
         return load_recipe(self.track.recipe, {"source": source_from_spec(self.source)} if self.source else None)
+
+    @cached_property
+    def _source_fingerprint(self) -> dict[str, Any]:
+        """What the recipe's source holds, as its build's ``recipe.json`` records it (file names, sizes
+        and times; not where they lie)."""
+        recipe = self._recipe
+        return make_source(recipe.source, image_size=recipe.image_size, shard_size=recipe.shard_size, seed=recipe.seed).fingerprint()
+
+    @cached_property
+    def _detector_sha256(self) -> str | None:
+        """``--detector``'s weights by content (None: the track's detector, a function of the run's inputs)."""
+        return sha256_file(weights_path(self.detector)) if self.detector is not None else None
+
+    def claim(self) -> None:
+        """Write ``run.json``, or refuse a run folder whose ``run.json`` records other inputs
+        (:meth:`_check_record`); the main process calls this holding the folder's lock."""
+        record_file = self.root / "run.json"
+        if record_file.is_file():
+            self._check_record(record_file)
+        else:
+            atomic_write_json(record_file, self.record())
+
+    def _check_record(self, record_file: Path) -> None:
+        """Refuse ``record_file`` unless it records what this run is given, in :data:`CLAIMED` (a
+        record written before the content was recorded: in :data:`EARLIER_CLAIMED`, as it was then)."""
+        try:
+            previous = read_json_object(record_file)
+        except OSError as e:
+            raise FolderClaimError(f"{record_file}: not readable ({e.strerror or e}); remove the folder or use another --name") from None
+        except ValueError as e:
+            raise FolderClaimError(f"{e}; remove the folder or use another --name") from None
+        now = json.loads(json.dumps(self.record()))
+        keys = CLAIMED if all(k in previous for k in CONTENT) else EARLIER_CLAIMED
+        differ = json_differences({k: previous.get(k) for k in keys}, {k: now.get(k) for k in keys})
+        if differ:
+            said = "".join(f": {CONTENT[k]}" for k in CONTENT if any(d == k or d.startswith(f"{k}.") for d in differ))
+            raise FolderClaimError(
+                f"{self.root}: was made with another config (run.json differs in {shown_differences(differ)}{said}); "
+                "use another --name or remove the folder"
+            )
 
     def check_start(self) -> None:
         """Everything a run is given, checked before any stage runs and before its folder is claimed:
@@ -105,20 +161,8 @@ class BenchmarkRun:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ValueError(f"--runs {self.runs_root}: cannot make the run folder {self.root} ({e.strerror or e})") from None
-        record_file = self.root / "run.json"
-        if record_file.is_file():
-            try:
-                previous = read_json_object(record_file)
-            except OSError as e:
-                raise ValueError(f"{record_file}: not readable ({e.strerror or e}); remove the folder or use another --name") from None
-            except ValueError as e:
-                raise ValueError(f"{e}; remove the folder or use another --name") from None
-            differ = json_differences(previous, json.loads(json.dumps(self.record())))
-            if differ:
-                raise ValueError(
-                    f"{self.root}: was made with another config (run.json differs in {shown_differences(differ)}); "
-                    "use another --name or remove the folder"
-                )
+        if (self.root / "run.json").is_file():
+            self._check_record(self.root / "run.json")
         earlier = self._earlier_results()
         self._check_same_base(earlier.get("base"))
         self.timings = {**dict(earlier.get("timings", {})), **self.timings}
@@ -134,12 +178,18 @@ class BenchmarkRun:
             raise ValueError(f"{results_file}: cannot be read ({e}); remove the folder or use another --name") from None
 
     def _check_same_base(self, recorded: dict[str, Any] | None) -> None:
-        """Refuse a ``--pretrained`` folder whose weights are not those the run folder's rows were made
-        from: ``run.json`` records its path, and the weights at a path change (a link moved to a newer
-        snapshot, a folder re-downloaded), while the rows of methods not rerun are kept beside the new
-        ones, all under the new base's record. Hashes the weights only when there are rows (the run's
-        own record hashes them again at the end: seconds at SD v1.5's size, once per resume)."""
-        if self.pretrained is None or not recorded or not recorded.get("weights_sha256"):
+        """Refuse a base other than the one the run folder's rows were made from: ``run.json`` keeps
+        ``--pretrained`` as typed, not compared, and the weights at a path change (a link moved to a
+        newer snapshot, a folder re-downloaded), while the rows of methods not rerun are kept beside
+        the new ones, all under the new base's record; so are rows made on ``--pretrained`` resumed
+        without it. Hashes the weights only when there are rows (the run's own record hashes them
+        again at the end: seconds at SD v1.5's size, once per resume)."""
+        if not recorded or not recorded.get("weights_sha256"):
+            return
+        if self.pretrained is None:
+            if recorded.get("from") == "--pretrained":
+                raise ValueError(f"{self.root / 'results.json'}: its rows were made from a --pretrained base "
+                                 f"({str(recorded['weights_sha256'])[:12]}), and none is given; give it, or use another --name")
             return
         now = weights_sha256(self.pretrained)
         if now != recorded["weights_sha256"]:

@@ -1,6 +1,7 @@
 """Many runs' ``results.json`` in one table, and whether their numbers can be compared at all.
 
 Two ICRs are comparable only when they come from the same track (data, seeds, settings), the same
+data (the recipe as built: a track run on ``--source`` another lab's images is another dataset), the same
 base model (benchmark runs record its weights; ``--pretrained`` replaces the track's), the same
 prompts (their content, where results record it) and the same evaluator: the detector's weights,
 and what turns its detections into numbers (the confidence thresholds a detection counts at, the
@@ -92,6 +93,15 @@ def differences(runs: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
     bases = {name: r["base"].get("weights_sha256") if r.get("base") else _UNRECORDED
              for name, r in runs.items() if not r.get("handed_over")}  # a handed-over pipeline's base is not known
     _compare_recorded("base model (weights sha256)", bases, lines, notes, " (a results.json from an older version)")
+    own = {name: r for name, r in runs.items() if not r.get("handed_over")}  # a handed-over pipeline's data is not known
+    recipes = {name: r.get("config", {}).get("recipe_sha256", _UNRECORDED) for name, r in own.items()}
+    if any(v is not _UNRECORDED for v in recipes.values()):
+        _compare_recorded("data (recipe sha256)", recipes, lines, notes, " (a results.json from an older version)")
+    sources = {name: r["config"]["source_fingerprint"] for name, r in own.items() if "source_fingerprint" in r.get("config", {})}
+    one_recipe = len({json.dumps(v, sort_keys=True) for v in recipes.values() if v is not _UNRECORDED}) == 1
+    if one_recipe and len({json.dumps(v, sort_keys=True) for v in sources.values()}) > 1:
+        notes.append("data: one recipe, but the source files differ in name, size or modification time between "
+                     + ", ".join(sources) + " (other images, or the same ones copied without their times)")
     for key, (field_name, null_is_value) in EVALUATOR_SETTINGS.items():
         values = {name: _detector_field(r, field_name, null_is_value) for name, r in runs.items()}
         _compare_recorded(key, values, lines, notes, " (a results.json from an older version, or a detector whose record holds "

@@ -38,7 +38,7 @@ from benchmark.targets import Targets, check_targets
 from benchmark.track import Track
 from benchmark.training import processes as process_state
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import atomic_write_bytes, atomic_write_json, claim, locked, sha256_file
+from implicit_concept.files import atomic_write_bytes, atomic_write_json, locked, sha256_file
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import CleanReference, ScoreConfig, ScoreReport, score_images
 from implicit_concept.stats import CROSSED_AT_LEAST_BINOMIAL, CROSSED_MEAN, crossed_mean, crossed_share
@@ -57,7 +57,7 @@ def run_benchmark(run: BenchmarkRun) -> dict[str, Any]:
         return _run_protocol(run)
     run.root.mkdir(parents=True, exist_ok=True)
     with locked(run.root, wait=False, refusal="wait for it to finish or use another --name", inside=True):
-        claim(run.root / "run.json", run.record(), "use another --name or remove the folder")
+        run.claim()
         return _run_protocol(run)
 
 

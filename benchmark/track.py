@@ -19,8 +19,10 @@ from benchmark.models.base_model import BaseModelConfig
 from benchmark.models.named_scenes import NamedConcepts
 from benchmark.models.pipelines import TinyPipelineConfig, build_scheduler
 from benchmark.models.sd15 import SCHEDULER as SD15_SCHEDULER
+from benchmark.prompts import PROMPTS_DIR, prompts_sha256, read_prompts
 from benchmark.targets import Targets
 from benchmark.training import TrainingConfig
+from builders.recipe import load_recipe
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.provenance import config_hash
 from implicit_concept.scoring import REFERENCE_FLOOR
@@ -37,6 +39,7 @@ from implicit_concept.validate import (
     is_number,
     read_toml,
 )
+from manifests import RECIPES_DIR
 
 TRACKS_DIR = Path(__file__).resolve().parent / "tracks"
 
@@ -163,6 +166,15 @@ class Track:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """The track as its sha256 and a run's record hold it: a recipe or prompts file named by path
+        is named by its content (``sha256:`` and the recipe's sha256, or the prompts'), or by the
+        shipped name whose content it holds; so one file at two paths, or typed two ways, is one
+        track, and two files at one relative path from two working folders are two. Shipped names
+        stay as written (their tracks' sha256 unchanged); a file not readable here stays as given
+        (:func:`benchmark.track_check.check_track` refuses it before any run)."""
+        return {**self.to_dict(), "recipe": _recipe_identity(self.recipe), "prompts": _prompts_identity(self.prompts, self.num_prompts)}
+
     def groups(self) -> list[tuple[str, tuple[str, ...]]]:
         """(training subset, concepts scored on its generations), in run order."""
         if self.protocol == "mixed":
@@ -215,7 +227,7 @@ class Track:
 
     @property
     def sha256(self) -> str:
-        return config_hash(self.to_dict())
+        return config_hash(self.identity())
 
 
 def load_track(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Track:
@@ -242,6 +254,28 @@ def load_track(name_or_path: str | Path, overrides: dict[str, Any] | None = None
         raise TrackError(f"{path}: {e}") from None
     finally:
         _LOADING_FROM.reset(token)
+
+
+def _recipe_identity(recipe: str) -> str:
+    if Path(recipe).suffix != ".toml":
+        return recipe
+    try:
+        digest = load_recipe(recipe, check_components=False).sha256
+        shipped = {load_recipe(p.stem, check_components=False).sha256: p.stem for p in sorted(RECIPES_DIR.glob("*.toml"))}
+    except (OSError, ValueError):
+        return recipe
+    return shipped.get(digest, f"sha256:{digest}")
+
+
+def _prompts_identity(prompts: str, count: int) -> str:
+    if Path(prompts).suffix != ".csv":
+        return prompts
+    try:
+        digest = prompts_sha256(read_prompts(prompts, limit=count))
+        shipped = {prompts_sha256(read_prompts(p, limit=count)): p.stem for p in sorted(PROMPTS_DIR.glob("*.csv"))}
+    except (OSError, ValueError):
+        return prompts
+    return shipped.get(digest, f"sha256:{digest}")
 
 
 def _tuples(d: dict[str, Any]) -> dict[str, Any]:
