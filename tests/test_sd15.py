@@ -109,6 +109,7 @@ def test_the_documented_paper_dry_run_passes_its_start_up_checks_at_512_px(tmp_p
     (512 px, unlike the CI form above): its start-up checks (the procedural source written, the whole
     track checked as a `--pretrained` run's) pass, and the heavy stages start. They are stopped at the
     first one here; the 512 px run itself is about 15 GiB."""
+    from benchmark import stages
     from benchmark.perf import paper_dry_run
     from benchmark.track import load_track
 
@@ -120,7 +121,7 @@ def test_the_documented_paper_dry_run_passes_its_start_up_checks_at_512_px(tmp_p
     def first_stage(run):
         raise Started(run)
 
-    monkeypatch.setattr(paper_dry_run.stages, "dataset", first_stage)
+    monkeypatch.setattr(stages, "dataset", first_stage)  # the dry run imports its stages when it runs
     with pytest.raises(Started) as started:
         paper_dry_run.main(["--out", str(tmp_path / "paper-dry"), "--images", "1"])
     assert started.value.args[0].track.generation["image_size"] == 512
