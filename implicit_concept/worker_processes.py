@@ -218,30 +218,38 @@ def shut_down(pool: ProcessPoolExecutor) -> None:
     terminates them (:func:`terminate`)."""
     from concurrent.futures import wait
 
-    processes = list((getattr(pool, "_processes", None) or {}).values())
+    processes, manager = _workers_of(pool)
     try:
         pool.shutdown(wait=False)
         wait([item.future for item in list((getattr(pool, "_pending_work_items", None) or {}).values())])
     except BaseException:
-        terminate(pool)
+        _terminate(pool, processes, manager)
         raise
-    _end_all(processes, pool)
+    _end_all(processes, manager)
 
 
 def terminate(pool: ProcessPoolExecutor) -> None:
     """End ``pool``'s workers now (SIGTERM, then SIGKILL for those still running after
     :data:`WORKER_GRACE_S`) and drop its queued tasks."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
+    _terminate(pool, *_workers_of(pool))
+
+
+def _terminate(pool: ProcessPoolExecutor, processes: list, manager: threading.Thread | None) -> None:
     for process in processes:
         if process.is_alive():
             process.terminate()
     pool.shutdown(wait=False, cancel_futures=True)
-    _end_all(processes, pool)
+    _end_all(processes, manager)
 
 
-def _end_all(processes: list, pool: ProcessPoolExecutor) -> None:
+def _workers_of(pool: ProcessPoolExecutor) -> tuple[list, threading.Thread | None]:
+    """``pool``'s worker processes and its manager thread, taken before ``shutdown`` forgets them."""
+    return list((getattr(pool, "_processes", None) or {}).values()), getattr(pool, "_executor_manager_thread", None)
+
+
+def _end_all(processes: list, manager: threading.Thread | None) -> None:
     """Wait at most :data:`WORKER_GRACE_S` for ``processes`` to end, kill those that did not, and
-    give ``pool``'s manager thread as long to see them gone (the interpreter's exit joins it)."""
+    give their pool's ``manager`` thread as long to see them gone (the interpreter's exit joins it)."""
     deadline = time.monotonic() + WORKER_GRACE_S
     try:
         for process in processes:
@@ -250,7 +258,6 @@ def _end_all(processes: list, pool: ProcessPoolExecutor) -> None:
         for process in processes:
             if process.exitcode is None:
                 _kill(process)
-    manager = getattr(pool, "_executor_manager_thread", None)
     if manager is not None and manager is not threading.current_thread():
         manager.join(WORKER_GRACE_S)
 

@@ -110,6 +110,8 @@ def stuck_worker():
 
 def task(seconds):
     os.write(1, b"working\\n")
+    if seconds < 0:
+        raise ValueError("a task's error")
     time.sleep(seconds)
     return seconds
 
@@ -117,7 +119,7 @@ if __name__ == "__main__":
     try:
         with interrupts():
             with stopping_workers(ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"), initializer=stuck_worker)) as pool:
-                os.write(1, ("done " + str(sum(pool.map(task, [float(sys.argv[1])] * 2))) + "\\n").encode())
+                os.write(1, ("done " + str(sum(pool.map(task, [float(s) for s in sys.argv[1:]]))) + "\\n").encode())
     except KeyboardInterrupt:
         sys.exit(143)
 """
@@ -125,7 +127,7 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("stopped", [False, True])
 def test_an_executor_whose_workers_cannot_end_ends_within_the_grace(stopped):
-    proc = _start(EXECUTOR, "60" if stopped else "0")
+    proc = _start(EXECUTOR, *(["60", "60"] if stopped else ["0", "0"]))
     try:
         assert proc.stdout.readline() == "working\n"
         if stopped:
@@ -135,6 +137,20 @@ def test_an_executor_whose_workers_cannot_end_ends_within_the_grace(stopped):
         left = _left(proc.pid, 10)  # a worker left running ends a second after its parent: not counted here
     assert (proc.returncode, "Traceback" in err, left) == ((143, False, []) if stopped else (0, False, [])), err[-3000:]
     assert stopped or out.endswith("done 0.0\n"), out
+
+
+def test_a_stop_while_an_executor_waits_for_its_running_tasks_after_an_error_ends_them():
+    """A task raised: the tasks running finish before the error is reported; a Ctrl-C in that wait
+    once propagated without ending them, and the interpreter's exit waited for them."""
+    proc = _start(EXECUTOR, "-1", "60")
+    try:
+        assert proc.stdout.readline() == "working\n" and proc.stdout.readline() == "working\n"
+        time.sleep(0.5)  # the error has reached the parent, which waits for the other task
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        left = _left(proc.pid, 10)
+    assert (proc.returncode, left) == (143, []), err[-3000:]
 
 
 def _returns_and_cannot_end() -> int:
