@@ -25,7 +25,7 @@ from typing import Any
 from builders.recipe import Recipe
 from builders.shard_builder import ShardBuilder, WorkUnit, group_units
 from implicit_concept.progress import progress_bar
-from implicit_concept.worker_processes import keeping_signal_handlers, start_worker, workers_starting
+from implicit_concept.worker_processes import end_pool, keeping_signal_handlers, start_worker, workers_starting
 
 DISTRIBUTORS = ("multiprocessing", "ray")
 
@@ -103,8 +103,10 @@ def _multiprocessing(
     initargs = (recipe, builder if fork else None)
     with workers_starting():
         pool = ctx.Pool(processes=min(workers, len(groups)), initializer=_init_pool_worker, initargs=initargs)
-    with pool:
+    try:
         yield from pool.imap_unordered(_run, [(g, out) for g in groups])
+    finally:  # as `with pool:`, but a worker that cannot end is killed, not waited for (a shard it was writing is rewritten by the rerun)
+        end_pool(pool)
 
 
 class _RayBuilder:

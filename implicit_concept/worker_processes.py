@@ -26,6 +26,12 @@ A command a process runs in a process group of its own (a ``pipe:`` source's she
 terminal's Ctrl-C) is registered here (:func:`own_group`) and ended with the process that started
 it, however that process stops (its interrupt, its pool's SIGTERM, its parent gone): a command
 waiting on the network would otherwise outlive the build, re-parented, for as long as it waits.
+
+No wait on a worker is unbounded: once told to end (its tasks done, or the command stopped), a pool's
+worker has :data:`WORKER_GRACE_S` seconds, then is killed (:func:`end_pool`, :func:`stopping_workers`,
+:func:`end_process`). A worker ended holding a lock its pool shares (a queue's) would otherwise hang
+its parent, at the end of a build or at a Ctrl-C, for good. What a killed worker leaves is what any
+killed run leaves: files written under temporary names, which the rerun drops and writes again.
 """
 from __future__ import annotations
 
@@ -45,6 +51,10 @@ PARENT_CHECK_S = 1.0
 STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 #: Seconds a cleanup may still run after a second stop before the process exits without it.
 CUT_SHORT_S = 10.0
+#: Seconds a worker has to end once told to (its pool closed, or terminated on a stop) before it
+#: is killed (SIGKILL): a normal worker ends in well under one; one that cannot (stuck on a lock a dead
+#: sibling held, SIGTERM blocked in a library) no longer holds the command.
+WORKER_GRACE_S = 5.0
 
 #: The stops a worker ignores (its parent stops the pool), held back while one is being started.
 _HELD_IN_STARTING = {signal.SIGINT, signal.SIGHUP}
@@ -187,8 +197,9 @@ def workers_starting() -> Iterator[None]:
 @contextmanager
 def stopping_workers(pool: ProcessPoolExecutor) -> Iterator[ProcessPoolExecutor]:
     """``with stopping_workers(ProcessPoolExecutor(...)) as pool:``: on a normal end, or an error a
-    task raised, the pool shuts down as usual (running tasks finish); on an interrupt (Ctrl-C,
-    SIGTERM as :class:`Interrupted`) its workers are terminated at once, not waited for."""
+    task raised, the tasks running finish, then the workers have :data:`WORKER_GRACE_S` to end
+    (:func:`shut_down`); on an interrupt (Ctrl-C, SIGTERM as :class:`Interrupted`), or one while
+    waiting for those tasks, its workers are terminated at once (:func:`terminate`)."""
     try:
         yield pool
     except BaseException as e:
@@ -196,20 +207,93 @@ def stopping_workers(pool: ProcessPoolExecutor) -> Iterator[ProcessPoolExecutor]
         if isinstance(e, KeyboardInterrupt) or _interrupted.is_set():
             terminate(pool)
         else:
-            pool.shutdown(wait=True)
+            shut_down(pool)
         raise
-    pool.shutdown(wait=True)
+    shut_down(pool)
+
+
+def shut_down(pool: ProcessPoolExecutor) -> None:
+    """``pool.shutdown(wait=True)`` with an end: the tasks running finish (they do work), then the
+    workers have :data:`WORKER_GRACE_S` to end and are killed after; an interrupt while waiting
+    terminates them (:func:`terminate`)."""
+    from concurrent.futures import wait
+
+    processes, manager = _workers_of(pool)
+    try:
+        pool.shutdown(wait=False)
+        wait([item.future for item in list((getattr(pool, "_pending_work_items", None) or {}).values())])
+    except BaseException:
+        _terminate(pool, processes, manager)
+        raise
+    _end_all(processes, manager)
 
 
 def terminate(pool: ProcessPoolExecutor) -> None:
-    """End ``pool``'s workers now (SIGTERM) and drop its queued tasks."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
+    """End ``pool``'s workers now (SIGTERM, then SIGKILL for those still running after
+    :data:`WORKER_GRACE_S`) and drop its queued tasks."""
+    _terminate(pool, *_workers_of(pool))
+
+
+def _terminate(pool: ProcessPoolExecutor, processes: list, manager: threading.Thread | None) -> None:
     for process in processes:
         if process.is_alive():
             process.terminate()
     pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        process.join(5)
+    _end_all(processes, manager)
+
+
+def _workers_of(pool: ProcessPoolExecutor) -> tuple[list, threading.Thread | None]:
+    """``pool``'s worker processes and its manager thread, taken before ``shutdown`` forgets them."""
+    return list((getattr(pool, "_processes", None) or {}).values()), getattr(pool, "_executor_manager_thread", None)
+
+
+def _end_all(processes: list, manager: threading.Thread | None) -> None:
+    """Wait at most :data:`WORKER_GRACE_S` for ``processes`` to end, kill those that did not, and
+    give their pool's ``manager`` thread as long to see them gone (the interpreter's exit joins it)."""
+    deadline = time.monotonic() + WORKER_GRACE_S
+    try:
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+    finally:  # an interrupt in the wait: they are killed all the same
+        for process in processes:
+            if process.exitcode is None:
+                _kill(process)
+    if manager is not None and manager is not threading.current_thread():
+        manager.join(WORKER_GRACE_S)
+
+
+def end_pool(pool) -> None:
+    """End a ``multiprocessing`` Pool as ``with pool:`` does (``Pool.terminate``), in at most
+    :data:`WORKER_GRACE_S`: its workers still running then are killed, and a terminate still
+    waiting (on a lock a dead worker held) is left behind, in a daemon thread."""
+    ending = threading.Thread(target=pool.terminate, name="end-pool", daemon=True)
+    ending.start()
+    try:
+        ending.join(WORKER_GRACE_S)
+    finally:  # an interrupt in the wait: the workers are killed at once
+        if ending.is_alive():
+            for process in list(getattr(pool, "_pool", None) or ()):
+                if process.exitcode is None:
+                    _kill(process)
+
+
+def end_process(process, grace: float | None = None) -> None:
+    """Wait for ``process`` (a ``multiprocessing`` Process) to end, :data:`WORKER_GRACE_S` at most
+    (or ``grace``), then kill it."""
+    try:
+        process.join(WORKER_GRACE_S if grace is None else grace)
+    finally:
+        if process.exitcode is None:
+            _kill(process)
+
+
+def _kill(process) -> None:
+    """SIGKILL ``process`` and wait for it, a bounded time (one in uninterruptible IO ends when the IO does)."""
+    try:
+        process.kill()
+    except (OSError, ValueError, AttributeError):  # ended and reaped already, or closed
+        return
+    process.join(WORKER_GRACE_S)
 
 
 @contextmanager

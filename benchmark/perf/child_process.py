@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from implicit_concept.worker_processes import start_worker
+from implicit_concept.worker_processes import end_process, start_worker
 
 
 class ChildError(RuntimeError):
@@ -82,13 +82,13 @@ def run_in_child(fn: Callable[..., Any], *args: Any, threads: int | None = None,
             raise ChildError(f"{getattr(fn, '__name__', fn)}: still running after {timeout:.0f} s, killed")
         status, value, *peaks = receive.recv()
     except EOFError:
-        child.join()
+        end_process(child)
         raise ChildError(f"{getattr(fn, '__name__', fn)}: the child process died (exit code {child.exitcode}; -9 is a kill, often for memory)") from None
     except BaseException:  # Ctrl-C, or the timeout's ChildError: the child is not waited for
         child.kill()
         raise
-    finally:
-        child.join(timeout=60)
+    finally:  # it has sent its result, or was killed: one that does not end then is killed
+        end_process(child)
     if status == "error":
         raise ChildError(f"{getattr(fn, '__name__', fn)} failed in its child process: {value}")
     return ChildResult(value, time.perf_counter() - started, *peaks)
