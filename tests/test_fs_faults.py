@@ -22,6 +22,7 @@ from implicit_concept import files
 from implicit_concept.files import LOCK_NAME, FolderBusyError, atomic_write_bytes, lock_path, locked, temporary_name
 from implicit_concept.shard_writer import TarShardWriter
 from manifests import RECIPES_DIR
+from tests.process_table import alive_in_group
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -302,7 +303,7 @@ def test_ctrl_c_during_a_parallel_build_prints_one_line_from_one_process(tmp_pat
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     assert err.rstrip().endswith("implicit-concept build: interrupted; rerun the same command to resume"), err[-3000:]
-    assert _alive_in_group(proc.pid) == []
+    assert alive_in_group(proc.pid) == []
 
 
 POOL = """
@@ -325,26 +326,13 @@ if __name__ == "__main__":
 """
 
 
-def _alive_in_group(pgid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
-
-
 def _spawned_workers(pgid: int, count: int, seconds: float = 30) -> list[int]:
     """The spawned pool workers of group ``pgid``, once ``count`` of them have started (a worker is
     forked, then execs its interpreter: until then its command line is its parent's)."""
     deadline = time.monotonic() + seconds
     while True:
         found = []
-        for pid in _alive_in_group(pgid):
+        for pid in alive_in_group(pgid):
             try:
                 if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     found.append(pid)
@@ -359,9 +347,9 @@ def _left_after(pgid: int, seconds: float) -> list[int]:
     """The processes of group ``pgid`` still running once it empties or ``seconds`` pass (killed
     then, so a failing test leaves none behind)."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and _alive_in_group(pgid):
+    while time.monotonic() < deadline and alive_in_group(pgid):
         time.sleep(0.1)
-    left = _alive_in_group(pgid)
+    left = alive_in_group(pgid)
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     return left

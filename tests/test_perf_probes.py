@@ -84,7 +84,8 @@ def test_a_probe_stopped_leaves_no_child_measuring(tmp_path, sig):
     import sys
     import time
 
-    from tests.test_fs_faults import ENV, _alive_in_group
+    from tests.process_table import alive_in_group
+    from tests.test_fs_faults import ENV
 
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
@@ -99,9 +100,9 @@ def test_a_probe_stopped_leaves_no_child_measuring(tmp_path, sig):
     (os.killpg if sig == signal.SIGINT else os.kill)(proc.pid, sig)
     proc.wait(timeout=30)
     deadline = time.monotonic() + 10  # the child looks at its parent once a second
-    while time.monotonic() < deadline and _alive_in_group(proc.pid):
+    while time.monotonic() < deadline and alive_in_group(proc.pid):
         time.sleep(0.1)
-    left = _alive_in_group(proc.pid)
+    left = alive_in_group(proc.pid)
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert left == []

@@ -20,7 +20,7 @@ import pytest
 from builders.dataset_card import CHECKSUMS
 from implicit_concept.files import locked
 from manifests import RECIPES_DIR
-from tests.test_fs_faults import _alive_in_group
+from tests.process_table import alive_in_group, alive_in_session
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -45,25 +45,12 @@ def _writing_a_shard(out: Path, proc: subprocess.Popen) -> None:
     assert proc.poll() is None, "the build ended before a shard was being written"
 
 
-def _in_session(sid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
-
-
 def _left(sid: int, seconds: float) -> list[int]:
     """The processes of session ``sid`` still running after ``seconds`` (killed then)."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and _in_session(sid):
+    while time.monotonic() < deadline and alive_in_session(sid):
         time.sleep(0.1)
-    left = _in_session(sid)
+    left = alive_in_session(sid)
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     return left
@@ -134,7 +121,7 @@ def test_a_second_stop_during_a_builds_cleanup_changes_nothing(tmp_path, first, 
     assert proc.returncode == 128 + first, err[-3000:]
     assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
     assert err.count("implicit-concept build:") == 1 and f"implicit-concept build: {said}; rerun the same command to resume" in err, err[-3000:]
-    assert _alive_in_group(proc.pid) == []
+    assert alive_in_group(proc.pid) == []
     _freed_and_resumed(out)
 
 
