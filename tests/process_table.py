@@ -1,5 +1,8 @@
 """Which processes are still alive, read from /proc: a test that stops a command checks that none of
 its workers (its process group) or of its terminal's processes (its session) outlived it."""
+import os
+import signal
+import time
 from pathlib import Path
 
 _GROUP, _SESSION = 2, 3  # fields of /proc/PID/stat after the command's name
@@ -11,6 +14,27 @@ def alive_in_group(pgid: int) -> list[int]:
 
 def alive_in_session(sid: int) -> list[int]:
     return _alive(_SESSION, sid)
+
+
+def left_in_group(pgid: int, seconds: float) -> list[int]:
+    """The processes of group ``pgid`` still running once it empties or ``seconds`` pass (killed then,
+    so a failing test leaves none behind)."""
+    return _left(alive_in_group, pgid, seconds)
+
+
+def left_in_session(sid: int, seconds: float) -> list[int]:
+    """The processes of session ``sid`` still running once it empties or ``seconds`` pass (killed then)."""
+    return _left(alive_in_session, sid, seconds)
+
+
+def _left(alive, value: int, seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and alive(value):
+        time.sleep(0.1)
+    left = alive(value)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
 
 
 def _alive(field: int, value: int) -> list[int]:

@@ -22,7 +22,7 @@ from implicit_concept import files
 from implicit_concept.files import LOCK_NAME, FolderBusyError, atomic_write_bytes, lock_path, locked, temporary_name
 from implicit_concept.shard_writer import TarShardWriter
 from manifests import RECIPES_DIR
-from tests.process_table import alive_in_group
+from tests.process_table import alive_in_group, left_in_group
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -343,18 +343,6 @@ def _spawned_workers(pgid: int, count: int, seconds: float = 30) -> list[int]:
         time.sleep(0.05)
 
 
-def _left_after(pgid: int, seconds: float) -> list[int]:
-    """The processes of group ``pgid`` still running once it empties or ``seconds`` pass (killed
-    then, so a failing test leaves none behind)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and alive_in_group(pgid):
-        time.sleep(0.1)
-    left = alive_in_group(pgid)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    return left
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_workers_do_not_outlive_their_parent(tmp_path, sig):
     """SIGTERM to the parent alone (a scheduler, ``timeout``): it stops its pool; SIGKILL (nothing
@@ -366,7 +354,7 @@ def test_workers_do_not_outlive_their_parent(tmp_path, sig):
     workers = [int(proc.stdout.readline()) for _ in range(2)]
     os.kill(proc.pid, sig)  # the main process only
     proc.wait(timeout=30)
-    left = _left_after(proc.pid, 60)  # each worker looks at its parent once a second
+    left = left_in_group(proc.pid, 60)  # each worker looks at its parent once a second
     assert left == [], f"workers {workers}: still running {left}"
     assert "Traceback" not in proc.stderr.read()
 
@@ -450,7 +438,7 @@ def test_workers_whose_parent_is_killed_while_they_import_end_too(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)  # the main process only, while its workers import
     proc.wait(timeout=30)
     assert len(workers) == 2
-    left = _left_after(proc.pid, 30)  # 3 s of imports, then a look at the parent each second
+    left = left_in_group(proc.pid, 30)  # 3 s of imports, then a look at the parent each second
     assert left == [], f"workers {workers}: still running {left} after their parent was killed"
 
 
@@ -516,7 +504,7 @@ def test_sigterm_to_a_ray_build_stops_it_quietly_and_the_rerun_gives_the_same_by
     assert proc.returncode == 143, err[-3000:]
     assert "SIGTERM received" not in err and "Traceback" not in err, err[-3000:]
     assert err.rstrip().endswith("implicit-concept build: terminated; rerun the same command to resume"), err[-3000:]
-    assert _left_after(proc.pid, 30) == []
+    assert left_in_group(proc.pid, 30) == []
     assert subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True).returncode == 0
     assert (out / CHECKSUMS).read_text() == (debug_dataset / CHECKSUMS).read_text()
 

@@ -20,7 +20,7 @@ import pytest
 from builders.dataset_card import CHECKSUMS
 from implicit_concept.files import locked
 from manifests import RECIPES_DIR
-from tests.process_table import alive_in_group, alive_in_session
+from tests.process_table import alive_in_group, left_in_session
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -43,17 +43,6 @@ def _writing_a_shard(out: Path, proc: subprocess.Popen) -> None:
     while time.time() < deadline and proc.poll() is None and not list(out.rglob(".*.tar.tmp-*")):
         time.sleep(0.005)
     assert proc.poll() is None, "the build ended before a shard was being written"
-
-
-def _left(sid: int, seconds: float) -> list[int]:
-    """The processes of session ``sid`` still running after ``seconds`` (killed then)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and alive_in_session(sid):
-        time.sleep(0.1)
-    left = alive_in_session(sid)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    return left
 
 
 def _freed_and_resumed(out: Path) -> None:
@@ -89,7 +78,7 @@ def test_a_closed_terminal_stops_a_build_as_sigterm_does_with_129(tmp_path):
     finally:
         os.close(master)  # the terminal closes
     assert proc.wait(timeout=60) == 129
-    assert _left(proc.pid, 30) == []
+    assert left_in_session(proc.pid, 30) == []
     _freed_and_resumed(out)
 
 
@@ -272,9 +261,9 @@ def test_sigterm_to_the_whole_group_ends_a_pool_with_a_worker_waiting_for_a_task
         os.killpg(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:
-        _left(proc.pid, 0)
+        left_in_session(proc.pid, 0)
     assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
-    assert _left(proc.pid, 10) == []
+    assert left_in_session(proc.pid, 10) == []
 
 
 STUCK_CLEANUP = """
