@@ -11,7 +11,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from benchmark.failures import MethodFailed
-from implicit_concept.files import file_kind, out_of_space, space_message
+from implicit_concept.files import discard_output, file_kind, out_of_space, space_message
 from implicit_concept.provenance import version
 from implicit_concept.worker_processes import STOP_SIGNALS, interrupts, stopped_by
 
@@ -586,9 +586,7 @@ def stdout_closed() -> bool:
             except BrokenPipeError:
                 closed = True
         if closed:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, fd)
-            os.close(devnull)
+            discard_output(fd)
         return closed
     except (AttributeError, ValueError, OSError):  # no file behind stdout (captured), or no poll
         return False
@@ -643,10 +641,7 @@ def _last_words(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
         sys.stdout.flush()
     except OSError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        for fd in (1, 2):
-            os.dup2(devnull, fd)
-        os.close(devnull)
+        discard_output(1, 2)
 
 
 def _error(command: str, text: str) -> None:

@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from builders.caption_screen import CaptionScreen
 from builders.source_screen import SourceScreenConfig, detector_fingerprint
@@ -169,16 +169,7 @@ def portable_source(source: dict[str, Any]) -> dict[str, Any]:
     a tar's basename being part of its items' source ids); ``pipe:`` commands stay as written and
     URLs less their query (a presigned URL's token), since they name the same bytes everywhere.
     Two copies of one source, at any two paths, are one recipe."""
-    kind = source.get("kind")
-    if kind == "folder" and "path" in source:
-        return {k: v for k, v in source.items() if k != "path"}
-    if kind == "webdataset":
-        urls = source.get("urls")
-        if isinstance(urls, str):
-            return {**source, "urls": _tar_names(urls)}
-        if isinstance(urls, (list, tuple)) and all(isinstance(u, str) for u in urls):
-            return {**source, "urls": [_tar_names(u) for u in urls]}
-    return source
+    return _with_locations(source, lambda path: None, _tar_names)
 
 
 def _tar_names(pattern: str) -> str:
@@ -202,16 +193,7 @@ def absolute_source(source: dict[str, Any], base: str | Path | None = None) -> d
     ``urls``; ``pipe:`` commands and URLs stay as written), a relative one read from ``base`` (the
     current folder when None): the same files are one recipe however they were typed, and a resume
     from another working folder does not read other files of the same names there."""
-    kind = source.get("kind")
-    if kind == "folder" and isinstance(source.get("path"), str) and source["path"]:
-        return {**source, "path": str(Path(base or ".", source["path"]).resolve())}
-    if kind == "webdataset":
-        urls = source.get("urls")
-        if isinstance(urls, str) and urls:
-            return {**source, "urls": absolute_tar_pattern(urls, base)}
-        if isinstance(urls, (list, tuple)) and all(isinstance(u, str) and u for u in urls):
-            return {**source, "urls": [absolute_tar_pattern(u, base) for u in urls]}
-    return source
+    return _with_locations(source, lambda path: str(Path(base or ".", path).resolve()), lambda url: absolute_tar_pattern(url, base))
 
 
 def absolute_tar_pattern(pattern: str, base: str | Path | None = None) -> str:
@@ -231,15 +213,24 @@ def relative_source(source: dict[str, Any], base: str | Path) -> dict[str, Any]:
     in ``base`` read its source, as its ``recipe.json`` says it without this machine's folders
     (``../images``; a URL less its query, as :func:`portable_source` has it); :func:`absolute_source`
     with the same ``base`` reads it back, also once both were moved together."""
+    return _with_locations(source, lambda path: os.path.relpath(path, base), lambda url: _relative_tar_pattern(url, base))
+
+
+def _with_locations(source: dict[str, Any], folder: Callable[[str], str | None], tar: Callable[[str], str]) -> dict[str, Any]:
+    """``source`` with where it lies rewritten, the one walk :func:`portable_source`,
+    :func:`absolute_source` and :func:`relative_source` share: a folder's ``path`` by ``folder``
+    (None: left out), each tar pattern or URL of ``urls`` by ``tar``; anything else (a procedural
+    source, a field the recipe check will refuse) as given."""
     kind = source.get("kind")
     if kind == "folder" and isinstance(source.get("path"), str) and source["path"]:
-        return {**source, "path": os.path.relpath(source["path"], base)}
+        path = folder(source["path"])
+        return {**source, "path": path} if path is not None else {k: v for k, v in source.items() if k != "path"}
     if kind == "webdataset":
         urls = source.get("urls")
         if isinstance(urls, str) and urls:
-            return {**source, "urls": _relative_tar_pattern(urls, base)}
+            return {**source, "urls": tar(urls)}
         if isinstance(urls, (list, tuple)) and all(isinstance(u, str) and u for u in urls):
-            return {**source, "urls": [_relative_tar_pattern(u, base) for u in urls]}
+            return {**source, "urls": [tar(u) for u in urls]}
     return source
 
 

@@ -342,6 +342,17 @@ def _open_regular(path: Path) -> io.BufferedReader:
     return os.fdopen(fd, "rb")
 
 
+def discard_output(*fds: int) -> None:
+    """Point each file descriptor in ``fds`` at /dev/null: a reader or a terminal gone (a pipe into
+    ``head``, a hangup) would fail every later write to it, the interpreter's flush at exit included."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in fds:
+            os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 def file_kind(mode: int) -> str:
     """What a file of ``mode`` (``st_mode``) is, in words, for errors that say what stands where a
     file was expected: a FIFO (which would block a read), a device, a folder."""

@@ -44,6 +44,8 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator
 
+from implicit_concept.files import discard_output
+
 #: Seconds between a worker's looks at its parent.
 PARENT_CHECK_S = 1.0
 
@@ -390,11 +392,7 @@ def _hung_up(fd: int) -> bool:
 def _away_from_a_hung_up_terminal() -> None:
     """Point stdout and stderr at /dev/null where they are a terminal that hung up: a progress bar
     closing, or the command's last line, would otherwise fail with EIO in the cleanup."""
-    for fd in (1, 2):
-        if _hung_up(fd):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, fd)
-            os.close(devnull)
+    discard_output(*(fd for fd in (1, 2) if _hung_up(fd)))
 
 
 @contextmanager

@@ -318,3 +318,20 @@ def test_a_path_that_is_a_fifo_where_a_folder_is_expected_is_named_as_one(tmp_pa
     (tmp_path / "plain").write_text("x")
     assert path_problem(str(tmp_path / "pipe"), "folder") == f"{tmp_path / 'pipe'}: a FIFO (named pipe), where a folder is expected"
     assert path_problem(str(tmp_path / "plain"), "folder") == f"{tmp_path / 'plain'}: a file, where a folder is expected"
+
+
+def test_discarded_output_takes_writes_a_reader_gone_would_refuse():
+    """What `| head` and a hangup leave behind (files.discard_output): a pipe whose reader left fails
+    every write with EPIPE, the interpreter's flush at exit included; discarded, it takes them."""
+    from implicit_concept.files import discard_output
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        with pytest.raises(BrokenPipeError):
+            os.write(write_end, b"lost")
+        discard_output(write_end)
+        assert os.write(write_end, b"taken") == 5
+        assert os.path.samestat(os.fstat(write_end), os.stat(os.devnull))
+    finally:
+        os.close(write_end)
