@@ -17,7 +17,8 @@ from builders.dataset_card import CHECKSUMS
 from builders.distributor import _init_pool_worker
 from implicit_concept import worker_processes
 from manifests import RECIPES_DIR
-from tests.test_stop_signals import ENV, REPO, _as_from_a_terminal, _left
+from tests.process_table import left_in_session
+from tests.test_stop_signals import ENV, REPO, _as_from_a_terminal
 
 GRACE_S = 1.0  # the children's WORKER_GRACE_S: the tests wait seconds, not the user's default
 
@@ -67,7 +68,7 @@ def test_a_build_whose_workers_cannot_end_ends_with_its_work_done(tmp_path):
     try:
         _, err = proc.communicate(timeout=120)
     finally:
-        left = _left(proc.pid, 10)  # a worker left running ends a second after its parent: not counted here
+        left = left_in_session(proc.pid, 10)  # a worker left running ends a second after its parent: not counted here
     assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
     assert left == []
     assert (out / CHECKSUMS).read_text() == (RECIPES_DIR / "icd-debug.sha256").read_text()
@@ -87,7 +88,7 @@ def test_a_build_stopped_with_workers_that_cannot_end_ends_within_the_grace(tmp_
         _, err = proc.communicate(timeout=60)
         took = time.monotonic() - stopped
     finally:
-        left = _left(proc.pid, 10)  # a worker left running ends a second after its parent: not counted here
+        left = left_in_session(proc.pid, 10)  # a worker left running ends a second after its parent: not counted here
     word = worker_processes.STOP_SIGNALS[sig]
     assert proc.returncode == 128 + sig, err[-3000:]
     assert err.endswith(f"implicit-concept build: {word}; rerun the same command to resume\n") and "Traceback" not in err, err[-3000:]
@@ -134,7 +135,7 @@ def test_an_executor_whose_workers_cannot_end_ends_within_the_grace(stopped):
             os.kill(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
-        left = _left(proc.pid, 10)  # a worker left running ends a second after its parent: not counted here
+        left = left_in_session(proc.pid, 10)  # a worker left running ends a second after its parent: not counted here
     assert (proc.returncode, "Traceback" in err, left) == ((143, False, []) if stopped else (0, False, [])), err[-3000:]
     assert stopped or out.endswith("done 0.0\n"), out
 
@@ -149,7 +150,7 @@ def test_a_stop_while_an_executor_waits_for_its_running_tasks_after_an_error_end
         os.kill(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
-        left = _left(proc.pid, 10)
+        left = left_in_session(proc.pid, 10)
     assert (proc.returncode, left) == (143, []), err[-3000:]
 
 
