@@ -302,3 +302,35 @@ def test_a_second_stop_cuts_a_stuck_cleanup_short(tmp_path):
         proc.wait()
     assert proc.returncode == 143, err
     assert err == "implicit-concept: terminated; its cleanup cut short by a second signal after 1 s; rerun the same command to resume\n"
+
+
+def _worker_sends_itself_the_terminals_stops():
+    from implicit_concept.worker_processes import start_worker
+
+    start_worker()
+    for sig in (signal.SIGHUP, signal.SIGINT):
+        os.kill(os.getpid(), sig)  # delivered before kill returns: a worker that took it is gone here
+    os._exit(0)
+
+
+def test_a_pool_worker_outlives_the_hangup_its_whole_job_is_sent():
+    """A shell whose terminal closed sends SIGHUP to each job's whole process group, workers too: a
+    worker that took it died at once, and its pool broke under the command's own orderly stop."""
+    import multiprocessing
+
+    worker = multiprocessing.get_context("fork").Process(target=_worker_sends_itself_the_terminals_stops)
+    worker.start()
+    worker.join(60)
+    assert worker.exitcode == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_a_worker_being_started_holds_the_terminals_stops_until_it_ignores_them(sig):
+    """A spawned worker imports for seconds before ``start_worker``: a hangup or Ctrl-C then killed
+    it (a broken pool) or printed its traceback. Started in ``workers_starting``, it holds them pending."""
+    from implicit_concept.worker_processes import workers_starting
+
+    with workers_starting():
+        child = subprocess.run([sys.executable, "-c", f"import os; os.kill(os.getpid(), {int(sig)}); print('alive')"],
+                               capture_output=True, text=True, timeout=60, preexec_fn=_as_from_a_terminal)
+    assert (child.returncode, child.stdout, child.stderr) == (0, "alive\n", "")
