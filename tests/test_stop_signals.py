@@ -334,3 +334,31 @@ def test_a_worker_being_started_holds_the_terminals_stops_until_it_ignores_them(
         child = subprocess.run([sys.executable, "-c", f"import os; os.kill(os.getpid(), {int(sig)}); print('alive')"],
                                capture_output=True, text=True, timeout=60, preexec_fn=_as_from_a_terminal)
     assert (child.returncode, child.stdout, child.stderr) == (0, "alive\n", "")
+
+
+HUNG_UP_CLEANUP = """
+import os, signal, sys
+from implicit_concept.worker_processes import interrupts
+
+try:
+    with interrupts():
+        os.write(1, b"ready\\n")
+        signal.pause()
+except KeyboardInterrupt:
+    os.write(2, b"a progress bar closing\\n")
+    sys.exit(7)
+"""
+
+
+def test_a_cleanup_writing_to_the_terminal_that_hung_up_does_not_fail():
+    """The terminal gone, a progress bar's last draw in the cleanup failed with EIO: an OSError in
+    place of the hangup (exit 1, and that error's own line failing too). Its output now goes nowhere."""
+    master, terminal = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", HUNG_UP_CLEANUP], cwd=REPO, env=ENV, stdin=terminal, stdout=terminal,
+                            stderr=terminal, start_new_session=True, preexec_fn=_in_a_terminal)
+    os.close(terminal)
+    try:
+        assert os.read(master, 100).startswith(b"ready")
+    finally:
+        os.close(master)  # the terminal closes: SIGHUP to the session's leader
+    assert proc.wait(timeout=60) == 7
