@@ -203,3 +203,35 @@ def test_names_that_are_not_utf8_are_recorded_in_every_kind_of_record(tmp_path: 
         ("caf\\xe9.png", "duplicate_image"), ("caf\\xe9/x.jpg", "undecodable_name"), ("link caf\\xe9", "not_a_regular_file"),
         ("ok.png", None)]
     assert all(r["error_message"] is None or r["error_message"].isprintable() for r in rows)
+
+
+def test_what_a_skip_says_names_its_files_and_folders_as_recorded(tmp_path: Path, monkeypatch):
+    """A skip's message and a folder that cannot be listed are recorded (the tables, the fingerprint
+    a resume compares): named as the files are read, decomposed, a Mac's copy recorded other bytes
+    than the original and did not resume from it."""
+    import builders.sources.folder as folder_module
+    from builders.sources.folder import NotRegularFile, read_regular_file
+
+    big = tmp_path / "big" / _nf("NFD", "été")
+    big.mkdir(parents=True)
+    Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3)).save(big / f"{_nf('NFD', 'café')}.png")
+    (big / f"{_nf('NFD', 'café')}.txt").write_text("a noisy picture")
+    [item] = read_all(FolderSource(FolderConfig(str(tmp_path / "big"), test_fraction=0.0, max_file_bytes=4096), shard_size=10), "train")
+    assert (item.source_id, item.error) == ("\u00e9t\u00e9/caf\u00e9.png", "file_too_large")
+    assert item.detail.startswith("\u00e9t\u00e9/caf\u00e9.png: ") and _nf("NFD", "été") not in item.detail, item.detail
+
+    (tmp_path / _nf("NFD", "déjà")).symlink_to(big)
+    try:
+        read_regular_file(tmp_path, f"{_nf('NFD', 'déjà')}/a.png", 4096, "d\u00e9j\u00e0/a.png")
+    except NotRegularFile as e:
+        assert str(e).startswith("d\u00e9j\u00e0/a.png: its folder d\u00e9j\u00e0 is "), str(e)
+    else:
+        raise AssertionError("a symlinked folder was followed")
+
+    real = folder_module._list
+    seen = {}
+    for form in ("NFC", "NFD"):
+        monkeypatch.setattr(folder_module, "_list", lambda root, form=form: (real(root)[0], {_nf(form, "été"): "Permission denied"}, set()))
+        source = FolderSource(FolderConfig(str(tmp_path / "big"), test_fraction=0.0), shard_size=10)
+        seen[form] = source.fingerprint(), sorted(i.source_id for i in read_all(source, "train") if i.error == "unreadable_folder")
+    assert seen["NFD"] == seen["NFC"] and seen["NFC"][1] == ["\u00e9t\u00e9/"], seen
