@@ -235,3 +235,19 @@ def test_what_a_skip_says_names_its_files_and_folders_as_recorded(tmp_path: Path
         source = FolderSource(FolderConfig(str(tmp_path / "big"), test_fraction=0.0), shard_size=10)
         seen[form] = source.fingerprint(), sorted(i.source_id for i in read_all(source, "train") if i.error == "unreadable_folder")
     assert seen["NFD"] == seen["NFC"] and seen["NFC"][1] == ["\u00e9t\u00e9/"], seen
+
+
+def test_a_hidden_file_and_a_linked_folder_are_recorded_by_their_composed_names(tmp_path: Path):
+    """A Mac's "._café.jpg" and a symlink to a folder, both named decomposed: their skip records held
+    the names as written, other source ids than the same folder's copy elsewhere."""
+    records = {}
+    for form in ("NFC", "NFD"):
+        src = tmp_path / form
+        (src / "real").mkdir(parents=True)
+        (src / "ok.jpg").write_bytes(jpeg())
+        (src / "ok.txt").write_text("a plain name")
+        (src / f"._{_nf(form, 'café')}.jpg").write_bytes(b"\x00\x05\x16\x07")
+        (src / _nf(form, "déjà")).symlink_to(src / "real")
+        items = read_all(FolderSource(FolderConfig(str(src), test_fraction=0.0), shard_size=10), "train")
+        records[form] = sorted((i.source_id, i.error, i.detail) for i in items if i.error)
+    assert records["NFD"] == records["NFC"] and {r[0] for r in records["NFC"]} == {"._caf\u00e9.jpg", "d\u00e9j\u00e0"}, records
