@@ -10,6 +10,7 @@ import unicodedata
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from builders.build import build_dataset
@@ -251,3 +252,15 @@ def test_a_hidden_file_and_a_linked_folder_are_recorded_by_their_composed_names(
         items = read_all(FolderSource(FolderConfig(str(src), test_fraction=0.0), shard_size=10), "train")
         records[form] = sorted((i.source_id, i.error, i.detail) for i in items if i.error)
     assert records["NFD"] == records["NFC"] and {r[0] for r in records["NFC"]} == {"._caf\u00e9.jpg", "d\u00e9j\u00e0"}, records
+
+
+def test_two_tars_whose_names_are_one_in_two_forms_are_refused(tmp_path: Path):
+    """Source ids start with the tar's name in NFC: "café.tar" from two folders, one decomposed,
+    would give one source id to two items, so the recipe is refused naming both."""
+    tars = []
+    for form in ("NFC", "NFD"):
+        (tmp_path / form).mkdir()
+        tars.append(str(tmp_path / form / f"{_nf(form, 'café')}.tar"))
+        write_tar(Path(tars[-1]), [("a.jpg", jpeg()), ("a.txt", b"a caption")])
+    with pytest.raises(ValueError, match="share the name 'caf\u00e9.tar'"):
+        WebDatasetSource(WebDatasetConfig(tars))
