@@ -264,3 +264,45 @@ def test_two_tars_whose_names_are_one_in_two_forms_are_refused(tmp_path: Path):
         write_tar(Path(tars[-1]), [("a.jpg", jpeg()), ("a.txt", b"a caption")])
     with pytest.raises(ValueError, match="share the name 'caf\u00e9.tar'"):
         WebDatasetSource(WebDatasetConfig(tars))
+
+
+def test_a_tars_items_and_skips_name_it_and_its_members_as_recorded(tmp_path: Path, monkeypatch):
+    """A tar named decomposed, one cut short after a decomposed key, one that cannot be opened and
+    one that fails while read: source ids and skip messages (recorded in the tables) are those of the
+    same tars named composed, and no message names the folder the tars lie in."""
+    import tarfile
+
+    import builders.sources.webdataset_source as webdataset_source
+
+    records = {}
+    for form in ("NFC", "NFD"):
+        folder = tmp_path / form
+        folder.mkdir()
+        whole = folder / f"{_nf(form, 'café')}.tar"
+        write_tar(whole, [(f"{_nf(form, 'café')}.jpg", jpeg()), (f"{_nf(form, 'café')}.txt", b"a cafe"),
+                          ("zz.jpg", jpeg()), ("zz.txt", b"cut short")])
+        with tarfile.open(whole) as tar:
+            cut = tar.getmember("zz.jpg").offset_data + 10
+        (folder / f"{_nf(form, 'déjà')}.tar").write_bytes(whole.read_bytes()[:cut])
+        source = WebDatasetSource(WebDatasetConfig([str(whole), str(folder / f"{_nf(form, 'déjà')}.tar")], test_fraction=0.0))
+        records[form] = [(i.source_id, i.error, i.meta, i.detail) for i in read_all(source, "train")]
+    assert records["NFD"] == records["NFC"], records
+    assert [(r[0], r[1]) for r in records["NFC"]] == [
+        ("caf\u00e9.tar/caf\u00e9", None), ("caf\u00e9.tar/zz", None), ("d\u00e9j\u00e0.tar/caf\u00e9", None), ("d\u00e9j\u00e0.tar", "corrupt_tar")]
+    assert records["NFC"][-1][3].endswith("(after 'caf\u00e9')")
+
+    tar = str(tmp_path / "NFD" / f"{_nf('NFD', 'café')}.tar")
+
+    def refused(path):
+        raise PermissionError(13, "Permission denied", path)
+
+    def failing(tf, *args):
+        yield from ()
+        raise OSError(5, "Input/output error", tar)
+
+    for patch, said in ((("open_tar", refused), "caf\u00e9.tar: PermissionError: Permission denied"),
+                        (("group_runs", failing), "OSError: Input/output error (after None)")):
+        with monkeypatch.context() as m:
+            m.setattr(webdataset_source, *patch)
+            [item] = read_all(WebDatasetSource(WebDatasetConfig(tar, test_fraction=0.0)), "train")
+        assert item.detail == said, item.detail
