@@ -150,6 +150,7 @@ def test_a_tar_key_in_two_forms_is_a_recorded_clash(tmp_path: Path):
 
 CONCEPT_CAPTIONS = {
     "사진 워터마크가 있는": "watermark",  # Korean: decomposed, Hangul is jamo
+    "한국어 자막 영상": "text",  # ...three jamo to a syllable with a final consonant (막)
     "ロゴ入りの写真": "watermark",  # Japanese: a voiced kana is two characters decomposed
     "ﾛｺﾞ入りの写真": "watermark",  # ...and in half-width kana whatever the form
     "foto com marca d'água": "watermark",
