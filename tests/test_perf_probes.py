@@ -479,3 +479,16 @@ def test_the_paper_probes_procedural_folder_is_reused_only_for_the_run_it_was_ma
     assert not (tmp_path / "again").exists()
     again = paper_data.procedural_folder(tmp_path / "again", 2, seed=0)
     assert {p.name: p.read_bytes() for p in again.iterdir()} == made
+
+
+def test_a_number_argument_takes_its_bounds_and_refuses_what_is_not_finite():
+    """``from low to high`` includes both ends (a ``--conf`` of 0 or 1 is a threshold); ``inf`` is no
+    budget or count a probe can measure with, and ``nan`` compares as nothing."""
+    import argparse
+
+    from benchmark.perf.probe_cli import number
+
+    assert (number(0, 1)("0"), number(0, 1)("1"), number(2)("2.5")) == (0.0, 1.0, 2.5)
+    for parse, text in ((number(0), "inf"), (number(0), "nan"), (number(0, 1), "1.01"), (number(0, 1), "-0.1"), (number(0), "x")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)

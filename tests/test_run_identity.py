@@ -182,3 +182,17 @@ def test_the_leaderboard_compares_the_data_a_run_was_made_from():
     assert not [n for n in lines if n.startswith("data")]
     assert "data: one recipe, but the source files differ in name, size or modification time between a, b " \
            "(other images, or the same ones copied without their times)" in notes
+
+
+def test_the_leaderboard_leaves_a_handed_over_runs_data_out():
+    """A pipeline or images handed over for scoring record no recipe: whose data made them is not
+    known, so their row is no note that the data was not compared (its base is not either)."""
+    from benchmark.leaderboard import differences
+
+    reference = json.loads(REFERENCE.read_text())
+    handed = json.loads(json.dumps(reference))
+    handed["handed_over"] = True
+    for key in ("recipe_sha256", "source_fingerprint"):
+        handed["config"].pop(key, None)
+    lines, notes = differences({"reference": reference, "handed": handed})
+    assert [n for n in lines + notes if n.startswith("data")] == []
