@@ -492,3 +492,32 @@ def test_a_number_argument_takes_its_bounds_and_refuses_what_is_not_finite():
     for parse, text in ((number(0), "inf"), (number(0), "nan"), (number(0, 1), "1.01"), (number(0, 1), "-0.1"), (number(0), "x")):
         with pytest.raises(argparse.ArgumentTypeError):
             parse(text)
+
+
+def test_an_output_below_a_file_is_named_as_such(tmp_path):
+    """``--json a-file/probe.json``: the file is named as not a folder, not as a permission problem
+    (as root, or for a file with an x bit, it was let through, to fail after the measuring)."""
+    import argparse
+
+    from benchmark.perf.probe_cli import output
+
+    a_file = tmp_path / "a file"
+    a_file.write_text("")
+    a_file.chmod(0o755)
+    with pytest.raises(argparse.ArgumentTypeError, match=f"cannot be made below {a_file}, which is not a folder$"):
+        output("file")(str(a_file / "probe.json"))
+
+
+def test_a_probe_whose_reader_left_before_its_buffered_output_stops_quietly(monkeypatch):
+    """A probe's last lines wait in stdout's buffer until it ends: a reader gone by then (a pipe
+    closed early) failed at the interpreter's own flush ("Exception ignored ... BrokenPipeError",
+    exit 120) unless the flush is made where the run ends."""
+    import sys
+
+    from benchmark.perf import probe_cli
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone
+    with open(write, "w") as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert probe_cli.run(lambda argv: print("a figure")) == 141
