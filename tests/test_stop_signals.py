@@ -362,3 +362,35 @@ def test_a_cleanup_writing_to_the_terminal_that_hung_up_does_not_fail():
     finally:
         os.close(master)  # the terminal closes: SIGHUP to the session's leader
     assert proc.wait(timeout=60) == 7
+
+
+LIBRARY_TOOK_THE_STOP = """
+import os, signal, sys
+from implicit_concept import worker_processes as wp
+
+wp.CUT_SHORT_S = 600.0
+try:
+    with wp.interrupts():
+        ours = {sig: signal.getsignal(sig) for sig in wp.STOP_SIGNALS}
+        try:
+            with wp.keeping_signal_handlers():  # a library (Ray) that installs its own, exiting with the signal's number
+                for sig in wp.STOP_SIGNALS:
+                    signal.signal(sig, lambda signum, frame: sys.exit(signum))
+                os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:
+            kept = all(signal.getsignal(sig) is ours[sig] for sig in wp.STOP_SIGNALS)
+            os.kill(os.getpid(), signal.SIGINT)  # a second stop, in the cleanup
+            os.write(1, f"cleaned up, handlers kept: {kept}\\n".encode())
+            raise
+except KeyboardInterrupt as e:
+    sys.exit(128 + wp.stopped_by(e))
+"""
+
+
+def test_a_stop_a_librarys_handler_took_is_the_first_stop_and_its_handlers_are_put_back():
+    """A library's own handler that took SIGTERM is the command's first stop: a Ctrl-C in the cleanup
+    is ignored (it interrupted the cleanup, and the exit said 130), and its SIGHUP handler is gone with
+    its others (a hangup later ended the command as that library would)."""
+    proc = subprocess.run([sys.executable, "-c", LIBRARY_TOOK_THE_STOP], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=60, preexec_fn=_as_from_a_terminal)
+    assert (proc.returncode, proc.stdout) == (143, "cleaned up, handlers kept: True\n"), proc.stderr[-3000:]
