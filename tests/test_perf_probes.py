@@ -492,6 +492,10 @@ def test_a_number_argument_takes_its_bounds_and_refuses_what_is_not_finite():
     for parse, text in ((number(0), "inf"), (number(0), "nan"), (number(0, 1), "1.01"), (number(0, 1), "-0.1"), (number(0), "x")):
         with pytest.raises(argparse.ArgumentTypeError):
             parse(text)
+    with pytest.raises(argparse.ArgumentTypeError, match="^expected a number >= 0, got inf$"):
+        number(0)("inf")
+    with pytest.raises(argparse.ArgumentTypeError, match="^expected a number from 0 to 1, got 2$"):
+        number(0, 1)("2")
 
 
 def test_an_output_below_a_file_is_named_as_such(tmp_path):
