@@ -223,3 +223,12 @@ def test_the_leaderboard_notes_other_source_files_only_under_one_recipe():
     a["config"]["source_fingerprint"], b["config"]["source_fingerprint"] = {"kind": "folder", "sha256": "a"}, {"kind": "folder", "sha256": "b"}
     lines, notes = differences({"a": a, "b": b})
     assert [n for n in notes if n.startswith("data")] == [] and any(n.startswith("data (recipe sha256) differs") for n in lines)
+
+
+def test_a_resume_with_other_prompts_on_the_same_data_is_refused(tmp_path):
+    """The data alone does not make a run: fewer prompts on the same recipe would mix rows scored on
+    two prompt sets under one results.json."""
+    runs = tmp_path / "runs"
+    _run(runs)
+    with pytest.raises(ValueError, match=r"run.json differs in track\.num_prompts, track_sha256\); use another --name"):
+        BenchmarkRun(track=load_track("debug", {"num_prompts": 4}), name="r", runs_root=runs).claim()
