@@ -291,6 +291,21 @@ def test_sigterm_is_one_line_and_exit_143(tmp_path, monkeypatch, capsys):
     assert cli.main(["verify", str(tmp_path)]) == 143
     assert capsys.readouterr().err == "implicit-concept verify: terminated; rerun the same command to resume\n"
 
+
+def test_a_hangup_is_one_line_that_names_nohup_and_exit_129(tmp_path, monkeypatch, capsys):
+    """A closed terminal's SIGHUP exits as a process killed by it would, 128 + 1, saying what stopped it
+    and how a command outlives its terminal: a run left overnight has a log, and only that line in it."""
+    from benchmark import cli
+    from implicit_concept.worker_processes import Interrupted
+
+    def hung_up(args):
+        raise Interrupted("SIGHUP")
+
+    monkeypatch.setattr(cli, "_verify", hung_up)
+    assert cli.main(["verify", str(tmp_path)]) == 129
+    assert capsys.readouterr().err == ("implicit-concept verify: hung up; rerun the same command to resume "
+                                       "(nohup keeps a command running when its terminal closes)\n")
+
 def test_ctrl_c_during_a_parallel_build_prints_one_line_from_one_process(tmp_path):
     out = tmp_path / "int"
     proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "build", "icd-debug", "--out", str(out), "--workers", "2"],

@@ -479,3 +479,49 @@ def test_the_paper_probes_procedural_folder_is_reused_only_for_the_run_it_was_ma
     assert not (tmp_path / "again").exists()
     again = paper_data.procedural_folder(tmp_path / "again", 2, seed=0)
     assert {p.name: p.read_bytes() for p in again.iterdir()} == made
+
+
+def test_a_number_argument_takes_its_bounds_and_refuses_what_is_not_finite():
+    """``from low to high`` includes both ends (a ``--conf`` of 0 or 1 is a threshold); ``inf`` is no
+    budget or count a probe can measure with, and ``nan`` compares as nothing."""
+    import argparse
+
+    from benchmark.perf.probe_cli import number
+
+    assert (number(0, 1)("0"), number(0, 1)("1"), number(2)("2.5")) == (0.0, 1.0, 2.5)
+    for parse, text in ((number(0), "inf"), (number(0), "nan"), (number(0, 1), "1.01"), (number(0, 1), "-0.1"), (number(0), "x")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
+    with pytest.raises(argparse.ArgumentTypeError, match="^expected a number >= 0, got inf$"):
+        number(0)("inf")
+    with pytest.raises(argparse.ArgumentTypeError, match="^expected a number from 0 to 1, got 2$"):
+        number(0, 1)("2")
+
+
+def test_an_output_below_a_file_is_named_as_such(tmp_path):
+    """``--json a-file/probe.json``: the file is named as not a folder, not as a permission problem
+    (as root, or for a file with an x bit, it was let through, to fail after the measuring)."""
+    import argparse
+
+    from benchmark.perf.probe_cli import output
+
+    a_file = tmp_path / "a file"
+    a_file.write_text("")
+    a_file.chmod(0o755)
+    with pytest.raises(argparse.ArgumentTypeError, match=f"cannot be made below {a_file}, which is not a folder$"):
+        output("file")(str(a_file / "probe.json"))
+
+
+def test_a_probe_whose_reader_left_before_its_buffered_output_stops_quietly(monkeypatch):
+    """A probe's last lines wait in stdout's buffer until it ends: a reader gone by then (a pipe
+    closed early) failed at the interpreter's own flush ("Exception ignored ... BrokenPipeError",
+    exit 120) unless the flush is made where the run ends."""
+    import sys
+
+    from benchmark.perf import probe_cli
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone
+    with open(write, "w") as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert probe_cli.run(lambda argv: print("a figure")) == 141

@@ -241,3 +241,22 @@ def test_the_environment_the_order_and_the_times_of_files_do_not_change_a_build(
     again = _files(tmp_path / "reversed")
     assert json.loads(again.pop("recipe.json"))["source_fingerprint"] != json.loads(base.pop("recipe.json"))["source_fingerprint"]
     assert again == base
+
+
+@pytest.mark.parametrize("source", [
+    {"kind": "folder", "path": "{root}/images"},
+    {"kind": "webdataset", "urls": "{root}/tars/{00000..00001}.tar"},
+    {"kind": "webdataset", "urls": ["{root}/tars/00000.tar", "{root}/more/00009.tar"]},
+    {"kind": "webdataset", "urls": "/{00000..00001}.tar"},  # tars at the filesystem root
+])
+def test_a_source_location_read_back_from_the_dataset_folder_is_where_it_was(tmp_path, monkeypatch, source):
+    """``recipe.json``'s ``source_location`` is relative to the dataset's folder and read back from it
+    by verify, whatever the working folder: a tar pattern read from the working folder instead, or a
+    tar at ``/`` taken as one in the working folder, sends verify to other files or none."""
+    from builders.recipe import absolute_source, relative_source
+
+    spelled = json.loads(json.dumps(source).replace("{root}", str(tmp_path)))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    base = tmp_path / "datasets" / "out"
+    assert absolute_source(relative_source(spelled, base), base) == spelled

@@ -182,3 +182,53 @@ def test_the_leaderboard_compares_the_data_a_run_was_made_from():
     assert not [n for n in lines if n.startswith("data")]
     assert "data: one recipe, but the source files differ in name, size or modification time between a, b " \
            "(other images, or the same ones copied without their times)" in notes
+
+
+def test_the_leaderboard_leaves_a_handed_over_runs_data_out():
+    """A pipeline or images handed over for scoring record no recipe: whose data made them is not
+    known, so their row is no note that the data was not compared (its base is not either)."""
+    from benchmark.leaderboard import differences
+
+    reference = json.loads(REFERENCE.read_text())
+    handed = json.loads(json.dumps(reference))
+    handed["handed_over"] = True
+    for key in ("recipe_sha256", "source_fingerprint"):
+        handed["config"].pop(key, None)
+    lines, notes = differences({"reference": reference, "handed": handed})
+    assert [n for n in lines + notes if n.startswith("data")] == []
+
+
+def test_a_track_recipe_file_at_another_path_resumes_the_same_run(tmp_path, monkeypatch):
+    """run.json records the track by content, as its sha256 does: one recipe file copied to another
+    folder, or typed absolute, was refused as another track (its path differed)."""
+    monkeypatch.chdir(tmp_path)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "mine.toml").write_text((RECIPES_DIR / "icd-debug.toml").read_text().replace("seed = 20231010", "seed = 7"))
+    for typed in ("a/mine.toml", str(tmp_path / "b" / "mine.toml")):
+        run = BenchmarkRun(track=load_track("debug", {"recipe": typed}), name="r", runs_root=tmp_path / "runs")
+        run.check_start()
+        run.claim()
+    assert json.loads((tmp_path / "runs" / "r" / "run.json").read_text())["track"]["recipe"].startswith("sha256:")
+
+
+def test_the_leaderboard_notes_other_source_files_only_under_one_recipe():
+    """Two recipes are other data already (a line of the table's differences): their source files
+    differing is no news, and a note saying "one recipe" would be false."""
+    from benchmark.leaderboard import differences
+
+    reference = json.loads(REFERENCE.read_text())
+    a, b = (json.loads(json.dumps(reference)) for _ in range(2))
+    b["config"]["recipe_sha256"] = "cd" * 32
+    a["config"]["source_fingerprint"], b["config"]["source_fingerprint"] = {"kind": "folder", "sha256": "a"}, {"kind": "folder", "sha256": "b"}
+    lines, notes = differences({"a": a, "b": b})
+    assert [n for n in notes if n.startswith("data")] == [] and any(n.startswith("data (recipe sha256) differs") for n in lines)
+
+
+def test_a_resume_with_other_prompts_on_the_same_data_is_refused(tmp_path):
+    """The data alone does not make a run: fewer prompts on the same recipe would mix rows scored on
+    two prompt sets under one results.json."""
+    runs = tmp_path / "runs"
+    _run(runs)
+    with pytest.raises(ValueError, match=r"run.json differs in track\.num_prompts, track_sha256\); use another --name"):
+        BenchmarkRun(track=load_track("debug", {"num_prompts": 4}), name="r", runs_root=runs).claim()

@@ -10,6 +10,7 @@ import unicodedata
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from builders.build import build_dataset
@@ -149,6 +150,7 @@ def test_a_tar_key_in_two_forms_is_a_recorded_clash(tmp_path: Path):
 
 CONCEPT_CAPTIONS = {
     "사진 워터마크가 있는": "watermark",  # Korean: decomposed, Hangul is jamo
+    "한국어 자막 영상": "text",  # ...three jamo to a syllable with a final consonant (막)
     "ロゴ入りの写真": "watermark",  # Japanese: a voiced kana is two characters decomposed
     "ﾛｺﾞ入りの写真": "watermark",  # ...and in half-width kana whatever the form
     "foto com marca d'água": "watermark",
@@ -203,3 +205,105 @@ def test_names_that_are_not_utf8_are_recorded_in_every_kind_of_record(tmp_path: 
         ("caf\\xe9.png", "duplicate_image"), ("caf\\xe9/x.jpg", "undecodable_name"), ("link caf\\xe9", "not_a_regular_file"),
         ("ok.png", None)]
     assert all(r["error_message"] is None or r["error_message"].isprintable() for r in rows)
+
+
+def test_what_a_skip_says_names_its_files_and_folders_as_recorded(tmp_path: Path, monkeypatch):
+    """A skip's message and a folder that cannot be listed are recorded (the tables, the fingerprint
+    a resume compares): named as the files are read, decomposed, a Mac's copy recorded other bytes
+    than the original and did not resume from it."""
+    import builders.sources.folder as folder_module
+    from builders.sources.folder import NotRegularFile, read_regular_file
+
+    big = tmp_path / "big" / _nf("NFD", "été")
+    big.mkdir(parents=True)
+    Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3)).save(big / f"{_nf('NFD', 'café')}.png")
+    (big / f"{_nf('NFD', 'café')}.txt").write_text("a noisy picture")
+    [item] = read_all(FolderSource(FolderConfig(str(tmp_path / "big"), test_fraction=0.0, max_file_bytes=4096), shard_size=10), "train")
+    assert (item.source_id, item.error) == ("\u00e9t\u00e9/caf\u00e9.png", "file_too_large")
+    assert item.detail.startswith("\u00e9t\u00e9/caf\u00e9.png: ") and _nf("NFD", "été") not in item.detail, item.detail
+
+    (tmp_path / _nf("NFD", "déjà")).symlink_to(big)
+    try:
+        read_regular_file(tmp_path, f"{_nf('NFD', 'déjà')}/a.png", 4096, "d\u00e9j\u00e0/a.png")
+    except NotRegularFile as e:
+        assert str(e).startswith("d\u00e9j\u00e0/a.png: its folder d\u00e9j\u00e0 is "), str(e)
+    else:
+        raise AssertionError("a symlinked folder was followed")
+
+    real = folder_module._list
+    seen = {}
+    for form in ("NFC", "NFD"):
+        monkeypatch.setattr(folder_module, "_list", lambda root, form=form: (real(root)[0], {_nf(form, "été"): "Permission denied"}, set()))
+        source = FolderSource(FolderConfig(str(tmp_path / "big"), test_fraction=0.0), shard_size=10)
+        seen[form] = source.fingerprint(), sorted(i.source_id for i in read_all(source, "train") if i.error == "unreadable_folder")
+    assert seen["NFD"] == seen["NFC"] and seen["NFC"][1] == ["\u00e9t\u00e9/"], seen
+
+
+def test_a_hidden_file_and_a_linked_folder_are_recorded_by_their_composed_names(tmp_path: Path):
+    """A Mac's "._café.jpg" and a symlink to a folder, both named decomposed: their skip records held
+    the names as written, other source ids than the same folder's copy elsewhere."""
+    records = {}
+    for form in ("NFC", "NFD"):
+        src = tmp_path / form
+        (src / "real").mkdir(parents=True)
+        (src / "ok.jpg").write_bytes(jpeg())
+        (src / "ok.txt").write_text("a plain name")
+        (src / f"._{_nf(form, 'café')}.jpg").write_bytes(b"\x00\x05\x16\x07")
+        (src / _nf(form, "déjà")).symlink_to(src / "real")
+        items = read_all(FolderSource(FolderConfig(str(src), test_fraction=0.0), shard_size=10), "train")
+        records[form] = sorted((i.source_id, i.error, i.detail) for i in items if i.error)
+    assert records["NFD"] == records["NFC"] and {r[0] for r in records["NFC"]} == {"._caf\u00e9.jpg", "d\u00e9j\u00e0"}, records
+
+
+def test_two_tars_whose_names_are_one_in_two_forms_are_refused(tmp_path: Path):
+    """Source ids start with the tar's name in NFC: "café.tar" from two folders, one decomposed,
+    would give one source id to two items, so the recipe is refused naming both."""
+    tars = []
+    for form in ("NFC", "NFD"):
+        (tmp_path / form).mkdir()
+        tars.append(str(tmp_path / form / f"{_nf(form, 'café')}.tar"))
+        write_tar(Path(tars[-1]), [("a.jpg", jpeg()), ("a.txt", b"a caption")])
+    with pytest.raises(ValueError, match="share the name 'caf\u00e9.tar'"):
+        WebDatasetSource(WebDatasetConfig(tars))
+
+
+def test_a_tars_items_and_skips_name_it_and_its_members_as_recorded(tmp_path: Path, monkeypatch):
+    """A tar named decomposed, one cut short after a decomposed key, one that cannot be opened and
+    one that fails while read: source ids and skip messages (recorded in the tables) are those of the
+    same tars named composed, and no message names the folder the tars lie in."""
+    import tarfile
+
+    import builders.sources.webdataset_source as webdataset_source
+
+    records = {}
+    for form in ("NFC", "NFD"):
+        folder = tmp_path / form
+        folder.mkdir()
+        whole = folder / f"{_nf(form, 'café')}.tar"
+        write_tar(whole, [(f"{_nf(form, 'café')}.jpg", jpeg()), (f"{_nf(form, 'café')}.txt", b"a cafe"),
+                          ("zz.jpg", jpeg()), ("zz.txt", b"cut short")])
+        with tarfile.open(whole) as tar:
+            cut = tar.getmember("zz.jpg").offset_data + 10
+        (folder / f"{_nf(form, 'déjà')}.tar").write_bytes(whole.read_bytes()[:cut])
+        source = WebDatasetSource(WebDatasetConfig([str(whole), str(folder / f"{_nf(form, 'déjà')}.tar")], test_fraction=0.0))
+        records[form] = [(i.source_id, i.error, i.meta, i.detail) for i in read_all(source, "train")]
+    assert records["NFD"] == records["NFC"], records
+    assert [(r[0], r[1]) for r in records["NFC"]] == [
+        ("caf\u00e9.tar/caf\u00e9", None), ("caf\u00e9.tar/zz", None), ("d\u00e9j\u00e0.tar/caf\u00e9", None), ("d\u00e9j\u00e0.tar", "corrupt_tar")]
+    assert records["NFC"][-1][3].endswith("(after 'caf\u00e9')")
+
+    tar = str(tmp_path / "NFD" / f"{_nf('NFD', 'café')}.tar")
+
+    def refused(path):
+        raise PermissionError(13, "Permission denied", path)
+
+    def failing(tf, *args):
+        yield from ()
+        raise OSError(5, "Input/output error", tar)
+
+    for patch, said in ((("open_tar", refused), "caf\u00e9.tar: PermissionError: Permission denied"),
+                        (("group_runs", failing), "OSError: Input/output error (after None)")):
+        with monkeypatch.context() as m:
+            m.setattr(webdataset_source, *patch)
+            [item] = read_all(WebDatasetSource(WebDatasetConfig(tar, test_fraction=0.0)), "train")
+        assert item.detail == said, item.detail

@@ -302,3 +302,95 @@ def test_a_second_stop_cuts_a_stuck_cleanup_short(tmp_path):
         proc.wait()
     assert proc.returncode == 143, err
     assert err == "implicit-concept: terminated; its cleanup cut short by a second signal after 1 s; rerun the same command to resume\n"
+
+
+def _worker_sends_itself_the_terminals_stops():
+    from implicit_concept.worker_processes import start_worker
+
+    start_worker()
+    for sig in (signal.SIGHUP, signal.SIGINT):
+        os.kill(os.getpid(), sig)  # delivered before kill returns: a worker that took it is gone here
+    os._exit(0)
+
+
+def test_a_pool_worker_outlives_the_hangup_its_whole_job_is_sent():
+    """A shell whose terminal closed sends SIGHUP to each job's whole process group, workers too: a
+    worker that took it died at once, and its pool broke under the command's own orderly stop."""
+    import multiprocessing
+
+    worker = multiprocessing.get_context("fork").Process(target=_worker_sends_itself_the_terminals_stops)
+    worker.start()
+    worker.join(60)
+    assert worker.exitcode == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_a_worker_being_started_holds_the_terminals_stops_until_it_ignores_them(sig):
+    """A spawned worker imports for seconds before ``start_worker``: a hangup or Ctrl-C then killed
+    it (a broken pool) or printed its traceback. Started in ``workers_starting``, it holds them pending."""
+    from implicit_concept.worker_processes import workers_starting
+
+    with workers_starting():
+        child = subprocess.run([sys.executable, "-c", f"import os; os.kill(os.getpid(), {int(sig)}); print('alive')"],
+                               capture_output=True, text=True, timeout=60, preexec_fn=_as_from_a_terminal)
+    assert (child.returncode, child.stdout, child.stderr) == (0, "alive\n", "")
+
+
+HUNG_UP_CLEANUP = """
+import os, signal, sys
+from implicit_concept.worker_processes import interrupts
+
+try:
+    with interrupts():
+        os.write(1, b"ready\\n")
+        signal.pause()
+except KeyboardInterrupt:
+    os.write(2, b"a progress bar closing\\n")
+    sys.exit(7)
+"""
+
+
+def test_a_cleanup_writing_to_the_terminal_that_hung_up_does_not_fail():
+    """The terminal gone, a progress bar's last draw in the cleanup failed with EIO: an OSError in
+    place of the hangup (exit 1, and that error's own line failing too). Its output now goes nowhere."""
+    master, terminal = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", HUNG_UP_CLEANUP], cwd=REPO, env=ENV, stdin=terminal, stdout=terminal,
+                            stderr=terminal, start_new_session=True, preexec_fn=_in_a_terminal)
+    os.close(terminal)
+    try:
+        assert os.read(master, 100).startswith(b"ready")
+    finally:
+        os.close(master)  # the terminal closes: SIGHUP to the session's leader
+    assert proc.wait(timeout=60) == 7
+
+
+LIBRARY_TOOK_THE_STOP = """
+import os, signal, sys
+from implicit_concept import worker_processes as wp
+
+wp.CUT_SHORT_S = 600.0
+try:
+    with wp.interrupts():
+        ours = {sig: signal.getsignal(sig) for sig in wp.STOP_SIGNALS}
+        try:
+            with wp.keeping_signal_handlers():  # a library (Ray) that installs its own, exiting with the signal's number
+                for sig in wp.STOP_SIGNALS:
+                    signal.signal(sig, lambda signum, frame: sys.exit(signum))
+                os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:
+            kept = all(signal.getsignal(sig) is ours[sig] for sig in wp.STOP_SIGNALS)
+            os.kill(os.getpid(), signal.SIGINT)  # a second stop, in the cleanup
+            os.write(1, f"cleaned up, handlers kept: {kept}\\n".encode())
+            raise
+except KeyboardInterrupt as e:
+    sys.exit(128 + wp.stopped_by(e))
+"""
+
+
+def test_a_stop_a_librarys_handler_took_is_the_first_stop_and_its_handlers_are_put_back():
+    """A library's own handler that took SIGTERM is the command's first stop: a Ctrl-C in the cleanup
+    is ignored (it interrupted the cleanup, and the exit said 130), and its SIGHUP handler is gone with
+    its others (a hangup later ended the command as that library would)."""
+    proc = subprocess.run([sys.executable, "-c", LIBRARY_TOOK_THE_STOP], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=60, preexec_fn=_as_from_a_terminal)
+    assert (proc.returncode, proc.stdout) == (143, "cleaned up, handlers kept: True\n"), proc.stderr[-3000:]
