@@ -116,7 +116,7 @@ def detector(run: BenchmarkRun, dataset: Path, base: Path | None = None) -> Dete
             extra = {}
             if "generated" in identity:
                 extra = dict(zip(("backgrounds", "calibration"), base_generations(run, dataset, base, identity["generated"])))
-            train_detector(dataset / DETECTOR_SUBSET, out, load_scale(run.track.detector_scale), progress=run.progress, **extra)
+            train_detector(dataset / DETECTOR_SUBSET, out, load_scale(run.track.detector_scale), **extra)
     return Detector.load(out)
 
 

@@ -37,7 +37,7 @@ from implicit_concept.detector.export import DEFAULT_VALIDATION_SHARE, Detection
 from implicit_concept.detector.image_sets import ImageSet, ImageSetDigest, ImageSetError, named_images, pixel_sha256, write_backgrounds
 from implicit_concept.detector.inference import Detector, model_config
 from implicit_concept.detector.weights import DEFAULT_CONF, WEIGHTS_NAME, is_model_yaml, model_yaml, record_path, weights_state, write_detector
-from implicit_concept.detector.yolo_env import bars_shown, import_ultralytics
+from implicit_concept.detector.yolo_env import import_ultralytics
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_apart, locked, sha256_file
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import (
@@ -157,7 +157,6 @@ def train_detector(
     scale: DetectorScale,
     backgrounds: ImageSet | None = None,
     calibration: ImageSet | None = None,
-    progress: bool = True,
 ) -> TrainedDetector:
     """Train on ``shards``/train's fit split (plus ``backgrounds``), set thresholds on its validation
     split (and ``calibration``), report on ``shards``/test; write metrics.json, plots and the detector.
@@ -165,7 +164,6 @@ def train_detector(
     ``backgrounds`` and ``calibration``: a folder of images or ``(name, PIL image)`` pairs, such as a
     base model's generations from clean prompts, the two sets disjoint. Calibration images are read
     (and held in memory) before training, so a bad one fails in seconds, not after training.
-    ``progress``: whether ultralytics' own bars show (False for a command's ``--quiet``).
 
     metrics.json: ``validation_split`` and ``test_split`` (ultralytics' box mAP50 / mAP50-95,
     precision, recall per class), ``thresholds`` and how they were chosen (``calibration``),
@@ -185,8 +183,7 @@ def train_detector(
     check_apart(out_dir, "detector --out", {"the shards": shards, "--backgrounds": backgrounds, "--calibration": calibration})
     out_dir.mkdir(parents=True, exist_ok=True)
     with locked(out_dir, wait=False, refusal="wait for it to finish or choose another --out", inside=True):
-        with bars_shown(progress):  # ultralytics' own bars: training epochs, validation
-            return _train_detector(shards, out_dir, scale, backgrounds, calibration)
+        return _train_detector(shards, out_dir, scale, backgrounds, calibration)
 
 
 def _train_detector(shards: Path, out_dir: Path, scale: DetectorScale, backgrounds: ImageSet | None,

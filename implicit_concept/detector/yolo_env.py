@@ -40,7 +40,6 @@ import re
 import sys
 import warnings
 from contextlib import contextmanager, redirect_stdout
-from contextvars import ContextVar
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterator
@@ -244,25 +243,10 @@ def _check_already_imported() -> None:
         )
 
 
-#: Whether ultralytics' bars made now are shown (:func:`bars_shown`); ``TQDM_DISABLE`` hides them whatever it says.
-_BARS_SHOWN: ContextVar[bool] = ContextVar("ultralytics_bars_shown", default=True)
-
-
-@contextmanager
-def bars_shown(show: bool) -> Iterator[None]:
-    """ultralytics' progress bars made within the block shown or not: a command's ``--quiet`` reaches
-    the bars of the training it runs, which ultralytics makes itself."""
-    token = _BARS_SHOWN.set(show)
-    try:
-        yield
-    finally:
-        _BARS_SHOWN.reset(token)
-
-
 def _bars_to_stderr() -> None:
     """ultralytics' own progress bars (training, validation) default to stderr, not stdout, and keep
     the toolkit's rules (``progress.py``): off a terminal redrawn once a minute, not at each step, and
-    off under ``TQDM_DISABLE``, which ultralytics does not read, or outside ``bars_shown(True)``."""
+    off under ``TQDM_DISABLE``, which ultralytics does not read."""
     bar = importlib.import_module("ultralytics.utils.tqdm").TQDM
     original = bar.__init__
     if getattr(original, "_to_stderr", False):
@@ -275,7 +259,7 @@ def _bars_to_stderr() -> None:
         isatty = getattr(stream, "isatty", None)
         if len(args) < 6 and not (isatty and isatty()):  # mininterval is its sixth
             kwargs.setdefault("mininterval", LOG_INTERVAL_S)
-        if len(args) < 7 and (disabled_by_environment() or not _BARS_SHOWN.get()):  # disable, its seventh
+        if len(args) < 7 and disabled_by_environment():  # disable, its seventh
             kwargs["disable"] = True
         original(self, *args, **kwargs)
 
