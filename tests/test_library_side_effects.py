@@ -96,6 +96,44 @@ def test_ultralytics_messages_and_bars_go_to_stderr_without_colour_codes(tmp_pat
     assert "\x1b[" not in done.stderr
 
 
+ULTRALYTICS_BAR_STEPS = r"""
+import itertools, sys, types
+from implicit_concept.detector.yolo_env import import_ultralytics
+
+class Terminal:  # stderr as a terminal shows it: isatty() true
+    def __init__(self, stream): self.stream = stream
+    def write(self, text): return self.stream.write(text)
+    def flush(self): self.stream.flush()
+    def isatty(self): return True
+
+if sys.argv[1:] == ["terminal"]:
+    sys.stderr = Terminal(sys.stderr)
+bars = import_ultralytics("ultralytics.utils.tqdm")
+clock = itertools.count(0.0, 1.0)  # each reading of the clock one second later: 40 steps take 40 s
+bars.time = types.SimpleNamespace(time=lambda: next(clock))
+bar = bars.TQDM(total=40, desc="epoch")  # as ultralytics' trainer steps its bar
+for step in range(40):
+    bar.set_description(f"epoch loss {step}")
+    bar.update()
+bar.close()
+"""
+
+
+def test_ultralytics_bars_follow_the_toolkits_rules_off_a_terminal_and_under_tqdm_disable(tmp_path):
+    """A detector training's bars are ultralytics' own: off a terminal (a log) they redraw once a
+    minute, as every toolkit bar does, not at each step; ``TQDM_DISABLE=1`` turns them off."""
+    def redraws(*args: str, **extra: str) -> int:
+        env = {k: v for k, v in _library_env(tmp_path / "home").items() if k != "TQDM_DISABLE"}
+        done = subprocess.run([sys.executable, "-c", ULTRALYTICS_BAR_STEPS, *args], cwd=tmp_path, env={**env, **extra},
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stderr.count("epoch")
+
+    assert 1 <= redraws() <= 3  # its first and last lines: 40 simulated seconds hold no minute
+    assert redraws("terminal") >= 40  # on a terminal, as it goes
+    assert redraws(TQDM_DISABLE="1") == redraws("terminal", TQDM_DISABLE="1") == 0
+
+
 def test_an_unwritable_cache_folder_is_named_with_the_option_that_moves_it(tmp_path):
     """A cache folder that cannot be made (here under a file, which even root cannot do) is named,
     with how to name another: the command's --cache, or IMPLICIT_CONCEPT_CACHE for a library user."""

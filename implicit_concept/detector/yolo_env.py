@@ -45,6 +45,7 @@ from types import ModuleType
 from typing import Any, Iterator
 
 from implicit_concept.files import atomic_write_bytes
+from implicit_concept.progress import LOG_INTERVAL_S, disabled_by_environment
 
 CACHE_ENV = "IMPLICIT_CONCEPT_CACHE"
 #: The benchmark's default ``--cache`` (relative to the folder it runs in).
@@ -243,7 +244,9 @@ def _check_already_imported() -> None:
 
 
 def _bars_to_stderr() -> None:
-    """ultralytics' own progress bars (training, validation) default to stderr, not stdout."""
+    """ultralytics' own progress bars (training, validation) default to stderr, not stdout, and keep
+    the toolkit's rules (``progress.py``): off a terminal redrawn once a minute, not at each step, and
+    off under ``TQDM_DISABLE``, which ultralytics does not read."""
     bar = importlib.import_module("ultralytics.utils.tqdm").TQDM
     original = bar.__init__
     if getattr(original, "_to_stderr", False):
@@ -252,6 +255,12 @@ def _bars_to_stderr() -> None:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         if len(args) < 5 and kwargs.get("file") is None:  # file is its fifth parameter
             kwargs["file"] = _STDERR
+        stream = args[4] if len(args) >= 5 else kwargs["file"]
+        isatty = getattr(stream, "isatty", None)
+        if len(args) < 6 and not (isatty and isatty()):  # mininterval is its sixth
+            kwargs.setdefault("mininterval", LOG_INTERVAL_S)
+        if len(args) < 7 and disabled_by_environment():  # disable, its seventh
+            kwargs["disable"] = True
         original(self, *args, **kwargs)
 
     __init__._to_stderr = True  # type: ignore[attr-defined]
