@@ -107,6 +107,8 @@ def generate_images(
                 raise GenerationError(str(e) if str(e).startswith(f"{desc}: ") else f"{desc}: {e}") from None
             except NonFiniteOutput as e:
                 raise GenerationError(f"{desc}: the pipeline cannot be sampled: {e}") from None
+            except KeyboardInterrupt:  # the user's stop (Ctrl-C, SIGTERM), not the plug-in's failure
+                raise
             except PLUGIN_ERRORS as e:
                 from benchmark.methods.interface import NotImplementedMethod
 

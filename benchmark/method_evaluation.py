@@ -163,7 +163,7 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
     try:
         with kept_plugin_state(), seeded_rngs("build", where):
             built = method.build(ctx)
-    except (NotImplementedMethod, ToolkitIOError):  # the latter: the toolkit's own writing failed, not the method
+    except (NotImplementedMethod, ToolkitIOError, KeyboardInterrupt):  # the toolkit's own writing failed; the user's stop
         raise
     except PLUGIN_ERRORS as e:
         raise MethodFailed(where, "build(ctx)", e) from e
