@@ -3,6 +3,7 @@ as an entry point (a typo in its registration, a class that needs arguments), tr
 signal handlers, loggers and environment, asyncio's and a lab's own ``BaseException``s. Each is
 judged as a built-in method is, or refused in one line naming the method and the fix."""
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -73,9 +74,10 @@ def test_an_entry_point_method_is_judged_and_one_registered_wrong_is_refused_nam
 
 
 HABITS = '''
-import os, signal, sys
+import logging, os, signal, sys
 from benchmark.methods.interface import FineTune, Generator, Method
 
+logging.basicConfig(level=logging.DEBUG, force=True)
 os.environ["TQDM_DISABLE"] = "1"
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -102,28 +104,41 @@ class Habits(Method):
         sys.stdout = sys.stderr = Tee(sys.stderr)
         os.environ["IMPLICIT_CONCEPT_CACHE"] = "/data/lab/cache"
         os.environ.pop("HOME", None)
+        logging.getLogger("diffusers").setLevel(logging.INFO)
         pipe = ctx.load_pipeline(ctx.finetune(FineTune()))
 
         def sample(**kwargs):
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             os.environ["HF_HUB_OFFLINE"] = "0"
+            logging.disable(logging.CRITICAL)
             return pipe(**kwargs)
 
         return Generator(sample)
 '''
 
 
+def _logging():
+    root = logging.getLogger()
+    return root.level, list(root.handlers), logging.root.manager.disable, logging.getLogger("diffusers").level
+
+
 def test_signal_handlers_loggers_and_environment_a_plug_in_sets_are_undone_after_its_code(lab, evaluate):
     """A handler that saves a lab's training on Ctrl-C, left installed, took the run's every later
     Ctrl-C and SIGTERM (nothing stopped it); its logger replaced sys.stderr for the progress bars and
-    errors of every later stage; the environment it set was every later stage's and --jobs worker's."""
+    errors of every later stage; the environment it set was every later stage's and --jobs worker's;
+    its logging.basicConfig(level=DEBUG) printed every library's debug lines for the rest of the run."""
+    logging.getLogger("diffusers")
     before = ({sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)},
-              sys.stdout, sys.stderr, dict(os.environ))
+              sys.stdout, sys.stderr, dict(os.environ), _logging())
     try:
         rows = evaluate(f"{lab('habits', HABITS)}:Habits")
         after = ({sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)},
-                 sys.stdout, sys.stderr, dict(os.environ))
+                 sys.stdout, sys.stderr, dict(os.environ), _logging())
     finally:
+        logging.getLogger().handlers[:] = before[4][1]
+        logging.getLogger().setLevel(before[4][0])
+        logging.disable(before[4][2])
+        logging.getLogger("diffusers").setLevel(before[4][3])
         for sig, handler in before[0].items():
             signal.signal(sig, handler)
         sys.stdout, sys.stderr = before[1:3]
@@ -133,6 +148,7 @@ def test_signal_handlers_loggers_and_environment_a_plug_in_sets_are_undone_after
     assert after[0] == before[0]
     assert after[1] is before[1] and after[2] is before[2]
     assert after[3] == before[3]
+    assert after[4] == before[4]
 
 
 class LabStop(BaseException):
