@@ -195,3 +195,54 @@ def test_a_base_exception_a_plug_in_raises_is_its_failure_and_a_keyboard_interru
             declared_finetunes(method, None)
     finally:
         sys.modules.pop("lab_errors", None)
+
+
+OWN_PIPELINE = '''
+import numpy as np
+from PIL import Image
+from benchmark.methods.interface import FineTune, Generator, Method
+
+
+class OwnPipeline:
+    """A lab's own sampler, not a diffusers pipeline: the arguments its paper's script passes."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def __call__(self, prompt, negative_prompt=None, generator=None, num_inference_steps=50, guidance_scale=7.5):
+        return self.pipe(prompt=prompt, negative_prompt=negative_prompt, generator=generator, guidance_scale=guidance_scale,
+                         num_inference_steps=num_inference_steps, height=16, width=16).images
+
+
+class Own(Method):
+    name = "own-pipeline"
+
+    def build(self, ctx):
+        return Generator(OwnPipeline(ctx.load_pipeline(ctx.finetune(FineTune()))))
+
+
+class Takes(OwnPipeline):
+    def __call__(self, prompt, negative_prompt=None, generator=None, num_inference_steps=50, guidance_scale=7.5, **unused):
+        return super().__call__(prompt, negative_prompt, generator, num_inference_steps, guidance_scale)
+
+
+class OwnTaking(Method):
+    name = "own-taking"
+
+    def build(self, ctx):
+        return Generator(Takes(ctx.load_pipeline(ctx.finetune(FineTune()))))
+'''
+
+
+def test_a_pipeline_of_a_labs_own_whose_call_cannot_take_the_benchmarks_arguments_is_refused_before_sampling(lab, evaluate):
+    """Its build ran, then sampling failed with 'the pipeline raised TypeError: __call__() got an
+    unexpected keyword argument' and a traceback into the benchmark's sampling loop."""
+    name = lab("own_pipeline", OWN_PIPELINE)
+    with pytest.raises(ValueError, match=r"^icd-qrcode/own-pipeline: the pipeline build\(ctx\) returned cannot be sampled: "
+                                         r"calling it as OwnPipeline\(prompt, negative_prompt=None, .*\) with prompt, "
+                                         r"negative_prompt, generator, num_inference_steps, guidance_scale, height, width, "
+                                         r"output_type fails \(got an unexpected keyword argument 'height'\); .*take them"):
+        evaluate(f"{name}:Own")
+    assert evaluate.images("own-pipeline") == []
+    assert evaluate(f"{name}:OwnTaking")[0]["status"] == "ok"
+    assert len(evaluate.images("own-taking")) == 2
