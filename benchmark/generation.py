@@ -222,7 +222,8 @@ def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs)
     return generate
 
 
-def _call_arguments(prompts: Sequence[str], negatives: Sequence[str], generators: list[Any], settings: GenerationSettings) -> dict[str, Any]:
+def _call_arguments(prompts: Sequence[str], negatives: Sequence[str], generators: list[Any],
+                    settings: GenerationSettings) -> dict[str, Any]:
     """What a method's pipeline is called with besides its ``call_kwargs``: a diffusers pipeline's names."""
     return dict(prompt=list(prompts), negative_prompt=list(negatives) if any(negatives) else None, generator=generators,
                 num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale, height=settings.image_size,
@@ -241,7 +242,8 @@ def call_problem(pipeline: Any, settings: GenerationSettings, call_kwargs: dict[
     try:
         signature.bind(**arguments, **call_kwargs)
     except TypeError as e:
-        return (f"calling it as {getattr(pipeline, '__qualname__', None) or type(pipeline).__name__}{signature} with {', '.join(arguments)}"
+        named = getattr(pipeline, "__qualname__", None) or type(pipeline).__name__
+        return (f"calling it as {named}{signature} with {', '.join(arguments)}"
                 f"{', ' if call_kwargs else ''}{', '.join(call_kwargs)} fails ({e}); the benchmark calls every method's "
                 "pipeline with a diffusers pipeline's arguments: take them (or **kwargs)")
     return None
