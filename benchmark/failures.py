@@ -11,11 +11,13 @@ from typing import Iterator
 
 
 #: What code the benchmark does not own (a plug-in's import, constructor, ``finetunes``, ``build`` or
-#: pipeline) may raise that is its failure, reported as :class:`MethodFailed`: any exception, and
-#: ``SystemExit`` (a ``sys.exit()`` in a lab's error path, ``argparse``'s ``parse_args()`` at import
-#: reading the benchmark's own command line), which would otherwise end the run with the plug-in's
-#: exit status and no word of where. ``KeyboardInterrupt`` is the user's: it stops the run.
-PLUGIN_ERRORS = (Exception, SystemExit)
+#: pipeline) may raise that is its failure, reported as :class:`MethodFailed`: any exception, and the
+#: other ``BaseException``s, which would otherwise end the run with the plug-in's exit status, or a
+#: bare traceback, and no word of where: ``SystemExit`` (a ``sys.exit()`` in a lab's error path,
+#: ``argparse``'s ``parse_args()`` at import reading the benchmark's own command line), asyncio's
+#: ``CancelledError`` (a sampler driven by an event loop), gevent's ``GreenletExit``, a lab's own.
+#: ``KeyboardInterrupt`` is the user's: every site catching these lets it through first, to stop the run.
+PLUGIN_ERRORS = (BaseException,)
 
 
 #: Faults of the pinned libraries that a method's pipeline runs into, told by the error they raise

@@ -8,6 +8,7 @@ image's prompt text and seed); made by another model, prompt or setting, they ar
 """
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -107,6 +108,8 @@ def generate_images(
                 raise GenerationError(str(e) if str(e).startswith(f"{desc}: ") else f"{desc}: {e}") from None
             except NonFiniteOutput as e:
                 raise GenerationError(f"{desc}: the pipeline cannot be sampled: {e}") from None
+            except KeyboardInterrupt:  # the user's stop (Ctrl-C, SIGTERM), not the plug-in's failure
+                raise
             except PLUGIN_ERRORS as e:
                 from benchmark.methods.interface import NotImplementedMethod
 
@@ -205,17 +208,7 @@ def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs)
         # A plug-in's pipeline may chdir (images are saved after), set warnings filters or draw from the
         # global generators: seeded by the chunk's image seeds, as the chunks are the same on a resume.
         with torch.no_grad(), kept_plugin_state(), seeded_rngs("sample", *seeds), finite_outputs(pipeline):
-            result = pipeline(
-                prompt=list(prompts),
-                negative_prompt=list(negatives) if any(negatives) else None,
-                generator=generators,
-                num_inference_steps=settings.steps,
-                guidance_scale=settings.guidance_scale,
-                height=settings.image_size,
-                width=settings.image_size,
-                output_type="pil",
-                **call_kwargs,
-            )
+            result = pipeline(**_call_arguments(prompts, negatives, generators, settings), **call_kwargs)
         # A diffusers output's .images, or its return_dict=False tuple (images, ...); a plain
         # function may return the list of images itself.
         _refuse_safety_checked(result)
@@ -227,4 +220,31 @@ def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs)
         return list(images)
 
     return generate
+
+
+def _call_arguments(prompts: Sequence[str], negatives: Sequence[str], generators: list[Any],
+                    settings: GenerationSettings) -> dict[str, Any]:
+    """What a method's pipeline is called with besides its ``call_kwargs``: a diffusers pipeline's names."""
+    return dict(prompt=list(prompts), negative_prompt=list(negatives) if any(negatives) else None, generator=generators,
+                num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale, height=settings.image_size,
+                width=settings.image_size, output_type="pil")
+
+
+def call_problem(pipeline: Any, settings: GenerationSettings, call_kwargs: dict[str, Any]) -> str | None:
+    """Why ``pipeline`` cannot be called as :func:`diffusers_generate_fn` calls it (a lab's own pipeline
+    class whose ``__call__`` takes no ``height`` or ``output_type``), or None: refused in one line
+    before its first image, not a TypeError traceback from inside the sampling loop."""
+    try:
+        signature = inspect.signature(pipeline)
+    except (TypeError, ValueError):
+        return None  # no signature to check (a builtin): calling it tells
+    arguments = _call_arguments([""], ["a"], [None], settings)
+    try:
+        signature.bind(**arguments, **call_kwargs)
+    except TypeError as e:
+        named = getattr(pipeline, "__qualname__", None) or type(pipeline).__name__
+        return (f"calling it as {named}{signature} with {', '.join(arguments)}"
+                f"{', ' if call_kwargs else ''}{', '.join(call_kwargs)} fails ({e}); the benchmark calls every method's "
+                "pipeline with a diffusers pipeline's arguments: take them (or **kwargs)")
+    return None
 

@@ -18,7 +18,7 @@ from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
 from benchmark.evaluation.scorecard import score_generated
 from benchmark.failures import PLUGIN_ERRORS, MethodFailed, ToolkitIOError, plugin_output, toolkit_io
-from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images, image_prompts
+from benchmark.generation import GenerationSettings, call_problem, diffusers_generate_fn, generate_images, image_prompts
 from benchmark.library_patches import kept_library_functions, without_plugin_replacements
 from benchmark.methods import REGISTRY, NotImplementedMethod, get_method
 from benchmark.methods.interface import Generator, MethodContext, checked_generator
@@ -163,12 +163,12 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
     try:
         with kept_plugin_state(), seeded_rngs("build", where):
             built = method.build(ctx)
-    except (NotImplementedMethod, ToolkitIOError):  # the latter: the toolkit's own writing failed, not the method
+    except (NotImplementedMethod, ToolkitIOError, KeyboardInterrupt):  # the toolkit's own writing failed; the user's stop
         raise
     except PLUGIN_ERRORS as e:
         raise MethodFailed(where, "build(ctx)", e) from e
     generator = checked_generator(method, built)
-    problem = pipeline_problem(generator.pipeline)
+    problem = pipeline_problem(generator.pipeline) or call_problem(generator.pipeline, evaluation.settings, generator.call_kwargs)
     if problem is not None:
         raise ValueError(f"{where}: the pipeline build(ctx) returned cannot be sampled: {problem}")
     timings = {"build": time.perf_counter() - start}

@@ -1,10 +1,16 @@
 """What code the benchmark does not own may change process-wide besides torch's settings: the working
 folder, which the toolkit's relative paths (``runs/``, ``data/``, the cache) are read from, the
-warnings filters, numpy's floating-point error handling, and the global random generators.
+warnings filters, numpy's floating-point error handling, the environment, the signal handlers,
+``sys.stdout`` and ``sys.stderr``, the logging levels, and the global random generators.
 
 A plug-in whose ``build`` runs ``os.chdir`` to call its own scripts, or turns warnings into errors,
 has both put back after each call into its code, so the next method is not failed by a library's
-deprecation warning; and the services it calls (``ctx.finetune``, ``ctx.load_pipeline``) run in the
+deprecation warning. So are research code's other habits: a SIGINT or SIGTERM handler that saves
+its training on Ctrl-C (left installed, Ctrl-C no longer stopped the run), a logger put in place
+of ``sys.stderr`` (the run's progress and errors went to the lab's log file), ``os.environ`` set
+for its own libraries (``TQDM_DISABLE``, the cache folder, what ``--jobs`` workers start from),
+``logging.basicConfig(level=logging.DEBUG)`` at the top of its module (every later stage's library
+debug lines on stderr: PIL's, one per PNG chunk read); and the services it calls (``ctx.finetune``, ``ctx.load_pipeline``) run in the
 toolkit's working folder, so a run's files land in its folder.
 
 A plug-in that draws from the global generators (``torch.randn`` without a generator to start an
@@ -18,8 +24,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import random
+import signal
+import sys
+import threading
 import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
@@ -27,21 +37,71 @@ from typing import Any, Callable, Iterator, TypeVar
 import numpy as np
 import torch
 
+from implicit_concept.worker_processes import STOP_SIGNALS
+
 T = TypeVar("T")
 
 
 @contextmanager
 def kept_plugin_state() -> Iterator[None]:
-    """Whatever the block does to the working folder, the warnings filters or numpy's floating-point
-    error handling is undone after it (``np.seterr(all="raise")``, research code's way to find a NaN,
-    made every later method's and the scoring's invalid operations raise ``FloatingPointError``: an
-    empty slice's mean, a NaN pixel cast to 8 bits)."""
-    before = os.getcwd()
+    """Whatever the block does to the working folder, the warnings filters, numpy's floating-point
+    error handling, the environment, the stop signals' handlers, ``sys.stdout``/``sys.stderr`` or the
+    logging levels is undone after it (``np.seterr(all="raise")``, research code's way to find a NaN, made every later
+    method's and the scoring's invalid operations raise ``FloatingPointError``: an empty slice's
+    mean, a NaN pixel cast to 8 bits)."""
+    before, streams = os.getcwd(), (sys.stdout, sys.stderr)
     try:
-        with warnings.catch_warnings(), np.errstate(**np.geterr()):
+        with kept_environment(), kept_signal_handlers(), kept_logging(), warnings.catch_warnings(), np.errstate(**np.geterr()):
             yield
     finally:
+        sys.stdout, sys.stderr = streams
         os.chdir(before)
+
+
+@contextmanager
+def kept_signal_handlers() -> Iterator[None]:
+    """SIGINT's, SIGTERM's and SIGHUP's handlers as they were before the block (set in the main
+    thread only; elsewhere none can be set)."""
+    main = threading.current_thread() is threading.main_thread()
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if main else {}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            if handler is not None and signal.getsignal(sig) is not handler:  # None: set outside Python
+                signal.signal(sig, handler)
+
+
+@contextmanager
+def kept_logging() -> Iterator[None]:
+    """The root logger's level and handlers, every existing logger's level and ``logging.disable``'s
+    as they were before the block (the handlers a library adds to its own logger are its own)."""
+    root = logging.getLogger()
+    handlers, disabled = list(root.handlers), logging.root.manager.disable
+    levels = {logger: logger.level for logger in [root, *logging.Logger.manager.loggerDict.values()]
+              if isinstance(logger, logging.Logger)}
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        logging.disable(disabled)
+        for logger, level in levels.items():
+            if logger.level != level:
+                logger.setLevel(level)
+
+
+@contextmanager
+def kept_environment() -> Iterator[None]:
+    """``os.environ`` as it was before the block, whatever the block set or removed."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for name in [name for name in os.environ if name not in before]:
+            del os.environ[name]
+        for name, value in before.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
 
 
 def in_working_folder(service: Callable[..., T]) -> Callable[..., T]:

@@ -146,6 +146,8 @@ def declared_finetunes(method: Any, ctx: MethodContext) -> list[FineTune]:
             declared = list(getattr(method, "finetunes", lambda ctx: [])(ctx))
     except NotImplementedMethod:
         return []  # its build says so too: reported as missing, not as a failure
+    except KeyboardInterrupt:  # the user's stop (Ctrl-C, SIGTERM), not the plug-in's failure
+        raise
     except PLUGIN_ERRORS as e:
         raise MethodFailed(f"method {method.name}", "finetunes(ctx)", e) from e
     for ft in declared:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import hashlib
 import importlib
 import inspect
@@ -70,16 +71,43 @@ def load_method(spec: str, registry: dict[str, Callable[[], Method]]) -> Method:
     if spec in registry:
         return registry[spec]()
     with kept_torch_settings(), plugin_output(), kept_plugin_state(), refused_library_replacements(f"--method {spec}"):
-        for ep in entry_points(group="implicit_concept.methods"):
+        installed = entry_points(group=ENTRY_POINTS)
+        for ep in installed:
             if ep.name == spec:
-                try:
-                    made = ep.load()()
-                except PLUGIN_ERRORS as e:
-                    raise MethodFailed(f"--method {spec}", f"entry point {ep.value}", e) from e
-                return _named(made, spec, ep.name, registry)
+                return _named(_made(_entry_point_class(ep, spec), spec, ep.attr or ep.value), spec, ep.name, registry)
         if ":" in spec:
             return _plugin(spec, registry)
-    raise ValueError(f"unknown method {spec!r} (known: {', '.join(registry)}; or package.module:Class, or path/to/file.py:Class)")
+    names = sorted({ep.name for ep in installed})
+    near = difflib.get_close_matches(spec, [*registry, *names], n=1)
+    raise ValueError(f"unknown method {spec!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+                     + f" (known: {', '.join(registry)}; installed plug-ins ({ENTRY_POINTS} entry points): "
+                     + (", ".join(names) or "none") + "; or package.module:Class, or path/to/file.py:Class)")
+
+
+#: The entry point group a lab's package registers its methods under (its ``pyproject.toml``'s
+#: ``[project.entry-points."implicit_concept.methods"]``).
+ENTRY_POINTS = "implicit_concept.methods"
+
+
+def _entry_point_class(ep: Any, spec: str) -> Any:
+    """What an entry point names, loaded; one whose module or class is not there (a typo in the
+    lab's ``pyproject.toml``, a package removed but its metadata left) is refused naming the entry
+    point and its package, not as the method's failure."""
+    try:
+        return ep.load()
+    except (ModuleNotFoundError, AttributeError) as e:
+        # Not there: its module (or a package above it), or its class in the module, which imported.
+        missing = _is_missing(e, ep.module) if isinstance(e, ModuleNotFoundError) else (
+            ep.module in sys.modules and not hasattr(sys.modules[ep.module], (ep.attr or "").split(".")[0]))
+        if not missing:
+            raise MethodFailed(f"--method {spec}", f"importing {ep.module}", e) from e
+        package = f" of package {ep.dist.name} {ep.dist.version}" if getattr(ep, "dist", None) else ""
+        raise ValueError(f"--method {spec}: the entry point '{ep.name} = {ep.value}'{package} cannot be loaded ({e}); "
+                         f"fix it in that package's [project.entry-points.\"{ENTRY_POINTS}\"] and reinstall it") from None
+    except KeyboardInterrupt:  # the user's stop (Ctrl-C, SIGTERM), not the plug-in's failure
+        raise
+    except PLUGIN_ERRORS as e:
+        raise MethodFailed(f"--method {spec}", f"importing {ep.module}", e) from e
 
 
 def _plugin(spec: str, registry: dict[str, Callable[[], Method]]) -> Any:
@@ -96,6 +124,8 @@ def _plugin(spec: str, registry: dict[str, Callable[[], Method]]) -> Any:
             raise MethodFailed(f"--method {spec}", f"importing {module_name}", e) from e
         raise ValueError(f"--method {spec}: cannot import ({e}); a plug-in module is found in the working folder or on "
                          "PYTHONPATH, or give its file: --method path/to/file.py:Class") from None
+    except KeyboardInterrupt:  # the user's stop (Ctrl-C, SIGTERM), not the plug-in's failure
+        raise
     except PLUGIN_ERRORS as e:  # SyntaxError, NameError, an ImportError inside it: the plug-in's own code
         raise MethodFailed(f"--method {spec}", f"importing {module_name}", e) from e
     if as_file:
@@ -103,6 +133,13 @@ def _plugin(spec: str, registry: dict[str, Callable[[], Method]]) -> Any:
     cls = getattr(module, attr, None)
     if cls is None:
         raise ValueError(f"--method {spec}: cannot import (module {module_name!r} has no attribute {attr!r}{_which_file(module, module_name)})")
+    return _named(_made(cls, spec, attr), spec, attr, registry)
+
+
+def _made(cls: Any, spec: str, attr: str) -> Any:
+    """The method ``--method`` or an entry point names (``attr``), made with no arguments: refused in
+    one line if it is not a class of a method that can be made so, its constructor's failure a
+    :class:`MethodFailed`."""
     if not callable(cls):
         raise ValueError(f"--method {spec}: {attr} is {_a(cls)}, not a class; name the method's class (made with no arguments)")
     if inspect.isabstract(cls):
@@ -116,11 +153,13 @@ def _plugin(spec: str, registry: dict[str, Callable[[], Method]]) -> Any:
         pass  # no signature to check (a builtin): calling it tells
     try:
         method = cls()
+    except KeyboardInterrupt:  # the user's stop (Ctrl-C, SIGTERM), not the plug-in's failure
+        raise
     except PLUGIN_ERRORS as e:
         raise MethodFailed(f"--method {spec}", f"{attr}()", e) from e
     if not isinstance(method, Method) and not callable(getattr(method, "build", None)):
         raise ValueError(f"--method {spec}: {attr} has no build(ctx) method")
-    return _named(method, spec, attr, registry)
+    return method
 
 
 def _is_file_spec(module: str) -> bool:
@@ -172,6 +211,8 @@ def _named(method: Any, spec: str, default: str, registry: dict[str, Callable[[]
     folders or is a built-in method's, whose images and results rows it would replace."""
     try:
         name = getattr(method, "name", "") or default
+    except KeyboardInterrupt:  # the user's stop (Ctrl-C, SIGTERM), not the plug-in's failure
+        raise
     except PLUGIN_ERRORS as e:
         raise MethodFailed(f"--method {spec}", "reading its name", e) from e
     if not isinstance(name, str) or not FOLDER_NAME.fullmatch(name):
@@ -203,6 +244,8 @@ def _check_shape(method: Any, spec: str) -> None:
     for step in ("build", "finetunes"):
         try:
             call = getattr(method, step, None)
+        except KeyboardInterrupt:  # the user's stop (Ctrl-C, SIGTERM), not the plug-in's failure
+            raise
         except PLUGIN_ERRORS as e:
             raise MethodFailed(f"--method {spec}", f"reading its {step}", e) from e
         if call is None and step == "finetunes":
@@ -223,6 +266,8 @@ def _check_shape(method: Any, spec: str) -> None:
                              "make it a plain def that returns it")
     try:
         description = getattr(method, "description", "")
+    except KeyboardInterrupt:  # the user's stop (Ctrl-C, SIGTERM), not the plug-in's failure
+        raise
     except PLUGIN_ERRORS as e:
         raise MethodFailed(f"--method {spec}", "reading its description", e) from e
     if description is not None and not isinstance(description, str):

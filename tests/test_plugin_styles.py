@@ -1,0 +1,248 @@
+"""Other labs' methods written in the styles of published erasure code: a closed-form edit installed
+as an entry point (a typo in its registration, a class that needs arguments), training code's
+signal handlers, loggers and environment, asyncio's and a lab's own ``BaseException``s. Each is
+judged as a built-in method is, or refused in one line naming the method and the fix."""
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import pytest
+
+from benchmark.failures import MethodFailed
+from benchmark.methods import get_method
+from tests.test_plugin_ports import base, evaluate  # noqa: F401 (fixtures)
+
+UCE = '''
+import torch
+from benchmark.methods.interface import FineTune, Generator, Method
+
+
+class Uce(Method):
+    """UCE: each cross-attention K and V remapped in closed form so the concept's words read as ''."""
+
+    def build(self, ctx):
+        pipe = ctx.load_pipeline(ctx.finetune(FineTune()))
+        ids = pipe.tokenizer([ctx.phrase, ""], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             return_tensors="pt").input_ids
+        with torch.no_grad():
+            old, new = pipe.text_encoder(ids)[0]
+            keep = torch.eye(old.shape[-1])
+            for name, layer in pipe.unet.named_modules():
+                if name.endswith(("attn2.to_k", "attn2.to_v")):
+                    w = layer.weight
+                    layer.weight.copy_((w @ new.T @ old + w @ keep) @ torch.linalg.inv(old.T @ old + keep))
+        return Generator(pipe)
+
+
+class NeedsStrength(Uce):
+    def __init__(self, strength):
+        self.strength = strength
+'''
+
+
+@pytest.fixture
+def installed(lab, tmp_path):
+    """``lab_uce``'s methods installed as a lab's package registers them: entry points in its metadata."""
+    lab("lab_uce", UCE)
+    info = tmp_path / "lab_uce-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lab-uce\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[implicit_concept.methods]\nlab-uce = lab_uce:Uce\nlab-typo = lab_uce:Uec\n"
+                                           "lab-gone = lab_old.methods:Uce\nlab-args = lab_uce:NeedsStrength\n")
+
+
+def test_an_entry_point_method_is_judged_and_one_registered_wrong_is_refused_naming_its_package(installed, evaluate):
+    """A typo in a lab's pyproject.toml read as the method's failure ('entry point lab_uce:Uec raised
+    AttributeError' and a traceback); a class needing arguments, refused in one line when named by
+    module:Class, was a TypeError traceback; a misspelt name listed the built-in methods alone."""
+    rows = evaluate("lab-uce")
+    assert rows[0]["status"] == "ok" and rows[0]["method"] == "lab-uce" and rows[0]["method_code_sha256"]
+    fix = r"fix it in that package's \[project.entry-points.\"implicit_concept.methods\"\] and reinstall it$"
+    with pytest.raises(ValueError, match=r"^--method lab-typo: the entry point 'lab-typo = lab_uce:Uec' of package lab-uce 0.1 "
+                                         r"cannot be loaded \(.*'Uec'.*\); " + fix):
+        get_method("lab-typo")
+    with pytest.raises(ValueError, match=r"^--method lab-gone: the entry point 'lab-gone = lab_old.methods:Uce' of package "
+                                         r"lab-uce 0.1 cannot be loaded \(No module named 'lab_old'\); " + fix):
+        get_method("lab-gone")
+    with pytest.raises(ValueError, match=r"^--method lab-args: NeedsStrength\(\) cannot be made without arguments"):
+        get_method("lab-args")
+    with pytest.raises(ValueError, match=r"^unknown method 'lab-ucee' \(did you mean 'lab-uce'\?\) .*installed plug-ins "
+                                         r"\(implicit_concept.methods entry points\): lab-args, lab-gone, lab-typo, lab-uce;"):
+        get_method("lab-ucee")
+
+
+HABITS = '''
+import logging, os, signal, sys
+from benchmark.methods.interface import FineTune, Generator, Method
+
+logging.basicConfig(level=logging.DEBUG, force=True)
+os.environ["TQDM_DISABLE"] = "1"
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class Tee:
+    """A training script's logger: what is written to stderr goes to its log file too."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        return self.stream.write(text)
+
+    def flush(self):
+        self.stream.flush()
+
+
+class Habits(Method):
+    name = "habits"
+
+    def build(self, ctx):
+        self.stop = False
+        signal.signal(signal.SIGINT, lambda signum, frame: setattr(self, "stop", True))  # save the run on Ctrl-C
+        sys.stdout = sys.stderr = Tee(sys.stderr)
+        os.environ["IMPLICIT_CONCEPT_CACHE"] = "/data/lab/cache"
+        os.environ.pop("HOME", None)
+        logging.getLogger("diffusers").setLevel(logging.INFO)
+        pipe = ctx.load_pipeline(ctx.finetune(FineTune()))
+
+        def sample(**kwargs):
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            os.environ["HF_HUB_OFFLINE"] = "0"
+            logging.disable(logging.CRITICAL)
+            return pipe(**kwargs)
+
+        return Generator(sample)
+'''
+
+
+def _logging():
+    root = logging.getLogger()
+    return root.level, list(root.handlers), logging.root.manager.disable, logging.getLogger("diffusers").level
+
+
+def test_signal_handlers_loggers_and_environment_a_plug_in_sets_are_undone_after_its_code(lab, evaluate):
+    """A handler that saves a lab's training on Ctrl-C, left installed, took the run's every later
+    Ctrl-C and SIGTERM (nothing stopped it); its logger replaced sys.stderr for the progress bars and
+    errors of every later stage; the environment it set was every later stage's and --jobs worker's;
+    its logging.basicConfig(level=DEBUG) printed every library's debug lines for the rest of the run."""
+    logging.getLogger("diffusers")
+    before = ({sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)},
+              sys.stdout, sys.stderr, dict(os.environ), _logging())
+    try:
+        rows = evaluate(f"{lab('habits', HABITS)}:Habits")
+        after = ({sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)},
+                 sys.stdout, sys.stderr, dict(os.environ), _logging())
+    finally:
+        logging.getLogger().handlers[:] = before[4][1]
+        logging.getLogger().setLevel(before[4][0])
+        logging.disable(before[4][2])
+        logging.getLogger("diffusers").setLevel(before[4][3])
+        for sig, handler in before[0].items():
+            signal.signal(sig, handler)
+        sys.stdout, sys.stderr = before[1:3]
+        os.environ.clear()
+        os.environ.update(before[3])
+    assert rows[0]["status"] == "ok"
+    assert after[0] == before[0]
+    assert after[1] is before[1] and after[2] is before[2]
+    assert after[3] == before[3]
+    assert after[4] == before[4]
+
+
+class LabStop(BaseException):
+    """A lab's own stop, raised past ``except Exception`` on purpose."""
+
+
+def _raises(error):
+    def raise_it(*args, **kwargs):
+        raise error
+    return raise_it
+
+
+@pytest.mark.parametrize("error", [asyncio.CancelledError("sampler task cancelled"), LabStop("budget spent"), GeneratorExit()])
+def test_a_base_exception_a_plug_in_raises_is_its_failure_and_a_keyboard_interrupt_stops_the_run(lab, tmp_path, error):
+    """asyncio's CancelledError (a sampler run on an event loop), or a lab's BaseException, ended the run
+    with a bare traceback naming neither the method nor the step."""
+    from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images
+    from benchmark.method_evaluation import Evaluation, _draw
+    from benchmark.methods.interface import declared_finetunes
+    from benchmark.prompts import Prompt
+
+    kind = type(error).__name__
+    sys.modules["lab_errors"] = type(sys)("lab_errors")
+    sys.modules["lab_errors"].error = error
+    try:
+        name = lab("raising", "from benchmark.methods.interface import Method\nimport lab_errors\nclass M(Method):\n"
+                              "    def finetunes(self, ctx):\n        raise lab_errors.error\n"
+                              "    def build(self, ctx):\n        raise lab_errors.error\n")
+        method = get_method(f"{name}:M")
+        with pytest.raises(MethodFailed, match=rf"^method M: finetunes\(ctx\) raised {kind}"):
+            declared_finetunes(method, None)
+        with pytest.raises(MethodFailed, match=rf"^icd-qrcode/M: build\(ctx\) raised {kind}"):
+            _draw(None, method, None, Evaluation("icd-qrcode", [], GenerationSettings(), None, []), "")
+        with pytest.raises(MethodFailed, match=rf"^icd-qrcode/M: the pipeline raised {kind}"):
+            generate_images(diffusers_generate_fn(_raises(error), GenerationSettings(steps=1, image_size=16)),
+                            [Prompt(0, "a", 1)], tmp_path / "images", progress=False, desc="icd-qrcode/M")
+        name = lab("raising_at_import", "import lab_errors\nraise lab_errors.error\n")
+        with pytest.raises(MethodFailed, match=rf"^--method {name}:M: importing {name} raised {kind}"):
+            get_method(f"{name}:M")
+        sys.modules["lab_errors"].error = KeyboardInterrupt()
+        with pytest.raises(KeyboardInterrupt):
+            _draw(None, method, None, Evaluation("icd-qrcode", [], GenerationSettings(), None, []), "")
+        with pytest.raises(KeyboardInterrupt):
+            declared_finetunes(method, None)
+    finally:
+        sys.modules.pop("lab_errors", None)
+
+
+OWN_PIPELINE = '''
+import numpy as np
+from PIL import Image
+from benchmark.methods.interface import FineTune, Generator, Method
+
+
+class OwnPipeline:
+    """A lab's own sampler, not a diffusers pipeline: the arguments its paper's script passes."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def __call__(self, prompt, negative_prompt=None, generator=None, num_inference_steps=50, guidance_scale=7.5):
+        return self.pipe(prompt=prompt, negative_prompt=negative_prompt, generator=generator, guidance_scale=guidance_scale,
+                         num_inference_steps=num_inference_steps, height=16, width=16).images
+
+
+class Own(Method):
+    name = "own-pipeline"
+
+    def build(self, ctx):
+        return Generator(OwnPipeline(ctx.load_pipeline(ctx.finetune(FineTune()))))
+
+
+class Takes(OwnPipeline):
+    def __call__(self, prompt, negative_prompt=None, generator=None, num_inference_steps=50, guidance_scale=7.5, **unused):
+        return super().__call__(prompt, negative_prompt, generator, num_inference_steps, guidance_scale)
+
+
+class OwnTaking(Method):
+    name = "own-taking"
+
+    def build(self, ctx):
+        return Generator(Takes(ctx.load_pipeline(ctx.finetune(FineTune()))))
+'''
+
+
+def test_a_pipeline_of_a_labs_own_whose_call_cannot_take_the_benchmarks_arguments_is_refused_before_sampling(lab, evaluate):
+    """Its build ran, then sampling failed with 'the pipeline raised TypeError: __call__() got an
+    unexpected keyword argument' and a traceback into the benchmark's sampling loop."""
+    name = lab("own_pipeline", OWN_PIPELINE)
+    with pytest.raises(ValueError, match=r"^icd-qrcode/own-pipeline: the pipeline build\(ctx\) returned cannot be sampled: "
+                                         r"calling it as OwnPipeline\(prompt, negative_prompt=None, .*\) with prompt, "
+                                         r"negative_prompt, generator, num_inference_steps, guidance_scale, height, width, "
+                                         r"output_type fails \(got an unexpected keyword argument 'height'\); .*take them"):
+        evaluate(f"{name}:Own")
+    assert evaluate.images("own-pipeline") == []
+    assert evaluate(f"{name}:OwnTaking")[0]["status"] == "ok"
+    assert len(evaluate.images("own-taking")) == 2
