@@ -231,7 +231,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
     board = write_leaderboard([Path(d) for d in args.runs], Path(args.out))
     print(board.markdown)
-    print(f"{args.out}/leaderboard.md, {args.out}/leaderboard.html")
+    print(f"{Path(args.out) / 'leaderboard.md'}, {Path(args.out) / 'leaderboard.html'}")
     return 0
 
 
@@ -315,7 +315,8 @@ def _add_scoring_arguments(p: argparse.ArgumentParser, out_help: str) -> dict[st
     p.add_argument("--num-prompts", type=int_at_least(1), help="score only the first N of the track's prompts (default: the track's count)")
     p.add_argument("--subset", help="the track's training subset the model stands for (a per-subset track such as paper: "
                                     "icd-qrcode, ...): its concepts are scored, its test split is the quality reference and, "
-                                    "on a track whose prompts are test-split captions, the prompts (default: the track's first)")
+                                    "on a track whose prompts are test-split captions, the prompts (default: every concept "
+                                    "is scored, with the track's first subset's test split)")
     p.add_argument("--images-per-prompt", type=int_at_least(1), help="images per prompt (default: the track's)")
     p.add_argument("--data", default="data", help="where the track's dataset is built: its clean test split is the quality reference (default: data)")
     p.add_argument("--reference", help="clean test shards to compare with, instead of the track's dataset under --data")

@@ -94,7 +94,7 @@ def test_the_page_renders_in_a_real_browser_with_every_image_loaded_and_no_conso
     print(f"screenshot: {shot}")
 
 
-def test_the_leaderboard_ranks_comparable_runs_and_says_when_runs_do_not_compare(tmp_path):
+def test_the_leaderboard_ranks_comparable_runs_and_says_when_runs_do_not_compare(tmp_path, capsys):
     a, b = fake_run(tmp_path / "a", icr=0.4), fake_run(tmp_path / "b", icr=0.2)
     board = leaderboard([a, b])
     assert board.differences == []
@@ -107,8 +107,9 @@ def test_the_leaderboard_ranks_comparable_runs_and_says_when_runs_do_not_compare
     board = leaderboard([a, other])
     assert len(board.differences) == 1 and board.differences[0].startswith("evaluator differs")
     assert "not comparable" in board.markdown
-    assert main(["leaderboard", str(a), str(other), "--out", str(tmp_path / "lb")]) == 0
+    assert main(["leaderboard", str(a), str(other), "--out", f"{tmp_path / 'lb'}/"]) == 0  # a folder typed as one
     assert "not comparable" in (tmp_path / "lb" / "leaderboard.html").read_text()
+    assert capsys.readouterr().out.splitlines()[-1] == f"{tmp_path / 'lb' / 'leaderboard.md'}, {tmp_path / 'lb' / 'leaderboard.html'}"
 
 
 def _row(r, method="sd", concept="qrcode", **fields):
