@@ -247,4 +247,3 @@ def call_problem(pipeline: Any, settings: GenerationSettings, call_kwargs: dict[
                 f"{', ' if call_kwargs else ''}{', '.join(call_kwargs)} fails ({e}); the benchmark calls every method's "
                 "pipeline with a diffusers pipeline's arguments: take them (or **kwargs)")
     return None
-
