@@ -10,16 +10,6 @@ import traceback
 from typing import Iterator
 
 
-#: What code the benchmark does not own (a plug-in's import, constructor, ``finetunes``, ``build`` or
-#: pipeline) may raise that is its failure, reported as :class:`MethodFailed`: any exception, and the
-#: other ``BaseException``s, which would otherwise end the run with the plug-in's exit status, or a
-#: bare traceback, and no word of where: ``SystemExit`` (a ``sys.exit()`` in a lab's error path,
-#: ``argparse``'s ``parse_args()`` at import reading the benchmark's own command line), asyncio's
-#: ``CancelledError`` (a sampler driven by an event loop), gevent's ``GreenletExit``, a lab's own.
-#: ``KeyboardInterrupt`` is the user's: every site catching these lets it through first, to stop the run.
-PLUGIN_ERRORS = (BaseException,)
-
-
 #: Faults of the pinned libraries that a method's pipeline runs into, told by the error they raise
 #: (its type and a text in its message), with what they are and the way around: without this the
 #: lab reads a library's AttributeError as a bug of its own method.
@@ -59,6 +49,19 @@ def _rebuilt(message: str, cause_traceback: str) -> MethodFailed:
     RuntimeError.__init__(failed, message)
     failed.cause_traceback = cause_traceback
     return failed
+
+
+def plugin_failure(where: str, step: str, error: BaseException) -> MethodFailed:
+    """``error``, raised by code the benchmark does not own (a plug-in's import, constructor,
+    ``finetunes``, ``build`` or pipeline), as its :class:`MethodFailed`; a stop (``KeyboardInterrupt``:
+    Ctrl-C, SIGTERM, SIGHUP) is raised again, the user's and not the plug-in's. Callers catch every
+    ``BaseException``: the others would end the run with the plug-in's exit status or a bare traceback
+    and no word of where: ``SystemExit`` (a ``sys.exit()`` in a lab's error path, ``argparse``'s
+    ``parse_args()`` at import reading the benchmark's command line), asyncio's ``CancelledError`` (a
+    sampler driven by an event loop), gevent's ``GreenletExit``, a lab's own."""
+    if isinstance(error, KeyboardInterrupt):
+        raise error
+    return MethodFailed(where, step, error)
 
 
 class ToolkitIOError(OSError):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmark.failures import PLUGIN_ERRORS, MethodFailed
+from benchmark.failures import plugin_failure
 from benchmark.models.pipeline_checks import NonFiniteOutput, finite_outputs
 from benchmark.models.pipeline_identity import json_sha256
 from benchmark.plugin_state import kept_plugin_state, seeded_rngs
@@ -108,14 +108,12 @@ def generate_images(
                 raise GenerationError(str(e) if str(e).startswith(f"{desc}: ") else f"{desc}: {e}") from None
             except NonFiniteOutput as e:
                 raise GenerationError(f"{desc}: the pipeline cannot be sampled: {e}") from None
-            except KeyboardInterrupt:  # the user's stop (Ctrl-C, SIGTERM), not the plug-in's failure
-                raise
-            except PLUGIN_ERRORS as e:
+            except BaseException as e:
                 from benchmark.methods.interface import NotImplementedMethod
 
                 if isinstance(e, NotImplementedMethod):
                     raise  # a method not carried yet, said while sampling: missing, as from build
-                raise MethodFailed(desc, "the pipeline", e) from e
+                raise plugin_failure(desc, "the pipeline", e) from e
             _check_images(images, len(chunk), settings.image_size, desc)
             for (p, i), image in zip(chunk, images):
                 atomic_save_image(image, out_dir / image_name(p, i))

@@ -17,7 +17,7 @@ from PIL import Image
 from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
 from benchmark.evaluation.scorecard import score_generated
-from benchmark.failures import PLUGIN_ERRORS, MethodFailed, ToolkitIOError, plugin_output, toolkit_io
+from benchmark.failures import ToolkitIOError, plugin_failure, plugin_output, toolkit_io
 from benchmark.generation import GenerationSettings, call_problem, diffusers_generate_fn, generate_images, image_prompts
 from benchmark.library_patches import kept_library_functions, without_plugin_replacements
 from benchmark.methods import REGISTRY, NotImplementedMethod, get_method
@@ -163,10 +163,10 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
     try:
         with kept_plugin_state(), seeded_rngs("build", where):
             built = method.build(ctx)
-    except (NotImplementedMethod, ToolkitIOError, KeyboardInterrupt):  # the toolkit's own writing failed; the user's stop
+    except (NotImplementedMethod, ToolkitIOError):  # not carried yet; the toolkit's own writing failed
         raise
-    except PLUGIN_ERRORS as e:
-        raise MethodFailed(where, "build(ctx)", e) from e
+    except BaseException as e:
+        raise plugin_failure(where, "build(ctx)", e) from e
     generator = checked_generator(method, built)
     problem = pipeline_problem(generator.pipeline) or call_problem(generator.pipeline, evaluation.settings, generator.call_kwargs)
     if problem is not None:

@@ -197,6 +197,68 @@ def test_a_base_exception_a_plug_in_raises_is_its_failure_and_a_keyboard_interru
         sys.modules.pop("lab_errors", None)
 
 
+
+STOPPING_SITES = {
+    "import": "import lab_errors\nraise lab_errors.error\n",
+    "constructor": "import lab_errors\nfrom benchmark.methods.interface import Method\nclass M(Method):\n"
+                   "    def __init__(self):\n        raise lab_errors.error\n    def build(self, ctx):\n        pass\n",
+    "name": "import lab_errors\nfrom benchmark.methods.interface import Method\nclass M(Method):\n"
+            "    @property\n    def name(self):\n        raise lab_errors.error\n    def build(self, ctx):\n        pass\n",
+    "build attribute": "import lab_errors\nfrom benchmark.methods.interface import Method\nclass M(Method):\n"
+                       "    @property\n    def build(self):\n        raise lab_errors.error\n",
+    "description": "import lab_errors\nfrom benchmark.methods.interface import Method\nclass M(Method):\n"
+                   "    @property\n    def description(self):\n        raise lab_errors.error\n    def build(self, ctx):\n        pass\n",
+}
+
+
+@pytest.mark.parametrize("site", sorted(STOPPING_SITES) + ["finetunes", "build", "pipeline"])
+@pytest.mark.parametrize("stop", ["KeyboardInterrupt", "Interrupted"])
+def test_the_users_stop_inside_a_plug_in_stops_the_run_at_every_step(lab, tmp_path, site, stop):
+    """Ctrl-C (KeyboardInterrupt), or SIGTERM and SIGHUP (the toolkit's Interrupted), arriving while a
+    plug-in's code runs is the user's stop, not the plug-in's failure: reported as MethodFailed the run
+    would go on to the next method instead of stopping."""
+    from benchmark.generation import GenerationSettings, diffusers_generate_fn, generate_images
+    from benchmark.method_evaluation import Evaluation, _draw
+    from benchmark.methods.interface import declared_finetunes
+    from benchmark.prompts import Prompt
+    from implicit_concept.worker_processes import Interrupted
+
+    error = KeyboardInterrupt() if stop == "KeyboardInterrupt" else Interrupted("SIGTERM")
+    sys.modules["lab_errors"] = type(sys)("lab_errors")
+    sys.modules["lab_errors"].error = error
+    try:
+        if site in STOPPING_SITES:
+            name = lab(f"stopping_{site.replace(' ', '_')}", STOPPING_SITES[site])
+            with pytest.raises(type(error)) as raised:
+                get_method(f"{name}:M")
+        elif site == "pipeline":
+            with pytest.raises(type(error)) as raised:
+                generate_images(diffusers_generate_fn(_raises(error), GenerationSettings(steps=1, image_size=16)),
+                                [Prompt(0, "a", 1)], tmp_path / "images", progress=False, desc="icd-qrcode/M")
+        else:
+            name = lab(f"stopping_{site}", "from benchmark.methods.interface import Method\nimport lab_errors\n"
+                                          "class M(Method):\n    def finetunes(self, ctx):\n        raise lab_errors.error\n"
+                                          "    def build(self, ctx):\n        raise lab_errors.error\n")
+            method = get_method(f"{name}:M")
+            with pytest.raises(type(error)) as raised:
+                if site == "finetunes":
+                    declared_finetunes(method, None)
+                else:
+                    _draw(None, method, None, Evaluation("icd-qrcode", [], GenerationSettings(), None, []), "")
+        assert raised.value is error
+    finally:
+        sys.modules.pop("lab_errors", None)
+
+
+def test_a_duck_typed_plug_in_whose_attributes_raise_is_its_failure(lab):
+    """A plug-in that is not a Method subclass, its attributes computed by ``__getattr__`` (a config
+    object's style), raising while the benchmark looked for its ``build``: a bare traceback naming
+    neither the method nor the step."""
+    name = lab("computed_attributes", "class M:\n    def __getattr__(self, attr):\n"
+                                      "        raise RuntimeError(f'no config key {attr}')\n")
+    with pytest.raises(MethodFailed, match=rf"^--method {name}:M: reading its build raised RuntimeError: no config key build"):
+        get_method(f"{name}:M")
+
 OWN_PIPELINE = '''
 import numpy as np
 from PIL import Image

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmark.failures import PLUGIN_ERRORS, MethodFailed, plugin_output, toolkit_error
+from benchmark.failures import plugin_failure, plugin_output, toolkit_error
 from benchmark.library_patches import kept_library_functions
 from benchmark.models.pipelines import save_portable_pipeline
 from benchmark.plugin_state import kept_plugin_state
@@ -146,10 +146,8 @@ def declared_finetunes(method: Any, ctx: MethodContext) -> list[FineTune]:
             declared = list(getattr(method, "finetunes", lambda ctx: [])(ctx))
     except NotImplementedMethod:
         return []  # its build says so too: reported as missing, not as a failure
-    except KeyboardInterrupt:  # the user's stop (Ctrl-C, SIGTERM), not the plug-in's failure
-        raise
-    except PLUGIN_ERRORS as e:
-        raise MethodFailed(f"method {method.name}", "finetunes(ctx)", e) from e
+    except BaseException as e:
+        raise plugin_failure(f"method {method.name}", "finetunes(ctx)", e) from e
     for ft in declared:
         if not isinstance(ft, FineTune):
             raise ValueError(f"method {method.name}: finetunes() gave {type(ft).__name__}, not a FineTune")

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from benchmark.failures import PLUGIN_ERRORS, MethodFailed, plugin_output
+from benchmark.failures import MethodFailed, plugin_failure, plugin_output
 from benchmark.library_patches import refused_library_replacements
 from benchmark.methods.interface import Method
 from benchmark.plugin_state import kept_plugin_state
@@ -104,10 +104,8 @@ def _entry_point_class(ep: Any, spec: str) -> Any:
         package = f" of package {ep.dist.name} {ep.dist.version}" if getattr(ep, "dist", None) else ""
         raise ValueError(f"--method {spec}: the entry point '{ep.name} = {ep.value}'{package} cannot be loaded ({e}); "
                          f"fix it in that package's [project.entry-points.\"{ENTRY_POINTS}\"] and reinstall it") from None
-    except KeyboardInterrupt:  # the user's stop (Ctrl-C, SIGTERM), not the plug-in's failure
-        raise
-    except PLUGIN_ERRORS as e:
-        raise MethodFailed(f"--method {spec}", f"importing {ep.module}", e) from e
+    except BaseException as e:
+        raise plugin_failure(f"--method {spec}", f"importing {ep.module}", e) from e
 
 
 def _plugin(spec: str, registry: dict[str, Callable[[], Method]]) -> Any:
@@ -124,10 +122,8 @@ def _plugin(spec: str, registry: dict[str, Callable[[], Method]]) -> Any:
             raise MethodFailed(f"--method {spec}", f"importing {module_name}", e) from e
         raise ValueError(f"--method {spec}: cannot import ({e}); a plug-in module is found in the working folder or on "
                          "PYTHONPATH, or give its file: --method path/to/file.py:Class") from None
-    except KeyboardInterrupt:  # the user's stop (Ctrl-C, SIGTERM), not the plug-in's failure
-        raise
-    except PLUGIN_ERRORS as e:  # SyntaxError, NameError, an ImportError inside it: the plug-in's own code
-        raise MethodFailed(f"--method {spec}", f"importing {module_name}", e) from e
+    except BaseException as e:  # SyntaxError, NameError, an ImportError inside it: the plug-in's own code
+        raise plugin_failure(f"--method {spec}", f"importing {module_name}", e) from e
     if as_file:
         _require_imported_from(module, module_name, spec)
     cls = getattr(module, attr, None)
@@ -153,11 +149,13 @@ def _made(cls: Any, spec: str, attr: str) -> Any:
         pass  # no signature to check (a builtin): calling it tells
     try:
         method = cls()
-    except KeyboardInterrupt:  # the user's stop (Ctrl-C, SIGTERM), not the plug-in's failure
-        raise
-    except PLUGIN_ERRORS as e:
-        raise MethodFailed(f"--method {spec}", f"{attr}()", e) from e
-    if not isinstance(method, Method) and not callable(getattr(method, "build", None)):
+    except BaseException as e:
+        raise plugin_failure(f"--method {spec}", f"{attr}()", e) from e
+    try:
+        has_build = isinstance(method, Method) or callable(getattr(method, "build", None))
+    except BaseException as e:
+        raise plugin_failure(f"--method {spec}", "reading its build", e) from e
+    if not has_build:
         raise ValueError(f"--method {spec}: {attr} has no build(ctx) method")
     return method
 
@@ -211,10 +209,8 @@ def _named(method: Any, spec: str, default: str, registry: dict[str, Callable[[]
     folders or is a built-in method's, whose images and results rows it would replace."""
     try:
         name = getattr(method, "name", "") or default
-    except KeyboardInterrupt:  # the user's stop (Ctrl-C, SIGTERM), not the plug-in's failure
-        raise
-    except PLUGIN_ERRORS as e:
-        raise MethodFailed(f"--method {spec}", "reading its name", e) from e
+    except BaseException as e:
+        raise plugin_failure(f"--method {spec}", "reading its name", e) from e
     if not isinstance(name, str) or not FOLDER_NAME.fullmatch(name):
         raise ValueError(f"--method {spec}: name {name!r} must be 1 to 64 of letters, digits, '_', '-' and '.', "
                          "starting with a letter or digit (it names the method's folders)")
@@ -244,10 +240,8 @@ def _check_shape(method: Any, spec: str) -> None:
     for step in ("build", "finetunes"):
         try:
             call = getattr(method, step, None)
-        except KeyboardInterrupt:  # the user's stop (Ctrl-C, SIGTERM), not the plug-in's failure
-            raise
-        except PLUGIN_ERRORS as e:
-            raise MethodFailed(f"--method {spec}", f"reading its {step}", e) from e
+        except BaseException as e:
+            raise plugin_failure(f"--method {spec}", f"reading its {step}", e) from e
         if call is None and step == "finetunes":
             continue
         try:
@@ -266,10 +260,8 @@ def _check_shape(method: Any, spec: str) -> None:
                              "make it a plain def that returns it")
     try:
         description = getattr(method, "description", "")
-    except KeyboardInterrupt:  # the user's stop (Ctrl-C, SIGTERM), not the plug-in's failure
-        raise
-    except PLUGIN_ERRORS as e:
-        raise MethodFailed(f"--method {spec}", "reading its description", e) from e
+    except BaseException as e:
+        raise plugin_failure(f"--method {spec}", "reading its description", e) from e
     if description is not None and not isinstance(description, str):
         raise ValueError(f"--method {spec}: description is {_a(description)}, not text (it is written to results.json)")
 
