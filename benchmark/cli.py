@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -635,6 +638,44 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + stopped
 
 
+#: How long a finished command waits for threads it did not start and that are still running (a
+#: method's logger sending its last lines) before it exits without them.
+THREAD_GRACE_S = 10.0
+
+
+def console_main() -> None:
+    """``implicit-concept``: :func:`main`, exiting with its status even if code the toolkit called
+    (a method's ``build``, its pipeline) left a non-daemon thread running: the interpreter's exit
+    waits for every such thread, so one that never ends kept a finished run from ever exiting."""
+    code = main()
+    running = _still_running(THREAD_GRACE_S)
+    if not running:
+        sys.exit(code)
+    names = ", ".join(thread.name for thread in running)
+    _last_words(f"implicit-concept: not waiting for {len(running)} thread(s) still running ({names}), started by code "
+                "the command called (a method's build or pipeline) and not made daemon; exiting without them")
+    atexit._run_exitfuncs()  # what os._exit skips: temporary files removed, log handlers flushed
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        pass  # a reader gone: the exit status says the rest
+    os._exit(code)
+
+
+def _still_running(grace_s: float) -> list[threading.Thread]:
+    """The non-daemon threads besides this one still running after up to ``grace_s`` seconds of
+    waiting for them (a Ctrl-C ends the wait)."""
+    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    deadline = time.monotonic() + grace_s
+    try:
+        for thread in others:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    except KeyboardInterrupt:
+        pass
+    return [t for t in others if t.is_alive()]
+
+
 def _last_words(line: str) -> None:
     """``line`` on stderr, and stdout flushed, where they can still be written: a terminal gone
     (a hangup) or a reader gone takes nothing, and the exit status says the rest."""
@@ -670,4 +711,4 @@ def _not_a_folder(e: OSError) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()
