@@ -1,6 +1,9 @@
 """The error for code the benchmark calls but does not own: a method's ``build`` and the pipeline it
 returns. It names the method and the step and keeps what was raised, so a lab finds the failing
-line in its own code instead of a bare exception from somewhere inside the benchmark."""
+line in its own code instead of a bare exception from somewhere inside the benchmark
+(:func:`plugin_failure`). Beside it, what is not the method's: the toolkit's own ``OSError`` met
+while the method called it (:class:`ToolkitIOError`), and what its code prints, sent to stderr
+(:func:`plugin_output`)."""
 from __future__ import annotations
 
 import contextlib

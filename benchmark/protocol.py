@@ -196,7 +196,7 @@ def _over_seeds(run: BenchmarkRun, evaluated: list[tuple[int, tuple[list[dict[st
             **row,
             "icr": {**icr.to_json(), "count": sum(counts), "n": sum(n), "interval": CROSSED_AT_LEAST_BINOMIAL, "n_seeds": len(evaluated)},
             **_quality_over_seeds([seed_row for _, seed_row, _ in per_seed], [images[i] for images in per_image], resample),
-            "crosscheck": _crosschecks_over_seeds(concept, [seed_row for _, seed_row, _ in per_seed], [r for _, _, r in per_seed], resample),
+            "crosscheck": _crosschecks_over_seeds([seed_row for _, seed_row, _ in per_seed], [r for _, _, r in per_seed], resample),
             "timings": _summed([seed_row.get("timings", {}) for _, seed_row, _ in per_seed]),
             "blank_images": sum(seed_row.get("blank_images", 0) for _, seed_row, _ in per_seed),
             "over_seeds": list(OVER_SEEDS),
@@ -240,8 +240,7 @@ def _quality_over_seeds(seed_rows: list[dict[str, Any]], per_image: list[dict[st
     return out
 
 
-def _crosschecks_over_seeds(concept: str, seed_rows: list[dict[str, Any]], reports: list[ScoreReport],
-                            resample: dict[str, int]) -> dict[str, Any]:
+def _crosschecks_over_seeds(seed_rows: list[dict[str, Any]], reports: list[ScoreReport], resample: dict[str, int]) -> dict[str, Any]:
     """Each independent checker's ICR over the seeds, with the ICR's interval, and its agreement with
     the detector averaged over seeds."""
     out = {}

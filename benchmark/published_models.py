@@ -176,9 +176,9 @@ def pin_line(folder: Path) -> str:
     return f'    "{Path(folder).name}/{record.name}": "{sha256_file(record)}",'
 
 
-def is_published(path: Path, root: Path = PUBLISHED_DIR) -> bool:
+def is_published(path: Path) -> bool:
     """Whether ``path`` lies in the repository's published models (what a report says of its evaluator)."""
-    return Path(path).resolve().is_relative_to(root.resolve())
+    return Path(path).resolve().is_relative_to(PUBLISHED_DIR.resolve())
 
 
 def _pinned_key(record_file: Path) -> str | None:

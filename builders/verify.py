@@ -86,12 +86,12 @@ class VerifyReport:
                 "problems": list(self.problems), "notes": list(self.notes)}
 
 
-def require_verified(out: Path, listed: int = 10) -> VerifyReport:
-    """Verify ``out`` or raise :class:`DatasetVerifyError` listing its first ``listed`` problems.
+def require_verified(out: Path) -> VerifyReport:
+    """Verify ``out`` or raise :class:`DatasetVerifyError` listing its first 10 problems.
     A build writing it meanwhile (another run's, into a shared data folder) is waited for."""
     report = verify_dataset(out, wait_for_build=True)
     if not report.ok:
-        first = "\n  ".join(report.problems[:listed])
+        first = "\n  ".join(report.problems[:10])
         raise DatasetVerifyError(
             f"{out}: the dataset does not verify ({len(report.problems)} problems; "
             f"'implicit-concept verify {out}' lists them all):\n  {first}"
@@ -189,9 +189,9 @@ def _read_bounded(path: Path, cap: int) -> bytes:
         return f.read(cap + 1)[:cap]
 
 
-def _read_json(path: Path, problems: _Problems, cap: int = MAX_RECORD_BYTES) -> dict[str, Any] | None:
+def _read_json(path: Path, problems: _Problems) -> dict[str, Any] | None:
     try:
-        record = json.loads(_read_bounded(path, cap))
+        record = json.loads(_read_bounded(path, MAX_RECORD_BYTES))
     except FileNotFoundError:
         problems.add(path, "missing")
         return None

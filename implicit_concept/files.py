@@ -7,6 +7,12 @@ renamed when complete. A folder that holds a job's outputs is *claimed* with a r
 it, and a later job with another record is refused instead of mixing the two. A folder or cache
 entry is made by one process at a time: the maker holds its :func:`locked`, and a second process
 waits, then reuses what the first made.
+
+What those writes and their readers share lives here too: a full disk said one way
+(:func:`space_message`, :func:`writing`, :func:`require_space`), the bounded reads of a file someone
+handed over (:func:`read_regular_file`, :func:`read_json_object`), content hashes
+(:func:`sha256_file`, :func:`folder_sha256`), the fields two records differ in
+(:func:`json_differences`) and :func:`discard_output`.
 """
 from __future__ import annotations
 

@@ -405,13 +405,12 @@ def group_runs(
 
 def group_members(
     tar: tarfile.TarFile,
-    wanted: Callable[[str], bool] = lambda key: True,
     keep: Collection[str] = SHARD_EXTENSIONS,
     max_member_bytes: int = MAX_MEMBER_BYTES,
 ) -> Iterator[TarSample]:
     """:func:`group_runs`' samples alone (loose members left out): a key that comes back after
     other keys' members is ``refused`` (``duplicate_key``), its members not read."""
-    for run in group_runs(tar, wanted, keep, max_member_bytes):
+    for run in group_runs(tar, keep=keep, max_member_bytes=max_member_bytes):
         if isinstance(run, LooseMember):
             continue
         refused = run.refused
@@ -483,13 +482,13 @@ def read_meta(shard: Path | str, key: str, members: dict[str, bytes]) -> SampleM
 
 
 def decode_sample(
-    shard: Path, key: str, members: dict[str, bytes], with_extras: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+    shard: Path, key: str, members: dict[str, bytes], with_extras: bool = True
 ) -> Sample:
     meta = read_meta(shard, key, members)
     try:
-        image = decode_rgb(open_image(members["jpg"]), max_pixels, orient=False)  # the boxes are drawn in the stored grid
-        clean = decode_rgb(open_image(members["clean.jpg"]), max_pixels, orient=False) if with_extras and "clean.jpg" in members else None
-        mask = load_pixels(members["mask.png"], max_pixels) if with_extras and "mask.png" in members else None
+        image = decode_rgb(open_image(members["jpg"]), DEFAULT_MAX_PIXELS, orient=False)  # the boxes are drawn in the stored grid
+        clean = decode_rgb(open_image(members["clean.jpg"]), DEFAULT_MAX_PIXELS, orient=False) if with_extras and "clean.jpg" in members else None
+        mask = load_pixels(members["mask.png"], DEFAULT_MAX_PIXELS) if with_extras and "mask.png" in members else None
     except KeyError as e:
         raise ShardError(f"{shard}: sample {key} has no {e.args[0]!r} member") from None
     except SampleError as e:

@@ -15,7 +15,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate with its percentile-bootstrap interval at ``level``."""
+    """A point estimate with its interval at ``level`` (exact binomial, bootstrap or crossed)."""
 
     value: float
     low: float
@@ -131,15 +131,6 @@ def _log_choose(n: int) -> np.ndarray:
         log_factorial = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1, dtype=np.float64)))])
         _LOG_CHOOSE[n] = log_factorial[n] - log_factorial - log_factorial[::-1]
     return _LOG_CHOOSE[n]
-
-
-def binomial_share(flags: Sequence[bool], level: float = 0.95) -> Interval:
-    """The share of true ``flags`` with its exact binomial (Clopper-Pearson) interval."""
-    x = np.asarray(flags, dtype=bool)
-    if x.ndim != 1 or x.size == 0:
-        raise ValueError(f"binomial_share needs a non-empty 1-D sequence, got shape {x.shape}")
-    low, high = clopper_pearson(int(x.sum()), int(x.size), level)
-    return Interval(float(x.mean()), low, high, level)
 
 
 def crossed_mean(groups: Sequence[Sequence[float]], resamples: int = 1000, seed: int = 0, level: float = 0.95) -> Interval:

@@ -62,12 +62,12 @@ class StreamFailed(OSError):
         self.transient = transient
 
 
-def open_stream(location: str, stall_seconds: float | None = None) -> io.RawIOBase:
+def open_stream(location: str) -> io.RawIOBase:
     """The bytes of ``location`` (``pipe:CMD`` run by the shell, or an http(s) URL fetched by curl).
 
     Unbuffered, so that no byte read before a failure is lost: a read after the output's end
     raises :class:`StreamFailed` when the command exited with an error status or sent nothing for
-    ``stall_seconds`` (:data:`STALL_SECONDS`), and so does closing the stream if no read did;
+    :data:`STALL_SECONDS`, and so does closing the stream if no read did;
     closing it before its end stops the command (not a failure, unless it had failed already)."""
     if location.startswith("pipe:"):
         args, shell, curl = location[len("pipe:"):], True, False
@@ -75,7 +75,7 @@ def open_stream(location: str, stall_seconds: float | None = None) -> io.RawIOBa
         args, shell, curl = [*CURL, location], False, True
     else:
         raise ValueError(f"{location}: not a pipe: command or an http(s) URL")
-    return _CommandStream(location, args, shell, curl, STALL_SECONDS if stall_seconds is None else stall_seconds)
+    return _CommandStream(location, args, shell, curl, STALL_SECONDS)
 
 
 class _CommandStream(io.RawIOBase):

@@ -279,11 +279,11 @@ def end_pool(pool) -> None:
                     _kill(process)
 
 
-def end_process(process, grace: float | None = None) -> None:
-    """Wait for ``process`` (a ``multiprocessing`` Process) to end, :data:`WORKER_GRACE_S` at most
-    (or ``grace``), then kill it."""
+def end_process(process) -> None:
+    """Wait for ``process`` (a ``multiprocessing`` Process) to end, :data:`WORKER_GRACE_S` at most,
+    then kill it."""
     try:
-        process.join(WORKER_GRACE_S if grace is None else grace)
+        process.join(WORKER_GRACE_S)
     finally:
         if process.exitcode is None:
             _kill(process)

@@ -29,7 +29,6 @@ from builders.sources.caption_text import read_caption
 from builders.sources.source_json import read_source_json
 from builders.sources.webdataset_source import _name
 from builders.verify import _SHARD_PATH, verify_dataset
-from implicit_concept.shard_reader import iter_tar_members
 
 SUBSETS = [{"name": "qr", "concepts": ["qrcode"], "fraction": 0.5}]
 

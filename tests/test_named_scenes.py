@@ -1,7 +1,5 @@
 """The name-aware base's data: concepts appear only where the caption names them, drawn from
 train-split assets only, as a pure function of the seed."""
-import itertools
-import json
 
 import numpy as np
 import pytest

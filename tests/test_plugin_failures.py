@@ -1,6 +1,5 @@
 """How a plug-in's own failures are reported: naming the method, with its traceback, never a bare
 traceback from the benchmark; and what a plug-in does to torch's settings stays its own."""
-import importlib
 import sys
 from pathlib import Path
 

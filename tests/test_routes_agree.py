@@ -11,7 +11,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from benchmark import external, method_evaluation
 from benchmark.leaderboard import summary_as_results

@@ -320,7 +320,7 @@ def method_sources(method: Any) -> list[tuple[str, Path]]:
             # The interface (Method) is the toolkit's, not the method's; a built-in method a plug-in
             # subclasses (its sampler, its edit) is part of the plug-in's code.
             continue
-        found = _module_files(top, sys.modules.get(top)) if top not in _TOOLKIT else None
+        found = _module_files(sys.modules.get(top)) if top not in _TOOLKIT else None
         if found and not _installed(found[0]):
             todo.append(found)
             continue
@@ -354,7 +354,7 @@ def is_toolkit_class(cls: type) -> bool:
     return cls.__module__.split(".")[0] in _TOOLKIT
 
 
-def _module_files(top: str, module: Any) -> tuple[Path, Path] | None:
+def _module_files(module: Any) -> tuple[Path, Path] | None:
     """(the folder it was found in, the package folder or module file) of a top-level module."""
     paths = list(getattr(module, "__path__", None) or [])
     if paths and Path(paths[0]).is_dir():

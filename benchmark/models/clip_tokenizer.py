@@ -50,14 +50,14 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
-def write_vocab_files(directory: str | Path, bpe_path: str | Path | None = None) -> tuple[Path, Path]:
+def write_vocab_files(directory: str | Path) -> tuple[Path, Path]:
     """Convert the gzipped BPE merges into ``vocab.json`` and ``merges.txt`` (written atomically)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     vocab_file, merges_file = directory / "vocab.json", directory / "merges.txt"
     if vocab_file.is_file() and merges_file.is_file():
         return vocab_file, merges_file
-    lines = gzip.open(bpe_path or bundled_bpe_path()).read().decode("utf-8").split("\n")
+    lines = gzip.open(bundled_bpe_path()).read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : _N_MERGES + 1]]
     symbols = list(_bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]

@@ -367,7 +367,7 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, samp
         headers = read_weight_headers(weight_files(folder, stem, variant))
         module, info = part(name, cls, use_safetensors=True, variant=variant, torch_dtype=torch_dtype or torch.float32,
                             output_loading_info=True)
-        check_loaded_weights(folder, module, info, headers, _described(folder, stem, variant))
+        check_loaded_weights(module, info, headers, _described(folder, stem, variant))
         return module
 
     if sampler is None:
@@ -657,13 +657,12 @@ def _header_names(headers: dict[str, Any]) -> dict[str, str]:
     return names
 
 
-def check_loaded_weights(folder: Path, module: torch.nn.Module, info: dict[str, Any],
-                         headers: dict[str, tuple[str, Path]], described: Path) -> None:
-    """Refuse, naming the file and the tensor, a part loaded from ``folder`` whose weights files lack
+def check_loaded_weights(module: torch.nn.Module, info: dict[str, Any], headers: dict[str, tuple[str, Path]], described: Path) -> None:
+    """Refuse, naming the file and the tensor, a loaded part whose weights files lack
     a tensor (diffusers leaves it on the meta device, transformers draws it at random), hold an
     integer or bool tensor where the model holds floats (the loaders cast it silently), or hold NaN
     or infinite values. ``info`` is ``from_pretrained``'s ``output_loading_info``; ``headers`` is
-    :func:`read_weight_headers`'.
+    :func:`read_weight_headers`'; ``described`` is the file named for a tensor no header holds.
 
     Cost: the headers are read once, without the data (2 ms for a 0.5 GiB file of 343 tensors); the
     finiteness pass sums every float tensor once in memory (:func:`all_finite`: 0.15 s per GiB of

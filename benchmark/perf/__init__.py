@@ -1,1 +1,2 @@
-"""Speed probes that print figures measured side by side in one run (``python -m benchmark.perf.<probe>``)."""
+"""Probes that print measured figures (``python -m benchmark.perf.<probe>``): speed, memory, interval
+coverage, and the paper track's plumbing on a CPU or one GPU."""

@@ -274,21 +274,19 @@ def recipe(name: str, source: dict) -> dict:
     }
 
 
-def build_in_child(
-    raw_recipe: dict, out: Path, address_space: int = CHILD_ADDRESS_SPACE, timeout_s: float = CHILD_TIMEOUT_S
-) -> tuple[int, int, dict]:
+def build_in_child(raw_recipe: dict, out: Path) -> tuple[int, int, dict]:
     """Build in a child process; return (exit status, peak RSS in bytes, its build report)."""
     out.mkdir(parents=True, exist_ok=True)
     (out.parent / f"{out.name}.recipe.json").write_text(json.dumps(raw_recipe))
 
     def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+        resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
 
     cmd = [sys.executable, "-m", "benchmark.perf.hostile_inputs", "--child", str(out.parent / f"{out.name}.recipe.json"), str(out)]
     log = out.parent / f"{out.name}.stderr"
     with open(log, "wb") as stderr:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, preexec_fn=limit, cwd=Path(__file__).resolve().parents[2])
-        timer = threading.Timer(timeout_s, proc.kill)
+        timer = threading.Timer(CHILD_TIMEOUT_S, proc.kill)
         timer.start()
         try:
             stdout = proc.stdout.read()
@@ -304,7 +302,7 @@ def build_in_child(
     if proc.returncode == 0:
         report = json.loads(stdout)
     else:
-        killed = f"killed after {timeout_s:g} s\n" if proc.returncode == -9 else ""
+        killed = f"killed after {CHILD_TIMEOUT_S:g} s\n" if proc.returncode == -9 else ""
         report = {"samples": 0, "failures": {}, "stderr": killed + log.read_text(errors="replace")[-2000:]}
     # The child's own high-water mark; wait4's counts the parent's memory at the fork.
     return proc.returncode, report.pop("peak_bytes", usage.ru_maxrss * 1024), report

@@ -37,6 +37,7 @@ from benchmark.perf import probe_cli
 from benchmark.perf.child_process import run_in_child
 
 if TYPE_CHECKING:
+    from benchmark.training import TrainingConfig
     from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 
 #: The full-size runs take their memory options from this track (bf16: a CPU has no fp16 training).

@@ -2,9 +2,9 @@
 
 Shaped like diffusers' ``train_text_to_image.py`` and meant to be read top to bottom in :func:`train`:
 load a local pipeline, add Geom-Erasing's new tokens, choose what trains, then for each step take a
-batch of samples, encode images to latents, add noise at random timesteps and regress the noise (or
-the velocity) with a per-position weight map on the latent grid. accelerate places it on the CPU,
-one GPU or many. The data path is in :mod:`.data`, the run's folder in :mod:`.checkpoints`.
+batch of samples, encode images to latents, add noise at random timesteps and regress the
+scheduler's target (the noise, the clean latents or the velocity) with a per-position weight map on
+the latent grid. accelerate places it on the CPU, one GPU or many. The data path is in :mod:`.data`, the run's folder in :mod:`.checkpoints`.
 
 Reproducibility is a design goal, not a hope: all training randomness (shuffling, timesteps, noise,
 caption dropout) comes from generators seeded by ``config.seed`` and saved in every checkpoint with

@@ -1,4 +1,6 @@
-"""The contract every source of captioned images follows.
+"""The contract every source of captioned images follows, and the rules every external source shares:
+the split by key hash, names recorded in NFC, image extensions, hidden files, names that are not
+UTF-8, the caps.
 
 A source is split into shards so that one output shard is a pure function of
 (source config, split, shard id): any worker, process or Ray task can build it alone.

@@ -48,8 +48,6 @@ from implicit_concept.files import atomic_write_bytes
 from implicit_concept.progress import LOG_INTERVAL_S, disabled_by_environment
 
 CACHE_ENV = "IMPLICIT_CONCEPT_CACHE"
-#: The benchmark's default ``--cache`` (relative to the folder it runs in).
-DEFAULT_CACHE = Path(".cache") / "implicit-concept"
 API_KEY_ENV = "ULTRALYTICS_API_KEY"
 
 _cache: Path | None = None

@@ -30,10 +30,10 @@ MAX_GRID = 8
 Bin = tuple[int, int]
 
 
-def check_grid(grid: int, field: str = "grid") -> int:
+def check_grid(grid: int) -> int:
     """G must be an integer in [1, 8]: 8 x 8 tokens plus the concept still fit CLIP's context."""
     if isinstance(grid, bool) or not isinstance(grid, int) or not 1 <= grid <= MAX_GRID:
-        raise ValueError(f"{field} must be an integer in [1, {MAX_GRID}], got {grid!r}")
+        raise ValueError(f"grid must be an integer in [1, {MAX_GRID}], got {grid!r}")
     return grid
 
 

@@ -20,9 +20,9 @@ from implicit_concept.sample import Box
 DEFAULT_ALPHA = 2.0
 
 
-def check_alpha(alpha: float, field: str = "alpha") -> float:
+def check_alpha(alpha: float) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"{field} must be a number > 0, got {alpha!r}")
+        raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
     return float(alpha)
 
 
