@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import multiprocessing
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 from benchmark.failures import MethodFailed
 from implicit_concept.files import discard_output, file_kind, out_of_space, space_message
 from implicit_concept.provenance import version
-from implicit_concept.worker_processes import STOP_SIGNALS, interrupts, stopped_by
+from implicit_concept.worker_processes import STOP_SIGNALS, end_process, interrupts, stopped_by
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -638,22 +639,29 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + stopped
 
 
-#: How long a finished command waits for threads it did not start and that are still running (a
-#: method's logger sending its last lines) before it exits without them.
-THREAD_GRACE_S = 10.0
+#: How long a finished command waits for threads and child processes it did not start and that are
+#: still running (a method's logger sending its last lines) before it exits without them.
+LEFT_RUNNING_GRACE_S = 10.0
 
 
 def console_main() -> None:
     """``implicit-concept``: :func:`main`, exiting with its status even if code the toolkit called
-    (a method's ``build``, its pipeline) left a non-daemon thread running: the interpreter's exit
-    waits for every such thread, so one that never ends kept a finished run from ever exiting."""
+    (a method's ``build``, its pipeline) left a non-daemon thread or ``multiprocessing`` child
+    running: the interpreter's exit waits for every such thread and child, so one that never ends
+    kept a finished run from ever exiting. A child still running after the grace is ended with the
+    command (as a daemon child is); a thread cannot be, and is left behind by ``os._exit``."""
     code = main()
-    running = _still_running(THREAD_GRACE_S)
-    if not running:
+    threads, children = _left_running(LEFT_RUNNING_GRACE_S)
+    if not threads and not children:
         sys.exit(code)
-    names = ", ".join(thread.name for thread in running)
-    _last_words(f"implicit-concept: not waiting for {len(running)} thread(s) still running ({names}), started by code "
-                "the command called (a method's build or pipeline) and not made daemon; exiting without them")
+    for child in children:
+        child.terminate()
+        end_process(child)
+    names = ", ".join([f"thread {t.name}" for t in threads] + [f"process {c.name} ({c.pid})" for c in children])
+    _last_words(f"implicit-concept: {len(threads) + len(children)} left running by code the command called (a method's build "
+                f"or pipeline), not daemon: {names}; {'ended, and ' if children else ''}not waited for")
+    if not threads:
+        sys.exit(code)
     atexit._run_exitfuncs()  # what os._exit skips: temporary files removed, log handlers flushed
     try:
         sys.stdout.flush()
@@ -663,17 +671,18 @@ def console_main() -> None:
     os._exit(code)
 
 
-def _still_running(grace_s: float) -> list[threading.Thread]:
-    """The non-daemon threads besides this one still running after up to ``grace_s`` seconds of
-    waiting for them (a Ctrl-C ends the wait)."""
-    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+def _left_running(grace_s: float) -> tuple[list[threading.Thread], list[multiprocessing.process.BaseProcess]]:
+    """The non-daemon threads besides this one, and non-daemon ``multiprocessing`` children, still
+    running after up to ``grace_s`` seconds of waiting for them (a Ctrl-C ends the wait)."""
+    threads = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    children = [c for c in multiprocessing.active_children() if not c.daemon]
     deadline = time.monotonic() + grace_s
     try:
-        for thread in others:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        for waited in [*threads, *children]:
+            waited.join(max(0.0, deadline - time.monotonic()))
     except KeyboardInterrupt:
         pass
-    return [t for t in others if t.is_alive()]
+    return [t for t in threads if t.is_alive()], [c for c in children if c.is_alive()]
 
 
 def _last_words(line: str) -> None:

@@ -338,38 +338,62 @@ def test_discarded_output_takes_writes_a_reader_gone_would_refuse():
 
 
 LEFT_RUNNING = '''
-import atexit, sys, threading, time
+import atexit, multiprocessing, sys, threading, time
 from pathlib import Path
 from benchmark import cli
 
 def lab_run():
-    """A command whose plug-in started threads: a logger that never ends, an upload that ends soon."""
+    """A command whose plug-in started threads and processes: a logger that never ends, an upload
+    that ends soon, a prefetching process that never ends, and daemon ones."""
     atexit.register(lambda: Path(sys.argv[1]).write_text("atexit ran"))
-    threading.Thread(target=time.sleep, args=(3600,), name="lab-metrics-logger").start()
+    if "threads" in sys.argv[3]:
+        threading.Thread(target=time.sleep, args=(3600,), name="lab-metrics-logger").start()
     threading.Thread(target=lambda: (time.sleep(0.5), Path(sys.argv[2]).write_text("sent")), name="lab-upload").start()
     threading.Thread(target=time.sleep, args=(3600,), name="lab-daemon", daemon=True).start()
+    if "process" in sys.argv[3]:
+        child = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(3600,), name="lab-prefetcher")
+        child.start()
+        Path(sys.argv[1] + ".pid").write_text(str(child.pid))
     print("results")
     return 3
 
 cli.main = lab_run
-cli.THREAD_GRACE_S = 3.0
+cli.LEFT_RUNNING_GRACE_S = 3.0
 cli.console_main()
 '''
 
 
-def test_a_finished_command_exits_past_a_thread_a_plug_in_left_running(tmp_path):
-    """A method whose build started a non-daemon thread that never ends (a lab's metrics logger)
-    kept `implicit-concept benchmark --method` from ever exiting: measured, a debug run still alive
-    4 minutes after writing results.json. It exits with the command's status, naming the thread; a
-    thread that ends within the grace is waited for, and exit handlers still run."""
-    done = subprocess.run([sys.executable, "-c", LEFT_RUNNING, str(tmp_path / "atexit"), str(tmp_path / "upload")],
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+@pytest.mark.parametrize("left", ["threads", "threads and a process", "a process"])
+def test_a_finished_command_exits_past_threads_and_processes_a_plug_in_left_running(tmp_path, left):
+    """A method whose build started a non-daemon thread or ``multiprocessing`` child that never ends
+    (a lab's metrics logger, a data prefetcher) kept `implicit-concept benchmark --method` from ever
+    exiting: measured, a debug run still alive 4 minutes after writing results.json. It exits with
+    the command's status, naming what was left; a child is ended with it; a thread that ends within
+    the grace is waited for, and exit handlers still run."""
+    done = subprocess.run([sys.executable, "-c", LEFT_RUNNING, str(tmp_path / "atexit"), str(tmp_path / "upload"), left],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done.stderr
     assert done.stdout == "results\n"
-    assert "lab-metrics-logger" in done.stderr and "lab-upload" not in done.stderr and "lab-daemon" not in done.stderr
     assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert ("thread lab-metrics-logger" in done.stderr) == ("threads" in left), done.stderr
+    assert "lab-upload" not in done.stderr and "lab-daemon" not in done.stderr
     assert (tmp_path / "upload").read_text() == "sent"
     assert (tmp_path / "atexit").read_text() == "atexit ran"
+    if "process" in left:
+        pid = int((tmp_path / "atexit.pid").read_text())
+        assert f"process lab-prefetcher ({pid})" in done.stderr
+        assert not _pid_running(pid), "the child was left running"
+
+
+def test_a_command_that_leaves_nothing_running_exits_as_before():
     quiet = subprocess.run([sys.executable, "-m", "benchmark.cli", "--version"], cwd=REPO, capture_output=True, text=True,
                            timeout=120)
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout.startswith("implicit-concept ")
