@@ -1,0 +1,95 @@
+"""The machine-readable files the toolkit writes, read as a lab's scripts read them: ``JSON.parse``,
+jq and pandas take strict JSON in UTF-8 only (no ``NaN`` or ``Infinity`` token, no byte that is not
+UTF-8), whatever a record holds: a measure of nothing, a file name that is not UTF-8."""
+import json
+import os
+
+from PIL import Image
+
+from benchmark.training.checkpoints import RUN_FILE, Session, TrainState, write_finished_run
+from benchmark.training.config import TrainingConfig
+from implicit_concept.files import atomic_write_json
+from implicit_concept.scoring import ScoreConfig, score_images
+from tests.test_detection import FakeDetector
+
+
+def strict_json(path):
+    """``path`` read as a strict parser reads it: UTF-8 bytes, and no NaN, Infinity or -Infinity token."""
+    def refuse(token):
+        raise ValueError(f"{path}: {token} is not JSON")
+
+    return json.loads(path.read_bytes().decode("utf-8"), parse_constant=refuse)
+
+
+def test_a_record_holding_numbers_that_are_not_finite_is_strict_json_with_null_for_each(tmp_path):
+    record = {"icr": float("nan"), "ci": [float("-inf"), 1.0], "nested": {"std": (float("inf"), 0.5)}, "count": 0}
+    atomic_write_json(tmp_path / "r.json", record)
+    assert strict_json(tmp_path / "r.json") == {"icr": None, "ci": [None, 1.0], "nested": {"std": [None, 0.5]}, "count": 0}
+    assert (tmp_path / "r.json").read_bytes().endswith(b"}\n")
+
+
+def test_a_file_name_that_is_not_utf8_is_written_as_an_escape_that_reads_back_as_the_same_name(tmp_path):
+    """Linux names are bytes: a folder from a Latin-1 system (``r\\xe9sultats``) is a str with a lone
+    surrogate in Python. score-images on such a folder scored every image, then failed writing
+    summary.json ('surrogates not allowed'); so would results.json under such a --runs."""
+    folder = os.fsdecode(b"/data/r\xe9sultats")
+    atomic_write_json(tmp_path / "summary.json", {"inputs": {"images": folder}, "caption": "café, 二维码"})
+    read = strict_json(tmp_path / "summary.json")
+    assert os.fsencode(read["inputs"]["images"]) == b"/data/r\xe9sultats"
+    assert "café, 二维码".encode("utf-8") in (tmp_path / "summary.json").read_bytes(), "UTF-8 text, as every record"
+
+
+def test_a_fine_tune_whose_last_loss_is_unknown_records_null_not_nan(tmp_path):
+    """A checkpoint from before losses were kept, resumed with no step left: run.json said NaN."""
+    state = TrainState(seed=0)
+    state.step = 4
+    write_finished_run(tmp_path, {"config": {"steps": 4}}, TrainingConfig(steps=4), state, Session(first_step=4, prepare_seconds=0.0))
+    record = strict_json(tmp_path / RUN_FILE)
+    assert record["final_loss"] is None and record["steps"] == 4
+
+
+def test_scores_json_is_utf8_names_images_as_given_and_records_the_versions_that_scored(tmp_path):
+    weights = tmp_path / "detector.safetensors"
+    weights.write_bytes(b"fake")
+    names = ["café_0.png", os.fsdecode(b"r\xe9sum\xe9_0.png")]
+    images = [(name, Image.new("RGB", (16, 16), (10 * i, 0, 0))) for i, name in enumerate(names)]
+    clean = [Image.new("RGB", (16, 16))] * 4
+    report = score_images(images, FakeDetector(weights), ScoreConfig(), clean=clean, checkers=[])
+    out = report.write_json(tmp_path / "scores.json")
+    record = strict_json(out)
+    assert [im["name"] for im in record["images"]] == names
+    assert "café_0.png".encode("utf-8") in out.read_bytes(), "UTF-8, as summary.json and results.json, not \\u escapes"
+    assert record["environment"]["packages"]["implicit-concept"], "the versions same bytes holds under"
+    assert record == json.loads(json.dumps(report.to_json()))
+
+
+EDIT_RECORD = """
+import sys
+from pathlib import Path
+from benchmark.methods.interface import MethodContext
+
+class Pipe:
+    def save_pretrained(self, path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "model_index.json").write_text("{}")
+
+root = Path(sys.argv[1])
+ctx = MethodContext(concepts=("watermark",), work_dir=root / "w", seed=0, finetune=lambda ft: root / "sd",
+                    load_pipeline=lambda path: Pipe(), train_shards=root)
+print(ctx.edited_sd("mine", {"anchor": "marca d'\\u00e1gua, \\u6c34\\u5370"}, lambda pipe: None))  # escaped: argv is ASCII too
+"""
+
+
+def test_an_edit_record_is_utf8_whatever_the_locale(tmp_path):
+    """``ctx.edited_sd``'s record (a plug-in's own, any text) was written in the locale's encoding:
+    under ``LC_ALL=C PYTHONUTF8=0`` (ASCII) a non-ASCII anchor word failed the edit after it was made."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env.pop("PYTHONIOENCODING", None)
+    done = subprocess.run([sys.executable, "-c", EDIT_RECORD, str(tmp_path)], env=env, capture_output=True, text=True, encoding="utf-8")
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = (Path(done.stdout.strip()) / "mine.json").read_bytes()
+    assert written == '{"anchor":"marca d\'água, 水印"}\n'.encode("utf-8")
