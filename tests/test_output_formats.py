@@ -93,3 +93,21 @@ def test_an_edit_record_is_utf8_whatever_the_locale(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     written = (Path(done.stdout.strip()) / "mine.json").read_bytes()
     assert written == '{"anchor":"marca d\'água, 水印"}\n'.encode("utf-8")
+
+
+def test_a_run_or_method_whose_name_is_not_utf8_is_shown_escaped_on_the_board_and_page(tmp_path):
+    """A score-images folder from a Latin-1 system names its method (``imgs-\\xe9``): the leaderboard
+    scored it, then failed writing leaderboard.md ('surrogates not allowed'); results.html alike."""
+    from benchmark.leaderboard import write_leaderboard
+    from benchmark.results_file import read_results
+    from benchmark.results_page import write_results_page
+    from tests.test_results_page import _edit, fake_run
+
+    name = os.fsdecode(b"r\xe9sultats")
+    run = fake_run(tmp_path / "run").rename(tmp_path / name)  # a benchmark run's own names are ASCII: its folder's need not be
+    _edit(run, lambda r: {**r, "rows": [{**row, "method": f"{row['method']}-{name}"} for row in r["rows"]]})
+    write_leaderboard([run], tmp_path / "board")
+    write_results_page(read_results(run), run)
+    for page in (tmp_path / "board" / "leaderboard.md", tmp_path / "board" / "leaderboard.html", run / "results.html"):
+        text = page.read_bytes().decode("utf-8")
+        assert "r\\xe9sultats" in text.replace("\\\\", "\\"), page.name
