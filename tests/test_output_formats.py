@@ -2,15 +2,27 @@
 jq and pandas take strict JSON in UTF-8 only (no ``NaN`` or ``Infinity`` token, no byte that is not
 UTF-8), whatever a record holds: a measure of nothing, a file name that is not UTF-8."""
 import json
+import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
+import pytest
 from PIL import Image
 
+from benchmark.leaderboard import write_leaderboard
+from benchmark.results_file import read_results
+from benchmark.results_page import write_results_page
 from benchmark.training.checkpoints import RUN_FILE, Session, TrainState, write_finished_run
 from benchmark.training.config import TrainingConfig
+from benchmark.training.state_files import load_state, save_state
 from implicit_concept.files import atomic_write_json
 from implicit_concept.scoring import ScoreConfig, score_images
+from tests.real_runs import real_run
 from tests.test_detection import FakeDetector
+from tests.test_results_page import _edit, fake_run
 
 
 def strict_json(path):
@@ -83,10 +95,6 @@ print(ctx.edited_sd("mine", {"anchor": "marca d'\\u00e1gua, \\u6c34\\u5370"}, la
 def test_an_edit_record_is_utf8_whatever_the_locale(tmp_path):
     """``ctx.edited_sd``'s record (a plug-in's own, any text) was written in the locale's encoding:
     under ``LC_ALL=C PYTHONUTF8=0`` (ASCII) a non-ASCII anchor word failed the edit after it was made."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONPATH": str(Path(__file__).parents[1])}
     env.pop("PYTHONIOENCODING", None)
     done = subprocess.run([sys.executable, "-c", EDIT_RECORD, str(tmp_path)], env=env, capture_output=True, text=True, encoding="utf-8")
@@ -98,11 +106,6 @@ def test_an_edit_record_is_utf8_whatever_the_locale(tmp_path):
 def test_a_run_or_method_whose_name_is_not_utf8_is_shown_escaped_on_the_board_and_page(tmp_path):
     """A score-images folder from a Latin-1 system names its method (``imgs-\\xe9``): the leaderboard
     scored it, then failed writing leaderboard.md ('surrogates not allowed'); results.html alike."""
-    from benchmark.leaderboard import write_leaderboard
-    from benchmark.results_file import read_results
-    from benchmark.results_page import write_results_page
-    from tests.test_results_page import _edit, fake_run
-
     name = os.fsdecode(b"r\xe9sultats")
     run = fake_run(tmp_path / "run").rename(tmp_path / name)  # a benchmark run's own names are ASCII: its folder's need not be
     _edit(run, lambda r: {**r, "rows": [{**row, "method": f"{row['method']}-{name}"} for row in r["rows"]]})
@@ -111,3 +114,25 @@ def test_a_run_or_method_whose_name_is_not_utf8_is_shown_escaped_on_the_board_an
     for page in (tmp_path / "board" / "leaderboard.md", tmp_path / "board" / "leaderboard.html", run / "results.html"):
         text = page.read_bytes().decode("utf-8")
         assert "r\\xe9sultats" in text.replace("\\\\", "\\"), page.name
+
+
+def test_a_run_or_cache_folder_whose_name_is_not_utf8_is_refused_before_any_stage(tmp_path):
+    """The pipelines a run saves cannot be written there (tokenizers takes UTF-8 paths only): the first
+    fine-tune failed, minutes in, as 'icd-qrcode/sd: build(ctx) raised UnicodeEncodeError'."""
+    latin1 = tmp_path / os.fsdecode(b"r\xe9sultats")
+    for option, run in (("--runs", real_run(latin1 / "debug", cache=tmp_path / "cache", data_root=tmp_path / "data")),
+                        ("--cache", real_run(tmp_path / "runs" / "debug", cache=latin1, data_root=tmp_path / "data"))):
+        with pytest.raises(ValueError, match=rf"^{option} .*r\\xe9sultats: the folder's name is not valid UTF-8"):
+            run.check_start()
+        assert not os.path.exists(os.fsencode(latin1)), "refused before anything is made"
+
+
+def test_a_checkpoints_state_is_strict_json_and_keeps_its_numbers_that_are_not_finite(tmp_path):
+    """An optimizer's or scaler's inf and NaN, scalars and in arrays: tagged, not Python's tokens,
+    and read back exactly (strict JSON's null would have made them None)."""
+    state = {"scale": float("inf"), "found_inf": [float("nan"), -math.inf, 0.5], "array": np.array([1.0, np.inf, -np.inf, np.nan])}
+    save_state(tmp_path / "state", state)
+    strict_json(tmp_path / "state.json")
+    back = load_state(tmp_path / "state")
+    assert back["scale"] == math.inf and math.isnan(back["found_inf"][0]) and back["found_inf"][1:] == [-math.inf, 0.5]
+    assert back["array"].dtype == np.float64 and np.array_equal(back["array"], state["array"], equal_nan=True)
