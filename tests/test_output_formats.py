@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmark.evaluation.quality import scene_fid
 from benchmark.leaderboard import write_leaderboard
 from benchmark.results_file import read_results
 from benchmark.results_page import write_results_page
@@ -136,3 +137,10 @@ def test_a_checkpoints_state_is_strict_json_and_keeps_its_numbers_that_are_not_f
     back = load_state(tmp_path / "state")
     assert back["scale"] == math.inf and math.isnan(back["found_inf"][0]) and back["found_inf"][1:] == [-math.inf, 0.5]
     assert back["array"].dtype == np.float64 and np.array_equal(back["array"], state["array"], equal_nan=True)
+
+
+def test_a_fid_over_fewer_than_two_images_is_refused_saying_so():
+    """score-images --num-prompts 1 failed as 'feats_a: need at least 2 feature vectors for a covariance'."""
+    one, two = [Image.new("RGB", (8, 8))], [Image.new("RGB", (8, 8))] * 2
+    with pytest.raises(ValueError, match=r"^scene-FID needs at least 2 generated and 2 reference images, got 1 generated and 2 reference: .*--no-quality"):
+        scene_fid(one, two, extractor=None)
