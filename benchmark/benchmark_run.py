@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -135,6 +136,8 @@ class BenchmarkRun:
         keeps their stage timings: they seed :attr:`timings`, so the run's record lists the stages of
         every invocation, a stage timed again replacing its own entry."""
         check_folder_name("--name", self.name)
+        for option, folder in (("--runs", self.runs_root), ("--cache", self.cache)):
+            _check_utf8_path(option, folder)
         if self.pretrained is not None:
             try:
                 check_pretrained(self.pretrained)
@@ -196,3 +199,15 @@ class BenchmarkRun:
             raise ValueError(f"--pretrained {self.pretrained}: its weights (sha256 {now[:12]}) are not the base "
                              f"{self.root / 'results.json'}'s rows were made from ({str(recorded['weights_sha256'])[:12]}); "
                              "use another --name or remove the folder")
+
+
+def _check_utf8_path(option: str, folder: Path) -> None:
+    """Refuse a folder whose name (as an absolute path) is not UTF-8 before any stage runs: the
+    pipelines a run saves there cannot be written under it (the tokenizers library takes UTF-8 paths
+    only), which failed the first fine-tune, blamed on its method."""
+    try:
+        os.path.abspath(folder).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.path.abspath(folder).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ValueError(f"{option} {shown}: the folder's name is not valid UTF-8, which the models a run saves cannot be "
+                         "written under; choose another folder") from None

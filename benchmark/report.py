@@ -46,7 +46,7 @@ def md_text(text: Any) -> str:
     control characters as spaces (a newline would end a table row and start another), and a leading
     character that would start a heading, list or quote escaped. Nothing in it can add a row or change
     formatting; :func:`benchmark.results_page.markdown_html` shows it as the text it was."""
-    text = "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in str(text))
+    text = "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in shown_name(text))
     # "_" between letters or digits never emphasises (GFM), so names like ge_full and paths stay readable
     out = "".join("\\" + ch if ch in _MARKDOWN_SPECIAL and not (ch == "_" and 0 < i < len(text) - 1 and text[i - 1].isalnum()
                                                               and text[i + 1].isalnum()) else ch
@@ -59,6 +59,14 @@ def md_text(text: Any) -> str:
     return out
 
 
+def shown_name(text: Any) -> str:
+    """``text`` with each lone surrogate (a byte of a file name that is not UTF-8, as Python reads
+    one: ``r\\udce9sultats``) shown as that byte's escape (``r\\xe9sultats``), as errors show it: the
+    page is UTF-8, which holds no such character."""
+    return "".join((f"\\x{ord(ch) - 0xDC00:02x}" if 0xDC80 <= ord(ch) <= 0xDCFF else f"\\u{ord(ch):04x}")
+                   if unicodedata.category(ch) == "Cs" else ch for ch in str(text))
+
+
 def cell(text: Any) -> str:
     """Text for a Markdown table cell, escaped by :func:`md_text`."""
     return md_text(text)
@@ -67,7 +75,7 @@ def cell(text: Any) -> str:
 def code(text: Any) -> str:
     """``text`` as an inline code span where it can be one (no backtick, backslash, pipe or line break), else escaped text."""
     text = str(text)
-    if any(ch in "`\\|" or unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in text) or not text.strip():
+    if any(ch in "`\\|" or unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs") for ch in text) or not text.strip():
         return md_text(text)
     return "`" + text + "`"
 

@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -314,8 +315,25 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def json_text(obj: Any) -> str:
-    """The one JSON layout of every record the project writes: sorted keys, indented, UTF-8."""
-    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    """The one JSON layout of every record the project writes: sorted keys, indented, UTF-8, and
+    strict JSON, as ``JSON.parse``, jq and every other parser read it: a number that is not finite
+    (NaN, infinity: Python's ``json`` would write tokens no other parser takes) is ``null``, and a
+    lone surrogate (a file name that is not UTF-8, as Python holds one) its ``\\uDCxx`` escape, which
+    ``json.loads`` reads back as the same name (its bytes would not be UTF-8)."""
+    text = json.dumps(finite_json(obj), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")  # only lone surrogates fail to encode
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every float that is not finite (NaN, infinity) replaced by None, at any depth
+    (dicts, lists, tuples): JSON has no such number, and ``null`` is what ``JSON.stringify`` writes."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 #: The largest JSON file read as a record, state or config: far above any the project writes (the

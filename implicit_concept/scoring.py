@@ -25,9 +25,10 @@ from implicit_concept.checkers import Checker, available_checkers
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.inference import Detection, Detector
 from implicit_concept.detector.weights import MIN_THRESHOLD
-from implicit_concept.files import MAX_JSON_FILE_BYTES, atomic_write_text, read_regular_file, sha256_file
+from implicit_concept.files import MAX_JSON_FILE_BYTES, atomic_write_text, json_text, read_regular_file, sha256_file
 from implicit_concept.image_stream import ImageSource, is_shard_source, iter_images
 from implicit_concept.progress import progress_bar
+from implicit_concept.provenance import environment
 from implicit_concept.shard_reader import iter_samples
 from implicit_concept.stats import EXACT_BINOMIAL, clopper_pearson
 from implicit_concept.validate import check_int, is_number
@@ -265,6 +266,7 @@ class ScoreReport:
             "crosschecks": [c.to_json() for c in self.crosschecks],
             "skipped_checkers": self.skipped_checkers,
             "images": self.images,
+            "environment": environment(),  # the package versions that scored: same images, same bytes, under these only
         }
 
     def flags(self, concept: str) -> list[bool]:
@@ -274,7 +276,7 @@ class ScoreReport:
     def write_json(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path, json_text(self.to_json()))  # the layout of every record: strict JSON, UTF-8
         return path
 
     def table(self) -> str:

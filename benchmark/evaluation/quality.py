@@ -100,8 +100,17 @@ class FrechetScore:
 def scene_fid(generated_images: Sequence[ImageLike], reference_images: Sequence[ImageLike], extractor: SceneFeatures) -> FrechetScore:
     """scene-FID between generated images and clean reference images (e.g. the ICD test split)."""
     generated, reference = list(generated_images), list(reference_images)
+    _enough_for_fid("scene-FID", generated, reference)
     value = frechet_distance(extractor.features(generated), extractor.features(reference))
     return FrechetScore(value, len(generated), len(reference), SCENE_FID_KIND, _extractor_name(extractor))
+
+
+def _enough_for_fid(kind: str, generated: list[Any], reference: list[Any]) -> None:
+    """Refuse a Fréchet distance over fewer than 2 images a side, saying so: a covariance needs two
+    (the error was 'feats_a: need at least 2 feature vectors', scoring one prompt)."""
+    if len(generated) < 2 or len(reference) < 2:
+        raise ValueError(f"{kind} needs at least 2 generated and 2 reference images, got {len(generated)} generated and "
+                         f"{len(reference)} reference: score more prompts or images per prompt, or --no-quality for the ICR alone")
 
 
 def _extractor_name(extractor: SceneFeatures) -> str:
@@ -304,6 +313,7 @@ def paper_fid(
         ) from None
     metric = metric.to(device)
     generated, reference = _uint8_chw(list(generated_images)), _uint8_chw(list(reference_images))
+    _enough_for_fid("FID", generated, reference)
     for tensors, real in ((reference, True), (generated, False)):
         for x in _batches(tensors, batch):
             metric.update(x.to(device), real=real)

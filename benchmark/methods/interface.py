@@ -104,7 +104,7 @@ class MethodContext:
                 try:
                     with atomic_dir(out) as tmp:
                         save_portable_pipeline(pipe, tmp)
-                        (tmp / f"{tag}.json").write_text(canonical_json(record))
+                        (tmp / f"{tag}.json").write_text(canonical_json(record) + "\n", encoding="utf-8")
                 except OSError as e:  # the toolkit's writing (a full disk), not the method's edit
                     raise toolkit_error(e) from e
         return out

@@ -420,7 +420,7 @@ def write_finished_run(output_dir: Path, record: dict[str, Any], config: Trainin
         seed=config.seed,
         config_sha256=config_hash(record["config"]),
         steps=steps,
-        final_loss=state.loss if state.loss is not None else float("nan"),
+        final_loss=state.loss,  # None (null) where a checkpoint from before losses were kept was resumed with no step left
         seconds_this_session=round(session.seconds, 2),
         seconds_per_step=round(session.seconds / max(1, steps - session.first_step), 4),
         step_seconds_median=round(float(np.median(session.step_seconds)), 4) if session.step_seconds else None,

@@ -15,6 +15,7 @@ exactly through JSON's shortest repr, so a state reloads bit for bit.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,13 @@ def load_state(stem: Path, most: int | None = None) -> Any:
         raise ValueError(f"{index}: malformed state ({type(e).__name__}: {e})") from None
 
 
+#: A float that is not finite, as a tag's text: strict JSON, as every record is, holds no such number.
+_NOT_FINITE = ("nan", "inf", "-inf")
+
+
 def _encode(value: Any, tensors: dict[str, torch.Tensor], where: Path) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"float": repr(value)}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, torch.Tensor):
@@ -75,7 +82,8 @@ def _encode(value: Any, tensors: dict[str, torch.Tensor], where: Path) -> Any:
         tensors[name] = value.detach().cpu().contiguous()
         return {"tensor": name}
     if isinstance(value, np.ndarray) and value.dtype.kind in _NDARRAY_KINDS:
-        return {"ndarray": {"dtype": value.dtype.str, "shape": list(value.shape), "data": value.ravel().tolist()}}
+        data = [x if not isinstance(x, float) or math.isfinite(x) else repr(x) for x in value.ravel().tolist()]  # numpy reads the text back
+        return {"ndarray": {"dtype": value.dtype.str, "shape": list(value.shape), "data": data}}
     if isinstance(value, list):
         return [_encode(v, tensors, where) for v in value]
     if isinstance(value, tuple):
@@ -95,6 +103,10 @@ def _decode(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
     (tag, body), = node.items()
     if tag == "tensor":
         return tensors[body]
+    if tag == "float":
+        if body not in _NOT_FINITE:
+            raise ValueError(f"a float tag holds {body!r}, not one of {list(_NOT_FINITE)}")
+        return float(body)
     if tag == "tuple":
         return tuple(_decode(v, tensors) for v in _a_list(body))
     if tag == "dict":

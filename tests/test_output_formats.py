@@ -1,0 +1,146 @@
+"""The machine-readable files the toolkit writes, read as a lab's scripts read them: ``JSON.parse``,
+jq and pandas take strict JSON in UTF-8 only (no ``NaN`` or ``Infinity`` token, no byte that is not
+UTF-8), whatever a record holds: a measure of nothing, a file name that is not UTF-8."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmark.evaluation.quality import scene_fid
+from benchmark.leaderboard import write_leaderboard
+from benchmark.results_file import read_results
+from benchmark.results_page import write_results_page
+from benchmark.training.checkpoints import RUN_FILE, Session, TrainState, write_finished_run
+from benchmark.training.config import TrainingConfig
+from benchmark.training.state_files import load_state, save_state
+from implicit_concept.files import atomic_write_json
+from implicit_concept.scoring import ScoreConfig, score_images
+from tests.real_runs import real_run
+from tests.test_detection import FakeDetector
+from tests.test_results_page import _edit, fake_run
+
+
+def strict_json(path):
+    """``path`` read as a strict parser reads it: UTF-8 bytes, and no NaN, Infinity or -Infinity token."""
+    def refuse(token):
+        raise ValueError(f"{path}: {token} is not JSON")
+
+    return json.loads(path.read_bytes().decode("utf-8"), parse_constant=refuse)
+
+
+def test_a_record_holding_numbers_that_are_not_finite_is_strict_json_with_null_for_each(tmp_path):
+    record = {"icr": float("nan"), "ci": [float("-inf"), 1.0], "nested": {"std": (float("inf"), 0.5)}, "count": 0}
+    atomic_write_json(tmp_path / "r.json", record)
+    assert strict_json(tmp_path / "r.json") == {"icr": None, "ci": [None, 1.0], "nested": {"std": [None, 0.5]}, "count": 0}
+    assert (tmp_path / "r.json").read_bytes().endswith(b"}\n")
+
+
+def test_a_file_name_that_is_not_utf8_is_written_as_an_escape_that_reads_back_as_the_same_name(tmp_path):
+    """Linux names are bytes: a folder from a Latin-1 system (``r\\xe9sultats``) is a str with a lone
+    surrogate in Python. score-images on such a folder scored every image, then failed writing
+    summary.json ('surrogates not allowed'); so would results.json under such a --runs."""
+    folder = os.fsdecode(b"/data/r\xe9sultats")
+    atomic_write_json(tmp_path / "summary.json", {"inputs": {"images": folder}, "caption": "café, 二维码"})
+    read = strict_json(tmp_path / "summary.json")
+    assert os.fsencode(read["inputs"]["images"]) == b"/data/r\xe9sultats"
+    assert "café, 二维码".encode("utf-8") in (tmp_path / "summary.json").read_bytes(), "UTF-8 text, as every record"
+
+
+def test_a_fine_tune_whose_last_loss_is_unknown_records_null_not_nan(tmp_path):
+    """A checkpoint from before losses were kept, resumed with no step left: run.json said NaN."""
+    state = TrainState(seed=0)
+    state.step = 4
+    write_finished_run(tmp_path, {"config": {"steps": 4}}, TrainingConfig(steps=4), state, Session(first_step=4, prepare_seconds=0.0))
+    record = strict_json(tmp_path / RUN_FILE)
+    assert record["final_loss"] is None and record["steps"] == 4
+
+
+def test_scores_json_is_utf8_names_images_as_given_and_records_the_versions_that_scored(tmp_path):
+    weights = tmp_path / "detector.safetensors"
+    weights.write_bytes(b"fake")
+    names = ["café_0.png", os.fsdecode(b"r\xe9sum\xe9_0.png")]
+    images = [(name, Image.new("RGB", (16, 16), (10 * i, 0, 0))) for i, name in enumerate(names)]
+    clean = [Image.new("RGB", (16, 16))] * 4
+    report = score_images(images, FakeDetector(weights), ScoreConfig(), clean=clean, checkers=[])
+    out = report.write_json(tmp_path / "scores.json")
+    record = strict_json(out)
+    assert [im["name"] for im in record["images"]] == names
+    assert "café_0.png".encode("utf-8") in out.read_bytes(), "UTF-8, as summary.json and results.json, not \\u escapes"
+    assert record["environment"]["packages"]["implicit-concept"], "the versions same bytes holds under"
+    assert record == json.loads(json.dumps(report.to_json()))
+
+
+EDIT_RECORD = """
+import sys
+from pathlib import Path
+from benchmark.methods.interface import MethodContext
+
+class Pipe:
+    def save_pretrained(self, path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "model_index.json").write_text("{}")
+
+root = Path(sys.argv[1])
+ctx = MethodContext(concepts=("watermark",), work_dir=root / "w", seed=0, finetune=lambda ft: root / "sd",
+                    load_pipeline=lambda path: Pipe(), train_shards=root)
+print(ctx.edited_sd("mine", {"anchor": "marca d'\\u00e1gua, \\u6c34\\u5370"}, lambda pipe: None))  # escaped: argv is ASCII too
+"""
+
+
+def test_an_edit_record_is_utf8_whatever_the_locale(tmp_path):
+    """``ctx.edited_sd``'s record (a plug-in's own, any text) was written in the locale's encoding:
+    under ``LC_ALL=C PYTHONUTF8=0`` (ASCII) a non-ASCII anchor word failed the edit after it was made."""
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env.pop("PYTHONIOENCODING", None)
+    done = subprocess.run([sys.executable, "-c", EDIT_RECORD, str(tmp_path)], env=env, capture_output=True, text=True, encoding="utf-8")
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = (Path(done.stdout.strip()) / "mine.json").read_bytes()
+    assert written == '{"anchor":"marca d\'água, 水印"}\n'.encode("utf-8")
+
+
+def test_a_run_or_method_whose_name_is_not_utf8_is_shown_escaped_on_the_board_and_page(tmp_path):
+    """A score-images folder from a Latin-1 system names its method (``imgs-\\xe9``): the leaderboard
+    scored it, then failed writing leaderboard.md ('surrogates not allowed'); results.html alike."""
+    name = os.fsdecode(b"r\xe9sultats")
+    run = fake_run(tmp_path / "run").rename(tmp_path / name)  # a benchmark run's own names are ASCII: its folder's need not be
+    _edit(run, lambda r: {**r, "rows": [{**row, "method": f"{row['method']}-{name}"} for row in r["rows"]]})
+    write_leaderboard([run], tmp_path / "board")
+    write_results_page(read_results(run), run)
+    for page in (tmp_path / "board" / "leaderboard.md", tmp_path / "board" / "leaderboard.html", run / "results.html"):
+        text = page.read_bytes().decode("utf-8")
+        assert "r\\xe9sultats" in text.replace("\\\\", "\\"), page.name
+
+
+def test_a_run_or_cache_folder_whose_name_is_not_utf8_is_refused_before_any_stage(tmp_path):
+    """The pipelines a run saves cannot be written there (tokenizers takes UTF-8 paths only): the first
+    fine-tune failed, minutes in, as 'icd-qrcode/sd: build(ctx) raised UnicodeEncodeError'."""
+    latin1 = tmp_path / os.fsdecode(b"r\xe9sultats")
+    for option, run in (("--runs", real_run(latin1 / "debug", cache=tmp_path / "cache", data_root=tmp_path / "data")),
+                        ("--cache", real_run(tmp_path / "runs" / "debug", cache=latin1, data_root=tmp_path / "data"))):
+        with pytest.raises(ValueError, match=rf"^{option} .*r\\xe9sultats: the folder's name is not valid UTF-8"):
+            run.check_start()
+        assert not os.path.exists(os.fsencode(latin1)), "refused before anything is made"
+
+
+def test_a_checkpoints_state_is_strict_json_and_keeps_its_numbers_that_are_not_finite(tmp_path):
+    """An optimizer's or scaler's inf and NaN, scalars and in arrays: tagged, not Python's tokens,
+    and read back exactly (strict JSON's null would have made them None)."""
+    state = {"scale": float("inf"), "found_inf": [float("nan"), -math.inf, 0.5], "array": np.array([1.0, np.inf, -np.inf, np.nan])}
+    save_state(tmp_path / "state", state)
+    strict_json(tmp_path / "state.json")
+    back = load_state(tmp_path / "state")
+    assert back["scale"] == math.inf and math.isnan(back["found_inf"][0]) and back["found_inf"][1:] == [-math.inf, 0.5]
+    assert back["array"].dtype == np.float64 and np.array_equal(back["array"], state["array"], equal_nan=True)
+
+
+def test_a_fid_over_fewer_than_two_images_is_refused_saying_so():
+    """score-images --num-prompts 1 failed as 'feats_a: need at least 2 feature vectors for a covariance'."""
+    one, two = [Image.new("RGB", (8, 8))], [Image.new("RGB", (8, 8))] * 2
+    with pytest.raises(ValueError, match=r"^scene-FID needs at least 2 generated and 2 reference images, got 1 generated and 2 reference: .*--no-quality"):
+        scene_fid(one, two, extractor=None)
