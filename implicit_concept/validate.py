@@ -50,12 +50,18 @@ def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def is_finite_number(v: Any) -> bool:
+    """What a setting may be: infinity passes an unbounded check (``<= math.inf``), and a record
+    writes it as null (strict JSON), so the run it made could not be resumed or compared."""
+    return is_number(v) and math.isfinite(v)
+
+
 def check_range(name: str, value: Any, lo: float = 0.0, hi: float = 1.0, open_lo: bool = True) -> None:
     """Require two numbers ``lo < a <= b <= hi`` (``lo <= a`` when ``open_lo`` is False)."""
     ok = (
         isinstance(value, (tuple, list))
         and len(value) == 2
-        and all(is_number(v) for v in value)
+        and all(is_finite_number(v) for v in value)
         and (value[0] > lo if open_lo else value[0] >= lo)
         and value[0] <= value[1] <= hi
     )
@@ -77,8 +83,8 @@ def check_int_range(name: str, value: Any, lo: int, hi: int) -> None:
 
 
 def check_number(name: str, value: Any, lo: float, hi: float, open_lo: bool = False) -> None:
-    """Require one number in ``[lo, hi]`` (``(lo, hi]`` when ``open_lo``)."""
-    if not (is_number(value) and (lo < value if open_lo else lo <= value) and value <= hi):
+    """Require one finite number in ``[lo, hi]`` (``(lo, hi]`` when ``open_lo``)."""
+    if not (is_finite_number(value) and (lo < value if open_lo else lo <= value) and value <= hi):
         raise ValueError(f"{name}: expected a number in {'(' if open_lo else '['}{lo:g}, {hi:g}], got {value!r}")
 
 
@@ -100,7 +106,7 @@ def check_weights(name: str, value: Any, allowed: Sequence[str]) -> None:
     ok = (
         isinstance(value, Mapping)
         and set(value) <= set(allowed)
-        and all(is_number(v) and v >= 0 for v in value.values())
+        and all(is_finite_number(v) and v >= 0 for v in value.values())
         and sum(value.values()) > 0
     )
     if not ok:
@@ -157,7 +163,7 @@ def check_like_defaults(cls: type, options: Mapping[str, Any], where: str) -> No
         elif isinstance(default, int):
             ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
         elif isinstance(default, float):
-            ok, want = is_number(value) and math.isfinite(value), "a finite number"
+            ok, want = is_finite_number(value), "a finite number"
         elif isinstance(default, str):
             ok, want = isinstance(value, str), "a string"
         else:
@@ -167,9 +173,9 @@ def check_like_defaults(cls: type, options: Mapping[str, Any], where: str) -> No
 
 
 def check_positive(where: str, options: Mapping[str, Any], names: Iterable[str]) -> None:
-    """Require each of ``names`` present in ``options`` to be a number > 0."""
+    """Require each of ``names`` present in ``options`` to be a finite number > 0."""
     for key in names:
-        if key in options and not (is_number(options[key]) and options[key] > 0):
+        if key in options and not (is_finite_number(options[key]) and options[key] > 0):
             raise ValueError(f"{where}.{key}: expected a number > 0, got {options[key]!r}")
 
 

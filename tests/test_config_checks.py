@@ -774,3 +774,23 @@ def test_a_run_folder_overlapping_the_dataset_folder_is_refused_before_anything_
     err = capsys.readouterr().err
     assert "the run folder (--runs, --name)" in err and "overlaps the dataset folder" in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("field", ["learning_rate", "weight_decay", "max_grad_norm", "snr_gamma"])
+def test_a_setting_made_in_code_is_refused_when_infinite(field):
+    """A fine-tune's settings given in Python (a lab's script, not a track file) took infinity where
+    the bound is open (``check_number(..., 0, math.inf)``); a record writes it as null (strict JSON), so
+    the run it made could not be resumed or compared. Every validator takes finite numbers only."""
+    import math
+
+    from benchmark.training.config import TrainingConfig
+    from implicit_concept.validate import check_positive, check_range, check_weights
+
+    with pytest.raises(ValueError, match=field):
+        TrainingConfig(**{field: math.inf})
+    with pytest.raises(ValueError, match="steps_per_second"):
+        check_positive("options", {"steps_per_second": math.inf}, ["steps_per_second"])
+    with pytest.raises(ValueError, match="scale"):
+        check_range("scale", [0.5, math.inf], 0.0, math.inf)
+    with pytest.raises(ValueError, match="weights"):
+        check_weights("weights", {"qrcode": math.inf}, ["qrcode"])
