@@ -308,3 +308,77 @@ def test_a_pipeline_of_a_labs_own_whose_call_cannot_take_the_benchmarks_argument
     assert evaluate.images("own-pipeline") == []
     assert evaluate(f"{name}:OwnTaking")[0]["status"] == "ok"
     assert len(evaluate.images("own-taking")) == 2
+
+
+CRASHING_HABITS = '''
+import logging, os, signal, sys
+from benchmark.methods.interface import Method
+
+
+class Tee:
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        return self.stream.write(text)
+
+    def flush(self):
+        self.stream.flush()
+
+
+class Crashes(Method):
+    name = "crashes"
+
+    def build(self, ctx):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        sys.stdout, sys.stderr = Tee(sys.stdout), Tee(sys.stderr)
+        os.environ["LAB_RUN_ID"] = "7"
+        os.environ["IC_TEST_CHANGED"] = "lab"
+        del os.environ["IC_TEST_REMOVED"]
+        logging.basicConfig(level=logging.DEBUG, force=True)
+        logging.getLogger("ic_test_library").setLevel(logging.DEBUG)
+        logging.disable(logging.CRITICAL)
+        raise RuntimeError("CUDA out of memory")
+'''
+
+
+def test_what_a_plug_in_set_is_put_back_when_its_build_then_fails(lab, monkeypatch):
+    """The state is put back on the way out of a failure too (a lab's build that set its handlers,
+    logger and environment, then ran out of memory): each stop signal's handler, stdout and stderr
+    each, a variable added, one changed and one removed, the root logger's handlers and level, an
+    existing library logger's level and ``logging.disable``'s earlier (not default) level. Seen
+    through ``_draw`` alone, with no ``redirect_stdout`` around it to put stdout back instead."""
+    from benchmark.generation import GenerationSettings
+    from benchmark.method_evaluation import Evaluation, _draw
+
+    monkeypatch.setenv("IC_TEST_CHANGED", "toolkit")
+    monkeypatch.setenv("IC_TEST_REMOVED", "toolkit")
+    monkeypatch.delenv("LAB_RUN_ID", raising=False)
+    library = logging.getLogger("ic_test_library")
+    library.setLevel(logging.ERROR)
+    logging.disable(logging.INFO)
+
+    def state():
+        root = logging.getLogger()
+        return ({sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}, sys.stdout,
+                sys.stderr, dict(os.environ), root.level, list(root.handlers), library.level, logging.root.manager.disable)
+
+    before = state()
+    method = get_method(f"{lab('crashing_habits', CRASHING_HABITS)}:Crashes")
+    try:
+        with pytest.raises(MethodFailed, match=r"^icd-qrcode/crashes: build\(ctx\) raised RuntimeError: CUDA out of memory"):
+            _draw(None, method, None, Evaluation("icd-qrcode", [], GenerationSettings(), None, []), "")
+        after = state()
+    finally:
+        for sig, handler in before[0].items():
+            signal.signal(sig, handler)
+        sys.stdout, sys.stderr = before[1:3]
+        logging.getLogger().setLevel(before[4])
+        logging.getLogger().handlers[:] = before[5]
+        library.setLevel(logging.NOTSET)
+        logging.disable(logging.NOTSET)
+    assert after[0] == before[0]
+    assert after[1] is before[1] and after[2] is before[2]
+    assert after[3] == before[3]
+    assert after[4:] == before[4:]
