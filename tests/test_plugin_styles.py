@@ -73,6 +73,39 @@ def test_an_entry_point_method_is_judged_and_one_registered_wrong_is_refused_nam
         get_method("lab-ucee")
 
 
+
+@pytest.fixture
+def installed_failing(lab, tmp_path):
+    """A lab's package whose registered modules are there but fail as they import: a dependency not
+    installed, a bug, an exit, the user's Ctrl-C."""
+    lab("lab_needs", "import lab_cuda_kernels\nfrom benchmark.methods.interface import Method\nclass M(Method):\n"
+                     "    def build(self, ctx):\n        pass\n")
+    lab("lab_buggy", "import torch\nLAYER = torch.nn.Lienar\n")
+    lab("lab_exits", "import sys\nsys.exit('lab_exits: --config is required')\n")
+    lab("lab_stops", "raise KeyboardInterrupt\n")
+    info = tmp_path / "lab_failing-0.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lab-failing\nVersion: 0.2\n")
+    (info / "entry_points.txt").write_text("[implicit_concept.methods]\nlab-needs = lab_needs:M\nlab-buggy = lab_buggy:M\n"
+                                           "lab-exits = lab_exits:M\nlab-stops = lab_stops:M\n")
+
+
+def test_an_entry_point_whose_module_is_there_but_fails_to_import_is_the_methods_failure(installed_failing):
+    """Only a module or class that is not there is the entry point's registration fault; a module that
+    is there and fails (a dependency of its own missing, an AttributeError in its code, sys.exit) is the
+    method's failure naming the step, with its traceback; Ctrl-C while it imports stops the run."""
+    with pytest.raises(MethodFailed, match=r"^--method lab-needs: importing lab_needs raised ModuleNotFoundError: "
+                                           r"No module named 'lab_cuda_kernels'$"):
+        get_method("lab-needs")
+    with pytest.raises(MethodFailed, match=r"^--method lab-buggy: importing lab_buggy raised AttributeError: .*'Lienar'"):
+        get_method("lab-buggy")
+    with pytest.raises(MethodFailed, match=r"^--method lab-exits: importing lab_exits raised SystemExit: "
+                                           r"lab_exits: --config is required$"):
+        get_method("lab-exits")
+    with pytest.raises(KeyboardInterrupt):
+        get_method("lab-stops")
+
+
 HABITS = '''
 import logging, os, signal, sys
 from benchmark.methods.interface import FineTune, Generator, Method
