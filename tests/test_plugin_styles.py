@@ -50,7 +50,8 @@ def installed(lab, tmp_path):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lab-uce\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[implicit_concept.methods]\nlab-uce = lab_uce:Uce\nlab-typo = lab_uce:Uec\n"
-                                           "lab-gone = lab_old.methods:Uce\nlab-args = lab_uce:NeedsStrength\n")
+                                           "lab-gone = lab_old.methods:Uce\nlab-args = lab_uce:NeedsStrength\n"
+                                           "lab-nested = lab_uce:Uce.Bulid\n")
 
 
 def test_an_entry_point_method_is_judged_and_one_registered_wrong_is_refused_naming_its_package(installed, evaluate):
@@ -66,10 +67,13 @@ def test_an_entry_point_method_is_judged_and_one_registered_wrong_is_refused_nam
     with pytest.raises(ValueError, match=r"^--method lab-gone: the entry point 'lab-gone = lab_old.methods:Uce' of package "
                                          r"lab-uce 0.1 cannot be loaded \(No module named 'lab_old'\); " + fix):
         get_method("lab-gone")
+    with pytest.raises(ValueError, match=r"^--method lab-nested: the entry point 'lab-nested = lab_uce:Uce.Bulid' of package "
+                                         r"lab-uce 0.1 cannot be loaded \(.*'Bulid'.*\); " + fix):
+        get_method("lab-nested")  # a typo below its class: as much the registration's as one in the class's name
     with pytest.raises(ValueError, match=r"^--method lab-args: NeedsStrength\(\) cannot be made without arguments"):
         get_method("lab-args")
     with pytest.raises(ValueError, match=r"^unknown method 'lab-ucee' \(did you mean 'lab-uce'\?\) .*installed plug-ins "
-                                         r"\(implicit_concept.methods entry points\): lab-args, lab-gone, lab-typo, lab-uce;"):
+                                         r"\(implicit_concept.methods entry points\): lab-args, lab-gone, lab-nested, lab-typo, lab-uce;"):
         get_method("lab-ucee")
 
 
