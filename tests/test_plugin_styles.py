@@ -330,6 +330,35 @@ class OwnTaking(Method):
 
     def build(self, ctx):
         return Generator(Takes(ctx.load_pipeline(ctx.finetune(FineTune()))))
+
+
+class OwnArgument(Method):
+    """A plain function as its pipeline, taking every argument the benchmark passes but not the
+    extra one its own Generator asks for."""
+    name = "own-argument"
+
+    def build(self, ctx):
+        pipe = ctx.load_pipeline(ctx.finetune(FineTune()))
+
+        def sample(prompt, negative_prompt=None, generator=None, num_inference_steps=50, guidance_scale=7.5,
+                   height=512, width=512, output_type="pil"):
+            return pipe(prompt=prompt, negative_prompt=negative_prompt, generator=generator, height=height, width=width,
+                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type=output_type)
+
+        return Generator(sample, call_kwargs={"eta": 0.5})
+
+
+class OwnImageToImage(Method):
+    """An image-to-image sampler, whose image no call gives."""
+    name = "own-img2img"
+
+    def build(self, ctx):
+        pipe = ctx.load_pipeline(ctx.finetune(FineTune()))
+
+        def sample(prompt, image, **kwargs):
+            return pipe(prompt=prompt, **kwargs)
+
+        return Generator(sample)
 '''
 
 
@@ -345,6 +374,24 @@ def test_a_pipeline_of_a_labs_own_whose_call_cannot_take_the_benchmarks_argument
     assert evaluate.images("own-pipeline") == []
     assert evaluate(f"{name}:OwnTaking")[0]["status"] == "ok"
     assert len(evaluate.images("own-taking")) == 2
+
+
+
+def test_a_pipeline_that_cannot_take_its_own_generators_call_arguments_is_refused_naming_them(lab, evaluate):
+    """What build's Generator adds (call_kwargs) is checked with the benchmark's own arguments: a
+    function that takes the benchmark's but not ``eta`` failed in the sampling loop instead, and is
+    named by its qualified name, not as 'function'; one that needs an argument no call gives, alike."""
+    name = lab("own_argument", OWN_PIPELINE)
+    with pytest.raises(ValueError, match=r"^icd-qrcode/own-argument: the pipeline build\(ctx\) returned cannot be sampled: "
+                                         r"calling it as OwnArgument\.build\.<locals>\.sample\(prompt, .*\) with prompt, "
+                                         r"negative_prompt, generator, num_inference_steps, guidance_scale, height, width, "
+                                         r"output_type, eta fails \(got an unexpected keyword argument 'eta'\); .*take them"):
+        evaluate(f"{name}:OwnArgument")
+    assert evaluate.images("own-argument") == []
+    with pytest.raises(ValueError, match=r"^icd-qrcode/own-img2img: .* cannot be sampled: calling it as "
+                                         r"OwnImageToImage\.build\.<locals>\.sample\(prompt, image, \*\*kwargs\) with prompt, .*, "
+                                         r"output_type fails \(missing a required argument: 'image'\)"):
+        evaluate(f"{name}:OwnImageToImage")
 
 
 CRASHING_HABITS = '''
