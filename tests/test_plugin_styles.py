@@ -296,6 +296,36 @@ def test_a_duck_typed_plug_in_whose_attributes_raise_is_its_failure(lab):
     with pytest.raises(MethodFailed, match=rf"^--method {name}:M: reading its build raised RuntimeError: no config key build"):
         get_method(f"{name}:M")
 
+READ_SITES = {
+    "name": "class M(Method):\n    @property\n    def name(self):\n        raise lab_errors.error\n"
+            "    def build(self, ctx):\n        pass\n",
+    "build": "class M(Method):\n    @property\n    def build(self):\n        raise lab_errors.error\n",
+    "finetunes": "class M(Method):\n    @property\n    def finetunes(self):\n        raise lab_errors.error\n"
+                 "    def build(self, ctx):\n        pass\n",
+    "description": "class M(Method):\n    @property\n    def description(self):\n        raise lab_errors.error\n"
+                   "    def build(self, ctx):\n        pass\n",
+    "duck-typed build": "class M:\n    def __getattr__(self, attr):\n        raise lab_errors.error\n",
+}
+
+
+@pytest.mark.parametrize("site", sorted(READ_SITES))
+@pytest.mark.parametrize("error", [RuntimeError("no config key"), LabStop("budget spent")])
+def test_a_plug_ins_attribute_that_raises_when_read_is_its_failure_naming_the_attribute(lab, site, error):
+    """Its name, build, finetunes or description computed by a property (or ``__getattr__``) that
+    raises, an exception or a lab's own BaseException, while the benchmark checks the plug-in before
+    any stage: the plug-in's failure naming what was read, not a bare traceback."""
+    sys.modules["lab_errors"] = type(sys)("lab_errors")
+    sys.modules["lab_errors"].error = error
+    try:
+        name = lab(f"reading_{site.replace(' ', '_').replace('-', '_')}",
+                   "import lab_errors\nfrom benchmark.methods.interface import Method\n" + READ_SITES[site])
+        with pytest.raises(MethodFailed, match=rf"^--method {name}:M: reading its {site.split()[-1]} raised "
+                                               rf"{type(error).__name__}: {error}$"):
+            get_method(f"{name}:M")
+    finally:
+        sys.modules.pop("lab_errors", None)
+
+
 OWN_PIPELINE = '''
 import numpy as np
 from PIL import Image
