@@ -163,7 +163,7 @@ def _made(cls: Any, spec: str, attr: str) -> Any:
     except BaseException as e:
         raise plugin_failure(f"--method {spec}", f"{attr}()", e) from e
     try:
-        has_build = isinstance(method, Method) or callable(getattr(method, "build", None))
+        has_build = callable(getattr(method, "build", None))  # a Method subclass's too: a setting named build hides it
     except BaseException as e:
         raise plugin_failure(f"--method {spec}", "reading its build", e) from e
     if not has_build:
