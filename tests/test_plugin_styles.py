@@ -326,6 +326,21 @@ def test_a_plug_ins_attribute_that_raises_when_read_is_its_failure_naming_the_at
         sys.modules.pop("lab_errors", None)
 
 
+@pytest.mark.parametrize("error", [SystemExit("no GPU found"), LabStop("budget spent")])
+def test_a_plug_ins_constructor_that_raises_a_base_exception_is_its_failure(lab, error):
+    """``sys.exit`` in a lab's constructor (its check for a GPU), or its own BaseException: the run
+    ended with the plug-in's exit status, or a bare traceback."""
+    sys.modules["lab_errors"] = type(sys)("lab_errors")
+    sys.modules["lab_errors"].error = error
+    try:
+        name = lab("constructing", "import lab_errors\nfrom benchmark.methods.interface import Method\nclass M(Method):\n"
+                                   "    def __init__(self):\n        raise lab_errors.error\n    def build(self, ctx):\n        pass\n")
+        with pytest.raises(MethodFailed, match=rf"^--method {name}:M: M\(\) raised {type(error).__name__}: {error}$"):
+            get_method(f"{name}:M")
+    finally:
+        sys.modules.pop("lab_errors", None)
+
+
 OWN_PIPELINE = '''
 import numpy as np
 from PIL import Image
