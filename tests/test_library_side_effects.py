@@ -106,12 +106,22 @@ class Terminal:  # stderr as a terminal shows it: isatty() true
     def flush(self): self.stream.flush()
     def isatty(self): return True
 
-if sys.argv[1:] == ["terminal"]:
+how = sys.argv[1] if len(sys.argv) > 1 else "plain"
+if how == "terminal":
     sys.stderr = Terminal(sys.stderr)
 bars = import_ultralytics("ultralytics.utils.tqdm")
 clock = itertools.count(0.0, 1.0)  # each reading of the clock one second later: 40 steps take 40 s
 bars.time = types.SimpleNamespace(time=lambda: next(clock))
-bar = bars.TQDM(total=40, desc="epoch")  # as ultralytics' trainer steps its bar
+if how == "asks":  # a caller asking for its bar
+    bar = bars.TQDM(total=40, desc="epoch", disable=False)
+elif how == "own-interval":  # a caller's own redraw interval
+    bar = bars.TQDM(total=40, desc="epoch", mininterval=0.0)
+elif how == "positional":  # iterable, desc, total, leave, file, mininterval, disable: all by position
+    bar = bars.TQDM(None, "epoch", 40, True, None, 0.0, False)
+elif how == "terminal-file":  # a terminal handed as its file, by position
+    bar = bars.TQDM(None, "epoch", 40, True, Terminal(sys.stderr))
+else:
+    bar = bars.TQDM(total=40, desc="epoch")  # as ultralytics' trainer steps its bar
 for step in range(40):
     bar.set_description(f"epoch loss {step}")
     bar.update()
@@ -132,6 +142,23 @@ def test_ultralytics_bars_follow_the_toolkits_rules_off_a_terminal_and_under_tqd
     assert 1 <= redraws() <= 3  # its first and last lines: 40 simulated seconds hold no minute
     assert redraws("terminal") >= 40  # on a terminal, as it goes
     assert redraws(TQDM_DISABLE="1") == redraws("terminal", TQDM_DISABLE="1") == 0
+
+
+def test_ultralytics_bars_keep_what_their_caller_says_and_tqdm_disable_wins_however_it_is_said(tmp_path):
+    """A caller's own redraw interval is kept (by keyword or position) and a terminal handed as the
+    bar's file is a terminal; TQDM_DISABLE turns off even a bar its caller asks for, by keyword or by
+    position (given by position, disable=False showed the bar and mininterval was refused as given twice)."""
+    def redraws(how: str, **extra: str) -> int:
+        env = {k: v for k, v in _library_env(tmp_path / "home").items() if k != "TQDM_DISABLE"}
+        done = subprocess.run([sys.executable, "-c", ULTRALYTICS_BAR_STEPS, how], cwd=tmp_path, env={**env, **extra},
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "epoch" not in done.stdout  # a file=None given by position is stderr too, not ultralytics' stdout
+        return done.stderr.count("epoch")
+
+    assert redraws("own-interval") >= 40 and redraws("positional") >= 40  # off a terminal, at the caller's interval
+    assert redraws("terminal-file") >= 40
+    assert redraws("asks", TQDM_DISABLE="1") == redraws("positional", TQDM_DISABLE="1") == 0
 
 
 def test_an_unwritable_cache_folder_is_named_with_the_option_that_moves_it(tmp_path):

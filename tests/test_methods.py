@@ -114,6 +114,20 @@ def test_methods_are_found_by_name_or_import_path():
         get_method("no.such.module:Thing")
 
 
+def test_a_misspelt_built_in_method_is_suggested_and_no_installed_plug_in_is_said_as_none(monkeypatch):
+    """A typo of a built-in method's name names it, as one of an installed plug-in's does; with no
+    plug-in installed the message says none, not an empty list."""
+    from benchmark.methods import plugins
+
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [])
+    with pytest.raises(ValueError, match=r"^unknown method 'geom-erasng' \(did you mean 'geom-erasing'\?\) \(known: sd, .*; "
+                                         r"installed plug-ins \(implicit_concept.methods entry points\): none; "
+                                         r"or package.module:Class, or path/to/file.py:Class\)$"):
+        get_method("geom-erasng")
+    with pytest.raises(ValueError, match=r"^unknown method 'zzzz' \(known: "):
+        get_method("zzzz")  # nothing near: no suggestion
+
+
 def test_an_edit_of_sd_is_made_once_per_sd_model_and_edit_settings(tmp_path):
     """ESD and FMN edits are cached; a new ``sd`` (rebuilt data, other settings) or a changed edit is made anew."""
     from pathlib import Path

@@ -62,6 +62,8 @@ BASE = "from benchmark.methods.interface import Generator, Method\n"
     ("class M(Method):\n    description = ('a', 'b')\n    def build(self, ctx):\n        pass\n",
      r"description is a tuple, not text \(it is written to results\.json\)"),
     ("class M(Method):\n    pass\n", r"M leaves build abstract; a method defines build\(ctx\)"),
+    ("class M:\n    build = 'fast'\n", r"M has no build\(ctx\) method"),
+    ("class M(Method):\n    build = 'fast'\n", r"M has no build\(ctx\) method"),  # a setting named build hides the method
     ("M = 5\n", r"M is an int, not a class"),
     ("class Mine(Method):\n    def build(self, ctx):\n        pass\nM = Mine()\n",
      r"M is a Mine object \(an instance: name its class, Mine\), not a class"),

@@ -50,7 +50,8 @@ def installed(lab, tmp_path):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lab-uce\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[implicit_concept.methods]\nlab-uce = lab_uce:Uce\nlab-typo = lab_uce:Uec\n"
-                                           "lab-gone = lab_old.methods:Uce\nlab-args = lab_uce:NeedsStrength\n")
+                                           "lab-gone = lab_old.methods:Uce\nlab-args = lab_uce:NeedsStrength\n"
+                                           "lab-nested = lab_uce:Uce.Bulid\n")
 
 
 def test_an_entry_point_method_is_judged_and_one_registered_wrong_is_refused_naming_its_package(installed, evaluate):
@@ -66,11 +67,47 @@ def test_an_entry_point_method_is_judged_and_one_registered_wrong_is_refused_nam
     with pytest.raises(ValueError, match=r"^--method lab-gone: the entry point 'lab-gone = lab_old.methods:Uce' of package "
                                          r"lab-uce 0.1 cannot be loaded \(No module named 'lab_old'\); " + fix):
         get_method("lab-gone")
+    with pytest.raises(ValueError, match=r"^--method lab-nested: the entry point 'lab-nested = lab_uce:Uce.Bulid' of package "
+                                         r"lab-uce 0.1 cannot be loaded \(.*'Bulid'.*\); " + fix):
+        get_method("lab-nested")  # a typo below its class: as much the registration's as one in the class's name
     with pytest.raises(ValueError, match=r"^--method lab-args: NeedsStrength\(\) cannot be made without arguments"):
         get_method("lab-args")
     with pytest.raises(ValueError, match=r"^unknown method 'lab-ucee' \(did you mean 'lab-uce'\?\) .*installed plug-ins "
-                                         r"\(implicit_concept.methods entry points\): lab-args, lab-gone, lab-typo, lab-uce;"):
+                                         r"\(implicit_concept.methods entry points\): lab-args, lab-gone, lab-nested, lab-typo, lab-uce;"):
         get_method("lab-ucee")
+
+
+
+@pytest.fixture
+def installed_failing(lab, tmp_path):
+    """A lab's package whose registered modules are there but fail as they import: a dependency not
+    installed, a bug, an exit, the user's Ctrl-C."""
+    lab("lab_needs", "import lab_cuda_kernels\nfrom benchmark.methods.interface import Method\nclass M(Method):\n"
+                     "    def build(self, ctx):\n        pass\n")
+    lab("lab_buggy", "import torch\nLAYER = torch.nn.Lienar\n")
+    lab("lab_exits", "import sys\nsys.exit('lab_exits: --config is required')\n")
+    lab("lab_stops", "raise KeyboardInterrupt\n")
+    info = tmp_path / "lab_failing-0.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lab-failing\nVersion: 0.2\n")
+    (info / "entry_points.txt").write_text("[implicit_concept.methods]\nlab-needs = lab_needs:M\nlab-buggy = lab_buggy:M\n"
+                                           "lab-exits = lab_exits:M\nlab-stops = lab_stops:M\n")
+
+
+def test_an_entry_point_whose_module_is_there_but_fails_to_import_is_the_methods_failure(installed_failing):
+    """Only a module or class that is not there is the entry point's registration fault; a module that
+    is there and fails (a dependency of its own missing, an AttributeError in its code, sys.exit) is the
+    method's failure naming the step, with its traceback; Ctrl-C while it imports stops the run."""
+    with pytest.raises(MethodFailed, match=r"^--method lab-needs: importing lab_needs raised ModuleNotFoundError: "
+                                           r"No module named 'lab_cuda_kernels'$"):
+        get_method("lab-needs")
+    with pytest.raises(MethodFailed, match=r"^--method lab-buggy: importing lab_buggy raised AttributeError: .*'Lienar'"):
+        get_method("lab-buggy")
+    with pytest.raises(MethodFailed, match=r"^--method lab-exits: importing lab_exits raised SystemExit: "
+                                           r"lab_exits: --config is required$"):
+        get_method("lab-exits")
+    with pytest.raises(KeyboardInterrupt):
+        get_method("lab-stops")
 
 
 HABITS = '''
@@ -259,6 +296,51 @@ def test_a_duck_typed_plug_in_whose_attributes_raise_is_its_failure(lab):
     with pytest.raises(MethodFailed, match=rf"^--method {name}:M: reading its build raised RuntimeError: no config key build"):
         get_method(f"{name}:M")
 
+READ_SITES = {
+    "name": "class M(Method):\n    @property\n    def name(self):\n        raise lab_errors.error\n"
+            "    def build(self, ctx):\n        pass\n",
+    "build": "class M(Method):\n    @property\n    def build(self):\n        raise lab_errors.error\n",
+    "finetunes": "class M(Method):\n    @property\n    def finetunes(self):\n        raise lab_errors.error\n"
+                 "    def build(self, ctx):\n        pass\n",
+    "description": "class M(Method):\n    @property\n    def description(self):\n        raise lab_errors.error\n"
+                   "    def build(self, ctx):\n        pass\n",
+    "duck-typed build": "class M:\n    def __getattr__(self, attr):\n        raise lab_errors.error\n",
+}
+
+
+@pytest.mark.parametrize("site", sorted(READ_SITES))
+@pytest.mark.parametrize("error", [RuntimeError("no config key"), LabStop("budget spent")])
+def test_a_plug_ins_attribute_that_raises_when_read_is_its_failure_naming_the_attribute(lab, site, error):
+    """Its name, build, finetunes or description computed by a property (or ``__getattr__``) that
+    raises, an exception or a lab's own BaseException, while the benchmark checks the plug-in before
+    any stage: the plug-in's failure naming what was read, not a bare traceback."""
+    sys.modules["lab_errors"] = type(sys)("lab_errors")
+    sys.modules["lab_errors"].error = error
+    try:
+        name = lab(f"reading_{site.replace(' ', '_').replace('-', '_')}",
+                   "import lab_errors\nfrom benchmark.methods.interface import Method\n" + READ_SITES[site])
+        with pytest.raises(MethodFailed, match=rf"^--method {name}:M: reading its {site.split()[-1]} raised "
+                                               rf"{type(error).__name__}: {error}$"):
+            get_method(f"{name}:M")
+    finally:
+        sys.modules.pop("lab_errors", None)
+
+
+@pytest.mark.parametrize("error", [SystemExit("no GPU found"), LabStop("budget spent")])
+def test_a_plug_ins_constructor_that_raises_a_base_exception_is_its_failure(lab, error):
+    """``sys.exit`` in a lab's constructor (its check for a GPU), or its own BaseException: the run
+    ended with the plug-in's exit status, or a bare traceback."""
+    sys.modules["lab_errors"] = type(sys)("lab_errors")
+    sys.modules["lab_errors"].error = error
+    try:
+        name = lab("constructing", "import lab_errors\nfrom benchmark.methods.interface import Method\nclass M(Method):\n"
+                                   "    def __init__(self):\n        raise lab_errors.error\n    def build(self, ctx):\n        pass\n")
+        with pytest.raises(MethodFailed, match=rf"^--method {name}:M: M\(\) raised {type(error).__name__}: {error}$"):
+            get_method(f"{name}:M")
+    finally:
+        sys.modules.pop("lab_errors", None)
+
+
 OWN_PIPELINE = '''
 import numpy as np
 from PIL import Image
@@ -293,6 +375,35 @@ class OwnTaking(Method):
 
     def build(self, ctx):
         return Generator(Takes(ctx.load_pipeline(ctx.finetune(FineTune()))))
+
+
+class OwnArgument(Method):
+    """A plain function as its pipeline, taking every argument the benchmark passes but not the
+    extra one its own Generator asks for."""
+    name = "own-argument"
+
+    def build(self, ctx):
+        pipe = ctx.load_pipeline(ctx.finetune(FineTune()))
+
+        def sample(prompt, negative_prompt=None, generator=None, num_inference_steps=50, guidance_scale=7.5,
+                   height=512, width=512, output_type="pil"):
+            return pipe(prompt=prompt, negative_prompt=negative_prompt, generator=generator, height=height, width=width,
+                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type=output_type)
+
+        return Generator(sample, call_kwargs={"eta": 0.5})
+
+
+class OwnImageToImage(Method):
+    """An image-to-image sampler, whose image no call gives."""
+    name = "own-img2img"
+
+    def build(self, ctx):
+        pipe = ctx.load_pipeline(ctx.finetune(FineTune()))
+
+        def sample(prompt, image, **kwargs):
+            return pipe(prompt=prompt, **kwargs)
+
+        return Generator(sample)
 '''
 
 
@@ -308,3 +419,95 @@ def test_a_pipeline_of_a_labs_own_whose_call_cannot_take_the_benchmarks_argument
     assert evaluate.images("own-pipeline") == []
     assert evaluate(f"{name}:OwnTaking")[0]["status"] == "ok"
     assert len(evaluate.images("own-taking")) == 2
+
+
+
+def test_a_pipeline_that_cannot_take_its_own_generators_call_arguments_is_refused_naming_them(lab, evaluate):
+    """What build's Generator adds (call_kwargs) is checked with the benchmark's own arguments: a
+    function that takes the benchmark's but not ``eta`` failed in the sampling loop instead, and is
+    named by its qualified name, not as 'function'; one that needs an argument no call gives, alike."""
+    name = lab("own_argument", OWN_PIPELINE)
+    with pytest.raises(ValueError, match=r"^icd-qrcode/own-argument: the pipeline build\(ctx\) returned cannot be sampled: "
+                                         r"calling it as OwnArgument\.build\.<locals>\.sample\(prompt, .*\) with prompt, "
+                                         r"negative_prompt, generator, num_inference_steps, guidance_scale, height, width, "
+                                         r"output_type, eta fails \(got an unexpected keyword argument 'eta'\); .*take them"):
+        evaluate(f"{name}:OwnArgument")
+    assert evaluate.images("own-argument") == []
+    with pytest.raises(ValueError, match=r"^icd-qrcode/own-img2img: .* cannot be sampled: calling it as "
+                                         r"OwnImageToImage\.build\.<locals>\.sample\(prompt, image, \*\*kwargs\) with prompt, .*, "
+                                         r"output_type fails \(missing a required argument: 'image'\)"):
+        evaluate(f"{name}:OwnImageToImage")
+
+
+CRASHING_HABITS = '''
+import logging, os, signal, sys
+from benchmark.methods.interface import Method
+
+
+class Tee:
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        return self.stream.write(text)
+
+    def flush(self):
+        self.stream.flush()
+
+
+class Crashes(Method):
+    name = "crashes"
+
+    def build(self, ctx):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        sys.stdout, sys.stderr = Tee(sys.stdout), Tee(sys.stderr)
+        os.environ["LAB_RUN_ID"] = "7"
+        os.environ["IC_TEST_CHANGED"] = "lab"
+        del os.environ["IC_TEST_REMOVED"]
+        logging.basicConfig(level=logging.DEBUG, force=True)
+        logging.getLogger("ic_test_library").setLevel(logging.DEBUG)
+        logging.disable(logging.CRITICAL)
+        raise RuntimeError("CUDA out of memory")
+'''
+
+
+def test_what_a_plug_in_set_is_put_back_when_its_build_then_fails(lab, monkeypatch):
+    """The state is put back on the way out of a failure too (a lab's build that set its handlers,
+    logger and environment, then ran out of memory): each stop signal's handler, stdout and stderr
+    each, a variable added, one changed and one removed, the root logger's handlers and level, an
+    existing library logger's level and ``logging.disable``'s earlier (not default) level. Seen
+    through ``_draw`` alone, with no ``redirect_stdout`` around it to put stdout back instead."""
+    from benchmark.generation import GenerationSettings
+    from benchmark.method_evaluation import Evaluation, _draw
+
+    monkeypatch.setenv("IC_TEST_CHANGED", "toolkit")
+    monkeypatch.setenv("IC_TEST_REMOVED", "toolkit")
+    monkeypatch.delenv("LAB_RUN_ID", raising=False)
+    library = logging.getLogger("ic_test_library")
+    library.setLevel(logging.ERROR)
+    logging.disable(logging.INFO)
+
+    def state():
+        root = logging.getLogger()
+        return ({sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}, sys.stdout,
+                sys.stderr, dict(os.environ), root.level, list(root.handlers), library.level, logging.root.manager.disable)
+
+    before = state()
+    method = get_method(f"{lab('crashing_habits', CRASHING_HABITS)}:Crashes")
+    try:
+        with pytest.raises(MethodFailed, match=r"^icd-qrcode/crashes: build\(ctx\) raised RuntimeError: CUDA out of memory"):
+            _draw(None, method, None, Evaluation("icd-qrcode", [], GenerationSettings(), None, []), "")
+        after = state()
+    finally:
+        for sig, handler in before[0].items():
+            signal.signal(sig, handler)
+        sys.stdout, sys.stderr = before[1:3]
+        logging.getLogger().setLevel(before[4])
+        logging.getLogger().handlers[:] = before[5]
+        library.setLevel(logging.NOTSET)
+        logging.disable(logging.NOTSET)
+    assert after[0] == before[0]
+    assert after[1] is before[1] and after[2] is before[2]
+    assert after[3] == before[3]
+    assert after[4:] == before[4:]

@@ -96,9 +96,10 @@ def _entry_point_class(ep: Any, spec: str) -> Any:
     try:
         return ep.load()
     except (ModuleNotFoundError, AttributeError) as e:
-        # Not there: its module (or a package above it), or its class in the module, which imported.
+        # Not there: its module (or a package above it), or its class (or a name below it: Outer.Inner)
+        # in the module, which imported.
         missing = _is_missing(e, ep.module) if isinstance(e, ModuleNotFoundError) else (
-            ep.module in sys.modules and not hasattr(sys.modules[ep.module], (ep.attr or "").split(".")[0]))
+            ep.module in sys.modules and _attribute_missing(sys.modules[ep.module], ep.attr or ""))
         if not missing:
             raise MethodFailed(f"--method {spec}", f"importing {ep.module}", e) from e
         package = f" of package {ep.dist.name} {ep.dist.version}" if getattr(ep, "dist", None) else ""
@@ -106,6 +107,16 @@ def _entry_point_class(ep: Any, spec: str) -> Any:
                          f"fix it in that package's [project.entry-points.\"{ENTRY_POINTS}\"] and reinstall it") from None
     except BaseException as e:
         raise plugin_failure(f"--method {spec}", f"importing {ep.module}", e) from e
+
+
+def _attribute_missing(module: ModuleType, path: str) -> bool:
+    """Whether a name on ``path`` (an entry point's ``Outer.Inner``) is not there, from ``module`` down."""
+    found: Any = module
+    for name in path.split("."):
+        if not hasattr(found, name):
+            return True
+        found = getattr(found, name)
+    return False
 
 
 def _plugin(spec: str, registry: dict[str, Callable[[], Method]]) -> Any:
@@ -152,7 +163,7 @@ def _made(cls: Any, spec: str, attr: str) -> Any:
     except BaseException as e:
         raise plugin_failure(f"--method {spec}", f"{attr}()", e) from e
     try:
-        has_build = isinstance(method, Method) or callable(getattr(method, "build", None))
+        has_build = callable(getattr(method, "build", None))  # a Method subclass's too: a setting named build hides it
     except BaseException as e:
         raise plugin_failure(f"--method {spec}", "reading its build", e) from e
     if not has_build:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -250,16 +251,20 @@ def _bars_to_stderr() -> None:
     if getattr(original, "_to_stderr", False):
         return
 
+    parameters = inspect.signature(original)
+
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        if len(args) < 5 and kwargs.get("file") is None:  # file is its fifth parameter
-            kwargs["file"] = _STDERR
-        stream = args[4] if len(args) >= 5 else kwargs["file"]
-        isatty = getattr(stream, "isatty", None)
-        if len(args) < 6 and not (isatty and isatty()):  # mininterval is its sixth
-            kwargs.setdefault("mininterval", LOG_INTERVAL_S)
-        if len(args) < 7 and disabled_by_environment():  # disable, its seventh
-            kwargs["disable"] = True
-        original(self, *args, **kwargs)
+        # Its arguments by name, however the caller gave them (file, mininterval, disable by position too).
+        call = parameters.bind(self, *args, **kwargs)
+        given = call.arguments
+        if given.get("file") is None:
+            given["file"] = _STDERR
+        isatty = getattr(given["file"], "isatty", None)
+        if "mininterval" not in given and not (isatty and isatty()):
+            given["mininterval"] = LOG_INTERVAL_S
+        if disabled_by_environment():
+            given["disable"] = True
+        original(*call.args, **call.kwargs)
 
     __init__._to_stderr = True  # type: ignore[attr-defined]
     bar.__init__ = __init__
