@@ -75,6 +75,8 @@ def test_an_entry_point_method_is_judged_and_one_registered_wrong_is_refused_nam
     with pytest.raises(ValueError, match=r"^unknown method 'lab-ucee' \(did you mean 'lab-uce'\?\) .*installed plug-ins "
                                          r"\(implicit_concept.methods entry points\): lab-args, lab-gone, lab-nested, lab-typo, lab-uce;"):
         get_method("lab-ucee")
+    with pytest.raises(ValueError, match=r"^unknown method 'Lab-Uce'"):
+        get_method("Lab-Uce")  # an entry point's name is matched as a built-in's is, exactly
 
 
 
