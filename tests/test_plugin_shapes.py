@@ -84,6 +84,15 @@ def test_a_plug_ins_description_that_raises_is_the_plug_ins_failure_at_load(lab)
         get_method(f"{name}:M")
 
 
+def test_a_plug_in_whose_description_is_none_is_described_by_its_docstring(lab):
+    """None (a config's unset field) is no description, not a wrong type: its class's docstring says it."""
+    from benchmark.method_evaluation import _description
+
+    name = lab("desc_none", BASE + "class M(Method):\n    \"\"\"A lab's closed-form edit.\"\"\"\n    description = None\n"
+                                   "    def build(self, ctx):\n        pass\n")
+    assert _description(get_method(f"{name}:M")) == "A lab's closed-form edit."
+
+
 def test_a_plug_in_named_as_a_built_in_method_in_another_case_is_refused(lab):
     """'SD' and 'sd' are one folder on macOS and Windows: the plug-in would overwrite sd's images."""
     name = lab("upper_sd", BASE + "class M(Method):\n    name = 'SD'\n    def build(self, ctx):\n        pass\n")

@@ -75,6 +75,8 @@ def test_an_entry_point_method_is_judged_and_one_registered_wrong_is_refused_nam
     with pytest.raises(ValueError, match=r"^unknown method 'lab-ucee' \(did you mean 'lab-uce'\?\) .*installed plug-ins "
                                          r"\(implicit_concept.methods entry points\): lab-args, lab-gone, lab-nested, lab-typo, lab-uce;"):
         get_method("lab-ucee")
+    with pytest.raises(ValueError, match=r"^unknown method 'Lab-Uce'"):
+        get_method("Lab-Uce")  # an entry point's name is matched as a built-in's is, exactly
 
 
 
@@ -187,6 +189,41 @@ def test_signal_handlers_loggers_and_environment_a_plug_in_sets_are_undone_after
     assert after[3] == before[3]
     assert after[4] == before[4]
 
+
+
+DECLARING_HABITS = HABITS + '''
+
+class Declares(Habits):
+    name = "declares"
+
+    def finetunes(self, ctx):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.stderr = Tee(sys.stderr)
+        os.environ["WANDB_MODE"] = "offline"
+        logging.getLogger().setLevel(logging.DEBUG)
+        return [FineTune()]
+'''
+
+
+def test_what_a_plug_ins_finetunes_sets_is_put_back(lab):
+    """``finetunes(ctx)`` is the plug-in's code as much as its build: its handler, stream, environment
+    and logging level were every later stage's (what it did at import is put back by loading)."""
+    from benchmark.methods.interface import declared_finetunes
+
+    logging.getLogger("diffusers")
+    method = get_method(f"{lab('declaring', DECLARING_HABITS)}:Declares")
+    before = (signal.getsignal(signal.SIGINT), sys.stderr, dict(os.environ), _logging())
+    try:
+        declared = declared_finetunes(method, None)
+        after = (signal.getsignal(signal.SIGINT), sys.stderr, dict(os.environ), _logging())
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        sys.stderr = before[1]
+        os.environ.clear()
+        os.environ.update(before[2])
+        logging.getLogger().setLevel(before[3][0])
+    assert len(declared) == 1
+    assert after[0] == before[0] and after[1] is before[1] and after[2] == before[2] and after[3] == before[3]
 
 class LabStop(BaseException):
     """A lab's own stop, raised past ``except Exception`` on purpose."""

@@ -109,7 +109,9 @@ def test_the_leaderboard_ranks_comparable_runs_and_says_when_runs_do_not_compare
     assert "not comparable" in board.markdown
     assert main(["leaderboard", str(a), str(other), "--out", f"{tmp_path / 'lb'}/"]) == 0  # a folder typed as one
     assert "not comparable" in (tmp_path / "lb" / "leaderboard.html").read_text()
-    assert capsys.readouterr().out.splitlines()[-1] == f"{tmp_path / 'lb' / 'leaderboard.md'}, {tmp_path / 'lb' / 'leaderboard.html'}"
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[-1] == f"{tmp_path / 'lb' / 'leaderboard.md'}, {tmp_path / 'lb' / 'leaderboard.html'}"
+    assert printed.startswith((tmp_path / "lb" / "leaderboard.md").read_text())  # the table on stdout, then where it is
 
 
 def _row(r, method="sd", concept="qrcode", **fields):
