@@ -112,14 +112,8 @@ def test_an_entry_point_whose_module_is_there_but_fails_to_import_is_the_methods
         get_method("lab-stops")
 
 
-HABITS = '''
-import logging, os, signal, sys
-from benchmark.methods.interface import FineTune, Generator, Method
-
-logging.basicConfig(level=logging.DEBUG, force=True)
-os.environ["TQDM_DISABLE"] = "1"
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
+#: A training script's stderr logger, as the plug-ins below each define it.
+TEE = '''
 
 class Tee:
     """A training script's logger: what is written to stderr goes to its log file too."""
@@ -132,7 +126,16 @@ class Tee:
 
     def flush(self):
         self.stream.flush()
+'''
 
+HABITS = '''
+import logging, os, signal, sys
+from benchmark.methods.interface import FineTune, Generator, Method
+
+logging.basicConfig(level=logging.DEBUG, force=True)
+os.environ["TQDM_DISABLE"] = "1"
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+''' + TEE + '''
 
 class Habits(Method):
     name = "habits"
@@ -188,7 +191,6 @@ def test_signal_handlers_loggers_and_environment_a_plug_in_sets_are_undone_after
     assert after[1] is before[1] and after[2] is before[2]
     assert after[3] == before[3]
     assert after[4] == before[4]
-
 
 
 DECLARING_HABITS = HABITS + '''
@@ -269,7 +271,6 @@ def test_a_base_exception_a_plug_in_raises_is_its_failure_and_a_keyboard_interru
             declared_finetunes(method, None)
     finally:
         sys.modules.pop("lab_errors", None)
-
 
 
 STOPPING_SITES = {
@@ -458,7 +459,6 @@ def test_a_pipeline_of_a_labs_own_whose_call_cannot_take_the_benchmarks_argument
     assert len(evaluate.images("own-taking")) == 2
 
 
-
 def test_a_pipeline_that_cannot_take_its_own_generators_call_arguments_is_refused_naming_them(lab, evaluate):
     """What build's Generator adds (call_kwargs) is checked with the benchmark's own arguments: a
     function that takes the benchmark's but not ``eta`` failed in the sampling loop instead, and is
@@ -479,18 +479,7 @@ def test_a_pipeline_that_cannot_take_its_own_generators_call_arguments_is_refuse
 CRASHING_HABITS = '''
 import logging, os, signal, sys
 from benchmark.methods.interface import Method
-
-
-class Tee:
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, text):
-        return self.stream.write(text)
-
-    def flush(self):
-        self.stream.flush()
-
+''' + TEE + '''
 
 class Crashes(Method):
     name = "crashes"
