@@ -197,7 +197,7 @@ class Declares(Habits):
     name = "declares"
 
     def finetunes(self, ctx):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, lambda signum, frame: setattr(self, "stop", True))
         sys.stderr = Tee(sys.stderr)
         os.environ["WANDB_MODE"] = "offline"
         logging.getLogger().setLevel(logging.DEBUG)
