@@ -199,7 +199,7 @@ class Declares(Habits):
     name = "declares"
 
     def finetunes(self, ctx):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, lambda signum, frame: setattr(self, "stop", True))
         sys.stderr = Tee(sys.stderr)
         os.environ["WANDB_MODE"] = "offline"
         logging.getLogger().setLevel(logging.DEBUG)
@@ -485,8 +485,8 @@ class Crashes(Method):
     name = "crashes"
 
     def build(self, ctx):
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # its own: not what any was (SIG_IGN under nohup)
+            signal.signal(sig, lambda signum, frame: setattr(self, "stop", True))
         sys.stdout, sys.stderr = Tee(sys.stdout), Tee(sys.stderr)
         os.environ["LAB_RUN_ID"] = "7"
         os.environ["IC_TEST_CHANGED"] = "lab"
