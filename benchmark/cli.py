@@ -649,7 +649,7 @@ def console_main() -> None:
     (a method's ``build``, its pipeline) left a non-daemon thread or ``multiprocessing`` child
     running: the interpreter's exit waits for every such thread and child, so one that never ends
     kept a finished run from ever exiting. A child still running after the grace is ended with the
-    command (as a daemon child is); a thread cannot be, and is left behind by ``os._exit``."""
+    command (as a daemon child is); a thread cannot be ended, so the process exits past it (``os._exit``)."""
     code = main()
     threads, children = _left_running(LEFT_RUNNING_GRACE_S)
     if not threads and not children:
