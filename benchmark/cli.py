@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -138,7 +139,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     if run_benchmark(run):  # empty on the helper processes of a multi-process run
-        print((run.root / "results.md").read_text())
+        print((run.root / "results.md").read_text(encoding="utf-8"))
         print(f"results: {run.root / 'results.json'}")
     return 0
 
@@ -649,8 +650,13 @@ def console_main() -> None:
     (a method's ``build``, its pipeline) left a non-daemon thread or ``multiprocessing`` child
     running: the interpreter's exit waits for every such thread and child, so one that never ends
     kept a finished run from ever exiting. A child still running after the grace is ended with the
-    command (as a daemon child is); a thread cannot be ended, so the process exits past it (``os._exit``)."""
-    code = main()
+    command (as a daemon child is); a thread cannot be ended, so the process exits past it (``os._exit``).
+    An error no command caught (a bug) is shown as Python shows it and exits 1, past them too."""
+    try:
+        code = main()
+    except Exception:
+        traceback.print_exc()
+        code = 1
     threads, children = _left_running(LEFT_RUNNING_GRACE_S)
     if not threads and not children:
         sys.exit(code)

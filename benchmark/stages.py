@@ -125,7 +125,7 @@ def detector_identity(run: BenchmarkRun, dataset: Path, base: Path | None = None
     detector's file format and, when the track asks for them, the base's generated images (named by
     the base's weights, the prompts and the sampler settings)."""
     scale = load_scale(run.track.detector_scale)
-    checksums = (dataset / CHECKSUMS).read_text()
+    checksums = (dataset / CHECKSUMS).read_text(encoding="utf-8")
     identity: dict[str, Any] = {"scale": dict(scale.__dict__), "data": hashlib.sha256(checksums.encode()).hexdigest(), "format": DETECTOR_FORMAT}
     backgrounds, calibration = run.track.detector_backgrounds, run.track.detector_calibration
     if backgrounds or calibration:
@@ -260,7 +260,7 @@ def finetune_key(base: Path, subset: Path, config: Any, detector: Any) -> str:
     listing = subset.parent / CHECKSUMS
     if not listing.is_file():
         raise FileNotFoundError(f"{listing}: missing; the dataset's checksums name the data a fine-tune is cached under")
-    train = sorted(line for line in listing.read_text().splitlines() if line.split("  ")[-1].startswith(f"{subset.name}/train/"))
+    train = sorted(line for line in listing.read_text(encoding="utf-8").splitlines() if line.split("  ")[-1].startswith(f"{subset.name}/train/"))
     inputs = {"base": pipeline_sha256(base), "data": subset.name, "train_shards": train, "config": config.to_dict()}
     if config.geom.geometry_source == "detector":
         inputs["detector"] = sha256_file(detector.path)

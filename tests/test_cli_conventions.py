@@ -393,6 +393,21 @@ def test_a_finished_command_exits_past_threads_and_processes_a_plug_in_left_runn
         assert not _pid_running(pid), "the child was left running"
 
 
+def test_an_error_no_command_caught_exits_1_with_its_traceback_past_what_a_plug_in_left_running(tmp_path):
+    """A bug escaping every command's handlers after a plug-in started a thread that never ends hung
+    at exit as a finished run did: its traceback is shown as Python shows it, exit handlers run, and
+    the process exits 1 past the thread."""
+    script = LEFT_RUNNING.replace('    print("results")\n    return 3', '    raise RuntimeError("a bug in the toolkit")')
+    assert script != LEFT_RUNNING
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "atexit"), str(tmp_path / "upload"), "threads"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("Traceback (most recent call last):"), done.stderr
+    assert "RuntimeError: a bug in the toolkit" in done.stderr
+    assert done.stderr.splitlines()[-1].startswith("implicit-concept: 1 left running") and "lab-metrics-logger" in done.stderr
+    assert (tmp_path / "atexit").read_text() == "atexit ran"
+
+
 def test_a_command_that_leaves_nothing_running_exits_as_before():
     quiet = subprocess.run([sys.executable, "-m", "benchmark.cli", "--version"], cwd=REPO, capture_output=True, text=True,
                            timeout=120)

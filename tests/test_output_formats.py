@@ -1,6 +1,7 @@
 """The machine-readable files the toolkit writes, read as a lab's scripts read them: ``JSON.parse``,
 jq and pandas take strict JSON in UTF-8 only (no ``NaN`` or ``Infinity`` token, no byte that is not
 UTF-8), whatever a record holds: a measure of nothing, a file name that is not UTF-8."""
+import ast
 import json
 import math
 import os
@@ -24,6 +25,8 @@ from implicit_concept.scoring import ScoreConfig, score_images
 from tests.real_runs import real_run
 from tests.test_detection import FakeDetector
 from tests.test_results_page import _edit, fake_run
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def strict_json(path):
@@ -144,3 +147,50 @@ def test_a_fid_over_fewer_than_two_images_is_refused_saying_so():
     one, two = [Image.new("RGB", (8, 8))], [Image.new("RGB", (8, 8))] * 2
     with pytest.raises(ValueError, match=r"^scene-FID needs at least 2 generated and 2 reference images, got 1 generated and 2 reference: .*--no-quality"):
         scene_fid(one, two, extractor=None)
+
+
+def _text_opens_without_encoding(source: Path) -> list[str]:
+    """Where ``source`` opens a text file in the locale's encoding: ``open``/``Path.open`` in a text
+    mode, ``read_text``/``write_text``, with no ``encoding`` named."""
+    def mode(call, position, default="'r'"):
+        if len(call.args) > position:
+            return ast.unparse(call.args[position])
+        named = [k.value for k in call.keywords if k.arg == "mode"]
+        return ast.unparse(named[0]) if named else default
+
+    found = []
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Call) or any(k.arg == "encoding" for k in node.keywords):
+            continue
+        func = node.func
+        owner = ast.unparse(func.value) if isinstance(func, ast.Attribute) else None
+        if (isinstance(func, ast.Name) and func.id == "open") or (owner == "io" and func.attr == "open"):
+            text = "b" not in mode(node, 1)
+        elif owner in ("gzip", "bz2", "lzma") and func.attr == "open":  # binary unless a text mode is named
+            text = "t" in mode(node, 1, "'rb'")
+        elif isinstance(func, ast.Attribute) and func.attr in ("read_text", "write_text"):
+            text = True
+        elif isinstance(func, ast.Attribute) and func.attr == "open" and owner not in ("Image", "tarfile", "os"):
+            text = "b" not in mode(node, 0)
+        else:
+            text = False
+        if text:
+            found.append(f"{source}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_every_text_file_the_toolkit_reads_or_writes_is_utf_8_whatever_the_locale():
+    """Records are UTF-8 (a name that is not ASCII, a lab's caption); a read in the locale's encoding
+    (a machine set to Latin-1) takes them as other characters, or fails. Every text open names its
+    encoding; found: the checksums listing a fine-tune's cache key is made of, and results.md printed."""
+    sources = [path for package in ("implicit_concept", "builders", "benchmark") for path in sorted((REPO / package).rglob("*.py"))]
+    assert len(sources) > 50
+    assert [line for path in sources for line in _text_opens_without_encoding(path)] == []
+
+
+def test_the_encoding_check_finds_text_opens_in_the_locale_s_encoding(tmp_path):
+    source = tmp_path / "module.py"
+    source.write_text("import pathlib\np = pathlib.Path('x')\np.read_text()\nopen(p, 'w')\np.open()\np.write_text('a')\n"
+                      "open(p, 'rb')\np.open('wb')\np.read_text(encoding='utf-8')\nopen(p, encoding='utf-8')\n"
+                      "import gzip\ngzip.open(p, 'rb')\ngzip.open(p, 'rt')\ngzip.open(p)\n", encoding="utf-8")
+    assert [line.split(": ", 1)[0].rsplit(":", 1)[1] for line in _text_opens_without_encoding(source)] == ["3", "4", "5", "6", "13"]

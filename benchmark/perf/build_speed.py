@@ -49,7 +49,7 @@ def make_source_folder(folder: Path, count: int, side: int) -> None:
         buffer = io.BytesIO()
         render_scene(scene, side).save(buffer, format="JPEG", quality=95)
         (folder / f"{i:06d}.jpg").write_bytes(buffer.getvalue())
-        (folder / f"{i:06d}.txt").write_text(scene.caption)
+        (folder / f"{i:06d}.txt").write_text(scene.caption, encoding="utf-8")
 
 
 def _floor_shard(args: tuple[list[Path], Path, int]) -> int:

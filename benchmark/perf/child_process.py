@@ -38,7 +38,7 @@ def peak_rss() -> int:
     getrusage maxrss survives exec, so a spawned child would report at least its parent's resident
     memory at the fork that precedes it (seen: every child at the parent's 4.9 GB)."""
     try:
-        status = Path("/proc/self/status").read_text()
+        status = Path("/proc/self/status").read_text(encoding="utf-8")
     except OSError:  # no /proc (macOS): its maxrss is in bytes, not KiB
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     return next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:"))

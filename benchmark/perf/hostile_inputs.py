@@ -210,9 +210,9 @@ def make_folder_source(folder: Path) -> tuple[Counter[str], int]:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(3):
         (folder / f"good{i}.jpg").write_bytes(good_jpeg(100 + i))
-        (folder / f"good{i}.txt").write_text("a good photo")
+        (folder / f"good{i}.txt").write_text("a good photo", encoding="utf-8")
     secret = folder.parent / "secret.txt"
-    secret.write_text("a file outside the source that must not reach the dataset")
+    secret.write_text("a file outside the source that must not reach the dataset", encoding="utf-8")
     hostile = {
         "bomb_rgba.png": png_bomb(),
         "bomb_16bit.png": png_bomb(sixteen_bit=True),
@@ -228,17 +228,17 @@ def make_folder_source(folder: Path) -> tuple[Counter[str], int]:
     for name, data in hostile.items():
         (folder / name).write_bytes(data)
         if name not in ("zero_caption.jpg", "fifo_caption.jpg", "leak_caption.jpg", "big_caption.jpg"):
-            (folder / name).with_suffix(".txt").write_text("hostile")
+            (folder / name).with_suffix(".txt").write_text("hostile", encoding="utf-8")
     (folder / "zero_caption.txt").symlink_to("/dev/zero")
     os.mkfifo(folder / "fifo_caption.txt")
     (folder / "leak_caption.txt").symlink_to(secret)
     with open(folder / "big_caption.txt", "wb") as f:
         f.truncate(GIB)
     (folder / "zero_image.jpg").symlink_to("/dev/zero")
-    (folder / "zero_image.txt").write_text("hostile")
+    (folder / "zero_image.txt").write_text("hostile", encoding="utf-8")
     with open(folder / "sparse_image.jpg", "wb") as f:
         f.truncate(DECLARED)
-    (folder / "sparse_image.txt").write_text("hostile")
+    (folder / "sparse_image.txt").write_text("hostile", encoding="utf-8")
     expected = Counter(too_large=2, not_a_regular_file=4, caption_too_large=1, file_too_large=1, undecodable_name=1,
                        unsupported_format=1, too_many_chunks=2)
     return expected, 3
@@ -277,7 +277,7 @@ def recipe(name: str, source: dict) -> dict:
 def build_in_child(raw_recipe: dict, out: Path) -> tuple[int, int, dict]:
     """Build in a child process; return (exit status, peak RSS in bytes, its build report)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out.parent / f"{out.name}.recipe.json").write_text(json.dumps(raw_recipe))
+    (out.parent / f"{out.name}.recipe.json").write_text(json.dumps(raw_recipe), encoding="utf-8")
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
@@ -303,7 +303,7 @@ def build_in_child(raw_recipe: dict, out: Path) -> tuple[int, int, dict]:
         report = json.loads(stdout)
     else:
         killed = f"killed after {CHILD_TIMEOUT_S:g} s\n" if proc.returncode == -9 else ""
-        report = {"samples": 0, "failures": {}, "stderr": killed + log.read_text(errors="replace")[-2000:]}
+        report = {"samples": 0, "failures": {}, "stderr": killed + log.read_text(encoding="utf-8", errors="replace")[-2000:]}
     # The child's own high-water mark; wait4's counts the parent's memory at the fork.
     return proc.returncode, report.pop("peak_bytes", usage.ru_maxrss * 1024), report
 
@@ -314,7 +314,7 @@ def _child(recipe_file: str, out: str) -> None:
 
     from benchmark.perf.child_process import peak_rss
 
-    report = build_dataset(parse_recipe(json.loads(Path(recipe_file).read_text())), Path(out), workers=1, progress=False)
+    report = build_dataset(parse_recipe(json.loads(Path(recipe_file).read_text(encoding="utf-8"))), Path(out), workers=1, progress=False)
     print(json.dumps({"samples": report.samples, "failures": report.failures, "peak_bytes": peak_rss()}))
 
 

@@ -31,7 +31,7 @@ def procedural_folder(folder: Path, train: int, seed: int = 0) -> Path:
     folder = Path(folder)
     made_for = json.dumps({"seed": seed, "train": train}, sort_keys=True)
     if folder.exists():
-        recorded = (folder / DONE).read_text(errors="replace").strip() if (folder / DONE).is_file() else ""
+        recorded = (folder / DONE).read_text(encoding="utf-8", errors="replace").strip() if (folder / DONE).is_file() else ""
         if recorded != made_for:
             raise ValueError(f"{folder}: holds {_described(recorded)}, not {train} procedural train images with seed "
                              f"{seed}; use another work folder, or remove this one")
@@ -49,10 +49,10 @@ def procedural_folder(folder: Path, train: int, seed: int = 0) -> Path:
                 buffer = io.BytesIO()
                 item.image.save(buffer, format="JPEG", quality=95)
                 (tmp / f"{name}.jpg").write_bytes(buffer.getvalue())
-                (tmp / f"{name}.txt").write_text(item.caption)
+                (tmp / f"{name}.txt").write_text(item.caption, encoding="utf-8")
             if not any(wanted.values()):
                 break
-        (tmp / DONE).write_text(made_for)
+        (tmp / DONE).write_text(made_for, encoding="utf-8")
     return folder
 
 

@@ -101,14 +101,14 @@ def tiny(args: argparse.Namespace) -> int:
                                         threads=args.threads, geom=geom, train_text=train_text, seed=0)
                 out = root / f"{name}-{repeat}"
                 train(base, args.data, out, config, progress=False)
-                runs[name].append(json.loads((out / RUN_FILE).read_text()))
+                runs[name].append(json.loads((out / RUN_FILE).read_text(encoding="utf-8")))
         step = {name: statistics.median(r["step_seconds_median"] for r in rs) for name, rs in runs.items()}
         prepare = {name: statistics.median(r["prepare_seconds"] for r in rs) for name, rs in runs.items()}
         overhead = {name: step[name] / step["plain"] - 1 for name in configs if name != "plain"}
 
         pipe = load_pipeline(root / "geom-erasing-0" / "pipeline")
         pipe.set_progress_bar_config(disable=True)
-        negative = json.loads((root / "geom-erasing-0" / RUN_FILE).read_text())["negative_prompt"]
+        negative = json.loads((root / "geom-erasing-0" / RUN_FILE).read_text(encoding="utf-8"))["negative_prompt"]
         prompts = ["a small red circle on the left on a blue background"] * args.samples
         pipe(prompts[:2], num_inference_steps=2, output_type="np")  # warm-up
         started = time.time()
@@ -230,7 +230,7 @@ def _timed_run(base: Path, data: str, out: Path, config: TrainingConfig) -> dict
     from benchmark.training import RUN_FILE, train
 
     train(base, data, out, config, progress=False)
-    record = json.loads((out / RUN_FILE).read_text())
+    record = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
     shutil.rmtree(out)
     return {k: record[k] for k in ("step_seconds", "prepare_seconds", "final_loss")}
 
