@@ -15,11 +15,11 @@ from benchmark.track import Track
 from benchmark.track_check import check_track
 from builders.recipe import Recipe, load_recipe, source_from_spec
 from builders.sources import make_source
+from implicit_concept.content_hashes import sha256_file
 from implicit_concept.detector.inference import Detector
 from implicit_concept.detector.weights import weights_path
-from implicit_concept.files import (
-    FolderClaimError, atomic_write_json, check_apart, json_differences, read_json_object, sha256_file, shown_differences,
-)
+from implicit_concept.files import FolderClaimError, atomic_write_json, check_apart
+from implicit_concept.json_records import json_differences, read_json_object, shown_differences
 from implicit_concept.validate import check_folder_name
 
 DEFAULT_CACHE = Path(".cache") / "implicit-concept"

@@ -16,7 +16,9 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from benchmark.failures import MethodFailed
-from implicit_concept.files import discard_output, file_kind, out_of_space, space_message
+from implicit_concept.bounded_reads import file_kind
+from implicit_concept.disk_space import out_of_space, space_message
+from implicit_concept.files import discard_output
 from implicit_concept.provenance import version
 from implicit_concept.worker_processes import STOP_SIGNALS, end_process, interrupts, stopped_by
 

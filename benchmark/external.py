@@ -29,12 +29,15 @@ from benchmark.prompts import Prompt, prompts_sha256, read_prompts, resolve_prom
 from benchmark.published_models import is_published
 from benchmark.track import Track
 from builders.recipe import recipe_name
+from implicit_concept.content_hashes import folder_sha256, sha256_file
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import atomic_write_json, folder_sha256, locked, read_json_object, sha256_file, within
+from implicit_concept.file_locks import locked
+from implicit_concept.files import atomic_write_json, within
 from implicit_concept.geom_erasing.location_tokens import tokens_not_held
 from implicit_concept.geom_erasing.training_target import METADATA_FILE, negative_prompt_for
 from implicit_concept.image_decode import open_image
 from implicit_concept.image_stream import IMAGE_SUFFIXES, ImageReadError, require_readable
+from implicit_concept.json_records import read_json_object
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import ScoreConfig
 from implicit_concept.shard_reader import is_hidden

@@ -26,7 +26,9 @@ from typing import Any
 from benchmark.report import CONTROLS, cell, code, md_text, pct
 from benchmark.results_file import check_results, is_ratio, read_results
 from benchmark.results_page import STYLE, markdown_html
-from implicit_concept.files import atomic_write_text, read_json_object, sha256_file
+from implicit_concept.content_hashes import sha256_file
+from implicit_concept.files import atomic_write_text
+from implicit_concept.json_records import read_json_object
 from implicit_concept.provenance import version
 
 #: What ``score-pipeline`` and ``score-images`` write beside their images.

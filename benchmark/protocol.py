@@ -37,8 +37,10 @@ from benchmark.results_page import write_results_page
 from benchmark.targets import Targets, check_targets
 from benchmark.track import Track
 from benchmark.training import processes as process_state
+from implicit_concept.content_hashes import sha256_file
 from implicit_concept.detector.inference import Detector
-from implicit_concept.files import atomic_write_bytes, atomic_write_json, locked, sha256_file
+from implicit_concept.file_locks import locked
+from implicit_concept.files import atomic_write_bytes, atomic_write_json
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import CleanReference, ScoreConfig, ScoreReport, score_images
 from implicit_concept.stats import CROSSED_AT_LEAST_BINOMIAL, CROSSED_MEAN, crossed_mean, crossed_share

@@ -28,8 +28,12 @@ from safetensors.torch import load_file, save_file
 
 from benchmark.models.base_model import BASE_FILE, BaseModelConfig
 from benchmark.models.pipelines import build_tiny_pipeline, load_pipeline, save_portable_pipeline
+from implicit_concept.content_hashes import folder_sha256, sha256_file
 from implicit_concept.detector.weights import RECORD_NAME, WEIGHTS_NAME
-from implicit_concept.files import atomic_dir, atomic_write_json, folder_sha256, locked, read_json_object, sha256_file, writing
+from implicit_concept.disk_space import writing
+from implicit_concept.file_locks import locked
+from implicit_concept.files import atomic_dir, atomic_write_json
+from implicit_concept.json_records import read_json_object
 
 log = logging.getLogger(__name__)
 

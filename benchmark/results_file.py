@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from implicit_concept.files import read_json_object
+from implicit_concept.json_records import read_json_object
 
 RATIO = "not a ratio {'value': 0..1, 'ci': [low, high]} with 0 <= low <= high <= 1"
 

@@ -24,15 +24,16 @@ from benchmark.track import DETECTOR_SUBSET, Track
 from benchmark.training import PIPELINE_DIR, TrainingConfig, processes, train
 from builders.build import build_dataset
 from builders.dataset_card import CHECKSUMS
-from builders.shard_builder import read_stats
 from builders.recipe import load_recipe, source_from_spec
+from builders.shard_builder import read_stats
 from builders.verify import require_verified
+from implicit_concept.content_hashes import sha256_file
 from implicit_concept.detector.inference import Detector
 from implicit_concept.detector.training import load_scale, train_detector
 from implicit_concept.detector.weights import FORMAT as DETECTOR_FORMAT
 from implicit_concept.detector.weights import RECORD_NAME
 from implicit_concept.detector.yolo_env import use_cache
-from implicit_concept.files import locked, sha256_file
+from implicit_concept.file_locks import locked
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 from implicit_concept.provenance import cache_key
 from implicit_concept.scoring import clean_images

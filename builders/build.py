@@ -32,10 +32,10 @@ from builders.recipe import Recipe, hashed_with_paths, portable_source, relative
 from builders.shard_builder import ShardBuilder, is_complete, parquet_path, plan_record, read_stats, shard_dir, shard_problem, stats_path
 from builders.shard_table import SCHEMA, parquet_bytes, table_metadata
 from builders.source_screen import detector_fingerprint
-from implicit_concept.files import (
-    MISSING, TEMPORARY_MARK, FolderClaimError, atomic_write_bytes, atomic_write_json, claim, json_changes, locked,
-    read_json_object, space_message, within,
-)
+from implicit_concept.disk_space import space_message
+from implicit_concept.file_locks import locked
+from implicit_concept.files import TEMPORARY_MARK, FolderClaimError, atomic_write_bytes, atomic_write_json, claim, within
+from implicit_concept.json_records import MISSING, json_changes, read_json_object
 from implicit_concept.provenance import environment
 
 RECIPE_RECORD = "recipe.json"

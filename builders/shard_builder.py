@@ -33,7 +33,8 @@ from builders.sources import make_source
 from builders.sources.base import MAX_PLANNED_SHARDS, RawItem, raise_cap
 from implicit_concept.compositing import MIN_SEEN, Composition
 from implicit_concept.concepts import Layer, make_renderer
-from implicit_concept.files import atomic_write_json, sha256_file
+from implicit_concept.content_hashes import sha256_file
+from implicit_concept.files import atomic_write_json
 from implicit_concept.provenance import version
 from implicit_concept.sample import SPLITS, SampleMeta, Screen
 from implicit_concept.shard_writer import TarShardWriter

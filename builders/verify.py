@@ -33,8 +33,11 @@ from builders.shard_builder import WorkUnit, key_index, plan_units, recorded_pla
 from builders.shard_table import COLUMNS, sample_row, status_of
 from builders.sources import WebDatasetConfig, make_source
 from builders.sources.webdataset_source import tar_paths
-from implicit_concept.files import LOCK_NAME, is_temporary, json_differences, read_locked, sha256_file
+from implicit_concept.content_hashes import sha256_file
+from implicit_concept.file_locks import LOCK_NAME, read_locked
+from implicit_concept.files import is_temporary
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, load_pixels
+from implicit_concept.json_records import json_differences
 from implicit_concept.progress import progress_bar
 from implicit_concept.sample import SPLITS, SampleMeta
 from implicit_concept.shard_reader import (

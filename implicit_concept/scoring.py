@@ -21,12 +21,15 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageStat
 
+from implicit_concept.bounded_reads import read_regular_file
 from implicit_concept.checkers import Checker, available_checkers
 from implicit_concept.concepts import CONCEPT_NAMES
+from implicit_concept.content_hashes import sha256_file
 from implicit_concept.detector.inference import Detection, Detector
 from implicit_concept.detector.weights import MIN_THRESHOLD
-from implicit_concept.files import MAX_JSON_FILE_BYTES, atomic_write_text, json_text, read_regular_file, sha256_file
+from implicit_concept.files import atomic_write_text
 from implicit_concept.image_stream import ImageSource, is_shard_source, iter_images
+from implicit_concept.json_records import MAX_JSON_FILE_BYTES, json_text
 from implicit_concept.progress import progress_bar
 from implicit_concept.provenance import environment
 from implicit_concept.shard_reader import iter_samples

@@ -33,7 +33,7 @@ from typing import Callable, Collection, Iterator, NamedTuple
 
 from braceexpand import braceexpand
 
-from implicit_concept.files import file_kind
+from implicit_concept.bounded_reads import file_kind
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, decode_rgb, load_pixels, open_image
 from implicit_concept.sample import Sample, SampleMeta
 from implicit_concept.streams import open_stream

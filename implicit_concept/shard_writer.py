@@ -11,7 +11,9 @@ import os
 import tarfile
 from pathlib import Path
 
-from implicit_concept.files import naming, sha256_file, temporary_name
+from implicit_concept.content_hashes import sha256_file
+from implicit_concept.disk_space import naming
+from implicit_concept.files import temporary_name
 
 
 class TarShardWriter:

@@ -311,7 +311,7 @@ def test_a_shard_pattern_or_stream_is_left_to_the_reader():
 
 
 def test_a_path_that_is_a_fifo_where_a_folder_is_expected_is_named_as_one(tmp_path):
-    """The path check says what stands there in the project's one wording (files.file_kind)."""
+    """The path check says what stands there in the project's one wording (bounded_reads.file_kind)."""
     from benchmark.cli import path_problem
 
     os.mkfifo(tmp_path / "pipe")

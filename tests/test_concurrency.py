@@ -15,7 +15,8 @@ from builders.build import build_dataset
 from builders.dataset_card import CHECKSUMS
 from builders.recipe import load_recipe
 from builders.verify import verify_dataset
-from implicit_concept.files import FolderBusyError, locked, temporary_name
+from implicit_concept.file_locks import FolderBusyError, locked
+from implicit_concept.files import temporary_name
 from manifests import RECIPES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 HOLD = """
 import sys, time
 from pathlib import Path
-from implicit_concept.files import locked
+from implicit_concept.file_locks import locked
 with locked(Path(sys.argv[1])):
     print("held", flush=True)
     if len(sys.argv) > 3:  # until the file argv[3] appears, or argv[2] seconds

@@ -13,13 +13,13 @@ import yaml
 from PIL import Image
 
 from benchmark.cli import main
+from implicit_concept import image_stream
 from implicit_concept.checkers import OpenCVQRChecker, available_checkers
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.export import DEFAULT_VALIDATION_SHARE, export_detection_dataset, in_validation
 from implicit_concept.detector.inference import Detection, Detector, DetectorError
 from implicit_concept.detector.training import DetectorScale, ScaleError, load_scale
 from implicit_concept.geom_erasing.degraded_boxes import box_iou, degrade_box
-from implicit_concept import image_stream
 from implicit_concept.image_stream import ImageReadError, iter_images, load_image
 from implicit_concept.provenance import version
 from implicit_concept.sample import Box, Instance, SampleMeta
@@ -485,8 +485,9 @@ def test_missing_detector_names_the_file(tmp_path):
 
 
 def test_corrupt_detector_names_the_file(tmp_path):
+    from implicit_concept.content_hashes import sha256_file
     from implicit_concept.detector.weights import DetectorRecord, record_path
-    from implicit_concept.files import atomic_write_json, sha256_file
+    from implicit_concept.files import atomic_write_json
 
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"this is not a checkpoint" * 10)

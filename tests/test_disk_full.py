@@ -9,7 +9,7 @@ import shutil
 import pytest
 from safetensors import SafetensorError
 
-from implicit_concept import files
+from implicit_concept import disk_space, file_locks
 
 FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
 
@@ -39,34 +39,34 @@ def test_a_full_disk_in_any_command_is_one_line_naming_the_file_and_the_space_le
 def test_a_library_error_that_carries_an_os_error_is_that_os_error_naming_the_file(tmp_path):
     target = tmp_path / "unet.safetensors"
     with pytest.raises(OSError) as e:
-        with files.writing(target):
+        with disk_space.writing(target):
             raise SafetensorError(FULL)
     assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(target))
-    assert files.space_message(e.value).startswith(f"{target}: cannot be written: the disk is full")
+    assert disk_space.space_message(e.value).startswith(f"{target}: cannot be written: the disk is full")
     other = SafetensorError("Error while deserializing header: HeaderTooLarge")
     with pytest.raises(SafetensorError):  # not an OS error: as it was
-        with files.writing(target):
+        with disk_space.writing(target):
             raise other
     named = OSError(errno.EIO, "Input/output error", str(tmp_path / "other"))
     with pytest.raises(OSError) as e:  # an OS error naming its own file keeps it
-        with files.writing(target):
+        with disk_space.writing(target):
             raise named
     assert e.value is named
 
 
 def test_a_step_that_knows_its_size_refuses_a_disk_with_less_before_writing(tmp_path, monkeypatch):
-    monkeypatch.setattr(files, "free_bytes", lambda path: 3 << 20)
+    monkeypatch.setattr(disk_space, "free_bytes", lambda path: 3 << 20)
     out = tmp_path / "models" / "sd"
     with pytest.raises(OSError) as e:
-        files.require_space(out, 5 << 30, "the pipeline's weights")
+        disk_space.require_space(out, 5 << 30, "the pipeline's weights")
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(out)
-    assert files.space_message(e.value) == (f"{out}: cannot be written: not enough free space for the pipeline's weights "
+    assert disk_space.space_message(e.value) == (f"{out}: cannot be written: not enough free space for the pipeline's weights "
                                             "(5.0 GiB needed, 3.0 MiB free there); make room and rerun the same command to resume")
-    files.require_space(out, 3 << 20, "the pipeline's weights")  # exactly what is free: runs
+    disk_space.require_space(out, 3 << 20, "the pipeline's weights")  # exactly what is free: runs
 
 
 def test_free_bytes_asks_the_nearest_folder_that_exists(tmp_path):
-    free = files.free_bytes(tmp_path / "not" / "yet" / "made")
+    free = disk_space.free_bytes(tmp_path / "not" / "yet" / "made")
     st = os.statvfs(tmp_path)
     assert free is not None and abs(free - st.f_bavail * st.f_frsize) < 64 << 20
 
@@ -79,12 +79,12 @@ def test_saving_a_pipeline_refuses_a_disk_smaller_than_its_weights_before_writin
                                tmp_path / "tokenizer", seed=0)
     needed = weights_bytes(pipe)
     assert needed == sum(p.numel() * 4 for m in (pipe.unet, pipe.text_encoder, pipe.vae) for p in m.parameters())
-    monkeypatch.setattr(files, "free_bytes", lambda path: needed - 1)
+    monkeypatch.setattr(disk_space, "free_bytes", lambda path: needed - 1)
     with pytest.raises(OSError) as e:
         save_portable_pipeline(pipe, tmp_path / "sd")
     assert e.value.errno == errno.ENOSPC and "for the pipeline's weights (" in e.value.strerror
     assert not (tmp_path / "sd").exists()
-    monkeypatch.setattr(files, "free_bytes", lambda path: needed)
+    monkeypatch.setattr(disk_space, "free_bytes", lambda path: needed)
     save_portable_pipeline(pipe, tmp_path / "sd")
     assert (tmp_path / "sd" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size > 0
 
@@ -99,7 +99,7 @@ def test_a_full_disk_in_the_middle_of_an_export_names_its_folder_and_keeps_the_e
     from benchmark import cli
 
     def content(folder):
-        return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != files.LOCK_NAME}
+        return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != file_locks.LOCK_NAME}
 
     shards, out = debug_dataset / "icd-qrcode", tmp_path / "export"
     assert cli.main(["export", str(shards), "--out", str(out), "--quiet"]) == 0
@@ -131,10 +131,10 @@ def test_a_filesystem_that_reports_no_size_is_not_refused(tmp_path, monkeypatch)
     """Some FUSE mounts answer statvfs with 0 blocks, 0 free, and take writes: unknown, not full."""
     real = os.statvfs
     monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result((4096, 4096, 0, 0, 0, 0, 0, 0, 0, 255)))
-    assert files.free_bytes(tmp_path) is None
-    files.require_space(tmp_path, 1 << 40, "the pipeline's weights")
+    assert disk_space.free_bytes(tmp_path) is None
+    disk_space.require_space(tmp_path, 1 << 40, "the pipeline's weights")
     monkeypatch.setattr(os, "statvfs", real)
-    assert files.free_bytes(tmp_path) is not None
+    assert disk_space.free_bytes(tmp_path) is not None
 
 
 def test_a_command_that_words_its_own_write_errors_says_a_full_disk_as_every_command(tmp_path, monkeypatch, capsys):

@@ -18,8 +18,9 @@ from builders.build import BuildError, build_dataset
 from builders.dataset_card import CHECKSUMS
 from builders.recipe import load_recipe
 from builders.verify import verify_dataset
-from implicit_concept import files
-from implicit_concept.files import LOCK_NAME, FolderBusyError, atomic_write_bytes, lock_path, locked, temporary_name
+from implicit_concept import disk_space, files
+from implicit_concept.file_locks import LOCK_NAME, FolderBusyError, lock_path, locked
+from implicit_concept.files import atomic_write_bytes, temporary_name
 from implicit_concept.shard_writer import TarShardWriter
 from manifests import RECIPES_DIR
 from tests.process_table import alive_in_group, left_in_group
@@ -41,7 +42,7 @@ def _hold(path: Path, inside: bool, seconds: float = 60, done: Path | None = Non
     code = textwrap.dedent("""
         import sys, time
         from pathlib import Path
-        from implicit_concept.files import locked
+        from implicit_concept.file_locks import locked
         with locked(Path(sys.argv[1]), inside=sys.argv[2] == "1"):
             print("held", flush=True)
             time.sleep(float(sys.argv[3]))
@@ -188,7 +189,7 @@ def test_an_atomic_write_that_fails_names_the_file_and_leaves_no_temporary(tmp_p
     with pytest.raises(OSError) as e:
         atomic_write_bytes(target, b"x" * 100)
     assert e.value.filename == str(target) and e.value.errno == errno.EFBIG
-    assert files.out_of_space(e.value) == "the file size limit was hit (ulimit -f)"
+    assert disk_space.out_of_space(e.value) == "the file size limit was hit (ulimit -f)"
     assert list(tmp_path.iterdir()) == []
 
 

@@ -22,7 +22,7 @@ from benchmark.models.pipeline_identity import model_record, pipeline_source, re
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
 from benchmark.models.pretrained_check import check_pretrained
 from benchmark.track import load_track
-from implicit_concept.files import locked
+from implicit_concept.file_locks import locked
 from implicit_concept.geom_erasing.location_tokens import add_tokens
 from tests.real_runs import real_run
 from tests.test_benchmark_io import _FakeReport

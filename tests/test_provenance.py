@@ -18,7 +18,8 @@ from builders.build import _recipe_change, build_dataset
 from builders.recipe import RecipeError, load_recipe, parse_recipe, source_from_spec
 from builders.shard_table import METADATA_KEYS, table_bytes
 from builders.verify import verify_dataset
-from implicit_concept.files import FolderClaimError, folder_sha256
+from implicit_concept.content_hashes import folder_sha256
+from implicit_concept.files import FolderClaimError
 from implicit_concept.provenance import version
 from manifests import RECIPES_DIR
 from tests.test_sources import jpeg, write_tar

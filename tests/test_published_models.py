@@ -15,7 +15,7 @@ from benchmark.published_models import (
     published_base,
     published_detector,
 )
-from implicit_concept.files import folder_sha256
+from implicit_concept.content_hashes import folder_sha256
 from implicit_concept.scene.grammar import ProceduralConfig
 
 MICRO = TinyPipelineConfig(image_size=32, patch_size=4, unet_channels=(16, 32), unet_attention=(False, True), text_hidden=16, text_layers=1, text_heads=2)
@@ -101,8 +101,8 @@ def test_the_repositorys_published_evaluator_and_base_load_without_pickle_and_ma
     from benchmark.published_models import PUBLISHED_DIR, default_detector
     from benchmark.track import load_track
     from implicit_concept.concepts import CONCEPT_NAMES
+    from implicit_concept.content_hashes import sha256_file
     from implicit_concept.detector.inference import Detector
-    from implicit_concept.files import sha256_file
 
     def refuse(*args, **kwargs):
         raise AssertionError("a published model was unpickled")
@@ -200,7 +200,7 @@ def test_a_base_record_that_leaves_out_a_part_is_refused_naming_it_not_a_key_err
 def test_every_published_record_is_pinned_in_the_code_and_matches():
     """The root of trust: a republished folder fails here until its pin line (`publish` prints it) is committed."""
     from benchmark.published_models import PINNED_RECORDS, PUBLISHED_DIR, REQUIRED_FILES, _checked_record, pin_line, record_file
-    from implicit_concept.files import sha256_file
+    from implicit_concept.content_hashes import sha256_file
     from implicit_concept.scoring import CLEAN_REFERENCE_NAME
 
     assert CLEAN_REFERENCE_NAME in REQUIRED_FILES["identity.json"]
@@ -222,7 +222,7 @@ def test_a_resealed_record_of_the_published_evaluator_is_refused(tmp_path, monke
     import shutil
 
     import benchmark.published_models as pm
-    from implicit_concept.files import sha256_file
+    from implicit_concept.content_hashes import sha256_file
 
     root = tmp_path / "published"
     shutil.copytree(pm.PUBLISHED_DIR / "detector-tiny", root / "detector-tiny")

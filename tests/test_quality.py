@@ -203,7 +203,7 @@ class _Planted:
 def test_the_cache_is_safetensors_with_its_sha256_and_loads_without_torch_load(extractor, monkeypatch):
     from safetensors.torch import load_file
 
-    from implicit_concept.files import sha256_file
+    from implicit_concept.content_hashes import sha256_file
 
     weights = extractor.path / WEIGHTS_NAME
     assert WEIGHTS_NAME == "weights.safetensors" and sorted(load_file(weights)) == sorted(extractor.net.state_dict())
@@ -219,7 +219,7 @@ def test_the_cache_is_safetensors_with_its_sha256_and_loads_without_torch_load(e
 
 
 def _reseal(entry):
-    from implicit_concept.files import sha256_file
+    from implicit_concept.content_hashes import sha256_file
 
     info = json.loads((entry / "info.json").read_text())
     info["weights_sha256"] = sha256_file(entry / WEIGHTS_NAME)

@@ -16,7 +16,7 @@ from benchmark.leaderboard import leaderboard
 from benchmark.report import cell, plot_icr
 from benchmark.results_page import markdown_html, write_results_page
 from benchmark.sample_grid import method_grid
-from implicit_concept.files import sha256_file
+from implicit_concept.content_hashes import sha256_file
 
 BROWSER = shutil.which("chromium-headless-shell") or shutil.which("chromium")
 

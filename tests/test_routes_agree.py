@@ -18,8 +18,8 @@ from benchmark.methods import get_method
 from benchmark.models.pipelines import save_portable_pipeline
 from benchmark.track import load_track
 from implicit_concept.concepts import CONCEPT_NAMES
+from implicit_concept.content_hashes import folder_sha256
 from implicit_concept.detector.inference import Detection
-from implicit_concept.files import folder_sha256
 from implicit_concept.scoring import CLEAN_REFERENCE_NAME
 from tests.real_runs import real_run
 from tests.test_handovers import MICRO, saved  # noqa: F401 (fixture)

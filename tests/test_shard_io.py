@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from benchmark.perf import hostile_inputs as hostile
-from implicit_concept.files import sha256_file
+from implicit_concept.content_hashes import sha256_file
 from implicit_concept.shard_reader import ShardError, group_members, iter_samples, iter_tar_members, list_shards
 from implicit_concept.shard_writer import TarShardWriter
 from tests.bounded_memory import memory_headroom

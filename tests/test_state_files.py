@@ -125,8 +125,8 @@ def test_a_run_whose_rows_another_evaluator_scored_is_refused_before_any_method(
     would have scored half the table with another detector, silently."""
     from benchmark.protocol import _check_same_evaluator
     from benchmark.published_models import default_detector
+    from implicit_concept.content_hashes import sha256_file
     from implicit_concept.detector.inference import Detector
-    from implicit_concept.files import sha256_file
 
     from .real_runs import real_run
     from .test_results_page import fake_run

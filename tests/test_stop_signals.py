@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from builders.dataset_card import CHECKSUMS
-from implicit_concept.files import locked
+from implicit_concept.file_locks import locked
 from manifests import RECIPES_DIR
 from tests.process_table import alive_in_group, left_in_session
 

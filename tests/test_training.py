@@ -306,10 +306,10 @@ def test_a_full_disk_writing_a_checkpoint_keeps_the_one_before_and_a_rerun_ends_
 def test_a_fine_tune_refuses_a_disk_that_cannot_hold_a_checkpoint_and_its_pipeline_before_training(setup, tmp_path, monkeypatch):
     import errno
 
-    from implicit_concept import files
+    from implicit_concept import disk_space
 
     base, shards = setup
-    monkeypatch.setattr(files, "free_bytes", lambda path: 1 << 10)
+    monkeypatch.setattr(disk_space, "free_bytes", lambda path: 1 << 10)
     out = tmp_path / "run"
     with pytest.raises(OSError) as e:
         train(base, shards, out, TrainingConfig(**FAST), progress=False)

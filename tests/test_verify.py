@@ -19,7 +19,7 @@ from builders.recipe import load_recipe
 from builders.shard_builder import ShardBuilder, stats_path, tar_path
 from builders.shard_table import sample_row, table_bytes
 from builders.verify import DatasetVerifyError, require_verified, verify_dataset
-from implicit_concept.files import sha256_file
+from implicit_concept.content_hashes import sha256_file
 from implicit_concept.sample import Instance, SampleMeta
 from implicit_concept.shard_writer import TarShardWriter
 

@@ -30,12 +30,16 @@ from benchmark.evaluation.scene_attributes import heads, object_count, object_in
 from benchmark.evaluation.scene_features_errors import CONFIG_NAME, SceneFeaturesError, config_fields
 from benchmark.evaluation.scene_features_net import SceneNet, to_batch
 from benchmark.evaluation.scene_features_training import HELDOUT_STREAM, STREAM_TAG, accuracy, draw_scenes, train_net
-from implicit_concept.files import atomic_dir, locked, read_json_object, sha256_file, writing
+from implicit_concept.content_hashes import sha256_file
+from implicit_concept.disk_space import writing
+from implicit_concept.file_locks import locked
+from implicit_concept.files import atomic_dir
+from implicit_concept.json_records import read_json_object
 from implicit_concept.provenance import cache_key, config_hash, environment
 from implicit_concept.scene.grammar import ProceduralConfig
 from implicit_concept.tensor_checks import non_finite
-from implicit_concept.validate import check_choice, check_fields, check_int, is_number
 from implicit_concept.torch_settings import MAX_THREADS, torch_threads
+from implicit_concept.validate import check_choice, check_fields, check_int, is_number
 
 #: Bump when a code change alters the trained weights for an unchanged config: old caches are then ignored.
 FORMAT_VERSION = 1

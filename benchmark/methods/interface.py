@@ -19,7 +19,8 @@ from benchmark.library_patches import kept_library_functions
 from benchmark.models.pipelines import save_portable_pipeline
 from benchmark.plugin_state import kept_plugin_state
 from implicit_concept.concepts import concept
-from implicit_concept.files import atomic_dir, locked
+from implicit_concept.file_locks import locked
+from implicit_concept.files import atomic_dir
 from implicit_concept.provenance import cache_key, canonical_json
 from implicit_concept.torch_settings import kept_torch_settings, torch_threads
 

@@ -27,7 +27,7 @@ from benchmark.failures import MethodFailed, plugin_failure, plugin_output
 from benchmark.library_patches import refused_library_replacements
 from benchmark.methods.interface import Method
 from benchmark.plugin_state import kept_plugin_state
-from implicit_concept.files import sha256_file
+from implicit_concept.content_hashes import sha256_file
 from implicit_concept.torch_settings import kept_torch_settings
 from implicit_concept.validate import FOLDER_NAME
 

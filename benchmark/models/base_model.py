@@ -21,7 +21,8 @@ from benchmark.models.named_scenes import NamedConcepts, NamedSceneMaker
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, save_portable_pipeline
 from benchmark.training import PIPELINE_DIR, TrainingConfig, processes, train
 from builders.sources.procedural import ProceduralSource
-from implicit_concept.files import atomic_dir, atomic_write_json, locked
+from implicit_concept.file_locks import locked
+from implicit_concept.files import atomic_dir, atomic_write_json
 from implicit_concept.provenance import cache_key, config_hash, environment, version
 from implicit_concept.sample import Sample, SampleMeta
 from implicit_concept.scene.grammar import ProceduralConfig

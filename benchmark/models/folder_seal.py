@@ -13,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from implicit_concept.files import atomic_write_json, read_json_object, sha256_file
+from implicit_concept.content_hashes import sha256_file
+from implicit_concept.files import atomic_write_json
+from implicit_concept.json_records import read_json_object
 
 
 class FolderChanged(ValueError):

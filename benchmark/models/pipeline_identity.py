@@ -24,7 +24,8 @@ from typing import Any, Iterator
 import torch
 
 from benchmark.models.pipelines import CONFIG_NAMES, DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS, loaded_weight_files, portable_config
-from implicit_concept.files import folder_sha256, read_json_object, sha256_file
+from implicit_concept.content_hashes import folder_sha256, sha256_file
+from implicit_concept.json_records import read_json_object
 
 
 def _folder(part: Any) -> str | None:

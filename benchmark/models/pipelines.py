@@ -44,7 +44,9 @@ from benchmark.models import patch_autoencoder
 from benchmark.models.clip_tokenizer import CLIP_MAX_LENGTH, build_clip_tokenizer, write_vocab_files
 from benchmark.models.patch_autoencoder import PatchAutoencoder
 from builders.recipe import MAX_IMAGE_SIZE
-from implicit_concept.files import file_kind, read_json_object, require_space, writing
+from implicit_concept.bounded_reads import file_kind
+from implicit_concept.disk_space import require_space, writing
+from implicit_concept.json_records import read_json_object
 from implicit_concept.tensor_checks import SAFETENSORS_FLOATS, all_finite
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")

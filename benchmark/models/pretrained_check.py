@@ -38,7 +38,7 @@ from benchmark.models.pipelines import (
     track_sampler,
     weight_files,
 )
-from implicit_concept.files import read_json_object
+from implicit_concept.json_records import read_json_object
 
 #: The pipeline class a base may be: SD 1.x and 2.x save this one (SD 2's v-prediction included).
 PIPELINE_CLASS = "StableDiffusionPipeline"

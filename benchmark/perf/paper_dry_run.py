@@ -29,7 +29,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from benchmark.perf import probe_cli
 from benchmark.perf.child_process import ChildResult, run_in_child
-from implicit_concept.files import atomic_write_json, sha256_file
+from implicit_concept.content_hashes import sha256_file
+from implicit_concept.files import atomic_write_json
 
 if TYPE_CHECKING:
     from benchmark.benchmark_run import BenchmarkRun

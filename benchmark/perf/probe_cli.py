@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmark.cli import Parser, int_at_least, one_line, path_problem, stdout_closed
-from implicit_concept.files import atomic_write_json, file_kind
+from implicit_concept.bounded_reads import file_kind
+from implicit_concept.files import atomic_write_json
 
 count = int_at_least
 

@@ -34,8 +34,10 @@ from benchmark.models.pipelines import save_portable_pipeline
 from benchmark.training.config import TrainingConfig
 from benchmark.training.new_tokens import NewTokenRows
 from benchmark.training.state_files import JSON_SUFFIX, TENSORS_SUFFIX, load_state, save_state
-from implicit_concept.files import atomic_dir, atomic_write_json, json_differences, read_json_object, shown_differences, writing
+from implicit_concept.disk_space import writing
+from implicit_concept.files import atomic_dir, atomic_write_json
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig, write_metadata
+from implicit_concept.json_records import json_differences, read_json_object, shown_differences
 from implicit_concept.provenance import config_hash, environment, package_versions
 from implicit_concept.tensor_checks import SAFETENSORS_FLOATS, all_finite, non_finite
 

@@ -55,7 +55,7 @@ from benchmark.training.data import (
 )
 from benchmark.training.memory import accelerator_for, apply_memory_options
 from benchmark.training.new_tokens import NewTokenRows, average_across_processes
-from implicit_concept.files import require_space
+from implicit_concept.disk_space import require_space
 from implicit_concept.geom_erasing.location_tokens import add_tokens
 from implicit_concept.progress import progress_bar
 from implicit_concept.provenance import config_hash

@@ -24,7 +24,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from implicit_concept.files import MAX_JSON_FILE_BYTES, atomic_write_json, read_regular_file, size_text, writing
+from implicit_concept.bounded_reads import read_regular_file
+from implicit_concept.disk_space import size_text, writing
+from implicit_concept.files import atomic_write_json
+from implicit_concept.json_records import MAX_JSON_FILE_BYTES
 
 JSON_SUFFIX = ".json"
 TENSORS_SUFFIX = ".safetensors"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from implicit_concept.files import file_kind
+from implicit_concept.bounded_reads import file_kind
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS
 from implicit_concept.sample import SPLITS
 from implicit_concept.shard_reader import MAX_JSON_BYTES, is_hidden

@@ -25,8 +25,10 @@ from typing import Any, Callable
 import yaml
 
 from implicit_concept.concepts import CONCEPT_NAMES
-from implicit_concept.files import atomic_dir, check_apart, folder_sha256, json_text, remove_dead_writers_temporaries, sha256_file
+from implicit_concept.content_hashes import folder_sha256, sha256_file
+from implicit_concept.files import atomic_dir, check_apart, remove_dead_writers_temporaries
 from implicit_concept.image_decode import SampleError, decode_rgb, open_image
+from implicit_concept.json_records import json_text
 from implicit_concept.progress import progress_bar
 from implicit_concept.provenance import environment
 from implicit_concept.sample import SampleMeta, key_hash

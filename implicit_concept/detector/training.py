@@ -32,13 +32,15 @@ import yaml
 from PIL import Image
 
 from implicit_concept.concepts import CONCEPT_NAMES
+from implicit_concept.content_hashes import sha256_file
 from implicit_concept.detector.calibration import calibrate_thresholds
 from implicit_concept.detector.export import DEFAULT_VALIDATION_SHARE, DetectionDataset, export_detection_dataset, in_validation
 from implicit_concept.detector.image_sets import ImageSet, ImageSetDigest, ImageSetError, named_images, pixel_sha256, write_backgrounds
 from implicit_concept.detector.inference import Detector, model_config
 from implicit_concept.detector.weights import DEFAULT_CONF, WEIGHTS_NAME, is_model_yaml, model_yaml, record_path, weights_state, write_detector
 from implicit_concept.detector.yolo_env import import_ultralytics
-from implicit_concept.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_apart, locked, sha256_file
+from implicit_concept.file_locks import locked
+from implicit_concept.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_apart
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import (
     CLEAN_REFERENCE_NAME,

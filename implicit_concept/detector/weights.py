@@ -23,7 +23,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from implicit_concept.files import LOCK_NAME, atomic_write_bytes, atomic_write_json, read_json_object, read_locked, sha256_file
+from implicit_concept.content_hashes import sha256_file
+from implicit_concept.file_locks import LOCK_NAME, read_locked
+from implicit_concept.files import atomic_write_bytes, atomic_write_json
+from implicit_concept.json_records import read_json_object
 from implicit_concept.tensor_checks import non_finite
 from implicit_concept.validate import check_fields
 

@@ -1,0 +1,142 @@
+"""One process at a time makes a folder or cache entry: ``flock`` on a lock file named from the
+real path, held for the making, dropped by the kernel however the holder ends.
+
+Several processes may share a cache or a run folder (two terminals, a cluster's nodes on one
+filesystem); a second maker waits for the first, then reuses what it made (:func:`locked`), and a
+reader holds the lock shared so nothing changes while it reads (:func:`read_locked`).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+
+class FolderBusyError(ValueError):
+    """Another process holds a folder's lock; the message names the folder and that process's pid."""
+
+
+#: The lock file :func:`locked` keeps inside a folder it claims with ``inside``: hidden, so no
+#: reader, listing or hash of the folder takes it for data.
+LOCK_NAME = ".implicit-concept.lock"
+
+#: Errors of opening a lock file where this process may not write (a read-only mount or share).
+_CANNOT_WRITE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def lock_path(path: Path, inside: bool = False) -> Path:
+    """The file :func:`locked` locks for ``path``: ``path/.implicit-concept.lock`` with ``inside``,
+    else ``.NAME.lock`` beside it. Named from the real path (symlinks resolved, ``.`` and ``..``
+    gone), so every spelling of one folder takes one lock."""
+    real = Path(path).resolve()
+    if inside:
+        return real / LOCK_NAME
+    if not real.name:
+        raise ValueError(f"{path}: the root folder cannot be locked; choose a folder below it")
+    return real.with_name(f".{real.name}.lock")
+
+
+@contextmanager
+def read_locked(path: Path, inside: bool = False, wait: bool = True) -> Iterator[str | None]:
+    """Hold ``path``'s lock shared for the block, so that no maker (:func:`locked`) changes it while
+    it is read; yields None. A maker holding it: with ``wait``, wait for it to finish; without, yield
+    its pid (as text; "unknown" if unrecorded) and hold nothing. Only reads: no lock file is made,
+    so this works in a read-only folder (one never locked has nothing to wait for)."""
+    try:
+        fd = os.open(lock_path(path, inside), os.O_RDONLY)
+    except OSError:
+        yield None
+        return
+    try:
+        try:
+            busy = _take(fd, fcntl.LOCK_SH, path, wait)
+        except OSError:
+            busy = None  # a filesystem without shared locks on read-only descriptors: read unlocked
+        yield busy
+    finally:
+        os.close(fd)
+
+
+def _take(fd: int, mode: int, path: Path, wait: bool) -> str | None:
+    """Take ``flock`` ``mode`` on ``fd``: None once held; where another process holds it and not
+    ``wait``, its pid (as text; "unknown" if unrecorded), holding nothing."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        if not wait:
+            return pid
+        log.warning("%s: in use by another process (pid %s); waiting for it", path, pid)
+        fcntl.flock(fd, mode)
+    return None
+
+
+def _open_lock(lock: Path) -> int | None:
+    """An fd on ``lock``, made if need be; None where this process cannot write there."""
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if e.errno not in _CANNOT_WRITE:
+            raise
+    try:  # a lock file another process made: waiting on it still waits for a writer elsewhere
+        return os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+
+
+@contextmanager
+def locked(path: Path, wait: bool = True, refusal: str = "wait for it to finish", holder: bool = True,
+           inside: bool = False) -> Iterator[None]:
+    """Hold the lock of ``path`` (a folder or file, made or not yet) for the block, so that one
+    process at a time makes it.
+
+    The lock is ``flock`` on :func:`lock_path`'s file, holding the holder's pid: the kernel drops it
+    when the holder ends, however it ends, so a killed job never leaves a folder locked. It is named
+    from the real path, so a folder reached through a symlink takes the same lock. ``inside``: the
+    lock file lives in the folder ``path`` itself (which must exist), not in its parent: for a
+    folder a user names (``--out``, a run folder), so that its parent need not be writable and
+    holds no lock file. A cache entry made by renaming a folder into place locks beside it.
+    With ``wait`` a second process blocks until the first is done (then finds what it made);
+    without, it fails at once with :class:`FolderBusyError`, naming the folder, the holder's pid and
+    ``refusal``. Not re-entrant: a process must not lock a path it already holds. With ``holder``
+    false the block runs without the lock: the processes of one multi-GPU run make an entry
+    together while their main process holds it, and wait for it at a barrier.
+
+    Where the lock file cannot be written (a read-only cache or share), the block runs without it:
+    writing ``path`` needs that same folder writable, so this process can only read what is already
+    complete there (entries are renamed into place whole); anything it would have to write fails
+    with an error naming the file.
+    """
+    if not holder:
+        yield
+        return
+    path = Path(path)
+    fd = _open_lock(lock_path(path, inside))
+    if fd is None:
+        log.debug("%s: cannot write its lock file; reading it unlocked", path)
+        yield
+        return
+    try:
+        try:
+            busy = _take(fd, fcntl.LOCK_EX, path, wait)
+        except OSError as e:  # a read-only descriptor where exclusive locks need a writable one (NFS)
+            if e.errno != errno.EBADF:
+                raise
+        else:
+            if busy is not None:
+                raise FolderBusyError(f"{path}: in use by another process (pid {busy}); {refusal}")
+            try:  # the holder's pid, for whoever finds it busy (after a wait too)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            except OSError:
+                pass  # a lock file this process can only read: held all the same, its pid unrecorded
+        yield
+    finally:
+        os.close(fd)

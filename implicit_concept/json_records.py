@@ -1,0 +1,103 @@
+"""The JSON records every output carries: one strict layout written, bounded objects read, and the
+fields two records differ in.
+
+Labs read records with ``JSON.parse``, jq and pandas, so every one is strict JSON in UTF-8
+(:func:`json_text`); a record handed over is read bounded and checked to be an object
+(:func:`read_json_object`); every "did the config change?" check names the fields that differ
+(:func:`json_differences`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from implicit_concept.bounded_reads import read_regular_file
+
+
+def json_text(obj: Any) -> str:
+    """The one JSON layout of every record the project writes: sorted keys, indented, UTF-8, and
+    strict JSON, as ``JSON.parse``, jq and every other parser read it: a number that is not finite
+    (NaN, infinity: Python's ``json`` would write tokens no other parser takes) is ``null``, and a
+    lone surrogate (a file name that is not UTF-8, as Python holds one) its ``\\uDCxx`` escape, which
+    ``json.loads`` reads back as the same name (its bytes would not be UTF-8)."""
+    text = json.dumps(finite_json(obj), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")  # only lone surrogates fail to encode
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every float that is not finite (NaN, infinity) replaced by None, at any depth
+    (dicts, lists, tuples): JSON has no such number, and ``null`` is what ``JSON.stringify`` writes."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+#: The largest JSON file read as a record, state or config: far above any the project writes (the
+#: tiny track's results.json is 250 KB), and parsed whole, so a file handed over cannot take the memory.
+MAX_JSON_FILE_BYTES = 64 << 20
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from a file someone may have handed over; ValueError names the file unless it
+    is one (FileNotFoundError passes through, for the caller to say what was expected there). At
+    most :data:`MAX_JSON_FILE_BYTES`, from a regular file (:func:`read_regular_file`)."""
+    data = read_regular_file(Path(path), MAX_JSON_FILE_BYTES)
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except ValueError as e:  # bad UTF-8, bad JSON, or an integer over Python's 4300 digits
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+#: In :func:`json_changes`, the side of a change that has no such key (or list item).
+MISSING: Any = _Missing()
+
+
+def json_changes(old: Any, new: Any, *, into_lists: bool = False, where: str = "") -> list[tuple[str, Any, Any]]:
+    """``(path, old value, new value)`` wherever two JSON values differ: objects are compared key by
+    key (``a.b``; a key only one side has is :data:`MISSING` on the other), any other value whole.
+    ``into_lists``: lists that hold objects or lists are compared item by item too (``a[3].b``).
+    Two values the same at the top: no change; differing there, the path is ``(the whole record)``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[tuple[str, Any, Any]] = []
+        for key in sorted(set(old) | set(new), key=str):
+            path = f"{where}.{key}" if where else str(key)
+            if key not in old or key not in new:
+                out.append((path, old.get(key, MISSING), new.get(key, MISSING)))
+            else:
+                out += json_changes(old[key], new[key], into_lists=into_lists, where=path)
+        return out
+    if into_lists and isinstance(old, list) and isinstance(new, list) and any(isinstance(v, (dict, list)) for v in old + new):
+        out = []
+        for i in range(max(len(old), len(new))):
+            a, b = (old[i] if i < len(old) else MISSING), (new[i] if i < len(new) else MISSING)
+            path = f"{where}[{i}]"
+            out += [(path, a, b)] if a is MISSING or b is MISSING else json_changes(a, b, into_lists=True, where=path)
+        return out
+    return [] if old == new else [(where or "(the whole record)", old, new)]
+
+
+def json_differences(old: Any, new: Any, *, into_lists: bool = False) -> list[str]:
+    """The paths at which two JSON values differ (:func:`json_changes`): what every "did the config
+    change?" check names."""
+    return [path for path, _, _ in json_changes(old, new, into_lists=into_lists)]
+
+
+def shown_differences(paths: Sequence[str], show: int = 8) -> str:
+    """``paths`` for a message: the first ``show``, then how many more."""
+    return ", ".join(paths[:show]) + (f" and {len(paths) - show} more" if len(paths) > show else "")
