@@ -649,8 +649,11 @@ def console_main() -> None:
     (a method's ``build``, its pipeline) left a non-daemon thread or ``multiprocessing`` child
     running: the interpreter's exit waits for every such thread and child, so one that never ends
     kept a finished run from ever exiting. A child still running after the grace is ended with the
-    command (as a daemon child is); a thread cannot be ended, so the process exits past it (``os._exit``)."""
+    command (as a daemon child is); a thread cannot be ended, so the process exits past it (``os._exit``).
+    What is printed after :func:`main` returns (such a thread's lines, an exit handler a plug-in
+    registered) goes to stderr: stdout holds the command's results, which ``> results.md`` keeps."""
     code = main()
+    _results_ended()
     threads, children = _left_running(LEFT_RUNNING_GRACE_S)
     if not threads and not children:
         sys.exit(code)
@@ -669,6 +672,15 @@ def console_main() -> None:
     except OSError:
         pass  # a reader gone: the exit status says the rest
     os._exit(code)
+
+
+def _results_ended() -> None:
+    """stdout, which holds the results only, closed to what prints after them: ``sys.stdout`` is stderr."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        discard_output(1)  # a reader gone: the exit status says the rest
+    sys.stdout = sys.stderr
 
 
 def _left_running(grace_s: float) -> tuple[list[threading.Thread], list[multiprocessing.process.BaseProcess]]:
