@@ -1,15 +1,16 @@
 """What code the benchmark does not own may change process-wide besides torch's settings: the working
 folder, which the toolkit's relative paths (``runs/``, ``data/``, the cache) are read from, the
-warnings filters, numpy's floating-point error handling, the environment, the signal handlers,
-``sys.stdout`` and ``sys.stderr``, the logging levels, the umask, tempfile's folder, the exception
-hooks, the garbage collector's switch, and the global random generators.
+warnings filters, numpy's floating-point error handling, the environment, the signal handlers and
+the alarm, ``sys.stdout`` and ``sys.stderr``, the logging levels, the umask, tempfile's folder, the
+exception hooks, the garbage collector's switch, and the global random generators.
 
 A plug-in whose ``build`` runs ``os.chdir`` to call its own scripts, or turns warnings into errors,
 has both put back after each call into its code, so the next method is not failed by a library's
 deprecation warning. So are research code's other habits: a SIGINT or SIGTERM handler that saves
-its training on Ctrl-C (left installed, Ctrl-C no longer stopped the run), a logger put in place
-of ``sys.stderr`` (the run's progress and errors went to the lab's log file), ``os.environ`` set
-for its own libraries (``TQDM_DISABLE``, the cache folder, what ``--jobs`` workers start from),
+its training on Ctrl-C (left installed, Ctrl-C no longer stopped the run), a watchdog's
+``signal.alarm`` never disarmed (firing in a later stage: SIGALRM's default ends the process), a
+logger put in place of ``sys.stderr`` (the run's progress and errors went to the lab's log file),
+``os.environ`` set for its own libraries (``TQDM_DISABLE``, the cache folder, what ``--jobs`` workers start from),
 ``logging.basicConfig(level=logging.DEBUG)`` at the top of its module (every later stage's library
 debug lines on stderr: PIL's, one per PNG chunk read), ``os.umask(0o077)`` (every later file of
 the run, the shared cache's too, unreadable to the lab's group), ``tempfile.tempdir`` pointed at a
@@ -38,6 +39,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
@@ -91,18 +93,29 @@ def _umask() -> int:
     return umask
 
 
+#: The signals whose handler a plug-in may leave changed and that the rest of the run would meet:
+#: the stop signals, and the two whose default ends the process (SIGPIPE at a write to a closed
+#: pipe, SIGALRM when a watchdog's alarm fires).
+KEPT_SIGNALS = (*STOP_SIGNALS, signal.SIGPIPE, signal.SIGALRM)
+
+
 @contextmanager
 def kept_signal_handlers() -> Iterator[None]:
-    """SIGINT's, SIGTERM's and SIGHUP's handlers as they were before the block (set in the main
-    thread only; elsewhere none can be set)."""
+    """The handlers of :data:`KEPT_SIGNALS` as they were before the block (set in the main thread
+    only; elsewhere none can be set), and the real-time alarm (``signal.alarm``, ``setitimer``) as
+    it was: one the block armed is disarmed, one armed before (a test's timeout) runs on."""
     main = threading.current_thread() is threading.main_thread()
-    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if main else {}
+    before = {sig: signal.getsignal(sig) for sig in KEPT_SIGNALS} if main else {}
+    alarm, start = signal.getitimer(signal.ITIMER_REAL), time.monotonic()
     try:
         yield
     finally:
         for sig, handler in before.items():
             if handler is not None and signal.getsignal(sig) is not handler:  # None: set outside Python
                 signal.signal(sig, handler)
+        left = alarm[0] - (time.monotonic() - start)
+        if main and (left > 0 or not alarm[0]):  # one armed before that came due in the block has fired
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.0), alarm[1])
 
 
 @contextmanager

@@ -4,6 +4,7 @@ collector, put back after its code so the run's later files and stages are as wi
 what it prints at the process's exit kept off stdout, which holds the command's results."""
 import gc
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,47 @@ def test_what_a_plug_in_leaves_set_is_put_back_before_its_images_and_the_next_st
     assert after == before
     with tempfile.NamedTemporaryFile():
         pass
+
+
+WATCHDOG = '''
+import signal
+from benchmark.methods.interface import FineTune, Generator, Method
+
+
+def on_timeout(signum, frame):
+    raise TimeoutError("lab: build took over an hour")
+
+
+class Watched(Method):
+    name = "watched"
+
+    def build(self, ctx):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # a command-line script's quiet end under | head
+        signal.signal(signal.SIGALRM, on_timeout)
+        signal.setitimer(signal.ITIMER_REAL, 3600.0)  # a watchdog over its build, never disarmed
+        return Generator(ctx.load_pipeline(ctx.finetune(FineTune())))
+'''
+
+
+def test_an_alarm_a_plug_in_left_armed_is_disarmed_and_its_fatal_signal_defaults_put_back(lab, evaluate):
+    """A watchdog alarm a build armed and never disarmed fired an hour later in whatever stage ran
+    then (its TimeoutError that stage's failure; SIGALRM's default ends the process, "Alarm clock",
+    status 142); SIGPIPE's default, left set, ended the run at its first write to a closed pipe
+    instead of the toolkit's BrokenPipeError handling."""
+    before = signal.getsignal(signal.SIGPIPE), signal.getsignal(signal.SIGALRM), signal.getitimer(signal.ITIMER_REAL)
+    try:
+        rows = evaluate(f"{lab('watchdog', WATCHDOG)}:Watched")
+        after = signal.getsignal(signal.SIGPIPE), signal.getsignal(signal.SIGALRM), signal.getitimer(signal.ITIMER_REAL)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, *before[2])  # pytest-timeout's, if armed
+        signal.signal(signal.SIGPIPE, before[0])
+        signal.signal(signal.SIGALRM, before[1])
+    assert rows[0]["status"] == "ok"
+    assert after[:2] == before[:2]
+    if before[2] == (0.0, 0.0):
+        assert after[2] == (0.0, 0.0)
+    else:  # pytest-timeout's alarm runs on, not the plug-in's hour
+        assert 0 < after[2][0] <= before[2][0] and after[2][1] == before[2][1]
 
 
 TOUCHED_IN_BUILD = '''
