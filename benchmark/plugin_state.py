@@ -10,8 +10,8 @@ deprecation warning. So are research code's other habits: a SIGINT or SIGTERM ha
 its training on Ctrl-C (left installed, Ctrl-C no longer stopped the run), a watchdog's
 ``signal.alarm`` never disarmed (firing in a later stage: SIGALRM's default ends the process), a
 logger put in place of ``sys.stderr`` (the run's progress and errors went to the lab's log file),
-``os.environ`` set for its own libraries (``TQDM_DISABLE``, the cache folder, what ``--jobs`` workers start from),
-``logging.basicConfig(level=logging.DEBUG)`` at the top of its module (every later stage's library
+``os.environ`` set for its own libraries (``TQDM_DISABLE``, the cache folder, what ``--jobs``
+workers start from), ``logging.basicConfig(level=logging.DEBUG)`` at the top of its module (every later stage's library
 debug lines on stderr: PIL's, one per PNG chunk read), ``os.umask(0o077)`` (every later file of
 the run, the shared cache's too, unreadable to the lab's group), ``tempfile.tempdir`` pointed at a
 scratch folder it then removed (every later temporary file a ``FileNotFoundError``), a post-mortem
@@ -55,7 +55,7 @@ T = TypeVar("T")
 @contextmanager
 def kept_plugin_state() -> Iterator[None]:
     """Whatever the block does to the working folder, the warnings filters, numpy's floating-point
-    error handling, the environment, the stop signals' handlers, ``sys.stdout``/``sys.stderr``, the
+    error handling, the environment, the signal handlers and alarm, ``sys.stdout``/``sys.stderr``, the
     logging levels or the process settings (:func:`kept_process_settings`) is undone after it
     (``np.seterr(all="raise")``, research code's way to find a NaN, made every later method's and
     the scoring's invalid operations raise ``FloatingPointError``: an empty slice's mean, a NaN
