@@ -653,12 +653,15 @@ def console_main() -> None:
     running: the interpreter's exit waits for every such thread and child, so one that never ends
     kept a finished run from ever exiting. A child still running after the grace is ended with the
     command (as a daemon child is); a thread cannot be ended, so the process exits past it (``os._exit``).
-    An error no command caught (a bug) is shown as Python shows it and exits 1, past them too."""
+    An error no command caught (a bug) is shown as Python shows it and exits 1, past them too. What
+    is printed after the command ends (such a thread's lines, an exit handler a plug-in registered)
+    goes to stderr: stdout holds the command's results, which ``> results.md`` keeps."""
     try:
         code = main()
     except Exception:
         traceback.print_exc()
         code = 1
+    _results_ended()
     threads, children = _left_running(LEFT_RUNNING_GRACE_S)
     if not threads and not children:
         sys.exit(code)
@@ -677,6 +680,15 @@ def console_main() -> None:
     except OSError:
         pass  # a reader gone: the exit status says the rest
     os._exit(code)
+
+
+def _results_ended() -> None:
+    """stdout, which holds the results only, closed to what prints after them: ``sys.stdout`` is stderr."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        discard_output(1)  # a reader gone: the exit status says the rest
+    sys.stdout = sys.stderr
 
 
 def _left_running(grace_s: float) -> tuple[list[threading.Thread], list[multiprocessing.process.BaseProcess]]:

@@ -202,6 +202,27 @@ def test_two_labs_plug_in_files_of_one_module_name_are_told_apart_from_an_instal
         sys.modules.pop("their_methods", None)
 
 
+def test_a_helper_module_beside_a_plug_in_that_another_labs_of_the_same_name_holds_is_refused(lab_package):
+    """Two labs' loose plug-ins, each with a helpers.py beside it: the second's ``from helpers import
+    STRENGTH`` ran the first lab's helpers (its folder came first on sys.path, its module was in
+    sys.modules), so the second method's results changed with which method was named first, and its
+    images were keyed on its own helpers.py, which never ran."""
+    for lab, strength in (("lab_a", 0.5), ("lab_b", 1.0)):
+        (lab_package / lab).mkdir()
+        (lab_package / lab / "helpers.py").write_text(f"STRENGTH = {strength}\n")
+        (lab_package / lab / f"{lab}_method.py").write_text(BASE + "from helpers import STRENGTH\n"
+                                                            "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
+    try:
+        get_method("lab_a/lab_a_method.py:Mine")
+        assert sys.modules["lab_a_method"].STRENGTH == 0.5
+        with pytest.raises(ValueError, match=r"^--method lab_b/lab_b_method.py:Mine: imports 'helpers' as \S+lab_a/helpers.py, "
+                                             r"imported first \(by another --method\), not \S+lab_b/helpers.py beside it: .*rename one"):
+            get_method("lab_b/lab_b_method.py:Mine")
+    finally:
+        for name in ("helpers", "lab_a_method", "lab_b_method"):
+            sys.modules.pop(name, None)
+
+
 def test_a_method_flag_problem_is_not_said_to_be_the_track_files(lab_package):
     from benchmark.track import TrackError, load_track
     from benchmark.track_check import check_track

@@ -137,6 +137,7 @@ def _plugin(spec: str, registry: dict[str, Callable[[], Method]]) -> Any:
         raise plugin_failure(f"--method {spec}", f"importing {module_name}", e) from e
     if as_file:
         _require_imported_from(module, module_name, spec)
+    _require_own_helpers(module, spec)
     cls = getattr(module, attr, None)
     if cls is None:
         raise ValueError(f"--method {spec}: cannot import (module {module_name!r} has no attribute {attr!r}{_which_file(module, module_name)})")
@@ -213,6 +214,40 @@ def _require_imported_from(module: ModuleType, name: str, spec: str) -> None:
                              "beside it makes it lab_a.methods)")
         raise ValueError(f"--method {spec}: imports as module {name!r}, which is {file or 'a module without a file'}, "
                          "not this file (an installed module of that name comes first): rename yours")
+
+
+def _require_own_helpers(module: ModuleType, spec: str) -> None:
+    """Refuse a plug-in whose import of a helper beside it (``from helpers import X``, ``helpers.py``
+    in its folder) got another lab's module of that name, imported first by another ``--method``:
+    one name holds one module, so its code, and its results, would be the other lab's."""
+    found = _module_files(sys.modules.get(module.__name__.split(".")[0]))
+    if found is None or _installed(found[0]):
+        return
+    folder, root = found
+    todo, read = sorted(root.rglob("*.py")) if root.is_dir() else [root], set()
+    while todo:
+        path = todo.pop()
+        if path in read:
+            continue
+        read.add(path)
+        for name in sorted(_imported_names(path)):
+            beside = _beside(folder, name)
+            if beside is None:
+                continue
+            held = _module_files(sys.modules.get(name))
+            if held is not None and held[1].resolve() != beside.resolve() and not _installed(held[0]):
+                raise ValueError(f"--method {spec}: imports {name!r} as {held[1]}, imported first (by another --method), not "
+                                 f"{beside} beside it: one name holds one module; rename one, or give each lab a package "
+                                 "folder (an __init__.py beside it makes it lab_a.helpers)")
+            todo.extend(sorted(beside.rglob("*.py")) if beside.is_dir() else [beside])
+
+
+def _beside(folder: Path, name: str) -> Path | None:
+    """The module ``name`` as a file or package in ``folder``, if there is one."""
+    for path in (folder / f"{name}.py", folder / name):
+        if path.is_file() or (path / "__init__.py").is_file():
+            return path
+    return None
 
 
 def _named(method: Any, spec: str, default: str, registry: dict[str, Callable[[], Method]]) -> Any:
