@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, decode_rgb, error_text, open_image
+from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, decode_rgb, open_image
+from implicit_concept.sample_error import SampleError, error_text
 
 __all__ = ["SampleError", "prepare_image"]
 

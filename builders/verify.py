@@ -36,10 +36,11 @@ from builders.sources.webdataset_source import tar_paths
 from implicit_concept.content_hashes import sha256_file
 from implicit_concept.file_locks import LOCK_NAME, read_locked
 from implicit_concept.files import is_temporary
-from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, load_pixels
+from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, load_pixels
 from implicit_concept.json_records import json_differences
 from implicit_concept.progress import progress_bar
 from implicit_concept.sample import SPLITS, SampleMeta
+from implicit_concept.sample_error import SampleError
 from implicit_concept.shard_reader import (
     MAX_JSON_BYTES,
     MAX_MEMBER_BYTES,

@@ -24,13 +24,8 @@ so two builds of the same input write the same tables.
 Pixels cost memory that the file's size does not show: a 684 KB PNG can declare 13000 x 13000
 pixels (2.8 GB decoded). Every decode here is refused, from the header alone, above ``max_pixels``
 (:data:`DEFAULT_MAX_PIXELS` unless the caller sets another), and Pillow's own decompression-bomb
-warning is an error, never a full-size decode. Structure costs time the same way: Pillow parses
-PNG chunks, JPEG marker segments and GIF blocks in Python, a few microseconds each, so a 60 MB
-PNG of five million empty chunks took 27 s; each is counted, before Pillow sees the file, up to
-:data:`MAX_CHUNKS`. A TIFF's first tag directory is read the same way: Pillow unpacks its strips'
-offsets and every numeric tag it reads into Python objects (an 8 MB TIFF of a million one-row
-strips took 10 s and 390 MB to open), so more than :data:`MAX_CHUNKS` strips or tiles, or than
-:data:`MAX_TIFF_VALUES` values in one tag, is refused.
+warning is an error, never a full-size decode. Structure costs time the same way; it is bounded
+before Pillow reads it (:mod:`implicit_concept.image_structure`).
 
 Colours are what a colour-managed viewer shows: an embedded ICC profile is converted to sRGB
 (LittleCMS, perceptual intent, the same as relative colorimetric for the matrix profiles of cameras
@@ -43,14 +38,14 @@ from __future__ import annotations
 import functools
 import io
 import re
-import struct
 import warnings
-import zlib
 from typing import BinaryIO
 
 import numpy as np
-from PIL import ExifTags, Image, ImageCms, ImageOps, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
-from PIL.JpegImagePlugin import MARKER as _JPEG_MARKERS
+from PIL import ExifTags, Image, ImageCms, ImageOps, TiffImagePlugin, UnidentifiedImageError
+
+from implicit_concept.image_structure import check_png_rows, screen_structure
+from implicit_concept.sample_error import SampleError, error_text
 
 #: Pixels decoded at most (after a JPEG draft), unless a caller sets another cap: 40 MP is a 4:3
 #: photo of 7300 x 5500; an RGBA image of that size takes 160 MB per copy.
@@ -64,17 +59,6 @@ PILLOW_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 FORMATS = ("JPEG", "PNG", "GIF", "TIFF", "WEBP", "AVIF", "BMP")
 _DECODED = (*FORMATS, "MPO")
 _READ = "JPEG, PNG, GIF, TIFF, WebP, AVIF, BMP"
-#: Chunks (PNG), marker segments and stray bytes before the first scan (JPEG) or blocks before the
-#: first image (GIF) read at most: Pillow takes 0.5-5 us over each, 0.3 s for this many. A 64 MiB PNG
-#: written in libpng's 8 KiB chunks has 8192; a JPEG's header a few dozen.
-MAX_CHUNKS = 65536
-#: Progressive scans of a JPEG read at most: libjpeg passes over the whole image once per scan
-#: (2 ms a scan at 4 MP); encoders write about 10.
-MAX_JPEG_SCANS = 100
-#: Values of one numeric tag of a TIFF's first image read at most (its strips and tiles: MAX_CHUNKS):
-#: Pillow unpacks each into a Python object, 4 us and 170 bytes for a rational. A 16-bit image's
-#: colour map or transfer function holds 3 x 65536.
-MAX_TIFF_VALUES = 4 * MAX_CHUNKS
 #: An EXIF block read at most for its orientation: a JPEG's holds 64 KB (one APP1 segment), and a
 #: PNG's or WebP's is a copy of one. Pillow unpacks a tag's values into Python objects (a PNG whose
 #: eXIf holds 8 million orientations took 1.7 s and 200 MB), so a larger block is ignored.
@@ -88,23 +72,6 @@ _CACHED_PROFILE_BYTES = 64 << 10
 
 _WHITE = (255, 255, 255, 255)
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_TEXT = (b"tEXt", b"zTXt", b"iTXt", b"iCCP")
-_ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+")
-
-
-class SampleError(Exception):
-    """A sample cannot be used; ``reason`` is the snake_case key counted in failure histograms."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-def error_text(exc: BaseException) -> str:
-    """An exception's message without the memory addresses of object reprs, which differ per run."""
-    return _ADDRESS.sub("", str(exc))
 
 
 def open_image(raw: bytes | BinaryIO | Image.Image) -> Image.Image:
@@ -116,7 +83,7 @@ def open_image(raw: bytes | BinaryIO | Image.Image) -> Image.Image:
     if not head:
         raise SampleError("unreadable_image", "empty file (zero bytes)")
     try:
-        raw = _screen(raw, head)
+        raw = screen_structure(raw, head)
         jpeg = head.startswith(b"\xff\xd8\xff")
         with warnings.catch_warnings():
             # A baseline JPEG decodes from a draft (an eighth of each side at most): check_pixels
@@ -196,7 +163,7 @@ def _load(image: Image.Image) -> None:
     except Exception as exc:
         raise SampleError(_decode_reason(exc), error_text(exc)) from exc
     if source is not None:
-        _check_png_rows(image, source)
+        check_png_rows(image, source)
     if image.format == "BMP" and image.mode == "RGBA" and image.info.get("compression") == 0 and image.getextrema()[3] == (0, 0):
         image.putalpha(255)  # the reserved byte unused: opaque, as every viewer shows it
 
@@ -301,294 +268,6 @@ def _signature(head: bytes) -> str | None:
 
 def _not_read(name: str | None) -> str:
     return f"{name or 'this format'} is not one of the formats read ({_READ})"
-
-
-# --- structure Pillow walks in Python, bounded before it does ----------------------------------
-
-
-def _screen(raw: BinaryIO, head: bytes) -> BinaryIO:
-    """Refuse structure that costs far more time than its bytes suggest, and give Pillow a PNG
-    without the metadata it would refuse the whole image for; ``raw`` itself when nothing changes."""
-    if head.startswith(_PNG_SIGNATURE):
-        return _screen_png(raw)
-    if head.startswith(b"\xff\xd8\xff"):
-        _screen_jpeg(raw)
-    elif head.startswith((b"GIF87a", b"GIF89a")):
-        _screen_gif(raw, head)
-    elif head.startswith(_TIFF_PREFIXES):
-        _screen_tiff(raw, head)
-    return raw
-
-
-def _read_at(f: BinaryIO, pos: int, size: int) -> bytes:
-    f.seek(pos)
-    return f.read(size)
-
-
-def _too_many(what: str) -> SampleError:
-    return SampleError("too_many_chunks", what)
-
-
-def _png_chunks(f: BinaryIO):
-    """(type, data offset, length) of each chunk Pillow reads for the first frame: up to IEND, the
-    fcTL of a second APNG frame or the end of the bytes; at most :data:`MAX_CHUNKS`."""
-    pos, count, seen_idat = len(_PNG_SIGNATURE), 0, False
-    while True:
-        header = _read_at(f, pos, 8)
-        if len(header) < 8:
-            return
-        count += 1
-        if count > MAX_CHUNKS:
-            raise _too_many(f"a PNG of more than {MAX_CHUNKS} chunks before its first image ends")
-        length, kind = struct.unpack(">I4s", header)
-        yield kind, pos + 8, length
-        if kind == b"IEND" or (kind == b"fcTL" and seen_idat):
-            return
-        seen_idat |= kind == b"IDAT"
-        pos += 12 + length
-
-
-def _screen_png(f: BinaryIO) -> BinaryIO:
-    """Count the chunks, and drop metadata Pillow refuses the whole image for: text or an ICC
-    profile inflating past ``PngImagePlugin.MAX_TEXT_CHUNK`` (1 MB; workflows that image generators
-    embed reach it), text past ``MAX_TEXT_MEMORY`` in all, an unknown compression method, and an
-    ancillary chunk before the image data that fails its CRC (libpng and browsers drop it and show
-    the picture; Pillow refused the file as no PNG). A critical chunk failing its CRC is a damaged
-    file, said so. Pillow's limits stay as they are; this file's pixels are decoded without that
-    metadata. Past ``MAX_TEXT_MEMORY`` inflated, every later text or profile chunk is dropped
-    uninflated: 65536 chunks of 1 KB that inflate to 1 MB each would be 64 GB to inflate."""
-    dropped, held, full, seen_idat = [], 0, False, False
-    for kind, offset, length in _png_chunks(f):
-        seen_idat |= kind == b"IDAT"
-        data = None
-        if not seen_idat:  # Pillow checks the CRC of every chunk it reads before the image data
-            data = _read_at(f, offset, length + 4)
-            if len(data) == length + 4 and zlib.crc32(data[:length], zlib.crc32(kind)) != int.from_bytes(data[length:], "big"):
-                if not kind[0] & 0x20:  # a critical chunk (IHDR, PLTE): the picture depends on it
-                    where = f"the PNG's {_chunk_name(kind)} chunk at byte {offset - 8}"
-                    raise SampleError("unreadable_image", f"{where} fails its CRC check: the file is damaged")
-                dropped.append((offset - 8, offset + length + 4))
-                continue
-        if kind not in _PNG_TEXT:
-            continue
-        size = None if full else _png_text_size(kind, data[:length] if data is not None else _read_at(f, offset, length))
-        full = full or (size is not None and held + size > PngImagePlugin.MAX_TEXT_MEMORY)
-        if size is None or full:
-            dropped.append((offset - 8, offset + length + 4))
-        else:
-            held += size
-    if not dropped:
-        return f
-    data = _read_at(f, 0, -1)
-    kept, start = io.BytesIO(), 0
-    for begin, end in dropped:
-        kept.write(data[start:begin])
-        start = end
-    kept.write(data[start:])
-    kept.seek(0)
-    return kept
-
-
-def _chunk_name(kind: bytes) -> str:
-    return kind.decode("latin-1") if kind.isalpha() else repr(kind)
-
-
-def _png_text_size(kind: bytes, data: bytes) -> int | None:
-    """The bytes Pillow holds for a text or iCCP chunk (0 where it ignores it), or None where it
-    raises instead (PngImagePlugin's chunk_tEXt, chunk_zTXt, chunk_iTXt and chunk_iCCP)."""
-    keyword, nul, rest = data.partition(b"\0")
-    if kind == b"tEXt":
-        return len(rest) if keyword else 0
-    if kind == b"iCCP" and not (nul and rest):
-        return None
-    if kind in (b"zTXt", b"iCCP"):
-        if rest and rest[0] != 0:
-            return None
-        size = _inflated_size(rest[1:])
-        return 0 if size is not None and not keyword and kind == b"zTXt" else size
-    if len(rest) < 2:  # iTXt: compressed flag, method, language, translated keyword, text
-        return 0
-    parts = rest[2:].split(b"\0", 2)
-    if len(parts) < 3:
-        return 0
-    if rest[0] == 0:
-        return len(parts[2])
-    return _inflated_size(parts[2]) if rest[1] == 0 else 0
-
-
-def _inflated_size(data: bytes) -> int | None:
-    """Pillow's rule for compressed metadata: None past MAX_TEXT_CHUNK, 0 for a broken stream."""
-    inflate = zlib.decompressobj()
-    try:
-        size = len(inflate.decompress(data, PngImagePlugin.MAX_TEXT_CHUNK))
-    except zlib.error:
-        return 0
-    return None if inflate.unconsumed_tail else size
-
-
-def _screen_jpeg(f: BinaryIO) -> None:
-    """Walk the header as Pillow's JpegImageFile._open does (a step per marker segment and per stray
-    byte) to the first scan, then count the scans libjpeg will pass over the image for."""
-    pos, steps = 2, 0  # Pillow starts at the third byte, the 0xFF of the first marker
-    while True:
-        steps += 1
-        if steps > MAX_CHUNKS:
-            raise _too_many(f"a JPEG of more than {MAX_CHUNKS} marker segments and stray bytes before its first scan")
-        pair = _read_at(f, pos, 2)
-        if len(pair) < 2:
-            return  # Pillow meets the end of the file, and says so
-        if pair[0] != 0xFF or pair[1] == 0xFF:
-            pos += 1  # a stray byte, or fill before a marker: Pillow moves on by one
-            continue
-        marker = 0xFF00 | pair[1]
-        if marker == 0xFF00:
-            pos += 2
-        elif marker not in _JPEG_MARKERS:
-            return  # "no marker found": Pillow refuses it
-        elif _JPEG_MARKERS[marker][2] is None:
-            pos += 2
-        elif marker == 0xFFDA:
-            break
-        else:
-            size = _read_at(f, pos + 2, 2)
-            if len(size) < 2:
-                return
-            pos += 2 + struct.unpack(">H", size)[0]
-    if _count_scans(f, pos, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
-        raise _too_many(f"a JPEG of more than {MAX_JPEG_SCANS} scans")
-
-
-def _count_scans(f: BinaryIO, pos: int, most: int) -> int:
-    """0xFFDA markers from ``pos`` on, read in 1 MiB blocks; stops past ``most``. In a JPEG's
-    entropy-coded data 0xFF is always followed by 0x00 or a restart marker, so each starts a scan."""
-    f.seek(pos)
-    found, carry = 0, b""
-    while found <= most:
-        block = f.read(1 << 20)
-        if not block:
-            break
-        data = np.frombuffer(carry + block, np.uint8)
-        found += int(np.count_nonzero(data[1:][data[:-1] == 0xFF] == 0xDA))
-        carry = block[-1:]
-    return found
-
-
-def _screen_gif(f: BinaryIO, head: bytes) -> None:
-    """Walk the blocks before the first image as Pillow's GifImageFile._seek does: a step per stray
-    byte, extension and data sub-block."""
-    flags = head[10] if len(head) > 10 else 0
-    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
-    steps = 0
-    while True:
-        steps += 1
-        if steps > MAX_CHUNKS:
-            raise _too_many(f"a GIF of more than {MAX_CHUNKS} blocks before its first image")
-        byte = _read_at(f, pos, 1)
-        if byte in (b"", b";", b","):
-            return
-        if byte != b"!":
-            pos += 1
-            continue
-        pos += 2  # "!" and the extension's label, then its sub-blocks up to an empty one
-        while True:
-            steps += 1
-            if steps > MAX_CHUNKS:
-                raise _too_many(f"a GIF of more than {MAX_CHUNKS} blocks before its first image")
-            size = _read_at(f, pos, 1)
-            if not size:
-                return
-            pos += 1 + size[0]
-            if size[0] == 0:
-                break
-
-
-#: The headers Pillow opens as TIFF (TiffImagePlugin.PREFIXES: a classic TIFF either byte order,
-#: the two swapped ones it takes too, a BigTIFF).
-_TIFF_PREFIXES = (b"MM\x00\x2a", b"II\x2a\x00", b"MM\x2a\x00", b"II\x00\x2a", b"MM\x00\x2b", b"II\x2b\x00")
-#: Tags whose values are the first image's strips or tiles: StripOffsets, StripByteCounts,
-#: TileOffsets, TileByteCounts.
-_TIFF_PIECES = (273, 279, 324, 325)
-#: Tag types Pillow keeps as bytes or text, not one object per value: BYTE, ASCII, UNDEFINED.
-_TIFF_BYTES = (1, 2, 7)
-
-
-def _screen_tiff(f: BinaryIO, head: bytes) -> None:
-    """Read the first image's tag directory as Pillow's ImageFileDirectory_v2.load does (BigTIFF
-    when the third byte is 43, its own rule), and refuse more tags than :data:`MAX_CHUNKS`, more
-    strips or tiles than that, or a numeric tag of more than :data:`MAX_TIFF_VALUES` values:
-    Pillow unpacks each into a Python object (one tuple per strip) when it opens the file. What
-    cannot be read is left to Pillow, which says so."""
-    order = ">" if head.startswith(b"MM") else "<"
-    big = head[2] == 43
-    if len(head) < (16 if big else 8):
-        return
-    (where,) = struct.unpack(order + ("Q" if big else "I"), head[8:16] if big else head[4:8])
-    counted = _read_at(f, where, 8 if big else 2)
-    if len(counted) < (8 if big else 2):
-        return
-    (tags,) = struct.unpack(order + ("Q" if big else "H"), counted)
-    if tags > MAX_CHUNKS:
-        raise _too_many(f"a TIFF whose first image has more than {MAX_CHUNKS} tags ({tags})")
-    size = 20 if big else 12
-    entries = _read_at(f, where + len(counted), tags * size)
-    entry = struct.Struct(order + ("HHQ" if big else "HHI"))
-    for at in range(0, len(entries) - size + 1, size):
-        tag, kind, count = entry.unpack_from(entries, at)
-        if tag in _TIFF_PIECES and count > MAX_CHUNKS:
-            raise _too_many(f"a TIFF whose first image has more than {MAX_CHUNKS} strips or tiles (tag {tag}: {count} values)")
-        if kind not in _TIFF_BYTES and count > MAX_TIFF_VALUES:
-            raise _too_many(f"a TIFF whose first image has a tag of more than {MAX_TIFF_VALUES} values (tag {tag}: {count} values)")
-
-
-# --- a PNG whose image data ends early ----------------------------------------------------------
-
-
-def _check_png_rows(image: Image.Image, source: BinaryIO) -> None:
-    """Refuse a PNG whose compressed data ends (cleanly) before the rows its header declares:
-    Pillow leaves the missing rows zero, libpng says "Not enough image data". Rows fill from the
-    top, so only an image whose last row is zero is inflated again (Pillow itself refuses an
-    interlaced one short of data)."""
-    width, height = image.size
-    last = image.crop((0, height - 1, width, height)).tobytes()
-    if image.info.get("interlace") or last.count(0) != len(last):
-        return
-    try:
-        held, declared = _png_data_size(source)
-    except (OSError, ValueError, struct.error, zlib.error):  # a stream closed by its caller, or data Pillow took
-        return
-    if held < declared:
-        raise SampleError("truncated_image", f"PNG image data ends after {held} of the {declared} bytes its header declares")
-
-
-def _png_data_size(f: BinaryIO) -> tuple[int, int]:
-    """(bytes the first IDAT run inflates to, bytes its IHDR declares), inflating in 1 MiB pieces."""
-    header, stream, declared, held = None, zlib.decompressobj(), 0, 0
-    in_idat = False
-    for kind, offset, length in _png_chunks(f):
-        if kind == b"IHDR":
-            header = _read_at(f, offset, 13)
-            declared = _png_raw_size(*struct.unpack(">IIBBBBB", header))
-        elif kind == b"IDAT":
-            in_idat = True
-            pending = _read_at(f, offset, length)
-            while pending and not stream.eof and held < declared:
-                held += len(stream.decompress(pending, 1 << 20))
-                pending = stream.unconsumed_tail
-        elif in_idat:
-            break
-    return (held, declared) if header is not None and stream.eof else (declared, declared)
-
-
-def _png_raw_size(width: int, height: int, depth: int, colour: int, _c: int, _f: int, interlace: int) -> int:
-    """Bytes of filtered rows a PNG header declares (Adam7: seven reduced images)."""
-    bits = depth * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 1)
-    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)) if interlace else ((0, 0, 1, 1),)
-    total = 0
-    for x0, y0, dx, dy in passes:
-        w, h = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
-        if w > 0 and h > 0:
-            total += h * (1 + (w * bits + 7) // 8)
-    return total
 
 
 # --- pixels ------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from typing import Iterable, Iterator, Union
 
 from PIL import Image
 
-from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, decode_rgb, open_image
+from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, decode_rgb, open_image
+from implicit_concept.sample_error import SampleError
 from implicit_concept.shard_reader import is_hidden, iter_samples
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")

@@ -34,8 +34,9 @@ from typing import Callable, Collection, Iterator, NamedTuple
 from braceexpand import braceexpand
 
 from implicit_concept.bounded_reads import file_kind
-from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, SampleError, decode_rgb, load_pixels, open_image
+from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, decode_rgb, load_pixels, open_image
 from implicit_concept.sample import Sample, SampleMeta
+from implicit_concept.sample_error import SampleError
 from implicit_concept.streams import open_stream
 
 #: The largest member read into memory, unless a caller sets its own cap.

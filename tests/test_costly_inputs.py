@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from builders.resizer import SampleError, prepare_image
-from implicit_concept.image_decode import MAX_CHUNKS, MAX_TIFF_VALUES
+from implicit_concept.image_structure import MAX_CHUNKS, MAX_TIFF_VALUES
 
 
 def _tiff(width: int, height: int, strips: int, extra: dict[int, tuple[int, int, bytes]] | None = None, big: bool = False) -> bytes:

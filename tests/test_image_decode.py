@@ -15,8 +15,9 @@ import pytest
 from PIL import EpsImagePlugin, Image, ImageCms, PngImagePlugin, features
 
 from builders.resizer import SampleError, prepare_image
-from implicit_concept import image_decode
-from implicit_concept.image_decode import FORMATS, MAX_CHUNKS, MAX_JPEG_SCANS, decode_rgb, load_pixels, open_image
+from implicit_concept import image_decode, image_structure
+from implicit_concept.image_decode import FORMATS, decode_rgb, load_pixels, open_image
+from implicit_concept.image_structure import MAX_CHUNKS, MAX_JPEG_SCANS
 
 SAVE_AS = "save the image as 8- or 16-bit RGB (PNG or TIFF) or as an 8-bit JPEG"
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n0 0 1 setrgbcolor 0 0 16 16 rectfill\nshowpage\n%%EOF\n"
@@ -493,7 +494,7 @@ def test_a_png_with_fewer_rows_than_its_header_is_truncated():
 
 
 def test_an_interlaced_png_short_of_passes_is_truncated():
-    declared = image_decode._png_raw_size(16, 16, 8, 0, 0, 0, 1)
+    declared = image_structure._png_raw_size(16, 16, 8, 0, 0, 0, 1)
     assert refusal(png(16, 16, 8, 0, [], interlace=1, data=bytes(declared - 40))).reason == "truncated_image"
     assert load_pixels(png(16, 16, 8, 0, [], interlace=1, data=bytes(declared))).size == (16, 16)
 

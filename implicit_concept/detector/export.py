@@ -27,11 +27,12 @@ import yaml
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.content_hashes import folder_sha256, sha256_file
 from implicit_concept.files import atomic_dir, check_apart, remove_dead_writers_temporaries
-from implicit_concept.image_decode import SampleError, decode_rgb, open_image
+from implicit_concept.image_decode import decode_rgb, open_image
 from implicit_concept.json_records import json_text
 from implicit_concept.progress import progress_bar
 from implicit_concept.provenance import environment
 from implicit_concept.sample import SampleMeta, key_hash
+from implicit_concept.sample_error import SampleError
 from implicit_concept.shard_reader import ShardError, iter_tar_members, list_shards, read_meta
 
 #: Bump when the exported layout changes, so old exports are rebuilt.
