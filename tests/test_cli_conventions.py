@@ -344,15 +344,22 @@ from benchmark import cli
 
 def lab_run():
     """A command whose plug-in started threads and processes: a logger that never ends, an upload
-    that ends soon, a prefetching process that never ends, and daemon ones."""
+    that ends soon, a prefetching process that never ends (cleaning up on SIGTERM, or ignoring it), one
+    that ends soon, and daemon ones."""
     atexit.register(lambda: Path(sys.argv[1]).write_text("atexit ran"))
     if "threads" in sys.argv[3]:
         threading.Thread(target=time.sleep, args=(3600,), name="lab-metrics-logger").start()
     threading.Thread(target=lambda: (time.sleep(0.5), Path(sys.argv[2]).write_text("sent")), name="lab-upload").start()
     threading.Thread(target=time.sleep, args=(3600,), name="lab-daemon", daemon=True).start()
     if "process" in sys.argv[3]:
-        child = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(3600,), name="lab-prefetcher")
+        spawn = multiprocessing.get_context("spawn")
+        on_term = ("signal.SIG_IGN" if "SIGTERM" in sys.argv[3]
+                   else f"lambda *_: (Path({sys.argv[1] + '.ended'!r}).write_text('cleaned up'), sys.exit())")
+        prefetch = f"import signal, sys, time; from pathlib import Path; signal.signal(signal.SIGTERM, {on_term}); time.sleep(3600)"
+        child = spawn.Process(target=exec, args=(prefetch, {}), name="lab-prefetcher")
         child.start()
+        spawn.Process(target=time.sleep, args=(0.5,), name="lab-last-batch").start()
+        spawn.Process(target=time.sleep, args=(3600,), name="lab-daemon-child", daemon=True).start()
         Path(sys.argv[1] + ".pid").write_text(str(child.pid))
     print("results")
     return 3
@@ -371,26 +378,66 @@ def _pid_running(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
 
 
-@pytest.mark.parametrize("left", ["threads", "threads and a process", "a process"])
+@pytest.mark.parametrize("left", ["threads", "threads and a process", "a process", "a process ignoring SIGTERM", "nothing"])
 def test_a_finished_command_exits_past_threads_and_processes_a_plug_in_left_running(tmp_path, left):
     """A method whose build started a non-daemon thread or ``multiprocessing`` child that never ends
     (a lab's metrics logger, a data prefetcher) kept `implicit-concept benchmark --method` from ever
     exiting: measured, a debug run still alive 4 minutes after writing results.json. It exits with
     the command's status, naming what was left; a child is ended with it; a thread that ends within
-    the grace is waited for, and exit handlers still run."""
+    the grace is waited for (a process too), daemon ones are not named, a child is asked to end
+    (SIGTERM: its cleanup runs) and killed if it ignores that, and exit handlers still run; with
+    nothing left, the command exits with its status, silent."""
     done = subprocess.run([sys.executable, "-c", LEFT_RUNNING, str(tmp_path / "atexit"), str(tmp_path / "upload"), left],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done.stderr
     assert done.stdout == "results\n"
-    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert len(done.stderr.splitlines()) == (left != "nothing"), done.stderr
     assert ("thread lab-metrics-logger" in done.stderr) == ("threads" in left), done.stderr
-    assert "lab-upload" not in done.stderr and "lab-daemon" not in done.stderr
+    assert ("; ended, and not waited for" in done.stderr) == ("process" in left), done.stderr
+    assert "lab-upload" not in done.stderr and "lab-daemon" not in done.stderr and "lab-last-batch" not in done.stderr
     assert (tmp_path / "upload").read_text() == "sent"
     assert (tmp_path / "atexit").read_text() == "atexit ran"
     if "process" in left:
         pid = int((tmp_path / "atexit.pid").read_text())
         assert f"process lab-prefetcher ({pid})" in done.stderr
         assert not _pid_running(pid), "the child was left running"
+        assert (tmp_path / "atexit.ended").exists() == ("SIGTERM" not in left), "the child was killed before it was asked"
+
+
+class Left:
+    """A thread or child left running that never ends, its joins timed on a fake clock."""
+
+    def __init__(self, clock, daemon=False, stop=False):
+        self.clock, self.daemon, self.stop, self.waits = clock, daemon, stop, []
+
+    def join(self, timeout):
+        self.waits.append(timeout)
+        if self.stop:
+            raise KeyboardInterrupt
+        self.clock[0] += timeout
+
+    def is_alive(self):
+        return True
+
+
+@pytest.mark.parametrize("ctrl_c", [False, True])
+def test_the_grace_is_one_wait_for_all_left_running_and_a_ctrl_c_ends_it(monkeypatch, ctrl_c):
+    """Ten threads left running wait the grace in all, not ten times over; daemon ones are not waited
+    for; a Ctrl-C during the wait ends it, with no traceback, and what is still running is named."""
+    import threading
+
+    from benchmark import cli
+
+    clock = [100.0]
+    threads = [Left(clock, stop=ctrl_c), Left(clock), Left(clock, daemon=True)]
+    children = [Left(clock), Left(clock, daemon=True)]
+    with monkeypatch.context() as m:
+        m.setattr(cli.threading, "enumerate", lambda: [threading.current_thread(), *threads])
+        m.setattr(cli.multiprocessing, "active_children", lambda: children)
+        m.setattr(cli.time, "monotonic", lambda: clock[0])
+        left = cli._left_running(10.0)
+    assert left == (threads[:2], children[:1])
+    assert [x.waits for x in threads + children] == ([[10.0], [], [], [], []] if ctrl_c else [[10.0], [0.0], [], [0.0], []])
 
 
 def test_an_error_no_command_caught_exits_1_with_its_traceback_past_what_a_plug_in_left_running(tmp_path):

@@ -794,3 +794,18 @@ def test_a_setting_made_in_code_is_refused_when_infinite(field):
         check_range("scale", [0.5, math.inf], 0.0, math.inf)
     with pytest.raises(ValueError, match="weights"):
         check_weights("weights", {"qrcode": math.inf}, ["qrcode"])
+
+
+def test_a_weight_may_be_zero_a_positive_setting_may_not_and_an_open_bound_is_left_out():
+    """A style or layout weighted 0 is one not drawn (not all may be); a rate, size or speed of 0
+    would stall or divide by zero; ``(0, 1]`` takes no 0 where ``[0, 1]`` does."""
+    from implicit_concept.validate import check_number, check_positive, check_weights
+
+    check_weights("layouts", {"grid": 1.0, "corner": 0}, ["grid", "corner"])
+    with pytest.raises(ValueError, match=r"^layouts: expected a mapping .* \(not all 0\)"):
+        check_weights("layouts", {"grid": 0, "corner": 0.0}, ["grid", "corner"])
+    with pytest.raises(ValueError, match=r"^options\.steps_per_second: expected a number > 0, got 0$"):
+        check_positive("options", {"steps_per_second": 0}, ["steps_per_second"])
+    check_number("share", 0, 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"^share: expected a number in \(0, 1\], got 0$"):
+        check_number("share", 0, 0.0, 1.0, open_lo=True)

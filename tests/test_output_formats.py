@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.evaluation.quality import scene_fid
+from benchmark.evaluation import quality
+from benchmark.evaluation.quality import paper_fid, scene_fid
 from benchmark.leaderboard import write_leaderboard
+from benchmark.report import shown_name
 from benchmark.results_file import read_results
 from benchmark.results_page import write_results_page
 from benchmark.training.checkpoints import RUN_FILE, Session, TrainState, write_finished_run
@@ -42,6 +44,13 @@ def test_a_record_holding_numbers_that_are_not_finite_is_strict_json_with_null_f
     atomic_write_json(tmp_path / "r.json", record)
     assert strict_json(tmp_path / "r.json") == {"icr": None, "ci": [None, 1.0], "nested": {"std": [None, 0.5]}, "count": 0}
     assert (tmp_path / "r.json").read_bytes().endswith(b"}\n")
+
+
+def test_a_record_is_laid_out_as_the_readme_says_keys_sorted_indented_one_newline_at_the_end(tmp_path):
+    """Two runs' records compare line by line (diff, git) only in the one layout."""
+    atomic_write_json(tmp_path / "r.json", {"b": 1, "a": {"d": [1, 2], "c": "é"}})
+    expected = '{\n  "a": {\n    "c": "é",\n    "d": [\n      1,\n      2\n    ]\n  },\n  "b": 1\n}\n'
+    assert (tmp_path / "r.json").read_bytes() == expected.encode("utf-8")
 
 
 def test_a_file_name_that_is_not_utf8_is_written_as_an_escape_that_reads_back_as_the_same_name(tmp_path):
@@ -120,6 +129,15 @@ def test_a_run_or_method_whose_name_is_not_utf8_is_shown_escaped_on_the_board_an
         assert "r\\xe9sultats" in text.replace("\\\\", "\\"), page.name
 
 
+def test_a_shown_name_gives_a_bytes_escape_for_a_byte_that_is_not_utf8_and_a_code_for_any_other_surrogate():
+    """Only U+DC80..U+DCFF are bytes a name that is not UTF-8 held (the bytes below 0x80 are ASCII and
+    read as themselves); another lone surrogate (half of an emoji cut in a JSON record) is no byte:
+    shown as \\x41 it would name the letter A."""
+    assert shown_name(os.fsdecode(b"r\xe9sum\xe9")) == "r\\xe9sum\\xe9"
+    assert shown_name("cut \ud83d emoji, \udc41") == "cut \\ud83d emoji, \\udc41"
+    assert shown_name("café, 二维码") == "café, 二维码"
+
+
 def test_a_run_or_cache_folder_whose_name_is_not_utf8_is_refused_before_any_stage(tmp_path):
     """The pipelines a run saves cannot be written there (tokenizers takes UTF-8 paths only): the first
     fine-tune failed, minutes in, as 'icd-qrcode/sd: build(ctx) raised UnicodeEncodeError'."""
@@ -129,6 +147,17 @@ def test_a_run_or_cache_folder_whose_name_is_not_utf8_is_refused_before_any_stag
         with pytest.raises(ValueError, match=rf"^{option} .*r\\xe9sultats: the folder's name is not valid UTF-8"):
             run.check_start()
         assert not os.path.exists(os.fsencode(latin1)), "refused before anything is made"
+
+
+def test_a_relative_runs_folder_under_a_current_folder_whose_name_is_not_utf8_is_refused(tmp_path, monkeypatch):
+    """The pipelines are written at the absolute path: ``--runs runs`` from such a folder failed as one does."""
+    latin1 = tmp_path / os.fsdecode(b"r\xe9sultats")
+    latin1.mkdir()
+    monkeypatch.chdir(latin1)
+    run = real_run(Path("runs") / "debug", cache=tmp_path / "cache", data_root=tmp_path / "data")
+    with pytest.raises(ValueError, match=r"^--runs .*r\\xe9sultats/runs: the folder's name is not valid UTF-8"):
+        run.check_start()
+    assert list(latin1.iterdir()) == []
 
 
 def test_a_checkpoints_state_is_strict_json_and_keeps_its_numbers_that_are_not_finite(tmp_path):
@@ -147,6 +176,47 @@ def test_a_fid_over_fewer_than_two_images_is_refused_saying_so():
     one, two = [Image.new("RGB", (8, 8))], [Image.new("RGB", (8, 8))] * 2
     with pytest.raises(ValueError, match=r"^scene-FID needs at least 2 generated and 2 reference images, got 1 generated and 2 reference: .*--no-quality"):
         scene_fid(one, two, extractor=None)
+    with pytest.raises(ValueError, match=r"^scene-FID needs .* got 2 generated and 1 reference: "):
+        scene_fid(two, one, extractor=None)
+
+
+class Features:
+    """Scene features, one row per image."""
+
+    id, image_size = "fake", 8
+
+    def features(self, images):
+        return np.array([[float(i), float(i % 2)] for i in range(len(images))])
+
+
+class FakeInceptionFID:
+    """torchmetrics' FrechetInceptionDistance without its Inception network."""
+
+    def __init__(self, **settings):
+        pass
+
+    def to(self, device):
+        return self
+
+    def update(self, x, real):
+        pass
+
+    def compute(self):
+        return 0.0
+
+
+def test_a_fid_over_two_images_a_side_is_computed_and_the_papers_fid_refuses_one(tmp_path, monkeypatch):
+    """Two a side are enough for a covariance; the paper track's FID refuses one as scene-FID does,
+    before its Inception pass over every image."""
+    two = [Image.new("RGB", (8, 8))] * 2
+    score = scene_fid(two, two, Features())
+    assert (score.value, score.n_generated, score.n_reference) == (pytest.approx(0.0, abs=1e-6), 2, 2)
+    monkeypatch.setattr(quality, "_torchmetrics", lambda module, name, extra: FakeInceptionFID)
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"unread")
+    assert paper_fid(two, two, weights).value == 0.0
+    with pytest.raises(ValueError, match=r"^FID needs at least 2 generated and 2 reference images, got 1 generated"):
+        paper_fid(two[:1], two, weights)
 
 
 def _text_opens_without_encoding(source: Path) -> list[str]:

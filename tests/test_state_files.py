@@ -79,6 +79,8 @@ def test_an_optimizer_and_a_grad_scaler_continue_as_if_never_saved(tmp_path):
     ('{"tensor": "t9"}', "KeyError"),
     ('{"ndarray": {"dtype": "O", "shape": [1], "data": [1]}}', "not plain numbers"),
     ('{"dict": [[[1], 2]]}', "dict key"),
+    ('{"float": "1.5"}', "a float tag holds '1.5'"),
+    ('{"float": 1}', "a float tag holds 1"),
     ("[" * 100000 + "]" * 100000, "not a JSON state index"),
 ])
 def test_a_malformed_index_names_its_file(tmp_path, index, why):
@@ -86,6 +88,15 @@ def test_a_malformed_index_names_its_file(tmp_path, index, why):
     (tmp_path / "part.json").write_text(index)
     with pytest.raises(ValueError, match=f"part.json: .*{why}"):
         load_state(tmp_path / "part")
+
+
+def test_an_index_written_before_the_float_tag_still_loads_its_nan_and_infinity(tmp_path):
+    """Checkpoints saved before strict JSON hold Python's NaN and Infinity tokens: a resume reads them
+    as the numbers they were, not as null (None would fail the optimizer's or scaler's first step)."""
+    save_state(tmp_path / "part", {"x": torch.zeros(1)})
+    (tmp_path / "part.json").write_text('{"dict": [["scale", Infinity], ["low", -Infinity], ["found_inf", NaN]]}')
+    back = load_state(tmp_path / "part")
+    assert back["scale"] == math.inf and back["low"] == -math.inf and math.isnan(back["found_inf"])
 
 
 def test_a_missing_or_garbage_tensor_file_names_itself(tmp_path):
