@@ -21,7 +21,8 @@ from benchmark.methods.forget_me_not import FMNConfig
 from benchmark.prompts import read_prompts, resolve_prompts
 from benchmark.track import DETECTOR_SUBSET, Track, TrackError
 from benchmark.models.pipelines import TinyPipelineConfig, build_scheduler, check_size
-from benchmark.training import TrainingConfig
+from benchmark.training import TrainingConfig, processes
+from benchmark.training.data import batch_split_refusal
 from benchmark.training.memory import mixed_precision_refusal
 from builders.recipe import MAX_IMAGE_SIZE, Recipe, load_recipe, source_from_spec
 from implicit_concept.detector.training import load_scale
@@ -166,12 +167,16 @@ def _needs_pretrained(track: Track) -> None:
 
 def _training(config: TrainingConfig, on_this_machine: bool = True) -> None:
     """The numbers of a training table, and (``on_this_machine``: it will train here) its mixed
-    precision on this machine: "fp16" without a GPU fails at the first step otherwise, after the
+    precision on this machine and its global batch over this launch's processes: "fp16" without a
+    GPU, or a batch_size N processes cannot share, fails at the first step otherwise, after the
     dataset and detector stages."""
     if on_this_machine:
         refusal = mixed_precision_refusal(config.mixed_precision)
         if refusal:
             raise ValueError(f"mixed_precision = {refusal}")
+        split = batch_split_refusal(config.batch_size, processes().num_processes)
+        if split:
+            raise ValueError(f"batch_size = {split}")
     if config.warmup_steps > config.steps:
         raise ValueError(f"warmup_steps = {config.warmup_steps} is more than steps = {config.steps}: the learning rate would never warm up")
     check_number("learning_rate", config.learning_rate, 0, math.inf, open_lo=True)

@@ -374,6 +374,36 @@ def test_fp16_without_a_gpu_is_refused_by_the_track_check(tmp_path, monkeypatch,
         check_track(paper, source=str(_tars(tmp_path)), pretrained=Path("/some/sd"))
 
 
+def test_a_global_batch_the_launchs_processes_cannot_share_is_refused_by_the_track_check(tmp_path, monkeypatch):
+    """Under ``accelerate launch --num_processes N`` every process trains the base and the fine-tunes
+    on its share of each global batch; a batch_size N does not divide failed at the first fine-tune,
+    after the dataset and detector stages (hours at paper scale), without naming the track. The track
+    check refuses it first, naming the file, the table and the field; a base from disk is not trained."""
+    from types import SimpleNamespace
+
+    from benchmark import track_check
+
+    monkeypatch.setattr(track_check, "processes", lambda: SimpleNamespace(num_processes=3))
+    debug = load_track("debug")  # [base.training] and [finetune] batch_size = 8
+    with pytest.raises(TrackError) as e:
+        check_track(debug)
+    assert re.fullmatch(r".*debug\.toml: \[base\.training\]: batch_size = 8 does not split evenly over the 3 processes .*multiple of 3",
+                        str(e.value)), str(e.value)
+    with pytest.raises(TrackError, match=r"debug\.toml: \[finetune\]: batch_size = 8 does not split evenly over the 3 processes"):
+        check_track(debug, pretrained=Path("/some/sd"))
+    dry, source = load_track("paper-dry"), _tars(tmp_path)  # batch_size = 1
+    monkeypatch.setattr(track_check, "processes", lambda: SimpleNamespace(num_processes=2))
+    with pytest.raises(TrackError, match=r"paper-dry\.toml: \[finetune\]: batch_size = 1 does not split evenly over the 2"):
+        check_track(dry, source=source, pretrained=Path("/some/sd"))
+    check_track(debug)  # 8 over 2
+    monkeypatch.setattr(track_check, "processes", lambda: SimpleNamespace(num_processes=1))
+    check_track(dry, source=source, pretrained=Path("/some/sd"))
+    monkeypatch.setattr(track_check, "processes", lambda: SimpleNamespace(num_processes=3))
+    runs = tmp_path / "runs"
+    assert main(["benchmark", "--track", "debug", "--runs", str(runs), "--data", str(tmp_path / "d"), "--cache", str(tmp_path / "c"), "--quiet"]) == 2
+    assert not (tmp_path / "d").exists() and not (tmp_path / "c").exists(), "refused before the dataset stage"
+
+
 def _tars(folder: Path) -> str:
     """A --source of two (empty) tars: the track check only sees that they exist."""
     for i in range(2):
