@@ -242,7 +242,9 @@ def _quality(options: dict[str, Any]) -> None:
         check_fields(options, ("kind", "fid_weights", "clip_weights"), "quality")
         missing = [k for k in ("fid_weights", "clip_weights") if not options.get(k)]
         if missing:
-            raise ValueError(f"kind 'paper' needs local weight paths for {missing}")
+            raise ValueError(f"kind 'paper' needs local weight paths for {missing} (torch-fidelity's "
+                             "weights-inception-2015-12-05-6726825d.pth, a transformers CLIPModel folder; never downloaded): "
+                             "set them in a copy of this track file and pass the copy to --track, or kind = \"none\" for ICR alone")
         for key in ("fid_weights", "clip_weights"):
             if not isinstance(options[key], str) or not Path(options[key]).exists():
                 raise ValueError(f"{key}: {options[key]!r}: no such file or folder (the weights are read locally, never downloaded)")

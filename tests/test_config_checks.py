@@ -404,6 +404,30 @@ def test_a_global_batch_the_launchs_processes_cannot_share_is_refused_by_the_tra
     assert not (tmp_path / "d").exists() and not (tmp_path / "c").exists(), "refused before the dataset stage"
 
 
+def test_the_shipped_paper_track_says_how_to_give_it_its_quality_weights(tmp_path, monkeypatch):
+    """README's ``benchmark --track paper --pretrained ... --source ...`` is refused on any machine:
+    the shipped track leaves its FID and CLIP weights' paths empty (they are never downloaded). The
+    refusal names the file, the fields, what each one is and how to give them (a copy of the track);
+    the copy so made passes."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # past the fp16 check, as on a GPU
+    source, sd = _tars(tmp_path), Path("/some/sd")
+    with pytest.raises(TrackError) as e:
+        check_track(load_track("paper"), source=source, pretrained=sd)
+    message = str(e.value)
+    assert "\n" not in message and str(TRACKS_DIR / "paper.toml") in message, message
+    for fragment in ("[quality]", "'fid_weights', 'clip_weights'", "inception", "CLIPModel", "a copy of this track file", "--track",
+                     'kind = "none"'):
+        assert fragment in message, (fragment, message)
+    (tmp_path / "inception.pth").write_bytes(b"")
+    (tmp_path / "clip").mkdir()
+    mine = tmp_path / "my-paper.toml"
+    mine.write_text((TRACKS_DIR / "paper.toml").read_text().replace('fid_weights = ""', f'fid_weights = "{tmp_path / "inception.pth"}"')
+                    .replace('clip_weights = ""', f'clip_weights = "{tmp_path / "clip"}"'))
+    check_track(load_track(mine), source=source, pretrained=sd)
+
+
 def _tars(folder: Path) -> str:
     """A --source of two (empty) tars: the track check only sees that they exist."""
     for i in range(2):
