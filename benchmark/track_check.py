@@ -21,7 +21,7 @@ from benchmark.methods.forget_me_not import FMNConfig
 from benchmark.prompts import read_prompts, resolve_prompts
 from benchmark.track import DETECTOR_SUBSET, Track, TrackError
 from benchmark.models.pipelines import TinyPipelineConfig, build_scheduler, check_size
-from benchmark.training import TrainingConfig, processes
+from benchmark.training import TrainingConfig, launched_processes
 from benchmark.training.data import batch_split_refusal
 from benchmark.training.memory import mixed_precision_refusal
 from builders.recipe import MAX_IMAGE_SIZE, Recipe, load_recipe, source_from_spec
@@ -174,7 +174,7 @@ def _training(config: TrainingConfig, on_this_machine: bool = True) -> None:
         refusal = mixed_precision_refusal(config.mixed_precision)
         if refusal:
             raise ValueError(f"mixed_precision = {refusal}")
-        split = batch_split_refusal(config.batch_size, processes().num_processes)
+        split = batch_split_refusal(config.batch_size, launched_processes())
         if split:
             raise ValueError(f"batch_size = {split}")
     if config.warmup_steps > config.steps:

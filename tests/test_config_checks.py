@@ -379,11 +379,9 @@ def test_a_global_batch_the_launchs_processes_cannot_share_is_refused_by_the_tra
     on its share of each global batch; a batch_size N does not divide failed at the first fine-tune,
     after the dataset and detector stages (hours at paper scale), without naming the track. The track
     check refuses it first, naming the file, the table and the field; a base from disk is not trained."""
-    from types import SimpleNamespace
-
     from benchmark import track_check
 
-    monkeypatch.setattr(track_check, "processes", lambda: SimpleNamespace(num_processes=3))
+    monkeypatch.setattr(track_check, "launched_processes", lambda: 3)
     debug = load_track("debug")  # [base.training] and [finetune] batch_size = 8
     with pytest.raises(TrackError) as e:
         check_track(debug)
@@ -392,16 +390,39 @@ def test_a_global_batch_the_launchs_processes_cannot_share_is_refused_by_the_tra
     with pytest.raises(TrackError, match=r"debug\.toml: \[finetune\]: batch_size = 8 does not split evenly over the 3 processes"):
         check_track(debug, pretrained=Path("/some/sd"))
     dry, source = load_track("paper-dry"), _tars(tmp_path)  # batch_size = 1
-    monkeypatch.setattr(track_check, "processes", lambda: SimpleNamespace(num_processes=2))
+    monkeypatch.setattr(track_check, "launched_processes", lambda: 2)
     with pytest.raises(TrackError, match=r"paper-dry\.toml: \[finetune\]: batch_size = 1 does not split evenly over the 2"):
         check_track(dry, source=source, pretrained=Path("/some/sd"))
     check_track(debug)  # 8 over 2
-    monkeypatch.setattr(track_check, "processes", lambda: SimpleNamespace(num_processes=1))
+    monkeypatch.setattr(track_check, "launched_processes", lambda: 1)
     check_track(dry, source=source, pretrained=Path("/some/sd"))
-    monkeypatch.setattr(track_check, "processes", lambda: SimpleNamespace(num_processes=3))
+    monkeypatch.setattr(track_check, "launched_processes", lambda: 3)
     runs = tmp_path / "runs"
     assert main(["benchmark", "--track", "debug", "--runs", str(runs), "--data", str(tmp_path / "d"), "--cache", str(tmp_path / "c"), "--quiet"]) == 2
     assert not (tmp_path / "d").exists() and not (tmp_path / "c").exists(), "refused before the dataset stage"
+
+
+def test_the_launchs_process_count_is_read_without_creating_accelerates_state(monkeypatch):
+    """accelerate's state is a process-wide singleton that keeps the device it was first made with:
+    the track check, run alone (here with a GPU faked, as the fp16 test fakes one), must not make it,
+    or every later training in the process would take that device. Under a launcher (WORLD_SIZE) the
+    count is the joined processes', as the protocol's first stage joins them."""
+    from types import SimpleNamespace
+
+    import torch
+    from accelerate.state import PartialState
+
+    from benchmark.training import loop
+
+    for name in loop.LAUNCH_SIZE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(PartialState, "_shared_state", {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    check_track(load_track("debug"))
+    assert loop.launched_processes() == 1 and PartialState._shared_state == {}, "accelerate's state was made"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(loop, "processes", lambda: SimpleNamespace(num_processes=2))
+    assert loop.launched_processes() == 2
 
 
 def test_the_shipped_paper_track_says_how_to_give_it_its_quality_weights(tmp_path, monkeypatch):
