@@ -478,6 +478,34 @@ def test_a_relative_url_in_a_recipe_says_it_is_read_from_the_current_folder(tmp_
     assert f"read from the current folder, {work}, not from the recipe file's folder" in message, message
 
 
+def test_a_recipes_own_source_missing_here_says_to_pass_yours_with_source(tmp_path, monkeypatch):
+    """icd-v1 (the paper track's recipe) names a placeholder, data/source/{00000..00009}.tar, that no
+    lab holds: ``build icd-v1`` or ``benchmark --track paper`` without --source said only that the
+    tars do not exist. A recipe's own tars or folder missing here now says how to read one's own; a
+    --source missing, or any other recipe error, is said as before."""
+    from builders.recipe import RecipeError, load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    hint = "; to read your own shards or folder, pass it with --source"
+    folder = tmp_path / "folder.toml"
+    folder.write_text((Path(RECIPES_DIR) / "icd-debug.toml").read_text().replace(
+        'kind = "procedural"\ntrain = 64\ntest = 32', f'kind = "folder"\npath = "{tmp_path / "no-images"}"'))
+    for recipe, said in (("icd-v1", "source.urls: 10 of 10 tar files do not exist"), (folder, "source.path: ")):
+        with pytest.raises(RecipeError) as e:
+            load_recipe(recipe)
+        message = str(e.value)
+        assert said in message and message.endswith(hint) and "\n" not in message, message
+    with pytest.raises(RecipeError) as e:
+        load_recipe(folder, {"source": {"kind": "folder", "path": str(tmp_path / "also-missing")}})
+    assert "(the source given, in place of folder.toml's)" in str(e.value) and hint not in str(e.value), str(e.value)
+    (tmp_path / "no-images").mkdir()
+    with pytest.raises(RecipeError) as e:
+        load_recipe(folder, {"subsets": []})
+    assert hint not in str(e.value), str(e.value)
+    assert main(["build", "icd-v1", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_glob_or_a_folder_of_tars_as_source_points_at_the_brace_pattern(tmp_path):
     from builders.recipe import RecipeError, load_recipe, source_from_spec
 
