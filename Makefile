@@ -6,10 +6,15 @@ WORKERS ?= 2
 JOBS ?= 2
 DATA ?= data
 TRACK ?= tiny
+# Your own image-text shards or folder in place of the recipe's source, and an SD folder for the paper track.
+SOURCE ?=
+PRETRAINED ?=
 STAMP := $(VENV)/.installed-stamp
 
 # A value as one shell word, whatever it holds (spaces, quotes): DATA='my data' stays one path.
 quote = '$(subst ','\'',$(1))'
+# An option with its value as one shell word, or nothing when the value is empty: $(call option,--source,$(SOURCE)).
+option = $(if $(2),$(1) $(call quote,$(2)))
 # A path as one make target, its spaces escaped: VENV='my venv' is one stamp, found installed.
 space := $(subst ,, )
 target = $(subst $(space),\$(space),$(1))
@@ -32,12 +37,13 @@ $(call target,$(STAMP)): setup.cfg pyproject.toml
 # The dataset's folder is named after the recipe's name, not the path it was given by.
 dataset: install
 	out=$(call quote,$(DATA))/"$$($(CLI) recipe-name $(call quote,$(RECIPE)))" && \
-	$(CLI) build $(call quote,$(RECIPE)) --out "$$out" --workers $(call quote,$(WORKERS)) && \
+	$(CLI) build $(call quote,$(RECIPE)) --out "$$out" --workers $(call quote,$(WORKERS)) $(call option,--source,$(SOURCE)) && \
 	$(CLI) verify "$$out" && \
 	$(CLI) show "$$out" --contaminated --out "$$out/preview.png"
 
 benchmark: install
-	$(CLI) benchmark --track $(call quote,$(TRACK)) --data $(call quote,$(DATA)) --workers $(call quote,$(WORKERS)) --jobs $(call quote,$(JOBS))
+	$(CLI) benchmark --track $(call quote,$(TRACK)) --data $(call quote,$(DATA)) --workers $(call quote,$(WORKERS)) --jobs $(call quote,$(JOBS)) \
+		$(call option,--source,$(SOURCE)) $(call option,--pretrained,$(PRETRAINED))
 
 test: install
 	$(PY) -m pytest -q -ra

@@ -21,7 +21,8 @@ from benchmark.methods.forget_me_not import FMNConfig
 from benchmark.prompts import read_prompts, resolve_prompts
 from benchmark.track import DETECTOR_SUBSET, Track, TrackError
 from benchmark.models.pipelines import TinyPipelineConfig, build_scheduler, check_size
-from benchmark.training import TrainingConfig
+from benchmark.training import TrainingConfig, launched_processes
+from benchmark.training.data import batch_split_refusal
 from benchmark.training.memory import mixed_precision_refusal
 from builders.recipe import MAX_IMAGE_SIZE, Recipe, load_recipe, source_from_spec
 from implicit_concept.detector.training import load_scale
@@ -166,12 +167,16 @@ def _needs_pretrained(track: Track) -> None:
 
 def _training(config: TrainingConfig, on_this_machine: bool = True) -> None:
     """The numbers of a training table, and (``on_this_machine``: it will train here) its mixed
-    precision on this machine: "fp16" without a GPU fails at the first step otherwise, after the
+    precision on this machine and its global batch over this launch's processes: "fp16" without a
+    GPU, or a batch_size N processes cannot share, fails at the first step otherwise, after the
     dataset and detector stages."""
     if on_this_machine:
         refusal = mixed_precision_refusal(config.mixed_precision)
         if refusal:
             raise ValueError(f"mixed_precision = {refusal}")
+        split = batch_split_refusal(config.batch_size, launched_processes())
+        if split:
+            raise ValueError(f"batch_size = {split}")
     if config.warmup_steps > config.steps:
         raise ValueError(f"warmup_steps = {config.warmup_steps} is more than steps = {config.steps}: the learning rate would never warm up")
     check_number("learning_rate", config.learning_rate, 0, math.inf, open_lo=True)
@@ -237,7 +242,9 @@ def _quality(options: dict[str, Any]) -> None:
         check_fields(options, ("kind", "fid_weights", "clip_weights"), "quality")
         missing = [k for k in ("fid_weights", "clip_weights") if not options.get(k)]
         if missing:
-            raise ValueError(f"kind 'paper' needs local weight paths for {missing}")
+            raise ValueError(f"kind 'paper' needs local weight paths for {missing} (torch-fidelity's "
+                             "weights-inception-2015-12-05-6726825d.pth, a transformers CLIPModel folder; never downloaded): "
+                             "set them in a copy of this track file and pass the copy to --track, or kind = \"none\" for ICR alone")
         for key in ("fid_weights", "clip_weights"):
             if not isinstance(options[key], str) or not Path(options[key]).exists():
                 raise ValueError(f"{key}: {options[key]!r}: no such file or folder (the weights are read locally, never downloaded)")

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from builders.caption_screen import CaptionScreen
 from builders.source_screen import SourceScreenConfig, detector_fingerprint
 from builders.sources import make_source
+from builders.sources.base import SourceNotFound
 from builders.sources.webdataset_source import expand_tars, missing_tars_hint, public_location
 from implicit_concept.concepts import CONCEPT_NAMES, make_renderer
 from implicit_concept.shard_reader import is_stream
@@ -26,6 +27,10 @@ from manifests import RECIPES_DIR
 
 class RecipeError(ValueError):
     """A recipe field is missing or wrong; the message names the file and the field."""
+
+
+class MissingSource(RecipeError):
+    """The recipe's own source is not on this machine (:class:`~builders.sources.base.SourceNotFound`)."""
 
 
 #: A recipe name: a folder under ``data/``. A subset name: a folder beside the dataset's files
@@ -148,7 +153,8 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
         overridden = [k for k in overrides or {} if str(e).startswith((f"{k}.", f"{k}:"))]
         if overridden:  # a field given in place of the recipe's (--source): the recipe file is not at fault
             raise RecipeError(f"{e} (the {overridden[0]} given, in place of {path.name}'s)") from None
-        raise RecipeError(f"{path}: {e}") from None
+        hint = "; to read your own shards or folder, pass it with --source" if isinstance(e, MissingSource) else ""
+        raise RecipeError(f"{path}: {e}{hint}") from None
     # Checked (and any missing tar named as written) above; read by absolute path from here on (to_dict leaves it out).
     source = absolute_source(recipe.source)
     return recipe if source == recipe.source else replace(recipe, source=source)
@@ -354,6 +360,8 @@ def _check_components(recipe: Recipe) -> None:
         for concept in sorted({c for s in recipe.subsets for c in s.concepts}):
             for split in ("train", "test"):
                 make_renderer(concept, recipe.concepts.get(concept, {}), split, system_fonts=recipe.system_fonts)
+    except SourceNotFound as e:
+        raise MissingSource(str(e)) from None
     except ValueError as e:
         raise RecipeError(str(e)) from None
 

@@ -167,6 +167,8 @@ _NOT_TAR_SIGNATURES = (
     (b"\x1f\x8b", "gzip data that does not hold a readable tar (cut short, or another file compressed)"),
     (b"BZh", "bzip2 data that does not hold a readable tar"),
     (b"\xfd7zXZ\x00", "xz data that does not hold a readable tar"),
+    (b"PAR1", "a parquet table, not a tar (img2dataset writes one beside each tar it makes, and puts the images "
+              "in it only with --output_format parquet): name the .tar files, made with --output_format webdataset"),
 )
 
 

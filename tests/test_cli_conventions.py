@@ -221,6 +221,22 @@ def test_the_makefile_passes_each_variable_as_one_argument_and_names_the_dataset
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_passes_a_labs_source_and_pretrained_folder_as_one_argument_each(tmp_path):
+    """The paper track's recipe reads the lab's own shards (``--source``) and its base from disk
+    (``--pretrained``): ``make dataset RECIPE=icd-v1`` had no way to pass them, and built from the
+    recipe's placeholder path. A brace pattern stays one argument for the CLI to expand; unset, neither
+    flag is passed (the test above)."""
+    source, sd = str(tmp_path / "my laion/{00000..00009}.tar"), str(tmp_path / "lab's sd")
+    done, calls = _make(tmp_path, "dataset", "benchmark", f"DATA={tmp_path / 'd'}", "RECIPE=icd-v1", "TRACK=paper",
+                        f"SOURCE={source}", f"PRETRAINED={sd}")
+    assert done.returncode == 0, done.stderr
+    out = f"{tmp_path / 'd'}/icd-v1"
+    assert calls[1] == ["build", "icd-v1", "--out", out, "--workers", "2", "--source", source], calls
+    assert calls[-1] == ["benchmark", "--track", "paper", "--data", str(tmp_path / "d"), "--workers", "2", "--jobs", "2",
+                         "--source", source, "--pretrained", sd], calls
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 def test_make_dataset_with_a_recipe_it_cannot_name_builds_nothing(tmp_path):
     """A recipe that does not exist, or whose name is not a folder name: its error on one line, and no
     build into ``DATA/`` itself."""

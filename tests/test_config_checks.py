@@ -374,6 +374,81 @@ def test_fp16_without_a_gpu_is_refused_by_the_track_check(tmp_path, monkeypatch,
         check_track(paper, source=str(_tars(tmp_path)), pretrained=Path("/some/sd"))
 
 
+def test_a_global_batch_the_launchs_processes_cannot_share_is_refused_by_the_track_check(tmp_path, monkeypatch):
+    """Under ``accelerate launch --num_processes N`` every process trains the base and the fine-tunes
+    on its share of each global batch; a batch_size N does not divide failed at the first fine-tune,
+    after the dataset and detector stages (hours at paper scale), without naming the track. The track
+    check refuses it first, naming the file, the table and the field; a base from disk is not trained."""
+    from benchmark import track_check
+
+    monkeypatch.setattr(track_check, "launched_processes", lambda: 3)
+    debug = load_track("debug")  # [base.training] and [finetune] batch_size = 8
+    with pytest.raises(TrackError) as e:
+        check_track(debug)
+    assert re.fullmatch(r".*debug\.toml: \[base\.training\]: batch_size = 8 does not split evenly over the 3 processes .*multiple of 3",
+                        str(e.value)), str(e.value)
+    with pytest.raises(TrackError, match=r"debug\.toml: \[finetune\]: batch_size = 8 does not split evenly over the 3 processes"):
+        check_track(debug, pretrained=Path("/some/sd"))
+    dry, source = load_track("paper-dry"), _tars(tmp_path)  # batch_size = 1
+    monkeypatch.setattr(track_check, "launched_processes", lambda: 2)
+    with pytest.raises(TrackError, match=r"paper-dry\.toml: \[finetune\]: batch_size = 1 does not split evenly over the 2"):
+        check_track(dry, source=source, pretrained=Path("/some/sd"))
+    check_track(debug)  # 8 over 2
+    monkeypatch.setattr(track_check, "launched_processes", lambda: 1)
+    check_track(dry, source=source, pretrained=Path("/some/sd"))
+    monkeypatch.setattr(track_check, "launched_processes", lambda: 3)
+    runs = tmp_path / "runs"
+    assert main(["benchmark", "--track", "debug", "--runs", str(runs), "--data", str(tmp_path / "d"), "--cache", str(tmp_path / "c"), "--quiet"]) == 2
+    assert not (tmp_path / "d").exists() and not (tmp_path / "c").exists(), "refused before the dataset stage"
+
+
+def test_the_launchs_process_count_is_read_without_creating_accelerates_state(monkeypatch):
+    """accelerate's state is a process-wide singleton that keeps the device it was first made with:
+    the track check, run alone (here with a GPU faked, as the fp16 test fakes one), must not make it,
+    or every later training in the process would take that device. Under a launcher (WORLD_SIZE) the
+    count is the joined processes', as the protocol's first stage joins them."""
+    from types import SimpleNamespace
+
+    import torch
+    from accelerate.state import PartialState
+
+    from benchmark.training import loop
+
+    for name in loop.LAUNCH_SIZE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(PartialState, "_shared_state", {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    check_track(load_track("debug"))
+    assert loop.launched_processes() == 1 and PartialState._shared_state == {}, "accelerate's state was made"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(loop, "processes", lambda: SimpleNamespace(num_processes=2))
+    assert loop.launched_processes() == 2
+
+
+def test_the_shipped_paper_track_says_how_to_give_it_its_quality_weights(tmp_path, monkeypatch):
+    """README's ``benchmark --track paper --pretrained ... --source ...`` is refused on any machine:
+    the shipped track leaves its FID and CLIP weights' paths empty (they are never downloaded). The
+    refusal names the file, the fields, what each one is and how to give them (a copy of the track);
+    the copy so made passes."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # past the fp16 check, as on a GPU
+    source, sd = _tars(tmp_path), Path("/some/sd")
+    with pytest.raises(TrackError) as e:
+        check_track(load_track("paper"), source=source, pretrained=sd)
+    message = str(e.value)
+    assert "\n" not in message and str(TRACKS_DIR / "paper.toml") in message, message
+    for fragment in ("[quality]", "'fid_weights', 'clip_weights'", "inception", "CLIPModel", "a copy of this track file", "--track",
+                     'kind = "none"'):
+        assert fragment in message, (fragment, message)
+    (tmp_path / "inception.pth").write_bytes(b"")
+    (tmp_path / "clip").mkdir()
+    mine = tmp_path / "my-paper.toml"
+    mine.write_text((TRACKS_DIR / "paper.toml").read_text().replace('fid_weights = ""', f'fid_weights = "{tmp_path / "inception.pth"}"')
+                    .replace('clip_weights = ""', f'clip_weights = "{tmp_path / "clip"}"'))
+    check_track(load_track(mine), source=source, pretrained=sd)
+
+
 def _tars(folder: Path) -> str:
     """A --source of two (empty) tars: the track check only sees that they exist."""
     for i in range(2):
@@ -401,6 +476,34 @@ def test_a_relative_url_in_a_recipe_says_it_is_read_from_the_current_folder(tmp_
     message = str(e.value)
     assert str(recipe) in message and "'../shards/00000.tar'" in message, message
     assert f"read from the current folder, {work}, not from the recipe file's folder" in message, message
+
+
+def test_a_recipes_own_source_missing_here_says_to_pass_yours_with_source(tmp_path, monkeypatch):
+    """icd-v1 (the paper track's recipe) names a placeholder, data/source/{00000..00009}.tar, that no
+    lab holds: ``build icd-v1`` or ``benchmark --track paper`` without --source said only that the
+    tars do not exist. A recipe's own tars or folder missing here now says how to read one's own; a
+    --source missing, or any other recipe error, is said as before."""
+    from builders.recipe import RecipeError, load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    hint = "; to read your own shards or folder, pass it with --source"
+    folder = tmp_path / "folder.toml"
+    folder.write_text((Path(RECIPES_DIR) / "icd-debug.toml").read_text().replace(
+        'kind = "procedural"\ntrain = 64\ntest = 32', f'kind = "folder"\npath = "{tmp_path / "no-images"}"'))
+    for recipe, said in (("icd-v1", "source.urls: 10 of 10 tar files do not exist"), (folder, "source.path: ")):
+        with pytest.raises(RecipeError) as e:
+            load_recipe(recipe)
+        message = str(e.value)
+        assert said in message and message.endswith(hint) and "\n" not in message, message
+    with pytest.raises(RecipeError) as e:
+        load_recipe(folder, {"source": {"kind": "folder", "path": str(tmp_path / "also-missing")}})
+    assert "(the source given, in place of folder.toml's)" in str(e.value) and hint not in str(e.value), str(e.value)
+    (tmp_path / "no-images").mkdir()
+    with pytest.raises(RecipeError) as e:
+        load_recipe(folder, {"subsets": []})
+    assert hint not in str(e.value), str(e.value)
+    assert main(["build", "icd-v1", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_glob_or_a_folder_of_tars_as_source_points_at_the_brace_pattern(tmp_path):

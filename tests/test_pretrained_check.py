@@ -361,6 +361,31 @@ def test_a_snapshot_holding_variants_beside_the_weights_is_the_same_base_as_the_
     assert len({weights_sha256(tiny), weights_sha256(fp16), weights_sha256(other)}) == 3, "the weights read still name the base"
 
 
+def test_a_base_sampling_off_the_track_names_the_file_its_scheduler_class_is_read_from(copy):
+    """The scheduler class is read from ``model_index.json`` (by diffusers and ``load_pipeline``): a
+    folder whose index names Euler while its ``scheduler_config.json`` says PNDM was refused naming
+    the config file, which names the track's own class. The file named holds what is wrong: the index
+    there, the config for a class both files name, or for settings."""
+    from benchmark.models.pretrained_check import check_base_sampler
+
+    track = load_track("paper").sampler()
+    check_base_sampler(copy("same"), track)
+    index_only = copy("index-only")
+    _edit(index_only / "model_index.json", scheduler=["diffusers", "EulerDiscreteScheduler"])
+    both = copy("both")
+    _edit(both / "model_index.json", scheduler=["diffusers", "DDIMScheduler"])
+    _edit(both / "scheduler" / "scheduler_config.json", _class_name="DDIMScheduler")
+    settings = copy("settings")
+    _edit(settings / "scheduler" / "scheduler_config.json", steps_offset=0)
+    for folder, file, said in ((index_only, "model_index.json", "EulerDiscreteScheduler, not the track's PNDMScheduler (its scheduler "
+                                "class; scheduler_config.json names 'PNDMScheduler')"),
+                               (both, "scheduler/scheduler_config.json", "DDIMScheduler, not the track's PNDMScheduler; "),
+                               (settings, "scheduler/scheduler_config.json", "steps_offset = 0, not 1")):
+        with pytest.raises(ValueError) as e:
+            check_base_sampler(folder, track)
+        assert str(e.value).startswith(f"{folder / file}: {said}") and "\n" not in str(e.value), str(e.value)
+
+
 def test_a_run_resumed_on_other_weights_at_the_same_pretrained_path_is_refused_before_any_stage(copy, tmp_path):
     """run.json records --pretrained's path, and the weights there change (a link moved to a newer
     snapshot, a re-download): the rows of methods not rerun were kept beside the new ones, all under

@@ -399,8 +399,9 @@ def test_webdataset_truncated_tar_yields_what_was_read(shards: Path, shard: int)
     (b"\x28\xb5\x2f\xfd" + bytes(600), "zstd data, not a tar: decompress it (zstd -d)"),
     (b"PK\x03\x04" + bytes(600), "a zip archive, not a tar"),
     (b"\x1f\x8b\x08\x00" + bytes(600), "gzip data that does not hold a readable tar"),
+    (b"PAR1\x15\x04\x15\xe0" + bytes(600), "a parquet table, not a tar (img2dataset writes one beside each tar"),
     (bytes(range(256)) * 3, "not a readable tar (its first 512 bytes hold no valid tar header; they begin 00 01 02 03"),
-], ids=["empty", "html", "zstd", "zip", "gzip", "bytes"])
+], ids=["empty", "html", "zstd", "zip", "gzip", "parquet", "bytes"])
 def test_a_file_named_tar_that_is_not_one_is_said_for_what_it_is(tmp_path: Path, head: bytes, said: str):
     """tarfile says 'file could not be opened successfully' with a line per compression it tried;
     the skip record says what the file is (a saved error page, another archive)."""

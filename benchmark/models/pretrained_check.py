@@ -98,18 +98,30 @@ def base_sampler_difference(path: str | Path, sampler: Any) -> str | None:
     :meth:`~benchmark.track.Track.sampler`, given the folder's noise schedule and prediction type),
     in a few words ("EulerDiscreteScheduler, not the track's PNDMScheduler", or the settings that
     differ); None when it does. From JSON only."""
-    path = Path(path)
+    found = _sampler_difference(Path(path), sampler)
+    return None if found is None else found[1]
+
+
+def _sampler_difference(path: Path, sampler: Any) -> tuple[Path, str] | None:
+    """:func:`base_sampler_difference` and the file that says it: ``model_index.json`` for the class
+    (diffusers and ``load_pipeline`` take it from there) where ``scheduler_config.json``'s
+    ``_class_name`` names another, else ``scheduler_config.json``."""
     index = read_json_object(path / "model_index.json")
     own_class = _component_class(index, "scheduler", SCHEDULERS, path)
     config = _scheduler_config(path)
     own = own_class.from_config(config)
     track = track_sampler(sampler, config, str(path))
+    config_file = path / "scheduler" / "scheduler_config.json"
     if same_sampler(track, own):
         return None
     if own_class is not type(track):
-        return f"{own_class.__name__}, not the track's {type(track).__name__}"
+        said = f"{own_class.__name__}, not the track's {type(track).__name__}"
+        if config.get("_class_name") != own_class.__name__:
+            return path / "model_index.json", f"{said} (its scheduler class; {config_file.name} names {config.get('_class_name')!r})"
+        return config_file, said
     taken = [k for k in inspect.signature(type(track).__init__).parameters if k != "self"]
-    return "; ".join(f"{k} = {own.config.get(k)!r}, not {track.config.get(k)!r}" for k in taken if own.config.get(k) != track.config.get(k))
+    return config_file, "; ".join(f"{k} = {own.config.get(k)!r}, not {track.config.get(k)!r}" for k in taken
+                                  if own.config.get(k) != track.config.get(k))
 
 
 def check_base_sampler(path: str | Path, sampler: Any) -> None:
@@ -118,12 +130,13 @@ def check_base_sampler(path: str | Path, sampler: Any) -> None:
     with the scheduler their base was saved with (fine-tunes keep it), while ``score-pipeline`` judges
     a handed-over folder with the track's: a base saved with another would give a run's rows and a
     handed-over copy of the same model other images, both recorded as on the track's protocol."""
-    said = base_sampler_difference(path, sampler)
-    if said is None:
+    found = _sampler_difference(Path(path), sampler)
+    if found is None:
         return
+    file, said = found
     name = type(sampler).__name__
     raise ValueError(
-        f"{Path(path) / 'scheduler' / 'scheduler_config.json'}: {said}; the track samples with {name} (score-pipeline "
+        f"{file}: {said}; the track samples with {name} (score-pipeline "
         "judges every handed-over folder with it) and the benchmark's methods with their base's scheduler, so they would "
         f"draw other images: re-save the base with the track's (pipe.scheduler = {name}.from_config(...) "
         "with the settings the track names)"

@@ -176,10 +176,22 @@ def encode_all(source: SampleSource, prepare: Preparer, vae: Any, scaling: float
         flush()
 
 
+def batch_split_refusal(batch_size: int, processes: int) -> str | None:
+    """Why a global batch of ``batch_size`` cannot be shared by ``processes`` (the words after the
+    field's name), or None. Checked by :func:`process_share` and, before any stage runs, by the
+    track check: a launch of N processes otherwise fails at its first fine-tune, after the dataset
+    and detector stages."""
+    if batch_size % processes:
+        return (f"{batch_size} does not split evenly over the {processes} processes of this launch "
+                f"(it is the global batch); make it a multiple of {processes}")
+    return None
+
+
 def process_share(batch_size: int, processes: int, index: int) -> slice:
     """Which examples of each global batch process ``index`` of ``processes`` trains on."""
-    if batch_size % processes:
-        raise ValueError(f"batch_size {batch_size} does not split evenly over {processes} processes")
+    refusal = batch_split_refusal(batch_size, processes)
+    if refusal:
+        raise ValueError(f"batch_size = {refusal}")
     per_process = batch_size // processes
     return slice(index * per_process, (index + 1) * per_process)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import get_int_from_env
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -70,6 +71,21 @@ def processes() -> PartialState:
     """This process's place in an ``accelerate launch`` / torchrun run (a run of one otherwise): on
     CPUs, accelerate joins the processes only when told ``cpu``, as ``train`` does."""
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+#: Where a launcher says how many processes it started: torchrun and ``accelerate launch`` (WORLD_SIZE),
+#: MPI (the others), as accelerate reads them.
+LAUNCH_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def launched_processes() -> int:
+    """How many processes train together in this launch, for checks made before any stage runs:
+    1 when no launcher says several, without creating accelerate's state (a process-wide singleton,
+    which would keep this moment's device for every later :func:`processes`); else
+    :func:`processes`' count, the processes joined as the protocol's first stage joins them."""
+    if get_int_from_env(list(LAUNCH_SIZE_VARIABLES), 1) > 1:
+        return processes().num_processes
+    return 1
 
 
 def train(

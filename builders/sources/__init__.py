@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from implicit_concept.validate import check_fields
 
-from .base import RawItem, Source, split_of
+from .base import RawItem, Source, SourceNotFound, split_of
 from .folder import FolderConfig, FolderSource
 from .procedural import ProceduralConfig, ProceduralSource
 from .webdataset_source import WebDatasetConfig, WebDatasetSource
@@ -76,5 +76,7 @@ def make_source(options: dict[str, Any], *, image_size: int, shard_size: int, se
             raise ValueError(f"source.{name}: required for source {kind!r}")
     try:
         return entry.build(entry.config(**given), image_size, shard_size, seed)
+    except SourceNotFound as exc:
+        raise SourceNotFound(f"source.{exc}") from None
     except ValueError as exc:
         raise ValueError(f"source.{exc}") from None

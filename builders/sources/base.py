@@ -29,6 +29,11 @@ MAX_PLANNED_SHARDS = 10_000_000
 HIDDEN = "hidden_file"
 
 
+class SourceNotFound(ValueError):
+    """A source's tars or folder are not on this machine: a recipe's placeholder path (icd-v1's), most
+    often, where a lab's own images are meant to be named (``--source``)."""
+
+
 @dataclass
 class RawItem:
     """One item as the source holds it; ``error`` names why it cannot be used, if so (the reason

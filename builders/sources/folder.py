@@ -31,8 +31,8 @@ from implicit_concept.sample import SPLITS
 from implicit_concept.shard_reader import MAX_JSON_BYTES, is_hidden
 
 from .base import (
-    DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, check_fraction, check_limits, hidden_detail, raise_cap, recorded_name, split_of,
-    undecodable_detail,
+    DEFAULT_EXTENSIONS, HIDDEN, RawItem, Source, SourceNotFound, check_fraction, check_limits, hidden_detail, raise_cap, recorded_name,
+    split_of, undecodable_detail,
 )
 from .caption_text import MAX_CAPTION_BYTES, read_caption
 from .source_json import json_caption_hint, read_source_json
@@ -223,7 +223,7 @@ class FolderSource(Source):
         if not root.is_dir():
             tilde = (f" (a '~' is not expanded here, only by a shell and outside quotes: {os.path.expanduser(config.path)!r}?)"
                      if config.path.startswith("~") else "")
-            raise ValueError(f"path: {str(root)!r} does not exist or is not a directory{tilde}")
+            raise SourceNotFound(f"path: {str(root)!r} does not exist or is not a directory{tilde}")
         listed, unlisted, linked = _list(root)
         if "" in unlisted:
             raise ValueError(f"path: {str(root)!r} cannot be listed ({unlisted['']})")

@@ -64,7 +64,7 @@ from implicit_concept.shard_reader import (
 from implicit_concept.streams import StreamFailed
 
 from .base import (
-    DEFAULT_EXTENSIONS, HIDDEN, MAX_PLANNED_SHARDS, RawItem, Source, check_fraction, check_limits, hidden_detail, raise_cap,
+    DEFAULT_EXTENSIONS, HIDDEN, MAX_PLANNED_SHARDS, RawItem, Source, SourceNotFound, check_fraction, check_limits, hidden_detail, raise_cap,
     recorded_name, split_of, undecodable_detail,
 )
 from .caption_text import read_caption
@@ -192,7 +192,7 @@ class WebDatasetSource(Source):
         tars = tar_paths(config)
         missing = [p for p in tars if not is_stream(p) and not os.path.isfile(p)]
         if missing:
-            raise ValueError(
+            raise SourceNotFound(
                 f"urls: {len(missing)} of {len(tars)} tar files do not exist, first {missing[0]!r}"
                 f"{missing_tars_hint(missing[0], 'a recipe')}"
             )
