@@ -264,3 +264,15 @@ def test_the_encoding_check_finds_text_opens_in_the_locale_s_encoding(tmp_path):
                       "open(p, 'rb')\np.open('wb')\np.read_text(encoding='utf-8')\nopen(p, encoding='utf-8')\n"
                       "import gzip\ngzip.open(p, 'rb')\ngzip.open(p, 'rt')\ngzip.open(p)\n", encoding="utf-8")
     assert [line.split(": ", 1)[0].rsplit(":", 1)[1] for line in _text_opens_without_encoding(source)] == ["3", "4", "5", "6", "13"]
+
+
+def test_json_dash_prints_strict_json_as_the_files_are(capsys):
+    """``--json -`` is for scripts piping into jq: a measure of nothing (NaN) printed as Python's
+    ``NaN`` token made jq fail where ``--json FILE`` holds ``null``."""
+    from benchmark.cli import _json_result
+
+    assert _json_result("-", {"icr": float("nan"), "ci": [float("inf"), 0.5], "name": "imgs-\udce9"}) is True
+    printed = capsys.readouterr().out
+    assert printed.count("\n") == 1
+    assert json.loads(printed, parse_constant=lambda token: pytest.fail(f"{token} is not JSON")) == {
+        "ci": [None, 0.5], "icr": None, "name": "imgs-\udce9"}

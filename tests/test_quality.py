@@ -443,3 +443,20 @@ def test_a_method_and_external_scoring_compare_with_the_same_clean_images(tmp_pa
             Image.new("RGB", (64, 64)).save(folder / f"{p.case_number}_{i}.png")
     external.score_image_folder(folder, tmp_path / "out", judging)
     assert len(benchmark.reference) == len(judged[0]) == len(benchmark.prompts) == 3
+
+
+def test_images_become_tensors_without_torch_warning_of_read_only_arrays():
+    """PIL's pixels reach numpy read-only; handed to torch as they were, every ``paper_fid`` and CLIP
+    score call warned that writing the tensor is undefined. The tensors are copies, pixel for pixel."""
+    import warnings
+
+    from benchmark.evaluation.quality import _uint8_chw
+
+    pixels = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    frozen = pixels.copy()
+    frozen.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tensors = _uint8_chw([Image.fromarray(pixels), frozen])
+    for tensor in tensors:
+        assert tensor.shape == (3, 4, 5) and np.array_equal(tensor.permute(1, 2, 0).numpy(), pixels)

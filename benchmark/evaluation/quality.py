@@ -277,7 +277,7 @@ def _uint8_chw(images: Sequence[ImageLike]) -> list[Any]:
             a = image
         else:
             raise ValueError(f"image {i}: want a PIL image or an HxWx3 uint8 array")
-        out.append(torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1))
+        out.append(torch.from_numpy(np.array(a)).permute(2, 0, 1))  # a copy: PIL's array is read-only, which torch warns of
     return out
 
 
