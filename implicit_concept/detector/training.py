@@ -38,7 +38,7 @@ from implicit_concept.detector.export import DEFAULT_VALIDATION_SHARE, Detection
 from implicit_concept.detector.image_sets import ImageSet, ImageSetDigest, ImageSetError, named_images, pixel_sha256, write_backgrounds
 from implicit_concept.detector.inference import Detector, model_config
 from implicit_concept.detector.weights import DEFAULT_CONF, WEIGHTS_NAME, is_model_yaml, model_yaml, record_path, weights_state, write_detector
-from implicit_concept.detector.yolo_env import import_ultralytics
+from implicit_concept.detector.yolo_env import import_ultralytics, info_hidden
 from implicit_concept.file_locks import locked
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_apart
 from implicit_concept.provenance import environment
@@ -325,7 +325,8 @@ def _in_memory_trainer(base: type, model: str) -> type:
         building the network ``model`` from ultralytics' own file (:func:`model_config`) as inference does."""
 
         def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> Any:
-            return super().get_model(cfg=model_config(model), weights=weights, verbose=verbose)
+            with info_hidden():  # its nc override and layer table, at every build
+                return super().get_model(cfg=model_config(model), weights=weights, verbose=verbose)
 
         def save_model(self) -> bool:
             return False

@@ -118,6 +118,23 @@ def ultralytics_call(threads: int | None = None) -> Iterator[None]:
                 os.environ[name] = value
 
 
+@contextmanager
+def info_hidden() -> Iterator[None]:
+    """ultralytics' informational lines off within the block (its warnings shown): building the
+    network the toolkit names logs ``Overriding model.yaml nc=80 with nc=3`` and a layer table at
+    every build, which say nothing a user acts on. Its logger's level is put back after."""
+    import logging
+
+    logger = logging.getLogger("ultralytics")
+    level = logger.level
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def predict_threads(device: str) -> int | None:
     """The torch thread count ultralytics predicts on ``device`` at: the one its ``select_device``
     sets on a CPU when a predictor is set up (None on a GPU, where it sets none)."""
