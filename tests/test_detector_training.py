@@ -14,7 +14,7 @@ from implicit_concept.shard_reader import iter_samples
 #: ultralytics' informational lines around the epochs (its banner, arguments, optimizer, network
 #: summaries, dataset and speed checks), which say nothing a user acts on.
 TRAINING_CHATTER = ("Ultralytics 8.", "engine/trainer:", "optimizer:", "Overriding model.yaml", "summary",
-                    "Fast image access", "Speed:", "Results saved to")
+                    "Fast image access", "Speed:", "Results saved to", "Logging results to")
 
 
 @pytest.mark.slow

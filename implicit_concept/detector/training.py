@@ -290,9 +290,9 @@ def _train(data_yaml: Path, scale: DetectorScale, out_dir: Path) -> Any:
     callbacks["on_pretrain_routine_start"].append(lambda trainer: _set_threads(scale.threads))
     shutil.rmtree(out_dir / "train", ignore_errors=True)  # nothing found there is ever read back
     trainer_class = _in_memory_trainer(import_ultralytics("ultralytics.models.yolo.detect").DetectionTrainer, scale.model)
-    with ExitStack() as setting_up:  # its banner, arguments, optimizer and dataset checks hidden; its epochs shown
+    with ExitStack() as setting_up:  # its banner, arguments, optimizer, dataset checks and throwaway log folder hidden; its epochs shown
         setting_up.enter_context(info_hidden())
-        callbacks["on_pretrain_routine_end"].append(lambda trainer: setting_up.close())
+        callbacks["on_train_epoch_start"].append(lambda trainer: setting_up.close())
         trainer = trainer_class(
             overrides={
                 "model": str(model_yaml(scale.model)),  # never the bare name: ultralytics would look it up in the current folder
