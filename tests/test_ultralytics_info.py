@@ -1,7 +1,7 @@
 """Building the detection network the way the toolkit does (inference's ``build_model``, training's
 ``get_model``) prints none of ultralytics' informational lines (``Overriding model.yaml nc=80 with
 nc=3``, the layer table: once per detector load, a debug run printed the first 13 times), and the
-level a caller gave ultralytics' logger is as it was after."""
+level a caller gave ultralytics' logger, and its own lines, are as they were after."""
 import logging
 from types import SimpleNamespace
 
@@ -36,6 +36,8 @@ def test_building_the_network_prints_no_informational_line_and_keeps_the_callers
         build()
         err = capfd.readouterr().err
         assert logger.level == callers_level
+        logger.info("the caller's own line")
+        assert "the caller's own line" in capfd.readouterr().err, "nothing hides its lines after the build"
     finally:
         logger.setLevel(before)
     assert not [line for line in NOISE if line in err], err[-2000:]
