@@ -19,6 +19,8 @@ with quiet_libraries() if sys.argv[1] == "quiet" else nullcontext():
     config = TinyPipelineConfig(image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True), attention_head_dim=8, text_hidden=16, text_layers=1, text_heads=2)
     save_portable_pipeline(build_tiny_pipeline(config, sys.argv[2] + "/tok", seed=0), sys.argv[2] + "/p")
     pipe = load_pipeline(sys.argv[2] + "/p")
+    from transformers import CLIPTextModel  # a plug-in's own load: the toolkit's draw no bar of the library's
+    CLIPTextModel.from_pretrained(sys.argv[2] + "/p/text_encoder", local_files_only=True)
 """
 
 

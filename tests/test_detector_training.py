@@ -11,10 +11,19 @@ from implicit_concept.detector.training import load_scale, train_detector
 from implicit_concept.shard_reader import iter_samples
 
 
+#: ultralytics' informational lines around the epochs (its banner, arguments, optimizer, network
+#: summaries, dataset and speed checks), which say nothing a user acts on.
+TRAINING_CHATTER = ("Ultralytics 8.", "engine/trainer:", "optimizer:", "Overriding model.yaml", "summary",
+                    "Fast image access", "Speed:", "Results saved to", "Logging results to")
+
+
 @pytest.mark.slow
 def test_debug_training_gives_weights_that_load_predict_and_score(debug_dataset, tmp_path, capsys):
     shards = debug_dataset / "icd-mixed"
     trained = train_detector(shards, tmp_path / "det", load_scale("debug"))
+    said = capsys.readouterr().err
+    assert not [line for line in TRAINING_CHATTER if line in said], said[-3000:]
+    assert "Epoch" in said and "epochs completed" in said, "the epochs' own lines are shown"
 
     metrics = json.loads(trained.metrics.read_text())
     assert set(metrics["test_split"]["per_class"]) == set(CONCEPT_NAMES)

@@ -303,6 +303,11 @@ class _FakeMetric:
 
     def __init__(self, **kwargs):
         self.made.append(kwargs)
+        if "model_name_or_path" in kwargs:  # CLIPScore's from_pretrained draws transformers' bar
+            from transformers.utils import logging as transformers_logging
+
+            for _ in transformers_logging.tqdm(range(2), desc="Loading weights"):
+                pass
         path = kwargs.get("feature_extractor_weights_path")
         if path is not None:
             torch.load(path, weights_only=False)  # what a careless library could do: it stays weights-only
@@ -386,6 +391,13 @@ def test_a_safetensors_clip_folder_is_handed_to_torchmetrics(fake_torchmetrics, 
     folder = _clip_folder(tmp_path, ("model.safetensors", "pytorch_model.bin"))  # transformers reads the safetensors
     assert paper_clip_score([image], ["a cat"], folder).value == 1.0
     assert fake_torchmetrics == [{"model_name_or_path": str(folder)}]
+
+
+def test_loading_the_clip_model_draws_no_library_bar(fake_torchmetrics, tmp_path, capfd):
+    folder = _clip_folder(tmp_path)
+    capfd.readouterr()
+    paper_clip_score([Image.new("RGB", (8, 8))], ["a cat"], folder)
+    assert fake_torchmetrics and "Loading weights" not in capfd.readouterr().err
 
 
 # ---- scorecard ----

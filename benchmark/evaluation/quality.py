@@ -28,6 +28,7 @@ from PIL import Image
 from benchmark.evaluation.scene_attributes import caption_attributes, scene_attributes
 from benchmark.evaluation.scene_features import SceneFeatures
 from benchmark.evaluation.scene_features_errors import SceneFeaturesError
+from benchmark.models.part_bars import part_bars_dropped
 from implicit_concept.scene.grammar import Scene
 from implicit_concept.stats import Interval, bootstrap_mean
 
@@ -348,7 +349,7 @@ def paper_clip_score(
     images, captions = list(images), list(captions)
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
-    with weights_only_loads(model):  # belt and braces: transformers reads model.safetensors, checked above
+    with weights_only_loads(model), part_bars_dropped():  # belt and braces: transformers reads model.safetensors, checked above
         metric = CLIPScore(model_name_or_path=str(model))
     metric = metric.to(device)
     tensors = _uint8_chw(images)

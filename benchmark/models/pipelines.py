@@ -42,6 +42,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from benchmark.models import patch_autoencoder
 from benchmark.models.clip_tokenizer import CLIP_MAX_LENGTH, build_clip_tokenizer, write_vocab_files
+from benchmark.models.part_bars import part_bars_dropped
 from benchmark.models.patch_autoencoder import PatchAutoencoder
 from builders.recipe import MAX_IMAGE_SIZE
 from implicit_concept.bounded_reads import file_kind
@@ -287,7 +288,7 @@ def save_portable_pipeline(pipe: StableDiffusionPipeline, directory: str | Path,
     a method samples with goes to ``negative_prompt.txt``."""
     directory = Path(directory)
     require_space(directory, weights_bytes(pipe), "the pipeline's weights")
-    with writing(directory):  # safetensors' own error type, for a full disk too: said as the OSError it is
+    with writing(directory), part_bars_dropped():  # writing: safetensors' own error type, for a full disk too, said as the OSError it is
         pipe.save_pretrained(str(directory))
         strip_load_paths(directory)
         if (directory / "tokenizer").is_dir():
@@ -359,7 +360,8 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, samp
         if not (path / name).is_dir():
             raise FileNotFoundError(f"{path}: no {name}/ folder")
         try:
-            return cls.from_pretrained(str(path / name), local_files_only=True, **kwargs)
+            with part_bars_dropped():
+                return cls.from_pretrained(str(path / name), local_files_only=True, **kwargs)
         except (OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError, SafetensorError) as e:
             raise ValueError(f"{path / name}: cannot load the {name} ({_one_line(e)})") from None
 

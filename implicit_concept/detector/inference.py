@@ -22,7 +22,7 @@ from PIL import Image
 
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.weights import DEFAULT_CONF, DetectorError, model_yaml, read_detector, record_path
-from implicit_concept.detector.yolo_env import import_ultralytics, predict_threads, ultralytics_call
+from implicit_concept.detector.yolo_env import import_ultralytics, info_hidden, predict_threads, ultralytics_call
 from implicit_concept.image_stream import as_rgb, load_image
 from implicit_concept.sample import Box, covering_box
 from implicit_concept.tensor_checks import SAFETENSORS_FLOATS
@@ -139,7 +139,7 @@ def build_model(model: str, names: Sequence[str]) -> torch.nn.Module:
     """The detection network ``model`` (an ultralytics model YAML) with ``names`` as its classes, as
     training builds it; its initial weights are random, drawn without moving the caller's seed."""
     tasks = import_ultralytics("ultralytics.nn.tasks")
-    with torch.random.fork_rng(devices=[]), ultralytics_call():
+    with torch.random.fork_rng(devices=[]), ultralytics_call(), info_hidden():
         module = tasks.DetectionModel(model_config(model), nc=len(names), verbose=False)
     module.names = dict(enumerate(names))
     return module

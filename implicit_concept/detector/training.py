@@ -21,6 +21,7 @@ import logging
 import math
 import shutil
 import time
+from contextlib import ExitStack
 from copy import deepcopy
 from dataclasses import MISSING, asdict, dataclass, fields
 from functools import partial
@@ -38,7 +39,7 @@ from implicit_concept.detector.export import DEFAULT_VALIDATION_SHARE, Detection
 from implicit_concept.detector.image_sets import ImageSet, ImageSetDigest, ImageSetError, named_images, pixel_sha256, write_backgrounds
 from implicit_concept.detector.inference import Detector, model_config
 from implicit_concept.detector.weights import DEFAULT_CONF, WEIGHTS_NAME, is_model_yaml, model_yaml, record_path, weights_state, write_detector
-from implicit_concept.detector.yolo_env import import_ultralytics
+from implicit_concept.detector.yolo_env import import_ultralytics, info_hidden
 from implicit_concept.file_locks import locked
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_apart
 from implicit_concept.provenance import environment
@@ -289,31 +290,34 @@ def _train(data_yaml: Path, scale: DetectorScale, out_dir: Path) -> Any:
     callbacks["on_pretrain_routine_start"].append(lambda trainer: _set_threads(scale.threads))
     shutil.rmtree(out_dir / "train", ignore_errors=True)  # nothing found there is ever read back
     trainer_class = _in_memory_trainer(import_ultralytics("ultralytics.models.yolo.detect").DetectionTrainer, scale.model)
-    trainer = trainer_class(
-        overrides={
-            "model": str(model_yaml(scale.model)),  # never the bare name: ultralytics would look it up in the current folder
-            "task": "detect",
-            "mode": "train",
-            "data": str(data_yaml),
-            "imgsz": scale.imgsz,
-            "epochs": scale.epochs,
-            "batch": scale.batch,
-            "device": scale.device,
-            "workers": scale.workers,
-            "seed": scale.seed,
-            "deterministic": True,
-            "pretrained": False,
-            "amp": False,
-            "val": False,
-            "plots": False,
-            "project": str(out_dir),
-            "name": "train",
-            "exist_ok": True,
-            "verbose": False,
-        },
-        _callbacks=callbacks,
-    )
-    trainer.train()
+    with ExitStack() as setting_up:  # its banner, arguments, optimizer, dataset checks and throwaway log folder hidden; its epochs shown
+        setting_up.enter_context(info_hidden())
+        callbacks["on_train_epoch_start"].append(lambda trainer: setting_up.close())
+        trainer = trainer_class(
+            overrides={
+                "model": str(model_yaml(scale.model)),  # never the bare name: ultralytics would look it up in the current folder
+                "task": "detect",
+                "mode": "train",
+                "data": str(data_yaml),
+                "imgsz": scale.imgsz,
+                "epochs": scale.epochs,
+                "batch": scale.batch,
+                "device": scale.device,
+                "workers": scale.workers,
+                "seed": scale.seed,
+                "deterministic": True,
+                "pretrained": False,
+                "amp": False,
+                "val": False,
+                "plots": False,
+                "project": str(out_dir),
+                "name": "train",
+                "exist_ok": True,
+                "verbose": False,
+            },
+            _callbacks=callbacks,
+        )
+        trainer.train()
     module = deepcopy(trainer.ema.ema)
     module.load_state_dict(weights_state(module))
     return module.eval()
@@ -325,7 +329,8 @@ def _in_memory_trainer(base: type, model: str) -> type:
         building the network ``model`` from ultralytics' own file (:func:`model_config`) as inference does."""
 
         def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> Any:
-            return super().get_model(cfg=model_config(model), weights=weights, verbose=verbose)
+            with info_hidden():  # its nc override and layer table, at every build
+                return super().get_model(cfg=model_config(model), weights=weights, verbose=verbose)
 
         def save_model(self) -> bool:
             return False
@@ -362,19 +367,20 @@ def _evaluate(detector: Detector, data_yaml: Path, split: str, scale: DetectorSc
     """Per-class mAP50 and mAP50-95 on YOLO's ``split``; for the test split, ultralytics' PR curve and
     confusion matrix are kept beside the weights."""
     shutil.rmtree(out_dir / split, ignore_errors=True)  # an earlier run's plots there are never taken for this one's
-    metrics = detector.model.val(
-        data=str(data_yaml),
-        split=split,
-        imgsz=scale.imgsz,
-        batch=scale.batch,
-        device=scale.device,
-        workers=scale.workers,
-        plots=split == "test",
-        project=str(out_dir),
-        name=split,
-        exist_ok=True,
-        verbose=False,
-    )
+    with info_hidden():  # its banner, summary, speed and results line: what is kept is in the record
+        metrics = detector.model.val(
+            data=str(data_yaml),
+            split=split,
+            imgsz=scale.imgsz,
+            batch=scale.batch,
+            device=scale.device,
+            workers=scale.workers,
+            plots=split == "test",
+            project=str(out_dir),
+            name=split,
+            exist_ok=True,
+            verbose=False,
+        )
     save_dir = Path(metrics.save_dir)
     if split == "test":
         for src, dst in (("BoxPR_curve.png", "pr_curve.png"), ("confusion_matrix.png", "confusion_matrix.png")):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import logging
 import os
 import re
 import sys
@@ -118,6 +119,29 @@ def ultralytics_call(threads: int | None = None) -> Iterator[None]:
                 os.environ[name] = value
 
 
+@contextmanager
+def info_hidden() -> Iterator[None]:
+    """ultralytics' informational lines off within the block, its warnings shown: building the
+    network the toolkit names logs ``Overriding model.yaml nc=80 with nc=3`` and a layer table at
+    every build, and its first import a settings notice pointing at ``yolo settings`` (the toolkit
+    sets them): nothing a user acts on. A filter on its logger, taken off after the block, so the
+    level a caller gave it is never touched (its import sets the level anew)."""
+    logger = logging.getLogger("ultralytics")
+    hidden = _BelowWarning()
+    logger.addFilter(hidden)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hidden)
+
+
+class _BelowWarning(logging.Filter):
+    """Passes warnings and errors only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
 def predict_threads(device: str) -> int | None:
     """The torch thread count ultralytics predicts on ``device`` at: the one its ``select_device``
     sets on a CPU when a predictor is set up (None on a GPU, where it sets none)."""
@@ -138,7 +162,8 @@ def import_ultralytics(name: str = "ultralytics") -> ModuleType:
             if "ultralytics" in sys.modules:
                 _check_already_imported()
             else:
-                _import_offline(cache_dir())
+                with info_hidden():
+                    _import_offline(cache_dir())
             _log_to_stderr()
             _bars_to_stderr()
             _switch_off_integrations()
