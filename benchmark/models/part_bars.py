@@ -23,10 +23,11 @@ def part_bars_dropped() -> Iterator[None]:
     from transformers.utils import logging as transformers_logging
 
     previous_hook = transformers_logging.set_tqdm_hook(_no_bar)
-    diffusers_bars = diffusers_logging._tqdm_active
-    diffusers_logging._tqdm_active = False
+    diffusers_bars = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
     try:
         yield
     finally:
         transformers_logging.set_tqdm_hook(previous_hook)
-        diffusers_logging._tqdm_active = diffusers_bars
+        if diffusers_bars:
+            diffusers_logging.enable_progress_bar()
