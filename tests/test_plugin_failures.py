@@ -251,6 +251,22 @@ def test_a_helper_another_lab_holds_is_refused_as_a_package_or_behind_a_helper_o
         for name in ("helpers", "lab_a_method", "lab_b_method", "lab_a_tools", "lab_b_tools"):
             sys.modules.pop(name, None)
 
+
+def test_helpers_beside_a_plug_in_that_import_each_other_are_read_once(lab_package):
+    """Two helpers importing each other (``models.py`` and ``utils.py``, research code's habit) are
+    each read once by the helper check: walked again at every import, the plug-in never loaded."""
+    lab = lab_package / "cyclic"
+    lab.mkdir()
+    (lab / "cyclic_models.py").write_text("import cyclic_utils\nSTRENGTH = 0.5\n")
+    (lab / "cyclic_utils.py").write_text("def strength():\n    import cyclic_models\n    return cyclic_models.STRENGTH\n")
+    (lab / "cyclic_method.py").write_text(BASE + "from cyclic_models import STRENGTH\n"
+                                          "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
+    try:
+        assert get_method("cyclic/cyclic_method.py:Mine").name == "Mine"
+    finally:
+        for name in ("cyclic_models", "cyclic_utils", "cyclic_method"):
+            sys.modules.pop(name, None)
+
 def test_a_method_flag_problem_is_not_said_to_be_the_track_files(lab_package):
     from benchmark.track import TrackError, load_track
     from benchmark.track_check import check_track
