@@ -254,17 +254,20 @@ def test_a_helper_another_lab_holds_is_refused_as_a_package_or_behind_a_helper_o
 
 def test_helpers_beside_a_plug_in_that_import_each_other_are_read_once(lab_package):
     """Two helpers importing each other (``models.py`` and ``utils.py``, research code's habit) are
-    each read once by the helper check: walked again at every import, the plug-in never loaded."""
+    each read once by the helper check: walked again at every import, the plug-in never loaded. A
+    helper imported only inside ``build`` is not held by any module yet, and passes."""
     lab = lab_package / "cyclic"
     lab.mkdir()
     (lab / "cyclic_models.py").write_text("import cyclic_utils\nSTRENGTH = 0.5\n")
     (lab / "cyclic_utils.py").write_text("def strength():\n    import cyclic_models\n    return cyclic_models.STRENGTH\n")
+    (lab / "cyclic_lazy.py").write_text("STEPS = 10\n")  # imported only when build runs: not in sys.modules yet
     (lab / "cyclic_method.py").write_text(BASE + "from cyclic_models import STRENGTH\n"
-                                          "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
+                                          "class Mine(Method):\n    def build(self, ctx):\n        import cyclic_lazy\n")
     try:
         assert get_method("cyclic/cyclic_method.py:Mine").name == "Mine"
+        assert "cyclic_lazy" not in sys.modules
     finally:
-        for name in ("cyclic_models", "cyclic_utils", "cyclic_method"):
+        for name in ("cyclic_models", "cyclic_utils", "cyclic_method", "cyclic_lazy"):
             sys.modules.pop(name, None)
 
 def test_a_method_flag_problem_is_not_said_to_be_the_track_files(lab_package):
