@@ -45,6 +45,32 @@ def test_a_reader_that_closes_the_pipe_stops_the_command_quietly(tmp_path):
     assert code in (0, 141), code  # 141: 128 + SIGPIPE, as a program the signal stopped
 
 
+#: A command whose results, a line held in stdout's buffer, meet a reader already gone.
+RESULTS_TO_A_GONE_READER = r"""
+import sys
+import benchmark.cli as cli
+
+def results():
+    sys.stdin.readline()  # the reader has closed the pipe
+    print("| method | ICR |")
+    return 0
+
+cli.main = results
+cli.console_main()
+"""
+
+
+def test_results_a_reader_left_before_they_were_flushed_end_the_command_quietly(tmp_path):
+    """``implicit-concept benchmark | head -0``: the results, written once the command returned, met a
+    closed pipe; left unhandled, Python's exit reported "Exception ignored ... BrokenPipeError" and
+    exited 120, as if the run had failed."""
+    env = {k: v for k, v in _env().items() if k != "PYTHONUNBUFFERED"}  # the results held in the buffer, as by default
+    proc = subprocess.Popen([sys.executable, "-c", RESULTS_TO_A_GONE_READER], cwd=tmp_path, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    _, stderr = proc.communicate(b"go\n", timeout=120)
+    assert stderr.decode() == "" and proc.returncode in (0, 141), (proc.returncode, stderr.decode()[-2000:])
+
 def test_a_current_folder_that_cannot_hold_the_default_cache_is_named_with_the_option(tmp_path):
     images, work = tmp_path / "images", tmp_path / "work"
     images.mkdir()

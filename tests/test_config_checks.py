@@ -402,6 +402,16 @@ def test_a_global_batch_the_launchs_processes_cannot_share_is_refused_by_the_tra
     assert not (tmp_path / "d").exists() and not (tmp_path / "c").exists(), "refused before the dataset stage"
 
 
+
+def test_training_itself_refuses_a_global_batch_its_processes_cannot_share():
+    """Past the track check (a training called directly, a track checked under another launch), each
+    process's share of 8 over 3 was 2 examples: 2 of every global batch never trained on, unsaid."""
+    from benchmark.training.data import process_share
+
+    assert [process_share(8, 2, i) for i in range(2)] == [slice(0, 4), slice(4, 8)]
+    with pytest.raises(ValueError, match=r"^batch_size = 8 does not split evenly over the 3 processes of this launch"):
+        process_share(8, 3, 0)
+
 def test_the_launchs_process_count_is_read_without_creating_accelerates_state(monkeypatch):
     """accelerate's state is a process-wide singleton that keeps the device it was first made with:
     the track check, run alone (here with a GPU faked, as the fp16 test fakes one), must not make it,
@@ -420,9 +430,11 @@ def test_the_launchs_process_count_is_read_without_creating_accelerates_state(mo
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     check_track(load_track("debug"))
     assert loop.launched_processes() == 1 and PartialState._shared_state == {}, "accelerate's state was made"
-    monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(loop, "processes", lambda: SimpleNamespace(num_processes=2))
-    assert loop.launched_processes() == 2
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):  # torchrun/accelerate, then MPI's
+        monkeypatch.setenv(name, "2")
+        assert loop.launched_processes() == 2, name
+        monkeypatch.delenv(name)
 
 
 def test_the_shipped_paper_track_says_how_to_give_it_its_quality_weights(tmp_path, monkeypatch):
@@ -502,6 +514,11 @@ def test_a_recipes_own_source_missing_here_says_to_pass_yours_with_source(tmp_pa
     with pytest.raises(RecipeError) as e:
         load_recipe(folder, {"subsets": []})
     assert hint not in str(e.value), str(e.value)
+    wrong = tmp_path / "wrong.toml"  # the source there, another field of the file wrong
+    wrong.write_text(folder.read_text().replace("fraction = 0.5", "fraction = 7", 1))
+    with pytest.raises(RecipeError) as e:
+        load_recipe(wrong)
+    assert str(e.value).startswith(f"{wrong}: ") and "fraction" in str(e.value) and hint not in str(e.value), str(e.value)
     assert main(["build", "icd-v1", "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert not (tmp_path / "out").exists()
 

@@ -223,6 +223,53 @@ def test_a_helper_module_beside_a_plug_in_that_another_labs_of_the_same_name_hol
             sys.modules.pop(name, None)
 
 
+
+@pytest.mark.parametrize("layout", ["a package", "imported by another helper"])
+def test_a_helper_another_lab_holds_is_refused_as_a_package_or_behind_a_helper_of_its_own(lab_package, layout):
+    """The shared name was missed when it was a package folder (``helpers/__init__.py``), or when the
+    plug-in reached it through a helper of its own (``lab_b_tools.py`` importing ``helpers``): the
+    second lab's method ran the first lab's code all the same."""
+    for lab, strength in (("lab_a", 0.5), ("lab_b", 1.0)):
+        folder = lab_package / lab
+        folder.mkdir()
+        if layout == "a package":
+            (folder / "helpers").mkdir()
+            (folder / "helpers" / "__init__.py").write_text(f"STRENGTH = {strength}\n")
+            imported = "helpers"
+        else:
+            (folder / "helpers.py").write_text(f"STRENGTH = {strength}\n")
+            (folder / f"{lab}_tools.py").write_text("from helpers import STRENGTH\n")
+            imported = f"{lab}_tools"
+        (folder / f"{lab}_method.py").write_text(BASE + f"from {imported} import STRENGTH\n"
+                                                 "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
+    try:
+        get_method("lab_a/lab_a_method.py:Mine")
+        with pytest.raises(ValueError, match=r"^--method lab_b/lab_b_method.py:Mine: imports 'helpers' as \S+lab_a/helpers\S*, "
+                                             r"imported first \(by another --method\), not \S+lab_b/helpers\S* beside it"):
+            get_method("lab_b/lab_b_method.py:Mine")
+    finally:
+        for name in ("helpers", "lab_a_method", "lab_b_method", "lab_a_tools", "lab_b_tools"):
+            sys.modules.pop(name, None)
+
+
+def test_helpers_beside_a_plug_in_that_import_each_other_are_read_once(lab_package):
+    """Two helpers importing each other (``models.py`` and ``utils.py``, research code's habit) are
+    each read once by the helper check: walked again at every import, the plug-in never loaded. A
+    helper imported only inside ``build`` is not held by any module yet, and passes."""
+    lab = lab_package / "cyclic"
+    lab.mkdir()
+    (lab / "cyclic_models.py").write_text("import cyclic_utils\nSTRENGTH = 0.5\n")
+    (lab / "cyclic_utils.py").write_text("def strength():\n    import cyclic_models\n    return cyclic_models.STRENGTH\n")
+    (lab / "cyclic_lazy.py").write_text("STEPS = 10\n")  # imported only when build runs: not in sys.modules yet
+    (lab / "cyclic_method.py").write_text(BASE + "from cyclic_models import STRENGTH\n"
+                                          "class Mine(Method):\n    def build(self, ctx):\n        import cyclic_lazy\n")
+    try:
+        assert get_method("cyclic/cyclic_method.py:Mine").name == "Mine"
+        assert "cyclic_lazy" not in sys.modules
+    finally:
+        for name in ("cyclic_models", "cyclic_utils", "cyclic_method", "cyclic_lazy"):
+            sys.modules.pop(name, None)
+
 def test_a_method_flag_problem_is_not_said_to_be_the_track_files(lab_package):
     from benchmark.track import TrackError, load_track
     from benchmark.track_check import check_track

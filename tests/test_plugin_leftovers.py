@@ -177,3 +177,70 @@ def test_what_a_plug_in_prints_after_the_results_goes_to_stderr(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == "| method | ICR |\n"
     assert "lab: total time 12 s" in done.stderr and "lab: upload done" in done.stderr
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_the_garbage_collectors_switch_is_put_back_as_it_was_whichever_way_it_was(collecting):
+    """A run under ``gc.disable()`` (a lab's own speed setting, before the toolkit is called) had the
+    collector switched on after a plug-in's code, whatever that code did to it."""
+    from benchmark.plugin_state import kept_process_settings
+
+    before = gc.isenabled()
+    try:
+        (gc.enable if collecting else gc.disable)()
+        with kept_process_settings():
+            (gc.disable if collecting else gc.enable)()
+        assert gc.isenabled() is collecting
+    finally:
+        (gc.enable if before else gc.disable)()
+
+
+def test_an_alarm_armed_before_a_plug_in_runs_on_with_its_time_left_and_its_interval(monkeypatch):
+    """An alarm armed before the block (a test's or a lab's own timeout, repeating) is set back to
+    what was left of it, less the block's time (not its whole first value again: each call into a
+    plug-in would put its deadline back), and keeps its interval."""
+    from benchmark import plugin_state
+
+    clock = iter([1000.0, 1100.0])  # the block takes 100 s
+    monkeypatch.setattr(plugin_state.time, "monotonic", lambda: next(clock))
+    handler = signal.signal(signal.SIGALRM, lambda *args: None)
+    before = signal.setitimer(signal.ITIMER_REAL, 3600.0, 600.0)
+    try:
+        with plugin_state.kept_signal_handlers():
+            signal.setitimer(signal.ITIMER_REAL, 0.0)
+        left, interval = signal.getitimer(signal.ITIMER_REAL)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, *before)
+        signal.signal(signal.SIGALRM, handler)
+    assert 3400.0 < left <= 3500.0 and interval == 600.0
+
+
+def test_an_alarm_a_block_armed_with_none_armed_before_is_disarmed():
+    """With no alarm armed before (a run outside pytest), a watchdog a plug-in armed is disarmed."""
+    from benchmark.plugin_state import kept_signal_handlers
+
+    handler = signal.signal(signal.SIGALRM, lambda *args: None)
+    before = signal.setitimer(signal.ITIMER_REAL, 0.0)
+    try:
+        with kept_signal_handlers():
+            signal.setitimer(signal.ITIMER_REAL, 3600.0)
+        after = signal.getitimer(signal.ITIMER_REAL)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, *before)
+        signal.signal(signal.SIGALRM, handler)
+    assert after == (0.0, 0.0)
+
+
+def test_reading_the_umask_leaves_it_as_it_was():
+    """The umask is read by setting it; a lab's 027 (group-readable, not world) was left 022 by the
+    services' wrapper, made when a plug-in's context is, for every later file of the run."""
+    from benchmark.plugin_state import _umask, in_working_folder
+
+    before = os.umask(0o027)
+    try:
+        assert _umask() == 0o027
+        in_working_folder(lambda: None)
+        after = os.umask(0o027)
+    finally:
+        os.umask(before)
+    assert after == 0o027
