@@ -223,6 +223,21 @@ def test_a_helper_module_beside_a_plug_in_that_another_labs_of_the_same_name_hol
             sys.modules.pop(name, None)
 
 
+def test_a_helper_beside_a_plug_in_that_an_installed_module_already_imported_holds_is_refused(lab_package):
+    """A lab's ``json.py`` beside its plug-in, imported as ``import json``: the standard library's,
+    already imported, is what its ``build`` would call (an AttributeError there, or another module's
+    code run); the clash is named before the plug-in runs."""
+    (lab_package / "lab_c").mkdir()
+    (lab_package / "lab_c" / "json.py").write_text("STRENGTH = 0.5\n")
+    (lab_package / "lab_c" / "lab_c_method.py").write_text(BASE + "import json\n"
+                                                          "class Mine(Method):\n    def build(self, ctx):\n        return json.STRENGTH\n")
+    try:
+        with pytest.raises(ValueError, match=r"^--method lab_c/lab_c_method.py:Mine: imports 'json' as \S+json\S*, an installed "
+                                             r"module already imported, not \S+lab_c/json.py beside it: rename yours$"):
+            get_method("lab_c/lab_c_method.py:Mine")
+    finally:
+        sys.modules.pop("lab_c_method", None)
+
 
 @pytest.mark.parametrize("layout", ["a package", "imported by another helper"])
 def test_a_helper_another_lab_holds_is_refused_as_a_package_or_behind_a_helper_of_its_own(lab_package, layout):

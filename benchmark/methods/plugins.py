@@ -218,8 +218,9 @@ def _require_imported_from(module: ModuleType, name: str, spec: str) -> None:
 
 def _require_own_helpers(module: ModuleType, spec: str) -> None:
     """Refuse a plug-in whose import of a helper beside it (``from helpers import X``, ``helpers.py``
-    in its folder) got another lab's module of that name, imported first by another ``--method``:
-    one name holds one module, so its code, and its results, would be the other lab's."""
+    in its folder) got another module of that name: another lab's, imported first by another
+    ``--method``, or an installed one already imported (a lab's ``utils.py``): one name holds one
+    module, so its code, and its results, would be the other one's."""
     found = _module_files(sys.modules.get(module.__name__.split(".")[0]))
     if found is None or _installed(found[0]):
         return
@@ -235,7 +236,10 @@ def _require_own_helpers(module: ModuleType, spec: str) -> None:
             if beside is None:
                 continue
             held = _module_files(sys.modules.get(name))
-            if held is not None and held[1].resolve() != beside.resolve() and not _installed(held[0]):
+            if held is not None and held[1].resolve() != beside.resolve():
+                if _installed(held[0]):
+                    raise ValueError(f"--method {spec}: imports {name!r} as {held[1]}, an installed module already imported, "
+                                     f"not {beside} beside it: rename yours")
                 raise ValueError(f"--method {spec}: imports {name!r} as {held[1]}, imported first (by another --method), not "
                                  f"{beside} beside it: one name holds one module; rename one, or give each lab a package "
                                  "folder (an __init__.py beside it makes it lab_a.helpers)")
