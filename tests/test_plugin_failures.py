@@ -239,6 +239,28 @@ def test_a_helper_beside_a_plug_in_that_an_installed_module_already_imported_hol
         sys.modules.pop("lab_c_method", None)
 
 
+def test_a_package_plug_in_whose_helper_beside_its_package_another_lab_holds_is_refused(lab_package):
+    """Two labs' package plug-ins (``root_a/pkg_a/methods.py``), each importing a helper that lies
+    beside its package, not in it: the helpers are looked for beside the outermost package, where
+    the import finds them, so the second lab's is named as the first's."""
+    for lab, strength in (("a", 0.5), ("b", 1.0)):
+        root = lab_package / f"root_{lab}"
+        (root / f"pkg_{lab}").mkdir(parents=True)
+        (root / f"pkg_{lab}" / "__init__.py").write_text("")
+        (root / "helpers.py").write_text(f"STRENGTH = {strength}\n")
+        (root / f"pkg_{lab}" / "methods.py").write_text(BASE + "from helpers import STRENGTH\n"
+                                                       "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
+    try:
+        get_method("root_a/pkg_a/methods.py:Mine")
+        assert sys.modules["pkg_a.methods"].STRENGTH == 0.5
+        with pytest.raises(ValueError, match=r"^--method root_b/pkg_b/methods.py:Mine: imports 'helpers' as \S+root_a/helpers.py, "
+                                             r"imported first \(by another --method\), not \S+root_b/helpers.py beside it"):
+            get_method("root_b/pkg_b/methods.py:Mine")
+    finally:
+        for name in ("helpers", "pkg_a", "pkg_a.methods", "pkg_b", "pkg_b.methods"):
+            sys.modules.pop(name, None)
+
+
 @pytest.mark.parametrize("layout", ["a package", "imported by another helper"])
 def test_a_helper_another_lab_holds_is_refused_as_a_package_or_behind_a_helper_of_its_own(lab_package, layout):
     """The shared name was missed when it was a package folder (``helpers/__init__.py``), or when the
