@@ -550,11 +550,13 @@ def quiet_libraries() -> Iterator[None]:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    from implicit_concept.detector.yolo_env import verbosity_from_environment
+
     libraries = (diffusers_logging, transformers_logging)
     before = [(library.get_verbosity(), library.is_progress_bar_enabled()) for library in libraries]
     environment = {name: os.environ.get(name) for name in QUIET_ENVIRONMENT}
     ultralytics = logging.getLogger("ultralytics")
-    ultralytics_level = ultralytics.level
+    ultralytics_level, ultralytics_imported = ultralytics.level, "ultralytics.utils" in sys.modules
     for library in libraries:
         library.set_verbosity_error()
         library.disable_progress_bar()
@@ -577,6 +579,8 @@ def quiet_libraries() -> Iterator[None]:
             else:
                 os.environ[name] = value
         ultralytics.setLevel(ultralytics_level)
+        if not ultralytics_imported:  # imported during the command: as the caller's environment says, not --quiet's
+            verbosity_from_environment()
 
 
 def stdout_closed() -> bool:

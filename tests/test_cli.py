@@ -5,6 +5,7 @@ import subprocess
 import sys
 import warnings
 
+import pytest
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
@@ -85,6 +86,35 @@ def test_quiet_is_put_back_when_the_command_returns(tmp_path, monkeypatch, recwa
     assert logging.getLogger("ultralytics").level == ultralytics_level
     warnings.warn("a deprecation after the command", FutureWarning)
     assert [str(w.message) for w in recwarn] == ["a deprecation after the command"]
+
+
+IMPORT_DURING_QUIET = """
+import sys
+from benchmark.cli import quiet_libraries
+from implicit_concept.detector.yolo_env import import_ultralytics, use_cache
+use_cache(sys.argv[1])
+with quiet_libraries():
+    import_ultralytics()  # the command's first detector load
+from ultralytics.utils import LOGGER
+import ultralytics.utils
+LOGGER.info("an epoch line after the command")
+print(ultralytics.utils.VERBOSE)
+"""
+
+
+@pytest.mark.parametrize("shell", ["verbose", "YOLO_VERBOSE=False"])
+def test_ultralytics_first_imported_within_quiet_is_as_the_callers_environment_says_after(tmp_path, shell):
+    """ultralytics reads ``YOLO_VERBOSE`` once, at import: first imported within ``--quiet`` (which
+    sets it for the spawned workers), it printed nothing for the rest of the process, so a later
+    detector training in the same notebook or test session showed no epoch line."""
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_ENVIRONMENT}
+    if shell != "verbose":
+        env["YOLO_VERBOSE"] = "False"
+    done = subprocess.run([sys.executable, "-c", IMPORT_DURING_QUIET, str(tmp_path / "cache")], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == ("True\n" if shell == "verbose" else "False\n")
+    assert ("an epoch line after the command" in done.stderr) == (shell == "verbose"), done.stderr[-2000:]
 
 
 def test_prompts_are_never_written_with_seeds_the_prompts_reader_refuses(tmp_path, capsys):

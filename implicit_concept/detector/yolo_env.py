@@ -142,6 +142,23 @@ class _BelowWarning(logging.Filter):
         return record.levelno >= logging.WARNING
 
 
+def verbosity_from_environment() -> None:
+    """ultralytics' verbosity as ``YOLO_VERBOSE`` says now, if it is imported. It reads the variable
+    once, at import, into its bars' switch (``VERBOSE``) and its logger's and handler's levels: imported
+    inside ``--quiet`` (which sets it for the spawned ``--jobs`` workers), it stayed silent for the
+    rest of the process (a notebook's, or a test's, later detector training printed no epoch)."""
+    utils = sys.modules.get("ultralytics.utils")
+    if utils is None:
+        return
+    utils.VERBOSE = utils.env_bool("YOLO_VERBOSE", True)
+    level = logging.INFO if utils.VERBOSE else logging.ERROR
+    logger = logging.getLogger("ultralytics")
+    logger.setLevel(level)
+    for handler in logger.handlers:
+        if handler.get_name() == "ultralytics.utils.set_logging":
+            handler.setLevel(level)
+
+
 def predict_threads(device: str) -> int | None:
     """The torch thread count ultralytics predicts on ``device`` at: the one its ``select_device``
     sets on a CPU when a predictor is set up (None on a GPU, where it sets none)."""
