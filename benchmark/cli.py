@@ -18,7 +18,7 @@ from pathlib import Path
 from benchmark.failures import MethodFailed
 from implicit_concept.bounded_reads import file_kind
 from implicit_concept.disk_space import out_of_space, space_message
-from implicit_concept.files import discard_output
+from implicit_concept.files import atomic_write_json, discard_output
 from implicit_concept.json_records import finite_json
 from implicit_concept.provenance import version
 from implicit_concept.worker_processes import STOP_SIGNALS, end_process, interrupts, stopped_by
@@ -269,8 +269,6 @@ def _json_result(dest: str | None, result: dict) -> bool:
     if dest == "-":
         print(json.dumps(finite_json(result), sort_keys=True, allow_nan=False))  # strict JSON, as the files are
         return True
-    from implicit_concept.files import atomic_write_json
-
     path = Path(dest)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, result)
