@@ -2,26 +2,23 @@
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
-import multiprocessing
 import os
 import signal
 import sys
-import threading
-import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 from benchmark.failures import MethodFailed
+from benchmark.process_exit import exit_past_leftovers, last_words, stdout_closed
+from benchmark.quiet_libraries import quiet_libraries
 from implicit_concept.bounded_reads import file_kind
 from implicit_concept.disk_space import out_of_space, space_message
-from implicit_concept.files import atomic_write_json, discard_output
+from implicit_concept.files import atomic_write_json
 from implicit_concept.json_records import finite_json
 from implicit_concept.provenance import version
-from implicit_concept.worker_processes import STOP_SIGNALS, end_process, interrupts, stopped_by
+from implicit_concept.worker_processes import STOP_SIGNALS, interrupts, stopped_by
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -530,79 +527,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-QUIET_ENVIRONMENT = {
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
-    "YOLO_VERBOSE": "False", "PYTHONWARNINGS": "ignore",
-}
-
-
-@contextmanager
-def quiet_libraries() -> Iterator[None]:
-    """``--quiet``: the libraries' own loading bars, logged and Python warnings (diffusers'
-    deprecations) and summaries off too, not only ours, for the command's length. Set here, in the
-    composition root, never by the library modules, and put back after, so a caller of :func:`main`
-    (a test, a notebook) keeps its own settings."""
-    import logging
-    import warnings
-
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    from implicit_concept.detector.yolo_env import verbosity_from_environment
-
-    libraries = (diffusers_logging, transformers_logging)
-    before = [(library.get_verbosity(), library.is_progress_bar_enabled()) for library in libraries]
-    environment = {name: os.environ.get(name) for name in QUIET_ENVIRONMENT}
-    ultralytics = logging.getLogger("ultralytics")
-    ultralytics_level, ultralytics_imported = ultralytics.level, "ultralytics.utils" in sys.modules
-    for library in libraries:
-        library.set_verbosity_error()
-        library.disable_progress_bar()
-    # --jobs workers are spawned: they start from the environment, which the libraries read at import
-    # (ultralytics resets its logger's level from YOLO_VERBOSE then).
-    os.environ.update(QUIET_ENVIRONMENT)
-    ultralytics.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for library, (verbosity, bars) in zip(libraries, before):
-            library.set_verbosity(verbosity)
-            if bars:
-                library.enable_progress_bar()
-        for name, value in environment.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        ultralytics.setLevel(ultralytics_level)
-        if not ultralytics_imported:  # imported during the command: as the caller's environment says, not --quiet's
-            verbosity_from_environment()
-
-
-def stdout_closed() -> bool:
-    """Whether stdout's reader has gone; if so, stdout is pointed at /dev/null so that nothing else
-    (the interpreter's flush at exit included) fails writing to it."""
-    import select
-
-    try:
-        fd = sys.stdout.fileno()
-        poller = select.poll()
-        poller.register(fd, select.POLLOUT)
-        closed = any(events & select.POLLERR for _, events in poller.poll(0))  # a pipe with no reader
-        if not closed:
-            try:
-                sys.stdout.flush()
-            except BrokenPipeError:
-                closed = True
-        if closed:
-            discard_output(fd)
-        return closed
-    except (AttributeError, ValueError, OSError):  # no file behind stdout (captured), or no poll
-        return False
-
-
 def main(argv: list[str] | None = None) -> int:
     from implicit_concept.detector.yolo_env import use_cache
 
@@ -640,14 +564,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP (Interrupted): workers are stopped; all written so far is whole
         stopped = stopped_by(e)
-        _last_words(f"implicit-concept {command}: {STOP_SIGNALS[stopped]}; rerun the same command to resume"
+        last_words(f"implicit-concept {command}: {STOP_SIGNALS[stopped]}; rerun the same command to resume"
                     + (" (nohup keeps a command running when its terminal closes)" if stopped == signal.SIGHUP else ""))
         return 128 + stopped
-
-
-#: How long a finished command waits for threads and child processes it did not start and that are
-#: still running (a method's logger sending its last lines) before it exits without them.
-LEFT_RUNNING_GRACE_S = 10.0
 
 
 def console_main() -> None:
@@ -664,58 +583,7 @@ def console_main() -> None:
     except Exception:
         traceback.print_exc()
         code = 1
-    _results_ended()
-    threads, children = _left_running(LEFT_RUNNING_GRACE_S)
-    if not threads and not children:
-        sys.exit(code)
-    for child in children:
-        child.terminate()
-        end_process(child)
-    names = ", ".join([f"thread {t.name}" for t in threads] + [f"process {c.name} ({c.pid})" for c in children])
-    _last_words(f"implicit-concept: {len(threads) + len(children)} left running by code the command called (a method's build "
-                f"or pipeline), not daemon: {names}; {'ended, and ' if children else ''}not waited for")
-    if not threads:
-        sys.exit(code)
-    atexit._run_exitfuncs()  # what os._exit skips: temporary files removed, log handlers flushed
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except OSError:
-        pass  # a reader gone: the exit status says the rest
-    os._exit(code)
-
-
-def _results_ended() -> None:
-    """stdout, which holds the results only, closed to what prints after them: ``sys.stdout`` is stderr."""
-    try:
-        sys.stdout.flush()
-    except OSError:
-        discard_output(1)  # a reader gone: the exit status says the rest
-    sys.stdout = sys.stderr
-
-
-def _left_running(grace_s: float) -> tuple[list[threading.Thread], list[multiprocessing.process.BaseProcess]]:
-    """The non-daemon threads besides this one, and non-daemon ``multiprocessing`` children, still
-    running after up to ``grace_s`` seconds of waiting for them (a Ctrl-C ends the wait)."""
-    threads = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
-    children = [c for c in multiprocessing.active_children() if not c.daemon]
-    deadline = time.monotonic() + grace_s
-    try:
-        for waited in [*threads, *children]:
-            waited.join(max(0.0, deadline - time.monotonic()))
-    except KeyboardInterrupt:
-        pass
-    return [t for t in threads if t.is_alive()], [c for c in children if c.is_alive()]
-
-
-def _last_words(line: str) -> None:
-    """``line`` on stderr, and stdout flushed, where they can still be written: a terminal gone
-    (a hangup) or a reader gone takes nothing, and the exit status says the rest."""
-    try:
-        print(line, file=sys.stderr, flush=True)
-        sys.stdout.flush()
-    except OSError:
-        discard_output(1, 2)
+    exit_past_leftovers(code)
 
 
 def _error(command: str, text: str) -> None:

@@ -9,12 +9,13 @@ import pytest
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from benchmark.cli import QUIET_ENVIRONMENT, main
+from benchmark.cli import main
+from benchmark.quiet_libraries import QUIET_ENVIRONMENT
 
 LOAD_A_PIPELINE = """
 import sys
 from contextlib import nullcontext
-from benchmark.cli import quiet_libraries
+from benchmark.quiet_libraries import quiet_libraries
 with quiet_libraries() if sys.argv[1] == "quiet" else nullcontext():
     from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
     config = TinyPipelineConfig(image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True), attention_head_dim=8, text_hidden=16, text_layers=1, text_heads=2)
@@ -90,7 +91,7 @@ def test_quiet_is_put_back_when_the_command_returns(tmp_path, monkeypatch, recwa
 
 IMPORT_DURING_QUIET = """
 import sys
-from benchmark.cli import quiet_libraries
+from benchmark.quiet_libraries import quiet_libraries
 from implicit_concept.detector.yolo_env import import_ultralytics, use_cache
 use_cache(sys.argv[1])
 with quiet_libraries():

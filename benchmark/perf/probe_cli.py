@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmark.cli import Parser, int_at_least, one_line, path_problem, stdout_closed
+from benchmark.cli import Parser, int_at_least, one_line, path_problem
+from benchmark.process_exit import stdout_closed
 from implicit_concept.bounded_reads import file_kind
 from implicit_concept.files import atomic_write_json
 
