@@ -157,6 +157,7 @@ def _load(image: Image.Image) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            low = _low_bytes(image)
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise SampleError("too_large", error_text(exc)) from exc
@@ -164,8 +165,39 @@ def _load(image: Image.Image) -> None:
         raise SampleError(_decode_reason(exc), error_text(exc)) from exc
     if source is not None:
         check_png_rows(image, source)
+    if low is not None:
+        _clear_key(image, low)
     if image.format == "BMP" and image.mode == "RGBA" and image.info.get("compression") == 0 and image.getextrema()[3] == (0, 0):
         image.putalpha(255)  # the reserved byte unused: opaque, as every viewer shows it
+
+
+def _low_bytes(image: Image.Image) -> Image.Image | None:
+    """The low byte of each sample of a 16-bit RGB PNG whose tRNS names a transparent colour
+    (decoded before its pixels, from the same rows: rawmode ``RGB;16L``); None for any other image.
+
+    Pillow decodes each sample's high byte and compared those 8-bit pixels with the 16-bit key:
+    the key's own pixels showed, and others (bright blue for a near-black key) turned white."""
+    tile = getattr(image, "tile", None)
+    if image.format != "PNG" or image.mode != "RGB" or not isinstance(image.info.get("transparency"), tuple) or len(tile or ()) != 1:
+        return None
+    if tile[0].args not in ("RGB;16B", ("RGB;16B",)):
+        return None
+    image.fp.seek(0)
+    low = Image.open(image.fp, formats=("PNG",))
+    low.tile = [tile[0]._replace(args="RGB;16L")]
+    low.load()
+    return low
+
+
+def _clear_key(image: Image.Image, low: Image.Image) -> None:
+    """Make transparent, as libpng and browsers do, the pixels whose 16-bit colour (``image``'s
+    high bytes, ``low``'s low ones) is the tRNS key."""
+    key = image.info.pop("transparency")
+    high, low_bytes = np.asarray(image), np.asarray(low)
+    clear = np.ones(high.shape[:2], bool)
+    for band, value in enumerate(key):
+        clear &= (high[..., band] == value >> 8) & (low_bytes[..., band] == value & 0xFF)
+    image.putalpha(Image.fromarray(np.where(clear, 0, 255).astype(np.uint8)))
 
 
 def _decode_reason(exc: Exception) -> str:

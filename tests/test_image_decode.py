@@ -213,6 +213,37 @@ def test_sixteen_bit_grey_transparency_is_white(key):
     assert (out[0, 8] == round((key + 1) / 257)).all()
 
 
+def _sub_filtered(rows: list[bytes], step: int) -> bytes:
+    """PNG rows under the Sub filter (each byte less the one ``step`` bytes left): a decoder that
+    took another pixel width reads them wrong."""
+    out = b""
+    for row in rows:
+        line = np.frombuffer(row, np.uint8).astype(np.int16)
+        left = np.concatenate([np.zeros(step, np.int16), line[:-step]])
+        out += b"\1" + ((line - left) % 256).astype(np.uint8).tobytes()
+    return out
+
+
+@pytest.mark.parametrize("filtered", [False, True], ids=["unfiltered", "sub-filtered"])
+@pytest.mark.parametrize("key", [(1000, 2000, 3000), (0, 0, 255)])
+def test_sixteen_bit_rgb_transparency_is_the_key_to_the_last_bit(key, filtered):
+    """A 16-bit RGB PNG's tRNS names a 16-bit colour, and Pillow compared it with the 8-bit pixels
+    it decodes: the key's own pixels showed, and full blue turned white under a near-black blue
+    key. Only the key's pixels are white now; one level off it, or the same high bytes, is opaque."""
+    near = (key[0], key[1], key[2] + 1)
+    values = np.zeros((16, 16, 3), ">u2")
+    values[:, :8] = key
+    values[0::2, 8:] = (0, 0, 65535)
+    values[1::2, 8:] = near
+    rows = [r.tobytes() for r in values]
+    raw = png(16, 16, 16, 2, rows, before=[(b"tRNS", struct.pack(">HHH", *key))], data=_sub_filtered(rows, 6) if filtered else None)
+    assert Image.open(io.BytesIO(raw)).info["transparency"] == key
+    out = pixels(raw)
+    assert (out[:, :8] == 255).all()
+    assert (out[0::2, 8:] == (0, 0, 255)).all()
+    assert (out[1::2, 8:] == np.array(near) >> 8).all()
+
+
 @pytest.mark.parametrize("options", [{"lossless": True}, {"quality": 90}], ids=["lossless", "lossy"])
 def test_an_animated_webps_transparent_ground_is_white(options):
     """libwebp crops a frame to what it draws and flags no alpha: Pillow read the ground left
