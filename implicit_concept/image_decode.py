@@ -158,6 +158,7 @@ def _load(image: Image.Image) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             low = _low_bytes(image)
+            drawn = _gif_frame(image)
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise SampleError("too_large", error_text(exc)) from exc
@@ -167,6 +168,8 @@ def _load(image: Image.Image) -> None:
         check_png_rows(image, source)
     if low is not None:
         _clear_key(image, low)
+    if drawn is not None:
+        _clear_uncovered(image, drawn)
     if image.format == "BMP" and image.mode == "RGBA" and image.info.get("compression") == 0 and image.getextrema()[3] == (0, 0):
         image.putalpha(255)  # the reserved byte unused: opaque, as every viewer shows it
 
@@ -198,6 +201,26 @@ def _clear_key(image: Image.Image, low: Image.Image) -> None:
     for band, value in enumerate(key):
         clear &= (high[..., band] == value >> 8) & (low_bytes[..., band] == value & 0xFF)
     image.putalpha(Image.fromarray(np.where(clear, 0, 255).astype(np.uint8)))
+
+
+def _gif_frame(image: Image.Image) -> tuple[int, int, int, int] | None:
+    """The box a GIF's first frame draws (read before its pixels, which drops the tile), when it
+    leaves part of the canvas uncovered; None for any other image."""
+    tile = getattr(image, "tile", None)
+    if image.format != "GIF" or len(tile or ()) != 1 or tuple(tile[0].extents) == (0, 0, *image.size):
+        return None
+    return tuple(tile[0].extents)
+
+
+def _clear_uncovered(image: Image.Image, drawn: tuple[int, int, int, int]) -> None:
+    """Make transparent the canvas a GIF's first frame leaves uncovered, as browsers show it:
+    Pillow filled it with palette entry 0 (whatever colour that is, black as often as not), unless
+    the frame names a transparent index. Inside the frame, that index stays transparent."""
+    shown = image.convert("RGBA").getchannel("A")
+    alpha = Image.new("L", image.size, 0)
+    alpha.paste(shown.crop(drawn), drawn[:2])
+    image.info.pop("transparency", None)
+    image.putalpha(alpha)
 
 
 def _decode_reason(exc: Exception) -> str:

@@ -258,6 +258,39 @@ def test_an_animated_webps_transparent_ground_is_white(options):
     assert np.array_equal(pixels(opaque), np.asarray(Image.open(io.BytesIO(opaque)).convert("RGB"), np.int16))
 
 
+def _on_canvas(gif: bytes, canvas: tuple[int, int], at: tuple[int, int]) -> bytes:
+    """``gif``'s one frame drawn at ``at`` on a larger canvas (its screen descriptor and image
+    descriptor rewritten), as an animation's first frame may be."""
+    raw = bytearray(gif)
+    raw[6:10] = struct.pack("<HH", *canvas)
+    i = 13 + (3 << ((raw[10] & 7) + 1) if raw[10] & 0x80 else 0)
+    while raw[i] == 0x21:  # extension blocks: introducer, label, sub-blocks
+        i += 2
+        while raw[i]:
+            i += raw[i] + 1
+        i += 1
+    assert raw[i] == 0x2C
+    raw[i + 1:i + 5] = struct.pack("<HH", *at)
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("transparency", [None, 2], ids=["opaque_frame", "frame_with_transparent_index"])
+def test_the_canvas_a_gifs_first_frame_leaves_uncovered_is_white(transparency):
+    """A GIF's first frame may draw part of its canvas (later frames draw the rest): Pillow filled
+    the rest with palette entry 0 (black here, as in many GIFs), where a browser shows it
+    transparent. It is white now; the frame keeps its colours, and its transparent index."""
+    frame = Image.new("P", (8, 8), 1)
+    frame.putpalette([0, 0, 0, 30, 200, 30, 200, 30, 200] + [0] * 759)
+    frame.paste(2, (0, 0, 8, 2))
+    named = {} if transparency is None else {"transparency": transparency}
+    raw = _on_canvas(encode(frame, "GIF", optimize=False, **named), (16, 16), (8, 4))
+    assert Image.open(io.BytesIO(raw)).tile[0].extents == (8, 4, 16, 12)
+    out = pixels(raw)
+    assert (out[:, :8] == 255).all() and (out[:4] == 255).all() and (out[12:] == 255).all()
+    assert (out[6:12, 8:] == (30, 200, 30)).all()
+    assert (out[4:6, 8:] == (255 if transparency is not None else (200, 30, 200))).all()
+
+
 def test_a_32_bit_bmps_fourth_byte_is_alpha_unless_it_is_all_zero():
     """Pillow saves RGBA as a BMP whose fourth byte the old header calls reserved, and read it back
     opaque: a cut-out's ground showed black. It is alpha, as browsers show it; a writer that left it
