@@ -404,8 +404,12 @@ def _flatten(image: Image.Image, zero_is_white: bool = False) -> Image.Image:
         image = image.convert("L")
     if image.mode == "P" or (image.mode in ("L", "RGB") and "transparency" in image.info):
         image = image.convert("RGBA")
-    if image.mode in ("LA", "La", "PA", "RGBa"):
+    if image.mode == "La":
+        image = image.convert("LA")  # grey premultiplied by its alpha (a TIFF's associated alpha): Pillow converts it to LA alone
+    if image.mode in ("LA", "PA", "RGBa"):
         image = image.convert("RGBA")
+    if image.mode == "RGBX":
+        image = image.convert("RGB")  # the fourth band is padding
     if image.mode == "RGBA":
         return Image.alpha_composite(Image.new("RGBA", image.size, _WHITE), image).convert("RGB")
     if image.mode in ("L", "RGB", "CMYK", "YCbCr"):

@@ -343,6 +343,31 @@ def test_a_jpeg_of_more_than_8_bit_samples_says_so(marker, bits):
     assert (error.reason, error.detail) == ("unsupported_mode", f"a JPEG of {bits}-bit samples: Pillow decodes 8-bit JPEGs only; {SAVE_AS}")
 
 
+def test_a_grey_tiff_with_premultiplied_alpha_is_shown_on_white():
+    """Grey with associated (premultiplied) alpha opens as Pillow's "La", which it converts to LA
+    alone: the image was a ``decoder_failed`` skip. Over white, a premultiplied pixel shows as its
+    value plus the white its alpha lets through."""
+    grey = np.zeros((8, 8, 2), np.uint8)
+    grey[:, :4] = (50, 100)
+    raw = tiff(8, 8, [8, 8], 1, grey.tobytes(), extra_samples=[1])
+    assert Image.open(io.BytesIO(raw)).mode == "La"
+    out = pixels(raw, 8)
+    assert np.abs(out[:, :4] - (50 + 255 - 100)).max() <= 1
+    assert (out[:, 4:] == 255).all()
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "I;16", "I;16B"])
+def test_every_mode_with_an_rgb_meaning_becomes_rgb(mode):
+    """An image handed over in memory may be in any of Pillow's modes: RGBX (its fourth band
+    padding) was refused as having no RGB meaning, and La raised Pillow's own error."""
+    out = decode_rgb(Image.new(mode, (4, 4)), None)
+    assert (out.mode, out.size) == ("RGB", (4, 4))
+
+
+def test_rgbx_keeps_its_colours_and_drops_its_padding():
+    assert decode_rgb(Image.new("RGBX", (4, 4), (10, 200, 30, 0)), None).getpixel((0, 0)) == (10, 200, 30)
+
+
 def test_a_tiff_with_a_broken_header_is_still_unreadable():
     error = refusal(b"II*\0\x08\0\0\0\xff\xff")
     assert error.reason == "unreadable_image" and "a TIFF signature, but no TIFF header Pillow reads" in error.detail
