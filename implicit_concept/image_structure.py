@@ -192,18 +192,53 @@ def _screen_jpeg(f: BinaryIO) -> None:
 
 
 def _count_scans(f: BinaryIO, pos: int, most: int) -> int:
-    """0xFFDA markers from ``pos`` on, read in 1 MiB blocks; stops past ``most``. In a JPEG's
-    entropy-coded data 0xFF is always followed by 0x00 or a restart marker, so each starts a scan."""
-    f.seek(pos)
-    found, carry = 0, b""
+    """The scans libjpeg reads, from the first (its marker at ``pos``) to the end of the image (EOI),
+    walked as libjpeg walks them: a segment skipped by its length, a scan's entropy-coded data to
+    the next marker. What follows EOI is never read (a Motion Photo's video, an MPO's other
+    pictures: their bytes held 0xFFDA pairs enough to refuse a photo). Stops past ``most``."""
+    found = steps = 0
     while found <= most:
-        block = f.read(1 << 20)
-        if not block:
-            break
-        data = np.frombuffer(carry + block, np.uint8)
-        found += int(np.count_nonzero(data[1:][data[:-1] == 0xFF] == 0xDA))
-        carry = block[-1:]
+        pos = _next_marker(f, pos)
+        if pos is None:
+            return found
+        marker = _read_at(f, pos + 1, 1)[0]
+        if marker == 0xD9:
+            return found
+        steps += 1
+        if steps > MAX_CHUNKS:
+            raise _too_many(f"a JPEG of more than {MAX_CHUNKS} marker segments after its first scan")
+        if marker == 0xDA:
+            found += 1
+        size = b"" if marker in _NO_LENGTH else _read_at(f, pos + 2, 2)
+        pos += 2 + (struct.unpack(">H", size)[0] if len(size) == 2 else 0)
     return found
+
+
+#: Markers without a length: TEM, the restart markers, SOI and EOI.
+_NO_LENGTH = frozenset((0x01, *range(0xD0, 0xDA)))
+#: What follows 0xFF inside entropy-coded data: a stuffed zero, fill, a restart marker.
+_NOT_MARKERS = frozenset((0x00, 0xFF, *range(0xD0, 0xD8)))
+
+
+def _next_marker(f: BinaryIO, pos: int) -> int | None:
+    """Where the first marker at or after ``pos`` starts: 0xFF, then a byte other than 0x00 (a
+    stuffed zero), 0xFF (fill) or a restart marker, which entropy-coded data holds; None at the
+    end of the file. Most markers follow the last segment at once: two bytes are read first, then
+    blocks from 4 KiB up to 1 MiB."""
+    pair = _read_at(f, pos, 2)
+    if len(pair) == 2 and pair[0] == 0xFF and pair[1] not in _NOT_MARKERS:
+        return pos
+    block_size = 1 << 12
+    while True:
+        block = np.frombuffer(_read_at(f, pos, block_size + 1), np.uint8)
+        after = block[1:]
+        hits = np.flatnonzero((block[:-1] == 0xFF) & (after != 0) & (after != 0xFF) & ((after < 0xD0) | (after > 0xD7)))
+        if hits.size:
+            return pos + int(hits[0])
+        if len(block) <= block_size:
+            return None
+        pos += block_size
+        block_size = min(block_size * 2, 1 << 20)
 
 
 def _screen_gif(f: BinaryIO, head: bytes) -> None:

@@ -675,6 +675,28 @@ def test_a_jpeg_of_more_scans_than_the_cap_is_refused():
     assert prepare_image(raw[:-2] + last * (MAX_JPEG_SCANS - len(starts)) + raw[-2:], 16, 0).size == (16, 16)
 
 
+def test_what_follows_a_jpegs_end_is_not_counted_as_scans():
+    """A Motion Photo is a JPEG with its video after the end of the image, an MPO a JPEG with its
+    other pictures there: every 0xFFDA pair in those bytes was counted as a scan, and a phone's
+    photo with 8 MB of video (about 125 pairs) was refused as a scan bomb. libjpeg stops at the
+    end of the image, and so does the count."""
+    trailer = b"\x00\x00\x00\x18ftypmp42" + b"\xff\xda\x00\x00" * (MAX_JPEG_SCANS + 1)
+    assert np.abs(pixels(_jpeg() + trailer) - (200, 40, 40)).max() <= 4
+    raw, starts = _progressive()
+    assert prepare_image(raw + raw[starts[-1]:-2] * MAX_JPEG_SCANS, 16, 0).size == (16, 16)
+
+
+def test_scans_behind_an_end_marker_inside_a_segment_are_counted():
+    """The count reads a segment by its length, as libjpeg does, so an end marker's bytes inside a
+    comment do not hide the scans after it; nor do segments by the thousand between scans."""
+    raw, starts = _progressive()
+    last = raw[starts[-1]:-2]
+    error = refusal(raw[:-2] + b"\xff\xfe\x00\x04\xff\xd9" + last * (MAX_JPEG_SCANS - len(starts) + 1) + raw[-2:])
+    assert (error.reason, error.detail) == ("too_many_chunks", f"a JPEG of more than {MAX_JPEG_SCANS} scans")
+    error = refusal(raw[:-2] + b"\xff\xfe\x00\x02" * (MAX_CHUNKS + 1) + raw[-2:])
+    assert (error.reason, error.detail) == ("too_many_chunks", f"a JPEG of more than {MAX_CHUNKS} marker segments after its first scan")
+
+
 def _gif() -> tuple[bytes, int]:
     raw = encode(Image.new("P", (16, 16), 1), "GIF")
     flags = raw[10]
