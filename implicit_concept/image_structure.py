@@ -87,12 +87,15 @@ def _screen_png(f: BinaryIO) -> BinaryIO:
     embed reach it), text past ``MAX_TEXT_MEMORY`` in all, an unknown compression method, and an
     ancillary chunk before the image data that fails its CRC (libpng and browsers drop it and show
     the picture; Pillow refused the file as no PNG). A critical chunk failing its CRC is a damaged
-    file, said so. Pillow's limits stay as they are; this file's pixels are decoded without that
+    file, said so, image data included (libpng's rule; Pillow never checks it, and a download cut
+    short into a file of zeros decoded as garbage rows). Pillow's limits stay as they are; this file's pixels are decoded without that
     metadata. Past ``MAX_TEXT_MEMORY`` inflated, every later text or profile chunk is dropped
     uninflated: 65536 chunks of 1 KB that inflate to 1 MB each would be 64 GB to inflate."""
     dropped, held, full, seen_idat = [], 0, False, False
     for kind, offset, length in _png_chunks(f):
         seen_idat |= kind == b"IDAT"
+        if kind == b"IDAT" and _crc_fails(f, kind, offset, length):
+            raise SampleError("unreadable_image", f"the PNG's IDAT chunk at byte {offset - 8} fails its CRC check: the file is damaged")
         data = None
         if not seen_idat:  # Pillow checks the CRC of every chunk it reads before the image data
             data = _read_at(f, offset, length + 4)
@@ -120,6 +123,19 @@ def _screen_png(f: BinaryIO) -> BinaryIO:
     kept.write(data[start:])
     kept.seek(0)
     return kept
+
+
+def _crc_fails(f: BinaryIO, kind: bytes, offset: int, length: int) -> bool:
+    """Whether a whole chunk's CRC is wrong (one cut short is Pillow's to call truncated), read in
+    1 MiB pieces."""
+    crc, pos, end = zlib.crc32(kind), offset, offset + length
+    while pos < end:
+        piece = _read_at(f, pos, min(1 << 20, end - pos))
+        if not piece:
+            return False
+        crc, pos = zlib.crc32(piece, crc), pos + len(piece)
+    stored = _read_at(f, end, 4)
+    return len(stored) == 4 and crc != int.from_bytes(stored, "big")
 
 
 def _chunk_name(kind: bytes) -> str:

@@ -565,12 +565,23 @@ def test_a_metadata_chunk_failing_its_crc_is_dropped_not_the_pixels(kind):
     assert (pixels(_bad_crc(raw, kind)) == (200, 100, 50)).all()
 
 
-@pytest.mark.parametrize("kind", [b"IHDR", b"PLTE"])
+@pytest.mark.parametrize("kind", [b"IHDR", b"PLTE", b"IDAT"])
 def test_an_image_chunk_failing_its_crc_is_a_damaged_file_said_so(kind):
     raw = png(16, 16, 8, 3, [bytes(16)] * 16, before=[(b"PLTE", bytes([200, 100, 50]))])
     error = refusal(_bad_crc(raw, kind))
     at = raw.index(kind) - 4
     assert (error.reason, error.detail) == ("unreadable_image", f"the PNG's {kind.decode()} chunk at byte {at} fails its CRC check: the file is damaged")
+
+
+def test_a_png_whose_download_ended_in_zeros_is_damaged_not_garbage_rows():
+    """A download cut short into a file of its full length (a client that allocates the file
+    first) ends in zeros: Pillow never checks the image data's CRC, and zeros inflate to rows,
+    so the picture was used with its lower part garbage. The image data's CRC says it is damaged."""
+    rows = [bytes(np.random.default_rng(i).integers(0, 256, 48, dtype=np.uint8)) for i in range(16)]
+    raw = png(16, 16, 8, 2, rows)
+    cut = raw.index(b"IDAT") + 4 + (struct.unpack(">I", raw[raw.index(b"IDAT") - 4:raw.index(b"IDAT")])[0] // 2)
+    error = refusal(raw[:cut] + bytes(len(raw) - cut))
+    assert (error.reason, error.detail) == ("unreadable_image", f"the PNG's IDAT chunk at byte {raw.index(b'IDAT') - 4} fails its CRC check: the file is damaged")
 
 
 # --- 6. a PNG short of rows is truncated ---------------------------------------------------------
