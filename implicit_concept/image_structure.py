@@ -247,8 +247,9 @@ def _next_marker(f: BinaryIO, pos: int) -> int | None:
     block_size = 1 << 12
     while True:
         block = np.frombuffer(_read_at(f, pos, block_size + 1), np.uint8)
-        after = block[1:]
-        hits = np.flatnonzero((block[:-1] == 0xFF) & (after != 0) & (after != 0xFF) & ((after < 0xD0) | (after > 0xD7)))
+        ff = np.flatnonzero(block[:-1] == 0xFF)
+        after = block[ff + 1]
+        hits = ff[(after != 0) & (after != 0xFF) & ((after < 0xD0) | (after > 0xD7))]
         if hits.size:
             return pos + int(hits[0])
         if len(block) <= block_size:
