@@ -4,7 +4,9 @@ Decoding (and why it fails) lives in :mod:`implicit_concept.image_decode`; this 
 minimum side, lets JPEG (and MPO) decode a smaller draft, refuses more pixels than the cap (from the header,
 before decoding), resizes the shorter side to ``size`` and
 centre-crops. The filter is fixed and ``reducing_gap`` is off, so the same bytes always give the
-same pixels.
+same pixels. The image it returns holds pixels alone: Pillow copies a source's metadata through
+every conversion and resize, and its JPEG writer writes a comment it finds there, so a photo's
+comment (a camera's, a lab's note) was copied into every shard made from it.
 
 One image must never stop a build: an exception nobody foresaw (a Pillow plugin's or numpy's, on a
 mode or a header this code has not met) becomes a ``SampleError`` (``decoder_failed``) naming its
@@ -50,9 +52,10 @@ def _prepare(raw: bytes | Image.Image, size: int, min_side: int, max_pixels: int
         # JPEG with a depth map or a second picture (an MPF segment) opens as MPO: the same first picture.
         image.draft(None, (size, size))
     rgb = decode_rgb(image, None if image is raw else max_pixels)
-    if rgb is not raw and rgb.size == (size, size):
-        return rgb  # already square at size, and decoded here: the resize would only copy it
-    return _square(rgb, size)
+    # Already square at size, and decoded here: the resize would only copy it.
+    prepared = rgb if rgb is not raw and rgb.size == (size, size) else _square(rgb, size)
+    prepared.info = {}  # a new image, or one opened here: none of the source's metadata is written out
+    return prepared
 
 
 def _square(image: Image.Image, size: int) -> Image.Image:

@@ -157,6 +157,8 @@ def _load(image: Image.Image) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            low = _low_bytes(image)
+            drawn = _gif_frame(image)
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise SampleError("too_large", error_text(exc)) from exc
@@ -164,8 +166,61 @@ def _load(image: Image.Image) -> None:
         raise SampleError(_decode_reason(exc), error_text(exc)) from exc
     if source is not None:
         check_png_rows(image, source)
+    if low is not None:
+        _clear_key(image, low)
+    if drawn is not None:
+        _clear_uncovered(image, drawn)
     if image.format == "BMP" and image.mode == "RGBA" and image.info.get("compression") == 0 and image.getextrema()[3] == (0, 0):
         image.putalpha(255)  # the reserved byte unused: opaque, as every viewer shows it
+
+
+def _low_bytes(image: Image.Image) -> Image.Image | None:
+    """The low byte of each sample of a 16-bit RGB PNG whose tRNS names a transparent colour
+    (decoded before its pixels, from the same rows: rawmode ``RGB;16L``); None for any other image.
+
+    Pillow decodes each sample's high byte and compared those 8-bit pixels with the 16-bit key:
+    the key's own pixels showed, and others (bright blue for a near-black key) turned white."""
+    tile = getattr(image, "tile", None)
+    if image.format != "PNG" or image.mode != "RGB" or not isinstance(image.info.get("transparency"), tuple) or len(tile or ()) != 1:
+        return None
+    if tile[0].args not in ("RGB;16B", ("RGB;16B",)):
+        return None
+    image.fp.seek(0)
+    low = Image.open(image.fp, formats=("PNG",))
+    low.tile = [tile[0]._replace(args="RGB;16L")]
+    low.load()
+    return low
+
+
+def _clear_key(image: Image.Image, low: Image.Image) -> None:
+    """Make transparent, as libpng and browsers do, the pixels whose 16-bit colour (``image``'s
+    high bytes, ``low``'s low ones) is the tRNS key."""
+    key = image.info.pop("transparency")
+    high, low_bytes = np.asarray(image), np.asarray(low)
+    clear = np.ones(high.shape[:2], bool)
+    for band, value in enumerate(key):
+        clear &= (high[..., band] == value >> 8) & (low_bytes[..., band] == value & 0xFF)
+    image.putalpha(Image.fromarray(np.where(clear, 0, 255).astype(np.uint8)))
+
+
+def _gif_frame(image: Image.Image) -> tuple[int, int, int, int] | None:
+    """The box a GIF's first frame draws (read before its pixels, which drops the tile), when it
+    leaves part of the canvas uncovered; None for any other image."""
+    tile = getattr(image, "tile", None)
+    if image.format != "GIF" or len(tile or ()) != 1 or tuple(tile[0].extents) == (0, 0, *image.size):
+        return None
+    return tuple(tile[0].extents)
+
+
+def _clear_uncovered(image: Image.Image, drawn: tuple[int, int, int, int]) -> None:
+    """Make transparent the canvas a GIF's first frame leaves uncovered, as browsers show it:
+    Pillow filled it with palette entry 0 (whatever colour that is, black as often as not), unless
+    the frame names a transparent index. Inside the frame, that index stays transparent."""
+    shown = image.convert("RGBA").getchannel("A")
+    alpha = Image.new("L", image.size, 0)
+    alpha.paste(shown.crop(drawn), drawn[:2])
+    image.info.pop("transparency", None)
+    image.putalpha(alpha)
 
 
 def _decode_reason(exc: Exception) -> str:
@@ -349,8 +404,12 @@ def _flatten(image: Image.Image, zero_is_white: bool = False) -> Image.Image:
         image = image.convert("L")
     if image.mode == "P" or (image.mode in ("L", "RGB") and "transparency" in image.info):
         image = image.convert("RGBA")
-    if image.mode in ("LA", "La", "PA", "RGBa"):
+    if image.mode == "La":
+        image = image.convert("LA")  # grey premultiplied by its alpha (a TIFF's associated alpha): Pillow converts it to LA alone
+    if image.mode in ("LA", "PA", "RGBa"):
         image = image.convert("RGBA")
+    if image.mode == "RGBX":
+        image = image.convert("RGB")  # the fourth band is padding
     if image.mode == "RGBA":
         return Image.alpha_composite(Image.new("RGBA", image.size, _WHITE), image).convert("RGB")
     if image.mode in ("L", "RGB", "CMYK", "YCbCr"):

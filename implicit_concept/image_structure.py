@@ -87,12 +87,15 @@ def _screen_png(f: BinaryIO) -> BinaryIO:
     embed reach it), text past ``MAX_TEXT_MEMORY`` in all, an unknown compression method, and an
     ancillary chunk before the image data that fails its CRC (libpng and browsers drop it and show
     the picture; Pillow refused the file as no PNG). A critical chunk failing its CRC is a damaged
-    file, said so. Pillow's limits stay as they are; this file's pixels are decoded without that
+    file, said so, image data included (libpng's rule; Pillow never checks it, and a download cut
+    short into a file of zeros decoded as garbage rows). Pillow's limits stay as they are; this file's pixels are decoded without that
     metadata. Past ``MAX_TEXT_MEMORY`` inflated, every later text or profile chunk is dropped
     uninflated: 65536 chunks of 1 KB that inflate to 1 MB each would be 64 GB to inflate."""
     dropped, held, full, seen_idat = [], 0, False, False
     for kind, offset, length in _png_chunks(f):
         seen_idat |= kind == b"IDAT"
+        if kind == b"IDAT" and _crc_fails(f, kind, offset, length):
+            raise SampleError("unreadable_image", f"the PNG's IDAT chunk at byte {offset - 8} fails its CRC check: the file is damaged")
         data = None
         if not seen_idat:  # Pillow checks the CRC of every chunk it reads before the image data
             data = _read_at(f, offset, length + 4)
@@ -120,6 +123,19 @@ def _screen_png(f: BinaryIO) -> BinaryIO:
     kept.write(data[start:])
     kept.seek(0)
     return kept
+
+
+def _crc_fails(f: BinaryIO, kind: bytes, offset: int, length: int) -> bool:
+    """Whether a whole chunk's CRC is wrong (one cut short is Pillow's to call truncated), read in
+    1 MiB pieces."""
+    crc, pos, end = zlib.crc32(kind), offset, offset + length
+    while pos < end:
+        piece = _read_at(f, pos, min(1 << 20, end - pos))
+        if not piece:
+            return False
+        crc, pos = zlib.crc32(piece, crc), pos + len(piece)
+    stored = _read_at(f, end, 4)
+    return len(stored) == 4 and crc != int.from_bytes(stored, "big")
 
 
 def _chunk_name(kind: bytes) -> str:
@@ -192,18 +208,54 @@ def _screen_jpeg(f: BinaryIO) -> None:
 
 
 def _count_scans(f: BinaryIO, pos: int, most: int) -> int:
-    """0xFFDA markers from ``pos`` on, read in 1 MiB blocks; stops past ``most``. In a JPEG's
-    entropy-coded data 0xFF is always followed by 0x00 or a restart marker, so each starts a scan."""
-    f.seek(pos)
-    found, carry = 0, b""
+    """The scans libjpeg reads, from the first (its marker at ``pos``) to the end of the image (EOI),
+    walked as libjpeg walks them: a segment skipped by its length, a scan's entropy-coded data to
+    the next marker. What follows EOI is never read (a Motion Photo's video, an MPO's other
+    pictures: their bytes held 0xFFDA pairs enough to refuse a photo). Stops past ``most``."""
+    found = steps = 0
     while found <= most:
-        block = f.read(1 << 20)
-        if not block:
-            break
-        data = np.frombuffer(carry + block, np.uint8)
-        found += int(np.count_nonzero(data[1:][data[:-1] == 0xFF] == 0xDA))
-        carry = block[-1:]
+        pos = _next_marker(f, pos)
+        if pos is None:
+            return found
+        marker = _read_at(f, pos + 1, 1)[0]
+        if marker == 0xD9:
+            return found
+        steps += 1
+        if steps > MAX_CHUNKS:
+            raise _too_many(f"a JPEG of more than {MAX_CHUNKS} marker segments after its first scan")
+        if marker == 0xDA:
+            found += 1
+        size = b"" if marker in _NO_LENGTH else _read_at(f, pos + 2, 2)
+        pos += 2 + (struct.unpack(">H", size)[0] if len(size) == 2 else 0)
     return found
+
+
+#: Markers without a length: TEM, the restart markers, SOI and EOI.
+_NO_LENGTH = frozenset((0x01, *range(0xD0, 0xDA)))
+#: What follows 0xFF inside entropy-coded data: a stuffed zero, fill, a restart marker.
+_NOT_MARKERS = frozenset((0x00, 0xFF, *range(0xD0, 0xD8)))
+
+
+def _next_marker(f: BinaryIO, pos: int) -> int | None:
+    """Where the first marker at or after ``pos`` starts: 0xFF, then a byte other than 0x00 (a
+    stuffed zero), 0xFF (fill) or a restart marker, which entropy-coded data holds; None at the
+    end of the file. Most markers follow the last segment at once: two bytes are read first, then
+    blocks from 4 KiB up to 1 MiB."""
+    pair = _read_at(f, pos, 2)
+    if len(pair) == 2 and pair[0] == 0xFF and pair[1] not in _NOT_MARKERS:
+        return pos
+    block_size = 1 << 12
+    while True:
+        block = np.frombuffer(_read_at(f, pos, block_size + 1), np.uint8)
+        ff = np.flatnonzero(block[:-1] == 0xFF)
+        after = block[ff + 1]
+        hits = ff[(after != 0) & (after != 0xFF) & ((after < 0xD0) | (after > 0xD7))]
+        if hits.size:
+            return pos + int(hits[0])
+        if len(block) <= block_size:
+            return None
+        pos += block_size
+        block_size = min(block_size * 2, 1 << 20)
 
 
 def _screen_gif(f: BinaryIO, head: bytes) -> None:

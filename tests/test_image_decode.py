@@ -213,6 +213,37 @@ def test_sixteen_bit_grey_transparency_is_white(key):
     assert (out[0, 8] == round((key + 1) / 257)).all()
 
 
+def _sub_filtered(rows: list[bytes], step: int) -> bytes:
+    """PNG rows under the Sub filter (each byte less the one ``step`` bytes left): a decoder that
+    took another pixel width reads them wrong."""
+    out = b""
+    for row in rows:
+        line = np.frombuffer(row, np.uint8).astype(np.int16)
+        left = np.concatenate([np.zeros(step, np.int16), line[:-step]])
+        out += b"\1" + ((line - left) % 256).astype(np.uint8).tobytes()
+    return out
+
+
+@pytest.mark.parametrize("filtered", [False, True], ids=["unfiltered", "sub-filtered"])
+@pytest.mark.parametrize("key", [(1000, 2000, 3000), (0, 0, 255)])
+def test_sixteen_bit_rgb_transparency_is_the_key_to_the_last_bit(key, filtered):
+    """A 16-bit RGB PNG's tRNS names a 16-bit colour, and Pillow compared it with the 8-bit pixels
+    it decodes: the key's own pixels showed, and full blue turned white under a near-black blue
+    key. Only the key's pixels are white now; one level off it, or the same high bytes, is opaque."""
+    near = (key[0], key[1], key[2] + 1)
+    values = np.zeros((16, 16, 3), ">u2")
+    values[:, :8] = key
+    values[0::2, 8:] = (0, 0, 65535)
+    values[1::2, 8:] = near
+    rows = [r.tobytes() for r in values]
+    raw = png(16, 16, 16, 2, rows, before=[(b"tRNS", struct.pack(">HHH", *key))], data=_sub_filtered(rows, 6) if filtered else None)
+    assert Image.open(io.BytesIO(raw)).info["transparency"] == key
+    out = pixels(raw)
+    assert (out[:, :8] == 255).all()
+    assert (out[0::2, 8:] == (0, 0, 255)).all()
+    assert (out[1::2, 8:] == np.array(near) >> 8).all()
+
+
 @pytest.mark.parametrize("options", [{"lossless": True}, {"quality": 90}], ids=["lossless", "lossy"])
 def test_an_animated_webps_transparent_ground_is_white(options):
     """libwebp crops a frame to what it draws and flags no alpha: Pillow read the ground left
@@ -225,6 +256,39 @@ def test_an_animated_webps_transparent_ground_is_white(options):
     assert (out[:, :7] == 255).all() and np.abs(out[:, 9:] - (30, 200, 30)).max() <= 4
     opaque = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)), "WEBP", **options)
     assert np.array_equal(pixels(opaque), np.asarray(Image.open(io.BytesIO(opaque)).convert("RGB"), np.int16))
+
+
+def _on_canvas(gif: bytes, canvas: tuple[int, int], at: tuple[int, int]) -> bytes:
+    """``gif``'s one frame drawn at ``at`` on a larger canvas (its screen descriptor and image
+    descriptor rewritten), as an animation's first frame may be."""
+    raw = bytearray(gif)
+    raw[6:10] = struct.pack("<HH", *canvas)
+    i = 13 + (3 << ((raw[10] & 7) + 1) if raw[10] & 0x80 else 0)
+    while raw[i] == 0x21:  # extension blocks: introducer, label, sub-blocks
+        i += 2
+        while raw[i]:
+            i += raw[i] + 1
+        i += 1
+    assert raw[i] == 0x2C
+    raw[i + 1:i + 5] = struct.pack("<HH", *at)
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("transparency", [None, 2], ids=["opaque_frame", "frame_with_transparent_index"])
+def test_the_canvas_a_gifs_first_frame_leaves_uncovered_is_white(transparency):
+    """A GIF's first frame may draw part of its canvas (later frames draw the rest): Pillow filled
+    the rest with palette entry 0 (black here, as in many GIFs), where a browser shows it
+    transparent. It is white now; the frame keeps its colours, and its transparent index."""
+    frame = Image.new("P", (8, 8), 1)
+    frame.putpalette([0, 0, 0, 30, 200, 30, 200, 30, 200] + [0] * 759)
+    frame.paste(2, (0, 0, 8, 2))
+    named = {} if transparency is None else {"transparency": transparency}
+    raw = _on_canvas(encode(frame, "GIF", optimize=False, **named), (16, 16), (8, 4))
+    assert Image.open(io.BytesIO(raw)).tile[0].extents == (8, 4, 16, 12)
+    out = pixels(raw)
+    assert (out[:, :8] == 255).all() and (out[:4] == 255).all() and (out[12:] == 255).all()
+    assert (out[6:12, 8:] == (30, 200, 30)).all()
+    assert (out[4:6, 8:] == (255 if transparency is not None else (200, 30, 200))).all()
 
 
 def test_a_32_bit_bmps_fourth_byte_is_alpha_unless_it_is_all_zero():
@@ -277,6 +341,31 @@ def test_a_jpeg_of_more_than_8_bit_samples_says_so(marker, bits):
     raw[at + 1], raw[at + 4] = marker, bits
     error = refusal(bytes(raw))
     assert (error.reason, error.detail) == ("unsupported_mode", f"a JPEG of {bits}-bit samples: Pillow decodes 8-bit JPEGs only; {SAVE_AS}")
+
+
+def test_a_grey_tiff_with_premultiplied_alpha_is_shown_on_white():
+    """Grey with associated (premultiplied) alpha opens as Pillow's "La", which it converts to LA
+    alone: the image was a ``decoder_failed`` skip. Over white, a premultiplied pixel shows as its
+    value plus the white its alpha lets through."""
+    grey = np.zeros((8, 8, 2), np.uint8)
+    grey[:, :4] = (50, 100)
+    raw = tiff(8, 8, [8, 8], 1, grey.tobytes(), extra_samples=[1])
+    assert Image.open(io.BytesIO(raw)).mode == "La"
+    out = pixels(raw, 8)
+    assert np.abs(out[:, :4] - (50 + 255 - 100)).max() <= 1
+    assert (out[:, 4:] == 255).all()
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "I;16", "I;16B"])
+def test_every_mode_with_an_rgb_meaning_becomes_rgb(mode):
+    """An image handed over in memory may be in any of Pillow's modes: RGBX (its fourth band
+    padding) was refused as having no RGB meaning, and La raised Pillow's own error."""
+    out = decode_rgb(Image.new(mode, (4, 4)), None)
+    assert (out.mode, out.size) == ("RGB", (4, 4))
+
+
+def test_rgbx_keeps_its_colours_and_drops_its_padding():
+    assert decode_rgb(Image.new("RGBX", (4, 4), (10, 200, 30, 0)), None).getpixel((0, 0)) == (10, 200, 30)
 
 
 def test_a_tiff_with_a_broken_header_is_still_unreadable():
@@ -476,12 +565,23 @@ def test_a_metadata_chunk_failing_its_crc_is_dropped_not_the_pixels(kind):
     assert (pixels(_bad_crc(raw, kind)) == (200, 100, 50)).all()
 
 
-@pytest.mark.parametrize("kind", [b"IHDR", b"PLTE"])
+@pytest.mark.parametrize("kind", [b"IHDR", b"PLTE", b"IDAT"])
 def test_an_image_chunk_failing_its_crc_is_a_damaged_file_said_so(kind):
     raw = png(16, 16, 8, 3, [bytes(16)] * 16, before=[(b"PLTE", bytes([200, 100, 50]))])
     error = refusal(_bad_crc(raw, kind))
     at = raw.index(kind) - 4
     assert (error.reason, error.detail) == ("unreadable_image", f"the PNG's {kind.decode()} chunk at byte {at} fails its CRC check: the file is damaged")
+
+
+def test_a_png_whose_download_ended_in_zeros_is_damaged_not_garbage_rows():
+    """A download cut short into a file of its full length (a client that allocates the file
+    first) ends in zeros: Pillow never checks the image data's CRC, and zeros inflate to rows,
+    so the picture was used with its lower part garbage. The image data's CRC says it is damaged."""
+    rows = [bytes(np.random.default_rng(i).integers(0, 256, 48, dtype=np.uint8)) for i in range(16)]
+    raw = png(16, 16, 8, 2, rows)
+    cut = raw.index(b"IDAT") + 4 + (struct.unpack(">I", raw[raw.index(b"IDAT") - 4:raw.index(b"IDAT")])[0] // 2)
+    error = refusal(raw[:cut] + bytes(len(raw) - cut))
+    assert (error.reason, error.detail) == ("unreadable_image", f"the PNG's IDAT chunk at byte {raw.index(b'IDAT') - 4} fails its CRC check: the file is damaged")
 
 
 # --- 6. a PNG short of rows is truncated ---------------------------------------------------------
@@ -584,6 +684,28 @@ def test_a_jpeg_of_more_scans_than_the_cap_is_refused():
     error = refusal(bomb)
     assert (error.reason, error.detail) == ("too_many_chunks", f"a JPEG of more than {MAX_JPEG_SCANS} scans")
     assert prepare_image(raw[:-2] + last * (MAX_JPEG_SCANS - len(starts)) + raw[-2:], 16, 0).size == (16, 16)
+
+
+def test_what_follows_a_jpegs_end_is_not_counted_as_scans():
+    """A Motion Photo is a JPEG with its video after the end of the image, an MPO a JPEG with its
+    other pictures there: every 0xFFDA pair in those bytes was counted as a scan, and a phone's
+    photo with 8 MB of video (about 125 pairs) was refused as a scan bomb. libjpeg stops at the
+    end of the image, and so does the count."""
+    trailer = b"\x00\x00\x00\x18ftypmp42" + b"\xff\xda\x00\x00" * (MAX_JPEG_SCANS + 1)
+    assert np.abs(pixels(_jpeg() + trailer) - (200, 40, 40)).max() <= 4
+    raw, starts = _progressive()
+    assert prepare_image(raw + raw[starts[-1]:-2] * MAX_JPEG_SCANS, 16, 0).size == (16, 16)
+
+
+def test_scans_behind_an_end_marker_inside_a_segment_are_counted():
+    """The count reads a segment by its length, as libjpeg does, so an end marker's bytes inside a
+    comment do not hide the scans after it; nor do segments by the thousand between scans."""
+    raw, starts = _progressive()
+    last = raw[starts[-1]:-2]
+    error = refusal(raw[:-2] + b"\xff\xfe\x00\x04\xff\xd9" + last * (MAX_JPEG_SCANS - len(starts) + 1) + raw[-2:])
+    assert (error.reason, error.detail) == ("too_many_chunks", f"a JPEG of more than {MAX_JPEG_SCANS} scans")
+    error = refusal(raw[:-2] + b"\xff\xfe\x00\x02" * (MAX_CHUNKS + 1) + raw[-2:])
+    assert (error.reason, error.detail) == ("too_many_chunks", f"a JPEG of more than {MAX_CHUNKS} marker segments after its first scan")
 
 
 def _gif() -> tuple[bytes, int]:

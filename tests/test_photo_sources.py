@@ -1,5 +1,5 @@
-"""Builds from a lab's own photos, as labs keep them: what their content does to the labels, and
-what a folder of links says."""
+"""Builds from a lab's own photos, as labs keep them: what their content does to the labels, what
+their metadata does to the shards, and what a folder of links says."""
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +14,7 @@ from builders.build import BuildError, build_dataset
 from builders.recipe import parse_recipe
 from builders.sources.folder import SYMLINK_ADVICE
 from implicit_concept.compositing import SEEN_LEVELS
-from implicit_concept.shard_reader import iter_samples
+from implicit_concept.shard_reader import iter_samples, iter_tar_members
 
 
 def _sky_over_ground(size: int, i: int) -> Image.Image:
@@ -50,6 +50,37 @@ def test_a_watermark_tile_lost_in_a_flat_sky_is_not_labelled(tmp_path):
             assert change[b.y1:b.y2, b.x1:b.x2].max() >= SEEN_LEVELS, (sample.key, b.as_list(), instance.params["tone"])
             labels += 1
     assert labels >= 48, labels
+
+
+def _image_members(out) -> dict[tuple[str, str, str], bytes]:
+    return {(tar.relative_to(out).as_posix(), key, ext): data for tar in sorted(out.rglob("*.tar"))
+            for key, members in iter_tar_members(tar) for ext, data in members.items() if ext.endswith("jpg")}
+
+
+def test_a_photos_comment_and_exif_never_reach_the_shards(tmp_path):
+    """Pillow copies an image's metadata through every conversion and resize, and its JPEG writer
+    writes the comment it finds there: a camera's or a lab's JPEG comment was copied into each
+    KEY.jpg and KEY.clean.jpg made from the photo. The shards' images are pixels alone: the same
+    photos with and without their metadata give the same image bytes."""
+    exif = Image.Exif()
+    exif[0x010F] = "LabCam"
+    built = []
+    for tagged in (True, False):
+        src = tmp_path / f"photos_{tagged}"
+        src.mkdir()
+        for i, size in enumerate([(96, 64), (64, 64), (80, 80)]):
+            photo = _sky_over_ground(max(size), i).resize(size).convert("L" if i == 2 else "RGB")
+            photo.save(src / f"p{i}.jpg", "JPEG", **({"comment": b"patient 1234", "exif": exif} if tagged else {}))
+            (src / f"p{i}.txt").write_text("a field under the sky")
+        recipe = parse_recipe({
+            "name": "photos", "seed": 5, "image_size": 64, "min_side": 32,
+            "source": {"kind": "folder", "path": str(src), "test_fraction": 0.0},
+            "subsets": [{"name": "wm", "concepts": ["watermark"], "fraction": 0.5}, {"name": "tx", "concepts": ["text"], "fraction": 0.5}],
+        })
+        build_dataset(recipe, tmp_path / f"out_{tagged}", progress=False)
+        built.append(_image_members(tmp_path / f"out_{tagged}"))
+    assert len(built[0]) == 12 and not any(b"patient" in data or b"LabCam" in data for data in built[0].values())
+    assert built[0] == built[1]
 
 
 def test_a_folder_of_links_says_what_each_is_and_what_to_do(tmp_path):
