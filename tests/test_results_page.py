@@ -17,6 +17,7 @@ from benchmark.report import cell, plot_icr
 from benchmark.results_page import markdown_html, write_results_page
 from benchmark.sample_grid import method_grid
 from implicit_concept.content_hashes import sha256_file
+from implicit_concept.stats import EXACT_BINOMIAL
 
 BROWSER = shutil.which("chromium-headless-shell") or shutil.which("chromium")
 
@@ -131,6 +132,16 @@ def _row(r, method="sd", concept="qrcode", **fields):
     (lambda r: _row(r, icr={"value": 0.9, "ci": [0.95, 0.1]}), r"rows\[0\].icr: not a ratio .* low <= high"),
     (lambda r: _row(r, icr={"value": float("nan"), "ci": [0, 1]}), r"rows\[0\].icr: not a ratio"),
     (lambda r: {**r, "fp_rate": {**r["fp_rate"], "qrcode": 0.01}}, r"fp_rate.qrcode: not a ratio"),
+    # a share's parts that disagree: a value typed over the measured one, its interval and counts left behind
+    (lambda r: _row(r, icr={**_ratio(0.4), "value": 0.05}), r"rows\[0\].icr: value 0.05 lies outside its interval \[0.3\d*, 0.5\] \(sd, qrcode\)"),
+    (lambda r: _row(r, icr={**_ratio(0.4), "value": 0.35, "interval": EXACT_BINOMIAL}),
+     r"rows\[0\].icr: value 0.35 is not its count 4 of n 10 \(0.40000\)"),
+    (lambda r: _row(r, icr={**_ratio(0.4), "count": 12}), r"rows\[0\].icr: count 12 of n 10: not whole numbers with 0 <= count <= n"),
+    (lambda r: _row(r, icr={**_ratio(0.4), "n": 0}), r"rows\[0\].icr: count 4 of n 0: not whole numbers"),
+    (lambda r: _row(r, icr={**_ratio(0.4), "count": 4.0}), r"rows\[0\].icr: count 4.0 of n 10: not whole numbers"),
+    (lambda r: {**r, "fp_rate": {**r["fp_rate"], "qrcode": {**_ratio(0.0), "value": 0.2}}}, r"fp_rate.qrcode: value 0.2 lies outside"),
+    (lambda r: _row(r, seeds={"0": {"icr": {**_ratio(0.4), "value": 0.9}}}), r"rows\[0\].seeds.0.icr: value 0.9 lies outside"),
+    (lambda r: _row(r, seeds={"0": 0.4}), r"rows\[0\].seeds.0: a float \(0.4\), not an object with an icr ratio"),
     (lambda r: {**r, "named_base": {"qrcode": {}}}, r"named_base.qrcode.prompt: missing, not a string"),
     (lambda r: {**r, "named_base": {"qrcode": "x"}}, r"named_base.qrcode: a str, not an object"),
     (lambda r: {**r, "targets": {"checks": [{"concept": "qrcode"}]}}, r"targets.checks\[0\]: no target, measured, met"),
