@@ -212,7 +212,7 @@ def summary_as_results(folder: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: {problem}")
     inputs = summary.get("inputs", {})
     scored = inputs.get("pipeline") or inputs.get("images")
-    method = Path(scored).name if isinstance(scored, str) and scored else Path(folder).name
+    method = _scored_name(scored) or Path(folder).resolve().name
     concepts = summary.get("track_concepts")
     rows = [{**row, "method": method, "subset": "-", "status": "ok"} for row in summary["rows"]
             if not isinstance(concepts, list) or row["concept"] in concepts]
@@ -234,6 +234,13 @@ def summary_as_results(folder: Path) -> dict[str, Any]:
         results["environment"] = summary["environment"]
     check_results(results, path)
     return results
+
+
+def _scored_name(scored: Any) -> str:
+    """The name of the folder scored, as its path was typed; none for one typed ``.``, ``..`` or ``/``
+    (``score-images . --out ../mine``), which would be a row with no method name."""
+    name = Path(scored).name if isinstance(scored, str) else ""
+    return "" if name in ("", "..") else name
 
 
 def _summary_problem(summary: dict[str, Any]) -> str | None:

@@ -636,3 +636,14 @@ def test_a_blank_image_count_that_is_no_count_of_the_rows_images_is_refused(tmp_
     run = fake_run(tmp_path / "run")
     _edit(run, lambda r: {**r, "rows": [{**r["rows"][0], "blank_images": value}, *r["rows"][1:]]})
     assert main(["report", str(run)]) == 2
+
+
+@pytest.mark.parametrize("scored", [".", "./", "..", "/"])
+def test_a_handed_over_folder_scored_as_dot_or_dotdot_is_named_after_its_out_folder_not_left_nameless(tmp_path, monkeypatch, scored):
+    """``score-images . --out ../mine`` records the images as ``.``, whose name is empty: its row had no method."""
+    run = fake_run(tmp_path / "run", prompts_sha="1" * 64, thresholds=THREE)
+    handed = fake_summary(tmp_path / "mine", scored=scored)
+    monkeypatch.chdir(tmp_path / "mine")
+    table = [line.split(" | ")[:2] for line in leaderboard([run, Path(".")]).markdown.splitlines() if line.startswith("| ")]
+    assert ["| .", "mine"] in table, table
+    assert leaderboard([run, handed]).markdown.count(f"| {cell(handed)} | mine |") == 1
