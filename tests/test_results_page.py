@@ -269,6 +269,20 @@ def test_a_method_with_no_row_for_a_concept_of_the_table_is_incomplete_and_shown
     assert table[2].endswith("| not run | 40.0 [30.0, 50.0] | incomplete |")
 
 
+def test_a_run_of_another_track_with_fewer_concepts_is_ranked_on_its_own_concepts_in_its_own_table(tmp_path):
+    """Runs that do not compare get a table each: one of a track scoring qrcode alone (paper-dry's) was
+    shown with the other track's text column, "not run", and every method "incomplete", unranked."""
+    full = fake_run(tmp_path / "full", icr=0.8)
+    one = _edit(fake_run(tmp_path / "one", track_sha="u" * 8, icr=0.4),
+                lambda r: {**r, "rows": [row for row in r["rows"] if row["concept"] == "qrcode"]})
+    board = leaderboard([full, one])
+    assert board.differences and board.differences[0].startswith("track differs")
+    own = board.markdown.split(f"## {cell(one)}")[1].split("## ")[0]
+    assert "| run | method | qrcode ICR % | mean ICR % |" in own and "text" not in own and "incomplete" not in own
+    assert f"| {cell(one)} | ge-full | 10.0 [0.0, 20.0] | 10.0 |" in own
+    assert "| text ICR % |" in board.markdown.split(f"## {cell(full)}")[1].split("## ")[0]
+
+
 def test_a_method_name_with_a_pipe_stays_in_its_cell(tmp_path):
     run = _edit(fake_run(tmp_path / "run"), lambda r: {**r, "rows": [{**row, "method": row["method"].replace("sd", "s|d")} for row in r["rows"]]})
     board = leaderboard([run])
