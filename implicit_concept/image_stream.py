@@ -131,10 +131,17 @@ def _items(source: Any) -> Iterable[Any]:
         return [source]
     if isinstance(source, Mapping):
         return list(source.items())
-    if isinstance(source, (bytes, bytearray, memoryview)) or hasattr(source, "shape") or not hasattr(source, "__iter__"):
+    if isinstance(source, (bytes, bytearray, memoryview)) or _is_array(source) or not hasattr(source, "__iter__"):
         raise ImageReadError(f"images: want a path, a PIL image, a (name, PIL image) pair, a dict of them or a list of these, "
                              f"got {_kind(source)}")
     return source
+
+
+def _is_array(source: Any) -> bool:
+    """An array or tensor of numbers (iterated, its rows); one of objects (a pandas column of PIL
+    images) is a list of items like any other."""
+    dtype = getattr(source, "dtype", None)
+    return dtype is not None and getattr(dtype, "kind", None) != "O"
 
 
 def _kind(item: Any) -> str:

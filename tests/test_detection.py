@@ -423,6 +423,9 @@ def test_one_named_pair_or_a_dict_of_named_images_is_scored_as_those_images_not_
 
     assert scored(dict(pairs)) == scored(pairs) == [("3_0", True), ("3_1", False)]
     assert scored(pairs[0]) == [("3_0", True)]
+    column = np.empty(2, dtype=object)  # a pandas or numpy column of PIL images is a list of them
+    column[:] = [_solid(10), _solid(0)]
+    assert [flag for _, flag in scored(column)] == [True, False]
 
 
 @pytest.mark.parametrize("images, said", [
