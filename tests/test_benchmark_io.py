@@ -788,7 +788,7 @@ def test_score_images_takes_the_tracks_images_per_prompt_and_size_and_records_wh
     assert summary["overrides"] == {"image_size": 128, "num_prompts": 3}
     assert external.score_image_folder(big, tmp_path / "out", judging, images_per_prompt=1, image_size=128)["overrides"] == {
         "image_size": 128, "images_per_prompt": 1, "num_prompts": 3}
-    with pytest.raises(ValueError, match="images_per_prompt: expected an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="images_per_prompt: expected an integer in \\[1, 1000\\], got 0"):
         external.score_image_folder(big, tmp_path / "out", judging, images_per_prompt=0)
 
 
