@@ -31,6 +31,9 @@ from implicit_concept.torch_settings import MAX_THREADS, torch_threads
 from implicit_concept.validate import check_int, check_number
 
 SOURCE_FILE = "source.json"
+#: Image ``i`` of a prompt is seeded ``evaluation_seed * 1000 + i`` (:func:`image_seed`): from 1000
+#: images per prompt on, a prompt's images would be drawn from the next seed's prompt's noise.
+MAX_IMAGES_PER_PROMPT = 1000
 
 #: (prompts, negative prompts, seeds) -> images; any pipeline or method can be wrapped as one.
 GenerateFn = Callable[[Sequence[str], Sequence[str], Sequence[int]], list[Image.Image]]
@@ -52,7 +55,7 @@ class GenerationSettings:
         check_int("steps", self.steps, 1)
         check_number("guidance_scale", self.guidance_scale, 0, 100)
         check_int("image_size", self.image_size, 8)
-        check_int("images_per_prompt", self.images_per_prompt, 1)
+        check_int("images_per_prompt", self.images_per_prompt, 1, MAX_IMAGES_PER_PROMPT)
         check_int("chunk_size", self.chunk_size, 1)
         if self.threads is not None:
             check_int("threads", self.threads, 1, MAX_THREADS)

@@ -212,7 +212,7 @@ def summary_as_results(folder: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: {problem}")
     inputs = summary.get("inputs", {})
     scored = inputs.get("pipeline") or inputs.get("images")
-    method = Path(scored).name if isinstance(scored, str) and scored else Path(folder).name
+    method = _scored_name(scored) or Path(folder).resolve().name
     concepts = summary.get("track_concepts")
     rows = [{**row, "method": method, "subset": "-", "status": "ok"} for row in summary["rows"]
             if not isinstance(concepts, list) or row["concept"] in concepts]
@@ -234,6 +234,13 @@ def summary_as_results(folder: Path) -> dict[str, Any]:
         results["environment"] = summary["environment"]
     check_results(results, path)
     return results
+
+
+def _scored_name(scored: Any) -> str:
+    """The name of the folder scored, as its path was typed; none for one typed ``.``, ``..`` or ``/``
+    (``score-images . --out ../mine``), which would be a row with no method name."""
+    name = Path(scored).name if isinstance(scored, str) else ""
+    return "" if name in ("", "..") else name
 
 
 def _summary_problem(summary: dict[str, Any]) -> str | None:
@@ -299,7 +306,7 @@ def _ranked_table(entries: list[Entry], concepts: list[str]) -> list[str]:
 def leaderboard(run_dirs: list[Path]) -> Leaderboard:
     _check_each_once(run_dirs)
     runs = {str(d): read_scored(d) for d in run_dirs}
-    concepts = list(dict.fromkeys(r["concept"] for res in runs.values() for r in res["rows"]))
+    concepts = _concepts(runs)
     diff, notes = differences(runs)
     diff += off_protocol(runs)
     compared_in_part = bool(notes)
@@ -325,16 +332,23 @@ def leaderboard(run_dirs: list[Path]) -> Leaderboard:
     lines += ["A method's mean exists only when it scored every concept; incomplete methods are listed after the ranked ones. "
               f"The controls ({', '.join(f'`{c}`' for c in CONTROLS)}: the model before fine-tuning, and one fine-tuned on clean "
               "twins) frame the others and are listed apart, not ranked.", ""]
-    entries = [e for name, res in runs.items() for e in _entries(name, res, concepts)]
     if diff and len(runs) > 1:
         lines += ["The runs are not comparable, so each is ranked on its own; no rank crosses runs.", ""]
-        for name in runs:
-            lines += [f"## {md_text(name)}", ""] + _ranked_table([e for e in entries if e[1] == name], concepts)
+        for name, res in runs.items():
+            # Its own concepts: a run of a track with fewer (paper-dry's one) is complete on them, not
+            # "incomplete" for a concept another run's track scores.
+            own = _concepts({name: res})
+            lines += [f"## {md_text(name)}", ""] + _ranked_table(_entries(name, res, own), own)
     else:
-        lines += _ranked_table(entries, concepts)
+        lines += _ranked_table([e for name, res in runs.items() for e in _entries(name, res, concepts)], concepts)
     lines += ["## Made from", "", f"By implicit-concept {version()}, from these files (sha256):", ""]
     lines += [f"- {code(str(scored_file(Path(name))))}: {sha256_file(scored_file(Path(name)))}" for name in runs]
     return Leaderboard("\n".join(lines) + "\n", diff, notes)
+
+
+def _concepts(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """The concepts the runs' rows score, in the order first met."""
+    return list(dict.fromkeys(r["concept"] for res in runs.values() for r in res["rows"]))
 
 
 def _check_each_once(run_dirs: list[Path]) -> None:

@@ -21,9 +21,9 @@ from benchmark.failures import ToolkitIOError, plugin_failure, plugin_output, to
 from benchmark.generation import GenerationSettings, call_problem, diffusers_generate_fn, generate_images, image_prompts
 from benchmark.library_patches import kept_library_functions, without_plugin_replacements
 from benchmark.methods import REGISTRY, NotImplementedMethod, get_method
-from benchmark.methods.interface import Generator, MethodContext, checked_generator
+from benchmark.methods.interface import FineTune, Generator, MethodContext, checked_generator
 from benchmark.methods.plugins import code_sha256, is_toolkit_class
-from benchmark.models.folder_seal import FolderChanged
+from benchmark.models.folder_seal import FolderChanged, check_listing, stat_listing
 from benchmark.models.pipeline_checks import pipeline_problem
 from benchmark.models.pipeline_identity import model_record, pipeline_source, remember_loaded
 from benchmark.plugin_state import in_working_folder, kept_plugin_state, seeded_rngs
@@ -70,12 +70,18 @@ def evaluation_prompts(run: BenchmarkRun, subset: Path) -> list[Prompt]:
 def method_context(run: BenchmarkRun, base: Path, subset: Path, concepts: tuple[str, ...], detector: Detector) -> MethodContext:
     """What every method on ``subset`` is given: its concepts, the cached fine-tuning service and the track's settings."""
     track = run.track
+    data = stat_listing(subset / "train")
+
+    def finetune(ft: FineTune) -> Path:
+        check_listing(subset / "train", data, DATA_REMEDY)  # before a fine-tune, cached under the data's checksums, trains on it
+        return stages.finetune(run, base, subset, ft, detector)
+
     return MethodContext(
         concepts=concepts,
         work_dir=run.root / "methods" / subset.name,
         seed=track.seed,
         # The toolkit's services run under its own torch settings and working folder, not a plug-in's build's (no_grad, float64, chdir).
-        finetune=_service(lambda ft: stages.finetune(run, base, subset, ft, detector)),
+        finetune=_service(finetune),
         load_pipeline=_service(lambda path: remember_loaded(stages.load_pipeline(path))),
         train_shards=subset / "train",
         settings={"esd": track.esd, "fmn": track.fmn, "geom_erasing": track.geom_erasing},
@@ -84,6 +90,11 @@ def method_context(run: BenchmarkRun, base: Path, subset: Path, concepts: tuple[
         threads=track.finetune.get("threads"),
         progress=run.progress,
     )
+
+
+#: What training data a method wrote into (``ctx.train_shards``) is, and what to do about it.
+DATA_REMEDY = ("the training data every method's fine-tunes read, cached under the dataset's recorded checksums: write a "
+               "filtered copy under ctx.work_dir instead, and rebuild the dataset (make dataset)")
 
 
 def _service(call: Callable[..., Any]) -> Callable[..., Any]:
@@ -121,6 +132,7 @@ def evaluate_method(
             for c in ctx.concepts]
     ctx = own_context(ctx, ctx.work_dir / (method.name + label))
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    data = stat_listing(ctx.train_shards)
     try:
         # A plug-in that sets torch's threads, default dtype, grad mode or numerics switches, or replaces a library
         # function, does so for itself; what it prints goes to stderr.
@@ -133,6 +145,10 @@ def evaluate_method(
             stages.check_shared(ctx.base)
         except FolderChanged as e:
             raise FolderChanged(f"{evaluation.subset}/{method.name}{label} wrote into the base model it was given: {e}") from None
+    try:
+        check_listing(ctx.train_shards, data, DATA_REMEDY)
+    except FolderChanged as e:
+        raise FolderChanged(f"{evaluation.subset}/{method.name}{label} wrote into the training data it was given: {e}") from None
     start = time.perf_counter()
     score = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
     report, scores = score_generated(paths, image_prompts(evaluation.prompts, evaluation.settings), evaluation.detector, score,

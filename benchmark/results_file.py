@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from implicit_concept.json_records import read_json_object
+from implicit_concept.stats import EXACT_BINOMIAL
 
 RATIO = "not a ratio {'value': 0..1, 'ci': [low, high]} with 0 <= low <= high <= 1"
 
@@ -53,12 +54,35 @@ def is_number(v: Any) -> bool:
 
 
 def is_ratio(ratio: Any) -> bool:
-    """``{'value': v, 'ci': [low, high]}`` within [0, 1], the interval not inverted."""
+    """``{'value': v, 'ci': [low, high]}`` within [0, 1], the interval not inverted, its parts agreeing."""
+    return ratio_problem(ratio) is None
+
+
+#: How far a share's value, rounded to 5 decimals where it is written, may be from its count over n.
+ROUNDING = 1e-5
+
+
+def ratio_problem(ratio: Any) -> str | None:
+    """What of ``ratio`` is not a share with its interval, or None. Its parts must agree with each
+    other: a value edited by hand (a lower ICR typed over the measured one) leaves its interval and its
+    ``count`` of ``n`` behind, and every reader would rank by the edited value."""
     def unit(v: Any) -> bool:
         return is_number(v) and 0.0 <= v <= 1.0
 
-    return (isinstance(ratio, dict) and unit(ratio.get("value")) and isinstance(ratio.get("ci"), list)
-            and len(ratio["ci"]) == 2 and all(unit(v) for v in ratio["ci"]) and ratio["ci"][0] <= ratio["ci"][1])
+    if not (isinstance(ratio, dict) and unit(ratio.get("value")) and isinstance(ratio.get("ci"), list)
+            and len(ratio["ci"]) == 2 and all(unit(v) for v in ratio["ci"]) and ratio["ci"][0] <= ratio["ci"][1]):
+        return RATIO
+    value, (low, high) = ratio["value"], ratio["ci"]
+    if not low <= value <= high:
+        return f"value {value} lies outside its interval [{low}, {high}]"
+    count, n = ratio.get("count"), ratio.get("n")
+    if count is None and n is None:
+        return None  # a share recorded without its counts (an older results.json)
+    if not (type(count) is int and type(n) is int and 0 <= count <= n and n >= 1):
+        return f"count {count!r:.20} of n {n!r:.20}: not whole numbers with 0 <= count <= n and n >= 1"
+    if ratio.get("interval") == EXACT_BINOMIAL and abs(value - count / n) > ROUNDING:
+        return f"value {value} is not its count {count} of n {n} ({count / n:.5f})"
+    return None
 
 
 def _kind(value: Any) -> str:
@@ -84,6 +108,11 @@ def _object(value: Any, field: str, optional: bool = True) -> dict[str, Any]:
     return value
 
 
+def _ratio(value: Any, field: str, whose: str = "") -> None:
+    problem = ratio_problem(value)
+    _need(problem is None, field, f"{problem}{whose}")
+
+
 def _each(value: Any, field: str, check: Callable[[Any], bool], want: str) -> None:
     """Every entry of an optional object passes ``check``."""
     for key, entry in _object(value, field).items():
@@ -99,7 +128,7 @@ def _check(results: dict[str, Any]) -> None:
     _object(results.get("config", {}).get("track", ABSENT), "config.track")
     _need(isinstance(results.get("fp_rate"), dict), "fp_rate", f"{_kind(results.get('fp_rate'))}, not an object")
     for concept, ratio in results["fp_rate"].items():
-        _need(is_ratio(ratio), f"fp_rate.{concept}", RATIO)
+        _ratio(ratio, f"fp_rate.{concept}")
     detector = _object(results.get("detector", ABSENT), "detector")
     _evaluator(detector)
     base = _object(results.get("base", ABSENT), "base")
@@ -111,7 +140,7 @@ def _check(results: dict[str, Any]) -> None:
         field = f"named_base.{concept}"
         _object(named, field, optional=False)
         _need(isinstance(named.get("prompt"), str), f"{field}.prompt", f"{_kind(named.get('prompt'))}, not a string")
-        _need(is_ratio(named.get("icr")), f"{field}.icr", RATIO)
+        _ratio(named.get("icr"), f"{field}.icr")
         _need(is_number(named.get("n_prompts")), f"{field}.n_prompts", f"{_kind(named.get('n_prompts'))}, not a number")
     checks = _object(results.get("targets", ABSENT), "targets").get("checks", [])
     _need(isinstance(checks, list), "targets.checks", f"{_kind(checks)}, not a list")
@@ -158,7 +187,7 @@ def _row(row: Any, field: str) -> None:
           f"{field}.model.edited_in_memory", "not a list of strings")
     if row.get("status") != "ok":
         return
-    _need(is_ratio(row.get("icr")), f"{field}.icr", f"{RATIO} ({row['method']}, {row['concept']})")
+    _ratio(row.get("icr"), f"{field}.icr", f" ({row['method']}, {row['concept']})")
     for key in ("interval", "bootstrap"):  # the interval's kind: "interval" since rows name it, "bootstrap" before (seeded rows)
         _need(isinstance(row["icr"].get(key, ""), str), f"{field}.icr.{key}", "not a string")
     over = row.get("over_seeds", [])
@@ -166,7 +195,9 @@ def _row(row: Any, field: str) -> None:
     _each(row.get("quality", ABSENT), f"{field}.quality", lambda v: v is None or is_number(v), "a number")
     _each(row.get("quality_detail", ABSENT), f"{field}.quality_detail",
           lambda v: isinstance(v, dict) and (v.get("mean") is None or _is_interval(v["mean"])), "an object whose mean has a ci [low, high]")
-    _each(row.get("seeds", ABSENT), f"{field}.seeds", lambda v: isinstance(v, dict) and is_ratio(v.get("icr")), "an object with an icr ratio")
+    for seed, entry in _object(row.get("seeds", ABSENT), f"{field}.seeds").items():
+        _need(isinstance(entry, dict), f"{field}.seeds.{seed}", f"{_kind(entry)} ({entry!r:.40}), not an object with an icr ratio")
+        _ratio(entry.get("icr"), f"{field}.seeds.{seed}.icr")
     _each(row.get("timings", ABSENT), f"{field}.timings", is_number, "a number of seconds")
     kinds = row.get("quality_kinds", [])
     _need(isinstance(kinds, list) and all(isinstance(k, str) for k in kinds), f"{field}.quality_kinds", "not a list of strings")

@@ -2,13 +2,16 @@
 
 Accepted: a PIL image, an image file, a folder of image files, a shard set (a folder of ``.tar``
 shards, one tar, or a brace pattern) or a list mixing these and ``(name, PIL image)`` pairs, for
-images made in memory that should keep their names (``{case_number}_{i}``, say) in the records. Every decoding failure names the file,
-and no image is decoded above the pixel cap of :mod:`implicit_concept.image_decode`.
+images made in memory that should keep their names (``{case_number}_{i}``, say) in the records; one
+such pair alone, or a dict of name -> PIL image, is taken as those pairs (not its names as files).
+An array, a tensor or bytes is refused, saying so: which of its axes are images and what its values
+mean is the caller's to say. Every decoding failure names the file, and no image is decoded above
+the pixel cap of :mod:`implicit_concept.image_decode`.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Any, Iterable, Iterator, Mapping, Union
 
 from PIL import Image
 
@@ -18,7 +21,8 @@ from implicit_concept.shard_reader import is_hidden, iter_samples
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
-ImageSource = Union[str, Path, Image.Image, Iterable[Union[str, Path, Image.Image, tuple[str, Image.Image]]]]
+ImageSource = Union[str, Path, Image.Image, tuple[str, Image.Image], Mapping[str, Image.Image],
+                    Iterable[Union[str, Path, Image.Image, tuple[str, Image.Image]]]]
 
 
 class ImageReadError(ValueError):
@@ -103,7 +107,7 @@ def _entries(source: ImageSource) -> Iterator[tuple[str, Image.Image | Path]]:
     if isinstance(source, (str, Path)):
         yield from _path_entries(source)
         return
-    for i, item in enumerate(source):
+    for i, item in enumerate(_items(source)):
         if isinstance(item, Image.Image):
             yield f"image-{i}", as_rgb(item, f"image-{i}")
         elif isinstance(item, tuple):
@@ -113,7 +117,40 @@ def _entries(source: ImageSource) -> Iterator[tuple[str, Image.Image | Path]]:
         elif isinstance(item, (str, Path)):
             yield from _path_entries(item)
         else:
-            raise ImageReadError(f"item {i}: want a path, a PIL image or a (name, PIL image) pair, got {type(item).__name__}")
+            raise ImageReadError(f"item {i}: want a path, a PIL image or a (name, PIL image) pair, got {_kind(item)}")
+
+
+def _is_pair(item: Any) -> bool:
+    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], Image.Image)
+
+
+def _items(source: Any) -> Iterable[Any]:
+    """The items of a source that is not one path: a lone ``(name, image)`` pair is one item and a
+    dict's are its ``(name, image)`` pairs, where iterating either would read the names as files."""
+    if _is_pair(source):
+        return [source]
+    if isinstance(source, Mapping):
+        return list(source.items())
+    if isinstance(source, (bytes, bytearray, memoryview)) or _is_array(source) or not hasattr(source, "__iter__"):
+        raise ImageReadError(f"images: want a path, a PIL image, a (name, PIL image) pair, a dict of them or a list of these, "
+                             f"got {_kind(source)}")
+    return source
+
+
+def _is_array(source: Any) -> bool:
+    """An array or tensor of numbers (iterated, its rows); one of objects (a pandas column of PIL
+    images) is a list of items like any other."""
+    dtype = getattr(source, "dtype", None)
+    return dtype is not None and getattr(dtype, "kind", None) != "O"
+
+
+def _kind(item: Any) -> str:
+    """What was handed over instead of an image, and for an array the way to one."""
+    shape = getattr(item, "shape", None)
+    if shape is None:
+        return type(item).__name__
+    return (f"a {type(item).__name__} of shape {tuple(shape)} (its axes and value range are the caller's to say: "
+            "pass Image.fromarray(a) for each uint8 height x width x 3 array)")
 
 
 def _shape(item: tuple) -> str:

@@ -788,7 +788,7 @@ def test_score_images_takes_the_tracks_images_per_prompt_and_size_and_records_wh
     assert summary["overrides"] == {"image_size": 128, "num_prompts": 3}
     assert external.score_image_folder(big, tmp_path / "out", judging, images_per_prompt=1, image_size=128)["overrides"] == {
         "image_size": 128, "images_per_prompt": 1, "num_prompts": 3}
-    with pytest.raises(ValueError, match="images_per_prompt: expected an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="images_per_prompt: expected an integer in \\[1, 1000\\], got 0"):
         external.score_image_folder(big, tmp_path / "out", judging, images_per_prompt=0)
 
 
@@ -967,3 +967,18 @@ def test_score_pipeline_refuses_a_malformed_json_file_naming_it(tmp_path, case):
         (pipe / "geom_erasing.json").write_text('{"config": ' if case == "geom-metadata" else '{"config": {}}')
         with pytest.raises(ValueError, match=r"pipe/geom_erasing.json: not .*(JSON|negative_prompt)"):
             external.pipeline_negative_prompt(pipe)
+
+
+def test_images_per_prompt_that_would_reuse_the_next_prompts_seeds_is_refused(tmp_path):
+    """Image i of a prompt is seeded evaluation_seed * 1000 + i: a 1000th image drew the next seed's
+    prompt's first image's noise, so two prompts' images shared their starting noise, unsaid."""
+    prompts = [Prompt(0, "p0", 10), Prompt(1, "p1", 11)]
+    most = GenerationSettings(images_per_prompt=1000)
+    seeds = [image_seed(p, i) for p in prompts for i in range(most.images_per_prompt)]
+    assert len(set(seeds)) == len(seeds)
+    with pytest.raises(ValueError, match=r"images_per_prompt: expected an integer in \[1, 1000\], got 1001"):
+        GenerationSettings(images_per_prompt=1001)
+    from benchmark import external
+
+    with pytest.raises(ValueError, match=r"images_per_prompt: expected an integer in \[1, 1000\], got 1001"):
+        external.score_image_folder(tmp_path / "images", tmp_path / "out", _judging(tmp_path), images_per_prompt=1001)

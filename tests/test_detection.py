@@ -410,6 +410,39 @@ def test_named_pairs_keep_their_names_and_bad_items_are_named(tmp_path):
         assert fragment in str(e.value), str(e.value)
 
 
+def test_one_named_pair_or_a_dict_of_named_images_is_scored_as_those_images_not_read_as_file_names(tmp_path):
+    """``score_images(("3_0", image))`` or ``score_images({"3_0": image, ...})``: iterated, their names
+    were opened as files ("3_0: no such image file")."""
+    weights = tmp_path / "detector.safetensors"
+    weights.write_bytes(b"fake")
+    pairs = [("3_0", _solid(10)), ("3_1", _solid(0))]
+
+    def scored(images):
+        report = score_images(images, FakeDetector(weights), ScoreConfig(resamples=200), clean=[_solid(0)], checkers=[])
+        return [(r["name"], bool(r["detections"])) for r in report.images]
+
+    assert scored(dict(pairs)) == scored(pairs) == [("3_0", True), ("3_1", False)]
+    assert scored(pairs[0]) == [("3_0", True)]
+    column = np.empty(2, dtype=object)  # a pandas or numpy column of PIL images is a list of them
+    column[:] = [_solid(10), _solid(0)]
+    assert [flag for _, flag in scored(column)] == [True, False]
+
+
+@pytest.mark.parametrize("images, said", [
+    (np.zeros((2, 16, 16, 3), np.uint8), r"got a ndarray of shape \(2, 16, 16, 3\) .*Image.fromarray"),
+    (torch.zeros(2, 3, 16, 16), r"got a Tensor of shape \(2, 3, 16, 16\)"),
+    ([np.zeros((16, 16, 3), np.float32)], r"item 0: .*got a ndarray of shape \(16, 16, 3\) .*Image.fromarray"),
+    (b"\x89PNG", "got bytes"),
+    (7, "got int"),
+])
+def test_arrays_tensors_and_bytes_handed_to_the_scorer_are_refused_saying_what_they_are(tmp_path, images, said):
+    """Iterated, an array's rows were each called an item that is no image, and an int raised a TypeError."""
+    weights = tmp_path / "detector.safetensors"
+    weights.write_bytes(b"fake")
+    with pytest.raises(ImageReadError, match=said):
+        score_images(images, FakeDetector(weights), ScoreConfig(resamples=200), clean=[_solid(0)], checkers=[])
+
+
 def _png(image):
     buf = io.BytesIO()
     image.save(buf, format="PNG")  # lossless, so the fake detector sees exact colours

@@ -375,3 +375,55 @@ def test_a_method_writing_into_the_cached_base_is_named_and_the_base_refused_unt
         stages.load_pipeline(base)  # the next method's ctx.load_pipeline(ctx.base), the next run's base row
     with pytest.raises(FolderChanged, match="unet/weights.safetensors: changed since"):
         stages.finetune(run, base, tmp_path / "icd-qrcode", FineTune(), None)
+
+
+FILTER = '''
+from PIL import Image
+from benchmark.methods.interface import FineTune, Generator, Method
+
+
+class FilterInPlace(Method):
+    """A data-removal method that drops the shards its own screen flags from ctx.train_shards, then fine-tunes."""
+    name = "filter-in-place"
+    then_finetune = True
+
+    def build(self, ctx):
+        (ctx.train_shards / "00001.tar").unlink()
+        if self.then_finetune:
+            ctx.finetune(FineTune())
+        return Generator(lambda **kwargs: [Image.new("RGB", (16, 16))] * len(kwargs["prompt"]))
+
+
+class TouchOnly(FilterInPlace):
+    name = "touch-only"
+    then_finetune = False
+
+    def build(self, ctx):
+        (ctx.train_shards / "00000.tar").write_bytes(b"filtered")
+        return Generator(lambda **kwargs: [Image.new("RGB", (16, 16))] * len(kwargs["prompt"]))
+'''
+
+
+@pytest.mark.parametrize("method, said", [
+    ("FilterInPlace", r"build\(ctx\).*00001.tar: removed since the run listed it; the training data every method's fine-tunes read"),
+    ("TouchOnly", r"^icd-qrcode/touch-only wrote into the training data it was given: .*00000.tar: changed since the run listed it"),
+])
+def test_a_method_writing_into_the_training_data_is_named_before_a_fine_tune_trains_on_it(lab, tmp_path, monkeypatch, method, said):
+    """Fine-tunes are cached under the dataset's recorded checksums, not the bytes read: one trained
+    after a method filtered ctx.train_shards in place was every later method's and run's sd, silently."""
+    from benchmark.failures import MethodFailed
+    from benchmark.models.folder_seal import FolderChanged
+
+    train = tmp_path / "icd-qrcode" / "train"
+    train.mkdir(parents=True)
+    for name in ("00000.tar", "00001.tar"):
+        (train / name).write_bytes(b"shard")
+    trained = []
+    monkeypatch.setattr(stages, "finetune", lambda *a, **k: trained.append(a) or tmp_path)
+    monkeypatch.setattr(method_evaluation, "score_generated", lambda *a, **k: (SimpleNamespace(write_json=lambda path: None, images=[]), {"qrcode": {}}))
+    monkeypatch.setattr(method_evaluation, "method_grid", lambda *a, **k: None)
+    lab("filterlab", FILTER)
+    run, ctx, evaluation = _run(tmp_path)
+    with pytest.raises((FolderChanged, MethodFailed), match=said):
+        method_evaluation.evaluate_method(run, f"filterlab:{method}", ctx, evaluation)
+    assert trained == []

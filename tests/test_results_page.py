@@ -17,6 +17,7 @@ from benchmark.report import cell, plot_icr
 from benchmark.results_page import markdown_html, write_results_page
 from benchmark.sample_grid import method_grid
 from implicit_concept.content_hashes import sha256_file
+from implicit_concept.stats import EXACT_BINOMIAL
 
 BROWSER = shutil.which("chromium-headless-shell") or shutil.which("chromium")
 
@@ -131,6 +132,16 @@ def _row(r, method="sd", concept="qrcode", **fields):
     (lambda r: _row(r, icr={"value": 0.9, "ci": [0.95, 0.1]}), r"rows\[0\].icr: not a ratio .* low <= high"),
     (lambda r: _row(r, icr={"value": float("nan"), "ci": [0, 1]}), r"rows\[0\].icr: not a ratio"),
     (lambda r: {**r, "fp_rate": {**r["fp_rate"], "qrcode": 0.01}}, r"fp_rate.qrcode: not a ratio"),
+    # a share's parts that disagree: a value typed over the measured one, its interval and counts left behind
+    (lambda r: _row(r, icr={**_ratio(0.4), "value": 0.05}), r"rows\[0\].icr: value 0.05 lies outside its interval \[0.3\d*, 0.5\] \(sd, qrcode\)"),
+    (lambda r: _row(r, icr={**_ratio(0.4), "value": 0.35, "interval": EXACT_BINOMIAL}),
+     r"rows\[0\].icr: value 0.35 is not its count 4 of n 10 \(0.40000\)"),
+    (lambda r: _row(r, icr={**_ratio(0.4), "count": 12}), r"rows\[0\].icr: count 12 of n 10: not whole numbers with 0 <= count <= n"),
+    (lambda r: _row(r, icr={**_ratio(0.4), "n": 0}), r"rows\[0\].icr: count 4 of n 0: not whole numbers"),
+    (lambda r: _row(r, icr={**_ratio(0.4), "count": 4.0}), r"rows\[0\].icr: count 4.0 of n 10: not whole numbers"),
+    (lambda r: {**r, "fp_rate": {**r["fp_rate"], "qrcode": {**_ratio(0.0), "value": 0.2}}}, r"fp_rate.qrcode: value 0.2 lies outside"),
+    (lambda r: _row(r, seeds={"0": {"icr": {**_ratio(0.4), "value": 0.9}}}), r"rows\[0\].seeds.0.icr: value 0.9 lies outside"),
+    (lambda r: _row(r, seeds={"0": 0.4}), r"rows\[0\].seeds.0: a float \(0.4\), not an object with an icr ratio"),
     (lambda r: {**r, "named_base": {"qrcode": {}}}, r"named_base.qrcode.prompt: missing, not a string"),
     (lambda r: {**r, "named_base": {"qrcode": "x"}}, r"named_base.qrcode: a str, not an object"),
     (lambda r: {**r, "targets": {"checks": [{"concept": "qrcode"}]}}, r"targets.checks\[0\]: no target, measured, met"),
@@ -256,6 +267,20 @@ def test_a_method_with_no_row_for_a_concept_of_the_table_is_incomplete_and_shown
     assert [line.split(" | ")[:2] for line in table] == [
         [f"| {cell(full)}", "ge-full"], [f"| {cell(full)}", "sd"], [f"| {cell(text_only)}", "sd"], [f"| {cell(text_only)}", "ge-full"]]
     assert table[2].endswith("| not run | 40.0 [30.0, 50.0] | incomplete |")
+
+
+def test_a_run_of_another_track_with_fewer_concepts_is_ranked_on_its_own_concepts_in_its_own_table(tmp_path):
+    """Runs that do not compare get a table each: one of a track scoring qrcode alone (paper-dry's) was
+    shown with the other track's text column, "not run", and every method "incomplete", unranked."""
+    full = fake_run(tmp_path / "full", icr=0.8)
+    one = _edit(fake_run(tmp_path / "one", track_sha="u" * 8, icr=0.4),
+                lambda r: {**r, "rows": [row for row in r["rows"] if row["concept"] == "qrcode"]})
+    board = leaderboard([full, one])
+    assert board.differences and board.differences[0].startswith("track differs")
+    own = board.markdown.split(f"## {cell(one)}")[1].split("## ")[0]
+    assert "| run | method | qrcode ICR % | mean ICR % |" in own and "text" not in own and "incomplete" not in own
+    assert f"| {cell(one)} | ge-full | 10.0 [0.0, 20.0] | 10.0 |" in own
+    assert "| text ICR % |" in board.markdown.split(f"## {cell(full)}")[1].split("## ")[0]
 
 
 def test_a_method_name_with_a_pipe_stays_in_its_cell(tmp_path):
@@ -625,3 +650,14 @@ def test_a_blank_image_count_that_is_no_count_of_the_rows_images_is_refused(tmp_
     run = fake_run(tmp_path / "run")
     _edit(run, lambda r: {**r, "rows": [{**r["rows"][0], "blank_images": value}, *r["rows"][1:]]})
     assert main(["report", str(run)]) == 2
+
+
+@pytest.mark.parametrize("scored", [".", "./", "..", "/"])
+def test_a_handed_over_folder_scored_as_dot_or_dotdot_is_named_after_its_out_folder_not_left_nameless(tmp_path, monkeypatch, scored):
+    """``score-images . --out ../mine`` records the images as ``.``, whose name is empty: its row had no method."""
+    run = fake_run(tmp_path / "run", prompts_sha="1" * 64, thresholds=THREE)
+    handed = fake_summary(tmp_path / "mine", scored=scored)
+    monkeypatch.chdir(tmp_path / "mine")
+    table = [line.split(" | ")[:2] for line in leaderboard([run, Path(".")]).markdown.splitlines() if line.startswith("| ")]
+    assert ["| .", "mine"] in table, table
+    assert leaderboard([run, handed]).markdown.count(f"| {cell(handed)} | mine |") == 1

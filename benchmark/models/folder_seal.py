@@ -7,6 +7,11 @@ path it was given) would change what every later method samples, silently. Made,
 each file's size, mtime and sha256 beside it. Reused, it is checked by ``stat`` alone; a file whose
 size or mtime moved is hashed again, so a copy that kept the bytes but not the times (``cp -r``)
 passes and is sealed anew, while changed bytes, or a file added or removed, are refused.
+
+The dataset's splits are shared the same way (every fine-tune trains on ``ctx.train_shards``, cached
+under the dataset's recorded checksums, not the bytes read), but hold no seal of their own: their
+files' sizes and mtimes are listed in memory while a run uses them (:func:`stat_listing`), and a
+method that wrote into them is refused before a fine-tune trains on what it wrote.
 """
 from __future__ import annotations
 
@@ -62,3 +67,19 @@ def check_seal(folder: Path, record: Path, remedy: str) -> None:
         moved[name] = _entry(path, digest)
     if moved:
         atomic_write_json(record, {"folder": folder.name, "files": {**sealed, **moved}})
+
+
+def stat_listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """Each file below ``folder`` by its size and mtime (none for a folder that is not there)."""
+    return {str(p.relative_to(folder)): (st.st_size, st.st_mtime_ns) for p in _files(folder) for st in [p.stat()]}
+
+
+def check_listing(folder: Path, listing: dict[str, tuple[int, int]], remedy: str) -> None:
+    """Refuse, naming the first file added, removed or changed and ``remedy``, a folder whose files are
+    not those :func:`stat_listing` listed."""
+    now = stat_listing(folder)
+    for name in sorted(set(listing) ^ set(now)):
+        raise FolderChanged(f"{folder / name}: {'added' if name in now else 'removed'} since the run listed it; {remedy}")
+    for name in sorted(now):
+        if now[name] != listing[name]:
+            raise FolderChanged(f"{folder / name}: changed since the run listed it; {remedy}")
