@@ -39,3 +39,16 @@ def test_a_file_rewritten_in_place_at_the_same_size_is_hashed_anew(tmp_path):
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # a coarse clock's writes can share an mtime
     assert weights.stat().st_ino == stat.st_ino and weights.stat().st_size == stat.st_size
     assert folder_sha256(folder) != before
+
+
+def test_a_file_hashed_another_way_is_not_given_the_hash_remembered_for_its_bytes(tmp_path):
+    """``digest`` (a config hashed without the path it was loaded from) and the sha256 of the same
+    file's bytes are remembered apart: whichever was asked second got the first's."""
+    folder = _folder(tmp_path / "pipe")
+    plain = folder_sha256(folder)
+
+    def one_for_every_file(path):
+        return "0" * 64
+
+    assert folder_sha256(folder, digest=one_for_every_file) != plain
+    assert folder_sha256(folder) == plain
