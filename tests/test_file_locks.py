@@ -16,3 +16,10 @@ def test_the_holders_pid_is_said_whole_over_a_longer_one_an_earlier_holder_left(
         with pytest.raises(FolderBusyError, match=rf"^{folder}: in use by another process \(pid {os.getpid()}\); wait for it to finish$"):
             with locked(folder, wait=False):
                 pass
+
+
+def test_the_root_folder_is_refused_saying_so():
+    """Its lock would lie beside it, above the root: refused in the project's words, not as pathlib's
+    "has an empty name"."""
+    with pytest.raises(ValueError, match=r"^/: the root folder cannot be locked; choose a folder below it$"):
+        lock_path("/")
