@@ -315,6 +315,29 @@ def test_a_package_plug_in_named_by_its_module_whose_helper_another_lab_holds_is
             sys.modules.pop(name, None)
 
 
+def test_a_package_plug_ins_relative_import_is_its_own_package_s_not_a_module_beside_it(lab_package):
+    """``from .helpers import X`` in ``pkg_b/methods.py`` imports ``pkg_b.helpers``: another lab's
+    top-level ``helpers``, imported first, is no clash, even where a ``helpers.py`` lies beside ``pkg_b``."""
+    (lab_package / "lab_a").mkdir()
+    (lab_package / "lab_a" / "helpers.py").write_text("STRENGTH = 0.5\n")
+    (lab_package / "lab_a" / "lab_a_method.py").write_text(BASE + "from helpers import STRENGTH\n"
+                                                          "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
+    root = lab_package / "root_b"
+    (root / "pkg_b").mkdir(parents=True)
+    (root / "pkg_b" / "__init__.py").write_text("")
+    (root / "helpers.py").write_text("STRENGTH = 2.0\n")
+    (root / "pkg_b" / "helpers.py").write_text("STRENGTH = 1.0\n")
+    (root / "pkg_b" / "methods.py").write_text(BASE + "from .helpers import STRENGTH\n"
+                                               "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
+    try:
+        get_method("lab_a/lab_a_method.py:Mine")
+        get_method("root_b/pkg_b/methods.py:Mine")
+        assert sys.modules["pkg_b.methods"].STRENGTH == 1.0
+    finally:
+        for name in ("helpers", "lab_a_method", "pkg_b", "pkg_b.methods", "pkg_b.helpers"):
+            sys.modules.pop(name, None)
+
+
 def test_an_installed_plug_in_is_not_held_to_the_installed_modules_beside_it(lab_package):
     """A lab's plug-in package installed with pip lies in site-packages beside every other installed
     module, stale backports among them (PyPI's ``dataclasses.py``, which the standard library's own
