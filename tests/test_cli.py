@@ -89,6 +89,29 @@ def test_quiet_is_put_back_when_the_command_returns(tmp_path, monkeypatch, recwa
     assert [str(w.message) for w in recwarn] == ["a deprecation after the command"]
 
 
+def test_quiet_leaves_an_ultralytics_imported_before_it_as_its_caller_set_it(tmp_path, monkeypatch):
+    """Only an import the command made is set from the environment after it: a notebook that
+    imported ultralytics and quieted it itself (``VERBOSE`` off, its logger at WARNING) has it so
+    after a ``--quiet`` command, not back to the verbosity ``YOLO_VERBOSE`` would give a new import."""
+    from benchmark import cli
+    from implicit_concept.detector.yolo_env import import_ultralytics
+
+    utils = import_ultralytics("ultralytics.utils")
+    logger = logging.getLogger("ultralytics")
+    for name in QUIET_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(utils, "VERBOSE", False)
+    monkeypatch.setattr(cli, "_verify", lambda args: 0)
+    before = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        assert main(["verify", str(tmp_path), "--quiet"]) == 0
+        after = logger.level, utils.VERBOSE
+    finally:
+        logger.setLevel(before)
+    assert after == (logging.WARNING, False)
+
+
 IMPORT_DURING_QUIET = """
 import sys
 from benchmark.quiet_libraries import quiet_libraries

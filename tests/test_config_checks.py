@@ -415,7 +415,8 @@ def test_the_launchs_process_count_is_read_without_creating_accelerates_state(mo
     """accelerate's state is a process-wide singleton that keeps the device it was first made with:
     the track check, run alone (here with a GPU faked, as the fp16 test fakes one), must not make it,
     or every later training in the process would take that device. Under a launcher (WORLD_SIZE) the
-    count is the joined processes', as the protocol's first stage joins them."""
+    count is the joined processes', as the protocol's first stage joins them, not the launcher's
+    figure (``srun -n 4`` sets PMI_SIZE for processes that each train alone)."""
     from types import SimpleNamespace
 
     import torch
@@ -431,7 +432,7 @@ def test_the_launchs_process_count_is_read_without_creating_accelerates_state(mo
     assert loop.launched_processes() == 1 and PartialState._shared_state == {}, "accelerate's state was made"
     monkeypatch.setattr(loop, "processes", lambda: SimpleNamespace(num_processes=2))
     for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):  # torchrun/accelerate, then MPI's
-        monkeypatch.setenv(name, "2")
+        monkeypatch.setenv(name, "4")
         assert loop.launched_processes() == 2, name
         monkeypatch.delenv(name)
 

@@ -219,9 +219,13 @@ def test_a_fid_over_two_images_a_side_is_computed_and_the_papers_fid_refuses_one
         paper_fid(two[:1], two, weights)
 
 
+#: tempfile's file makers, each with where its mode is among its arguments.
+TEMPORARY_FILES = {"TemporaryFile": 0, "NamedTemporaryFile": 0, "SpooledTemporaryFile": 1}
+
+
 def _text_opens_without_encoding(source: Path) -> list[str]:
-    """Where ``source`` opens a text file in the locale's encoding: ``open``/``Path.open`` in a text
-    mode, ``read_text``/``write_text``, with no ``encoding`` named."""
+    """Where ``source`` opens a text file in the locale's encoding: ``open``/``Path.open``/``os.fdopen``
+    or a tempfile in a text mode, ``read_text``/``write_text``, with no ``encoding`` named."""
     def mode(call, position, default="'r'"):
         if len(call.args) > position:
             return ast.unparse(call.args[position])
@@ -238,6 +242,10 @@ def _text_opens_without_encoding(source: Path) -> list[str]:
             text = "b" not in mode(node, 1)
         elif owner in ("gzip", "bz2", "lzma") and func.attr == "open":  # binary unless a text mode is named
             text = "t" in mode(node, 1, "'rb'")
+        elif owner == "os" and func.attr == "fdopen":
+            text = "b" not in mode(node, 1)
+        elif owner == "tempfile" and func.attr in TEMPORARY_FILES:  # binary unless a text mode is named
+            text = "b" not in mode(node, TEMPORARY_FILES[func.attr], "'w+b'")
         elif isinstance(func, ast.Attribute) and func.attr in ("read_text", "write_text"):
             text = True
         elif isinstance(func, ast.Attribute) and func.attr == "open" and owner not in ("Image", "tarfile", "os"):
@@ -262,8 +270,11 @@ def test_the_encoding_check_finds_text_opens_in_the_locale_s_encoding(tmp_path):
     source = tmp_path / "module.py"
     source.write_text("import pathlib\np = pathlib.Path('x')\np.read_text()\nopen(p, 'w')\np.open()\np.write_text('a')\n"
                       "open(p, 'rb')\np.open('wb')\np.read_text(encoding='utf-8')\nopen(p, encoding='utf-8')\n"
-                      "import gzip\ngzip.open(p, 'rb')\ngzip.open(p, 'rt')\ngzip.open(p)\n", encoding="utf-8")
-    assert [line.split(": ", 1)[0].rsplit(":", 1)[1] for line in _text_opens_without_encoding(source)] == ["3", "4", "5", "6", "13"]
+                      "import gzip\ngzip.open(p, 'rb')\ngzip.open(p, 'rt')\ngzip.open(p)\n"
+                      "import io, os, tempfile\nio.open(p)\nos.fdopen(3, 'w')\nos.fdopen(3, 'rb')\ntempfile.NamedTemporaryFile('w')\n"
+                      "tempfile.TemporaryFile()\ntempfile.SpooledTemporaryFile(10, mode='w+')\nos.open(p, os.O_RDONLY)\n", encoding="utf-8")
+    assert [line.split(": ", 1)[0].rsplit(":", 1)[1] for line in _text_opens_without_encoding(source)] == [
+        "3", "4", "5", "6", "13", "16", "17", "19", "21"]
 
 
 def test_json_dash_prints_strict_json_as_the_files_are(capsys):

@@ -43,3 +43,20 @@ def test_the_callers_own_bar_settings_hold_after_and_still_apply_to_its_own_call
     finally:
         assert transformers_logging.set_tqdm_hook(previous) is callers_hook
         diffusers_logging.enable_progress_bar()
+
+
+def test_a_part_saved_in_shards_loads_without_diffusers_shard_bar(tmp_path, capfd):
+    """A pretrained base's UNet in several safetensors shards: diffusers drew its own bar over them
+    ("Loading checkpoint shards") at every load, under its own switch, not transformers' hook."""
+    import shutil
+
+    pipe = build_tiny_pipeline(MICRO, tmp_path / "tokenizer", seed=3)
+    save_portable_pipeline(pipe, tmp_path / "pipe")
+    shutil.rmtree(tmp_path / "pipe" / "unet")
+    pipe.unet.save_pretrained(tmp_path / "pipe" / "unet", max_shard_size="20KB")
+    assert len(list((tmp_path / "pipe" / "unet").glob("*.safetensors"))) > 1, "saved in shards"
+    capfd.readouterr()
+    load_pipeline(tmp_path / "pipe")
+    err = capfd.readouterr().err
+    assert "Loading checkpoint shards" not in err, err[-2000:]
+    assert diffusers_logging.is_progress_bar_enabled()

@@ -261,7 +261,7 @@ def test_a_package_plug_in_whose_helper_beside_its_package_another_lab_holds_is_
             sys.modules.pop(name, None)
 
 
-@pytest.mark.parametrize("layout", ["a package", "imported by another helper"])
+@pytest.mark.parametrize("layout", ["a package", "imported by another helper", "imported by a helper package"])
 def test_a_helper_another_lab_holds_is_refused_as_a_package_or_behind_a_helper_of_its_own(lab_package, layout):
     """The shared name was missed when it was a package folder (``helpers/__init__.py``), or when the
     plug-in reached it through a helper of its own (``lab_b_tools.py`` importing ``helpers``): the
@@ -273,9 +273,14 @@ def test_a_helper_another_lab_holds_is_refused_as_a_package_or_behind_a_helper_o
             (folder / "helpers").mkdir()
             (folder / "helpers" / "__init__.py").write_text(f"STRENGTH = {strength}\n")
             imported = "helpers"
-        else:
+        elif layout == "imported by another helper":
             (folder / "helpers.py").write_text(f"STRENGTH = {strength}\n")
             (folder / f"{lab}_tools.py").write_text("from helpers import STRENGTH\n")
+            imported = f"{lab}_tools"
+        else:
+            (folder / "helpers.py").write_text(f"STRENGTH = {strength}\n")
+            (folder / f"{lab}_tools").mkdir()
+            (folder / f"{lab}_tools" / "__init__.py").write_text("from helpers import STRENGTH\n")
             imported = f"{lab}_tools"
         (folder / f"{lab}_method.py").write_text(BASE + f"from {imported} import STRENGTH\n"
                                                  "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
@@ -286,6 +291,68 @@ def test_a_helper_another_lab_holds_is_refused_as_a_package_or_behind_a_helper_o
             get_method("lab_b/lab_b_method.py:Mine")
     finally:
         for name in ("helpers", "lab_a_method", "lab_b_method", "lab_a_tools", "lab_b_tools"):
+            sys.modules.pop(name, None)
+
+
+def test_a_package_plug_in_named_by_its_module_whose_helper_another_lab_holds_is_refused(lab_package):
+    """Named as ``pkg_b.methods:Mine`` (found on PYTHONPATH), not by its file, the second lab's
+    plug-in ran the first lab's helpers all the same: the clash is refused however it is named."""
+    for lab, strength in (("a", 0.5), ("b", 1.0)):
+        root = lab_package / f"root_{lab}"
+        (root / f"pkg_{lab}").mkdir(parents=True)
+        (root / f"pkg_{lab}" / "__init__.py").write_text("")
+        (root / "helpers.py").write_text(f"STRENGTH = {strength}\n")
+        (root / f"pkg_{lab}" / "methods.py").write_text(BASE + "from helpers import STRENGTH\n"
+                                                       "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
+        sys.path.append(str(root))
+    try:
+        get_method("pkg_a.methods:Mine")
+        with pytest.raises(ValueError, match=r"^--method pkg_b.methods:Mine: imports 'helpers' as \S+root_a/helpers.py, "
+                                             r"imported first \(by another --method\), not \S+root_b/helpers.py beside it"):
+            get_method("pkg_b.methods:Mine")
+    finally:
+        for name in ("helpers", "pkg_a", "pkg_a.methods", "pkg_b", "pkg_b.methods"):
+            sys.modules.pop(name, None)
+
+
+def test_a_package_plug_ins_relative_import_is_its_own_package_s_not_a_module_beside_it(lab_package):
+    """``from .helpers import X`` in ``pkg_b/methods.py`` imports ``pkg_b.helpers``: another lab's
+    top-level ``helpers``, imported first, is no clash, even where a ``helpers.py`` lies beside ``pkg_b``."""
+    (lab_package / "lab_a").mkdir()
+    (lab_package / "lab_a" / "helpers.py").write_text("STRENGTH = 0.5\n")
+    (lab_package / "lab_a" / "lab_a_method.py").write_text(BASE + "from helpers import STRENGTH\n"
+                                                          "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
+    root = lab_package / "root_b"
+    (root / "pkg_b").mkdir(parents=True)
+    (root / "pkg_b" / "__init__.py").write_text("")
+    (root / "helpers.py").write_text("STRENGTH = 2.0\n")
+    (root / "pkg_b" / "helpers.py").write_text("STRENGTH = 1.0\n")
+    (root / "pkg_b" / "methods.py").write_text(BASE + "from .helpers import STRENGTH\n"
+                                               "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
+    try:
+        get_method("lab_a/lab_a_method.py:Mine")
+        get_method("root_b/pkg_b/methods.py:Mine")
+        assert sys.modules["pkg_b.methods"].STRENGTH == 1.0
+    finally:
+        for name in ("helpers", "lab_a_method", "pkg_b", "pkg_b.methods", "pkg_b.helpers"):
+            sys.modules.pop(name, None)
+
+
+def test_an_installed_plug_in_is_not_held_to_the_installed_modules_beside_it(lab_package):
+    """A lab's plug-in package installed with pip lies in site-packages beside every other installed
+    module, stale backports among them (PyPI's ``dataclasses.py``, which the standard library's own
+    module shadows): those are not its helpers, and it runs as the import finds them."""
+    site = lab_package / "site-packages"
+    (site / "labpkg").mkdir(parents=True)
+    (site / "labpkg" / "__init__.py").write_text("")
+    (site / "labpkg" / "methods.py").write_text(BASE + "import dataclasses\n"
+                                                "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
+    (site / "dataclasses.py").write_text("raise ImportError('a backport for Python 3.6')\n")
+    sys.path.append(str(site))
+    try:
+        assert get_method("labpkg.methods:Mine").name == "Mine"
+    finally:
+        for name in ("labpkg", "labpkg.methods"):
             sys.modules.pop(name, None)
 
 
@@ -306,6 +373,7 @@ def test_helpers_beside_a_plug_in_that_import_each_other_are_read_once(lab_packa
     finally:
         for name in ("cyclic_models", "cyclic_utils", "cyclic_method", "cyclic_lazy"):
             sys.modules.pop(name, None)
+
 
 def test_a_method_flag_problem_is_not_said_to_be_the_track_files(lab_package):
     from benchmark.track import TrackError, load_track

@@ -244,3 +244,32 @@ def test_reading_the_umask_leaves_it_as_it_was():
     finally:
         os.umask(before)
     assert after == 0o027
+
+
+def test_a_block_off_the_main_thread_leaves_the_alarm_the_main_thread_armed_meanwhile():
+    """The alarm is the main thread's (its handler runs there): a plug-in's code run in a worker
+    thread (a lab's own thread pool around the toolkit) put back the alarm as that thread found it,
+    disarming the timeout the main thread armed while it ran."""
+    from benchmark.plugin_state import kept_signal_handlers
+
+    handler = signal.signal(signal.SIGALRM, lambda *args: None)
+    before = signal.setitimer(signal.ITIMER_REAL, 0.0)
+    entered, armed = threading.Event(), threading.Event()
+
+    def worker():
+        with kept_signal_handlers():
+            entered.set()
+            armed.wait(10)
+
+    thread = threading.Thread(target=worker)
+    try:
+        thread.start()
+        entered.wait(10)
+        signal.setitimer(signal.ITIMER_REAL, 3600.0)
+        armed.set()
+        thread.join(10)
+        after = signal.getitimer(signal.ITIMER_REAL)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, *before)
+        signal.signal(signal.SIGALRM, handler)
+    assert 3500.0 < after[0] <= 3600.0

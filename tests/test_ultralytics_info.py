@@ -41,3 +41,24 @@ def test_building_the_network_prints_no_informational_line_and_keeps_the_callers
     finally:
         logger.setLevel(before)
     assert not [line for line in NOISE if line in err], err[-2000:]
+
+
+def test_within_the_hidden_block_its_warnings_and_errors_are_still_shown(capfd):
+    """Only the informational lines are noise: a warning ultralytics gives while the toolkit builds,
+    trains or validates (a dataset's missing labels, a corrupt image skipped) is the user's to read."""
+    from implicit_concept.detector.yolo_env import info_hidden
+
+    logger = import_ultralytics("ultralytics.utils").LOGGER
+    before = logger.level
+    logger.setLevel(logging.INFO)  # as a verbose import leaves it
+    try:
+        capfd.readouterr()
+        with info_hidden():
+            logger.info("an informational line")
+            logger.warning("a warning line")
+            logger.error("an error line")
+        err = capfd.readouterr().err
+    finally:
+        logger.setLevel(before)
+    assert "an informational line" not in err
+    assert "a warning line" in err and "an error line" in err, err
