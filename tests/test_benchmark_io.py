@@ -1,5 +1,6 @@
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -968,6 +969,30 @@ def test_score_images_names_every_unreadable_image_and_reports_the_images_it_did
     assert "note: " in capsys.readouterr().err
     plain = external.score_image_folder(_folder(tmp_path / "plain", prompts, 1), tmp_path / "out2", judging)
     assert plain["inputs"]["not_scored"] == {"count": 0, "images": []}
+
+
+@pytest.mark.parametrize("broken", [0, 2, 7], ids=["readable", "a-few-unreadable", "many-unreadable"])
+def test_score_images_writes_and_removes_its_unreadable_list_only_while_it_holds_the_output_folder(tmp_path, monkeypatch, broken):
+    """score-images removed an earlier unreadable.txt, or wrote its own, in --out before taking that
+    folder's lock: a second command given the same --out changed the list beside the first one's
+    scores, then was refused as busy (or not at all, failing on its unreadable images)."""
+    from benchmark import external
+    from implicit_concept.file_locks import locked
+
+    monkeypatch.setattr(external, "score_generated", lambda paths, prompts, *a: (_FakeReport(), {"qrcode": {"icr": len(paths)}}))
+    judging = _judging(tmp_path, num_prompts=8)
+    prompts = judging.prompts()
+    folder = _folder(tmp_path / "images", prompts, 1)
+    for p in prompts[:broken]:
+        (folder / f"{p.case_number}_0.png").write_text("not an image")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "unreadable.txt").write_text("the first command's list\n")
+    with locked(out, inside=True):  # the first command, still scoring
+        with pytest.raises(ValueError, match=rf"{re.escape(str(out))}: in use by another process"):
+            external.score_image_folder(folder, out, judging)
+    assert (out / "unreadable.txt").read_text() == "the first command's list\n"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["unreadable.txt"]
 
 
 def test_a_folder_of_images_whose_name_holds_a_brace_is_a_folder_not_a_shard_pattern(tmp_path):
