@@ -27,7 +27,8 @@ from benchmark.report import CONTROLS, cell, code, md_text, pct
 from benchmark.results_file import check_results, is_ratio, read_results
 from benchmark.results_page import STYLE, markdown_html
 from implicit_concept.content_hashes import sha256_file
-from implicit_concept.files import atomic_write_text
+from implicit_concept.file_locks import locked
+from implicit_concept.files import atomic_write_text, within
 from implicit_concept.json_records import read_json_object
 from implicit_concept.provenance import version
 
@@ -363,11 +364,30 @@ def _check_each_once(run_dirs: list[Path]) -> None:
 
 
 def write_leaderboard(run_dirs: list[Path], out: Path) -> Leaderboard:
-    board = leaderboard(run_dirs)
+    """Write ``leaderboard.md`` and ``leaderboard.html`` into ``out``, holding it: two boards written
+    into one folder at once would leave the page of one beside the Markdown of the other."""
     out = Path(out)
+    _check_out_apart(out, run_dirs)
+    board = leaderboard(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "leaderboard.md", board.markdown)
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Leaderboard</title><style>{STYLE}</style>"
-            f"</head><body>{markdown_html(board.markdown)}</body></html>\n")
-    atomic_write_text(out / "leaderboard.html", page)
+    with locked(out, wait=False, refusal="wait for it to finish or choose another --out", inside=True):
+        atomic_write_text(out / "leaderboard.md", board.markdown)
+        page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Leaderboard</title><style>{STYLE}</style>"
+                f"</head><body>{markdown_html(board.markdown)}</body></html>\n")
+        atomic_write_text(out / "leaderboard.html", page)
     return board
+
+
+def _check_out_apart(out: Path, run_dirs: list[Path]) -> None:
+    """Refuse an ``--out`` that is or lies inside a folder the board reads, or is itself a run or
+    scored folder: a run folder is one run's record (its page, what is archived or mailed with it),
+    and a board of several runs written there would be found as that run's. One holding them
+    (``--out runs``) writes its two files beside them and is fine."""
+    for folder in run_dirs:
+        if within(out, folder):
+            raise ValueError(f"--out {out}: is or lies inside {folder}, a folder the leaderboard reads; "
+                             "write the board to a folder apart from the runs")
+    for name in ("results.json", SUMMARY_FILE):
+        if (out / name).is_file():
+            raise ValueError(f"--out {out}: holds {name}, so it is a {'benchmark run' if name == 'results.json' else 'scored'} "
+                             "folder; write the board to a folder apart from the runs")
