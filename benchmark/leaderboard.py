@@ -226,6 +226,7 @@ def summary_as_results(folder: Path) -> dict[str, Any]:
         "handed_over": True,  # a pipeline or images handed over: no base of the run's to compare
         "one_model_per_subset": summary.get("protocol") == "per-subset" and summary.get("subset") is None
         and isinstance(concepts, list) and len(concepts) > 1,
+        "one_subset": summary.get("protocol") == "per-subset" and isinstance(summary.get("subset"), str),
         "config": {"track_sha256": summary.get("track_sha256"), "track": {"num_prompts": prompts.get("count")}},
         "seeds": {"evaluation_prompts": prompts.get("file")},
         "detector": {k: v for k, v in detector.items() if k in ("path", "sha256", "conf", "thresholds", "clean_reference_sha256")},
@@ -316,6 +317,12 @@ def leaderboard(run_dirs: list[Path]) -> Leaderboard:
     notes += blank_notes(runs)
     notes += [f"{name} is one model scored on every concept, where the track's protocol fine-tunes one model per subset "
               "(score with --subset for that subset's row)" for name, r in runs.items() if r.get("one_model_per_subset")]
+    one_subset = [name for name, r in runs.items() if r.get("one_subset")]
+    if one_subset:
+        notes.append(f"{', '.join(one_subset)} each scored one subset of a per-subset track (--subset): each is listed as a run of "
+                     "its own, over that subset's concepts, never joined with others into one method (nothing a summary.json "
+                     "records says which folders are one method's), so beside other subsets it is incomplete, or not comparable "
+                     "where the track prompts each subset with its own test captions")
     empty = [name for name, res in runs.items() if not res["rows"]]
     if empty:
         notes.append(f"no rows scored in: {', '.join(empty)}")

@@ -705,3 +705,33 @@ def test_report_and_leaderboard_write_only_while_they_hold_their_output_folder(t
         assert f"{held}: in use by another process (pid {os.getpid()})" in capsys.readouterr().err
     assert not (run / "results.html").exists() and not list(board.glob("leaderboard.*"))
     assert main(["report", str(run)]) == 0 and main(["leaderboard", str(run), "--out", str(board)]) == 0
+
+
+def test_the_leaderboard_says_how_it_lists_folders_scored_one_subset_each(tmp_path):
+    """A lab's three ``score-pipeline --subset`` folders on a per-subset track (one model per subset)
+    were listed as three runs, not comparable (each subset's own test captions) or incomplete, with
+    nothing saying why: the board now says how such folders are listed and that none are joined."""
+    folders = []
+    for i, concept in enumerate(("qrcode", "watermark", "text")):
+        folder = fake_summary(tmp_path / f"mine-{concept}", prompts_sha=str(i) * 64, scored=f"/labs/mine-{concept}/pipeline")
+        _edit_summary(folder, subset=f"icd-{concept}", protocol="per-subset", track_concepts=[concept])
+        folders.append(folder)
+    board = leaderboard(folders)
+    said = [n for n in board.notes if "each scored one subset of a per-subset track (--subset)" in n]
+    assert said == [f"{', '.join(map(str, folders))} each scored one subset of a per-subset track (--subset): each is listed as a "
+                    "run of its own, over that subset's concepts, never joined with others into one method (nothing a summary.json "
+                    "records says which folders are one method's), so beside other subsets it is incomplete, or not comparable "
+                    "where the track prompts each subset with its own test captions"]
+    assert said[0] in _md_unescaped(board.markdown)
+    whole = fake_summary(tmp_path / "whole")
+    _edit_summary(whole, protocol="per-subset", subset=None)
+    assert not any("each scored one subset" in n for n in leaderboard([whole, fake_summary(tmp_path / "mixed")]).notes)
+
+
+def _edit_summary(folder: Path, **fields) -> None:
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, **fields}))
+
+
+def _md_unescaped(markdown: str) -> str:
+    return re.sub(r"\\(.)", r"\1", markdown)
