@@ -94,7 +94,7 @@ def iter_images(source: ImageSource, show: int = 5) -> Iterator[tuple[str, Image
     seen: set[str] = set()
     for name, entry in _entries(source):
         if name in seen:
-            raise ImageReadError(f"{name}: given twice among the images (one file twice, or two images named alike); "
+            raise ImageReadError(f"{name}: given twice among the images (a file or shard key twice, or two images named alike); "
                                  "each image's record is known by its name: give each once")
         seen.add(name)
         count += 1
