@@ -241,16 +241,24 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from benchmark.leaderboard import SUMMARY_FILE
     from benchmark.results_file import read_results
     from benchmark.results_page import write_results_page
+    from implicit_concept.file_locks import locked
 
     run = Path(args.run)
     if not run.is_dir():
         raise ValueError(f"{run}: {'not a run folder' if run.exists() else 'no such run folder'} (want runs/NAME, holding results.json)")
     if (run / "results.json").exists() and not (run / "results.json").is_file():
         raise ValueError(f"{run / 'results.json'}: a folder, not a results file")
+    if not os.path.lexists(run / "results.json") and (run / SUMMARY_FILE).is_file():
+        raise ValueError(f"{run}: a score-pipeline or score-images --out folder (its {SUMMARY_FILE}), not a benchmark run folder, "
+                         f"which report pages; its table is in {SUMMARY_FILE}, and `implicit-concept leaderboard {run} RUN ... "
+                         "--out BOARD` ranks it beside runs")
     try:
-        print(write_results_page(read_results(run), run))
+        # The run's lock, as the benchmark holds it: a page written meanwhile would be of the results it replaces.
+        with locked(run, wait=False, refusal="wait for the run to finish, then report", inside=True):
+            print(write_results_page(read_results(run), run))
     except OSError as e:
         if out_of_space(e):
             raise  # said as every full disk is

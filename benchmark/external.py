@@ -32,7 +32,7 @@ from builders.recipe import recipe_name
 from implicit_concept.content_hashes import folder_sha256, sha256_file
 from implicit_concept.detector.inference import Detector
 from implicit_concept.file_locks import locked
-from implicit_concept.files import atomic_write_json, within
+from implicit_concept.files import atomic_write_json, atomic_write_text, within
 from implicit_concept.geom_erasing.location_tokens import tokens_not_held
 from implicit_concept.geom_erasing.training_target import METADATA_FILE, negative_prompt_for
 from implicit_concept.image_decode import open_image
@@ -261,17 +261,16 @@ def score_image_folder(
         raise ValueError(f"{folder}: {twice[0].stem} is there as {' and '.join(p.name for p in twice)}; keep one")
     paths = [found[stem][0] for stem in stems]
     side = generation.image_size
-    if Path(out).is_dir():
-        (Path(out) / UNREADABLE_FILE).unlink(missing_ok=True)  # an earlier attempt's list: this one's, if any, is written anew
     try:
         sizes = require_readable(paths)
     except ImageReadError as e:
-        if len(e.problems) <= 5:
+        listed = len(e.problems) > 5  # every one named, where a long list belongs
+        if listed or Path(out).is_dir():
+            with _held(Path(out)):  # written (or an earlier attempt's list removed) only while --out is this command's
+                _list_unreadable(Path(out), e.problems if listed else [])
+        if not listed:
             raise
-        listing = Path(out) / UNREADABLE_FILE  # every one named, where a long list belongs
-        listing.parent.mkdir(parents=True, exist_ok=True)
-        listing.write_text("".join(f"{problem}\n" for problem in e.problems), encoding="utf-8")
-        raise ImageReadError(f"{e} (all {len(e.problems)} named in {listing})") from None
+        raise ImageReadError(f"{e} (all {len(e.problems)} named in {Path(out) / UNREADABLE_FILE})") from None
     other = [f"{path.name} ({w}x{h})" for path, (w, h) in zip(paths, sizes) if (w, h) != (side, side)]
     if other:
         asked = "the track's image_size" if image_size is None else "the size asked"
@@ -299,7 +298,18 @@ def score_image_folder(
     inputs = {"images": str(folder), "images_sha256": folder_sha256(Path(folder), only=[p.name for p in paths]), "formats": formats,
               "not_scored": {"count": len(extra), "images": [found[stem][0].name for stem in extra]}}
     with _held(Path(out)):
+        _list_unreadable(Path(out), [])
         return _score(paths, prompts, generation, Path(out), judging, inputs, {"lossy_images": lossy} if lossy else {})
+
+
+def _list_unreadable(out: Path, problems: list[str]) -> None:
+    """``out``'s list of unreadable images: this attempt's ``problems``, or none (an earlier attempt's
+    removed). Called holding ``out``: a list written or removed before would be another command's."""
+    listing = out / UNREADABLE_FILE
+    if problems:
+        atomic_write_text(listing, "".join(f"{problem}\n" for problem in problems))
+    else:
+        listing.unlink(missing_ok=True)
 
 
 #: Image formats (as :func:`image_formats` names them) whose decoded pixels are not the pixels

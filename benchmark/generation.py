@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -160,15 +161,21 @@ def _claim(out_dir: Path, record: dict[str, Any], images: dict[str, str]) -> Non
     old = _recorded(path)
     pngs = sorted(p.name for p in out_dir.glob("*.png") if not is_hidden(p.name))
     # Every image drawn here is in the record before it is drawn: one it does not list (a lab's own,
-    # under score-pipeline's --out, copied in before or after a first draw) is never replaced.
-    listed = old["images"] if isinstance(old, dict) and isinstance(old.get("images"), dict) else None
-    theirs = [name for name in pngs if not path.exists() or (listed is not None and name not in listed)]
+    # under score-pipeline's --out, copied in before or after a first draw) is never replaced, and
+    # nor is one beside a source.json drawing did not write (damaged, or another tool's file).
+    foreign = _not_ours(path, old)
+    if foreign and not pngs:
+        raise ValueError(f"{path}: not the record drawing writes ({foreign}), which drawing would replace; "
+                         "move it away or choose another output folder")
+    listed = old.get("images") if isinstance(old, dict) else None
+    theirs = [name for name in pngs if foreign or not os.path.lexists(path) or (listed is not None and name not in listed)]
     if theirs:
-        why = f"no {SOURCE_FILE} beside them" if not path.exists() else f"not listed in its {SOURCE_FILE}"
+        why = (f"the {SOURCE_FILE} beside them is not drawing's record: {foreign}" if foreign
+               else f"no {SOURCE_FILE} beside them" if not os.path.lexists(path) else f"not listed in its {SOURCE_FILE}")
         raise ValueError(f"{out_dir}: holds {len(theirs)} PNG images not drawn here ({why}, e.g. "
                          f"{theirs[0]}), which drawing would replace; move them away or choose another output folder")
-    same_model = isinstance(old, dict) and isinstance(old.get("images"), dict) and {k: v for k, v in old.items() if k != "images"} == record
-    drawn = dict(old["images"]) if same_model else {}
+    same_model = isinstance(listed, dict) and {k: v for k, v in old.items() if k != "images"} == record
+    drawn = dict(listed) if same_model else {}
     for name, key in images.items():
         if drawn.get(name) != key:
             (out_dir / name).unlink(missing_ok=True)
@@ -180,13 +187,30 @@ def _claim(out_dir: Path, record: dict[str, Any], images: dict[str, str]) -> Non
         atomic_write_json(path, {**record, "images": drawn})
 
 
+#: What a source.json drawing wrote holds: these, and (from when each image was keyed) ``images``.
+_RECORD_FIELDS = {"model", "negative_prompt", "settings"}
+
+
 def _recorded(path: Path) -> Any:
-    """What ``source.json`` says made the images beside it; None if it is missing or unreadable,
-    so the images are made anew rather than trusted."""
+    """What ``source.json`` says made the images beside it; None if it is missing or unreadable."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def _not_ours(path: Path, old: Any) -> str | None:
+    """Why ``path`` is not a record drawing wrote (so the PNGs beside it are not known to be drawn
+    here), or None: absent, or a record drawing wrote (stale or not; one from before images were
+    keyed one by one holds no ``images``). Drawing writes it whole (renamed into place), so a
+    damaged one is not drawing's."""
+    if not os.path.lexists(path):
+        return None
+    if not isinstance(old, dict):
+        return "not a JSON object"
+    if set(old) - {"images"} != _RECORD_FIELDS or not isinstance(old.get("images", {}), dict):
+        return f"fields {', '.join(sorted(old))}, where drawing writes {', '.join(sorted(_RECORD_FIELDS | {'images'}))}"
+    return None
 
 
 def _refuse_safety_checked(result: Any) -> None:

@@ -27,7 +27,8 @@ from benchmark.report import CONTROLS, cell, code, md_text, pct
 from benchmark.results_file import check_results, is_ratio, read_results
 from benchmark.results_page import STYLE, markdown_html
 from implicit_concept.content_hashes import sha256_file
-from implicit_concept.files import atomic_write_text
+from implicit_concept.file_locks import locked
+from implicit_concept.files import atomic_write_text, within
 from implicit_concept.json_records import read_json_object
 from implicit_concept.provenance import version
 
@@ -225,6 +226,7 @@ def summary_as_results(folder: Path) -> dict[str, Any]:
         "handed_over": True,  # a pipeline or images handed over: no base of the run's to compare
         "one_model_per_subset": summary.get("protocol") == "per-subset" and summary.get("subset") is None
         and isinstance(concepts, list) and len(concepts) > 1,
+        "one_subset": summary.get("protocol") == "per-subset" and isinstance(summary.get("subset"), str),
         "config": {"track_sha256": summary.get("track_sha256"), "track": {"num_prompts": prompts.get("count")}},
         "seeds": {"evaluation_prompts": prompts.get("file")},
         "detector": {k: v for k, v in detector.items() if k in ("path", "sha256", "conf", "thresholds", "clean_reference_sha256")},
@@ -315,6 +317,12 @@ def leaderboard(run_dirs: list[Path]) -> Leaderboard:
     notes += blank_notes(runs)
     notes += [f"{name} is one model scored on every concept, where the track's protocol fine-tunes one model per subset "
               "(score with --subset for that subset's row)" for name, r in runs.items() if r.get("one_model_per_subset")]
+    one_subset = [name for name, r in runs.items() if r.get("one_subset")]
+    if one_subset:
+        notes.append(f"{', '.join(one_subset)} each scored one subset of a per-subset track (--subset): each is listed as a run of "
+                     "its own, over that subset's concepts, never joined with others into one method (nothing a summary.json "
+                     "records says which folders are one method's), so beside other subsets it is incomplete, or not comparable "
+                     "where the track prompts each subset with its own test captions")
     empty = [name for name, res in runs.items() if not res["rows"]]
     if empty:
         notes.append(f"no rows scored in: {', '.join(empty)}")
@@ -363,11 +371,30 @@ def _check_each_once(run_dirs: list[Path]) -> None:
 
 
 def write_leaderboard(run_dirs: list[Path], out: Path) -> Leaderboard:
-    board = leaderboard(run_dirs)
+    """Write ``leaderboard.md`` and ``leaderboard.html`` into ``out``, holding it: two boards written
+    into one folder at once would leave the page of one beside the Markdown of the other."""
     out = Path(out)
+    _check_out_apart(out, run_dirs)
+    board = leaderboard(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "leaderboard.md", board.markdown)
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Leaderboard</title><style>{STYLE}</style>"
-            f"</head><body>{markdown_html(board.markdown)}</body></html>\n")
-    atomic_write_text(out / "leaderboard.html", page)
+    with locked(out, wait=False, refusal="wait for it to finish or choose another --out", inside=True):
+        atomic_write_text(out / "leaderboard.md", board.markdown)
+        page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Leaderboard</title><style>{STYLE}</style>"
+                f"</head><body>{markdown_html(board.markdown)}</body></html>\n")
+        atomic_write_text(out / "leaderboard.html", page)
     return board
+
+
+def _check_out_apart(out: Path, run_dirs: list[Path]) -> None:
+    """Refuse an ``--out`` that is or lies inside a folder the board reads, or is itself a run or
+    scored folder: a run folder is one run's record (its page, what is archived or mailed with it),
+    and a board of several runs written there would be found as that run's. One holding them
+    (``--out runs``) writes its two files beside them and is fine."""
+    for folder in run_dirs:
+        if within(out, folder):
+            raise ValueError(f"--out {out}: is or lies inside {folder}, a folder the leaderboard reads; "
+                             "write the board to a folder apart from the runs")
+    for name in ("results.json", SUMMARY_FILE):
+        if (out / name).is_file():
+            raise ValueError(f"--out {out}: holds {name}, so it is a {'benchmark run' if name == 'results.json' else 'scored'} "
+                             "folder; write the board to a folder apart from the runs")

@@ -4,6 +4,9 @@ Accepted: a PIL image, an image file, a folder of image files, a shard set (a fo
 shards, one tar, or a brace pattern) or a list mixing these and ``(name, PIL image)`` pairs, for
 images made in memory that should keep their names (``{case_number}_{i}``, say) in the records; one
 such pair alone, or a dict of name -> PIL image, is taken as those pairs (not its names as files).
+Names are unique, as the records keyed on them need: in a list, a folder's or shard set's images are
+named after it as given (``a/0_0.png`` and ``b/0_0.png`` for folders ``a`` and ``b``, as each file
+given alone is named), and a name met twice (one file given twice, two pairs named alike) is refused.
 An array, a tensor or bytes is refused, saying so: which of its axes are images and what its values
 mean is the caller's to say. Every decoding failure names the file, and no image is decoded above
 the pixel cap of :mod:`implicit_concept.image_decode`.
@@ -88,7 +91,12 @@ def iter_images(source: ImageSource, show: int = 5) -> Iterator[tuple[str, Image
         return
     problems: list[str] = []
     count = 0
+    seen: set[str] = set()
     for name, entry in _entries(source):
+        if name in seen:
+            raise ImageReadError(f"{name}: given twice among the images (a file or shard key twice, or two images named alike); "
+                                 "each image's record is known by its name: give each once")
+        seen.add(name)
         count += 1
         if isinstance(entry, Image.Image):
             yield name, entry
@@ -115,7 +123,7 @@ def _entries(source: ImageSource) -> Iterator[tuple[str, Image.Image | Path]]:
                 raise ImageReadError(f"item {i}: a tuple must be (name, PIL image) with a non-empty name, got {_shape(item)}")
             yield item[0], as_rgb(item[1], item[0])
         elif isinstance(item, (str, Path)):
-            yield from _path_entries(item)
+            yield from _path_entries(item, named_after=True)
         else:
             raise ImageReadError(f"item {i}: want a path, a PIL image or a (name, PIL image) pair, got {_kind(item)}")
 
@@ -187,16 +195,18 @@ def image_files(folder: Path) -> list[Path]:
                   and not any(is_hidden(part) for part in p.relative_to(folder).parts))
 
 
-def _path_entries(source: str | Path) -> Iterator[tuple[str, Image.Image | Path]]:
+def _path_entries(source: str | Path, named_after: bool = False) -> Iterator[tuple[str, Image.Image | Path]]:
+    """A path's images, named by key or by path within the folder; ``named_after``: prefixed by
+    ``source`` as given, so two folders or shard sets in one list name their images apart."""
     path = Path(source)
     if is_shard_source(source):
         for sample in iter_samples(source, with_extras=False):
-            yield sample.key, sample.image
+            yield (f"{str(source).rstrip('/')}/{sample.key}" if named_after else sample.key), sample.image
     elif path.is_dir():
         files = image_files(path)
         if not files:
             raise ImageReadError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) or .tar shards in this folder")
         for f in files:
-            yield str(f.relative_to(path)), f
+            yield str(f if named_after else f.relative_to(path)), f
     else:
         yield str(path), path

@@ -1,4 +1,6 @@
 import io
+import json
+import re
 
 import numpy as np
 import pytest
@@ -172,10 +174,36 @@ def test_images_of_another_model_are_made_anew(tmp_path):
         made.append(sum(len(c) for c in calls))
     assert made == [4, 0, 4, 4]
     assert len(list((tmp_path / "img").glob("*.png"))) == 4
-    (tmp_path / "img" / "source.json").write_text("{")  # damaged: the images beside it are not trusted
+    # A record drawing wrote before images were keyed one by one (no "images"): stale, drawn anew.
+    record = json.loads((tmp_path / "img" / "source.json").read_text())
+    (tmp_path / "img" / "source.json").write_text(json.dumps({k: v for k, v in record.items() if k != "images"}))
     calls = []
     generate_images(_fake_generate(calls), prompts, tmp_path / "img", negative_prompt="logo", settings=settings, progress=False, source=runs[-1][0])
     assert sum(len(c) for c in calls) == 4
+
+
+@pytest.mark.parametrize("text", ["{", "null", "[]", '{"tool": "theirs", "images": {"0_0.png": "x"}}',
+                                  '{"model": "a", "negative_prompt": "", "settings": {}, "images": []}'],
+                         ids=["damaged", "null", "a-list", "another-tools", "images-not-an-object"])
+def test_images_beside_a_source_json_drawing_did_not_write_are_never_replaced(tmp_path, text):
+    """A damaged source.json, or another tool's file of that name, beside a lab's PNGs: the PNGs were
+    deleted and redrawn (and the file replaced), though nothing says drawing made them. Drawing writes
+    its record whole (renamed into place), so one it cannot read is not its own: refused, as PNGs
+    with no record are, and the file alone is not replaced either."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), "red").save(folder / "0_0.png")
+    (folder / "source.json").write_text(text)
+    kept = {p.name: p.read_bytes() for p in folder.iterdir()}
+    calls: list = []
+    with pytest.raises(ValueError, match=r"images: holds 1 PNG images not drawn here \(the source.json beside them is not "
+                                         r"drawing's record: .*, e.g. 0_0.png\)"):
+        generate_images(_fake_generate(calls), [Prompt(0, "p0", 10)], folder, progress=False, source={"model": "a"})
+    (folder / "0_0.png").unlink()
+    with pytest.raises(ValueError, match=r"source.json: not the record drawing writes \(.*\), which drawing would replace"):
+        generate_images(_fake_generate(calls), [Prompt(0, "p0", 10)], folder, progress=False, source={"model": "a"})
+    assert calls == [] and (folder / "source.json").read_text() == text
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == {"source.json": kept["source.json"]}
 
 
 def test_an_image_is_reused_only_for_the_same_prompt_text_and_seed(tmp_path):
@@ -941,6 +969,30 @@ def test_score_images_names_every_unreadable_image_and_reports_the_images_it_did
     assert "note: " in capsys.readouterr().err
     plain = external.score_image_folder(_folder(tmp_path / "plain", prompts, 1), tmp_path / "out2", judging)
     assert plain["inputs"]["not_scored"] == {"count": 0, "images": []}
+
+
+@pytest.mark.parametrize("broken", [0, 2, 7], ids=["readable", "a-few-unreadable", "many-unreadable"])
+def test_score_images_writes_and_removes_its_unreadable_list_only_while_it_holds_the_output_folder(tmp_path, monkeypatch, broken):
+    """score-images removed an earlier unreadable.txt, or wrote its own, in --out before taking that
+    folder's lock: a second command given the same --out changed the list beside the first one's
+    scores, then was refused as busy (or not at all, failing on its unreadable images)."""
+    from benchmark import external
+    from implicit_concept.file_locks import locked
+
+    monkeypatch.setattr(external, "score_generated", lambda paths, prompts, *a: (_FakeReport(), {"qrcode": {"icr": len(paths)}}))
+    judging = _judging(tmp_path, num_prompts=8)
+    prompts = judging.prompts()
+    folder = _folder(tmp_path / "images", prompts, 1)
+    for p in prompts[:broken]:
+        (folder / f"{p.case_number}_0.png").write_text("not an image")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "unreadable.txt").write_text("the first command's list\n")
+    with locked(out, inside=True):  # the first command, still scoring
+        with pytest.raises(ValueError, match=rf"{re.escape(str(out))}: in use by another process"):
+            external.score_image_folder(folder, out, judging)
+    assert (out / "unreadable.txt").read_text() == "the first command's list\n"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["unreadable.txt"]
 
 
 def test_a_folder_of_images_whose_name_holds_a_brace_is_a_folder_not_a_shard_pattern(tmp_path):

@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -731,6 +732,32 @@ def test_a_folder_holding_both_shards_and_loose_images_is_refused_naming_both(tm
     assert [name for name, _ in iter_images(folder / "sub" / "test")] == [f"te{i:04d}" for i in range(len(SAMPLES))]
     (folder / "sub").rename(tmp_path / "shards")
     assert [name for name, _ in iter_images(folder)] == ["a.png", "b.png"]
+
+
+def test_images_given_in_one_list_have_unique_names_in_the_records(tmp_path):
+    """``score_images([folder_a, folder_b])``: both folders' ``0_0.png`` were recorded as ``0_0.png``,
+    so the per-image records could not be told apart. A folder or shard set in a list is named after
+    it as given (as a file given alone is); a name met twice is refused, naming it."""
+    weights = tmp_path / "detector.safetensors"
+    weights.write_bytes(b"fake")
+    for folder, red in (("a", 10), ("b", 0)):
+        (tmp_path / folder).mkdir()
+        _solid(red).save(tmp_path / folder / "0_0.png")
+    a, b = tmp_path / "a", tmp_path / "b"
+
+    def names(images):
+        report = score_images(images, FakeDetector(weights), ScoreConfig(resamples=100), clean=[_solid(0)], checkers=[])
+        return [(r["name"], bool(r["detections"])) for r in report.images]
+
+    assert names([a, str(b) + "/"]) == [(str(a / "0_0.png"), True), (str(b / "0_0.png"), False)]
+    assert names(a) == [("0_0.png", True)], "a folder alone keeps its images' own names"
+    shards = _write_shards(tmp_path / "shards")
+    assert [name for name, _ in iter_images([shards / "train", str(shards / "test") + "/"])] == [
+        *(f"{shards / 'train'}/tr{i:04d}" for i in range(len(SAMPLES))), *(f"{shards / 'test'}/te{i:04d}" for i in range(len(SAMPLES)))]
+    for twice, name in (([a, a / "0_0.png"], a / "0_0.png"), ([a / "0_0.png", a / "0_0.png"], a / "0_0.png"),
+                        ([("3_0", _solid(10)), ("3_0", _solid(0))], "3_0"), ([_solid(0), ("image-0", _solid(0))], "image-0")):
+        with pytest.raises(ImageReadError, match=rf"^{re.escape(str(name))}: given twice among the images"):
+            names(twice)
 
 
 def test_a_folder_of_images_is_read_with_its_subfolders_each_named_by_its_relative_path(tmp_path):

@@ -661,3 +661,77 @@ def test_a_handed_over_folder_scored_as_dot_or_dotdot_is_named_after_its_out_fol
     table = [line.split(" | ")[:2] for line in leaderboard([run, Path(".")]).markdown.splitlines() if line.startswith("| ")]
     assert ["| .", "mine"] in table, table
     assert leaderboard([run, handed]).markdown.count(f"| {cell(handed)} | mine |") == 1
+
+
+def test_report_on_a_scored_folder_says_what_it_is_and_points_to_the_leaderboard(tmp_path, capsys):
+    """``report`` on a score-pipeline or score-images --out folder said "no results.json (is it a
+    benchmark run folder?)", leaving the lab to guess which command takes the folder."""
+    handed = fake_summary(tmp_path / "mine")
+    assert main(["report", str(handed)]) == 2
+    err = capsys.readouterr().err
+    assert f"{handed}: a score-pipeline or score-images --out folder (its summary.json), not a benchmark run folder" in err
+    assert f"implicit-concept leaderboard {handed} RUN ... --out BOARD" in err and "results.html" not in os.listdir(handed)
+
+
+def test_the_leaderboard_is_never_written_into_a_run_or_scored_folder(tmp_path, capsys):
+    """``leaderboard runs/a --out runs/a`` (or a folder inside it, or another run's folder) wrote a
+    board of several runs into one run's record; a folder holding the runs is fine."""
+    run = fake_run(tmp_path / "runs" / "a", prompts_sha="1" * 64, thresholds=THREE)
+    handed = fake_summary(tmp_path / "runs" / "mine")
+    other = fake_run(tmp_path / "runs" / "b", prompts_sha="1" * 64, thresholds=THREE)
+    for out, said in ((run, f"is or lies inside {run}, a folder the leaderboard reads"),
+                      (handed / "board", f"is or lies inside {handed}, a folder the leaderboard reads"),
+                      (other, "holds results.json, so it is a benchmark run folder"),
+                      (fake_summary(tmp_path / "theirs"), "holds summary.json, so it is a scored folder")):
+        assert main(["leaderboard", str(run), str(handed), "--out", str(out)]) == 2
+        assert f"--out {out}: {said}; write the board to a folder apart from the runs" in capsys.readouterr().err
+        assert not list(tmp_path.rglob("leaderboard.*"))
+    assert main(["leaderboard", str(run), str(handed), "--out", str(tmp_path / "runs")]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").glob("leaderboard.*")) == ["leaderboard.html", "leaderboard.md"]
+
+
+def test_report_and_leaderboard_write_only_while_they_hold_their_output_folder(tmp_path, capsys):
+    """``report`` wrote results.html into a run folder a benchmark was still writing (a page of the
+    results it was replacing), and two leaderboards into one --out left one's page beside the other's
+    Markdown: each now holds the folder's lock first, and one held elsewhere is refused, naming it."""
+    from implicit_concept.file_locks import locked
+
+    run = fake_run(tmp_path / "run", prompts_sha="1" * 64, thresholds=THREE)
+    board = tmp_path / "board"
+    board.mkdir()
+    for argv, held in ((["report", str(run)], run), (["leaderboard", str(run), "--out", str(board)], board)):
+        with locked(held, inside=True):  # the benchmark, or the other leaderboard, still writing
+            assert main(argv) == 2
+        assert f"{held}: in use by another process (pid {os.getpid()})" in capsys.readouterr().err
+    assert not (run / "results.html").exists() and not list(board.glob("leaderboard.*"))
+    assert main(["report", str(run)]) == 0 and main(["leaderboard", str(run), "--out", str(board)]) == 0
+
+
+def test_the_leaderboard_says_how_it_lists_folders_scored_one_subset_each(tmp_path):
+    """A lab's three ``score-pipeline --subset`` folders on a per-subset track (one model per subset)
+    were listed as three runs, not comparable (each subset's own test captions) or incomplete, with
+    nothing saying why: the board now says how such folders are listed and that none are joined."""
+    folders = []
+    for i, concept in enumerate(("qrcode", "watermark", "text")):
+        folder = fake_summary(tmp_path / f"mine-{concept}", prompts_sha=str(i) * 64, scored=f"/labs/mine-{concept}/pipeline")
+        _edit_summary(folder, subset=f"icd-{concept}", protocol="per-subset", track_concepts=[concept])
+        folders.append(folder)
+    board = leaderboard(folders)
+    said = [n for n in board.notes if "each scored one subset of a per-subset track (--subset)" in n]
+    assert said == [f"{', '.join(map(str, folders))} each scored one subset of a per-subset track (--subset): each is listed as a "
+                    "run of its own, over that subset's concepts, never joined with others into one method (nothing a summary.json "
+                    "records says which folders are one method's), so beside other subsets it is incomplete, or not comparable "
+                    "where the track prompts each subset with its own test captions"]
+    assert said[0] in _md_unescaped(board.markdown)
+    whole = fake_summary(tmp_path / "whole")
+    _edit_summary(whole, protocol="per-subset", subset=None)
+    assert not any("each scored one subset" in n for n in leaderboard([whole, fake_summary(tmp_path / "mixed")]).notes)
+
+
+def _edit_summary(folder: Path, **fields) -> None:
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, **fields}))
+
+
+def _md_unescaped(markdown: str) -> str:
+    return re.sub(r"\\(.)", r"\1", markdown)
