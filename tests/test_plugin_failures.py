@@ -1,6 +1,8 @@
 """How a plug-in's own failures are reported: naming the method, with its traceback, never a bare
 traceback from the benchmark; and what a plug-in does to torch's settings stays its own."""
+import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +149,26 @@ def test_not_implemented_from_finetunes_declares_none_so_the_method_is_missing(l
     assert declared_finetunes(get_method("notimpl_ft:M"), None) == []
 
 
+@contextmanager
+def _forgetting(*modules: str):
+    """The labs' modules taken out of ``sys.modules`` after the block, whatever it raised: the next
+    test imports its own files of those names afresh."""
+    try:
+        yield
+    finally:
+        for name in modules:
+            sys.modules.pop(name, None)
+
+
+def _second_lab_refused(first: str, second: str, held: str, beside: str) -> None:
+    """``first`` loads; ``second``, whose ``helpers`` lies in ``beside``, is refused, naming the one
+    in ``held`` (the first lab's) that an import would give it."""
+    get_method(first)
+    with pytest.raises(ValueError, match=rf"^--method {re.escape(second)}: imports 'helpers' as \S+{held}/helpers\S*, "
+                                         rf"imported first \(by another --method\), not \S+{beside}/helpers\S* beside it"):
+        get_method(second)
+
+
 @pytest.fixture
 def lab_package(tmp_path, monkeypatch):
     """A lab's working folder holding a package of its own (``filelab/methods.py`` importing a helper
@@ -193,13 +215,11 @@ def test_two_labs_plug_in_files_of_one_module_name_are_told_apart_from_an_instal
     for lab in ("lab_a", "lab_b"):
         (lab_package / lab).mkdir()
         (lab_package / lab / "their_methods.py").write_text(BASE + f"class Mine(Method):\n    name = '{lab}'\n    def build(self, ctx):\n        pass\n")
-    try:
+    with _forgetting("their_methods"):
         assert get_method("lab_a/their_methods.py:Mine").name == "lab_a"
         with pytest.raises(ValueError, match=r"^--method lab_b/their_methods.py:Mine: imports as module 'their_methods', as \S+lab_a/their_methods.py "
                                              r"does, imported first \(by another --method\): .*rename one file, or give each a package folder"):
             get_method("lab_b/their_methods.py:Mine")
-    finally:
-        sys.modules.pop("their_methods", None)
 
 
 def test_a_helper_module_beside_a_plug_in_that_another_labs_of_the_same_name_holds_is_refused(lab_package):
@@ -212,15 +232,12 @@ def test_a_helper_module_beside_a_plug_in_that_another_labs_of_the_same_name_hol
         (lab_package / lab / "helpers.py").write_text(f"STRENGTH = {strength}\n")
         (lab_package / lab / f"{lab}_method.py").write_text(BASE + "from helpers import STRENGTH\n"
                                                             "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
-    try:
+    with _forgetting("helpers", "lab_a_method", "lab_b_method"):
         get_method("lab_a/lab_a_method.py:Mine")
         assert sys.modules["lab_a_method"].STRENGTH == 0.5
         with pytest.raises(ValueError, match=r"^--method lab_b/lab_b_method.py:Mine: imports 'helpers' as \S+lab_a/helpers.py, "
                                              r"imported first \(by another --method\), not \S+lab_b/helpers.py beside it: .*rename one"):
             get_method("lab_b/lab_b_method.py:Mine")
-    finally:
-        for name in ("helpers", "lab_a_method", "lab_b_method"):
-            sys.modules.pop(name, None)
 
 
 def test_a_helper_beside_a_plug_in_that_an_installed_module_already_imported_holds_is_refused(lab_package):
@@ -231,18 +248,19 @@ def test_a_helper_beside_a_plug_in_that_an_installed_module_already_imported_hol
     (lab_package / "lab_c" / "json.py").write_text("STRENGTH = 0.5\n")
     (lab_package / "lab_c" / "lab_c_method.py").write_text(BASE + "import json\n"
                                                           "class Mine(Method):\n    def build(self, ctx):\n        return json.STRENGTH\n")
-    try:
+    with _forgetting("lab_c_method"):
         with pytest.raises(ValueError, match=r"^--method lab_c/lab_c_method.py:Mine: imports 'json' as \S+json\S*, an installed "
                                              r"module already imported, not \S+lab_c/json.py beside it: rename yours$"):
             get_method("lab_c/lab_c_method.py:Mine")
-    finally:
-        sys.modules.pop("lab_c_method", None)
 
 
-def test_a_package_plug_in_whose_helper_beside_its_package_another_lab_holds_is_refused(lab_package):
+@pytest.mark.parametrize("named", ["by its file", "by its module"])
+def test_a_package_plug_in_whose_helper_beside_its_package_another_lab_holds_is_refused(lab_package, named):
     """Two labs' package plug-ins (``root_a/pkg_a/methods.py``), each importing a helper that lies
     beside its package, not in it: the helpers are looked for beside the outermost package, where
-    the import finds them, so the second lab's is named as the first's."""
+    the import finds them, so the second lab's is named as the first's. Named as ``pkg_b.methods:Mine``
+    (found on PYTHONPATH), not by its file, the second lab's plug-in ran the first lab's helpers all
+    the same: the clash is refused however it is named."""
     for lab, strength in (("a", 0.5), ("b", 1.0)):
         root = lab_package / f"root_{lab}"
         (root / f"pkg_{lab}").mkdir(parents=True)
@@ -250,15 +268,12 @@ def test_a_package_plug_in_whose_helper_beside_its_package_another_lab_holds_is_
         (root / "helpers.py").write_text(f"STRENGTH = {strength}\n")
         (root / f"pkg_{lab}" / "methods.py").write_text(BASE + "from helpers import STRENGTH\n"
                                                        "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
-    try:
-        get_method("root_a/pkg_a/methods.py:Mine")
+        if named == "by its module":
+            sys.path.append(str(root))
+    spec = {"by its file": "root_{}/pkg_{}/methods.py:Mine", "by its module": "pkg_{}.methods:Mine"}[named]
+    with _forgetting("helpers", "pkg_a", "pkg_a.methods", "pkg_b", "pkg_b.methods"):
+        _second_lab_refused(spec.format("a", "a"), spec.format("b", "b"), "root_a", "root_b")
         assert sys.modules["pkg_a.methods"].STRENGTH == 0.5
-        with pytest.raises(ValueError, match=r"^--method root_b/pkg_b/methods.py:Mine: imports 'helpers' as \S+root_a/helpers.py, "
-                                             r"imported first \(by another --method\), not \S+root_b/helpers.py beside it"):
-            get_method("root_b/pkg_b/methods.py:Mine")
-    finally:
-        for name in ("helpers", "pkg_a", "pkg_a.methods", "pkg_b", "pkg_b.methods"):
-            sys.modules.pop(name, None)
 
 
 @pytest.mark.parametrize("layout", ["a package", "imported by another helper", "imported by a helper package"])
@@ -284,35 +299,8 @@ def test_a_helper_another_lab_holds_is_refused_as_a_package_or_behind_a_helper_o
             imported = f"{lab}_tools"
         (folder / f"{lab}_method.py").write_text(BASE + f"from {imported} import STRENGTH\n"
                                                  "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
-    try:
-        get_method("lab_a/lab_a_method.py:Mine")
-        with pytest.raises(ValueError, match=r"^--method lab_b/lab_b_method.py:Mine: imports 'helpers' as \S+lab_a/helpers\S*, "
-                                             r"imported first \(by another --method\), not \S+lab_b/helpers\S* beside it"):
-            get_method("lab_b/lab_b_method.py:Mine")
-    finally:
-        for name in ("helpers", "lab_a_method", "lab_b_method", "lab_a_tools", "lab_b_tools"):
-            sys.modules.pop(name, None)
-
-
-def test_a_package_plug_in_named_by_its_module_whose_helper_another_lab_holds_is_refused(lab_package):
-    """Named as ``pkg_b.methods:Mine`` (found on PYTHONPATH), not by its file, the second lab's
-    plug-in ran the first lab's helpers all the same: the clash is refused however it is named."""
-    for lab, strength in (("a", 0.5), ("b", 1.0)):
-        root = lab_package / f"root_{lab}"
-        (root / f"pkg_{lab}").mkdir(parents=True)
-        (root / f"pkg_{lab}" / "__init__.py").write_text("")
-        (root / "helpers.py").write_text(f"STRENGTH = {strength}\n")
-        (root / f"pkg_{lab}" / "methods.py").write_text(BASE + "from helpers import STRENGTH\n"
-                                                       "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
-        sys.path.append(str(root))
-    try:
-        get_method("pkg_a.methods:Mine")
-        with pytest.raises(ValueError, match=r"^--method pkg_b.methods:Mine: imports 'helpers' as \S+root_a/helpers.py, "
-                                             r"imported first \(by another --method\), not \S+root_b/helpers.py beside it"):
-            get_method("pkg_b.methods:Mine")
-    finally:
-        for name in ("helpers", "pkg_a", "pkg_a.methods", "pkg_b", "pkg_b.methods"):
-            sys.modules.pop(name, None)
+    with _forgetting("helpers", "lab_a_method", "lab_b_method", "lab_a_tools", "lab_b_tools"):
+        _second_lab_refused("lab_a/lab_a_method.py:Mine", "lab_b/lab_b_method.py:Mine", "lab_a", "lab_b")
 
 
 def test_a_package_plug_ins_relative_import_is_its_own_package_s_not_a_module_beside_it(lab_package):
@@ -329,13 +317,10 @@ def test_a_package_plug_ins_relative_import_is_its_own_package_s_not_a_module_be
     (root / "pkg_b" / "helpers.py").write_text("STRENGTH = 1.0\n")
     (root / "pkg_b" / "methods.py").write_text(BASE + "from .helpers import STRENGTH\n"
                                                "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
-    try:
+    with _forgetting("helpers", "lab_a_method", "pkg_b", "pkg_b.methods", "pkg_b.helpers"):
         get_method("lab_a/lab_a_method.py:Mine")
         get_method("root_b/pkg_b/methods.py:Mine")
         assert sys.modules["pkg_b.methods"].STRENGTH == 1.0
-    finally:
-        for name in ("helpers", "lab_a_method", "pkg_b", "pkg_b.methods", "pkg_b.helpers"):
-            sys.modules.pop(name, None)
 
 
 def test_an_installed_plug_in_is_not_held_to_the_installed_modules_beside_it(lab_package):
@@ -349,11 +334,8 @@ def test_an_installed_plug_in_is_not_held_to_the_installed_modules_beside_it(lab
                                                 "class Mine(Method):\n    def build(self, ctx):\n        pass\n")
     (site / "dataclasses.py").write_text("raise ImportError('a backport for Python 3.6')\n")
     sys.path.append(str(site))
-    try:
+    with _forgetting("labpkg", "labpkg.methods"):
         assert get_method("labpkg.methods:Mine").name == "Mine"
-    finally:
-        for name in ("labpkg", "labpkg.methods"):
-            sys.modules.pop(name, None)
 
 
 def test_helpers_beside_a_plug_in_that_import_each_other_are_read_once(lab_package):
@@ -367,12 +349,9 @@ def test_helpers_beside_a_plug_in_that_import_each_other_are_read_once(lab_packa
     (lab / "cyclic_lazy.py").write_text("STEPS = 10\n")  # imported only when build runs: not in sys.modules yet
     (lab / "cyclic_method.py").write_text(BASE + "from cyclic_models import STRENGTH\n"
                                           "class Mine(Method):\n    def build(self, ctx):\n        import cyclic_lazy\n")
-    try:
+    with _forgetting("cyclic_models", "cyclic_utils", "cyclic_method", "cyclic_lazy"):
         assert get_method("cyclic/cyclic_method.py:Mine").name == "Mine"
         assert "cyclic_lazy" not in sys.modules
-    finally:
-        for name in ("cyclic_models", "cyclic_utils", "cyclic_method", "cyclic_lazy"):
-            sys.modules.pop(name, None)
 
 
 def test_a_method_flag_problem_is_not_said_to_be_the_track_files(lab_package):
