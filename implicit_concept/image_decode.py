@@ -345,18 +345,27 @@ def _keep_bmp_alpha(image: Image.Image) -> None:
     image._mode = "RGBA"
 
 
+#: Where Pillow keeps an XMP packet, whose ``tiff:Orientation`` its ``getexif`` takes when EXIF has none.
+XMP_KEYS = ("XML:com.adobe.xmp", "xmp")
+
+
 def _orient(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block, or one over :data:`MAX_EXIF_BYTES`, only
-    loses the hint, not the picture."""
+    """Apply the EXIF orientation, as browsers do: an orientation in XMP alone is not applied (an
+    editor that turned the pixels may leave it behind; browsers read EXIF's only). A broken EXIF
+    block, or one over :data:`MAX_EXIF_BYTES`, only loses the hint, not the picture."""
     exif = image.info.get("exif")
     if isinstance(exif, (bytes, bytearray)) and len(exif) > MAX_EXIF_BYTES:
         return image
+    xmp = {key: image.info.pop(key) for key in XMP_KEYS if key in image.info}
     try:
+        # Read (and cached by Pillow, for exif_transpose) with the XMP packet out of sight.
         if image.getexif().get(ExifTags.Base.Orientation, 1) not in range(2, 9):
             return image
         return ImageOps.exif_transpose(image)
     except Exception:  # malformed EXIF raises anything from SyntaxError to struct.error
         return image
+    finally:
+        image.info.update(xmp)
 
 
 def _zero_is_white(image: Image.Image) -> bool:

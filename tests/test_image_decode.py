@@ -483,6 +483,32 @@ def test_the_profile_is_applied_after_the_exif_orientation():
     assert (out == viewer(image.transpose(Image.Transpose.ROTATE_270).crop((0, 4, 8, 12)), ADOBE_RGB)).all()
 
 
+XMP_ROTATED = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+               '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_an_orientation_in_xmp_alone_is_not_applied_as_browsers_do_not(fmt):
+    """Pillow's ``getexif`` takes XMP's ``tiff:Orientation`` where EXIF has none, and rotated the
+    picture; browsers read EXIF's orientation only (an editor that rotated the pixels may leave the
+    XMP behind). EXIF's still wins, and is applied."""
+    image = Image.new("RGB", (16, 8), (200, 100, 50))
+    image.paste((30, 180, 90), (8, 0, 16, 8))
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", XMP_ROTATED)
+        options = {"pnginfo": info}
+    else:
+        options = {"xmp": XMP_ROTATED.encode(), "quality": 100} if fmt == "JPEG" else {"xmp": XMP_ROTATED.encode(), "lossless": True}
+    raw = encode(image, fmt, **options)
+    opened = Image.open(io.BytesIO(raw))
+    assert opened.getexif().get(0x0112) == 6, "Pillow reads the XMP orientation: the case this test is about"
+    assert open_image(raw).size == (16, 8) and decode_rgb(open_image(raw)).size == (16, 8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert decode_rgb(open_image(encode(image, fmt, exif=exif, **options))).size == (8, 16)
+
+
 @pytest.mark.parametrize(("pad", "managed"), [(100 << 10, True), (image_decode.MAX_PROFILE_BYTES, False)], ids=["large", "too_large"])
 def test_a_large_profile_is_read_and_one_over_the_cap_ignored(pad, managed):
     """A private tag pads the profile: read (not cached) at 100 KB, ignored over the cap."""
