@@ -208,6 +208,11 @@ def test_an_export_never_writes_outside_its_folder_nor_replaces_what_it_did_not_
     with pytest.raises(ValueError, match=r"mine: a folder that is not an export \(no export.json\) and not empty"):
         export_detection_dataset(shards, mine)
     assert (mine / "notes.txt").read_text() == "a lab's own file"
+    for theirs in ('{"tool": "another exporter"}', "{", "[]"):  # an export.json export did not write: the folder is not known to be ours
+        (mine / "export.json").write_text(theirs)
+        with pytest.raises(ValueError, match=r"mine: a folder that is not an export \(its export.json was not written by export\) and not empty"):
+            export_detection_dataset(shards, mine)
+        assert (mine / "notes.txt").read_text() == "a lab's own file" and (mine / "export.json").read_text() == theirs
     for out in (tmp_path, shards, shards / "train" / "export"):
         with pytest.raises(ValueError, match="overlaps the shards"):
             export_detection_dataset(shards, out)

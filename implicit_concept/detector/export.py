@@ -91,8 +91,9 @@ def export_detection_dataset(
     formats = tuple(f for f in FORMATS if f in formats)
     shards, out = Path(shards), Path(out).resolve()
     check_apart(out, "export --out", {"the shards": shards})
-    if out.is_dir() and not (out / MARKER).is_file() and any(out.iterdir()):
-        raise ValueError(f"export --out {out}: a folder that is not an export (no {MARKER}) and not empty; "
+    if out.is_dir() and any(out.iterdir()) and not _ours(out / MARKER):
+        why = f"its {MARKER} was not written by export" if (out / MARKER).exists() else f"no {MARKER}"
+        raise ValueError(f"export --out {out}: a folder that is not an export ({why}) and not empty; "
                          "an export replaces its folder, so name a new or empty one")
     icd_shards = {split: list_shards(_split_dir(shards, split)) for split in dict.fromkeys(SPLITS.values())}
     hashes = {str(p.relative_to(shards)): sha256_file(p) for ps in icd_shards.values() for p in ps}
@@ -139,11 +140,21 @@ def _split_dir(shards: Path, split: str) -> Path:
     return path
 
 
+def _ours(marker: Path) -> bool:
+    """Whether ``marker`` is a record this function wrote, of any format version: only then is its
+    folder an export to replace. Another tool's ``export.json``, or one damaged, says nothing of
+    the files beside it."""
+    record = _read_marker(marker)
+    return isinstance(record.get("format"), int) and isinstance(record.get("shards_sha256"), dict)
+
+
 def _read_marker(path: Path) -> dict[str, Any]:
+    """The marker's record, or {} where there is none to read (absent, damaged, not an object)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _dataset(root: Path, marker: dict[str, Any]) -> DetectionDataset:
