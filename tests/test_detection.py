@@ -314,6 +314,42 @@ def test_detector_training_refuses_an_out_folder_that_holds_or_is_inside_its_inp
     assert (backgrounds / "b.png").is_file() and (shards / "train" / "00000.tar").is_file()
 
 
+@pytest.mark.parametrize("held", ["backgrounds/keep.png", "train/labels.txt", "test/notes.txt", "notes.txt"])
+def test_detector_training_refuses_a_folder_it_did_not_make_before_it_removes_anything(tmp_path, held):
+    """Training replaces train/, val/, test/ and backgrounds/ under --out: a lab's folder named as
+    --out (an experiments folder holding a YOLO dataset's train/ and test/) lost them, unread inputs
+    or not. A folder that is not empty is trained into only when training made it (its export or its
+    detector record there); an empty one, or one holding only hidden files (a lock), is fine."""
+    from implicit_concept.detector import training
+    from implicit_concept.detector.export import export_detection_dataset
+
+    shards = _write_shards(tmp_path / "icd-mixed")
+    lab = tmp_path / "experiments"
+    (lab / held).parent.mkdir(parents=True, exist_ok=True)
+    (lab / held).write_bytes(b"a lab's own file")
+    with pytest.raises(ValueError, match=rf"detector --out .*experiments: a folder detector training did not make, and not empty "
+                                         rf"\(it holds {held.split('/')[0]}\)"):
+        training.train_detector(shards, lab, load_scale("debug"))
+    assert (lab / held).read_bytes() == b"a lab's own file" and not (lab / "dataset").exists()
+
+    class Started(Exception):
+        pass
+
+    def started(*args, **kwargs):
+        raise Started
+
+    ours = tmp_path / "ours"
+    export_detection_dataset(shards, ours / "dataset")
+    (ours / "train").mkdir()
+    (tmp_path / "hidden" / ".implicit-concept.lock").parent.mkdir()
+    (tmp_path / "hidden" / ".implicit-concept.lock").write_text("1")
+    for out in (ours, tmp_path / "hidden", tmp_path / "new"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(training, "_train", started)
+            with pytest.raises(Started):
+                training.train_detector(shards, out, load_scale("debug"))
+
+
 def test_a_share_of_images_carries_an_exact_binomial_interval_that_rare_counts_do_not_collapse():
     r = share_ratio([True] * 200 + [False] * 200, level=0.95)
     assert (r.value, r.count, r.n) == (0.5, 200, 400)

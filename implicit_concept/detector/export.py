@@ -91,7 +91,7 @@ def export_detection_dataset(
     formats = tuple(f for f in FORMATS if f in formats)
     shards, out = Path(shards), Path(out).resolve()
     check_apart(out, "export --out", {"the shards": shards})
-    if out.is_dir() and any(out.iterdir()) and not _ours(out / MARKER):
+    if out.is_dir() and any(out.iterdir()) and not is_export(out):
         why = f"its {MARKER} was not written by export" if (out / MARKER).exists() else f"no {MARKER}"
         raise ValueError(f"export --out {out}: a folder that is not an export ({why}) and not empty; "
                          "an export replaces its folder, so name a new or empty one")
@@ -140,11 +140,11 @@ def _split_dir(shards: Path, split: str) -> Path:
     return path
 
 
-def _ours(marker: Path) -> bool:
-    """Whether ``marker`` is a record this function wrote, of any format version: only then is its
-    folder an export to replace. Another tool's ``export.json``, or one damaged, says nothing of
-    the files beside it."""
-    record = _read_marker(marker)
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` holds a record :func:`export_detection_dataset` wrote, of any format
+    version: only then is it an export to replace. Another tool's ``export.json``, or one damaged,
+    says nothing of the files beside it."""
+    record = _read_marker(folder / MARKER)
     return isinstance(record.get("format"), int) and isinstance(record.get("shards_sha256"), dict)
 
 

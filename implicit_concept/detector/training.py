@@ -35,7 +35,7 @@ from PIL import Image
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.content_hashes import sha256_file
 from implicit_concept.detector.calibration import calibrate_thresholds
-from implicit_concept.detector.export import DEFAULT_VALIDATION_SHARE, DetectionDataset, export_detection_dataset, in_validation
+from implicit_concept.detector.export import DEFAULT_VALIDATION_SHARE, DetectionDataset, export_detection_dataset, in_validation, is_export
 from implicit_concept.detector.image_sets import ImageSet, ImageSetDigest, ImageSetError, named_images, pixel_sha256, write_backgrounds
 from implicit_concept.detector.inference import Detector, model_config
 from implicit_concept.detector.weights import DEFAULT_CONF, WEIGHTS_NAME, is_model_yaml, model_yaml, record_path, weights_state, write_detector
@@ -189,9 +189,21 @@ def train_detector(
         return _train_detector(shards, out_dir, scale, backgrounds, calibration)
 
 
+def _require_own_folder(out_dir: Path) -> None:
+    """Refuse a folder, not empty, that training did not make (neither its export at ``dataset/``
+    nor its detector record is there): training replaces ``train/``, ``val/``, ``test/`` and
+    ``backgrounds/`` in it, so a lab's experiments folder named as ``--out`` lost its own. Hidden
+    files (a lock, a killed writer's temporaries) do not count."""
+    held = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
+    if held and not is_export(out_dir / "dataset") and not record_path(out_dir / WEIGHTS_NAME).is_file():
+        raise ValueError(f"detector --out {out_dir}: a folder detector training did not make, and not empty (it holds {held[0]}); "
+                         "training replaces train/, val/, test/ and backgrounds/ in its folder: name a new or empty one")
+
+
 def _train_detector(shards: Path, out_dir: Path, scale: DetectorScale, backgrounds: ImageSet | None,
                     calibration: ImageSet | None) -> TrainedDetector:
     """:func:`train_detector`'s work, once it holds ``out_dir``."""
+    _require_own_folder(out_dir)
     held_out = list(named_images(calibration, "calibration")) if calibration is not None else []
     dataset = export_detection_dataset(shards, out_dir / "dataset", validation_share=scale.validation_share)
     empty = [split for split, counts in dataset.counts.items() if counts["images"] == 0]
