@@ -89,6 +89,24 @@ def test_quiet_is_put_back_when_the_command_returns(tmp_path, monkeypatch, recwa
     assert [str(w.message) for w in recwarn] == ["a deprecation after the command"]
 
 
+def test_quiet_leaves_bars_its_caller_turned_off_off(tmp_path, monkeypatch):
+    """Put back is as found: a notebook that turned the libraries' bars off itself does not find
+    them on after a ``--quiet`` command."""
+    from benchmark import cli
+
+    monkeypatch.setattr(cli, "_verify", lambda args: 0)
+    libraries = (diffusers_logging, transformers_logging)
+    for library in libraries:
+        library.disable_progress_bar()
+    try:
+        assert main(["verify", str(tmp_path), "--quiet"]) == 0
+        after = [library.is_progress_bar_enabled() for library in libraries]
+    finally:
+        for library in libraries:
+            library.enable_progress_bar()
+    assert after == [False, False]
+
+
 def test_quiet_leaves_an_ultralytics_imported_before_it_as_its_caller_set_it(tmp_path, monkeypatch):
     """Only an import the command made is set from the environment after it: a notebook that
     imported ultralytics and quieted it itself (``VERBOSE`` off, its logger at WARNING) has it so

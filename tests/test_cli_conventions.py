@@ -2,6 +2,7 @@
 (``implicit-concept ... | head``) stops it quietly, and a cache folder it cannot write (the default
 one, in a current folder that cannot hold it) is named, with the option that moves it; progress bars
 redraw on a terminal, not in a log; the Makefile's variables reach the command as one argument each."""
+import io
 import json
 import os
 import shlex
@@ -70,6 +71,20 @@ def test_results_a_reader_left_before_they_were_flushed_end_the_command_quietly(
     proc.stdout.close()
     _, stderr = proc.communicate(b"go\n", timeout=120)
     assert stderr.decode() == "" and proc.returncode in (0, 141), (proc.returncode, stderr.decode()[-2000:])
+
+def test_what_prints_after_the_results_goes_to_stderr(monkeypatch, capsys):
+    """Once a command's results are out, stdout is closed to what prints after them (a plug-in's
+    thread's last lines, its exit handler): ``> results.md`` keeps the results alone."""
+    from benchmark import process_exit
+
+    results = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", results)
+    print("| method | ICR |")
+    process_exit.results_ended()
+    print("lab-metrics-logger: uploaded")
+    assert results.getvalue() == "| method | ICR |\n"
+    assert capsys.readouterr().err == "lab-metrics-logger: uploaded\n"
+
 
 def test_a_current_folder_that_cannot_hold_the_default_cache_is_named_with_the_option(tmp_path):
     images, work = tmp_path / "images", tmp_path / "work"

@@ -470,11 +470,21 @@ def test_one_named_pair_or_a_dict_of_named_images_is_scored_as_those_images_not_
     assert [flag for _, flag in scored(column)] == [True, False]
 
 
+def test_a_tuple_of_two_images_is_two_images_not_a_named_pair(tmp_path):
+    """Only a string beside an image makes a ``(name, image)`` pair: two images in a tuple are
+    scored as two unnamed images."""
+    weights = tmp_path / "detector.safetensors"
+    weights.write_bytes(b"fake")
+    report = score_images((_solid(10), _solid(0)), FakeDetector(weights), ScoreConfig(resamples=200), clean=[_solid(0)], checkers=[])
+    assert [(r["name"], bool(r["detections"])) for r in report.images] == [("image-0", True), ("image-1", False)]
+
+
 @pytest.mark.parametrize("images, said", [
     (np.zeros((2, 16, 16, 3), np.uint8), r"got a ndarray of shape \(2, 16, 16, 3\) .*Image.fromarray"),
     (torch.zeros(2, 3, 16, 16), r"got a Tensor of shape \(2, 3, 16, 16\)"),
     ([np.zeros((16, 16, 3), np.float32)], r"item 0: .*got a ndarray of shape \(16, 16, 3\) .*Image.fromarray"),
     (b"\x89PNG", "got bytes"),
+    (bytearray(b"\x89PNG"), "images: .*got bytearray"),
     (7, "got int"),
 ])
 def test_arrays_tensors_and_bytes_handed_to_the_scorer_are_refused_saying_what_they_are(tmp_path, images, said):

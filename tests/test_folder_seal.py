@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from benchmark import stages
 from benchmark.methods.interface import FineTune
-from benchmark.models.folder_seal import FolderChanged, check_seal, seal
+from benchmark.models.folder_seal import FolderChanged, check_listing, check_seal, seal, stat_listing
 from tests.real_runs import real_run
 
 
@@ -124,3 +125,28 @@ def test_a_fine_tune_is_sealed_when_trained_so_a_write_before_its_first_reuse_is
     (made / "unet" / "weights.safetensors").write_bytes(b"saved by a method")
     with pytest.raises(FolderChanged, match=rf"{made}/unet/weights.safetensors: changed since"):
         stages.finetune(run, Path("base"), Path("sub"), FineTune(), detector=None)
+
+
+def _listed_shards(root: Path) -> tuple[Path, dict[str, tuple[int, int]]]:
+    (root / "train" / "extra").mkdir(parents=True)
+    for name in ("00000.tar", "extra/00001.tar"):
+        (root / "train" / name).write_bytes(b"shard")
+        os.utime(root / "train" / name, ns=(10**18, 10**18))
+    return root / "train", stat_listing(root / "train")
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda train: (train / "extra" / "filtered.tar").write_bytes(b"kept"), "extra/filtered.tar: added since the run listed it"),
+    (lambda train: (train / "extra" / "00001.tar").unlink(), "extra/00001.tar: removed since the run listed it"),
+    # the same size, rewritten: its mtime moved
+    (lambda train: (train / "00000.tar").write_bytes(b"SHARD"), "00000.tar: changed since the run listed it"),
+])
+def test_training_data_listed_in_memory_is_refused_once_a_file_is_added_removed_or_rewritten(tmp_path, change, said):
+    """The dataset's splits hold no seal: their listing (sizes and mtimes) is taken while the run
+    uses them, and a method that wrote a filtered copy beside the shards, or rewrote one in place
+    to the same size, is named as one that removed a shard is."""
+    train, listing = _listed_shards(tmp_path)
+    check_listing(train, listing, "rebuild")
+    change(train)
+    with pytest.raises(FolderChanged, match=f"^{re.escape(str(train))}/{said}; rebuild$"):
+        check_listing(train, listing, "rebuild")

@@ -244,6 +244,18 @@ def test_sixteen_bit_rgb_transparency_is_the_key_to_the_last_bit(key, filtered):
     assert (out[1::2, 8:] == np.array(near) >> 8).all()
 
 
+def test_a_sixteen_bit_rgb_png_without_trns_keeps_its_pixels_opaque():
+    """The low bytes are read only for a PNG whose tRNS names a colour: one without a tRNS decodes
+    to its high bytes, opaque (reading them for every 16-bit RGB PNG failed it on a key it has not)."""
+    values = np.zeros((4, 4, 3), ">u2")
+    values[:, :2] = (0x1234, 0xFF00, 0x00FF)
+    values[:, 2:] = (65535, 65535, 65535)
+    raw = png(4, 4, 16, 2, [r.tobytes() for r in values])
+    assert "transparency" not in Image.open(io.BytesIO(raw)).info
+    out = pixels(raw, 4)
+    assert (out[:, :2] == (0x12, 0xFF, 0x00)).all() and (out[:, 2:] == 255).all()
+
+
 @pytest.mark.parametrize("options", [{"lossless": True}, {"quality": 90}], ids=["lossless", "lossy"])
 def test_an_animated_webps_transparent_ground_is_white(options):
     """libwebp crops a frame to what it draws and flags no alpha: Pillow read the ground left
@@ -627,6 +639,22 @@ def test_a_png_whose_download_ended_in_zeros_is_damaged_not_garbage_rows():
     assert (error.reason, error.detail) == ("unreadable_image", f"the PNG's IDAT chunk at byte {raw.index(b'IDAT') - 4} fails its CRC check: the file is damaged")
 
 
+def test_a_png_whose_download_ended_in_zeros_past_its_first_image_chunk_is_damaged():
+    """Encoders split the image data into chunks (libpng's 8 KiB each): zeros from a cut download
+    land in a later one, whose CRC is checked as the first one's is."""
+    rows = np.random.default_rng(0).integers(0, 256, (16, 48), dtype=np.uint8)
+    stream = zlib.compress(b"".join(b"\0" + r.tobytes() for r in rows))
+    third = len(stream) // 3
+    parts = [stream[:third], stream[third:2 * third], stream[2 * third:]]
+    raw = png(16, 16, 8, 2, [], data=b"")
+    head, tail = raw[:raw.index(b"IDAT") - 4], raw[raw.index(b"IEND") - 4:]
+    whole = head + b"".join(chunk(b"IDAT", p) for p in parts) + tail
+    assert np.array_equal(pixels(whole).reshape(16, 48), rows)
+    last = whole.rindex(b"IDAT")
+    error = refusal(whole[:last + 8] + bytes(len(whole) - last - 8))
+    assert (error.reason, error.detail) == ("unreadable_image", f"the PNG's IDAT chunk at byte {last - 4} fails its CRC check: the file is damaged")
+
+
 # --- 6. a PNG short of rows is truncated ---------------------------------------------------------
 
 
@@ -653,6 +681,17 @@ def test_a_complete_png_with_a_black_last_row_decodes(depth, colour, width):
 def test_a_png_cut_inside_its_data_is_still_truncated():
     raw = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)), "PNG")
     assert refusal(raw[: len(raw) // 2]).reason == "truncated_image"
+
+
+def test_a_png_cut_inside_its_image_datas_crc_is_pillows_to_call():
+    """A CRC not all there is no CRC failing: the image data's check reads only a whole one, and a
+    file cut two bytes into it (its rows all there, zlib's own checksum passed) decodes as Pillow
+    decodes it, not refused as damaged."""
+    rows = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    raw = png(16, 16, 8, 2, [r.tobytes() for r in rows])
+    idat = raw.index(b"IDAT")
+    cut = raw[:idat + 4 + struct.unpack(">I", raw[idat - 4:idat])[0] + 2]
+    assert np.array_equal(pixels(cut), rows)
 
 
 # --- 7. structure that costs time its size does not show ----------------------------------------
@@ -749,6 +788,30 @@ def test_scans_behind_an_end_marker_inside_a_segment_are_counted():
     assert (error.reason, error.detail) == ("too_many_chunks", f"a JPEG of more than {MAX_JPEG_SCANS} scans")
     error = refusal(raw[:-2] + b"\xff\xfe\x00\x02" * (MAX_CHUNKS + 1) + raw[-2:])
     assert (error.reason, error.detail) == ("too_many_chunks", f"a JPEG of more than {MAX_CHUNKS} marker segments after its first scan")
+
+
+def test_restart_markers_and_fill_in_a_scan_are_not_marker_segments():
+    """A camera's JPEG may restart its entropy coding every block (0xFFD0-0xFFD7 in the scan's data,
+    more of them than MAX_CHUNKS in a large photo), and fill bytes (0xFF) may run before a marker:
+    neither is a segment libjpeg walks, so neither refuses the photo nor hides its end marker."""
+    raw = encode(Image.new("RGB", (2112, 2112), (200, 40, 40)), "JPEG", quality=90, subsampling=0, restart_marker_blocks=1)
+    data = np.frombuffer(raw, np.uint8)
+    assert np.count_nonzero((data[:-1] == 0xFF) & (data[1:] >= 0xD0) & (data[1:] <= 0xD7)) > MAX_CHUNKS
+    assert np.abs(pixels(raw) - (200, 40, 40)).max() <= 4
+    trailer = bytes(1 << 17) + b"\xff\xda\x00\x00" * (MAX_JPEG_SCANS + 1)
+    assert np.abs(pixels(_jpeg()[:-2] + b"\xff\xff\xff\xd9" + trailer) - (200, 40, 40)).max() <= 4
+
+
+@pytest.mark.parametrize("at", [0, 1, 6, 4095, 4096, 4097, 12287, 12288, 28671, 28672])
+def test_a_marker_is_found_wherever_the_search_blocks_cut(at):
+    """The search reads blocks of 4 KiB, then 8, 16...: a marker whose 0xFF ends one block and whose
+    second byte starts the next is found, and so is one that starts a block; a stuffed zero,
+    fill and restart markers before it are passed over."""
+    skipped = b"\xff\xd3\xff\x00\xff\xff"
+    data = bytes(at - len(skipped)) + skipped if at >= len(skipped) else bytes(at)
+    f = io.BytesIO(data + b"\xff\xd9" + bytes(40000))
+    assert image_structure._next_marker(f, 0) == at
+    assert image_structure._next_marker(io.BytesIO(data + b"\xff"), 0) is None
 
 
 def _gif() -> tuple[bytes, int]:

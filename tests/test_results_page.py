@@ -14,10 +14,11 @@ from PIL import Image
 from benchmark.cli import main
 from benchmark.leaderboard import leaderboard
 from benchmark.report import cell, plot_icr
+from benchmark.results_file import check_results, ratio_problem
 from benchmark.results_page import markdown_html, write_results_page
 from benchmark.sample_grid import method_grid
 from implicit_concept.content_hashes import sha256_file
-from implicit_concept.stats import EXACT_BINOMIAL
+from implicit_concept.stats import CROSSED_AT_LEAST_BINOMIAL, EXACT_BINOMIAL
 
 BROWSER = shutil.which("chromium-headless-shell") or shutil.which("chromium")
 
@@ -191,6 +192,32 @@ def test_a_results_json_of_another_shape_is_refused_naming_the_file_and_field_by
     err = capsys.readouterr().err
     assert err.count(f"{path}: ") == 2 and "Traceback" not in err
     assert not (tmp_path / "lb").exists()
+
+
+@pytest.mark.parametrize("ratio, problem", [
+    # written to 5 decimals: 1/3 is 0.33333, within ROUNDING of its count over n
+    ({"value": 0.33333, "ci": [0.1, 0.7], "count": 1, "n": 3, "interval": EXACT_BINOMIAL}, None),
+    ({"value": 0.3334, "ci": [0.1, 0.7], "count": 1, "n": 3, "interval": EXACT_BINOMIAL}, "value 0.3334 is not its count 1 of n 3 (0.33333)"),
+    # over seeds, the value is the seeds' mean, not the pooled count over n
+    ({"value": 0.35, "ci": [0.2, 0.5], "count": 4, "n": 10, "interval": CROSSED_AT_LEAST_BINOMIAL}, None),
+    ({"value": 0.4, "ci": [0.3, 0.5]}, None),  # an older results.json: no counts
+    ({"value": 0.4, "ci": [0.3, 0.5], "count": 4}, "count 4 of n None: not whole numbers with 0 <= count <= n and n >= 1"),
+    ({"value": 0.4, "ci": [0.3, 0.5], "n": 10}, "count None of n 10: not whole numbers"),
+    ({"value": 0.1, "ci": [0.0, 0.5], "count": True, "n": 10}, "count True of n 10: not whole numbers"),
+    ({"value": 0.0, "ci": [0.0, 0.5], "count": -1, "n": 10}, "count -1 of n 10: not whole numbers"),
+])
+def test_a_shares_parts_agree_as_far_as_its_interval_kind_says(ratio, problem):
+    """A share's count and n come together or not at all, whole and in order; only an exact
+    binomial share's value is its count over n, to the 5 decimals it is written with."""
+    said = ratio_problem(ratio)
+    assert said == problem if problem is None else said.startswith(problem)
+
+
+def test_a_named_bases_share_must_lie_within_its_interval(tmp_path):
+    results = json.loads((fake_run(tmp_path / "run") / "results.json").read_text())
+    named = {"prompt": "a qr code", "icr": {**_ratio(0.4), "value": 0.9}, "n_prompts": 10}
+    with pytest.raises(ValueError, match=r"results.json: named_base.qrcode.icr: value 0.9 lies outside its interval"):
+        check_results({**results, "named_base": {"qrcode": named}}, tmp_path / "results.json")
 
 
 @pytest.mark.parametrize("make, said", [
