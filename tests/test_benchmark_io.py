@@ -995,6 +995,55 @@ def test_score_images_writes_and_removes_its_unreadable_list_only_while_it_holds
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["unreadable.txt"]
 
 
+@pytest.mark.parametrize("name", ["scores.json", "summary.json", "unreadable.txt"])
+@pytest.mark.parametrize("kind", ["another-tools", "link-to-a-file-elsewhere"])
+@pytest.mark.parametrize("broken", [0, 2], ids=["readable", "a-few-unreadable"])
+def test_score_out_files_scoring_did_not_write_are_refused_and_kept(tmp_path, monkeypatch, name, kind, broken):
+    """A lab's folder named as score-images' (or score-pipeline's) --out lost its own scores.json or
+    summary.json (replaced) and unreadable.txt (removed), or had a link of those names replaced by a
+    file; scoring's own, in a folder it held before, are still replaced on a rerun."""
+    from benchmark import external
+
+    monkeypatch.setattr(external, "score_generated", lambda paths, prompts, *a: (_FakeReport(), {"qrcode": {"icr": len(paths)}}))
+    judging = _judging(tmp_path, num_prompts=8)
+    prompts = judging.prompts()
+    folder = _folder(tmp_path / "images", prompts, 1)
+    for p in prompts[:broken]:
+        (folder / f"{p.case_number}_0.png").write_text("not an image")
+    out = tmp_path / "lab"
+    out.mkdir()
+    (out / "notes.md").write_text("the lab's notes\n")
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("the lab's file elsewhere\n")
+    if kind == "link-to-a-file-elsewhere":
+        (out / name).symlink_to(elsewhere)
+    else:
+        (out / name).write_text("the lab's own, another tool's\n")
+    before = {p.name: (p.is_symlink(), p.read_bytes()) for p in out.iterdir()}
+    with pytest.raises(ValueError, match=rf"^--out {re.escape(str(out))}: holds {re.escape(name)} \(.*\), which scoring would replace or remove; "):
+        external.score_image_folder(folder, out, judging)
+    assert {p.name: (p.is_symlink(), p.read_bytes()) for p in out.iterdir() if not p.name.startswith(".")} == before
+    assert elsewhere.read_text() == "the lab's file elsewhere\n"
+
+
+def test_score_out_that_is_a_file_is_refused_and_kept_and_a_rerun_replaces_scorings_own(tmp_path, monkeypatch):
+    from benchmark import external
+
+    monkeypatch.setattr(external, "score_generated", lambda paths, prompts, *a: (_FakeReport(), {"qrcode": {"icr": len(paths)}}))
+    judging = _judging(tmp_path, num_prompts=8)
+    folder = _folder(tmp_path / "images", judging.prompts(), 1)
+    (tmp_path / "file").write_text("the lab's file\n")
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    for out in (tmp_path / "file", tmp_path / "link"):
+        with pytest.raises(ValueError, match=rf"^--out {re.escape(str(out))}: a file, not a folder; name a folder"):
+            external.score_image_folder(folder, out, judging)
+    assert (tmp_path / "file").read_text() == "the lab's file\n" and (tmp_path / "link").is_symlink()
+    external.score_image_folder(folder, tmp_path / "out", judging)
+    (tmp_path / "out" / "unreadable.txt").write_text("an earlier attempt's list\n")  # as a failed attempt leaves it
+    external.score_image_folder(folder, tmp_path / "out", judging)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["scores.json", "summary.json"]
+
+
 def test_a_folder_of_images_whose_name_holds_a_brace_is_a_folder_not_a_shard_pattern(tmp_path):
     from implicit_concept.image_stream import is_shard_source, iter_images
 
