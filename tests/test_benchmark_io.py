@@ -334,6 +334,41 @@ def test_adding_a_method_to_a_run_keeps_the_stage_timings_of_its_earlier_invocat
     assert _union(tmp_path / "r" / "results.json", [fresh]) == [older, fresh]
 
 
+@pytest.mark.parametrize("held", ["results.json", "images", "models", "notes.md", "link-to-a-file-elsewhere"])
+def test_a_run_folder_no_run_claimed_that_is_not_empty_is_refused_before_anything_is_written(tmp_path, held):
+    """A lab's folder named by --runs/--name (its own results.json, images/, models/, notes) was
+    claimed as a run: run.json written into it, then the run's files beside and over the lab's."""
+    from benchmark.benchmark_run import BenchmarkRun
+    from benchmark.track import load_track
+    from implicit_concept.files import FolderClaimError
+
+    lab = tmp_path / "r"
+    lab.mkdir()
+    (tmp_path / "elsewhere.json").write_text("{}")
+    if held == "link-to-a-file-elsewhere":
+        (lab / "results.json").symlink_to(tmp_path / "elsewhere.json")
+    elif "." in held:
+        (lab / held).write_text('{"another tool": 1}')
+    else:
+        (lab / held).mkdir()
+        (lab / held / "a.png").write_bytes(b"the lab's image")
+    listing = sorted(p.relative_to(lab) for p in lab.rglob("*"))
+    run = BenchmarkRun(track=load_track("debug"), name="r", runs_root=tmp_path)
+    for start in (run.check_start, run.claim):  # claim: the same refusal, holding the folder, for a folder filled since
+        with pytest.raises(FolderClaimError, match=rf"^{re.escape(str(lab))}: a folder no benchmark run claimed \(no run.json\), "
+                                                   r"and not empty \(it holds .*\); .*use another --name or --runs$"):
+            start()
+    assert sorted(p.relative_to(lab) for p in lab.rglob("*")) == listing
+    assert (tmp_path / "elsewhere.json").read_text() == "{}"
+    empty = BenchmarkRun(track=load_track("debug"), name="new", runs_root=tmp_path)
+    empty.check_start()
+    (tmp_path / "new" / ".implicit-concept.lock").write_text("")  # as the run holding it leaves it
+    empty.claim()
+    (tmp_path / "new" / "results.html").write_text("the run's own page")
+    empty.check_start()
+    empty.claim()
+
+
 def test_report_shows_seeds_the_named_base_model_removal_and_which_evaluator():
     seeds = {"0": {"icr": _ratio(0.5)}, "1": {"icr": _ratio(0.7)}}
     results = {
