@@ -15,7 +15,7 @@ from benchmark.process_exit import exit_past_leftovers, last_words, stdout_close
 from benchmark.quiet_libraries import quiet_libraries
 from implicit_concept.bounded_reads import file_kind
 from implicit_concept.disk_space import out_of_space, space_message
-from implicit_concept.files import atomic_write_json
+from implicit_concept.files import atomic_write_json, within
 from implicit_concept.json_records import finite_json
 from implicit_concept.provenance import version
 from implicit_concept.worker_processes import STOP_SIGNALS, interrupts, stopped_by
@@ -30,6 +30,7 @@ def _build(args: argparse.Namespace) -> int:
     if args.screen_detector:
         recipe = with_screen_detector(recipe, args.screen_detector)
     out = Path(args.out or Path("data") / recipe.name)
+    _check_json_apart(args.json, out, "the dataset folder it builds")
     report = build_dataset(
         recipe, out, workers=args.workers, progress=not args.quiet,
         distributor=args.distributor, ray_address=args.ray_address,
@@ -54,6 +55,7 @@ def _recipe_name(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from builders.verify import verify_dataset
 
+    _check_json_apart(args.json, Path(args.dir), "the dataset folder it verifies")
     report = verify_dataset(Path(args.dir), progress=not args.quiet)
     for problem in report.problems:
         print(problem, file=sys.stderr)
@@ -278,6 +280,14 @@ def _json_result(dest: str | None, result: dict) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, result)
     return False
+
+
+def _check_json_apart(dest: str | None, folder: Path, what: str) -> None:
+    """Refuse a ``--json`` file inside the dataset a command builds or verifies: written there, it
+    replaced the build's own ``recipe.json`` (or a shard's record), or was found as a stray file."""
+    if dest not in (None, "-") and within(Path(dest).parent, folder):
+        raise ValueError(f"--json {Path(dest).resolve()}: lies inside {what}, {Path(folder).resolve()}, which it would change; "
+                         "write it outside")
 
 
 def json_destination(text: str) -> str:

@@ -318,6 +318,25 @@ def test_build_and_verify_give_their_numbers_as_json_for_scripts(tmp_path, capsy
     assert failed["ok"] is False and str(missing) in failed["problems"][0] and str(missing) in captured.err
 
 
+@pytest.mark.parametrize("command", ["build", "verify"])
+@pytest.mark.parametrize("name", ["recipe.json", "train/icd-debug-train-000000_stats.json", "report.json"])
+def test_a_json_file_inside_the_dataset_is_refused_before_any_work_and_the_dataset_kept(tmp_path, capsys, command, name):
+    """``--json DATA/recipe.json`` replaced the build's own record with the command's numbers (the
+    dataset was no longer a build), and any other --json inside the dataset became a stray file of it."""
+    from benchmark.cli import main
+
+    data = tmp_path / "icd-debug"
+    (data / "train").mkdir(parents=True)
+    (data / "recipe.json").write_text('{"the build\'s": "record"}')
+    (data / "train" / "icd-debug-train-000000_stats.json").write_text("{}")
+    listing = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    argv = ["build", "icd-debug", "--out", str(data)] if command == "build" else ["verify", str(data)]
+    assert main(argv + ["--quiet", "--json", str(data / name)]) == 2
+    assert capsys.readouterr().err.strip() == (f"implicit-concept {command}: error: --json {data / name}: lies inside the dataset "
+                                               f"folder it {command.replace('fy', 'fie')}s, {data}, which it would change; write it outside")
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == listing
+
+
 @pytest.mark.parametrize("command", [["verify", "d"], ["build", "icd-debug", "--out", "o"], ["score", "images"]])
 def test_a_json_file_that_is_a_folder_is_refused_before_any_work(tmp_path, capsys, command, monkeypatch):
     from benchmark.cli import main
