@@ -110,7 +110,10 @@ def _score(args: argparse.Namespace) -> int:
     from implicit_concept.detector.inference import Detector
     from implicit_concept.scoring import ScoreConfig, score_images
 
-    detector = Detector.load(args.detector or _published_detector("tiny"))
+    detector_path = Path(args.detector or _published_detector("tiny"))
+    _check_json_apart(args.json, Path(args.dir), "the images it scores")
+    _check_json_apart(args.json, detector_path if detector_path.is_dir() else detector_path.parent, "the detector's folder")
+    detector = Detector.load(detector_path)
     report = score_images(args.dir, detector, ScoreConfig(conf=args.conf), clean=args.clean, progress=not args.quiet)
     if args.json == "-":
         return 0 if _json_result("-", report.to_json()) else 1
@@ -283,8 +286,9 @@ def _json_result(dest: str | None, result: dict) -> bool:
 
 
 def _check_json_apart(dest: str | None, folder: Path, what: str) -> None:
-    """Refuse a ``--json`` file inside the dataset a command builds or verifies: written there, it
-    replaced the build's own ``recipe.json`` (or a shard's record), or was found as a stray file."""
+    """Refuse a ``--json`` file inside a folder the command builds or reads (a dataset, a detector):
+    written there, it replaced the folder's own record (``recipe.json``, ``detector.json``), or was
+    found as a stray file of it."""
     if dest not in (None, "-") and within(Path(dest).parent, folder):
         raise ValueError(f"--json {Path(dest).resolve()}: lies inside {what}, {Path(folder).resolve()}, which it would change; "
                          "write it outside")
