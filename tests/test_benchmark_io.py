@@ -206,6 +206,21 @@ def test_images_beside_a_source_json_drawing_did_not_write_are_never_replaced(tm
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == {"source.json": kept["source.json"]}
 
 
+def test_a_source_json_that_is_a_link_to_a_record_elsewhere_is_refused_and_kept(tmp_path):
+    """images/source.json linked to another folder's record (a lab sharing one): read as drawing's,
+    and replaced by a file when drawing added an image, so the link was lost."""
+    calls: list = []
+    generate_images(_fake_generate(calls), [Prompt(0, "p0", 10)], tmp_path / "elsewhere", progress=False, source={"model": "a"})
+    record = (tmp_path / "elsewhere" / "source.json").read_bytes()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "source.json").symlink_to(tmp_path / "elsewhere" / "source.json")
+    with pytest.raises(ValueError, match=r"source.json: not the record drawing writes \(a symbolic link\), which drawing would replace"):
+        generate_images(_fake_generate(calls), [Prompt(0, "p0", 10), Prompt(1, "p1", 11)], folder, progress=False, source={"model": "a"})
+    assert (folder / "source.json").is_symlink() and (tmp_path / "elsewhere" / "source.json").read_bytes() == record
+    assert sorted(p.name for p in folder.iterdir()) == ["source.json"]
+
+
 def test_an_image_is_reused_only_for_the_same_prompt_text_and_seed(tmp_path):
     """A prompts file edited in place (same case numbers, same model) must not reuse images drawn
     from the old prompts: each image is keyed by its own prompt text and seed."""
