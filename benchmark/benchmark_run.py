@@ -104,7 +104,18 @@ class BenchmarkRun:
         if record_file.is_file():
             self._check_record(record_file)
         else:
+            self._require_unclaimed_empty()
             atomic_write_json(record_file, self.record())
+
+    def _require_unclaimed_empty(self) -> None:
+        """Refuse a run folder with no ``run.json`` that is not empty: a run writes ``results.json``,
+        ``results.html``, ``images/``, ``methods/``, ``models/`` and ``scores/`` into its folder, so a
+        lab's folder named by ``--runs``/``--name`` had its own files of those names replaced or mixed
+        with the run's. Hidden files (a lock, a killed writer's temporaries) do not count."""
+        held = sorted(p.name for p in self.root.iterdir() if not p.name.startswith("."))
+        if held and not (self.root / "run.json").is_file():
+            raise FolderClaimError(f"{self.root}: a folder no benchmark run claimed (no run.json), and not empty (it holds {held[0]}); "
+                                   "a run writes results.json, images/, methods/, models/ and scores/ there: use another --name or --runs")
 
     def _check_record(self, record_file: Path) -> None:
         """Refuse ``record_file`` unless it records what this run is given, in :data:`CLAIMED` (a
@@ -166,6 +177,7 @@ class BenchmarkRun:
             raise ValueError(f"--runs {self.runs_root}: cannot make the run folder {self.root} ({e.strerror or e})") from None
         if (self.root / "run.json").is_file():
             self._check_record(self.root / "run.json")
+        self._require_unclaimed_empty()
         earlier = self._earlier_results()
         self._check_same_base(earlier.get("base"))
         self.timings = {**dict(earlier.get("timings", {})), **self.timings}

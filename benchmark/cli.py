@@ -15,7 +15,7 @@ from benchmark.process_exit import exit_past_leftovers, last_words, stdout_close
 from benchmark.quiet_libraries import quiet_libraries
 from implicit_concept.bounded_reads import file_kind
 from implicit_concept.disk_space import out_of_space, space_message
-from implicit_concept.files import atomic_write_json
+from implicit_concept.files import atomic_write_json, within
 from implicit_concept.json_records import finite_json
 from implicit_concept.provenance import version
 from implicit_concept.worker_processes import STOP_SIGNALS, interrupts, stopped_by
@@ -30,6 +30,7 @@ def _build(args: argparse.Namespace) -> int:
     if args.screen_detector:
         recipe = with_screen_detector(recipe, args.screen_detector)
     out = Path(args.out or Path("data") / recipe.name)
+    _check_json_apart(args.json, out, "the dataset folder it builds")
     report = build_dataset(
         recipe, out, workers=args.workers, progress=not args.quiet,
         distributor=args.distributor, ray_address=args.ray_address,
@@ -54,6 +55,7 @@ def _recipe_name(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from builders.verify import verify_dataset
 
+    _check_json_apart(args.json, Path(args.dir), "the dataset folder it verifies")
     report = verify_dataset(Path(args.dir), progress=not args.quiet)
     for problem in report.problems:
         print(problem, file=sys.stderr)
@@ -108,7 +110,10 @@ def _score(args: argparse.Namespace) -> int:
     from implicit_concept.detector.inference import Detector
     from implicit_concept.scoring import ScoreConfig, score_images
 
-    detector = Detector.load(args.detector or _published_detector("tiny"))
+    detector_path = Path(args.detector or _published_detector("tiny"))
+    _check_json_apart(args.json, Path(args.dir), "the images it scores")
+    _check_json_apart(args.json, detector_path if detector_path.is_dir() else detector_path.parent, "the detector's folder")
+    detector = Detector.load(detector_path)
     report = score_images(args.dir, detector, ScoreConfig(conf=args.conf), clean=args.clean, progress=not args.quiet)
     if args.json == "-":
         return 0 if _json_result("-", report.to_json()) else 1
@@ -278,6 +283,15 @@ def _json_result(dest: str | None, result: dict) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, result)
     return False
+
+
+def _check_json_apart(dest: str | None, folder: Path, what: str) -> None:
+    """Refuse a ``--json`` file inside a folder the command builds or reads (a dataset, a detector):
+    written there, it replaced the folder's own record (``recipe.json``, ``detector.json``), or was
+    found as a stray file of it."""
+    if dest not in (None, "-") and within(Path(dest).parent, folder):
+        raise ValueError(f"--json {Path(dest).resolve()}: lies inside {what}, {Path(folder).resolve()}, which it would change; "
+                         "write it outside")
 
 
 def json_destination(text: str) -> str:

@@ -32,7 +32,7 @@ from builders.recipe import recipe_name
 from implicit_concept.content_hashes import folder_sha256, sha256_file
 from implicit_concept.detector.inference import Detector
 from implicit_concept.file_locks import locked
-from implicit_concept.files import atomic_write_json, atomic_write_text, within
+from implicit_concept.files import atomic_write_json, atomic_write_text, foreign_output, within
 from implicit_concept.geom_erasing.location_tokens import tokens_not_held
 from implicit_concept.geom_erasing.training_target import METADATA_FILE, negative_prompt_for
 from implicit_concept.image_decode import open_image
@@ -204,7 +204,13 @@ def score_pipeline(
 def _held(out: Path) -> Iterator[None]:
     """``out`` for this process alone while it draws and scores: a second scoring into it (another
     pipeline's, a rerun started twice) would remove the first one's images as stale and draw its own
-    among them, and the first would score a mixture under its own pipeline's name."""
+    among them, and the first would score a mixture under its own pipeline's name. A lab's own
+    files of :data:`OUT_FILES`' names there are refused, not replaced (:func:`foreign_output`)."""
+    if os.path.lexists(out) and not out.is_dir():
+        raise ValueError(f"--out {out}: a file, not a folder; name a folder for {', '.join(OUT_FILES)}")
+    theirs = foreign_output(out, OUT_FILES)
+    if theirs:
+        raise ValueError(f"--out {out}: holds {theirs}, which scoring would replace or remove; move it away or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     with locked(out, wait=False, refusal="wait for it to finish or choose another --out", inside=True):
         yield

@@ -203,9 +203,11 @@ def _not_ours(path: Path, old: Any) -> str | None:
     """Why ``path`` is not a record drawing wrote (so the PNGs beside it are not known to be drawn
     here), or None: absent, or a record drawing wrote (stale or not; one from before images were
     keyed one by one holds no ``images``). Drawing writes it whole (renamed into place), so a
-    damaged one is not drawing's."""
+    damaged one is not drawing's, nor is a link (to a record elsewhere: replacing it lost the link)."""
     if not os.path.lexists(path):
         return None
+    if path.is_symlink():
+        return "a symbolic link"
     if not isinstance(old, dict):
         return "not a JSON object"
     if set(old) - {"images"} != _RECORD_FIELDS or not isinstance(old.get("images", {}), dict):

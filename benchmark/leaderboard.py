@@ -28,7 +28,7 @@ from benchmark.results_file import check_results, is_ratio, read_results
 from benchmark.results_page import STYLE, markdown_html
 from implicit_concept.content_hashes import sha256_file
 from implicit_concept.file_locks import locked
-from implicit_concept.files import atomic_write_text, within
+from implicit_concept.files import atomic_write_text, foreign_output, within
 from implicit_concept.json_records import read_json_object
 from implicit_concept.provenance import version
 
@@ -370,18 +370,25 @@ def _check_each_once(run_dirs: list[Path]) -> None:
         first[real] = Path(folder)
 
 
+#: What :func:`write_leaderboard` writes into its ``--out``.
+PAGES = ("leaderboard.md", "leaderboard.html")
+
+
 def write_leaderboard(run_dirs: list[Path], out: Path) -> Leaderboard:
     """Write ``leaderboard.md`` and ``leaderboard.html`` into ``out``, holding it: two boards written
     into one folder at once would leave the page of one beside the Markdown of the other."""
     out = Path(out)
     _check_out_apart(out, run_dirs)
     board = leaderboard(run_dirs)
+    theirs = foreign_output(out, PAGES)
+    if theirs:
+        raise ValueError(f"--out {out}: holds {theirs}, which the leaderboard would replace; move it away or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     with locked(out, wait=False, refusal="wait for it to finish or choose another --out", inside=True):
-        atomic_write_text(out / "leaderboard.md", board.markdown)
+        atomic_write_text(out / PAGES[0], board.markdown)
         page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Leaderboard</title><style>{STYLE}</style>"
                 f"</head><body>{markdown_html(board.markdown)}</body></html>\n")
-        atomic_write_text(out / "leaderboard.html", page)
+        atomic_write_text(out / PAGES[1], page)
     return board
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from implicit_concept.disk_space import naming, out_of_space
+from implicit_concept.file_locks import LOCK_NAME
 from implicit_concept.json_records import json_differences, json_text, read_json_object, shown_differences
 
 
@@ -106,6 +107,23 @@ def check_apart(out: Path, option: str, inputs: dict[str, Any]) -> None:
         if isinstance(value, (str, Path)) and (within(out, value) or within(value, out)):
             raise ValueError(f"{option} {Path(out).resolve()}: overlaps {name} {Path(value).resolve()}; "
                              "write it to a folder apart from its inputs")
+
+
+def foreign_output(folder: Path, names: Sequence[str]) -> str | None:
+    """The first of ``names`` in ``folder`` that the command writing them there did not write, as
+    "NAME (why)"; None if there is none. Such a command replaces or removes them while it holds
+    ``folder`` (its lock file inside, kept after), and writes plain files: one in a folder it never
+    held is a lab's own (another tool's, its notes), and a link is never its own (replacing it
+    loses the link). Checked before the folder is held, as holding it leaves the lock file."""
+    folder = Path(folder)
+    held_before = (folder / LOCK_NAME).is_file()
+    for name in names:
+        path = folder / name
+        if path.is_symlink():
+            return f"{name} (a symbolic link)"
+        if path.exists() and not held_before:
+            return f"{name} (in a folder this command never wrote to)"
+    return None
 
 
 @contextmanager

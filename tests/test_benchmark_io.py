@@ -206,6 +206,21 @@ def test_images_beside_a_source_json_drawing_did_not_write_are_never_replaced(tm
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == {"source.json": kept["source.json"]}
 
 
+def test_a_source_json_that_is_a_link_to_a_record_elsewhere_is_refused_and_kept(tmp_path):
+    """images/source.json linked to another folder's record (a lab sharing one): read as drawing's,
+    and replaced by a file when drawing added an image, so the link was lost."""
+    calls: list = []
+    generate_images(_fake_generate(calls), [Prompt(0, "p0", 10)], tmp_path / "elsewhere", progress=False, source={"model": "a"})
+    record = (tmp_path / "elsewhere" / "source.json").read_bytes()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "source.json").symlink_to(tmp_path / "elsewhere" / "source.json")
+    with pytest.raises(ValueError, match=r"source.json: not the record drawing writes \(a symbolic link\), which drawing would replace"):
+        generate_images(_fake_generate(calls), [Prompt(0, "p0", 10), Prompt(1, "p1", 11)], folder, progress=False, source={"model": "a"})
+    assert (folder / "source.json").is_symlink() and (tmp_path / "elsewhere" / "source.json").read_bytes() == record
+    assert sorted(p.name for p in folder.iterdir()) == ["source.json"]
+
+
 def test_an_image_is_reused_only_for_the_same_prompt_text_and_seed(tmp_path):
     """A prompts file edited in place (same case numbers, same model) must not reuse images drawn
     from the old prompts: each image is keyed by its own prompt text and seed."""
@@ -332,6 +347,41 @@ def test_adding_a_method_to_a_run_keeps_the_stage_timings_of_its_earlier_invocat
     BenchmarkRun(track=load_track("debug"), name="r", runs_root=tmp_path).check_start()
     fresh = {"method": "sd", "concept": "qrcode", "subset": "icd-qrcode"}
     assert _union(tmp_path / "r" / "results.json", [fresh]) == [older, fresh]
+
+
+@pytest.mark.parametrize("held", ["results.json", "images", "models", "notes.md", "link-to-a-file-elsewhere"])
+def test_a_run_folder_no_run_claimed_that_is_not_empty_is_refused_before_anything_is_written(tmp_path, held):
+    """A lab's folder named by --runs/--name (its own results.json, images/, models/, notes) was
+    claimed as a run: run.json written into it, then the run's files beside and over the lab's."""
+    from benchmark.benchmark_run import BenchmarkRun
+    from benchmark.track import load_track
+    from implicit_concept.files import FolderClaimError
+
+    lab = tmp_path / "r"
+    lab.mkdir()
+    (tmp_path / "elsewhere.json").write_text("{}")
+    if held == "link-to-a-file-elsewhere":
+        (lab / "results.json").symlink_to(tmp_path / "elsewhere.json")
+    elif "." in held:
+        (lab / held).write_text('{"another tool": 1}')
+    else:
+        (lab / held).mkdir()
+        (lab / held / "a.png").write_bytes(b"the lab's image")
+    listing = sorted(p.relative_to(lab) for p in lab.rglob("*"))
+    run = BenchmarkRun(track=load_track("debug"), name="r", runs_root=tmp_path)
+    for start in (run.check_start, run.claim):  # claim: the same refusal, holding the folder, for a folder filled since
+        with pytest.raises(FolderClaimError, match=rf"^{re.escape(str(lab))}: a folder no benchmark run claimed \(no run.json\), "
+                                                   r"and not empty \(it holds .*\); .*use another --name or --runs$"):
+            start()
+    assert sorted(p.relative_to(lab) for p in lab.rglob("*")) == listing
+    assert (tmp_path / "elsewhere.json").read_text() == "{}"
+    empty = BenchmarkRun(track=load_track("debug"), name="new", runs_root=tmp_path)
+    empty.check_start()
+    (tmp_path / "new" / ".implicit-concept.lock").write_text("")  # as the run holding it leaves it
+    empty.claim()
+    (tmp_path / "new" / "results.html").write_text("the run's own page")
+    empty.check_start()
+    empty.claim()
 
 
 def test_report_shows_seeds_the_named_base_model_removal_and_which_evaluator():
@@ -993,6 +1043,55 @@ def test_score_images_writes_and_removes_its_unreadable_list_only_while_it_holds
             external.score_image_folder(folder, out, judging)
     assert (out / "unreadable.txt").read_text() == "the first command's list\n"
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["unreadable.txt"]
+
+
+@pytest.mark.parametrize("name", ["scores.json", "summary.json", "unreadable.txt"])
+@pytest.mark.parametrize("kind", ["another-tools", "link-to-a-file-elsewhere"])
+@pytest.mark.parametrize("broken", [0, 2], ids=["readable", "a-few-unreadable"])
+def test_score_out_files_scoring_did_not_write_are_refused_and_kept(tmp_path, monkeypatch, name, kind, broken):
+    """A lab's folder named as score-images' (or score-pipeline's) --out lost its own scores.json or
+    summary.json (replaced) and unreadable.txt (removed), or had a link of those names replaced by a
+    file; scoring's own, in a folder it held before, are still replaced on a rerun."""
+    from benchmark import external
+
+    monkeypatch.setattr(external, "score_generated", lambda paths, prompts, *a: (_FakeReport(), {"qrcode": {"icr": len(paths)}}))
+    judging = _judging(tmp_path, num_prompts=8)
+    prompts = judging.prompts()
+    folder = _folder(tmp_path / "images", prompts, 1)
+    for p in prompts[:broken]:
+        (folder / f"{p.case_number}_0.png").write_text("not an image")
+    out = tmp_path / "lab"
+    out.mkdir()
+    (out / "notes.md").write_text("the lab's notes\n")
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("the lab's file elsewhere\n")
+    if kind == "link-to-a-file-elsewhere":
+        (out / name).symlink_to(elsewhere)
+    else:
+        (out / name).write_text("the lab's own, another tool's\n")
+    before = {p.name: (p.is_symlink(), p.read_bytes()) for p in out.iterdir()}
+    with pytest.raises(ValueError, match=rf"^--out {re.escape(str(out))}: holds {re.escape(name)} \(.*\), which scoring would replace or remove; "):
+        external.score_image_folder(folder, out, judging)
+    assert {p.name: (p.is_symlink(), p.read_bytes()) for p in out.iterdir() if not p.name.startswith(".")} == before
+    assert elsewhere.read_text() == "the lab's file elsewhere\n"
+
+
+def test_score_out_that_is_a_file_is_refused_and_kept_and_a_rerun_replaces_scorings_own(tmp_path, monkeypatch):
+    from benchmark import external
+
+    monkeypatch.setattr(external, "score_generated", lambda paths, prompts, *a: (_FakeReport(), {"qrcode": {"icr": len(paths)}}))
+    judging = _judging(tmp_path, num_prompts=8)
+    folder = _folder(tmp_path / "images", judging.prompts(), 1)
+    (tmp_path / "file").write_text("the lab's file\n")
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    for out in (tmp_path / "file", tmp_path / "link"):
+        with pytest.raises(ValueError, match=rf"^--out {re.escape(str(out))}: a file, not a folder; name a folder"):
+            external.score_image_folder(folder, out, judging)
+    assert (tmp_path / "file").read_text() == "the lab's file\n" and (tmp_path / "link").is_symlink()
+    external.score_image_folder(folder, tmp_path / "out", judging)
+    (tmp_path / "out" / "unreadable.txt").write_text("an earlier attempt's list\n")  # as a failed attempt leaves it
+    external.score_image_folder(folder, tmp_path / "out", judging)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["scores.json", "summary.json"]
 
 
 def test_a_folder_of_images_whose_name_holds_a_brace_is_a_folder_not_a_shard_pattern(tmp_path):

@@ -318,6 +318,48 @@ def test_build_and_verify_give_their_numbers_as_json_for_scripts(tmp_path, capsy
     assert failed["ok"] is False and str(missing) in failed["problems"][0] and str(missing) in captured.err
 
 
+@pytest.mark.parametrize("command", ["build", "verify"])
+@pytest.mark.parametrize("name", ["recipe.json", "train/icd-debug-train-000000_stats.json", "report.json"])
+def test_a_json_file_inside_the_dataset_is_refused_before_any_work_and_the_dataset_kept(tmp_path, capsys, command, name):
+    """``--json DATA/recipe.json`` replaced the build's own record with the command's numbers (the
+    dataset was no longer a build), and any other --json inside the dataset became a stray file of it."""
+    from benchmark.cli import main
+
+    data = tmp_path / "icd-debug"
+    (data / "train").mkdir(parents=True)
+    (data / "recipe.json").write_text('{"the build\'s": "record"}')
+    (data / "train" / "icd-debug-train-000000_stats.json").write_text("{}")
+    listing = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    argv = ["build", "icd-debug", "--out", str(data)] if command == "build" else ["verify", str(data)]
+    assert main(argv + ["--quiet", "--json", str(data / name)]) == 2
+    assert capsys.readouterr().err.strip() == (f"implicit-concept {command}: error: --json {data / name}: lies inside the dataset "
+                                               f"folder it {command.replace('fy', 'fie')}s, {data}, which it would change; write it outside")
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == listing
+
+
+def test_score_json_inside_the_images_it_scores_or_the_detectors_folder_is_refused_and_both_kept(tmp_path, capsys):
+    """``score IMAGES --json IMAGES/photo.json`` replaced the lab's file of that name among the images
+    (and ``--json DETECTOR/detector.json`` would replace the detector's own record)."""
+    from benchmark.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (64, 64)).save(images / "photo.png")
+    (images / "photo.json").write_text('{"the lab\'s": "labels"}')
+    detector = tmp_path / "det"
+    detector.mkdir()
+    (detector / "detector.json").write_text('{"a detector\'s": "record"}')
+    listing = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert main(["score", str(images), "--quiet", "--json", str(images / "photo.json")]) == 2  # the published detector
+    assert f"--json {images / 'photo.json'}: lies inside the images it scores" in capsys.readouterr().err
+    for dest, what, folder in ((images / "photo.json", "the images it scores", images),
+                               (detector / "detector.json", "the detector's folder", detector)):
+        assert main(["score", str(images), "--detector", str(detector), "--quiet", "--json", str(dest)]) == 2
+        assert capsys.readouterr().err.strip() == (f"implicit-concept score: error: --json {dest}: lies inside {what}, {folder}, "
+                                                   "which it would change; write it outside")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == listing
+
+
 @pytest.mark.parametrize("command", [["verify", "d"], ["build", "icd-debug", "--out", "o"], ["score", "images"]])
 def test_a_json_file_that_is_a_folder_is_refused_before_any_work(tmp_path, capsys, command, monkeypatch):
     from benchmark.cli import main

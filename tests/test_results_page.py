@@ -116,6 +116,35 @@ def test_the_leaderboard_ranks_comparable_runs_and_says_when_runs_do_not_compare
     assert printed.startswith((tmp_path / "lb" / "leaderboard.md").read_text())  # the table on stdout, then where it is
 
 
+@pytest.mark.parametrize("name", ["leaderboard.md", "leaderboard.html"])
+@pytest.mark.parametrize("kind", ["another-tools", "link-to-a-file-elsewhere"])
+def test_leaderboard_out_pages_it_did_not_write_are_refused_and_kept(tmp_path, capsys, name, kind):
+    """A lab's folder named as the leaderboard's --out had its own leaderboard.md (its hand-kept
+    board) or .html replaced, or a link of that name replaced by a file; the board's own pages, in a
+    folder it wrote before, are replaced on a rerun."""
+    run = fake_run(tmp_path / "a")
+    out = tmp_path / "lab"
+    out.mkdir()
+    (out / "notes.md").write_text("the lab's notes\n")
+    elsewhere = tmp_path / "elsewhere.md"
+    elsewhere.write_text("the lab's board\n")
+    if kind == "link-to-a-file-elsewhere":
+        (out / name).symlink_to(elsewhere)
+    else:
+        (out / name).write_text("the lab's board\n")
+    before = {p.name: (p.is_symlink(), p.read_bytes()) for p in out.iterdir()}
+    assert main(["leaderboard", str(run), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (f"implicit-concept leaderboard: error: --out {out}: holds {name} ("
+                                               f"{'a symbolic link' if kind != 'another-tools' else 'in a folder this command never wrote to'}"
+                                               "), which the leaderboard would replace; move it away or choose another --out")
+    assert {p.name: (p.is_symlink(), p.read_bytes()) for p in out.iterdir()} == before
+    assert elsewhere.read_text() == "the lab's board\n"
+    assert main(["leaderboard", str(run), "--out", str(tmp_path / "board")]) == 0
+    (tmp_path / "board" / name).write_text("an earlier board\n")
+    assert main(["leaderboard", str(run), "--out", str(tmp_path / "board")]) == 0
+    assert "an earlier board" not in (tmp_path / "board" / name).read_text()
+
+
 def _row(r, method="sd", concept="qrcode", **fields):
     """``r`` with the fields of one row replaced."""
     rows = [{**row, **fields} if (row["method"], row["concept"]) == (method, concept) else row for row in r["rows"]]
