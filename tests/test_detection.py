@@ -331,6 +331,10 @@ def test_detector_training_refuses_a_folder_it_did_not_make_before_it_removes_an
                                          rf"\(it holds {held.split('/')[0]}\)"):
         training.train_detector(shards, lab, load_scale("debug"))
     assert (lab / held).read_bytes() == b"a lab's own file" and not (lab / "dataset").exists()
+    (lab / "detector.json").write_text('{"tool": "another trainer"}')  # a record of that name training did not write
+    with pytest.raises(ValueError, match=r"a folder detector training did not make"):
+        training.train_detector(shards, lab, load_scale("debug"))
+    assert (lab / held).read_bytes() == b"a lab's own file"
 
     class Started(Exception):
         pass

@@ -38,7 +38,7 @@ from implicit_concept.detector.calibration import calibrate_thresholds
 from implicit_concept.detector.export import DEFAULT_VALIDATION_SHARE, DetectionDataset, export_detection_dataset, in_validation, is_export
 from implicit_concept.detector.image_sets import ImageSet, ImageSetDigest, ImageSetError, named_images, pixel_sha256, write_backgrounds
 from implicit_concept.detector.inference import Detector, model_config
-from implicit_concept.detector.weights import DEFAULT_CONF, WEIGHTS_NAME, is_model_yaml, model_yaml, record_path, weights_state, write_detector
+from implicit_concept.detector.weights import DEFAULT_CONF, WEIGHTS_NAME, DetectorError, DetectorRecord, is_model_yaml, model_yaml, record_path, weights_state, write_detector
 from implicit_concept.detector.yolo_env import import_ultralytics, info_hidden
 from implicit_concept.file_locks import locked
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_apart
@@ -195,9 +195,22 @@ def _require_own_folder(out_dir: Path) -> None:
     ``backgrounds/`` in it, so a lab's experiments folder named as ``--out`` lost its own. Hidden
     files (a lock, a killed writer's temporaries) do not count."""
     held = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
-    if held and not is_export(out_dir / "dataset") and not record_path(out_dir / WEIGHTS_NAME).is_file():
+    if held and not is_export(out_dir / "dataset") and not _holds_detector_record(out_dir):
         raise ValueError(f"detector --out {out_dir}: a folder detector training did not make, and not empty (it holds {held[0]}); "
                          "training replaces train/, val/, test/ and backgrounds/ in its folder: name a new or empty one")
+
+
+def _holds_detector_record(folder: Path) -> bool:
+    """Whether ``folder`` holds a detector record training wrote: a file of that name another tool
+    wrote, one damaged, or a link to one elsewhere says nothing of the folders beside it."""
+    record = record_path(folder / WEIGHTS_NAME)
+    if record.is_symlink() or not record.is_file():
+        return False
+    try:
+        DetectorRecord.read(record)
+    except DetectorError:
+        return False
+    return True
 
 
 def _train_detector(shards: Path, out_dir: Path, scale: DetectorScale, backgrounds: ImageSet | None,
