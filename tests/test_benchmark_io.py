@@ -1021,6 +1021,20 @@ def test_score_images_names_every_unreadable_image_and_reports_the_images_it_did
     assert plain["inputs"]["not_scored"] == {"count": 0, "images": []}
 
 
+def _scored_folder(tmp_path, monkeypatch, broken: int):
+    """The track's judging and a folder of one image per prompt, its first ``broken`` unreadable;
+    scoring faked (what it writes is the point, not its numbers)."""
+    from benchmark import external
+
+    monkeypatch.setattr(external, "score_generated", lambda paths, prompts, *a: (_FakeReport(), {"qrcode": {"icr": len(paths)}}))
+    judging = _judging(tmp_path, num_prompts=8)
+    prompts = judging.prompts()
+    folder = _folder(tmp_path / "images", prompts, 1)
+    for p in prompts[:broken]:
+        (folder / f"{p.case_number}_0.png").write_text("not an image")
+    return judging, folder
+
+
 @pytest.mark.parametrize("broken", [0, 2, 7], ids=["readable", "a-few-unreadable", "many-unreadable"])
 def test_score_images_writes_and_removes_its_unreadable_list_only_while_it_holds_the_output_folder(tmp_path, monkeypatch, broken):
     """score-images removed an earlier unreadable.txt, or wrote its own, in --out before taking that
@@ -1029,12 +1043,7 @@ def test_score_images_writes_and_removes_its_unreadable_list_only_while_it_holds
     from benchmark import external
     from implicit_concept.file_locks import locked
 
-    monkeypatch.setattr(external, "score_generated", lambda paths, prompts, *a: (_FakeReport(), {"qrcode": {"icr": len(paths)}}))
-    judging = _judging(tmp_path, num_prompts=8)
-    prompts = judging.prompts()
-    folder = _folder(tmp_path / "images", prompts, 1)
-    for p in prompts[:broken]:
-        (folder / f"{p.case_number}_0.png").write_text("not an image")
+    judging, folder = _scored_folder(tmp_path, monkeypatch, broken)
     out = tmp_path / "out"
     out.mkdir()
     (out / "unreadable.txt").write_text("the first command's list\n")
@@ -1054,12 +1063,7 @@ def test_score_out_files_scoring_did_not_write_are_refused_and_kept(tmp_path, mo
     file; scoring's own, in a folder it held before, are still replaced on a rerun."""
     from benchmark import external
 
-    monkeypatch.setattr(external, "score_generated", lambda paths, prompts, *a: (_FakeReport(), {"qrcode": {"icr": len(paths)}}))
-    judging = _judging(tmp_path, num_prompts=8)
-    prompts = judging.prompts()
-    folder = _folder(tmp_path / "images", prompts, 1)
-    for p in prompts[:broken]:
-        (folder / f"{p.case_number}_0.png").write_text("not an image")
+    judging, folder = _scored_folder(tmp_path, monkeypatch, broken)
     out = tmp_path / "lab"
     out.mkdir()
     (out / "notes.md").write_text("the lab's notes\n")
