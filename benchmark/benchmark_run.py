@@ -18,7 +18,7 @@ from builders.sources import make_source
 from implicit_concept.content_hashes import sha256_file
 from implicit_concept.detector.inference import Detector
 from implicit_concept.detector.weights import weights_path
-from implicit_concept.files import FolderClaimError, atomic_write_json, check_apart
+from implicit_concept.files import FolderClaimError, atomic_write_json, check_apart, visible_entries
 from implicit_concept.json_records import json_differences, read_json_object, shown_differences
 from implicit_concept.validate import check_folder_name
 
@@ -112,7 +112,7 @@ class BenchmarkRun:
         ``results.html``, ``images/``, ``methods/``, ``models/`` and ``scores/`` into its folder, so a
         lab's folder named by ``--runs``/``--name`` had its own files of those names replaced or mixed
         with the run's. Hidden files (a lock, a killed writer's temporaries) do not count."""
-        held = sorted(p.name for p in self.root.iterdir() if not p.name.startswith("."))
+        held = visible_entries(self.root)
         if held and not (self.root / "run.json").is_file():
             raise FolderClaimError(f"{self.root}: a folder no benchmark run claimed (no run.json), and not empty (it holds {held[0]}); "
                                    "a run writes results.json, images/, methods/, models/ and scores/ there: use another --name or --runs")

@@ -34,7 +34,7 @@ from builders.shard_table import SCHEMA, parquet_bytes, table_metadata
 from builders.source_screen import detector_fingerprint
 from implicit_concept.disk_space import space_message
 from implicit_concept.file_locks import locked
-from implicit_concept.files import TEMPORARY_MARK, FolderClaimError, atomic_write_bytes, atomic_write_json, claim, within
+from implicit_concept.files import TEMPORARY_MARK, FolderClaimError, atomic_write_bytes, atomic_write_json, claim, visible_entries, within
 from implicit_concept.json_records import MISSING, json_changes, read_json_object
 from implicit_concept.provenance import environment
 
@@ -280,7 +280,7 @@ def _check_is_build(out: Path) -> dict[str, Any] | None:
                              f"implicit-concept; choose another {OUT}")
         return previous
     # What a build writes before its record: nothing but hidden temporaries and locks.
-    others = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    others = visible_entries(out)
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise BuildError(f"{out}: exists, is not empty ({shown}) and is not a build of implicit-concept (no {RECIPE_RECORD}); "

@@ -100,6 +100,13 @@ def within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def visible_entries(folder: Path) -> list[str]:
+    """The names in ``folder`` that are not hidden, sorted: what makes an output folder "not empty"
+    to a command deciding whether it may write there (its lock and a killed writer's temporaries,
+    both hidden, do not count)."""
+    return sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("."))
+
+
 def check_apart(out: Path, option: str, inputs: dict[str, Any]) -> None:
     """Refuse an output folder that is, holds or lies inside one of ``inputs`` (name -> path; other
     values, such as in-memory images, are skipped): writing or replacing it would destroy what it reads."""

@@ -28,7 +28,7 @@ from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.content_hashes import folder_sha256, sha256_file
 from implicit_concept.files import atomic_dir, check_apart, remove_dead_writers_temporaries
 from implicit_concept.image_decode import decode_rgb, open_image
-from implicit_concept.json_records import json_text
+from implicit_concept.json_records import json_text, read_json_object
 from implicit_concept.progress import progress_bar
 from implicit_concept.provenance import environment
 from implicit_concept.sample import SampleMeta, key_hash
@@ -151,10 +151,9 @@ def is_export(folder: Path) -> bool:
 def _read_marker(path: Path) -> dict[str, Any]:
     """The marker's record, or {} where there is none to read (absent, damaged, not an object)."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        return read_json_object(path)
     except (OSError, ValueError):
         return {}
-    return record if isinstance(record, dict) else {}
 
 
 def _dataset(root: Path, marker: dict[str, Any]) -> DetectionDataset:

@@ -41,7 +41,7 @@ from implicit_concept.detector.inference import Detector, model_config
 from implicit_concept.detector.weights import DEFAULT_CONF, WEIGHTS_NAME, DetectorError, DetectorRecord, is_model_yaml, model_yaml, record_path, weights_state, write_detector
 from implicit_concept.detector.yolo_env import import_ultralytics, info_hidden
 from implicit_concept.file_locks import locked
-from implicit_concept.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_apart
+from implicit_concept.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_apart, visible_entries
 from implicit_concept.provenance import environment
 from implicit_concept.scoring import (
     CLEAN_REFERENCE_NAME,
@@ -194,7 +194,7 @@ def _require_own_folder(out_dir: Path) -> None:
     nor its detector record is there): training replaces ``train/``, ``val/``, ``test/`` and
     ``backgrounds/`` in it, so a lab's experiments folder named as ``--out`` lost its own. Hidden
     files (a lock, a killed writer's temporaries) do not count."""
-    held = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
+    held = visible_entries(out_dir)
     if held and not is_export(out_dir / "dataset") and not _holds_detector_record(out_dir):
         raise ValueError(f"detector --out {out_dir}: a folder detector training did not make, and not empty (it holds {held[0]}); "
                          "training replaces train/, val/, test/ and backgrounds/ in its folder: name a new or empty one")
