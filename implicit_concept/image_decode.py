@@ -39,6 +39,8 @@ import functools
 import io
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import BinaryIO
 
 import numpy as np
@@ -85,10 +87,9 @@ def open_image(raw: bytes | BinaryIO | Image.Image) -> Image.Image:
     try:
         raw = screen_structure(raw, head)
         jpeg = head.startswith(b"\xff\xd8\xff")
-        with warnings.catch_warnings():
-            # A baseline JPEG decodes from a draft (an eighth of each side at most): check_pixels
-            # caps what is decoded, so a 108 MP phone photo is not refused as a bomb at open.
-            warnings.simplefilter("ignore" if jpeg else "error", Image.DecompressionBombWarning)
+        # A baseline JPEG decodes from a draft (an eighth of each side at most): check_pixels caps
+        # what is decoded, so a 108 MP phone photo is not refused as a bomb at open.
+        with _pillow_warnings(bombs="ignore" if jpeg else "error"):
             image = Image.open(raw, formats=FORMATS)
         if jpeg and image.info.get("progressive") and image.width * image.height > PILLOW_MAX_PIXELS:
             raise SampleError("too_large", f"a progressive JPEG of {image.width}x{image.height} pixels > {PILLOW_MAX_PIXELS}: "
@@ -136,7 +137,20 @@ def decode_rgb(image: Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS, 
     if max_pixels is not None:
         check_pixels(image, max_pixels)
     _load(image)
-    return _to_rgb(_orient(image) if orient else image, _zero_is_white(image))
+    with _pillow_warnings():
+        return _to_rgb(_orient(image) if orient else image, _zero_is_white(image))
+
+
+@contextmanager
+def _pillow_warnings(bombs: str = "error") -> Iterator[None]:
+    """Pillow's warnings ruled here, not by the process's filters: a decompression bomb's is
+    ``bombs`` ("error": refused), every other one (a broken EXIF block, a truncated tag) is ignored.
+    Under ``-W error`` a photo with a broken EXIF block was refused, so one source built two
+    datasets; under the default each such photo printed a line to stderr."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter(bombs, Image.DecompressionBombWarning)
+        yield
 
 
 def _seekable(raw: bytes | BinaryIO) -> BinaryIO:
@@ -155,8 +169,7 @@ def _load(image: Image.Image) -> None:
         raise SampleError("unsupported_format", _not_read(image.format))  # opened by a caller, not by open_image
     source = image.fp if image.format == "PNG" else None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _pillow_warnings():
             low = _low_bytes(image)
             drawn = _gif_frame(image)
             image.load()

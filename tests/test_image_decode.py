@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import struct
 import subprocess
+import warnings
 import zlib
 
 import numpy as np
@@ -519,6 +520,27 @@ def test_an_orientation_in_xmp_alone_is_not_applied_as_browsers_do_not(fmt):
     exif = Image.Exif()
     exif[0x0112] = 6
     assert decode_rgb(open_image(encode(image, fmt, exif=exif, **options))).size == (8, 16)
+
+
+@pytest.mark.parametrize("process_filter", ["error", "always", "ignore"])
+def test_pillows_warnings_are_ruled_by_the_decoder_not_by_the_process(process_filter, monkeypatch):
+    """An EXIF block cut short makes Pillow warn: under ``-W error`` the JPEG was refused as
+    truncated (so one source built two datasets), under the default each printed a stderr line. The
+    picture decodes the same under any filter, nothing escapes, and a bomb is refused under any."""
+    image = Image.new("RGB", (16, 8), (200, 100, 50))
+    exif = Image.Exif()
+    exif[0x010E] = "a description of fifty bytes, cut short by a tool."
+    cut = exif.tobytes()[:-20]
+    for fmt, options in (("JPEG", {"quality": 100}), ("PNG", {}), ("WEBP", {"lossless": True})):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter(process_filter)
+            decoded = pixels(encode(image, fmt, exif=cut, **options))
+        assert np.array_equal(decoded, pixels(encode(image, fmt, **options))), fmt
+        assert [str(w.message) for w in caught] == [], fmt
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter(process_filter)
+        assert refusal(encode(Image.new("RGB", (12, 12)), "PNG")).reason == "too_large"
 
 
 @pytest.mark.parametrize(("pad", "managed"), [(100 << 10, True), (image_decode.MAX_PROFILE_BYTES, False)], ids=["large", "too_large"])
