@@ -172,6 +172,18 @@ def test_the_committed_reference_report_is_what_the_code_makes_of_its_results(tm
     assert leaderboard([REFERENCE, copy]).differences == []
 
 
+def test_the_readmes_tiny_track_table_is_the_reference_runs():
+    """Every row of the README's tiny-track table is a line of the reference run's results.md, and
+    every method the run has is a row: a number edited by hand, or a rerun not copied in, fails."""
+    readme = (REFERENCE.parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## The tiny track\n")[1].split("\n## ")[0]
+    table = section[section.index("\n| method |"):].split("\n\n")[0].splitlines()[3:]
+    reference = (REFERENCE / "results.md").read_text(encoding="utf-8").splitlines()
+    assert [row for row in table if row not in reference] == []
+    shown = {row.split(" | ")[0].removeprefix("| ").removesuffix(" (3 seeds)") for row in table}
+    assert set(read_results(REFERENCE)["config"]["track"]["methods"]) <= shown
+
+
 def test_paper_numbers_name_their_table_and_the_ablation_is_its_own_table():
     rows = [{"concept": "watermark", "method": m, "status": "ok", "icr": {"value": v, "ci": [v, v]}}
             for m, v in (("sd", 0.3), ("ge-name", 0.2), ("ge-geometry", 0.1), ("ge-full", 0.05), ("oracle", 0.04))]
