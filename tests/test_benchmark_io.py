@@ -183,8 +183,8 @@ def test_images_of_another_model_are_made_anew(tmp_path):
 
 
 @pytest.mark.parametrize("text", ["{", "null", "[]", '{"tool": "theirs", "images": {"0_0.png": "x"}}',
-                                  '{"model": "a", "negative_prompt": "", "settings": {}, "images": []}'],
-                         ids=["damaged", "null", "a-list", "another-tools", "images-not-an-object"])
+                                  '{"model": "a", "negative_prompt": "", "settings": {}, "images": []}', '{"model": "a", "settings": {}}'],
+                         ids=["damaged", "null", "a-list", "another-tools", "images-not-an-object", "fields-missing"])
 def test_images_beside_a_source_json_drawing_did_not_write_are_never_replaced(tmp_path, text):
     """A damaged source.json, or another tool's file of that name, beside a lab's PNGs: the PNGs were
     deleted and redrawn (and the file replaced), though nothing says drawing made them. Drawing writes
@@ -1054,6 +1054,22 @@ def test_score_images_writes_and_removes_its_unreadable_list_only_while_it_holds
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["unreadable.txt"]
 
 
+@pytest.mark.parametrize("broken", [5, 6])
+def test_unreadable_images_as_many_as_the_console_names_are_not_listed_in_a_file(tmp_path, monkeypatch, broken):
+    """The console names up to five unreadable images; only a longer list goes to unreadable.txt,
+    and the message says where (a list of five in a file would hold nothing the message does not)."""
+    from benchmark import external
+    from implicit_concept.image_stream import ImageReadError
+
+    judging, folder = _scored_folder(tmp_path, monkeypatch, broken)
+    with pytest.raises(ImageReadError, match=rf"^{broken} of 8 images cannot be read: ") as refused:
+        external.score_image_folder(folder, tmp_path / "out", judging)
+    listed = broken > 5
+    assert ("unreadable.txt" in str(refused.value)) == listed and (tmp_path / "out" / "unreadable.txt").exists() == listed
+    if listed:
+        assert len((tmp_path / "out" / "unreadable.txt").read_text().splitlines()) == broken
+
+
 @pytest.mark.parametrize("name", ["scores.json", "summary.json", "unreadable.txt"])
 @pytest.mark.parametrize("kind", ["another-tools", "link-to-a-file-elsewhere"])
 @pytest.mark.parametrize("broken", [0, 2], ids=["readable", "a-few-unreadable"])
@@ -1088,10 +1104,12 @@ def test_score_out_that_is_a_file_is_refused_and_kept_and_a_rerun_replaces_scori
     folder = _folder(tmp_path / "images", judging.prompts(), 1)
     (tmp_path / "file").write_text("the lab's file\n")
     (tmp_path / "link").symlink_to(tmp_path / "file")
-    for out in (tmp_path / "file", tmp_path / "link"):
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    for out in (tmp_path / "file", tmp_path / "link", tmp_path / "dangling"):
         with pytest.raises(ValueError, match=rf"^--out {re.escape(str(out))}: a file, not a folder; name a folder"):
             external.score_image_folder(folder, out, judging)
     assert (tmp_path / "file").read_text() == "the lab's file\n" and (tmp_path / "link").is_symlink()
+    assert (tmp_path / "dangling").is_symlink() and not (tmp_path / "gone").exists()
     external.score_image_folder(folder, tmp_path / "out", judging)
     (tmp_path / "out" / "unreadable.txt").write_text("an earlier attempt's list\n")  # as a failed attempt leaves it
     external.score_image_folder(folder, tmp_path / "out", judging)

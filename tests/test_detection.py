@@ -208,7 +208,8 @@ def test_an_export_never_writes_outside_its_folder_nor_replaces_what_it_did_not_
     with pytest.raises(ValueError, match=r"mine: a folder that is not an export \(no export.json\) and not empty"):
         export_detection_dataset(shards, mine)
     assert (mine / "notes.txt").read_text() == "a lab's own file"
-    for theirs in ('{"tool": "another exporter"}', "{", "[]"):  # an export.json export did not write: the folder is not known to be ours
+    # An export.json export did not write (each of its two marks alone is not one): the folder is not known to be ours.
+    for theirs in ('{"tool": "another exporter"}', "{", "[]", '{"format": 1}', '{"shards_sha256": {}}'):
         (mine / "export.json").write_text(theirs)
         with pytest.raises(ValueError, match=r"mine: a folder that is not an export \(its export.json was not written by export\) and not empty"):
             export_detection_dataset(shards, mine)
@@ -354,6 +355,45 @@ def test_detector_training_refuses_a_folder_it_did_not_make_before_it_removes_an
                 training.train_detector(shards, out, load_scale("debug"))
 
 
+def test_detector_training_trains_again_where_its_own_record_is_but_not_beside_a_link_to_one(tmp_path):
+    """A folder trained into before, its dataset/ export since removed to save space, is still
+    training's: its detector record says so. A detector.json that is a link to a record elsewhere
+    says nothing of the folders beside it (train/ there is a lab's), so it is refused."""
+    from implicit_concept.content_hashes import sha256_file
+    from implicit_concept.detector import training
+    from implicit_concept.detector.weights import DetectorRecord
+    from implicit_concept.files import atomic_write_json
+
+    class Started(Exception):
+        pass
+
+    def started(*args, **kwargs):
+        raise Started
+
+    shards = _write_shards(tmp_path / "icd-mixed")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "detector.safetensors").write_bytes(b"weights")
+    record = DetectorRecord(model="yolov8n.yaml", names=CONCEPT_NAMES, imgsz=64, sha256=sha256_file(elsewhere / "detector.safetensors"),
+                            thresholds=dict.fromkeys(CONCEPT_NAMES, 0.25))
+    atomic_write_json(elsewhere / "detector.json", record.to_json())
+    linked = tmp_path / "linked"
+    (linked / "train").mkdir(parents=True)
+    (linked / "train" / "labels.txt").write_bytes(b"a lab's own file")
+    (linked / "detector.json").symlink_to(elsewhere / "detector.json")
+    with pytest.raises(ValueError, match=r"detector --out .*linked: a folder detector training did not make, and not empty"):
+        training.train_detector(shards, linked, load_scale("debug"))
+    assert (linked / "train" / "labels.txt").read_bytes() == b"a lab's own file" and not (linked / "dataset").exists()
+    trained = tmp_path / "trained"
+    (trained / "train").mkdir(parents=True)
+    for name in ("detector.safetensors", "detector.json"):
+        (trained / name).write_bytes((elsewhere / name).read_bytes())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training, "_train", started)
+        with pytest.raises(Started):
+            training.train_detector(shards, trained, load_scale("debug"))
+
+
 def test_a_share_of_images_carries_an_exact_binomial_interval_that_rare_counts_do_not_collapse():
     r = share_ratio([True] * 200 + [False] * 200, level=0.95)
     assert (r.value, r.count, r.n) == (0.5, 200, 400)
@@ -476,11 +516,16 @@ def test_one_named_pair_or_a_dict_of_named_images_is_scored_as_those_images_not_
 
 def test_a_tuple_of_two_images_is_two_images_not_a_named_pair(tmp_path):
     """Only a string beside an image makes a ``(name, image)`` pair: two images in a tuple are
-    scored as two unnamed images."""
+    scored as two unnamed images, and two paths in a tuple as those two files."""
     weights = tmp_path / "detector.safetensors"
     weights.write_bytes(b"fake")
     report = score_images((_solid(10), _solid(0)), FakeDetector(weights), ScoreConfig(resamples=200), clean=[_solid(0)], checkers=[])
     assert [(r["name"], bool(r["detections"])) for r in report.images] == [("image-0", True), ("image-1", False)]
+    _solid(10).save(tmp_path / "a.png")
+    _solid(0).save(tmp_path / "b.png")
+    paths = (str(tmp_path / "a.png"), str(tmp_path / "b.png"))
+    report = score_images(paths, FakeDetector(weights), ScoreConfig(resamples=200), clean=[_solid(0)], checkers=[])
+    assert [(r["name"], bool(r["detections"])) for r in report.images] == [(paths[0], True), (paths[1], False)]
 
 
 @pytest.mark.parametrize("images, said", [

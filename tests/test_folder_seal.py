@@ -140,6 +140,9 @@ def _listed_shards(root: Path) -> tuple[Path, dict[str, tuple[int, int]]]:
     (lambda train: (train / "extra" / "00001.tar").unlink(), "extra/00001.tar: removed since the run listed it"),
     # the same size, rewritten: its mtime moved
     (lambda train: (train / "00000.tar").write_bytes(b"SHARD"), "00000.tar: changed since the run listed it"),
+    # ... within the second it was listed in (a shard built just before the run): its mtime moved by a microsecond
+    (lambda train: ((train / "00000.tar").write_bytes(b"SHARD"), os.utime(train / "00000.tar", ns=(10**18 + 1000,) * 2)),
+     "00000.tar: changed since the run listed it"),
 ])
 def test_training_data_listed_in_memory_is_refused_once_a_file_is_added_removed_or_rewritten(tmp_path, change, said):
     """The dataset's splits hold no seal: their listing (sizes and mtimes) is taken while the run

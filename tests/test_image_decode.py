@@ -517,6 +517,11 @@ def test_an_orientation_in_xmp_alone_is_not_applied_as_browsers_do_not(fmt):
     opened = Image.open(io.BytesIO(raw))
     assert opened.getexif().get(0x0112) == 6, "Pillow reads the XMP orientation: the case this test is about"
     assert open_image(raw).size == (16, 8) and decode_rgb(open_image(raw)).size == (16, 8)
+    handed = Image.open(io.BytesIO(raw))  # a caller's image, decoded in place: its XMP packet is its own, and kept
+    xmp = {key: handed.info[key] for key in image_decode.XMP_KEYS if key in handed.info}
+    assert xmp, "Pillow reads the packet into info: the case this test is about"
+    decode_rgb(handed)
+    assert {key: handed.info[key] for key in image_decode.XMP_KEYS if key in handed.info} == xmp
     exif = Image.Exif()
     exif[0x0112] = 6
     assert decode_rgb(open_image(encode(image, fmt, exif=exif, **options))).size == (8, 16)
@@ -822,6 +827,10 @@ def test_restart_markers_and_fill_in_a_scan_are_not_marker_segments():
     assert np.abs(pixels(raw) - (200, 40, 40)).max() <= 4
     trailer = bytes(1 << 17) + b"\xff\xda\x00\x00" * (MAX_JPEG_SCANS + 1)
     assert np.abs(pixels(_jpeg()[:-2] + b"\xff\xff\xff\xd9" + trailer) - (200, 40, 40)).max() <= 4
+    raw, starts = _progressive()  # fill right after a segment, before the next scan's marker: each scan still counted
+    filled = (b"\xff\xfe\x00\x02\xff" + raw[starts[-1]:-2]) * (MAX_JPEG_SCANS - len(starts) + 1)
+    error = refusal(raw[:-2] + filled + raw[-2:])
+    assert (error.reason, error.detail) == ("too_many_chunks", f"a JPEG of more than {MAX_JPEG_SCANS} scans")
 
 
 @pytest.mark.parametrize("at", [0, 1, 6, 4095, 4096, 4097, 12287, 12288, 28671, 28672])

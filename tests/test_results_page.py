@@ -227,6 +227,8 @@ def test_a_results_json_of_another_shape_is_refused_naming_the_file_and_field_by
     # written to 5 decimals: 1/3 is 0.33333, within ROUNDING of its count over n
     ({"value": 0.33333, "ci": [0.1, 0.7], "count": 1, "n": 3, "interval": EXACT_BINOMIAL}, None),
     ({"value": 0.3334, "ci": [0.1, 0.7], "count": 1, "n": 3, "interval": EXACT_BINOMIAL}, "value 0.3334 is not its count 1 of n 3 (0.33333)"),
+    # a lower ICR typed over the measured one, its interval left as it was
+    ({"value": 0.3, "ci": [0.1, 0.7], "count": 1, "n": 3, "interval": EXACT_BINOMIAL}, "value 0.3 is not its count 1 of n 3 (0.33333)"),
     # over seeds, the value is the seeds' mean, not the pooled count over n
     ({"value": 0.35, "ci": [0.2, 0.5], "count": 4, "n": 10, "interval": CROSSED_AT_LEAST_BINOMIAL}, None),
     ({"value": 0.4, "ci": [0.3, 0.5]}, None),  # an older results.json: no counts
@@ -234,6 +236,7 @@ def test_a_results_json_of_another_shape_is_refused_naming_the_file_and_field_by
     ({"value": 0.4, "ci": [0.3, 0.5], "n": 10}, "count None of n 10: not whole numbers"),
     ({"value": 0.1, "ci": [0.0, 0.5], "count": True, "n": 10}, "count True of n 10: not whole numbers"),
     ({"value": 0.0, "ci": [0.0, 0.5], "count": -1, "n": 10}, "count -1 of n 10: not whole numbers"),
+    ({"value": 0.0, "ci": [0.0, 0.5], "count": 0, "n": 0}, "count 0 of n 0: not whole numbers"),  # a share of no images
 ])
 def test_a_shares_parts_agree_as_far_as_its_interval_kind_says(ratio, problem):
     """A share's count and n come together or not at all, whole and in order; only an exact
@@ -781,7 +784,9 @@ def test_the_leaderboard_says_how_it_lists_folders_scored_one_subset_each(tmp_pa
     assert said[0] in _md_unescaped(board.markdown)
     whole = fake_summary(tmp_path / "whole")
     _edit_summary(whole, protocol="per-subset", subset=None)
-    assert not any("each scored one subset" in n for n in leaderboard([whole, fake_summary(tmp_path / "mixed")]).notes)
+    mixed = fake_summary(tmp_path / "mixed")
+    _edit_summary(mixed, protocol="mixed", subset="icd-mixed")  # a mixed track's one subset, named: the whole track
+    assert not any("each scored one subset" in n for n in leaderboard([whole, mixed, fake_summary(tmp_path / "plain")]).notes)
 
 
 def _edit_summary(folder: Path, **fields) -> None:
