@@ -836,3 +836,20 @@ def test_an_optimizer_moment_of_another_shape_or_dtype_is_refused_naming_the_fil
     save_state(checkpoint / "optimizer", state)
     with pytest.raises(ValueError, match=rf"optimizer.safetensors: {problem}"):
         train(base, shards, tmp_path / "resumed", config, progress=False)
+
+
+def test_a_fine_tunes_files_have_the_modes_the_umask_grants(setup, tmp_path):
+    """safetensors writes every file 0600 whatever the umask: under a lab's 027 a fine-tune's weights
+    and checkpoints were unreadable to the group that could read the JSON beside them."""
+    import stat
+
+    base, shards = setup
+    before = os.umask(0o027)
+    try:
+        train(base, shards, tmp_path / "run", TrainingConfig(**FAST), progress=False)
+    finally:
+        os.umask(before)
+    paths = list((tmp_path / "run").rglob("*"))
+    wrong = {p.relative_to(tmp_path).as_posix(): oct(stat.S_IMODE(p.lstat().st_mode)) for p in paths
+             if stat.S_IMODE(p.lstat().st_mode) != (0o750 if p.is_dir() else 0o640)}
+    assert sum(p.suffix == ".safetensors" for p in paths) > 4 and wrong == {}, wrong
