@@ -20,6 +20,7 @@ from implicit_concept.detector.inference import Detector
 from implicit_concept.detector.weights import weights_path
 from implicit_concept.files import FolderClaimError, atomic_write_json, check_apart, visible_entries
 from implicit_concept.json_records import json_differences, read_json_object, shown_differences
+from implicit_concept.utf8_paths import shown_path, utf8_path_problem
 from implicit_concept.validate import check_folder_name
 
 DEFAULT_CACHE = Path(".cache") / "implicit-concept"
@@ -214,12 +215,10 @@ class BenchmarkRun:
 
 
 def _check_utf8_path(option: str, folder: Path) -> None:
-    """Refuse a folder whose name (as an absolute path) is not UTF-8 before any stage runs: the
-    pipelines a run saves there cannot be written under it (the tokenizers library takes UTF-8 paths
-    only), which failed the first fine-tune, blamed on its method."""
-    try:
-        os.path.abspath(folder).encode("utf-8")
-    except UnicodeEncodeError:
-        shown = os.path.abspath(folder).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        raise ValueError(f"{option} {shown}: the folder's name is not valid UTF-8, which the models a run saves cannot be "
-                         "written under; choose another folder") from None
+    """Refuse a folder the pipelines a run saves cannot be written under (:func:`utf8_path_problem`:
+    the tokenizers library takes UTF-8 paths only) before any stage runs: the first fine-tune
+    failed on one, blamed on its method."""
+    absolute = os.path.abspath(folder)
+    problem = utf8_path_problem(absolute, "the models a run saves")
+    if problem is not None:
+        raise ValueError(f"{option} {shown_path(absolute)}: {problem}")

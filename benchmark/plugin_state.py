@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import numpy as np
 import torch
 
+from implicit_concept.files import current_umask
 from implicit_concept.worker_processes import STOP_SIGNALS
 
 T = TypeVar("T")
@@ -75,7 +76,7 @@ def kept_process_settings() -> Iterator[None]:
     """The umask, tempfile's folder (``tempfile.tempdir``: set, or cached from a ``TMPDIR`` the
     block set), ``sys.excepthook``, ``threading.excepthook`` and whether the garbage collector runs,
     as they were before the block."""
-    umask = _umask()
+    umask = current_umask()
     tempdir, hooks, collecting = tempfile.tempdir, (sys.excepthook, threading.excepthook), gc.isenabled()
     try:
         yield
@@ -84,13 +85,6 @@ def kept_process_settings() -> Iterator[None]:
         tempfile.tempdir = tempdir
         sys.excepthook, threading.excepthook = hooks
         (gc.enable if collecting else gc.disable)()
-
-
-def _umask() -> int:
-    """The process's umask (read by setting it, so set back at once)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
 
 
 #: The signals whose handler a plug-in may leave changed and that the rest of the run would meet:
@@ -155,7 +149,7 @@ def in_working_folder(service: Callable[..., T]) -> Callable[..., T]:
     are now (the toolkit's), whatever its caller's are then, and leaving the caller's global
     generators as they were: a fine-tune trained now (training seeds them) or found cached leaves a
     build drawing the same numbers after it."""
-    folder, errors, umask = os.getcwd(), np.geterr(), _umask()
+    folder, errors, umask = os.getcwd(), np.geterr(), current_umask()
 
     @functools.wraps(service)
     def run(*args: Any, **kwargs: Any) -> T:

@@ -37,6 +37,7 @@ from implicit_concept.file_locks import locked
 from implicit_concept.files import TEMPORARY_MARK, FolderClaimError, atomic_write_bytes, atomic_write_json, claim, visible_entries, within
 from implicit_concept.json_records import MISSING, json_changes, read_json_object
 from implicit_concept.provenance import environment
+from implicit_concept.utf8_paths import shown_path, utf8_path_problem
 
 RECIPE_RECORD = "recipe.json"
 MANIFEST = "manifest.parquet"
@@ -165,14 +166,11 @@ def _first_skip(out: Path, summary: SourceSummary) -> str:
 
 def _absolute(out: Path) -> Path:
     """``out`` as an absolute path (``.`` and ``./`` the current folder), refused before any work
-    when the filesystem's name for it is not UTF-8: the tables' writer cannot open such a path."""
+    when the tables' writer cannot be handed it (:func:`utf8_path_problem`)."""
     absolute = Path(os.path.abspath(out))
-    try:
-        str(absolute).encode("utf-8")
-    except UnicodeEncodeError:
-        shown = str(out).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        raise BuildError(f"{shown}: the folder's name is not valid UTF-8, which the dataset's tables cannot be "
-                         f"written under; choose another {OUT}") from None
+    problem = utf8_path_problem(absolute, "the dataset's tables")
+    if problem is not None:
+        raise BuildError(f"{OUT} {shown_path(out)}: {problem}")
     return absolute
 
 

@@ -52,6 +52,7 @@ from implicit_concept.shard_reader import (
     open_tar,
     split_member_name,
 )
+from implicit_concept.utf8_paths import shown_path, utf8_path_problem
 
 REQUIRED_MEMBERS = ("jpg", "txt", "json")
 #: Beyond this many problems in one file, the rest are counted, not listed.
@@ -111,12 +112,9 @@ def verify_dataset(out: Path, progress: bool = False, wait_for_build: bool = Fal
     if not out.is_dir():  # one line, not one per file a build would hold
         report.problems.append(f"{out}: {'is not a folder' if out.exists() else 'does not exist'} (verify takes a built dataset's folder)")
         return report
-    try:
-        str(out).encode("utf-8")
-    except UnicodeEncodeError:
-        shown = str(out).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        report.problems.append(f"{shown}: the folder's name is not valid UTF-8, which the dataset's tables cannot be read under; "
-                               f"rename the folder")
+    problem = utf8_path_problem(os.path.abspath(out), "the dataset's tables")
+    if problem is not None:
+        report.problems.append(f"{shown_path(out)}: {problem}")
         return report
     with read_locked(out, inside=True, wait=wait_for_build) as builder:
         if builder is not None:  # one line, not one per shard not yet written

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -157,6 +158,11 @@ def atomic_dir(final: Path, replace_existing: bool = False) -> Iterator[Path]:
         if isinstance(e, OSError) and out_of_space(e):  # a write to an open file names none: say which folder filled
             raise naming(e, final) from None
         raise
+    try:
+        umask_modes(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     aside = temporary_name(_replaced_name(final))
     if replace_existing and final.exists():
         os.replace(final, aside)
@@ -171,6 +177,29 @@ def atomic_dir(final: Path, replace_existing: bool = False) -> Iterator[Path]:
         shutil.rmtree(aside)
     else:
         aside.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it, so set back at once)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def umask_modes(folder: Path) -> None:
+    """Give ``folder`` and everything in it the mode the umask grants what is made new (a file
+    with an execute bit keeps it): a library may choose its own, and safetensors writes every
+    file 0600 whatever the umask, which left a shared cache's weights and a run's models
+    unreadable to the group that reads every other file of them. Links are left alone."""
+    umask = current_umask()
+    for root, folders, files in os.walk(folder):
+        for path in [root, *(os.path.join(root, name) for name in folders + files)]:
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                continue
+            wanted = (0o777 if stat.S_ISDIR(mode) or mode & 0o111 else 0o666) & ~umask
+            if stat.S_IMODE(mode) != wanted:
+                os.chmod(path, wanted)
 
 
 def _replaced_name(final: Path) -> Path:

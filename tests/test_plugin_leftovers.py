@@ -234,11 +234,12 @@ def test_an_alarm_a_block_armed_with_none_armed_before_is_disarmed():
 def test_reading_the_umask_leaves_it_as_it_was():
     """The umask is read by setting it; a lab's 027 (group-readable, not world) was left 022 by the
     services' wrapper, made when a plug-in's context is, for every later file of the run."""
-    from benchmark.plugin_state import _umask, in_working_folder
+    from benchmark.plugin_state import in_working_folder
+    from implicit_concept.files import current_umask
 
     before = os.umask(0o027)
     try:
-        assert _umask() == 0o027
+        assert current_umask() == 0o027
         in_working_folder(lambda: None)
         after = os.umask(0o027)
     finally:

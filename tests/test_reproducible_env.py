@@ -260,3 +260,30 @@ def test_a_source_location_read_back_from_the_dataset_folder_is_where_it_was(tmp
     monkeypatch.chdir(tmp_path / "elsewhere")
     base = tmp_path / "datasets" / "out"
     assert absolute_source(relative_source(spelled, base), base) == spelled
+
+
+_REFUSALS = """
+import sys
+from benchmark.cli import main
+out, runs = sys.argv[1], sys.argv[2]
+codes = [main(["build", "icd-debug", "--out", out + "/d", "--quiet"]), main(["verify", out, "--quiet"]),
+         main(["benchmark", "--track", "debug", "--runs", runs, "--data", out + "/data", "--cache", out + "-cache", "--quiet"])]
+print(codes)
+"""
+
+
+def test_a_utf8_folder_under_a_python_reading_names_as_ascii_is_refused_for_that_not_its_name(tmp_path):
+    """Under ``LC_ALL=C`` with ``PYTHONUTF8=0`` Python holds ``café`` as escaped bytes that pyarrow and
+    tokenizers refuse. The name is valid UTF-8, so build, verify and benchmark say what to set, not
+    that the name is wrong (which sent a lab renaming a folder that was fine)."""
+    folder = tmp_path / "café"
+    folder.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run([sys.executable, "-c", _REFUSALS, str(folder), str(folder / "runs")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, errors="backslashreplace", timeout=300)
+    assert done.stdout.splitlines()[-1] == "[2, 1, 2]", done.stderr
+    lines = [line for line in done.stderr.splitlines() if "caf" in line]
+    assert len(lines) == 3 and all("rerun with PYTHONUTF8=1" in line for line in lines), done.stderr
+    assert "not valid UTF-8" not in done.stderr, done.stderr
+    assert sorted(p.name for p in folder.iterdir()) == [], "refused before anything was made"

@@ -836,3 +836,38 @@ def test_an_optimizer_moment_of_another_shape_or_dtype_is_refused_naming_the_fil
     save_state(checkpoint / "optimizer", state)
     with pytest.raises(ValueError, match=rf"optimizer.safetensors: {problem}"):
         train(base, shards, tmp_path / "resumed", config, progress=False)
+
+
+def test_a_fine_tunes_files_have_the_modes_the_umask_grants(setup, tmp_path):
+    """safetensors writes every file 0600 whatever the umask: under a lab's 027 a fine-tune's weights
+    and checkpoints were unreadable to the group that could read the JSON beside them."""
+    import stat
+
+    base, shards = setup
+    before = os.umask(0o027)
+    try:
+        train(base, shards, tmp_path / "run", TrainingConfig(**FAST), progress=False)
+    finally:
+        os.umask(before)
+    paths = list((tmp_path / "run").rglob("*"))
+    wrong = {p.relative_to(tmp_path).as_posix(): oct(stat.S_IMODE(p.lstat().st_mode)) for p in paths
+             if stat.S_IMODE(p.lstat().st_mode) != (0o750 if p.is_dir() else 0o640)}
+    assert sum(p.suffix == ".safetensors" for p in paths) > 4 and wrong == {}, wrong
+
+
+def test_a_fine_tunes_checkpoints_are_the_same_bytes_whatever_the_process_drew_before(setup, tmp_path):
+    """A checkpoint saves Python's and numpy's global generators (``rng_0``); seeded with torch's
+    alone, they held what the process had drawn before, so the same seed gave other checkpoint bytes
+    (the embedded base's, every run)."""
+    import random
+
+    base, shards = setup
+    files = []
+    for i in range(2):
+        random.seed(1000 + i)
+        np.random.seed(1000 + i)
+        train(base, shards, tmp_path / f"run{i}", TrainingConfig(**FAST), progress=False)
+        files.append({p.relative_to(tmp_path / f"run{i}").as_posix(): p.read_bytes()
+                      for p in sorted((tmp_path / f"run{i}" / CHECKPOINTS_DIR).rglob("*")) if p.is_file()})
+    assert any(name.endswith("rng_0.json") for name in files[0])
+    assert [name for name in files[0] if files[0][name] != files[1].get(name)] == []

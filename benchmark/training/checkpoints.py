@@ -35,7 +35,7 @@ from benchmark.training.config import TrainingConfig
 from benchmark.training.new_tokens import NewTokenRows
 from benchmark.training.state_files import JSON_SUFFIX, TENSORS_SUFFIX, load_state, save_state
 from implicit_concept.disk_space import writing
-from implicit_concept.files import atomic_dir, atomic_write_json
+from implicit_concept.files import atomic_dir, atomic_write_json, umask_modes
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig, write_metadata
 from implicit_concept.json_records import json_differences, read_json_object, shown_differences
 from implicit_concept.provenance import config_hash, environment, package_versions
@@ -344,6 +344,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, parts: Resumable
         raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        umask_modes(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -15,10 +15,12 @@ not a sample: deterministic, and cacheable.
 from __future__ import annotations
 
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import get_int_from_env
@@ -115,7 +117,11 @@ def _train(base: str | Path, source: SampleSource, output_dir: Path, final_dir: 
            config: TrainingConfig, detect: Any, progress: bool) -> Path:
     """``train``'s steps, from the newest checkpoint, under the config's thread count."""
     accelerator = accelerator_for(config)
+    # Every global generator a checkpoint saves (rng_0) from the seed, not torch's alone: Python's and
+    # numpy's held what the process drew before, so a base's checkpoints differed run to run.
     torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
 
     # The models. The VAE never trains; what else does is decided by the setting, train_unet and train_text.
     pipe = load_pipeline(base)
