@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from implicit_concept.files import current_umask
+from implicit_concept.random_states import kept_rngs
 from implicit_concept.worker_processes import STOP_SIGNALS
 
 T = TypeVar("T")
@@ -159,20 +160,6 @@ def in_working_folder(service: Callable[..., T]) -> Callable[..., T]:
             return service(*args, **kwargs)
 
     return run
-
-
-@contextmanager
-def kept_rngs() -> Iterator[None]:
-    """Torch's (every initialized device's), numpy's and Python's global generators are put back as
-    they were after the block."""
-    python, numpy = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            yield
-    finally:
-        random.setstate(python)
-        np.random.set_state(numpy)
 
 
 @contextmanager

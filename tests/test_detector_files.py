@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import pkgutil
+import random
 import re
 import subprocess
 import sys
@@ -25,8 +26,9 @@ from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.detector.export import export_detection_dataset
 from implicit_concept.detector.inference import Detector, DetectorError
 from implicit_concept.detector.training import DetectorScale, ScaleError, train_detector
-from implicit_concept.detector.yolo_env import import_ultralytics
+from implicit_concept.detector.yolo_env import import_ultralytics, ultralytics_call
 from implicit_concept.image_stream import ImageReadError, load_image
+from implicit_concept.random_states import kept_rngs
 from implicit_concept.torch_settings import kept_torch_settings
 from tests.real_runs import real_run
 from tests.test_detection import TRAINABLE, _solid, _write_shards
@@ -318,12 +320,21 @@ def attacked_training(tmp_path_factory):
         mp.chdir(_hostile_model_yamls(root / "hostile-cwd", yaml_marker))  # a yolov8n.yaml where the command runs
         mp.setenv("ULTRALYTICS_API_KEY", "ul_" + "0" * 40)
         _spy_on_integrations(mp, calls)
-        trained = train_detector(shards, out, TINY)
+        callers = {"CUBLAS_WORKSPACE_CONFIG": ":16:8", "PYTHONHASHSEED": "7"}  # a lab's own, for its own runs
+        for name, value in callers.items():
+            mp.setenv(name, value)
+        with kept_rngs():
+            _seed_everything(11)
+            trained = train_detector(shards, out, TINY)
+            callers_after = {name: os.environ.get(name) for name in callers}
+            draws = _draws()
+            _seed_everything(11)
+            draws_expected = _draws()
         loaded = Detector.load(out)
         images = [_solid(red).resize((64, 64)) for red in (0, 10, 20, 30)]
         detections = (getattr(trained, "detector", None), loaded.detect_many(images, conf=0.001))
         import_ultralytics()
-        with kept_torch_settings():  # a trainer made and never trained leaves deterministic algorithms on
+        with kept_torch_settings(), ultralytics_call():  # a trainer made and never trained leaves deterministic algorithms, PYTHONHASHSEED on
             probe = importlib.import_module("ultralytics.models.yolo.detect").DetectionTrainer(overrides={
                 "model": TINY.model, "data": str(dataset.data_yaml), "imgsz": TINY.imgsz, "epochs": 1, "device": "cpu",
                 "project": str(root / "probe"), "name": "trainer", "exist_ok": True, "verbose": False,
@@ -331,7 +342,26 @@ def attacked_training(tmp_path_factory):
         api_key_seen = os.environ.get("ULTRALYTICS_API_KEY")
     return SimpleNamespace(out=out, trained=trained, loaded=loaded, images=images, detections=detections,
                            markers=markers, calls=calls, probe=probe, api_key_seen=api_key_seen, dataset=dataset,
+                           callers=callers, callers_after=callers_after, draws=draws, draws_expected=draws_expected,
                            yaml_marker=yaml_marker)
+
+
+def _seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _draws():
+    return random.random(), float(np.random.random()), float(torch.rand(1))
+
+
+def test_training_keeps_the_callers_environment_and_random_generators(attacked_training):
+    """ultralytics' trainer seeds the global generators and sets, then removes, PYTHONHASHSEED and
+    CUBLAS_WORKSPACE_CONFIG: a lab's own (for its own deterministic CUDA runs) were gone after a
+    detector training, and its next random draw was the one ultralytics' seed gives."""
+    assert attacked_training.callers_after == attacked_training.callers
+    assert attacked_training.draws == attacked_training.draws_expected
 
 
 def test_training_never_unpickles_a_planted_label_cache(attacked_training):

@@ -39,10 +39,11 @@ from implicit_concept.detector.export import DEFAULT_VALIDATION_SHARE, Detection
 from implicit_concept.detector.image_sets import ImageSet, ImageSetDigest, ImageSetError, named_images, pixel_sha256, write_backgrounds
 from implicit_concept.detector.inference import Detector, model_config
 from implicit_concept.detector.weights import DEFAULT_CONF, WEIGHTS_NAME, DetectorError, DetectorRecord, is_model_yaml, model_yaml, record_path, weights_state, write_detector
-from implicit_concept.detector.yolo_env import import_ultralytics, info_hidden
+from implicit_concept.detector.yolo_env import import_ultralytics, info_hidden, ultralytics_call
 from implicit_concept.file_locks import locked
 from implicit_concept.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_apart, visible_entries
 from implicit_concept.provenance import environment
+from implicit_concept.random_states import kept_rngs
 from implicit_concept.scoring import (
     CLEAN_REFERENCE_NAME,
     ScoreConfig,
@@ -185,7 +186,10 @@ def train_detector(
     shards, out_dir = Path(shards), Path(out_dir).resolve()
     check_apart(out_dir, "detector --out", {"the shards": shards, "--backgrounds": backgrounds, "--calibration": calibration})
     out_dir.mkdir(parents=True, exist_ok=True)
-    with locked(out_dir, wait=False, refusal="wait for it to finish or choose another --out", inside=True):
+    # ultralytics' trainer seeds the global generators and sets, then removes, PYTHONHASHSEED and
+    # CUBLAS_WORKSPACE_CONFIG: a caller's own were lost, and its next random draw was ultralytics'.
+    with locked(out_dir, wait=False, refusal="wait for it to finish or choose another --out", inside=True), \
+            ultralytics_call(), kept_rngs():
         return _train_detector(shards, out_dir, scale, backgrounds, calibration)
 
 
