@@ -4,10 +4,12 @@ namespace of their own), on one torch thread (the models under test are micro, a
 home folder and the temporary folder of this process and of every process it starts (Ray's
 sessions, torchrun's ``torchelastic_*``, ``~/.ray``, caches) are one folder, removed at the end.
 
-No test may leave torch's process-wide settings changed (:func:`torch_settings_kept`): a test after
-it would run under them, and pass or fail by the order the suite runs in."""
+No test may leave torch's process-wide settings changed (:func:`torch_settings_kept`), nor the rest
+of the process (:func:`process_state_kept`: working folder, umask, environment, signal handlers...):
+a test after it would run under them, and pass or fail by the order the suite runs in."""
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -128,3 +130,74 @@ def torch_settings_kept(request):
         _put_back(_TORCH_SETTINGS)
         pytest.fail(f"{request.node.nodeid} left torch's settings changed: {_changed(_TORCH_SETTINGS, after)}; "
                     "put them back (implicit_concept.torch_settings.kept_torch_settings)")
+
+
+_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGPIPE", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGCHLD")
+#: Set once per process by design, not left behind: by a library's first import (OpenCV's library and Qt
+#: paths, torch's compile cache) or by ``yolo_env.use_cache`` (matplotlib reads its folder once), and pytest's own.
+_SET_ONCE = ("LD_LIBRARY_PATH", "QT_QPA_FONTDIR", "QT_QPA_PLATFORM_PLUGIN_PATH", "TORCHINDUCTOR_CACHE_DIR", "MPLCONFIGDIR",
+             "PYTEST_CURRENT_TEST")
+
+
+def _process_state():
+    """What else a test could leave behind for the next one to run under: the working folder, the
+    umask, the environment, signal handlers and a pending alarm, the temporary folder, Pillow's
+    bomb limit and opener, the exception hooks and the garbage collector."""
+    import gc
+    import threading
+
+    from PIL import Image
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return {"cwd": os.getcwd(), "umask": umask, "environment": {k: v for k, v in os.environ.items() if k not in _SET_ONCE},
+            **{name: signal.getsignal(getattr(signal, name)) for name in _SIGNALS},
+            "alarm": signal.getitimer(signal.ITIMER_REAL)[0] > 0, "tempfile.tempdir": tempfile.gettempdir(),
+            "Image.MAX_IMAGE_PIXELS": Image.MAX_IMAGE_PIXELS, "Image.open": Image.open,
+            "sys.excepthook": sys.excepthook, "threading.excepthook": threading.excepthook, "gc": gc.isenabled()}
+
+
+def _put_process_state_back(state):
+    import gc
+    import threading
+
+    from PIL import Image
+
+    os.chdir(state["cwd"])
+    os.umask(state["umask"])
+    once = {k: v for k, v in os.environ.items() if k in _SET_ONCE}
+    os.environ.clear()
+    os.environ.update(state["environment"], **once)
+    for name in _SIGNALS:
+        signal.signal(getattr(signal, name), state[name])
+    if not state["alarm"]:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    tempfile.tempdir = state["tempfile.tempdir"]
+    Image.MAX_IMAGE_PIXELS, Image.open = state["Image.MAX_IMAGE_PIXELS"], state["Image.open"]
+    sys.excepthook, threading.excepthook = state["sys.excepthook"], state["threading.excepthook"]
+    (gc.enable if state["gc"] else gc.disable)()
+
+
+def _changed_state(before, after):
+    changes = []
+    for key in before:
+        if key == "environment":
+            changes += [f"${name}: {before[key].get(name)!r} -> {after[key].get(name)!r}"
+                        for name in sorted(set(before[key]) | set(after[key])) if before[key].get(name) != after[key].get(name)]
+        elif after[key] != before[key]:
+            changes.append(f"{key}: {before[key]!r} -> {after[key]!r}")
+    return ", ".join(changes)
+
+
+@pytest.fixture(autouse=True)
+def process_state_kept(request):
+    """Fails a test that leaves the process's state (:func:`_process_state`) changed, and puts it
+    back: the test after it would run under it, and pass or fail by the order the suite runs in."""
+    before = _process_state()
+    yield
+    after = _process_state()
+    if after["SIGALRM"] == signal.SIG_DFL and not after["alarm"]:  # pytest-timeout's, disarmed when a test fails
+        before = {**before, "SIGALRM": after["SIGALRM"], "alarm": False}
+    if after != before:
+        _put_process_state_back(before)
+        pytest.fail(f"{request.node.nodeid} left the process changed: {_changed_state(before, after)}")

@@ -22,6 +22,7 @@ from benchmark.parallel_methods import MethodSeed
 from benchmark.track import load_track
 from benchmark.training import PIPELINE_DIR
 from builders.dataset_card import CHECKSUMS
+from implicit_concept import worker_processes
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig
 
 
@@ -40,7 +41,9 @@ class InlinePool:
         self.ran: list[object] = []
         self.submitted_blocking_sigint: list[bool] = []
         InlinePool.made.append(self)
-        if initializer is not None:
+        if initializer is worker_processes.start_worker:
+            InlinePool.started.append(True)  # it would ignore Ctrl-C and take SIGTERM as a worker in this process
+        elif initializer is not None:
             initializer(*pickle.loads(pickle.dumps(initargs)))
 
     def submit(self, fn, *args):
