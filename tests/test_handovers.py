@@ -251,6 +251,14 @@ def test_a_plug_ins_row_is_recorded_with_its_spec_code_and_in_memory_edits(saved
     assert row["method_spec"] == "editlab:Edit" and len(row["method_code_sha256"]) == 64
     assert row["model"]["unet"] == str(folder / "unet") and row["model"]["edited_in_memory"] == ["unet"]
     assert row["description"] == "Adds one to a UNet weight in memory."
+    # Where the README says the images record it: it said "the `method_code`", which source.json holds under `model`.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    claim = re.search(r"`method_code_sha256` \(`([\w.]+)` in `images/<subset>/<method>/source\.json`\)", readme)
+    assert claim is not None, "the README names where source.json records the plug-in's code sha256"
+    recorded = json.loads((run.root / "images" / "icd-qrcode" / "edit" / "source.json").read_text(encoding="utf-8"))
+    for key in claim[1].split("."):
+        recorded = recorded[key]
+    assert recorded == row["method_code_sha256"]
 
 
 def test_a_methods_negative_prompt_is_what_its_pipeline_is_sampled_with(tmp_path):
