@@ -59,3 +59,10 @@ def test_the_readme_says_what_score_images_returns_as_it_is():
     assert {"concepts", "images", "to_json"} <= set(named), sentence
     has = {f.name for f in fields(implicit_concept.ScoreReport)} | set(dir(implicit_concept.ScoreReport))
     assert sorted(set(named) - has) == []
+
+
+def test_the_readmes_plug_in_example_is_the_one_the_tests_run():
+    """The README calls its WordyNegative "a complete example (tests/plugin_method.py, exercised by
+    the tests)": the block must be that file's code, or an edit to one leaves the other untested."""
+    block = next(b for b in re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S) if "class WordyNegative" in b)
+    assert block.strip() in (Path(__file__).parent / "plugin_method.py").read_text(encoding="utf-8")
