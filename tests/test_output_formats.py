@@ -53,6 +53,21 @@ def test_a_record_is_laid_out_as_the_readme_says_keys_sorted_indented_one_newlin
     assert (tmp_path / "r.json").read_bytes() == expected.encode("utf-8")
 
 
+def test_the_clean_reference_is_the_one_record_on_one_line_and_the_readme_says_so(tmp_path):
+    """The README said every JSON file is indented; a detector's clean_reference.json is one line,
+    and must stay so: its sha256 is the evaluator's identity (the published detector's identity.json
+    and every results.json record it), so the README names the exception."""
+    from implicit_concept.scoring import CleanReference
+
+    CleanReference("the test split", {"qrcode": [0.5, 0.0], "text": [0.0, 0.25]}).write(tmp_path / "clean_reference.json")
+    text = (tmp_path / "clean_reference.json").read_text(encoding="utf-8")
+    assert strict_json(tmp_path / "clean_reference.json")["max_conf"]["text"] == [0.0, 0.25]
+    assert text.endswith("}\n") and text.count("\n") == 1
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    paragraph = " ".join(readme.split("Every JSON file the toolkit writes", 1)[1].split("\n\n", 1)[0].split())
+    assert "indented (a detector's `clean_reference.json` on one line" in paragraph, paragraph
+
+
 def test_a_file_name_that_is_not_utf8_is_written_as_an_escape_that_reads_back_as_the_same_name(tmp_path):
     """Linux names are bytes: a folder from a Latin-1 system (``r\\xe9sultats``) is a str with a lone
     surrogate in Python. score-images on such a folder scored every image, then failed writing
