@@ -392,6 +392,24 @@ def test_on_a_per_subset_track_a_handed_over_model_names_its_subset_and_is_promp
         missing.prompts()
 
 
+def test_a_subsets_scoring_records_that_subsets_concepts_alone(tmp_path, monkeypatch):
+    """README: "--subset icd-qrcode scores that subset's concepts". Walked with score-images --track
+    debug --subset icd-text, summary.json's rows and concepts held qrcode and watermark too, beside
+    track_concepts ['text']: a text fine-tune read as scored on concepts it never trained on. Its rows
+    are the subset's concepts, as a run's rows of that subset's fine-tune are."""
+    every = {c: {"icr": {"value": 0.0}} for c in ("qrcode", "watermark", "text")}
+    report = _FakeReport()
+    report.concepts = {c: type("S", (), {"to_json": lambda self, c=c: {"concept": c}})() for c in every}
+    monkeypatch.setattr(external, "score_generated", lambda *a: (report, every))
+    judging = _judging(tmp_path)
+    for subset, concepts in (("icd-text", ["text"]), ("icd-qrcode", ["qrcode"]), (None, ["qrcode", "watermark", "text"])):
+        scored = replace(judging, subset=subset)
+        folder = _images(tmp_path / f"images-{subset}", [f"{p.case_number}_0.png" for p in scored.prompts()])
+        summary = external.score_image_folder(folder, tmp_path / f"out-{subset}", scored)
+        assert summary["track_concepts"] == concepts and [r["concept"] for r in summary["rows"]] == concepts, summary["rows"]
+        assert sorted(summary["concepts"]) == sorted(concepts)
+
+
 def test_a_judging_scores_between_one_and_all_of_the_tracks_prompts(tmp_path):
     """--num-prompts scores a prefix of the track's prompts: more than the track has would score prompts no run of it saw."""
     judging = _judging(tmp_path)
