@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 import traceback
@@ -176,9 +177,13 @@ def _judging(args: argparse.Namespace):
     detector = Detector.load(Path(args.detector) if args.detector else _published_detector(track.name))  # then an unusable detector
     reference = None if args.no_quality else Path(args.reference) if args.reference else test if test.is_dir() else None
     if reference is None and not args.no_quality:
+        # `make dataset` alone builds icd-tiny: name the track's own recipe and the folder it must reach.
+        dataset = test.parent.parent
         raise FileNotFoundError(
-            f"no clean reference images for quality scores under {args.data}: build the track's dataset "
-            f"(make dataset), pass --reference SHARDS, or --no-quality"
+            f"{test}: no such folder, the clean test split quality is measured against (track {track.name}'s recipe "
+            f"{track.recipe}, built under --data {args.data}): build it (implicit-concept build {shlex.quote(track.recipe)} "
+            f"--out {shlex.quote(str(dataset))}), "
+            f"pass --reference SHARDS, or --no-quality"
         )
     return replace(judging, detector=detector, reference=reference)
 

@@ -445,8 +445,10 @@ def _score(paths: list[Path], prompts: list[Prompt], generation: GenerationSetti
                      "published": is_published(detector.path)},
         "reference": str(judging.reference) if judging.reference is not None else None,
         "environment": environment(),
-        "rows": [{"concept": concept, **row} for concept, row in rows.items()],
-        "concepts": {c: s.to_json() for c, s in report.concepts.items()},
+        # The scored concepts alone (a --subset's, as a run's rows of that subset's fine-tune): the
+        # detector reports every concept it knows, and scores.json keeps them all.
+        "rows": [{"concept": concept, **row} for concept, row in rows.items() if concept in judging.concepts],
+        "concepts": {c: s.to_json() for c, s in report.concepts.items() if c in judging.concepts},
         "table": report.table(),
     }
     atomic_write_json(out / "summary.json", summary)

@@ -202,6 +202,34 @@ def test_a_track_without_a_published_evaluator_is_refused_saying_where_a_runs_ow
     assert "no published detector for track 'debug'" in err and "its results.json, detector.path" in err, err
 
 
+def test_a_missing_quality_reference_is_refused_with_the_build_that_makes_it(tmp_path, monkeypatch, capsys):
+    """score-images without the track's dataset said "build the track's dataset (make dataset)", which
+    builds icd-tiny whatever the track: on --track debug the advice left the refusal as it was. The
+    refusal names the folder and the build command for the track's own recipe; run as written, the
+    next attempt gets past it (here to the images it lacks)."""
+    import shlex
+
+    from implicit_concept.detector.inference import Detector
+
+    monkeypatch.setattr(Detector, "load", staticmethod(lambda path: object()))  # the detector is not what this checks
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "detector").mkdir()
+    score = ["score-images", "images", "--out", "out", "--data", "my data", "--detector", "detector"]
+    assert main([*score, "--track", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "my data/icd-tiny/icd-mixed/test: no such folder" in err and "implicit-concept build icd-tiny --out 'my data/icd-tiny'" in err, err
+    assert main([*score, "--track", "debug"]) == 2
+    err = capsys.readouterr().err
+    assert "my data/icd-debug/icd-qrcode/test: no such folder" in err, err
+    advice = err.split("(implicit-concept build ", 1)[1].split(")", 1)[0]
+    assert main(["build", *shlex.split(advice), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main([*score, "--track", "debug"]) == 2
+    err = capsys.readouterr().err
+    assert "no such folder" not in err and "images named by" in err, err
+
+
 def test_score_pipeline_passes_own_scheduler_to_the_library(tmp_path, monkeypatch):
     """The CLI is thin: --own-scheduler reaches score_pipeline, and its absence means the track's sampler."""
     import benchmark.external as external

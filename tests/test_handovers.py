@@ -251,6 +251,14 @@ def test_a_plug_ins_row_is_recorded_with_its_spec_code_and_in_memory_edits(saved
     assert row["method_spec"] == "editlab:Edit" and len(row["method_code_sha256"]) == 64
     assert row["model"]["unet"] == str(folder / "unet") and row["model"]["edited_in_memory"] == ["unet"]
     assert row["description"] == "Adds one to a UNet weight in memory."
+    # Where the README says the images record it: it said "the `method_code`", which source.json holds under `model`.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    claim = re.search(r"`method_code_sha256` \(`([\w.]+)` in `images/<subset>/<method>/source\.json`\)", readme)
+    assert claim is not None, "the README names where source.json records the plug-in's code sha256"
+    recorded = json.loads((run.root / "images" / "icd-qrcode" / "edit" / "source.json").read_text(encoding="utf-8"))
+    for key in claim[1].split("."):
+        recorded = recorded[key]
+    assert recorded == row["method_code_sha256"]
 
 
 def test_a_methods_negative_prompt_is_what_its_pipeline_is_sampled_with(tmp_path):
@@ -382,6 +390,24 @@ def test_on_a_per_subset_track_a_handed_over_model_names_its_subset_and_is_promp
     missing = replace(judging, test_split=tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere: no test split to take track paper's prompts from"):
         missing.prompts()
+
+
+def test_a_subsets_scoring_records_that_subsets_concepts_alone(tmp_path, monkeypatch):
+    """README: "--subset icd-qrcode scores that subset's concepts". Walked with score-images --track
+    debug --subset icd-text, summary.json's rows and concepts held qrcode and watermark too, beside
+    track_concepts ['text']: a text fine-tune read as scored on concepts it never trained on. Its rows
+    are the subset's concepts, as a run's rows of that subset's fine-tune are."""
+    every = {c: {"icr": {"value": 0.0}} for c in ("qrcode", "watermark", "text")}
+    report = _FakeReport()
+    report.concepts = {c: type("S", (), {"to_json": lambda self, c=c: {"concept": c}})() for c in every}
+    monkeypatch.setattr(external, "score_generated", lambda *a: (report, every))
+    judging = _judging(tmp_path)
+    for subset, concepts in (("icd-text", ["text"]), ("icd-qrcode", ["qrcode"]), (None, ["qrcode", "watermark", "text"])):
+        scored = replace(judging, subset=subset)
+        folder = _images(tmp_path / f"images-{subset}", [f"{p.case_number}_0.png" for p in scored.prompts()])
+        summary = external.score_image_folder(folder, tmp_path / f"out-{subset}", scored)
+        assert summary["track_concepts"] == concepts and [r["concept"] for r in summary["rows"]] == concepts, summary["rows"]
+        assert sorted(summary["concepts"]) == sorted(concepts)
 
 
 def test_a_judging_scores_between_one_and_all_of_the_tracks_prompts(tmp_path):

@@ -53,6 +53,33 @@ def test_a_record_is_laid_out_as_the_readme_says_keys_sorted_indented_one_newlin
     assert (tmp_path / "r.json").read_bytes() == expected.encode("utf-8")
 
 
+def test_the_records_on_one_line_are_those_the_readme_names(tmp_path, debug_dataset, monkeypatch):
+    """The README said every JSON file is indented. Three are one line, each for its reason: a
+    detector's clean_reference.json (its sha256 is the evaluator's identity: the published detector's
+    identity.json and every results.json record it), an export's COCO annotations (COCO's layout) and
+    the edit record beside an edited pipeline (its canonical form). Each is strict JSON on one line,
+    and the README's JSON paragraph names each."""
+    from benchmark.methods import interface
+    from implicit_concept.detector.export import export_detection_dataset
+    from implicit_concept.scoring import CleanReference
+
+    CleanReference("the test split", {"qrcode": [0.5, 0.0], "text": [0.0, 0.25]}).write(tmp_path / "clean_reference.json")
+    export_detection_dataset(debug_dataset / "icd-qrcode", tmp_path / "export", formats=("coco",))
+    monkeypatch.setattr(interface, "save_portable_pipeline", lambda pipe, out: None)  # the record, not the pipeline
+    ctx = interface.MethodContext(("qrcode",), tmp_path / "work", 0, lambda ft: tmp_path / "sd", lambda path: object(), tmp_path)
+    (tmp_path / "work").mkdir()
+    edited = ctx.edited_sd("esd", {"steps": 2, "concept": "QR code"}, lambda pipe: None)
+    for path in (tmp_path / "clean_reference.json", tmp_path / "export" / "annotations" / "test.json", edited / "esd.json"):
+        text = path.read_text(encoding="utf-8")
+        assert strict_json(path) and text.endswith("}\n") and text.count("\n") == 1, path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    paragraph = " ".join(readme.split("Every JSON file the toolkit writes", 1)[1].split("\n\n", 1)[0].split())
+    assert "indented (on one line:" in paragraph, paragraph
+    said = paragraph.split("indented (on one line:", 1)[1].split("), one newline", 1)[0]
+    for named in ("`clean_reference.json`", "COCO annotations", "`esd.json`", "`fmn.json`"):
+        assert named in said, paragraph
+
+
 def test_a_file_name_that_is_not_utf8_is_written_as_an_escape_that_reads_back_as_the_same_name(tmp_path):
     """Linux names are bytes: a folder from a Latin-1 system (``r\\xe9sultats``) is a str with a lone
     surrogate in Python. score-images on such a folder scored every image, then failed writing

@@ -44,3 +44,25 @@ def test_the_readmes_python_imports_and_inline_calls_resolve():
     called = {name for code in inline for name in re.findall(r"(?<![.\w])([A-Za-z_]\w*)\s*[(.]", code)}
     assert {"score_images", "train_detector"} <= called, inline
     assert sorted(called - set(implicit_concept.__all__)) == []
+
+
+def test_the_readme_says_what_score_images_returns_as_it_is():
+    """The README said score_images "returns the same report", and a lab indexed it as the dict
+    ``score --json`` writes (``report["concepts"]``: TypeError, a ScoreReport is not subscriptable).
+    The sentence names the class and its attributes; each one named is there."""
+    from dataclasses import fields
+
+    sentence = next(s for s in re.split(r"(?<=\.)\s+(?=[A-Z])", README.read_text(encoding="utf-8")) if "score_images(" in s)
+    returned = sentence.split("returns", 1)[1]
+    assert "`ScoreReport`" in returned, sentence
+    named = re.findall(r"`\.(\w+)(?:\(\))?`", returned)
+    assert {"concepts", "images", "to_json"} <= set(named), sentence
+    has = {f.name for f in fields(implicit_concept.ScoreReport)} | set(dir(implicit_concept.ScoreReport))
+    assert sorted(set(named) - has) == []
+
+
+def test_the_readmes_plug_in_example_is_the_one_the_tests_run():
+    """The README calls its WordyNegative "a complete example (tests/plugin_method.py, exercised by
+    the tests)": the block must be that file's code, or an edit to one leaves the other untested."""
+    block = next(b for b in re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S) if "class WordyNegative" in b)
+    assert block.strip() in (Path(__file__).parent / "plugin_method.py").read_text(encoding="utf-8")

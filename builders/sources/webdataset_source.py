@@ -505,19 +505,25 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
         if complete is not None:
             yield complete
         if isinstance(exc, TarRefused):
-            raise _TarStopped(exc.reason, f"{exc.detail} (after {last!r})") from exc
+            raise _TarStopped(exc.reason, f"{exc.detail} ({_after(last)})") from exc
         if isinstance(exc, StreamFailed):
-            raise _TarStopped("corrupt_tar", f"{str(exc).replace(path, _recorded(path))} (after {last!r})", exc.transient) from exc
+            raise _TarStopped("corrupt_tar", f"{str(exc).replace(path, _recorded(path))} ({_after(last)})", exc.transient) from exc
         said = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise _TarStopped("corrupt_tar", f"{type(exc).__name__}: {said} (after {last!r})") from exc
+        raise _TarStopped("corrupt_tar", f"{type(exc).__name__}: {said} ({_after(last)})") from exc
     if not ended:
-        raise _TarStopped("corrupt_tar", f"no end-of-archive block after {last!r}")
+        raise _TarStopped("corrupt_tar", f"no end-of-archive block ({_after(last)})")
     if complete is not None:
         yield complete
     if after is not None:
         # Never dropped without a word: what follows is recorded, not read (tar itself stops there too).
         raise _TarStopped("data_after_end_of_archive", f"{_recorded(path)}: data at byte {after}, after the end-of-archive block "
-                          f"(after {last!r}): tars joined with cat? It is not read; split them or write one tar")
+                          f"({_after(last)}): tars joined with cat? It is not read; split them or write one tar")
+
+
+def _after(last: str | None) -> str:
+    """Where a tar's read stopped, as its skip record says it: after the last sample it gave, or
+    before any (the record said "after None")."""
+    return f"after {last!r}" if last is not None else "before any sample of the split"
 
 
 def _recorded(location: str) -> str:
