@@ -1134,14 +1134,18 @@ def test_a_folder_of_images_whose_name_holds_a_brace_is_a_folder_not_a_shard_pat
     assert is_shard_source(str(tmp_path / "shard-{000..003}.tar")) and is_shard_source(str(tmp_path / "shards-{0..1}"))
 
 
-@pytest.mark.parametrize("case", ["part-config", "geom-metadata", "geom-no-negative"])
+@pytest.mark.parametrize("case", ["part-config", "part-config-nested", "part-config-list", "geom-metadata", "geom-no-negative"])
 def test_score_pipeline_refuses_a_malformed_json_file_naming_it(tmp_path, case):
+    """A config nested past the JSON parser's depth raised RecursionError (a traceback), and one
+    holding a list passed the check to fail inside diffusers."""
     from benchmark import external
 
     pipe = _pipeline_dir(tmp_path / "pipe")
-    if case == "part-config":
-        (pipe / "unet" / "config.json").write_text("not json")
-        with pytest.raises(ValueError, match=r"pipe/unet/config.json: not valid JSON"):
+    if case.startswith("part-config"):
+        text, said = {"part-config": ("not json", "not valid JSON"), "part-config-list": ("[1, 2]", "holds a JSON list, not an object"),
+                      "part-config-nested": ("[" * 100_000 + "]" * 100_000, r"not valid JSON \(nested too deeply\)")}[case]
+        (pipe / "unet" / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=rf"pipe/unet/config.json: {said}"):
             external.score_pipeline(pipe, tmp_path / "out", judging=None)
     else:
         (pipe / "geom_erasing.json").write_text('{"config": ' if case == "geom-metadata" else '{"config": {}}')
