@@ -144,17 +144,13 @@ def _check_out_apart(out: Path, pipeline_dir: Path) -> None:
 
 def _check_json_files(pipeline_dir: Path) -> None:
     """Refuse, naming the file, a pipeline folder whose parts' JSON configs are not JSON objects (the
-    loaders would raise from deep inside diffusers)."""
+    loaders would raise from deep inside diffusers), each read bounded (:func:`read_json_object`:
+    nesting past the parser's depth, a file over its bound, a list where an object goes)."""
     if not pipeline_dir.is_dir():
         return  # load_pipeline names what is missing
     for path in sorted([*pipeline_dir.glob("*.json"), *pipeline_dir.glob("*/*.json")]):
         if path.is_file():
-            try:
-                json.loads(path.read_text(encoding="utf-8"))
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}: not UTF-8 text ({e})") from None
-            except ValueError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from None
+            read_json_object(path)
 
 
 def score_pipeline(

@@ -19,6 +19,7 @@ from typing import Any
 from builders.recipe import load_recipe
 from builders.sources import SOURCES, make_source
 from implicit_concept.files import atomic_write_text
+from implicit_concept.scene.grammar import Scene
 from implicit_concept.shard_reader import iter_samples
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
@@ -58,7 +59,7 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[Prompt]:
                     raise ValueError(f"{path}:{line}: bad row ({len(header) + len(row[None])} fields for the header's "
                                      f"{len(header)}; quote a prompt that holds a comma)")
                 try:
-                    scene = json.loads(row["scene"]) if row.get("scene") else None
+                    scene = _scene(row["scene"]) if row.get("scene") else None
                     rows.append(Prompt(_integer(row, "case_number"), row["prompt"], _integer(row, "evaluation_seed"), scene))
                 except (ValueError, TypeError) as e:
                     raise ValueError(f"{path}:{line}: bad row ({e})") from None
@@ -103,6 +104,22 @@ def write_prompts(path: Path, prompts: list[Prompt]) -> None:
     for p in prompts:
         writer.writerow([p.case_number, p.prompt, p.evaluation_seed, json.dumps(p.scene, sort_keys=True) if p.scene else ""])
     atomic_write_text(Path(path), text.getvalue())
+
+
+def _scene(text: str) -> dict[str, Any]:
+    """A row's ``scene`` (JSON), checked to be one prompt following can read when the images are
+    scored (:meth:`Scene.from_json`), not only after they are drawn."""
+    try:
+        scene = json.loads(text)
+    except RecursionError:
+        raise ValueError("scene: nested too deeply") from None
+    except ValueError as e:
+        raise ValueError(f"scene: not JSON ({e})") from None
+    try:
+        Scene.from_json(scene)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise ValueError(f"scene: not a scene a procedural recipe writes ({type(e).__name__}: {e})") from None
+    return scene
 
 
 def resolve_prompts(path: str | Path) -> Path:

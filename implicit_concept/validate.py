@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
+from implicit_concept.bounded_reads import read_regular_file
+
 #: Seeds go to torch, numpy and Python's random: the range all of them take.
 MAX_SEED = 2**32 - 1
 #: A name that becomes a folder (a recipe's, a method's): no separators, no leading dot, at most 64.
@@ -179,17 +181,30 @@ def check_positive(where: str, options: Mapping[str, Any], names: Iterable[str])
             raise ValueError(f"{where}.{key}: expected a number > 0, got {options[key]!r}")
 
 
+#: The largest TOML file read as a config: the shipped ones are a few KB, and one is parsed whole.
+MAX_TOML_FILE_BYTES = 1 << 20
+
+
 def read_toml(path: Path, error: type[Exception] = ValueError, what: str = "file") -> dict[str, Any]:
-    """A config file's table, or ``error`` with one line naming the file: a folder, unreadable,
-    not UTF-8, not TOML (or nested past what the parser can take)."""
+    """A config file's table, or ``error`` with one line naming the file: a folder, a FIFO or device
+    (refused unread: a read would block or never end), over :data:`MAX_TOML_FILE_BYTES`, unreadable,
+    not UTF-8 (a byte-order mark, as Notepad saves, is let pass), not TOML (or nested past what the
+    parser can take, or an integer of more digits than Python converts)."""
     try:
-        return tomllib.loads(Path(path).read_bytes().decode("utf-8"))
+        data = read_regular_file(Path(path), MAX_TOML_FILE_BYTES)
     except IsADirectoryError:
         raise error(f"{path}: is a folder, not a {what}") from None
+    except ValueError as e:  # a FIFO, a device or an oversized file, named
+        raise error(str(e)) from None
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what} ({e.strerror or type(e).__name__})") from None
+    try:
+        return tomllib.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         raise error(f"{path}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise error(f"{path}: not valid TOML: {e}") from None
-    except (OSError, RecursionError) as e:
-        why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
-        raise error(f"{path}: cannot read the {what} ({why})") from None
+    except ValueError as e:  # an integer past the digits Python converts
+        raise error(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise error(f"{path}: cannot read the {what} (RecursionError)") from None

@@ -1,3 +1,4 @@
+import csv
 import io
 import json
 import re
@@ -56,6 +57,30 @@ def test_a_prompts_csv_saved_by_a_spreadsheet_with_a_byte_order_mark_reads_as_wi
     marked.write_text(plain.read_text(encoding="utf-8"), encoding="utf-8-sig")
     assert marked.read_bytes().startswith(b"\xef\xbb\xbf")
     assert read_prompts(marked) == read_prompts(plain) == [Prompt(3, "a red square", 42)]
+
+
+@pytest.mark.parametrize("scene,said", [
+    ("[" * 60_000 + "]" * 60_000, "scene: nested too deeply"),
+    ('{"background": 1}', "scene: not a scene a procedural recipe writes (TypeError"),
+    ('{"layout": "grid"}', "scene: not a scene a procedural recipe writes (KeyError"),
+    ("[1, 2]", "scene: not a scene a procedural recipe writes (TypeError"),
+    ('"a red square"', "scene: not a scene a procedural recipe writes (TypeError"),
+    ("{", "bad row (scene: not JSON (Expecting property name"),
+])
+def test_a_prompts_scene_prompt_following_cannot_read_is_refused_naming_its_line(tmp_path, scene, said):
+    """A nested scene raised RecursionError (a traceback) from the reader; a scene of another shape was
+    read, and its KeyError or TypeError came from scoring, after every image was drawn."""
+    bad = tmp_path / "lab.csv"
+    good = read_prompts("icd-tiny-eval", limit=1)[0]
+    rows = [[0, "a cat", 1, json.dumps(good.scene)], [1, "a dog", 2, scene]]
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([["case_number", "prompt", "evaluation_seed", "scene"], *rows])
+    bad.write_text(text.getvalue())
+    with pytest.raises(ValueError) as e:
+        read_prompts(bad)
+    assert str(e.value).startswith(f"{bad}:3: bad row (") and said in str(e.value) and "\n" not in str(e.value), str(e.value)[:300]
+    bad.write_text(text.getvalue().rsplit("\n1,", 1)[0] + "\n")
+    assert read_prompts(bad)[0].scene == good.scene
 
 
 def test_a_prompts_row_with_an_unquoted_comma_or_a_loosely_written_number_is_refused_naming_its_line(tmp_path):
@@ -1127,14 +1152,18 @@ def test_a_folder_of_images_whose_name_holds_a_brace_is_a_folder_not_a_shard_pat
     assert is_shard_source(str(tmp_path / "shard-{000..003}.tar")) and is_shard_source(str(tmp_path / "shards-{0..1}"))
 
 
-@pytest.mark.parametrize("case", ["part-config", "geom-metadata", "geom-no-negative"])
+@pytest.mark.parametrize("case", ["part-config", "part-config-nested", "part-config-list", "geom-metadata", "geom-no-negative"])
 def test_score_pipeline_refuses_a_malformed_json_file_naming_it(tmp_path, case):
+    """A config nested past the JSON parser's depth raised RecursionError (a traceback), and one
+    holding a list passed the check to fail inside diffusers."""
     from benchmark import external
 
     pipe = _pipeline_dir(tmp_path / "pipe")
-    if case == "part-config":
-        (pipe / "unet" / "config.json").write_text("not json")
-        with pytest.raises(ValueError, match=r"pipe/unet/config.json: not valid JSON"):
+    if case.startswith("part-config"):
+        text, said = {"part-config": ("not json", "not valid JSON"), "part-config-list": ("[1, 2]", "holds a JSON list, not an object"),
+                      "part-config-nested": ("[" * 100_000 + "]" * 100_000, r"not valid JSON \(nested too deeply\)")}[case]
+        (pipe / "unet" / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=rf"pipe/unet/config.json: {said}"):
             external.score_pipeline(pipe, tmp_path / "out", judging=None)
     else:
         (pipe / "geom_erasing.json").write_text('{"config": ' if case == "geom-metadata" else '{"config": {}}')

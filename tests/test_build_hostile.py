@@ -29,6 +29,7 @@ from builders.sources.caption_text import read_caption
 from builders.sources.source_json import read_source_json
 from builders.sources.webdataset_source import _name
 from builders.verify import _SHARD_PATH, verify_dataset
+from implicit_concept import validate
 
 SUBSETS = [{"name": "qr", "concepts": ["qrcode"], "fraction": 0.5}]
 
@@ -200,7 +201,7 @@ def test_a_recipe_path_that_is_a_folder_unreadable_or_not_utf8_is_one_line(tmp_p
     def denied(*args, **kwargs):  # as chmod 000 is for anyone but root
         raise PermissionError(13, "Permission denied", str(locked))
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    monkeypatch.setattr(validate, "read_regular_file", denied)
     with pytest.raises(RecipeError, match=r"locked.toml: cannot read the recipe file \(Permission denied\)"):
         load_recipe(locked)
 

@@ -1,7 +1,10 @@
 """Configuration is checked whole at the edge: tracks, detector scales and the command line refuse
 bad values before any stage runs, in one line naming the file and the field (no training here)."""
 import json
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -149,6 +152,57 @@ def test_track_file_problems_name_the_file(tmp_path):
     noext = tmp_path / "debugcopy"
     noext.write_text(DEBUG)
     assert load_track(noext).where == str(noext)
+
+
+def _hostile_config(tmp_path: Path, kind: str) -> Path:
+    """A recipe or track path that is tiny on disk or no file at all: a FIFO, a device, a file over the
+    bound, an integer of more digits than Python converts."""
+    path = tmp_path / f"{kind}.toml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    elif kind == "oversized":
+        path.write_text("# " + "x" * (1 << 20) + "\n" + DEBUG)
+    else:
+        path.write_text(DEBUG.replace("seed = 0", "seed = " + "9" * 5000))
+    return path
+
+
+@pytest.mark.parametrize("kind,fragment", [
+    ("fifo", "a FIFO (named pipe), where a file was expected"),
+    ("device", "a character device, where a file was expected"),
+    ("oversized", f"over {1 << 20} bytes"),
+    ("digits", "not valid TOML: Exceeds the limit (4300 digits)"),
+])
+@pytest.mark.parametrize("command", ["recipe-name", "benchmark --track"])
+def test_a_config_file_that_blocks_never_ends_or_bombs_is_one_line_naming_it(tmp_path, kind, fragment, command):
+    """A FIFO named as the recipe hung the command (reading waits for a writer), /dev/zero took all
+    the memory (MemoryError traceback), a 5000-digit integer raised Python's limit without the file.
+    Run in a child given 2 GB of address space past its imports, so a hang or a bomb fails this test."""
+    path = _hostile_config(tmp_path, kind)
+    argv = [*command.split(), str(path)] + (["--runs", str(tmp_path / "runs")] if command != "recipe-name" else [])
+    code = ("import re, resource, sys\nimport benchmark.benchmark_run\nfrom benchmark.cli import main\n"
+            "size = int(re.search(r'VmSize:\\s+(\\d+) kB', open('/proc/self/status').read())[1]) * 1024 + (2 << 30)\n"
+            f"resource.setrlimit(resource.RLIMIT_AS, (size, size))\nsys.exit(main({argv!r}))")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OPENBLAS_NUM_THREADS": "1"})
+    except subprocess.TimeoutExpired:
+        pytest.fail("the command waited on the file")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.count("\n") == 1 and f"{path}: {fragment}" in done.stderr, done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_config_file_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+    """Notepad saves UTF-8 with a byte-order mark, which tomllib refused as an invalid statement."""
+    marked = tmp_path / "marked.toml"
+    marked.write_bytes(b"\xef\xbb\xbf" + DEBUG.encode("utf-8"))
+    assert load_track(marked).sha256 == load_track("debug").sha256
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_bytes(b"\xef\xbb\xbf" + (RECIPES_DIR / "icd-debug.toml").read_bytes())
+    assert load_recipe(recipe).sha256 == load_recipe("icd-debug").sha256
 
 
 @pytest.mark.parametrize("line,new,field", [

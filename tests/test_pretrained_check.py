@@ -10,6 +10,8 @@ import os
 import pickle
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -424,3 +426,52 @@ def test_a_fifo_where_a_weights_file_belongs_is_named_not_waited_on(copy, name):
     os.mkfifo(folder / "unet" / name)  # a shard is read beside the single file, as from_pretrained would
     with fifo_released(folder / "unet" / name):
         _refused(folder, ValueError, f"{folder / 'unet' / name}: a FIFO (named pipe), where a safetensors file was expected")
+
+
+# A config of a few bytes naming sizes the libraries act on before any weight is read.
+
+_SIZED_BY_CHILD = """
+import json, re, resource, sys
+from benchmark.models.pipelines import load_pipeline
+from benchmark.models.pretrained_check import check_pretrained
+from benchmark.track import load_track
+size = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read())[1]) * 1024 + (2 << 30)
+resource.setrlimit(resource.RLIMIT_AS, (size, size))
+for name, call in (("check", check_pretrained), ("load", load_pipeline), ("track", lambda f: load_pipeline(f, sampler=load_track("debug").sampler()))):
+    try:
+        call(sys.argv[1])
+        said = "accepted"
+    except (ValueError, FileNotFoundError) as e:
+        said = str(e)
+    print(json.dumps([name, said]), flush=True)
+"""
+
+
+@pytest.mark.parametrize("part,fields,fragment", [
+    ("unet/config.json", {"block_out_channels": [10**6] * 4}, "the UNet2DConditionModel it describes is larger than its weights files hold"),
+    ("unet/config.json", {"layers_per_block": 10**8}, "the UNet2DConditionModel it describes is larger than its weights files hold"),
+    ("unet/config.json", {"block_out_channels": "wide"}, "cannot build a UNet2DConditionModel from it ("),
+    ("vae/config.json", {"block_out_channels": [10**5] * 4}, "the AutoencoderKL it describes is larger than its weights files hold"),
+    ("text_encoder/config.json", {"max_position_embeddings": 10**10}, "the CLIPTextModel it describes is larger than its weights files hold"),
+    ("text_encoder/config.json", {"num_hidden_layers": 10**7}, "the CLIPTextModel it describes is larger than its weights files hold"),
+    ("scheduler/scheduler_config.json", {"num_train_timesteps": 10**10}, "num_train_timesteps = 10000000000; expected an integer in [1, 100000]"),
+    ("scheduler/scheduler_config.json", {"num_train_timesteps": True}, "num_train_timesteps = True; expected an integer"),
+    ("tokenizer/tokenizer_config.json", {"model_max_length": 10**12}, "model_max_length = 1000000000000; the pipeline pads every prompt to it"),
+    ("tokenizer/tokenizer_config.json", {"model_max_length": None}, "model_max_length = None; the pipeline pads every prompt to it"),
+])
+def test_a_config_naming_sizes_its_weights_do_not_hold_is_refused_before_anything_is_built(copy, part, fields, fragment):
+    """Before: diffusers allocated the UNet from its config (16 TB asked for), a scheduler a 40 GB
+    table, the tokenizers library aborted the process padding a prompt to 10**12 tokens, a depth of
+    10**8 layers was built one module at a time; check_pretrained passed each. Now check_pretrained
+    and load_pipeline (the folder's scheduler or a track's) refuse each in one line naming the file,
+    in a child given 2 GB of address space past its imports, so a bomb fails this test."""
+    folder = copy()
+    data = json.loads((folder / part).read_text())
+    data.update(fields)
+    (folder / part).write_text(json.dumps({k: v for k, v in data.items() if v is not None}))
+    done = subprocess.run([sys.executable, "-c", _SIZED_BY_CHILD, str(folder)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OPENBLAS_NUM_THREADS": "1"})
+    said = dict(json.loads(line) for line in done.stdout.splitlines())
+    assert done.returncode == 0 and set(said) == {"check", "load", "track"}, (done.returncode, done.stderr[-3000:])
+    for name, message in said.items():
+        assert message.startswith(f"{folder / part}: ") and fragment in message and "\n" not in message, (name, message)

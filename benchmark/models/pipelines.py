@@ -42,6 +42,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from benchmark.models import patch_autoencoder
 from benchmark.models.clip_tokenizer import CLIP_MAX_LENGTH, build_clip_tokenizer, write_vocab_files
+from benchmark.models.config_sizes import check_part_size, check_schedule_size
 from benchmark.models.part_bars import part_bars_dropped
 from benchmark.models.patch_autoencoder import PatchAutoencoder
 from builders.recipe import MAX_IMAGE_SIZE
@@ -368,13 +369,16 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, samp
     def weighted(name: str, cls: Any, stem: str) -> Any:
         folder = path / name
         variant = _weights_variant(folder, stem)
-        headers = read_weight_headers(weight_files(folder, stem, variant))
+        files = weight_files(folder, stem, variant)
+        headers = read_weight_headers(files)
+        check_part_size(folder, cls, files)
         module, info = part(name, cls, use_safetensors=True, variant=variant, torch_dtype=torch_dtype or torch.float32,
                             output_loading_info=True)
         check_loaded_weights(module, info, headers, _described(folder, stem, variant))
         return module
 
     if sampler is None:
+        _scheduler_config(path)  # its size checked before the class builds its tables
         scheduler = part("scheduler", _component_class(index, "scheduler", SCHEDULERS, path))
         _refuse_unfit_sampler(scheduler, f"{path / 'scheduler'}: {type(scheduler).__name__}",
                               "re-save the pipeline with one that can (pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config))")
@@ -513,11 +517,14 @@ def same_sampler(a: Any, b: Any) -> bool:
 
 
 def _scheduler_config(path: Path) -> dict[str, Any]:
-    """The folder's scheduler config as saved, whatever scheduler class it names."""
+    """The folder's scheduler config as saved, whatever scheduler class it names, its schedule's
+    length checked (:func:`~benchmark.models.config_sizes.check_schedule_size`)."""
     config = path / "scheduler" / "scheduler_config.json"
     if not config.is_file():
         raise FileNotFoundError(f"{config}: missing (the model's noise schedule and prediction type are read from it)")
-    return read_json_object(config)
+    settings = read_json_object(config)
+    check_schedule_size(settings, config)
+    return settings
 
 
 def sampler_problem(scheduler: Any) -> str | None:

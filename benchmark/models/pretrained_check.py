@@ -21,6 +21,7 @@ from typing import Any
 from diffusers import UNet2DConditionModel
 
 from benchmark.models.adapter_weights import check_no_adapter_weights
+from benchmark.models.config_sizes import check_part_size, check_prompt_length
 from benchmark.models.patch_autoencoder import PatchAutoencoder
 from benchmark.models.pipelines import (
     DIFFUSERS_WEIGHTS,
@@ -87,6 +88,9 @@ def check_pretrained(path: str | Path) -> dict[str, Any]:
         weights[name] = [str(f.relative_to(path)) for f in files]
 
     latent_channels, hidden_size = check_parts_fit(path, vae_class)  # each weighted part's config.json too
+    for name, files in weights.items():  # built on the meta device, within what its weights hold
+        check_part_size(path / name, classes[name], [path / f for f in files])
+    _scheduler_config(path)  # the length of its schedule, which building a scheduler fills
     for name in PART_CLASSES:
         check_weights_config(path / name)
     check_no_adapter_weights(path)
@@ -179,6 +183,7 @@ def check_parts_fit(path: str | Path, vae_class: type) -> tuple[int, int]:
                              "(it would need inputs this pipeline never gives)")
     hidden = (text.get("text_config") or {}) if text.get("model_type") == "clip" else text
     hidden_size = hidden.get("hidden_size", 512)  # CLIPTextConfig's default
+    check_prompt_length(path / "tokenizer", hidden.get("max_position_embeddings", 77), text_file)  # 77: CLIPTextConfig's default
     cross = unet.get("cross_attention_dim", _default(UNet2DConditionModel, "cross_attention_dim"))
     widths = set(cross) if isinstance(cross, (list, tuple)) else {cross}
     if widths != {hidden_size}:
