@@ -16,9 +16,11 @@ first sample. Otherwise they are spawned, and each makes its own builder.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -124,13 +126,15 @@ class RayUnavailable(ValueError):
 
 
 def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address: str | None) -> Iterator[list[dict[str, Any]]]:
-    try:
-        import ray
-        from ray.util import ActorPool
-    except ImportError as e:
-        raise RayUnavailable("the ray distributor needs Ray: pip install 'implicit-concept[ray]'") from e
-    started_here = not ray.is_initialized()
-    if started_here:
+    with restored_after_ray():
+        try:
+            import ray
+            from ray.util import ActorPool
+        except ImportError as e:
+            raise RayUnavailable("the ray distributor needs Ray: pip install 'implicit-concept[ray]'") from e
+        if ray.is_initialized():  # the caller's session: joined, left running
+            yield from _ray_build(ray, ActorPool, recipe, units, out, workers)
+            return
         try:
             with keeping_signal_handlers():  # Ray's SIGTERM handler would end the command with status 1
                 ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
@@ -140,12 +144,31 @@ def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address
         except BaseException:  # Ctrl-C while the local cluster starts: what started stops with the command
             ray.shutdown()
             raise
-    try:
-        actors = workers if workers > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
-        builder: Callable[..., Any] = ray.remote(num_cpus=1)(_RayBuilder)
-        groups = group_units(units)
-        pool = ActorPool([builder.remote(recipe) for _ in range(min(actors, len(groups)))])
-        yield from pool.map_unordered(lambda actor, group: actor.build.remote(group, Path(out).resolve()), groups)
-    finally:
-        if started_here:
+        try:
+            yield from _ray_build(ray, ActorPool, recipe, units, out, workers)
+        finally:
             ray.shutdown()
+
+
+def _ray_build(ray: Any, actor_pool: Any, recipe: Recipe, units: list[WorkUnit], out: Path, workers: int) -> Iterator[list[dict[str, Any]]]:
+    actors = workers if workers > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
+    builder: Callable[..., Any] = ray.remote(num_cpus=1)(_RayBuilder)
+    groups = group_units(units)
+    pool = actor_pool([builder.remote(recipe) for _ in range(min(actors, len(groups)))])
+    yield from pool.map_unordered(lambda actor, group: actor.build.remote(group, Path(out).resolve()), groups)
+
+
+@contextmanager
+def restored_after_ray() -> Iterator[None]:
+    """The environment and ``sys.excepthook`` put back after Ray is imported and a session run in the
+    block: ``import ray`` sets its excepthook and ``RAY_CLIENT_MODE``, ``ray.init`` points
+    ``PYTHONBREAKPOINT`` at Ray's remote debugger (a lab's ``breakpoint()`` after a build waited on a
+    socket) and sets ``RAY_*`` variables, and ``shutdown`` leaves them. Its SIGTERM handler is
+    :func:`keeping_signal_handlers`' to put back."""
+    environ, excepthook = dict(os.environ), sys.excepthook
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        sys.excepthook = excepthook

@@ -128,6 +128,31 @@ def test_a_ctrl_c_while_ray_starts_its_local_cluster_shuts_that_cluster_down(tmp
     assert shut == [1]
 
 
+def test_a_ray_session_started_for_a_build_leaves_the_callers_environment_and_hooks(tmp_path, monkeypatch):
+    """ray.init points PYTHONBREAKPOINT at Ray's remote debugger and sets RAY_* variables, its
+    excepthook and a SIGTERM handler, and ray.shutdown leaves them: a lab's process that built through
+    Ray kept them (its next ``breakpoint()`` waited on a socket)."""
+    from types import SimpleNamespace
+
+    from builders.distributor import _ray
+
+    hook, handler = sys.excepthook, signal.getsignal(signal.SIGTERM)
+
+    def init(**kwargs):
+        os.environ.update(PYTHONBREAKPOINT="ray.util.rpdb._driver_set_trace", RAY_USAGE_STATS_ENABLED="0")
+        sys.excepthook = lambda *a: None
+        signal.signal(signal.SIGTERM, lambda *a: None)
+
+    monkeypatch.setitem(sys.modules, "ray", SimpleNamespace(is_initialized=lambda: False, init=init, shutdown=lambda: None,
+                                                            cluster_resources=lambda: {"CPU": 1}, remote=lambda **k: (lambda cls: cls)))
+    monkeypatch.setitem(sys.modules, "ray.util", SimpleNamespace(ActorPool=lambda actors: SimpleNamespace(map_unordered=lambda f, g: iter(()))))
+    monkeypatch.delenv("PYTHONBREAKPOINT", raising=False)
+    before = dict(os.environ)
+    assert list(_ray(load_recipe("icd-debug"), [], tmp_path, 1, None)) == []
+    assert dict(os.environ) == before
+    assert sys.excepthook is hook and signal.getsignal(signal.SIGTERM) is handler
+
+
 def test_killed_build_resumes_to_the_same_bytes(debug_dataset, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "benchmark.cli", "build", "icd-debug", "--out", str(out), "--quiet"]

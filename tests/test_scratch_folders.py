@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from builders.distributor import restored_after_ray
+from implicit_concept.worker_processes import keeping_signal_handlers
+
 SYSTEM_TEMP = Path("/tmp")
 
 
@@ -31,9 +34,11 @@ def test_torchrun_writes_its_temporaries_into_the_scratch_folder():
 def test_ray_writes_its_session_and_token_into_the_scratch_folder():
     ray = pytest.importorskip("ray")
     scratch = _scratch()
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        session = Path(ray._private.worker.global_worker.node.get_session_dir_path())
-    finally:
-        ray.shutdown()
+    with restored_after_ray():
+        with keeping_signal_handlers():
+            ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            session = Path(ray._private.worker.global_worker.node.get_session_dir_path())
+        finally:
+            ray.shutdown()
     assert scratch in session.parents, session
