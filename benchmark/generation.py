@@ -25,6 +25,7 @@ from benchmark.models.pipeline_identity import json_sha256
 from benchmark.plugin_state import kept_plugin_state, seeded_rngs
 from benchmark.prompts import Prompt
 from implicit_concept.files import atomic_save_image, atomic_write_json
+from implicit_concept.json_records import read_json_object
 from implicit_concept.progress import progress_bar
 from implicit_concept.provenance import canonical_json
 from implicit_concept.shard_reader import is_hidden
@@ -192,9 +193,11 @@ _RECORD_FIELDS = {"model", "negative_prompt", "settings"}
 
 
 def _recorded(path: Path) -> Any:
-    """What ``source.json`` says made the images beside it; None if it is missing or unreadable."""
+    """What ``source.json`` says made the images beside it; None if it is missing or unreadable (read
+    bounded, from a regular file: a FIFO of that name hung drawing, nesting past the parser's depth
+    raised RecursionError)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json_object(path)
     except (OSError, ValueError):
         return None
 

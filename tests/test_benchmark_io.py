@@ -1,7 +1,10 @@
 import csv
 import io
 import json
+import os
 import re
+import stat
+import threading
 
 import numpy as np
 import pytest
@@ -208,8 +211,9 @@ def test_images_of_another_model_are_made_anew(tmp_path):
 
 
 @pytest.mark.parametrize("text", ["{", "null", "[]", '{"tool": "theirs", "images": {"0_0.png": "x"}}',
-                                  '{"model": "a", "negative_prompt": "", "settings": {}, "images": []}', '{"model": "a", "settings": {}}'],
-                         ids=["damaged", "null", "a-list", "another-tools", "images-not-an-object", "fields-missing"])
+                                  '{"model": "a", "negative_prompt": "", "settings": {}, "images": []}', '{"model": "a", "settings": {}}',
+                                  "[" * 100_000 + "]" * 100_000],
+                         ids=["damaged", "null", "a-list", "another-tools", "images-not-an-object", "fields-missing", "nested"])
 def test_images_beside_a_source_json_drawing_did_not_write_are_never_replaced(tmp_path, text):
     """A damaged source.json, or another tool's file of that name, beside a lab's PNGs: the PNGs were
     deleted and redrawn (and the file replaced), though nothing says drawing made them. Drawing writes
@@ -229,6 +233,31 @@ def test_images_beside_a_source_json_drawing_did_not_write_are_never_replaced(tm
         generate_images(_fake_generate(calls), [Prompt(0, "p0", 10)], folder, progress=False, source={"model": "a"})
     assert calls == [] and (folder / "source.json").read_text() == text
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == {"source.json": kept["source.json"]}
+
+
+def test_a_source_json_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    """images/source.json a FIFO (a lab's pipe of that name): drawing opened it to read and waited
+    for a writer forever."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    os.mkfifo(folder / "source.json")
+    outcome: list = []
+
+    def draw():
+        try:
+            generate_images(_fake_generate([]), [Prompt(0, "p0", 10)], folder, progress=False, source={"model": "a"})
+        except ValueError as e:
+            outcome.append(str(e))
+
+    drawing = threading.Thread(target=draw, daemon=True)
+    drawing.start()
+    drawing.join(60)
+    if drawing.is_alive():  # let the reader go: a writer opens the FIFO and closes it at once
+        os.close(os.open(folder / "source.json", os.O_WRONLY | os.O_NONBLOCK))
+        drawing.join(60)
+        pytest.fail("drawing waited on the FIFO")
+    assert len(outcome) == 1 and "source.json: not the record drawing writes" in outcome[0], outcome
+    assert stat.S_ISFIFO((folder / "source.json").lstat().st_mode)
 
 
 def test_a_source_json_that_is_a_link_to_a_record_elsewhere_is_refused_and_kept(tmp_path):
