@@ -39,6 +39,7 @@ from implicit_concept.files import is_temporary
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, load_pixels
 from implicit_concept.json_records import json_differences
 from implicit_concept.progress import progress_bar
+from implicit_concept.provenance import environment
 from implicit_concept.sample import SPLITS, SampleMeta
 from implicit_concept.sample_error import SampleError
 from implicit_concept.shard_reader import (
@@ -86,9 +87,10 @@ class VerifyReport:
         return not self.problems and self.shards > 0
 
     def as_json(self) -> dict[str, Any]:
-        """What ``verify --json`` prints: the counts, ``ok``, every problem and note."""
+        """What ``verify --json`` prints: the counts, ``ok``, every problem and note, and the versions
+        that checked (a check by other library versions may read the same bytes otherwise)."""
         return {"ok": self.ok, "shards": self.shards, "samples": self.samples, "instances": self.instances,
-                "problems": list(self.problems), "notes": list(self.notes)}
+                "problems": list(self.problems), "notes": list(self.notes), "environment": environment()}
 
 
 def require_verified(out: Path) -> VerifyReport:

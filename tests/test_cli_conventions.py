@@ -2,6 +2,7 @@
 (``implicit-concept ... | head``) stops it quietly, and a cache folder it cannot write (the default
 one, in a current folder that cannot hold it) is named, with the option that moves it; progress bars
 redraw on a terminal, not in a log; the Makefile's variables reach the command as one argument each."""
+import importlib.metadata
 import io
 import json
 import os
@@ -305,6 +306,7 @@ def test_build_and_verify_give_their_numbers_as_json_for_scripts(tmp_path, capsy
     assert main(["verify", str(data), "--quiet", "--json", "-"]) == 0
     verified = json.loads(capsys.readouterr().out)
     assert verified["ok"] is True and verified["shards"] == 12 and verified["samples"] == 384 and verified["problems"] == []
+    assert verified["environment"]["packages"]["pillow"] == importlib.metadata.version("pillow"), "the versions that checked"
 
     record = tmp_path / "reports" / "verify.json"
     assert main(["verify", str(data), "--quiet", "--json", str(record)]) == 0
