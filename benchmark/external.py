@@ -445,7 +445,7 @@ def _score(paths: list[Path], prompts: list[Prompt], generation: GenerationSetti
         # detector reports every concept it knows, and scores.json keeps them all.
         "rows": [{"concept": concept, **row} for concept, row in rows.items() if concept in judging.concepts],
         "concepts": {c: s.to_json() for c, s in report.concepts.items() if c in judging.concepts},
-        "table": report.table(),
+        "table": report.table(judging.concepts),
     }
     atomic_write_json(out / "summary.json", summary)
     return summary

@@ -282,16 +282,18 @@ class ScoreReport:
         atomic_write_text(path, json_text(self.to_json()))  # the layout of every record: strict JSON, UTF-8
         return path
 
-    def table(self) -> str:
+    def table(self, concepts: Sequence[str] | None = None) -> str:
+        """The report as text; ``concepts``: only these rows (a subset's), None for every concept scored."""
+        shown = self.concepts if concepts is None else {c: s for c, s in self.concepts.items() if c in concepts}
         pct = int(round(100 * self.config.level))
         source = "one for all" if self.config.conf is not None else "the detector's"
-        at = ", ".join(f"{c} {t:.4g}" for c, t in self.thresholds.items())
+        at = ", ".join(f"{c} {t:.4g}" for c, t in self.thresholds.items() if c in shown)
         lines = [
             f"{len(self.images)} images, thresholds ({source}): {at}; {pct}% exact binomial intervals; "
             f"FP = detector on {self.clean_images} clean images ({_shown_source(self.clean_source)})",
             f"{'concept':<10} {'checker':<18} {'ICR [' + str(pct) + '% CI]':<24} {'FP clean [CI]':<24} agreement",
         ]
-        for c, s in self.concepts.items():
+        for c, s in shown.items():
             lines.append(f"{c:<10} {'detector':<18} {str(s.icr):<24} {str(s.fp_rate):<24} -")
             for x in self.crosschecks:
                 if x.concept == c:

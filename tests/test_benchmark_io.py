@@ -873,8 +873,8 @@ class _FakeReport:
     def write_json(self, path):
         path.write_text("{}")
 
-    def table(self):
-        return "table"
+    def table(self, concepts=None):
+        return f"table of {', '.join(concepts or ['every concept'])}"
 
 
 def _judging(tmp_path, num_prompts=None, **generation):

@@ -459,6 +459,12 @@ def test_icr_fp_rate_and_crosscheck_agreement_on_known_inputs(tmp_path):
     assert record["concepts"]["qrcode"]["checker"] == "detector"
     assert record["crosschecks"][0]["checker"] == "fake-qr" and len(record["images"]) == 10
     assert "FP clean" in report.table()
+    def rows(table):
+        return [line.split()[0] for line in table.splitlines()[2:] if line.split()[0] in CONCEPT_NAMES]
+
+    assert rows(report.table(["watermark"])) == ["watermark"] and "qrcode" not in report.table(["watermark"]), \
+        "a subset's table: its concepts' rows (and thresholds, cross-checks) alone"
+    assert rows(report.table()) == list(report.concepts) == list(CONCEPT_NAMES)
 
 
 def test_a_recorded_clean_folder_that_is_not_on_this_machine_is_not_shown_as_a_local_path(tmp_path):

@@ -408,6 +408,7 @@ def test_a_subsets_scoring_records_that_subsets_concepts_alone(tmp_path, monkeyp
         summary = external.score_image_folder(folder, tmp_path / f"out-{subset}", scored)
         assert summary["track_concepts"] == concepts and [r["concept"] for r in summary["rows"]] == concepts, summary["rows"]
         assert sorted(summary["concepts"]) == sorted(concepts)
+        assert summary["table"] == f"table of {', '.join(concepts)}", "the console's table is of the same concepts"
 
 
 def test_a_judging_scores_between_one_and_all_of_the_tracks_prompts(tmp_path):
