@@ -442,7 +442,7 @@ def test_a_method_and_external_scoring_compare_with_the_same_clean_images(tmp_pa
     benchmark = method_evaluation.evaluation_for(real_run(tmp_path, track), tmp_path / "icd-qrcode", None)
 
     judged = []
-    report = SimpleNamespace(thresholds={}, concepts={}, write_json=lambda path: None, table=lambda: "")
+    report = SimpleNamespace(thresholds={}, concepts={}, write_json=lambda path: None, table=lambda concepts=None: "")
     monkeypatch.setattr(external, "score_generated", lambda paths, prompts, detector, score, quality, reference, cache:
                         judged.append(reference) or (report, {}))
     (tmp_path / "detector.safetensors").write_bytes(b"weights")
