@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from implicit_concept.files import current_umask
 from implicit_concept.torch_settings import numerics, set_numerics
 
 torch.set_num_threads(1)
@@ -148,9 +149,7 @@ def _process_state():
 
     from PIL import Image
 
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return {"cwd": os.getcwd(), "umask": umask, "environment": {k: v for k, v in os.environ.items() if k not in _SET_ONCE},
+    return {"cwd": os.getcwd(), "umask": current_umask(), "environment": {k: v for k, v in os.environ.items() if k not in _SET_ONCE},
             **{name: signal.getsignal(getattr(signal, name)) for name in _SIGNALS},
             "alarm": signal.getitimer(signal.ITIMER_REAL)[0] > 0, "tempfile.tempdir": tempfile.gettempdir(),
             "Image.MAX_IMAGE_PIXELS": Image.MAX_IMAGE_PIXELS, "Image.open": Image.open,

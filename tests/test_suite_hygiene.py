@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from implicit_concept.files import current_umask
+
 REPO = Path(__file__).resolve().parents[1]
 
 LEAKY = '''
@@ -36,8 +38,7 @@ def test_after_all_of_them():
 
 
 def test_a_test_leaving_the_process_changed_fails_and_the_next_one_starts_clean(tmp_path):
-    umask = os.umask(0o022)
-    os.umask(umask)
+    umask = current_umask()
     (tmp_path / "test_leaky.py").write_text(LEAKY + f"\nSTART_UMASK = {umask}\n")
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
                            "--rootdir", str(tmp_path), str(tmp_path / "test_leaky.py")],
