@@ -50,6 +50,17 @@ def test_an_ascii_folder_under_a_python_reading_names_as_ascii_is_accepted(ascii
     assert "rerun with PYTHONUTF8=1" in utf8_path_problem(tmp_path / "café", "the dataset's tables")
 
 
+def test_a_folder_beyond_ascii_under_a_python_reading_names_as_utf8_is_accepted(tmp_path, monkeypatch):
+    """The usual case: ``café/`` is handed to pyarrow and tokenizers as the bytes on disk."""
+    from builders.verify import verify_dataset
+    from implicit_concept.utf8_paths import utf8_path_problem
+
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "utf-8")
+    (tmp_path / "café").mkdir()
+    assert utf8_path_problem(tmp_path / "café", "the dataset's tables") is None
+    assert not any("file names" in p for p in verify_dataset(tmp_path / "café").problems)
+
+
 def test_verify_of_a_relative_folder_counts_the_working_folders_name(ascii_names, tmp_path, monkeypatch):
     """``verify data`` run inside ``café/`` hands pyarrow ``café/data`` all the same."""
     from builders.verify import verify_dataset
