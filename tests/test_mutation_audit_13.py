@@ -148,3 +148,40 @@ def test_a_tokenizer_padding_prompts_to_no_tokens_or_past_the_encoders_positions
         return
     with pytest.raises(ValueError, match=rf"^{tmp_path / 'tokenizer_config.json'}: model_max_length = "):
         check_prompt_length(tmp_path, 77, tmp_path / "config.json")
+
+
+def test_a_part_that_cannot_be_built_from_its_config_is_one_line_whatever_the_library_says(tmp_path):
+    """Libraries' errors run over several lines (a reason, then the values it saw); the refusal is
+    the file and the first of them, as every refusal of a handed-over folder is one line."""
+    from benchmark.models.config_sizes import check_part_size
+
+    class Part:
+        @classmethod
+        def load_config(cls, folder):
+            return {}
+
+        @classmethod
+        def from_config(cls, config):
+            raise ValueError("\n  block_out_channels must be a list of integers\n  got: 'wide'\n")
+
+    with pytest.raises(ValueError) as caught:
+        check_part_size(tmp_path, Part, [])
+    assert str(caught.value) == (f"{tmp_path / 'config.json'}: cannot build a Part from it "
+                                 "(ValueError: block_out_channels must be a list of integers)")
+
+
+def test_a_part_sized_past_any_memory_is_refused_for_its_size_before_a_byte_is_allocated(tmp_path):
+    """A text encoder whose config names 10**14 tokens: built on the meta device, it is refused as
+    larger than its weights, not by the allocator (a machine's memory) after it tried."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from benchmark.models.config_sizes import check_part_size
+
+    CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
+                   vocab_size=10**14).save_pretrained(tmp_path)
+    save_file({"w": torch.zeros(4)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'config.json'}: the CLIPTextModel it describes is larger than its "
+                                         r"weights files hold \(4 values in 1 tensors\); not built$"):
+        check_part_size(tmp_path, CLIPTextModel, [tmp_path / "model.safetensors"])
