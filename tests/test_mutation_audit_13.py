@@ -185,3 +185,22 @@ def test_a_part_sized_past_any_memory_is_refused_for_its_size_before_a_byte_is_a
     with pytest.raises(ValueError, match=rf"^{tmp_path / 'config.json'}: the CLIPTextModel it describes is larger than its "
                                          r"weights files hold \(4 values in 1 tensors\); not built$"):
         check_part_size(tmp_path, CLIPTextModel, [tmp_path / "model.safetensors"])
+
+
+def test_a_part_whose_weights_hold_what_its_config_builds_passes_however_many_tensors(tmp_path):
+    """The budget is what the weights hold (twice, plus a slack): a deep text encoder of 80 layers,
+    some 1300 tensors, is as welcome as the tiny ones the suite's pipelines have."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from benchmark.models.config_sizes import check_part_size
+
+    config = CLIPTextConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=80, num_attention_heads=2,
+                            vocab_size=100, max_position_embeddings=8, eos_token_id=2)
+    config.save_pretrained(tmp_path)
+    with torch.device("meta"):
+        state = CLIPTextModel(config).state_dict()
+    assert len(state) > 1280
+    save_file({name: torch.zeros(value.shape, dtype=torch.uint8) for name, value in state.items()}, str(tmp_path / "model.safetensors"))
+    check_part_size(tmp_path, CLIPTextModel, [tmp_path / "model.safetensors"])
