@@ -204,3 +204,22 @@ def test_a_part_whose_weights_hold_what_its_config_builds_passes_however_many_te
     assert len(state) > 1280
     save_file({name: torch.zeros(value.shape, dtype=torch.uint8) for name, value in state.items()}, str(tmp_path / "model.safetensors"))
     check_part_size(tmp_path, CLIPTextModel, [tmp_path / "model.safetensors"])
+
+
+def test_a_group_writable_umask_gives_group_writable_weights_and_folders(tmp_path):
+    """Under umask 002 (a shared project's, with a group per user) the group writes what the lab
+    writes; the suite's 022, 027 and 077 give the same modes as a fixed 644/755 would."""
+    import stat
+
+    import torch
+    from safetensors.torch import save_file
+
+    before = os.umask(0o002)
+    try:
+        with files.atomic_dir(tmp_path / "out") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp / "weights.safetensors"))
+            (tmp / "part").mkdir(mode=0o700)
+    finally:
+        os.umask(before)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "out", *(tmp_path / "out").rglob("*")]}
+    assert modes == {"out": 0o775, "weights.safetensors": 0o664, "part": 0o775}
