@@ -11,7 +11,6 @@ are the ones a single process trains.
 """
 from __future__ import annotations
 
-import json
 import time
 from contextlib import closing
 from dataclasses import replace
@@ -290,7 +289,7 @@ def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Dete
                    base: dict[str, Any]) -> dict[str, Any]:
     """Write results.json, .md, .html and the ICR plot. A run's results are the union of what it has
     scored: rows of methods not rerun this time are kept, a rerun method's rows replace its old ones."""
-    rows = _union(run.root / "results.json", rows)
+    rows = _union(run.root, rows)
     reference = CleanReference.beside(detector)
     config = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
     results = {
@@ -334,12 +333,15 @@ def _check_same_evaluator(run: BenchmarkRun, detector: Detector) -> None:
                          f"{run.root / 'results.json'} ({str(recorded)[:12]}); use another --name or remove the folder")
 
 
-def _union(previous_file: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    if not previous_file.is_file():
+def _union(run_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` and the rows of ``run_dir``'s results.json that they do not replace, the file read
+    as the report reads it (:func:`read_results`): one edited by hand is refused, never half-merged."""
+    try:
+        previous = read_results(run_dir)["rows"]
+    except FileNotFoundError:
         return rows
     fresh = {(r["subset"], r["method"]) for r in rows}
-    kept = [r for r in json.loads(previous_file.read_text(encoding="utf-8"))["rows"] if (r.get("subset"), r["method"]) not in fresh]
-    return kept + rows
+    return [r for r in previous if (r.get("subset"), r["method"]) not in fresh] + rows
 
 
 class _timed:
