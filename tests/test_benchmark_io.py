@@ -1193,7 +1193,7 @@ def test_score_pipeline_refuses_a_malformed_json_file_naming_it(tmp_path, case):
                       "part-config-nested": ("[" * 100_000 + "]" * 100_000, r"nested too deeply")}[case]
         (pipe / "unet" / "config.json").write_text(text)
         with pytest.raises(ValueError, match=rf"pipe/unet/config.json: {said}"):
-            external.score_pipeline(pipe, tmp_path / "out", judging=None)
+            external.score_pipeline(pipe, tmp_path / "out", judging=_judging(tmp_path))
     else:
         (pipe / "geom_erasing.json").write_text('{"config": ' if case == "geom-metadata" else '{"config": {}}')
         with pytest.raises(ValueError, match=r"pipe/geom_erasing.json: not .*(JSON|negative_prompt)"):

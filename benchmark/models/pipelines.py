@@ -416,7 +416,7 @@ def require_pipeline_folder(path: Path) -> None:
             f"{path}: a file, not a diffusers pipeline folder; convert a single-file checkpoint first "
             "(diffusers: StableDiffusionPipeline.from_single_file(FILE).save_pretrained(FOLDER, safe_serialization=True))"
         )
-    if not (path / "model_index.json").is_file():
+    if not (path / "model_index.json").exists():  # a FIFO or device there is named by its reader
         raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json in it){_what_it_is(path)}")
 
 
