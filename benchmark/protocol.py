@@ -289,7 +289,7 @@ def _write_results(run: BenchmarkRun, rows: list[dict[str, Any]], detector: Dete
                    base: dict[str, Any]) -> dict[str, Any]:
     """Write results.json, .md, .html and the ICR plot. A run's results are the union of what it has
     scored: rows of methods not rerun this time are kept, a rerun method's rows replace its old ones."""
-    rows = _union(run.root, rows)
+    rows = _union(run.root / "results.json", rows)
     reference = CleanReference.beside(detector)
     config = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
     results = {
@@ -333,11 +333,11 @@ def _check_same_evaluator(run: BenchmarkRun, detector: Detector) -> None:
                          f"{run.root / 'results.json'} ({str(recorded)[:12]}); use another --name or remove the folder")
 
 
-def _union(run_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` and the rows of ``run_dir``'s results.json that they do not replace, the file read
-    as the report reads it (:func:`read_results`): one edited by hand is refused, never half-merged."""
+def _union(previous_file: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` and the rows of ``previous_file`` (a run's results.json) that they do not replace, the
+    file read as the report reads it (:func:`read_results`): one edited by hand is refused, never half-merged."""
     try:
-        previous = read_results(run_dir)["rows"]
+        previous = read_results(previous_file.parent)["rows"]
     except FileNotFoundError:
         return rows
     fresh = {(r["subset"], r["method"]) for r in rows}

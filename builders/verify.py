@@ -33,11 +33,11 @@ from builders.shard_builder import WorkUnit, key_index, plan_units, recorded_pla
 from builders.shard_table import COLUMNS, sample_row, status_of
 from builders.sources import WebDatasetConfig, make_source
 from builders.sources.webdataset_source import tar_paths
+from implicit_concept.bounded_reads import read_regular_file
 from implicit_concept.content_hashes import sha256_file
 from implicit_concept.file_locks import LOCK_NAME, read_locked
 from implicit_concept.files import is_temporary
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, load_pixels
-from implicit_concept.bounded_reads import read_regular_file
 from implicit_concept.json_records import json_differences, parse_json
 from implicit_concept.progress import progress_bar
 from implicit_concept.provenance import environment

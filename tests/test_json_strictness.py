@@ -190,3 +190,14 @@ def test_a_built_folders_record_with_a_key_twice_is_a_problem_verify_names(tmp_p
     (out / "recipe.json").write_text(json.dumps({"recipe_sha256": "a"})[:-1] + ', "recipe_sha256": "b"}')
     problems = verify_dataset(out).problems
     assert any(p.startswith(f"{out / 'recipe.json'}: unreadable (key 'recipe_sha256' appears twice") for p in problems), problems
+
+
+def test_a_runs_earlier_rows_are_merged_only_from_a_results_json_read_by_the_rule(tmp_path):
+    """The rows of methods not rerun are kept from results.json at a run's end: one edited by hand to
+    hold a key twice was merged as Python reads it, its other reading left in the file."""
+    from benchmark.protocol import _union
+
+    row = '{"method": "sd", "concept": "qrcode", "status": "failed"}'
+    (tmp_path / "results.json").write_text('{"name": "r", "track": "debug", "fp_rate": {}, "rows": [' + row + '], "rows": []}')
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'results.json'}: key 'rows' appears twice"):
+        _union(tmp_path / "results.json", [{"method": "esd", "concept": "qrcode", "subset": "icd-qrcode"}])
