@@ -146,7 +146,7 @@ class CleanReference:
                 f"{path}: no clean-image reference beside the detector; pass clean images (--clean) to measure false positives"
             ) from None
         except ValueError as e:
-            raise ValueError(f"{e}; not a clean-image reference") from None
+            raise ValueError(f"{path}: not a clean-image reference ({str(e).removeprefix(f'{path}: ')})") from None
         max_conf = data.get("max_conf")
         lengths = {len(v) for v in max_conf.values() if isinstance(v, list)} if isinstance(max_conf, dict) else set()
         if not (
