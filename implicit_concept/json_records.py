@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -77,8 +78,7 @@ def parse_json(text: bytes | str, where: str | Path, *, non_finite: bool = False
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) < len(pairs):
-        seen: set[str] = set()
-        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        twice = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
         raise _Refused(f"key {twice!r} appears twice in one object (JSON readers differ on which one counts)")
     return obj
 
@@ -110,12 +110,12 @@ def too_deep(where: str | Path) -> ValueError:
     return ValueError(f"{where}: nested too deeply (more than {MAX_NESTING} levels of objects and lists)")
 
 
-def read_json_object(path: Path, limit: int = MAX_JSON_FILE_BYTES) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from a file someone may have handed over or edited, by :func:`parse_json`'s rule;
     ValueError names the file unless it is one (FileNotFoundError, and IsADirectoryError for a folder,
-    pass through, for the caller to say what was expected there). At most ``limit`` bytes, from a
-    regular file (:func:`read_regular_file`: a FIFO or device refused unread)."""
-    value = parse_json(read_regular_file(Path(path), limit), path)
+    pass through, for the caller to say what was expected there). At most :data:`MAX_JSON_FILE_BYTES`,
+    from a regular file (:func:`read_regular_file`: a FIFO or device refused unread)."""
+    value = parse_json(read_regular_file(Path(path), MAX_JSON_FILE_BYTES), path)
     if not isinstance(value, dict):
         raise ValueError(f"{path}: holds a JSON {type(value).__name__}, not an object")
     return value
