@@ -178,7 +178,7 @@ def test_a_training_state_index_keeps_its_older_nan_but_not_a_key_twice(tmp_path
 
     save_state(tmp_path / "part", {"x": torch.zeros(1)})
     (tmp_path / "part.json").write_text('{"dict": [["scale", NaN]], "dict": []}')
-    with pytest.raises(ValueError, match=r"part.json: key 'dict' appears twice in one object.*; not a JSON state index"):
+    with pytest.raises(ValueError, match=r"part.json: not a JSON state index \(key 'dict' appears twice in one object"):
         load_state(tmp_path / "part")
 
 

@@ -58,7 +58,7 @@ def load_state(stem: Path, most: int | None = None) -> Any:
     try:
         tree = parse_json(read_regular_file(index, MAX_JSON_FILE_BYTES), index, non_finite=True)  # as written before the float tag
     except ValueError as e:
-        raise ValueError(f"{e}; not a JSON state index") from None
+        raise ValueError(f"{index}: not a JSON state index ({str(e).removeprefix(f'{index}: ')})") from None
     try:
         tensors = load_file(str(tensor_file))
     except (SafetensorError, OSError) as e:
