@@ -259,7 +259,7 @@ def _report(args: argparse.Namespace) -> int:
     run = Path(args.run)
     if not run.is_dir():
         raise ValueError(f"{run}: {'not a run folder' if run.exists() else 'no such run folder'} (want runs/NAME, holding results.json)")
-    if (run / "results.json").exists() and not (run / "results.json").is_file():
+    if (run / "results.json").is_dir():  # a FIFO or device there is named by the reader
         raise ValueError(f"{run / 'results.json'}: a folder, not a results file")
     if not os.path.lexists(run / "results.json") and (run / SUMMARY_FILE).is_file():
         raise ValueError(f"{run}: a score-pipeline or score-images --out folder (its {SUMMARY_FILE}), not a benchmark run folder, "

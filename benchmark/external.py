@@ -34,7 +34,7 @@ from implicit_concept.detector.inference import Detector
 from implicit_concept.file_locks import locked
 from implicit_concept.files import atomic_write_json, atomic_write_text, foreign_output, within
 from implicit_concept.geom_erasing.location_tokens import tokens_not_held
-from implicit_concept.geom_erasing.training_target import METADATA_FILE, negative_prompt_for
+from implicit_concept.geom_erasing.training_target import negative_prompt_for
 from implicit_concept.image_decode import open_image
 from implicit_concept.image_stream import IMAGE_SUFFIXES, ImageReadError, require_readable
 from implicit_concept.json_records import read_json_object
@@ -114,14 +114,7 @@ def pipeline_negative_prompt(pipeline_dir: Path) -> str:
     """The negative prompt a saved pipeline records (``negative_prompt.txt``, or Geom-Erasing's metadata)."""
     recorded = Path(pipeline_dir) / NEGATIVE_PROMPT_FILE
     if not recorded.is_file():
-        metadata = Path(pipeline_dir) / METADATA_FILE
-        try:
-            negative = negative_prompt_for(pipeline_dir)
-        except (ValueError, KeyError, TypeError) as e:  # not JSON, not UTF-8, no negative_prompt
-            raise ValueError(f"{metadata}: not Geom-Erasing metadata with a negative_prompt ({type(e).__name__}: {e})") from None
-        if not isinstance(negative, str):
-            raise ValueError(f"{metadata}: negative_prompt is a {type(negative).__name__}, not a string")
-        return negative
+        return negative_prompt_for(pipeline_dir)  # a damaged record named by the one rule for JSON records
     data = recorded.read_bytes()
     # A byte-order mark says the encoding and is not part of the prompt (it would be sampled as a
     # token): Notepad's UTF-8 one, or UTF-16's, which Windows PowerShell's `echo ... > FILE` writes.
@@ -142,17 +135,6 @@ def _check_out_apart(out: Path, pipeline_dir: Path) -> None:
                          "choose a folder outside it")
 
 
-def _check_json_files(pipeline_dir: Path) -> None:
-    """Refuse, naming the file, a pipeline folder whose parts' JSON configs are not JSON objects (the
-    loaders would raise from deep inside diffusers), each read bounded (:func:`read_json_object`:
-    nesting past the parser's depth, a file over its bound, a list where an object goes)."""
-    if not pipeline_dir.is_dir():
-        return  # load_pipeline names what is missing
-    for path in sorted([*pipeline_dir.glob("*.json"), *pipeline_dir.glob("*/*.json")]):
-        if path.is_file():
-            read_json_object(path)
-
-
 def score_pipeline(
     pipeline_dir: Path,
     out: Path,
@@ -170,7 +152,6 @@ def score_pipeline(
     folder re-saved with Euler or DPM-Solver is judged as the benchmark's own methods are.
     ``own_scheduler``: sample with the folder's own instead, listed in ``overrides`` when it differs."""
     _check_out_apart(Path(out), Path(pipeline_dir))
-    _check_json_files(Path(pipeline_dir))
     sampler = judging.track.sampler()
     try:
         pipe = load_pipeline(pipeline_dir, sampler=None if own_scheduler else sampler)

@@ -19,6 +19,7 @@ from typing import Any
 from builders.recipe import load_recipe
 from builders.sources import SOURCES, make_source
 from implicit_concept.files import atomic_write_text
+from implicit_concept.json_records import parse_json
 from implicit_concept.scene.grammar import Scene
 from implicit_concept.shard_reader import iter_samples
 
@@ -109,12 +110,7 @@ def write_prompts(path: Path, prompts: list[Prompt]) -> None:
 def _scene(text: str) -> dict[str, Any]:
     """A row's ``scene`` (JSON), checked to be one prompt following can read when the images are
     scored (:meth:`Scene.from_json`), not only after they are drawn."""
-    try:
-        scene = json.loads(text)
-    except RecursionError:
-        raise ValueError("scene: nested too deeply") from None
-    except ValueError as e:
-        raise ValueError(f"scene: not JSON ({e})") from None
+    scene = parse_json(text, "scene")  # the one rule for JSON records: a key twice, NaN, nesting
     try:
         Scene.from_json(scene)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:

@@ -11,7 +11,6 @@ are the ones a single process trains.
 """
 from __future__ import annotations
 
-import json
 import time
 from contextlib import closing
 from dataclasses import replace
@@ -335,11 +334,14 @@ def _check_same_evaluator(run: BenchmarkRun, detector: Detector) -> None:
 
 
 def _union(previous_file: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    if not previous_file.is_file():
+    """``rows`` and the rows of ``previous_file`` (a run's results.json) that they do not replace, the
+    file read as the report reads it (:func:`read_results`): one edited by hand is refused, never half-merged."""
+    try:
+        previous = read_results(previous_file.parent)["rows"]
+    except FileNotFoundError:
         return rows
     fresh = {(r["subset"], r["method"]) for r in rows}
-    kept = [r for r in json.loads(previous_file.read_text(encoding="utf-8"))["rows"] if (r.get("subset"), r["method"]) not in fresh]
-    return kept + rows
+    return [r for r in previous if (r.get("subset"), r["method"]) not in fresh] + rows
 
 
 class _timed:

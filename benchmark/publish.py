@@ -7,13 +7,13 @@ A published model is trusted only once its record's sha256 is pinned in
 the old ones, and tests/test_published_models.py fails until they are committed with the folders."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from benchmark import stages
 from benchmark.benchmark_run import BenchmarkRun
 from benchmark.models.base_model import BASE_FILE, base_dir, pretrain_base
 from benchmark.published_models import PUBLISHED_DIR, pin_line, publish_base, publish_detector
+from implicit_concept.json_records import read_json_object
 
 
 def publish_track_models(run: BenchmarkRun, root: Path = PUBLISHED_DIR) -> dict[str, Path]:
@@ -22,7 +22,7 @@ def publish_track_models(run: BenchmarkRun, root: Path = PUBLISHED_DIR) -> dict[
     dataset = stages.dataset(run)
     config = run.track.base_model_config()
     trained = pretrain_base(config, run.cache / "bases", progress=run.progress)
-    record = json.loads((base_dir(config, run.cache / "bases") / BASE_FILE).read_text(encoding="utf-8"))
+    record = read_json_object(base_dir(config, run.cache / "bases") / BASE_FILE)
     published = {"base": publish_base(trained, config, {k: record[k] for k in ("seconds", "environment")}, root)}
     base = stages.pretrain_base_model(run)  # the published base, as every run will load it
     detector = stages.detector(run, dataset, base)

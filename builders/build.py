@@ -125,7 +125,7 @@ def build_dataset(
             problem = next((p for p in (shard_problem(out, u, recipe.sha256) for u in todo) if p), None)
             if problem is not None:
                 raise BuildError(f"{problem}; changed while this build ran? Rerun the build to rebuild that shard")
-            stats = [json.loads(stats_path(out, u).read_text(encoding="utf-8")) for u in units]
+            stats = [read_json_object(stats_path(out, u)) for u in units]
             summary = _write_manifest(out, units, table_metadata(recipe, env))
             atomic_write_json(out / RECIPE_RECORD, {**record, "environment": env})
             write_dataset_card(recipe, out, units, stats, summary, env)

@@ -35,6 +35,7 @@ from implicit_concept.compositing import MIN_SEEN, Composition
 from implicit_concept.concepts import Layer, make_renderer
 from implicit_concept.content_hashes import sha256_file
 from implicit_concept.files import atomic_write_json
+from implicit_concept.json_records import read_json_object
 from implicit_concept.provenance import version
 from implicit_concept.sample import SPLITS, SampleMeta, Screen
 from implicit_concept.shard_writer import TarShardWriter
@@ -69,12 +70,12 @@ def parquet_path(out: Path, unit: WorkUnit) -> Path:
 
 
 def read_stats(path: Path) -> dict[str, Any] | None:
-    """A shard's stats, or None when the file is missing or is not a JSON object."""
+    """A shard's stats, or None when the file is missing or is not a JSON object by the one rule
+    (:func:`read_json_object`): the shard is then rebuilt."""
     try:
-        stats = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        return read_json_object(path)
+    except (OSError, ValueError):
         return None
-    return stats if isinstance(stats, dict) else None
 
 
 def is_complete(out: Path, unit: WorkUnit, recipe_sha256: str | None = None) -> bool:

@@ -33,11 +33,12 @@ from builders.shard_builder import WorkUnit, key_index, plan_units, recorded_pla
 from builders.shard_table import COLUMNS, sample_row, status_of
 from builders.sources import WebDatasetConfig, make_source
 from builders.sources.webdataset_source import tar_paths
+from implicit_concept.bounded_reads import read_regular_file
 from implicit_concept.content_hashes import sha256_file
 from implicit_concept.file_locks import LOCK_NAME, read_locked
 from implicit_concept.files import is_temporary
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, load_pixels
-from implicit_concept.json_records import json_differences
+from implicit_concept.json_records import json_differences, parse_json
 from implicit_concept.progress import progress_bar
 from implicit_concept.provenance import environment
 from implicit_concept.sample import SPLITS, SampleMeta
@@ -183,29 +184,34 @@ class _Problems:
 
 
 def _read_bounded(path: Path, cap: int) -> bytes:
-    """A regular file's bytes (not through a symlink), or OSError/ValueError saying why not."""
-    info = path.lstat()
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError("not a regular file (a symlink, folder or device)")
-    if info.st_size > cap:
-        raise ValueError(f"{info.st_size} bytes, over the cap of {cap}")
-    with open(path, "rb") as f:
-        return f.read(cap + 1)[:cap]
+    """A build's file read as every file handed over is (:func:`read_regular_file`: bounded, a FIFO
+    or device refused unread), and never through a symbolic link: a build's files are its own."""
+    if path.is_symlink():
+        raise ValueError(f"{path}: a symbolic link, where a build writes a file")
+    return read_regular_file(path, cap)
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """A build's JSON record by the one rule for JSON records (:func:`parse_json`)."""
+    record = parse_json(_read_bounded(path, MAX_RECORD_BYTES), path)
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: holds a JSON {type(record).__name__}, not an object")
+    return record
+
+
+def _unreadable(path: Path, e: Exception) -> str:
+    """Why ``path`` could not be read, for a problem listed under its name."""
+    return e.strerror or str(e) if isinstance(e, OSError) else str(e).removeprefix(f"{path}: ")
 
 
 def _read_json(path: Path, problems: _Problems) -> dict[str, Any] | None:
     try:
-        record = json.loads(_read_bounded(path, MAX_RECORD_BYTES))
+        return _read_record(path)
     except FileNotFoundError:
         problems.add(path, "missing")
-        return None
-    except (OSError, ValueError, RecursionError) as e:
-        problems.add(path, f"unreadable ({e})")
-        return None
-    if not isinstance(record, dict):
-        problems.add(path, f"not a JSON object ({type(record).__name__})")
-        return None
-    return record
+    except (OSError, ValueError) as e:
+        problems.add(path, f"unreadable ({_unreadable(path, e)})")
+    return None
 
 
 def _read_recipe(out: Path, problems: _Problems) -> Recipe | None:
@@ -238,7 +244,7 @@ def _read_listing(out: Path, problems: _Problems) -> dict[str, tuple[int, str]]:
         problems.add(path, f"missing (is {out} a finished build?)")
         return {}
     except (OSError, ValueError) as e:
-        problems.add(path, f"unreadable ({e})")
+        problems.add(path, f"unreadable ({_unreadable(path, e)})")
         return {}
     listing: dict[str, tuple[int, str]] = {}
     lines = text.split("\n")
@@ -300,7 +306,7 @@ def _check_source(out: Path, recipe: Recipe | None, report: VerifyReport) -> Non
     shards still verify, but a rebuild would not give them back."""
     if recipe is None:
         return
-    record = json.loads(_read_bounded(out / RECIPE_RECORD, MAX_RECORD_BYTES))
+    record = _read_json(out / RECIPE_RECORD, _Problems(VerifyReport())) or {}
     recorded, located = record.get("source_fingerprint"), record.get(SOURCE_LOCATION)
     try:
         where = absolute_source(located, out) if isinstance(located, dict) else recipe.source
@@ -515,7 +521,7 @@ def _verify_sample(
         problems.add(where, f"KEY.json is {len(raw)} bytes, over the cap of {MAX_JSON_BYTES}")
         return None
     try:
-        stored = json.loads(raw)
+        stored = parse_json(raw, "KEY.json")
         meta = SampleMeta.from_json(stored)
         canonical = meta.to_json()
         written = json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode("utf-8")
@@ -672,7 +678,7 @@ def _check_card(out: Path, recipe: Recipe, units: list[WorkUnit], problems: _Pro
     if _planned_file(out, CARD) is not None:
         return  # reported above
     try:  # what the card is made from; each is checked (and reported) on its own
-        stats = [json.loads(_read_bounded(out / f"{u.subset}/{u.split}/{u.name}_stats.json", MAX_RECORD_BYTES)) for u in units]
+        stats = [_read_record(out / f"{u.subset}/{u.split}/{u.name}_stats.json") for u in units]
         manifest = pq.read_table(out / MANIFEST, columns=SUMMARY_COLUMNS)
         expected_card = card_bytes(recipe, units, stats, summarize(manifest), env)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, pa.ArrowException):

@@ -2,14 +2,15 @@
 fields two records differ in.
 
 Labs read records with ``JSON.parse``, jq and pandas, so every one is strict JSON in UTF-8
-(:func:`json_text`); a record handed over is read bounded and checked to be an object
-(:func:`read_json_object`); every "did the config change?" check names the fields that differ
-(:func:`json_differences`).
+(:func:`json_text`); a record handed over is read by one strict rule, bounded, and checked to be an
+object (:func:`parse_json`, :func:`read_json_object`); every "did the config change?" check names the
+fields that differ (:func:`json_differences`).
 """
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,19 +42,80 @@ def finite_json(value: Any) -> Any:
 #: The largest JSON file read as a record, state or config: far above any the project writes (the
 #: tiny track's results.json is 250 KB), and parsed whole, so a file handed over cannot take the memory.
 MAX_JSON_FILE_BYTES = 64 << 20
+#: The deepest nesting of objects (tables) and lists read from a record or config: far above any the
+#: project reads (results.json nests 9 deep), and far below Python's recursion limit, which every
+#: reader that walks a record shares.
+MAX_NESTING = 100
+
+
+class _Refused(ValueError):
+    """What the parser's hooks raise: JSON that parses, but that readers would take differently."""
+
+
+def parse_json(text: bytes | str, where: str | Path, *, non_finite: bool = False) -> Any:
+    """The value of strict JSON text (UTF-8 bytes or a string) from ``where`` (a file, a shard's
+    member), or ValueError naming ``where`` and the problem in one line: bad UTF-8, bad JSON, a key
+    twice in one object (Python keeps the last, other readers the first or refuse it), NaN or
+    infinity (not JSON: Python alone reads them, and :func:`json_text` never writes them), or
+    nesting past :data:`MAX_NESTING`. ``non_finite``: NaN and infinity are read as Python reads them,
+    for the one kind of file that held them before every record was strict JSON (a training state's
+    index, whose NaN must come back as NaN)."""
+    numbers = {} if non_finite else {"parse_constant": _not_a_number, "parse_float": _finite_float}
+    try:
+        value = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text, object_pairs_hook=_unique_keys, **numbers)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON (not UTF-8: byte {e.object[e.start:e.start + 1]!r} at offset {e.start})") from None
+    except _Refused as e:
+        raise ValueError(f"{where}: {e}") from None
+    except ValueError as e:  # bad JSON, or an integer over Python's 4300 digits
+        raise ValueError(f"{where}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise too_deep(where) from None
+    check_nesting(value, where)
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        twice = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+        raise _Refused(f"key {twice!r} appears twice in one object (JSON readers differ on which one counts)")
+    return obj
+
+
+def _not_a_number(token: str) -> Any:
+    raise _Refused(f"{token} is not JSON (a number is finite; null stands for a missing one)")
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise _Refused(f"number {token[:40]} is beyond a double's range (not finite)")
+    return value
+
+
+def check_nesting(value: Any, where: str | Path) -> None:
+    """Refuse, naming ``where``, a parsed record or config (JSON, TOML) whose dicts and lists nest past
+    :data:`MAX_NESTING`; walked without recursion, so no depth makes this raise RecursionError."""
+    todo = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while todo:
+        item, depth = todo.pop()
+        if depth > MAX_NESTING:
+            raise too_deep(where)
+        todo += [(child, depth + 1) for child in (item.values() if isinstance(item, dict) else item) if isinstance(child, (dict, list))]
+
+
+def too_deep(where: str | Path) -> ValueError:
+    """What :func:`check_nesting` raises, for a parser that ran out of recursion on ``where`` first."""
+    return ValueError(f"{where}: nested too deeply (more than {MAX_NESTING} levels of objects and lists)")
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON object from a file someone may have handed over; ValueError names the file unless it
-    is one (FileNotFoundError passes through, for the caller to say what was expected there). At
-    most :data:`MAX_JSON_FILE_BYTES`, from a regular file (:func:`read_regular_file`)."""
-    data = read_regular_file(Path(path), MAX_JSON_FILE_BYTES)
-    try:
-        value = json.loads(data.decode("utf-8"))
-    except ValueError as e:  # bad UTF-8, bad JSON, or an integer over Python's 4300 digits
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
+    """A JSON object from a file someone may have handed over or edited, by :func:`parse_json`'s rule;
+    ValueError names the file unless it is one (FileNotFoundError, and IsADirectoryError for a folder,
+    pass through, for the caller to say what was expected there). At most :data:`MAX_JSON_FILE_BYTES`,
+    from a regular file (:func:`read_regular_file`: a FIFO or device refused unread)."""
+    value = parse_json(read_regular_file(Path(path), MAX_JSON_FILE_BYTES), path)
     if not isinstance(value, dict):
         raise ValueError(f"{path}: holds a JSON {type(value).__name__}, not an object")
     return value

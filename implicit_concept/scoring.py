@@ -21,7 +21,6 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageStat
 
-from implicit_concept.bounded_reads import read_regular_file
 from implicit_concept.checkers import Checker, available_checkers
 from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.content_hashes import sha256_file
@@ -29,7 +28,7 @@ from implicit_concept.detector.inference import Detection, Detector
 from implicit_concept.detector.weights import MIN_THRESHOLD
 from implicit_concept.files import atomic_write_text
 from implicit_concept.image_stream import ImageSource, is_shard_source, iter_images
-from implicit_concept.json_records import MAX_JSON_FILE_BYTES, json_text
+from implicit_concept.json_records import json_text, read_json_object
 from implicit_concept.progress import progress_bar
 from implicit_concept.provenance import environment
 from implicit_concept.shard_reader import iter_samples
@@ -141,17 +140,17 @@ class CleanReference:
     @classmethod
     def read(cls, path: Path) -> "CleanReference":
         try:
-            data = json.loads(read_regular_file(Path(path), MAX_JSON_FILE_BYTES).decode("utf-8"))
+            data = read_json_object(Path(path))
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"{path}: no clean-image reference beside the detector; pass clean images (--clean) to measure false positives"
             ) from None
         except ValueError as e:
-            raise ValueError(f"{path}: not a clean-image reference (not JSON text: {e})") from None
-        max_conf = data.get("max_conf") if isinstance(data, dict) else None
+            raise ValueError(f"{path}: not a clean-image reference ({str(e).removeprefix(f'{path}: ')})") from None
+        max_conf = data.get("max_conf")
         lengths = {len(v) for v in max_conf.values() if isinstance(v, list)} if isinstance(max_conf, dict) else set()
         if not (
-            isinstance(data, dict) and set(data) == {"source", "max_conf"} and isinstance(data["source"], str)
+            set(data) == {"source", "max_conf"} and isinstance(data["source"], str)
             and isinstance(max_conf, dict) and set(max_conf) == set(CONCEPT_NAMES) and len(lengths) == 1 and 0 not in lengths
             and all(type(c) in (int, float) and 0 <= c <= 1 for v in max_conf.values() for c in v)
         ):

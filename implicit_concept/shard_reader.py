@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import os
 import posixpath
 import stat
@@ -35,6 +34,7 @@ from braceexpand import braceexpand
 
 from implicit_concept.bounded_reads import file_kind
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, decode_rgb, load_pixels, open_image
+from implicit_concept.json_records import parse_json
 from implicit_concept.sample import Sample, SampleMeta
 from implicit_concept.sample_error import SampleError
 from implicit_concept.streams import open_stream
@@ -477,9 +477,11 @@ def read_meta(shard: Path | str, key: str, members: dict[str, bytes]) -> SampleM
     if len(raw) > MAX_JSON_BYTES:
         raise ShardError(f"{shard}: sample {key}: KEY.json is {len(raw)} bytes, over the cap of {MAX_JSON_BYTES}")
     try:
-        return SampleMeta.from_json(json.loads(raw))
-    except RecursionError:
-        raise ShardError(f"{shard}: sample {key}: KEY.json nested too deeply") from None
+        stored = parse_json(raw, f"{shard}: sample {key}: KEY.json")
+    except ValueError as e:  # the one rule for JSON records: nested too deeply, a key twice, NaN
+        raise ShardError(str(e)) from None
+    try:
+        return SampleMeta.from_json(stored)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ShardError(f"{shard}: sample {key}: KEY.json is not an ICD sample record ({type(e).__name__}: {e})") from None
 

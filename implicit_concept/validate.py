@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from implicit_concept.bounded_reads import read_regular_file
+from implicit_concept.json_records import check_nesting, too_deep
 
 #: Seeds go to torch, numpy and Python's random: the range all of them take.
 MAX_SEED = 2**32 - 1
@@ -188,8 +189,8 @@ MAX_TOML_FILE_BYTES = 1 << 20
 def read_toml(path: Path, error: type[Exception] = ValueError, what: str = "file") -> dict[str, Any]:
     """A config file's table, or ``error`` with one line naming the file: a folder, a FIFO or device
     (refused unread: a read would block or never end), over :data:`MAX_TOML_FILE_BYTES`, unreadable,
-    not UTF-8 (a byte-order mark, as Notepad saves, is let pass), not TOML (or nested past what the
-    parser can take, or an integer of more digits than Python converts)."""
+    not UTF-8 (a byte-order mark, as Notepad saves, is let pass), not TOML (or an integer of more
+    digits than Python converts), or nested past :data:`~implicit_concept.json_records.MAX_NESTING`."""
     try:
         data = read_regular_file(Path(path), MAX_TOML_FILE_BYTES)
     except IsADirectoryError:
@@ -199,7 +200,7 @@ def read_toml(path: Path, error: type[Exception] = ValueError, what: str = "file
     except OSError as e:
         raise error(f"{path}: cannot read the {what} ({e.strerror or type(e).__name__})") from None
     try:
-        return tomllib.loads(data.decode("utf-8-sig"))
+        table = tomllib.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         raise error(f"{path}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start})") from None
     except tomllib.TOMLDecodeError as e:
@@ -207,4 +208,9 @@ def read_toml(path: Path, error: type[Exception] = ValueError, what: str = "file
     except ValueError as e:  # an integer past the digits Python converts
         raise error(f"{path}: not valid TOML: {e}") from None
     except RecursionError:
-        raise error(f"{path}: cannot read the {what} (RecursionError)") from None
+        raise error(str(too_deep(path))) from None
+    try:
+        check_nesting(table, path)  # the one bound on nesting, as for JSON records
+    except ValueError as e:
+        raise error(str(e)) from None
+    return table

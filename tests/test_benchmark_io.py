@@ -68,7 +68,7 @@ def test_a_prompts_csv_saved_by_a_spreadsheet_with_a_byte_order_mark_reads_as_wi
     ('{"layout": "grid"}', "scene: not a scene a procedural recipe writes (KeyError"),
     ("[1, 2]", "scene: not a scene a procedural recipe writes (TypeError"),
     ('"a red square"', "scene: not a scene a procedural recipe writes (TypeError"),
-    ("{", "bad row (scene: not JSON (Expecting property name"),
+    ("{", "bad row (scene: not valid JSON (Expecting property name"),
 ])
 def test_a_prompts_scene_prompt_following_cannot_read_is_refused_naming_its_line(tmp_path, scene, said):
     """A nested scene raised RecursionError (a traceback) from the reader; a scene of another shape was
@@ -1190,10 +1190,10 @@ def test_score_pipeline_refuses_a_malformed_json_file_naming_it(tmp_path, case):
     pipe = _pipeline_dir(tmp_path / "pipe")
     if case.startswith("part-config"):
         text, said = {"part-config": ("not json", "not valid JSON"), "part-config-list": ("[1, 2]", "holds a JSON list, not an object"),
-                      "part-config-nested": ("[" * 100_000 + "]" * 100_000, r"not valid JSON \(nested too deeply\)")}[case]
+                      "part-config-nested": ("[" * 100_000 + "]" * 100_000, r"nested too deeply")}[case]
         (pipe / "unet" / "config.json").write_text(text)
         with pytest.raises(ValueError, match=rf"pipe/unet/config.json: {said}"):
-            external.score_pipeline(pipe, tmp_path / "out", judging=None)
+            external.score_pipeline(pipe, tmp_path / "out", judging=_judging(tmp_path))
     else:
         (pipe / "geom_erasing.json").write_text('{"config": ' if case == "geom-metadata" else '{"config": {}}')
         with pytest.raises(ValueError, match=r"pipe/geom_erasing.json: not .*(JSON|negative_prompt)"):

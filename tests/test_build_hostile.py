@@ -165,7 +165,7 @@ def test_an_out_folder_that_is_not_a_build_is_refused_and_left_alone(tmp_path, c
     (b"not json", "not valid JSON"),
     (b"\xff\xfe", "not valid JSON"),
     (b'{"a": 1}', "not a build record"),
-    (b"[" * 100000, "not valid JSON"),
+    (b"[" * 100000, "nested too deeply"),
 ])
 def test_a_recipe_json_in_out_that_is_not_a_build_record_is_one_line(tmp_path, capsys, content, said):
     out = tmp_path / "out"

@@ -191,10 +191,10 @@ def test_a_pixel_bomb_in_a_shard_is_an_error_naming_the_shard(tmp_path, bomb):
 
 def test_a_deeply_nested_key_json_is_an_error_naming_the_shard(tmp_path):
     _write(tmp_path / "d.tar", [("k", {"jpg": b"", "json": b"[" * 100000 + b"]" * 100000})])
-    with pytest.raises(ShardError, match=r"d\.tar: sample k: KEY.json is 200000 bytes|d\.tar: sample k: KEY.json nested"):
+    with pytest.raises(ShardError, match=r"d\.tar: sample k: KEY.json is 200000 bytes|d\.tar: sample k: KEY.json: nested"):
         list(iter_samples(tmp_path / "d.tar"))
     _write(tmp_path / "e.tar", [("k", {"jpg": b"", "json": b"[" * 5000 + b"]" * 5000})])
-    with pytest.raises(ShardError, match=r"e\.tar: sample k: KEY.json nested too deeply"):
+    with pytest.raises(ShardError, match=r"e\.tar: sample k: KEY.json: nested too deeply"):
         list(iter_samples(tmp_path / "e.tar"))
 
 
@@ -217,7 +217,7 @@ _INSTANCE = {"concept": "qrcode", "box": [1, 1, 9, 9], "visible": 1.0, "params":
         ({"instances": [{**_INSTANCE, "box": [1.5, 1, 9, 9]}]}, r"instances\[0\].box: expected four integers"),
         ({"instances": [{**_INSTANCE, "concept": ["qrcode"]}]}, r"instances\[0\].concept: expected a string"),
         ({"instances": [{**_INSTANCE, "concept": "logo"}]}, r"instances\[0\].concept: 'logo' is not an ICD concept"),
-        ({"instances": [{**_INSTANCE, "visible": float("nan")}]}, r"instances\[0\].visible: expected a number in \[0, 1\]"),
+        ({"instances": [{**_INSTANCE, "visible": 1.5}]}, r"instances\[0\].visible: expected a number in \[0, 1\]"),
     ],
 )
 def test_a_key_json_no_writer_makes_is_an_error_naming_the_field(tmp_path, change, complaint):

@@ -250,10 +250,10 @@ def portable_config(path: Path) -> bytes | None:
     2-space indent, a final newline); None when it holds none (or is no JSON object), so its own
     bytes stand."""
     try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
+        config = read_json_object(Path(path))
     except (OSError, ValueError):
         return None
-    if not isinstance(config, dict) or not any(k in config for k in PATH_KEYS):
+    if not any(k in config for k in PATH_KEYS):
         return None
     kept = {k: v for k, v in config.items() if k not in PATH_KEYS}
     return (json.dumps(kept, indent=2, sort_keys=True) + "\n").encode("utf-8")
@@ -296,7 +296,7 @@ def save_portable_pipeline(pipe: StableDiffusionPipeline, directory: str | Path,
             write_vocab_files(directory / "tokenizer")
         if isinstance(getattr(pipe, "vae", None), PatchAutoencoder):
             (directory / "vae" / CUSTOM_VAE_FILE).write_bytes(Path(patch_autoencoder.__file__).read_bytes())
-            index = json.loads((directory / "model_index.json").read_text(encoding="utf-8"))
+            index = read_json_object(directory / "model_index.json")
             index["vae"] = [Path(CUSTOM_VAE_FILE).stem, PatchAutoencoder.__name__]
             (directory / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (directory / NEGATIVE_PROMPT_FILE).write_text(negative_prompt + "\n", encoding="utf-8")
@@ -342,6 +342,7 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None, samp
     """
     path = Path(path)
     require_pipeline_folder(path)
+    check_json_files(path)
     index = read_json_object(path / "model_index.json")
     check_pipeline_class(path, index)
     from benchmark.models.adapter_weights import check_no_adapter_weights  # they read this module's names
@@ -415,8 +416,18 @@ def require_pipeline_folder(path: Path) -> None:
             f"{path}: a file, not a diffusers pipeline folder; convert a single-file checkpoint first "
             "(diffusers: StableDiffusionPipeline.from_single_file(FILE).save_pretrained(FOLDER, safe_serialization=True))"
         )
-    if not (path / "model_index.json").is_file():
+    if not (path / "model_index.json").exists():  # a FIFO or device there is named by its reader
         raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json in it){_what_it_is(path)}")
+
+
+def check_json_files(path: Path) -> None:
+    """Refuse, naming the file, a pipeline folder whose JSON files (its index, the parts' configs, the
+    tokenizer's) the one rule for JSON records refuses (:func:`read_json_object`): diffusers and
+    transformers would read a key given twice as its last value and NaN as a number, hang on a FIFO,
+    or fail deep inside on a list where an object goes."""
+    for file in sorted([*path.glob("*.json"), *path.glob("*/*.json")]):
+        if not file.is_dir():
+            read_json_object(file)
 
 
 #: A single-file checkpoint's suffixes (``.ckpt`` a pickle, read only by a conversion the user runs).
@@ -566,10 +577,10 @@ def check_safetensors_index(index: Path) -> dict[str, Path]:
     hand any other shard to ``torch.load``, which unpickles it. Anything else raises ``ValueError``
     naming the index and the entry."""
     try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ValueError(f"{index}: not a JSON shard index ({type(e).__name__}: {e})") from None
-    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        data = read_json_object(index)
+    except ValueError as e:
+        raise ValueError(f"{e}; not a JSON shard index") from None
+    weight_map = data.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{index}: holds no weight_map object naming the shards")
     shards = {}

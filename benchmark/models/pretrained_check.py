@@ -31,6 +31,7 @@ from benchmark.models.pipelines import (
     _component_class,
     _scheduler_config,
     _weights_variant,
+    check_json_files,
     check_tokenizer_class,
     check_weights_config,
     read_weight_headers,
@@ -58,6 +59,7 @@ def check_pretrained(path: str | Path) -> dict[str, Any]:
     No tensor is read (only safetensors headers) and nothing is written."""
     path = Path(path)
     require_pipeline_folder(path)
+    check_json_files(path)
     index = read_json_object(path / "model_index.json")
     class_name = index.get("_class_name", PIPELINE_CLASS)
     if class_name != PIPELINE_CLASS:

@@ -108,9 +108,10 @@ def _gib(child: ChildResult) -> dict[str, float | None]:
 def training_run(base: Path, data: str, out: Path, config: TrainingConfig) -> dict[str, Any]:
     """One fine-tune by the benchmark's loop; its step times, then its 14 GB of outputs removed."""
     from benchmark.training import RUN_FILE, train
+    from implicit_concept.json_records import read_json_object
 
     train(base, data, out, config, progress=False)
-    record = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+    record = read_json_object(out / RUN_FILE)
     shutil.rmtree(out)
     return {k: record[k] for k in ("step_seconds_median", "prepare_seconds", "final_loss", "captions_truncated")}
 

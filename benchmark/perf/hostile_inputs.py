@@ -313,8 +313,9 @@ def _child(recipe_file: str, out: str) -> None:
     from builders.recipe import parse_recipe
 
     from benchmark.perf.child_process import peak_rss
+    from implicit_concept.json_records import read_json_object
 
-    report = build_dataset(parse_recipe(json.loads(Path(recipe_file).read_text(encoding="utf-8"))), Path(out), workers=1, progress=False)
+    report = build_dataset(parse_recipe(read_json_object(Path(recipe_file))), Path(out), workers=1, progress=False)
     print(json.dumps({"samples": report.samples, "failures": report.failures, "peak_bytes": peak_rss()}))
 
 

@@ -31,6 +31,7 @@ from benchmark.perf import probe_cli
 from benchmark.perf.child_process import ChildResult, run_in_child
 from implicit_concept.content_hashes import sha256_file
 from implicit_concept.files import atomic_write_json
+from implicit_concept.json_records import read_json_object
 
 if TYPE_CHECKING:
     from benchmark.benchmark_run import BenchmarkRun
@@ -88,7 +89,7 @@ def dry_run(track: Track, work: Path, source: str | None = None, images: int = D
         for ft in get_method(name).finetunes(ctx):
             child = run_in_child(_finetune, run, base, subset, ft, threads=threads)
             out = Path(child.value)
-            record = json.loads((out.parent / RUN_FILE).read_text(encoding="utf-8"))
+            record = read_json_object(out.parent / RUN_FILE)
             _stage(report, f"finetune {name}", child, steps=record["steps"], step_seconds_median=record["step_seconds_median"],
                    prepare_seconds=record["prepare_seconds"], final_loss=record["final_loss"], negative_prompt=record["negative_prompt"],
                    checkpoint_gib=_gib(latest_checkpoint(out.parent)), pipeline_gib=_gib(out))

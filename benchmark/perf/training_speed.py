@@ -20,7 +20,6 @@ peak memory is its own (see :func:`full_size` for how steps are compared).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -81,6 +80,7 @@ def tiny(args: argparse.Namespace) -> int:
     from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline, load_pipeline, save_portable_pipeline
     from benchmark.training import RUN_FILE, TrainingConfig, train
     from implicit_concept.geom_erasing.training_target import GeomErasingConfig
+    from implicit_concept.json_records import read_json_object
 
     torch.set_num_threads(args.threads)
 
@@ -101,14 +101,14 @@ def tiny(args: argparse.Namespace) -> int:
                                         threads=args.threads, geom=geom, train_text=train_text, seed=0)
                 out = root / f"{name}-{repeat}"
                 train(base, args.data, out, config, progress=False)
-                runs[name].append(json.loads((out / RUN_FILE).read_text(encoding="utf-8")))
+                runs[name].append(read_json_object(out / RUN_FILE))
         step = {name: statistics.median(r["step_seconds_median"] for r in rs) for name, rs in runs.items()}
         prepare = {name: statistics.median(r["prepare_seconds"] for r in rs) for name, rs in runs.items()}
         overhead = {name: step[name] / step["plain"] - 1 for name in configs if name != "plain"}
 
         pipe = load_pipeline(root / "geom-erasing-0" / "pipeline")
         pipe.set_progress_bar_config(disable=True)
-        negative = json.loads((root / "geom-erasing-0" / RUN_FILE).read_text(encoding="utf-8"))["negative_prompt"]
+        negative = read_json_object(root / "geom-erasing-0" / RUN_FILE)["negative_prompt"]
         prompts = ["a small red circle on the left on a blue background"] * args.samples
         pipe(prompts[:2], num_inference_steps=2, output_type="np")  # warm-up
         started = time.time()
@@ -228,9 +228,10 @@ def step_flops(base: Path, geom: GeomErasingConfig, batch_size: int) -> int:
 def _timed_run(base: Path, data: str, out: Path, config: TrainingConfig) -> dict:
     """One training run's step times from its ``run.json``; its gigabytes of checkpoint and pipeline go."""
     from benchmark.training import RUN_FILE, train
+    from implicit_concept.json_records import read_json_object
 
     train(base, data, out, config, progress=False)
-    record = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+    record = read_json_object(out / RUN_FILE)
     shutil.rmtree(out)
     return {k: record[k] for k in ("step_seconds", "prepare_seconds", "final_loss")}
 

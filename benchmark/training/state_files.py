@@ -14,7 +14,6 @@ exactly through JSON's shortest repr, so a state reloads bit for bit.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from implicit_concept.bounded_reads import read_regular_file
 from implicit_concept.disk_space import size_text, writing
 from implicit_concept.files import atomic_write_json
-from implicit_concept.json_records import MAX_JSON_FILE_BYTES
+from implicit_concept.json_records import MAX_JSON_FILE_BYTES, parse_json
 
 JSON_SUFFIX = ".json"
 TENSORS_SUFFIX = ".safetensors"
@@ -56,11 +55,10 @@ def load_state(stem: Path, most: int | None = None) -> Any:
     if most is not None and (size := tensor_file.stat().st_size) > most:
         raise ValueError(f"{tensor_file}: {size_text(size)}, more than a whole checkpoint of this run holds ({size_text(most)}); "
                          "not this run's state (refused unread)")
-    text = read_regular_file(index, MAX_JSON_FILE_BYTES)
     try:
-        tree = json.loads(text.decode("utf-8"))
-    except (ValueError, RecursionError) as e:
-        raise ValueError(f"{index}: not a JSON state index ({type(e).__name__})") from None
+        tree = parse_json(read_regular_file(index, MAX_JSON_FILE_BYTES), index, non_finite=True)  # as written before the float tag
+    except ValueError as e:
+        raise ValueError(f"{index}: not a JSON state index ({str(e).removeprefix(f'{index}: ')})") from None
     try:
         tensors = load_file(str(tensor_file))
     except (SafetensorError, OSError) as e:

@@ -38,6 +38,7 @@ from implicit_concept.geom_erasing.location_tokens import (
     negative_prompt,
 )
 from implicit_concept.geom_erasing.loss_weights import DEFAULT_ALPHA, check_alpha, weight_map
+from implicit_concept.json_records import read_json_object
 from implicit_concept.sample import Box, covering_box
 
 GEOMETRY_SOURCES = ("ground_truth", "detector", "existence", "degraded")
@@ -232,8 +233,14 @@ def write_metadata(pipeline_dir: str | Path, config: GeomErasingConfig) -> None:
 
 
 def negative_prompt_for(pipeline_dir: str | Path) -> str:
-    """The negative prompt a Geom-Erasing pipeline needs at sampling; "" for a pipeline trained without it."""
+    """The negative prompt a Geom-Erasing pipeline needs at sampling; "" for a pipeline trained without
+    it. The record is read by the one rule for JSON records (:func:`read_json_object`): a FIFO in its
+    place, a damaged or hand-edited one is refused, naming it, never sampled without its prompt."""
     path = Path(pipeline_dir, METADATA_FILE)
-    if not path.is_file():
+    try:
+        negative = read_json_object(path).get("negative_prompt")
+    except FileNotFoundError:
         return ""
-    return json.loads(path.read_text(encoding="utf-8"))["negative_prompt"]
+    if not isinstance(negative, str):
+        raise ValueError(f"{path}: not Geom-Erasing metadata (no negative_prompt text in it)")
+    return negative
