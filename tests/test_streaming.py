@@ -454,13 +454,14 @@ def _running(marker: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("workers, sig", [(1, signal.SIGINT), (1, signal.SIGTERM), (2, signal.SIGINT), (2, signal.SIGTERM), (2, signal.SIGKILL)])
+@pytest.mark.parametrize("workers, sig", [(1, signal.SIGINT), (1, signal.SIGTERM), (1, signal.SIGKILL), (2, signal.SIGINT), (2, signal.SIGTERM),
+                                          (2, signal.SIGKILL)])
 def test_a_stopped_build_stops_its_pipe_commands_and_its_rerun_gives_the_same_bytes(tmp_path, workers, sig):
     """A ``pipe:`` command waits on the network (here: until a file exists). Ctrl-C (to the whole
     group) or SIGTERM (to the main process) stopped the build, but with 2 workers each command, in a
     process group of its own, lived on after it (re-parented, for as long as it waited), and with 1
     the build waited 10 s for it to exit. A SIGKILL to the main process: its workers, seeing it
-    gone, end their commands too."""
+    gone, end their commands too; with 1 the command's guard ends it (it once lived on)."""
     _source_tars(tmp_path)
     go = tmp_path / "go"  # the commands wait for it, 3 minutes at most: with the fix broken they outlive the test
     recipe = tmp_path / "streamed.toml"
