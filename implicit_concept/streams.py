@@ -7,12 +7,20 @@ connection is waited on forever, hanging the build without a word. Here the comm
 kept and its last lines end the error, curl's exit codes are said in words, and a stream that
 sends no byte for :data:`STALL_SECONDS` is stopped and raises. Each failure says whether another
 read may not meet it (``transient``: a dropped connection, a stall), so a reader may read again.
+
+The command runs in a process group of its own, out of the terminal's Ctrl-C, which this process
+ends when it stops (:func:`~implicit_concept.worker_processes.own_group`). A process killed outright
+(SIGKILL, the OOM killer) runs nothing more, so the group also holds a guard that waits on a pipe
+only this process writes to: its end closed, by this process's exit however it came, or by the
+command's end here, the guard ends the group (a command waiting on the network once outlived the
+build for as long as it waited).
 """
 from __future__ import annotations
 
 import io
 import os
 import select
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -78,22 +86,35 @@ def open_stream(location: str) -> io.RawIOBase:
     return _CommandStream(location, args, shell, curl, STALL_SECONDS)
 
 
+def _guarded(command: list[str]) -> list[str]:
+    """``command`` run by a shell that first starts the guard of its process group: a subshell that
+    reads the shell's stdin (the guard's pipe) until its writer has closed it, then kills the group,
+    itself last. The command's stdin is /dev/null."""
+    return ["/bin/sh", "-c", 'exec 3<&0 </dev/null; (read _ <&3; kill -s KILL 0) >/dev/null 2>&1 & exec 3<&- "$@"', "sh", *command]
+
+
 class _CommandStream(io.RawIOBase):
     """A command's stdout, read with a bound on waiting; its stderr kept in a file for the error."""
 
     def __init__(self, location: str, args: str | list[str], shell: bool, curl: bool, stall_seconds: float) -> None:
         self.location, self.curl, self.stall_seconds = location, curl, stall_seconds
+        if curl and shutil.which(args[0]) is None:  # the shell that runs it would say so only as status 127
+            raise StreamFailed(f"{location}: cannot run curl: No such file or directory")
         self.stderr = tempfile.TemporaryFile()
+        watched, self.guard = os.pipe()  # the guard's end, and this process's (kept from every command it starts)
         try:
             with starting_group():  # out of the terminal's group: ended here when this process stops
                 # Unbuffered: a buffer would hold bytes that poll() does not see as ready.
                 # A group of its own, so that stopping it stops what its shell started too (a pipeline's commands).
-                self.proc = subprocess.Popen(args, shell=shell, bufsize=0, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                             stderr=self.stderr, start_new_session=True)
+                self.proc = subprocess.Popen(_guarded(["/bin/sh", "-c", args] if shell else args), bufsize=0, stdin=watched,
+                                             stdout=subprocess.PIPE, stderr=self.stderr, start_new_session=True)
                 own_group(self.proc.pid)
         except OSError as e:
             self.stderr.close()
+            os.close(self.guard)
             raise StreamFailed(f"{location}: cannot run {'curl' if curl else 'the command'}: {e.strerror or e}") from None
+        finally:
+            os.close(watched)
         self.ended = self.stopped = self.said = False
         self.received = 0
         # poll, not select: a process holding over 1024 files has descriptors select cannot watch.
@@ -157,6 +178,7 @@ class _CommandStream(io.RawIOBase):
             self._stop()
             return
         self.stopped = release_group(self.proc.pid) or self.stopped  # ended as this process stopped (Ctrl-C): no failure
+        self._release_guard()
 
     def _stop(self) -> None:
         try:
@@ -166,6 +188,13 @@ class _CommandStream(io.RawIOBase):
         self.proc.wait()
         release_group(self.proc.pid)
         self.stopped = True
+        self._release_guard()
+
+    def _release_guard(self) -> None:
+        """The command has ended: its guard ends what the command left in its group, and itself."""
+        if self.guard >= 0:
+            os.close(self.guard)
+            self.guard = -1
 
     def _failed(self, closed_early: bool) -> StreamFailed | None:
         """The error of a command that exited with a failure, or None (a command stopped here, or one

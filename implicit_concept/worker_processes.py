@@ -22,6 +22,12 @@ and ends the process when they differ (the orphan was re-parented). Polling is c
 process (a pool started from a helper thread would kill its workers early), is Linux-only, and is
 lost across an ``exec``; the watch works on any POSIX system and whatever thread started the pool.
 
+What a worker started (a DataLoader's workers, a command a method runs, its shell's pipeline) ends
+with it: the worker ends the processes below it (:func:`end_descendants`) when it takes SIGTERM and
+when its watch finds its parent gone, and a parent that kills a worker after the grace kills the
+processes below it too. A worker killed alone from outside (``kill -9`` of its pid, the OOM killer)
+runs nothing more: its children are left to their own watches (a DataLoader's, Ray's).
+
 A command a process runs in a process group of its own (a ``pipe:`` source's shell, kept from the
 terminal's Ctrl-C) is registered here (:func:`own_group`) and ended with the process that started
 it, however that process stops (its interrupt, its pool's SIGTERM, its parent gone): a command
@@ -98,6 +104,7 @@ def _watch_parent(parent: int) -> None:
             while _starting:  # a command being started: ended once it is registered
                 time.sleep(0.01)
             end_groups()
+            end_descendants()
             os._exit(1)  # nothing to save: every output is written under a temporary name and renamed whole
 
 
@@ -108,6 +115,7 @@ def _terminated(signum, frame) -> None:
         _held.append(signum)
         return
     end_groups()
+    end_descendants()
     _let_go_of_the_queue(frame)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
@@ -290,12 +298,56 @@ def end_process(process) -> None:
 
 
 def _kill(process) -> None:
-    """SIGKILL ``process`` and wait for it, a bounded time (one in uninterruptible IO ends when the IO does)."""
+    """SIGKILL ``process`` and the processes below it (it runs nothing more to end them), and wait
+    for it, a bounded time (one in uninterruptible IO ends when the IO does)."""
     try:
+        below = _descendants(process.pid) if process.exitcode is None else []
         process.kill()
     except (OSError, ValueError, AttributeError):  # ended and reaped already, or closed
         return
+    _kill_all(below)
     process.join(WORKER_GRACE_S)
+
+
+def end_descendants() -> None:
+    """End (SIGKILL) the processes below this one, but for multiprocessing's resource tracker (it
+    ends when this process does, after removing what a killed pool left in /dev/shm): this process
+    is stopping, and they would outlive it, re-parented. Safe in a signal handler."""
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
+    _kill_all([pid for pid in _descendants(os.getpid()) if pid != tracker])
+
+
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:  # it has ended already
+            pass
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid``: its children, theirs, and so on, read from /proc (none without it)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in entries:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    parent = int(f.read().rsplit(b")", 1)[1].split()[1])  # after the name, which may hold anything
+            except (OSError, ValueError, IndexError):  # ended while read
+                continue
+            children.setdefault(parent, []).append(int(name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 @contextmanager

@@ -454,13 +454,14 @@ def _running(marker: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("workers, sig", [(1, signal.SIGINT), (1, signal.SIGTERM), (2, signal.SIGINT), (2, signal.SIGTERM), (2, signal.SIGKILL)])
+@pytest.mark.parametrize("workers, sig", [(1, signal.SIGINT), (1, signal.SIGTERM), (1, signal.SIGKILL), (2, signal.SIGINT), (2, signal.SIGTERM),
+                                          (2, signal.SIGKILL)])
 def test_a_stopped_build_stops_its_pipe_commands_and_its_rerun_gives_the_same_bytes(tmp_path, workers, sig):
     """A ``pipe:`` command waits on the network (here: until a file exists). Ctrl-C (to the whole
     group) or SIGTERM (to the main process) stopped the build, but with 2 workers each command, in a
     process group of its own, lived on after it (re-parented, for as long as it waited), and with 1
     the build waited 10 s for it to exit. A SIGKILL to the main process: its workers, seeing it
-    gone, end their commands too."""
+    gone, end their commands too; with 1 the command's guard ends it (it once lived on)."""
     _source_tars(tmp_path)
     go = tmp_path / "go"  # the commands wait for it, 3 minutes at most: with the fix broken they outlive the test
     recipe = tmp_path / "streamed.toml"
@@ -487,3 +488,46 @@ def test_a_stopped_build_stops_its_pipe_commands_and_its_rerun_gives_the_same_by
     assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
     assert subprocess.run([*cmd[:-3], str(tmp_path / "whole"), "--workers", "1"], env=env, capture_output=True).returncode == 0
     assert (tmp_path / "out" / "checksums.sha256").read_text() == (tmp_path / "whole" / "checksums.sha256").read_text()
+
+
+OPENS_A_STREAM = """
+import os, sys, time
+from implicit_concept.streams import open_stream
+
+stream = open_stream(sys.argv[1])
+os.write(1, (str(stream.proc.pid) + "\\n").encode())
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("command", ["sleep 600", "sleep 600 | cat", "sleep 600 & wait"])
+def test_a_pipe_command_ends_when_the_process_reading_it_is_killed_outright(command):
+    """SIGKILL (the OOM killer, ``kill -9``) lets the reader run nothing more: its command, waiting
+    (on the network, here on a sleep), in a process group of its own, once outlived it for as long
+    as it waited. Its group's guard now ends it."""
+    from tests.process_table import left_in_group
+
+    proc = subprocess.Popen([sys.executable, "-c", OPENS_A_STREAM, f"pipe:{command}"], stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        group = int(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert left_in_group(group, 15) == []
+
+
+def test_a_pipe_commands_leftovers_end_with_its_stream_and_its_status_is_kept(tmp_path):
+    """A command that exits leaving a process of its own running in its group: closing the stream
+    ends that process too (the guard's pipe closed), and the command's own status still decides."""
+    from implicit_concept.streams import StreamFailed, open_stream
+    from tests.process_table import alive_in_group, left_in_group
+
+    stream = open_stream("pipe:sleep 600 >/dev/null & printf x; exit 3")
+    group = stream.proc.pid
+    assert stream.read() == b"x"
+    with pytest.raises(StreamFailed, match="exited with status 3"):
+        stream.close()
+    assert left_in_group(group, 15) == []
+    assert alive_in_group(group) == []
