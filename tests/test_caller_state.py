@@ -2,9 +2,11 @@
 the caller's next random draw (Python's, numpy's, torch's global generators) is what it would have
 been without the call, and its logging, warnings filters, threads and child processes are as it left
 them. A library that seeds a global generator makes a lab's own run repeat or change with it."""
+import io
 import logging
 import os
 import random
+import tarfile
 import threading
 import warnings
 
@@ -169,3 +171,39 @@ def test_sd15_shaped_parts_are_drawn_without_moving_the_callers_generators(monke
     first = sd15.build_sd15_parts(seed=2)["unet"].weight
     assert torch.equal(first, sd15.build_sd15_parts(seed=2)["unet"].weight)
     assert float(torch.rand(())) == _draws_from(11)[2]
+
+
+def _open_descriptors() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("how", ["closed after one sample", "a member over the cap", "a sample that fails to decode"])
+def test_a_pipe_shard_read_in_part_ends_its_command_and_closes_its_pipe(made, how, tmp_path):
+    """A caller that stops reading a ``pipe:`` shard early (takes one sample, or meets a refused one)
+    finds the command ended and its pipe closed when the reader is closed or raises, not running on,
+    blocked on a full pipe, until the garbage collector finds the reader."""
+    from implicit_concept import iter_samples
+    from implicit_concept.shard_reader import ShardError, iter_tar_members
+
+    shard = made["shard"]
+    if how == "a sample that fails to decode":
+        shard = tmp_path / "bad.tar"
+        with tarfile.open(made["shard"]) as source, tarfile.open(shard, "w") as out:
+            for member in source.getmembers():
+                data = source.extractfile(member).read()
+                if member.name.endswith(".jpg") and not member.name.endswith("clean.jpg"):
+                    data = b"not a jpeg"
+                member.size = len(data)
+                out.addfile(member, io.BytesIO(data))
+    before = (running_children(os.getpid()), _open_descriptors())
+    if how == "closed after one sample":
+        samples = iter_samples(f"pipe:cat {shard}")
+        next(samples)
+        samples.close()
+    elif how == "a member over the cap":
+        with pytest.raises(ShardError, match="not read"):
+            list(iter_tar_members(f"pipe:cat {shard}", max_member_bytes=64))
+    else:
+        with pytest.raises(ShardError, match="decoded"):
+            list(iter_samples(f"pipe:cat {shard}"))
+    assert (running_children(os.getpid()), _open_descriptors()) == before
