@@ -153,8 +153,8 @@ def _process_state():
     """What else a test could leave behind for the next one to run under: the working folder, the
     umask, the environment, signal handlers and a pending alarm, the temporary folder, Pillow's
     bomb limit and opener, the exception hooks, the garbage collector, logging's settings, the
-    module search path, the recursion limit, numpy's error handling and print
-    options; and what it could leave running: non-daemon threads, child processes."""
+    module search path, the recursion limit, numpy's error handling and print options; and what it
+    could leave running: non-daemon threads, child processes."""
     import gc
     import threading
 
@@ -236,7 +236,7 @@ def process_state_kept(request):
     after = _left(before, _process_state())
     if after["SIGALRM"] == signal.SIG_DFL and not after["alarm"]:  # pytest-timeout's, disarmed when a test fails
         before = {**before, "SIGALRM": after["SIGALRM"], "alarm": False}
-    if after != {**before, "threads": set(), "children": set()}:
+    expected = {**before, "threads": set(), "children": set()}  # none started by the test left running
+    if after != expected:
         _put_process_state_back(before)
-        pytest.fail(f"{request.node.nodeid} left the process changed: "
-                    f"{_changed_state({**before, 'threads': set(), 'children': set()}, after)}")
+        pytest.fail(f"{request.node.nodeid} left the process changed: {_changed_state(expected, after)}")
