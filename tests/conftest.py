@@ -170,7 +170,15 @@ def _process_state():
             "sys.excepthook": sys.excepthook, "threading.excepthook": threading.excepthook, "gc": gc.isenabled(),
             "logging": _logging(), "sys.path": list(sys.path), "recursion limit": sys.getrecursionlimit(), "numpy errors": np.geterr(),
             "numpy print options": np.get_printoptions(),
-            "threads": {t for t in threading.enumerate() if not t.daemon}, "children": set(running_children(os.getpid()))}
+            "threads": {t for t in threading.enumerate() if not t.daemon}, "children": set(running_children(os.getpid())) - _process_helpers()}
+
+
+def _process_helpers():
+    """multiprocessing's resource tracker and fork server: started by the first spawned pool, kept for
+    the process's life by design, not left behind by the test that happened to start them."""
+    from multiprocessing import forkserver, resource_tracker
+
+    return {resource_tracker._resource_tracker._pid, forkserver._forkserver._forkserver_pid} - {None}
 
 
 def _left(before, after):
