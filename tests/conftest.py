@@ -143,10 +143,12 @@ _SET_ONCE = ("LD_LIBRARY_PATH", "QT_QPA_FONTDIR", "QT_QPA_PLATFORM_PLUGIN_PATH",
 
 def _logging():
     """The root logger's level and handlers (pytest's own, swapped at each phase, left out),
-    ``logging.disable``'s level, and every logger's level, propagation and switch."""
+    ``logging.disable``'s level, and every logger's level, propagation and switch, and whether the
+    package of its name is imported yet (its first import sets up its own logger)."""
     loggers = {n: l for n, l in logging.root.manager.loggerDict.items() if isinstance(l, logging.Logger)}
     return {"root": (logging.root.level, [h for h in logging.root.handlers if not type(h).__module__.startswith("_pytest")]),
-            "disable": logging.root.manager.disable, **{n: (l.level, l.propagate, l.disabled) for n, l in loggers.items()}}
+            "disable": logging.root.manager.disable,
+            **{n: (l.level, l.propagate, l.disabled, n.split(".")[0] in sys.modules) for n, l in loggers.items()}}
 
 
 def _process_state():
@@ -182,9 +184,11 @@ def _process_helpers():
 
 
 def _left(before, after):
-    """``after`` as compared with ``before``: what ended meanwhile, and loggers first made, not counted."""
+    """``after`` as compared with ``before``: what ended meanwhile, loggers first made, and those a
+    package's first import set up, not counted."""
+    first_imported = {n for n, v in before["logging"].items() if n not in ("root", "disable") and not v[3] and after["logging"][n][3]}
     return {**after, "threads": after["threads"] - before["threads"], "children": after["children"] - before["children"],
-            "logging": {n: after["logging"][n] for n in before["logging"] if n in after["logging"]}}
+            "logging": {n: before["logging"][n] if n in first_imported else after["logging"][n] for n in before["logging"]}}
 
 
 def _put_process_state_back(state):
@@ -211,7 +215,7 @@ def _put_process_state_back(state):
     logging.root.setLevel(level)
     logging.root.handlers[:] = [h for h in logging.root.handlers if type(h).__module__.startswith("_pytest")] + handlers
     logging.disable(state["logging"]["disable"])
-    for name, (level, propagate, disabled) in ((n, v) for n, v in state["logging"].items() if n not in ("root", "disable")):
+    for name, (level, propagate, disabled, _) in ((n, v) for n, v in state["logging"].items() if n not in ("root", "disable")):
         logger = logging.getLogger(name)
         logger.setLevel(level)
         logger.propagate, logger.disabled = propagate, disabled

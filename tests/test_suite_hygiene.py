@@ -84,7 +84,7 @@ def test_a_test_leaving_the_process_changed_fails_and_the_next_one_starts_clean(
     for name, what in (("test_umask", f"umask: {umask} -> 63"), ("test_environment", "$LEFT_BEHIND: None -> '1'"),
                        ("test_signal_handler", "SIGTERM"), ("test_working_folder", "cwd:"), ("test_torch_threads", "threads: 1 -> 2"),
                        ("test_root_handler", "logger root: (30, []) -> (10, [<StreamHandler"),
-                       ("test_logger_level", "logger a.library: (0, True, False) -> (40, True, False)"),
+                       ("test_logger_level", "logger a.library: (0, True, False, False) -> (40, True, False, False)"),
                        ("test_module_search_path", "sys.path:"),
                        ("test_numpy_errors", "numpy errors:"), ("test_thread", "threads: set() -> {<Thread(left-running"),
                        ("test_child", "children: set() -> {")):
