@@ -117,6 +117,15 @@ class _BoundedTarInfo(tarfile.TarInfo):
         raise TarRefused("sparse_member", f"{next.name!r} is a sparse member")
 
 
+class _StreamTarFile(tarfile.TarFile):
+    """A tar read from a stream, closed (its command ended, its connection let go) however the block
+    reading it ends: tarfile's own ``__exit__`` leaves a file it was handed open when the block raised,
+    or when a generator reading it was closed early, and a ``pipe:`` command ran on, blocked."""
+
+    def __exit__(self, *exc_info: object) -> None:  # type: ignore[override]
+        self.close()
+
+
 def is_stream(location: str | Path) -> bool:
     """Whether ``location`` is a ``pipe:`` command or an http(s) URL rather than a local path."""
     return isinstance(location, str) and location.startswith(STREAM_PREFIXES)
@@ -137,9 +146,9 @@ def open_tar(path: str | Path, mode: str = "r:*") -> tarfile.TarFile:
         head = stream.peek(512)[:512]
         try:
             if head[:2] == b"\x1f\x8b":
-                tar = tarfile.open(fileobj=gzip.GzipFile(fileobj=stream, mode="rb"), mode="r|", tarinfo=_BoundedTarInfo)
+                tar = _StreamTarFile.open(fileobj=gzip.GzipFile(fileobj=stream, mode="rb"), mode="r|", tarinfo=_BoundedTarInfo)
             else:
-                tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_BoundedTarInfo)
+                tar = _StreamTarFile.open(fileobj=stream, mode="r|*", tarinfo=_BoundedTarInfo)
         except tarfile.ReadError:
             # What it is instead (an HTML page served in the tar's place); a failed command's error replaces this at close.
             raise tarfile.ReadError(describe_head(head, "stream")) from None

@@ -7,6 +7,7 @@ sessions, torchrun's ``torchelastic_*``, ``~/.ray``, caches) are one folder, rem
 No test may leave torch's process-wide settings changed (:func:`torch_settings_kept`), nor the rest
 of the process (:func:`process_state_kept`: working folder, umask, environment, signal handlers...):
 a test after it would run under them, and pass or fail by the order the suite runs in."""
+import logging
 import os
 import shutil
 import signal
@@ -140,26 +141,61 @@ _SET_ONCE = ("LD_LIBRARY_PATH", "QT_QPA_FONTDIR", "QT_QPA_PLATFORM_PLUGIN_PATH",
              "PYTEST_CURRENT_TEST")
 
 
+def _logging():
+    """The root logger's level and handlers (pytest's own, swapped at each phase, left out),
+    ``logging.disable``'s level, and every logger's level, propagation and switch, and whether the
+    package of its name is imported yet (its first import sets up its own logger)."""
+    loggers = {n: l for n, l in logging.root.manager.loggerDict.items() if isinstance(l, logging.Logger)}
+    return {"root": (logging.root.level, [h for h in logging.root.handlers if not type(h).__module__.startswith("_pytest")]),
+            "disable": logging.root.manager.disable,
+            **{n: (l.level, l.propagate, l.disabled, n.split(".")[0] in sys.modules) for n, l in loggers.items()}}
+
+
 def _process_state():
     """What else a test could leave behind for the next one to run under: the working folder, the
     umask, the environment, signal handlers and a pending alarm, the temporary folder, Pillow's
-    bomb limit and opener, the exception hooks and the garbage collector."""
+    bomb limit and opener, the exception hooks, the garbage collector, logging's settings, the
+    module search path, the recursion limit, numpy's error handling and print options; and what it
+    could leave running: non-daemon threads, child processes."""
     import gc
     import threading
 
+    import numpy as np
     from PIL import Image
+
+    from tests.process_table import running_children
 
     return {"cwd": os.getcwd(), "umask": current_umask(), "environment": {k: v for k, v in os.environ.items() if k not in _SET_ONCE},
             **{name: signal.getsignal(getattr(signal, name)) for name in _SIGNALS},
             "alarm": signal.getitimer(signal.ITIMER_REAL)[0] > 0, "tempfile.tempdir": tempfile.gettempdir(),
             "Image.MAX_IMAGE_PIXELS": Image.MAX_IMAGE_PIXELS, "Image.open": Image.open,
-            "sys.excepthook": sys.excepthook, "threading.excepthook": threading.excepthook, "gc": gc.isenabled()}
+            "sys.excepthook": sys.excepthook, "threading.excepthook": threading.excepthook, "gc": gc.isenabled(),
+            "logging": _logging(), "sys.path": list(sys.path), "recursion limit": sys.getrecursionlimit(), "numpy errors": np.geterr(),
+            "numpy print options": np.get_printoptions(),
+            "threads": {t for t in threading.enumerate() if not t.daemon}, "children": set(running_children(os.getpid())) - _process_helpers()}
+
+
+def _process_helpers():
+    """multiprocessing's resource tracker and fork server: started by the first spawned pool, kept for
+    the process's life by design, not left behind by the test that happened to start them."""
+    from multiprocessing import forkserver, resource_tracker
+
+    return {resource_tracker._resource_tracker._pid, forkserver._forkserver._forkserver_pid} - {None}
+
+
+def _left(before, after):
+    """``after`` as compared with ``before``: what ended meanwhile, loggers first made, and those a
+    package's first import set up, not counted."""
+    first_imported = {n for n, v in before["logging"].items() if n not in ("root", "disable") and not v[3] and after["logging"][n][3]}
+    return {**after, "threads": after["threads"] - before["threads"], "children": after["children"] - before["children"],
+            "logging": {n: before["logging"][n] if n in first_imported else after["logging"][n] for n in before["logging"]}}
 
 
 def _put_process_state_back(state):
     import gc
     import threading
 
+    import numpy as np
     from PIL import Image
 
     os.chdir(state["cwd"])
@@ -175,13 +211,28 @@ def _put_process_state_back(state):
     Image.MAX_IMAGE_PIXELS, Image.open = state["Image.MAX_IMAGE_PIXELS"], state["Image.open"]
     sys.excepthook, threading.excepthook = state["sys.excepthook"], state["threading.excepthook"]
     (gc.enable if state["gc"] else gc.disable)()
+    level, handlers = state["logging"]["root"]
+    logging.root.setLevel(level)
+    logging.root.handlers[:] = [h for h in logging.root.handlers if type(h).__module__.startswith("_pytest")] + handlers
+    logging.disable(state["logging"]["disable"])
+    for name, (level, propagate, disabled, _) in ((n, v) for n, v in state["logging"].items() if n not in ("root", "disable")):
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.propagate, logger.disabled = propagate, disabled
+    sys.path[:] = state["sys.path"]
+    sys.setrecursionlimit(state["recursion limit"])
+    np.seterr(**state["numpy errors"])
+    np.set_printoptions(**state["numpy print options"])
+    for pid in _left(state, _process_state())["children"]:
+        os.kill(pid, signal.SIGKILL)
 
 
 def _changed_state(before, after):
     changes = []
     for key in before:
-        if key == "environment":
-            changes += [f"${name}: {before[key].get(name)!r} -> {after[key].get(name)!r}"
+        if key in ("environment", "logging"):
+            mark = "$" if key == "environment" else "logger "
+            changes += [f"{mark}{name}: {before[key].get(name)!r} -> {after[key].get(name)!r}"
                         for name in sorted(set(before[key]) | set(after[key])) if before[key].get(name) != after[key].get(name)]
         elif after[key] != before[key]:
             changes.append(f"{key}: {before[key]!r} -> {after[key]!r}")
@@ -194,9 +245,10 @@ def process_state_kept(request):
     back: the test after it would run under it, and pass or fail by the order the suite runs in."""
     before = _process_state()
     yield
-    after = _process_state()
+    after = _left(before, _process_state())
     if after["SIGALRM"] == signal.SIG_DFL and not after["alarm"]:  # pytest-timeout's, disarmed when a test fails
         before = {**before, "SIGALRM": after["SIGALRM"], "alarm": False}
-    if after != before:
+    expected = {**before, "threads": set(), "children": set()}  # none started by the test left running
+    if after != expected:
         _put_process_state_back(before)
-        pytest.fail(f"{request.node.nodeid} left the process changed: {_changed_state(before, after)}")
+        pytest.fail(f"{request.node.nodeid} left the process changed: {_changed_state(expected, after)}")

@@ -5,7 +5,7 @@ import signal
 import time
 from pathlib import Path
 
-_GROUP, _SESSION = 2, 3  # fields of /proc/PID/stat after the command's name
+_PARENT, _GROUP, _SESSION = 1, 2, 3  # fields of /proc/PID/stat after the command's name
 
 
 def alive_in_group(pgid: int) -> list[int]:
@@ -14,6 +14,11 @@ def alive_in_group(pgid: int) -> list[int]:
 
 def alive_in_session(sid: int) -> list[int]:
     return _alive(_SESSION, sid)
+
+
+def running_children(pid: int) -> list[int]:
+    """``pid``'s child processes still running (an ended one not yet reaped is not)."""
+    return _alive(_PARENT, pid)
 
 
 def left_in_group(pgid: int, seconds: float) -> list[int]:

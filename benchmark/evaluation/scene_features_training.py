@@ -16,6 +16,7 @@ from PIL import Image
 
 from benchmark.evaluation.scene_attributes import scene_attributes
 from benchmark.evaluation.scene_features_net import SceneNet, to_batch
+from implicit_concept.random_states import kept_rngs
 from implicit_concept.scene.grammar import sample_scene
 from implicit_concept.scene.render import render_scene
 
@@ -62,20 +63,22 @@ def _loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> 
 
 
 def train_net(config: SceneFeaturesConfig, vocab: Mapping[str, tuple[str, ...]]) -> SceneNet:
-    """A net seeded by ``config``, trained on ``config.steps`` batches of fresh, damaged scenes."""
-    torch.manual_seed(config.seed)
-    net = SceneNet(config.image_size, config.feature_dim, {k: len(v) for k, v in vocab.items()})
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.15)
-    net.train()
-    for step in range(config.steps):
-        images, labels = draw_scenes(config, config.batch, [STREAM_TAG, config.seed, TRAIN_STREAM, step], degrade=True)
-        loss = _loss(net(to_batch(images, config.image_size)), _targets(labels, vocab))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return net.eval()
+    """A net seeded by ``config``, trained on ``config.steps`` batches of fresh, damaged scenes; the
+    caller's global generators put back after."""
+    with kept_rngs():
+        torch.manual_seed(config.seed)
+        net = SceneNet(config.image_size, config.feature_dim, {k: len(v) for k, v in vocab.items()})
+        opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.15)
+        net.train()
+        for step in range(config.steps):
+            images, labels = draw_scenes(config, config.batch, [STREAM_TAG, config.seed, TRAIN_STREAM, step], degrade=True)
+            loss = _loss(net(to_batch(images, config.image_size)), _targets(labels, vocab))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        return net.eval()
 
 
 def accuracy(predicted: list[dict[str, str]], expected: list[dict[str, str]]) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from builders.recipe import MAX_IMAGE_SIZE
 from implicit_concept.bounded_reads import file_kind
 from implicit_concept.disk_space import require_space, writing
 from implicit_concept.json_records import read_json_object
+from implicit_concept.random_states import kept_rngs
 from implicit_concept.tensor_checks import SAFETENSORS_FLOATS, all_finite
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -221,12 +222,14 @@ def build_scheduler(config: TinyPipelineConfig) -> DDIMScheduler:
 
 
 def build_tiny_pipeline(config: TinyPipelineConfig, tokenizer_cache: str | Path, seed: int = 0) -> StableDiffusionPipeline:
-    """A freshly initialised tiny pipeline; the same seed gives the same weights."""
+    """A freshly initialised tiny pipeline; the same seed gives the same weights, drawn from torch's
+    global generator seeded for them and put back after (the caller's next draw is as it was)."""
     tokenizer = build_clip_tokenizer(tokenizer_cache)
-    torch.manual_seed(seed)
-    text_encoder = build_text_encoder(config, len(tokenizer))
-    vae = PatchAutoencoder(patch_size=config.patch_size)
-    unet = build_unet(config, config.text_hidden)
+    with kept_rngs():
+        torch.manual_seed(seed)
+        text_encoder = build_text_encoder(config, len(tokenizer))
+        vae = PatchAutoencoder(patch_size=config.patch_size)
+        unet = build_unet(config, config.text_hidden)
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

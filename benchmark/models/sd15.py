@@ -20,6 +20,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from benchmark.models.clip_tokenizer import build_clip_tokenizer
 from benchmark.models.pipelines import save_portable_pipeline
 from implicit_concept.files import atomic_dir
+from implicit_concept.random_states import kept_rngs
 
 UNET: dict[str, Any] = {
     "sample_size": 64,
@@ -93,13 +94,15 @@ PARAMETERS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_48
 
 
 def build_sd15_parts(seed: int = 0) -> dict[str, torch.nn.Module]:
-    """The UNet, VAE and text encoder, freshly initialised from ``seed`` (about 4.3 GB of float32)."""
-    torch.manual_seed(seed)
-    return {
-        "unet": UNet2DConditionModel(**UNET),
-        "vae": AutoencoderKL(**VAE),
-        "text_encoder": CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER)),
-    }
+    """The UNet, VAE and text encoder, freshly initialised from ``seed`` (about 4.3 GB of float32); the
+    caller's global generators put back after."""
+    with kept_rngs():
+        torch.manual_seed(seed)
+        return {
+            "unet": UNet2DConditionModel(**UNET),
+            "vae": AutoencoderKL(**VAE),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER)),
+        }
 
 
 def build_sd15_pipeline(out: str | Path, seed: int = 0) -> Path:
