@@ -170,9 +170,15 @@ def _process_state():
             "alarm": signal.getitimer(signal.ITIMER_REAL)[0] > 0, "tempfile.tempdir": tempfile.gettempdir(),
             "Image.MAX_IMAGE_PIXELS": Image.MAX_IMAGE_PIXELS, "Image.open": Image.open,
             "sys.excepthook": sys.excepthook, "threading.excepthook": threading.excepthook, "gc": gc.isenabled(),
-            "logging": _logging(), "sys.path": list(sys.path), "recursion limit": sys.getrecursionlimit(), "numpy errors": np.geterr(),
+            "logging": _logging(), "sys.path": _search_path(), "recursion limit": sys.getrecursionlimit(), "numpy errors": np.geterr(),
             "numpy print options": np.get_printoptions(),
             "threads": {t for t in threading.enumerate() if not t.daemon}, "children": set(running_children(os.getpid())) - _process_helpers()}
+
+
+def _search_path():
+    """``sys.path`` less a package's own folders its first import adds (Ray's ``thirdparty_files``,
+    inside ``site-packages``): set once, for the package's later imports, like ``_SET_ONCE``."""
+    return [p for p in sys.path if "site-packages" not in Path(p).parent.parts]
 
 
 def _process_helpers():
@@ -219,7 +225,7 @@ def _put_process_state_back(state):
         logger = logging.getLogger(name)
         logger.setLevel(level)
         logger.propagate, logger.disabled = propagate, disabled
-    sys.path[:] = state["sys.path"]
+    sys.path[:] = [p for p in sys.path if p not in _search_path()] + state["sys.path"]  # a package's own folders kept
     sys.setrecursionlimit(state["recursion limit"])
     np.seterr(**state["numpy errors"])
     np.set_printoptions(**state["numpy print options"])

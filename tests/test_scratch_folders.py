@@ -32,9 +32,9 @@ def test_torchrun_writes_its_temporaries_into_the_scratch_folder():
 
 @pytest.mark.slow
 def test_ray_writes_its_session_and_token_into_the_scratch_folder():
-    ray = pytest.importorskip("ray")
     scratch = _scratch()
-    with restored_after_ray():
+    with restored_after_ray():  # import ray sets RAY_CLIENT_MODE and its excepthook: put back too
+        ray = pytest.importorskip("ray")
         with keeping_signal_handlers():
             ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
