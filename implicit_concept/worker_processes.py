@@ -300,12 +300,15 @@ def end_process(process) -> None:
 def _kill(process) -> None:
     """SIGKILL ``process`` and the processes below it (it runs nothing more to end them), and wait
     for it, a bounded time (one in uninterruptible IO ends when the IO does)."""
+    below: list[int] = []
     try:
-        below = _descendants(process.pid) if process.exitcode is None else []
+        if process.exitcode is None:
+            below = _stopped_below(process.pid, stop_it=True)
         process.kill()
     except (OSError, ValueError, AttributeError):  # ended and reaped already, or closed
         return
-    _kill_all(below)
+    finally:
+        _kill_all(below)  # stopped: killed whatever happened to the worker
     process.join(WORKER_GRACE_S)
 
 
@@ -316,13 +319,40 @@ def end_descendants() -> None:
     from multiprocessing import resource_tracker
 
     tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
-    _kill_all([pid for pid in _descendants(os.getpid()) if pid != tracker])
+    _kill_all(_stopped_below(os.getpid(), spare=tracker))
+
+
+#: Rounds of listing and stopping the processes below one: each round stops those a process forked
+#: before it was stopped, so a tree is whole in as many rounds as it is deep.
+MAX_STOP_ROUNDS = 64
+
+
+def _stopped_below(pid: int, spare: int | None = None, stop_it: bool = False) -> list[int]:
+    """The processes below ``pid`` (``spare`` and those below it left out), each stopped (SIGSTOP)
+    first: one killed from a list it was not yet on (forked while the list was read) would outlive
+    its parent, re-parented; a stopped process forks no more, so the list is read again until it
+    holds no new one. ``stop_it``: ``pid`` itself is stopped first too (it is then killed)."""
+    stopped = [pid] if stop_it else []
+    _signal_all(stopped, signal.SIGSTOP)
+    found: list[int] = []
+    for _ in range(MAX_STOP_ROUNDS):
+        left_out = {*found, spare, *_descendants(spare)} if spare else set(found)
+        new = [p for p in _descendants(pid) if p not in left_out]
+        if not new:
+            break
+        _signal_all(new, signal.SIGSTOP)
+        found += new
+    return found
 
 
 def _kill_all(pids: list[int]) -> None:
+    _signal_all(pids, signal.SIGKILL)
+
+
+def _signal_all(pids: list[int], signum: int) -> None:
     for pid in pids:
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signum)
         except OSError:  # it has ended already
             pass
 
