@@ -11,7 +11,7 @@ import threading
 import time
 
 from implicit_concept.files import discard_output
-from implicit_concept.worker_processes import end_process
+from implicit_concept.worker_processes import end_with_its_tree
 
 #: How long a finished command waits for threads and child processes it did not start and that are
 #: still running (a method's logger sending its last lines) before it exits without them.
@@ -28,8 +28,7 @@ def exit_past_leftovers(code: int) -> None:
     if not threads and not children:
         sys.exit(code)
     for child in children:
-        child.terminate()
-        end_process(child)
+        end_with_its_tree(child)
     names = ", ".join([f"thread {t.name}" for t in threads] + [f"process {c.name} ({c.pid})" for c in children])
     last_words(f"implicit-concept: {len(threads) + len(children)} left running by code the command called (a method's build "
                f"or pipeline), not daemon: {names}; {'ended, and ' if children else ''}not waited for")

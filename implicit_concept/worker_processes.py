@@ -297,6 +297,19 @@ def end_process(process) -> None:
             _kill(process)
 
 
+def end_with_its_tree(process) -> None:
+    """Ask ``process`` (a ``multiprocessing`` Process left running) to end (SIGTERM: its cleanup runs),
+    then :func:`end_process`; the processes below it are killed first, stopped while they are listed
+    (:func:`_stopped_below`): once it ends they would run on, re-parented, out of reach."""
+    try:
+        below = _stopped_below(process.pid) if process.exitcode is None else []
+    except (ValueError, AttributeError):  # closed
+        return
+    _kill_all(below)
+    process.terminate()
+    end_process(process)
+
+
 def _kill(process) -> None:
     """SIGKILL ``process`` and the processes below it (it runs nothing more to end them), and wait
     for it, a bounded time (one in uninterruptible IO ends when the IO does)."""

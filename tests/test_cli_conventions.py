@@ -446,7 +446,7 @@ from benchmark import cli
 def lab_run():
     """A command whose plug-in started threads and processes: a logger that never ends, an upload
     that ends soon, a prefetching process that never ends (cleaning up on SIGTERM, or ignoring it), one
-    that ends soon, and daemon ones."""
+    that ends soon, and daemon ones. The prefetcher runs a command of its own."""
     atexit.register(lambda: Path(sys.argv[1]).write_text("atexit ran"))
     if "threads" in sys.argv[3]:
         threading.Thread(target=time.sleep, args=(3600,), name="lab-metrics-logger").start()
@@ -456,7 +456,8 @@ def lab_run():
         spawn = multiprocessing.get_context("spawn")
         on_term = ("signal.SIG_IGN" if "SIGTERM" in sys.argv[3]
                    else f"lambda *_: (Path({sys.argv[1] + '.ended'!r}).write_text('cleaned up'), sys.exit())")
-        prefetch = f"import signal, sys, time; from pathlib import Path; signal.signal(signal.SIGTERM, {on_term}); time.sleep(3600)"
+        prefetch = (f"import signal, subprocess, sys, time; from pathlib import Path; signal.signal(signal.SIGTERM, {on_term}); "
+                    f"Path({sys.argv[1] + '.decoder'!r}).write_text(str(subprocess.Popen(['sleep', '3600']).pid)); time.sleep(3600)")
         child = spawn.Process(target=exec, args=(prefetch, {}), name="lab-prefetcher")
         child.start()
         spawn.Process(target=time.sleep, args=(0.5,), name="lab-last-batch").start()
@@ -503,6 +504,8 @@ def test_a_finished_command_exits_past_threads_and_processes_a_plug_in_left_runn
         pid = int((tmp_path / "atexit.pid").read_text())
         assert f"process lab-prefetcher ({pid})" in done.stderr
         assert not _pid_running(pid), "the child was left running"
+        decoder = int((tmp_path / "atexit.decoder").read_text())  # the child's own child (a decoder it ran)
+        assert not _pid_running(decoder), "the child's own child was left running, re-parented"
         assert (tmp_path / "atexit.ended").exists() == ("SIGTERM" not in left), "the child was killed before it was asked"
 
 
