@@ -29,6 +29,7 @@ from benchmark.prompts import Prompt, prompts_sha256, read_prompts, resolve_prom
 from benchmark.published_models import is_published
 from benchmark.track import Track
 from builders.recipe import recipe_name
+from implicit_concept.bounded_reads import read_regular_file
 from implicit_concept.content_hashes import folder_sha256, sha256_file
 from implicit_concept.detector.inference import Detector
 from implicit_concept.file_locks import locked
@@ -110,12 +111,21 @@ def test_split(track: Track, data_root: Path, subset: str | None = None) -> Path
     return Path(data_root) / recipe_name(track.recipe) / (subset or track.groups()[0][0]) / "test"
 
 
+#: The largest ``negative_prompt.txt`` read: a prompt is at most a few hundred tokens.
+MAX_NEGATIVE_PROMPT_BYTES = 1 << 20
+
+
 def pipeline_negative_prompt(pipeline_dir: Path) -> str:
-    """The negative prompt a saved pipeline records (``negative_prompt.txt``, or Geom-Erasing's metadata)."""
+    """The negative prompt a saved pipeline records (``negative_prompt.txt``, or Geom-Erasing's
+    metadata). A folder, FIFO or device in the text file's place, or one far larger than a prompt,
+    is refused, naming it: it was passed over for the metadata, and the lab's prompt went unsampled."""
     recorded = Path(pipeline_dir) / NEGATIVE_PROMPT_FILE
-    if not recorded.is_file():
+    try:
+        data = read_regular_file(recorded, MAX_NEGATIVE_PROMPT_BYTES)
+    except FileNotFoundError:
         return negative_prompt_for(pipeline_dir)  # a damaged record named by the one rule for JSON records
-    data = recorded.read_bytes()
+    except IsADirectoryError:
+        raise ValueError(f"{recorded}: a folder, where the pipeline's negative prompt (text) was expected") from None
     # A byte-order mark says the encoding and is not part of the prompt (it would be sampled as a
     # token): Notepad's UTF-8 one, or UTF-16's, which Windows PowerShell's `echo ... > FILE` writes.
     encoding = "utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"

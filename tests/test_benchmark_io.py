@@ -1213,3 +1213,22 @@ def test_images_per_prompt_that_would_reuse_the_next_prompts_seeds_is_refused(tm
 
     with pytest.raises(ValueError, match=r"images_per_prompt: expected an integer in \[1, 1000\], got 1001"):
         external.score_image_folder(tmp_path / "images", tmp_path / "out", _judging(tmp_path), images_per_prompt=1001)
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "oversized"])
+def test_a_negative_prompt_file_that_cannot_be_a_prompt_is_named_not_passed_over(tmp_path, kind):
+    """A folder or FIFO named negative_prompt.txt was passed over for Geom-Erasing's metadata (the
+    pipeline then sampled without the lab's prompt, silently), and an endless file was read whole."""
+    from benchmark.external import MAX_NEGATIVE_PROMPT_BYTES, pipeline_negative_prompt
+    from benchmark.models.pipelines import NEGATIVE_PROMPT_FILE
+
+    recorded = tmp_path / NEGATIVE_PROMPT_FILE
+    if kind == "folder":
+        recorded.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(recorded)
+    else:
+        recorded.write_bytes(b"watermark, " * (MAX_NEGATIVE_PROMPT_BYTES // 11 + 1))
+    (tmp_path / "geom_erasing.json").write_text('{"negative_prompt": "not this one"}')
+    with pytest.raises(ValueError, match=f"{NEGATIVE_PROMPT_FILE}: " + {"folder": "a folder", "fifo": "a FIFO", "oversized": "over"}[kind]):
+        pipeline_negative_prompt(tmp_path)
