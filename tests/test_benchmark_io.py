@@ -1232,3 +1232,13 @@ def test_a_negative_prompt_file_that_cannot_be_a_prompt_is_named_not_passed_over
     (tmp_path / "geom_erasing.json").write_text('{"negative_prompt": "not this one"}')
     with pytest.raises(ValueError, match=f"{NEGATIVE_PROMPT_FILE}: " + {"folder": "a folder", "fifo": "a FIFO", "oversized": "over"}[kind]):
         pipeline_negative_prompt(tmp_path)
+
+
+def test_a_folder_in_place_of_geom_erasings_metadata_is_named_as_not_its_record(tmp_path):
+    """A folder named geom_erasing.json raised IsADirectoryError from deep inside the reader."""
+    from benchmark.external import pipeline_negative_prompt
+    from implicit_concept.geom_erasing.training_target import METADATA_FILE
+
+    (tmp_path / METADATA_FILE).mkdir()
+    with pytest.raises(ValueError, match=f"{METADATA_FILE}: a folder, where Geom-Erasing's metadata"):
+        pipeline_negative_prompt(tmp_path)

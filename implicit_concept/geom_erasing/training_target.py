@@ -241,6 +241,8 @@ def negative_prompt_for(pipeline_dir: str | Path) -> str:
         negative = read_json_object(path).get("negative_prompt")
     except FileNotFoundError:
         return ""
+    except IsADirectoryError:
+        raise ValueError(f"{path}: a folder, where Geom-Erasing's metadata (JSON) was expected") from None
     if not isinstance(negative, str):
         raise ValueError(f"{path}: not Geom-Erasing metadata (no negative_prompt text in it)")
     return negative
