@@ -275,7 +275,7 @@ def _text_opens_without_encoding(source: Path) -> list[str]:
             text = "b" not in mode(node, TEMPORARY_FILES[func.attr], "'w+b'")
         elif isinstance(func, ast.Attribute) and func.attr in ("read_text", "write_text"):
             text = True
-        elif isinstance(func, ast.Attribute) and func.attr == "open" and owner not in ("Image", "tarfile", "os"):
+        elif isinstance(func, ast.Attribute) and func.attr == "open" and owner not in ("Image", "tarfile", "os") and not owner.endswith("TarFile"):
             text = "b" not in mode(node, 0)
         else:
             text = False
