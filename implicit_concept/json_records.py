@@ -97,12 +97,12 @@ def _finite_float(token: str) -> float:
 def check_nesting(value: Any, where: str | Path) -> None:
     """Refuse, naming ``where``, a parsed record or config (JSON, TOML) whose dicts and lists nest past
     :data:`MAX_NESTING`; walked without recursion, so no depth makes this raise RecursionError."""
-    todo = [(value, 1)] if isinstance(value, (dict, list)) else []
-    while todo:
-        item, depth = todo.pop()
+    level, depth = ([value] if isinstance(value, (dict, list)) else []), 1
+    while level:  # one level at a time: no tuple per container (a tokenizer.json holds 50 000 lists)
         if depth > MAX_NESTING:
             raise too_deep(where)
-        todo += [(child, depth + 1) for child in (item.values() if isinstance(item, dict) else item) if isinstance(child, (dict, list))]
+        level = [c for item in level for c in (item.values() if isinstance(item, dict) else item) if isinstance(c, (dict, list))]
+        depth += 1
 
 
 def too_deep(where: str | Path) -> ValueError:

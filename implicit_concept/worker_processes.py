@@ -349,8 +349,9 @@ def _stopped_below(pid: int, spare: int | None = None, stop_it: bool = False) ->
     _signal_all(stopped, signal.SIGSTOP)
     found: list[int] = []
     for _ in range(MAX_STOP_ROUNDS):
-        left_out = {*found, spare, *_descendants(spare)} if spare else set(found)
-        new = [p for p in _descendants(pid) if p not in left_out]
+        children = _children()  # one read of /proc a round
+        left_out = {*found, spare, *_below(children, spare)} if spare else set(found)
+        new = [p for p in _below(children, pid) if p not in left_out]
         if not new:
             break
         _signal_all(new, signal.SIGSTOP)
@@ -372,11 +373,16 @@ def _signal_all(pids: list[int], signum: int) -> None:
 
 def _descendants(pid: int) -> list[int]:
     """The processes below ``pid``: its children, theirs, and so on, read from /proc (none without it)."""
+    return _below(_children(), pid)
+
+
+def _children() -> dict[int, list[int]]:
+    """Each process's children, read from /proc (none without it)."""
     children: dict[int, list[int]] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return []
+        return children
     for name in entries:
         if name.isdigit():
             try:
@@ -385,6 +391,10 @@ def _descendants(pid: int) -> list[int]:
             except (OSError, ValueError, IndexError):  # ended while read
                 continue
             children.setdefault(parent, []).append(int(name))
+    return children
+
+
+def _below(children: dict[int, list[int]], pid: int) -> list[int]:
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), ()):

@@ -99,10 +99,10 @@ def _parent(pid: int) -> int:
 
 
 FORKER = """
-import os, sys, time
-while True:  # a child every 2 ms, each sleeping under a name the test finds it by
+import os, time
+while True:  # a child every 2 ms
     if os.fork() == 0:
-        os.execvp("sleep", ["sleep", sys.argv[1]])
+        os.execvp("sleep", ["sleep", "600"])
     time.sleep(0.002)
 """
 
@@ -111,42 +111,15 @@ def test_a_tree_that_forks_while_it_is_ended_leaves_nothing_running():
     """A process forked between the listing of the processes below one and their kill was missed and
     outlived them, re-parented (seen in a worker whose shell pipeline was still starting): they are
     stopped first, and listed again until no new one shows."""
-    marker = f"600.{os.getpid()}"  # sleep's argument: this test's processes, wherever they are re-parented
-    forker = subprocess.Popen([sys.executable, "-c", FORKER, marker])
+    forker = subprocess.Popen([sys.executable, "-c", FORKER], start_new_session=True)  # re-parented, they keep its session
     try:
         for _ in range(1000):  # until it is forking
             if len(worker_processes._descendants(forker.pid)) >= 20:
                 break
             time.sleep(0.01)
         worker_processes._kill_all(worker_processes._stopped_below(forker.pid, stop_it=True))
-        forker.kill()
-        forker.wait()
-        left = []
-        for _ in range(100):  # killed processes leave /proc when their new parent reaps them
-            left = _running_with(marker)
-            if not left:
-                break
-            time.sleep(0.05)
     finally:
         forker.kill()
         forker.wait()
-        for pid in _running_with(marker):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    left = left_in_session(forker.pid, 5)  # killed ones leave once their new parent reaps them
     assert left == [], f"{len(left)} processes forked while the tree was ended left running"
-
-
-def _running_with(argument: str) -> list[int]:
-    """The live (not zombie) processes whose command line holds ``argument``."""
-    found = []
-    for name in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                if argument.encode() not in f.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{name}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[1].split()[0] != b"Z":
-                    found.append(int(name))
-        except (OSError, ValueError, IndexError):  # not a process, or ended while read
-            continue
-    return found
