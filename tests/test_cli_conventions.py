@@ -564,3 +564,14 @@ def test_a_command_that_leaves_nothing_running_exits_as_before():
     quiet = subprocess.run([sys.executable, "-m", "benchmark.cli", "--version"], cwd=REPO, capture_output=True, text=True,
                            timeout=120)
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout.startswith("implicit-concept ")
+
+
+def test_python_dash_m_benchmark_is_the_command():
+    """``python -m benchmark`` runs what the console script runs, for a venv not on ``PATH``."""
+    ran = subprocess.run([sys.executable, "-m", "benchmark", "build", "--help"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("usage: implicit-concept build"), ran.stdout
+    wrong = subprocess.run([sys.executable, "-m", "benchmark", "no-such-command"], cwd=REPO, capture_output=True,
+                           text=True, timeout=120)
+    assert wrong.returncode == 2 and "implicit-concept" in wrong.stderr and "no-such-command" in wrong.stderr, wrong.stderr
