@@ -1,0 +1,46 @@
+"""Hostile sources in styles a lab's own photos arrive in: file endings in two letter cases, read
+alike from a folder and from a tar."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from builders.sources import FolderConfig, FolderSource, WebDatasetConfig, WebDatasetSource
+from tests.test_sources import jpeg, read_all, write_tar
+
+#: Keys two of whose files have one ending in two letter cases (a camera's ``IMG.JPG`` beside an
+#: exported ``IMG.jpg``; captions or metadata written by two tools), and one key that is fine.
+CASED = {
+    "x": [("x.jpg", jpeg((200, 0, 0))), ("x.JPG", jpeg((0, 200, 0))), ("x.txt", b"a red or a green square")],
+    "y": [("y.png", jpeg()), ("y.TXT", b"a caption from one tool"), ("y.txt", b"a caption from another")],
+    "z": [("z.jpg", jpeg()), ("z.txt", b"a square"), ("z.JSON", b'{"url": "a"}'), ("z.json", b'{"url": "b"}')],
+    "w": [("w.JPG", jpeg()), ("w.TXT", b"an upper-case ending alone is read")],
+}
+
+
+def test_endings_in_two_letter_cases_refuse_their_key_in_a_folder_as_in_a_tar(tmp_path: Path):
+    """A tar holding ``x.jpg`` and ``x.JPG`` refuses the key (``duplicate_member``: which is meant is
+    unknown), while a folder used whichever sorted first (``x.JPG``: upper case sorts first) and its
+    caption ``y.txt`` over ``y.TXT``: one source of two files became a sample the other refused. Both
+    now refuse such a key, every file of it recorded in a folder, and read ``w.JPG`` + ``w.TXT``."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    members = [m for key in sorted(CASED) for m in CASED[key]]
+    for name, data in members:
+        (folder / name).write_bytes(data)
+    write_tar(tmp_path / "00000.tar", members)
+    from_folder = read_all(FolderSource(FolderConfig(str(folder), test_fraction=0.0), shard_size=100), "train")
+    from_tar = read_all(WebDatasetSource(WebDatasetConfig([str(tmp_path / "00000.tar")], test_fraction=0.0)), "train")
+
+    assert {i.source_id: (i.error, i.caption) for i in from_tar} == {
+        "00000.tar/w": (None, "an upper-case ending alone is read"),
+        **{f"00000.tar/{k}": ("duplicate_member", None) for k in "xyz"},
+    }
+    assert {i.source_id: (i.error, i.caption) for i in from_folder} == {
+        "w.JPG": (None, "an upper-case ending alone is read"),
+        **{name: ("duplicate_member", None) for key in "xyz" for name, _ in CASED[key]},
+    }
+    detail = {i.source_id: i.detail for i in from_folder}
+    assert detail["x.txt"] == ("x.txt: not read: x.JPG and x.jpg are one file name in two letter cases (a Mac's or Windows' "
+                               "disk holds one of them), so which is meant is unknown and no file of key 'x' is read, as in a "
+                               "tar; keep one")
+    assert "y.TXT and y.txt" in detail["y.png"] and "z.JSON and z.json" in detail["z.jpg"]
