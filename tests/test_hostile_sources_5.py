@@ -1,10 +1,11 @@
 """Hostile sources in styles a lab's own photos arrive in: file endings in two letter cases, read
-alike from a folder and from a tar."""
+alike from a folder and from a tar; metadata sidecars with numbers no double holds."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from builders.sources import FolderConfig, FolderSource, WebDatasetConfig, WebDatasetSource
+from builders.sources.source_json import read_source_json
 from tests.test_sources import jpeg, read_all, write_tar
 
 #: Keys two of whose files have one ending in two letter cases (a camera's ``IMG.JPG`` beside an
@@ -44,3 +45,15 @@ def test_endings_in_two_letter_cases_refuse_their_key_in_a_folder_as_in_a_tar(tm
                                "disk holds one of them), so which is meant is unknown and no file of key 'x' is read, as in a "
                                "tar; keep one")
     assert "y.TXT and y.txt" in detail["y.png"] and "z.JSON and z.json" in detail["z.jpg"]
+
+
+def test_an_integer_no_double_holds_becomes_null_as_one_with_an_exponent_does():
+    """``1e999`` in img2dataset's KEY.json became null, but the same number in 400 digits was copied
+    into KEY.json's meta as it stood (a reader parsing numbers as doubles gets infinity), and one of
+    5000 digits lost the whole JSON (``invalid_json``: Python's int digit limit). Each is now null,
+    and an integer a double holds is kept exactly."""
+    huge = "9" * 400
+    for digits in (huge, "-" + huge, "1" + "0" * 5000):
+        meta, skipped = read_source_json(f'{{"n": {digits}, "ok": 7, "big": 123456789012345678901234567890}}'.encode())
+        assert skipped is None and meta == {"json": {"n": None, "ok": 7, "big": 123456789012345678901234567890}}, digits[:5]
+    assert read_source_json(f"[{huge}, 1]".encode())[0] == {"json": [None, 1]}
