@@ -2,7 +2,15 @@
 alike from a folder and from a tar; metadata sidecars with numbers no double holds."""
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import lzma
 from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
 
 from builders.sources import FolderConfig, FolderSource, WebDatasetConfig, WebDatasetSource
 from builders.sources.source_json import read_source_json
@@ -57,3 +65,32 @@ def test_an_integer_no_double_holds_becomes_null_as_one_with_an_exponent_does():
         meta, skipped = read_source_json(f'{{"n": {digits}, "ok": 7, "big": 123456789012345678901234567890}}'.encode())
         assert skipped is None and meta == {"json": {"n": None, "ok": 7, "big": 123456789012345678901234567890}}, digits[:5]
     assert read_source_json(f"[{huge}, 1]".encode())[0] == {"json": [None, 1]}
+
+
+def _noise_png(seed: int) -> bytes:
+    """An image that does not compress, so a damaged byte of its tar lands among its pixels."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("compress", [lambda raw: gzip.compress(raw, mtime=0), bz2.compress, lzma.compress],
+                         ids=["gzip", "bzip2", "xz"])
+@pytest.mark.parametrize("stream", [False, True], ids=["file", "pipe"])
+def test_a_compressed_tar_damaged_mid_way_gives_its_samples_then_one_record(tmp_path: Path, compress, stream: bool):
+    """An xz-compressed tar (``tar -cJf``, named ``.tar``) with one byte damaged in its middle raised
+    xz's ``LZMAError``, which is not an ``OSError`` as gzip's and bzip2's errors are: the build stopped
+    on a traceback. Every compression now gives the samples read before the damage was found (none
+    for bzip2, which checks a block before it gives any of it; all six for gzip, whose CRC is checked
+    at its end), then one ``corrupt_tar`` saying what was raised."""
+    members = [m for k in range(6) for m in ((f"{k}.png", _noise_png(k)), (f"{k}.txt", b"a field"))]
+    write_tar(tmp_path / "plain.tar", members)
+    data = bytearray(compress((tmp_path / "plain.tar").read_bytes()))
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "00000.tar").write_bytes(bytes(data))
+    url = f"pipe:cat {tmp_path / '00000.tar'}" if stream else str(tmp_path / "00000.tar")
+    items = read_all(WebDatasetSource(WebDatasetConfig([url], test_fraction=0.0)), "train")
+    *samples, record = items
+    assert all(i.error is None for i in samples) and [i.source_id for i in samples] == [f"00000.tar/{k}" for k in range(len(samples))]
+    assert (record.source_id, record.error) == ("00000.tar", "corrupt_tar")
+    assert "\n" not in record.detail and ("after '" in record.detail or "00000.tar" in record.detail), record.detail
