@@ -1,11 +1,14 @@
 """Hostile sources in styles a lab's own photos arrive in: file endings in two letter cases, read
-alike from a folder and from a tar; metadata sidecars with numbers no double holds."""
+alike from a folder and from a tar, as are links beside a key's files; metadata sidecars with numbers
+no double holds; compressed tars damaged mid-way."""
 from __future__ import annotations
 
 import bz2
 import gzip
 import io
 import lzma
+import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +97,46 @@ def test_a_compressed_tar_damaged_mid_way_gives_its_samples_then_one_record(tmp_
     assert all(i.error is None for i in samples) and [i.source_id for i in samples] == [f"00000.tar/{k}" for k in range(len(samples))]
     assert (record.source_id, record.error) == ("00000.tar", "corrupt_tar")
     assert "\n" not in record.detail and ("after '" in record.detail or "00000.tar" in record.detail), record.detail
+
+
+def test_a_link_or_fifo_beside_a_keys_file_leaves_the_file_used_in_a_folder_as_in_a_tar(tmp_path: Path):
+    """``a.jpg``, a symlink to ``a.png`` (what a photo tool's "export as" leaves), or a FIFO, beside
+    the file ``a.png``: the folder chose ``a.jpg`` by the order of extensions, refused it, and recorded
+    the good ``a.png`` as ``duplicate_image`` "a.jpg of the same name is used", so the key made no
+    sample, while a tar's symlink member is a record of its own and its key uses ``a.png``. Now the
+    folder uses the regular file too, and a key of links alone records each as what it is."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    png = _noise_png(0)
+    for key in "abc":
+        (folder / f"{key}.txt").write_text(f"a field {key}")
+    (folder / "a.png").write_bytes(png)
+    os.symlink("a.png", folder / "a.jpg")
+    (folder / "b.png").write_bytes(png)
+    os.mkfifo(folder / "b.jpg")
+    (folder / "elsewhere.bmp").write_bytes(png)
+    os.symlink("elsewhere.bmp", folder / "c.jpg")
+    os.symlink("elsewhere.bmp", folder / "c.png")
+    items = {i.source_id: i for i in read_all(FolderSource(FolderConfig(str(folder), test_fraction=0.0), shard_size=100), "train")}
+    assert {k: (i.error, i.caption) for k, i in items.items() if k != "elsewhere.bmp"} == {
+        "a.png": (None, "a field a"), "a.jpg": ("not_a_regular_file", None),
+        "b.png": (None, "a field b"), "b.jpg": ("not_a_regular_file", None),
+        "c.jpg": ("not_a_regular_file", "a field c"), "c.png": ("not_a_regular_file", None),
+    }
+    assert items["a.png"].image == png and items["b.png"].image == png
+    assert items["a.jpg"].detail.startswith("a.jpg: a symlink to a file, never followed")
+    assert items["b.jpg"].detail == "b.jpg: a FIFO (named pipe), not a regular file"
+    assert items["c.png"].detail.startswith("c.png: a symlink to a file")
+
+    tar = tmp_path / "00000.tar"
+    with tarfile.open(tar, "w", format=tarfile.USTAR_FORMAT) as tf:
+        link = tarfile.TarInfo("a.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "a.png"
+        tf.addfile(link)
+        for name, data in (("a.png", png), ("a.txt", b"a field a")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    from_tar = {i.source_id: i for i in read_all(WebDatasetSource(WebDatasetConfig([str(tar)], test_fraction=0.0)), "train")}
+    assert {k: i.error for k, i in from_tar.items()} == {"00000.tar/a.jpg": "not_a_regular_file", "00000.tar/a": None}
+    assert from_tar["00000.tar/a"].image == items["a.png"].image

@@ -115,9 +115,9 @@ SYMLINK_ADVICE = ("never followed (a link may lead anywhere, and what it leads t
                   "build from a copy that holds the files themselves (cp -rL FOLDER COPY)")
 
 
-def _what_stands(name: str, directory: int) -> str:
-    """What ``name`` in ``directory`` is, when it could not be opened as a regular file: a symlink
-    (and what it leads to, by ``stat`` alone), a FIFO, a socket, a device."""
+def _what_stands(name: str, directory: int | None) -> str:
+    """What ``name`` in ``directory`` (None: ``name`` is a path) is, when it is not a regular file: a
+    symlink (and what it leads to, by ``stat`` alone), a FIFO, a socket, a device."""
     try:
         info = os.lstat(name, dir_fd=directory)
     except OSError:
@@ -228,7 +228,7 @@ class FolderSource(Source):
         listed, unlisted, linked = _list(root)
         if "" in unlisted:
             raise ValueError(f"path: {str(root)!r} cannot be listed ({unlisted['']})")
-        entries = _entries(listed, config.extensions, unlisted, linked, config.caption_extension)
+        entries = _entries(listed, config.extensions, unlisted, linked, config.caption_extension, root)
         if not any(e.image for e in entries):
             hidden = sum(is_hidden(rel) for rel in listed)
             aside = f" ({hidden} hidden files, whose names start with a dot, are not read)" if hidden else ""
@@ -379,11 +379,13 @@ def _is_link(path: Path) -> bool:
 
 
 def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str, str] | None = None,
-             linked: set[str] | None = None, caption_ext: str = CAPTION_EXTENSION) -> list[_Entry]:
+             linked: set[str] | None = None, caption_ext: str = CAPTION_EXTENSION, root: Path | None = None) -> list[_Entry]:
     """``listed`` grouped by key, in key order, each name as recorded (:func:`recorded_name`, NFC:
     "café.jpg" from a Mac and "café.txt" from a script are one key, and a copy of the folder through
     a Mac is the same dataset), its real name kept for reading (``_Entry.on_disk``). The image used is
-    the first by the order of ``extensions``. Two files whose names are one in two forms are a key no
+    the first by the order of ``extensions`` that is a regular file under ``root`` (a symlink, FIFO or
+    device beside a file is a ``not_a_regular_file`` record, as such a tar member is: the key's file is
+    used). Two files whose names are one in two forms are a key no
     file of which is read (``name_form_clash``, each named in escapes), and so are two whose endings
     are one in two letter cases (``duplicate_member``, a tar's rule). A folder of ``unlisted`` is an entry of its own (its
     path the key): a skip, ``unreadable_folder``; so is a symlink to a folder, ``linked``
@@ -442,7 +444,11 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
             names = ", ".join(r for r, _ in files)
             unused = [(files[0][0], "no_image", f"no image ({', '.join(extensions)}) named {key!r}: {names}{hint}")]
         else:
-            unused = [(r, "duplicate_image", f"{r}: {images[0]} of the same name is used") for r in images[1:]]
+            odd = {r: why for r in images if len(images) > 1 and root is not None and (why := _not_regular(root, real[r][0], r))}
+            used = next((r for r in images if r not in odd), images[0])
+            unused = [(r, "not_a_regular_file", odd[r]) for r in images if r in odd and r != used]
+            images = [used, *(r for r in images if r not in odd and r != used)]
+            unused += [(r, "duplicate_image", f"{r}: {used} of the same name is used") for r in images[1:]]
         on_disk = tuple((n, real[n][0]) for n, _ in files if real[n][0] != n)
         entries.append(_Entry(key, images[0] if images else None, caption, jsons[0] if jsons else None, tuple(unused), hint,
                               bool(captions), on_disk))
@@ -455,6 +461,16 @@ def _clash_detail(name: str, real: str, others: list[str]) -> str:
     spelled = " and ".join(ascii(o) for o in others)
     return (f"{name}: the file {ascii(real)} and {spelled} are one name in two Unicode forms (composed NFC, decomposed "
             f"NFD: a Mac's copy beside the original?), so which is meant is unknown and neither is read; keep one")
+
+
+def _not_regular(root: Path, real: str, shown: str) -> str | None:
+    """What stands at the listed ``root/real`` where it is not a regular file, as its read would say it
+    (recorded as ``shown``); None for a regular file, or one gone (its read says so)."""
+    try:
+        mode = os.lstat(root / real).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else f"{shown}: {_what_stands(str(root / real), None)}"
 
 
 def _case_twins(files: list[tuple[str, str]], read: tuple[str, ...]) -> list[str]:
