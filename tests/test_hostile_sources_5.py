@@ -140,3 +140,24 @@ def test_a_link_or_fifo_beside_a_keys_file_leaves_the_file_used_in_a_folder_as_i
     from_tar = {i.source_id: i for i in read_all(WebDatasetSource(WebDatasetConfig([str(tar)], test_fraction=0.0)), "train")}
     assert {k: i.error for k, i in from_tar.items()} == {"00000.tar/a.jpg": "not_a_regular_file", "00000.tar/a": None}
     assert from_tar["00000.tar/a"].image == items["a.png"].image
+
+
+def test_a_phones_heic_beside_its_caption_says_its_extension_is_not_read_in_a_folder_as_in_a_tar(tmp_path: Path):
+    """An iPhone's ``IMG_1.HEIC`` beside ``IMG_1.txt`` is a ``no_image`` record: a tar's said the
+    extension is not read, a folder's only listed the two files, as if the image were missing.
+    Both now say why the file was not taken; a HEIC alone (no caption) too."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    heic = b"\0\0\0\x18ftypheic" + bytes(64)
+    members = [("IMG_1.HEIC", heic), ("IMG_1.txt", b"a field"), ("IMG_2.heic", heic), ("ok.jpg", jpeg()), ("ok.txt", b"a field")]
+    for name, data in members:
+        (folder / name).write_bytes(data)
+    write_tar(tmp_path / "00000.tar", members)
+    from_folder = {i.source_id: i for i in read_all(FolderSource(FolderConfig(str(folder), test_fraction=0.0), shard_size=100), "train")}
+    from_tar = {i.source_id: i for i in read_all(WebDatasetSource(WebDatasetConfig([str(tmp_path / "00000.tar")], test_fraction=0.0)), "train")}
+    assert from_tar["00000.tar/IMG_1"].error == "no_image" and "extension 'heic' of 'IMG_1.HEIC' is not read" in from_tar["00000.tar/IMG_1"].detail
+    for name in ("IMG_1.HEIC", "IMG_2.heic"):
+        assert from_folder[name].error == "no_image"
+        assert from_folder[name].detail.endswith(f"; {name}: extension 'heic' is not read as an image (a recipe's [source] "
+                                                 "extensions reads others Pillow decodes)"), from_folder[name].detail
+    assert from_folder["ok.jpg"].error is None

@@ -568,7 +568,12 @@ class _NearMisses:
                 if not folder:
                     break
                 folder = posixpath.dirname(folder)
-        elif any(e == self.caption for _, e in files):
+            return "".join(f"; {h}" for h in hints)
+        unread = [(r, e) for r, e in files if e and e not in (*self.extensions, self.caption, JSON_EXTENSION)
+                  and posixpath.basename(r).lower() not in _METADATA_FILES]
+        hints += [f"{r}: extension {e!r} is not read as an image (a recipe's [source] extensions reads others Pillow decodes)"
+                  for r, e in unread]
+        if any(e == self.caption for _, e in files):
             stem, ext = split_name(key)
             if ext in self.extensions and (image := self._has(stem, _IMAGE)) is not None:
                 hints.append(f"the caption of {image}? It is read from {stem}.{self.caption} (a key ends at the last dot)")
