@@ -206,9 +206,9 @@ class FolderSource(Source):
     image by the order of ``extensions``), so they cannot land in different splits. Every entry
     that is not a folder is listed, symlinks and FIFOs included, so each one is counted when it is
     refused, and every file not used is a skip record of its own: an image beside a preferred one
-    (``duplicate_image``), files of a key two of whose endings are one in two letter cases (``x.jpg``
-    and ``x.JPG``, ``x.txt`` and ``x.TXT``: ``duplicate_member``, as in a tar), files of a key without any image
-    (``no_image``), a file whose name starts with a dot (``hidden_file``: macOS's ``._a.jpg``,
+    (``duplicate_image``), files of a key two of whose endings are one in two letter cases
+    (``x.jpg`` and ``x.JPG``, ``x.txt`` and ``x.TXT``: ``duplicate_member``, as in a tar), files of a
+    key without any image (``no_image``), a file whose name starts with a dot (``hidden_file``: macOS's ``._a.jpg``,
     ``.DS_Store``; webdataset gives such a tar member no key). ``a.json`` beside a used image is its
     metadata, as in img2dataset's ``files``
     output: read as a tar's ``KEY.json`` is, into the sample's ``source.meta``; other files of the
@@ -384,10 +384,10 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
     "café.jpg" from a Mac and "café.txt" from a script are one key, and a copy of the folder through
     a Mac is the same dataset), its real name kept for reading (``_Entry.on_disk``). The image used is
     the first by the order of ``extensions`` that is a regular file under ``root`` (a symlink, FIFO or
-    device beside a file is a ``not_a_regular_file`` record, as such a tar member is: the key's file is
-    used). Two files whose names are one in two forms are a key no
-    file of which is read (``name_form_clash``, each named in escapes), and so are two whose endings
-    are one in two letter cases (``duplicate_member``, a tar's rule). A folder of ``unlisted`` is an entry of its own (its
+    device beside a file is a ``not_a_regular_file`` record, as such a tar member is, and the file is
+    used). Two files whose names are one in two forms are a key no file of which is read
+    (``name_form_clash``, each named in escapes), and so are two whose endings are one in two letter
+    cases (``duplicate_member``, a tar's rule). A folder of ``unlisted`` is an entry of its own (its
     path the key): a skip, ``unreadable_folder``; so is a symlink to a folder, ``linked``
     (``not_a_regular_file``)."""
     groups: dict[str, list[tuple[str, str]]] = {}
