@@ -1,6 +1,6 @@
 """Hostile sources in styles a lab's own photos arrive in: file endings in two letter cases, read
 alike from a folder and from a tar, as are links beside a key's files; metadata sidecars with numbers
-no double holds; compressed tars damaged mid-way."""
+no double holds; compressed tars damaged mid-way; a JPEG cut short and closed with an end marker."""
 from __future__ import annotations
 
 import bz2
@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from builders.resizer import prepare_image
 from builders.sources import FolderConfig, FolderSource, WebDatasetConfig, WebDatasetSource
 from builders.sources.source_json import read_source_json
+from implicit_concept.sample_error import SampleError
 from tests.test_sources import jpeg, read_all, write_tar
 
 #: Keys two of whose files have one ending in two letter cases (a camera's ``IMG.JPG`` beside an
@@ -161,3 +163,26 @@ def test_a_phones_heic_beside_its_caption_says_its_extension_is_not_read_in_a_fo
         assert from_folder[name].detail.endswith(f"; {name}: extension 'heic' is not read as an image (a recipe's [source] "
                                                  "extensions reads others Pillow decodes)"), from_folder[name].detail
     assert from_folder["ok.jpg"].error is None
+
+
+def _restart_jpeg(size: tuple[int, int], mode: str, **options) -> bytes:
+    pixels = np.random.default_rng(size[0] * size[1]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, "JPEG", **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("options", [{"restart_marker_rows": 1}, {"restart_marker_blocks": 3, "subsampling": 0},
+                                     {"restart_marker_blocks": 2, "subsampling": 1}])
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_jpeg_cut_short_then_closed_with_an_end_marker_is_truncated_where_it_has_restart_markers(options, mode):
+    """A JPEG cut mid-scan with an end marker put after it (what a tool that "repairs" a cut
+    download writes) decoded, its rest grey, libjpeg's warning on stderr alone: a sample of a
+    half-grey photo. Where the JPEG has restart markers, one too few of them before the end marker
+    is now ``truncated_image``; the whole file, of any size and subsampling, still decodes."""
+    for size in ((80, 64), (37, 53), (300, 40), (9, 300)):
+        whole = _restart_jpeg(size, mode, **options)
+        assert prepare_image(whole, 16, 0).size == (16, 16)
+        with pytest.raises(SampleError) as cut:
+            prepare_image(whole[: len(whole) // 2] + b"\xff\xd9", 16, 0)
+        assert cut.value.reason == "truncated_image" and "then its end marker: the data was cut short" in str(cut.value), size
