@@ -1,9 +1,11 @@
 """Hostile sources in styles a lab's own photos arrive in: file endings in two letter cases, read
 alike from a folder and from a tar, as are links beside a key's files; metadata sidecars with numbers
-no double holds; compressed tars damaged mid-way; a JPEG cut short and closed with an end marker."""
+no double holds; compressed tars damaged mid-way; a JPEG cut short and closed with an end marker;
+captions saved as documents."""
 from __future__ import annotations
 
 import bz2
+import codecs
 import gzip
 import io
 import lzma
@@ -17,6 +19,7 @@ from PIL import Image
 
 from builders.resizer import prepare_image
 from builders.sources import FolderConfig, FolderSource, WebDatasetConfig, WebDatasetSource
+from builders.sources.caption_text import read_caption
 from builders.sources.source_json import read_source_json
 from implicit_concept.sample_error import SampleError
 from tests.test_sources import jpeg, read_all, write_tar
@@ -186,3 +189,25 @@ def test_a_jpeg_cut_short_then_closed_with_an_end_marker_is_truncated_where_it_h
         with pytest.raises(SampleError) as cut:
             prepare_image(whole[: len(whole) // 2] + b"\xff\xd9", 16, 0)
         assert cut.value.reason == "truncated_image" and "then its end marker: the data was cut short" in str(cut.value), size
+
+
+RTF = b"{\\rtf1\\ansi\\ansicpg1252\\cocoartf2709\n{\\fonttbl\\f0\\fswiss Helvetica;}\n\\f0\\fs24 a red kite over a beach}"
+
+
+def test_a_caption_saved_as_a_document_is_refused_and_named(tmp_path: Path):
+    """A caption written in TextEdit (RTF, its default) and renamed ``.txt`` is ASCII, so it became
+    the caption, markup and all: ``{\\rtf1\\ansi...``. It is ``caption_not_plain_text`` now, in any
+    encoding a byte order mark names; a Word file, a PDF or an image saved in a caption's place was
+    "Latin-1 or Windows-1252 text?" and is now named. A caption that mentions RTF is a caption."""
+    for data in (RTF, codecs.BOM_UTF8 + RTF, codecs.BOM_UTF16_LE + RTF.decode().encode("utf-16-le"), b"  \r\n" + RTF):
+        caption, reason, why = read_caption(data)
+        assert (caption, reason) == (None, "caption_not_plain_text") and why.startswith("an RTF document"), data[:8]
+    for data, named in ((b"PK\x03\x04\x14\x00\x06\x00\x08\x00\xe9", "a zip archive (a Word .docx"), (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3", "a PDF"),
+                        (jpeg(), "a JPEG image"), (_noise_png(1), "a PNG image")):
+        caption, reason, why = read_caption(data)
+        assert reason == "caption_not_utf8" and f"; {named}" in why and "Latin-1" not in why, why
+    assert read_caption(b"a sign reading {\\rtf1 on a wall")[:2] == ("a sign reading {\\rtf1 on a wall", None)
+    (tmp_path / "kite.jpg").write_bytes(jpeg())
+    (tmp_path / "kite.txt").write_bytes(RTF)
+    [item] = read_all(FolderSource(FolderConfig(str(tmp_path), test_fraction=0.0), shard_size=10), "train")
+    assert item.error == "caption_not_plain_text" and item.detail.startswith("kite.txt: an RTF document (starts with")
