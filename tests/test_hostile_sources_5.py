@@ -88,9 +88,9 @@ def _noise_png(seed: int) -> bytes:
 def test_a_compressed_tar_damaged_mid_way_gives_its_samples_then_one_record(tmp_path: Path, compress, stream: bool):
     """An xz-compressed tar (``tar -cJf``, named ``.tar``) with one byte damaged in its middle raised
     xz's ``LZMAError``, which is not an ``OSError`` as gzip's and bzip2's errors are: the build stopped
-    on a traceback. Every compression now gives the samples read before the damage was found (none
-    for bzip2, which checks a block before it gives any of it; all six for gzip, whose CRC is checked
-    at its end), then one ``corrupt_tar`` saying what was raised."""
+    on a traceback. Every compression now gives the samples read before the damage was found (where
+    depends on the compression: gzip's CRC is checked only at its end, bzip2 checks a block before it
+    gives any of it), then one ``corrupt_tar`` saying what was raised."""
     members = [m for k in range(6) for m in ((f"{k}.png", _noise_png(k)), (f"{k}.txt", b"a field"))]
     write_tar(tmp_path / "plain.tar", members)
     data = bytearray(compress((tmp_path / "plain.tar").read_bytes()))
