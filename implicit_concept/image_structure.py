@@ -220,8 +220,8 @@ def _check_restart_intervals(f: BinaryIO, sos: int, frame: bytes, interval: byte
     """A sequential JPEG with restart markers whose one scan holds every component (the common
     layout) has a marker between each two of its intervals: fewer, then its end marker, is a scan
     cut short with an end marker put after it (a download repaired), which libjpeg decodes with
-    the rest grey, saying so on stderr alone; ``truncated_image``. Only an interval cut inside the
-    last one goes unseen. ``sos``: where the scan's marker is; ``frame``: SOF0/SOF1's fields."""
+    the rest grey, saying so on stderr alone; ``truncated_image``. Only a cut inside the last
+    interval goes unseen. ``sos``: where the scan's marker is; ``frame``: SOF0/SOF1's fields."""
     header = _read_at(f, sos + 2, 3)
     if len(interval) < 2 or len(frame) < 6 or len(header) < 3:
         return
@@ -234,26 +234,29 @@ def _check_restart_intervals(f: BinaryIO, sos: int, frame: bytes, interval: byte
         return
     units = -(-width // (8 * most_h)) * -(-height // (8 * most_v))
     intervals = -(-units // every)
-    start = sos + 2 + struct.unpack(">H", header[:2])[0]
-    end = _next_marker(f, start)
-    if end is None or _read_at(f, end + 1, 1) != b"\xd9":
-        return
-    restarts = _count_restarts(f, start, end)
-    if restarts < intervals - 1:
+    end, restarts = _scan_end(f, sos + 2 + struct.unpack(">H", header[:2])[0])
+    if end is not None and restarts < intervals - 1 and _read_at(f, end + 1, 1) == b"\xd9":
         raise SampleError("truncated_image", f"a JPEG whose scan ends inside restart interval {restarts + 1} of {intervals}, "
                                              f"then its end marker: the data was cut short (libjpeg would draw the rest grey)")
 
 
-def _count_restarts(f: BinaryIO, start: int, end: int) -> int:
-    """The restart markers (0xFF 0xD0-0xD7) in entropy-coded data from ``start`` to ``end``, read in
-    blocks of 1 MiB."""
-    found, pos, block_size = 0, start, 1 << 20
-    while pos < end:
-        block = np.frombuffer(_read_at(f, pos, min(block_size, end - pos) + 1), np.uint8)
-        after = block[np.flatnonzero(block[:-1] == 0xFF) + 1]
-        found += int(np.count_nonzero((after >= 0xD0) & (after <= 0xD7)))
+def _scan_end(f: BinaryIO, pos: int) -> tuple[int | None, int]:
+    """Where the first marker after entropy-coded data starting at ``pos`` is (None: the file ends
+    first), and how many restart markers (0xFF 0xD0-0xD7) come before it, in one pass of blocks of
+    1 MiB."""
+    restarts, block_size = 0, 1 << 20
+    while True:
+        block = np.frombuffer(_read_at(f, pos, block_size + 1), np.uint8)
+        ff = np.flatnonzero(block[:-1] == 0xFF)
+        after = block[ff + 1]
+        restart = (after >= 0xD0) & (after <= 0xD7)
+        hits = np.flatnonzero((after != 0) & (after != 0xFF) & ~restart)
+        if hits.size:
+            return pos + int(ff[hits[0]]), restarts + int(np.count_nonzero(restart[:hits[0]]))
+        restarts += int(np.count_nonzero(restart))
+        if len(block) <= block_size:
+            return None, restarts
         pos += block_size
-    return found
 
 
 def _count_scans(f: BinaryIO, pos: int, most: int) -> int:
