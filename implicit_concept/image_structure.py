@@ -9,6 +9,8 @@ than :data:`MAX_CHUNKS` strips or tiles, or than :data:`MAX_TIFF_VALUES` values 
 refused (``too_many_chunks``). PNG metadata Pillow would refuse the whole image for (a text chunk
 inflating past its limit, a chunk failing its CRC) is dropped, not the image (:func:`screen_structure`).
 Pillow leaves the rows a PNG's data lacks zero; :func:`check_png_rows` says it is truncated, as libpng does.
+A JPEG scan cut short and closed with an end marker decodes with its rest grey, libjpeg's warning on
+stderr alone: where the JPEG has restart markers, one too few of them says it is truncated.
 """
 from __future__ import annotations
 
@@ -179,6 +181,7 @@ def _screen_jpeg(f: BinaryIO) -> None:
     """Walk the header as Pillow's JpegImageFile._open does (a step per marker segment and per stray
     byte) to the first scan, then count the scans libjpeg will pass over the image for."""
     pos, steps = 2, 0  # Pillow starts at the third byte, the 0xFF of the first marker
+    frame = interval = b""
     while True:
         steps += 1
         if steps > MAX_CHUNKS:
@@ -202,9 +205,58 @@ def _screen_jpeg(f: BinaryIO) -> None:
             size = _read_at(f, pos + 2, 2)
             if len(size) < 2:
                 return
-            pos += 2 + struct.unpack(">H", size)[0]
+            length = struct.unpack(">H", size)[0]
+            if marker in (0xFFC0, 0xFFC1):  # a sequential frame: its size and components
+                frame = _read_at(f, pos + 4, max(length - 2, 0))
+            elif marker == 0xFFDD:
+                interval = _read_at(f, pos + 4, 2)
+            pos += 2 + length
     if _count_scans(f, pos, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
         raise _too_many(f"a JPEG of more than {MAX_JPEG_SCANS} scans")
+    _check_restart_intervals(f, pos, frame, interval)
+
+
+def _check_restart_intervals(f: BinaryIO, sos: int, frame: bytes, interval: bytes) -> None:
+    """A sequential JPEG with restart markers whose one scan holds every component (the common
+    layout) has a marker between each two of its intervals: fewer, then its end marker, is a scan
+    cut short with an end marker put after it (a download repaired), which libjpeg decodes with
+    the rest grey, saying so on stderr alone; ``truncated_image``. Only a cut inside the last
+    interval goes unseen. ``sos``: where the scan's marker is; ``frame``: SOF0/SOF1's fields."""
+    header = _read_at(f, sos + 2, 3)
+    if len(interval) < 2 or len(frame) < 6 or len(header) < 3:
+        return
+    every, (_, height, width, count) = struct.unpack(">H", interval)[0], struct.unpack(">BHHB", frame[:6])
+    factors = frame[7:6 + 3 * count:3]
+    if not (every and height and width and count) or header[2] != count or len(factors) < count or 0 in factors:
+        return
+    most_h, most_v = (1, 1) if count == 1 else (max(b >> 4 for b in factors), max(b & 15 for b in factors))
+    if not (most_h and most_v):
+        return
+    units = -(-width // (8 * most_h)) * -(-height // (8 * most_v))
+    intervals = -(-units // every)
+    end, restarts = _scan_end(f, sos + 2 + struct.unpack(">H", header[:2])[0])
+    if end is not None and restarts < intervals - 1 and _read_at(f, end + 1, 1) == b"\xd9":
+        raise SampleError("truncated_image", f"a JPEG whose scan ends inside restart interval {restarts + 1} of {intervals}, "
+                                             f"then its end marker: the data was cut short (libjpeg would draw the rest grey)")
+
+
+def _scan_end(f: BinaryIO, pos: int) -> tuple[int | None, int]:
+    """Where the first marker after entropy-coded data starting at ``pos`` is (None: the file ends
+    first), and how many restart markers (0xFF 0xD0-0xD7) come before it, in one pass of blocks of
+    1 MiB."""
+    restarts, block_size = 0, 1 << 20
+    while True:
+        block = np.frombuffer(_read_at(f, pos, block_size + 1), np.uint8)
+        ff = np.flatnonzero(block[:-1] == 0xFF)
+        after = block[ff + 1]
+        restart = (after >= 0xD0) & (after <= 0xD7)
+        hits = np.flatnonzero((after != 0) & (after != 0xFF) & ~restart)
+        if hits.size:
+            return pos + int(ff[hits[0]]), restarts + int(np.count_nonzero(restart[:hits[0]]))
+        restarts += int(np.count_nonzero(restart))
+        if len(block) <= block_size:
+            return None, restarts
+        pos += block_size
 
 
 def _count_scans(f: BinaryIO, pos: int, most: int) -> int:

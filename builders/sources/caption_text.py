@@ -3,7 +3,7 @@
 :func:`read_caption` decodes its bytes (UTF-8, or the UTF-16/UTF-32 a byte order mark names) and
 cleans the text: control characters become spaces, the invisible format characters that hide or
 reorder text (:data:`REMOVED_FORMAT`) are removed, the rest composed (NFC), and a caption left with
-nothing visible is refused.
+nothing visible, or an RTF document's markup, is refused.
 """
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ def read_caption(data: bytes) -> tuple[str | None, str | None, str]:
     stays whole). Format characters that are part of a spelling stay: ZWNJ and ZWJ (Persian, Indic
     scripts, emoji sequences), the Arabic number signs, emoji tag sequences (a flag of a region). It
     is composed (NFC): a caption typed or saved on a Mac decomposed is the same caption as any other.
-    A caption left without a visible character is ``empty_caption``.
+    A caption left without a visible character is ``empty_caption``, and an RTF document (TextEdit's
+    default, renamed ``.txt``) is ``caption_not_plain_text``: it is text, but its markup is not a
+    caption. A document or image saved in a caption's place is named in ``why``.
     """
     if len(data) > MAX_CAPTION_BYTES:
         return None, "caption_too_large", f"{len(data)} bytes, over the cap of {MAX_CAPTION_BYTES}"
@@ -47,6 +49,9 @@ def read_caption(data: bytes) -> tuple[str | None, str | None, str]:
     except UnicodeDecodeError as e:
         return None, "caption_not_utf8", _not_decoded(data, encoding, bom, e)
     text = unicodedata.normalize("NFC", _printable(text)).strip()
+    if text.startswith("{\\rtf"):
+        return None, "caption_not_plain_text", ("an RTF document (starts with '{\\rtf'), not plain text: its markup would be the "
+                                                "caption; save it as plain text (TextEdit: Format > Make Plain Text)")
     if not any(unicodedata.category(c) not in _INVISIBLE for c in text):
         return None, "empty_caption", "no visible character"
     if encoding == "utf-8" and _nul_every_other_byte(data):  # ASCII in UTF-16 is valid UTF-8: "a   p h o t o"
@@ -65,10 +70,20 @@ def _not_decoded(data: bytes, encoding: str, bom: int, error: UnicodeDecodeError
         name = encoding.upper().replace("-LE", "LE").replace("-BE", "BE")
         return f"starts with a {name} byte order mark but is not {name} text ({error.reason} at byte {offset})"
     found = f"not UTF-8: byte 0x{data[offset]:02x} at offset {offset} ({error.reason})"
+    document = next((what for mark, what in _DOCUMENTS if data.startswith(mark)), None)
+    if document is not None:
+        return f"{found}; {document}, not a text file: save the caption as plain UTF-8 text"
     if _nul_every_other_byte(data):
         return f"{found}; {_UTF16_HINT}"
     return f"{found}; Latin-1 or Windows-1252 text? Save captions as UTF-8"
 
+
+#: Files a caption is sometimes saved as instead of text, by their first bytes.
+_DOCUMENTS = (
+    (b"PK\x03\x04", "a zip archive (a Word .docx or OpenDocument .odt?)"), (b"%PDF-", "a PDF"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an OLE document (a Word .doc?)"), (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+)
 
 _UTF16_HINT = "a NUL every other byte: UTF-16 without a byte order mark? Save captions as UTF-8"
 

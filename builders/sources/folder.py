@@ -115,9 +115,9 @@ SYMLINK_ADVICE = ("never followed (a link may lead anywhere, and what it leads t
                   "build from a copy that holds the files themselves (cp -rL FOLDER COPY)")
 
 
-def _what_stands(name: str, directory: int) -> str:
-    """What ``name`` in ``directory`` is, when it could not be opened as a regular file: a symlink
-    (and what it leads to, by ``stat`` alone), a FIFO, a socket, a device."""
+def _what_stands(name: str, directory: int | None) -> str:
+    """What ``name`` in ``directory`` (None: ``name`` is a path) is, when it is not a regular file: a
+    symlink (and what it leads to, by ``stat`` alone), a FIFO, a socket, a device."""
     try:
         info = os.lstat(name, dir_fd=directory)
     except OSError:
@@ -206,8 +206,9 @@ class FolderSource(Source):
     image by the order of ``extensions``), so they cannot land in different splits. Every entry
     that is not a folder is listed, symlinks and FIFOs included, so each one is counted when it is
     refused, and every file not used is a skip record of its own: an image beside a preferred one
-    (``duplicate_image``), a second caption (``duplicate_caption``), files of a key without any image
-    (``no_image``), a file whose name starts with a dot (``hidden_file``: macOS's ``._a.jpg``,
+    (``duplicate_image``), files of a key two of whose endings are one in two letter cases
+    (``x.jpg`` and ``x.JPG``, ``x.txt`` and ``x.TXT``: ``duplicate_member``, as in a tar), files of a
+    key without any image (``no_image``), a file whose name starts with a dot (``hidden_file``: macOS's ``._a.jpg``,
     ``.DS_Store``; webdataset gives such a tar member no key). ``a.json`` beside a used image is its
     metadata, as in img2dataset's ``files``
     output: read as a tar's ``KEY.json`` is, into the sample's ``source.meta``; other files of the
@@ -227,7 +228,7 @@ class FolderSource(Source):
         listed, unlisted, linked = _list(root)
         if "" in unlisted:
             raise ValueError(f"path: {str(root)!r} cannot be listed ({unlisted['']})")
-        entries = _entries(listed, config.extensions, unlisted, linked, config.caption_extension)
+        entries = _entries(listed, config.extensions, unlisted, linked, config.caption_extension, root)
         if not any(e.image for e in entries):
             hidden = sum(is_hidden(rel) for rel in listed)
             aside = f" ({hidden} hidden files, whose names start with a dot, are not read)" if hidden else ""
@@ -378,13 +379,15 @@ def _is_link(path: Path) -> bool:
 
 
 def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str, str] | None = None,
-             linked: set[str] | None = None, caption_ext: str = CAPTION_EXTENSION) -> list[_Entry]:
+             linked: set[str] | None = None, caption_ext: str = CAPTION_EXTENSION, root: Path | None = None) -> list[_Entry]:
     """``listed`` grouped by key, in key order, each name as recorded (:func:`recorded_name`, NFC:
     "café.jpg" from a Mac and "café.txt" from a script are one key, and a copy of the folder through
     a Mac is the same dataset), its real name kept for reading (``_Entry.on_disk``). The image used is
-    the first by the order of ``extensions`` (then by name), the caption ``KEY.txt`` before another
-    case of it. Two files whose names are one in two forms are a key no file of which is read
-    (``name_form_clash``, each named in escapes). A folder of ``unlisted`` is an entry of its own (its
+    the first by the order of ``extensions`` that is a regular file under ``root`` (a symlink, FIFO or
+    device beside a file is a ``not_a_regular_file`` record, as such a tar member is, and the file is
+    used). Two files whose names are one in two forms are a key no file of which is read
+    (``name_form_clash``, each named in escapes), and so are two whose endings are one in two letter
+    cases (``duplicate_member``, a tar's rule). A folder of ``unlisted`` is an entry of its own (its
     path the key): a skip, ``unreadable_folder``; so is a symlink to a folder, ``linked``
     (``not_a_regular_file``)."""
     groups: dict[str, list[tuple[str, str]]] = {}
@@ -428,18 +431,24 @@ def _entries(listed: list[str], extensions: tuple[str, ...], unlisted: dict[str,
                             for n, _ in files if len(real[n]) == 1)
             entries.append(_Entry(key, None, "", None, unused))
             continue
+        cased = _case_twins(files, (*extensions, caption_ext, JSON_EXTENSION))
+        if cased:
+            entries.append(_Entry(key, None, "", None, tuple((r, "duplicate_member", _case_detail(r, key, cased)) for r, _ in files)))
+            continue
         images = sorted((r for r, e in files if e in extensions), key=lambda r: (extensions.index(split_name(r)[1]), r))
-        captions = _preferred(files, caption_ext)
+        captions = [r for r, e in files if e == caption_ext]
         caption = captions[0] if captions else f"{key}.{caption_ext}"
-        jsons = _preferred(files, JSON_EXTENSION)
+        jsons = [r for r, e in files if e == JSON_EXTENSION]
         hint = "" if captions and images else near.hint(key, images, files)
         if not images:
             names = ", ".join(r for r, _ in files)
             unused = [(files[0][0], "no_image", f"no image ({', '.join(extensions)}) named {key!r}: {names}{hint}")]
         else:
-            unused = [(r, "duplicate_image", f"{r}: {images[0]} of the same name is used") for r in images[1:]]
-            unused += [(r, "duplicate_caption", f"{r}: {caption} of the same name is used") for r in captions[1:]]
-            unused += [(r, "duplicate_json", f"{r}: {jsons[0]} of the same name is used") for r in jsons[1:]]
+            odd = {r: why for r in images if len(images) > 1 and root is not None and (why := _not_regular(root, real[r][0], r))}
+            used = next((r for r in images if r not in odd), images[0])
+            unused = [(r, "not_a_regular_file", odd[r]) for r in images if r in odd and r != used]
+            images = [used, *(r for r in images if r not in odd and r != used)]
+            unused += [(r, "duplicate_image", f"{r}: {used} of the same name is used") for r in images[1:]]
         on_disk = tuple((n, real[n][0]) for n, _ in files if real[n][0] != n)
         entries.append(_Entry(key, images[0] if images else None, caption, jsons[0] if jsons else None, tuple(unused), hint,
                               bool(captions), on_disk))
@@ -452,6 +461,32 @@ def _clash_detail(name: str, real: str, others: list[str]) -> str:
     spelled = " and ".join(ascii(o) for o in others)
     return (f"{name}: the file {ascii(real)} and {spelled} are one name in two Unicode forms (composed NFC, decomposed "
             f"NFD: a Mac's copy beside the original?), so which is meant is unknown and neither is read; keep one")
+
+
+def _not_regular(root: Path, real: str, shown: str) -> str | None:
+    """What stands at the listed ``root/real`` where it is not a regular file, as its read would say it
+    (recorded as ``shown``); None for a regular file, or one gone (its read says so)."""
+    try:
+        mode = os.lstat(root / real).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else f"{shown}: {_what_stands(str(root / real), None)}"
+
+
+def _case_twins(files: list[tuple[str, str]], read: tuple[str, ...]) -> list[str]:
+    """The files of one key whose endings, read by this source, are one ending in two letter cases
+    (``x.jpg`` and ``x.JPG``): a tar holding both is refused as a member twice (``duplicate_member``),
+    and so is the folder's key, whichever of them sorts first."""
+    by_ending: dict[str, list[str]] = {}
+    for rel, ext in files:
+        if ext in read:
+            by_ending.setdefault(ext, []).append(rel)
+    return next((sorted(rels) for rels in by_ending.values() if len(rels) > 1), [])
+
+
+def _case_detail(rel: str, key: str, cased: list[str]) -> str:
+    return (f"{rel}: not read: {' and '.join(cased)} are one file name in two letter cases (a Mac's or Windows' disk holds "
+            f"one of them), so which is meant is unknown and no file of key {key!r} is read, as in a tar; keep one")
 
 
 #: What ``_NearMisses`` looks for when it looks for an image, not a file ending (no ending holds a slash).
@@ -533,7 +568,12 @@ class _NearMisses:
                 if not folder:
                     break
                 folder = posixpath.dirname(folder)
-        elif any(e == self.caption for _, e in files):
+            return "".join(f"; {h}" for h in hints)
+        unread = [(r, e) for r, e in files if e and e not in (*self.extensions, self.caption, JSON_EXTENSION)
+                  and posixpath.basename(r).lower() not in _METADATA_FILES]
+        hints += [f"{r}: extension {e!r} is not read as an image (a recipe's [source] extensions reads others Pillow decodes)"
+                  for r, e in unread]
+        if any(e == self.caption for _, e in files):
             stem, ext = split_name(key)
             if ext in self.extensions and (image := self._has(stem, _IMAGE)) is not None:
                 hints.append(f"the caption of {image}? It is read from {stem}.{self.caption} (a key ends at the last dot)")
@@ -544,7 +584,3 @@ class _NearMisses:
             hints.append(f"Hugging Face imagefolder's captions are not read: write each caption beside its image, as name.{self.caption}")
         return "".join(f"; {h}" for h in hints)
 
-
-def _preferred(files: list[tuple[str, str]], extension: str) -> list[str]:
-    """The files with ``extension`` in any case, the lower-case spelling first."""
-    return sorted((r for r, e in files if e == extension), key=lambda r: (not r.endswith("." + extension), r))

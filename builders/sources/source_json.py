@@ -31,11 +31,13 @@ def _parse(data: bytes) -> tuple[Any, str | None]:
 
     ``NaN``, ``Infinity`` and ``-Infinity`` (img2dataset writes them, e.g. a LAION similarity) are not
     JSON, and a strict reader of our KEY.json would refuse them: each becomes ``null``, and so does
-    a number too large for a double (``1e999``), which would be written back as ``Infinity``."""
+    a number too large for a double, whether written with an exponent (``1e999``, which would be
+    written back as ``Infinity``) or in 400 digits (which a reader parsing numbers as doubles, as
+    JavaScript does, reads as infinity, and past 4300 digits Python refuses)."""
     if len(data) > MAX_JSON_BYTES:
         return None, "json_too_large"
     try:
-        parsed = json.loads(data, parse_constant=_null, parse_float=_finite)
+        parsed = json.loads(data, parse_constant=_null, parse_float=_finite, parse_int=_finite_int)
     except RecursionError:
         return None, "json_too_deep"
     except ValueError:
@@ -56,6 +58,11 @@ def _finite(text: str) -> float | None:
     """A JSON number with a fraction or exponent, or null where a double cannot hold it."""
     value = float(text)
     return value if math.isfinite(value) else None
+
+
+def _finite_int(text: str) -> int | None:
+    """A JSON integer, exactly, or null where a double cannot hold it (``float`` has no digit limit)."""
+    return int(text) if math.isfinite(float(text)) else None
 
 
 def _depth(value: Any) -> int:

@@ -15,8 +15,9 @@ first by ``image_keys``, the folder source's extensions in its order) is a ``dup
 that comes back after other keys' members (an unsorted tar) is a ``duplicate_key``, and a sample with
 no image or no caption names its members and why one was not taken (a dot in the stem, an extension
 not read). Members are read as bytes and only the image, caption and JSON ones are kept: nothing is
-ever unpickled. A tar that ends early, or without its end-of-archive block, yields the samples read
-so far and then one ``corrupt_tar``; one that cannot be opened (a failed command, an HTTP error) is
+ever unpickled. A tar that ends early, or without its end-of-archive block, or whose compressed data
+is damaged (gzip, bzip2 or xz: ``_DAMAGED``), yields the samples read so far and then one
+``corrupt_tar``; one that cannot be opened (a failed command, an HTTP error) is
 one ``unreadable_tar``. A stream is first read again (:data:`STREAM_ATTEMPTS` reads in all) when it
 failed once bytes came (a dropped connection, a stall, a command's error mid-way).
 
@@ -30,6 +31,7 @@ find a repeated one) up to :data:`~implicit_concept.shard_reader.MAX_REMEMBERED_
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import posixpath
 import re
@@ -473,6 +475,11 @@ def _brace_expression_count(expr: str) -> int | None:
     return sum(brace_count(part) for part in [*parts, expr[start:]])
 
 
+#: What reading a tar raises where its bytes are damaged: tarfile's errors, and each decompressor's
+#: (gzip's ``BadGzipFile`` and bzip2's are ``OSError``; xz's ``LZMAError`` is not, and stopped the build).
+_DAMAGED = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
+
+
 def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member_bytes: int) -> Iterator[TarRun | LooseMember]:
     """Yield each wanted run whose tar records are all there, and each loose member.
 
@@ -484,8 +491,8 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
     last: str | None = None
     try:
         tf = open_tar(path)
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        reason = "corrupt_tar" if isinstance(exc, (tarfile.TarError, EOFError, zlib.error)) else "unreadable_tar"
+    except (*_DAMAGED, OSError) as exc:
+        reason = "corrupt_tar" if isinstance(exc, _DAMAGED) else "unreadable_tar"
         if isinstance(exc, StreamFailed):  # its text names the stream and says what failed
             raise _TarStopped(reason, str(exc).replace(path, _recorded(path)), exc.transient) from exc
         if reason == "corrupt_tar":
@@ -501,7 +508,7 @@ def _events(path: str, wanted: Callable[[str], bool], keep: set[str], max_member
                 complete, last = event, event.key if isinstance(event, TarRun) else event.name
             ended = ended_cleanly(tf)
             after = data_after_end(tf) if ended else None
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+    except (*_DAMAGED, OSError) as exc:
         if complete is not None:
             yield complete
         if isinstance(exc, TarRefused):
