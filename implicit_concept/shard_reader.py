@@ -304,9 +304,12 @@ MAX_LISTED_NAMES = 16
 
 
 def is_hidden(name: str) -> bool:
-    """Whether the file name (after the last ``/``) starts with a dot: webdataset gives such a tar
-    member no key (``._a.jpg`` is macOS tar's metadata of ``a.jpg``), and a folder source reads it so too."""
-    return name.rpartition("/")[2].startswith(".")
+    """Whether the file name, or a folder's on its path, starts with a dot: webdataset gives such a
+    tar member no key (``._a.jpg`` is macOS tar's metadata of ``a.jpg``), and what lies in a hidden
+    folder (``.thumbnails/``, ``.Trash-1000/``, ``.ipynb_checkpoints/``: another tool's copies of
+    the photos, or deleted ones) is no more the lab's data, in a tar or a folder. ``./``, the prefix
+    of ``tar -C DIR .``'s members, is not a hidden folder."""
+    return any(part.startswith(".") and part not in (".", "..") for part in name.split("/"))
 
 
 @dataclass

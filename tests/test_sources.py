@@ -302,9 +302,9 @@ def test_folder_a_hidden_file_is_recorded_never_used(tmp_path: Path):
         "sub/.DS_Store": ("hidden_file", None), ".jpg": ("hidden_file", None), ".txt": ("hidden_file", None),
     }
     assert items["._a.jpg"].detail == (
-        "._a.jpg: a hidden file (its name starts with a dot: macOS '._' AppleDouble metadata, .DS_Store and the like) "
-        "is part of no item, as webdataset groups a tar's members; not read")
-    with pytest.raises(ValueError, match=r"no images .* \(4 hidden files, whose names start with a dot, are not read\)"):
+        "._a.jpg: a hidden file (its name, or a folder's on its path, starts with a dot: macOS '._' AppleDouble "
+        "metadata, .DS_Store, .thumbnails/ and the like) is part of no item; not read")
+    with pytest.raises(ValueError, match=r"no images .* \(4 hidden files, whose names or folders start with a dot, are not read\)"):
         (tmp_path / "a.jpg").unlink()
         (tmp_path / ".jpg").unlink()
         (tmp_path / "a.txt").unlink()
@@ -447,8 +447,8 @@ def test_webdataset_hidden_members_are_recorded_and_never_split_a_sample(tmp_pat
     }
     details = {i.source_id: i.detail for i in items}
     assert details["00000.tar/._a.jpg"] == (
-        "._a.jpg: a hidden member (its name starts with a dot: macOS '._' AppleDouble metadata, .DS_Store and the like) "
-        "is part of no item, as webdataset groups a tar's members; not read")
+        "._a.jpg: a hidden member (its name, or a folder's on its path, starts with a dot: macOS '._' AppleDouble "
+        "metadata, .DS_Store, .thumbnails/ and the like) is part of no item; not read")
     assert details["00000.tar/README"] == "README: no extension, so no key (webdataset's rule): part of no sample; not read"
     assert all(i.image == image for i in items if i.error is None)
     import webdataset as wds
@@ -456,6 +456,32 @@ def test_webdataset_hidden_members_are_recorded_and_never_split_a_sample(tmp_pat
     theirs = [s["__key__"] for s in wds.WebDataset(str(tmp_path / "00000.tar"), shardshuffle=False)]
     # webdataset's regex gives ``sub/._c.jpg`` the key "sub/" (a sample of nothing usable); the rule is the basename's.
     assert [k for k in theirs if not k.endswith("/")] == [i.source_id.split("/", 1)[1] for i in items if i.error is None]
+
+
+def test_files_in_a_hidden_folder_are_hidden_in_a_folder_as_in_a_tar(tmp_path: Path):
+    """A photo folder holds other tools' copies in hidden folders: a file manager's ``.thumbnails/``
+    (small PNGs of the photos beside them), the desktop's ``.Trash-1000/`` (deleted photos), Jupyter's
+    ``.ipynb_checkpoints/``. Read as photos they were samples the lab never chose (scoring already
+    passed them over). Each file there is a ``hidden_file`` record, in a folder and in a tar of it;
+    ``./``, the prefix ``tar -C DIR .`` writes, hides nothing."""
+    files = {"a.jpg": jpeg((200, 0, 0)), "a.txt": b"a red square",
+             ".thumbnails/normal/b.png": jpeg((0, 200, 0)), ".thumbnails/normal/b.txt": b"a thumbnail",
+             ".Trash-1000/files/c.jpg": jpeg(), ".Trash-1000/files/c.txt": b"a deleted photo",
+             "album/.ipynb_checkpoints/d.jpg": jpeg(), "album/.ipynb_checkpoints/d.txt": b"a notebook's copy",
+             "album/e.jpg": jpeg((0, 0, 200)), "album/e.txt": b"a blue square"}
+    folder = tmp_path / "photos"
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    write_tar(tmp_path / "00000.tar", [(f"./{name}", data) for name, data in sorted(files.items())])
+    from_folder = read_all(FolderSource(FolderConfig(str(folder), test_fraction=0.0), shard_size=100), "train")
+    from_tar = read_all(WebDatasetSource(WebDatasetConfig(str(tmp_path / "00000.tar"), test_fraction=0.0)), "train")
+    hidden = [name for name in files if "/." in f"/{name}"]
+    assert {i.source_id: (i.error, i.caption) for i in from_folder} == {
+        "a.jpg": (None, "a red square"), "album/e.jpg": (None, "a blue square"), **{n: ("hidden_file", None) for n in hidden}}
+    assert {i.source_id: (i.error, i.caption) for i in from_tar} == {
+        "00000.tar/a": (None, "a red square"), "00000.tar/album/e": (None, "a blue square"),
+        **{f"00000.tar/{n}": ("hidden_file", None) for n in hidden}}
 
 
 def test_webdataset_a_symlink_member_is_recorded_not_followed(tmp_path: Path):
@@ -578,7 +604,11 @@ UNICODE_CAPTIONS = {
     "utf16cut": (codecs.BOM_UTF16_LE + b"a\x00b", None, "caption_not_utf8",
                  "starts with a UTF-16LE byte order mark but is not UTF-16LE text (truncated data at byte 4)"),
     "latin1": ("caf\u00e9 au lait".encode("latin-1"), None, "caption_not_utf8",
-               "not UTF-8: byte 0xe9 at offset 3 (invalid continuation byte); Latin-1 or Windows-1252 text? Save captions as UTF-8"),
+               "not UTF-8: byte 0xe9 at offset 3 (invalid continuation byte); text in another encoding (Latin-1, "
+               "Windows-1252, Shift-JIS, GBK, ...)? Save captions as UTF-8"),
+    "shiftjis": ("\u732b\u306e\u5199\u771f".encode("shift-jis"), None, "caption_not_utf8",
+                 "not UTF-8: byte 0x94 at offset 0 (invalid start byte); text in another encoding (Latin-1, "
+                 "Windows-1252, Shift-JIS, GBK, ...)? Save captions as UTF-8"),
     "utf16nobom": ("\u00e9t\u00e9 a dog".encode("utf-16-le"), None, "caption_not_utf8",
                    "not UTF-8: byte 0xe9 at offset 0 (invalid continuation byte); a NUL every other byte: UTF-16 without a "
                    "byte order mark? Save captions as UTF-8"),

@@ -82,8 +82,8 @@ def recorded_name(name: str) -> str:
 
 def hidden_detail(name: str, what: str = "file") -> str:
     """The recorded text of a hidden ``what`` (file, member) ``name``."""
-    return (f"{name}: a hidden {what} (its name starts with a dot: macOS '._' AppleDouble metadata, .DS_Store and "
-            f"the like) is part of no item, as webdataset groups a tar's members; not read")
+    return (f"{name}: a hidden {what} (its name, or a folder's on its path, starts with a dot: macOS '._' AppleDouble "
+            f"metadata, .DS_Store, .thumbnails/ and the like) is part of no item; not read")
 
 
 def undecodable_detail(name: str) -> str:

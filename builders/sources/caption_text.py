@@ -75,7 +75,7 @@ def _not_decoded(data: bytes, encoding: str, bom: int, error: UnicodeDecodeError
         return f"{found}; {document}, not a text file: save the caption as plain UTF-8 text"
     if _nul_every_other_byte(data):
         return f"{found}; {_UTF16_HINT}"
-    return f"{found}; Latin-1 or Windows-1252 text? Save captions as UTF-8"
+    return f"{found}; text in another encoding (Latin-1, Windows-1252, Shift-JIS, GBK, ...)? Save captions as UTF-8"
 
 
 #: Files a caption is sometimes saved as instead of text, by their first bytes.

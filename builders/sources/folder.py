@@ -231,7 +231,7 @@ class FolderSource(Source):
         entries = _entries(listed, config.extensions, unlisted, linked, config.caption_extension, root)
         if not any(e.image for e in entries):
             hidden = sum(is_hidden(rel) for rel in listed)
-            aside = f" ({hidden} hidden files, whose names start with a dot, are not read)" if hidden else ""
+            aside = f" ({hidden} hidden files, whose names or folders start with a dot, are not read)" if hidden else ""
             raise ValueError(
                 f"path: no images ({', '.join(config.extensions)}) under {str(root)!r}{aside}{_tars_hint(root)}"
             )
