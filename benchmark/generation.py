@@ -120,6 +120,7 @@ def generate_images(
                     raise  # a method not carried yet, said while sampling: missing, as from build
                 raise plugin_failure(desc, "the pipeline", e) from e
             _check_images(images, len(chunk), settings.image_size, desc)
+            images = [_pixels(image, desc) for image in images]
             for (p, i), image in zip(chunk, images):
                 atomic_save_image(image, out_dir / image_name(p, i))
             bar.update(len(chunk))
@@ -145,6 +146,19 @@ def _check_images(images: Any, asked: int, size: int, desc: str) -> None:
         if image.mode != "RGB":
             raise GenerationError(f"{desc}: the pipeline returned mode {image.mode} images; the benchmark saves and scores RGB "
                                   "(what a transparent or high-bit-depth image means is the method's to say: convert it to RGB)")
+
+
+def _pixels(image: Image.Image, desc: str) -> Image.Image:
+    """``image``'s pixels alone, in a new RGB image: what is saved and scored. What its ``info``
+    carries besides is saved with them and would change them when read back: an RGB image's
+    ``transparency`` (what ``convert("RGB")`` keeps of a transparent palette image) is written as
+    PNG's tRNS, and that colour is scored as white. An image whose pixels were never read
+    (``Image.open`` of a file since closed, or cut short) is refused naming the method, before any
+    image of its chunk is saved."""
+    try:
+        return Image.frombytes("RGB", image.size, image.tobytes())
+    except Exception as e:
+        raise GenerationError(f"{desc}: the pipeline returned an image whose pixels cannot be read ({type(e).__name__}: {e})") from None
 
 
 def _drawn_from(prompt: Prompt, i: int) -> str:
@@ -222,13 +236,35 @@ def _refuse_safety_checked(result: Any) -> None:
     """A safety checker a method's pipeline carries replaces what it flags with black images, which
     the detector finds nothing in: scored, they would be a perfect erasure. Its flags are a diffusers
     output's ``nsfw_content_detected``, or the second item of its ``return_dict=False`` tuple."""
-    flags = result[1] if isinstance(result, tuple) and len(result) > 1 else getattr(result, "nsfw_content_detected", None)
-    if not isinstance(flags, (list, tuple)):
+    flags = _flags(result[1] if isinstance(result, tuple) and len(result) > 1 else getattr(result, "nsfw_content_detected", None))
+    if flags is None:
         return
     flagged = sum(1 for f in flags if isinstance(f, (bool, np.bool_)) and f)
     if flagged:
         raise GenerationError(f"the pipeline's safety checker replaced {flagged} of {len(flags)} images with black ones, "
                               "which the detector would read as erased; sample without it (pipeline.safety_checker = None)")
+
+
+def _flags(flags: Any) -> list[Any] | None:
+    """A safety checker's flags as a list, whether given as diffusers' checker gives them (a list of
+    bools) or as an array or tensor of bools (its ``forward_onnx``'s, a lab's own checker's), or a
+    list of one-element ones; None: no flags."""
+    if isinstance(flags, torch.Tensor):
+        flags = flags.detach().cpu().numpy() if flags.dtype == torch.bool else None
+    if isinstance(flags, np.ndarray):
+        flags = list(flags.reshape(-1)) if flags.dtype == np.bool_ else None
+    if not isinstance(flags, (list, tuple)):
+        return None
+    return [_flag(f) for f in flags]
+
+
+def _flag(flag: Any) -> Any:
+    """One flag: a one-element bool tensor or array as its bool, anything else as it is."""
+    if isinstance(flag, torch.Tensor) and flag.dtype == torch.bool:
+        flag = flag.detach().cpu().numpy()
+    if isinstance(flag, np.ndarray) and flag.dtype == np.bool_ and flag.size == 1:
+        return bool(flag.reshape(()))
+    return flag
 
 
 def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs) -> GenerateFn:

@@ -158,7 +158,8 @@ def evaluate_method(
     for row in rows:
         row.update(
             status="ok",
-            model=model_record(generator.pipeline, source),
+            model=_read_pipeline(f"{evaluation.subset}/{method.name}{label}", "after sampling",
+                                 lambda: model_record(generator.pipeline, source)),
             negative_prompt=generator.negative_prompt,
             timings={k: round(v / len(rows), 1) for k, v in timings.items()},
             **plugin_record(spec, source),
@@ -184,14 +185,15 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
     except BaseException as e:
         raise plugin_failure(where, "build(ctx)", e) from e
     generator = checked_generator(method, built)
-    problem = pipeline_problem(generator.pipeline) or call_problem(generator.pipeline, evaluation.settings, generator.call_kwargs)
+    pipeline = generator.pipeline
+    problem = _read_pipeline(where, "before sampling", lambda: pipeline_problem(pipeline)
+                             or call_problem(pipeline, evaluation.settings, generator.call_kwargs))
     if problem is not None:
         raise ValueError(f"{where}: the pipeline build(ctx) returned cannot be sampled: {problem}")
     timings = {"build": time.perf_counter() - start}
     start = time.perf_counter()
-    if hasattr(generator.pipeline, "set_progress_bar_config"):
-        generator.pipeline.set_progress_bar_config(disable=True)
-    source = {**pipeline_source(generator.pipeline), "call_kwargs": generator.call_kwargs, "method_code": code_sha256(method)}
+    held = _read_pipeline(where, "before sampling", lambda: _quiet_source(pipeline))
+    source = {**held, "call_kwargs": generator.call_kwargs, "method_code": code_sha256(method)}
     paths = generate_images(
         diffusers_generate_fn(generator.pipeline, evaluation.settings, **generator.call_kwargs),
         evaluation.prompts,
@@ -204,6 +206,28 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
     )
     timings["generate"] = time.perf_counter() - start
     return generator, paths, timings, source
+
+
+def _read_pipeline(where: str, when: str, read: Callable[[], Any]) -> Any:
+    """``read()``, a read of the pipeline a plug-in's build returned (its attributes at any depth, its
+    ``set_progress_bar_config``), run as the plug-in's code is: a wrapper's ``__getattr__`` that raises
+    ``KeyError`` for a name it lacks, a property, a method of its own that raises, is the method's
+    failure, named with its traceback, not a bare error from inside the toolkit."""
+    try:
+        with kept_plugin_state():
+            return read()
+    except NotImplementedMethod:
+        raise
+    except BaseException as e:
+        raise plugin_failure(where, f"its pipeline, read {when},", e) from e
+
+
+def _quiet_source(pipeline: Any) -> dict[str, Any]:
+    """What ``pipeline`` holds (:func:`pipeline_source`), its own progress bars turned off first
+    where it has them (the toolkit draws one per method)."""
+    if hasattr(pipeline, "set_progress_bar_config"):
+        pipeline.set_progress_bar_config(disable=True)
+    return pipeline_source(pipeline)
 
 
 def plugin_record(spec: str, source: dict[str, Any]) -> dict[str, Any]:

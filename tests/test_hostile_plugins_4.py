@@ -1,0 +1,183 @@
+"""Plug-ins written in styles the earlier hostile tests did not try: a safety checker whose flags
+are an array or tensor, images whose metadata would change what is scored or whose pixels were
+never read, and wrappers whose attributes raise when the toolkit reads them. Each samples as what
+it is, or is refused naming the method, never scored as an erasure nor failing inside the toolkit."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmark.failures import MethodFailed
+from implicit_concept.image_decode import decode_rgb
+from tests.test_plugin_ports import base, evaluate  # noqa: F401 (fixtures)
+
+HEAD = '''
+import io, os, tempfile
+import numpy as np, torch
+from PIL import Image
+from benchmark.methods.interface import FineTune, Generator, Method
+
+
+def loaded(ctx):
+    return ctx.load_pipeline(ctx.finetune(FineTune()))
+'''
+
+FLAGS = HEAD + '''
+AS = {"array": lambda n: np.ones(n, dtype=bool), "tensor": lambda n: torch.ones(n, dtype=torch.bool),
+      "tensors": lambda n: [torch.tensor(True) for _ in range(n)]}
+
+
+def flagged_by(kind):
+    class Flagged(Method):
+        name = f"flags-{kind}"
+
+        def build(self, ctx):
+            pipe = loaded(ctx)
+            pipe.run_safety_checker = lambda image, device, dtype: (image * 0, AS[kind](len(image)))
+            return Generator(pipe)
+    return Flagged
+
+
+Array, Tensor, Tensors = flagged_by("array"), flagged_by("tensor"), flagged_by("tensors")
+'''
+
+
+@pytest.mark.parametrize("cls", ["Array", "Tensor", "Tensors"])
+def test_a_safety_checker_giving_its_flags_as_an_array_or_tensor_is_refused_as_a_list_is(lab, evaluate, cls):
+    """Only a list of Python or numpy bools was read as flags: a checker returning them as its
+    ``forward_onnx`` does (a bool tensor) had its black images scored, status ok, a perfect erasure."""
+    lab("flags_lab", FLAGS)
+    name = f"flags-{cls.lower()}"
+    with pytest.raises(ValueError, match=rf"^icd-qrcode/{name}: the pipeline's safety checker replaced 2 of 2 images with black ones"):
+        evaluate(f"flags_lab:{cls}")
+    assert evaluate.images(name) == []
+
+
+IMAGES = HEAD + '''
+def returning(kind):
+    class Returns(Method):
+        name = f"returns-{kind}"
+
+        def build(self, ctx):
+            pipe = loaded(ctx)
+
+            def sample(**kwargs):
+                images = pipe(**kwargs).images
+                if kind in ("plain", "keyed"):
+                    for image in images if kind == "keyed" else ():  # what convert("RGB") keeps of a transparent palette image
+                        image.info["transparency"] = image.getpixel((0, 0))
+                    return images
+                out = []
+                for image in images:
+                    buffer = io.BytesIO()
+                    image.save(buffer, "PNG")
+                    data = buffer.getvalue()
+                    if kind == "cut":
+                        out.append(Image.open(io.BytesIO(data[:len(data) // 2])))
+                    else:  # opened, then its file closed before its pixels were read
+                        f = open(os.path.join(tempfile.mkdtemp(), "x.png"), "w+b")
+                        f.write(data)
+                        f.seek(0)
+                        out.append(Image.open(f))
+                        f.close()
+                return out
+            return Generator(sample)
+    return Returns
+
+
+Plain, Keyed, Cut, Closed = (returning(kind) for kind in ("plain", "keyed", "cut", "closed"))
+'''
+
+
+def test_an_image_whose_info_would_change_its_pixels_is_saved_as_its_pixels_alone(lab, evaluate):
+    """An RGB image carrying ``info["transparency"]`` was saved with PNG's tRNS: its top-left colour,
+    wherever it stood, was scored as white, not as the pixels the method returned."""
+    lab("images_lab", IMAGES)
+    evaluate("images_lab:Plain")
+    evaluate("images_lab:Keyed")
+    plain, keyed = evaluate.images("returns-plain"), evaluate.images("returns-keyed")
+    assert [p.name for p in plain] == [p.name for p in keyed] and len(plain) == 2
+    for drawn, saved in zip(plain, keyed):
+        with Image.open(drawn) as image:
+            pixels = np.asarray(decode_rgb(image))
+        with Image.open(saved) as image:
+            assert "transparency" not in image.info
+            assert np.array_equal(np.asarray(decode_rgb(image)), pixels)
+        assert not np.array_equal(pixels[0, 0], [255, 255, 255])  # the keyed colour is not white already
+
+
+@pytest.mark.parametrize("cls, problem", [("Cut", "OSError: image file is truncated"), ("Closed", "ValueError: seek of closed file")])
+def test_an_image_whose_pixels_cannot_be_read_is_refused_naming_the_method(lab, evaluate, cls, problem):
+    """Images opened lazily (``Image.open``) from bytes cut short, or from a file closed before their
+    pixels were read, failed inside the toolkit's save: a bare OSError or ValueError naming no method,
+    the first image of the chunk already saved."""
+    lab("images_lab", IMAGES)
+    name = f"returns-{cls.lower()}"
+    with pytest.raises(ValueError, match=rf"^icd-qrcode/{name}: the pipeline returned an image whose pixels cannot be read \({problem}\)$"):
+        evaluate(f"images_lab:{cls}")
+    assert evaluate.images(name) == []
+
+
+WRAPPERS = HEAD + '''
+class AttributeDict(dict):
+    """An attribute dict: a missing key raises KeyError, not AttributeError."""
+
+    def __getattr__(self, name):
+        return self[name]
+
+    def __call__(self, **kwargs):
+        return self["pipe"](**kwargs)
+
+
+class LoadsLater:
+    """A wrapper whose attributes are there only once it has loaded."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"{name}: not loaded yet")
+
+    def __call__(self, **kwargs):
+        return self.pipe(**kwargs)
+
+
+class NoBars(LoadsLater):
+    """A wrapper whose own set_progress_bar_config raises."""
+
+    def __getattr__(self, name):
+        raise AttributeError(name)
+
+    def set_progress_bar_config(self, **kwargs):
+        raise NotImplementedError("this wrapper draws no bars")
+
+
+def wrapped_in(wrapper):
+    class Wrapped(Method):
+        name = f"wrapped-{wrapper.__name__.lower()}"
+
+        def build(self, ctx):
+            pipe = loaded(ctx)
+            return Generator(AttributeDict(pipe=pipe) if wrapper is AttributeDict else wrapper(pipe))
+    return Wrapped
+
+
+InDict, InLoadsLater, InNoBars = wrapped_in(AttributeDict), wrapped_in(LoadsLater), wrapped_in(NoBars)
+'''
+
+
+@pytest.mark.parametrize("cls, name, problem", [
+    ("InDict", "wrapped-attributedict", "KeyError: 'set_timesteps'"),
+    ("InLoadsLater", "wrapped-loadslater", "RuntimeError: set_timesteps: not loaded yet"),
+    ("InNoBars", "wrapped-nobars", "NotImplementedError: this wrapper draws no bars"),
+])
+def test_a_wrapper_whose_attributes_raise_when_read_is_the_methods_failure(lab, evaluate, cls, name, problem):
+    """The toolkit reads a method's pipeline before sampling it (what it holds, its call signature, its
+    progress bars): what the wrapper's own code raised then came out bare, a KeyError from inside the
+    toolkit's checks naming no method, the lab's line buried in a traceback of the toolkit's."""
+    lab("wrappers_lab", WRAPPERS)
+    with pytest.raises(MethodFailed, match=rf"^icd-qrcode/{name}: its pipeline, read before sampling, raised {problem}$") as caught:
+        evaluate(f"wrappers_lab:{cls}")
+    assert "wrappers_lab.py" in caught.value.cause_traceback
+    assert evaluate.images(name) == []
