@@ -181,3 +181,30 @@ def test_a_wrapper_whose_attributes_raise_when_read_is_the_methods_failure(lab, 
         evaluate(f"wrappers_lab:{cls}")
     assert "wrappers_lab.py" in caught.value.cause_traceback
     assert evaluate.images(name) == []
+
+
+RENAMES = HEAD + '''
+def renaming_to(new):
+    class Renames(Method):
+        name = "renames"
+
+        def build(self, ctx):
+            self.name = new  # research code labelling itself once built
+            return Generator(loaded(ctx))
+    return Renames
+
+
+Escapes, AsSd = renaming_to("../../escaped"), renaming_to("sd")
+'''
+
+
+@pytest.mark.parametrize("cls", ["Escapes", "AsSd"])
+def test_a_name_a_build_sets_anew_names_none_of_its_folders(lab, evaluate, tmp_path, cls):
+    """The name is checked when the plug-in is named, and was read again after its build to name its
+    images' folder: a build setting ``self.name = "../../escaped"`` drew outside the run's images,
+    one setting ``"sd"`` drew into sd's folder (replacing sd's images as stale), under a row still named renames."""
+    lab("renames_lab", RENAMES)
+    rows = evaluate(f"renames_lab:{cls}")
+    assert [row["method"] for row in rows] == ["renames"]
+    drawn = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.png"))
+    assert drawn == ["run/images/icd-qrcode/renames/0_0.png", "run/images/icd-qrcode/renames/1_0.png"]
