@@ -54,6 +54,44 @@ def test_a_safety_checker_giving_its_flags_as_an_array_or_tensor_is_refused_as_a
     assert evaluate.images(name) == []
 
 
+CHECKED = HEAD + '''
+from transformers import CLIPImageProcessor
+
+
+class Flagger(torch.nn.Module):
+    """A safety checker flagging every image, as diffusers' own is called."""
+
+    def __init__(self):
+        super().__init__()
+        self.threshold = torch.nn.Parameter(torch.zeros(1))
+
+    device = property(lambda self: self.threshold.device)
+    dtype = property(lambda self: self.threshold.dtype)
+
+    def forward(self, images, clip_input):
+        return images * 0, [True] * len(images)
+
+
+class ImagesAlone(Method):
+    name = "images-alone"
+
+    def build(self, ctx):
+        pipe = loaded(ctx)
+        pipe.safety_checker = Flagger()
+        pipe.feature_extractor = CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
+        return Generator(lambda **kwargs: pipe(**kwargs).images)
+'''
+
+
+def test_a_safety_checker_behind_a_wrapper_returning_the_images_alone_is_refused(lab, evaluate):
+    """Its flags were read from the pipeline's output only: a function returning ``pipe(**kwargs).images``
+    (SD v1.5 loaded with its checker) had its black images scored, status ok, a perfect erasure."""
+    lab("checked_lab", CHECKED)
+    with pytest.raises(ValueError, match=r"^icd-qrcode/images-alone: the pipeline's safety checker replaced 2 of 2 images with black ones"):
+        evaluate("checked_lab:ImagesAlone")
+    assert evaluate.images("images-alone") == []
+
+
 IMAGES = HEAD + '''
 def returning(kind):
     class Returns(Method):
