@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmark import external
 from benchmark.failures import MethodFailed
 from implicit_concept.image_decode import decode_rgb
+from tests.test_handovers import _judging, unscored  # noqa: F401 (fixture)
 from tests.test_plugin_ports import base, evaluate  # noqa: F401 (fixtures)
 
 HEAD = '''
@@ -246,3 +248,23 @@ def test_a_name_a_build_sets_anew_names_none_of_its_folders(lab, evaluate, tmp_p
     assert [row["method"] for row in rows] == ["renames"]
     drawn = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.png"))
     assert drawn == ["run/images/icd-qrcode/renames/0_0.png", "run/images/icd-qrcode/renames/1_0.png"]
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_a_missing_image_there_in_a_format_not_read_is_named_beside_the_images_found(tmp_path, unscored, hidden):
+    """``0_0.gif`` among PNGs was refused as '0_0 missing ... found 1 images, e.g. 1_0.png', saying
+    nothing of the GIF under its name; and macOS's ``.DS_Store`` beside a folder of GIFs was listed
+    as a type not read."""
+    judging = _judging(tmp_path)
+    first, second = judging.prompts()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    if hidden:
+        (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+        names, said = [f"{first.case_number}_0.gif", f"{second.case_number}_0.gif"], r"found no image file \(2 files of types not read: \.gif;"
+    else:
+        names, said = [f"{first.case_number}_0.gif", f"{second.case_number}_0.png"], r"found 1 images, e\.g\. 1_0\.png \(1 files of types not read: \.gif;"
+    for name in names:
+        Image.new("RGB", (16, 16), (90, 140, 200)).save(folder / name)
+    with pytest.raises(FileNotFoundError, match=rf"images: [12] of 2 images .* missing, first 0_0 .*: {said} save them as PNG\)$"):
+        external.score_image_folder(folder, tmp_path / "out", judging)
