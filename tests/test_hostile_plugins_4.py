@@ -268,3 +268,32 @@ def test_a_missing_image_there_in_a_format_not_read_is_named_beside_the_images_f
         Image.new("RGB", (16, 16), (90, 140, 200)).save(folder / name)
     with pytest.raises(FileNotFoundError, match=rf"images: [12] of 2 images .* missing, first 0_0 .*: {said} save them as PNG\)$"):
         external.score_image_folder(folder, tmp_path / "out", judging)
+
+
+TYPO = HEAD + '''
+class Typo(Method):
+    name = "typo"
+
+    def finetunes(self, ctx):
+        return [FineTune(training={"lerning_rate": 1e-5})]
+
+    def build(self, ctx):
+        return Generator(ctx.load_pipeline(ctx.finetune(self.finetunes(ctx)[0])))
+'''
+
+
+def test_a_misspelt_training_override_is_refused_when_the_fine_tune_is_declared(lab):
+    """``FineTune(training={"lerning_rate": ...})`` was accepted, and failed only when trained: a
+    TypeError from TrainingConfig inside the toolkit (under --jobs after the other methods' fine-tunes,
+    naming no method)."""
+    from benchmark.methods import get_method
+    from benchmark.methods.interface import FineTune, declared_finetunes
+
+    with pytest.raises(ValueError, match=r"^FineTune\.training\.lerning_rate: unknown field; did you mean 'learning_rate'\?"):
+        FineTune(training={"lerning_rate": 1e-5})
+    with pytest.raises(ValueError, match=r"^FineTune\.training\.geom: unknown field"):  # FineTune(geom=...) sets it
+        FineTune(training={"geom": None})
+    assert FineTune(training={"steps": 3, "ema_decay": None}).training == {"steps": 3, "ema_decay": None}
+    lab("typo_lab", TYPO)
+    with pytest.raises(MethodFailed, match=r"^method typo: finetunes\(ctx\) raised ValueError: FineTune\.training\.lerning_rate: unknown field"):
+        declared_finetunes(get_method("typo_lab:Typo"), None)

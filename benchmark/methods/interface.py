@@ -18,10 +18,12 @@ from benchmark.failures import plugin_failure, plugin_output, toolkit_error
 from benchmark.library_patches import kept_library_functions
 from benchmark.models.pipelines import save_portable_pipeline
 from benchmark.plugin_state import kept_plugin_state
+from benchmark.training.config import TrainingConfig
 from implicit_concept.concepts import concept
 from implicit_concept.file_locks import locked
 from implicit_concept.files import atomic_dir
 from implicit_concept.provenance import cache_key, canonical_json
+from implicit_concept.validate import check_fields
 from implicit_concept.torch_settings import kept_torch_settings, torch_threads
 
 #: Pipeline call arguments the benchmark sets itself, the same for every method being compared, and
@@ -56,6 +58,9 @@ class FineTune:
             raise ValueError(f"FineTune.seed must be None or a non-negative int, got {self.seed!r}")
         if not isinstance(self.training, dict):
             raise ValueError(f"FineTune.training must be a dict of [finetune] overrides, got {type(self.training).__name__}")
+        # A misspelt override ("lerning_rate") failed only when trained: a TypeError from inside the
+        # toolkit, after the other methods' fine-tunes under --jobs (hours), naming no method.
+        check_fields(self.training, [k for k in TrainingConfig.__dataclass_fields__ if k not in SET_BY_FINETUNE], "FineTune.training")
 
     def under_seed(self, seed: int) -> "FineTune":
         """This fine-tune under a training seed of the track: its own seed if it set one, else ``seed``."""
@@ -64,6 +69,8 @@ class FineTune:
 
 #: What a fine-tune can train on: the contaminated subset, or its clean twins.
 FINETUNE_DATA = ("contaminated", "clean")
+#: The training settings a :class:`FineTune` sets through its own fields (``geom``, ``data``), not ``training``.
+SET_BY_FINETUNE = ("geom", "image_field")
 
 
 @dataclass
