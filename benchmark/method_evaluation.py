@@ -89,6 +89,7 @@ def method_context(run: BenchmarkRun, base: Path, subset: Path, concepts: tuple[
         base=Path(base),
         threads=track.finetune.get("threads"),
         progress=run.progress,
+        home=Path.cwd(),
     )
 
 

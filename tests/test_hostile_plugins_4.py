@@ -297,3 +297,40 @@ def test_a_misspelt_training_override_is_refused_when_the_fine_tune_is_declared(
     lab("typo_lab", TYPO)
     with pytest.raises(MethodFailed, match=r"^method typo: finetunes\(ctx\) raised ValueError: FineTune\.training\.lerning_rate: unknown field"):
         declared_finetunes(get_method("typo_lab:Typo"), None)
+
+
+MOVES = HEAD + '''
+class EditsElsewhere(Method):
+    name = "edits-elsewhere"
+
+    def build(self, ctx):
+        os.chdir(tempfile.mkdtemp())  # research code reading its configs from its own folder
+        return Generator(ctx.load_pipeline(ctx.edited_sd("mine", {"strength": 1}, lambda pipe: None)))
+'''
+
+
+def test_an_edit_of_sd_after_the_build_moved_its_working_folder_is_saved_in_the_run(lab, base, tmp_path, monkeypatch):
+    """Under a relative --runs (the command's default, ``runs``), ``ctx.edited_sd`` after an
+    ``os.chdir`` saved the edited pipeline below the method's new folder, outside the run, and the
+    load that followed failed as 'not a diffusers pipeline folder'."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from benchmark import method_evaluation, stages
+    from benchmark.generation import GenerationSettings
+    from benchmark.prompts import Prompt
+    from tests.real_runs import real_run
+    from tests.test_handovers import MICRO
+
+    lab("moves_lab", MOVES)
+    monkeypatch.setattr(stages, "finetune", lambda *a, **k: base)
+    monkeypatch.setattr(method_evaluation, "score_generated",
+                        lambda *a, **k: (SimpleNamespace(write_json=lambda path: None, images=[]), {"qrcode": {"icr": 0}}))
+    monkeypatch.setattr(method_evaluation, "method_grid", lambda *a, **k: None)
+    run = real_run(Path("runs/mine"), {"seed": 0, "conf": None, "quality": {"kind": "none"}}, cache=tmp_path / "cache")
+    ctx = method_evaluation.method_context(run, base, tmp_path / "icd-qrcode", ("qrcode",), None)
+    evaluation = method_evaluation.Evaluation("icd-qrcode", [Prompt(0, "a red square", 5)],
+                                              GenerationSettings(steps=2, image_size=MICRO.image_size), None, [])
+    rows, _ = method_evaluation.evaluate_method(run, "moves_lab:EditsElsewhere", ctx, evaluation)
+    edited = list((tmp_path / "runs" / "mine" / "methods" / "icd-qrcode" / "edits-elsewhere").glob("pipeline-*/model_index.json"))
+    assert len(edited) == 1 and rows[0]["model"]["unet"] == str(Path(*edited[0].parent.relative_to(tmp_path).parts, "unet"))

@@ -91,6 +91,9 @@ class MethodContext:
     threads: int | None = None
     #: Whether a method's own loops show a progress bar (False under the command's ``--quiet``).
     progress: bool = True
+    #: The toolkit's working folder, which ``work_dir`` (relative under a relative ``--runs``) is read
+    #: from; None: the working folder when a service is called.
+    home: Path | None = None
 
     def edited_sd(self, tag: str, record: dict[str, Any], edit: Callable[[Any], None]) -> Path:
         """The plainly fine-tuned model with ``edit`` applied in place, saved once under ``work_dir``
@@ -102,15 +105,19 @@ class MethodContext:
         whole keeps its edits.
         """
         sd = self.finetune(FineTune())
-        seen_from_here = os.path.relpath(os.path.abspath(sd), os.path.abspath(self.work_dir))
+        home = Path(os.getcwd() if self.home is None else self.home)
+        seen_from_here = os.path.relpath(home / sd, home / self.work_dir)
         out = self.work_dir / f"pipeline-{cache_key({'sd': seen_from_here, 'tag': tag, 'record': record, 'threads': self.threads})}"
-        with locked(out):
-            if not (out / "model_index.json").exists():
+        # Made where the run's files are, whatever working folder the method's build moved to (os.chdir):
+        # saved below it, a relative --runs' edit was written outside the run and then not found.
+        made = home / out
+        with locked(made):
+            if not (made / "model_index.json").exists():
                 pipe = self.load_pipeline(sd)
                 with torch_threads(self.threads):
                     edit(pipe)
                 try:
-                    with atomic_dir(out) as tmp:
+                    with atomic_dir(made) as tmp:
                         save_portable_pipeline(pipe, tmp)
                         (tmp / f"{tag}.json").write_text(canonical_json(record) + "\n", encoding="utf-8")
                 except OSError as e:  # the toolkit's writing (a full disk), not the method's edit
