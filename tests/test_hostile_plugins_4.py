@@ -1,9 +1,9 @@
 """Plug-ins written in styles the earlier hostile tests did not try: a safety checker whose flags
 are an array or tensor, images whose metadata would change what is scored or whose pixels were
-never read, and wrappers whose attributes raise when the toolkit reads them. Each samples as what
-it is, or is refused naming the method, never scored as an erasure nor failing inside the toolkit."""
-import io
-
+never read, wrappers whose attributes raise when the toolkit reads them, builds that rename the
+method or move its working folder, misspelt training overrides; and image folders holding a
+missing image in a format not read. Each samples as what it is, or is refused naming the method
+or file, never scored as an erasure nor failing inside the toolkit."""
 import numpy as np
 import pytest
 from PIL import Image
