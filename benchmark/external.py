@@ -247,7 +247,7 @@ def score_image_folder(
         raise FileNotFoundError(
             f"{folder}: {len(missing)} of {len(stems)} images named by {judging.track.prompts} are missing, first "
             f"{missing[0]} ({'/'.join(IMAGE_SUFFIXES)}); images are named {{case_number}}_{{i}} (the prompts' case_number, "
-            f"i from 0 to images_per_prompt - 1) directly in the folder: {_found_instead(Path(folder), found)}"
+            f"i from 0 to images_per_prompt - 1) directly in the folder: {_found_instead(Path(folder), found, missing)}"
         )
     twice = next((found[stem] for stem in stems if len(found[stem]) > 1), None)
     if twice:
@@ -350,11 +350,15 @@ def _counted(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {fmt}" for fmt, n in counts.items())
 
 
-def _found_instead(folder: Path, found: dict[str, list[Path]]) -> str:
-    """What the folder holds instead: a few of its image names, and images in subfolders (never searched)."""
+def _found_instead(folder: Path, found: dict[str, list[Path]], missing: list[str]) -> str:
+    """What the folder holds instead: a few of its image names, files of types not read (any, where
+    it holds no image; else those named as a ``missing`` image, a ``0_0.gif`` among PNGs), and images
+    in subfolders (never searched). Hidden files are none of them."""
     names = sorted(path.name for paths in found.values() for path in paths)
     said = f"found {len(names)} images, e.g. {', '.join(names[:3])}" if names else "found no image file"
-    unread = [] if names else [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES]
+    wanted = set(missing)
+    unread = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES and not is_hidden(p.name)
+              and (not names or p.stem in wanted)]
     if unread:
         kinds = sorted({p.suffix.lower() or p.name for p in unread})
         said += f" ({len(unread)} files of types not read: {', '.join(kinds[:5])}{', ...' if len(kinds) > 5 else ''}; save them as PNG)"

@@ -8,12 +8,13 @@ image's prompt text and seed); made by another model, prompt or setting, they ar
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from PIL import Image
 
 from benchmark.failures import plugin_failure
 from benchmark.models.pipeline_checks import NonFiniteOutput, finite_outputs
-from benchmark.models.pipeline_identity import json_sha256
+from benchmark.models.pipeline_identity import held_parts, json_sha256
 from benchmark.plugin_state import kept_plugin_state, seeded_rngs
 from benchmark.prompts import Prompt
 from implicit_concept.files import atomic_save_image, atomic_write_json
@@ -120,6 +121,7 @@ def generate_images(
                     raise  # a method not carried yet, said while sampling: missing, as from build
                 raise plugin_failure(desc, "the pipeline", e) from e
             _check_images(images, len(chunk), settings.image_size, desc)
+            images = [_pixels(image, desc) for image in images]
             for (p, i), image in zip(chunk, images):
                 atomic_save_image(image, out_dir / image_name(p, i))
             bar.update(len(chunk))
@@ -145,6 +147,19 @@ def _check_images(images: Any, asked: int, size: int, desc: str) -> None:
         if image.mode != "RGB":
             raise GenerationError(f"{desc}: the pipeline returned mode {image.mode} images; the benchmark saves and scores RGB "
                                   "(what a transparent or high-bit-depth image means is the method's to say: convert it to RGB)")
+
+
+def _pixels(image: Image.Image, desc: str) -> Image.Image:
+    """``image``'s pixels alone, in a new RGB image: what is saved and scored. What its ``info``
+    carries besides is saved with them and would change them when read back: an RGB image's
+    ``transparency`` (what ``convert("RGB")`` keeps of a transparent palette image) is written as
+    PNG's tRNS, and that colour is scored as white. An image whose pixels were never read
+    (``Image.open`` of a file since closed, or cut short) is refused naming the method, before any
+    image of its chunk is saved."""
+    try:
+        return Image.frombytes("RGB", image.size, image.tobytes())
+    except Exception as e:
+        raise GenerationError(f"{desc}: the pipeline returned an image whose pixels cannot be read ({type(e).__name__}: {e})") from None
 
 
 def _drawn_from(prompt: Prompt, i: int) -> str:
@@ -218,17 +233,57 @@ def _not_ours(path: Path, old: Any) -> str | None:
     return None
 
 
-def _refuse_safety_checked(result: Any) -> None:
+def _refuse_safety_checked(result: Any, watched: list[Any]) -> None:
     """A safety checker a method's pipeline carries replaces what it flags with black images, which
     the detector finds nothing in: scored, they would be a perfect erasure. Its flags are a diffusers
-    output's ``nsfw_content_detected``, or the second item of its ``return_dict=False`` tuple."""
-    flags = result[1] if isinstance(result, tuple) and len(result) > 1 else getattr(result, "nsfw_content_detected", None)
-    if not isinstance(flags, (list, tuple)):
-        return
-    flagged = sum(1 for f in flags if isinstance(f, (bool, np.bool_)) and f)
+    output's ``nsfw_content_detected``, or the second item of its ``return_dict=False`` tuple, or
+    (a wrapper returning ``.images`` alone) what a checker it holds gave (``watched``)."""
+    told = _flags(result[1] if isinstance(result, tuple) and len(result) > 1 else getattr(result, "nsfw_content_detected", None))
+    flagged, count = max(((sum(1 for f in flags if isinstance(f, (bool, np.bool_)) and f), len(flags)) for flags in (told or [], watched)))
     if flagged:
-        raise GenerationError(f"the pipeline's safety checker replaced {flagged} of {len(flags)} images with black ones, "
+        raise GenerationError(f"the pipeline's safety checker replaced {flagged} of {count} images with black ones, "
                               "which the detector would read as erased; sample without it (pipeline.safety_checker = None)")
+
+
+@contextlib.contextmanager
+def _watched_safety_checkers(pipeline: Any) -> Iterator[list[Any]]:
+    """The flags every safety checker module ``pipeline`` holds gives while the block samples it (held
+    as a part named ``safety_checker``, at any depth: in a wrapper or a closure that returns only the
+    images, whose flags no output shows)."""
+    flags: list[Any] = []
+
+    def hook(module: Any, inputs: Any, output: Any) -> None:
+        flags.extend((_flags(output[1]) or []) if isinstance(output, tuple) and len(output) > 1 else [])
+
+    handles = [part.register_forward_hook(hook) for path, part in held_parts(pipeline)
+               if isinstance(part, torch.nn.Module) and path.rsplit(".", 1)[-1] == "safety_checker"]
+    try:
+        yield flags
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _flags(flags: Any) -> list[Any] | None:
+    """A safety checker's flags as a list, whether given as diffusers' checker gives them (a list of
+    bools) or as an array or tensor of bools (its ``forward_onnx``'s, a lab's own checker's), or a
+    list of one-element ones; None: no flags."""
+    if isinstance(flags, torch.Tensor):
+        flags = flags.detach().cpu().numpy() if flags.dtype == torch.bool else None
+    if isinstance(flags, np.ndarray):
+        flags = list(flags.reshape(-1)) if flags.dtype == np.bool_ else None
+    if not isinstance(flags, (list, tuple)):
+        return None
+    return [_flag(f) for f in flags]
+
+
+def _flag(flag: Any) -> Any:
+    """One flag: a one-element bool tensor or array as its bool, anything else as it is."""
+    if isinstance(flag, torch.Tensor) and flag.dtype == torch.bool:
+        flag = flag.detach().cpu().numpy()
+    if isinstance(flag, np.ndarray) and flag.dtype == np.bool_ and flag.size == 1:
+        return bool(flag.reshape(()))
+    return flag
 
 
 def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs) -> GenerateFn:
@@ -237,11 +292,12 @@ def diffusers_generate_fn(pipeline, settings: GenerationSettings, **call_kwargs)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         # A plug-in's pipeline may chdir (images are saved after), set warnings filters or draw from the
         # global generators: seeded by the chunk's image seeds, as the chunks are the same on a resume.
-        with torch.no_grad(), kept_plugin_state(), seeded_rngs("sample", *seeds), finite_outputs(pipeline):
+        with torch.no_grad(), kept_plugin_state(), seeded_rngs("sample", *seeds), finite_outputs(pipeline), \
+                _watched_safety_checkers(pipeline) as watched:
             result = pipeline(**_call_arguments(prompts, negatives, generators, settings), **call_kwargs)
         # A diffusers output's .images, or its return_dict=False tuple (images, ...); a plain
         # function may return the list of images itself.
-        _refuse_safety_checked(result)
+        _refuse_safety_checked(result, watched)
         if isinstance(result, tuple) and result and isinstance(result[0], (list, tuple)):
             result = result[0]
         images = result if isinstance(result, (list, tuple)) else getattr(result, "images", None)

@@ -89,6 +89,7 @@ def method_context(run: BenchmarkRun, base: Path, subset: Path, concepts: tuple[
         base=Path(base),
         threads=track.finetune.get("threads"),
         progress=run.progress,
+        home=Path.cwd(),
     )
 
 
@@ -128,9 +129,12 @@ def evaluate_method(
     """Build, generate and score one method on one training subset: a row per concept scored, and the
     detector's report. ``label`` tells apart the folders of a method's other training seeds."""
     method = get_method(spec)
-    rows = [{"concept": c, "method": method.name, "subset": evaluation.subset, "description": _description(method)}
+    # Its name as checked when named (folders under the run's): one its build sets anew ("../x", "sd")
+    # would draw outside the run's images, or over another method's.
+    name = method.name
+    rows = [{"concept": c, "method": name, "subset": evaluation.subset, "description": _description(method)}
             for c in ctx.concepts]
-    ctx = own_context(ctx, ctx.work_dir / (method.name + label))
+    ctx = own_context(ctx, ctx.work_dir / (name + label))
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     data = stat_listing(ctx.train_shards)
     try:
@@ -144,28 +148,29 @@ def evaluate_method(
         try:
             stages.check_shared(ctx.base)
         except FolderChanged as e:
-            raise FolderChanged(f"{evaluation.subset}/{method.name}{label} wrote into the base model it was given: {e}") from None
+            raise FolderChanged(f"{evaluation.subset}/{name}{label} wrote into the base model it was given: {e}") from None
     try:
         check_listing(ctx.train_shards, data, DATA_REMEDY)
     except FolderChanged as e:
-        raise FolderChanged(f"{evaluation.subset}/{method.name}{label} wrote into the training data it was given: {e}") from None
+        raise FolderChanged(f"{evaluation.subset}/{name}{label} wrote into the training data it was given: {e}") from None
     start = time.perf_counter()
     score = ScoreConfig(conf=run.track.conf, seed=run.track.seed)
     report, scores = score_generated(paths, image_prompts(evaluation.prompts, evaluation.settings), evaluation.detector, score,
                                      run.track.quality, evaluation.reference, run.cache, per_image=True)
-    report.write_json(run.root / "scores" / evaluation.subset / f"{method.name}{label}.json")
+    report.write_json(run.root / "scores" / evaluation.subset / f"{name}{label}.json")
     timings["score"] = time.perf_counter() - start
     for row in rows:
         row.update(
             status="ok",
-            model=model_record(generator.pipeline, source),
+            model=_read_pipeline(f"{evaluation.subset}/{name}{label}", "after sampling",
+                                 lambda: model_record(generator.pipeline, source)),
             negative_prompt=generator.negative_prompt,
             timings={k: round(v / len(rows), 1) for k, v in timings.items()},
             **plugin_record(spec, source),
             **scores[row["concept"]],
         )
-    method_grid(paths[:8], report.images[:8], run.root / "grids" / evaluation.subset / f"{method.name}{label}.png",
-                title=f"{evaluation.subset} / {method.name}{label}")
+    method_grid(paths[:8], report.images[:8], run.root / "grids" / evaluation.subset / f"{name}{label}.png",
+                title=f"{evaluation.subset} / {name}{label}")
     return rows, report
 
 
@@ -174,7 +179,8 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
     """The method's generator and its images of the evaluation prompts (made or found), with the
     seconds each took and what the images are drawn from (:func:`pipeline_source`, the call
     arguments, the method's code). A method that says it is not implemented raises NotImplementedMethod."""
-    where = f"{evaluation.subset}/{method.name}{label}"
+    folder = method.name + label  # read before its build, which may set another name
+    where = f"{evaluation.subset}/{folder}"
     start = time.perf_counter()
     try:
         with kept_plugin_state(), seeded_rngs("build", where):
@@ -184,18 +190,19 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
     except BaseException as e:
         raise plugin_failure(where, "build(ctx)", e) from e
     generator = checked_generator(method, built)
-    problem = pipeline_problem(generator.pipeline) or call_problem(generator.pipeline, evaluation.settings, generator.call_kwargs)
+    pipeline = generator.pipeline
+    problem = _read_pipeline(where, "before sampling", lambda: pipeline_problem(pipeline)
+                             or call_problem(pipeline, evaluation.settings, generator.call_kwargs))
     if problem is not None:
         raise ValueError(f"{where}: the pipeline build(ctx) returned cannot be sampled: {problem}")
     timings = {"build": time.perf_counter() - start}
     start = time.perf_counter()
-    if hasattr(generator.pipeline, "set_progress_bar_config"):
-        generator.pipeline.set_progress_bar_config(disable=True)
-    source = {**pipeline_source(generator.pipeline), "call_kwargs": generator.call_kwargs, "method_code": code_sha256(method)}
+    held = _read_pipeline(where, "before sampling", lambda: _quiet_source(pipeline))
+    source = {**held, "call_kwargs": generator.call_kwargs, "method_code": code_sha256(method)}
     paths = generate_images(
         diffusers_generate_fn(generator.pipeline, evaluation.settings, **generator.call_kwargs),
         evaluation.prompts,
-        run.root / "images" / evaluation.subset / (method.name + label),
+        run.root / "images" / evaluation.subset / folder,
         negative_prompt=generator.negative_prompt,
         settings=evaluation.settings,
         progress=run.progress,
@@ -204,6 +211,28 @@ def _draw(run: BenchmarkRun, method: Any, ctx: MethodContext, evaluation: Evalua
     )
     timings["generate"] = time.perf_counter() - start
     return generator, paths, timings, source
+
+
+def _read_pipeline(where: str, when: str, read: Callable[[], Any]) -> Any:
+    """``read()``, a read of the pipeline a plug-in's build returned (its attributes at any depth, its
+    ``set_progress_bar_config``), run as the plug-in's code is: a wrapper's ``__getattr__`` that raises
+    ``KeyError`` for a name it lacks, a property, a method of its own that raises, is the method's
+    failure, named with its traceback, not a bare error from inside the toolkit."""
+    try:
+        with kept_plugin_state():
+            return read()
+    except NotImplementedMethod:
+        raise
+    except BaseException as e:
+        raise plugin_failure(where, f"its pipeline, read {when},", e) from e
+
+
+def _quiet_source(pipeline: Any) -> dict[str, Any]:
+    """What ``pipeline`` holds (:func:`pipeline_source`), its own progress bars turned off first
+    where it has them (the toolkit draws one per method)."""
+    if hasattr(pipeline, "set_progress_bar_config"):
+        pipeline.set_progress_bar_config(disable=True)
+    return pipeline_source(pipeline)
 
 
 def plugin_record(spec: str, source: dict[str, Any]) -> dict[str, Any]:

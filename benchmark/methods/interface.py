@@ -18,10 +18,12 @@ from benchmark.failures import plugin_failure, plugin_output, toolkit_error
 from benchmark.library_patches import kept_library_functions
 from benchmark.models.pipelines import save_portable_pipeline
 from benchmark.plugin_state import kept_plugin_state
+from benchmark.training.config import TrainingConfig
 from implicit_concept.concepts import concept
 from implicit_concept.file_locks import locked
 from implicit_concept.files import atomic_dir
 from implicit_concept.provenance import cache_key, canonical_json
+from implicit_concept.validate import check_fields
 from implicit_concept.torch_settings import kept_torch_settings, torch_threads
 
 #: Pipeline call arguments the benchmark sets itself, the same for every method being compared, and
@@ -56,6 +58,9 @@ class FineTune:
             raise ValueError(f"FineTune.seed must be None or a non-negative int, got {self.seed!r}")
         if not isinstance(self.training, dict):
             raise ValueError(f"FineTune.training must be a dict of [finetune] overrides, got {type(self.training).__name__}")
+        # A misspelt override ("lerning_rate") failed only when trained: a TypeError from inside the
+        # toolkit, after the other methods' fine-tunes under --jobs (hours), naming no method.
+        check_fields(self.training, [k for k in TrainingConfig.__dataclass_fields__ if k not in SET_BY_FINETUNE], "FineTune.training")
 
     def under_seed(self, seed: int) -> "FineTune":
         """This fine-tune under a training seed of the track: its own seed if it set one, else ``seed``."""
@@ -64,6 +69,8 @@ class FineTune:
 
 #: What a fine-tune can train on: the contaminated subset, or its clean twins.
 FINETUNE_DATA = ("contaminated", "clean")
+#: The training settings a :class:`FineTune` sets through its own fields (``geom``, ``data``), not ``training``.
+SET_BY_FINETUNE = ("geom", "image_field")
 
 
 @dataclass
@@ -84,6 +91,9 @@ class MethodContext:
     threads: int | None = None
     #: Whether a method's own loops show a progress bar (False under the command's ``--quiet``).
     progress: bool = True
+    #: The toolkit's working folder, which ``work_dir`` (relative under a relative ``--runs``) is read
+    #: from; None: the working folder when a service is called.
+    home: Path | None = None
 
     def edited_sd(self, tag: str, record: dict[str, Any], edit: Callable[[Any], None]) -> Path:
         """The plainly fine-tuned model with ``edit`` applied in place, saved once under ``work_dir``
@@ -95,15 +105,19 @@ class MethodContext:
         whole keeps its edits.
         """
         sd = self.finetune(FineTune())
-        seen_from_here = os.path.relpath(os.path.abspath(sd), os.path.abspath(self.work_dir))
+        home = Path(os.getcwd() if self.home is None else self.home)
+        seen_from_here = os.path.relpath(home / sd, home / self.work_dir)
         out = self.work_dir / f"pipeline-{cache_key({'sd': seen_from_here, 'tag': tag, 'record': record, 'threads': self.threads})}"
-        with locked(out):
-            if not (out / "model_index.json").exists():
+        # Made where the run's files are, whatever working folder the method's build moved to (os.chdir):
+        # saved below it, a relative --runs' edit was written outside the run and then not found.
+        made = home / out
+        with locked(made):
+            if not (made / "model_index.json").exists():
                 pipe = self.load_pipeline(sd)
                 with torch_threads(self.threads):
                     edit(pipe)
                 try:
-                    with atomic_dir(out) as tmp:
+                    with atomic_dir(made) as tmp:
                         save_portable_pipeline(pipe, tmp)
                         (tmp / f"{tag}.json").write_text(canonical_json(record) + "\n", encoding="utf-8")
                 except OSError as e:  # the toolkit's writing (a full disk), not the method's edit
