@@ -1,7 +1,7 @@
 """Tests that kill hand mutants of the last round's code the suite let pass: ending a process's
 tree (a child forking while it is ended, a worker killed while it forks, a child SIGTERM ends at
 once, the resource tracker spared), a ``pipe:`` command's guard (its stdin, a command that ignores
-SIGTERM, curl missing), a gzipped stream's tar closed early, a pipeline folder's JSON check, the
+SIGTERM, curl missing, a fork refused), a gzipped stream's tar closed early, a pipeline folder's JSON check, the
 suite's guard of the recursion limit, print options and logging switches, and kept_rngs itself."""
 import io
 import logging
@@ -310,3 +310,19 @@ def test_kept_rngs_puts_back_pythons_numpys_and_torchs_generators():
     np.random.seed(5)
     torch.manual_seed(5)
     assert kept == (random.random(), float(np.random.random()), float(torch.rand(())))
+
+
+def test_a_pipe_command_that_cannot_start_is_named_and_leaves_no_descriptor_open(monkeypatch):
+    """A fork refused (EAGAIN: the process limit reached) left the guard's pipe open, one a stream."""
+    import errno
+
+    from implicit_concept import streams
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    before = _open_descriptors()
+    monkeypatch.setattr(streams.subprocess, "Popen", refused)
+    with pytest.raises(streams.StreamFailed, match=rf"^pipe:true: cannot run the command: {os.strerror(errno.EAGAIN)}$"):
+        streams.open_stream("pipe:true")
+    assert _open_descriptors() == before
