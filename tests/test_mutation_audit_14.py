@@ -1,8 +1,9 @@
 """Tests that kill hand mutants of the last round's code the suite let pass: ending a process's
-tree (a child forking while it is ended, a worker killed while it forks, a child SIGTERM ends at
-once, the resource tracker spared), a ``pipe:`` command's guard (its stdin, a command that ignores
-SIGTERM, curl missing, a fork refused), a gzipped stream's tar closed early, a pipeline folder's JSON check, the
-suite's guard of the recursion limit, print options and logging switches, and kept_rngs itself."""
+tree (a child forking while it is ended, a worker killed while it forks, a child left running that
+forks or that SIGTERM ends at once, the resource tracker spared), a ``pipe:`` command's guard (its
+stdin, a command that ignores SIGTERM, curl missing, a fork refused), a gzipped stream's tar closed
+early, a pipeline folder's JSON check, the suite's guard of the recursion limit, print options and
+logging switches, and kept_rngs itself."""
 import io
 import logging
 import os
