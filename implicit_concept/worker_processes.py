@@ -299,14 +299,16 @@ def end_process(process) -> None:
 
 def end_with_its_tree(process) -> None:
     """Ask ``process`` (a ``multiprocessing`` Process left running) to end (SIGTERM: its cleanup runs),
-    then :func:`end_process`; the processes below it are killed first, stopped while they are listed
-    (:func:`_stopped_below`): once it ends they would run on, re-parented, out of reach."""
+    then :func:`end_process`; the processes below it are killed first, listed while it and they are
+    stopped (:func:`_stopped_below`): once it ends they would run on, re-parented, out of reach, and
+    so would one it forked after the listing (a prefetcher starting its decoders)."""
     try:
-        below = _stopped_below(process.pid) if process.exitcode is None else []
+        below = _stopped_below(process.pid, stop_it=True) if process.exitcode is None else []
     except (ValueError, AttributeError):  # closed
         return
     _kill_all(below)
     process.terminate()
+    _signal_all([process.pid], signal.SIGCONT)  # the SIGTERM pending is what it takes first
     end_process(process)
 
 
