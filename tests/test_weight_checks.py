@@ -6,6 +6,7 @@ the model holds floats, or holding NaN or infinite values is refused naming the 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -287,3 +288,30 @@ def test_all_finite_is_exact_when_a_sum_overflows():
     assert all_finite(torch.full((4,), 3e38)) and all_finite(torch.full((4,), 60000.0).half()) and all_finite(torch.zeros(0))
     assert not all_finite(torch.tensor([1.0, float("nan")])) and not all_finite(torch.tensor([float("inf"), -float("inf")]))
     assert not all_finite(torch.tensor([3e38, 3e38, float("-inf")]))
+
+
+def _add(name: str, make):
+    return lambda state: state.__setitem__(name, make(state))
+
+
+@pytest.mark.parametrize("file, added, cls", [
+    (UNET, "down_blocks.0.erasure_adapter.weight", "UNet2DConditionModel"),
+    (TEXT, "text_model.encoder.layers.0.concept_gate.weight", "CLIPTextModel"),
+    (VAE, "decoder.watermark_filter.bias", "PatchAutoencoder"),
+])
+def test_a_tensor_the_part_has_no_place_for_is_refused_not_dropped(base, tmp_path, file, added, cls):
+    """A lab's erased pipeline whose weights hold a tensor the part's class has no place for (an
+    adapter its own code adds, a key written under another name): the loaders drop it with a log
+    line, so the folder was scored as a model it is not, its erasure perhaps gone. Refused, naming
+    the file and the tensor."""
+    handed = _handed(base, tmp_path)
+    _edit(handed / file, _add(added, lambda state: torch.zeros(4)))
+    with pytest.raises(ValueError, match=rf"{re.escape(file)}: holds tensor {re.escape(added)}, which {cls} has no place for"):
+        load_pipeline(handed)
+
+
+def test_a_text_encoders_saved_position_ids_still_load(base, tmp_path):
+    """SD v1.5's text encoder file holds ``position_ids``, a buffer CLIP no longer saves: not an extra tensor."""
+    handed = _handed(base, tmp_path)
+    _edit(handed / TEXT, _add("text_model.embeddings.position_ids", lambda state: torch.arange(77).unsqueeze(0)))
+    assert load_pipeline(handed).text_encoder is not None

@@ -684,7 +684,8 @@ def _header_names(headers: dict[str, Any]) -> dict[str, str]:
 
 def check_loaded_weights(module: torch.nn.Module, info: dict[str, Any], headers: dict[str, tuple[str, Path]], described: Path) -> None:
     """Refuse, naming the file and the tensor, a loaded part whose weights files lack
-    a tensor (diffusers leaves it on the meta device, transformers draws it at random), hold an
+    a tensor (diffusers leaves it on the meta device, transformers draws it at random), hold one the
+    class has no place for (the loaders drop it with a log line: an erasure's adapter lost), hold an
     integer or bool tensor where the model holds floats (the loaders cast it silently), or hold NaN
     or infinite values. ``info`` is ``from_pretrained``'s ``output_loading_info``; ``headers`` is
     :func:`read_weight_headers`'; ``described`` is the file named for a tensor no header holds.
@@ -701,6 +702,14 @@ def check_loaded_weights(module: torch.nn.Module, info: dict[str, Any], headers:
                          "loaded without it the part would draw noise or blank images")
     if info.get("error_msgs"):
         raise ValueError(f"{described}: does not fit {type(module).__name__} ({str(info['error_msgs'][0]).splitlines()[0]})")
+    keys = _header_names(headers)
+    extra = sorted(keys.get(name, name) for name in info.get("unexpected_keys") or ())
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        where = headers[extra[0]][1] if extra[0] in headers else described
+        raise ValueError(f"{where}: holds tensor {extra[0]}{more}, which {type(module).__name__} has no place for; the "
+                         "loader would drop it, so the part would not be the one handed over (an erasure's added "
+                         "weights lost); save the pipeline with the class its weights belong to")
     tensors = _named_tensors(module)
     for key, (dtype, where) in headers.items():
         # An integer or bool tensor is fine only where the model holds one (CLIP's position_ids): under
@@ -709,7 +718,6 @@ def check_loaded_weights(module: torch.nn.Module, info: dict[str, Any], headers:
         if not _is_float_dtype(dtype) and (held is None or held.is_floating_point()):
             raise ValueError(f"{where}: tensor {key} is {dtype}, where {type(module).__name__} holds floats "
                              "(it would be cast silently); save the weights in a float dtype")
-    keys = _header_names(headers)
     for name, tensor in tensors.items():
         key = keys.get(name)
         where = headers[key][1] if key is not None else described
