@@ -4,23 +4,30 @@ Each case is behaviour a user relies on that no earlier test pinned: every link 
 key's image is recorded, not only the first; a key without an image names its JSON and a metadata
 table as what they are; an integer a double holds is kept exactly however many digits it has; a path through ``..`` is
 not a hidden folder; an extended sequential JPEG (SOF1), a grey one written with
-sampling factors, and one with bytes after its end marker are truncated where cut and closed.
+sampling factors, and one with bytes after its end marker are truncated where cut and closed;
+score-images names as images not read only files that stand for one; a renamed method's report
+and grid keep its checked name; a wrapper sampling image by image has every call's flags counted.
 """
 from __future__ import annotations
 
 import io
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from benchmark import external
 from builders.resizer import prepare_image
 from builders.sources import FolderConfig, FolderSource
 from builders.sources.source_json import read_source_json
 from implicit_concept.sample_error import SampleError
 from implicit_concept.shard_reader import is_hidden
+from tests.test_handovers import _judging, unscored  # noqa: F401 (fixture)
+from tests.test_hostile_plugins_4 import HEAD
+from tests.test_plugin_ports import base, evaluate  # noqa: F401 (fixtures)
 from tests.test_sources import jpeg, read_all
 
 
@@ -115,3 +122,91 @@ def test_restart_markers_after_the_end_marker_are_not_counted():
     data = _restart_jpeg("RGB")
     half = len(data) // 2
     assert _truncated(data[:half] + b"\xff\xd9" + data[half:])
+
+
+@pytest.mark.parametrize("hidden_only", [False, True])
+def test_score_images_names_only_files_that_stand_for_an_image(tmp_path: Path, unscored, hidden_only):
+    """Where the folder holds no image, every file of a type not read is named (``photo.heic``,
+    whatever its name); where it holds images, only those named as a missing one: a README beside
+    the PNGs is no image in a format not read."""
+    judging = _judging(tmp_path)
+    first, second = judging.prompts()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "photo.heic").write_bytes(b"\0\0\0\x18ftypheic")
+    if hidden_only:
+        said = r"found no image file \(1 files of types not read: \.heic; save them as PNG\)$"
+    else:
+        Image.new("RGB", (16, 16), (90, 140, 200)).save(folder / f"{second.case_number}_0.png")
+        said = r"found 1 images, e\.g\. 1_0\.png$"
+    with pytest.raises(FileNotFoundError, match=rf"images: [12] of 2 images .* missing, first 0_0 .*: {said}"):
+        external.score_image_folder(folder, tmp_path / "out", judging)
+
+
+RENAMES = HEAD + '''
+class Renames(Method):
+    name = "renames"
+
+    def build(self, ctx):
+        self.name = "../../escaped"  # research code labelling itself once built
+        return Generator(loaded(ctx))
+'''
+
+
+def test_a_name_a_build_sets_anew_names_neither_its_scores_nor_its_grid(lab, evaluate, monkeypatch):
+    """The report and the grid are written under the name checked when the method was named, not one
+    its build set (``../../escaped`` wrote them outside the run's scores and grids)."""
+    from benchmark import method_evaluation
+
+    written = []
+    report = SimpleNamespace(write_json=written.append, images=[])
+    monkeypatch.setattr(method_evaluation, "score_generated", lambda *a, **k: (report, {"qrcode": {"icr": 0}}))
+    monkeypatch.setattr(method_evaluation, "method_grid", lambda paths, images, out, title: written.append(out))
+    lab("renames_lab", RENAMES)
+    evaluate("renames_lab:Renames")
+    assert [(p.parent.parent.name, p.parent.name, p.name) for p in written] == [
+        ("scores", "icd-qrcode", "renames.json"), ("grids", "icd-qrcode", "renames.png")]
+
+
+ONE_BY_ONE = HEAD + '''
+class FirstCallFlagged(torch.nn.Module):
+    """A safety checker that flags what its first call is given, and nothing after."""
+
+    def __init__(self):
+        super().__init__()
+        self.threshold = torch.nn.Parameter(torch.zeros(1))
+        self.calls = 0
+
+    device = property(lambda self: self.threshold.device)
+    dtype = property(lambda self: self.threshold.dtype)
+
+    def forward(self, images, clip_input):
+        self.calls += 1
+        return images, [self.calls == 1] * len(images)
+
+
+class OneByOne(Method):
+    name = "one-by-one"
+
+    def build(self, ctx):
+        from transformers import CLIPImageProcessor
+
+        pipe = loaded(ctx)
+        pipe.safety_checker = FirstCallFlagged()
+        pipe.feature_extractor = CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
+
+        def sample(**kwargs):
+            n = len(kwargs["prompt"])
+            one = lambda i: {k: v[i:i + 1] if isinstance(v, list) and len(v) == n else v for k, v in kwargs.items()}
+            return [pipe(**one(i)).images[0] for i in range(n)]
+        return Generator(sample)
+'''
+
+
+def test_a_wrapper_sampling_image_by_image_has_every_calls_flags_counted(lab, evaluate):
+    """A wrapper that calls the pipeline once per prompt: the checker's flags of every call count,
+    not the last call's alone (its first image flagged, its second not)."""
+    lab("one_by_one_lab", ONE_BY_ONE)
+    with pytest.raises(ValueError, match=r"^icd-qrcode/one-by-one: the pipeline's safety checker replaced 1 of 2 images with black ones"):
+        evaluate("one_by_one_lab:OneByOne")
+    assert evaluate.images("one-by-one") == []
