@@ -6,7 +6,8 @@ table as what they are; an integer a double holds is kept exactly however many d
 not a hidden folder; an extended sequential JPEG (SOF1), a grey one written with
 sampling factors, and one with bytes after its end marker are truncated where cut and closed;
 score-images names as images not read only files that stand for one; a renamed method's report
-and grid keep its checked name; a wrapper sampling image by image has every call's flags counted.
+and grid keep its checked name; a wrapper sampling image by image has every call's flags counted; a
+checker is left without the hook that read its flags.
 """
 from __future__ import annotations
 
@@ -210,3 +211,46 @@ def test_a_wrapper_sampling_image_by_image_has_every_calls_flags_counted(lab, ev
     with pytest.raises(ValueError, match=r"^icd-qrcode/one-by-one: the pipeline's safety checker replaced 1 of 2 images with black ones"):
         evaluate("one_by_one_lab:OneByOne")
     assert evaluate.images("one-by-one") == []
+
+
+HOOKED = HEAD + '''
+HELD = []
+
+
+class Passes(torch.nn.Module):
+    """A safety checker that flags nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.threshold = torch.nn.Parameter(torch.zeros(1))
+
+    device = property(lambda self: self.threshold.device)
+    dtype = property(lambda self: self.threshold.dtype)
+
+    def forward(self, images, clip_input):
+        return images, [False] * len(images)
+
+
+class Checked(Method):
+    name = "checked"
+
+    def build(self, ctx):
+        from transformers import CLIPImageProcessor
+
+        pipe = loaded(ctx)
+        pipe.safety_checker = Passes()
+        pipe.feature_extractor = CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
+        HELD.append(pipe)
+        return Generator(lambda **kwargs: pipe(**kwargs).images)
+'''
+
+
+def test_the_safety_checker_a_method_handed_over_is_left_without_the_toolkits_hooks(lab, evaluate):
+    """The hook that reads a checker's flags while a chunk samples is removed after it: the method's
+    pipeline, which it may save or sample again, is handed back as it was given."""
+    import sys
+
+    lab("hooked_lab", HOOKED)
+    assert [row["status"] for row in evaluate("hooked_lab:Checked")] == ["ok"]
+    [pipe] = sys.modules["hooked_lab"].HELD
+    assert len(evaluate.images("checked")) == 2 and not pipe.safety_checker._forward_hooks
