@@ -7,7 +7,7 @@ not a hidden folder; an extended sequential JPEG (SOF1), a grey one written with
 sampling factors, and one with bytes after its end marker are truncated where cut and closed;
 score-images names as images not read only files that stand for one; a renamed method's report
 and grid keep its checked name; a wrapper sampling image by image has every call's flags counted; a
-checker is left without the hook that read its flags.
+checker is left without the hook that read its flags; a sharded part's extra tensor names its shard.
 """
 from __future__ import annotations
 
@@ -254,3 +254,28 @@ def test_the_safety_checker_a_method_handed_over_is_left_without_the_toolkits_ho
     assert [row["status"] for row in evaluate("hooked_lab:Checked")] == ["ok"]
     [pipe] = sys.modules["hooked_lab"].HELD
     assert len(evaluate.images("checked")) == 2 and not pipe.safety_checker._forward_hooks
+
+
+def test_a_tensor_a_sharded_part_has_no_place_for_is_named_with_its_shard(tmp_path: Path):
+    """In a sharded part the file named is the shard that holds the tensor, not the part's index."""
+    import json
+    import re
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from benchmark.models.pipelines import build_tiny_pipeline, load_pipeline
+    from tests.test_training import MICRO
+
+    sharded = tmp_path / "sharded"
+    build_tiny_pipeline(MICRO, tmp_path / "tokenizer", seed=0).save_pretrained(sharded, max_shard_size="100KB")
+    last = sorted((sharded / "unet").glob("*-of-*.safetensors"))[-1]
+    added = "down_blocks.0.erasure_adapter.weight"
+    save_file({**load_file(last), added: torch.zeros(4)}, last)
+    index = next((sharded / "unet").glob("*.index.json"))
+    listing = json.loads(index.read_text())
+    listing["weight_map"][added] = last.name
+    index.write_text(json.dumps(listing))
+    with pytest.raises(ValueError, match=rf"unet/{re.escape(last.name)}: holds tensor {re.escape(added)}, which UNet2DConditionModel has no place for"):
+        load_pipeline(sharded)
+
