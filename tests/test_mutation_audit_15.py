@@ -7,7 +7,8 @@ not a hidden folder; an extended sequential JPEG (SOF1), a grey one written with
 sampling factors, and one with bytes after its end marker are truncated where cut and closed;
 score-images names as images not read only files that stand for one; a renamed method's report
 and grid keep its checked name; a wrapper sampling image by image has every call's flags counted; a
-checker is left without the hook that read its flags; a sharded part's extra tensor names its shard.
+checker is left without the hook that read its flags; a sharded part's extra tensor names its shard; a wrapper raising when read after sampling is the
+method's failure.
 """
 from __future__ import annotations
 
@@ -279,3 +280,39 @@ def test_a_tensor_a_sharded_part_has_no_place_for_is_named_with_its_shard(tmp_pa
     with pytest.raises(ValueError, match=rf"unet/{re.escape(last.name)}: holds tensor {re.escape(added)}, which UNet2DConditionModel has no place for"):
         load_pipeline(sharded)
 
+
+
+RELEASES = HEAD + '''
+class ReleasesAfter:
+    """A wrapper whose attributes raise once it has sampled (its pipeline released)."""
+
+    def __init__(self, pipe):
+        self.pipe, self.sampled = pipe, False
+
+    def __getattr__(self, name):
+        if self.__dict__.get("sampled"):
+            raise RuntimeError(f"{name}: released after sampling")
+        raise AttributeError(name)
+
+    def __call__(self, **kwargs):
+        out = self.pipe(**kwargs)
+        self.sampled = True
+        return out
+
+
+class Releases(Method):
+    name = "releases"
+
+    def build(self, ctx):
+        return Generator(ReleasesAfter(loaded(ctx)))
+'''
+
+
+def test_a_wrapper_whose_attributes_raise_after_sampling_is_the_methods_failure(lab, evaluate):
+    """The toolkit reads the pipeline again after sampling (what its row records of the model): what
+    the wrapper raises then is the method's failure, named, as before sampling."""
+    from benchmark.failures import MethodFailed
+
+    lab("releases_lab", RELEASES)
+    with pytest.raises(MethodFailed, match=r"^icd-qrcode/releases: its pipeline, read after sampling, raised RuntimeError: \S+: released"):
+        evaluate("releases_lab:Releases")
