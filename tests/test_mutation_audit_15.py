@@ -2,13 +2,13 @@
 
 Each case is behaviour a user relies on that no earlier test pinned: every link or FIFO beside a
 key's image is recorded, not only the first; a key without an image names its JSON and a metadata
-table as what they are; an integer a double holds is kept exactly however many digits it has; a path through ``..`` is
-not a hidden folder; an extended sequential JPEG (SOF1), a grey one written with
-sampling factors, and one with bytes after its end marker are truncated where cut and closed;
-score-images names as images not read only files that stand for one; a renamed method's report
-and grid keep its checked name; a wrapper sampling image by image has every call's flags counted; a
-checker is left without the hook that read its flags; a sharded part's extra tensor names its shard; a wrapper raising when read after sampling is the
-method's failure.
+table as what they are; an integer a double holds is kept exactly however many digits it has; a
+path through ``..`` is not a hidden folder; an extended sequential JPEG (SOF1), a grey one written
+with sampling factors, and one with bytes after its end marker are truncated where cut and closed;
+score-images names as images not read only files that stand for one; a renamed method's report and
+grid keep its checked name; a wrapper sampling image by image has every call's flags counted; a
+checker is left without the hook that read its flags; a sharded part's extra tensor names its
+shard; a wrapper raising when read after sampling is the method's failure.
 """
 from __future__ import annotations
 
