@@ -23,8 +23,8 @@ from implicit_concept.concepts import concept
 from implicit_concept.file_locks import locked
 from implicit_concept.files import atomic_dir
 from implicit_concept.provenance import cache_key, canonical_json
-from implicit_concept.validate import check_fields
 from implicit_concept.torch_settings import kept_torch_settings, torch_threads
+from implicit_concept.validate import check_fields
 
 #: Pipeline call arguments the benchmark sets itself, the same for every method being compared, and
 #: those that set the same under another name (a custom ``timesteps`` or ``sigmas`` schedule replaces

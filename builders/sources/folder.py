@@ -208,8 +208,8 @@ class FolderSource(Source):
     refused, and every file not used is a skip record of its own: an image beside a preferred one
     (``duplicate_image``), files of a key two of whose endings are one in two letter cases
     (``x.jpg`` and ``x.JPG``, ``x.txt`` and ``x.TXT``: ``duplicate_member``, as in a tar), files of a
-    key without any image (``no_image``), a file whose name starts with a dot (``hidden_file``: macOS's ``._a.jpg``,
-    ``.DS_Store``; webdataset gives such a tar member no key). ``a.json`` beside a used image is its
+    key without any image (``no_image``), a file whose name, or a folder's on its path, starts with a dot
+    (``hidden_file``: macOS's ``._a.jpg``, ``.DS_Store``, a file manager's ``.thumbnails/``; a tar's alike). ``a.json`` beside a used image is its
     metadata, as in img2dataset's ``files``
     output: read as a tar's ``KEY.json`` is, into the sample's ``source.meta``; other files of the
     key are not read.
