@@ -44,6 +44,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -529,6 +530,9 @@ def interrupts() -> Iterator[None]:
             _held.append(signum)
             return
         if _stop_signal is not None:  # a second stop while the first one's cleanup runs
+            if signum in _lost:  # the first, sent again: a finalizer had swallowed its exception
+                _lost.discard(signum)
+                raise Interrupted(signal.Signals(signum).name)
             _cut_short_later()
             return
         _taken(signal.Signals(signum))
@@ -545,9 +549,41 @@ def interrupts() -> Iterator[None]:
     _interrupted.clear()
     _stop_signal = None
     try:
-        yield
+        with interrupts_not_lost():
+            yield
     finally:
         for sig, handler in before.items():
             if handler is not None:  # None: set outside Python, nothing to put back
                 signal.signal(sig, signal.SIG_IGN if _stop_signal is not None else handler)
         _interrupted.clear()
+
+
+_lost: set[int] = set()  # stop signals sent again because a finalizer swallowed their exception
+#: Seconds after a finalizer swallowed a stop that it is sent again: a finalizer's run is far shorter.
+RESEND_AFTER = 0.05
+
+
+@contextmanager
+def interrupts_not_lost() -> Iterator[None]:
+    """For the block, a stop's ``KeyboardInterrupt`` raised inside a finalizer is not lost. The cyclic
+    garbage collector runs finalizers at any allocation (a ``multiprocessing`` pool's ``__del__``),
+    and Python prints an exception raised there as "Exception ignored" and goes on: a Ctrl-C that
+    landed there was a traceback on stderr and a command that ran on. Its signal is sent again by a
+    thread once the finalizer has returned (:data:`RESEND_AFTER`; sent at once, its handler would run
+    inside this hook, where an exception is lost too), so it is raised where the main thread is next."""
+    before = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            signum = stopped_by(unraisable.exc_value)
+            _lost.add(signum)
+            threading.Timer(RESEND_AFTER, os.kill, (os.getpid(), signum)).start()
+            return
+        before(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = before
+        _lost.clear()

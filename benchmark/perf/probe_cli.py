@@ -18,6 +18,7 @@ from benchmark.cli import Parser, int_at_least, one_line, path_problem
 from benchmark.process_exit import stdout_closed
 from implicit_concept.bounded_reads import file_kind
 from implicit_concept.files import atomic_write_json
+from implicit_concept.worker_processes import interrupts_not_lost
 
 count = int_at_least
 
@@ -97,7 +98,8 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     no detector) is one line and 2; Ctrl-C one line and 130 (each probe's children are stopped by
     their own machinery: pools' workers and measuring children ignore it)."""
     try:
-        code = main(argv) or 0
+        with interrupts_not_lost():
+            code = main(argv) or 0
         sys.stdout.flush()  # a reader that closed the pipe early is found here, not at exit
         return code
     except BrokenPipeError:
