@@ -577,7 +577,9 @@ def interrupts_not_lost() -> Iterator[None]:
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
             signum = stopped_by(unraisable.exc_value)
             _lost.add(signum)
-            threading.Timer(RESEND_AFTER, os.kill, (os.getpid(), signum)).start()
+            resend = threading.Timer(RESEND_AFTER, os.kill, (os.getpid(), signum))
+            resend.daemon = True  # never what keeps a finished command from exiting
+            resend.start()
             return
         before(unraisable)
 
