@@ -1,0 +1,110 @@
+"""Outputs kept for months and read by another release: a KEY.json of a schema this release does
+not know is refused by every reader, naming the shard and sample and which release to use, and a
+dataset whose samples two releases wrote does not verify (it would be trained and scored as one)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from builders.build import MANIFEST, summarize
+from builders.dataset_card import CARD, CHECKSUMS, card_bytes
+from builders.recipe import load_recipe
+from builders.shard_builder import ShardBuilder, stats_path, tar_path
+from builders.shard_table import parquet_bytes, table_metadata
+from builders.verify import verify_dataset
+from implicit_concept.content_hashes import sha256_file
+from implicit_concept.sample import OLDEST_SCHEMA, SCHEMA_VERSION, Box, Instance, SampleMeta
+from implicit_concept.shard_reader import ShardError, iter_samples
+from implicit_concept.shard_writer import TarShardWriter
+from tests.test_verify import SHARD, read_tar, reseal, write_tar
+
+
+def _record(**changes) -> dict:
+    meta = SampleMeta(key="k0", caption="a scene", width=64, height=64, split="train", subset="icd-qrcode",
+                      source={"kind": "test", "id": "0"}, instances=[Instance("qrcode", Box(1, 2, 30, 40))],
+                      seed=[0], recipe="test", recipe_sha256="0", version="0.9.0")
+    return {**meta.to_json(), **changes}
+
+
+@pytest.mark.parametrize("schema, complaint", [
+    (SCHEMA_VERSION + 1, "written by a newer implicit-concept .*upgrade implicit-concept"),
+    (OLDEST_SCHEMA - 1, "written by an older implicit-concept .*rebuild the dataset"),
+])
+def test_a_key_json_of_a_schema_this_release_does_not_know_is_refused(schema, complaint):
+    """A newer schema may mean other things by the same fields; schema 1's boxes cover the drawn
+    layer, not what shows: read as this release's, either becomes wrong labels without a word."""
+    with pytest.raises(ValueError, match=rf"schema: {schema}, {complaint}"):
+        SampleMeta.from_json(_record(schema=schema))
+
+
+@pytest.mark.parametrize("schema", range(OLDEST_SCHEMA, SCHEMA_VERSION + 1))
+def test_the_schemas_this_release_knows_are_read(schema):
+    assert SampleMeta.from_json(_record(schema=schema)).schema == schema
+
+
+def test_a_shard_of_a_newer_schema_is_refused_naming_the_shard_and_sample(tmp_path):
+    shard = tmp_path / "00000.tar"
+    with TarShardWriter(shard) as writer:
+        writer.write("k0", {"jpg": b"", "json": json.dumps(_record(schema=SCHEMA_VERSION + 1)).encode()})
+        writer.close()
+    with pytest.raises(ShardError, match=rf"{shard}: sample k0: KEY.json is not an ICD sample record .*schema: {SCHEMA_VERSION + 1}, written by a newer"):
+        next(iter_samples(shard))
+
+
+def _reseal_whole(out: Path) -> None:
+    """Every record the build writes made again from the tars as they are (tables with the build's
+    metadata, stats, manifest, checksums and card): only the samples' own fields can tell."""
+    reseal(out)
+    record = json.loads((out / "recipe.json").read_text())
+    recipe = load_recipe("icd-debug")
+    units = ShardBuilder(recipe).plan()
+    metadata = table_metadata(recipe, record["environment"])
+    for unit in units:
+        table = tar_path(out, unit).with_suffix(".parquet")
+        table.write_bytes(parquet_bytes(pq.read_table(table), metadata))
+        stats = json.loads(stats_path(out, unit).read_text())
+        stats["parquet_sha256"] = sha256_file(table)
+        stats_path(out, unit).write_text(json.dumps(stats))
+    manifest = pq.read_table(out / MANIFEST)
+    (out / MANIFEST).write_bytes(parquet_bytes(manifest, metadata))
+    stats = [json.loads(stats_path(out, u).read_text()) for u in units]
+    (out / CARD).write_bytes(card_bytes(recipe, units, stats, summarize(manifest), record["environment"]))
+
+
+def _retag(out: Path, **changes) -> None:
+    samples = read_tar(out / SHARD)
+    for _, members in samples:
+        members["json"] = json.dumps({**json.loads(members["json"]), **changes}, sort_keys=True, ensure_ascii=False).encode()
+    write_tar(out / SHARD, samples)
+    _reseal_whole(out)
+
+
+@pytest.fixture()
+def dataset(debug_dataset, tmp_path) -> Path:
+    out = tmp_path / "icd-debug"
+    shutil.copytree(debug_dataset, out)
+    return out
+
+
+def test_resealing_alone_leaves_a_dataset_that_verifies(dataset):
+    """The helper below changes nothing by itself: what the next tests find is the samples' fields."""
+    _retag(dataset)
+    assert verify_dataset(dataset).ok, verify_dataset(dataset).problems
+
+
+@pytest.mark.parametrize("changes, complaint", [
+    ({"version": "0.0.9"}, r"written by implicit-concept 0.0.9 \(schema 3\), recipe.json credits the build to "),
+    ({"schema": OLDEST_SCHEMA}, rf"written by implicit-concept .* \(schema {OLDEST_SCHEMA}\)|in schema {OLDEST_SCHEMA}"),
+])
+def test_a_shard_another_release_wrote_makes_the_dataset_fail_verify(dataset, changes, complaint):
+    """A shard of another release's build of the same recipe copied in, every record resealed: the
+    benchmark (which trains only on data that verifies) would mix two releases' pixels and boxes."""
+    _retag(dataset, **changes)
+    problems = verify_dataset(dataset).problems
+    assert any("samples of two releases in one dataset" in p and re.search(complaint, p) for p in problems), problems
+    assert not any(CARD in p or CHECKSUMS in p for p in problems), problems
