@@ -1,6 +1,7 @@
 """Outputs kept for months and read by another release: a KEY.json of a schema this release does
-not know is refused by every reader, naming the shard and sample and which release to use, and a
-dataset whose samples two releases wrote does not verify (it would be trained and scored as one)."""
+not know is refused by every reader, naming the shard and sample and which release to use; a
+dataset whose samples two releases wrote does not verify (it would be trained and scored as one);
+a run folder made under other package versions is not resumed into one result of both."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from benchmark.benchmark_run import BenchmarkRun
+from benchmark.track import load_track
 from builders.build import MANIFEST, summarize
 from builders.dataset_card import CARD, CHECKSUMS, card_bytes
 from builders.recipe import load_recipe
@@ -18,6 +21,8 @@ from builders.shard_builder import ShardBuilder, stats_path, tar_path
 from builders.shard_table import parquet_bytes, table_metadata
 from builders.verify import verify_dataset
 from implicit_concept.content_hashes import sha256_file
+from implicit_concept.files import FolderClaimError
+from implicit_concept.provenance import environment
 from implicit_concept.sample import OLDEST_SCHEMA, SCHEMA_VERSION, Box, Instance, SampleMeta
 from implicit_concept.shard_reader import ShardError, iter_samples
 from implicit_concept.shard_writer import TarShardWriter
@@ -108,3 +113,36 @@ def test_a_shard_another_release_wrote_makes_the_dataset_fail_verify(dataset, ch
     problems = verify_dataset(dataset).problems
     assert any("samples of two releases in one dataset" in p and re.search(complaint, p) for p in problems), problems
     assert not any(CARD in p or CHECKSUMS in p for p in problems), problems
+
+
+def test_a_run_folder_made_under_other_package_versions_is_refused_naming_them(tmp_path):
+    """Torch or the toolkit upgraded between a kill and its resume (or before a method is added):
+    the rows not rerun are kept beside new ones under one environment, so one result of two."""
+    run = BenchmarkRun(track=load_track("debug"), name="r", runs_root=tmp_path)
+    run.check_start()
+    run.claim()
+    assert json.loads((run.root / "run.json").read_text())["environment"]["packages"] == environment()["packages"]
+    run.check_start()  # the same versions resume
+    then = environment()
+    then["packages"].update({"torch": "1.13.1", "implicit-concept": "0.0.9"})
+    (run.root / "run.json").write_text(json.dumps({**run.record(), "environment": then}))
+    with pytest.raises(FolderClaimError, match=r"r: made under other package versions \(implicit-concept 0.0.9 then, \S+ now; "
+                                               r"torch 1.13.1 then, \S+ now\).*pip install implicit-concept==0.0.9 torch==1.13.1"):
+        run.check_start()
+
+
+def test_a_run_folder_whose_run_json_predates_its_environment_is_judged_by_its_results(tmp_path):
+    """An earlier release's run.json records no environment; the results.json it wrote does."""
+    from tests.test_results_page import fake_run
+
+    run = BenchmarkRun(track=load_track("debug"), name="r", runs_root=tmp_path)
+    fake_run(run.root)
+    (run.root / "run.json").write_text(json.dumps(run.record()))
+    results = json.loads((run.root / "results.json").read_text())
+    results["environment"] = {"python": "3", "packages": {**environment()["packages"], "diffusers": "0.30.0"}}
+    (run.root / "results.json").write_text(json.dumps(results))
+    with pytest.raises(FolderClaimError, match=r"made under other package versions \(diffusers 0.30.0 then, \S+ now\)"):
+        run.check_start()
+    results["environment"] = environment()
+    (run.root / "results.json").write_text(json.dumps(results))
+    run.check_start()
