@@ -14,6 +14,8 @@ import pytest
 
 from benchmark.benchmark_run import BenchmarkRun
 from benchmark.track import load_track
+from benchmark.training import CHECKPOINTS_DIR, train
+from benchmark.training.state_files import load_state, save_state
 from builders.build import MANIFEST, summarize
 from builders.dataset_card import CARD, CHECKSUMS, card_bytes
 from builders.recipe import load_recipe
@@ -26,6 +28,7 @@ from implicit_concept.provenance import environment
 from implicit_concept.sample import OLDEST_SCHEMA, SCHEMA_VERSION, Box, Instance, SampleMeta
 from implicit_concept.shard_reader import ShardError, iter_samples
 from implicit_concept.shard_writer import TarShardWriter
+from tests.test_training import setup, uninterrupted  # noqa: F401 (fixtures: a micro base and a finished run)
 from tests.test_verify import SHARD, read_tar, reseal, write_tar
 
 
@@ -146,3 +149,32 @@ def test_a_run_folder_whose_run_json_predates_its_environment_is_judged_by_its_r
     results["environment"] = environment()
     (run.root / "results.json").write_text(json.dumps(results))
     run.check_start()
+
+
+@pytest.mark.parametrize("recorded, said", [("0.0.9", "0.0.9"), (None, r"\(not recorded\)")])
+def test_a_checkpoint_written_by_another_release_of_the_toolkit_is_refused(setup, uninterrupted, tmp_path, recorded, said):
+    """The toolkit's own code decides a step's numbers (data path, captions, loss weights): a fine-tune
+    killed, the toolkit upgraded, then resumed would end with neither release's weights. A checkpoint
+    of a release that did not record its own version is one of another release, as far as anyone knows."""
+    base, shards = setup
+    config, full = uninterrupted
+    checkpoint = tmp_path / "resumed" / CHECKPOINTS_DIR / "step-0000001"
+    shutil.copytree(full.parent / CHECKPOINTS_DIR / "step-0000001", checkpoint)
+    state = load_state(checkpoint / "train_state")
+    packages = {k: v for k, v in state["packages"].items() if k != "implicit-concept"}
+    save_state(checkpoint / "train_state", {**state, "packages": {**packages, **({"implicit-concept": recorded} if recorded else {})}})
+    with pytest.raises(ValueError, match=rf"train_state.json: .*written under implicit-concept {said}, here implicit-concept \S+:"):
+        train(base, shards, tmp_path / "resumed", config, progress=False)
+
+
+def test_the_leaderboard_notes_a_run_that_records_no_package_versions(tmp_path):
+    """A results.json of a release that wrote no environment beside one that did: their versions are
+    said not compared, not silently taken as equal."""
+    from benchmark.leaderboard import leaderboard
+    from tests.test_results_page import fake_run
+
+    a, b = fake_run(tmp_path / "a"), fake_run(tmp_path / "b")
+    for run, env in ((a, environment()), (b, None)):
+        results = {k: v for k, v in json.loads((run / "results.json").read_text()).items() if k != "environment"}
+        (run / "results.json").write_text(json.dumps({**results, **({"environment": env} if env else {})}))
+    assert f"package versions not compared: not recorded in {b} (a results.json from an older version)" in leaderboard([a, b]).notes
