@@ -178,3 +178,30 @@ def test_the_leaderboard_notes_a_run_that_records_no_package_versions(tmp_path):
         results = {k: v for k, v in json.loads((run / "results.json").read_text()).items() if k != "environment"}
         (run / "results.json").write_text(json.dumps({**results, **({"environment": env} if env else {})}))
     assert f"package versions not compared: not recorded in {b} (a results.json from an older version)" in leaderboard([a, b]).notes
+
+
+def test_images_drawn_under_other_package_versions_are_drawn_anew_not_kept(tmp_path, monkeypatch):
+    """score-pipeline (or a method's sampling, or the base's cached generations) killed, torch
+    upgraded, rerun: the images already drawn were kept beside new ones and scored as one model's."""
+    from benchmark import generation
+    from benchmark.generation import GenerationSettings, generate_images
+    from benchmark.prompts import Prompt
+    from tests.test_benchmark_io import _fake_generate
+
+    prompts = [Prompt(i, f"p{i}", 10 + i) for i in range(4)]
+    settings = GenerationSettings(chunk_size=2)
+
+    def draw() -> int:
+        calls: list = []
+        generate_images(_fake_generate(calls), prompts, tmp_path / "img", settings=settings, progress=False, source={"unet": "a"})
+        return sum(len(c) for c in calls)
+
+    assert (draw(), draw()) == (4, 0)
+    record = json.loads((tmp_path / "img" / "source.json").read_text())
+    assert record["packages"]["torch"] == environment()["packages"]["torch"]
+    upgraded = {**record["packages"], "torch": "9.9.9"}
+    monkeypatch.setattr(generation, "package_versions", lambda names: upgraded)
+    assert draw() == 4
+    # A record of a release that wrote no versions is drawing's own, but stale: drawn anew.
+    (tmp_path / "img" / "source.json").write_text(json.dumps({k: v for k, v in record.items() if k != "packages"}))
+    assert draw() == 4
