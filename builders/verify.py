@@ -449,12 +449,12 @@ def _check_releases(out: Path, releases: dict[tuple[str, int], str], problems: _
     """Every sample written by the release the build record credits (else by the first sample's):
     another release draws other pixels and boxes for the same recipe, so a shard it wrote (a resume
     the record did not stop, a shard copied in) makes one dataset of two."""
+    if not releases:
+        return
     record = _read_json(out / RECIPE_RECORD, _Problems(VerifyReport())) or {}
     env = record.get("environment")
     packages = env.get("packages") if isinstance(env, dict) else None
     credited = packages.get("implicit-concept") if isinstance(packages, dict) else None
-    if not releases:
-        return
     (first_version, first_schema), first = next(iter(releases.items()))
     version = credited if isinstance(credited, str) else first_version
     for (v, schema), where in releases.items():
