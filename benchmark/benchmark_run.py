@@ -20,6 +20,7 @@ from implicit_concept.detector.inference import Detector
 from implicit_concept.detector.weights import weights_path
 from implicit_concept.files import FolderClaimError, atomic_write_json, check_apart, visible_entries
 from implicit_concept.json_records import json_differences, read_json_object, shown_differences
+from implicit_concept.provenance import environment
 from implicit_concept.utf8_paths import shown_path, utf8_path_problem
 from implicit_concept.validate import check_folder_name
 
@@ -106,7 +107,7 @@ class BenchmarkRun:
             self._check_record(record_file)
         else:
             self._require_unclaimed_empty()
-            atomic_write_json(record_file, self.record())
+            atomic_write_json(record_file, {**self.record(), "environment": environment()})
 
     def _require_unclaimed_empty(self) -> None:
         """Refuse a run folder with no ``run.json`` that is not empty: a run writes ``results.json``,
@@ -180,8 +181,33 @@ class BenchmarkRun:
             self._check_record(self.root / "run.json")
         self._require_unclaimed_empty()
         earlier = self._earlier_results()
+        self._check_same_packages(earlier.get("environment"))
         self._check_same_base(earlier.get("base"))
         self.timings = {**dict(earlier.get("timings", {})), **self.timings}
+
+    def _check_same_packages(self, results_environment: Any) -> None:
+        """Refuse a run folder made under other package versions: its images, fine-tunes and rows
+        change with them, and the rows not rerun are kept beside new ones under one ``environment``, so
+        a resume (or a method added) would make one result of two. Made under: what ``run.json``
+        recorded when the run started, else (a folder of a release that did not) its ``results.json``'s."""
+        record_file = self.root / "run.json"
+        started = read_json_object(record_file).get("environment") if record_file.is_file() else None
+        if not isinstance(started, dict):
+            started = results_environment
+        then = started.get("packages") if isinstance(started, dict) else None
+        if not isinstance(then, dict):
+            return
+        now = environment()["packages"]
+        changed = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+        if not changed:
+            return
+        shown = "; ".join(f"{k} {then.get(k) or 'not installed'} then, {now.get(k) or 'not installed'} now" for k in changed[:4])
+        pins = " ".join(f"{k}=={then[k]}" for k in changed if isinstance(then.get(k), str))
+        raise FolderClaimError(
+            f"{self.root}: made under other package versions ({shown}{'; ...' if len(changed) > 4 else ''}); they change its "
+            f"images and scores, so resuming would mix rows of both. Reinstall the versions it was made under"
+            f"{f' (pip install {pins})' if pins else ''}, or use another --name"
+        )
 
     def _earlier_results(self) -> dict[str, Any]:
         """The run folder's ``results.json`` (empty when it holds no results)."""

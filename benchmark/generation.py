@@ -28,12 +28,15 @@ from benchmark.prompts import Prompt
 from implicit_concept.files import atomic_save_image, atomic_write_json
 from implicit_concept.json_records import read_json_object
 from implicit_concept.progress import progress_bar
-from implicit_concept.provenance import canonical_json
+from implicit_concept.provenance import canonical_json, package_versions
 from implicit_concept.shard_reader import is_hidden
 from implicit_concept.torch_settings import MAX_THREADS, torch_threads
 from implicit_concept.validate import check_int, check_number
 
 SOURCE_FILE = "source.json"
+#: The packages an image's pixels depend on besides the model and settings: images drawn under other
+#: versions are drawn anew, not kept beside new ones in one set scored as one model's.
+SAMPLING_PACKAGES = ("implicit-concept", "torch", "diffusers", "transformers", "numpy", "pillow")
 #: Image ``i`` of a prompt is seeded ``evaluation_seed * 1000 + i`` (:func:`image_seed`): from 1000
 #: images per prompt on, a prompt's images would be drawn from the next seed's prompt's noise.
 MAX_IMAGES_PER_PROMPT = 1000
@@ -93,13 +96,15 @@ def generate_images(
     Batches are always the same fixed chunks of the full list, and a chunk with any image missing
     is generated whole: batched float arithmetic then matches an uninterrupted run exactly.
     ``source`` names the model (e.g. where its weights were loaded from); images in ``out_dir``
-    made by another source, negative prompt or settings are removed first.
+    made by another source, negative prompt or settings, or under other package versions
+    (:data:`SAMPLING_PACKAGES`), are removed first.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     items = [(p, i) for p in prompts for i in range(settings.images_per_prompt)]
     if source is not None:
-        _claim(out_dir, {"model": source, "negative_prompt": negative_prompt, "settings": asdict(settings)},
+        _claim(out_dir, {"model": source, "negative_prompt": negative_prompt, "settings": asdict(settings),
+                         "packages": package_versions(SAMPLING_PACKAGES)},
                {image_name(p, i): _drawn_from(p, i) for p, i in items})
     chunks = [items[s : s + settings.chunk_size] for s in range(0, len(items), settings.chunk_size)]
     todo = [c for c in chunks if not all((out_dir / image_name(p, i)).exists() for p, i in c)]
@@ -203,7 +208,8 @@ def _claim(out_dir: Path, record: dict[str, Any], images: dict[str, str]) -> Non
         atomic_write_json(path, {**record, "images": drawn})
 
 
-#: What a source.json drawing wrote holds: these, and (from when each image was keyed) ``images``.
+#: What a source.json drawing wrote holds: these, (from when each image was keyed) ``images`` and
+#: (from when versions were recorded: one without them is stale, drawn anew) ``packages``.
 _RECORD_FIELDS = {"model", "negative_prompt", "settings"}
 
 
@@ -228,8 +234,8 @@ def _not_ours(path: Path, old: Any) -> str | None:
         return "a symbolic link"
     if not isinstance(old, dict):
         return "not a JSON object"
-    if set(old) - {"images"} != _RECORD_FIELDS or not isinstance(old.get("images", {}), dict):
-        return f"fields {', '.join(sorted(old))}, where drawing writes {', '.join(sorted(_RECORD_FIELDS | {'images'}))}"
+    if set(old) - {"images", "packages"} != _RECORD_FIELDS or not isinstance(old.get("images", {}), dict):
+        return f"fields {', '.join(sorted(old))}, where drawing writes {', '.join(sorted(_RECORD_FIELDS | {'images', 'packages'}))}"
     return None
 
 

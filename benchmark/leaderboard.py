@@ -167,6 +167,9 @@ def version_notes(runs: dict[str, dict[str, Any]]) -> list[str]:
         if len(by_version) > 1:
             said = "; ".join(f"{version} ({', '.join(names)})" for version, names in sorted(by_version.items()))
             notes.append(f"{package} differs between runs, which may change their numbers: {said}")
+    unrecorded = [name for name in runs if name not in recorded]
+    if recorded and unrecorded:
+        notes.append(f"package versions not compared: not recorded in {', '.join(unrecorded)} (a results.json from an older version)")
     return notes
 
 

@@ -140,9 +140,11 @@ def _verify(out: Path, report: VerifyReport, progress: bool) -> VerifyReport:
     why = _planned_file(out, CARD)
     if why is not None:
         problems.add(out / CARD, f"{why} (the dataset card)")
+    releases: dict[tuple[str, int], str] = {}
     for unit in progress_bar(units, desc=f"verify {out.name}", unit="shard", progress=progress):
         report.shards += 1
-        _guarded(problems, out / _rel(unit), None, _verify_shard, out, unit, recipe, listing, problems, report)
+        _guarded(problems, out / _rel(unit), None, _verify_shard, out, unit, recipe, listing, problems, report, releases)
+    _guarded(problems, out / RECIPE_RECORD, None, _check_releases, out, releases, problems)
     _guarded(problems, out / MANIFEST, None, _check_manifest, out, units, problems)
     if recipe is not None and units:
         _guarded(problems, out / CARD, None, _check_card, out, recipe, units, problems)
@@ -404,10 +406,13 @@ class _ShardContents:
     rows: list[dict[str, Any]] = field(default_factory=list)
     contaminated: int = 0
     instances: Counter[str] = field(default_factory=Counter)
+    #: Each (version, schema) its KEY.json records name, with the first sample that names it.
+    releases: dict[tuple[str, int], str] = field(default_factory=dict)
 
 
 def _verify_shard(
-    out: Path, unit: WorkUnit, recipe: Recipe | None, listing: dict[str, tuple[int, str]], problems: _Problems, report: VerifyReport
+    out: Path, unit: WorkUnit, recipe: Recipe | None, listing: dict[str, tuple[int, str]], problems: _Problems, report: VerifyReport,
+    releases: dict[tuple[str, int], str],
 ) -> None:
     rel = _rel(unit)
     tar = out / rel
@@ -426,6 +431,8 @@ def _verify_shard(
     if rel in listing and listing[rel][1] != actual:
         problems.add(tar, f"sha256 {actual} differs from {CHECKSUMS} ({listing[rel][1]})")
     contents = _walk_tar(tar, unit, recipe, problems)
+    for release, where in contents.releases.items():
+        releases.setdefault(release, where)
     report.samples += len(contents.keys)
     report.instances += sum(contents.instances.values())
     if stats is not None:
@@ -436,6 +443,29 @@ def _verify_shard(
         rows = _parquet_rows(parquet, problems)
         if rows is not None:
             _check_table(parquet, rows, contents, stats, problems)
+
+
+def _check_releases(out: Path, releases: dict[tuple[str, int], str], problems: _Problems) -> None:
+    """Every sample written by the release the build record credits (else by the first sample's):
+    another release draws other pixels and boxes for the same recipe, so a shard it wrote (a resume
+    the record did not stop, a shard copied in) makes one dataset of two."""
+    if not releases:
+        return
+    record = _read_json(out / RECIPE_RECORD, _Problems(VerifyReport())) or {}
+    env = record.get("environment")
+    packages = env.get("packages") if isinstance(env, dict) else None
+    credited = packages.get("implicit-concept") if isinstance(packages, dict) else None
+    (first_version, first_schema), first = next(iter(releases.items()))
+    version = credited if isinstance(credited, str) else first_version
+    for (v, schema), where in releases.items():
+        if v != version:
+            why = f"{RECIPE_RECORD} credits the build to {version}" if isinstance(credited, str) else f"{first} by {version}"
+        elif schema != first_schema:
+            why = f"{first} in schema {first_schema}"
+        else:
+            continue
+        problems.add(where, f"KEY.json written by implicit-concept {v} (schema {schema}), {why}: samples of two releases "
+                            f"in one dataset; rebuild it into another folder")
 
 
 def _expected_extensions(recipe: Recipe | None, present: list[str]) -> list[str]:
@@ -460,6 +490,7 @@ def _walk_tar(tar: Path, unit: WorkUnit, recipe: Recipe | None, problems: _Probl
                         contents.rows.append(sample_row(meta, unit, members["jpg"]))
                         contents.contaminated += meta.contaminated
                         contents.instances.update(i.concept for i in meta.instances)
+                        contents.releases.setdefault((meta.version, meta.schema), f"{tar}:{key}")
             where = f"after sample {contents.keys[-1]}" if contents.keys else "before any sample"
             if not ended_cleanly(tf):  # tarfile stops quietly where a cut at a member boundary leaves no header
                 problems.add(tar, f"truncated tar: no end-of-archive block {where} (a copy cut short?)")

@@ -16,10 +16,15 @@ from typing import Any, Sequence
 
 from PIL import Image
 
+from implicit_concept.provenance import version as reader_version
+
 SPLITS: tuple[str, ...] = ("train", "test")
 #: 2: boxes are visible-pixel boxes; instances record ``visible``. 3: one shape for every record
 #: (``params`` and ``source.meta`` are JSON text), and ``screen`` records what the screens found.
 SCHEMA_VERSION = 3
+#: The oldest schema read: a schema 1 box covers the drawn layer, not its visible pixels (a label
+#: where nothing shows), and a later schema may mean other things by the same fields.
+OLDEST_SCHEMA = 2
 
 #: Every field of ``KEY.json`` and its type: "string", "int64", "float64", "bool", a list of one
 #: type (``[type]``), a record (a dict); the same for every sample (a dataset card declares it).
@@ -234,6 +239,11 @@ class SampleMeta:
                 raise ValueError(f"{name}: expected a string, got {value!r}")
             if kind == "int64" and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"{name}: expected an integer, got {value!r}")
+        if not OLDEST_SCHEMA <= self.schema <= SCHEMA_VERSION:
+            newer = self.schema > SCHEMA_VERSION
+            raise ValueError(f"schema: {self.schema}, written by {'a newer' if newer else 'an older'} implicit-concept "
+                             f"(version {self.version}); this one ({reader_version()}) reads schemas {OLDEST_SCHEMA} to "
+                             f"{SCHEMA_VERSION}: {'upgrade implicit-concept' if newer else 'rebuild the dataset'} to read it")
         if self.width < 1 or self.height < 1:
             raise ValueError(f"width, height: expected at least 1, got {self.width}x{self.height}")
         if not isinstance(self.seed, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in self.seed):

@@ -252,15 +252,19 @@ def _other_shard(source, dest, change):
 @pytest.mark.parametrize("mix, complaint", [
     ("test_shard_in_train", r"train/00001.tar: sample xte0000: KEY.json says split 'test', the shard is in train/"),
     ("other_recipe", r"train/00001.tar: sample xtr0000: built by recipe 'test' \(sha256 1\), .*train/00000.tar: sample tr0000 by 'test' \(sha256 0\)"),
+    ("other_release", r"train/00001.tar: sample xtr0000: written by implicit-concept 0.0.9 \(KEY.json schema 3\), .*train/00000.tar: sample tr0000 by 0 \(schema 3\)"),
+    ("older_schema", r"train/00001.tar: sample xtr0000: written by implicit-concept 0 \(KEY.json schema 2\), .*train/00000.tar: sample tr0000 by 0 \(schema 3\)"),
 ])
 def test_an_export_refuses_a_shard_of_another_split_or_build_mixed_in(tmp_path, mix, complaint):
     """A test shard copied into train/ would be fitted on and its mAP then reported as on unseen
-    assets; a shard of another build left in the folder would be trained on under this one's name."""
+    assets; a shard of another build left in the folder would be trained on under this one's name,
+    one another release wrote (other pixels and boxes for the same recipe) mixed with this one's."""
     shards = _write_shards(tmp_path / "icd-mixed")
     if mix == "test_shard_in_train":
         _other_shard(shards / "test" / "00000.tar", shards / "train" / "00001.tar", lambda record: None)
     else:
-        _other_shard(shards / "train" / "00000.tar", shards / "train" / "00001.tar", lambda record: record.update(recipe_sha256="1"))
+        change = {"other_recipe": {"recipe_sha256": "1"}, "other_release": {"version": "0.0.9"}, "older_schema": {"schema": 2}}[mix]
+        _other_shard(shards / "train" / "00000.tar", shards / "train" / "00001.tar", lambda record: record.update(change))
     with pytest.raises(ValueError, match=complaint):
         export_detection_dataset(shards, tmp_path / "export")
     assert not (tmp_path / "export").exists()

@@ -52,8 +52,8 @@ STATE_SLACK_BYTES = 64 << 20
 
 
 #: The packages a training step's numbers depend on: a resume under other versions would not end
-#: with the uninterrupted run's weights.
-TRAINING_PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "numpy")
+#: with the uninterrupted run's weights. The toolkit's own (its data path, captions, loss weights) too.
+TRAINING_PACKAGES = ("implicit-concept", "torch", "diffusers", "transformers", "accelerate", "numpy")
 
 
 class TrainState:
@@ -88,7 +88,8 @@ class TrainState:
         if not isinstance(packages := state.get("packages", self.packages), dict):
             raise ValueError(f"packages = {packages!r}, not a table of package versions")
         if differ := [name for name, version in self.packages.items() if packages.get(name) != version]:
-            raise ValueError(f"written under {', '.join(f'{n} {packages.get(n)}' for n in differ)}, here "
+            then = {n: packages[n] if n in packages else "(not recorded)" for n in differ}
+            raise ValueError(f"written under {', '.join(f'{n} {then[n]}' for n in differ)}, here "
                              f"{', '.join(f'{n} {self.packages[n]}' for n in differ)}: a resume would not end with the "
                              "uninterrupted run's weights; resume under those versions, or remove the checkpoints to start over")
         loss = state.get("loss")  # checkpoints written before it was kept have none

@@ -190,6 +190,12 @@ def _same_build(meta: SampleMeta, icd_split: str, build: dict[str, Any], where: 
     if first[0] != recipe:
         raise ShardError(f"{where}: built by recipe {meta.recipe!r} (sha256 {meta.recipe_sha256}), {first[1]} by "
                          f"{first[0][0]!r} (sha256 {first[0][1]}): the shards of one export come from one build")
+    # Another release draws other pixels and boxes for the same recipe: one export, one release's rules.
+    release = (meta.version, meta.schema)
+    first = build.setdefault("release", (release, where))
+    if first[0] != release:
+        raise ShardError(f"{where}: written by implicit-concept {meta.version} (KEY.json schema {meta.schema}), {first[1]} by "
+                         f"{first[0][0]} (schema {first[0][1]}): the shards of one export come from one build")
 
 
 def _write_split(
