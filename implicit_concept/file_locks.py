@@ -22,12 +22,20 @@ class FolderBusyError(ValueError):
     """Another process holds a folder's lock; the message names the folder and that process's pid."""
 
 
+class LocksUnavailable(OSError):
+    """A lock file's filesystem keeps no locks; ``filename`` is the lock file, ``strerror`` what to do."""
+
+
 #: The lock file :func:`locked` keeps inside a folder it claims with ``inside``: hidden, so no
 #: reader, listing or hash of the folder takes it for data.
 LOCK_NAME = ".implicit-concept.lock"
 
 #: Errors of opening a lock file where this process may not write (a read-only mount or share).
-_CANNOT_WRITE = (errno.EROFS, errno.EACCES, errno.EPERM)
+CANNOT_WRITE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+#: ``flock``'s errors where the filesystem keeps no locks (an NFS mount without its lock service,
+#: Lustre without ``-o flock``, some FUSE and SMB mounts).
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
 def lock_path(path: Path, inside: bool = False) -> Path:
@@ -83,12 +91,20 @@ def _open_lock(lock: Path) -> int | None:
         lock.parent.mkdir(parents=True, exist_ok=True)
         return os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        if e.errno not in _CANNOT_WRITE:
+        if e.errno not in CANNOT_WRITE:
             raise
     try:  # a lock file another process made: waiting on it still waits for a writer elsewhere
         return os.open(lock, os.O_RDONLY)
     except OSError:
         return None
+
+
+def _no_locks(lock: Path, path: Path, e: OSError) -> LocksUnavailable:
+    """The error naming ``lock`` where its filesystem cannot lock it: the bare "No locks
+    available" named no file and no way forward."""
+    return LocksUnavailable(e.errno, f"cannot be locked: its filesystem keeps no file locks (flock: {e.strerror}), which keep two "
+                            f"commands from writing {path} at once; use a folder on a local disk, or mount this one with "
+                            "locking (NFS: its lock service; Lustre: -o flock)", str(lock))
 
 
 @contextmanager
@@ -112,7 +128,8 @@ def locked(path: Path, wait: bool = True, refusal: str = "wait for it to finish"
     Where the lock file cannot be written (a read-only cache or share), the block runs without it:
     writing ``path`` needs that same folder writable, so this process can only read what is already
     complete there (entries are renamed into place whole); anything it would have to write fails
-    with an error naming the file.
+    with an error naming the file. Where its filesystem keeps no locks at all, a :class:`LocksUnavailable` names
+    the lock file and where to work instead.
     """
     if not holder:
         yield
@@ -127,6 +144,8 @@ def locked(path: Path, wait: bool = True, refusal: str = "wait for it to finish"
         try:
             busy = _take(fd, fcntl.LOCK_EX, path, wait)
         except OSError as e:  # a read-only descriptor where exclusive locks need a writable one (NFS)
+            if e.errno in _NO_LOCKS:
+                raise _no_locks(lock_path(path, inside), path, e) from None
             if e.errno != errno.EBADF:
                 raise
         else:

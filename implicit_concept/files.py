@@ -67,6 +67,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def write_unless_same(path: Path, data: bytes) -> None:
+    """:func:`atomic_write_bytes`, unless ``path`` is a file holding ``data`` already: a finished
+    build rerun writes nothing, so a read-only copy of it serves (a benchmark's ``--data``)."""
+    try:
+        if stat.S_ISREG(os.stat(path).st_mode) and os.path.getsize(path) == len(data) and Path(path).read_bytes() == data:
+            return
+    except OSError:
+        pass  # absent or unreadable: written
+    atomic_write_bytes(path, data)
+
+
 def atomic_save_image(image: Any, path: Path, format: str = "PNG", **options: Any) -> None:
     """``image.save`` (a PIL image, with ``options``), renamed into place whole: a kill mid-write
     leaves the image before, never half of one under its name."""
