@@ -214,3 +214,33 @@ def test_every_read_only_command_works_on_a_read_only_copy_of_a_finished_dataset
         assert _files(dataset) == before
     finally:
         subprocess.run(["chmod", "-R", "u+w", str(dataset)], check=True)
+
+
+#: A run being written: holds ``argv[1]``'s lock (as the benchmark holds its run folder's) until killed.
+WRITING = """
+import sys, time
+from pathlib import Path
+from implicit_concept.file_locks import locked
+with locked(Path(sys.argv[1]), inside=True):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_leaderboard_of_a_run_still_being_written_is_refused_naming_it_and_its_writer(tmp_path, capsys):
+    """The benchmark rewrites results.json after each method: a board built meanwhile ranked the
+    methods run so far as the run's results, saying nothing."""
+    from tests.test_results_page import fake_run
+
+    done, running = fake_run(tmp_path / "runs" / "done"), fake_run(tmp_path / "runs" / "running")
+    writer = subprocess.Popen([sys.executable, "-c", WRITING, str(running)], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "held"
+        assert main(["leaderboard", str(done), str(running), "--out", str(tmp_path / "board")]) == 2
+        assert capsys.readouterr().err == (f"implicit-concept leaderboard: error: {running}: a command is writing it now (pid {writer.pid} "
+                                           f"holds its lock {file_locks.LOCK_NAME}); leave it out, or build the leaderboard once it has finished\n")
+        assert not (tmp_path / "board" / "leaderboard.md").exists()
+    finally:
+        writer.kill()
+        writer.wait()
+    assert main(["leaderboard", str(done), str(running), "--out", str(tmp_path / "board")]) == 0  # its writer gone
