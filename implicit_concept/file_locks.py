@@ -11,6 +11,7 @@ import errno
 import fcntl
 import logging
 import os
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -71,13 +72,24 @@ def read_locked(path: Path, inside: bool = False, wait: bool = True) -> Iterator
         os.close(fd)
 
 
+def _holder(record: bytes) -> str:
+    """Who a lock file says holds it: its pid, and its host where that is not this one (a cluster's
+    node, a container: a pid that ``ps`` here would not find, or would find as another process)."""
+    fields = record.decode("ascii", "replace").split()
+    if not fields:
+        return "unknown"
+    if len(fields) > 1 and fields[1] != socket.gethostname():
+        return f"{fields[0]} on {fields[1]}"
+    return fields[0]
+
+
 def _take(fd: int, mode: int, path: Path, wait: bool) -> str | None:
     """Take ``flock`` ``mode`` on ``fd``: None once held; where another process holds it and not
     ``wait``, its pid (as text; "unknown" if unrecorded), holding nothing."""
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except BlockingIOError:
-        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        pid = _holder(os.pread(fd, 512, 0))
         if not wait:
             return pid
         log.warning("%s: in use by another process (pid %s); waiting for it", path, pid)
@@ -113,8 +125,9 @@ def locked(path: Path, wait: bool = True, refusal: str = "wait for it to finish"
     """Hold the lock of ``path`` (a folder or file, made or not yet) for the block, so that one
     process at a time makes it.
 
-    The lock is ``flock`` on :func:`lock_path`'s file, holding the holder's pid: the kernel drops it
-    when the holder ends, however it ends, so a killed job never leaves a folder locked. It is named
+    The lock is ``flock`` on :func:`lock_path`'s file, holding the holder's pid and host: the kernel
+    drops it when the holder ends, however it ends, so a killed job never leaves a folder locked
+    (nor does a lock file left behind lock anything: deleting it lets a second writer in). It is named
     from the real path, so a folder reached through a symlink takes the same lock. ``inside``: the
     lock file lives in the folder ``path`` itself (which must exist), not in its parent: for a
     folder a user names (``--out``, a run folder), so that its parent need not be writable and
@@ -151,9 +164,9 @@ def locked(path: Path, wait: bool = True, refusal: str = "wait for it to finish"
         else:
             if busy is not None:
                 raise FolderBusyError(f"{path}: in use by another process (pid {busy}); {refusal}")
-            try:  # the holder's pid, for whoever finds it busy (after a wait too)
+            try:  # the holder's pid and host, for whoever finds it busy (after a wait too)
                 os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+                os.pwrite(fd, f"{os.getpid()}\n{socket.gethostname()}\n".encode("ascii", "replace"), 0)
             except OSError:
                 pass  # a lock file this process can only read: held all the same, its pid unrecorded
         yield

@@ -244,3 +244,37 @@ def test_a_leaderboard_of_a_run_still_being_written_is_refused_naming_it_and_its
         writer.kill()
         writer.wait()
     assert main(["leaderboard", str(done), str(running), "--out", str(tmp_path / "board")]) == 0  # its writer gone
+
+
+#: A holder on another node of a cluster (its host name another), holding ``argv[1]``'s lock until killed.
+ON_ANOTHER_HOST = """
+import socket, sys, time
+from pathlib import Path
+from implicit_concept.file_locks import locked
+socket.gethostname = lambda: "node-7"
+with locked(Path(sys.argv[1]), inside=True):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_holder_on_another_host_is_named_with_its_host(tmp_path):
+    """Its pid alone sent a user to ``ps`` on this machine, which finds nothing (or another process)
+    and suggests a stale lock file to delete, which would let a second writer in."""
+    run = tmp_path / "runs" / "debug"
+    run.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", ON_ANOTHER_HOST, str(run)], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(file_locks.FolderBusyError, match=rf"^{run}: in use by another process \(pid {holder.pid} on node-7\); "):
+            with file_locks.locked(run, wait=False, inside=True):
+                pass
+        with file_locks.read_locked(run, inside=True, wait=False) as writer:
+            assert writer == f"{holder.pid} on node-7"
+    finally:
+        holder.kill()
+        holder.wait()
+    with file_locks.locked(run, inside=True):  # this host's holder: its pid alone, as before
+        with pytest.raises(file_locks.FolderBusyError, match=rf"\(pid {os.getpid()}\); "):
+            with file_locks.locked(run, wait=False, inside=True):
+                pass
