@@ -278,3 +278,21 @@ def test_a_holder_on_another_host_is_named_with_its_host(tmp_path):
         with pytest.raises(file_locks.FolderBusyError, match=rf"\(pid {os.getpid()}\); "):
             with file_locks.locked(run, wait=False, inside=True):
                 pass
+
+
+def test_a_read_only_cache_leaves_matplotlib_its_own_folder_without_a_warning(tmp_path):
+    """A finished cache on a read-only share: each command printed matplotlib's two lines ("mkdir -p
+    failed ... created a temporary cache directory ...") for the folder set beside it."""
+    prefix = _unprivileged()
+    if prefix is None:
+        pytest.skip("needs a user namespace to run as a user chmod binds")
+    cache, home = tmp_path / "cache", tmp_path / "home"
+    cache.mkdir()
+    home.mkdir()
+    os.chmod(cache, 0o555)
+    code = "from implicit_concept.detector.yolo_env import use_cache; use_cache(__import__('sys').argv[1]); import matplotlib.font_manager"
+    env = {k: v for k, v in ENV.items() if k != "MPLCONFIGDIR"}
+    done = subprocess.run([*prefix, sys.executable, "-c", code, str(cache)], cwd=REPO, capture_output=True, text=True,
+                          env={**env, "HOME": str(home)})
+    assert (done.returncode, done.stderr) == (0, "")
+    assert list(cache.iterdir()) == []
