@@ -61,6 +61,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)  # a full disk keeps no partial copy
+        if e.filename == str(tmp):  # the file a user knows, not its hidden temporary (a read-only folder)
+            e = type(e)(e.errno, e.strerror, str(path))
         raise naming(e, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -296,3 +296,18 @@ def test_a_read_only_cache_leaves_matplotlib_its_own_folder_without_a_warning(tm
                           env={**env, "HOME": str(home)})
     assert (done.returncode, done.stderr) == (0, "")
     assert list(cache.iterdir()) == []
+
+
+def test_a_file_that_cannot_be_written_is_named_not_its_hidden_temporary(tmp_path, monkeypatch):
+    """`report` on a read-only run said `.results.html.tmp-8480: ... Permission denied`, a build on a
+    read-only --out `(.manifest.parquet.tmp-8583)`: names the user never wrote, nor finds."""
+    from implicit_concept import files
+
+    def refused(path, mode):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(files, "open", refused, raising=False)
+    target = tmp_path / "results.html"
+    with pytest.raises(PermissionError) as e:
+        files.atomic_write_bytes(target, b"<html>")
+    assert (e.value.filename, e.value.strerror) == (str(target), "Permission denied")
