@@ -101,7 +101,7 @@ def _open_lock(lock: Path) -> int | None:
     """An fd on ``lock``, made if need be; None where this process cannot write there."""
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        return os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)  # the mode the umask grants: a group sharing the folder records its holders
     except OSError as e:
         if e.errno not in CANNOT_WRITE:
             raise

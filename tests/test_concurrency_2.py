@@ -311,3 +311,17 @@ def test_a_file_that_cannot_be_written_is_named_not_its_hidden_temporary(tmp_pat
     with pytest.raises(PermissionError) as e:
         files.atomic_write_bytes(target, b"<html>")
     assert (e.value.filename, e.value.strerror) == (str(target), "Permission denied")
+
+
+def test_a_lock_file_has_the_mode_the_umask_grants_so_a_group_sharing_the_folder_records_its_holder(tmp_path):
+    """Made 0644 whatever the umask, a lock file in a group's shared data folder (umask 002) could
+    not record another member's pid: their refusals named the maker's old pid, long ended."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    old = os.umask(0o002)
+    try:
+        with file_locks.locked(folder, inside=True):
+            pass
+    finally:
+        os.umask(old)
+    assert (folder / file_locks.LOCK_NAME).stat().st_mode & 0o777 == 0o664
