@@ -101,7 +101,8 @@ def _open_lock(lock: Path) -> int | None:
     """An fd on ``lock``, made if need be; None where this process cannot write there."""
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)  # the mode the umask grants: a group sharing the folder records its holders
+        # The mode the umask grants: each member of a group sharing the folder records itself as holder.
+        return os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
         if e.errno not in CANNOT_WRITE:
             raise
@@ -127,8 +128,8 @@ def locked(path: Path, wait: bool = True, refusal: str = "wait for it to finish"
 
     The lock is ``flock`` on :func:`lock_path`'s file, holding the holder's pid and host: the kernel
     drops it when the holder ends, however it ends, so a killed job never leaves a folder locked
-    (nor does a lock file left behind lock anything: deleting it lets a second writer in). It is named
-    from the real path, so a folder reached through a symlink takes the same lock. ``inside``: the
+    (nor does a lock file left behind lock anything: deleting it lets a second writer in). It is
+    named from the real path, so a folder reached through a symlink takes the same lock. ``inside``: the
     lock file lives in the folder ``path`` itself (which must exist), not in its parent: for a
     folder a user names (``--out``, a run folder), so that its parent need not be writable and
     holds no lock file. A cache entry made by renaming a folder into place locks beside it.
@@ -141,8 +142,8 @@ def locked(path: Path, wait: bool = True, refusal: str = "wait for it to finish"
     Where the lock file cannot be written (a read-only cache or share), the block runs without it:
     writing ``path`` needs that same folder writable, so this process can only read what is already
     complete there (entries are renamed into place whole); anything it would have to write fails
-    with an error naming the file. Where its filesystem keeps no locks at all, a :class:`LocksUnavailable` names
-    the lock file and where to work instead.
+    with an error naming the file. Where its filesystem keeps no locks at all, a
+    :class:`LocksUnavailable` names the lock file and where to work instead.
     """
     if not holder:
         yield

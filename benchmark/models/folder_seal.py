@@ -6,7 +6,8 @@ and later run start from), so a method that writes into one (``save_pretrained``
 path it was given) would change what every later method samples, silently. Made, a folder is sealed:
 each file's size, mtime and sha256 beside it. Reused, it is checked by ``stat`` alone; a file whose
 size or mtime moved is hashed again, so a copy that kept the bytes but not the times (``cp -r``)
-passes and is sealed anew (where the seal can be written: a read-only copy is hashed at each use), while changed bytes, or a file added or removed, are refused.
+passes and is sealed anew (where the seal can be written: a read-only copy is hashed at each use),
+while changed bytes, or a file added or removed, are refused.
 
 The dataset's splits are shared the same way (every fine-tune trains on ``ctx.train_shards``, cached
 under the dataset's recorded checksums, not the bytes read), but hold no seal of their own: their

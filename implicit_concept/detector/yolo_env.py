@@ -4,8 +4,8 @@ writing only under the cache folder the user named.
 ultralytics reads its environment once, at import: ``YOLO_OFFLINE`` stops its online checks, and a
 config dir under the cache folder holding a TTF named ``Arial.ttf`` stops the font download that
 dataset checks trigger even with plots off; where a cache folder was named (and can be written),
-``MPLCONFIGDIR`` puts matplotlib's font cache beside it. A multi-process launch's ``WORLD_SIZE`` is hidden from it (it
-would act as its own DDP worker). The cache folder is the one :func:`use_cache` (the commands'
+``MPLCONFIGDIR`` puts matplotlib's font cache beside it. A multi-process launch's ``WORLD_SIZE`` is
+hidden from it (it would act as its own DDP worker). The cache folder is the one :func:`use_cache` (the commands'
 ``--cache``) or ``$IMPLICIT_CONCEPT_CACHE`` names, else the user's cache folder: a library caller
 gets nothing written into its current folder.
 
