@@ -27,7 +27,7 @@ from benchmark.report import CONTROLS, cell, code, md_text, pct
 from benchmark.results_file import check_results, is_ratio, read_results
 from benchmark.results_page import STYLE, markdown_html
 from implicit_concept.content_hashes import sha256_file
-from implicit_concept.file_locks import locked
+from implicit_concept.file_locks import LOCK_NAME, locked, read_locked
 from implicit_concept.files import atomic_write_text, foreign_output, within
 from implicit_concept.json_records import read_json_object
 from implicit_concept.provenance import version
@@ -183,17 +183,22 @@ def blank_notes(runs: dict[str, dict[str, Any]]) -> list[str]:
 
 def read_scored(folder: Path) -> dict[str, Any]:
     """A benchmark run folder's ``results.json``, or a ``score-pipeline``/``score-images`` folder's
-    ``summary.json`` as a run of one method (:func:`summary_as_results`)."""
+    ``summary.json`` as a run of one method (:func:`summary_as_results`); one a command is writing
+    now (holding its lock) is refused."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: {'not a folder' if folder.exists() else 'does not exist'} (a run folder holds results.json, "
                                 f"a score-pipeline or score-images --out folder {SUMMARY_FILE})")
-    if scored_file(folder).name == SUMMARY_FILE:
-        return summary_as_results(folder)
-    if not os.path.lexists(folder / "results.json"):  # a broken or looping link is there: read_results names it
-        raise FileNotFoundError(f"{folder}: holds neither results.json (a benchmark run folder) nor {SUMMARY_FILE} "
-                                "(a score-pipeline or score-images --out folder)")
-    return read_results(folder)
+    with read_locked(folder, inside=True, wait=False) as writer:  # its results so far, whole, would be ranked as its results
+        if writer is not None:
+            raise ValueError(f"{folder}: a command is writing it now (pid {writer} holds its lock {LOCK_NAME}); "
+                             "leave it out, or build the leaderboard once it has finished")
+        if scored_file(folder).name == SUMMARY_FILE:
+            return summary_as_results(folder)
+        if not os.path.lexists(folder / "results.json"):  # a broken or looping link is there: read_results names it
+            raise FileNotFoundError(f"{folder}: holds neither results.json (a benchmark run folder) nor {SUMMARY_FILE} "
+                                    "(a score-pipeline or score-images --out folder)")
+        return read_results(folder)
 
 
 def scored_file(folder: Path) -> Path:

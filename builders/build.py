@@ -33,13 +33,14 @@ from builders.shard_builder import ShardBuilder, is_complete, parquet_path, plan
 from builders.shard_table import SCHEMA, parquet_bytes, table_metadata
 from builders.source_screen import detector_fingerprint
 from implicit_concept.disk_space import space_message
-from implicit_concept.file_locks import locked
-from implicit_concept.files import TEMPORARY_MARK, FolderClaimError, atomic_write_bytes, atomic_write_json, claim, visible_entries, within
-from implicit_concept.json_records import MISSING, json_changes, read_json_object
+from implicit_concept.file_locks import LocksUnavailable, locked
+from implicit_concept.files import TEMPORARY_MARK, FolderClaimError, claim, visible_entries, within, write_unless_same
+from implicit_concept.json_records import MISSING, json_changes, json_text, read_json_object
 from implicit_concept.provenance import environment
+from implicit_concept.shard_reader import DATASET_RECORD
 from implicit_concept.utf8_paths import shown_path, utf8_path_problem
 
-RECIPE_RECORD = "recipe.json"
+RECIPE_RECORD = DATASET_RECORD
 MANIFEST = "manifest.parquet"
 #: The option that names the output folder, in refusals: the builder's --out is the benchmark's --data
 #: (its dataset is DATA/RECIPE), and the same refusals reach both.
@@ -127,8 +128,10 @@ def build_dataset(
                 raise BuildError(f"{problem}; changed while this build ran? Rerun the build to rebuild that shard")
             stats = [read_json_object(stats_path(out, u)) for u in units]
             summary = _write_manifest(out, units, table_metadata(recipe, env))
-            atomic_write_json(out / RECIPE_RECORD, {**record, "environment": env})
+            write_unless_same(out / RECIPE_RECORD, json_text({**record, "environment": env}).encode("utf-8"))
             write_dataset_card(recipe, out, units, stats, summary, env)
+    except LocksUnavailable as e:
+        raise BuildError(f"{e.filename}: {e.strerror}") from None
     except OSError as e:
         full = space_message(e, out)
         if full is not None:  # no other folder choice is needed: free space (or raise the limit) and resume
@@ -243,15 +246,16 @@ def _same_packages(out: Path, started: dict[str, Any] | None, env: dict[str, Any
     """The environment the record and card credit: a resume that still has shards to build must run
     under the package versions the build started under (they change bytes, so mixing them would make
     one dataset of two), and is refused, naming each package and both versions, otherwise. A finished
-    build rerun under other versions builds nothing, and keeps crediting the versions that made it."""
+    build rerun builds nothing, and keeps crediting the environment that made it (other versions, or
+    another machine's platform): it writes nothing then, so a read-only copy of it serves."""
     if started is None:
         return env
+    if not todo:
+        return started
     then, now = started["packages"], env.get("packages", {})
     changed = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
     if not changed:
         return env
-    if not todo:
-        return started
     shown = "; ".join(f"{k} {then.get(k) or 'not installed'} then, {now.get(k) or 'not installed'} now" for k in changed[:4])
     pins = " ".join(f"{k}=={then[k]}" for k in changed if then.get(k))
     raise FolderClaimError(
@@ -344,7 +348,7 @@ def _write_manifest(out: Path, units: list, metadata: dict[bytes, bytes] | None 
     :func:`~builders.shard_table.table_metadata`); and what they say per source item."""
     tables = [pq.read_table(parquet_path(out, u), schema=SCHEMA) for u in units]
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
-    atomic_write_bytes(out / MANIFEST, parquet_bytes(table, metadata))
+    write_unless_same(out / MANIFEST, parquet_bytes(table, metadata))
     return summarize(table)
 
 

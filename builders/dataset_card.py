@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from builders.recipe import Recipe, portable_detector
-from implicit_concept.files import atomic_write_bytes
-from implicit_concept.provenance import canonical_json, environment
+from implicit_concept.files import write_unless_same
+from implicit_concept.provenance import TRACKED_PACKAGES, canonical_json, environment
 from implicit_concept.sample import JSON_SHAPE, SPLITS
 
 if TYPE_CHECKING:
@@ -73,8 +73,15 @@ def write_dataset_card(
     recipe: Recipe, out: Path, units: list, stats: list[dict[str, Any]], summary: "SourceSummary", env: dict[str, Any] | None = None
 ) -> None:
     lines = checksum_lines(units, stats)
-    atomic_write_bytes(out / CHECKSUMS, ("\n".join(lines) + "\n").encode())
-    atomic_write_bytes(out / CARD, card_bytes(recipe, units, stats, summary, env))
+    write_unless_same(out / CHECKSUMS, ("\n".join(lines) + "\n").encode())
+    write_unless_same(out / CARD, card_bytes(recipe, units, stats, summary, env))
+
+
+def _in_tracked_order(packages: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``packages`` in :data:`TRACKED_PACKAGES`' order (others after, by name), whether fresh or read
+    back from ``recipe.json`` (which sorts them): a finished build rerun writes the same card."""
+    rank = {name: i for i, name in enumerate(TRACKED_PACKAGES)}
+    return sorted(packages.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
 
 
 def card_bytes(
@@ -102,7 +109,7 @@ def card_bytes(
         "",
         f"- recipe sha256: `{recipe.sha256}`",
         f"- seed: {recipe.seed}; image size: {recipe.image_size} px; source: `{recipe.source.get('kind')}`; license: {recipe.license}",
-        f"- python {env['python']}; " + ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v),
+        f"- python {env['python']}; " + ", ".join(f"{k} {v}" for k, v in _in_tracked_order(env["packages"]) if v),
         "",
         "| subset | split | shards | samples | contaminated | failed |",
         "|---|---|---|---|---|---|",

@@ -61,10 +61,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)  # a full disk keeps no partial copy
+        if e.filename == str(tmp):  # the file a user knows, not its hidden temporary (a read-only folder)
+            e = type(e)(e.errno, e.strerror, str(path))
         raise naming(e, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_unless_same(path: Path, data: bytes) -> None:
+    """:func:`atomic_write_bytes`, unless ``path`` is a file holding ``data`` already: a finished
+    build rerun writes nothing, so a read-only copy of it serves (a benchmark's ``--data``)."""
+    try:
+        if stat.S_ISREG(os.stat(path).st_mode) and os.path.getsize(path) == len(data) and Path(path).read_bytes() == data:
+            return
+    except OSError:
+        pass  # absent or unreadable: written
+    atomic_write_bytes(path, data)
 
 
 def atomic_save_image(image: Any, path: Path, format: str = "PNG", **options: Any) -> None:

@@ -33,6 +33,7 @@ from typing import Callable, Collection, Iterator, NamedTuple
 from braceexpand import braceexpand
 
 from implicit_concept.bounded_reads import file_kind
+from implicit_concept.file_locks import read_locked
 from implicit_concept.image_decode import DEFAULT_MAX_PIXELS, decode_rgb, load_pixels, open_image
 from implicit_concept.json_records import parse_json
 from implicit_concept.sample import Sample, SampleMeta
@@ -51,6 +52,9 @@ MAX_JSON_BYTES = 1 << 20
 SHARD_EXTENSIONS = ("jpg", "txt", "json", "clean.jpg", "mask.png")
 #: Kept members of a local tar whose place is remembered, so that a later hard link can be resolved.
 MAX_LINK_TARGETS = 1 << 16
+#: The record at the top of a built dataset's folder, written before its first shard: the folder a
+#: build holds the lock of (inside it) while it writes.
+DATASET_RECORD = "recipe.json"
 #: What a shard or source location may start with to be opened as a stream (:mod:`~implicit_concept.streams`).
 STREAM_PREFIXES = ("pipe:", "http://", "https://")
 
@@ -260,10 +264,13 @@ def list_shards(path: str | Path) -> list[Path | str]:
         return list(braceexpand(str(path)))
     p = Path(path)
     if p.is_dir():
+        _wait_for_build(p)
         shards = sorted(p.rglob("*.tar"))
     elif "{" in str(path):
         shards = [Path(s) for s in braceexpand(str(path))]
+        _wait_for_build(shards[0])
     else:
+        _wait_for_build(p)
         shards = [p]
     missing = [s for s in shards if not Path(s).is_file()]
     if missing:
@@ -271,6 +278,18 @@ def list_shards(path: str | Path) -> list[Path | str]:
     if not shards:
         raise ShardError(f"{path}: no .tar shards found")
     return shards
+
+
+def _wait_for_build(path: Path) -> None:
+    """Wait while a build writes the dataset ``path`` lies in (the folder of its record, ``path`` or
+    up to three levels above: a subset, split or shard): listed meanwhile, its shards were those
+    finished so far, and a reader (show, export, a detector's training) went on with part of the
+    data, saying nothing. A build started after the listing only adds shards whole."""
+    real = path.resolve()
+    for folder in [real, *real.parents][:4]:
+        if (folder / DATASET_RECORD).is_file():
+            with read_locked(folder, inside=True):
+                return
 
 
 def _not_a_file(path: Path) -> str:

@@ -6,7 +6,8 @@ and later run start from), so a method that writes into one (``save_pretrained``
 path it was given) would change what every later method samples, silently. Made, a folder is sealed:
 each file's size, mtime and sha256 beside it. Reused, it is checked by ``stat`` alone; a file whose
 size or mtime moved is hashed again, so a copy that kept the bytes but not the times (``cp -r``)
-passes and is sealed anew, while changed bytes, or a file added or removed, are refused.
+passes and is sealed anew (where the seal can be written: a read-only copy is hashed at each use),
+while changed bytes, or a file added or removed, are refused.
 
 The dataset's splits are shared the same way (every fine-tune trains on ``ctx.train_shards``, cached
 under the dataset's recorded checksums, not the bytes read), but hold no seal of their own: their
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from implicit_concept.content_hashes import sha256_file
+from implicit_concept.file_locks import CANNOT_WRITE
 from implicit_concept.files import atomic_write_json
 from implicit_concept.json_records import read_json_object
 
@@ -66,7 +68,11 @@ def check_seal(folder: Path, record: Path, remedy: str) -> None:
             raise FolderChanged(f"{path}: changed since the folder was made ({record}); {remedy}")
         moved[name] = _entry(path, digest)
     if moved:
-        atomic_write_json(record, {"folder": folder.name, "files": {**sealed, **moved}})
+        try:
+            atomic_write_json(record, {"folder": folder.name, "files": {**sealed, **moved}})
+        except OSError as e:
+            if e.errno not in CANNOT_WRITE:
+                raise  # a read-only copy (a share, chmod a-w) passes: its bytes are checked; their new times hashed again next use
 
 
 def stat_listing(folder: Path) -> dict[str, tuple[int, int]]:

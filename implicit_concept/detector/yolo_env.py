@@ -3,9 +3,9 @@ writing only under the cache folder the user named.
 
 ultralytics reads its environment once, at import: ``YOLO_OFFLINE`` stops its online checks, and a
 config dir under the cache folder holding a TTF named ``Arial.ttf`` stops the font download that
-dataset checks trigger even with plots off; where a cache folder was named, ``MPLCONFIGDIR`` puts
-matplotlib's font cache beside it. A multi-process launch's ``WORLD_SIZE`` is hidden from it (it
-would act as its own DDP worker). The cache folder is the one :func:`use_cache` (the commands'
+dataset checks trigger even with plots off; where a cache folder was named (and can be written),
+``MPLCONFIGDIR`` puts matplotlib's font cache beside it. A multi-process launch's ``WORLD_SIZE`` is
+hidden from it (it would act as its own DDP worker). The cache folder is the one :func:`use_cache` (the commands'
 ``--cache``) or ``$IMPLICIT_CONCEPT_CACHE`` names, else the user's cache folder: a library caller
 gets nothing written into its current folder.
 
@@ -74,7 +74,17 @@ def use_cache(folder: str | Path) -> None:
     """
     global _cache
     _cache = Path(folder).expanduser().resolve()
-    os.environ.setdefault("MPLCONFIGDIR", str(_cache / "matplotlib"))
+    _matplotlib_under(_cache)
+
+
+def _matplotlib_under(cache: Path) -> None:
+    """``MPLCONFIGDIR`` under ``cache``, where it can be written: in a read-only cache (a share, a
+    finished one handed over) matplotlib kept its own folder's cache, warning in two lines that it
+    made a temporary one, at every command."""
+    folder = cache / "matplotlib"
+    nearest = next(p for p in (folder, *folder.parents) if p.exists())
+    if nearest.is_dir() and os.access(nearest, os.W_OK | os.X_OK):
+        os.environ.setdefault("MPLCONFIGDIR", str(folder))
 
 
 def cache_dir() -> Path:
@@ -213,7 +223,7 @@ def _import_offline(cache: Path) -> None:
     """Within :func:`ultralytics_call`, which puts the environment set here back afterwards."""
     config_dir = cache / "ultralytics"
     if _cache_named():
-        os.environ.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
+        _matplotlib_under(cache)
     try:
         _install_font(config_dir)
     except OSError as e:
