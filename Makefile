@@ -18,6 +18,8 @@ option = $(if $(2),$(1) $(call quote,$(2)))
 # A path as one make target, its spaces escaped: VENV='my venv' is one stamp, found installed.
 space := $(subst ,, )
 target = $(subst $(space),\$(space),$(1))
+# Refuse an empty variable before any command: DATA= built into /icd-tiny, at the root of the disk.
+nonempty = $(if $(strip $($(1))),,$(error $(1) is empty: name a folder ($(1)=. for the current one)))
 PY := $(call quote,$(VENV)/bin/python)
 CLI := $(call quote,$(VENV)/bin/implicit-concept)
 
@@ -36,7 +38,7 @@ $(call target,$(STAMP)): setup.cfg pyproject.toml
 
 # The dataset's folder is named after the recipe's name, not the path it was given by.
 dataset: install
-	out=$(call quote,$(DATA))/"$$($(CLI) recipe-name $(call quote,$(RECIPE)))" && \
+	$(call nonempty,DATA)out=$(call quote,$(DATA))/"$$($(CLI) recipe-name $(call quote,$(RECIPE)))" && \
 	$(CLI) build $(call quote,$(RECIPE)) --out "$$out" --workers $(call quote,$(WORKERS)) $(call option,--source,$(SOURCE)) && \
 	$(CLI) verify "$$out" && \
 	$(CLI) show "$$out" --contaminated --out "$$out/preview.png"

@@ -1,0 +1,122 @@
+"""The command line as a new user types it: long options spelled out (no prefix standing for one),
+no empty path taken for the current folder, a quoted ``~`` as the home folder, and a folder that is not
+a run left as it was by ``report``."""
+import argparse
+import shutil
+
+import pytest
+
+from benchmark import cli
+from benchmark.cli import build_parser, main
+from tests.test_cli_conventions import _make
+
+COMMANDS = ("_build", "_recipe_name", "_verify", "_show", "_detector_train", "_score", "_benchmark", "_publish", "_export",
+            "_leaderboard", "_report", "_prompts", "_score_pipeline", "_score_images")
+
+
+@pytest.fixture
+def ran(monkeypatch) -> list[str]:
+    """The commands that ran, none doing its work: an argument taken for another would start a build or a benchmark."""
+    ran = []
+    for name in COMMANDS:
+        monkeypatch.setattr(cli, name, lambda args, name=name: ran.append(name) or 0)
+    return ran
+
+
+def _usage_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    captured = capsys.readouterr()
+    assert e.value.code == 2 and captured.out == "", captured
+    assert len(captured.err.splitlines()) == 1, captured.err
+    return captured.err
+
+
+def _subparsers(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield sub
+                yield from _subparsers(sub)
+
+
+@pytest.mark.parametrize("argv, typed", [
+    (["benchmark", "--track", "debug", "--run", "mine"], "--run mine"),  # was --runs: results under mine/debug
+    (["prompts", "icd-tiny", "--seed", "5", "--out", "p.csv"], "--seed 5"),  # was --seed-base
+    (["score-images", "imgs", "--out", "o", "--no"], "--no"),  # was --no-quality
+    (["build", "icd-debug", "--work", "0"], "--work 0"),
+])
+def test_a_prefix_of_a_long_option_is_not_taken_for_it(tmp_path, monkeypatch, capsys, ran, argv, typed):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imgs").mkdir()
+    err = _usage_error(capsys, argv)
+    assert f"unrecognized arguments: {typed}" in err, err
+    assert ran == []
+
+
+def test_every_command_spells_its_long_options_out_and_takes_them_with_or_without_equals(tmp_path):
+    parser = build_parser()
+    assert [sub.prog for sub in _subparsers(parser) if sub.allow_abbrev] == []
+    spaced = parser.parse_args(["prompts", "icd-tiny", "--count", "3", "--out", "p.csv"])
+    joined = parser.parse_args(["prompts", "icd-tiny", "--count=3", "--out=p.csv"])
+    assert vars(spaced) == vars(joined) and joined.count == 3
+
+
+@pytest.mark.parametrize("argv, argument", [
+    (["export", "{shards}", "--out", ""], "--out"),  # exported into the current folder
+    (["verify", " "], "dir"),  # verified the current folder
+    (["benchmark", "--track", "debug", "--runs", ""], "--runs"),
+    (["benchmark", "--track", "debug", "--data", ""], "--data"),
+    (["detector", "train", "{shards}", "--out", ""], "--out"),
+    (["build", "icd-debug", "--out", ""], "--out"),
+    (["leaderboard", "{shards}", "", "--out", "board"], "runs"),
+    (["score", "{shards}", "--json", ""], "--json"),
+    (["score-images", "{shards}", "--out", "o", "--cache", ""], "--cache"),
+    (["recipe-name", ""], "recipe"),
+])
+def test_an_empty_path_is_refused_naming_its_argument_not_taken_for_the_current_folder(tmp_path, monkeypatch, capsys, ran, argv,
+                                                                                        argument):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    err = _usage_error(capsys, [a.format(shards=shards) for a in argv])
+    assert f"error: argument {argument}: " in err and "empty, where a path is expected" in err, err
+    assert ran == [] and list(work.iterdir()) == [] and list(shards.iterdir()) == []
+
+
+def test_a_quoted_tilde_is_the_home_folder_not_a_folder_named_tilde(tmp_path, monkeypatch, capsys):
+    """``--out=~/x`` and ``--out '~/x'`` reach the command with the ``~`` the shell left: it made a
+    folder named ``~`` in the current one, which ``rm -rf ~`` then takes for home."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(home))
+    assert main(["prompts", "icd-tiny", "--count", "2", "--out=~/p.csv"]) == 0
+    assert capsys.readouterr().out.startswith(f"{home / 'p.csv'}: 2 prompts")
+    assert (home / "p.csv").read_text().startswith("case_number,prompt,evaluation_seed")
+    assert list(work.iterdir()) == []
+    args = build_parser().parse_args(["benchmark", "--runs", "~/runs", "--data", "~", "--cache", "~/c"])
+    assert (args.runs, args.data, args.cache) == (str(home / "runs"), str(home), str(home / "c"))
+
+
+def test_report_on_a_folder_that_is_no_run_leaves_it_as_it_was(tmp_path, capsys):
+    """``report ~/photos``: refused, but with the run lock's file left among the photos."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.txt").write_text("x")
+    assert main(["report", str(photos)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"implicit-concept report: error: {photos / 'results.json'}: no results.json (is {photos} a benchmark run folder?)"
+    assert sorted(p.name for p in photos.iterdir()) == ["a.txt"]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+@pytest.mark.parametrize("data", ["", "  "])
+def test_make_dataset_with_an_empty_data_builds_nothing(tmp_path, data):
+    """``make dataset DATA=`` built into ``/icd-tiny``, at the root of the disk."""
+    done, calls = _make(tmp_path, "dataset", f"DATA={data}")
+    assert done.returncode != 0 and calls == [], calls
+    assert "DATA is empty" in done.stderr, done.stderr
