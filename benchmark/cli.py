@@ -58,10 +58,10 @@ def _verify(args: argparse.Namespace) -> int:
 
     _check_json_apart(args.json, Path(args.dir), "the dataset folder it verifies")
     report = verify_dataset(Path(args.dir), progress=not args.quiet)
-    for problem in report.problems:
-        print(problem, file=sys.stderr)
+    for problem in report.problems:  # one line each, as every error, whatever the names in it
+        print(one_line(problem), file=sys.stderr)
     for note in report.notes:
-        print(f"note: {note}", file=sys.stderr)
+        print(f"note: {one_line(note)}", file=sys.stderr)
     if _json_result(args.json, report.as_json()):
         return 0 if report.ok else 1
     status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
@@ -218,6 +218,7 @@ def _prompts(args: argparse.Namespace) -> int:
 
     out = _output_file(args.out, "--out", (".csv",))
     prompts = procedural_prompts(args.recipe, args.count, seed_base=args.seed_base)
+    out.parent.mkdir(parents=True, exist_ok=True)  # as show's --out and every --json: a new folder is made
     try:
         write_prompts(out, prompts)
     except OSError as e:

@@ -120,3 +120,25 @@ def test_make_dataset_with_an_empty_data_builds_nothing(tmp_path, data):
     done, calls = _make(tmp_path, "dataset", f"DATA={data}")
     assert done.returncode != 0 and calls == [], calls
     assert "DATA is empty" in done.stderr, done.stderr
+
+
+def test_verify_says_each_problem_on_one_line_whatever_the_names_in_it(tmp_path, capsys):
+    """A folder named with a line break split its problem over two lines of stderr, where every other
+    error is one line (a log read line by line took the second half for a problem of its own)."""
+    missing = tmp_path / "no\nsuch"
+    assert main(["verify", str(missing), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"{tmp_path}/no\\nsuch: does not exist (verify takes a built dataset's folder)"], err
+
+
+def test_prompts_makes_the_folder_its_csv_goes_in(tmp_path, capsys):
+    """``prompts icd-tiny --out eval/prompts.csv`` was refused ("cannot be written"), where show's
+    --out and every --json make their folder."""
+    out = tmp_path / "new folder" / "prompts.csv"
+    assert main(["prompts", "icd-tiny", "--count", "2", "--out", str(out)]) == 0
+    assert out.read_text().splitlines()[0] == "case_number,prompt,evaluation_seed,scene"
+    above = tmp_path / "a file"
+    above.write_text("kept")
+    assert main(["prompts", "icd-tiny", "--count", "2", "--out", str(above / "prompts.csv")]) == 1
+    assert f"{above}: is a file, where a folder is expected" in capsys.readouterr().err
+    assert above.read_text() == "kept"
