@@ -142,3 +142,49 @@ def test_prompts_makes_the_folder_its_csv_goes_in(tmp_path, capsys):
     assert main(["prompts", "icd-tiny", "--count", "2", "--out", str(above / "prompts.csv")]) == 1
     assert f"{above}: is a file, where a folder is expected" in capsys.readouterr().err
     assert above.read_text() == "kept"
+
+
+HELP_EVERYWHERE = r"""
+import contextlib, io, json, sys
+from benchmark.cli import build_parser, main
+
+def commands(parser, prefix=()):
+    for action in parser._actions:
+        for name, sub in getattr(action, "choices", None).items() if hasattr(action, "_name_parser_map") else ():
+            yield (*prefix, name)
+            yield from commands(sub, (*prefix, name))
+
+codes = {}
+for command in [(), *commands(build_parser())]:
+    for extra in (["--help"], ["--no-such-option"]):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main([*command, *extra])
+            except SystemExit as e:
+                codes[" ".join([*command, *extra])] = [e.code, out.getvalue() != "", len(err.getvalue().splitlines())]
+heavy = sorted(m for m in ("torch", "diffusers", "transformers", "ultralytics") if m in sys.modules)
+print(json.dumps({"codes": codes, "heavy": heavy}))
+"""
+
+
+def test_help_and_a_usage_error_of_every_command_import_no_heavy_library(tmp_path):
+    """``--help`` and a mistyped option answer at once, on stdout and on one line of stderr
+    respectively, with exit 0 and 2, however many commands there are; torch is never imported for them."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", HELP_EVERYWHERE], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(cli.Path(cli.__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["heavy"] == [], seen["heavy"]
+    assert len(seen["codes"]) >= 2 * 15, seen["codes"]
+    for typed, (code, said_on_stdout, stderr_lines) in seen["codes"].items():
+        if typed.endswith("--help"):
+            assert (code, said_on_stdout, stderr_lines) == (0, True, 0), typed
+        else:
+            assert (code, said_on_stdout, stderr_lines) == (2, False, 1), typed
+    assert list(tmp_path.iterdir()) == []
