@@ -188,3 +188,17 @@ def test_help_and_a_usage_error_of_every_command_import_no_heavy_library(tmp_pat
         else:
             assert (code, said_on_stdout, stderr_lines) == (2, False, 1), typed
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+@pytest.mark.parametrize("target", ["install", "dataset", "benchmark", "test"])
+def test_make_with_an_empty_venv_runs_nothing(target):
+    """``make install VENV=`` made the repository itself a venv (``python3 -m venv ''``) and then ran
+    pip as ``/bin/python``, the system's. Asked with -n, so that nothing runs even where it is not refused."""
+    import subprocess
+
+    from tests.test_cli_conventions import REPO
+
+    done = subprocess.run(["make", "-n", target, "VENV="], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "VENV is empty: name a folder" in done.stderr, (done.stdout, done.stderr)
+    assert "pip install" not in done.stdout, done.stdout
