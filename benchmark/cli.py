@@ -132,7 +132,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     track = load_track(args.track)
     run = BenchmarkRun(
         track=track,
-        name=args.name or track.name,
+        name=track.name if args.name is None else args.name,  # "" (an unset variable) is refused, not the default
         runs_root=Path(args.runs),
         data_root=Path(args.data),
         cache=Path(args.cache),

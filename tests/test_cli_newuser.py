@@ -202,3 +202,18 @@ def test_make_with_an_empty_venv_runs_nothing(target):
     done = subprocess.run(["make", "-n", target, "VENV="], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "VENV is empty: name a folder" in done.stderr, (done.stdout, done.stderr)
     assert "pip install" not in done.stdout, done.stdout
+
+
+def test_an_empty_run_name_is_refused_not_taken_for_the_tracks(tmp_path, monkeypatch, capsys):
+    """``benchmark --name "$NAME"`` with NAME unset ran as the track's default run, into (or resuming)
+    ``runs/debug``, the run the lab meant to keep apart."""
+    import benchmark.protocol
+
+    started = []
+    monkeypatch.setattr(benchmark.protocol, "run_benchmark", lambda run: run.check_start() or started.append(run) or {})
+    monkeypatch.chdir(tmp_path)
+    assert main(["benchmark", "--track", "debug", "--name", "", "--runs", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "implicit-concept benchmark: error: --name: expected a folder name (letters, digits, '-', '_', '.', " \
+                          "not starting with '.' or '-', at most 64 characters), got ''", err
+    assert started == [] and not (tmp_path / "runs").exists()
