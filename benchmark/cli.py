@@ -218,13 +218,14 @@ def _prompts(args: argparse.Namespace) -> int:
 
     out = _output_file(args.out, "--out", (".csv",))
     prompts = procedural_prompts(args.recipe, args.count, seed_base=args.seed_base)
-    out.parent.mkdir(parents=True, exist_ok=True)  # as show's --out and every --json: a new folder is made
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)  # as show's --out and every --json: a new folder is made
         write_prompts(out, prompts)
     except OSError as e:
         if out_of_space(e):
             raise  # said as every full disk is
-        raise ValueError(f"--out {out}: cannot be written ({e.strerror or e})") from None
+        why = _not_a_folder(e) if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror or e
+        raise ValueError(f"--out {out}: cannot be written ({why})") from None
     print(f"{args.out}: {args.count} prompts from {args.recipe}'s procedural test split")
     return 0
 

@@ -139,8 +139,9 @@ def test_prompts_makes_the_folder_its_csv_goes_in(tmp_path, capsys):
     assert out.read_text().splitlines()[0] == "case_number,prompt,evaluation_seed,scene"
     above = tmp_path / "a file"
     above.write_text("kept")
-    assert main(["prompts", "icd-tiny", "--count", "2", "--out", str(above / "prompts.csv")]) == 1
-    assert f"{above}: is a file, where a folder is expected" in capsys.readouterr().err
+    assert main(["prompts", "icd-tiny", "--count", "2", "--out", str(above / "prompts.csv")]) == 2
+    assert capsys.readouterr().err.strip() == (f"implicit-concept prompts: error: --out {above / 'prompts.csv'}: cannot be written "
+                                               f"({above}: is a file, where a folder is expected; move it away or choose another path)")
     assert above.read_text() == "kept"
 
 
