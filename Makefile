@@ -18,6 +18,9 @@ option = $(if $(2),$(1) $(call quote,$(2)))
 # A path as one make target, its spaces escaped: VENV='my venv' is one stamp, found installed.
 space := $(subst ,, )
 target = $(subst $(space),\$(space),$(1))
+# Refuse an empty variable before any command: DATA= built into /icd-tiny, at the root of the disk, and
+# VENV= made the current folder a venv, then ran pip as /bin/python, the system's.
+nonempty = $(if $(strip $($(1))),,$(error $(1) is empty: name a folder))
 PY := $(call quote,$(VENV)/bin/python)
 CLI := $(call quote,$(VENV)/bin/implicit-concept)
 
@@ -29,14 +32,14 @@ export TRANSFORMERS_OFFLINE = 1
 install: $(call target,$(STAMP))
 
 $(call target,$(STAMP)): setup.cfg pyproject.toml
-	$(PYTHON) -m venv $(call quote,$(VENV))
+	$(call nonempty,VENV)$(PYTHON) -m venv $(call quote,$(VENV))
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(call quote,$(STAMP))
 
 # The dataset's folder is named after the recipe's name, not the path it was given by.
 dataset: install
-	out=$(call quote,$(DATA))/"$$($(CLI) recipe-name $(call quote,$(RECIPE)))" && \
+	$(call nonempty,DATA)out=$(call quote,$(DATA))/"$$($(CLI) recipe-name $(call quote,$(RECIPE)))" && \
 	$(CLI) build $(call quote,$(RECIPE)) --out "$$out" --workers $(call quote,$(WORKERS)) $(call option,--source,$(SOURCE)) && \
 	$(CLI) verify "$$out" && \
 	$(CLI) show "$$out" --contaminated --out "$$out/preview.png"

@@ -58,10 +58,10 @@ def _verify(args: argparse.Namespace) -> int:
 
     _check_json_apart(args.json, Path(args.dir), "the dataset folder it verifies")
     report = verify_dataset(Path(args.dir), progress=not args.quiet)
-    for problem in report.problems:
-        print(problem, file=sys.stderr)
+    for problem in report.problems:  # one line each, as every error, whatever the names in it
+        print(one_line(problem), file=sys.stderr)
     for note in report.notes:
-        print(f"note: {note}", file=sys.stderr)
+        print(f"note: {one_line(note)}", file=sys.stderr)
     if _json_result(args.json, report.as_json()):
         return 0 if report.ok else 1
     status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
@@ -132,7 +132,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     track = load_track(args.track)
     run = BenchmarkRun(
         track=track,
-        name=args.name or track.name,
+        name=track.name if args.name is None else args.name,  # "" (an unset variable) is refused, not the default
         runs_root=Path(args.runs),
         data_root=Path(args.data),
         cache=Path(args.cache),
@@ -219,11 +219,13 @@ def _prompts(args: argparse.Namespace) -> int:
     out = _output_file(args.out, "--out", (".csv",))
     prompts = procedural_prompts(args.recipe, args.count, seed_base=args.seed_base)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)  # as show's --out and every --json: a new folder is made
         write_prompts(out, prompts)
     except OSError as e:
         if out_of_space(e):
             raise  # said as every full disk is
-        raise ValueError(f"--out {out}: cannot be written ({e.strerror or e})") from None
+        why = _not_a_folder(e) if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror or e
+        raise ValueError(f"--out {out}: cannot be written ({why})") from None
     print(f"{args.out}: {args.count} prompts from {args.recipe}'s procedural test split")
     return 0
 
@@ -261,10 +263,12 @@ def _report(args: argparse.Namespace) -> int:
         raise ValueError(f"{run}: {'not a run folder' if run.exists() else 'no such run folder'} (want runs/NAME, holding results.json)")
     if (run / "results.json").is_dir():  # a FIFO or device there is named by the reader
         raise ValueError(f"{run / 'results.json'}: a folder, not a results file")
-    if not os.path.lexists(run / "results.json") and (run / SUMMARY_FILE).is_file():
-        raise ValueError(f"{run}: a score-pipeline or score-images --out folder (its {SUMMARY_FILE}), not a benchmark run folder, "
-                         f"which report pages; its table is in {SUMMARY_FILE}, and `implicit-concept leaderboard {run} RUN ... "
-                         "--out BOARD` ranks it beside runs")
+    if not os.path.lexists(run / "results.json"):  # refused before the lock, whose file was left in any folder named
+        if (run / SUMMARY_FILE).is_file():
+            raise ValueError(f"{run}: a score-pipeline or score-images --out folder (its {SUMMARY_FILE}), not a benchmark run folder, "
+                             f"which report pages; its table is in {SUMMARY_FILE}, and `implicit-concept leaderboard {run} RUN ... "
+                             "--out BOARD` ranks it beside runs")
+        raise ValueError(f"{run / 'results.json'}: no results.json (is {run} a benchmark run folder?)")
     try:
         # The run's lock, as the benchmark holds it: a page written meanwhile would be of the results it replaces.
         with locked(run, wait=False, refusal="wait for the run to finish, then report", inside=True):
@@ -299,8 +303,20 @@ def _check_json_apart(dest: str | None, folder: Path, what: str) -> None:
                          "write it outside")
 
 
+def path_value(text: str) -> str:
+    """An argparse type for a path (or a name where one is also taken): an empty one, what ``--out "$OUT"``
+    gives with ``OUT`` unset, meant the current folder (a build or export into it, a verify of it), so
+    it is refused; a leading ``~``, which the shell leaves as it is when quoted or after ``--opt=``, is
+    the home folder (a folder named ``~`` made in the current one looked like home to ``rm -rf ~``)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: empty, where a path is expected (. names the current folder)")
+    return os.path.expanduser(text)
+
+
 def json_destination(text: str) -> str:
     """An argparse type: ``--json``'s file, refused before any work when it is a folder."""
+    if text != "-":
+        text = path_value(text)
     if text != "-" and Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text}: a folder; want a file path, or - for stdout")
     return text
@@ -339,32 +355,38 @@ def int_at_least(low: int):
 
 def _add_scoring_arguments(p: argparse.ArgumentParser, out_help: str) -> dict[str, str]:
     """The options score-pipeline and score-images share; returns the kinds of its path arguments."""
-    p.add_argument("--detector", help="the detector folder `detector train` wrote, or its weights file, such as a benchmark run's "
+    p.add_argument("--detector", type=path_value, help="the detector folder `detector train` wrote, or its weights file, such as a benchmark run's "
                                        "(its results.json's detector.path) (default: the track's published evaluator)")
-    p.add_argument("--track", default="tiny", help="the track whose prompts, seeds, sampler, threshold and quality measures judge (default: tiny)")
+    p.add_argument("--track", type=path_value, default="tiny", help="the track whose prompts, seeds, sampler, threshold and quality measures judge (default: tiny)")
     p.add_argument("--num-prompts", type=int_at_least(1), help="score only the first N of the track's prompts (default: the track's count)")
     p.add_argument("--subset", help="the track's training subset the model stands for (a per-subset track such as paper: "
                                     "icd-qrcode, ...): its concepts are scored, its test split is the quality reference and, "
                                     "on a track whose prompts are test-split captions, the prompts (default: every concept "
                                     "is scored, with the track's first subset's test split)")
     p.add_argument("--images-per-prompt", type=int_at_least(1), help="images per prompt (default: the track's)")
-    p.add_argument("--data", default="data", help="where the track's dataset is built: its clean test split is the quality reference (default: data)")
-    p.add_argument("--reference", help="clean test shards to compare with, instead of the track's dataset under --data")
+    p.add_argument("--data", type=path_value, default="data", help="where the track's dataset is built: its clean test split is the quality reference (default: data)")
+    p.add_argument("--reference", type=path_value, help="clean test shards to compare with, instead of the track's dataset under --data")
     p.add_argument("--no-quality", action="store_true", help="ICR only, no quality scores")
     _add_cache_argument(p, "folder for the scene-feature network quality is measured with (trained once, then reused) "
                            "and ultralytics' settings and font and matplotlib's caches (default: .cache/implicit-concept)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--out", type=path_value, required=True, help=out_help)
     return {"detector": "path", "reference": "source"}
 
 
 def _add_cache_argument(p: argparse.ArgumentParser, help_text: str = "folder for ultralytics' settings and font and "
                                                                        "matplotlib's caches (default: .cache/implicit-concept)") -> None:
-    p.add_argument("--cache", default=".cache/implicit-concept", help=help_text)
+    p.add_argument("--cache", type=path_value, default=".cache/implicit-concept", help=help_text)
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with a usage error on one line of stderr (exit 2), as every other error of the command."""
+    """argparse with a usage error on one line of stderr (exit 2), as every other error of the command,
+    and long options spelled out: argparse's own prefix matching took ``benchmark --run NAME`` as
+    ``--runs NAME`` (results under NAME/tiny), and a prefix that works today is taken by tomorrow's option."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
@@ -425,33 +447,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
     p = sub.add_parser("build", help="synthesize an ICD dataset from a recipe into WebDataset shards")
-    p.add_argument("recipe", help="a recipe TOML file, or the name of one in manifests/ (icd-tiny, icd-v1, ...)")
-    p.add_argument("--out", help="output folder (default: data/<recipe name>)")
-    p.add_argument("--source", help="replace the recipe's source: a folder of name.jpg + name.txt, or tars: local ('dir/{00000..00009}.tar'), "
+    p.add_argument("recipe", type=path_value, help="a recipe TOML file, or the name of one in manifests/ (icd-tiny, icd-v1, ...)")
+    p.add_argument("--out", type=path_value, help="output folder (default: data/<recipe name>)")
+    p.add_argument("--source", type=path_value, help="replace the recipe's source: a folder of name.jpg + name.txt, or tars: local ('dir/{00000..00009}.tar'), "
                                      "http(s) URLs or 'pipe:' commands ('pipe:aws s3 cp s3://bucket/{00000..00009}.tar -')")
     p.add_argument("--workers", type=int_at_least(0), default=1, help="worker processes (0 or 1: built in this process), or Ray actors (0: one per cluster CPU) (default: 1)")
     p.add_argument("--distributor", choices=("multiprocessing", "ray"), default="multiprocessing",
                    help="local processes, or a Ray cluster for builds across machines (default: multiprocessing)")
     p.add_argument("--ray-address", help="the Ray cluster to join ('auto', 'ray://head:10001'); default: ray.init's own choice")
-    p.add_argument("--screen-detector", metavar="DETECTOR",
+    p.add_argument("--screen-detector", type=path_value, metavar="DETECTOR",
                    help="screen source images with this detector folder: concepts already there are flagged or dropped (the recipe's [source_screen])")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_json_argument(p, "out, samples, shards_built, shards_already_complete, skipped_source_items")
     p.set_defaults(func=_build)
 
     p = sub.add_parser("recipe-name", help="print a recipe's name, its dataset's folder under a data root (what `make dataset` builds into)")
-    p.add_argument("recipe", help="a recipe TOML file, or the name of one in manifests/")
+    p.add_argument("recipe", type=path_value, help="a recipe TOML file, or the name of one in manifests/")
     p.set_defaults(func=_recipe_name)
 
     p = sub.add_parser("verify", help="check a built dataset: checksums, schema, boxes, counts")
-    p.add_argument("dir", help="a dataset folder `build` wrote (holding recipe.json), e.g. data/icd-tiny")
+    p.add_argument("dir", type=path_value, help="a dataset folder `build` wrote (holding recipe.json), e.g. data/icd-tiny")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_json_argument(p, "ok, shards, samples, instances, problems, notes; the exit status is 1 unless ok")
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("show", help="write a contact sheet of samples with their boxes")
-    p.add_argument("dir", help="a dataset folder, shard set folder, tar, or brace pattern")
-    p.add_argument("--out", required=True, help="image to write (.png, .jpg, .jpeg or .webp)")
+    p.add_argument("dir", type=path_value, help="a dataset folder, shard set folder, tar, or brace pattern")
+    p.add_argument("--out", type=path_value, required=True, help="image to write (.png, .jpg, .jpeg or .webp)")
     p.add_argument("--count", type=int_at_least(1), default=24, help="samples on the sheet (default: 24)")
     p.add_argument("--contaminated", action="store_true", help="only samples that carry a concept")
     _paths(p, dir="source")
@@ -460,12 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("detector", help="the concept detector (YOLO) that scores every method")
     detector_sub = p.add_subparsers(dest="detector_command", required=True)
     p = detector_sub.add_parser("train", help="train on SHARDS/train (thresholds set on its validation share), report per-class mAP on SHARDS/test (unseen assets)")
-    p.add_argument("shards", help="an ICD subset folder with train/ and test/ shard sets, e.g. data/icd-tiny/icd-mixed")
-    p.add_argument("--out", required=True, help="output folder: detector.safetensors and detector.json, metrics.json, pr_curve.png, ...")
+    p.add_argument("shards", type=path_value, help="an ICD subset folder with train/ and test/ shard sets, e.g. data/icd-tiny/icd-mixed")
+    p.add_argument("--out", type=path_value, required=True, help="output folder: detector.safetensors and detector.json, metrics.json, pr_curve.png, ...")
     p.add_argument("--scale", default="cpu", help="a scale in implicit_concept/detector/scales.toml: debug, cpu, gpu (default: cpu)")
-    p.add_argument("--backgrounds", metavar="DIR",
+    p.add_argument("--backgrounds", type=path_value, metavar="DIR",
                    help="a folder of images showing no concept (e.g. a base model's generations from clean prompts), trained on as background")
-    p.add_argument("--calibration", metavar="DIR",
+    p.add_argument("--calibration", type=path_value, metavar="DIR",
                    help="a folder of held-out images showing no concept (not the backgrounds): each concept's threshold keeps their false positives "
                         "at most the scale's calibration_max_fp, as on the validation split's clean images")
     _add_cache_argument(p)
@@ -473,28 +495,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_detector_train)
 
     p = sub.add_parser("score", help="ICR per concept of a set of images, beside the detector's false-positive rate")
-    p.add_argument("dir", help="a folder of images, or a shard set (folder of .tar, one tar, or a brace pattern); not a folder holding both")
-    p.add_argument("--detector", help="the folder `detector train` wrote, or its detector.safetensors (default: the tiny track's published evaluator)")
+    p.add_argument("dir", type=path_value, help="a folder of images, or a shard set (folder of .tar, one tar, or a brace pattern); not a folder holding both")
+    p.add_argument("--detector", type=path_value, help="the folder `detector train` wrote, or its detector.safetensors (default: the tiny track's published evaluator)")
     _add_cache_argument(p)
     p.add_argument("--conf", type=float,
                    help="one confidence threshold at which every concept counts (default: the detector's per-concept thresholds)")
-    p.add_argument("--clean", help="clean images to measure false positives on (default: the reference saved with the detector)")
+    p.add_argument("--clean", type=path_value, help="clean images to measure false positives on (default: the reference saved with the detector)")
     _add_json_argument(p, "per concept and per image, detections included")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _paths(p, dir="source", detector="path", clean="source")
     p.set_defaults(func=_score)
 
     p = sub.add_parser("benchmark", help="fine-tune with and without removal methods, generate, score, report")
-    p.add_argument("--track", default="tiny", help="debug, tiny, paper, or a track TOML (default: tiny)")
+    p.add_argument("--track", type=path_value, default="tiny", help="debug, tiny, paper, or a track TOML (default: tiny)")
     p.add_argument("--name", help="run name: results go to RUNS/NAME (default: the track's name)")
     p.add_argument("--method", action="append", help="run only this method (repeatable): a registered name, package.module:Class, or path/to/file.py:Class")
-    p.add_argument("--pretrained", help="a local diffusers Stable Diffusion directory to start from (paper track)")
-    p.add_argument("--detector", help="use this detector (a folder `detector train` wrote, or its detector.safetensors) "
+    p.add_argument("--pretrained", type=path_value, help="a local diffusers Stable Diffusion directory to start from (paper track)")
+    p.add_argument("--detector", type=path_value, help="use this detector (a folder `detector train` wrote, or its detector.safetensors) "
                                        "instead of the track's published evaluator or one the run trains")
-    p.add_argument("--source", help="your own image-text shards or folder, replacing the recipe's source")
-    p.add_argument("--runs", default="runs", help="folder of run folders: results go to RUNS/NAME (default: runs)")
-    p.add_argument("--data", default="data", help="folder the track's dataset is built in, as DATA/<recipe name> (default: data)")
-    p.add_argument("--cache", default=".cache/implicit-concept",
+    p.add_argument("--source", type=path_value, help="your own image-text shards or folder, replacing the recipe's source")
+    p.add_argument("--runs", type=path_value, default="runs", help="folder of run folders: results go to RUNS/NAME (default: runs)")
+    p.add_argument("--data", type=path_value, default="data", help="folder the track's dataset is built in, as DATA/<recipe name> (default: data)")
+    p.add_argument("--cache", type=path_value, default=".cache/implicit-concept",
                    help="folder for what runs share (bases, detectors, the base's generations, scene features) and "
                         "ultralytics' and matplotlib's caches (default: .cache/implicit-concept)")
     p.add_argument("--workers", type=int_at_least(0), default=2, help="dataset build processes (default: 2)")
@@ -504,39 +526,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_benchmark)
 
     p = sub.add_parser("publish", help="train a track's base and detector as make benchmark would and write them into benchmark/published/ (maintainers)")
-    p.add_argument("--track", default="tiny", help="a track whose base and detector the repository ships (default: tiny)")
-    p.add_argument("--data", default="data", help="folder the track's dataset is built in, as DATA/<recipe name> (default: data)")
-    p.add_argument("--cache", default=".cache/implicit-concept", help="folder for what runs share (default: .cache/implicit-concept)")
+    p.add_argument("--track", type=path_value, default="tiny", help="a track whose base and detector the repository ships (default: tiny)")
+    p.add_argument("--data", type=path_value, default="data", help="folder the track's dataset is built in, as DATA/<recipe name> (default: data)")
+    p.add_argument("--cache", type=path_value, default=".cache/implicit-concept", help="folder for what runs share (default: .cache/implicit-concept)")
     p.add_argument("--workers", type=int_at_least(0), default=2, help="dataset build processes (default: 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_publish)
 
     p = sub.add_parser("export", help="export a subset's shards for detection tools: YOLO (data.yaml, labels) and/or COCO JSON")
-    p.add_argument("shards", help="an ICD subset folder with train/ and test/ shard sets, e.g. data/icd-tiny/icd-mixed")
-    p.add_argument("--out", required=True, help="export folder, new or an earlier export (ICD train becomes 'train' and the held-out 'val' share; ICD test becomes 'test')")
+    p.add_argument("shards", type=path_value, help="an ICD subset folder with train/ and test/ shard sets, e.g. data/icd-tiny/icd-mixed")
+    p.add_argument("--out", type=path_value, required=True, help="export folder, new or an earlier export (ICD train becomes 'train' and the held-out 'val' share; ICD test becomes 'test')")
     p.add_argument("--format", action="append", choices=("yolo", "coco"), help="repeatable (default: both)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _paths(p, shards="folder")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("leaderboard", help="merge runs' results.json into one table (Markdown and HTML), checking they compare")
-    p.add_argument("runs", nargs="+", help="run folders (runs/NAME, holding results.json) or score-pipeline/score-images --out folders (holding summary.json)")
-    p.add_argument("--out", required=True, help="folder for leaderboard.md and leaderboard.html")
+    p.add_argument("runs", type=path_value, nargs="+", help="run folders (runs/NAME, holding results.json) or score-pipeline/score-images --out folders (holding summary.json)")
+    p.add_argument("--out", type=path_value, required=True, help="folder for leaderboard.md and leaderboard.html")
     p.set_defaults(func=_leaderboard)
 
     p = sub.add_parser("report", help="write a run's self-contained results.html from its results.json")
-    p.add_argument("run", help="a run folder (runs/NAME)")
+    p.add_argument("run", type=path_value, help="a run folder (runs/NAME)")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("prompts", help="write evaluation prompts (ESD/I2P CSV) from a procedural recipe's test split")
-    p.add_argument("recipe", help="a recipe with a procedural source, e.g. icd-tiny (which made benchmark/prompts/icd-tiny-eval.csv)")
+    p.add_argument("recipe", type=path_value, help="a recipe with a procedural source, e.g. icd-tiny (which made benchmark/prompts/icd-tiny-eval.csv)")
     p.add_argument("--count", type=int_at_least(1), default=512, help="prompts to write (default: 512)")
     p.add_argument("--seed-base", type=int_at_least(0), default=1000, help="evaluation_seed of prompt i is SEED_BASE + i (default: 1000)")
-    p.add_argument("--out", required=True, help="CSV to write")
+    p.add_argument("--out", type=path_value, required=True, help="CSV to write")
     p.set_defaults(func=_prompts)
 
     p = sub.add_parser("score-pipeline", help="score an already-erased diffusers pipeline on the benchmark's prompts")
-    p.add_argument("pipeline", help="a local diffusers pipeline directory")
+    p.add_argument("pipeline", type=path_value, help="a local diffusers pipeline directory")
     p.add_argument("--negative-prompt", help="default: the one the pipeline records (negative_prompt.txt or Geom-Erasing's metadata)")
     p.add_argument("--steps", type=int_at_least(1), help="sampler steps (default: the track's)")
     p.add_argument("--guidance", type=float, help="guidance scale (default: the track's)")
@@ -547,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_score_pipeline)
 
     p = sub.add_parser("score-images", help="score a folder of images named {case_number}_{i}.png after the prompts CSV")
-    p.add_argument("dir", help="a folder of images named {case_number}_{i}.png (or .jpg, .webp, ...) after the track's prompts")
+    p.add_argument("dir", type=path_value, help="a folder of images named {case_number}_{i}.png (or .jpg, .webp, ...) after the track's prompts")
     p.add_argument("--size", type=int_at_least(8), help="the images' side in pixels (default: the track's; any other is refused unless given here)")
     _paths(p, dir="folder", **_add_scoring_arguments(p, "folder for scores.json and summary.json"))
     p.set_defaults(func=_score_images)
