@@ -102,3 +102,192 @@ def test_a_box_over_the_left_or_top_edge_is_down_weighted_where_it_is_in_the_ima
 
 def test_latent_cells_of_a_box_over_the_right_edge_end_at_the_grid():
     assert latent_cells((48, 0, 80, 16), 64, 64, 16, 16) == (12, 0, 16, 4)
+
+
+def test_a_box_starting_inside_a_latent_cell_down_weights_that_cell():
+    """A cell is inside when its footprint overlaps the box at all, its first cell too: a concept is never left partly outside."""
+    assert latent_cells((5, 5, 9, 9), 64, 64, 16, 16) == (1, 1, 3, 3)
+
+
+@pytest.mark.parametrize("box", [(5, 0, 5, 16), (70, 0, 80, 16), (0, -16, 16, 0)])
+def test_a_box_of_no_area_in_the_image_down_weights_nothing(box):
+    """Zero width, or wholly off one edge: no cell is inside, the loss is a plain MSE."""
+    assert not region_mask([box], 64, 64, 16, 16).any()
+
+
+def test_bootstrap_mean_of_nothing_says_so():
+    from implicit_concept.stats import bootstrap_mean
+
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        bootstrap_mean([])
+
+
+def test_identical_seeds_of_continuous_values_are_exactly_one_seed():
+    """The prompts are drawn first, as bootstrap_mean draws them: three seeds that agree prompt by
+    prompt give one seed's interval (0/1 values would hide a different draw in ties)."""
+    import numpy as np
+
+    from implicit_concept.stats import bootstrap_mean, hierarchical_bootstrap
+
+    values = np.random.default_rng(3).normal(size=150)
+    same = hierarchical_bootstrap([values] * 3, resamples=500, seed=2)
+    one = bootstrap_mean(values, resamples=500, seed=2)
+    assert (same.value, same.low, same.high) == pytest.approx((one.value, one.low, one.high), abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 7, 200])
+def test_clopper_pearson_at_one_hit_or_one_miss_matches_its_closed_form(n):
+    """At 1 of n the lower bound solves 1 - (1 - p)^n = 2.5%, not 0; at n - 1 of n the upper bound mirrors it."""
+    from implicit_concept.stats import clopper_pearson
+
+    low, _ = clopper_pearson(1, n)
+    _, high = clopper_pearson(n - 1, n)
+    assert low == pytest.approx(1 - 0.975 ** (1 / n), rel=1e-9) and low > 0
+    if n > 1:
+        assert high == pytest.approx(0.975 ** (1 / n), rel=1e-9) and high < 1
+    assert clopper_pearson(0, n)[1] == pytest.approx(1 - 0.025 ** (1 / n), rel=1e-9)
+
+
+def test_the_crossed_interval_holds_both_the_bootstraps_and_the_students_t_interval():
+    """Two seeds that agree on prompts whose values are skewed (two very low): the bootstrap reaches
+    further down than a symmetric t interval and the t interval further up; the interval holds both."""
+    import math
+
+    import numpy as np
+
+    from implicit_concept.stats import crossed_mean, hierarchical_bootstrap, student_t_quantile
+
+    values = np.array([1.0] * 98 + [-100.0] * 2)
+    boot = hierarchical_bootstrap([values, values], resamples=1000, seed=0)
+    half = student_t_quantile(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
+    crossed = crossed_mean([values, values], resamples=1000, seed=0)
+    assert boot.low < crossed.value - half and boot.high < crossed.value + half  # the case is what it says
+    assert crossed.low == boot.low and crossed.high == pytest.approx(crossed.value + half, rel=1e-3)
+
+
+@pytest.mark.parametrize("counts", [(0, 1, 12), (200, 199, 188)])
+def test_a_share_over_seeds_stays_within_0_and_1(counts):
+    from implicit_concept.stats import crossed_share
+
+    share = crossed_share([[True] * k + [False] * (200 - k) for k in counts])
+    assert 0.0 <= share.low < share.value < share.high <= 1.0
+    assert share.low == 0.0 or share.high == 1.0  # the t interval reached past the bound it is clipped to
+
+
+def test_fewer_than_100_resamples_are_refused_and_100_taken():
+    from implicit_concept.stats import bootstrap_mean
+
+    with pytest.raises(ValueError, match="resamples = 99, want >= 100"):
+        bootstrap_mean([1.0, 2.0], resamples=99)
+    assert bootstrap_mean([1.0, 2.0], resamples=100).value == 1.5
+
+
+def test_an_intervals_record_keeps_its_bounds_as_precisely_as_its_value():
+    """results.json's ``ci`` is what tables and other labs read: rounded as the value is (5 decimals), no coarser."""
+    from implicit_concept.stats import Interval
+
+    interval = Interval(0.1234567, 0.0123456, 0.9876543, 0.95)
+    record = interval.to_json()
+    assert abs(record["value"] - interval.value) <= 5e-6
+    assert all(abs(got - want) <= 5e-6 for got, want in zip(record["ci"], (interval.low, interval.high)))
+
+
+def test_interrupts_not_lost_puts_the_unraisable_hook_back():
+    import sys
+
+    from implicit_concept.worker_processes import interrupts_not_lost
+
+    before = sys.unraisablehook
+    with interrupts_not_lost():
+        assert sys.unraisablehook is not before
+    assert sys.unraisablehook is before
+
+
+def test_an_exception_other_than_a_stop_in_a_finalizer_is_still_reported():
+    """Only a stop is taken from the finalizer; any other exception there goes to the hook before
+    (Python's "Exception ignored" report), not silently nowhere."""
+    import sys
+
+    from implicit_concept.worker_processes import interrupts_not_lost
+
+    seen = []
+
+    class Broken:
+        def __del__(self):
+            raise ValueError("closing failed")
+
+    before = sys.unraisablehook
+    sys.unraisablehook = seen.append
+    try:
+        with interrupts_not_lost():
+            Broken()
+    finally:
+        sys.unraisablehook = before
+    assert [(type(u.exc_value), str(u.exc_value)) for u in seen] == [(ValueError, "closing failed")]
+
+
+#: A Ctrl-C lands in a finalizer and is sent again; the command's cleanup then gets a second Ctrl-C.
+SECOND_STOP_IN_THE_CLEANUP = """
+import os, signal, sys, time
+from implicit_concept.worker_processes import interrupts, stopped_by
+
+
+class Pool:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(10000))  # the handler runs here, inside the finalizer
+
+
+try:
+    with interrupts():
+        try:
+            Pool()
+            for _ in range(1000):
+                time.sleep(0.01)
+            print("ran on past the Ctrl-C", flush=True)
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(20):
+                time.sleep(0.01)
+            print("cleanup finished", flush=True)
+except KeyboardInterrupt as e:
+    print(f"stopped by {stopped_by(e).name}", file=sys.stderr)
+    sys.exit(130)
+"""
+
+
+def test_a_second_stop_after_a_resent_one_lets_the_cleanup_finish():
+    """The stop sent again after a finalizer swallowed it raises once; a later Ctrl-C during the
+    cleanup is a second stop as any other (the cleanup goes on), not the resent one raised again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", SECOND_STOP_IN_THE_CLEANUP], cwd=repo, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert (done.returncode, done.stdout, done.stderr) == (130, "cleanup finished\n", "stopped by SIGINT\n")
+
+
+def test_calibration_without_reference_sets_says_so():
+    from implicit_concept.detector.calibration import calibrate_thresholds
+
+    with pytest.raises(ValueError, match="no reference image sets"):
+        calibrate_thresholds({}, max_fp=0.02)
+
+
+@pytest.mark.parametrize("max_fp", [0.29, 0.57])
+def test_calibration_allows_the_whole_number_of_images_a_share_grants_despite_float_rounding(max_fp):
+    """0.29 of 100 images is 29 (in floating point 28.999999999999996): 29 are flagged, not 28."""
+    import numpy as np
+
+    from implicit_concept.concepts import CONCEPT_NAMES
+    from implicit_concept.detector.calibration import calibrate_thresholds
+
+    confidences = [round(0.995 - i / 200, 4) for i in range(100)]  # 0.995 down to 0.5, all distinct
+    thresholds = calibrate_thresholds({"validation_clean": dict.fromkeys(CONCEPT_NAMES, confidences)}, max_fp=max_fp)
+    flagged = int(np.sum(np.asarray(confidences) >= thresholds["watermark"]))
+    assert flagged == round(max_fp * 100)
