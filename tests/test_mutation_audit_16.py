@@ -291,3 +291,50 @@ def test_calibration_allows_the_whole_number_of_images_a_share_grants_despite_fl
     thresholds = calibrate_thresholds({"validation_clean": dict.fromkeys(CONCEPT_NAMES, confidences)}, max_fp=max_fp)
     flagged = int(np.sum(np.asarray(confidences) >= thresholds["watermark"]))
     assert flagged == round(max_fp * 100)
+
+
+#: A stop swallowed by a finalizer in one block, its resending landing after the block; then a
+#: command whose cleanup gets a second Ctrl-C.
+A_LATER_BLOCK = """
+import os, signal, sys, threading
+from implicit_concept.worker_processes import Interrupted, interrupts, interrupts_not_lost
+
+
+class Pool:
+    def __del__(self):
+        raise KeyboardInterrupt
+
+
+resent = threading.Event()
+signal.signal(signal.SIGINT, lambda signum, frame: resent.set())
+with interrupts_not_lost():
+    Pool()
+assert resent.wait(60), "the stop was not sent again"
+try:
+    with interrupts():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            threading.Event().wait(60)
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)
+            threading.Event().wait(0.2)
+            print("cleanup finished", flush=True)
+except Interrupted:
+    sys.exit(130)
+"""
+
+
+def test_a_stop_a_finished_block_sent_again_does_not_follow_the_process_into_its_next_block():
+    """What one block remembered as swallowed ends with it: in a later command's cleanup a second
+    Ctrl-C is a second stop (the cleanup finishes), not a swallowed one raised again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", A_LATER_BLOCK], cwd=repo, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert (done.returncode, done.stdout) == (130, "cleanup finished\n"), done.stderr
