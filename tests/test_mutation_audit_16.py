@@ -338,3 +338,17 @@ def test_a_stop_a_finished_block_sent_again_does_not_follow_the_process_into_its
                           env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"},
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert (done.returncode, done.stdout) == (130, "cleanup finished\n"), done.stderr
+
+
+def test_geom_erasings_default_choices_are_the_ones_the_readme_states():
+    """No track sets ``alpha`` or ``grid``, so the defaults are what every published run used: the
+    README's stated values and the code's agree (a changed default would silently change the benchmark)."""
+    import re
+    from pathlib import Path
+
+    from implicit_concept.geom_erasing.training_target import GeomErasingConfig
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    stated = re.search(r"`\[geom_erasing\] grid = (\d+)`, `alpha = ([0-9.]+)`", readme)
+    assert stated, "README no longer states Geom-Erasing's default grid and alpha"
+    assert (GeomErasingConfig().grid, GeomErasingConfig().alpha) == (int(stated[1]), float(stated[2]))
