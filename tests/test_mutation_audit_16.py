@@ -1,12 +1,14 @@
 """Tests that kill hand mutants of location tokens, loss weights, report intervals, detector
-calibration and interrupts_not_lost that the suite let pass.
+calibration, the shard writer and interrupts_not_lost that the suite let pass.
 
 Each case is behaviour a user relies on that no earlier test pinned: a box wholly off the image or
 of zero width names no location bin; a caption without a concept term carries its bins after one
-space; a suffix exactly the context's length is kept; a held added token with capitals is held; new
-token rows start at the embedding's own scale; loss weights on a non-square image and a box over
-the left edge; the numbers an interval rests on; a threshold that sits on a confidence; and an
-exception other than a stop in a finalizer is still reported.
+space; a suffix exactly the context's length is kept; a held added token with capitals is held (it
+was not: the fix is in tokens_not_held); new token rows start at the embedding's own scale; loss
+weights on a non-square image and a box over an edge; Geom-Erasing's defaults are the README's; the
+numbers an interval rests on; calibration's refusals and its whole number of allowed images; a
+shard's keys are flat and its bytes synced before its rename; a stop sent again after a finalizer
+swallowed it raises once, in its own block; and any other exception in a finalizer is still reported.
 """
 from __future__ import annotations
 
@@ -352,3 +354,36 @@ def test_geom_erasings_default_choices_are_the_ones_the_readme_states():
     stated = re.search(r"`\[geom_erasing\] grid = (\d+)`, `alpha = ([0-9.]+)`", readme)
     assert stated, "README no longer states Geom-Erasing's default grid and alpha"
     assert (GeomErasingConfig().grid, GeomErasingConfig().alpha) == (int(stated[1]), float(stated[2]))
+
+
+def test_a_key_with_a_slash_is_refused_and_the_shard_keeps_only_flat_members(tmp_path):
+    """A key ``a/b`` would be a member in a folder, which img2dataset's layout and the reader do not hold."""
+    import tarfile
+
+    from implicit_concept.shard_writer import TarShardWriter
+
+    with TarShardWriter(tmp_path / "00000.tar") as writer:
+        with pytest.raises(ValueError, match="must not contain"):
+            writer.write("a/b", {"txt": b"x"})
+        writer.write("ab", {"txt": b"x"})
+        writer.close()
+    with tarfile.open(tmp_path / "00000.tar") as tar:
+        assert tar.getnames() == ["ab.txt"]
+
+
+def test_a_shards_bytes_reach_the_disk_before_it_takes_its_name(tmp_path, monkeypatch):
+    """Crash-safe: the temporary is synced, then renamed, so a power cut never leaves a named shard
+    whose blocks were still in the page cache."""
+    import os
+
+    from implicit_concept import shard_writer
+
+    calls = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(shard_writer.os, "fsync", lambda fd: calls.append(("fsync", os.fstat(fd).st_ino)) or fsync(fd))
+    monkeypatch.setattr(shard_writer.os, "replace", lambda a, b: calls.append(("replace", os.stat(a).st_ino)) or replace(a, b))
+    writer = shard_writer.TarShardWriter(tmp_path / "00000.tar")
+    writer.write("k", {"txt": b"x"})
+    writer.close()
+    inode = (tmp_path / "00000.tar").stat().st_ino
+    assert calls == [("fsync", inode), ("replace", inode)]
