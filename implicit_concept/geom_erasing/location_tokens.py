@@ -139,8 +139,14 @@ ADDED_TOKEN = re.compile(r"<[^<>\s]+>")
 def tokens_not_held(tokenizer, text: str) -> list[str]:
     """The added tokens ``text`` names that ``tokenizer`` does not hold as one token each: CLIP's BPE
     reads such a token as pieces of plain text (``<``, ``l``, ``3``, ...), silently, so a negative
-    prompt of location tokens given to a tokenizer saved without them steers away from nothing."""
-    return sorted({token for token in ADDED_TOKEN.findall(text) if tokenizer.tokenize(token) != [token]})
+    prompt of location tokens given to a tokenizer saved without them steers away from nothing. Held
+    is read as one id: a tokenizer that lowercases (CLIP's) names a held ``<Cat-Toy>`` ``<cat-toy>``."""
+    return sorted({token for token in ADDED_TOKEN.findall(text) if not _one_token(tokenizer, token)})
+
+
+def _one_token(tokenizer, token: str) -> bool:
+    ids = tokenizer(token, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    return len(ids) == 1 and ids[0] != tokenizer.unk_token_id
 
 
 def add_tokens(tokenizer, text_encoder, tokens: Sequence[str], seed: int = 0, noise: float = 0.1) -> list[int]:
