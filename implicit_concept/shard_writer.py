@@ -27,7 +27,6 @@ class TarShardWriter:
         except OSError as e:
             raise naming(e, self.path) from None
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
-        self.count = 0
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
         if "." in key or "/" in key:
@@ -43,7 +42,6 @@ class TarShardWriter:
                 self._tar.addfile(info, io.BytesIO(data))
             except OSError as e:  # a full disk, a file size limit: name the shard being written
                 raise naming(e, self.path) from None
-        self.count += 1
 
     def close(self) -> str:
         """Finish the tar, move it into place and return its sha256."""
