@@ -20,7 +20,7 @@ from implicit_concept.detector.inference import Detector
 from implicit_concept.detector.weights import weights_path
 from implicit_concept.files import FolderClaimError, atomic_write_json, check_apart, visible_entries
 from implicit_concept.json_records import json_differences, read_json_object, shown_differences
-from implicit_concept.provenance import environment
+from implicit_concept.provenance import environment, package_changes
 from implicit_concept.utf8_paths import shown_path, utf8_path_problem
 from implicit_concept.validate import check_folder_name
 
@@ -197,16 +197,13 @@ class BenchmarkRun:
         then = started.get("packages") if isinstance(started, dict) else None
         if not isinstance(then, dict):
             return
-        now = environment()["packages"]
-        changed = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
-        if not changed:
+        changes = package_changes(then, environment()["packages"])
+        if changes is None:
             return
-        shown = "; ".join(f"{k} {then.get(k) or 'not installed'} then, {now.get(k) or 'not installed'} now" for k in changed[:4])
-        pins = " ".join(f"{k}=={then[k]}" for k in changed if isinstance(then.get(k), str))
+        shown, pins = changes
         raise FolderClaimError(
-            f"{self.root}: made under other package versions ({shown}{'; ...' if len(changed) > 4 else ''}); they change its "
-            f"images and scores, so resuming would mix rows of both. Reinstall the versions it was made under"
-            f"{f' (pip install {pins})' if pins else ''}, or use another --name"
+            f"{self.root}: made under other package versions ({shown}); they change its images and scores, so "
+            f"resuming would mix rows of both. Reinstall the versions it was made under{pins}, or use another --name"
         )
 
     def _earlier_results(self) -> dict[str, Any]:

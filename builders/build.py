@@ -36,7 +36,7 @@ from implicit_concept.disk_space import space_message
 from implicit_concept.file_locks import LocksUnavailable, locked
 from implicit_concept.files import TEMPORARY_MARK, FolderClaimError, claim, visible_entries, within, write_unless_same
 from implicit_concept.json_records import MISSING, json_changes, json_text, read_json_object
-from implicit_concept.provenance import environment
+from implicit_concept.provenance import environment, package_changes
 from implicit_concept.shard_reader import DATASET_RECORD
 from implicit_concept.utf8_paths import shown_path, utf8_path_problem
 
@@ -252,16 +252,14 @@ def _same_packages(out: Path, started: dict[str, Any] | None, env: dict[str, Any
         return env
     if not todo:
         return started
-    then, now = started["packages"], env.get("packages", {})
-    changed = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
-    if not changed:
+    changes = package_changes(started["packages"], env.get("packages", {}))
+    if changes is None:
         return env
-    shown = "; ".join(f"{k} {then.get(k) or 'not installed'} then, {now.get(k) or 'not installed'} now" for k in changed[:4])
-    pins = " ".join(f"{k}=={then[k]}" for k in changed if then.get(k))
+    shown, pins = changes
     raise FolderClaimError(
-        f"{out}: this build started under other package versions ({shown}{'; ...' if len(changed) > 4 else ''}), "
+        f"{out}: this build started under other package versions ({shown}), "
         f"and {len(todo)} shards are still to build; they change bytes, so resuming would mix shards of both. "
-        f"Reinstall the versions it started under{f' (pip install {pins})' if pins else ''}, or build into another {OUT}"
+        f"Reinstall the versions it started under{pins}, or build into another {OUT}"
     )
 
 

@@ -129,10 +129,12 @@ def verify_dataset(out: Path, progress: bool = False, wait_for_build: bool = Fal
 
 def _verify(out: Path, report: VerifyReport, progress: bool) -> VerifyReport:
     problems = _Problems(report)
-    recipe = _guarded(problems, out / RECIPE_RECORD, None, _read_recipe, out, problems)
+    record = _guarded(problems, out / RECIPE_RECORD, None, _read_json, out / RECIPE_RECORD, problems)
+    recipe = _guarded(problems, out / RECIPE_RECORD, None, _read_recipe, out, record, problems)
+    record = record or {}  # read once: every check below takes what it holds
     listing = _guarded(problems, out / CHECKSUMS, {}, _read_listing, out, problems)
-    units = _guarded(problems, out, [], _plan, out, recipe, listing, problems, report)
-    _guarded(problems, out / RECIPE_RECORD, None, _check_source, out, recipe, report)
+    units = _guarded(problems, out, [], _plan, out, record, recipe, listing, problems, report)
+    _guarded(problems, out / RECIPE_RECORD, None, _check_source, out, record, recipe, report)
     if not units:
         problems.add(out, "no shards: the recipe plans none, or none could be found")
     _guarded(problems, out, None, _check_folder, out, recipe, units, problems, report.notes)
@@ -144,10 +146,10 @@ def _verify(out: Path, report: VerifyReport, progress: bool) -> VerifyReport:
     for unit in progress_bar(units, desc=f"verify {out.name}", unit="shard", progress=progress):
         report.shards += 1
         _guarded(problems, out / _rel(unit), None, _verify_shard, out, unit, recipe, listing, problems, report, releases)
-    _guarded(problems, out / RECIPE_RECORD, None, _check_releases, out, releases, problems)
+    _guarded(problems, out / RECIPE_RECORD, None, _check_releases, record, releases, problems)
     _guarded(problems, out / MANIFEST, None, _check_manifest, out, units, problems)
     if recipe is not None and units:
-        _guarded(problems, out / CARD, None, _check_card, out, recipe, units, problems)
+        _guarded(problems, out / CARD, None, _check_card, out, record, recipe, units, problems)
     if units and report.samples == 0:
         problems.add(out, f"no samples: every source item was skipped, so the build failed (each one's reason is in {MANIFEST})")
     problems.close()
@@ -216,10 +218,9 @@ def _read_json(path: Path, problems: _Problems) -> dict[str, Any] | None:
     return None
 
 
-def _read_recipe(out: Path, problems: _Problems) -> Recipe | None:
-    """The recipe recorded in recipe.json, validated, or None (then only what needs no recipe is checked)."""
+def _read_recipe(out: Path, record: dict[str, Any] | None, problems: _Problems) -> Recipe | None:
+    """The recipe ``record`` (recipe.json) holds, validated, or None (then only what needs no recipe is checked)."""
     path = out / RECIPE_RECORD
-    record = _read_json(path, problems)
     if record is None:
         return None
     if hashed_with_paths(record.get("recipe"), record.get("recipe_sha256")):
@@ -272,7 +273,7 @@ def _rel(unit: WorkUnit) -> str:
     return f"{unit.subset}/{unit.split}/{unit.name}.tar"
 
 
-def _plan(out: Path, recipe: Recipe | None, listing: dict[str, tuple[int, str]], problems: _Problems, report: VerifyReport) -> list[WorkUnit]:
+def _plan(out: Path, record: dict[str, Any], recipe: Recipe | None, listing: dict[str, tuple[int, str]], problems: _Problems, report: VerifyReport) -> list[WorkUnit]:
     """The shards the build made: the plan its recipe.json records (what was built, whatever its
     source holds now); for a build recorded without one, the recipe's plan from its source where
     it is readable here."""
@@ -280,7 +281,7 @@ def _plan(out: Path, recipe: Recipe | None, listing: dict[str, tuple[int, str]],
     if recipe is None:
         report.notes.append(f"no valid {RECIPE_RECORD}: only the shards {CHECKSUMS} lists are checked, not the recipe's plan")
         return [WorkUnit(m.group(1), m.group(2), int(m.group(3))) for m in listed]
-    recorded = recorded_plan(_read_json(out / RECIPE_RECORD, _Problems(VerifyReport())) or {})
+    recorded = recorded_plan(record)
     if recorded is not None:
         return plan_units(recipe, recorded)
     try:
@@ -303,12 +304,11 @@ def _plan(out: Path, recipe: Recipe | None, listing: dict[str, tuple[int, str]],
     return plan_units(recipe, {split: list(range(ids[split][-1] + 1)) if ids[split] else [] for split in SPLITS})
 
 
-def _check_source(out: Path, recipe: Recipe | None, report: VerifyReport) -> None:
+def _check_source(out: Path, record: dict[str, Any], recipe: Recipe | None, report: VerifyReport) -> None:
     """A note when the source, readable here, no longer holds what the build started from: the
     shards still verify, but a rebuild would not give them back."""
     if recipe is None:
         return
-    record = _read_json(out / RECIPE_RECORD, _Problems(VerifyReport())) or {}
     recorded, located = record.get("source_fingerprint"), record.get(SOURCE_LOCATION)
     try:
         where = absolute_source(located, out) if isinstance(located, dict) else recipe.source
@@ -445,13 +445,12 @@ def _verify_shard(
             _check_table(parquet, rows, contents, stats, problems)
 
 
-def _check_releases(out: Path, releases: dict[tuple[str, int], str], problems: _Problems) -> None:
+def _check_releases(record: dict[str, Any], releases: dict[tuple[str, int], str], problems: _Problems) -> None:
     """Every sample written by the release the build record credits (else by the first sample's):
     another release draws other pixels and boxes for the same recipe, so a shard it wrote (a resume
     the record did not stop, a shard copied in) makes one dataset of two."""
     if not releases:
         return
-    record = _read_json(out / RECIPE_RECORD, _Problems(VerifyReport())) or {}
     env = record.get("environment")
     packages = env.get("packages") if isinstance(env, dict) else None
     credited = packages.get("implicit-concept") if isinstance(packages, dict) else None
@@ -699,10 +698,9 @@ def _card_lines(card: bytes) -> list[bytes]:
     return lines
 
 
-def _check_card(out: Path, recipe: Recipe, units: list[WorkUnit], problems: _Problems) -> None:
+def _check_card(out: Path, record: dict[str, Any], recipe: Recipe, units: list[WorkUnit], problems: _Problems) -> None:
     """README.md is the card this build's recipe, stats, manifest and environment give (its front
     matter is the Hugging Face config, its checksums every shard's): rebuilt and compared."""
-    record = _read_json(out / RECIPE_RECORD, _Problems(VerifyReport())) or {}
     env = record.get("environment")
     if not isinstance(env, dict) or not isinstance(env.get("packages"), dict) or "python" not in env:
         return  # recorded without the environment the card names: nothing to rebuild it from

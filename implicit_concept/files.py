@@ -73,7 +73,8 @@ def write_unless_same(path: Path, data: bytes) -> None:
     """:func:`atomic_write_bytes`, unless ``path`` is a file holding ``data`` already: a finished
     build rerun writes nothing, so a read-only copy of it serves (a benchmark's ``--data``)."""
     try:
-        if stat.S_ISREG(os.stat(path).st_mode) and os.path.getsize(path) == len(data) and Path(path).read_bytes() == data:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_size == len(data) and Path(path).read_bytes() == data:
             return
     except OSError:
         pass  # absent or unreadable: written

@@ -45,6 +45,18 @@ def environment() -> dict[str, Any]:
     }
 
 
+def package_changes(then: dict[str, Any], now: dict[str, Any]) -> tuple[str, str] | None:
+    """None where the versions ``then`` and ``now`` (package -> version) agree; else what changed, in
+    words, and how to put ``then``'s back: ``("torch 2.1 then, 2.2 now", " (pip install torch==2.1)")``.
+    One wording for every output a resume under other versions would make one of two."""
+    changed = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+    if not changed:
+        return None
+    shown = "; ".join(f"{k} {then.get(k) or 'not installed'} then, {now.get(k) or 'not installed'} now" for k in changed[:4])
+    pins = " ".join(f"{k}=={then[k]}" for k in changed if isinstance(then.get(k), str) and then[k])
+    return shown + ("; ..." if len(changed) > 4 else ""), f" (pip install {pins})" if pins else ""
+
+
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
