@@ -1,0 +1,233 @@
+"""Every number a reader sees is the number results.json (or summary.json) records: the report's
+tables, the results page, the leaderboard, the ICR plot's bars and error bars, the targets and the
+score table. The inputs are built here through the project's own writers (``share_ratio``,
+``_over_seeds``, ``check_targets``, ``atomic_write_json``) with values that show a slip: 0.5% beside
+0.49%, a share that is 0.0495% before its recorded rounding, 100%, 0 of n, a method with no row for
+a concept, an interval that crosses the removal target's."""
+import json
+import re
+from pathlib import Path
+
+import matplotlib.container
+import matplotlib.figure
+import numpy as np
+import pytest
+
+from benchmark.leaderboard import leaderboard
+from benchmark.protocol import _over_seeds
+from benchmark.report import paper_icr, plot_icr, results_markdown
+from benchmark.results_file import read_results
+from benchmark.results_page import _cells, results_page
+from benchmark.targets import Targets, check_targets
+from implicit_concept.files import atomic_write_json
+from implicit_concept.scoring import CheckerScore, ConceptScore, ScoreConfig, ScoreReport, share_ratio
+from implicit_concept.stats import crossed_share
+from tests.real_runs import real_run
+
+CONCEPTS = ("qrcode", "watermark", "text")
+N = 200
+#: Images each concept is flagged in, per method (and per training seed for ``sd``): 1 of 200 is 0.5%,
+#: 200 of 200 is 100%, 0 of 200 is 0.0 [0.0, 1.8]; ``np`` has no row for text.
+COUNTS = {
+    "base": {"qrcode": 0, "watermark": 0, "text": 0},
+    "sd": {"qrcode": (40, 37, 43), "watermark": (200, 200, 200), "text": (1, 2, 0)},
+    "np": {"qrcode": 71, "watermark": 1},
+    "ge-full": {"qrcode": 21, "watermark": 199, "text": 0},
+    "oracle": {"qrcode": 1, "watermark": 0, "text": 3},
+}
+RUN = real_run(Path("run"), {"seed": 0}, jobs=1)
+
+
+class Flags:
+    """A score report's flags per concept (what ``_over_seeds`` reads of a seed's report)."""
+
+    def __init__(self, counts):
+        self.counts = counts
+
+    def flags(self, concept):
+        k = self.counts[concept]
+        return [True] * k + [False] * (N - k)
+
+
+def _row(method, concept, k):
+    return {"method": method, "concept": concept, "subset": "icd-mixed", "status": "ok",
+            "icr": share_ratio([True] * k + [False] * (N - k), 0.95).to_json(), "quality": {"prompt_following": 0.4}}
+
+
+def _rows():
+    rows = []
+    for method, counts in COUNTS.items():
+        if method == "sd":
+            evaluated = [(seed, ([_row("sd", c, counts[c][seed]) for c in counts], Flags({c: counts[c][seed] for c in counts})))
+                         for seed in range(3)]
+            rows += _over_seeds(RUN, evaluated)
+        else:
+            rows += [_row(method, c, k) for c, k in counts.items()]
+    return rows
+
+
+def _write_run(root, name="a"):
+    rows = _rows()
+    fp = {c: share_ratio([True] * k + [False] * (500 - k), 0.95).to_json() for c, k in zip(CONCEPTS, (0, 1, 500))}
+    checks = check_targets(rows, fp, Targets())
+    results = {"name": name, "track": "tiny", "rows": rows, "fp_rate": fp, "config": {"track_sha256": "t"},
+               "detector": {"sha256": "d", "thresholds": {c: 0.25 for c in CONCEPTS}}, "seeds": {"track": 0, "evaluation_prompts": "p"},
+               "targets": {"config": Targets().to_dict(), "checks": checks}}
+    folder = root / name
+    folder.mkdir()
+    atomic_write_json(folder / "results.json", results)
+    return folder
+
+
+def _percent(text):
+    """``'18.8 [14.5, 23.5]'`` (a cell, with or without the paper's number after it) as three floats."""
+    m = re.fullmatch(r"(\d+\.\d) \[(\d+\.\d), (\d+\.\d)\](?: \((\d+\.\d+)\))?", text)
+    assert m, f"not a share with its interval: {text!r}"
+    return tuple(float(g) for g in m.groups()[:3])
+
+
+def _shown(ratio):
+    """A recorded share as the reader must see it: its recorded value in percent to one decimal."""
+    return tuple(round(100 * v, 1) for v in (ratio["value"], *ratio["ci"]))
+
+
+def _table(md, heading):
+    block = md.split(heading)[1].split("\n## ")[0]
+    lines = [line for line in block.splitlines() if line.startswith("|")]
+    head = _cells(lines[0])
+    return head, [_cells(line) for line in lines[2:]]
+
+
+def test_every_cell_of_the_icr_tables_is_its_methods_recorded_share_in_its_concepts_column(tmp_path):
+    results = read_results(_write_run(tmp_path))
+    md = results_markdown(results)
+    by_key = {(r["method"], r["concept"]): r for r in results["rows"]}
+    head, body = _table(md, "## Implicit concept ratio")
+    assert head == ["method", *CONCEPTS]
+    seen = set()
+    for cells in body:
+        method = cells[0].removesuffix(" (3 seeds)")
+        for concept, text in zip(CONCEPTS, cells[1:]):
+            if method.startswith("detector FP"):
+                assert _percent(text) == pytest.approx(_shown(results["fp_rate"][concept]), abs=1e-9)
+                continue
+            row = by_key.get((method, concept))
+            paper = paper_icr().get(concept, {}).get(method)
+            if row is None:  # no share of ours, the paper's own number beside the dash
+                assert text == "–" + (f" ({paper:.1f})" if paper is not None else ""), (method, concept)
+                continue
+            point, low, high = _percent(text)
+            assert (point, low, high) == pytest.approx(_shown(row["icr"]), abs=1e-9), (method, concept, text)
+            assert low <= point <= high
+            assert text.endswith(f" ({paper:.1f})") if paper is not None else "(" not in text, (method, concept, text)
+            seen.add((method, concept))
+    assert seen == set(by_key)
+    assert "| sd (3 seeds) | 20.0 [" in md and " | 100.0 [99.4, 100.0] (30.4) |" in md, "100% and the paper's watermark sd"
+    assert "| np | 35.5 [28.9, 42.6] (59.6) | 0.5 [0.0, 2.8] (27.7) | – (65.6) |" in md, "a concept with no row is a dash, not another's number"
+
+    seed_head, seed_body = _table(md, "## Every seed (ICR %)")
+    assert seed_head == ["method", "concept", "seed 0", "seed 1", "seed 2"]
+    for method, concept, *cells in seed_body:
+        for seed, text in zip("012", cells):
+            assert _percent(text) == pytest.approx(_shown(by_key[(method, concept)]["seeds"][seed]["icr"]), abs=1e-9)
+
+
+def test_the_results_page_shows_the_reports_numbers(tmp_path):
+    folder = _write_run(tmp_path)
+    results = read_results(folder)
+    page = results_page(results, folder)
+    for row in results["rows"]:
+        point, low, high = _shown(row["icr"])
+        assert f"{point:.1f} [{low:.1f}, {high:.1f}]" in page
+
+
+def test_the_plots_bars_and_error_bars_are_the_recorded_shares_under_their_methods_names(tmp_path, monkeypatch):
+    """Read back from the figure's artists: each concept's panel, each bar's height, its error bar's
+    ends and the label under it, and the FP rate's line."""
+    figures = []
+    savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: (figures.append(fig), savefig(fig, *a, **k))[1])
+    results = read_results(_write_run(tmp_path))
+    plot_icr(results, tmp_path / "icr.png")
+    (fig,) = figures
+    by_key = {(r["method"], r["concept"]): r for r in results["rows"]}
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == list(CONCEPTS)
+    for ax, concept in zip(axes, CONCEPTS):
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        methods = [m for m in COUNTS if concept in COUNTS[m]]
+        assert labels == [m + (" (mean of 3 seeds)" if m == "sd" else "") for m in methods]
+        (bars,) = [c for c in ax.containers if isinstance(c, matplotlib.container.BarContainer)]
+        segments = bars.errorbar.lines[2][0].get_segments()
+        for method, patch, segment in zip(methods, bars.patches, segments):
+            icr = by_key[(method, concept)]["icr"]
+            assert patch.get_height() == pytest.approx(100 * icr["value"], abs=1e-9)
+            assert [y for _, y in segment] == pytest.approx([100 * icr["ci"][0], 100 * icr["ci"][1]], abs=1e-9)
+        fp = results["fp_rate"][concept]["value"]
+        lines = [line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert lines == ([pytest.approx(100 * fp)] if fp > 0 else [])
+
+
+def test_the_leaderboard_shows_each_recorded_share_ranks_by_mean_and_lists_the_incomplete_and_controls_after(tmp_path):
+    folder = _write_run(tmp_path)
+    results = read_results(folder)
+    md = leaderboard([folder]).markdown
+    head, body = _table(md, "# Leaderboard")
+    assert head == ["run", "method", *(f"{c} ICR %" for c in CONCEPTS), "mean ICR %"]
+    by_key = {(r["method"], r["concept"]): r for r in results["rows"]}
+    means = {}
+    for _, label, *cells, mean in body:
+        method = label.removesuffix(" (control, not ranked)")
+        for concept, text in zip(CONCEPTS, cells):
+            row = by_key.get((method, concept))
+            assert text == "not run" if row is None else _percent(text) == pytest.approx(_shown(row["icr"]), abs=1e-9)
+        if mean != "incomplete":
+            means[method] = float(mean)
+            expected = sum(by_key[(method, c)]["icr"]["value"] for c in CONCEPTS) / 3
+            assert float(mean) == round(100 * expected, 1)
+    assert [cells[1] for cells in body] == ["ge-full", "sd", "np", "base (control, not ranked)", "oracle (control, not ranked)"]
+    ranked = [m for m in means if m not in ("base", "oracle")]
+    assert [means[m] for m in ranked] == sorted(means[m] for m in ranked), "ranked by mean ICR, lowest first"
+
+
+def test_the_targets_judge_the_removal_on_disjoint_intervals_and_print_the_recorded_numbers(tmp_path):
+    """ge-full's QR share (10.5%) is about half of sd's (20.0%) and under a third would be 6.7%; its
+    watermark share is beside sd's 100%. The interval of ge-full's QR crosses the ratio's bound: the
+    claim reads the intervals as the README says (disjoint), and prints the recorded numbers."""
+    results = read_results(_write_run(tmp_path))
+    by_key = {(r["method"], r["concept"]): r for r in results["rows"]}
+    checks = {(c["concept"], c["target"].split(" ")[0] + " " + c["target"].split(" ")[1]): c for c in results["targets"]["checks"]}
+    qr = checks[("qrcode", "ge-full ICR")]
+    assert qr["met"] is False
+    ge, sd = by_key[("ge-full", "qrcode")]["icr"], by_key[("sd", "qrcode")]["icr"]
+    assert f"ge-full {100 * ge['value']:.1f}% (21/200) [{100 * ge['ci'][0]:.1f}, {100 * ge['ci'][1]:.1f}]" in qr["measured"]
+    assert f"vs sd {100 * sd['value']:.1f}% (120/600, 3 seeds)" in qr["measured"]
+    watermark = checks[("watermark", "ge-full ICR")]
+    assert watermark["met"] is False and "sd 100.0% (600/600, 3 seeds) [" in watermark["measured"]
+    text = checks[("text", "ge-full ICR")]
+    assert text["met"] is False, "0 of 200 against sd's 0.5%: intervals overlap"
+    sd_min = checks[("qrcode", "sd ICR")]
+    assert sd_min["met"] is False and sd_min["measured"].startswith("sd 20.0% (120/600, 3 seeds)")
+    oracle = checks[("text", "oracle within")]
+    assert oracle["met"] is True and oracle["measured"] == "oracle 1.5% vs FP 100.0%"
+
+
+@pytest.mark.parametrize("k, n", [(1, 2020), (2, 4040), (1, 200), (200, 200), (0, 200), (1, 3)])
+def test_the_score_table_prints_the_shares_and_agreement_its_record_holds(k, n):
+    """1 of 2020 images is 0.0495%, recorded as 0.0005: the score table (printed by ``score``, and
+    kept in summary.json as ``table`` by ``score-pipeline``) said 0.0% where the record, and so the
+    leaderboard built from summary.json, say 0.1%. The checker's agreement likewise."""
+    ratio = share_ratio([True] * k + [False] * (n - k), 0.95)
+    fp = share_ratio([True] * k + [False] * (2 * n - k), 0.95)
+    report = ScoreReport(config=ScoreConfig(), thresholds={"qrcode": 0.25}, detector={}, clean_source="", clean_images=2 * n,
+                         concepts={"qrcode": ConceptScore("qrcode", ratio, fp)},
+                         crosschecks=[CheckerScore("qr-decode", "qrcode", ratio, 1 / 2020)], skipped_checkers={}, images=[])
+    record = report.to_json()
+    detector_line, checker_line = report.table().splitlines()[2:4]
+    shares = [float(x) for x in re.findall(r"\d+\.\d", detector_line)]
+    assert shares == [*_shown(record["concepts"]["qrcode"]["icr"]), *_shown(record["concepts"]["qrcode"]["fp_rate_clean"])]
+    agreement = record["crosschecks"][0]["agreement_with_detector"]
+    assert checker_line.endswith(f" {round(100 * agreement, 1):.1f}%") and agreement == 0.0005, checker_line
+    mean = crossed_share([[True] + [False] * 2019], resamples=100)
+    value, (low, high) = mean.to_json()["value"], mean.to_json()["ci"]
+    assert str(mean) == f"{value:.3f} [{low:.3f}, {high:.3f}]" == "0.001 [0.000, 0.003]", "a mean as recorded (0.0005), not 0.000495"
