@@ -187,8 +187,8 @@ def results_markdown(results: dict[str, Any]) -> str:
             if r.get("status") != "ok":
                 continue
             q = r.get("quality", {})
-            values = [_num(q.get(k)) + _interval(r.get("quality_detail", {}).get(k, {}).get("mean")) for k in columns]
-            lines.append(_row([cell(r["concept"]), cell(r["method"]) + md_text(_seeds_label(r)), *values, _num(r.get("fid_x_icr"))]))
+            values = [num(q.get(k)) + _interval(r.get("quality_detail", {}).get(k, {}).get("mean")) for k in columns]
+            lines.append(_row([cell(r["concept"]), cell(r["method"]) + md_text(_seeds_label(r)), *values, num(r.get("fid_x_icr"))]))
         lines.append("")
         per_seed = [(r, s, v) for r in rows if r.get("status") == "ok" and not seed_zero_quality(r)
                     for s, v in (r.get("seeds") or {}).items() if "quality" in v]
@@ -196,8 +196,8 @@ def results_markdown(results: dict[str, Any]) -> str:
             lines += ["### Every seed (quality)", "", _row(["concept", "method", "seed", *map(cell, columns), "FID x ICR"]),
                       "|" + "---|" * (len(columns) + 4)]
             for r, s, v in per_seed:
-                values = [_num(v.get("quality", {}).get(k)) + _interval(v.get("quality_detail", {}).get(k, {}).get("mean")) for k in columns]
-                lines.append(_row([cell(r["concept"]), cell(r["method"]), cell(s), *values, _num(v.get("fid_x_icr"))]))
+                values = [num(v.get("quality", {}).get(k)) + _interval(v.get("quality_detail", {}).get(k, {}).get("mean")) for k in columns]
+                lines.append(_row([cell(r["concept"]), cell(r["method"]), cell(s), *values, num(v.get("fid_x_icr"))]))
             lines.append("")
     kinds = sorted({q for r in rows for q in r.get("quality_kinds", [])})
     lines += ["Quality measures: " + ("; ".join(map(md_text, kinds)) or "none"), ""]
@@ -324,19 +324,23 @@ def _quality_columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _interval(estimate: dict[str, Any] | None) -> str:
-    return f" [{_num(estimate['ci'][0])}, {_num(estimate['ci'][1])}]" if estimate else ""
+    return f" [{num(estimate['ci'][0])}, {num(estimate['ci'][1])}]" if estimate else ""
 
 
-def _num(v: Any) -> str:
-    """A number as people read it: no exponent for FIDs and products (1090, 21815), 3 significant digits below 100."""
+def num(v: Any) -> str:
+    """A number as people read it, the one rounding every table and target uses: no exponent for FIDs
+    and products (1090, 21815), 3 significant digits below 100, trailing zeros kept (0.430 [0.360,
+    0.504], not 0.43 [0.36, 0.504])."""
     if v is None:
         return "–"
     if not isinstance(v, float):
         return str(v)
-    if abs(v) >= 100:
+    if abs(float(f"{v:.3g}")) >= 100:
         return f"{v:.0f}"
-    if v == 0 or abs(v) >= 1e-4:
-        return f"{v:.3g}"
+    if v == 0:
+        return "0"
+    if abs(v) >= 1e-4:
+        return f"{v:#.3g}"
     return f"{v:.2e}"
 
 

@@ -231,3 +231,22 @@ def test_the_score_table_prints_the_shares_and_agreement_its_record_holds(k, n):
     mean = crossed_share([[True] + [False] * 2019], resamples=100)
     value, (low, high) = mean.to_json()["value"], mean.to_json()["ci"]
     assert str(mean) == f"{value:.3f} [{low:.3f}, {high:.3f}]" == "0.001 [0.000, 0.003]", "a mean as recorded (0.0005), not 0.000495"
+
+
+@pytest.mark.parametrize("sd_follow, ge_follow", [(0.43, 0.401), (0.0456, 0.0049), (0.36, 0.5)])
+def test_prompt_following_is_rounded_one_way_in_the_quality_table_and_the_targets(sd_follow, ge_follow):
+    """The quality table printed 3 significant digits without trailing zeros (sd's 0.43 [0.36, 0.5]),
+    the targets 3 decimals (0.430 [0.360, 0.500]), so one recorded figure read two ways; 0.0049 was
+    0.0049 in one and 0.005 in the other."""
+    def row(method, follow):
+        mean = {"value": follow, "ci": [round(follow * 0.8, 5), round(min(1.0, follow * 1.2), 5)], "level": 0.95}
+        return {**_row(method, "qrcode", 20), "quality": {"prompt_following": follow},
+                "quality_detail": {"prompt_following": {"mean": mean}}}
+
+    rows = [row("sd", sd_follow), row("ge-full", ge_follow)]
+    (check,) = [c for c in check_targets(rows, {}, Targets()) if "prompt following" in c["target"]]
+    md = results_markdown({"name": "r", "track": "tiny", "fp_rate": {}, "rows": rows,
+                           "targets": {"checks": [check]}})
+    _, body = _table(md, "## Quality")
+    shown = {cells[1]: cells[2] for cells in body}
+    assert check["measured"] == f"ge-full {shown['ge-full'].split(' [')[0]} vs sd {shown['sd']}", (check["measured"], shown)
