@@ -151,9 +151,10 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines += _icr_table(in_ablation, [c for c in concepts if c in ablation], by_key, ablation)
     seeded = [r for r in rows if r.get("seeds") and r.get("status") == "ok"]
     if seeded:
-        lines += ["## Every seed (ICR %)", "", _row(["method", "concept", *[f"seed {cell(s)}" for s in seeded[0]["seeds"]]])]
-        lines.append("|---|---|" + "---|" * len(seeded[0]["seeds"]))
-        lines += [_row([cell(r["method"]), cell(r["concept"]), *[pct(v["icr"]) for v in r["seeds"].values()]]) for r in seeded]
+        seeds = _seed_columns(seeded)
+        lines += ["## Every seed (ICR %)", "", _row(["method", "concept", *[f"seed {cell(s)}" for s in seeds]])]
+        lines.append("|---|---|" + "---|" * len(seeds))
+        lines += [_row([cell(r["method"]), cell(r["concept"]), *[pct((r["seeds"].get(s) or {}).get("icr")) for s in seeds]]) for r in seeded]
         lines.append("")
     named = results.get("named_base") or {}
     if named:
@@ -216,6 +217,13 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines += ["## Not run", ""] + [f"- {code(r['method'])} on {md_text(r['concept'])}: {md_text(r.get('status'))}" for r in missing] + [""]
     lines += _timing_lines(results)
     return "\n".join(lines) + "\n"
+
+
+def _seed_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Every seed any row records, in numeric order: each row's share goes under its own seed's
+    column (a row without a seed shows a dash there), not in the order the row lists them."""
+    names = dict.fromkeys(s for r in rows for s in r["seeds"])
+    return sorted(names, key=lambda s: (0, int(s), s) if s.isascii() and s.isdigit() else (1, 0, s))
 
 
 def _timing_lines(results: dict[str, Any]) -> list[str]:

@@ -250,3 +250,22 @@ def test_prompt_following_is_rounded_one_way_in_the_quality_table_and_the_target
     _, body = _table(md, "## Quality")
     shown = {cells[1]: cells[2] for cells in body}
     assert check["measured"] == f"ge-full {shown['ge-full'].split(' [')[0]} vs sd {shown['sd']}", (check["measured"], shown)
+
+
+def test_each_seeds_share_stands_under_its_own_seeds_column():
+    """The every-seed table took its columns from the first seeded row and filled each row's cells in
+    its own order: a row with seeds 0 and 2 (a results.json merged from two runs) showed seed 2's
+    share under "seed 1"."""
+    def seeded(method, shares):
+        seeds = {seed: {"icr": share_ratio([True] * k + [False] * (N - k), 0.95).to_json()} for seed, k in shares.items()}
+        return {**_row(method, "qrcode", 10), "seeds": seeds}
+
+    rows = [seeded("sd", {"0": 10, "1": 20, "2": 30}), seeded("ge-full", {"0": 1, "2": 3}), seeded("oracle", {"2": 0, "0": 2, "1": 4})]
+    md = results_markdown({"name": "r", "track": "tiny", "fp_rate": {}, "rows": rows})
+    head, body = _table(md, "## Every seed (ICR %)")
+    assert head == ["method", "concept", "seed 0", "seed 1", "seed 2"]
+    for row, (method, _, *cells) in zip(rows, body):
+        assert method == row["method"] and len(cells) == 3
+        for seed, text in zip(("0", "1", "2"), cells):
+            ratio = row["seeds"].get(seed)
+            assert text == "–" if ratio is None else _percent(text) == pytest.approx(_shown(ratio["icr"]), abs=1e-9), (method, seed, text)
