@@ -15,7 +15,7 @@ import pytest
 
 from benchmark.leaderboard import leaderboard
 from benchmark.protocol import _over_seeds
-from benchmark.report import paper_icr, plot_icr, results_markdown
+from benchmark.report import num, paper_icr, plot_icr, results_markdown
 from benchmark.results_file import read_results
 from benchmark.results_page import _cells, results_page
 from benchmark.targets import Targets, check_targets
@@ -269,3 +269,86 @@ def test_each_seeds_share_stands_under_its_own_seeds_column():
         for seed, text in zip(("0", "1", "2"), cells):
             ratio = row["seeds"].get(seed)
             assert text == "–" if ratio is None else _percent(text) == pytest.approx(_shown(ratio["icr"]), abs=1e-9), (method, seed, text)
+
+
+REFERENCE = Path(__file__).resolve().parents[1] / "benchmark" / "reference" / "tiny"
+PUBLISHED = REFERENCE.parents[1] / "published" / "detector-tiny"
+
+
+def test_the_readmes_prose_quotes_the_reference_run_and_the_published_evaluator_as_recorded():
+    """Each figure the README's tiny-track section quotes, remade from the records it quotes
+    (the reference run's results.json, the evaluator's metrics.json, paper_numbers.toml) in the
+    tables' rounding: a rerun not copied in, or a figure typed by hand, fails. Also: the targets
+    results.json holds are what today's code makes of its rows."""
+    readme = (REFERENCE.parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## The tiny track\n")[1].split("\n## ")[0]
+    said = " ".join(section.split())  # the README wraps its lines anywhere
+    results = read_results(REFERENCE)
+    row = {(r["method"], r["concept"]): r for r in results["rows"]}
+
+    def p(method, concept, seed=None):
+        icr = row[(method, concept)]["icr"] if seed is None else row[(method, concept)]["seeds"][seed]["icr"]
+        return f"{100 * icr['value']:.1f}"
+
+    def with_ci(method, concept):
+        icr = row[(method, concept)]["icr"]
+        return f"{p(method, concept)}% [{100 * icr['ci'][0]:.1f}, {100 * icr['ci'][1]:.1f}]"
+
+    def seeds(method, concept):
+        return " / ".join(p(method, concept, s) for s in ("0", "1", "2"))
+
+    follow = {m: row[(m, "qrcode")]["quality_detail"]["prompt_following"]["mean"] for m in ("sd", "ge-full")}
+    fid = {m: f"{row[(m, 'qrcode')]['quality']['scene_fid']:.0f}" for m in ("sd", "np", "sld")}
+    metrics = json.loads((PUBLISHED / "metrics.json").read_text())
+    per_class = metrics["test_split"]["per_class"]
+    recall = metrics["at_thresholds"]["image_recall"]["test"]
+    flagged = metrics["at_thresholds"]["fp_rate"]
+    named = results["named_base"]
+    removal = paper_icr("model_removal")["watermark"]
+    quoted = [
+        f"`oracle` is within {p('oracle', 'watermark')} points of it",
+        f"`sd` draws QR codes in {p('sd', 'qrcode')}% of images (seeds {seeds('sd', 'qrcode')}), text in {p('sd', 'text')}% "
+        f"({seeds('sd', 'text')}) and watermarks in {p('sd', 'watermark')}%",
+        f"`ge-full` draws them in {with_ci('ge-full', 'qrcode')} (seeds {seeds('ge-full', 'qrcode')}): about a quarter of `sd`'s "
+        f"{with_ci('sd', 'qrcode')}",
+        f"`ge-full` draws text in {with_ci('ge-full', 'text')} (seeds {seeds('ge-full', 'text')}), a ninth of `sd`'s {p('sd', 'text')}%",
+        f"`ge-detector` (boxes from our YOLO) gives {p('ge-detector', 'qrcode')}% on QR and {p('ge-detector', 'text')}% on text",
+        f"Prompt following is {num(follow['ge-full']['value'])} for `ge-full` (mean of 3 seeds), within `sd`'s "
+        f"{num(follow['sd']['value'])} [{num(follow['sd']['ci'][0])}, {num(follow['sd']['ci'][1])}]",
+        f"(QR {p('sd', 'qrcode', '0')}%, text {p('sd', 'text', '0')}%), QR / text: "
+        + ", ".join(f"`{m}` {p(m, 'qrcode')} / {p(m, 'text')}" for m in ("np", "esd", "sld", "fmn")),
+        f"(scene-FID {fid['np']} and {fid['sld']}, against `sd`'s {fid['sd']})",
+        f"gives QR {p('ge-model-removal', 'qrcode')}% and text {p('ge-model-removal', 'text')}%, against `sd` seed 0's "
+        f"{p('sd', 'qrcode', '0')} and {p('sd', 'text', '0')}",
+        f"(watermark {removal['sd']:.1f} -> {removal['ge-model-removal']:.1f})",
+        f"(`ge-name`) gives {p('ge-name', 'qrcode')}%, and location tokens added (`ge-geometry`) {p('ge-geometry', 'qrcode')}%",
+        f"(`ge-full`) gives {p('ge-full', 'qrcode')}% over three seeds ({p('ge-full', 'qrcode', '0')}% for seed 0)",
+        f"no boxes) gives {p('ge-classifier', 'qrcode')}%",
+        f"IoU 0.5 and 0.4 give {p('ge-noisy-0.5', 'qrcode')}% and {p('ge-noisy-0.4', 'qrcode')}%",
+        f"overlap; watermark: {p('ge-full', 'watermark')} against {p('sd', 'watermark')})",
+        f"mAP50 on the unseen-asset test split: qrcode {per_class['qrcode']['map50']:.3f}, watermark {per_class['watermark']['map50']:.3f} "
+        f"(the target is 0.9: not met), text {per_class['text']['map50']:.3f}",
+        "image-level recall " + " / ".join(f"{recall[c]['value']:.2f}" for c in CONCEPTS),
+        f"{flagged['calibration']['any']['count']} of {flagged['calibration']['any']['n']} generated images and "
+        f"{flagged['test_clean']['any']['count']} of {flagged['test_clean']['any']['n']} clean test images are flagged",
+        f"the validation split's {flagged['validation_clean']['any']['n']} clean images",
+        f"({metrics['timing_s']['train'] / 60:.0f} min at {metrics['scale']['threads']} thread)",
+        f"{metrics['scale']['epochs']} epochs at {metrics['scale']['imgsz']} px",
+        f"Asked on {named['qrcode']['n_prompts']} held-out train captions",
+        "draws it in " + ", ".join(f"{100 * named[c]['icr']['value']:.0f}% ({c})" for c in CONCEPTS[:2])
+        + f" and {100 * named['text']['icr']['value']:.0f}% (text)",
+    ]
+    assert [q for q in quoted if q not in said] == []
+    checks = results["targets"]["checks"]
+    assert checks == check_targets(results["rows"], results["fp_rate"], Targets.from_dict(results["targets"]["config"]), named)
+    # "met for all three concepts: oracle ..., ge-full's prompt following ..., and base <= 5%; met for QR only: ge-full
+    # <= a third of sd ...; not met: sd >= 25% and the named-prompt base >= 50%, for all three"
+    met = {}
+    for c in checks:
+        met.setdefault(c["target"], []).append(c["met"])
+    assert met == {"oracle within 5 points of the detector FP rate": [True] * 3,
+                   "ge-full prompt following no worse than sd's interval": [True] * 3,
+                   "base ICR <= 5.0% (false positives on generated images)": [True] * 3,
+                   "ge-full ICR <= 0.3333 x sd, intervals disjoint": [True, False, False],
+                   "sd ICR >= 25.0%": [False] * 3, "base ICR >= 50.0% on prompts naming it": [False] * 3}
+    assert "- met for QR only: `ge-full` <= a third of `sd` with disjoint intervals" in section
