@@ -292,7 +292,7 @@ def _evaluator_lines(detector: dict[str, Any], concepts: list[str]) -> list[str]
     thresholds = detector.get("thresholds")
     if isinstance(thresholds, dict):
         ordered = sorted(thresholds.items(), key=lambda item: concepts.index(item[0]) if item[0] in concepts else len(concepts))
-        said = ", ".join(f"{md_text(c)} {t:.3g}" for c, t in ordered)
+        said = ", ".join(f"{md_text(c)} {t:g}" for c, t in ordered)  # as recorded (a calibrated 0.4137, a conf of 0.12345)
     else:
         said = md_text(detector.get("conf"))
     return [f"Detector {code(str(detector.get('sha256', ''))[:12])}: {which}. Confidence thresholds: {said}.", ""]

@@ -287,7 +287,7 @@ class ScoreReport:
         shown = self.concepts if concepts is None else {c: s for c, s in self.concepts.items() if c in concepts}
         pct = int(round(100 * self.config.level))
         source = "one for all" if self.config.conf is not None else "the detector's"
-        at = ", ".join(f"{c} {t:.4g}" for c, t in self.thresholds.items() if c in shown)
+        at = ", ".join(f"{c} {t:g}" for c, t in self.thresholds.items() if c in shown)  # as recorded, as results.md prints them (0.4137, not 0.414)
         lines = [
             f"{len(self.images)} images, thresholds ({source}): {at}; {pct}% exact binomial intervals; "
             f"FP = detector on {self.clean_images} clean images ({_shown_source(self.clean_source)})",

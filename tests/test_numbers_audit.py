@@ -352,3 +352,18 @@ def test_the_readmes_prose_quotes_the_reference_run_and_the_published_evaluator_
                    "ge-full ICR <= 0.3333 x sd, intervals disjoint": [True, False, False],
                    "sd ICR >= 25.0%": [False] * 3, "base ICR >= 50.0% on prompts naming it": [False] * 3}
     assert "- met for QR only: `ge-full` <= a third of `sd` with disjoint intervals" in section
+
+
+@pytest.mark.parametrize("thresholds", [{"qrcode": 0.4137, "watermark": 0.25, "text": 0.9999}, dict.fromkeys(CONCEPTS, 0.12345)])
+def test_the_thresholds_are_printed_as_recorded_in_the_report_and_the_score_table(thresholds):
+    """Calibration steps thresholds on a 0.0001 grid and a track's ``conf`` may be any number in
+    [0.01, 1): results.md printed 3 significant digits (0.4137 as 0.414, 0.9999 as 1), the score
+    table 4 (0.12345 as 0.1235), so neither always said the threshold the shares were counted at."""
+    md = results_markdown({"name": "r", "track": "tiny", "fp_rate": {}, "rows": [],
+                           "detector": {"sha256": "d", "thresholds": thresholds}})
+    ratio = share_ratio([True, False], 0.95)
+    report = ScoreReport(config=ScoreConfig(), thresholds=thresholds, detector={}, clean_source="", clean_images=2,
+                         concepts={c: ConceptScore(c, ratio, ratio) for c in CONCEPTS}, crosschecks=[], skipped_checkers={}, images=[])
+    said = ", ".join(f"{c} {repr(t)}" for c, t in thresholds.items())
+    assert f"Confidence thresholds: {said}." in md
+    assert f"thresholds (the detector's): {said};" in report.table()
