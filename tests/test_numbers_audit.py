@@ -188,6 +188,7 @@ def test_the_leaderboard_shows_each_recorded_share_ranks_by_mean_and_lists_the_i
     assert [cells[1] for cells in body] == ["ge-full", "sd", "np", "base (control, not ranked)", "oracle (control, not ranked)"]
     ranked = [m for m in means if m not in ("base", "oracle")]
     assert [means[m] for m in ranked] == sorted(means[m] for m in ranked), "ranked by mean ICR, lowest first"
+    assert "ranked by their mean ICR over the concepts, lowest first" in md, "the board says which way it ranks"
 
 
 def test_the_targets_judge_the_removal_on_disjoint_intervals_and_print_the_recorded_numbers(tmp_path):
