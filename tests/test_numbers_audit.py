@@ -368,3 +368,20 @@ def test_the_thresholds_are_printed_as_recorded_in_the_report_and_the_score_tabl
     said = ", ".join(f"{c} {repr(t)}" for c, t in thresholds.items())
     assert f"Confidence thresholds: {said}." in md
     assert f"thresholds (the detector's): {said};" in report.table()
+
+
+def test_fid_x_icr_is_the_product_of_the_fid_and_the_icr_its_row_records(monkeypatch):
+    """1 of 2020 images (0.0495%) is recorded as an ICR of 0.0005: the product was taken with the
+    unrounded share (FID 1000 x 4.95 = 49.5) where the row beside it says 1000 and 0.05%, 50.0."""
+    import benchmark.evaluation.scorecard as scorecard
+
+    ratio = share_ratio([True] + [False] * 2019, 0.95)
+    report = ScoreReport(config=ScoreConfig(), thresholds={"qrcode": 0.25}, detector={}, clean_source="", clean_images=1,
+                         concepts={"qrcode": ConceptScore("qrcode", ratio, ratio)}, crosschecks=[], skipped_checkers={}, images=[])
+    monkeypatch.setattr(scorecard, "score_images", lambda *a, **k: report)
+    monkeypatch.setattr(scorecard, "quality_scores", lambda *a, **k: {"quality": {"scene_fid": 1000.0}, "quality_kinds": ["scene-FID"]})
+    _, rows = scorecard.score_generated([], [], None, ScoreConfig(), {}, [], Path("unused"))
+    row = rows["qrcode"]
+    assert row["fid_x_icr"] == pytest.approx(row["quality"]["scene_fid"] * 100 * row["icr"]["value"]) == 50.0
+    md = results_markdown({"name": "r", "track": "tiny", "fp_rate": {}, "rows": [{**row, "method": "sd", "concept": "qrcode", "status": "ok"}]})
+    assert "| qrcode | sd | 1000 | 50.0 |" in md
