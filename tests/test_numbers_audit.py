@@ -272,6 +272,13 @@ def test_each_seeds_share_stands_under_its_own_seeds_column():
             assert text == "–" if ratio is None else _percent(text) == pytest.approx(_shown(ratio["icr"]), abs=1e-9), (method, seed, text)
 
 
+def _parameters(path):
+    """The number of values a safetensors file holds, from its header alone."""
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    return sum(int(np.prod(t["shape"])) for name, t in header.items() if name != "__metadata__")
+
+
 REFERENCE = Path(__file__).resolve().parents[1] / "benchmark" / "reference" / "tiny"
 PUBLISHED = REFERENCE.parents[1] / "published" / "detector-tiny"
 
@@ -306,6 +313,9 @@ def test_the_readmes_prose_quotes_the_reference_run_and_the_published_evaluator_
     flagged = metrics["at_thresholds"]["fp_rate"]
     named = results["named_base"]
     removal = paper_icr("model_removal")["watermark"]
+    (base,) = (REFERENCE.parents[1] / "published").glob("base-*")
+    size = sum(f.stat().st_size for f in base.glob("*.safetensors"))
+    assert f"(safetensors and JSON with their sha256; the base in fp16, {size / 1e6:.0f} MB)" in " ".join(readme.split())
     quoted = [
         f"`oracle` is within {p('oracle', 'watermark')} points of it",
         f"`sd` draws QR codes in {p('sd', 'qrcode')}% of images (seeds {seeds('sd', 'qrcode')}), text in {p('sd', 'text')}% "
@@ -336,6 +346,7 @@ def test_the_readmes_prose_quotes_the_reference_run_and_the_published_evaluator_
         f"({metrics['timing_s']['train'] / 60:.0f} min at {metrics['scale']['threads']} thread)",
         f"{metrics['scale']['epochs']} epochs at {metrics['scale']['imgsz']} px",
         f"Asked on {named['qrcode']['n_prompts']} held-out train captions",
+        f"a {_parameters(base / 'unet.safetensors') / 1e6:.1f}M-parameter UNet",
         "draws it in " + ", ".join(f"{100 * named[c]['icr']['value']:.0f}% ({c})" for c in CONCEPTS[:2])
         + f" and {100 * named['text']['icr']['value']:.0f}% (text)",
     ]
