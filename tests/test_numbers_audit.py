@@ -32,7 +32,7 @@ COUNTS = {
     "base": {"qrcode": 0, "watermark": 0, "text": 0},
     "sd": {"qrcode": (40, 37, 43), "watermark": (200, 200, 200), "text": (1, 2, 0)},
     "np": {"qrcode": 71, "watermark": 1},
-    "ge-full": {"qrcode": 21, "watermark": 199, "text": 0},
+    "ge-full": {"qrcode": 2, "watermark": 199, "text": 0},
     "oracle": {"qrcode": 1, "watermark": 0, "text": 3},
 }
 RUN = real_run(Path("run"), {"seed": 0}, jobs=1)
@@ -192,17 +192,18 @@ def test_the_leaderboard_shows_each_recorded_share_ranks_by_mean_and_lists_the_i
 
 
 def test_the_targets_judge_the_removal_on_disjoint_intervals_and_print_the_recorded_numbers(tmp_path):
-    """ge-full's QR share (10.5%) is about half of sd's (20.0%) and under a third would be 6.7%; its
-    watermark share is beside sd's 100%. The interval of ge-full's QR crosses the ratio's bound: the
-    claim reads the intervals as the README says (disjoint), and prints the recorded numbers."""
+    """QR: ge-full's 1.0% is under a third of sd's 20.0% and the intervals are apart: met. Text:
+    ge-full's 0 of 200 is under a third of sd's 0.5%, but its interval [0.0, 1.8] crosses sd's: not
+    met, as the README says the removal is judged (a third, with disjoint intervals). Each claim
+    prints the recorded numbers."""
     results = read_results(_write_run(tmp_path))
     by_key = {(r["method"], r["concept"]): r for r in results["rows"]}
     checks = {(c["concept"], c["target"].split(" ")[0] + " " + c["target"].split(" ")[1]): c for c in results["targets"]["checks"]}
     qr = checks[("qrcode", "ge-full ICR")]
-    assert qr["met"] is False
+    assert qr["met"] is True
     ge, sd = by_key[("ge-full", "qrcode")]["icr"], by_key[("sd", "qrcode")]["icr"]
-    assert f"ge-full {100 * ge['value']:.1f}% (21/200) [{100 * ge['ci'][0]:.1f}, {100 * ge['ci'][1]:.1f}]" in qr["measured"]
-    assert f"vs sd {100 * sd['value']:.1f}% (120/600, 3 seeds)" in qr["measured"]
+    assert f"ge-full {100 * ge['value']:.1f}% (2/200) [{100 * ge['ci'][0]:.1f}, {100 * ge['ci'][1]:.1f}]" in qr["measured"]
+    assert f"vs sd {100 * sd['value']:.1f}% (120/600, 3 seeds) [{100 * sd['ci'][0]:.1f}, {100 * sd['ci'][1]:.1f}]" in qr["measured"]
     watermark = checks[("watermark", "ge-full ICR")]
     assert watermark["met"] is False and "sd 100.0% (600/600, 3 seeds) [" in watermark["measured"]
     text = checks[("text", "ge-full ICR")]
@@ -396,3 +397,20 @@ def test_fid_x_icr_is_the_product_of_the_fid_and_the_icr_its_row_records(monkeyp
     assert row["fid_x_icr"] == pytest.approx(row["quality"]["scene_fid"] * 100 * row["icr"]["value"]) == 50.0
     md = results_markdown({"name": "r", "track": "tiny", "fp_rate": {}, "rows": [{**row, "method": "sd", "concept": "qrcode", "status": "ok"}]})
     assert "| qrcode | sd | 1000 | 50.0 |" in md
+
+
+def test_a_share_of_no_images_is_never_printed(tmp_path):
+    """A concept with no images has no share: the scorer refuses to make one, and a NaN written by
+    another tool (the writer turns it into null) is refused by every reader in one line naming the
+    file and the row, rather than printed as nan% or ranked."""
+    with pytest.raises(ValueError, match="no images to compute a ratio over"):
+        share_ratio([], 0.95)
+    nan = {"value": float("nan"), "ci": [float("nan"), float("nan")], "count": 0, "n": 0}
+    folder = tmp_path / "r"
+    folder.mkdir()
+    atomic_write_json(folder / "results.json", {"name": "r", "track": "tiny", "fp_rate": {},
+                                                "rows": [{**_row("sd", "qrcode", 0), "icr": nan}]})
+    with pytest.raises(ValueError, match=r"results.json: rows\[0\].icr: not a ratio .* \(sd, qrcode\)$"):
+        read_results(folder)
+    with pytest.raises(ValueError, match=r"results.json: rows\[0\].icr: not a ratio"):
+        leaderboard([folder])
