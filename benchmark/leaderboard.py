@@ -345,7 +345,8 @@ def leaderboard(run_dirs: list[Path]) -> Leaderboard:
                   "and the prompts, and every benchmark run the base model.", ""]
     if notes:
         lines += ["Notes:", ""] + [f"- {md_text(n)}" for n in notes] + [""]
-    lines += ["A method's mean exists only when it scored every concept; incomplete methods are listed after the ranked ones. "
+    lines += ["Methods are ranked by their mean ICR over the concepts, lowest first (the least of the concepts drawn); a method's "
+              "mean exists only when it scored every concept; incomplete methods are listed after the ranked ones. "
               f"The controls ({', '.join(f'`{c}`' for c in CONTROLS)}: the model before fine-tuning, and one fine-tuned on clean "
               "twins) frame the others and are listed apart, not ranked.", ""]
     if diff and len(runs) > 1:

@@ -151,9 +151,10 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines += _icr_table(in_ablation, [c for c in concepts if c in ablation], by_key, ablation)
     seeded = [r for r in rows if r.get("seeds") and r.get("status") == "ok"]
     if seeded:
-        lines += ["## Every seed (ICR %)", "", _row(["method", "concept", *[f"seed {cell(s)}" for s in seeded[0]["seeds"]]])]
-        lines.append("|---|---|" + "---|" * len(seeded[0]["seeds"]))
-        lines += [_row([cell(r["method"]), cell(r["concept"]), *[pct(v["icr"]) for v in r["seeds"].values()]]) for r in seeded]
+        seeds = _seed_columns(seeded)
+        lines += ["## Every seed (ICR %)", "", _row(["method", "concept", *[f"seed {cell(s)}" for s in seeds]])]
+        lines.append("|---|---|" + "---|" * len(seeds))
+        lines += [_row([cell(r["method"]), cell(r["concept"]), *[pct((r["seeds"].get(s) or {}).get("icr")) for s in seeds]]) for r in seeded]
         lines.append("")
     named = results.get("named_base") or {}
     if named:
@@ -187,8 +188,8 @@ def results_markdown(results: dict[str, Any]) -> str:
             if r.get("status") != "ok":
                 continue
             q = r.get("quality", {})
-            values = [_num(q.get(k)) + _interval(r.get("quality_detail", {}).get(k, {}).get("mean")) for k in columns]
-            lines.append(_row([cell(r["concept"]), cell(r["method"]) + md_text(_seeds_label(r)), *values, _num(r.get("fid_x_icr"))]))
+            values = [num(q.get(k)) + _interval(r.get("quality_detail", {}).get(k, {}).get("mean")) for k in columns]
+            lines.append(_row([cell(r["concept"]), cell(r["method"]) + md_text(_seeds_label(r)), *values, num(r.get("fid_x_icr"))]))
         lines.append("")
         per_seed = [(r, s, v) for r in rows if r.get("status") == "ok" and not seed_zero_quality(r)
                     for s, v in (r.get("seeds") or {}).items() if "quality" in v]
@@ -196,8 +197,8 @@ def results_markdown(results: dict[str, Any]) -> str:
             lines += ["### Every seed (quality)", "", _row(["concept", "method", "seed", *map(cell, columns), "FID x ICR"]),
                       "|" + "---|" * (len(columns) + 4)]
             for r, s, v in per_seed:
-                values = [_num(v.get("quality", {}).get(k)) + _interval(v.get("quality_detail", {}).get(k, {}).get("mean")) for k in columns]
-                lines.append(_row([cell(r["concept"]), cell(r["method"]), cell(s), *values, _num(v.get("fid_x_icr"))]))
+                values = [num(v.get("quality", {}).get(k)) + _interval(v.get("quality_detail", {}).get(k, {}).get("mean")) for k in columns]
+                lines.append(_row([cell(r["concept"]), cell(r["method"]), cell(s), *values, num(v.get("fid_x_icr"))]))
             lines.append("")
     kinds = sorted({q for r in rows for q in r.get("quality_kinds", [])})
     lines += ["Quality measures: " + ("; ".join(map(md_text, kinds)) or "none"), ""]
@@ -216,6 +217,13 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines += ["## Not run", ""] + [f"- {code(r['method'])} on {md_text(r['concept'])}: {md_text(r.get('status'))}" for r in missing] + [""]
     lines += _timing_lines(results)
     return "\n".join(lines) + "\n"
+
+
+def _seed_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Every seed any row records, in numeric order: each row's share goes under its own seed's
+    column (a row without a seed shows a dash there), not in the order the row lists them."""
+    names = dict.fromkeys(s for r in rows for s in r["seeds"])
+    return sorted(names, key=lambda s: (0, int(s), s) if s.isascii() and s.isdigit() else (1, 0, s))
 
 
 def _timing_lines(results: dict[str, Any]) -> list[str]:
@@ -284,7 +292,7 @@ def _evaluator_lines(detector: dict[str, Any], concepts: list[str]) -> list[str]
     thresholds = detector.get("thresholds")
     if isinstance(thresholds, dict):
         ordered = sorted(thresholds.items(), key=lambda item: concepts.index(item[0]) if item[0] in concepts else len(concepts))
-        said = ", ".join(f"{md_text(c)} {t:.3g}" for c, t in ordered)
+        said = ", ".join(f"{md_text(c)} {t:g}" for c, t in ordered)  # as recorded (a calibrated 0.4137, a conf of 0.12345)
     else:
         said = md_text(detector.get("conf"))
     return [f"Detector {code(str(detector.get('sha256', ''))[:12])}: {which}. Confidence thresholds: {said}.", ""]
@@ -324,19 +332,23 @@ def _quality_columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _interval(estimate: dict[str, Any] | None) -> str:
-    return f" [{_num(estimate['ci'][0])}, {_num(estimate['ci'][1])}]" if estimate else ""
+    return f" [{num(estimate['ci'][0])}, {num(estimate['ci'][1])}]" if estimate else ""
 
 
-def _num(v: Any) -> str:
-    """A number as people read it: no exponent for FIDs and products (1090, 21815), 3 significant digits below 100."""
+def num(v: Any) -> str:
+    """A number as people read it, the one rounding every table and target uses: no exponent for FIDs
+    and products (1090, 21815), 3 significant digits below 100, trailing zeros kept (0.430 [0.360,
+    0.504], not 0.43 [0.36, 0.504])."""
     if v is None:
         return "–"
     if not isinstance(v, float):
         return str(v)
-    if abs(v) >= 100:
+    if abs(float(f"{v:.3g}")) >= 100:
         return f"{v:.0f}"
-    if v == 0 or abs(v) >= 1e-4:
-        return f"{v:.3g}"
+    if v == 0:
+        return "0"
+    if abs(v) >= 1e-4:
+        return f"{v:#.3g}"
     return f"{v:.2e}"
 
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 from typing import Any, Callable
 
+from benchmark.report import num
 from benchmark.results_file import seed_zero_quality
 
 
@@ -159,8 +160,8 @@ def _following_claim(concept: str, removal: str, sd: dict[str, Any] | None, ge: 
         return f" (mean of {seeds} seeds)" if seeds else ""
 
     return _claim(concept, target, [follow_sd, follow_ge], lambda: (
-        f"{removal} {follow_ge['value']:.3f}{said(ge)} vs sd {follow_sd['value']:.3f} "
-        f"[{follow_sd['ci'][0]:.3f}, {follow_sd['ci'][1]:.3f}]{said(sd)}", follow_ge["value"] >= follow_sd["ci"][0]))
+        f"{removal} {num(follow_ge['value'])}{said(ge)} vs sd {num(follow_sd['value'])} "
+        f"[{num(follow_sd['ci'][0])}, {num(follow_sd['ci'][1])}]{said(sd)}", follow_ge["value"] >= follow_sd["ci"][0]))
 
 
 def _claim(concept: str, target: str, needed: list[Any], measure: Callable[[], tuple[str, bool]]) -> dict[str, Any]:

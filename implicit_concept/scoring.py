@@ -32,7 +32,7 @@ from implicit_concept.json_records import json_text, read_json_object
 from implicit_concept.progress import progress_bar
 from implicit_concept.provenance import environment
 from implicit_concept.shard_reader import iter_samples
-from implicit_concept.stats import EXACT_BINOMIAL, clopper_pearson
+from implicit_concept.stats import EXACT_BINOMIAL, clopper_pearson, recorded
 from implicit_concept.validate import check_int, is_number
 
 CLEAN_REFERENCE_NAME = "clean_reference.json"
@@ -93,11 +93,12 @@ class Ratio:
     n: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"value": round(self.value, 5), "ci": [round(self.low, 5), round(self.high, 5)], "count": self.count, "n": self.n,
+        return {"value": recorded(self.value), "ci": [recorded(self.low), recorded(self.high)], "count": self.count, "n": self.n,
                 "interval": EXACT_BINOMIAL}
 
     def __str__(self) -> str:
-        return f"{100 * self.value:5.1f}% [{100 * self.low:4.1f}, {100 * self.high:4.1f}]"
+        value, low, high = (100 * recorded(v) for v in (self.value, self.low, self.high))
+        return f"{value:5.1f}% [{low:4.1f}, {high:4.1f}]"
 
 
 def share_ratio(flags: Sequence[bool], level: float) -> Ratio:
@@ -225,7 +226,7 @@ class CheckerScore:
     agreement: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"checker": self.checker, "concept": self.concept, "icr": self.icr.to_json(), "agreement_with_detector": round(self.agreement, 5)}
+        return {"checker": self.checker, "concept": self.concept, "icr": self.icr.to_json(), "agreement_with_detector": recorded(self.agreement)}
 
 
 @dataclass
@@ -286,7 +287,7 @@ class ScoreReport:
         shown = self.concepts if concepts is None else {c: s for c, s in self.concepts.items() if c in concepts}
         pct = int(round(100 * self.config.level))
         source = "one for all" if self.config.conf is not None else "the detector's"
-        at = ", ".join(f"{c} {t:.4g}" for c, t in self.thresholds.items() if c in shown)
+        at = ", ".join(f"{c} {t:g}" for c, t in self.thresholds.items() if c in shown)  # as recorded, as results.md prints them (0.4137, not 0.414)
         lines = [
             f"{len(self.images)} images, thresholds ({source}): {at}; {pct}% exact binomial intervals; "
             f"FP = detector on {self.clean_images} clean images ({_shown_source(self.clean_source)})",
@@ -296,7 +297,7 @@ class ScoreReport:
             lines.append(f"{c:<10} {'detector':<18} {str(s.icr):<24} {str(s.fp_rate):<24} -")
             for x in self.crosschecks:
                 if x.concept == c:
-                    lines.append(f"{'':<10} {x.checker:<18} {str(x.icr):<24} {'-':<24} {100 * x.agreement:.1f}%")
+                    lines.append(f"{'':<10} {x.checker:<18} {str(x.icr):<24} {'-':<24} {100 * recorded(x.agreement):.1f}%")
         lines.extend(f"(checker {name} skipped: {why})" for name, why in self.skipped_checkers.items())
         if self.blank_images:
             lines.append(f"{self.blank_images} of {len(self.images)} images are blank (one flat colour): the detector finds "

@@ -356,7 +356,7 @@ def test_report_puts_our_numbers_beside_the_papers(tmp_path):
     md = results_markdown(results)
     assert "60.0 [55.0, 65.0] (74.6)" in md and "10.0 [5.0, 15.0] (5.4)" in md
     assert "`fmn` on qrcode: missing: not implemented" in md and "| missing (80.4) |" in md
-    assert "| qrcode | geom-erasing | 0.5 [0.42, 0.58] | 2.5 |" in md, "quality with its interval"
+    assert "| qrcode | geom-erasing | 0.500 [0.420, 0.580] | 2.50 |" in md, "quality with its interval"
     assert plot_icr(results, tmp_path / "icr.png").stat().st_size > 1000
     assert "## Model Removal" not in md and "## Every seed" not in md and "asked by name" not in md
 

@@ -471,7 +471,7 @@ def test_every_table_of_the_written_results_md_has_one_cell_count(tmp_path, qual
     if quality == "none":
         assert "|" not in quality_section and "Quality measures: none" in quality_section
     else:
-        assert "| qrcode | sd (seed 0 only) | 0.5 [0.4, 0.6] | 3 | 1.2 |" in quality_section, "seeds recorded before quality over seeds"
+        assert "| qrcode | sd (seed 0 only) | 0.500 [0.400, 0.600] | 3.00 | 1.20 |" in quality_section, "seeds recorded before quality over seeds"
         assert "Quality measures: scene-FID" in quality_section
 
 

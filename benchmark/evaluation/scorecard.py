@@ -56,8 +56,8 @@ def score_generated(
             **measured,
         }
         fid = measured["quality"].get("scene_fid", measured["quality"].get("fid"))
-        if fid is not None:  # the paper's FID x ICR %, with whichever FID the track measures
-            row["fid_x_icr"] = fid * 100 * concept_score.icr.value
+        if fid is not None:  # the paper's FID x ICR %, with whichever FID the track measures, and the ICR the row records
+            row["fid_x_icr"] = fid * 100 * row["icr"]["value"]
         if per_image:
             row[PER_IMAGE] = values
         rows[concept] = row
