@@ -6,7 +6,9 @@ Units cut from the same source shard (one per subset) go to one worker together
 Scheduling never changes bytes: every unit is a pure function of the recipe and its id, so the
 ``multiprocessing`` distributor (one builder per process) and the ``ray`` one (one builder per
 actor, for builds at LAION scale across machines) write the same shards. As in img2dataset, Ray
-workers write straight to ``out``, which must be a filesystem every node sees.
+workers write straight to ``out``, which must be a filesystem every node sees. What a Ray worker
+raised reaches the caller as it raised it (a file it could not write is one line naming the file, as
+from a local worker), not as Ray's wrapper of its remote traceback; an actor that died is one line too.
 
 Local worker processes are forked where the platform can and nothing that dislikes a fork (torch's
 thread pools) is loaded: they then start with the parent's builder (its fonts indexed, its source
@@ -112,17 +114,25 @@ def _multiprocessing(
 
 
 class _RayBuilder:
-    """One ShardBuilder per actor: its assets load once, not once per shard."""
+    """One ShardBuilder per actor: its assets load once, not once per shard. Made at its first build,
+    not in ``__init__``: what making it raises (a source this node cannot see) then reaches the caller
+    as itself, where Ray folds an ``__init__``'s error into the text of an ``ActorDiedError``."""
 
     def __init__(self, recipe: Recipe) -> None:
-        _init_worker(recipe)
+        self.recipe = recipe
 
     def build(self, units: tuple[WorkUnit, ...], out: Path) -> list[dict[str, Any]]:
+        if _worker is None:
+            _init_worker(self.recipe)
         return _run((units, out))
 
 
 class RayUnavailable(ValueError):
     """Ray is not installed, or no cluster answers at the address given: a usage error, one line."""
+
+
+class RayWorkerLost(ValueError):
+    """A Ray builder actor ended before its shards were done (killed, out of memory, its node gone): one line."""
 
 
 def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address: str | None) -> Iterator[list[dict[str, Any]]]:
@@ -140,7 +150,8 @@ def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address
                 ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
         except ConnectionError as e:  # an OSError: not to be read as a problem of the output folder
             raise RayUnavailable(f"the ray distributor found no Ray cluster to join at {address or 'the default address'} ({e}); "
-                                 "start one (ray start --head) or name it with --ray-address") from None
+                                 "start one (ray start --head) or name it with --ray-address; a cluster of token authentication "
+                                 "(Ray's default for `ray start`) is joined with RAY_AUTH_MODE=token set, as on its nodes") from None
         except BaseException:  # Ctrl-C while the local cluster starts: what started stops with the command
             ray.shutdown()
             raise
@@ -155,7 +166,28 @@ def _ray_build(ray: Any, actor_pool: Any, recipe: Recipe, units: list[WorkUnit],
     builder: Callable[..., Any] = ray.remote(num_cpus=1)(_RayBuilder)
     groups = group_units(units)
     pool = actor_pool([builder.remote(recipe) for _ in range(min(actors, len(groups)))])
-    yield from pool.map_unordered(lambda actor, group: actor.build.remote(group, Path(out).resolve()), groups)
+    try:
+        yield from pool.map_unordered(lambda actor, group: actor.build.remote(group, Path(out).resolve()), groups)
+    except Exception as e:
+        raised = _raised_by_worker(e)
+        if raised is e:
+            raise
+        raise raised from None
+
+
+def _raised_by_worker(error: Exception) -> BaseException:
+    """What a Ray worker raised, for the caller to see as a local worker's error: ``RayTaskError``'s
+    ``str`` is the remote traceback (a wall of lines, with colour codes, on the command's one error
+    line, the file's name lost from it), its ``cause`` the exception itself."""
+    from ray.exceptions import RayActorError, RayTaskError
+
+    if isinstance(error, RayTaskError):
+        return error.cause
+    if isinstance(error, RayActorError):
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return RayWorkerLost(f"a Ray builder actor ended before its shards were written ({first}: killed, out of memory "
+                             "or its node lost?); the shards finished are kept: rerun the same command to resume")
+    return error
 
 
 @contextmanager

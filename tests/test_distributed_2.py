@@ -1,0 +1,134 @@
+"""The distributed paths as a lab walks them: a Ray build's errors said as a local build says them.
+
+- A Ray worker that raises (a shard it cannot write) reached the command as Ray's ``RayTaskError``,
+  whose text is the remote traceback: one "line" of escaped newlines and colour codes, the file's
+  name lost from it. It is now the worker's own exception, as from a local worker
+  (``test_a_ray_workers_error_is_its_own_one_line_naming_the_file``, real Ray, slow;
+  ``test_what_a_ray_worker_raised_reaches_the_caller_as_itself``, Ray's own exception classes).
+- A builder actor that dies (killed, out of memory) is one line saying so and how to resume
+  (``test_a_ray_builder_actor_that_died_is_one_line``).
+- A cluster of token authentication (``ray start``'s default) refuses a build that does not set
+  ``RAY_AUTH_MODE=token``; Ray says only that it found no cluster: the error now names the variable
+  (``test_joining_a_cluster_that_refuses_the_build_names_ray_auth_mode``).
+- What making a builder raises in an actor (a source its node cannot see) was folded by Ray into an
+  ``ActorDiedError``'s text; the builder is now made at the actor's first build, so that error is the
+  worker's own too (``test_a_ray_builder_is_made_at_its_first_build``).
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from builders.distributor import RayWorkerLost, _ray, _RayBuilder, restored_after_ray
+from builders.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def ray_exceptions():
+    """Ray's own exception classes (importing ray sets its excepthook and environment: put back after)."""
+    with restored_after_ray():
+        yield pytest.importorskip("ray.exceptions")
+
+
+def _ray_raising(monkeypatch, error):
+    """A Ray whose session is the caller's and whose actor pool raises ``error`` as results are taken."""
+    def map_unordered(f, groups):
+        raise error
+        yield
+
+    ray = SimpleNamespace(is_initialized=lambda: True, cluster_resources=lambda: {"CPU": 1}, remote=lambda **k: (lambda cls: SimpleNamespace(remote=lambda recipe: None)))
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    monkeypatch.setitem(sys.modules, "ray.util", SimpleNamespace(ActorPool=lambda actors: SimpleNamespace(map_unordered=map_unordered)))
+
+
+def _some_units():
+    from builders.shard_builder import ShardBuilder
+
+    return ShardBuilder(load_recipe("icd-debug")).plan()[:1]
+
+
+def test_what_a_ray_worker_raised_reaches_the_caller_as_itself(tmp_path, monkeypatch, ray_exceptions):
+    cause = IsADirectoryError(21, "Is a directory", str(tmp_path / "icd-qrcode" / "train" / "00000.tar"))
+    wrapped = ray_exceptions.RayTaskError("_RayBuilder.build", "Traceback (most recent call last):\n  ...\n", cause).as_instanceof_cause()
+    _ray_raising(monkeypatch, wrapped)
+    with pytest.raises(IsADirectoryError) as raised:
+        list(_ray(load_recipe("icd-debug"), _some_units(), tmp_path, 1, None))
+    assert raised.value is cause
+    assert not isinstance(raised.value, ray_exceptions.RayError)
+    assert raised.value.filename == cause.filename and "Traceback" not in str(raised.value)
+
+
+def test_a_ray_builder_actor_that_died_is_one_line(tmp_path, monkeypatch, ray_exceptions):
+    died = ray_exceptions.ActorDiedError()
+    _ray_raising(monkeypatch, died)
+    with pytest.raises(RayWorkerLost) as raised:
+        list(_ray(load_recipe("icd-debug"), _some_units(), tmp_path, 1, None))
+    said = str(raised.value)
+    assert len(said.splitlines()) == 1 and "died unexpectedly" in said and "rerun the same command to resume" in said, said
+
+
+def test_other_errors_of_a_ray_build_are_left_as_they_are(tmp_path, monkeypatch, ray_exceptions):
+    error = RuntimeError("a bug")
+    _ray_raising(monkeypatch, error)
+    with pytest.raises(RuntimeError) as raised:
+        list(_ray(load_recipe("icd-debug"), _some_units(), tmp_path, 1, None))
+    assert raised.value is error
+
+
+def test_a_ray_builder_is_made_at_its_first_build(tmp_path, monkeypatch):
+    """An error of making the builder is raised by ``build`` (Ray unwraps it), not by ``__init__`` (Ray folds it into text)."""
+    from builders import distributor
+
+    monkeypatch.setattr(distributor, "_worker", None)
+
+    def refuse(recipe, builder=None):
+        raise FileNotFoundError(2, "No such file or directory", "/data/laion/00000.tar")
+
+    monkeypatch.setattr(distributor, "_init_worker", refuse)
+    actor = _RayBuilder(load_recipe("icd-debug"))  # makes nothing yet
+    with pytest.raises(FileNotFoundError, match="/data/laion/00000.tar"):
+        actor.build(tuple(_some_units()), tmp_path)
+
+
+@pytest.mark.slow
+def test_a_ray_workers_error_is_its_own_one_line_naming_the_file(debug_dataset, tmp_path):
+    """A shard's place taken by a folder: the Ray build fails as the local one does, one line naming the file."""
+    said = {}
+    for distributor in ("multiprocessing", "ray"):
+        out = tmp_path / distributor
+        shutil.copytree(debug_dataset, out)
+        for subset in ("icd-qrcode", "icd-text"):  # two source shards' units, so that two workers run
+            for path in (out / subset / "train").glob("00000*"):
+                path.unlink()
+            (out / subset / "train" / "00000.tar").mkdir()
+        cmd = [sys.executable, "-m", "benchmark.cli", "build", "icd-debug", "--out", str(out), "--workers", "2",
+               "--distributor", distributor, "--quiet"]
+        done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("implicit-concept build: error:")]
+        assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
+        assert "Traceback" not in done.stderr and "\\n" not in errors[0] and "\\x1b" not in errors[0], done.stderr[-3000:]
+        assert "Is a directory" in errors[0] and f"{out}/icd-" in errors[0], errors[0]
+        said[distributor] = errors[0].replace(str(out), "OUT")
+    assert said["ray"].split(".tar.tmp-")[0] == said["multiprocessing"].split(".tar.tmp-")[0]
+
+
+def test_joining_a_cluster_that_refuses_the_build_names_ray_auth_mode(tmp_path, monkeypatch, capsys):
+    """`ray start --head` turns token authentication on; a build without RAY_AUTH_MODE=token was told
+    there was no cluster at the address (Ray's own words, after 30 s of its retries), nothing else."""
+    from benchmark.cli import main
+
+    def init(**kwargs):
+        raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6379")
+
+    monkeypatch.setitem(sys.modules, "ray", SimpleNamespace(is_initialized=lambda: False, init=init))
+    monkeypatch.setitem(sys.modules, "ray.util", SimpleNamespace(ActorPool=None))
+    assert main(["build", "icd-debug", "--out", str(tmp_path / "out"), "--distributor", "ray", "--ray-address", "auto", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "RAY_AUTH_MODE=token" in err, err
