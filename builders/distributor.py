@@ -9,6 +9,7 @@ actor, for builds at LAION scale across machines) write the same shards. As in i
 workers write straight to ``out``, which must be a filesystem every node sees. What a Ray worker
 raised reaches the caller as it raised it (a file it could not write is one line naming the file, as
 from a local worker), not as Ray's wrapper of its remote traceback; an actor that died is one line too.
+A node whose package versions are not the command's is refused at its first build: they change bytes.
 
 Local worker processes are forked where the platform can and nothing that dislikes a fork (torch's
 thread pools) is loaded: they then start with the parent's builder (its fonts indexed, its source
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +31,7 @@ from typing import Any
 from builders.recipe import Recipe
 from builders.shard_builder import ShardBuilder, WorkUnit, group_units
 from implicit_concept.progress import progress_bar
+from implicit_concept.provenance import package_changes, package_versions
 from implicit_concept.worker_processes import end_pool, keeping_signal_handlers, start_worker, workers_starting
 
 DISTRIBUTORS = ("multiprocessing", "ray")
@@ -115,20 +118,38 @@ def _multiprocessing(
 
 class _RayBuilder:
     """One ShardBuilder per actor: its assets load once, not once per shard. Made at its first build,
-    not in ``__init__``: what making it raises (a source this node cannot see) then reaches the caller
-    as itself, where Ray folds an ``__init__``'s error into the text of an ``ActorDiedError``."""
+    not in ``__init__``: what making it raises (a source this node cannot see, other package versions
+    than the command's) then reaches the caller as itself, where Ray folds an ``__init__``'s error
+    into the text of an ``ActorDiedError``."""
 
-    def __init__(self, recipe: Recipe) -> None:
-        self.recipe = recipe
+    def __init__(self, recipe: Recipe, packages: dict[str, str | None]) -> None:
+        self.recipe, self.packages = recipe, packages
 
     def build(self, units: tuple[WorkUnit, ...], out: Path) -> list[dict[str, Any]]:
         if _worker is None:
+            _check_node_packages(self.packages)
             _init_worker(self.recipe)
         return _run((units, out))
 
 
+def _check_node_packages(command: dict[str, str | None]) -> None:
+    """A node with other package versions than the command that started the build (whose versions
+    ``recipe.json`` and the card credit) is refused: they change bytes (Pillow's JPEG encoder,
+    qrcode, numpy), so its shards would not be the ones the recipe and seed name."""
+    changes = package_changes(command, package_versions())
+    if changes is not None:
+        shown, pins = changes
+        raise RayNodeVersions(f"Ray node {platform.node()}: other package versions than the build command's ({shown}; "
+                              f"'then' is the command's, 'now' the node's); they change bytes, so its shards would differ. "
+                              f"Install the command's versions on every node{pins}")
+
+
 class RayUnavailable(ValueError):
     """Ray is not installed, or no cluster answers at the address given: a usage error, one line."""
+
+
+class RayNodeVersions(ValueError):
+    """A Ray node holds other package versions than the build command: one line naming both."""
 
 
 class RayWorkerLost(ValueError):
@@ -165,7 +186,8 @@ def _ray_build(ray: Any, actor_pool: Any, recipe: Recipe, units: list[WorkUnit],
     actors = workers if workers > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
     builder: Callable[..., Any] = ray.remote(num_cpus=1)(_RayBuilder)
     groups = group_units(units)
-    pool = actor_pool([builder.remote(recipe) for _ in range(min(actors, len(groups)))])
+    packages = package_versions()
+    pool = actor_pool([builder.remote(recipe, packages) for _ in range(min(actors, len(groups)))])
     try:
         yield from pool.map_unordered(lambda actor, group: actor.build.remote(group, Path(out).resolve()), groups)
     except Exception as e:
@@ -184,8 +206,8 @@ def _raised_by_worker(error: Exception) -> BaseException:
     if isinstance(error, RayTaskError):
         return error.cause
     if isinstance(error, RayActorError):
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return RayWorkerLost(f"a Ray builder actor ended before its shards were written ({first}: killed, out of memory "
+        first = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
+        return RayWorkerLost(f"a Ray builder actor ended before its shards were written ({first}; killed, out of memory "
                              "or its node lost?); the shards finished are kept: rerun the same command to resume")
     return error
 

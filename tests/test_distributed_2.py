@@ -10,6 +10,9 @@
 - A cluster of token authentication (``ray start``'s default) refuses a build that does not set
   ``RAY_AUTH_MODE=token``; Ray says only that it found no cluster: the error now names the variable
   (``test_joining_a_cluster_that_refuses_the_build_names_ray_auth_mode``).
+- A node with other package versions than the command wrote shards of its own versions' bytes under
+  a recipe.json crediting the command's: it is now refused at its first build, one line naming each
+  package (``test_a_ray_node_with_other_package_versions_than_the_command_is_refused``).
 - What making a builder raises in an actor (a source its node cannot see) was folded by Ray into an
   ``ActorDiedError``'s text; the builder is now made at the actor's first build, so that error is the
   worker's own too (``test_a_ray_builder_is_made_at_its_first_build``).
@@ -23,8 +26,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from builders.distributor import RayWorkerLost, _ray, _RayBuilder, restored_after_ray
+from builders.distributor import RayNodeVersions, RayWorkerLost, _ray, _RayBuilder, restored_after_ray
 from builders.recipe import load_recipe
+from implicit_concept.provenance import package_versions
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -43,7 +47,7 @@ def _ray_raising(monkeypatch, error):
         raise error
         yield
 
-    ray = SimpleNamespace(is_initialized=lambda: True, cluster_resources=lambda: {"CPU": 1}, remote=lambda **k: (lambda cls: SimpleNamespace(remote=lambda recipe: None)))
+    ray = SimpleNamespace(is_initialized=lambda: True, cluster_resources=lambda: {"CPU": 1}, remote=lambda **k: (lambda cls: SimpleNamespace(remote=lambda *args: None)))
     monkeypatch.setitem(sys.modules, "ray", ray)
     monkeypatch.setitem(sys.modules, "ray.util", SimpleNamespace(ActorPool=lambda actors: SimpleNamespace(map_unordered=map_unordered)))
 
@@ -92,9 +96,30 @@ def test_a_ray_builder_is_made_at_its_first_build(tmp_path, monkeypatch):
         raise FileNotFoundError(2, "No such file or directory", "/data/laion/00000.tar")
 
     monkeypatch.setattr(distributor, "_init_worker", refuse)
-    actor = _RayBuilder(load_recipe("icd-debug"))  # makes nothing yet
+    actor = _RayBuilder(load_recipe("icd-debug"), package_versions())  # makes nothing yet
     with pytest.raises(FileNotFoundError, match="/data/laion/00000.tar"):
         actor.build(tuple(_some_units()), tmp_path)
+
+
+def test_a_ray_node_with_other_package_versions_than_the_command_is_refused(tmp_path, monkeypatch):
+    """A node with another Pillow wrote its shards with its own JPEG encoder, while recipe.json and
+    the card credited the command's versions: one dataset of two, which a local resume refuses."""
+    from builders import distributor
+
+    monkeypatch.setattr(distributor, "_worker", None)
+    command = {**package_versions(), "pillow": "9.0.0"}
+    actor = _RayBuilder(load_recipe("icd-debug"), command)
+    with pytest.raises(RayNodeVersions) as raised:
+        actor.build(tuple(_some_units()), tmp_path)
+    said = str(raised.value)
+    assert len(said.splitlines()) == 1 and "pillow 9.0.0 then" in said and "pip install pillow==9.0.0" in said, said
+    assert distributor._worker is None and list(tmp_path.iterdir()) == [], "nothing was built"
+    from builders.shard_builder import shard_dir
+
+    units = tuple(_some_units())
+    shard_dir(tmp_path, units[0]).mkdir(parents=True)
+    stats = _RayBuilder(load_recipe("icd-debug"), package_versions()).build(units, tmp_path)  # the command's versions: built
+    assert len(stats) == 1 and stats[0]["successes"] > 0
 
 
 @pytest.mark.slow
