@@ -1,4 +1,5 @@
-"""The distributed paths as a lab walks them: a Ray build's errors said as a local build says them.
+"""The distributed paths as a lab walks them: a Ray build's errors said as a local build says them, and a
+launch of several processes refusing what it would drop.
 
 - A Ray worker that raises (a shard it cannot write) reached the command as Ray's ``RayTaskError``,
   whose text is the remote traceback: one "line" of escaped newlines and colour codes, the file's
@@ -13,6 +14,9 @@
 - A node with other package versions than the command wrote shards of its own versions' bytes under
   a recipe.json crediting the command's: it is now refused at its first build, one line naming each
   package (``test_a_ray_node_with_other_package_versions_than_the_command_is_refused``).
+- ``--jobs 2`` under a launch of several processes was dropped silently (the launch's branch of the
+  protocol won) while every row recorded ``jobs: 2``: refused before any stage
+  (``test_jobs_under_a_launch_of_several_processes_is_refused``).
 - What making a builder raises in an actor (a source its node cannot see) was folded by Ray into an
   ``ActorDiedError``'s text; the builder is now made at the actor's first build, so that error is the
   worker's own too (``test_a_ray_builder_is_made_at_its_first_build``).
@@ -157,3 +161,17 @@ def test_joining_a_cluster_that_refuses_the_build_names_ray_auth_mode(tmp_path, 
     assert main(["build", "icd-debug", "--out", str(tmp_path / "out"), "--distributor", "ray", "--ray-address", "auto", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "RAY_AUTH_MODE=token" in err, err
+
+
+def test_jobs_under_a_launch_of_several_processes_is_refused(tmp_path, monkeypatch):
+    """Under ``accelerate launch --num_processes 2`` (or torchrun) the protocol's launch branch won and
+    ``--jobs 2`` was dropped without a word, while every row recorded ``jobs: 2`` beside its timings."""
+    from tests.real_runs import real_run
+
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    real_run(tmp_path / "runs" / "alone", jobs=2, data_root=tmp_path / "data").check_start()  # one process: --jobs is what runs side by side
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"^--jobs 2: this command is one of the 2 processes of a launch") as raised:
+        real_run(tmp_path / "runs" / "launched", jobs=2, data_root=tmp_path / "data").check_start()
+    assert len(str(raised.value).splitlines()) == 1
