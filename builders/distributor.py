@@ -71,7 +71,7 @@ def run_units(
     """Build ``units``; returns each unit's stats in completion order (of their groups). ``builder``: one already made
     for ``recipe`` in this process, used here and by forked workers.
 
-    ``workers``: processes for ``multiprocessing``; for ``ray``, builder actors (0: one per CPU
+    ``workers``: processes for ``multiprocessing``; for ``ray``, builder actors, at most one per CPU (0: one per CPU
     of the cluster). ``ray_address``: an existing cluster ("auto", "ray://head:10001"), or None
     for the one ``ray.init`` finds or starts.
     """
@@ -183,7 +183,12 @@ def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address
 
 
 def _ray_build(ray: Any, actor_pool: Any, recipe: Recipe, units: list[WorkUnit], out: Path, workers: int) -> Iterator[list[dict[str, Any]]]:
-    actors = workers if workers > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if cpus < 1:
+        raise RayUnavailable("the Ray cluster has no CPU to run a builder actor on (each takes one); add a node with CPUs")
+    # An actor past the cluster's CPUs never starts, and the source shards the pool handed it waited
+    # for it for ever: a --workers above them hung the build at its last shards.
+    actors = min(workers, cpus) if workers > 0 else cpus
     builder: Callable[..., Any] = ray.remote(num_cpus=1)(_RayBuilder)
     groups = group_units(units)
     packages = package_versions()

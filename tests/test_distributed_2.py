@@ -14,6 +14,10 @@ launch of several processes refusing what it would drop.
 - A node with other package versions than the command wrote shards of its own versions' bytes under
   a recipe.json crediting the command's: it is now refused at its first build, one line naming each
   package (``test_a_ray_node_with_other_package_versions_than_the_command_is_refused``).
+- ``--workers`` above a Ray cluster's CPUs made actors that never started, and the build hung at its
+  last shards; actors are now at most the cluster's CPUs
+  (``test_ray_actors_are_no_more_than_the_clusters_cpus``;
+  ``test_more_ray_workers_than_cpus_in_the_callers_session_builds_the_same_bytes``, real Ray, slow).
 - ``--jobs 2`` under a launch of several processes was dropped silently (the launch's branch of the
   protocol won) while every row recorded ``jobs: 2``: refused before any stage
   (``test_jobs_under_a_launch_of_several_processes_is_refused``).
@@ -23,6 +27,7 @@ launch of several processes refusing what it would drop.
 """
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +180,53 @@ def test_jobs_under_a_launch_of_several_processes_is_refused(tmp_path, monkeypat
     with pytest.raises(ValueError, match=r"^--jobs 2: this command is one of the 2 processes of a launch") as raised:
         real_run(tmp_path / "runs" / "launched", jobs=2, data_root=tmp_path / "data").check_start()
     assert len(str(raised.value).splitlines()) == 1
+
+
+def test_ray_actors_are_no_more_than_the_clusters_cpus(tmp_path, monkeypatch):
+    """Each actor takes a CPU: ``--workers 4`` on a 2-CPU cluster made 2 actors that never started, and
+    the source shards handed to them waited for ever (measured: 8 of icd-debug's 12 shards, then a hang)."""
+    made = []
+
+    def pool(actors):
+        made.append(len(actors))
+        return SimpleNamespace(map_unordered=lambda f, groups: iter(()))
+
+    monkeypatch.setitem(sys.modules, "ray", SimpleNamespace(is_initialized=lambda: True, cluster_resources=lambda: {"CPU": 2.0},
+                                                            remote=lambda **k: (lambda cls: SimpleNamespace(remote=lambda *a: None))))
+    monkeypatch.setitem(sys.modules, "ray.util", SimpleNamespace(ActorPool=pool))
+    from builders.shard_builder import ShardBuilder
+
+    units = ShardBuilder(load_recipe("icd-debug")).plan()  # 3 source shards
+    for workers in (4, 0, 1):
+        list(_ray(load_recipe("icd-debug"), units, tmp_path, workers, None))
+    assert made == [2, 2, 1]  # of 3 groups
+    monkeypatch.setitem(sys.modules, "ray", SimpleNamespace(is_initialized=lambda: True, cluster_resources=lambda: {},
+                                                            remote=lambda **k: (lambda cls: cls)))
+    with pytest.raises(ValueError, match="no CPU"):
+        list(_ray(load_recipe("icd-debug"), units, tmp_path, 1, None))
+
+
+@pytest.mark.slow
+def test_more_ray_workers_than_cpus_in_the_callers_session_builds_the_same_bytes(debug_dataset, tmp_path):
+    """A lab's own 1-CPU Ray session, joined with workers=2: built (it hung), same bytes as one process."""
+    script = (
+        "import sys, ray\n"
+        "from pathlib import Path\n"
+        "from builders.build import build_dataset\n"
+        "from builders.recipe import load_recipe\n"
+        "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+        "build_dataset(load_recipe('icd-debug'), Path(sys.argv[1]), workers=2, progress=False, distributor='ray')\n"
+        "assert ray.is_initialized(), 'the session of the caller is left running'\n"
+        "ray.shutdown()\n"
+    )
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", script, str(out)], cwd=REPO, env=ENV, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the session's Ray processes too
+        proc.communicate()
+        pytest.fail("the build hung")
+    assert proc.returncode == 0, err[-3000:]
+    assert (out / "checksums.sha256").read_text() == (debug_dataset / "checksums.sha256").read_text()
