@@ -205,15 +205,17 @@ def _ray_build(ray: Any, actor_pool: Any, recipe: Recipe, units: list[WorkUnit],
 def _raised_by_worker(error: Exception) -> BaseException:
     """What a Ray worker raised, for the caller to see as a local worker's error: ``RayTaskError``'s
     ``str`` is the remote traceback (a wall of lines, with colour codes, on the command's one error
-    line, the file's name lost from it), its ``cause`` the exception itself."""
-    from ray.exceptions import RayActorError, RayTaskError
+    line, the file's name lost from it), its ``cause`` the exception itself. Ray's other errors (an
+    actor dead, a node lost, memory short: ``ActorDiedError``, ``NodeDiedError``, ``OutOfMemoryError``)
+    are multi-line reports of Ray's own: their first line, and how to resume."""
+    from ray.exceptions import RayError, RayTaskError
 
     if isinstance(error, RayTaskError):
         return error.cause
-    if isinstance(error, RayActorError):
+    if isinstance(error, RayError):
         first = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
-        return RayWorkerLost(f"a Ray builder actor ended before its shards were written ({first}; killed, out of memory "
-                             "or its node lost?); the shards finished are kept: rerun the same command to resume")
+        return RayWorkerLost(f"a Ray builder actor ended before its shards were written ({type(error).__name__}: {first}; "
+                             "killed, out of memory or its node lost?); the shards finished are kept: rerun the same command to resume")
     return error
 
 

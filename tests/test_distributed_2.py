@@ -6,7 +6,7 @@ launch of several processes refusing what it would drop.
   name lost from it. It is now the worker's own exception, as from a local worker
   (``test_a_ray_workers_error_is_its_own_one_line_naming_the_file``, real Ray, slow;
   ``test_what_a_ray_worker_raised_reaches_the_caller_as_itself``, Ray's own exception classes).
-- A builder actor that dies (killed, out of memory) is one line saying so and how to resume
+- A builder actor that dies (killed, out of memory, its node lost) is one line saying so and how to resume
   (``test_a_ray_builder_actor_that_died_is_one_line``).
 - A cluster of token authentication (``ray start``'s default) refuses a build that does not set
   ``RAY_AUTH_MODE=token``; Ray says only that it found no cluster: the error now names the variable
@@ -79,12 +79,14 @@ def test_what_a_ray_worker_raised_reaches_the_caller_as_itself(tmp_path, monkeyp
 
 
 def test_a_ray_builder_actor_that_died_is_one_line(tmp_path, monkeypatch, ray_exceptions):
-    died = ray_exceptions.ActorDiedError()
-    _ray_raising(monkeypatch, died)
-    with pytest.raises(RayWorkerLost) as raised:
-        list(_ray(load_recipe("icd-debug"), _some_units(), tmp_path, 1, None))
-    said = str(raised.value)
-    assert len(said.splitlines()) == 1 and "died unexpectedly" in said and "rerun the same command to resume" in said, said
+    """Measured with real Ray too: a kill -9 of a builder actor mid-build, exit 2 and this line."""
+    memory = ray_exceptions.OutOfMemoryError("Task was killed due to the node running low on memory.\nMemory on the node ...")
+    for lost, words in ((ray_exceptions.ActorDiedError(), "died unexpectedly"), (memory, "OutOfMemoryError: Task was killed")):
+        _ray_raising(monkeypatch, lost)
+        with pytest.raises(RayWorkerLost) as raised:
+            list(_ray(load_recipe("icd-debug"), _some_units(), tmp_path, 1, None))
+        said = str(raised.value)
+        assert len(said.splitlines()) == 1 and words in said and "rerun the same command to resume" in said, said
 
 
 def test_other_errors_of_a_ray_build_are_left_as_they_are(tmp_path, monkeypatch, ray_exceptions):
