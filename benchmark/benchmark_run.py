@@ -13,6 +13,7 @@ from benchmark.models.pretrained_check import check_base_sampler, check_pretrain
 from benchmark.results_file import read_results
 from benchmark.track import Track
 from benchmark.track_check import check_track
+from benchmark.training import launch_size
 from builders.recipe import Recipe, load_recipe, source_from_spec
 from builders.sources import make_source
 from implicit_concept.content_hashes import sha256_file
@@ -149,6 +150,10 @@ class BenchmarkRun:
         keeps their stage timings: they seed :attr:`timings`, so the run's record lists the stages of
         every invocation, a stage timed again replacing its own entry."""
         check_folder_name("--name", self.name)
+        if self.jobs > 1 and launch_size() > 1:  # the launch's branch of the protocol wins: --jobs was dropped, yet recorded in every row
+            raise ValueError(f"--jobs {self.jobs}: this command is one of the {launch_size()} processes of a launch (accelerate launch, "
+                             "torchrun), which train together, then evaluate on the main process alone; --jobs runs work side by side "
+                             "in one process: drop --jobs, or launch one process")
         for option, folder in (("--runs", self.runs_root), ("--cache", self.cache)):
             _check_utf8_path(option, folder)
         if self.pretrained is not None:

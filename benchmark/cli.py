@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=path_value, help="output folder (default: data/<recipe name>)")
     p.add_argument("--source", type=path_value, help="replace the recipe's source: a folder of name.jpg + name.txt, or tars: local ('dir/{00000..00009}.tar'), "
                                      "http(s) URLs or 'pipe:' commands ('pipe:aws s3 cp s3://bucket/{00000..00009}.tar -')")
-    p.add_argument("--workers", type=int_at_least(0), default=1, help="worker processes (0 or 1: built in this process), or Ray actors (0: one per cluster CPU) (default: 1)")
+    p.add_argument("--workers", type=int_at_least(0), default=1, help="worker processes (0 or 1: built in this process), or Ray actors (0: one per cluster CPU; at most that many) (default: 1)")
     p.add_argument("--distributor", choices=("multiprocessing", "ray"), default="multiprocessing",
                    help="local processes, or a Ray cluster for builds across machines (default: multiprocessing)")
     p.add_argument("--ray-address", help="the Ray cluster to join ('auto', 'ray://head:10001'); default: ray.init's own choice")

@@ -6,7 +6,10 @@ Units cut from the same source shard (one per subset) go to one worker together
 Scheduling never changes bytes: every unit is a pure function of the recipe and its id, so the
 ``multiprocessing`` distributor (one builder per process) and the ``ray`` one (one builder per
 actor, for builds at LAION scale across machines) write the same shards. As in img2dataset, Ray
-workers write straight to ``out``, which must be a filesystem every node sees.
+workers write straight to ``out``, which must be a filesystem every node sees. What a Ray worker
+raised reaches the caller as it raised it (a file it could not write is one line naming the file, as
+from a local worker), not as Ray's wrapper of its remote traceback; an actor that died is one line too.
+A node whose package versions are not the command's is refused at its first build: they change bytes.
 
 Local worker processes are forked where the platform can and nothing that dislikes a fork (torch's
 thread pools) is loaded: they then start with the parent's builder (its fonts indexed, its source
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +31,7 @@ from typing import Any
 from builders.recipe import Recipe
 from builders.shard_builder import ShardBuilder, WorkUnit, group_units
 from implicit_concept.progress import progress_bar
+from implicit_concept.provenance import package_changes, package_versions
 from implicit_concept.worker_processes import end_pool, keeping_signal_handlers, start_worker, workers_starting
 
 DISTRIBUTORS = ("multiprocessing", "ray")
@@ -66,7 +71,7 @@ def run_units(
     """Build ``units``; returns each unit's stats in completion order (of their groups). ``builder``: one already made
     for ``recipe`` in this process, used here and by forked workers.
 
-    ``workers``: processes for ``multiprocessing``; for ``ray``, builder actors (0: one per CPU
+    ``workers``: processes for ``multiprocessing``; for ``ray``, builder actors, at most one per CPU (0: one per CPU
     of the cluster). ``ray_address``: an existing cluster ("auto", "ray://head:10001"), or None
     for the one ``ray.init`` finds or starts.
     """
@@ -112,17 +117,43 @@ def _multiprocessing(
 
 
 class _RayBuilder:
-    """One ShardBuilder per actor: its assets load once, not once per shard."""
+    """One ShardBuilder per actor: its assets load once, not once per shard. Made at its first build,
+    not in ``__init__``: what making it raises (a source this node cannot see, other package versions
+    than the command's) then reaches the caller as itself, where Ray folds an ``__init__``'s error
+    into the text of an ``ActorDiedError``."""
 
-    def __init__(self, recipe: Recipe) -> None:
-        _init_worker(recipe)
+    def __init__(self, recipe: Recipe, packages: dict[str, str | None]) -> None:
+        self.recipe, self.packages = recipe, packages
 
     def build(self, units: tuple[WorkUnit, ...], out: Path) -> list[dict[str, Any]]:
+        if _worker is None:
+            _check_node_packages(self.packages)
+            _init_worker(self.recipe)
         return _run((units, out))
+
+
+def _check_node_packages(command: dict[str, str | None]) -> None:
+    """A node with other package versions than the command that started the build (whose versions
+    ``recipe.json`` and the card credit) is refused: they change bytes (Pillow's JPEG encoder,
+    qrcode, numpy), so its shards would not be the ones the recipe and seed name."""
+    changes = package_changes(command, package_versions())
+    if changes is not None:
+        shown, pins = changes
+        raise RayNodeVersions(f"Ray node {platform.node()}: other package versions than the build command's ({shown}; "
+                              f"'then' is the command's, 'now' the node's); they change bytes, so its shards would differ. "
+                              f"Install the command's versions on every node{pins}")
 
 
 class RayUnavailable(ValueError):
     """Ray is not installed, or no cluster answers at the address given: a usage error, one line."""
+
+
+class RayNodeVersions(ValueError):
+    """A Ray node holds other package versions than the build command: one line naming both."""
+
+
+class RayWorkerLost(ValueError):
+    """A Ray builder actor ended before its shards were done (killed, out of memory, its node gone): one line."""
 
 
 def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address: str | None) -> Iterator[list[dict[str, Any]]]:
@@ -140,7 +171,8 @@ def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address
                 ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
         except ConnectionError as e:  # an OSError: not to be read as a problem of the output folder
             raise RayUnavailable(f"the ray distributor found no Ray cluster to join at {address or 'the default address'} ({e}); "
-                                 "start one (ray start --head) or name it with --ray-address") from None
+                                 "start one (ray start --head) or name it with --ray-address; a cluster of token authentication "
+                                 "(Ray's default for `ray start`) is joined with RAY_AUTH_MODE=token set, as on its nodes") from None
         except BaseException:  # Ctrl-C while the local cluster starts: what started stops with the command
             ray.shutdown()
             raise
@@ -151,11 +183,40 @@ def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address
 
 
 def _ray_build(ray: Any, actor_pool: Any, recipe: Recipe, units: list[WorkUnit], out: Path, workers: int) -> Iterator[list[dict[str, Any]]]:
-    actors = workers if workers > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if cpus < 1:
+        raise RayUnavailable("the Ray cluster has no CPU to run a builder actor on (each takes one); add a node with CPUs")
+    # An actor past the cluster's CPUs never starts, and the source shards the pool handed it waited
+    # for it for ever: a --workers above them hung the build at its last shards.
+    actors = min(workers, cpus) if workers > 0 else cpus
     builder: Callable[..., Any] = ray.remote(num_cpus=1)(_RayBuilder)
     groups = group_units(units)
-    pool = actor_pool([builder.remote(recipe) for _ in range(min(actors, len(groups)))])
-    yield from pool.map_unordered(lambda actor, group: actor.build.remote(group, Path(out).resolve()), groups)
+    packages = package_versions()
+    pool = actor_pool([builder.remote(recipe, packages) for _ in range(min(actors, len(groups)))])
+    try:
+        yield from pool.map_unordered(lambda actor, group: actor.build.remote(group, Path(out).resolve()), groups)
+    except Exception as e:
+        raised = _raised_by_worker(e)
+        if raised is e:
+            raise
+        raise raised from None
+
+
+def _raised_by_worker(error: Exception) -> BaseException:
+    """What a Ray worker raised, for the caller to see as a local worker's error: ``RayTaskError``'s
+    ``str`` is the remote traceback (a wall of lines, with colour codes, on the command's one error
+    line, the file's name lost from it), its ``cause`` the exception itself. Ray's other errors (an
+    actor dead, a node lost, memory short: ``ActorDiedError``, ``NodeDiedError``, ``OutOfMemoryError``)
+    are multi-line reports of Ray's own: their first line, and how to resume."""
+    from ray.exceptions import RayError, RayTaskError
+
+    if isinstance(error, RayTaskError):
+        return error.cause
+    if isinstance(error, RayError):
+        first = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
+        return RayWorkerLost(f"a Ray builder actor ended before its shards were written ({type(error).__name__}: {first}; "
+                             "killed, out of memory or its node lost?); the shards finished are kept: rerun the same command to resume")
+    return error
 
 
 @contextmanager

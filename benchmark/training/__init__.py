@@ -8,6 +8,6 @@ checkpoint's state is written in, and :mod:`.loop` the loop itself.
 from benchmark.training.checkpoints import CHECKPOINTS_DIR, PIPELINE_DIR, RUN_FILE
 from benchmark.training.config import TrainingConfig
 from benchmark.training.data import SampleSource, ShardSource
-from benchmark.training.loop import launched_processes, processes, train
+from benchmark.training.loop import launch_size, launched_processes, processes, train
 
-__all__ = ["CHECKPOINTS_DIR", "PIPELINE_DIR", "RUN_FILE", "SampleSource", "ShardSource", "TrainingConfig", "launched_processes", "processes", "train"]
+__all__ = ["CHECKPOINTS_DIR", "PIPELINE_DIR", "RUN_FILE", "SampleSource", "ShardSource", "TrainingConfig", "launch_size", "launched_processes", "processes", "train"]

@@ -80,12 +80,18 @@ def processes() -> PartialState:
 LAUNCH_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
+def launch_size() -> int:
+    """How many processes the launcher (torchrun, ``accelerate launch``, MPI) says this launch has, 1
+    where none does: read from its variables alone, nothing joined."""
+    return get_int_from_env(list(LAUNCH_SIZE_VARIABLES), 1)
+
+
 def launched_processes() -> int:
     """How many processes train together in this launch, for checks made before any stage runs:
     1 when no launcher says several, without creating accelerate's state (a process-wide singleton,
     which would keep this moment's device for every later :func:`processes`); else
     :func:`processes`' count, the processes joined as the protocol's first stage joins them."""
-    if get_int_from_env(list(LAUNCH_SIZE_VARIABLES), 1) > 1:
+    if launch_size() > 1:
         return processes().num_processes
     return 1
 
