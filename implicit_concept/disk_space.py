@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Iterator
 
 
-def naming(error: OSError, path: Path) -> OSError:
+def naming(error: OSError, path: Path, temporary: Path | None = None) -> OSError:
     """``error`` naming ``path`` when it names no file (a ``write`` to an open file: a full disk,
-    a file size limit), so the message says which file could not be written."""
-    if error.filename is not None or error.errno is None:
+    a file size limit) or names ``temporary``, the hidden file ``path`` was written as before its
+    rename (a folder in the shard's place), so the message says the file a user knows."""
+    if error.errno is None or (error.filename is not None and (temporary is None or error.filename != str(temporary))):
         return error
     return type(error)(error.errno, error.strerror or os.strerror(error.errno), str(path))
 

@@ -61,9 +61,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)  # a full disk keeps no partial copy
-        if e.filename == str(tmp):  # the file a user knows, not its hidden temporary (a read-only folder)
-            e = type(e)(e.errno, e.strerror, str(path))
-        raise naming(e, path) from None
+        raise naming(e, path, tmp) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -182,11 +180,10 @@ def atomic_dir(final: Path, replace_existing: bool = False) -> Iterator[Path]:
         os.replace(final, aside)
     try:
         os.replace(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not final.is_dir():
+            raise naming(e, final, tmp) from None
     if aside.is_dir() and not aside.is_symlink():
         shutil.rmtree(aside)
     else:

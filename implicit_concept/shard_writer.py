@@ -25,7 +25,7 @@ class TarShardWriter:
         try:
             self._file = open(self.tmp, "wb")
         except OSError as e:
-            raise naming(e, self.path) from None
+            raise naming(e, self.path, self.tmp) from None
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
@@ -41,7 +41,7 @@ class TarShardWriter:
             try:
                 self._tar.addfile(info, io.BytesIO(data))
             except OSError as e:  # a full disk, a file size limit: name the shard being written
-                raise naming(e, self.path) from None
+                raise naming(e, self.path, self.tmp) from None
 
     def close(self) -> str:
         """Finish the tar, move it into place and return its sha256."""
@@ -52,7 +52,7 @@ class TarShardWriter:
             self._file.close()
             os.replace(self.tmp, self.path)
         except OSError as e:
-            raise naming(e, self.path) from None
+            raise naming(e, self.path, self.tmp) from None
         return sha256_file(self.path)
 
     def abort(self) -> None:

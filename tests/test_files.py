@@ -56,3 +56,17 @@ def test_a_folder_renamed_into_place_has_the_modes_the_umask_grants_whatever_its
     modes = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in [tmp_path / "out", *(tmp_path / "out").rglob("*")] if not p.is_symlink()}
     assert modes == {"out": 0o777 & ~umask, "weights.safetensors": 0o666 & ~umask, "private": 0o777 & ~umask, "run.sh": 0o777 & ~umask}
     assert (tmp_path / "out" / "link").is_symlink()
+
+
+def test_a_folder_that_cannot_take_its_place_is_named_not_its_hidden_temporary(tmp_path):
+    """A file where the finished folder goes: the error names the folder, not the temporary, and
+    neither the file nor a temporary folder is left changed or behind."""
+    from implicit_concept.files import atomic_dir
+
+    (tmp_path / "out").write_text("mine")
+    with pytest.raises(OSError) as raised:
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "a").write_text("a")
+    assert raised.value.filename == str(tmp_path / "out")
+    assert ".tmp" not in str(raised.value) and "->" not in str(raised.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (tmp_path / "out").read_text() == "mine"

@@ -40,6 +40,17 @@ def test_an_aborted_shard_leaves_nothing_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_shard_that_cannot_take_its_place_is_named_not_its_hidden_temporary(tmp_path):
+    """A folder where the finished shard goes (a copy gone wrong, another tool): the rename fails,
+    and the error names the shard a user knows, not the hidden temporary it was written as."""
+    (tmp_path / "00000.tar").mkdir()
+    with pytest.raises(OSError) as raised:
+        _write(tmp_path / "00000.tar", [("000000000", {"txt": b"a"})])
+    assert raised.value.filename == str(tmp_path / "00000.tar")
+    assert ".tmp" not in str(raised.value) and "->" not in str(raised.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["00000.tar"]
+
+
 def test_keys_with_dots_are_refused(tmp_path):
     with TarShardWriter(tmp_path / "x.tar") as w:
         with pytest.raises(ValueError, match="must not contain"):
