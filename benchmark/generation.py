@@ -26,7 +26,7 @@ from benchmark.models.pipeline_identity import held_parts, json_sha256
 from benchmark.plugin_state import kept_plugin_state, seeded_rngs
 from benchmark.prompts import Prompt
 from implicit_concept.files import atomic_save_image, atomic_write_json
-from implicit_concept.json_records import read_json_object
+from implicit_concept.json_records import read_json_object_or_none
 from implicit_concept.progress import progress_bar
 from implicit_concept.provenance import canonical_json, package_versions
 from implicit_concept.shard_reader import is_hidden
@@ -179,7 +179,7 @@ def _claim(out_dir: Path, record: dict[str, Any], images: dict[str, str]) -> Non
     is removed so that it is drawn anew; so is any image the record does not account for."""
     record = json.loads(canonical_json(record))
     path = out_dir / SOURCE_FILE
-    old = _recorded(path)
+    old = read_json_object_or_none(path)  # bounded, from a regular file: a FIFO of that name hung drawing
     pngs = sorted(p.name for p in out_dir.glob("*.png") if not is_hidden(p.name))
     # Every image drawn here is in the record before it is drawn: one it does not list (a lab's own,
     # under score-pipeline's --out, copied in before or after a first draw) is never replaced, and
@@ -211,16 +211,6 @@ def _claim(out_dir: Path, record: dict[str, Any], images: dict[str, str]) -> Non
 #: What a source.json drawing wrote holds: these, (from when each image was keyed) ``images`` and
 #: (from when versions were recorded: one without them is stale, drawn anew) ``packages``.
 _RECORD_FIELDS = {"model", "negative_prompt", "settings"}
-
-
-def _recorded(path: Path) -> Any:
-    """What ``source.json`` says made the images beside it; None if it is missing or unreadable (read
-    bounded, from a regular file: a FIFO of that name hung drawing, nesting past the parser's depth
-    raised RecursionError)."""
-    try:
-        return read_json_object(path)
-    except (OSError, ValueError):
-        return None
 
 
 def _not_ours(path: Path, old: Any) -> str | None:

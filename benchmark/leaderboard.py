@@ -189,7 +189,7 @@ def read_scored(folder: Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: {'not a folder' if folder.exists() else 'does not exist'} (a run folder holds results.json, "
                                 f"a score-pipeline or score-images --out folder {SUMMARY_FILE})")
-    with read_locked(folder, inside=True, wait=False) as writer:  # its results so far, whole, would be ranked as its results
+    with read_locked(folder, wait=False) as writer:  # its results so far, whole, would be ranked as its results
         if writer is not None:
             raise ValueError(f"{folder}: a command is writing it now (pid {writer} holds its lock {LOCK_NAME}); "
                              "leave it out, or build the leaderboard once it has finished")

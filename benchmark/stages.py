@@ -25,7 +25,6 @@ from benchmark.training import PIPELINE_DIR, TrainingConfig, processes, train
 from builders.build import build_dataset
 from builders.dataset_card import CHECKSUMS
 from builders.recipe import load_recipe, source_from_spec
-from builders.shard_builder import read_stats
 from builders.verify import require_verified
 from implicit_concept.content_hashes import sha256_file
 from implicit_concept.detector.inference import Detector
@@ -35,6 +34,7 @@ from implicit_concept.detector.weights import RECORD_NAME
 from implicit_concept.detector.yolo_env import use_cache
 from implicit_concept.file_locks import locked
 from implicit_concept.geom_erasing.training_target import GeomErasingConfig
+from implicit_concept.json_records import read_json_object_or_none
 from implicit_concept.provenance import cache_key
 from implicit_concept.scoring import clean_images
 
@@ -66,7 +66,7 @@ def dataset(run: BenchmarkRun, build: bool = True) -> Path:
 def _require_captions(train: Path, wanted: int) -> None:
     """The base's background and calibration images are prompted by these captions: a split of too
     few is refused once the dataset is built, not after the base is trained (where it was found)."""
-    available = sum((read_stats(path) or {}).get("successes", 0) for path in train.glob("*_stats.json"))
+    available = sum((read_json_object_or_none(path) or {}).get("successes", 0) for path in train.glob("*_stats.json"))
     if available < wanted:
         raise ValueError(f"{train}: the train split holds {available} captions, and this track's detector_backgrounds "
                          f"+ detector_calibration is {wanted}: lower them or build a larger split")
@@ -76,7 +76,7 @@ def _require_test_split(test: Path, source: dict[str, Any], num_prompts: int = 1
     """Refuse before any training a track that draws its prompts from an empty test split (no
     shard, or shards whose every item was skipped: the shards' stats count what was written), or
     from one holding fewer captions than its ``num_prompts``: a run never scores silently fewer."""
-    available = sum((read_stats(path) or {}).get("successes", 0) for path in test.glob("*_stats.json"))
+    available = sum((read_json_object_or_none(path) or {}).get("successes", 0) for path in test.glob("*_stats.json"))
     if 0 < available < num_prompts:
         raise ValueError(
             f"{test}: the test split holds {available} captions, and this track's num_prompts is {num_prompts} "

@@ -29,13 +29,13 @@ import pyarrow.parquet as pq
 from builders.dataset_card import write_dataset_card
 from builders.distributor import run_units
 from builders.recipe import Recipe, hashed_with_paths, portable_source, relative_source
-from builders.shard_builder import ShardBuilder, is_complete, parquet_path, plan_record, read_stats, shard_dir, shard_problem, stats_path
+from builders.shard_builder import ShardBuilder, is_complete, parquet_path, plan_record, shard_dir, shard_problem, stats_path
 from builders.shard_table import SCHEMA, parquet_bytes, table_metadata
 from builders.source_screen import detector_fingerprint
 from implicit_concept.disk_space import space_message
 from implicit_concept.file_locks import LocksUnavailable, locked
 from implicit_concept.files import TEMPORARY_MARK, FolderClaimError, claim, visible_entries, within, write_unless_same
-from implicit_concept.json_records import MISSING, json_changes, json_text, read_json_object
+from implicit_concept.json_records import MISSING, json_changes, json_text, read_json_object, read_json_object_or_none
 from implicit_concept.provenance import environment, package_changes
 from implicit_concept.shard_reader import DATASET_RECORD
 from implicit_concept.utf8_paths import shown_path, utf8_path_problem
@@ -220,7 +220,7 @@ def _claim_output(recipe: Recipe, out: Path, builder: ShardBuilder, env: dict[st
     if previous is not None and previous.get("recipe_sha256") != recipe.sha256:
         raise FolderClaimError(f"{out}: holds a build of another recipe ({_recipe_change(previous.get('recipe'), recipe.to_dict())}); "
                                f"choose another {OUT} or remove the folder")
-    mismatched = [p for p in out.rglob("*_stats.json") if _of_another_recipe(read_stats(p), recipe)]
+    mismatched = [p for p in out.rglob("*_stats.json") if _of_another_recipe(read_json_object_or_none(p), recipe)]
     if mismatched:
         raise FolderClaimError(f"{mismatched[0]}: shard of another recipe in {out}; choose another {OUT} or remove the folder")
     record = _recipe_record(recipe, out, builder, env)

@@ -35,7 +35,7 @@ from implicit_concept.compositing import MIN_SEEN, Composition
 from implicit_concept.concepts import Layer, make_renderer
 from implicit_concept.content_hashes import sha256_file
 from implicit_concept.files import atomic_write_json
-from implicit_concept.json_records import read_json_object
+from implicit_concept.json_records import read_json_object_or_none
 from implicit_concept.provenance import version
 from implicit_concept.sample import SPLITS, SampleMeta, Screen
 from implicit_concept.shard_writer import TarShardWriter
@@ -69,15 +69,6 @@ def parquet_path(out: Path, unit: WorkUnit) -> Path:
     return shard_dir(out, unit) / f"{unit.name}.parquet"
 
 
-def read_stats(path: Path) -> dict[str, Any] | None:
-    """A shard's stats, or None when the file is missing or is not a JSON object by the one rule
-    (:func:`read_json_object`): the shard is then rebuilt."""
-    try:
-        return read_json_object(path)
-    except (OSError, ValueError):
-        return None
-
-
 def is_complete(out: Path, unit: WorkUnit, recipe_sha256: str | None = None) -> bool:
     """Whether ``unit`` is finished: the stats file (written last, img2dataset's rule) is this
     shard's, the tar is still the one it describes (its sha256) and the parquet is this shard's
@@ -92,7 +83,7 @@ def shard_problem(out: Path, unit: WorkUnit, recipe_sha256: str | None = None) -
     have the sha256 they record (stats written before it was recorded: be a readable table of
     this shard's rows, as many as the stats count, in key order)."""
     path = stats_path(out, unit)
-    stats = read_stats(path)
+    stats = read_json_object_or_none(path)
     if stats is None:
         return f"{path}: missing or not a JSON object"
     for name, value in (("shard", unit.name), ("subset", unit.subset), ("split", unit.split)):

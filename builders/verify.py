@@ -119,7 +119,7 @@ def verify_dataset(out: Path, progress: bool = False, wait_for_build: bool = Fal
     if problem is not None:
         report.problems.append(f"{shown_path(out)}: {problem}")
         return report
-    with read_locked(out, inside=True, wait=wait_for_build) as builder:
+    with read_locked(out, wait=wait_for_build) as builder:
         if builder is not None:  # one line, not one per shard not yet written
             report.problems.append(f"{out}: a build is writing it now (pid {builder} holds its lock {LOCK_NAME}); "
                                    f"verify it once the build has finished")

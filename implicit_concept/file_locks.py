@@ -52,13 +52,14 @@ def lock_path(path: Path, inside: bool = False) -> Path:
 
 
 @contextmanager
-def read_locked(path: Path, inside: bool = False, wait: bool = True) -> Iterator[str | None]:
-    """Hold ``path``'s lock shared for the block, so that no maker (:func:`locked`) changes it while
+def read_locked(path: Path, wait: bool = True) -> Iterator[str | None]:
+    """Hold the lock inside the folder ``path`` (the one :func:`locked` takes with ``inside``: every
+    folder a reader waits on is claimed so) shared for the block, so that no maker changes it while
     it is read; yields None. A maker holding it: with ``wait``, wait for it to finish; without, yield
     its pid (as text; "unknown" if unrecorded) and hold nothing. Only reads: no lock file is made,
     so this works in a read-only folder (one never locked has nothing to wait for)."""
     try:
-        fd = os.open(lock_path(path, inside), os.O_RDONLY)
+        fd = os.open(lock_path(path, inside=True), os.O_RDONLY)
     except OSError:
         yield None
         return

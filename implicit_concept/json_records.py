@@ -121,6 +121,16 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return value
 
 
+def read_json_object_or_none(path: Path) -> dict[str, Any] | None:
+    """:func:`read_json_object`, or None where there is none to read (missing, unreadable, damaged,
+    not an object): a shard's stats, a drawing's record or an export's marker that is not there or
+    not whole means the same, that this output is not one to keep, and it is made anew."""
+    try:
+        return read_json_object(path)
+    except (OSError, ValueError):
+        return None
+
+
 class _Missing:
     def __repr__(self) -> str:
         return "MISSING"

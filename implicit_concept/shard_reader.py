@@ -288,7 +288,7 @@ def _wait_for_build(path: Path) -> None:
     real = path.resolve()
     for folder in [real, *real.parents][:4]:
         if (folder / DATASET_RECORD).is_file():
-            with read_locked(folder, inside=True):
+            with read_locked(folder):
                 return
 
 

@@ -269,7 +269,7 @@ def test_a_holder_on_another_host_is_named_with_its_host(tmp_path):
         with pytest.raises(file_locks.FolderBusyError, match=rf"^{run}: in use by another process \(pid {holder.pid} on node-7\); "):
             with file_locks.locked(run, wait=False, inside=True):
                 pass
-        with file_locks.read_locked(run, inside=True, wait=False) as writer:
+        with file_locks.read_locked(run, wait=False) as writer:
             assert writer == f"{holder.pid} on node-7"
     finally:
         holder.kill()

@@ -2,7 +2,6 @@
 test here failed on such a mutant and passes on the code, and guards what a user sees."""
 import os
 import sys
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 

@@ -1,7 +1,8 @@
 """Training diffusion pipelines: base pretraining and every fine-tune run the one loop, :func:`train`.
 
 :mod:`.config` holds what decides a run, :mod:`.data` the way from samples to a step's tensors,
-:mod:`.new_tokens` the trainable embeddings of Geom-Erasing's tokens, :mod:`.checkpoints` the run's
+:mod:`.new_tokens` the trainable embeddings of Geom-Erasing's tokens, :mod:`.memory` the memory
+options (mixed precision, attention kernel, gradient checkpointing), :mod:`.checkpoints` the run's
 folder (``run.json``, checkpoints, the final pipeline), :mod:`.state_files` the plain-data format a
 checkpoint's state is written in, and :mod:`.loop` the loop itself.
 """

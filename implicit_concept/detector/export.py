@@ -28,7 +28,7 @@ from implicit_concept.concepts import CONCEPT_NAMES
 from implicit_concept.content_hashes import folder_sha256, sha256_file
 from implicit_concept.files import atomic_dir, check_apart, remove_dead_writers_temporaries
 from implicit_concept.image_decode import decode_rgb, open_image
-from implicit_concept.json_records import json_text, read_json_object
+from implicit_concept.json_records import json_text, read_json_object_or_none
 from implicit_concept.progress import progress_bar
 from implicit_concept.provenance import environment
 from implicit_concept.sample import SampleMeta, key_hash
@@ -98,7 +98,7 @@ def export_detection_dataset(
     icd_shards = {split: list_shards(_split_dir(shards, split)) for split in dict.fromkeys(SPLITS.values())}
     hashes = {str(p.relative_to(shards)): sha256_file(p) for ps in icd_shards.values() for p in ps}
     remove_dead_writers_temporaries(out)  # a killed export's, even where this one reuses the folder
-    marker = _read_marker(out / MARKER)
+    marker = read_json_object_or_none(out / MARKER) or {}
     inputs = {"format": EXPORT_FORMAT, "formats": list(formats), "shards_sha256": hashes, "validation_share": validation_share}
     if all(marker.get(k) == v for k, v in inputs.items()):
         for label_cache in (out / "labels").glob("*.cache"):
@@ -144,16 +144,8 @@ def is_export(folder: Path) -> bool:
     """Whether ``folder`` holds a record :func:`export_detection_dataset` wrote, of any format
     version: only then is it an export to replace. Another tool's ``export.json``, or one damaged,
     says nothing of the files beside it."""
-    record = _read_marker(folder / MARKER)
+    record = read_json_object_or_none(folder / MARKER) or {}
     return isinstance(record.get("format"), int) and isinstance(record.get("shards_sha256"), dict)
-
-
-def _read_marker(path: Path) -> dict[str, Any]:
-    """The marker's record, or {} where there is none to read (absent, damaged, not an object)."""
-    try:
-        return read_json_object(path)
-    except (OSError, ValueError):
-        return {}
 
 
 def _dataset(root: Path, marker: dict[str, Any]) -> DetectionDataset:

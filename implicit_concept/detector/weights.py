@@ -242,7 +242,7 @@ def read_detector(path: str | Path) -> tuple[Path, DetectorRecord, dict[str, tor
 
 def _check_not_training(folder: Path) -> None:
     """Refuse ``folder`` while a training holds its lock (:func:`~implicit_concept.detector.training.train_detector`)."""
-    with read_locked(folder, inside=True, wait=False) as training:
+    with read_locked(folder, wait=False) as training:
         if training is not None:
             raise DetectorError(f"{folder}: a detector training is writing it now (pid {training} holds its lock {LOCK_NAME}); "
                                 "use it once the training has finished")
