@@ -7,7 +7,10 @@ package versions names and how it says to put the old ones back.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -18,7 +21,10 @@ from PIL import Image
 
 from implicit_concept.compositing import MIN_SEEN, composite, jsonable
 from implicit_concept.concepts.renderer import Layer
-from implicit_concept.file_locks import locked
+from builders.caption_screen import CaptionScreen
+from implicit_concept import file_locks
+from implicit_concept.file_locks import LOCK_NAME, FolderBusyError, LocksUnavailable, locked, read_locked
+from implicit_concept.files import write_unless_same
 from implicit_concept.provenance import package_changes
 from implicit_concept.shard_reader import list_shards
 
@@ -114,3 +120,100 @@ def test_a_mark_is_labelled_from_a_tenth_of_its_alpha_on_pixels_it_changed(chang
     image, layer = _patch(100, 50, changed)
     _, instances, _ = composite(image, [layer], "watermark", 0.0, MIN_SEEN)
     assert [i.box.as_list() for i in instances] == ([[4, 4, 12, 9]] if labelled else [])
+
+
+@pytest.mark.parametrize(("record", "said"), [(b"", "unknown"), (b"123\n" + socket.gethostname().encode() + b"\n", "123"),
+                                              (b"123\nnode-7\n", "123 on node-7")])
+def test_a_holder_is_named_from_what_its_lock_file_records(tmp_path, record, said):
+    """A lock file recording nothing (a holder that could not write it) names no pid; this host's
+    holder its pid alone, another host's with the host."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / LOCK_NAME).write_bytes(record)
+    fd = os.open(folder / LOCK_NAME, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held as another process would hold it, without rewriting the record
+        with pytest.raises(FolderBusyError, match=rf"^{folder}: in use by another process \(pid {said}\); "):
+            with locked(folder, wait=False, inside=True):
+                pass
+        with read_locked(folder, inside=True, wait=False) as writer:
+            assert writer == said
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP])
+def test_every_way_a_filesystem_says_it_keeps_no_locks_names_the_lock_file(tmp_path, monkeypatch, code):
+    """NFS without its lock service says ENOLCK; a FUSE or SMB mount ENOSYS or EOPNOTSUPP."""
+    def no_flock(fd, operation):
+        raise OSError(code, os.strerror(code))
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    monkeypatch.setattr(file_locks.fcntl, "flock", no_flock)
+    with pytest.raises(LocksUnavailable) as e:
+        with locked(folder, inside=True):
+            pass
+    assert e.value.filename == str(folder / LOCK_NAME) and e.value.errno == code
+    assert e.value.strerror.startswith(f"cannot be locked: its filesystem keeps no file locks (flock: {os.strerror(code)})")
+
+
+def test_readers_share_a_lock_a_maker_waits_for(tmp_path):
+    """Two readers of one dataset at once (a verify and a show) do not find each other busy; a maker does."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    with locked(folder, inside=True):
+        pass  # its lock file made, as a build leaves it
+    with read_locked(folder, inside=True, wait=False) as first:
+        with read_locked(folder, inside=True, wait=False) as second:
+            assert (first, second) == (None, None)
+            with pytest.raises(FolderBusyError):
+                with locked(folder, wait=False, inside=True):
+                    pass
+
+
+def test_write_unless_same_writes_other_bytes_of_the_same_size_and_leaves_the_same_ones(tmp_path):
+    """A rerun leaves a file holding its bytes as it was (a read-only copy serves); a file of the same
+    size holding other bytes (a record edited by hand) is written."""
+    path = tmp_path / "recipe.json"
+    path.write_bytes(b"abc")
+    before = path.stat().st_ino
+    write_unless_same(path, b"abc")
+    assert path.stat().st_ino == before
+    write_unless_same(path, b"xyz")
+    assert path.read_bytes() == b"xyz"
+    write_unless_same(tmp_path / "new", b"")
+    assert (tmp_path / "new").read_bytes() == b""
+
+
+def test_a_mark_that_changes_only_the_blue_channel_is_seen():
+    """The change a mark makes is its largest channel difference, blue included: a blue mark on grey is seen."""
+    rgba = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    rgba.paste((100, 100, 200, 255), (4, 4, 12, 9))
+    _, instances, _ = composite(Image.new("RGB", (16, 16), (100, 100, 100)), [Layer(rgba)], "watermark", 0.0, MIN_SEEN)
+    assert [i.box.as_list() for i in instances] == [[4, 4, 12, 9]]
+
+
+@pytest.mark.parametrize(("caption", "names", "stripped"), [
+    ("an inscription on a wall", ("text",), "on a wall"),  # "an" goes with the word, as "a" does
+    ("water text mark on a door", ("text", "watermark"), "on a door"),  # a phrase joined once a word was taken out
+    ("a dog (\"[logo]\") in a park", ("watermark",), "a dog in a park"),  # brackets and quotes left empty, nested
+    ("logo, a cat", ("watermark",), "a cat"),  # no comma left at the start
+    ("a cat, logo", ("watermark",), "a cat"),
+    ("a cat ,logo, and a dog", ("watermark",), "a cat, and a dog"),  # no space before punctuation, no comma twice
+])
+def test_strip_takes_out_the_words_their_article_and_the_punctuation_left_around_them(caption, names, stripped):
+    verdict = CaptionScreen("strip").check(caption)
+    assert (verdict.names, verdict.caption, verdict.stripped, verdict.reason) == (names, stripped, True, None)
+
+
+@pytest.mark.parametrize("caption", ["watermark 2020", "logo: 12-34", "(text) ..."])
+def test_a_caption_left_without_a_letter_is_skipped(caption):
+    """A caption of digits and punctuation once the words are out describes nothing: the item is skipped."""
+    verdict = CaptionScreen("strip").check(caption)
+    assert (verdict.caption, verdict.reason) == (None, "caption_empty_after_screen")
+
+
+@pytest.mark.parametrize(("caption", "names"), [("(c) 3 apples", ()), ("(c) 2021 Jane", ("watermark",)), ("(c)2021", ("watermark",))])
+def test_c_in_brackets_is_a_copyright_only_before_a_year(caption, names):
+    assert CaptionScreen("flag").check(caption).names == names
