@@ -12,6 +12,7 @@ import fcntl
 import os
 import socket
 import threading
+import unicodedata
 import time
 from pathlib import Path
 
@@ -201,6 +202,7 @@ def test_a_mark_that_changes_only_the_blue_channel_is_seen():
     ("logo, a cat", ("watermark",), "a cat"),  # no comma left at the start
     ("a cat, logo", ("watermark",), "a cat"),
     ("a cat ,logo, and a dog", ("watermark",), "a cat, and a dog"),  # no space before punctuation, no comma twice
+    ("a logo水印2 here", ("watermark",), "here"),  # a match inside a longer one's token goes with that token
 ])
 def test_strip_takes_out_the_words_their_article_and_the_punctuation_left_around_them(caption, names, stripped):
     verdict = CaptionScreen("strip").check(caption)
@@ -217,3 +219,11 @@ def test_a_caption_left_without_a_letter_is_skipped(caption):
 @pytest.mark.parametrize(("caption", "names"), [("(c) 3 apples", ()), ("(c) 2021 Jane", ("watermark",)), ("(c)2021", ("watermark",))])
 def test_c_in_brackets_is_a_copyright_only_before_a_year(caption, names):
     assert CaptionScreen("flag").check(caption).names == names
+
+
+@pytest.mark.parametrize("caption", ["워터마크가 있는 사진", "foto com marca d'água", "ＱＲコード"])
+def test_a_decomposed_caption_is_matched_as_its_composed_form(caption):
+    """A Mac's NFD file names, Korean typed as jamo: the words are found as if composed."""
+    decomposed = unicodedata.normalize("NFD", caption)
+    assert decomposed != caption
+    assert CaptionScreen("flag").check(decomposed).names == CaptionScreen("flag").check(caption).names != ()
