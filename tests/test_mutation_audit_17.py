@@ -11,22 +11,28 @@ import errno
 import fcntl
 import os
 import socket
+import subprocess
+import sys
 import threading
-import unicodedata
 import time
+import unicodedata
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from builders import source_screen
+from builders.caption_screen import CaptionScreen
+from builders.source_screen import SourceScreen, SourceScreenConfig
+from implicit_concept import file_locks
 from implicit_concept.compositing import MIN_SEEN, composite, jsonable
 from implicit_concept.concepts.renderer import Layer
-from builders.caption_screen import CaptionScreen
-from implicit_concept import file_locks
 from implicit_concept.file_locks import LOCK_NAME, FolderBusyError, LocksUnavailable, locked, read_locked
 from implicit_concept.files import write_unless_same
 from implicit_concept.provenance import package_changes
+from implicit_concept.sample import Box, Instance, SampleMeta
 from implicit_concept.shard_reader import list_shards
 
 
@@ -227,3 +233,59 @@ def test_a_decomposed_caption_is_matched_as_its_composed_form(caption):
     decomposed = unicodedata.normalize("NFD", caption)
     assert decomposed != caption
     assert CaptionScreen("flag").check(decomposed).names == CaptionScreen("flag").check(caption).names != ()
+
+
+def test_the_source_screen_is_on_with_the_decoder_alone_and_its_fields_are_checked():
+    assert not SourceScreenConfig().active
+    assert SourceScreenConfig(qr_decode=True).active and SourceScreenConfig(detector="det").active
+    assert SourceScreenConfig(detector=Path("det")).detector == "det"  # recorded in recipe.json as text
+    with pytest.raises(ValueError, match=r"^source_screen\.qr_decode must be true or false, got 'yes'$"):
+        SourceScreenConfig(qr_decode="yes")
+
+
+class _Sees:
+    """A detector that sees the given concepts (in that order) in every image."""
+
+    def __init__(self, *concepts):
+        self.concepts = concepts
+
+    def detect(self, image, conf=0.25):
+        return [SimpleNamespace(concept=c, confidence=0.9) for c in self.concepts]
+
+
+def test_the_source_screen_uses_the_detector_it_was_given_and_names_concepts_sorted(monkeypatch):
+    monkeypatch.setattr(source_screen, "load_detector", lambda path: pytest.fail(f"loaded {path}"))
+    screen = SourceScreen(SourceScreenConfig(detector="det"), detector=_Sees("watermark", "text", "qrcode", "text"))
+    assert screen.shows(Image.new("RGB", (8, 8))) == ["qrcode", "text", "watermark"]
+
+
+SORTED_UNDER_ANY_HASH_SEED = """
+from types import SimpleNamespace
+from builders.source_screen import SourceScreen, SourceScreenConfig
+seen = SimpleNamespace(detect=lambda image, conf: [SimpleNamespace(concept=c) for c in ("watermark", "text", "qrcode")])
+print(SourceScreen(SourceScreenConfig(detector="det"), detector=seen).shows(None))
+"""
+
+
+def test_what_the_source_screen_finds_is_written_in_one_order_whatever_the_hash_seed():
+    """KEY.json's screen.source_shows: same seed, same bytes, in any process (a set's order is not)."""
+    root = Path(__file__).resolve().parent.parent
+    for seed in range(4):
+        env = {**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": str(root)}
+        done = subprocess.run([sys.executable, "-c", SORTED_UNDER_ANY_HASH_SEED], cwd=root, env=env, capture_output=True,
+                              text=True, check=True)
+        assert done.stdout == "['qrcode', 'text', 'watermark']\n", seed
+
+
+def _key_json(**changes) -> dict:
+    meta = SampleMeta(key="k0", caption="a scene", width=64, height=64, split="train", subset="icd-qrcode",
+                      source={"kind": "test", "id": "0"}, instances=[Instance("qrcode", Box(1, 2, 30, 40))],
+                      seed=[0], recipe="test", recipe_sha256="0", version="0.9.0")
+    return {**meta.to_json(), **changes}
+
+
+@pytest.mark.parametrize("schema", [0, 1])
+def test_a_schema_1_key_json_is_refused_its_boxes_cover_what_was_drawn_not_what_shows(schema):
+    with pytest.raises(ValueError, match=rf"^schema: {schema}, written by an older implicit-concept \(version 0\.9\.0\); "
+                                         r"this one \(.+\) reads schemas 2 to \d+: rebuild the dataset to read it$"):
+        SampleMeta.from_json(_key_json(schema=schema))
