@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmark.leaderboard import version_notes
 from builders import source_screen
 from builders.caption_screen import CaptionScreen
 from builders.source_screen import SourceScreen, SourceScreenConfig
@@ -289,3 +290,14 @@ def test_a_schema_1_key_json_is_refused_its_boxes_cover_what_was_drawn_not_what_
     with pytest.raises(ValueError, match=rf"^schema: {schema}, written by an older implicit-concept \(version 0\.9\.0\); "
                                          r"this one \(.+\) reads schemas 2 to \d+: rebuild the dataset to read it$"):
         SampleMeta.from_json(_key_json(schema=schema))
+
+
+def test_versions_are_said_not_compared_only_beside_a_run_that_records_them():
+    """Runs none of which record versions (all from an older release) have nothing to compare: no note."""
+    torch = {"environment": {"packages": {"torch": "2.1", "numpy": None}}}
+    assert version_notes({"a": {}, "b": {"environment": None}}) == []
+    assert version_notes({"a": torch, "b": {}}) == ["package versions not compared: not recorded in b (a results.json from an older version)"]
+    assert version_notes({"a": torch, "b": {"environment": {"packages": {"torch": "2.2"}}}}) == [
+        "numpy differs between runs, which may change their numbers: not installed (a); not recorded (b)",
+        "torch differs between runs, which may change their numbers: 2.1 (a); 2.2 (b)",
+    ]
