@@ -1,15 +1,23 @@
-"""Tests that kill hand mutants of the newest code (version skew, a reader waiting for a build, lock
-holders, write_unless_same, the command line's paths) and of compositing, the caption screen and
-the source screen that the suite let pass.
+"""Tests that kill hand mutants of the newest code (package_changes, a reader waiting for a build,
+lock holders and shared locks, write_unless_same, the oldest schema read, verify's release check,
+leaderboard's version notes) and of compositing, the caption screen and the source screen that the
+suite let pass.
 
-Each case is behaviour a user relies on that no earlier test pinned: what a resume under other
-package versions names and how it says to put the old ones back.
+Each case is behaviour a user relies on that no earlier test pinned: a resume under other versions
+names every change and how to put it back; a shard named alone waits for its build; a lock names its
+holder from its record and every no-locks errno names the lock file; readers share a lock; a file of
+the same size but other bytes is written; a schema 1 KEY.json is refused; a flag in params stays a
+bool; a mark seen from 8 levels and a tenth of its alpha, in any channel; the caption screen's
+article, punctuation, second pass, digits-only leftovers and decomposed text; the source screen's
+switches and its sorted findings under any hash seed.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -301,3 +309,25 @@ def test_versions_are_said_not_compared_only_beside_a_run_that_records_them():
         "numpy differs between runs, which may change their numbers: not installed (a); not recorded (b)",
         "torch differs between runs, which may change their numbers: 2.1 (a); 2.2 (b)",
     ]
+
+
+def test_samples_of_another_release_are_named_once_at_the_first_of_them(debug_dataset, tmp_path):
+    """Two shards another release wrote: verify names the first sample it wrote (of the first shard),
+    once, not the last one it came across."""
+    from builders.verify import verify_dataset
+    from tests.test_verify import read_tar, write_tar
+    from tests.test_version_skew import _reseal_whole
+
+    out = tmp_path / "icd-debug"
+    shutil.copytree(debug_dataset, out)
+    shards = [out / "icd-qrcode" / "train" / name for name in ("00000.tar", "00001.tar")]
+    for shard in shards:
+        samples = read_tar(shard)
+        for _, members in samples:
+            members["json"] = json.dumps({**json.loads(members["json"]), "version": "0.0.9"}, sort_keys=True,
+                                         ensure_ascii=False).encode()
+        write_tar(shard, samples)
+    _reseal_whole(out)
+    first = read_tar(shards[0])[0][0]
+    problems = [p for p in verify_dataset(out).problems if "samples of two releases" in p]
+    assert len(problems) == 1 and problems[0].startswith(f"{shards[0]}:{first}: KEY.json written by implicit-concept 0.0.9 "), problems
