@@ -152,7 +152,7 @@ def test_a_holder_is_named_from_what_its_lock_file_records(tmp_path, record, sai
         with pytest.raises(FolderBusyError, match=rf"^{folder}: in use by another process \(pid {said}\); "):
             with locked(folder, wait=False, inside=True):
                 pass
-        with read_locked(folder, inside=True, wait=False) as writer:
+        with read_locked(folder, wait=False) as writer:
             assert writer == said
     finally:
         os.close(fd)
@@ -180,8 +180,8 @@ def test_readers_share_a_lock_a_maker_waits_for(tmp_path):
     folder.mkdir()
     with locked(folder, inside=True):
         pass  # its lock file made, as a build leaves it
-    with read_locked(folder, inside=True, wait=False) as first:
-        with read_locked(folder, inside=True, wait=False) as second:
+    with read_locked(folder, wait=False) as first:
+        with read_locked(folder, wait=False) as second:
             assert (first, second) == (None, None)
             with pytest.raises(FolderBusyError):
                 with locked(folder, wait=False, inside=True):
