@@ -19,7 +19,7 @@ from implicit_concept.disk_space import out_of_space, space_message
 from implicit_concept.files import atomic_write_json, within
 from implicit_concept.json_records import finite_json
 from implicit_concept.provenance import version
-from implicit_concept.worker_processes import STOP_SIGNALS, interrupts, stopped_by
+from implicit_concept.worker_processes import STOP_SIGNALS, Interrupted, interrupts, stop_taken, stopped_by
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -586,7 +586,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_paths(args)
         with interrupts(), quiet_libraries() if getattr(args, "quiet", False) else nullcontext():
-            code = args.func(args)
+            try:
+                code = args.func(args)
+            except Exception as e:  # after a stop: what the interrupt broke, not the command's failure
+                stop = stop_taken()
+                if stop is None:
+                    raise
+                raise Interrupted(stop.name) from e
         sys.stdout.flush()  # a reader that closed the pipe early is found here, not at exit
         return code
     except BrokenPipeError as e:

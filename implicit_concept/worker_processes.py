@@ -446,6 +446,13 @@ def _taken(signum: signal.Signals) -> None:
     _stop_signal = signum
 
 
+def stop_taken() -> signal.Signals | None:
+    """The stop the running :func:`interrupts` block has taken, or None: an error raised after it
+    (a library that swallowed its ``KeyboardInterrupt`` half-way through an import, then failed on
+    what it left) is that stop's doing, not a failure of the command."""
+    return _stop_signal if _interrupted.is_set() else None
+
+
 def stopped_by(e: KeyboardInterrupt) -> signal.Signals:
     """The signal that stopped a command with ``e``: SIGINT, SIGTERM or SIGHUP. A library that
     caught the :class:`Interrupted` its handler raised may raise a plain ``KeyboardInterrupt`` in
