@@ -1,0 +1,73 @@
+"""Pipeline folders handed over by other labs whose configs say what no model is: a noise schedule
+that is none, a tokenizer without its folder or its config. Each is refused in one line naming the
+file, before anything is drawn into ``--out``."""
+import hashlib
+import json
+import re
+
+import pytest
+
+from benchmark import external
+from benchmark.models.pipelines import check_noise_schedule
+from tests.test_handovers import _judging, saved, unscored  # noqa: F401 (fixtures)
+
+
+def _rescheduled(folder, **fields):
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **fields}))
+    return config
+
+
+@pytest.mark.parametrize("fields, said", [
+    ({"beta_schedule": "linear", "beta_start": 0.5, "beta_end": 2.0}, r"beta at training step \d+ is 1\.\d+ .*in \[0, 1\]"),
+    ({"trained_betas": [1.5] * 1000}, r"beta at training step 0 is 1\.5 .*trained_betas"),
+    ({"beta_schedule": "linear", "beta_start": -0.1, "beta_end": 0.02}, r"beta at training step 0 is -0\.1 "),
+    ({"beta_schedule": "scaled_linear", "beta_start": -0.1}, r"no noise schedule can be built from its beta fields \(RuntimeError"),
+    ({"beta_schedule": "linear", "beta_start": "0.1"}, r"no noise schedule can be built from its beta fields \(TypeError"),
+    ({"trained_betas": ["a"] * 1000}, r"no noise schedule can be built from its beta fields \(ValueError"),
+    ({"trained_betas": [0.01] * 10}, r"trained_betas holds 10 values; expected one per training step \(num_train_timesteps = 1000\)"),
+    ({"beta_schedule": "cosine_fancy"}, r"beta_schedule = 'cosine_fancy'; expected one of scaled_linear, linear, squaredcos_cap_v2"),
+    ({"beta_schedule": "linear", "beta_start": 0.0, "beta_end": 0.0}, r"every beta of the noise schedule is 0"),
+])
+@pytest.mark.parametrize("own_scheduler", [False, True])
+def test_a_scheduler_config_whose_noise_schedule_is_none_is_refused_naming_it_before_anything_is_drawn(
+        saved, tmp_path, unscored, fields, said, own_scheduler):
+    """Betas past 1 were sampled (NaN noise levels: noise scored as the lab's erasure); a negative
+    or unknown one failed inside torch or diffusers (RuntimeError, IndexError, NotImplementedError)
+    naming no file, or once images/ had begun."""
+    folder = saved("schedule-" + hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:12])
+    config = _rescheduled(folder, **fields)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=f"^{re.escape(str(config))}: (the noise schedule.s )?" + said):
+        external.score_pipeline(folder, out, _judging(tmp_path), progress=False, own_scheduler=own_scheduler)
+    assert not out.exists(), "refused before --out is made"
+
+
+@pytest.mark.parametrize("fields", [
+    {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},  # SD v1.5's
+    {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True},  # a last beta of 1
+    {"beta_schedule": "squaredcos_cap_v2"},
+    {"trained_betas": [0.01] * 1000},
+])
+def test_the_noise_schedules_models_are_trained_with_are_taken(tmp_path, fields):
+    check_noise_schedule({"num_train_timesteps": 1000, **fields}, tmp_path / "scheduler_config.json")
+
+
+@pytest.mark.parametrize("remove, said", [
+    ("tokenizer", r"tokenizer: missing \(the pipeline's tokenizer"),
+    ("tokenizer/tokenizer_config.json", r"tokenizer/tokenizer_config.json: missing \(it names model_max_length"),
+])
+def test_a_pipeline_without_its_tokenizer_or_its_config_is_refused_saying_what_is_missing(saved, tmp_path, unscored, remove, said):
+    """It was refused as ``model_max_length = None``, a field of a file that is not there."""
+    folder = saved(f"no-{remove.replace('/', '-')}")
+    target = folder / remove
+    if target.is_dir():
+        for f in target.iterdir():
+            f.unlink()
+        target.rmdir()
+    else:
+        target.unlink()
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=re.escape(f"{folder}: cannot load the pipeline ({folder}/") + said):
+        external.score_pipeline(folder, out, _judging(tmp_path), progress=False)
+    assert not out.exists()
