@@ -1,15 +1,17 @@
-"""Pipeline folders handed over by other labs whose configs say what no model is: a noise schedule
-that is none, a tokenizer without its folder or its config. Each is refused in one line naming the
-file, before anything is drawn into ``--out``."""
+"""What other labs hand over that says what no model or image set is: a pipeline folder whose noise
+schedule is none or whose tokenizer lacks its folder or config, an images folder with an entry that is
+not a file beside an image of its name. Each is refused in one line naming the file, before
+anything is written into ``--out``."""
 import hashlib
 import json
+import os
 import re
 
 import pytest
 
 from benchmark import external
 from benchmark.models.pipelines import check_noise_schedule
-from tests.test_handovers import _judging, saved, unscored  # noqa: F401 (fixtures)
+from tests.test_handovers import _images, _judging, saved, unscored  # noqa: F401 (fixtures)
 
 
 def _rescheduled(folder, **fields):
@@ -71,3 +73,20 @@ def test_a_pipeline_without_its_tokenizer_or_its_config_is_refused_saying_what_i
     with pytest.raises(ValueError, match=re.escape(f"{folder}: cannot load the pipeline ({folder}/") + said):
         external.score_pipeline(folder, out, _judging(tmp_path), progress=False)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("make, said", [
+    (lambda path: os.symlink("nowhere.jpg", path), r"is a broken symbolic link \(to nowhere.jpg\)"),
+    (lambda path: path.mkdir(), r"is a folder"),
+    (lambda path: os.mkfifo(path), r"is not a regular file"),
+])
+def test_an_entry_that_is_not_a_file_beside_an_image_of_its_name_is_refused_not_passed_over(tmp_path, unscored, make, said):
+    """``0_0.png`` and a dangling ``0_0.jpg`` (or a folder, a FIFO of that name) were scored as the PNG
+    alone, where two files of one stem are refused ("keep one"): the lab's image may be the other."""
+    judging = _judging(tmp_path)
+    first, second = (p.case_number for p in judging.prompts())
+    folder = _images(tmp_path / "images", [f"{first}_0.png", f"{second}_0.png"])
+    make(folder / f"{first}_0.jpg")
+    with pytest.raises(FileNotFoundError, match=rf"images: 1 entries named as images are not image files: {first}_0.jpg {said}$"):
+        external.score_image_folder(folder, tmp_path / "out", judging)
+    assert not (tmp_path / "out").exists()
