@@ -8,6 +8,7 @@ import os
 import re
 
 import pytest
+from PIL import Image
 
 from benchmark import external
 from benchmark.models.pipelines import check_noise_schedule
@@ -90,3 +91,20 @@ def test_an_entry_that_is_not_a_file_beside_an_image_of_its_name_is_refused_not_
     with pytest.raises(FileNotFoundError, match=rf"images: 1 entries named as images are not image files: {first}_0.jpg {said}$"):
         external.score_image_folder(folder, tmp_path / "out", judging)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("replace", [
+    lambda path: Image.new("RGB", (32, 32), (255, 255, 255)).save(path),
+    lambda path: path.write_bytes(b""),
+    lambda path: path.write_text("not an image"),
+])
+def test_a_drawn_image_replaced_or_damaged_since_is_drawn_anew_not_scored_as_the_models(saved, tmp_path, unscored, replace):
+    """``source.json`` still listed ``0_0.png`` as drawn, so a rerun kept whatever the file had become:
+    a 32x32 image was scored as the pipeline's, and an emptied one failed scoring."""
+    judging, out = _judging(tmp_path), tmp_path / "out"
+    folder = saved("original")
+    external.score_pipeline(folder, out, judging, progress=False)
+    drawn = {p.name: p.read_bytes() for p in (out / "images").glob("*.png")}
+    replace(out / "images" / "0_0.png")
+    external.score_pipeline(folder, out, judging, progress=False)
+    assert {p.name: p.read_bytes() for p in (out / "images").glob("*.png")} == drawn
