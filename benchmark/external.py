@@ -239,7 +239,7 @@ def score_image_folder(
     stems = [Path(image_name(p, i)).stem for p in prompts for i in range(generation.images_per_prompt)]
     found = _images_by_stem(Path(folder))
     missing = [stem for stem in stems if stem not in found]
-    unfit = _not_files(Path(folder), missing) if missing else []
+    unfit = _not_files(Path(folder), stems)
     if unfit:
         raise FileNotFoundError(f"{folder}: {len(unfit)} entries named as images are not image files: {'; '.join(unfit[:3])}"
                                 f"{'; ...' if len(unfit) > 3 else ''}")
@@ -384,7 +384,8 @@ def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
 def _not_files(folder: Path, stems: list[str]) -> list[str]:
     """What stands under the name of one of ``stems``' images that is not a file to read (a broken or
     looping symbolic link, a folder, a FIFO): said as what it is, where "missing" would contradict a
-    listing that shows it."""
+    listing that shows it. Beside a file of the same stem too (a ``0_0.jpg`` link left dangling by a copy
+    beside ``0_0.png``): which of the two is the lab's image is not for scoring to guess."""
     wanted = set(stems)
     said = []
     for path in sorted(folder.iterdir()):

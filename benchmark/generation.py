@@ -26,9 +26,11 @@ from benchmark.models.pipeline_identity import held_parts, json_sha256
 from benchmark.plugin_state import kept_plugin_state, seeded_rngs
 from benchmark.prompts import Prompt
 from implicit_concept.files import atomic_save_image, atomic_write_json
+from implicit_concept.image_decode import open_image
 from implicit_concept.json_records import read_json_object_or_none
 from implicit_concept.progress import progress_bar
 from implicit_concept.provenance import canonical_json, package_versions
+from implicit_concept.sample_error import SampleError
 from implicit_concept.shard_reader import is_hidden
 from implicit_concept.torch_settings import MAX_THREADS, torch_threads
 from implicit_concept.validate import check_int, check_number
@@ -91,7 +93,8 @@ def generate_images(
     desc: str = "generate",
     source: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Generate every missing image; return the paths of all images, in prompt order.
+    """Generate every missing image (or one no longer an image of the asked size); return the paths of all
+    images, in prompt order.
 
     Batches are always the same fixed chunks of the full list, and a chunk with any image missing
     is generated whole: batched float arithmetic then matches an uninterrupted run exactly.
@@ -107,7 +110,7 @@ def generate_images(
                          "packages": package_versions(SAMPLING_PACKAGES)},
                {image_name(p, i): _drawn_from(p, i) for p, i in items})
     chunks = [items[s : s + settings.chunk_size] for s in range(0, len(items), settings.chunk_size)]
-    todo = [c for c in chunks if not all((out_dir / image_name(p, i)).exists() for p, i in c)]
+    todo = [c for c in chunks if not all(_kept(out_dir / image_name(p, i), settings.image_size) for p, i in c)]
     with progress_bar(total=sum(len(c) for c in todo), unit="img", progress=progress, desc=desc) as bar:
         for chunk in todo:
             try:
@@ -131,6 +134,19 @@ def generate_images(
                 atomic_save_image(image, out_dir / image_name(p, i))
             bar.update(len(chunk))
     return [out_dir / image_name(p, i) for p, i in items]
+
+
+def _kept(path: Path, size: int) -> bool:
+    """Whether an image drawn earlier is there to keep: a regular file whose header reads as a
+    ``size`` square image. One replaced or damaged since (another size, emptied, text) is drawn anew,
+    as the record beside it says it was drawn: kept, it was scored as the model's image."""
+    if not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f, open_image(f) as image:
+            return image.size == (size, size)
+    except (OSError, ValueError, SampleError):
+        return False
 
 
 class GenerationError(ValueError):

@@ -12,6 +12,7 @@ a prompt length the text encoder has no positions for (:func:`check_prompt_lengt
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,13 @@ def check_prompt_length(tokenizer: Path, positions: Any, text_file: Path) -> Non
     text encoder has positions (``positions``, read from ``text_file``): the pipeline pads every prompt
     to ``model_max_length``, which transformers takes as 10**30 where the file names none."""
     config_file = tokenizer / "tokenizer_config.json"
-    length = read_json_object(config_file).get("model_max_length") if config_file.is_file() else None
+    if not tokenizer.is_dir():
+        said = "not a folder" if os.path.lexists(tokenizer) else "missing"
+        raise FileNotFoundError(f"{tokenizer}: {said} (the pipeline's tokenizer, which reads every prompt)")
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file}: missing (it names model_max_length, the length every prompt is padded to; "
+                                f"the text encoder has {positions!r} positions)")
+    length = read_json_object(config_file).get("model_max_length")
     if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= positions:
         raise ValueError(f"{config_file}: model_max_length = {length!r}; the pipeline pads every prompt to it, and the "
                          f"text encoder has {positions!r} positions ({text_file}): expected an integer in [1, {positions!r}]")

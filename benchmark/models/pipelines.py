@@ -538,7 +538,43 @@ def _scheduler_config(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{config}: missing (the model's noise schedule and prediction type are read from it)")
     settings = read_json_object(config)
     check_schedule_size(settings, config)
+    check_noise_schedule(settings, config)
     return settings
+
+
+#: The fields of a scheduler config that make its noise schedule, alike in every scheduler class.
+NOISE_SCHEDULE_FIELDS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr")
+
+
+def check_noise_schedule(settings: dict[str, Any], config: Path) -> None:
+    """Refuse a scheduler config (read from ``config``) whose noise schedule is none: a
+    ``beta_schedule`` not every scheduler of ``SCHEDULERS`` builds, values no schedule is built from
+    (a negative ``beta_start``, a string), ``trained_betas`` not one per training step, or a beta
+    outside [0, 1] or none above 0. Each failed inside diffusers or torch without naming the file, or
+    sampled: a beta past 1 makes the noise level NaN, and the images drawn were noise, scored as an
+    erasure."""
+    fields = {k: settings[k] for k in NOISE_SCHEDULE_FIELDS if k in settings}
+    schedule = fields.get("beta_schedule", "linear")
+    if fields.get("trained_betas") is None and schedule not in BETA_SCHEDULES:
+        raise ValueError(f"{config}: beta_schedule = {schedule!r}; expected one of {', '.join(BETA_SCHEDULES)} (or trained_betas)")
+    try:
+        betas = DDPMScheduler(**fields).betas
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        raise ValueError(f"{config}: no noise schedule can be built from its beta fields ({_one_line(e)})") from None
+    steps = fields.get("num_train_timesteps", 1000)
+    if betas.ndim != 1 or len(betas) != steps:
+        raise ValueError(f"{config}: trained_betas holds {betas.numel()} values; expected one per training step "
+                         f"(num_train_timesteps = {steps})")
+    outside = (~torch.isfinite(betas) | (betas < 0) | (betas > 1)).nonzero()
+    if len(outside):
+        step = int(outside[0])
+        raise ValueError(f"{config}: the noise schedule's beta at training step {step} is {float(betas[step]):.6g} "
+                         f"(beta_schedule {schedule!r}, beta_start {fields.get('beta_start')!r}, beta_end {fields.get('beta_end')!r}"
+                         f"{', trained_betas' if fields.get('trained_betas') is not None else ''}); a beta is a share of the "
+                         "variance, in [0, 1]: outside it the noise levels are NaN or negative, and the images drawn are noise")
+    if not bool((betas > 0).any()):
+        raise ValueError(f"{config}: every beta of the noise schedule is 0: it adds no noise, so sampling asks "
+                         "the model to denoise nothing")
 
 
 def sampler_problem(scheduler: Any) -> str | None:
