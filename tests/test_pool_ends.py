@@ -111,8 +111,11 @@ def stuck_worker():
 
 def task(seconds):
     os.write(1, b"working\\n")
-    if seconds < 0:
+    if seconds < 0:  # raises once every other task runs (on a loaded machine one worker took both, one after the other)
+        while not os.path.exists(sys.argv[1]):
+            time.sleep(0.01)
         raise ValueError("a task's error")
+    open(sys.argv[1], "w").close()
     time.sleep(seconds)
     return seconds
 
@@ -120,15 +123,15 @@ if __name__ == "__main__":
     try:
         with interrupts():
             with stopping_workers(ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"), initializer=stuck_worker)) as pool:
-                os.write(1, ("done " + str(sum(pool.map(task, [float(s) for s in sys.argv[1:]]))) + "\\n").encode())
+                os.write(1, ("done " + str(sum(pool.map(task, [float(s) for s in sys.argv[2:]]))) + "\\n").encode())
     except KeyboardInterrupt:
         sys.exit(143)
 """
 
 
 @pytest.mark.parametrize("stopped", [False, True])
-def test_an_executor_whose_workers_cannot_end_ends_within_the_grace(stopped):
-    proc = _start(EXECUTOR, *(["60", "60"] if stopped else ["0", "0"]))
+def test_an_executor_whose_workers_cannot_end_ends_within_the_grace(stopped, tmp_path):
+    proc = _start(EXECUTOR, str(tmp_path / "started"), *(["60", "60"] if stopped else ["0", "0"]))
     try:
         assert proc.stdout.readline() == "working\n"
         if stopped:
@@ -140,10 +143,10 @@ def test_an_executor_whose_workers_cannot_end_ends_within_the_grace(stopped):
     assert stopped or out.endswith("done 0.0\n"), out
 
 
-def test_a_stop_while_an_executor_waits_for_its_running_tasks_after_an_error_ends_them():
+def test_a_stop_while_an_executor_waits_for_its_running_tasks_after_an_error_ends_them(tmp_path):
     """A task raised: the tasks running finish before the error is reported; a Ctrl-C in that wait
     once propagated without ending them, and the interpreter's exit waited for them."""
-    proc = _start(EXECUTOR, "-1", "60")
+    proc = _start(EXECUTOR, str(tmp_path / "started"), "-1", "60")
     try:
         assert proc.stdout.readline() == "working\n" and proc.stdout.readline() == "working\n"
         time.sleep(0.5)  # the error has reached the parent, which waits for the other task
