@@ -10,15 +10,21 @@ decimals; a figure that rounds to 100 prints as 100, and 0.0001 prints as a deci
 """
 from __future__ import annotations
 
+import errno
+import json
 import sys
 from types import SimpleNamespace
 
 import pytest
 
-from benchmark.report import num
+from benchmark.report import num, pct, results_markdown
+from benchmark.targets import Targets, check_targets
 from benchmark.training import launch_size
 from builders.distributor import _ray
 from builders.recipe import load_recipe
+from implicit_concept.disk_space import naming
+from implicit_concept.files import atomic_write_bytes
+from implicit_concept.json_records import read_json_object_or_none
 from implicit_concept.provenance import package_versions
 from implicit_concept.scoring import share_ratio
 from implicit_concept.stats import RECORDED_DECIMALS, recorded
@@ -82,3 +88,100 @@ def test_num_shows_a_figure_that_rounds_to_100_as_100_and_one_ten_thousandth_as_
     """99.96 to three digits is 100: it showed "100." (the kept-zeros format's point); 0.0001 is the
     smallest share shown as a decimal, not 1.00e-04; a count (an int) as itself, not 7.00."""
     assert num(value) == shown
+
+
+def test_every_seed_columns_are_each_seed_any_row_records_in_numeric_order():
+    """Seeds 2 and 10 of one run beside seeds 0 and 9 of another: the columns are seed 0, 2, 9, 10 (not
+    the first row's seeds alone, not its listing order, not 10 before 2 as text), each share under its own."""
+    def seeded(method, shares):
+        seeds = {seed: {"icr": share_ratio([True] * k + [False] * (10 - k), 0.95).to_json()} for seed, k in shares.items()}
+        return {"method": method, "concept": "qrcode", "subset": "icd-mixed", "status": "ok", "seeds": seeds,
+                "icr": share_ratio([True] * 5 + [False] * 5, 0.95).to_json()}
+
+    rows = [seeded("sd", {"10": 1, "2": 2}), seeded("ge-full", {"0": 3, "9": 4})]
+    md = results_markdown({"name": "r", "track": "tiny", "fp_rate": {}, "rows": rows})
+    lines = [line for line in md.split("## Every seed (ICR %)")[1].split("\n## ")[0].splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert cells[0] == ["method", "concept", "seed 0", "seed 2", "seed 9", "seed 10"]
+    for row, line in zip(rows, cells[2:]):
+        assert line[2:] == [pct(row["seeds"][s]["icr"]) if s in row["seeds"] else "–" for s in ("0", "2", "9", "10")], line
+
+
+def test_a_record_not_there_or_not_whole_reads_as_none(tmp_path):
+    """A shard's stats, a drawing's record or an export's marker cut short by a kill means "make it
+    anew", as a missing one does: none of them stops the rebuild with an error."""
+    (tmp_path / "whole.json").write_text('{"successes": 3}')
+    (tmp_path / "cut.json").write_text('{"successes": ')
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "folder.json").mkdir()
+    assert read_json_object_or_none(tmp_path / "whole.json") == {"successes": 3}
+    for name in ("cut.json", "list.json", "folder.json", "missing.json"):
+        assert read_json_object_or_none(tmp_path / name) is None, name
+    big = {"captions": ["x" * 100] * 2000}  # a record of some hundred KB, far under the JSON bound, is still read
+    (tmp_path / "big.json").write_text(json.dumps(big))
+    assert read_json_object_or_none(tmp_path / "big.json") == big
+
+
+def test_naming_renames_only_the_hidden_temporary_or_no_file(tmp_path):
+    """The shard a user knows is named where the error names its hidden temporary or no file; an error
+    that names some other file (a source read, a lock) keeps that file's name."""
+    path, tmp = tmp_path / "00000.tar", tmp_path / ".00000.tar.tmp-1"
+    assert naming(OSError(errno.EISDIR, "Is a directory", str(tmp)), path, tmp).filename == str(path)
+    assert naming(OSError(errno.ENOSPC, "No space left on device"), path, tmp).filename == str(path)
+    other = naming(OSError(errno.EACCES, "Permission denied", str(tmp_path / "source.tar")), path, tmp)
+    assert other.filename == str(tmp_path / "source.tar") and other.errno == errno.EACCES
+    assert naming(OSError(errno.EISDIR, "Is a directory", str(tmp)), path).filename == str(tmp), "no temporary named: as raised"
+    assert isinstance(naming(IsADirectoryError(errno.EISDIR, "Is a directory", str(tmp)), path, tmp), IsADirectoryError)
+    bare = OSError("the library's own words")  # no errno: nothing to rebuild it from, kept as raised
+    assert naming(bare, path, tmp) is bare and naming(bare, path) is bare
+
+    class QuotaExceeded(OSError):
+        """A library's own OSError: callers that catch it by its type still do after the renaming."""
+
+    named = naming(QuotaExceeded(errno.EDQUOT, "Disk quota exceeded"), path, tmp)
+    assert type(named) is QuotaExceeded and named.filename == str(path)
+
+
+def test_a_file_that_cannot_take_its_place_is_named_not_its_temporary(tmp_path):
+    """A folder where results.json goes: the error named '.results.json.tmp-...', a file the user never
+    made and that is gone by the time they look; it names results.json, and nothing is left beside it."""
+    path = tmp_path / "results.json"
+    (path / "inner").mkdir(parents=True)
+    with pytest.raises(OSError) as raised:
+        atomic_write_bytes(path, b"{}")
+    assert raised.value.filename == str(path) and ".tmp" not in str(raised.value), str(raised.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def _target_row(method, value, ci, concept="qrcode"):
+    return {"concept": concept, "method": method, "status": "ok", "icr": {"value": value, "ci": list(ci)},
+            "quality_detail": {"prompt_following": {"mean": {"value": 0.5, "ci": [0.45, 0.55]}}}}
+
+
+def test_a_claim_measured_exactly_at_its_limit_is_met():
+    """The tiny track's limits are inclusive ("at least 25%", "at most 5%"): a measured share equal
+    to its limit is met, not failed, whichever claim it is."""
+    targets = Targets(sd_min_icr=0.25, oracle_max_above_fp=0.05, base_max_icr=0.05, named_base_min_icr=0.5)
+    rows = [_target_row("sd", 0.25, (0.2, 0.3)), _target_row("ge-full", 0.05, (0.02, 0.1)),
+            _target_row("oracle", 0.05, (0.03, 0.07)), _target_row("base", 0.05, (0.03, 0.07))]
+    checks = {c["target"].split()[0] + (" named" if "naming" in c["target"] else ""): c
+              for c in check_targets(rows, {"qrcode": {"value": 0.0}}, targets, {"qrcode": {"value": 0.5, "ci": [0.45, 0.55]}})}
+    for name in ("sd", "oracle", "base", "base named"):
+        assert checks[name]["met"] is True, checks[name]
+
+
+def test_intervals_that_touch_are_not_disjoint():
+    """ge-full's interval ending where sd's begins shares that point: the removal claim asks for intervals
+    apart, so it is not met however low the ratio."""
+    rows = [_target_row("sd", 0.60, (0.30, 0.90)), _target_row("ge-full", 0.10, (0.0, 0.30))]
+    assert check_targets(rows, {}, Targets())[1]["met"] is False
+    rows[1]["icr"]["ci"][1] = 0.29
+    assert check_targets(rows, {}, Targets())[1]["met"] is True
+
+
+def test_np_is_judged_by_its_distance_from_sd_either_side():
+    """np far above sd is as far from "within 5 points" as np far below it."""
+    for np_value in (0.30, 0.50):
+        rows = [_target_row("sd", 0.40, (0.33, 0.47)), _target_row("np", np_value, (np_value - 0.05, np_value + 0.05))]
+        check = [c for c in check_targets(rows, {}, Targets(np_max_gap=0.05)) if c["target"].startswith("np")][0]
+        assert check["met"] is False, np_value
