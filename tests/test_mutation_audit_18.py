@@ -1,24 +1,30 @@
 """Tests that kill hand mutants of the newest code (the Ray distributor's actors, launch_size,
-stats.recorded, report.num, the every-seed table, scorecard's FID x ICR, disk_space.naming) and of
-benchmark/targets.py and benchmark/results_page.py, which no earlier round mutated, that the suite
-let pass.
+stats.recorded, report.num and the every-seed table, read_json_object_or_none, disk_space.naming and
+the writers that hand it their temporary) and of benchmark/targets.py and benchmark/results_page.py,
+which no earlier round mutated, that the suite let pass.
 
 Each case is behaviour a user relies on that no earlier test pinned: a build of few source shards
-starts no idle actors, and every actor is handed the command's package versions to check its node
-against; an MPI launch's size is read from whichever variable its launcher sets; a record keeps five
-decimals; a figure that rounds to 100 prints as 100, and 0.0001 prints as a decimal.
+starts no idle actors, and every actor is handed the command's package versions; an MPI launch's
+size is read from whichever variable its launcher sets; a record keeps five decimals; 99.96 prints
+as 100, 0.0001 as a decimal, a count as itself; every seed any row records gets its own column, in
+numeric order; a record cut short reads as none; an error names the file a user knows, not its
+hidden temporary; the targets' limits are inclusive, touching intervals are not disjoint, np is
+judged either side of sd, recorded values get their rounding's benefit, a seeded row's ICR is the
+exact mean of its seeds' counts; a table without closing pipes or followed by text loses nothing.
 """
 from __future__ import annotations
 
 import errno
 import json
 import sys
+from fractions import Fraction
 from types import SimpleNamespace
 
 import pytest
 
 from benchmark.report import num, pct, results_markdown
-from benchmark.targets import Targets, check_targets
+from benchmark.results_page import markdown_html
+from benchmark.targets import Targets, at_most_ratio, check_targets, exact_icr
 from benchmark.training import launch_size
 from builders.distributor import _ray
 from builders.recipe import load_recipe
@@ -27,6 +33,7 @@ from implicit_concept.files import atomic_write_bytes
 from implicit_concept.json_records import read_json_object_or_none
 from implicit_concept.provenance import package_versions
 from implicit_concept.scoring import share_ratio
+from implicit_concept.shard_writer import TarShardWriter
 from implicit_concept.stats import RECORDED_DECIMALS, recorded
 
 
@@ -165,9 +172,11 @@ def test_a_claim_measured_exactly_at_its_limit_is_met():
     rows = [_target_row("sd", 0.25, (0.2, 0.3)), _target_row("ge-full", 0.05, (0.02, 0.1)),
             _target_row("oracle", 0.05, (0.03, 0.07)), _target_row("base", 0.05, (0.03, 0.07))]
     checks = {c["target"].split()[0] + (" named" if "naming" in c["target"] else ""): c
-              for c in check_targets(rows, {"qrcode": {"value": 0.0}}, targets, {"qrcode": {"value": 0.5, "ci": [0.45, 0.55]}})}
+              for c in check_targets(rows, {"qrcode": {"value": 0.0}}, targets,
+                                   {"qrcode": {"icr": {"value": 0.5, "ci": [0.45, 0.55]}}})}
     for name in ("sd", "oracle", "base", "base named"):
         assert checks[name]["met"] is True, checks[name]
+    assert checks["sd"]["measured"] == "sd 25.0%", "a share at its limit printed as the limit, not to six digits"
 
 
 def test_intervals_that_touch_are_not_disjoint():
@@ -185,3 +194,65 @@ def test_np_is_judged_by_its_distance_from_sd_either_side():
         rows = [_target_row("sd", 0.40, (0.33, 0.47)), _target_row("np", np_value, (np_value - 0.05, np_value + 0.05))]
         check = [c for c in check_targets(rows, {}, Targets(np_max_gap=0.05)) if c["target"].startswith("np")][0]
         assert check["met"] is False, np_value
+
+
+def test_recorded_values_without_counts_are_given_their_roundings_benefit_on_both_sides():
+    """A results.json that records values only: ge-full's 0.16667 is a sixth rounded up, so at most a
+    third of sd's 0.5; and 0.100006 is within what sd's 0.3 (0.299995 to 0.300005) allows of a third."""
+    def recorded_only(value):
+        return {"icr": {"value": value, "ci": [0.0, 1.0]}}
+
+    assert at_most_ratio(recorded_only(0.16667), recorded_only(0.5), "1/3")
+    assert at_most_ratio(recorded_only(0.100006), recorded_only(0.3), "1/3")
+    assert not at_most_ratio(recorded_only(0.10001), recorded_only(0.3), "1/3")
+
+
+def test_a_shard_whose_temporary_cannot_be_opened_names_the_shard(tmp_path):
+    """A file where the shard's folder goes: the error named '.00000.tar.tmp-...', not the shard."""
+    (tmp_path / "train").write_text("not a folder")
+    path = tmp_path / "train" / "00000.tar"
+    with pytest.raises(OSError) as raised:
+        TarShardWriter(path)
+    assert raised.value.filename == str(path) and ".tmp" not in str(raised.value), str(raised.value)
+
+
+def test_a_seeded_rows_exact_icr_is_the_mean_of_its_seeds_counts_and_a_seed_of_no_images_falls_back():
+    """Two seeds of 1/4 and 2/4 are 3/8 exactly (compared against a row of one seed, a mean over the
+    wrong number of seeds flips the claim); a seed that recorded n = 0 cannot be a count, so the row's
+    recorded value stands in, with its rounding's tolerance, instead of a ZeroDivisionError."""
+    def seeded(*counts):
+        return {"icr": {"value": 0.375, "ci": [0.1, 0.7]}, "seeds": {str(i): {"icr": {"count": c, "n": n}} for i, (c, n) in enumerate(counts)}}
+
+    assert exact_icr(seeded((1, 4), (2, 4))) == (Fraction(3, 8), 0)
+    assert exact_icr(seeded((1, 4), (2, 4), (0, 4))) == (Fraction(1, 4), 0)
+    assert exact_icr(seeded((1, 4), (0, 0))) == (Fraction(3, 8), Fraction(1, 200_000))
+
+
+def test_an_integer_ratio_bound_is_exact_and_a_bool_is_no_bound():
+    """removal_max_ratio = 1 means at most sd's share, exactly (a decimal's slack is for decimals):
+    10001 of 100000 images is more than 10000 of 100000. A bool (sd_min_icr = true in a TOML) is refused."""
+    def counted(count):
+        return {"icr": {"value": count / 100_000, "ci": [0.0, 1.0], "count": count, "n": 100_000}}
+
+    assert at_most_ratio(counted(10_000), counted(10_000), 1) and not at_most_ratio(counted(10_001), counted(10_000), 1)
+    with pytest.raises(ValueError, match="sd_min_icr must be a number"):
+        Targets(sd_min_icr=True)
+
+
+def test_a_failed_row_is_not_run_and_a_first_seed_only_row_beside_a_missing_method_is_not_run():
+    """A method whose row failed measured nothing; prompt following of a removal method that did not
+    run is "not run", whatever sd's row records."""
+    failed = {**_target_row("sd", 0.9, (0.8, 0.95)), "status": "failed"}
+    checks = check_targets([failed, _target_row("ge-full", 0.05, (0.02, 0.1))], {}, Targets())
+    assert checks[0]["measured"] == "not run" and checks[0]["met"] is None
+    first_seed_only = {**_target_row("sd", 0.4, (0.3, 0.5)), "seeds": {"0": {}, "1": {}}}
+    following = check_targets([first_seed_only], {}, Targets())[3]
+    assert following["measured"] == "not run" and following["met"] is None
+
+
+def test_a_table_without_its_closing_pipes_or_with_text_right_after_it_loses_nothing():
+    """GitHub's Markdown takes a row without its last ``|`` and a paragraph straight after a table:
+    the page dropped the row's last cell and the paragraph."""
+    page = markdown_html("| a | b\n|---|---|\n| 1 | 2\nafter the table")
+    assert "<th>a</th><th>b</th>" in page and "<td>1</td><td>2</td>" in page, page
+    assert page.endswith("<p>after the table</p>"), page
