@@ -256,3 +256,12 @@ def test_a_table_without_its_closing_pipes_or_with_text_right_after_it_loses_not
     page = markdown_html("| a | b\n|---|---|\n| 1 | 2\nafter the table")
     assert "<th>a</th><th>b</th>" in page and "<td>1</td><td>2</td>" in page, page
     assert page.endswith("<p>after the table</p>"), page
+
+
+def test_a_table_cell_with_nul_bytes_and_an_escape_in_code_is_shown_as_written():
+    """results_page p6/p7: a method name holding NUL-delimited digits (the page's own placeholders) is
+    text, not another cell's code span; an escaped pipe inside a code span is the pipe, not a
+    placeholder left in the page."""
+    page = markdown_html("| m | v |\n|---|---|\n| `a\\|b` | x\x000\x00 `c` |")
+    assert "<td><code>a|b</code></td><td>x 0  <code>c</code></td>" in page
+    assert "\x00" not in page
