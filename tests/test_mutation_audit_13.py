@@ -145,6 +145,10 @@ def test_a_tokenizer_padding_prompts_to_no_tokens_or_past_the_encoders_positions
     if not refused:
         check_prompt_length(tmp_path, 77, tmp_path / "config.json")
         return
+    if config is None:  # said missing, not as a field of a file that is not there
+        with pytest.raises(FileNotFoundError, match=rf"^{tmp_path / 'tokenizer_config.json'}: missing \(it names model_max_length"):
+            check_prompt_length(tmp_path, 77, tmp_path / "config.json")
+        return
     with pytest.raises(ValueError, match=rf"^{tmp_path / 'tokenizer_config.json'}: model_max_length = "):
         check_prompt_length(tmp_path, 77, tmp_path / "config.json")
 
