@@ -83,8 +83,13 @@ def code(text: Any) -> str:
 def pct(ratio: dict[str, Any] | None) -> str:
     if not ratio:
         return "–"
-    low, high = ratio["ci"]
-    return f"{100 * ratio['value']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+    return f"{100 * ratio['value']:.1f} {pct_interval(ratio['ci'])}"
+
+
+def pct_interval(ci: list[float]) -> str:
+    """A recorded interval in percent, as every table and target prints it: ``[8.2, 21.4]``."""
+    low, high = ci
+    return f"[{100 * low:.1f}, {100 * high:.1f}]"
 
 
 #: Interval kinds of rows that do not name theirs (results.json from before rows recorded ``interval``).

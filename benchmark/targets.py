@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 from typing import Any, Callable
 
-from benchmark.report import num
+from benchmark.report import num, pct_interval
 from benchmark.results_file import seed_zero_quality
 
 
@@ -211,5 +211,4 @@ def _points(x: float) -> str:
 
 
 def _ci(row: dict[str, Any]) -> str:
-    low, high = row["icr"]["ci"]
-    return f"[{100 * low:.1f}, {100 * high:.1f}]"
+    return pct_interval(row["icr"]["ci"])
