@@ -49,6 +49,8 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from multiprocessing import resource_tracker
+from multiprocessing.queues import Queue, SimpleQueue
 from typing import Iterator
 
 from implicit_concept.files import discard_output
@@ -111,10 +113,13 @@ def _watch_parent(parent: int) -> None:
 
 def _terminated(signum, frame) -> None:
     """A worker's SIGTERM: the commands it started end with it, and the queue lock it may hold is
-    let go (:func:`_let_go_of_the_queue`), then it ends as SIGTERM's default would."""
+    let go (:func:`_let_go_of_the_queue`), then it ends as SIGTERM's default would. Taken once: a
+    second SIGTERM (the group's, then the pool's ``terminate``) would run this again inside itself,
+    half-way through the first, and print a traceback; it is ignored instead."""
     if _starting:
         _held.append(signum)
         return
+    signal.signal(signum, signal.SIG_IGN)
     end_groups()
     end_descendants()
     _let_go_of_the_queue(frame)
@@ -127,8 +132,6 @@ def _let_go_of_the_queue(frame) -> None:
     it: the lock is shared with the parent and every worker, and one ended holding it stays taken
     for good, so the parent's ``Pool.terminate`` waited for it forever (a SIGTERM to the whole
     process group, as ``timeout``, ``kill -- -PGID`` or a scheduler send, hung the build)."""
-    from multiprocessing.queues import Queue, SimpleQueue
-
     gets = (SimpleQueue.get.__code__, Queue.get.__code__)
     while frame is not None:
         if frame.f_code in gets:
@@ -331,9 +334,8 @@ def _kill(process) -> None:
 def end_descendants() -> None:
     """End (SIGKILL) the processes below this one, but for multiprocessing's resource tracker (it
     ends when this process does, after removing what a killed pool left in /dev/shm): this process
-    is stopping, and they would outlive it, re-parented. Safe in a signal handler."""
-    from multiprocessing import resource_tracker
-
+    is stopping, and they would outlive it, re-parented. Safe in a signal handler: it imports
+    nothing (an import cut by a second signal is left half-made)."""
     tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
     _kill_all(_stopped_below(os.getpid(), spare=tracker))
 

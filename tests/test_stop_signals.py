@@ -114,6 +114,32 @@ def test_a_second_stop_during_a_builds_cleanup_changes_nothing(tmp_path, first, 
     _freed_and_resumed(out)
 
 
+A_WORKERS_SECOND_SIGTERM = """
+import os, signal, time
+from implicit_concept import worker_processes
+
+worker_processes.start_worker()
+
+def end_groups():  # the pool's SIGTERM comes while the worker still cleans up after the group's
+    os.write(1, b"cleanup\\n")
+    os.kill(os.getpid(), signal.SIGTERM)
+    sum(range(1000))  # bytecodes at which a handler would run
+
+worker_processes.end_groups = end_groups
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(10)
+"""
+
+
+def test_a_workers_second_sigterm_during_its_cleanup_is_ignored():
+    """A build's worker takes SIGTERM twice when the group is sent one (its own, then its pool's
+    ``terminate``): before, the second one ran the handler again inside the first, half-way through an
+    import, and the worker printed a traceback (seen once in CI). It cleans up once and ends quietly."""
+    proc = subprocess.run([sys.executable, "-c", A_WORKERS_SECOND_SIGTERM], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGTERM, proc.stderr[-3000:]
+    assert proc.stdout == "cleanup\n" and proc.stderr == "", proc.stderr[-3000:]
+
+
 STOPPED_TWICE = """
 import atexit, os, signal, sys, time
 from pathlib import Path
