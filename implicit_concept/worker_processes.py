@@ -45,6 +45,7 @@ import errno
 import os
 import signal
 import sys
+import termios
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -218,7 +219,7 @@ def stopping_workers(pool: ProcessPoolExecutor) -> Iterator[ProcessPoolExecutor]
         yield pool
     except BaseException as e:
         # A generator's pool is closed by GeneratorExit when an interrupt unwinds its consumer.
-        if isinstance(e, KeyboardInterrupt) or _interrupted.is_set():
+        if isinstance(e, KeyboardInterrupt) or _interrupted:
             terminate(pool)
         else:
             shut_down(pool)
@@ -424,7 +425,7 @@ def keeping_signal_handlers() -> Iterator[None]:
     except SystemExit as e:
         replaced = [sig for sig, handler in before.items() if signal.getsignal(sig) is not handler]
         if e.code in replaced and callable(before[e.code]):  # not another exit that shares a signal's number
-            _taken(signal.Signals(e.code))
+            _taken(e.code)
             raise Interrupted(signal.Signals(e.code).name) from None
         raise
     finally:
@@ -438,21 +439,30 @@ class Interrupted(KeyboardInterrupt):
     on Ctrl-C: its pools terminate their workers and it exits without a traceback."""
 
 
-_interrupted = threading.Event()
+#: Whether the running interrupts() block has taken a stop. Plain values, no ``threading.Event``: the
+#: handler sets them, and a second stop landing inside an Event's ``set`` (its lock held) ran the
+#: handler again there, which waited for that lock for good: the command hung, deaf to every signal but SIGKILL.
+_interrupted = False
 _stop_signal: signal.Signals | None = None  # the first stop the latest interrupts() block took, kept past its end
 
 
-def _taken(signum: signal.Signals) -> None:
-    global _stop_signal
-    _interrupted.set()
-    _stop_signal = signum
+def _taken(signum: int) -> None:
+    """``signum`` is the stop taken: recorded first thing, by one lookup and assignment that run no
+    Python code (``signal.Signals(signum)`` does), so that a second stop landing at any later
+    bytecode of the handler finds it taken, and is ignored."""
+    global _stop_signal, _interrupted
+    _stop_signal = _MEMBERS[signum]
+    _interrupted = True
+
+
+_MEMBERS = {sig: sig for sig in STOP_SIGNALS}  # a stop's number to its Signals member
 
 
 def stop_taken() -> signal.Signals | None:
     """The stop the running :func:`interrupts` block has taken, or None: an error raised after it
     (a library that swallowed its ``KeyboardInterrupt`` half-way through an import, then failed on
     what it left) is that stop's doing, not a failure of the command."""
-    return _stop_signal if _interrupted.is_set() else None
+    return _stop_signal if _interrupted else None
 
 
 def stopped_by(e: KeyboardInterrupt) -> signal.Signals:
@@ -495,8 +505,6 @@ _cutting_short = False
 
 def _hung_up(fd: int) -> bool:
     """Whether ``fd`` is a terminal that has hung up (closed, its session gone): writes to it fail."""
-    import termios
-
     try:
         termios.tcgetattr(fd)
     except termios.error as e:
@@ -544,19 +552,18 @@ def interrupts() -> Iterator[None]:
                 raise Interrupted(signal.Signals(signum).name)
             _cut_short_later()
             return
-        _taken(signal.Signals(signum))
+        _taken(signum)
         end_groups()
         if signum == signal.SIGHUP:
             _away_from_a_hung_up_terminal()
-        raise Interrupted(signal.Signals(signum).name)
+        raise Interrupted(_stop_signal.name)
 
-    global _stop_signal
+    global _stop_signal, _interrupted
+    _interrupted, _stop_signal = False, None  # before the handlers: a stop at once is this block's first
     before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     for sig, handler in before.items():
         if not (sig == signal.SIGHUP and handler is signal.SIG_IGN):  # nohup's promise is kept
             signal.signal(sig, interrupt)
-    _interrupted.clear()
-    _stop_signal = None
     try:
         with interrupts_not_lost():
             yield
@@ -564,7 +571,7 @@ def interrupts() -> Iterator[None]:
         for sig, handler in before.items():
             if handler is not None:  # None: set outside Python, nothing to put back
                 signal.signal(sig, signal.SIG_IGN if _stop_signal is not None else handler)
-        _interrupted.clear()
+        _interrupted = False
 
 
 _lost: set[int] = set()  # stop signals sent again because a finalizer swallowed their exception

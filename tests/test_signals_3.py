@@ -1,0 +1,109 @@
+"""Stop signals that land inside a stop's own handling: a second signal at any line the handler
+and its callees run (forced there by a trace function, not hoped for), a stop while the
+command is still importing.
+
+Each line-by-line test forks one child per line: the child's command takes the first signal, and
+its trace function sends the second one at the n-th line run after it, the handler's own lines and
+the cleanup's alike."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from implicit_concept.worker_processes import STOP_SIGNALS
+from tests.test_stop_signals import ENV, REPO, _as_from_a_terminal
+
+#: What the forking process runs: one child per line, each given this long before it counts as hung.
+LINE_BY_LINE = """
+import atexit, json, os, signal, sys, time
+from benchmark import cli
+from implicit_concept import worker_processes
+from implicit_concept.detector import yolo_env  # what main imports, once here, not in each child
+
+first, second = signal.Signals[sys.argv[1]], signal.Signals[sys.argv[2]]
+HUNG_S = 15.0
+PLAIN = {"enum.py", "signal.py", "contextlib.py"}  # modules the handling runs that hold no lock and do no I/O: skipped, for time
+
+
+def command_stopped_twice(at):
+    seen = 0
+
+    def tracer(frame, event, arg):
+        nonlocal seen
+        if event == "line" and os.path.basename(frame.f_code.co_filename) not in PLAIN:
+            seen += 1
+            if seen == at:  # whether the first stop had been taken yet decides which one may win
+                os.write(3, b"taken" if worker_processes._stop_signal is not None else b"open")
+                os.kill(os.getpid(), second)
+        return tracer
+
+    def command(args):
+        sys.settrace(tracer)
+        os.kill(os.getpid(), first)
+        time.sleep(30)
+
+    atexit.register(lambda: os.write(4, str(seen).encode()))
+    cli._verify = command
+    sys.argv = ["implicit-concept", "verify", "."]
+    cli.console_main()
+
+
+def run(at):
+    pipes = [os.pipe() for _ in range(3)]  # stderr, when the second signal was sent, lines seen
+    pid = os.fork()
+    if pid == 0:
+        for fd, (_, w) in zip((2, 3, 4), pipes):
+            os.dup2(w, fd)
+        command_stopped_twice(at)
+        os._exit(99)
+    for _, w in pipes:
+        os.close(w)
+    deadline = time.monotonic() + HUNG_S
+    while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    hung = ended[0] == 0
+    if hung:
+        os.kill(pid, signal.SIGKILL)
+        ended = os.waitpid(pid, 0)
+    err, when, seen = (os.read(r, 1 << 20).decode() for r, _ in pipes)
+    for r, _ in pipes:
+        os.close(r)
+    return {"at": at, "hung": hung, "status": os.waitstatus_to_exitcode(ended[1]), "stderr": err, "when": when, "seen": seen}
+
+
+lines = int(run(0)["seen"])
+results = []
+for at in range(1, lines + 1):
+    results.append(run(at))
+    if results[-1]["hung"]:
+        break
+print(json.dumps({"lines": lines, "results": results}))
+"""
+
+
+def _said(sig: signal.Signals) -> str:
+    return (f"implicit-concept verify: {STOP_SIGNALS[sig]}; rerun the same command to resume"
+            + (" (nohup keeps a command running when its terminal closes)" if sig == signal.SIGHUP else "") + "\n")
+
+
+@pytest.mark.parametrize("first, second", [(signal.SIGTERM, signal.SIGINT), (signal.SIGINT, signal.SIGINT),
+                                           (signal.SIGHUP, signal.SIGTERM)])
+def test_a_second_stop_at_any_line_of_the_first_ones_handling_is_ignored(first, second):
+    """A second stop at each line the first one's handler, cleanup and exit run. Before, one landing
+    inside ``threading.Event.set`` (the handler recording its stop, the Event's lock held) ran the
+    handler again there, which waited for that lock for ever: the command hung, deaf to every
+    signal but SIGKILL. Now each exits 128 + the stop taken, saying so on one line; the second one
+    is the stop taken only where it came before the handler had recorded the first."""
+    proc = subprocess.run([sys.executable, "-c", LINE_BY_LINE, first.name, second.name], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=600, preexec_fn=_as_from_a_terminal)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout)
+    assert not found["results"][-1]["hung"], found["results"][-1]
+    assert found["lines"] > 20 and len(found["results"]) == found["lines"]
+    assert sum(r["when"] == "taken" for r in found["results"]) > 20
+    for r in found["results"]:
+        taken = first if r["when"] == "taken" or r["status"] == 128 + first else second
+        assert (r["status"], r["stderr"]) == (128 + taken, _said(taken)), r
