@@ -107,3 +107,46 @@ def test_a_second_stop_at_any_line_of_the_first_ones_handling_is_ignored(first, 
     for r in found["results"]:
         taken = first if r["when"] == "taken" or r["status"] == 128 + first else second
         assert (r["status"], r["stderr"]) == (128 + taken, _said(taken)), r
+
+
+CTRL_C_IN_AN_IMPORT = """
+import os, runpy, signal, sys
+
+entry, module = sys.argv[1:3]
+
+
+class CtrlC:  # pressed while `module` is being imported
+    def find_spec(self, name, path=None, target=None):
+        if name == module:
+            sys.meta_path.remove(self)
+            os.write(1, b"ctrl-c\\n")
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+
+sys.meta_path.insert(0, CtrlC())
+sys.argv = [entry, "verify", "."]
+runpy.run_module(entry, run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("entry", ["benchmark.cli", "benchmark"])
+@pytest.mark.parametrize("module", ["benchmark.process_exit", "implicit_concept.detector.yolo_env"])
+def test_a_ctrl_c_while_the_command_imports_says_one_line_and_exits_130(tmp_path, entry, module):
+    """Ctrl-C in the command's first half second, while ``benchmark.cli`` imports (``process_exit``)
+    or ``main`` reads its command line (``yolo_env``), before the command's own handling: before,
+    Python's ``KeyboardInterrupt`` traceback and a status of -2; now one line and 130, as later."""
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_IN_AN_IMPORT, entry, module], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=120, preexec_fn=_as_from_a_terminal)
+    assert proc.stdout == "ctrl-c\n", proc.stdout[-3000:]
+    assert (proc.returncode, proc.stderr) == (130, "implicit-concept: interrupted while starting; rerun the same command\n"), proc.stderr[-3000:]
+
+
+def test_the_entry_point_imports_the_command_only_when_run():
+    """``benchmark.command`` is what ``implicit-concept`` starts: it imports nothing of the command
+    (its catching a Ctrl-C in those imports depends on it), and ``--help`` still answers at once."""
+    probe = "import sys, benchmark.command; print(sorted(m for m in sys.modules if m.startswith(('benchmark.', 'implicit_concept'))))"
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.stdout == "['benchmark.command']\n", proc.stderr[-3000:]
+    helped = subprocess.run([sys.executable, "-m", "benchmark", "--help"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: implicit-concept"), helped.stderr[-3000:]
