@@ -80,7 +80,9 @@ def start_worker() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_IN_STARTING)  # held back by workers_starting: now dropped
+    global _worker
     _groups.clear()  # a forked worker's copy of its parent's: those are the parent's to end
+    _worker = os.getpid()
     signal.signal(signal.SIGTERM, _terminated)
     threading.Thread(target=_watch_parent, args=(_parent_pid(),), name="watch-parent", daemon=True).start()
 
@@ -116,7 +118,13 @@ def _terminated(signum, frame) -> None:
     """A worker's SIGTERM: the commands it started end with it, and the queue lock it may hold is
     let go (:func:`_let_go_of_the_queue`), then it ends as SIGTERM's default would. Taken once: a
     second SIGTERM (the group's, then the pool's ``terminate``) would run this again inside itself,
-    half-way through the first, and print a traceback; it is ignored instead."""
+    half-way through the first, and print a traceback; it is ignored instead. A process the worker
+    forked (a DataLoader's worker, a pool of its own) inherits this handler and a copy of the worker's
+    commands: it ends as the default would, leaving the worker's commands to the worker."""
+    if os.getpid() != _worker:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     if _starting:
         _held.append(signum)
         return
@@ -143,6 +151,7 @@ def _let_go_of_the_queue(frame) -> None:
         frame = frame.f_back
 
 
+_worker: int | None = None  # the pid start_worker ran in
 _groups: set[int] = set()  # process groups this process started and has not yet seen end
 _ended: set[int] = set()  # those of them ended by end_groups, until released
 _starting: list[bool] = []  # inside starting_group

@@ -150,3 +150,34 @@ def test_the_entry_point_imports_the_command_only_when_run():
     assert proc.stdout == "['benchmark.command']\n", proc.stderr[-3000:]
     helped = subprocess.run([sys.executable, "-m", "benchmark", "--help"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and helped.stdout.startswith("usage: implicit-concept"), helped.stderr[-3000:]
+
+
+A_WORKERS_FORK = """
+import os, signal, subprocess, sys, time
+from implicit_concept import worker_processes
+
+worker_processes.start_worker()
+command = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a pipe: source's command
+worker_processes.own_group(command.pid)
+ready, told = os.pipe()
+child = os.fork()  # what the worker forks and ends (a DataLoader's worker, a pool of its own)
+if child == 0:
+    os.write(told, b"ready")  # a signal in the fork's first instants is dropped by Python's after-fork
+    time.sleep(60)
+    os._exit(0)
+os.read(ready, 5)
+os.kill(child, signal.SIGTERM)
+_, status = os.waitpid(child, 0)
+alive = command.poll() is None
+command.kill()
+print(os.waitstatus_to_exitcode(status), "running" if alive else "killed")
+"""
+
+
+def test_a_process_a_worker_forked_ends_on_sigterm_leaving_the_workers_commands_running():
+    """A process forked by a build worker inherits the worker's SIGTERM handler and a copy of the
+    ``pipe:`` commands it registered: before, its SIGTERM (the worker ending its own pool) killed
+    the worker's running command, whose read then failed. It ends as SIGTERM's default would."""
+    proc = subprocess.run([sys.executable, "-c", A_WORKERS_FORK], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout == f"{-signal.SIGTERM} running\n", proc.stderr[-3000:]
