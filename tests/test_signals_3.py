@@ -16,48 +16,39 @@ import pytest
 from implicit_concept.worker_processes import STOP_SIGNALS
 from tests.test_stop_signals import ENV, REPO, _as_from_a_terminal
 
-#: What the forking process runs: one child per line, each given this long before it counts as hung.
+#: What the forking process runs after a scenario's code: one child per line, each given HUNG_S before it
+#: counts as hung. The scenario defines ``stopped(tracer)`` (start tracing, send ``first``, wait),
+#: ``taken()`` (whether the first stop has been recorded) and ``SKIPPED`` (functions whose lines
+#: are not counted: loops over /proc); fd 5 is the scenario's own note to the test.
 LINE_BY_LINE = """
-import atexit, json, os, signal, sys, time
-from benchmark import cli
-from implicit_concept import worker_processes
-from implicit_concept.detector import yolo_env  # what main imports, once here, not in each child
-
 first, second = signal.Signals[sys.argv[1]], signal.Signals[sys.argv[2]]
 HUNG_S = 15.0
 PLAIN = {"enum.py", "signal.py", "contextlib.py"}  # modules the handling runs that hold no lock and do no I/O: skipped, for time
 
 
-def command_stopped_twice(at):
+def stopped_twice(at):
     seen = 0
 
     def tracer(frame, event, arg):
         nonlocal seen
-        if event == "line" and os.path.basename(frame.f_code.co_filename) not in PLAIN:
+        if event == "line" and os.path.basename(frame.f_code.co_filename) not in PLAIN and frame.f_code.co_name not in SKIPPED:
             seen += 1
+            os.write(4, b".")
             if seen == at:  # whether the first stop had been taken yet decides which one may win
-                os.write(3, b"taken" if worker_processes._stop_signal is not None else b"open")
+                os.write(3, b"taken" if taken() else b"open")
                 os.kill(os.getpid(), second)
         return tracer
 
-    def command(args):
-        sys.settrace(tracer)
-        os.kill(os.getpid(), first)
-        time.sleep(30)
-
-    atexit.register(lambda: os.write(4, str(seen).encode()))
-    cli._verify = command
-    sys.argv = ["implicit-concept", "verify", "."]
-    cli.console_main()
+    stopped(tracer)
 
 
 def run(at):
-    pipes = [os.pipe() for _ in range(3)]  # stderr, when the second signal was sent, lines seen
+    pipes = [os.pipe() for _ in range(4)]  # stderr, when the second signal was sent, a dot a line, the note
     pid = os.fork()
     if pid == 0:
-        for fd, (_, w) in zip((2, 3, 4), pipes):
+        for fd, (_, w) in zip((2, 3, 4, 5), pipes):
             os.dup2(w, fd)
-        command_stopped_twice(at)
+        stopped_twice(at)
         os._exit(99)
     for _, w in pipes:
         os.close(w)
@@ -68,19 +59,49 @@ def run(at):
     if hung:
         os.kill(pid, signal.SIGKILL)
         ended = os.waitpid(pid, 0)
-    err, when, seen = (os.read(r, 1 << 20).decode() for r, _ in pipes)
+    err, when, seen, note = (os.read(r, 1 << 20).decode() for r, _ in pipes)
     for r, _ in pipes:
         os.close(r)
-    return {"at": at, "hung": hung, "status": os.waitstatus_to_exitcode(ended[1]), "stderr": err, "when": when, "seen": seen}
+    return {"at": at, "hung": hung, "status": os.waitstatus_to_exitcode(ended[1]), "stderr": err, "when": when,
+            "seen": len(seen), "after": after(note)}
 
 
-lines = int(run(0)["seen"])
+lines = run(0)["seen"]
 results = []
 for at in range(1, lines + 1):
     results.append(run(at))
     if results[-1]["hung"]:
         break
 print(json.dumps({"lines": lines, "results": results}))
+"""
+
+#: A command (``verify``, its work replaced) stopped twice.
+A_COMMAND = """
+import json, os, signal, sys, time
+from benchmark import cli
+from implicit_concept import worker_processes
+from implicit_concept.detector import yolo_env  # what main imports, once here, not in each child
+
+SKIPPED = set()
+
+
+def stopped(tracer):
+    def command(args):
+        sys.settrace(tracer)
+        os.kill(os.getpid(), first)
+        time.sleep(30)
+
+    cli._verify = command
+    sys.argv = ["implicit-concept", "verify", "."]
+    cli.console_main()
+
+
+def taken():
+    return worker_processes._stop_signal is not None
+
+
+def after(note):
+    return None
 """
 
 
@@ -97,7 +118,7 @@ def test_a_second_stop_at_any_line_of_the_first_ones_handling_is_ignored(first, 
     handler again there, which waited for that lock for ever: the command hung, deaf to every
     signal but SIGKILL. Now each exits 128 + the stop taken, saying so on one line; the second one
     is the stop taken only where it came before the handler had recorded the first."""
-    proc = subprocess.run([sys.executable, "-c", LINE_BY_LINE, first.name, second.name], cwd=REPO, env=ENV,
+    proc = subprocess.run([sys.executable, "-c", A_COMMAND + LINE_BY_LINE, first.name, second.name], cwd=REPO, env=ENV,
                           capture_output=True, text=True, timeout=600, preexec_fn=_as_from_a_terminal)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout)
@@ -107,6 +128,51 @@ def test_a_second_stop_at_any_line_of_the_first_ones_handling_is_ignored(first, 
     for r in found["results"]:
         taken = first if r["when"] == "taken" or r["status"] == 128 + first else second
         assert (r["status"], r["stderr"]) == (128 + taken, _said(taken)), r
+
+
+#: A build worker holding a ``pipe:`` source's command (a sleep in a group of its own), stopped twice.
+A_WORKER = """
+import json, os, signal, subprocess, sys, time
+from implicit_concept import worker_processes
+
+SKIPPED = {"_children", "_below"}  # a read of every /proc entry: no lock, and no handler of its own
+
+
+def stopped(tracer):
+    worker_processes.start_worker()
+    command = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    worker_processes.own_group(command.pid)
+    os.write(5, str(command.pid).encode())
+    sys.settrace(tracer)
+    os.kill(os.getpid(), first)
+    time.sleep(30)
+
+
+def taken():
+    return signal.getsignal(first) is not worker_processes._terminated
+
+
+def after(note):  # whether the worker's command is left running (a zombie is ended)
+    try:
+        with open(f"/proc/{note}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+"""
+
+
+def test_a_workers_second_sigterm_at_any_line_of_its_handler_is_ignored():
+    """The group's SIGTERM then the pool's ``terminate`` (515ff05's case), the second one forced at
+    each line the worker's handler runs: each time the worker ends as SIGTERM ends it, silent, its
+    ``pipe:`` command ended with it."""
+    proc = subprocess.run([sys.executable, "-c", A_WORKER + LINE_BY_LINE, "SIGTERM", "SIGTERM"], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout)
+    assert not found["results"][-1]["hung"], found["results"][-1]
+    assert found["lines"] > 10 and len(found["results"]) == found["lines"]
+    for r in found["results"]:
+        assert (r["status"], r["stderr"], r["after"]) == (-signal.SIGTERM, "", False), r
 
 
 CTRL_C_IN_AN_IMPORT = """
