@@ -247,3 +247,37 @@ def test_a_process_a_worker_forked_ends_on_sigterm_leaving_the_workers_commands_
     proc = subprocess.run([sys.executable, "-c", A_WORKERS_FORK], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout == f"{-signal.SIGTERM} running\n", proc.stderr[-3000:]
+
+
+A_PROBE_STOPPED_TWICE = """
+import os, signal, sys, time
+from benchmark.perf import probe_cli
+
+
+class Stderr:  # Ctrl-C pressed again while the probe says it was interrupted
+    def write(self, text):
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(1000))  # bytecodes at which a handler would run
+        os.write(2, text.encode())
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def main(argv):
+    sys.stderr = Stderr()
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(30)
+
+
+sys.exit(probe_cli.run(main))
+"""
+
+
+def test_a_probes_second_ctrl_c_while_it_says_interrupted_is_ignored(tmp_path):
+    """A perf probe's Ctrl-C pressed twice: before, the second one, landing in the line saying the
+    first, escaped as a ``KeyboardInterrupt`` and the probe died by SIGINT (-2); now the one line and 130."""
+    proc = subprocess.run([sys.executable, "-c", A_PROBE_STOPPED_TWICE], cwd=tmp_path, env=ENV, capture_output=True,
+                          text=True, timeout=120, preexec_fn=_as_from_a_terminal)
+    assert (proc.returncode, proc.stderr) == (130, "-c: interrupted\n"), proc.stderr[-3000:]
