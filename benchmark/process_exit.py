@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -54,7 +55,8 @@ def results_ended() -> None:
 
 def left_running(grace_s: float) -> tuple[list[threading.Thread], list[multiprocessing.process.BaseProcess]]:
     """The non-daemon threads besides this one, and non-daemon ``multiprocessing`` children, still
-    running after up to ``grace_s`` seconds of waiting for them (a Ctrl-C ends the wait)."""
+    running after up to ``grace_s`` seconds of waiting for them (a Ctrl-C ends the wait; a second
+    one, while the exit then ends them and says so, is ignored: it was a traceback)."""
     threads = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
     children = [c for c in multiprocessing.active_children() if not c.daemon]
     deadline = time.monotonic() + grace_s
@@ -62,7 +64,8 @@ def left_running(grace_s: float) -> tuple[list[threading.Thread], list[multiproc
         for waited in [*threads, *children]:
             waited.join(max(0.0, deadline - time.monotonic()))
     except KeyboardInterrupt:
-        pass
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     return [t for t in threads if t.is_alive()], [c for c in children if c.is_alive()]
 
 

@@ -281,3 +281,40 @@ def test_a_probes_second_ctrl_c_while_it_says_interrupted_is_ignored(tmp_path):
     proc = subprocess.run([sys.executable, "-c", A_PROBE_STOPPED_TWICE], cwd=tmp_path, env=ENV, capture_output=True,
                           text=True, timeout=120, preexec_fn=_as_from_a_terminal)
     assert (proc.returncode, proc.stderr) == (130, "-c: interrupted\n"), proc.stderr[-3000:]
+
+
+LEFT_RUNNING_STOPPED_TWICE = """
+import multiprocessing, os, signal, sys, threading, time
+from benchmark import cli, process_exit
+
+said = process_exit.last_words
+
+
+def last_words(line):  # Ctrl-C pressed again as the command says what it did not wait for
+    os.kill(os.getpid(), signal.SIGINT)
+    sum(range(1000))  # bytecodes at which a handler would run
+    said(line)
+
+
+def command(args):
+    multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), name="left").start()  # a plug-in's
+    ctrl_c = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))  # in the exit's 10 s wait for it
+    ctrl_c.daemon = True
+    ctrl_c.start()
+    return 0
+
+
+process_exit.last_words = last_words
+cli._verify = command
+sys.argv = ["implicit-concept", "verify", "."]
+cli.console_main()
+"""
+
+
+def test_a_second_ctrl_c_after_the_one_that_ended_the_wait_for_leftovers_is_ignored(tmp_path):
+    """A finished command waits for a process a plug-in left running, and Ctrl-C ends the wait; before,
+    a second Ctrl-C while it then said so escaped as a traceback (status -2); now the exit goes on."""
+    proc = subprocess.run([sys.executable, "-c", LEFT_RUNNING_STOPPED_TWICE], cwd=tmp_path, env=ENV, capture_output=True,
+                          text=True, timeout=120, preexec_fn=_as_from_a_terminal)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.startswith("implicit-concept: 1 left running by code the command called") and len(proc.stderr.splitlines()) == 1, proc.stderr
