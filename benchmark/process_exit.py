@@ -28,6 +28,8 @@ def exit_past_leftovers(code: int) -> None:
     threads, children = left_running(LEFT_RUNNING_GRACE_S)
     if not threads and not children:
         sys.exit(code)
+    if threading.current_thread() is threading.main_thread():  # a Ctrl-C ended the wait, or none is waited for now:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second one would cut what follows short with a traceback
     for child in children:
         end_with_its_tree(child)
     names = ", ".join([f"thread {t.name}" for t in threads] + [f"process {c.name} ({c.pid})" for c in children])
@@ -55,8 +57,7 @@ def results_ended() -> None:
 
 def left_running(grace_s: float) -> tuple[list[threading.Thread], list[multiprocessing.process.BaseProcess]]:
     """The non-daemon threads besides this one, and non-daemon ``multiprocessing`` children, still
-    running after up to ``grace_s`` seconds of waiting for them (a Ctrl-C ends the wait; a second
-    one, while the exit then ends them and says so, is ignored: it was a traceback)."""
+    running after up to ``grace_s`` seconds of waiting for them (a Ctrl-C ends the wait)."""
     threads = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
     children = [c for c in multiprocessing.active_children() if not c.daemon]
     deadline = time.monotonic() + grace_s
@@ -64,8 +65,7 @@ def left_running(grace_s: float) -> tuple[list[threading.Thread], list[multiproc
         for waited in [*threads, *children]:
             waited.join(max(0.0, deadline - time.monotonic()))
     except KeyboardInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        pass
     return [t for t in threads if t.is_alive()], [c for c in children if c.is_alive()]
 
 
