@@ -1,6 +1,11 @@
 """``implicit-concept``: a thin command line over the library; every command maps to one call."""
 from __future__ import annotations
 
+if __name__ == "__main__":  # ``python -m benchmark.cli``: started as the installed command is, before this module's imports
+    from benchmark.command import console_main as _run_command
+
+    _run_command()  # exits
+
 import argparse
 import json
 import os
@@ -11,6 +16,7 @@ import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
+from benchmark.command import interrupted_while_starting
 from benchmark.failures import MethodFailed
 from benchmark.process_exit import exit_past_leftovers, last_words, stdout_closed
 from benchmark.quiet_libraries import quiet_libraries
@@ -635,6 +641,8 @@ def console_main() -> None:
     goes to stderr: stdout holds the command's results, which ``> results.md`` keeps."""
     try:
         code = main()
+    except KeyboardInterrupt:  # a Ctrl-C before the command's own handling began (reading its command line)
+        code = interrupted_while_starting()
     except Exception:
         traceback.print_exc()
         code = 1
@@ -664,6 +672,3 @@ def _not_a_folder(e: OSError) -> str:
         return f"{path}: cannot be made below {above}, which is a file where a folder is expected"
     return f"{path}: {e.strerror or e}"
 
-
-if __name__ == "__main__":
-    console_main()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -27,6 +28,8 @@ def exit_past_leftovers(code: int) -> None:
     threads, children = left_running(LEFT_RUNNING_GRACE_S)
     if not threads and not children:
         sys.exit(code)
+    if threading.current_thread() is threading.main_thread():  # a Ctrl-C ended the wait, or none is waited for now:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second one would cut what follows short with a traceback
     for child in children:
         end_with_its_tree(child)
     names = ", ".join([f"thread {t.name}" for t in threads] + [f"process {c.name} ({c.pid})" for c in children])

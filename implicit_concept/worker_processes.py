@@ -45,6 +45,7 @@ import errno
 import os
 import signal
 import sys
+import termios
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -79,7 +80,9 @@ def start_worker() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_IN_STARTING)  # held back by workers_starting: now dropped
+    global _worker
     _groups.clear()  # a forked worker's copy of its parent's: those are the parent's to end
+    _worker = os.getpid()
     signal.signal(signal.SIGTERM, _terminated)
     threading.Thread(target=_watch_parent, args=(_parent_pid(),), name="watch-parent", daemon=True).start()
 
@@ -115,7 +118,13 @@ def _terminated(signum, frame) -> None:
     """A worker's SIGTERM: the commands it started end with it, and the queue lock it may hold is
     let go (:func:`_let_go_of_the_queue`), then it ends as SIGTERM's default would. Taken once: a
     second SIGTERM (the group's, then the pool's ``terminate``) would run this again inside itself,
-    half-way through the first, and print a traceback; it is ignored instead."""
+    half-way through the first, and print a traceback; it is ignored instead. A process the worker
+    forked (a DataLoader's worker, a pool of its own) inherits this handler and a copy of the worker's
+    commands: it ends as the default would, leaving the worker's commands to the worker."""
+    if os.getpid() != _worker:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     if _starting:
         _held.append(signum)
         return
@@ -142,6 +151,7 @@ def _let_go_of_the_queue(frame) -> None:
         frame = frame.f_back
 
 
+_worker: int | None = None  # the pid start_worker ran in
 _groups: set[int] = set()  # process groups this process started and has not yet seen end
 _ended: set[int] = set()  # those of them ended by end_groups, until released
 _starting: list[bool] = []  # inside starting_group
@@ -218,7 +228,7 @@ def stopping_workers(pool: ProcessPoolExecutor) -> Iterator[ProcessPoolExecutor]
         yield pool
     except BaseException as e:
         # A generator's pool is closed by GeneratorExit when an interrupt unwinds its consumer.
-        if isinstance(e, KeyboardInterrupt) or _interrupted.is_set():
+        if isinstance(e, KeyboardInterrupt) or _interrupted:
             terminate(pool)
         else:
             shut_down(pool)
@@ -424,7 +434,7 @@ def keeping_signal_handlers() -> Iterator[None]:
     except SystemExit as e:
         replaced = [sig for sig, handler in before.items() if signal.getsignal(sig) is not handler]
         if e.code in replaced and callable(before[e.code]):  # not another exit that shares a signal's number
-            _taken(signal.Signals(e.code))
+            _taken(e.code)
             raise Interrupted(signal.Signals(e.code).name) from None
         raise
     finally:
@@ -438,21 +448,30 @@ class Interrupted(KeyboardInterrupt):
     on Ctrl-C: its pools terminate their workers and it exits without a traceback."""
 
 
-_interrupted = threading.Event()
+#: Whether the running interrupts() block has taken a stop. Plain values, no ``threading.Event``: the
+#: handler sets them, and a second stop landing inside an Event's ``set`` (its lock held) ran the
+#: handler again there, which waited for that lock for good: the command hung, deaf to every signal but SIGKILL.
+_interrupted = False
 _stop_signal: signal.Signals | None = None  # the first stop the latest interrupts() block took, kept past its end
 
 
-def _taken(signum: signal.Signals) -> None:
-    global _stop_signal
-    _interrupted.set()
-    _stop_signal = signum
+def _taken(signum: int) -> None:
+    """``signum`` is the stop taken: recorded first thing, by one lookup and assignment that run no
+    Python code (``signal.Signals(signum)`` does), so that a second stop landing at any later
+    bytecode of the handler finds it taken, and is ignored."""
+    global _stop_signal, _interrupted
+    _stop_signal = _MEMBERS[signum]
+    _interrupted = True
+
+
+_MEMBERS = {sig: sig for sig in STOP_SIGNALS}  # a stop's number to its Signals member
 
 
 def stop_taken() -> signal.Signals | None:
     """The stop the running :func:`interrupts` block has taken, or None: an error raised after it
     (a library that swallowed its ``KeyboardInterrupt`` half-way through an import, then failed on
     what it left) is that stop's doing, not a failure of the command."""
-    return _stop_signal if _interrupted.is_set() else None
+    return _stop_signal if _interrupted else None
 
 
 def stopped_by(e: KeyboardInterrupt) -> signal.Signals:
@@ -495,8 +514,6 @@ _cutting_short = False
 
 def _hung_up(fd: int) -> bool:
     """Whether ``fd`` is a terminal that has hung up (closed, its session gone): writes to it fail."""
-    import termios
-
     try:
         termios.tcgetattr(fd)
     except termios.error as e:
@@ -544,19 +561,18 @@ def interrupts() -> Iterator[None]:
                 raise Interrupted(signal.Signals(signum).name)
             _cut_short_later()
             return
-        _taken(signal.Signals(signum))
+        _taken(signum)
         end_groups()
         if signum == signal.SIGHUP:
             _away_from_a_hung_up_terminal()
-        raise Interrupted(signal.Signals(signum).name)
+        raise Interrupted(_stop_signal.name)
 
-    global _stop_signal
+    global _stop_signal, _interrupted
+    _interrupted, _stop_signal = False, None  # before the handlers: a stop at once is this block's first
     before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     for sig, handler in before.items():
         if not (sig == signal.SIGHUP and handler is signal.SIG_IGN):  # nohup's promise is kept
             signal.signal(sig, interrupt)
-    _interrupted.clear()
-    _stop_signal = None
     try:
         with interrupts_not_lost():
             yield
@@ -564,7 +580,7 @@ def interrupts() -> Iterator[None]:
         for sig, handler in before.items():
             if handler is not None:  # None: set outside Python, nothing to put back
                 signal.signal(sig, signal.SIG_IGN if _stop_signal is not None else handler)
-        _interrupted.clear()
+        _interrupted = False
 
 
 _lost: set[int] = set()  # stop signals sent again because a finalizer swallowed their exception

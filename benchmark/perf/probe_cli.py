@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -110,6 +112,8 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         print(f"{_prog()}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if threading.current_thread() is threading.main_thread():  # a second Ctrl-C would cut the line short with a traceback
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"{_prog()}: interrupted", file=sys.stderr)
         return 130
 
