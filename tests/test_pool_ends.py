@@ -17,6 +17,7 @@ from builders.dataset_card import CHECKSUMS
 from builders.distributor import _init_pool_worker
 from implicit_concept import worker_processes
 from manifests import RECIPES_DIR
+from tests.child_output import read_line
 from tests.process_table import left_in_session
 from tests.test_stop_signals import ENV, REPO, _as_from_a_terminal
 
@@ -133,7 +134,7 @@ if __name__ == "__main__":
 def test_an_executor_whose_workers_cannot_end_ends_within_the_grace(stopped, tmp_path):
     proc = _start(EXECUTOR, str(tmp_path / "started"), *(["60", "60"] if stopped else ["0", "0"]))
     try:
-        assert proc.stdout.readline() == "working\n"
+        assert read_line(proc) == "working\n"
         if stopped:
             os.kill(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
