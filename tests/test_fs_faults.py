@@ -23,6 +23,7 @@ from implicit_concept.file_locks import LOCK_NAME, FolderBusyError, lock_path, l
 from implicit_concept.files import atomic_write_bytes, temporary_name
 from implicit_concept.shard_writer import TarShardWriter
 from manifests import RECIPES_DIR
+from tests.child_output import read_line
 from tests.process_table import alive_in_group, left_in_group
 
 REPO = Path(__file__).resolve().parents[1]
@@ -408,7 +409,7 @@ def test_a_ctrl_c_that_reaches_spawned_workers_while_they_import_neither_kills_t
     script.write_text(SPAWNED)
     proc = subprocess.Popen([sys.executable, str(script)], env={**ENV, "IMPORT_S": "2"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stdout.readline() == "started\n"
+    assert read_line(proc) == "started\n"
     workers = _spawned_workers(proc.pid, 2)  # in their imports (2 s)
     assert len(workers) == 2
     for pid in workers:
