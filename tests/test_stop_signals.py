@@ -45,6 +45,11 @@ def _writing_a_shard(out: Path, proc: subprocess.Popen) -> None:
     assert proc.poll() is None, "the build ended before a shard was being written"
 
 
+def _read_all(fd: int, into: bytearray) -> None:
+    while chunk := os.read(fd, 4096):
+        into += chunk
+
+
 def _freed_and_resumed(out: Path) -> None:
     """Nothing half-written is left, no process holds the folder, and the rerun gives the reference bytes."""
     assert not list(out.rglob(".*.tmp-*"))
@@ -97,15 +102,25 @@ def test_nohup_keeps_a_build_running_past_a_hangup(tmp_path):
 def test_a_second_stop_during_a_builds_cleanup_changes_nothing(tmp_path, first, second):
     """Ctrl-C pressed twice (to the whole group, as the terminal sends it), or SIGTERM then SIGINT:
     before, the second one cut the cleanup short or killed the exiting process (status -2 or -15,
-    not the 130 or 143 its line said), and its word could replace the first one's."""
+    not the 130 or 143 its line said), and its word could replace the first one's. The second is
+    sent once the first is seen taken (its progress bar closed): two stops pending together are
+    taken in signal-number order, whichever came first (a loaded machine that had not run the
+    build in a fixed 20 ms gap took SIGTERM-then-SIGINT as interrupted, 130)."""
     out = tmp_path / "icd-debug"
-    proc = subprocess.Popen([*BUILD, "--out", str(out)], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, preexec_fn=_as_from_a_terminal)
+    proc = subprocess.Popen([*BUILD, "--out", str(out)], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, preexec_fn=_as_from_a_terminal)
+    said_so_far = bytearray()
+    reader = threading.Thread(target=_read_all, args=(proc.stderr.fileno(), said_so_far), daemon=True)
+    reader.start()
     _writing_a_shard(out, proc)
     os.killpg(proc.pid, first)
-    time.sleep(0.02)
-    os.killpg(proc.pid, second)
-    _, err = proc.communicate(timeout=60)
+    deadline = time.time() + 60
+    while b"shard/s]\n" not in said_so_far and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.001)
+    os.killpg(proc.pid, second)  # the exiting process is in its group until it is waited for
+    proc.wait(timeout=60)
+    reader.join(timeout=60)
+    err = said_so_far.decode()
     said = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}[first]
     assert proc.returncode == 128 + first, err[-3000:]
     assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
