@@ -14,15 +14,18 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
 
 import benchmark.sample_grid as sample_grid
+from benchmark.leaderboard import leaderboard
 from benchmark.models.pipelines import check_noise_schedule
 from benchmark.results_page import markdown_html, write_results_page
 from benchmark.sample_grid import method_grid
-from tests.test_results_page import fake_run
+from tests.test_results_page import _edit, fake_run
 
 
 def _images(tmp_path, size: int, count: int = 1) -> list:
@@ -100,3 +103,65 @@ def test_an_icr_plot_left_a_dangling_link_is_named_on_the_page_not_dropped_unsai
     os.symlink("gone.png", run / "icr.png")
     page = write_results_page(json.loads((run / "results.json").read_text()), run).read_text()
     assert "Not shown: icr.png (not a regular file)." in page
+
+
+def test_an_empty_trained_betas_rescaled_to_zero_snr_is_refused_naming_the_file(tmp_path):
+    """diffusers fails on it with an IndexError: said as the config's problem, in one line."""
+    config = tmp_path / "scheduler_config.json"
+    with pytest.raises(ValueError, match=f"^{re.escape(str(config))}: no noise schedule can be built from its beta fields \\(IndexError"):
+        check_noise_schedule({"num_train_timesteps": 1000, "trained_betas": [], "rescale_betas_zero_snr": True}, config)
+
+
+def test_a_schedule_rescaled_to_zero_snr_from_all_zero_betas_is_said_to_be_nan_not_zero(tmp_path):
+    """Rescaling divides by the spread of the noise levels, none here: every beta is NaN, and the error
+    says so (step 0 is nan) rather than that every beta is 0."""
+    config = tmp_path / "scheduler_config.json"
+    with pytest.raises(ValueError, match=r"beta at training step 0 is nan \(beta_schedule 'linear', beta_start 0\.0, beta_end 0\.0\)"):
+        check_noise_schedule({"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.0, "beta_end": 0.0,
+                              "rescale_betas_zero_snr": True}, config)
+
+
+def test_a_leaderboard_of_one_run_says_nothing_of_comparisons_it_did_not_make(tmp_path):
+    """"Not compared: not recorded in <run>" is about two runs or more; one run's board is compared with
+    nothing, whatever its results.json records."""
+    def older(results):
+        detector = {k: v for k, v in results["detector"].items() if k not in ("conf", "clean_reference_sha256")}
+        return {**{k: v for k, v in results.items() if k != "base"}, "detector": detector}
+
+    run = _edit(fake_run(tmp_path / "run", prompts_sha="1" * 64), older)
+    assert not [n for n in leaderboard([run]).notes if "not compared" in n]
+    other = fake_run(tmp_path / "other", prompts_sha="1" * 64)
+    assert [n.split(":")[0] for n in leaderboard([run, other]).notes if "not compared" in n] == [
+        "base model (weights sha256) not compared", "evaluator conf not compared", "evaluator clean-image reference (sha256) not compared"]
+
+
+@pytest.mark.parametrize("make, said", [(lambda p: p.write_text("{}"), "not a folder"), (lambda p: os.symlink("gone", p), "not a folder"),
+                                        (lambda p: None, "missing")])
+def test_a_tokenizer_that_is_a_file_or_a_dangling_link_is_said_not_a_folder_not_missing(tmp_path, make, said):
+    """A listing shows it there: "missing" would send the lab looking for what they can see."""
+    from benchmark.models.config_sizes import check_prompt_length
+
+    tokenizer = tmp_path / "tokenizer"
+    make(tokenizer)
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(str(tokenizer))}: {said} \\(the pipeline's tokenizer"):
+        check_prompt_length(tokenizer, 77, tmp_path / "text_encoder" / "config.json")
+
+
+def test_a_failed_row_is_not_noted_for_blank_images(tmp_path):
+    """The blank-images note is about a scored row's ICR; a row that failed has none to read with it."""
+    from tests.test_results_page import _row
+
+    run = _edit(fake_run(tmp_path / "run"), lambda r: _row(_row(r, "ge-full", "qrcode", status="failed", blank_images=3),
+                                                           "ge-full", "text", blank_images=2))
+    assert [n for n in leaderboard([run]).notes if "images blank" in n] == [
+        f"{run} / ge-full on text: 2 of 10 images blank (one flat colour), which the detector finds nothing in: read its ICR with its quality"]
+
+
+def test_a_workers_sigterm_while_it_starts_a_command_is_held_for_after_not_taken_at_once():
+    """Taken inside starting_group, the command being started would outlive the worker, never registered."""
+    code = ("import signal; from implicit_concept import worker_processes as w\n"
+            "w._starting.append(True)\n"
+            "w._terminated(signal.SIGTERM, None)\n"
+            "print(w._held == [signal.SIGTERM], signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (0, "True True\n"), done.stderr
