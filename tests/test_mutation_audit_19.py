@@ -165,3 +165,41 @@ def test_a_workers_sigterm_while_it_starts_a_command_is_held_for_after_not_taken
             "print(w._held == [signal.SIGTERM], signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout) == (0, "True True\n"), done.stderr
+
+
+def test_a_worker_stopped_while_waiting_for_the_queue_lock_leaves_the_holders_lock_taken():
+    """Only a lock the worker holds is let go: released while another worker holds it, two workers
+    would read the queue at once (a task lost or read twice)."""
+    code = """
+import multiprocessing, signal, time
+from multiprocessing.queues import SimpleQueue
+from implicit_concept import worker_processes as w
+
+ctx = multiprocessing.get_context("fork")
+q = SimpleQueue(ctx=ctx)
+held = ctx.Event()
+
+def hold():
+    q._rlock.acquire()
+    held.set()
+    time.sleep(60)
+
+holder = ctx.Process(target=hold, daemon=True)
+holder.start()
+held.wait(30)
+
+def stop(signum, frame):
+    w._let_go_of_the_queue(frame)
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGALRM, stop)
+signal.setitimer(signal.ITIMER_REAL, 0.5)
+try:
+    q.get()
+except KeyboardInterrupt:
+    pass
+print(q._rlock.acquire(False))
+holder.kill()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (0, "False\n"), done.stderr
