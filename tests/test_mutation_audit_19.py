@@ -203,3 +203,31 @@ holder.kill()
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout) == (0, "False\n"), done.stderr
+
+
+def test_an_executor_worker_stopped_while_it_holds_its_queues_lock_lets_it_go():
+    """A ProcessPoolExecutor's worker waits in a multiprocessing Queue's get, holding its read lock:
+    ended holding it, the parent's shutdown waited for it forever."""
+    code = """
+import multiprocessing, os, signal, sys
+from implicit_concept import worker_processes as w
+
+q = multiprocessing.get_context("fork").Queue()
+
+def stop(signum, frame):
+    w._let_go_of_the_queue(frame)
+    print(q._rlock.acquire(False), flush=True)
+    os._exit(0)
+
+signal.signal(signal.SIGALRM, stop)
+signal.setitimer(signal.ITIMER_REAL, 0.5)
+q.get()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (0, "True\n"), done.stderr
+
+
+def test_a_run_sampled_with_its_bases_own_scheduler_is_a_difference_on_the_board(tmp_path):
+    run = _edit(fake_run(tmp_path / "run"), lambda r: {**r, "base": {**r["base"], "sampler": "EulerDiscreteScheduler"}})
+    board = leaderboard([run, fake_run(tmp_path / "other")])
+    assert board.differences == [f"{run} sampled off the track's protocol, with its base's own scheduler (EulerDiscreteScheduler)"]
