@@ -231,3 +231,14 @@ def test_a_run_sampled_with_its_bases_own_scheduler_is_a_difference_on_the_board
     run = _edit(fake_run(tmp_path / "run"), lambda r: {**r, "base": {**r["base"], "sampler": "EulerDiscreteScheduler"}})
     board = leaderboard([run, fake_run(tmp_path / "other")])
     assert board.differences == [f"{run} sampled off the track's protocol, with its base's own scheduler (EulerDiscreteScheduler)"]
+
+
+def test_a_broken_results_json_link_beside_a_summary_json_is_named_not_passed_over(tmp_path):
+    """Which of the two files is the folder's record is not for the board to guess: a results.json
+    that is there but cannot be read is said, where reading the summary.json would rank the other."""
+    from tests.test_results_page import fake_summary
+
+    folder = fake_summary(tmp_path / "scored")
+    os.symlink("gone.json", folder / "results.json")
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(str(folder / 'results.json'))}: a broken symbolic link \\(to gone.json\\)"):
+        leaderboard([folder])
