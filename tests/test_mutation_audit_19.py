@@ -242,3 +242,22 @@ def test_a_broken_results_json_link_beside_a_summary_json_is_named_not_passed_ov
     os.symlink("gone.json", folder / "results.json")
     with pytest.raises(FileNotFoundError, match=f"^{re.escape(str(folder / 'results.json'))}: a broken symbolic link \\(to gone.json\\)"):
         leaderboard([folder])
+
+
+def test_a_fifo_where_a_drawn_image_was_is_drawn_anew_not_waited_on(tmp_path):
+    """A rerun checks what stands under each image's name: a FIFO there is no image to keep, and
+    opening it to read its header would wait for a writer forever."""
+    import threading
+
+    from benchmark.generation import _kept
+
+    fifo = tmp_path / "0_0.png"
+    os.mkfifo(fifo)
+    kept = []
+    worker = threading.Thread(target=lambda: kept.append(_kept(fifo, 64)), daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():  # let the reader go before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("the rerun waited on a FIFO named as an image")
+    assert kept == [False]
