@@ -6,7 +6,13 @@ generation._kept) and worker_processes' SIGTERM handler.
 Each case is behaviour a user relies on that no earlier test pinned: a sample grid of full-size
 images shows them at their size, under a title line, each box labelled with its concept and its
 confidence to two decimals; a scheduler config with trained_betas is taken whatever its
-beta_schedule says, as diffusers builds it.
+beta_schedule says, a first beta of 0 is a schedule, an IndexError or a NaN schedule is said as the
+config's problem; a line after a list and a lone star are shown as written, grids are in name order,
+a dangling icr.png is named; one run's board claims no comparison, a failed row is not noted blank,
+a base's own scheduler is a difference, a broken results.json beside a summary.json is named; a
+tokenizer that is a file is "not a folder"; a FIFO where an image was is drawn anew, not waited on;
+a worker's SIGTERM while it starts a command is held, and on SIGTERM a worker lets go of a queue
+lock it holds (a Queue's too) and never of one another worker holds.
 """
 from __future__ import annotations
 
@@ -261,3 +267,14 @@ def test_a_fifo_where_a_drawn_image_was_is_drawn_anew_not_waited_on(tmp_path):
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         pytest.fail("the rerun waited on a FIFO named as an image")
     assert kept == [False]
+
+
+def test_a_per_subset_track_of_one_concept_scored_whole_gets_no_one_model_note(tmp_path):
+    """With one concept, one model scored on it is the protocol's one model for its one subset."""
+    from tests.test_results_page import _edit_summary, fake_summary
+
+    folder = fake_summary(tmp_path / "one-concept")
+    _edit_summary(folder, protocol="per-subset", subset=None, track_concepts=["qrcode"])
+    assert not [n for n in leaderboard([folder]).notes if "is one model scored on every concept" in n]
+    _edit_summary(folder, track_concepts=["qrcode", "text"])
+    assert [n for n in leaderboard([folder]).notes if "is one model scored on every concept" in n]
