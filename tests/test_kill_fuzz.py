@@ -42,8 +42,9 @@ STOPS = {
     "Ctrl-C": lambda pid: os.killpg(pid, signal.SIGINT),
 }
 #: Fields documented as wall times (``timings``, the detector's ``timing_s``, a fine-tune's seconds,
-#: a seal's file times) and the lines that print them.
-TIMED_KEYS = re.compile(r"timings|timing_s|seconds|mtime_ns|^train_s$")
+#: a seal's file times), a fine-tune's numbers of its last session alone (``*_this_session``: a
+#: resume from its last checkpoint trains nothing), and the lines that print the times.
+TIMED_KEYS = re.compile(r"timings|timing_s|seconds|mtime_ns|^train_s$|_this_session$")
 TIMED_LINES = (b"wall clock", b"sum over")
 
 
