@@ -266,6 +266,9 @@ def test_a_run_killed_after_its_last_checkpoint_records_its_final_loss_when_resu
     want = json.loads((full.parent / "run.json").read_text())
     got = json.loads((resumed_dir / "run.json").read_text())
     assert got["examples_seen_this_session"] == 0, "the resume trained a step: not the case this test is about"
+    # Counted over the steps this session trained, so named for it, as examples_seen_this_session is
+    # (it was captions_truncated, which a resumed run under-counted by its earlier sessions' captions).
+    assert "captions_truncated" not in got and [r["captions_truncated_this_session"] for r in (want, got)] == [0, 0]
     assert math.isfinite(want["final_loss"]) and got["final_loss"] == want["final_loss"]
     assert _same(_unet_state(full), _unet_state(resumed))
 

@@ -113,7 +113,8 @@ def training_run(base: Path, data: str, out: Path, config: TrainingConfig) -> di
     train(base, data, out, config, progress=False)
     record = read_json_object(out / RUN_FILE)
     shutil.rmtree(out)
-    return {k: record[k] for k in ("step_seconds_median", "prepare_seconds", "final_loss", "captions_truncated")}
+    return {**{k: record[k] for k in ("step_seconds_median", "prepare_seconds", "final_loss")},
+            "captions_truncated": record["captions_truncated_this_session"]}  # one session: the probe's whole run
 
 
 def sampling_run(base: Path, settings: GenerationSettings, prompt: str) -> dict[str, Any]:

@@ -430,7 +430,7 @@ def write_finished_run(output_dir: Path, record: dict[str, Any], config: Trainin
         step_seconds_median=round(float(np.median(session.step_seconds)), 4) if session.step_seconds else None,
         step_seconds=[round(t, 3) for t in session.step_seconds],
         prepare_seconds=round(session.prepare_seconds, 2),
-        captions_truncated=session.truncated,
+        captions_truncated_this_session=session.truncated,
         examples_seen_this_session=session.examples,
         processes_this_session=session.processes,
         negative_prompt=config.geom.negative_prompt(),
