@@ -122,8 +122,7 @@ def _terminated(signum, frame) -> None:
     forked (a DataLoader's worker, a pool of its own) inherits this handler and a copy of the worker's
     commands: it ends as the default would, leaving the worker's commands to the worker."""
     if os.getpid() != _worker:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+        _end_by_default(signum)
         return
     if _starting:
         _held.append(signum)
@@ -132,6 +131,11 @@ def _terminated(signum, frame) -> None:
     end_groups()
     end_descendants()
     _let_go_of_the_queue(frame)
+    _end_by_default(signum)
+
+
+def _end_by_default(signum: int) -> None:
+    """End this process as ``signum``'s default action does (its status says the signal)."""
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
@@ -549,8 +553,7 @@ def interrupts() -> Iterator[None]:
             # run it for a while) runs this inherited handler: raising would print its own
             # traceback, so it does what start_worker will have it do (ignore SIGINT and SIGHUP, end on SIGTERM).
             if signum == signal.SIGTERM:
-                signal.signal(signum, signal.SIG_DFL)
-                os.kill(os.getpid(), signum)
+                _end_by_default(signum)
             return
         if _starting:
             _held.append(signum)

@@ -42,9 +42,15 @@ def stuck_builder(*args) -> None:
     cannot_end()
 
 
-def cannot_end() -> None:
+def cannot_end(released: str | None = None) -> None:
+    """SIGTERM blocked, and a thread left waiting (an hour, or until the file ``released`` exists)."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # in every thread it starts from now on
-    threading.Thread(target=time.sleep, args=(3600,)).start()  # a process exits only once its threads have ended
+    threading.Thread(target=_wait_for, args=(released, time.monotonic() + 3600)).start()  # a process exits once its threads have
+
+
+def _wait_for(path: str | None, until: float) -> None:
+    while not (path and os.path.exists(path)) and time.monotonic() < until:
+        time.sleep(0.05)
 
 
 BUILD = ["build", "icd-debug", "--workers", "2", "--quiet"]
@@ -159,15 +165,9 @@ def test_a_stop_while_an_executor_waits_for_its_running_tasks_after_an_error_end
 
 
 def _returns_and_cannot_end(released: str) -> tuple[int, int]:
-    """A child that cannot end (SIGTERM blocked, a thread waiting) until the file ``released`` exists."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    threading.Thread(target=_wait_for, args=(released,)).start()
+    """A child that cannot end until the file ``released`` exists."""
+    cannot_end(released)
     return 7, os.getpid()
-
-
-def _wait_for(path: str) -> None:
-    while not os.path.exists(path):
-        time.sleep(0.05)
 
 
 def test_a_child_that_cannot_end_after_its_result_is_killed(monkeypatch, tmp_path):
