@@ -47,14 +47,11 @@ def test_quiet_silences_the_libraries_bars_and_warnings(tmp_path):
     assert "it/s]" not in quiet and "Expected types" not in quiet and "Loading" not in quiet, quiet[-2000:]
 
 
-def test_long_commands_show_one_progress_bar_and_quiet_removes_it(tmp_path, capsys):
-    """``verify`` and ``export`` on a built dataset: a bar on stderr, none with --quiet."""
-    from builders.build import build_dataset
-    from builders.recipe import load_recipe
-
-    data = tmp_path / "icd-debug"
-    build_dataset(load_recipe("icd-debug"), data, workers=1, progress=False)
-    for command, bar in ((["verify", str(data)], "verify icd-debug"), (["export", str(data / "icd-mixed"), "--out", str(tmp_path / "x")], "export icd-mixed")):
+def test_long_commands_show_one_progress_bar_and_quiet_removes_it(debug_dataset, tmp_path, capsys):
+    """``verify`` and ``export`` on a built dataset (the session's, which both only read): a bar on
+    stderr, none with --quiet."""
+    data = debug_dataset
+    for command, bar in ((["verify", str(data)], f"verify {data.name}"), (["export", str(data / "icd-mixed"), "--out", str(tmp_path / "x")], "export icd-mixed")):
         assert main(command) == 0
         err = capsys.readouterr().err
         assert bar in err and "100%" in err, err

@@ -191,21 +191,19 @@ def test_a_bar_on_a_terminal_is_redrawn_as_it_goes(tmp_path):
     assert bytes(seen).count(b"\r") >= 4, bytes(seen)
 
 
-def test_tqdm_disable_turns_off_the_bars_a_command_asks_for(tmp_path, capsys, monkeypatch):
+def test_tqdm_disable_turns_off_the_bars_a_command_asks_for(debug_dataset, capsys, monkeypatch):
+    """On the session's built dataset, which verify only reads."""
     from benchmark.cli import main
-    from builders.build import build_dataset
-    from builders.recipe import load_recipe
 
-    data = tmp_path / "icd-debug"
-    build_dataset(load_recipe("icd-debug"), data, workers=1, progress=False)
+    data = debug_dataset
     monkeypatch.setenv("TQDM_DISABLE", "1")
     assert main(["verify", str(data)]) == 0
     captured = capsys.readouterr()
-    assert "verify icd-debug" not in captured.err, captured.err
+    assert f"verify {data.name}" not in captured.err, captured.err
     assert captured.out.strip().endswith(": OK"), captured.out
     monkeypatch.setenv("TQDM_DISABLE", "0")
     assert main(["verify", str(data)]) == 0
-    assert "verify icd-debug" in capsys.readouterr().err
+    assert f"verify {data.name}" in capsys.readouterr().err
 
 
 FAKE_CLI = """#!{python}

@@ -430,24 +430,30 @@ def test_a_fifo_where_a_weights_file_belongs_is_named_not_waited_on(copy, name):
 
 # A config of a few bytes naming sizes the libraries act on before any weight is read.
 
+#: One child imports the libraries once, then forks one process per folder, each given 2 GB of address
+#: space past those imports: a child per folder spent most of its time importing them again.
 _SIZED_BY_CHILD = """
-import json, re, resource, sys
+import json, os, re, resource, sys
 from benchmark.models.pipelines import load_pipeline
 from benchmark.models.pretrained_check import check_pretrained
 from benchmark.track import load_track
-size = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read())[1]) * 1024 + (2 << 30)
-resource.setrlimit(resource.RLIMIT_AS, (size, size))
-for name, call in (("check", check_pretrained), ("load", load_pipeline), ("track", lambda f: load_pipeline(f, sampler=load_track("debug").sampler()))):
-    try:
-        call(sys.argv[1])
-        said = "accepted"
-    except (ValueError, FileNotFoundError) as e:
-        said = str(e)
-    print(json.dumps([name, said]), flush=True)
+for folder in sys.argv[1:]:
+    pid = os.fork()
+    if pid == 0:
+        size = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read())[1]) * 1024 + (2 << 30)
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+        for name, call in (("check", check_pretrained), ("load", load_pipeline), ("track", lambda f: load_pipeline(f, sampler=load_track("debug").sampler()))):
+            try:
+                call(folder)
+                said = "accepted"
+            except (ValueError, FileNotFoundError) as e:
+                said = str(e)
+            print(json.dumps([folder, name, said]), flush=True)
+        os._exit(0)
+    print(json.dumps([folder, "exit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])]), flush=True)
 """
 
-
-@pytest.mark.parametrize("part,fields,fragment", [
+SIZED = [
     ("unet/config.json", {"block_out_channels": [10**6] * 4}, "the UNet2DConditionModel it describes is larger than its weights files hold"),
     ("unet/config.json", {"layers_per_block": 10**8}, "the UNet2DConditionModel it describes is larger than its weights files hold"),
     ("unet/config.json", {"block_out_channels": "wide"}, "cannot build a UNet2DConditionModel from it ("),
@@ -458,20 +464,42 @@ for name, call in (("check", check_pretrained), ("load", load_pipeline), ("track
     ("scheduler/scheduler_config.json", {"num_train_timesteps": True}, "num_train_timesteps = True; expected an integer"),
     ("tokenizer/tokenizer_config.json", {"model_max_length": 10**12}, "model_max_length = 1000000000000; the pipeline pads every prompt to it"),
     ("tokenizer/tokenizer_config.json", {"model_max_length": None}, "model_max_length = None; the pipeline pads every prompt to it"),
-])
-def test_a_config_naming_sizes_its_weights_do_not_hold_is_refused_before_anything_is_built(copy, part, fields, fragment):
+]
+
+
+@pytest.fixture(scope="module")
+def sized_by_child(tiny, tmp_path_factory):
+    """Each case of ``SIZED`` in its own copy of the tiny folder, and what the child's process for it
+    said: ``{folder: {"check": ..., "load": ..., "track": ..., "exit": code}}`` (read-only)."""
+    root = tmp_path_factory.mktemp("sized")
+    folders = []
+    for i, (part, fields, _) in enumerate(SIZED):
+        folder = Path(shutil.copytree(tiny, root / f"case{i}"))
+        data = json.loads((folder / part).read_text())
+        data.update(fields)
+        (folder / part).write_text(json.dumps({k: v for k, v in data.items() if v is not None}))
+        folders.append(folder)
+    done = subprocess.run([sys.executable, "-c", _SIZED_BY_CHILD, *map(str, folders)], capture_output=True, text=True,
+                          timeout=300 * len(folders),
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OPENBLAS_NUM_THREADS": "1"})
+    said = {folder: {} for folder in folders}
+    for line in done.stdout.splitlines():
+        folder, name, value = json.loads(line)
+        said[Path(folder)][name] = value
+    return done, said
+
+
+@pytest.mark.parametrize("case", range(len(SIZED)), ids=[f"{part}-{i}" for i, (part, _, _) in enumerate(SIZED)])
+def test_a_config_naming_sizes_its_weights_do_not_hold_is_refused_before_anything_is_built(sized_by_child, case):
     """Before: diffusers allocated the UNet from its config (16 TB asked for), a scheduler a 40 GB
     table, the tokenizers library aborted the process padding a prompt to 10**12 tokens, a depth of
     10**8 layers was built one module at a time; check_pretrained passed each. Now check_pretrained
     and load_pipeline (the folder's scheduler or a track's) refuse each in one line naming the file,
-    in a child given 2 GB of address space past its imports, so a bomb fails this test."""
-    folder = copy()
-    data = json.loads((folder / part).read_text())
-    data.update(fields)
-    (folder / part).write_text(json.dumps({k: v for k, v in data.items() if v is not None}))
-    done = subprocess.run([sys.executable, "-c", _SIZED_BY_CHILD, str(folder)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OPENBLAS_NUM_THREADS": "1"})
-    said = dict(json.loads(line) for line in done.stdout.splitlines())
-    assert done.returncode == 0 and set(said) == {"check", "load", "track"}, (done.returncode, done.stderr[-3000:])
+    in a process given 2 GB of address space past its imports, so a bomb fails this test."""
+    part, _, fragment = SIZED[case]
+    done, everything = sized_by_child
+    folder, said = list(everything.items())[case]
+    exit_code, said = said.get("exit"), {k: v for k, v in said.items() if k != "exit"}
+    assert done.returncode == 0 and exit_code == 0 and set(said) == {"check", "load", "track"}, (done.returncode, exit_code, done.stderr[-3000:])
     for name, message in said.items():
         assert message.startswith(f"{folder / part}: ") and fragment in message and "\n" not in message, (name, message)
