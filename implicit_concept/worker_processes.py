@@ -38,10 +38,13 @@ worker has :data:`WORKER_GRACE_S` seconds, then is killed (:func:`end_pool`, :fu
 :func:`end_process`). A worker ended holding a lock its pool shares (a queue's) would otherwise hang
 its parent, at the end of a build or at a Ctrl-C, for good. What a killed worker leaves is what any
 killed run leaves: files written under temporary names, which the rerun drops and writes again.
+Nor is the wait for a result: a Pool's worker that died with its task (:func:`pool_results`) ends the
+wait with one line, where the Pool would have waited for that task forever.
 """
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
 import signal
 import sys
@@ -52,7 +55,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from multiprocessing import resource_tracker
 from multiprocessing.queues import Queue, SimpleQueue
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from implicit_concept.files import discard_output
 
@@ -67,6 +70,9 @@ CUT_SHORT_S = 10.0
 #: is killed (SIGKILL): a normal worker ends in well under one; one that cannot (stuck on a lock a dead
 #: sibling held, SIGTERM blocked in a library) no longer holds the command.
 WORKER_GRACE_S = 5.0
+
+#: Seconds between a pool's parent's looks at its workers while it waits for a result.
+WORKER_CHECK_S = 0.5
 
 #: The stops a worker ignores (its parent stops the pool), held back while one is being started.
 _HELD_IN_STARTING = {signal.SIGINT, signal.SIGHUP}
@@ -303,6 +309,32 @@ def end_pool(pool) -> None:
             for process in list(getattr(pool, "_pool", None) or ()):
                 if process.exitcode is None:
                     _kill(process)
+
+
+class WorkerLost(ValueError):
+    """A pool's worker ended before its task was done (killed from outside, out of memory): one line."""
+
+
+def pool_results(pool, function: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
+    """``pool.imap_unordered(function, tasks)`` of a ``multiprocessing`` Pool, but a worker that died
+    raises :class:`WorkerLost`: the Pool replaces it and never hands its task to another, so its result
+    was waited for forever (seen: a 2-worker build, one worker SIGKILLed mid-shard)."""
+    workers = list(pool._pool)  # each worker that takes a task is one of these or replaced one that died
+    tasks = list(tasks)
+    results = pool.imap_unordered(function, tasks)
+    for _ in tasks:
+        yield _next_result(results, workers)
+
+
+def _next_result(results, workers: list) -> Any:
+    while True:
+        try:
+            return results.next(timeout=WORKER_CHECK_S)
+        except multiprocessing.TimeoutError:
+            dead = next((w for w in workers if w.exitcode is not None), None)
+            if dead is not None:
+                how = f"by signal {-dead.exitcode}" if dead.exitcode < 0 else f"with status {dead.exitcode}"
+                raise WorkerLost(f"a worker process (pid {dead.pid}) ended {how} before its task was done (killed, out of memory?)") from None
 
 
 def end_process(process) -> None:
