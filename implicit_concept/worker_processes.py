@@ -52,6 +52,7 @@ import termios
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from multiprocessing import resource_tracker
 from multiprocessing.queues import Queue, SimpleQueue
@@ -232,7 +233,7 @@ def workers_starting() -> Iterator[None]:
 def stopping_workers(pool: ProcessPoolExecutor) -> Iterator[ProcessPoolExecutor]:
     """``with stopping_workers(ProcessPoolExecutor(...)) as pool:``: on a normal end, or an error a
     task raised, the tasks running finish, then the workers have :data:`WORKER_GRACE_S` to end
-    (:func:`shut_down`); on an interrupt (Ctrl-C, SIGTERM as :class:`Interrupted`), or one while
+    (:func:`shut_down`), a worker that died is :class:`WorkerLost`; on an interrupt (Ctrl-C, SIGTERM as :class:`Interrupted`), or one while
     waiting for those tasks, its workers are terminated at once (:func:`terminate`)."""
     try:
         yield pool
@@ -242,6 +243,8 @@ def stopping_workers(pool: ProcessPoolExecutor) -> Iterator[ProcessPoolExecutor]
             terminate(pool)
         else:
             shut_down(pool)
+        if isinstance(e, BrokenProcessPool):  # a worker killed from outside: was a traceback ending in the executor's own words
+            raise WorkerLost(f"a worker process ended before its task was done ({_LOST_HOW}); rerun the same command to resume") from None
         raise
     shut_down(pool)
 
@@ -315,6 +318,9 @@ class WorkerLost(ValueError):
     """A pool's worker ended before its task was done (killed from outside, out of memory): one line."""
 
 
+_LOST_HOW = "killed, out of memory?"
+
+
 def pool_results(pool, function: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
     """``pool.imap_unordered(function, tasks)`` of a ``multiprocessing`` Pool, but a worker that died
     raises :class:`WorkerLost`: the Pool replaces it and never hands its task to another, so its result
@@ -334,7 +340,7 @@ def _next_result(results, workers: list) -> Any:
             dead = next((w for w in workers if w.exitcode is not None), None)
             if dead is not None:
                 how = f"by signal {-dead.exitcode}" if dead.exitcode < 0 else f"with status {dead.exitcode}"
-                raise WorkerLost(f"a worker process (pid {dead.pid}) ended {how} before its task was done (killed, out of memory?)") from None
+                raise WorkerLost(f"a worker process (pid {dead.pid}) ended {how} before its task was done ({_LOST_HOW})") from None
 
 
 def end_process(process) -> None:

@@ -8,14 +8,15 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
 from builders import distributor
-from builders.distributor import _init_pool_worker
 from builders.dataset_card import CHECKSUMS
+from builders.distributor import _init_pool_worker
+from implicit_concept.worker_processes import WorkerLost, end_pool, pool_results, stopping_workers
 from manifests import RECIPES_DIR
-from implicit_concept.worker_processes import WorkerLost, end_pool, pool_results
 from tests.process_table import left_in_session
 from tests.test_stop_signals import ENV, REPO
 
@@ -88,3 +89,13 @@ def test_pool_results_are_every_task_s_when_no_worker_dies():
         assert sorted(pool_results(pool, _dies_on_one, [0, 2, 3, 5])) == [0, 2, 3, 5]
     finally:
         end_pool(pool)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_an_executor_whose_worker_died_with_its_task_raises_worker_lost_in_one_line(jobs):
+    """As ``--jobs 2``'s fine-tunes and methods run: a worker killed from outside was a traceback
+    ending in BrokenProcessPool's own words, exit 1."""
+    with pytest.raises(WorkerLost, match=r"^a worker process ended before its task was done \(killed, out of memory\?\); "
+                                         r"rerun the same command to resume$"):
+        with stopping_workers(ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))) as pool:
+            list(pool.map(_dies_on_one, range(4)))
