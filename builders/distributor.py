@@ -32,7 +32,7 @@ from builders.recipe import Recipe
 from builders.shard_builder import ShardBuilder, WorkUnit, group_units
 from implicit_concept.progress import progress_bar
 from implicit_concept.provenance import package_changes, package_versions
-from implicit_concept.worker_processes import end_pool, keeping_signal_handlers, start_worker, workers_starting
+from implicit_concept.worker_processes import WorkerLost, end_pool, keeping_signal_handlers, pool_results, start_worker, workers_starting
 
 DISTRIBUTORS = ("multiprocessing", "ray")
 
@@ -111,7 +111,9 @@ def _multiprocessing(
     with workers_starting():
         pool = ctx.Pool(processes=min(workers, len(groups)), initializer=_init_pool_worker, initargs=initargs)
     try:
-        yield from pool.imap_unordered(_run, [(g, out) for g in groups])
+        yield from pool_results(pool, _run, [(g, out) for g in groups])
+    except WorkerLost as e:
+        raise WorkerLost(f"{e}; the shards finished are kept: rerun the same command to resume") from None
     finally:  # as `with pool:`, but a worker that cannot end is killed, not waited for (a shard it was writing is rewritten by the rerun)
         end_pool(pool)
 

@@ -38,10 +38,13 @@ worker has :data:`WORKER_GRACE_S` seconds, then is killed (:func:`end_pool`, :fu
 :func:`end_process`). A worker ended holding a lock its pool shares (a queue's) would otherwise hang
 its parent, at the end of a build or at a Ctrl-C, for good. What a killed worker leaves is what any
 killed run leaves: files written under temporary names, which the rerun drops and writes again.
+Nor is the wait for a result: a Pool's worker that died with its task (:func:`pool_results`) ends the
+wait with one line, where the Pool would have waited for that task forever.
 """
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
 import signal
 import sys
@@ -49,10 +52,11 @@ import termios
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from multiprocessing import resource_tracker
 from multiprocessing.queues import Queue, SimpleQueue
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from implicit_concept.files import discard_output
 
@@ -67,6 +71,9 @@ CUT_SHORT_S = 10.0
 #: is killed (SIGKILL): a normal worker ends in well under one; one that cannot (stuck on a lock a dead
 #: sibling held, SIGTERM blocked in a library) no longer holds the command.
 WORKER_GRACE_S = 5.0
+
+#: Seconds between a pool's parent's looks at its workers while it waits for a result.
+WORKER_CHECK_S = 0.5
 
 #: The stops a worker ignores (its parent stops the pool), held back while one is being started.
 _HELD_IN_STARTING = {signal.SIGINT, signal.SIGHUP}
@@ -226,7 +233,7 @@ def workers_starting() -> Iterator[None]:
 def stopping_workers(pool: ProcessPoolExecutor) -> Iterator[ProcessPoolExecutor]:
     """``with stopping_workers(ProcessPoolExecutor(...)) as pool:``: on a normal end, or an error a
     task raised, the tasks running finish, then the workers have :data:`WORKER_GRACE_S` to end
-    (:func:`shut_down`); on an interrupt (Ctrl-C, SIGTERM as :class:`Interrupted`), or one while
+    (:func:`shut_down`), a worker that died is :class:`WorkerLost`; on an interrupt (Ctrl-C, SIGTERM as :class:`Interrupted`), or one while
     waiting for those tasks, its workers are terminated at once (:func:`terminate`)."""
     try:
         yield pool
@@ -236,6 +243,8 @@ def stopping_workers(pool: ProcessPoolExecutor) -> Iterator[ProcessPoolExecutor]
             terminate(pool)
         else:
             shut_down(pool)
+        if isinstance(e, BrokenProcessPool):  # a worker killed from outside: was a traceback ending in the executor's own words
+            raise WorkerLost(f"a worker process ended before its task was done ({_LOST_HOW}); rerun the same command to resume") from None
         raise
     shut_down(pool)
 
@@ -303,6 +312,35 @@ def end_pool(pool) -> None:
             for process in list(getattr(pool, "_pool", None) or ()):
                 if process.exitcode is None:
                     _kill(process)
+
+
+class WorkerLost(ValueError):
+    """A pool's worker ended before its task was done (killed from outside, out of memory): one line."""
+
+
+_LOST_HOW = "killed, out of memory?"
+
+
+def pool_results(pool, function: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
+    """``pool.imap_unordered(function, tasks)`` of a ``multiprocessing`` Pool, but a worker that died
+    raises :class:`WorkerLost`: the Pool replaces it and never hands its task to another, so its result
+    was waited for forever (seen: a 2-worker build, one worker SIGKILLed mid-shard)."""
+    workers = list(pool._pool)  # each worker that takes a task is one of these or replaced one that died
+    tasks = list(tasks)
+    results = pool.imap_unordered(function, tasks)
+    for _ in tasks:
+        yield _next_result(results, workers)
+
+
+def _next_result(results, workers: list) -> Any:
+    while True:
+        try:
+            return results.next(timeout=WORKER_CHECK_S)
+        except multiprocessing.TimeoutError:
+            dead = next((w for w in workers if w.exitcode is not None), None)
+            if dead is not None:
+                how = f"by signal {-dead.exitcode}" if dead.exitcode < 0 else f"with status {dead.exitcode}"
+                raise WorkerLost(f"a worker process (pid {dead.pid}) ended {how} before its task was done ({_LOST_HOW})") from None
 
 
 def end_process(process) -> None:

@@ -38,7 +38,7 @@ from implicit_concept.compositing import Composition
 from implicit_concept.scene.grammar import ProceduralConfig, sample_scene
 from implicit_concept.scene.render import render_scene
 from implicit_concept.shard_writer import TarShardWriter
-from implicit_concept.worker_processes import end_pool, start_worker, workers_starting
+from implicit_concept.worker_processes import end_pool, pool_results, start_worker, workers_starting
 
 
 def make_source_folder(folder: Path, count: int, side: int) -> None:
@@ -76,7 +76,7 @@ def floor_pass(folder: Path, out: Path, size: int, shard_size: int, workers: int
         with workers_starting():  # as the build starts its workers: Ctrl-C is the parent's
             pool = context.Pool(workers, initializer=start_worker)
         try:
-            done = sum(pool.map(_floor_shard, jobs))
+            done = sum(pool_results(pool, _floor_shard, jobs))
         finally:
             end_pool(pool)
     return done / (time.perf_counter() - start)
