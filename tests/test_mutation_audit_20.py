@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
 
 from benchmark.training.checkpoints import Session, TrainState, write_finished_run
+from builders.verify import verify_dataset
 from tests.test_stop_signals import ENV, _as_from_a_terminal
+from tests.test_verify import write_tar
 
 
 CTRL_C_WHILE_STARTING = """
@@ -89,3 +92,44 @@ def test_run_json_counts_every_example_and_truncated_caption_this_session_traine
     run = json.loads((tmp_path / "run.json").read_text())
     assert (run["examples_seen_this_session"], run["captions_truncated_this_session"]) == (5, 3)
     assert (run["steps"], run["seconds_per_step"], run["step_seconds_median"], run["final_loss"]) == (5, 2.0, 2.0, 0.25)
+
+
+LEFT_A_PROCESS_AND_AN_OPEN_FILE = '''
+import multiprocessing, sys, time
+from benchmark import cli, process_exit
+
+def lab_run():
+    """A plug-in that left a child process running and its log file open, written, never closed."""
+    global log
+    log = open(sys.argv[1], "w")
+    log.write("step 1 done\\n")
+    multiprocessing.get_context("spawn").Process(target=time.sleep, args=(3600,), name="lab-prefetcher").start()
+    print("results")
+    return 0
+
+cli.main = lab_run
+process_exit.LEFT_RUNNING_GRACE_S = 0.5
+cli.console_main()
+'''
+
+
+def test_a_command_that_left_only_a_process_running_exits_normally_keeping_what_was_written(tmp_path):
+    """Only a thread needs the exit past the interpreter (``os._exit``): with a child left running,
+    ended, the command exits as any other, so what a plug-in wrote to a file it never closed is flushed."""
+    done = subprocess.run([sys.executable, "-c", LEFT_A_PROCESS_AND_AN_OPEN_FILE, str(tmp_path / "lab.log")], cwd=tmp_path,
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (0, "results\n"), done.stderr[-3000:]
+    assert "process lab-prefetcher" in done.stderr
+    assert (tmp_path / "lab.log").read_text() == "step 1 done\n"
+
+
+def test_a_dataset_whose_shards_hold_no_sample_is_said_so_without_a_check_that_cannot_run(debug_dataset, tmp_path):
+    """Shards emptied (a copy cut at its first member): verify says there are no samples, and the
+    release check, with no sample's release to compare, adds no "cannot be checked" line."""
+    out = tmp_path / "icd-debug"
+    shutil.copytree(debug_dataset, out)
+    for shard in out.glob("*/*/*.tar"):
+        write_tar(shard, [])
+    problems = verify_dataset(out).problems
+    assert any(": no samples: every source item was skipped" in p for p in problems), problems
+    assert not any("cannot be checked" in p for p in problems), problems
