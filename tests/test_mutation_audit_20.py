@@ -9,15 +9,19 @@ then is ignored; run.json's session numbers count every step this session traine
 """
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
 
+from benchmark.results_page import write_results_page
 from benchmark.training.checkpoints import Session, TrainState, write_finished_run
 from builders.verify import verify_dataset
+from tests.test_results_page import fake_run
 from tests.test_stop_signals import ENV, _as_from_a_terminal
 from tests.test_verify import write_tar
 
@@ -133,3 +137,23 @@ def test_a_dataset_whose_shards_hold_no_sample_is_said_so_without_a_check_that_c
     problems = verify_dataset(out).problems
     assert any(": no samples: every source item was skipped" in p for p in problems), problems
     assert not any("cannot be checked" in p for p in problems), problems
+
+
+def test_the_page_shows_the_grid_pngs_only_not_other_files_beside_them(tmp_path):
+    """A note or a log a person left in a run's grids folder is not a sample grid: the page neither
+    inlines it nor lists it as an image it could not show."""
+    run = fake_run(tmp_path / "run")
+    (run / "grids" / "icd-mixed" / "notes.txt").write_text("drawn on the lab's second GPU\n")
+    (run / "grids" / "icd-mixed" / "sd.png.sha256").write_text("0" * 64 + "\n")
+    page = write_results_page(json.loads((run / "results.json").read_text()), run).read_text()
+    assert re.findall(r"<figcaption>(icd-[^<]*)</figcaption>", page) == ["icd-mixed / ge-full", "icd-mixed / sd"]
+    assert "Not shown" not in page and "notes.txt" not in page
+
+
+def test_the_pages_configuration_block_holds_the_seeds_the_run_drew_with(tmp_path):
+    """Same seed, same bytes: the page mailed on its own says which seeds (and evaluation prompts) made it."""
+    run = fake_run(tmp_path / "run")
+    page = write_results_page(json.loads((run / "results.json").read_text()), run).read_text()
+    block = html.unescape(re.search(r"<pre>(.*?)</pre>", page, re.S).group(1))
+    assert sorted(json.loads(block)) == ["config", "detector", "environment", "seeds"]
+    assert json.loads(block)["seeds"] == {"evaluation_prompts": "icd-tiny-eval"}
