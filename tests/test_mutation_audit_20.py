@@ -10,10 +10,12 @@ then is ignored; run.json's session numbers count every step this session traine
 from __future__ import annotations
 
 import html
+import io
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -157,3 +159,20 @@ def test_the_pages_configuration_block_holds_the_seeds_the_run_drew_with(tmp_pat
     block = html.unescape(re.search(r"<pre>(.*?)</pre>", page, re.S).group(1))
     assert sorted(json.loads(block)) == ["config", "detector", "environment", "seeds"]
     assert json.loads(block)["seeds"] == {"evaluation_prompts": "icd-tiny-eval"}
+
+
+def test_stdout_a_socket_whose_reader_is_gone_is_found_closed_and_pointed_away(monkeypatch):
+    """A socket (an ``ssh`` channel, a service's log socket) whose peer has gone polls as writable, no
+    error: the failing flush says it, so the command stops quietly, its later writes going nowhere."""
+    from benchmark.process_exit import stdout_closed
+
+    ours, peer = socket.socketpair()
+    peer.close()
+    stdout = io.TextIOWrapper(io.FileIO(os.dup(ours.fileno()), "w"), write_through=False)
+    stdout.write("| method | ICR |\n")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    try:
+        assert stdout_closed()
+        assert os.path.samestat(os.fstat(stdout.fileno()), os.stat(os.devnull))
+    finally:
+        ours.close()
