@@ -20,9 +20,14 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
+import torch
+from accelerate import Accelerator
+
 from benchmark.results_page import write_results_page
-from benchmark.training.checkpoints import Session, TrainState, write_finished_run
-from builders.verify import verify_dataset
+from benchmark.training.checkpoints import (Resumable, Session, TrainState, check_optimizer_state, latest_checkpoint, save_checkpoint,
+                                           write_finished_run)
+from builders.verify import VerifyReport, _check_releases, _Problems, verify_dataset
 from tests.test_results_page import fake_run
 from tests.test_stop_signals import ENV, _as_from_a_terminal
 from tests.test_verify import write_tar
@@ -176,3 +181,42 @@ def test_stdout_a_socket_whose_reader_is_gone_is_found_closed_and_pointed_away(m
         assert os.path.samestat(os.fstat(stdout.fileno()), os.stat(os.devnull))
     finally:
         ours.close()
+
+
+def _tiny_parts(seed: int = 0) -> Resumable:
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    return Resumable(TrainState(seed), {"unet": model}, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
+
+
+def test_a_fine_tune_keeps_its_newest_checkpoints_as_many_as_asked(tmp_path):
+    """checkpoints_kept = 2: the two newest are kept (the resume starts from the last), the older dropped
+    for their disk space."""
+    parts = _tiny_parts()
+    for step in (1, 2, 3, 4):
+        parts.state.step = step
+        save_checkpoint(Accelerator(cpu=True), tmp_path, parts, kept=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000003", "step-0000004"]
+    assert latest_checkpoint(tmp_path).name == "step-0000004"
+
+
+def test_an_optimizer_state_for_a_parameter_one_past_the_last_is_refused_naming_the_file(tmp_path):
+    """A checkpoint's optimizer state indexes a parameter this run does not have (another model's, one
+    more trained part): refused naming the file, not an IndexError from the check itself."""
+    parts = _tiny_parts()
+    where = tmp_path / "optimizer.safetensors"
+    state = {"state": {2: {"step": torch.tensor(1.0), "exp_avg": torch.zeros(2)}}, "param_groups": []}
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(where))}: state\[2\] is not that of one of this run's 2 trained parameters$"):
+        check_optimizer_state(state, parts.optimizer, where)
+
+
+@pytest.mark.parametrize("environment", ["python 3.11", ["torch"], {"packages": "torch 2.1"}])
+def test_a_build_record_whose_environment_is_not_a_table_has_its_samples_compared_among_themselves(environment):
+    """A recipe.json edited by hand (its environment a string or a list): the release check still runs,
+    against the first sample's release, and names the other release's sample, not "cannot be checked"."""
+    report = VerifyReport()
+    problems = _Problems(report)
+    _check_releases({"environment": environment}, {("1.0.0", 3): "a.tar:k0", ("0.9.0", 3): "b.tar:k5"}, problems)
+    assert report.problems == ["b.tar:k5: KEY.json written by implicit-concept 0.9.0 (schema 3), a.tar:k0 by 1.0.0: samples of two "
+                               "releases in one dataset; rebuild it into another folder"]
