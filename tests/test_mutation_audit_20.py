@@ -25,12 +25,12 @@ import torch
 from accelerate import Accelerator
 
 from benchmark.results_page import write_results_page
-from benchmark.training.checkpoints import (Resumable, Session, TrainState, check_optimizer_state, latest_checkpoint, save_checkpoint,
-                                           write_finished_run)
+from benchmark.training.checkpoints import (Resumable, Session, TrainState, check_optimizer_state, latest_checkpoint,
+                                           save_checkpoint, start_or_resume, write_finished_run)
 from builders.verify import VerifyReport, _check_releases, _Problems, verify_dataset
 from tests.test_results_page import fake_run
 from tests.test_stop_signals import ENV, _as_from_a_terminal
-from tests.test_verify import write_tar
+from tests.test_verify import edit_json, write_tar
 
 
 CTRL_C_WHILE_STARTING = """
@@ -220,3 +220,26 @@ def test_a_build_record_whose_environment_is_not_a_table_has_its_samples_compare
     _check_releases({"environment": environment}, {("1.0.0", 3): "a.tar:k0", ("0.9.0", 3): "b.tar:k5"}, problems)
     assert report.problems == ["b.tar:k5: KEY.json written by implicit-concept 0.9.0 (schema 3), a.tar:k0 by 1.0.0: samples of two "
                                "releases in one dataset; rebuild it into another folder"]
+
+
+def test_a_run_whose_record_says_finished_but_whose_pipeline_is_gone_is_resumed_not_taken_as_done(tmp_path):
+    """run.json says finished, but the trained pipeline was removed (or a copy left it out): the run is
+    resumed, so the benchmark gets a pipeline, not a finished run with nothing to sample."""
+    record = {"config": {"steps": 2}, "base": "b" * 64}
+    assert start_or_resume(tmp_path, record) == "new"
+    (tmp_path / "run.json").write_text(json.dumps({**record, "finished": True}))
+    assert start_or_resume(tmp_path, record) == "resume"
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "model_index.json").write_text("{}")
+    assert start_or_resume(tmp_path, record) == "finished"
+
+
+def test_a_sample_whose_key_json_names_another_key_is_named(debug_dataset, tmp_path):
+    """A KEY.json copied in from the next sample (its own record in the writer's canonical form): the
+    record is another sample's, said as such, not taken as this member's."""
+    out = tmp_path / "icd-debug"
+    shutil.copytree(debug_dataset, out)
+    shard = out / "icd-qrcode" / "train" / "00000.tar"
+    edit_json(shard, lambda record: record.update(key=record["key"] + "x"))
+    problems = verify_dataset(out).problems
+    assert any(re.fullmatch(rf"{re.escape(str(shard))}:(\S+): json key '\1x' differs from member name", p) for p in problems), problems
