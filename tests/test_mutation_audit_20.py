@@ -243,3 +243,28 @@ def test_a_sample_whose_key_json_names_another_key_is_named(debug_dataset, tmp_p
     edit_json(shard, lambda record: record.update(key=record["key"] + "x"))
     problems = verify_dataset(out).problems
     assert any(re.fullmatch(rf"{re.escape(str(shard))}:(\S+): json key '\1x' differs from member name", p) for p in problems), problems
+
+
+FORKED_IN_AN_INTERRUPTS_BLOCK = """
+import os, signal, sys, time
+from implicit_concept.worker_processes import interrupts
+
+with interrupts():
+    pid = os.fork()  # a pool's worker before its start_worker runs: the command's handler inherited
+    if pid == 0:
+        os.kill(os.getpid(), signal.Signals[sys.argv[1]])
+        time.sleep(0.5)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize("signame, status", [("SIGTERM", -15), ("SIGINT", 0), ("SIGHUP", 0)])
+def test_a_process_forked_in_the_commands_stop_handling_ends_on_sigterm_and_ignores_ctrl_c(tmp_path, signame, status):
+    """A worker forked while the command takes stops, not yet at start_worker, does what start_worker will
+    have it do: SIGTERM (its pool ending it) ends it as the default would; Ctrl-C and a hangup, which
+    the parent handles for the group, are ignored."""
+    proc = subprocess.run([sys.executable, "-c", FORKED_IN_AN_INTERRUPTS_BLOCK, signame], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.stdout, proc.stderr) == (f"{status}\n", ""), proc.stderr[-3000:]
