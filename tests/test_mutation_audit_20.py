@@ -268,3 +268,24 @@ def test_a_process_forked_in_the_commands_stop_handling_ends_on_sigterm_and_igno
     proc = subprocess.run([sys.executable, "-c", FORKED_IN_AN_INTERRUPTS_BLOCK, signame], cwd=tmp_path, env=ENV,
                           capture_output=True, text=True, timeout=120)
     assert (proc.stdout, proc.stderr) == (f"{status}\n", ""), proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("field", ["base", "data"])
+def test_a_run_folder_of_another_base_or_data_with_the_same_config_is_refused(tmp_path, field):
+    """Same training config, another base model or dataset: its checkpoints are another run's, so the
+    folder is refused naming what differs, not resumed into weights of neither."""
+    record = {"config": {"steps": 2}, "base": "b" * 64, "data": "d" * 64}
+    start_or_resume(tmp_path, record)
+    with pytest.raises(ValueError, match=rf"holds a run with another config, base or data \(run.json differs in .*{field}"):
+        start_or_resume(tmp_path, {**record, field: "0" * 64})
+
+
+def test_a_sample_in_the_shard_of_another_split_is_named(debug_dataset, tmp_path):
+    """A test sample's record in a train shard: its split is said, so a test image is not trained on unsaid."""
+    out = tmp_path / "icd-debug"
+    shutil.copytree(debug_dataset, out)
+    shard = out / "icd-qrcode" / "train" / "00000.tar"
+    edit_json(shard, lambda record: record.update(split="test"))
+    problems = verify_dataset(out).problems
+    assert any(p.startswith(f"{shard}:") and p.endswith("json says subset 'icd-qrcode', split 'test'; the shard is in icd-qrcode/train")
+               for p in problems), problems
