@@ -5,7 +5,14 @@ and builders/verify.py's per-sample and release checks.
 
 Each case is behaviour a user relies on that no earlier test pinned: a Ctrl-C while the command
 starts runs no exit handler of a half-made import, exits 130 even with stderr gone, and a second one
-then is ignored; run.json's session numbers count every step this session trained.
+then is ignored; run.json's session numbers count every step this session trained; a command that
+left only a child running exits normally, keeping what a plug-in wrote to a file it never closed;
+stdout a socket whose peer is gone is found closed; a process forked inside the command's stop
+handling ends on SIGTERM and ignores Ctrl-C and a hangup; the results page shows the grid PNGs only
+and the seeds; the newest checkpoints_kept checkpoints are kept; an optimizer state past the last
+parameter, a run folder of another base or data, a finished record without its pipeline are each
+caught; verify names a KEY.json of another key or split, compares releases with a record whose
+environment is no table, and adds no "cannot be checked" line for shards with no sample.
 """
 from __future__ import annotations
 
