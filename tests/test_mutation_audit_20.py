@@ -11,7 +11,8 @@ stdout a socket whose peer is gone is found closed; a process forked inside the 
 handling ends on SIGTERM and ignores Ctrl-C and a hangup; the results page shows the grid PNGs only
 and the seeds; the newest checkpoints_kept checkpoints are kept; an optimizer state past the last
 parameter, a run folder of another base or data, a finished record without its pipeline are each
-caught; verify names a KEY.json of another key or split, compares releases with a record whose
+caught; an earlier image of another height is drawn anew; verify names a KEY.json of another
+key, split or seed index, compares releases with a record whose
 environment is no table, and adds no "cannot be checked" line for shards with no sample.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate import Accelerator
+from PIL import Image
 
 from benchmark.results_page import write_results_page
 from benchmark.training.checkpoints import (Resumable, Session, TrainState, check_optimizer_state, latest_checkpoint,
@@ -296,3 +298,22 @@ def test_a_sample_in_the_shard_of_another_split_is_named(debug_dataset, tmp_path
     problems = verify_dataset(out).problems
     assert any(p.startswith(f"{shard}:") and p.endswith("json says subset 'icd-qrcode', split 'test'; the shard is in icd-qrcode/train")
                for p in problems), problems
+
+
+def test_an_earlier_image_replaced_by_one_of_another_height_is_drawn_anew(tmp_path):
+    """An image of the asked width but another height where a drawn one was is not the model's: not kept."""
+    from benchmark.generation import _kept
+
+    Image.new("RGB", (64, 32)).save(tmp_path / "0.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "1.png")
+    assert (_kept(tmp_path / "0.png", 64), _kept(tmp_path / "1.png", 64)) == (False, True)
+
+
+def test_a_sample_whose_seed_names_another_index_is_named(debug_dataset, tmp_path):
+    """A KEY.json whose seed is the next sample's (its index off by one) does not draw this sample again: said."""
+    out = tmp_path / "icd-debug"
+    shutil.copytree(debug_dataset, out)
+    shard = out / "icd-qrcode" / "train" / "00000.tar"
+    edit_json(shard, lambda record: record["seed"].__setitem__(-1, record["seed"][-1] + 1))
+    problems = verify_dataset(out).problems
+    assert any(p.startswith(f"{shard}:") and "json seed [" in p and "is not the sample's" in p for p in problems), problems
