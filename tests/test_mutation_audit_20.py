@@ -12,8 +12,8 @@ handling ends on SIGTERM and ignores Ctrl-C and a hangup; the results page shows
 and the seeds; the newest checkpoints_kept checkpoints are kept; an optimizer state past the last
 parameter, a run folder of another base or data, a finished record without its pipeline are each
 caught; an earlier image of another height is drawn anew; verify names a KEY.json of another
-key, split or seed index, compares releases with a record whose
-environment is no table, and adds no "cannot be checked" line for shards with no sample.
+key, split or seed index, compares releases with a record whose environment is no table, and adds
+no "cannot be checked" line for shards with no sample.
 """
 from __future__ import annotations
 
