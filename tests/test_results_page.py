@@ -567,6 +567,9 @@ def test_a_summary_json_of_another_shape_or_a_folder_with_neither_file_is_refuse
         ("track", 5, r"track: a int, not a string"),
         ("detector", {"thresholds": {"qrcode": "x"}}, r"detector.thresholds.qrcode: a str \('x'\), not a number"),
         ("rows", [{"concept": 3}], r"rows\[0\]: not an object with a concept"),
+        ("overrides", ["steps"], r"overrides: not an object"),
+        ("inputs", "prompts.txt", r"inputs: not an object"),
+        ("prompts", 200, r"prompts: not an object"),
     ):  # every field is checked as a results.json's is
         folder = fake_summary(tmp_path / field)
         summary = json.loads((folder / "summary.json").read_text())
