@@ -233,8 +233,9 @@ def workers_starting() -> Iterator[None]:
 def stopping_workers(pool: ProcessPoolExecutor) -> Iterator[ProcessPoolExecutor]:
     """``with stopping_workers(ProcessPoolExecutor(...)) as pool:``: on a normal end, or an error a
     task raised, the tasks running finish, then the workers have :data:`WORKER_GRACE_S` to end
-    (:func:`shut_down`), a worker that died is :class:`WorkerLost`; on an interrupt (Ctrl-C, SIGTERM as :class:`Interrupted`), or one while
-    waiting for those tasks, its workers are terminated at once (:func:`terminate`)."""
+    (:func:`shut_down`), and a worker that died is :class:`WorkerLost`; on an interrupt (Ctrl-C,
+    SIGTERM as :class:`Interrupted`), or one while waiting for those tasks, its workers are
+    terminated at once (:func:`terminate`)."""
     try:
         yield pool
     except BaseException as e:
