@@ -21,6 +21,14 @@ def running_children(pid: int) -> list[int]:
     return _alive(_PARENT, pid)
 
 
+def parent_of(pid: int) -> int | None:
+    """``pid``'s parent, or None once it has ended."""
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[_PARENT])
+    except OSError:
+        return None
+
+
 def left_in_group(pgid: int, seconds: float) -> list[int]:
     """The processes of group ``pgid`` still running once it empties or ``seconds`` pass (killed then,
     so a failing test leaves none behind)."""

@@ -518,6 +518,47 @@ def test_a_pipe_command_ends_when_the_process_reading_it_is_killed_outright(comm
     assert left_in_group(group, 15) == []
 
 
+A_WORKER_OPENS_A_STREAM = """
+import os, sys, time
+from implicit_concept.streams import open_stream
+from implicit_concept.worker_processes import start_worker
+
+start_worker()
+stream = open_stream(sys.argv[1])
+os.write(1, (str(stream.proc.pid) + "\\n").encode())
+time.sleep(600)
+"""
+
+
+def test_a_build_worker_stopped_by_sigterm_ends_what_its_pipe_command_left_outside_its_tree():
+    """A ``pipe:`` command whose shell starts something that leaves its tree (a daemon, a double fork:
+    re-parented, still in the command's group). The worker's SIGTERM kills the processes below it,
+    the command's guard among them, so only the worker ending the command's whole group ends that
+    one: with the group left alone it lived on for its 600 s."""
+    from tests.process_table import alive_in_group, left_in_group, parent_of
+
+    proc = subprocess.Popen([sys.executable, "-c", A_WORKER_OPENS_A_STREAM, "pipe:(sleep 600 &); sleep 600"], stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+
+    def outside_the_tree() -> list[int]:  # the group's processes whose parent is neither the worker nor one of them
+        members = alive_in_group(group)
+        return [p for p in members if parent_of(p) not in {proc.pid, *members}]
+
+    try:
+        group = int(proc.stdout.readline())
+        deadline = time.monotonic() + 30
+        while not outside_the_tree() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert outside_the_tree()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert left_in_group(group, 15) == []
+
+
 def test_a_pipe_commands_leftovers_end_with_its_stream_and_its_status_is_kept(tmp_path):
     """A command that exits leaving a process of its own running in its group: closing the stream
     ends that process too (the guard's pipe closed), and the command's own status still decides."""
