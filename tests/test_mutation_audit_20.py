@@ -34,7 +34,7 @@ from accelerate import Accelerator
 from PIL import Image
 
 from benchmark.results_page import write_results_page
-from benchmark.training.checkpoints import (Resumable, Session, TrainState, check_optimizer_state, latest_checkpoint,
+from benchmark.training.checkpoints import (Resumable, Session, TrainState, check_optimizer_state, latest_checkpoint, read_checkpoint,
                                            save_checkpoint, start_or_resume, write_finished_run)
 from builders.verify import VerifyReport, _check_releases, _Problems, verify_dataset
 from tests.test_results_page import fake_run
@@ -317,3 +317,35 @@ def test_a_sample_whose_seed_names_another_index_is_named(debug_dataset, tmp_pat
     edit_json(shard, lambda record: record["seed"].__setitem__(-1, record["seed"][-1] + 1))
     problems = verify_dataset(out).problems
     assert any(p.startswith(f"{shard}:") and "json seed [" in p and "is not the sample's" in p for p in problems), problems
+
+
+def test_a_checkpoint_without_this_process_rng_states_resumes_with_the_seeded_ones(tmp_path, caplog):
+    """A checkpoint written by fewer processes than resume it holds no RNG states for the extra ones:
+    each keeps its seeded generators and says so, where a missing file would stop the resume. One
+    that has them gets the checkpoint's back."""
+    import random
+
+    import numpy as np
+
+    before = random.getstate(), np.random.get_state(), torch.get_rng_state()  # the resume sets them: put back after
+    try:
+        parts = _tiny_parts()
+        parts.state.step = 1
+        random.seed(5)
+        saved = random.getstate()
+        folder = save_checkpoint(Accelerator(cpu=True), tmp_path, parts, kept=2)
+        random.seed(6)
+        read_checkpoint(Accelerator(cpu=True), folder, _tiny_parts())
+        assert random.getstate() == saved
+        for path in folder.glob("rng_0.*"):
+            path.unlink()
+        random.seed(6)
+        seeded = random.getstate()
+        with caplog.at_level("WARNING", logger="benchmark.training.checkpoints"):
+            read_checkpoint(Accelerator(cpu=True), folder, _tiny_parts())
+        assert random.getstate() == seeded
+    finally:
+        random.setstate(before[0])
+        np.random.set_state(before[1])
+        torch.set_rng_state(before[2])
+    assert f"{folder}: no RNG states for process 0 (written by fewer processes); kept the seeded ones" in caplog.messages
