@@ -542,7 +542,7 @@ def test_a_build_worker_stopped_by_sigterm_ends_what_its_pipe_command_left_outsi
 
     def outside_the_tree() -> list[int]:  # the group's processes whose parent is neither the worker nor one of them
         members = alive_in_group(group)
-        return [p for p in members if parent_of(p) not in {proc.pid, *members}]
+        return [p for p in members if parent_of(p) not in {None, proc.pid, *members}]  # None: it has just ended
 
     try:
         group = int(proc.stdout.readline())
