@@ -23,10 +23,8 @@ def running_children(pid: int) -> list[int]:
 
 def parent_of(pid: int) -> int | None:
     """``pid``'s parent, or None once it has ended."""
-    try:
-        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[_PARENT])
-    except OSError:
-        return None
+    fields = _stat(pid)
+    return int(fields[_PARENT]) if fields else None
 
 
 def left_in_group(pgid: int, seconds: float) -> list[int]:
@@ -54,11 +52,15 @@ def _alive(field: int, value: int) -> list[int]:
     """The pids whose ``field`` is ``value``, zombies (ended, not yet reaped) left out."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[field]) == value and fields[0] != "Z":
-                found.append(int(entry.name))
+        fields = _stat(int(entry.name)) if entry.name.isdigit() else None
+        if fields and int(fields[field]) == value and fields[0] != "Z":
+            found.append(int(entry.name))
     return found
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command's name (its state first), or None once it has ended."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None

@@ -21,6 +21,7 @@ from builders.distributor import _init_pool_worker
 from implicit_concept.worker_processes import WorkerLost, end_pool, pool_results, stopping_workers
 from manifests import RECIPES_DIR
 from tests.process_table import left_in_session, running_children
+from tests.test_kill_fuzz import STOPS, _ended, _files
 from tests.test_stop_signals import ENV, REPO
 
 #: The source shard whose group the worker that builds it dies on (icd-debug has three groups).
@@ -107,10 +108,8 @@ def test_an_executor_whose_worker_died_with_its_task_raises_worker_lost_in_one_l
 # The fuzz of what round 1 left alone, each stop at a seeded moment of its stage, then the same
 # command to its end: the files of a run that never stopped. Pipelines: slow.
 
-def _stops() -> dict:
-    from tests.test_kill_fuzz import STOPS
-
-    return {**STOPS, "SIGKILL to one worker": lambda pid: os.kill(_workers_of(pid)[0], signal.SIGKILL)}
+#: Round 1's stops, and one pool worker killed on its own.
+ALL_STOPS = {**STOPS, "SIGKILL to one worker": lambda pid: os.kill(_workers_of(pid)[0], signal.SIGKILL)}
 
 
 def _workers_of(pid: int) -> list[int]:
@@ -135,9 +134,8 @@ def _stopped(command: list[str], log: Path, ready, stop: str, seed: str) -> int:
         time.sleep(0.01)
     time.sleep(random.Random(seed).uniform(0, 0.5))
     if proc.poll() is None:
-        _stops()[stop](proc.pid)
-    rc = proc.wait(timeout=600)
-    assert left_in_session(proc.pid, 30) == [], f"{stop}: processes of the stopped command outlived it (exit {rc})"
+        ALL_STOPS[stop](proc.pid)
+    rc = _ended(proc)
     assert rc in (0, 2, 128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGKILL), f"{stop}: exit {rc}: {log.read_bytes()[-3000:]!r}"
     return rc
 
@@ -160,19 +158,12 @@ def test_a_two_worker_build_stopped_while_it_writes_resumes_to_the_reference_byt
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
 
-def _debug_data(root: Path) -> Path:
-    _run([sys.executable, "-m", "benchmark.cli", "build", "icd-debug", "--workers", "1", "--quiet", "--out", str(root / "icd-debug")], root / "log")
-    return root / "icd-debug"
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", ["SIGKILL to the group", "SIGTERM"])
-def test_detector_training_stopped_mid_epochs_trains_again_to_the_same_files(tmp_path, stop):
+def test_detector_training_stopped_mid_epochs_trains_again_to_the_same_files(debug_dataset, tmp_path, stop):
     """Detector training has no checkpoint: the rerun trains from epoch 1, to the same weights,
-    records and plots, trusting nothing the stopped one left."""
-    from tests.test_kill_fuzz import _files
-
-    data = _debug_data(tmp_path)
+    records and plots, trusting nothing the stopped one left (the session's icd-debug, which it only reads)."""
+    data = debug_dataset
     work = tmp_path / "work"
     command = [sys.executable, "-m", "benchmark.cli", "detector", "train", str(data / "icd-mixed"), "--out", str(work / "out"),
                "--scale", "debug", "--cache", str(work / "cache")]
@@ -191,8 +182,6 @@ PRETRAIN = "import sys; from benchmark.track import load_track; from benchmark.m
 def test_base_training_killed_past_its_first_checkpoint_resumes_to_the_same_weights(tmp_path):
     """The debug track's base (not published: the benchmark trains it) killed once its step-5
     checkpoint is written resumes from it to the uninterrupted training's files."""
-    from tests.test_kill_fuzz import _files
-
     command = [sys.executable, "-c", PRETRAIN, str(tmp_path / "bases")]
     _run(command, tmp_path / "log")
     (tmp_path / "bases").rename(tmp_path / "uninterrupted")

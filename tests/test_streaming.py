@@ -493,7 +493,10 @@ def test_a_stopped_build_stops_its_pipe_commands_and_its_rerun_gives_the_same_by
 OPENS_A_STREAM = """
 import os, sys, time
 from implicit_concept.streams import open_stream
+from implicit_concept.worker_processes import start_worker
 
+if sys.argv[2:] == ["worker"]:
+    start_worker()
 stream = open_stream(sys.argv[1])
 os.write(1, (str(stream.proc.pid) + "\\n").encode())
 time.sleep(600)
@@ -518,18 +521,6 @@ def test_a_pipe_command_ends_when_the_process_reading_it_is_killed_outright(comm
     assert left_in_group(group, 15) == []
 
 
-A_WORKER_OPENS_A_STREAM = """
-import os, sys, time
-from implicit_concept.streams import open_stream
-from implicit_concept.worker_processes import start_worker
-
-start_worker()
-stream = open_stream(sys.argv[1])
-os.write(1, (str(stream.proc.pid) + "\\n").encode())
-time.sleep(600)
-"""
-
-
 def test_a_build_worker_stopped_by_sigterm_ends_what_its_pipe_command_left_outside_its_tree():
     """A ``pipe:`` command whose shell starts something that leaves its tree (a daemon, a double fork:
     re-parented, still in the command's group). The worker's SIGTERM kills the processes below it,
@@ -537,7 +528,7 @@ def test_a_build_worker_stopped_by_sigterm_ends_what_its_pipe_command_left_outsi
     one: with the group left alone it lived on for its 600 s."""
     from tests.process_table import alive_in_group, left_in_group, parent_of
 
-    proc = subprocess.Popen([sys.executable, "-c", A_WORKER_OPENS_A_STREAM, "pipe:(sleep 600 &); sleep 600"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", OPENS_A_STREAM, "pipe:(sleep 600 &); sleep 600", "worker"], stdout=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
 
     def outside_the_tree() -> list[int]:  # the group's processes whose parent is neither the worker nor one of them
