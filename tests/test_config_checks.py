@@ -169,30 +169,73 @@ def _hostile_config(tmp_path: Path, kind: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind,fragment", [
+HOSTILE = [
     ("fifo", "a FIFO (named pipe), where a file was expected"),
     ("device", "a character device, where a file was expected"),
     ("oversized", f"over {1 << 20} bytes"),
     ("digits", "not valid TOML: Exceeds the limit (4300 digits)"),
-])
-@pytest.mark.parametrize("command", ["recipe-name", "benchmark --track"])
-def test_a_config_file_that_blocks_never_ends_or_bombs_is_one_line_naming_it(tmp_path, kind, fragment, command):
+]
+COMMANDS = ["recipe-name", "benchmark --track"]
+
+#: One child imports the command once, then forks a process per case, in the case's folder, given 2 GB
+#: of address space past those imports and HUNG_S to end: a child per case spent most of its time importing.
+#: The imports' objects are frozen out of the collector, whose pass at each exit copied all their pages.
+_FORKED_PER_CASE = """
+import gc, json, os, re, resource, signal, sys, time
+import benchmark.benchmark_run
+from benchmark.cli import main
+HUNG_S = 120.0
+gc.freeze()
+for folder, argv in json.loads(sys.argv[1]):
+    pid = os.fork()
+    if pid == 0:
+        os.chdir(folder)
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            os.dup2(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        size = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read())[1]) * 1024 + (2 << 30)
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+        sys.exit(main(argv))
+    deadline = time.monotonic() + HUNG_S
+    while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    hung = ended[0] == 0
+    if hung:
+        os.kill(pid, signal.SIGKILL)
+        ended = os.waitpid(pid, 0)
+    print(json.dumps([folder, hung, os.waitstatus_to_exitcode(ended[1])]), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def hostile_configs_run(tmp_path_factory):
+    """Each ``HOSTILE`` config under each of ``COMMANDS``, in a folder of its own:
+    ``{(kind, command): (folder, path, hung, exit code, stderr)}`` (read-only)."""
+    cases = {}
+    for kind, _ in HOSTILE:
+        for command in COMMANDS:
+            folder = tmp_path_factory.mktemp(f"{kind}-{command.split()[0]}")
+            path = _hostile_config(folder, kind)
+            argv = [*command.split(), str(path)] + (["--runs", str(folder / "runs")] if command != "recipe-name" else [])
+            cases[kind, command] = (folder, path, argv)
+    done = subprocess.run([sys.executable, "-c", _FORKED_PER_CASE, json.dumps([[str(f), argv] for f, _, argv in cases.values()])],
+                          capture_output=True, text=True, timeout=120 * (len(cases) + 1),
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OPENBLAS_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    ended = {folder: (hung, code) for folder, hung, code in map(json.loads, done.stdout.splitlines())}
+    return {key: (folder, path, *ended[str(folder)], (folder / "stderr").read_text()) for key, (folder, path, _) in cases.items()}
+
+
+@pytest.mark.parametrize("kind,fragment", HOSTILE)
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_config_file_that_blocks_never_ends_or_bombs_is_one_line_naming_it(hostile_configs_run, kind, fragment, command):
     """A FIFO named as the recipe hung the command (reading waits for a writer), /dev/zero took all
     the memory (MemoryError traceback), a 5000-digit integer raised Python's limit without the file.
-    Run in a child given 2 GB of address space past its imports, so a hang or a bomb fails this test."""
-    path = _hostile_config(tmp_path, kind)
-    argv = [*command.split(), str(path)] + (["--runs", str(tmp_path / "runs")] if command != "recipe-name" else [])
-    code = ("import re, resource, sys\nimport benchmark.benchmark_run\nfrom benchmark.cli import main\n"
-            "size = int(re.search(r'VmSize:\\s+(\\d+) kB', open('/proc/self/status').read())[1]) * 1024 + (2 << 30)\n"
-            f"resource.setrlimit(resource.RLIMIT_AS, (size, size))\nsys.exit(main({argv!r}))")
-    try:
-        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OPENBLAS_NUM_THREADS": "1"})
-    except subprocess.TimeoutExpired:
-        pytest.fail("the command waited on the file")
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    assert done.stderr.count("\n") == 1 and f"{path}: {fragment}" in done.stderr, done.stderr
-    assert not (tmp_path / "runs").exists()
+    Run in a process given 2 GB of address space past its imports, so a hang or a bomb fails this test."""
+    folder, path, hung, code, err = hostile_configs_run[kind, command]
+    assert not hung, "the command waited on the file"
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert err.count("\n") == 1 and f"{path}: {fragment}" in err, err
+    assert not (folder / "runs").exists()
 
 
 def test_a_config_file_saved_with_a_byte_order_mark_reads_as_without(tmp_path):

@@ -98,17 +98,16 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
 
-def test_two_steps_change_weights_and_resume_to_the_same_weights(setup, tmp_path):
+def test_two_steps_change_weights_and_resume_to_the_same_weights(setup, uninterrupted, tmp_path):
     base, shards = setup
-    config = TrainingConfig(**FAST, geom=GeomErasingConfig(grid=2, concepts=("qrcode",)), ema_decay=0.9)
-    full = train(base, shards, tmp_path / "full", config, progress=False)
+    config, full = uninterrupted
     assert not _same(_unet_state(base), _unet_state(full))
-    run = json.loads((tmp_path / "full" / "run.json").read_text())
+    run = json.loads((full.parent / "run.json").read_text())
     assert run["finished"] and run["seed"] == 7 and run["environment"]["packages"]["torch"]
 
     resumed_dir = tmp_path / "resumed"
     (resumed_dir / CHECKPOINTS_DIR).mkdir(parents=True)
-    shutil.copytree(tmp_path / "full" / CHECKPOINTS_DIR / "step-0000001", resumed_dir / CHECKPOINTS_DIR / "step-0000001")
+    shutil.copytree(full.parent / CHECKPOINTS_DIR / "step-0000001", resumed_dir / CHECKPOINTS_DIR / "step-0000001")
     resumed = train(base, shards, resumed_dir, config, progress=False)
     assert _same(_unet_state(full), _unet_state(resumed))
     assert _same(_text_state(full), _text_state(resumed))
@@ -360,10 +359,24 @@ def test_same_seed_same_weights_and_a_changed_config_is_refused(setup, tmp_path)
         train(base, shards, tmp_path / "a", replace(config, learning_rate=1e-2), progress=False)
 
 
-def test_geom_erasing_trains_new_tokens_only_on_the_text_side(setup, tmp_path):
+@pytest.fixture(scope="module")
+def plain(setup, tmp_path_factory):
+    """A plain fine-tune (``FAST``, no method), for tests that only read it."""
+    base, shards = setup
+    return train(base, shards, tmp_path_factory.mktemp("plain") / "run", TrainingConfig(**FAST), progress=False)
+
+
+@pytest.fixture(scope="module")
+def concept_token(setup, tmp_path_factory):
+    """A ge-* fine-tune with the concept's own token and 2x2 location tokens, for tests that only read it."""
     base, shards = setup
     geom = GeomErasingConfig(grid=2, concepts=("qrcode",), concept_token=True)
-    out = train(base, shards, tmp_path / "ge", TrainingConfig(**FAST, geom=geom), progress=False)
+    return geom, train(base, shards, tmp_path_factory.mktemp("ge") / "run", TrainingConfig(**FAST, geom=geom), progress=False)
+
+
+def test_geom_erasing_trains_new_tokens_only_on_the_text_side(setup, concept_token):
+    base, _ = setup
+    _, out = concept_token
     old_rows, new_rows = _embeddings(base), _embeddings(out)
     new = CLIPTokenizer.from_pretrained(out / "tokenizer").convert_tokens_to_ids(["<qrcode>"] + location_tokens(2))
     assert new == list(range(len(old_rows), len(old_rows) + 5))
@@ -383,12 +396,11 @@ def test_model_removal_freezes_the_unet(setup, tmp_path):
     assert _embeddings(out)[: min(ids)].equal(_embeddings(base))
 
 
-def test_oracle_reads_clean_twins(setup, tmp_path):
+def test_oracle_reads_clean_twins(setup, plain, tmp_path):
     """The oracle trains the model a plain fine-tune on the clean twins trains, not the contaminated one."""
     base, shards = setup
     oracle = train(base, shards, tmp_path / "oracle", TrainingConfig(**FAST, image_field="clean"), progress=False)
     twins = train(base, _write_shards(tmp_path / "twins", twins=True), tmp_path / "twins-plain", TrainingConfig(**FAST), progress=False)
-    plain = train(base, shards, tmp_path / "plain", TrainingConfig(**FAST), progress=False)
     assert _same(_unet_state(oracle), _unet_state(twins))
     assert not _same(_unet_state(oracle), _unet_state(plain))
 
@@ -464,12 +476,11 @@ def test_a_training_example_carries_the_weight_map_only_when_reweighting(setup):
     assert plain.weights.equal(torch.ones(4, 4))
 
 
-def test_geom_erasing_moves_the_new_token_rows_from_their_seeded_start(setup, tmp_path):
+def test_geom_erasing_moves_the_new_token_rows_from_their_seeded_start(setup, concept_token):
     """A ge-* fine-tune trains the UNet and the new tokens' rows: the rows it saves are not the ones
     ``add_tokens`` starts them at, or the location tokens would be sampled untrained."""
-    base, shards = setup
-    geom = GeomErasingConfig(grid=2, concepts=("qrcode",), concept_token=True)
-    out = train(base, shards, tmp_path / "ge", TrainingConfig(**FAST, geom=geom), progress=False)
+    base, _ = setup
+    geom, out = concept_token
     start = load_pipeline(base)
     ids = add_tokens(start.tokenizer, start.text_encoder, geom.new_tokens(), seed=FAST["seed"])
     assert len(ids) == 5
@@ -641,12 +652,12 @@ def test_gradient_checkpointing_recomputes_the_forward_pass_and_trains_the_same_
     assert not _same(_unet_state(base), _unet_state(recomputed))
 
 
-def test_bf16_autocast_trains_near_fp32_and_one_process_can_switch_precision(setup, tmp_path):
-    """accelerate keeps one precision per process: fp32, then bf16, then fp32 again all train here, the
-    last exactly as the first. bf16 runs the model in bf16 (the weights differ from fp32's) but keeps
-    float32 master weights, which move the same way."""
+def test_bf16_autocast_trains_near_fp32_and_one_process_can_switch_precision(setup, plain, tmp_path):
+    """accelerate keeps one precision per process: fp32 (``plain``, trained before this test), then
+    bf16, then fp32 again all train here, the last exactly as the first. bf16 runs the model in bf16
+    (the weights differ from fp32's) but keeps float32 master weights, which move the same way."""
     base, shards = setup
-    fp32 = train(base, shards, tmp_path / "fp32", TrainingConfig(**FAST), progress=False)
+    fp32 = plain
     bf16 = train(base, shards, tmp_path / "bf16", TrainingConfig(**FAST, mixed_precision="bf16"), progress=False)
     fp32_again = train(base, shards, tmp_path / "fp32-again", TrainingConfig(**FAST), progress=False)
     assert _same(_unet_state(fp32), _unet_state(fp32_again))
