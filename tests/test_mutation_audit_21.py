@@ -1,0 +1,169 @@
+"""Mutation round 21: behaviours hand mutants of the worker's SIGTERM handler, builders/verify's key
+order, and modules no earlier round mutated (box error, degraded boxes, caption text, shard tables,
+content hashes) showed unguarded."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from PIL import Image
+
+from benchmark.evaluation.box_error import fixed_timesteps, region_errors
+from benchmark.models.clip_tokenizer import token_ids
+from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline
+from benchmark.training.data import _encode, diffusion_loss
+from builders import distributor
+from builders.distributor import run_units
+from builders.recipe import load_recipe
+from builders.shard_builder import WorkUnit
+from builders.verify import VerifyReport, _key_index, _Problems, _ShardContents
+from implicit_concept import worker_processes
+from implicit_concept.geom_erasing.loss_weights import region_mask
+from implicit_concept.geom_erasing.training_target import sample_rng
+from implicit_concept.sample import Box, Instance, Sample, SampleMeta
+
+
+def test_a_second_sigterm_while_a_worker_ends_its_groups_leaves_none_running():
+    """The group's SIGTERM and then the pool's own (``timeout``, a scheduler) reach a worker while its
+    handler ends the command groups it registered. Taken a second time inside itself, the handler
+    would list the groups again without the one the first had taken off the list but not yet killed,
+    and end the worker: that command (outside the worker's tree) lived on."""
+    commands = [subprocess.Popen(["sleep", "600"], start_new_session=True) for _ in range(2)]
+    try:
+        child = os.fork()
+        if child == 0:  # the worker: registers both groups, and a second SIGTERM comes at its first kill
+            try:
+                worker_processes._worker = os.getpid()
+                for command in commands:
+                    worker_processes.own_group(command.pid)
+                killpg, calls = os.killpg, []
+
+                def killpg_after_a_second_sigterm(pgid, signum):
+                    calls.append(pgid)
+                    if len(calls) == 1:
+                        signal.raise_signal(signal.SIGTERM)
+                    killpg(pgid, signum)
+
+                os.killpg = killpg_after_a_second_sigterm
+                signal.signal(signal.SIGTERM, worker_processes._terminated)
+                signal.raise_signal(signal.SIGTERM)
+            finally:
+                os._exit(3)
+        _, status = os.waitpid(child, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
+        for command in commands:
+            assert command.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        for command in commands:
+            if command.poll() is None:
+                command.kill()
+                command.wait()
+
+
+def test_verify_without_a_recipe_flags_one_sample_index_under_two_key_widths():
+    """With recipe.json unreadable verify reads each shard's keys in any width; ``000010001`` and
+    ``0000100001`` are both sample 1 of shard 1: the second repeats it."""
+    report = VerifyReport()
+    problems, contents = _Problems(report), _ShardContents()
+    for key in ("000010001", "0000100001"):
+        assert _key_index(Path("00001.tar"), key, WorkUnit("icd-text", "train", 1), None, contents, problems) == 1
+    assert report.problems == ["00001.tar:0000100001: key out of order or repeated"]
+
+
+MICRO = TinyPipelineConfig(
+    image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True),
+    attention_head_dim=8, text_hidden=16, text_layers=1, text_heads=2,
+)
+
+
+@pytest.fixture(scope="module")
+def micro_pipelines(tmp_path_factory):
+    root = tmp_path_factory.mktemp("box-error")
+    return [build_tiny_pipeline(MICRO, root / "tokenizer", seed=s) for s in (0, 1)]
+
+
+def _boxed_sample(i: int, boxes: list[Box]) -> Sample:
+    rng = np.random.default_rng(i)
+    image = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    meta = SampleMeta(key=f"{i:09d}", caption=f"a square number {i}", width=16, height=16, split="test", subset="icd-qrcode",
+                      source={}, instances=[Instance("qrcode", b) for b in boxes], seed=[i], recipe="test", recipe_sha256="", version="0")
+    return Sample(meta=meta, image=image)
+
+
+@torch.no_grad()
+def test_the_box_error_is_training_s_loss_on_the_box_s_cells_and_the_rest(micro_pipelines):
+    """Inside and outside are the diffusion loss training takes (pixels in [-1, 1], the VAE's scaled
+    latents, the clean caption, the scheduler's target, squared), over every draw at every fixed
+    timestep, with the noise of (seed, key), weighted to the cells the box covers and to the others."""
+    pipe, box = micro_pipelines[0], Box(0, 0, 8, 8)
+    sample = _boxed_sample(3, [box])
+    errors = region_errors(pipe, [sample], timesteps=2, draws=2, seed=5)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    t0, t1 = fixed_timesteps(2, scheduler.config.num_train_timesteps)
+    steps = torch.tensor([t0, t0, t1, t1])
+    pixels = torch.from_numpy(np.asarray(sample.image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+    latents = _encode(pipe.vae, pixels, pipe.vae.config.scaling_factor, pipe.unet.device).expand(4, -1, -1, -1)
+    noise = torch.from_numpy(sample_rng(5, sample.key).standard_normal(latents.shape, dtype=np.float32))
+    hidden = pipe.text_encoder(token_ids(pipe.tokenizer, [sample.caption]))[0].expand(4, -1, -1)
+    pred = pipe.unet(scheduler.add_noise(latents, noise, steps), steps, hidden).sample
+    grid = latents.shape[-1]
+    mask = region_mask([box], 16, 16, grid, grid)
+    assert 0 < int(mask.sum()) < mask.numel()
+    for cells, measured in ((mask, errors.inside[0]), (~mask, errors.outside[0])):
+        weights = (cells.float() / cells.float().mean()).expand(4, -1, -1)
+        assert measured == pytest.approx(float(diffusion_loss(scheduler, pred, latents, noise, steps, weights, None)), rel=1e-5)
+
+
+class _PoolStarted(Exception):
+    pass
+
+
+class _CountingBuilder:
+    def __init__(self) -> None:
+        self.built: list[tuple[tuple[str, int], ...]] = []
+
+    def build(self, units, out):
+        self.built.append(tuple((u.split, u.shard_id) for u in units))
+        return [{"successes": 1} for _ in units]
+
+
+@pytest.fixture
+def pools_started(monkeypatch):
+    """The local pools ``run_units`` asks for: (start method, processes, initargs); none is started."""
+    started = []
+    real = distributor.mp.get_context
+
+    class Context:
+        def __init__(self, method):
+            self.method = method
+            assert real(method) is not None
+
+        def Pool(self, processes, initializer, initargs):
+            started.append((self.method, processes, initargs))
+            raise _PoolStarted
+
+    monkeypatch.setattr(distributor.mp, "get_context", Context)
+    return started
+
+
+def test_one_worker_builds_in_the_command_s_process_and_a_pool_is_no_larger_than_the_source_shards(pools_started, tmp_path):
+    """``--workers 1`` builds every shard here with the builder given (no process started: a breakpoint
+    or a profiler in a builder works); more workers start a pool of at most one process per source
+    shard, each subset of a shard built together; torch loaded (it dislikes a fork) means spawned
+    workers, which make their own builder."""
+    recipe = load_recipe("icd-debug")
+    units = [WorkUnit(subset, "train", shard) for shard in (0, 1) for subset in ("icd-text", "icd-qrcode")]
+    builder = _CountingBuilder()
+    stats = run_units(recipe, units, tmp_path, workers=1, progress=False, builder=builder)
+    assert pools_started == [] and len(stats) == 4
+    assert builder.built == [(("train", 0), ("train", 0)), (("train", 1), ("train", 1))]
+    assert "torch" in sys.modules
+    for workers in (2, 8):
+        with pytest.raises(_PoolStarted):
+            run_units(recipe, units, tmp_path, workers=workers, progress=False, builder=builder)
+    assert pools_started == [("spawn", 2, (recipe, None))] * 2
