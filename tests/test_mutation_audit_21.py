@@ -1,10 +1,13 @@
 """Mutation round 21: behaviours hand mutants of the worker's SIGTERM handler, builders/verify's key
 order, and modules no earlier round mutated (box error, degraded boxes, caption text, shard tables,
 content hashes) showed unguarded."""
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ from implicit_concept import worker_processes
 from implicit_concept.geom_erasing.loss_weights import region_mask
 from implicit_concept.geom_erasing.training_target import sample_rng
 from implicit_concept.sample import Box, Instance, Sample, SampleMeta
+from implicit_concept.worker_processes import stopping_workers
 
 
 def test_a_second_sigterm_while_a_worker_ends_its_groups_leaves_none_running():
@@ -82,9 +86,11 @@ MICRO = TinyPipelineConfig(
 
 
 @pytest.fixture(scope="module")
-def micro_pipelines(tmp_path_factory):
-    root = tmp_path_factory.mktemp("box-error")
-    return [build_tiny_pipeline(MICRO, root / "tokenizer", seed=s) for s in (0, 1)]
+def micro_pipeline(tmp_path_factory):
+    """A micro pipeline whose latents are scaled (SD's VAE: 0.18215), as the tiny one's are not."""
+    pipe = build_tiny_pipeline(MICRO, tmp_path_factory.mktemp("box-error") / "tokenizer", seed=0)
+    pipe.vae.register_to_config(scaling_factor=0.5)
+    return pipe
 
 
 def _boxed_sample(i: int, boxes: list[Box]) -> Sample:
@@ -96,11 +102,11 @@ def _boxed_sample(i: int, boxes: list[Box]) -> Sample:
 
 
 @torch.no_grad()
-def test_the_box_error_is_training_s_loss_on_the_box_s_cells_and_the_rest(micro_pipelines):
+def test_the_box_error_is_training_s_loss_on_the_box_s_cells_and_the_rest(micro_pipeline):
     """Inside and outside are the diffusion loss training takes (pixels in [-1, 1], the VAE's scaled
     latents, the clean caption, the scheduler's target, squared), over every draw at every fixed
     timestep, with the noise of (seed, key), weighted to the cells the box covers and to the others."""
-    pipe, box = micro_pipelines[0], Box(0, 0, 8, 8)
+    pipe, box = micro_pipeline, Box(0, 0, 8, 8)
     sample = _boxed_sample(3, [box])
     errors = region_errors(pipe, [sample], timesteps=2, draws=2, seed=5)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -167,3 +173,17 @@ def test_one_worker_builds_in_the_command_s_process_and_a_pool_is_no_larger_than
         with pytest.raises(_PoolStarted):
             run_units(recipe, units, tmp_path, workers=workers, progress=False, builder=builder)
     assert pools_started == [("spawn", 2, (recipe, None))] * 2
+
+
+@pytest.mark.timeout(120)  # with the interrupt read as an error, the pool waited for the task's 600 s
+def test_a_ctrl_c_outside_the_command_s_handlers_terminates_the_running_task_s_worker():
+    """A lab's own script runs fine-tunes through ``stopping_workers`` under Python's default SIGINT
+    handler: its Ctrl-C is a plain KeyboardInterrupt, and the task running is stopped, not waited for."""
+    assert not worker_processes._interrupted
+    with pytest.raises(KeyboardInterrupt):
+        with stopping_workers(ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))) as pool:
+            future = pool.submit(time.sleep, 600)
+            workers = list(pool._processes.values())
+            raise KeyboardInterrupt
+    assert [w.exitcode for w in workers] == [-signal.SIGTERM]
+    assert future.done()
