@@ -16,7 +16,7 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from benchmark.evaluation.box_error import fixed_timesteps, region_errors
+from benchmark.evaluation.box_error import RegionErrors, fixed_timesteps, paired_ratios, region_errors
 from benchmark.models.clip_tokenizer import token_ids
 from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline
 from benchmark.training.data import _encode, diffusion_loss
@@ -187,3 +187,16 @@ def test_a_ctrl_c_outside_the_command_s_handlers_terminates_the_running_task_s_w
             raise KeyboardInterrupt
     assert [w.exitcode for w in workers] == [-signal.SIGTERM]
     assert future.done()
+
+
+def test_paired_ratios_are_the_model_s_mean_over_the_reference_s_on_the_images_both_have_an_outside():
+    """Outside is compared on the images where neither model's boxes cover every latent cell (a model
+    of another resolution can cover all of an image's cells where the other does not)."""
+    keys = ("a", "b", "c")
+    model = RegionErrors(keys, np.array([1.0, 2.0, 6.0]), np.array([2.0, 5.0, 4.0]))
+    reference = RegionErrors(keys, np.array([2.0, 2.0, 2.0]), np.array([1.0, np.nan, 1.0]))
+    ratios = paired_ratios(model, reference, resamples=200)
+    assert ratios.inside.value == pytest.approx(1.5)
+    assert ratios.outside.value == pytest.approx(3.0)
+    assert model.means() == {"inside": 3.0, "outside": pytest.approx(11 / 3), "images": 3}
+    assert reference.means()["outside"] == 1.0
