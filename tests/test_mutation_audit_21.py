@@ -26,6 +26,7 @@ from builders.recipe import load_recipe
 from builders.shard_builder import WorkUnit
 from builders.verify import VerifyReport, _key_index, _Problems, _ShardContents
 from implicit_concept import worker_processes
+from implicit_concept.geom_erasing.degraded_boxes import box_iou, degrade_box
 from implicit_concept.geom_erasing.loss_weights import region_mask
 from implicit_concept.geom_erasing.training_target import sample_rng
 from implicit_concept.sample import Box, Instance, Sample, SampleMeta
@@ -200,3 +201,43 @@ def test_paired_ratios_are_the_model_s_mean_over_the_reference_s_on_the_images_b
     assert ratios.outside.value == pytest.approx(3.0)
     assert model.means() == {"inside": 3.0, "outside": pytest.approx(11 / 3), "images": 3}
     assert reference.means()["outside"] == 1.0
+
+
+@pytest.mark.parametrize("a, b, iou", [
+    ((0, 0, 10, 10), (5, 0, 15, 10), 50 / 150),  # half of each
+    ((5, 0, 15, 10), (0, 0, 10, 10), 50 / 150),
+    ((0, 0, 10, 10), (2, 2, 4, 4), 4 / 100),  # one inside the other
+    ((2, 2, 4, 4), (0, 0, 10, 10), 4 / 100),
+    ((0, 0, 10, 10), (0, 0, 10, 10), 1.0),
+    ((0, 0, 4, 4), (4, 0, 8, 4), 0.0),  # touching
+    ((0, 0, 4, 4), (6, 6, 8, 8), 0.0),
+    ((3, 3, 3, 3), (3, 3, 3, 3), 0.0),  # no area: no union to divide by
+])
+def test_box_iou_is_the_intersection_over_the_union(a, b, iou):
+    """What degrade_box aims at and its tests measure with: a wrong IoU there passed them, both sides wrong alike."""
+    assert box_iou(a, b) == pytest.approx(iou)
+
+
+def test_a_degraded_box_is_the_closest_to_its_target_iou_that_integers_allow():
+    """For boxes of 14 px and more there is an integer box within 0.01 of any target: degrade_box keeps
+    looking (other directions, each side floored or ceiled) until it has one, and keeps the closest."""
+    misses = []
+    for box in (Box(10, 12, 30, 28), Box(0, 0, 40, 25), Box(50, 40, 64, 64), Box(5, 5, 45, 55)):
+        for target in (0.3, 0.4, 0.5, 0.7, 0.9):
+            rng = np.random.default_rng(0)
+            for _ in range(10):
+                degraded = degrade_box(box, target, rng, 64, 64)
+                assert degraded.inside(64, 64) and degraded.width >= 1 and degraded.height >= 1
+                misses.append(abs(box_iou(box.as_list(), degraded.as_list()) - target))
+    assert max(misses) < 0.01
+
+
+@pytest.mark.parametrize("target", [0.005, 0.01, 0.02])
+def test_a_box_degraded_to_almost_no_overlap_is_still_a_box(target):
+    """Near zero IoU the closest integer box could be one of no width; it must stay 1 px wide and high
+    (a box of no area is no box: Box refuses it, and a mask of it is empty)."""
+    rng = np.random.default_rng(0)
+    for box in (Box(5, 5, 45, 55), Box(0, 0, 40, 25)):
+        for _ in range(5):
+            degraded = degrade_box(box, target, rng, 64, 64)
+            assert degraded.inside(64, 64) and degraded.width >= 1 and degraded.height >= 1
