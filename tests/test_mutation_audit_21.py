@@ -23,9 +23,11 @@ from benchmark.training.data import _encode, diffusion_loss
 from builders import distributor
 from builders.distributor import run_units
 from builders.recipe import load_recipe
+from builders.sources.caption_text import MAX_CAPTION_BYTES, read_caption
 from builders.shard_builder import WorkUnit
 from builders.verify import VerifyReport, _key_index, _Problems, _ShardContents
 from implicit_concept import worker_processes
+from implicit_concept.content_hashes import folder_sha256
 from implicit_concept.geom_erasing.degraded_boxes import box_iou, degrade_box
 from implicit_concept.geom_erasing.loss_weights import region_mask
 from implicit_concept.geom_erasing.training_target import sample_rng
@@ -241,3 +243,38 @@ def test_a_box_degraded_to_almost_no_overlap_is_still_a_box(target):
         for _ in range(5):
             degraded = degrade_box(box, target, rng, 64, 64)
             assert degraded.inside(64, 64) and degraded.width >= 1 and degraded.height >= 1
+
+
+def test_a_file_rewritten_in_place_to_another_size_under_its_old_mtime_is_hashed_anew(tmp_path):
+    """A coarse clock (or a copy that keeps times, ``cp -p``, ``rsync -t``) can leave a rewritten file
+    its old mtime; its size still tells the remembered hash is stale."""
+    folder = tmp_path / "pipe"
+    folder.mkdir()
+    weights = folder / "weights.bin"
+    weights.write_bytes(b"aaaa")
+    before = folder_sha256(folder)
+    stat = weights.stat()
+    with open(weights, "r+b") as f:
+        f.write(b"aaaaaa")
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (weights.stat().st_ino, weights.stat().st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
+    assert folder_sha256(folder) != before
+
+
+def test_a_folder_that_is_missing_or_a_file_has_no_content_hash(tmp_path):
+    """Hashed, either is the empty folder's hash: a cache keyed by it would take one for the other."""
+    (tmp_path / "weights.bin").write_bytes(b"a")
+    for path in (tmp_path / "missing", tmp_path / "weights.bin"):
+        with pytest.raises(FileNotFoundError, match=f"^{path}: not a folder"):
+            folder_sha256(path)
+
+
+def test_a_caption_of_exactly_the_cap_is_read_and_one_byte_more_is_refused():
+    assert read_caption(b"a" * MAX_CAPTION_BYTES) == ("a" * MAX_CAPTION_BYTES, None, "")
+    assert read_caption(b"a" * (MAX_CAPTION_BYTES + 1))[:2] == (None, "caption_too_large")
+
+
+def test_an_ascii_caption_s_control_characters_become_spaces_too():
+    """ASCII text skips the character-by-character pass only when it is all printable: a tab, a CRLF
+    or DEL in plain ASCII would reach KEY.txt, KEY.json and the manifest as they are."""
+    assert read_caption(b"a dog\ton a\r\nbeach\x7f") == ("a dog on a  beach", None, "")
