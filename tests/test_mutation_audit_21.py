@@ -1,6 +1,7 @@
 """Mutation round 21: behaviours hand mutants of the worker's SIGTERM handler, builders/verify's key
 order, and modules no earlier round mutated (box error, degraded boxes, caption text, shard tables,
 content hashes) showed unguarded."""
+import json
 import multiprocessing
 import os
 import signal
@@ -25,6 +26,7 @@ from builders.distributor import run_units
 from builders.recipe import load_recipe
 from builders.sources.caption_text import MAX_CAPTION_BYTES, read_caption
 from builders.shard_builder import WorkUnit
+from builders.shard_table import sample_row
 from builders.verify import VerifyReport, _key_index, _Problems, _ShardContents
 from implicit_concept import worker_processes
 from implicit_concept.content_hashes import folder_sha256
@@ -145,12 +147,10 @@ class _CountingBuilder:
 def pools_started(monkeypatch):
     """The local pools ``run_units`` asks for: (start method, processes, initargs); none is started."""
     started = []
-    real = distributor.mp.get_context
 
     class Context:
         def __init__(self, method):
             self.method = method
-            assert real(method) is not None
 
         def Pool(self, processes, initializer, initargs):
             started.append((self.method, processes, initargs))
@@ -278,3 +278,13 @@ def test_an_ascii_caption_s_control_characters_become_spaces_too():
     """ASCII text skips the character-by-character pass only when it is all printable: a tab, a CRLF
     or DEL in plain ASCII would reach KEY.txt, KEY.json and the manifest as they are."""
     assert read_caption(b"a dog\ton a\r\nbeach\x7f") == ("a dog on a  beach", None, "")
+
+
+def test_a_shard_table_row_counts_each_instance_of_a_concept_drawn_twice():
+    """``num_instances`` is what a lab filters on (one watermark or two): two QR codes are two, one concept."""
+    meta = SampleMeta(key="000010003", caption="a square", width=64, height=64, split="train", subset="icd-qrcode",
+                      source={"id": "procedural:3"}, instances=[Instance("qrcode", Box(0, 0, 20, 20)), Instance("qrcode", Box(30, 30, 60, 60))],
+                      seed=[3], recipe="test", recipe_sha256="", version="0")
+    row = sample_row(meta, WorkUnit("icd-qrcode", "train", 1), b"jpeg")
+    assert (row["num_instances"], row["concepts"], row["contaminated"]) == (2, "qrcode", True)
+    assert len(json.loads(row["instances"])) == 2
