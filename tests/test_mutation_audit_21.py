@@ -1,6 +1,7 @@
 """Mutation round 21: behaviours hand mutants of the worker's SIGTERM handler, builders/verify's key
 order, and modules no earlier round mutated (box error, degraded boxes, caption text, shard tables,
 content hashes) showed unguarded."""
+import io
 import json
 import multiprocessing
 import os
@@ -12,6 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from diffusers import DDPMScheduler
@@ -26,7 +28,7 @@ from builders.distributor import run_units
 from builders.recipe import load_recipe
 from builders.sources.caption_text import MAX_CAPTION_BYTES, read_caption
 from builders.shard_builder import WorkUnit
-from builders.shard_table import sample_row
+from builders.shard_table import sample_row, skipped_row, table_bytes
 from builders.verify import VerifyReport, _key_index, _Problems, _ShardContents
 from implicit_concept import worker_processes
 from implicit_concept.content_hashes import folder_sha256
@@ -288,3 +290,17 @@ def test_a_shard_table_row_counts_each_instance_of_a_concept_drawn_twice():
     row = sample_row(meta, WorkUnit("icd-qrcode", "train", 1), b"jpeg")
     assert (row["num_instances"], row["concepts"], row["contaminated"]) == (2, "qrcode", True)
     assert len(json.loads(row["instances"])) == 2
+
+
+def test_a_skipped_item_s_row_says_its_reason_alone_without_detail_and_keeps_undecodable_names_bytes():
+    """A file name in another encoding (``\\udcff``: byte 0xff, as Python reads it) reaches the table as
+    that byte's escape, a JSON escape no byte became (``\\ud800``) as its UTF-8 bytes': Parquet holds
+    only UTF-8, and every text column a skip writes holds either."""
+    unit = WorkUnit("icd-text", "train", 1)
+    assert skipped_row(unit, "000010001", "a.jpg", "too_small", "")["error_message"] == "too_small"
+    row = skipped_row(unit, "000010002", "caf\udcff.jpg", "caption_names_concept", "names \ud800", caption="a \udcff dog")
+    table = pq.read_table(io.BytesIO(table_bytes([row])))
+    assert table.column("source_id").to_pylist() == ["caf\\xff.jpg"]
+    assert table.column("caption").to_pylist() == ["a \\xff dog"]
+    assert table.column("error_message").to_pylist() == ["caption_names_concept: names \\xed\\xa0\\x80"]
+    assert table.column("status").to_pylist() == ["filtered"]
