@@ -28,7 +28,7 @@ from builders.distributor import run_units
 from builders.recipe import load_recipe
 from builders.sources.caption_text import MAX_CAPTION_BYTES, read_caption
 from builders.shard_builder import WorkUnit
-from builders.shard_table import sample_row, skipped_row, table_bytes
+from builders.shard_table import METADATA_KEYS, sample_row, skipped_row, table_bytes, table_metadata
 from builders.verify import VerifyReport, _key_index, _Problems, _ShardContents
 from implicit_concept import worker_processes
 from implicit_concept.content_hashes import folder_sha256
@@ -304,3 +304,14 @@ def test_a_skipped_item_s_row_says_its_reason_alone_without_detail_and_keeps_und
     assert table.column("caption").to_pylist() == ["a \\xff dog"]
     assert table.column("error_message").to_pylist() == ["caption_names_concept: names \\xed\\xa0\\x80"]
     assert table.column("status").to_pylist() == ["filtered"]
+
+
+def test_a_shard_table_s_metadata_names_its_recipe_its_seed_and_the_build_s_version():
+    """``pq.read_schema(path).metadata`` is how a lab finds what made a table: the recipe's name,
+    sha256 and seed, and the version the build record names (a resumed build's, not the resuming process's)."""
+    recipe = load_recipe("icd-debug")
+    metadata = pq.read_schema(io.BytesIO(table_bytes([], table_metadata(recipe, {"packages": {"implicit-concept": "0.0.1"}})))).metadata
+    assert {key: metadata.get(key) for key in METADATA_KEYS} == {
+        b"implicit_concept.recipe": b"icd-debug", b"implicit_concept.recipe_sha256": recipe.sha256.encode(),
+        b"implicit_concept.seed": str(recipe.seed).encode(), b"implicit_concept.version": b"0.0.1",
+    }
