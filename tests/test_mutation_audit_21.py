@@ -284,9 +284,9 @@ def test_an_ascii_caption_s_control_characters_become_spaces_too():
 
 def test_a_shard_table_row_counts_each_instance_of_a_concept_drawn_twice():
     """``num_instances`` is what a lab filters on (one watermark or two): two QR codes are two, one concept."""
+    two = [Instance("qrcode", Box(0, 0, 20, 20)), Instance("qrcode", Box(30, 30, 60, 60))]
     meta = SampleMeta(key="000010003", caption="a square", width=64, height=64, split="train", subset="icd-qrcode",
-                      source={"id": "procedural:3"}, instances=[Instance("qrcode", Box(0, 0, 20, 20)), Instance("qrcode", Box(30, 30, 60, 60))],
-                      seed=[3], recipe="test", recipe_sha256="", version="0")
+                      source={"id": "procedural:3"}, instances=two, seed=[3], recipe="test", recipe_sha256="", version="0")
     row = sample_row(meta, WorkUnit("icd-qrcode", "train", 1), b"jpeg")
     assert (row["num_instances"], row["concepts"], row["contaminated"]) == (2, "qrcode", True)
     assert len(json.loads(row["instances"])) == 2
