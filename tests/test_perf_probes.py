@@ -525,3 +525,27 @@ def test_a_probe_whose_reader_left_before_its_buffered_output_stops_quietly(monk
     with open(write, "w") as stdout:
         monkeypatch.setattr(sys, "stdout", stdout)
         assert probe_cli.run(lambda argv: print("a figure")) == 141
+
+
+def test_a_hostile_build_stopped_while_its_kill_timer_starts_ends_its_child(tmp_path, monkeypatch):
+    """A Ctrl-C landing while the kill timer's thread started (before the wait's try) left the build
+    child running, and the timer, not yet a daemon, could hold the probe's exit for ten minutes."""
+    import threading
+
+    from benchmark.perf import hostile_inputs
+
+    started: list[threading.Timer] = []
+
+    class StoppedWhileStarting(threading.Timer):
+        def start(self) -> None:
+            started.append(self)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(hostile_inputs.threading, "Timer", StoppedWhileStarting)
+    raw = hostile_inputs.recipe("stopped", {"kind": "procedural", "train": 5000, "test": 0})
+    raw["source"].pop("test_fraction")
+    with pytest.raises(KeyboardInterrupt):
+        hostile_inputs.build_in_child(raw, tmp_path / "out")
+    assert [t.daemon for t in started] == [True]
+    building = [p for p in Path("/proc").glob("[0-9]*") if str(tmp_path).encode() in _cmdline(p)]
+    assert building == []

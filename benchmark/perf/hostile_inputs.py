@@ -287,8 +287,9 @@ def build_in_child(raw_recipe: dict, out: Path) -> tuple[int, int, dict]:
     with open(log, "wb") as stderr:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, preexec_fn=limit, cwd=Path(__file__).resolve().parents[2])
         timer = threading.Timer(CHILD_TIMEOUT_S, proc.kill)
-        timer.start()
+        timer.daemon = True  # a timer a stop left running must not hold the probe's exit for ten minutes
         try:
+            timer.start()  # inside: a Ctrl-C while its thread starts still ends the child
             stdout = proc.stdout.read()
             proc.stdout.close()
             _, status, usage = os.wait4(proc.pid, 0)
