@@ -196,6 +196,12 @@ holder.start()
 held.wait(30)
 
 def stop(signum, frame):
+    waiting = frame
+    while waiting is not None and waiting.f_code is not SimpleQueue.get.__code__:
+        waiting = waiting.f_back
+    if waiting is None:  # not yet inside get, waiting for the lock: a loaded machine
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        return
     w._let_go_of_the_queue(frame)
     raise KeyboardInterrupt
 
@@ -222,6 +228,9 @@ from implicit_concept import worker_processes as w
 q = multiprocessing.get_context("fork").Queue()
 
 def stop(signum, frame):
+    if not q._rlock._semlock._is_mine():  # not yet inside get holding the lock: a loaded machine
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        return
     w._let_go_of_the_queue(frame)
     print(q._rlock.acquire(False), flush=True)
     os._exit(0)
