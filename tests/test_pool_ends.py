@@ -18,7 +18,7 @@ from builders.distributor import _init_pool_worker
 from implicit_concept import worker_processes
 from manifests import RECIPES_DIR
 from tests.child_output import read_line
-from tests.process_table import left_in_session
+from tests.process_table import _stat, left_in_session
 from tests.test_stop_signals import ENV, REPO, _as_from_a_terminal
 
 GRACE_S = 1.0  # the children's WORKER_GRACE_S: the tests wait seconds, not the user's default
@@ -130,7 +130,11 @@ if __name__ == "__main__":
     try:
         with interrupts():
             with stopping_workers(ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"), initializer=stuck_worker)) as pool:
-                os.write(1, ("done " + str(sum(pool.map(task, [float(s) for s in sys.argv[2:]]))) + "\\n").encode())
+                try:
+                    os.write(1, ("done " + str(sum(pool.map(task, [float(s) for s in sys.argv[2:]]))) + "\\n").encode())
+                except ValueError:
+                    os.write(1, b"error\\n")  # next: the wait for the running task, the only place it sleeps
+                    raise
     except KeyboardInterrupt:
         sys.exit(143)
 """
@@ -155,8 +159,11 @@ def test_a_stop_while_an_executor_waits_for_its_running_tasks_after_an_error_end
     once propagated without ending them, and the interpreter's exit waited for them."""
     proc = _start(EXECUTOR, str(tmp_path / "started"), "-1", "60")
     try:
-        assert proc.stdout.readline() == "working\n" and proc.stdout.readline() == "working\n"
-        time.sleep(0.5)  # the error has reached the parent, which waits for the other task
+        assert [proc.stdout.readline() for _ in range(3)] == ["working\n", "working\n", "error\n"]
+        deadline = time.monotonic() + 60
+        while (_stat(proc.pid) or ["S"])[0] != "S" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (_stat(proc.pid) or ["ended"])[0] == "S", "the parent never waited for its running task"
         os.kill(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
