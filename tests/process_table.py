@@ -64,3 +64,15 @@ def _stat(pid: int) -> list[str] | None:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
+
+
+def ended_or_killed(pid: int, seconds: float) -> tuple[bool, int]:
+    """Wait up to ``seconds`` for the child ``pid`` to end, killing it then: (hung, its exit code)."""
+    deadline = time.monotonic() + seconds
+    while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    hung = ended[0] == 0
+    if hung:
+        os.kill(pid, signal.SIGKILL)
+        ended = os.waitpid(pid, 0)
+    return hung, os.waitstatus_to_exitcode(ended[1])

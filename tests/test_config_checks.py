@@ -181,9 +181,10 @@ COMMANDS = ["recipe-name", "benchmark --track"]
 #: of address space past those imports and HUNG_S to end: a child per case spent most of its time importing.
 #: The imports' objects are frozen out of the collector, whose pass at each exit copied all their pages.
 _FORKED_PER_CASE = """
-import gc, json, os, re, resource, signal, sys, time
+import gc, json, os, re, resource, sys
 import benchmark.benchmark_run
 from benchmark.cli import main
+from tests.process_table import ended_or_killed
 HUNG_S = 120.0
 gc.freeze()
 for folder, argv in json.loads(sys.argv[1]):
@@ -195,14 +196,7 @@ for folder, argv in json.loads(sys.argv[1]):
         size = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read())[1]) * 1024 + (2 << 30)
         resource.setrlimit(resource.RLIMIT_AS, (size, size))
         sys.exit(main(argv))
-    deadline = time.monotonic() + HUNG_S
-    while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    hung = ended[0] == 0
-    if hung:
-        os.kill(pid, signal.SIGKILL)
-        ended = os.waitpid(pid, 0)
-    print(json.dumps([folder, hung, os.waitstatus_to_exitcode(ended[1])]), flush=True)
+    print(json.dumps([folder, *ended_or_killed(pid, HUNG_S)]), flush=True)
 """
 
 

@@ -23,6 +23,7 @@ from tests.test_stop_signals import ENV, REPO, _as_from_a_terminal
 #: fd 5 is the scenario's own note to the test.
 LINE_BY_LINE = """
 import gc
+from tests.process_table import ended_or_killed
 HUNG_S = 15.0
 PLAIN = {"enum.py", "signal.py", "contextlib.py"}  # modules the handling runs that hold no lock and do no I/O: skipped, for time
 
@@ -53,17 +54,11 @@ def run(at):
         os._exit(99)
     for _, w in pipes:
         os.close(w)
-    deadline = time.monotonic() + HUNG_S
-    while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    hung = ended[0] == 0
-    if hung:
-        os.kill(pid, signal.SIGKILL)
-        ended = os.waitpid(pid, 0)
+    hung, status = ended_or_killed(pid, HUNG_S)
     err, when, seen, note = (os.read(r, 1 << 20).decode() for r, _ in pipes)
     for r, _ in pipes:
         os.close(r)
-    return {"at": at, "hung": hung, "status": os.waitstatus_to_exitcode(ended[1]), "stderr": err, "when": when,
+    return {"at": at, "hung": hung, "status": status, "stderr": err, "when": when,
             "seen": len(seen), "after": after(note)}
 
 
