@@ -17,11 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from diffusers import DDPMScheduler
-from PIL import Image
 
 from benchmark.evaluation.box_error import RegionErrors, fixed_timesteps, paired_ratios, region_errors
 from benchmark.models.clip_tokenizer import token_ids
-from benchmark.models.pipelines import TinyPipelineConfig, build_tiny_pipeline
+from benchmark.models.pipelines import build_tiny_pipeline
 from benchmark.training.data import _encode, diffusion_loss
 from builders import distributor
 from builders.distributor import run_units
@@ -35,8 +34,9 @@ from implicit_concept.content_hashes import folder_sha256
 from implicit_concept.geom_erasing.degraded_boxes import box_iou, degrade_box
 from implicit_concept.geom_erasing.loss_weights import region_mask
 from implicit_concept.geom_erasing.training_target import sample_rng
-from implicit_concept.sample import Box, Instance, Sample, SampleMeta
+from implicit_concept.sample import Box, Instance, SampleMeta
 from implicit_concept.worker_processes import stopping_workers
+from tests.test_box_error import MICRO, _sample
 
 
 def test_a_second_sigterm_while_a_worker_ends_its_groups_leaves_none_running():
@@ -86,12 +86,6 @@ def test_verify_without_a_recipe_flags_one_sample_index_under_two_key_widths():
     assert report.problems == ["00001.tar:0000100001: key out of order or repeated"]
 
 
-MICRO = TinyPipelineConfig(
-    image_size=16, patch_size=2, unet_channels=(16, 32), unet_attention=(False, True),
-    attention_head_dim=8, text_hidden=16, text_layers=1, text_heads=2,
-)
-
-
 @pytest.fixture(scope="module")
 def micro_pipeline(tmp_path_factory):
     """A micro pipeline whose latents are scaled (SD's VAE: 0.18215), as the tiny one's are not."""
@@ -100,21 +94,13 @@ def micro_pipeline(tmp_path_factory):
     return pipe
 
 
-def _boxed_sample(i: int, boxes: list[Box]) -> Sample:
-    rng = np.random.default_rng(i)
-    image = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
-    meta = SampleMeta(key=f"{i:09d}", caption=f"a square number {i}", width=16, height=16, split="test", subset="icd-qrcode",
-                      source={}, instances=[Instance("qrcode", b) for b in boxes], seed=[i], recipe="test", recipe_sha256="", version="0")
-    return Sample(meta=meta, image=image)
-
-
 @torch.no_grad()
 def test_the_box_error_is_training_s_loss_on_the_box_s_cells_and_the_rest(micro_pipeline):
     """Inside and outside are the diffusion loss training takes (pixels in [-1, 1], the VAE's scaled
     latents, the clean caption, the scheduler's target, squared), over every draw at every fixed
     timestep, with the noise of (seed, key), weighted to the cells the box covers and to the others."""
     pipe, box = micro_pipeline, Box(0, 0, 8, 8)
-    sample = _boxed_sample(3, [box])
+    sample = _sample(3, [box])
     errors = region_errors(pipe, [sample], timesteps=2, draws=2, seed=5)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     t0, t1 = fixed_timesteps(2, scheduler.config.num_train_timesteps)
