@@ -367,8 +367,7 @@ def test_a_hostile_build_stopped_ends_its_child_and_leaves_no_timer(tmp_path):
 
     from benchmark.perf import hostile_inputs
 
-    raw = hostile_inputs.recipe("stopped", {"kind": "procedural", "train": 5000, "test": 0})
-    raw["source"].pop("test_fraction")
+    raw = _a_long_build()
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job's SIGINT is ignored
     interrupt = threading.Timer(2, os.kill, (os.getpid(), signal.SIGINT))
     interrupt.start()
@@ -383,8 +382,43 @@ def test_a_hostile_build_stopped_ends_its_child_and_leaves_no_timer(tmp_path):
     while time.monotonic() < deadline and any(isinstance(t, threading.Timer) for t in threading.enumerate()):
         time.sleep(0.1)
     assert [t for t in threading.enumerate() if isinstance(t, threading.Timer)] == []
-    building = [p for p in Path("/proc").glob("[0-9]*") if str(tmp_path).encode() in _cmdline(p)]
-    assert building == []
+    assert _building_in(tmp_path) == []
+
+
+def test_a_hostile_build_stopped_while_its_kill_timer_starts_ends_its_child(tmp_path, monkeypatch):
+    """A Ctrl-C landing while the kill timer's thread started (before the wait's try) left the build
+    child running, and the timer, not yet a daemon, could hold the probe's exit for ten minutes."""
+    import threading
+
+    from benchmark.perf import hostile_inputs
+
+    started: list[threading.Timer] = []
+
+    class StoppedWhileStarting(threading.Timer):
+        def start(self) -> None:
+            started.append(self)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(hostile_inputs.threading, "Timer", StoppedWhileStarting)
+    raw = _a_long_build()
+    with pytest.raises(KeyboardInterrupt):
+        hostile_inputs.build_in_child(raw, tmp_path / "out")
+    assert [t.daemon for t in started] == [True]
+    assert _building_in(tmp_path) == []
+
+
+def _a_long_build() -> dict:
+    """A hostile-input probe's recipe whose build runs far longer than a test waits."""
+    from benchmark.perf import hostile_inputs
+
+    raw = hostile_inputs.recipe("stopped", {"kind": "procedural", "train": 5000, "test": 0})
+    raw["source"].pop("test_fraction")
+    return raw
+
+
+def _building_in(folder: Path) -> list[Path]:
+    """The processes whose command line names ``folder`` (a probe's build child)."""
+    return [p for p in Path("/proc").glob("[0-9]*") if str(folder).encode() in _cmdline(p)]
 
 
 def _cmdline(process: Path) -> bytes:
@@ -526,26 +560,3 @@ def test_a_probe_whose_reader_left_before_its_buffered_output_stops_quietly(monk
         monkeypatch.setattr(sys, "stdout", stdout)
         assert probe_cli.run(lambda argv: print("a figure")) == 141
 
-
-def test_a_hostile_build_stopped_while_its_kill_timer_starts_ends_its_child(tmp_path, monkeypatch):
-    """A Ctrl-C landing while the kill timer's thread started (before the wait's try) left the build
-    child running, and the timer, not yet a daemon, could hold the probe's exit for ten minutes."""
-    import threading
-
-    from benchmark.perf import hostile_inputs
-
-    started: list[threading.Timer] = []
-
-    class StoppedWhileStarting(threading.Timer):
-        def start(self) -> None:
-            started.append(self)
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(hostile_inputs.threading, "Timer", StoppedWhileStarting)
-    raw = hostile_inputs.recipe("stopped", {"kind": "procedural", "train": 5000, "test": 0})
-    raw["source"].pop("test_fraction")
-    with pytest.raises(KeyboardInterrupt):
-        hostile_inputs.build_in_child(raw, tmp_path / "out")
-    assert [t.daemon for t in started] == [True]
-    building = [p for p in Path("/proc").glob("[0-9]*") if str(tmp_path).encode() in _cmdline(p)]
-    assert building == []
