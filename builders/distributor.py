@@ -185,10 +185,10 @@ def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address
 
 
 def _shut_down(ray: Any) -> None:
-    """``ray.shutdown``, this process's signal handlers put back after it: it sets SIGTERM's C-level
-    handler to the default (its core worker's failure handler uninstalled) while Python still names
-    the command's own, so a SIGTERM after a Ray build (writing the card) ended the command silently
-    with -15, not ``terminated``, 143; a lab's Python session lost its own SIGTERM handler."""
+    """``ray.shutdown``, this process's signal handlers put back after it: Ray 2.60's sets SIGTERM's
+    C-level handler to the default while Python still names the command's own, so a SIGTERM after a
+    Ray build (writing the card) ended the command silently with -15, not ``terminated``, 143, and a
+    lab's Python session lost its own SIGTERM handler."""
     with keeping_signal_handlers():
         ray.shutdown()
 
