@@ -1,10 +1,14 @@
 """Kill fuzz, round 3: a ``--distributor ray`` build stopped by SIGTERM while it wrote its card (its
 shards all built) ended with -15 and no word, where a stopped build says ``terminated`` and exits 143:
 ``ray.shutdown`` sets SIGTERM's C-level handler to the default while Python still names the command's
-own. Its fuzz (SIGKILL to the group or the driver alone, SIGTERM, Ctrl-C, one Ray worker SIGKILLed) and
+own. And a detector's test grids differed between a run and its rerun: ultralytics drew two of
+them at once in threads racing on one image array. Its fuzz (SIGKILL to the group or the driver alone, SIGTERM, Ctrl-C, one Ray worker SIGKILLed) and
 the other labs' scoring commands' and ``export``'s resumed to the uninterrupted run's files."""
+import importlib
 import subprocess
 import sys
+import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -72,3 +76,32 @@ def test_a_ray_build_sigtermed_once_its_shards_are_built_says_terminated_and_res
     rerun = subprocess.run([sys.executable, "-m", "benchmark.cli", *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert (out / CHECKSUMS).read_text() == (debug_dataset / CHECKSUMS).read_text()
+
+
+def test_a_detectors_test_grids_are_drawn_one_after_the_other_in_the_evaluating_thread(tmp_path):
+    """The plug-in benchmark's fuzz found an uninterrupted run's ``val_batch0_pred.jpg`` (the detector's
+    test folder) with 7 of its 16 tiles black, the resumed run's whole: ultralytics drew the labels' and
+    the predictions' grids in two threads, each scaling the batch's one image array in place."""
+    import torch
+
+    from implicit_concept.detector import training
+    from implicit_concept.detector.yolo_env import import_ultralytics
+
+    import_ultralytics()
+    validator = importlib.import_module("ultralytics.models.yolo.detect.val")
+    threaded, drawn = validator.plot_images, []
+
+    class Evaluated(Exception):
+        pass
+
+    def val(**kwargs):  # ultralytics' validator, as far as its first grid
+        labels = {"cls": torch.zeros(0), "bboxes": torch.zeros(0, 4), "batch_idx": torch.zeros(0)}
+        drawn.append(validator.plot_images(labels=labels, images=torch.zeros(1, 3, 32, 32), fname=tmp_path / "grid.jpg", names={0: "qrcode"}))
+        drawn.append((tmp_path / "grid.jpg").is_file())
+        raise Evaluated
+
+    scale = SimpleNamespace(imgsz=32, batch=1, device="cpu", workers=0)
+    with pytest.raises(Evaluated):
+        training._evaluate(SimpleNamespace(model=SimpleNamespace(val=val)), tmp_path / "data.yaml", "test", scale, tmp_path)
+    assert not isinstance(drawn[0], threading.Thread) and drawn[1] is True  # before the fix: a Thread, the file not yet there
+    assert validator.plot_images is threaded  # ultralytics' own again after the evaluation
