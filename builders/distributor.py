@@ -176,12 +176,21 @@ def _ray(recipe: Recipe, units: list[WorkUnit], out: Path, workers: int, address
                                  "start one (ray start --head) or name it with --ray-address; a cluster of token authentication "
                                  "(Ray's default for `ray start`) is joined with RAY_AUTH_MODE=token set, as on its nodes") from None
         except BaseException:  # Ctrl-C while the local cluster starts: what started stops with the command
-            ray.shutdown()
+            _shut_down(ray)
             raise
         try:
             yield from _ray_build(ray, ActorPool, recipe, units, out, workers)
         finally:
-            ray.shutdown()
+            _shut_down(ray)
+
+
+def _shut_down(ray: Any) -> None:
+    """``ray.shutdown``, this process's signal handlers put back after it: Ray 2.60's sets SIGTERM's
+    C-level handler to the default while Python still names the command's own, so a SIGTERM after a
+    Ray build (writing the card) ended the command silently with -15, not ``terminated``, 143, and a
+    lab's Python session lost its own SIGTERM handler."""
+    with keeping_signal_handlers():
+        ray.shutdown()
 
 
 def _ray_build(ray: Any, actor_pool: Any, recipe: Recipe, units: list[WorkUnit], out: Path, workers: int) -> Iterator[list[dict[str, Any]]]:
