@@ -1,8 +1,14 @@
 """Mutation round 22: behaviours hand mutants of modules no earlier round mutated (the scene grammar,
 scene attributes, results.json's checks, the asset pools, detector loading) showed unguarded."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from benchmark.results_file import check_results
+from benchmark.evaluation.scene_attributes import caption_attributes, object_count, object_index, scene_attributes
+from implicit_concept.concepts import assets
+from implicit_concept.concepts.assets import BRAND_WORDS, N_LOGO_SEEDS, TEXT_PHRASES, TEXT_WORDS, AssetPool, load_font
 from implicit_concept.scene.grammar import (
     BACKGROUNDS,
     LAYOUTS,
@@ -93,3 +99,114 @@ def test_an_anchor_is_well_inside_its_shape():
             assert np.abs(pixels[y - k:y + k + 1, x - k:x + k + 1] - o.rgb).max() <= 2, (scene.caption, o)
             seen.add(o.shape)
     assert seen == set(SHAPES)
+
+
+# ---- scene attributes ----
+
+def test_a_scenes_arrangement_names_the_layout_it_was_drawn_with():
+    """A row of three is a "row" and a column a "column", read from the scene or from its caption
+    (the scene-feature net is trained on these names, and a report names what it found by them)."""
+    for scene in _scenes(150):
+        want = f"single-{scene.objects[0].position}" if scene.layout == "single" else scene.layout
+        assert scene_attributes(scene)["arrangement"] == caption_attributes(scene.caption)["arrangement"] == want
+
+
+def test_an_arrangement_places_its_objects_and_an_attribute_names_its_object():
+    """What the extractor's reading keeps: object k's attributes only where the arrangement it read
+    places k objects, and the whole scene's always."""
+    counts = {a: object_count(a) for a in ("single-left", "single-centre", "pair_horizontal", "pair_vertical", "row", "column")}
+    assert counts == {"single-left": 1, "single-centre": 1, "pair_horizontal": 2, "pair_vertical": 2, "row": 3, "column": 3}
+    assert [object_index(a) for a in ("background_color", "arrangement", "object1_shape", "object3_size")] == [0, 0, 1, 3]
+
+
+def test_a_caption_read_with_its_line_end_asks_for_the_same_scene():
+    """Prompts read from a text file come with their newline or a stray space around them."""
+    scene = _scenes(1)[0]
+    assert caption_attributes(f" {scene.caption}\n") == caption_attributes(scene.caption) == scene_attributes(scene)
+
+
+# ---- asset pools ----
+
+def test_each_split_holds_about_half_of_every_asset_kind():
+    """Assets are split by a fair coin of their name: a test split of a sixth or a third of the
+    brand words or logos would leave the held-out evaluation too few to draw from."""
+    train, test = AssetPool.for_split("train"), AssetPool.for_split("test")
+    for name, everything in (("brand_words", BRAND_WORDS), ("logo_seeds", range(N_LOGO_SEEDS)),
+                             ("text_words", TEXT_WORDS), ("text_phrases", TEXT_PHRASES)):
+        a, b = getattr(train, name), getattr(test, name)
+        assert len(a) + len(b) == len(everything), name
+        assert 0.35 <= len(b) / len(everything) <= 0.65, (name, len(a), len(b))
+
+
+def test_matplotlibs_copy_of_a_font_wins_over_a_system_font_of_the_same_file_name(tmp_path, monkeypatch):
+    """With system fonts, a font file the wheel also ships is drawn from the wheel's copy, so the
+    fonts the default pool shares with the system's render the same bytes on every machine, and the
+    pool is in file-name order (a font is drawn by its index) however the folders hold them."""
+    shipped = {f.rsplit("/", 1)[1]: f for f in AssetPool.for_split("train").fonts}
+    name = sorted(shipped)[0]
+    (tmp_path / "fonts").mkdir()
+    (tmp_path / "fonts" / name).write_bytes(open(shipped[name], "rb").read())
+    (tmp_path / "fonts" / "0-first.ttf").write_bytes(open(shipped[name], "rb").read())  # the same family, a name sorting first
+    monkeypatch.setattr(assets, "SYSTEM_FONT_DIR", tmp_path / "fonts")
+    assets._pool.cache_clear()
+    try:
+        fonts = AssetPool.for_split("train", system_fonts=True).fonts
+    finally:
+        assets._pool.cache_clear()  # nothing of the planted folder is kept for later callers
+    assert shipped[name] in fonts and [f for f in fonts if f.startswith(str(tmp_path))] == [str(tmp_path / "fonts" / "0-first.ttf")]
+    assert list(fonts) == sorted(fonts, key=lambda f: f.rsplit("/", 1)[1]), "one order, by file name, wherever a font lies"
+
+
+def test_a_font_asked_for_below_one_pixel_is_one_pixel():
+    font = load_font(AssetPool.for_split("train").fonts[0], 0.4)
+    assert font.size == 1
+
+
+def test_a_split_that_is_not_train_or_test_is_refused_as_such():
+    with pytest.raises(ValueError, match=r"^split: expected one of \['train', 'test'\], got 'val'$"):
+        AssetPool.for_split("val")
+
+
+# ---- results.json's checks ----
+
+def _share(count: int, n: int = 10) -> dict:
+    return {"value": count / n, "ci": [max(0.0, count / n - 0.2), min(1.0, count / n + 0.2)], "count": count, "n": n}
+
+
+def _results(**row) -> dict:
+    ok = {"method": "sd", "concept": "qrcode", "status": "ok", "icr": _share(4), "fp_rate": _share(0)}
+    return {"name": "run", "track": "tiny", "rows": [{**ok, **row}], "fp_rate": {"qrcode": _share(0)}}
+
+
+PATH = Path("runs/x/results.json")
+
+
+def test_a_well_formed_results_record_passes():
+    check_results(_results(), PATH)
+
+
+@pytest.mark.parametrize("results, problem", [
+    # a share past 1 whose interval holds it: no share of images
+    (_results(icr={"value": 1.1, "ci": [0.9, 1.2]}), r"rows\[0\].icr: not a ratio"),
+    (_results(icr={"value": float("inf"), "ci": [0.0, float("inf")]}), r"rows\[0\].icr: not a ratio"),
+    (_results(quality={"scene_fid": float("inf")}), r"rows\[0\].quality.scene_fid: a float \(inf\), not a number"),
+    ({**_results(), "targets": {"checks": [{"concept": "qrcode", "target": 0.1, "measured": 0.4, "met": "no"}]}},
+     r"targets.checks\[0\].met: not true, false or null"),
+])
+def test_a_record_handed_in_memory_is_held_to_what_a_file_is(results, problem):
+    """check_results is what score-pipeline's summary and a lab's own dict pass through: values no
+    JSON file could hold (infinity) and a share past 1 are refused as in a file."""
+    with pytest.raises(ValueError, match=rf"^runs/x/results.json: {problem}"):
+        check_results(results, PATH)
+
+
+def test_a_row_that_did_not_run_carries_no_scores_and_is_accepted():
+    """A failed or skipped row has no ICR: the report lists it as not run, the reader must not refuse the run."""
+    for status in ("failed", "skipped"):
+        check_results(_results(status=status, icr=None, error="out of memory"), PATH)
+
+
+def test_every_image_blank_is_a_count_the_row_may_hold():
+    check_results(_results(blank_images=10), PATH)
+    with pytest.raises(ValueError, match=r"rows\[0\].blank_images: 11, not a count of images among its 10"):
+        check_results(_results(blank_images=11), PATH)
