@@ -7,7 +7,8 @@ import pytest
 
 from benchmark.results_file import check_results
 from benchmark.evaluation.scene_attributes import caption_attributes, object_count, object_index, scene_attributes
-from implicit_concept.concepts import assets
+from implicit_concept.concepts import CONCEPT_NAMES, assets
+from implicit_concept.detector.inference import Detection, Detector
 from implicit_concept.concepts.assets import BRAND_WORDS, N_LOGO_SEEDS, TEXT_PHRASES, TEXT_WORDS, AssetPool, load_font
 from implicit_concept.scene.grammar import (
     BACKGROUNDS,
@@ -210,3 +211,41 @@ def test_every_image_blank_is_a_count_the_row_may_hold():
     check_results(_results(blank_images=10), PATH)
     with pytest.raises(ValueError, match=r"rows\[0\].blank_images: 11, not a count of images among its 10"):
         check_results(_results(blank_images=11), PATH)
+
+
+# ---- the detector at inference time ----
+
+@pytest.fixture(scope="module")
+def recorded_detector(tmp_path_factory):
+    """A detector folder in the published format (untrained weights) whose record holds thresholds of its own."""
+    from implicit_concept.detector.inference import build_model
+    from implicit_concept.detector.weights import weights_state, write_detector
+
+    folder = tmp_path_factory.mktemp("detector")
+    thresholds = dict(zip(CONCEPT_NAMES, (0.31, 0.42, 0.53)))
+    write_detector(folder, weights_state(build_model("yolov8n.yaml", CONCEPT_NAMES)), model="yolov8n.yaml",
+                   names=CONCEPT_NAMES, imgsz=32, scale={"name": "random"}, thresholds=thresholds)
+    return folder, thresholds
+
+
+def test_a_loaded_detector_carries_the_thresholds_its_record_holds(recorded_detector):
+    folder, thresholds = recorded_detector
+    assert Detector.load(folder).thresholds == thresholds
+
+
+def test_a_detectors_own_copy_and_its_callers_dict_keep_their_thresholds_apart(recorded_detector):
+    """Calibrating a copy (or editing the dict a detector was made with) leaves the other's thresholds as they were."""
+    folder, thresholds = recorded_detector
+    detector = Detector.load(folder)
+    mine = detector.own_copy()
+    mine.thresholds["qrcode"] = 0.99
+    assert detector.thresholds == thresholds and mine.model is not detector.model
+    given = dict(thresholds)
+    made = Detector(detector.model, folder, 32, "cpu", thresholds=given)
+    given["text"] = 0.01
+    assert made.thresholds == thresholds
+
+
+def test_a_detection_is_recorded_to_five_decimals_and_its_box_to_hundredths():
+    record = Detection("text", 0.1234567, (1.23456, 2.0, 30.999, 40.5)).to_json()
+    assert record == {"concept": "text", "confidence": 0.12346, "box": [1.23, 2.0, 31.0, 40.5]}
