@@ -6,6 +6,7 @@ and the rerun gives the reference bytes."""
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,20 +159,33 @@ def test_a_two_worker_build_stopped_while_it_writes_resumes_to_the_reference_byt
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
 
+def _detector_command(data: Path, work: Path) -> list[str]:
+    return [sys.executable, "-m", "benchmark.cli", "detector", "train", str(data / "icd-mixed"), "--out", str(work / "out"),
+            "--scale", "debug", "--cache", str(work / "cache")]
+
+
+@pytest.fixture(scope="module")
+def trained_detector(debug_dataset, tmp_path_factory):
+    """The uninterrupted training's files, trained once for every stop; each test trains again in the
+    same ``work`` folder, so the paths the records hold are the same and compared as bytes."""
+    root = tmp_path_factory.mktemp("detector")
+    _run(_detector_command(debug_dataset, root / "work"), root / "log")
+    (root / "work").rename(root / "uninterrupted")
+    return root, _files(root / "uninterrupted")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", ["SIGKILL to the group", "SIGTERM"])
-def test_detector_training_stopped_mid_epochs_trains_again_to_the_same_files(debug_dataset, tmp_path, stop):
+def test_detector_training_stopped_mid_epochs_trains_again_to_the_same_files(debug_dataset, trained_detector, tmp_path, stop):
     """Detector training has no checkpoint: the rerun trains from epoch 1, to the same weights,
     records and plots, trusting nothing the stopped one left (the session's icd-debug, which it only reads)."""
-    data = debug_dataset
-    work = tmp_path / "work"
-    command = [sys.executable, "-m", "benchmark.cli", "detector", "train", str(data / "icd-mixed"), "--out", str(work / "out"),
-               "--scale", "debug", "--cache", str(work / "cache")]
-    _run(command, tmp_path / "log")
-    work.rename(tmp_path / "uninterrupted")
+    root, uninterrupted = trained_detector
+    work = root / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    command = _detector_command(debug_dataset, work)
     _stopped(command, tmp_path / "log", lambda proc: (work / "out" / "train").is_dir(), stop, stop)
     _run(command, tmp_path / "log")
-    assert _files(work) == _files(tmp_path / "uninterrupted")
+    assert _files(work) == uninterrupted
 
 
 PRETRAIN = "import sys; from benchmark.track import load_track; from benchmark.models.base_model import pretrain_base; " \
