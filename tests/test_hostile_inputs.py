@@ -37,5 +37,6 @@ def test_a_builds_peak_is_its_own_not_the_memory_its_parent_held_at_the_fork(tmp
 
 
 def _resident_bytes() -> int:
-    kib = next(line for line in open("/proc/self/status", encoding="ascii") if line.startswith("VmRSS:")).split()[1]
+    with open("/proc/self/status", encoding="ascii") as status:
+        kib = next(line for line in status if line.startswith("VmRSS:")).split()[1]
     return int(kib) * 1024

@@ -2,8 +2,9 @@
 shards all built) ended with -15 and no word, where a stopped build says ``terminated`` and exits 143:
 ``ray.shutdown`` sets SIGTERM's C-level handler to the default while Python still names the command's
 own. And a detector's test grids differed between a run and its rerun: ultralytics drew two of
-them at once in threads racing on one image array. Its fuzz (SIGKILL to the group or the driver alone, SIGTERM, Ctrl-C, one Ray worker SIGKILLed) and
-the other labs' scoring commands' and ``export``'s resumed to the uninterrupted run's files."""
+them at once in threads racing on one image array. Otherwise every stop of the fuzz (SIGKILL to the
+group or the driver alone, SIGTERM, Ctrl-C, one Ray worker SIGKILLed), of the other labs' scoring
+commands and of ``export`` resumed to the uninterrupted run's files."""
 import importlib
 import subprocess
 import sys
