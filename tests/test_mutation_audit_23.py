@@ -1,5 +1,9 @@
 """Mutation round 23: behaviours hand mutants of modules no earlier round mutated (the WebDataset
-source's names and brace counting, the detector's image sets) showed unguarded."""
+source's names and brace counting, the detector's image sets, drawing a scene) showed unguarded.
+
+Every render mutant changes the drawn bytes, which only the slow suite's committed icd-debug
+checksums would notice, saying only that something changed. The tests here hold the drawing to its design (gradients,
+pattern shades and periods, hollow rings, antialiased shapes with both edges) without pinning bytes."""
 import hashlib
 import tarfile
 from pathlib import Path
@@ -12,6 +16,8 @@ from builders.sources import SourceNotFound, WebDatasetConfig, WebDatasetSource
 from builders.sources import webdataset_source
 from builders.sources.webdataset_source import MAX_PATTERN_RUNS, expand_tars
 from implicit_concept.detector.image_sets import ImageSetError, image_set_digest, named_images, pixel_sha256, write_backgrounds
+from implicit_concept.scene.grammar import Background, Scene, SceneObject
+from implicit_concept.scene.render import render_scene
 from tests.test_sources import jpeg, read_all, write_tar
 
 
@@ -152,3 +158,75 @@ def test_backgrounds_are_never_written_over_backgrounds_already_there(tmp_path):
     with pytest.raises(FileExistsError):
         write_backgrounds([("b", _noise(2))], tmp_path / "mine")
     assert [p.name for p in (tmp_path / "mine").rglob("*")] == ["images", "own.png"], "a folder of one's own images is left as it was"
+
+
+# ---- drawing a scene ----
+
+GREY = (128, 128, 128)
+
+
+def _drawn(background: Background, *objects: SceneObject, size: int = 64) -> np.ndarray:
+    return np.asarray(render_scene(Scene(background, objects, "single"), size), dtype=np.int16)
+
+
+def _object(shape: str, radius: float = 0.25) -> SceneObject:
+    return SceneObject(shape, "red", (250, 10, 10), "large", "center", 0.5, 0.5, radius)
+
+
+@pytest.mark.parametrize("orientation, flip", [("horizontal", False), ("vertical", False), ("horizontal", True), ("vertical", True)])
+def test_a_gradient_runs_dark_to_light_along_its_orientation_reversed_when_flipped(orientation, flip):
+    pixels = _drawn(Background("gradient", "grey", GREY, {"orientation": orientation, "flip": flip}))
+    along = pixels if orientation == "horizontal" else pixels.transpose(1, 0, 2)
+    assert (along == along[:1]).all(), "constant across the orientation"
+    first, last = along[0, 0], along[0, -1]
+    dark, light = (last, first) if flip else (first, last)
+    assert (dark < GREY).all() and (light > GREY).all(), "darker than the colour at one end, lighter at the other"
+    assert (dark > 0).all() and (light < 255).all(), "a shade of the colour, never black or white"
+
+
+@pytest.mark.parametrize("rgb", [(30, 40, 50), (220, 210, 200)])
+def test_stripes_cover_half_the_image_in_a_visible_second_shade_at_their_period(rgb):
+    """Patterns lighten dark colours and darken light ones; stripes alternate every half period."""
+    pixels = _drawn(Background("stripes", "c", rgb, {"orientation": "vertical", "period": 0.25, "flip": False}))
+    row = pixels[0]
+    plain = (row == rgb).all(axis=1)
+    assert plain.sum() == 32, "half the columns keep the colour"
+    second = row[~plain]
+    assert ((second > rgb) if sum(rgb) < 384 else (second < rgb)).all()
+    changes = int((plain[1:] != plain[:-1]).sum())
+    assert changes == 7, "8 stripes of 8 columns: 2 per period of 16"
+
+
+def test_a_ring_is_hollow_and_a_circle_is_not():
+    flat = Background("flat", "grey", GREY)
+    assert (_drawn(flat, _object("ring"))[32, 32] == GREY).all()
+    assert (_drawn(flat, _object("circle"))[32, 32] == (250, 10, 10)).all()
+
+
+@pytest.mark.parametrize("shape", ["circle", "ring", "diamond"])
+def test_a_shape_is_drawn_antialiased_inside_its_box_and_as_wide_each_side_of_its_centre(shape):
+    flat = Background("flat", "grey", GREY)
+    pixels = _drawn(flat, _object(shape))
+    covered = (pixels != GREY).any(axis=2)
+    columns = np.flatnonzero(covered.any(axis=0))
+    assert 15 <= columns[0] and columns[-1] <= 48, "inside x - radius to x + radius, 16 to 48 of 64 pixels"
+    assert abs((columns[-1] - 32) - (32 - columns[0])) <= 1, "as wide right of its centre as left: neither edge cut"
+    assert (pixels[16, 16] == GREY).all(), "the box's corner is not the shape's"
+    partial = covered & ~(pixels == (250, 10, 10)).all(axis=2)
+    assert partial.sum() > 0, "edge pixels blend the two colours"
+
+
+@pytest.mark.parametrize("orientation", ["horizontal", "diagonal"])
+def test_a_checkers_cells_are_squares_of_its_period_turned_when_diagonal(orientation):
+    pixels = _drawn(Background("checker", "grey", GREY, {"orientation": orientation, "period": 0.25, "flip": False}))
+    cell, next_cell = pixels[:16, :16], pixels[:16, 16:32]
+    if orientation == "diagonal":
+        assert len(np.unique(cell.reshape(-1, 3), axis=0)) > 1, "a turned cell crosses an upright one"
+    else:
+        assert (cell == cell[0, 0]).all() and (next_cell == next_cell[0, 0]).all() and (cell[0, 0] != next_cell[0, 0]).any()
+
+
+def test_a_noise_background_varies_within_its_shades():
+    pixels = _drawn(Background("noise", "grey", GREY, {"seed": 3}))
+    assert pixels.std() > 5 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20
+    assert pixels.min() >= round(128 * 0.7) and pixels.max() <= round(128 + 0.3 * 127)
