@@ -7,6 +7,7 @@ checksums (test_build) catch them; that test says only that something changed. T
 (both pair orders, symmetric colour jitter, independent offsets, the edge margin, anchors inside their
 shapes, a test split of about half) still hold the dataset to its design after a deliberate re-pin.
 """
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -151,8 +152,8 @@ def test_matplotlibs_copy_of_a_font_wins_over_a_system_font_of_the_same_file_nam
     shipped = {f.rsplit("/", 1)[1]: f for f in AssetPool.for_split("train").fonts}
     name = sorted(shipped)[0]
     (tmp_path / "fonts").mkdir()
-    (tmp_path / "fonts" / name).write_bytes(open(shipped[name], "rb").read())
-    (tmp_path / "fonts" / "0-first.ttf").write_bytes(open(shipped[name], "rb").read())  # the same family, a name sorting first
+    shutil.copyfile(shipped[name], tmp_path / "fonts" / name)
+    shutil.copyfile(shipped[name], tmp_path / "fonts" / "0-first.ttf")  # the same family, a name sorting first
     monkeypatch.setattr(assets, "SYSTEM_FONT_DIR", tmp_path / "fonts")
     assets._pool.cache_clear()
     try:

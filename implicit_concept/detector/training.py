@@ -17,13 +17,11 @@ device: a multi-GPU run would be a subprocess of ultralytics' own, out of reach 
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from copy import deepcopy
 from dataclasses import MISSING, asdict, dataclass, fields
 from functools import partial
@@ -394,27 +392,11 @@ def keep_plot(src: Path, dst: Path) -> None:
     atomic_write_bytes(dst, src.read_bytes())
 
 
-@contextmanager
-def _plots_in_this_thread() -> Iterator[None]:
-    """For the block, ultralytics' validator draws a batch's grids (``val_batchN_labels.jpg``, then
-    ``val_batchN_pred.jpg``) one after the other in the calling thread. It drew each in a thread of its
-    own, and both scale the batch's one image array to 0-255 in place (numpy lets go of the GIL in the
-    multiply): a grid drawn while the other was half-way had black tiles, so a run's test folder and a
-    rerun's differed."""
-    validator = importlib.import_module("ultralytics.models.yolo.detect.val")
-    threaded = validator.plot_images
-    validator.plot_images = partial(threaded, threaded=False)
-    try:
-        yield
-    finally:
-        validator.plot_images = threaded
-
-
 def _evaluate(detector: Detector, data_yaml: Path, split: str, scale: DetectorScale, out_dir: Path) -> dict[str, Any]:
     """Per-class mAP50 and mAP50-95 on YOLO's ``split``; for the test split, ultralytics' PR curve and
     confusion matrix are kept beside the weights."""
     shutil.rmtree(out_dir / split, ignore_errors=True)  # an earlier run's plots there are never taken for this one's
-    with info_hidden(), _plots_in_this_thread():  # info: its banner, summary, speed and results line: what is kept is in the record
+    with info_hidden():  # its banner, summary, speed and results line: what is kept is in the record
         metrics = detector.model.val(
             data=str(data_yaml),
             split=split,

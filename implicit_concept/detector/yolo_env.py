@@ -30,9 +30,14 @@ After the import, what it would do with the network or with files it finds is sw
 - Label caches. ``labels/<split>.cache`` is a pickle that ultralytics ``np.load(allow_pickle=True)``s
   before checking anything about it, so a planted one would run code. They are neither read (every
   dataset is rescanned, a second or so for ours) nor written.
+- Plots. Its validator draws a batch's grids (``val_batchN_labels.jpg``, ``val_batchN_pred.jpg``)
+  each in a thread of its own, both scaling the batch's one image array to 0-255 in place (numpy
+  lets go of the GIL in the multiply): a grid drawn while the other was half-way had black tiles, so
+  a run's test folder and its rerun's differed. They are drawn one after the other in the calling thread.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -197,6 +202,7 @@ def import_ultralytics(name: str = "ultralytics") -> ModuleType:
             _restore_pil_open()
             _let_interrupts_through()
             _refuse_label_caches()
+            _plot_in_the_calling_thread()
         _prepared = True
     os.environ.pop(API_KEY_ENV, None)  # read by ultralytics at each training start, not only at import
     return importlib.import_module(name)
@@ -365,6 +371,12 @@ def _refuse_label_caches() -> None:
         loaded = importlib.import_module(module)
         loaded.load_dataset_cache_file = _never_load_label_cache
         loaded.save_dataset_cache_file = _never_save_label_cache
+
+
+def _plot_in_the_calling_thread() -> None:
+    validator = importlib.import_module("ultralytics.models.yolo.detect.val")
+    if not isinstance(validator.plot_images, functools.partial):
+        validator.plot_images = functools.partial(validator.plot_images, threaded=False)
 
 
 def _never_load_label_cache(path: Path) -> dict:
